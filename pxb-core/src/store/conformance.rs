@@ -158,7 +158,11 @@ pub async fn empty_object(store: &dyn ObjectStore) {
             store.get_range(&path, 0..1).await,
             Err(Error::Invalid { .. })
         ),
-        "{store}: any range of an empty object is past its end"
+        "{store}: any range of an empty object is past its end: {:?}",
+        store
+            .get_range(&path, 0..1)
+            .await
+            .map_err(|e| e.to_string())
     );
 }
 

@@ -1,0 +1,157 @@
+//! Azurite, the Azure Storage emulator (npm package `azurite`), started over HTTPS with
+//! `--oauth basic` so bearer tokens (Workload Identity) are accepted.
+//!
+//! The package is installed with npm into `$PXB_AZURITE_DIR` (default `<workspace>/.cache/azurite`)
+//! on first use; `.ci/run` installs it ahead of the tests.
+
+use std::net::TcpStream;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+
+use crate::tls::TestCa;
+
+/// Azurite's well-known development account (public, documented; not a secret).
+pub const ACCOUNT: &str = "devstoreaccount1";
+/// The development account's well-known key.
+pub const ACCOUNT_KEY: &str =
+    "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==";
+
+/// The version range installed when Azurite is missing.
+pub const NPM_PACKAGE: &str = "azurite@3";
+
+/// Where the Azurite package is (or will be) installed.
+pub fn install_dir() -> PathBuf {
+    std::env::var_os("PXB_AZURITE_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| crate::workspace_root().join(".cache").join("azurite"))
+}
+
+fn blob_main() -> PathBuf {
+    install_dir().join("node_modules/azurite/dist/src/blob/main.js")
+}
+
+/// Installs Azurite with npm unless it is there already. Safe to call from parallel tests and
+/// processes (an exclusive file lock serialises installs).
+pub fn ensure_installed() -> anyhow::Result<PathBuf> {
+    let main = blob_main();
+    if main.exists() {
+        return Ok(main);
+    }
+    let dir = install_dir();
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let lock = std::fs::File::create(dir.join(".install.lock"))?;
+    lock.lock()?;
+    if !main.exists() {
+        let out = Command::new("npm")
+            .args([
+                "install",
+                "--no-audit",
+                "--no-fund",
+                "--loglevel=error",
+                "--prefix",
+            ])
+            .arg(&dir)
+            .arg(NPM_PACKAGE)
+            .output()
+            .context("running npm (is Node.js installed?)")?;
+        if !out.status.success() {
+            bail!(
+                "npm install {NPM_PACKAGE} failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    }
+    lock.unlock()?;
+    if !main.exists() {
+        bail!(
+            "npm installed {NPM_PACKAGE} but {} is missing",
+            main.display()
+        );
+    }
+    Ok(main)
+}
+
+/// A running Azurite blob service; stopped (by its process id) when dropped.
+#[derive(Debug)]
+pub struct Azurite {
+    child: Child,
+    port: u16,
+    _data: tempfile::TempDir,
+}
+
+impl Azurite {
+    /// Starts the blob service over HTTPS with the CA's server certificate and `--oauth basic`.
+    pub fn start_https(ca: &TestCa) -> anyhow::Result<Self> {
+        let main = ensure_installed()?;
+        let data = tempfile::tempdir()?;
+        let port = crate::free_port()?;
+        let log = std::fs::File::create(data.path().join("azurite.log"))?;
+        let child = Command::new("node")
+            .arg(&main)
+            .args(["--blobHost", "127.0.0.1", "--blobPort", &port.to_string()])
+            .arg("--cert")
+            .arg(ca.server_cert_file())
+            .arg("--key")
+            .arg(ca.server_key_file())
+            .args([
+                "--oauth",
+                "basic",
+                "--skipApiVersionCheck",
+                "--disableTelemetry",
+                "--loose",
+            ])
+            .arg("--location")
+            .arg(data.path())
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context("starting Azurite with node")?;
+        let mut me = Self {
+            child,
+            port,
+            _data: data,
+        };
+        me.wait_ready(Duration::from_secs(30))?;
+        Ok(me)
+    }
+
+    fn wait_ready(&mut self, timeout: Duration) -> anyhow::Result<()> {
+        let start = Instant::now();
+        while start.elapsed() < timeout {
+            if let Some(status) = self.child.try_wait()? {
+                let log = std::fs::read_to_string(self._data.path().join("azurite.log"))
+                    .unwrap_or_default();
+                bail!("Azurite exited with {status} before listening: {log}");
+            }
+            if TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        bail!(
+            "Azurite did not listen on 127.0.0.1:{} within {timeout:?}",
+            self.port
+        )
+    }
+
+    /// The blob endpoint, path-style: `https://127.0.0.1:<port>/devstoreaccount1`.
+    pub fn endpoint(&self) -> String {
+        format!("https://127.0.0.1:{}/{ACCOUNT}", self.port)
+    }
+
+    /// The port it listens on.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+}
+
+impl Drop for Azurite {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
