@@ -467,7 +467,7 @@ mod tests {
     }
 
     #[test]
-    fn missing_settings_name_the_variable() {
+    fn authority_host_must_be_https() {
         let opts = WorkloadIdentityOptions {
             client_id: Some("c".into()),
             tenant_id: Some("t".into()),
