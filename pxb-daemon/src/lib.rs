@@ -1,1 +1,7 @@
-//! x
+//! `pxb-daemon`: the `pxb` command line (and, later, `pxb-agent` and `pxb-server`).
+//!
+//! Binaries stay thin: they parse arguments, set up logging and call into [`cli`]. Everything they
+//! wire is a library type that tests build directly.
+
+pub mod cli;
+pub mod location;
