@@ -107,10 +107,7 @@ fn stamp(path: &Path) -> Result<(FileStamp, Option<SystemTime>)> {
         ))
     })?;
     let content = std::fs::read(path).map_err(|e| {
-        Error::unauthenticated(format!(
-            "workload identity: cannot read {}: {e}",
-            path.display()
-        ))
+        Error::unauthenticated(format!("workload identity: cannot read {}: {e}", path.display()))
     })?;
     if content.iter().all(u8::is_ascii_whitespace) {
         return Err(Error::unauthenticated(format!(
@@ -158,18 +155,12 @@ pub struct WorkloadIdentity {
 
 impl WorkloadIdentity {
     /// Builds the credential; fails at once if settings are missing or the token file is unreadable.
-    pub fn new(
-        options: WorkloadIdentityOptions,
-        http: &HttpSettings,
-        ca_pem: Option<&[u8]>,
-    ) -> Result<Self> {
+    pub fn new(options: WorkloadIdentityOptions, http: &HttpSettings, ca_pem: Option<&[u8]>) -> Result<Self> {
         let cfg = options.resolve()?;
         let mut client_options = http.client_options(ca_pem)?;
         let mut custom = azure_core::cloud::CustomConfiguration::default();
         custom.authority_host = cfg.authority_host.clone();
-        client_options.cloud = Some(Arc::new(azure_core::cloud::CloudConfiguration::Custom(
-            custom,
-        )));
+        client_options.cloud = Some(Arc::new(azure_core::cloud::CloudConfiguration::Custom(custom)));
         let current = Self::build(&cfg, &client_options)?;
         Ok(Self {
             cfg,
@@ -237,8 +228,8 @@ impl TokenSource for WorkloadIdentity {
             .get_token(scopes, None)
             .await
             .map_err(|e| self.map_token_error(e))?;
-        let expires_at = UNIX_EPOCH
-            + Duration::from_secs(u64::try_from(token.expires_on.unix_timestamp()).unwrap_or(0));
+        let expires_at =
+            UNIX_EPOCH + Duration::from_secs(u64::try_from(token.expires_on.unix_timestamp()).unwrap_or(0));
         Ok(AccessToken::new(token.token.secret(), expires_at))
     }
 
@@ -253,9 +244,7 @@ impl TokenSource for WorkloadIdentity {
 impl WorkloadIdentity {
     fn map_token_error(&self, err: azure_core::Error) -> Error {
         let authority = &self.cfg.authority_host;
-        let inner = err
-            .get_ref()
-            .and_then(|e| e.downcast_ref::<azure_core::Error>());
+        let inner = err.get_ref().and_then(|e| e.downcast_ref::<azure_core::Error>());
         match inner.map(|e| e.kind()) {
             Some(ErrorKind::HttpResponse { status, .. }) => {
                 let description = inner.map(ToString::to_string).unwrap_or_default();
@@ -304,10 +293,9 @@ impl TokenCredential for SourceCredential {
             .duration_since(UNIX_EPOCH)
             .unwrap_or_default()
             .as_secs();
-        let expires_on = azure_core::time::OffsetDateTime::from_unix_timestamp(
-            i64::try_from(secs).unwrap_or(i64::MAX),
-        )
-        .unwrap_or(azure_core::time::OffsetDateTime::UNIX_EPOCH);
+        let expires_on =
+            azure_core::time::OffsetDateTime::from_unix_timestamp(i64::try_from(secs).unwrap_or(i64::MAX))
+                .unwrap_or(azure_core::time::OffsetDateTime::UNIX_EPOCH);
         Ok(azure_core::credentials::AccessToken::new(
             token.secret().to_owned(),
             expires_on,
@@ -324,9 +312,9 @@ pub(crate) struct SharedKeyPolicy {
 impl SharedKeyPolicy {
     /// `key` is the base64 account key as shown by the portal.
     pub(crate) fn new(account: &str, key: &str) -> Result<Self> {
-        let key = STANDARD.decode(key.trim()).map_err(|_| {
-            Error::invalid("the storage account key is not valid base64 (AZURE_STORAGE_KEY)")
-        })?;
+        let key = STANDARD
+            .decode(key.trim())
+            .map_err(|_| Error::invalid("the storage account key is not valid base64 (AZURE_STORAGE_KEY)"))?;
         Ok(Self {
             account: account.to_owned(),
             key,
@@ -356,10 +344,7 @@ impl SharedKeyPolicy {
         let mut resource = format!("/{}{}", self.account, url.path());
         let mut params: std::collections::BTreeMap<String, Vec<String>> = Default::default();
         for (k, v) in url.query_pairs() {
-            params
-                .entry(k.to_lowercase())
-                .or_default()
-                .push(v.into_owned());
+            params.entry(k.to_lowercase()).or_default().push(v.into_owned());
         }
         for (k, mut vs) in params {
             vs.sort();
@@ -401,12 +386,7 @@ fn hmac_b64(key: &[u8], data: &str) -> String {
 
 #[async_trait]
 impl Policy for SharedKeyPolicy {
-    async fn send(
-        &self,
-        ctx: &Context,
-        request: &mut Request,
-        next: &[Arc<dyn Policy>],
-    ) -> PolicyResult {
+    async fn send(&self, ctx: &Context, request: &mut Request, next: &[Arc<dyn Policy>]) -> PolicyResult {
         let date = azure_core::time::to_rfc7231(&azure_core::time::OffsetDateTime::now_utc());
         request.insert_header(azure_core::http::headers::MS_DATE, date);
         let signature = hmac_b64(&self.key, &self.string_to_sign(request));
@@ -425,17 +405,13 @@ pub fn account_sas(account: &str, key: &str, expiry: SystemTime) -> Result<Strin
     let key = STANDARD
         .decode(key.trim())
         .map_err(|_| Error::invalid("the storage account key is not valid base64"))?;
-    let secs = expiry
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_secs();
-    let se =
-        azure_core::time::OffsetDateTime::from_unix_timestamp(i64::try_from(secs).unwrap_or(0))
-            .map_err(|_| Error::invalid("SAS expiry out of range"))?
-            .format(&time::macros::format_description!(
-                "[year]-[month]-[day]T[hour]:[minute]:[second]Z"
-            ))
-            .map_err(|e| Error::other("formatting the SAS expiry").with_source(e))?;
+    let secs = expiry.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
+    let se = azure_core::time::OffsetDateTime::from_unix_timestamp(i64::try_from(secs).unwrap_or(0))
+        .map_err(|_| Error::invalid("SAS expiry out of range"))?
+        .format(&time::macros::format_description!(
+            "[year]-[month]-[day]T[hour]:[minute]:[second]Z"
+        ))
+        .map_err(|e| Error::other("formatting the SAS expiry").with_source(e))?;
     let (sp, ss, srt, spr, sv) = ("rwdlac", "b", "sco", "https,http", "2021-08-06");
     let to_sign = format!("{account}\n{sp}\n{ss}\n{srt}\n\n{se}\n\n{spr}\n{sv}\n\n");
     let sig = hmac_b64(&key, &to_sign);
@@ -474,20 +450,14 @@ mod tests {
             token_file: Some("/nonexistent/token".into()),
             authority_host: Some("http://insecure".into()),
         };
-        let e = WorkloadIdentity::new(opts, &HttpSettings::default(), None)
-            .expect_err("http authority");
+        let e = WorkloadIdentity::new(opts, &HttpSettings::default(), None).expect_err("http authority");
         assert!(e.to_string().contains("must use https"), "{e}");
     }
 
     #[test]
     fn sas_has_the_expected_fields() {
         let key = STANDARD.encode(b"0123456789abcdef");
-        let sas = account_sas(
-            "acct",
-            &key,
-            UNIX_EPOCH + Duration::from_secs(1_900_000_000),
-        )
-        .expect("sas");
+        let sas = account_sas("acct", &key, UNIX_EPOCH + Duration::from_secs(1_900_000_000)).expect("sas");
         for field in [
             "sv=2021-08-06",
             "ss=b",

@@ -43,8 +43,7 @@ pub(crate) fn map(ctx: &Context, op: Op<'_>, err: azure_core::Error) -> Error {
                 .and_then(|s| s.authentication_error_detail.or(s.message))
                 .map(|m| format!(": {}", m.lines().next().unwrap_or_default()))
                 .unwrap_or_default();
-            let what =
-                format!("{status} {code} on {verb} of {target:?} in container {c:?}{detail}");
+            let what = format!("{status} {code} on {verb} of {target:?} in container {c:?}{detail}");
             match (status, code.as_str()) {
                 (404, "ContainerNotFound") => Error::not_found(format!(
                     "container {c:?} does not exist in storage account {:?} ({status} {code} on {verb})",
@@ -82,12 +81,8 @@ pub(crate) fn map(ctx: &Context, op: Op<'_>, err: azure_core::Error) -> Error {
             )),
         },
         ErrorKind::Io | ErrorKind::Connection => transport(&ctx.endpoint, &err),
-        _ if err.to_string().contains("https") => {
-            Error::invalid(format!("{}: {err}", ctx.endpoint))
-        }
-        _ => {
-            Error::other(format!("{verb} of {target:?} in container {c:?}: {err}")).with_source(err)
-        }
+        _ if err.to_string().contains("https") => Error::invalid(format!("{}: {err}", ctx.endpoint)),
+        _ => Error::other(format!("{verb} of {target:?} in container {c:?}: {err}")).with_source(err),
     }
 }
 
@@ -239,13 +234,10 @@ mod tests {
     #[test]
     fn token_source_errors_come_back_unchanged() {
         let inner = Error::unauthenticated("token exchange rejected by Entra ID: AADSTS700016");
-        let wrapped = azure_core::Error::new(ErrorKind::Credential, inner)
-            .with_context("will not be retried");
+        let wrapped =
+            azure_core::Error::new(ErrorKind::Credential, inner).with_context("will not be retried");
         let e = map(&ctx(), OP, wrapped);
         assert!(matches!(e, Error::Unauthenticated { .. }));
-        assert_eq!(
-            e.message(),
-            "token exchange rejected by Entra ID: AADSTS700016"
-        );
+        assert_eq!(e.message(), "token exchange rejected by Entra ID: AADSTS700016");
     }
 }

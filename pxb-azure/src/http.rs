@@ -80,6 +80,5 @@ impl HttpSettings {
 
 /// Reads a PEM file of extra trusted CA certificates.
 pub(crate) fn read_ca(path: &Path) -> Result<Vec<u8>> {
-    std::fs::read(path)
-        .map_err(|e| Error::io(format!("cannot read the CA file {}", path.display()), e))
+    std::fs::read(path).map_err(|e| Error::io(format!("cannot read the CA file {}", path.display()), e))
 }

@@ -21,22 +21,16 @@ use std::time::SystemTime;
 use async_trait::async_trait;
 use azure_core::http::Url;
 use azure_storage_blob::models::{
-    BlobClientDownloadOptions, BlobClientGetPropertiesResultHeaders,
-    BlobContainerClientListBlobsOptions, BlockBlobClientCommitBlockListOptions,
-    BlockBlobClientCommitBlockListResultHeaders, BlockBlobClientUploadOptions, BlockLookupList,
-    ListBlobsIncludeItem,
+    BlobClientDownloadOptions, BlobClientGetPropertiesResultHeaders, BlobContainerClientListBlobsOptions,
+    BlockBlobClientCommitBlockListOptions, BlockBlobClientCommitBlockListResultHeaders,
+    BlockBlobClientUploadOptions, BlockLookupList, ListBlobsIncludeItem,
 };
-use azure_storage_blob::{
-    BlobClient, BlobContainerClient, BlobContainerClientOptions, BlockBlobClient,
-};
+use azure_storage_blob::{BlobClient, BlobContainerClient, BlobContainerClientOptions, BlockBlobClient};
 use bytes::{Bytes, BytesMut};
 use futures::{StreamExt, TryStreamExt};
-use pxb_core::store::{
-    GetResult, ListPage, MAX_LIST_PAGE, PutReader, clamp_range, validate_metadata,
-};
+use pxb_core::store::{GetResult, ListPage, MAX_LIST_PAGE, PutReader, clamp_range, validate_metadata};
 use pxb_core::{
-    Error, Metadata, ObjectMeta, ObjectPath, ObjectStore, PutMode, PutOptions, PutResult, Result,
-    TokenSource,
+    Error, Metadata, ObjectMeta, ObjectPath, ObjectStore, PutMode, PutOptions, PutResult, Result, TokenSource,
 };
 use tokio::io::AsyncReadExt;
 use tokio::task::JoinSet;
@@ -152,11 +146,8 @@ impl AzureBlobStore {
         let endpoint = config.endpoint();
         let ca = config.ca_file.as_deref().map(http::read_ca).transpose()?;
         let mut client_options = config.http.client_options(ca.as_deref())?;
-        let mut url = Url::parse(&format!("{endpoint}/{}", config.container)).map_err(|e| {
-            Error::invalid(format!(
-                "storage endpoint {endpoint:?} is not a valid URL: {e}"
-            ))
-        })?;
+        let mut url = Url::parse(&format!("{endpoint}/{}", config.container))
+            .map_err(|e| Error::invalid(format!("storage endpoint {endpoint:?} is not a valid URL: {e}")))?;
         let (token, identity, auth_hint): (Option<Arc<dyn TokenSource>>, String, &'static str) =
             match &config.auth {
                 AzureAuth::WorkloadIdentity(opts) => {
@@ -207,9 +198,8 @@ impl AzureBlobStore {
         if let Some(v) = &config.api_version {
             options.version = v.clone();
         }
-        let container = BlobContainerClient::new(url, credential, Some(options)).map_err(|e| {
-            Error::invalid(format!("storage endpoint {endpoint}: {}", error::chain(&e)))
-        })?;
+        let container = BlobContainerClient::new(url, credential, Some(options))
+            .map_err(|e| Error::invalid(format!("storage endpoint {endpoint}: {}", error::chain(&e))))?;
         Ok(Self {
             container,
             prefix: config.prefix.trim_matches('/').to_owned(),
@@ -267,12 +257,7 @@ impl AzureBlobStore {
         error::map(&self.ctx, op, e)
     }
 
-    async fn put_single(
-        &self,
-        path: &ObjectPath,
-        data: Bytes,
-        opts: &PutOptions,
-    ) -> Result<PutResult> {
+    async fn put_single(&self, path: &ObjectPath, data: Bytes, opts: &PutOptions) -> Result<PutResult> {
         let size = data.len() as u64;
         let mut options = BlockBlobClientUploadOptions {
             metadata: Some(to_map(&opts.metadata)),
@@ -403,12 +388,7 @@ impl ObjectStore for AzureBlobStore {
             let block = block.clone();
             let len = part.len() as u64;
             let body = part;
-            inflight.spawn(async move {
-                block
-                    .stage_block(&id, len, body.into(), None)
-                    .await
-                    .map(|_| ())
-            });
+            inflight.spawn(async move { block.stage_block(&id, len, body.into(), None).await.map(|_| ()) });
             part = read_part(&mut reader, self.part_size, path).await?;
         }
         while let Some(done) = inflight.join_next().await {
@@ -468,8 +448,7 @@ impl ObjectStore for AzureBlobStore {
         };
         let target = path.to_string();
         let ctx_err = move |e: azure_core::Error| {
-            error::transport(&format!("reading {target}"), &e)
-                .context("the download was interrupted")
+            error::transport(&format!("reading {target}"), &e).context("the download was interrupted")
         };
         let body = r.body.map(move |c| c.map_err(&ctx_err)).boxed();
         Ok(GetResult { meta, body })
@@ -524,8 +503,7 @@ impl ObjectStore for AzureBlobStore {
             .get_properties(None)
             .await
             .map_err(|e| self.err(op, e))?;
-        let bad =
-            |e: azure_core::Error| Error::corrupt(format!("{path}: unreadable properties: {e}"));
+        let bad = |e: azure_core::Error| Error::corrupt(format!("{path}: unreadable properties: {e}"));
         Ok(ObjectMeta {
             path: path.clone(),
             size: r.content_length().map_err(bad)?.unwrap_or(0),
@@ -535,12 +513,7 @@ impl ObjectStore for AzureBlobStore {
         })
     }
 
-    async fn list(
-        &self,
-        prefix: &str,
-        token: Option<&str>,
-        max_results: usize,
-    ) -> Result<ListPage> {
+    async fn list(&self, prefix: &str, token: Option<&str>, max_results: usize) -> Result<ListPage> {
         let op = Op {
             verb: "list",
             target: prefix,

@@ -4,6 +4,7 @@
 //! failure, the backend's explanation (which says which permission or setting is missing).
 //! It leaves nothing behind: the probe object it writes is deleted even if reading it back fails.
 
+use std::fmt;
 use std::future::Future;
 use std::time::{Duration, Instant};
 
@@ -96,8 +97,7 @@ impl CheckReport {
             passed: false,
             steps: Vec::new(),
         };
-        r.steps
-            .push(failed(CheckStep::Configure, err, Duration::ZERO));
+        r.steps.push(failed(CheckStep::Configure, err, Duration::ZERO));
         for step in [
             CheckStep::Authenticate,
             CheckStep::List,
@@ -113,6 +113,31 @@ impl CheckReport {
     /// The first failed step, if any.
     pub fn first_failure(&self) -> Option<&StepReport> {
         self.steps.iter().find(|s| s.outcome == StepOutcome::Failed)
+    }
+}
+
+/// One line per step (`PASS list  listed 3 object(s) (9 ms)`), then a verdict line.
+impl fmt::Display for CheckReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "checking {}", self.location)?;
+        for s in &self.steps {
+            let tag = match s.outcome {
+                StepOutcome::Passed => "PASS",
+                StepOutcome::Failed => "FAIL",
+                StepOutcome::Skipped => "SKIP",
+            };
+            writeln!(
+                f,
+                "{tag} {:<12} {} ({} ms)",
+                s.step.name(),
+                s.detail,
+                s.elapsed_ms
+            )?;
+        }
+        match self.first_failure() {
+            None => write!(f, "location OK: every step passed"),
+            Some(s) => write!(f, "location check FAILED at step {:?}", s.step.name()),
+        }
     }
 }
 
@@ -240,11 +265,7 @@ pub async fn check_location(
 
     let (_, r) = run(CheckStep::List, t, async {
         let page = store.list("", None, 10).await?;
-        let more = if page.next.is_some() {
-            " (and more)"
-        } else {
-            ""
-        };
+        let more = if page.next.is_some() { " (and more)" } else { "" };
         Ok(((), format!("listed {} object(s){more}", page.objects.len())))
     })
     .await;
@@ -253,9 +274,7 @@ pub async fn check_location(
     let probe = probe_path();
     let body = Bytes::from(format!("pxb location probe {probe}\n"));
     let (written, r) = run(CheckStep::Write, t, async {
-        let put = store
-            .put(&probe, body.clone(), PutOptions::create())
-            .await?;
+        let put = store.put(&probe, body.clone(), PutOptions::create()).await?;
         Ok(((), format!("wrote probe {probe} ({} bytes)", put.size)))
     })
     .await;
@@ -272,10 +291,7 @@ pub async fn check_location(
                 "probe {probe} read back differs from what was written"
             )));
         }
-        Ok((
-            (),
-            format!("read probe back ({} bytes, identical)", got.len()),
-        ))
+        Ok(((), format!("read probe back ({} bytes, identical)", got.len())))
     })
     .await;
     steps.push(r);
@@ -284,9 +300,7 @@ pub async fn check_location(
         store.delete(&probe).await?;
         match store.head(&probe).await {
             Err(Error::NotFound { .. }) => Ok(((), format!("deleted probe {probe}"))),
-            Ok(_) => Err(Error::other(format!(
-                "probe {probe} is still there after delete"
-            ))),
+            Ok(_) => Err(Error::other(format!("probe {probe} is still there after delete"))),
             Err(e) => Err(e),
         }
     })
@@ -314,20 +328,16 @@ mod tests {
         let names: Vec<_> = r.steps.iter().map(|s| s.step.name()).collect();
         assert_eq!(names, ["configure", "list", "write", "read", "delete"]);
         assert!(store.is_empty(), "probe left behind");
+        let text = r.to_string();
+        assert!(text.starts_with("checking memory://\nPASS configure"), "{text}");
+        assert!(text.ends_with("location OK: every step passed"), "{text}");
     }
 
     #[test]
     fn configuration_failure_skips_the_rest() {
         let r = CheckReport::configuration_failed("x", &Error::invalid("no token file"));
         assert!(!r.passed);
-        assert_eq!(
-            r.first_failure().map(|s| s.step),
-            Some(CheckStep::Configure)
-        );
-        assert!(
-            r.steps[1..]
-                .iter()
-                .all(|s| s.outcome == StepOutcome::Skipped)
-        );
+        assert_eq!(r.first_failure().map(|s| s.step), Some(CheckStep::Configure));
+        assert!(r.steps[1..].iter().all(|s| s.outcome == StepOutcome::Skipped));
     }
 }

@@ -92,17 +92,9 @@ pub mod conformance {
     use super::*;
 
     /// A token is returned, non-empty, and valid for at least `min_lifetime` from now.
-    pub async fn issues_a_valid_token(
-        source: &dyn TokenSource,
-        scopes: &[&str],
-        min_lifetime: Duration,
-    ) {
+    pub async fn issues_a_valid_token(source: &dyn TokenSource, scopes: &[&str], min_lifetime: Duration) {
         let token = source.token(scopes).await.expect("token");
-        assert!(
-            !token.secret().is_empty(),
-            "{}: empty token",
-            source.describe()
-        );
+        assert!(!token.secret().is_empty(), "{}: empty token", source.describe());
         assert!(
             token.is_valid_at(SystemTime::now(), min_lifetime),
             "{}: token expires too soon ({:?})",
@@ -123,13 +115,9 @@ mod tests {
     #[tokio::test]
     async fn static_token_conforms_and_expires() {
         let t = AccessToken::new("abc", SystemTime::now() + Duration::from_secs(3600));
-        conformance::issues_a_valid_token(&StaticToken::new(t), &["s"], Duration::from_secs(60))
-            .await;
+        conformance::issues_a_valid_token(&StaticToken::new(t), &["s"], Duration::from_secs(60)).await;
         let old = AccessToken::new("abc", SystemTime::now() - Duration::from_secs(1));
-        let err = StaticToken::new(old)
-            .token(&["s"])
-            .await
-            .expect_err("expired");
+        let err = StaticToken::new(old).token(&["s"]).await.expect_err("expired");
         assert!(matches!(err, Error::Unauthenticated { .. }));
     }
 }

@@ -23,6 +23,6 @@ pub use error::{BoxError, Error, Result};
 pub use location::LocationUrl;
 pub use path::{MAX_PATH_LEN, ObjectPath};
 pub use store::{
-    GetResult, InMemory, ListPage, LocalFileSystem, Metadata, ObjectMeta, ObjectStore, PutMode,
-    PutOptions, PutResult,
+    GetResult, InMemory, ListPage, LocalFileSystem, Metadata, ObjectMeta, ObjectStore, PutMode, PutOptions,
+    PutResult,
 };

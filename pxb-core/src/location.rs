@@ -38,9 +38,7 @@ impl LocationUrl {
                 ));
             }
             let url = url::Url::parse(s).map_err(|e| bad(&e.to_string()))?;
-            let root = url
-                .to_file_path()
-                .map_err(|()| bad("not a local file path"))?;
+            let root = url.to_file_path().map_err(|()| bad("not a local file path"))?;
             return Ok(LocationUrl::File { root });
         }
         if let Some(rest) = s.strip_prefix("azblob://") {

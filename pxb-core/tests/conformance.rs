@@ -26,9 +26,7 @@ async fn local_filesystem_rejects_its_reserved_prefix() {
     let dir = tempfile::tempdir().expect("tempdir");
     let store = LocalFileSystem::new(dir.path()).expect("store");
     let p = ObjectPath::parse(".pxb-tmp/x").expect("valid name");
-    let r = store
-        .put(&p, bytes::Bytes::new(), PutOptions::default())
-        .await;
+    let r = store.put(&p, bytes::Bytes::new(), PutOptions::default()).await;
     assert!(matches!(r, Err(pxb_core::Error::Invalid { .. })), "{r:?}");
     assert!(LocalFileSystem::new("relative/dir").is_err());
 }

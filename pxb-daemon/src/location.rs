@@ -95,27 +95,23 @@ impl LocationArgs {
                     .azure_account
                     .clone()
                     .or_else(|| self.azure_endpoint.as_deref().and_then(infer_account))
-                    .ok_or_else(|| Error::invalid("an azblob:// location needs --azure-account (or AZURE_STORAGE_ACCOUNT)"))?;
+                    .ok_or_else(|| {
+                        Error::invalid(
+                            "an azblob:// location needs --azure-account (or AZURE_STORAGE_ACCOUNT)",
+                        )
+                    })?;
                 let env = |var: &str| {
-                    std::env::var(var)
-                        .ok()
-                        .filter(|v| !v.is_empty())
-                        .ok_or_else(|| {
-                            Error::invalid(format!(
-                                "--auth {} needs {var} to be set",
-                                self.auth_name()
-                            ))
-                        })
+                    std::env::var(var).ok().filter(|v| !v.is_empty()).ok_or_else(|| {
+                        Error::invalid(format!("--auth {} needs {var} to be set", self.auth_name()))
+                    })
                 };
                 let auth = match self.auth {
-                    AuthMethod::WorkloadIdentity => {
-                        AzureAuth::WorkloadIdentity(WorkloadIdentityOptions {
-                            client_id: self.client_id.clone(),
-                            tenant_id: self.tenant_id.clone(),
-                            token_file: self.token_file.clone(),
-                            authority_host: None,
-                        })
-                    }
+                    AuthMethod::WorkloadIdentity => AzureAuth::WorkloadIdentity(WorkloadIdentityOptions {
+                        client_id: self.client_id.clone(),
+                        tenant_id: self.tenant_id.clone(),
+                        token_file: self.token_file.clone(),
+                        authority_host: None,
+                    }),
                     AuthMethod::SharedKey => AzureAuth::SharedKey {
                         key: env("AZURE_STORAGE_KEY")?,
                     },

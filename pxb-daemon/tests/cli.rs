@@ -52,13 +52,7 @@ impl Setup {
         Self { fx, container }
     }
 
-    fn args<'a>(
-        &'a self,
-        location: &'a str,
-        endpoint: &'a str,
-        ca: &'a str,
-        auth: &'a str,
-    ) -> Vec<&'a str> {
+    fn args<'a>(&'a self, location: &'a str, endpoint: &'a str, ca: &'a str, auth: &'a str) -> Vec<&'a str> {
         vec![
             "location",
             "check",
@@ -83,12 +77,7 @@ impl Setup {
     }
 }
 
-fn run(
-    setup: &Setup,
-    auth: &str,
-    env: &[(&'static str, String)],
-    extra: &[&str],
-) -> (Output, Duration) {
+fn run(setup: &Setup, auth: &str, env: &[(&'static str, String)], extra: &[&str]) -> (Output, Duration) {
     let location = format!("azblob://{}/fleet/cluster-a", setup.container);
     let endpoint = setup.fx.azurite.endpoint();
     let ca = setup.fx.ca.ca_file().to_string_lossy().into_owned();
@@ -110,17 +99,9 @@ async fn check_passes_with_workload_identity() {
         out.status,
         String::from_utf8_lossy(&out.stderr)
     );
-    for step in [
-        "configure",
-        "authenticate",
-        "list",
-        "write",
-        "read",
-        "delete",
-    ] {
+    for step in ["configure", "authenticate", "list", "write", "read", "delete"] {
         assert!(
-            text.lines()
-                .any(|l| l.starts_with("PASS") && l.contains(step)),
+            text.lines().any(|l| l.starts_with("PASS") && l.contains(step)),
             "{step} not passed:\n{text}"
         );
     }
@@ -130,12 +111,7 @@ async fn check_passes_with_workload_identity() {
     let store = AzureBlobStore::new(s.fx.key_config(&s.container)).expect("store");
     use pxb_core::ObjectStore;
     assert!(
-        store
-            .list("", None, 10)
-            .await
-            .expect("list")
-            .objects
-            .is_empty(),
+        store.list("", None, 10).await.expect("list").objects.is_empty(),
         "probe left behind"
     );
 }
@@ -153,10 +129,7 @@ async fn check_fails_fast_on_a_wrong_client_id() {
     let text = stdout(&out);
     assert_eq!(out.status.code(), Some(1), "{text}");
     assert!(took < Duration::from_secs(10), "took {took:?}");
-    let line = text
-        .lines()
-        .find(|l| l.starts_with("FAIL"))
-        .unwrap_or_default();
+    let line = text.lines().find(|l| l.starts_with("FAIL")).unwrap_or_default();
     assert!(
         line.contains("authenticate") && line.contains("token exchange rejected by Entra ID"),
         "{text}"
@@ -177,13 +150,9 @@ async fn check_fails_fast_on_a_missing_token_file() {
     let text = stdout(&out);
     assert_eq!(out.status.code(), Some(1), "{text}");
     assert!(took < Duration::from_secs(10), "took {took:?}");
-    let line = text
-        .lines()
-        .find(|l| l.starts_with("FAIL"))
-        .unwrap_or_default();
+    let line = text.lines().find(|l| l.starts_with("FAIL")).unwrap_or_default();
     assert!(
-        line.contains("configure")
-            && line.contains("federated token file /nonexistent/azure-identity-token"),
+        line.contains("configure") && line.contains("federated token file /nonexistent/azure-identity-token"),
         "{text}"
     );
 }
@@ -197,10 +166,7 @@ async fn check_fails_fast_on_a_wrong_key() {
     let text = stdout(&out);
     assert_eq!(out.status.code(), Some(1), "{text}");
     assert!(took < Duration::from_secs(10), "took {took:?}");
-    let line = text
-        .lines()
-        .find(|l| l.starts_with("FAIL"))
-        .unwrap_or_default();
+    let line = text.lines().find(|l| l.starts_with("FAIL")).unwrap_or_default();
     assert!(
         line.contains("list") && line.contains("rejected the credentials"),
         "{text}"

@@ -66,10 +66,7 @@ pub fn ensure_installed() -> anyhow::Result<PathBuf> {
     }
     lock.unlock()?;
     if !main.exists() {
-        bail!(
-            "npm installed {NPM_PACKAGE} but {} is missing",
-            main.display()
-        );
+        bail!("npm installed {NPM_PACKAGE} but {} is missing", main.display());
     }
     Ok(main)
 }
@@ -123,8 +120,7 @@ impl Azurite {
         let start = Instant::now();
         while start.elapsed() < timeout {
             if let Some(status) = self.child.try_wait()? {
-                let log = std::fs::read_to_string(self._data.path().join("azurite.log"))
-                    .unwrap_or_default();
+                let log = std::fs::read_to_string(self._data.path().join("azurite.log")).unwrap_or_default();
                 bail!("Azurite exited with {status} before listening: {log}");
             }
             if TcpStream::connect(("127.0.0.1", self.port)).is_ok() {

@@ -145,12 +145,7 @@ fn json(status: StatusCode, body: serde_json::Value) -> Response<Full<Bytes>> {
     r
 }
 
-fn entra_error(
-    status: StatusCode,
-    error: &str,
-    code: u32,
-    description: &str,
-) -> Response<Full<Bytes>> {
+fn entra_error(status: StatusCode, error: &str, code: u32, description: &str) -> Response<Full<Bytes>> {
     json(
         status,
         serde_json::json!({
@@ -202,10 +197,7 @@ impl State {
         };
         let verdict = self.verdict(&form, &client_id, &assertion);
         exchange.granted = verdict.is_none();
-        self.seen
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(exchange);
+        self.seen.lock().unwrap_or_else(|e| e.into_inner()).push(exchange);
         if let Some(err) = verdict {
             return err;
         }
@@ -239,8 +231,7 @@ impl State {
                 "The app requested an unsupported grant type.",
             ));
         }
-        if get("client_assertion_type") != "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
-        {
+        if get("client_assertion_type") != "urn:ietf:params:oauth:client-assertion-type:jwt-bearer" {
             return Some(entra_error(
                 StatusCode::BAD_REQUEST,
                 "invalid_request",

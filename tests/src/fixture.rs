@@ -98,10 +98,7 @@ impl AzureFixture {
 
     /// Store settings using Workload Identity with the known client id.
     pub fn wi_config(&self, container: &str) -> AzureConfig {
-        self.config(
-            container,
-            AzureAuth::WorkloadIdentity(self.wi_options(CLIENT_ID)),
-        )
+        self.config(container, AzureAuth::WorkloadIdentity(self.wi_options(CLIENT_ID)))
     }
 
     /// Store settings using the development account key.

@@ -2,9 +2,7 @@
 
 use std::path::{Path, PathBuf};
 
-use rcgen::{
-    BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair, KeyUsagePurpose,
-};
+use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair, KeyUsagePurpose};
 
 /// A CA and one server certificate for `localhost` and `127.0.0.1`, written as PEM files.
 #[derive(Debug)]
@@ -35,11 +33,8 @@ impl TestCa {
         let ca = CertifiedIssuer::self_signed(ca_params, ca_key)?;
 
         let server_key = KeyPair::generate()?;
-        let mut params =
-            CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()])?;
-        params
-            .distinguished_name
-            .push(DnType::CommonName, "localhost");
+        let mut params = CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()])?;
+        params.distinguished_name.push(DnType::CommonName, "localhost");
         let server = params.signed_by(&server_key, &ca)?;
 
         let ca_pem = ca.pem();
@@ -81,9 +76,7 @@ impl TestCa {
     pub fn rustls_server_config(&self) -> anyhow::Result<rustls::ServerConfig> {
         use rustls::pki_types::pem::PemObject;
         use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-        let certs = vec![CertificateDer::from_pem_slice(
-            self.server_cert_pem.as_bytes(),
-        )?];
+        let certs = vec![CertificateDer::from_pem_slice(self.server_cert_pem.as_bytes())?];
         let key = PrivateKeyDer::from_pem_slice(self.server_key_pem.as_bytes())?;
         let provider = rustls::crypto::aws_lc_rs::default_provider();
         Ok(rustls::ServerConfig::builder_with_provider(provider.into())

@@ -23,9 +23,7 @@ async fn azurite_workload_identity_conforms() {
         "no token exchange reached the fake Entra ID"
     );
     assert!(
-        exchanges
-            .iter()
-            .all(|e| e.granted && e.client_id == CLIENT_ID),
+        exchanges.iter().all(|e| e.granted && e.client_id == CLIENT_ID),
         "{exchanges:?}"
     );
 }
@@ -72,8 +70,7 @@ async fn azurite_sas_roundtrip() {
         SystemTime::now() + Duration::from_secs(3600),
     )
     .expect("sas");
-    let store =
-        AzureBlobStore::new(fx.config("sas", AzureAuth::Sas { token: sas })).expect("store");
+    let store = AzureBlobStore::new(fx.config("sas", AzureAuth::Sas { token: sas })).expect("store");
     conformance::put_get_head_roundtrip(&store).await;
     conformance::list_paging_and_prefixes(&store).await;
     conformance::ranges(&store).await;

@@ -49,8 +49,8 @@ async fn unknown_tenant_is_rejected_by_entra() {
     let fx = AzureFixture::start(3600).expect("fixture");
     let mut opts = fx.wi_options(CLIENT_ID);
     opts.tenant_id = Some("other-tenant".into());
-    let wi = WorkloadIdentity::new(opts, &Default::default(), Some(fx.ca.ca_pem.as_bytes()))
-        .expect("credential");
+    let wi =
+        WorkloadIdentity::new(opts, &Default::default(), Some(fx.ca.ca_pem.as_bytes())).expect("credential");
     let err = timed("unknown tenant", wi.token(&[STORAGE_SCOPE]))
         .await
         .expect_err("must fail");
@@ -68,8 +68,7 @@ async fn missing_token_file_fails_at_construction() {
     assert!(matches!(err, Error::Unauthenticated { .. }), "{err}");
     let msg = err.to_string();
     assert!(
-        msg.contains("federated token file")
-            && msg.contains("/nonexistent/pxb/azure-identity-token"),
+        msg.contains("federated token file") && msg.contains("/nonexistent/pxb/azure-identity-token"),
         "{msg}"
     );
     assert!(fx.entra.exchanges().is_empty());
@@ -103,8 +102,7 @@ async fn entra_rejects_an_assertion_that_is_not_the_current_token() {
     std::fs::write(&stale, pxb_tests::jwt::service_account_token(3600)).expect("write");
     let mut opts = fx.wi_options(CLIENT_ID);
     opts.token_file = Some(stale);
-    let wi = WorkloadIdentity::new(opts, &Default::default(), Some(fx.ca.ca_pem.as_bytes()))
-        .expect("wi");
+    let wi = WorkloadIdentity::new(opts, &Default::default(), Some(fx.ca.ca_pem.as_bytes())).expect("wi");
     let err = timed("stale assertion", wi.token(&[STORAGE_SCOPE]))
         .await
         .expect_err("must be refused");
@@ -147,8 +145,7 @@ async fn wrong_account_key_is_rejected() {
     let good = AzureBlobStore::new(fx.key_config("wrong-key")).expect("store");
     good.create_container().await.expect("container");
     let key = base64::engine::general_purpose::STANDARD.encode([7u8; 64]);
-    let store =
-        AzureBlobStore::new(fx.config("wrong-key", AzureAuth::SharedKey { key })).expect("store");
+    let store = AzureBlobStore::new(fx.config("wrong-key", AzureAuth::SharedKey { key })).expect("store");
     let err = timed(
         "wrong key",
         store.put(&path("x"), "x".into(), PutOptions::default()),
@@ -162,11 +159,7 @@ async fn wrong_account_key_is_rejected() {
         "{msg}"
     );
     assert!(
-        good.list("", None, 10)
-            .await
-            .expect("list")
-            .objects
-            .is_empty(),
+        good.list("", None, 10).await.expect("list").objects.is_empty(),
         "nothing was written"
     );
 
@@ -186,17 +179,11 @@ async fn wrong_account_key_is_rejected() {
 async fn bearer_over_plain_http_is_refused() {
     let fx = AzureFixture::start(3600).expect("fixture");
     let mut cfg = fx.wi_config("plain-http");
-    cfg.endpoint = Some(format!(
-        "http://127.0.0.1:{}/devstoreaccount1",
-        fx.azurite.port()
-    ));
+    cfg.endpoint = Some(format!("http://127.0.0.1:{}/devstoreaccount1", fx.azurite.port()));
     let err = AzureBlobStore::new(cfg).expect_err("must refuse");
     assert!(matches!(err, Error::Invalid { .. }), "{err}");
     assert!(err.to_string().contains("plain http"), "{err}");
-    assert!(
-        fx.entra.exchanges().is_empty(),
-        "no token was even requested"
-    );
+    assert!(fx.entra.exchanges().is_empty(), "no token was even requested");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -223,8 +210,7 @@ async fn unreachable_entra_fails_fast() {
         "https://127.0.0.1:{}",
         pxb_tests::free_port().expect("port")
     ));
-    let store = AzureBlobStore::new(fx.config("no-entra", AzureAuth::WorkloadIdentity(opts)))
-        .expect("store");
+    let store = AzureBlobStore::new(fx.config("no-entra", AzureAuth::WorkloadIdentity(opts))).expect("store");
     let err = timed("unreachable Entra ID", store.list("", None, 10))
         .await
         .expect_err("must fail");

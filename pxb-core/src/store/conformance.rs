@@ -61,20 +61,13 @@ pub async fn put_get_head_roundtrip(store: &dyn ObjectStore) {
     let got = store.get(&path).await.expect("get");
     assert_eq!(got.meta.size, data.len() as u64, "{store}: get size");
     assert_eq!(got.meta.metadata, md, "{store}: get metadata");
-    assert_eq!(
-        got.bytes().await.expect("get body"),
-        data,
-        "{store}: get body"
-    );
+    assert_eq!(got.bytes().await.expect("get body"), data, "{store}: get body");
     let head = store.head(&path).await.expect("head");
     assert_eq!(head.path, path);
     assert_eq!(head.size, data.len() as u64, "{store}: head size");
     assert_eq!(head.metadata, md, "{store}: head metadata");
     if put.e_tag.is_some() {
-        assert_eq!(
-            head.e_tag, put.e_tag,
-            "{store}: head e_tag equals put e_tag"
-        );
+        assert_eq!(head.e_tag, put.e_tag, "{store}: head e_tag equals put e_tag");
     }
 }
 
@@ -147,31 +140,19 @@ pub async fn empty_object(store: &dyn ObjectStore) {
         .await
         .expect("put_stream empty");
     assert_eq!(streamed.size, 0, "{store}: empty put_stream size");
-    let page = store
-        .list("conformance/empty/", None, 10)
-        .await
-        .expect("list");
+    let page = store.list("conformance/empty/", None, 10).await.expect("list");
     let sizes: Vec<u64> = page.objects.iter().map(|o| o.size).collect();
     assert_eq!(sizes, vec![0, 0], "{store}: empty objects listed");
     assert!(
-        matches!(
-            store.get_range(&path, 0..1).await,
-            Err(Error::Invalid { .. })
-        ),
+        matches!(store.get_range(&path, 0..1).await, Err(Error::Invalid { .. })),
         "{store}: any range of an empty object is past its end: {:?}",
-        store
-            .get_range(&path, 0..1)
-            .await
-            .map_err(|e| e.to_string())
+        store.get_range(&path, 0..1).await.map_err(|e| e.to_string())
     );
 }
 
 /// Names with `/`, spaces, unicode and deep prefixes round-trip through put, get and list.
 pub async fn awkward_names(store: &dyn ObjectStore) {
-    let deep = (0..30)
-        .map(|i| format!("d{i}"))
-        .collect::<Vec<_>>()
-        .join("/");
+    let deep = (0..30).map(|i| format!("d{i}")).collect::<Vec<_>>().join("/");
     let names = [
         "conformance/names/with space/and more spaces.txt".to_string(),
         "conformance/names/unicode/Grüße/日本語/emoji-🦀".to_string(),
@@ -188,13 +169,7 @@ pub async fn awkward_names(store: &dyn ObjectStore) {
             )
             .await
             .expect(name);
-        let body = store
-            .get(&path)
-            .await
-            .expect(name)
-            .bytes()
-            .await
-            .expect(name);
+        let body = store.get(&path).await.expect(name).bytes().await.expect(name);
         assert_eq!(body, name.as_bytes(), "{store}: body of {name:?}");
     }
     let mut listed: Vec<String> = list_all(store, "conformance/names/")
@@ -204,10 +179,7 @@ pub async fn awkward_names(store: &dyn ObjectStore) {
     let mut expected = names.to_vec();
     expected.sort();
     listed.sort();
-    assert_eq!(
-        listed, expected,
-        "{store}: awkward names listed back exactly"
-    );
+    assert_eq!(listed, expected, "{store}: awkward names listed back exactly");
 }
 
 /// Listing is by string prefix, in ascending byte order, and pages cover everything exactly once.
@@ -252,10 +224,7 @@ pub async fn list_paging_and_prefixes(store: &dyn ObjectStore) {
         }
         assert!(pages < 50, "{store}: listing does not end");
     }
-    assert!(
-        pages >= 5,
-        "{store}: 23 objects in pages of 5 took {pages} pages"
-    );
+    assert!(pages >= 5, "{store}: 23 objects in pages of 5 took {pages} pages");
     assert_eq!(
         seen, expected,
         "{store}: paged listing is complete, ordered and without duplicates"
@@ -277,10 +246,7 @@ pub async fn list_paging_and_prefixes(store: &dyn ObjectStore) {
         ],
         "{store}: a prefix that ends inside a name"
     );
-    let all = store
-        .list("conformance/list", None, 100)
-        .await
-        .expect("list");
+    let all = store.list("conformance/list", None, 100).await.expect("list");
     assert_eq!(
         all.objects.len(),
         24,
@@ -310,10 +276,7 @@ pub async fn list_returns_metadata(store: &dyn ObjectStore) {
             .await
             .expect("put");
     }
-    let page = store
-        .list("conformance/listmeta/", None, 10)
-        .await
-        .expect("list");
+    let page = store.list("conformance/listmeta/", None, 10).await.expect("list");
     assert_eq!(page.objects.len(), 3);
     for (i, o) in page.objects.iter().enumerate() {
         assert_eq!(o.size, (i * 10) as u64, "{store}: listed size");
@@ -374,10 +337,7 @@ pub async fn missing_objects(store: &dyn ObjectStore) {
         "{store}: head missing"
     );
     assert!(
-        matches!(
-            store.get_range(&path, 0..1).await,
-            Err(Error::NotFound { .. })
-        ),
+        matches!(store.get_range(&path, 0..1).await, Err(Error::NotFound { .. })),
         "{store}: range missing"
     );
     store
@@ -396,14 +356,8 @@ pub async fn missing_objects(store: &dyn ObjectStore) {
         "{store}: head after delete"
     );
     store.delete(&path).await.expect("second delete succeeds");
-    let page = store
-        .list("conformance/missing/", None, 10)
-        .await
-        .expect("list");
-    assert!(
-        page.objects.is_empty(),
-        "{store}: deleted object still listed"
-    );
+    let page = store.list("conformance/missing/", None, 10).await.expect("list");
+    assert!(page.objects.is_empty(), "{store}: deleted object still listed");
 }
 
 /// Put-if-absent refuses to replace, for whole and streamed puts, and leaves the object intact.
@@ -431,13 +385,7 @@ pub async fn create_only_never_overwrites(store: &dyn ObjectStore) {
         matches!(streamed, Err(Error::AlreadyExists { .. })),
         "{store}: streamed create: {streamed:?}"
     );
-    let body = store
-        .get(&path)
-        .await
-        .expect("get")
-        .bytes()
-        .await
-        .expect("body");
+    let body = store.get(&path).await.expect("get").bytes().await.expect("body");
     assert_eq!(
         body,
         Bytes::from_static(b"original"),
@@ -465,11 +413,7 @@ pub async fn concurrent_create_has_one_winner(store: &dyn ObjectStore) {
         .filter(|(_, r)| r.is_ok())
         .map(|(i, _)| *i)
         .collect();
-    assert_eq!(
-        winners.len(),
-        1,
-        "{store}: exactly one winner, got {winners:?}"
-    );
+    assert_eq!(winners.len(), 1, "{store}: exactly one winner, got {winners:?}");
     for (i, r) in &results {
         if let Err(e) = r {
             assert!(
@@ -478,13 +422,7 @@ pub async fn concurrent_create_has_one_winner(store: &dyn ObjectStore) {
             );
         }
     }
-    let body = store
-        .get(&path)
-        .await
-        .expect("get")
-        .bytes()
-        .await
-        .expect("body");
+    let body = store.get(&path).await.expect("get").bytes().await.expect("body");
     assert_eq!(
         body,
         Bytes::from(vec![winners[0]; 1024]),
@@ -560,11 +498,7 @@ pub struct PatternReader {
 impl PatternReader {
     /// `len` bytes from the pattern named by `seed`.
     pub fn new(seed: u64, len: u64) -> Self {
-        Self {
-            seed,
-            offset: 0,
-            len,
-        }
+        Self { seed, offset: 0, len }
     }
 
     fn byte(seed: u64, offset: u64) -> u8 {

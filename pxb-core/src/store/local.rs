@@ -21,8 +21,8 @@ use futures::StreamExt;
 use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
 
 use super::{
-    GetResult, ListPage, MAX_LIST_PAGE, Metadata, ObjectMeta, ObjectStore, PutMode, PutOptions,
-    PutReader, PutResult, clamp_range, validate_metadata,
+    GetResult, ListPage, MAX_LIST_PAGE, Metadata, ObjectMeta, ObjectStore, PutMode, PutOptions, PutReader,
+    PutResult, clamp_range, validate_metadata,
 };
 use crate::{Error, ObjectPath, Result};
 
@@ -127,8 +127,7 @@ fn map_io(path: &ObjectPath, op: &str, e: io::Error) -> Error {
 }
 
 fn header(metadata: &Metadata) -> Result<Vec<u8>> {
-    let json = serde_json::to_vec(metadata)
-        .map_err(|e| Error::other("encoding metadata").with_source(e))?;
+    let json = serde_json::to_vec(metadata).map_err(|e| Error::other("encoding metadata").with_source(e))?;
     let len = u32::try_from(json.len()).map_err(|_| Error::invalid("metadata too large"))?;
     let mut h = Vec::with_capacity(FIXED_HEADER + json.len());
     h.extend_from_slice(MAGIC);
@@ -190,13 +189,7 @@ fn open(file_path: &Path, path: &ObjectPath) -> Result<Opened> {
 
 fn e_tag(m: &fs::Metadata) -> String {
     use std::os::unix::fs::MetadataExt;
-    format!(
-        "{:x}-{:x}-{:x}-{:x}",
-        m.ino(),
-        m.mtime(),
-        m.mtime_nsec(),
-        m.len()
-    )
+    format!("{:x}-{:x}-{:x}-{:x}", m.ino(), m.mtime(), m.mtime_nsec(), m.len())
 }
 
 /// A temp file that is removed unless committed.
@@ -211,11 +204,7 @@ impl TmpFile {
         loop {
             let name = format!("{}-{:016x}", std::process::id(), rand::random::<u64>());
             let path = dir.join(name);
-            match fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .open(&path)
-            {
+            match fs::OpenOptions::new().write(true).create_new(true).open(&path) {
                 Ok(f) => return Ok((Self { path }, f)),
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
                 Err(e) => return Err(e),
@@ -277,12 +266,11 @@ impl ObjectStore for LocalFileSystem {
         let target = self.file_path(path)?;
         let path = path.clone();
         self.blocking(move |inner| {
-            let (tmp, mut file) = TmpFile::create(&inner.root)
-                .map_err(|e| map_io(&path, "create temp file for", e))?;
+            let (tmp, mut file) =
+                TmpFile::create(&inner.root).map_err(|e| map_io(&path, "create temp file for", e))?;
             file.write_all(&header(&opts.metadata)?)
                 .map_err(|e| map_io(&path, "write", e))?;
-            file.write_all(&data)
-                .map_err(|e| map_io(&path, "write", e))?;
+            file.write_all(&data).map_err(|e| map_io(&path, "write", e))?;
             finish(inner, &path, &target, tmp, file, opts.mode)
         })
         .await
@@ -299,10 +287,8 @@ impl ObjectStore for LocalFileSystem {
         let (tmp, file) = {
             let root = self.inner.root.clone();
             let p = path.clone();
-            self.blocking(move |_| {
-                TmpFile::create(&root).map_err(|e| map_io(&p, "create temp file for", e))
-            })
-            .await?
+            self.blocking(move |_| TmpFile::create(&root).map_err(|e| map_io(&p, "create temp file for", e)))
+                .await?
         };
         let mut out = tokio::fs::File::from_std(file);
         out.write_all(&header(&opts.metadata)?)
@@ -373,8 +359,7 @@ impl ObjectStore for LocalFileSystem {
             file.seek(SeekFrom::Start(header_len + r.start))
                 .map_err(|e| map_io(&path, "seek", e))?;
             let mut buf = vec![0u8; (r.end - r.start) as usize];
-            file.read_exact(&mut buf)
-                .map_err(|e| map_io(&path, "read", e))?;
+            file.read_exact(&mut buf).map_err(|e| map_io(&path, "read", e))?;
             Ok(Bytes::from(buf))
         })
         .await
@@ -387,23 +372,14 @@ impl ObjectStore for LocalFileSystem {
             .await
     }
 
-    async fn list(
-        &self,
-        prefix: &str,
-        token: Option<&str>,
-        max_results: usize,
-    ) -> Result<ListPage> {
+    async fn list(&self, prefix: &str, token: Option<&str>, max_results: usize) -> Result<ListPage> {
         let max = max_results.clamp(1, MAX_LIST_PAGE);
         let prefix = prefix.to_owned();
         let token = token.map(str::to_owned);
         self.blocking(move |inner| {
             let mut found = Vec::with_capacity(max + 1);
-            walk(&inner.root, &prefix, token.as_deref(), max + 1, &mut found).map_err(|e| {
-                Error::io(
-                    format!("listing {prefix:?} under {}", inner.root.display()),
-                    e,
-                )
-            })?;
+            walk(&inner.root, &prefix, token.as_deref(), max + 1, &mut found)
+                .map_err(|e| Error::io(format!("listing {prefix:?} under {}", inner.root.display()), e))?;
             let more = found.len() > max;
             found.truncate(max);
             let mut objects = Vec::with_capacity(found.len());
@@ -434,12 +410,7 @@ impl ObjectStore for LocalFileSystem {
         self.blocking(move |inner| {
             match fs::remove_file(&file_path) {
                 Ok(()) => {}
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        io::ErrorKind::NotFound | io::ErrorKind::IsADirectory
-                    ) =>
-                {
+                Err(e) if matches!(e.kind(), io::ErrorKind::NotFound | io::ErrorKind::IsADirectory) => {
                     return Ok(());
                 }
                 Err(e) => return Err(map_io(&path, "delete", e)),
@@ -488,12 +459,7 @@ fn visit(
 ) -> io::Result<()> {
     let entries = match fs::read_dir(dir) {
         Ok(e) => e,
-        Err(e)
-            if matches!(
-                e.kind(),
-                io::ErrorKind::NotFound | io::ErrorKind::NotADirectory
-            ) =>
-        {
+        Err(e) if matches!(e.kind(), io::ErrorKind::NotFound | io::ErrorKind::NotADirectory) => {
             return Ok(());
         }
         Err(e) => return Err(e),

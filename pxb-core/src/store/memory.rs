@@ -13,8 +13,8 @@ use futures::StreamExt;
 use tokio::io::AsyncReadExt;
 
 use super::{
-    GetResult, ListPage, MAX_LIST_PAGE, ObjectMeta, ObjectStore, PutMode, PutOptions, PutReader,
-    PutResult, clamp_range, validate_metadata,
+    GetResult, ListPage, MAX_LIST_PAGE, ObjectMeta, ObjectStore, PutMode, PutOptions, PutReader, PutResult,
+    clamp_range, validate_metadata,
 };
 use crate::{Error, ObjectPath, Result};
 
@@ -51,9 +51,7 @@ impl InMemory {
     /// Replaces an object's bytes in place, keeping its properties: for tests that simulate damage.
     pub fn corrupt(&self, path: &ObjectPath, data: Bytes) -> Result<()> {
         let mut map = self.objects.write().unwrap_or_else(|e| e.into_inner());
-        let entry = map
-            .get_mut(path.as_str())
-            .ok_or_else(|| Error::not_found(path))?;
+        let entry = map.get_mut(path.as_str()).ok_or_else(|| Error::not_found(path))?;
         entry.data = data;
         Ok(())
     }
@@ -72,9 +70,7 @@ impl InMemory {
 
 impl fmt::Debug for InMemory {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("InMemory")
-            .field("objects", &self.len())
-            .finish()
+        f.debug_struct("InMemory").field("objects", &self.len()).finish()
     }
 }
 
@@ -142,12 +138,7 @@ impl ObjectStore for InMemory {
         Ok(self.lookup(path)?.meta)
     }
 
-    async fn list(
-        &self,
-        prefix: &str,
-        token: Option<&str>,
-        max_results: usize,
-    ) -> Result<ListPage> {
+    async fn list(&self, prefix: &str, token: Option<&str>, max_results: usize) -> Result<ListPage> {
         let max = max_results.clamp(1, MAX_LIST_PAGE);
         let map = self.read();
         let lower = match token {

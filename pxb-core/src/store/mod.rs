@@ -163,12 +163,7 @@ pub trait ObjectStore: fmt::Debug + fmt::Display + Send + Sync + 'static {
 
     /// Writes an object streamed from `reader`, in parts, with memory bounded by the backend's part
     /// size and concurrency (not by the object's size). The object appears only once complete.
-    async fn put_stream(
-        &self,
-        path: &ObjectPath,
-        reader: PutReader,
-        opts: PutOptions,
-    ) -> Result<PutResult>;
+    async fn put_stream(&self, path: &ObjectPath, reader: PutReader, opts: PutOptions) -> Result<PutResult>;
 
     /// Reads a whole object, streamed.
     async fn get(&self, path: &ObjectPath) -> Result<GetResult>;
@@ -181,18 +176,14 @@ pub trait ObjectStore: fmt::Debug + fmt::Display + Send + Sync + 'static {
 
     /// Lists up to `max_results` (at most [`MAX_LIST_PAGE`]) objects whose names start with
     /// `prefix`, after the position `token` from a previous page.
-    async fn list(&self, prefix: &str, token: Option<&str>, max_results: usize)
-    -> Result<ListPage>;
+    async fn list(&self, prefix: &str, token: Option<&str>, max_results: usize) -> Result<ListPage>;
 
     /// Deletes an object; succeeds if it does not exist.
     async fn delete(&self, path: &ObjectPath) -> Result<()>;
 }
 
 /// Lists every object under `prefix`, page by page, as one stream.
-pub fn list_all<'a>(
-    store: &'a dyn ObjectStore,
-    prefix: &'a str,
-) -> BoxStream<'a, Result<ObjectMeta>> {
+pub fn list_all<'a>(store: &'a dyn ObjectStore, prefix: &'a str) -> BoxStream<'a, Result<ObjectMeta>> {
     let pages = futures::stream::unfold(Some(None::<String>), move |state| async move {
         let token = state?;
         match store.list(prefix, token.as_deref(), MAX_LIST_PAGE).await {
@@ -223,10 +214,7 @@ pub fn validate_metadata(metadata: &Metadata) -> Result<()> {
                 "metadata key {k:?} must be a lowercase identifier ([a-z][a-z0-9_]*)"
             )));
         }
-        if !v.chars().all(|c| c.is_ascii_graphic() || c == ' ')
-            || v.starts_with(' ')
-            || v.ends_with(' ')
-        {
+        if !v.chars().all(|c| c.is_ascii_graphic() || c == ' ') || v.starts_with(' ') || v.ends_with(' ') {
             return Err(Error::invalid(format!(
                 "metadata value of {k:?} must be printable ASCII without leading or trailing spaces"
             )));
@@ -262,11 +250,7 @@ mod tests {
 
     #[test]
     fn metadata_rules() {
-        let ok: Metadata = [
-            ("pxb_format".into(), "1".into()),
-            ("k2".into(), "a b/c=d".into()),
-        ]
-        .into();
+        let ok: Metadata = [("pxb_format".into(), "1".into()), ("k2".into(), "a b/c=d".into())].into();
         assert!(validate_metadata(&ok).is_ok());
         for (k, v) in [
             ("Upper", "x"),

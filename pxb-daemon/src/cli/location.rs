@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Args, Subcommand};
-use pxb_core::{CheckOptions, CheckReport, StepOutcome, check_location};
+use pxb_core::{CheckOptions, CheckReport, check_location};
 
 use crate::location::LocationArgs;
 
@@ -60,7 +60,7 @@ async fn check(args: CheckArgs) -> ExitCode {
             .map_err(std::io::Error::from)
             .and_then(|()| writeln!(out))
     } else {
-        print_report(&mut out, &report)
+        writeln!(out, "{report}")
     };
     if written.is_err() {
         return ExitCode::from(3);
@@ -69,27 +69,5 @@ async fn check(args: CheckArgs) -> ExitCode {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
-    }
-}
-
-fn print_report(out: &mut impl Write, report: &CheckReport) -> std::io::Result<()> {
-    writeln!(out, "checking {}", report.location)?;
-    for s in &report.steps {
-        let tag = match s.outcome {
-            StepOutcome::Passed => "PASS",
-            StepOutcome::Failed => "FAIL",
-            StepOutcome::Skipped => "SKIP",
-        };
-        writeln!(
-            out,
-            "{tag} {:<12} {} ({} ms)",
-            s.step.name(),
-            s.detail,
-            s.elapsed_ms
-        )?;
-    }
-    match report.first_failure() {
-        None => writeln!(out, "location OK: every step passed"),
-        Some(f) => writeln!(out, "location check FAILED at step {:?}", f.step.name()),
     }
 }
