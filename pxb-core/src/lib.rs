@@ -4,10 +4,12 @@
 //! - [`credential`]: the [`TokenSource`] seam (where access tokens come from);
 //! - [`clock`]: the [`Clock`] seam;
 //! - [`location`]: backup location URLs;
-//! - [`check`]: location validation (list, write, read back, delete).
+//! - [`check`]: location validation (list, write, read back, delete);
+//! - [`backup`]: the backup engine and on-location format.
 //!
 //! This crate does no network I/O and depends on no cloud SDK.
 
+pub mod backup;
 pub mod check;
 pub mod clock;
 pub mod credential;

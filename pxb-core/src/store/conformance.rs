@@ -509,6 +509,11 @@ impl PatternReader {
         z.to_le_bytes()[(offset % 8) as usize]
     }
 
+    /// The pattern's byte at `offset`.
+    pub fn matches_byte(seed: u64, offset: u64) -> u8 {
+        Self::byte(seed, offset)
+    }
+
     /// Whether `data` equals the pattern `seed` from `offset` on.
     pub fn matches(seed: u64, offset: u64, data: &[u8]) -> bool {
         data.iter()

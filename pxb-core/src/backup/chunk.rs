@@ -1,0 +1,171 @@
+//! Content-addressed chunks: ids, object names, and the stored encoding.
+//!
+//! A chunk is stored once per location at `pxb/chunks/<2 hex>/<64 hex>`, named by the BLAKE3 hash
+//! of its plain bytes. The stored bytes are `PXC1`, one byte for the encoding (`0` raw, `1` zstd),
+//! then the payload. Incompressible data is stored raw.
+
+use std::fmt;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use super::layout;
+use crate::{Error, ObjectPath, Result};
+
+const MAGIC: &[u8; 4] = b"PXC1";
+const RAW: u8 = 0;
+const ZSTD: u8 = 1;
+
+/// The largest plain chunk any reader accepts (a bound against decompression bombs).
+pub const MAX_CHUNK_SIZE: usize = 16 << 20;
+
+/// The BLAKE3 hash of a chunk's plain bytes.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ChunkId(pub [u8; 32]);
+
+impl ChunkId {
+    /// The id of `data`.
+    pub fn of(data: &[u8]) -> Self {
+        Self(*blake3::hash(data).as_bytes())
+    }
+
+    /// Lowercase hex.
+    pub fn to_hex(&self) -> String {
+        blake3::Hash::from_bytes(self.0).to_hex().to_string()
+    }
+
+    /// Parses 64 hex digits.
+    pub fn from_hex(s: &str) -> Result<Self> {
+        blake3::Hash::from_hex(s)
+            .map(|h| Self(*h.as_bytes()))
+            .map_err(|_| Error::corrupt(format!("{s:?} is not a chunk id (64 hex digits)")))
+    }
+
+    /// The object that holds the chunk.
+    pub fn path(&self) -> ObjectPath {
+        let hex = self.to_hex();
+        // Hex digits under a constant prefix always form a valid name.
+        ObjectPath::parse(format!("{}{}/{hex}", layout::CHUNKS, &hex[..2])).unwrap_or_else(|_| unreachable!())
+    }
+
+    /// The chunk id named by an object under [`layout::CHUNKS`], if it is one.
+    pub fn from_path(path: &str) -> Option<Self> {
+        let rest = path.strip_prefix(layout::CHUNKS)?;
+        let (dir, hex) = rest.split_once('/')?;
+        let id = Self::from_hex(hex).ok()?;
+        (hex.len() == 64 && dir == &hex[..2]).then_some(id)
+    }
+
+    /// The first 16 bytes, for compact sets where a collision only costs keeping garbage.
+    pub fn prefix(&self) -> u128 {
+        let mut b = [0u8; 16];
+        b.copy_from_slice(&self.0[..16]);
+        u128::from_be_bytes(b)
+    }
+}
+
+impl fmt::Debug for ChunkId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ChunkId({})", &self.to_hex()[..16])
+    }
+}
+
+impl fmt::Display for ChunkId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.to_hex())
+    }
+}
+
+impl Serialize for ChunkId {
+    fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.serialize_str(&self.to_hex())
+    }
+}
+
+impl<'de> Deserialize<'de> for ChunkId {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        Self::from_hex(&s).map_err(serde::de::Error::custom)
+    }
+}
+
+/// Encodes plain bytes for storage: zstd at `level` unless that does not make them smaller.
+pub fn encode(data: &[u8], level: i32) -> Vec<u8> {
+    let mut out = Vec::with_capacity(data.len() / 2 + 8);
+    out.extend_from_slice(MAGIC);
+    match zstd::bulk::compress(data, level) {
+        Ok(z) if z.len() + 16 < data.len() => {
+            out.push(ZSTD);
+            out.extend_from_slice(&z);
+        }
+        _ => {
+            out.push(RAW);
+            out.extend_from_slice(data);
+        }
+    }
+    out
+}
+
+/// Decodes stored bytes of the object `path`; with `expect`, also checks the plain bytes' hash.
+pub fn decode(path: &str, stored: &[u8], expect: Option<&ChunkId>) -> Result<Vec<u8>> {
+    if stored.len() < 5 || &stored[..4] != MAGIC {
+        return Err(Error::corrupt(format!("{path}: not a pxb chunk (bad magic)")));
+    }
+    let plain = match stored[4] {
+        RAW => stored[5..].to_vec(),
+        ZSTD => zstd::bulk::decompress(&stored[5..], MAX_CHUNK_SIZE)
+            .map_err(|e| Error::corrupt(format!("{path}: chunk does not decompress: {e}")))?,
+        other => return Err(Error::corrupt(format!("{path}: unknown chunk encoding {other}"))),
+    };
+    if let Some(id) = expect {
+        let actual = ChunkId::of(&plain);
+        if actual != *id {
+            return Err(Error::corrupt(format!(
+                "{path}: content hash is {actual}, expected {id}"
+            )));
+        }
+    }
+    Ok(plain)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn roundtrip_compressible_and_not() {
+        let text = b"pxb ".repeat(10_000);
+        let noise: Vec<u8> = (0..50_000u32)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+            .collect();
+        for data in [&text[..], &noise[..], b""] {
+            let id = ChunkId::of(data);
+            let enc = encode(data, 3);
+            assert_eq!(decode("x", &enc, Some(&id)).expect("decode"), data);
+        }
+        assert!(encode(&text, 3).len() < text.len() / 10);
+    }
+
+    #[test]
+    fn damage_is_named() {
+        let data = b"hello chunk".repeat(100);
+        let id = ChunkId::of(&data);
+        let mut enc = encode(&data, 3);
+        let last = enc.len() - 1;
+        enc[last] ^= 0xff;
+        let err = decode("pxb/chunks/ab/abc", &enc, Some(&id)).expect_err("flipped byte");
+        assert!(err.to_string().contains("pxb/chunks/ab/abc"), "{err}");
+        assert!(decode("p", b"nope", None).is_err());
+        assert!(decode("p", b"PXC1\x07abc", None).is_err());
+    }
+
+    #[test]
+    fn paths_roundtrip() {
+        let id = ChunkId::of(b"x");
+        let p = id.path();
+        assert!(p.as_str().starts_with("pxb/chunks/"));
+        assert_eq!(ChunkId::from_path(p.as_str()), Some(id));
+        assert_eq!(ChunkId::from_path("pxb/chunks/zz/nothex"), None);
+        let json = serde_json::to_string(&id).expect("json");
+        assert_eq!(serde_json::from_str::<ChunkId>(&json).expect("parse"), id);
+    }
+}

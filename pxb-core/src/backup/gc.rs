@@ -1,0 +1,172 @@
+//! Mark-and-sweep garbage collection of chunks no committed backup references.
+//!
+//! Mark reads every committed backup's file index into a sorted vector of 16-byte chunk-id
+//! prefixes (memory grows with the number of chunks, not bytes; a prefix collision can only keep
+//! garbage, never delete a live chunk). Sweep lists the chunks and deletes the unreferenced ones
+//! older than the grace period, plus the objects of backups that never committed. GC holds the
+//! exclusive GC lease; if backups hold leases it defers the sweep (see [`super::locks`]), and a
+//! backup starting during a sweep waits for it, so no in-flight backup can lose a chunk.
+
+use std::time::{Duration, SystemTime};
+
+use futures::stream::{StreamExt, TryStreamExt};
+use serde::Serialize;
+
+use super::chunk::ChunkId;
+use super::locks::{self, GcLock};
+use super::volume::{self, EntryKind};
+use super::{BackupKind, Repository, layout};
+use crate::store::list_all;
+use crate::{Error, ObjectPath, Result};
+
+/// Settings of a GC run.
+#[derive(Debug, Clone)]
+pub struct GcOptions {
+    /// Unreferenced objects younger than this are kept (they may belong to a backup in flight).
+    pub grace: Duration,
+    /// Report what would be deleted without deleting.
+    pub dry_run: bool,
+    /// Deletes in flight at once.
+    pub concurrency: usize,
+}
+
+impl Default for GcOptions {
+    fn default() -> Self {
+        Self {
+            grace: Duration::from_secs(3600),
+            dry_run: false,
+            concurrency: 16,
+        }
+    }
+}
+
+/// What a GC run did.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct GcReport {
+    /// Committed backups marked.
+    pub backups: u64,
+    /// Distinct chunks they reference.
+    pub referenced_chunks: u64,
+    /// Chunks found in the location.
+    pub chunks_seen: u64,
+    /// Unreferenced chunks deleted (or, in a dry run, that would be).
+    pub deleted_chunks: u64,
+    /// Stored bytes of those chunks.
+    pub deleted_bytes: u64,
+    /// Unreferenced chunks kept because they are younger than the grace period.
+    pub kept_in_grace: u64,
+    /// Objects of backups that never committed, deleted.
+    pub deleted_orphans: u64,
+    /// Why nothing was swept, if so.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub deferred: Option<String>,
+}
+
+/// Runs one GC pass over the repository.
+pub async fn gc(repo: &Repository, opts: &GcOptions) -> Result<GcReport> {
+    let lock = GcLock::acquire(repo).await?;
+    let result = run(repo, opts, &lock).await;
+    lock.release().await;
+    result
+}
+
+async fn run(repo: &Repository, opts: &GcOptions, lock: &GcLock) -> Result<GcReport> {
+    let mut report = GcReport::default();
+    let running = locks::running_backups(repo).await?;
+    if !running.is_empty() {
+        report.deferred = Some(format!(
+            "{} backup(s) running ({}); nothing was deleted, run GC again later",
+            running.len(),
+            running.join(", ")
+        ));
+        return Ok(report);
+    }
+
+    // Mark.
+    let summaries = repo.list().await?;
+    let mut live: Vec<u128> = Vec::new();
+    let mut committed = std::collections::HashSet::new();
+    for s in &summaries {
+        committed.insert(s.id.clone());
+        report.backups += 1;
+        if s.kind != BackupKind::Volume {
+            continue;
+        }
+        let entries = volume::read_index(repo, &s.id).await.map_err(|e| {
+            e.context(format!(
+                "GC stopped before deleting anything: cannot read what backup {} references",
+                s.id
+            ))
+        })?;
+        for e in entries.into_iter().filter(|e| e.kind == EntryKind::File) {
+            live.extend(e.slices.iter().map(|s| s.0.prefix()));
+        }
+        lock.check()?;
+    }
+    live.sort_unstable();
+    live.dedup();
+    live.shrink_to_fit();
+    report.referenced_chunks = live.len() as u64;
+
+    // Sweep.
+    let cutoff = repo
+        .clock()
+        .now()
+        .checked_sub(opts.grace)
+        .unwrap_or(SystemTime::UNIX_EPOCH);
+    let mut doomed = Vec::new();
+    let mut chunks = list_all(repo.store(), layout::CHUNKS);
+    while let Some(m) = chunks.try_next().await? {
+        let Some(id) = ChunkId::from_path(m.path.as_str()) else {
+            continue;
+        };
+        report.chunks_seen += 1;
+        if live.binary_search(&id.prefix()).is_ok() {
+            continue;
+        }
+        if m.last_modified > cutoff {
+            report.kept_in_grace += 1;
+            continue;
+        }
+        report.deleted_chunks += 1;
+        report.deleted_bytes += m.size;
+        doomed.push(m.path);
+        if doomed.len() >= 1000 {
+            delete_all(repo, std::mem::take(&mut doomed), opts).await?;
+            lock.check()?;
+        }
+    }
+    drop(chunks);
+    delete_all(repo, doomed, opts).await?;
+
+    // Objects of backups that never committed (crashed or aborted), once past the grace period.
+    let mut orphans = Vec::new();
+    let mut own = list_all(repo.store(), layout::BACKUPS);
+    while let Some(m) = own.try_next().await? {
+        let rest = m.path.as_str().trim_start_matches(layout::BACKUPS);
+        let id = rest
+            .split('/')
+            .next()
+            .and_then(|i| super::BackupId::parse(i).ok());
+        if id.is_some_and(|id| !committed.contains(&id)) && m.last_modified <= cutoff {
+            orphans.push(m.path);
+        }
+    }
+    drop(own);
+    report.deleted_orphans = orphans.len() as u64;
+    delete_all(repo, orphans, opts).await?;
+    Ok(report)
+}
+
+async fn delete_all(repo: &Repository, paths: Vec<ObjectPath>, opts: &GcOptions) -> Result<()> {
+    if opts.dry_run {
+        return Ok(());
+    }
+    futures::stream::iter(paths)
+        .map(|p| async move { repo.store().delete(&p).await })
+        .buffer_unordered(opts.concurrency.max(1))
+        .try_collect::<Vec<()>>()
+        .await
+        .map(|_| ())
+        .map_err(|e: Error| e.context("GC delete"))
+}

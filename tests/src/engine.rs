@@ -1,0 +1,415 @@
+//! Backup-engine scenarios that every backend runs: round trip, incremental, verify, delete, sync
+//! and GC (alone and concurrent with a backup). Each panics with a description of what broke.
+
+use std::fs;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use pxb_core::backup::gc::{GcOptions, gc};
+use pxb_core::backup::verify::{VerifyStatus, verify};
+use pxb_core::backup::volume::{VolumeBackupOptions, VolumeRestoreOptions, backup_volume, restore_volume};
+use pxb_core::backup::{ChunkId, Repository, SyncState};
+use pxb_core::store::conformance::PatternReader;
+use pxb_core::{Error, ManualClock, ObjectStore, PutOptions};
+
+/// Writes a tree with every kind of entry the mover handles: nested directories, many small files,
+/// large compressible and incompressible files, an empty file, a sparse file, symlinks, odd modes,
+/// foreign owners and fixed mtimes.
+pub fn make_tree(root: &Path, seed: u64) {
+    let w = |p: &str, data: &[u8]| {
+        let path = root.join(p);
+        fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
+        fs::write(&path, data).expect("write");
+    };
+    for i in 0..200u64 {
+        w(
+            &format!("small/d{}/f{i}.txt", i % 7),
+            format!("small file {i} seed {seed}\n")
+                .repeat((i % 50 + 1) as usize)
+                .as_bytes(),
+        );
+    }
+    w(
+        "big/text.log",
+        "log line with some repetition 0123456789\n"
+            .repeat(120_000)
+            .as_bytes(),
+    );
+    let mut noise = vec![0u8; 3 << 20];
+    for (i, b) in noise.iter_mut().enumerate() {
+        *b = PatternReader::matches_byte(seed, i as u64);
+    }
+    w("big/random.bin", &noise);
+    w("empty", b"");
+    w("unicode/Grüße 日本.txt", b"unicode name");
+    let sparse = root.join("sparse.img");
+    let f = fs::File::create(&sparse).expect("sparse");
+    f.set_len(16 << 20).expect("set_len");
+    drop(f);
+    {
+        use std::io::{Seek, SeekFrom, Write};
+        let mut f = fs::OpenOptions::new().write(true).open(&sparse).expect("open");
+        f.seek(SeekFrom::Start(8 << 20)).expect("seek");
+        f.write_all(b"data in the middle of a hole").expect("write");
+    }
+    std::os::unix::fs::symlink("big/text.log", root.join("link-to-log")).expect("symlink");
+    std::os::unix::fs::symlink("/nonexistent/target", root.join("dangling")).expect("symlink");
+    fs::set_permissions(root.join("small/d1"), fs::Permissions::from_mode(0o750)).expect("chmod");
+    fs::set_permissions(root.join("empty"), fs::Permissions::from_mode(0o600)).expect("chmod");
+    fs::set_permissions(root.join("big/text.log"), fs::Permissions::from_mode(0o4755)).expect("chmod");
+    // Foreign ownership (works when the tests run as root; otherwise left as is).
+    let _ = std::os::unix::fs::chown(root.join("unicode/Grüße 日本.txt"), Some(1234), Some(5678));
+    let t = filetime::FileTime::from_unix_time(1_700_000_000 + seed as i64, 123_456_789);
+    for p in ["big/random.bin", "empty", "small/d3/f3.txt"] {
+        filetime::set_file_mtime(root.join(p), t).expect("mtime");
+    }
+    filetime::set_symlink_file_times(root.join("link-to-log"), t, t).expect("link times");
+}
+
+/// Asserts two trees hold the same entries, content, modes, owners, mtimes and link targets, and
+/// that the sparse file is still sparse.
+pub fn assert_same_tree(a: &Path, b: &Path) {
+    let list = |root: &Path| {
+        let mut out = Vec::new();
+        let mut stack = vec![root.to_path_buf()];
+        while let Some(d) = stack.pop() {
+            for e in fs::read_dir(&d).expect("read_dir") {
+                let p = e.expect("entry").path();
+                let m = fs::symlink_metadata(&p).expect("lstat");
+                if m.is_dir() {
+                    stack.push(p.clone());
+                }
+                out.push(p.strip_prefix(root).expect("prefix").to_path_buf());
+            }
+        }
+        out.sort();
+        out
+    };
+    let (la, lb) = (list(a), list(b));
+    assert_eq!(la, lb, "entries differ");
+    for rel in la {
+        let (pa, pb) = (a.join(&rel), b.join(&rel));
+        let (ma, mb) = (
+            fs::symlink_metadata(&pa).expect("a"),
+            fs::symlink_metadata(&pb).expect("b"),
+        );
+        assert_eq!(ma.file_type(), mb.file_type(), "{rel:?}: type");
+        assert_eq!((ma.uid(), ma.gid()), (mb.uid(), mb.gid()), "{rel:?}: owner");
+        if ma.file_type().is_symlink() {
+            assert_eq!(
+                fs::read_link(&pa).expect("a"),
+                fs::read_link(&pb).expect("b"),
+                "{rel:?}: link target"
+            );
+        } else {
+            assert_eq!(ma.mode() & 0o7777, mb.mode() & 0o7777, "{rel:?}: mode");
+        }
+        assert_eq!(
+            (ma.mtime(), ma.mtime_nsec()),
+            (mb.mtime(), mb.mtime_nsec()),
+            "{rel:?}: mtime"
+        );
+        if ma.is_file() {
+            assert_eq!(ma.len(), mb.len(), "{rel:?}: size");
+            assert!(
+                fs::read(&pa).expect("a") == fs::read(&pb).expect("b"),
+                "{rel:?}: content differs"
+            );
+        }
+    }
+    let sparse = b.join("sparse.img");
+    if let Ok(m) = fs::metadata(&sparse) {
+        assert!(
+            m.blocks() * 512 < m.len() / 2,
+            "sparse.img was restored dense ({} blocks)",
+            m.blocks()
+        );
+    }
+}
+
+/// Backup then restore into an empty directory: the trees are identical.
+pub async fn roundtrip(repo: &Repository) {
+    let src = tempfile::tempdir().expect("tmp");
+    make_tree(src.path(), 1);
+    let m = backup_volume(repo, VolumeBackupOptions::new(src.path()))
+        .await
+        .expect("backup");
+    assert!(m.warnings.is_empty(), "warnings: {:?}", m.warnings);
+    assert_eq!(m.stats.symlinks, 2);
+    assert!(m.stats.files >= 205, "{:?}", m.stats);
+    assert!(
+        m.stats.stored_bytes < m.stats.bytes,
+        "compression and dedup store less: {:?}",
+        m.stats
+    );
+    let dst = tempfile::tempdir().expect("tmp");
+    let target = dst.path().join("restored");
+    let r = restore_volume(repo, &m.id, VolumeRestoreOptions::new(&target))
+        .await
+        .expect("restore");
+    assert_eq!(r.files, m.stats.files);
+    assert_same_tree(src.path(), &target);
+}
+
+/// An incremental backup reads only changed files and uploads (almost) nothing else.
+pub async fn incremental(repo: &Repository) {
+    let src = tempfile::tempdir().expect("tmp");
+    make_tree(src.path(), 2);
+    let first = backup_volume(repo, VolumeBackupOptions::new(src.path()))
+        .await
+        .expect("first");
+    fs::write(src.path().join("small/d2/f2.txt"), b"changed content").expect("modify");
+    fs::write(src.path().join("added.txt"), b"a new file").expect("add");
+    let mut opts = VolumeBackupOptions::new(src.path());
+    opts.parent = Some(first.id.clone());
+    let second = backup_volume(repo, opts).await.expect("second");
+    assert_eq!(
+        second.stats.bytes_read,
+        15 + 10,
+        "only the changed and new files are read: {:?}",
+        second.stats
+    );
+    assert!(second.stats.new_chunks <= 2, "{:?}", second.stats);
+    assert!(second.stats.stored_bytes < 64 * 1024, "{:?}", second.stats);
+    let dst = tempfile::tempdir().expect("tmp");
+    restore_volume(repo, &second.id, VolumeRestoreOptions::new(dst.path()))
+        .await
+        .expect("restore");
+    assert_same_tree(src.path(), dst.path());
+    // The same data again, without a parent, deduplicates against the location.
+    let third = backup_volume(repo, VolumeBackupOptions::new(src.path()))
+        .await
+        .expect("third");
+    assert!(third.stats.new_chunks <= 1, "{:?}", third.stats);
+}
+
+/// Quick verify finds a deleted chunk, deep verify a flipped byte; restore refuses both.
+pub async fn verify_finds_damage(repo: &Repository) {
+    let src = tempfile::tempdir().expect("tmp");
+    make_tree(src.path(), 3);
+    let m = backup_volume(repo, VolumeBackupOptions::new(src.path()))
+        .await
+        .expect("backup");
+    let ok = verify(repo, Some(vec![m.id.clone()]), true, 4)
+        .await
+        .expect("verify");
+    assert_eq!(ok[0].status, VerifyStatus::Ok, "{:?}", ok[0]);
+    let entries = pxb_core::backup::volume::read_index(repo, &m.id)
+        .await
+        .expect("index");
+    let mut chunks: Vec<ChunkId> = entries
+        .iter()
+        .flat_map(|e| e.slices.iter().map(|s| s.0))
+        .collect();
+    chunks.sort();
+    chunks.dedup();
+    let (gone, flipped) = (chunks[0], chunks[1]);
+    repo.store().delete(&gone.path()).await.expect("delete a chunk");
+    let stored = repo
+        .store()
+        .get(&flipped.path())
+        .await
+        .expect("get")
+        .bytes()
+        .await
+        .expect("bytes");
+    let mut bad = stored.to_vec();
+    let last = bad.len() - 1;
+    bad[last] ^= 0x01;
+    repo.store()
+        .put(&flipped.path(), Bytes::from(bad), PutOptions::default())
+        .await
+        .expect("damage");
+
+    let quick = verify(repo, Some(vec![m.id.clone()]), false, 4)
+        .await
+        .expect("quick");
+    assert_eq!(quick[0].status, VerifyStatus::Missing, "{:?}", quick[0]);
+    assert_eq!(quick[0].missing, vec![gone.path().to_string()]);
+    let deep = verify(repo, Some(vec![m.id.clone()]), true, 4)
+        .await
+        .expect("deep");
+    assert_eq!(deep[0].status, VerifyStatus::Corrupt, "{:?}", deep[0]);
+    assert!(
+        deep[0].corrupt.iter().any(|c| c.contains(&flipped.to_hex())),
+        "{:?}",
+        deep[0]
+    );
+    assert!(
+        deep[0].missing.iter().any(|c| c.contains(&gone.to_hex())),
+        "{:?}",
+        deep[0]
+    );
+    let dst = tempfile::tempdir().expect("tmp");
+    let err = restore_volume(repo, &m.id, VolumeRestoreOptions::new(dst.path()))
+        .await
+        .expect_err("damaged");
+    assert!(
+        err.to_string().contains(&gone.to_hex()) || err.to_string().contains(&flipped.to_hex()),
+        "{err}"
+    );
+}
+
+/// Delete removes the commit marker first and then the backup's objects; sync sees it go.
+pub async fn delete_and_sync(repo: &Repository) {
+    let src = tempfile::tempdir().expect("tmp");
+    fs::write(src.path().join("a"), b"one").expect("write");
+    let mut state = SyncState::default();
+    let before = repo.sync(&mut state).await.expect("sync").added.len();
+    let a = backup_volume(repo, VolumeBackupOptions::new(src.path()))
+        .await
+        .expect("a");
+    let b = backup_volume(repo, VolumeBackupOptions::new(src.path()))
+        .await
+        .expect("b");
+    let delta = repo.sync(&mut state).await.expect("sync");
+    assert_eq!(delta.added.len(), 2, "{delta:?}");
+    assert!(before + 2 == state.backups.len());
+    let again = repo.sync(&mut state).await.expect("sync");
+    assert!(
+        again.added.is_empty() && again.removed.is_empty(),
+        "nothing new: {again:?}"
+    );
+    let deleted = repo.delete(&a.id).await.expect("delete");
+    assert!(
+        deleted[0].starts_with("pxb/manifests/"),
+        "manifest first: {deleted:?}"
+    );
+    assert!(deleted.iter().any(|d| d.ends_with("/files")), "{deleted:?}");
+    let delta = repo.sync(&mut state).await.expect("sync");
+    assert_eq!(delta.removed, vec![a.id.clone()]);
+    assert!(state.backups.contains_key(&b.id));
+    assert!(
+        matches!(repo.delete(&a.id).await, Err(Error::NotFound { .. })),
+        "second delete"
+    );
+    assert!(matches!(repo.manifest(&a.id).await, Err(Error::NotFound { .. })));
+}
+
+/// GC deletes what only deleted backups referenced, past the grace period, and nothing else.
+pub async fn gc_reclaims_only_garbage(store: Arc<dyn ObjectStore>) {
+    let clock = ManualClock::new(SystemTime::now());
+    let repo = Repository::new(store).with_clock(Arc::new(clock.clone()));
+    let (s1, s2) = (
+        tempfile::tempdir().expect("tmp"),
+        tempfile::tempdir().expect("tmp"),
+    );
+    make_tree(s1.path(), 10);
+    make_tree(s2.path(), 11);
+    let a = backup_volume(&repo, VolumeBackupOptions::new(s1.path()))
+        .await
+        .expect("a");
+    let b = backup_volume(&repo, VolumeBackupOptions::new(s2.path()))
+        .await
+        .expect("b");
+    repo.delete(&a.id).await.expect("delete a");
+
+    let opts = GcOptions {
+        grace: Duration::from_secs(3600),
+        ..GcOptions::default()
+    };
+    let early = gc(&repo, &opts).await.expect("gc within grace");
+    assert_eq!(early.deleted_chunks, 0, "young garbage is kept: {early:?}");
+    assert!(early.kept_in_grace > 0, "{early:?}");
+
+    clock.advance(Duration::from_secs(7200));
+    let dry = gc(
+        &repo,
+        &GcOptions {
+            dry_run: true,
+            ..opts.clone()
+        },
+    )
+    .await
+    .expect("dry run");
+    assert!(dry.deleted_chunks > 0, "{dry:?}");
+    let r = gc(&repo, &opts).await.expect("gc");
+    assert_eq!(r.deleted_chunks, dry.deleted_chunks, "{r:?}");
+    assert_eq!(
+        r.backups as usize,
+        repo.list().await.expect("list").len(),
+        "every committed backup is marked"
+    );
+    let again = gc(&repo, &opts).await.expect("second gc");
+    assert_eq!(again.deleted_chunks, 0, "nothing left to collect: {again:?}");
+    let v = verify(&repo, Some(vec![b.id.clone()]), true, 4)
+        .await
+        .expect("verify");
+    assert_eq!(
+        v[0].status,
+        VerifyStatus::Ok,
+        "the live backup is intact: {:?}",
+        v[0]
+    );
+    let dst = tempfile::tempdir().expect("tmp");
+    restore_volume(&repo, &b.id, VolumeRestoreOptions::new(dst.path()))
+        .await
+        .expect("restore b");
+    assert_same_tree(s2.path(), dst.path());
+}
+
+/// GC running again and again while a backup runs never removes a chunk the backup needs, even
+/// when the backup's data was garbage (of a deleted backup) when it started.
+pub async fn gc_concurrent_with_backup(store: Arc<dyn ObjectStore>) {
+    // A clock far ahead: every unreferenced chunk is past the grace period at once.
+    let clock = ManualClock::new(SystemTime::now() + Duration::from_secs(86_400));
+    let repo = Repository::new(store).with_clock(Arc::new(clock));
+    let src = tempfile::tempdir().expect("tmp");
+    make_tree(src.path(), 20);
+    let old = backup_volume(&repo, VolumeBackupOptions::new(src.path()))
+        .await
+        .expect("old");
+    repo.delete(&old.id)
+        .await
+        .expect("delete old: its chunks are now garbage");
+
+    let opts = GcOptions {
+        grace: Duration::from_secs(60),
+        ..GcOptions::default()
+    };
+    let backup = backup_volume(&repo, VolumeBackupOptions::new(src.path()));
+    let gcs = async {
+        let mut runs = Vec::new();
+        for _ in 0..20 {
+            match gc(&repo, &opts).await {
+                Ok(r) => runs.push(r),
+                Err(Error::AlreadyExists { .. }) => {}
+                Err(e) => panic!("gc failed: {e}"),
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        runs
+    };
+    let (m, runs) = tokio::join!(backup, gcs);
+    let m = m.expect("backup while GC runs");
+    assert!(!runs.is_empty());
+    let v = verify(&repo, Some(vec![m.id.clone()]), true, 4)
+        .await
+        .expect("verify");
+    assert_eq!(
+        v[0].status,
+        VerifyStatus::Ok,
+        "GC removed chunks of a backup in flight: {:?}",
+        v[0]
+    );
+    let dst = tempfile::tempdir().expect("tmp");
+    restore_volume(&repo, &m.id, VolumeRestoreOptions::new(dst.path()))
+        .await
+        .expect("restore");
+    assert_same_tree(src.path(), dst.path());
+}
+
+/// Runs every scenario against a store (needs an empty store). The damaging scenario runs last:
+/// chunks are shared by content, so damage it injects would reach later backups.
+pub async fn run_all(store: Arc<dyn ObjectStore>) {
+    let repo = Repository::new(store.clone());
+    roundtrip(&repo).await;
+    incremental(&repo).await;
+    delete_and_sync(&repo).await;
+    gc_reclaims_only_garbage(store.clone()).await;
+    gc_concurrent_with_backup(store).await;
+    verify_finds_damage(&repo).await;
+}
