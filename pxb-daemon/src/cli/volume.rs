@@ -1,0 +1,281 @@
+//! `pxb volume …` and `pxb backup …`: moving file trees and managing backups.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Subcommand};
+use pxb_core::backup::volume::{VolumeBackupOptions, VolumeRestoreOptions, backup_volume, restore_volume};
+use pxb_core::backup::{BackupId, BackupKind, Repository, Summary};
+use pxb_core::{Error, Result};
+
+use super::output::{self, Bar};
+use crate::location::LocationArgs;
+
+/// Volume commands.
+#[derive(Debug, Subcommand)]
+pub enum VolumeCommand {
+    /// Back up a directory tree (incremental to the newest backup of the same tag, or path).
+    Backup(BackupArgs),
+    /// Restore a volume backup into a directory.
+    Restore(RestoreArgs),
+}
+
+/// Arguments of `pxb volume backup`.
+#[derive(Debug, Args)]
+pub struct BackupArgs {
+    #[command(flatten)]
+    location: LocationArgs,
+    /// The directory to back up.
+    #[arg(long)]
+    path: PathBuf,
+    /// The backup to be incremental to (default: the newest with the same tag, or without a tag
+    /// the same path).
+    #[arg(long)]
+    parent: Option<String>,
+    /// Back up everything again, reading every file (still deduplicated).
+    #[arg(long, conflicts_with = "parent")]
+    no_parent: bool,
+    /// A tag for this backup.
+    #[arg(long)]
+    tag: Option<String>,
+    /// The cluster the data belongs to.
+    #[arg(long)]
+    cluster: Option<String>,
+    /// Files and uploads in flight.
+    #[arg(long)]
+    concurrency: Option<usize>,
+    /// Print one JSON document (the manifest) instead of a summary.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Arguments of `pxb volume restore`.
+#[derive(Debug, Args)]
+pub struct RestoreArgs {
+    #[command(flatten)]
+    location: LocationArgs,
+    /// The backup to restore, or `latest`.
+    #[arg(long)]
+    backup: String,
+    /// With `--backup latest`: the newest backup with this tag.
+    #[arg(long)]
+    tag: Option<String>,
+    /// The directory to restore into (created if missing).
+    #[arg(long)]
+    target: PathBuf,
+    /// Files restored at once.
+    #[arg(long, default_value_t = 8)]
+    concurrency: usize,
+    /// Print one JSON document instead of a summary.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Backup management commands.
+#[derive(Debug, Subcommand)]
+pub enum BackupCommand {
+    /// List the backups in a location (from listing metadata; no download per backup).
+    List(ListArgs),
+    /// Delete a backup (its chunks are reclaimed by `pxb location gc`).
+    Delete(DeleteArgs),
+}
+
+/// Arguments of `pxb backup list`.
+#[derive(Debug, Args)]
+pub struct ListArgs {
+    #[command(flatten)]
+    location: LocationArgs,
+    /// Print one JSON document instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Arguments of `pxb backup delete`.
+#[derive(Debug, Args)]
+pub struct DeleteArgs {
+    #[command(flatten)]
+    location: LocationArgs,
+    /// The backup to delete.
+    id: String,
+    /// Print one JSON document.
+    #[arg(long)]
+    json: bool,
+}
+
+pub(crate) fn repo(location: &LocationArgs) -> Result<Repository> {
+    Ok(Repository::new(location.open()?.store))
+}
+
+/// The newest volume backup matching `pred`.
+async fn newest(repo: &Repository, pred: impl Fn(&Summary) -> bool) -> Result<Option<Summary>> {
+    Ok(repo
+        .list()
+        .await?
+        .into_iter()
+        .filter(|s| s.kind == BackupKind::Volume && pred(s))
+        .max_by(|a, b| a.id.cmp(&b.id)))
+}
+
+pub(crate) async fn run_volume(cmd: VolumeCommand) -> ExitCode {
+    match cmd {
+        VolumeCommand::Backup(a) => {
+            let json = a.json;
+            match backup(a).await {
+                Ok(code) => code,
+                Err(e) => output::error(json, &e),
+            }
+        }
+        VolumeCommand::Restore(a) => {
+            let json = a.json;
+            match restore(a).await {
+                Ok(code) => code,
+                Err(e) => output::error(json, &e),
+            }
+        }
+    }
+}
+
+async fn backup(a: BackupArgs) -> Result<ExitCode> {
+    let repo = repo(&a.location)?;
+    let source = std::fs::canonicalize(&a.path)
+        .map_err(|e| Error::io(format!("cannot open {}", a.path.display()), e))?;
+    let source_str = source.display().to_string();
+    let parent = match (&a.parent, a.no_parent) {
+        (Some(p), _) => Some(BackupId::parse(p)?),
+        (None, true) => None,
+        (None, false) => match repo.open().await {
+            Err(Error::NotFound { .. }) => None,
+            Err(e) => return Err(e),
+            Ok(_) => newest(&repo, |s| match &a.tag {
+                Some(t) => s.tag.as_ref() == Some(t),
+                None => s.tag.is_none() && s.source.as_deref() == Some(source_str.as_str()),
+            })
+            .await?
+            .map(|s| s.id),
+        },
+    };
+    let mut opts = VolumeBackupOptions::new(&source);
+    opts.parent = parent.clone();
+    opts.tag = a.tag.clone();
+    opts.cluster = a.cluster.clone();
+    if let Some(c) = a.concurrency {
+        opts.concurrency = c.max(1);
+    }
+    let bar = Bar::new(!a.json, "backup");
+    opts.progress = bar.callback();
+    let m = backup_volume(&repo, opts).await;
+    bar.finish();
+    let m = m?;
+    if a.json {
+        return Ok(output::json(&m));
+    }
+    let s = &m.stats;
+    println!("backup {} committed ({:?})", m.id, m.status);
+    println!(
+        "  {} files, {} dirs, {} symlinks, {} in total; read {} (parent: {})",
+        s.files,
+        s.dirs,
+        s.symlinks,
+        output::bytes(s.bytes),
+        output::bytes(s.bytes_read),
+        parent.map(|p| p.to_string()).unwrap_or_else(|| "none".into())
+    );
+    println!(
+        "  {} chunks, {} new; uploaded {}",
+        s.chunks,
+        s.new_chunks,
+        output::bytes(s.stored_bytes)
+    );
+    for w in &m.warnings {
+        println!("  warning: {w}");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn restore(a: RestoreArgs) -> Result<ExitCode> {
+    let repo = repo(&a.location)?;
+    let id = if a.backup == "latest" {
+        newest(&repo, |s| a.tag.is_none() || s.tag == a.tag)
+            .await?
+            .map(|s| s.id)
+            .ok_or_else(|| Error::not_found("no volume backup in this location matches"))?
+    } else {
+        BackupId::parse(&a.backup)?
+    };
+    let mut opts = VolumeRestoreOptions::new(&a.target);
+    opts.concurrency = a.concurrency.max(1);
+    let bar = Bar::new(!a.json, "restore");
+    opts.progress = bar.callback();
+    let r = restore_volume(&repo, &id, opts).await;
+    bar.finish();
+    let r = r?;
+    if a.json {
+        return Ok(output::json(
+            &serde_json::json!({"backup": id, "target": a.target, "stats": r}),
+        ));
+    }
+    println!(
+        "restored backup {id} into {}: {} files, {} dirs, {} symlinks, {} (every chunk verified)",
+        a.target.display(),
+        r.files,
+        r.dirs,
+        r.symlinks,
+        output::bytes(r.bytes)
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+pub(crate) async fn run_backup(cmd: BackupCommand) -> ExitCode {
+    match cmd {
+        BackupCommand::List(a) => {
+            let r = async {
+                let repo = repo(&a.location)?;
+                repo.list().await
+            }
+            .await;
+            match r {
+                Err(e) => output::error(a.json, &e),
+                Ok(list) if a.json => output::json(&list),
+                Ok(list) => {
+                    println!(
+                        "{:<28} {:<9} {:<16} {:>10} {:>10}  {}",
+                        "ID", "KIND", "STATUS", "SIZE", "STORED", "TAG/SOURCE"
+                    );
+                    for s in &list {
+                        println!(
+                            "{:<28} {:<9} {:<16} {:>10} {:>10}  {}",
+                            s.id.as_str(),
+                            format!("{:?}", s.kind).to_lowercase(),
+                            format!("{:?}", s.status),
+                            output::bytes(s.bytes),
+                            output::bytes(s.stored_bytes),
+                            s.tag.clone().or_else(|| s.source.clone()).unwrap_or_default()
+                        );
+                    }
+                    println!("{} backup(s)", list.len());
+                    ExitCode::SUCCESS
+                }
+            }
+        }
+        BackupCommand::Delete(a) => {
+            let r = async {
+                let repo = repo(&a.location)?;
+                let id = BackupId::parse(&a.id)?;
+                repo.delete(&id).await
+            }
+            .await;
+            match r {
+                Err(e) => output::error(a.json, &e),
+                Ok(deleted) if a.json => output::json(&serde_json::json!({"deleted": deleted})),
+                Ok(deleted) => {
+                    println!(
+                        "deleted backup {} ({} objects); run `pxb location gc` to reclaim its chunks",
+                        a.id,
+                        deleted.len()
+                    );
+                    ExitCode::SUCCESS
+                }
+            }
+        }
+    }
+}
