@@ -402,6 +402,131 @@ pub async fn gc_concurrent_with_backup(store: Arc<dyn ObjectStore>) {
     assert_same_tree(src.path(), dst.path());
 }
 
+/// Foreign, truncated and damaged objects give errors that name them, and other backups stay
+/// readable.
+pub async fn bad_objects_are_named(repo: &Repository) {
+    let src = tempfile::tempdir().expect("tmp");
+    fs::write(
+        src.path().join("keep.txt"),
+        b"a backup that must survive its neighbours' damage",
+    )
+    .expect("write");
+    let good = backup_volume(repo, VolumeBackupOptions::new(src.path()))
+        .await
+        .expect("good");
+    let victim = backup_volume(repo, VolumeBackupOptions::new(src.path()))
+        .await
+        .expect("victim");
+    let store = repo.store();
+    let put = |p: &str, data: &'static [u8]| {
+        let p = pxb_core::ObjectPath::parse(p).expect("path");
+        async move {
+            store
+                .put(&p, Bytes::from_static(data), PutOptions::default())
+                .await
+                .expect("put")
+        }
+    };
+    // A foreign object among the manifests, and one with a name that is no backup id.
+    put("pxb/manifests/20200101T000000Z-deadbeef", b"not json").await;
+    put("pxb/manifests/.hidden", b"x").await;
+    let mut state = SyncState::default();
+    let delta = repo
+        .sync(&mut state)
+        .await
+        .expect("sync survives foreign objects");
+    assert!(state.backups.contains_key(&good.id) && state.backups.contains_key(&victim.id));
+    let named: Vec<&str> = delta.unreadable.iter().map(|(p, _)| p.as_str()).collect();
+    assert!(
+        named.contains(&"pxb/manifests/20200101T000000Z-deadbeef"),
+        "{named:?}"
+    );
+    let bad_id = pxb_core::backup::BackupId::parse("20200101T000000Z-deadbeef").expect("id");
+    let err = repo.manifest(&bad_id).await.expect_err("garbage manifest");
+    assert!(
+        matches!(err, Error::Corrupt { .. })
+            && err
+                .to_string()
+                .contains("pxb/manifests/20200101T000000Z-deadbeef"),
+        "{err}"
+    );
+    // A manifest of an unknown format version.
+    put(
+        "pxb/manifests/20200101T000000Z-00000002",
+        br#"{"format": 2, "id": "20200101T000000Z-00000002"}"#,
+    )
+    .await;
+    let id2 = pxb_core::backup::BackupId::parse("20200101T000000Z-00000002").expect("id");
+    let err = repo.manifest(&id2).await.expect_err("future format");
+    assert!(err.to_string().contains("format 2 is not supported"), "{err}");
+    // A truncated file index.
+    let index = victim.id.object_path("files").expect("path");
+    let bytes = store
+        .get(&index)
+        .await
+        .expect("get")
+        .bytes()
+        .await
+        .expect("bytes");
+    store
+        .put(&index, bytes.slice(..bytes.len() / 2), PutOptions::default())
+        .await
+        .expect("truncate");
+    let dst = tempfile::tempdir().expect("tmp");
+    let err = restore_volume(repo, &victim.id, VolumeRestoreOptions::new(dst.path()))
+        .await
+        .expect_err("truncated");
+    assert!(
+        matches!(err, Error::Corrupt { .. }) && err.to_string().contains(index.as_str()),
+        "{err}"
+    );
+    // Verify names the damage; the good backup still restores.
+    let reports = verify(
+        repo,
+        Some(vec![good.id.clone(), victim.id.clone(), bad_id.clone()]),
+        true,
+        4,
+    )
+    .await
+    .expect("verify");
+    assert_eq!(reports[0].status, VerifyStatus::Ok, "{:?}", reports[0]);
+    assert_eq!(reports[1].status, VerifyStatus::Corrupt, "{:?}", reports[1]);
+    assert_eq!(reports[2].status, VerifyStatus::Corrupt, "{:?}", reports[2]);
+    let dst = tempfile::tempdir().expect("tmp");
+    restore_volume(repo, &good.id, VolumeRestoreOptions::new(dst.path()))
+        .await
+        .expect("the good backup restores");
+    assert_eq!(
+        fs::read(dst.path().join("keep.txt")).expect("read"),
+        fs::read(src.path().join("keep.txt")).expect("read")
+    );
+    // GC refuses to sweep when it cannot know what a backup references: unreadable manifests...
+    let err = gc(repo, &GcOptions::default()).await.expect_err("gc must stop");
+    assert!(
+        err.to_string().contains("GC stopped before deleting anything")
+            && err.to_string().contains("deadbeef"),
+        "{err}"
+    );
+    // ... which `delete` removes even though they are damaged ...
+    repo.delete(&bad_id).await.expect("delete a damaged manifest");
+    repo.delete(&id2).await.expect("delete a future-format manifest");
+    store
+        .delete(&pxb_core::ObjectPath::parse("pxb/manifests/.hidden").expect("p"))
+        .await
+        .expect("delete");
+    // ... and unreadable file indexes.
+    let err = gc(repo, &GcOptions::default()).await.expect_err("gc must stop");
+    assert!(
+        err.to_string().contains("GC stopped before deleting anything")
+            && err.to_string().contains(victim.id.as_str()),
+        "{err}"
+    );
+    repo.delete(&victim.id).await.expect("delete the victim");
+    gc(repo, &GcOptions::default())
+        .await
+        .expect("gc runs again once the damage is gone");
+}
+
 /// Runs every scenario against a store (needs an empty store). The damaging scenario runs last:
 /// chunks are shared by content, so damage it injects would reach later backups.
 pub async fn run_all(store: Arc<dyn ObjectStore>) {
@@ -411,5 +536,6 @@ pub async fn run_all(store: Arc<dyn ObjectStore>) {
     delete_and_sync(&repo).await;
     gc_reclaims_only_garbage(store.clone()).await;
     gc_concurrent_with_backup(store).await;
+    bad_objects_are_named(&repo).await;
     verify_finds_damage(&repo).await;
 }

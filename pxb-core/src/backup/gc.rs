@@ -83,7 +83,23 @@ async fn run(repo: &Repository, opts: &GcOptions, lock: &GcLock) -> Result<GcRep
     }
 
     // Mark.
-    let summaries = repo.list().await?;
+    let mut state = super::SyncState::default();
+    let delta = repo.sync(&mut state).await?;
+    if !delta.unreadable.is_empty() {
+        let names: Vec<String> = delta
+            .unreadable
+            .iter()
+            .take(10)
+            .map(|(p, why)| format!("{p} ({why})"))
+            .collect();
+        return Err(Error::corrupt(format!(
+            "GC stopped before deleting anything: {} manifest(s) cannot be read, so what they reference is unknown: {}; \
+             repair them or remove them with `pxb backup delete`",
+            delta.unreadable.len(),
+            names.join(", ")
+        )));
+    }
+    let summaries: Vec<super::Summary> = state.backups.into_values().collect();
     let mut live: Vec<u128> = Vec::new();
     let mut committed = std::collections::HashSet::new();
     for s in &summaries {

@@ -213,6 +213,28 @@ pub struct Manifest {
     pub warnings: Vec<String>,
 }
 
+impl Manifest {
+    /// Stands in for a manifest that exists but cannot be read.
+    fn placeholder(id: &BackupId) -> Self {
+        Self {
+            format: FORMAT,
+            id: id.clone(),
+            kind: BackupKind::Volume,
+            created: 0,
+            completed: 0,
+            status: BackupStatus::PartiallyFailed,
+            cluster: None,
+            namespaces: Vec::new(),
+            tag: None,
+            source: None,
+            parent: None,
+            objects: Vec::new(),
+            stats: BackupStats::default(),
+            warnings: Vec::new(),
+        }
+    }
+}
+
 /// What [`Repository::sync`] and `pxb backup list` show of a backup, read from listing metadata.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Summary {
@@ -531,6 +553,11 @@ impl Repository {
         let manifest = match self.manifest(id).await {
             Ok(m) => Some(m),
             Err(Error::NotFound { .. }) => None,
+            // A damaged manifest can still be deleted: that is how a user gets rid of it.
+            Err(Error::Corrupt { message, .. }) => {
+                tracing::warn!(%id, %message, "deleting a backup whose manifest is damaged");
+                Some(Manifest::placeholder(id))
+            }
             Err(e) => return Err(e),
         };
         self.store.delete(&id.manifest_path()).await?;
