@@ -17,6 +17,7 @@ use crate::store::list_all;
 use crate::{Clock, Error, Metadata, ObjectPath, ObjectStore, PutOptions, Result, SystemClock};
 
 pub mod chunk;
+pub mod fuzz;
 pub mod gc;
 pub mod locks;
 pub mod spool;
@@ -429,16 +430,7 @@ impl Repository {
             }
             Err(e) => return Err(e),
         };
-        let value: serde_json::Value = serde_json::from_slice(&bytes)
-            .map_err(|e| Error::corrupt(format!("{}: not JSON: {e}", layout::CONFIG)))?;
-        let format = value.get("format").and_then(|f| f.as_u64()).unwrap_or(0);
-        if format != u64::from(FORMAT) {
-            return Err(Error::corrupt(format!(
-                "{} uses pxb format {format}; this pxb reads format {FORMAT}",
-                self.store
-            )));
-        }
-        serde_json::from_value(value).map_err(|e| Error::corrupt(format!("{}: {e}", layout::CONFIG)))
+        parse_config(&bytes).map_err(|e| e.context(&self.store))
     }
 
     /// Reads the config, writing the default one first if the location is new.
@@ -488,16 +480,7 @@ impl Repository {
             Err(Error::NotFound { .. }) => return Err(Error::not_found(format!("backup {id}"))),
             Err(e) => return Err(e),
         };
-        let value: serde_json::Value =
-            serde_json::from_slice(&bytes).map_err(|e| Error::corrupt(format!("{path}: not JSON: {e}")))?;
-        let format = value.get("format").and_then(|f| f.as_u64()).unwrap_or(0);
-        if format != u64::from(FORMAT) {
-            return Err(Error::corrupt(format!(
-                "{path}: manifest format {format} is not supported (this pxb reads format {FORMAT})"
-            )));
-        }
-        serde_json::from_value(value)
-            .map_err(|e| Error::corrupt(format!("{path}: not a valid manifest: {e}")))
+        parse_manifest(path.as_str(), &bytes)
     }
 
     /// Brings `state` up to date with the location, from listing metadata only: manifests already
@@ -579,7 +562,51 @@ impl Repository {
     }
 }
 
-fn parse_summary(id: &BackupId, md: &Metadata) -> Result<Summary> {
+/// Parses the location config object.
+pub fn parse_config(bytes: &[u8]) -> Result<RepoConfig> {
+    let value: serde_json::Value = serde_json::from_slice(bytes)
+        .map_err(|e| Error::corrupt(format!("{}: not JSON: {e}", layout::CONFIG)))?;
+    let format = value.get("format").and_then(|f| f.as_u64()).unwrap_or(0);
+    if format != u64::from(FORMAT) {
+        return Err(Error::corrupt(format!(
+            "the location uses pxb format {format}; this pxb reads format {FORMAT}"
+        )));
+    }
+    let cfg: RepoConfig =
+        serde_json::from_value(value).map_err(|e| Error::corrupt(format!("{}: {e}", layout::CONFIG)))?;
+    let ok = 64 <= cfg.chunk_min
+        && cfg.chunk_min <= cfg.chunk_avg
+        && cfg.chunk_avg <= cfg.chunk_max
+        && cfg.chunk_min <= 1 << 20
+        && (256..=4 << 20).contains(&cfg.chunk_avg)
+        && (1024..=16 << 20).contains(&cfg.chunk_max);
+    if !ok {
+        return Err(Error::corrupt(format!(
+            "{}: chunker sizes {}/{}/{} are out of range",
+            layout::CONFIG,
+            cfg.chunk_min,
+            cfg.chunk_avg,
+            cfg.chunk_max
+        )));
+    }
+    Ok(cfg)
+}
+
+/// Parses a manifest object named `name`.
+pub fn parse_manifest(name: &str, bytes: &[u8]) -> Result<Manifest> {
+    let value: serde_json::Value =
+        serde_json::from_slice(bytes).map_err(|e| Error::corrupt(format!("{name}: not JSON: {e}")))?;
+    let format = value.get("format").and_then(|f| f.as_u64()).unwrap_or(0);
+    if format != u64::from(FORMAT) {
+        return Err(Error::corrupt(format!(
+            "{name}: manifest format {format} is not supported (this pxb reads format {FORMAT})"
+        )));
+    }
+    serde_json::from_value(value).map_err(|e| Error::corrupt(format!("{name}: not a valid manifest: {e}")))
+}
+
+/// Parses the summary in a manifest's listing metadata.
+pub fn parse_summary(id: &BackupId, md: &Metadata) -> Result<Summary> {
     let format = md.get(layout::FORMAT_KEY).map(String::as_str).unwrap_or("");
     if format != FORMAT.to_string() {
         return Err(Error::corrupt(format!(

@@ -114,6 +114,11 @@ impl SpoolWriter {
 }
 
 impl Spooled {
+    /// The spooled bytes as a file, positioned at the start.
+    pub fn into_file(self) -> File {
+        self.file
+    }
+
     /// Uploads the spool to `path` with a streamed put.
     pub async fn upload(self, store: &dyn ObjectStore, path: &ObjectPath, opts: PutOptions) -> Result<()> {
         store

@@ -137,16 +137,22 @@ fn header(metadata: &Metadata) -> Result<Vec<u8>> {
     Ok(h)
 }
 
+/// Decodes the header of a stored local object: (header length, metadata). Bytes without a valid
+/// header are a plain object: (0, empty). Exposed for fuzzing.
+pub fn decode_header(stored: &[u8]) -> (u64, Metadata) {
+    read_header(&mut io::Cursor::new(stored), stored.len() as u64).unwrap_or((0, Metadata::new()))
+}
+
 /// Reads the header of an open file: (header length, metadata). A file without a valid header is a
 /// plain object: (0, empty).
-fn read_header(file: &mut File, file_len: u64) -> io::Result<(u64, Metadata)> {
+fn read_header(file: &mut impl Read, file_len: u64) -> io::Result<(u64, Metadata)> {
     let mut fixed = [0u8; FIXED_HEADER];
     if file_len < FIXED_HEADER as u64 {
         return Ok((0, Metadata::new()));
     }
     file.read_exact(&mut fixed)?;
     let len = u32::from_le_bytes([fixed[5], fixed[6], fixed[7], fixed[8]]) as u64;
-    if &fixed[..4] != MAGIC || fixed[4] != FORMAT || FIXED_HEADER as u64 + len > file_len {
+    if &fixed[..4] != MAGIC || fixed[4] != FORMAT || FIXED_HEADER as u64 + len > file_len || len > 1 << 20 {
         return Ok((0, Metadata::new()));
     }
     let mut json = vec![0u8; len as usize];

@@ -21,7 +21,7 @@ pub mod conformance;
 mod local;
 mod memory;
 
-pub use local::LocalFileSystem;
+pub use local::{LocalFileSystem, decode_header as decode_local_header};
 pub use memory::InMemory;
 
 /// User metadata attached to an object: returned by `head`, `get` and `list`.

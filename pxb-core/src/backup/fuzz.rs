@@ -1,0 +1,50 @@
+//! Entry points for fuzzing every parser of on-location data (used by `fuzz/` and by the corpus
+//! test). Each must return without panicking on any input; errors are expected.
+
+use super::chunk::{self, ChunkId};
+use super::{BackupId, parse_config, parse_manifest, parse_summary, volume};
+use crate::Metadata;
+
+/// Chunk decoding, with and without an expected hash.
+pub fn chunk(data: &[u8]) {
+    let _ = chunk::decode("fuzz", data, None);
+    let _ = chunk::decode("fuzz", data, Some(&ChunkId::of(data)));
+}
+
+/// File index (spool) parsing.
+pub fn files_index(data: &[u8]) {
+    let _ = volume::parse_index("fuzz", data);
+}
+
+/// Manifest parsing.
+pub fn manifest(data: &[u8]) {
+    let _ = parse_manifest("fuzz", data);
+}
+
+/// Location config parsing.
+pub fn config(data: &[u8]) {
+    let _ = parse_config(data);
+}
+
+/// Summary parsing from listing metadata.
+pub fn summary(data: &[u8]) {
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    let (id, rest) = text
+        .split_once('\n')
+        .unwrap_or(("20260101T000000Z-00000000", text));
+    let Ok(id) = BackupId::parse(id) else { return };
+    let md: Metadata = [
+        ("pxb_format".to_string(), "1".to_string()),
+        ("pxb_summary".to_string(), rest.to_string()),
+    ]
+    .into();
+    let _ = parse_summary(&id, &md);
+}
+
+/// The local store's object header.
+pub fn local_header(data: &[u8]) {
+    let (len, _) = crate::store::decode_local_header(data);
+    assert!(len <= data.len() as u64, "header longer than the object");
+}
