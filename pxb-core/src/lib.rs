@@ -16,6 +16,7 @@ pub mod credential;
 mod error;
 pub mod location;
 mod path;
+pub mod resources;
 pub mod store;
 
 pub use check::{CheckOptions, CheckReport, CheckStep, StepOutcome, StepReport, check_location};

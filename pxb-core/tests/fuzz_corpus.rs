@@ -15,13 +15,14 @@ use pxb_core::backup::{BackupId, BackupKind, BackupStats, BackupStatus, Manifest
 
 type Target = fn(&[u8]);
 
-const TARGETS: [(&str, Target); 6] = [
+const TARGETS: [(&str, Target); 7] = [
     ("chunk", fuzz::chunk),
     ("files_index", fuzz::files_index),
     ("manifest", fuzz::manifest),
     ("config", fuzz::config),
     ("summary", fuzz::summary),
     ("local_header", fuzz::local_header),
+    ("resources_archive", fuzz::resources_archive),
 ];
 
 fn seeds_dir(target: &str) -> PathBuf {
@@ -114,8 +115,34 @@ fn made_seeds(target: &str) -> Vec<Vec<u8>> {
             h.extend_from_slice(b"object data");
             vec![h]
         }
+        "resources_archive" => vec![resource_archive()],
         other => panic!("no seeds for {other}"),
     }
+}
+
+/// A real archive of a few objects, written by `backup_resources`.
+fn resource_archive() -> Vec<u8> {
+    use pxb_core::resources::{InMemoryCluster, ResourceSelector, backup_resources};
+    use pxb_core::{InMemory, ObjectPath, ObjectStore};
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        let cluster = InMemoryCluster::new();
+        cluster.seed(serde_json::json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "app"}})).expect("seed");
+        cluster
+            .seed(serde_json::json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c", "namespace": "app", "uid": "u1"}, "data": {"k": "v"}}))
+            .expect("seed");
+        cluster
+            .seed(serde_json::json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "d", "namespace": "app"}, "spec": {"replicas": 1}}))
+            .expect("seed");
+        let store = InMemory::new();
+        let path = ObjectPath::parse("r").expect("path");
+        let selector = ResourceSelector { namespaces: vec!["app".into()], ..ResourceSelector::default() };
+        backup_resources(&cluster, &selector, &store, &path).await.expect("backup");
+        store.get(&path).await.expect("get").bytes().await.expect("bytes").to_vec()
+    })
 }
 
 fn spooled_file(s: pxb_core::backup::spool::Spooled) -> std::fs::File {

@@ -48,3 +48,26 @@ pub fn local_header(data: &[u8]) {
     let (len, _) = crate::store::decode_local_header(data);
     assert!(len <= data.len() as u64, "header longer than the object");
 }
+
+/// Resource archive parsing, through a restore into the in-memory cluster.
+pub fn resources_archive(data: &[u8]) {
+    use crate::resources::{InMemoryCluster, RestoreOptions, restore_resources};
+    use crate::{InMemory, ObjectPath, ObjectStore, PutOptions};
+    let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else {
+        return;
+    };
+    rt.block_on(async {
+        let store = InMemory::new();
+        let Ok(path) = ObjectPath::parse("fuzz/resources") else {
+            return;
+        };
+        if store
+            .put(&path, bytes::Bytes::copy_from_slice(data), PutOptions::default())
+            .await
+            .is_err()
+        {
+            return;
+        }
+        let _ = restore_resources(&store, &path, &InMemoryCluster::new(), &RestoreOptions::default()).await;
+    });
+}

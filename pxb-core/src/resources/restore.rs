@@ -1,0 +1,647 @@
+//! [`restore_resources`]: re-creates the objects of an archive, in dependency order.
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::{self, BufReader, Read};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures::StreamExt;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use tokio::sync::mpsc;
+
+use super::archive::{
+    ARCHIVE_FORMAT, ARCHIVE_KIND, ChannelReader, LineReader, ObjectLine, SPILL_LEVEL, SpillWriter, Trailer,
+    join, spill_reader,
+};
+use super::{ApiResource, ObjectRef, ResourceObject, ResourceSink};
+use crate::store::ObjectStore;
+use crate::{Error, ObjectPath, Result};
+
+/// The order of a restore: every object of a tier is restored before the next tier starts, so
+/// that what an object needs exists when it is created (a namespace before its objects, a
+/// ServiceAccount and its Secrets before the Pods that use them, a claim before its Pods,
+/// a CustomResourceDefinition before its custom resources). Within a tier, objects are restored
+/// concurrently ([`RestoreOptions::concurrency`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RestoreTier {
+    /// `CustomResourceDefinition` (`apiextensions.k8s.io`).
+    CustomResourceDefinitions,
+    /// `Namespace`.
+    Namespaces,
+    /// `ServiceAccount`, and RBAC: `Role`, `RoleBinding`, `ClusterRole`, `ClusterRoleBinding`.
+    ServiceAccountsAndRbac,
+    /// `ConfigMap` and `Secret`, and the namespace policies admission applies to Pods:
+    /// `LimitRange`, `ResourceQuota`.
+    ConfigAndSecrets,
+    /// `StorageClass`, which provisioning of the claims that follow needs.
+    StorageClasses,
+    /// `PersistentVolume`.
+    PersistentVolumes,
+    /// `PersistentVolumeClaim`.
+    PersistentVolumeClaims,
+    /// Workloads: `Deployment`, `StatefulSet`, `DaemonSet`, `ReplicaSet`, `Job`, `CronJob`, `Pod`.
+    Workloads,
+    /// Everything else (Services, Ingresses, custom resources, ...).
+    Other,
+}
+
+impl RestoreTier {
+    /// Every tier, in restore order.
+    pub const ALL: [RestoreTier; 9] = [
+        RestoreTier::CustomResourceDefinitions,
+        RestoreTier::Namespaces,
+        RestoreTier::ServiceAccountsAndRbac,
+        RestoreTier::ConfigAndSecrets,
+        RestoreTier::StorageClasses,
+        RestoreTier::PersistentVolumes,
+        RestoreTier::PersistentVolumeClaims,
+        RestoreTier::Workloads,
+        RestoreTier::Other,
+    ];
+
+    /// The tier of objects of `kind` in API `group`.
+    pub fn of(group: &str, kind: &str) -> RestoreTier {
+        match (group, kind) {
+            ("apiextensions.k8s.io", "CustomResourceDefinition") => RestoreTier::CustomResourceDefinitions,
+            ("", "Namespace") => RestoreTier::Namespaces,
+            ("", "ServiceAccount")
+            | ("rbac.authorization.k8s.io", "Role" | "RoleBinding" | "ClusterRole" | "ClusterRoleBinding") => {
+                RestoreTier::ServiceAccountsAndRbac
+            }
+            ("", "ConfigMap" | "Secret" | "LimitRange" | "ResourceQuota") => RestoreTier::ConfigAndSecrets,
+            ("storage.k8s.io", "StorageClass") => RestoreTier::StorageClasses,
+            ("", "PersistentVolume") => RestoreTier::PersistentVolumes,
+            ("", "PersistentVolumeClaim") => RestoreTier::PersistentVolumeClaims,
+            ("apps", "Deployment" | "StatefulSet" | "DaemonSet" | "ReplicaSet")
+            | ("batch", "Job" | "CronJob")
+            | ("", "Pod") => RestoreTier::Workloads,
+            _ => RestoreTier::Other,
+        }
+    }
+
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// What a restore does with an object that already exists in the target cluster.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ExistingResourcePolicy {
+    /// Leave it alone and report it as [`RestoreOutcome::Retained`] (Velero's `none`).
+    #[default]
+    Retain,
+    /// Delete it, then create the archived object ([`RestoreOutcome::Replaced`]).
+    ///
+    /// Never applied to the cluster-scoped dependencies (Namespace, CustomResourceDefinition,
+    /// PersistentVolume, StorageClass): deleting those would delete every object of the namespace,
+    /// every custom resource of the type, or the volume's data. Existing ones are retained.
+    Replace,
+}
+
+/// How to restore.
+#[derive(Debug, Clone)]
+pub struct RestoreOptions {
+    /// Namespace renames, old -> new: applied to `metadata.namespace`, to Namespace objects' names
+    /// (and their `kubernetes.io/metadata.name` label), to PersistentVolumes'
+    /// `spec.claimRef.namespace`, and to the namespace of (Cluster)RoleBinding subjects.
+    pub namespace_mapping: BTreeMap<String, String>,
+    /// StorageClass renames, old -> new: applied to PersistentVolumeClaims' and
+    /// PersistentVolumes' `spec.storageClassName` (and the legacy
+    /// `volume.beta.kubernetes.io/storage-class` annotation), and to StorageClass objects' names.
+    pub storage_class_mapping: BTreeMap<String, String>,
+    /// What to do with objects that already exist.
+    pub existing: ExistingResourcePolicy,
+    /// How many objects of a tier are restored at once (at least 1).
+    pub concurrency: usize,
+}
+
+impl Default for RestoreOptions {
+    fn default() -> Self {
+        Self {
+            namespace_mapping: BTreeMap::new(),
+            storage_class_mapping: BTreeMap::new(),
+            existing: ExistingResourcePolicy::default(),
+            concurrency: 8,
+        }
+    }
+}
+
+/// What became of one object.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "outcome", rename_all = "snake_case")]
+pub enum RestoreOutcome {
+    /// It did not exist and was created.
+    Created,
+    /// It existed and was deleted and created again ([`ExistingResourcePolicy::Replace`]).
+    Replaced,
+    /// It existed and was left alone.
+    Retained,
+    /// It could not be restored; the other objects were still attempted.
+    Failed {
+        /// Why, as the cluster said.
+        reason: String,
+    },
+}
+
+/// One object of a restore.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RestoredObject {
+    /// The object, as restored (after namespace and storage-class mapping).
+    pub object: ObjectRef,
+    /// Its tier.
+    pub tier: RestoreTier,
+    /// What became of it.
+    #[serde(flatten)]
+    pub outcome: RestoreOutcome,
+}
+
+/// What [`restore_resources`] did, object by object, in restore order.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct RestoreReport {
+    /// Every object of the archive.
+    pub objects: Vec<RestoredObject>,
+    /// How many were created.
+    pub created: u64,
+    /// How many were replaced.
+    pub replaced: u64,
+    /// How many were retained.
+    pub retained: u64,
+    /// How many failed.
+    pub failed: u64,
+}
+
+impl RestoreReport {
+    /// The objects that failed.
+    pub fn failures(&self) -> impl Iterator<Item = &RestoredObject> {
+        self.objects
+            .iter()
+            .filter(|o| matches!(o.outcome, RestoreOutcome::Failed { .. }))
+    }
+
+    /// Whether no object failed.
+    pub fn is_success(&self) -> bool {
+        self.failed == 0
+    }
+
+    fn push(&mut self, object: RestoredObject) {
+        match object.outcome {
+            RestoreOutcome::Created => self.created += 1,
+            RestoreOutcome::Replaced => self.replaced += 1,
+            RestoreOutcome::Retained => self.retained += 1,
+            RestoreOutcome::Failed { .. } => self.failed += 1,
+        }
+        self.objects.push(object);
+    }
+}
+
+/// Restores the archive at `path` (written by [`backup_resources`](super::backup_resources)) into
+/// `sink`.
+///
+/// The archive is read once and checked whole before anything is created: a missing archive is
+/// [`Error::NotFound`]; a truncated, damaged or foreign one is [`Error::Corrupt`] naming the path
+/// (and the line); an archive of another format version says so. While it is read, its objects
+/// are sorted into one temporary file per [`RestoreTier`] (compressed), so memory does not grow
+/// with the archive. The tiers are then restored in order; after the CustomResourceDefinitions,
+/// the cluster's discovery is read again so that their custom resources resolve.
+///
+/// Each object is mapped ([`RestoreOptions`]) and created; one that exists is retained or replaced
+/// ([`ExistingResourcePolicy`]). A failed object is reported ([`RestoreOutcome::Failed`]) and
+/// never stops the others. An `Err` means the restore as a whole could not run (the archive, the
+/// temporary files, or the cluster's discovery).
+pub async fn restore_resources(
+    store: &dyn ObjectStore,
+    path: &ObjectPath,
+    sink: &dyn ResourceSink,
+    opts: &RestoreOptions,
+) -> Result<RestoreReport> {
+    let got = store
+        .get(path)
+        .await
+        .map_err(|e| e.context("reading the resource archive"))?;
+    if got.meta.size == 0 {
+        return Err(Error::corrupt(format!(
+            "{path}: not a pxb resource archive: it is empty"
+        )));
+    }
+    let (tx, rx) = mpsc::channel::<Bytes>(8);
+    let name = path.to_string();
+    let worker = tokio::task::spawn_blocking(move || sort_into_tiers(ChannelReader::new(rx), &name));
+    let mut body = got.body;
+    let mut stream_error = None;
+    while let Some(chunk) = body.next().await {
+        match chunk {
+            Ok(bytes) => {
+                if tx.send(bytes).await.is_err() {
+                    break; // The reader stopped; its result says why.
+                }
+            }
+            Err(e) => {
+                stream_error = Some(e);
+                break;
+            }
+        }
+    }
+    drop(tx);
+    let sorted = join(worker, "resource restore").await;
+    if let Some(e) = stream_error {
+        return Err(e.context(format!("reading the resource archive {path}")));
+    }
+    let tiers = sorted?;
+
+    let mut discovery = Discovery::new(
+        sink.api_resources()
+            .await
+            .map_err(|e| e.context("resource discovery of the target cluster"))?,
+    );
+    let concurrency = opts.concurrency.max(1);
+    let mut report = RestoreReport::default();
+    for (tier, file) in RestoreTier::ALL.into_iter().zip(tiers) {
+        let Some(file) = file else { continue };
+        let (otx, orx) = mpsc::channel::<Vec<(Arc<ApiResource>, ResourceObject)>>(4);
+        let reader = tokio::task::spawn_blocking(move || read_tier(file, otx));
+        let batches = futures::stream::unfold(orx, |mut rx| async move { rx.recv().await.map(|b| (b, rx)) });
+        let mut changed = false;
+        {
+            let discovered = &discovery;
+            let mut results = std::pin::pin!(
+                batches
+                    .flat_map(futures::stream::iter)
+                    .map(|(resource, object)| restore_one(sink, discovered, opts, tier, resource, object))
+                    .buffered(concurrency)
+            );
+            while let Some(r) = results.next().await {
+                changed |= matches!(r.outcome, RestoreOutcome::Created | RestoreOutcome::Replaced);
+                report.push(r);
+            }
+        }
+        join(reader, "resource restore").await?;
+        if tier == RestoreTier::CustomResourceDefinitions && changed {
+            discovery = Discovery::new(
+                sink.api_resources()
+                    .await
+                    .map_err(|e| e.context("resource discovery of the target cluster"))?,
+            );
+        }
+    }
+    Ok(report)
+}
+
+/// The target cluster's resource types, by group and kind.
+struct Discovery(HashMap<(String, String), ApiResource>);
+
+impl Discovery {
+    fn new(resources: Vec<ApiResource>) -> Self {
+        Self(
+            resources
+                .into_iter()
+                .map(|r| ((r.group.clone(), r.kind.clone()), r))
+                .collect(),
+        )
+    }
+
+    /// The resource to create an archived object of `archived`'s type with: the target's, or the
+    /// archived one if the target prefers another version (it may still serve the archived one).
+    fn resolve(&self, archived: &ApiResource) -> std::result::Result<ApiResource, String> {
+        match self.0.get(&(archived.group.clone(), archived.kind.clone())) {
+            Some(r) if r.version == archived.version => Ok(r.clone()),
+            Some(_) => Ok(archived.clone()),
+            None => Err(format!(
+                "the target cluster does not serve {} {}{}",
+                archived.api_version(),
+                archived.kind,
+                if archived.group.contains('.') && !archived.group.ends_with(".k8s.io") {
+                    " (is its CustomResourceDefinition installed?)"
+                } else {
+                    ""
+                }
+            )),
+        }
+    }
+}
+
+/// Kinds a restore never deletes (see [`ExistingResourcePolicy::Replace`]).
+fn never_replaced(resource: &ApiResource) -> bool {
+    matches!(
+        (resource.group.as_str(), resource.kind.as_str()),
+        ("", "Namespace" | "PersistentVolume")
+            | ("apiextensions.k8s.io", "CustomResourceDefinition")
+            | ("storage.k8s.io", "StorageClass")
+    )
+}
+
+async fn restore_one(
+    sink: &dyn ResourceSink,
+    discovery: &Discovery,
+    opts: &RestoreOptions,
+    tier: RestoreTier,
+    archived: Arc<ApiResource>,
+    mut object: ResourceObject,
+) -> RestoredObject {
+    map_object(&mut object, &archived, opts);
+    let object_ref = object.object_ref();
+    let done = |outcome| RestoredObject {
+        object: object_ref.clone(),
+        tier,
+        outcome,
+    };
+    let failed = |reason: String| RestoreOutcome::Failed { reason };
+    let resource = match discovery.resolve(&archived) {
+        Ok(r) => r,
+        Err(reason) => return done(failed(reason)),
+    };
+    let outcome = match sink.create(&resource, &object).await {
+        Ok(_) => RestoreOutcome::Created,
+        Err(Error::AlreadyExists { .. }) => {
+            if opts.existing == ExistingResourcePolicy::Retain || never_replaced(&resource) {
+                RestoreOutcome::Retained
+            } else {
+                match sink.delete(&resource, object.namespace(), object.name()).await {
+                    Ok(()) | Err(Error::NotFound { .. }) => match sink.create(&resource, &object).await {
+                        Ok(_) => RestoreOutcome::Replaced,
+                        Err(e) => failed(format!(
+                            "deleted the existing object, then creating it failed: {e}"
+                        )),
+                    },
+                    Err(e) => failed(format!("could not delete the existing object to replace it: {e}")),
+                }
+            }
+        }
+        Err(e) => failed(e.to_string()),
+    };
+    if let RestoreOutcome::Failed { reason } = &outcome {
+        tracing::warn!(object = %object_ref, %reason, "restore failed for one object");
+    }
+    done(outcome)
+}
+
+/// Applies the namespace and storage-class mappings to an archived object.
+fn map_object(object: &mut ResourceObject, resource: &ApiResource, opts: &RestoreOptions) {
+    let ns_map = &opts.namespace_mapping;
+    let sc_map = &opts.storage_class_mapping;
+    let value = object.value_mut();
+    if !ns_map.is_empty() {
+        map_str(value, &["metadata", "namespace"], ns_map);
+    }
+    match (resource.group.as_str(), resource.kind.as_str()) {
+        ("", "Namespace") if !ns_map.is_empty() => {
+            map_str(value, &["metadata", "name"], ns_map);
+            map_str(
+                value,
+                &["metadata", "labels", "kubernetes.io/metadata.name"],
+                ns_map,
+            );
+        }
+        ("", "PersistentVolume") => {
+            map_str(value, &["spec", "claimRef", "namespace"], ns_map);
+            map_str(value, &["spec", "storageClassName"], sc_map);
+            map_str(
+                value,
+                &[
+                    "metadata",
+                    "annotations",
+                    "volume.beta.kubernetes.io/storage-class",
+                ],
+                sc_map,
+            );
+        }
+        ("", "PersistentVolumeClaim") => {
+            map_str(value, &["spec", "storageClassName"], sc_map);
+            map_str(
+                value,
+                &[
+                    "metadata",
+                    "annotations",
+                    "volume.beta.kubernetes.io/storage-class",
+                ],
+                sc_map,
+            );
+        }
+        ("storage.k8s.io", "StorageClass") => map_str(value, &["metadata", "name"], sc_map),
+        ("rbac.authorization.k8s.io", "RoleBinding" | "ClusterRoleBinding") if !ns_map.is_empty() => {
+            if let Some(subjects) = value.get_mut("subjects").and_then(Value::as_array_mut) {
+                for s in subjects {
+                    map_str(s, &["namespace"], ns_map);
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
+/// Replaces the string at `path` by its mapping, if it is there and mapped.
+fn map_str(value: &mut Value, path: &[&str], map: &BTreeMap<String, String>) {
+    if map.is_empty() {
+        return;
+    }
+    let target = path.iter().try_fold(value, |v, k| v.get_mut(*k));
+    if let Some(v) = target
+        && let Some(new) = v.as_str().and_then(|s| map.get(s))
+    {
+        *v = Value::String(new.clone());
+    }
+}
+
+/// The parts of an object line checked while sorting (everything else is skipped unparsed).
+#[derive(Deserialize)]
+struct LineProbe {
+    #[serde(default)]
+    resource: Option<ApiResource>,
+    #[serde(default)]
+    object: Option<ObjectHead>,
+    #[serde(default)]
+    end: Option<Trailer>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ObjectHead {
+    api_version: String,
+    kind: String,
+    metadata: MetadataHead,
+}
+
+#[derive(Deserialize)]
+struct MetadataHead {
+    name: String,
+}
+
+/// The first bytes of a zstd frame.
+const ZSTD_MAGIC: [u8; 4] = [0x28, 0xb5, 0x2f, 0xfd];
+
+/// Reads and checks the whole archive, writing each object line to the temporary file of its
+/// tier. Returns the files, rewound, in tier order (`None` for empty tiers).
+fn sort_into_tiers(mut reader: impl Read, path: &str) -> Result<Vec<Option<std::fs::File>>> {
+    // A zstd frame starts with its magic number; anything else is not an archive at all.
+    let mut magic = [0u8; 4];
+    let mut got = 0;
+    while got < magic.len() {
+        match reader.read(&mut magic[got..]) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(Error::io(format!("reading {path}"), e)),
+        }
+    }
+    if got < magic.len() || magic != ZSTD_MAGIC {
+        return Err(Error::corrupt(format!(
+            "{path}: not a pxb resource archive: it is not zstd-compressed data"
+        )));
+    }
+    let decoder = zstd::stream::read::Decoder::new(io::Cursor::new(magic).chain(reader))
+        .map_err(|e| Error::io(format!("starting to decompress {path}"), e))?;
+    let mut lines = LineReader::new(BufReader::with_capacity(256 << 10, decoder));
+    let read_error = |e: io::Error, after: u64| -> Error {
+        let place = if after == 0 {
+            "before its first line".to_owned()
+        } else {
+            format!("after line {after}")
+        };
+        let message = if e.kind() == io::ErrorKind::UnexpectedEof {
+            format!("{path}: truncated: the compressed data ends in the middle of a frame ({place})")
+        } else if e.kind() == io::ErrorKind::InvalidData && e.to_string().contains("longer than") {
+            format!("{path}: {e}")
+        } else {
+            format!("{path}: damaged compressed data ({place}): {e}")
+        };
+        Error::corrupt(message).with_source(e)
+    };
+
+    // The header.
+    let header = match lines.next_line() {
+        Ok(Some((_, line))) => serde_json::from_slice::<Value>(line).ok(),
+        Ok(None) => {
+            return Err(Error::corrupt(format!(
+                "{path}: not a pxb resource archive: it decompresses to nothing"
+            )));
+        }
+        Err(e) => return Err(read_error(e, 0)),
+    };
+    let header = header
+        .filter(|h| h.get("pxb").and_then(Value::as_str) == Some(ARCHIVE_KIND))
+        .ok_or_else(|| {
+            Error::corrupt(format!(
+                "{path}: not a pxb resource archive (line 1 is not a pxb resource archive header)"
+            ))
+        })?;
+    match header.get("format").and_then(Value::as_u64) {
+        Some(f) if f == u64::from(ARCHIVE_FORMAT) => {}
+        Some(f) => {
+            return Err(Error::corrupt(format!(
+                "{path}: resource archive format {f} is not supported (this pxb reads format {ARCHIVE_FORMAT})"
+            )));
+        }
+        None => {
+            return Err(Error::corrupt(format!(
+                "{path}: line 1: the resource archive header has no valid format number"
+            )));
+        }
+    }
+
+    // The objects and the end marker.
+    let mut tiers: Vec<Option<SpillWriter>> = RestoreTier::ALL.iter().map(|_| None).collect();
+    let mut objects = 0u64;
+    let mut ended = false;
+    let mut last = 1u64;
+    loop {
+        let (n, line) = match lines.next_line() {
+            Ok(Some(l)) => l,
+            Ok(None) => break,
+            Err(e) => return Err(read_error(e, last)),
+        };
+        last = n;
+        let corrupt = |why: String| Error::corrupt(format!("{path}: line {n}: {why}"));
+        if ended {
+            return Err(corrupt("data after the end marker".into()));
+        }
+        let probe: LineProbe =
+            serde_json::from_slice(line).map_err(|e| corrupt(format!("not a valid archive line ({e})")))?;
+        match probe {
+            LineProbe {
+                resource: Some(resource),
+                object: Some(head),
+                end: None,
+            } => {
+                if head.kind != resource.kind || head.api_version != resource.api_version() {
+                    return Err(corrupt(format!(
+                        "the object is a {} {} but is filed as {resource}",
+                        head.api_version, head.kind
+                    )));
+                }
+                if head.metadata.name.is_empty() {
+                    return Err(corrupt("the object has an empty name".into()));
+                }
+                let tier = RestoreTier::of(&resource.group, &resource.kind).index();
+                let writer = match &mut tiers[tier] {
+                    Some(w) => w,
+                    slot => slot.insert(SpillWriter::create(SPILL_LEVEL)?),
+                };
+                writer.write(line)?;
+                writer.write(b"\n")?;
+                writer.items += 1;
+                objects += 1;
+            }
+            LineProbe {
+                resource: None,
+                object: None,
+                end: Some(end),
+            } => {
+                if end.objects != objects {
+                    return Err(corrupt(format!(
+                        "the end marker counts {} objects but the archive holds {objects}",
+                        end.objects
+                    )));
+                }
+                ended = true;
+            }
+            _ => return Err(corrupt("neither an object nor the end marker".into())),
+        }
+    }
+    if !ended {
+        return Err(Error::corrupt(format!(
+            "{path}: truncated: the archive ends after line {last} without its end marker"
+        )));
+    }
+    tiers
+        .into_iter()
+        .map(|w| w.map(SpillWriter::finish).transpose())
+        .collect()
+}
+
+/// Reads a tier's temporary file and sends its objects in batches.
+fn read_tier(file: std::fs::File, tx: mpsc::Sender<Vec<(Arc<ApiResource>, ResourceObject)>>) -> Result<()> {
+    const BATCH: usize = 64;
+    let mut lines = spill_reader(file)?;
+    let mut batch = Vec::with_capacity(BATCH);
+    let mut last: Option<Arc<ApiResource>> = None;
+    while let Some((_, line)) = lines
+        .next_line()
+        .map_err(|e| Error::io("reading the restore's temporary file", e))?
+    {
+        let parsed: ObjectLine = serde_json::from_slice(line)
+            .map_err(|e| Error::other(format!("re-reading the restore's temporary file: {e}")))?;
+        let object = ResourceObject::new(parsed.object)?;
+        let resource = match &last {
+            Some(r) if **r == parsed.resource => r.clone(),
+            _ => {
+                let r = Arc::new(parsed.resource);
+                last = Some(r.clone());
+                r
+            }
+        };
+        batch.push((resource, object));
+        if batch.len() == BATCH
+            && tx
+                .blocking_send(std::mem::replace(&mut batch, Vec::with_capacity(BATCH)))
+                .is_err()
+        {
+            return Ok(());
+        }
+    }
+    if !batch.is_empty() {
+        let _ = tx.blocking_send(batch);
+    }
+    Ok(())
+}
