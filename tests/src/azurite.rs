@@ -86,8 +86,19 @@ impl Azurite {
         let data = tempfile::tempdir()?;
         let port = crate::free_port()?;
         let log = std::fs::File::create(data.path().join("azurite.log"))?;
+        // A wrapper that loads Azurite and exits when this process is gone, so a killed test run
+        // leaves no emulator behind (the argument vector keeps the shape Azurite parses).
+        let wrapper = data.path().join("run-azurite.js");
+        std::fs::write(
+            &wrapper,
+            "const parent = Number(process.env.PXB_PARENT_PID);\n\
+             setInterval(() => { try { process.kill(parent, 0); } catch (e) { process.exit(0); } }, 1000);\n\
+             require(process.env.PXB_AZURITE_MAIN);\n",
+        )?;
         let child = Command::new("node")
-            .arg(&main)
+            .arg(&wrapper)
+            .env("PXB_PARENT_PID", std::process::id().to_string())
+            .env("PXB_AZURITE_MAIN", &main)
             .args(["--blobHost", "127.0.0.1", "--blobPort", &port.to_string()])
             .arg("--cert")
             .arg(ca.server_cert_file())

@@ -10,6 +10,7 @@
 //! or task when its handle is dropped. A component that cannot start is an error, never a skip.
 
 pub mod azurite;
+pub mod bench;
 pub mod engine;
 pub mod entra;
 pub mod fixture;

@@ -238,8 +238,8 @@ pub(crate) async fn run_backup(cmd: BackupCommand) -> ExitCode {
                 Ok(list) if a.json => output::json(&list),
                 Ok(list) => {
                     println!(
-                        "{:<28} {:<9} {:<16} {:>10} {:>10}  {}",
-                        "ID", "KIND", "STATUS", "SIZE", "STORED", "TAG/SOURCE"
+                        "{:<28} {:<9} {:<16} {:>10} {:>10}  TAG/SOURCE",
+                        "ID", "KIND", "STATUS", "SIZE", "STORED"
                     );
                     for s in &list {
                         println!(

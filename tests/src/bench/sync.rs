@@ -1,0 +1,100 @@
+//! Sync of a location with many backups: pxb's listing-metadata sync against a baseline that lists
+//! the manifests and GETs each one, serially (what a one-object-per-backup controller does).
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use futures::{StreamExt, TryStreamExt};
+use pxb_core::ObjectStore;
+use pxb_core::backup::{
+    BackupId, BackupKind, BackupStats, BackupStatus, Manifest, ManifestObject, Repository, SyncState, layout,
+};
+use pxb_core::store::list_all;
+use serde_json::json;
+
+/// A realistic manifest for backup number `i`.
+fn manifest(i: u64) -> Manifest {
+    let secs = 1_700_000_000 + i * 60;
+    let id = BackupId::new(std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs));
+    Manifest {
+        format: 1,
+        id,
+        kind: BackupKind::Volume,
+        created: secs,
+        completed: secs + 30,
+        status: BackupStatus::Completed,
+        cluster: Some(format!("shoot--tenant-{}--cluster-{}", i % 97, i % 13)),
+        namespaces: (0..(i % 5 + 1)).map(|n| format!("app-{n}")).collect(),
+        tag: Some(format!("schedule-{}", i % 7)),
+        source: Some(format!("/var/lib/kubelet/pods/{i}/volumes/data")),
+        parent: None,
+        objects: vec![ManifestObject {
+            name: "files".into(),
+            size: 4096 + i % 1000,
+            blake3: "ab".repeat(32),
+        }],
+        stats: BackupStats {
+            files: 100 + i % 1000,
+            bytes: i * 1000,
+            stored_bytes: i * 10,
+            ..BackupStats::default()
+        },
+        warnings: Vec::new(),
+    }
+}
+
+/// Writes `n` committed manifests (nothing else: sync reads only manifests).
+pub async fn populate(repo: &Repository, n: u64, concurrency: usize) -> anyhow::Result<f64> {
+    let t = Instant::now();
+    futures::stream::iter(0..n)
+        .map(|i| async move { repo.commit(&manifest(i)).await })
+        .buffer_unordered(concurrency)
+        .try_collect::<Vec<()>>()
+        .await?;
+    Ok(t.elapsed().as_secs_f64())
+}
+
+/// The baseline: list manifests, then GET and parse each one, one at a time.
+pub async fn baseline(store: &dyn ObjectStore) -> anyhow::Result<usize> {
+    let names: Vec<_> = list_all(store, layout::MANIFESTS)
+        .map_ok(|m| m.path)
+        .try_collect()
+        .await?;
+    let mut n = 0;
+    for p in names {
+        let bytes = store.get(&p).await?.bytes().await?;
+        pxb_core::backup::parse_manifest(p.as_str(), &bytes)?;
+        n += 1;
+    }
+    Ok(n)
+}
+
+/// Measures sync and the baseline over `store` holding `n` backups.
+pub async fn run(store: Arc<dyn ObjectStore>, n: u64, label: &str) -> anyhow::Result<serde_json::Value> {
+    let repo = Repository::new(store.clone());
+    let populate_secs = populate(&repo, n, 64).await?;
+    eprintln!("{label}: populated {n} backups in {populate_secs:.1} s");
+    let mut state = SyncState::default();
+    let t = Instant::now();
+    let delta = repo.sync(&mut state).await?;
+    let sync_secs = t.elapsed().as_secs_f64();
+    eprintln!("{label}: sync took {sync_secs:.2} s");
+    anyhow::ensure!(
+        delta.added.len() as u64 == n,
+        "sync found {} of {n}",
+        delta.added.len()
+    );
+    let t = Instant::now();
+    let again = repo.sync(&mut state).await?;
+    let resync_secs = t.elapsed().as_secs_f64();
+    anyhow::ensure!(again.added.is_empty(), "second sync found new backups");
+    let t = Instant::now();
+    let seen = baseline(store.as_ref()).await?;
+    let baseline_secs = t.elapsed().as_secs_f64();
+    anyhow::ensure!(seen as u64 == n, "baseline saw {seen} of {n}");
+    Ok(json!({
+        "backend": label, "backups": n, "populate_secs": populate_secs,
+        "sync_secs": sync_secs, "resync_secs": resync_secs, "baseline_secs": baseline_secs,
+        "speedup": baseline_secs / sync_secs,
+    }))
+}

@@ -1,0 +1,74 @@
+//! `pxb-bench`: the benchmarks reported in `BENCHMARKS.md`. Build with `--release`.
+//!
+//! - `pxb-bench volume [--mib 2048] [--work DIR]`: first and 5%-incremental backup, pxb vs restic;
+//! - `pxb-bench sync [--backups 100000] [--azurite]`: listing-metadata sync vs one GET per backup;
+//! - `pxb-bench gc [--chunks 10000000] [--backups 100]`: GC time and peak RSS.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{Context, bail};
+use pxb_azure::AzureBlobStore;
+use pxb_core::LocalFileSystem;
+use pxb_tests::bench;
+use pxb_tests::fixture::AzureFixture;
+
+fn arg<T: std::str::FromStr>(args: &[String], name: &str, default: T) -> anyhow::Result<T> {
+    match args.iter().position(|a| a == name) {
+        None => Ok(default),
+        Some(i) => args
+            .get(i + 1)
+            .context("missing value")?
+            .parse()
+            .map_err(|_| anyhow::anyhow!("bad value for {name}")),
+    }
+}
+
+async fn main_async(args: Vec<String>) -> anyhow::Result<serde_json::Value> {
+    let work: PathBuf = arg(&args, "--work", std::env::temp_dir().join("pxb-bench"))?;
+    match args.first().map(String::as_str) {
+        Some("volume") => bench::volume::run(&work.join("volume"), arg(&args, "--mib", 2048u64)? << 20).await,
+        Some("sync") => {
+            let n = arg(&args, "--backups", 100_000u64)?;
+            if args.iter().any(|a| a == "--azurite") {
+                let fx = AzureFixture::start(3600)?;
+                let store = AzureBlobStore::new(fx.wi_config("sync-bench"))?;
+                store.create_container().await?;
+                bench::sync::run(Arc::new(store), n, "azurite (https, workload identity)").await
+            } else {
+                let dir = work.join("sync");
+                let _ = std::fs::remove_dir_all(&dir);
+                bench::sync::run(Arc::new(LocalFileSystem::new(&dir)?), n, "local filesystem").await
+            }
+        }
+        Some("gc") => {
+            bench::gc::run(
+                arg(&args, "--chunks", 10_000_000u64)?,
+                arg(&args, "--backups", 100u64)?,
+            )
+            .await
+        }
+        _ => bail!("usage: pxb-bench volume|sync|gc [options] (see the source)"),
+    }
+}
+
+fn main() -> std::process::ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("pxb-bench: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(main_async(args)) {
+        Ok(v) => {
+            println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+            std::process::ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("pxb-bench: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
