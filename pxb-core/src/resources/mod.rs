@@ -54,6 +54,13 @@ pub use restore::{
 };
 pub use selector::LabelSelector;
 
+/// Removes from `obj` what backup removes (server-populated metadata, `status`, Service cluster
+/// IPs, …; owner references are a separate, archive-wide decision). Useful to compare a restored
+/// object with the one that was backed up.
+pub fn strip_server_fields(resource: &ApiResource, obj: &mut ResourceObject) {
+    strip::strip(resource, obj);
+}
+
 /// A Kubernetes object, as the API server returns it: a JSON object with `apiVersion`, `kind` and
 /// `metadata.name` (checked when it is built), and whatever else its kind has.
 ///
