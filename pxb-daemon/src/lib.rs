@@ -4,4 +4,5 @@
 //! wire is a library type that tests build directly.
 
 pub mod cli;
+pub mod kube_cluster;
 pub mod location;

@@ -15,6 +15,7 @@ pub mod engine;
 pub mod entra;
 pub mod fixture;
 pub mod jwt;
+pub mod kubeapi;
 pub mod tls;
 
 use std::net::TcpListener;
