@@ -7,7 +7,6 @@
 //! the projected token file as it is on disk at that moment (so a stale assertion after rotation is
 //! refused). Access tokens it issues are JWTs Azurite accepts with `--oauth basic`.
 
-use std::convert::Infallible;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
@@ -15,11 +14,9 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode};
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use tokio::net::TcpListener;
-use tokio_rustls::TlsAcceptor;
 
 use crate::jwt;
+use crate::server::BackgroundServer;
 use crate::tls::TestCa;
 
 /// Settings of the fake endpoint.
@@ -49,84 +46,33 @@ pub struct Exchange {
 /// A running fake Entra ID endpoint; stopped when dropped.
 #[derive(Debug)]
 pub struct FakeEntra {
-    port: u16,
+    server: BackgroundServer,
     seen: Arc<Mutex<Vec<Exchange>>>,
-    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl FakeEntra {
     /// Starts the endpoint on a loopback port, on its own thread and runtime.
     pub fn start(ca: &TestCa, config: EntraConfig) -> anyhow::Result<Self> {
-        let tls = Arc::new(ca.rustls_server_config()?);
-        let std_listener = std::net::TcpListener::bind("127.0.0.1:0")?;
-        std_listener.set_nonblocking(true)?;
-        let port = std_listener.local_addr()?.port();
         let seen = Arc::new(Mutex::new(Vec::new()));
-        let (tx, mut rx) = tokio::sync::oneshot::channel::<()>();
         let state = Arc::new(State {
             config,
             seen: seen.clone(),
         });
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()?;
-        let thread = std::thread::spawn(move || {
-            rt.block_on(async move {
-                let Ok(listener) = TcpListener::from_std(std_listener) else {
-                    return;
-                };
-                let acceptor = TlsAcceptor::from(tls);
-                loop {
-                    let (tcp, _) = tokio::select! {
-                        _ = &mut rx => return,
-                        r = listener.accept() => match r { Ok(c) => c, Err(_) => continue },
-                    };
-                    let acceptor = acceptor.clone();
-                    let state = state.clone();
-                    tokio::spawn(async move {
-                        let Ok(tls) = acceptor.accept(tcp).await else {
-                            return;
-                        };
-                        let svc = hyper::service::service_fn(move |req| {
-                            let state = state.clone();
-                            async move { Ok::<_, Infallible>(state.handle(req).await) }
-                        });
-                        let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                            .serve_connection(TokioIo::new(tls), svc)
-                            .await;
-                    });
-                }
-            });
-        });
-        Ok(Self {
-            port,
-            seen,
-            shutdown: Some(tx),
-            thread: Some(thread),
-        })
+        let server = BackgroundServer::start(Some(ca.rustls_server_config()?), move |req| {
+            let state = state.clone();
+            async move { state.handle(req).await }
+        })?;
+        Ok(Self { server, seen })
     }
 
     /// The authority host to configure clients with: `https://127.0.0.1:<port>`.
     pub fn authority_host(&self) -> String {
-        format!("https://127.0.0.1:{}", self.port)
+        format!("https://127.0.0.1:{}", self.server.port())
     }
 
     /// Every token request so far, in order.
     pub fn exchanges(&self) -> Vec<Exchange> {
         self.seen.lock().unwrap_or_else(|e| e.into_inner()).clone()
-    }
-}
-
-impl Drop for FakeEntra {
-    fn drop(&mut self) {
-        if let Some(tx) = self.shutdown.take() {
-            let _ = tx.send(());
-        }
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
     }
 }
 

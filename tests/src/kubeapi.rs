@@ -4,87 +4,43 @@
 //! `Status` errors. Plain HTTP on a loopback port; the fleet simulator grows from this.
 
 use std::collections::BTreeMap;
-use std::convert::Infallible;
 use std::sync::Arc;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::{TokioExecutor, TokioIo};
 use pxb_core::Error;
 use pxb_core::resources::{ApiResource, InMemoryCluster, ResourceObject, ResourceSink, ResourceSource};
 use serde_json::{Value, json};
 
+use crate::server::BackgroundServer;
+
 /// A running façade; stopped when dropped.
 #[derive(Debug)]
 pub struct FakeApiServer {
-    port: u16,
-    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<()>>,
+    server: BackgroundServer,
 }
 
 impl FakeApiServer {
     /// Serves `cluster` on a loopback port, on its own thread and runtime.
     pub fn start(cluster: Arc<InMemoryCluster>) -> anyhow::Result<Self> {
-        let std_listener = std::net::TcpListener::bind("127.0.0.1:0")?;
-        std_listener.set_nonblocking(true)?;
-        let port = std_listener.local_addr()?.port();
-        let (tx, mut rx) = tokio::sync::oneshot::channel::<()>();
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()?;
-        let thread = std::thread::spawn(move || {
-            rt.block_on(async move {
-                let Ok(listener) = tokio::net::TcpListener::from_std(std_listener) else {
-                    return;
-                };
-                loop {
-                    let (tcp, _) = tokio::select! {
-                        _ = &mut rx => return,
-                        r = listener.accept() => match r { Ok(c) => c, Err(_) => continue },
-                    };
-                    let cluster = cluster.clone();
-                    tokio::spawn(async move {
-                        let svc = hyper::service::service_fn(move |req| {
-                            let cluster = cluster.clone();
-                            async move { Ok::<_, Infallible>(handle(&cluster, req).await) }
-                        });
-                        let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                            .serve_connection(TokioIo::new(tcp), svc)
-                            .await;
-                    });
-                }
-            });
-        });
-        Ok(Self {
-            port,
-            shutdown: Some(tx),
-            thread: Some(thread),
-        })
+        let server = BackgroundServer::start(None, move |req| {
+            let cluster = cluster.clone();
+            async move { handle(&cluster, req).await }
+        })?;
+        Ok(Self { server })
     }
 
     /// The server's URL, `http://127.0.0.1:<port>`.
     pub fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
+        format!("http://127.0.0.1:{}", self.server.port())
     }
 
     /// A kube client for this server.
     pub fn client(&self) -> anyhow::Result<kube::Client> {
         let config = kube::Config::new(self.url().parse()?);
         Ok(kube::Client::try_from(config)?)
-    }
-}
-
-impl Drop for FakeApiServer {
-    fn drop(&mut self) {
-        if let Some(tx) = self.shutdown.take() {
-            let _ = tx.send(());
-        }
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
     }
 }
 

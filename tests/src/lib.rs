@@ -16,6 +16,7 @@ pub mod entra;
 pub mod fixture;
 pub mod jwt;
 pub mod kubeapi;
+pub mod server;
 pub mod tls;
 
 use std::net::TcpListener;
