@@ -529,10 +529,13 @@ pub async fn bad_objects_are_named(repo: &Repository) {
 
 /// Kubernetes resources round-trip through the store: restored objects equal the originals once
 /// both are stripped, objects Kubernetes re-creates are not restored, and dependencies come along.
-pub async fn resources_roundtrip(store: &dyn ObjectStore) {
+pub async fn resources_roundtrip(store: Arc<dyn ObjectStore>) {
+    use pxb_core::backup::resources::{
+        ResourceBackupOptions, backup_namespace_resources, restore_namespace_resources,
+    };
     use pxb_core::resources::{
-        InMemoryCluster, ResourceSelector, ResourceSource, RestoreOptions, backup_resources,
-        restore_resources, strip_server_fields, well_known_api_resources,
+        InMemoryCluster, ResourceSelector, ResourceSource, RestoreOptions, strip_server_fields,
+        well_known_api_resources,
     };
     use serde_json::json;
     let source = InMemoryCluster::new();
@@ -554,16 +557,34 @@ pub async fn resources_roundtrip(store: &dyn ObjectStore) {
     for s in &seeds {
         source.seed(s.clone()).expect("seed");
     }
-    let path = pxb_core::ObjectPath::parse("scenario/resources").expect("path");
-    let selector = ResourceSelector {
-        namespaces: vec!["shop".into()],
-        ..ResourceSelector::default()
+    let repo = Repository::new(store);
+    let opts = ResourceBackupOptions {
+        selector: ResourceSelector {
+            namespaces: vec!["shop".into()],
+            ..ResourceSelector::default()
+        },
+        cluster: Some("shoot-a".into()),
+        tag: None,
     };
-    let stats = backup_resources(&source, &selector, store, &path)
+    let (manifest, stats) = backup_namespace_resources(&repo, &source, &opts)
         .await
         .expect("backup resources");
+    assert_eq!(manifest.namespaces, vec!["shop".to_string()]);
+    let listed = repo.list().await.expect("list");
+    let summary = listed
+        .iter()
+        .find(|s| s.id == manifest.id)
+        .expect("the resource backup is listed");
+    assert_eq!(
+        (summary.kind, summary.items),
+        (pxb_core::backup::BackupKind::Resources, stats.objects)
+    );
+    let v = verify(&repo, Some(vec![manifest.id.clone()]), true, 2)
+        .await
+        .expect("verify");
+    assert_eq!(v[0].status, VerifyStatus::Ok, "{:?}", v[0]);
     let target = InMemoryCluster::new();
-    let report = restore_resources(store, &path, &target, &RestoreOptions::default())
+    let report = restore_namespace_resources(&repo, &manifest.id, &target, &RestoreOptions::default())
         .await
         .expect("restore");
     assert_eq!(report.failed, 0, "{:?}", report.failures().collect::<Vec<_>>());
@@ -617,7 +638,7 @@ pub async fn resources_roundtrip(store: &dyn ObjectStore) {
 /// chunks are shared by content, so damage it injects would reach later backups.
 pub async fn run_all(store: Arc<dyn ObjectStore>) {
     let repo = Repository::new(store.clone());
-    resources_roundtrip(store.as_ref()).await;
+    resources_roundtrip(store.clone()).await;
     roundtrip(&repo).await;
     incremental(&repo).await;
     delete_and_sync(&repo).await;

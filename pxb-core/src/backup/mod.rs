@@ -20,6 +20,7 @@ pub mod chunk;
 pub mod fuzz;
 pub mod gc;
 pub mod locks;
+pub mod resources;
 pub mod spool;
 pub mod verify;
 pub mod volume;

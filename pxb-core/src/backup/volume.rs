@@ -410,7 +410,21 @@ pub async fn backup_volume(repo: &Repository, opts: VolumeBackupOptions) -> Resu
     let created = repo.now_secs();
     let id = BackupId::new(repo.clock().now());
     let lock = super::locks::BackupLock::acquire(repo, &id).await?;
+    let result = run_backup(repo, opts, cfg, started, created, id, &lock).await;
+    // Give the lease back whether or not the backup committed, so GC is not held up.
+    lock.release().await;
+    result
+}
 
+async fn run_backup(
+    repo: &Repository,
+    opts: VolumeBackupOptions,
+    cfg: super::RepoConfig,
+    started: Instant,
+    created: u64,
+    id: BackupId,
+    lock: &super::locks::BackupLock,
+) -> Result<Manifest> {
     let source = opts.source.clone();
     let (scanned, mut warnings, mut skipped) = tokio::task::spawn_blocking(move || {
         let mut warnings = Vec::new();
@@ -621,7 +635,6 @@ pub async fn backup_volume(repo: &Repository, opts: VolumeBackupOptions) -> Resu
     };
     lock.check()?;
     repo.commit(&manifest).await?;
-    lock.release().await;
     Ok(manifest)
 }
 
