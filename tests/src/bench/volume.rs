@@ -146,6 +146,11 @@ fn restic(repo: &Path, cache: &Path, args: &[&str]) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Flushes all dirty pages to disk, so that no timed phase pays for an earlier phase's writes.
+fn flush_disks() {
+    let _ = Command::new("sync").status();
+}
+
 /// Runs the volume benchmark in `work` with a dataset of `total` bytes.
 pub async fn run(work: &Path, total: u64) -> anyhow::Result<serde_json::Value> {
     let data = work.join("data");
@@ -165,9 +170,11 @@ pub async fn run(work: &Path, total: u64) -> anyhow::Result<serde_json::Value> {
     let (restic_repo, cache) = (work.join("restic-repo"), work.join("restic-cache"));
     restic(&restic_repo, &cache, &["init"])?;
 
+    flush_disks();
     let t = Instant::now();
     let first = backup_volume(&repo, VolumeBackupOptions::new(&data)).await?;
     let pxb_first = t.elapsed().as_secs_f64();
+    flush_disks();
     let t = Instant::now();
     restic(
         &restic_repo,
@@ -178,11 +185,13 @@ pub async fn run(work: &Path, total: u64) -> anyhow::Result<serde_json::Value> {
     let (pxb_stored_1, restic_stored_1) = (du(&pxb_loc), du(&restic_repo));
 
     let changed = change(&files, 5, 7)?;
+    flush_disks();
     let mut opts = VolumeBackupOptions::new(&data);
     opts.parent = Some(first.id.clone());
     let t = Instant::now();
     let second = backup_volume(&repo, opts).await?;
     let pxb_incr = t.elapsed().as_secs_f64();
+    flush_disks();
     let t = Instant::now();
     restic(
         &restic_repo,
