@@ -163,19 +163,6 @@ impl ResourceSource for KubeCluster {
 
 #[async_trait]
 impl ResourceSink for KubeCluster {
-    async fn api_resources(&self) -> Result<Vec<ApiResource>> {
-        self.discover().await
-    }
-
-    async fn get(
-        &self,
-        resource: &ApiResource,
-        namespace: Option<&str>,
-        name: &str,
-    ) -> Result<Option<ResourceObject>> {
-        self.get_object(resource, namespace, name).await
-    }
-
     async fn create(&self, resource: &ApiResource, object: &ResourceObject) -> Result<ResourceObject> {
         let obj: DynamicObject = serde_json::from_value(object.as_value().clone())
             .map_err(|e| Error::invalid(format!("{}: not a Kubernetes object: {e}", object.name())))?;

@@ -51,7 +51,7 @@ fn config_map(namespace: &str, name: &str, labels: serde_json::Value) -> Resourc
 /// Creates `namespace` unless it exists.
 pub async fn ensure_namespace(cluster: &dyn ResourceCluster, namespace: &str) {
     let ns = namespaces();
-    if ResourceSink::get(cluster, &ns, None, namespace)
+    if ResourceSource::get(cluster, &ns, None, namespace)
         .await
         .expect("get namespace")
         .is_none()
@@ -85,7 +85,7 @@ pub async fn discovery_reports_core_types(cluster: &dyn ResourceCluster) {
         ),
         (
             "sink",
-            ResourceSink::api_resources(cluster)
+            ResourceSource::api_resources(cluster)
                 .await
                 .expect("sink discovery"),
         ),
@@ -130,7 +130,7 @@ pub async fn create_get_delete(cluster: &dyn ResourceCluster, namespace: &str) {
         ResourceSource::get(cluster, &configmaps(), Some(namespace), name)
             .await
             .expect("source get"),
-        ResourceSink::get(cluster, &configmaps(), Some(namespace), name)
+        ResourceSource::get(cluster, &configmaps(), Some(namespace), name)
             .await
             .expect("sink get"),
     ] {
@@ -171,7 +171,7 @@ pub async fn create_existing_is_already_exists(cluster: &dyn ResourceCluster, na
         matches!(err, Error::AlreadyExists { .. }),
         "second create: expected AlreadyExists, got {err}"
     );
-    let got = ResourceSink::get(cluster, &configmaps(), Some(namespace), name)
+    let got = ResourceSource::get(cluster, &configmaps(), Some(namespace), name)
         .await
         .expect("get")
         .expect("still there");

@@ -479,19 +479,6 @@ impl ResourceSource for InMemoryCluster {
 
 #[async_trait]
 impl ResourceSink for InMemoryCluster {
-    async fn api_resources(&self) -> Result<Vec<ApiResource>> {
-        ResourceSource::api_resources(self).await
-    }
-
-    async fn get(
-        &self,
-        resource: &ApiResource,
-        namespace: Option<&str>,
-        name: &str,
-    ) -> Result<Option<ResourceObject>> {
-        ResourceSource::get(self, resource, namespace, name).await
-    }
-
     async fn create(&self, resource: &ApiResource, object: &ResourceObject) -> Result<ResourceObject> {
         let mut st = self.lock();
         st.served(resource)?;

@@ -530,20 +530,9 @@ pub trait ResourceSource: Send + Sync {
 ///   the cluster's answer maps to); on success it returns the object as stored (with its uid);
 /// - `delete` returns once the object is gone (so that a create of the same name can follow); of a
 ///   missing object it is [`Error::NotFound`];
-/// - `get` of a missing object is `Ok(None)`.
+/// - `get` (from [`ResourceSource`]) of a missing object is `Ok(None)`.
 #[async_trait]
-pub trait ResourceSink: Send + Sync {
-    /// The resource types the cluster serves (see [`ResourceSource::api_resources`]).
-    async fn api_resources(&self) -> Result<Vec<ApiResource>>;
-
-    /// One object, or `None` if it does not exist.
-    async fn get(
-        &self,
-        resource: &ApiResource,
-        namespace: Option<&str>,
-        name: &str,
-    ) -> Result<Option<ResourceObject>>;
-
+pub trait ResourceSink: ResourceSource {
     /// Creates `object` (a `resource`; its namespace and name are its own).
     async fn create(&self, resource: &ApiResource, object: &ResourceObject) -> Result<ResourceObject>;
 
