@@ -12,6 +12,7 @@
 pub mod backup;
 pub mod check;
 pub mod clock;
+pub mod cluster;
 pub mod credential;
 mod error;
 pub mod location;

@@ -4,7 +4,8 @@
 //! - [`azurite::Azurite`]: the Azure Storage emulator over HTTPS with bearer-token support;
 //! - [`entra::FakeEntra`]: an Entra ID token endpoint that performs the Workload Identity
 //!   (client-assertion) exchange and checks the assertion against the projected token file;
-//! - [`jwt`]: unsigned JWTs shaped like Kubernetes service-account tokens.
+//! - [`jwt`]: unsigned JWTs shaped like Kubernetes service-account tokens;
+//! - [`sim::Fleet`]: the fleet simulator (a Gardener garden and one Kubernetes API per shoot).
 //!
 //! Every component listens on 127.0.0.1 on a port it picks, and is stopped by its own process id
 //! or task when its handle is dropped. A component that cannot start is an error, never a skip.
@@ -17,6 +18,7 @@ pub mod fixture;
 pub mod jwt;
 pub mod kubeapi;
 pub mod server;
+pub mod sim;
 pub mod tls;
 
 use std::net::TcpListener;

@@ -1,0 +1,473 @@
+//! The `ClusterProvider` seam: where clusters come from and how pxb gets short-lived access to
+//! them. `pxb-gardener` implements it over the Gardener API; [`StaticClusters`] is the in-memory
+//! twin for tests; [`conformance`] is the suite every implementation runs.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::Mutex;
+use std::time::{Duration, SystemTime};
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+
+use crate::{Error, Result};
+
+/// The stable identity of a cluster (for Gardener: the shoot's `status.uid`). A cluster that is
+/// deleted and re-created under the same name gets a new identity.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct ClusterId(pub String);
+
+impl fmt::Display for ClusterId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Why a discovered cluster is not served.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum IneligibleReason {
+    /// Not on the supported infrastructure provider.
+    ProviderType,
+    /// Kubernetes below the supported floor.
+    KubernetesVersion,
+    /// Hibernated: its API server is down.
+    Hibernated,
+    /// Being deleted.
+    Deleting,
+    /// Not reconciled yet (being created, or its first reconcile has not finished).
+    NotReconciled,
+    /// Its description is incomplete or unreadable.
+    Malformed,
+}
+
+impl IneligibleReason {
+    /// A short stable name, e.g. `kubernetesVersion`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            IneligibleReason::ProviderType => "providerType",
+            IneligibleReason::KubernetesVersion => "kubernetesVersion",
+            IneligibleReason::Hibernated => "hibernated",
+            IneligibleReason::Deleting => "deleting",
+            IneligibleReason::NotReconciled => "notReconciled",
+            IneligibleReason::Malformed => "malformed",
+        }
+    }
+}
+
+/// Whether pxb serves a cluster.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", tag = "state")]
+pub enum Eligibility {
+    /// Served.
+    Eligible,
+    /// Not served, with the reason and a message for humans.
+    Ineligible {
+        /// Why.
+        reason: IneligibleReason,
+        /// Details, e.g. `Kubernetes 1.29.8 is below the supported 1.30`.
+        message: String,
+    },
+}
+
+impl Eligibility {
+    /// Whether the cluster is served.
+    pub fn is_eligible(&self) -> bool {
+        matches!(self, Eligibility::Eligible)
+    }
+}
+
+/// A discovered cluster.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ClusterInfo {
+    /// Stable identity.
+    pub id: ClusterId,
+    /// Name (for Gardener: the shoot name).
+    pub name: String,
+    /// Where it is listed (for Gardener: the project namespace).
+    pub namespace: String,
+    /// Infrastructure provider type, e.g. `azure`.
+    pub provider_type: String,
+    /// Kubernetes version as reported.
+    pub kubernetes_version: String,
+    /// Region.
+    pub region: String,
+    /// Labels of the cluster object.
+    pub labels: BTreeMap<String, String>,
+    /// Whether it is served.
+    pub eligibility: Eligibility,
+}
+
+/// What changed between two discovery results.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ClusterDiff {
+    /// New clusters.
+    pub added: Vec<ClusterInfo>,
+    /// Clusters that are gone.
+    pub removed: Vec<ClusterInfo>,
+    /// Clusters whose description changed: `(before, after)`.
+    pub changed: Vec<(ClusterInfo, ClusterInfo)>,
+}
+
+impl ClusterDiff {
+    /// Whether nothing changed.
+    pub fn is_empty(&self) -> bool {
+        self.added.is_empty() && self.removed.is_empty() && self.changed.is_empty()
+    }
+
+    /// The difference from `before` to `after`, in identity order.
+    pub fn between(
+        before: &BTreeMap<ClusterId, ClusterInfo>,
+        after: &BTreeMap<ClusterId, ClusterInfo>,
+    ) -> Self {
+        let mut diff = ClusterDiff::default();
+        for (id, new) in after {
+            match before.get(id) {
+                None => diff.added.push(new.clone()),
+                Some(old) if old != new => diff.changed.push((old.clone(), new.clone())),
+                Some(_) => {}
+            }
+        }
+        for (id, old) in before {
+            if !after.contains_key(id) {
+                diff.removed.push(old.clone());
+            }
+        }
+        diff
+    }
+}
+
+/// Short-lived access to a cluster's API server. Secret material is redacted in `Debug` and never
+/// serialized.
+#[derive(Clone)]
+pub struct ClusterAccess {
+    /// API server URL.
+    pub server: String,
+    /// CA certificate of the API server, PEM.
+    pub ca_pem: String,
+    /// Client certificate, PEM.
+    pub client_cert_pem: String,
+    /// Client private key, PEM.
+    pub client_key_pem: String,
+    /// When it was issued.
+    pub issued_at: SystemTime,
+    /// When it stops working (as the issuer reported it).
+    pub expires_at: SystemTime,
+}
+
+impl fmt::Debug for ClusterAccess {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClusterAccess")
+            .field("server", &self.server)
+            .field("expires_at", &self.expires_at)
+            .field("client_key_pem", &"<redacted>")
+            .finish_non_exhaustive()
+    }
+}
+
+impl ClusterAccess {
+    /// Whether it is still valid at `now` with `margin` to spare.
+    pub fn valid_at(&self, now: SystemTime, margin: Duration) -> bool {
+        now + margin < self.expires_at
+    }
+
+    /// Its total lifetime.
+    pub fn lifetime(&self) -> Duration {
+        self.expires_at
+            .duration_since(self.issued_at)
+            .unwrap_or(Duration::ZERO)
+    }
+}
+
+/// The state of a cluster's credential, for status pages.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", tag = "state")]
+pub enum CredentialState {
+    /// None was requested yet.
+    Missing,
+    /// Valid; renewal is scheduled.
+    Fresh {
+        /// Expiry.
+        expires_at: SystemTime,
+        /// When renewal is due.
+        renew_at: SystemTime,
+    },
+    /// Being renewed; the current one (if any) is still valid.
+    Renewing {
+        /// Expiry of the current one.
+        expires_at: Option<SystemTime>,
+    },
+    /// Expired and not renewed.
+    Expired {
+        /// When it expired.
+        since: SystemTime,
+    },
+    /// Issuing failed; retried with backoff.
+    Failing {
+        /// The last error.
+        reason: String,
+        /// Consecutive failures.
+        attempts: u32,
+        /// Expiry of the current one, if one is still valid.
+        expires_at: Option<SystemTime>,
+        /// Next attempt.
+        retry_at: SystemTime,
+    },
+}
+
+/// Discovers clusters and issues short-lived access to them.
+#[async_trait]
+pub trait ClusterProvider: Send + Sync + fmt::Debug {
+    /// One full discovery: every cluster the provider sees, classified, in identity order.
+    async fn discover(&self) -> Result<Vec<ClusterInfo>>;
+
+    /// Valid access to an eligible cluster: a cached credential while it is fresh, otherwise a new
+    /// one. Never returns an expired credential. [`Error::NotFound`] for an unknown cluster,
+    /// [`Error::Precondition`] for an ineligible one.
+    async fn access(&self, id: &ClusterId) -> Result<ClusterAccess>;
+
+    /// The state of the credential of `id`.
+    fn credential_state(&self, id: &ClusterId) -> CredentialState;
+}
+
+/// The in-memory twin: a fixed set of clusters with fixed access, for tests.
+#[derive(Debug, Default)]
+pub struct StaticClusters {
+    clusters: Mutex<BTreeMap<ClusterId, (ClusterInfo, Option<ClusterAccess>)>>,
+}
+
+impl StaticClusters {
+    /// An empty provider.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds or replaces a cluster, with the access it hands out.
+    pub fn insert(&self, info: ClusterInfo, access: Option<ClusterAccess>) {
+        self.clusters
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(info.id.clone(), (info, access));
+    }
+
+    /// Removes a cluster.
+    pub fn remove(&self, id: &ClusterId) {
+        self.clusters.lock().unwrap_or_else(|e| e.into_inner()).remove(id);
+    }
+}
+
+#[async_trait]
+impl ClusterProvider for StaticClusters {
+    async fn discover(&self) -> Result<Vec<ClusterInfo>> {
+        Ok(self
+            .clusters
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .map(|(i, _)| i.clone())
+            .collect())
+    }
+
+    async fn access(&self, id: &ClusterId) -> Result<ClusterAccess> {
+        let map = self.clusters.lock().unwrap_or_else(|e| e.into_inner());
+        let (info, access) = map
+            .get(id)
+            .ok_or_else(|| Error::not_found(format!("no cluster {id}")))?;
+        if let Eligibility::Ineligible { message, .. } = &info.eligibility {
+            return Err(Error::precondition(format!(
+                "cluster {} is not eligible: {message}",
+                info.name
+            )));
+        }
+        match access {
+            Some(a) if a.valid_at(SystemTime::now(), Duration::ZERO) => Ok(a.clone()),
+            Some(_) => Err(Error::unauthenticated(format!(
+                "the credential of cluster {} expired",
+                info.name
+            ))),
+            None => Err(Error::unavailable(format!(
+                "no access configured for cluster {}",
+                info.name
+            ))),
+        }
+    }
+
+    fn credential_state(&self, id: &ClusterId) -> CredentialState {
+        let map = self.clusters.lock().unwrap_or_else(|e| e.into_inner());
+        match map.get(id).and_then(|(_, a)| a.as_ref()) {
+            None => CredentialState::Missing,
+            Some(a) if a.valid_at(SystemTime::now(), Duration::ZERO) => CredentialState::Fresh {
+                expires_at: a.expires_at,
+                renew_at: a.expires_at,
+            },
+            Some(a) => CredentialState::Expired { since: a.expires_at },
+        }
+    }
+}
+
+/// The conformance suite of [`ClusterProvider`]s.
+pub mod conformance {
+    use std::collections::BTreeSet;
+    use std::time::{Duration, SystemTime};
+
+    use super::{ClusterId, ClusterProvider, CredentialState};
+    use crate::{Error, Result};
+
+    fn check(cond: bool, what: impl std::fmt::Display) -> Result<()> {
+        if cond {
+            Ok(())
+        } else {
+            Err(Error::other(format!("conformance: {what}")))
+        }
+    }
+
+    /// Runs every check. The provider must see at least one eligible and one ineligible cluster.
+    pub async fn run_all(p: &dyn ClusterProvider) -> Result<()> {
+        let clusters = p.discover().await?;
+        let ids: BTreeSet<&ClusterId> = clusters.iter().map(|c| &c.id).collect();
+        check(ids.len() == clusters.len(), "discovered identities are unique")?;
+        check(
+            clusters.windows(2).all(|w| w[0].id < w[1].id),
+            "discovery is in identity order",
+        )?;
+        let eligible = clusters
+            .iter()
+            .find(|c| c.eligibility.is_eligible())
+            .ok_or_else(|| Error::other("conformance: needs an eligible cluster"))?;
+        let ineligible = clusters
+            .iter()
+            .find(|c| !c.eligibility.is_eligible())
+            .ok_or_else(|| Error::other("conformance: needs an ineligible cluster"))?;
+
+        let a = p.access(&eligible.id).await?;
+        check(
+            a.valid_at(SystemTime::now(), Duration::ZERO),
+            "access is not expired when handed out",
+        )?;
+        check(
+            !a.server.is_empty() && !a.ca_pem.is_empty(),
+            "access names a server and its CA",
+        )?;
+        check(
+            matches!(
+                p.credential_state(&eligible.id),
+                CredentialState::Fresh { .. } | CredentialState::Renewing { .. }
+            ),
+            format!(
+                "credential state after access is fresh, got {:?}",
+                p.credential_state(&eligible.id)
+            ),
+        )?;
+        let again = p.access(&eligible.id).await?;
+        check(
+            again.valid_at(SystemTime::now(), Duration::ZERO),
+            "a second access is valid",
+        )?;
+
+        match p.access(&ineligible.id).await {
+            Err(Error::Precondition { .. }) => {}
+            other => check(
+                false,
+                format!("access to an ineligible cluster is a Precondition error, got {other:?}"),
+            )?,
+        }
+        match p.access(&ClusterId("no-such-cluster".into())).await {
+            Err(Error::NotFound { .. }) => {}
+            other => check(
+                false,
+                format!("access to an unknown cluster is NotFound, got {other:?}"),
+            )?,
+        }
+        check(
+            p.credential_state(&ClusterId("no-such-cluster".into())) == CredentialState::Missing,
+            "an unknown cluster has no credential",
+        )?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn info(id: &str, eligibility: Eligibility) -> ClusterInfo {
+        ClusterInfo {
+            id: ClusterId(id.into()),
+            name: format!("c-{id}"),
+            namespace: "garden-dev".into(),
+            provider_type: "azure".into(),
+            kubernetes_version: "1.33.4".into(),
+            region: "westeurope".into(),
+            labels: BTreeMap::new(),
+            eligibility,
+        }
+    }
+
+    #[tokio::test]
+    async fn static_clusters_conform() {
+        let p = StaticClusters::new();
+        let now = SystemTime::now();
+        p.insert(
+            info("a", Eligibility::Eligible),
+            Some(ClusterAccess {
+                server: "https://127.0.0.1:1".into(),
+                ca_pem: "ca".into(),
+                client_cert_pem: "cert".into(),
+                client_key_pem: "key".into(),
+                issued_at: now,
+                expires_at: now + Duration::from_secs(3600),
+            }),
+        );
+        p.insert(
+            info(
+                "b",
+                Eligibility::Ineligible {
+                    reason: IneligibleReason::Hibernated,
+                    message: "hibernated".into(),
+                },
+            ),
+            None,
+        );
+        conformance::run_all(&p).await.expect("conforms");
+    }
+
+    #[test]
+    fn diff_reports_added_removed_and_changed() {
+        let mut before = BTreeMap::new();
+        for id in ["a", "b", "c"] {
+            before.insert(ClusterId(id.into()), info(id, Eligibility::Eligible));
+        }
+        let mut after = before.clone();
+        after.remove(&ClusterId("a".into()));
+        after.insert(ClusterId("d".into()), info("d", Eligibility::Eligible));
+        let hibernated = Eligibility::Ineligible {
+            reason: IneligibleReason::Hibernated,
+            message: "hibernated".into(),
+        };
+        after.insert(ClusterId("b".into()), info("b", hibernated));
+        let d = ClusterDiff::between(&before, &after);
+        assert_eq!(d.added.iter().map(|c| c.id.0.as_str()).collect::<Vec<_>>(), ["d"]);
+        assert_eq!(
+            d.removed.iter().map(|c| c.id.0.as_str()).collect::<Vec<_>>(),
+            ["a"]
+        );
+        assert_eq!(d.changed.len(), 1);
+        assert!(!d.changed[0].1.eligibility.is_eligible());
+        assert!(ClusterDiff::between(&after, &after).is_empty());
+    }
+
+    #[test]
+    fn access_debug_redacts_the_key() {
+        let now = SystemTime::now();
+        let a = ClusterAccess {
+            server: "https://x".into(),
+            ca_pem: String::new(),
+            client_cert_pem: String::new(),
+            client_key_pem: "SECRET-KEY".into(),
+            issued_at: now,
+            expires_at: now,
+        };
+        assert!(!format!("{a:?}").contains("SECRET-KEY"));
+    }
+}

@@ -1,0 +1,784 @@
+//! [`GardenerProvider`]: discovery of a project's shoots and short-lived admin kubeconfigs for
+//! them, kept in memory and renewed before they expire.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use base64::Engine as _;
+use futures::StreamExt as _;
+use kube::api::{Api, ListParams};
+use kube::runtime::WatchStreamExt as _;
+use kube::runtime::watcher;
+use pxb_core::cluster::{
+    ClusterAccess, ClusterDiff, ClusterId, ClusterInfo, ClusterProvider, CredentialState, Eligibility,
+};
+use pxb_core::{Error, Result};
+use serde_json::{Value, json};
+use tokio::sync::{OnceCell, Semaphore, mpsc};
+
+use crate::classify::{Policy, classify};
+use crate::kubeconfig::parse_access;
+use crate::types::{Project, Shoot};
+
+/// How pxb authenticates to the garden.
+#[derive(Clone)]
+pub enum GardenAuth {
+    /// A kubeconfig (YAML text), e.g. of a project service account.
+    Kubeconfig(String),
+    /// A bearer token for `server`, trusting `ca_pem` (or the system roots when `None`).
+    Token {
+        /// Garden API URL.
+        server: String,
+        /// Bearer token.
+        token: String,
+        /// CA of the garden API, PEM.
+        ca_pem: Option<String>,
+    },
+}
+
+impl std::fmt::Debug for GardenAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            GardenAuth::Kubeconfig(_) => f.write_str("Kubeconfig(<redacted>)"),
+            GardenAuth::Token { server, .. } => {
+                write!(f, "Token {{ server: {server:?}, token: <redacted> }}")
+            }
+        }
+    }
+}
+
+/// Settings of a [`GardenerProvider`].
+#[derive(Debug, Clone)]
+pub struct GardenerConfig {
+    /// Garden credentials.
+    pub garden: GardenAuth,
+    /// Project name.
+    pub project: String,
+    /// What makes a shoot eligible.
+    pub policy: Policy,
+    /// Kubeconfig lifetime to request (`expirationSeconds`; Gardener accepts 600 s to its maximum).
+    pub expiration: Duration,
+    /// Renew at this fraction of the lifetime the garden granted…
+    pub renew_fraction: f64,
+    /// …plus or minus up to this fraction of the lifetime, chosen at random per cluster, so the
+    /// renewals of many clusters spread out.
+    pub renew_jitter: f64,
+    /// Full discovery cycle (the watch reports changes in between).
+    pub discovery_interval: Duration,
+    /// Page size of shoot lists.
+    pub page_size: u32,
+    /// Deadline of each garden request.
+    pub request_timeout: Duration,
+    /// Kubeconfig requests in flight at most.
+    pub issue_concurrency: usize,
+    /// Keep a fresh credential for every eligible cluster (instead of issuing on first use).
+    pub eager: bool,
+    /// First retry delay after a failed issuance; doubles up to `retry_max`.
+    pub retry_base: Duration,
+    /// Longest retry delay.
+    pub retry_max: Duration,
+}
+
+impl GardenerConfig {
+    /// Defaults for `project` with `garden` credentials: 1 h kubeconfigs renewed at 80 % ± 10 %,
+    /// discovery every minute, pages of 500, 15 s deadlines, 32 issuances in flight, eager.
+    pub fn new(garden: GardenAuth, project: impl Into<String>) -> Self {
+        Self {
+            garden,
+            project: project.into(),
+            policy: Policy::default(),
+            expiration: Duration::from_secs(3600),
+            renew_fraction: 0.8,
+            renew_jitter: 0.1,
+            discovery_interval: Duration::from_secs(60),
+            page_size: 500,
+            request_timeout: Duration::from_secs(15),
+            issue_concurrency: 32,
+            eager: true,
+            retry_base: Duration::from_secs(1),
+            retry_max: Duration::from_secs(60),
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Cred {
+    access: Option<Arc<ClusterAccess>>,
+    /// When to renew (or retry, after a failure).
+    due: SystemTime,
+    attempts: u32,
+    last_error: Option<String>,
+    in_flight: bool,
+    lock: Arc<tokio::sync::Mutex<()>>,
+}
+
+impl Cred {
+    fn new(due: SystemTime) -> Self {
+        Self {
+            access: None,
+            due,
+            attempts: 0,
+            last_error: None,
+            in_flight: false,
+            lock: Arc::new(tokio::sync::Mutex::new(())),
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct State {
+    inventory: BTreeMap<ClusterId, ClusterInfo>,
+    creds: HashMap<ClusterId, Cred>,
+}
+
+/// Counters of a provider.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ProviderStats {
+    /// Kubeconfigs issued.
+    pub issued: u64,
+    /// Failed kubeconfig requests.
+    pub failed: u64,
+    /// Full discovery cycles run.
+    pub discoveries: u64,
+    /// Clusters tracked.
+    pub clusters: usize,
+    /// Credentials held.
+    pub credentials: usize,
+}
+
+/// The Gardener [`ClusterProvider`] (see the crate docs).
+pub struct GardenerProvider {
+    config: GardenerConfig,
+    client: kube::Client,
+    namespace: OnceCell<String>,
+    state: Mutex<State>,
+    permits: Semaphore,
+    issued: AtomicU64,
+    failed: AtomicU64,
+    discoveries: AtomicU64,
+    issued_per_second: Mutex<BTreeMap<u64, u32>>,
+}
+
+impl std::fmt::Debug for GardenerProvider {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GardenerProvider")
+            .field("project", &self.config.project)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Maps a kube error to pxb's error, naming what was being done.
+pub fn map_kube_error(what: &str, e: kube::Error) -> Error {
+    match e {
+        kube::Error::Api(status) => {
+            let msg = format!("{what}: {} ({} {})", status.message, status.code, status.reason);
+            match status.code {
+                404 => Error::not_found(msg),
+                409 if status.reason == "AlreadyExists" => Error::already_exists(msg),
+                409 => Error::precondition(msg),
+                400 | 422 => Error::invalid(msg),
+                401 => Error::unauthenticated(msg),
+                403 => Error::permission_denied(msg),
+                429 => Error::throttled(msg),
+                _ => Error::unavailable(msg),
+            }
+        }
+        other => Error::unavailable(format!("{what}: {other}")),
+    }
+}
+
+fn unix(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+/// When to renew a credential issued at `issued` that expires at `expires`: at `fraction` of its
+/// lifetime, moved by `offset` (a fraction of the lifetime in `[-jitter, jitter]`), kept between
+/// half of the lifetime and 5 % before expiry.
+pub fn renew_time(issued: SystemTime, expires: SystemTime, fraction: f64, offset: f64) -> SystemTime {
+    let lifetime = expires
+        .duration_since(issued)
+        .unwrap_or(Duration::ZERO)
+        .as_secs_f64();
+    let at = (fraction + offset).clamp(0.5, 0.95) * lifetime;
+    issued + Duration::from_secs_f64(at)
+}
+
+impl GardenerProvider {
+    /// Connects to the garden (no request is made yet).
+    pub async fn connect(config: GardenerConfig) -> Result<Arc<Self>> {
+        let kube_config = match &config.garden {
+            GardenAuth::Kubeconfig(yaml) => {
+                let kc = kube::config::Kubeconfig::from_yaml(yaml)
+                    .map_err(|e| Error::invalid(format!("the garden kubeconfig is not valid: {e}")))?;
+                kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
+                    .await
+                    .map_err(|e| Error::invalid(format!("the garden kubeconfig is not usable: {e}")))?
+            }
+            GardenAuth::Token {
+                server,
+                token,
+                ca_pem,
+            } => {
+                let url = server
+                    .parse()
+                    .map_err(|e| Error::invalid(format!("garden URL {server:?}: {e}")))?;
+                let mut c = kube::Config::new(url);
+                c.auth_info.token = Some(token.clone().into());
+                if let Some(pem) = ca_pem {
+                    use rustls::pki_types::CertificateDer;
+                    use rustls::pki_types::pem::PemObject as _;
+                    let roots = CertificateDer::pem_slice_iter(pem.as_bytes())
+                        .map(|c| c.map(|c| c.to_vec()))
+                        .collect::<std::result::Result<Vec<_>, _>>()
+                        .map_err(|e| Error::invalid(format!("the garden CA is not PEM: {e}")))?;
+                    c.root_cert = Some(roots);
+                }
+                c
+            }
+        };
+        let mut kube_config = kube_config;
+        kube_config.connect_timeout = Some(config.request_timeout);
+        kube_config.read_timeout = Some(config.request_timeout);
+        let client = kube::Client::try_from(kube_config)
+            .map_err(|e| Error::invalid(format!("building the garden client: {e}")))?;
+        if !(0.1..1.0).contains(&config.renew_fraction) || !(0.0..0.5).contains(&config.renew_jitter) {
+            return Err(Error::invalid(
+                "renew_fraction must be in [0.1, 1) and renew_jitter in [0, 0.5)",
+            ));
+        }
+        Ok(Arc::new(Self {
+            permits: Semaphore::new(config.issue_concurrency.max(1)),
+            config,
+            client,
+            namespace: OnceCell::new(),
+            state: Mutex::new(State::default()),
+            issued: AtomicU64::new(0),
+            failed: AtomicU64::new(0),
+            discoveries: AtomicU64::new(0),
+            issued_per_second: Mutex::new(BTreeMap::new()),
+        }))
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &GardenerConfig {
+        &self.config
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> ProviderStats {
+        let st = self.state();
+        ProviderStats {
+            issued: self.issued.load(Ordering::Relaxed),
+            failed: self.failed.load(Ordering::Relaxed),
+            discoveries: self.discoveries.load(Ordering::Relaxed),
+            clusters: st.inventory.len(),
+            credentials: st.creds.values().filter(|c| c.access.is_some()).count(),
+        }
+    }
+
+    /// Kubeconfigs issued per second (Unix second → count), for measuring how renewals spread.
+    pub fn issued_per_second(&self) -> BTreeMap<u64, u32> {
+        self.issued_per_second
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// The clusters as last discovered, in identity order.
+    pub fn inventory(&self) -> Vec<ClusterInfo> {
+        self.state().inventory.values().cloned().collect()
+    }
+
+    /// The project's namespace, from its Project object (read once).
+    pub async fn project_namespace(&self) -> Result<String> {
+        let project = &self.config.project;
+        let ns = self
+            .namespace
+            .get_or_try_init(|| async {
+                let api: Api<Project> = Api::all(self.client.clone());
+                let p = tokio::time::timeout(self.config.request_timeout, api.get(project))
+                    .await
+                    .map_err(|_| {
+                        Error::unavailable(format!(
+                            "reading project {project}: the garden did not answer in time"
+                        ))
+                    })?
+                    .map_err(|e| map_kube_error(&format!("reading project {project}"), e))?;
+                p.spec
+                    .namespace
+                    .filter(|n| !n.is_empty())
+                    .ok_or_else(|| Error::precondition(format!("project {project} has no namespace yet")))
+            })
+            .await?;
+        Ok(ns.clone())
+    }
+
+    async fn list_shoots(&self) -> Result<Vec<Shoot>> {
+        let ns = self.project_namespace().await?;
+        let api: Api<Shoot> = Api::namespaced(self.client.clone(), &ns);
+        let mut shoots = Vec::new();
+        let mut token: Option<String> = None;
+        loop {
+            let mut lp = ListParams::default().limit(self.config.page_size);
+            if let Some(t) = &token {
+                lp = lp.continue_token(t);
+            }
+            let page = tokio::time::timeout(self.config.request_timeout, api.list(&lp))
+                .await
+                .map_err(|_| {
+                    Error::unavailable(format!(
+                        "listing shoots in {ns}: the garden did not answer in time"
+                    ))
+                })?
+                .map_err(|e| map_kube_error(&format!("listing shoots in {ns}"), e))?;
+            shoots.extend(page.items);
+            token = page.metadata.continue_.filter(|c| !c.is_empty());
+            if token.is_none() {
+                return Ok(shoots);
+            }
+        }
+    }
+
+    /// Replaces the inventory with `shoots`, returning what changed.
+    fn replace_all(&self, shoots: &[Shoot]) -> ClusterDiff {
+        let after: BTreeMap<ClusterId, ClusterInfo> = shoots
+            .iter()
+            .map(|s| {
+                let info = classify(s, &self.config.policy);
+                (info.id.clone(), info)
+            })
+            .collect();
+        let mut st = self.state();
+        let diff = ClusterDiff::between(&st.inventory, &after);
+        st.inventory = after;
+        self.sync_creds(&mut st);
+        diff
+    }
+
+    fn upsert(&self, shoot: &Shoot) -> ClusterDiff {
+        let info = classify(shoot, &self.config.policy);
+        let mut st = self.state();
+        let mut diff = ClusterDiff::default();
+        // A shoot that got its status.uid changes identity from metadata.uid only if they differ.
+        let stale: Vec<ClusterId> = st
+            .inventory
+            .values()
+            .filter(|c| c.id != info.id && c.name == info.name && c.namespace == info.namespace)
+            .map(|c| c.id.clone())
+            .collect();
+        for id in stale {
+            if let Some(old) = st.inventory.remove(&id) {
+                diff.removed.push(old);
+            }
+        }
+        match st.inventory.insert(info.id.clone(), info.clone()) {
+            None => diff.added.push(info),
+            Some(old) if old != info => diff.changed.push((old, info)),
+            Some(_) => {}
+        }
+        self.sync_creds(&mut st);
+        diff
+    }
+
+    fn remove(&self, shoot: &Shoot) -> ClusterDiff {
+        let info = classify(shoot, &self.config.policy);
+        let mut st = self.state();
+        let mut diff = ClusterDiff::default();
+        let gone: Vec<ClusterId> = st
+            .inventory
+            .values()
+            .filter(|c| c.id == info.id || (c.name == info.name && c.namespace == info.namespace))
+            .map(|c| c.id.clone())
+            .collect();
+        for id in gone {
+            if let Some(old) = st.inventory.remove(&id) {
+                diff.removed.push(old);
+            }
+        }
+        self.sync_creds(&mut st);
+        diff
+    }
+
+    /// Drops credentials of clusters that are gone or ineligible; schedules eager issuance.
+    fn sync_creds(&self, st: &mut State) {
+        let State { inventory, creds } = st;
+        creds.retain(|id, _| inventory.get(id).is_some_and(|c| c.eligibility.is_eligible()));
+        if self.config.eager {
+            let now = SystemTime::now();
+            for c in inventory.values().filter(|c| c.eligibility.is_eligible()) {
+                creds.entry(c.id.clone()).or_insert_with(|| Cred::new(now));
+            }
+        }
+    }
+
+    /// One full discovery: lists the project's shoots, classifies them, updates the inventory and
+    /// returns the clusters and what changed since the last one.
+    pub async fn discover_diff(&self) -> Result<(Vec<ClusterInfo>, ClusterDiff)> {
+        let shoots = self.list_shoots().await?;
+        let diff = self.replace_all(&shoots);
+        self.discoveries.fetch_add(1, Ordering::Relaxed);
+        Ok((self.inventory(), diff))
+    }
+
+    async fn request_kubeconfig(&self, namespace: &str, name: &str) -> Result<ClusterAccess> {
+        let what = format!("requesting an admin kubeconfig for shoot {namespace}/{name}");
+        let body = json!({"apiVersion": "authentication.gardener.cloud/v1alpha1", "kind": "AdminKubeconfigRequest",
+                          "spec": {"expirationSeconds": self.config.expiration.as_secs()}});
+        let req = http::Request::post(format!(
+            "/apis/core.gardener.cloud/v1beta1/namespaces/{namespace}/shoots/{name}/adminkubeconfig"
+        ))
+        .header("content-type", "application/json")
+        .body(body.to_string().into_bytes())
+        .map_err(|e| Error::other(format!("{what}: {e}")))?;
+        let issued_at = SystemTime::now();
+        let resp: Value = tokio::time::timeout(self.config.request_timeout, self.client.request(req))
+            .await
+            .map_err(|_| Error::unavailable(format!("{what}: the garden did not answer in time")))?
+            .map_err(|e| map_kube_error(&what, e))?;
+        let expires = resp
+            .pointer("/status/expirationTimestamp")
+            .and_then(Value::as_str)
+            .ok_or_else(|| {
+                Error::invalid(format!("{what}: the response has no status.expirationTimestamp"))
+            })?;
+        let expires_at = time::OffsetDateTime::parse(expires, &time::format_description::well_known::Rfc3339)
+            .map_err(|e| Error::invalid(format!("{what}: expirationTimestamp {expires:?}: {e}")))?;
+        let expires_at = UNIX_EPOCH + Duration::from_secs(expires_at.unix_timestamp().max(0) as u64);
+        let b64 = resp
+            .pointer("/status/kubeconfig")
+            .and_then(Value::as_str)
+            .ok_or_else(|| Error::invalid(format!("{what}: the response has no status.kubeconfig")))?;
+        let yaml = base64::engine::general_purpose::STANDARD
+            .decode(b64)
+            .map_err(|e| Error::invalid(format!("{what}: status.kubeconfig is not base64: {e}")))?;
+        let yaml = String::from_utf8(yaml)
+            .map_err(|_| Error::invalid(format!("{what}: the kubeconfig is not text")))?;
+        parse_access(&yaml, issued_at, expires_at).map_err(|e| e.context(&what))
+    }
+
+    /// Issues a new credential for `id` unless a fresh one appeared meanwhile (`force` issues
+    /// anyway). Concurrent calls for one cluster are serialised.
+    async fn refresh(&self, id: &ClusterId, force: bool) -> Result<Arc<ClusterAccess>> {
+        let (name, namespace, lock) = {
+            let mut st = self.state();
+            let info = st.inventory.get(id).ok_or_else(|| {
+                Error::not_found(format!("no cluster {id} in project {}", self.config.project))
+            })?;
+            if let Eligibility::Ineligible { message, .. } = &info.eligibility {
+                return Err(Error::precondition(format!(
+                    "shoot {} is not eligible: {message}",
+                    info.name
+                )));
+            }
+            let (name, namespace) = (info.name.clone(), info.namespace.clone());
+            let cred = st
+                .creds
+                .entry(id.clone())
+                .or_insert_with(|| Cred::new(SystemTime::now()));
+            (name, namespace, cred.lock.clone())
+        };
+        let _one = lock.lock().await;
+        if !force {
+            let st = self.state();
+            if let Some(a) = st
+                .creds
+                .get(id)
+                .and_then(|c| c.access.as_ref().filter(|_| c.due > SystemTime::now()))
+            {
+                if a.valid_at(SystemTime::now(), margin(a)) {
+                    return Ok(a.clone());
+                }
+            }
+        }
+        if let Some(c) = self.state().creds.get_mut(id) {
+            c.in_flight = true;
+        }
+        let result = {
+            let _permit = self.permits.acquire().await;
+            self.request_kubeconfig(&namespace, &name).await
+        };
+        let now = SystemTime::now();
+        let mut st = self.state();
+        let Some(cred) = st.creds.get_mut(id) else {
+            // Removed while we were issuing: hand out what we got, keep nothing.
+            return result.map(Arc::new);
+        };
+        cred.in_flight = false;
+        match result {
+            Ok(access) => {
+                let offset = (rand::random::<f64>() * 2.0 - 1.0) * self.config.renew_jitter;
+                cred.due = renew_time(
+                    access.issued_at,
+                    access.expires_at,
+                    self.config.renew_fraction,
+                    offset,
+                );
+                cred.attempts = 0;
+                cred.last_error = None;
+                let access = Arc::new(access);
+                cred.access = Some(access.clone());
+                drop(st);
+                self.issued.fetch_add(1, Ordering::Relaxed);
+                *self
+                    .issued_per_second
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .entry(unix(now))
+                    .or_default() += 1;
+                Ok(access)
+            }
+            Err(e) => {
+                cred.attempts += 1;
+                let exp = self.config.retry_base.as_secs_f64() * 2f64.powi(cred.attempts.min(16) as i32 - 1);
+                let delay =
+                    exp.min(self.config.retry_max.as_secs_f64()) * (0.8 + 0.4 * rand::random::<f64>());
+                cred.due = now + Duration::from_secs_f64(delay);
+                cred.last_error = Some(e.to_string());
+                drop(st);
+                self.failed.fetch_add(1, Ordering::Relaxed);
+                Err(e)
+            }
+        }
+    }
+
+    /// Issues credentials for every eligible cluster that lacks a fresh one, `issue_concurrency`
+    /// at a time; returns how many succeeded and the failures.
+    pub async fn ensure_all(&self) -> (usize, Vec<(ClusterId, Error)>) {
+        let ids: Vec<ClusterId> = self
+            .state()
+            .inventory
+            .values()
+            .filter(|c| c.eligibility.is_eligible())
+            .map(|c| c.id.clone())
+            .collect();
+        let results: Vec<(ClusterId, Result<Arc<ClusterAccess>>)> = futures::stream::iter(ids)
+            .map(|id| async move {
+                let r = self.refresh(&id, false).await;
+                (id, r)
+            })
+            .buffer_unordered(self.config.issue_concurrency.max(1))
+            .collect()
+            .await;
+        let mut ok = 0;
+        let mut failed = Vec::new();
+        for (id, r) in results {
+            match r {
+                Ok(_) => ok += 1,
+                Err(e) => failed.push((id, e)),
+            }
+        }
+        (ok, failed)
+    }
+
+    /// Starts every credential renewal (or retry) that is due; returns how many started.
+    pub fn renew_due(self: &Arc<Self>) -> usize {
+        let now = SystemTime::now();
+        let due: Vec<ClusterId> = {
+            let mut st = self.state();
+            st.creds
+                .iter_mut()
+                .filter(|(_, c)| !c.in_flight && c.due <= now)
+                .map(|(id, c)| {
+                    c.in_flight = true;
+                    id.clone()
+                })
+                .collect()
+        };
+        for id in &due {
+            let me = self.clone();
+            let id = id.clone();
+            tokio::spawn(async move {
+                if let Err(e) = me.refresh(&id, true).await {
+                    tracing::warn!(cluster = %id, error = %e, "kubeconfig renewal failed; retrying with backoff");
+                }
+            });
+        }
+        due.len()
+    }
+
+    /// Runs discovery (a full cycle every `discovery_interval`, the watch in between) and
+    /// credential renewal until the returned handle is dropped. Every non-empty change is sent
+    /// to `diffs`.
+    pub fn spawn(self: &Arc<Self>, diffs: mpsc::UnboundedSender<ClusterDiff>) -> Running {
+        let discovery = tokio::spawn(self.clone().discovery_loop(diffs));
+        let me = self.clone();
+        let renewals = tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(250));
+            loop {
+                tick.tick().await;
+                me.renew_due();
+            }
+        });
+        Running {
+            tasks: vec![discovery, renewals],
+        }
+    }
+
+    async fn discovery_loop(self: Arc<Self>, diffs: mpsc::UnboundedSender<ClusterDiff>) {
+        let send = |d: ClusterDiff| {
+            if !d.is_empty() {
+                let _ = diffs.send(d);
+            }
+        };
+        let mut backoff = self.config.retry_base;
+        let ns = loop {
+            match self.project_namespace().await {
+                Ok(ns) => break ns,
+                Err(e) => {
+                    tracing::warn!(project = %self.config.project, error = %e, "cannot read the project; retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(self.config.retry_max);
+                }
+            }
+        };
+        let api: Api<Shoot> = Api::namespaced(self.client.clone(), &ns);
+        let watch_config = watcher::Config::default().page_size(self.config.page_size);
+        let mut events = watcher(api, watch_config).default_backoff().boxed();
+        let mut ticker = tokio::time::interval(self.config.discovery_interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut batch: Option<Vec<Shoot>> = None;
+        loop {
+            tokio::select! {
+                _ = ticker.tick() => match self.discover_diff().await {
+                    Ok((_, d)) => send(d),
+                    Err(e) => tracing::warn!(project = %self.config.project, error = %e, "discovery cycle failed"),
+                },
+                ev = events.next() => match ev {
+                    Some(Ok(watcher::Event::Init)) => batch = Some(Vec::new()),
+                    Some(Ok(watcher::Event::InitApply(s))) => match batch.as_mut() {
+                        Some(b) => b.push(s),
+                        None => send(self.upsert(&s)),
+                    },
+                    Some(Ok(watcher::Event::InitDone)) => {
+                        if let Some(b) = batch.take() {
+                            send(self.replace_all(&b));
+                        }
+                    }
+                    Some(Ok(watcher::Event::Apply(s))) => send(self.upsert(&s)),
+                    Some(Ok(watcher::Event::Delete(s))) => send(self.remove(&s)),
+                    Some(Err(e)) => tracing::warn!(error = %e, "shoot watch failed; it restarts with backoff"),
+                    None => return,
+                },
+            }
+        }
+    }
+}
+
+fn margin(a: &ClusterAccess) -> Duration {
+    (a.lifetime() / 10).min(Duration::from_secs(60))
+}
+
+/// Background tasks of a provider; stopped when dropped.
+#[derive(Debug)]
+pub struct Running {
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+#[async_trait]
+impl ClusterProvider for GardenerProvider {
+    async fn discover(&self) -> Result<Vec<ClusterInfo>> {
+        Ok(self.discover_diff().await?.0)
+    }
+
+    async fn access(&self, id: &ClusterId) -> Result<ClusterAccess> {
+        {
+            let st = self.state();
+            let info = st.inventory.get(id).ok_or_else(|| {
+                Error::not_found(format!("no cluster {id} in project {}", self.config.project))
+            })?;
+            if let Eligibility::Ineligible { message, .. } = &info.eligibility {
+                return Err(Error::precondition(format!(
+                    "shoot {} is not eligible: {message}",
+                    info.name
+                )));
+            }
+            if let Some(a) = st.creds.get(id).and_then(|c| c.access.as_ref()) {
+                if a.valid_at(SystemTime::now(), margin(a)) {
+                    return Ok((**a).clone());
+                }
+            }
+        }
+        let a = self.refresh(id, false).await?;
+        if !a.valid_at(SystemTime::now(), Duration::ZERO) {
+            return Err(Error::unauthenticated(format!(
+                "the garden issued an already expired kubeconfig for cluster {id}"
+            )));
+        }
+        Ok((*a).clone())
+    }
+
+    fn credential_state(&self, id: &ClusterId) -> CredentialState {
+        let st = self.state();
+        let Some(c) = st.creds.get(id) else {
+            return CredentialState::Missing;
+        };
+        let now = SystemTime::now();
+        let valid = c.access.as_ref().filter(|a| a.valid_at(now, Duration::ZERO));
+        if c.in_flight {
+            return CredentialState::Renewing {
+                expires_at: valid.map(|a| a.expires_at),
+            };
+        }
+        if let Some(reason) = &c.last_error {
+            return CredentialState::Failing {
+                reason: reason.clone(),
+                attempts: c.attempts,
+                expires_at: valid.map(|a| a.expires_at),
+                retry_at: c.due,
+            };
+        }
+        match (&c.access, valid) {
+            (_, Some(a)) => CredentialState::Fresh {
+                expires_at: a.expires_at,
+                renew_at: c.due,
+            },
+            (Some(a), None) => CredentialState::Expired { since: a.expires_at },
+            (None, None) => CredentialState::Missing,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renewal_lands_at_the_fraction_with_bounded_jitter() {
+        let t0 = UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let t1 = t0 + Duration::from_secs(3600);
+        assert_eq!(renew_time(t0, t1, 0.8, 0.0), t0 + Duration::from_secs(2880));
+        assert_eq!(renew_time(t0, t1, 0.8, 0.1), t0 + Duration::from_secs(3240));
+        assert_eq!(renew_time(t0, t1, 0.8, -0.1), t0 + Duration::from_secs(2520));
+        // Never after 95 % of the lifetime, never before half of it.
+        assert_eq!(renew_time(t0, t1, 0.9, 0.3), t0 + Duration::from_secs(3420));
+        assert_eq!(renew_time(t0, t1, 0.4, -0.3), t0 + Duration::from_secs(1800));
+        // A zero lifetime renews at once.
+        assert_eq!(renew_time(t0, t0, 0.8, 0.0), t0);
+    }
+
+    #[test]
+    fn garden_auth_debug_hides_secrets() {
+        let a = GardenAuth::Token {
+            server: "https://g".into(),
+            token: "SECRET".into(),
+            ca_pem: None,
+        };
+        assert!(!format!("{a:?}").contains("SECRET"));
+        assert!(!format!("{:?}", GardenAuth::Kubeconfig("token: SECRET".into())).contains("SECRET"));
+    }
+}

@@ -1,0 +1,437 @@
+//! One simulated shoot: its state in the garden, its own Kubernetes API server (a loopback port, a
+//! per-shoot CA, client-certificate authentication) and the faults injected into that API.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use hyper::body::Incoming;
+use hyper::{Request, Response};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use serde_json::json;
+use time::OffsetDateTime;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+
+use super::pki::{self, Ca, Issued};
+use super::rest::{self, Body, RestOptions};
+use super::store::{ApiError, ApiStore, ResourceType, shoot_types};
+
+/// A fault injected into a shoot's API server; changeable at run time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Fault {
+    /// Healthy.
+    #[default]
+    None,
+    /// Connections are accepted and never answered (a blackhole).
+    Offline,
+    /// Connections are refused (nothing listens on the port).
+    Refused,
+    /// Every response is delayed by this much.
+    Latency(Duration),
+    /// Alternates between healthy and refused, each phase this long.
+    Flapping(Duration),
+    /// Every request is answered with this HTTP status (e.g. 503).
+    HttpError(u16),
+}
+
+/// Lifecycle of a simulated shoot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// Being created: no CA yet (kubeconfig requests get 500), API down.
+    Creating,
+    /// Reconciled and running.
+    Ready,
+    /// Hibernated: API down, `status.hibernated` true.
+    Hibernated,
+    /// Being deleted: `deletionTimestamp` set, API still up.
+    Deleting,
+    /// Gone.
+    Deleted,
+}
+
+/// Who a client certificate was issued to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// Full access (adminkubeconfig).
+    Admin,
+    /// Read-only, no secrets (viewerkubeconfig).
+    Viewer,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct IssuedCert {
+    role: Role,
+    not_before: i64,
+    not_after: i64,
+}
+
+#[derive(Debug)]
+pub(crate) struct ShootState {
+    pub(crate) phase: Phase,
+    pub(crate) fault: Fault,
+    pub(crate) kubernetes_version: String,
+    pub(crate) advertised: bool,
+}
+
+pub(crate) struct ShootPki {
+    pub(crate) ca: Ca,
+    tls: Arc<rustls::ServerConfig>,
+}
+
+/// A simulated shoot (see the module docs).
+pub struct SimShoot {
+    /// Project namespace in the garden.
+    pub namespace: String,
+    /// Shoot name.
+    pub name: String,
+    /// `shoot--<project>--<name>`.
+    pub technical_id: String,
+    /// Port of its API server on 127.0.0.1.
+    pub port: u16,
+    pub(crate) state: Mutex<ShootState>,
+    changed: watch::Sender<u64>,
+    pki: OnceLock<ShootPki>,
+    api: OnceLock<Arc<ApiStore>>,
+    issued: Mutex<HashMap<[u8; 32], IssuedCert>>,
+    rest: RestOptions,
+}
+
+impl std::fmt::Debug for SimShoot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SimShoot")
+            .field("namespace", &self.namespace)
+            .field("name", &self.name)
+            .field("port", &self.port)
+            .finish_non_exhaustive()
+    }
+}
+
+enum Mode {
+    Serve { latency: Duration, error: Option<u16> },
+    Blackhole,
+    Refuse,
+}
+
+fn unix_now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+impl SimShoot {
+    pub(crate) fn new(
+        namespace: &str,
+        name: &str,
+        project: &str,
+        port: u16,
+        state: ShootState,
+        rest: RestOptions,
+    ) -> Self {
+        Self {
+            namespace: namespace.to_owned(),
+            name: name.to_owned(),
+            technical_id: format!("shoot--{project}--{name}"),
+            port,
+            state: Mutex::new(state),
+            changed: watch::channel(0).0,
+            pki: OnceLock::new(),
+            api: OnceLock::new(),
+            issued: Mutex::new(HashMap::new()),
+            rest,
+        }
+    }
+
+    pub(crate) fn lock(&self) -> MutexGuard<'_, ShootState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Changes the state and wakes the listener and open connections.
+    pub(crate) fn update(&self, f: impl FnOnce(&mut ShootState)) {
+        f(&mut self.lock());
+        self.changed.send_modify(|g| *g += 1);
+    }
+
+    /// The current phase.
+    pub fn phase(&self) -> Phase {
+        self.lock().phase
+    }
+
+    /// The API server's URL.
+    pub fn url(&self) -> String {
+        format!("https://127.0.0.1:{}", self.port)
+    }
+
+    /// The shoot's Kubernetes objects (created on first use, with the default namespaces).
+    pub fn api(&self) -> &Arc<ApiStore> {
+        self.api.get_or_init(|| {
+            let store = Arc::new(ApiStore::new(shoot_types()));
+            let ns = ResourceType::new("", "v1", "Namespace", "namespaces", false);
+            for name in ["default", "kube-system", "kube-public", "kube-node-lease"] {
+                let _ = store.create(&ns, None, json!({"metadata": {"name": name}}), false);
+            }
+            store
+        })
+    }
+
+    pub(crate) fn pki(&self) -> Result<&ShootPki, ApiError> {
+        if let Some(p) = self.pki.get() {
+            return Ok(p);
+        }
+        let make = || -> anyhow::Result<ShootPki> {
+            let ca = Ca::new(&format!("{} CA", self.technical_id))?;
+            let server = ca.server_cert(&[])?;
+            let tls = pki::server_config(&server)?;
+            Ok(ShootPki { ca, tls })
+        };
+        let pki =
+            make().map_err(|e| ApiError::new(500, "InternalError", format!("creating the shoot CA: {e}")))?;
+        Ok(self.pki.get_or_init(|| pki))
+    }
+
+    /// The shoot's CA certificate (PEM), created on first use.
+    pub fn ca_pem(&self) -> Result<String, ApiError> {
+        Ok(self.pki()?.ca.cert_pem.clone())
+    }
+
+    /// Issues a client certificate for `user` valid until `not_after` and records it.
+    pub(crate) fn issue_cert(
+        &self,
+        user: &str,
+        role: Role,
+        not_after: OffsetDateTime,
+    ) -> Result<Issued, ApiError> {
+        let pki = self.pki()?;
+        let now = OffsetDateTime::now_utc();
+        let not_before = now - time::Duration::minutes(1);
+        let (cn, org) = match role {
+            Role::Admin => (
+                format!("gardener.cloud:admin:{user}"),
+                "gardener.cloud:project:admins",
+            ),
+            Role::Viewer => (
+                format!("gardener.cloud:viewer:{user}"),
+                "gardener.cloud:project:viewers",
+            ),
+        };
+        let cert = pki.ca.client_cert(&cn, org, not_before, not_after).map_err(|e| {
+            ApiError::new(
+                500,
+                "InternalError",
+                format!("signing the client certificate: {e}"),
+            )
+        })?;
+        let mut issued = self.issued.lock().unwrap_or_else(|e| e.into_inner());
+        let t = unix_now();
+        issued.retain(|_, c| c.not_after > t);
+        issued.insert(
+            pki::fingerprint(&cert.cert_der),
+            IssuedCert {
+                role,
+                not_before: not_before.unix_timestamp(),
+                not_after: not_after.unix_timestamp(),
+            },
+        );
+        Ok(cert)
+    }
+
+    fn authenticate(&self, peer: Option<&[u8; 32]>) -> Option<Role> {
+        let issued = self.issued.lock().unwrap_or_else(|e| e.into_inner());
+        let cert = issued.get(peer?)?;
+        let now = unix_now();
+        (cert.not_before <= now && now < cert.not_after).then_some(cert.role)
+    }
+
+    fn mode(&self) -> (Mode, Option<Duration>) {
+        let st = self.lock();
+        match st.phase {
+            Phase::Creating | Phase::Hibernated | Phase::Deleted => return (Mode::Refuse, None),
+            Phase::Ready | Phase::Deleting => {}
+        }
+        let serve = |latency| Mode::Serve { latency, error: None };
+        match st.fault {
+            Fault::None => (serve(Duration::ZERO), None),
+            Fault::Offline => (Mode::Blackhole, None),
+            Fault::Refused => (Mode::Refuse, None),
+            Fault::Latency(d) => (serve(d), None),
+            Fault::HttpError(code) => (
+                Mode::Serve {
+                    latency: Duration::ZERO,
+                    error: Some(code),
+                },
+                None,
+            ),
+            Fault::Flapping(period) => {
+                let p = period.as_millis().max(1);
+                let now = SystemTime::now()
+                    .duration_since(UNIX_EPOCH)
+                    .map_or(0, |d| d.as_millis());
+                let left = Duration::from_millis((p - now % p) as u64);
+                if (now / p) % 2 == 0 {
+                    (serve(Duration::ZERO), Some(left))
+                } else {
+                    (Mode::Refuse, Some(left))
+                }
+            }
+        }
+    }
+
+    async fn handle(&self, peer: Option<[u8; 32]>, req: Request<Incoming>) -> Response<Body> {
+        let path = req.uri().path();
+        if matches!(path, "/healthz" | "/readyz" | "/livez") {
+            let mut r = Response::new(http_body_util::BodyExt::boxed_unsync(http_body_util::Full::new(
+                bytes::Bytes::from_static(b"ok"),
+            )));
+            r.headers_mut().insert(
+                "content-type",
+                hyper::header::HeaderValue::from_static("text/plain"),
+            );
+            return r;
+        }
+        let Some(role) = self.authenticate(peer.as_ref()) else {
+            return rest::error_response(&ApiError::new(401, "Unauthorized", "Unauthorized"));
+        };
+        let user = match role {
+            Role::Admin => "gardener.cloud:admin",
+            Role::Viewer => "gardener.cloud:viewer",
+        };
+        let authorize = move |t: &rest::Target| -> Result<(), ApiError> {
+            let read = matches!(t.verb, "get" | "list" | "watch");
+            if role == Role::Admin || (read && !(t.ty.group.is_empty() && t.ty.plural == "secrets")) {
+                return Ok(());
+            }
+            Err(ApiError::new(
+                403,
+                "Forbidden",
+                format!(
+                    "{} is forbidden: User \"{user}\" cannot {} resource \"{}\" in API group \"{}\"",
+                    t.ty.qualified(),
+                    t.verb,
+                    t.ty.plural,
+                    t.ty.group
+                ),
+            ))
+        };
+        rest::handle(self.api(), &self.rest, req, &authorize).await
+    }
+}
+
+async fn bind(port: u16) -> Option<TcpListener> {
+    for _ in 0..200 {
+        match TcpListener::bind(("127.0.0.1", port)).await {
+            Ok(l) => return Some(l),
+            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
+    None
+}
+
+/// Runs a shoot's listener until the shoot is deleted: binds and unbinds the port as faults and
+/// phases require, and serves each connection.
+pub(crate) async fn run_listener(shoot: Arc<SimShoot>, first: TcpListener) {
+    let mut listener = Some(first);
+    let mut changed = shoot.changed.subscribe();
+    loop {
+        if shoot.phase() == Phase::Deleted {
+            return;
+        }
+        let (mode, flip) = shoot.mode();
+        let flip = async move {
+            match flip {
+                Some(d) => tokio::time::sleep(d).await,
+                None => std::future::pending().await,
+            }
+        };
+        if matches!(mode, Mode::Refuse) {
+            listener = None;
+            tokio::select! {
+                r = changed.changed() => if r.is_err() { return },
+                _ = flip => {}
+            }
+            continue;
+        }
+        if listener.is_none() {
+            listener = bind(shoot.port).await;
+            if listener.is_none() {
+                tracing::warn!(port = shoot.port, shoot = %shoot.name, "simulator could not re-bind the shoot's port");
+                return;
+            }
+        }
+        let Some(l) = listener.as_ref() else { continue };
+        tokio::select! {
+            r = l.accept() => if let Ok((tcp, _)) = r {
+                tokio::spawn(serve_connection(shoot.clone(), tcp));
+            },
+            r = changed.changed() => if r.is_err() { return },
+            _ = flip => {}
+        }
+    }
+}
+
+async fn until_not_blackhole(shoot: &SimShoot) {
+    let mut changed = shoot.changed.subscribe();
+    loop {
+        if !matches!(shoot.mode().0, Mode::Blackhole) {
+            return;
+        }
+        if changed.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+async fn serve_connection(shoot: Arc<SimShoot>, tcp: TcpStream) {
+    match shoot.mode().0 {
+        Mode::Blackhole => {
+            until_not_blackhole(&shoot).await;
+            drop(tcp);
+            return;
+        }
+        Mode::Refuse => return,
+        Mode::Serve { .. } => {}
+    }
+    let Ok(pki) = shoot.pki() else { return };
+    let acceptor = tokio_rustls::TlsAcceptor::from(pki.tls.clone());
+    let Ok(Ok(tls)) = tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await else {
+        return;
+    };
+    let peer = tls
+        .get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|c| c.first())
+        .map(|c| pki::fingerprint(c));
+    let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
+        let shoot = shoot.clone();
+        async move {
+            match shoot.mode().0 {
+                Mode::Blackhole => {
+                    until_not_blackhole(&shoot).await;
+                    Err(std::io::Error::other("connection dropped by fault injection"))
+                }
+                Mode::Refuse => Err(std::io::Error::other("connection dropped by fault injection")),
+                Mode::Serve { latency, error } => {
+                    if !latency.is_zero() {
+                        tokio::time::sleep(latency).await;
+                    }
+                    if let Some(code) = error {
+                        let reason = if code == 503 {
+                            "ServiceUnavailable"
+                        } else {
+                            "InternalError"
+                        };
+                        return Ok(rest::error_response(&ApiError::new(
+                            code,
+                            reason,
+                            "injected fault: the API server is failing",
+                        )));
+                    }
+                    Ok(shoot.handle(peer, req).await)
+                }
+            }
+        }
+    });
+    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+        .serve_connection_with_upgrades(TokioIo::new(tls), svc)
+        .await;
+}

@@ -1,0 +1,934 @@
+//! The fleet simulator and the Gardener provider, over real HTTPS with the real kube client.
+
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use base64::Engine as _;
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams, WatchEvent, WatchParams};
+use pxb_core::cluster::{ClusterDiff, ClusterProvider, CredentialState, Eligibility, IneligibleReason};
+use pxb_gardener::{GardenAuth, GardenerConfig, GardenerProvider, kube_client};
+use pxb_tests::sim::{Fault, Fleet, FleetConfig, ProjectRole, ShootSpec};
+use serde_json::{Value, json};
+
+fn fleet(min_seconds: u64) -> Fleet {
+    Fleet::start(FleetConfig {
+        kubeconfig_min_seconds: min_seconds,
+        bookmark_interval: Duration::from_millis(300),
+        ..FleetConfig::default()
+    })
+    .expect("simulator starts")
+}
+
+async fn garden_client(fleet: &Fleet, token: &str) -> kube::Client {
+    let kc = kube::config::Kubeconfig::from_yaml(&fleet.garden_kubeconfig(token)).expect("kubeconfig");
+    let config = kube::Config::from_custom_kubeconfig(kc, &Default::default())
+        .await
+        .expect("config");
+    kube::Client::try_from(config).expect("client")
+}
+
+/// POSTs to a garden path; returns the status code and body.
+async fn post(client: &kube::Client, path: &str, body: Value) -> (u16, Value) {
+    let req = http::Request::post(path)
+        .header("content-type", "application/json")
+        .body(body.to_string().into_bytes())
+        .expect("request");
+    match client.request::<Value>(req).await {
+        Ok(v) => (201, v),
+        Err(kube::Error::Api(s)) => (s.code, json!({"message": s.message, "reason": s.reason})),
+        Err(e) => panic!("transport error: {e}"),
+    }
+}
+
+fn kubeconfig_request(seconds: Option<i64>) -> Value {
+    let mut v = json!({"apiVersion": "authentication.gardener.cloud/v1alpha1", "kind": "AdminKubeconfigRequest", "spec": {}});
+    if let Some(s) = seconds {
+        v["spec"]["expirationSeconds"] = s.into();
+    }
+    v
+}
+
+/// The notBefore and notAfter of a DER certificate (UTCTime or GeneralizedTime), as Unix seconds.
+fn validity(der: &[u8]) -> (i64, i64) {
+    fn tlv(d: &[u8]) -> (u8, &[u8], &[u8]) {
+        let tag = d[0];
+        let (len, hdr) = if d[1] < 0x80 {
+            (d[1] as usize, 2)
+        } else {
+            let n = (d[1] & 0x7f) as usize;
+            (
+                d[2..2 + n].iter().fold(0usize, |a, b| (a << 8) | *b as usize),
+                2 + n,
+            )
+        };
+        (tag, &d[hdr..hdr + len], &d[hdr + len..])
+    }
+    fn time(tag: u8, v: &[u8]) -> i64 {
+        let s = std::str::from_utf8(v).expect("ascii time");
+        let full = if tag == 0x17 {
+            format!("20{s}")
+        } else {
+            s.to_owned()
+        };
+        let p = |r: std::ops::Range<usize>| full[r].parse::<i64>().expect("digits");
+        let date = time::Date::from_calendar_date(
+            p(0..4) as i32,
+            time::Month::try_from(p(4..6) as u8).expect("month"),
+            p(6..8) as u8,
+        )
+        .expect("date");
+        date.with_hms(p(8..10) as u8, p(10..12) as u8, p(12..14) as u8)
+            .expect("time")
+            .assume_utc()
+            .unix_timestamp()
+    }
+    let (_, cert, _) = tlv(der);
+    let (_, mut tbs, _) = tlv(cert);
+    if tbs[0] == 0xa0 {
+        tbs = tlv(tbs).2; // version
+    }
+    let rest = tlv(tbs).2; // serial
+    let rest = tlv(rest).2; // signature algorithm
+    let rest = tlv(rest).2; // issuer
+    let (_, validity, _) = tlv(rest);
+    let (t1, nb, rest) = tlv(validity);
+    let (t2, na, _) = tlv(rest);
+    (time(t1, nb), time(t2, na))
+}
+
+fn decode_kubeconfig(resp: &Value) -> (String, String) {
+    let yaml = base64::engine::general_purpose::STANDARD
+        .decode(resp["status"]["kubeconfig"].as_str().expect("kubeconfig"))
+        .expect("base64");
+    let yaml = String::from_utf8(yaml).expect("utf8");
+    let kc = kube::config::Kubeconfig::from_yaml(&yaml).expect("yaml");
+    let user = kc.auth_infos[0].auth_info.clone().expect("user");
+    let cert = base64::engine::general_purpose::STANDARD
+        .decode(user.client_certificate_data.expect("cert"))
+        .expect("base64");
+    (yaml, String::from_utf8(cert).expect("pem"))
+}
+
+fn pem_der(pem: &str) -> Vec<u8> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject as _;
+    CertificateDer::from_pem_slice(pem.as_bytes())
+        .expect("pem")
+        .to_vec()
+}
+
+#[tokio::test]
+async fn garden_issues_kubeconfigs_by_gardener_rules() {
+    let fleet = fleet(600);
+    fleet.add_project("dev").expect("project");
+    fleet.add_project("other").expect("project");
+    fleet.add_shoot("dev", ShootSpec::new("ready")).expect("shoot");
+    let mut creating = ShootSpec::new("creating");
+    creating.creating = true;
+    fleet.add_shoot("dev", creating).expect("shoot");
+    let mut addressless = ShootSpec::new("addressless");
+    addressless.advertised_addresses = false;
+    fleet.add_shoot("dev", addressless).expect("shoot");
+    fleet.add_shoot("other", ShootSpec::new("theirs")).expect("shoot");
+    let admin = garden_client(
+        &fleet,
+        &fleet
+            .add_service_account("dev", "pxb", ProjectRole::Admin)
+            .expect("sa"),
+    )
+    .await;
+    let viewer = garden_client(
+        &fleet,
+        &fleet
+            .add_service_account("dev", "ro", ProjectRole::Viewer)
+            .expect("sa"),
+    )
+    .await;
+    let base = "/apis/core.gardener.cloud/v1beta1/namespaces/garden-dev/shoots";
+
+    // 201 with a client certificate whose NotAfter is the expirationTimestamp.
+    let (code, resp) = post(
+        &admin,
+        &format!("{base}/ready/adminkubeconfig"),
+        kubeconfig_request(Some(600)),
+    )
+    .await;
+    assert_eq!(code, 201, "{resp}");
+    let expires = time::OffsetDateTime::parse(
+        resp["status"]["expirationTimestamp"].as_str().expect("timestamp"),
+        &time::format_description::well_known::Rfc3339,
+    )
+    .expect("rfc3339")
+    .unix_timestamp();
+    let (yaml, cert) = decode_kubeconfig(&resp);
+    let (not_before, not_after) = validity(&pem_der(&cert));
+    assert_eq!(
+        not_after, expires,
+        "certificate NotAfter equals expirationTimestamp"
+    );
+    assert!(
+        not_before < expires - 600,
+        "NotBefore is slightly earlier, for clock skew"
+    );
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("time")
+        .as_secs() as i64;
+    assert!((expires - now - 600).abs() <= 5, "expires in 600 s");
+    assert!(
+        yaml.contains("current-context: shoot--dev--ready-external"),
+        "{yaml}"
+    );
+    assert!(!yaml.contains("token:"), "client certificate, not a token");
+
+    // Default 3600 s, clamping above the maximum, 422 under 600 s.
+    let (code, resp) = post(
+        &admin,
+        &format!("{base}/ready/adminkubeconfig"),
+        kubeconfig_request(None),
+    )
+    .await;
+    assert_eq!(
+        (code, resp["spec"]["expirationSeconds"].as_i64()),
+        (201, Some(3600))
+    );
+    let (code, resp) = post(
+        &admin,
+        &format!("{base}/ready/adminkubeconfig"),
+        kubeconfig_request(Some(10 * 86_400)),
+    )
+    .await;
+    assert_eq!(
+        (code, resp["spec"]["expirationSeconds"].as_i64()),
+        (201, Some(86_400)),
+        "clamped"
+    );
+    let (code, resp) = post(
+        &admin,
+        &format!("{base}/ready/adminkubeconfig"),
+        kubeconfig_request(Some(599)),
+    )
+    .await;
+    assert_eq!(code, 422);
+    assert!(
+        resp["message"]
+            .as_str()
+            .expect("msg")
+            .contains("less than 10 minutes"),
+        "{resp}"
+    );
+
+    // 500 while being created, 422 without an address, 404 for an unknown shoot.
+    let (code, _) = post(
+        &admin,
+        &format!("{base}/creating/adminkubeconfig"),
+        kubeconfig_request(None),
+    )
+    .await;
+    assert_eq!(code, 500);
+    let (code, resp) = post(
+        &admin,
+        &format!("{base}/addressless/adminkubeconfig"),
+        kubeconfig_request(None),
+    )
+    .await;
+    assert_eq!(code, 422);
+    assert!(
+        resp["message"]
+            .as_str()
+            .expect("msg")
+            .contains("no suitable advertised address")
+    );
+    let (code, _) = post(
+        &admin,
+        &format!("{base}/nope/adminkubeconfig"),
+        kubeconfig_request(None),
+    )
+    .await;
+    assert_eq!(code, 404);
+
+    // RBAC: a viewer gets only viewer kubeconfigs; project A's token gets 403 on project B.
+    let (code, _) = post(
+        &viewer,
+        &format!("{base}/ready/adminkubeconfig"),
+        kubeconfig_request(None),
+    )
+    .await;
+    assert_eq!(code, 403);
+    let viewer_req = json!({"apiVersion": "authentication.gardener.cloud/v1alpha1", "kind": "ViewerKubeconfigRequest", "spec": {}});
+    let (code, _) = post(&viewer, &format!("{base}/ready/viewerkubeconfig"), viewer_req).await;
+    assert_eq!(code, 201);
+    let (code, _) = post(
+        &admin,
+        "/apis/core.gardener.cloud/v1beta1/namespaces/garden-other/shoots/theirs/adminkubeconfig",
+        kubeconfig_request(None),
+    )
+    .await;
+    assert_eq!(code, 403);
+    let theirs: Api<pxb_gardener::Shoot> = Api::namespaced(admin.clone(), "garden-other");
+    match theirs.list(&ListParams::default()).await {
+        Err(kube::Error::Api(s)) => assert_eq!(s.code, 403),
+        other => panic!("cross-project list must be refused, got {other:?}"),
+    }
+    let projects: Api<pxb_gardener::Project> = Api::all(admin.clone());
+    assert!(projects.get("dev").await.is_ok(), "own project is readable");
+    match projects.get("other").await {
+        Err(kube::Error::Api(s)) => assert_eq!(s.code, 403),
+        other => panic!("another project must be refused, got {other:?}"),
+    }
+    match projects.list(&ListParams::default()).await {
+        Err(kube::Error::Api(s)) => assert_eq!(s.code, 403, "service accounts cannot list projects"),
+        other => panic!("listing projects must be refused, got {other:?}"),
+    }
+    let anonymous = garden_client(&fleet, "not-a-token").await;
+    match Api::<pxb_gardener::Shoot>::namespaced(anonymous, "garden-dev")
+        .list(&ListParams::default())
+        .await
+    {
+        Err(kube::Error::Api(s)) => assert_eq!(s.code, 401),
+        other => panic!("an unknown token must be refused, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn shoot_shapes_follow_gardener() {
+    let fleet = fleet(600);
+    fleet.add_project("dev").expect("project");
+    fleet.add_shoot("dev", ShootSpec::new("s1")).expect("shoot");
+    let client = garden_client(
+        &fleet,
+        &fleet
+            .add_service_account("dev", "pxb", ProjectRole::Admin)
+            .expect("sa"),
+    )
+    .await;
+    let api: Api<kube::api::DynamicObject> = Api::namespaced_with(
+        client,
+        "garden-dev",
+        &kube::api::ApiResource {
+            group: "core.gardener.cloud".into(),
+            version: "v1beta1".into(),
+            api_version: "core.gardener.cloud/v1beta1".into(),
+            kind: "Shoot".into(),
+            plural: "shoots".into(),
+        },
+    );
+    let s = serde_json::to_value(api.get("s1").await.expect("shoot")).expect("json");
+    assert_eq!(s["metadata"]["labels"]["shoot.gardener.cloud/status"], "healthy");
+    assert_eq!(s["metadata"]["finalizers"], json!(["gardener"]));
+    assert_eq!(s["spec"]["cloudProfile"]["kind"], "CloudProfile");
+    assert_eq!(s["spec"]["kubernetes"]["version"], "1.33.4");
+    assert_eq!(s["status"]["uid"], s["metadata"]["uid"]);
+    assert_eq!(s["status"]["technicalID"], "shoot--dev--s1");
+    assert_eq!(s["status"]["hibernated"], false);
+    assert_eq!(s["status"]["lastOperation"]["type"], "Reconcile");
+    assert_eq!(s["status"]["lastOperation"]["state"], "Succeeded");
+    let names: Vec<&str> = s["status"]["advertisedAddresses"]
+        .as_array()
+        .expect("addresses")
+        .iter()
+        .filter_map(|a| a["name"].as_str())
+        .collect();
+    assert_eq!(names, ["external", "internal", "service-account-issuer"]);
+    assert!(
+        s["status"]["conditions"]
+            .as_array()
+            .expect("conditions")
+            .iter()
+            .any(|c| c["type"] == "APIServerAvailable" && c["status"] == "True")
+    );
+    // Field selectors Gardener supports on shoots; others are refused.
+    let lp = ListParams::default().fields("spec.cloudProfile.Name=azure");
+    assert_eq!(api.list(&lp).await.expect("list").items.len(), 1);
+    let lp = ListParams::default().fields("spec.region=westeurope");
+    assert!(matches!(api.list(&lp).await, Err(kube::Error::Api(s)) if s.code == 400));
+
+    fleet.hibernate("dev", "s1").expect("hibernate");
+    let s = serde_json::to_value(api.get("s1").await.expect("shoot")).expect("json");
+    assert_eq!(
+        (
+            s["status"]["hibernated"].as_bool(),
+            s["spec"]["hibernation"]["enabled"].as_bool()
+        ),
+        (Some(true), Some(true))
+    );
+    fleet.begin_deletion("dev", "s1").expect("delete");
+    let s = serde_json::to_value(api.get("s1").await.expect("shoot")).expect("json");
+    assert!(s["metadata"]["deletionTimestamp"].is_string());
+    assert_eq!(s["status"]["lastOperation"]["type"], "Delete");
+    fleet.delete_shoot("dev", "s1").expect("delete");
+    assert!(matches!(api.get("s1").await, Err(kube::Error::Api(s)) if s.code == 404));
+}
+
+async fn provider(
+    fleet: &Fleet,
+    project: &str,
+    f: impl FnOnce(&mut GardenerConfig),
+) -> std::sync::Arc<GardenerProvider> {
+    let token = fleet
+        .add_service_account(project, "pxb-server", ProjectRole::Admin)
+        .expect("sa");
+    let mut config = GardenerConfig::new(GardenAuth::Kubeconfig(fleet.garden_kubeconfig(&token)), project);
+    config.request_timeout = Duration::from_secs(5);
+    f(&mut config);
+    GardenerProvider::connect(config).await.expect("provider")
+}
+
+#[tokio::test]
+async fn discovery_classifies_shoots_with_reasons() {
+    let fleet = fleet(600);
+    fleet.add_project("dev").expect("project");
+    for i in 0..3 {
+        fleet
+            .add_shoot("dev", ShootSpec::new(format!("ok-{i}")))
+            .expect("shoot");
+    }
+    fleet
+        .add_shoot("dev", ShootSpec::new("rc").version("1.30.0-rc.1"))
+        .expect("shoot");
+    fleet
+        .add_shoot("dev", ShootSpec::new("old").version("1.29.8"))
+        .expect("shoot");
+    fleet
+        .add_shoot("dev", ShootSpec::new("aws").provider("aws"))
+        .expect("shoot");
+    fleet
+        .add_shoot("dev", ShootSpec::new("garbled").version("1.x"))
+        .expect("shoot");
+    fleet.add_shoot("dev", ShootSpec::new("sleepy")).expect("shoot");
+    fleet.hibernate("dev", "sleepy").expect("hibernate");
+    let mut creating = ShootSpec::new("creating");
+    creating.creating = true;
+    fleet.add_shoot("dev", creating).expect("shoot");
+    fleet.add_shoot("dev", ShootSpec::new("leaving")).expect("shoot");
+    fleet.begin_deletion("dev", "leaving").expect("deleting");
+    let mut bare = ShootSpec::new("bare");
+    bare.without_status = true;
+    fleet.add_shoot("dev", bare).expect("shoot");
+    let mut nowhere = ShootSpec::new("nowhere");
+    nowhere.advertised_addresses = false;
+    fleet.add_shoot("dev", nowhere).expect("shoot");
+    // Another project's shoots are never seen.
+    fleet.add_project("other").expect("project");
+    fleet.add_shoot("other", ShootSpec::new("theirs")).expect("shoot");
+
+    let p = provider(&fleet, "dev", |c| c.page_size = 4).await;
+    let clusters = p.discover().await.expect("discover");
+    assert_eq!(
+        clusters.len(),
+        12,
+        "all shoots of the project, over several pages"
+    );
+    let reason = |name: &str| {
+        let c = clusters
+            .iter()
+            .find(|c| c.name == name)
+            .unwrap_or_else(|| panic!("{name} discovered"));
+        match &c.eligibility {
+            Eligibility::Eligible => None,
+            Eligibility::Ineligible { reason, message } => {
+                assert!(!message.is_empty());
+                Some(*reason)
+            }
+        }
+    };
+    for name in ["ok-0", "ok-1", "ok-2", "rc"] {
+        assert_eq!(reason(name), None, "{name} is eligible");
+    }
+    assert_eq!(reason("old"), Some(IneligibleReason::KubernetesVersion));
+    assert_eq!(reason("aws"), Some(IneligibleReason::ProviderType));
+    assert_eq!(reason("garbled"), Some(IneligibleReason::Malformed));
+    assert_eq!(reason("sleepy"), Some(IneligibleReason::Hibernated));
+    assert_eq!(reason("creating"), Some(IneligibleReason::NotReconciled));
+    assert_eq!(reason("leaving"), Some(IneligibleReason::Deleting));
+    assert_eq!(reason("bare"), Some(IneligibleReason::Malformed));
+    assert_eq!(reason("nowhere"), Some(IneligibleReason::Malformed));
+    let ok0 = clusters.iter().find(|c| c.name == "ok-0").expect("ok-0");
+    let uid = fleet.garden_store().get(
+        &pxb_tests::sim::store::ResourceType::new("core.gardener.cloud", "v1beta1", "Shoot", "shoots", true),
+        Some("garden-dev"),
+        "ok-0",
+    );
+    assert_eq!(
+        Some(ok0.id.0.as_str()),
+        uid.expect("shoot")["status"]["uid"].as_str(),
+        "identity is status.uid"
+    );
+
+    // The provider conforms to the seam's suite.
+    pxb_core::cluster::conformance::run_all(p.as_ref())
+        .await
+        .expect("conforms");
+}
+
+async fn next_diff(
+    rx: &mut tokio::sync::mpsc::UnboundedReceiver<ClusterDiff>,
+    within: Duration,
+    what: impl Fn(&ClusterDiff) -> bool,
+) -> Duration {
+    let start = Instant::now();
+    loop {
+        let left = within.checked_sub(start.elapsed()).expect("diff arrives in time");
+        let d = tokio::time::timeout(left, rx.recv())
+            .await
+            .expect("diff arrives in time")
+            .expect("channel open");
+        if what(&d) {
+            return start.elapsed();
+        }
+    }
+}
+
+#[tokio::test]
+async fn added_and_deleted_shoots_are_detected_within_one_cycle() {
+    let fleet = fleet(600);
+    fleet.add_project("dev").expect("project");
+    fleet.add_shoots("dev", "s", 5).expect("shoots");
+    let interval = Duration::from_secs(3);
+    let p = provider(&fleet, "dev", |c| {
+        c.discovery_interval = interval;
+        c.eager = false;
+    })
+    .await;
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let _running = p.spawn(tx);
+    next_diff(&mut rx, interval * 2, |d| d.added.len() == 5).await;
+
+    fleet.add_shoot("dev", ShootSpec::new("new-one")).expect("add");
+    let took = next_diff(&mut rx, interval, |d| d.added.iter().any(|c| c.name == "new-one")).await;
+    eprintln!("added shoot detected after {took:?}");
+    fleet.delete_shoot("dev", "s-00002").expect("delete");
+    let took = next_diff(&mut rx, interval, |d| {
+        d.removed.iter().any(|c| c.name == "s-00002")
+    })
+    .await;
+    eprintln!("deleted shoot detected after {took:?}");
+    fleet.hibernate("dev", "s-00003").expect("hibernate");
+    next_diff(&mut rx, interval, |d| {
+        d.changed.iter().any(|(old, new)| {
+            new.name == "s-00003" && old.eligibility.is_eligible() && !new.eligibility.is_eligible()
+        })
+    })
+    .await;
+    assert_eq!(p.inventory().len(), 5);
+}
+
+#[tokio::test]
+async fn credentials_are_renewed_before_expiry_and_expired_ones_refused() {
+    // Gardener's floor is 600 s; the simulator's is lowered so expiry happens within the test.
+    let fleet = fleet(4);
+    fleet.add_project("dev").expect("project");
+    fleet.add_shoots("dev", "s", 2).expect("shoots");
+    let p = provider(&fleet, "dev", |c| {
+        c.expiration = Duration::from_secs(6);
+        c.renew_fraction = 0.5;
+        c.renew_jitter = 0.05;
+    })
+    .await;
+    let clusters = p.discover().await.expect("discover");
+    let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
+    let _running = p.spawn(tx);
+    let id = clusters[0].id.clone();
+    let first = p.access(&id).await.expect("access");
+    let first_client = kube_client(&first).expect("client");
+    let first_not_after = first.expires_at;
+
+    // Keep using the provider's access well past the first certificate's NotAfter.
+    let deadline = first_not_after + Duration::from_secs(7);
+    let mut calls = 0;
+    while SystemTime::now() < deadline {
+        let a = p.access(&id).await.expect("access is always available");
+        assert!(a.expires_at > SystemTime::now(), "never an expired credential");
+        let nss: Api<Namespace> = Api::all(kube_client(&a).expect("client"));
+        nss.list(&ListParams::default())
+            .await
+            .expect("the API accepts the current credential");
+        assert!(matches!(
+            p.credential_state(&id),
+            CredentialState::Fresh { .. } | CredentialState::Renewing { .. }
+        ));
+        calls += 1;
+        tokio::time::sleep(Duration::from_millis(400)).await;
+    }
+    assert!(calls > 20);
+    let stats = p.stats();
+    assert!(stats.issued >= 6, "both shoots renewed several times: {stats:?}");
+    assert_eq!(stats.failed, 0);
+
+    // The first certificate has expired: the shoot API refuses it.
+    let nss: Api<Namespace> = Api::all(first_client);
+    match nss.list(&ListParams::default()).await {
+        Err(kube::Error::Api(s)) => assert_eq!(s.code, 401, "expired certificate refused: {s:?}"),
+        other => panic!("an expired certificate must be refused, got {other:?}"),
+    }
+
+    // A certificate from another shoot's CA is refused too.
+    let other = p.access(&clusters[1].id).await.expect("access");
+    let mut foreign = other.clone();
+    foreign.server = p.access(&id).await.expect("access").server;
+    foreign.ca_pem = p.access(&id).await.expect("access").ca_pem;
+    let nss: Api<Namespace> = Api::all(kube_client(&foreign).expect("client"));
+    match nss.list(&ListParams::default()).await {
+        Err(kube::Error::Api(s)) => assert_eq!(s.code, 401, "foreign certificate refused"),
+        other => panic!("a foreign certificate must be refused, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn issuance_failures_are_reported_and_retried() {
+    let fleet = fleet(600);
+    fleet.add_project("dev").expect("project");
+    fleet.add_shoots("dev", "s", 1).expect("shoots");
+    let token = fleet
+        .add_service_account("dev", "pxb", ProjectRole::Admin)
+        .expect("sa");
+    let mut config = GardenerConfig::new(GardenAuth::Kubeconfig(fleet.garden_kubeconfig(&token)), "dev");
+    config.retry_base = Duration::from_millis(200);
+    let p = GardenerProvider::connect(config).await.expect("provider");
+    let clusters = p.discover().await.expect("discover");
+    let id = clusters[0].id.clone();
+    fleet.revoke_token(&token);
+    let err = p.access(&id).await.expect_err("revoked token");
+    assert_eq!(err.kind(), "unauthenticated", "{err}");
+    match p.credential_state(&id) {
+        CredentialState::Failing { reason, attempts, .. } => {
+            assert_eq!(attempts, 1);
+            assert!(reason.contains("401"), "{reason}");
+        }
+        other => panic!("expected Failing, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn shoot_api_follows_kubernetes_semantics() {
+    let fleet = fleet(600);
+    fleet.add_project("dev").expect("project");
+    fleet.add_shoot("dev", ShootSpec::new("s1")).expect("shoot");
+    let p = provider(&fleet, "dev", |_| {}).await;
+    let clusters = p.discover().await.expect("discover");
+    let client = kube_client(&p.access(&clusters[0].id).await.expect("access")).expect("client");
+    let pp = PostParams::default();
+
+    // Namespaces and discovery.
+    let nss: Api<Namespace> = Api::all(client.clone());
+    nss.create(
+        &pp,
+        &serde_json::from_value(json!({"metadata": {"name": "app"}})).expect("ns"),
+    )
+    .await
+    .expect("namespace");
+    let version = client.apiserver_version().await.expect("version");
+    assert_eq!(version.git_version, "v1.33.4");
+    let discovery = kube::discovery::Discovery::new(client.clone())
+        .run()
+        .await
+        .expect("discovery");
+    assert!(discovery.groups().any(|g| g.name() == "apps"));
+
+    // Create, conflict, list with limit/continue and selectors.
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), "app");
+    for i in 0..7 {
+        let cm = json!({"metadata": {"name": format!("cm-{i}"), "labels": {"tier": if i % 2 == 0 { "even" } else { "odd" }}}, "data": {"i": i.to_string()}});
+        cms.create(&pp, &serde_json::from_value(cm).expect("cm"))
+            .await
+            .expect("create");
+    }
+    match cms
+        .create(
+            &pp,
+            &serde_json::from_value(json!({"metadata": {"name": "cm-0"}})).expect("cm"),
+        )
+        .await
+    {
+        Err(kube::Error::Api(s)) => assert_eq!((s.code, s.reason.as_str()), (409, "AlreadyExists")),
+        other => panic!("duplicate create must be 409, got {other:?}"),
+    }
+    let page = cms.list(&ListParams::default().limit(3)).await.expect("page");
+    assert_eq!(page.items.len(), 3);
+    let token = page.metadata.continue_.clone().expect("continue token");
+    let rest = cms
+        .list(&ListParams::default().limit(10).continue_token(&token))
+        .await
+        .expect("page 2");
+    assert_eq!(rest.items.len(), 4);
+    let even = cms
+        .list(&ListParams::default().labels("tier=even"))
+        .await
+        .expect("labels");
+    assert_eq!(even.items.len(), 4);
+    let set = cms
+        .list(&ListParams::default().labels("tier in (odd),tier!=even"))
+        .await
+        .expect("set labels");
+    assert_eq!(set.items.len(), 3);
+    let named = cms
+        .list(&ListParams::default().fields("metadata.name=cm-5"))
+        .await
+        .expect("fields");
+    assert_eq!(named.items.len(), 1);
+
+    // Optimistic concurrency: a stale resourceVersion is a 409 Conflict.
+    let mut cm = cms.get("cm-1").await.expect("get");
+    let stale = cm.clone();
+    cm.data.get_or_insert_default().insert("x".into(), "1".into());
+    let updated = cms.replace("cm-1", &pp, &cm).await.expect("update");
+    assert_ne!(updated.metadata.resource_version, stale.metadata.resource_version);
+    match cms.replace("cm-1", &pp, &stale).await {
+        Err(kube::Error::Api(s)) => assert_eq!((s.code, s.reason.as_str()), (409, "Conflict")),
+        other => panic!("stale update must be 409, got {other:?}"),
+    }
+
+    // Merge and JSON patches.
+    let patched = cms
+        .patch(
+            "cm-2",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"data": {"m": "merged"}})),
+        )
+        .await
+        .expect("merge patch");
+    assert_eq!(
+        patched.data.as_ref().and_then(|d| d.get("m")).map(String::as_str),
+        Some("merged")
+    );
+    let ops: json_patch::Patch =
+        serde_json::from_value(json!([{"op": "replace", "path": "/data/i", "value": "two"}])).expect("ops");
+    let patched = cms
+        .patch("cm-2", &PatchParams::default(), &Patch::<()>::Json(ops))
+        .await
+        .expect("json patch");
+    assert_eq!(
+        patched.data.as_ref().and_then(|d| d.get("i")).map(String::as_str),
+        Some("two")
+    );
+
+    // Finalizers: delete marks, removing the last finalizer deletes.
+    cms.patch(
+        "cm-3",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"metadata": {"finalizers": ["pxb.io/test"]}})),
+    )
+    .await
+    .expect("finalizer");
+    cms.delete("cm-3", &DeleteParams::default())
+        .await
+        .expect("delete");
+    let marked = cms.get("cm-3").await.expect("still there");
+    assert!(marked.metadata.deletion_timestamp.is_some());
+    cms.patch(
+        "cm-3",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"metadata": {"finalizers": null}})),
+    )
+    .await
+    .expect("drop finalizer");
+    assert!(matches!(cms.get("cm-3").await, Err(kube::Error::Api(s)) if s.code == 404));
+
+    // Custom resources exist once their CRD does; status is a subresource; generation follows spec.
+    let crd = json!({"apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+        "metadata": {"name": "widgets.example.pxb.io"},
+        "spec": {"group": "example.pxb.io", "scope": "Namespaced",
+                 "names": {"plural": "widgets", "singular": "widget", "kind": "Widget"},
+                 "versions": [{"name": "v1", "served": true, "storage": true, "subresources": {"status": {}},
+                               "schema": {"openAPIV3Schema": {"type": "object", "x-kubernetes-preserve-unknown-fields": true}}}]}});
+    let ar = kube::api::ApiResource {
+        group: "example.pxb.io".into(),
+        version: "v1".into(),
+        api_version: "example.pxb.io/v1".into(),
+        kind: "Widget".into(),
+        plural: "widgets".into(),
+    };
+    let widgets: Api<kube::api::DynamicObject> = Api::namespaced_with(client.clone(), "app", &ar);
+    let w1 = serde_json::from_value(json!({"apiVersion": "example.pxb.io/v1", "kind": "Widget", "metadata": {"name": "w1"}, "spec": {"size": 1}})).expect("w");
+    assert!(
+        matches!(widgets.create(&pp, &w1).await, Err(kube::Error::Api(s)) if s.code == 404),
+        "no CRD yet"
+    );
+    let crds: Api<kube::api::DynamicObject> = Api::all_with(
+        client.clone(),
+        &kube::api::ApiResource {
+            group: "apiextensions.k8s.io".into(),
+            version: "v1".into(),
+            api_version: "apiextensions.k8s.io/v1".into(),
+            kind: "CustomResourceDefinition".into(),
+            plural: "customresourcedefinitions".into(),
+        },
+    );
+    crds.create(&pp, &serde_json::from_value(crd).expect("crd"))
+        .await
+        .expect("crd");
+    let created = widgets.create(&pp, &w1).await.expect("custom resource");
+    assert_eq!(created.metadata.generation, Some(1));
+    let st = widgets
+        .patch_status(
+            "w1",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"status": {"phase": "Ready"}, "spec": {"size": 9}})),
+        )
+        .await
+        .expect("status");
+    let v = serde_json::to_value(&st).expect("json");
+    assert_eq!(
+        (v["status"]["phase"].as_str(), v["spec"]["size"].as_i64()),
+        (Some("Ready"), Some(1)),
+        "status only"
+    );
+    assert_eq!(st.metadata.generation, Some(1), "status does not bump generation");
+    let sp = widgets
+        .patch(
+            "w1",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"size": 2}, "status": {"phase": "Ignored"}})),
+        )
+        .await
+        .expect("spec");
+    let v = serde_json::to_value(&sp).expect("json");
+    assert_eq!(
+        (v["status"]["phase"].as_str(), v["spec"]["size"].as_i64()),
+        (Some("Ready"), Some(2))
+    );
+    assert_eq!(sp.metadata.generation, Some(2));
+
+    // Watch: from a resourceVersion, with bookmarks; 410 Gone once that version is compacted.
+    let rv = cms
+        .list(&ListParams::default())
+        .await
+        .expect("list")
+        .metadata
+        .resource_version
+        .expect("rv");
+    let mut stream = Box::pin(
+        cms.watch(&WatchParams::default().timeout(10), &rv)
+            .await
+            .expect("watch"),
+    );
+    cms.patch(
+        "cm-4",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"data": {"w": "1"}})),
+    )
+    .await
+    .expect("patch");
+    use futures::StreamExt as _;
+    let mut saw_modified = false;
+    let mut saw_bookmark = false;
+    let until = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < until && !(saw_modified && saw_bookmark) {
+        match tokio::time::timeout(Duration::from_secs(2), stream.next()).await {
+            Ok(Some(Ok(WatchEvent::Modified(o)))) => {
+                saw_modified |= o.metadata.name.as_deref() == Some("cm-4")
+            }
+            Ok(Some(Ok(WatchEvent::Bookmark(_)))) => saw_bookmark = true,
+            Ok(Some(Ok(_))) => {}
+            other => panic!("watch stream ended: {other:?}"),
+        }
+    }
+    assert!(saw_modified && saw_bookmark, "modified event and bookmark");
+    drop(stream);
+    fleet.shoot("dev", "s1").expect("shoot").api().compact();
+    let mut stream = Box::pin(cms.watch(&WatchParams::default(), &rv).await.expect("watch"));
+    match tokio::time::timeout(Duration::from_secs(5), stream.next()).await {
+        Ok(Some(Ok(WatchEvent::Error(e)))) => assert_eq!(e.code, 410),
+        Ok(Some(Err(kube::Error::Api(s)))) => assert_eq!(s.code, 410),
+        other => panic!("expected 410 Gone, got {other:?}"),
+    }
+
+    // Deleting a namespace deletes its content.
+    nss.delete("app", &DeleteParams::default())
+        .await
+        .expect("delete namespace");
+    assert!(matches!(nss.get("app").await, Err(kube::Error::Api(s)) if s.code == 404));
+    assert!(matches!(cms.get("cm-0").await, Err(kube::Error::Api(s)) if s.code == 404));
+}
+
+#[tokio::test]
+async fn faults_can_be_injected_and_lifted_at_run_time() {
+    let fleet = fleet(600);
+    fleet.add_project("dev").expect("project");
+    fleet.add_shoot("dev", ShootSpec::new("s1")).expect("shoot");
+    let kubeconfig = fleet.admin_kubeconfig("dev", "s1", 3600).expect("kubeconfig");
+    let client = || async {
+        let kc = kube::config::Kubeconfig::from_yaml(&kubeconfig).expect("yaml");
+        let mut config = kube::Config::from_custom_kubeconfig(kc, &Default::default())
+            .await
+            .expect("config");
+        config.connect_timeout = Some(Duration::from_secs(2));
+        config.read_timeout = Some(Duration::from_secs(2));
+        // kube retries 503 by default; this test wants to see each answer.
+        config.default_retry = false;
+        Api::<Namespace>::all(kube::Client::try_from(config).expect("client"))
+    };
+    // Every call has a deadline, as pxb's own cluster calls do.
+    let call = || async {
+        let started = Instant::now();
+        let api = client().await;
+        let r = match tokio::time::timeout(Duration::from_secs(2), api.list(&ListParams::default())).await {
+            Ok(r) => r.map(|_| ()).map_err(|e| e.to_string()),
+            Err(_) => Err("deadline exceeded".to_owned()),
+        };
+        (r, started.elapsed())
+    };
+    assert!(call().await.0.is_ok());
+
+    fleet.set_fault("dev", "s1", Fault::Offline).expect("fault");
+    let (r, took) = call().await;
+    assert!(
+        r.is_err() && took >= Duration::from_millis(1900),
+        "blackhole hangs until the deadline: {took:?}"
+    );
+
+    fleet.set_fault("dev", "s1", Fault::Refused).expect("fault");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let (r, took) = call().await;
+    assert!(
+        r.is_err() && took < Duration::from_secs(1),
+        "refused fails fast: {took:?}"
+    );
+
+    fleet
+        .set_fault("dev", "s1", Fault::Latency(Duration::from_millis(600)))
+        .expect("fault");
+    let (r, took) = call().await;
+    assert!(
+        r.is_ok() && took >= Duration::from_millis(600),
+        "latency: {took:?}"
+    );
+
+    fleet
+        .set_fault("dev", "s1", Fault::HttpError(503))
+        .expect("fault");
+    let (r, _) = call().await;
+    assert!(r.as_ref().is_err_and(|e| e.contains("503")), "{r:?}");
+
+    fleet
+        .set_fault("dev", "s1", Fault::Flapping(Duration::from_millis(700)))
+        .expect("fault");
+    let (mut ok, mut failed) = (0, 0);
+    let until = Instant::now() + Duration::from_secs(4);
+    while Instant::now() < until {
+        match call().await.0 {
+            Ok(_) => ok += 1,
+            Err(_) => failed += 1,
+        }
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    }
+    assert!(
+        ok > 0 && failed > 0,
+        "flapping alternates: {ok} ok, {failed} failed"
+    );
+
+    fleet.set_fault("dev", "s1", Fault::None).expect("fault");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(call().await.0.is_ok(), "healthy again");
+
+    fleet.hibernate("dev", "s1").expect("hibernate");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(call().await.0.is_err(), "a hibernated shoot's API is down");
+    fleet.wake("dev", "s1").expect("wake");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(call().await.0.is_ok(), "woken up");
+
+    fleet.delete_shoot("dev", "s1").expect("delete");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(call().await.0.is_err(), "a deleted shoot's API is gone");
+}
