@@ -320,7 +320,9 @@ impl GardenerProvider {
         Ok(ns.clone())
     }
 
-    async fn list_shoots(&self) -> Result<Vec<Shoot>> {
+    /// Lists the project's shoots page by page, classifying each page as it arrives (so only one
+    /// page of full Shoot objects is in memory at a time).
+    async fn list_clusters(&self) -> Result<Vec<ClusterInfo>> {
         let ns = self.project_namespace().await?;
         let api: Api<Shoot> = Api::namespaced(self.client.clone(), &ns);
         let mut shoots = Vec::new();
@@ -338,7 +340,7 @@ impl GardenerProvider {
                     ))
                 })?
                 .map_err(|e| map_kube_error(&format!("listing shoots in {ns}"), e))?;
-            shoots.extend(page.items);
+            shoots.extend(page.items.iter().map(|s| classify(s, &self.config.policy)));
             token = page.metadata.continue_.filter(|c| !c.is_empty());
             if token.is_none() {
                 return Ok(shoots);
@@ -346,15 +348,10 @@ impl GardenerProvider {
         }
     }
 
-    /// Replaces the inventory with `shoots`, returning what changed.
-    fn replace_all(&self, shoots: &[Shoot]) -> ClusterDiff {
-        let after: BTreeMap<ClusterId, ClusterInfo> = shoots
-            .iter()
-            .map(|s| {
-                let info = classify(s, &self.config.policy);
-                (info.id.clone(), info)
-            })
-            .collect();
+    /// Replaces the inventory with `clusters`, returning what changed.
+    fn replace_all(&self, clusters: Vec<ClusterInfo>) -> ClusterDiff {
+        let after: BTreeMap<ClusterId, ClusterInfo> =
+            clusters.into_iter().map(|c| (c.id.clone(), c)).collect();
         let mut st = self.state();
         let diff = ClusterDiff::between(&st.inventory, &after);
         st.inventory = after;
@@ -421,8 +418,8 @@ impl GardenerProvider {
     /// One full discovery: lists the project's shoots, classifies them, updates the inventory and
     /// returns the clusters and what changed since the last one.
     pub async fn discover_diff(&self) -> Result<(Vec<ClusterInfo>, ClusterDiff)> {
-        let shoots = self.list_shoots().await?;
-        let diff = self.replace_all(&shoots);
+        let clusters = self.list_clusters().await?;
+        let diff = self.replace_all(clusters);
         self.discoveries.fetch_add(1, Ordering::Relaxed);
         Ok((self.inventory(), diff))
     }
@@ -487,14 +484,13 @@ impl GardenerProvider {
         let _one = lock.lock().await;
         if !force {
             let st = self.state();
-            if let Some(a) = st
-                .creds
-                .get(id)
-                .and_then(|c| c.access.as_ref().filter(|_| c.due > SystemTime::now()))
-            {
-                if a.valid_at(SystemTime::now(), margin(a)) {
-                    return Ok(a.clone());
-                }
+            let now = SystemTime::now();
+            if let Some(a) = st.creds.get(id).and_then(|c| {
+                c.access
+                    .as_ref()
+                    .filter(|a| c.due > now && a.valid_at(now, margin(a)))
+            }) {
+                return Ok(a.clone());
             }
         }
         if let Some(c) = self.state().creds.get_mut(id) {
@@ -643,7 +639,7 @@ impl GardenerProvider {
         let mut events = watcher(api, watch_config).default_backoff().boxed();
         let mut ticker = tokio::time::interval(self.config.discovery_interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut batch: Option<Vec<Shoot>> = None;
+        let mut batch: Option<Vec<ClusterInfo>> = None;
         loop {
             tokio::select! {
                 _ = ticker.tick() => match self.discover_diff().await {
@@ -653,12 +649,12 @@ impl GardenerProvider {
                 ev = events.next() => match ev {
                     Some(Ok(watcher::Event::Init)) => batch = Some(Vec::new()),
                     Some(Ok(watcher::Event::InitApply(s))) => match batch.as_mut() {
-                        Some(b) => b.push(s),
+                        Some(b) => b.push(classify(&s, &self.config.policy)),
                         None => send(self.upsert(&s)),
                     },
                     Some(Ok(watcher::Event::InitDone)) => {
                         if let Some(b) = batch.take() {
-                            send(self.replace_all(&b));
+                            send(self.replace_all(b));
                         }
                     }
                     Some(Ok(watcher::Event::Apply(s))) => send(self.upsert(&s)),
@@ -707,10 +703,13 @@ impl ClusterProvider for GardenerProvider {
                     info.name
                 )));
             }
-            if let Some(a) = st.creds.get(id).and_then(|c| c.access.as_ref()) {
-                if a.valid_at(SystemTime::now(), margin(a)) {
-                    return Ok((**a).clone());
-                }
+            let now = SystemTime::now();
+            if let Some(a) = st
+                .creds
+                .get(id)
+                .and_then(|c| c.access.as_ref().filter(|a| a.valid_at(now, margin(a))))
+            {
+                return Ok((**a).clone());
             }
         }
         let a = self.refresh(id, false).await?;

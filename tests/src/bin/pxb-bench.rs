@@ -2,7 +2,10 @@
 //!
 //! - `pxb-bench volume [--mib 2048] [--work DIR]`: first and 5%-incremental backup, pxb vs restic;
 //! - `pxb-bench sync [--backups 100000] [--azurite]`: listing-metadata sync vs one GET per backup;
-//! - `pxb-bench gc [--chunks 10000000] [--backups 100]`: GC time and peak RSS.
+//! - `pxb-bench gc [--chunks 10000000] [--backups 100]`: GC time and peak RSS;
+//! - `pxb-bench fleet [--shoots 1000]`: discovery + first kubeconfig issuance (wall time, RSS);
+//! - `pxb-bench renewal [--shoots 10000] [--lifetime 120] [--jitter 0.1] [--observe 150]`:
+//!   kubeconfig renewals per second over time.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -48,7 +51,17 @@ async fn main_async(args: Vec<String>) -> anyhow::Result<serde_json::Value> {
             )
             .await
         }
-        _ => bail!("usage: pxb-bench volume|sync|gc [options] (see the source)"),
+        Some("fleet") => bench::fleet::discovery(arg(&args, "--shoots", 1000usize)?).await,
+        Some("renewal") => {
+            bench::fleet::renewal(
+                arg(&args, "--shoots", 10_000usize)?,
+                arg(&args, "--lifetime", 120u64)?,
+                arg(&args, "--jitter", 0.1f64)?,
+                arg(&args, "--observe", 150u64)?,
+            )
+            .await
+        }
+        _ => bail!("usage: pxb-bench volume|sync|gc|fleet|renewal [options] (see the source)"),
     }
 }
 

@@ -737,26 +737,29 @@ async fn garden_handle(inner: &FleetInner, req: Request<Incoming>) -> Response<B
         .filter(|s| !s.is_empty())
         .map(str::to_owned)
         .collect();
-    if let [a, g, v, n, ns, s, name, sub] = segs.as_slice() {
-        if a == "apis" && g == "core.gardener.cloud" && v == "v1beta1" && n == "namespaces" && s == "shoots" {
-            if let Some(role) = match sub.as_str() {
-                "adminkubeconfig" => Some(Role::Admin),
-                "viewerkubeconfig" => Some(Role::Viewer),
-                _ => None,
-            } {
-                if req.method() != Method::POST {
-                    return error_response(&ApiError::new(
-                        405,
-                        "MethodNotAllowed",
-                        "only POST (create) is allowed",
-                    ));
-                }
-                return match kubeconfig_request(inner, &subject, ns, name, role, req).await {
-                    Ok(v) => json_response(201, &v),
-                    Err(e) => error_response(&e),
-                };
-            }
+    if let [a, g, v, n, ns, s, name, sub] = segs.as_slice()
+        && a == "apis"
+        && g == "core.gardener.cloud"
+        && v == "v1beta1"
+        && n == "namespaces"
+        && s == "shoots"
+        && let Some(role) = match sub.as_str() {
+            "adminkubeconfig" => Some(Role::Admin),
+            "viewerkubeconfig" => Some(Role::Viewer),
+            _ => None,
         }
+    {
+        if req.method() != Method::POST {
+            return error_response(&ApiError::new(
+                405,
+                "MethodNotAllowed",
+                "only POST (create) is allowed",
+            ));
+        }
+        return match kubeconfig_request(inner, &subject, ns, name, role, req).await {
+            Ok(v) => json_response(201, &v),
+            Err(e) => error_response(&e),
+        };
     }
     let authorize = |t: &rest::Target| -> Result<(), ApiError> {
         let read = matches!(t.verb, "get" | "list" | "watch");
@@ -825,10 +828,10 @@ async fn kubeconfig_request(
         ));
     }
     let body = rest::read_json(req).await?;
-    if let Some(k) = body.get("kind").and_then(Value::as_str) {
-        if k != kind {
-            return Err(ApiError::bad_request(format!("expected kind {kind}, got {k}")));
-        }
+    if let Some(k) = body.get("kind").and_then(Value::as_str)
+        && k != kind
+    {
+        return Err(ApiError::bad_request(format!("expected kind {kind}, got {k}")));
     }
     let requested = match body.pointer("/spec/expirationSeconds") {
         None | Some(Value::Null) => inner.config.kubeconfig_default_seconds as i64,

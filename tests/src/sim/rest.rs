@@ -118,10 +118,10 @@ async fn handle_inner(
     let path = req.uri().path().trim_end_matches('/').to_owned();
     let segs: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
     let method = req.method().clone();
-    if method == Method::GET {
-        if let Some(r) = discovery(store, opts, &segs) {
-            return Ok(r);
-        }
+    if method == Method::GET
+        && let Some(r) = discovery(store, opts, &segs, &req)
+    {
+        return Ok(r);
     }
     let (group, version, rest) = match segs.as_slice() {
         ["api", v, rest @ ..] => ("", *v, rest),
@@ -159,14 +159,14 @@ async fn handle_inner(
         )
     })?;
     let namespace = if ty.namespaced { namespace } else { None };
-    if let Some(s) = sub {
-        if s != "status" || !ty.status_subresource {
-            return Err(ApiError::new(
-                404,
-                "NotFound",
-                format!("the server could not find the requested resource ({path})"),
-            ));
-        }
+    if let Some(s) = sub
+        && (s != "status" || !ty.status_subresource)
+    {
+        return Err(ApiError::new(
+            404,
+            "NotFound",
+            format!("the server could not find the requested resource ({path})"),
+        ));
     }
     let q = query(&req);
     let watching = q.get("watch").is_some_and(|w| w == "true" || w == "1");
@@ -424,8 +424,27 @@ pub fn strategic_merge(doc: &mut Value, patch: &Value) {
     }
 }
 
-fn discovery(store: &ApiStore, opts: &RestOptions, segs: &[&str]) -> Option<Response<Body>> {
+fn discovery(
+    store: &ApiStore,
+    opts: &RestOptions,
+    segs: &[&str],
+    req: &Request<Incoming>,
+) -> Option<Response<Body>> {
     let types = store.types();
+    let accept = req
+        .headers()
+        .get("accept")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if segs == ["openapi", "v2"] && accept.contains("protobuf") && !accept.contains("json") {
+        // An empty protobuf message is a valid, empty OpenAPI v2 document.
+        let mut r = Response::new(Full::new(Bytes::new()).boxed_unsync());
+        r.headers_mut().insert(
+            "content-type",
+            hyper::header::HeaderValue::from_static("application/octet-stream"),
+        );
+        return Some(r);
+    }
     let body = match segs {
         ["version"] => version_info(&opts.kubernetes_version),
         ["api"] => json!({"kind": "APIVersions", "versions": ["v1"],
@@ -452,6 +471,12 @@ fn discovery(store: &ApiStore, opts: &RestOptions, segs: &[&str]) -> Option<Resp
             json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": groups})
         }
         ["openapi", "v3"] => openapi_root(&types),
+        // Older kubectl validates against OpenAPI v2; an empty document means "no schema known",
+        // and kubectl then leaves validation to the server.
+        ["openapi", "v2"] => {
+            json!({"swagger": "2.0", "info": {"title": "Kubernetes", "version": format!("v{}", opts.kubernetes_version)},
+                                   "paths": {}, "definitions": {}})
+        }
         ["openapi", "v3", "api", v] => openapi_doc(&types, "", v)?,
         ["openapi", "v3", "apis", g, v] => openapi_doc(&types, g, v)?,
         ["api", v] => resource_list(&types, "", v)?,
@@ -685,10 +710,10 @@ fn watch(
         };
         for e in &backlog {
             last_rv = last_rv.max(e.rv);
-            if let Some(line) = deliver(e) {
-                if tx.send(line).await.is_err() {
-                    return;
-                }
+            if let Some(line) = deliver(e)
+                && tx.send(line).await.is_err()
+            {
+                return;
             }
         }
         let deadline = tokio::time::sleep(Duration::from_secs(timeout));
@@ -706,9 +731,8 @@ fn watch(
                     Ok(e) => {
                         if e.rv <= last_rv { continue; }
                         last_rv = e.rv;
-                        if let Some(line) = deliver(&e) {
-                            if tx.send(line).await.is_err() { return; }
-                        }
+                        if let Some(line) = deliver(&e)
+                            && tx.send(line).await.is_err() { return; }
                     }
                     Err(broadcast::error::RecvError::Lagged(_)) => {
                         let _ = tx.send(gone(&last_rv.to_string(), last_rv + 1)).await;

@@ -267,7 +267,7 @@ impl SimShoot {
                     .duration_since(UNIX_EPOCH)
                     .map_or(0, |d| d.as_millis());
                 let left = Duration::from_millis((p - now % p) as u64);
-                if (now / p) % 2 == 0 {
+                if (now / p).is_multiple_of(2) {
                     (serve(Duration::ZERO), Some(left))
                 } else {
                     (Mode::Refuse, Some(left))

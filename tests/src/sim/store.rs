@@ -376,6 +376,10 @@ pub struct ListPage {
 
 type Key = (String, String, String);
 
+/// The start of a watch: the backlog from the log, a receiver for later events, and the store's
+/// resourceVersion when it started.
+pub type WatchStart = (Vec<Arc<Event>>, broadcast::Receiver<Arc<Event>>, u64);
+
 #[derive(Debug)]
 struct Inner {
     rv: u64,
@@ -612,15 +616,15 @@ impl ApiStore {
             }
             if limit > 0 && items.len() == limit {
                 if next.is_none() {
-                    let (lns, lname) = match items.last().map(|o: &Arc<Value>| {
-                        (
-                            meta_str(o, "namespace").unwrap_or("").to_owned(),
-                            meta_str(o, "name").unwrap_or("").to_owned(),
-                        )
-                    }) {
-                        Some(k) => k,
-                        None => (String::new(), String::new()),
-                    };
+                    let (lns, lname) = items
+                        .last()
+                        .map(|o: &Arc<Value>| {
+                            (
+                                meta_str(o, "namespace").unwrap_or("").to_owned(),
+                                meta_str(o, "name").unwrap_or("").to_owned(),
+                            )
+                        })
+                        .unwrap_or_default();
                     next = Some(encode_continue(list_rv, &lns, &lname));
                 }
                 remaining += 1;
@@ -744,10 +748,10 @@ impl ApiStore {
         }
         obj["apiVersion"] = ty.api_version().into();
         obj["kind"] = ty.kind.clone().into();
-        if ty.status_subresource {
-            if let Some(m) = obj.as_object_mut() {
-                m.remove("status");
-            }
+        if ty.status_subresource
+            && let Some(m) = obj.as_object_mut()
+        {
+            m.remove("status");
         }
         if ty.kind == "Namespace" && ty.group.is_empty() {
             obj["spec"] = json!({"finalizers": ["kubernetes"]});
@@ -806,17 +810,17 @@ impl ApiStore {
             return Err(ApiError::bad_request("the body must be a JSON object"));
         }
         check_kind(ty, &new)?;
-        if let Some(body_name) = meta_str(&new, "name") {
-            if body_name != name {
-                return Err(ApiError::bad_request(format!(
-                    "the name of the object ({body_name}) does not match the name on the URL ({name})"
-                )));
-            }
+        if let Some(body_name) = meta_str(&new, "name")
+            && body_name != name
+        {
+            return Err(ApiError::bad_request(format!(
+                "the name of the object ({body_name}) does not match the name on the URL ({name})"
+            )));
         }
-        if let Some(rv) = meta_str(&new, "resourceVersion").filter(|r| !r.is_empty()) {
-            if Some(rv) != meta_str(&current, "resourceVersion") {
-                return Err(ApiError::conflict(ty, name));
-            }
+        if let Some(rv) = meta_str(&new, "resourceVersion").filter(|r| !r.is_empty())
+            && Some(rv) != meta_str(&current, "resourceVersion")
+        {
+            return Err(ApiError::conflict(ty, name));
         }
         // Immutable and server-owned metadata.
         let cur_meta = current.get("metadata").cloned().unwrap_or_else(|| json!({}));
@@ -840,10 +844,10 @@ impl ApiStore {
             // Only status changes through the status subresource.
             let mut base = (*current).clone();
             base["status"] = new.get("status").cloned().unwrap_or(Value::Null);
-            if base["status"].is_null() {
-                if let Some(m) = base.as_object_mut() {
-                    m.remove("status");
-                }
+            if base["status"].is_null()
+                && let Some(m) = base.as_object_mut()
+            {
+                m.remove("status");
             }
             new = base;
         } else if ty.status_subresource {
@@ -1006,11 +1010,7 @@ impl ApiStore {
 
     /// Starts a watch of `ty`: the events after `rv` still in the log, and a receiver for later
     /// ones. `None` when `rv` is older than the log (the caller answers 410 Gone).
-    pub fn watch_from(
-        &self,
-        ty: &ResourceType,
-        rv: u64,
-    ) -> Option<(Vec<Arc<Event>>, broadcast::Receiver<Arc<Event>>, u64)> {
+    pub fn watch_from(&self, ty: &ResourceType, rv: u64) -> Option<WatchStart> {
         let g = self.lock();
         if rv < g.compacted {
             return None;
@@ -1049,13 +1049,13 @@ fn with_api_version(obj: &Arc<Value>, ty: &ResourceType) -> Arc<Value> {
 }
 
 fn check_kind(ty: &ResourceType, obj: &Value) -> Result<(), ApiError> {
-    if let Some(kind) = obj.get("kind").and_then(Value::as_str) {
-        if kind != ty.kind {
-            return Err(ApiError::bad_request(format!(
-                "the kind of the object ({kind}) does not match the resource ({})",
-                ty.kind
-            )));
-        }
+    if let Some(kind) = obj.get("kind").and_then(Value::as_str)
+        && kind != ty.kind
+    {
+        return Err(ApiError::bad_request(format!(
+            "the kind of the object ({kind}) does not match the resource ({})",
+            ty.kind
+        )));
     }
     if let Some(av) = obj.get("apiVersion").and_then(Value::as_str) {
         let group = av.rsplit_once('/').map_or("", |(g, _)| g);
@@ -1111,11 +1111,7 @@ fn validate_crd(crd: &Value) -> Result<(), ApiError> {
         ));
     }
     let versions = crd_versions(crd);
-    if versions.is_empty() {
-        problems.push(
-            "spec.versions: Invalid value: must have exactly one version marked as storage version".into(),
-        );
-    } else if versions.iter().filter(|v| v.2).count() != 1 {
+    if versions.iter().filter(|v| v.2).count() != 1 {
         problems.push(
             "spec.versions: Invalid value: must have exactly one version marked as storage version".into(),
         );
