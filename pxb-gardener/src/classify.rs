@@ -161,6 +161,38 @@ pub fn classify(shoot: &Shoot, policy: &Policy) -> ClusterInfo {
     info(Eligibility::Eligible)
 }
 
+/// Classifies a shoot as the API returned it, untyped: one that does not fit [`Shoot`] (a field
+/// of the wrong type) is reported as malformed instead of failing the whole list.
+pub fn classify_object(obj: &kube::api::DynamicObject, policy: &Policy) -> ClusterInfo {
+    let typed = serde_json::to_value(obj).and_then(serde_json::from_value::<Shoot>);
+    match typed {
+        Ok(shoot) => classify(&shoot, policy),
+        Err(e) => {
+            let meta = obj.metadata.clone();
+            let name = meta.name.clone().unwrap_or_default();
+            let namespace = meta.namespace.clone().unwrap_or_default();
+            let id = meta
+                .uid
+                .clone()
+                .filter(|u| !u.is_empty())
+                .unwrap_or_else(|| format!("{namespace}/{name}"));
+            ClusterInfo {
+                id: ClusterId(id),
+                name,
+                namespace,
+                provider_type: String::new(),
+                kubernetes_version: String::new(),
+                region: String::new(),
+                labels: meta.labels.unwrap_or_default().into_iter().collect(),
+                eligibility: ineligible(
+                    IneligibleReason::Malformed,
+                    format!("the shoot cannot be read: {e}"),
+                ),
+            }
+        }
+    }
+}
+
 fn floor_version(min: &semver::Version) -> semver::Version {
     let mut v = min.clone();
     v.pre = semver::Prerelease::new("0").unwrap_or(semver::Prerelease::EMPTY);
@@ -240,6 +272,27 @@ mod tests {
         let mut s = shoot("1.33.4");
         s.as_object_mut().expect("object").remove("status");
         assert_eq!(reason(s), Some(IneligibleReason::Malformed));
+    }
+
+    #[test]
+    fn a_shoot_of_the_wrong_shape_is_malformed_not_fatal() {
+        let mut v = shoot("1.33.4");
+        v["spec"]["kubernetes"]["version"] = 133.into();
+        v["apiVersion"] = "core.gardener.cloud/v1beta1".into();
+        v["kind"] = "Shoot".into();
+        let obj: kube::api::DynamicObject = serde_json::from_value(v).expect("object");
+        let info = classify_object(&obj, &Policy::default());
+        assert_eq!(info.id.0, "u-1");
+        assert_eq!(info.name, "s1");
+        match info.eligibility {
+            Eligibility::Ineligible { reason, message } => {
+                assert_eq!(reason, IneligibleReason::Malformed);
+                assert!(message.contains("cannot be read"), "{message}");
+            }
+            Eligibility::Eligible => panic!("must be malformed"),
+        }
+        let ok: kube::api::DynamicObject = serde_json::from_value(shoot("1.33.4")).expect("object");
+        assert!(classify_object(&ok, &Policy::default()).eligibility.is_eligible());
     }
 
     #[test]

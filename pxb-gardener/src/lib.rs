@@ -21,7 +21,7 @@ mod kubeconfig;
 mod provider;
 mod types;
 
-pub use classify::{KUBECONFIG_ADDRESSES, Policy, classify, identity};
+pub use classify::{KUBECONFIG_ADDRESSES, Policy, classify, classify_object, identity};
 pub use kubeconfig::{kube_client, kube_config, parse_access};
 pub use provider::{
     GardenAuth, GardenerConfig, GardenerProvider, ProviderStats, Running, map_kube_error, renew_time,

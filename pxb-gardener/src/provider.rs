@@ -9,7 +9,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use async_trait::async_trait;
 use base64::Engine as _;
 use futures::StreamExt as _;
-use kube::api::{Api, ListParams};
+use kube::api::{Api, ApiResource, DynamicObject, ListParams};
 use kube::runtime::WatchStreamExt as _;
 use kube::runtime::watcher;
 use pxb_core::cluster::{
@@ -19,7 +19,7 @@ use pxb_core::{Error, Result};
 use serde_json::{Value, json};
 use tokio::sync::{OnceCell, Semaphore, mpsc};
 
-use crate::classify::{Policy, classify};
+use crate::classify::{Policy, classify_object};
 use crate::kubeconfig::parse_access;
 use crate::types::{Project, Shoot};
 
@@ -324,7 +324,7 @@ impl GardenerProvider {
     /// page of full Shoot objects is in memory at a time).
     async fn list_clusters(&self) -> Result<Vec<ClusterInfo>> {
         let ns = self.project_namespace().await?;
-        let api: Api<Shoot> = Api::namespaced(self.client.clone(), &ns);
+        let api = self.shoot_api(&ns);
         let mut shoots = Vec::new();
         let mut token: Option<String> = None;
         loop {
@@ -340,7 +340,7 @@ impl GardenerProvider {
                     ))
                 })?
                 .map_err(|e| map_kube_error(&format!("listing shoots in {ns}"), e))?;
-            shoots.extend(page.items.iter().map(|s| classify(s, &self.config.policy)));
+            shoots.extend(page.items.iter().map(|s| classify_object(s, &self.config.policy)));
             token = page.metadata.continue_.filter(|c| !c.is_empty());
             if token.is_none() {
                 return Ok(shoots);
@@ -359,8 +359,12 @@ impl GardenerProvider {
         diff
     }
 
-    fn upsert(&self, shoot: &Shoot) -> ClusterDiff {
-        let info = classify(shoot, &self.config.policy);
+    /// Shoots are read untyped and converted one by one (see [`classify_object`]).
+    fn shoot_api(&self, namespace: &str) -> Api<DynamicObject> {
+        Api::namespaced_with(self.client.clone(), namespace, &ApiResource::erase::<Shoot>(&()))
+    }
+
+    fn upsert(&self, info: ClusterInfo) -> ClusterDiff {
         let mut st = self.state();
         let mut diff = ClusterDiff::default();
         // A shoot that got its status.uid changes identity from metadata.uid only if they differ.
@@ -384,8 +388,7 @@ impl GardenerProvider {
         diff
     }
 
-    fn remove(&self, shoot: &Shoot) -> ClusterDiff {
-        let info = classify(shoot, &self.config.policy);
+    fn remove(&self, info: ClusterInfo) -> ClusterDiff {
         let mut st = self.state();
         let mut diff = ClusterDiff::default();
         let gone: Vec<ClusterId> = st
@@ -634,7 +637,7 @@ impl GardenerProvider {
                 }
             }
         };
-        let api: Api<Shoot> = Api::namespaced(self.client.clone(), &ns);
+        let api = self.shoot_api(&ns);
         let watch_config = watcher::Config::default().page_size(self.config.page_size);
         let mut events = watcher(api, watch_config).default_backoff().boxed();
         let mut ticker = tokio::time::interval(self.config.discovery_interval);
@@ -649,16 +652,16 @@ impl GardenerProvider {
                 ev = events.next() => match ev {
                     Some(Ok(watcher::Event::Init)) => batch = Some(Vec::new()),
                     Some(Ok(watcher::Event::InitApply(s))) => match batch.as_mut() {
-                        Some(b) => b.push(classify(&s, &self.config.policy)),
-                        None => send(self.upsert(&s)),
+                        Some(b) => b.push(classify_object(&s, &self.config.policy)),
+                        None => send(self.upsert(classify_object(&s, &self.config.policy))),
                     },
                     Some(Ok(watcher::Event::InitDone)) => {
                         if let Some(b) = batch.take() {
                             send(self.replace_all(b));
                         }
                     }
-                    Some(Ok(watcher::Event::Apply(s))) => send(self.upsert(&s)),
-                    Some(Ok(watcher::Event::Delete(s))) => send(self.remove(&s)),
+                    Some(Ok(watcher::Event::Apply(s))) => send(self.upsert(classify_object(&s, &self.config.policy))),
+                    Some(Ok(watcher::Event::Delete(s))) => send(self.remove(classify_object(&s, &self.config.policy))),
                     Some(Err(e)) => tracing::warn!(error = %e, "shoot watch failed; it restarts with backoff"),
                     None => return,
                 },

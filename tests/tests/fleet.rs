@@ -408,6 +408,18 @@ async fn discovery_classifies_shoots_with_reasons() {
     let mut nowhere = ShootSpec::new("nowhere");
     nowhere.advertised_addresses = false;
     fleet.add_shoot("dev", nowhere).expect("shoot");
+    // A Shoot whose fields have the wrong type (the simulator does not validate schemas).
+    let shoot_type =
+        pxb_tests::sim::store::ResourceType::new("core.gardener.cloud", "v1beta1", "Shoot", "shoots", true);
+    fleet
+        .garden_store()
+        .create(
+            &shoot_type,
+            Some("garden-dev"),
+            json!({"metadata": {"name": "wrongtype"}, "spec": {"kubernetes": {"version": 133}, "provider": {"type": "azure"}}}),
+            false,
+        )
+        .expect("raw shoot");
     // Another project's shoots are never seen.
     fleet.add_project("other").expect("project");
     fleet.add_shoot("other", ShootSpec::new("theirs")).expect("shoot");
@@ -416,7 +428,7 @@ async fn discovery_classifies_shoots_with_reasons() {
     let clusters = p.discover().await.expect("discover");
     assert_eq!(
         clusters.len(),
-        12,
+        13,
         "all shoots of the project, over several pages"
     );
     let reason = |name: &str| {
@@ -443,12 +455,18 @@ async fn discovery_classifies_shoots_with_reasons() {
     assert_eq!(reason("leaving"), Some(IneligibleReason::Deleting));
     assert_eq!(reason("bare"), Some(IneligibleReason::Malformed));
     assert_eq!(reason("nowhere"), Some(IneligibleReason::Malformed));
-    let ok0 = clusters.iter().find(|c| c.name == "ok-0").expect("ok-0");
-    let uid = fleet.garden_store().get(
-        &pxb_tests::sim::store::ResourceType::new("core.gardener.cloud", "v1beta1", "Shoot", "shoots", true),
-        Some("garden-dev"),
-        "ok-0",
+    assert_eq!(
+        reason("wrongtype"),
+        Some(IneligibleReason::Malformed),
+        "one unreadable shoot does not fail the cycle"
     );
+    assert_eq!(
+        reason("wrongtype"),
+        Some(IneligibleReason::Malformed),
+        "one bad shoot does not fail the cycle"
+    );
+    let ok0 = clusters.iter().find(|c| c.name == "ok-0").expect("ok-0");
+    let uid = fleet.garden_store().get(&shoot_type, Some("garden-dev"), "ok-0");
     assert_eq!(
         Some(ok0.id.0.as_str()),
         uid.expect("shoot")["status"]["uid"].as_str(),
