@@ -89,3 +89,36 @@ pub fn kube_client(access: &ClusterAccess) -> Result<kube::Client> {
     kube::Client::try_from(kube_config(access)?)
         .map_err(|e| Error::invalid(format!("building a client for {}: {e}", access.server)))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unusable_kubeconfigs_are_clear_errors() {
+        let now = SystemTime::now();
+        for (yaml, expect) in [
+            ("{not yaml", "not valid"),
+            (
+                "apiVersion: v1\nkind: Config\nclusters: []\ncontexts: []\nusers: []\n",
+                "no current-context",
+            ),
+            (
+                "apiVersion: v1\nkind: Config\ncurrent-context: a\ncontexts:\n- name: a\n  context: {cluster: c, user: u}\n\
+                 clusters:\n- name: c\n  cluster: {server: 'https://x', certificate-authority-data: '***'}\n\
+                 users:\n- name: u\n  user: {client-certificate-data: 'YQ==', client-key-data: 'YQ=='}\n",
+                "not base64",
+            ),
+            (
+                "apiVersion: v1\nkind: Config\ncurrent-context: a\ncontexts:\n- name: a\n  context: {cluster: c, user: u}\n\
+                 clusters:\n- name: c\n  cluster: {server: 'https://x', certificate-authority-data: 'YQ=='}\n\
+                 users:\n- name: u\n  user: {token: abc}\n",
+                "no client-certificate-data",
+            ),
+        ] {
+            let err = parse_access(yaml, now, now).expect_err(yaml);
+            assert_eq!(err.kind(), "invalid");
+            assert!(err.to_string().contains(expect), "{err} should mention {expect}");
+        }
+    }
+}

@@ -521,13 +521,22 @@ async fn added_and_deleted_shoots_are_detected_within_one_cycle() {
     })
     .await;
     eprintln!("deleted shoot detected after {took:?}");
+    // The watch is cut, a change happens and the log is compacted before it can resume: the
+    // provider's watch gets 410 Gone, re-lists, and still reports the change.
+    fleet.garden_store().set_watches_down(true);
     fleet.hibernate("dev", "s-00003").expect("hibernate");
+    fleet.garden_store().compact();
+    fleet.garden_store().set_watches_down(false);
     next_diff(&mut rx, interval, |d| {
         d.changed.iter().any(|(old, new)| {
             new.name == "s-00003" && old.eligibility.is_eligible() && !new.eligibility.is_eligible()
         })
     })
     .await;
+    assert!(
+        fleet.garden_store().expired_watches() >= 1,
+        "the watch was resumed from a compacted version"
+    );
     assert_eq!(p.inventory().len(), 5);
 }
 

@@ -640,6 +640,13 @@ fn watch(
     ns: Option<String>,
     q: &BTreeMap<String, String>,
 ) -> Result<Response<Body>, ApiError> {
+    if store.watches_down() {
+        return Err(ApiError::new(
+            503,
+            "ServiceUnavailable",
+            "watches are unavailable (injected)",
+        ));
+    }
     let sel = selectors(q, &ty)?;
     let rv_param = q.get("resourceVersion").cloned().unwrap_or_default();
     let send_initial = q.get("sendInitialEvents").is_some_and(|s| s == "true");
@@ -663,6 +670,7 @@ fn watch(
     let started = store.watch_from(&ty, start_rv);
     let interval = opts.bookmark_interval;
     let oldest = store.compacted();
+    let mut interrupted = store.watch_interrupts();
     tokio::spawn(async move {
         let Some((backlog, mut live, _)) = started else {
             let _ = tx.send(gone(&rv_param, oldest)).await;
@@ -724,6 +732,7 @@ fn watch(
             tokio::select! {
                 _ = &mut deadline => return,
                 _ = tx.closed() => return,
+                _ = interrupted.changed() => return,
                 _ = ticker.tick(), if bookmarks => {
                     if tx.send(bookmark(last_rv, false)).await.is_err() { return; }
                 }

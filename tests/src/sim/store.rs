@@ -396,6 +396,9 @@ struct Inner {
 pub struct ApiStore {
     inner: Mutex<Inner>,
     tx: broadcast::Sender<Arc<Event>>,
+    interrupts: tokio::sync::watch::Sender<u64>,
+    expired: std::sync::atomic::AtomicU64,
+    watches_down: std::sync::atomic::AtomicBool,
 }
 
 /// Current UTC time as the API formats it (seconds precision).
@@ -484,6 +487,9 @@ impl ApiStore {
                 compacted: 1,
             }),
             tx,
+            interrupts: tokio::sync::watch::channel(0).0,
+            expired: std::sync::atomic::AtomicU64::new(0),
+            watches_down: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -1013,6 +1019,7 @@ impl ApiStore {
     pub fn watch_from(&self, ty: &ResourceType, rv: u64) -> Option<WatchStart> {
         let g = self.lock();
         if rv < g.compacted {
+            self.expired.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             return None;
         }
         let rx = self.tx.subscribe();
@@ -1024,6 +1031,37 @@ impl ApiStore {
             .cloned()
             .collect();
         Some((backlog, rx, g.rv))
+    }
+
+    /// Ends every open watch (as an API server restart does); clients reconnect from their last
+    /// resourceVersion.
+    pub fn interrupt_watches(&self) {
+        self.interrupts.send_modify(|n| *n += 1);
+    }
+
+    /// A receiver that changes when [`ApiStore::interrupt_watches`] is called.
+    pub fn watch_interrupts(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.interrupts.subscribe()
+    }
+
+    /// While `down`, open watches end and new ones are refused with 503 (lists still work): lets
+    /// a test make changes and compact the log while a client cannot follow.
+    pub fn set_watches_down(&self, down: bool) {
+        self.watches_down
+            .store(down, std::sync::atomic::Ordering::Relaxed);
+        if down {
+            self.interrupt_watches();
+        }
+    }
+
+    /// Whether watches are refused (see [`ApiStore::set_watches_down`]).
+    pub fn watches_down(&self) -> bool {
+        self.watches_down.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// How many watches were answered 410 Gone.
+    pub fn expired_watches(&self) -> u64 {
+        self.expired.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// The oldest resourceVersion a watch can resume from.
