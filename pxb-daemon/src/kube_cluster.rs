@@ -81,24 +81,9 @@ impl KubeCluster {
     }
 }
 
-/// Maps a kube client error onto pxb's variants, keeping the API server's message.
+/// Maps a kube client error onto pxb's variants (one mapping for the workspace).
 fn map_err(e: kube::Error, what: &str) -> Error {
-    match e {
-        kube::Error::Api(status) => {
-            let msg = format!("{what}: {} ({} {})", status.message, status.code, status.reason);
-            match status.code {
-                404 => Error::not_found(msg),
-                409 if status.reason == "AlreadyExists" => Error::already_exists(msg),
-                409 => Error::precondition(msg),
-                400 | 422 => Error::invalid(msg),
-                401 => Error::unauthenticated(msg),
-                403 => Error::permission_denied(msg),
-                429 => Error::throttled(msg),
-                _ => Error::unavailable(msg),
-            }
-        }
-        other => Error::unavailable(format!("{what}: {other}")),
-    }
+    pxb_gardener::map_kube_error(what, e)
 }
 
 /// A dynamic object as pxb's object, with `apiVersion` and `kind` filled in (list items omit them).

@@ -170,7 +170,8 @@ impl std::fmt::Debug for GardenerProvider {
     }
 }
 
-/// Maps a kube error to pxb's error, naming what was being done.
+/// Maps a kube client error onto pxb's error variants, keeping the API server's message and
+/// naming what was being done.
 pub fn map_kube_error(what: &str, e: kube::Error) -> Error {
     match e {
         kube::Error::Api(status) => {

@@ -16,7 +16,6 @@ pub mod engine;
 pub mod entra;
 pub mod fixture;
 pub mod jwt;
-pub mod kubeapi;
 pub mod server;
 pub mod sim;
 pub mod tls;
