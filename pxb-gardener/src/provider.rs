@@ -297,6 +297,18 @@ impl GardenerProvider {
         self.state().inventory.values().cloned().collect()
     }
 
+    /// One garden request with the configured deadline; errors name `what` was being done.
+    async fn garden_call<T>(
+        &self,
+        what: &str,
+        call: impl std::future::Future<Output = std::result::Result<T, kube::Error>>,
+    ) -> Result<T> {
+        tokio::time::timeout(self.config.request_timeout, call)
+            .await
+            .map_err(|_| Error::unavailable(format!("{what}: the garden did not answer in time")))?
+            .map_err(|e| map_kube_error(what, e))
+    }
+
     /// The project's namespace, from its Project object (read once).
     pub async fn project_namespace(&self) -> Result<String> {
         let project = &self.config.project;
@@ -304,14 +316,9 @@ impl GardenerProvider {
             .namespace
             .get_or_try_init(|| async {
                 let api: Api<Project> = Api::all(self.client.clone());
-                let p = tokio::time::timeout(self.config.request_timeout, api.get(project))
-                    .await
-                    .map_err(|_| {
-                        Error::unavailable(format!(
-                            "reading project {project}: the garden did not answer in time"
-                        ))
-                    })?
-                    .map_err(|e| map_kube_error(&format!("reading project {project}"), e))?;
+                let p = self
+                    .garden_call(&format!("reading project {project}"), api.get(project))
+                    .await?;
                 p.spec
                     .namespace
                     .filter(|n| !n.is_empty())
@@ -333,14 +340,9 @@ impl GardenerProvider {
             if let Some(t) = &token {
                 lp = lp.continue_token(t);
             }
-            let page = tokio::time::timeout(self.config.request_timeout, api.list(&lp))
-                .await
-                .map_err(|_| {
-                    Error::unavailable(format!(
-                        "listing shoots in {ns}: the garden did not answer in time"
-                    ))
-                })?
-                .map_err(|e| map_kube_error(&format!("listing shoots in {ns}"), e))?;
+            let page = self
+                .garden_call(&format!("listing shoots in {ns}"), api.list(&lp))
+                .await?;
             shoots.extend(page.items.iter().map(|s| classify_object(s, &self.config.policy)));
             token = page.metadata.continue_.filter(|c| !c.is_empty());
             if token.is_none() {
@@ -439,10 +441,7 @@ impl GardenerProvider {
         .body(body.to_string().into_bytes())
         .map_err(|e| Error::other(format!("{what}: {e}")))?;
         let issued_at = SystemTime::now();
-        let resp: Value = tokio::time::timeout(self.config.request_timeout, self.client.request(req))
-            .await
-            .map_err(|_| Error::unavailable(format!("{what}: the garden did not answer in time")))?
-            .map_err(|e| map_kube_error(&what, e))?;
+        let resp: Value = self.garden_call(&what, self.client.request(req)).await?;
         let expires = resp
             .pointer("/status/expirationTimestamp")
             .and_then(Value::as_str)

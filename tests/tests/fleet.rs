@@ -27,6 +27,14 @@ async fn garden_client(fleet: &Fleet, token: &str) -> kube::Client {
     kube::Client::try_from(config).expect("client")
 }
 
+/// A garden client for a new service account of `project` with `role`.
+async fn sa_client(fleet: &Fleet, project: &str, name: &str, role: ProjectRole) -> kube::Client {
+    let token = fleet
+        .add_service_account(project, name, role)
+        .expect("service account");
+    garden_client(fleet, &token).await
+}
+
 /// POSTs to a garden path; returns the status code and body.
 async fn post(client: &kube::Client, path: &str, body: Value) -> (u16, Value) {
     let req = http::Request::post(path)
@@ -130,20 +138,8 @@ async fn garden_issues_kubeconfigs_by_gardener_rules() {
     addressless.advertised_addresses = false;
     fleet.add_shoot("dev", addressless).expect("shoot");
     fleet.add_shoot("other", ShootSpec::new("theirs")).expect("shoot");
-    let admin = garden_client(
-        &fleet,
-        &fleet
-            .add_service_account("dev", "pxb", ProjectRole::Admin)
-            .expect("sa"),
-    )
-    .await;
-    let viewer = garden_client(
-        &fleet,
-        &fleet
-            .add_service_account("dev", "ro", ProjectRole::Viewer)
-            .expect("sa"),
-    )
-    .await;
+    let admin = sa_client(&fleet, "dev", "pxb", ProjectRole::Admin).await;
+    let viewer = sa_client(&fleet, "dev", "ro", ProjectRole::Viewer).await;
     let base = "/apis/core.gardener.cloud/v1beta1/namespaces/garden-dev/shoots";
 
     // 201 with a client certificate whose NotAfter is the expirationTimestamp.
@@ -295,13 +291,7 @@ async fn shoot_shapes_follow_gardener() {
     let fleet = fleet(600);
     fleet.add_project("dev").expect("project");
     fleet.add_shoot("dev", ShootSpec::new("s1")).expect("shoot");
-    let client = garden_client(
-        &fleet,
-        &fleet
-            .add_service_account("dev", "pxb", ProjectRole::Admin)
-            .expect("sa"),
-    )
-    .await;
+    let client = sa_client(&fleet, "dev", "pxb", ProjectRole::Admin).await;
     let api: Api<kube::api::DynamicObject> = Api::namespaced_with(
         client,
         "garden-dev",

@@ -783,12 +783,7 @@ impl ApiStore {
         if dry_run {
             return Ok(Arc::new(obj));
         }
-        if ty.is_crd() {
-            register_crd(&mut g, &obj);
-        }
-        let stored = self.record(&mut g, &key.0, &ns, EventType::Added, obj, None);
-        g.objects.insert(key, stored.clone());
-        Ok(stored)
+        Ok(self.store(&mut g, ty, key, EventType::Added, obj, None))
     }
 
     /// Replaces an object (PUT), or its status when `status` is set. `mutate` may instead derive the
@@ -889,12 +884,25 @@ impl ApiStore {
             let obj = self.remove(&mut g, &key, new);
             return Ok(obj);
         }
+        Ok(self.store(&mut g, ty, key, EventType::Modified, new, Some(current)))
+    }
+
+    /// Stores a created or updated object (registering a CRD's types) and records the event.
+    fn store(
+        &self,
+        g: &mut Inner,
+        ty: &ResourceType,
+        key: Key,
+        kind: EventType,
+        obj: Value,
+        prev: Option<Arc<Value>>,
+    ) -> Arc<Value> {
         if ty.is_crd() {
-            register_crd(&mut g, &new);
+            register_crd(g, &obj);
         }
-        let stored = self.record(&mut g, &key.0, ns, EventType::Modified, new, Some(current));
+        let stored = self.record(g, &key.0, &key.1, kind, obj, prev);
         g.objects.insert(key, stored.clone());
-        Ok(stored)
+        stored
     }
 
     /// Deletes an object: with finalizers it is only marked (`deletionTimestamp`); a namespace
