@@ -4,5 +4,6 @@
 //! wire is a library type that tests build directly.
 
 pub mod cli;
+pub mod crd;
 pub mod kube_cluster;
 pub mod location;

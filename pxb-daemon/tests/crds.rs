@@ -1,0 +1,159 @@
+//! The custom resources: the committed CRDs in `deploy/crds/` match the Rust types, they install
+//! on a simulated shoot, and the typed API works against them.
+
+use std::path::PathBuf;
+
+use kube::api::{Api, Patch, PatchParams, PostParams};
+use pxb_core::cluster::ClusterProvider as _;
+use pxb_daemon::crd::{
+    ApplicationBackup, ApplicationBackupSpec, BackupLocation, BackupLocationSpec, BackupLocationStatus,
+    ValidationStatus, crds_yaml,
+};
+use serde_json::{Value, json};
+
+fn crd_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../deploy/crds")
+}
+
+#[test]
+fn committed_crds_match_the_types() {
+    let generated = crds_yaml().expect("generate");
+    if std::env::var_os("PXB_UPDATE_CRDS").is_some() {
+        std::fs::create_dir_all(crd_dir()).expect("mkdir");
+        for (name, yaml) in &generated {
+            std::fs::write(crd_dir().join(name), yaml).expect("write");
+        }
+    }
+    let mut stale = Vec::new();
+    for (name, yaml) in &generated {
+        match std::fs::read_to_string(crd_dir().join(name)) {
+            Ok(committed) if committed == *yaml => {}
+            _ => stale.push(*name),
+        }
+    }
+    assert!(
+        stale.is_empty(),
+        "deploy/crds/ is stale for {stale:?}; regenerate with PXB_UPDATE_CRDS=1 cargo test -p pxb-daemon --test crds"
+    );
+    let files: Vec<String> = std::fs::read_dir(crd_dir())
+        .expect("deploy/crds")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(files.len(), generated.len(), "no stray files in deploy/crds: {files:?}");
+}
+
+#[test]
+fn schemas_constrain_values_and_columns_show_phase_and_age() {
+    for (name, yaml) in crds_yaml().expect("generate") {
+        let crd: Value = serde_saphyr::from_str(&yaml).expect("valid YAML");
+        let version = &crd["spec"]["versions"][0];
+        assert_eq!(version["name"], "v1alpha1", "{name}");
+        assert!(version["subresources"]["status"].is_object(), "{name} has a status subresource");
+        let columns: Vec<&str> = version["additionalPrinterColumns"]
+            .as_array()
+            .expect("columns")
+            .iter()
+            .filter_map(|c| c["name"].as_str())
+            .collect();
+        assert!(columns.contains(&"Phase") && columns.contains(&"Age"), "{name}: {columns:?}");
+        assert_eq!(crd["spec"]["scope"], "Namespaced");
+        assert_eq!(crd["spec"]["group"], "pxb.io");
+    }
+    let yaml = &crds_yaml().expect("generate")[0].1;
+    let crd: Value = serde_saphyr::from_str(yaml).expect("yaml");
+    let spec = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"];
+    assert_eq!(spec["properties"]["provider"]["enum"], json!(["azure", "file"]));
+    assert_eq!(
+        spec["properties"]["auth"]["properties"]["mode"]["enum"],
+        json!(["workloadIdentity", "secretRef"])
+    );
+    assert!(
+        spec["required"]
+            .as_array()
+            .expect("required")
+            .iter()
+            .any(|r| r == "container")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crds_install_on_a_shoot_and_serve_typed_objects() {
+    let fleet = pxb_tests::sim::Fleet::start(pxb_tests::sim::FleetConfig::default()).expect("simulator");
+    fleet.add_project("dev").expect("project");
+    fleet.add_shoots("dev", "shoot", 1).expect("shoot");
+    let token = fleet
+        .add_service_account("dev", "pxb", pxb_tests::sim::ProjectRole::Admin)
+        .expect("sa");
+    let provider = pxb_gardener::GardenerProvider::connect(pxb_gardener::GardenerConfig::new(
+        pxb_gardener::GardenAuth::Kubeconfig(fleet.garden_kubeconfig(&token)),
+        "dev",
+    ))
+    .await
+    .expect("provider");
+    let clusters = provider.discover().await.expect("discover");
+    let access = provider.access(&clusters[0].id).await.expect("access");
+    let client = pxb_gardener::kube_client(&access).expect("client");
+
+    let crds: Api<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition> =
+        Api::all(client.clone());
+    for (_, yaml) in crds_yaml().expect("generate") {
+        let crd = serde_saphyr::from_str(&yaml).expect("yaml");
+        crds.create(&PostParams::default(), &crd).await.expect("install CRD");
+    }
+    let nss: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());
+    nss.create(
+        &PostParams::default(),
+        &serde_json::from_value(json!({"metadata": {"name": "pxb-system"}})).expect("ns"),
+    )
+    .await
+    .expect("namespace");
+
+    let locations: Api<BackupLocation> = Api::namespaced(client.clone(), "pxb-system");
+    let mut loc = BackupLocation::new(
+        "tenant-a",
+        BackupLocationSpec {
+            provider: "azure".into(),
+            account: Some("tenantastorage".into()),
+            container: "backups".into(),
+            sync: true,
+            ..BackupLocationSpec::default()
+        },
+    );
+    loc.spec.auth.mode = "workloadIdentity".into();
+    loc.spec.auth.client_id = Some("11111111-2222-3333-4444-555555555555".into());
+    let created = locations.create(&PostParams::default(), &loc).await.expect("create");
+    assert_eq!(created.spec, loc.spec);
+    // The agent acknowledges a request through the status subresource.
+    let status = BackupLocationStatus {
+        validation: Some(ValidationStatus {
+            phase: "Valid".into(),
+            last_checked: Some("2026-11-22T00:00:00Z".into()),
+            ..ValidationStatus::default()
+        }),
+        observed_validate_request: 0,
+        observed_generation: 1,
+        ..BackupLocationStatus::default()
+    };
+    let patched = locations
+        .patch_status("tenant-a", &PatchParams::default(), &Patch::Merge(json!({"status": status})))
+        .await
+        .expect("status");
+    assert_eq!(patched.status, Some(status));
+
+    // Defaults apply to what the server sends back without them.
+    let backups: Api<ApplicationBackup> = Api::namespaced(client, "pxb-system");
+    let raw = json!({"apiVersion": "pxb.io/v1alpha1", "kind": "ApplicationBackup", "metadata": {"name": "b1"},
+                     "spec": {"location": "tenant-a", "namespaces": ["shop"]}});
+    let b: ApplicationBackup = serde_json::from_value(raw).expect("minimal backup");
+    let b = backups.create(&PostParams::default(), &b).await.expect("create");
+    assert_eq!(
+        b.spec,
+        ApplicationBackupSpec {
+            location: "tenant-a".into(),
+            namespaces: vec!["shop".into()],
+            include_volumes: true,
+            reclaim_policy: "Delete".into(),
+            ..ApplicationBackupSpec::default()
+        }
+    );
+}
