@@ -38,7 +38,12 @@ pub const AGENT_NAMESPACE: &str = "pxb-system";
     category = "pxb",
     printcolumn(name = "Provider", type_ = "string", json_path = ".spec.provider"),
     printcolumn(name = "Phase", type_ = "string", json_path = ".status.validation.phase"),
-    printcolumn(name = "Reason", type_ = "string", json_path = ".status.validation.reason", priority = "1"),
+    printcolumn(
+        name = "Reason",
+        type_ = "string",
+        json_path = ".status.validation.reason",
+        priority = "1"
+    ),
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
 )]
 #[serde(rename_all = "camelCase")]

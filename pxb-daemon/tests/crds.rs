@@ -39,7 +39,11 @@ fn committed_crds_match_the_types() {
         .expect("deploy/crds")
         .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
         .collect();
-    assert_eq!(files.len(), generated.len(), "no stray files in deploy/crds: {files:?}");
+    assert_eq!(
+        files.len(),
+        generated.len(),
+        "no stray files in deploy/crds: {files:?}"
+    );
 }
 
 #[test]
@@ -48,14 +52,20 @@ fn schemas_constrain_values_and_columns_show_phase_and_age() {
         let crd: Value = serde_saphyr::from_str(&yaml).expect("valid YAML");
         let version = &crd["spec"]["versions"][0];
         assert_eq!(version["name"], "v1alpha1", "{name}");
-        assert!(version["subresources"]["status"].is_object(), "{name} has a status subresource");
+        assert!(
+            version["subresources"]["status"].is_object(),
+            "{name} has a status subresource"
+        );
         let columns: Vec<&str> = version["additionalPrinterColumns"]
             .as_array()
             .expect("columns")
             .iter()
             .filter_map(|c| c["name"].as_str())
             .collect();
-        assert!(columns.contains(&"Phase") && columns.contains(&"Age"), "{name}: {columns:?}");
+        assert!(
+            columns.contains(&"Phase") && columns.contains(&"Age"),
+            "{name}: {columns:?}"
+        );
         assert_eq!(crd["spec"]["scope"], "Namespaced");
         assert_eq!(crd["spec"]["group"], "pxb.io");
     }
@@ -94,11 +104,14 @@ async fn crds_install_on_a_shoot_and_serve_typed_objects() {
     let access = provider.access(&clusters[0].id).await.expect("access");
     let client = pxb_gardener::kube_client(&access).expect("client");
 
-    let crds: Api<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition> =
-        Api::all(client.clone());
+    let crds: Api<
+        k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
+    > = Api::all(client.clone());
     for (_, yaml) in crds_yaml().expect("generate") {
         let crd = serde_saphyr::from_str(&yaml).expect("yaml");
-        crds.create(&PostParams::default(), &crd).await.expect("install CRD");
+        crds.create(&PostParams::default(), &crd)
+            .await
+            .expect("install CRD");
     }
     let nss: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());
     nss.create(
@@ -121,7 +134,10 @@ async fn crds_install_on_a_shoot_and_serve_typed_objects() {
     );
     loc.spec.auth.mode = "workloadIdentity".into();
     loc.spec.auth.client_id = Some("11111111-2222-3333-4444-555555555555".into());
-    let created = locations.create(&PostParams::default(), &loc).await.expect("create");
+    let created = locations
+        .create(&PostParams::default(), &loc)
+        .await
+        .expect("create");
     assert_eq!(created.spec, loc.spec);
     // The agent acknowledges a request through the status subresource.
     let status = BackupLocationStatus {
@@ -135,7 +151,11 @@ async fn crds_install_on_a_shoot_and_serve_typed_objects() {
         ..BackupLocationStatus::default()
     };
     let patched = locations
-        .patch_status("tenant-a", &PatchParams::default(), &Patch::Merge(json!({"status": status})))
+        .patch_status(
+            "tenant-a",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"status": status})),
+        )
         .await
         .expect("status");
     assert_eq!(patched.status, Some(status));

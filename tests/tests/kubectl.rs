@@ -192,4 +192,31 @@ spec:
     assert!(out.contains("deleted"), "{out}");
     let crds = kubectl(d, &kubeconfig, &["get", "crd", "-o", "name"]);
     assert!(crds.trim().is_empty(), "{crds}");
+
+    // pxb's own CRDs: installed from deploy/crds, and their printer columns show.
+    let crds = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../deploy/crds");
+    let out = kubectl(d, &kubeconfig, &["apply", "-f", &crds.to_string_lossy()]);
+    assert_eq!(out.matches("created").count(), 3, "{out}");
+    std::fs::write(
+        d.join("loc.yaml"),
+        "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: pxb-system\n---\n\
+         apiVersion: pxb.io/v1alpha1\nkind: BackupLocation\nmetadata:\n  name: loc1\n  namespace: pxb-system\n\
+         spec:\n  provider: azure\n  container: backups\n",
+    )
+    .expect("write");
+    kubectl(
+        d,
+        &kubeconfig,
+        &["apply", "-f", &d.join("loc.yaml").to_string_lossy()],
+    );
+    let table = kubectl(d, &kubeconfig, &["get", "pbl", "-n", "pxb-system"]);
+    let header: Vec<&str> = table.lines().next().unwrap_or("").split_whitespace().collect();
+    assert_eq!(header, ["NAME", "PROVIDER", "PHASE", "AGE"], "{table}");
+    assert!(table.contains("loc1") && table.contains("azure"), "{table}");
+    let all = kubectl(d, &kubeconfig, &["get", "pxb", "-A", "-o", "name"]);
+    assert_eq!(
+        all.trim(),
+        "backuplocation.pxb.io/loc1",
+        "the pxb category lists pxb's objects"
+    );
 }

@@ -213,9 +213,19 @@ async fn handle_inner(
             ),
         ));
     }
+    // kubectl asks for server-side tables (`as=Table`) to print columns.
+    let table = req
+        .headers()
+        .get("accept")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|a| a.contains("as=Table"));
     let dry_run = q.get("dryRun").is_some_and(|d| d == "All");
     let status = sub == Some("status");
     match verb {
+        "get" if table => {
+            let obj = store.get(&ty, namespace, name.unwrap_or(""))?;
+            Ok(json_response(200, &as_table(&ty, &[obj], json!({}))))
+        }
         "get" => Ok(json_response(
             200,
             &*store.get(&ty, namespace, name.unwrap_or(""))?,
@@ -230,6 +240,9 @@ async fn handle_inner(
             }
             if let Some(r) = page.remaining {
                 meta["remainingItemCount"] = r.into();
+            }
+            if table {
+                return Ok(json_response(200, &as_table(&ty, &page.items, meta)));
             }
             let items: Vec<&Value> = page.items.iter().map(|a| a.as_ref()).collect();
             Ok(json_response(
@@ -293,6 +306,78 @@ async fn handle_inner(
             Ok(json_response(200, &obj))
         }
         _ => Err(ApiError::new(405, "MethodNotAllowed", "unsupported")),
+    }
+}
+
+/// A `meta.k8s.io/v1` Table of `items`: the name, then a CRD's printer columns (simple
+/// `.a.b.c` JSON paths), or the creation time for other types.
+fn as_table(ty: &ResourceType, items: &[Arc<Value>], meta: Value) -> Value {
+    let mut columns = vec![
+        json!({"name": "Name", "type": "string", "format": "name", "priority": 0,
+                                  "description": "Name must be unique within a namespace."}),
+    ];
+    let mut paths = Vec::new();
+    if ty.printer_columns.is_empty() {
+        columns.push(json!({"name": "Age", "type": "date", "format": "", "priority": 0,
+                            "description": "CreationTimestamp is the time the object was created."}));
+        paths.push(".metadata.creationTimestamp".to_owned());
+    }
+    for c in &ty.printer_columns {
+        columns.push(json!({"name": c["name"], "type": c["type"], "format": c.get("format").cloned().unwrap_or_else(|| "".into()),
+                            "priority": c.get("priority").cloned().unwrap_or_else(|| 0.into()),
+                            "description": c.get("description").cloned().unwrap_or_else(|| "".into())}));
+        paths.push(c["jsonPath"].as_str().unwrap_or("").to_owned());
+    }
+    let columns_for_rows = columns.clone();
+    let rows: Vec<Value> = items
+        .iter()
+        .map(|obj| {
+            let mut cells = vec![obj.pointer("/metadata/name").cloned().unwrap_or(Value::Null)];
+            let now = time::OffsetDateTime::now_utc();
+            for (p, col) in paths.iter().zip(&columns_for_rows[1..]) {
+                let cell = obj.pointer(&p.replace('.', "/")).cloned().unwrap_or(Value::Null);
+                // Like kube-apiserver, dates are shown as ages ("5m", "3d4h").
+                let cell = match (col["type"].as_str(), cell.as_str()) {
+                    (Some("date"), Some(t)) => time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339)
+                        .map(|t| human_duration(now - t).into())
+                        .unwrap_or(cell),
+                    _ => cell,
+                };
+                cells.push(cell);
+            }
+            json!({"cells": cells, "object": {"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1",
+                                              "metadata": obj.get("metadata").cloned().unwrap_or_else(|| json!({}))}})
+        })
+        .collect();
+    json!({"kind": "Table", "apiVersion": "meta.k8s.io/v1", "metadata": meta, "columnDefinitions": columns, "rows": rows})
+}
+
+/// kube-apiserver's `HumanDuration`: `45s`, `5m10s`, `3h`, `4d5h`, `2y3d`.
+pub fn human_duration(d: time::Duration) -> String {
+    let s = d.whole_seconds();
+    if s < -1 {
+        return "<invalid>".into();
+    }
+    let s = s.max(0);
+    let (m, h) = (s / 60, s / 3600);
+    let (d, y) = (h / 24, h / (24 * 365));
+    let pair = |a: i64, ua: &str, b: i64, ub: &str| {
+        if b == 0 {
+            format!("{a}{ua}")
+        } else {
+            format!("{a}{ua}{b}{ub}")
+        }
+    };
+    match () {
+        _ if s < 120 => format!("{s}s"),
+        _ if m < 10 => pair(m, "m", s % 60, "s"),
+        _ if m < 180 => format!("{m}m"),
+        _ if h < 8 => pair(h, "h", m % 60, "m"),
+        _ if h < 48 => format!("{h}h"),
+        _ if h < 24 * 8 => pair(d, "d", h % 24, "h"),
+        _ if h < 24 * 365 * 2 => format!("{d}d"),
+        _ if h < 24 * 365 * 8 => pair(y, "y", d % 365, "d"),
+        _ => format!("{y}y"),
     }
 }
 
@@ -588,7 +673,7 @@ fn resource_list(types: &[ResourceType], group: &str, version: &str) -> Option<V
     for t in types.iter().filter(|t| t.group == group && t.version == version) {
         list.push(
             json!({"name": t.plural, "singularName": t.singular, "namespaced": t.namespaced,
-                         "kind": t.kind, "shortNames": t.short_names,
+                         "kind": t.kind, "shortNames": t.short_names, "categories": t.categories,
                          "verbs": ["create", "delete", "get", "list", "patch", "update", "watch"]}),
         );
         if t.status_subresource {
@@ -761,4 +846,24 @@ fn watch(
         hyper::header::HeaderValue::from_static("application/json"),
     );
     Ok(r)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ages_read_like_kubectl() {
+        let d = |s: i64| human_duration(time::Duration::seconds(s));
+        assert_eq!(d(-5), "<invalid>");
+        assert_eq!(d(0), "0s");
+        assert_eq!(d(119), "119s");
+        assert_eq!(d(310), "5m10s");
+        assert_eq!(d(600), "10m");
+        assert_eq!(d(3 * 3600 + 5 * 60), "3h5m");
+        assert_eq!(d(30 * 3600), "30h");
+        assert_eq!(d(4 * 86_400 + 5 * 3600), "4d5h");
+        assert_eq!(d(400 * 86_400), "400d");
+        assert_eq!(d(3 * 365 * 86_400 + 10 * 86_400), "3y10d");
+    }
 }

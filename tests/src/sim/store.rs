@@ -93,6 +93,10 @@ pub struct ResourceType {
     pub field_labels: Vec<String>,
     /// Extra subresources listed in discovery, with their verbs (e.g. `adminkubeconfig`).
     pub extra_subresources: Vec<(String, Vec<&'static str>)>,
+    /// A CRD's `additionalPrinterColumns` (for `Table` responses).
+    pub printer_columns: Vec<Value>,
+    /// Categories (`kubectl get <category>`).
+    pub categories: Vec<String>,
 }
 
 impl ResourceType {
@@ -109,6 +113,8 @@ impl ResourceType {
             short_names: Vec::new(),
             field_labels: Vec::new(),
             extra_subresources: Vec::new(),
+            printer_columns: Vec::new(),
+            categories: Vec::new(),
         }
     }
     /// `group/version`, or `version` for the core group.
@@ -1193,11 +1199,13 @@ fn register_crd(g: &mut Inner, crd: &Value) {
                     .find(|v| v.get("name").and_then(Value::as_str) == Some(&version))
             });
         let status = vdef.and_then(|v| v.pointer("/subresources/status")).is_some();
-        let short: Vec<String> = crd
-            .pointer("/spec/names/shortNames")
-            .and_then(Value::as_array)
-            .map(|a| a.iter().filter_map(|v| v.as_str().map(str::to_owned)).collect())
-            .unwrap_or_default();
+        let strings = |p: &str| -> Vec<String> {
+            crd.pointer(p)
+                .and_then(Value::as_array)
+                .map(|a| a.iter().filter_map(|v| v.as_str().map(str::to_owned)).collect())
+                .unwrap_or_default()
+        };
+        let short = strings("/spec/names/shortNames");
         let singular = match s("/spec/names/singular") {
             x if x.is_empty() => s("/spec/names/kind").to_lowercase(),
             x => x,
@@ -1213,6 +1221,12 @@ fn register_crd(g: &mut Inner, crd: &Value) {
             short_names: short,
             field_labels: Vec::new(),
             extra_subresources: Vec::new(),
+            printer_columns: vdef
+                .and_then(|v| v.get("additionalPrinterColumns"))
+                .and_then(Value::as_array)
+                .cloned()
+                .unwrap_or_default(),
+            categories: strings("/spec/names/categories"),
         });
     }
 }
