@@ -27,6 +27,8 @@ pub const VERSION: &str = "v1alpha1";
 pub const AGENT_NAMESPACE: &str = "pxb-system";
 
 /// Where backups go: an Azure Blob container or a directory, and how the agent reaches it.
+// Several `printcolumn(type_ = …)` look like duplicated attributes to clippy; they are not.
+#[allow(clippy::duplicated_attributes)]
 #[derive(CustomResource, Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[kube(
     group = "pxb.io",
@@ -206,6 +208,8 @@ pub struct VerifyStatus {
 }
 
 /// A backup of namespaces of this cluster into a location.
+// Several `printcolumn(type_ = …)` look like duplicated attributes to clippy; they are not.
+#[allow(clippy::duplicated_attributes)]
 #[derive(CustomResource, Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[kube(
     group = "pxb.io",
@@ -343,6 +347,8 @@ pub struct Sizes {
 }
 
 /// A restore of a backup into this cluster.
+// Several `printcolumn(type_ = …)` look like duplicated attributes to clippy; they are not.
+#[allow(clippy::duplicated_attributes)]
 #[derive(CustomResource, Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[kube(
     group = "pxb.io",
