@@ -15,6 +15,8 @@ use crate::tls::TestCa;
 pub const TENANT_ID: &str = "7e57e57e-0000-4000-8000-000000000001";
 /// The client id the fake Entra ID knows.
 pub const CLIENT_ID: &str = "c11e9700-0000-4000-8000-0000000000a1";
+/// A second managed identity the fake Entra ID knows (for per-location identities).
+pub const SECOND_CLIENT_ID: &str = "c11e9700-0000-4000-8000-0000000000b2";
 
 /// CA, Azurite, fake Entra ID and token file; everything stops when dropped.
 #[derive(Debug)]
@@ -42,7 +44,7 @@ impl AzureFixture {
             &ca,
             EntraConfig {
                 tenant_id: TENANT_ID.into(),
-                client_ids: vec![CLIENT_ID.into()],
+                client_ids: vec![CLIENT_ID.into(), SECOND_CLIENT_ID.into()],
                 token_file: token_file.clone(),
                 token_lifetime_secs,
             },

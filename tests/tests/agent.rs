@@ -1,0 +1,264 @@
+//! Scenarios of the agent: its controllers run in-process against a simulated shoot (HTTPS,
+//! client certificates from the simulated garden) and Azurite with Workload Identity.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use kube::api::{Api, Patch, PatchParams, PostParams};
+use pxb_core::cluster::ClusterProvider as _;
+use pxb_daemon::agent::AgentConfig;
+use pxb_daemon::agent::locations::{self, Context};
+use pxb_daemon::crd::{BackupLocation, BackupLocationSpec, ValidationStatus, crds_yaml};
+use pxb_tests::fixture::{AzureFixture, CLIENT_ID, SECOND_CLIENT_ID};
+use pxb_tests::sim::{Fleet, FleetConfig, ProjectRole};
+use serde_json::json;
+
+/// A simulated shoot with pxb's CRDs and namespace installed; returns a client for it.
+async fn shoot_with_crds() -> (Fleet, kube::Client) {
+    let fleet = Fleet::start(FleetConfig::default()).expect("simulator");
+    fleet.add_project("dev").expect("project");
+    fleet.add_shoots("dev", "shoot", 1).expect("shoot");
+    let token = fleet
+        .add_service_account("dev", "pxb", ProjectRole::Admin)
+        .expect("sa");
+    let provider = pxb_gardener::GardenerProvider::connect(pxb_gardener::GardenerConfig::new(
+        pxb_gardener::GardenAuth::Kubeconfig(fleet.garden_kubeconfig(&token)),
+        "dev",
+    ))
+    .await
+    .expect("provider");
+    let clusters = provider.discover().await.expect("discover");
+    let access = provider.access(&clusters[0].id).await.expect("access");
+    let client = pxb_gardener::kube_client(&access).expect("client");
+    let crds: Api<
+        k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
+    > = Api::all(client.clone());
+    for (_, yaml) in crds_yaml().expect("crds") {
+        crds.create(
+            &PostParams::default(),
+            &serde_saphyr::from_str(&yaml).expect("yaml"),
+        )
+        .await
+        .expect("install CRD");
+    }
+    let nss: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());
+    nss.create(
+        &PostParams::default(),
+        &serde_json::from_value(json!({"metadata": {"name": "pxb-system"}})).expect("ns"),
+    )
+    .await
+    .expect("namespace");
+    (fleet, client)
+}
+
+fn azure_location(fx: &AzureFixture, container: &str, client_id: Option<&str>) -> BackupLocationSpec {
+    let mut spec = BackupLocationSpec {
+        provider: "azure".into(),
+        account: Some(pxb_tests::azurite::ACCOUNT.into()),
+        container: container.into(),
+        endpoint: Some(fx.azurite.endpoint()),
+        ..BackupLocationSpec::default()
+    };
+    spec.auth.mode = "workloadIdentity".into();
+    spec.auth.client_id = client_id.map(str::to_owned);
+    spec
+}
+
+async fn wait_for(
+    api: &Api<BackupLocation>,
+    name: &str,
+    what: &str,
+    ok: impl Fn(&BackupLocation) -> bool,
+) -> BackupLocation {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let loc = api.get(name).await.expect("get location");
+        if ok(&loc) {
+            return loc;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{name}: {what}; last status {:?}",
+            loc.status
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn validation(loc: &BackupLocation) -> Option<&ValidationStatus> {
+    loc.status.as_ref().and_then(|s| s.validation.as_ref())
+}
+
+fn phase_is(phase: &'static str) -> impl Fn(&BackupLocation) -> bool {
+    move |l| validation(l).is_some_and(|v| v.phase == phase)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn locations_are_validated_with_their_own_identities() {
+    let (_fleet, client) = shoot_with_crds().await;
+    let fx = AzureFixture::start(3600).expect("azure fixture");
+    let containers = [fx.container_name("agent-a"), fx.container_name("agent-b")];
+    for c in &containers {
+        pxb_azure::AzureBlobStore::new(fx.key_config(c))
+            .expect("store")
+            .create_container()
+            .await
+            .expect("container");
+    }
+    let config = AgentConfig {
+        workload_identity: fx.wi_options(CLIENT_ID),
+        ca_file: Some(fx.ca.ca_file()),
+        ..AgentConfig::default()
+    };
+    let ctx = Context::new(client.clone(), config);
+    let controller = locations::spawn(ctx.clone());
+    let api: Api<BackupLocation> = Api::namespaced(client, "pxb-system");
+    let pp = PostParams::default();
+
+    // The pod's identity, and a second identity named by the location itself.
+    api.create(
+        &pp,
+        &BackupLocation::new("a", azure_location(&fx, &containers[0], None)),
+    )
+    .await
+    .expect("create");
+    api.create(
+        &pp,
+        &BackupLocation::new("b", azure_location(&fx, &containers[1], Some(SECOND_CLIENT_ID))),
+    )
+    .await
+    .expect("create");
+    wait_for(&api, "a", "becomes Valid", phase_is("Valid")).await;
+    wait_for(&api, "b", "becomes Valid", phase_is("Valid")).await;
+    let granted: Vec<String> = fx
+        .entra
+        .exchanges()
+        .into_iter()
+        .filter(|e| e.granted)
+        .map(|e| e.client_id)
+        .collect();
+    assert!(granted.iter().any(|c| c == CLIENT_ID), "{granted:?}");
+    assert!(granted.iter().any(|c| c == SECOND_CLIENT_ID), "{granted:?}");
+
+    // An identity Entra does not know fails at the authenticate step, with Entra's reason.
+    api.create(
+        &pp,
+        &BackupLocation::new(
+            "c",
+            azure_location(&fx, &containers[0], Some("00000000-0000-4000-8000-00000000dead")),
+        ),
+    )
+    .await
+    .expect("create");
+    let c = wait_for(&api, "c", "becomes Invalid", phase_is("Invalid")).await;
+    let v = validation(&c).expect("validation");
+    assert_eq!(v.failed_step.as_deref(), Some("authenticate"), "{v:?}");
+    assert!(
+        v.reason.as_deref().is_some_and(|r| r.contains("AADSTS700016")),
+        "{v:?}"
+    );
+
+    // A request counter asks for one more validation, acknowledged in the status.
+    let before = validation(&api.get("a").await.expect("get")).cloned();
+    api.patch(
+        "a",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"validateRequest": 1}})),
+    )
+    .await
+    .expect("request");
+    let a = wait_for(&api, "a", "acknowledges the request", |l| {
+        l.status
+            .as_ref()
+            .is_some_and(|s| s.observed_validate_request == 1)
+    })
+    .await;
+    assert_eq!(validation(&a).map(|v| v.phase.as_str()), Some("Valid"));
+    assert!(before.is_some());
+    controller.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_specs_are_reported_without_a_retry_loop() {
+    let (_fleet, client) = shoot_with_crds().await;
+    let dir = tempfile::tempdir().expect("dir");
+    let config = AgentConfig {
+        workload_identity: pxb_azure::WorkloadIdentityOptions {
+            client_id: Some(CLIENT_ID.into()),
+            tenant_id: Some("t".into()),
+            token_file: Some(dir.path().join("no-token")),
+            authority_host: Some("https://127.0.0.1:1".into()),
+        },
+        ..AgentConfig::default()
+    };
+    let ctx: Arc<Context> = Context::new(client.clone(), config);
+    let controller = locations::spawn(ctx.clone());
+    let api: Api<BackupLocation> = Api::namespaced(client, "pxb-system");
+    let pp = PostParams::default();
+    let spec = |provider: &str, container: &str| BackupLocationSpec {
+        provider: provider.into(),
+        container: container.into(),
+        account: Some("acct".into()),
+        ..BackupLocationSpec::default()
+    };
+    api.create(&pp, &BackupLocation::new("s3", spec("s3", "bucket")))
+        .await
+        .expect("create");
+    api.create(&pp, &BackupLocation::new("empty", spec("azure", "")))
+        .await
+        .expect("create");
+    let mut secretless = spec("azure", "backups");
+    secretless.auth.mode = "secretRef".into();
+    api.create(&pp, &BackupLocation::new("secretless", secretless))
+        .await
+        .expect("create");
+    api.create(
+        &pp,
+        &BackupLocation::new("relative", spec("file", "relative/dir")),
+    )
+    .await
+    .expect("create");
+    let local = dir.path().join("backups");
+    api.create(
+        &pp,
+        &BackupLocation::new("local", spec("file", &local.to_string_lossy())),
+    )
+    .await
+    .expect("create");
+
+    for (name, needle) in [
+        ("s3", "unknown provider \"s3\""),
+        ("empty", "spec.container is empty"),
+        ("secretless", "secretRef.name is required"),
+        ("relative", "must be an absolute directory"),
+    ] {
+        let loc = wait_for(&api, name, "becomes Invalid", phase_is("Invalid")).await;
+        let v = validation(&loc).expect("validation");
+        assert_eq!(v.failed_step.as_deref(), Some("configure"), "{name}: {v:?}");
+        assert!(
+            v.reason.as_deref().is_some_and(|r| r.contains(needle)),
+            "{name}: {v:?}"
+        );
+    }
+    wait_for(&api, "local", "becomes Valid", phase_is("Valid")).await;
+
+    // Nothing is retried in a loop: no validation runs while nothing changes.
+    let settled = ctx.validations();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        ctx.validations(),
+        settled,
+        "no validation without a change or a due interval"
+    );
+
+    // Fixing the spec (a new generation) validates again.
+    api.patch(
+        "relative",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"container": local.to_string_lossy()}})),
+    )
+    .await
+    .expect("fix");
+    wait_for(&api, "relative", "becomes Valid once fixed", phase_is("Valid")).await;
+    controller.abort();
+}
