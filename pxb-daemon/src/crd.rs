@@ -190,6 +190,9 @@ pub struct SyncStatus {
 pub struct VerifyStatus {
     /// `InProgress`, `Completed` or `Failed`.
     pub phase: String,
+    /// Last sign of life while it runs (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub heartbeat: Option<String>,
     /// When it finished (RFC 3339).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub completed: Option<String>,

@@ -259,6 +259,109 @@ async fn invalid_specs_are_reported_without_a_retry_loop() {
     )
     .await
     .expect("fix");
-    wait_for(&api, "relative", "becomes Valid once fixed", phase_is("Valid")).await;
+    let fixed = wait_for(&api, "relative", "becomes Valid once fixed", phase_is("Valid")).await;
+    let v = validation(&fixed).expect("validation");
+    assert_eq!((v.failed_step.as_deref(), v.reason.as_deref()), (None, None), "old reasons are cleared");
+    controller.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sync_finds_other_clusters_backups_and_verify_finds_a_deleted_chunk() {
+    use pxb_core::backup::resources::{ResourceBackupOptions, backup_namespace_resources};
+    use pxb_core::backup::volume::{VolumeBackupOptions, backup_volume};
+    use pxb_core::backup::{Repository, layout};
+    use pxb_core::resources::{InMemoryCluster, ResourceSelector};
+
+    let (_fleet, client) = shoot_with_crds().await;
+    let fx = AzureFixture::start(3600).expect("azure fixture");
+    let container = fx.container_name("agent-sync");
+    let writer = Arc::new(pxb_azure::AzureBlobStore::new(fx.key_config(&container)).expect("store"));
+    writer.create_container().await.expect("container");
+
+    // Another cluster wrote a resource backup and a volume backup into the location.
+    let repo = Repository::new(writer.clone());
+    let other = InMemoryCluster::new();
+    other
+        .seed(json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "shop"}}))
+        .expect("seed");
+    let opts = ResourceBackupOptions {
+        selector: ResourceSelector::namespaces(["shop"]),
+        cluster: Some("other-cluster".into()),
+        tag: None,
+    };
+    let (resources, _) = backup_namespace_resources(&repo, &other, &opts).await.expect("resources");
+    let data = tempfile::tempdir().expect("dir");
+    for i in 0..4 {
+        std::fs::write(data.path().join(format!("f{i}")), vec![i as u8; 700 * 1024]).expect("write");
+    }
+    let mut vopts = VolumeBackupOptions::new(data.path());
+    vopts.cluster = Some("other-cluster".into());
+    let volume = backup_volume(&repo, vopts).await.expect("volume");
+
+    let config = AgentConfig {
+        workload_identity: fx.wi_options(CLIENT_ID),
+        ca_file: Some(fx.ca.ca_file()),
+        ..AgentConfig::default()
+    };
+    let ctx = Context::new(client.clone(), config);
+    let controller = locations::spawn(ctx.clone());
+    let api: Api<BackupLocation> = Api::namespaced(client, "pxb-system");
+    let mut spec = azure_location(&fx, &container, None);
+    spec.sync = true;
+    api.create(&PostParams::default(), &BackupLocation::new("shared", spec))
+        .await
+        .expect("create");
+    let loc = wait_for(&api, "shared", "syncs once by itself", |l| {
+        l.status
+            .as_ref()
+            .and_then(|s| s.sync.as_ref())
+            .is_some_and(|s| s.phase == "Completed")
+    })
+    .await;
+    let sync = loc.status.as_ref().and_then(|s| s.sync.clone()).expect("sync");
+    assert_eq!((sync.backups_found, sync.backups_imported), (2, 2), "{sync:?}");
+    let catalog = ctx.catalog("shared").expect("catalog");
+    assert!(catalog.backups.contains_key(&resources.id) && catalog.backups.contains_key(&volume.id));
+    assert!(
+        catalog
+            .backups
+            .values()
+            .all(|b| b.cluster.as_deref() == Some("other-cluster"))
+    );
+
+    // A chunk disappears behind the agent's back; a verify request finds the damaged backup.
+    let chunk = pxb_core::store::list_all(writer.as_ref(), layout::CHUNKS);
+    use futures::TryStreamExt as _;
+    let chunks: Vec<_> = chunk.try_collect().await.expect("chunks");
+    assert!(!chunks.is_empty());
+    pxb_core::ObjectStore::delete(writer.as_ref(), &chunks[0].path)
+        .await
+        .expect("delete a chunk");
+    api.patch("shared", &PatchParams::default(), &Patch::Merge(json!({"spec": {"verifyRequest": 1}})))
+        .await
+        .expect("request");
+    let loc = wait_for(&api, "shared", "acknowledges the verify request", |l| {
+        l.status.as_ref().is_some_and(|s| s.observed_verify_request == 1)
+    })
+    .await;
+    let verify = loc.status.as_ref().and_then(|s| s.verify.clone()).expect("verify");
+    assert_eq!(verify.phase, "Completed", "{verify:?}");
+    assert_eq!(verify.damaged_backups, vec![volume.id.to_string()], "{verify:?}");
+    assert!(verify.missing_objects >= 1);
+    assert_eq!(verify.backups_checked, 2);
+    assert!(ctx.catalog("shared").expect("catalog").damaged.contains_key(&volume.id));
+
+    // A new backup appears; a sync request imports just that one.
+    let (third, _) = backup_namespace_resources(&repo, &other, &opts).await.expect("resources");
+    api.patch("shared", &PatchParams::default(), &Patch::Merge(json!({"spec": {"syncRequest": 1}})))
+        .await
+        .expect("request");
+    let loc = wait_for(&api, "shared", "acknowledges the sync request", |l| {
+        l.status.as_ref().is_some_and(|s| s.observed_sync_request == 1)
+    })
+    .await;
+    let sync = loc.status.as_ref().and_then(|s| s.sync.clone()).expect("sync");
+    assert_eq!((sync.backups_found, sync.backups_imported), (3, 1), "{sync:?}");
+    assert!(ctx.catalog("shared").expect("catalog").backups.contains_key(&third.id));
     controller.abort();
 }

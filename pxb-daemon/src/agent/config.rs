@@ -18,6 +18,11 @@ pub struct AgentConfig {
     pub ca_file: Option<PathBuf>,
     /// How often a valid location is validated again (`PXB_VALIDATE_INTERVAL_SECONDS`, default 600).
     pub validate_interval: Duration,
+    /// How often a valid location is verified again once it was verified (`PXB_VERIFY_INTERVAL_SECONDS`,
+    /// default 86400).
+    pub verify_interval: Duration,
+    /// How often a running operation writes its heartbeat (at most every 15 s).
+    pub heartbeat_interval: Duration,
     /// Deadline of each step of a validation (`PXB_STEP_TIMEOUT_SECONDS`, default 8).
     pub step_timeout: Duration,
     /// Retries of each storage request.
@@ -31,6 +36,8 @@ impl Default for AgentConfig {
             workload_identity: WorkloadIdentityOptions::default(),
             ca_file: None,
             validate_interval: Duration::from_secs(600),
+            verify_interval: Duration::from_secs(86_400),
+            heartbeat_interval: Duration::from_secs(10),
             step_timeout: Duration::from_secs(8),
             max_retries: 3,
         }
@@ -66,6 +73,8 @@ impl AgentConfig {
             },
             ca_file: var("PXB_CA_FILE").map(PathBuf::from),
             validate_interval: seconds("PXB_VALIDATE_INTERVAL_SECONDS", d.validate_interval)?,
+            verify_interval: seconds("PXB_VERIFY_INTERVAL_SECONDS", d.verify_interval)?,
+            heartbeat_interval: d.heartbeat_interval,
             step_timeout: seconds("PXB_STEP_TIMEOUT_SECONDS", d.step_timeout)?,
             max_retries: d.max_retries,
         })

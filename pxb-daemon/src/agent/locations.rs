@@ -2,13 +2,21 @@
 //! (`spec.validateRequest` ≠ `status.observedValidateRequest`), when its spec changes, and every
 //! `validate_interval`; the result goes to `status.validation`.
 //!
+//! Sync (`spec.syncRequest`, and once when `spec.sync` is set and the location is first seen)
+//! reads every backup's summary from listing metadata into this agent's in-memory catalog
+//! ([`Context::catalog`]); nothing is written to Kubernetes per backup. Verify
+//! (`spec.verifyRequest`, and every `verify_interval`) checks that every object each backup
+//! references exists, and reports the damaged backups. Both write a heartbeat while they run.
+//!
 //! A location that cannot even be built (unknown provider, missing container, missing Secret) is
 //! `Invalid` at the `configure` step with the reason, and is looked at again only when it changes
 //! or the interval passes: no crash loop, no hot retry loop.
 
-use std::sync::Arc;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
 
 use futures::StreamExt as _;
 use k8s_openapi::api::core::v1::Secret;
@@ -17,11 +25,13 @@ use kube::runtime::controller::{Action, Controller};
 use kube::runtime::watcher;
 use kube::{Resource as _, ResourceExt as _};
 use pxb_azure::{AzureAuth, AzureBlobStore, AzureConfig, HttpSettings, STORAGE_SCOPE};
+use pxb_core::backup::verify::{VerifyReport, VerifyStatus as Verdict, verify};
+use pxb_core::backup::{BackupId, Repository, Summary, SyncState};
 use pxb_core::{CheckOptions, LocalFileSystem, ObjectStore, TokenSource, check_location};
-use serde_json::json;
+use serde_json::{Value, json};
 
 use super::{AgentConfig, now_rfc3339, parse_rfc3339};
-use crate::crd::{BackupLocation, BackupLocationSpec, ValidationStatus};
+use crate::crd::{BackupLocation, BackupLocationSpec, SyncStatus, ValidationStatus, VerifyStatus};
 
 /// What the location controller shares between reconciles.
 pub struct Context {
@@ -30,6 +40,19 @@ pub struct Context {
     /// The agent's settings.
     pub config: AgentConfig,
     validations: AtomicU64,
+    catalogs: Mutex<HashMap<String, Catalog>>,
+    running: Mutex<HashSet<(String, &'static str)>>,
+}
+
+/// What the agent knows about one location's backups.
+#[derive(Debug, Clone, Default)]
+pub struct Catalog {
+    /// Every backup found by the last sync.
+    pub backups: BTreeMap<BackupId, Summary>,
+    /// When the last sync finished.
+    pub synced_at: Option<SystemTime>,
+    /// The last verify's findings for the backups that are damaged.
+    pub damaged: BTreeMap<BackupId, VerifyReport>,
 }
 
 impl std::fmt::Debug for Context {
@@ -47,7 +70,45 @@ impl Context {
             client,
             config,
             validations: AtomicU64::new(0),
+            catalogs: Mutex::new(HashMap::new()),
+            running: Mutex::new(HashSet::new()),
         })
+    }
+
+    /// The catalog of `location` (a `BackupLocation` name), if it was synced.
+    pub fn catalog(&self, location: &str) -> Option<Catalog> {
+        self.catalogs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(location)
+            .cloned()
+    }
+
+    fn update_catalog(&self, location: &str, f: impl FnOnce(&mut Catalog)) {
+        let mut c = self.catalogs.lock().unwrap_or_else(|e| e.into_inner());
+        f(c.entry(location.to_owned()).or_default());
+    }
+
+    /// Marks `op` on `location` as running in this process; false if it already is.
+    fn start(&self, location: &str, op: &'static str) -> bool {
+        self.running
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert((location.to_owned(), op))
+    }
+
+    fn finish(&self, location: &str, op: &'static str) {
+        self.running
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&(location.to_owned(), op));
+    }
+
+    fn is_running(&self, location: &str, op: &'static str) -> bool {
+        self.running
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(&(location.to_owned(), op))
     }
 
     /// Validations run so far (each one talks to the location).
@@ -208,37 +269,275 @@ pub async fn validate(spec: &BackupLocationSpec, ctx: &Context) -> ValidationSta
 #[error("{0}")]
 pub struct ReconcileError(String);
 
-async fn reconcile(loc: Arc<BackupLocation>, ctx: Arc<Context>) -> Result<Action, ReconcileError> {
-    let interval = ctx.config.validate_interval;
+/// `v` with an explicit `null` for each of `keys` it lacks, so a merge patch clears old values.
+fn with_nulls(v: impl serde::Serialize, keys: &[&str]) -> Value {
+    let mut v = serde_json::to_value(v).unwrap_or(Value::Null);
+    if let Some(m) = v.as_object_mut() {
+        for k in keys {
+            m.entry(*k).or_insert(Value::Null);
+        }
+    }
+    v
+}
+
+async fn patch_status(ctx: &Context, name: &str, status: Value) -> Result<(), ReconcileError> {
+    let api: Api<BackupLocation> = Api::namespaced(ctx.client.clone(), &ctx.config.namespace);
+    api.patch_status(
+        name,
+        &PatchParams::default(),
+        &Patch::Merge(json!({ "status": status })),
+    )
+    .await
+    .map(|_| ())
+    .map_err(|e| ReconcileError(format!("writing the status of location {name}: {e}")))
+}
+
+/// Runs `op`, calling `beat` every `every` until it finishes.
+async fn with_heartbeat<T, B: Future<Output = ()>>(
+    op: impl Future<Output = T>,
+    every: Duration,
+    beat: impl Fn() -> B,
+) -> T {
+    tokio::pin!(op);
+    let mut tick = tokio::time::interval(every);
+    tick.tick().await;
+    loop {
+        tokio::select! {
+            r = &mut op => return r,
+            _ = tick.tick() => beat().await,
+        }
+    }
+}
+
+fn due_after(last: Option<&str>, interval: Duration, now: time::OffsetDateTime) -> Option<Duration> {
+    let next = last.and_then(parse_rfc3339)? + interval;
+    (next > now).then(|| Duration::try_from(next - now).unwrap_or(interval))
+}
+
+async fn reconcile(cached: Arc<BackupLocation>, ctx: Arc<Context>) -> Result<Action, ReconcileError> {
+    let name = cached.name_any();
+    // The controller's cache can lag behind the status this agent just wrote; decide on the
+    // object as the API server has it now, so a request is never handled twice.
+    let api: Api<BackupLocation> = Api::namespaced(ctx.client.clone(), &ctx.config.namespace);
+    let loc = match api.get_opt(&name).await {
+        Ok(Some(l)) => l,
+        Ok(None) => return Ok(Action::await_change()),
+        Err(e) => return Err(ReconcileError(format!("reading location {name}: {e}"))),
+    };
     let status = loc.status.clone().unwrap_or_default();
     let generation = loc.meta().generation.unwrap_or(0);
-    let last = status
-        .validation
-        .as_ref()
-        .and_then(|v| v.last_checked.as_deref())
-        .and_then(parse_rfc3339);
     let now = time::OffsetDateTime::now_utc();
-    let next = last.map(|t| t + interval);
-    let due = loc.spec.validate_request != status.observed_validate_request
+    let mut next = ctx.config.validate_interval;
+
+    // Validation.
+    let wait = due_after(
+        status.validation.as_ref().and_then(|v| v.last_checked.as_deref()),
+        ctx.config.validate_interval,
+        now,
+    );
+    let mut valid = status.validation.as_ref().is_some_and(|v| v.phase == "Valid");
+    if loc.spec.validate_request != status.observed_validate_request
         || status.observed_generation != generation
-        || next.is_none_or(|n| n <= now);
-    if !due {
-        let wait = next.map_or(interval, |n| Duration::try_from(n - now).unwrap_or(interval));
-        return Ok(Action::requeue(wait.max(Duration::from_secs(1))));
+        || wait.is_none()
+    {
+        let validation = validate(&loc.spec, &ctx).await;
+        tracing::info!(location = %name, phase = %validation.phase,
+                       step = ?validation.failed_step, reason = ?validation.reason, "location validated");
+        valid = validation.phase == "Valid";
+        patch_status(
+            &ctx,
+            &name,
+            json!({
+                "validation": with_nulls(&validation, &["failedStep", "reason"]),
+                "observedValidateRequest": loc.spec.validate_request,
+                "observedGeneration": generation,
+            }),
+        )
+        .await?;
+    } else if let Some(w) = wait {
+        next = next.min(w);
     }
-    let validation = validate(&loc.spec, &ctx).await;
-    tracing::info!(location = %loc.name_any(), phase = %validation.phase,
-                   step = ?validation.failed_step, reason = ?validation.reason, "location validated");
-    let api: Api<BackupLocation> = Api::namespaced(ctx.client.clone(), &ctx.config.namespace);
-    let patch = json!({"status": {
-        "validation": validation,
-        "observedValidateRequest": loc.spec.validate_request,
-        "observedGeneration": generation,
-    }});
-    api.patch_status(&loc.name_any(), &PatchParams::default(), &Patch::Merge(patch))
+
+    // Sync: on request, once when `sync` is set, and again when one was cut short (a restart).
+    let sync_cut_short = status
+        .sync
+        .as_ref()
+        .is_some_and(|s| s.phase == "InProgress" && !ctx.is_running(&name, "sync"));
+    if loc.spec.sync_request != status.observed_sync_request
+        || (loc.spec.sync && status.sync.is_none())
+        || sync_cut_short
+    {
+        run_sync(&loc, &ctx, valid).await?;
+    }
+
+    // Verify: on request and every `verify_interval`.
+    let verify_wait = due_after(
+        status.verify.as_ref().and_then(|v| v.completed.as_deref()),
+        ctx.config.verify_interval,
+        now,
+    );
+    let verify_cut_short = status
+        .verify
+        .as_ref()
+        .is_some_and(|v| v.phase == "InProgress" && !ctx.is_running(&name, "verify"));
+    if loc.spec.verify_request != status.observed_verify_request
+        || verify_cut_short
+        || (valid && status.verify.is_some() && verify_wait.is_none())
+    {
+        run_verify(&loc, &ctx, valid).await?;
+    } else if let Some(w) = verify_wait {
+        next = next.min(w);
+    }
+    Ok(Action::requeue(next.max(Duration::from_secs(1))))
+}
+
+async fn run_sync(loc: &BackupLocation, ctx: &Context, valid: bool) -> Result<(), ReconcileError> {
+    let name = loc.name_any();
+    let started = now_rfc3339();
+    let request = loc.spec.sync_request;
+    if !valid {
+        let failed = SyncStatus {
+            phase: "Failed".into(),
+            started: Some(started),
+            message: Some("the location is not valid; see status.validation".into()),
+            ..SyncStatus::default()
+        };
+        return patch_status(
+            ctx,
+            &name,
+            json!({"sync": with_nulls(&failed, &["heartbeat", "marker"]), "observedSyncRequest": request}),
+        )
+        .await;
+    }
+    if !ctx.start(&name, "sync") {
+        return Ok(());
+    }
+    let running = SyncStatus {
+        phase: "InProgress".into(),
+        started: Some(started.clone()),
+        heartbeat: Some(started.clone()),
+        ..SyncStatus::default()
+    };
+    let result = async {
+        patch_status(
+            ctx,
+            &name,
+            json!({"sync": with_nulls(&running, &["message", "marker"])}),
+        )
+        .await?;
+        let opened = open(&loc.spec, ctx).await.map_err(ReconcileError)?;
+        let repo = Repository::new(opened.store);
+        let mut state = SyncState {
+            backups: ctx.catalog(&name).map(|c| c.backups).unwrap_or_default(),
+        };
+        let known = state.backups.len();
+        let outcome = with_heartbeat(repo.sync(&mut state), ctx.config.heartbeat_interval, || async {
+            let _ = patch_status(ctx, &name, json!({"sync": {"heartbeat": now_rfc3339()}})).await;
+        })
+        .await;
+        let done = match outcome {
+            Ok(delta) => {
+                let found = state.backups.len() as u64;
+                let imported = delta.added.len() as u64;
+                tracing::info!(location = %name, found, imported, removed = delta.removed.len(),
+                               unreadable = delta.unreadable.len(), known, "location synced");
+                ctx.update_catalog(&name, |c| {
+                    c.backups = state.backups;
+                    c.synced_at = Some(SystemTime::now());
+                });
+                SyncStatus {
+                    phase: "Completed".into(),
+                    started: Some(started.clone()),
+                    heartbeat: Some(now_rfc3339()),
+                    backups_found: found,
+                    backups_imported: imported,
+                    marker: None,
+                    message: (!delta.unreadable.is_empty())
+                        .then(|| format!("{} manifests could not be read", delta.unreadable.len())),
+                }
+            }
+            Err(e) => SyncStatus {
+                phase: "Failed".into(),
+                started: Some(started.clone()),
+                heartbeat: Some(now_rfc3339()),
+                message: Some(e.to_string()),
+                ..SyncStatus::default()
+            },
+        };
+        patch_status(
+            ctx,
+            &name,
+            json!({"sync": with_nulls(&done, &["message", "marker"]), "observedSyncRequest": request}),
+        )
         .await
-        .map_err(|e| ReconcileError(format!("writing the status of location {}: {e}", loc.name_any())))?;
-    Ok(Action::requeue(interval))
+    }
+    .await;
+    ctx.finish(&name, "sync");
+    result
+}
+
+async fn run_verify(loc: &BackupLocation, ctx: &Context, valid: bool) -> Result<(), ReconcileError> {
+    let name = loc.name_any();
+    let request = loc.spec.verify_request;
+    if !valid {
+        let failed = VerifyStatus {
+            phase: "Failed".into(),
+            completed: Some(now_rfc3339()),
+            message: Some("the location is not valid; see status.validation".into()),
+            ..VerifyStatus::default()
+        };
+        return patch_status(
+            ctx,
+            &name,
+            json!({"verify": with_nulls(&failed, &["damagedBackups"]), "observedVerifyRequest": request}),
+        )
+        .await;
+    }
+    if !ctx.start(&name, "verify") {
+        return Ok(());
+    }
+    let result = async {
+        patch_status(ctx, &name, json!({"verify": {"phase": "InProgress", "heartbeat": now_rfc3339()}})).await?;
+        let opened = open(&loc.spec, ctx).await.map_err(ReconcileError)?;
+        let repo = Repository::new(opened.store);
+        let outcome = with_heartbeat(verify(&repo, None, false, 8), ctx.config.heartbeat_interval, || async {
+            let _ = patch_status(ctx, &name, json!({"verify": {"heartbeat": now_rfc3339()}})).await;
+        })
+        .await;
+        let done = match outcome {
+            Ok(reports) => {
+                let damaged: Vec<&VerifyReport> = reports.iter().filter(|r| r.status != Verdict::Ok).collect();
+                tracing::info!(location = %name, checked = reports.len(), damaged = damaged.len(), "location verified");
+                ctx.update_catalog(&name, |c| {
+                    c.damaged = damaged.iter().map(|r| (r.id.clone(), (*r).clone())).collect();
+                });
+                VerifyStatus {
+                    phase: "Completed".into(),
+                    heartbeat: Some(now_rfc3339()),
+                    completed: Some(now_rfc3339()),
+                    backups_checked: reports.len() as u64,
+                    damaged_backups: damaged.iter().map(|r| r.id.to_string()).collect(),
+                    missing_objects: damaged.iter().map(|r| r.missing.len() as u64).sum(),
+                    message: None,
+                }
+            }
+            Err(e) => VerifyStatus {
+                phase: "Failed".into(),
+                completed: Some(now_rfc3339()),
+                message: Some(e.to_string()),
+                ..VerifyStatus::default()
+            },
+        };
+        patch_status(
+            ctx,
+            &name,
+            json!({"verify": with_nulls(&done, &["message", "damagedBackups"]), "observedVerifyRequest": request}),
+        )
+        .await
+    }
+    .await;
+    ctx.finish(&name, "verify");
+    result
 }
 
 fn error_policy(loc: Arc<BackupLocation>, err: &ReconcileError, _ctx: Arc<Context>) -> Action {
