@@ -56,6 +56,7 @@ fn manifest() -> Manifest {
             ..BackupStats::default()
         },
         warnings: vec!["w".into()],
+        volumes: vec![],
     }
 }
 

@@ -565,6 +565,7 @@ pub async fn resources_roundtrip(store: Arc<dyn ObjectStore>) {
         },
         cluster: Some("shoot-a".into()),
         tag: None,
+        volumes: Vec::new(),
     };
     let (manifest, stats) = backup_namespace_resources(&repo, &source, &opts)
         .await

@@ -288,6 +288,7 @@ async fn sync_finds_other_clusters_backups_and_verify_finds_a_deleted_chunk() {
         selector: ResourceSelector::namespaces(["shop"]),
         cluster: Some("other-cluster".into()),
         tag: None,
+        volumes: Vec::new(),
     };
     let (resources, _) = backup_namespace_resources(&repo, &other, &opts).await.expect("resources");
     let data = tempfile::tempdir().expect("dir");

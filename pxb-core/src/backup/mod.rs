@@ -213,6 +213,20 @@ pub struct Manifest {
     /// What went wrong without failing the backup (at most 100 entries).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub warnings: Vec<String>,
+    /// Resource backups: the volume backups taken with it, one per persistent volume claim.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub volumes: Vec<VolumeRef>,
+}
+
+/// A volume backup that belongs to a resource backup: the claim's data at backup time.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VolumeRef {
+    /// Namespace of the claim.
+    pub namespace: String,
+    /// Name of the claim.
+    pub claim: String,
+    /// The volume backup.
+    pub backup: BackupId,
 }
 
 impl Manifest {
@@ -233,6 +247,7 @@ impl Manifest {
             objects: Vec::new(),
             stats: BackupStats::default(),
             warnings: Vec::new(),
+            volumes: Vec::new(),
         }
     }
 }
@@ -660,6 +675,7 @@ mod tests {
             objects: vec![],
             stats: BackupStats::default(),
             warnings: vec![],
+            volumes: vec![],
         };
         let v = Summary::of(&m).to_metadata_value().expect("summary");
         assert!(v.is_ascii() && v.len() <= crate::store::MAX_METADATA_BYTES);

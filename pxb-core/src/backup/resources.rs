@@ -23,6 +23,8 @@ pub struct ResourceBackupOptions {
     pub cluster: Option<String>,
     /// A tag.
     pub tag: Option<String>,
+    /// The volume backups taken with it (recorded in the manifest).
+    pub volumes: Vec<super::VolumeRef>,
 }
 
 /// Backs up the selected resources of `source` and commits the backup. Returns the manifest and
@@ -78,6 +80,7 @@ pub async fn backup_namespace_resources(
             .take(100)
             .map(|d| format!("dependency not found: {d}"))
             .collect(),
+        volumes: opts.volumes.clone(),
     };
     repo.commit(&manifest).await?;
     Ok((manifest, stats))

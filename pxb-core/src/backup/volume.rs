@@ -632,6 +632,7 @@ async fn run_backup(
         objects: vec![files_obj],
         stats,
         warnings,
+        volumes: Vec::new(),
     };
     lock.check()?;
     repo.commit(&manifest).await?;
