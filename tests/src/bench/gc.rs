@@ -94,6 +94,7 @@ impl SyntheticLocation {
                 }],
                 stats: BackupStats::default(),
                 warnings: vec![],
+                volumes: vec![],
             };
             let md: Metadata = [
                 (layout::FORMAT_KEY.to_string(), "1".to_string()),

@@ -40,6 +40,7 @@ fn manifest(i: u64) -> Manifest {
             ..BackupStats::default()
         },
         warnings: Vec::new(),
+        volumes: Vec::new(),
     }
 }
 
