@@ -296,6 +296,9 @@ pub struct ApplicationBackupStatus {
     /// The `metadata.generation` the status describes.
     #[serde(default)]
     pub observed_generation: i64,
+    /// How many times it was started (a restart of the agent starts it again, once).
+    #[serde(default)]
+    pub attempts: u32,
 }
 
 /// Progress of a running operation.
@@ -416,6 +419,12 @@ pub struct ApplicationRestoreStatus {
     /// When it finished (RFC 3339).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub completion_timestamp: Option<String>,
+    /// Per-volume results.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub volumes: Vec<VolumeResult>,
+    /// How many times it was started (a restart of the agent starts it again, once).
+    #[serde(default)]
+    pub attempts: u32,
 }
 
 /// Object counts of a restore.

@@ -64,23 +64,17 @@ fn azure_location(fx: &AzureFixture, container: &str, client_id: Option<&str>) -
     spec
 }
 
-async fn wait_for(
-    api: &Api<BackupLocation>,
-    name: &str,
-    what: &str,
-    ok: impl Fn(&BackupLocation) -> bool,
-) -> BackupLocation {
-    let deadline = Instant::now() + Duration::from_secs(30);
+async fn wait_for<K>(api: &Api<K>, name: &str, what: &str, ok: impl Fn(&K) -> bool) -> K
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let loc = api.get(name).await.expect("get location");
-        if ok(&loc) {
-            return loc;
+        let obj = api.get(name).await.expect("get");
+        if ok(&obj) {
+            return obj;
         }
-        assert!(
-            Instant::now() < deadline,
-            "{name}: {what}; last status {:?}",
-            loc.status
-        );
+        assert!(Instant::now() < deadline, "{name}: {what}; last state {obj:?}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
@@ -261,7 +255,11 @@ async fn invalid_specs_are_reported_without_a_retry_loop() {
     .expect("fix");
     let fixed = wait_for(&api, "relative", "becomes Valid once fixed", phase_is("Valid")).await;
     let v = validation(&fixed).expect("validation");
-    assert_eq!((v.failed_step.as_deref(), v.reason.as_deref()), (None, None), "old reasons are cleared");
+    assert_eq!(
+        (v.failed_step.as_deref(), v.reason.as_deref()),
+        (None, None),
+        "old reasons are cleared"
+    );
     controller.abort();
 }
 
@@ -290,7 +288,9 @@ async fn sync_finds_other_clusters_backups_and_verify_finds_a_deleted_chunk() {
         tag: None,
         volumes: Vec::new(),
     };
-    let (resources, _) = backup_namespace_resources(&repo, &other, &opts).await.expect("resources");
+    let (resources, _) = backup_namespace_resources(&repo, &other, &opts)
+        .await
+        .expect("resources");
     let data = tempfile::tempdir().expect("dir");
     for i in 0..4 {
         std::fs::write(data.path().join(format!("f{i}")), vec![i as u8; 700 * 1024]).expect("write");
@@ -338,31 +338,311 @@ async fn sync_finds_other_clusters_backups_and_verify_finds_a_deleted_chunk() {
     pxb_core::ObjectStore::delete(writer.as_ref(), &chunks[0].path)
         .await
         .expect("delete a chunk");
-    api.patch("shared", &PatchParams::default(), &Patch::Merge(json!({"spec": {"verifyRequest": 1}})))
-        .await
-        .expect("request");
+    api.patch(
+        "shared",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"verifyRequest": 1}})),
+    )
+    .await
+    .expect("request");
     let loc = wait_for(&api, "shared", "acknowledges the verify request", |l| {
         l.status.as_ref().is_some_and(|s| s.observed_verify_request == 1)
     })
     .await;
-    let verify = loc.status.as_ref().and_then(|s| s.verify.clone()).expect("verify");
+    let verify = loc
+        .status
+        .as_ref()
+        .and_then(|s| s.verify.clone())
+        .expect("verify");
     assert_eq!(verify.phase, "Completed", "{verify:?}");
     assert_eq!(verify.damaged_backups, vec![volume.id.to_string()], "{verify:?}");
     assert!(verify.missing_objects >= 1);
     assert_eq!(verify.backups_checked, 2);
-    assert!(ctx.catalog("shared").expect("catalog").damaged.contains_key(&volume.id));
+    assert!(
+        ctx.catalog("shared")
+            .expect("catalog")
+            .damaged
+            .contains_key(&volume.id)
+    );
 
     // A new backup appears; a sync request imports just that one.
-    let (third, _) = backup_namespace_resources(&repo, &other, &opts).await.expect("resources");
-    api.patch("shared", &PatchParams::default(), &Patch::Merge(json!({"spec": {"syncRequest": 1}})))
+    let (third, _) = backup_namespace_resources(&repo, &other, &opts)
         .await
-        .expect("request");
+        .expect("resources");
+    api.patch(
+        "shared",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"syncRequest": 1}})),
+    )
+    .await
+    .expect("request");
     let loc = wait_for(&api, "shared", "acknowledges the sync request", |l| {
         l.status.as_ref().is_some_and(|s| s.observed_sync_request == 1)
     })
     .await;
     let sync = loc.status.as_ref().and_then(|s| s.sync.clone()).expect("sync");
     assert_eq!((sync.backups_found, sync.backups_imported), (3, 1), "{sync:?}");
-    assert!(ctx.catalog("shared").expect("catalog").backups.contains_key(&third.id));
+    assert!(
+        ctx.catalog("shared")
+            .expect("catalog")
+            .backups
+            .contains_key(&third.id)
+    );
     controller.abort();
+}
+
+/// Creates `obj` (JSON) on the shoot through the dynamic API.
+async fn apply(client: &kube::Client, obj: serde_json::Value) {
+    let obj: kube::api::DynamicObject = serde_json::from_value(obj).expect("object");
+    let tm = obj.types.clone().expect("types");
+    let (group, version) = tm.api_version.rsplit_once('/').unwrap_or(("", &tm.api_version));
+    let plural = match tm.kind.as_str() {
+        "PersistentVolumeClaim" => "persistentvolumeclaims".to_owned(),
+        "PersistentVolume" => "persistentvolumes".to_owned(),
+        "StorageClass" => "storageclasses".to_owned(),
+        k => format!("{}s", k.to_lowercase()),
+    };
+    let ar = kube::api::ApiResource {
+        group: group.into(),
+        version: version.into(),
+        api_version: tm.api_version.clone(),
+        kind: tm.kind.clone(),
+        plural,
+    };
+    let api: Api<kube::api::DynamicObject> = match obj.metadata.namespace.as_deref() {
+        Some(ns) => Api::namespaced_with(client.clone(), ns, &ar),
+        None => Api::all_with(client.clone(), &ar),
+    };
+    api.create(&PostParams::default(), &obj)
+        .await
+        .expect("create object");
+}
+
+/// Every file under `dir` with its contents, by relative path.
+fn tree(dir: &std::path::Path) -> std::collections::BTreeMap<String, Vec<u8>> {
+    let mut out = std::collections::BTreeMap::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).expect("read_dir").flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                let rel = p
+                    .strip_prefix(dir)
+                    .expect("prefix")
+                    .to_string_lossy()
+                    .into_owned();
+                out.insert(rel, std::fs::read(&p).expect("read"));
+            }
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_namespaces_with_a_volume_are_backed_up_and_restored_into_mapped_namespaces() {
+    use pxb_daemon::agent::backups;
+    use pxb_daemon::agent::volumes::LocalPathDriver;
+    use pxb_daemon::crd::{ApplicationBackup, ApplicationBackupSpec};
+
+    let (_fleet, client) = shoot_with_crds().await;
+    let fx = AzureFixture::start(3600).expect("azure fixture");
+    let container = fx.container_name("agent-backup");
+    pxb_azure::AzureBlobStore::new(fx.key_config(&container))
+        .expect("store")
+        .create_container()
+        .await
+        .expect("container");
+
+    // Two namespaces; one has a claim bound to a local-path volume holding files.
+    let data = tempfile::tempdir().expect("volume dir");
+    std::fs::create_dir_all(data.path().join("sub")).expect("mkdir");
+    for i in 0..20 {
+        std::fs::write(
+            data.path().join(format!("small-{i}.txt")),
+            format!("row {i}\n").repeat(50),
+        )
+        .expect("write");
+    }
+    std::fs::write(
+        data.path().join("sub/big.bin"),
+        (0..3_000_000u32).map(|i| (i % 251) as u8).collect::<Vec<_>>(),
+    )
+    .expect("write");
+    for obj in [
+        json!({"apiVersion": "storage.k8s.io/v1", "kind": "StorageClass", "metadata": {"name": "local-path"},
+               "provisioner": "rancher.io/local-path", "volumeBindingMode": "WaitForFirstConsumer"}),
+        json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "shop"}}),
+        json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "blog"}}),
+        json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "cfg", "namespace": "shop"}, "data": {"color": "blue"}}),
+        json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "theme", "namespace": "blog"}, "data": {"dark": "true"}}),
+        json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "web", "namespace": "blog"},
+               "spec": {"replicas": 2, "selector": {"matchLabels": {"app": "web"}},
+                        "template": {"metadata": {"labels": {"app": "web"}}, "spec": {"containers": [{"name": "web", "image": "nginx"}]}}}}),
+        json!({"apiVersion": "v1", "kind": "PersistentVolume", "metadata": {"name": "pv-data"},
+               "spec": {"capacity": {"storage": "1Gi"}, "accessModes": ["ReadWriteOnce"], "storageClassName": "local-path",
+                        "hostPath": {"path": data.path().to_string_lossy()},
+                        "claimRef": {"namespace": "shop", "name": "data"}}}),
+        json!({"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": "data", "namespace": "shop"},
+               "spec": {"accessModes": ["ReadWriteOnce"], "storageClassName": "local-path", "volumeName": "pv-data",
+                        "resources": {"requests": {"storage": "1Gi"}}}}),
+    ] {
+        apply(&client, obj).await;
+    }
+
+    let restores = tempfile::tempdir().expect("restore root");
+    let config = AgentConfig {
+        workload_identity: fx.wi_options(CLIENT_ID),
+        ca_file: Some(fx.ca.ca_file()),
+        cluster_name: Some("shoot-a".into()),
+        restore_root: restores.path().to_path_buf(),
+        ..AgentConfig::default()
+    };
+    let lctx = Context::new(client.clone(), config);
+    let bctx = backups::Context::new(
+        lctx.clone(),
+        Arc::new(LocalPathDriver::new(client.clone(), restores.path())),
+    );
+    let controllers = [
+        locations::spawn(lctx.clone()),
+        backups::spawn(bctx.clone()),
+        pxb_daemon::agent::restores::spawn(bctx.clone()),
+    ];
+    let locs: Api<BackupLocation> = Api::namespaced(client.clone(), "pxb-system");
+    locs.create(
+        &PostParams::default(),
+        &BackupLocation::new("tenant", azure_location(&fx, &container, None)),
+    )
+    .await
+    .expect("location");
+
+    let backups_api: Api<ApplicationBackup> = Api::namespaced(client.clone(), "pxb-system");
+    let spec = ApplicationBackupSpec {
+        location: "tenant".into(),
+        namespaces: vec!["shop".into(), "blog".into()],
+        include_volumes: true,
+        reclaim_policy: "Delete".into(),
+        ..ApplicationBackupSpec::default()
+    };
+    backups_api
+        .create(&PostParams::default(), &ApplicationBackup::new("app1", spec))
+        .await
+        .expect("backup");
+    let done = wait_for(&backups_api, "app1", "finishes", |b| {
+        b.status
+            .as_ref()
+            .is_some_and(|s| ["Success", "PartialSuccess", "Failed"].contains(&s.phase.as_str()))
+    })
+    .await;
+    let status = done.status.clone().expect("status");
+    assert_eq!(status.phase, "Success", "{status:?}");
+    assert_eq!(status.volumes.len(), 1, "{status:?}");
+    assert_eq!(
+        (status.volumes[0].claim.as_str(), status.volumes[0].phase.as_str()),
+        ("data", "Success")
+    );
+    assert_eq!(status.volumes[0].files, 21);
+    assert!(
+        status.sizes.volume_bytes > 3_000_000 && status.progress.objects >= 7,
+        "{status:?}"
+    );
+    assert!(status.heartbeat.is_some() && status.completion_timestamp.is_some());
+    assert_eq!(status.observed_generation, 1);
+
+    // The location holds a resource backup that lists its volume backup.
+    let repo = pxb_core::backup::Repository::new(Arc::new(
+        pxb_azure::AzureBlobStore::new(fx.key_config(&container)).expect("store"),
+    ));
+    let id = pxb_core::backup::BackupId::parse(status.backup_id.as_deref().expect("id")).expect("id");
+    let manifest = repo.manifest(&id).await.expect("manifest");
+    assert_eq!(manifest.cluster.as_deref(), Some("shoot-a"));
+    assert_eq!(manifest.volumes.len(), 1);
+    assert_eq!(manifest.namespaces, vec!["blog".to_owned(), "shop".to_owned()]);
+    let files = pxb_core::backup::volume::read_index(&repo, &manifest.volumes[0].backup)
+        .await
+        .expect("index");
+    assert_eq!(files.iter().filter(|f| f.path.ends_with(".txt")).count(), 20);
+
+    // Restore into mapped namespaces of the same cluster.
+    use pxb_daemon::crd::{ApplicationRestore, ApplicationRestoreSpec};
+    let restores_api: Api<ApplicationRestore> = Api::namespaced(client.clone(), "pxb-system");
+    let spec = ApplicationRestoreSpec {
+        location: "tenant".into(),
+        backup_id: id.to_string(),
+        namespace_mapping: [("shop", "shop-copy"), ("blog", "blog-copy")]
+            .into_iter()
+            .map(|(a, b)| (a.to_owned(), b.to_owned()))
+            .collect(),
+        existing_resource_policy: "Retain".into(),
+        ..ApplicationRestoreSpec::default()
+    };
+    restores_api
+        .create(&PostParams::default(), &ApplicationRestore::new("r1", spec))
+        .await
+        .expect("restore");
+    let done = wait_for(&restores_api, "r1", "finishes", |r| {
+        r.status
+            .as_ref()
+            .is_some_and(|s| ["Success", "PartialSuccess", "Failed"].contains(&s.phase.as_str()))
+    })
+    .await;
+    let status = done.status.clone().expect("status");
+    assert_eq!(status.phase, "Success", "{status:?}");
+    assert_eq!(status.counts.failed, 0, "{status:?}");
+    assert_eq!(
+        (status.volumes.len(), status.volumes[0].files),
+        (1, 21),
+        "{status:?}"
+    );
+
+    // Objects are equal, in their new namespaces.
+    use k8s_openapi::api::apps::v1::Deployment;
+    use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolume, PersistentVolumeClaim};
+    for (ns, copy, name) in [("shop", "shop-copy", "cfg"), ("blog", "blog-copy", "theme")] {
+        let a = Api::<ConfigMap>::namespaced(client.clone(), ns)
+            .get(name)
+            .await
+            .expect("original");
+        let b = Api::<ConfigMap>::namespaced(client.clone(), copy)
+            .get(name)
+            .await
+            .expect("restored");
+        assert_eq!(a.data, b.data, "{ns}/{name}");
+    }
+    let a = Api::<Deployment>::namespaced(client.clone(), "blog")
+        .get("web")
+        .await
+        .expect("original");
+    let b = Api::<Deployment>::namespaced(client.clone(), "blog-copy")
+        .get("web")
+        .await
+        .expect("restored");
+    assert_eq!(a.spec, b.spec);
+
+    // Files are equal, in a new volume bound to the restored claim.
+    let claim = Api::<PersistentVolumeClaim>::namespaced(client.clone(), "shop-copy")
+        .get("data")
+        .await
+        .expect("restored claim");
+    let volume = claim.spec.and_then(|s| s.volume_name).expect("bound");
+    assert_ne!(volume, "pv-data", "a new volume, not the original one");
+    let pv = Api::<PersistentVolume>::all(client.clone())
+        .get(&volume)
+        .await
+        .expect("new volume");
+    let dir = pv
+        .spec
+        .and_then(|s| s.host_path)
+        .map(|h| h.path)
+        .expect("hostPath");
+    assert!(dir.starts_with(&*restores.path().to_string_lossy()), "{dir}");
+    assert_eq!(
+        tree(std::path::Path::new(&dir)),
+        tree(data.path()),
+        "restored files equal the originals"
+    );
+    for c in controllers {
+        c.abort();
+    }
 }

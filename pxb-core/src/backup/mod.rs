@@ -227,6 +227,10 @@ pub struct VolumeRef {
     pub claim: String,
     /// The volume backup.
     pub backup: BackupId,
+    /// The claim's `spec` at backup time (size, access modes, storage class), so a restore can
+    /// provision a matching volume before the claim exists.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spec: Option<serde_json::Value>,
 }
 
 impl Manifest {

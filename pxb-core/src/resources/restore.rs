@@ -116,6 +116,10 @@ pub struct RestoreOptions {
     pub existing: ExistingResourcePolicy,
     /// How many objects of a tier are restored at once (at least 1).
     pub concurrency: usize,
+    /// Claims whose volume the caller provides (`<target namespace>/<claim>` → the new volume's
+    /// name, or `None` when the claim binds by itself): the claim is restored bound to it
+    /// (`spec.volumeName`), and the archived PersistentVolume it was bound to is not restored.
+    pub volume_bindings: BTreeMap<String, Option<String>>,
 }
 
 impl Default for RestoreOptions {
@@ -125,6 +129,7 @@ impl Default for RestoreOptions {
             storage_class_mapping: BTreeMap::new(),
             existing: ExistingResourcePolicy::default(),
             concurrency: 8,
+            volume_bindings: BTreeMap::new(),
         }
     }
 }
@@ -347,6 +352,17 @@ async fn restore_one(
         tier,
         outcome,
     };
+    if archived.is("", "PersistentVolume") && !opts.volume_bindings.is_empty() {
+        let claim = format!(
+            "{}/{}",
+            object.str_at(&["spec", "claimRef", "namespace"]).unwrap_or(""),
+            object.str_at(&["spec", "claimRef", "name"]).unwrap_or("")
+        );
+        if opts.volume_bindings.contains_key(&claim) {
+            // Its claim gets a fresh volume from the caller instead.
+            return done(RestoreOutcome::Retained);
+        }
+    }
     let failed = |reason: String| RestoreOutcome::Failed { reason };
     let resource = match discovery.resolve(&archived) {
         Ok(r) => r,
@@ -408,6 +424,28 @@ fn map_object(object: &mut ResourceObject, resource: &ApiResource, opts: &Restor
             );
         }
         ("", "PersistentVolumeClaim") => {
+            let key = format!(
+                "{}/{}",
+                value
+                    .pointer("/metadata/namespace")
+                    .and_then(Value::as_str)
+                    .unwrap_or(""),
+                value
+                    .pointer("/metadata/name")
+                    .and_then(Value::as_str)
+                    .unwrap_or("")
+            );
+            if let Some(binding) = opts.volume_bindings.get(&key) {
+                match (binding, value.get_mut("spec").and_then(Value::as_object_mut)) {
+                    (Some(volume), Some(spec)) => {
+                        spec.insert("volumeName".into(), volume.clone().into());
+                    }
+                    (None, Some(spec)) => {
+                        spec.remove("volumeName");
+                    }
+                    _ => {}
+                }
+            }
             map_str(value, &["spec", "storageClassName"], sc_map);
             map_str(
                 value,

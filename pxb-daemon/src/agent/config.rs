@@ -11,6 +11,11 @@ use pxb_core::{Error, Result};
 pub struct AgentConfig {
     /// The namespace it watches (`PXB_NAMESPACE`, default `pxb-system`).
     pub namespace: String,
+    /// The cluster's name, recorded in every backup (`PXB_CLUSTER_NAME`).
+    pub cluster_name: Option<String>,
+    /// Where restored local-path volumes are created (`PXB_RESTORE_ROOT`, default
+    /// `/var/lib/pxb/restores`).
+    pub restore_root: PathBuf,
     /// Workload Identity defaults for locations that do not name their own client id or tenant:
     /// `AZURE_CLIENT_ID`, `AZURE_TENANT_ID`, `AZURE_FEDERATED_TOKEN_FILE`, `AZURE_AUTHORITY_HOST`.
     pub workload_identity: WorkloadIdentityOptions,
@@ -33,6 +38,8 @@ impl Default for AgentConfig {
     fn default() -> Self {
         Self {
             namespace: crate::crd::AGENT_NAMESPACE.into(),
+            cluster_name: None,
+            restore_root: PathBuf::from("/var/lib/pxb/restores"),
             workload_identity: WorkloadIdentityOptions::default(),
             ca_file: None,
             validate_interval: Duration::from_secs(600),
@@ -65,6 +72,8 @@ impl AgentConfig {
         let d = Self::default();
         Ok(Self {
             namespace: var("PXB_NAMESPACE").unwrap_or(d.namespace),
+            cluster_name: var("PXB_CLUSTER_NAME"),
+            restore_root: var("PXB_RESTORE_ROOT").map_or(d.restore_root, PathBuf::from),
             workload_identity: WorkloadIdentityOptions {
                 client_id: var("AZURE_CLIENT_ID"),
                 tenant_id: var("AZURE_TENANT_ID"),

@@ -13,7 +13,6 @@
 //! or the interval passes: no crash loop, no hot retry loop.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
@@ -30,7 +29,7 @@ use pxb_core::backup::{BackupId, Repository, Summary, SyncState};
 use pxb_core::{CheckOptions, LocalFileSystem, ObjectStore, TokenSource, check_location};
 use serde_json::{Value, json};
 
-use super::{AgentConfig, now_rfc3339, parse_rfc3339};
+use super::{AgentConfig, now_rfc3339, parse_rfc3339, with_heartbeat, with_nulls};
 use crate::crd::{BackupLocation, BackupLocationSpec, SyncStatus, ValidationStatus, VerifyStatus};
 
 /// What the location controller shares between reconciles.
@@ -269,15 +268,11 @@ pub async fn validate(spec: &BackupLocationSpec, ctx: &Context) -> ValidationSta
 #[error("{0}")]
 pub struct ReconcileError(String);
 
-/// `v` with an explicit `null` for each of `keys` it lacks, so a merge patch clears old values.
-fn with_nulls(v: impl serde::Serialize, keys: &[&str]) -> Value {
-    let mut v = serde_json::to_value(v).unwrap_or(Value::Null);
-    if let Some(m) = v.as_object_mut() {
-        for k in keys {
-            m.entry(*k).or_insert(Value::Null);
-        }
+impl ReconcileError {
+    /// An error with this message.
+    pub fn new(message: impl Into<String>) -> Self {
+        Self(message.into())
     }
-    v
 }
 
 async fn patch_status(ctx: &Context, name: &str, status: Value) -> Result<(), ReconcileError> {
@@ -290,23 +285,6 @@ async fn patch_status(ctx: &Context, name: &str, status: Value) -> Result<(), Re
     .await
     .map(|_| ())
     .map_err(|e| ReconcileError(format!("writing the status of location {name}: {e}")))
-}
-
-/// Runs `op`, calling `beat` every `every` until it finishes.
-async fn with_heartbeat<T, B: Future<Output = ()>>(
-    op: impl Future<Output = T>,
-    every: Duration,
-    beat: impl Fn() -> B,
-) -> T {
-    tokio::pin!(op);
-    let mut tick = tokio::time::interval(every);
-    tick.tick().await;
-    loop {
-        tokio::select! {
-            r = &mut op => return r,
-            _ = tick.tick() => beat().await,
-        }
-    }
 }
 
 fn due_after(last: Option<&str>, interval: Duration, now: time::OffsetDateTime) -> Option<Duration> {

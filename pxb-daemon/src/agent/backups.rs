@@ -1,0 +1,403 @@
+//! The backup controller: one `ApplicationBackup` → one volume backup per persistent volume
+//! claim of its namespaces (through the [`VolumeDriver`]), then one resource backup whose
+//! manifest lists them and is the commit marker of the whole application backup.
+//!
+//! Phases: `Pending` → `InProgress` (heartbeat at least every 15 s, stage and progress) →
+//! `Success`, `PartialSuccess` (some volumes failed, or objects were missing dependencies) or
+//! `Failed`. An invalid spec is `Failed` with the reason and is not retried. A backup that a
+//! restart cut short is run again once from the start (chunks already uploaded are reused);
+//! cut short twice, it is `Failed` with the reason. Nothing stays `InProgress`.
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt as _;
+use k8s_openapi::api::core::v1::PersistentVolumeClaim;
+use kube::api::{Api, ListParams, Patch, PatchParams};
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::watcher;
+use kube::{Resource as _, ResourceExt as _};
+use pxb_core::backup::resources::{ResourceBackupOptions, backup_namespace_resources};
+use pxb_core::backup::volume::{VolumeBackupOptions, backup_volume};
+use pxb_core::backup::{BackupStatus, Repository, VolumeRef};
+use pxb_core::resources::{LabelSelector, ResourceSelector};
+use serde_json::json;
+
+use super::locations::{self, ReconcileError};
+use super::volumes::VolumeDriver;
+use super::{now_rfc3339, with_heartbeat, with_nulls};
+use crate::crd::{
+    ApplicationBackup, ApplicationBackupSpec, ApplicationBackupStatus, BackupLocation, Progress, Sizes,
+    VolumeResult,
+};
+use crate::kube_cluster::KubeCluster;
+
+/// What the backup controller shares between reconciles.
+pub struct Context {
+    /// The location controller's context (client, configuration, stores).
+    pub locations: Arc<locations::Context>,
+    /// Where volume data is.
+    pub driver: Arc<dyn VolumeDriver>,
+    running: Mutex<HashSet<String>>,
+    restoring: Mutex<HashSet<String>>,
+}
+
+impl std::fmt::Debug for Context {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Context")
+            .field("driver", &self.driver)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Context {
+    /// A context sharing the location controller's.
+    pub fn new(locations: Arc<locations::Context>, driver: Arc<dyn VolumeDriver>) -> Arc<Self> {
+        Arc::new(Self {
+            locations,
+            driver,
+            running: Mutex::new(HashSet::new()),
+            restoring: Mutex::new(HashSet::new()),
+        })
+    }
+
+    fn running(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
+        self.running.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Restores running in this process.
+    pub(crate) fn restoring(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
+        self.restoring.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Why a spec cannot be run, for humans; `None` when it can.
+pub fn spec_problem(spec: &ApplicationBackupSpec) -> Option<String> {
+    let dns_label = |s: &str| {
+        !s.is_empty()
+            && s.len() <= 63
+            && s.bytes()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-')
+            && !s.starts_with('-')
+            && !s.ends_with('-')
+    };
+    if spec.location.trim().is_empty() {
+        return Some("spec.location is empty".into());
+    }
+    if spec.namespaces.is_empty() {
+        return Some("spec.namespaces is empty: name at least one namespace".into());
+    }
+    if let Some(bad) = spec.namespaces.iter().find(|n| !dns_label(n)) {
+        return Some(format!("spec.namespaces: {bad:?} is not a valid namespace name"));
+    }
+    if let Some(sel) = spec.label_selector.as_deref().filter(|s| !s.trim().is_empty())
+        && let Err(e) = LabelSelector::parse(sel)
+    {
+        return Some(format!("spec.labelSelector {sel:?}: {}", e.message()));
+    }
+    if spec.reclaim_policy != "Delete" && spec.reclaim_policy != "Retain" {
+        return Some(format!(
+            "spec.reclaimPolicy {:?} is not supported; use Delete or Retain",
+            spec.reclaim_policy
+        ));
+    }
+    None
+}
+
+async fn patch_status(ctx: &Context, name: &str, status: serde_json::Value) -> Result<(), ReconcileError> {
+    let api: Api<ApplicationBackup> =
+        Api::namespaced(ctx.locations.client.clone(), &ctx.locations.config.namespace);
+    api.patch_status(
+        name,
+        &PatchParams::default(),
+        &Patch::Merge(json!({ "status": status })),
+    )
+    .await
+    .map(|_| ())
+    .map_err(|e| ReconcileError::new(format!("writing the status of backup {name}: {e}")))
+}
+
+const FINAL: [&str; 3] = ["Success", "PartialSuccess", "Failed"];
+
+async fn reconcile(cached: Arc<ApplicationBackup>, ctx: Arc<Context>) -> Result<Action, ReconcileError> {
+    let name = cached.name_any();
+    let api: Api<ApplicationBackup> =
+        Api::namespaced(ctx.locations.client.clone(), &ctx.locations.config.namespace);
+    let backup = match api.get_opt(&name).await {
+        Ok(Some(b)) => b,
+        Ok(None) => return Ok(Action::await_change()),
+        Err(e) => return Err(ReconcileError::new(format!("reading backup {name}: {e}"))),
+    };
+    let status = backup.status.clone().unwrap_or_default();
+    if FINAL.contains(&status.phase.as_str()) || ctx.running().contains(&name) {
+        return Ok(Action::await_change());
+    }
+    let generation = backup.meta().generation.unwrap_or(0);
+    if let Some(problem) = spec_problem(&backup.spec) {
+        let failed = ApplicationBackupStatus {
+            phase: "Failed".into(),
+            message: Some(problem),
+            completion_timestamp: Some(now_rfc3339()),
+            observed_generation: generation,
+            ..ApplicationBackupStatus::default()
+        };
+        patch_status(&ctx, &name, with_nulls(&failed, &["stage", "heartbeat"])).await?;
+        return Ok(Action::await_change());
+    }
+    let mut message = None;
+    if status.phase == "InProgress" {
+        // Started by an agent that is gone.
+        if status.attempts >= 2 {
+            let failed = json!({"phase": "Failed", "stage": null, "completionTimestamp": now_rfc3339(),
+                "message": "the agent restarted during this backup twice; giving up (nothing was committed)"});
+            patch_status(&ctx, &name, failed).await?;
+            return Ok(Action::await_change());
+        }
+        message = Some("resumed from the start after an agent restart".to_owned());
+    }
+    ctx.running().insert(name.clone());
+    let result = run(&backup, &ctx, status.attempts + 1, message).await;
+    ctx.running().remove(&name);
+    result?;
+    Ok(Action::await_change())
+}
+
+#[derive(Debug, Default, Clone)]
+struct Live {
+    stage: &'static str,
+    objects: u64,
+    bytes: u64,
+    started: Option<Instant>,
+}
+
+async fn run(
+    backup: &ApplicationBackup,
+    ctx: &Context,
+    attempts: u32,
+    message: Option<String>,
+) -> Result<(), ReconcileError> {
+    let name = backup.name_any();
+    let spec = &backup.spec;
+    let started = backup
+        .status
+        .as_ref()
+        .and_then(|s| s.start_timestamp.clone())
+        .unwrap_or_else(now_rfc3339);
+    patch_status(
+        ctx,
+        &name,
+        json!({"phase": "InProgress", "stage": "Volumes", "startTimestamp": started, "heartbeat": now_rfc3339(),
+               "attempts": attempts, "message": message,
+               "observedGeneration": backup.meta().generation.unwrap_or(0)}),
+    )
+    .await?;
+    let live = Arc::new(Mutex::new(Live {
+        stage: "Volumes",
+        started: Some(Instant::now()),
+        ..Live::default()
+    }));
+    let work = execute(spec, ctx, &name, live.clone());
+    let beat = || {
+        let name = name.clone();
+        let l = live.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let rate = l
+            .started
+            .map(|s| (l.bytes as f64 / s.elapsed().as_secs_f64().max(0.001)) as u64)
+            .unwrap_or(0);
+        let patch = json!({"heartbeat": now_rfc3339(), "stage": l.stage,
+                           "progress": Progress { objects: l.objects, bytes: l.bytes, bytes_per_second: rate }});
+        async move {
+            let _ = patch_status(ctx, &name, patch).await;
+        }
+    };
+    let outcome = with_heartbeat(work, ctx.locations.config.heartbeat_interval, beat).await;
+    let done = match outcome {
+        Ok(done) => done,
+        Err(message) => ApplicationBackupStatus {
+            phase: "Failed".into(),
+            message: Some(message),
+            ..ApplicationBackupStatus::default()
+        },
+    };
+    tracing::info!(backup = %name, phase = %done.phase, message = ?done.message, "backup finished");
+    let mut status = with_nulls(&done, &["stage", "message"]);
+    status["completionTimestamp"] = now_rfc3339().into();
+    status["heartbeat"] = now_rfc3339().into();
+    status["startTimestamp"] = started.into();
+    status["attempts"] = attempts.into();
+    status["observedGeneration"] = backup.meta().generation.unwrap_or(0).into();
+    patch_status(ctx, &name, status).await
+}
+
+/// Runs the backup; the error is the reason it failed.
+async fn execute(
+    spec: &ApplicationBackupSpec,
+    ctx: &Context,
+    name: &str,
+    live: Arc<Mutex<Live>>,
+) -> Result<ApplicationBackupStatus, String> {
+    let lctx = &ctx.locations;
+    let locations: Api<BackupLocation> = Api::namespaced(lctx.client.clone(), &lctx.config.namespace);
+    let location = locations
+        .get_opt(&spec.location)
+        .await
+        .map_err(|e| format!("reading location {}: {e}", spec.location))?
+        .ok_or_else(|| format!("location {} does not exist", spec.location))?;
+    let opened = locations::open(&location.spec, lctx).await?;
+    let repo = Repository::new(opened.store);
+    repo.open_or_init().await.map_err(|e| e.to_string())?;
+    let cluster = lctx.config.cluster_name.clone();
+    let selector = spec.label_selector.clone().filter(|s| !s.trim().is_empty());
+
+    let mut volumes = Vec::new();
+    let mut refs = Vec::new();
+    let mut sizes = Sizes::default();
+    if spec.include_volumes {
+        for ns in &spec.namespaces {
+            let claims: Api<PersistentVolumeClaim> = Api::namespaced(lctx.client.clone(), ns);
+            let mut lp = ListParams::default();
+            if let Some(sel) = &selector {
+                lp = lp.labels(sel);
+            }
+            let list = claims
+                .list(&lp)
+                .await
+                .map_err(|e| format!("listing the claims of namespace {ns}: {e}"))?;
+            for pvc in list.items {
+                let claim = pvc.name_any();
+                let claim_spec = pvc.spec.as_ref().and_then(|s| serde_json::to_value(s).ok());
+                let result = backup_claim(&repo, ctx, ns, &claim, cluster.clone(), live.clone()).await;
+                match result {
+                    Ok((manifest, files, bytes)) => {
+                        sizes.volume_bytes += bytes;
+                        sizes.stored_bytes += manifest.stats.stored_bytes;
+                        refs.push(VolumeRef {
+                            namespace: ns.clone(),
+                            claim: claim.clone(),
+                            backup: manifest.id.clone(),
+                            spec: claim_spec,
+                        });
+                        volumes.push(VolumeResult {
+                            namespace: ns.clone(),
+                            claim,
+                            phase: "Success".into(),
+                            files,
+                            bytes,
+                            message: None,
+                        });
+                    }
+                    Err(e) => volumes.push(VolumeResult {
+                        namespace: ns.clone(),
+                        claim,
+                        phase: "Failed".into(),
+                        message: Some(e),
+                        ..VolumeResult::default()
+                    }),
+                }
+            }
+        }
+    }
+
+    live.lock().unwrap_or_else(|e| e.into_inner()).stage = "Resources";
+    let source = KubeCluster::new(lctx.client.clone());
+    let opts = ResourceBackupOptions {
+        selector: ResourceSelector {
+            namespaces: spec.namespaces.clone(),
+            label_selector: selector,
+            include_kinds: spec.include_kinds.clone(),
+            exclude_kinds: spec.exclude_kinds.clone(),
+        },
+        cluster,
+        tag: Some(format!("app/{name}")),
+        volumes: refs.clone(),
+    };
+    let (manifest, stats) = match backup_namespace_resources(&repo, &source, &opts).await {
+        Ok(r) => r,
+        Err(e) => {
+            // The volume backups are not referenced by anything: remove them.
+            for r in &refs {
+                let _ = repo.delete(&r.backup).await;
+            }
+            return Err(format!("backing up the resources: {e}"));
+        }
+    };
+    live.lock().unwrap_or_else(|e| e.into_inner()).objects = stats.objects;
+    sizes.resource_bytes = stats.raw_bytes;
+    sizes.stored_bytes += manifest.stats.stored_bytes;
+    let failed_volumes = volumes.iter().filter(|v| v.phase != "Success").count();
+    let partial = failed_volumes > 0 || manifest.status == BackupStatus::PartiallyFailed;
+    let mut problems = Vec::new();
+    if failed_volumes > 0 {
+        problems.push(format!("{failed_volumes} volume(s) failed"));
+    }
+    if manifest.status == BackupStatus::PartiallyFailed {
+        problems.push(format!(
+            "{} warning(s): {}",
+            manifest.warnings.len(),
+            manifest.warnings.join("; ")
+        ));
+    }
+    Ok(ApplicationBackupStatus {
+        phase: if partial { "PartialSuccess" } else { "Success" }.into(),
+        message: (!problems.is_empty()).then(|| problems.join("; ")),
+        progress: Progress {
+            objects: stats.objects,
+            bytes: sizes.volume_bytes,
+            bytes_per_second: 0,
+        },
+        volumes,
+        backup_id: Some(manifest.id.to_string()),
+        sizes,
+        ..ApplicationBackupStatus::default()
+    })
+}
+
+async fn backup_claim(
+    repo: &Repository,
+    ctx: &Context,
+    namespace: &str,
+    claim: &str,
+    cluster: Option<String>,
+    live: Arc<Mutex<Live>>,
+) -> Result<(pxb_core::backup::Manifest, u64, u64), String> {
+    let dir = ctx
+        .driver
+        .source(namespace, claim)
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut opts = VolumeBackupOptions::new(dir);
+    opts.tag = Some(format!("pvc/{namespace}/{claim}"));
+    opts.cluster = cluster;
+    opts.namespaces = vec![namespace.to_owned()];
+    let base = live.lock().unwrap_or_else(|e| e.into_inner()).bytes;
+    opts.progress = Some(Arc::new(move |p: &pxb_core::backup::volume::Progress| {
+        live.lock().unwrap_or_else(|e| e.into_inner()).bytes = base + p.bytes_done;
+    }));
+    let manifest = backup_volume(repo, opts)
+        .await
+        .map_err(|e| format!("backing up claim {namespace}/{claim}: {e}"))?;
+    let (files, bytes) = (manifest.stats.files, manifest.stats.bytes);
+    Ok((manifest, files, bytes))
+}
+
+fn error_policy(backup: Arc<ApplicationBackup>, err: &ReconcileError, _ctx: Arc<Context>) -> Action {
+    tracing::warn!(backup = %backup.name_any(), error = %err, "backup reconcile failed; retrying in 10 s");
+    Action::requeue(Duration::from_secs(10))
+}
+
+/// Runs the backup controller until the returned task is aborted.
+pub fn spawn(ctx: Arc<Context>) -> tokio::task::JoinHandle<()> {
+    let api: Api<ApplicationBackup> =
+        Api::namespaced(ctx.locations.client.clone(), &ctx.locations.config.namespace);
+    tokio::spawn(async move {
+        Controller::new(api, watcher::Config::default())
+            .run(reconcile, error_policy, ctx)
+            .for_each(|r| async move {
+                if let Err(e) = r {
+                    tracing::debug!(error = %e, "backup controller");
+                }
+            })
+            .await;
+    })
+}

@@ -1,0 +1,348 @@
+//! The restore controller: one `ApplicationRestore` → the volumes of the backup restored into
+//! freshly provisioned volumes (through the [`VolumeDriver`]), then the backup's objects
+//! restored into this cluster with the namespace and storage-class mappings, each restored claim
+//! bound to its new volume.
+//!
+//! Phases: `Pending` → `InProgress` (heartbeat) → `Success`, `PartialSuccess` (some objects or
+//! volumes failed; the failures are listed) or `Failed`. A restore that a restart cut short is
+//! run again once (objects that exist by then are kept); cut short twice, it is `Failed`.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt as _;
+use k8s_openapi::api::core::v1::PersistentVolume;
+use kube::ResourceExt as _;
+use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::watcher;
+use pxb_core::backup::resources::restore_namespace_resources;
+use pxb_core::backup::volume::{VolumeRestoreOptions, restore_volume};
+use pxb_core::backup::{BackupId, BackupKind, Repository};
+use pxb_core::resources::{ExistingResourcePolicy, RestoreOptions, RestoreOutcome};
+use serde_json::json;
+
+use super::backups;
+use super::locations::{self, ReconcileError};
+use super::{now_rfc3339, with_heartbeat, with_nulls};
+use crate::crd::{
+    ApplicationRestore, ApplicationRestoreSpec, ApplicationRestoreStatus, BackupLocation, ObjectFailure,
+    RestoreCounts, VolumeResult,
+};
+use crate::kube_cluster::KubeCluster;
+
+/// What the restore controller shares between reconciles (the backup controller's context).
+pub type Context = backups::Context;
+
+/// At most this many failed objects are listed in the status.
+pub const MAX_FAILURES: usize = 100;
+
+fn dns_label(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.bytes()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-')
+        && !s.starts_with('-')
+        && !s.ends_with('-')
+}
+
+/// Why a spec cannot be run, for humans; `None` when it can.
+pub fn spec_problem(spec: &ApplicationRestoreSpec) -> Option<String> {
+    if spec.location.trim().is_empty() {
+        return Some("spec.location is empty".into());
+    }
+    if let Err(e) = BackupId::parse(&spec.backup_id) {
+        return Some(format!("spec.backupId {:?}: {}", spec.backup_id, e.message()));
+    }
+    if let Some((from, to)) = spec
+        .namespace_mapping
+        .iter()
+        .find(|(from, to)| !dns_label(from) || !dns_label(to))
+    {
+        return Some(format!(
+            "spec.namespaceMapping {from:?} -> {to:?}: both must be valid namespace names"
+        ));
+    }
+    if spec.existing_resource_policy != "Retain" && spec.existing_resource_policy != "Replace" {
+        return Some(format!(
+            "spec.existingResourcePolicy {:?} is not supported; use Retain or Replace",
+            spec.existing_resource_policy
+        ));
+    }
+    if !spec.namespaces.is_empty() {
+        return Some(
+            "spec.namespaces (restoring a subset of a backup's namespaces) is not supported yet".into(),
+        );
+    }
+    None
+}
+
+async fn patch_status(ctx: &Context, name: &str, status: serde_json::Value) -> Result<(), ReconcileError> {
+    let api: Api<ApplicationRestore> =
+        Api::namespaced(ctx.locations.client.clone(), &ctx.locations.config.namespace);
+    api.patch_status(
+        name,
+        &PatchParams::default(),
+        &Patch::Merge(json!({ "status": status })),
+    )
+    .await
+    .map(|_| ())
+    .map_err(|e| ReconcileError::new(format!("writing the status of restore {name}: {e}")))
+}
+
+async fn reconcile(cached: Arc<ApplicationRestore>, ctx: Arc<Context>) -> Result<Action, ReconcileError> {
+    let name = cached.name_any();
+    let key = format!("{}/{name}", ctx.locations.config.namespace);
+    let api: Api<ApplicationRestore> =
+        Api::namespaced(ctx.locations.client.clone(), &ctx.locations.config.namespace);
+    let restore = match api.get_opt(&name).await {
+        Ok(Some(r)) => r,
+        Ok(None) => return Ok(Action::await_change()),
+        Err(e) => return Err(ReconcileError::new(format!("reading restore {name}: {e}"))),
+    };
+    let status = restore.status.clone().unwrap_or_default();
+    let is_running = ctx.restoring().contains(&key);
+    if ["Success", "PartialSuccess", "Failed"].contains(&status.phase.as_str()) || is_running {
+        return Ok(Action::await_change());
+    }
+    if let Some(problem) = spec_problem(&restore.spec) {
+        let failed = json!({"phase": "Failed", "message": problem, "completionTimestamp": now_rfc3339()});
+        patch_status(&ctx, &name, failed).await?;
+        return Ok(Action::await_change());
+    }
+    let mut message = None;
+    if status.phase == "InProgress" {
+        if status.attempts >= 2 {
+            let failed = json!({"phase": "Failed", "completionTimestamp": now_rfc3339(),
+                "message": "the agent restarted during this restore twice; giving up (objects restored so far remain)"});
+            patch_status(&ctx, &name, failed).await?;
+            return Ok(Action::await_change());
+        }
+        message = Some("resumed after an agent restart; objects restored before it are kept".to_owned());
+    }
+    ctx.restoring().insert(key.clone());
+    let result = run(&restore, &ctx, status.attempts + 1, message).await;
+    ctx.restoring().remove(&key);
+    result?;
+    Ok(Action::await_change())
+}
+
+async fn run(
+    restore: &ApplicationRestore,
+    ctx: &Context,
+    attempts: u32,
+    message: Option<String>,
+) -> Result<(), ReconcileError> {
+    let name = restore.name_any();
+    let started = restore
+        .status
+        .as_ref()
+        .and_then(|s| s.start_timestamp.clone())
+        .unwrap_or_else(now_rfc3339);
+    patch_status(
+        ctx,
+        &name,
+        json!({"phase": "InProgress", "startTimestamp": started, "heartbeat": now_rfc3339(),
+               "attempts": attempts, "message": message}),
+    )
+    .await?;
+    let beat = || {
+        let name = name.clone();
+        async move {
+            let _ = patch_status(ctx, &name, json!({"heartbeat": now_rfc3339()})).await;
+        }
+    };
+    let outcome = with_heartbeat(
+        execute(&restore.spec, ctx),
+        ctx.locations.config.heartbeat_interval,
+        beat,
+    )
+    .await;
+    let done = outcome.unwrap_or_else(|message| ApplicationRestoreStatus {
+        phase: "Failed".into(),
+        message: Some(message),
+        ..ApplicationRestoreStatus::default()
+    });
+    tracing::info!(restore = %name, phase = %done.phase, message = ?done.message, "restore finished");
+    let mut status = with_nulls(&done, &["message"]);
+    status["completionTimestamp"] = now_rfc3339().into();
+    status["heartbeat"] = now_rfc3339().into();
+    status["startTimestamp"] = started.into();
+    status["attempts"] = attempts.into();
+    patch_status(ctx, &name, status).await
+}
+
+async fn execute(spec: &ApplicationRestoreSpec, ctx: &Context) -> Result<ApplicationRestoreStatus, String> {
+    let lctx = &ctx.locations;
+    let locations: Api<BackupLocation> = Api::namespaced(lctx.client.clone(), &lctx.config.namespace);
+    let location = locations
+        .get_opt(&spec.location)
+        .await
+        .map_err(|e| format!("reading location {}: {e}", spec.location))?
+        .ok_or_else(|| format!("location {} does not exist", spec.location))?;
+    let opened = locations::open(&location.spec, lctx).await?;
+    let repo = Repository::new(opened.store);
+    let id = BackupId::parse(&spec.backup_id).map_err(|e| e.to_string())?;
+    let manifest = repo.manifest(&id).await.map_err(|e| e.to_string())?;
+    if manifest.kind != BackupKind::Resources {
+        return Err(format!(
+            "backup {id} holds volume data only; restore the application backup it belongs to"
+        ));
+    }
+
+    // Volumes first: each claim is created already bound to a volume holding its data.
+    let mut bindings = BTreeMap::new();
+    let mut volumes = Vec::new();
+    let pvs: Api<PersistentVolume> = Api::all(lctx.client.clone());
+    for v in &manifest.volumes {
+        let target_ns = spec
+            .namespace_mapping
+            .get(&v.namespace)
+            .cloned()
+            .unwrap_or_else(|| v.namespace.clone());
+        let mut claim_spec = v.spec.clone().unwrap_or_else(|| json!({}));
+        let mapped = claim_spec
+            .get("storageClassName")
+            .and_then(|s| s.as_str())
+            .and_then(|sc| spec.storage_class_mapping.get(sc))
+            .cloned();
+        if let Some(mapped) = mapped {
+            claim_spec["storageClassName"] = mapped.into();
+        }
+        let claim = json!({"metadata": {"name": v.claim, "namespace": target_ns}, "spec": claim_spec});
+        let result = restore_claim_volume(&repo, ctx, &pvs, &v.backup, target_ns.clone(), claim).await;
+        match result {
+            Ok((volume_name, stats)) => {
+                bindings.insert(format!("{target_ns}/{}", v.claim), volume_name);
+                volumes.push(VolumeResult {
+                    namespace: target_ns,
+                    claim: v.claim.clone(),
+                    phase: "Success".into(),
+                    files: stats.files,
+                    bytes: stats.bytes,
+                    message: None,
+                });
+            }
+            Err(e) => volumes.push(VolumeResult {
+                namespace: target_ns,
+                claim: v.claim.clone(),
+                phase: "Failed".into(),
+                message: Some(e),
+                ..VolumeResult::default()
+            }),
+        }
+    }
+
+    let opts = RestoreOptions {
+        namespace_mapping: spec.namespace_mapping.clone(),
+        storage_class_mapping: spec.storage_class_mapping.clone(),
+        existing: if spec.existing_resource_policy == "Replace" {
+            ExistingResourcePolicy::Replace
+        } else {
+            ExistingResourcePolicy::Retain
+        },
+        volume_bindings: bindings,
+        ..RestoreOptions::default()
+    };
+    let sink = KubeCluster::new(lctx.client.clone());
+    let report = restore_namespace_resources(&repo, &id, &sink, &opts)
+        .await
+        .map_err(|e| format!("restoring the objects: {e}"))?;
+    let failures: Vec<ObjectFailure> = report
+        .failures()
+        .take(MAX_FAILURES)
+        .map(|o| ObjectFailure {
+            kind: o.object.kind.clone(),
+            namespace: o.object.namespace.clone(),
+            name: o.object.name.clone(),
+            reason: match &o.outcome {
+                RestoreOutcome::Failed { reason } => reason.clone(),
+                _ => String::new(),
+            },
+        })
+        .collect();
+    let failed_volumes = volumes.iter().filter(|v| v.phase != "Success").count();
+    let phase = if report.failed == 0 && failed_volumes == 0 {
+        "Success"
+    } else if report.created + report.replaced > 0 {
+        "PartialSuccess"
+    } else {
+        "Failed"
+    };
+    let mut problems = Vec::new();
+    if report.failed > 0 {
+        problems.push(format!("{} object(s) failed", report.failed));
+    }
+    if failed_volumes > 0 {
+        problems.push(format!("{failed_volumes} volume(s) failed"));
+    }
+    Ok(ApplicationRestoreStatus {
+        phase: phase.into(),
+        message: (!problems.is_empty()).then(|| problems.join("; ")),
+        counts: RestoreCounts {
+            total: report.objects.len() as u64,
+            created: report.created,
+            replaced: report.replaced,
+            skipped: report.retained,
+            failed: report.failed,
+        },
+        failures,
+        volumes,
+        ..ApplicationRestoreStatus::default()
+    })
+}
+
+async fn restore_claim_volume(
+    repo: &Repository,
+    ctx: &Context,
+    pvs: &Api<PersistentVolume>,
+    backup: &BackupId,
+    namespace: String,
+    claim: serde_json::Value,
+) -> Result<(Option<String>, pxb_core::backup::volume::RestoreStats), String> {
+    let provisioned = ctx
+        .driver
+        .provision(&namespace, &claim)
+        .await
+        .map_err(|e| e.to_string())?;
+    // The engine's restore future is not `Send` for every lifetime (it borrows across its
+    // internal streams), so it runs on a blocking thread of its own.
+    let (repo, backup, dir) = (repo.clone(), backup.clone(), provisioned.dir.clone());
+    let handle = tokio::runtime::Handle::current();
+    let stats = tokio::task::spawn_blocking(move || {
+        handle.block_on(restore_volume(&repo, &backup, VolumeRestoreOptions::new(&dir)))
+    })
+    .await
+    .map_err(|e| format!("restoring the data: {e}"))?
+    .map_err(|e| format!("restoring the data: {e}"))?;
+    if let Some(volume) = provisioned.volume {
+        let pv: PersistentVolume =
+            serde_json::from_value(volume).map_err(|e| format!("building the volume: {e}"))?;
+        pvs.create(&PostParams::default(), &pv)
+            .await
+            .map_err(|e| format!("creating the volume: {e}"))?;
+    }
+    Ok((provisioned.volume_name, stats))
+}
+
+fn error_policy(restore: Arc<ApplicationRestore>, err: &ReconcileError, _ctx: Arc<Context>) -> Action {
+    tracing::warn!(restore = %restore.name_any(), error = %err, "restore reconcile failed; retrying in 10 s");
+    Action::requeue(Duration::from_secs(10))
+}
+
+/// Runs the restore controller until the returned task is aborted.
+pub fn spawn(ctx: Arc<Context>) -> tokio::task::JoinHandle<()> {
+    let api: Api<ApplicationRestore> =
+        Api::namespaced(ctx.locations.client.clone(), &ctx.locations.config.namespace);
+    tokio::spawn(async move {
+        Controller::new(api, watcher::Config::default())
+            .run(reconcile, error_policy, ctx)
+            .for_each(|r| async move {
+                if let Err(e) = r {
+                    tracing::debug!(error = %e, "restore controller");
+                }
+            })
+            .await;
+    })
+}
