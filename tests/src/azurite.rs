@@ -74,8 +74,11 @@ pub fn ensure_installed() -> anyhow::Result<PathBuf> {
 /// A running Azurite blob service; stopped (by its process id) when dropped.
 #[derive(Debug)]
 pub struct Azurite {
-    child: Child,
+    child: Option<Child>,
     port: u16,
+    main: PathBuf,
+    cert: PathBuf,
+    key: PathBuf,
     _data: tempfile::TempDir,
 }
 
@@ -85,25 +88,63 @@ impl Azurite {
         let main = ensure_installed()?;
         let data = tempfile::tempdir()?;
         let port = crate::free_port()?;
-        let log = std::fs::File::create(data.path().join("azurite.log"))?;
+        let mut me = Self {
+            child: None,
+            port,
+            main,
+            cert: ca.server_cert_file(),
+            key: ca.server_key_file(),
+            _data: data,
+        };
+        me.restart()?;
+        Ok(me)
+    }
+
+    /// Stops the emulator (by its process id): SIGTERM so it saves its data for
+    /// [`Azurite::restart`], SIGKILL if it has not exited after 10 s.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = Command::new("kill")
+                .args(["-TERM", &child.id().to_string()])
+                .status();
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = child.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts the emulator again on the same port with the same data (after [`Azurite::stop`]).
+    pub fn restart(&mut self) -> anyhow::Result<()> {
+        self.stop();
+        let data = self._data.path();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(data.join("azurite.log"))?;
         // A wrapper that loads Azurite and exits when this process is gone, so a killed test run
         // leaves no emulator behind (the argument vector keeps the shape Azurite parses).
-        let wrapper = data.path().join("run-azurite.js");
+        let wrapper = data.join("run-azurite.js");
         std::fs::write(
             &wrapper,
             "const parent = Number(process.env.PXB_PARENT_PID);\n\
-             setInterval(() => { try { process.kill(parent, 0); } catch (e) { process.exit(0); } }, 1000);\n\
+             setInterval(() => { try { process.kill(parent, 0); } catch (e) { process.exit(0); } }, 1000).unref();\n\
              require(process.env.PXB_AZURITE_MAIN);\n",
         )?;
         let child = Command::new("node")
             .arg(&wrapper)
             .env("PXB_PARENT_PID", std::process::id().to_string())
-            .env("PXB_AZURITE_MAIN", &main)
-            .args(["--blobHost", "127.0.0.1", "--blobPort", &port.to_string()])
+            .env("PXB_AZURITE_MAIN", &self.main)
+            .args(["--blobHost", "127.0.0.1", "--blobPort", &self.port.to_string()])
             .arg("--cert")
-            .arg(ca.server_cert_file())
+            .arg(&self.cert)
             .arg("--key")
-            .arg(ca.server_key_file())
+            .arg(&self.key)
             .args([
                 "--oauth",
                 "basic",
@@ -112,25 +153,23 @@ impl Azurite {
                 "--loose",
             ])
             .arg("--location")
-            .arg(data.path())
+            .arg(data)
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
             .spawn()
             .context("starting Azurite with node")?;
-        let mut me = Self {
-            child,
-            port,
-            _data: data,
-        };
-        me.wait_ready(Duration::from_secs(30))?;
-        Ok(me)
+        self.child = Some(child);
+        self.wait_ready(Duration::from_secs(30))
     }
 
     fn wait_ready(&mut self, timeout: Duration) -> anyhow::Result<()> {
         let start = Instant::now();
         while start.elapsed() < timeout {
-            if let Some(status) = self.child.try_wait()? {
+            let Some(child) = self.child.as_mut() else {
+                bail!("Azurite is stopped");
+            };
+            if let Some(status) = child.try_wait()? {
                 let log = std::fs::read_to_string(self._data.path().join("azurite.log")).unwrap_or_default();
                 bail!("Azurite exited with {status} before listening: {log}");
             }
@@ -158,7 +197,6 @@ impl Azurite {
 
 impl Drop for Azurite {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.stop();
     }
 }

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::{Resource as _, ResourceExt as _};
 use pxb_core::cluster::ClusterProvider as _;
 use pxb_daemon::agent::AgentConfig;
 use pxb_daemon::agent::locations::{self, Context};
@@ -641,6 +642,141 @@ async fn two_namespaces_with_a_volume_are_backed_up_and_restored_into_mapped_nam
         tree(std::path::Path::new(&dir)),
         tree(data.path()),
         "restored files equal the originals"
+    );
+    for c in controllers {
+        c.abort();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleting_a_backup_deletes_its_data_even_after_the_location_was_down() {
+    use pxb_daemon::agent::backups;
+    use pxb_daemon::agent::volumes::LocalPathDriver;
+    use pxb_daemon::crd::{ApplicationBackup, ApplicationBackupSpec};
+
+    let (_fleet, client) = shoot_with_crds().await;
+    let mut fx = AzureFixture::start(3600).expect("azure fixture");
+    let container = fx.container_name("agent-delete");
+    pxb_azure::AzureBlobStore::new(fx.key_config(&container))
+        .expect("store")
+        .create_container()
+        .await
+        .expect("container");
+    let data = tempfile::tempdir().expect("volume dir");
+    std::fs::write(data.path().join("a.txt"), "hello").expect("write");
+    for obj in [
+        json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "shop"}}),
+        json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "cfg", "namespace": "shop"}, "data": {"a": "b"}}),
+        json!({"apiVersion": "v1", "kind": "PersistentVolume", "metadata": {"name": "pv-data"},
+               "spec": {"capacity": {"storage": "1Gi"}, "accessModes": ["ReadWriteOnce"],
+                        "hostPath": {"path": data.path().to_string_lossy()}, "claimRef": {"namespace": "shop", "name": "data"}}}),
+        json!({"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": "data", "namespace": "shop"},
+               "spec": {"accessModes": ["ReadWriteOnce"], "volumeName": "pv-data", "resources": {"requests": {"storage": "1Gi"}}}}),
+    ] {
+        apply(&client, obj).await;
+    }
+    let restores = tempfile::tempdir().expect("restore root");
+    let config = AgentConfig {
+        workload_identity: fx.wi_options(CLIENT_ID),
+        ca_file: Some(fx.ca.ca_file()),
+        delete_retry: Duration::from_secs(1),
+        ..AgentConfig::default()
+    };
+    let lctx = Context::new(client.clone(), config);
+    let bctx = backups::Context::new(
+        lctx.clone(),
+        Arc::new(LocalPathDriver::new(client.clone(), restores.path())),
+    );
+    let controllers = [locations::spawn(lctx.clone()), backups::spawn(bctx.clone())];
+    let locs: Api<BackupLocation> = Api::namespaced(client.clone(), "pxb-system");
+    locs.create(
+        &PostParams::default(),
+        &BackupLocation::new("tenant", azure_location(&fx, &container, None)),
+    )
+    .await
+    .expect("location");
+    let repo = pxb_core::backup::Repository::new(Arc::new(
+        pxb_azure::AzureBlobStore::new(fx.key_config(&container)).expect("store"),
+    ));
+    let api: Api<ApplicationBackup> = Api::namespaced(client.clone(), "pxb-system");
+    let spec = ApplicationBackupSpec {
+        location: "tenant".into(),
+        namespaces: vec!["shop".into()],
+        include_volumes: true,
+        reclaim_policy: "Delete".into(),
+        ..ApplicationBackupSpec::default()
+    };
+    let succeeded = |b: &ApplicationBackup| b.status.as_ref().is_some_and(|s| s.phase == "Success");
+    for name in ["b1", "b2"] {
+        api.create(
+            &PostParams::default(),
+            &ApplicationBackup::new(name, spec.clone()),
+        )
+        .await
+        .expect("backup");
+        let b = wait_for(&api, name, "succeeds", succeeded).await;
+        assert!(b.finalizers().iter().any(|f| f == backups::FINALIZER), "{b:?}");
+    }
+    assert_eq!(
+        repo.list().await.expect("list").len(),
+        4,
+        "two resource and two volume backups"
+    );
+
+    // The location goes down; the deletion waits, saying why, and keeps the object.
+    fx.azurite.stop();
+    api.delete("b1", &Default::default()).await.expect("delete");
+    let b1 = wait_for(&api, "b1", "reports why it cannot delete", |b| {
+        b.status.as_ref().is_some_and(|s| {
+            s.phase == "Deleting"
+                && s.message
+                    .as_deref()
+                    .is_some_and(|m| m.contains("deleting the data"))
+        })
+    })
+    .await;
+    assert!(b1.meta().deletion_timestamp.is_some());
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(
+        api.get_opt("b1").await.expect("get").is_some(),
+        "stays while the data cannot be deleted"
+    );
+
+    // Back up: the data goes, then the object.
+    fx.azurite.restart().expect("restart Azurite");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while api.get_opt("b1").await.expect("get").is_some() {
+        assert!(
+            Instant::now() < deadline,
+            "b1 is deleted once the location is back"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let left = repo.list().await.expect("list");
+    assert_eq!(
+        left.len(),
+        2,
+        "b1's resource and volume backups are gone: {left:?}"
+    );
+
+    // Force-delete drops the object and leaves the data.
+    api.patch(
+        "b2",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"metadata": {"annotations": {backups::FORCE_DELETE: "true"}}})),
+    )
+    .await
+    .expect("annotate");
+    api.delete("b2", &Default::default()).await.expect("delete");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while api.get_opt("b2").await.expect("get").is_some() {
+        assert!(Instant::now() < deadline, "b2 is dropped");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        repo.list().await.expect("list").len(),
+        2,
+        "force-delete leaves the data"
     );
     for c in controllers {
         c.abort();

@@ -7,6 +7,12 @@
 //! `Failed`. An invalid spec is `Failed` with the reason and is not retried. A backup that a
 //! restart cut short is run again once from the start (chunks already uploaded are reused);
 //! cut short twice, it is `Failed` with the reason. Nothing stays `InProgress`.
+//!
+//! With `reclaimPolicy: Delete` the object carries the finalizer [`FINALIZER`]: deleting it
+//! deletes the backup's data from the location first (its volume backups, then the resource
+//! backup), and while the location cannot be reached the object stays `Deleting` with the reason
+//! and the agent keeps retrying. The annotation [`FORCE_DELETE`]` = "true"` drops the object and
+//! leaves the data.
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
@@ -120,6 +126,119 @@ async fn patch_status(ctx: &Context, name: &str, status: serde_json::Value) -> R
 
 const FINAL: [&str; 3] = ["Success", "PartialSuccess", "Failed"];
 
+/// The finalizer that deletes a backup's data before its object goes.
+pub const FINALIZER: &str = "pxb.io/backup-data";
+/// Annotation that drops an object without deleting its data.
+pub const FORCE_DELETE: &str = "pxb.io/force-delete";
+
+async fn set_finalizer(
+    api: &Api<ApplicationBackup>,
+    backup: &ApplicationBackup,
+    present: bool,
+) -> Result<(), ReconcileError> {
+    let mut finalizers: Vec<String> = backup.finalizers().to_vec();
+    let has = finalizers.iter().any(|f| f == FINALIZER);
+    if has == present {
+        return Ok(());
+    }
+    if present {
+        finalizers.push(FINALIZER.into());
+    } else {
+        finalizers.retain(|f| f != FINALIZER);
+    }
+    // The resourceVersion makes this a compare-and-swap: a concurrent change is a conflict, retried.
+    let patch = json!({"metadata": {"finalizers": finalizers, "resourceVersion": backup.resource_version()}});
+    api.patch(&backup.name_any(), &PatchParams::default(), &Patch::Merge(patch))
+        .await
+        .map(|_| ())
+        .map_err(|e| {
+            ReconcileError::new(format!(
+                "updating the finalizers of backup {}: {e}",
+                backup.name_any()
+            ))
+        })
+}
+
+/// Deletes the data of a deleted backup; the error is the reason it cannot, for the status.
+async fn delete_data(backup: &ApplicationBackup, ctx: &Context) -> Result<(), String> {
+    let Some(id) = backup.status.as_ref().and_then(|s| s.backup_id.clone()) else {
+        return Ok(()); // Nothing was committed.
+    };
+    let lctx = &ctx.locations;
+    let locations: Api<BackupLocation> = Api::namespaced(lctx.client.clone(), &lctx.config.namespace);
+    let location = locations
+        .get_opt(&backup.spec.location)
+        .await
+        .map_err(|e| format!("reading location {}: {e}", backup.spec.location))?
+        .ok_or_else(|| {
+            format!(
+                "location {} does not exist, so the data cannot be deleted; annotate with {FORCE_DELETE}=true \
+                 to drop this object and leave the data",
+                backup.spec.location
+            )
+        })?;
+    let opened = locations::open(&location.spec, lctx).await?;
+    let repo = Repository::new(opened.store);
+    let id = pxb_core::backup::BackupId::parse(&id).map_err(|e| e.to_string())?;
+    let manifest = match repo.manifest(&id).await {
+        Ok(m) => m,
+        Err(pxb_core::Error::NotFound { .. }) => return Ok(()), // Already deleted.
+        Err(e) => return Err(format!("reading backup {id}: {e}")),
+    };
+    // Volumes first: if this is interrupted, the resource backup still lists what is left.
+    for v in &manifest.volumes {
+        match repo.delete(&v.backup).await {
+            Ok(_) | Err(pxb_core::Error::NotFound { .. }) => {}
+            Err(e) => return Err(format!("deleting volume backup {}: {e}", v.backup)),
+        }
+    }
+    match repo.delete(&id).await {
+        Ok(_) | Err(pxb_core::Error::NotFound { .. }) => Ok(()),
+        Err(e) => Err(format!("deleting backup {id}: {e}")),
+    }
+}
+
+async fn finalize(
+    api: &Api<ApplicationBackup>,
+    backup: &ApplicationBackup,
+    ctx: &Context,
+) -> Result<Action, ReconcileError> {
+    let name = backup.name_any();
+    if !backup.finalizers().iter().any(|f| f == FINALIZER) {
+        return Ok(Action::await_change());
+    }
+    let forced = backup
+        .annotations()
+        .get(FORCE_DELETE)
+        .is_some_and(|v| v == "true");
+    if ctx.running().contains(&name) {
+        return Ok(Action::requeue(Duration::from_secs(2)));
+    }
+    if !forced && backup.spec.reclaim_policy == "Delete" {
+        patch_status(
+            ctx,
+            &name,
+            json!({"phase": "Deleting", "stage": "Deleting", "heartbeat": now_rfc3339()}),
+        )
+        .await?;
+        if let Err(reason) = delete_data(backup, ctx).await {
+            tracing::warn!(backup = %name, %reason, "deleting the backup's data failed; retrying");
+            patch_status(
+                ctx,
+                &name,
+                json!({"message": format!("deleting the data: {reason}")}),
+            )
+            .await?;
+            return Ok(Action::requeue(ctx.locations.config.delete_retry));
+        }
+        tracing::info!(backup = %name, "backup data deleted");
+    } else if forced {
+        tracing::info!(backup = %name, "force-deleted; the backup's data stays in the location");
+    }
+    set_finalizer(api, backup, false).await?;
+    Ok(Action::await_change())
+}
+
 async fn reconcile(cached: Arc<ApplicationBackup>, ctx: Arc<Context>) -> Result<Action, ReconcileError> {
     let name = cached.name_any();
     let api: Api<ApplicationBackup> =
@@ -129,6 +248,10 @@ async fn reconcile(cached: Arc<ApplicationBackup>, ctx: Arc<Context>) -> Result<
         Ok(None) => return Ok(Action::await_change()),
         Err(e) => return Err(ReconcileError::new(format!("reading backup {name}: {e}"))),
     };
+    if backup.meta().deletion_timestamp.is_some() {
+        return finalize(&api, &backup, &ctx).await;
+    }
+    set_finalizer(&api, &backup, backup.spec.reclaim_policy == "Delete").await?;
     let status = backup.status.clone().unwrap_or_default();
     if FINAL.contains(&status.phase.as_str()) || ctx.running().contains(&name) {
         return Ok(Action::await_change());

@@ -28,6 +28,8 @@ pub struct AgentConfig {
     pub verify_interval: Duration,
     /// How often a running operation writes its heartbeat (at most every 15 s).
     pub heartbeat_interval: Duration,
+    /// How soon a deletion whose location could not be reached is tried again.
+    pub delete_retry: Duration,
     /// Deadline of each step of a validation (`PXB_STEP_TIMEOUT_SECONDS`, default 8).
     pub step_timeout: Duration,
     /// Retries of each storage request.
@@ -45,6 +47,7 @@ impl Default for AgentConfig {
             validate_interval: Duration::from_secs(600),
             verify_interval: Duration::from_secs(86_400),
             heartbeat_interval: Duration::from_secs(10),
+            delete_retry: Duration::from_secs(15),
             step_timeout: Duration::from_secs(8),
             max_retries: 3,
         }
@@ -84,6 +87,7 @@ impl AgentConfig {
             validate_interval: seconds("PXB_VALIDATE_INTERVAL_SECONDS", d.validate_interval)?,
             verify_interval: seconds("PXB_VERIFY_INTERVAL_SECONDS", d.verify_interval)?,
             heartbeat_interval: d.heartbeat_interval,
+            delete_retry: d.delete_retry,
             step_timeout: seconds("PXB_STEP_TIMEOUT_SECONDS", d.step_timeout)?,
             max_retries: d.max_retries,
         })
