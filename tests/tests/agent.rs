@@ -782,3 +782,103 @@ async fn deleting_a_backup_deletes_its_data_even_after_the_location_was_down() {
         c.abort();
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backup_cut_short_by_an_agent_restart_does_not_stay_in_progress() {
+    use pxb_daemon::agent::backups;
+    use pxb_daemon::agent::volumes::LocalPathDriver;
+    use pxb_daemon::crd::{ApplicationBackup, ApplicationBackupSpec};
+
+    let (_fleet, client) = shoot_with_crds().await;
+    let fx = AzureFixture::start(3600).expect("azure fixture");
+    let container = fx.container_name("agent-restart");
+    pxb_azure::AzureBlobStore::new(fx.key_config(&container))
+        .expect("store")
+        .create_container()
+        .await
+        .expect("container");
+    // Enough incompressible data that the backup is still running when the agent goes away.
+    let data = tempfile::tempdir().expect("volume dir");
+    let mut rng = pxb_tests::bench::Rng(7);
+    for i in 0..12 {
+        let bytes: Vec<u8> = (0..4 << 20).map(|_| rng.next_u64() as u8).collect();
+        std::fs::write(data.path().join(format!("blob-{i}")), bytes).expect("write");
+    }
+    for obj in [
+        json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "shop"}}),
+        json!({"apiVersion": "v1", "kind": "PersistentVolume", "metadata": {"name": "pv-data"},
+               "spec": {"capacity": {"storage": "1Gi"}, "accessModes": ["ReadWriteOnce"],
+                        "hostPath": {"path": data.path().to_string_lossy()}, "claimRef": {"namespace": "shop", "name": "data"}}}),
+        json!({"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": "data", "namespace": "shop"},
+               "spec": {"accessModes": ["ReadWriteOnce"], "volumeName": "pv-data", "resources": {"requests": {"storage": "1Gi"}}}}),
+    ] {
+        apply(&client, obj).await;
+    }
+    let restores = tempfile::tempdir().expect("restore root");
+    let agent = |client: kube::Client| {
+        let config = AgentConfig {
+            workload_identity: fx.wi_options(CLIENT_ID),
+            ca_file: Some(fx.ca.ca_file()),
+            heartbeat_interval: Duration::from_millis(500),
+            ..AgentConfig::default()
+        };
+        let lctx = Context::new(client.clone(), config);
+        let bctx = backups::Context::new(
+            lctx.clone(),
+            Arc::new(LocalPathDriver::new(client, restores.path())),
+        );
+        [locations::spawn(lctx), backups::spawn(bctx)]
+    };
+    let first = agent(client.clone());
+    let locs: Api<BackupLocation> = Api::namespaced(client.clone(), "pxb-system");
+    locs.create(
+        &PostParams::default(),
+        &BackupLocation::new("tenant", azure_location(&fx, &container, None)),
+    )
+    .await
+    .expect("location");
+    let api: Api<ApplicationBackup> = Api::namespaced(client.clone(), "pxb-system");
+    let spec = ApplicationBackupSpec {
+        location: "tenant".into(),
+        namespaces: vec!["shop".into()],
+        include_volumes: true,
+        reclaim_policy: "Retain".into(),
+        ..ApplicationBackupSpec::default()
+    };
+    api.create(&PostParams::default(), &ApplicationBackup::new("long", spec))
+        .await
+        .expect("backup");
+    wait_for(&api, "long", "starts", |b| {
+        b.status.as_ref().is_some_and(|s| s.phase == "InProgress")
+    })
+    .await;
+    // The agent dies mid-backup.
+    for task in first {
+        task.abort();
+    }
+    let stuck = api.get("long").await.expect("get");
+    assert_eq!(
+        stuck.status.as_ref().map(|s| s.phase.as_str()),
+        Some("InProgress")
+    );
+
+    // A new agent finds it, runs it again from the start, and finishes it.
+    let second = agent(client.clone());
+    let done = wait_for(&api, "long", "finishes after the restart", |b| {
+        b.status
+            .as_ref()
+            .is_some_and(|s| ["Success", "PartialSuccess", "Failed"].contains(&s.phase.as_str()))
+    })
+    .await;
+    let status = done.status.expect("status");
+    assert_eq!(status.phase, "Success", "{status:?}");
+    assert_eq!(status.attempts, 2, "{status:?}");
+    assert!(
+        status.message.as_deref().is_some_and(|m| m.contains("restart")),
+        "{status:?}"
+    );
+    assert_eq!(status.volumes[0].files, 12);
+    for task in second {
+        task.abort();
+    }
+}

@@ -311,7 +311,7 @@ async fn run(
         ctx,
         &name,
         json!({"phase": "InProgress", "stage": "Volumes", "startTimestamp": started, "heartbeat": now_rfc3339(),
-               "attempts": attempts, "message": message,
+               "attempts": attempts, "message": message.clone(),
                "observedGeneration": backup.meta().generation.unwrap_or(0)}),
     )
     .await?;
@@ -335,13 +335,18 @@ async fn run(
         }
     };
     let outcome = with_heartbeat(work, ctx.locations.config.heartbeat_interval, beat).await;
-    let done = match outcome {
+    let mut done = match outcome {
         Ok(done) => done,
         Err(message) => ApplicationBackupStatus {
             phase: "Failed".into(),
             message: Some(message),
             ..ApplicationBackupStatus::default()
         },
+    };
+    // Keep saying that it was resumed.
+    done.message = match (done.message.take(), message) {
+        (Some(a), Some(b)) => Some(format!("{a}; {b}")),
+        (a, b) => a.or(b),
     };
     tracing::info!(backup = %name, phase = %done.phase, message = ?done.message, "backup finished");
     let mut status = with_nulls(&done, &["stage", "message"]);

@@ -144,7 +144,7 @@ async fn run(
         ctx,
         &name,
         json!({"phase": "InProgress", "startTimestamp": started, "heartbeat": now_rfc3339(),
-               "attempts": attempts, "message": message}),
+               "attempts": attempts, "message": message.clone()}),
     )
     .await?;
     let beat = || {
@@ -159,11 +159,16 @@ async fn run(
         beat,
     )
     .await;
-    let done = outcome.unwrap_or_else(|message| ApplicationRestoreStatus {
+    let mut done = outcome.unwrap_or_else(|message| ApplicationRestoreStatus {
         phase: "Failed".into(),
         message: Some(message),
         ..ApplicationRestoreStatus::default()
     });
+    // Keep saying that it was resumed.
+    done.message = match (done.message.take(), message) {
+        (Some(a), Some(b)) => Some(format!("{a}; {b}")),
+        (a, b) => a.or(b),
+    };
     tracing::info!(restore = %name, phase = %done.phase, message = ?done.message, "restore finished");
     let mut status = with_nulls(&done, &["message"]);
     status["completionTimestamp"] = now_rfc3339().into();
