@@ -271,7 +271,7 @@ async fn sync_finds_other_clusters_backups_and_verify_finds_a_deleted_chunk() {
     use pxb_core::backup::{Repository, layout};
     use pxb_core::resources::{InMemoryCluster, ResourceSelector};
 
-    let (_fleet, client) = shoot_with_crds().await;
+    let (fleet, client) = shoot_with_crds().await;
     let fx = AzureFixture::start(3600).expect("azure fixture");
     let container = fx.container_name("agent-sync");
     let writer = Arc::new(pxb_azure::AzureBlobStore::new(fx.key_config(&container)).expect("store"));
@@ -307,7 +307,7 @@ async fn sync_finds_other_clusters_backups_and_verify_finds_a_deleted_chunk() {
     };
     let ctx = Context::new(client.clone(), config);
     let controller = locations::spawn(ctx.clone());
-    let api: Api<BackupLocation> = Api::namespaced(client, "pxb-system");
+    let api: Api<BackupLocation> = Api::namespaced(client.clone(), "pxb-system");
     let mut spec = azure_location(&fx, &container, None);
     spec.sync = true;
     api.create(&PostParams::default(), &BackupLocation::new("shared", spec))
@@ -329,6 +329,89 @@ async fn sync_finds_other_clusters_backups_and_verify_finds_a_deleted_chunk() {
             .backups
             .values()
             .all(|b| b.cluster.as_deref() == Some("other-cluster"))
+    );
+
+    // The catalog is served by the agent's read API, reached through the shoot API server's
+    // service proxy (no object per backup in the cluster).
+    let state = Arc::new(pxb_daemon::agent::api::ApiState {
+        backups: pxb_daemon::agent::backups::Context::new(
+            ctx.clone(),
+            Arc::new(pxb_daemon::agent::volumes::StaticVolumes::new(data.path())),
+        ),
+        ready: true.into(),
+    });
+    let (addr, server) = pxb_daemon::agent::api::bind("127.0.0.1:0".parse().expect("addr"), state)
+        .await
+        .expect("bind");
+    fleet
+        .shoot("dev", "shoot-00000")
+        .expect("shoot")
+        .register_service_backend("pxb-system", "pxb-agent", "http", addr);
+    let proxy = |path: &str| {
+        let client = client.clone();
+        let uri = format!("/api/v1/namespaces/pxb-system/services/pxb-agent:http/proxy{path}");
+        async move {
+            let req = http::Request::get(uri).body(Vec::new()).expect("request");
+            client.request::<serde_json::Value>(req).await
+        }
+    };
+    match proxy("/v1/status").await {
+        Err(kube::Error::Api(s)) => assert_eq!(s.code, 404, "no Service yet: {s:?}"),
+        other => panic!("the proxy needs the Service: {other:?}"),
+    }
+    apply(
+        &client,
+        json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "pxb-agent", "namespace": "pxb-system"},
+               "spec": {"selector": {"app": "pxb-agent"}, "ports": [{"name": "http", "port": 8080, "targetPort": 8080}]}}),
+    )
+    .await;
+    let status = proxy("/v1/status").await.expect("status");
+    assert_eq!(status["version"], pxb_daemon::agent::api::VERSION);
+    assert_eq!(status["syncedLocations"], json!(["shared"]));
+    let page = proxy("/v1/catalog?location=shared&cluster=other-cluster&limit=1")
+        .await
+        .expect("page 1");
+    assert_eq!(page["items"].as_array().map(Vec::len), Some(1), "{page}");
+    let next = page["continue"].as_str().expect("continue").to_owned();
+    let page2 = proxy(&format!("/v1/catalog?location=shared&limit=1&continue={next}"))
+        .await
+        .expect("page 2");
+    assert_eq!(page2["items"].as_array().map(Vec::len), Some(1), "{page2}");
+    assert_ne!(page["items"][0]["id"], page2["items"][0]["id"]);
+    let shop = proxy("/v1/catalog?location=shared&namespace=shop")
+        .await
+        .expect("by namespace");
+    assert_eq!(shop["items"][0]["id"], resources.id.to_string(), "{shop}");
+    let none = proxy("/v1/catalog?location=shared&cluster=nobody")
+        .await
+        .expect("by cluster");
+    assert_eq!(none["items"], json!([]));
+    let future = proxy("/v1/catalog?location=shared&since=2100-01-01T00:00:00Z")
+        .await
+        .expect("by time");
+    assert_eq!(future["items"], json!([]));
+    let bad = client
+        .send(
+            http::Request::get(
+                "/api/v1/namespaces/pxb-system/services/pxb-agent:http/proxy/v1/catalog?location=shared&since=yesterday",
+            )
+            .body(kube::client::Body::empty())
+            .expect("request"),
+        )
+        .await
+        .expect("response");
+    assert_eq!(bad.status(), 400, "a bad time is a 400");
+    let metrics = client
+        .request_text(
+            http::Request::get("/api/v1/namespaces/pxb-system/services/pxb-agent:http/proxy/metrics")
+                .body(Vec::new())
+                .expect("request"),
+        )
+        .await
+        .expect("metrics");
+    assert!(
+        metrics.contains("pxb_agent_catalog_backups{location=\"shared\"} 2"),
+        "{metrics}"
     );
 
     // A chunk disappears behind the agent's back; a verify request finds the damaged backup.
@@ -389,6 +472,17 @@ async fn sync_finds_other_clusters_backups_and_verify_finds_a_deleted_chunk() {
             .backups
             .contains_key(&third.id)
     );
+    // Damaged backups say what is missing in the catalog.
+    let all = proxy("/v1/catalog?location=shared").await.expect("catalog");
+    let damaged: Vec<&serde_json::Value> = all["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .filter(|i| i.get("missingObjects").is_some())
+        .collect();
+    assert_eq!(damaged.len(), 1, "{all}");
+    assert_eq!(damaged[0]["id"], volume.id.to_string());
+    server.abort();
     controller.abort();
 }
 

@@ -47,6 +47,25 @@ pub struct Context {
     pub driver: Arc<dyn VolumeDriver>,
     running: Mutex<HashSet<String>>,
     restoring: Mutex<HashSet<String>>,
+    live: Mutex<std::collections::BTreeMap<String, Arc<Mutex<Live>>>>,
+}
+
+/// Live progress of a running backup, as the read API shows it.
+#[derive(Debug, Clone, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Operation {
+    /// `backup`.
+    pub kind: &'static str,
+    /// The `ApplicationBackup`'s name.
+    pub name: String,
+    /// What it is doing.
+    pub stage: &'static str,
+    /// Kubernetes objects done.
+    pub objects: u64,
+    /// Bytes of volume data read.
+    pub bytes: u64,
+    /// Seconds since it started.
+    pub elapsed_seconds: u64,
 }
 
 impl std::fmt::Debug for Context {
@@ -65,11 +84,42 @@ impl Context {
             driver,
             running: Mutex::new(HashSet::new()),
             restoring: Mutex::new(HashSet::new()),
+            live: Mutex::new(std::collections::BTreeMap::new()),
         })
     }
 
     fn running(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
         self.running.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Operations running in this process, with their live progress.
+    pub fn operations(&self) -> Vec<Operation> {
+        let mut ops: Vec<Operation> = self
+            .live
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|(name, live)| {
+                let l = live.lock().unwrap_or_else(|e| e.into_inner());
+                Operation {
+                    kind: "backup",
+                    name: name.clone(),
+                    stage: l.stage,
+                    objects: l.objects,
+                    bytes: l.bytes,
+                    elapsed_seconds: l.started.map_or(0, |s| s.elapsed().as_secs()),
+                }
+            })
+            .collect();
+        ops.extend(self.restoring().iter().map(|name| Operation {
+            kind: "restore",
+            name: name.rsplit('/').next().unwrap_or(name).to_owned(),
+            stage: "Restoring",
+            objects: 0,
+            bytes: 0,
+            elapsed_seconds: 0,
+        }));
+        ops
     }
 
     /// Restores running in this process.
@@ -320,6 +370,10 @@ async fn run(
         started: Some(Instant::now()),
         ..Live::default()
     }));
+    ctx.live
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(name.clone(), live.clone());
     let work = execute(spec, ctx, &name, live.clone());
     let beat = || {
         let name = name.clone();
@@ -335,6 +389,7 @@ async fn run(
         }
     };
     let outcome = with_heartbeat(work, ctx.locations.config.heartbeat_interval, beat).await;
+    ctx.live.lock().unwrap_or_else(|e| e.into_inner()).remove(&name);
     let mut done = match outcome {
         Ok(done) => done,
         Err(message) => ApplicationBackupStatus {

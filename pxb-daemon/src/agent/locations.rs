@@ -83,6 +83,20 @@ impl Context {
             .cloned()
     }
 
+    /// The locations this agent has synced, by name.
+    pub fn synced_locations(&self) -> Vec<String> {
+        let mut v: Vec<String> = self
+            .catalogs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .filter(|(_, c)| c.synced_at.is_some())
+            .map(|(n, _)| n.clone())
+            .collect();
+        v.sort();
+        v
+    }
+
     fn update_catalog(&self, location: &str, f: impl FnOnce(&mut Catalog)) {
         let mut c = self.catalogs.lock().unwrap_or_else(|e| e.into_inner());
         f(c.entry(location.to_owned()).or_default());

@@ -5,6 +5,7 @@
 //! in-memory catalog, verify), the backup controller ([`backups`]: resources and volume data
 //! through the [`volumes::VolumeDriver`] seam), with heartbeats while anything runs.
 
+pub mod api;
 pub mod backups;
 mod config;
 pub mod locations;

@@ -94,6 +94,7 @@ pub struct SimShoot {
     pki: OnceLock<ShootPki>,
     api: OnceLock<Arc<ApiStore>>,
     issued: Mutex<HashMap<[u8; 32], IssuedCert>>,
+    backends: Mutex<HashMap<(String, String, String), std::net::SocketAddr>>,
     rest: RestOptions,
 }
 
@@ -138,6 +139,7 @@ impl SimShoot {
             pki: OnceLock::new(),
             api: OnceLock::new(),
             issued: Mutex::new(HashMap::new()),
+            backends: Mutex::new(HashMap::new()),
             rest,
         }
     }
@@ -192,6 +194,21 @@ impl SimShoot {
     /// The shoot's CA certificate (PEM), created on first use.
     pub fn ca_pem(&self) -> Result<String, ApiError> {
         Ok(self.pki()?.ca.cert_pem.clone())
+    }
+
+    /// Routes the service proxy for `namespace/service:port` to `addr` (plain HTTP): what the
+    /// shoot's endpoints and kube-proxy do for a pod behind a Service.
+    pub fn register_service_backend(
+        &self,
+        namespace: &str,
+        service: &str,
+        port: &str,
+        addr: std::net::SocketAddr,
+    ) {
+        self.backends
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert((namespace.into(), service.into(), port.into()), addr);
     }
 
     /// Issues a client certificate for `user` valid until `not_after` and records it.
@@ -312,7 +329,101 @@ impl SimShoot {
                 ),
             ))
         };
+        let segs: Vec<String> = req.uri().path().split('/').map(str::to_owned).collect();
+        // "" api v1 namespaces {ns} services {svc[:port]} proxy ...
+        if segs.len() >= 8
+            && segs[1] == "api"
+            && segs[2] == "v1"
+            && segs[3] == "namespaces"
+            && segs[5] == "services"
+            && segs[7] == "proxy"
+        {
+            if role != Role::Admin {
+                return rest::error_response(&ApiError::new(
+                    403,
+                    "Forbidden",
+                    format!(
+                        "services \"{}\" is forbidden: User \"{user}\" cannot get resource \"services/proxy\"",
+                        segs[6]
+                    ),
+                ));
+            }
+            let rest_path = format!("/{}", segs[8..].join("/"));
+            return self.proxy(&segs[4], &segs[6], rest_path, req).await;
+        }
         rest::handle(self.api(), &self.rest, req, &authorize).await
+    }
+
+    async fn proxy(&self, ns: &str, svc: &str, path: String, req: Request<Incoming>) -> Response<Body> {
+        let (name, port) = svc.split_once(':').unwrap_or((svc, ""));
+        let services = ResourceType::new("", "v1", "Service", "services", true);
+        if let Err(e) = self.api().get(&services, Some(ns), name) {
+            return rest::error_response(&e);
+        }
+        let addr = self
+            .backends
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&(ns.to_owned(), name.to_owned(), port.to_owned()))
+            .copied();
+        let Some(addr) = addr else {
+            return rest::error_response(&ApiError::new(
+                503,
+                "ServiceUnavailable",
+                format!("no endpoints available for service \"{name}\""),
+            ));
+        };
+        let unavailable = |e: String| {
+            rest::error_response(&ApiError::new(
+                503,
+                "ServiceUnavailable",
+                format!("error trying to reach service: {e}"),
+            ))
+        };
+        let uri = match req.uri().query() {
+            Some(q) => format!("{path}?{q}"),
+            None => path,
+        };
+        let method = req.method().clone();
+        let body = match http_body_util::BodyExt::collect(req.into_body()).await {
+            Ok(b) => b.to_bytes(),
+            Err(e) => return unavailable(e.to_string()),
+        };
+        let stream = match TcpStream::connect(addr).await {
+            Ok(s) => s,
+            Err(e) => return unavailable(format!("dial tcp {addr}: {e}")),
+        };
+        let (mut sender, conn) = match hyper::client::conn::http1::handshake(TokioIo::new(stream)).await {
+            Ok(x) => x,
+            Err(e) => return unavailable(e.to_string()),
+        };
+        tokio::spawn(conn);
+        let out = match Request::builder()
+            .method(method)
+            .uri(uri)
+            .header("host", addr.to_string())
+            .body(http_body_util::Full::new(body))
+        {
+            Ok(r) => r,
+            Err(e) => return unavailable(e.to_string()),
+        };
+        let resp = match sender.send_request(out).await {
+            Ok(r) => r,
+            Err(e) => return unavailable(e.to_string()),
+        };
+        let (parts, body) = resp.into_parts();
+        let bytes = match http_body_util::BodyExt::collect(body).await {
+            Ok(b) => b.to_bytes(),
+            Err(e) => return unavailable(e.to_string()),
+        };
+        let mut r = Response::new(http_body_util::BodyExt::boxed_unsync(http_body_util::Full::new(
+            bytes,
+        )));
+        *r.status_mut() = parts.status;
+        if let Some(ct) = parts.headers.get("content-type") {
+            r.headers_mut().insert("content-type", ct.clone());
+        }
+        r
     }
 }
 

@@ -1,0 +1,229 @@
+//! The agent's small read-only HTTP API, served on the cluster-internal Service `pxb-agent`
+//! (port `http`); the server reaches it through the shoot API server's service proxy, so no
+//! inbound path into the tenant network is needed.
+//!
+//! - `GET /healthz`, `GET /readyz`: liveness and readiness (ready while the controllers run).
+//! - `GET /metrics`: Prometheus text.
+//! - `GET /v1/status`: version, cluster, namespace, synced locations.
+//! - `GET /v1/catalog?location=NAME[&cluster=C][&namespace=N][&since=T][&until=T][&limit=N][&continue=ID]`:
+//!   the backups the last sync found, oldest first, paged (`T` in Unix seconds or RFC 3339).
+//! - `GET /v1/operations`: running backups and restores with their live progress.
+//!
+//! Anything else is 404; anything but GET is 405. Errors are JSON `{"error": "..."}`.
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use pxb_core::backup::Summary;
+use serde_json::{Value, json};
+
+use super::backups;
+use super::parse_rfc3339;
+
+/// The agent's version, reported by the read API and on its Deployment (`pxb.io/version`).
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// The largest catalog page.
+pub const MAX_PAGE: usize = 1000;
+
+/// What the API reads from.
+#[derive(Debug)]
+pub struct ApiState {
+    /// The controllers' shared state.
+    pub backups: Arc<backups::Context>,
+    /// Whether the controllers are running (readiness).
+    pub ready: AtomicBool,
+}
+
+fn reply(code: StatusCode, body: &Value) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from(body.to_string())));
+    *r.status_mut() = code;
+    r.headers_mut().insert(
+        "content-type",
+        hyper::header::HeaderValue::from_static("application/json"),
+    );
+    r
+}
+
+fn error(code: StatusCode, message: impl Into<String>) -> Response<Full<Bytes>> {
+    reply(code, &json!({"error": message.into()}))
+}
+
+fn text(code: StatusCode, body: String, content_type: &'static str) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from(body)));
+    *r.status_mut() = code;
+    r.headers_mut().insert(
+        "content-type",
+        hyper::header::HeaderValue::from_static(content_type),
+    );
+    r
+}
+
+fn time_param(q: &BTreeMap<String, String>, key: &str) -> Result<Option<u64>, String> {
+    let Some(v) = q.get(key) else { return Ok(None) };
+    if let Ok(secs) = v.parse::<u64>() {
+        return Ok(Some(secs));
+    }
+    parse_rfc3339(v)
+        .map(|t| Some(t.unix_timestamp().max(0) as u64))
+        .ok_or_else(|| format!("{key}={v:?} is neither Unix seconds nor RFC 3339"))
+}
+
+/// Answers one request.
+pub fn handle(state: &ApiState, method: &Method, path: &str, query: Option<&str>) -> Response<Full<Bytes>> {
+    if method != Method::GET {
+        return error(StatusCode::METHOD_NOT_ALLOWED, "this API is read-only");
+    }
+    let q: BTreeMap<String, String> = query
+        .map(|q| url::form_urlencoded::parse(q.as_bytes()).into_owned().collect())
+        .unwrap_or_default();
+    let lctx = &state.backups.locations;
+    match path.trim_end_matches('/') {
+        "/healthz" => text(StatusCode::OK, "ok\n".into(), "text/plain"),
+        "/readyz" if state.ready.load(Ordering::Relaxed) => text(StatusCode::OK, "ok\n".into(), "text/plain"),
+        "/readyz" => text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ready\n".into(),
+            "text/plain",
+        ),
+        "/metrics" => text(StatusCode::OK, metrics(state), "text/plain; version=0.0.4"),
+        "/v1/status" => reply(
+            StatusCode::OK,
+            &json!({"version": VERSION, "cluster": lctx.config.cluster_name, "namespace": lctx.config.namespace,
+                    "ready": state.ready.load(Ordering::Relaxed), "syncedLocations": lctx.synced_locations()}),
+        ),
+        "/v1/operations" => reply(StatusCode::OK, &json!({"items": state.backups.operations()})),
+        "/v1/catalog" => catalog(state, &q),
+        _ => error(StatusCode::NOT_FOUND, format!("no such endpoint: {path}")),
+    }
+}
+
+fn catalog(state: &ApiState, q: &BTreeMap<String, String>) -> Response<Full<Bytes>> {
+    let Some(location) = q.get("location") else {
+        return error(StatusCode::BAD_REQUEST, "the location parameter is required");
+    };
+    let (since, until) = match (time_param(q, "since"), time_param(q, "until")) {
+        (Ok(s), Ok(u)) => (s, u),
+        (Err(e), _) | (_, Err(e)) => return error(StatusCode::BAD_REQUEST, e),
+    };
+    let limit = match q.get("limit").map(|l| l.parse::<usize>()) {
+        None => MAX_PAGE,
+        Some(Ok(l)) if (1..=MAX_PAGE).contains(&l) => l,
+        Some(_) => return error(StatusCode::BAD_REQUEST, format!("limit must be 1 to {MAX_PAGE}")),
+    };
+    let Some(cat) = state.backups.locations.catalog(location) else {
+        return error(
+            StatusCode::NOT_FOUND,
+            format!("location {location} has not been synced by this agent"),
+        );
+    };
+    let after = q.get("continue").cloned();
+    let selected = cat
+        .backups
+        .iter()
+        .filter(|(id, _)| after.as_deref().is_none_or(|a| id.as_str() > a))
+        .map(|(_, s)| s)
+        .filter(|s: &&Summary| {
+            q.get("cluster")
+                .is_none_or(|c| s.cluster.as_deref() == Some(c.as_str()))
+        })
+        .filter(|s| {
+            q.get("namespace")
+                .is_none_or(|n| s.namespaces.iter().any(|x| x == n))
+        })
+        .filter(|s| since.is_none_or(|t| s.created >= t) && until.is_none_or(|t| s.created < t));
+    let mut items = Vec::new();
+    let mut next = None;
+    for s in selected {
+        if items.len() == limit {
+            next = items.last().map(|l: &Value| l["id"].clone());
+            break;
+        }
+        let mut v = serde_json::to_value(s).unwrap_or(Value::Null);
+        if let Some(report) = cat.damaged.get(&s.id) {
+            v["missingObjects"] = json!(report.missing);
+            v["corruptObjects"] = json!(report.corrupt);
+        }
+        items.push(v);
+    }
+    let synced_at = cat
+        .synced_at
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map(|d| d.as_secs());
+    reply(
+        StatusCode::OK,
+        &json!({"location": location, "syncedAt": synced_at, "items": items, "continue": next}),
+    )
+}
+
+fn metrics(state: &ApiState) -> String {
+    let lctx = &state.backups.locations;
+    let mut out = String::new();
+    out += "# HELP pxb_agent_info The agent's version.\n# TYPE pxb_agent_info gauge\n";
+    out += &format!("pxb_agent_info{{version=\"{VERSION}\"}} 1\n");
+    out +=
+        "# HELP pxb_agent_ready Whether the agent's controllers are running.\n# TYPE pxb_agent_ready gauge\n";
+    out += &format!(
+        "pxb_agent_ready {}\n",
+        u8::from(state.ready.load(Ordering::Relaxed))
+    );
+    out += "# HELP pxb_agent_location_validations_total Location validations run.\n";
+    out += "# TYPE pxb_agent_location_validations_total counter\n";
+    out += &format!("pxb_agent_location_validations_total {}\n", lctx.validations());
+    out += "# HELP pxb_agent_operations_running Backups and restores running.\n# TYPE pxb_agent_operations_running gauge\n";
+    out += &format!(
+        "pxb_agent_operations_running {}\n",
+        state.backups.operations().len()
+    );
+    out += "# HELP pxb_agent_catalog_backups Backups found by the last sync of a location.\n";
+    out += "# TYPE pxb_agent_catalog_backups gauge\n";
+    for name in lctx.synced_locations() {
+        if let Some(c) = lctx.catalog(&name) {
+            let label = name.replace('\\', "\\\\").replace('"', "\\\"");
+            out += &format!(
+                "pxb_agent_catalog_backups{{location=\"{label}\"}} {}\n",
+                c.backups.len()
+            );
+        }
+    }
+    out
+}
+
+/// Serves the API on `listener` until the returned task is aborted.
+pub fn serve(listener: tokio::net::TcpListener, state: Arc<ApiState>) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else {
+                continue;
+            };
+            let state = state.clone();
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
+                    let r = handle(&state, req.method(), req.uri().path(), req.uri().query());
+                    async move { Ok::<_, Infallible>(r) }
+                });
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(tcp), svc)
+                    .await;
+            });
+        }
+    })
+}
+
+/// Binds `addr` and serves the API there; returns the bound address and the task.
+pub async fn bind(
+    addr: SocketAddr,
+    state: Arc<ApiState>,
+) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    let local = listener.local_addr()?;
+    Ok((local, serve(listener, state)))
+}
