@@ -1,5 +1,6 @@
-//! The custom resources: the committed CRDs in `deploy/crds/` match the Rust types, they install
-//! on a simulated shoot, and the typed API works against them.
+//! The custom resources and manifests: the committed CRDs in `deploy/crds/` match the Rust types,
+//! they install on a simulated shoot, the typed API works against them, and the agent's
+//! manifests in `deploy/agent/` carry this version.
 
 use std::path::PathBuf;
 
@@ -176,4 +177,40 @@ async fn crds_install_on_a_shoot_and_serve_typed_objects() {
             ..ApplicationBackupSpec::default()
         }
     );
+}
+
+#[test]
+fn agent_manifests_carry_this_version_and_workload_identity() {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../deploy/agent");
+    let yaml = std::fs::read_to_string(dir.join("30-deployment.yaml")).expect("deployment");
+    let d: Value = serde_saphyr::from_str(&yaml).expect("yaml");
+    let version = env!("CARGO_PKG_VERSION");
+    assert_eq!(
+        d["metadata"]["labels"]["pxb.io/version"], version,
+        "Deployment label"
+    );
+    let pod = &d["spec"]["template"];
+    assert_eq!(pod["metadata"]["labels"]["pxb.io/version"], version, "pod label");
+    assert_eq!(
+        pod["spec"]["containers"][0]["image"],
+        format!("pxb-agent:{version}")
+    );
+    assert_eq!(pod["spec"]["serviceAccountName"], "pxb-agent");
+    let token = &pod["spec"]["volumes"][0]["projected"]["sources"][0]["serviceAccountToken"];
+    assert_eq!(token["audience"], "api://AzureADTokenExchange");
+    let env: Vec<&str> = pod["spec"]["containers"][0]["env"]
+        .as_array()
+        .expect("env")
+        .iter()
+        .filter_map(|e| e["name"].as_str())
+        .collect();
+    assert!(
+        env.contains(&"AZURE_FEDERATED_TOKEN_FILE") && env.contains(&"PXB_LISTEN"),
+        "{env:?}"
+    );
+    let svc: Value =
+        serde_saphyr::from_str(&std::fs::read_to_string(dir.join("40-service.yaml")).expect("service"))
+            .expect("yaml");
+    assert_eq!(svc["metadata"]["name"], "pxb-agent");
+    assert_eq!(svc["spec"]["ports"][0]["name"], "http");
 }

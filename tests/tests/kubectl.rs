@@ -213,6 +213,23 @@ spec:
     let header: Vec<&str> = table.lines().next().unwrap_or("").split_whitespace().collect();
     assert_eq!(header, ["NAME", "PROVIDER", "PHASE", "AGE"], "{table}");
     assert!(table.contains("loc1") && table.contains("azure"), "{table}");
+    // The agent's manifests apply as they are.
+    let agent = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../deploy/agent");
+    kubectl(d, &kubeconfig, &["apply", "-f", &agent.to_string_lossy()]);
+    let label = kubectl(
+        d,
+        &kubeconfig,
+        &[
+            "get",
+            "deployment",
+            "pxb-agent",
+            "-n",
+            "pxb-system",
+            "-o",
+            "jsonpath={.metadata.labels.pxb\\.io/version}",
+        ],
+    );
+    assert_eq!(label, pxb_daemon::agent::api::VERSION);
     let all = kubectl(d, &kubeconfig, &["get", "pxb", "-A", "-o", "name"]);
     assert_eq!(
         all.trim(),

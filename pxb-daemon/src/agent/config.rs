@@ -11,6 +11,8 @@ use pxb_core::{Error, Result};
 pub struct AgentConfig {
     /// The namespace it watches (`PXB_NAMESPACE`, default `pxb-system`).
     pub namespace: String,
+    /// Where the read API listens (`PXB_LISTEN`, default `0.0.0.0:8080`).
+    pub listen: std::net::SocketAddr,
     /// The cluster's name, recorded in every backup (`PXB_CLUSTER_NAME`).
     pub cluster_name: Option<String>,
     /// Where restored local-path volumes are created (`PXB_RESTORE_ROOT`, default
@@ -40,6 +42,7 @@ impl Default for AgentConfig {
     fn default() -> Self {
         Self {
             namespace: crate::crd::AGENT_NAMESPACE.into(),
+            listen: std::net::SocketAddr::from(([0, 0, 0, 0], 8080)),
             cluster_name: None,
             restore_root: PathBuf::from("/var/lib/pxb/restores"),
             workload_identity: WorkloadIdentityOptions::default(),
@@ -75,6 +78,12 @@ impl AgentConfig {
         let d = Self::default();
         Ok(Self {
             namespace: var("PXB_NAMESPACE").unwrap_or(d.namespace),
+            listen: match var("PXB_LISTEN") {
+                None => d.listen,
+                Some(v) => v
+                    .parse()
+                    .map_err(|e| Error::invalid(format!("PXB_LISTEN={v:?} is not an address: {e}")))?,
+            },
             cluster_name: var("PXB_CLUSTER_NAME"),
             restore_root: var("PXB_RESTORE_ROOT").map_or(d.restore_root, PathBuf::from),
             workload_identity: WorkloadIdentityOptions {

@@ -1,0 +1,141 @@
+//! The `pxb-agent` binary as a process: configured from its environment, against a simulated
+//! shoot; it validates a location, serves its read API, and stops cleanly on SIGTERM.
+
+use std::io::{Read as _, Write as _};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use kube::api::{Api, PostParams};
+use pxb_daemon::crd::{BackupLocation, BackupLocationSpec, crds_yaml};
+use serde_json::json;
+
+fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: agent\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    let code = out.split_whitespace().nth(1)?.parse().ok()?;
+    Some((code, out.split("\r\n\r\n").nth(1).unwrap_or("").to_owned()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agent_binary_runs_and_stops_on_sigterm() {
+    let fleet = pxb_tests::sim::Fleet::start(pxb_tests::sim::FleetConfig::default()).expect("simulator");
+    fleet.add_project("dev").expect("project");
+    fleet.add_shoots("dev", "shoot", 1).expect("shoot");
+    let dir = tempfile::tempdir().expect("dir");
+    // The agent reads a kubeconfig like any in-cluster or local client (this file is the test's).
+    let kubeconfig = dir.path().join("kubeconfig");
+    std::fs::write(
+        &kubeconfig,
+        fleet
+            .admin_kubeconfig("dev", "shoot-00000", 3600)
+            .expect("kubeconfig"),
+    )
+    .expect("write");
+    let kc = kube::config::Kubeconfig::read_from(&kubeconfig).expect("read");
+    let client = kube::Client::try_from(
+        kube::Config::from_custom_kubeconfig(kc, &Default::default())
+            .await
+            .expect("config"),
+    )
+    .expect("client");
+    let crds: Api<
+        k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
+    > = Api::all(client.clone());
+    for (_, yaml) in crds_yaml().expect("crds") {
+        crds.create(
+            &PostParams::default(),
+            &serde_saphyr::from_str(&yaml).expect("yaml"),
+        )
+        .await
+        .expect("CRD");
+    }
+    Api::<k8s_openapi::api::core::v1::Namespace>::all(client.clone())
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({"metadata": {"name": "pxb-system"}})).expect("ns"),
+        )
+        .await
+        .expect("namespace");
+
+    let port = pxb_tests::free_port().expect("port");
+    let mut agent = Command::new(env!("CARGO_BIN_EXE_pxb-agent"))
+        .env("KUBECONFIG", &kubeconfig)
+        .env("PXB_LISTEN", format!("127.0.0.1:{port}"))
+        .env("PXB_CLUSTER_NAME", "shoot-00000")
+        .env("PXB_RESTORE_ROOT", dir.path().join("restores"))
+        .env("PXB_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start pxb-agent");
+
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while http_get(port, "/readyz").map(|r| r.0) != Some(200) {
+        assert!(Instant::now() < deadline, "the agent becomes ready");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let (_, status) = http_get(port, "/v1/status").expect("status");
+    let status: serde_json::Value = serde_json::from_str(&status).expect("json");
+    assert_eq!(status["version"], env!("CARGO_PKG_VERSION"));
+    assert_eq!(status["cluster"], "shoot-00000");
+    let (_, metrics) = http_get(port, "/metrics").expect("metrics");
+    assert!(metrics.contains("pxb_agent_ready 1"), "{metrics}");
+    assert_eq!(http_get(port, "/nope").map(|r| r.0), Some(404));
+
+    let locations: Api<BackupLocation> = Api::namespaced(client.clone(), "pxb-system");
+    let spec = BackupLocationSpec {
+        provider: "file".into(),
+        container: dir.path().join("backups").to_string_lossy().into_owned(),
+        ..BackupLocationSpec::default()
+    };
+    locations
+        .create(&PostParams::default(), &BackupLocation::new("local", spec))
+        .await
+        .expect("location");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let loc = locations.get("local").await.expect("get");
+        if loc
+            .status
+            .as_ref()
+            .and_then(|s| s.validation.as_ref())
+            .is_some_and(|v| v.phase == "Valid")
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the agent validates the location: {:?}",
+            loc.status
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    let _ = Command::new("kill")
+        .args(["-TERM", &agent.id().to_string()])
+        .status();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let exit = loop {
+        if let Some(s) = agent.try_wait().expect("wait") {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "the agent exits after SIGTERM");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut log = String::new();
+    agent
+        .stderr
+        .take()
+        .expect("stderr")
+        .read_to_string(&mut log)
+        .expect("log");
+    assert!(exit.success(), "{exit}: {log}");
+    assert!(log.contains("pxb-agent stopped"), "{log}");
+}
