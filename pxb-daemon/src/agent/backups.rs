@@ -584,3 +584,64 @@ pub fn spawn(ctx: Arc<Context>) -> tokio::task::JoinHandle<()> {
             .await;
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec() -> ApplicationBackupSpec {
+        ApplicationBackupSpec {
+            location: "loc".into(),
+            namespaces: vec!["shop".into()],
+            include_volumes: true,
+            reclaim_policy: "Delete".into(),
+            ..ApplicationBackupSpec::default()
+        }
+    }
+
+    #[test]
+    fn invalid_backup_specs_name_the_problem() {
+        assert_eq!(spec_problem(&spec()), None);
+        let cases: Vec<(ApplicationBackupSpec, &str)> = vec![
+            (
+                ApplicationBackupSpec {
+                    location: " ".into(),
+                    ..spec()
+                },
+                "spec.location",
+            ),
+            (
+                ApplicationBackupSpec {
+                    namespaces: vec![],
+                    ..spec()
+                },
+                "spec.namespaces is empty",
+            ),
+            (
+                ApplicationBackupSpec {
+                    namespaces: vec!["Shop_1".into()],
+                    ..spec()
+                },
+                "not a valid namespace",
+            ),
+            (
+                ApplicationBackupSpec {
+                    label_selector: Some("app in (a".into()),
+                    ..spec()
+                },
+                "spec.labelSelector",
+            ),
+            (
+                ApplicationBackupSpec {
+                    reclaim_policy: "Keep".into(),
+                    ..spec()
+                },
+                "reclaimPolicy",
+            ),
+        ];
+        for (s, needle) in cases {
+            let problem = spec_problem(&s).unwrap_or_default();
+            assert!(problem.contains(needle), "{problem:?} should mention {needle}");
+        }
+    }
+}

@@ -58,9 +58,31 @@ impl Default for AgentConfig {
 }
 
 impl AgentConfig {
-    /// Reads the configuration from the environment (see the fields for the variables).
+    /// Reads the configuration from the environment (see the fields for the variables), on top
+    /// of the file `PXB_CONFIG_FILE` names, if any: `KEY=VALUE` lines with the same names
+    /// (`#` starts a comment); the environment wins.
     pub fn from_env() -> Result<Self> {
-        let var = |name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
+        let file = match std::env::var("PXB_CONFIG_FILE")
+            .ok()
+            .filter(|v| !v.trim().is_empty())
+        {
+            None => std::collections::BTreeMap::new(),
+            Some(path) => {
+                let text = std::fs::read_to_string(&path)
+                    .map_err(|e| Error::io(format!("reading PXB_CONFIG_FILE {path}"), e))?;
+                parse_env_file(&text).map_err(|e| Error::invalid(format!("{path}: {e}")))?
+            }
+        };
+        Self::from_lookup(|name| {
+            std::env::var(name)
+                .ok()
+                .or_else(|| file.get(name).cloned())
+                .filter(|v| !v.trim().is_empty())
+        })
+    }
+
+    /// The configuration from a lookup of variables (see [`AgentConfig::from_env`]).
+    pub fn from_lookup(var: impl Fn(&str) -> Option<String>) -> Result<Self> {
         let seconds = |name: &str, default: Duration| -> Result<Duration> {
             match var(name) {
                 None => Ok(default),
@@ -100,5 +122,52 @@ impl AgentConfig {
             step_timeout: seconds("PXB_STEP_TIMEOUT_SECONDS", d.step_timeout)?,
             max_retries: d.max_retries,
         })
+    }
+}
+
+/// Parses `KEY=VALUE` lines; blank lines and `#` comments are skipped; values may be quoted.
+pub(crate) fn parse_env_file(
+    text: &str,
+) -> std::result::Result<std::collections::BTreeMap<String, String>, String> {
+    let mut out = std::collections::BTreeMap::new();
+    for (n, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let (k, v) = line
+            .split_once('=')
+            .ok_or_else(|| format!("line {}: expected KEY=VALUE", n + 1))?;
+        let v = v.trim();
+        let v = v.strip_prefix('"').and_then(|v| v.strip_suffix('"')).unwrap_or(v);
+        out.insert(k.trim().to_owned(), v.to_owned());
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn settings_come_from_variables_with_clear_errors() {
+        let vars = parse_env_file(
+            "# agent\nPXB_NAMESPACE=backup\nPXB_LISTEN=\"127.0.0.1:9000\"\nPXB_VALIDATE_INTERVAL_SECONDS=60\n\nAZURE_CLIENT_ID=abc\n",
+        )
+        .expect("parse");
+        let c = AgentConfig::from_lookup(|k| vars.get(k).cloned()).expect("config");
+        assert_eq!(c.namespace, "backup");
+        assert_eq!(c.listen.port(), 9000);
+        assert_eq!(c.validate_interval, Duration::from_secs(60));
+        assert_eq!(c.workload_identity.client_id.as_deref(), Some("abc"));
+        assert_eq!(c.step_timeout, Duration::from_secs(8), "defaults stay");
+
+        let err = AgentConfig::from_lookup(|k| (k == "PXB_VALIDATE_INTERVAL_SECONDS").then(|| "soon".into()))
+            .expect_err("bad number");
+        assert!(err.to_string().contains("PXB_VALIDATE_INTERVAL_SECONDS"), "{err}");
+        let err = AgentConfig::from_lookup(|k| (k == "PXB_LISTEN").then(|| "nowhere".into()))
+            .expect_err("bad address");
+        assert!(err.to_string().contains("PXB_LISTEN"), "{err}");
+        assert!(parse_env_file("JUSTAKEY").is_err());
     }
 }

@@ -351,3 +351,64 @@ pub fn spawn(ctx: Arc<Context>) -> tokio::task::JoinHandle<()> {
             .await;
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec() -> ApplicationRestoreSpec {
+        ApplicationRestoreSpec {
+            location: "loc".into(),
+            backup_id: "20261122T040013Z-152e3f84".into(),
+            existing_resource_policy: "Retain".into(),
+            ..ApplicationRestoreSpec::default()
+        }
+    }
+
+    #[test]
+    fn invalid_restore_specs_name_the_problem() {
+        assert_eq!(spec_problem(&spec()), None);
+        let mapping = |from: &str, to: &str| [(from.to_owned(), to.to_owned())].into_iter().collect();
+        let cases: Vec<(ApplicationRestoreSpec, &str)> = vec![
+            (
+                ApplicationRestoreSpec {
+                    location: String::new(),
+                    ..spec()
+                },
+                "spec.location",
+            ),
+            (
+                ApplicationRestoreSpec {
+                    backup_id: "../etc".into(),
+                    ..spec()
+                },
+                "spec.backupId",
+            ),
+            (
+                ApplicationRestoreSpec {
+                    namespace_mapping: mapping("shop", "Shop Copy"),
+                    ..spec()
+                },
+                "valid namespace names",
+            ),
+            (
+                ApplicationRestoreSpec {
+                    existing_resource_policy: "Merge".into(),
+                    ..spec()
+                },
+                "existingResourcePolicy",
+            ),
+            (
+                ApplicationRestoreSpec {
+                    namespaces: vec!["shop".into()],
+                    ..spec()
+                },
+                "not supported yet",
+            ),
+        ];
+        for (s, needle) in cases {
+            let problem = spec_problem(&s).unwrap_or_default();
+            assert!(problem.contains(needle), "{problem:?} should mention {needle}");
+        }
+    }
+}
