@@ -70,3 +70,29 @@ mod tests {
         assert!(SystemClock.now() > start);
     }
 }
+
+/// `t` as Kubernetes writes timestamps: RFC 3339 in UTC with whole seconds
+/// (`2026-01-01T10:10:00Z`).
+pub fn rfc3339(t: SystemTime) -> String {
+    let t = time::OffsetDateTime::from(t);
+    format!(
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}Z",
+        t.year(),
+        u8::from(t.month()),
+        t.day(),
+        t.hour(),
+        t.minute(),
+        t.second()
+    )
+}
+
+#[cfg(test)]
+mod rfc3339_tests {
+    use std::time::{Duration, UNIX_EPOCH};
+
+    #[test]
+    fn formats_like_kubernetes() {
+        let t = UNIX_EPOCH + Duration::from_millis(1_767_262_200_999);
+        assert_eq!(super::rfc3339(t), "2026-01-01T10:10:00Z");
+    }
+}

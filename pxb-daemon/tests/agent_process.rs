@@ -6,8 +6,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use kube::api::{Api, PostParams};
-use pxb_daemon::crd::{BackupLocation, BackupLocationSpec, crds_yaml};
-use serde_json::json;
+use pxb_daemon::crd::{BackupLocation, BackupLocationSpec};
 
 fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
     let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
@@ -45,24 +44,9 @@ async fn the_agent_binary_runs_and_stops_on_sigterm() {
             .expect("config"),
     )
     .expect("client");
-    let crds: Api<
-        k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
-    > = Api::all(client.clone());
-    for (_, yaml) in crds_yaml().expect("crds") {
-        crds.create(
-            &PostParams::default(),
-            &serde_saphyr::from_str(&yaml).expect("yaml"),
-        )
+    pxb_tests::shoots::install_pxb(&client)
         .await
-        .expect("CRD");
-    }
-    Api::<k8s_openapi::api::core::v1::Namespace>::all(client.clone())
-        .create(
-            &PostParams::default(),
-            &serde_json::from_value(json!({"metadata": {"name": "pxb-system"}})).expect("ns"),
-        )
-        .await
-        .expect("namespace");
+        .expect("install pxb");
 
     let port = pxb_tests::free_port().expect("port");
     let mut agent = Command::new(env!("CARGO_BIN_EXE_pxb-agent"))

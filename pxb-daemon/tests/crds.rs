@@ -5,7 +5,6 @@
 use std::path::PathBuf;
 
 use kube::api::{Api, Patch, PatchParams, PostParams};
-use pxb_core::cluster::ClusterProvider as _;
 use pxb_daemon::crd::{
     ApplicationBackup, ApplicationBackupSpec, BackupLocation, BackupLocationSpec, BackupLocationStatus,
     ValidationStatus, crds_yaml,
@@ -89,21 +88,10 @@ fn schemas_constrain_values_and_columns_show_phase_and_age() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn crds_install_on_a_shoot_and_serve_typed_objects() {
-    let fleet = pxb_tests::sim::Fleet::start(pxb_tests::sim::FleetConfig::default()).expect("simulator");
-    fleet.add_project("dev").expect("project");
-    fleet.add_shoots("dev", "shoot", 1).expect("shoot");
-    let token = fleet
-        .add_service_account("dev", "pxb", pxb_tests::sim::ProjectRole::Admin)
-        .expect("sa");
-    let provider = pxb_gardener::GardenerProvider::connect(pxb_gardener::GardenerConfig::new(
-        pxb_gardener::GardenAuth::Kubeconfig(fleet.garden_kubeconfig(&token)),
-        "dev",
-    ))
-    .await
-    .expect("provider");
-    let clusters = provider.discover().await.expect("discover");
-    let access = provider.access(&clusters[0].id).await.expect("access");
-    let client = pxb_gardener::kube_client(&access).expect("client");
+    let shoots = pxb_tests::shoots::ShootFixture::start(1)
+        .await
+        .expect("simulated shoot");
+    let client = shoots.client(0).await.expect("client");
 
     let crds: Api<
         k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,

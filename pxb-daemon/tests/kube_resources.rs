@@ -10,51 +10,23 @@ use pxb_core::{InMemory, ObjectPath};
 use pxb_daemon::kube_cluster::KubeCluster;
 use serde_json::json;
 
-/// Two ready shoots in a simulated project and a provider that can reach them.
-async fn simulated_shoots() -> (
-    pxb_tests::sim::Fleet,
-    std::sync::Arc<pxb_gardener::GardenerProvider>,
-    Vec<pxb_core::cluster::ClusterInfo>,
-) {
-    use pxb_core::cluster::ClusterProvider as _;
-    let fleet = pxb_tests::sim::Fleet::start(pxb_tests::sim::FleetConfig::default()).expect("simulator");
-    fleet.add_project("dev").expect("project");
-    fleet.add_shoots("dev", "shoot", 2).expect("shoots");
-    let token = fleet
-        .add_service_account("dev", "pxb", pxb_tests::sim::ProjectRole::Admin)
-        .expect("sa");
-    let provider = pxb_gardener::GardenerProvider::connect(pxb_gardener::GardenerConfig::new(
-        pxb_gardener::GardenAuth::Kubeconfig(fleet.garden_kubeconfig(&token)),
-        "dev",
-    ))
-    .await
-    .expect("provider");
-    let clusters = provider.discover().await.expect("discover");
-    (fleet, provider, clusters)
-}
-
-async fn shoot_cluster(
-    provider: &pxb_gardener::GardenerProvider,
-    info: &pxb_core::cluster::ClusterInfo,
-) -> KubeCluster {
-    use pxb_core::cluster::ClusterProvider as _;
-    let access = provider.access(&info.id).await.expect("access");
-    KubeCluster::new(pxb_gardener::kube_client(&access).expect("client"))
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kube_cluster_conforms_against_a_simulated_shoot() {
-    let (_fleet, provider, clusters) = simulated_shoots().await;
-    let cluster = shoot_cluster(&provider, &clusters[0]).await;
+    let shoots = pxb_tests::shoots::ShootFixture::start(1)
+        .await
+        .expect("simulated shoot");
+    let cluster = KubeCluster::new(shoots.client(0).await.expect("client"));
     conformance::ensure_namespace(&cluster, "conformance").await;
     conformance::run_all(&cluster, "conformance").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn resources_move_between_simulated_shoots() {
-    let (_fleet, provider, clusters) = simulated_shoots().await;
-    let src = shoot_cluster(&provider, &clusters[0]).await;
-    let dst = shoot_cluster(&provider, &clusters[1]).await;
+    let shoots = pxb_tests::shoots::ShootFixture::start(2)
+        .await
+        .expect("simulated shoots");
+    let src = KubeCluster::new(shoots.client(0).await.expect("client"));
+    let dst = KubeCluster::new(shoots.client(1).await.expect("client"));
     let seed = InMemoryCluster::new();
     seed.seed(json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "shop"}}))
         .expect("seed");

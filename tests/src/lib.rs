@@ -17,6 +17,7 @@ pub mod entra;
 pub mod fixture;
 pub mod jwt;
 pub mod server;
+pub mod shoots;
 pub mod sim;
 pub mod tls;
 

@@ -6,50 +6,22 @@ use std::time::{Duration, Instant};
 
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::{Resource as _, ResourceExt as _};
-use pxb_core::cluster::ClusterProvider as _;
 use pxb_daemon::agent::AgentConfig;
 use pxb_daemon::agent::locations::{self, Context};
-use pxb_daemon::crd::{BackupLocation, BackupLocationSpec, ValidationStatus, crds_yaml};
+use pxb_daemon::crd::{BackupLocation, BackupLocationSpec, ValidationStatus};
 use pxb_tests::fixture::{AzureFixture, CLIENT_ID, SECOND_CLIENT_ID};
-use pxb_tests::sim::{Fleet, FleetConfig, ProjectRole};
 use serde_json::json;
 
 /// A simulated shoot with pxb's CRDs and namespace installed; returns a client for it.
-async fn shoot_with_crds() -> (Fleet, kube::Client) {
-    let fleet = Fleet::start(FleetConfig::default()).expect("simulator");
-    fleet.add_project("dev").expect("project");
-    fleet.add_shoots("dev", "shoot", 1).expect("shoot");
-    let token = fleet
-        .add_service_account("dev", "pxb", ProjectRole::Admin)
-        .expect("sa");
-    let provider = pxb_gardener::GardenerProvider::connect(pxb_gardener::GardenerConfig::new(
-        pxb_gardener::GardenAuth::Kubeconfig(fleet.garden_kubeconfig(&token)),
-        "dev",
-    ))
-    .await
-    .expect("provider");
-    let clusters = provider.discover().await.expect("discover");
-    let access = provider.access(&clusters[0].id).await.expect("access");
-    let client = pxb_gardener::kube_client(&access).expect("client");
-    let crds: Api<
-        k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
-    > = Api::all(client.clone());
-    for (_, yaml) in crds_yaml().expect("crds") {
-        crds.create(
-            &PostParams::default(),
-            &serde_saphyr::from_str(&yaml).expect("yaml"),
-        )
+async fn shoot_with_crds() -> (pxb_tests::shoots::ShootFixture, kube::Client) {
+    let shoots = pxb_tests::shoots::ShootFixture::start(1)
         .await
-        .expect("install CRD");
-    }
-    let nss: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());
-    nss.create(
-        &PostParams::default(),
-        &serde_json::from_value(json!({"metadata": {"name": "pxb-system"}})).expect("ns"),
-    )
-    .await
-    .expect("namespace");
-    (fleet, client)
+        .expect("simulated shoot");
+    let client = shoots.client(0).await.expect("client");
+    pxb_tests::shoots::install_pxb(&client)
+        .await
+        .expect("install pxb");
+    (shoots, client)
 }
 
 fn azure_location(fx: &AzureFixture, container: &str, client_id: Option<&str>) -> BackupLocationSpec {
@@ -344,6 +316,7 @@ async fn sync_finds_other_clusters_backups_and_verify_finds_a_deleted_chunk() {
         .await
         .expect("bind");
     fleet
+        .fleet
         .shoot("dev", "shoot-00000")
         .expect("shoot")
         .register_service_backend("pxb-system", "pxb-agent", "http", addr);

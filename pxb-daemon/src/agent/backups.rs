@@ -18,11 +18,9 @@ use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use futures::StreamExt as _;
 use k8s_openapi::api::core::v1::PersistentVolumeClaim;
 use kube::api::{Api, ListParams, Patch, PatchParams};
-use kube::runtime::controller::{Action, Controller};
-use kube::runtime::watcher;
+use kube::runtime::controller::Action;
 use kube::{Resource as _, ResourceExt as _};
 use pxb_core::backup::resources::{ResourceBackupOptions, backup_namespace_resources};
 use pxb_core::backup::volume::{VolumeBackupOptions, backup_volume};
@@ -130,21 +128,13 @@ impl Context {
 
 /// Why a spec cannot be run, for humans; `None` when it can.
 pub fn spec_problem(spec: &ApplicationBackupSpec) -> Option<String> {
-    let dns_label = |s: &str| {
-        !s.is_empty()
-            && s.len() <= 63
-            && s.bytes()
-                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-')
-            && !s.starts_with('-')
-            && !s.ends_with('-')
-    };
     if spec.location.trim().is_empty() {
         return Some("spec.location is empty".into());
     }
     if spec.namespaces.is_empty() {
         return Some("spec.namespaces is empty: name at least one namespace".into());
     }
-    if let Some(bad) = spec.namespaces.iter().find(|n| !dns_label(n)) {
+    if let Some(bad) = spec.namespaces.iter().find(|n| !super::is_dns_label(n)) {
         return Some(format!("spec.namespaces: {bad:?} is not a valid namespace name"));
     }
     if let Some(sel) = spec.label_selector.as_deref().filter(|s| !s.trim().is_empty())
@@ -564,25 +554,11 @@ async fn backup_claim(
     Ok((manifest, files, bytes))
 }
 
-fn error_policy(backup: Arc<ApplicationBackup>, err: &ReconcileError, _ctx: Arc<Context>) -> Action {
-    tracing::warn!(backup = %backup.name_any(), error = %err, "backup reconcile failed; retrying in 10 s");
-    Action::requeue(Duration::from_secs(10))
-}
-
 /// Runs the backup controller until the returned task is aborted.
 pub fn spawn(ctx: Arc<Context>) -> tokio::task::JoinHandle<()> {
     let api: Api<ApplicationBackup> =
         Api::namespaced(ctx.locations.client.clone(), &ctx.locations.config.namespace);
-    tokio::spawn(async move {
-        Controller::new(api, watcher::Config::default())
-            .run(reconcile, error_policy, ctx)
-            .for_each(|r| async move {
-                if let Err(e) = r {
-                    tracing::debug!(error = %e, "backup controller");
-                }
-            })
-            .await;
-    })
+    super::spawn_controller("backup", api, reconcile, ctx)
 }
 
 #[cfg(test)]

@@ -17,11 +17,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-use futures::StreamExt as _;
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, Patch, PatchParams};
-use kube::runtime::controller::{Action, Controller};
-use kube::runtime::watcher;
+use kube::runtime::controller::Action;
 use kube::{Resource as _, ResourceExt as _};
 use pxb_azure::{AzureAuth, AzureBlobStore, AzureConfig, HttpSettings, STORAGE_SCOPE};
 use pxb_core::backup::verify::{VerifyReport, VerifyStatus as Verdict, verify};
@@ -532,22 +530,8 @@ async fn run_verify(loc: &BackupLocation, ctx: &Context, valid: bool) -> Result<
     result
 }
 
-fn error_policy(loc: Arc<BackupLocation>, err: &ReconcileError, _ctx: Arc<Context>) -> Action {
-    tracing::warn!(location = %loc.name_any(), error = %err, "location reconcile failed; retrying in 10 s");
-    Action::requeue(Duration::from_secs(10))
-}
-
 /// Runs the location controller until the returned task is aborted.
 pub fn spawn(ctx: Arc<Context>) -> tokio::task::JoinHandle<()> {
     let api: Api<BackupLocation> = Api::namespaced(ctx.client.clone(), &ctx.config.namespace);
-    tokio::spawn(async move {
-        Controller::new(api, watcher::Config::default())
-            .run(reconcile, error_policy, ctx)
-            .for_each(|r| async move {
-                if let Err(e) = r {
-                    tracing::debug!(error = %e, "location controller");
-                }
-            })
-            .await;
-    })
+    super::spawn_controller("location", api, reconcile, ctx)
 }

@@ -91,16 +91,17 @@ use serde_json::Value;
 
 /// Current UTC time as Kubernetes formats it (`2026-01-01T10:10:00Z`).
 pub fn now_rfc3339() -> String {
-    let t = time::OffsetDateTime::now_utc();
-    format!(
-        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}Z",
-        t.year(),
-        u8::from(t.month()),
-        t.day(),
-        t.hour(),
-        t.minute(),
-        t.second()
-    )
+    pxb_core::clock::rfc3339(std::time::SystemTime::now())
+}
+
+/// Whether `s` is a valid namespace name (an RFC 1123 label).
+pub(crate) fn is_dns_label(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.bytes()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-')
+        && !s.starts_with('-')
+        && !s.ends_with('-')
 }
 
 /// Parses a Kubernetes timestamp.
@@ -134,4 +135,43 @@ pub(crate) async fn with_heartbeat<T, B: Future<Output = ()>>(
             _ = tick.tick() => beat().await,
         }
     }
+}
+
+/// Runs a controller over `api` with `reconcile`, retrying a failed reconcile after 10 s (with a
+/// warning naming `what`), until the returned task is aborted.
+pub(crate) fn spawn_controller<K, C, F>(
+    what: &'static str,
+    api: kube::Api<K>,
+    reconcile: impl FnMut(std::sync::Arc<K>, std::sync::Arc<C>) -> F + Send + 'static,
+    ctx: std::sync::Arc<C>,
+) -> tokio::task::JoinHandle<()>
+where
+    K: kube::Resource<DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+    C: Send + Sync + 'static,
+    F: Future<Output = Result<kube::runtime::controller::Action, locations::ReconcileError>> + Send + 'static,
+{
+    use futures::StreamExt as _;
+    use kube::ResourceExt as _;
+    let error_policy = move |obj: std::sync::Arc<K>,
+                             err: &locations::ReconcileError,
+                             _: std::sync::Arc<C>| {
+        tracing::warn!(object = %obj.name_any(), error = %err, "{what} reconcile failed; retrying in 10 s");
+        kube::runtime::controller::Action::requeue(Duration::from_secs(10))
+    };
+    tokio::spawn(async move {
+        kube::runtime::Controller::new(api, kube::runtime::watcher::Config::default())
+            .run(reconcile, error_policy, ctx)
+            .for_each(|r| async move {
+                if let Err(e) = r {
+                    tracing::debug!(error = %e, "{what} controller");
+                }
+            })
+            .await;
+    })
 }

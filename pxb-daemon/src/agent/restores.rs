@@ -9,14 +9,11 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::Duration;
 
-use futures::StreamExt as _;
 use k8s_openapi::api::core::v1::PersistentVolume;
 use kube::ResourceExt as _;
 use kube::api::{Api, Patch, PatchParams, PostParams};
-use kube::runtime::controller::{Action, Controller};
-use kube::runtime::watcher;
+use kube::runtime::controller::Action;
 use pxb_core::backup::resources::restore_namespace_resources;
 use pxb_core::backup::volume::{VolumeRestoreOptions, restore_volume};
 use pxb_core::backup::{BackupId, BackupKind, Repository};
@@ -38,15 +35,6 @@ pub type Context = backups::Context;
 /// At most this many failed objects are listed in the status.
 pub const MAX_FAILURES: usize = 100;
 
-fn dns_label(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 63
-        && s.bytes()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-')
-        && !s.starts_with('-')
-        && !s.ends_with('-')
-}
-
 /// Why a spec cannot be run, for humans; `None` when it can.
 pub fn spec_problem(spec: &ApplicationRestoreSpec) -> Option<String> {
     if spec.location.trim().is_empty() {
@@ -58,7 +46,7 @@ pub fn spec_problem(spec: &ApplicationRestoreSpec) -> Option<String> {
     if let Some((from, to)) = spec
         .namespace_mapping
         .iter()
-        .find(|(from, to)| !dns_label(from) || !dns_label(to))
+        .find(|(from, to)| !super::is_dns_label(from) || !super::is_dns_label(to))
     {
         return Some(format!(
             "spec.namespaceMapping {from:?} -> {to:?}: both must be valid namespace names"
@@ -331,25 +319,11 @@ async fn restore_claim_volume(
     Ok((provisioned.volume_name, stats))
 }
 
-fn error_policy(restore: Arc<ApplicationRestore>, err: &ReconcileError, _ctx: Arc<Context>) -> Action {
-    tracing::warn!(restore = %restore.name_any(), error = %err, "restore reconcile failed; retrying in 10 s");
-    Action::requeue(Duration::from_secs(10))
-}
-
 /// Runs the restore controller until the returned task is aborted.
 pub fn spawn(ctx: Arc<Context>) -> tokio::task::JoinHandle<()> {
     let api: Api<ApplicationRestore> =
         Api::namespaced(ctx.locations.client.clone(), &ctx.locations.config.namespace);
-    tokio::spawn(async move {
-        Controller::new(api, watcher::Config::default())
-            .run(reconcile, error_policy, ctx)
-            .for_each(|r| async move {
-                if let Err(e) = r {
-                    tracing::debug!(error = %e, "restore controller");
-                }
-            })
-            .await;
-    })
+    super::spawn_controller("restore", api, reconcile, ctx)
 }
 
 #[cfg(test)]

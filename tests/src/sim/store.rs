@@ -409,21 +409,12 @@ pub struct ApiStore {
 
 /// Current UTC time as the API formats it (seconds precision).
 pub fn now_rfc3339() -> String {
-    rfc3339(time::OffsetDateTime::now_utc())
+    pxb_core::clock::rfc3339(std::time::SystemTime::now())
 }
 
 /// `t` formatted as the API does (`2026-01-01T10:10:00Z`).
 pub fn rfc3339(t: time::OffsetDateTime) -> String {
-    let t = t.to_offset(time::UtcOffset::UTC);
-    format!(
-        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}Z",
-        t.year(),
-        u8::from(t.month()),
-        t.day(),
-        t.hour(),
-        t.minute(),
-        t.second()
-    )
+    pxb_core::clock::rfc3339(t.into())
 }
 
 /// A random RFC 4122 version-4 uid.
