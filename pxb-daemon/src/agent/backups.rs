@@ -152,16 +152,13 @@ pub fn spec_problem(spec: &ApplicationBackupSpec) -> Option<String> {
 }
 
 async fn patch_status(ctx: &Context, name: &str, status: serde_json::Value) -> Result<(), ReconcileError> {
-    let api: Api<ApplicationBackup> =
-        Api::namespaced(ctx.locations.client.clone(), &ctx.locations.config.namespace);
-    api.patch_status(
+    super::merge_status::<ApplicationBackup>(
+        &ctx.locations.client,
+        &ctx.locations.config.namespace,
         name,
-        &PatchParams::default(),
-        &Patch::Merge(json!({ "status": status })),
+        status,
     )
     .await
-    .map(|_| ())
-    .map_err(|e| ReconcileError::new(format!("writing the status of backup {name}: {e}")))
 }
 
 const FINAL: [&str; 3] = ["Success", "PartialSuccess", "Failed"];

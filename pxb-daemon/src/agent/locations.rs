@@ -18,14 +18,14 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use k8s_openapi::api::core::v1::Secret;
-use kube::api::{Api, Patch, PatchParams};
+use kube::api::Api;
 use kube::runtime::controller::Action;
 use kube::{Resource as _, ResourceExt as _};
 use pxb_azure::{AzureAuth, AzureBlobStore, AzureConfig, HttpSettings, STORAGE_SCOPE};
 use pxb_core::backup::verify::{VerifyReport, VerifyStatus as Verdict, verify};
 use pxb_core::backup::{BackupId, Repository, Summary, SyncState};
 use pxb_core::{CheckOptions, LocalFileSystem, ObjectStore, TokenSource, check_location};
-use serde_json::{Value, json};
+use serde_json::json;
 
 use super::{AgentConfig, now_rfc3339, parse_rfc3339, with_heartbeat, with_nulls};
 use crate::crd::{BackupLocation, BackupLocationSpec, SyncStatus, ValidationStatus, VerifyStatus};
@@ -287,16 +287,8 @@ impl ReconcileError {
     }
 }
 
-async fn patch_status(ctx: &Context, name: &str, status: Value) -> Result<(), ReconcileError> {
-    let api: Api<BackupLocation> = Api::namespaced(ctx.client.clone(), &ctx.config.namespace);
-    api.patch_status(
-        name,
-        &PatchParams::default(),
-        &Patch::Merge(json!({ "status": status })),
-    )
-    .await
-    .map(|_| ())
-    .map_err(|e| ReconcileError(format!("writing the status of location {name}: {e}")))
+async fn patch_status(ctx: &Context, name: &str, status: serde_json::Value) -> Result<(), ReconcileError> {
+    super::merge_status::<BackupLocation>(&ctx.client, &ctx.config.namespace, name, status).await
 }
 
 fn due_after(last: Option<&str>, interval: Duration, now: time::OffsetDateTime) -> Option<Duration> {

@@ -175,3 +175,26 @@ where
             .await;
     })
 }
+
+/// Merges `status` into the status subresource of `name` in the agent's namespace.
+pub(crate) async fn merge_status<K>(
+    client: &kube::Client,
+    namespace: &str,
+    name: &str,
+    status: Value,
+) -> Result<(), locations::ReconcileError>
+where
+    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
+{
+    let api: kube::Api<K> = kube::Api::namespaced(client.clone(), namespace);
+    let patch = kube::api::Patch::Merge(serde_json::json!({ "status": status }));
+    api.patch_status(name, &kube::api::PatchParams::default(), &patch)
+        .await
+        .map(|_| ())
+        .map_err(|e| {
+            locations::ReconcileError::new(format!("writing the status of {} {name}: {e}", K::kind(&())))
+        })
+}

@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::PersistentVolume;
 use kube::ResourceExt as _;
-use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::api::{Api, PostParams};
 use kube::runtime::controller::Action;
 use pxb_core::backup::resources::restore_namespace_resources;
 use pxb_core::backup::volume::{VolumeRestoreOptions, restore_volume};
@@ -67,16 +67,13 @@ pub fn spec_problem(spec: &ApplicationRestoreSpec) -> Option<String> {
 }
 
 async fn patch_status(ctx: &Context, name: &str, status: serde_json::Value) -> Result<(), ReconcileError> {
-    let api: Api<ApplicationRestore> =
-        Api::namespaced(ctx.locations.client.clone(), &ctx.locations.config.namespace);
-    api.patch_status(
+    super::merge_status::<ApplicationRestore>(
+        &ctx.locations.client,
+        &ctx.locations.config.namespace,
         name,
-        &PatchParams::default(),
-        &Patch::Merge(json!({ "status": status })),
+        status,
     )
     .await
-    .map(|_| ())
-    .map_err(|e| ReconcileError::new(format!("writing the status of restore {name}: {e}")))
 }
 
 async fn reconcile(cached: Arc<ApplicationRestore>, ctx: Arc<Context>) -> Result<Action, ReconcileError> {
