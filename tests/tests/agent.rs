@@ -457,6 +457,24 @@ async fn sync_finds_other_clusters_backups_and_verify_finds_a_deleted_chunk() {
     assert_eq!(damaged[0]["id"], volume.id.to_string());
     server.abort();
     controller.abort();
+
+    // A restarted agent (new process state) rebuilds its catalog without being asked.
+    let config = AgentConfig {
+        workload_identity: fx.wi_options(CLIENT_ID),
+        ca_file: Some(fx.ca.ca_file()),
+        ..AgentConfig::default()
+    };
+    let restarted = Context::new(client.clone(), config);
+    let controller = locations::spawn(restarted.clone());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while restarted.catalog("shared").is_none_or(|c| c.backups.len() != 3) {
+        assert!(
+            Instant::now() < deadline,
+            "the restarted agent re-syncs its catalog"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    controller.abort();
 }
 
 /// Creates `obj` (JSON) on the shoot through the dynamic API.

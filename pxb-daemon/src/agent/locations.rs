@@ -340,14 +340,18 @@ async fn reconcile(cached: Arc<BackupLocation>, ctx: Arc<Context>) -> Result<Act
         next = next.min(w);
     }
 
-    // Sync: on request, once when `sync` is set, and again when one was cut short (a restart).
+    // Sync: on request, once when `sync` is set, again when one was cut short (a restart), and
+    // when this agent has no catalog for a location synced before (the catalog lives in memory).
     let sync_cut_short = status
         .sync
         .as_ref()
         .is_some_and(|s| s.phase == "InProgress" && !ctx.is_running(&name, "sync"));
+    let catalog_lost =
+        status.sync.as_ref().is_some_and(|s| s.phase == "Completed") && ctx.catalog(&name).is_none();
     if loc.spec.sync_request != status.observed_sync_request
         || (loc.spec.sync && status.sync.is_none())
         || sync_cut_short
+        || (valid && catalog_lost)
     {
         run_sync(&loc, &ctx, valid).await?;
     }
