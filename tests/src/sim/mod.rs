@@ -575,7 +575,9 @@ impl Fleet {
     fn transition(&self, project: &str, name: &str, f: impl FnOnce(&mut ShootState)) -> anyhow::Result<()> {
         let shoot = self.shoot(project, name)?;
         shoot.update(f);
-        self.write_status(&shoot)
+        self.write_status(&shoot)?;
+        shoot.settle();
+        Ok(())
     }
 
     /// Finishes creating a shoot (`creating` in its spec): it gets its CA, uid and API.
@@ -598,9 +600,12 @@ impl Fleet {
         self.transition(project, name, |s| s.kubernetes_version = version.to_owned())
     }
 
-    /// Injects a fault into a shoot's API server (takes effect for new and open connections).
+    /// Injects a fault into a shoot's API server (for new and open connections); when it returns,
+    /// the port is open or closed accordingly.
     pub fn set_fault(&self, project: &str, name: &str, fault: Fault) -> anyhow::Result<()> {
-        self.shoot(project, name)?.update(|s| s.fault = fault);
+        let shoot = self.shoot(project, name)?;
+        shoot.update(|s| s.fault = fault);
+        shoot.settle();
         Ok(())
     }
 

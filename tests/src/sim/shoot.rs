@@ -154,6 +154,25 @@ impl SimShoot {
         self.changed.send_modify(|g| *g += 1);
     }
 
+    /// Waits (up to 5 s) until the port is open or closed as the current phase and fault say, so
+    /// a control call has taken effect when it returns. Flapping shoots are not waited for.
+    pub(crate) fn settle(&self) {
+        let want_open = match self.mode() {
+            (_, Some(_)) => return,
+            (Mode::Refuse, None) => false,
+            (_, None) => true,
+        };
+        let addr = std::net::SocketAddr::from(([127, 0, 0, 1], self.port));
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while std::time::Instant::now() < deadline {
+            let open = std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok();
+            if open == want_open {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
     /// The current phase.
     pub fn phase(&self) -> Phase {
         self.lock().phase
