@@ -71,6 +71,7 @@ async fn the_agent_binary_runs_and_stops_on_sigterm() {
     assert_eq!(status["cluster"], "shoot-00000");
     let (_, metrics) = http_get(port, "/metrics").expect("metrics");
     assert!(metrics.contains("pxb_agent_ready 1"), "{metrics}");
+    pxb_tests::promtool_check_metrics(&metrics).expect("the exposition passes promtool");
     assert_eq!(http_get(port, "/nope").map(|r| r.0), Some(404));
 
     let locations: Api<BackupLocation> = Api::namespaced(client.clone(), "pxb-system");
@@ -122,4 +123,12 @@ async fn the_agent_binary_runs_and_stops_on_sigterm() {
         .expect("log");
     assert!(exit.success(), "{exit}: {log}");
     assert!(log.contains("pxb-agent stopped"), "{log}");
+}
+
+#[test]
+fn promtool_rejects_a_broken_exposition() {
+    let err = pxb_tests::promtool_check_metrics("# TYPE x counter\nx{le=\"1\" 1\n").expect_err("broken");
+    assert!(err.to_string().contains("promtool"), "{err}");
+    pxb_tests::promtool_check_metrics("# HELP x_total Things.\n# TYPE x_total counter\nx_total 1\n")
+        .expect("valid");
 }

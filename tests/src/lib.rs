@@ -33,3 +33,49 @@ pub fn workspace_root() -> PathBuf {
 pub fn free_port() -> std::io::Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
+
+/// The `promtool` to check metrics with: `$PXB_PROMTOOL`, then `.cache/prometheus/usr/bin/promtool`
+/// (where `scripts/install-deps` puts it), then `promtool` on the `PATH`.
+pub fn promtool() -> PathBuf {
+    if let Some(p) = std::env::var_os("PXB_PROMTOOL") {
+        return PathBuf::from(p);
+    }
+    let cached = workspace_root().join(".cache/prometheus/usr/bin/promtool");
+    if cached.exists() {
+        return cached;
+    }
+    PathBuf::from("promtool")
+}
+
+/// Runs `promtool check metrics` on `exposition`; the error holds promtool's complaints.
+pub fn promtool_check_metrics(exposition: &str) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    let tool = promtool();
+    let mut child = std::process::Command::new(&tool)
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "{} is needed (scripts/install-deps provides it): {e}",
+                tool.display()
+            )
+        })?;
+    child
+        .stdin
+        .take()
+        .ok_or_else(|| anyhow::anyhow!("no stdin"))?
+        .write_all(exposition.as_bytes())?;
+    let out = child.wait_with_output()?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        anyhow::bail!(
+            "promtool check metrics: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    }
+}

@@ -386,6 +386,7 @@ async fn sync_finds_other_clusters_backups_and_verify_finds_a_deleted_chunk() {
         metrics.contains("pxb_agent_catalog_backups{location=\"shared\"} 2"),
         "{metrics}"
     );
+    pxb_tests::promtool_check_metrics(&metrics).expect("the exposition passes promtool");
 
     // A chunk disappears behind the agent's back; a verify request finds the damaged backup.
     let chunk = pxb_core::store::list_all(writer.as_ref(), layout::CHUNKS);
