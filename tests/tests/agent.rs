@@ -24,6 +24,26 @@ async fn shoot_with_crds() -> (pxb_tests::shoots::ShootFixture, kube::Client) {
     (shoots, client)
 }
 
+/// The agent's settings for the fixture: its Workload Identity, trusting the test CA.
+fn agent_config(fx: &AzureFixture) -> AgentConfig {
+    AgentConfig {
+        workload_identity: fx.wi_options(CLIENT_ID),
+        ca_file: Some(fx.ca.ca_file()),
+        ..AgentConfig::default()
+    }
+}
+
+/// A new, empty container in the fixture's Azurite.
+async fn new_container(fx: &AzureFixture, tag: &str) -> String {
+    let container = fx.container_name(tag);
+    pxb_azure::AzureBlobStore::new(fx.key_config(&container))
+        .expect("store")
+        .create_container()
+        .await
+        .expect("container");
+    container
+}
+
 fn azure_location(fx: &AzureFixture, container: &str, client_id: Option<&str>) -> BackupLocationSpec {
     let mut spec = BackupLocationSpec {
         provider: "azure".into(),
@@ -72,11 +92,7 @@ async fn locations_are_validated_with_their_own_identities() {
             .await
             .expect("container");
     }
-    let config = AgentConfig {
-        workload_identity: fx.wi_options(CLIENT_ID),
-        ca_file: Some(fx.ca.ca_file()),
-        ..AgentConfig::default()
-    };
+    let config = agent_config(&fx);
     let ctx = Context::new(client.clone(), config);
     let controller = locations::spawn(ctx.clone());
     let api: Api<BackupLocation> = Api::namespaced(client, "pxb-system");
@@ -272,11 +288,7 @@ async fn sync_finds_other_clusters_backups_and_verify_finds_a_deleted_chunk() {
     vopts.cluster = Some("other-cluster".into());
     let volume = backup_volume(&repo, vopts).await.expect("volume");
 
-    let config = AgentConfig {
-        workload_identity: fx.wi_options(CLIENT_ID),
-        ca_file: Some(fx.ca.ca_file()),
-        ..AgentConfig::default()
-    };
+    let config = agent_config(&fx);
     let ctx = Context::new(client.clone(), config);
     let controller = locations::spawn(ctx.clone());
     let api: Api<BackupLocation> = Api::namespaced(client.clone(), "pxb-system");
@@ -460,11 +472,7 @@ async fn sync_finds_other_clusters_backups_and_verify_finds_a_deleted_chunk() {
     controller.abort();
 
     // A restarted agent (new process state) rebuilds its catalog without being asked.
-    let config = AgentConfig {
-        workload_identity: fx.wi_options(CLIENT_ID),
-        ca_file: Some(fx.ca.ca_file()),
-        ..AgentConfig::default()
-    };
+    let config = agent_config(&fx);
     let restarted = Context::new(client.clone(), config);
     let controller = locations::spawn(restarted.clone());
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -535,12 +543,7 @@ async fn two_namespaces_with_a_volume_are_backed_up_and_restored_into_mapped_nam
 
     let (_fleet, client) = shoot_with_crds().await;
     let fx = AzureFixture::start(3600).expect("azure fixture");
-    let container = fx.container_name("agent-backup");
-    pxb_azure::AzureBlobStore::new(fx.key_config(&container))
-        .expect("store")
-        .create_container()
-        .await
-        .expect("container");
+    let container = new_container(&fx, "agent-backup").await;
 
     // Two namespaces; one has a claim bound to a local-path volume holding files.
     let data = tempfile::tempdir().expect("volume dir");
@@ -580,11 +583,9 @@ async fn two_namespaces_with_a_volume_are_backed_up_and_restored_into_mapped_nam
 
     let restores = tempfile::tempdir().expect("restore root");
     let config = AgentConfig {
-        workload_identity: fx.wi_options(CLIENT_ID),
-        ca_file: Some(fx.ca.ca_file()),
         cluster_name: Some("shoot-a".into()),
         restore_root: restores.path().to_path_buf(),
-        ..AgentConfig::default()
+        ..agent_config(&fx)
     };
     let lctx = Context::new(client.clone(), config);
     let bctx = backups::Context::new(
@@ -742,12 +743,7 @@ async fn deleting_a_backup_deletes_its_data_even_after_the_location_was_down() {
 
     let (_fleet, client) = shoot_with_crds().await;
     let mut fx = AzureFixture::start(3600).expect("azure fixture");
-    let container = fx.container_name("agent-delete");
-    pxb_azure::AzureBlobStore::new(fx.key_config(&container))
-        .expect("store")
-        .create_container()
-        .await
-        .expect("container");
+    let container = new_container(&fx, "agent-delete").await;
     let data = tempfile::tempdir().expect("volume dir");
     std::fs::write(data.path().join("a.txt"), "hello").expect("write");
     for obj in [
@@ -763,10 +759,8 @@ async fn deleting_a_backup_deletes_its_data_even_after_the_location_was_down() {
     }
     let restores = tempfile::tempdir().expect("restore root");
     let config = AgentConfig {
-        workload_identity: fx.wi_options(CLIENT_ID),
-        ca_file: Some(fx.ca.ca_file()),
         delete_retry: Duration::from_secs(1),
-        ..AgentConfig::default()
+        ..agent_config(&fx)
     };
     let lctx = Context::new(client.clone(), config);
     let bctx = backups::Context::new(
@@ -877,12 +871,7 @@ async fn a_backup_cut_short_by_an_agent_restart_does_not_stay_in_progress() {
 
     let (_fleet, client) = shoot_with_crds().await;
     let fx = AzureFixture::start(3600).expect("azure fixture");
-    let container = fx.container_name("agent-restart");
-    pxb_azure::AzureBlobStore::new(fx.key_config(&container))
-        .expect("store")
-        .create_container()
-        .await
-        .expect("container");
+    let container = new_container(&fx, "agent-restart").await;
     // Enough incompressible data that the backup is still running when the agent goes away.
     let data = tempfile::tempdir().expect("volume dir");
     let mut rng = pxb_tests::bench::Rng(7);
@@ -903,10 +892,8 @@ async fn a_backup_cut_short_by_an_agent_restart_does_not_stay_in_progress() {
     let restores = tempfile::tempdir().expect("restore root");
     let agent = |client: kube::Client| {
         let config = AgentConfig {
-            workload_identity: fx.wi_options(CLIENT_ID),
-            ca_file: Some(fx.ca.ca_file()),
             heartbeat_interval: Duration::from_millis(500),
-            ..AgentConfig::default()
+            ..agent_config(&fx)
         };
         let lctx = Context::new(client.clone(), config);
         let bctx = backups::Context::new(
