@@ -9,6 +9,8 @@
 //! Large objects go up as staged blocks, several in parallel with bounded memory, committed at the
 //! end; retries are short and bounded ([`HttpSettings`]); every SDK error is mapped onto a
 //! `pxb_core::Error` variant with a message that says what to fix.
+//!
+//! Besides the store, [`oidc`] validates Entra ID (OpenID Connect) bearer tokens for the pxb-server API.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -38,6 +40,7 @@ use tokio::task::JoinSet;
 mod auth;
 mod error;
 mod http;
+pub mod oidc;
 
 pub use auth::{
     DEFAULT_AUTHORITY_HOST, STORAGE_SCOPE, WorkloadIdentity, WorkloadIdentityOptions, account_sas,

@@ -10,6 +10,7 @@
 //! This crate does no network I/O and depends on no cloud SDK.
 
 pub mod backup;
+pub mod catalog;
 pub mod check;
 pub mod clock;
 pub mod cluster;

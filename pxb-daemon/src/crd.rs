@@ -164,6 +164,9 @@ pub struct ValidationStatus {
 pub struct SyncStatus {
     /// `InProgress`, `Completed` or `Failed`.
     pub phase: String,
+    /// The `syncRequest` this run handles (0: the first sync of a location with `sync: true`).
+    #[serde(default)]
+    pub request: i64,
     /// When it started (RFC 3339).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub started: Option<String>,

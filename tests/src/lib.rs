@@ -5,6 +5,7 @@
 //! - [`entra::FakeEntra`]: an Entra ID token endpoint that performs the Workload Identity
 //!   (client-assertion) exchange and checks the assertion against the projected token file;
 //! - [`jwt`]: unsigned JWTs shaped like Kubernetes service-account tokens;
+//! - [`oidc::TestIssuer`]: an OpenID Connect issuer (discovery and JWKS) signing RS256 tokens;
 //! - [`sim::Fleet`]: the fleet simulator (a Gardener garden and one Kubernetes API per shoot).
 //!
 //! Every component listens on 127.0.0.1 on a port it picks, and is stopped by its own process id
@@ -16,6 +17,7 @@ pub mod engine;
 pub mod entra;
 pub mod fixture;
 pub mod jwt;
+pub mod oidc;
 pub mod server;
 pub mod shoots;
 pub mod sim;

@@ -384,6 +384,7 @@ async fn run_sync(loc: &BackupLocation, ctx: &Context, valid: bool) -> Result<()
     if !valid {
         let failed = SyncStatus {
             phase: "Failed".into(),
+            request,
             started: Some(started),
             message: Some("the location is not valid; see status.validation".into()),
             ..SyncStatus::default()
@@ -400,6 +401,7 @@ async fn run_sync(loc: &BackupLocation, ctx: &Context, valid: bool) -> Result<()
     }
     let running = SyncStatus {
         phase: "InProgress".into(),
+        request,
         started: Some(started.clone()),
         heartbeat: Some(started.clone()),
         ..SyncStatus::default()
@@ -433,6 +435,7 @@ async fn run_sync(loc: &BackupLocation, ctx: &Context, valid: bool) -> Result<()
                 });
                 SyncStatus {
                     phase: "Completed".into(),
+                    request,
                     started: Some(started.clone()),
                     heartbeat: Some(now_rfc3339()),
                     backups_found: found,
@@ -444,6 +447,7 @@ async fn run_sync(loc: &BackupLocation, ctx: &Context, valid: bool) -> Result<()
             }
             Err(e) => SyncStatus {
                 phase: "Failed".into(),
+                request,
                 started: Some(started.clone()),
                 heartbeat: Some(now_rfc3339()),
                 message: Some(e.to_string()),

@@ -1,0 +1,312 @@
+//! The catalog conformance suite: `pub async fn` checks that every [`CatalogStore`] runs. Each
+//! panics with a message naming what broke. They use org names starting with `conf-` and assume
+//! the store holds no other records of those orgs.
+
+use std::collections::BTreeSet;
+
+use super::{CatalogStore, Cursor, Index, Kind, Put, Query};
+use crate::Error;
+
+/// Runs every check.
+pub async fn run_all(store: &dyn CatalogStore) {
+    put_get_and_revisions(store).await;
+    expectations_and_atomic_batches(store).await;
+    delete_semantics(store).await;
+    orgs_and_kinds_are_isolated(store).await;
+    paging_is_ordered_and_complete(store).await;
+    filters(store).await;
+    raw_documents_are_kept_as_written(store).await;
+}
+
+fn put(kind: Kind, org: &str, id: &str, sort: &str, doc: &str) -> Put {
+    Put {
+        kind,
+        org: org.into(),
+        id: id.into(),
+        index: Index {
+            sort: sort.into(),
+            ..Index::default()
+        },
+        doc: doc.as_bytes().to_vec(),
+        expect: None,
+    }
+}
+
+/// A record reads back as written; each write bumps the revision by one.
+pub async fn put_get_and_revisions(store: &dyn CatalogStore) {
+    let org = "conf-a";
+    let revs = store
+        .put(vec![put(Kind::Location, org, "l1", "l1", r#"{"v":1}"#)])
+        .await
+        .expect("put");
+    assert_eq!(revs, vec![1], "first revision is 1");
+    let e = store.get(Kind::Location, org, "l1").await.expect("get");
+    assert_eq!(
+        (e.kind, e.org.as_str(), e.id.as_str(), e.revision),
+        (Kind::Location, org, "l1", 1)
+    );
+    assert_eq!(e.doc, br#"{"v":1}"#);
+    assert_eq!(e.index.sort, "l1");
+    let revs = store
+        .put(vec![put(Kind::Location, org, "l1", "l1", r#"{"v":2}"#)])
+        .await
+        .expect("overwrite");
+    assert_eq!(revs, vec![2]);
+    let e = store.get(Kind::Location, org, "l1").await.expect("get");
+    assert_eq!((e.revision, e.doc.as_slice()), (2, br#"{"v":2}"#.as_slice()));
+    let missing = store.get(Kind::Location, org, "nope").await;
+    assert!(
+        matches!(missing, Err(Error::NotFound { .. })),
+        "missing record: {missing:?}"
+    );
+}
+
+/// `expect` guards writes; a batch with one failed expectation writes nothing.
+pub async fn expectations_and_atomic_batches(store: &dyn CatalogStore) {
+    let org = "conf-b";
+    let mut create = put(Kind::Cluster, org, "c1", "c1", "{}");
+    create.expect = Some(0);
+    assert_eq!(store.put(vec![create.clone()]).await.expect("create"), vec![1]);
+    let again = store.put(vec![create]).await;
+    assert!(
+        matches!(again, Err(Error::Precondition { .. })),
+        "create twice: {again:?}"
+    );
+
+    let mut stale = put(Kind::Cluster, org, "c1", "c1", r#"{"stale":true}"#);
+    stale.expect = Some(7);
+    assert!(matches!(
+        store.put(vec![stale]).await,
+        Err(Error::Precondition { .. })
+    ));
+    let mut fresh = put(Kind::Cluster, org, "c1", "c1", r#"{"fresh":true}"#);
+    fresh.expect = Some(1);
+    assert_eq!(store.put(vec![fresh]).await.expect("update at rev 1"), vec![2]);
+
+    let ok = put(Kind::Cluster, org, "c2", "c2", "{}");
+    let mut bad = put(Kind::Cluster, org, "c1", "c1", "{}");
+    bad.expect = Some(1);
+    let batch = store.put(vec![ok, bad]).await;
+    assert!(
+        matches!(batch, Err(Error::Precondition { .. })),
+        "batch: {batch:?}"
+    );
+    let c2 = store.get(Kind::Cluster, org, "c2").await;
+    assert!(
+        matches!(c2, Err(Error::NotFound { .. })),
+        "a failed batch wrote a record: {c2:?}"
+    );
+
+    let two = vec![
+        put(Kind::Cluster, org, "c3", "c3", "{}"),
+        put(Kind::Cluster, org, "c4", "c4", "{}"),
+    ];
+    assert_eq!(store.put(two).await.expect("batch"), vec![1, 1]);
+    assert_eq!(store.put(vec![]).await.expect("empty batch"), Vec::<u64>::new());
+}
+
+/// Deleting reports whether the record existed and honours `expect`.
+pub async fn delete_semantics(store: &dyn CatalogStore) {
+    let org = "conf-c";
+    store
+        .put(vec![put(Kind::Backup, org, "b1", "b1", "{}")])
+        .await
+        .expect("put");
+    let stale = store.delete(Kind::Backup, org, "b1", Some(5)).await;
+    assert!(
+        matches!(stale, Err(Error::Precondition { .. })),
+        "stale delete: {stale:?}"
+    );
+    assert!(
+        store
+            .delete(Kind::Backup, org, "b1", Some(1))
+            .await
+            .expect("delete")
+    );
+    assert!(
+        !store
+            .delete(Kind::Backup, org, "b1", None)
+            .await
+            .expect("delete again")
+    );
+    assert!(matches!(
+        store.get(Kind::Backup, org, "b1").await,
+        Err(Error::NotFound { .. })
+    ));
+    // A record created again after deletion starts over.
+    let revs = store
+        .put(vec![put(Kind::Backup, org, "b1", "b1", "{}")])
+        .await
+        .expect("recreate");
+    assert_eq!(revs, vec![1]);
+}
+
+/// The same id in two orgs or two kinds is two records; lists of one org never show another's.
+pub async fn orgs_and_kinds_are_isolated(store: &dyn CatalogStore) {
+    store
+        .put(vec![
+            put(Kind::Schedule, "conf-d1", "x", "x", r#""d1""#),
+            put(Kind::Schedule, "conf-d2", "x", "x", r#""d2""#),
+            put(Kind::Restore, "conf-d1", "x", "x", r#""restore""#),
+        ])
+        .await
+        .expect("put");
+    let d1 = store.get(Kind::Schedule, "conf-d1", "x").await.expect("get d1");
+    assert_eq!(d1.doc, br#""d1""#);
+    let d2 = store.get(Kind::Schedule, "conf-d2", "x").await.expect("get d2");
+    assert_eq!(d2.doc, br#""d2""#);
+    let page = store
+        .list(Kind::Schedule, &Query::org("conf-d1"))
+        .await
+        .expect("list");
+    assert_eq!(page.items.len(), 1, "org filter: {:?}", page.items);
+    assert_eq!(page.items[0].org, "conf-d1");
+    assert_eq!(
+        store
+            .count(Kind::Restore, &Query::org("conf-d2"))
+            .await
+            .expect("count"),
+        0
+    );
+    store
+        .delete(Kind::Schedule, "conf-d1", "x", None)
+        .await
+        .expect("delete");
+    assert!(
+        store.get(Kind::Schedule, "conf-d2", "x").await.is_ok(),
+        "deleting in one org touched another"
+    );
+}
+
+/// Pages follow `(org, sort, id)` order, cover every record once, and a foreign cursor is refused.
+pub async fn paging_is_ordered_and_complete(store: &dyn CatalogStore) {
+    let org = "conf-e";
+    let mut puts = Vec::new();
+    for i in 0..53u32 {
+        // Sort keys collide in pairs so the id breaks ties.
+        puts.push(put(
+            Kind::Backup,
+            org,
+            &format!("id-{i:03}"),
+            &format!("s{:03}", 60 - i / 2),
+            "{}",
+        ));
+    }
+    store.put(puts).await.expect("put");
+    let mut q = Query::org(org);
+    q.limit = 10;
+    let mut seen = Vec::new();
+    let mut pages = 0;
+    loop {
+        let page = store.list(Kind::Backup, &q).await.expect("list");
+        assert!(page.items.len() <= 10, "page larger than the limit");
+        seen.extend(page.items.iter().map(Cursor::after));
+        pages += 1;
+        match page.next {
+            Some(n) => q.after = Some(n),
+            None => break,
+        }
+    }
+    assert_eq!(seen.len(), 53, "every record once");
+    assert!(pages >= 6, "53 records in pages of 10 take 6 pages, took {pages}");
+    let mut sorted = seen.clone();
+    sorted.sort();
+    assert_eq!(seen, sorted, "pages are in (org, sort, id) order");
+    assert_eq!(seen.iter().map(|c| &c.id).collect::<BTreeSet<_>>().len(), 53);
+    assert_eq!(
+        store.count(Kind::Backup, &Query::org(org)).await.expect("count"),
+        53
+    );
+
+    let mut huge = Query::org(org);
+    huge.limit = usize::MAX;
+    let page = store
+        .list(Kind::Backup, &huge)
+        .await
+        .expect("huge limit is clamped");
+    assert_eq!(page.items.len(), 53);
+    let mut zero = Query::org(org);
+    zero.limit = 0;
+    assert_eq!(
+        store
+            .list(Kind::Backup, &zero)
+            .await
+            .expect("zero limit")
+            .items
+            .len(),
+        1
+    );
+
+    let mut bogus = Query::org(org);
+    bogus.after = Some("not-a-cursor!".into());
+    let r = store.list(Kind::Backup, &bogus).await;
+    assert!(matches!(r, Err(Error::Invalid { .. })), "bogus cursor: {r:?}");
+}
+
+/// Cluster, location, status and time filters combine.
+pub async fn filters(store: &dyn CatalogStore) {
+    let org = "conf-f";
+    let mut puts = Vec::new();
+    for i in 0..20i64 {
+        let mut p = put(Kind::Backup, org, &format!("b{i:02}"), &format!("{i:02}"), "{}");
+        p.index.cluster = Some(format!("c{}", i % 2));
+        p.index.location = Some(format!("l{}", i % 4));
+        p.index.status = Some(if i % 5 == 0 { "Failed" } else { "Completed" }.into());
+        p.index.time_ms = Some(1_000 * i);
+        puts.push(p);
+    }
+    puts.push(put(Kind::Backup, org, "no-index", "zz", "{}"));
+    store.put(puts).await.expect("put");
+    let ids = |q: Query| async move {
+        store
+            .list(Kind::Backup, &q)
+            .await
+            .expect("list")
+            .items
+            .into_iter()
+            .map(|e| e.id)
+            .collect::<Vec<_>>()
+    };
+    let mut q = Query::org(org);
+    q.cluster = Some("c1".into());
+    q.location = Some("l1".into());
+    assert_eq!(ids(q).await, vec!["b01", "b05", "b09", "b13", "b17"]);
+    let mut q = Query::org(org);
+    q.status = Some("Failed".into());
+    assert_eq!(ids(q).await, vec!["b00", "b05", "b10", "b15"]);
+    let mut q = Query::org(org);
+    q.time_from_ms = Some(5_000);
+    q.time_to_ms = Some(8_000);
+    assert_eq!(ids(q.clone()).await, vec!["b05", "b06", "b07"]);
+    assert_eq!(store.count(Kind::Backup, &q).await.expect("count"), 3);
+    let mut q = Query::org(org);
+    q.cluster = Some("nowhere".into());
+    assert!(ids(q).await.is_empty());
+}
+
+/// The store keeps documents byte for byte, even ones that are not JSON: decoding is the typed
+/// layer's job, so one damaged record cannot make a whole list unreadable at the store level.
+pub async fn raw_documents_are_kept_as_written(store: &dyn CatalogStore) {
+    let org = "conf-g";
+    let mut p = put(Kind::Org, org, org, org, "");
+    p.doc = b"{not json \xff\x00".to_vec();
+    store.put(vec![p]).await.expect("put raw");
+    let e = store.get(Kind::Org, org, org).await.expect("get");
+    assert_eq!(e.doc, b"{not json \xff\x00");
+    let all = store
+        .list(
+            Kind::Org,
+            &Query {
+                limit: 1000,
+                ..Query::default()
+            },
+        )
+        .await
+        .expect("list orgs");
+    assert!(all.items.iter().any(|e| e.org == org), "org listed across orgs");
+    let decoded = super::Catalog::decode::<super::records::Org>(&e);
+    assert!(
+        matches!(decoded, Err(Error::Corrupt { .. })),
+        "damaged doc decodes: {decoded:?}"
+    );
+}

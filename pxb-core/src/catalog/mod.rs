@@ -1,0 +1,404 @@
+//! The `CatalogStore` seam: where `pxb-server` keeps its state — orgs, discovery configurations,
+//! clusters and their status, backup locations and their per-cluster status, backups, restores,
+//! schedules and user preferences.
+//!
+//! The store is a small document store: every record is a JSON document of one [`Kind`], owned by
+//! one org, with an id, a revision for optimistic concurrency and a few indexed columns
+//! ([`Index`]) that lists filter and sort on. The typed view on top is [`Catalog`], which encodes
+//! and decodes the [`records`].
+//!
+//! Architecture Invariant: no record holds a shoot kubeconfig, and in federated mode no record holds
+//! a cloud credential; a classic credential is stored only encrypted (`pxb-daemon` encrypts it).
+//!
+//! [`MemoryCatalog`] is the in-memory twin, suitable for tests; `pxb-daemon` has the embedded SQLite
+//! implementation. Both run the [`conformance`] suite.
+
+pub mod conformance;
+mod memory;
+pub mod records;
+
+use std::fmt;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+pub use memory::MemoryCatalog;
+
+use crate::{Error, Result};
+
+/// The largest page a list returns, whatever was asked for.
+pub const MAX_PAGE: usize = 1000;
+
+/// What a record is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[non_exhaustive]
+pub enum Kind {
+    /// A tenant ([`records::Org`]); its org is its own id.
+    Org,
+    /// A discovery configuration ([`records::DiscoveryConfig`]).
+    Discovery,
+    /// A cluster and its status ([`records::ClusterRecord`]).
+    Cluster,
+    /// A backup location ([`records::LocationRecord`]).
+    Location,
+    /// A location's status on one cluster ([`records::LocationStatus`]).
+    LocationStatus,
+    /// A backup ([`records::BackupRecord`]).
+    Backup,
+    /// A restore ([`records::RestoreRecord`]).
+    Restore,
+    /// A schedule ([`records::ScheduleRecord`]).
+    Schedule,
+    /// A user's preferences ([`records::Preferences`]); org `""`.
+    Preference,
+}
+
+impl Kind {
+    /// Every kind.
+    pub const ALL: [Kind; 9] = [
+        Kind::Org,
+        Kind::Discovery,
+        Kind::Cluster,
+        Kind::Location,
+        Kind::LocationStatus,
+        Kind::Backup,
+        Kind::Restore,
+        Kind::Schedule,
+        Kind::Preference,
+    ];
+
+    /// The stable name of the kind, as stored.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Org => "org",
+            Kind::Discovery => "discovery",
+            Kind::Cluster => "cluster",
+            Kind::Location => "location",
+            Kind::LocationStatus => "location-status",
+            Kind::Backup => "backup",
+            Kind::Restore => "restore",
+            Kind::Schedule => "schedule",
+            Kind::Preference => "preference",
+        }
+    }
+
+    /// The kind with this stored name.
+    pub fn parse(s: &str) -> Option<Kind> {
+        Kind::ALL.into_iter().find(|k| k.as_str() == s)
+    }
+}
+
+impl fmt::Display for Kind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The indexed columns of a record: what lists filter and sort on.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Index {
+    /// Sort key; lists return records ordered by `(sort, id)`.
+    pub sort: String,
+    /// The cluster the record belongs to, if any.
+    pub cluster: Option<String>,
+    /// The location the record belongs to, if any.
+    pub location: Option<String>,
+    /// A status or phase to filter on.
+    pub status: Option<String>,
+    /// A time (milliseconds since the epoch) to filter on.
+    pub time_ms: Option<i64>,
+}
+
+/// A stored record: its key, revision, index and document.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Entry {
+    /// The kind.
+    pub kind: Kind,
+    /// The owning org (`""` for records owned by no org).
+    pub org: String,
+    /// Unique within `(kind, org)`.
+    pub id: String,
+    /// Starts at 1 and grows by one on every write.
+    pub revision: u64,
+    /// The indexed columns.
+    pub index: Index,
+    /// The JSON document, as stored (it may not decode: see [`Catalog::get`]).
+    pub doc: Vec<u8>,
+}
+
+/// What to write.
+#[derive(Clone, Debug)]
+pub struct Put {
+    /// The kind.
+    pub kind: Kind,
+    /// The owning org.
+    pub org: String,
+    /// The id.
+    pub id: String,
+    /// The indexed columns.
+    pub index: Index,
+    /// The JSON document.
+    pub doc: Vec<u8>,
+    /// Write only if the stored revision is this one (`Some(0)`: only if absent).
+    pub expect: Option<u64>,
+}
+
+/// Which records a list returns.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Query {
+    /// Only this org's records; every org's when `None`.
+    pub org: Option<String>,
+    /// Only records of this cluster.
+    pub cluster: Option<String>,
+    /// Only records of this location.
+    pub location: Option<String>,
+    /// Only records with this status.
+    pub status: Option<String>,
+    /// Only records with `time_ms >= from`.
+    pub time_from_ms: Option<i64>,
+    /// Only records with `time_ms < to`.
+    pub time_to_ms: Option<i64>,
+    /// At most this many (clamped to `1..=MAX_PAGE`).
+    pub limit: usize,
+    /// Continue after this cursor (from [`Page::next`]).
+    pub after: Option<String>,
+}
+
+impl Query {
+    /// Every record of `org`, `limit` at a time.
+    pub fn org(org: impl Into<String>) -> Self {
+        Query {
+            org: Some(org.into()),
+            limit: MAX_PAGE,
+            ..Query::default()
+        }
+    }
+
+    /// The limit clamped to `1..=MAX_PAGE`.
+    pub fn clamped_limit(&self) -> usize {
+        self.limit.clamp(1, MAX_PAGE)
+    }
+
+    /// Whether `e` matches the filters (not the cursor or limit).
+    pub fn matches(&self, e: &Entry) -> bool {
+        fn eq(want: &Option<String>, have: &Option<String>) -> bool {
+            want.as_ref().is_none_or(|w| have.as_ref() == Some(w))
+        }
+        self.org.as_ref().is_none_or(|o| *o == e.org)
+            && eq(&self.cluster, &e.index.cluster)
+            && eq(&self.location, &e.index.location)
+            && eq(&self.status, &e.index.status)
+            && self
+                .time_from_ms
+                .is_none_or(|f| e.index.time_ms.is_some_and(|t| t >= f))
+            && self
+                .time_to_ms
+                .is_none_or(|to| e.index.time_ms.is_some_and(|t| t < to))
+    }
+}
+
+/// The position of a record in list order, encoded as an opaque cursor.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Cursor {
+    /// The org of the last record returned.
+    pub org: String,
+    /// Its sort key.
+    pub sort: String,
+    /// Its id.
+    pub id: String,
+}
+
+impl Cursor {
+    /// The cursor after `e`.
+    pub fn after(e: &Entry) -> Cursor {
+        Cursor {
+            org: e.org.clone(),
+            sort: e.index.sort.clone(),
+            id: e.id.clone(),
+        }
+    }
+
+    /// The opaque text form.
+    pub fn encode(&self) -> String {
+        let json = serde_json::json!([self.org, self.sort, self.id]).to_string();
+        URL_SAFE_NO_PAD.encode(json)
+    }
+
+    /// Reads a cursor made by [`Cursor::encode`]; anything else is [`Error::Invalid`].
+    pub fn decode(s: &str) -> Result<Cursor> {
+        let bad = || Error::invalid("the page cursor is not one this server issued");
+        let bytes = URL_SAFE_NO_PAD.decode(s).map_err(|_| bad())?;
+        let (org, sort, id): (String, String, String) = serde_json::from_slice(&bytes).map_err(|_| bad())?;
+        Ok(Cursor { org, sort, id })
+    }
+}
+
+/// One page of a list.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Page<T> {
+    /// The records, in `(org, sort, id)` order.
+    pub items: Vec<T>,
+    /// The cursor for the next page, when there may be more.
+    pub next: Option<String>,
+}
+
+/// The server's state. Object safe; every implementation runs [`conformance::run_all`].
+///
+/// Lists are ordered by `(org, index.sort, id)` and paged with opaque cursors, so a list stays
+/// stable while records are written.
+#[async_trait]
+pub trait CatalogStore: Send + Sync + fmt::Debug {
+    /// The record, or [`Error::NotFound`].
+    async fn get(&self, kind: Kind, org: &str, id: &str) -> Result<Entry>;
+
+    /// Writes records atomically (all or none) and returns their new revisions. A failed
+    /// expectation is [`Error::Precondition`] and writes nothing.
+    async fn put(&self, puts: Vec<Put>) -> Result<Vec<u64>>;
+
+    /// Deletes a record; `Ok(false)` when it did not exist. With `expect`, only that revision.
+    async fn delete(&self, kind: Kind, org: &str, id: &str, expect: Option<u64>) -> Result<bool>;
+
+    /// One page of records of `kind` matching `query`.
+    async fn list(&self, kind: Kind, query: &Query) -> Result<Page<Entry>>;
+
+    /// How many records of `kind` match `query` (its cursor and limit ignored).
+    async fn count(&self, kind: Kind, query: &Query) -> Result<u64>;
+}
+
+/// A record type with its kind and index.
+pub trait Record: Serialize + DeserializeOwned + Send + Sync {
+    /// Its kind.
+    const KIND: Kind;
+    /// Its owning org.
+    fn org(&self) -> &str;
+    /// Its id.
+    fn id(&self) -> &str;
+    /// Its indexed columns.
+    fn index(&self) -> Index;
+}
+
+/// A decoded record with the revision it was read at.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Versioned<T> {
+    /// The revision.
+    pub revision: u64,
+    /// The record.
+    pub value: T,
+}
+
+/// The typed view of a [`CatalogStore`]. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Catalog {
+    store: Arc<dyn CatalogStore>,
+}
+
+impl Catalog {
+    /// Wraps a store.
+    pub fn new(store: Arc<dyn CatalogStore>) -> Self {
+        Catalog { store }
+    }
+
+    /// The raw store.
+    pub fn store(&self) -> &Arc<dyn CatalogStore> {
+        &self.store
+    }
+
+    /// Decodes an entry; a document that does not decode is [`Error::Corrupt`] naming the record.
+    pub fn decode<T: Record>(e: &Entry) -> Result<Versioned<T>> {
+        let value = serde_json::from_slice(&e.doc).map_err(|err| {
+            Error::corrupt(format!(
+                "{} {:?} of org {:?} does not decode: {err}",
+                e.kind, e.id, e.org
+            ))
+        })?;
+        Ok(Versioned {
+            revision: e.revision,
+            value,
+        })
+    }
+
+    /// The put for `value`, expecting `expect`.
+    pub fn put_of<T: Record>(value: &T, expect: Option<u64>) -> Result<Put> {
+        let doc = serde_json::to_vec(value).map_err(|e| Error::invalid(format!("cannot encode: {e}")))?;
+        Ok(Put {
+            kind: T::KIND,
+            org: value.org().to_owned(),
+            id: value.id().to_owned(),
+            index: value.index(),
+            doc,
+            expect,
+        })
+    }
+
+    /// The record, or [`Error::NotFound`].
+    pub async fn get<T: Record>(&self, org: &str, id: &str) -> Result<Versioned<T>> {
+        Self::decode(&self.store.get(T::KIND, org, id).await?)
+    }
+
+    /// The record if it exists.
+    pub async fn find<T: Record>(&self, org: &str, id: &str) -> Result<Option<Versioned<T>>> {
+        match self.get(org, id).await {
+            Ok(v) => Ok(Some(v)),
+            Err(Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Writes `value` (when `expect` holds) and returns its new revision.
+    pub async fn put<T: Record>(&self, value: &T, expect: Option<u64>) -> Result<u64> {
+        let revs = self.store.put(vec![Self::put_of(value, expect)?]).await?;
+        revs.first()
+            .copied()
+            .ok_or_else(|| Error::other("the store returned no revision"))
+    }
+
+    /// Writes many records atomically, without expectations.
+    pub async fn put_all<T: Record>(&self, values: &[T]) -> Result<()> {
+        let puts = values
+            .iter()
+            .map(|v| Self::put_of(v, None))
+            .collect::<Result<Vec<_>>>()?;
+        if !puts.is_empty() {
+            self.store.put(puts).await?;
+        }
+        Ok(())
+    }
+
+    /// Deletes the record; `Ok(false)` when it did not exist.
+    pub async fn delete<T: Record>(&self, org: &str, id: &str) -> Result<bool> {
+        self.store.delete(T::KIND, org, id, None).await
+    }
+
+    /// One page; records that do not decode are [`Error::Corrupt`].
+    pub async fn list<T: Record>(&self, query: &Query) -> Result<Page<T>> {
+        let page = self.store.list(T::KIND, query).await?;
+        let items = page
+            .items
+            .iter()
+            .map(|e| Self::decode(e).map(|v| v.value))
+            .collect::<Result<Vec<T>>>()?;
+        Ok(Page {
+            items,
+            next: page.next,
+        })
+    }
+
+    /// Every record matching `query`, following cursors.
+    pub async fn list_all<T: Record>(&self, query: &Query) -> Result<Vec<T>> {
+        let mut q = query.clone();
+        q.limit = MAX_PAGE;
+        let mut out = Vec::new();
+        loop {
+            let page = self.list::<T>(&q).await?;
+            out.extend(page.items);
+            match page.next {
+                Some(next) => q.after = Some(next),
+                None => return Ok(out),
+            }
+        }
+    }
+}

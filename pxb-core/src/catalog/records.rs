@@ -1,0 +1,657 @@
+//! The records `pxb-server` keeps in its [`Catalog`](super::Catalog). JSON documents, camelCase.
+//!
+//! Times are RFC 3339 strings; ids are chosen by the server (DNS labels for names users type).
+
+use std::collections::BTreeMap;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use super::{Index, Kind, Record};
+
+/// How an org's locations are reached.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// Agents reach locations with Workload Identity; the server holds no cloud credential.
+    #[default]
+    Federated,
+    /// The server keeps a credential (encrypted) and hands it to agents as a Secret.
+    Classic,
+}
+
+/// A tenant of the provider.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Org {
+    /// DNS label, unique.
+    pub id: String,
+    /// For humans.
+    #[serde(default)]
+    pub display_name: String,
+    /// The default mode of new locations.
+    #[serde(default)]
+    pub mode: Mode,
+    /// Who may do what in the org, from token groups and app roles.
+    #[serde(default)]
+    pub access: Vec<RoleBinding>,
+    /// When it was created.
+    pub created_at: String,
+}
+
+/// A role within an org.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Reads everything of the org.
+    Viewer,
+    /// Also asks for validations, syncs, backups and restores.
+    Operator,
+    /// Also changes locations, discovery configurations and schedules.
+    Admin,
+}
+
+/// Grants `role` to members of `groups` and holders of `appRoles`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RoleBinding {
+    /// The role granted.
+    pub role: Role,
+    /// Token `groups` (Entra group object ids) that get it.
+    #[serde(default)]
+    pub groups: Vec<String>,
+    /// Token `roles` (app roles) that get it.
+    #[serde(default)]
+    pub app_roles: Vec<String>,
+}
+
+impl Record for Org {
+    const KIND: Kind = Kind::Org;
+    fn org(&self) -> &str {
+        &self.id
+    }
+    fn id(&self) -> &str {
+        &self.id
+    }
+    fn index(&self) -> Index {
+        Index {
+            sort: self.id.clone(),
+            ..Index::default()
+        }
+    }
+}
+
+/// Where shoots of an org come from: a Gardener project read with a garden credential.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DiscoveryConfig {
+    /// The org.
+    pub org: String,
+    /// DNS label, unique within the org.
+    pub id: String,
+    /// The Gardener project name.
+    pub project: String,
+    /// The name of a garden credential the server's configuration defines (a file the provider
+    /// mounts); never the credential itself.
+    pub credential: String,
+    /// Seconds between full discovery cycles.
+    pub interval_secs: u64,
+    /// When it was created.
+    pub created_at: String,
+}
+
+impl Record for DiscoveryConfig {
+    const KIND: Kind = Kind::Discovery;
+    fn org(&self) -> &str {
+        &self.org
+    }
+    fn id(&self) -> &str {
+        &self.id
+    }
+    fn index(&self) -> Index {
+        Index {
+            sort: self.id.clone(),
+            ..Index::default()
+        }
+    }
+}
+
+/// The state of a cluster in the fleet status.
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, JsonSchema,
+)]
+pub enum ClusterState {
+    /// Reachable, agent current, every assigned location valid.
+    Ready,
+    /// Reachable with a current agent, but something is wrong (an invalid location, a failed write).
+    Degraded,
+    /// The last calls did not get through within their deadline.
+    Unreachable,
+    /// The shoot is hibernated.
+    Hibernated,
+    /// No pxb agent runs on the cluster.
+    AgentMissing,
+    /// The agent is older than the server's minimum version.
+    AgentOutdated,
+    /// Discovered but not eligible (provider, version, deleting, not reconciled, malformed).
+    Ineligible,
+    /// The shoot was deleted; its record stays for its backups.
+    Retired,
+    /// Not contacted yet.
+    #[default]
+    Unknown,
+}
+
+impl ClusterState {
+    /// The name used in the API and metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ClusterState::Ready => "Ready",
+            ClusterState::Degraded => "Degraded",
+            ClusterState::Unreachable => "Unreachable",
+            ClusterState::Hibernated => "Hibernated",
+            ClusterState::AgentMissing => "AgentMissing",
+            ClusterState::AgentOutdated => "AgentOutdated",
+            ClusterState::Ineligible => "Ineligible",
+            ClusterState::Retired => "Retired",
+            ClusterState::Unknown => "Unknown",
+        }
+    }
+
+    /// Every state.
+    pub const ALL: [ClusterState; 9] = [
+        ClusterState::Ready,
+        ClusterState::Degraded,
+        ClusterState::Unreachable,
+        ClusterState::Hibernated,
+        ClusterState::AgentMissing,
+        ClusterState::AgentOutdated,
+        ClusterState::Ineligible,
+        ClusterState::Retired,
+        ClusterState::Unknown,
+    ];
+}
+
+/// What the server last observed of a cluster.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ClusterStatus {
+    /// The state.
+    pub state: ClusterState,
+    /// Why, for humans.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// The credential state (`Valid`, `Renewing`, `Failed`, …).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credential: Option<String>,
+    /// The agent's version, when one was found.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent_version: Option<String>,
+    /// The last time a call to the cluster succeeded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_seen: Option<String>,
+    /// The last time the server tried.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_attempt: Option<String>,
+}
+
+/// A cluster of an org.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ClusterRecord {
+    /// The org.
+    pub org: String,
+    /// Stable identity (the shoot's uid, or `imported-<name>`).
+    pub id: String,
+    /// The shoot name (or the imported cluster's name).
+    pub name: String,
+    /// `gardener` or `imported`.
+    pub source: String,
+    /// The discovery configuration that found it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub discovery: Option<String>,
+    /// The Gardener project namespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    /// Cloud provider type.
+    #[serde(default)]
+    pub provider_type: String,
+    /// Kubernetes version.
+    #[serde(default)]
+    pub kubernetes_version: String,
+    /// Region.
+    #[serde(default)]
+    pub region: String,
+    /// Labels, for selecting clusters.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    /// Why the cluster is not eligible, if it is not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ineligible: Option<String>,
+    /// Whether the shoot is hibernated.
+    #[serde(default)]
+    pub hibernated: bool,
+    /// When it was first seen.
+    pub first_seen: String,
+    /// When it was retired (deleted from the project); its backups stay listed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retired_at: Option<String>,
+    /// The encrypted kubeconfig of an imported cluster (classic mode only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sealed_kubeconfig: Option<Sealed>,
+    /// What the server last observed.
+    #[serde(default)]
+    pub status: ClusterStatus,
+}
+
+impl Record for ClusterRecord {
+    const KIND: Kind = Kind::Cluster;
+    fn org(&self) -> &str {
+        &self.org
+    }
+    fn id(&self) -> &str {
+        &self.id
+    }
+    fn index(&self) -> Index {
+        Index {
+            sort: self.name.clone(),
+            status: Some(self.status.state.as_str().to_owned()),
+            ..Index::default()
+        }
+    }
+}
+
+/// A secret encrypted by the server (AES-256-GCM); only the ciphertext is stored.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Sealed {
+    /// Which key sealed it.
+    pub key_id: String,
+    /// Nonce, base64.
+    pub nonce: String,
+    /// Ciphertext with tag, base64.
+    pub ciphertext: String,
+}
+
+/// Which clusters a location is assigned to.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ClusterSelector {
+    /// Every cluster of the org.
+    #[serde(default)]
+    pub all: bool,
+    /// These clusters, by name.
+    #[serde(default)]
+    pub names: Vec<String>,
+    /// Clusters with all of these labels.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+}
+
+impl ClusterSelector {
+    /// Whether the selector picks `c`.
+    pub fn selects(&self, c: &ClusterRecord) -> bool {
+        self.all
+            || self.names.contains(&c.name)
+            || (!self.labels.is_empty() && self.labels.iter().all(|(k, v)| c.labels.get(k) == Some(v)))
+    }
+}
+
+/// A backup location of an org.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct LocationRecord {
+    /// The org.
+    pub org: String,
+    /// Server-chosen uid; the CRs mirroring it carry it as a label.
+    pub id: String,
+    /// DNS label, unique within the org; the name of the `BackupLocation` CR on clusters.
+    pub name: String,
+    /// `azure` or `file`.
+    pub provider: String,
+    /// Azure storage account.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub account: Option<String>,
+    /// Container (azure) or directory (file).
+    pub container: String,
+    /// Name prefix inside the container.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefix: Option<String>,
+    /// Blob endpoint.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+    /// Federated or classic.
+    pub mode: Mode,
+    /// Workload Identity client id for every cluster (the agent's own when unset).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_id: Option<String>,
+    /// Entra tenant for Workload Identity.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant_id: Option<String>,
+    /// Per-cluster client ids, by cluster name, overriding `client_id`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub cluster_client_ids: BTreeMap<String, String>,
+    /// Classic mode: the credential, sealed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credential: Option<SealedCredential>,
+    /// Which clusters get the location.
+    pub clusters: ClusterSelector,
+    /// Sync the location's backups when it is first assigned to a cluster.
+    #[serde(default)]
+    pub sync: bool,
+    /// Bumped by each manual sync request.
+    #[serde(default)]
+    pub sync_request: i64,
+    /// Bumped by each manual validation request.
+    #[serde(default)]
+    pub validate_request: i64,
+    /// Bumped by each verify request.
+    #[serde(default)]
+    pub verify_request: i64,
+    /// When it was created.
+    pub created_at: String,
+}
+
+/// A classic credential: which kind, sealed.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SealedCredential {
+    /// `accountKey` or `sasToken`.
+    pub kind: String,
+    /// The secret, sealed.
+    pub sealed: Sealed,
+}
+
+impl Record for LocationRecord {
+    const KIND: Kind = Kind::Location;
+    fn org(&self) -> &str {
+        &self.org
+    }
+    fn id(&self) -> &str {
+        &self.id
+    }
+    fn index(&self) -> Index {
+        Index {
+            sort: self.name.clone(),
+            ..Index::default()
+        }
+    }
+}
+
+/// The phase of a request (sync, validation) the server tracks with a heartbeat lease.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum RequestPhase {
+    /// Accepted; not yet acknowledged by the agent (the cluster may be offline).
+    #[default]
+    Pending,
+    /// The agent works on it and its heartbeat is fresh.
+    InProgress,
+    /// Done.
+    Completed,
+    /// The agent reported a failure.
+    Failed,
+    /// No heartbeat within the lease: the server no longer waits for it.
+    Stalled,
+    /// A newer request replaced it.
+    Superseded,
+}
+
+impl RequestPhase {
+    /// Whether it still holds the slot (a new request is refused while it does).
+    pub fn is_active(self) -> bool {
+        matches!(self, RequestPhase::Pending | RequestPhase::InProgress)
+    }
+}
+
+/// A tracked sync on one cluster.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SyncRun {
+    /// The `syncRequest` counter value it asked for.
+    pub request: i64,
+    /// The phase.
+    pub phase: RequestPhase,
+    /// When it was requested.
+    pub requested_at: String,
+    /// The agent's last heartbeat (or acknowledgement).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub heartbeat: Option<String>,
+    /// Backups found in the location.
+    #[serde(default)]
+    pub backups_found: u64,
+    /// Backups imported.
+    #[serde(default)]
+    pub backups_imported: u64,
+    /// For humans.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+/// A location's validation result on one cluster.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ValidationResult {
+    /// `Pending`, `Valid`, `Invalid`, `Unreachable` (the cluster) or `Stalled`.
+    pub phase: String,
+    /// The failed step.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failed_step: Option<String>,
+    /// Why, for humans.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// When the agent last checked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checked_at: Option<String>,
+    /// The `validateRequest` the server asked for last.
+    #[serde(default)]
+    pub request: i64,
+    /// When the server asked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requested_at: Option<String>,
+}
+
+/// A location's status on one cluster.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct LocationStatus {
+    /// The org.
+    pub org: String,
+    /// `<location id>/<cluster id>`.
+    pub id: String,
+    /// The location id.
+    pub location: String,
+    /// The cluster id.
+    pub cluster: String,
+    /// The cluster name.
+    pub cluster_name: String,
+    /// Validation.
+    #[serde(default)]
+    pub validation: ValidationResult,
+    /// The last or running sync.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sync: Option<SyncRun>,
+    /// When the server last read the CR.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_seen: Option<String>,
+}
+
+impl LocationStatus {
+    /// The id of the status of `location` on `cluster`.
+    pub fn id_of(location: &str, cluster: &str) -> String {
+        format!("{location}/{cluster}")
+    }
+}
+
+impl Record for LocationStatus {
+    const KIND: Kind = Kind::LocationStatus;
+    fn org(&self) -> &str {
+        &self.org
+    }
+    fn id(&self) -> &str {
+        &self.id
+    }
+    fn index(&self) -> Index {
+        Index {
+            sort: format!("{}/{}", self.location, self.cluster_name),
+            cluster: Some(self.cluster.clone()),
+            location: Some(self.location.clone()),
+            status: Some(self.validation.phase.clone()),
+            time_ms: None,
+        }
+    }
+}
+
+/// A backup known to the server.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BackupRecord {
+    /// The org.
+    pub org: String,
+    /// The backup id (as on the location).
+    pub id: String,
+    /// The cluster id it belongs to.
+    pub cluster: String,
+    /// The location id.
+    pub location: String,
+    /// Namespaces.
+    #[serde(default)]
+    pub namespaces: Vec<String>,
+    /// Phase.
+    pub phase: String,
+    /// Creation time, ms since the epoch.
+    pub created_ms: i64,
+    /// Found in a location by a sync rather than made through the server.
+    #[serde(default)]
+    pub synced: bool,
+    /// The cluster that made it, by name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub origin_cluster: Option<String>,
+    /// Objects a verify found missing.
+    #[serde(default)]
+    pub missing_objects: u64,
+}
+
+impl Record for BackupRecord {
+    const KIND: Kind = Kind::Backup;
+    fn org(&self) -> &str {
+        &self.org
+    }
+    fn id(&self) -> &str {
+        &self.id
+    }
+    fn index(&self) -> Index {
+        Index {
+            // Newest first.
+            sort: format!("{:020}", i64::MAX.saturating_sub(self.created_ms.max(0))),
+            cluster: Some(self.cluster.clone()),
+            location: Some(self.location.clone()),
+            status: Some(self.phase.clone()),
+            time_ms: Some(self.created_ms),
+        }
+    }
+}
+
+/// A restore known to the server.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RestoreRecord {
+    /// The org.
+    pub org: String,
+    /// Id.
+    pub id: String,
+    /// The backup restored.
+    pub backup: String,
+    /// The target cluster id.
+    pub cluster: String,
+    /// Namespace mapping, source to target.
+    #[serde(default)]
+    pub namespace_mapping: BTreeMap<String, String>,
+    /// Phase.
+    pub phase: String,
+    /// Creation time, ms since the epoch.
+    pub created_ms: i64,
+}
+
+impl Record for RestoreRecord {
+    const KIND: Kind = Kind::Restore;
+    fn org(&self) -> &str {
+        &self.org
+    }
+    fn id(&self) -> &str {
+        &self.id
+    }
+    fn index(&self) -> Index {
+        Index {
+            sort: format!("{:020}", i64::MAX.saturating_sub(self.created_ms.max(0))),
+            cluster: Some(self.cluster.clone()),
+            status: Some(self.phase.clone()),
+            time_ms: Some(self.created_ms),
+            ..Index::default()
+        }
+    }
+}
+
+/// A schedule: a policy bound to clusters, namespaces and a location.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ScheduleRecord {
+    /// The org.
+    pub org: String,
+    /// Id (DNS label).
+    pub id: String,
+    /// The policy, as the API accepted it.
+    pub policy: serde_json::Value,
+    /// Clusters.
+    pub clusters: ClusterSelector,
+    /// Namespaces.
+    pub namespaces: Vec<String>,
+    /// The location id.
+    pub location: String,
+    /// When it last fired (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_fired: Option<String>,
+}
+
+impl Record for ScheduleRecord {
+    const KIND: Kind = Kind::Schedule;
+    fn org(&self) -> &str {
+        &self.org
+    }
+    fn id(&self) -> &str {
+        &self.id
+    }
+    fn index(&self) -> Index {
+        Index {
+            sort: self.id.clone(),
+            location: Some(self.location.clone()),
+            ..Index::default()
+        }
+    }
+}
+
+/// A user's stored preferences (org `""`; id = the user's subject).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Preferences {
+    /// The user's subject.
+    pub user: String,
+    /// Values by key.
+    #[serde(default)]
+    pub values: BTreeMap<String, serde_json::Value>,
+}
+
+impl Record for Preferences {
+    const KIND: Kind = Kind::Preference;
+    fn org(&self) -> &str {
+        ""
+    }
+    fn id(&self) -> &str {
+        &self.user
+    }
+    fn index(&self) -> Index {
+        Index {
+            sort: self.user.clone(),
+            ..Index::default()
+        }
+    }
+}

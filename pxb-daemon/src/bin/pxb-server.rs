@@ -1,0 +1,65 @@
+//! `pxb-server`: the central control plane. Reads `--config FILE` (YAML, each key overridable by
+//! a `PXB_…` environment variable), serves the REST API, and shuts down gracefully on SIGTERM or
+//! Ctrl-C. `--print-default-config` prints the commented defaults.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+use pxb_daemon::server::config::{DEFAULT_CONFIG_YAML, ServerConfig};
+
+/// The pxb control plane.
+#[derive(Parser)]
+#[command(name = "pxb-server", version)]
+struct Args {
+    /// Configuration file (YAML). Without it, the defaults and PXB_… variables apply.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Print the commented default configuration and exit.
+    #[arg(long)]
+    print_default_config: bool,
+    /// DEVELOPMENT ONLY: accept this static bearer token as a provider admin.
+    #[arg(long, value_name = "TOKEN")]
+    dev_token: Option<String>,
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
+    let config = ServerConfig::load(args.config.as_deref(), |k| std::env::var(k).ok())?;
+    let daemon = pxb_daemon::server::Daemon::start(config, args.dev_token, |k| std::env::var(k).ok()).await?;
+    println!("READY http://{}", daemon.addr);
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    daemon.shutdown().await;
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    if args.print_default_config {
+        print!("{DEFAULT_CONFIG_YAML}");
+        return ExitCode::SUCCESS;
+    }
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("PXB_LOG").unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("pxb-server: cannot start the async runtime: {e}");
+            return ExitCode::from(3);
+        }
+    };
+    match rt.block_on(run(args)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("pxb-server: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

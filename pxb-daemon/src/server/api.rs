@@ -1,0 +1,1133 @@
+//! The REST API (axum), versioned under `/v1`, plus `/healthz`, `/readyz`, `/metrics` and
+//! `/openapi.json`.
+//!
+//! Errors are JSON `{"error": {"code": …, "message": …}}` with a stable code. Every list is paged
+//! (`limit` up to 1000, `after` = the `next` cursor of the previous page) and filtered. Bodies are
+//! limited in size and refuse unknown fields; path segments must be DNS labels. Hostile input gets
+//! a 4xx, never a 5xx.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
+
+use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
+use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, Request, State};
+use axum::http::request::Parts;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use pxb_core::catalog::records::{
+    BackupRecord, ClusterRecord, ClusterSelector, DiscoveryConfig, LocationRecord, LocationStatus, Mode, Org,
+    RestoreRecord, Role, RoleBinding, ScheduleRecord, SyncRun,
+};
+use pxb_core::catalog::{MAX_PAGE, Query, Record};
+use pxb_core::clock::rfc3339;
+use schemars::JsonSchema;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use super::auth::{AuthError, Caller};
+use super::{OrgState, Server};
+
+/// An API error: HTTP status, stable code, message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiError {
+    /// HTTP status.
+    pub status: StatusCode,
+    /// Stable code, e.g. `not_found`.
+    pub code: &'static str,
+    /// For humans.
+    pub message: String,
+}
+
+/// The JSON body of every error.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct ErrorBody {
+    /// The error.
+    pub error: ErrorDetail,
+}
+
+/// Code and message.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct ErrorDetail {
+    /// Stable code: `bad_request`, `unauthenticated`, `forbidden`, `not_found`, `conflict`,
+    /// `payload_too_large`, `unsupported_media_type`, `org_degraded`, `unavailable`, `internal`.
+    pub code: String,
+    /// For humans.
+    pub message: String,
+}
+
+impl ApiError {
+    /// An error.
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+        }
+    }
+
+    fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "bad_request", message)
+    }
+
+    fn forbidden(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::FORBIDDEN, "forbidden", message)
+    }
+}
+
+impl From<pxb_core::Error> for ApiError {
+    fn from(e: pxb_core::Error) -> Self {
+        use pxb_core::Error as E;
+        let (status, code) = match &e {
+            E::NotFound { .. } => (StatusCode::NOT_FOUND, "not_found"),
+            E::AlreadyExists { .. } => (StatusCode::CONFLICT, "already_exists"),
+            E::Precondition { .. } => (StatusCode::CONFLICT, "conflict"),
+            E::Unauthenticated { .. } => (StatusCode::UNAUTHORIZED, "unauthenticated"),
+            E::PermissionDenied { .. } => (StatusCode::FORBIDDEN, "forbidden"),
+            E::Throttled { .. } => (StatusCode::TOO_MANY_REQUESTS, "throttled"),
+            E::Unavailable { .. } => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+            E::Invalid { .. } => (StatusCode::BAD_REQUEST, "bad_request"),
+            _ => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+        };
+        if status.is_server_error() {
+            tracing::error!(error = %e, "request failed");
+        }
+        ApiError::new(status, code, e.to_string())
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = ErrorBody {
+            error: ErrorDetail {
+                code: self.code.into(),
+                message: self.message,
+            },
+        };
+        let mut r = (self.status, Json(body)).into_response();
+        if self.status == StatusCode::UNAUTHORIZED {
+            r.headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        r
+    }
+}
+
+type ApiResult<T> = Result<T, ApiError>;
+
+/// A JSON body whose rejections are [`ApiError`]s.
+pub struct Body<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Body<T> {
+    type Rejection = ApiError;
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        match Json::<T>::from_request(req, state).await {
+            Ok(Json(v)) => Ok(Body(v)),
+            Err(JsonRejection::MissingJsonContentType(_)) => Err(ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                "send the body as application/json",
+            )),
+            Err(JsonRejection::BytesRejection(e)) => Err(ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload_too_large",
+                format!("the body could not be read: {e}"),
+            )),
+            Err(e) => Err(ApiError::bad_request(format!(
+                "the body is not valid: {}",
+                e.body_text()
+            ))),
+        }
+    }
+}
+
+/// Query parameters whose rejections are [`ApiError`]s.
+pub struct Params<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for Params<T> {
+    type Rejection = ApiError;
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        axum::extract::Query::<T>::from_request_parts(parts, state)
+            .await
+            .map(|q| Params(q.0))
+            .map_err(|e: QueryRejection| ApiError::bad_request(format!("query: {}", e.body_text())))
+    }
+}
+
+/// Path segments, each checked to be a DNS label (or an id of letters, digits, `-` and `.`).
+pub struct Segments(pub Vec<String>);
+
+fn valid_segment(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 128
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
+        && !s.starts_with(['-', '.'])
+        && !s.contains("..")
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for Segments {
+    type Rejection = ApiError;
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let axum::extract::Path(map) =
+            axum::extract::Path::<BTreeMap<String, String>>::from_request_parts(parts, state)
+                .await
+                .map_err(|e: PathRejection| ApiError::bad_request(format!("path: {}", e.body_text())))?;
+        let mut out = Vec::new();
+        // Path parameters come in route order: org, then the item.
+        for key in ["org", "name", "id"] {
+            if let Some(v) = map.get(key) {
+                if !valid_segment(v) {
+                    return Err(ApiError::bad_request(format!(
+                        "{key} {v:?} is not a valid name (lower-case letters, digits, '-' and '.')"
+                    )));
+                }
+                out.push(v.clone());
+            }
+        }
+        Ok(Segments(out))
+    }
+}
+
+impl FromRequestParts<Server> for Caller {
+    type Rejection = ApiError;
+    async fn from_request_parts(parts: &mut Parts, server: &Server) -> Result<Self, Self::Rejection> {
+        let unauth = |m: &str| ApiError::new(StatusCode::UNAUTHORIZED, "unauthenticated", m.to_owned());
+        let header = parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .ok_or_else(|| unauth("send a bearer token in the Authorization header"))?;
+        let text = header
+            .to_str()
+            .map_err(|_| unauth("the Authorization header is not text"))?;
+        let token = text
+            .strip_prefix("Bearer ")
+            .or_else(|| text.strip_prefix("bearer "))
+            .ok_or_else(|| unauth("the Authorization header must be 'Bearer <token>'"))?;
+        match server.authenticate(token.trim()).await {
+            Ok(c) => Ok(c),
+            Err(AuthError::Unavailable(m)) => Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                format!("the token could not be checked: {m}"),
+            )),
+            Err(e) => Err(unauth(&e.to_string())),
+        }
+    }
+}
+
+fn org_for(server: &Server, caller: &Caller, org: &str, role: Role) -> ApiResult<Org> {
+    let denied = || ApiError::forbidden(format!("you have no access to org {org}"));
+    match server.orgs().get(org) {
+        Some(OrgState::Ready(o)) => {
+            if caller.require(o, role) {
+                Ok(o.clone())
+            } else if caller.role_in(o).is_some() {
+                Err(ApiError::forbidden(format!(
+                    "this needs the {role:?} role in org {org}"
+                )))
+            } else {
+                Err(denied())
+            }
+        }
+        Some(OrgState::Degraded { reason }) if caller.provider_admin => Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "org_degraded",
+            format!("org {org} is degraded and not served: {reason}"),
+        )),
+        None if caller.provider_admin => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("org {org}"),
+        )),
+        _ => Err(denied()),
+    }
+}
+
+/// Paging and filters shared by lists.
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ListParams {
+    /// Page size, 1 to 1000 (default 100; larger values are clamped to 1000).
+    pub limit: Option<u64>,
+    /// The `next` cursor of the previous page.
+    pub after: Option<String>,
+    /// Only items of this cluster (id, or name where the list says so).
+    pub cluster: Option<String>,
+    /// Only items of this location (name).
+    pub location: Option<String>,
+    /// Only items in this state or phase.
+    pub state: Option<String>,
+    /// Only items of this org (fleet status).
+    pub org: Option<String>,
+    /// Only items created at or after this time (RFC 3339).
+    pub from: Option<String>,
+    /// Only items created before this time (RFC 3339).
+    pub to: Option<String>,
+}
+
+impl ListParams {
+    fn limit(&self) -> usize {
+        self.limit.unwrap_or(100).clamp(1, MAX_PAGE as u64) as usize
+    }
+}
+
+/// A page of items.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct List<T> {
+    /// The items.
+    pub items: Vec<T>,
+    /// Cursor of the next page, absent on the last.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next: Option<String>,
+}
+
+/// Pages a list already in order by `key`.
+fn page_by<T>(items: Vec<T>, p: &ListParams, key: impl Fn(&T) -> String) -> ApiResult<List<T>> {
+    let after = match &p.after {
+        Some(a) => Some(
+            URL_SAFE_NO_PAD
+                .decode(a)
+                .ok()
+                .and_then(|b| String::from_utf8(b).ok())
+                .ok_or_else(|| ApiError::bad_request("the page cursor is not one this server issued"))?,
+        ),
+        None => None,
+    };
+    let limit = p.limit();
+    let mut out: Vec<T> = items
+        .into_iter()
+        .filter(|i| after.as_ref().is_none_or(|a| key(i) > *a))
+        .take(limit + 1)
+        .collect();
+    let next = if out.len() > limit {
+        out.truncate(limit);
+        out.last().map(|i| URL_SAFE_NO_PAD.encode(key(i)))
+    } else {
+        None
+    };
+    Ok(List { items: out, next })
+}
+
+fn time_ms(s: &Option<String>, what: &str) -> ApiResult<Option<i64>> {
+    s.as_deref()
+        .map(|t| {
+            crate::agent::parse_rfc3339(t)
+                .map(|t| (t.unix_timestamp_nanos() / 1_000_000) as i64)
+                .ok_or_else(|| ApiError::bad_request(format!("{what} must be an RFC 3339 time")))
+        })
+        .transpose()
+}
+
+/// The identity of the caller.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct WhoAmI {
+    /// Subject.
+    pub subject: String,
+    /// Name.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Administers every org.
+    pub provider_admin: bool,
+    /// Role per visible org.
+    pub orgs: BTreeMap<String, Role>,
+}
+
+/// An org as the API shows it.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct OrgView {
+    /// Id.
+    pub id: String,
+    /// For humans.
+    pub display_name: String,
+    /// Default location mode.
+    pub mode: Mode,
+    /// `Ready` or `Degraded`.
+    pub state: String,
+    /// Why it is degraded.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// Role bindings (shown to admins).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub access: Vec<RoleBinding>,
+}
+
+/// A new org.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CreateOrg {
+    /// Id, a DNS label.
+    pub id: String,
+    /// For humans.
+    #[serde(default)]
+    pub display_name: String,
+    /// Default mode of its locations.
+    #[serde(default)]
+    pub mode: Mode,
+    /// Who may do what.
+    #[serde(default)]
+    pub access: Vec<RoleBinding>,
+}
+
+/// A new discovery configuration.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CreateDiscovery {
+    /// Id, a DNS label.
+    pub id: String,
+    /// The Gardener project.
+    pub project: String,
+    /// The name of a garden credential configured on the server.
+    pub credential: String,
+    /// Seconds between full discovery cycles (default 60, at least 5).
+    #[serde(default)]
+    pub interval_secs: Option<u64>,
+}
+
+/// A classic credential.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CredentialInput {
+    /// A storage account key.
+    #[serde(default)]
+    pub account_key: Option<String>,
+    /// A SAS token.
+    #[serde(default)]
+    pub sas_token: Option<String>,
+}
+
+/// A new backup location.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CreateLocation {
+    /// Name, a DNS label; the `BackupLocation` CR on clusters has this name.
+    pub name: String,
+    /// `azure` or `file`.
+    pub provider: String,
+    /// Azure storage account.
+    #[serde(default)]
+    pub account: Option<String>,
+    /// Container (azure) or absolute directory (file).
+    pub container: String,
+    /// Name prefix.
+    #[serde(default)]
+    pub prefix: Option<String>,
+    /// Blob endpoint.
+    #[serde(default)]
+    pub endpoint: Option<String>,
+    /// `federated` (default: the org's mode) or `classic`.
+    #[serde(default)]
+    pub mode: Option<Mode>,
+    /// Workload Identity client id for every cluster.
+    #[serde(default)]
+    pub client_id: Option<String>,
+    /// Entra tenant.
+    #[serde(default)]
+    pub tenant_id: Option<String>,
+    /// Client ids per cluster name.
+    #[serde(default)]
+    pub cluster_client_ids: BTreeMap<String, String>,
+    /// Classic mode: the credential (stored encrypted, never shown again).
+    #[serde(default)]
+    pub credential: Option<CredentialInput>,
+    /// Which clusters get it.
+    pub clusters: ClusterSelector,
+    /// Sync its backups when it is first assigned to a cluster.
+    #[serde(default)]
+    pub sync: bool,
+}
+
+/// A location as the API shows it (never its credential).
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct LocationView {
+    /// Uid.
+    pub id: String,
+    /// Name.
+    pub name: String,
+    /// Provider.
+    pub provider: String,
+    /// Account.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub account: Option<String>,
+    /// Container or directory.
+    pub container: String,
+    /// Prefix.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub prefix: Option<String>,
+    /// Endpoint.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+    /// Mode.
+    pub mode: Mode,
+    /// Client id.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_id: Option<String>,
+    /// Per-cluster client ids.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub cluster_client_ids: BTreeMap<String, String>,
+    /// Whether a classic credential is stored.
+    pub has_credential: bool,
+    /// Assignment.
+    pub clusters: ClusterSelector,
+    /// Sync on assignment.
+    pub sync: bool,
+    /// Created.
+    pub created_at: String,
+}
+
+impl From<LocationRecord> for LocationView {
+    fn from(l: LocationRecord) -> Self {
+        LocationView {
+            id: l.id,
+            name: l.name,
+            provider: l.provider,
+            account: l.account,
+            container: l.container,
+            prefix: l.prefix,
+            endpoint: l.endpoint,
+            mode: l.mode,
+            client_id: l.client_id,
+            cluster_client_ids: l.cluster_client_ids,
+            has_credential: l.credential.is_some(),
+            clusters: l.clusters,
+            sync: l.sync,
+            created_at: l.created_at,
+        }
+    }
+}
+
+/// A cluster as the API shows it.
+pub type ClusterView = ClusterRecord;
+
+/// Ask for a sync on one cluster.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SyncRequestBody {
+    /// The cluster, by name.
+    pub cluster: String,
+}
+
+/// The fleet status.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct FleetStatusView {
+    /// When the snapshot was built (RFC 3339).
+    pub generated_at: Option<String>,
+    /// Clusters per state (among the visible orgs and the filter).
+    pub counts: BTreeMap<String, u64>,
+    /// The clusters, ordered by org, name and id.
+    pub items: Vec<super::fleet::FleetEntry>,
+    /// Cursor of the next page.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next: Option<String>,
+}
+
+/// Readiness.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Readiness {
+    /// Whether the server serves requests.
+    pub ready: bool,
+    /// Orgs that could not be loaded, with the reason.
+    pub degraded_orgs: BTreeMap<String, String>,
+}
+
+/// The router over `server`, with the body limit from its configuration.
+pub fn router(server: Server) -> Router {
+    let limit = server.config().api.max_body_bytes;
+    Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .route(
+            "/openapi.json",
+            get(|| async { Json(super::openapi::document()) }),
+        )
+        .route("/v1/whoami", get(whoami))
+        .route("/v1/fleet/status", get(fleet_status))
+        .route("/v1/orgs", get(list_orgs).post(create_org))
+        .route("/v1/orgs/{org}", get(get_org))
+        .route(
+            "/v1/orgs/{org}/discoveries",
+            get(list_discoveries).post(create_discovery),
+        )
+        .route(
+            "/v1/orgs/{org}/discoveries/{name}",
+            get(get_discovery).delete(delete_discovery),
+        )
+        .route("/v1/orgs/{org}/clusters", get(list_clusters))
+        .route("/v1/orgs/{org}/clusters/{name}", get(get_cluster))
+        .route(
+            "/v1/orgs/{org}/locations",
+            get(list_locations).post(create_location),
+        )
+        .route(
+            "/v1/orgs/{org}/locations/{name}",
+            get(get_location).delete(delete_location),
+        )
+        .route("/v1/orgs/{org}/locations/{name}/status", get(location_status))
+        .route(
+            "/v1/orgs/{org}/locations/{name}/validate",
+            post(validate_location),
+        )
+        .route("/v1/orgs/{org}/locations/{name}/sync", post(sync_location))
+        .route("/v1/orgs/{org}/backups", get(list_backups))
+        .route("/v1/orgs/{org}/restores", get(list_restores))
+        .route("/v1/orgs/{org}/schedules", get(list_schedules))
+        .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint") })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "method not allowed here",
+            )
+        })
+        .layer(DefaultBodyLimit::max(limit))
+        .with_state(server)
+}
+
+async fn readyz(State(s): State<Server>) -> Json<Readiness> {
+    let degraded_orgs = s
+        .orgs()
+        .into_iter()
+        .filter_map(|(id, st)| match st {
+            OrgState::Degraded { reason } => Some((id, reason)),
+            OrgState::Ready(_) => None,
+        })
+        .collect();
+    Json(Readiness {
+        ready: true,
+        degraded_orgs,
+    })
+}
+
+async fn metrics(State(s): State<Server>) -> impl IntoResponse {
+    let snap = s.snapshot();
+    let m = s.metrics();
+    let mut out = String::new();
+    out += "# HELP pxb_server_info The server's version.\n# TYPE pxb_server_info gauge\n";
+    out += &format!(
+        "pxb_server_info{{version=\"{}\"}} 1\n",
+        crate::agent::api::VERSION
+    );
+    out += "# HELP pxb_server_clusters Clusters by state.\n# TYPE pxb_server_clusters gauge\n";
+    for (state, n) in snap.counts(|_| true) {
+        out += &format!("pxb_server_clusters{{state=\"{state}\"}} {n}\n");
+    }
+    let orgs = s.orgs();
+    let degraded = orgs
+        .values()
+        .filter(|o| matches!(o, OrgState::Degraded { .. }))
+        .count();
+    out += "# HELP pxb_server_orgs Orgs by state.\n# TYPE pxb_server_orgs gauge\n";
+    out += &format!("pxb_server_orgs{{state=\"ready\"}} {}\n", orgs.len() - degraded);
+    out += &format!("pxb_server_orgs{{state=\"degraded\"}} {degraded}\n");
+    let counter = |out: &mut String, name: &str, help: &str, v: u64| {
+        *out += &format!("# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}\n");
+    };
+    out +=
+        "# HELP pxb_server_visits_total Cluster visits by result.\n# TYPE pxb_server_visits_total counter\n";
+    out += &format!(
+        "pxb_server_visits_total{{result=\"ok\"}} {}\n",
+        m.visits_ok.load(Ordering::Relaxed)
+    );
+    out += &format!(
+        "pxb_server_visits_total{{result=\"failed\"}} {}\n",
+        m.visits_failed.load(Ordering::Relaxed)
+    );
+    counter(
+        &mut out,
+        "pxb_server_orphans_deleted_total",
+        "Orphaned objects deleted from clusters.",
+        m.orphans_deleted.load(Ordering::Relaxed),
+    );
+    counter(
+        &mut out,
+        "pxb_server_crs_written_total",
+        "BackupLocation CRs created or updated.",
+        m.crs_written.load(Ordering::Relaxed),
+    );
+    counter(
+        &mut out,
+        "pxb_server_requests_stalled_total",
+        "Requests that lost their heartbeat lease.",
+        m.stalled.load(Ordering::Relaxed),
+    );
+    counter(
+        &mut out,
+        "pxb_server_snapshots_total",
+        "Fleet status snapshots built.",
+        m.snapshots.load(Ordering::Relaxed),
+    );
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out)
+}
+
+async fn whoami(State(s): State<Server>, caller: Caller) -> Json<WhoAmI> {
+    let orgs = s
+        .orgs()
+        .into_values()
+        .filter_map(|o| match o {
+            OrgState::Ready(o) => caller.role_in(&o).map(|r| (o.id, r)),
+            OrgState::Degraded { .. } => None,
+        })
+        .collect();
+    Json(WhoAmI {
+        subject: caller.identity.subject.clone(),
+        name: caller.identity.name.clone(),
+        provider_admin: caller.provider_admin,
+        orgs,
+    })
+}
+
+fn org_view(id: String, st: OrgState, admin: bool) -> OrgView {
+    match st {
+        OrgState::Ready(o) => OrgView {
+            id: o.id,
+            display_name: o.display_name,
+            mode: o.mode,
+            state: "Ready".into(),
+            reason: None,
+            access: if admin { o.access } else { Vec::new() },
+        },
+        OrgState::Degraded { reason } => OrgView {
+            id,
+            display_name: String::new(),
+            mode: Mode::Federated,
+            state: "Degraded".into(),
+            reason: Some(reason),
+            access: Vec::new(),
+        },
+    }
+}
+
+async fn list_orgs(
+    State(s): State<Server>,
+    caller: Caller,
+    Params(p): Params<ListParams>,
+) -> ApiResult<Json<List<OrgView>>> {
+    let visible: Vec<OrgView> = s
+        .orgs()
+        .into_iter()
+        .filter_map(|(id, st)| {
+            let role = match &st {
+                OrgState::Ready(o) => caller.role_in(o),
+                OrgState::Degraded { .. } => caller.provider_admin.then_some(Role::Admin),
+            }?;
+            Some(org_view(id, st, role == Role::Admin))
+        })
+        .collect();
+    Ok(Json(page_by(visible, &p, |o| o.id.clone())?))
+}
+
+async fn create_org(
+    State(s): State<Server>,
+    caller: Caller,
+    Body(b): Body<CreateOrg>,
+) -> ApiResult<(StatusCode, Json<OrgView>)> {
+    if !caller.provider_admin {
+        return Err(ApiError::forbidden("only provider admins create orgs"));
+    }
+    if !crate::agent::is_dns_label(&b.id) {
+        return Err(ApiError::bad_request(format!(
+            "org id {:?} must be a DNS label",
+            b.id
+        )));
+    }
+    let org = s
+        .create_org(Org {
+            id: b.id,
+            display_name: b.display_name,
+            mode: b.mode,
+            access: b.access,
+            created_at: rfc3339(s.clock().now()),
+        })
+        .await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(org_view(org.id.clone(), OrgState::Ready(org), true)),
+    ))
+}
+
+async fn get_org(
+    State(s): State<Server>,
+    caller: Caller,
+    Segments(seg): Segments,
+) -> ApiResult<Json<OrgView>> {
+    let o = org_for(&s, &caller, &seg[0], Role::Viewer)?;
+    let admin = caller.require(&o, Role::Admin);
+    Ok(Json(org_view(o.id.clone(), OrgState::Ready(o), admin)))
+}
+
+async fn list_discoveries(
+    State(s): State<Server>,
+    caller: Caller,
+    Segments(seg): Segments,
+    Params(p): Params<ListParams>,
+) -> ApiResult<Json<List<DiscoveryConfig>>> {
+    let o = org_for(&s, &caller, &seg[0], Role::Viewer)?;
+    let mut v = s.discoveries(&o.id);
+    v.sort_by(|a, b| a.id.cmp(&b.id));
+    Ok(Json(page_by(v, &p, |d| d.id.clone())?))
+}
+
+async fn create_discovery(
+    State(s): State<Server>,
+    caller: Caller,
+    Segments(seg): Segments,
+    Body(b): Body<CreateDiscovery>,
+) -> ApiResult<(StatusCode, Json<DiscoveryConfig>)> {
+    let o = org_for(&s, &caller, &seg[0], Role::Admin)?;
+    if !crate::agent::is_dns_label(&b.id) || !crate::agent::is_dns_label(&b.project) {
+        return Err(ApiError::bad_request("id and project must be DNS labels"));
+    }
+    let d = s
+        .add_discovery(DiscoveryConfig {
+            org: o.id,
+            id: b.id,
+            project: b.project,
+            credential: b.credential,
+            interval_secs: b.interval_secs.unwrap_or(60).clamp(5, 86_400),
+            created_at: rfc3339(s.clock().now()),
+        })
+        .await?;
+    Ok((StatusCode::CREATED, Json(d)))
+}
+
+async fn get_discovery(
+    State(s): State<Server>,
+    caller: Caller,
+    Segments(seg): Segments,
+) -> ApiResult<Json<DiscoveryConfig>> {
+    let o = org_for(&s, &caller, &seg[0], Role::Viewer)?;
+    s.discoveries(&o.id)
+        .into_iter()
+        .find(|d| d.id == seg[1])
+        .map(Json)
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                format!("discovery {}", seg[1]),
+            )
+        })
+}
+
+async fn delete_discovery(
+    State(s): State<Server>,
+    caller: Caller,
+    Segments(seg): Segments,
+) -> ApiResult<StatusCode> {
+    let o = org_for(&s, &caller, &seg[0], Role::Admin)?;
+    if s.remove_discovery(&o.id, &seg[1]).await? {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("discovery {}", seg[1]),
+        ))
+    }
+}
+
+async fn list_clusters(
+    State(s): State<Server>,
+    caller: Caller,
+    Segments(seg): Segments,
+    Params(p): Params<ListParams>,
+) -> ApiResult<Json<List<ClusterView>>> {
+    let o = org_for(&s, &caller, &seg[0], Role::Viewer)?;
+    let v: Vec<ClusterView> = s
+        .clusters(&o.id)
+        .into_iter()
+        .filter(|c| p.state.as_ref().is_none_or(|st| c.status.state.as_str() == st))
+        .collect();
+    Ok(Json(page_by(v, &p, |c| format!("{}\u{0}{}", c.name, c.id))?))
+}
+
+async fn get_cluster(
+    State(s): State<Server>,
+    caller: Caller,
+    Segments(seg): Segments,
+) -> ApiResult<Json<ClusterView>> {
+    let o = org_for(&s, &caller, &seg[0], Role::Viewer)?;
+    s.clusters(&o.id)
+        .into_iter()
+        .filter(|c| c.name == seg[1] || c.id == seg[1])
+        .min_by_key(|c| c.retired_at.is_some())
+        .map(Json)
+        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("cluster {}", seg[1])))
+}
+
+async fn list_locations(
+    State(s): State<Server>,
+    caller: Caller,
+    Segments(seg): Segments,
+    Params(p): Params<ListParams>,
+) -> ApiResult<Json<List<LocationView>>> {
+    let o = org_for(&s, &caller, &seg[0], Role::Viewer)?;
+    let v: Vec<LocationView> = s.locations(&o.id).into_iter().map(LocationView::from).collect();
+    Ok(Json(page_by(v, &p, |l| l.name.clone())?))
+}
+
+fn new_id() -> String {
+    let bytes: [u8; 16] = rand::random();
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+async fn create_location(
+    State(s): State<Server>,
+    caller: Caller,
+    Segments(seg): Segments,
+    Body(b): Body<CreateLocation>,
+) -> ApiResult<(StatusCode, Json<LocationView>)> {
+    let o = org_for(&s, &caller, &seg[0], Role::Admin)?;
+    if !crate::agent::is_dns_label(&b.name) {
+        return Err(ApiError::bad_request(format!(
+            "location name {:?} must be a DNS label",
+            b.name
+        )));
+    }
+    if !matches!(b.provider.as_str(), "azure" | "file") {
+        return Err(ApiError::bad_request("provider must be azure or file"));
+    }
+    if b.container.is_empty() || b.container.len() > 1024 {
+        return Err(ApiError::bad_request("container must be 1 to 1024 characters"));
+    }
+    let mode = b.mode.unwrap_or(o.mode);
+    let secret = match b.credential {
+        None => None,
+        Some(CredentialInput {
+            account_key: Some(k),
+            sas_token: None,
+        }) => Some(("accountKey".to_string(), k)),
+        Some(CredentialInput {
+            account_key: None,
+            sas_token: Some(t),
+        }) => Some(("sasToken".to_string(), t)),
+        Some(_) => {
+            return Err(ApiError::bad_request(
+                "give exactly one of credential.accountKey and credential.sasToken",
+            ));
+        }
+    };
+    let loc = LocationRecord {
+        org: o.id.clone(),
+        id: new_id(),
+        name: b.name,
+        provider: b.provider,
+        account: b.account,
+        container: b.container,
+        prefix: b.prefix,
+        endpoint: b.endpoint,
+        mode,
+        client_id: b.client_id,
+        tenant_id: b.tenant_id,
+        cluster_client_ids: b.cluster_client_ids,
+        credential: None,
+        clusters: b.clusters,
+        sync: b.sync,
+        sync_request: 0,
+        validate_request: 0,
+        verify_request: 0,
+        created_at: rfc3339(s.clock().now()),
+    };
+    let loc = s.create_location(loc, secret).await?;
+    Ok((StatusCode::CREATED, Json(loc.into())))
+}
+
+async fn get_location(
+    State(s): State<Server>,
+    caller: Caller,
+    Segments(seg): Segments,
+) -> ApiResult<Json<LocationView>> {
+    let o = org_for(&s, &caller, &seg[0], Role::Viewer)?;
+    Ok(Json(s.location(&o.id, &seg[1])?.into()))
+}
+
+async fn delete_location(
+    State(s): State<Server>,
+    caller: Caller,
+    Segments(seg): Segments,
+) -> ApiResult<StatusCode> {
+    let o = org_for(&s, &caller, &seg[0], Role::Admin)?;
+    if s.delete_location(&o.id, &seg[1]).await? {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("location {}", seg[1]),
+        ))
+    }
+}
+
+async fn location_status(
+    State(s): State<Server>,
+    caller: Caller,
+    Segments(seg): Segments,
+    Params(p): Params<ListParams>,
+) -> ApiResult<Json<List<LocationStatus>>> {
+    let o = org_for(&s, &caller, &seg[0], Role::Viewer)?;
+    let loc = s.location(&o.id, &seg[1])?;
+    let v: Vec<LocationStatus> = s
+        .location_statuses(&o.id, &loc.id)
+        .into_iter()
+        .filter(|st| {
+            p.cluster
+                .as_ref()
+                .is_none_or(|c| *c == st.cluster_name || *c == st.cluster)
+        })
+        .filter(|st| p.state.as_ref().is_none_or(|ph| *ph == st.validation.phase))
+        .collect();
+    Ok(Json(page_by(v, &p, |st| {
+        format!("{}\u{0}{}", st.cluster_name, st.cluster)
+    })?))
+}
+
+async fn validate_location(
+    State(s): State<Server>,
+    caller: Caller,
+    Segments(seg): Segments,
+) -> ApiResult<(StatusCode, Json<LocationView>)> {
+    let o = org_for(&s, &caller, &seg[0], Role::Operator)?;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(s.request_validation(&o.id, &seg[1]).await?.into()),
+    ))
+}
+
+async fn sync_location(
+    State(s): State<Server>,
+    caller: Caller,
+    Segments(seg): Segments,
+    Body(b): Body<SyncRequestBody>,
+) -> ApiResult<(StatusCode, Json<SyncRun>)> {
+    let o = org_for(&s, &caller, &seg[0], Role::Operator)?;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(s.request_sync(&o.id, &seg[1], &b.cluster).await?),
+    ))
+}
+
+async fn list_records<T: Record + Serialize>(s: &Server, org: &str, p: &ListParams) -> ApiResult<List<T>> {
+    let location = p.location.as_ref().map(|name| {
+        s.location(org, name)
+            .map(|l| l.id)
+            .unwrap_or_else(|_| name.clone())
+    });
+    let q = Query {
+        org: Some(org.to_owned()),
+        cluster: p.cluster.clone(),
+        location,
+        status: p.state.clone(),
+        time_from_ms: time_ms(&p.from, "from")?,
+        time_to_ms: time_ms(&p.to, "to")?,
+        limit: p.limit(),
+        after: p.after.clone(),
+    };
+    let page = s.catalog().list::<T>(&q).await?;
+    Ok(List {
+        items: page.items,
+        next: page.next,
+    })
+}
+
+async fn list_backups(
+    State(s): State<Server>,
+    caller: Caller,
+    Segments(seg): Segments,
+    Params(p): Params<ListParams>,
+) -> ApiResult<Json<List<BackupRecord>>> {
+    let o = org_for(&s, &caller, &seg[0], Role::Viewer)?;
+    Ok(Json(list_records(&s, &o.id, &p).await?))
+}
+
+async fn list_restores(
+    State(s): State<Server>,
+    caller: Caller,
+    Segments(seg): Segments,
+    Params(p): Params<ListParams>,
+) -> ApiResult<Json<List<RestoreRecord>>> {
+    let o = org_for(&s, &caller, &seg[0], Role::Viewer)?;
+    Ok(Json(list_records(&s, &o.id, &p).await?))
+}
+
+async fn list_schedules(
+    State(s): State<Server>,
+    caller: Caller,
+    Segments(seg): Segments,
+    Params(p): Params<ListParams>,
+) -> ApiResult<Json<List<ScheduleRecord>>> {
+    let o = org_for(&s, &caller, &seg[0], Role::Viewer)?;
+    Ok(Json(list_records(&s, &o.id, &p).await?))
+}
+
+async fn fleet_status(
+    State(s): State<Server>,
+    caller: Caller,
+    Params(p): Params<ListParams>,
+) -> ApiResult<Json<FleetStatusView>> {
+    let orgs = s.orgs();
+    if let Some(org) = &p.org {
+        org_for(&s, &caller, org, Role::Viewer)?;
+    }
+    let visible: std::collections::BTreeSet<String> = orgs
+        .into_iter()
+        .filter_map(|(id, st)| match st {
+            OrgState::Ready(o) if caller.role_in(&o).is_some() => Some(id),
+            _ => None,
+        })
+        .collect();
+    let keep = |e: &super::fleet::FleetEntry| {
+        visible.contains(&e.org)
+            && p.org.as_ref().is_none_or(|o| *o == e.org)
+            && p.state.as_ref().is_none_or(|st| e.state.as_str() == st)
+    };
+    let after = match &p.after {
+        Some(a) => Some(
+            URL_SAFE_NO_PAD
+                .decode(a)
+                .ok()
+                .and_then(|b| serde_json::from_slice::<(String, String, String)>(&b).ok())
+                .ok_or_else(|| ApiError::bad_request("the page cursor is not one this server issued"))?,
+        ),
+        None => None,
+    };
+    let snap = s.snapshot();
+    let now = s.clock().now();
+    let (items, more) = snap.page(after.as_ref(), p.limit(), now, keep);
+    let next = if more {
+        items
+            .last()
+            .map(|e| URL_SAFE_NO_PAD.encode(serde_json::json!([e.org, e.cluster, e.id]).to_string()))
+    } else {
+        None
+    };
+    Ok(Json(FleetStatusView {
+        generated_at: snap.built_at.map(rfc3339),
+        counts: snap
+            .counts(keep)
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v))
+            .collect(),
+        items,
+        next,
+    }))
+}
+
+/// Serves the API on `listener` until `shutdown` completes, then lets requests in flight finish.
+pub async fn serve(
+    server: Server,
+    listener: tokio::net::TcpListener,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(server))
+        .with_graceful_shutdown(shutdown)
+        .await
+}

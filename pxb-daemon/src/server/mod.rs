@@ -1,0 +1,1264 @@
+//! `pxb-server`: the central control plane.
+//!
+//! [`Server`] holds the org state loaded from the [`Catalog`] (orgs, discovery configurations,
+//! clusters, locations and their per-cluster status), consumes the cluster provider's diffs,
+//! visits every eligible cluster with bounded concurrency ([`reconcile`]), keeps the
+//! [`fleet::FleetSnapshot`] fresh, and serves the REST API ([`api`]).
+//!
+//! Architecture Invariant: the server never waits on a cluster without a deadline. Visits run on
+//! their own tasks under a semaphore; an unreachable cluster is a state with a backoff, never a
+//! blocked loop, and the fleet status is read from a snapshot without touching a cluster.
+//!
+//! Architecture Invariant: shoot kubeconfigs live in the providers' memory only; the catalog never
+//! sees one. Classic secrets are stored sealed ([`seal::Sealer`]).
+
+pub mod api;
+pub mod auth;
+pub mod config;
+pub mod fleet;
+pub mod openapi;
+pub mod reconcile;
+pub mod seal;
+pub mod sqlite;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::time::{Duration, SystemTime};
+
+use pxb_core::catalog::records::{
+    ClusterRecord, ClusterState, ClusterStatus, DiscoveryConfig, LocationRecord, LocationStatus, Mode, Org,
+    RequestPhase, SyncRun,
+};
+use pxb_core::catalog::{Catalog, CatalogStore, Kind, Query};
+use pxb_core::clock::rfc3339;
+use pxb_core::cluster::{ClusterDiff, ClusterId, ClusterInfo, ClusterProvider, CredentialState, Eligibility};
+use pxb_core::{Clock, Error, Result};
+use pxb_gardener::{GardenAuth, GardenerConfig, GardenerProvider};
+use tokio::sync::{Notify, Semaphore, mpsc};
+
+use self::auth::Authenticator;
+use self::config::ServerConfig;
+use self::fleet::FleetSnapshot;
+use self::reconcile::{Desired, VisitInput};
+use self::seal::Sealer;
+
+/// A cluster's key: (org, cluster id).
+type Key = (String, String);
+
+/// What the server is built from; tests pass fakes.
+#[derive(Debug)]
+pub struct ServerDeps {
+    /// The catalog.
+    pub catalog: Arc<dyn CatalogStore>,
+    /// The clock.
+    pub clock: Arc<dyn Clock>,
+    /// Checks bearer tokens.
+    pub authenticator: Arc<dyn Authenticator>,
+    /// Seals classic secrets; `None` refuses classic mode.
+    pub sealer: Option<Sealer>,
+}
+
+/// Whether an org's state could be loaded.
+#[derive(Clone, Debug)]
+pub enum OrgState {
+    /// Loaded; served.
+    Ready(Org),
+    /// Not loadable; the reason is shown in `/readyz` and the API, and nothing of it is served.
+    Degraded {
+        /// Why.
+        reason: String,
+    },
+}
+
+struct Tracked {
+    record: ClusterRecord,
+    provider: Option<Arc<dyn ClusterProvider>>,
+    next_due: SystemTime,
+    failures: u32,
+    busy: bool,
+    client: Option<(SystemTime, kube::Client)>,
+}
+
+impl Tracked {
+    fn visitable(&self) -> bool {
+        self.record.retired_at.is_none()
+            && self.record.ineligible.is_none()
+            && !self.record.hibernated
+            && self.provider.is_some()
+    }
+}
+
+struct Discovery {
+    _running: pxb_gardener::Running,
+    provider: Arc<GardenerProvider>,
+}
+
+#[derive(Default)]
+struct State {
+    orgs: BTreeMap<String, OrgState>,
+    clusters: HashMap<Key, Tracked>,
+    locations: BTreeMap<Key, LocationRecord>,
+    statuses: HashMap<Key, LocationStatus>,
+    discoveries: BTreeMap<Key, DiscoveryConfig>,
+    running: HashMap<Key, Discovery>,
+    dirty: bool,
+}
+
+/// Counters exposed on `/metrics`.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    /// Visits that reached their cluster.
+    pub visits_ok: AtomicU64,
+    /// Visits that did not.
+    pub visits_failed: AtomicU64,
+    /// Orphaned objects deleted from clusters.
+    pub orphans_deleted: AtomicU64,
+    /// CRs written.
+    pub crs_written: AtomicU64,
+    /// Requests that turned Stalled.
+    pub stalled: AtomicU64,
+    /// Fleet snapshots built.
+    pub snapshots: AtomicU64,
+}
+
+pub(crate) struct Inner {
+    config: ServerConfig,
+    catalog: Catalog,
+    clock: Arc<dyn Clock>,
+    authenticator: Arc<dyn Authenticator>,
+    sealer: Option<Sealer>,
+    state: Mutex<State>,
+    snapshot: RwLock<Arc<FleetSnapshot>>,
+    wake: Notify,
+    permits: Arc<Semaphore>,
+    metrics: Metrics,
+    min_agent_version: semver::Version,
+}
+
+/// The control plane. Cheap to clone.
+#[derive(Clone)]
+pub struct Server {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Server {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Server").finish_non_exhaustive()
+    }
+}
+
+/// Background tasks of a server; stopped when dropped.
+#[derive(Debug)]
+pub struct Running {
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+fn cluster_key(c: &ClusterRecord) -> Key {
+    (c.org.clone(), c.id.clone())
+}
+
+fn credential_text(s: &CredentialState) -> String {
+    match s {
+        CredentialState::Missing => "Missing".into(),
+        CredentialState::Fresh { expires_at, .. } => format!("Fresh until {}", rfc3339(*expires_at)),
+        CredentialState::Renewing { .. } => "Renewing".into(),
+        CredentialState::Expired { since } => format!("Expired since {}", rfc3339(*since)),
+        CredentialState::Failing { reason, attempts, .. } => {
+            format!("Failing ({attempts} attempts): {reason}")
+        }
+    }
+}
+
+impl Server {
+    /// Loads the state of every org from the catalog. An org whose records do not load is marked
+    /// degraded and logged; the others are served. Nothing is contacted yet: see [`Server::spawn`].
+    pub async fn build(config: ServerConfig, deps: ServerDeps) -> Result<Server> {
+        config.check()?;
+        let min_agent_version = semver::Version::parse(&config.fleet.min_agent_version)
+            .map_err(|e| Error::invalid(format!("fleet.minAgentVersion: {e}")))?;
+        let catalog = Catalog::new(deps.catalog);
+        let inner = Arc::new(Inner {
+            permits: Arc::new(Semaphore::new(config.fleet.concurrency)),
+            config,
+            catalog,
+            clock: deps.clock,
+            authenticator: deps.authenticator,
+            sealer: deps.sealer,
+            state: Mutex::new(State::default()),
+            snapshot: RwLock::new(Arc::new(FleetSnapshot::default())),
+            wake: Notify::new(),
+            metrics: Metrics::default(),
+            min_agent_version,
+        });
+        let server = Server { inner };
+        server.load().await?;
+        server.rebuild_snapshot();
+        Ok(server)
+    }
+
+    async fn load(&self) -> Result<()> {
+        let store = self.inner.catalog.store().clone();
+        let mut q = Query {
+            limit: pxb_core::catalog::MAX_PAGE,
+            ..Query::default()
+        };
+        let mut entries = Vec::new();
+        loop {
+            let page = store.list(Kind::Org, &q).await?;
+            entries.extend(page.items);
+            match page.next {
+                Some(n) => q.after = Some(n),
+                None => break,
+            }
+        }
+        for entry in entries {
+            let org_id = entry.org.clone();
+            let loaded = match Catalog::decode::<Org>(&entry) {
+                Ok(org) => self.load_org(org.value).await,
+                Err(e) => Err(e),
+            };
+            let mut st = self.inner.lock();
+            match loaded {
+                Ok(()) => {}
+                Err(e) => {
+                    tracing::error!(org = %org_id, error = %e, "cannot load the org; it is degraded and not served");
+                    st.orgs.insert(
+                        org_id.clone(),
+                        OrgState::Degraded {
+                            reason: e.to_string(),
+                        },
+                    );
+                    st.clusters.retain(|k, _| k.0 != org_id);
+                    st.locations.retain(|k, _| k.0 != org_id);
+                    st.statuses.retain(|k, _| k.0 != org_id);
+                    st.discoveries.retain(|k, _| k.0 != org_id);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn load_org(&self, org: Org) -> Result<()> {
+        let c = &self.inner.catalog;
+        let q = Query::org(&org.id);
+        let discoveries = c.list_all::<DiscoveryConfig>(&q).await?;
+        let clusters = c.list_all::<ClusterRecord>(&q).await?;
+        let locations = c.list_all::<LocationRecord>(&q).await?;
+        let statuses = c.list_all::<LocationStatus>(&q).await?;
+        for l in &locations {
+            self.inner.open_secret(l)?;
+        }
+        for cl in &clusters {
+            if let Some(s) = &cl.sealed_kubeconfig {
+                let sealer = self.inner.sealer.as_ref().ok_or_else(|| {
+                    Error::precondition(format!(
+                        "cluster {} has a sealed kubeconfig and the server has no secrets key",
+                        cl.name
+                    ))
+                })?;
+                sealer.open(s, &format!("{}/cluster/{}", cl.org, cl.id))?;
+            }
+        }
+        let now = self.inner.clock.now();
+        let mut st = self.inner.lock();
+        for d in discoveries {
+            st.discoveries.insert((d.org.clone(), d.id.clone()), d);
+        }
+        for cl in clusters {
+            st.clusters.insert(
+                cluster_key(&cl),
+                Tracked {
+                    record: cl,
+                    provider: None,
+                    next_due: now,
+                    failures: 0,
+                    busy: false,
+                    client: None,
+                },
+            );
+        }
+        for l in locations {
+            st.locations.insert((l.org.clone(), l.id.clone()), l);
+        }
+        for s in statuses {
+            st.statuses.insert((s.org.clone(), s.id.clone()), s);
+        }
+        st.orgs.insert(org.id.clone(), OrgState::Ready(org));
+        Ok(())
+    }
+
+    /// Starts discovery, the cluster visits, the lease sweep and the snapshot builder.
+    pub fn spawn(&self) -> Running {
+        let mut tasks = Vec::new();
+        let discoveries: Vec<DiscoveryConfig> = self.inner.lock().discoveries.values().cloned().collect();
+        for d in discoveries {
+            tasks.push(tokio::spawn(self.clone().run_discovery(d)));
+        }
+        tasks.push(tokio::spawn(self.clone().scheduler()));
+        tasks.push(tokio::spawn(self.clone().housekeeping()));
+        Running { tasks }
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &ServerConfig {
+        &self.inner.config
+    }
+
+    /// The typed catalog.
+    pub fn catalog(&self) -> &Catalog {
+        &self.inner.catalog
+    }
+
+    /// The clock.
+    pub fn clock(&self) -> &Arc<dyn Clock> {
+        &self.inner.clock
+    }
+
+    /// The counters.
+    pub fn metrics(&self) -> &Metrics {
+        &self.inner.metrics
+    }
+
+    /// The current fleet snapshot.
+    pub fn snapshot(&self) -> Arc<FleetSnapshot> {
+        self.inner
+            .snapshot
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Every org's state.
+    pub fn orgs(&self) -> BTreeMap<String, OrgState> {
+        self.inner.lock().orgs.clone()
+    }
+
+    /// The org, if it is loaded; a degraded org is [`Error::Unavailable`].
+    pub fn org(&self, id: &str) -> Result<Org> {
+        match self.inner.lock().orgs.get(id) {
+            Some(OrgState::Ready(o)) => Ok(o.clone()),
+            Some(OrgState::Degraded { reason }) => Err(Error::unavailable(format!(
+                "org {id} is degraded and not served: {reason}"
+            ))),
+            None => Err(Error::not_found(format!("org {id}"))),
+        }
+    }
+
+    /// Creates an org (idempotent for an identical request).
+    pub async fn create_org(&self, org: Org) -> Result<Org> {
+        if let Some(existing) = self.inner.lock().orgs.get(&org.id) {
+            return match existing {
+                OrgState::Ready(o)
+                    if o.display_name == org.display_name && o.access == org.access && o.mode == org.mode =>
+                {
+                    Ok(o.clone())
+                }
+                _ => Err(Error::already_exists(format!("org {} exists", org.id))),
+            };
+        }
+        self.inner.catalog.put(&org, Some(0)).await?;
+        self.inner
+            .lock()
+            .orgs
+            .insert(org.id.clone(), OrgState::Ready(org.clone()));
+        Ok(org)
+    }
+
+    /// The org's discovery configurations.
+    pub fn discoveries(&self, org: &str) -> Vec<DiscoveryConfig> {
+        let st = self.inner.lock();
+        st.discoveries
+            .values()
+            .filter(|d| d.org == org)
+            .cloned()
+            .collect()
+    }
+
+    /// Adds a discovery configuration and starts it.
+    pub async fn add_discovery(&self, d: DiscoveryConfig) -> Result<DiscoveryConfig> {
+        if !self.inner.config.garden_credentials.contains_key(&d.credential) {
+            return Err(Error::invalid(format!(
+                "no garden credential named {:?} is configured on the server (gardenCredentials)",
+                d.credential
+            )));
+        }
+        let key = (d.org.clone(), d.id.clone());
+        if let Some(existing) = self.inner.lock().discoveries.get(&key) {
+            return if existing.project == d.project
+                && existing.credential == d.credential
+                && existing.interval_secs == d.interval_secs
+            {
+                Ok(existing.clone())
+            } else {
+                Err(Error::already_exists(format!("discovery {} exists", d.id)))
+            };
+        }
+        self.inner.catalog.put(&d, Some(0)).await?;
+        self.inner.lock().discoveries.insert(key, d.clone());
+        tokio::spawn(self.clone().run_discovery(d.clone()));
+        Ok(d)
+    }
+
+    /// Removes a discovery configuration; its clusters are retired.
+    pub async fn remove_discovery(&self, org: &str, id: &str) -> Result<bool> {
+        let existed = self.inner.catalog.delete::<DiscoveryConfig>(org, id).await?;
+        let key = (org.to_owned(), id.to_owned());
+        let now = rfc3339(self.inner.clock.now());
+        let retired: Vec<ClusterRecord> = {
+            let mut st = self.inner.lock();
+            st.discoveries.remove(&key);
+            st.running.remove(&key);
+            st.dirty = true;
+            st.clusters
+                .values_mut()
+                .filter(|t| {
+                    t.record.org == org
+                        && t.record.discovery.as_deref() == Some(id)
+                        && t.record.retired_at.is_none()
+                })
+                .map(|t| {
+                    t.record.retired_at = Some(now.clone());
+                    t.record.status.state = ClusterState::Retired;
+                    t.provider = None;
+                    t.record.clone()
+                })
+                .collect()
+        };
+        self.inner.catalog.put_all(&retired).await?;
+        Ok(existed)
+    }
+
+    async fn run_discovery(self, d: DiscoveryConfig) {
+        let key = (d.org.clone(), d.id.clone());
+        let Some(path) = self.inner.config.garden_credentials.get(&d.credential).cloned() else {
+            tracing::error!(org = %d.org, discovery = %d.id, "the garden credential is not configured");
+            return;
+        };
+        let mut backoff = Duration::from_secs(1);
+        let provider = loop {
+            if !self.inner.lock().discoveries.contains_key(&key) {
+                return;
+            }
+            let attempt = async {
+                let kubeconfig = tokio::fs::read_to_string(&path)
+                    .await
+                    .map_err(|e| Error::io(format!("reading the garden credential {:?}", d.credential), e))?;
+                let mut cfg = GardenerConfig::new(GardenAuth::Kubeconfig(kubeconfig), &d.project);
+                cfg.discovery_interval = Duration::from_secs(d.interval_secs.max(5));
+                cfg.expiration = Duration::from_secs(self.inner.config.fleet.kubeconfig_lifetime_secs);
+                cfg.request_timeout =
+                    Duration::from_millis(self.inner.config.fleet.call_timeout_ms.max(1000) * 3);
+                GardenerProvider::connect(cfg).await
+            };
+            match attempt.await {
+                Ok(p) => break p,
+                Err(e) => {
+                    tracing::warn!(org = %d.org, discovery = %d.id, error = %e, "cannot start discovery; retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(60));
+                }
+            }
+        };
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let running = provider.spawn(tx);
+        self.inner.lock().running.insert(
+            key.clone(),
+            Discovery {
+                _running: running,
+                provider: provider.clone(),
+            },
+        );
+        tracing::info!(org = %d.org, discovery = %d.id, project = %d.project, "discovery started");
+        while let Some(diff) = rx.recv().await {
+            if !self.inner.lock().discoveries.contains_key(&key) {
+                return;
+            }
+            if let Err(e) = self.apply_diff(&d, provider.clone(), diff).await {
+                tracing::warn!(org = %d.org, discovery = %d.id, error = %e, "cannot record a discovery change");
+            }
+        }
+    }
+
+    fn record_of(
+        &self,
+        d: &DiscoveryConfig,
+        info: &ClusterInfo,
+        base: Option<&ClusterRecord>,
+    ) -> ClusterRecord {
+        let now = rfc3339(self.inner.clock.now());
+        let (ineligible, hibernated) = match &info.eligibility {
+            Eligibility::Eligible => (None, false),
+            Eligibility::Ineligible { reason, message } => (
+                (*reason != pxb_core::cluster::IneligibleReason::Hibernated)
+                    .then(|| format!("{}: {message}", reason.as_str())),
+                *reason == pxb_core::cluster::IneligibleReason::Hibernated,
+            ),
+        };
+        let mut status = base.map(|b| b.status.clone()).unwrap_or_default();
+        if hibernated {
+            status.state = ClusterState::Hibernated;
+            status.message = Some("the shoot is hibernated".into());
+        } else if let Some(why) = &ineligible {
+            status.state = ClusterState::Ineligible;
+            status.message = Some(why.clone());
+        } else if matches!(
+            status.state,
+            ClusterState::Hibernated | ClusterState::Ineligible | ClusterState::Retired
+        ) {
+            status.state = ClusterState::Unknown;
+            status.message = None;
+        }
+        ClusterRecord {
+            org: d.org.clone(),
+            id: info.id.0.clone(),
+            name: info.name.clone(),
+            source: "gardener".into(),
+            discovery: Some(d.id.clone()),
+            namespace: Some(info.namespace.clone()),
+            provider_type: info.provider_type.clone(),
+            kubernetes_version: info.kubernetes_version.clone(),
+            region: info.region.clone(),
+            labels: info.labels.clone(),
+            ineligible,
+            hibernated,
+            first_seen: base.map(|b| b.first_seen.clone()).unwrap_or(now),
+            retired_at: None,
+            sealed_kubeconfig: None,
+            status,
+        }
+    }
+
+    async fn apply_diff(
+        &self,
+        d: &DiscoveryConfig,
+        provider: Arc<GardenerProvider>,
+        diff: ClusterDiff,
+    ) -> Result<()> {
+        let now = self.inner.clock.now();
+        let mut writes = Vec::new();
+        {
+            let mut st = self.inner.lock();
+            let dynp: Arc<dyn ClusterProvider> = provider;
+            for info in diff.added.iter().chain(diff.changed.iter().map(|(_, new)| new)) {
+                let key = (d.org.clone(), info.id.0.clone());
+                let base = st.clusters.get(&key).map(|t| t.record.clone());
+                let record = self.record_of(d, info, base.as_ref());
+                if base.as_ref() != Some(&record) {
+                    writes.push(record.clone());
+                }
+                let t = st.clusters.entry(key).or_insert_with(|| Tracked {
+                    record: record.clone(),
+                    provider: None,
+                    next_due: now,
+                    failures: 0,
+                    busy: false,
+                    client: None,
+                });
+                t.record = record;
+                t.provider = Some(dynp.clone());
+                t.next_due = now;
+                t.failures = 0;
+            }
+            for info in &diff.removed {
+                let key = (d.org.clone(), info.id.0.clone());
+                if let Some(t) = st.clusters.get_mut(&key) {
+                    t.record.retired_at = Some(rfc3339(now));
+                    t.record.status.state = ClusterState::Retired;
+                    t.record.status.message = Some("the shoot was deleted; its backups stay listed".into());
+                    t.provider = None;
+                    t.client = None;
+                    writes.push(t.record.clone());
+                }
+            }
+            st.dirty = true;
+        }
+        self.inner.catalog.put_all(&writes).await?;
+        self.inner.wake.notify_one();
+        Ok(())
+    }
+
+    /// Tracks a cluster reached through `provider` (an imported cluster, or tests); the record is
+    /// stored.
+    pub async fn add_cluster(&self, record: ClusterRecord, provider: Arc<dyn ClusterProvider>) -> Result<()> {
+        self.inner.catalog.put(&record, None).await?;
+        let now = self.inner.clock.now();
+        let mut st = self.inner.lock();
+        st.clusters.insert(
+            cluster_key(&record),
+            Tracked {
+                record,
+                provider: Some(provider),
+                next_due: now,
+                failures: 0,
+                busy: false,
+                client: None,
+            },
+        );
+        st.dirty = true;
+        drop(st);
+        self.inner.wake.notify_one();
+        Ok(())
+    }
+
+    /// The org's clusters (from memory), ordered by name.
+    pub fn clusters(&self, org: &str) -> Vec<ClusterRecord> {
+        let st = self.inner.lock();
+        let mut v: Vec<ClusterRecord> = st
+            .clusters
+            .values()
+            .filter(|t| t.record.org == org)
+            .map(|t| t.record.clone())
+            .collect();
+        v.sort_by(|a, b| (&a.name, &a.id).cmp(&(&b.name, &b.id)));
+        v
+    }
+
+    /// The org's locations, ordered by name.
+    pub fn locations(&self, org: &str) -> Vec<LocationRecord> {
+        let st = self.inner.lock();
+        let mut v: Vec<LocationRecord> = st.locations.values().filter(|l| l.org == org).cloned().collect();
+        v.sort_by(|a, b| a.name.cmp(&b.name));
+        v
+    }
+
+    /// The location named `name` of `org`.
+    pub fn location(&self, org: &str, name: &str) -> Result<LocationRecord> {
+        self.inner
+            .lock()
+            .locations
+            .values()
+            .find(|l| l.org == org && l.name == name)
+            .cloned()
+            .ok_or_else(|| Error::not_found(format!("location {name} in org {org}")))
+    }
+
+    /// The per-cluster status of a location, ordered by cluster name.
+    pub fn location_statuses(&self, org: &str, location_id: &str) -> Vec<LocationStatus> {
+        let st = self.inner.lock();
+        let mut v: Vec<LocationStatus> = st
+            .statuses
+            .values()
+            .filter(|s| s.org == org && s.location == location_id)
+            .cloned()
+            .collect();
+        v.sort_by(|a, b| (&a.cluster_name, &a.cluster).cmp(&(&b.cluster_name, &b.cluster)));
+        v
+    }
+
+    /// Creates a location (idempotent for an identical request); `secret` is the classic
+    /// credential (`accountKey`/`sasToken`, value), sealed before it is stored.
+    pub async fn create_location(
+        &self,
+        mut loc: LocationRecord,
+        secret: Option<(String, String)>,
+    ) -> Result<LocationRecord> {
+        if let Ok(existing) = self.location(&loc.org, &loc.name) {
+            let same = existing.container == loc.container
+                && existing.provider == loc.provider
+                && existing.clusters == loc.clusters
+                && existing.mode == loc.mode;
+            return if same && secret.is_none() {
+                Ok(existing)
+            } else {
+                Err(Error::already_exists(format!("location {} exists", loc.name)))
+            };
+        }
+        match (loc.mode, secret) {
+            (Mode::Federated, Some(_)) => {
+                return Err(Error::invalid(
+                    "a federated location takes no credential: agents use Workload Identity",
+                ));
+            }
+            (Mode::Classic, None) => {
+                return Err(Error::invalid(
+                    "a classic location needs a credential (accountKey or sasToken)",
+                ));
+            }
+            (Mode::Classic, Some((kind, value))) => {
+                let sealer = self.inner.sealer.as_ref().ok_or_else(|| {
+                    Error::precondition(
+                        "classic locations need a secrets key (secrets.keyFile or PXB_SECRETS_KEY)",
+                    )
+                })?;
+                let sealed = sealer.seal(value.as_bytes(), &format!("{}/location/{}", loc.org, loc.id))?;
+                loc.credential = Some(pxb_core::catalog::records::SealedCredential { kind, sealed });
+            }
+            (Mode::Federated, None) => {}
+        }
+        self.inner.catalog.put(&loc, Some(0)).await?;
+        self.inner
+            .lock()
+            .locations
+            .insert((loc.org.clone(), loc.id.clone()), loc.clone());
+        self.wake_org(&loc.org);
+        Ok(loc)
+    }
+
+    /// Deletes a location. Its CRs are deleted from every cluster on the next visit, including
+    /// clusters offline now (on their next successful visit).
+    pub async fn delete_location(&self, org: &str, name: &str) -> Result<bool> {
+        let Ok(loc) = self.location(org, name) else {
+            return Ok(false);
+        };
+        let status_ids: Vec<String> = self
+            .location_statuses(org, &loc.id)
+            .into_iter()
+            .map(|s| s.id)
+            .collect();
+        self.inner.catalog.delete::<LocationRecord>(org, &loc.id).await?;
+        for id in &status_ids {
+            self.inner.catalog.delete::<LocationStatus>(org, id).await?;
+        }
+        {
+            let mut st = self.inner.lock();
+            st.locations.remove(&(org.to_owned(), loc.id.clone()));
+            for id in status_ids {
+                st.statuses.remove(&(org.to_owned(), id));
+            }
+            st.dirty = true;
+        }
+        self.wake_org(org);
+        Ok(true)
+    }
+
+    /// Asks every cluster of the location to validate it now.
+    pub async fn request_validation(&self, org: &str, name: &str) -> Result<LocationRecord> {
+        let mut loc = self.location(org, name)?;
+        loc.validate_request += 1;
+        self.inner.catalog.put(&loc, None).await?;
+        let now = rfc3339(self.inner.clock.now());
+        let mut st = self.inner.lock();
+        st.locations.insert((org.to_owned(), loc.id.clone()), loc.clone());
+        for s in st
+            .statuses
+            .values_mut()
+            .filter(|s| s.org == org && s.location == loc.id)
+        {
+            s.validation.request = loc.validate_request;
+            s.validation.requested_at = Some(now.clone());
+        }
+        drop(st);
+        self.wake_org(org);
+        Ok(loc)
+    }
+
+    /// Asks `cluster` (by name) to sync the location. Refused while a sync there holds its lease;
+    /// a stalled one is superseded.
+    pub async fn request_sync(&self, org: &str, name: &str, cluster: &str) -> Result<SyncRun> {
+        let loc = self.location(org, name)?;
+        let now = self.inner.clock.now();
+        let (key, status) = {
+            let st = self.inner.lock();
+            let c = st
+                .clusters
+                .values()
+                .find(|t| t.record.org == org && t.record.name == cluster && t.record.retired_at.is_none())
+                .ok_or_else(|| Error::not_found(format!("cluster {cluster} in org {org}")))?;
+            let id = LocationStatus::id_of(&loc.id, &c.record.id);
+            let status = st.statuses.get(&(org.to_owned(), id.clone())).cloned().ok_or_else(|| {
+                Error::precondition(format!(
+                    "location {name} is not assigned to cluster {cluster} yet (or the cluster was never reached)"
+                ))
+            })?;
+            ((org.to_owned(), id), status)
+        };
+        let mut status = status;
+        reconcile::apply_leases(
+            &mut status,
+            now,
+            Duration::from_secs(self.inner.config.fleet.lease_secs),
+        );
+        if let Some(run) = &status.sync
+            && run.phase.is_active()
+        {
+            return Err(Error::precondition(format!(
+                "a sync of location {name} on cluster {cluster} is {:?} since {} (last heartbeat {}); \
+                 wait for it, or for its lease to expire",
+                run.phase,
+                run.requested_at,
+                run.heartbeat.as_deref().unwrap_or("none")
+            )));
+        }
+        let previous = status.sync.as_ref().map(|r| (r.request, r.phase));
+        let run = SyncRun {
+            request: previous.map(|p| p.0).unwrap_or(0) + 1,
+            phase: RequestPhase::Pending,
+            requested_at: rfc3339(now),
+            message: match previous {
+                Some((n, RequestPhase::Stalled)) => Some(format!("supersedes stalled request {n}")),
+                _ => None,
+            },
+            ..SyncRun::default()
+        };
+        status.sync = Some(run.clone());
+        self.inner.catalog.put(&status, None).await?;
+        let mut st = self.inner.lock();
+        st.statuses.insert(key, status.clone());
+        if let Some(t) = st.clusters.get_mut(&(org.to_owned(), status.cluster.clone())) {
+            t.next_due = now;
+        }
+        st.dirty = true;
+        drop(st);
+        self.inner.wake.notify_one();
+        Ok(run)
+    }
+
+    fn wake_org(&self, org: &str) {
+        let now = self.inner.clock.now();
+        let mut st = self.inner.lock();
+        for t in st.clusters.values_mut().filter(|t| t.record.org == org) {
+            if t.failures == 0 {
+                t.next_due = now;
+            }
+        }
+        st.dirty = true;
+        drop(st);
+        self.inner.wake.notify_one();
+    }
+
+    /// Rebuilds the fleet snapshot now.
+    pub fn rebuild_snapshot(&self) {
+        let now = self.inner.clock.now();
+        let snap = {
+            let mut st = self.inner.lock();
+            st.dirty = false;
+            FleetSnapshot::build(st.clusters.values().map(|t| &t.record), st.statuses.values(), now)
+        };
+        *self.inner.snapshot.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(snap);
+        self.inner.metrics.snapshots.fetch_add(1, Ordering::Relaxed);
+    }
+
+    async fn housekeeping(self) {
+        let every = Duration::from_millis(self.inner.config.fleet.snapshot_interval_ms.max(10));
+        let lease = Duration::from_secs(self.inner.config.fleet.lease_secs);
+        loop {
+            tokio::time::sleep(every).await;
+            // Leases: a request on a cluster that is not visited (hibernated, offline) still stalls.
+            let now = self.inner.clock.now();
+            let stalled: Vec<LocationStatus> = {
+                let mut st = self.inner.lock();
+                let mut changed = Vec::new();
+                for s in st.statuses.values_mut() {
+                    let before = (s.sync.as_ref().map(|r| r.phase), s.validation.phase.clone());
+                    reconcile::apply_leases(s, now, lease);
+                    if before != (s.sync.as_ref().map(|r| r.phase), s.validation.phase.clone()) {
+                        changed.push(s.clone());
+                    }
+                }
+                if !changed.is_empty() {
+                    st.dirty = true;
+                }
+                changed
+            };
+            if !stalled.is_empty() {
+                self.inner
+                    .metrics
+                    .stalled
+                    .fetch_add(stalled.len() as u64, Ordering::Relaxed);
+                for s in &stalled {
+                    tracing::warn!(org = %s.org, location = %s.location, cluster = %s.cluster_name, "request stalled");
+                }
+                if let Err(e) = self.inner.catalog.put_all(&stalled).await {
+                    tracing::warn!(error = %e, "cannot record stalled requests");
+                }
+            }
+            if self.inner.lock().dirty {
+                self.rebuild_snapshot();
+            }
+        }
+    }
+
+    async fn scheduler(self) {
+        loop {
+            let now = self.inner.clock.now();
+            let free = self.inner.permits.available_permits();
+            let due: Vec<Key> = if free == 0 {
+                Vec::new()
+            } else {
+                let mut st = self.inner.lock();
+                let mut due: Vec<(SystemTime, Key)> = st
+                    .clusters
+                    .iter()
+                    .filter(|(_, t)| !t.busy && t.visitable() && t.next_due <= now)
+                    .map(|(k, t)| (t.next_due, k.clone()))
+                    .collect();
+                due.sort();
+                due.truncate(free);
+                for (_, k) in &due {
+                    if let Some(t) = st.clusters.get_mut(k) {
+                        t.busy = true;
+                    }
+                }
+                due.into_iter().map(|(_, k)| k).collect()
+            };
+            for key in due {
+                let Ok(permit) = self.inner.permits.clone().acquire_owned().await else {
+                    return;
+                };
+                let me = self.clone();
+                tokio::spawn(async move {
+                    me.visit(key).await;
+                    drop(permit);
+                });
+            }
+            tokio::select! {
+                _ = self.inner.wake.notified() => {}
+                _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+            }
+        }
+    }
+
+    fn desired_for(&self, st: &State, cluster: &ClusterRecord) -> std::result::Result<Vec<Desired>, String> {
+        if !matches!(st.orgs.get(&cluster.org), Some(OrgState::Ready(_))) {
+            return Ok(Vec::new());
+        }
+        let mut out = Vec::new();
+        for l in st
+            .locations
+            .values()
+            .filter(|l| l.org == cluster.org && l.clusters.selects(cluster))
+        {
+            let secret = self.inner.open_secret(l).map_err(|e| e.to_string())?;
+            out.push(Desired {
+                location: l.clone(),
+                secret,
+            });
+        }
+        Ok(out)
+    }
+
+    async fn visit(&self, key: Key) {
+        let fleet = &self.inner.config.fleet;
+        let call = Duration::from_millis(fleet.call_timeout_ms);
+        let now = self.inner.clock.now();
+        let prepared = {
+            let st = self.inner.lock();
+            st.clusters.get(&key).map(|t| {
+                let statuses = st
+                    .statuses
+                    .values()
+                    .filter(|s| s.org == key.0 && s.cluster == key.1)
+                    .map(|s| (s.location.clone(), s.clone()))
+                    .collect::<BTreeMap<_, _>>();
+                (
+                    t.record.clone(),
+                    t.provider.clone(),
+                    t.client.clone(),
+                    self.desired_for(&st, &t.record),
+                    statuses,
+                )
+            })
+        };
+        let Some((record, Some(provider), cached, desired, statuses)) = prepared else {
+            self.release(&key);
+            return;
+        };
+        let id = ClusterId(record.id.clone());
+        let result = match desired {
+            Err(e) => Err(format!("cannot prepare the cluster's locations: {e}")),
+            Ok(desired) => {
+                let input = VisitInput {
+                    cluster: record.clone(),
+                    desired,
+                    statuses: statuses.clone(),
+                    now,
+                    lease: Duration::from_secs(fleet.lease_secs),
+                    min_agent_version: self.inner.min_agent_version.clone(),
+                };
+                let work = async {
+                    let client = self.client_for(&key, &provider, &id, cached, call).await?;
+                    reconcile::visit(&client, input).await
+                };
+                match tokio::time::timeout(call * 4, work).await {
+                    Ok(r) => r,
+                    Err(_) => Err(format!("no answer within {:?}", call * 4)),
+                }
+            }
+        };
+        let credential = credential_text(&provider.credential_state(&id));
+        let after = self.inner.clock.now();
+        let (cluster_rec, status_recs) = {
+            let mut st = self.inner.lock();
+            let Some(t) = st.clusters.get_mut(&key) else {
+                return;
+            };
+            t.busy = false;
+            let mut status_recs: Vec<LocationStatus> = Vec::new();
+            match result {
+                Ok(out) => {
+                    t.failures = 0;
+                    t.next_due = after + Duration::from_secs(fleet.resync_secs);
+                    t.record.status = ClusterStatus {
+                        credential: Some(credential),
+                        ..out.status
+                    };
+                    self.inner.metrics.visits_ok.fetch_add(1, Ordering::Relaxed);
+                    self.inner
+                        .metrics
+                        .orphans_deleted
+                        .fetch_add(out.orphans_deleted as u64, Ordering::Relaxed);
+                    self.inner
+                        .metrics
+                        .crs_written
+                        .fetch_add(out.written as u64, Ordering::Relaxed);
+                    if out.orphans_deleted > 0 {
+                        tracing::info!(org = %key.0, cluster = %record.name, deleted = out.orphans_deleted, "orphaned objects deleted");
+                    }
+                    status_recs = out.statuses;
+                }
+                Err(e) => {
+                    t.failures += 1;
+                    t.client = None;
+                    let base = Duration::from_secs(fleet.offline_backoff_secs);
+                    let backoff = base
+                        .saturating_mul(1 << (t.failures - 1).min(16))
+                        .min(Duration::from_secs(fleet.offline_backoff_max_secs));
+                    t.next_due = after + backoff;
+                    let last_seen = t.record.status.last_seen.clone();
+                    t.record.status = ClusterStatus {
+                        state: ClusterState::Unreachable,
+                        message: Some(e.clone()),
+                        credential: Some(credential),
+                        agent_version: t.record.status.agent_version.clone(),
+                        last_seen,
+                        last_attempt: Some(rfc3339(after)),
+                    };
+                    self.inner.metrics.visits_failed.fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!(org = %key.0, cluster = %record.name, error = %e, failures = t.failures, "cluster unreachable");
+                    for mut s in statuses.into_values() {
+                        reconcile::apply_leases(&mut s, after, Duration::from_secs(fleet.lease_secs));
+                        status_recs.push(s);
+                    }
+                }
+            }
+            let cluster_rec = t.record.clone();
+            // A location deleted while the visit ran must not come back through its status.
+            status_recs.retain(|s| st.locations.contains_key(&(s.org.clone(), s.location.clone())));
+            for s in &status_recs {
+                st.statuses.insert((s.org.clone(), s.id.clone()), s.clone());
+            }
+            st.dirty = true;
+            (cluster_rec, status_recs)
+        };
+        let mut puts = Vec::with_capacity(1 + status_recs.len());
+        let encoded = Catalog::put_of(&cluster_rec, None)
+            .map(|p| puts.push(p))
+            .and_then(|_| {
+                for s in &status_recs {
+                    puts.push(Catalog::put_of(s, None)?);
+                }
+                Ok(())
+            });
+        let written = match encoded {
+            Ok(()) => self.inner.catalog.store().put(puts).await.map(|_| ()),
+            Err(e) => Err(e),
+        };
+        if let Err(e) = written {
+            tracing::warn!(org = %key.0, cluster = %record.name, error = %e, "cannot record the cluster's status");
+        }
+    }
+
+    fn release(&self, key: &Key) {
+        if let Some(t) = self.inner.lock().clusters.get_mut(key) {
+            t.busy = false;
+        }
+    }
+
+    async fn client_for(
+        &self,
+        key: &Key,
+        provider: &Arc<dyn ClusterProvider>,
+        id: &ClusterId,
+        cached: Option<(SystemTime, kube::Client)>,
+        call: Duration,
+    ) -> std::result::Result<kube::Client, String> {
+        let access = tokio::time::timeout(call * 2, provider.access(id))
+            .await
+            .map_err(|_| "no kubeconfig within the deadline".to_string())?
+            .map_err(|e| format!("no credential: {e}"))?;
+        if let Some((issued, client)) = cached
+            && issued == access.issued_at
+        {
+            return Ok(client);
+        }
+        let mut config = pxb_gardener::kube_config(&access).map_err(|e| e.to_string())?;
+        config.connect_timeout = Some(call);
+        config.read_timeout = Some(call);
+        config.write_timeout = Some(call);
+        let client = kube::Client::try_from(config).map_err(|e| format!("building a client: {e}"))?;
+        if let Some(t) = self.inner.lock().clusters.get_mut(key) {
+            t.client = Some((access.issued_at, client.clone()));
+        }
+        Ok(client)
+    }
+
+    /// Whether a discovery of the org runs (its provider connected).
+    pub fn discovery_running(&self, org: &str, id: &str) -> bool {
+        self.inner
+            .lock()
+            .running
+            .contains_key(&(org.to_owned(), id.to_owned()))
+    }
+
+    /// The providers of running discoveries (for metrics and benchmarks).
+    pub fn providers(&self) -> Vec<Arc<GardenerProvider>> {
+        self.inner
+            .lock()
+            .running
+            .values()
+            .map(|d| d.provider.clone())
+            .collect()
+    }
+
+    /// Checks a bearer token.
+    pub async fn authenticate(&self, token: &str) -> std::result::Result<auth::Caller, auth::AuthError> {
+        let id = self.inner.authenticator.authenticate(token).await?;
+        let a = &self.inner.config.auth;
+        Ok(auth::Caller::new(
+            id,
+            &a.provider_admin_groups,
+            &a.provider_admin_roles,
+        ))
+    }
+}
+
+impl Inner {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The opened classic secret of `l`, or `None` for a federated location.
+    fn open_secret(&self, l: &LocationRecord) -> Result<Option<(String, Vec<u8>)>> {
+        let Some(c) = &l.credential else {
+            return Ok(None);
+        };
+        let sealer = self.sealer.as_ref().ok_or_else(|| {
+            Error::precondition(format!(
+                "location {} has a sealed credential and the server has no secrets key",
+                l.name
+            ))
+        })?;
+        let plain = sealer.open(&c.sealed, &format!("{}/location/{}", l.org, l.id))?;
+        Ok(Some((c.kind.clone(), plain)))
+    }
+}
+
+/// A configured, running `pxb-server`: the catalog opened, logins set up, background tasks
+/// started, the API listening. What the `pxb-server` binary runs, and what tests start.
+#[derive(Debug)]
+pub struct Daemon {
+    /// The server.
+    pub server: Server,
+    /// The API's address.
+    pub addr: std::net::SocketAddr,
+    _running: Running,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    api: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+impl Daemon {
+    /// Opens the catalog at `config.catalog.path`, builds the authenticators (OIDC when
+    /// `auth.issuer` is set; the development token only when `dev_token` is given, with a
+    /// warning), the sealer (`env("PXB_SECRETS_KEY")` or `secrets.keyFile`), and starts serving.
+    pub async fn start(
+        config: ServerConfig,
+        dev_token: Option<String>,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Daemon> {
+        let catalog = sqlite::SqliteCatalog::open(&config.catalog.path).await?;
+        let mut auths: Vec<Arc<dyn Authenticator>> = Vec::new();
+        if !config.auth.issuer.is_empty() {
+            let mut oidc =
+                pxb_azure::oidc::OidcConfig::new(&config.auth.issuer, config.auth.audiences.clone());
+            if !config.auth.issuer_ca_file.is_empty() {
+                let pem = std::fs::read_to_string(&config.auth.issuer_ca_file).map_err(|e| {
+                    Error::io(
+                        format!("reading auth.issuerCaFile {}", config.auth.issuer_ca_file),
+                        e,
+                    )
+                })?;
+                oidc.extra_ca_pem = Some(pem);
+            }
+            let v = pxb_azure::oidc::OidcValidator::new(oidc)
+                .map_err(|e| Error::invalid(format!("auth: {e}")))?;
+            auths.push(Arc::new(auth::OidcAuthenticator(v)));
+        }
+        if let Some(t) = dev_token {
+            if t.len() < 16 {
+                return Err(Error::invalid(
+                    "the development token must be at least 16 characters",
+                ));
+            }
+            tracing::warn!(
+                "DEVELOPMENT MODE: a static bearer token grants provider administration; never use --dev-token in production"
+            );
+            auths.push(Arc::new(auth::DevToken::new(t)));
+        }
+        if auths.is_empty() {
+            tracing::warn!("no login is configured (auth.issuer is empty): every API call will be refused");
+        }
+        let sealer = Sealer::from_config(&config.secrets.key_file, env("PXB_SECRETS_KEY"))?;
+        let listen = config.api.listen.clone();
+        let server = Server::build(
+            config,
+            ServerDeps {
+                catalog: Arc::new(catalog),
+                clock: Arc::new(pxb_core::SystemClock),
+                authenticator: Arc::new(auth::Authenticators(auths)),
+                sealer,
+            },
+        )
+        .await?;
+        for (org, st) in server.orgs() {
+            if let OrgState::Degraded { reason } = st {
+                tracing::error!(%org, %reason, "org degraded");
+            }
+        }
+        let running = server.spawn();
+        let listener = tokio::net::TcpListener::bind(&listen)
+            .await
+            .map_err(|e| Error::io(format!("listening on {listen}"), e))?;
+        let addr = listener
+            .local_addr()
+            .map_err(|e| Error::io("reading the listen address", e))?;
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let api = tokio::spawn(api::serve(server.clone(), listener, async move {
+            let _ = rx.await;
+        }));
+        tracing::info!(%addr, "pxb-server listening");
+        Ok(Daemon {
+            server,
+            addr,
+            _running: running,
+            shutdown: Some(tx),
+            api,
+        })
+    }
+
+    /// Stops accepting requests, lets those in flight finish (up to `api.shutdownGraceSecs`),
+    /// and stops the background tasks.
+    pub async fn shutdown(mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        let grace = Duration::from_secs(self.server.config().api.shutdown_grace_secs);
+        match tokio::time::timeout(grace, &mut self.api).await {
+            Ok(Ok(Ok(()))) => tracing::info!("pxb-server stopped"),
+            Ok(Ok(Err(e))) => tracing::warn!(error = %e, "the API stopped with an error"),
+            Ok(Err(e)) => tracing::warn!(error = %e, "the API task failed"),
+            Err(_) => {
+                tracing::warn!("requests still running after the grace period; stopping anyway");
+                self.api.abort();
+            }
+        }
+    }
+}

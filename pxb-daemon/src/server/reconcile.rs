@@ -1,0 +1,537 @@
+//! One visit of the server to one cluster: check the agent, write the `BackupLocation` CRs (and
+//! classic Secrets) the org wants there, delete the pxb-managed ones it no longer wants (orphans),
+//! and read the agent's results back. Also the heartbeat leases that turn silent requests
+//! `Stalled`.
+//!
+//! Architecture Invariant: a visit never waits on a cluster without a deadline; the caller wraps it
+//! in one, and the client it gets has per-call timeouts.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, SystemTime};
+
+use k8s_openapi::ByteString;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::api::{DeleteParams, ListParams, PostParams};
+use kube::{Api, ResourceExt};
+use pxb_core::catalog::records::{
+    ClusterRecord, ClusterState, ClusterStatus, LocationRecord, LocationStatus, Mode, RequestPhase, SyncRun,
+};
+use pxb_core::clock::rfc3339;
+
+use crate::agent::parse_rfc3339;
+use crate::crd::{
+    AGENT_NAMESPACE, BackupLocation, BackupLocationSpec, BackupLocationStatus, LocationAuth, SecretRef,
+};
+
+/// Label on everything the server creates on a cluster.
+pub const MANAGED_BY: &str = "pxb.io/managed-by";
+/// Its value.
+pub const MANAGER: &str = "pxb-server";
+/// Label naming the owning org.
+pub const ORG_LABEL: &str = "pxb.io/org";
+/// Label with the uid of the server object a cluster object mirrors.
+pub const UID_LABEL: &str = "pxb.io/uid";
+/// Label with the agent's version on its Deployment.
+pub const VERSION_LABEL: &str = "pxb.io/version";
+/// The agent's Deployment (and service account) name.
+pub const AGENT_NAME: &str = "pxb-agent";
+
+/// A location the org wants on the cluster, with its classic secret opened.
+#[derive(Clone, Debug)]
+pub struct Desired {
+    /// The location.
+    pub location: LocationRecord,
+    /// Classic mode: the credential kind (`accountKey`/`sasToken`) and value.
+    pub secret: Option<(String, Vec<u8>)>,
+}
+
+/// What a visit needs.
+#[derive(Clone, Debug)]
+pub struct VisitInput {
+    /// The cluster.
+    pub cluster: ClusterRecord,
+    /// Locations wanted on it.
+    pub desired: Vec<Desired>,
+    /// Their current status on this cluster, by location id.
+    pub statuses: BTreeMap<String, LocationStatus>,
+    /// The time of the visit.
+    pub now: SystemTime,
+    /// Heartbeat lease.
+    pub lease: Duration,
+    /// Minimum agent version.
+    pub min_agent_version: semver::Version,
+}
+
+/// What a visit found and did.
+#[derive(Clone, Debug, Default)]
+pub struct VisitOutput {
+    /// The cluster's new status.
+    pub status: ClusterStatus,
+    /// The locations' new status on this cluster.
+    pub statuses: Vec<LocationStatus>,
+    /// Orphaned objects deleted.
+    pub orphans_deleted: usize,
+    /// CRs created or updated.
+    pub written: usize,
+}
+
+/// The Secret name of a classic location's credential.
+pub fn secret_name(location: &str) -> String {
+    format!("pxb-location-{location}")
+}
+
+fn labels(org: &str, uid: &str) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        (MANAGED_BY.to_owned(), MANAGER.to_owned()),
+        (ORG_LABEL.to_owned(), org.to_owned()),
+        (UID_LABEL.to_owned(), uid.to_owned()),
+    ])
+}
+
+/// The `BackupLocation` spec the server wants for `loc` on `cluster`.
+pub fn desired_spec(loc: &LocationRecord, cluster: &ClusterRecord, sync_request: i64) -> BackupLocationSpec {
+    let auth = match loc.mode {
+        Mode::Federated => LocationAuth {
+            mode: "workloadIdentity".into(),
+            client_id: loc
+                .cluster_client_ids
+                .get(&cluster.name)
+                .cloned()
+                .or_else(|| loc.client_id.clone()),
+            tenant_id: loc.tenant_id.clone(),
+            secret_ref: None,
+        },
+        Mode::Classic => LocationAuth {
+            mode: "secretRef".into(),
+            client_id: None,
+            tenant_id: None,
+            secret_ref: Some(SecretRef {
+                name: secret_name(&loc.name),
+            }),
+        },
+    };
+    BackupLocationSpec {
+        provider: loc.provider.clone(),
+        account: loc.account.clone(),
+        container: loc.container.clone(),
+        prefix: loc.prefix.clone(),
+        endpoint: loc.endpoint.clone(),
+        auth: if loc.provider == "azure" {
+            auth
+        } else {
+            LocationAuth {
+                mode: "workloadIdentity".into(),
+                ..LocationAuth::default()
+            }
+        },
+        sync: loc.sync,
+        validate_request: loc.validate_request,
+        sync_request,
+        verify_request: loc.verify_request,
+    }
+}
+
+fn age(since: Option<&str>, now: SystemTime) -> Option<Duration> {
+    let t = parse_rfc3339(since?)?;
+    let now = time::OffsetDateTime::from(now);
+    Some((now - t).try_into().unwrap_or(Duration::ZERO))
+}
+
+/// Turns requests whose last sign of life is older than `lease` into `Stalled`.
+pub fn apply_leases(status: &mut LocationStatus, now: SystemTime, lease: Duration) {
+    if let Some(run) = status.sync.as_mut()
+        && run.phase.is_active()
+    {
+        let last = run.heartbeat.as_deref().unwrap_or(&run.requested_at);
+        if age(Some(last), now).is_some_and(|a| a > lease) {
+            run.phase = RequestPhase::Stalled;
+            run.message = Some(format!(
+                "no heartbeat since {last} (lease {}s); a new sync may be requested",
+                lease.as_secs()
+            ));
+        }
+    }
+    let v = &mut status.validation;
+    if v.phase == "Requested" && age(v.requested_at.as_deref(), now).is_some_and(|a| a > lease) {
+        v.phase = "Stalled".into();
+        v.reason = Some(format!(
+            "the validation requested at {} was not acknowledged within the lease",
+            v.requested_at.as_deref().unwrap_or("?")
+        ));
+    }
+}
+
+/// Folds the CR's status into the server's view of the location on this cluster.
+pub fn read_back(
+    status: &mut LocationStatus,
+    cr: Option<&BackupLocationStatus>,
+    requested_validate: i64,
+    now: SystemTime,
+) {
+    status.last_seen = Some(rfc3339(now));
+    let Some(cr) = cr else {
+        if status.validation.phase.is_empty() {
+            status.validation.phase = "Pending".into();
+        }
+        return;
+    };
+    if let Some(v) = &cr.validation {
+        if requested_validate > cr.observed_validate_request {
+            status.validation.phase = "Requested".into();
+        } else {
+            status.validation.phase = v.phase.clone();
+            status.validation.failed_step = v.failed_step.clone();
+            status.validation.reason = v.reason.clone();
+        }
+        status.validation.checked_at = v.last_checked.clone();
+    }
+    if let (Some(run), Some(s)) = (status.sync.as_mut(), cr.sync.as_ref()) {
+        let for_this = s.request == run.request;
+        let acknowledged = cr.observed_sync_request >= run.request;
+        match s.phase.as_str() {
+            "Completed" | "Failed" if for_this && acknowledged && run.phase != RequestPhase::Superseded => {
+                run.phase = if s.phase == "Completed" {
+                    RequestPhase::Completed
+                } else {
+                    RequestPhase::Failed
+                };
+                run.backups_found = s.backups_found;
+                run.backups_imported = s.backups_imported;
+                run.heartbeat = s.heartbeat.clone();
+                run.message = s.message.clone();
+            }
+            "InProgress" if for_this && run.phase.is_active() => {
+                run.phase = RequestPhase::InProgress;
+                if s.heartbeat.is_some() {
+                    run.heartbeat = s.heartbeat.clone();
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+fn err(what: &str, e: kube::Error) -> String {
+    pxb_gardener::map_kube_error(what, e).to_string()
+}
+
+/// Visits the cluster through `client`. `Err` means the cluster could not be reached (the caller
+/// records it `Unreachable`); problems with single locations end up in their status instead.
+pub async fn visit(client: &kube::Client, input: VisitInput) -> Result<VisitOutput, String> {
+    let org = input.cluster.org.clone();
+    let now = input.now;
+    let mut out = VisitOutput::default();
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), AGENT_NAMESPACE);
+    let agent = deployments
+        .get_opt(AGENT_NAME)
+        .await
+        .map_err(|e| err("reading the agent deployment", e))?;
+    let version = agent
+        .as_ref()
+        .and_then(|d| d.labels().get(VERSION_LABEL).cloned());
+    let (state, message) = match (&agent, &version) {
+        (None, _) => (
+            ClusterState::AgentMissing,
+            Some(format!("no {AGENT_NAME} Deployment in {AGENT_NAMESPACE}")),
+        ),
+        (Some(_), None) => (
+            ClusterState::AgentOutdated,
+            Some(format!("the agent Deployment has no {VERSION_LABEL} label")),
+        ),
+        (Some(_), Some(v)) => match semver::Version::parse(v) {
+            Ok(v) if v >= input.min_agent_version => (ClusterState::Ready, None),
+            Ok(v) => (
+                ClusterState::AgentOutdated,
+                Some(format!(
+                    "agent {v} is older than the minimum {}",
+                    input.min_agent_version
+                )),
+            ),
+            Err(_) => (
+                ClusterState::AgentOutdated,
+                Some(format!("the agent version {v:?} is not a version")),
+            ),
+        },
+    };
+    out.status = ClusterStatus {
+        state,
+        message,
+        credential: None,
+        agent_version: version,
+        last_seen: Some(rfc3339(now)),
+        last_attempt: Some(rfc3339(now)),
+    };
+
+    let locations: Api<BackupLocation> = Api::namespaced(client.clone(), AGENT_NAMESPACE);
+    let managed = ListParams::default().labels(&format!("{MANAGED_BY}={MANAGER}"));
+    let existing = match locations.list(&managed).await {
+        Ok(l) => l.items,
+        // Without the CRDs nothing of ours can be there, and nothing can be written.
+        Err(kube::Error::Api(s)) if s.code == 404 => {
+            out.statuses = input
+                .desired
+                .iter()
+                .map(|d| {
+                    let mut s = input.statuses.get(&d.location.id).cloned().unwrap_or_default();
+                    s.validation.phase = "Pending".into();
+                    s.validation.reason = Some("the pxb CRDs are not installed on the cluster".into());
+                    apply_leases(&mut s, now, input.lease);
+                    s
+                })
+                .collect();
+            return Ok(out);
+        }
+        Err(e) => return Err(err("listing BackupLocations", e)),
+    };
+
+    // Orphans: managed objects of another org, of a location no longer wanted here, or mirroring
+    // a location under an old name.
+    let wanted: BTreeMap<&str, &str> = input
+        .desired
+        .iter()
+        .map(|d| (d.location.id.as_str(), d.location.name.as_str()))
+        .collect();
+    let is_wanted = |meta: &ObjectMeta| {
+        let l = meta.labels.clone().unwrap_or_default();
+        l.get(ORG_LABEL) == Some(&org)
+            && l.get(UID_LABEL)
+                .and_then(|uid| wanted.get(uid.as_str()))
+                .is_some_and(|name| Some(*name) == meta.name.as_deref())
+    };
+    let mut current: BTreeMap<String, BackupLocation> = BTreeMap::new();
+    for cr in existing {
+        if is_wanted(&cr.metadata) {
+            current.insert(cr.name_any(), cr);
+        } else {
+            match locations.delete(&cr.name_any(), &DeleteParams::default()).await {
+                Ok(_) => out.orphans_deleted += 1,
+                Err(kube::Error::Api(s)) if s.code == 404 => {}
+                Err(e) => return Err(err("deleting an orphaned BackupLocation", e)),
+            }
+        }
+    }
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), AGENT_NAMESPACE);
+    let wanted_secrets: BTreeSet<String> = input
+        .desired
+        .iter()
+        .filter(|d| d.secret.is_some())
+        .map(|d| secret_name(&d.location.name))
+        .collect();
+    let existing_secrets = secrets
+        .list(&managed)
+        .await
+        .map_err(|e| err("listing managed Secrets", e))?;
+    for s in existing_secrets.items {
+        let keep = s.labels().get(ORG_LABEL) == Some(&org) && wanted_secrets.contains(&s.name_any());
+        if !keep {
+            match secrets.delete(&s.name_any(), &DeleteParams::default()).await {
+                Ok(_) => out.orphans_deleted += 1,
+                Err(kube::Error::Api(st)) if st.code == 404 => {}
+                Err(e) => return Err(err("deleting an orphaned Secret", e)),
+            }
+        }
+    }
+
+    let mut degraded = Vec::new();
+    for d in &input.desired {
+        let loc = &d.location;
+        let mut status = input
+            .statuses
+            .get(&loc.id)
+            .cloned()
+            .unwrap_or_else(|| LocationStatus {
+                org: org.clone(),
+                id: LocationStatus::id_of(&loc.id, &input.cluster.id),
+                location: loc.id.clone(),
+                cluster: input.cluster.id.clone(),
+                cluster_name: input.cluster.name.clone(),
+                ..LocationStatus::default()
+            });
+        if let Some((kind, value)) = &d.secret {
+            let want = Secret {
+                metadata: ObjectMeta {
+                    name: Some(secret_name(&loc.name)),
+                    namespace: Some(AGENT_NAMESPACE.into()),
+                    labels: Some(labels(&org, &loc.id)),
+                    ..ObjectMeta::default()
+                },
+                data: Some(BTreeMap::from([(kind.clone(), ByteString(value.clone()))])),
+                ..Secret::default()
+            };
+            if let Err(e) = upsert_secret(&secrets, want).await {
+                return Err(err("writing a location Secret", e));
+            }
+        }
+        let sync_request = status.sync.as_ref().map(|s| s.request).unwrap_or(0);
+        let spec = desired_spec(loc, &input.cluster, sync_request);
+        let cr = match current.get(&loc.name) {
+            Some(cr) if cr.spec == spec => Some(cr.clone()),
+            Some(cr) => {
+                let mut next = cr.clone();
+                next.spec = spec;
+                out.written += 1;
+                match locations.replace(&loc.name, &PostParams::default(), &next).await {
+                    Ok(cr) => Some(cr),
+                    Err(kube::Error::Api(s)) if s.code == 409 => Some(cr.clone()), // next visit retries
+                    Err(e) => return Err(err("updating a BackupLocation", e)),
+                }
+            }
+            None => {
+                let mut cr = BackupLocation::new(&loc.name, spec);
+                cr.metadata.namespace = Some(AGENT_NAMESPACE.into());
+                cr.metadata.labels = Some(labels(&org, &loc.id));
+                out.written += 1;
+                match locations.create(&PostParams::default(), &cr).await {
+                    Ok(cr) => {
+                        if loc.sync && status.sync.is_none() {
+                            status.sync = Some(SyncRun {
+                                request: 0,
+                                phase: RequestPhase::Pending,
+                                requested_at: rfc3339(now),
+                                message: Some("first sync, as the location was assigned".into()),
+                                ..SyncRun::default()
+                            });
+                        }
+                        Some(cr)
+                    }
+                    Err(kube::Error::Api(s)) if s.code == 409 => {
+                        status.validation.phase = "Invalid".into();
+                        status.validation.reason = Some(format!(
+                            "a BackupLocation {:?} exists in {AGENT_NAMESPACE} that pxb-server does not manage; \
+                             rename one of them",
+                            loc.name
+                        ));
+                        None
+                    }
+                    Err(e) => return Err(err("creating a BackupLocation", e)),
+                }
+            }
+        };
+        read_back(
+            &mut status,
+            cr.as_ref().and_then(|c| c.status.as_ref()),
+            loc.validate_request,
+            now,
+        );
+        apply_leases(&mut status, now, input.lease);
+        if status.validation.phase == "Invalid" || status.validation.phase == "Stalled" {
+            degraded.push(loc.name.clone());
+        }
+        out.statuses.push(status);
+    }
+    if out.status.state == ClusterState::Ready && !degraded.is_empty() {
+        out.status.state = ClusterState::Degraded;
+        out.status.message = Some(format!("locations not valid here: {}", degraded.join(", ")));
+    }
+    Ok(out)
+}
+
+async fn upsert_secret(api: &Api<Secret>, want: Secret) -> Result<(), kube::Error> {
+    let name = want.metadata.name.clone().unwrap_or_default();
+    match api.get_opt(&name).await? {
+        Some(have) if have.data == want.data && have.labels() == want.labels() => Ok(()),
+        Some(have) => {
+            let mut next = want;
+            next.metadata.resource_version = have.metadata.resource_version;
+            api.replace(&name, &PostParams::default(), &next)
+                .await
+                .map(|_| ())
+        }
+        None => api.create(&PostParams::default(), &want).await.map(|_| ()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status_with(run: SyncRun) -> LocationStatus {
+        LocationStatus {
+            sync: Some(run),
+            ..LocationStatus::default()
+        }
+    }
+
+    #[test]
+    fn a_silent_request_stalls_after_the_lease_and_a_late_report_still_counts() {
+        let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        let mut s = status_with(SyncRun {
+            request: 3,
+            phase: RequestPhase::InProgress,
+            requested_at: rfc3339(t0),
+            heartbeat: Some(rfc3339(t0 + Duration::from_secs(10))),
+            ..SyncRun::default()
+        });
+        apply_leases(&mut s, t0 + Duration::from_secs(100), Duration::from_secs(120));
+        assert_eq!(s.sync.as_ref().map(|r| r.phase), Some(RequestPhase::InProgress));
+        apply_leases(&mut s, t0 + Duration::from_secs(131), Duration::from_secs(120));
+        assert_eq!(s.sync.as_ref().map(|r| r.phase), Some(RequestPhase::Stalled));
+        // The cluster comes back and reports the run done: the server believes it.
+        let cr = BackupLocationStatus {
+            observed_sync_request: 3,
+            sync: Some(crate::crd::SyncStatus {
+                phase: "Completed".into(),
+                request: 3,
+                backups_found: 5,
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        read_back(&mut s, Some(&cr), 0, t0 + Duration::from_secs(200));
+        let run = s.sync.expect("run");
+        assert_eq!((run.phase, run.backups_found), (RequestPhase::Completed, 5));
+    }
+
+    #[test]
+    fn a_report_for_an_older_request_does_not_complete_a_newer_one() {
+        let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        let mut s = status_with(SyncRun {
+            request: 4,
+            phase: RequestPhase::Pending,
+            requested_at: rfc3339(t0),
+            ..SyncRun::default()
+        });
+        let cr = BackupLocationStatus {
+            observed_sync_request: 3,
+            sync: Some(crate::crd::SyncStatus {
+                phase: "Completed".into(),
+                request: 3,
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        read_back(&mut s, Some(&cr), 0, t0);
+        assert_eq!(s.sync.as_ref().map(|r| r.phase), Some(RequestPhase::Pending));
+    }
+
+    #[test]
+    fn validation_requests_are_tracked_until_acknowledged() {
+        let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        let mut s = LocationStatus::default();
+        s.validation.requested_at = Some(rfc3339(t0));
+        let cr = BackupLocationStatus {
+            observed_validate_request: 1,
+            validation: Some(crate::crd::ValidationStatus {
+                phase: "Valid".into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        read_back(&mut s, Some(&cr), 2, t0);
+        assert_eq!(s.validation.phase, "Requested");
+        apply_leases(&mut s, t0 + Duration::from_secs(200), Duration::from_secs(120));
+        assert_eq!(s.validation.phase, "Stalled");
+        read_back(
+            &mut s,
+            Some(&BackupLocationStatus {
+                observed_validate_request: 2,
+                ..cr
+            }),
+            2,
+            t0,
+        );
+        assert_eq!(s.validation.phase, "Valid");
+    }
+}

@@ -1,0 +1,363 @@
+//! A test OpenID Connect issuer shaped like Entra ID, over HTTPS: a discovery document and a JWKS of
+//! RSA 2048 keys generated at test time, and tokens signed with them (RS256), plus the forgeries
+//! a validator must refuse (`alg: none`, HS256 with a public key as secret, unknown `kid`).
+//!
+//! The issuer is `https://127.0.0.1:<port>/<tenant>/v2.0`; its discovery document is at
+//! `<issuer>/.well-known/openid-configuration` and names the JWKS
+//! `https://127.0.0.1:<port>/<tenant>/discovery/v2.0/keys`, as Entra ID does.
+
+use std::fmt;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+
+use aws_lc_rs::encoding::AsDer;
+use aws_lc_rs::rsa::{KeyPair, KeySize};
+use aws_lc_rs::signature::{KeyPair as _, RSA_PKCS1_SHA256};
+use base64::Engine;
+use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::{Request, Response, StatusCode};
+use pxb_azure::oidc::OidcConfig;
+use serde_json::{Value, json};
+
+use crate::fixture::TENANT_ID;
+use crate::jwt::unix_now;
+use crate::server::BackgroundServer;
+use crate::tls::TestCa;
+
+/// One RSA signing key and its `kid`.
+struct SigningKey {
+    kid: String,
+    pair: KeyPair,
+}
+
+impl SigningKey {
+    fn generate() -> anyhow::Result<Self> {
+        let pair = KeyPair::generate(KeySize::Rsa2048).map_err(|e| anyhow::anyhow!("RSA key: {e}"))?;
+        Ok(Self {
+            kid: format!("pxb-test-{:016x}", rand::random::<u64>()),
+            pair,
+        })
+    }
+
+    fn jwk(&self) -> Value {
+        let public = self.pair.public_key();
+        json!({
+            "kty": "RSA",
+            "use": "sig",
+            "kid": self.kid,
+            "n": URL_SAFE_NO_PAD.encode(public.modulus().big_endian_without_leading_zero()),
+            "e": URL_SAFE_NO_PAD.encode(public.exponent().big_endian_without_leading_zero()),
+        })
+    }
+
+    /// An RS256 JWT of `claims` signed with this key, whose header names `kid`.
+    fn sign(&self, kid: &str, claims: &Value) -> String {
+        let msg = signing_input(&json!({"typ": "JWT", "alg": "RS256", "kid": kid}), claims);
+        let mut sig = vec![0; self.pair.public_modulus_len()];
+        self.pair
+            .sign(
+                &RSA_PKCS1_SHA256,
+                &aws_lc_rs::rand::SystemRandom::new(),
+                msg.as_bytes(),
+                &mut sig,
+            )
+            .expect("RS256 signing with a freshly generated key");
+        format!("{msg}.{}", URL_SAFE_NO_PAD.encode(sig))
+    }
+}
+
+fn signing_input(header: &Value, claims: &Value) -> String {
+    format!(
+        "{}.{}",
+        URL_SAFE_NO_PAD.encode(header.to_string()),
+        URL_SAFE_NO_PAD.encode(claims.to_string())
+    )
+}
+
+struct Keys {
+    current: Arc<SigningKey>,
+    published: Vec<Arc<SigningKey>>,
+}
+
+struct State {
+    issuer: OnceLock<String>,
+    advertised_issuer: Mutex<Option<String>>,
+    keys: Mutex<Keys>,
+    jwks_fetches: AtomicUsize,
+    discovery_fetches: AtomicUsize,
+    failing: AtomicBool,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// A running test issuer; stopped when dropped.
+pub struct TestIssuer {
+    server: BackgroundServer,
+    state: Arc<State>,
+    ca_pem: String,
+}
+
+impl fmt::Debug for TestIssuer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TestIssuer")
+            .field("issuer", &self.issuer())
+            .field("kid", &self.current_kid())
+            .finish_non_exhaustive()
+    }
+}
+
+impl TestIssuer {
+    /// Starts the issuer on a loopback port with one fresh key, serving a certificate of `ca`.
+    pub fn start(ca: &TestCa) -> anyhow::Result<Self> {
+        let key = Arc::new(SigningKey::generate()?);
+        let state = Arc::new(State {
+            issuer: OnceLock::new(),
+            advertised_issuer: Mutex::new(None),
+            keys: Mutex::new(Keys {
+                current: key.clone(),
+                published: vec![key],
+            }),
+            jwks_fetches: AtomicUsize::new(0),
+            discovery_fetches: AtomicUsize::new(0),
+            failing: AtomicBool::new(false),
+        });
+        let handler_state = state.clone();
+        let server = BackgroundServer::start(Some(ca.rustls_server_config()?), move |req| {
+            let state = handler_state.clone();
+            async move { state.handle(&req) }
+        })?;
+        let issuer = format!("https://127.0.0.1:{}/{TENANT_ID}/v2.0", server.port());
+        let _ = state.issuer.set(issuer);
+        Ok(Self {
+            server,
+            state,
+            ca_pem: ca.ca_pem.clone(),
+        })
+    }
+
+    /// The issuer URL, as tokens' `iss` and the discovery document name it.
+    pub fn issuer(&self) -> String {
+        self.state.issuer.get().cloned().unwrap_or_default()
+    }
+
+    /// The port it listens on.
+    pub fn port(&self) -> u16 {
+        self.server.port()
+    }
+
+    /// The PEM of the CA its certificate chains to.
+    pub fn ca_pem(&self) -> String {
+        self.ca_pem.clone()
+    }
+
+    /// Validator settings for this issuer and `audiences`, trusting its CA (other settings default).
+    pub fn config(&self, audiences: &[&str]) -> OidcConfig {
+        OidcConfig {
+            extra_ca_pem: Some(self.ca_pem()),
+            ..OidcConfig::new(self.issuer(), audiences.iter().copied())
+        }
+    }
+
+    /// Entra-like claims: `iss` this issuer, `sub` and `oid` `subject`, `tid` the test tenant,
+    /// `preferred_username` `<subject>@pxb.test`, `aud`, `groups`, `roles`, `iat` and `nbf` five minutes
+    /// before now (or before `exp` if that is earlier), and `exp` `lifetime_secs` from now (in the
+    /// past when negative).
+    pub fn claims_for(
+        &self,
+        subject: &str,
+        audience: &str,
+        groups: &[&str],
+        roles: &[&str],
+        lifetime_secs: i64,
+    ) -> Value {
+        let now = unix_now() as i64;
+        let exp = now + lifetime_secs;
+        let iat = now.min(exp) - 300;
+        json!({
+            "iss": self.issuer(),
+            "aud": audience,
+            "sub": subject,
+            "oid": subject,
+            "tid": TENANT_ID,
+            "preferred_username": format!("{subject}@pxb.test"),
+            "groups": groups,
+            "roles": roles,
+            "iat": iat,
+            "nbf": iat,
+            "exp": exp,
+            "ver": "2.0",
+        })
+    }
+
+    /// `claims` as an RS256 token signed with the current key, naming its `kid`.
+    pub fn token(&self, claims: Value) -> String {
+        let key = self.current();
+        key.sign(&key.kid, &claims)
+    }
+
+    /// The `kid` of the current key.
+    pub fn current_kid(&self) -> String {
+        self.current().kid.clone()
+    }
+
+    /// Makes a fresh key the current one. The JWKS then publishes only the new key, or, with
+    /// `keep_old`, the new one besides those published before.
+    pub fn rotate(&self, keep_old: bool) -> anyhow::Result<()> {
+        let key = Arc::new(SigningKey::generate()?);
+        let mut keys = lock(&self.state.keys);
+        if !keep_old {
+            keys.published.clear();
+        }
+        keys.published.push(key.clone());
+        keys.current = key;
+        Ok(())
+    }
+
+    /// `claims` signed with the current key, but with a random `kid` the JWKS does not publish
+    /// (the signature would verify with the current key: a validator must not try every key).
+    pub fn token_with_unknown_kid(&self, claims: Value) -> String {
+        self.current()
+            .sign(&format!("bogus-{:016x}", rand::random::<u64>()), &claims)
+    }
+
+    /// `claims` as an HS256 token with HMAC key `secret`, naming the current `kid` (the
+    /// algorithm-confusion forgery when `secret` is the public key).
+    pub fn hs256_token(&self, claims: Value, secret: &[u8]) -> String {
+        let msg = signing_input(
+            &json!({"typ": "JWT", "alg": "HS256", "kid": self.current_kid()}),
+            &claims,
+        );
+        let key = aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, secret);
+        let tag = aws_lc_rs::hmac::sign(&key, msg.as_bytes());
+        format!("{msg}.{}", URL_SAFE_NO_PAD.encode(tag.as_ref()))
+    }
+
+    /// `claims` as an unsigned token (`alg: none`, empty signature), naming the current `kid`.
+    pub fn none_token(&self, claims: Value) -> String {
+        let msg = signing_input(
+            &json!({"typ": "JWT", "alg": "none", "kid": self.current_kid()}),
+            &claims,
+        );
+        format!("{msg}.")
+    }
+
+    /// The current public key as PEM (SubjectPublicKeyInfo, `BEGIN PUBLIC KEY`).
+    pub fn public_key_pem(&self) -> String {
+        let der = self
+            .current()
+            .pair
+            .public_key()
+            .as_der()
+            .expect("encoding a public key");
+        let b64 = STANDARD.encode(der.as_ref());
+        let mut pem = String::from("-----BEGIN PUBLIC KEY-----\n");
+        for line in b64.as_bytes().chunks(64) {
+            pem.push_str(&String::from_utf8_lossy(line));
+            pem.push('\n');
+        }
+        pem.push_str("-----END PUBLIC KEY-----\n");
+        pem
+    }
+
+    /// The current public key as PKCS#1 `RSAPublicKey` DER.
+    pub fn public_key_pkcs1_der(&self) -> Vec<u8> {
+        self.current().pair.public_key().as_ref().to_vec()
+    }
+
+    /// The current key's modulus `n`, big-endian.
+    pub fn modulus(&self) -> Vec<u8> {
+        self.current()
+            .pair
+            .public_key()
+            .modulus()
+            .big_endian_without_leading_zero()
+            .to_vec()
+    }
+
+    /// How many JWKS requests it has answered (failed ones included).
+    pub fn jwks_fetches(&self) -> usize {
+        self.state.jwks_fetches.load(Ordering::SeqCst)
+    }
+
+    /// How many discovery requests it has answered (failed ones included).
+    pub fn discovery_fetches(&self) -> usize {
+        self.state.discovery_fetches.load(Ordering::SeqCst)
+    }
+
+    /// While `failing`, discovery and JWKS requests are answered with 503.
+    pub fn set_failing(&self, failing: bool) {
+        self.state.failing.store(failing, Ordering::SeqCst);
+    }
+
+    /// Makes the discovery document name `issuer` (`None`: the real one), as a misconfigured
+    /// or impostor issuer would.
+    pub fn set_advertised_issuer(&self, issuer: Option<&str>) {
+        *lock(&self.state.advertised_issuer) = issuer.map(str::to_owned);
+    }
+
+    fn current(&self) -> Arc<SigningKey> {
+        lock(&self.state.keys).current.clone()
+    }
+}
+
+fn json_response(status: StatusCode, body: &Value) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from(body.to_string())));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        "content-type",
+        hyper::header::HeaderValue::from_static("application/json; charset=utf-8"),
+    );
+    r
+}
+
+impl State {
+    fn handle(&self, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+        let issuer = self.issuer.get().cloned().unwrap_or_default();
+        let origin = issuer.split(&format!("/{TENANT_ID}/")).next().unwrap_or_default();
+        let discovery = format!("/{TENANT_ID}/v2.0/.well-known/openid-configuration");
+        let jwks = format!("/{TENANT_ID}/discovery/v2.0/keys");
+        let path = req.uri().path();
+        let counter = if path == discovery {
+            &self.discovery_fetches
+        } else if path == jwks {
+            &self.jwks_fetches
+        } else {
+            return json_response(StatusCode::NOT_FOUND, &json!({"error": "not_found"}));
+        };
+        counter.fetch_add(1, Ordering::SeqCst);
+        if req.method() != hyper::Method::GET {
+            return json_response(
+                StatusCode::METHOD_NOT_ALLOWED,
+                &json!({"error": "method_not_allowed"}),
+            );
+        }
+        if self.failing.load(Ordering::SeqCst) {
+            return json_response(
+                StatusCode::SERVICE_UNAVAILABLE,
+                &json!({"error": "temporarily_unavailable"}),
+            );
+        }
+        if path == discovery {
+            let advertised = lock(&self.advertised_issuer).clone().unwrap_or(issuer.clone());
+            return json_response(
+                StatusCode::OK,
+                &json!({
+                    "issuer": advertised,
+                    "jwks_uri": format!("{origin}{jwks}"),
+                    "authorization_endpoint": format!("{origin}/{TENANT_ID}/oauth2/v2.0/authorize"),
+                    "token_endpoint": format!("{origin}/{TENANT_ID}/oauth2/v2.0/token"),
+                    "response_types_supported": ["code", "id_token", "code id_token", "id_token token"],
+                    "subject_types_supported": ["pairwise"],
+                    "id_token_signing_alg_values_supported": ["RS256"],
+                }),
+            );
+        }
+        let keys: Vec<Value> = lock(&self.keys).published.iter().map(|k| k.jwk()).collect();
+        json_response(StatusCode::OK, &json!({"keys": keys}))
+    }
+}
