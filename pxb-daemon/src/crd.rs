@@ -139,6 +139,35 @@ pub struct BackupLocationStatus {
     /// The `metadata.generation` the status describes.
     #[serde(default)]
     pub observed_generation: i64,
+    /// Fingerprint of the connection settings the last validation used; a change of them (not of
+    /// the request counters) asks for a new validation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_connection: Option<String>,
+}
+
+impl BackupLocationSpec {
+    /// A stable fingerprint (FNV-1a, hex) of what the agent connects with: provider, account,
+    /// container, prefix, endpoint and auth. Request counters and `sync` are not part of it.
+    pub fn connection_fingerprint(&self) -> String {
+        let text = serde_json::json!([
+            self.provider,
+            self.account,
+            self.container,
+            self.prefix,
+            self.endpoint,
+            self.auth.mode,
+            self.auth.client_id,
+            self.auth.tenant_id,
+            self.auth.secret_ref.as_ref().map(|r| &r.name),
+        ])
+        .to_string();
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for b in text.bytes() {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+        format!("{h:016x}")
+    }
 }
 
 /// Result of a location validation.

@@ -104,6 +104,10 @@ impl Azurite {
     /// [`Azurite::restart`], SIGKILL if it has not exited after 10 s.
     pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
+            // A paused emulator handles SIGTERM only once it runs again.
+            let _ = Command::new("kill")
+                .args(["-CONT", &child.id().to_string()])
+                .status();
             let _ = Command::new("kill")
                 .args(["-TERM", &child.id().to_string()])
                 .status();
@@ -117,6 +121,26 @@ impl Azurite {
             let _ = child.kill();
             let _ = child.wait();
         }
+    }
+
+    /// Freezes the emulator (SIGSTOP to its process id): connections are accepted by the kernel
+    /// and never answered, as with a storage endpoint that hangs.
+    pub fn pause(&self) -> anyhow::Result<()> {
+        self.signal("-STOP")
+    }
+
+    /// Lets a paused emulator run again (SIGCONT).
+    pub fn resume(&self) -> anyhow::Result<()> {
+        self.signal("-CONT")
+    }
+
+    fn signal(&self, sig: &str) -> anyhow::Result<()> {
+        let child = self.child.as_ref().context("Azurite is stopped")?;
+        let status = Command::new("kill")
+            .args([sig, &child.id().to_string()])
+            .status()?;
+        anyhow::ensure!(status.success(), "kill {sig} {} failed", child.id());
+        Ok(())
     }
 
     /// Starts the emulator again on the same port with the same data (after [`Azurite::stop`]).

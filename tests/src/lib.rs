@@ -13,6 +13,7 @@
 
 pub mod azurite;
 pub mod bench;
+pub mod control;
 pub mod engine;
 pub mod entra;
 pub mod fixture;

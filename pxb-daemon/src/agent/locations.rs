@@ -319,7 +319,7 @@ async fn reconcile(cached: Arc<BackupLocation>, ctx: Arc<Context>) -> Result<Act
     );
     let mut valid = status.validation.as_ref().is_some_and(|v| v.phase == "Valid");
     if loc.spec.validate_request != status.observed_validate_request
-        || status.observed_generation != generation
+        || status.observed_connection.as_deref() != Some(loc.spec.connection_fingerprint().as_str())
         || wait.is_none()
     {
         let validation = validate(&loc.spec, &ctx).await;
@@ -333,6 +333,7 @@ async fn reconcile(cached: Arc<BackupLocation>, ctx: Arc<Context>) -> Result<Act
                 "validation": with_nulls(&validation, &["failedStep", "reason"]),
                 "observedValidateRequest": loc.spec.validate_request,
                 "observedGeneration": generation,
+                "observedConnection": loc.spec.connection_fingerprint(),
             }),
         )
         .await?;

@@ -1,0 +1,238 @@
+//! A control plane for scenario tests: the simulated fleet, Azurite with Workload Identity, a
+//! local OIDC issuer, a real `pxb-server` ([`Daemon`], the wiring the binary runs, listening on a
+//! loopback port, with the SQLite catalog in a temporary directory) and real agents running
+//! in-process against the simulated shoots.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::time::{Duration, Instant, SystemTime};
+
+use anyhow::Context as _;
+use k8s_openapi::api::apps::v1::Deployment;
+use kube::Api;
+use kube::api::PostParams;
+use pxb_daemon::agent::{Agent, AgentConfig};
+use pxb_daemon::server::Daemon;
+use pxb_daemon::server::config::ServerConfig;
+use serde_json::Value;
+
+use crate::fixture::{AzureFixture, CLIENT_ID};
+use crate::oidc::TestIssuer;
+use crate::sim::{Fleet, FleetConfig, ProjectRole};
+
+/// The token group of provider admins in these scenarios.
+pub const PROVIDER_ADMINS: &str = "pxb-provider-admins";
+/// The API's audience in these scenarios.
+pub const AUDIENCE: &str = "api://pxb-test";
+
+/// Everything a server scenario needs; stopped when dropped.
+pub struct ControlPlane {
+    /// The simulated garden and shoots.
+    pub fleet: Fleet,
+    /// Azurite, fake Entra ID, the test CA.
+    pub azure: AzureFixture,
+    /// The OIDC issuer users log in with.
+    pub issuer: TestIssuer,
+    /// The running server.
+    pub daemon: Option<Daemon>,
+    /// Its base URL.
+    pub url: String,
+    /// The server's configuration.
+    pub config: ServerConfig,
+    /// Agents by shoot name.
+    pub agents: BTreeMap<String, Agent>,
+    /// Temporary files (catalog, garden kubeconfig).
+    pub dir: tempfile::TempDir,
+    /// The garden service-account token the server discovers with.
+    pub garden_token: String,
+    http: reqwest::Client,
+}
+
+impl std::fmt::Debug for ControlPlane {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ControlPlane")
+            .field("url", &self.url)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ControlPlane {
+    /// A fleet with project `project` holding `shoots` ready shoots named `shoot-00000`…, and a
+    /// server configured for quick scenarios (1.5 s call deadline, 2 s resync and offline backoff,
+    /// 5 s lease), adjusted by `tweak`. The garden credential is named after the project.
+    pub async fn start(
+        project: &str,
+        shoots: usize,
+        tweak: impl FnOnce(&mut ServerConfig),
+    ) -> anyhow::Result<Self> {
+        let fleet = Fleet::start(FleetConfig::default())?;
+        fleet.add_project(project)?;
+        fleet.add_shoots(project, "shoot", shoots)?;
+        let token = fleet.add_service_account(project, "pxb", ProjectRole::Admin)?;
+        let dir = tempfile::tempdir()?;
+        let garden = dir.path().join(format!("garden-{project}.yaml"));
+        std::fs::write(&garden, fleet.garden_kubeconfig(&token))?;
+        let azure = AzureFixture::start(3600)?;
+        let issuer = TestIssuer::start(&azure.ca)?;
+        let mut config = ServerConfig::default();
+        config.api.listen = "127.0.0.1:0".into();
+        config.api.shutdown_grace_secs = 2;
+        config.catalog.path = dir.path().join("catalog.db").display().to_string();
+        config.auth.issuer = issuer.issuer();
+        config.auth.audiences = vec![AUDIENCE.into()];
+        config.auth.issuer_ca_file = azure.ca.ca_file().display().to_string();
+        config.auth.provider_admin_groups = vec![PROVIDER_ADMINS.into()];
+        config
+            .garden_credentials
+            .insert(project.into(), garden.display().to_string());
+        config.fleet.call_timeout_ms = 1500;
+        config.fleet.resync_secs = 2;
+        config.fleet.offline_backoff_secs = 2;
+        config.fleet.offline_backoff_max_secs = 4;
+        config.fleet.lease_secs = 5;
+        config.fleet.snapshot_interval_ms = 100;
+        config.fleet.kubeconfig_lifetime_secs = 3600;
+        tweak(&mut config);
+        let daemon = Daemon::start(config.clone(), None, |_| None).await?;
+        let url = format!("http://{}", daemon.addr);
+        Ok(Self {
+            fleet,
+            azure,
+            issuer,
+            daemon: Some(daemon),
+            url,
+            config,
+            agents: BTreeMap::new(),
+            dir,
+            garden_token: token,
+            http: reqwest::Client::new(),
+        })
+    }
+
+    /// A bearer token for `subject` in `groups`, valid for an hour.
+    pub fn token(&self, subject: &str, groups: &[&str]) -> String {
+        self.issuer
+            .token(self.issuer.claims_for(subject, AUDIENCE, groups, &[], 3600))
+    }
+
+    /// A provider admin's token.
+    pub fn admin_token(&self) -> String {
+        self.token("provider-admin", &[PROVIDER_ADMINS])
+    }
+
+    /// Calls the API; returns the status and the JSON body (`Null` when empty or not JSON).
+    pub async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        token: &str,
+        body: Option<Value>,
+    ) -> anyhow::Result<(u16, Value)> {
+        let mut req = self
+            .http
+            .request(method, format!("{}{path}", self.url))
+            .bearer_auth(token)
+            .timeout(Duration::from_secs(30));
+        if let Some(b) = body {
+            req = req
+                .header("content-type", "application/json")
+                .body(serde_json::to_vec(&b)?);
+        }
+        let resp = req.send().await?;
+        let status = resp.status().as_u16();
+        let bytes = resp.bytes().await?;
+        Ok((status, serde_json::from_slice(&bytes).unwrap_or(Value::Null)))
+    }
+
+    /// GET that must answer 200.
+    pub async fn get_ok(&self, path: &str, token: &str) -> anyhow::Result<Value> {
+        let (status, body) = self.call(reqwest::Method::GET, path, token, None).await?;
+        anyhow::ensure!(status == 200, "GET {path}: {status} {body}");
+        Ok(body)
+    }
+
+    /// A client for a shoot, from a fresh admin kubeconfig (independent of the server's).
+    pub async fn shoot_client(&self, project: &str, name: &str) -> anyhow::Result<kube::Client> {
+        let yaml = self.fleet.admin_kubeconfig(project, name, 3600)?;
+        let now = SystemTime::now();
+        let access = pxb_gardener::parse_access(&yaml, now, now + Duration::from_secs(3600))?;
+        Ok(pxb_gardener::kube_client(&access)?)
+    }
+
+    /// Installs pxb on a shoot (CRDs, namespace, the agent Deployment from `deploy/agent`) and
+    /// starts a real agent for it in this process, with Workload Identity against Azurite.
+    pub async fn start_agent(&mut self, project: &str, name: &str) -> anyhow::Result<()> {
+        let client = self.shoot_client(project, name).await?;
+        crate::shoots::install_pxb(&client).await?;
+        let manifest = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/agent/30-deployment.yaml");
+        let deployment: Deployment = serde_saphyr::from_str(&std::fs::read_to_string(manifest)?)?;
+        Api::<Deployment>::namespaced(client.clone(), pxb_daemon::crd::AGENT_NAMESPACE)
+            .create(&PostParams::default(), &deployment)
+            .await
+            .context("creating the agent Deployment")?;
+        let config = AgentConfig {
+            listen: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
+            cluster_name: Some(name.into()),
+            workload_identity: self.azure.wi_options(CLIENT_ID),
+            ca_file: Some(self.azure.ca.ca_file()),
+            heartbeat_interval: Duration::from_secs(1),
+            ..AgentConfig::default()
+        };
+        let agent = Agent::start(client, config).await?;
+        self.agents.insert(name.into(), agent);
+        Ok(())
+    }
+
+    /// Stops the server and starts it again on the same catalog (a new port).
+    pub async fn restart_server(&mut self) -> anyhow::Result<()> {
+        if let Some(d) = self.daemon.take() {
+            d.shutdown().await;
+        }
+        let daemon = Daemon::start(self.config.clone(), None, |_| None).await?;
+        self.url = format!("http://{}", daemon.addr);
+        self.daemon = Some(daemon);
+        Ok(())
+    }
+
+    /// The running server.
+    pub fn server(&self) -> &pxb_daemon::server::Server {
+        &self.daemon.as_ref().expect("the server runs").server
+    }
+
+    /// Stops agents and the server; the fleet, Azurite and the files stay.
+    pub async fn stop(&mut self) {
+        for (_, a) in std::mem::take(&mut self.agents) {
+            a.shutdown().await;
+        }
+        if let Some(d) = self.daemon.take() {
+            d.shutdown().await;
+        }
+    }
+
+    /// Stops everything.
+    pub async fn shutdown(mut self) {
+        self.stop().await;
+    }
+}
+
+/// Polls `probe` every 200 ms until it returns `Ok(Some(_))`; fails after `timeout` with the
+/// last description `probe` gave (`Ok(None)` keeps waiting; the `Err` text is remembered).
+pub async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut probe: F) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<Option<T>, String>>,
+{
+    let deadline = Instant::now() + timeout;
+    let mut last = String::from("never probed");
+    loop {
+        match probe().await {
+            Ok(Some(v)) => return Ok(v),
+            Ok(None) => last = "not yet".into(),
+            Err(e) => last = e,
+        }
+        if Instant::now() > deadline {
+            anyhow::bail!("{what}: not within {timeout:?}; last: {last}");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}

@@ -1,0 +1,856 @@
+//! Scenarios of `pxb-server` (part 1): a real server (SQLite catalog, OIDC login against a local
+//! issuer, HTTP API on loopback), the simulated garden and shoots over HTTPS, real agents on the
+//! shoots, and Azurite with Workload Identity.
+
+use std::io::Write;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use kube::api::{ListParams, PostParams};
+use kube::{Api, ResourceExt as _};
+use pxb_daemon::crd::{BackupLocation, BackupLocationSpec};
+use pxb_tests::control::{ControlPlane, wait_for};
+use pxb_tests::fixture::{AzureFixture, CLIENT_ID};
+use pxb_tests::sim::Fault;
+use reqwest::Method;
+use serde_json::{Value, json};
+
+const PROJECT: &str = "acme";
+
+/// Everything the process logs, for the secret scan.
+fn captured_logs() -> &'static Arc<Mutex<Vec<u8>>> {
+    static LOGS: OnceLock<Arc<Mutex<Vec<u8>>>> = OnceLock::new();
+    LOGS.get_or_init(|| {
+        let buf = Arc::new(Mutex::new(Vec::new()));
+        let writer = buf.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(
+                "debug,hyper=info,rustls=info,h2=info",
+            ))
+            .with_ansi(false)
+            .with_writer(move || LogWriter(writer.clone()))
+            .finish();
+        let _ = tracing::subscriber::set_global_default(subscriber);
+        buf
+    })
+}
+
+struct LogWriter(Arc<Mutex<Vec<u8>>>);
+
+impl Write for LogWriter {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .extend_from_slice(b);
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+async fn new_container(fx: &AzureFixture, tag: &str) -> String {
+    let container = fx.container_name(tag);
+    pxb_azure::AzureBlobStore::new(fx.key_config(&container))
+        .expect("store")
+        .create_container()
+        .await
+        .expect("container");
+    container
+}
+
+/// Creates org `id` whose admins are group `<id>-admins` and viewers `<id>-viewers`.
+async fn create_org(cp: &ControlPlane, id: &str) {
+    let (status, body) = cp
+        .call(
+            Method::POST,
+            "/v1/orgs",
+            &cp.admin_token(),
+            Some(json!({
+                "id": id,
+                "displayName": format!("Org {id}"),
+                "access": [
+                    {"role": "admin", "groups": [format!("{id}-admins")]},
+                    {"role": "viewer", "groups": [format!("{id}-viewers")]},
+                ],
+            })),
+        )
+        .await
+        .expect("create org");
+    assert_eq!(status, 201, "{body}");
+}
+
+async fn add_discovery(cp: &ControlPlane, org: &str, token: &str) {
+    let (status, body) = cp
+        .call(
+            Method::POST,
+            &format!("/v1/orgs/{org}/discoveries"),
+            token,
+            Some(json!({"id": "dev", "project": PROJECT, "credential": PROJECT, "intervalSecs": 5})),
+        )
+        .await
+        .expect("discovery");
+    assert_eq!(status, 201, "{body}");
+}
+
+fn azure_location(cp: &ControlPlane, name: &str, container: &str) -> Value {
+    json!({
+        "name": name,
+        "provider": "azure",
+        "account": pxb_tests::azurite::ACCOUNT,
+        "container": container,
+        "endpoint": cp.azure.azurite.endpoint(),
+        "clientId": CLIENT_ID,
+        "clusters": {"all": true},
+    })
+}
+
+fn shoot(i: usize) -> String {
+    format!("shoot-{i:05}")
+}
+
+/// The location's per-cluster validation phases, by cluster name.
+async fn phases(
+    cp: &ControlPlane,
+    org: &str,
+    location: &str,
+    token: &str,
+) -> Result<Vec<(String, String)>, String> {
+    let body = cp
+        .get_ok(
+            &format!("/v1/orgs/{org}/locations/{location}/status?limit=1000"),
+            token,
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(body["items"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|s| {
+                    (
+                        s["clusterName"].as_str().unwrap_or_default().to_owned(),
+                        s["validation"]["phase"].as_str().unwrap_or_default().to_owned(),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default())
+}
+
+async fn fleet_counts(cp: &ControlPlane, token: &str) -> Result<Value, String> {
+    let body = cp
+        .get_ok("/v1/fleet/status?limit=1000", token)
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(body)
+}
+
+async fn managed_crs(cp: &ControlPlane, name: &str) -> anyhow::Result<Vec<String>> {
+    let client = cp.shoot_client(PROJECT, name).await?;
+    let api: Api<BackupLocation> = Api::namespaced(client, "pxb-system");
+    Ok(api
+        .list(&ListParams::default().labels("pxb.io/managed-by=pxb-server"))
+        .await?
+        .items
+        .iter()
+        .map(|l| l.name_any())
+        .collect())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_federated_fleet_of_fifty_shoots() {
+    let logs = captured_logs().clone();
+    let mut cp = ControlPlane::start(PROJECT, 50, |_| {})
+        .await
+        .expect("control plane");
+    for i in 0..50 {
+        cp.start_agent(PROJECT, &shoot(i)).await.expect("agent");
+    }
+    let blackholed: Vec<String> = (45..50).map(shoot).collect();
+    for s in &blackholed {
+        cp.fleet.set_fault(PROJECT, s, Fault::Offline).expect("fault");
+    }
+    create_org(&cp, "acme").await;
+    create_org(&cp, "globex").await;
+    let acme = cp.token("alice", &["acme-admins"]);
+    let acme_viewer = cp.token("victor", &["acme-viewers"]);
+    let globex = cp.token("gina", &["globex-admins"]);
+    add_discovery(&cp, "acme", &acme).await;
+    let container = new_container(&cp.azure, "fleet50").await;
+    let (status, body) = cp
+        .call(
+            Method::POST,
+            "/v1/orgs/acme/locations",
+            &acme,
+            Some(azure_location(&cp, "primary", &container)),
+        )
+        .await
+        .expect("location");
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(body["mode"], "federated");
+    assert_eq!(body["hasCredential"], false);
+
+    // 45 clusters validate the location; the 5 blackholed ones turn Unreachable. The fleet status
+    // answers all along.
+    let started = Instant::now();
+    // (slowest fleet-status read, reads, when all 5 were Unreachable)
+    let stats: Mutex<(Duration, u32, Option<Duration>)> = Mutex::new((Duration::ZERO, 0, None));
+    wait_for("45 Valid and 5 Unreachable", Duration::from_secs(180), || async {
+        let t = Instant::now();
+        let fleet = fleet_counts(&cp, &acme).await?;
+        let unreachable = fleet["counts"]["Unreachable"].as_u64().unwrap_or(0);
+        {
+            let mut st = stats.lock().unwrap_or_else(|e| e.into_inner());
+            st.0 = st.0.max(t.elapsed());
+            st.1 += 1;
+            if unreachable == 5 && st.2.is_none() {
+                st.2 = Some(started.elapsed());
+            }
+        }
+        let p = phases(&cp, "acme", "primary", &acme).await?;
+        let valid = p.iter().filter(|(_, ph)| ph == "Valid").count();
+        let ready = fleet["counts"]["Ready"].as_u64().unwrap_or(0);
+        if valid == 45 && ready == 45 && unreachable == 5 {
+            Ok(Some(()))
+        } else {
+            Err(format!("valid {valid}, fleet counts {}", fleet["counts"]))
+        }
+    })
+    .await
+    .expect("validation pass");
+    let fleet = fleet_counts(&cp, &acme).await.expect("fleet");
+    let items = fleet["items"].as_array().expect("items");
+    assert_eq!(items.len(), 50);
+    let names: Vec<&str> = items.iter().filter_map(|e| e["cluster"].as_str()).collect();
+    let mut sorted = names.clone();
+    sorted.sort();
+    assert_eq!(names, sorted, "the fleet status is ordered");
+    for e in items {
+        let name = e["cluster"].as_str().unwrap_or_default();
+        if blackholed.iter().any(|b| b == name) {
+            assert_eq!(e["state"], "Unreachable", "{e}");
+        } else {
+            assert_eq!(e["state"], "Ready", "{e}");
+            assert_eq!(e["agentVersion"], pxb_daemon::agent::api::VERSION);
+            assert!(e["stalenessSecs"].as_u64().is_some_and(|s| s < 60), "{e}");
+        }
+    }
+    let (slowest_read, reads, unreachable_after) = *stats.lock().unwrap_or_else(|e| e.into_inner());
+    println!(
+        "fleet of 50: 45 Valid after {:?}; 5 Unreachable after {unreachable_after:?}; {reads} fleet-status reads, \
+         slowest {slowest_read:?}",
+        started.elapsed(),
+    );
+    assert!(
+        unreachable_after.is_some_and(|d| d < Duration::from_secs(60)),
+        "blackholed clusters turn Unreachable within a minute: {unreachable_after:?}"
+    );
+
+    // Cross-org access is refused on every endpoint family, and lists show nothing of acme.
+    let foreign: Vec<(Method, &str, Option<Value>)> = vec![
+        (Method::GET, "/v1/orgs/acme", None),
+        (Method::GET, "/v1/orgs/acme/discoveries", None),
+        (
+            Method::POST,
+            "/v1/orgs/acme/discoveries",
+            Some(json!({"id": "x", "project": PROJECT, "credential": PROJECT})),
+        ),
+        (Method::GET, "/v1/orgs/acme/discoveries/dev", None),
+        (Method::DELETE, "/v1/orgs/acme/discoveries/dev", None),
+        (Method::GET, "/v1/orgs/acme/clusters", None),
+        (Method::GET, "/v1/orgs/acme/clusters/shoot-00000", None),
+        (Method::GET, "/v1/orgs/acme/locations", None),
+        (
+            Method::POST,
+            "/v1/orgs/acme/locations",
+            Some(azure_location(&cp, "evil", &container)),
+        ),
+        (Method::GET, "/v1/orgs/acme/locations/primary", None),
+        (Method::DELETE, "/v1/orgs/acme/locations/primary", None),
+        (Method::GET, "/v1/orgs/acme/locations/primary/status", None),
+        (Method::POST, "/v1/orgs/acme/locations/primary/validate", None),
+        (
+            Method::POST,
+            "/v1/orgs/acme/locations/primary/sync",
+            Some(json!({"cluster": "shoot-00000"})),
+        ),
+        (Method::GET, "/v1/orgs/acme/backups", None),
+        (Method::GET, "/v1/orgs/acme/restores", None),
+        (Method::GET, "/v1/orgs/acme/schedules", None),
+        (Method::GET, "/v1/fleet/status?org=acme", None),
+    ];
+    for (method, path, body) in &foreign {
+        let (status, resp) = cp
+            .call(method.clone(), path, &globex, body.clone())
+            .await
+            .expect("call");
+        assert_eq!(status, 403, "globex on {method} {path}: {resp}");
+        assert_eq!(resp["error"]["code"], "forbidden", "{resp}");
+        assert!(
+            !resp.to_string().contains("shoot-0"),
+            "a refusal leaks acme's data: {resp}"
+        );
+    }
+    let globex_fleet = cp.get_ok("/v1/fleet/status", &globex).await.expect("fleet");
+    assert_eq!(
+        globex_fleet["items"].as_array().map(Vec::len),
+        Some(0),
+        "{globex_fleet}"
+    );
+    let globex_orgs = cp.get_ok("/v1/orgs", &globex).await.expect("orgs");
+    let visible: Vec<&str> = globex_orgs["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .filter_map(|o| o["id"].as_str())
+        .collect();
+    assert_eq!(visible, vec!["globex"]);
+    // A viewer reads but cannot change; no token or a forged one gets 401.
+    cp.get_ok("/v1/orgs/acme/locations/primary", &acme_viewer)
+        .await
+        .expect("viewer reads");
+    let (status, _) = cp
+        .call(
+            Method::POST,
+            "/v1/orgs/acme/locations/primary/validate",
+            &acme_viewer,
+            None,
+        )
+        .await
+        .expect("call");
+    assert_eq!(status, 403);
+    let forged = cp.issuer.none_token(cp.issuer.claims_for(
+        "mallory",
+        pxb_tests::control::AUDIENCE,
+        &[pxb_tests::control::PROVIDER_ADMINS],
+        &[],
+        3600,
+    ));
+    let (status, body) = cp
+        .call(Method::GET, "/v1/orgs", &forged, None)
+        .await
+        .expect("call");
+    assert_eq!(status, 401, "{body}");
+    assert_eq!(body["error"]["code"], "unauthenticated");
+
+    // The blackholed clusters come back and validate too.
+    for s in &blackholed {
+        cp.fleet.set_fault(PROJECT, s, Fault::None).expect("lift");
+    }
+    wait_for("all 50 Valid", Duration::from_secs(120), || async {
+        let p = phases(&cp, "acme", "primary", &acme).await?;
+        let valid = p.iter().filter(|(_, ph)| ph == "Valid").count();
+        (valid == 50)
+            .then_some(())
+            .ok_or(format!("{valid} valid"))
+            .map(Some)
+    })
+    .await
+    .expect("recovery");
+
+    // A CR the server no longer wants (another org's, e.g. from a cluster registered before under
+    // another identity) is deleted on the next visit.
+    let c0 = cp.shoot_client(PROJECT, &shoot(0)).await.expect("client");
+    let api: Api<BackupLocation> = Api::namespaced(c0.clone(), "pxb-system");
+    let mut stale = BackupLocation::new(
+        "stale",
+        BackupLocationSpec {
+            provider: "file".into(),
+            container: "/nonexistent".into(),
+            ..BackupLocationSpec::default()
+        },
+    );
+    stale.metadata.labels = Some(
+        [
+            ("pxb.io/managed-by", "pxb-server"),
+            ("pxb.io/org", "globex"),
+            ("pxb.io/uid", "0000"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect(),
+    );
+    api.create(&PostParams::default(), &stale)
+        .await
+        .expect("stale CR");
+    wait_for("the stale CR is deleted", Duration::from_secs(60), || async {
+        let names = managed_crs(&cp, &shoot(0)).await.map_err(|e| e.to_string())?;
+        (!names.contains(&"stale".to_string()))
+            .then_some(())
+            .ok_or(format!("{names:?}"))
+            .map(Some)
+    })
+    .await
+    .expect("orphan of another org");
+
+    // The location is deleted while 10 clusters are offline: the 40 others lose its CR at once,
+    // the 10 when they return.
+    let offline: Vec<String> = (40..50).map(shoot).collect();
+    for s in &offline {
+        cp.fleet.set_fault(PROJECT, s, Fault::Offline).expect("fault");
+    }
+    let (status, body) = cp
+        .call(Method::DELETE, "/v1/orgs/acme/locations/primary", &acme, None)
+        .await
+        .expect("delete");
+    assert_eq!(status, 204, "{body}");
+    wait_for(
+        "no CR on the 40 online clusters",
+        Duration::from_secs(120),
+        || async {
+            for i in 0..40 {
+                let names = managed_crs(&cp, &shoot(i)).await.map_err(|e| e.to_string())?;
+                if !names.is_empty() {
+                    return Err(format!("{} still has {names:?}", shoot(i)));
+                }
+            }
+            Ok(Some(()))
+        },
+    )
+    .await
+    .expect("online clusters cleaned");
+    for s in &offline {
+        cp.fleet.set_fault(PROJECT, s, Fault::None).expect("lift");
+    }
+    wait_for("no CR left anywhere", Duration::from_secs(120), || async {
+        for i in 0..50 {
+            let names = managed_crs(&cp, &shoot(i)).await.map_err(|e| e.to_string())?;
+            if !names.is_empty() {
+                return Err(format!("{} still has {names:?}", shoot(i)));
+            }
+        }
+        Ok(Some(()))
+    })
+    .await
+    .expect("returning clusters cleaned");
+
+    // Metrics pass promtool.
+    let metrics = reqwest::get(format!("{}/metrics", cp.url))
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    assert!(
+        metrics.contains("pxb_server_clusters{state=\"Ready\"}"),
+        "{metrics}"
+    );
+    pxb_tests::promtool_check_metrics(&metrics).expect("promtool");
+
+    // The secret scan: nothing the server held or saw in federated mode is in its database, its
+    // logs or its environment.
+    let mut secrets: Vec<(String, String)> = vec![
+        (
+            "the Azurite account key".into(),
+            pxb_tests::azurite::ACCOUNT_KEY.into(),
+        ),
+        ("the garden service-account token".into(), cp.garden_token.clone()),
+        (
+            "the projected service-account token".into(),
+            std::fs::read_to_string(cp.azure.token_file()).expect("token file"),
+        ),
+    ];
+    let server = cp.server().clone();
+    let providers = server.providers();
+    assert_eq!(providers.len(), 1);
+    for info in providers[0].inventory().iter().take(10) {
+        let access = pxb_core::cluster::ClusterProvider::access(providers[0].as_ref(), &info.id)
+            .await
+            .expect("access");
+        let key_body: String = access
+            .client_key_pem
+            .lines()
+            .filter(|l| !l.starts_with("-----"))
+            .collect();
+        secrets.push((format!("the client key of {}", info.name), key_body));
+    }
+    cp.stop().await;
+    let mut haystacks: Vec<(String, Vec<u8>)> = Vec::new();
+    for entry in std::fs::read_dir(
+        std::path::Path::new(&server.config().catalog.path)
+            .parent()
+            .expect("dir"),
+    )
+    .expect("dir")
+    {
+        let path = entry.expect("entry").path();
+        if path
+            .file_name()
+            .is_some_and(|n| n.to_string_lossy().starts_with("catalog.db"))
+        {
+            haystacks.push((path.display().to_string(), std::fs::read(&path).expect("read")));
+        }
+    }
+    assert!(
+        haystacks.len() >= 2,
+        "the catalog and its WAL: {:?}",
+        haystacks.iter().map(|h| &h.0).collect::<Vec<_>>()
+    );
+    let log_bytes = logs.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    assert!(
+        log_bytes.len() > 10_000,
+        "the logs were captured ({} bytes)",
+        log_bytes.len()
+    );
+    haystacks.push(("the logs".into(), log_bytes));
+    let env: String = std::env::vars().map(|(k, v)| format!("{k}={v}\n")).collect();
+    haystacks.push(("the environment".into(), env.into_bytes()));
+    assert!(
+        haystacks
+            .iter()
+            .any(|(_, b)| b.windows(11).any(|w| w == b"shoot-00000")),
+        "the scan reads the real catalog"
+    );
+    for (what, secret) in &secrets {
+        let needle = secret.trim();
+        assert!(needle.len() >= 20, "{what} is long enough to scan for");
+        for probe in [needle.to_owned(), needle[..needle.len().min(40)].to_owned()] {
+            for (where_, bytes) in &haystacks {
+                let found = bytes.windows(probe.len()).any(|w| w == probe.as_bytes());
+                assert!(!found, "{what} found in {where_}");
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sync_cut_off_midway_stalls_and_a_new_one_supersedes_it() {
+    let mut cp = ControlPlane::start(PROJECT, 1, |c| c.fleet.lease_secs = 4)
+        .await
+        .expect("control plane");
+    cp.start_agent(PROJECT, &shoot(0)).await.expect("agent");
+    create_org(&cp, "acme").await;
+    let acme = cp.token("alice", &["acme-admins"]);
+    add_discovery(&cp, "acme", &acme).await;
+    let container = new_container(&cp.azure, "stall").await;
+    let (status, body) = cp
+        .call(
+            Method::POST,
+            "/v1/orgs/acme/locations",
+            &acme,
+            Some(azure_location(&cp, "primary", &container)),
+        )
+        .await
+        .expect("location");
+    assert_eq!(status, 201, "{body}");
+    wait_for("Valid", Duration::from_secs(90), || async {
+        let p = phases(&cp, "acme", "primary", &acme).await?;
+        Ok((p.len() == 1 && p[0].1 == "Valid").then_some(()))
+    })
+    .await
+    .expect("valid");
+
+    let sync_status = || async {
+        let body = cp
+            .get_ok("/v1/orgs/acme/locations/primary/status", &acme)
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok::<Value, String>(body["items"][0]["sync"].clone())
+    };
+    let request_sync = || {
+        cp.call(
+            Method::POST,
+            "/v1/orgs/acme/locations/primary/sync",
+            &acme,
+            Some(json!({"cluster": shoot(0)})),
+        )
+    };
+
+    // The storage hangs, so the sync stays in progress; then the cluster drops off the network.
+    cp.azure.azurite.pause().expect("pause");
+    let (status, body) = request_sync().await.expect("sync");
+    assert_eq!(status, 202, "{body}");
+    assert_eq!(
+        (body["request"].as_i64(), body["phase"].as_str()),
+        (Some(1), Some("Pending"))
+    );
+    let (status, body) = request_sync().await.expect("second sync");
+    assert_eq!(status, 409, "a second trigger while one runs is refused: {body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("Pending") && m.contains("lease")),
+        "{body}"
+    );
+    wait_for("the sync runs", Duration::from_secs(60), || async {
+        let s = sync_status().await?;
+        if s["phase"] == "InProgress" {
+            Ok(Some(()))
+        } else {
+            Err(format!("{s}"))
+        }
+    })
+    .await
+    .expect("in progress");
+    cp.fleet
+        .set_fault(PROJECT, &shoot(0), Fault::Offline)
+        .expect("blackhole");
+    let cut = Instant::now();
+    let stalled = wait_for("the sync stalls", Duration::from_secs(60), || async {
+        let s = sync_status().await?;
+        if s["phase"] == "Stalled" {
+            Ok(Some(s))
+        } else {
+            Err(format!("{s}"))
+        }
+    })
+    .await
+    .expect("stalled");
+    let took = cut.elapsed();
+    assert!(
+        took < Duration::from_secs(4 + 10),
+        "Stalled within the 4 s lease (plus a visit): {took:?}"
+    );
+    assert!(
+        stalled["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("no heartbeat")),
+        "{stalled}"
+    );
+    // The fleet status still answers, and names the cluster Unreachable.
+    wait_for("Unreachable", Duration::from_secs(30), || async {
+        let f = fleet_counts(&cp, &acme).await?;
+        Ok((f["items"][0]["state"] == "Unreachable").then_some(()))
+    })
+    .await
+    .expect("unreachable");
+
+    // A new sync is accepted and supersedes the stalled one; it cannot be delivered yet.
+    let (status, body) = request_sync().await.expect("new sync");
+    assert_eq!(status, 202, "{body}");
+    assert_eq!(body["request"], 2);
+    assert!(
+        body["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("supersedes stalled request 1")),
+        "{body}"
+    );
+
+    // The cluster and the storage come back: the agent finishes and reports the new request.
+    cp.fleet.set_fault(PROJECT, &shoot(0), Fault::None).expect("lift");
+    cp.azure.azurite.resume().expect("resume");
+    let done = wait_for("the new sync completes", Duration::from_secs(120), || async {
+        let s = sync_status().await?;
+        if s["phase"] == "Completed" && s["request"] == 2 {
+            Ok(Some(s))
+        } else {
+            Err(format!("{s}"))
+        }
+    })
+    .await
+    .expect("completed");
+    assert_eq!(done["backupsFound"], 0, "{done}");
+    let (status, body) = request_sync().await.expect("third sync");
+    assert_eq!(status, 202, "once done, a sync may be requested again: {body}");
+    cp.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn damaged_orgs_are_degraded_and_classic_secrets_are_sealed() {
+    let key_a = base64_key(1);
+    let mut cp = ControlPlane::start(PROJECT, 1, |_| {})
+        .await
+        .expect("control plane");
+    let key_file = cp.dir.path().join("secrets.key");
+    std::fs::write(&key_file, &key_a).expect("key");
+    cp.config.secrets.key_file = key_file.display().to_string();
+    cp.restart_server().await.expect("restart with a key");
+    cp.start_agent(PROJECT, &shoot(0)).await.expect("agent");
+    for org in ["acme", "globex", "initech"] {
+        create_org(&cp, org).await;
+    }
+    let admin = cp.admin_token();
+
+    // Every documented operation is routed (401 without a token, never 404 or 405).
+    for (method, path) in pxb_daemon::server::openapi::operations() {
+        let path = path.replace("{org}", "acme").replace("{name}", "x");
+        let m = Method::from_bytes(method.to_uppercase().as_bytes()).expect("method");
+        let (status, body) = cp.call(m, &path, "", None).await.expect("call");
+        assert_eq!(status, 401, "{method} {path}: {body}");
+    }
+
+    // Classic: the credential is sealed in the catalog, delivered as a labelled Secret, and the
+    // agent validates with it.
+    let acme = cp.token("alice", &["acme-admins"]);
+    add_discovery(&cp, "acme", &acme).await;
+    let container = new_container(&cp.azure, "classic").await;
+    let mut loc = azure_location(&cp, "classic", &container);
+    loc["mode"] = json!("classic");
+    loc["clientId"] = Value::Null;
+    loc["credential"] = json!({"accountKey": pxb_tests::azurite::ACCOUNT_KEY});
+    let (status, body) = cp
+        .call(Method::POST, "/v1/orgs/acme/locations", &acme, Some(loc.clone()))
+        .await
+        .expect("loc");
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(body["hasCredential"], true);
+    assert!(
+        !body.to_string().contains(pxb_tests::azurite::ACCOUNT_KEY),
+        "the credential is never shown"
+    );
+    wait_for("classic Valid", Duration::from_secs(90), || async {
+        let p = phases(&cp, "acme", "classic", &acme).await?;
+        Ok((p.len() == 1 && p[0].1 == "Valid").then_some(()))
+    })
+    .await
+    .expect("classic location valid");
+    let client = cp.shoot_client(PROJECT, &shoot(0)).await.expect("client");
+    let secrets: Api<k8s_openapi::api::core::v1::Secret> = Api::namespaced(client.clone(), "pxb-system");
+    let secret = secrets
+        .get("pxb-location-classic")
+        .await
+        .expect("secret delivered");
+    assert_eq!(
+        secret.labels().get("pxb.io/managed-by").map(String::as_str),
+        Some("pxb-server")
+    );
+    assert_eq!(
+        secret.labels().get("pxb.io/org").map(String::as_str),
+        Some("acme")
+    );
+    let db = std::fs::read(&cp.config.catalog.path).expect("db");
+    let wal = std::fs::read(format!("{}-wal", cp.config.catalog.path)).unwrap_or_default();
+    for bytes in [&db, &wal] {
+        assert!(
+            !bytes
+                .windows(20)
+                .any(|w| w == &pxb_tests::azurite::ACCOUNT_KEY.as_bytes()[..20]),
+            "the account key is stored in clear"
+        );
+    }
+    // Hostile and malformed requests get a 4xx with a JSON error.
+    let (status, body) = cp
+        .call(
+            Method::POST,
+            "/v1/orgs/acme/locations",
+            &acme,
+            Some(json!({"name": "x", "bogus": 1})),
+        )
+        .await
+        .expect("call");
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (400, Some("bad_request")),
+        "{body}"
+    );
+    let (status, _) = cp
+        .call(Method::GET, "/v1/orgs/..%2F..%2Fetc/locations", &acme, None)
+        .await
+        .expect("call");
+    assert_eq!(status, 400);
+    let (status, body) = cp
+        .call(
+            Method::GET,
+            "/v1/orgs/acme/backups?limit=99999999999999999999",
+            &acme,
+            None,
+        )
+        .await
+        .expect("call");
+    assert_eq!(status, 400, "{body}");
+    let big = json!({"name": "x".repeat(2 << 20)});
+    let (status, body) = cp
+        .call(Method::POST, "/v1/orgs/acme/locations", &acme, Some(big))
+        .await
+        .expect("call");
+    assert_eq!(status, 413, "{body}");
+    let (status, body) = cp
+        .call(Method::GET, "/v1/orgs/acme/backups?limit=5000", &acme, None)
+        .await
+        .expect("call");
+    assert_eq!(status, 200, "huge page sizes are clamped: {body}");
+
+    // initech gets a classic location too; then, while the server is down, initech's sealed
+    // credential and globex's org record are damaged on disk.
+    let initech = cp.token("ivan", &["initech-admins"]);
+    loc["name"] = json!("vault");
+    let (status, body) = cp
+        .call(Method::POST, "/v1/orgs/initech/locations", &initech, Some(loc))
+        .await
+        .expect("loc");
+    assert_eq!(status, 201, "{body}");
+    if let Some(d) = cp.daemon.take() {
+        d.shutdown().await;
+    }
+    let conn = rusqlite::Connection::open(&cp.config.catalog.path).expect("open");
+    let n = conn
+        .execute(
+            "UPDATE records SET doc = CAST(json_set(CAST(doc AS TEXT), '$.credential.sealed.ciphertext', \
+             'AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA') AS BLOB) WHERE kind = 'location' AND org = 'initech'",
+            [],
+        )
+        .expect("damage the sealed credential");
+    assert_eq!(n, 1);
+    let n = conn
+        .execute(
+            "UPDATE records SET doc = x'7b6e6f742d6a736f6e' WHERE kind = 'org' AND org = 'globex'",
+            [],
+        )
+        .expect("corrupt");
+    assert_eq!(n, 1);
+    drop(conn);
+    cp.restart_server().await.expect("restart");
+
+    let ready = reqwest::get(format!("{}/readyz", cp.url)).await.expect("readyz");
+    assert_eq!(ready.status(), 200);
+    let ready: Value = serde_json::from_slice(&ready.bytes().await.expect("body")).expect("json");
+    let degraded = ready["degradedOrgs"].as_object().expect("degradedOrgs");
+    let keys: Vec<&str> = degraded.keys().map(String::as_str).collect();
+    assert_eq!(keys, vec!["globex", "initech"], "{ready}");
+    assert!(
+        degraded["globex"]
+            .as_str()
+            .is_some_and(|r| r.contains("does not decode")),
+        "{ready}"
+    );
+    assert!(
+        degraded["initech"]
+            .as_str()
+            .is_some_and(|r| r.contains("does not decrypt")),
+        "{ready}"
+    );
+    let (status, body) = cp
+        .call(Method::GET, "/v1/orgs/globex", &admin, None)
+        .await
+        .expect("call");
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (503, Some("org_degraded")),
+        "{body}"
+    );
+    let orgs = cp.get_ok("/v1/orgs", &admin).await.expect("orgs");
+    let states: Vec<(String, String)> = orgs["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .map(|o| {
+            (
+                o["id"].as_str().unwrap_or_default().into(),
+                o["state"].as_str().unwrap_or_default().into(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        states,
+        vec![
+            ("acme".into(), "Ready".into()),
+            ("globex".into(), "Degraded".into()),
+            ("initech".into(), "Degraded".into())
+        ]
+    );
+    // acme is served as before.
+    wait_for("acme still served and valid", Duration::from_secs(60), || async {
+        let p = phases(&cp, "acme", "classic", &acme).await?;
+        Ok((p.len() == 1 && p[0].1 == "Valid").then_some(()))
+    })
+    .await
+    .expect("acme served");
+    cp.shutdown().await;
+}
+
+fn base64_key(seed: u8) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode([seed; 32])
+}
