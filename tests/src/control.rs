@@ -223,13 +223,12 @@ where
     Fut: Future<Output = Result<Option<T>, String>>,
 {
     let deadline = Instant::now() + timeout;
-    let mut last = String::from("never probed");
     loop {
-        match probe().await {
+        let last = match probe().await {
             Ok(Some(v)) => return Ok(v),
-            Ok(None) => last = "not yet".into(),
-            Err(e) => last = e,
-        }
+            Ok(None) => "not yet".to_string(),
+            Err(e) => e,
+        };
         if Instant::now() > deadline {
             anyhow::bail!("{what}: not within {timeout:?}; last: {last}");
         }
