@@ -362,6 +362,10 @@ pub struct OrgView {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct CreateOrg {
     /// Id, a DNS label.
+    #[schemars(
+        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"),
+        length(min = 1, max = 63)
+    )]
     pub id: String,
     /// For humans.
     #[serde(default)]
@@ -379,8 +383,16 @@ pub struct CreateOrg {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct CreateDiscovery {
     /// Id, a DNS label.
+    #[schemars(
+        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"),
+        length(min = 1, max = 63)
+    )]
     pub id: String,
     /// The Gardener project.
+    #[schemars(
+        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"),
+        length(min = 1, max = 63)
+    )]
     pub project: String,
     /// The name of a garden credential configured on the server.
     pub credential: String,
@@ -406,13 +418,19 @@ pub struct CredentialInput {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct CreateLocation {
     /// Name, a DNS label; the `BackupLocation` CR on clusters has this name.
+    #[schemars(
+        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"),
+        length(min = 1, max = 63)
+    )]
     pub name: String,
     /// `azure` or `file`.
+    #[schemars(extend("enum" = ["azure", "file"]))]
     pub provider: String,
     /// Azure storage account.
     #[serde(default)]
     pub account: Option<String>,
     /// Container (azure) or absolute directory (file).
+    #[schemars(length(min = 1, max = 1024))]
     pub container: String,
     /// Name prefix.
     #[serde(default)]
