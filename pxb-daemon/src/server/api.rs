@@ -537,7 +537,8 @@ pub struct SyncRequestBody {
 pub struct FleetStatusView {
     /// When the snapshot was built (RFC 3339).
     pub generated_at: Option<String>,
-    /// Clusters per state (among the visible orgs and the filter).
+    /// Clusters per state among the visible orgs (or the `org` asked for), whatever the `state`
+    /// filter.
     pub counts: BTreeMap<String, u64>,
     /// The clusters, ordered by org, name and id.
     pub items: Vec<super::fleet::FleetEntry>,
@@ -635,7 +636,7 @@ async fn metrics(State(s): State<Server>) -> impl IntoResponse {
         crate::agent::api::VERSION
     );
     out += "# HELP pxb_server_clusters Clusters by state.\n# TYPE pxb_server_clusters gauge\n";
-    for (state, n) in snap.counts(|_| true) {
+    for (state, n) in snap.total_counts() {
         out += &format!("pxb_server_clusters{{state=\"{state}\"}} {n}\n");
     }
     let orgs = s.orgs();
@@ -1102,10 +1103,9 @@ async fn fleet_status(
             _ => None,
         })
         .collect();
-    let keep = |e: &super::fleet::FleetEntry| {
-        visible.contains(&e.org)
-            && p.org.as_ref().is_none_or(|o| *o == e.org)
-            && p.state.as_ref().is_none_or(|st| e.state.as_str() == st)
+    let orgs: Vec<String> = match &p.org {
+        Some(o) => vec![o.clone()],
+        None => visible.into_iter().collect(),
     };
     let after = match &p.after {
         Some(a) => Some(
@@ -1119,7 +1119,7 @@ async fn fleet_status(
     };
     let snap = s.snapshot();
     let now = s.clock().now();
-    let (items, more) = snap.page(after.as_ref(), p.limit(), now, keep);
+    let (items, more) = snap.page(&orgs, p.state.as_deref(), after.as_ref(), p.limit(), now);
     let next = if more {
         items
             .last()
@@ -1130,7 +1130,7 @@ async fn fleet_status(
     Ok(Json(FleetStatusView {
         generated_at: snap.built_at.map(rfc3339),
         counts: snap
-            .counts(keep)
+            .counts(&orgs)
             .into_iter()
             .map(|(k, v)| (k.to_owned(), v))
             .collect(),

@@ -53,6 +53,15 @@ pub struct FleetEntry {
     pub locations: LocationCounts,
 }
 
+/// One org's part of a snapshot.
+#[derive(Clone, Debug, Default)]
+pub struct OrgSlice {
+    /// Its entries: `entries[range]`.
+    pub range: std::ops::Range<usize>,
+    /// Its clusters per state.
+    pub counts: BTreeMap<&'static str, u64>,
+}
+
 /// A snapshot of the whole fleet.
 #[derive(Clone, Debug, Default)]
 pub struct FleetSnapshot {
@@ -60,6 +69,12 @@ pub struct FleetSnapshot {
     pub built_at: Option<SystemTime>,
     /// Every cluster, ordered by (org, cluster, id).
     pub entries: Vec<FleetEntry>,
+    /// Where each org's entries are, and their counts.
+    pub orgs: BTreeMap<String, OrgSlice>,
+}
+
+fn zero_counts() -> BTreeMap<&'static str, u64> {
+    ClusterState::ALL.iter().map(|s| (s.as_str(), 0)).collect()
 }
 
 impl FleetSnapshot {
@@ -95,50 +110,81 @@ impl FleetSnapshot {
             })
             .collect();
         entries.sort_by(|a, b| (&a.org, &a.cluster, &a.id).cmp(&(&b.org, &b.cluster, &b.id)));
+        let mut orgs: BTreeMap<String, OrgSlice> = BTreeMap::new();
+        for (i, e) in entries.iter().enumerate() {
+            let slice = orgs.entry(e.org.clone()).or_insert_with(|| OrgSlice {
+                range: i..i,
+                counts: zero_counts(),
+            });
+            slice.range.end = i + 1;
+            *slice.counts.entry(e.state.as_str()).or_default() += 1;
+        }
         FleetSnapshot {
             built_at: Some(now),
             entries,
+            orgs,
         }
     }
 
-    /// The entries after `after` (an `(org, cluster, id)` position) that `keep` accepts, at most
-    /// `limit`, with staleness as of `now`; and whether more follow.
+    /// The entries of `orgs` (sorted, deduplicated) after `after` (an `(org, cluster, id)`
+    /// position), in `state` when given, at most `limit`, with staleness as of `now`; and whether
+    /// more follow. Only the visible orgs' slices are walked.
     pub fn page(
         &self,
+        orgs: &[String],
+        state: Option<&str>,
         after: Option<&(String, String, String)>,
         limit: usize,
         now: SystemTime,
-        keep: impl Fn(&FleetEntry) -> bool,
     ) -> (Vec<FleetEntry>, bool) {
-        let start = match after {
-            Some(a) => self
-                .entries
-                .partition_point(|e| (&e.org, &e.cluster, &e.id) <= (&a.0, &a.1, &a.2)),
-            None => 0,
-        };
         let now_odt = time::OffsetDateTime::from(now);
         let mut out = Vec::new();
-        let mut more = false;
-        for e in self.entries[start..].iter().filter(|e| keep(e)) {
-            if out.len() == limit {
-                more = true;
-                break;
+        for org in orgs {
+            if after.is_some_and(|a| *org < a.0) {
+                continue;
             }
-            let mut e = e.clone();
-            e.staleness_secs = e
-                .last_seen
-                .as_deref()
-                .and_then(parse_rfc3339)
-                .map(|t| (now_odt - t).whole_seconds().max(0) as u64);
-            out.push(e);
+            let Some(slice) = self.orgs.get(org) else {
+                continue;
+            };
+            let part = &self.entries[slice.range.clone()];
+            let start = match after {
+                Some(a) if a.0 == *org => part.partition_point(|e| (&e.cluster, &e.id) <= (&a.1, &a.2)),
+                _ => 0,
+            };
+            for e in part[start..]
+                .iter()
+                .filter(|e| state.is_none_or(|s| e.state.as_str() == s))
+            {
+                if out.len() == limit {
+                    return (out, true);
+                }
+                let mut e = e.clone();
+                e.staleness_secs = e
+                    .last_seen
+                    .as_deref()
+                    .and_then(parse_rfc3339)
+                    .map(|t| (now_odt - t).whole_seconds().max(0) as u64);
+                out.push(e);
+            }
         }
-        (out, more)
+        (out, false)
     }
 
-    /// Clusters per state among the entries `keep` accepts.
-    pub fn counts(&self, keep: impl Fn(&FleetEntry) -> bool) -> BTreeMap<&'static str, u64> {
-        let mut m: BTreeMap<&'static str, u64> = ClusterState::ALL.iter().map(|s| (s.as_str(), 0)).collect();
-        for e in self.entries.iter().filter(|e| keep(e)) {
+    /// Clusters per state in `orgs`.
+    pub fn counts(&self, orgs: &[String]) -> BTreeMap<&'static str, u64> {
+        let mut m = zero_counts();
+        for slice in orgs.iter().filter_map(|o| self.orgs.get(o)) {
+            for (k, v) in &slice.counts {
+                *m.entry(k).or_default() += v;
+            }
+        }
+        m
+    }
+
+    /// Clusters per state in the whole fleet.
+    pub fn total_counts(&self) -> BTreeMap<&'static str, u64> {
+        let mut m = zero_counts();
+        for e in &self.entries {
             *m.entry(e.state.as_str()).or_default() += 1;
         }
         m
@@ -190,23 +236,28 @@ mod tests {
             .map(|e| (e.org.as_str(), e.cluster.as_str()))
             .collect();
         assert_eq!(names, vec![("a", "y"), ("a", "z"), ("b", "x")]);
-        let (p1, more) = snap.page(None, 2, now, |_| true);
+        let both = ["a".to_string(), "b".to_string()];
+        let (p1, more) = snap.page(&both, None, None, 2, now);
         assert!(more);
         assert_eq!(p1[1].staleness_secs, Some(10));
         let last = &p1[1];
-        let (p2, more) = snap.page(
-            Some(&(last.org.clone(), last.cluster.clone(), last.id.clone())),
-            2,
-            now,
-            |_| true,
-        );
+        let cursor = (last.org.clone(), last.cluster.clone(), last.id.clone());
+        let (p2, more) = snap.page(&both, None, Some(&cursor), 2, now);
         assert!(!more);
         assert_eq!(p2.len(), 1);
         assert_eq!(p2[0].org, "b");
-        let counts = snap.counts(|e| e.org == "a");
+        let counts = snap.counts(&["a".to_string()]);
         assert_eq!(
             (counts["Ready"], counts["Unreachable"], counts["Hibernated"]),
             (1, 1, 0)
         );
+        let (only_b, _) = snap.page(&["b".to_string()], None, None, 10, now);
+        assert_eq!(only_b.len(), 1);
+        let (ready, _) = snap.page(&both, Some("Ready"), None, 10, now);
+        assert_eq!(
+            ready.iter().map(|e| e.cluster.as_str()).collect::<Vec<_>>(),
+            vec!["y", "x"]
+        );
+        assert_eq!(snap.total_counts()["Ready"], 2);
     }
 }

@@ -77,7 +77,6 @@ struct Tracked {
     next_due: SystemTime,
     failures: u32,
     busy: bool,
-    client: Option<(SystemTime, kube::Client)>,
 }
 
 impl Tracked {
@@ -96,7 +95,6 @@ struct Discovery {
 
 #[derive(Default)]
 struct State {
-    orgs: BTreeMap<String, OrgState>,
     clusters: HashMap<Key, Tracked>,
     locations: BTreeMap<Key, LocationRecord>,
     statuses: HashMap<Key, LocationStatus>,
@@ -129,11 +127,15 @@ pub(crate) struct Inner {
     authenticator: Arc<dyn Authenticator>,
     sealer: Option<Sealer>,
     state: Mutex<State>,
+    /// Orgs apart from the rest of the state, so API reads never wait on fleet bookkeeping.
+    orgs: RwLock<BTreeMap<String, OrgState>>,
     snapshot: RwLock<Arc<FleetSnapshot>>,
     wake: Notify,
     permits: Arc<Semaphore>,
     metrics: Metrics,
     min_agent_version: semver::Version,
+    /// The runtime background work runs on (the API may run on its own).
+    runtime: tokio::runtime::Handle,
 }
 
 /// The control plane. Cheap to clone.
@@ -194,10 +196,12 @@ impl Server {
             authenticator: deps.authenticator,
             sealer: deps.sealer,
             state: Mutex::new(State::default()),
+            orgs: RwLock::new(BTreeMap::new()),
             snapshot: RwLock::new(Arc::new(FleetSnapshot::default())),
             wake: Notify::new(),
             metrics: Metrics::default(),
             min_agent_version,
+            runtime: tokio::runtime::Handle::current(),
         });
         let server = Server { inner };
         server.load().await?;
@@ -231,7 +235,7 @@ impl Server {
                 Ok(()) => {}
                 Err(e) => {
                     tracing::error!(org = %org_id, error = %e, "cannot load the org; it is degraded and not served");
-                    st.orgs.insert(
+                    self.inner.orgs_mut().insert(
                         org_id.clone(),
                         OrgState::Degraded {
                             reason: e.to_string(),
@@ -282,7 +286,6 @@ impl Server {
                     next_due: now,
                     failures: 0,
                     busy: false,
-                    client: None,
                 },
             );
         }
@@ -292,7 +295,8 @@ impl Server {
         for s in statuses {
             st.statuses.insert((s.org.clone(), s.id.clone()), s);
         }
-        st.orgs.insert(org.id.clone(), OrgState::Ready(org));
+        drop(st);
+        self.inner.orgs_mut().insert(org.id.clone(), OrgState::Ready(org));
         Ok(())
     }
 
@@ -339,12 +343,12 @@ impl Server {
 
     /// Every org's state.
     pub fn orgs(&self) -> BTreeMap<String, OrgState> {
-        self.inner.lock().orgs.clone()
+        self.inner.orgs().clone()
     }
 
     /// The org, if it is loaded; a degraded org is [`Error::Unavailable`].
     pub fn org(&self, id: &str) -> Result<Org> {
-        match self.inner.lock().orgs.get(id) {
+        match self.inner.orgs().get(id) {
             Some(OrgState::Ready(o)) => Ok(o.clone()),
             Some(OrgState::Degraded { reason }) => Err(Error::unavailable(format!(
                 "org {id} is degraded and not served: {reason}"
@@ -355,7 +359,7 @@ impl Server {
 
     /// Creates an org (idempotent for an identical request).
     pub async fn create_org(&self, org: Org) -> Result<Org> {
-        if let Some(existing) = self.inner.lock().orgs.get(&org.id) {
+        if let Some(existing) = self.inner.orgs().get(&org.id) {
             return match existing {
                 OrgState::Ready(o)
                     if o.display_name == org.display_name && o.access == org.access && o.mode == org.mode =>
@@ -367,8 +371,7 @@ impl Server {
         }
         self.inner.catalog.put(&org, Some(0)).await?;
         self.inner
-            .lock()
-            .orgs
+            .orgs_mut()
             .insert(org.id.clone(), OrgState::Ready(org.clone()));
         Ok(org)
     }
@@ -404,7 +407,7 @@ impl Server {
         }
         self.inner.catalog.put(&d, Some(0)).await?;
         self.inner.lock().discoveries.insert(key, d.clone());
-        tokio::spawn(self.clone().run_discovery(d.clone()));
+        self.inner.runtime.spawn(self.clone().run_discovery(d.clone()));
         Ok(d)
     }
 
@@ -561,7 +564,6 @@ impl Server {
                     next_due: now,
                     failures: 0,
                     busy: false,
-                    client: None,
                 });
                 t.record = record;
                 t.provider = Some(dynp.clone());
@@ -575,7 +577,6 @@ impl Server {
                     t.record.status.state = ClusterState::Retired;
                     t.record.status.message = Some("the shoot was deleted; its backups stay listed".into());
                     t.provider = None;
-                    t.client = None;
                     writes.push(t.record.clone());
                 }
             }
@@ -600,7 +601,6 @@ impl Server {
                 next_due: now,
                 failures: 0,
                 busy: false,
-                client: None,
             },
         );
         st.dirty = true;
@@ -918,7 +918,7 @@ impl Server {
     }
 
     fn desired_for(&self, st: &State, cluster: &ClusterRecord) -> std::result::Result<Vec<Desired>, String> {
-        if !matches!(st.orgs.get(&cluster.org), Some(OrgState::Ready(_))) {
+        if !matches!(self.inner.orgs().get(&cluster.org), Some(OrgState::Ready(_))) {
             return Ok(Vec::new());
         }
         let mut out = Vec::new();
@@ -943,22 +943,26 @@ impl Server {
         let prepared = {
             let st = self.inner.lock();
             st.clusters.get(&key).map(|t| {
+                // Statuses of this cluster: one lookup per location of the org.
                 let statuses = st
-                    .statuses
+                    .locations
                     .values()
-                    .filter(|s| s.org == key.0 && s.cluster == key.1)
-                    .map(|s| (s.location.clone(), s.clone()))
+                    .filter(|l| l.org == key.0)
+                    .filter_map(|l| {
+                        st.statuses
+                            .get(&(key.0.clone(), LocationStatus::id_of(&l.id, &key.1)))
+                            .map(|s| (l.id.clone(), s.clone()))
+                    })
                     .collect::<BTreeMap<_, _>>();
                 (
                     t.record.clone(),
                     t.provider.clone(),
-                    t.client.clone(),
                     self.desired_for(&st, &t.record),
                     statuses,
                 )
             })
         };
-        let Some((record, Some(provider), cached, desired, statuses)) = prepared else {
+        let Some((record, Some(provider), desired, statuses)) = prepared else {
             self.release(&key);
             return;
         };
@@ -975,7 +979,7 @@ impl Server {
                     min_agent_version: self.inner.min_agent_version.clone(),
                 };
                 let work = async {
-                    let client = self.client_for(&key, &provider, &id, cached, call).await?;
+                    let client = client_for(&provider, &id, call).await?;
                     reconcile::visit(&client, input).await
                 };
                 match tokio::time::timeout(call * 4, work).await {
@@ -1017,7 +1021,6 @@ impl Server {
                 }
                 Err(e) => {
                     t.failures += 1;
-                    t.client = None;
                     let base = Duration::from_secs(fleet.offline_backoff_secs);
                     let backoff = base
                         .saturating_mul(1 << (t.failures - 1).min(16))
@@ -1073,34 +1076,6 @@ impl Server {
         }
     }
 
-    async fn client_for(
-        &self,
-        key: &Key,
-        provider: &Arc<dyn ClusterProvider>,
-        id: &ClusterId,
-        cached: Option<(SystemTime, kube::Client)>,
-        call: Duration,
-    ) -> std::result::Result<kube::Client, String> {
-        let access = tokio::time::timeout(call * 2, provider.access(id))
-            .await
-            .map_err(|_| "no kubeconfig within the deadline".to_string())?
-            .map_err(|e| format!("no credential: {e}"))?;
-        if let Some((issued, client)) = cached
-            && issued == access.issued_at
-        {
-            return Ok(client);
-        }
-        let mut config = pxb_gardener::kube_config(&access).map_err(|e| e.to_string())?;
-        config.connect_timeout = Some(call);
-        config.read_timeout = Some(call);
-        config.write_timeout = Some(call);
-        let client = kube::Client::try_from(config).map_err(|e| format!("building a client: {e}"))?;
-        if let Some(t) = self.inner.lock().clusters.get_mut(key) {
-            t.client = Some((access.issued_at, client.clone()));
-        }
-        Ok(client)
-    }
-
     /// Whether a discovery of the org runs (its provider connected).
     pub fn discovery_running(&self, org: &str, id: &str) -> bool {
         self.inner
@@ -1131,9 +1106,35 @@ impl Server {
     }
 }
 
+/// A client for one visit. Not kept between visits: an idle connection per cluster would cost
+/// thousands of open TLS sessions across a fleet.
+async fn client_for(
+    provider: &Arc<dyn ClusterProvider>,
+    id: &ClusterId,
+    call: Duration,
+) -> std::result::Result<kube::Client, String> {
+    let access = tokio::time::timeout(call * 2, provider.access(id))
+        .await
+        .map_err(|_| "no kubeconfig within the deadline".to_string())?
+        .map_err(|e| format!("no credential: {e}"))?;
+    let mut config = pxb_gardener::kube_config(&access).map_err(|e| e.to_string())?;
+    config.connect_timeout = Some(call);
+    config.read_timeout = Some(call);
+    config.write_timeout = Some(call);
+    kube::Client::try_from(config).map_err(|e| format!("building a client: {e}"))
+}
+
 impl Inner {
     fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn orgs(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<String, OrgState>> {
+        self.orgs.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn orgs_mut(&self) -> std::sync::RwLockWriteGuard<'_, BTreeMap<String, OrgState>> {
+        self.orgs.write().unwrap_or_else(|e| e.into_inner())
     }
 
     /// The opened classic secret of `l`, or `None` for a federated location.
@@ -1162,7 +1163,7 @@ pub struct Daemon {
     pub addr: std::net::SocketAddr,
     _running: Running,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
-    api: tokio::task::JoinHandle<std::io::Result<()>>,
+    api: std::thread::JoinHandle<std::io::Result<()>>,
 }
 
 impl Daemon {
@@ -1230,10 +1231,28 @@ impl Daemon {
         let addr = listener
             .local_addr()
             .map_err(|e| Error::io("reading the listen address", e))?;
+        // The API gets its own thread and runtime, so reads (the fleet status above all) never
+        // queue behind cluster visits busy with TLS handshakes.
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let api = tokio::spawn(api::serve(server.clone(), listener, async move {
-            let _ = rx.await;
-        }));
+        let std_listener = listener
+            .into_std()
+            .map_err(|e| Error::io("preparing the API listener", e))?;
+        let api_server = server.clone();
+        let api = std::thread::Builder::new()
+            .name("pxb-api".into())
+            .spawn(move || -> std::io::Result<()> {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()?;
+                rt.block_on(async move {
+                    let listener = tokio::net::TcpListener::from_std(std_listener)?;
+                    api::serve(api_server, listener, async move {
+                        let _ = rx.await;
+                    })
+                    .await
+                })
+            })
+            .map_err(|e| Error::io("starting the API thread", e))?;
         tracing::info!(%addr, "pxb-server listening");
         Ok(Daemon {
             server,
@@ -1251,14 +1270,18 @@ impl Daemon {
             let _ = tx.send(());
         }
         let grace = Duration::from_secs(self.server.config().api.shutdown_grace_secs);
-        match tokio::time::timeout(grace, &mut self.api).await {
-            Ok(Ok(Ok(()))) => tracing::info!("pxb-server stopped"),
-            Ok(Ok(Err(e))) => tracing::warn!(error = %e, "the API stopped with an error"),
-            Ok(Err(e)) => tracing::warn!(error = %e, "the API task failed"),
-            Err(_) => {
-                tracing::warn!("requests still running after the grace period; stopping anyway");
-                self.api.abort();
+        let deadline = tokio::time::Instant::now() + grace;
+        while !self.api.is_finished() && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        if self.api.is_finished() {
+            match self.api.join() {
+                Ok(Ok(())) => tracing::info!("pxb-server stopped"),
+                Ok(Err(e)) => tracing::warn!(error = %e, "the API stopped with an error"),
+                Err(_) => tracing::warn!("the API thread panicked"),
             }
+        } else {
+            tracing::warn!("requests still running after the grace period; stopping anyway");
         }
     }
 }

@@ -27,6 +27,11 @@ pub struct SimProcess {
 impl SimProcess {
     /// Starts `pxb-sim serve` (next to this executable) with `shoots` shoots in project `bench`.
     pub fn start(shoots: usize, min_seconds: u64) -> anyhow::Result<Self> {
+        Self::start_with(shoots, min_seconds, &[])
+    }
+
+    /// Like [`SimProcess::start`], with extra `pxb-sim serve` arguments.
+    pub fn start_with(shoots: usize, min_seconds: u64, extra: &[&str]) -> anyhow::Result<Self> {
         let exe = std::env::current_exe()?.with_file_name("pxb-sim");
         let dir = tempfile::tempdir()?;
         let out = dir.path().join("garden.yaml");
@@ -34,6 +39,7 @@ impl SimProcess {
         let mut child = Command::new(&exe)
             .args(["serve", "--project", "bench", "--shoots", &shoots.to_string()])
             .args(["--kubeconfig-min-seconds", &min_seconds.to_string()])
+            .args(extra)
             .arg("--garden-kubeconfig-out")
             .arg(&out)
             .stdout(Stdio::piped())

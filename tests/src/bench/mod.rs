@@ -4,6 +4,7 @@
 
 pub mod fleet;
 pub mod gc;
+pub mod server;
 pub mod sync;
 pub mod volume;
 

@@ -61,7 +61,16 @@ async fn main_async(args: Vec<String>) -> anyhow::Result<serde_json::Value> {
             )
             .await
         }
-        _ => bail!("usage: pxb-bench volume|sync|gc|fleet|renewal [options] (see the source)"),
+        Some("server") => {
+            bench::server::fleet_pass(bench::server::ServerBench {
+                shoots: arg(&args, "--shoots", 10_000usize)?,
+                blackhole_every: arg(&args, "--blackhole-every", 10usize)?,
+                concurrency: arg(&args, "--concurrency", 256usize)?,
+                call_timeout_ms: arg(&args, "--call-timeout-ms", 3000u64)?,
+            })
+            .await
+        }
+        _ => bail!("usage: pxb-bench volume|sync|gc|fleet|renewal|server [options] (see the source)"),
     }
 }
 

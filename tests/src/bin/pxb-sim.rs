@@ -40,6 +40,14 @@ enum Command {
         /// Worker threads.
         #[arg(long, default_value_t = 1)]
         threads: usize,
+        /// Make every shoot look as if pxb's agent were installed and acknowledged every
+        /// location as valid (see `SimShoot::simulate_agent`).
+        #[arg(long)]
+        simulate_agents: bool,
+        /// Blackhole every N-th shoot (`shoot-00000`, `shoot-0000N`, …): its API server accepts
+        /// connections and never answers. 10 blackholes 10 %.
+        #[arg(long)]
+        blackhole_every: Option<usize>,
     },
 }
 
@@ -53,6 +61,8 @@ fn main() -> anyhow::Result<()> {
             listen,
             kubeconfig_min_seconds,
             threads,
+            simulate_agents,
+            blackhole_every,
         } => {
             let fleet = Fleet::start(FleetConfig {
                 garden_listen: listen,
@@ -62,6 +72,15 @@ fn main() -> anyhow::Result<()> {
             })?;
             fleet.add_project(&project)?;
             fleet.add_shoots(&project, "shoot", shoots)?;
+            for i in 0..shoots {
+                let name = format!("shoot-{i:05}");
+                if simulate_agents {
+                    fleet.shoot(&project, &name)?.simulate_agent()?;
+                }
+                if blackhole_every.is_some_and(|n| n > 0 && i % n == 0) {
+                    fleet.set_fault(&project, &name, pxb_tests::sim::Fault::Offline)?;
+                }
+            }
             let token = fleet.add_service_account(&project, "pxb", ProjectRole::Admin)?;
             std::fs::write(&garden_kubeconfig_out, fleet.garden_kubeconfig(&token))?;
             println!("READY {}", fleet.garden_url());

@@ -195,6 +195,48 @@ impl SimShoot {
         })
     }
 
+    /// Makes the shoot look as if pxb's agent were installed and every location it is given were
+    /// valid: `pxb-system`, pxb's CRDs (without their schemas, to stay small), the agent Deployment
+    /// with its version label, and a write hook that acknowledges each `BackupLocation` request at
+    /// once (validation `Valid`, sync `Completed` with nothing found). For fleet benchmarks, where
+    /// thousands of real agents cannot run; scenario tests run real agents.
+    pub fn simulate_agent(&self) -> anyhow::Result<()> {
+        let store = self.api();
+        let ns = ResourceType::new("", "v1", "Namespace", "namespaces", false);
+        let _ = store.create(&ns, None, json!({"metadata": {"name": "pxb-system"}}), false);
+        let crd_type = ResourceType::new(
+            "apiextensions.k8s.io",
+            "v1",
+            "CustomResourceDefinition",
+            "customresourcedefinitions",
+            false,
+        );
+        for (_, yaml) in pxb_daemon::crd::crds_yaml()? {
+            let mut crd: serde_json::Value = serde_saphyr::from_str(&yaml)?;
+            if let Some(versions) = crd.pointer_mut("/spec/versions").and_then(|v| v.as_array_mut()) {
+                for v in versions {
+                    if let Some(m) = v.as_object_mut() {
+                        m.remove("schema");
+                        m.remove("additionalPrinterColumns");
+                    }
+                }
+            }
+            let _ = store.create(&crd_type, None, crd, false);
+        }
+        let deploy = ResourceType::new("apps", "v1", "Deployment", "deployments", true);
+        let _ = store.create(
+            &deploy,
+            Some("pxb-system"),
+            json!({"metadata": {"name": "pxb-agent", "namespace": "pxb-system",
+                                "labels": {"app.kubernetes.io/name": "pxb-agent",
+                                           "pxb.io/version": env!("CARGO_PKG_VERSION")}},
+                   "spec": {"selector": {"matchLabels": {"app.kubernetes.io/name": "pxb-agent"}}}}),
+            false,
+        );
+        store.set_write_hook(super::store::WriteHook(Arc::new(acknowledge_as_agent)));
+        Ok(())
+    }
+
     pub(crate) fn pki(&self) -> Result<&ShootPki, ApiError> {
         if let Some(p) = self.pki.get() {
             return Ok(p);
@@ -564,4 +606,31 @@ async fn serve_connection(shoot: Arc<SimShoot>, tcp: TcpStream) {
     let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
         .serve_connection_with_upgrades(TokioIo::new(tls), svc)
         .await;
+}
+
+/// What a simulated agent writes when a `BackupLocation` asks for something.
+fn acknowledge_as_agent(ty: &ResourceType, obj: &mut serde_json::Value) {
+    if ty.kind != "BackupLocation" || ty.group != "pxb.io" {
+        return;
+    }
+    let num = |p: &str| obj.pointer(p).and_then(serde_json::Value::as_i64).unwrap_or(0);
+    let (validate, sync) = (num("/spec/validateRequest"), num("/spec/syncRequest"));
+    let generation = num("/metadata/generation");
+    let wants_sync = obj.pointer("/spec/sync").and_then(serde_json::Value::as_bool) == Some(true);
+    if !obj.get("status").is_some_and(serde_json::Value::is_object) {
+        obj["status"] = json!({});
+    }
+    let now = super::store::now_rfc3339();
+    let status = &mut obj["status"];
+    let observed = |s: &serde_json::Value, k: &str| s.get(k).and_then(serde_json::Value::as_i64);
+    if observed(status, "observedValidateRequest") != Some(validate) || status.get("validation").is_none() {
+        status["validation"] = json!({"phase": "Valid", "lastChecked": now});
+        status["observedValidateRequest"] = validate.into();
+    }
+    if observed(status, "observedSyncRequest") != Some(sync) || (wants_sync && status.get("sync").is_none()) {
+        status["sync"] = json!({"phase": "Completed", "request": sync, "started": now, "heartbeat": now,
+                                "backupsFound": 0, "backupsImported": 0});
+        status["observedSyncRequest"] = sync.into();
+    }
+    status["observedGeneration"] = generation.into();
 }

@@ -397,9 +397,24 @@ struct Inner {
     compacted: u64,
 }
 
+/// A function that may amend every object the store is about to store (created, updated or
+/// status-updated), for simulated controllers such as a simulated agent.
+#[derive(Clone)]
+pub struct WriteHook(pub Arc<WriteFn>);
+
+/// The function of a [`WriteHook`].
+pub type WriteFn = dyn Fn(&ResourceType, &mut Value) + Send + Sync;
+
+impl std::fmt::Debug for WriteHook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("WriteHook")
+    }
+}
+
 /// A versioned object store with watch (see the module docs).
 #[derive(Debug)]
 pub struct ApiStore {
+    hook: std::sync::OnceLock<WriteHook>,
     inner: Mutex<Inner>,
     tx: broadcast::Sender<Arc<Event>>,
     interrupts: tokio::sync::watch::Sender<u64>,
@@ -475,6 +490,7 @@ impl ApiStore {
     pub fn with_event_log(types: Vec<ResourceType>, log_cap: usize) -> Self {
         let (tx, _) = broadcast::channel(1024);
         Self {
+            hook: std::sync::OnceLock::new(),
             inner: Mutex::new(Inner {
                 rv: 1,
                 types,
@@ -492,6 +508,11 @@ impl ApiStore {
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Installs the write hook (once; later calls are ignored).
+    pub fn set_write_hook(&self, hook: WriteHook) {
+        let _ = self.hook.set(hook);
     }
 
     /// The served types (for discovery).
@@ -891,11 +912,14 @@ impl ApiStore {
         ty: &ResourceType,
         key: Key,
         kind: EventType,
-        obj: Value,
+        mut obj: Value,
         prev: Option<Arc<Value>>,
     ) -> Arc<Value> {
         if ty.is_crd() {
             register_crd(g, &obj);
+        }
+        if let Some(h) = self.hook.get() {
+            (h.0)(ty, &mut obj);
         }
         let stored = self.record(g, &key.0, &key.1, kind, obj, prev);
         g.objects.insert(key, stored.clone());

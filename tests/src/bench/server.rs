@@ -1,0 +1,211 @@
+//! The server's fleet benchmark: `pxb-server` (in this process, its API on loopback) against a
+//! `pxb-sim` process with N shoots whose agents are simulated and every 10th shoot blackholed.
+//! Measures discovery + kubeconfig issuance + one full validation pass, the server's peak RSS,
+//! and fleet-status reads through the API during the pass.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use super::fleet::SimProcess;
+use super::{peak_rss, reset_peak_rss};
+
+const MIB: f64 = 1024.0 * 1024.0;
+
+/// Settings of one run.
+#[derive(Debug, Clone)]
+pub struct ServerBench {
+    /// Shoots.
+    pub shoots: usize,
+    /// Blackhole every N-th shoot.
+    pub blackhole_every: usize,
+    /// Clusters visited at once.
+    pub concurrency: usize,
+    /// Deadline per cluster call, ms.
+    pub call_timeout_ms: u64,
+}
+
+async fn get(http: &reqwest::Client, url: &str, token: &str) -> anyhow::Result<Value> {
+    let r = http.get(url).bearer_auth(token).send().await?;
+    anyhow::ensure!(r.status() == 200, "GET {url}: {}", r.status());
+    Ok(serde_json::from_slice(&r.bytes().await?)?)
+}
+
+async fn post(http: &reqwest::Client, url: &str, token: &str, body: Value) -> anyhow::Result<Value> {
+    let r = http
+        .post(url)
+        .bearer_auth(token)
+        .header("content-type", "application/json")
+        .body(body.to_string())
+        .send()
+        .await?;
+    anyhow::ensure!(r.status() == 201, "POST {url}: {}", r.status());
+    Ok(serde_json::from_slice(&r.bytes().await?)?)
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+/// One run; returns the figures.
+pub async fn fleet_pass(b: ServerBench) -> anyhow::Result<Value> {
+    let every = b.blackhole_every.to_string();
+    let sim = SimProcess::start_with(
+        b.shoots,
+        600,
+        &["--simulate-agents", "--blackhole-every", &every, "--threads", "1"],
+    )?;
+    let dir = tempfile::tempdir()?;
+    let garden = dir.path().join("garden.yaml");
+    std::fs::write(&garden, &sim.garden_kubeconfig)?;
+    let mut config = pxb_daemon::server::config::ServerConfig::default();
+    config.api.listen = "127.0.0.1:0".into();
+    config.catalog.path = dir.path().join("catalog.db").display().to_string();
+    config
+        .garden_credentials
+        .insert("bench".into(), garden.display().to_string());
+    config.fleet.concurrency = b.concurrency;
+    config.fleet.call_timeout_ms = b.call_timeout_ms;
+    config.fleet.resync_secs = 3600;
+    config.fleet.offline_backoff_secs = 3600;
+    config.fleet.offline_backoff_max_secs = 3600;
+    let token = "bench-dev-token-0123456789abcdef".to_string();
+    reset_peak_rss();
+    let started = Instant::now();
+    let daemon = pxb_daemon::server::Daemon::start(config, Some(token.clone()), |_| None).await?;
+    let url = format!("http://{}", daemon.addr);
+    let http = reqwest::Client::new();
+    post(&http, &format!("{url}/v1/orgs"), &token, json!({"id": "bench"})).await?;
+    post(
+        &http,
+        &format!("{url}/v1/orgs/bench/locations"),
+        &token,
+        json!({"name": "primary", "provider": "file", "container": "/var/lib/pxb/backups", "clusters": {"all": true}}),
+    )
+    .await?;
+    post(
+        &http,
+        &format!("{url}/v1/orgs/bench/discoveries"),
+        &token,
+        json!({"id": "bench", "project": "bench", "credential": "bench", "intervalSecs": 3600}),
+    )
+    .await?;
+
+    // Read the fleet status (first page, 100 clusters, with counts) every 20 ms during the pass,
+    // from a thread and runtime of its own, as an outside client would.
+    let done = Arc::new(AtomicBool::new(false));
+    let reader = {
+        let (done, url, token) = (done.clone(), url.clone(), token.clone());
+        std::thread::spawn(move || -> anyhow::Result<Vec<f64>> {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            rt.block_on(async move {
+                let http = reqwest::Client::new();
+                let mut lat = Vec::new();
+                while !done.load(Ordering::Relaxed) {
+                    let t = Instant::now();
+                    if get(&http, &format!("{url}/v1/fleet/status?limit=100"), &token)
+                        .await
+                        .is_ok()
+                    {
+                        lat.push(t.elapsed().as_secs_f64() * 1000.0);
+                    }
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                Ok(lat)
+            })
+        })
+    };
+    let expected_offline = b.shoots.div_ceil(b.blackhole_every);
+    let expected_ready = b.shoots - expected_offline;
+    let mut discovered_at = None;
+    let mut last = Value::Null;
+    let deadline = Instant::now() + Duration::from_secs(600);
+    while Instant::now() < deadline {
+        let status = get(&http, &format!("{url}/v1/fleet/status?limit=1"), &token).await?;
+        let counts = &status["counts"];
+        let total: u64 = counts
+            .as_object()
+            .map(|m| m.values().filter_map(Value::as_u64).sum())
+            .unwrap_or(0);
+        if discovered_at.is_none() && total as usize == b.shoots {
+            discovered_at = Some(started.elapsed());
+        }
+        let ready = counts["Ready"].as_u64().unwrap_or(0) as usize;
+        let offline = counts["Unreachable"].as_u64().unwrap_or(0) as usize;
+        last = counts.clone();
+        if ready == expected_ready && offline == expected_offline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let pass = started.elapsed();
+    done.store(true, Ordering::Relaxed);
+    let mut lat = reader
+        .join()
+        .map_err(|_| anyhow::anyhow!("the reader thread panicked"))??;
+    anyhow::ensure!(
+        last["Ready"].as_u64() == Some(expected_ready as u64)
+            && last["Unreachable"].as_u64() == Some(expected_offline as u64),
+        "the pass did not finish: {last}"
+    );
+    // Every Ready cluster validated the location.
+    let mut valid = 0usize;
+    let mut after: Option<String> = None;
+    loop {
+        let mut u = format!("{url}/v1/orgs/bench/locations/primary/status?limit=1000&state=Valid");
+        if let Some(a) = &after {
+            u += &format!("&after={a}");
+        }
+        let page = get(&http, &u, &token).await?;
+        valid += page["items"].as_array().map_or(0, Vec::len);
+        match page["next"].as_str() {
+            Some(n) => after = Some(n.to_owned()),
+            None => break,
+        }
+    }
+    let server_peak = peak_rss();
+    // The in-memory snapshot read, without HTTP, for comparison.
+    let server = daemon.server.clone();
+    let mut direct = Vec::new();
+    for _ in 0..200 {
+        let t = Instant::now();
+        let snap = server.snapshot();
+        let orgs = vec!["bench".to_string()];
+        let (page, _) = snap.page(&orgs, None, None, 100, std::time::SystemTime::now());
+        let counts = snap.counts(&orgs);
+        std::hint::black_box((page, counts));
+        direct.push(t.elapsed().as_secs_f64() * 1000.0);
+    }
+    daemon.shutdown().await;
+    lat.sort_by(f64::total_cmp);
+    direct.sort_by(f64::total_cmp);
+    let provider = server.providers();
+    let issued = provider.first().map(|p| p.stats().issued).unwrap_or(0);
+    Ok(json!({
+        "benchmark": "server: discovery + issuance + one validation pass",
+        "shoots": b.shoots,
+        "blackholed": expected_offline,
+        "concurrency": b.concurrency,
+        "call_timeout_ms": b.call_timeout_ms,
+        "all_discovered_seconds": discovered_at.map(|d| d.as_secs_f64()),
+        "pass_seconds": pass.as_secs_f64(),
+        "ready": expected_ready,
+        "unreachable": expected_offline,
+        "location_valid_on": valid,
+        "kubeconfigs_issued": issued,
+        "server_peak_rss_mib": server_peak as f64 / MIB,
+        "fleet_status_reads": lat.len(),
+        "fleet_status_http_ms_p50": percentile(&lat, 0.5),
+        "fleet_status_http_ms_p99": percentile(&lat, 0.99),
+        "fleet_status_http_ms_max": lat.last().copied().unwrap_or(0.0),
+        "fleet_status_snapshot_ms_p99": percentile(&direct, 0.99),
+        "simulator_peak_rss_mib": sim.peak_rss() as f64 / MIB,
+    }))
+}
