@@ -854,3 +854,171 @@ fn base64_key(seed: u8) -> String {
     use base64::Engine;
     base64::engine::general_purpose::STANDARD.encode([seed; 32])
 }
+
+/// The state of the org's cluster `name` in the API.
+async fn cluster_state(cp: &ControlPlane, org: &str, name: &str, token: &str) -> Result<String, String> {
+    let c = cp
+        .get_ok(&format!("/v1/orgs/{org}/clusters/{name}"), token)
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(c["status"]["state"].as_str().unwrap_or_default().to_owned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn zero_touch_install_imported_clusters_and_retired_shoots() {
+    let keys = tempfile::tempdir().expect("dir");
+    let key_file = keys.path().join("secrets.key");
+    std::fs::write(&key_file, base64_key(3)).expect("key");
+    let mut cp = ControlPlane::start(PROJECT, 3, |c| {
+        c.secrets.key_file = key_file.display().to_string()
+    })
+    .await
+    .expect("control plane");
+    create_org(&cp, "acme").await;
+    create_org(&cp, "globex").await;
+    let acme = cp.token("alice", &["acme-admins"]);
+    let globex = cp.token("gina", &["globex-admins"]);
+    add_discovery(&cp, "acme", &acme).await;
+
+    // Without an agent, and with zero-touch install off (the default), clusters say so.
+    for i in 0..3 {
+        let state = wait_for("AgentMissing", Duration::from_secs(60), || async {
+            let s = cluster_state(&cp, "acme", &shoot(i), &acme).await?;
+            if s == "AgentMissing" { Ok(Some(s)) } else { Err(s) }
+        })
+        .await
+        .expect("agent missing");
+        assert_eq!(state, "AgentMissing");
+    }
+    let client = cp.shoot_client(PROJECT, &shoot(0)).await.expect("client");
+    let deployments: Api<k8s_openapi::api::apps::v1::Deployment> =
+        Api::namespaced(client.clone(), "pxb-system");
+    assert!(
+        deployments.get_opt("pxb-agent").await.is_err()
+            || deployments.get_opt("pxb-agent").await.ok().flatten().is_none()
+    );
+
+    // Zero-touch install on: the agent's CRDs and manifests are applied with the configured image.
+    cp.config.fleet.install_agent = true;
+    cp.config.fleet.agent_image = "registry.test/pxb-agent:0.1.0".into();
+    cp.restart_server().await.expect("restart");
+    for i in 0..3 {
+        wait_for("Ready after install", Duration::from_secs(60), || async {
+            let s = cluster_state(&cp, "acme", &shoot(i), &acme).await?;
+            if s == "Ready" { Ok(Some(())) } else { Err(s) }
+        })
+        .await
+        .expect("installed");
+    }
+    let d = deployments.get("pxb-agent").await.expect("deployment installed");
+    let image = d
+        .spec
+        .and_then(|s| s.template.spec)
+        .and_then(|s| s.containers.first().and_then(|c| c.image.clone()));
+    assert_eq!(image.as_deref(), Some("registry.test/pxb-agent:0.1.0"));
+    let crds: Api<
+        k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
+    > = Api::all(client.clone());
+    crds.get("backuplocations.pxb.io").await.expect("CRD installed");
+
+    // Classic import: globex imports a cluster by kubeconfig; it is visited, and the kubeconfig
+    // is stored sealed and never shown.
+    let kubeconfig = cp
+        .fleet
+        .admin_kubeconfig(PROJECT, &shoot(2), 3600)
+        .expect("kubeconfig");
+    let (status, body) = cp
+        .call(
+            Method::POST,
+            "/v1/orgs/globex/clusters",
+            &globex,
+            Some(json!({"name": "edge", "kubeconfig": "{not a kubeconfig"})),
+        )
+        .await
+        .expect("bad import");
+    assert_eq!(status, 400, "{body}");
+    let (status, body) = cp
+        .call(
+            Method::POST,
+            "/v1/orgs/globex/clusters",
+            &globex,
+            Some(json!({"name": "edge", "kubeconfig": kubeconfig})),
+        )
+        .await
+        .expect("import");
+    assert_eq!(status, 201, "{body}");
+    assert!(body.get("sealedKubeconfig").is_none(), "{body}");
+    wait_for(
+        "the imported cluster is visited",
+        Duration::from_secs(60),
+        || async {
+            let s = cluster_state(&cp, "globex", "edge", &globex).await?;
+            if s == "Ready" { Ok(Some(())) } else { Err(s) }
+        },
+    )
+    .await
+    .expect("imported visited");
+    let key_pem: String = kubeconfig
+        .lines()
+        .find(|l| l.trim_start().starts_with("client-key-data:"))
+        .and_then(|l| l.split(':').nth(1))
+        .map(|v| v.trim().trim_matches('"').to_owned())
+        .expect("client key in the kubeconfig");
+    let db = std::fs::read(&cp.config.catalog.path).expect("db");
+    let wal = std::fs::read(format!("{}-wal", cp.config.catalog.path)).unwrap_or_default();
+    for bytes in [&db, &wal] {
+        assert!(
+            !bytes.windows(40).any(|w| w == &key_pem.as_bytes()[..40]),
+            "the imported key is stored in clear"
+        );
+    }
+    // The imported cluster survives a restart (opened from its sealed kubeconfig).
+    cp.restart_server().await.expect("restart");
+    wait_for("visited after restart", Duration::from_secs(60), || async {
+        let body = cp
+            .get_ok("/v1/orgs/globex/clusters/edge", &globex)
+            .await
+            .map_err(|e| e.to_string())?;
+        let seen = body["status"]["lastSeen"].as_str().map(str::to_owned);
+        if body["status"]["state"] == "Ready" && seen.is_some() {
+            Ok(Some(()))
+        } else {
+            Err(body.to_string())
+        }
+    })
+    .await
+    .expect("imported after restart");
+
+    // A deleted shoot is retired and stays listed; a removed import too.
+    cp.fleet.delete_shoot(PROJECT, &shoot(1)).expect("delete shoot");
+    wait_for("Retired", Duration::from_secs(60), || async {
+        let s = cluster_state(&cp, "acme", &shoot(1), &acme).await?;
+        if s == "Retired" { Ok(Some(())) } else { Err(s) }
+    })
+    .await
+    .expect("retired");
+    let list = cp.get_ok("/v1/orgs/acme/clusters", &acme).await.expect("list");
+    assert_eq!(list["items"].as_array().map(Vec::len), Some(3), "{list}");
+    let (status, body) = cp
+        .call(
+            Method::DELETE,
+            &format!("/v1/orgs/acme/clusters/{}", shoot(0)),
+            &acme,
+            None,
+        )
+        .await
+        .expect("call");
+    assert_eq!(status, 409, "a discovered cluster is not removed by hand: {body}");
+    let (status, _) = cp
+        .call(Method::DELETE, "/v1/orgs/globex/clusters/edge", &globex, None)
+        .await
+        .expect("call");
+    assert_eq!(status, 204);
+    assert_eq!(
+        cluster_state(&cp, "globex", "edge", &globex)
+            .await
+            .expect("state"),
+        "Retired"
+    );
+    cp.shutdown().await;
+}

@@ -520,8 +520,28 @@ impl From<LocationRecord> for LocationView {
     }
 }
 
-/// A cluster as the API shows it.
+/// A cluster as the API shows it (without the sealed kubeconfig of an imported one).
 pub type ClusterView = ClusterRecord;
+
+fn cluster_view(mut c: ClusterRecord) -> ClusterView {
+    c.sealed_kubeconfig = None;
+    c
+}
+
+/// A cluster to import (classic mode).
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ImportCluster {
+    /// Name, a DNS label.
+    #[schemars(
+        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"),
+        length(min = 1, max = 63)
+    )]
+    pub name: String,
+    /// A kubeconfig with a client certificate (YAML); stored sealed, never shown again.
+    #[schemars(length(min = 1, max = 262144))]
+    pub kubeconfig: String,
+}
 
 /// Ask for a sync on one cluster.
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
@@ -580,8 +600,11 @@ pub fn router(server: Server) -> Router {
             "/v1/orgs/{org}/discoveries/{name}",
             get(get_discovery).delete(delete_discovery),
         )
-        .route("/v1/orgs/{org}/clusters", get(list_clusters))
-        .route("/v1/orgs/{org}/clusters/{name}", get(get_cluster))
+        .route("/v1/orgs/{org}/clusters", get(list_clusters).post(import_cluster))
+        .route(
+            "/v1/orgs/{org}/clusters/{name}",
+            get(get_cluster).delete(remove_cluster),
+        )
         .route(
             "/v1/orgs/{org}/locations",
             get(list_locations).post(create_location),
@@ -865,6 +888,7 @@ async fn list_clusters(
         .clusters(&o.id)
         .into_iter()
         .filter(|c| p.state.as_ref().is_none_or(|st| c.status.state.as_str() == st))
+        .map(cluster_view)
         .collect();
     Ok(Json(page_by(v, &p, |c| format!("{}\u{0}{}", c.name, c.id))?))
 }
@@ -879,8 +903,42 @@ async fn get_cluster(
         .into_iter()
         .filter(|c| c.name == seg[1] || c.id == seg[1])
         .min_by_key(|c| c.retired_at.is_some())
-        .map(Json)
+        .map(|c| Json(cluster_view(c)))
         .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("cluster {}", seg[1])))
+}
+
+async fn import_cluster(
+    State(s): State<Server>,
+    caller: Caller,
+    Segments(seg): Segments,
+    Body(b): Body<ImportCluster>,
+) -> ApiResult<(StatusCode, Json<ClusterView>)> {
+    let o = org_for(&s, &caller, &seg[0], Role::Admin)?;
+    if !crate::agent::is_dns_label(&b.name) {
+        return Err(ApiError::bad_request(format!(
+            "cluster name {:?} must be a DNS label",
+            b.name
+        )));
+    }
+    let c = s.import_cluster(&o.id, &b.name, &b.kubeconfig).await?;
+    Ok((StatusCode::CREATED, Json(cluster_view(c))))
+}
+
+async fn remove_cluster(
+    State(s): State<Server>,
+    caller: Caller,
+    Segments(seg): Segments,
+) -> ApiResult<StatusCode> {
+    let o = org_for(&s, &caller, &seg[0], Role::Admin)?;
+    if s.remove_imported(&o.id, &seg[1]).await? {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("cluster {}", seg[1]),
+        ))
+    }
 }
 
 async fn list_locations(

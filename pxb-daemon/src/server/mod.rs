@@ -16,6 +16,7 @@ pub mod api;
 pub mod auth;
 pub mod config;
 pub mod fleet;
+pub mod install;
 pub mod openapi;
 pub mod reconcile;
 pub mod seal;
@@ -45,6 +46,10 @@ use self::seal::Sealer;
 
 /// A cluster's key: (org, cluster id).
 type Key = (String, String);
+
+/// How long an imported kubeconfig is trusted to be valid; the cluster itself rejects it once its
+/// certificate expires, and the cluster turns Unreachable with the reason.
+const IMPORTED_VALIDITY: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
 
 /// What the server is built from; tests pass fakes.
 #[derive(Debug)]
@@ -261,15 +266,10 @@ impl Server {
         for l in &locations {
             self.inner.open_secret(l)?;
         }
-        for cl in &clusters {
-            if let Some(s) = &cl.sealed_kubeconfig {
-                let sealer = self.inner.sealer.as_ref().ok_or_else(|| {
-                    Error::precondition(format!(
-                        "cluster {} has a sealed kubeconfig and the server has no secrets key",
-                        cl.name
-                    ))
-                })?;
-                sealer.open(s, &format!("{}/cluster/{}", cl.org, cl.id))?;
+        let mut imported: HashMap<String, Arc<dyn ClusterProvider>> = HashMap::new();
+        for cl in clusters.iter().filter(|c| c.retired_at.is_none()) {
+            if cl.sealed_kubeconfig.is_some() {
+                imported.insert(cl.id.clone(), self.inner.imported_provider(cl)?);
             }
         }
         let now = self.inner.clock.now();
@@ -278,11 +278,12 @@ impl Server {
             st.discoveries.insert((d.org.clone(), d.id.clone()), d);
         }
         for cl in clusters {
+            let provider = imported.remove(&cl.id);
             st.clusters.insert(
                 cluster_key(&cl),
                 Tracked {
                     record: cl,
-                    provider: None,
+                    provider,
                     next_due: now,
                     failures: 0,
                     busy: false,
@@ -607,6 +608,80 @@ impl Server {
         drop(st);
         self.inner.wake.notify_one();
         Ok(())
+    }
+
+    /// Imports a cluster by a client-certificate kubeconfig (classic mode). The kubeconfig is
+    /// sealed in the catalog and opened into memory only; the cluster is visited like any other.
+    pub async fn import_cluster(&self, org: &str, name: &str, kubeconfig: &str) -> Result<ClusterRecord> {
+        let sealer = self.inner.sealer.as_ref().ok_or_else(|| {
+            Error::precondition("importing clusters needs a secrets key (secrets.keyFile or PXB_SECRETS_KEY)")
+        })?;
+        let now = self.inner.clock.now();
+        // Checked before anything is stored.
+        pxb_gardener::parse_access(kubeconfig, now, now + IMPORTED_VALIDITY)?;
+        if self
+            .clusters(org)
+            .iter()
+            .any(|c| c.name == name && c.retired_at.is_none())
+        {
+            return Err(Error::already_exists(format!(
+                "cluster {name} exists in org {org}"
+            )));
+        }
+        let id = format!("imported-{name}");
+        let record = ClusterRecord {
+            org: org.to_owned(),
+            id: id.clone(),
+            name: name.to_owned(),
+            source: "imported".into(),
+            discovery: None,
+            namespace: None,
+            provider_type: String::new(),
+            kubernetes_version: String::new(),
+            region: String::new(),
+            labels: BTreeMap::new(),
+            ineligible: None,
+            hibernated: false,
+            first_seen: rfc3339(now),
+            retired_at: None,
+            sealed_kubeconfig: Some(sealer.seal(kubeconfig.as_bytes(), &format!("{org}/cluster/{id}"))?),
+            status: ClusterStatus::default(),
+        };
+        let provider = self.inner.imported_provider(&record)?;
+        self.add_cluster(record.clone(), provider).await?;
+        Ok(record)
+    }
+
+    /// Removes an imported cluster: its kubeconfig is forgotten and the record retired (its
+    /// backups stay listed). Discovered clusters leave with their shoot.
+    pub async fn remove_imported(&self, org: &str, name: &str) -> Result<bool> {
+        let now = rfc3339(self.inner.clock.now());
+        let record = {
+            let mut st = self.inner.lock();
+            let Some(t) = st
+                .clusters
+                .values_mut()
+                .find(|t| t.record.org == org && t.record.name == name && t.record.retired_at.is_none())
+            else {
+                return Ok(false);
+            };
+            if t.record.source != "imported" {
+                return Err(Error::precondition(format!(
+                    "cluster {name} comes from discovery {}; it leaves when its shoot is deleted",
+                    t.record.discovery.as_deref().unwrap_or("?")
+                )));
+            }
+            t.record.retired_at = Some(now);
+            t.record.sealed_kubeconfig = None;
+            t.record.status.state = ClusterState::Retired;
+            t.record.status.message = Some("removed; its backups stay listed".into());
+            t.provider = None;
+            let record = t.record.clone();
+            st.dirty = true;
+            record
+        };
+        self.inner.catalog.put(&record, None).await?;
+        Ok(true)
     }
 
     /// The org's clusters (from memory), ordered by name.
@@ -977,6 +1052,7 @@ impl Server {
                     now,
                     lease: Duration::from_secs(fleet.lease_secs),
                     min_agent_version: self.inner.min_agent_version.clone(),
+                    install_agent: fleet.install_agent.then(|| fleet.agent_image.clone()),
                 };
                 let work = async {
                     let client = client_for(&provider, &id, call).await?;
@@ -1135,6 +1211,40 @@ impl Inner {
 
     fn orgs_mut(&self) -> std::sync::RwLockWriteGuard<'_, BTreeMap<String, OrgState>> {
         self.orgs.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A provider handing out the opened kubeconfig of an imported cluster.
+    fn imported_provider(&self, c: &ClusterRecord) -> Result<Arc<dyn ClusterProvider>> {
+        let sealed = c
+            .sealed_kubeconfig
+            .as_ref()
+            .ok_or_else(|| Error::invalid(format!("cluster {} has no kubeconfig", c.name)))?;
+        let sealer = self.sealer.as_ref().ok_or_else(|| {
+            Error::precondition(format!(
+                "cluster {} has a sealed kubeconfig and the server has no secrets key",
+                c.name
+            ))
+        })?;
+        let yaml = sealer.open(sealed, &format!("{}/cluster/{}", c.org, c.id))?;
+        let yaml = String::from_utf8(yaml)
+            .map_err(|_| Error::corrupt(format!("the kubeconfig of {} is not text", c.name)))?;
+        let now = self.clock.now();
+        let access = pxb_gardener::parse_access(&yaml, now, now + IMPORTED_VALIDITY)?;
+        let p = pxb_core::cluster::StaticClusters::new();
+        p.insert(
+            ClusterInfo {
+                id: ClusterId(c.id.clone()),
+                name: c.name.clone(),
+                namespace: String::new(),
+                provider_type: "imported".into(),
+                kubernetes_version: String::new(),
+                region: String::new(),
+                labels: c.labels.clone(),
+                eligibility: Eligibility::Eligible,
+            },
+            Some(access),
+        );
+        Ok(Arc::new(p))
     }
 
     /// The opened classic secret of `l`, or `None` for a federated location.

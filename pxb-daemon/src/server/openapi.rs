@@ -7,8 +7,8 @@ use schemars::{JsonSchema, Schema};
 use serde_json::{Map, Value, json};
 
 use super::api::{
-    CreateDiscovery, CreateLocation, CreateOrg, ErrorBody, FleetStatusView, List, LocationView, OrgView,
-    SyncRequestBody, WhoAmI,
+    CreateDiscovery, CreateLocation, CreateOrg, ErrorBody, FleetStatusView, ImportCluster, List,
+    LocationView, OrgView, SyncRequestBody, WhoAmI,
 };
 use pxb_core::catalog::records::{
     BackupRecord, ClusterRecord, DiscoveryConfig, LocationStatus, RestoreRecord, ScheduleRecord, SyncRun,
@@ -147,6 +147,16 @@ fn ops() -> Vec<Op> {
             Some(s::<List<ClusterRecord>>),
         ),
         op(
+            "post",
+            "/v1/orgs/{org}/clusters",
+            "importCluster",
+            "Imports a cluster by its kubeconfig (classic mode; the kubeconfig is stored sealed).",
+            &[],
+            Some(s::<ImportCluster>),
+            201,
+            Some(s::<ClusterRecord>),
+        ),
+        op(
             "get",
             "/v1/orgs/{org}/clusters/{name}",
             "getCluster",
@@ -155,6 +165,16 @@ fn ops() -> Vec<Op> {
             None,
             200,
             Some(s::<ClusterRecord>),
+        ),
+        op(
+            "delete",
+            "/v1/orgs/{org}/clusters/{name}",
+            "removeCluster",
+            "Removes an imported cluster (its record stays, retired, for its backups).",
+            &[],
+            None,
+            204,
+            None,
         ),
         op(
             "get",

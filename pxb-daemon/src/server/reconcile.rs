@@ -62,6 +62,8 @@ pub struct VisitInput {
     pub lease: Duration,
     /// Minimum agent version.
     pub min_agent_version: semver::Version,
+    /// Zero-touch install: the agent image to install when the agent is missing.
+    pub install_agent: Option<String>,
 }
 
 /// What a visit found and did.
@@ -228,6 +230,26 @@ pub async fn visit(client: &kube::Client, input: VisitInput) -> Result<VisitOutp
         .get_opt(AGENT_NAME)
         .await
         .map_err(|e| err("reading the agent deployment", e))?;
+    if agent.is_none()
+        && let Some(image) = &input.install_agent
+    {
+        let created = crate::server::install::install_agent(client, image).await?;
+        tracing::info!(cluster = %input.cluster.name, created, %image, "installed the agent");
+        return Ok(VisitOutput {
+            status: ClusterStatus {
+                state: ClusterState::AgentMissing,
+                message: Some(format!(
+                    "the agent ({image}) was installed; waiting for it to report"
+                )),
+                last_seen: Some(rfc3339(now)),
+                last_attempt: Some(rfc3339(now)),
+                ..ClusterStatus::default()
+            },
+            statuses: input.statuses.into_values().collect(),
+            orphans_deleted: 0,
+            written: created,
+        });
+    }
     let version = agent
         .as_ref()
         .and_then(|d| d.labels().get(VERSION_LABEL).cloned());
