@@ -130,7 +130,7 @@ impl Default for CatalogConfig {
 impl Default for FleetConfig {
     fn default() -> Self {
         FleetConfig {
-            concurrency: 64,
+            concurrency: 256,
             call_timeout_ms: 5000,
             resync_secs: 30,
             offline_backoff_secs: 15,

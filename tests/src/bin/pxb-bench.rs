@@ -66,7 +66,7 @@ async fn main_async(args: Vec<String>) -> anyhow::Result<serde_json::Value> {
                 shoots: arg(&args, "--shoots", 10_000usize)?,
                 blackhole_every: arg(&args, "--blackhole-every", 10usize)?,
                 concurrency: arg(&args, "--concurrency", 256usize)?,
-                call_timeout_ms: arg(&args, "--call-timeout-ms", 3000u64)?,
+                call_timeout_ms: arg(&args, "--call-timeout-ms", 5000u64)?,
             })
             .await
         }
