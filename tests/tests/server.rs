@@ -350,6 +350,51 @@ async fn a_federated_fleet_of_fifty_shoots() {
     .await
     .expect("recovery");
 
+    // A location can be Valid on one cluster and Invalid on another: one cluster uses an identity
+    // Entra does not know.
+    let mut secondary = azure_location(&cp, "secondary", &container);
+    secondary["clusterClientIds"] = json!({shoot(3): "00000000-0000-4000-8000-00000000dead"});
+    let (status, body) = cp
+        .call(Method::POST, "/v1/orgs/acme/locations", &acme, Some(secondary))
+        .await
+        .expect("secondary");
+    assert_eq!(status, 201, "{body}");
+    wait_for("49 Valid and 1 Invalid", Duration::from_secs(120), || async {
+        let p = phases(&cp, "acme", "secondary", &acme).await?;
+        let valid = p.iter().filter(|(_, ph)| ph == "Valid").count();
+        let invalid: Vec<&String> = p
+            .iter()
+            .filter(|(_, ph)| ph == "Invalid")
+            .map(|(c, _)| c)
+            .collect();
+        if valid == 49 && invalid == vec![&shoot(3)] {
+            Ok(Some(()))
+        } else {
+            Err(format!("{valid} valid, invalid {invalid:?}"))
+        }
+    })
+    .await
+    .expect("per-cluster results");
+    let st = cp
+        .get_ok(
+            &format!("/v1/orgs/acme/locations/secondary/status?cluster={}", shoot(3)),
+            &acme,
+        )
+        .await
+        .expect("status");
+    assert_eq!(st["items"][0]["validation"]["failedStep"], "authenticate", "{st}");
+    wait_for("Degraded", Duration::from_secs(60), || async {
+        let s = cluster_state(&cp, "acme", &shoot(3), &acme).await?;
+        if s == "Degraded" { Ok(Some(())) } else { Err(s) }
+    })
+    .await
+    .expect("the cluster with the invalid location is Degraded");
+    let (status, _) = cp
+        .call(Method::DELETE, "/v1/orgs/acme/locations/secondary", &acme, None)
+        .await
+        .expect("delete");
+    assert_eq!(status, 204);
+
     // A CR the server no longer wants (another org's, e.g. from a cluster registered before under
     // another identity) is deleted on the next visit.
     let c0 = cp.shoot_client(PROJECT, &shoot(0)).await.expect("client");

@@ -1097,11 +1097,12 @@ impl Server {
                 }
                 Err(e) => {
                     t.failures += 1;
-                    let base = Duration::from_secs(fleet.offline_backoff_secs);
-                    let backoff = base
-                        .saturating_mul(1 << (t.failures - 1).min(16))
-                        .min(Duration::from_secs(fleet.offline_backoff_max_secs));
-                    t.next_due = after + backoff;
+                    t.next_due = after
+                        + offline_backoff(
+                            Duration::from_secs(fleet.offline_backoff_secs),
+                            Duration::from_secs(fleet.offline_backoff_max_secs),
+                            t.failures,
+                        );
                     let last_seen = t.record.status.last_seen.clone();
                     t.record.status = ClusterStatus {
                         state: ClusterState::Unreachable,
@@ -1180,6 +1181,14 @@ impl Server {
             &a.provider_admin_roles,
         ))
     }
+}
+
+/// How long an unreachable cluster waits for its next visit after `failures` failed ones in a
+/// row: `base`, doubling per failure, at most `max`. Offline clusters thus take fewer and fewer of
+/// the visit slots.
+pub fn offline_backoff(base: Duration, max: Duration, failures: u32) -> Duration {
+    base.saturating_mul(1 << failures.saturating_sub(1).min(16))
+        .min(max)
 }
 
 /// A client for one visit. Not kept between visits: an idle connection per cluster would cost
@@ -1393,5 +1402,19 @@ impl Daemon {
         } else {
             tracing::warn!("requests still running after the grace period; stopping anyway");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn offline_clusters_are_visited_less_and_less_often() {
+        let (base, max) = (Duration::from_secs(15), Duration::from_secs(300));
+        let waits: Vec<u64> = (1..=7).map(|f| offline_backoff(base, max, f).as_secs()).collect();
+        assert_eq!(waits, vec![15, 30, 60, 120, 240, 300, 300]);
+        assert_eq!(offline_backoff(base, max, 0), base);
+        assert_eq!(offline_backoff(base, max, u32::MAX), max);
     }
 }
