@@ -76,6 +76,15 @@ impl AzureFixture {
         format!("{tag}-{}", CONTAINERS.fetch_add(1, Ordering::Relaxed))
     }
 
+    /// A new, empty container (created with the account key), named after `tag`.
+    pub async fn new_container(&self, tag: &str) -> anyhow::Result<String> {
+        let container = self.container_name(tag);
+        pxb_azure::AzureBlobStore::new(self.key_config(&container))?
+            .create_container()
+            .await?;
+        Ok(container)
+    }
+
     /// Workload Identity options pointing at the fake Entra ID, for `client_id`.
     pub fn wi_options(&self, client_id: &str) -> WorkloadIdentityOptions {
         WorkloadIdentityOptions {

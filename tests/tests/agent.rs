@@ -33,17 +33,6 @@ fn agent_config(fx: &AzureFixture) -> AgentConfig {
     }
 }
 
-/// A new, empty container in the fixture's Azurite.
-async fn new_container(fx: &AzureFixture, tag: &str) -> String {
-    let container = fx.container_name(tag);
-    pxb_azure::AzureBlobStore::new(fx.key_config(&container))
-        .expect("store")
-        .create_container()
-        .await
-        .expect("container");
-    container
-}
-
 fn azure_location(fx: &AzureFixture, container: &str, client_id: Option<&str>) -> BackupLocationSpec {
     let mut spec = BackupLocationSpec {
         provider: "azure".into(),
@@ -543,7 +532,7 @@ async fn two_namespaces_with_a_volume_are_backed_up_and_restored_into_mapped_nam
 
     let (_fleet, client) = shoot_with_crds().await;
     let fx = AzureFixture::start(3600).expect("azure fixture");
-    let container = new_container(&fx, "agent-backup").await;
+    let container = fx.new_container("agent-backup").await.expect("container");
 
     // Two namespaces; one has a claim bound to a local-path volume holding files.
     let data = tempfile::tempdir().expect("volume dir");
@@ -743,7 +732,7 @@ async fn deleting_a_backup_deletes_its_data_even_after_the_location_was_down() {
 
     let (_fleet, client) = shoot_with_crds().await;
     let mut fx = AzureFixture::start(3600).expect("azure fixture");
-    let container = new_container(&fx, "agent-delete").await;
+    let container = fx.new_container("agent-delete").await.expect("container");
     let data = tempfile::tempdir().expect("volume dir");
     std::fs::write(data.path().join("a.txt"), "hello").expect("write");
     for obj in [
@@ -871,7 +860,7 @@ async fn a_backup_cut_short_by_an_agent_restart_does_not_stay_in_progress() {
 
     let (_fleet, client) = shoot_with_crds().await;
     let fx = AzureFixture::start(3600).expect("azure fixture");
-    let container = new_container(&fx, "agent-restart").await;
+    let container = fx.new_container("agent-restart").await.expect("container");
     // Enough incompressible data that the backup is still running when the agent goes away.
     let data = tempfile::tempdir().expect("volume dir");
     let mut rng = pxb_tests::bench::Rng(7);

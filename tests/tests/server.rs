@@ -10,7 +10,7 @@ use kube::api::{ListParams, PostParams};
 use kube::{Api, ResourceExt as _};
 use pxb_daemon::crd::{BackupLocation, BackupLocationSpec};
 use pxb_tests::control::{ControlPlane, wait_for};
-use pxb_tests::fixture::{AzureFixture, CLIENT_ID};
+use pxb_tests::fixture::CLIENT_ID;
 use pxb_tests::sim::Fault;
 use reqwest::Method;
 use serde_json::{Value, json};
@@ -48,16 +48,6 @@ impl Write for LogWriter {
     fn flush(&mut self) -> std::io::Result<()> {
         Ok(())
     }
-}
-
-async fn new_container(fx: &AzureFixture, tag: &str) -> String {
-    let container = fx.container_name(tag);
-    pxb_azure::AzureBlobStore::new(fx.key_config(&container))
-        .expect("store")
-        .create_container()
-        .await
-        .expect("container");
-    container
 }
 
 /// Creates org `id` whose admins are group `<id>-admins` and viewers `<id>-viewers`.
@@ -104,6 +94,30 @@ fn azure_location(cp: &ControlPlane, name: &str, container: &str) -> Value {
         "clientId": CLIENT_ID,
         "clusters": {"all": true},
     })
+}
+
+/// Org `acme` (admin token returned) discovering the project, with a federated location
+/// `primary` on a new container, assigned to every cluster.
+async fn acme_with_primary(cp: &ControlPlane, tag: &str) -> (String, String) {
+    create_org(cp, "acme").await;
+    let acme = cp.token("alice", &["acme-admins"]);
+    add_discovery(cp, "acme", &acme).await;
+    let container = cp.azure.new_container(tag).await.expect("container");
+    let (status, body) = cp
+        .call(
+            Method::POST,
+            "/v1/orgs/acme/locations",
+            &acme,
+            Some(azure_location(cp, "primary", &container)),
+        )
+        .await
+        .expect("location");
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(
+        (body["mode"].as_str(), body["hasCredential"].as_bool()),
+        (Some("federated"), Some(false))
+    );
+    (acme, container)
 }
 
 fn shoot(i: usize) -> String {
@@ -172,25 +186,10 @@ async fn a_federated_fleet_of_fifty_shoots() {
     for s in &blackholed {
         cp.fleet.set_fault(PROJECT, s, Fault::Offline).expect("fault");
     }
-    create_org(&cp, "acme").await;
+    let (acme, container) = acme_with_primary(&cp, "fleet50").await;
     create_org(&cp, "globex").await;
-    let acme = cp.token("alice", &["acme-admins"]);
     let acme_viewer = cp.token("victor", &["acme-viewers"]);
     let globex = cp.token("gina", &["globex-admins"]);
-    add_discovery(&cp, "acme", &acme).await;
-    let container = new_container(&cp.azure, "fleet50").await;
-    let (status, body) = cp
-        .call(
-            Method::POST,
-            "/v1/orgs/acme/locations",
-            &acme,
-            Some(azure_location(&cp, "primary", &container)),
-        )
-        .await
-        .expect("location");
-    assert_eq!(status, 201, "{body}");
-    assert_eq!(body["mode"], "federated");
-    assert_eq!(body["hasCredential"], false);
 
     // 45 clusters validate the location; the 5 blackholed ones turn Unreachable. The fleet status
     // answers all along.
@@ -566,20 +565,7 @@ async fn a_sync_cut_off_midway_stalls_and_a_new_one_supersedes_it() {
         .await
         .expect("control plane");
     cp.start_agent(PROJECT, &shoot(0)).await.expect("agent");
-    create_org(&cp, "acme").await;
-    let acme = cp.token("alice", &["acme-admins"]);
-    add_discovery(&cp, "acme", &acme).await;
-    let container = new_container(&cp.azure, "stall").await;
-    let (status, body) = cp
-        .call(
-            Method::POST,
-            "/v1/orgs/acme/locations",
-            &acme,
-            Some(azure_location(&cp, "primary", &container)),
-        )
-        .await
-        .expect("location");
-    assert_eq!(status, 201, "{body}");
+    let (acme, _) = acme_with_primary(&cp, "stall").await;
     wait_for("Valid", Duration::from_secs(90), || async {
         let p = phases(&cp, "acme", "primary", &acme).await?;
         Ok((p.len() == 1 && p[0].1 == "Valid").then_some(()))
@@ -720,7 +706,7 @@ async fn damaged_orgs_are_degraded_and_classic_secrets_are_sealed() {
     // agent validates with it.
     let acme = cp.token("alice", &["acme-admins"]);
     add_discovery(&cp, "acme", &acme).await;
-    let container = new_container(&cp.azure, "classic").await;
+    let container = cp.azure.new_container("classic").await.expect("container");
     let mut loc = azure_location(&cp, "classic", &container);
     loc["mode"] = json!("classic");
     loc["clientId"] = Value::Null;

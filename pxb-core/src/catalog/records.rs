@@ -9,6 +9,18 @@ use serde::{Deserialize, Serialize};
 
 use super::{Index, Kind, Record};
 
+/// The `org` and `id` accessors of a record whose fields have those names.
+macro_rules! org_and_id {
+    () => {
+        fn org(&self) -> &str {
+            &self.org
+        }
+        fn id(&self) -> &str {
+            &self.id
+        }
+    };
+}
+
 /// How an org's locations are reached.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
@@ -102,12 +114,7 @@ pub struct DiscoveryConfig {
 
 impl Record for DiscoveryConfig {
     const KIND: Kind = Kind::Discovery;
-    fn org(&self) -> &str {
-        &self.org
-    }
-    fn id(&self) -> &str {
-        &self.id
-    }
+    org_and_id!();
     fn index(&self) -> Index {
         Index {
             sort: self.id.clone(),
@@ -246,12 +253,7 @@ pub struct ClusterRecord {
 
 impl Record for ClusterRecord {
     const KIND: Kind = Kind::Cluster;
-    fn org(&self) -> &str {
-        &self.org
-    }
-    fn id(&self) -> &str {
-        &self.id
-    }
+    org_and_id!();
     fn index(&self) -> Index {
         Index {
             sort: self.name.clone(),
@@ -364,12 +366,7 @@ pub struct SealedCredential {
 
 impl Record for LocationRecord {
     const KIND: Kind = Kind::Location;
-    fn org(&self) -> &str {
-        &self.org
-    }
-    fn id(&self) -> &str {
-        &self.id
-    }
+    org_and_id!();
     fn index(&self) -> Index {
         Index {
             sort: self.name.clone(),
@@ -484,12 +481,7 @@ impl LocationStatus {
 
 impl Record for LocationStatus {
     const KIND: Kind = Kind::LocationStatus;
-    fn org(&self) -> &str {
-        &self.org
-    }
-    fn id(&self) -> &str {
-        &self.id
-    }
+    org_and_id!();
     fn index(&self) -> Index {
         Index {
             sort: format!("{}/{}", self.location, self.cluster_name),
@@ -533,12 +525,7 @@ pub struct BackupRecord {
 
 impl Record for BackupRecord {
     const KIND: Kind = Kind::Backup;
-    fn org(&self) -> &str {
-        &self.org
-    }
-    fn id(&self) -> &str {
-        &self.id
-    }
+    org_and_id!();
     fn index(&self) -> Index {
         Index {
             // Newest first.
@@ -574,12 +561,7 @@ pub struct RestoreRecord {
 
 impl Record for RestoreRecord {
     const KIND: Kind = Kind::Restore;
-    fn org(&self) -> &str {
-        &self.org
-    }
-    fn id(&self) -> &str {
-        &self.id
-    }
+    org_and_id!();
     fn index(&self) -> Index {
         Index {
             sort: format!("{:020}", i64::MAX.saturating_sub(self.created_ms.max(0))),
@@ -614,12 +596,7 @@ pub struct ScheduleRecord {
 
 impl Record for ScheduleRecord {
     const KIND: Kind = Kind::Schedule;
-    fn org(&self) -> &str {
-        &self.org
-    }
-    fn id(&self) -> &str {
-        &self.id
-    }
+    org_and_id!();
     fn index(&self) -> Index {
         Index {
             sort: self.id.clone(),

@@ -42,24 +42,5 @@ fn main() -> ExitCode {
         print!("{DEFAULT_CONFIG_YAML}");
         return ExitCode::SUCCESS;
     }
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("PXB_LOG").unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("pxb-server: cannot start the async runtime: {e}");
-            return ExitCode::from(3);
-        }
-    };
-    match rt.block_on(run(args)) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("pxb-server: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
+    pxb_daemon::run_main("pxb-server", run(args))
 }
