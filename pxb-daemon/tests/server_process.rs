@@ -141,7 +141,9 @@ async fn the_server_binary_survives_schemathesis_and_stops_on_sigterm() {
     );
     let report = dir.path().join("schemathesis");
     let mut cmd = Command::new(&tool);
-    cmd.arg("--config-file")
+    // Its example database and caches go to the temporary directory, not the work tree.
+    cmd.current_dir(dir.path())
+        .arg("--config-file")
         .arg(&st_config)
         .arg("run")
         .arg(format!("{url}/openapi.json"))

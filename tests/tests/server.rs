@@ -711,6 +711,7 @@ async fn damaged_orgs_are_degraded_and_classic_secrets_are_sealed() {
     loc["mode"] = json!("classic");
     loc["clientId"] = Value::Null;
     loc["credential"] = json!({"accountKey": pxb_tests::azurite::ACCOUNT_KEY});
+    loc["sync"] = json!(true);
     let (status, body) = cp
         .call(Method::POST, "/v1/orgs/acme/locations", &acme, Some(loc.clone()))
         .await
@@ -727,6 +728,22 @@ async fn damaged_orgs_are_degraded_and_classic_secrets_are_sealed() {
     })
     .await
     .expect("classic location valid");
+    // `sync: true`: the first sync runs when the location is assigned, and is tracked.
+    let first_sync = wait_for("the first sync", Duration::from_secs(60), || async {
+        let body = cp
+            .get_ok("/v1/orgs/acme/locations/classic/status", &acme)
+            .await
+            .map_err(|e| e.to_string())?;
+        let sync = body["items"][0]["sync"].clone();
+        if sync["phase"] == "Completed" {
+            Ok(Some(sync))
+        } else {
+            Err(sync.to_string())
+        }
+    })
+    .await
+    .expect("first sync on assignment");
+    assert_eq!(first_sync["request"], 0, "{first_sync}");
     let client = cp.shoot_client(PROJECT, &shoot(0)).await.expect("client");
     let secrets: Api<k8s_openapi::api::core::v1::Secret> = Api::namespaced(client.clone(), "pxb-system");
     let secret = secrets
@@ -1019,6 +1036,41 @@ async fn zero_touch_install_imported_clusters_and_retired_shoots() {
     })
     .await
     .expect("imported after restart");
+
+    // An agent older than the minimum is AgentOutdated; a hibernated shoot is Hibernated.
+    let patch = json!({"metadata": {"labels": {"pxb.io/version": "0.0.1"}}});
+    deployments
+        .patch(
+            "pxb-agent",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(&patch),
+        )
+        .await
+        .expect("label an old version");
+    wait_for("AgentOutdated", Duration::from_secs(60), || async {
+        let body = cp
+            .get_ok(&format!("/v1/orgs/acme/clusters/{}", shoot(0)), &acme)
+            .await
+            .map_err(|e| e.to_string())?;
+        let ok = body["status"]["state"] == "AgentOutdated"
+            && body["status"]["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("0.0.1"));
+        if ok {
+            Ok(Some(()))
+        } else {
+            Err(body["status"].to_string())
+        }
+    })
+    .await
+    .expect("outdated agent");
+    cp.fleet.hibernate(PROJECT, &shoot(0)).expect("hibernate");
+    wait_for("Hibernated", Duration::from_secs(60), || async {
+        let s = cluster_state(&cp, "acme", &shoot(0), &acme).await?;
+        if s == "Hibernated" { Ok(Some(())) } else { Err(s) }
+    })
+    .await
+    .expect("hibernated");
 
     // A deleted shoot is retired and stays listed; a removed import too.
     cp.fleet.delete_shoot(PROJECT, &shoot(1)).expect("delete shoot");
