@@ -1072,6 +1072,9 @@ impl Server {
                 return;
             };
             t.busy = false;
+            // Discovery may have hibernated, retired or disqualified the cluster while the visit
+            // ran; its state from discovery then stands.
+            let before = (!t.visitable()).then(|| (t.record.status.state, t.record.status.message.clone()));
             let mut status_recs: Vec<LocationStatus> = Vec::new();
             match result {
                 Ok(out) => {
@@ -1120,11 +1123,20 @@ impl Server {
                     }
                 }
             }
+            if let Some((state, message)) = before {
+                t.record.status.state = state;
+                t.record.status.message = message;
+            }
             let cluster_rec = t.record.clone();
             // A location deleted while the visit ran must not come back through its status.
             status_recs.retain(|s| st.locations.contains_key(&(s.org.clone(), s.location.clone())));
-            for s in &status_recs {
-                st.statuses.insert((s.org.clone(), s.id.clone()), s.clone());
+            for s in &mut status_recs {
+                let key = (s.org.clone(), s.id.clone());
+                // A sync or validation requested while the visit ran must not be lost.
+                if let Some(current) = st.statuses.get(&key) {
+                    reconcile::keep_newer_requests(current, s);
+                }
+                st.statuses.insert(key, s.clone());
             }
             st.dirty = true;
             (cluster_rec, status_recs)

@@ -165,6 +165,20 @@ pub fn apply_leases(status: &mut LocationStatus, now: SystemTime, lease: Duratio
     }
 }
 
+/// Keeps in `visited` (a visit's result) the requests made in `current` (the server's view) after
+/// the visit started: a newer sync run, a newer validation request.
+pub fn keep_newer_requests(current: &LocationStatus, visited: &mut LocationStatus) {
+    if let Some(c) = &current.sync
+        && visited.sync.as_ref().is_none_or(|v| c.request > v.request)
+    {
+        visited.sync = Some(c.clone());
+    }
+    if current.validation.request > visited.validation.request {
+        visited.validation.request = current.validation.request;
+        visited.validation.requested_at = current.validation.requested_at.clone();
+    }
+}
+
 /// Folds the CR's status into the server's view of the location on this cluster.
 pub fn read_back(
     status: &mut LocationStatus,
@@ -526,6 +540,33 @@ mod tests {
         };
         read_back(&mut s, Some(&cr), 0, t0);
         assert_eq!(s.sync.as_ref().map(|r| r.phase), Some(RequestPhase::Pending));
+    }
+
+    #[test]
+    fn a_request_made_during_a_visit_survives_the_visits_result() {
+        let visited_run = SyncRun {
+            request: 1,
+            phase: RequestPhase::Completed,
+            ..SyncRun::default()
+        };
+        let mut visited = status_with(visited_run.clone());
+        let mut current = status_with(SyncRun {
+            request: 2,
+            phase: RequestPhase::Pending,
+            ..SyncRun::default()
+        });
+        current.validation.request = 5;
+        current.validation.requested_at = Some("2026-01-01T00:00:00Z".into());
+        keep_newer_requests(&current, &mut visited);
+        assert_eq!(
+            visited.sync.as_ref().map(|r| (r.request, r.phase)),
+            Some((2, RequestPhase::Pending))
+        );
+        assert_eq!(visited.validation.request, 5);
+        // An older view does not roll a visit's newer result back.
+        let mut newer = status_with(visited_run);
+        keep_newer_requests(&status_with(SyncRun::default()), &mut newer);
+        assert_eq!(newer.sync.as_ref().map(|r| r.request), Some(1));
     }
 
     #[test]
