@@ -153,32 +153,20 @@ impl ControlPlane {
 
     /// A client for a shoot, from a fresh admin kubeconfig (independent of the server's).
     pub async fn shoot_client(&self, project: &str, name: &str) -> anyhow::Result<kube::Client> {
-        let yaml = self.fleet.admin_kubeconfig(project, name, 3600)?;
-        let now = SystemTime::now();
-        let access = pxb_gardener::parse_access(&yaml, now, now + Duration::from_secs(3600))?;
-        Ok(pxb_gardener::kube_client(&access)?)
+        shoot_client(&self.fleet, project, name).await
     }
 
-    /// Installs pxb on a shoot (CRDs, namespace, the agent Deployment from `deploy/agent`) and
-    /// starts a real agent for it in this process, with Workload Identity against Azurite.
+    /// Installs pxb on a shoot and starts a real agent for it in this process, with Workload
+    /// Identity against Azurite (see [`start_agent`]).
     pub async fn start_agent(&mut self, project: &str, name: &str) -> anyhow::Result<()> {
-        let client = self.shoot_client(project, name).await?;
-        crate::shoots::install_pxb(&client).await?;
-        let manifest = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/agent/30-deployment.yaml");
-        let deployment: Deployment = serde_saphyr::from_str(&std::fs::read_to_string(manifest)?)?;
-        Api::<Deployment>::namespaced(client.clone(), pxb_daemon::crd::AGENT_NAMESPACE)
-            .create(&PostParams::default(), &deployment)
-            .await
-            .context("creating the agent Deployment")?;
-        let config = AgentConfig {
-            listen: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
-            cluster_name: Some(name.into()),
-            workload_identity: self.azure.wi_options(CLIENT_ID),
-            ca_file: Some(self.azure.ca.ca_file()),
-            heartbeat_interval: Duration::from_secs(1),
-            ..AgentConfig::default()
-        };
-        let agent = Agent::start(client, config).await?;
+        let agent = start_agent(
+            &self.fleet,
+            project,
+            name,
+            self.azure.wi_options(CLIENT_ID),
+            Some(self.azure.ca.ca_file()),
+        )
+        .await?;
         self.agents.insert(name.into(), agent);
         Ok(())
     }
@@ -213,6 +201,43 @@ impl ControlPlane {
     pub async fn shutdown(mut self) {
         self.stop().await;
     }
+}
+
+/// A client for a simulated shoot, from a fresh admin kubeconfig.
+pub async fn shoot_client(fleet: &Fleet, project: &str, name: &str) -> anyhow::Result<kube::Client> {
+    let yaml = fleet.admin_kubeconfig(project, name, 3600)?;
+    let now = SystemTime::now();
+    let access = pxb_gardener::parse_access(&yaml, now, now + Duration::from_secs(3600))?;
+    Ok(pxb_gardener::kube_client(&access)?)
+}
+
+/// Installs pxb on a simulated shoot (CRDs, `pxb-system`, the agent Deployment from
+/// `deploy/agent`) and starts a real agent for it in this process, with `workload_identity` as its
+/// pod's identity and `ca_file` trusted for locations. Its read API listens on a loopback port.
+pub async fn start_agent(
+    fleet: &Fleet,
+    project: &str,
+    name: &str,
+    workload_identity: pxb_azure::WorkloadIdentityOptions,
+    ca_file: Option<std::path::PathBuf>,
+) -> anyhow::Result<Agent> {
+    let client = shoot_client(fleet, project, name).await?;
+    crate::shoots::install_pxb(&client).await?;
+    let manifest = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/agent/30-deployment.yaml");
+    let deployment: Deployment = serde_saphyr::from_str(&std::fs::read_to_string(manifest)?)?;
+    Api::<Deployment>::namespaced(client.clone(), pxb_daemon::crd::AGENT_NAMESPACE)
+        .create(&PostParams::default(), &deployment)
+        .await
+        .context("creating the agent Deployment")?;
+    let config = AgentConfig {
+        listen: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
+        cluster_name: Some(name.into()),
+        workload_identity,
+        ca_file,
+        heartbeat_interval: Duration::from_secs(1),
+        ..AgentConfig::default()
+    };
+    Ok(Agent::start(client, config).await?)
 }
 
 /// Polls `probe` every 200 ms until it returns `Ok(Some(_))`; fails after `timeout` with the

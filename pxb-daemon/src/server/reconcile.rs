@@ -230,7 +230,21 @@ pub fn read_back(
 }
 
 fn err(what: &str, e: kube::Error) -> String {
-    pxb_gardener::map_kube_error(what, e).to_string()
+    if matches!(e, kube::Error::Api(_)) {
+        return pxb_gardener::map_kube_error(what, e).to_string();
+    }
+    // Transport errors say little at the top ("client error (Connect)"); their causes say why.
+    let mut msg = format!("{what}: {e}");
+    let mut cause = std::error::Error::source(&e);
+    while let Some(c) = cause {
+        let text = c.to_string();
+        if !msg.contains(&text) {
+            msg.push_str(": ");
+            msg.push_str(&text);
+        }
+        cause = c.source();
+    }
+    msg
 }
 
 /// Visits the cluster through `client`. `Err` means the cluster could not be reached (the caller

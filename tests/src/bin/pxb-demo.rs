@@ -1,172 +1,289 @@
-//! `pxb-demo`: pxb's main job so far, on embedded defaults, on one machine: a simulated fleet.
+//! `pxb-demo`: pxb's main job on embedded defaults, on one machine: a simulated fleet run by a
+//! real `pxb-server` with real agents.
 //!
-//! 1. A simulated Gardener project with N shoots (default 20) on loopback, some of them
-//!    ineligible (old Kubernetes, hibernated, another provider) and 10 % of the eligible ones
+//! 1. A simulated Gardener project with N shoots (default 20) on loopback, plus shoots that are
+//!    not eligible (old Kubernetes, another provider, hibernated); 10 % of the eligible ones are
 //!    blackholed (their API accepts connections and never answers).
-//! 2. Discovery through the garden API with a project service account, with reasons for every
-//!    ineligible shoot.
-//! 3. Short-lived admin kubeconfigs for every eligible shoot, in memory.
-//! 4. One probe per shoot, all at once, each with a deadline: the fleet status is complete after
-//!    one deadline, however many shoots are offline.
-//! 5. The backup locations an agent validates: a local directory (the embedded default), and an
-//!    Azure Blob container reached with Workload Identity (Azurite over HTTPS + a fake Entra ID).
+//! 2. A `pxb-agent` on every eligible shoot (in this process, with its own identity).
+//! 3. `pxb-server` with its embedded SQLite catalog on a loopback port; an org, the project's
+//!    discovery, and a backup location assigned to every cluster: an Azure Blob container
+//!    reached by the agents with Workload Identity (Azurite over HTTPS and a fake Entra ID), or
+//!    with `--location file` a local directory.
+//! 4. The fleet status and the location's status per cluster, as the API serves them, once the
+//!    first pass is done: blackholed shoots are `Unreachable` after one deadline, and hold nothing
+//!    up.
 //!
-//! `pxb-demo [--shoots N] [--no-azure]`
+//! `pxb-demo [--shoots N] [--location azure|file] [--serve] [--listen 127.0.0.1:PORT]` — with
+//! `--serve` the server keeps running (its URL and a development token are printed) until Ctrl-C.
 
 use std::process::ExitCode;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures::StreamExt as _;
-use k8s_openapi::api::core::v1::Namespace;
-use pxb_azure::{AzureBlobStore, STORAGE_SCOPE};
-use pxb_core::cluster::{ClusterInfo, ClusterProvider, Eligibility};
-use pxb_core::{CheckOptions, LocalFileSystem, check_location};
-use pxb_gardener::{GardenAuth, GardenerConfig, GardenerProvider, kube_client};
-use pxb_tests::fixture::AzureFixture;
+use pxb_azure::WorkloadIdentityOptions;
+use pxb_daemon::server::Daemon;
+use pxb_daemon::server::config::ServerConfig;
+use pxb_tests::control::start_agent;
+use pxb_tests::fixture::{AzureFixture, CLIENT_ID};
 use pxb_tests::sim::{Fault, Fleet, FleetConfig, ProjectRole, ShootSpec};
+use serde_json::{Value, json};
 
-const DEADLINE: Duration = Duration::from_secs(2);
+struct Args {
+    shoots: usize,
+    azure: bool,
+    serve: bool,
+    listen: String,
+}
 
-async fn probe(provider: &GardenerProvider, c: &ClusterInfo) -> (String, String) {
-    let work = async {
-        let access = provider.access(&c.id).await.map_err(|e| e.to_string())?;
-        let client = kube_client(&access).map_err(|e| e.to_string())?;
-        let version = client.apiserver_version().await.map_err(|e| e.to_string())?;
-        let nss = kube::Api::<Namespace>::all(client)
-            .list(&Default::default())
-            .await
-            .map_err(|e| e.to_string())?;
-        Ok::<_, String>(format!("{}, {} namespaces", version.git_version, nss.items.len()))
+fn parse_args() -> Result<Args, String> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let value = |flag: &str| {
+        args.iter()
+            .position(|a| a == flag)
+            .map(|i| args.get(i + 1).cloned())
     };
-    match tokio::time::timeout(DEADLINE, work).await {
-        Ok(Ok(detail)) => ("Ready".into(), detail),
-        Ok(Err(e)) => ("Unreachable".into(), e),
-        Err(_) => ("Unreachable".into(), format!("no answer within {DEADLINE:?}")),
+    let shoots = match value("--shoots") {
+        None => 20,
+        Some(v) => match v.and_then(|v| v.parse::<usize>().ok()) {
+            Some(n) if n > 0 => n,
+            _ => return Err("--shoots needs a positive number".into()),
+        },
+    };
+    let azure = match value("--location") {
+        None => !args.iter().any(|a| a == "--no-azure"),
+        Some(Some(v)) if v == "azure" => true,
+        Some(Some(v)) if v == "file" => false,
+        Some(_) => return Err("--location is azure or file".into()),
+    };
+    let listen = match value("--listen") {
+        None => "127.0.0.1:0".to_owned(),
+        Some(Some(v))
+            if v.parse::<std::net::SocketAddr>()
+                .is_ok_and(|a| a.ip().is_loopback()) =>
+        {
+            v
+        }
+        Some(_) => return Err("--listen needs a loopback address, e.g. 127.0.0.1:8080".into()),
+    };
+    Ok(Args {
+        shoots,
+        azure,
+        serve: args.iter().any(|a| a == "--serve"),
+        listen,
+    })
+}
+
+struct Api {
+    http: reqwest::Client,
+    url: String,
+    token: String,
+}
+
+impl Api {
+    async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> anyhow::Result<Value> {
+        let mut req = self
+            .http
+            .request(method.clone(), format!("{}{path}", self.url))
+            .bearer_auth(&self.token);
+        if let Some(b) = body {
+            req = req.header("content-type", "application/json").body(b.to_string());
+        }
+        let resp = req.send().await?;
+        let status = resp.status();
+        let body: Value = serde_json::from_slice(&resp.bytes().await?).unwrap_or(Value::Null);
+        anyhow::ensure!(status.is_success(), "{method} {path}: {status} {body}");
+        Ok(body)
+    }
+
+    async fn get(&self, path: &str) -> anyhow::Result<Value> {
+        self.call(reqwest::Method::GET, path, None).await
+    }
+
+    async fn post(&self, path: &str, body: Value) -> anyhow::Result<Value> {
+        self.call(reqwest::Method::POST, path, Some(body)).await
     }
 }
 
-async fn fleet_demo(shoots: usize) -> anyhow::Result<bool> {
+async fn run(args: Args) -> anyhow::Result<bool> {
     println!("== simulated Gardener project 'demo' on 127.0.0.1 ==");
     let fleet = Fleet::start(FleetConfig::default())?;
     fleet.add_project("demo")?;
-    fleet.add_shoots("demo", "shoot", shoots)?;
+    fleet.add_shoots("demo", "shoot", args.shoots)?;
     fleet.add_shoot("demo", ShootSpec::new("legacy").version("1.29.8"))?;
     fleet.add_shoot("demo", ShootSpec::new("on-aws").provider("aws"))?;
     fleet.add_shoot("demo", ShootSpec::new("sleepy"))?;
     fleet.hibernate("demo", "sleepy")?;
-    let offline = shoots.div_ceil(10);
-    for i in 0..offline {
-        fleet.set_fault(
-            "demo",
-            &format!("shoot-{:05}", (i * 10 + 3) % shoots),
-            Fault::Offline,
-        )?;
-    }
     let token = fleet.add_service_account("demo", "pxb-server", ProjectRole::Admin)?;
-    println!(
-        "garden {} — {} shoots, {offline} of them blackholed",
-        fleet.garden_url(),
-        fleet.shoot_count()
-    );
+    let dir = tempfile::tempdir()?;
+    let garden = dir.path().join("garden-demo.yaml");
+    std::fs::write(&garden, fleet.garden_kubeconfig(&token))?;
+    println!("garden {} — {} shoots", fleet.garden_url(), fleet.shoot_count());
 
-    let started = Instant::now();
-    let config = GardenerConfig::new(GardenAuth::Kubeconfig(fleet.garden_kubeconfig(&token)), "demo");
-    let provider = GardenerProvider::connect(config).await?;
-    let clusters = provider.discover().await?;
-    let eligible: Vec<&ClusterInfo> = clusters.iter().filter(|c| c.eligibility.is_eligible()).collect();
-    println!(
-        "\n== discovery: {} shoots, {} eligible ({:.0?}) ==",
-        clusters.len(),
-        eligible.len(),
-        started.elapsed()
-    );
-    for c in &clusters {
-        if let Eligibility::Ineligible { reason, message } = &c.eligibility {
-            println!("  {:<14} ineligible  {:<18} {message}", c.name, reason.as_str());
-        }
+    let azure = if args.azure {
+        println!("starting Azurite (HTTPS, --oauth basic) and a fake Entra ID on 127.0.0.1 ...");
+        Some(AzureFixture::start(3600)?)
+    } else {
+        None
+    };
+    let t = Instant::now();
+    let mut agents = Vec::new();
+    for i in 0..args.shoots {
+        let (wi, ca) = match &azure {
+            Some(fx) => (fx.wi_options(CLIENT_ID), Some(fx.ca.ca_file())),
+            None => (WorkloadIdentityOptions::default(), None),
+        };
+        agents.push(start_agent(&fleet, "demo", &format!("shoot-{i:05}"), wi, ca).await?);
     }
-
-    let t = Instant::now();
-    let (issued, failed) = provider.ensure_all().await;
+    let offline: Vec<String> = (0..args.shoots.div_ceil(10))
+        .map(|i| format!("shoot-{:05}", (i * 10 + 3) % args.shoots))
+        .collect();
+    for name in &offline {
+        fleet.set_fault("demo", name, Fault::Offline)?;
+    }
     println!(
-        "\n== access: {issued} admin kubeconfigs issued in memory ({:.0?}), {} failed ==",
+        "\n== agents: pxb-agent on {} eligible shoots ({:.1?}); {} of them now blackholed ==",
+        args.shoots,
         t.elapsed(),
-        failed.len()
+        offline.len()
+    );
+
+    let mut config = ServerConfig::default();
+    config.api.listen = args.listen.clone();
+    config.catalog.path = dir.path().join("catalog.db").display().to_string();
+    config
+        .garden_credentials
+        .insert("demo".into(), garden.display().to_string());
+    config.fleet.call_timeout_ms = 2000;
+    config.fleet.resync_secs = 5;
+    let dev_token = format!("demo-{:032x}", rand::random::<u128>());
+    let daemon = Daemon::start(config.clone(), Some(dev_token.clone()), |_| None).await?;
+    let api = Api {
+        http: reqwest::Client::new(),
+        url: format!("http://{}", daemon.addr),
+        token: dev_token,
+    };
+    println!(
+        "\n== pxb-server on {} (catalog {}) ==",
+        api.url, config.catalog.path
+    );
+    api.post("/v1/orgs", json!({"id": "demo", "displayName": "Demo tenant"}))
+        .await?;
+    api.post(
+        "/v1/orgs/demo/discoveries",
+        json!({"id": "demo", "project": "demo", "credential": "demo", "intervalSecs": 30}),
+    )
+    .await?;
+    let backups = dir.path().join("backups");
+    let location = match &azure {
+        Some(fx) => {
+            let container = fx.new_container("demo").await?;
+            json!({"name": "primary", "provider": "azure", "account": pxb_tests::azurite::ACCOUNT,
+                   "container": container, "endpoint": fx.azurite.endpoint(), "clientId": CLIENT_ID,
+                   "clusters": {"all": true}})
+        }
+        None => json!({"name": "primary", "provider": "file", "container": backups.display().to_string(),
+                       "clusters": {"all": true}}),
+    };
+    let loc = api.post("/v1/orgs/demo/locations", location).await?;
+    println!(
+        "org 'demo', discovery of project 'demo', location 'primary' ({} {}, {}) on every cluster",
+        loc["provider"].as_str().unwrap_or_default(),
+        loc["container"].as_str().unwrap_or_default(),
+        loc["mode"].as_str().unwrap_or_default()
     );
 
     let t = Instant::now();
-    let provider = Arc::new(provider);
-    let mut status: Vec<(String, String, String)> = futures::stream::iter(eligible.iter().copied())
-        .map(|c| {
-            let p = provider.clone();
-            async move {
-                let (state, detail) = probe(&p, c).await;
-                (c.name.clone(), state, detail)
-            }
-        })
-        .buffer_unordered(256)
-        .collect()
-        .await;
-    status.sort();
-    let ready = status.iter().filter(|s| s.1 == "Ready").count();
+    let expected_ready = args.shoots - offline.len();
+    let mut fleet_status = Value::Null;
+    while t.elapsed() < Duration::from_secs(120) {
+        fleet_status = api.get("/v1/fleet/status?limit=1000").await?;
+        let c = &fleet_status["counts"];
+        let n = |s: &str| c[s].as_u64().unwrap_or(0) as usize;
+        let valid: u64 = fleet_status["items"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|e| e["locations"]["valid"].as_u64())
+            .sum();
+        if n("Ready") == expected_ready
+            && n("Unreachable") == offline.len()
+            && n("Ineligible") + n("Hibernated") == 3
+            && valid as usize == expected_ready
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
     println!(
-        "\n== fleet status after one probe round ({:.1?}, deadline {DEADLINE:?} per shoot) ==",
+        "\n== fleet status once every reachable agent validated the location ({:.1?}) ==",
         t.elapsed()
     );
-    for (name, state, detail) in &status {
-        println!("  {name:<14} {state:<12} {detail}");
+    for e in fleet_status["items"].as_array().into_iter().flatten() {
+        let detail = match e["state"].as_str() {
+            Some("Ready") | Some("Degraded") => format!(
+                "agent {}, {} location(s) valid, seen {}s ago",
+                e["agentVersion"].as_str().unwrap_or("?"),
+                e["locations"]["valid"],
+                e["stalenessSecs"]
+            ),
+            _ => e["message"].as_str().unwrap_or_default().to_owned(),
+        };
+        println!(
+            "  {:<14} {:<12} {detail}",
+            e["cluster"].as_str().unwrap_or_default(),
+            e["state"].as_str().unwrap_or_default()
+        );
     }
-    println!(
-        "  {ready} Ready, {} Unreachable, {} ineligible",
-        status.len() - ready,
-        clusters.len() - eligible.len()
-    );
-    Ok(ready == eligible.len() - offline && failed.is_empty())
-}
+    let counts: Vec<String> = fleet_status["counts"]
+        .as_object()
+        .into_iter()
+        .flatten()
+        .filter(|(_, v)| v.as_u64() != Some(0))
+        .map(|(k, v)| format!("{v} {k}"))
+        .collect();
+    println!("  {}", counts.join(", "));
 
-async fn location_demo() -> anyhow::Result<bool> {
-    println!("\n== backup locations, as an agent validates them ==");
-    let opts = CheckOptions {
-        scopes: vec![STORAGE_SCOPE.into()],
-        ..CheckOptions::default()
-    };
-    let dir = tempfile::tempdir()?;
-    let local = LocalFileSystem::new(dir.path())?;
-    let r1 = check_location(&local.to_string(), &local, None, &opts).await;
-    println!("{r1}\n");
-
-    println!("starting Azurite (HTTPS, --oauth basic) and a fake Entra ID on 127.0.0.1 ...");
-    let fx = AzureFixture::start(3600)?;
-    let container = fx.container_name("demo");
-    AzureBlobStore::new(fx.key_config(&container))?
-        .create_container()
+    let st = api
+        .get("/v1/orgs/demo/locations/primary/status?limit=1000")
         .await?;
+    let items = st["items"].as_array().cloned().unwrap_or_default();
+    let valid = items
+        .iter()
+        .filter(|s| s["validation"]["phase"] == "Valid")
+        .count();
     println!(
-        "federated token file {} (no storage key, no client secret)\n",
-        fx.token_file().display()
+        "\n== location 'primary': Valid on {valid} of {} clusters the server reached; validated by each agent with its own identity ==",
+        items.len()
     );
-    let store = AzureBlobStore::new(fx.wi_config(&container))?;
-    let token = store.token_source();
-    let r2 = check_location(&format!("azblob://{container}"), &store, token.as_deref(), &opts).await;
-    println!("{r2}\n");
-    println!("Entra ID token exchanges: {}", fx.entra.exchanges().len());
-    Ok(r1.passed && r2.passed)
+    if let Some(fx) = &azure {
+        let granted = fx.entra.exchanges().iter().filter(|e| e.granted).count();
+        println!("  Entra ID token exchanges granted: {granted} (no storage key, no client secret anywhere)");
+    }
+    let ok = valid == expected_ready
+        && fleet_status["counts"]["Unreachable"].as_u64() == Some(offline.len() as u64);
+
+    if args.serve {
+        println!("\nAPI {}", api.url);
+        println!("TOKEN {}", api.token);
+        println!(
+            "(serving until Ctrl-C; e.g. curl -H \"Authorization: Bearer $TOKEN\" $API/v1/fleet/status)"
+        );
+        let _ = tokio::signal::ctrl_c().await;
+    }
+    for a in agents {
+        a.shutdown().await;
+    }
+    daemon.shutdown().await;
+    Ok(ok)
 }
 
 fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let shoots = match args.iter().position(|a| a == "--shoots") {
-        None => 20,
-        Some(i) => match args.get(i + 1).and_then(|v| v.parse::<usize>().ok()) {
-            Some(n) if n > 0 => n,
-            _ => {
-                eprintln!("pxb-demo: --shoots needs a positive number");
-                return ExitCode::FAILURE;
-            }
-        },
+    let args = match parse_args() {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("pxb-demo: {e}");
+            return ExitCode::FAILURE;
+        }
     };
-    let azure = !args.iter().any(|a| a == "--no-azure");
     let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -174,15 +291,10 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let run = async {
-        let fleet_ok = fleet_demo(shoots).await?;
-        let locations_ok = if azure { location_demo().await? } else { true };
-        Ok::<_, anyhow::Error>(fleet_ok && locations_ok)
-    };
-    match rt.block_on(run) {
+    match rt.block_on(run(args)) {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => {
-            eprintln!("pxb-demo: the fleet or a location did not come out as expected");
+            eprintln!("pxb-demo: the fleet did not come out as expected");
             ExitCode::FAILURE
         }
         Err(e) => {

@@ -1,0 +1,30 @@
+//! The README's main command, `pxb-demo`, runs to the end on a small fleet and reports what the
+//! server saw.
+
+use std::process::Command;
+
+#[test]
+fn the_demo_runs_a_small_fleet_through_the_server() {
+    let out = Command::new(env!("CARGO_BIN_EXE_pxb-demo"))
+        .args(["--shoots", "5", "--location", "file"])
+        .output()
+        .expect("run pxb-demo");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "pxb-demo failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("== pxb-server on http://127.0.0.1:"), "{stdout}");
+    assert!(
+        stdout.contains("1 Hibernated, 2 Ineligible, 4 Ready, 1 Unreachable"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("Valid on 4 of 4 clusters"), "{stdout}");
+    let bad = Command::new(env!("CARGO_BIN_EXE_pxb-demo"))
+        .args(["--location", "tape"])
+        .output()
+        .expect("run pxb-demo");
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("--location is azure or file"));
+}
