@@ -798,6 +798,20 @@ async fn damaged_orgs_are_degraded_and_classic_secrets_are_sealed() {
         .await
         .expect("call");
     assert_eq!(status, 400, "{body}");
+    let plain = json!({"name": "plain", "provider": "azure", "container": "c", "endpoint": "http://127.0.0.1:1/acct",
+                       "clusters": {"all": true}});
+    let (status, body) = cp
+        .call(Method::POST, "/v1/orgs/acme/locations", &acme, Some(plain))
+        .await
+        .expect("call");
+    assert_eq!(status, 400, "a plain-http endpoint is refused: {body}");
+    let relative =
+        json!({"name": "rel", "provider": "file", "container": "backups", "clusters": {"all": true}});
+    let (status, body) = cp
+        .call(Method::POST, "/v1/orgs/acme/locations", &acme, Some(relative))
+        .await
+        .expect("call");
+    assert_eq!(status, 400, "a relative directory is refused: {body}");
     let big = json!({"name": "x".repeat(2 << 20)});
     let (status, body) = cp
         .call(Method::POST, "/v1/orgs/acme/locations", &acme, Some(big))

@@ -976,6 +976,23 @@ async fn create_location(
     if b.container.is_empty() || b.container.len() > 1024 {
         return Err(ApiError::bad_request("container must be 1 to 1024 characters"));
     }
+    if b.provider == "file" && !b.container.starts_with('/') {
+        return Err(ApiError::bad_request(
+            "a file location's container is an absolute directory",
+        ));
+    }
+    if let Some(e) = &b.endpoint
+        && url::Url::parse(e).map_or(true, |u| u.scheme() != "https" || u.host_str().is_none())
+    {
+        return Err(ApiError::bad_request(format!(
+            "endpoint {e:?} must be an https URL"
+        )));
+    }
+    if b.prefix.as_ref().is_some_and(|p| p.len() > 512) || b.account.as_ref().is_some_and(|a| a.len() > 64) {
+        return Err(ApiError::bad_request(
+            "prefix is at most 512 characters and account at most 64",
+        ));
+    }
     let mode = b.mode.unwrap_or(o.mode);
     let secret = match b.credential {
         None => None,

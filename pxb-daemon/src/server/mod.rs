@@ -141,6 +141,8 @@ pub(crate) struct Inner {
     min_agent_version: semver::Version,
     /// The runtime background work runs on (the API may run on its own).
     runtime: tokio::runtime::Handle,
+    /// Discovery tasks, stopped with the server's `Running`.
+    background: Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
 
 /// The control plane. Cheap to clone.
@@ -159,6 +161,7 @@ impl std::fmt::Debug for Server {
 #[derive(Debug)]
 pub struct Running {
     tasks: Vec<tokio::task::JoinHandle<()>>,
+    server: Server,
 }
 
 impl Drop for Running {
@@ -166,6 +169,19 @@ impl Drop for Running {
         for t in &self.tasks {
             t.abort();
         }
+        let discoveries = std::mem::take(
+            &mut *self
+                .server
+                .inner
+                .background
+                .lock()
+                .unwrap_or_else(|e| e.into_inner()),
+        );
+        for t in discoveries {
+            t.abort();
+        }
+        // Dropping the providers' handles stops their watches and renewals.
+        self.server.inner.lock().running.clear();
     }
 }
 
@@ -207,6 +223,7 @@ impl Server {
             metrics: Metrics::default(),
             min_agent_version,
             runtime: tokio::runtime::Handle::current(),
+            background: Mutex::new(Vec::new()),
         });
         let server = Server { inner };
         server.load().await?;
@@ -303,14 +320,24 @@ impl Server {
 
     /// Starts discovery, the cluster visits, the lease sweep and the snapshot builder.
     pub fn spawn(&self) -> Running {
-        let mut tasks = Vec::new();
         let discoveries: Vec<DiscoveryConfig> = self.inner.lock().discoveries.values().cloned().collect();
         for d in discoveries {
-            tasks.push(tokio::spawn(self.clone().run_discovery(d)));
+            self.start_discovery(d);
         }
-        tasks.push(tokio::spawn(self.clone().scheduler()));
-        tasks.push(tokio::spawn(self.clone().housekeeping()));
-        Running { tasks }
+        Running {
+            tasks: vec![
+                tokio::spawn(self.clone().scheduler()),
+                tokio::spawn(self.clone().housekeeping()),
+            ],
+            server: self.clone(),
+        }
+    }
+
+    fn start_discovery(&self, d: DiscoveryConfig) {
+        let task = self.inner.runtime.spawn(self.clone().run_discovery(d));
+        let mut bg = self.inner.background.lock().unwrap_or_else(|e| e.into_inner());
+        bg.retain(|t| !t.is_finished());
+        bg.push(task);
     }
 
     /// The configuration.
@@ -408,7 +435,7 @@ impl Server {
         }
         self.inner.catalog.put(&d, Some(0)).await?;
         self.inner.lock().discoveries.insert(key, d.clone());
-        self.inner.runtime.spawn(self.clone().run_discovery(d.clone()));
+        self.start_discovery(d.clone());
         Ok(d)
     }
 

@@ -425,6 +425,10 @@ pub async fn visit(client: &kube::Client, input: VisitInput) -> Result<VisitOutp
                 match locations.replace(&loc.name, &PostParams::default(), &next).await {
                     Ok(cr) => Some(cr),
                     Err(kube::Error::Api(s)) if s.code == 409 => Some(cr.clone()), // next visit retries
+                    Err(kube::Error::Api(e)) if e.code == 400 || e.code == 422 => {
+                        refused(&mut status, &e.message);
+                        None
+                    }
                     Err(e) => return Err(err("updating a BackupLocation", e)),
                 }
             }
@@ -455,6 +459,10 @@ pub async fn visit(client: &kube::Client, input: VisitInput) -> Result<VisitOutp
                         ));
                         None
                     }
+                    Err(kube::Error::Api(e)) if e.code == 400 || e.code == 422 => {
+                        refused(&mut status, &e.message);
+                        None
+                    }
                     Err(e) => return Err(err("creating a BackupLocation", e)),
                 }
             }
@@ -476,6 +484,14 @@ pub async fn visit(client: &kube::Client, input: VisitInput) -> Result<VisitOutp
         out.status.message = Some(format!("locations not valid here: {}", degraded.join(", ")));
     }
     Ok(out)
+}
+
+/// The cluster's API server refused the CR (its schema, or an admission policy): the location is
+/// Invalid there, with the reason; the cluster itself is fine.
+fn refused(status: &mut LocationStatus, message: &str) {
+    status.validation.phase = "Invalid".into();
+    status.validation.failed_step = Some("configure".into());
+    status.validation.reason = Some(format!("the cluster refused the BackupLocation: {message}"));
 }
 
 async fn upsert_secret(api: &Api<Secret>, want: Secret) -> Result<(), kube::Error> {
