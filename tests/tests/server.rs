@@ -744,6 +744,49 @@ async fn damaged_orgs_are_degraded_and_classic_secrets_are_sealed() {
     .await
     .expect("first sync on assignment");
     assert_eq!(first_sync["request"], 0, "{first_sync}");
+    // Unassigned, the location's CR, Secret and status leave the cluster; assigned again, it is
+    // validated again.
+    let put = |body: Value| cp.call(Method::PUT, "/v1/orgs/acme/locations/classic", &acme, Some(body));
+    let (status, body) = put(json!({"clusters": {"names": []}})).await.expect("unassign");
+    assert_eq!(status, 200, "{body}");
+    let client0 = cp.shoot_client(PROJECT, &shoot(0)).await.expect("client");
+    let crs: Api<BackupLocation> = Api::namespaced(client0.clone(), "pxb-system");
+    let secrets0: Api<k8s_openapi::api::core::v1::Secret> = Api::namespaced(client0, "pxb-system");
+    wait_for("unassigned", Duration::from_secs(60), || async {
+        let cr = crs.get_opt("classic").await.map_err(|e| e.to_string())?;
+        let secret = secrets0
+            .get_opt("pxb-location-classic")
+            .await
+            .map_err(|e| e.to_string())?;
+        let st = phases(&cp, "acme", "classic", &acme).await?;
+        if cr.is_none() && secret.is_none() && st.is_empty() {
+            Ok(Some(()))
+        } else {
+            Err(format!(
+                "cr {}, secret {}, status {st:?}",
+                cr.is_some(),
+                secret.is_some()
+            ))
+        }
+    })
+    .await
+    .expect("the location leaves the cluster");
+    let (status, body) = put(json!({"clusters": {"all": true}, "bogus": 1}))
+        .await
+        .expect("call");
+    assert_eq!(status, 400, "{body}");
+    let (status, body) = put(json!({"clusters": {"all": true}})).await.expect("reassign");
+    assert_eq!(status, 200, "{body}");
+    wait_for("classic Valid again", Duration::from_secs(90), || async {
+        let p = phases(&cp, "acme", "classic", &acme).await?;
+        if p.len() == 1 && p[0].1 == "Valid" {
+            Ok(Some(()))
+        } else {
+            Err(format!("{p:?}"))
+        }
+    })
+    .await
+    .expect("valid again");
     let client = cp.shoot_client(PROJECT, &shoot(0)).await.expect("client");
     let secrets: Api<k8s_openapi::api::core::v1::Secret> = Api::namespaced(client.clone(), "pxb-system");
     let secret = secrets

@@ -460,6 +460,30 @@ pub struct CreateLocation {
     pub sync: bool,
 }
 
+/// Changes to a location; absent fields stay as they are.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct UpdateLocation {
+    /// Which clusters get it.
+    #[serde(default)]
+    pub clusters: Option<ClusterSelector>,
+    /// Workload Identity client id for every cluster.
+    #[serde(default)]
+    pub client_id: Option<String>,
+    /// Entra tenant.
+    #[serde(default)]
+    pub tenant_id: Option<String>,
+    /// Client ids per cluster name (replaces the map).
+    #[serde(default)]
+    pub cluster_client_ids: Option<BTreeMap<String, String>>,
+    /// Sync its backups when it is first assigned to a cluster.
+    #[serde(default)]
+    pub sync: Option<bool>,
+    /// Classic mode: a new credential.
+    #[serde(default)]
+    pub credential: Option<CredentialInput>,
+}
+
 /// A location as the API shows it (never its credential).
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
@@ -611,7 +635,7 @@ pub fn router(server: Server) -> Router {
         )
         .route(
             "/v1/orgs/{org}/locations/{name}",
-            get(get_location).delete(delete_location),
+            get(get_location).put(update_location).delete(delete_location),
         )
         .route("/v1/orgs/{org}/locations/{name}/status", get(location_status))
         .route(
@@ -994,22 +1018,7 @@ async fn create_location(
         ));
     }
     let mode = b.mode.unwrap_or(o.mode);
-    let secret = match b.credential {
-        None => None,
-        Some(CredentialInput {
-            account_key: Some(k),
-            sas_token: None,
-        }) => Some(("accountKey".to_string(), k)),
-        Some(CredentialInput {
-            account_key: None,
-            sas_token: Some(t),
-        }) => Some(("sasToken".to_string(), t)),
-        Some(_) => {
-            return Err(ApiError::bad_request(
-                "give exactly one of credential.accountKey and credential.sasToken",
-            ));
-        }
-    };
+    let secret = credential_of(b.credential)?;
     let loc = LocationRecord {
         org: o.id.clone(),
         id: new_id(),
@@ -1042,6 +1051,58 @@ async fn get_location(
 ) -> ApiResult<Json<LocationView>> {
     let o = org_for(&s, &caller, &seg[0], Role::Viewer)?;
     Ok(Json(s.location(&o.id, &seg[1])?.into()))
+}
+
+fn credential_of(c: Option<CredentialInput>) -> ApiResult<Option<(String, String)>> {
+    match c {
+        None => Ok(None),
+        Some(CredentialInput {
+            account_key: Some(k),
+            sas_token: None,
+        }) => Ok(Some(("accountKey".to_string(), k))),
+        Some(CredentialInput {
+            account_key: None,
+            sas_token: Some(t),
+        }) => Ok(Some(("sasToken".to_string(), t))),
+        Some(_) => Err(ApiError::bad_request(
+            "give exactly one of credential.accountKey and credential.sasToken",
+        )),
+    }
+}
+
+async fn update_location(
+    State(s): State<Server>,
+    caller: Caller,
+    Segments(seg): Segments,
+    Body(b): Body<UpdateLocation>,
+) -> ApiResult<Json<LocationView>> {
+    let o = org_for(&s, &caller, &seg[0], Role::Admin)?;
+    let secret = credential_of(b.credential)?;
+    let loc = s
+        .update_location(
+            &o.id,
+            &seg[1],
+            |l| {
+                if let Some(c) = b.clusters {
+                    l.clusters = c;
+                }
+                if let Some(c) = b.client_id {
+                    l.client_id = Some(c).filter(|c| !c.is_empty());
+                }
+                if let Some(t) = b.tenant_id {
+                    l.tenant_id = Some(t).filter(|t| !t.is_empty());
+                }
+                if let Some(m) = b.cluster_client_ids {
+                    l.cluster_client_ids = m;
+                }
+                if let Some(sync) = b.sync {
+                    l.sync = sync;
+                }
+            },
+            secret,
+        )
+        .await?;
+    Ok(Json(loc.into()))
 }
 
 async fn delete_location(

@@ -832,6 +832,49 @@ impl Server {
         Ok(true)
     }
 
+    /// Changes a location's assignment and identity settings (and, for a classic location, its
+    /// credential). Clusters get the change on their next visit; clusters no longer selected lose
+    /// its CR (and Secret) then.
+    pub async fn update_location(
+        &self,
+        org: &str,
+        name: &str,
+        change: impl FnOnce(&mut LocationRecord),
+        secret: Option<(String, String)>,
+    ) -> Result<LocationRecord> {
+        let current = self.location(org, name)?;
+        let revision = self
+            .inner
+            .catalog
+            .get::<LocationRecord>(org, &current.id)
+            .await?
+            .revision;
+        let mut loc = current;
+        change(&mut loc);
+        if let Some((kind, value)) = secret {
+            if loc.mode != Mode::Classic {
+                return Err(Error::invalid(
+                    "a federated location takes no credential: agents use Workload Identity",
+                ));
+            }
+            let sealer = self.inner.sealer.as_ref().ok_or_else(|| {
+                Error::precondition(
+                    "classic locations need a secrets key (secrets.keyFile or PXB_SECRETS_KEY)",
+                )
+            })?;
+            let sealed = sealer.seal(value.as_bytes(), &format!("{}/location/{}", loc.org, loc.id))?;
+            loc.credential = Some(pxb_core::catalog::records::SealedCredential { kind, sealed });
+        }
+        // Another update in between fails with a conflict instead of being overwritten.
+        self.inner.catalog.put(&loc, Some(revision)).await?;
+        self.inner
+            .lock()
+            .locations
+            .insert((org.to_owned(), loc.id.clone()), loc.clone());
+        self.wake_org(org);
+        Ok(loc)
+    }
+
     /// Asks every cluster of the location to validate it now.
     pub async fn request_validation(&self, org: &str, name: &str) -> Result<LocationRecord> {
         let mut loc = self.location(org, name)?;
@@ -1093,7 +1136,7 @@ impl Server {
         };
         let credential = credential_text(&provider.credential_state(&id));
         let after = self.inner.clock.now();
-        let (cluster_rec, status_recs) = {
+        let (cluster_rec, status_recs, stale) = {
             let mut st = self.inner.lock();
             let Some(t) = st.clusters.get_mut(&key) else {
                 return;
@@ -1103,6 +1146,7 @@ impl Server {
             // ran; its state from discovery then stands.
             let before = (!t.visitable()).then(|| (t.record.status.state, t.record.status.message.clone()));
             let mut status_recs: Vec<LocationStatus> = Vec::new();
+            let mut stale: Vec<String> = Vec::new();
             match result {
                 Ok(out) => {
                     t.failures = 0;
@@ -1124,6 +1168,12 @@ impl Server {
                         tracing::info!(org = %key.0, cluster = %record.name, deleted = out.orphans_deleted, "orphaned objects deleted");
                     }
                     status_recs = out.statuses;
+                    // Locations no longer assigned here: their status on this cluster goes too.
+                    stale = statuses
+                        .values()
+                        .filter(|old| !status_recs.iter().any(|s| s.id == old.id))
+                        .map(|old| old.id.clone())
+                        .collect();
                 }
                 Err(e) => {
                     t.failures += 1;
@@ -1165,9 +1215,17 @@ impl Server {
                 }
                 st.statuses.insert(key, s.clone());
             }
+            for id in &stale {
+                st.statuses.remove(&(key.0.clone(), id.clone()));
+            }
             st.dirty = true;
-            (cluster_rec, status_recs)
+            (cluster_rec, status_recs, stale)
         };
+        for id in stale {
+            if let Err(e) = self.inner.catalog.delete::<LocationStatus>(&key.0, &id).await {
+                tracing::warn!(org = %key.0, status = %id, error = %e, "cannot delete a stale location status");
+            }
+        }
         let mut puts = Vec::with_capacity(1 + status_recs.len());
         let encoded = Catalog::put_of(&cluster_rec, None)
             .map(|p| puts.push(p))

@@ -8,7 +8,7 @@ use serde_json::{Map, Value, json};
 
 use super::api::{
     CreateDiscovery, CreateLocation, CreateOrg, ErrorBody, FleetStatusView, ImportCluster, List,
-    LocationView, OrgView, SyncRequestBody, WhoAmI,
+    LocationView, OrgView, SyncRequestBody, UpdateLocation, WhoAmI,
 };
 use pxb_core::catalog::records::{
     BackupRecord, ClusterRecord, DiscoveryConfig, LocationStatus, RestoreRecord, ScheduleRecord, SyncRun,
@@ -203,6 +203,16 @@ fn ops() -> Vec<Op> {
             "One location.",
             &[],
             None,
+            200,
+            Some(s::<LocationView>),
+        ),
+        op(
+            "put",
+            "/v1/orgs/{org}/locations/{name}",
+            "updateLocation",
+            "Changes a location's assignment, identities or classic credential; clusters follow on their next visit.",
+            &[],
+            Some(s::<UpdateLocation>),
             200,
             Some(s::<LocationView>),
         ),
