@@ -250,6 +250,7 @@ async fn a_federated_fleet_of_fifty_shoots() {
     // Cross-org access is refused on every endpoint family, and lists show nothing of acme.
     let foreign: Vec<(Method, &str, Option<Value>)> = vec![
         (Method::GET, "/v1/orgs/acme", None),
+        (Method::PUT, "/v1/orgs/acme", Some(json!({"displayName": "mine"}))),
         (Method::GET, "/v1/orgs/acme/discoveries", None),
         (
             Method::POST,
@@ -267,6 +268,11 @@ async fn a_federated_fleet_of_fifty_shoots() {
             Some(azure_location(&cp, "evil", &container)),
         ),
         (Method::GET, "/v1/orgs/acme/locations/primary", None),
+        (
+            Method::PUT,
+            "/v1/orgs/acme/locations/primary",
+            Some(json!({"clusters": {"all": false}})),
+        ),
         (Method::DELETE, "/v1/orgs/acme/locations/primary", None),
         (Method::GET, "/v1/orgs/acme/locations/primary/status", None),
         (Method::POST, "/v1/orgs/acme/locations/primary/validate", None),
@@ -306,6 +312,38 @@ async fn a_federated_fleet_of_fifty_shoots() {
         .filter_map(|o| o["id"].as_str())
         .collect();
     assert_eq!(visible, vec!["globex"]);
+    // Role bindings change through the API (provider admins only): victor becomes an operator.
+    let (status, _) = cp
+        .call(Method::PUT, "/v1/orgs/acme", &acme, Some(json!({"access": []})))
+        .await
+        .expect("call");
+    assert_eq!(status, 403, "an org admin cannot change the org's bindings");
+    let (status, body) = cp
+        .call(
+            Method::PUT,
+            "/v1/orgs/acme",
+            &cp.admin_token(),
+            Some(json!({"access": [
+                {"role": "admin", "groups": ["acme-admins"]},
+                {"role": "operator", "groups": ["acme-viewers"]},
+            ]})),
+        )
+        .await
+        .expect("update org");
+    assert_eq!(status, 200, "{body}");
+    let who = cp.get_ok("/v1/whoami", &acme_viewer).await.expect("whoami");
+    assert_eq!(who["orgs"]["acme"], "operator", "{who}");
+    cp.call(
+        Method::PUT,
+        "/v1/orgs/acme",
+        &cp.admin_token(),
+        Some(json!({"access": [
+            {"role": "admin", "groups": ["acme-admins"]},
+            {"role": "viewer", "groups": ["acme-viewers"]},
+        ]})),
+    )
+    .await
+    .expect("restore bindings");
     // A viewer reads but cannot change; no token or a forged one gets 401.
     cp.get_ok("/v1/orgs/acme/locations/primary", &acme_viewer)
         .await

@@ -378,6 +378,21 @@ pub struct CreateOrg {
     pub access: Vec<RoleBinding>,
 }
 
+/// Changes to an org; absent fields stay as they are.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct UpdateOrg {
+    /// For humans.
+    #[serde(default)]
+    pub display_name: Option<String>,
+    /// Default mode of new locations.
+    #[serde(default)]
+    pub mode: Option<Mode>,
+    /// Who may do what (replaces the bindings).
+    #[serde(default)]
+    pub access: Option<Vec<RoleBinding>>,
+}
+
 /// A new discovery configuration.
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -615,7 +630,7 @@ pub fn router(server: Server) -> Router {
         .route("/v1/whoami", get(whoami))
         .route("/v1/fleet/status", get(fleet_status))
         .route("/v1/orgs", get(list_orgs).post(create_org))
-        .route("/v1/orgs/{org}", get(get_org))
+        .route("/v1/orgs/{org}", get(get_org).put(update_org))
         .route(
             "/v1/orgs/{org}/discoveries",
             get(list_discoveries).post(create_discovery),
@@ -828,6 +843,33 @@ async fn get_org(
     let o = org_for(&s, &caller, &seg[0], Role::Viewer)?;
     let admin = caller.require(&o, Role::Admin);
     Ok(Json(org_view(o.id.clone(), OrgState::Ready(o), admin)))
+}
+
+async fn update_org(
+    State(s): State<Server>,
+    caller: Caller,
+    Segments(seg): Segments,
+    Body(b): Body<UpdateOrg>,
+) -> ApiResult<Json<OrgView>> {
+    if !caller.provider_admin {
+        // Org admins may not grant themselves more; only provider admins change orgs.
+        org_for(&s, &caller, &seg[0], Role::Viewer)?;
+        return Err(ApiError::forbidden("only provider admins change orgs"));
+    }
+    let org = s
+        .update_org(&seg[0], |o| {
+            if let Some(n) = b.display_name {
+                o.display_name = n;
+            }
+            if let Some(m) = b.mode {
+                o.mode = m;
+            }
+            if let Some(a) = b.access {
+                o.access = a;
+            }
+        })
+        .await?;
+    Ok(Json(org_view(org.id.clone(), OrgState::Ready(org), true)))
 }
 
 async fn list_discoveries(

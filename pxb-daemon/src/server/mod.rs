@@ -404,6 +404,18 @@ impl Server {
         Ok(org)
     }
 
+    /// Changes an org's display name, default mode or role bindings.
+    pub async fn update_org(&self, id: &str, change: impl FnOnce(&mut Org)) -> Result<Org> {
+        let mut org = self.org(id)?;
+        let revision = self.inner.catalog.get::<Org>(id, id).await?.revision;
+        change(&mut org);
+        self.inner.catalog.put(&org, Some(revision)).await?;
+        self.inner
+            .orgs_mut()
+            .insert(org.id.clone(), OrgState::Ready(org.clone()));
+        Ok(org)
+    }
+
     /// The org's discovery configurations.
     pub fn discoveries(&self, org: &str) -> Vec<DiscoveryConfig> {
         let st = self.inner.lock();

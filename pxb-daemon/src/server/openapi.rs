@@ -8,7 +8,7 @@ use serde_json::{Map, Value, json};
 
 use super::api::{
     CreateDiscovery, CreateLocation, CreateOrg, ErrorBody, FleetStatusView, ImportCluster, List,
-    LocationView, OrgView, SyncRequestBody, UpdateLocation, WhoAmI,
+    LocationView, OrgView, SyncRequestBody, UpdateLocation, UpdateOrg, WhoAmI,
 };
 use pxb_core::catalog::records::{
     BackupRecord, ClusterRecord, DiscoveryConfig, LocationStatus, RestoreRecord, ScheduleRecord, SyncRun,
@@ -93,6 +93,16 @@ fn ops() -> Vec<Op> {
             "One org.",
             &[],
             None,
+            200,
+            Some(s::<OrgView>),
+        ),
+        op(
+            "put",
+            "/v1/orgs/{org}",
+            "updateOrg",
+            "Changes an org's display name, default mode or role bindings (provider admins).",
+            &[],
+            Some(s::<UpdateOrg>),
             200,
             Some(s::<OrgView>),
         ),
