@@ -4,7 +4,7 @@
 
 use std::collections::BTreeSet;
 
-use super::{CatalogStore, Cursor, Index, Kind, Put, Query};
+use super::{CatalogStore, Cursor, Index, Kind, Put, Query, Record};
 use crate::Error;
 
 /// Runs every check.
@@ -16,6 +16,7 @@ pub async fn run_all(store: &dyn CatalogStore) {
     paging_is_ordered_and_complete(store).await;
     filters(store).await;
     raw_documents_are_kept_as_written(store).await;
+    time_ranges_as_sort_ranges(store).await;
 }
 
 fn put(kind: Kind, org: &str, id: &str, sort: &str, doc: &str) -> Put {
@@ -282,8 +283,67 @@ pub async fn filters(store: &dyn CatalogStore) {
     let mut q = Query::org(org);
     q.cluster = Some("nowhere".into());
     assert!(ids(q).await.is_empty());
+    let mut q = Query::org(org);
+    q.sort_min = Some("03".into());
+    q.sort_max = Some("05".into());
+    assert_eq!(
+        ids(q).await,
+        vec!["b03", "b04", "b05"],
+        "sort-key bounds are inclusive"
+    );
 }
 
+/// A time range given as sort-key bounds (records listed newest first, [`Record::sort_range`])
+/// selects exactly the records in the range, in order.
+pub async fn time_ranges_as_sort_ranges(store: &dyn CatalogStore) {
+    use super::records::BackupRecord;
+    let org = "conf-h";
+    let backups: Vec<BackupRecord> = (0..30i64)
+        .map(|i| BackupRecord {
+            org: org.into(),
+            id: format!("t{i:02}"),
+            cluster: "c".into(),
+            location: "l".into(),
+            phase: "Completed".into(),
+            created_ms: 1_000 * i,
+            ..BackupRecord::default()
+        })
+        .collect();
+    let puts = backups
+        .iter()
+        .map(|b| super::Catalog::put_of(b, None))
+        .collect::<crate::Result<Vec<_>>>()
+        .expect("encode");
+    store.put(puts).await.expect("put");
+    for (from, to) in [
+        (Some(5_000), Some(9_000)),
+        (None, Some(2_000)),
+        (Some(27_500), None),
+        (Some(4_000), Some(4_000)),
+    ] {
+        let (sort_min, sort_max) = BackupRecord::sort_range(from, to);
+        let q = Query {
+            sort_min,
+            sort_max,
+            ..Query::org(org)
+        };
+        let got: Vec<String> = store
+            .list(Kind::Backup, &q)
+            .await
+            .expect("list")
+            .items
+            .into_iter()
+            .map(|e| e.id)
+            .collect();
+        let want: Vec<String> = backups
+            .iter()
+            .rev()
+            .filter(|b| from.is_none_or(|f| b.created_ms >= f) && to.is_none_or(|t| b.created_ms < t))
+            .map(|b| b.id.clone())
+            .collect();
+        assert_eq!(got, want, "range {from:?}..{to:?}, newest first");
+    }
+}
 /// The store keeps documents byte for byte, even ones that are not JSON: decoding is the typed
 /// layer's job, so one damaged record cannot make a whole list unreadable at the store level.
 pub async fn raw_documents_are_kept_as_written(store: &dyn CatalogStore) {

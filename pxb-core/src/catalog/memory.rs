@@ -142,4 +142,37 @@ mod tests {
     async fn memory_catalog_conformance() {
         super::super::conformance::run_all(&MemoryCatalog::new()).await;
     }
+
+    #[tokio::test]
+    async fn typed_lists_turn_time_ranges_into_sort_ranges() {
+        use super::super::records::BackupRecord;
+        use super::super::{Catalog, Query};
+        let store = MemoryCatalog::new();
+        let catalog = Catalog::new(std::sync::Arc::new(store.clone()));
+        let b = |i: i64| BackupRecord {
+            org: "o".into(),
+            id: format!("b{i}"),
+            created_ms: i * 1000,
+            ..BackupRecord::default()
+        };
+        catalog.put_all(&[b(1), b(2), b(3)]).await.expect("put");
+        let q = Query {
+            time_from_ms: Some(2000),
+            time_to_ms: Some(3000),
+            ..Query::org("o")
+        };
+        let got = catalog.list::<BackupRecord>(&q).await.expect("list");
+        assert_eq!(
+            got.items.iter().map(|b| b.id.as_str()).collect::<Vec<_>>(),
+            vec!["b2"]
+        );
+        // The bounds alone, without the time columns, select the same.
+        let (sort_min, sort_max) = super::super::newest_first_range(Some(2000), Some(3000));
+        let raw = Query {
+            sort_min,
+            sort_max,
+            ..Query::org("o")
+        };
+        assert_eq!(store.count(Kind::Backup, &raw).await.expect("count"), 1);
+    }
 }

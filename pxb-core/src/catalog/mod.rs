@@ -162,6 +162,11 @@ pub struct Query {
     pub time_from_ms: Option<i64>,
     /// Only records with `time_ms < to`.
     pub time_to_ms: Option<i64>,
+    /// Only records whose sort key is at least this (lets a store answer a time range of records
+    /// whose sort key encodes their time with an index range; see [`Record::sort_range`]).
+    pub sort_min: Option<String>,
+    /// Only records whose sort key is at most this.
+    pub sort_max: Option<String>,
     /// At most this many (clamped to `1..=MAX_PAGE`).
     pub limit: usize,
     /// Continue after this cursor (from [`Page::next`]).
@@ -198,6 +203,8 @@ impl Query {
             && self
                 .time_to_ms
                 .is_none_or(|to| e.index.time_ms.is_some_and(|t| t < to))
+            && self.sort_min.as_ref().is_none_or(|m| e.index.sort >= *m)
+            && self.sort_max.as_ref().is_none_or(|m| e.index.sort <= *m)
     }
 }
 
@@ -279,6 +286,28 @@ pub trait Record: Serialize + DeserializeOwned + Send + Sync {
     fn id(&self) -> &str;
     /// Its indexed columns.
     fn index(&self) -> Index;
+
+    /// The sort-key bounds (inclusive) that hold exactly the records with `from <= time_ms < to`,
+    /// for records whose sort key encodes their time; `(None, None)` for the others.
+    fn sort_range(time_from_ms: Option<i64>, time_to_ms: Option<i64>) -> (Option<String>, Option<String>) {
+        let _ = (time_from_ms, time_to_ms);
+        (None, None)
+    }
+}
+
+/// The sort key of a record listed newest first: `i64::MAX - ms`, zero-padded.
+pub fn newest_first_key(ms: i64) -> String {
+    format!("{:020}", i64::MAX.saturating_sub(ms.max(0)))
+}
+
+/// [`Record::sort_range`] for records whose sort key is [`newest_first_key`] of their time.
+pub fn newest_first_range(from_ms: Option<i64>, to_ms: Option<i64>) -> (Option<String>, Option<String>) {
+    // time < to  <=>  key > MAX - to  <=>  key >= MAX - to + 1 (so: key of to - 1);
+    // time >= from  <=>  key <= MAX - from.
+    (
+        to_ms.map(|t| newest_first_key(t.saturating_sub(1))),
+        from_ms.map(newest_first_key),
+    )
 }
 
 /// A decoded record with the revision it was read at.
@@ -373,9 +402,14 @@ impl Catalog {
         self.store.delete(T::KIND, org, id, None).await
     }
 
-    /// One page; records that do not decode are [`Error::Corrupt`].
+    /// One page; records that do not decode are [`Error::Corrupt`]. A time range is also given
+    /// to the store as a sort-key range where the record's sort key encodes its time.
     pub async fn list<T: Record>(&self, query: &Query) -> Result<Page<T>> {
-        let page = self.store.list(T::KIND, query).await?;
+        let mut q = query.clone();
+        if q.sort_min.is_none() && q.sort_max.is_none() {
+            (q.sort_min, q.sort_max) = T::sort_range(q.time_from_ms, q.time_to_ms);
+        }
+        let page = self.store.list(T::KIND, &q).await?;
         let items = page
             .items
             .iter()

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::{Index, Kind, Record};
+use super::{Index, Kind, Record, newest_first_key, newest_first_range};
 
 /// The `org` and `id` accessors of a record whose fields have those names.
 macro_rules! org_and_id {
@@ -526,10 +526,13 @@ pub struct BackupRecord {
 impl Record for BackupRecord {
     const KIND: Kind = Kind::Backup;
     org_and_id!();
+    fn sort_range(from: Option<i64>, to: Option<i64>) -> (Option<String>, Option<String>) {
+        newest_first_range(from, to)
+    }
     fn index(&self) -> Index {
         Index {
             // Newest first.
-            sort: format!("{:020}", i64::MAX.saturating_sub(self.created_ms.max(0))),
+            sort: newest_first_key(self.created_ms),
             cluster: Some(self.cluster.clone()),
             location: Some(self.location.clone()),
             status: Some(self.phase.clone()),
@@ -562,9 +565,12 @@ pub struct RestoreRecord {
 impl Record for RestoreRecord {
     const KIND: Kind = Kind::Restore;
     org_and_id!();
+    fn sort_range(from: Option<i64>, to: Option<i64>) -> (Option<String>, Option<String>) {
+        newest_first_range(from, to)
+    }
     fn index(&self) -> Index {
         Index {
-            sort: format!("{:020}", i64::MAX.saturating_sub(self.created_ms.max(0))),
+            sort: newest_first_key(self.created_ms),
             cluster: Some(self.cluster.clone()),
             status: Some(self.phase.clone()),
             time_ms: Some(self.created_ms),

@@ -1227,6 +1227,7 @@ async fn list_records<T: Record + Serialize>(s: &Server, org: &str, p: &ListPara
         time_to_ms: time_ms(&p.to, "to")?,
         limit: p.limit(),
         after: p.after.clone(),
+        ..Query::default()
     };
     let page = s.catalog().list::<T>(&q).await?;
     Ok(List {

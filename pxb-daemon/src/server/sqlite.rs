@@ -219,6 +219,14 @@ fn filters(query: &Query, sql: &mut String, args: &mut Vec<Value>) {
         args.push(Value::Integer(t));
         sql.push_str(&format!(" AND time_ms < ?{}", args.len()));
     }
+    if let Some(m) = &query.sort_min {
+        args.push(Value::Text(m.clone()));
+        sql.push_str(&format!(" AND sort >= ?{}", args.len()));
+    }
+    if let Some(m) = &query.sort_max {
+        args.push(Value::Text(m.clone()));
+        sql.push_str(&format!(" AND sort <= ?{}", args.len()));
+    }
 }
 
 #[async_trait]

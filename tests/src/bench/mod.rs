@@ -2,6 +2,7 @@
 //! Timings come from wall clocks and peak RSS from `/proc/self/status`; each subcommand prints
 //! one JSON document with its measurements.
 
+pub mod api;
 pub mod fleet;
 pub mod gc;
 pub mod server;

@@ -61,6 +61,14 @@ async fn main_async(args: Vec<String>) -> anyhow::Result<serde_json::Value> {
             )
             .await
         }
+        Some("api") => {
+            bench::api::run(
+                arg(&args, "--backups", 1_000_000usize)?,
+                arg(&args, "--clusters", 2_000usize)?,
+                arg(&args, "--rounds", 200usize)?,
+            )
+            .await
+        }
         Some("server") => {
             bench::server::fleet_pass(bench::server::ServerBench {
                 shoots: arg(&args, "--shoots", 10_000usize)?,
@@ -70,7 +78,7 @@ async fn main_async(args: Vec<String>) -> anyhow::Result<serde_json::Value> {
             })
             .await
         }
-        _ => bail!("usage: pxb-bench volume|sync|gc|fleet|renewal|server [options] (see the source)"),
+        _ => bail!("usage: pxb-bench volume|sync|gc|fleet|renewal|server|api [options] (see the source)"),
     }
 }
 

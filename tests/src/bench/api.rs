@@ -1,0 +1,200 @@
+//! The API benchmark: list and filter over many backups in the embedded SQLite catalog, through
+//! the server's HTTP API (`GET /v1/orgs/{org}/backups`), as a client sees it.
+
+use std::time::{Duration, Instant};
+
+use pxb_core::catalog::records::{BackupRecord, Org};
+use pxb_core::catalog::{Catalog, CatalogStore, Put};
+use rand::Rng as _;
+use serde_json::{Value, json};
+
+const MIB: f64 = 1024.0 * 1024.0;
+
+/// Makes one query string of a kind, with random parameters.
+type QueryFn = dyn Fn(&mut rand::rngs::ThreadRng) -> String;
+const DAY_MS: i64 = 86_400_000;
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+fn rfc3339_ms(ms: i64) -> String {
+    pxb_core::clock::rfc3339(std::time::UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64))
+}
+
+/// Fills a catalog with `backups` backups of one org (over `clusters` clusters, 5 locations and
+/// 90 days; 95 % Completed, 4 % Failed, 1 % InProgress), starts the server on it, and times
+/// `rounds` requests of each kind of list.
+pub async fn run(backups: usize, clusters: usize, rounds: usize) -> anyhow::Result<Value> {
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("catalog.db");
+    let store = pxb_daemon::server::sqlite::SqliteCatalog::open(&path).await?;
+    let now_ms = (std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_millis()) as i64;
+    let org = Org {
+        id: "bench".into(),
+        display_name: "bench".into(),
+        mode: Default::default(),
+        access: Vec::new(),
+        created_at: rfc3339_ms(now_ms),
+    };
+    store.put(vec![Catalog::put_of(&org, None)?]).await?;
+    let started = Instant::now();
+    let mut rng = rand::rng();
+    let mut batch: Vec<Put> = Vec::with_capacity(5000);
+    for i in 0..backups {
+        let cluster = rng.random_range(0..clusters);
+        let roll: f64 = rng.random();
+        let phase = if roll < 0.95 {
+            "Completed"
+        } else if roll < 0.99 {
+            "Failed"
+        } else {
+            "InProgress"
+        };
+        let b = BackupRecord {
+            org: "bench".into(),
+            id: format!("b{i:08}"),
+            cluster: format!("cluster-{cluster:05}"),
+            location: format!("loc-{}", cluster % 5),
+            namespaces: vec![format!("ns-{}", i % 7), "shared".into()],
+            phase: phase.into(),
+            created_ms: now_ms - rng.random_range(0..90 * DAY_MS),
+            synced: i % 10 == 0,
+            origin_cluster: None,
+            missing_objects: 0,
+        };
+        batch.push(Catalog::put_of(&b, None)?);
+        if batch.len() == 5000 {
+            store.put(std::mem::take(&mut batch)).await?;
+        }
+    }
+    if !batch.is_empty() {
+        store.put(batch).await?;
+    }
+    let fill = started.elapsed();
+    drop(store);
+    let db_bytes = std::fs::metadata(&path)?.len()
+        + std::fs::metadata(dir.path().join("catalog.db-wal"))
+            .map(|m| m.len())
+            .unwrap_or(0);
+
+    let mut config = pxb_daemon::server::config::ServerConfig::default();
+    config.api.listen = "127.0.0.1:0".into();
+    config.catalog.path = path.display().to_string();
+    let token = "bench-dev-token-0123456789abcdef".to_string();
+    let daemon = pxb_daemon::server::Daemon::start(config, Some(token.clone()), |_| None).await?;
+    let url = format!("http://{}/v1/orgs/bench/backups", daemon.addr);
+    let http = reqwest::Client::new();
+    let get = |q: String| {
+        let (http, url, token) = (http.clone(), url.clone(), token.clone());
+        async move {
+            let t = Instant::now();
+            let r = http.get(format!("{url}?{q}")).bearer_auth(&token).send().await?;
+            anyhow::ensure!(r.status() == 200, "{q}: {}", r.status());
+            let body: Value = serde_json::from_slice(&r.bytes().await?)?;
+            Ok::<_, anyhow::Error>((t.elapsed().as_secs_f64() * 1000.0, body))
+        }
+    };
+    let kinds: Vec<(&str, Box<QueryFn>)> = vec![
+        ("newest page", Box::new(|_| "limit=100".into())),
+        (
+            "one cluster",
+            Box::new(move |r| format!("limit=100&cluster=cluster-{:05}", r.random_range(0..clusters))),
+        ),
+        (
+            "one location",
+            Box::new(|r| format!("limit=100&location=loc-{}", r.random_range(0..5))),
+        ),
+        ("failed", Box::new(|_| "limit=100&state=Failed".into())),
+        (
+            "last 24 h",
+            Box::new(move |_| format!("limit=100&from={}", rfc3339_ms(now_ms - DAY_MS))),
+        ),
+        (
+            "last 7 d, one cluster",
+            Box::new(move |r| {
+                format!(
+                    "limit=100&from={}&cluster=cluster-{:05}",
+                    rfc3339_ms(now_ms - 7 * DAY_MS),
+                    r.random_range(0..clusters)
+                )
+            }),
+        ),
+        (
+            "custom bracket 60-61 d ago",
+            Box::new(move |_| {
+                format!(
+                    "limit=100&from={}&to={}",
+                    rfc3339_ms(now_ms - 61 * DAY_MS),
+                    rfc3339_ms(now_ms - 60 * DAY_MS)
+                )
+            }),
+        ),
+        (
+            "failed, one location, last 30 d",
+            Box::new(move |r| {
+                format!(
+                    "limit=100&state=Failed&location=loc-{}&from={}",
+                    r.random_range(0..5),
+                    rfc3339_ms(now_ms - 30 * DAY_MS)
+                )
+            }),
+        ),
+    ];
+    let mut results = serde_json::Map::new();
+    let mut all = Vec::new();
+    for (name, q) in &kinds {
+        let mut lat = Vec::with_capacity(rounds);
+        let mut items = 0usize;
+        for _ in 0..rounds {
+            let query = q(&mut rng);
+            let (ms, body) = get(query).await?;
+            items += body["items"].as_array().map_or(0, Vec::len);
+            lat.push(ms);
+        }
+        lat.sort_by(f64::total_cmp);
+        all.extend(lat.iter().copied());
+        results.insert(
+            (*name).into(),
+            json!({"p50_ms": percentile(&lat, 0.5), "p99_ms": percentile(&lat, 0.99),
+                   "max_ms": lat.last().copied().unwrap_or(0.0), "avg_items": items as f64 / rounds as f64}),
+        );
+    }
+    // Paging deep: ten pages in a row, following `next`.
+    let mut lat = Vec::new();
+    let mut after: Option<String> = None;
+    for _ in 0..10 {
+        let q = match &after {
+            Some(a) => format!("limit=1000&after={a}"),
+            None => "limit=1000".into(),
+        };
+        let (ms, body) = get(q).await?;
+        lat.push(ms);
+        after = body["next"].as_str().map(str::to_owned);
+    }
+    lat.sort_by(f64::total_cmp);
+    results.insert(
+        "pages of 1000, following next".into(),
+        json!({"p50_ms": percentile(&lat, 0.5), "max_ms": lat.last().copied().unwrap_or(0.0)}),
+    );
+    all.sort_by(f64::total_cmp);
+    let peak = super::peak_rss();
+    daemon.shutdown().await;
+    Ok(json!({
+        "benchmark": "API: list and filter backups (HTTP, SQLite catalog)",
+        "backups": backups,
+        "clusters": clusters,
+        "rounds_per_query": rounds,
+        "fill_seconds": fill.as_secs_f64(),
+        "catalog_mib": db_bytes as f64 / MIB,
+        "all_queries_p99_ms": percentile(&all, 0.99),
+        "all_queries_max_ms": all.last().copied().unwrap_or(0.0),
+        "queries": results,
+        "process_peak_rss_mib": peak as f64 / MIB,
+    }))
+}
