@@ -297,6 +297,11 @@ impl GardenerProvider {
         self.state().inventory.values().cloned().collect()
     }
 
+    /// How many shoots the inventory holds.
+    pub fn tracked(&self) -> usize {
+        self.state().inventory.len()
+    }
+
     /// One garden request with the configured deadline; errors name `what` was being done.
     async fn garden_call<T>(
         &self,

@@ -1013,7 +1013,9 @@ async fn zero_touch_install_imported_clusters_and_retired_shoots() {
     let key_file = keys.path().join("secrets.key");
     std::fs::write(&key_file, base64_key(3)).expect("key");
     let mut cp = ControlPlane::start(PROJECT, 3, |c| {
-        c.secrets.key_file = key_file.display().to_string()
+        c.secrets.key_file = key_file.display().to_string();
+        c.garden_credentials
+            .insert("broken".into(), "/nonexistent/garden.yaml".into());
     })
     .await
     .expect("control plane");
@@ -1022,6 +1024,55 @@ async fn zero_touch_install_imported_clusters_and_retired_shoots() {
     let acme = cp.token("alice", &["acme-admins"]);
     let globex = cp.token("gina", &["globex-admins"]);
     add_discovery(&cp, "acme", &acme).await;
+
+    // A discovery whose garden credential cannot be read says so, and keeps retrying; the good
+    // one runs and counts the project's shoots.
+    let (status, body) = cp
+        .call(
+            Method::POST,
+            "/v1/orgs/globex/discoveries",
+            &globex,
+            Some(json!({"id": "broken", "project": PROJECT, "credential": "broken"})),
+        )
+        .await
+        .expect("discovery");
+    assert_eq!(status, 201, "{body}");
+    wait_for("Failing with the reason", Duration::from_secs(30), || async {
+        let d = cp
+            .get_ok("/v1/orgs/globex/discoveries/broken", &globex)
+            .await
+            .map_err(|e| e.to_string())?;
+        let ok = d["status"]["state"] == "Failing"
+            && d["status"]["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("reading the garden credential"));
+        if ok { Ok(Some(())) } else { Err(d.to_string()) }
+    })
+    .await
+    .expect("failing discovery");
+    wait_for("Running", Duration::from_secs(30), || async {
+        let d = cp
+            .get_ok("/v1/orgs/acme/discoveries/dev", &acme)
+            .await
+            .map_err(|e| e.to_string())?;
+        if d["status"]["state"] == "Running" && d["status"]["shoots"] == 3 {
+            Ok(Some(()))
+        } else {
+            Err(d.to_string())
+        }
+    })
+    .await
+    .expect("running discovery");
+    let (status, _) = cp
+        .call(
+            Method::DELETE,
+            "/v1/orgs/globex/discoveries/broken",
+            &globex,
+            None,
+        )
+        .await
+        .expect("call");
+    assert_eq!(status, 204);
 
     // Without an agent, and with zero-touch install off (the default), clusters say so.
     for i in 0..3 {

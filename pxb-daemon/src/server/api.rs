@@ -393,6 +393,22 @@ pub struct UpdateOrg {
     pub access: Option<Vec<RoleBinding>>,
 }
 
+/// A discovery configuration with how it is doing.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DiscoveryView {
+    /// The configuration.
+    #[serde(flatten)]
+    pub config: DiscoveryConfig,
+    /// Its state.
+    pub status: super::DiscoveryStatus,
+}
+
+fn discovery_view(s: &Server, d: DiscoveryConfig) -> DiscoveryView {
+    let status = s.discovery_status(&d.org, &d.id);
+    DiscoveryView { config: d, status }
+}
+
 /// A new discovery configuration.
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -877,11 +893,12 @@ async fn list_discoveries(
     caller: Caller,
     Segments(seg): Segments,
     Params(p): Params<ListParams>,
-) -> ApiResult<Json<List<DiscoveryConfig>>> {
+) -> ApiResult<Json<List<DiscoveryView>>> {
     let o = org_for(&s, &caller, &seg[0], Role::Viewer)?;
     let mut v = s.discoveries(&o.id);
     v.sort_by(|a, b| a.id.cmp(&b.id));
-    Ok(Json(page_by(v, &p, |d| d.id.clone())?))
+    let v: Vec<DiscoveryView> = v.into_iter().map(|d| discovery_view(&s, d)).collect();
+    Ok(Json(page_by(v, &p, |d| d.config.id.clone())?))
 }
 
 async fn create_discovery(
@@ -889,7 +906,7 @@ async fn create_discovery(
     caller: Caller,
     Segments(seg): Segments,
     Body(b): Body<CreateDiscovery>,
-) -> ApiResult<(StatusCode, Json<DiscoveryConfig>)> {
+) -> ApiResult<(StatusCode, Json<DiscoveryView>)> {
     let o = org_for(&s, &caller, &seg[0], Role::Admin)?;
     if !crate::agent::is_dns_label(&b.id) || !crate::agent::is_dns_label(&b.project) {
         return Err(ApiError::bad_request("id and project must be DNS labels"));
@@ -904,19 +921,19 @@ async fn create_discovery(
             created_at: rfc3339(s.clock().now()),
         })
         .await?;
-    Ok((StatusCode::CREATED, Json(d)))
+    Ok((StatusCode::CREATED, Json(discovery_view(&s, d))))
 }
 
 async fn get_discovery(
     State(s): State<Server>,
     caller: Caller,
     Segments(seg): Segments,
-) -> ApiResult<Json<DiscoveryConfig>> {
+) -> ApiResult<Json<DiscoveryView>> {
     let o = org_for(&s, &caller, &seg[0], Role::Viewer)?;
     s.discoveries(&o.id)
         .into_iter()
         .find(|d| d.id == seg[1])
-        .map(Json)
+        .map(|d| Json(discovery_view(&s, d)))
         .ok_or_else(|| {
             ApiError::new(
                 StatusCode::NOT_FOUND,

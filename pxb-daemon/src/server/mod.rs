@@ -105,7 +105,26 @@ struct State {
     statuses: HashMap<Key, LocationStatus>,
     discoveries: BTreeMap<Key, DiscoveryConfig>,
     running: HashMap<Key, Discovery>,
+    discovery_status: HashMap<Key, DiscoveryStatus>,
     dirty: bool,
+}
+
+/// How a discovery is doing.
+#[derive(
+    Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize, schemars::JsonSchema,
+)]
+#[serde(rename_all = "camelCase")]
+pub struct DiscoveryStatus {
+    /// `Starting`, `Running` or `Failing` (retried with backoff).
+    pub state: String,
+    /// Why it fails, for humans.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// Since when (RFC 3339).
+    pub since: String,
+    /// Shoots the discovery knows (eligible or not).
+    #[serde(default)]
+    pub shoots: usize,
 }
 
 /// Counters exposed on `/metrics`.
@@ -460,6 +479,7 @@ impl Server {
             let mut st = self.inner.lock();
             st.discoveries.remove(&key);
             st.running.remove(&key);
+            st.discovery_status.remove(&key);
             st.dirty = true;
             st.clusters
                 .values_mut()
@@ -487,6 +507,7 @@ impl Server {
             return;
         };
         let mut backoff = Duration::from_secs(1);
+        self.set_discovery_status(&key, "Starting", None);
         let provider = loop {
             if !self.inner.lock().discoveries.contains_key(&key) {
                 return;
@@ -500,11 +521,15 @@ impl Server {
                 cfg.expiration = Duration::from_secs(self.inner.config.fleet.kubeconfig_lifetime_secs);
                 cfg.request_timeout =
                     Duration::from_millis(self.inner.config.fleet.call_timeout_ms.max(1000) * 3);
-                GardenerProvider::connect(cfg).await
+                let provider = GardenerProvider::connect(cfg).await?;
+                // Reading the project proves the credential and the project name.
+                provider.project_namespace().await?;
+                Ok::<_, Error>(provider)
             };
             match attempt.await {
                 Ok(p) => break p,
                 Err(e) => {
+                    self.set_discovery_status(&key, "Failing", Some(e.to_string()));
                     tracing::warn!(org = %d.org, discovery = %d.id, error = %e, "cannot start discovery; retrying");
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(Duration::from_secs(60));
@@ -520,6 +545,7 @@ impl Server {
                 provider: provider.clone(),
             },
         );
+        self.set_discovery_status(&key, "Running", None);
         tracing::info!(org = %d.org, discovery = %d.id, project = %d.project, "discovery started");
         while let Some(diff) = rx.recv().await {
             if !self.inner.lock().discoveries.contains_key(&key) {
@@ -529,6 +555,41 @@ impl Server {
                 tracing::warn!(org = %d.org, discovery = %d.id, error = %e, "cannot record a discovery change");
             }
         }
+    }
+
+    fn set_discovery_status(&self, key: &Key, state: &str, message: Option<String>) {
+        let mut st = self.inner.lock();
+        let changed = st
+            .discovery_status
+            .get(key)
+            .is_none_or(|s| s.state != state || s.message != message);
+        if changed {
+            st.discovery_status.insert(
+                key.clone(),
+                DiscoveryStatus {
+                    state: state.into(),
+                    message,
+                    since: rfc3339(self.inner.clock.now()),
+                    shoots: 0,
+                },
+            );
+        }
+    }
+
+    /// How the discovery `id` of `org` is doing.
+    pub fn discovery_status(&self, org: &str, id: &str) -> DiscoveryStatus {
+        let key = (org.to_owned(), id.to_owned());
+        let st = self.inner.lock();
+        let mut status = st
+            .discovery_status
+            .get(&key)
+            .cloned()
+            .unwrap_or_else(|| DiscoveryStatus {
+                state: "Starting".into(),
+                ..DiscoveryStatus::default()
+            });
+        status.shoots = st.running.get(&key).map_or(0, |d| d.provider.tracked());
+        status
     }
 
     fn record_of(

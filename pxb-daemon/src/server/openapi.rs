@@ -7,11 +7,11 @@ use schemars::{JsonSchema, Schema};
 use serde_json::{Map, Value, json};
 
 use super::api::{
-    CreateDiscovery, CreateLocation, CreateOrg, ErrorBody, FleetStatusView, ImportCluster, List,
-    LocationView, OrgView, SyncRequestBody, UpdateLocation, UpdateOrg, WhoAmI,
+    CreateDiscovery, CreateLocation, CreateOrg, DiscoveryView, ErrorBody, FleetStatusView, ImportCluster,
+    List, LocationView, OrgView, SyncRequestBody, UpdateLocation, UpdateOrg, WhoAmI,
 };
 use pxb_core::catalog::records::{
-    BackupRecord, ClusterRecord, DiscoveryConfig, LocationStatus, RestoreRecord, ScheduleRecord, SyncRun,
+    BackupRecord, ClusterRecord, LocationStatus, RestoreRecord, ScheduleRecord, SyncRun,
 };
 
 type Gen = fn(&mut SchemaGenerator) -> Schema;
@@ -114,7 +114,7 @@ fn ops() -> Vec<Op> {
             LIST,
             None,
             200,
-            Some(s::<List<DiscoveryConfig>>),
+            Some(s::<List<DiscoveryView>>),
         ),
         op(
             "post",
@@ -124,7 +124,7 @@ fn ops() -> Vec<Op> {
             &[],
             Some(s::<CreateDiscovery>),
             201,
-            Some(s::<DiscoveryConfig>),
+            Some(s::<DiscoveryView>),
         ),
         op(
             "get",
@@ -134,7 +134,7 @@ fn ops() -> Vec<Op> {
             &[],
             None,
             200,
-            Some(s::<DiscoveryConfig>),
+            Some(s::<DiscoveryView>),
         ),
         op(
             "delete",
