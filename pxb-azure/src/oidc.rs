@@ -95,6 +95,8 @@ pub struct Principal {
     pub roles: Vec<String>,
     /// When the token expires (`exp`).
     pub expires_at: SystemTime,
+    /// The sign-in session (`sid`), when the token names one.
+    pub session: Option<String>,
 }
 
 /// Why a token was refused, or why it could not be checked.
@@ -558,6 +560,7 @@ fn principal(claims: &Map<String, Value>, issuer: &str) -> Result<Principal, Oid
         groups: strings(claims.get("groups")),
         roles: strings(claims.get("roles")),
         expires_at: exp,
+        session: text("sid"),
     })
 }
 
@@ -792,6 +795,7 @@ mod tests {
                 groups: vec!["g1".into(), "g2".into()],
                 roles: vec!["Admin".into()],
                 expires_at: UNIX_EPOCH + Duration::from_secs(exp),
+                session: None,
             }
         );
         let p = check(&s, &with(c.clone(), "preferred_username", json!("ann@pref"))).expect("valid");

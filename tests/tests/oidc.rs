@@ -75,8 +75,15 @@ async fn valid_token_is_accepted_and_mapped() {
             groups: vec!["g-admins".into(), "g-ops".into()],
             roles: vec!["Backup.Admin".into()],
             expires_at: UNIX_EPOCH + Duration::from_secs(exp),
+            session: None,
         }
     );
+    // The sign-in session comes from `sid`.
+    let with_sid = v
+        .validate(&issuer.token(with(claims.clone(), "sid", json!("sess-1"))))
+        .await
+        .expect("valid token with sid");
+    assert_eq!(with_sid.session.as_deref(), Some("sess-1"));
     // `oid` wins over `sub`; without `preferred_username`, `name` is used.
     let other = with(
         with(claims.clone(), "sub", json!("pairwise-sub")),

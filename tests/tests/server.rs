@@ -893,17 +893,73 @@ async fn damaged_orgs_are_degraded_and_classic_secrets_are_sealed() {
         .await
         .expect("call");
     assert_eq!(status, 400, "a relative directory is refused: {body}");
+    // The server answers an oversized body with 413 and closes the connection without reading
+    // the rest, so this request gets a client (and connection) of its own.
     let big = json!({"name": "x".repeat(2 << 20)});
-    let (status, body) = cp
-        .call(Method::POST, "/v1/orgs/acme/locations", &acme, Some(big))
+    let resp = reqwest::Client::new()
+        .post(format!("{}/v1/orgs/acme/locations", cp.url))
+        .bearer_auth(&acme)
+        .header("content-type", "application/json")
+        .body(big.to_string())
+        .send()
         .await
-        .expect("call");
-    assert_eq!(status, 413, "{body}");
+        .expect("oversized body");
+    assert_eq!(resp.status(), 413);
+    let body: Value = serde_json::from_slice(&resp.bytes().await.expect("body")).expect("json");
+    assert_eq!(body["error"]["code"], "payload_too_large", "{body}");
     let (status, body) = cp
         .call(Method::GET, "/v1/orgs/acme/backups?limit=5000", &acme, None)
         .await
         .expect("call");
     assert_eq!(status, 200, "huge page sizes are clamped: {body}");
+
+    // Preferences: the tab is kept per user across logins; the time bracket per sign-in session.
+    let login = |sid: &str| {
+        let mut c = cp
+            .issuer
+            .claims_for("alice", pxb_tests::control::AUDIENCE, &["acme-admins"], &[], 3600);
+        c["sid"] = json!(sid);
+        cp.issuer.token(c)
+    };
+    let first = login("session-1");
+    let prefs = cp.get_ok("/v1/me/preferences", &first).await.expect("prefs");
+    assert_eq!(
+        (prefs["tab"].as_str(), prefs["timeBracket"]["kind"].as_str()),
+        (Some("namespaces"), Some("24h"))
+    );
+    let (status, body) = cp
+        .call(
+            Method::PUT,
+            "/v1/me/preferences",
+            &first,
+            Some(json!({"tab": "vms", "timeBracket": {"kind": "7d"}})),
+        )
+        .await
+        .expect("put prefs");
+    assert_eq!(status, 200, "{body}");
+    let prefs = cp.get_ok("/v1/me/preferences", &first).await.expect("prefs");
+    assert_eq!(
+        (prefs["tab"].as_str(), prefs["timeBracket"]["kind"].as_str()),
+        (Some("vms"), Some("7d"))
+    );
+    for bad in [
+        json!({"timeBracket": {"kind": "custom", "from": "2026-01-02T00:00:00Z", "to": "2026-01-01T00:00:00Z"}}),
+        json!({"timeBracket": {"kind": "fortnight"}}),
+        json!({"tab": "cards"}),
+    ] {
+        let (status, body) = cp
+            .call(Method::PUT, "/v1/me/preferences", &first, Some(bad))
+            .await
+            .expect("call");
+        assert_eq!(status, 400, "{body}");
+    }
+    let second = login("session-2");
+    let prefs = cp.get_ok("/v1/me/preferences", &second).await.expect("prefs");
+    assert_eq!(
+        (prefs["tab"].as_str(), prefs["timeBracket"]["kind"].as_str()),
+        (Some("vms"), Some("24h")),
+        "a new login keeps the tab and starts with the last 24 hours"
+    );
 
     // initech gets a classic location too; then, while the server is down, initech's sealed
     // credential and globex's org record are damaged on disk.
@@ -983,6 +1039,8 @@ async fn damaged_orgs_are_degraded_and_classic_secrets_are_sealed() {
             ("initech".into(), "Degraded".into())
         ]
     );
+    let prefs = cp.get_ok("/v1/me/preferences", &second).await.expect("prefs");
+    assert_eq!(prefs["tab"], "vms", "the tab survives a restart");
     // acme is served as before.
     wait_for("acme still served and valid", Duration::from_secs(60), || async {
         let p = phases(&cp, "acme", "classic", &acme).await?;

@@ -322,6 +322,119 @@ fn time_ms(s: &Option<String>, what: &str) -> ApiResult<Option<i64>> {
         .transpose()
 }
 
+/// Which kind of backups a view shows.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Tab {
+    /// Namespace backups (the default).
+    #[default]
+    Namespaces,
+    /// Virtual-machine backups (KubeVirt `VirtualMachine`s).
+    Vms,
+}
+
+/// A time bracket for lists.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TimeBracket {
+    /// `1h`, `24h` (the default), `7d`, `30d` or `custom`.
+    #[schemars(extend("enum" = ["1h", "24h", "7d", "30d", "custom"]))]
+    pub kind: String,
+    /// Custom: from (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from: Option<String>,
+    /// Custom: to (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub to: Option<String>,
+}
+
+impl Default for TimeBracket {
+    fn default() -> Self {
+        TimeBracket {
+            kind: "24h".into(),
+            from: None,
+            to: None,
+        }
+    }
+}
+
+/// The caller's preferences: the tab is stored per user and survives new logins; the time bracket
+/// lasts for the sign-in session and is "last 24 hours" in a new one.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PreferencesView {
+    /// Namespace or VM backups.
+    pub tab: Tab,
+    /// The time bracket of this session.
+    pub time_bracket: TimeBracket,
+}
+
+/// Changes to the caller's preferences; absent fields stay as they are.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct UpdatePreferences {
+    /// Namespace or VM backups.
+    #[serde(default)]
+    pub tab: Option<Tab>,
+    /// The time bracket for this session.
+    #[serde(default)]
+    pub time_bracket: Option<TimeBracket>,
+}
+
+async fn preferences_of(s: &Server, caller: &Caller) -> ApiResult<PreferencesView> {
+    let id = &caller.identity;
+    let stored = s.user_preferences(&id.subject).await?;
+    let tab = stored
+        .values
+        .get("tab")
+        .and_then(|v| serde_json::from_value(v.clone()).ok())
+        .unwrap_or_default();
+    let time_bracket = s
+        .session_value(&id.subject, &id.session)
+        .and_then(|v| serde_json::from_value(v).ok())
+        .unwrap_or_default();
+    Ok(PreferencesView { tab, time_bracket })
+}
+
+async fn get_preferences(State(s): State<Server>, caller: Caller) -> ApiResult<Json<PreferencesView>> {
+    Ok(Json(preferences_of(&s, &caller).await?))
+}
+
+async fn put_preferences(
+    State(s): State<Server>,
+    caller: Caller,
+    Body(b): Body<UpdatePreferences>,
+) -> ApiResult<Json<PreferencesView>> {
+    let id = &caller.identity;
+    if let Some(t) = &b.time_bracket {
+        match t.kind.as_str() {
+            "1h" | "24h" | "7d" | "30d" if t.from.is_none() && t.to.is_none() => {}
+            "custom" => {
+                let from = time_ms(&t.from, "timeBracket.from")?;
+                let to = time_ms(&t.to, "timeBracket.to")?;
+                if !matches!((from, to), (Some(f), Some(t)) if f < t) {
+                    return Err(ApiError::bad_request(
+                        "a custom time bracket needs from before to",
+                    ));
+                }
+            }
+            _ => {
+                return Err(ApiError::bad_request(
+                    "timeBracket.kind is 1h, 24h, 7d, 30d or custom (only custom takes from and to)",
+                ));
+            }
+        }
+        let value = serde_json::to_value(t).map_err(|e| ApiError::bad_request(e.to_string()))?;
+        s.set_session_value(&id.subject, &id.session, value);
+    }
+    if let Some(tab) = b.tab {
+        let mut prefs = s.user_preferences(&id.subject).await?;
+        prefs.values.insert("tab".into(), serde_json::json!(tab));
+        s.set_user_preferences(&prefs).await?;
+    }
+    Ok(Json(preferences_of(&s, &caller).await?))
+}
+
 /// The identity of the caller.
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
@@ -644,6 +757,7 @@ pub fn router(server: Server) -> Router {
             get(|| async { Json(super::openapi::document()) }),
         )
         .route("/v1/whoami", get(whoami))
+        .route("/v1/me/preferences", get(get_preferences).put(put_preferences))
         .route("/v1/fleet/status", get(fleet_status))
         .route("/v1/orgs", get(list_orgs).post(create_org))
         .route("/v1/orgs/{org}", get(get_org).put(update_org))

@@ -25,6 +25,17 @@ pub struct Identity {
     pub roles: Vec<String>,
     /// Authenticated by the development token (a provider admin).
     pub dev: bool,
+    /// The sign-in session: the token's `sid`, else a digest of the token itself (a new login is
+    /// a new session).
+    pub session: String,
+}
+
+/// A digest naming a token without revealing it.
+pub fn token_fingerprint(token: &str) -> String {
+    aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, token.as_bytes()).as_ref()[..12]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 /// Why a token was not accepted.
@@ -60,6 +71,7 @@ impl Authenticator for OidcAuthenticator {
                 groups: p.groups,
                 roles: p.roles,
                 dev: false,
+                session: p.session.unwrap_or_else(|| token_fingerprint(token)),
             }),
             Err(OidcError::Unavailable(m)) => Err(AuthError::Unavailable(m)),
             Err(e) => Err(AuthError::Unauthenticated(e.to_string())),
@@ -102,6 +114,7 @@ impl Authenticator for DevToken {
                 groups: Vec::new(),
                 roles: Vec::new(),
                 dev: true,
+                session: "dev".into(),
             })
         } else {
             Err(AuthError::Unauthenticated("the bearer token is not valid".into()))
@@ -207,6 +220,7 @@ mod tests {
             groups: groups.iter().map(|s| s.to_string()).collect(),
             roles: roles.iter().map(|s| s.to_string()).collect(),
             dev: false,
+            session: "s".into(),
         }
     }
 

@@ -162,7 +162,12 @@ pub(crate) struct Inner {
     runtime: tokio::runtime::Handle,
     /// Discovery tasks, stopped with the server's `Running`.
     background: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    /// Per sign-in session preferences (the time bracket), by (subject, session); bounded.
+    sessions: Mutex<HashMap<(String, String), (SystemTime, serde_json::Value)>>,
 }
+
+/// Sessions whose preferences are kept at most (the least recently used go first).
+const MAX_SESSIONS: usize = 10_000;
 
 /// The control plane. Cheap to clone.
 #[derive(Clone)]
@@ -243,6 +248,7 @@ impl Server {
             min_agent_version,
             runtime: tokio::runtime::Handle::current(),
             background: Mutex::new(Vec::new()),
+            sessions: Mutex::new(HashMap::new()),
         });
         let server = Server { inner };
         server.load().await?;
@@ -1339,6 +1345,54 @@ impl Server {
             .values()
             .map(|d| d.provider.clone())
             .collect()
+    }
+
+    /// A user's stored preferences (they survive new logins and restarts).
+    pub async fn user_preferences(&self, user: &str) -> Result<pxb_core::catalog::records::Preferences> {
+        Ok(self
+            .inner
+            .catalog
+            .find::<pxb_core::catalog::records::Preferences>("", user)
+            .await?
+            .map(|v| v.value)
+            .unwrap_or_else(|| pxb_core::catalog::records::Preferences {
+                user: user.to_owned(),
+                values: BTreeMap::new(),
+            }))
+    }
+
+    /// Stores a user's preferences.
+    pub async fn set_user_preferences(&self, prefs: &pxb_core::catalog::records::Preferences) -> Result<()> {
+        self.inner.catalog.put(prefs, None).await.map(|_| ())
+    }
+
+    /// A value kept for one sign-in session only.
+    pub fn session_value(&self, user: &str, session: &str) -> Option<serde_json::Value> {
+        let mut m = self.inner.sessions.lock().unwrap_or_else(|e| e.into_inner());
+        let now = self.inner.clock.now();
+        m.get_mut(&(user.to_owned(), session.to_owned()))
+            .map(|(used, v)| {
+                *used = now;
+                v.clone()
+            })
+    }
+
+    /// Keeps a value for one sign-in session; the least recently used sessions are forgotten
+    /// beyond a bound.
+    pub fn set_session_value(&self, user: &str, session: &str, value: serde_json::Value) {
+        let mut m = self.inner.sessions.lock().unwrap_or_else(|e| e.into_inner());
+        if m.len() >= MAX_SESSIONS
+            && let Some(oldest) = m
+                .iter()
+                .min_by_key(|(_, (used, _))| *used)
+                .map(|(k, _)| k.clone())
+        {
+            m.remove(&oldest);
+        }
+        m.insert(
+            (user.to_owned(), session.to_owned()),
+            (self.inner.clock.now(), value),
+        );
     }
 
     /// Checks a bearer token.

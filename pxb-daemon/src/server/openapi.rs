@@ -8,7 +8,8 @@ use serde_json::{Map, Value, json};
 
 use super::api::{
     CreateDiscovery, CreateLocation, CreateOrg, DiscoveryView, ErrorBody, FleetStatusView, ImportCluster,
-    List, LocationView, OrgView, SyncRequestBody, UpdateLocation, UpdateOrg, WhoAmI,
+    List, LocationView, OrgView, PreferencesView, SyncRequestBody, UpdateLocation, UpdateOrg,
+    UpdatePreferences, WhoAmI,
 };
 use pxb_core::catalog::records::{
     BackupRecord, ClusterRecord, LocationStatus, RestoreRecord, ScheduleRecord, SyncRun,
@@ -55,6 +56,26 @@ fn ops() -> Vec<Op> {
             None,
             200,
             Some(s::<WhoAmI> as Gen),
+        ),
+        op(
+            "get",
+            "/v1/me/preferences",
+            "getPreferences",
+            "The caller's preferences: the namespace/VM tab (kept per user) and the time bracket (kept per sign-in session).",
+            &[],
+            None,
+            200,
+            Some(s::<PreferencesView>),
+        ),
+        op(
+            "put",
+            "/v1/me/preferences",
+            "updatePreferences",
+            "Changes the caller's preferences.",
+            &[],
+            Some(s::<UpdatePreferences>),
+            200,
+            Some(s::<PreferencesView>),
         ),
         op(
             "get",
