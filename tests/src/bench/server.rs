@@ -183,11 +183,11 @@ pub async fn fleet_pass(b: ServerBench) -> anyhow::Result<Value> {
         std::hint::black_box((page, counts));
         direct.push(t.elapsed().as_secs_f64() * 1000.0);
     }
+    // Read before the shutdown, which stops (and forgets) the providers.
+    let issued = server.providers().first().map(|p| p.stats().issued).unwrap_or(0);
     daemon.shutdown().await;
     lat.sort_by(f64::total_cmp);
     direct.sort_by(f64::total_cmp);
-    let provider = server.providers();
-    let issued = provider.first().map(|p| p.stats().issued).unwrap_or(0);
     Ok(json!({
         "benchmark": "server: discovery + issuance + one validation pass",
         "shoots": b.shoots,
