@@ -864,15 +864,7 @@ impl Server {
                     "a classic location needs a credential (accountKey or sasToken)",
                 ));
             }
-            (Mode::Classic, Some((kind, value))) => {
-                let sealer = self.inner.sealer.as_ref().ok_or_else(|| {
-                    Error::precondition(
-                        "classic locations need a secrets key (secrets.keyFile or PXB_SECRETS_KEY)",
-                    )
-                })?;
-                let sealed = sealer.seal(value.as_bytes(), &format!("{}/location/{}", loc.org, loc.id))?;
-                loc.credential = Some(pxb_core::catalog::records::SealedCredential { kind, sealed });
-            }
+            (Mode::Classic, Some((kind, value))) => self.inner.seal_credential(&mut loc, kind, &value)?,
             (Mode::Federated, None) => {}
         }
         self.inner.catalog.put(&loc, Some(0)).await?;
@@ -936,13 +928,7 @@ impl Server {
                     "a federated location takes no credential: agents use Workload Identity",
                 ));
             }
-            let sealer = self.inner.sealer.as_ref().ok_or_else(|| {
-                Error::precondition(
-                    "classic locations need a secrets key (secrets.keyFile or PXB_SECRETS_KEY)",
-                )
-            })?;
-            let sealed = sealer.seal(value.as_bytes(), &format!("{}/location/{}", loc.org, loc.id))?;
-            loc.credential = Some(pxb_core::catalog::records::SealedCredential { kind, sealed });
+            self.inner.seal_credential(&mut loc, kind, &value)?;
         }
         // Another update in between fails with a conflict instead of being overwritten.
         self.inner.catalog.put(&loc, Some(revision)).await?;
@@ -1480,6 +1466,21 @@ impl Inner {
         Ok(Arc::new(p))
     }
 
+    /// The context a location's credential is sealed for, so it opens for no other record.
+    fn credential_context(l: &LocationRecord) -> String {
+        format!("{}/location/{}", l.org, l.id)
+    }
+
+    /// Seals `value` as the classic credential of `loc`.
+    fn seal_credential(&self, loc: &mut LocationRecord, kind: String, value: &str) -> Result<()> {
+        let sealer = self.sealer.as_ref().ok_or_else(|| {
+            Error::precondition("classic locations need a secrets key (secrets.keyFile or PXB_SECRETS_KEY)")
+        })?;
+        let sealed = sealer.seal(value.as_bytes(), &Self::credential_context(loc))?;
+        loc.credential = Some(pxb_core::catalog::records::SealedCredential { kind, sealed });
+        Ok(())
+    }
+
     /// The opened classic secret of `l`, or `None` for a federated location.
     fn open_secret(&self, l: &LocationRecord) -> Result<Option<(String, Vec<u8>)>> {
         let Some(c) = &l.credential else {
@@ -1491,7 +1492,7 @@ impl Inner {
                 l.name
             ))
         })?;
-        let plain = sealer.open(&c.sealed, &format!("{}/location/{}", l.org, l.id))?;
+        let plain = sealer.open(&c.sealed, &Self::credential_context(l))?;
         Ok(Some((c.kind.clone(), plain)))
     }
 }
