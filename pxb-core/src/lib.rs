@@ -19,6 +19,7 @@ mod error;
 pub mod location;
 mod path;
 pub mod resources;
+pub mod schedule;
 pub mod store;
 
 pub use check::{CheckOptions, CheckReport, CheckStep, StepOutcome, StepReport, check_location};

@@ -424,6 +424,31 @@ pub struct SyncRun {
     pub message: Option<String>,
 }
 
+/// A location's last verify on one cluster: every backup's objects checked for existence.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct VerifyRun {
+    /// The `verifyRequest` it answered.
+    pub request: i64,
+    /// `Requested`, `InProgress`, `Completed` or `Failed`.
+    pub phase: String,
+    /// When it completed (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub completed: Option<String>,
+    /// Backups checked.
+    #[serde(default)]
+    pub backups_checked: u64,
+    /// Ids (on the location) of backups with missing objects.
+    #[serde(default)]
+    pub damaged: Vec<String>,
+    /// Objects missing in all.
+    #[serde(default)]
+    pub missing_objects: u64,
+    /// For humans.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
 /// A location's validation result on one cluster.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
@@ -467,6 +492,9 @@ pub struct LocationStatus {
     /// The last or running sync.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sync: Option<SyncRun>,
+    /// The last verify ("cloud file missing" check) the agent reported.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verify: Option<VerifyRun>,
     /// When the server last read the CR.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_seen: Option<String>,
@@ -493,34 +521,116 @@ impl Record for LocationStatus {
     }
 }
 
-/// A backup known to the server.
+/// What a backup holds, for the namespace / virtual-machine views.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum BackupView {
+    /// Namespaces without virtual machines.
+    #[default]
+    Namespaces,
+    /// Namespaces holding KubeVirt `VirtualMachine` objects.
+    VirtualMachines,
+}
+
+/// The phases of a backup the server knows. `Pending`, `InProgress` and `Deleting` are active;
+/// the others are final.
+pub mod backup_phase {
+    /// Recorded; the server has not delivered it to its cluster yet.
+    pub const PENDING: &str = "Pending";
+    /// The agent runs it.
+    pub const IN_PROGRESS: &str = "InProgress";
+    /// Complete.
+    pub const SUCCESS: &str = "Success";
+    /// Complete, with some volumes or objects missing (see the message).
+    pub const PARTIAL_SUCCESS: &str = "PartialSuccess";
+    /// Failed (see the message).
+    pub const FAILED: &str = "Failed";
+    /// A schedule fired while the cluster could not take the backup.
+    pub const MISSED: &str = "Missed";
+    /// Its deletion was asked for; the agent deletes the data.
+    pub const DELETING: &str = "Deleting";
+
+    /// Whether a backup in `phase` still needs the server's attention.
+    pub fn is_active(phase: &str) -> bool {
+        matches!(phase, PENDING | IN_PROGRESS | DELETING)
+    }
+
+    /// Whether a backup in `phase` holds restorable data.
+    pub fn is_success(phase: &str) -> bool {
+        matches!(phase, SUCCESS | PARTIAL_SUCCESS)
+    }
+}
+
+/// A backup known to the server: one per cluster and request, or found in a location by a sync.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct BackupRecord {
     /// The org.
     pub org: String,
-    /// The backup id (as on the location).
+    /// The backup's name (a DNS subdomain: the `ApplicationBackup` on the cluster has it too).
     pub id: String,
-    /// The cluster id it belongs to.
+    /// The id of the cluster it belongs to (for a synced backup: the cluster whose agent found it).
     pub cluster: String,
+    /// That cluster's name.
+    #[serde(default)]
+    pub cluster_name: String,
     /// The location id.
     pub location: String,
+    /// The location's name.
+    #[serde(default)]
+    pub location_name: String,
     /// Namespaces.
     #[serde(default)]
     pub namespaces: Vec<String>,
-    /// Phase.
+    /// Phase: see [`backup_phase`].
     pub phase: String,
+    /// What the agent is doing (`Volumes`, `Resources`, `Deleting`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stage: Option<String>,
+    /// For humans: why it failed, was missed, or what went partly wrong.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
     /// Creation time, ms since the epoch.
     pub created_ms: i64,
+    /// When it reached a final phase, ms since the epoch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub completed_ms: Option<i64>,
+    /// The agent's last heartbeat (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub heartbeat: Option<String>,
+    /// Objects backed up so far.
+    #[serde(default)]
+    pub objects: u64,
+    /// Volume bytes backed up so far.
+    #[serde(default)]
+    pub bytes: u64,
+    /// Bytes it added to the location.
+    #[serde(default)]
+    pub stored_bytes: u64,
+    /// KubeVirt `VirtualMachine` objects in it.
+    #[serde(default)]
+    pub virtual_machines: u64,
+    /// The namespace or virtual-machine view.
+    #[serde(default)]
+    pub view: BackupView,
+    /// The backup's id on the location, once written.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backup_id: Option<String>,
+    /// The schedule that made it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schedule: Option<String>,
     /// Found in a location by a sync rather than made through the server.
     #[serde(default)]
     pub synced: bool,
     /// The cluster that made it, by name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub origin_cluster: Option<String>,
-    /// Objects a verify found missing.
+    /// Objects the last verify of its location found missing ("cloud file missing").
     #[serde(default)]
     pub missing_objects: u64,
+    /// When a verify last looked at it (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verified_at: Option<String>,
 }
 
 impl Record for BackupRecord {
@@ -541,25 +651,65 @@ impl Record for BackupRecord {
     }
 }
 
+/// Restore counts, as the agent reports them.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RestoreTally {
+    /// Objects in the backup that were considered.
+    pub total: u64,
+    /// Created.
+    pub created: u64,
+    /// Replaced.
+    pub replaced: u64,
+    /// Skipped (they existed).
+    pub skipped: u64,
+    /// Failed.
+    pub failed: u64,
+}
+
 /// A restore known to the server.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct RestoreRecord {
     /// The org.
     pub org: String,
-    /// Id.
+    /// Id (a DNS subdomain: the `ApplicationRestore` on the cluster has it too).
     pub id: String,
-    /// The backup restored.
+    /// The backup restored (its record id).
     pub backup: String,
+    /// The backup's id on the location.
+    #[serde(default)]
+    pub backup_id: String,
+    /// The location id.
+    #[serde(default)]
+    pub location: String,
     /// The target cluster id.
     pub cluster: String,
+    /// The target cluster's name.
+    #[serde(default)]
+    pub cluster_name: String,
+    /// Namespaces restored (empty: all of the backup's).
+    #[serde(default)]
+    pub namespaces: Vec<String>,
     /// Namespace mapping, source to target.
     #[serde(default)]
     pub namespace_mapping: BTreeMap<String, String>,
-    /// Phase.
+    /// `Pending`, `InProgress`, `Success`, `PartialSuccess` or `Failed`.
     pub phase: String,
+    /// For humans.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// Counts.
+    #[serde(default)]
+    pub counts: RestoreTally,
+    /// The agent's last heartbeat (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub heartbeat: Option<String>,
     /// Creation time, ms since the epoch.
     pub created_ms: i64,
+    /// When it reached a final phase, ms since the epoch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub completed_ms: Option<i64>,
 }
 
 impl Record for RestoreRecord {
@@ -572,11 +722,28 @@ impl Record for RestoreRecord {
         Index {
             sort: newest_first_key(self.created_ms),
             cluster: Some(self.cluster.clone()),
+            location: Some(self.location.clone()),
             status: Some(self.phase.clone()),
             time_ms: Some(self.created_ms),
-            ..Index::default()
         }
     }
+}
+
+/// What a schedule did when it last fired.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ScheduleRun {
+    /// The slot it fired for (RFC 3339).
+    pub slot: String,
+    /// When it fired (RFC 3339).
+    pub fired_at: String,
+    /// Backups started.
+    pub started: u32,
+    /// Clusters that could not take the backup (each has a `Missed` backup record).
+    pub missed: u32,
+    /// Earlier slots that passed while the server was not running; they are folded into this run.
+    #[serde(default)]
+    pub folded_slots: u32,
 }
 
 /// A schedule: a policy bound to clusters, namespaces and a location.
@@ -585,19 +752,35 @@ impl Record for RestoreRecord {
 pub struct ScheduleRecord {
     /// The org.
     pub org: String,
-    /// Id (DNS label).
+    /// Id: the schedule's name (DNS label).
     pub id: String,
-    /// The policy, as the API accepted it.
-    pub policy: serde_json::Value,
+    /// When and how many to keep.
+    pub policy: crate::schedule::SchedulePolicy,
     /// Clusters.
     pub clusters: ClusterSelector,
     /// Namespaces.
     pub namespaces: Vec<String>,
     /// The location id.
     pub location: String,
+    /// The location's name.
+    #[serde(default)]
+    pub location_name: String,
+    /// Paused schedules do not fire.
+    #[serde(default)]
+    pub paused: bool,
+    /// When it was created, ms since the epoch (interval slots count from here).
+    #[serde(default)]
+    pub created_ms: i64,
+    /// The next slot, ms since the epoch. It moves forward in the same catalog write that
+    /// records the slot's backups, so a restart neither repeats nor skips a slot.
+    #[serde(default)]
+    pub next_fire_ms: i64,
     /// When it last fired (RFC 3339).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_fired: Option<String>,
+    /// What the last run did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_run: Option<ScheduleRun>,
 }
 
 impl Record for ScheduleRecord {
