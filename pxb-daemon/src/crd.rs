@@ -237,6 +237,9 @@ pub struct VerifyStatus {
     /// Objects missing.
     #[serde(default)]
     pub missing_objects: u64,
+    /// Missing objects per damaged backup id.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub missing_by_backup: BTreeMap<String, u64>,
     /// Why it failed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
@@ -331,6 +334,9 @@ pub struct ApplicationBackupStatus {
     /// How many times it was started (a restart of the agent starts it again, once).
     #[serde(default)]
     pub attempts: u32,
+    /// KubeVirt `VirtualMachine` objects in the backup.
+    #[serde(default)]
+    pub virtual_machines: u64,
 }
 
 /// Progress of a running operation.

@@ -438,9 +438,9 @@ pub struct VerifyRun {
     /// Backups checked.
     #[serde(default)]
     pub backups_checked: u64,
-    /// Ids (on the location) of backups with missing objects.
+    /// Missing objects per damaged backup (by its id on the location).
     #[serde(default)]
-    pub damaged: Vec<String>,
+    pub missing_by_backup: BTreeMap<String, u64>,
     /// Objects missing in all.
     #[serde(default)]
     pub missing_objects: u64,
@@ -523,13 +523,13 @@ impl Record for LocationStatus {
 
 /// What a backup holds, for the namespace / virtual-machine views.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "lowercase")]
 pub enum BackupView {
     /// Namespaces without virtual machines.
     #[default]
     Namespaces,
     /// Namespaces holding KubeVirt `VirtualMachine` objects.
-    VirtualMachines,
+    Vms,
 }
 
 /// The phases of a backup the server knows. `Pending`, `InProgress` and `Deleting` are active;
@@ -625,12 +625,10 @@ pub struct BackupRecord {
     /// The cluster that made it, by name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub origin_cluster: Option<String>,
-    /// Objects the last verify of its location found missing ("cloud file missing").
+    /// Objects the last verify of its location found missing ("cloud file missing"); 0 when
+    /// complete or not verified yet.
     #[serde(default)]
     pub missing_objects: u64,
-    /// When a verify last looked at it (RFC 3339).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub verified_at: Option<String>,
 }
 
 impl Record for BackupRecord {
@@ -683,6 +681,9 @@ pub struct RestoreRecord {
     /// The location id.
     #[serde(default)]
     pub location: String,
+    /// The location's name.
+    #[serde(default)]
+    pub location_name: String,
     /// The target cluster id.
     pub cluster: String,
     /// The target cluster's name.

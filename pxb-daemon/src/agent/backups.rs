@@ -37,6 +37,9 @@ use crate::crd::{
 };
 use crate::kube_cluster::KubeCluster;
 
+/// The kind key of KubeVirt virtual machines in resource-backup statistics.
+pub const VIRTUAL_MACHINE_KIND: &str = "VirtualMachine.kubevirt.io";
+
 /// What the backup controller shares between reconciles.
 pub struct Context {
     /// The location controller's context (client, configuration, stores).
@@ -518,6 +521,11 @@ async fn execute(
         },
         volumes,
         backup_id: Some(manifest.id.to_string()),
+        virtual_machines: stats
+            .per_kind
+            .get(VIRTUAL_MACHINE_KIND)
+            .copied()
+            .unwrap_or(0),
         sizes,
         ..ApplicationBackupStatus::default()
     })

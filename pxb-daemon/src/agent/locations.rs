@@ -509,6 +509,10 @@ async fn run_verify(loc: &BackupLocation, ctx: &Context, valid: bool) -> Result<
                     backups_checked: reports.len() as u64,
                     damaged_backups: damaged.iter().map(|r| r.id.to_string()).collect(),
                     missing_objects: damaged.iter().map(|r| r.missing.len() as u64).sum(),
+                    missing_by_backup: damaged
+                        .iter()
+                        .map(|r| (r.id.to_string(), r.missing.len() as u64))
+                        .collect(),
                     message: None,
                 }
             }

@@ -19,7 +19,7 @@ use axum::{Json, Router};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use pxb_core::catalog::records::{
-    BackupRecord, ClusterRecord, ClusterSelector, DiscoveryConfig, LocationRecord, LocationStatus, Mode, Org,
+    BackupRecord, BackupView, ClusterRecord, ClusterSelector, DiscoveryConfig, LocationRecord, LocationStatus, Mode, Org,
     RestoreRecord, Role, RoleBinding, ScheduleRecord, SyncRun,
 };
 use pxb_core::catalog::{MAX_PAGE, Query, Record};
@@ -267,6 +267,14 @@ pub struct ListParams {
     pub from: Option<String>,
     /// Only items created before this time (RFC 3339).
     pub to: Option<String>,
+    /// Backups: only those created in the last `1h`, `24h`, `7d` or `30d`; `session` uses the
+    /// caller's time bracket preference of this sign-in session. `from`/`to` narrow it further.
+    pub bracket: Option<String>,
+    /// Backups: only those covering this namespace.
+    pub namespace: Option<String>,
+    /// Backups: `namespaces` or `vms` (those holding KubeVirt virtual machines); `session` uses
+    /// the caller's stored tab.
+    pub view: Option<String>,
 }
 
 impl ListParams {
@@ -788,9 +796,19 @@ pub fn router(server: Server) -> Router {
             post(validate_location),
         )
         .route("/v1/orgs/{org}/locations/{name}/sync", post(sync_location))
-        .route("/v1/orgs/{org}/backups", get(list_backups))
-        .route("/v1/orgs/{org}/restores", get(list_restores))
-        .route("/v1/orgs/{org}/schedules", get(list_schedules))
+        .route("/v1/orgs/{org}/locations/{name}/verify", post(verify_location))
+        .route("/v1/orgs/{org}/backups", get(list_backups).post(create_backups))
+        .route(
+            "/v1/orgs/{org}/backups/{id}",
+            get(get_backup).delete(delete_backup),
+        )
+        .route("/v1/orgs/{org}/restores", get(list_restores).post(create_restore))
+        .route("/v1/orgs/{org}/restores/{id}", get(get_restore))
+        .route("/v1/orgs/{org}/schedules", get(list_schedules).post(create_schedule))
+        .route(
+            "/v1/orgs/{org}/schedules/{name}",
+            get(get_schedule).put(update_schedule).delete(delete_schedule),
+        )
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint") })
         .method_not_allowed_fallback(|| async {
             ApiError::new(
@@ -1344,6 +1362,16 @@ async fn sync_location(
 }
 
 async fn list_records<T: Record + Serialize>(s: &Server, org: &str, p: &ListParams) -> ApiResult<List<T>> {
+    list_records_in(s, org, p, time_ms(&p.from, "from")?, time_ms(&p.to, "to")?).await
+}
+
+async fn list_records_in<T: Record + Serialize>(
+    s: &Server,
+    org: &str,
+    p: &ListParams,
+    from: Option<i64>,
+    to: Option<i64>,
+) -> ApiResult<List<T>> {
     let location = p.location.as_ref().map(|name| {
         s.location(org, name)
             .map(|l| l.id)
@@ -1354,8 +1382,8 @@ async fn list_records<T: Record + Serialize>(s: &Server, org: &str, p: &ListPara
         cluster: p.cluster.clone(),
         location,
         status: p.state.clone(),
-        time_from_ms: time_ms(&p.from, "from")?,
-        time_to_ms: time_ms(&p.to, "to")?,
+        time_from_ms: from,
+        time_to_ms: to,
         limit: p.limit(),
         after: p.after.clone(),
         ..Query::default()
@@ -1367,14 +1395,227 @@ async fn list_records<T: Record + Serialize>(s: &Server, org: &str, p: &ListPara
     })
 }
 
+/// Records scanned at most per backup page when filtering by namespace or view; a page may then
+/// hold fewer items than asked for, with a `next` cursor to go on.
+const MAX_SCAN: usize = 20_000;
+
+fn bracket_ms(kind: &str) -> Option<i64> {
+    Some(match kind {
+        "1h" => 3_600_000,
+        "24h" => 86_400_000,
+        "7d" => 7 * 86_400_000,
+        "30d" => 30 * 86_400_000,
+        _ => return None,
+    })
+}
+
 async fn list_backups(
     State(s): State<Server>,
     caller: Caller,
     Segments(seg): Segments,
-    Params(p): Params<ListParams>,
+    Params(mut p): Params<ListParams>,
 ) -> ApiResult<Json<List<BackupRecord>>> {
     let o = org_for(&s, &caller, &seg[0], Role::Viewer)?;
-    Ok(Json(list_records(&s, &o.id, &p).await?))
+    let prefs = match (p.bracket.as_deref(), p.view.as_deref()) {
+        (Some("session"), _) | (_, Some("session")) => Some(preferences_of(&s, &caller).await?),
+        _ => None,
+    };
+    let now_ms = s
+        .clock()
+        .now()
+        .duration_since(std::time::SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0);
+    let mut from = time_ms(&p.from, "from")?;
+    let mut to = time_ms(&p.to, "to")?;
+    if let Some(b) = p.bracket.clone() {
+        let (kind, custom) = match (b.as_str(), &prefs) {
+            ("session", Some(pr)) => (pr.time_bracket.kind.clone(), Some(pr.time_bracket.clone())),
+            (k, _) => (k.to_owned(), None),
+        };
+        match (bracket_ms(&kind), custom) {
+            (Some(span), _) => from = Some(from.unwrap_or(i64::MIN).max(now_ms - span)),
+            (None, Some(c)) if kind == "custom" => {
+                from = time_ms(&c.from, "timeBracket.from")?.or(from);
+                to = time_ms(&c.to, "timeBracket.to")?.or(to);
+            }
+            _ => {
+                return Err(ApiError::bad_request(format!(
+                    "bracket {b:?} is not 1h, 24h, 7d, 30d or session"
+                )));
+            }
+        }
+    }
+    let view = match (p.view.as_deref(), &prefs) {
+        (None, _) => None,
+        (Some("session"), Some(pr)) => Some(match pr.tab {
+            Tab::Namespaces => BackupView::Namespaces,
+            Tab::Vms => BackupView::Vms,
+        }),
+        (Some("namespaces"), _) => Some(BackupView::Namespaces),
+        (Some("vms"), _) => Some(BackupView::Vms),
+        (Some(v), _) => {
+            return Err(ApiError::bad_request(format!(
+                "view {v:?} is not namespaces, vms or session"
+            )));
+        }
+    };
+    if let Some(c) = &p.cluster
+        && let Some(cl) = s.clusters(&o.id).into_iter().find(|cl| cl.name == *c)
+    {
+        p.cluster = Some(cl.id);
+    }
+    p.from = None;
+    p.to = None;
+    let keep = |b: &BackupRecord| {
+        view.is_none_or(|v| b.view == v) && p.namespace.as_ref().is_none_or(|n| b.namespaces.contains(n))
+    };
+    let limit = p.limit();
+    let mut items = Vec::new();
+    let mut scanned = 0usize;
+    let mut after = p.after.clone();
+    loop {
+        let page_params = ListParams {
+            limit: Some((limit - items.len()) as u64),
+            after: after.clone(),
+            ..p.clone()
+        };
+        let page: List<BackupRecord> = list_records_in(&s, &o.id, &page_params, from, to).await?;
+        scanned += page.items.len();
+        items.extend(page.items.into_iter().filter(|b| keep(b)));
+        after = page.next;
+        if items.len() >= limit || after.is_none() || scanned >= MAX_SCAN {
+            break;
+        }
+    }
+    Ok(Json(List { items, next: after }))
+}
+
+async fn create_backups(
+    State(s): State<Server>,
+    caller: Caller,
+    Segments(seg): Segments,
+    Body(b): Body<super::backups::BackupRequest>,
+) -> ApiResult<(StatusCode, Json<List<BackupRecord>>)> {
+    let o = org_for(&s, &caller, &seg[0], Role::Operator)?;
+    let items = s.create_backups(&o.id, &b).await?;
+    Ok((StatusCode::ACCEPTED, Json(List { items, next: None })))
+}
+
+async fn get_backup(
+    State(s): State<Server>,
+    caller: Caller,
+    Segments(seg): Segments,
+) -> ApiResult<Json<BackupRecord>> {
+    let o = org_for(&s, &caller, &seg[0], Role::Viewer)?;
+    Ok(Json(s.backup(&o.id, &seg[1]).await?))
+}
+
+/// Query of a backup delete.
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct DeleteParams {
+    /// Remove the record now and leave the data (for a cluster that is gone).
+    #[serde(default)]
+    pub force: bool,
+}
+
+async fn delete_backup(
+    State(s): State<Server>,
+    caller: Caller,
+    Segments(seg): Segments,
+    Params(p): Params<DeleteParams>,
+) -> ApiResult<(StatusCode, Json<super::backups::DeleteOutcome>)> {
+    let o = org_for(&s, &caller, &seg[0], Role::Operator)?;
+    let out = s.delete_backup(&o.id, &seg[1], p.force).await?;
+    let code = if out.record_removed {
+        StatusCode::OK
+    } else {
+        StatusCode::ACCEPTED
+    };
+    Ok((code, Json(out)))
+}
+
+async fn create_restore(
+    State(s): State<Server>,
+    caller: Caller,
+    Segments(seg): Segments,
+    Body(b): Body<super::backups::RestoreRequest>,
+) -> ApiResult<(StatusCode, Json<RestoreRecord>)> {
+    let o = org_for(&s, &caller, &seg[0], Role::Operator)?;
+    Ok((StatusCode::ACCEPTED, Json(s.create_restore(&o.id, &b).await?)))
+}
+
+async fn get_restore(
+    State(s): State<Server>,
+    caller: Caller,
+    Segments(seg): Segments,
+) -> ApiResult<Json<RestoreRecord>> {
+    let o = org_for(&s, &caller, &seg[0], Role::Viewer)?;
+    Ok(Json(s.restore(&o.id, &seg[1]).await?))
+}
+
+async fn create_schedule(
+    State(s): State<Server>,
+    caller: Caller,
+    Segments(seg): Segments,
+    Body(b): Body<super::backups::ScheduleRequest>,
+) -> ApiResult<(StatusCode, Json<ScheduleRecord>)> {
+    let o = org_for(&s, &caller, &seg[0], Role::Operator)?;
+    Ok((StatusCode::CREATED, Json(s.create_schedule(&o.id, &b).await?)))
+}
+
+async fn get_schedule(
+    State(s): State<Server>,
+    caller: Caller,
+    Segments(seg): Segments,
+) -> ApiResult<Json<ScheduleRecord>> {
+    let o = org_for(&s, &caller, &seg[0], Role::Viewer)?;
+    Ok(Json(s.schedule(&o.id, &seg[1])?))
+}
+
+/// Changes to a schedule.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct UpdateSchedule {
+    /// Pause (true) or resume (false); a resumed schedule does not make up the paused slots.
+    pub paused: bool,
+}
+
+async fn update_schedule(
+    State(s): State<Server>,
+    caller: Caller,
+    Segments(seg): Segments,
+    Body(b): Body<UpdateSchedule>,
+) -> ApiResult<Json<ScheduleRecord>> {
+    let o = org_for(&s, &caller, &seg[0], Role::Operator)?;
+    Ok(Json(s.pause_schedule(&o.id, &seg[1], b.paused).await?))
+}
+
+async fn delete_schedule(
+    State(s): State<Server>,
+    caller: Caller,
+    Segments(seg): Segments,
+) -> ApiResult<StatusCode> {
+    let o = org_for(&s, &caller, &seg[0], Role::Operator)?;
+    if s.delete_schedule(&o.id, &seg[1]).await? {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("schedule {}", seg[1]),
+        ))
+    }
+}
+
+async fn verify_location(
+    State(s): State<Server>,
+    caller: Caller,
+    Segments(seg): Segments,
+) -> ApiResult<(StatusCode, Json<LocationView>)> {
+    let o = org_for(&s, &caller, &seg[0], Role::Operator)?;
+    Ok((StatusCode::ACCEPTED, Json(s.request_verify(&o.id, &seg[1]).await?.into())))
 }
 
 async fn list_restores(

@@ -14,10 +14,12 @@
 
 pub mod api;
 pub mod auth;
+pub mod backups;
 pub mod config;
 pub mod fleet;
 pub mod install;
 pub mod openapi;
+pub mod operations;
 pub mod reconcile;
 pub mod seal;
 pub mod sqlite;
@@ -106,6 +108,9 @@ struct State {
     discoveries: BTreeMap<Key, DiscoveryConfig>,
     running: HashMap<Key, Discovery>,
     discovery_status: HashMap<Key, DiscoveryStatus>,
+    /// Active backups and restores, by cluster.
+    ops: HashMap<Key, backups::ClusterOps>,
+    schedules: BTreeMap<Key, pxb_core::catalog::records::ScheduleRecord>,
     dirty: bool,
 }
 
@@ -142,6 +147,8 @@ pub struct Metrics {
     pub stalled: AtomicU64,
     /// Fleet snapshots built.
     pub snapshots: AtomicU64,
+    /// Backups found by syncs and imported into the catalog.
+    pub imported: AtomicU64,
 }
 
 pub(crate) struct Inner {
@@ -292,6 +299,8 @@ impl Server {
                     st.locations.retain(|k, _| k.0 != org_id);
                     st.statuses.retain(|k, _| k.0 != org_id);
                     st.discoveries.retain(|k, _| k.0 != org_id);
+                    st.ops.retain(|k, _| k.0 != org_id);
+                    st.schedules.retain(|k, _| k.0 != org_id);
                 }
             }
         }
@@ -308,6 +317,7 @@ impl Server {
         for l in &locations {
             self.inner.open_secret(l)?;
         }
+        self.load_operations(&org.id).await?;
         let mut imported: HashMap<String, Arc<dyn ClusterProvider>> = HashMap::new();
         for cl in clusters.iter().filter(|c| c.retired_at.is_none()) {
             if cl.sealed_kubeconfig.is_some() {
@@ -353,6 +363,7 @@ impl Server {
             tasks: vec![
                 tokio::spawn(self.clone().scheduler()),
                 tokio::spawn(self.clone().housekeeping()),
+                tokio::spawn(self.clone().schedules_loop()),
             ],
             server: self.clone(),
         }
@@ -1087,6 +1098,13 @@ impl Server {
         }
     }
 
+    async fn schedules_loop(self) {
+        loop {
+            self.fire_due_schedules().await;
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    }
+
     async fn scheduler(self) {
         loop {
             let now = self.inner.clock.now();
@@ -1189,15 +1207,29 @@ impl Server {
                     min_agent_version: self.inner.min_agent_version.clone(),
                     install_agent: fleet.install_agent.then(|| fleet.agent_image.clone()),
                 };
+                let names: BTreeMap<String, String> = input
+                    .desired
+                    .iter()
+                    .map(|d| (d.location.id.clone(), d.location.name.clone()))
+                    .collect();
+                let mut ops_input = self.operations_input(&key);
                 let work = async {
                     let client = client_for(&provider, &id, call).await?;
-                    reconcile::visit(&client, input).await
+                    let out = reconcile::visit(&client, input).await?;
+                    let (imports, verified) = finished_runs(&statuses, &out.statuses, &names);
+                    ops_input.imports = imports;
+                    let ops = operations::visit(&client, ops_input).await;
+                    Ok((out, ops, verified))
                 };
                 match tokio::time::timeout(call * 4, work).await {
                     Ok(r) => r,
                     Err(_) => Err(format!("no answer within {:?}", call * 4)),
                 }
             }
+        };
+        let (result, ops, verified) = match result {
+            Ok((out, ops, verified)) => (Ok(out), Some(ops), verified),
+            Err(e) => (Err(e), None, Vec::new()),
         };
         let credential = credential_text(&provider.credential_state(&id));
         let after = self.inner.clock.now();
@@ -1307,6 +1339,16 @@ impl Server {
         if let Err(e) = written {
             tracing::warn!(org = %key.0, cluster = %record.name, error = %e, "cannot record the cluster's status");
         }
+        match ops {
+            Some(Ok(out)) => self.absorb_operations(&key, out).await,
+            Some(Err(e)) => {
+                tracing::warn!(org = %key.0, cluster = %record.name, error = %e, "backups and restores not driven in this visit");
+            }
+            None => {}
+        }
+        for (location, missing) in verified {
+            self.absorb_verify(&key.0, &location, &missing).await;
+        }
     }
 
     fn release(&self, key: &Key) {
@@ -1391,6 +1433,40 @@ impl Server {
             &a.provider_admin_roles,
         ))
     }
+}
+
+/// Syncs that completed and verifies that finished in a visit (comparing the statuses before and
+/// after): the syncs' locations (id, name) have their catalogs imported, and the verifies'
+/// results (location id, missing objects by backup id) are recorded on the backups.
+#[allow(clippy::type_complexity)]
+fn finished_runs(
+    before: &BTreeMap<String, LocationStatus>,
+    after: &[LocationStatus],
+    names: &BTreeMap<String, String>,
+) -> (Vec<(String, String)>, Vec<(String, BTreeMap<String, u64>)>) {
+    let mut imports = Vec::new();
+    let mut verified = Vec::new();
+    for s in after {
+        let old = before.get(&s.location);
+        if let Some(run) = &s.sync
+            && run.phase == RequestPhase::Completed
+            && old
+                .and_then(|o| o.sync.as_ref())
+                .is_none_or(|o| o.request != run.request || o.phase != RequestPhase::Completed)
+            && let Some(name) = names.get(&s.location)
+        {
+            imports.push((s.location.clone(), name.clone()));
+        }
+        if let Some(v) = &s.verify
+            && v.phase == "Completed"
+            && old
+                .and_then(|o| o.verify.as_ref())
+                .is_none_or(|o| o.completed != v.completed)
+        {
+            verified.push((s.location.clone(), v.missing_by_backup.clone()));
+        }
+    }
+    (imports, verified)
 }
 
 /// How long an unreachable cluster waits for its next visit after `failures` failed ones in a

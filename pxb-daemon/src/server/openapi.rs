@@ -9,8 +9,9 @@ use serde_json::{Map, Value, json};
 use super::api::{
     CreateDiscovery, CreateLocation, CreateOrg, DiscoveryView, ErrorBody, FleetStatusView, ImportCluster,
     List, LocationView, OrgView, PreferencesView, SyncRequestBody, UpdateLocation, UpdateOrg,
-    UpdatePreferences, WhoAmI,
+    UpdatePreferences, UpdateSchedule, WhoAmI,
 };
+use super::backups::{BackupRequest, DeleteOutcome, RestoreRequest, ScheduleRequest};
 use pxb_core::catalog::records::{
     BackupRecord, ClusterRecord, LocationStatus, RestoreRecord, ScheduleRecord, SyncRun,
 };
@@ -34,6 +35,18 @@ fn s<T: JsonSchema>(g: &mut SchemaGenerator) -> Schema {
 
 const LIST: &[&str] = &["limit", "after"];
 const FILTERED: &[&str] = &["limit", "after", "cluster", "location", "state", "from", "to"];
+const BACKUPS: &[&str] = &[
+    "limit",
+    "after",
+    "cluster",
+    "location",
+    "state",
+    "from",
+    "to",
+    "bracket",
+    "namespace",
+    "view",
+];
 
 fn ops() -> Vec<Op> {
     let op = |method, path, id, summary, query, body, status, response| Op {
@@ -291,8 +304,9 @@ fn ops() -> Vec<Op> {
             "get",
             "/v1/orgs/{org}/backups",
             "listBackups",
-            "The org's backups, newest first.",
-            FILTERED,
+            "The org's backups, newest first; filter by cluster (name or id), location, phase, namespace, \
+             view and time bracket.",
+            BACKUPS,
             None,
             200,
             Some(s::<List<BackupRecord>>),
@@ -306,6 +320,108 @@ fn ops() -> Vec<Op> {
             None,
             200,
             Some(s::<List<RestoreRecord>>),
+        ),
+        op(
+            "post",
+            "/v1/orgs/{org}/backups",
+            "createBackups",
+            "Backs up namespaces on the selected clusters: one backup per cluster; clusters that cannot \
+             take it now get a Missed backup with the reason.",
+            &[],
+            Some(s::<BackupRequest>),
+            202,
+            Some(s::<List<BackupRecord>>),
+        ),
+        op(
+            "get",
+            "/v1/orgs/{org}/backups/{id}",
+            "getBackup",
+            "One backup, with its live progress.",
+            &[],
+            None,
+            200,
+            Some(s::<BackupRecord>),
+        ),
+        op(
+            "delete",
+            "/v1/orgs/{org}/backups/{id}",
+            "deleteBackup",
+            "Deletes a backup's data through its cluster's agent, then the record (202); with force=true \
+             removes only the record at once and leaves the data (200).",
+            &["force"],
+            None,
+            202,
+            Some(s::<DeleteOutcome>),
+        ),
+        op(
+            "post",
+            "/v1/orgs/{org}/restores",
+            "createRestore",
+            "Restores a backup into its cluster or another one, with namespace mapping.",
+            &[],
+            Some(s::<RestoreRequest>),
+            202,
+            Some(s::<RestoreRecord>),
+        ),
+        op(
+            "get",
+            "/v1/orgs/{org}/restores/{id}",
+            "getRestore",
+            "One restore.",
+            &[],
+            None,
+            200,
+            Some(s::<RestoreRecord>),
+        ),
+        op(
+            "post",
+            "/v1/orgs/{org}/schedules",
+            "createSchedule",
+            "Creates a schedule: a policy bound to clusters, namespaces and a location.",
+            &[],
+            Some(s::<ScheduleRequest>),
+            201,
+            Some(s::<ScheduleRecord>),
+        ),
+        op(
+            "get",
+            "/v1/orgs/{org}/schedules/{name}",
+            "getSchedule",
+            "One schedule, with its next slot and last run.",
+            &[],
+            None,
+            200,
+            Some(s::<ScheduleRecord>),
+        ),
+        op(
+            "put",
+            "/v1/orgs/{org}/schedules/{name}",
+            "updateSchedule",
+            "Pauses or resumes a schedule.",
+            &[],
+            Some(s::<UpdateSchedule>),
+            200,
+            Some(s::<ScheduleRecord>),
+        ),
+        op(
+            "delete",
+            "/v1/orgs/{org}/schedules/{name}",
+            "deleteSchedule",
+            "Deletes a schedule; its backups stay.",
+            &[],
+            None,
+            204,
+            None,
+        ),
+        op(
+            "post",
+            "/v1/orgs/{org}/locations/{name}/verify",
+            "verifyLocation",
+            "Asks the location's clusters to check every backup's objects (\"cloud file missing\").",
+            &[],
+            None,
+            202,
+            Some(s::<LocationView>),
         ),
         op(
             "get",
@@ -350,6 +466,22 @@ fn query_param(name: &str) -> Value {
             json!({"type": "string", "format": "date-time"}),
             "Only items created at or after this time.",
         ),
+        "bracket" => (
+            json!({"type": "string", "enum": ["1h", "24h", "7d", "30d", "session"]}),
+            "Only items created in this last span; `session` uses the caller's time bracket.",
+        ),
+        "namespace" => (
+            json!({"type": "string", "maxLength": 63}),
+            "Only backups covering this namespace.",
+        ),
+        "view" => (
+            json!({"type": "string", "enum": ["namespaces", "vms", "session"]}),
+            "Namespace backups, or backups holding virtual machines; `session` uses the caller's tab.",
+        ),
+        "force" => (
+            json!({"type": "boolean"}),
+            "Remove the record now and leave the data.",
+        ),
         _ => (
             json!({"type": "string", "format": "date-time"}),
             "Only items created before this time.",
@@ -359,7 +491,7 @@ fn query_param(name: &str) -> Value {
 }
 
 fn path_params(path: &str) -> Vec<Value> {
-    ["org", "name"]
+    ["org", "name", "id"]
         .iter()
         .filter(|p| path.contains(&format!("{{{p}}}")))
         .map(|p| {

@@ -17,6 +17,7 @@ use kube::api::{DeleteParams, ListParams, PostParams};
 use kube::{Api, ResourceExt};
 use pxb_core::catalog::records::{
     ClusterRecord, ClusterState, ClusterStatus, LocationRecord, LocationStatus, Mode, RequestPhase, SyncRun,
+    VerifyRun,
 };
 use pxb_core::clock::rfc3339;
 
@@ -184,6 +185,7 @@ pub fn read_back(
     status: &mut LocationStatus,
     cr: Option<&BackupLocationStatus>,
     requested_validate: i64,
+    requested_verify: i64,
     now: SystemTime,
 ) {
     status.last_seen = Some(rfc3339(now));
@@ -202,6 +204,26 @@ pub fn read_back(
             status.validation.reason = v.reason.clone();
         }
         status.validation.checked_at = v.last_checked.clone();
+    }
+    if let Some(v) = &cr.verify {
+        status.verify = Some(VerifyRun {
+            request: cr.observed_verify_request,
+            phase: if requested_verify > cr.observed_verify_request {
+                "Requested".into()
+            } else {
+                v.phase.clone()
+            },
+            completed: v.completed.clone(),
+            backups_checked: v.backups_checked,
+            missing_by_backup: v.missing_by_backup.clone(),
+            missing_objects: v.missing_objects,
+            message: v.message.clone(),
+        });
+    } else if requested_verify > cr.observed_verify_request {
+        status.verify = Some(VerifyRun {
+            phase: "Requested".into(),
+            ..VerifyRun::default()
+        });
     }
     if let (Some(run), Some(s)) = (status.sync.as_mut(), cr.sync.as_ref()) {
         let for_this = s.request == run.request;
@@ -471,6 +493,7 @@ pub async fn visit(client: &kube::Client, input: VisitInput) -> Result<VisitOutp
             &mut status,
             cr.as_ref().and_then(|c| c.status.as_ref()),
             loc.validate_request,
+            loc.verify_request,
             now,
         );
         apply_leases(&mut status, now, input.lease);
@@ -545,7 +568,7 @@ mod tests {
             }),
             ..Default::default()
         };
-        read_back(&mut s, Some(&cr), 0, t0 + Duration::from_secs(200));
+        read_back(&mut s, Some(&cr), 0, 0, t0 + Duration::from_secs(200));
         let run = s.sync.expect("run");
         assert_eq!((run.phase, run.backups_found), (RequestPhase::Completed, 5));
     }
@@ -568,7 +591,7 @@ mod tests {
             }),
             ..Default::default()
         };
-        read_back(&mut s, Some(&cr), 0, t0);
+        read_back(&mut s, Some(&cr), 0, 0, t0);
         assert_eq!(s.sync.as_ref().map(|r| r.phase), Some(RequestPhase::Pending));
     }
 
@@ -612,7 +635,7 @@ mod tests {
             }),
             ..Default::default()
         };
-        read_back(&mut s, Some(&cr), 2, t0);
+        read_back(&mut s, Some(&cr), 2, 0, t0);
         assert_eq!(s.validation.phase, "Requested");
         apply_leases(&mut s, t0 + Duration::from_secs(200), Duration::from_secs(120));
         assert_eq!(s.validation.phase, "Stalled");
@@ -623,6 +646,7 @@ mod tests {
                 ..cr
             }),
             2,
+            0,
             t0,
         );
         assert_eq!(s.validation.phase, "Valid");

@@ -1,0 +1,904 @@
+//! Backups, restores and schedules across the fleet: what the API asks for, how it is recorded,
+//! and what the server does with the visits' results.
+//!
+//! - A backup request makes one record per selected cluster in one catalog write; the clusters
+//!   are woken and the scheduler's bounded pool of visits delivers them in parallel. A cluster
+//!   that cannot take a backup now (unreachable, hibernated, without agent or without the
+//!   location) gets a `Missed` record with the reason instead of a silent gap.
+//! - Schedules fire from [`Server::fire_due_schedules`], driven by the clock seam. The slot moves
+//!   forward in the same atomic catalog write that records the slot's backups, whose ids are
+//!   derived from the slot: a restart can neither skip a slot nor record one twice.
+//! - Retention runs when a scheduled backup finishes and after each firing.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::Ordering;
+use std::time::{Duration, SystemTime};
+
+use pxb_core::backup::Summary;
+use pxb_core::catalog::records::{
+    BackupRecord, ClusterSelector, ClusterState, LocationRecord, RestoreRecord, ScheduleRecord, ScheduleRun,
+    backup_phase,
+};
+use pxb_core::catalog::{Catalog, Put, Query};
+use pxb_core::clock::rfc3339;
+use pxb_core::schedule::{SchedulePolicy, retention};
+use pxb_core::{Error, Result};
+
+use super::{Key, OrgState, Server, State};
+
+/// The operations the server drives on one cluster.
+#[derive(Debug, Default)]
+pub(crate) struct ClusterOps {
+    pub backups: BTreeMap<String, BackupRecord>,
+    pub restores: BTreeMap<String, RestoreRecord>,
+    pub forced: BTreeSet<String>,
+}
+
+/// A request to back up namespaces on one or more clusters.
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct BackupRequest {
+    /// Clusters: `{"names": [...]}`, `{"labels": {...}}` or `{"all": true}`.
+    pub clusters: ClusterSelector,
+    /// Namespaces to back up (at least one).
+    pub namespaces: Vec<String>,
+    /// The location's name.
+    pub location: String,
+}
+
+/// A request to restore a backup.
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RestoreRequest {
+    /// The backup's id.
+    pub backup: String,
+    /// The target cluster's name; the backup's own cluster when absent.
+    #[serde(default)]
+    pub cluster: Option<String>,
+    /// Namespaces of the backup to restore; all when empty.
+    #[serde(default)]
+    pub namespaces: Vec<String>,
+    /// Source namespace to target namespace.
+    #[serde(default)]
+    pub namespace_mapping: BTreeMap<String, String>,
+}
+
+/// A new schedule.
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ScheduleRequest {
+    /// The schedule's name (DNS label).
+    pub name: String,
+    /// When, how many to keep, time zone.
+    pub policy: SchedulePolicy,
+    /// Clusters.
+    pub clusters: ClusterSelector,
+    /// Namespaces.
+    pub namespaces: Vec<String>,
+    /// The location's name.
+    pub location: String,
+    /// Created paused.
+    #[serde(default)]
+    pub paused: bool,
+}
+
+/// What a delete did.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DeleteOutcome {
+    /// The backup as it is now (`Deleting`, or as it was when the record was removed).
+    pub backup: BackupRecord,
+    /// Whether the record is already gone.
+    pub record_removed: bool,
+    /// Whether the backup's data stays in the location.
+    pub data_remains: bool,
+    /// For humans.
+    pub message: String,
+}
+
+fn ms(t: SystemTime) -> i64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// `YYYYMMDDhhmmss` (UTC) of `t`, for names.
+fn stamp(t_ms: i64) -> String {
+    let t = time::OffsetDateTime::from_unix_timestamp(t_ms.div_euclid(1000)).unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
+    format!(
+        "{:04}{:02}{:02}{:02}{:02}{:02}",
+        t.year(),
+        u8::from(t.month()),
+        t.day(),
+        t.hour(),
+        t.minute(),
+        t.second()
+    )
+}
+
+fn dns_label(what: &str, s: &str) -> Result<()> {
+    let ok = !s.is_empty()
+        && s.len() <= 63
+        && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !s.starts_with('-')
+        && !s.ends_with('-');
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::invalid(format!(
+            "{what} {s:?} is not a DNS label (lower-case letters, digits and '-', at most 63)"
+        )))
+    }
+}
+
+fn check_namespaces(namespaces: &[String]) -> Result<()> {
+    if namespaces.is_empty() {
+        return Err(Error::invalid("name at least one namespace"));
+    }
+    if namespaces.len() > 1000 {
+        return Err(Error::invalid("at most 1000 namespaces per backup"));
+    }
+    namespaces.iter().try_for_each(|n| dns_label("namespace", n))
+}
+
+/// Why a cluster cannot take a backup now, if it cannot.
+fn unable(st: &State, key: &Key, loc: &LocationRecord) -> Option<String> {
+    let t = st.clusters.get(key)?;
+    let r = &t.record;
+    if !loc.clusters.selects(r) {
+        return Some(format!("location {} is not assigned to cluster {}", loc.name, r.name));
+    }
+    match r.status.state {
+        ClusterState::Ready | ClusterState::Degraded | ClusterState::AgentOutdated | ClusterState::Unknown
+            if t.visitable() =>
+        {
+            None
+        }
+        state => Some(format!(
+            "cluster {} was {state:?}{} when the backup was due",
+            r.name,
+            r.status
+                .message
+                .as_ref()
+                .map(|m| format!(" ({m})"))
+                .unwrap_or_default()
+        )),
+    }
+}
+
+impl Server {
+    /// Loads the active backups and restores and the schedules of `org` (at start).
+    pub(crate) async fn load_operations(&self, org: &str) -> Result<()> {
+        let c = &self.inner.catalog;
+        let mut backups = Vec::new();
+        for phase in [backup_phase::PENDING, backup_phase::IN_PROGRESS, backup_phase::DELETING] {
+            let q = Query {
+                status: Some(phase.into()),
+                ..Query::org(org)
+            };
+            backups.extend(c.list_all::<BackupRecord>(&q).await?);
+        }
+        let mut restores = Vec::new();
+        for phase in ["Pending", "InProgress"] {
+            let q = Query {
+                status: Some(phase.into()),
+                ..Query::org(org)
+            };
+            restores.extend(c.list_all::<RestoreRecord>(&q).await?);
+        }
+        let schedules = c.list_all::<ScheduleRecord>(&Query::org(org)).await?;
+        let mut st = self.inner.lock();
+        for b in backups {
+            let key = (b.org.clone(), b.cluster.clone());
+            st.ops.entry(key).or_default().backups.insert(b.id.clone(), b);
+        }
+        for r in restores {
+            let key = (r.org.clone(), r.cluster.clone());
+            st.ops.entry(key).or_default().restores.insert(r.id.clone(), r);
+        }
+        for s in schedules {
+            st.schedules.insert((s.org.clone(), s.id.clone()), s);
+        }
+        Ok(())
+    }
+
+    fn wake_clusters(&self, keys: impl IntoIterator<Item = Key>) {
+        let now = self.inner.clock.now();
+        let mut st = self.inner.lock();
+        for k in keys {
+            if let Some(t) = st.clusters.get_mut(&k)
+                && t.failures == 0
+            {
+                t.next_due = now;
+            }
+        }
+        drop(st);
+        self.inner.wake.notify_one();
+    }
+
+    /// The backup records for `namespaces` on the clusters `selector` picks, made now: `Pending`
+    /// where the cluster can take them, `Missed` with the reason where it cannot.
+    fn plan_backups(
+        &self,
+        st: &State,
+        loc: &LocationRecord,
+        selector: &ClusterSelector,
+        namespaces: &[String],
+        now_ms: i64,
+        name: impl Fn(&str) -> String,
+        schedule: Option<&str>,
+    ) -> Vec<BackupRecord> {
+        let mut clusters: Vec<(&Key, &super::Tracked)> = st
+            .clusters
+            .iter()
+            .filter(|(k, t)| k.0 == loc.org && t.record.retired_at.is_none() && selector.selects(&t.record))
+            .collect();
+        clusters.sort_by(|a, b| a.1.record.name.cmp(&b.1.record.name));
+        clusters
+            .into_iter()
+            .map(|(key, t)| {
+                let reason = unable(st, key, loc);
+                BackupRecord {
+                    org: loc.org.clone(),
+                    id: name(&t.record.name),
+                    cluster: t.record.id.clone(),
+                    cluster_name: t.record.name.clone(),
+                    location: loc.id.clone(),
+                    location_name: loc.name.clone(),
+                    namespaces: namespaces.to_vec(),
+                    phase: if reason.is_some() {
+                        backup_phase::MISSED
+                    } else {
+                        backup_phase::PENDING
+                    }
+                    .into(),
+                    completed_ms: reason.is_some().then_some(now_ms),
+                    message: reason,
+                    created_ms: now_ms,
+                    schedule: schedule.map(str::to_owned),
+                    ..BackupRecord::default()
+                }
+            })
+            .collect()
+    }
+
+    fn track_backups(&self, records: &[BackupRecord]) {
+        let mut st = self.inner.lock();
+        for b in records.iter().filter(|b| backup_phase::is_active(&b.phase)) {
+            st.ops
+                .entry((b.org.clone(), b.cluster.clone()))
+                .or_default()
+                .backups
+                .insert(b.id.clone(), b.clone());
+        }
+    }
+
+    /// Backs up `namespaces` on every cluster the request selects: one backup per cluster.
+    pub async fn create_backups(&self, org: &str, req: &BackupRequest) -> Result<Vec<BackupRecord>> {
+        check_namespaces(&req.namespaces)?;
+        let loc = self.location(org, &req.location)?;
+        let now = ms(self.inner.clock.now());
+        let suffix: u16 = rand::random();
+        let records = {
+            let st = self.inner.lock();
+            self.plan_backups(
+                &st,
+                &loc,
+                &req.clusters,
+                &req.namespaces,
+                now,
+                |cluster| format!("{cluster}-{}-{suffix:04x}", stamp(now)),
+                None,
+            )
+        };
+        if records.is_empty() {
+            return Err(Error::invalid(format!(
+                "the cluster selection matches no cluster of org {org}"
+            )));
+        }
+        let puts = records
+            .iter()
+            .map(|b| Catalog::put_of(b, Some(0)))
+            .collect::<Result<Vec<Put>>>()?;
+        self.inner.catalog.store().put(puts).await?;
+        self.track_backups(&records);
+        self.wake_clusters(records.iter().map(|b| (b.org.clone(), b.cluster.clone())));
+        Ok(records)
+    }
+
+    /// One backup.
+    pub async fn backup(&self, org: &str, id: &str) -> Result<BackupRecord> {
+        if let Some(b) = self.active_backup(org, id) {
+            return Ok(b);
+        }
+        Ok(self.inner.catalog.get::<BackupRecord>(org, id).await?.value)
+    }
+
+    fn active_backup(&self, org: &str, id: &str) -> Option<BackupRecord> {
+        let st = self.inner.lock();
+        st.ops
+            .iter()
+            .filter(|(k, _)| k.0 == org)
+            .find_map(|(_, ops)| ops.backups.get(id).cloned())
+    }
+
+    /// Deletes a backup: its data through its cluster's agent, then the record. `force` removes
+    /// the record at once and leaves the data (for a cluster that is gone).
+    pub async fn delete_backup(&self, org: &str, id: &str, force: bool) -> Result<DeleteOutcome> {
+        let mut b = self.backup(org, id).await?;
+        let key = (org.to_owned(), b.cluster.clone());
+        if force {
+            self.inner.catalog.delete::<BackupRecord>(org, id).await?;
+            let mut st = self.inner.lock();
+            let retired = st.clusters.get(&key).is_none_or(|t| t.record.retired_at.is_some());
+            let ops = st.ops.entry(key.clone()).or_default();
+            ops.backups.remove(id);
+            if !b.synced && !retired && b.phase != backup_phase::MISSED {
+                ops.forced.insert(id.to_owned());
+            }
+            drop(st);
+            return Ok(DeleteOutcome {
+                message: format!(
+                    "the record of backup {id} is removed; its data remains in location {}",
+                    b.location_name
+                ),
+                backup: b,
+                record_removed: true,
+                data_remains: true,
+            });
+        }
+        if b.phase == backup_phase::MISSED {
+            self.inner.catalog.delete::<BackupRecord>(org, id).await?;
+            return Ok(DeleteOutcome {
+                message: format!("backup {id} was missed and had no data; its record is removed"),
+                backup: b,
+                record_removed: true,
+                data_remains: false,
+            });
+        }
+        if b.synced {
+            return Err(Error::precondition(format!(
+                "backup {id} was found in location {} by a sync; its data is deleted from the cluster \
+                 that made it ({}). Use force-delete to remove only the record",
+                b.location_name,
+                b.origin_cluster.as_deref().unwrap_or("unknown")
+            )));
+        }
+        if matches!(b.phase.as_str(), backup_phase::PENDING | backup_phase::IN_PROGRESS) {
+            return Err(Error::precondition(format!(
+                "backup {id} is {}; wait for it to finish, or force-delete the record",
+                b.phase
+            )));
+        }
+        {
+            let st = self.inner.lock();
+            match st.clusters.get(&key) {
+                Some(t) if t.record.retired_at.is_none() => {}
+                _ => {
+                    return Err(Error::precondition(format!(
+                        "cluster {} of backup {id} is gone, so nothing can delete the data; force-delete \
+                         removes the record and leaves the data in location {}",
+                        b.cluster_name, b.location_name
+                    )));
+                }
+            }
+        }
+        if b.phase != backup_phase::DELETING {
+            b.phase = backup_phase::DELETING.into();
+            b.message = None;
+            self.inner.catalog.put(&b, None).await?;
+        }
+        self.track_backups(std::slice::from_ref(&b));
+        self.wake_clusters([key]);
+        Ok(DeleteOutcome {
+            message: format!(
+                "backup {id} is being deleted: the agent on {} deletes its data, then the record goes",
+                b.cluster_name
+            ),
+            backup: b,
+            record_removed: false,
+            data_remains: false,
+        })
+    }
+
+    /// Restores a backup into its own cluster or another one of the org.
+    pub async fn create_restore(&self, org: &str, req: &RestoreRequest) -> Result<RestoreRecord> {
+        let b = self.backup(org, &req.backup).await?;
+        if !backup_phase::is_success(&b.phase) {
+            return Err(Error::precondition(format!(
+                "backup {} is {}; only a successful backup can be restored",
+                b.id, b.phase
+            )));
+        }
+        let backup_id = b
+            .backup_id
+            .clone()
+            .ok_or_else(|| Error::precondition(format!("backup {} has no data id yet", b.id)))?;
+        for ns in req.namespaces.iter().chain(req.namespace_mapping.keys()) {
+            dns_label("namespace", ns)?;
+            if !b.namespaces.is_empty() && !b.namespaces.contains(ns) {
+                return Err(Error::invalid(format!(
+                    "namespace {ns} is not in backup {} (it has {})",
+                    b.id,
+                    b.namespaces.join(", ")
+                )));
+            }
+        }
+        req.namespace_mapping
+            .values()
+            .try_for_each(|n| dns_label("target namespace", n))?;
+        let loc = self
+            .locations(org)
+            .into_iter()
+            .find(|l| l.id == b.location)
+            .ok_or_else(|| Error::precondition(format!("the location of backup {} no longer exists", b.id)))?;
+        let now = ms(self.inner.clock.now());
+        let record = {
+            let st = self.inner.lock();
+            let target = match &req.cluster {
+                Some(name) => st
+                    .clusters
+                    .values()
+                    .find(|t| t.record.org == org && t.record.name == *name && t.record.retired_at.is_none())
+                    .ok_or_else(|| Error::not_found(format!("cluster {name} in org {org}")))?,
+                None => st
+                    .clusters
+                    .get(&(org.to_owned(), b.cluster.clone()))
+                    .filter(|t| t.record.retired_at.is_none())
+                    .ok_or_else(|| {
+                        Error::precondition(format!(
+                            "cluster {} of backup {} is gone; name a target cluster",
+                            b.cluster_name, b.id
+                        ))
+                    })?,
+            };
+            if let Some(reason) = unable(&st, &(org.to_owned(), target.record.id.clone()), &loc) {
+                return Err(Error::precondition(format!("cannot restore now: {reason}")));
+            }
+            let suffix: u16 = rand::random();
+            RestoreRecord {
+                org: org.to_owned(),
+                id: format!("{}-restore-{}-{suffix:04x}", target.record.name, stamp(now)),
+                backup: b.id.clone(),
+                backup_id,
+                location: loc.id.clone(),
+                location_name: loc.name.clone(),
+                cluster: target.record.id.clone(),
+                cluster_name: target.record.name.clone(),
+                namespaces: req.namespaces.clone(),
+                namespace_mapping: req.namespace_mapping.clone(),
+                phase: "Pending".into(),
+                created_ms: now,
+                ..RestoreRecord::default()
+            }
+        };
+        self.inner.catalog.put(&record, Some(0)).await?;
+        let key = (org.to_owned(), record.cluster.clone());
+        self.inner
+            .lock()
+            .ops
+            .entry(key.clone())
+            .or_default()
+            .restores
+            .insert(record.id.clone(), record.clone());
+        self.wake_clusters([key]);
+        Ok(record)
+    }
+
+    /// One restore.
+    pub async fn restore(&self, org: &str, id: &str) -> Result<RestoreRecord> {
+        let active = {
+            let st = self.inner.lock();
+            st.ops
+                .iter()
+                .filter(|(k, _)| k.0 == org)
+                .find_map(|(_, ops)| ops.restores.get(id).cloned())
+        };
+        match active {
+            Some(r) => Ok(r),
+            None => Ok(self.inner.catalog.get::<RestoreRecord>(org, id).await?.value),
+        }
+    }
+
+    /// Creates a schedule; its first slot is the policy's first after now.
+    pub async fn create_schedule(&self, org: &str, req: &ScheduleRequest) -> Result<ScheduleRecord> {
+        dns_label("schedule name", &req.name)?;
+        check_namespaces(&req.namespaces)?;
+        req.policy.check().map_err(Error::invalid)?;
+        let loc = self.location(org, &req.location)?;
+        let now = ms(self.inner.clock.now());
+        let record = ScheduleRecord {
+            org: org.to_owned(),
+            id: req.name.clone(),
+            policy: req.policy.clone(),
+            clusters: req.clusters.clone(),
+            namespaces: req.namespaces.clone(),
+            location: loc.id.clone(),
+            location_name: loc.name.clone(),
+            paused: req.paused,
+            created_ms: now,
+            next_fire_ms: req.policy.next_after(now, now).map_err(Error::invalid)?,
+            last_fired: None,
+            last_run: None,
+        };
+        match self.inner.catalog.put(&record, Some(0)).await {
+            Err(Error::Precondition { .. } | Error::AlreadyExists { .. }) => {
+                return Err(Error::already_exists(format!("schedule {} in org {org}", req.name)));
+            }
+            r => r?,
+        };
+        self.inner
+            .lock()
+            .schedules
+            .insert((org.to_owned(), record.id.clone()), record.clone());
+        Ok(record)
+    }
+
+    /// The schedules of `org`, by name.
+    pub fn schedules(&self, org: &str) -> Vec<ScheduleRecord> {
+        self.inner
+            .lock()
+            .schedules
+            .values()
+            .filter(|s| s.org == org)
+            .cloned()
+            .collect()
+    }
+
+    /// One schedule.
+    pub fn schedule(&self, org: &str, id: &str) -> Result<ScheduleRecord> {
+        self.inner
+            .lock()
+            .schedules
+            .get(&(org.to_owned(), id.to_owned()))
+            .cloned()
+            .ok_or_else(|| Error::not_found(format!("schedule {id} in org {org}")))
+    }
+
+    /// Pauses or resumes a schedule. A resumed schedule's next slot is the first after now: the
+    /// slots of the pause are not made up.
+    pub async fn pause_schedule(&self, org: &str, id: &str, paused: bool) -> Result<ScheduleRecord> {
+        let mut s = self.schedule(org, id)?;
+        if s.paused != paused {
+            s.paused = paused;
+            if !paused {
+                let now = ms(self.inner.clock.now());
+                s.next_fire_ms = s.policy.next_after(now, s.created_ms).map_err(Error::invalid)?;
+            }
+            self.inner.catalog.put(&s, None).await?;
+            self.inner
+                .lock()
+                .schedules
+                .insert((org.to_owned(), id.to_owned()), s.clone());
+        }
+        Ok(s)
+    }
+
+    /// Deletes a schedule; its backups stay (and are no longer pruned).
+    pub async fn delete_schedule(&self, org: &str, id: &str) -> Result<bool> {
+        let gone = self.inner.catalog.delete::<ScheduleRecord>(org, id).await?;
+        let was = self
+            .inner
+            .lock()
+            .schedules
+            .remove(&(org.to_owned(), id.to_owned()))
+            .is_some();
+        Ok(gone || was)
+    }
+
+    /// Fires every schedule whose slot has come (by the clock seam), once per slot. Returns the
+    /// backups recorded. Slots that passed while the server was not running are folded into
+    /// the latest one (counted in its run), so a long outage does not start a burst of backups.
+    pub async fn fire_due_schedules(&self) -> Vec<BackupRecord> {
+        let now = ms(self.inner.clock.now());
+        let due: Vec<ScheduleRecord> = {
+            let orgs = self.inner.orgs();
+            let st = self.inner.lock();
+            st.schedules
+                .values()
+                .filter(|s| !s.paused && s.next_fire_ms <= now)
+                .filter(|s| matches!(orgs.get(&s.org), Some(OrgState::Ready(_))))
+                .cloned()
+                .collect()
+        };
+        let mut fired = Vec::new();
+        for mut s in due {
+            let planned = s
+                .policy
+                .latest_due(s.next_fire_ms, now, s.created_ms)
+                .and_then(|(slot, folded)| Ok((slot, folded, s.policy.next_after(slot, s.created_ms)?)));
+            let (slot, folded, next) = match planned {
+                Ok(p) => p,
+                Err(e) => {
+                    tracing::error!(org = %s.org, schedule = %s.id, error = %e, "the schedule's policy cannot be evaluated");
+                    continue;
+                }
+            };
+            let loc = self.locations(&s.org).into_iter().find(|l| l.id == s.location);
+            let records = match &loc {
+                Some(loc) => {
+                    let st = self.inner.lock();
+                    self.plan_backups(
+                        &st,
+                        loc,
+                        &s.clusters,
+                        &s.namespaces,
+                        now,
+                        |cluster| format!("{}-{cluster}-{}", s.id, stamp(slot)),
+                        Some(&s.id),
+                    )
+                }
+                None => Vec::new(),
+            };
+            s.next_fire_ms = next;
+            s.last_fired = Some(rfc3339(self.inner.clock.now()));
+            s.last_run = Some(ScheduleRun {
+                slot: rfc3339(SystemTime::UNIX_EPOCH + Duration::from_millis(slot.max(0) as u64)),
+                fired_at: s.last_fired.clone().unwrap_or_default(),
+                started: records.iter().filter(|b| b.phase == backup_phase::PENDING).count() as u32,
+                missed: records.iter().filter(|b| b.phase == backup_phase::MISSED).count() as u32,
+                folded_slots: folded,
+            });
+            if loc.is_none() {
+                tracing::warn!(org = %s.org, schedule = %s.id, "the schedule's location is gone; nothing was backed up");
+            }
+            let mut puts = Vec::with_capacity(records.len() + 1);
+            let encoded = Catalog::put_of(&s, None).map(|p| puts.push(p)).and_then(|_| {
+                records
+                    .iter()
+                    .try_for_each(|b| Catalog::put_of(b, Some(0)).map(|p| puts.push(p)))
+            });
+            let written = match encoded {
+                Ok(()) => self.inner.catalog.store().put(puts).await.map(|_| ()),
+                Err(e) => Err(e),
+            };
+            match written {
+                Ok(()) => {
+                    tracing::info!(org = %s.org, schedule = %s.id, backups = records.len(), folded, "schedule fired");
+                    self.inner.lock().schedules.insert((s.org.clone(), s.id.clone()), s.clone());
+                    self.track_backups(&records);
+                    self.wake_clusters(records.iter().map(|b| (b.org.clone(), b.cluster.clone())));
+                    for c in records.iter().map(|b| b.cluster.clone()).collect::<BTreeSet<_>>() {
+                        self.apply_retention(&s.org, &s.id, &c).await;
+                    }
+                    fired.extend(records);
+                }
+                // The slot's backups exist: it was recorded before (by an earlier run of the
+                // server whose schedule write this one did not see). Move on.
+                Err(Error::Precondition { .. } | Error::AlreadyExists { .. }) => {
+                    if let Err(e) = self.inner.catalog.put(&s, None).await {
+                        tracing::warn!(org = %s.org, schedule = %s.id, error = %e, "cannot record the schedule");
+                    }
+                    self.inner.lock().schedules.insert((s.org.clone(), s.id.clone()), s);
+                }
+                Err(e) => {
+                    tracing::warn!(org = %s.org, schedule = %s.id, error = %e, "cannot record the schedule's run; retrying");
+                }
+            }
+        }
+        fired
+    }
+
+    /// Applies the retention of schedule `id` to its backups on `cluster` (id).
+    pub async fn apply_retention(&self, org: &str, id: &str, cluster: &str) {
+        let Ok(s) = self.schedule(org, id) else { return };
+        let q = Query {
+            cluster: Some(cluster.to_owned()),
+            location: Some(s.location.clone()),
+            ..Query::org(org)
+        };
+        let mine: Vec<BackupRecord> = match self.inner.catalog.list_all::<BackupRecord>(&q).await {
+            Ok(all) => all.into_iter().filter(|b| b.schedule.as_deref() == Some(id)).collect(),
+            Err(e) => {
+                tracing::warn!(%org, schedule = %id, error = %e, "cannot read backups for retention");
+                return;
+            }
+        };
+        for victim in retention(&mine, s.policy.retain) {
+            let Some(b) = mine.iter().find(|b| b.id == victim) else {
+                continue;
+            };
+            let has_data = b.phase != backup_phase::MISSED;
+            let r = if has_data {
+                self.delete_backup(org, &victim, false).await.map(|_| ())
+            } else {
+                self.inner.catalog.delete::<BackupRecord>(org, &victim).await.map(|_| ())
+            };
+            match r {
+                Ok(()) => tracing::info!(%org, schedule = %id, backup = %victim, "retention deletes a backup"),
+                Err(e) => tracing::warn!(%org, schedule = %id, backup = %victim, error = %e, "retention cannot delete a backup"),
+            }
+        }
+    }
+
+    /// Requests a verify ("cloud file missing" check) of the location on every cluster it is
+    /// assigned to.
+    pub async fn request_verify(&self, org: &str, name: &str) -> Result<LocationRecord> {
+        let mut loc = self.location(org, name)?;
+        loc.verify_request += 1;
+        self.inner.catalog.put(&loc, None).await?;
+        self.inner
+            .lock()
+            .locations
+            .insert((org.to_owned(), loc.id.clone()), loc.clone());
+        self.wake_org(org);
+        Ok(loc)
+    }
+
+    /// Takes in what a visit did with the cluster's operations.
+    pub(crate) async fn absorb_operations(&self, key: &Key, out: super::operations::OpsOutput) {
+        let mut finished_scheduled: BTreeSet<String> = BTreeSet::new();
+        {
+            let mut st = self.inner.lock();
+            let ops = st.ops.entry(key.clone()).or_default();
+            for b in &out.backups {
+                if backup_phase::is_active(&b.phase) {
+                    ops.backups.insert(b.id.clone(), b.clone());
+                } else {
+                    ops.backups.remove(&b.id);
+                    if let Some(s) = &b.schedule {
+                        finished_scheduled.insert(s.clone());
+                    }
+                }
+            }
+            for id in &out.gone {
+                ops.backups.remove(id);
+            }
+            for r in &out.restores {
+                if matches!(r.phase.as_str(), "Pending" | "InProgress") {
+                    ops.restores.insert(r.id.clone(), r.clone());
+                } else {
+                    ops.restores.remove(&r.id);
+                }
+            }
+            for id in &out.forced_done {
+                ops.forced.remove(id);
+            }
+        }
+        let c = &self.inner.catalog;
+        if let Err(e) = c.put_all(&out.backups).await {
+            tracing::warn!(org = %key.0, error = %e, "cannot record backups");
+        }
+        if let Err(e) = c.put_all(&out.restores).await {
+            tracing::warn!(org = %key.0, error = %e, "cannot record restores");
+        }
+        for id in &out.gone {
+            if let Err(e) = c.delete::<BackupRecord>(&key.0, id).await {
+                tracing::warn!(org = %key.0, backup = %id, error = %e, "cannot remove a deleted backup");
+            }
+        }
+        for (location, found) in out.found {
+            self.import_synced(key, &location, found).await;
+        }
+        for s in finished_scheduled {
+            self.apply_retention(&key.0, &s, &key.1).await;
+        }
+    }
+
+    /// Records the application backups a sync found in `location` that the catalog does not
+    /// know yet, marked synced, with their origin cluster.
+    async fn import_synced(&self, key: &Key, location: &str, found: Vec<Summary>) {
+        let (cluster_name, loc_name) = {
+            let st = self.inner.lock();
+            (
+                st.clusters.get(key).map(|t| t.record.name.clone()).unwrap_or_default(),
+                st.locations
+                    .get(&(key.0.clone(), location.to_owned()))
+                    .map(|l| l.name.clone())
+                    .unwrap_or_default(),
+            )
+        };
+        let mut imported = 0usize;
+        for s in found {
+            // A backup this server made carries its record's name in its tag.
+            let made_here = s.tag.as_deref().and_then(|t| t.strip_prefix("app/"));
+            let id = match made_here {
+                Some(name) => name.to_owned(),
+                None => format!("synced-{}", s.id.to_string().to_ascii_lowercase()),
+            };
+            match self.inner.catalog.find::<BackupRecord>(&key.0, &id).await {
+                Ok(Some(_)) => continue,
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::warn!(org = %key.0, error = %e, "cannot read the catalog while importing");
+                    return;
+                }
+            }
+            let created_ms = (s.created as i64).saturating_mul(1000);
+            let record = BackupRecord {
+                org: key.0.clone(),
+                id,
+                cluster: key.1.clone(),
+                cluster_name: cluster_name.clone(),
+                location: location.to_owned(),
+                location_name: loc_name.clone(),
+                namespaces: s.namespaces.clone(),
+                phase: match s.status {
+                    pxb_core::backup::BackupStatus::Completed => backup_phase::SUCCESS,
+                    _ => backup_phase::PARTIAL_SUCCESS,
+                }
+                .into(),
+                created_ms,
+                completed_ms: Some(created_ms),
+                objects: s.items,
+                bytes: s.bytes,
+                stored_bytes: s.stored_bytes,
+                backup_id: Some(s.id.to_string()),
+                synced: true,
+                origin_cluster: s.cluster.clone(),
+                ..BackupRecord::default()
+            };
+            match self.inner.catalog.put(&record, Some(0)).await {
+                Ok(_) => imported += 1,
+                Err(Error::Precondition { .. } | Error::AlreadyExists { .. }) => {}
+                Err(e) => tracing::warn!(org = %key.0, error = %e, "cannot import a synced backup"),
+            }
+        }
+        if imported > 0 {
+            tracing::info!(org = %key.0, location = %loc_name, cluster = %cluster_name, imported, "synced backups imported");
+        }
+        self.inner.metrics.imported.fetch_add(imported as u64, Ordering::Relaxed);
+    }
+
+    /// Marks the backups of `location` with what a verify found missing.
+    pub(crate) async fn absorb_verify(&self, org: &str, location: &str, missing: &BTreeMap<String, u64>) {
+        let q = Query {
+            location: Some(location.to_owned()),
+            ..Query::org(org)
+        };
+        let all = match self.inner.catalog.list_all::<BackupRecord>(&q).await {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::warn!(%org, error = %e, "cannot read backups to record a verify");
+                return;
+            }
+        };
+        let changed: Vec<BackupRecord> = all
+            .into_iter()
+            .filter_map(|mut b| {
+                let now = b.backup_id.as_ref().and_then(|id| missing.get(id)).copied().unwrap_or(0);
+                (now != b.missing_objects).then(|| {
+                    b.missing_objects = now;
+                    b
+                })
+            })
+            .collect();
+        if let Err(e) = self.inner.catalog.put_all(&changed).await {
+            tracing::warn!(%org, error = %e, "cannot record a verify's results");
+        }
+    }
+
+    /// The operations input of cluster `key` for a visit.
+    pub(crate) fn operations_input(&self, key: &Key) -> super::operations::OpsInput {
+        let st = self.inner.lock();
+        let Some(ops) = st.ops.get(key) else {
+            return super::operations::OpsInput {
+                org: key.0.clone(),
+                backups: Vec::new(),
+                restores: Vec::new(),
+                forced: Vec::new(),
+                imports: Vec::new(),
+                now: self.inner.clock.now(),
+            };
+        };
+        super::operations::OpsInput {
+            org: key.0.clone(),
+            backups: ops.backups.values().cloned().collect(),
+            restores: ops.restores.values().cloned().collect(),
+            forced: ops.forced.iter().cloned().collect(),
+            imports: Vec::new(),
+            now: self.inner.clock.now(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_stamped_in_utc() {
+        assert_eq!(stamp(0), "19700101000000");
+        assert_eq!(stamp(1_700_000_000_000), "20231114221320");
+    }
+}

@@ -1,0 +1,331 @@
+//! Backups and restores on one cluster, during a visit: the server's records become
+//! `ApplicationBackup` / `ApplicationRestore` objects in `pxb-system`, and the agent's status on
+//! them flows back into the records.
+//!
+//! - A backup's object carries `reclaimPolicy: Delete`, so deleting it (a delete request or
+//!   retention) makes the agent delete the data first; the record goes once the object is gone.
+//! - A force-deleted backup's object, if the cluster is reachable again, is annotated
+//!   `pxb.io/force-delete=true` and deleted: it goes, the data stays.
+//! - A restore's object is deleted once the restore is final; the record keeps the result.
+//! - After a sync completes, the agent's catalog of the location is read through the service proxy
+//!   and its application backups come back as "found" for the server to import.
+//!
+//! Nothing here touches the catalog: the server writes what [`visit`] returns.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::SystemTime;
+
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::{Resource as _, ResourceExt as _};
+use pxb_core::backup::{BackupKind, Summary};
+use pxb_core::catalog::records::{BackupRecord, BackupView, RestoreRecord, RestoreTally, backup_phase};
+use serde_json::json;
+
+use super::reconcile::{AGENT_NAME, MANAGED_BY, MANAGER, ORG_LABEL, UID_LABEL};
+use crate::agent::backups::FORCE_DELETE;
+use crate::crd::{
+    AGENT_NAMESPACE, ApplicationBackup, ApplicationBackupSpec, ApplicationRestore, ApplicationRestoreSpec,
+};
+
+/// The operations of one cluster the server wants the visit to drive.
+#[derive(Clone, Debug)]
+pub struct OpsInput {
+    /// The org.
+    pub org: String,
+    /// Active backups (`Pending`, `InProgress`, `Deleting`).
+    pub backups: Vec<BackupRecord>,
+    /// Active restores.
+    pub restores: Vec<RestoreRecord>,
+    /// Objects of force-deleted backups to drop, leaving the data.
+    pub forced: Vec<String>,
+    /// Locations (id, name) whose catalog to read: a sync there just completed.
+    pub imports: Vec<(String, String)>,
+    /// Now.
+    pub now: SystemTime,
+}
+
+/// What the visit learned.
+#[derive(Clone, Debug, Default)]
+pub struct OpsOutput {
+    /// Backups as they are now.
+    pub backups: Vec<BackupRecord>,
+    /// Backups whose deletion is complete.
+    pub gone: Vec<String>,
+    /// Restores as they are now.
+    pub restores: Vec<RestoreRecord>,
+    /// Force-deleted backups whose object is gone.
+    pub forced_done: Vec<String>,
+    /// Application backups found in a location's catalog, by location id.
+    pub found: Vec<(String, Vec<Summary>)>,
+    /// Objects written or deleted.
+    pub written: usize,
+}
+
+impl OpsInput {
+    /// Whether there is nothing to do (the visit then makes no call for operations).
+    pub fn is_empty(&self) -> bool {
+        self.backups.is_empty() && self.restores.is_empty() && self.forced.is_empty() && self.imports.is_empty()
+    }
+}
+
+fn labels(org: &str, uid: &str) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        (MANAGED_BY.to_owned(), MANAGER.to_owned()),
+        (ORG_LABEL.to_owned(), org.to_owned()),
+        (UID_LABEL.to_owned(), uid.to_owned()),
+    ])
+}
+
+fn ms_of(rfc: Option<&str>) -> Option<i64> {
+    let t = crate::agent::parse_rfc3339(rfc?)?;
+    Some((t.unix_timestamp_nanos() / 1_000_000) as i64)
+}
+
+fn now_ms(now: SystemTime) -> i64 {
+    now.duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+fn err(what: &str, e: kube::Error) -> String {
+    format!("{what}: {e}")
+}
+
+/// Drives the cluster's operations; an error means the cluster could not be talked to (the
+/// records keep their last known state).
+pub async fn visit(client: &kube::Client, input: OpsInput) -> Result<OpsOutput, String> {
+    let mut out = OpsOutput::default();
+    if input.is_empty() {
+        return Ok(out);
+    }
+    let ns = AGENT_NAMESPACE;
+    let managed = ListParams::default().labels(&format!("{MANAGED_BY}={MANAGER},{ORG_LABEL}={}", input.org));
+    if !input.backups.is_empty() || !input.forced.is_empty() {
+        let api: Api<ApplicationBackup> = Api::namespaced(client.clone(), ns);
+        let existing: BTreeMap<String, ApplicationBackup> = api
+            .list(&managed)
+            .await
+            .map_err(|e| err("listing ApplicationBackups", e))?
+            .items
+            .into_iter()
+            .map(|b| (b.name_any(), b))
+            .collect();
+        for name in &input.forced {
+            match existing.get(name) {
+                Some(cr) => {
+                    let patch = json!({"metadata": {"annotations": {FORCE_DELETE: "true"}}});
+                    api.patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+                        .await
+                        .map_err(|e| err("marking a force-deleted ApplicationBackup", e))?;
+                    if cr.meta().deletion_timestamp.is_none() {
+                        match api.delete(name, &DeleteParams::default()).await {
+                            Ok(_) | Err(kube::Error::Api(_)) => {}
+                            Err(e) => return Err(err("deleting a force-deleted ApplicationBackup", e)),
+                        }
+                    }
+                    out.written += 1;
+                }
+                None => out.forced_done.push(name.clone()),
+            }
+        }
+        for b in &input.backups {
+            let mut b = b.clone();
+            let cr = existing.get(&b.id);
+            if b.phase == backup_phase::DELETING {
+                match cr {
+                    None => {
+                        out.gone.push(b.id.clone());
+                        continue;
+                    }
+                    Some(cr) if cr.meta().deletion_timestamp.is_none() => {
+                        match api.delete(&b.id, &DeleteParams::default()).await {
+                            Ok(_) => out.written += 1,
+                            Err(kube::Error::Api(s)) if s.code == 404 => {
+                                out.gone.push(b.id.clone());
+                                continue;
+                            }
+                            Err(e) => return Err(err("deleting an ApplicationBackup", e)),
+                        }
+                    }
+                    Some(cr) => {
+                        if let Some(s) = &cr.status {
+                            b.message = s.message.clone().or(b.message);
+                            b.heartbeat = s.heartbeat.clone().or(b.heartbeat);
+                        }
+                    }
+                }
+                out.backups.push(b);
+                continue;
+            }
+            let cr = match cr {
+                Some(cr) => cr.clone(),
+                None => {
+                    let mut cr = ApplicationBackup::new(
+                        &b.id,
+                        ApplicationBackupSpec {
+                            location: b.location_name.clone(),
+                            namespaces: b.namespaces.clone(),
+                            include_volumes: true,
+                            reclaim_policy: "Delete".into(),
+                            ..ApplicationBackupSpec::default()
+                        },
+                    );
+                    cr.metadata.namespace = Some(ns.into());
+                    cr.metadata.labels = Some(labels(&input.org, &b.id));
+                    out.written += 1;
+                    match api.create(&PostParams::default(), &cr).await {
+                        Ok(cr) => cr,
+                        Err(kube::Error::Api(s)) if s.code == 409 => {
+                            // Made by an earlier visit whose answer was lost: read it next time.
+                            out.backups.push(b);
+                            continue;
+                        }
+                        Err(kube::Error::Api(s)) if s.code == 404 || s.code == 400 || s.code == 422 => {
+                            b.phase = backup_phase::FAILED.into();
+                            b.message = Some(format!("the cluster refused the ApplicationBackup: {}", s.message));
+                            b.completed_ms = Some(now_ms(input.now));
+                            out.backups.push(b);
+                            continue;
+                        }
+                        Err(e) => return Err(err("creating an ApplicationBackup", e)),
+                    }
+                }
+            };
+            if let Some(s) = &cr.status {
+                read_backup(&mut b, s, input.now);
+            }
+            out.backups.push(b);
+        }
+    }
+    if !input.restores.is_empty() {
+        let api: Api<ApplicationRestore> = Api::namespaced(client.clone(), ns);
+        for r in &input.restores {
+            let mut r = r.clone();
+            let cr = match api.get_opt(&r.id).await.map_err(|e| err("reading an ApplicationRestore", e))? {
+                Some(cr) => cr,
+                None => {
+                    let mut cr = ApplicationRestore::new(
+                        &r.id,
+                        ApplicationRestoreSpec {
+                            location: r.location_name.clone(),
+                            backup_id: r.backup_id.clone(),
+                            namespaces: r.namespaces.clone(),
+                            namespace_mapping: r.namespace_mapping.clone(),
+                            existing_resource_policy: "Retain".into(),
+                            ..ApplicationRestoreSpec::default()
+                        },
+                    );
+                    cr.metadata.namespace = Some(ns.into());
+                    cr.metadata.labels = Some(labels(&input.org, &r.id));
+                    out.written += 1;
+                    match api.create(&PostParams::default(), &cr).await {
+                        Ok(cr) => cr,
+                        Err(kube::Error::Api(s)) if s.code == 409 => {
+                            out.restores.push(r);
+                            continue;
+                        }
+                        Err(kube::Error::Api(s)) if s.code == 404 || s.code == 400 || s.code == 422 => {
+                            r.phase = "Failed".into();
+                            r.message = Some(format!("the cluster refused the ApplicationRestore: {}", s.message));
+                            r.completed_ms = Some(now_ms(input.now));
+                            out.restores.push(r);
+                            continue;
+                        }
+                        Err(e) => return Err(err("creating an ApplicationRestore", e)),
+                    }
+                }
+            };
+            if let Some(s) = &cr.status {
+                if !s.phase.is_empty() {
+                    r.phase = s.phase.clone();
+                }
+                r.message = s.message.clone();
+                r.heartbeat = s.heartbeat.clone().or(r.heartbeat);
+                r.counts = RestoreTally {
+                    total: s.counts.total,
+                    created: s.counts.created,
+                    replaced: s.counts.replaced,
+                    skipped: s.counts.skipped,
+                    failed: s.counts.failed,
+                };
+                if matches!(r.phase.as_str(), "Success" | "PartialSuccess" | "Failed") {
+                    r.completed_ms = ms_of(s.completion_timestamp.as_deref()).or(Some(now_ms(input.now)));
+                    // The record keeps the result; the cluster does not need the object any more.
+                    match api.delete(&r.id, &DeleteParams::default()).await {
+                        Ok(_) => out.written += 1,
+                        Err(kube::Error::Api(s)) if s.code == 404 => {}
+                        Err(e) => return Err(err("deleting a finished ApplicationRestore", e)),
+                    }
+                }
+            }
+            out.restores.push(r);
+        }
+    }
+    for (id, name) in &input.imports {
+        out.found.push((id.clone(), read_catalog(client, name).await?));
+    }
+    Ok(out)
+}
+
+/// Copies the agent's status of a backup into its record.
+pub fn read_backup(b: &mut BackupRecord, s: &crate::crd::ApplicationBackupStatus, now: SystemTime) {
+    if !s.phase.is_empty() {
+        b.phase = s.phase.clone();
+    }
+    b.stage = s.stage.clone();
+    b.message = s.message.clone();
+    b.heartbeat = s.heartbeat.clone().or(b.heartbeat.take());
+    b.objects = s.progress.objects;
+    b.bytes = s.progress.bytes.max(s.sizes.volume_bytes);
+    b.stored_bytes = s.sizes.stored_bytes;
+    b.backup_id = s.backup_id.clone().or(b.backup_id.take());
+    b.virtual_machines = s.virtual_machines;
+    b.view = if s.virtual_machines > 0 {
+        BackupView::Vms
+    } else {
+        BackupView::Namespaces
+    };
+    if !backup_phase::is_active(&b.phase) && b.completed_ms.is_none() {
+        b.completed_ms = ms_of(s.completion_timestamp.as_deref()).or(Some(now_ms(now)));
+    }
+}
+
+/// The application backups the agent's last sync of `location` found, through the service proxy.
+async fn read_catalog(client: &kube::Client, location: &str) -> Result<Vec<Summary>, String> {
+    #[derive(serde::Deserialize)]
+    struct Page {
+        #[serde(default)]
+        items: Vec<Summary>,
+        #[serde(default, rename = "continue")]
+        next: Option<String>,
+    }
+    let mut out = Vec::new();
+    let mut after: Option<String> = None;
+    let mut seen = BTreeSet::new();
+    loop {
+        let query = {
+            let mut q = url::form_urlencoded::Serializer::new(String::new());
+            q.append_pair("location", location).append_pair("limit", "1000");
+            if let Some(a) = &after {
+                q.append_pair("continue", a);
+            }
+            q.finish()
+        };
+        let path =
+            format!("/api/v1/namespaces/{AGENT_NAMESPACE}/services/{AGENT_NAME}:http/proxy/v1/catalog?{query}");
+        let req = hyper::Request::get(path)
+            .body(Vec::new())
+            .map_err(|e| format!("building the catalog request: {e}"))?;
+        let page: Page = client
+            .request(req)
+            .await
+            .map_err(|e| err(&format!("reading the agent's catalog of location {location}"), e))?;
+        out.extend(page.items.into_iter().filter(|s| s.kind == BackupKind::Resources));
+        match page.next {
+            // A cursor that does not move would loop forever.
+            Some(n) if seen.insert(n.clone()) => after = Some(n),
+            _ => break,
+        }
+    }
+    Ok(out)
+}
