@@ -33,7 +33,7 @@ pub enum Mode {
 }
 
 /// A tenant of the provider.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Org {
     /// DNS label, unique.
@@ -203,7 +203,7 @@ pub struct ClusterStatus {
 }
 
 /// A cluster of an org.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ClusterRecord {
     /// The org.
@@ -300,7 +300,7 @@ impl ClusterSelector {
 }
 
 /// A backup location of an org.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct LocationRecord {
     /// The org.

@@ -149,8 +149,10 @@ fn unable(st: &State, key: &Key, loc: &LocationRecord) -> Option<String> {
         return Some(format!("location {} is not assigned to cluster {}", loc.name, r.name));
     }
     match r.status.state {
+        // The provider is not required: after a restart it comes back with discovery, and the
+        // backup waits for it.
         ClusterState::Ready | ClusterState::Degraded | ClusterState::AgentOutdated | ClusterState::Unknown
-            if t.visitable() =>
+            if r.ineligible.is_none() && !r.hibernated =>
         {
             None
         }

@@ -65,8 +65,7 @@ pub async fn run(backups: usize, clusters: usize, rounds: usize) -> anyhow::Resu
             phase: phase.into(),
             created_ms: now_ms - rng.random_range(0..90 * DAY_MS),
             synced: i % 10 == 0,
-            origin_cluster: None,
-            missing_objects: 0,
+            ..BackupRecord::default()
         };
         batch.push(Catalog::put_of(&b, None)?);
         if batch.len() == 5000 {
