@@ -4,8 +4,10 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+pub mod fleet;
 mod location;
 mod output;
+pub mod remote;
 mod volume;
 
 /// pxb: federated, secret-less backup for Kubernetes fleets.
@@ -15,6 +17,9 @@ pub struct Cli {
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
+    /// How to reach pxb-server (for the fleet commands).
+    #[command(flatten)]
+    pub conn: remote::Conn,
 }
 
 /// Top-level commands.
@@ -26,16 +31,86 @@ pub enum Command {
     /// Back up and restore file trees.
     #[command(subcommand)]
     Volume(volume::VolumeCommand),
-    /// List and delete backups.
+    /// List and delete backups in a location directly (without a server).
     #[command(subcommand)]
     Backup(volume::BackupCommand),
+    /// Log in to a pxb-server and store the context.
+    Login(fleet::LoginArgs),
+    /// Show the contexts of the context file.
+    Context,
+    /// The fleet's clusters (through the server).
+    #[command(subcommand)]
+    Clusters(fleet::ClustersCommand),
+    /// The org's backup locations (through the server).
+    #[command(subcommand)]
+    Locations(fleet::LocationsCommand),
+    /// Backups across the fleet (through the server).
+    #[command(subcommand)]
+    Backups(fleet::BackupsCommand),
+    /// Restores across the fleet (through the server).
+    #[command(subcommand)]
+    Restores(fleet::RestoresCommand),
+    /// Backup schedules (through the server).
+    #[command(subcommand)]
+    Schedules(fleet::SchedulesCommand),
+    /// The fleet-wide status (through the server).
+    #[command(subcommand)]
+    Fleet(fleet::FleetCommand),
+    /// Prints a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Runs the demo: a simulated Gardener project, a server, agents, a location, and the whole
+    /// flow; then serves the API until Ctrl-C. Runs the `pxb-demo` program next to `pxb`.
+    #[command(disable_help_flag = true)]
+    Demo {
+        /// Passed to pxb-demo (`--shoots N`, `--location file|azurite`, `--listen ADDR`).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
 }
 
 /// Runs a parsed command line; returns the process exit code.
 pub async fn run(cli: Cli) -> ExitCode {
+    let conn = cli.conn;
     match cli.command {
         Command::Location(cmd) => location::run(cmd).await,
         Command::Volume(cmd) => volume::run_volume(cmd).await,
         Command::Backup(cmd) => volume::run_backup(cmd).await,
+        Command::Login(args) => fleet::login(args).await,
+        Command::Context => fleet::show_context(&conn),
+        Command::Clusters(cmd) => fleet::clusters(conn, cmd).await,
+        Command::Locations(cmd) => fleet::locations(conn, cmd).await,
+        Command::Backups(cmd) => fleet::backups(conn, cmd).await,
+        Command::Restores(cmd) => fleet::restores(conn, cmd).await,
+        Command::Schedules(cmd) => fleet::schedules(conn, cmd).await,
+        Command::Fleet(cmd) => fleet::fleet(conn, cmd).await,
+        Command::Completions { shell } => {
+            let mut cmd = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(shell, &mut cmd, "pxb", &mut std::io::stdout());
+            ExitCode::SUCCESS
+        }
+        Command::Demo { args } => demo(args),
+    }
+}
+
+/// Runs `pxb-demo` from the directory of this program (else from `PATH`) with `args`.
+fn demo(args: Vec<String>) -> ExitCode {
+    let beside = std::env::current_exe()
+        .ok()
+        .and_then(|p| p.parent().map(|d| d.join("pxb-demo")))
+        .filter(|p| p.exists());
+    let program = beside.unwrap_or_else(|| "pxb-demo".into());
+    match std::process::Command::new(&program).args(&args).status() {
+        Ok(s) if s.success() => ExitCode::SUCCESS,
+        Ok(s) => ExitCode::from(s.code().unwrap_or(1).clamp(1, 255) as u8),
+        Err(e) => {
+            eprintln!(
+                "pxb: cannot run {}: {e} (build it with `cargo build -p pxb-tests --bin pxb-demo`)",
+                program.display()
+            );
+            ExitCode::FAILURE
+        }
     }
 }
