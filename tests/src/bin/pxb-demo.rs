@@ -16,6 +16,7 @@
 //! `pxb-demo [--shoots N] [--location azure|file] [--serve] [--listen 127.0.0.1:PORT]` — with
 //! `--serve` the server keeps running (its URL and a development token are printed) until Ctrl-C.
 
+use std::collections::BTreeMap;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
@@ -49,10 +50,10 @@ fn parse_args() -> Result<Args, String> {
         },
     };
     let azure = match value("--location") {
-        None => !args.iter().any(|a| a == "--no-azure"),
-        Some(Some(v)) if v == "azure" => true,
+        None => false,
+        Some(Some(v)) if v == "azurite" || v == "azure" => true,
         Some(Some(v)) if v == "file" => false,
-        Some(_) => return Err("--location is azure or file".into()),
+        Some(_) => return Err("--location is file (the default) or azurite".into()),
     };
     let listen = match value("--listen") {
         None => "127.0.0.1:0".to_owned(),
@@ -67,7 +68,7 @@ fn parse_args() -> Result<Args, String> {
     Ok(Args {
         shoots,
         azure,
-        serve: args.iter().any(|a| a == "--serve"),
+        serve: !args.iter().any(|a| a == "--exit"),
         listen,
     })
 }
@@ -258,21 +259,210 @@ async fn run(args: Args) -> anyhow::Result<bool> {
         let granted = fx.entra.exchanges().iter().filter(|e| e.granted).count();
         println!("  Entra ID token exchanges granted: {granted} (no storage key, no client secret anywhere)");
     }
-    let ok = valid == expected_ready
+    let mut ok = valid == expected_ready
         && fleet_status["counts"]["Unreachable"].as_u64() == Some(offline.len() as u64);
+    ok &= operations(&api, &fleet, &offline).await?;
+    let end = api.get("/v1/fleet/status?limit=1000").await?;
+    let counts: Vec<String> = end["counts"]
+        .as_object()
+        .into_iter()
+        .flatten()
+        .filter(|(_, v)| v.as_u64() != Some(0))
+        .map(|(k, v)| format!("{v} {k}"))
+        .collect();
+    println!("\n== fleet status at the end: {} ==", counts.join(", "));
 
     if args.serve {
-        println!("\nAPI {}", api.url);
-        println!("TOKEN {}", api.token);
         println!(
-            "(serving until Ctrl-C; e.g. curl -H \"Authorization: Bearer $TOKEN\" $API/v1/fleet/status)"
+            "\nserving until Ctrl-C; try: pxb login --server <API> --token <TOKEN> --org demo && pxb backups list"
         );
+        println!("API {}", api.url);
+        println!("TOKEN {}", api.token);
+        use std::io::Write as _;
+        let _ = std::io::stdout().flush();
         let _ = tokio::signal::ctrl_c().await;
     }
     for a in agents {
         a.shutdown().await;
     }
     daemon.shutdown().await;
+    Ok(ok)
+}
+
+/// Polls `path` until `done` holds (or `secs` pass); returns the last answer.
+async fn wait_until(api: &Api, path: &str, secs: u64, done: impl Fn(&Value) -> bool) -> anyhow::Result<Value> {
+    let t = Instant::now();
+    loop {
+        let v = api.get(path).await?;
+        if done(&v) || t.elapsed() > Duration::from_secs(secs) {
+            return Ok(v);
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+fn final_phase(v: &Value) -> bool {
+    !matches!(v["phase"].as_str(), Some("Pending" | "InProgress" | "Deleting") | None)
+}
+
+/// A namespace `shop` with a little application on `shoot`.
+async fn seed(fleet: &Fleet, shoot: &str) -> anyhow::Result<()> {
+    use k8s_openapi::api::core::v1::{ConfigMap, Namespace};
+    use kube::api::{Api as KApi, PostParams};
+    let client = pxb_tests::control::shoot_client(fleet, "demo", shoot).await?;
+    let ns: Namespace = serde_json::from_value(json!({"metadata": {"name": "shop"}}))?;
+    KApi::<Namespace>::all(client.clone()).create(&PostParams::default(), &ns).await?;
+    for (name, value) in [("settings", "currency=EUR"), ("catalog", "items=42")] {
+        let cm: ConfigMap = serde_json::from_value(
+            json!({"metadata": {"name": name, "namespace": "shop", "labels": {"app": "shop"}}, "data": {"value": value}}),
+        )?;
+        KApi::<ConfigMap>::namespaced(client.clone(), "shop")
+            .create(&PostParams::default(), &cm)
+            .await?;
+    }
+    Ok(())
+}
+
+/// Backup, restore, sync, verify and delete through the API; prints what happens.
+async fn operations(api: &Api, fleet: &Fleet, offline: &[String]) -> anyhow::Result<bool> {
+    let (a, b, target) = ("shoot-00000", "shoot-00001", "shoot-00002");
+    for s in [a, b] {
+        seed(fleet, s).await?;
+    }
+    let mut names = vec![a.to_owned(), b.to_owned()];
+    names.extend(offline.first().cloned());
+    println!("\n== backup of namespace 'shop' on {} (one per cluster, in parallel) ==", names.join(", "));
+    let made = api
+        .post(
+            "/v1/orgs/demo/backups",
+            json!({"clusters": {"names": names}, "namespaces": ["shop"], "location": "primary"}),
+        )
+        .await?;
+    let mut ok = true;
+    let mut done = BTreeMap::new();
+    for bk in made["items"].as_array().cloned().unwrap_or_default() {
+        let id = bk["id"].as_str().unwrap_or_default().to_owned();
+        let v = wait_until(api, &format!("/v1/orgs/demo/backups/{id}"), 120, final_phase).await?;
+        println!(
+            "  {:<36} {:<12} {:<8} {} objects {}",
+            id,
+            v["clusterName"].as_str().unwrap_or_default(),
+            v["phase"].as_str().unwrap_or_default(),
+            v["objects"],
+            v["message"].as_str().unwrap_or_default()
+        );
+        done.insert(v["clusterName"].as_str().unwrap_or_default().to_owned(), v);
+    }
+    ok &= done.get(a).is_some_and(|v| v["phase"] == "Success");
+    ok &= done.get(b).is_some_and(|v| v["phase"] == "Success");
+    ok &= offline.first().is_none_or(|o| done.get(o).is_some_and(|v| v["phase"] == "Missed"));
+
+    let source = done.get(a).and_then(|v| v["id"].as_str()).unwrap_or_default().to_owned();
+    println!("\n== restore of {source} into {target}, namespace shop -> shop-restored ==");
+    let r = api
+        .post(
+            "/v1/orgs/demo/restores",
+            json!({"backup": source, "cluster": target, "namespaceMapping": {"shop": "shop-restored"}}),
+        )
+        .await?;
+    let r = wait_until(
+        api,
+        &format!("/v1/orgs/demo/restores/{}", r["id"].as_str().unwrap_or_default()),
+        120,
+        final_phase,
+    )
+    .await?;
+    println!(
+        "  {} {}: {} of {} objects created, {} failed",
+        r["id"].as_str().unwrap_or_default(),
+        r["phase"].as_str().unwrap_or_default(),
+        r["counts"]["created"],
+        r["counts"]["total"],
+        r["counts"]["failed"]
+    );
+    ok &= r["phase"] == "Success";
+
+    println!("\n== sync of location 'primary' on {target} ==");
+    let run = api
+        .post("/v1/orgs/demo/locations/primary/sync", json!({"cluster": target}))
+        .await?;
+    let st = wait_until(
+        api,
+        &format!("/v1/orgs/demo/locations/primary/status?cluster={target}"),
+        120,
+        |v| {
+            let s = &v["items"][0]["sync"];
+            s["request"] == run["request"] && matches!(s["phase"].as_str(), Some("Completed" | "Failed"))
+        },
+    )
+    .await?;
+    let sync = &st["items"][0]["sync"];
+    println!(
+        "  {}: {} backups found in the location (the catalog already knew those this server made)",
+        sync["phase"].as_str().unwrap_or_default(),
+        sync["backupsFound"]
+    );
+    ok &= sync["phase"] == "Completed";
+
+    println!("\n== verify of location 'primary' (\"cloud file missing\" check) ==");
+    api.post("/v1/orgs/demo/locations/primary/verify", json!({})).await?;
+    let st = wait_until(api, "/v1/orgs/demo/locations/primary/status?limit=1000", 120, |v| {
+        v["items"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|s| s["verify"]["phase"] == "Completed")
+    })
+    .await?;
+    let verified = st["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|s| s["verify"]["phase"] == "Completed")
+        .cloned()
+        .unwrap_or_default();
+    println!(
+        "  checked {} backups on {}: {} objects missing",
+        verified["verify"]["backupsChecked"],
+        verified["clusterName"].as_str().unwrap_or_default(),
+        verified["verify"]["missingObjects"]
+    );
+    ok &= verified["verify"]["phase"] == "Completed";
+
+    let gone = done.get(b).and_then(|v| v["id"].as_str()).unwrap_or_default().to_owned();
+    println!("\n== delete of {gone} ==");
+    let d = api
+        .call(reqwest::Method::DELETE, &format!("/v1/orgs/demo/backups/{gone}"), None)
+        .await?;
+    println!("  {}", d["message"].as_str().unwrap_or_default());
+    let t = Instant::now();
+    let mut deleted = false;
+    while t.elapsed() < Duration::from_secs(120) {
+        let resp = api
+            .http
+            .get(format!("{}/v1/orgs/demo/backups/{gone}", api.url))
+            .bearer_auth(&api.token)
+            .send()
+            .await?;
+        if resp.status() == reqwest::StatusCode::NOT_FOUND {
+            deleted = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    println!("  {}", if deleted { "data and record deleted" } else { "still not deleted after 120 s" });
+    ok &= deleted;
+    let list = api.get("/v1/orgs/demo/backups?limit=1000").await?;
+    println!("\n== backups in the catalog ==");
+    for bk in list["items"].as_array().into_iter().flatten() {
+        println!(
+            "  {:<36} {:<12} {:<8} {}",
+            bk["id"].as_str().unwrap_or_default(),
+            bk["clusterName"].as_str().unwrap_or_default(),
+            bk["phase"].as_str().unwrap_or_default(),
+            bk["message"].as_str().unwrap_or_default()
+        );
+    }
     Ok(ok)
 }
 
