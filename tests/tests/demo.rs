@@ -6,7 +6,7 @@ use std::process::Command;
 #[test]
 fn the_demo_runs_a_small_fleet_through_the_server() {
     let out = Command::new(env!("CARGO_BIN_EXE_pxb-demo"))
-        .args(["--shoots", "5", "--location", "file"])
+        .args(["--shoots", "5", "--location", "file", "--exit"])
         .output()
         .expect("run pxb-demo");
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -21,10 +21,11 @@ fn the_demo_runs_a_small_fleet_through_the_server() {
         "{stdout}"
     );
     assert!(stdout.contains("Valid on 4 of 4 clusters"), "{stdout}");
+    assert!(stdout.contains("data and record deleted"), "{stdout}");
     let bad = Command::new(env!("CARGO_BIN_EXE_pxb-demo"))
         .args(["--location", "tape"])
         .output()
         .expect("run pxb-demo");
     assert!(!bad.status.success());
-    assert!(String::from_utf8_lossy(&bad.stderr).contains("--location is azure or file"));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("--location is file (the default) or azurite"));
 }

@@ -102,7 +102,20 @@ fn demo(args: Vec<String>) -> ExitCode {
         .and_then(|p| p.parent().map(|d| d.join("pxb-demo")))
         .filter(|p| p.exists());
     let program = beside.unwrap_or_else(|| "pxb-demo".into());
-    match std::process::Command::new(&program).args(&args).status() {
+    let mut command = std::process::Command::new(&program);
+    command.args(&args);
+    // Become the demo, so that its process id (for signals) is this one.
+    #[cfg(unix)]
+    {
+        let e = std::os::unix::process::CommandExt::exec(&mut command);
+        eprintln!(
+            "pxb: cannot run {}: {e} (build it with `cargo build -p pxb-tests --bin pxb-demo`)",
+            program.display()
+        );
+        ExitCode::FAILURE
+    }
+    #[cfg(not(unix))]
+    match command.status() {
         Ok(s) if s.success() => ExitCode::SUCCESS,
         Ok(s) => ExitCode::from(s.code().unwrap_or(1).clamp(1, 255) as u8),
         Err(e) => {

@@ -1,0 +1,206 @@
+//! The whole flow through the `pxb` CLI against the demo fleet: `pxb demo` brings up the
+//! simulated project, the server, the agents and a location, runs its own flow and serves; then
+//! `pxb login` and the fleet commands drive backups, filters, a restore into another cluster with
+//! namespace mapping, a schedule, deletes and the fleet status, and the results are checked.
+
+use std::io::{BufRead as _, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+
+use serde_json::Value;
+
+struct Demo(Child);
+
+impl Drop for Demo {
+    fn drop(&mut self) {
+        // Ctrl-C by process id: the demo stops its server and agents.
+        let _ = Command::new("kill").args(["-INT", &self.0.id().to_string()]).status();
+        let t = std::time::Instant::now();
+        while t.elapsed() < std::time::Duration::from_secs(30) {
+            if let Ok(Some(_)) = self.0.try_wait() {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+        if !std::thread::panicking() {
+            panic!("the demo did not stop within 30 s of Ctrl-C");
+        }
+    }
+}
+
+fn pxb(config: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_pxb"))
+        .args(args)
+        .env("PXB_CONFIG", config)
+        .env_remove("PXB_TOKEN")
+        .env_remove("PXB_SERVER")
+        .env_remove("PXB_ORG")
+        .env_remove("PXB_CONTEXT")
+        .output()
+        .expect("run pxb")
+}
+
+fn ok_json(config: &Path, args: &[&str]) -> Value {
+    let mut all = args.to_vec();
+    all.push("--json");
+    let out = pxb(config, &all);
+    assert!(
+        out.status.success(),
+        "pxb {args:?} failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("json")
+}
+
+fn ids(v: &Value) -> Vec<String> {
+    v["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|b| b["id"].as_str().unwrap_or_default().to_owned())
+        .collect()
+}
+
+#[test]
+fn the_cli_drives_the_demo_fleet_end_to_end() {
+    let demo_bin = PathBuf::from(env!("CARGO_BIN_EXE_pxb")).with_file_name("pxb-demo");
+    assert!(
+        demo_bin.exists(),
+        "{} is missing: build it with `cargo build -p pxb-tests --bin pxb-demo` (the workspace test run does)",
+        demo_bin.display()
+    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("pxb.yaml");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_pxb"))
+        .args(["demo", "--shoots", "5", "--location", "file"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("pxb demo");
+    let stdout = child.stdout.take().expect("stdout");
+    let demo = Demo(child);
+    let (mut api, mut token, mut seen) = (String::new(), String::new(), String::new());
+    for line in BufReader::new(stdout).lines() {
+        let line = line.expect("line");
+        seen.push_str(&line);
+        seen.push('\n');
+        if let Some(u) = line.strip_prefix("API ") {
+            api = u.to_owned();
+        }
+        if let Some(t) = line.strip_prefix("TOKEN ") {
+            token = t.to_owned();
+            break;
+        }
+    }
+    assert!(!api.is_empty() && !token.is_empty(), "the demo did not serve:\n{seen}");
+    // The demo's own flow went through: backup, Missed on the blackholed shoot, restore, sync,
+    // verify, delete.
+    for want in [
+        "shoot-00000  Success",
+        "shoot-00003  Missed",
+        "Success: 3 of 3 objects created, 0 failed",
+        "Completed: 2 backups found",
+        "0 objects missing",
+        "data and record deleted",
+    ] {
+        assert!(seen.contains(want), "{want:?} not in:\n{seen}");
+    }
+
+    // Login stores a context (0600); later commands need no flags.
+    let out = pxb(&config, &["login", "--server", &api, "--token", &token, "--org", "demo"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = std::fs::metadata(&config).expect("config").permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+    let bad = pxb(&config, &["login", "--server", &api, "--token", "wrong-token-wrong-token"]);
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("login failed"));
+
+    let clusters = ok_json(&config, &["clusters", "list"]);
+    let names: Vec<&str> = clusters["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .filter_map(|c| c["name"].as_str())
+        .collect();
+    assert!(names.contains(&"shoot-00000") && names.contains(&"sleepy"), "{names:?}");
+    let table = pxb(&config, &["clusters", "list"]);
+    let text = String::from_utf8_lossy(&table.stdout);
+    assert!(text.starts_with("NAME") && text.contains("Hibernated"), "{text}");
+
+    // A backup with --wait.
+    let made = ok_json(
+        &config,
+        &["backups", "create", "--cluster", "shoot-00000", "-n", "shop", "--location", "primary", "--wait"],
+    );
+    let id = ids(&made).pop().expect("one backup");
+    assert_eq!(made["items"][0]["phase"], "Success", "{made}");
+    assert!(made["items"][0]["objects"].as_u64().unwrap_or(0) >= 3, "{made}");
+
+    // Filters: cluster by name, namespace, phase, view, time bracket.
+    let mine = ok_json(&config, &["backups", "list", "--cluster", "shoot-00000", "--since", "1h"]);
+    assert!(ids(&mine).contains(&id), "{mine}");
+    assert!(ids(&ok_json(&config, &["backups", "list", "-n", "shop"])).contains(&id));
+    assert!(ids(&ok_json(&config, &["backups", "list", "-n", "other"])).is_empty());
+    assert!(ids(&ok_json(&config, &["backups", "list", "--view", "vms"])).is_empty());
+    let missed = ok_json(&config, &["backups", "list", "--status", "Missed"]);
+    assert_eq!(ids(&missed).len(), 1, "{missed}");
+    assert_eq!(missed["items"][0]["clusterName"], "shoot-00003");
+    let bad = pxb(&config, &["backups", "list", "--since", "2h"]);
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("bracket"), "{bad:?}");
+
+    // Restore into another cluster with namespace mapping.
+    let restored = ok_json(
+        &config,
+        &["restores", "create", &id, "--cluster", "shoot-00004", "--map", "shop=shop-copy", "--wait"],
+    );
+    assert_eq!(restored["phase"], "Success", "{restored}");
+    assert_eq!(restored["clusterName"], "shoot-00004");
+    assert_eq!(restored["counts"]["created"], 3);
+    assert!(ids(&ok_json(&config, &["restores", "list"])).len() >= 2);
+
+    // A schedule.
+    let sched = ok_json(
+        &config,
+        &[
+            "schedules", "create", "nightly", "--daily", "02:00", "--time-zone", "Europe/Berlin", "--retain", "3",
+            "--all", "-n", "shop", "--location", "primary",
+        ],
+    );
+    assert_eq!(sched["policy"]["kind"], "daily");
+    assert!(sched["nextFireMs"].as_i64().unwrap_or(0) > 0);
+    let text = String::from_utf8_lossy(&pxb(&config, &["schedules", "list"]).stdout).to_string();
+    assert!(text.contains("nightly") && text.contains("daily 02:00 Europe/Berlin"), "{text}");
+    let bad = pxb(
+        &config,
+        &["schedules", "create", "bad", "--daily", "25:00", "--all", "-n", "shop", "--location", "primary"],
+    );
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("HH:MM"));
+    assert_eq!(ok_json(&config, &["schedules", "pause", "nightly"])["paused"], true);
+
+    // Delete with --wait removes data and record; force-delete of the missed one keeps no record.
+    let out = pxb(&config, &["backups", "delete", &id, "--wait"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let gone = pxb(&config, &["backups", "get", &id]);
+    assert!(!gone.status.success());
+    assert!(String::from_utf8_lossy(&gone.stderr).contains("404"));
+    let missed_id = ids(&missed).pop().expect("missed");
+    let forced = ok_json(&config, &["backups", "delete", &missed_id, "--force"]);
+    assert_eq!(forced["dataRemains"], true);
+    assert_eq!(forced["recordRemoved"], true);
+
+    let fleet = ok_json(&config, &["fleet", "status"]);
+    assert_eq!(fleet["counts"]["Ready"], 4, "{fleet}");
+    assert_eq!(fleet["counts"]["Unreachable"], 1, "{fleet}");
+    let completions = pxb(&config, &["completions", "bash"]);
+    assert!(String::from_utf8_lossy(&completions.stdout).contains("_pxb"));
+    drop(demo);
+}
