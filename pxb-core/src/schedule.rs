@@ -103,9 +103,12 @@ fn ts(ms: i64) -> Result<Timestamp, String> {
 
 /// `date` at `at` in `tz`; gaps resolve forward, folds to the first occurrence.
 fn instant(date: Date, at: Time, tz: &TimeZone) -> Result<Zoned, String> {
-    date.to_datetime(at)
-        .to_zoned(tz.clone())
-        .map_err(|e| format!("{date} {at} in {}: {e}", tz.iana_name().unwrap_or("the time zone")))
+    date.to_datetime(at).to_zoned(tz.clone()).map_err(|e| {
+        format!(
+            "{date} {at} in {}: {e}",
+            tz.iana_name().unwrap_or("the time zone")
+        )
+    })
 }
 
 impl SchedulePolicy {
@@ -244,7 +247,10 @@ pub fn retention(backups: &[BackupRecord], retain: u32) -> Vec<String> {
         .collect();
     // Newest first; the id breaks ties so the choice is deterministic.
     done.sort_by(|a, b| b.created_ms.cmp(&a.created_ms).then_with(|| b.id.cmp(&a.id)));
-    let successes: Vec<&&BackupRecord> = done.iter().filter(|b| backup_phase::is_success(&b.phase)).collect();
+    let successes: Vec<&&BackupRecord> = done
+        .iter()
+        .filter(|b| backup_phase::is_success(&b.phase))
+        .collect();
     let retain = retain as usize;
     let mut out: Vec<String> = successes.iter().skip(retain).map(|b| b.id.clone()).collect();
     if successes.len() >= retain && retain > 0 {
@@ -281,8 +287,14 @@ mod tests {
         let p = policy(Every::Interval { minutes: 15 }, "UTC");
         let anchor = ms("2026-01-01T00:07:00Z");
         assert_eq!(p.next_after(anchor, anchor), Ok(ms("2026-01-01T00:22:00Z")));
-        assert_eq!(p.next_after(ms("2026-01-01T00:21:59Z"), anchor), Ok(ms("2026-01-01T00:22:00Z")));
-        assert_eq!(p.next_after(ms("2026-01-01T00:22:00Z"), anchor), Ok(ms("2026-01-01T00:37:00Z")));
+        assert_eq!(
+            p.next_after(ms("2026-01-01T00:21:59Z"), anchor),
+            Ok(ms("2026-01-01T00:22:00Z"))
+        );
+        assert_eq!(
+            p.next_after(ms("2026-01-01T00:22:00Z"), anchor),
+            Ok(ms("2026-01-01T00:37:00Z"))
+        );
         assert_eq!(p.next_after(anchor - 1, anchor), Ok(anchor));
     }
 
@@ -290,10 +302,19 @@ mod tests {
     fn daily_weekly_and_monthly_follow_the_wall_clock_of_their_zone() {
         let d = policy(Every::Daily { at: "02:30".into() }, "Europe/Berlin");
         // 02:30 CET = 01:30 UTC in winter.
-        assert_eq!(d.next_after(ms("2026-01-10T00:00:00Z"), 0), Ok(ms("2026-01-10T01:30:00Z")));
-        assert_eq!(d.next_after(ms("2026-01-10T01:30:00Z"), 0), Ok(ms("2026-01-11T01:30:00Z")));
+        assert_eq!(
+            d.next_after(ms("2026-01-10T00:00:00Z"), 0),
+            Ok(ms("2026-01-10T01:30:00Z"))
+        );
+        assert_eq!(
+            d.next_after(ms("2026-01-10T01:30:00Z"), 0),
+            Ok(ms("2026-01-11T01:30:00Z"))
+        );
         // 2026-03-29: 02:30 does not exist in Berlin; the slot is the first instant after the gap.
-        assert_eq!(d.next_after(ms("2026-03-28T12:00:00Z"), 0), Ok(ms("2026-03-29T01:30:00Z")));
+        assert_eq!(
+            d.next_after(ms("2026-03-28T12:00:00Z"), 0),
+            Ok(ms("2026-03-29T01:30:00Z"))
+        );
         // 2026-10-25: 02:30 happens twice; it fires once, at the first.
         let first = d.next_after(ms("2026-10-24T12:00:00Z"), 0).expect("slot");
         assert_eq!(first, ms("2026-10-25T00:30:00Z"));
@@ -307,8 +328,14 @@ mod tests {
             "UTC",
         );
         // 2026-11-29 is a Sunday.
-        assert_eq!(w.next_after(ms("2026-11-25T10:00:00Z"), 0), Ok(ms("2026-11-29T23:00:00Z")));
-        assert_eq!(w.next_after(ms("2026-11-29T23:00:00Z"), 0), Ok(ms("2026-12-06T23:00:00Z")));
+        assert_eq!(
+            w.next_after(ms("2026-11-25T10:00:00Z"), 0),
+            Ok(ms("2026-11-29T23:00:00Z"))
+        );
+        assert_eq!(
+            w.next_after(ms("2026-11-29T23:00:00Z"), 0),
+            Ok(ms("2026-12-06T23:00:00Z"))
+        );
 
         let m = policy(
             Every::Monthly {
@@ -317,8 +344,14 @@ mod tests {
             },
             "UTC",
         );
-        assert_eq!(m.next_after(ms("2026-02-01T00:00:00Z"), 0), Ok(ms("2026-02-28T00:00:00Z")));
-        assert_eq!(m.next_after(ms("2026-02-28T00:00:00Z"), 0), Ok(ms("2026-03-31T00:00:00Z")));
+        assert_eq!(
+            m.next_after(ms("2026-02-01T00:00:00Z"), 0),
+            Ok(ms("2026-02-28T00:00:00Z"))
+        );
+        assert_eq!(
+            m.next_after(ms("2026-02-28T00:00:00Z"), 0),
+            Ok(ms("2026-03-31T00:00:00Z"))
+        );
     }
 
     #[test]
@@ -364,7 +397,10 @@ mod tests {
                 ),
                 "monthly",
             ),
-            (policy(Every::Daily { at: "01:00".into() }, "Mars/Olympus"), "time zone"),
+            (
+                policy(Every::Daily { at: "01:00".into() }, "Mars/Olympus"),
+                "time zone",
+            ),
             (
                 SchedulePolicy {
                     retain: 0,

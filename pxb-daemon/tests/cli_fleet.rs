@@ -14,7 +14,9 @@ struct Demo(Child);
 impl Drop for Demo {
     fn drop(&mut self) {
         // Ctrl-C by process id: the demo stops its server and agents.
-        let _ = Command::new("kill").args(["-INT", &self.0.id().to_string()]).status();
+        let _ = Command::new("kill")
+            .args(["-INT", &self.0.id().to_string()])
+            .status();
         let t = std::time::Instant::now();
         while t.elapsed() < std::time::Duration::from_secs(30) {
             if let Ok(Some(_)) = self.0.try_wait() {
@@ -95,7 +97,10 @@ fn the_cli_drives_the_demo_fleet_end_to_end() {
             break;
         }
     }
-    assert!(!api.is_empty() && !token.is_empty(), "the demo did not serve:\n{seen}");
+    assert!(
+        !api.is_empty() && !token.is_empty(),
+        "the demo did not serve:\n{seen}"
+    );
     // The demo's own flow went through: backup, Missed on the blackholed shoot, restore, sync,
     // verify, delete.
     for want in [
@@ -110,7 +115,10 @@ fn the_cli_drives_the_demo_fleet_end_to_end() {
     }
 
     // Login stores a context (0600); later commands need no flags.
-    let out = pxb(&config, &["login", "--server", &api, "--token", &token, "--org", "demo"]);
+    let out = pxb(
+        &config,
+        &["login", "--server", &api, "--token", &token, "--org", "demo"],
+    );
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     #[cfg(unix)]
     {
@@ -118,7 +126,10 @@ fn the_cli_drives_the_demo_fleet_end_to_end() {
         let mode = std::fs::metadata(&config).expect("config").permissions().mode();
         assert_eq!(mode & 0o777, 0o600);
     }
-    let bad = pxb(&config, &["login", "--server", &api, "--token", "wrong-token-wrong-token"]);
+    let bad = pxb(
+        &config,
+        &["login", "--server", &api, "--token", "wrong-token-wrong-token"],
+    );
     assert!(!bad.status.success());
     assert!(String::from_utf8_lossy(&bad.stderr).contains("login failed"));
 
@@ -129,7 +140,10 @@ fn the_cli_drives_the_demo_fleet_end_to_end() {
         .iter()
         .filter_map(|c| c["name"].as_str())
         .collect();
-    assert!(names.contains(&"shoot-00000") && names.contains(&"sleepy"), "{names:?}");
+    assert!(
+        names.contains(&"shoot-00000") && names.contains(&"sleepy"),
+        "{names:?}"
+    );
     let table = pxb(&config, &["clusters", "list"]);
     let text = String::from_utf8_lossy(&table.stdout);
     assert!(text.starts_with("NAME") && text.contains("Hibernated"), "{text}");
@@ -137,14 +151,27 @@ fn the_cli_drives_the_demo_fleet_end_to_end() {
     // A backup with --wait.
     let made = ok_json(
         &config,
-        &["backups", "create", "--cluster", "shoot-00000", "-n", "shop", "--location", "primary", "--wait"],
+        &[
+            "backups",
+            "create",
+            "--cluster",
+            "shoot-00000",
+            "-n",
+            "shop",
+            "--location",
+            "primary",
+            "--wait",
+        ],
     );
     let id = ids(&made).pop().expect("one backup");
     assert_eq!(made["items"][0]["phase"], "Success", "{made}");
     assert!(made["items"][0]["objects"].as_u64().unwrap_or(0) >= 3, "{made}");
 
     // Filters: cluster by name, namespace, phase, view, time bracket.
-    let mine = ok_json(&config, &["backups", "list", "--cluster", "shoot-00000", "--since", "1h"]);
+    let mine = ok_json(
+        &config,
+        &["backups", "list", "--cluster", "shoot-00000", "--since", "1h"],
+    );
     assert!(ids(&mine).contains(&id), "{mine}");
     assert!(ids(&ok_json(&config, &["backups", "list", "-n", "shop"])).contains(&id));
     assert!(ids(&ok_json(&config, &["backups", "list", "-n", "other"])).is_empty());
@@ -154,12 +181,24 @@ fn the_cli_drives_the_demo_fleet_end_to_end() {
     assert_eq!(missed["items"][0]["clusterName"], "shoot-00003");
     let bad = pxb(&config, &["backups", "list", "--since", "2h"]);
     assert!(!bad.status.success());
-    assert!(String::from_utf8_lossy(&bad.stderr).contains("bracket"), "{bad:?}");
+    assert!(
+        String::from_utf8_lossy(&bad.stderr).contains("bracket"),
+        "{bad:?}"
+    );
 
     // Restore into another cluster with namespace mapping.
     let restored = ok_json(
         &config,
-        &["restores", "create", &id, "--cluster", "shoot-00004", "--map", "shop=shop-copy", "--wait"],
+        &[
+            "restores",
+            "create",
+            &id,
+            "--cluster",
+            "shoot-00004",
+            "--map",
+            "shop=shop-copy",
+            "--wait",
+        ],
     );
     assert_eq!(restored["phase"], "Success", "{restored}");
     assert_eq!(restored["clusterName"], "shoot-00004");
@@ -170,21 +209,50 @@ fn the_cli_drives_the_demo_fleet_end_to_end() {
     let sched = ok_json(
         &config,
         &[
-            "schedules", "create", "nightly", "--daily", "02:00", "--time-zone", "Europe/Berlin", "--retain", "3",
-            "--all", "-n", "shop", "--location", "primary",
+            "schedules",
+            "create",
+            "nightly",
+            "--daily",
+            "02:00",
+            "--time-zone",
+            "Europe/Berlin",
+            "--retain",
+            "3",
+            "--all",
+            "-n",
+            "shop",
+            "--location",
+            "primary",
         ],
     );
     assert_eq!(sched["policy"]["kind"], "daily");
     assert!(sched["nextFireMs"].as_i64().unwrap_or(0) > 0);
     let text = String::from_utf8_lossy(&pxb(&config, &["schedules", "list"]).stdout).to_string();
-    assert!(text.contains("nightly") && text.contains("daily 02:00 Europe/Berlin"), "{text}");
+    assert!(
+        text.contains("nightly") && text.contains("daily 02:00 Europe/Berlin"),
+        "{text}"
+    );
     let bad = pxb(
         &config,
-        &["schedules", "create", "bad", "--daily", "25:00", "--all", "-n", "shop", "--location", "primary"],
+        &[
+            "schedules",
+            "create",
+            "bad",
+            "--daily",
+            "25:00",
+            "--all",
+            "-n",
+            "shop",
+            "--location",
+            "primary",
+        ],
     );
     assert!(!bad.status.success());
     assert!(String::from_utf8_lossy(&bad.stderr).contains("HH:MM"));
-    assert_eq!(ok_json(&config, &["schedules", "pause", "nightly"])["paused"], true);
+    assert_eq!(
+        ok_json(&config, &["schedules", "pause", "nightly"])["paused"],
+        true
+    );
 
     // Delete with --wait removes data and record; force-delete of the missed one keeps no record.
     let out = pxb(&config, &["backups", "delete", &id, "--wait"]);

@@ -6,11 +6,11 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use pxb_core::ManualClock;
+use pxb_core::catalog::Query;
 use pxb_core::catalog::records::{
     BackupRecord, ClusterRecord, ClusterSelector, ClusterState, ClusterStatus, LocationRecord, Org,
     backup_phase,
 };
-use pxb_core::catalog::Query;
 use pxb_core::cluster::StaticClusters;
 use pxb_core::schedule::{Every, SchedulePolicy};
 use pxb_daemon::server::backups::ScheduleRequest;
@@ -175,7 +175,11 @@ async fn schedules_fire_once_per_slot_across_restarts_and_retention_keeps_the_co
     assert_eq!(ids.len(), 6, "one backup per cluster and slot");
 
     // The agent reports alpha's three backups successful; retention (2) deletes exactly the oldest.
-    let mut alphas: Vec<BackupRecord> = all.iter().filter(|b| b.cluster_name == "alpha").cloned().collect();
+    let mut alphas: Vec<BackupRecord> = all
+        .iter()
+        .filter(|b| b.cluster_name == "alpha")
+        .cloned()
+        .collect();
     assert_eq!(alphas.len(), 3);
     for b in &mut alphas {
         b.phase = backup_phase::SUCCESS.into();
@@ -194,7 +198,11 @@ async fn schedules_fire_once_per_slot_across_restarts_and_retention_keeps_the_co
     assert_eq!(kept.len(), 2, "{after:#?}");
     alphas.sort_by_key(|b| b.created_ms);
     let oldest = after.iter().find(|b| b.id == alphas[0].id).expect("oldest");
-    assert_eq!(oldest.phase, backup_phase::DELETING, "the oldest is being deleted");
+    assert_eq!(
+        oldest.phase,
+        backup_phase::DELETING,
+        "the oldest is being deleted"
+    );
     // beta has no success: its Missed backups are all kept.
     assert_eq!(
         after

@@ -521,11 +521,7 @@ async fn execute(
         },
         volumes,
         backup_id: Some(manifest.id.to_string()),
-        virtual_machines: stats
-            .per_kind
-            .get(VIRTUAL_MACHINE_KIND)
-            .copied()
-            .unwrap_or(0),
+        virtual_machines: stats.per_kind.get(VIRTUAL_MACHINE_KIND).copied().unwrap_or(0),
         sizes,
         ..ApplicationBackupStatus::default()
     })

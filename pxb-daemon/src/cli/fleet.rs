@@ -197,37 +197,7 @@ pub enum RestoresCommand {
 #[derive(Debug, Subcommand)]
 pub enum SchedulesCommand {
     /// Creates a schedule.
-    Create {
-        /// Its name.
-        name: String,
-        /// Every N minutes.
-        #[arg(long, group = "when")]
-        every_minutes: Option<u32>,
-        /// Daily at HH:MM.
-        #[arg(long, group = "when")]
-        daily: Option<String>,
-        /// Weekly, DAY@HH:MM (e.g. sun@02:00).
-        #[arg(long, group = "when")]
-        weekly: Option<String>,
-        /// Monthly, DATE@HH:MM (e.g. 1@03:00).
-        #[arg(long, group = "when")]
-        monthly: Option<String>,
-        /// Successful backups kept per cluster.
-        #[arg(long, default_value_t = 7)]
-        retain: u32,
-        /// IANA time zone of the times.
-        #[arg(long, default_value = "UTC")]
-        time_zone: String,
-        /// Which clusters.
-        #[command(flatten)]
-        selection: Selection,
-        /// A namespace (repeatable).
-        #[arg(long = "namespace", short = 'n', required = true)]
-        namespaces: Vec<String>,
-        /// The location.
-        #[arg(long)]
-        location: String,
-    },
+    Create(Box<CreateSchedule>),
     /// Lists schedules.
     List,
     /// One schedule.
@@ -250,6 +220,40 @@ pub enum SchedulesCommand {
         /// Its name.
         name: String,
     },
+}
+
+/// `pxb schedules create`.
+#[derive(Debug, Args)]
+pub struct CreateSchedule {
+    /// Its name.
+    name: String,
+    /// Every N minutes.
+    #[arg(long, group = "when")]
+    every_minutes: Option<u32>,
+    /// Daily at HH:MM.
+    #[arg(long, group = "when")]
+    daily: Option<String>,
+    /// Weekly, DAY@HH:MM (e.g. sun@02:00).
+    #[arg(long, group = "when")]
+    weekly: Option<String>,
+    /// Monthly, DATE@HH:MM (e.g. 1@03:00).
+    #[arg(long, group = "when")]
+    monthly: Option<String>,
+    /// Successful backups kept per cluster.
+    #[arg(long, default_value_t = 7)]
+    retain: u32,
+    /// IANA time zone of the times.
+    #[arg(long, default_value = "UTC")]
+    time_zone: String,
+    /// Which clusters.
+    #[command(flatten)]
+    selection: Selection,
+    /// A namespace (repeatable).
+    #[arg(long = "namespace", short = 'n', required = true)]
+    namespaces: Vec<String>,
+    /// The location.
+    #[arg(long)]
+    location: String,
 }
 
 /// Fleet commands.
@@ -412,8 +416,10 @@ pub async fn locations(conn: Conn, cmd: LocationsCommand) -> ExitCode {
         }
         LocationsCommand::Status { name } => {
             let v = try_api!(
-                c.get(&try_api!(c.org_path(&format!("/locations/{name}/status?limit=1000"))))
-                    .await
+                c.get(&try_api!(
+                    c.org_path(&format!("/locations/{name}/status?limit=1000"))
+                ))
+                .await
             );
             print(&conn, &v, |v| {
                 let rows: Vec<Vec<String>> = items(v)
@@ -431,22 +437,38 @@ pub async fn locations(conn: Conn, cmd: LocationsCommand) -> ExitCode {
                     })
                     .collect();
                 table(
-                    &["CLUSTER", "VALIDATION", "SYNC", "FOUND", "VERIFY", "MISSING", "REASON"],
+                    &[
+                        "CLUSTER",
+                        "VALIDATION",
+                        "SYNC",
+                        "FOUND",
+                        "VERIFY",
+                        "MISSING",
+                        "REASON",
+                    ],
                     &rows,
                 );
             })
         }
         LocationsCommand::Validate { name } => {
             let v = try_api!(
-                c.call("POST", &try_api!(c.org_path(&format!("/locations/{name}/validate"))), None)
-                    .await
+                c.call(
+                    "POST",
+                    &try_api!(c.org_path(&format!("/locations/{name}/validate"))),
+                    None
+                )
+                .await
             );
             print(&conn, &v, |_| println!("validation of {name} requested"))
         }
         LocationsCommand::Verify { name } => {
             let v = try_api!(
-                c.call("POST", &try_api!(c.org_path(&format!("/locations/{name}/verify"))), None)
-                    .await
+                c.call(
+                    "POST",
+                    &try_api!(c.org_path(&format!("/locations/{name}/verify"))),
+                    None
+                )
+                .await
             );
             print(&conn, &v, |_| println!("verify of {name} requested"))
         }
@@ -460,9 +482,8 @@ pub async fn locations(conn: Conn, cmd: LocationsCommand) -> ExitCode {
                     poll(&c, &status, |s| {
                         let run = &items(s).first().cloned().unwrap_or_default()["sync"];
                         let phase = run["phase"].as_str().unwrap_or("");
-                        (run["request"].as_i64() == request
-                            && !matches!(phase, "Pending" | "InProgress"))
-                        .then(|| run.clone())
+                        (run["request"].as_i64() == request && !matches!(phase, "Pending" | "InProgress"))
+                            .then(|| run.clone())
                     })
                     .await
                 );
@@ -530,11 +551,22 @@ fn backup_rows(list: &[Value]) -> Vec<Vec<String>> {
 }
 
 const BACKUP_HEADER: &[&str] = &[
-    "ID", "CLUSTER", "NAMESPACES", "LOCATION", "PHASE", "VIEW", "CREATED", "NOTE",
+    "ID",
+    "CLUSTER",
+    "NAMESPACES",
+    "LOCATION",
+    "PHASE",
+    "VIEW",
+    "CREATED",
+    "NOTE",
 ];
 
 /// Waits for backups (by id) to be final, with a progress bar per backup on a terminal.
-async fn wait_backups(c: &Client, conn: &Conn, ids: &[String]) -> Result<Vec<Value>, super::remote::ApiFailure> {
+async fn wait_backups(
+    c: &Client,
+    conn: &Conn,
+    ids: &[String],
+) -> Result<Vec<Value>, super::remote::ApiFailure> {
     let bars = (!conn.json && std::io::stderr().is_terminal()).then(indicatif::MultiProgress::new);
     let style = indicatif::ProgressStyle::with_template("{spinner} {prefix:40} {msg}")
         .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner());
@@ -583,7 +615,10 @@ pub async fn backups(conn: Conn, cmd: BackupsCommand) -> ExitCode {
                 Err(e) => return fail(e),
             };
             let body = json!({"clusters": sel, "namespaces": namespaces, "location": location});
-            let v = try_api!(c.call("POST", &try_api!(c.org_path("/backups")), Some(&body)).await);
+            let v = try_api!(
+                c.call("POST", &try_api!(c.org_path("/backups")), Some(&body))
+                    .await
+            );
             let mut list = items(&v);
             if wait {
                 let ids: Vec<String> = list.iter().map(|b| cell(&b["id"])).collect();
@@ -591,7 +626,12 @@ pub async fn backups(conn: Conn, cmd: BackupsCommand) -> ExitCode {
             }
             let bad = list
                 .iter()
-                .filter(|b| !matches!(b["phase"].as_str(), Some("Success" | "PartialSuccess" | "Pending" | "InProgress")))
+                .filter(|b| {
+                    !matches!(
+                        b["phase"].as_str(),
+                        Some("Success" | "PartialSuccess" | "Pending" | "InProgress")
+                    )
+                })
                 .count();
             let v = json!({"items": list});
             print(&conn, &v, |v| table(BACKUP_HEADER, &backup_rows(&items(v))));
@@ -625,10 +665,15 @@ pub async fn backups(conn: Conn, cmd: BackupsCommand) -> ExitCode {
         }
         BackupsCommand::Get { id } => {
             let v = try_api!(c.get(&try_api!(c.org_path(&format!("/backups/{id}")))).await);
-            print(&conn, &v, |v| table(BACKUP_HEADER, &backup_rows(std::slice::from_ref(v))))
+            print(&conn, &v, |v| {
+                table(BACKUP_HEADER, &backup_rows(std::slice::from_ref(v)))
+            })
         }
         BackupsCommand::Delete { id, force, wait } => {
-            let path = try_api!(c.org_path(&format!("/backups/{id}{}", if force { "?force=true" } else { "" })));
+            let path = try_api!(c.org_path(&format!(
+                "/backups/{id}{}",
+                if force { "?force=true" } else { "" }
+            )));
             let v = try_api!(c.call("DELETE", &path, None).await);
             if wait && v["recordRemoved"] != true {
                 let get = try_api!(c.org_path(&format!("/backups/{id}")));
@@ -691,7 +736,10 @@ pub async fn restores(conn: Conn, cmd: RestoresCommand) -> ExitCode {
                 }
             }
             let body = json!({"backup": backup, "cluster": cluster, "namespaces": namespaces, "namespaceMapping": map});
-            let mut v = try_api!(c.call("POST", &try_api!(c.org_path("/restores")), Some(&body)).await);
+            let mut v = try_api!(
+                c.call("POST", &try_api!(c.org_path("/restores")), Some(&body))
+                    .await
+            );
             if wait {
                 let path = try_api!(c.org_path(&format!("/restores/{}", cell(&v["id"]))));
                 v = try_api!(
@@ -703,10 +751,17 @@ pub async fn restores(conn: Conn, cmd: RestoresCommand) -> ExitCode {
             }
             let failed = v["phase"] == "Failed";
             print(&conn, &v, |v| table(header, &rows(std::slice::from_ref(v))));
-            if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS }
+            if failed {
+                ExitCode::FAILURE
+            } else {
+                ExitCode::SUCCESS
+            }
         }
         RestoresCommand::List { limit } => {
-            let v = try_api!(c.get(&try_api!(c.org_path(&format!("/restores?limit={limit}")))).await);
+            let v = try_api!(
+                c.get(&try_api!(c.org_path(&format!("/restores?limit={limit}"))))
+                    .await
+            );
             print(&conn, &v, |v| table(header, &rows(&items(v))))
         }
         RestoresCommand::Get { id } => {
@@ -742,25 +797,30 @@ pub async fn schedules(conn: Conn, cmd: SchedulesCommand) -> ExitCode {
                     cell(&p["retain"]),
                     cell(&s["locationName"]),
                     ms_cell(&s["nextFireMs"]),
-                    if s["paused"] == true { "paused".into() } else { "active".into() },
+                    if s["paused"] == true {
+                        "paused".into()
+                    } else {
+                        "active".into()
+                    },
                 ]
             })
             .collect()
     };
     let header = &["NAME", "WHEN", "RETAIN", "LOCATION", "NEXT", "STATE"];
     match cmd {
-        SchedulesCommand::Create {
-            name,
-            every_minutes,
-            daily,
-            weekly,
-            monthly,
-            retain,
-            time_zone,
-            selection,
-            namespaces,
-            location,
-        } => {
+        SchedulesCommand::Create(create) => {
+            let CreateSchedule {
+                name,
+                every_minutes,
+                daily,
+                weekly,
+                monthly,
+                retain,
+                time_zone,
+                selection,
+                namespaces,
+                location,
+            } = *create;
             let every = if let Some(m) = every_minutes {
                 json!({"kind": "interval", "minutes": m})
             } else if let Some(at) = daily {
@@ -770,17 +830,25 @@ pub async fn schedules(conn: Conn, cmd: SchedulesCommand) -> ExitCode {
                 json!({"kind": "weekly", "day": day, "at": at})
             } else if let Some(m) = monthly {
                 let (date, at) = try_api!(split_at(&m, "monthly"));
-                let date: u8 = try_api!(date.parse().map_err(|_| format!("--monthly date {date:?} is not a number")));
+                let date: u8 = try_api!(
+                    date.parse()
+                        .map_err(|_| format!("--monthly date {date:?} is not a number"))
+                );
                 json!({"kind": "monthly", "date": date, "at": at})
             } else {
-                return fail("say when: --every-minutes N, --daily HH:MM, --weekly DAY@HH:MM or --monthly DATE@HH:MM");
+                return fail(
+                    "say when: --every-minutes N, --daily HH:MM, --weekly DAY@HH:MM or --monthly DATE@HH:MM",
+                );
             };
             let mut policy = every;
             policy["retain"] = json!(retain);
             policy["timeZone"] = json!(time_zone);
             let sel = try_api!(selection.to_json());
             let body = json!({"name": name, "policy": policy, "clusters": sel, "namespaces": namespaces, "location": location});
-            let v = try_api!(c.call("POST", &try_api!(c.org_path("/schedules")), Some(&body)).await);
+            let v = try_api!(
+                c.call("POST", &try_api!(c.org_path("/schedules")), Some(&body))
+                    .await
+            );
             print(&conn, &v, |v| table(header, &rows(std::slice::from_ref(v))))
         }
         SchedulesCommand::List => {
@@ -794,8 +862,17 @@ pub async fn schedules(conn: Conn, cmd: SchedulesCommand) -> ExitCode {
         SchedulesCommand::Pause { name } => pause(&c, &conn, &name, true, header, rows).await,
         SchedulesCommand::Resume { name } => pause(&c, &conn, &name, false, header, rows).await,
         SchedulesCommand::Delete { name } => {
-            try_api!(c.call("DELETE", &try_api!(c.org_path(&format!("/schedules/{name}"))), None).await);
-            print(&conn, &json!({"deleted": name}), |_| println!("schedule {name} deleted"))
+            try_api!(
+                c.call(
+                    "DELETE",
+                    &try_api!(c.org_path(&format!("/schedules/{name}"))),
+                    None
+                )
+                .await
+            );
+            print(&conn, &json!({"deleted": name}), |_| {
+                println!("schedule {name} deleted")
+            })
         }
     }
 }
@@ -818,12 +895,21 @@ pub async fn fleet(conn: Conn, cmd: FleetCommand) -> ExitCode {
     let c = client!(&conn);
     match cmd {
         FleetCommand::Status { state } => {
-            let q = query(&[("org", conn.org.clone().or_else(|| c.org().ok())), ("state", state), ("limit", Some("1000".into()))]);
+            let q = query(&[
+                ("org", conn.org.clone().or_else(|| c.org().ok())),
+                ("state", state),
+                ("limit", Some("1000".into())),
+            ]);
             let v = try_api!(c.get(&format!("/v1/fleet/status{q}")).await);
             print(&conn, &v, |v| {
                 let counts = v["counts"]
                     .as_object()
-                    .map(|m| m.iter().map(|(k, n)| format!("{k}={n}")).collect::<Vec<_>>().join(" "))
+                    .map(|m| {
+                        m.iter()
+                            .map(|(k, n)| format!("{k}={n}"))
+                            .collect::<Vec<_>>()
+                            .join(" ")
+                    })
                     .unwrap_or_default();
                 println!("fleet status at {}: {counts}", cell(&v["generatedAt"]));
                 let rows: Vec<Vec<String>> = items(v)
@@ -863,7 +949,11 @@ pub fn show_context(conn: &Conn) -> ExitCode {
             .iter()
             .map(|(name, c)| {
                 vec![
-                    if *name == file.current { format!("* {name}") } else { format!("  {name}") },
+                    if *name == file.current {
+                        format!("* {name}")
+                    } else {
+                        format!("  {name}")
+                    },
                     c.server.clone(),
                     c.org.clone().unwrap_or_else(|| "-".into()),
                 ]

@@ -181,9 +181,7 @@ impl Client {
             req = req.bearer_auth(t);
         }
         if let Some(b) = body {
-            req = req
-                .header("content-type", "application/json")
-                .body(b.to_string());
+            req = req.header("content-type", "application/json").body(b.to_string());
         }
         let resp = req.send().await.map_err(|e| ApiFailure {
             status: 0,
@@ -197,7 +195,8 @@ impl Client {
         let value: Value = if bytes.is_empty() {
             Value::Null
         } else {
-            serde_json::from_slice(&bytes).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into()))
+            serde_json::from_slice(&bytes)
+                .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into()))
         };
         if (200..300).contains(&status) {
             Ok(value)

@@ -19,8 +19,8 @@ use axum::{Json, Router};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use pxb_core::catalog::records::{
-    BackupRecord, BackupView, ClusterRecord, ClusterSelector, DiscoveryConfig, LocationRecord, LocationStatus, Mode, Org,
-    RestoreRecord, Role, RoleBinding, ScheduleRecord, SyncRun,
+    BackupRecord, BackupView, ClusterRecord, ClusterSelector, DiscoveryConfig, LocationRecord,
+    LocationStatus, Mode, Org, RestoreRecord, Role, RoleBinding, ScheduleRecord, SyncRun,
 };
 use pxb_core::catalog::{MAX_PAGE, Query, Record};
 use pxb_core::clock::rfc3339;
@@ -804,7 +804,10 @@ pub fn router(server: Server) -> Router {
         )
         .route("/v1/orgs/{org}/restores", get(list_restores).post(create_restore))
         .route("/v1/orgs/{org}/restores/{id}", get(get_restore))
-        .route("/v1/orgs/{org}/schedules", get(list_schedules).post(create_schedule))
+        .route(
+            "/v1/orgs/{org}/schedules",
+            get(list_schedules).post(create_schedule),
+        )
         .route(
             "/v1/orgs/{org}/schedules/{name}",
             get(get_schedule).put(update_schedule).delete(delete_schedule),
@@ -1615,7 +1618,10 @@ async fn verify_location(
     Segments(seg): Segments,
 ) -> ApiResult<(StatusCode, Json<LocationView>)> {
     let o = org_for(&s, &caller, &seg[0], Role::Operator)?;
-    Ok((StatusCode::ACCEPTED, Json(s.request_verify(&o.id, &seg[1]).await?.into())))
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(s.request_verify(&o.id, &seg[1]).await?.into()),
+    ))
 }
 
 async fn list_restores(

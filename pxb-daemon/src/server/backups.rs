@@ -104,7 +104,8 @@ fn ms(t: SystemTime) -> i64 {
 
 /// `YYYYMMDDhhmmss` (UTC) of `t`, for names.
 fn stamp(t_ms: i64) -> String {
-    let t = time::OffsetDateTime::from_unix_timestamp(t_ms.div_euclid(1000)).unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
+    let t = time::OffsetDateTime::from_unix_timestamp(t_ms.div_euclid(1000))
+        .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
     format!(
         "{:04}{:02}{:02}{:02}{:02}{:02}",
         t.year(),
@@ -119,7 +120,8 @@ fn stamp(t_ms: i64) -> String {
 fn dns_label(what: &str, s: &str) -> Result<()> {
     let ok = !s.is_empty()
         && s.len() <= 63
-        && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
         && !s.starts_with('-')
         && !s.ends_with('-');
     if ok {
@@ -146,12 +148,18 @@ fn unable(st: &State, key: &Key, loc: &LocationRecord) -> Option<String> {
     let t = st.clusters.get(key)?;
     let r = &t.record;
     if !loc.clusters.selects(r) {
-        return Some(format!("location {} is not assigned to cluster {}", loc.name, r.name));
+        return Some(format!(
+            "location {} is not assigned to cluster {}",
+            loc.name, r.name
+        ));
     }
     match r.status.state {
         // The provider is not required: after a restart it comes back with discovery, and the
         // backup waits for it.
-        ClusterState::Ready | ClusterState::Degraded | ClusterState::AgentOutdated | ClusterState::Unknown
+        ClusterState::Ready
+        | ClusterState::Degraded
+        | ClusterState::AgentOutdated
+        | ClusterState::Unknown
             if r.ineligible.is_none() && !r.hibernated =>
         {
             None
@@ -173,7 +181,11 @@ impl Server {
     pub(crate) async fn load_operations(&self, org: &str) -> Result<()> {
         let c = &self.inner.catalog;
         let mut backups = Vec::new();
-        for phase in [backup_phase::PENDING, backup_phase::IN_PROGRESS, backup_phase::DELETING] {
+        for phase in [
+            backup_phase::PENDING,
+            backup_phase::IN_PROGRESS,
+            backup_phase::DELETING,
+        ] {
             let q = Query {
                 status: Some(phase.into()),
                 ..Query::org(org)
@@ -221,7 +233,6 @@ impl Server {
     /// The backup records for `namespaces` on the clusters `selector` picks, made now: `Pending`
     /// where the cluster can take them, `Missed` with the reason where it cannot.
     fn plan_backups(
-        &self,
         st: &State,
         loc: &LocationRecord,
         selector: &ClusterSelector,
@@ -283,7 +294,7 @@ impl Server {
         let suffix: u16 = rand::random();
         let records = {
             let st = self.inner.lock();
-            self.plan_backups(
+            Self::plan_backups(
                 &st,
                 &loc,
                 &req.clusters,
@@ -332,7 +343,10 @@ impl Server {
         if force {
             self.inner.catalog.delete::<BackupRecord>(org, id).await?;
             let mut st = self.inner.lock();
-            let retired = st.clusters.get(&key).is_none_or(|t| t.record.retired_at.is_some());
+            let retired = st
+                .clusters
+                .get(&key)
+                .is_none_or(|t| t.record.retired_at.is_some());
             let ops = st.ops.entry(key.clone()).or_default();
             ops.backups.remove(id);
             if !b.synced && !retired && b.phase != backup_phase::MISSED {
@@ -366,7 +380,10 @@ impl Server {
                 b.origin_cluster.as_deref().unwrap_or("unknown")
             )));
         }
-        if matches!(b.phase.as_str(), backup_phase::PENDING | backup_phase::IN_PROGRESS) {
+        if matches!(
+            b.phase.as_str(),
+            backup_phase::PENDING | backup_phase::IN_PROGRESS
+        ) {
             return Err(Error::precondition(format!(
                 "backup {id} is {}; wait for it to finish, or force-delete the record",
                 b.phase
@@ -433,7 +450,9 @@ impl Server {
             .locations(org)
             .into_iter()
             .find(|l| l.id == b.location)
-            .ok_or_else(|| Error::precondition(format!("the location of backup {} no longer exists", b.id)))?;
+            .ok_or_else(|| {
+                Error::precondition(format!("the location of backup {} no longer exists", b.id))
+            })?;
         let now = ms(self.inner.clock.now());
         let record = {
             let st = self.inner.lock();
@@ -525,7 +544,10 @@ impl Server {
         };
         match self.inner.catalog.put(&record, Some(0)).await {
             Err(Error::Precondition { .. } | Error::AlreadyExists { .. }) => {
-                return Err(Error::already_exists(format!("schedule {} in org {org}", req.name)));
+                return Err(Error::already_exists(format!(
+                    "schedule {} in org {org}",
+                    req.name
+                )));
             }
             r => r?,
         };
@@ -620,7 +642,7 @@ impl Server {
             let records = match &loc {
                 Some(loc) => {
                     let st = self.inner.lock();
-                    self.plan_backups(
+                    Self::plan_backups(
                         &st,
                         loc,
                         &s.clusters,
@@ -637,7 +659,10 @@ impl Server {
             s.last_run = Some(ScheduleRun {
                 slot: rfc3339(SystemTime::UNIX_EPOCH + Duration::from_millis(slot.max(0) as u64)),
                 fired_at: s.last_fired.clone().unwrap_or_default(),
-                started: records.iter().filter(|b| b.phase == backup_phase::PENDING).count() as u32,
+                started: records
+                    .iter()
+                    .filter(|b| b.phase == backup_phase::PENDING)
+                    .count() as u32,
                 missed: records.iter().filter(|b| b.phase == backup_phase::MISSED).count() as u32,
                 folded_slots: folded,
             });
@@ -657,7 +682,10 @@ impl Server {
             match written {
                 Ok(()) => {
                     tracing::info!(org = %s.org, schedule = %s.id, backups = records.len(), folded, "schedule fired");
-                    self.inner.lock().schedules.insert((s.org.clone(), s.id.clone()), s.clone());
+                    self.inner
+                        .lock()
+                        .schedules
+                        .insert((s.org.clone(), s.id.clone()), s.clone());
                     self.track_backups(&records);
                     self.wake_clusters(records.iter().map(|b| (b.org.clone(), b.cluster.clone())));
                     for c in records.iter().map(|b| b.cluster.clone()).collect::<BTreeSet<_>>() {
@@ -671,7 +699,10 @@ impl Server {
                     if let Err(e) = self.inner.catalog.put(&s, None).await {
                         tracing::warn!(org = %s.org, schedule = %s.id, error = %e, "cannot record the schedule");
                     }
-                    self.inner.lock().schedules.insert((s.org.clone(), s.id.clone()), s);
+                    self.inner
+                        .lock()
+                        .schedules
+                        .insert((s.org.clone(), s.id.clone()), s);
                 }
                 Err(e) => {
                     tracing::warn!(org = %s.org, schedule = %s.id, error = %e, "cannot record the schedule's run; retrying");
@@ -690,7 +721,10 @@ impl Server {
             ..Query::org(org)
         };
         let mine: Vec<BackupRecord> = match self.inner.catalog.list_all::<BackupRecord>(&q).await {
-            Ok(all) => all.into_iter().filter(|b| b.schedule.as_deref() == Some(id)).collect(),
+            Ok(all) => all
+                .into_iter()
+                .filter(|b| b.schedule.as_deref() == Some(id))
+                .collect(),
             Err(e) => {
                 tracing::warn!(%org, schedule = %id, error = %e, "cannot read backups for retention");
                 return;
@@ -704,11 +738,19 @@ impl Server {
             let r = if has_data {
                 self.delete_backup(org, &victim, false).await.map(|_| ())
             } else {
-                self.inner.catalog.delete::<BackupRecord>(org, &victim).await.map(|_| ())
+                self.inner
+                    .catalog
+                    .delete::<BackupRecord>(org, &victim)
+                    .await
+                    .map(|_| ())
             };
             match r {
-                Ok(()) => tracing::info!(%org, schedule = %id, backup = %victim, "retention deletes a backup"),
-                Err(e) => tracing::warn!(%org, schedule = %id, backup = %victim, error = %e, "retention cannot delete a backup"),
+                Ok(()) => {
+                    tracing::info!(%org, schedule = %id, backup = %victim, "retention deletes a backup")
+                }
+                Err(e) => {
+                    tracing::warn!(%org, schedule = %id, backup = %victim, error = %e, "retention cannot delete a backup")
+                }
             }
         }
     }
@@ -783,7 +825,10 @@ impl Server {
         let (cluster_name, loc_name) = {
             let st = self.inner.lock();
             (
-                st.clusters.get(key).map(|t| t.record.name.clone()).unwrap_or_default(),
+                st.clusters
+                    .get(key)
+                    .map(|t| t.record.name.clone())
+                    .unwrap_or_default(),
                 st.locations
                     .get(&(key.0.clone(), location.to_owned()))
                     .map(|l| l.name.clone())
@@ -839,7 +884,10 @@ impl Server {
         if imported > 0 {
             tracing::info!(org = %key.0, location = %loc_name, cluster = %cluster_name, imported, "synced backups imported");
         }
-        self.inner.metrics.imported.fetch_add(imported as u64, Ordering::Relaxed);
+        self.inner
+            .metrics
+            .imported
+            .fetch_add(imported as u64, Ordering::Relaxed);
     }
 
     /// Marks the backups of `location` with what a verify found missing.
@@ -858,7 +906,12 @@ impl Server {
         let changed: Vec<BackupRecord> = all
             .into_iter()
             .filter_map(|mut b| {
-                let now = b.backup_id.as_ref().and_then(|id| missing.get(id)).copied().unwrap_or(0);
+                let now = b
+                    .backup_id
+                    .as_ref()
+                    .and_then(|id| missing.get(id))
+                    .copied()
+                    .unwrap_or(0);
                 (now != b.missing_objects).then(|| {
                     b.missing_objects = now;
                     b

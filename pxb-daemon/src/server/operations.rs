@@ -64,7 +64,10 @@ pub struct OpsOutput {
 impl OpsInput {
     /// Whether there is nothing to do (the visit then makes no call for operations).
     pub fn is_empty(&self) -> bool {
-        self.backups.is_empty() && self.restores.is_empty() && self.forced.is_empty() && self.imports.is_empty()
+        self.backups.is_empty()
+            && self.restores.is_empty()
+            && self.forced.is_empty()
+            && self.imports.is_empty()
     }
 }
 
@@ -182,7 +185,10 @@ pub async fn visit(client: &kube::Client, input: OpsInput) -> Result<OpsOutput, 
                         }
                         Err(kube::Error::Api(s)) if s.code == 404 || s.code == 400 || s.code == 422 => {
                             b.phase = backup_phase::FAILED.into();
-                            b.message = Some(format!("the cluster refused the ApplicationBackup: {}", s.message));
+                            b.message = Some(format!(
+                                "the cluster refused the ApplicationBackup: {}",
+                                s.message
+                            ));
                             b.completed_ms = Some(now_ms(input.now));
                             out.backups.push(b);
                             continue;
@@ -201,7 +207,11 @@ pub async fn visit(client: &kube::Client, input: OpsInput) -> Result<OpsOutput, 
         let api: Api<ApplicationRestore> = Api::namespaced(client.clone(), ns);
         for r in &input.restores {
             let mut r = r.clone();
-            let cr = match api.get_opt(&r.id).await.map_err(|e| err("reading an ApplicationRestore", e))? {
+            let cr = match api
+                .get_opt(&r.id)
+                .await
+                .map_err(|e| err("reading an ApplicationRestore", e))?
+            {
                 Some(cr) => cr,
                 None => {
                     let mut cr = ApplicationRestore::new(
@@ -226,7 +236,10 @@ pub async fn visit(client: &kube::Client, input: OpsInput) -> Result<OpsOutput, 
                         }
                         Err(kube::Error::Api(s)) if s.code == 404 || s.code == 400 || s.code == 422 => {
                             r.phase = "Failed".into();
-                            r.message = Some(format!("the cluster refused the ApplicationRestore: {}", s.message));
+                            r.message = Some(format!(
+                                "the cluster refused the ApplicationRestore: {}",
+                                s.message
+                            ));
                             r.completed_ms = Some(now_ms(input.now));
                             out.restores.push(r);
                             continue;
@@ -311,8 +324,9 @@ async fn read_catalog(client: &kube::Client, location: &str) -> Result<Vec<Summa
             }
             q.finish()
         };
-        let path =
-            format!("/api/v1/namespaces/{AGENT_NAMESPACE}/services/{AGENT_NAME}:http/proxy/v1/catalog?{query}");
+        let path = format!(
+            "/api/v1/namespaces/{AGENT_NAMESPACE}/services/{AGENT_NAME}:http/proxy/v1/catalog?{query}"
+        );
         let req = hyper::Request::get(path)
             .body(Vec::new())
             .map_err(|e| format!("building the catalog request: {e}"))?;

@@ -290,7 +290,12 @@ async fn run(args: Args) -> anyhow::Result<bool> {
 }
 
 /// Polls `path` until `done` holds (or `secs` pass); returns the last answer.
-async fn wait_until(api: &Api, path: &str, secs: u64, done: impl Fn(&Value) -> bool) -> anyhow::Result<Value> {
+async fn wait_until(
+    api: &Api,
+    path: &str,
+    secs: u64,
+    done: impl Fn(&Value) -> bool,
+) -> anyhow::Result<Value> {
     let t = Instant::now();
     loop {
         let v = api.get(path).await?;
@@ -302,7 +307,10 @@ async fn wait_until(api: &Api, path: &str, secs: u64, done: impl Fn(&Value) -> b
 }
 
 fn final_phase(v: &Value) -> bool {
-    !matches!(v["phase"].as_str(), Some("Pending" | "InProgress" | "Deleting") | None)
+    !matches!(
+        v["phase"].as_str(),
+        Some("Pending" | "InProgress" | "Deleting") | None
+    )
 }
 
 /// A namespace `shop` with a little application on `shoot`.
@@ -311,7 +319,9 @@ async fn seed(fleet: &Fleet, shoot: &str) -> anyhow::Result<()> {
     use kube::api::{Api as KApi, PostParams};
     let client = pxb_tests::control::shoot_client(fleet, "demo", shoot).await?;
     let ns: Namespace = serde_json::from_value(json!({"metadata": {"name": "shop"}}))?;
-    KApi::<Namespace>::all(client.clone()).create(&PostParams::default(), &ns).await?;
+    KApi::<Namespace>::all(client.clone())
+        .create(&PostParams::default(), &ns)
+        .await?;
     for (name, value) in [("settings", "currency=EUR"), ("catalog", "items=42")] {
         let cm: ConfigMap = serde_json::from_value(
             json!({"metadata": {"name": name, "namespace": "shop", "labels": {"app": "shop"}}, "data": {"value": value}}),
@@ -331,7 +341,10 @@ async fn operations(api: &Api, fleet: &Fleet, offline: &[String]) -> anyhow::Res
     }
     let mut names = vec![a.to_owned(), b.to_owned()];
     names.extend(offline.first().cloned());
-    println!("\n== backup of namespace 'shop' on {} (one per cluster, in parallel) ==", names.join(", "));
+    println!(
+        "\n== backup of namespace 'shop' on {} (one per cluster, in parallel) ==",
+        names.join(", ")
+    );
     let made = api
         .post(
             "/v1/orgs/demo/backups",
@@ -355,9 +368,15 @@ async fn operations(api: &Api, fleet: &Fleet, offline: &[String]) -> anyhow::Res
     }
     ok &= done.get(a).is_some_and(|v| v["phase"] == "Success");
     ok &= done.get(b).is_some_and(|v| v["phase"] == "Success");
-    ok &= offline.first().is_none_or(|o| done.get(o).is_some_and(|v| v["phase"] == "Missed"));
+    ok &= offline
+        .first()
+        .is_none_or(|o| done.get(o).is_some_and(|v| v["phase"] == "Missed"));
 
-    let source = done.get(a).and_then(|v| v["id"].as_str()).unwrap_or_default().to_owned();
+    let source = done
+        .get(a)
+        .and_then(|v| v["id"].as_str())
+        .unwrap_or_default()
+        .to_owned();
     println!("\n== restore of {source} into {target}, namespace shop -> shop-restored ==");
     let r = api
         .post(
@@ -405,14 +424,20 @@ async fn operations(api: &Api, fleet: &Fleet, offline: &[String]) -> anyhow::Res
     ok &= sync["phase"] == "Completed";
 
     println!("\n== verify of location 'primary' (\"cloud file missing\" check) ==");
-    api.post("/v1/orgs/demo/locations/primary/verify", json!({})).await?;
-    let st = wait_until(api, "/v1/orgs/demo/locations/primary/status?limit=1000", 120, |v| {
-        v["items"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .any(|s| s["verify"]["phase"] == "Completed")
-    })
+    api.post("/v1/orgs/demo/locations/primary/verify", json!({}))
+        .await?;
+    let st = wait_until(
+        api,
+        "/v1/orgs/demo/locations/primary/status?limit=1000",
+        120,
+        |v| {
+            v["items"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|s| s["verify"]["phase"] == "Completed")
+        },
+    )
     .await?;
     let verified = st["items"]
         .as_array()
@@ -429,10 +454,18 @@ async fn operations(api: &Api, fleet: &Fleet, offline: &[String]) -> anyhow::Res
     );
     ok &= verified["verify"]["phase"] == "Completed";
 
-    let gone = done.get(b).and_then(|v| v["id"].as_str()).unwrap_or_default().to_owned();
+    let gone = done
+        .get(b)
+        .and_then(|v| v["id"].as_str())
+        .unwrap_or_default()
+        .to_owned();
     println!("\n== delete of {gone} ==");
     let d = api
-        .call(reqwest::Method::DELETE, &format!("/v1/orgs/demo/backups/{gone}"), None)
+        .call(
+            reqwest::Method::DELETE,
+            &format!("/v1/orgs/demo/backups/{gone}"),
+            None,
+        )
         .await?;
     println!("  {}", d["message"].as_str().unwrap_or_default());
     let t = Instant::now();
@@ -450,7 +483,14 @@ async fn operations(api: &Api, fleet: &Fleet, offline: &[String]) -> anyhow::Res
         }
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
-    println!("  {}", if deleted { "data and record deleted" } else { "still not deleted after 120 s" });
+    println!(
+        "  {}",
+        if deleted {
+            "data and record deleted"
+        } else {
+            "still not deleted after 120 s"
+        }
+    );
     ok &= deleted;
     let list = api.get("/v1/orgs/demo/backups?limit=1000").await?;
     println!("\n== backups in the catalog ==");
