@@ -106,8 +106,10 @@ fn the_cli_drives_the_demo_fleet_end_to_end() {
     for want in [
         "shoot-00000  Success",
         "shoot-00003  Missed",
-        "Success: 3 of 3 objects created, 0 failed",
-        "Completed: 2 backups found",
+        "objects created, 0 failed",
+        "view vms",
+        "Completed: 3 backups found",
+        "(synced, made by shoot-00004)",
         "0 objects missing",
         "data and record deleted",
     ] {
@@ -165,7 +167,61 @@ fn the_cli_drives_the_demo_fleet_end_to_end() {
     );
     let id = ids(&made).pop().expect("one backup");
     assert_eq!(made["items"][0]["phase"], "Success", "{made}");
-    assert!(made["items"][0]["objects"].as_u64().unwrap_or(0) >= 3, "{made}");
+    assert!(made["items"][0]["objects"].as_u64().unwrap_or(0) >= 4, "{made}");
+    assert_eq!(
+        made["items"][0]["view"], "vms",
+        "shop on shoot-00000 holds a VirtualMachine: {made}"
+    );
+    assert_eq!(made["items"][0]["virtualMachines"], 1);
+
+    // "Cloud file missing": an object of another backup disappears from the location; a verify
+    // finds it and the backup shows it.
+    let loc_dir = seen
+        .split("(file ")
+        .nth(1)
+        .and_then(|r| r.split(", ").next())
+        .expect("the demo names its location directory")
+        .to_owned();
+    let other = ok_json(
+        &config,
+        &[
+            "backups",
+            "create",
+            "--cluster",
+            "shoot-00001",
+            "-n",
+            "shop",
+            "--location",
+            "primary",
+            "--wait",
+        ],
+    );
+    let other_id = ids(&other).pop().expect("one backup");
+    let data_id = other["items"][0]["backupId"]
+        .as_str()
+        .expect("data id")
+        .to_owned();
+    let victim = Path::new(&loc_dir)
+        .join("pxb/backups")
+        .join(&data_id)
+        .join("resources");
+    assert!(victim.exists(), "{} is missing", victim.display());
+    std::fs::remove_file(&victim).expect("remove");
+    ok_json(&config, &["locations", "verify", "primary"]);
+    let t = std::time::Instant::now();
+    loop {
+        let b = ok_json(&config, &["backups", "get", &other_id]);
+        if b["missingObjects"].as_u64().unwrap_or(0) > 0 {
+            break;
+        }
+        assert!(
+            t.elapsed().as_secs() < 90,
+            "the verify never reported the missing object: {b}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+    let text = String::from_utf8_lossy(&pxb(&config, &["backups", "get", &other_id]).stdout).to_string();
+    assert!(text.contains("cloud files missing: 1"), "{text}");
 
     // Filters: cluster by name, namespace, phase, view, time bracket.
     let mine = ok_json(
@@ -175,7 +231,10 @@ fn the_cli_drives_the_demo_fleet_end_to_end() {
     assert!(ids(&mine).contains(&id), "{mine}");
     assert!(ids(&ok_json(&config, &["backups", "list", "-n", "shop"])).contains(&id));
     assert!(ids(&ok_json(&config, &["backups", "list", "-n", "other"])).is_empty());
-    assert!(ids(&ok_json(&config, &["backups", "list", "--view", "vms"])).is_empty());
+    let vms = ids(&ok_json(&config, &["backups", "list", "--view", "vms"]));
+    let plain = ids(&ok_json(&config, &["backups", "list", "--view", "namespaces"]));
+    assert!(vms.contains(&id) && !vms.contains(&other_id), "{vms:?}");
+    assert!(plain.contains(&other_id) && !plain.contains(&id), "{plain:?}");
     let missed = ok_json(&config, &["backups", "list", "--status", "Missed"]);
     assert_eq!(ids(&missed).len(), 1, "{missed}");
     assert_eq!(missed["items"][0]["clusterName"], "shoot-00003");
@@ -202,7 +261,11 @@ fn the_cli_drives_the_demo_fleet_end_to_end() {
     );
     assert_eq!(restored["phase"], "Success", "{restored}");
     assert_eq!(restored["clusterName"], "shoot-00004");
-    assert_eq!(restored["counts"]["created"], 3);
+    assert!(
+        restored["counts"]["created"].as_u64().unwrap_or(0) >= 4,
+        "{restored}"
+    );
+    assert_eq!(restored["counts"]["failed"], 0, "{restored}");
     assert!(ids(&ok_json(&config, &["restores", "list"])).len() >= 2);
 
     // A schedule.

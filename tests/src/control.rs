@@ -229,6 +229,13 @@ pub async fn start_agent(
         .create(&PostParams::default(), &deployment)
         .await
         .context("creating the agent Deployment")?;
+    let manifest = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/agent/40-service.yaml");
+    let service: k8s_openapi::api::core::v1::Service =
+        serde_saphyr::from_str(&std::fs::read_to_string(manifest)?)?;
+    Api::<k8s_openapi::api::core::v1::Service>::namespaced(client.clone(), pxb_daemon::crd::AGENT_NAMESPACE)
+        .create(&PostParams::default(), &service)
+        .await
+        .context("creating the agent Service")?;
     let config = AgentConfig {
         listen: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
         cluster_name: Some(name.into()),
@@ -237,7 +244,13 @@ pub async fn start_agent(
         heartbeat_interval: Duration::from_secs(1),
         ..AgentConfig::default()
     };
-    Ok(Agent::start(client, config).await?)
+    let agent = Agent::start(client, config).await?;
+    // The agent's Service, as kube-proxy would route it: the server reads the agent's catalog
+    // through the shoot's service proxy.
+    fleet
+        .shoot(project, name)?
+        .register_service_backend("pxb-system", "pxb-agent", "http", agent.api_addr);
+    Ok(agent)
 }
 
 /// Polls `probe` every 200 ms until it returns `Ok(Some(_))`; fails after `timeout` with the

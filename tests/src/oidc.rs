@@ -89,7 +89,20 @@ struct State {
     jwks_fetches: AtomicUsize,
     discovery_fetches: AtomicUsize,
     failing: AtomicBool,
+    device: Mutex<Option<DeviceGrant>>,
 }
+
+/// What the device-code flow answers: `pending` polls get `authorization_pending`, then the
+/// token of `claims` (or `access_denied` when `claims` is `None`).
+struct DeviceGrant {
+    claims: Option<Value>,
+    pending: u32,
+}
+
+/// The device code the test issuer hands out.
+pub const DEVICE_CODE: &str = "device-code-for-tests";
+/// The user code the test issuer hands out.
+pub const USER_CODE: &str = "PXBT-EST1";
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
@@ -125,11 +138,12 @@ impl TestIssuer {
             jwks_fetches: AtomicUsize::new(0),
             discovery_fetches: AtomicUsize::new(0),
             failing: AtomicBool::new(false),
+            device: Mutex::new(None),
         });
         let handler_state = state.clone();
         let server = BackgroundServer::start(Some(ca.rustls_server_config()?), move |req| {
             let state = handler_state.clone();
-            async move { state.handle(&req) }
+            async move { state.serve(req).await }
         })?;
         let issuer = format!("https://127.0.0.1:{}/{TENANT_ID}/v2.0", server.port());
         let _ = state.issuer.set(issuer);
@@ -300,6 +314,12 @@ impl TestIssuer {
         *lock(&self.state.advertised_issuer) = issuer.map(str::to_owned);
     }
 
+    /// The device-code flow signs in with `claims` after `pending` polls that answer
+    /// `authorization_pending`; `None` denies the sign-in.
+    pub fn set_device_login(&self, claims: Option<Value>, pending: u32) {
+        *lock(&self.state.device) = Some(DeviceGrant { claims, pending });
+    }
+
     fn current(&self) -> Arc<SigningKey> {
         lock(&self.state.keys).current.clone()
     }
@@ -316,6 +336,82 @@ fn json_response(status: StatusCode, body: &Value) -> Response<Full<Bytes>> {
 }
 
 impl State {
+    async fn serve(&self, req: Request<Incoming>) -> Response<Full<Bytes>> {
+        use http_body_util::BodyExt as _;
+        let issuer = self.issuer.get().cloned().unwrap_or_default();
+        let origin = issuer
+            .split(&format!("/{TENANT_ID}/"))
+            .next()
+            .unwrap_or_default()
+            .to_owned();
+        let path = req.uri().path().to_owned();
+        let is_device = path == format!("/{TENANT_ID}/oauth2/v2.0/devicecode");
+        let is_token = path == format!("/{TENANT_ID}/oauth2/v2.0/token");
+        if !(is_device || is_token) {
+            return self.handle(&req);
+        }
+        if req.method() != hyper::Method::POST {
+            return json_response(
+                StatusCode::METHOD_NOT_ALLOWED,
+                &json!({"error": "method_not_allowed"}),
+            );
+        }
+        let body = match req.into_body().collect().await {
+            Ok(b) => b.to_bytes(),
+            Err(_) => return json_response(StatusCode::BAD_REQUEST, &json!({"error": "invalid_request"})),
+        };
+        let form: std::collections::HashMap<String, String> =
+            url::form_urlencoded::parse(&body).into_owned().collect();
+        if form.get("client_id").is_none_or(|c| c.is_empty()) {
+            return json_response(StatusCode::BAD_REQUEST, &json!({"error": "invalid_client"}));
+        }
+        if is_device {
+            return json_response(
+                StatusCode::OK,
+                &json!({
+                    "device_code": DEVICE_CODE,
+                    "user_code": USER_CODE,
+                    "verification_uri": format!("{origin}/devicelogin"),
+                    "expires_in": 900,
+                    "interval": 1,
+                    "message": format!("To sign in, open {origin}/devicelogin and enter the code {USER_CODE}."),
+                }),
+            );
+        }
+        if form.get("grant_type").map(String::as_str) != Some("urn:ietf:params:oauth:grant-type:device_code")
+            || form.get("device_code").map(String::as_str) != Some(DEVICE_CODE)
+        {
+            return json_response(StatusCode::BAD_REQUEST, &json!({"error": "invalid_grant"}));
+        }
+        let mut grant = lock(&self.device);
+        let Some(g) = grant.as_mut() else {
+            return json_response(
+                StatusCode::BAD_REQUEST,
+                &json!({"error": "authorization_pending"}),
+            );
+        };
+        if g.pending > 0 {
+            g.pending -= 1;
+            return json_response(
+                StatusCode::BAD_REQUEST,
+                &json!({"error": "authorization_pending"}),
+            );
+        }
+        match &g.claims {
+            None => json_response(
+                StatusCode::BAD_REQUEST,
+                &json!({"error": "access_denied", "error_description": "the user declined"}),
+            ),
+            Some(claims) => {
+                let key = lock(&self.keys).current.clone();
+                json_response(
+                    StatusCode::OK,
+                    &json!({"access_token": key.sign(&key.kid, claims), "token_type": "Bearer", "expires_in": 3600}),
+                )
+            }
+        }
+    }
+
     fn handle(&self, req: &Request<Incoming>) -> Response<Full<Bytes>> {
         let issuer = self.issuer.get().cloned().unwrap_or_default();
         let origin = issuer.split(&format!("/{TENANT_ID}/")).next().unwrap_or_default();
@@ -351,6 +447,7 @@ impl State {
                     "jwks_uri": format!("{origin}{jwks}"),
                     "authorization_endpoint": format!("{origin}/{TENANT_ID}/oauth2/v2.0/authorize"),
                     "token_endpoint": format!("{origin}/{TENANT_ID}/oauth2/v2.0/token"),
+                    "device_authorization_endpoint": format!("{origin}/{TENANT_ID}/oauth2/v2.0/devicecode"),
                     "response_types_supported": ["code", "id_token", "code id_token", "id_token token"],
                     "subject_types_supported": ["pairwise"],
                     "id_token_signing_alg_values_supported": ["RS256"],

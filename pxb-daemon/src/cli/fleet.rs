@@ -18,16 +18,151 @@ pub struct LoginArgs {
     /// The server's API URL.
     #[arg(long)]
     pub server: String,
-    /// A bearer token from the configured OIDC issuer (or the server's development token).
-    /// `-` reads it from standard input.
-    #[arg(long, env = "PXB_TOKEN", hide_env_values = true)]
-    pub token: String,
+    /// Token flow: a bearer token from the configured OIDC issuer (or the server's development
+    /// token). `-` reads it from standard input.
+    #[arg(
+        long,
+        env = "PXB_TOKEN",
+        hide_env_values = true,
+        required_unless_present = "device_code"
+    )]
+    pub token: Option<String>,
+    /// Device-code flow: sign in in a browser with a code, against `--issuer` as `--client-id`.
+    #[arg(long, conflicts_with = "token", requires_all = ["issuer", "client_id", "scope"])]
+    pub device_code: bool,
+    /// The OIDC issuer (e.g. `https://login.microsoftonline.com/<tenant>/v2.0`).
+    #[arg(long, env = "PXB_ISSUER")]
+    pub issuer: Option<String>,
+    /// The CLI's public client id at the issuer.
+    #[arg(long, env = "PXB_CLIENT_ID")]
+    pub client_id: Option<String>,
+    /// Scopes to ask for (the server's API scope, e.g. `api://pxb/.default`).
+    #[arg(long, env = "PXB_SCOPE")]
+    pub scope: Option<String>,
+    /// A PEM bundle of extra CAs to trust for the issuer.
+    #[arg(long)]
+    pub ca_file: Option<std::path::PathBuf>,
     /// The org to work in.
     #[arg(long)]
     pub org: Option<String>,
     /// The context's name.
     #[arg(long, default_value = "default")]
     pub context: String,
+}
+
+fn form(pairs: &[(&str, &str)]) -> String {
+    let mut f = url::form_urlencoded::Serializer::new(String::new());
+    for (k, v) in pairs {
+        f.append_pair(k, v);
+    }
+    f.finish()
+}
+
+/// The OAuth 2.0 device authorization grant (RFC 8628) against `issuer`: prints where to sign
+/// in and with which code, polls until the user did, and returns the access token.
+async fn device_login(args: &LoginArgs) -> Result<String, String> {
+    let (Some(issuer), Some(client_id), Some(scope)) = (&args.issuer, &args.client_id, &args.scope) else {
+        return Err("the device-code flow needs --issuer, --client-id and --scope".into());
+    };
+    let mut builder = reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(10))
+        .timeout(Duration::from_secs(30));
+    if let Some(path) = &args.ca_file {
+        let pem = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let certs = reqwest::Certificate::from_pem_bundle(&pem)
+            .map_err(|e| format!("{}: not a PEM bundle: {e}", path.display()))?;
+        builder = builder.tls_certs_merge(certs);
+    }
+    let http = builder
+        .build()
+        .map_err(|e| format!("cannot build the HTTP client: {e}"))?;
+    let get_json = |resp: reqwest::Response| async move {
+        let status = resp.status();
+        let v: Value = serde_json::from_slice(&resp.bytes().await.map_err(|e| e.to_string())?)
+            .map_err(|e| format!("the issuer answered {status} with no JSON: {e}"))?;
+        Ok::<_, String>((status, v))
+    };
+    let discovery = format!(
+        "{}/.well-known/openid-configuration",
+        issuer.trim_end_matches('/')
+    );
+    let (_, doc) = get_json(
+        http.get(&discovery)
+            .send()
+            .await
+            .map_err(|e| format!("cannot reach {discovery}: {e}"))?,
+    )
+    .await?;
+    let (Some(device_url), Some(token_url)) = (
+        doc["device_authorization_endpoint"].as_str(),
+        doc["token_endpoint"].as_str(),
+    ) else {
+        return Err(format!(
+            "{discovery} names no device_authorization_endpoint or token_endpoint"
+        ));
+    };
+    let (status, grant) = get_json(
+        http.post(device_url)
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(form(&[("client_id", client_id), ("scope", scope)]))
+            .send()
+            .await
+            .map_err(|e| format!("cannot reach {device_url}: {e}"))?,
+    )
+    .await?;
+    let (Some(device_code), Some(user_code)) = (grant["device_code"].as_str(), grant["user_code"].as_str())
+    else {
+        return Err(format!("the issuer refused the device login ({status}): {grant}"));
+    };
+    eprintln!(
+        "To sign in, open {} and enter the code {user_code}",
+        grant["verification_uri"]
+            .as_str()
+            .unwrap_or("the issuer's device login page")
+    );
+    let mut interval = Duration::from_secs(grant["interval"].as_u64().unwrap_or(5).max(1));
+    let deadline =
+        std::time::Instant::now() + Duration::from_secs(grant["expires_in"].as_u64().unwrap_or(900));
+    loop {
+        if std::time::Instant::now() > deadline {
+            return Err("the device code expired before the sign-in completed".into());
+        }
+        tokio::time::sleep(interval).await;
+        let (_, answer) = get_json(
+            http.post(token_url)
+                .header("content-type", "application/x-www-form-urlencoded")
+                .body(form(&[
+                    ("grant_type", "urn:ietf:params:oauth:grant-type:device_code"),
+                    ("client_id", client_id),
+                    ("device_code", device_code),
+                ]))
+                .send()
+                .await
+                .map_err(|e| format!("cannot reach {token_url}: {e}"))?,
+        )
+        .await?;
+        if let Some(token) = answer["access_token"].as_str() {
+            return Ok(token.to_owned());
+        }
+        match answer["error"].as_str() {
+            Some("authorization_pending") => {}
+            Some("slow_down") => interval += Duration::from_secs(5),
+            Some(e) => {
+                return Err(format!(
+                    "sign-in failed: {e}{}",
+                    answer["error_description"]
+                        .as_str()
+                        .map(|d| format!(" ({d})"))
+                        .unwrap_or_default()
+                ));
+            }
+            None => {
+                return Err(format!(
+                    "the issuer answered neither a token nor an error: {answer}"
+                ));
+            }
+        }
+    }
 }
 
 /// Cluster commands.
@@ -283,14 +418,20 @@ fn print(conn: &Conn, v: &Value, human: impl FnOnce(&Value)) -> ExitCode {
 
 /// `pxb login`: checks the token against the server and stores the context.
 pub async fn login(args: LoginArgs) -> ExitCode {
-    let token = if args.token == "-" {
-        let mut s = String::new();
-        if let Err(e) = std::io::stdin().read_line(&mut s) {
-            return fail(format!("reading the token: {e}"));
+    let token = match args.token.as_deref() {
+        _ if args.device_code => match device_login(&args).await {
+            Ok(t) => t,
+            Err(e) => return fail(e),
+        },
+        Some("-") => {
+            let mut s = String::new();
+            if let Err(e) = std::io::stdin().read_line(&mut s) {
+                return fail(format!("reading the token: {e}"));
+            }
+            s.trim().to_owned()
         }
-        s.trim().to_owned()
-    } else {
-        args.token.clone()
+        Some(t) => t.to_owned(),
+        None => return fail("pass --token TOKEN (or -), or --device-code"),
     };
     let conn = Conn {
         server: Some(args.server.clone()),
@@ -322,9 +463,9 @@ pub async fn login(args: LoginArgs) -> ExitCode {
     file.current = args.context.clone();
     match file.save() {
         Ok(path) => {
+            let name = who["name"].as_str().or(who["subject"].as_str()).unwrap_or("?");
             println!(
-                "logged in as {} (context {} in {})",
-                cell(&who["name"]).replace('-', &cell(&who["subject"])),
+                "logged in as {name} (context {} in {})",
                 args.context,
                 path.display()
             );

@@ -838,11 +838,19 @@ impl Server {
         let mut imported = 0usize;
         for s in found {
             // A backup this server made carries its record's name in its tag.
-            let made_here = s.tag.as_deref().and_then(|t| t.strip_prefix("app/"));
-            let id = match made_here {
-                Some(name) => name.to_owned(),
-                None => format!("synced-{}", s.id.to_string().to_ascii_lowercase()),
-            };
+            if let Some(name) = s.tag.as_deref().and_then(|t| t.strip_prefix("app/")) {
+                match self.inner.catalog.find::<BackupRecord>(&key.0, name).await {
+                    Ok(Some(r)) if r.value.backup_id.as_deref().is_none_or(|id| id == s.id.as_str()) => {
+                        continue;
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        tracing::warn!(org = %key.0, error = %e, "cannot read the catalog while importing");
+                        return;
+                    }
+                }
+            }
+            let id = format!("synced-{}", s.id.as_str().to_ascii_lowercase());
             match self.inner.catalog.find::<BackupRecord>(&key.0, &id).await {
                 Ok(Some(_)) => continue,
                 Ok(None) => {}

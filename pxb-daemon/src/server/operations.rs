@@ -274,8 +274,13 @@ pub async fn visit(client: &kube::Client, input: OpsInput) -> Result<OpsOutput, 
             out.restores.push(r);
         }
     }
+    // A catalog that cannot be read now does not hold up the backups and restores; the next
+    // completed sync imports what this one would have.
     for (id, name) in &input.imports {
-        out.found.push((id.clone(), read_catalog(client, name).await?));
+        match read_catalog(client, name).await {
+            Ok(found) => out.found.push((id.clone(), found)),
+            Err(e) => tracing::warn!(location = %name, error = %e, "cannot import the backups a sync found"),
+        }
     }
     Ok(out)
 }

@@ -45,8 +45,8 @@ fn parse_args() -> Result<Args, String> {
     let shoots = match value("--shoots") {
         None => 20,
         Some(v) => match v.and_then(|v| v.parse::<usize>().ok()) {
-            Some(n) if n > 0 => n,
-            _ => return Err("--shoots needs a positive number".into()),
+            Some(n) if n >= 5 => n,
+            _ => return Err("--shoots needs a number of at least 5".into()),
         },
     };
     let azure = match value("--location") {
@@ -261,7 +261,11 @@ async fn run(args: Args) -> anyhow::Result<bool> {
     }
     let mut ok = valid == expected_ready
         && fleet_status["counts"]["Unreachable"].as_u64() == Some(offline.len() as u64);
-    ok &= operations(&api, &fleet, &offline).await?;
+    let online: Vec<String> = (0..args.shoots)
+        .map(|i| format!("shoot-{i:05}"))
+        .filter(|s| !offline.contains(s))
+        .collect();
+    ok &= operations(&api, &fleet, &online, &offline).await?;
     let end = api.get("/v1/fleet/status?limit=1000").await?;
     let counts: Vec<String> = end["counts"]
         .as_object()
@@ -313,11 +317,31 @@ fn final_phase(v: &Value) -> bool {
     )
 }
 
-/// A namespace `shop` with a little application on `shoot`.
-async fn seed(fleet: &Fleet, shoot: &str) -> anyhow::Result<()> {
+/// A namespace `shop` with a little application on `shoot`; with `vm`, also a KubeVirt
+/// `VirtualMachine` (the KubeVirt CRD is installed on every seeded shoot, so VMs can be restored
+/// there).
+async fn seed(fleet: &Fleet, shoot: &str, vm: bool) -> anyhow::Result<()> {
     use k8s_openapi::api::core::v1::{ConfigMap, Namespace};
-    use kube::api::{Api as KApi, PostParams};
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+    use kube::api::{Api as KApi, ApiResource, DynamicObject, GroupVersionKind, PostParams};
     let client = pxb_tests::control::shoot_client(fleet, "demo", shoot).await?;
+    let crd: CustomResourceDefinition = serde_json::from_value(json!({
+        "metadata": {"name": "virtualmachines.kubevirt.io"},
+        "spec": {"group": "kubevirt.io", "scope": "Namespaced",
+                 "names": {"kind": "VirtualMachine", "plural": "virtualmachines", "singular": "virtualmachine",
+                           "listKind": "VirtualMachineList"},
+                 "versions": [{"name": "v1", "served": true, "storage": true,
+                               "schema": {"openAPIV3Schema": {"type": "object",
+                                                              "x-kubernetes-preserve-unknown-fields": true}}}]}
+    }))?;
+    match KApi::<CustomResourceDefinition>::all(client.clone())
+        .create(&PostParams::default(), &crd)
+        .await
+    {
+        Ok(_) => {}
+        Err(kube::Error::Api(e)) if e.code == 409 => {}
+        Err(e) => return Err(e.into()),
+    }
     let ns: Namespace = serde_json::from_value(json!({"metadata": {"name": "shop"}}))?;
     KApi::<Namespace>::all(client.clone())
         .create(&PostParams::default(), &ns)
@@ -330,14 +354,29 @@ async fn seed(fleet: &Fleet, shoot: &str) -> anyhow::Result<()> {
             .create(&PostParams::default(), &cm)
             .await?;
     }
+    if vm {
+        let ar = ApiResource::from_gvk_with_plural(
+            &GroupVersionKind::gvk("kubevirt.io", "v1", "VirtualMachine"),
+            "virtualmachines",
+        );
+        let obj: DynamicObject = serde_json::from_value(json!({
+            "apiVersion": "kubevirt.io/v1", "kind": "VirtualMachine",
+            "metadata": {"name": "orders-db", "namespace": "shop"},
+            "spec": {"running": true, "template": {"spec": {"domain": {"devices": {}}}}}
+        }))?;
+        KApi::<DynamicObject>::namespaced_with(client, "shop", &ar)
+            .create(&PostParams::default(), &obj)
+            .await?;
+    }
     Ok(())
 }
 
 /// Backup, restore, sync, verify and delete through the API; prints what happens.
-async fn operations(api: &Api, fleet: &Fleet, offline: &[String]) -> anyhow::Result<bool> {
-    let (a, b, target) = ("shoot-00000", "shoot-00001", "shoot-00002");
-    for s in [a, b] {
-        seed(fleet, s).await?;
+async fn operations(api: &Api, fleet: &Fleet, online: &[String], offline: &[String]) -> anyhow::Result<bool> {
+    let [a, b, target, tenant] = [0, 1, 2, 3].map(|i| online[i].as_str());
+    seed(fleet, a, true).await?;
+    for s in [b, target] {
+        seed(fleet, s, false).await?;
     }
     let mut names = vec![a.to_owned(), b.to_owned()];
     names.extend(offline.first().cloned());
@@ -357,16 +396,19 @@ async fn operations(api: &Api, fleet: &Fleet, offline: &[String]) -> anyhow::Res
         let id = bk["id"].as_str().unwrap_or_default().to_owned();
         let v = wait_until(api, &format!("/v1/orgs/demo/backups/{id}"), 120, final_phase).await?;
         println!(
-            "  {:<36} {:<12} {:<8} {} objects {}",
+            "  {:<36} {:<12} {:<8} {} objects, view {} {}",
             id,
             v["clusterName"].as_str().unwrap_or_default(),
             v["phase"].as_str().unwrap_or_default(),
             v["objects"],
+            v["view"].as_str().unwrap_or_default(),
             v["message"].as_str().unwrap_or_default()
         );
         done.insert(v["clusterName"].as_str().unwrap_or_default().to_owned(), v);
     }
-    ok &= done.get(a).is_some_and(|v| v["phase"] == "Success");
+    ok &= done
+        .get(a)
+        .is_some_and(|v| v["phase"] == "Success" && v["view"] == "vms");
     ok &= done.get(b).is_some_and(|v| v["phase"] == "Success");
     ok &= offline
         .first()
@@ -401,6 +443,42 @@ async fn operations(api: &Api, fleet: &Fleet, offline: &[String]) -> anyhow::Res
     );
     ok &= r["phase"] == "Success";
 
+    // A backup the tenant made on its own cluster, without the server: a sync finds it.
+    seed(fleet, tenant, false).await?;
+    {
+        use kube::api::{Api as KApi, PostParams};
+        use pxb_daemon::crd::{ApplicationBackup, ApplicationBackupSpec};
+        let client = pxb_tests::control::shoot_client(fleet, "demo", tenant).await?;
+        let crs: KApi<ApplicationBackup> = KApi::namespaced(client, "pxb-system");
+        let mut own = ApplicationBackup::new(
+            "tenant-own",
+            ApplicationBackupSpec {
+                location: "primary".into(),
+                namespaces: vec!["shop".into()],
+                reclaim_policy: "Retain".into(),
+                ..ApplicationBackupSpec::default()
+            },
+        );
+        own.metadata.namespace = Some("pxb-system".into());
+        crs.create(&PostParams::default(), &own).await?;
+        let t = Instant::now();
+        while t.elapsed() < Duration::from_secs(60) {
+            let phase = crs
+                .get("tenant-own")
+                .await?
+                .status
+                .map(|s| s.phase)
+                .unwrap_or_default();
+            if phase == "Success" || phase == "Failed" {
+                println!(
+                    "\n== the tenant backed up 'shop' on {tenant} itself (ApplicationBackup tenant-own): {phase} =="
+                );
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+    }
+
     println!("\n== sync of location 'primary' on {target} ==");
     let run = api
         .post("/v1/orgs/demo/locations/primary/sync", json!({"cluster": target}))
@@ -417,11 +495,33 @@ async fn operations(api: &Api, fleet: &Fleet, offline: &[String]) -> anyhow::Res
     .await?;
     let sync = &st["items"][0]["sync"];
     println!(
-        "  {}: {} backups found in the location (the catalog already knew those this server made)",
+        "  {}: {} backups found in the location",
         sync["phase"].as_str().unwrap_or_default(),
         sync["backupsFound"]
     );
     ok &= sync["phase"] == "Completed";
+    let synced = wait_until(api, "/v1/orgs/demo/backups?limit=1000", 30, |v| {
+        v["items"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|b| b["synced"] == true)
+    })
+    .await?;
+    let imported: Vec<&Value> = synced["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|b| b["synced"] == true)
+        .collect();
+    for b in &imported {
+        println!(
+            "  imported {} (synced, made by {}); the catalog already knew the backups this server made",
+            b["id"].as_str().unwrap_or_default(),
+            b["originCluster"].as_str().unwrap_or("?")
+        );
+    }
+    ok &= imported.len() == 1 && imported[0]["originCluster"] == tenant;
 
     println!("\n== verify of location 'primary' (\"cloud file missing\" check) ==");
     api.post("/v1/orgs/demo/locations/primary/verify", json!({}))
@@ -495,18 +595,29 @@ async fn operations(api: &Api, fleet: &Fleet, offline: &[String]) -> anyhow::Res
     let list = api.get("/v1/orgs/demo/backups?limit=1000").await?;
     println!("\n== backups in the catalog ==");
     for bk in list["items"].as_array().into_iter().flatten() {
+        let note = if bk["synced"] == true {
+            format!("synced, made by {}", bk["originCluster"].as_str().unwrap_or("?"))
+        } else {
+            bk["message"].as_str().unwrap_or_default().to_owned()
+        };
         println!(
-            "  {:<36} {:<12} {:<8} {}",
+            "  {:<36} {:<12} {:<8} {note}",
             bk["id"].as_str().unwrap_or_default(),
             bk["clusterName"].as_str().unwrap_or_default(),
             bk["phase"].as_str().unwrap_or_default(),
-            bk["message"].as_str().unwrap_or_default()
         );
     }
     Ok(ok)
 }
 
 fn main() -> ExitCode {
+    // Logs of the server and the agents on stderr, with PXB_LOG (e.g. PXB_LOG=info).
+    if let Ok(filter) = std::env::var("PXB_LOG") {
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+            .with_writer(std::io::stderr)
+            .init();
+    }
     let args = match parse_args() {
         Ok(a) => a,
         Err(e) => {
