@@ -215,3 +215,78 @@ async fn schedules_fire_once_per_slot_across_restarts_and_retention_keeps_the_co
     c.apply_retention(ORG, "hourly", "id-alpha").await;
     assert_eq!(backups(&c).await, after);
 }
+
+#[tokio::test]
+async fn a_backup_whose_cluster_stops_reporting_stalls_after_the_lease() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let clock = Arc::new(ManualClock::new(
+        SystemTime::UNIX_EPOCH + Duration::from_secs(1_790_000_000),
+    ));
+    let s = server(&dir.path().join("catalog.db"), clock.clone()).await;
+    s.create_org(Org {
+        id: ORG.into(),
+        ..Org::default()
+    })
+    .await
+    .expect("org");
+    s.add_cluster(
+        cluster("alpha", ClusterState::Ready),
+        Arc::new(StaticClusters::new()),
+    )
+    .await
+    .expect("alpha");
+    s.create_location(
+        LocationRecord {
+            org: ORG.into(),
+            name: "primary".into(),
+            provider: "azure".into(),
+            account: Some("tenantastore".into()),
+            container: "backups".into(),
+            client_id: Some("00000000-0000-0000-0000-000000000001".into()),
+            clusters: ClusterSelector {
+                all: true,
+                ..ClusterSelector::default()
+            },
+            ..LocationRecord::default()
+        },
+        None,
+    )
+    .await
+    .expect("location");
+    let made = s
+        .create_backups(
+            ORG,
+            &pxb_daemon::server::backups::BackupRequest {
+                clusters: ClusterSelector {
+                    names: vec!["alpha".into()],
+                    ..ClusterSelector::default()
+                },
+                namespaces: vec!["shop".into()],
+                location: "primary".into(),
+            },
+        )
+        .await
+        .expect("backup");
+    assert_eq!(made[0].phase, backup_phase::PENDING);
+    let lease = Duration::from_secs(120);
+    clock.advance(Duration::from_secs(119));
+    assert_eq!(s.stall_silent_operations(lease).await, 0);
+    clock.advance(Duration::from_secs(2));
+    assert_eq!(s.stall_silent_operations(lease).await, 1);
+    let b = s.backup(ORG, &made[0].id).await.expect("backup");
+    assert_eq!(b.phase, backup_phase::STALLED);
+    assert!(
+        b.message
+            .as_deref()
+            .is_some_and(|m| m.contains("no report from cluster alpha")),
+        "{b:?}"
+    );
+    let stored = backups(&s).await;
+    assert_eq!(
+        stored[0].phase,
+        backup_phase::STALLED,
+        "recorded in the catalog too"
+    );
+    // Nothing stalls twice.
+    assert_eq!(s.stall_silent_operations(lease).await, 0);
+}

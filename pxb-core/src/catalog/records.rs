@@ -533,7 +533,7 @@ pub enum BackupView {
 }
 
 /// The phases of a backup the server knows. `Pending`, `InProgress` and `Deleting` are active;
-/// the others are final.
+/// `Stalled` is final for waiting callers but still tracked; the others are final.
 pub mod backup_phase {
     /// Recorded; the server has not delivered it to its cluster yet.
     pub const PENDING: &str = "Pending";
@@ -549,10 +549,19 @@ pub mod backup_phase {
     pub const MISSED: &str = "Missed";
     /// Its deletion was asked for; the agent deletes the data.
     pub const DELETING: &str = "Deleting";
+    /// No heartbeat within the lease (its cluster dropped off): the server no longer waits for
+    /// it, but a report from a returning cluster still updates it.
+    pub const STALLED: &str = "Stalled";
 
     /// Whether a backup in `phase` still needs the server's attention.
     pub fn is_active(phase: &str) -> bool {
         matches!(phase, PENDING | IN_PROGRESS | DELETING)
+    }
+
+    /// Whether the server still drives a backup in `phase` on its cluster (active, or stalled
+    /// and waiting for the cluster to come back).
+    pub fn is_tracked(phase: &str) -> bool {
+        is_active(phase) || phase == STALLED
     }
 
     /// Whether a backup in `phase` holds restorable data.

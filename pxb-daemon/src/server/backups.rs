@@ -185,6 +185,7 @@ impl Server {
             backup_phase::PENDING,
             backup_phase::IN_PROGRESS,
             backup_phase::DELETING,
+            backup_phase::STALLED,
         ] {
             let q = Query {
                 status: Some(phase.into()),
@@ -277,7 +278,7 @@ impl Server {
 
     fn track_backups(&self, records: &[BackupRecord]) {
         let mut st = self.inner.lock();
-        for b in records.iter().filter(|b| backup_phase::is_active(&b.phase)) {
+        for b in records.iter().filter(|b| backup_phase::is_tracked(&b.phase)) {
             st.ops
                 .entry((b.org.clone(), b.cluster.clone()))
                 .or_default()
@@ -769,6 +770,70 @@ impl Server {
         Ok(loc)
     }
 
+    /// Turns backups and restores whose agent has not reported within `lease` (their cluster
+    /// dropped off) `Stalled`, so that nothing waits on them forever. Returns how many.
+    pub async fn stall_silent_operations(&self, lease: Duration) -> usize {
+        let now_ms = ms(self.inner.clock.now());
+        let lease_ms = lease.as_millis() as i64;
+        let last_ms = |heartbeat: &Option<String>, created_ms: i64| {
+            heartbeat
+                .as_deref()
+                .and_then(crate::agent::parse_rfc3339)
+                .map(|t| (t.unix_timestamp_nanos() / 1_000_000) as i64)
+                .unwrap_or(created_ms)
+                .max(created_ms)
+        };
+        let (backups, restores) = {
+            let mut st = self.inner.lock();
+            let mut backups = Vec::new();
+            let mut restores = Vec::new();
+            for ops in st.ops.values_mut() {
+                for b in ops.backups.values_mut() {
+                    let silent = now_ms - last_ms(&b.heartbeat, b.created_ms);
+                    if matches!(
+                        b.phase.as_str(),
+                        backup_phase::PENDING | backup_phase::IN_PROGRESS
+                    ) && silent > lease_ms
+                    {
+                        b.message = Some(format!(
+                            "no report from cluster {} for {} s (it was {}); the server stopped waiting, and \
+                             the cluster's report still counts if it comes back",
+                            b.cluster_name,
+                            silent / 1000,
+                            b.phase
+                        ));
+                        b.phase = backup_phase::STALLED.into();
+                        backups.push(b.clone());
+                    }
+                }
+                for r in ops.restores.values_mut() {
+                    let silent = now_ms - last_ms(&r.heartbeat, r.created_ms);
+                    if matches!(r.phase.as_str(), "Pending" | "InProgress") && silent > lease_ms {
+                        r.message = Some(format!(
+                            "no report from cluster {} for {} s (it was {})",
+                            r.cluster_name,
+                            silent / 1000,
+                            r.phase
+                        ));
+                        r.phase = "Stalled".into();
+                        restores.push(r.clone());
+                    }
+                }
+                // A stalled restore is not driven again: restoring twice is not harmless.
+                ops.restores.retain(|_, r| r.phase != "Stalled");
+            }
+            (backups, restores)
+        };
+        let c = &self.inner.catalog;
+        if let Err(e) = c.put_all(&backups).await {
+            tracing::warn!(error = %e, "cannot record stalled backups");
+        }
+        if let Err(e) = c.put_all(&restores).await {
+            tracing::warn!(error = %e, "cannot record stalled restores");
+        }
+        backups.len() + restores.len()
+    }
+
     /// Takes in what a visit did with the cluster's operations.
     pub(crate) async fn absorb_operations(&self, key: &Key, out: super::operations::OpsOutput) {
         let mut finished_scheduled: BTreeSet<String> = BTreeSet::new();
@@ -776,7 +841,7 @@ impl Server {
             let mut st = self.inner.lock();
             let ops = st.ops.entry(key.clone()).or_default();
             for b in &out.backups {
-                if backup_phase::is_active(&b.phase) {
+                if backup_phase::is_tracked(&b.phase) {
                     ops.backups.insert(b.id.clone(), b.clone());
                 } else {
                     ops.backups.remove(&b.id);

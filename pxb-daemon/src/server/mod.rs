@@ -173,6 +173,9 @@ pub(crate) struct Inner {
     sessions: Mutex<HashMap<(String, String), (SystemTime, serde_json::Value)>>,
 }
 
+/// How soon a cluster with running backups or restores is visited again (their progress).
+const ACTIVE_OPS_REVISIT: Duration = Duration::from_secs(2);
+
 /// Sessions whose preferences are kept at most (the least recently used go first).
 const MAX_SESSIONS: usize = 10_000;
 
@@ -1092,6 +1095,14 @@ impl Server {
                     tracing::warn!(error = %e, "cannot record stalled requests");
                 }
             }
+            let stalled_ops = self.stall_silent_operations(lease).await;
+            if stalled_ops > 0 {
+                self.inner
+                    .metrics
+                    .stalled
+                    .fetch_add(stalled_ops as u64, Ordering::Relaxed);
+                tracing::warn!(count = stalled_ops, "backups or restores stalled");
+            }
             if self.inner.lock().dirty {
                 self.rebuild_snapshot();
             }
@@ -1195,6 +1206,7 @@ impl Server {
             return;
         };
         let id = ClusterId(record.id.clone());
+        let mut active_ops = false;
         let result = match desired {
             Err(e) => Err(format!("cannot prepare the cluster's locations: {e}")),
             Ok(desired) => {
@@ -1213,6 +1225,7 @@ impl Server {
                     .map(|d| (d.location.id.clone(), d.location.name.clone()))
                     .collect();
                 let mut ops_input = self.operations_input(&key);
+                active_ops = !ops_input.is_empty();
                 let work = async {
                     let client = client_for(&provider, &id, call).await?;
                     let out = reconcile::visit(&client, input).await?;
@@ -1247,7 +1260,14 @@ impl Server {
             match result {
                 Ok(out) => {
                     t.failures = 0;
-                    t.next_due = after + Duration::from_secs(fleet.resync_secs);
+                    // Running backups and restores report progress: their cluster is visited
+                    // again soon rather than at the next resync.
+                    let every = if active_ops {
+                        ACTIVE_OPS_REVISIT.min(Duration::from_secs(fleet.resync_secs))
+                    } else {
+                        Duration::from_secs(fleet.resync_secs)
+                    };
+                    t.next_due = after + every;
                     t.record.status = ClusterStatus {
                         credential: Some(credential),
                         ..out.status

@@ -162,6 +162,18 @@ pub async fn visit(client: &kube::Client, input: OpsInput) -> Result<OpsOutput, 
             }
             let cr = match cr {
                 Some(cr) => cr.clone(),
+                // Stalled before it ever reached the cluster: starting it now, long after it was
+                // asked for, would surprise; it is recorded as missed instead.
+                None if b.phase == backup_phase::STALLED => {
+                    b.phase = backup_phase::MISSED.into();
+                    b.message = Some(format!(
+                        "cluster {} was unreachable until the backup stalled; it was never started",
+                        b.cluster_name
+                    ));
+                    b.completed_ms = Some(now_ms(input.now));
+                    out.backups.push(b);
+                    continue;
+                }
                 None => {
                     let mut cr = ApplicationBackup::new(
                         &b.id,

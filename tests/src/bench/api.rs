@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use pxb_core::catalog::records::{BackupRecord, Org};
+use pxb_core::catalog::records::{BackupRecord, BackupView, Org};
 use pxb_core::catalog::{Catalog, CatalogStore, Put};
 use rand::Rng as _;
 use serde_json::{Value, json};
@@ -65,6 +65,12 @@ pub async fn run(backups: usize, clusters: usize, rounds: usize) -> anyhow::Resu
             phase: phase.into(),
             created_ms: now_ms - rng.random_range(0..90 * DAY_MS),
             synced: i % 10 == 0,
+            view: if i % 50 == 0 {
+                BackupView::Vms
+            } else {
+                BackupView::Namespaces
+            },
+            virtual_machines: u64::from(i % 50 == 0),
             ..BackupRecord::default()
         };
         batch.push(Catalog::put_of(&b, None)?);
@@ -133,6 +139,22 @@ pub async fn run(backups: usize, clusters: usize, rounds: usize) -> anyhow::Resu
                     rfc3339_ms(now_ms - 60 * DAY_MS)
                 )
             }),
+        ),
+        (
+            "one namespace (post-filter)",
+            Box::new(|r| format!("limit=100&namespace=ns-{}", r.random_range(0..7))),
+        ),
+        (
+            "vms view (2 %, post-filter)",
+            Box::new(|_| "limit=100&view=vms".into()),
+        ),
+        (
+            "last 24 h, vms view",
+            Box::new(move |_| format!("limit=100&view=vms&from={}", rfc3339_ms(now_ms - DAY_MS))),
+        ),
+        (
+            "namespace that matches nothing (scan cap)",
+            Box::new(|_| "limit=100&namespace=absent".into()),
         ),
         (
             "failed, one location, last 30 d",
