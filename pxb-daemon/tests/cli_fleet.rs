@@ -2,6 +2,9 @@
 //! simulated project, the server, the agents and a location, runs its own flow and serves; then
 //! `pxb login` and the fleet commands drive backups, filters, a restore into another cluster with
 //! namespace mapping, a schedule, deletes and the fleet status, and the results are checked.
+//!
+//! `pxb demo` runs the `pxb-demo` program beside `pxb`: the workspace test run builds it; after
+//! changing the server alone, `cargo build -p pxb-tests --bin pxb-demo` refreshes it.
 
 use std::io::{BufRead as _, BufReader};
 use std::path::{Path, PathBuf};
@@ -331,6 +334,28 @@ fn the_cli_drives_the_demo_fleet_end_to_end() {
     let fleet = ok_json(&config, &["fleet", "status"]);
     assert_eq!(fleet["counts"]["Ready"], 4, "{fleet}");
     assert_eq!(fleet["counts"]["Unreachable"], 1, "{fleet}");
+    // The server's metrics count what happened, and pass promtool.
+    let metrics = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
+        .block_on(async {
+            reqwest::get(format!("{api}/metrics"))
+                .await
+                .expect("metrics")
+                .text()
+                .await
+                .expect("text")
+        });
+    assert!(
+        metrics.contains("pxb_server_backups_imported_total 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("pxb_server_operations_active{kind=\"backup\"}"),
+        "{metrics}"
+    );
+    pxb_tests::promtool_check_metrics(&metrics).expect("promtool");
     let completions = pxb(&config, &["completions", "bash"]);
     assert!(String::from_utf8_lossy(&completions.stdout).contains("_pxb"));
     drop(demo);

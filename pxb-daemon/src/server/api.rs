@@ -893,6 +893,23 @@ async fn metrics(State(s): State<Server>) -> impl IntoResponse {
     );
     counter(
         &mut out,
+        "pxb_server_backups_imported_total",
+        "Backups found by syncs and imported into the catalog.",
+        m.imported.load(Ordering::Relaxed),
+    );
+    counter(
+        &mut out,
+        "pxb_server_schedule_runs_total",
+        "Schedule slots fired.",
+        m.schedule_runs.load(Ordering::Relaxed),
+    );
+    let (backups, restores) = s.active_operations();
+    out += "# HELP pxb_server_operations_active Backups and restores the server drives now.\n";
+    out += "# TYPE pxb_server_operations_active gauge\n";
+    out += &format!("pxb_server_operations_active{{kind=\"backup\"}} {backups}\n");
+    out += &format!("pxb_server_operations_active{{kind=\"restore\"}} {restores}\n");
+    counter(
+        &mut out,
         "pxb_server_snapshots_total",
         "Fleet status snapshots built.",
         m.snapshots.load(Ordering::Relaxed),

@@ -683,6 +683,7 @@ impl Server {
             match written {
                 Ok(()) => {
                     tracing::info!(org = %s.org, schedule = %s.id, backups = records.len(), folded, "schedule fired");
+                    self.inner.metrics.schedule_runs.fetch_add(1, Ordering::Relaxed);
                     self.inner
                         .lock()
                         .schedules
@@ -768,6 +769,14 @@ impl Server {
             .insert((org.to_owned(), loc.id.clone()), loc.clone());
         self.wake_org(org);
         Ok(loc)
+    }
+
+    /// Backups (active or stalled) and active restores the server drives now.
+    pub fn active_operations(&self) -> (usize, usize) {
+        let st = self.inner.lock();
+        st.ops
+            .values()
+            .fold((0, 0), |(b, r), o| (b + o.backups.len(), r + o.restores.len()))
     }
 
     /// Turns backups and restores whose agent has not reported within `lease` (their cluster

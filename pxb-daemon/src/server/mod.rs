@@ -149,6 +149,8 @@ pub struct Metrics {
     pub snapshots: AtomicU64,
     /// Backups found by syncs and imported into the catalog.
     pub imported: AtomicU64,
+    /// Schedule slots fired.
+    pub schedule_runs: AtomicU64,
 }
 
 pub(crate) struct Inner {
