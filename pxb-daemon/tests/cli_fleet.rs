@@ -6,9 +6,13 @@
 //! `pxb demo` runs the `pxb-demo` program beside `pxb`: the workspace test run builds it; after
 //! changing the server alone, `cargo build -p pxb-tests --bin pxb-demo` refreshes it.
 
+mod support;
+
 use std::io::{BufRead as _, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Stdio};
+
+use support::pxb;
 
 use serde_json::Value;
 
@@ -33,18 +37,6 @@ impl Drop for Demo {
             panic!("the demo did not stop within 30 s of Ctrl-C");
         }
     }
-}
-
-fn pxb(config: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_pxb"))
-        .args(args)
-        .env("PXB_CONFIG", config)
-        .env_remove("PXB_TOKEN")
-        .env_remove("PXB_SERVER")
-        .env_remove("PXB_ORG")
-        .env_remove("PXB_CONTEXT")
-        .output()
-        .expect("run pxb")
 }
 
 fn ok_json(config: &Path, args: &[&str]) -> Value {

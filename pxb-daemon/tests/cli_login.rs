@@ -1,8 +1,11 @@
 //! `pxb login --device-code` against a real OIDC issuer over HTTPS (the test issuer, with its
 //! device authorization endpoint) and a real `pxb-server` that validates the token it yields.
 
+mod support;
+
+use support::pxb;
+
 use std::path::Path;
-use std::process::{Command, Output};
 
 use pxb_daemon::server::Daemon;
 use pxb_daemon::server::config::{DEFAULT_CONFIG_YAML, ServerConfig};
@@ -10,18 +13,6 @@ use pxb_tests::oidc::{TestIssuer, USER_CODE};
 use pxb_tests::tls::TestCa;
 
 const AUDIENCE: &str = "api://pxb-test";
-
-fn pxb(config: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_pxb"))
-        .args(args)
-        .env("PXB_CONFIG", config)
-        .env_remove("PXB_TOKEN")
-        .env_remove("PXB_SERVER")
-        .env_remove("PXB_ORG")
-        .env_remove("PXB_CONTEXT")
-        .output()
-        .expect("run pxb")
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn device_code_login_signs_in_through_the_issuer_and_the_server_accepts_the_token() {

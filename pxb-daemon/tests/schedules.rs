@@ -50,6 +50,41 @@ fn cluster(name: &str, state: ClusterState) -> ClusterRecord {
     }
 }
 
+async fn org(server: &Server) {
+    server
+        .create_org(Org {
+            id: ORG.into(),
+            display_name: "Tenant A".into(),
+            ..Org::default()
+        })
+        .await
+        .expect("org");
+}
+
+/// A federated location `primary` on every cluster.
+async fn location(server: &Server) {
+    server
+        .create_location(
+            LocationRecord {
+                org: ORG.into(),
+                name: "primary".into(),
+                provider: "azure".into(),
+                account: Some("tenantastore".into()),
+                container: "backups".into(),
+                client_id: Some("00000000-0000-0000-0000-000000000001".into()),
+                tenant_id: Some("00000000-0000-0000-0000-000000000002".into()),
+                clusters: ClusterSelector {
+                    all: true,
+                    ..ClusterSelector::default()
+                },
+                ..LocationRecord::default()
+            },
+            None,
+        )
+        .await
+        .expect("location");
+}
+
 async fn backups(server: &Server) -> Vec<BackupRecord> {
     let mut all = server
         .catalog()
@@ -69,13 +104,7 @@ async fn schedules_fire_once_per_slot_across_restarts_and_retention_keeps_the_co
     let minutes = |m: u64| Duration::from_secs(60 * m);
 
     let a = server(&db, clock.clone()).await;
-    a.create_org(Org {
-        id: ORG.into(),
-        display_name: "Tenant A".into(),
-        ..Org::default()
-    })
-    .await
-    .expect("org");
+    org(&a).await;
     let provider = Arc::new(StaticClusters::new());
     a.add_cluster(cluster("alpha", ClusterState::Ready), provider.clone())
         .await
@@ -83,25 +112,7 @@ async fn schedules_fire_once_per_slot_across_restarts_and_retention_keeps_the_co
     a.add_cluster(cluster("beta", ClusterState::Unreachable), provider.clone())
         .await
         .expect("beta");
-    a.create_location(
-        LocationRecord {
-            org: ORG.into(),
-            name: "primary".into(),
-            provider: "azure".into(),
-            account: Some("tenantastore".into()),
-            container: "backups".into(),
-            client_id: Some("00000000-0000-0000-0000-000000000001".into()),
-            tenant_id: Some("00000000-0000-0000-0000-000000000002".into()),
-            clusters: ClusterSelector {
-                all: true,
-                ..ClusterSelector::default()
-            },
-            ..LocationRecord::default()
-        },
-        None,
-    )
-    .await
-    .expect("location");
+    location(&a).await;
     let sched = a
         .create_schedule(
             ORG,
@@ -223,36 +234,14 @@ async fn a_backup_whose_cluster_stops_reporting_stalls_after_the_lease() {
         SystemTime::UNIX_EPOCH + Duration::from_secs(1_790_000_000),
     ));
     let s = server(&dir.path().join("catalog.db"), clock.clone()).await;
-    s.create_org(Org {
-        id: ORG.into(),
-        ..Org::default()
-    })
-    .await
-    .expect("org");
+    org(&s).await;
     s.add_cluster(
         cluster("alpha", ClusterState::Ready),
         Arc::new(StaticClusters::new()),
     )
     .await
     .expect("alpha");
-    s.create_location(
-        LocationRecord {
-            org: ORG.into(),
-            name: "primary".into(),
-            provider: "azure".into(),
-            account: Some("tenantastore".into()),
-            container: "backups".into(),
-            client_id: Some("00000000-0000-0000-0000-000000000001".into()),
-            clusters: ClusterSelector {
-                all: true,
-                ..ClusterSelector::default()
-            },
-            ..LocationRecord::default()
-        },
-        None,
-    )
-    .await
-    .expect("location");
+    location(&s).await;
     let made = s
         .create_backups(
             ORG,

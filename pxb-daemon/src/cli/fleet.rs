@@ -512,22 +512,32 @@ pub async fn clusters(conn: Conn, cmd: ClustersCommand) -> ExitCode {
             let path = try_api!(c.org_path("/clusters?limit=1000"));
             let v = try_api!(c.get(&path).await);
             print(&conn, &v, |v| {
-                let rows: Vec<Vec<String>> = items(v)
-                    .iter()
-                    .map(|c| {
-                        vec![
-                            cell(&c["name"]),
-                            cell(&c["status"]["state"]),
-                            cell(&c["status"]["agentVersion"]),
-                            cell(&c["status"]["lastSeen"]),
-                            cell(&c["status"]["message"]),
-                        ]
-                    })
-                    .collect();
+                let rows = rows_of(
+                    &items(v),
+                    &[
+                        "/name",
+                        "/status/state",
+                        "/status/agentVersion",
+                        "/status/lastSeen",
+                        "/status/message",
+                    ],
+                );
                 table(&["NAME", "STATE", "AGENT", "LAST SEEN", "MESSAGE"], &rows);
             })
         }
     }
+}
+
+/// Table rows: one cell per JSON pointer of each item.
+fn rows_of(list: &[Value], pointers: &[&str]) -> Vec<Vec<String>> {
+    list.iter()
+        .map(|i| {
+            pointers
+                .iter()
+                .map(|p| cell(i.pointer(p).unwrap_or(&Value::Null)))
+                .collect()
+        })
+        .collect()
 }
 
 fn items(v: &Value) -> Vec<Value> {
@@ -541,17 +551,7 @@ pub async fn locations(conn: Conn, cmd: LocationsCommand) -> ExitCode {
         LocationsCommand::List => {
             let v = try_api!(c.get(&try_api!(c.org_path("/locations?limit=1000"))).await);
             print(&conn, &v, |v| {
-                let rows: Vec<Vec<String>> = items(v)
-                    .iter()
-                    .map(|l| {
-                        vec![
-                            cell(&l["name"]),
-                            cell(&l["provider"]),
-                            cell(&l["container"]),
-                            cell(&l["mode"]),
-                        ]
-                    })
-                    .collect();
+                let rows = rows_of(&items(v), &["/name", "/provider", "/container", "/mode"]);
                 table(&["NAME", "PROVIDER", "CONTAINER", "MODE"], &rows);
             })
         }
@@ -563,20 +563,18 @@ pub async fn locations(conn: Conn, cmd: LocationsCommand) -> ExitCode {
                 .await
             );
             print(&conn, &v, |v| {
-                let rows: Vec<Vec<String>> = items(v)
-                    .iter()
-                    .map(|s| {
-                        vec![
-                            cell(&s["clusterName"]),
-                            cell(&s["validation"]["phase"]),
-                            cell(&s["sync"]["phase"]),
-                            cell(&s["sync"]["backupsFound"]),
-                            cell(&s["verify"]["phase"]),
-                            cell(&s["verify"]["missingObjects"]),
-                            cell(&s["validation"]["reason"]),
-                        ]
-                    })
-                    .collect();
+                let rows = rows_of(
+                    &items(v),
+                    &[
+                        "/clusterName",
+                        "/validation/phase",
+                        "/sync/phase",
+                        "/sync/backupsFound",
+                        "/verify/phase",
+                        "/verify/missingObjects",
+                        "/validation/reason",
+                    ],
+                );
                 table(
                     &[
                         "CLUSTER",
@@ -1053,17 +1051,7 @@ pub async fn fleet(conn: Conn, cmd: FleetCommand) -> ExitCode {
                     })
                     .unwrap_or_default();
                 println!("fleet status at {}: {counts}", cell(&v["generatedAt"]));
-                let rows: Vec<Vec<String>> = items(v)
-                    .iter()
-                    .map(|e| {
-                        vec![
-                            cell(&e["org"]),
-                            cell(&e["cluster"]),
-                            cell(&e["state"]),
-                            cell(&e["message"]),
-                        ]
-                    })
-                    .collect();
+                let rows = rows_of(&items(v), &["/org", "/cluster", "/state", "/message"]);
                 table(&["ORG", "CLUSTER", "STATE", "MESSAGE"], &rows);
             })
         }

@@ -1095,21 +1095,26 @@ async fn get_discovery(
         })
 }
 
+/// `204` when `gone`, else `404` naming `what`.
+fn deleted(gone: bool, what: &str, name: &str) -> ApiResult<StatusCode> {
+    if gone {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("{what} {name}"),
+        ))
+    }
+}
+
 async fn delete_discovery(
     State(s): State<Server>,
     caller: Caller,
     Segments(seg): Segments,
 ) -> ApiResult<StatusCode> {
     let o = org_for(&s, &caller, &seg[0], Role::Admin)?;
-    if s.remove_discovery(&o.id, &seg[1]).await? {
-        Ok(StatusCode::NO_CONTENT)
-    } else {
-        Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            "not_found",
-            format!("discovery {}", seg[1]),
-        ))
-    }
+    deleted(s.remove_discovery(&o.id, &seg[1]).await?, "discovery", &seg[1])
 }
 
 async fn list_clusters(
@@ -1165,15 +1170,7 @@ async fn remove_cluster(
     Segments(seg): Segments,
 ) -> ApiResult<StatusCode> {
     let o = org_for(&s, &caller, &seg[0], Role::Admin)?;
-    if s.remove_imported(&o.id, &seg[1]).await? {
-        Ok(StatusCode::NO_CONTENT)
-    } else {
-        Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            "not_found",
-            format!("cluster {}", seg[1]),
-        ))
-    }
+    deleted(s.remove_imported(&o.id, &seg[1]).await?, "cluster", &seg[1])
 }
 
 async fn list_locations(
@@ -1322,15 +1319,7 @@ async fn delete_location(
     Segments(seg): Segments,
 ) -> ApiResult<StatusCode> {
     let o = org_for(&s, &caller, &seg[0], Role::Admin)?;
-    if s.delete_location(&o.id, &seg[1]).await? {
-        Ok(StatusCode::NO_CONTENT)
-    } else {
-        Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            "not_found",
-            format!("location {}", seg[1]),
-        ))
-    }
+    deleted(s.delete_location(&o.id, &seg[1]).await?, "location", &seg[1])
 }
 
 async fn location_status(
@@ -1487,28 +1476,54 @@ async fn list_backups(
     }
     p.from = None;
     p.to = None;
+    let filtered = view.is_some() || p.namespace.is_some();
+    if !filtered {
+        return Ok(Json(list_records_in(&s, &o.id, &p, from, to).await?));
+    }
     let keep = |b: &BackupRecord| {
         view.is_none_or(|v| b.view == v) && p.namespace.as_ref().is_none_or(|n| b.namespaces.contains(n))
     };
+    // Filters the index cannot answer: scan full pages and cut where the page is full (or the
+    // scan budget is spent), with a cursor right after the last record looked at.
     let limit = p.limit();
     let mut items = Vec::new();
     let mut scanned = 0usize;
     let mut after = p.after.clone();
+    let cursor_after = |b: &BackupRecord| {
+        pxb_core::catalog::Cursor {
+            org: b.org.clone(),
+            sort: b.index().sort,
+            id: b.id.clone(),
+        }
+        .encode()
+    };
     loop {
         let page_params = ListParams {
-            limit: Some((limit - items.len()) as u64),
+            limit: Some(MAX_PAGE as u64),
             after: after.clone(),
             ..p.clone()
         };
         let page: List<BackupRecord> = list_records_in(&s, &o.id, &page_params, from, to).await?;
-        scanned += page.items.len();
-        items.extend(page.items.into_iter().filter(|b| keep(b)));
+        let count = page.items.len();
+        for (i, b) in page.items.into_iter().enumerate() {
+            scanned += 1;
+            let last_of_all = i + 1 == count && page.next.is_none();
+            let next = (!last_of_all).then(|| cursor_after(&b));
+            if keep(&b) {
+                items.push(b);
+                if items.len() >= limit {
+                    return Ok(Json(List { items, next }));
+                }
+            }
+            if scanned >= MAX_SCAN {
+                return Ok(Json(List { items, next }));
+            }
+        }
         after = page.next;
-        if items.len() >= limit || after.is_none() || scanned >= MAX_SCAN {
-            break;
+        if after.is_none() {
+            return Ok(Json(List { items, next: None }));
         }
     }
-    Ok(Json(List { items, next: after }))
 }
 
 async fn create_backups(
@@ -1618,15 +1633,7 @@ async fn delete_schedule(
     Segments(seg): Segments,
 ) -> ApiResult<StatusCode> {
     let o = org_for(&s, &caller, &seg[0], Role::Operator)?;
-    if s.delete_schedule(&o.id, &seg[1]).await? {
-        Ok(StatusCode::NO_CONTENT)
-    } else {
-        Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            "not_found",
-            format!("schedule {}", seg[1]),
-        ))
-    }
+    deleted(s.delete_schedule(&o.id, &seg[1]).await?, "schedule", &seg[1])
 }
 
 async fn verify_location(

@@ -102,19 +102,12 @@ fn ms(t: SystemTime) -> i64 {
         .unwrap_or(0)
 }
 
-/// `YYYYMMDDhhmmss` (UTC) of `t`, for names.
+/// `YYYYMMDDhhmmss` (UTC) of `t_ms`, for names.
 fn stamp(t_ms: i64) -> String {
-    let t = time::OffsetDateTime::from_unix_timestamp(t_ms.div_euclid(1000))
-        .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
-    format!(
-        "{:04}{:02}{:02}{:02}{:02}{:02}",
-        t.year(),
-        u8::from(t.month()),
-        t.day(),
-        t.hour(),
-        t.minute(),
-        t.second()
-    )
+    rfc3339(SystemTime::UNIX_EPOCH + Duration::from_millis(t_ms.max(0) as u64))
+        .chars()
+        .filter(char::is_ascii_digit)
+        .collect()
 }
 
 fn dns_label(what: &str, s: &str) -> Result<()> {
@@ -762,13 +755,7 @@ impl Server {
     pub async fn request_verify(&self, org: &str, name: &str) -> Result<LocationRecord> {
         let mut loc = self.location(org, name)?;
         loc.verify_request += 1;
-        self.inner.catalog.put(&loc, None).await?;
-        self.inner
-            .lock()
-            .locations
-            .insert((org.to_owned(), loc.id.clone()), loc.clone());
-        self.wake_org(org);
-        Ok(loc)
+        self.save_location(loc, None).await
     }
 
     /// Backups (active or stalled) and active restores the server drives now.

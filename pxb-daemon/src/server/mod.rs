@@ -947,12 +947,18 @@ impl Server {
             self.inner.seal_credential(&mut loc, kind, &value)?;
         }
         // Another update in between fails with a conflict instead of being overwritten.
-        self.inner.catalog.put(&loc, Some(revision)).await?;
+        self.save_location(loc, Some(revision)).await
+    }
+
+    /// Stores a changed location (at `revision` when given), keeps it in memory and wakes the
+    /// org's clusters to apply it.
+    async fn save_location(&self, loc: LocationRecord, revision: Option<u64>) -> Result<LocationRecord> {
+        self.inner.catalog.put(&loc, revision).await?;
         self.inner
             .lock()
             .locations
-            .insert((org.to_owned(), loc.id.clone()), loc.clone());
-        self.wake_org(org);
+            .insert((loc.org.clone(), loc.id.clone()), loc.clone());
+        self.wake_org(&loc.org);
         Ok(loc)
     }
 
