@@ -5,7 +5,7 @@ use std::process::{Command, Output};
 
 /// Runs the `pxb` binary with `args` and the context file `config`, ignoring the caller's
 /// `PXB_*` connection settings.
-pub fn pxb(config: &Path, args: &[&str]) -> Output {
+pub(crate) fn pxb(config: &Path, args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_pxb"))
         .args(args)
         .env("PXB_CONFIG", config)
