@@ -589,28 +589,8 @@ pub async fn locations(conn: Conn, cmd: LocationsCommand) -> ExitCode {
                 );
             })
         }
-        LocationsCommand::Validate { name } => {
-            let v = try_api!(
-                c.call(
-                    "POST",
-                    &try_api!(c.org_path(&format!("/locations/{name}/validate"))),
-                    None
-                )
-                .await
-            );
-            print(&conn, &v, |_| println!("validation of {name} requested"))
-        }
-        LocationsCommand::Verify { name } => {
-            let v = try_api!(
-                c.call(
-                    "POST",
-                    &try_api!(c.org_path(&format!("/locations/{name}/verify"))),
-                    None
-                )
-                .await
-            );
-            print(&conn, &v, |_| println!("verify of {name} requested"))
-        }
+        LocationsCommand::Validate { name } => request(&c, &conn, &name, "validate", "validation").await,
+        LocationsCommand::Verify { name } => request(&c, &conn, &name, "verify", "verify").await,
         LocationsCommand::Sync { name, cluster, wait } => {
             let path = try_api!(c.org_path(&format!("/locations/{name}/sync")));
             let mut v = try_api!(c.call("POST", &path, Some(&json!({"cluster": cluster}))).await);
@@ -638,6 +618,13 @@ pub async fn locations(conn: Conn, cmd: LocationsCommand) -> ExitCode {
             if failed { ExitCode::FAILURE } else { code }
         }
     }
+}
+
+/// Asks for a location request (`validate`, `verify`) and says so.
+async fn request(c: &Client, conn: &Conn, name: &str, verb: &str, what: &str) -> ExitCode {
+    let path = try_api!(c.org_path(&format!("/locations/{name}/{verb}")));
+    let v = try_api!(c.call("POST", &path, None).await);
+    print(conn, &v, |_| println!("{what} of {name} requested"))
 }
 
 /// Polls `path` every 500 ms until `done` returns a value (at most an hour).
@@ -1070,7 +1057,8 @@ pub fn show_context(conn: &Conn) -> ExitCode {
             c.token = Some("(set)".into());
         }
     }
-    let v = json!({"file": context_path().display().to_string(), "current": redacted.current, "contexts": redacted.contexts.iter().map(|(k, c)| (k.clone(), json!({"server": c.server, "org": c.org, "token": c.token}))).collect::<serde_json::Map<_, _>>()});
+    let v = json!({"file": context_path().display().to_string(), "current": redacted.current,
+                   "contexts": redacted.contexts});
     print(conn, &v, |v| {
         println!("context file: {}", cell(&v["file"]));
         let rows: Vec<Vec<String>> = file

@@ -210,20 +210,6 @@ impl Server {
         Ok(())
     }
 
-    fn wake_clusters(&self, keys: impl IntoIterator<Item = Key>) {
-        let now = self.inner.clock.now();
-        let mut st = self.inner.lock();
-        for k in keys {
-            if let Some(t) = st.clusters.get_mut(&k)
-                && t.failures == 0
-            {
-                t.next_due = now;
-            }
-        }
-        drop(st);
-        self.inner.wake.notify_one();
-    }
-
     /// The backup records for `namespaces` on the clusters `selector` picks, made now: `Pending`
     /// where the cluster can take them, `Missed` with the reason where it cannot.
     fn plan_backups(

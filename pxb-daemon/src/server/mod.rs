@@ -1045,10 +1045,25 @@ impl Server {
     }
 
     fn wake_org(&self, org: &str) {
+        let keys: Vec<Key> = self
+            .inner
+            .lock()
+            .clusters
+            .keys()
+            .filter(|k| k.0 == org)
+            .cloned()
+            .collect();
+        self.wake_clusters(keys);
+    }
+
+    /// Makes the clusters `keys` due now (unless they are backed off as unreachable).
+    fn wake_clusters(&self, keys: impl IntoIterator<Item = Key>) {
         let now = self.inner.clock.now();
         let mut st = self.inner.lock();
-        for t in st.clusters.values_mut().filter(|t| t.record.org == org) {
-            if t.failures == 0 {
+        for k in keys {
+            if let Some(t) = st.clusters.get_mut(&k)
+                && t.failures == 0
+            {
                 t.next_due = now;
             }
         }

@@ -234,14 +234,7 @@ async fn run(args: Args) -> anyhow::Result<bool> {
             e["state"].as_str().unwrap_or_default()
         );
     }
-    let counts: Vec<String> = fleet_status["counts"]
-        .as_object()
-        .into_iter()
-        .flatten()
-        .filter(|(_, v)| v.as_u64() != Some(0))
-        .map(|(k, v)| format!("{v} {k}"))
-        .collect();
-    println!("  {}", counts.join(", "));
+    println!("  {}", counts_line(&fleet_status));
 
     let st = api
         .get("/v1/orgs/demo/locations/primary/status?limit=1000")
@@ -267,14 +260,7 @@ async fn run(args: Args) -> anyhow::Result<bool> {
         .collect();
     ok &= operations(&api, &fleet, &online, &offline).await?;
     let end = api.get("/v1/fleet/status?limit=1000").await?;
-    let counts: Vec<String> = end["counts"]
-        .as_object()
-        .into_iter()
-        .flatten()
-        .filter(|(_, v)| v.as_u64() != Some(0))
-        .map(|(k, v)| format!("{v} {k}"))
-        .collect();
-    println!("\n== fleet status at the end: {} ==", counts.join(", "));
+    println!("\n== fleet status at the end: {} ==", counts_line(&end));
 
     if args.serve {
         println!(
@@ -291,6 +277,18 @@ async fn run(args: Args) -> anyhow::Result<bool> {
     }
     daemon.shutdown().await;
     Ok(ok)
+}
+
+/// The non-zero state counts of a fleet status, e.g. `4 Ready, 1 Unreachable`.
+fn counts_line(status: &Value) -> String {
+    let counts: Vec<String> = status["counts"]
+        .as_object()
+        .into_iter()
+        .flatten()
+        .filter(|(_, v)| v.as_u64() != Some(0))
+        .map(|(k, v)| format!("{v} {k}"))
+        .collect();
+    counts.join(", ")
 }
 
 /// Polls `path` until `done` holds (or `secs` pass); returns the last answer.
