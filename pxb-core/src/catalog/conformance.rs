@@ -17,6 +17,7 @@ pub async fn run_all(store: &dyn CatalogStore) {
     filters(store).await;
     raw_documents_are_kept_as_written(store).await;
     time_ranges_as_sort_ranges(store).await;
+    tags(store).await;
 }
 
 fn put(kind: Kind, org: &str, id: &str, sort: &str, doc: &str) -> Put {
@@ -369,4 +370,159 @@ pub async fn raw_documents_are_kept_as_written(store: &dyn CatalogStore) {
         matches!(decoded, Err(Error::Corrupt { .. })),
         "damaged doc decodes: {decoded:?}"
     );
+}
+
+/// Tags read back sorted and deduplicated; a list requiring tags returns exactly the records
+/// carrying all of them, in order and paged, across orgs too; rewriting or deleting a record
+/// updates what its tags select; a bad tag is refused and writes nothing.
+pub async fn tags(store: &dyn CatalogStore) {
+    let org = "conf-t";
+    let tagged = |i: u32, tags: &[&str]| {
+        let mut p = put(
+            Kind::Backup,
+            org,
+            &format!("t{i:02}"),
+            &format!("{:02}", 50 - i),
+            "{}",
+        );
+        p.index.cluster = Some(format!("c{}", i % 2));
+        p.index.tags = tags.iter().map(|t| t.to_string()).collect();
+        p
+    };
+    let mut puts = Vec::new();
+    for i in 0..30u32 {
+        let mut tags = vec!["view=namespaces"];
+        if i % 3 == 0 {
+            tags = vec!["view=vms"];
+        }
+        if i % 2 == 0 {
+            tags.push("ns=a");
+        }
+        if i % 5 == 0 {
+            tags.extend(["ns=b", "ns=b"]);
+        }
+        puts.push(tagged(i, &tags));
+    }
+    // The same tags in another org and another kind must not leak in.
+    let mut other = put(Kind::Backup, "conf-t2", "x", "00", "{}");
+    other.index.tags = vec!["ns=a".into()];
+    let mut restore = put(Kind::Restore, org, "r", "00", "{}");
+    restore.index.tags = vec!["ns=a".into()];
+    puts.extend([other, restore]);
+    store.put(puts).await.expect("put");
+
+    let got = store.get(Kind::Backup, org, "t00").await.expect("get");
+    assert_eq!(
+        got.index.tags,
+        vec!["ns=a", "ns=b", "view=vms"],
+        "tags sorted, deduplicated"
+    );
+
+    let all_pages = |q: Query| async move {
+        let mut q = q;
+        q.limit = 4;
+        let mut ids = Vec::new();
+        loop {
+            let page = store.list(Kind::Backup, &q).await.expect("list");
+            assert!(page.items.len() <= 4, "page larger than the limit");
+            ids.extend(page.items.into_iter().map(|e| e.id));
+            match page.next {
+                Some(n) => q.after = Some(n),
+                None => return ids,
+            }
+        }
+    };
+    // Newest first: sort key 50 - i, so higher i comes first.
+    let want = |f: &dyn Fn(u32) -> bool| {
+        (0..30u32)
+            .rev()
+            .filter(|i| f(*i))
+            .map(|i| format!("t{i:02}"))
+            .collect::<Vec<_>>()
+    };
+    let q = |tags: &[&str]| Query {
+        tags: tags.iter().map(|t| t.to_string()).collect(),
+        ..Query::org(org)
+    };
+    assert_eq!(
+        all_pages(q(&["view=vms"])).await,
+        want(&|i| i % 3 == 0),
+        "one tag"
+    );
+    assert_eq!(
+        all_pages(q(&["ns=a", "view=namespaces"])).await,
+        want(&|i| i % 2 == 0 && i % 3 != 0),
+        "two tags"
+    );
+    let mut with_cluster = q(&["ns=b"]);
+    with_cluster.cluster = Some("c1".into());
+    assert_eq!(
+        all_pages(with_cluster.clone()).await,
+        want(&|i| i % 5 == 0 && i % 2 == 1),
+        "a tag and a column"
+    );
+    assert_eq!(store.count(Kind::Backup, &with_cluster).await.expect("count"), 3);
+    assert!(
+        all_pages(q(&["ns=nowhere"])).await.is_empty(),
+        "a tag nothing has"
+    );
+    assert_eq!(
+        store
+            .count(Kind::Backup, &q(&["ns=a", "ns=b"]))
+            .await
+            .expect("count"),
+        3,
+        "both namespaces: 0, 10, 20"
+    );
+    let everywhere = Query {
+        tags: vec!["ns=a".into()],
+        limit: super::MAX_PAGE,
+        ..Query::default()
+    };
+    let orgs: BTreeSet<String> = store
+        .list(Kind::Backup, &everywhere)
+        .await
+        .expect("list every org")
+        .items
+        .into_iter()
+        .filter(|e| e.org.starts_with("conf-t"))
+        .map(|e| e.org)
+        .collect();
+    assert_eq!(orgs.into_iter().collect::<Vec<_>>(), vec!["conf-t", "conf-t2"]);
+
+    // Rewriting a record moves it between tags; deleting it drops it.
+    store
+        .put(vec![tagged(0, &["view=namespaces"])])
+        .await
+        .expect("rewrite");
+    assert!(!all_pages(q(&["view=vms"])).await.contains(&"t00".to_string()));
+    assert!(
+        all_pages(q(&["view=namespaces"]))
+            .await
+            .contains(&"t00".to_string())
+    );
+    assert_eq!(
+        store.get(Kind::Backup, org, "t00").await.expect("get").index.tags,
+        vec!["view=namespaces"]
+    );
+    assert!(
+        store
+            .delete(Kind::Backup, org, "t03", None)
+            .await
+            .expect("delete")
+    );
+    assert!(!all_pages(q(&["view=vms"])).await.contains(&"t03".to_string()));
+
+    // A bad tag is refused, and the batch it came in writes nothing.
+    for bad in ["", "a\nb", &"x".repeat(super::MAX_TAG_LEN + 1)] {
+        let r = store.put(vec![tagged(40, &["ns=ok"]), tagged(41, &[bad])]).await;
+        assert!(matches!(r, Err(Error::Invalid { .. })), "bad tag {bad:?}: {r:?}");
+        assert!(
+            matches!(
+                store.get(Kind::Backup, org, "t40").await,
+                Err(Error::NotFound { .. })
+            ),
+            "a refused batch wrote nothing"
+        );
+    }
 }

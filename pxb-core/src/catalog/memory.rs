@@ -78,7 +78,12 @@ impl CatalogStore for MemoryCatalog {
             pending.insert(key, rev);
             revs.push(rev);
         }
-        for (p, rev) in puts.into_iter().zip(&revs) {
+        let tags = puts
+            .iter()
+            .map(|p| p.index.normalized_tags())
+            .collect::<Result<Vec<_>>>()?;
+        for ((mut p, rev), tags) in puts.into_iter().zip(&revs).zip(tags) {
+            p.index.tags = tags;
             let key = (p.kind, p.org.clone(), p.id.clone());
             records.insert(
                 key,

@@ -55,11 +55,13 @@ pub enum Kind {
     Schedule,
     /// A user's preferences ([`records::Preferences`]); org `""`.
     Preference,
+    /// A force-deleted backup whose cluster still holds its object ([`records::ForcedDelete`]).
+    ForcedDelete,
 }
 
 impl Kind {
     /// Every kind.
-    pub const ALL: [Kind; 9] = [
+    pub const ALL: [Kind; 10] = [
         Kind::Org,
         Kind::Discovery,
         Kind::Cluster,
@@ -69,6 +71,7 @@ impl Kind {
         Kind::Restore,
         Kind::Schedule,
         Kind::Preference,
+        Kind::ForcedDelete,
     ];
 
     /// The stable name of the kind, as stored.
@@ -83,6 +86,7 @@ impl Kind {
             Kind::Restore => "restore",
             Kind::Schedule => "schedule",
             Kind::Preference => "preference",
+            Kind::ForcedDelete => "forced-delete",
         }
     }
 
@@ -111,6 +115,31 @@ pub struct Index {
     pub status: Option<String>,
     /// A time (milliseconds since the epoch) to filter on.
     pub time_ms: Option<i64>,
+    /// Labels a list can require ([`Query::tags`]), such as `ns=shop` or `view=vms`: for
+    /// filters on values a record holds several of. Each is non-empty, at most [`MAX_TAG_LEN`]
+    /// bytes, without control characters; stores keep them sorted and without duplicates.
+    pub tags: Vec<String>,
+}
+
+/// The longest tag, in bytes.
+pub const MAX_TAG_LEN: usize = 256;
+
+impl Index {
+    /// Checks the tags ([`Error::Invalid`] naming the bad one) and returns them sorted and
+    /// without duplicates, as stores keep them.
+    pub fn normalized_tags(&self) -> Result<Vec<String>> {
+        for t in &self.tags {
+            if t.is_empty() || t.len() > MAX_TAG_LEN || t.chars().any(char::is_control) {
+                return Err(Error::invalid(format!(
+                    "index tag {t:?} must be 1 to {MAX_TAG_LEN} bytes without control characters"
+                )));
+            }
+        }
+        let mut tags = self.tags.clone();
+        tags.sort();
+        tags.dedup();
+        Ok(tags)
+    }
 }
 
 /// A stored record: its key, revision, index and document.
@@ -167,6 +196,8 @@ pub struct Query {
     pub sort_min: Option<String>,
     /// Only records whose sort key is at most this.
     pub sort_max: Option<String>,
+    /// Only records carrying every one of these [`Index::tags`].
+    pub tags: Vec<String>,
     /// At most this many (clamped to `1..=MAX_PAGE`).
     pub limit: usize,
     /// Continue after this cursor (from [`Page::next`]).
@@ -205,6 +236,7 @@ impl Query {
                 .is_none_or(|to| e.index.time_ms.is_some_and(|t| t < to))
             && self.sort_min.as_ref().is_none_or(|m| e.index.sort >= *m)
             && self.sort_max.as_ref().is_none_or(|m| e.index.sort <= *m)
+            && self.tags.iter().all(|t| e.index.tags.contains(t))
     }
 }
 

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::{Index, Kind, Record, newest_first_key, newest_first_range};
+use super::{Index, Kind, MAX_TAG_LEN, Record, newest_first_key, newest_first_range};
 
 /// The `org` and `id` accessors of a record whose fields have those names.
 macro_rules! org_and_id {
@@ -517,6 +517,7 @@ impl Record for LocationStatus {
             location: Some(self.location.clone()),
             status: Some(self.validation.phase.clone()),
             time_ms: None,
+            tags: Vec::new(),
         }
     }
 }
@@ -530,6 +531,33 @@ pub enum BackupView {
     Namespaces,
     /// Namespaces holding KubeVirt `VirtualMachine` objects.
     Vms,
+}
+
+impl BackupView {
+    /// The stored name (`namespaces` or `vms`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BackupView::Namespaces => "namespaces",
+            BackupView::Vms => "vms",
+        }
+    }
+
+    /// The index tag of backups in this view, for [`Query::tags`](super::Query::tags).
+    pub fn tag(self) -> String {
+        format!("view={}", self.as_str())
+    }
+}
+
+impl BackupRecord {
+    /// The index tag of backups holding `namespace`, for [`Query::tags`](super::Query::tags).
+    pub fn namespace_tag(namespace: &str) -> String {
+        format!("ns={namespace}")
+    }
+
+    /// The index tag of backups made by the schedule `id`, for [`Query::tags`](super::Query::tags).
+    pub fn schedule_tag(id: &str) -> String {
+        format!("schedule={id}")
+    }
 }
 
 /// The phases of a backup the server knows. `Pending`, `InProgress` and `Deleting` are active;
@@ -654,6 +682,16 @@ impl Record for BackupRecord {
             location: Some(self.location.clone()),
             status: Some(self.phase.clone()),
             time_ms: Some(self.created_ms),
+            // A namespace no cluster could have (an imported backup may name anything) gets no
+            // tag rather than failing the write; so does such a schedule name.
+            tags: self
+                .namespaces
+                .iter()
+                .map(|n| Self::namespace_tag(n))
+                .chain(self.schedule.as_deref().map(Self::schedule_tag))
+                .filter(|t| t.len() <= MAX_TAG_LEN && !t.chars().any(char::is_control))
+                .chain([self.view.tag()])
+                .collect(),
         }
     }
 }
@@ -735,6 +773,7 @@ impl Record for RestoreRecord {
             location: Some(self.location.clone()),
             status: Some(self.phase.clone()),
             time_ms: Some(self.created_ms),
+            tags: Vec::new(),
         }
     }
 }

@@ -1371,15 +1371,18 @@ async fn sync_location(
 }
 
 async fn list_records<T: Record + Serialize>(s: &Server, org: &str, p: &ListParams) -> ApiResult<List<T>> {
-    list_records_in(s, org, p, time_ms(&p.from, "from")?, time_ms(&p.to, "to")?).await
+    let (from, to) = (time_ms(&p.from, "from")?, time_ms(&p.to, "to")?);
+    list_records_in(s, org, p, from, to, Vec::new()).await
 }
 
+/// One page of `T` of `org` by the list parameters, a time range and index tags.
 async fn list_records_in<T: Record + Serialize>(
     s: &Server,
     org: &str,
     p: &ListParams,
     from: Option<i64>,
     to: Option<i64>,
+    tags: Vec<String>,
 ) -> ApiResult<List<T>> {
     let location = p.location.as_ref().map(|name| {
         s.location(org, name)
@@ -1393,6 +1396,7 @@ async fn list_records_in<T: Record + Serialize>(
         status: p.state.clone(),
         time_from_ms: from,
         time_to_ms: to,
+        tags,
         limit: p.limit(),
         after: p.after.clone(),
         ..Query::default()
@@ -1403,10 +1407,6 @@ async fn list_records_in<T: Record + Serialize>(
         next: page.next,
     })
 }
-
-/// Records scanned at most per backup page when filtering by namespace or view; a page may then
-/// hold fewer items than asked for, with a `next` cursor to go on.
-const MAX_SCAN: usize = 20_000;
 
 fn bracket_ms(kind: &str) -> Option<i64> {
     Some(match kind {
@@ -1476,54 +1476,14 @@ async fn list_backups(
     }
     p.from = None;
     p.to = None;
-    let filtered = view.is_some() || p.namespace.is_some();
-    if !filtered {
-        return Ok(Json(list_records_in(&s, &o.id, &p, from, to).await?));
-    }
-    let keep = |b: &BackupRecord| {
-        view.is_none_or(|v| b.view == v) && p.namespace.as_ref().is_none_or(|n| b.namespaces.contains(n))
-    };
-    // Filters the index cannot answer: scan full pages and cut where the page is full (or the
-    // scan budget is spent), with a cursor right after the last record looked at.
-    let limit = p.limit();
-    let mut items = Vec::new();
-    let mut scanned = 0usize;
-    let mut after = p.after.clone();
-    let cursor_after = |b: &BackupRecord| {
-        pxb_core::catalog::Cursor {
-            org: b.org.clone(),
-            sort: b.index().sort,
-            id: b.id.clone(),
-        }
-        .encode()
-    };
-    loop {
-        let page_params = ListParams {
-            limit: Some(MAX_PAGE as u64),
-            after: after.clone(),
-            ..p.clone()
-        };
-        let page: List<BackupRecord> = list_records_in(&s, &o.id, &page_params, from, to).await?;
-        let count = page.items.len();
-        for (i, b) in page.items.into_iter().enumerate() {
-            scanned += 1;
-            let last_of_all = i + 1 == count && page.next.is_none();
-            let next = (!last_of_all).then(|| cursor_after(&b));
-            if keep(&b) {
-                items.push(b);
-                if items.len() >= limit {
-                    return Ok(Json(List { items, next }));
-                }
-            }
-            if scanned >= MAX_SCAN {
-                return Ok(Json(List { items, next }));
-            }
-        }
-        after = page.next;
-        if after.is_none() {
-            return Ok(Json(List { items, next: None }));
-        }
-    }
+    // Namespace and view are index tags of the backup records (`BackupRecord::index`).
+    let tags = p
+        .namespace
+        .iter()
+        .map(|n| BackupRecord::namespace_tag(n))
+        .chain(view.map(BackupView::tag))
+        .collect();
+    Ok(Json(list_records_in(&s, &o.id, &p, from, to, tags).await?))
 }
 
 async fn create_backups(

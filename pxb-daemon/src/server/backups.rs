@@ -699,13 +699,11 @@ impl Server {
         let q = Query {
             cluster: Some(cluster.to_owned()),
             location: Some(s.location.clone()),
+            tags: vec![BackupRecord::schedule_tag(id)],
             ..Query::org(org)
         };
         let mine: Vec<BackupRecord> = match self.inner.catalog.list_all::<BackupRecord>(&q).await {
-            Ok(all) => all
-                .into_iter()
-                .filter(|b| b.schedule.as_deref() == Some(id))
-                .collect(),
+            Ok(all) => all,
             Err(e) => {
                 tracing::warn!(%org, schedule = %id, error = %e, "cannot read backups for retention");
                 return;

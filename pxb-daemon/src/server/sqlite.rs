@@ -13,10 +13,20 @@ use pxb_core::{Error, Result};
 use rusqlite::types::Value;
 use rusqlite::{Connection, OptionalExtension, params, params_from_iter};
 
-/// The schema migrations, in order; `user_version` is how many were applied.
-const MIGRATIONS: &[&str] = &[
+/// One schema migration.
+enum Migration {
+    /// SQL run as one batch.
+    Sql(&'static str),
+    /// A step that needs Rust (decoding documents).
+    Code(fn(&rusqlite::Transaction<'_>) -> Result<()>),
+}
+
+/// The schema migrations, in order; `user_version` is how many were applied. Each runs in one
+/// transaction with its `user_version` bump, so a crash leaves the file at a numbered version.
+const MIGRATIONS: &[Migration] = &[
     // 1: the record table and the indexes lists use.
-    "CREATE TABLE records (
+    Migration::Sql(
+        "CREATE TABLE records (
         kind TEXT NOT NULL,
         org TEXT NOT NULL,
         id TEXT NOT NULL,
@@ -33,7 +43,91 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX records_cluster ON records (kind, org, cluster, sort, id);
     CREATE INDEX records_location ON records (kind, org, location, sort, id);
     CREATE INDEX records_status ON records (kind, org, status, sort, id);",
+    ),
+    // 2: index tags (`Index::tags`): a column with the record's tags (newline-separated; tags
+    // hold no control characters) and a table with one row per tag, in list order.
+    Migration::Sql(
+        "ALTER TABLE records ADD COLUMN tags TEXT NOT NULL DEFAULT '';
+    CREATE TABLE record_tags (
+        kind TEXT NOT NULL,
+        tag TEXT NOT NULL,
+        org TEXT NOT NULL,
+        sort TEXT NOT NULL,
+        id TEXT NOT NULL,
+        PRIMARY KEY (kind, tag, org, sort, id)
+    ) WITHOUT ROWID;",
+    ),
+    // 3: tags of the backups written before there were tags.
+    Migration::Code(backfill_backup_tags),
 ];
+
+/// Gives every stored backup the tags `BackupRecord::index` makes. A document that does not
+/// decode is left without tags (reading it reports it as damaged, as before).
+fn backfill_backup_tags(tx: &rusqlite::Transaction<'_>) -> Result<()> {
+    use pxb_core::catalog::Record as _;
+    use pxb_core::catalog::records::BackupRecord;
+    let mut read = tx
+        .prepare("SELECT org, id, sort, doc FROM records WHERE kind = ?1")
+        .map_err(db_err)?;
+    let rows = read
+        .query_map([Kind::Backup.as_str()], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, String>(2)?,
+                r.get::<_, Vec<u8>>(3)?,
+            ))
+        })
+        .map_err(db_err)?;
+    let mut done = 0u64;
+    for row in rows {
+        let (org, id, sort, doc) = row.map_err(db_err)?;
+        let Ok(b) = serde_json::from_slice::<BackupRecord>(&doc) else {
+            continue;
+        };
+        let tags = b.index().normalized_tags()?;
+        tx.prepare_cached("UPDATE records SET tags = ?3 WHERE kind = 'backup' AND org = ?1 AND id = ?2")
+            .and_then(|mut s| s.execute(params![org, id, tags.join("\n")]))
+            .map_err(db_err)?;
+        write_tags(tx, Kind::Backup, &org, &id, None, (&sort, &tags))?;
+        done += 1;
+    }
+    tracing::info!(backups = done, "catalog: backup tags written");
+    Ok(())
+}
+
+/// Replaces the rows of `record_tags` of a record: `old` is its stored sort key and tags
+/// column (when it exists), `new` its sort key and tags.
+fn write_tags(
+    conn: &Connection,
+    kind: Kind,
+    org: &str,
+    id: &str,
+    old: Option<(&str, &str)>,
+    new: (&str, &[String]),
+) -> Result<()> {
+    if let Some((sort, tags)) = old {
+        let mut delete = conn
+            .prepare_cached(
+                "DELETE FROM record_tags WHERE kind = ?1 AND tag = ?2 AND org = ?3 AND sort = ?4 AND id = ?5",
+            )
+            .map_err(db_err)?;
+        for t in tags.split('\n').filter(|t| !t.is_empty()) {
+            delete
+                .execute(params![kind.as_str(), t, org, sort, id])
+                .map_err(db_err)?;
+        }
+    }
+    let mut insert = conn
+        .prepare_cached("INSERT INTO record_tags (kind, tag, org, sort, id) VALUES (?1, ?2, ?3, ?4, ?5)")
+        .map_err(db_err)?;
+    for t in new.1 {
+        insert
+            .execute(params![kind.as_str(), t, org, new.0, id])
+            .map_err(db_err)?;
+    }
+    Ok(())
+}
 
 /// The catalog in an SQLite file. Cheap to clone; clones share the connection.
 #[derive(Clone)]
@@ -143,9 +237,12 @@ fn migrate(conn: &mut Connection, path: &Path) -> Result<()> {
             path.display()
         )));
     }
-    for (i, sql) in MIGRATIONS.iter().enumerate().skip(version.max(0) as usize) {
+    for (i, step) in MIGRATIONS.iter().enumerate().skip(version.max(0) as usize) {
         let tx = conn.transaction().map_err(db_err)?;
-        tx.execute_batch(sql).map_err(db_err)?;
+        match step {
+            Migration::Sql(sql) => tx.execute_batch(sql).map_err(db_err)?,
+            Migration::Code(f) => f(&tx)?,
+        }
         tx.pragma_update(None, "user_version", (i + 1) as i64)
             .map_err(db_err)?;
         tx.commit().map_err(db_err)?;
@@ -169,21 +266,32 @@ fn entry_of(row: &rusqlite::Row<'_>) -> rusqlite::Result<(String, Entry)> {
                 location: row.get(6)?,
                 status: row.get(7)?,
                 time_ms: row.get(8)?,
+                tags: row
+                    .get::<_, String>(10)?
+                    .split('\n')
+                    .filter(|t| !t.is_empty())
+                    .map(str::to_owned)
+                    .collect(),
             },
             doc: row.get(9)?,
         },
     ))
 }
 
-const COLUMNS: &str = "kind, org, id, revision, sort, cluster, location, status, time_ms, doc";
+const COLUMNS: &str =
+    "r.kind, r.org, r.id, r.revision, r.sort, r.cluster, r.location, r.status, r.time_ms, r.doc, r.tags";
 
-fn revision_of(conn: &Connection, kind: Kind, org: &str, id: &str) -> Result<Option<u64>> {
-    conn.prepare_cached("SELECT revision FROM records WHERE kind = ?1 AND org = ?2 AND id = ?3")
+/// A stored record's revision, sort key and tags column.
+type Current = (u64, String, String);
+
+fn current_of(conn: &Connection, kind: Kind, org: &str, id: &str) -> Result<Option<Current>> {
+    conn.prepare_cached("SELECT revision, sort, tags FROM records WHERE kind = ?1 AND org = ?2 AND id = ?3")
         .and_then(|mut s| {
-            s.query_row(params![kind.as_str(), org, id], |r| r.get::<_, i64>(0))
-                .optional()
+            s.query_row(params![kind.as_str(), org, id], |r| {
+                Ok((r.get::<_, i64>(0)? as u64, r.get(1)?, r.get(2)?))
+            })
+            .optional()
         })
-        .map(|r| r.map(|v| v as u64))
         .map_err(db_err)
 }
 
@@ -199,34 +307,91 @@ fn check(expect: Option<u64>, current: Option<u64>, what: &str) -> Result<()> {
     }
 }
 
-/// Appends the query's filters to `sql` and their values to `args`.
-fn filters(query: &Query, sql: &mut String, args: &mut Vec<Value>) {
-    let mut eq = |col: &str, v: &Option<String>| {
+/// Appends the query's filters and cursor to `sql` and their values to `args`. `key` is the
+/// table alias the order columns (`org`, `sort`, `id`) are read from; the other columns are
+/// read from `r` (the records table).
+fn filters(query: &Query, after: Option<Cursor>, key: &str, sql: &mut String, args: &mut Vec<Value>) {
+    let mut eq = |col: String, v: &Option<String>| {
         if let Some(v) = v {
             args.push(Value::Text(v.clone()));
             sql.push_str(&format!(" AND {col} = ?{}", args.len()));
         }
     };
-    eq("org", &query.org);
-    eq("cluster", &query.cluster);
-    eq("location", &query.location);
-    eq("status", &query.status);
+    eq(format!("{key}.org"), &query.org);
+    eq("r.cluster".into(), &query.cluster);
+    eq("r.location".into(), &query.location);
+    eq("r.status".into(), &query.status);
     if let Some(f) = query.time_from_ms {
         args.push(Value::Integer(f));
-        sql.push_str(&format!(" AND time_ms >= ?{}", args.len()));
+        sql.push_str(&format!(" AND r.time_ms >= ?{}", args.len()));
     }
     if let Some(t) = query.time_to_ms {
         args.push(Value::Integer(t));
-        sql.push_str(&format!(" AND time_ms < ?{}", args.len()));
+        sql.push_str(&format!(" AND r.time_ms < ?{}", args.len()));
     }
     if let Some(m) = &query.sort_min {
         args.push(Value::Text(m.clone()));
-        sql.push_str(&format!(" AND sort >= ?{}", args.len()));
+        sql.push_str(&format!(" AND {key}.sort >= ?{}", args.len()));
     }
     if let Some(m) = &query.sort_max {
         args.push(Value::Text(m.clone()));
-        sql.push_str(&format!(" AND sort <= ?{}", args.len()));
+        sql.push_str(&format!(" AND {key}.sort <= ?{}", args.len()));
     }
+    if let Some(a) = after {
+        let n = args.len();
+        args.extend([Value::Text(a.org), Value::Text(a.sort), Value::Text(a.id)]);
+        sql.push_str(&format!(
+            " AND ({key}.org, {key}.sort, {key}.id) > (?{}, ?{}, ?{})",
+            n + 1,
+            n + 2,
+            n + 3
+        ));
+    }
+}
+
+/// The `FROM … WHERE …` of a list or count of `kind` (without ordering), and the alias the
+/// order columns come from.
+///
+/// Without tags, or with a cluster (a few hundred records at most, so checking their tags is
+/// cheap), the records table is read through its column indexes and each required tag is one
+/// primary-key lookup in `record_tags`. Otherwise the first tag's rows in `record_tags`, which
+/// are in list order, drive the scan: a tag that few records carry costs only those records.
+fn selection(
+    kind: Kind,
+    query: &Query,
+    after: Option<Cursor>,
+    args: &mut Vec<Value>,
+) -> (String, &'static str) {
+    args.push(Value::Text(kind.as_str().to_owned()));
+    let drive_by_tag = !query.tags.is_empty() && query.cluster.is_none();
+    // The required tags are checked against the driving table's key columns, so that a record
+    // without them is passed over before its row in `records` is read.
+    let (mut sql, key, checked) = if drive_by_tag {
+        args.push(Value::Text(query.tags[0].clone()));
+        (
+            "FROM record_tags t CROSS JOIN records r ON r.kind = t.kind AND r.org = t.org AND r.id = t.id \
+             WHERE t.kind = ?1 AND t.tag = ?2"
+                .to_owned(),
+            "t",
+            &query.tags[1..],
+        )
+    } else {
+        (
+            "FROM records r WHERE r.kind = ?1".to_owned(),
+            "r",
+            &query.tags[..],
+        )
+    };
+    for tag in checked {
+        args.push(Value::Text(tag.clone()));
+        sql.push_str(&format!(
+            " AND EXISTS (SELECT 1 FROM record_tags u WHERE u.kind = ?1 AND u.tag = ?{} \
+             AND u.org = {key}.org AND u.sort = {key}.sort AND u.id = {key}.id)",
+            args.len()
+        ));
+    }
+    filters(query, after, key, &mut sql, args);
+    (sql, key)
 }
 
 #[async_trait]
@@ -234,7 +399,8 @@ impl CatalogStore for SqliteCatalog {
     async fn get(&self, kind: Kind, org: &str, id: &str) -> Result<Entry> {
         let (org, id) = (org.to_owned(), id.to_owned());
         self.run(move |c| {
-            let sql = format!("SELECT {COLUMNS} FROM records WHERE kind = ?1 AND org = ?2 AND id = ?3");
+            let sql =
+                format!("SELECT {COLUMNS} FROM records r WHERE r.kind = ?1 AND r.org = ?2 AND r.id = ?3");
             let row = c
                 .prepare_cached(&sql)
                 .and_then(|mut s| s.query_row(params![kind.as_str(), org, id], entry_of).optional())
@@ -258,15 +424,22 @@ impl CatalogStore for SqliteCatalog {
             let tx = c.transaction().map_err(db_err)?;
             let mut revs = Vec::with_capacity(puts.len());
             for p in &puts {
-                let current = revision_of(&tx, p.kind, &p.org, &p.id)?;
-                check(p.expect, current, &format!("{} {:?}", p.kind, p.id))?;
-                let rev = current.unwrap_or(0) + 1;
+                let tags = p.index.normalized_tags()?;
+                let joined = tags.join("\n");
+                let current = current_of(&tx, p.kind, &p.org, &p.id)?;
+                check(
+                    p.expect,
+                    current.as_ref().map(|c| c.0),
+                    &format!("{} {:?}", p.kind, p.id),
+                )?;
+                let rev = current.as_ref().map_or(0, |c| c.0) + 1;
                 tx.prepare_cached(
-                    "INSERT INTO records (kind, org, id, revision, sort, cluster, location, status, time_ms, doc)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
+                    "INSERT INTO records (kind, org, id, revision, sort, cluster, location, status, time_ms, doc, tags)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)
                      ON CONFLICT (kind, org, id) DO UPDATE SET revision = excluded.revision,
                        sort = excluded.sort, cluster = excluded.cluster, location = excluded.location,
-                       status = excluded.status, time_ms = excluded.time_ms, doc = excluded.doc",
+                       status = excluded.status, time_ms = excluded.time_ms, doc = excluded.doc,
+                       tags = excluded.tags",
                 )
                 .and_then(|mut s| {
                     s.execute(params![
@@ -279,10 +452,19 @@ impl CatalogStore for SqliteCatalog {
                         p.index.location,
                         p.index.status,
                         p.index.time_ms,
-                        p.doc
+                        p.doc,
+                        joined
                     ])
                 })
                 .map_err(db_err)?;
+                // Most writes are progress updates that keep the tags: leave their rows be.
+                let unchanged = current
+                    .as_ref()
+                    .is_some_and(|(_, sort, old)| *sort == p.index.sort && *old == joined);
+                if !unchanged {
+                    let old = current.as_ref().map(|(_, sort, tags)| (sort.as_str(), tags.as_str()));
+                    write_tags(&tx, p.kind, &p.org, &p.id, old, (&p.index.sort, &tags))?;
+                }
                 revs.push(rev);
             }
             tx.commit().map_err(db_err)?;
@@ -295,18 +477,21 @@ impl CatalogStore for SqliteCatalog {
         let (org, id) = (org.to_owned(), id.to_owned());
         self.run(move |c| {
             let tx = c.transaction().map_err(db_err)?;
+            let current = current_of(&tx, kind, &org, &id)?;
             if expect.is_some() {
-                let current = revision_of(&tx, kind, &org, &id)?;
-                check(expect, current, &format!("{kind} {id:?}"))?;
+                check(expect, current.as_ref().map(|c| c.0), &format!("{kind} {id:?}"))?;
             }
-            let n = tx
-                .execute(
-                    "DELETE FROM records WHERE kind = ?1 AND org = ?2 AND id = ?3",
-                    params![kind.as_str(), org, id],
-                )
-                .map_err(db_err)?;
+            let Some((_, sort, tags)) = current else {
+                return Ok(false);
+            };
+            write_tags(&tx, kind, &org, &id, Some((&sort, &tags)), ("", &[]))?;
+            tx.execute(
+                "DELETE FROM records WHERE kind = ?1 AND org = ?2 AND id = ?3",
+                params![kind.as_str(), org, id],
+            )
+            .map_err(db_err)?;
             tx.commit().map_err(db_err)?;
-            Ok(n > 0)
+            Ok(true)
         })
         .await
     }
@@ -316,21 +501,13 @@ impl CatalogStore for SqliteCatalog {
         let limit = query.clamped_limit();
         let query = query.clone();
         self.run(move |c| {
-            let mut sql = format!("SELECT {COLUMNS} FROM records WHERE kind = ?1");
-            let mut args = vec![Value::Text(kind.as_str().to_owned())];
-            filters(&query, &mut sql, &mut args);
-            if let Some(a) = after {
-                let n = args.len();
-                args.extend([Value::Text(a.org), Value::Text(a.sort), Value::Text(a.id)]);
-                sql.push_str(&format!(
-                    " AND (org, sort, id) > (?{}, ?{}, ?{})",
-                    n + 1,
-                    n + 2,
-                    n + 3
-                ));
-            }
+            let mut args = Vec::new();
+            let (from, key) = selection(kind, &query, after, &mut args);
             args.push(Value::Integer(limit as i64 + 1));
-            sql.push_str(&format!(" ORDER BY org, sort, id LIMIT ?{}", args.len()));
+            let sql = format!(
+                "SELECT {COLUMNS} {from} ORDER BY {key}.org, {key}.sort, {key}.id LIMIT ?{}",
+                args.len()
+            );
             let mut stmt = c.prepare_cached(&sql).map_err(db_err)?;
             let rows = stmt.query_map(params_from_iter(args), entry_of).map_err(db_err)?;
             let mut items = Vec::new();
@@ -354,10 +531,9 @@ impl CatalogStore for SqliteCatalog {
     async fn count(&self, kind: Kind, query: &Query) -> Result<u64> {
         let query = query.clone();
         self.run(move |c| {
-            let mut sql = "SELECT COUNT(*) FROM records WHERE kind = ?1".to_owned();
-            let mut args = vec![Value::Text(kind.as_str().to_owned())];
-            filters(&query, &mut sql, &mut args);
-            c.prepare_cached(&sql)
+            let mut args = Vec::new();
+            let (from, _) = selection(kind, &query, None, &mut args);
+            c.prepare_cached(&format!("SELECT COUNT(*) {from}"))
                 .and_then(|mut s| s.query_row(params_from_iter(args), |r| r.get::<_, i64>(0)))
                 .map(|n| n as u64)
                 .map_err(db_err)
@@ -406,6 +582,84 @@ mod tests {
             .query_row("PRAGMA user_version", [], |r| r.get(0))
             .expect("version");
         assert_eq!(v, MIGRATIONS.len() as i64);
+    }
+
+    #[tokio::test]
+    async fn a_version_1_file_gets_the_tags_of_its_backups() {
+        use pxb_core::catalog::records::{BackupRecord, BackupView};
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("catalog.db");
+        {
+            let conn = Connection::open(&path).expect("open raw");
+            let Migration::Sql(v1) = MIGRATIONS[0] else {
+                panic!("migration 1 is SQL")
+            };
+            conn.execute_batch(v1).expect("schema 1");
+            conn.pragma_update(None, "user_version", 1).expect("version 1");
+            let vm = BackupRecord {
+                org: "o".into(),
+                id: "vm".into(),
+                namespaces: vec!["shop".into(), "db".into()],
+                view: BackupView::Vms,
+                created_ms: 2_000,
+                ..BackupRecord::default()
+            };
+            let plain = BackupRecord {
+                id: "plain".into(),
+                namespaces: vec!["shop".into()],
+                view: BackupView::Namespaces,
+                created_ms: 1_000,
+                ..vm.clone()
+            };
+            for b in [vm, plain] {
+                let p = pxb_core::catalog::Catalog::put_of(&b, None).expect("put of");
+                conn.execute(
+                    "INSERT INTO records (kind, org, id, revision, sort, doc) VALUES ('backup', ?1, ?2, 1, ?3, ?4)",
+                    params![p.org, p.id, p.index.sort, p.doc],
+                )
+                .expect("insert");
+            }
+            conn.execute(
+                "INSERT INTO records (kind, org, id, revision, sort, doc) VALUES ('backup', 'o', 'broken', 1, 'x', x'7b')",
+                [],
+            )
+            .expect("insert broken");
+        }
+        let store = SqliteCatalog::open(&path).await.expect("migrate");
+        let ids = |tags: &[&str]| {
+            let q = Query {
+                tags: tags.iter().map(|t| t.to_string()).collect(),
+                ..Query::org("o")
+            };
+            let store = store.clone();
+            async move {
+                store
+                    .list(Kind::Backup, &q)
+                    .await
+                    .expect("list")
+                    .items
+                    .into_iter()
+                    .map(|e| e.id)
+                    .collect::<Vec<_>>()
+            }
+        };
+        assert_eq!(ids(&["ns=shop"]).await, vec!["vm", "plain"], "newest first");
+        assert_eq!(ids(&["view=vms"]).await, vec!["vm"]);
+        assert_eq!(ids(&["ns=db", "view=namespaces"]).await, Vec::<String>::new());
+        assert_eq!(
+            store.get(Kind::Backup, "o", "vm").await.expect("get").index.tags,
+            vec!["ns=db", "ns=shop", "view=vms"]
+        );
+        // The damaged document is still there, untagged, for the reader to report.
+        assert!(
+            store
+                .get(Kind::Backup, "o", "broken")
+                .await
+                .expect("get")
+                .index
+                .tags
+                .is_empty()
+        );
     }
 
     #[tokio::test]

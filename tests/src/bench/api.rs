@@ -141,20 +141,50 @@ pub async fn run(backups: usize, clusters: usize, rounds: usize) -> anyhow::Resu
             }),
         ),
         (
-            "one namespace (post-filter)",
+            "one namespace (1 in 7)",
             Box::new(|r| format!("limit=100&namespace=ns-{}", r.random_range(0..7))),
         ),
-        (
-            "vms view (2 %, post-filter)",
-            Box::new(|_| "limit=100&view=vms".into()),
-        ),
+        ("vms view (2 %)", Box::new(|_| "limit=100&view=vms".into())),
         (
             "last 24 h, vms view",
             Box::new(move |_| format!("limit=100&view=vms&from={}", rfc3339_ms(now_ms - DAY_MS))),
         ),
         (
-            "namespace that matches nothing (scan cap)",
+            "a namespace nothing has",
             Box::new(|_| "limit=100&namespace=absent".into()),
+        ),
+        (
+            "one cluster, one namespace",
+            Box::new(move |r| {
+                format!(
+                    "limit=100&cluster=cluster-{:05}&namespace=ns-{}",
+                    r.random_range(0..clusters),
+                    r.random_range(0..7)
+                )
+            }),
+        ),
+        (
+            "one cluster, vms view",
+            Box::new(move |r| {
+                format!(
+                    "limit=100&cluster=cluster-{:05}&view=vms",
+                    r.random_range(0..clusters)
+                )
+            }),
+        ),
+        (
+            "failed, vms view",
+            Box::new(|_| "limit=100&state=Failed&view=vms".into()),
+        ),
+        (
+            "one namespace, vms view, last 7 d",
+            Box::new(move |r| {
+                format!(
+                    "limit=100&namespace=ns-{}&view=vms&from={}",
+                    r.random_range(0..7),
+                    rfc3339_ms(now_ms - 7 * DAY_MS)
+                )
+            }),
         ),
         (
             "failed, one location, last 30 d",
