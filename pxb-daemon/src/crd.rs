@@ -237,7 +237,8 @@ pub struct VerifyStatus {
     /// Objects missing.
     #[serde(default)]
     pub missing_objects: u64,
-    /// Missing objects per damaged backup id.
+    /// Missing objects per damaged backup id; a resource backup also counts those of the volume
+    /// backups taken with it.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub missing_by_backup: BTreeMap<String, u64>,
     /// Why it failed.

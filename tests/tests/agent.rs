@@ -254,21 +254,12 @@ async fn sync_finds_other_clusters_backups_and_verify_finds_a_deleted_chunk() {
     let writer = Arc::new(pxb_azure::AzureBlobStore::new(fx.key_config(&container)).expect("store"));
     writer.create_container().await.expect("container");
 
-    // Another cluster wrote a resource backup and a volume backup into the location.
+    // Another cluster wrote a volume backup and the resource backup it belongs to into the location.
     let repo = Repository::new(writer.clone());
     let other = InMemoryCluster::new();
     other
         .seed(json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "shop"}}))
         .expect("seed");
-    let opts = ResourceBackupOptions {
-        selector: ResourceSelector::namespaces(["shop"]),
-        cluster: Some("other-cluster".into()),
-        tag: None,
-        volumes: Vec::new(),
-    };
-    let (resources, _) = backup_namespace_resources(&repo, &other, &opts)
-        .await
-        .expect("resources");
     let data = tempfile::tempdir().expect("dir");
     for i in 0..4 {
         std::fs::write(data.path().join(format!("f{i}")), vec![i as u8; 700 * 1024]).expect("write");
@@ -276,6 +267,20 @@ async fn sync_finds_other_clusters_backups_and_verify_finds_a_deleted_chunk() {
     let mut vopts = VolumeBackupOptions::new(data.path());
     vopts.cluster = Some("other-cluster".into());
     let volume = backup_volume(&repo, vopts).await.expect("volume");
+    let opts = ResourceBackupOptions {
+        selector: ResourceSelector::namespaces(["shop"]),
+        cluster: Some("other-cluster".into()),
+        tag: None,
+        volumes: vec![pxb_core::backup::VolumeRef {
+            namespace: "shop".into(),
+            claim: "data".into(),
+            backup: volume.id.clone(),
+            spec: None,
+        }],
+    };
+    let (resources, _) = backup_namespace_resources(&repo, &other, &opts)
+        .await
+        .expect("resources");
 
     let config = agent_config(&fx);
     let ctx = Context::new(client.clone(), config);
@@ -416,6 +421,14 @@ async fn sync_finds_other_clusters_backups_and_verify_finds_a_deleted_chunk() {
     assert_eq!(verify.phase, "Completed", "{verify:?}");
     assert_eq!(verify.damaged_backups, vec![volume.id.to_string()], "{verify:?}");
     assert!(verify.missing_objects >= 1);
+    // The resource backup counts the volume data taken with it: restoring it needs that too.
+    let lost = verify.missing_by_backup.get(&volume.id.to_string()).copied();
+    assert!(lost.is_some_and(|n| n >= 1), "{verify:?}");
+    assert_eq!(
+        verify.missing_by_backup.get(&resources.id.to_string()).copied(),
+        lost,
+        "{verify:?}"
+    );
     assert_eq!(verify.backups_checked, 2);
     assert!(
         ctx.catalog("shared")

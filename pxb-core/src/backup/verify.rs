@@ -1,7 +1,7 @@
 //! The "cloud file missing" check: does every object a backup references exist (quick) and hold
 //! what it should (deep)?
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use futures::stream::{self, StreamExt, TryStreamExt};
 use serde::Serialize;
@@ -36,10 +36,15 @@ pub struct VerifyReport {
     pub status: VerifyStatus,
     /// Missing objects (at most [`MAX_LISTED`]).
     pub missing: Vec<String>,
+    /// How many objects are missing (all of them, also those not listed).
+    pub missing_count: u64,
     /// Damaged objects with the reason (at most [`MAX_LISTED`]).
     pub corrupt: Vec<String>,
     /// Objects checked.
     pub checked: u64,
+    /// Resource backups: the volume backups taken with it (their reports are their own).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub volumes: Vec<BackupId>,
 }
 
 impl VerifyReport {
@@ -48,12 +53,15 @@ impl VerifyReport {
             id,
             status: VerifyStatus::Ok,
             missing: Vec::new(),
+            missing_count: 0,
             corrupt: Vec::new(),
             checked: 0,
+            volumes: Vec::new(),
         }
     }
 
     fn missing(&mut self, what: String) {
+        self.missing_count += 1;
         if self.missing.len() < MAX_LISTED {
             self.missing.push(what);
         }
@@ -77,6 +85,21 @@ impl VerifyReport {
         }
         Ok(())
     }
+}
+
+/// Missing objects per backup id, for the backups that miss any: a resource backup counts its
+/// own and those of the volume backups taken with it (a restore of it needs them all); a volume
+/// backup counts its own.
+pub fn missing_by_backup(reports: &[VerifyReport]) -> BTreeMap<String, u64> {
+    let own: HashMap<&BackupId, u64> = reports.iter().map(|r| (&r.id, r.missing_count)).collect();
+    reports
+        .iter()
+        .map(|r| {
+            let volumes: u64 = r.volumes.iter().filter_map(|v| own.get(v)).sum();
+            (r.id.to_string(), r.missing_count + volumes)
+        })
+        .filter(|(_, n)| *n > 0)
+        .collect()
 }
 
 /// Checks `ids` (every backup when `None`). Quick: existence (one listing of the chunks); deep:
@@ -123,6 +146,7 @@ async fn verify_one(
         }
     };
     report.checked += 1;
+    report.volumes = manifest.volumes.iter().map(|v| v.backup.clone()).collect();
     for obj in &manifest.objects {
         let path = id.object_path(&obj.name)?;
         report.checked += 1;

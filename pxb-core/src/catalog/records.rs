@@ -438,7 +438,8 @@ pub struct VerifyRun {
     /// Backups checked.
     #[serde(default)]
     pub backups_checked: u64,
-    /// Missing objects per damaged backup (by its id on the location).
+    /// Missing objects per damaged backup (by its id on the location); a resource backup also
+    /// counts those of the volume backups taken with it.
     #[serde(default)]
     pub missing_by_backup: BTreeMap<String, u64>,
     /// Objects missing in all.
@@ -662,8 +663,8 @@ pub struct BackupRecord {
     /// The cluster that made it, by name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub origin_cluster: Option<String>,
-    /// Objects the last verify of its location found missing ("cloud file missing"); 0 when
-    /// complete or not verified yet.
+    /// Objects the last verify of its location found missing ("cloud file missing"), its volume
+    /// data included; 0 when complete or not verified yet.
     #[serde(default)]
     pub missing_objects: u64,
 }

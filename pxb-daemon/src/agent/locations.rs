@@ -508,11 +508,8 @@ async fn run_verify(loc: &BackupLocation, ctx: &Context, valid: bool) -> Result<
                     completed: Some(now_rfc3339()),
                     backups_checked: reports.len() as u64,
                     damaged_backups: damaged.iter().map(|r| r.id.to_string()).collect(),
-                    missing_objects: damaged.iter().map(|r| r.missing.len() as u64).sum(),
-                    missing_by_backup: damaged
-                        .iter()
-                        .map(|r| (r.id.to_string(), r.missing.len() as u64))
-                        .collect(),
+                    missing_objects: damaged.iter().map(|r| r.missing_count).sum(),
+                    missing_by_backup: pxb_core::backup::verify::missing_by_backup(&reports),
                     message: None,
                 }
             }
