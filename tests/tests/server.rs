@@ -1309,3 +1309,138 @@ async fn zero_touch_install_imported_clusters_and_retired_shoots() {
     );
     cp.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_force_delete_while_the_cluster_is_away_survives_a_restart_and_keeps_the_data() {
+    use k8s_openapi::api::core::v1::{ConfigMap, Namespace};
+    use pxb_daemon::crd::ApplicationBackup;
+
+    let mut cp = ControlPlane::start(PROJECT, 1, |_| {})
+        .await
+        .expect("control plane");
+    cp.start_agent(PROJECT, &shoot(0)).await.expect("agent");
+    let (acme, container) = acme_with_primary(&cp, "forced").await;
+    wait_for("Valid", Duration::from_secs(90), || async {
+        let p = phases(&cp, "acme", "primary", &acme).await?;
+        Ok((p.len() == 1 && p[0].1 == "Valid").then_some(()))
+    })
+    .await
+    .expect("valid");
+    let client = cp.shoot_client(PROJECT, &shoot(0)).await.expect("client");
+    let ns: Namespace = serde_json::from_value(json!({"metadata": {"name": "shop"}})).expect("ns");
+    Api::<Namespace>::all(client.clone())
+        .create(&PostParams::default(), &ns)
+        .await
+        .expect("namespace");
+    let cm: ConfigMap = serde_json::from_value(
+        json!({"metadata": {"name": "orders", "namespace": "shop"}, "data": {"a": "1"}}),
+    )
+    .expect("configmap");
+    Api::<ConfigMap>::namespaced(client.clone(), "shop")
+        .create(&PostParams::default(), &cm)
+        .await
+        .expect("configmap");
+
+    let (status, body) = cp
+        .call(
+            Method::POST,
+            "/v1/orgs/acme/backups",
+            &acme,
+            Some(json!({"clusters": {"names": [shoot(0)]}, "namespaces": ["shop"], "location": "primary"})),
+        )
+        .await
+        .expect("backup");
+    assert_eq!(status, 202, "{body}");
+    let id = body["items"][0]["id"].as_str().expect("id").to_owned();
+    let done = wait_for("the backup succeeds", Duration::from_secs(120), || async {
+        let b = cp
+            .get_ok(&format!("/v1/orgs/acme/backups/{id}"), &acme)
+            .await
+            .map_err(|e| e.to_string())?;
+        match b["phase"].as_str() {
+            Some("Success") => Ok(Some(b)),
+            Some("Pending" | "InProgress") => Err(format!("{b}")),
+            _ => panic!("the backup did not succeed: {b}"),
+        }
+    })
+    .await
+    .expect("success");
+    let data_id = done["backupId"].as_str().expect("data id").to_owned();
+    let crs: Api<ApplicationBackup> = Api::namespaced(client.clone(), "pxb-system");
+    assert!(
+        crs.get_opt(&id).await.expect("get").is_some(),
+        "the cluster holds the object"
+    );
+
+    // The cluster drops off; the record is force-deleted and the server restarts before the
+    // cluster is back.
+    cp.fleet
+        .set_fault(PROJECT, &shoot(0), Fault::Offline)
+        .expect("offline");
+    wait_for("Unreachable", Duration::from_secs(30), || async {
+        let f = fleet_counts(&cp, &acme).await?;
+        Ok((f["items"][0]["state"] == "Unreachable").then_some(()))
+    })
+    .await
+    .expect("unreachable");
+    let (status, body) = cp
+        .call(
+            Method::DELETE,
+            &format!("/v1/orgs/acme/backups/{id}?force=true"),
+            &acme,
+            None,
+        )
+        .await
+        .expect("force-delete");
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        (body["recordRemoved"].as_bool(), body["dataRemains"].as_bool()),
+        (Some(true), Some(true))
+    );
+    cp.restart_server().await.expect("restart");
+    let (status, _) = cp
+        .call(Method::GET, &format!("/v1/orgs/acme/backups/{id}"), &acme, None)
+        .await
+        .expect("get");
+    assert_eq!(status, 404, "the record stays gone after the restart");
+
+    // Back online: the restarted server removes the object, and the data stays.
+    cp.fleet
+        .set_fault(PROJECT, &shoot(0), Fault::None)
+        .expect("online");
+    wait_for("the object is removed", Duration::from_secs(90), || async {
+        match crs.get_opt(&id).await {
+            Ok(None) => Ok(Some(())),
+            Ok(Some(cr)) => Err(format!("still there: {:?}", cr.metadata.annotations)),
+            Err(e) => Err(e.to_string()),
+        }
+    })
+    .await
+    .expect("object removed");
+    let store = Arc::new(pxb_azure::AzureBlobStore::new(cp.azure.key_config(&container)).expect("store"));
+    let kept = pxb_core::backup::Repository::new(store)
+        .list()
+        .await
+        .expect("list the location");
+    assert!(
+        kept.iter().any(|s| s.id.to_string() == data_id),
+        "the data of {data_id} remains: {kept:?}"
+    );
+    // Nothing is left to clean up: the marker went with the object.
+    wait_for("the marker is dropped", Duration::from_secs(30), || async {
+        let n = cp
+            .server()
+            .catalog()
+            .store()
+            .count(
+                pxb_core::catalog::Kind::ForcedDelete,
+                &pxb_core::catalog::Query::org("acme"),
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok((n == 0).then_some(()))
+    })
+    .await
+    .expect("marker dropped");
+    cp.shutdown().await;
+}

@@ -871,3 +871,31 @@ impl Record for Preferences {
         }
     }
 }
+
+/// A backup whose record was force-deleted while its cluster still holds its
+/// `ApplicationBackup` object: kept until the server has removed that object (leaving the data),
+/// so a server restart does not forget it.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ForcedDelete {
+    /// The org.
+    pub org: String,
+    /// The backup's id (the object's name on the cluster).
+    pub id: String,
+    /// The cluster's id.
+    pub cluster: String,
+    /// When the record was force-deleted (RFC 3339).
+    pub deleted_at: String,
+}
+
+impl Record for ForcedDelete {
+    const KIND: Kind = Kind::ForcedDelete;
+    org_and_id!();
+    fn index(&self) -> Index {
+        Index {
+            sort: self.id.clone(),
+            cluster: Some(self.cluster.clone()),
+            ..Index::default()
+        }
+    }
+}

@@ -16,8 +16,8 @@ use std::time::{Duration, SystemTime};
 
 use pxb_core::backup::Summary;
 use pxb_core::catalog::records::{
-    BackupRecord, ClusterSelector, ClusterState, LocationRecord, RestoreRecord, ScheduleRecord, ScheduleRun,
-    backup_phase,
+    BackupRecord, ClusterSelector, ClusterState, ForcedDelete, LocationRecord, RestoreRecord, ScheduleRecord,
+    ScheduleRun, backup_phase,
 };
 use pxb_core::catalog::{Catalog, Put, Query};
 use pxb_core::clock::rfc3339;
@@ -195,7 +195,12 @@ impl Server {
             restores.extend(c.list_all::<RestoreRecord>(&q).await?);
         }
         let schedules = c.list_all::<ScheduleRecord>(&Query::org(org)).await?;
+        let forced = c.list_all::<ForcedDelete>(&Query::org(org)).await?;
         let mut st = self.inner.lock();
+        for f in forced {
+            let key = (f.org.clone(), f.cluster.clone());
+            st.ops.entry(key).or_default().forced.insert(f.id);
+        }
         for b in backups {
             let key = (b.org.clone(), b.cluster.clone());
             st.ops.entry(key).or_default().backups.insert(b.id.clone(), b);
@@ -321,15 +326,29 @@ impl Server {
         let mut b = self.backup(org, id).await?;
         let key = (org.to_owned(), b.cluster.clone());
         if force {
+            let retired = {
+                let st = self.inner.lock();
+                st.clusters
+                    .get(&key)
+                    .is_none_or(|t| t.record.retired_at.is_some())
+            };
+            // The cluster may hold the backup's object: remember to remove it, durably first, so
+            // that neither a restart nor a failed write here loses it.
+            let object_remains = !b.synced && !retired && b.phase != backup_phase::MISSED;
+            if object_remains {
+                let tombstone = ForcedDelete {
+                    org: org.to_owned(),
+                    id: id.to_owned(),
+                    cluster: b.cluster.clone(),
+                    deleted_at: rfc3339(self.inner.clock.now()),
+                };
+                self.inner.catalog.put(&tombstone, None).await?;
+            }
             self.inner.catalog.delete::<BackupRecord>(org, id).await?;
             let mut st = self.inner.lock();
-            let retired = st
-                .clusters
-                .get(&key)
-                .is_none_or(|t| t.record.retired_at.is_some());
             let ops = st.ops.entry(key.clone()).or_default();
             ops.backups.remove(id);
-            if !b.synced && !retired && b.phase != backup_phase::MISSED {
+            if object_remains {
                 ops.forced.insert(id.to_owned());
             }
             drop(st);
@@ -845,6 +864,11 @@ impl Server {
             }
         }
         let c = &self.inner.catalog;
+        for id in &out.forced_done {
+            if let Err(e) = c.delete::<ForcedDelete>(&key.0, id).await {
+                tracing::warn!(org = %key.0, backup = %id, error = %e, "cannot drop a force-delete marker");
+            }
+        }
         if let Err(e) = c.put_all(&out.backups).await {
             tracing::warn!(org = %key.0, error = %e, "cannot record backups");
         }
