@@ -20,6 +20,18 @@ pub async fn run_all(store: &dyn CatalogStore) {
     tags(store).await;
 }
 
+/// The ids of the first page of `kind` that `query` lists (panics when the list fails).
+pub async fn page_ids(store: &dyn CatalogStore, kind: Kind, query: &Query) -> Vec<String> {
+    store
+        .list(kind, query)
+        .await
+        .expect("list")
+        .items
+        .into_iter()
+        .map(|e| e.id)
+        .collect()
+}
+
 fn put(kind: Kind, org: &str, id: &str, sort: &str, doc: &str) -> Put {
     Put {
         kind,
@@ -259,16 +271,7 @@ pub async fn filters(store: &dyn CatalogStore) {
     }
     puts.push(put(Kind::Backup, org, "no-index", "zz", "{}"));
     store.put(puts).await.expect("put");
-    let ids = |q: Query| async move {
-        store
-            .list(Kind::Backup, &q)
-            .await
-            .expect("list")
-            .items
-            .into_iter()
-            .map(|e| e.id)
-            .collect::<Vec<_>>()
-    };
+    let ids = |q: Query| async move { page_ids(store, Kind::Backup, &q).await };
     let mut q = Query::org(org);
     q.cluster = Some("c1".into());
     q.location = Some("l1".into());

@@ -632,16 +632,7 @@ mod tests {
                 ..Query::org("o")
             };
             let store = store.clone();
-            async move {
-                store
-                    .list(Kind::Backup, &q)
-                    .await
-                    .expect("list")
-                    .items
-                    .into_iter()
-                    .map(|e| e.id)
-                    .collect::<Vec<_>>()
-            }
+            async move { pxb_core::catalog::conformance::page_ids(&store, Kind::Backup, &q).await }
         };
         assert_eq!(ids(&["ns=shop"]).await, vec!["vm", "plain"], "newest first");
         assert_eq!(ids(&["view=vms"]).await, vec!["vm"]);
