@@ -66,33 +66,62 @@ const MIGRATIONS: &[Migration] = &[
 fn backfill_backup_tags(tx: &rusqlite::Transaction<'_>) -> Result<()> {
     use pxb_core::catalog::Record as _;
     use pxb_core::catalog::records::BackupRecord;
-    let mut read = tx
-        .prepare("SELECT org, id, sort, doc FROM records WHERE kind = ?1")
-        .map_err(db_err)?;
-    let rows = read
-        .query_map([Kind::Backup.as_str()], |r| {
-            Ok((
-                r.get::<_, String>(0)?,
-                r.get::<_, String>(1)?,
-                r.get::<_, String>(2)?,
-                r.get::<_, Vec<u8>>(3)?,
-            ))
+    let total: i64 = tx
+        .query_row("SELECT COUNT(*) FROM records WHERE kind = 'backup'", [], |r| {
+            r.get(0)
         })
         .map_err(db_err)?;
-    let mut done = 0u64;
-    for row in rows {
-        let (org, id, sort, doc) = row.map_err(db_err)?;
-        let Ok(b) = serde_json::from_slice::<BackupRecord>(&doc) else {
-            continue;
-        };
-        let tags = b.index().normalized_tags()?;
-        tx.prepare_cached("UPDATE records SET tags = ?3 WHERE kind = 'backup' AND org = ?1 AND id = ?2")
-            .and_then(|mut s| s.execute(params![org, id, tags.join("\n")]))
-            .map_err(db_err)?;
-        write_tags(tx, Kind::Backup, &org, &id, None, (&sort, &tags))?;
-        done += 1;
+    if total > 0 {
+        tracing::info!(
+            backups = total,
+            "catalog: writing the index tags of stored backups"
+        );
     }
-    tracing::info!(backups = done, "catalog: backup tags written");
+    // In batches read to the end before anything is written, so no write moves rows under an
+    // open read.
+    let mut after = (String::new(), String::new());
+    let mut seen = 0i64;
+    let mut tagged = 0u64;
+    loop {
+        let batch: Vec<(String, String, String, Vec<u8>)> = tx
+            .prepare_cached(
+                "SELECT org, id, sort, doc FROM records WHERE kind = 'backup' AND (org, id) > (?1, ?2)
+                 ORDER BY org, id LIMIT 1000",
+            )
+            .and_then(|mut s| {
+                s.query_map(params![after.0, after.1], |r| {
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+                })?
+                .collect()
+            })
+            .map_err(db_err)?;
+        let Some(last) = batch.last() else { break };
+        after = (last.0.clone(), last.1.clone());
+        for (org, id, sort, doc) in &batch {
+            seen += 1;
+            let Ok(b) = serde_json::from_slice::<BackupRecord>(doc) else {
+                continue;
+            };
+            let tags = b.index().normalized_tags()?;
+            tx.prepare_cached("UPDATE records SET tags = ?3 WHERE kind = 'backup' AND org = ?1 AND id = ?2")
+                .and_then(|mut s| s.execute(params![org, id, tags.join("\n")]))
+                .map_err(db_err)?;
+            write_tags(tx, Kind::Backup, org, id, None, (sort, &tags))?;
+            tagged += 1;
+        }
+        if seen % 100_000 < 1000 && seen < total {
+            tracing::info!(
+                done = seen,
+                of = total,
+                "catalog: writing the index tags of stored backups"
+            );
+        }
+    }
+    tracing::info!(
+        backups = tagged,
+        damaged = seen as u64 - tagged,
+        "catalog: backup tags written"
+    );
     Ok(())
 }
 
@@ -611,7 +640,16 @@ mod tests {
                 created_ms: 1_000,
                 ..vm.clone()
             };
-            for b in [vm, plain] {
+            // Enough others, in two orgs, to take several batches.
+            let bulk = (0..2_500).map(|i| BackupRecord {
+                org: format!("bulk-{}", i % 2),
+                id: format!("b{i:04}"),
+                namespaces: vec!["bulk".into()],
+                created_ms: 10 + i,
+                ..BackupRecord::default()
+            });
+            conn.execute_batch("BEGIN").expect("begin");
+            for b in [vm, plain].into_iter().chain(bulk) {
                 let p = pxb_core::catalog::Catalog::put_of(&b, None).expect("put of");
                 conn.execute(
                     "INSERT INTO records (kind, org, id, revision, sort, doc) VALUES ('backup', ?1, ?2, 1, ?3, ?4)",
@@ -624,6 +662,7 @@ mod tests {
                 [],
             )
             .expect("insert broken");
+            conn.execute_batch("COMMIT").expect("commit");
         }
         let store = SqliteCatalog::open(&path).await.expect("migrate");
         let ids = |tags: &[&str]| {
@@ -641,6 +680,17 @@ mod tests {
             store.get(Kind::Backup, "o", "vm").await.expect("get").index.tags,
             vec!["ns=db", "ns=shop", "view=vms"]
         );
+        let bulk = |org: &str| Query {
+            tags: vec!["ns=bulk".into(), "view=namespaces".into()],
+            ..Query::org(org)
+        };
+        for org in ["bulk-0", "bulk-1"] {
+            assert_eq!(
+                store.count(Kind::Backup, &bulk(org)).await.expect("count"),
+                1_250,
+                "{org}"
+            );
+        }
         // The damaged document is still there, untagged, for the reader to report.
         assert!(
             store
