@@ -104,7 +104,7 @@ fn backfill_backup_tags(tx: &rusqlite::Transaction<'_>) -> Result<()> {
             };
             let tags = b.index().normalized_tags()?;
             tx.prepare_cached("UPDATE records SET tags = ?3 WHERE kind = 'backup' AND org = ?1 AND id = ?2")
-                .and_then(|mut s| s.execute(params![org, id, tags.join("\n")]))
+                .and_then(|mut s| s.execute(params![org, id, tags_column(&tags)]))
                 .map_err(db_err)?;
             write_tags(tx, Kind::Backup, org, id, None, (sort, &tags))?;
             tagged += 1;
@@ -125,6 +125,16 @@ fn backfill_backup_tags(tx: &rusqlite::Transaction<'_>) -> Result<()> {
     Ok(())
 }
 
+/// The `tags` column of `tags` (newline-separated: tags hold no control characters).
+fn tags_column(tags: &[String]) -> String {
+    tags.join("\n")
+}
+
+/// The tags of a `tags` column.
+fn tags_of_column(column: &str) -> impl Iterator<Item = &str> {
+    column.split('\n').filter(|t| !t.is_empty())
+}
+
 /// Replaces the rows of `record_tags` of a record: `old` is its stored sort key and tags
 /// column (when it exists), `new` its sort key and tags.
 fn write_tags(
@@ -141,7 +151,7 @@ fn write_tags(
                 "DELETE FROM record_tags WHERE kind = ?1 AND tag = ?2 AND org = ?3 AND sort = ?4 AND id = ?5",
             )
             .map_err(db_err)?;
-        for t in tags.split('\n').filter(|t| !t.is_empty()) {
+        for t in tags_of_column(tags) {
             delete
                 .execute(params![kind.as_str(), t, org, sort, id])
                 .map_err(db_err)?;
@@ -295,10 +305,7 @@ fn entry_of(row: &rusqlite::Row<'_>) -> rusqlite::Result<(String, Entry)> {
                 location: row.get(6)?,
                 status: row.get(7)?,
                 time_ms: row.get(8)?,
-                tags: row
-                    .get::<_, String>(10)?
-                    .split('\n')
-                    .filter(|t| !t.is_empty())
+                tags: tags_of_column(&row.get::<_, String>(10)?)
                     .map(str::to_owned)
                     .collect(),
             },
@@ -454,7 +461,7 @@ impl CatalogStore for SqliteCatalog {
             let mut revs = Vec::with_capacity(puts.len());
             for p in &puts {
                 let tags = p.index.normalized_tags()?;
-                let joined = tags.join("\n");
+                let joined = tags_column(&tags);
                 let current = current_of(&tx, p.kind, &p.org, &p.id)?;
                 check(
                     p.expect,
