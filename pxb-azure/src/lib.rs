@@ -30,6 +30,7 @@ use azure_storage_blob::models::{
 use azure_storage_blob::{BlobClient, BlobContainerClient, BlobContainerClientOptions, BlockBlobClient};
 use bytes::{Bytes, BytesMut};
 use futures::{StreamExt, TryStreamExt};
+use pxb_core::redact::Redactor;
 use pxb_core::store::{GetResult, ListPage, MAX_LIST_PAGE, PutReader, clamp_range, validate_metadata};
 use pxb_core::{
     Error, Metadata, ObjectMeta, ObjectPath, ObjectStore, PutMode, PutOptions, PutResult, Result, TokenSource,
@@ -49,8 +50,8 @@ pub use http::HttpSettings;
 
 use error::Op;
 
-/// How a store authenticates to the storage account.
-#[derive(Debug, Clone)]
+/// How a store authenticates to the storage account. `Debug` shows no secret.
+#[derive(Clone)]
 pub enum AzureAuth {
     /// Azure Workload Identity (federated mode; nothing secret is stored).
     WorkloadIdentity(WorkloadIdentityOptions),
@@ -68,7 +69,27 @@ pub enum AzureAuth {
     },
 }
 
+impl fmt::Debug for AzureAuth {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            AzureAuth::WorkloadIdentity(o) => f.debug_tuple("WorkloadIdentity").field(o).finish(),
+            AzureAuth::Token(t) => f.debug_tuple("Token").field(&t.describe()).finish(),
+            AzureAuth::SharedKey { .. } => f.write_str("SharedKey { key: [redacted] }"),
+            AzureAuth::Sas { .. } => f.write_str("Sas { token: [redacted] }"),
+        }
+    }
+}
+
 impl AzureAuth {
+    /// The secrets this method holds (an account key, a SAS token), for redaction.
+    fn secrets(&self) -> Vec<String> {
+        match self {
+            AzureAuth::SharedKey { key } => vec![key.clone()],
+            AzureAuth::Sas { token } => vec![token.clone()],
+            AzureAuth::WorkloadIdentity(_) | AzureAuth::Token(_) => Vec::new(),
+        }
+    }
+
     /// The method's name, as on the command line.
     pub fn name(&self) -> &'static str {
         match self {
@@ -140,12 +161,22 @@ pub struct AzureBlobStore {
     ctx: error::Context,
     part_size: usize,
     concurrency: usize,
+    /// Removes the account key or SAS (and any token-shaped text) from every error.
+    redactor: Redactor,
 }
 
 impl AzureBlobStore {
     /// Builds the store. Fails at once on bad settings: an unreadable CA or token file, missing
     /// Workload Identity settings, a bearer credential over plain http, a malformed key.
+    ///
+    /// No error of the store, from here or from any call, carries its credential: a SAS is part
+    /// of every request URL the SDK names in its errors, so each error is redacted.
     pub fn new(config: AzureConfig) -> Result<Self> {
+        let redactor = Redactor::new(config.auth.secrets());
+        Self::build(config, redactor.clone()).map_err(|e| e.redacted(&redactor))
+    }
+
+    fn build(config: AzureConfig, redactor: Redactor) -> Result<Self> {
         let endpoint = config.endpoint();
         let ca = config.ca_file.as_deref().map(http::read_ca).transpose()?;
         let mut client_options = config.http.client_options(ca.as_deref())?;
@@ -216,6 +247,7 @@ impl AzureBlobStore {
             },
             part_size: config.part_size.max(1 << 20),
             concurrency: config.concurrency.max(1),
+            redactor,
         })
     }
 
@@ -257,7 +289,7 @@ impl AzureBlobStore {
     }
 
     fn err(&self, op: Op<'_>, e: azure_core::Error) -> Error {
-        error::map(&self.ctx, op, e)
+        error::map(&self.ctx, op, e).redacted(&self.redactor)
     }
 
     async fn put_single(&self, path: &ObjectPath, data: Bytes, opts: &PutOptions) -> Result<PutResult> {
@@ -450,8 +482,11 @@ impl ObjectStore for AzureBlobStore {
             metadata: from_map(r.properties.metadata),
         };
         let target = path.to_string();
+        let redactor = self.redactor.clone();
         let ctx_err = move |e: azure_core::Error| {
-            error::transport(&format!("reading {target}"), &e).context("the download was interrupted")
+            error::transport(&format!("reading {target}"), &e)
+                .context("the download was interrupted")
+                .redacted(&redactor)
         };
         let body = r.body.map(move |c| c.map_err(&ctx_err)).boxed();
         Ok(GetResult { meta, body })

@@ -283,7 +283,26 @@ impl Inner {
         {
             return Ok((key.clone(), keys.clone()));
         }
-        let mut state = self.refresh.lock().await;
+        // The whole refresh, waiting for another one included, has one deadline: a hanging
+        // issuer never holds a validation longer than that.
+        let until = Instant::now() + self.config.timeout;
+        let mut state = match self.refresh.try_lock() {
+            Ok(state) => state,
+            Err(_) => {
+                // A refresh is under way; a key known from before stays good meanwhile.
+                if let Some(key) = keys.keys.get(kid) {
+                    return Ok((key.clone(), keys.clone()));
+                }
+                tokio::time::timeout_at(until.into(), self.refresh.lock())
+                    .await
+                    .map_err(|_| {
+                        OidcError::Unavailable(format!(
+                            "the issuer's signing keys are being fetched and did not arrive within {:?}",
+                            self.config.timeout
+                        ))
+                    })?
+            }
+        };
         // Whoever held the lock before may have refreshed already.
         let keys = self.snapshot();
         let known = keys.keys.get(kid).cloned();
@@ -296,7 +315,14 @@ impl Inner {
             .last_attempt
             .is_none_or(|t| t.elapsed() >= self.config.jwks_min_refresh);
         if may_fetch {
-            let fetched = self.fetch().await;
+            let fetched = tokio::time::timeout_at(until.into(), self.fetch())
+                .await
+                .unwrap_or_else(|_| {
+                    Err(OidcError::Unavailable(format!(
+                        "the issuer {} did not answer within {:?}",
+                        self.config.issuer, self.config.timeout
+                    )))
+                });
             // Set only once the attempt is over: a validation dropped mid-fetch (its client went
             // away) must not hold back the next one for a whole interval.
             state.last_attempt = Some(Instant::now());

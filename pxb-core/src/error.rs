@@ -219,6 +219,38 @@ impl Error {
         matches!(self, Error::Throttled { .. } | Error::Unavailable { .. })
     }
 
+    /// The same error with its message passed through `redactor` and its source chain folded
+    /// into the message, redacted too (a source is often an HTTP client's error naming the
+    /// request URL, which may carry a SAS). The kind is kept.
+    pub fn redacted(self, redactor: &crate::redact::Redactor) -> Self {
+        let mut chain = self.message().to_owned();
+        let mut cur = std::error::Error::source(&self);
+        while let Some(e) = cur {
+            let s = e.to_string();
+            if !chain.contains(&s) {
+                chain = format!("{chain}: {s}");
+            }
+            cur = e.source();
+        }
+        let message = redactor.redact(&chain).into_owned();
+        match self {
+            Error::NotFound { .. } => Error::not_found(message),
+            Error::AlreadyExists { .. } => Error::already_exists(message),
+            Error::Precondition { .. } => Error::precondition(message),
+            Error::Unauthenticated { .. } => Error::unauthenticated(message),
+            Error::PermissionDenied { .. } => Error::permission_denied(message),
+            Error::Throttled { .. } => Error::throttled(message),
+            Error::Unavailable { .. } => Error::unavailable(message),
+            Error::Invalid { .. } => Error::invalid(message),
+            Error::Corrupt { .. } => Error::corrupt(message),
+            Error::Io { source, .. } => Error::Io {
+                message,
+                source: std::io::Error::from(source.kind()),
+            },
+            Error::Other { .. } => Error::other(message),
+        }
+    }
+
     /// The same error with `context` put in front of its message, e.g. the object's path.
     pub fn context(mut self, context: impl fmt::Display) -> Self {
         match &mut self {

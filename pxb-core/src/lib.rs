@@ -17,6 +17,7 @@ pub mod cluster;
 pub mod credential;
 mod error;
 pub mod location;
+pub mod redact;
 mod path;
 pub mod resources;
 pub mod schedule;

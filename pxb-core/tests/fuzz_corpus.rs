@@ -11,18 +11,22 @@ use pxb_core::backup::chunk::{ChunkId, encode};
 use pxb_core::backup::fuzz;
 use pxb_core::backup::spool::SpoolWriter;
 use pxb_core::backup::volume::{EntryKind, FileEntry, Slice};
-use pxb_core::backup::{BackupId, BackupKind, BackupStats, BackupStatus, Manifest, ManifestObject, Summary};
+use pxb_core::backup::{
+    BackupId, BackupKind, BackupStats, BackupStatus, Manifest, ManifestObject, Summary, VolumeRef,
+};
 
 type Target = fn(&[u8]);
 
-const TARGETS: [(&str, Target); 7] = [
+const TARGETS: [(&str, Target); 9] = [
     ("chunk", fuzz::chunk),
     ("files_index", fuzz::files_index),
     ("manifest", fuzz::manifest),
+    ("manifest_volumes", fuzz::manifest_volumes),
     ("config", fuzz::config),
     ("summary", fuzz::summary),
     ("local_header", fuzz::local_header),
     ("resources_archive", fuzz::resources_archive),
+    ("archive_lines", fuzz::archive_lines),
 ];
 
 fn seeds_dir(target: &str) -> PathBuf {
@@ -116,7 +120,17 @@ fn made_seeds(target: &str) -> Vec<Vec<u8>> {
             h.extend_from_slice(b"object data");
             vec![h]
         }
+        "manifest_volumes" => {
+            let refs = [VolumeRef {
+                namespace: "shop".into(),
+                claim: "data".into(),
+                backup: BackupId::parse("20261122T000000Z-1a2b3c4d").expect("id"),
+                spec: Some(serde_json::json!({"resources": {"requests": {"storage": "1Gi"}}})),
+            }];
+            vec![serde_json::to_vec(&refs).expect("json")]
+        }
         "resources_archive" => vec![resource_archive()],
+        "archive_lines" => vec![zstd::decode_all(&resource_archive()[..]).expect("plain archive")],
         other => panic!("no seeds for {other}"),
     }
 }
@@ -214,6 +228,11 @@ fn valid_seeds_parse() {
     let m = pxb_core::backup::parse_manifest("seed", &made_seeds("manifest")[0]).expect("valid manifest");
     assert_eq!(m, manifest());
     pxb_core::backup::parse_config(&made_seeds("config")[0]).expect("valid config");
+    let mut with_volumes = serde_json::to_value(manifest()).expect("json");
+    with_volumes["volumes"] = serde_json::from_slice(&made_seeds("manifest_volumes")[0]).expect("volumes");
+    let m = pxb_core::backup::parse_manifest("seed", &serde_json::to_vec(&with_volumes).expect("json"))
+        .expect("valid manifest with volumes");
+    assert_eq!(m.volumes.len(), 1);
     let (len, md) = pxb_core::store::decode_local_header(&made_seeds("local_header")[0]);
     assert!(len > 0 && md.contains_key("pxb_summary"));
 }

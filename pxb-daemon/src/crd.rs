@@ -427,6 +427,13 @@ pub struct ApplicationRestoreSpec {
     #[serde(default = "retain")]
     #[schemars(extend("enum" = ["Retain", "Replace"]))]
     pub existing_resource_policy: String,
+    /// Cluster-scoped kinds to restore from the backup as they are (e.g. `ClusterRoleBinding`,
+    /// `clusterroles.rbac.authorization.k8s.io`). Without them, a restore creates only the objects
+    /// of the restored namespaces and the cluster-scoped objects those need (their Namespaces, the
+    /// PersistentVolumes bound to restored claims, their StorageClasses and
+    /// CustomResourceDefinitions); every other object is refused and listed in the failures.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allow_cluster_kinds: Vec<String>,
 }
 
 fn retain() -> String {
@@ -481,7 +488,8 @@ pub struct RestoreCounts {
     /// Left alone because they existed (policy `Retain`) or are never restored.
     #[serde(default)]
     pub skipped: u64,
-    /// Failed.
+    /// Failed, or refused (outside the restored namespaces, or of a cluster-scoped kind the
+    /// restore does not allow).
     #[serde(default)]
     pub failed: u64,
 }

@@ -8,7 +8,26 @@ pub mod cli;
 pub mod crd;
 pub mod kube_cluster;
 pub mod location;
+pub mod names;
 pub mod server;
+
+/// A log writer that removes credentials ([`pxb_core::redact::redact`]) from each formatted
+/// line before it reaches `W`: a secret that slipped into an error or a field stays out of the
+/// logs.
+pub struct RedactingWriter<W>(pub W);
+
+impl<W: std::io::Write> std::io::Write for RedactingWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match std::str::from_utf8(buf) {
+            Ok(text) => self.0.write_all(pxb_core::redact::redact(text).as_bytes())?,
+            Err(_) => self.0.write_all(buf)?,
+        }
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.0.flush()
+    }
+}
 
 /// What every binary's `main` does: logging to stderr (`PXB_LOG`, default `info`), a multi-thread
 /// runtime, `run` on it, and an exit code (`1` with the error's chain on stderr, `3` when the
@@ -21,7 +40,7 @@ where
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("PXB_LOG").unwrap_or_else(|_| "info".into()),
         )
-        .with_writer(std::io::stderr)
+        .with_writer(|| RedactingWriter(std::io::stderr()))
         .init();
     let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use pxb_core::ManualClock;
-use pxb_core::catalog::Query;
+use pxb_core::catalog::{CatalogStore, Entry, Kind, Page, Put, Query};
 use pxb_core::catalog::records::{
     BackupRecord, ClusterRecord, ClusterSelector, ClusterState, ClusterStatus, LocationRecord, Org,
     backup_phase,
@@ -16,19 +16,25 @@ use pxb_core::schedule::{Every, SchedulePolicy};
 use pxb_daemon::server::backups::ScheduleRequest;
 use pxb_daemon::server::config::{DEFAULT_CONFIG_YAML, ServerConfig};
 use pxb_daemon::server::sqlite::SqliteCatalog;
+use pxb_daemon::server::seal::Sealer;
 use pxb_daemon::server::{Server, ServerDeps, auth};
 
 const ORG: &str = "tenant-a";
 
 async fn server(path: &std::path::Path, clock: Arc<ManualClock>) -> Server {
+    let catalog = Arc::new(SqliteCatalog::open(path).await.expect("catalog"));
+    server_on(catalog, clock, None).await
+}
+
+async fn server_on(catalog: Arc<dyn CatalogStore>, clock: Arc<ManualClock>, sealer: Option<Sealer>) -> Server {
     let config = ServerConfig::from_yaml(DEFAULT_CONFIG_YAML).expect("config");
     Server::build(
         config,
         ServerDeps {
-            catalog: Arc::new(SqliteCatalog::open(path).await.expect("catalog")),
+            catalog,
             clock,
             authenticator: Arc::new(auth::Authenticators(Vec::new())),
-            sealer: None,
+            sealer,
         },
     )
     .await
@@ -278,4 +284,209 @@ async fn a_backup_whose_cluster_stops_reporting_stalls_after_the_lease() {
     );
     // Nothing stalls twice.
     assert_eq!(s.stall_silent_operations(lease).await, 0);
+}
+
+type Hook = Box<dyn FnOnce() -> futures::future::BoxFuture<'static, ()> + Send>;
+
+/// A catalog that runs a hook once, just before the first write batch `trigger` picks: another
+/// API call landing between a reader's read and its write.
+struct Racing {
+    inner: Arc<dyn CatalogStore>,
+    trigger: fn(&[Put]) -> bool,
+    hook: std::sync::Mutex<Option<Hook>>,
+}
+
+impl std::fmt::Debug for Racing {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Racing")
+    }
+}
+
+impl Racing {
+    fn new(trigger: fn(&[Put]) -> bool) -> Arc<Self> {
+        Arc::new(Racing {
+            inner: Arc::new(pxb_core::catalog::MemoryCatalog::default()),
+            trigger,
+            hook: std::sync::Mutex::new(None),
+        })
+    }
+
+    fn arm(&self, hook: Hook) {
+        *self.hook.lock().expect("lock") = Some(hook);
+    }
+}
+
+#[async_trait::async_trait]
+impl CatalogStore for Racing {
+    async fn get(&self, kind: Kind, org: &str, id: &str) -> pxb_core::Result<Entry> {
+        self.inner.get(kind, org, id).await
+    }
+    async fn put(&self, puts: Vec<Put>) -> pxb_core::Result<Vec<u64>> {
+        let hook = if (self.trigger)(&puts) {
+            self.hook.lock().expect("lock").take()
+        } else {
+            None
+        };
+        if let Some(h) = hook {
+            h().await;
+        }
+        self.inner.put(puts).await
+    }
+    async fn delete(&self, kind: Kind, org: &str, id: &str, expect: Option<u64>) -> pxb_core::Result<bool> {
+        self.inner.delete(kind, org, id, expect).await
+    }
+    async fn list(&self, kind: Kind, query: &Query) -> pxb_core::Result<Page<Entry>> {
+        self.inner.list(kind, query).await
+    }
+    async fn count(&self, kind: Kind, query: &Query) -> pxb_core::Result<u64> {
+        self.inner.count(kind, query).await
+    }
+}
+
+/// A schedule's slot write: the schedule and its backups in one batch.
+fn slot_write(puts: &[Put]) -> bool {
+    puts.iter().any(|p| p.kind == Kind::Schedule) && puts.iter().any(|p| p.kind == Kind::Backup)
+}
+
+async fn racing_schedule(racing: &Arc<Racing>, clock: &Arc<ManualClock>) -> Server {
+    let s = server_on(racing.clone(), clock.clone(), None).await;
+    org(&s).await;
+    s.add_cluster(cluster("alpha", ClusterState::Ready), Arc::new(StaticClusters::new()))
+        .await
+        .expect("alpha");
+    location(&s).await;
+    s.create_schedule(
+        ORG,
+        &ScheduleRequest {
+            name: "hourly".into(),
+            policy: SchedulePolicy {
+                every: Every::Interval { minutes: 60 },
+                retain: 2,
+                time_zone: "UTC".into(),
+            },
+            clusters: ClusterSelector {
+                all: true,
+                ..ClusterSelector::default()
+            },
+            namespaces: vec!["shop".into()],
+            location: "primary".into(),
+            paused: false,
+        },
+    )
+    .await
+    .expect("schedule");
+    clock.advance(Duration::from_secs(3600));
+    s
+}
+
+#[tokio::test]
+async fn a_schedule_deleted_while_it_fires_stays_deleted() {
+    let clock = Arc::new(ManualClock::new(SystemTime::UNIX_EPOCH + Duration::from_secs(1_790_000_000)));
+    let racing = Racing::new(slot_write);
+    let s = racing_schedule(&racing, &clock).await;
+    let other = s.clone();
+    racing.arm(Box::new(move || {
+        Box::pin(async move {
+            assert!(other.delete_schedule(ORG, "hourly").await.expect("delete"));
+        })
+    }));
+    let fired = s.fire_due_schedules().await;
+    assert!(fired.is_empty(), "a deleted schedule records no slot: {fired:?}");
+    assert!(s.schedule(ORG, "hourly").is_err(), "not resurrected in memory");
+    let stored = s.catalog().find::<pxb_core::catalog::records::ScheduleRecord>(ORG, "hourly").await;
+    assert!(matches!(stored, Ok(None)), "not resurrected in the catalog: {stored:?}");
+    assert!(backups(&s).await.is_empty());
+    // And it stays so on the next ticks.
+    clock.advance(Duration::from_secs(3600));
+    assert!(s.fire_due_schedules().await.is_empty());
+    assert!(s.schedule(ORG, "hourly").is_err());
+}
+
+#[tokio::test]
+async fn a_schedule_paused_while_it_fires_stays_paused() {
+    let clock = Arc::new(ManualClock::new(SystemTime::UNIX_EPOCH + Duration::from_secs(1_790_000_000)));
+    let racing = Racing::new(slot_write);
+    let s = racing_schedule(&racing, &clock).await;
+    let other = s.clone();
+    racing.arm(Box::new(move || {
+        Box::pin(async move {
+            other.pause_schedule(ORG, "hourly", true).await.expect("pause");
+        })
+    }));
+    let fired = s.fire_due_schedules().await;
+    assert!(fired.is_empty(), "a paused schedule records no slot: {fired:?}");
+    assert!(s.schedule(ORG, "hourly").expect("schedule").paused, "paused in memory");
+    let stored = s
+        .catalog()
+        .get::<pxb_core::catalog::records::ScheduleRecord>(ORG, "hourly")
+        .await
+        .expect("stored");
+    assert!(stored.value.paused, "paused in the catalog");
+    clock.advance(Duration::from_secs(3600));
+    assert!(s.fire_due_schedules().await.is_empty(), "and it does not fire later");
+    // Resumed, it fires again.
+    s.pause_schedule(ORG, "hourly", false).await.expect("resume");
+    clock.advance(Duration::from_secs(3600));
+    assert_eq!(s.fire_due_schedules().await.len(), 1);
+}
+
+#[tokio::test]
+async fn a_validation_request_keeps_a_credential_rotated_meanwhile() {
+    use pxb_core::catalog::records::Mode;
+    let clock = Arc::new(ManualClock::new(SystemTime::UNIX_EPOCH + Duration::from_secs(1_790_000_000)));
+    // The first location write after the hook is armed: the validation request's.
+    let racing = Racing::new(|puts| puts.iter().any(|p| p.kind == Kind::Location));
+    let key = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, [5u8; 32]);
+    let sealer = Sealer::from_base64(&key).expect("sealer");
+    let s = server_on(racing.clone(), clock.clone(), Some(sealer)).await;
+    s.create_org(Org {
+        id: ORG.into(),
+        mode: Mode::Classic,
+        ..Org::default()
+    })
+    .await
+    .expect("org");
+    let loc = s
+        .create_location(
+            LocationRecord {
+                org: ORG.into(),
+                name: "primary".into(),
+                provider: "azure".into(),
+                mode: Mode::Classic,
+                account: Some("tenantastore".into()),
+                container: "backups".into(),
+                clusters: ClusterSelector {
+                    all: true,
+                    ..ClusterSelector::default()
+                },
+                ..LocationRecord::default()
+            },
+            Some(("accountKey".into(), "old-key-0000000000".into())),
+        )
+        .await
+        .expect("location");
+    let rotated = Arc::new(std::sync::Mutex::new(None));
+    let (other, slot) = (s.clone(), rotated.clone());
+    racing.arm(Box::new(move || {
+        Box::pin(async move {
+            let l = other
+                .update_location(ORG, "primary", |_| {}, Some(("accountKey".into(), "new-key-1111111111".into())))
+                .await
+                .expect("rotate");
+            *slot.lock().expect("lock") = l.credential;
+        })
+    }));
+    let after = s.request_validation(ORG, "primary").await.expect("validate");
+    let rotated = rotated.lock().expect("lock").clone().expect("rotated");
+    assert_ne!(Some(&rotated), loc.credential.as_ref(), "the rotation changed the credential");
+    let stored = s
+        .catalog()
+        .get::<LocationRecord>(ORG, &loc.id)
+        .await
+        .expect("stored")
+        .value;
+    assert_eq!(stored.credential.as_ref(), Some(&rotated), "the rotation survives in the catalog");
+    assert_eq!(after.credential.as_ref(), Some(&rotated), "and in memory");
+    assert_eq!(stored.validate_request, loc.validate_request + 1, "the request is recorded too");
+    assert_eq!(s.location(ORG, "primary").expect("loc").credential.as_ref(), Some(&rotated));
 }

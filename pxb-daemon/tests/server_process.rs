@@ -66,6 +66,30 @@ fn a_bad_configuration_is_a_clear_error() {
     assert!(err.contains("leaseSecs must be positive"), "{err}");
 }
 
+#[test]
+fn the_dev_token_is_never_on_the_command_line_nor_on_a_public_address() {
+    let dir = tempfile::tempdir().expect("dir");
+    // On argv every local user could read it (ps): the flag does not exist.
+    let out = Command::new(env!("CARGO_BIN_EXE_pxb-server"))
+        .args(["--dev-token", "0123456789abcdef0123"])
+        .output()
+        .expect("run");
+    assert!(!out.status.success());
+    // From the environment (or a file), but only on loopback unless the address is loopback.
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, "0123456789abcdef0123\n").expect("write");
+    let out = Command::new(env!("CARGO_BIN_EXE_pxb-server"))
+        .arg("--dev-token-file")
+        .arg(&token_file)
+        .env("PXB_API_LISTEN", "0.0.0.0:0")
+        .env("PXB_CATALOG_PATH", dir.path().join("catalog.db"))
+        .output()
+        .expect("run");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("only when api.listen is a loopback address"), "{err}");
+}
+
 fn schemathesis() -> PathBuf {
     std::env::var_os("PXB_SCHEMATHESIS")
         .map(PathBuf::from)
@@ -80,7 +104,7 @@ async fn the_server_binary_survives_schemathesis_and_stops_on_sigterm() {
         .collect();
     let stderr_path = dir.path().join("stderr.log");
     let mut child = Command::new(env!("CARGO_BIN_EXE_pxb-server"))
-        .args(["--dev-token", &token])
+        .env("PXB_DEV_TOKEN", &token)
         .env("PXB_API_LISTEN", "127.0.0.1:0")
         .env("PXB_CATALOG_PATH", dir.path().join("catalog.db"))
         .env("PXB_LOG", "info")

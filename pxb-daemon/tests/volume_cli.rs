@@ -223,3 +223,41 @@ fn clear_errors_for_bad_input() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// `pxb volume restore` into a directory holding symlinks to elsewhere (at a file's path and at a
+/// directory's path) replaces the links and writes nothing outside the target.
+#[test]
+fn restore_does_not_follow_symlinks_in_the_target() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let src = dir.path().join("src");
+    write(&src, "file.txt", b"restored");
+    write(&src, "sub/inner.txt", b"restored inner");
+    let outside = dir.path().join("outside");
+    write(&outside, "victim", b"original");
+    let target = dir.path().join("target");
+    std::fs::create_dir_all(&target).expect("mkdir");
+    std::os::unix::fs::symlink(outside.join("victim"), target.join("file.txt")).expect("symlink");
+    std::os::unix::fs::symlink(&outside, target.join("sub")).expect("symlink");
+    let loc = format!("file://{}", dir.path().join("loc").display());
+    let src_s = src.to_str().expect("utf8");
+    let b = json(&["volume", "backup", "--location", &loc, "--path", src_s]);
+    let id = b["id"].as_str().expect("id");
+    let target_s = target.to_str().expect("utf8");
+    json(&[
+        "volume",
+        "restore",
+        "--location",
+        &loc,
+        "--backup",
+        id,
+        "--target",
+        target_s,
+    ]);
+    assert_eq!(std::fs::read(outside.join("victim")).expect("read"), b"original");
+    assert!(!outside.join("inner.txt").exists(), "wrote through the link");
+    assert_eq!(std::fs::read(target.join("file.txt")).expect("read"), b"restored");
+    assert_eq!(
+        std::fs::read(target.join("sub/inner.txt")).expect("read"),
+        b"restored inner"
+    );
+}

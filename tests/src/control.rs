@@ -13,7 +13,7 @@ use kube::Api;
 use kube::api::PostParams;
 use pxb_daemon::agent::{Agent, AgentConfig};
 use pxb_daemon::server::Daemon;
-use pxb_daemon::server::config::ServerConfig;
+use pxb_daemon::server::config::{GardenCredential, ServerConfig};
 use serde_json::Value;
 
 use crate::fixture::{AzureFixture, CLIENT_ID};
@@ -82,9 +82,13 @@ impl ControlPlane {
         config.auth.audiences = vec![AUDIENCE.into()];
         config.auth.issuer_ca_file = azure.ca.ca_file().display().to_string();
         config.auth.provider_admin_groups = vec![PROVIDER_ADMINS.into()];
-        config
-            .garden_credentials
-            .insert(project.into(), garden.display().to_string());
+        // The scenarios onboard the project into org `acme`: the credential is bound to it.
+        config.garden_credentials.insert(
+            project.into(),
+            GardenCredential::new(garden.display().to_string())
+                .for_orgs(["acme"])
+                .for_projects([project]),
+        );
         config.fleet.call_timeout_ms = 1500;
         config.fleet.resync_secs = 2;
         config.fleet.offline_backoff_secs = 2;

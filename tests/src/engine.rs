@@ -315,7 +315,15 @@ pub async fn gc_reclaims_only_garbage(store: Arc<dyn ObjectStore>) {
     assert_eq!(early.deleted_chunks, 0, "young garbage is kept: {early:?}");
     assert!(early.kept_in_grace > 0, "{early:?}");
 
+    // Ages are the store's: this machine's clock moving on makes nothing old...
     clock.advance(Duration::from_secs(7200));
+    let skewed = gc(&repo, &opts).await.expect("gc with a clock ahead");
+    assert_eq!(skewed.deleted_chunks, 0, "{skewed:?}");
+    // ...a grace period the garbage is past does.
+    let opts = GcOptions {
+        grace: Duration::ZERO,
+        ..opts
+    };
     let dry = gc(
         &repo,
         &GcOptions {
@@ -354,7 +362,7 @@ pub async fn gc_reclaims_only_garbage(store: Arc<dyn ObjectStore>) {
 /// GC running again and again while a backup runs never removes a chunk the backup needs, even
 /// when the backup's data was garbage (of a deleted backup) when it started.
 pub async fn gc_concurrent_with_backup(store: Arc<dyn ObjectStore>) {
-    // A clock far ahead: every unreferenced chunk is past the grace period at once.
+    // A machine clock far ahead: leases and ages are the store's, so it must not matter.
     let clock = ManualClock::new(SystemTime::now() + Duration::from_secs(86_400));
     let repo = Repository::new(store).with_clock(Arc::new(clock));
     let src = tempfile::tempdir().expect("tmp");
@@ -366,8 +374,9 @@ pub async fn gc_concurrent_with_backup(store: Arc<dyn ObjectStore>) {
         .await
         .expect("delete old: its chunks are now garbage");
 
+    // No grace at all: only the leases and the commit check protect the backup's chunks.
     let opts = GcOptions {
-        grace: Duration::from_secs(60),
+        grace: Duration::ZERO,
         ..GcOptions::default()
     };
     let backup = backup_volume(&repo, VolumeBackupOptions::new(src.path()));

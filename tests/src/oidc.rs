@@ -89,6 +89,7 @@ struct State {
     jwks_fetches: AtomicUsize,
     discovery_fetches: AtomicUsize,
     failing: AtomicBool,
+    stall_ms: std::sync::atomic::AtomicU64,
     device: Mutex<Option<DeviceGrant>>,
 }
 
@@ -138,6 +139,7 @@ impl TestIssuer {
             jwks_fetches: AtomicUsize::new(0),
             discovery_fetches: AtomicUsize::new(0),
             failing: AtomicBool::new(false),
+            stall_ms: std::sync::atomic::AtomicU64::new(0),
             device: Mutex::new(None),
         });
         let handler_state = state.clone();
@@ -303,6 +305,12 @@ impl TestIssuer {
         self.state.discovery_fetches.load(Ordering::SeqCst)
     }
 
+    /// Discovery and JWKS requests are answered only after `stall` (a hanging issuer).
+    pub fn set_stall(&self, stall: std::time::Duration) {
+        let ms = u64::try_from(stall.as_millis()).unwrap_or(u64::MAX);
+        self.state.stall_ms.store(ms, Ordering::SeqCst);
+    }
+
     /// While `failing`, discovery and JWKS requests are answered with 503.
     pub fn set_failing(&self, failing: bool) {
         self.state.failing.store(failing, Ordering::SeqCst);
@@ -348,6 +356,10 @@ impl State {
         let is_device = path == format!("/{TENANT_ID}/oauth2/v2.0/devicecode");
         let is_token = path == format!("/{TENANT_ID}/oauth2/v2.0/token");
         if !(is_device || is_token) {
+            let stall = self.stall_ms.load(Ordering::SeqCst);
+            if stall > 0 {
+                tokio::time::sleep(std::time::Duration::from_millis(stall)).await;
+            }
             return self.handle(&req);
         }
         if req.method() != hyper::Method::POST {

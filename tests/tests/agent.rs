@@ -515,6 +515,32 @@ async fn apply(client: &kube::Client, obj: serde_json::Value) {
         .expect("create object");
 }
 
+/// Does what the PersistentVolume controller does when a claim binds (the simulator has none):
+/// the volume named by the claim's `spec.volumeName` gets the claim's uid in its `claimRef`, and
+/// the claim's phase becomes `Bound`.
+async fn bind(client: &kube::Client, namespace: &str, claim: &str) {
+    use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim};
+    let claims = Api::<PersistentVolumeClaim>::namespaced(client.clone(), namespace);
+    let pvc = claims.get(claim).await.expect("claim");
+    let volume = pvc.spec.and_then(|s| s.volume_name).expect("volumeName");
+    Api::<PersistentVolume>::all(client.clone())
+        .patch(
+            &volume,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"claimRef": {"uid": pvc.metadata.uid}}})),
+        )
+        .await
+        .expect("bind the volume");
+    claims
+        .patch_status(
+            claim,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"status": {"phase": "Bound"}})),
+        )
+        .await
+        .expect("bind the claim");
+}
+
 /// Every file under `dir` with its contents, by relative path.
 fn tree(dir: &std::path::Path) -> std::collections::BTreeMap<String, Vec<u8>> {
     let mut out = std::collections::BTreeMap::new();
@@ -582,6 +608,7 @@ async fn two_namespaces_with_a_volume_are_backed_up_and_restored_into_mapped_nam
     ] {
         apply(&client, obj).await;
     }
+    bind(&client, "shop", "data").await;
 
     let restores = tempfile::tempdir().expect("restore root");
     let config = AgentConfig {
@@ -732,6 +759,119 @@ async fn two_namespaces_with_a_volume_are_backed_up_and_restored_into_mapped_nam
         tree(data.path()),
         "restored files equal the originals"
     );
+
+    // A subset of the backup's namespaces: only those objects (and volumes) are restored.
+    let spec = ApplicationRestoreSpec {
+        location: "tenant".into(),
+        backup_id: id.to_string(),
+        namespaces: vec!["blog".into()],
+        namespace_mapping: [("blog".to_owned(), "blog-only".to_owned())].into(),
+        existing_resource_policy: "Retain".into(),
+        ..ApplicationRestoreSpec::default()
+    };
+    restores_api
+        .create(&PostParams::default(), &ApplicationRestore::new("r2", spec))
+        .await
+        .expect("restore");
+    let done = wait_for(&restores_api, "r2", "finishes", |r| {
+        r.status
+            .as_ref()
+            .is_some_and(|s| ["Success", "PartialSuccess", "Failed"].contains(&s.phase.as_str()))
+    })
+    .await;
+    let status = done.status.clone().expect("status");
+    assert_eq!(
+        status.phase, "PartialSuccess",
+        "shop's objects are refused: {status:?}"
+    );
+    assert!(
+        status.volumes.is_empty(),
+        "shop's volume is not restored: {status:?}"
+    );
+    assert!(
+        status.failures.iter().all(|f| f.reason.starts_with("refused:")),
+        "{status:?}"
+    );
+    assert!(
+        status.failures.iter().any(|f| f.kind == "ConfigMap"
+            && f.name == "cfg"
+            && f.reason
+                .contains("namespace shop is not one of the restore's namespaces")),
+        "{status:?}"
+    );
+    assert!(
+        Api::<ConfigMap>::namespaced(client.clone(), "blog-only")
+            .get("theme")
+            .await
+            .is_ok()
+    );
+
+    // An archive changed in the location after the backup restores nothing.
+    let archive = id
+        .object_path(pxb_core::backup::resources::RESOURCES_OBJECT)
+        .expect("path");
+    let mut tampered = repo
+        .store()
+        .get(&archive)
+        .await
+        .expect("archive")
+        .bytes()
+        .await
+        .expect("bytes")
+        .to_vec();
+    let last = tampered.len() - 1;
+    tampered[last] ^= 1;
+    repo.store()
+        .put(&archive, tampered.into(), pxb_core::store::PutOptions::default())
+        .await
+        .expect("tamper");
+    let spec = ApplicationRestoreSpec {
+        location: "tenant".into(),
+        backup_id: id.to_string(),
+        namespace_mapping: [("shop", "shop-3"), ("blog", "blog-3")]
+            .into_iter()
+            .map(|(a, b)| (a.to_owned(), b.to_owned()))
+            .collect(),
+        existing_resource_policy: "Retain".into(),
+        ..ApplicationRestoreSpec::default()
+    };
+    let volumes_before = Api::<PersistentVolume>::all(client.clone())
+        .list(&Default::default())
+        .await
+        .expect("volumes")
+        .items
+        .len();
+    restores_api
+        .create(&PostParams::default(), &ApplicationRestore::new("r3", spec))
+        .await
+        .expect("restore");
+    let done = wait_for(&restores_api, "r3", "finishes", |r| {
+        r.status
+            .as_ref()
+            .is_some_and(|s| ["Success", "PartialSuccess", "Failed"].contains(&s.phase.as_str()))
+    })
+    .await;
+    let status = done.status.clone().expect("status");
+    assert_eq!(status.phase, "Failed", "{status:?}");
+    let message = status.message.clone().unwrap_or_default();
+    assert!(message.contains("does not match its manifest"), "{message}");
+    let volumes_after = Api::<PersistentVolume>::all(client.clone())
+        .list(&Default::default())
+        .await
+        .expect("volumes")
+        .items
+        .len();
+    assert_eq!(volumes_after, volumes_before, "no volume provisioned");
+    for ns in ["shop-3", "blog-3"] {
+        assert!(
+            Api::<ConfigMap>::namespaced(client.clone(), ns)
+                .list(&Default::default())
+                .await
+                .map(|l| l.items.is_empty())
+                .unwrap_or(true),
+            "nothing restored into {ns}"
+        );
+    }
     for c in controllers {
         c.abort();
     }
@@ -759,6 +899,7 @@ async fn deleting_a_backup_deletes_its_data_even_after_the_location_was_down() {
     ] {
         apply(&client, obj).await;
     }
+    bind(&client, "shop", "data").await;
     let restores = tempfile::tempdir().expect("restore root");
     let config = AgentConfig {
         delete_retry: Duration::from_secs(1),
@@ -891,6 +1032,7 @@ async fn a_backup_cut_short_by_an_agent_restart_does_not_stay_in_progress() {
     ] {
         apply(&client, obj).await;
     }
+    bind(&client, "shop", "data").await;
     let restores = tempfile::tempdir().expect("restore root");
     let agent = |client: kube::Client| {
         let config = AgentConfig {
@@ -954,6 +1096,110 @@ async fn a_backup_cut_short_by_an_agent_restart_does_not_stay_in_progress() {
     );
     assert_eq!(status.volumes[0].files, 12);
     for task in second {
+        task.abort();
+    }
+}
+
+/// Attack 5: a tenant's claim that names another namespace's volume in `spec.volumeName` (even
+/// one that claims to be `Bound`) is refused at backup, with the reason in the backup's status,
+/// and nothing of the volume is read or stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claim_naming_another_namespaces_volume_is_refused_at_backup() {
+    use pxb_daemon::agent::backups;
+    use pxb_daemon::agent::volumes::LocalPathDriver;
+    use pxb_daemon::crd::{ApplicationBackup, ApplicationBackupSpec};
+
+    let (_fleet, client) = shoot_with_crds().await;
+    let fx = AzureFixture::start(3600).expect("azure fixture");
+    let container = fx.new_container("agent-thief").await.expect("container");
+    let data = tempfile::tempdir().expect("volume dir");
+    std::fs::write(data.path().join("secret.txt"), "shop's secret").expect("write");
+    for obj in [
+        json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "shop"}}),
+        json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "thief"}}),
+        json!({"apiVersion": "v1", "kind": "PersistentVolume", "metadata": {"name": "pv-data"},
+               "spec": {"capacity": {"storage": "1Gi"}, "accessModes": ["ReadWriteOnce"],
+                        "hostPath": {"path": data.path().to_string_lossy()}, "claimRef": {"namespace": "shop", "name": "data"}}}),
+        json!({"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": "data", "namespace": "shop"},
+               "spec": {"accessModes": ["ReadWriteOnce"], "volumeName": "pv-data", "resources": {"requests": {"storage": "1Gi"}}}}),
+        json!({"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": "data", "namespace": "thief"},
+               "spec": {"accessModes": ["ReadWriteOnce"], "volumeName": "pv-data", "resources": {"requests": {"storage": "1Gi"}}}}),
+    ] {
+        apply(&client, obj).await;
+    }
+    bind(&client, "shop", "data").await;
+    // The thief's claim even says it is bound; the volume's claimRef says otherwise.
+    Api::<k8s_openapi::api::core::v1::PersistentVolumeClaim>::namespaced(client.clone(), "thief")
+        .patch_status(
+            "data",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"status": {"phase": "Bound"}})),
+        )
+        .await
+        .expect("status");
+    let restores = tempfile::tempdir().expect("restore root");
+    let lctx = Context::new(client.clone(), agent_config(&fx));
+    let bctx = backups::Context::new(
+        lctx.clone(),
+        Arc::new(LocalPathDriver::new(client.clone(), restores.path())),
+    );
+    let controllers = [locations::spawn(lctx.clone()), backups::spawn(bctx.clone())];
+    let locs: Api<BackupLocation> = Api::namespaced(client.clone(), "pxb-system");
+    locs.create(
+        &PostParams::default(),
+        &BackupLocation::new("tenant", azure_location(&fx, &container, None)),
+    )
+    .await
+    .expect("location");
+    let api: Api<ApplicationBackup> = Api::namespaced(client.clone(), "pxb-system");
+    let spec = ApplicationBackupSpec {
+        location: "tenant".into(),
+        namespaces: vec!["thief".into()],
+        include_volumes: true,
+        reclaim_policy: "Retain".into(),
+        ..ApplicationBackupSpec::default()
+    };
+    api.create(&PostParams::default(), &ApplicationBackup::new("steal", spec))
+        .await
+        .expect("backup");
+    let done = wait_for(&api, "steal", "finishes", |b| {
+        b.status
+            .as_ref()
+            .is_some_and(|s| ["Success", "PartialSuccess", "Failed"].contains(&s.phase.as_str()))
+    })
+    .await;
+    let status = done.status.clone().expect("status");
+    assert_eq!(status.volumes.len(), 1, "{status:?}");
+    let v = &status.volumes[0];
+    assert_eq!(
+        (v.namespace.as_str(), v.claim.as_str(), v.phase.as_str()),
+        ("thief", "data", "Failed"),
+        "{status:?}"
+    );
+    let message = v.message.as_deref().unwrap_or_default();
+    assert!(
+        message.contains("volume pv-data is not bound to it") && message.contains("claimRef is shop/data"),
+        "{message}"
+    );
+    assert_eq!(
+        (v.files, v.bytes, status.sizes.volume_bytes),
+        (0, 0, 0),
+        "{status:?}"
+    );
+    assert_ne!(status.phase, "Success", "{status:?}");
+    // Nothing of the volume is in the location: no volume backup at all.
+    let repo = pxb_core::backup::Repository::new(Arc::new(
+        pxb_azure::AzureBlobStore::new(fx.key_config(&container)).expect("store"),
+    ));
+    let kinds: Vec<_> = repo
+        .list()
+        .await
+        .expect("list")
+        .into_iter()
+        .map(|s| s.kind)
+        .collect();
+    assert_eq!(kinds, vec![pxb_core::backup::BackupKind::Resources], "{status:?}");
+    for task in controllers {
         task.abort();
     }
 }

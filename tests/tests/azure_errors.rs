@@ -232,3 +232,127 @@ async fn missing_container_is_named() {
         "{err}"
     );
 }
+
+/// Every error a store returns, whatever failed, is free of the credential it was given: a SAS
+/// (which the SDK puts in every request URL), an account key, or a bearer token. Each failure
+/// kind is driven with each credential, and the error's message, its `Debug` (sources included)
+/// and its source chain are scanned.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_error_carries_the_credential() {
+    use base64::Engine;
+    let fx = AzureFixture::start(3600).expect("fixture");
+    AzureBlobStore::new(fx.key_config("secrets"))
+        .expect("store")
+        .create_container()
+        .await
+        .expect("container");
+    let sas = pxb_azure::account_sas(
+        pxb_tests::azurite::ACCOUNT,
+        pxb_tests::azurite::ACCOUNT_KEY,
+        std::time::SystemTime::now() + Duration::from_secs(3600),
+    )
+    .expect("sas");
+    let sig = sas
+        .split('&')
+        .find_map(|kv| kv.strip_prefix("sig="))
+        .expect("a signature")
+        .to_owned();
+    // A SAS whose signature does not match (403), with a secret-looking signature of its own.
+    let forged_sig = base64::engine::general_purpose::STANDARD.encode([9u8; 32]);
+    let forged = sas.replace(&sig, &url_escape(&forged_sig));
+    let wrong_key = base64::engine::general_purpose::STANDARD.encode([7u8; 64]);
+    let bearer = "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJzZWNyZXQtdGVzdC1zdWJqZWN0In0.c2lnbmF0dXJlLXNlY3JldA";
+    let closed = format!(
+        "https://127.0.0.1:{}/{}",
+        pxb_tests::free_port().expect("port"),
+        pxb_tests::azurite::ACCOUNT
+    );
+    let secrets = [
+        sig.clone(),
+        url_escape(&sig),
+        forged_sig.clone(),
+        url_escape(&forged_sig),
+        pxb_tests::azurite::ACCOUNT_KEY.to_owned(),
+        wrong_key.clone(),
+        bearer.to_owned(),
+    ];
+    let auths = [
+        ("sas", AzureAuth::Sas { token: sas.clone() }),
+        ("forged sas", AzureAuth::Sas { token: forged }),
+        ("account key", AzureAuth::SharedKey { key: pxb_tests::azurite::ACCOUNT_KEY.into() }),
+        ("wrong account key", AzureAuth::SharedKey { key: wrong_key }),
+        (
+            "bearer",
+            AzureAuth::Token(std::sync::Arc::new(pxb_core::StaticToken::new(
+                pxb_core::AccessToken::new(
+                    bearer,
+                    std::time::SystemTime::now() + Duration::from_secs(3600),
+                ),
+            ))),
+        ),
+    ];
+    let mut failures = 0;
+    let mut redacted = 0;
+    for (what, auth) in auths {
+        // Each failure kind: refused connection, untrusted TLS, a missing container, a missing
+        // object, and whatever the credential itself earns (403 for the wrong ones).
+        let setups: Vec<(&str, pxb_azure::AzureConfig)> = vec![
+            ("refused", {
+                let mut c = fx.config("secrets", auth.clone());
+                c.endpoint = Some(closed.clone());
+                c
+            }),
+            ("untrusted", {
+                let mut c = fx.config("secrets", auth.clone());
+                c.ca_file = None;
+                c
+            }),
+            ("no container", fx.config("never-created", auth.clone())),
+            ("as is", fx.config("secrets", auth.clone())),
+        ];
+        for (kind, cfg) in setups {
+            let store = match AzureBlobStore::new(cfg) {
+                Ok(s) => s,
+                Err(e) => {
+                    redacted += usize::from(check_clean(&format!("{what}/{kind}/new"), &e, &secrets));
+                    continue;
+                }
+            };
+            let results = [
+                store.list("", None, 10).await.err(),
+                store.get(&path("missing/object")).await.err(),
+                store
+                    .put(&path("x/y"), "x".into(), PutOptions::default())
+                    .await
+                    .err(),
+            ];
+            for e in results.into_iter().flatten() {
+                failures += 1;
+                redacted += usize::from(check_clean(&format!("{what}/{kind}"), &e, &secrets));
+            }
+        }
+    }
+    assert!(failures >= 30, "the failures were driven: {failures}");
+    // The SDK's errors did name the request URL with the SAS: those were redacted, not absent.
+    assert!(redacted > 0, "no error needed redaction: the attack did not reach the secret");
+}
+
+fn url_escape(s: &str) -> String {
+    url::form_urlencoded::byte_serialize(s.as_bytes()).collect()
+}
+
+/// Asserts no secret is in `e`; says whether something was redacted from it.
+fn check_clean(what: &str, e: &Error, secrets: &[String]) -> bool {
+    let mut texts = vec![e.to_string(), format!("{e:?}")];
+    let mut cur = std::error::Error::source(e);
+    while let Some(s) = cur {
+        texts.push(s.to_string());
+        cur = s.source();
+    }
+    for t in &texts {
+        for s in secrets {
+            assert!(!t.contains(s.as_str()), "{what}: the error carries a secret ({s}): {t}");
+        }
+    }
+    texts.iter().any(|t| t.contains(pxb_core::redact::REDACTED))
+}

@@ -949,3 +949,82 @@ async fn faults_can_be_injected_and_lifted_at_run_time() {
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert!(call().await.0.is_err(), "a deleted shoot's API is gone");
 }
+
+/// The shoot API refuses, with kube-apiserver's 422 `Invalid` Status, the names, label keys and
+/// label values a real API server refuses (apimachinery's rules), on create, update and patch;
+/// what it takes, a real one takes too.
+#[tokio::test]
+async fn shoot_api_refuses_names_and_labels_a_real_api_server_refuses() {
+    let fleet = fleet(600);
+    fleet.add_project("dev").expect("project");
+    fleet.add_shoot("dev", ShootSpec::new("s1")).expect("shoot");
+    let p = provider(&fleet, "dev", |_| {}).await;
+    let clusters = p.discover().await.expect("discover");
+    let client = kube_client(&p.access(&clusters[0].id).await.expect("access")).expect("client");
+    let pp = PostParams::default();
+    let nss: Api<Namespace> = Api::all(client.clone());
+    nss.create(&pp, &serde_json::from_value(json!({"metadata": {"name": "app"}})).expect("ns"))
+        .await
+        .expect("namespace");
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), "app");
+    let cm = |name: &str, labels: Value| -> ConfigMap {
+        serde_json::from_value(json!({"metadata": {"name": name, "labels": labels}})).expect("cm")
+    };
+    let long = "a".repeat(64);
+    let refused: Vec<(String, Value, &str)> = vec![
+        // A label value longer than 63 (an org id or record id pxb once wrote verbatim).
+        ("v64".into(), json!({"pxb.io/uid": long}), "must be no more than 63 characters"),
+        ("slash".into(), json!({"pxb.io/org": "a/b"}), "a valid label must be an empty string"),
+        ("edge".into(), json!({"k": "-a"}), "a valid label must be an empty string"),
+        ("unicode".into(), json!({"k": "ü"}), "a valid label must be an empty string"),
+        ("key-name".into(), json!({ long.clone(): "v" }), "name part must be no more than 63 characters"),
+        ("key-prefix".into(), json!({"Example.com/k": "v"}), "prefix part a lowercase RFC 1123 subdomain"),
+        ("key-empty".into(), json!({"example.com/": "v"}), "name part must be non-empty"),
+        ("key-slashes".into(), json!({"a/b/c": "v"}), "a qualified name"),
+        (format!("n{}", "a".repeat(253)), json!({}), "must be no more than 253 characters"),
+        ("Upper".into(), json!({}), "a lowercase RFC 1123 subdomain"),
+        ("a..b".into(), json!({}), "a lowercase RFC 1123 subdomain"),
+        ("a.-b".into(), json!({}), "a lowercase RFC 1123 subdomain"),
+    ];
+    for (name, labels, why) in &refused {
+        match cms.create(&pp, &cm(name, labels.clone())).await {
+            Err(kube::Error::Api(s)) => {
+                assert_eq!((s.code, s.reason.as_str()), (422, "Invalid"));
+                assert!(s.is_failure(), "{s:?}");
+                assert!(s.message.contains("is invalid"), "{}", s.message);
+                assert!(s.message.contains(why), "{name}: {}", s.message);
+            }
+            other => panic!("{name} {labels}: {other:?}"),
+        }
+    }
+    // What a real API server takes.
+    let max_key = format!("{}/{}", "p".repeat(253), "n".repeat(63));
+    for (name, labels) in [
+        ("ok-1", json!({"k": "", "K_.-9": "A.b_c-9", max_key.as_str(): "a".repeat(63)})),
+        ("a.b-c.d", json!({"app.kubernetes.io/name": "x"})),
+    ] {
+        cms.create(&pp, &cm(name, labels.clone()))
+            .await
+            .unwrap_or_else(|e| panic!("{name} {labels}: {e}"));
+    }
+    // Updates and patches are checked too.
+    let patch = json!({"metadata": {"labels": {"pxb.io/uid": long}}});
+    match cms.patch("ok-1", &PatchParams::default(), &Patch::Merge(&patch)).await {
+        Err(kube::Error::Api(s)) => assert_eq!((s.code, s.reason.as_str()), (422, "Invalid")),
+        other => panic!("patch: {other:?}"),
+    }
+    let mut current = cms.get("ok-1").await.expect("get");
+    current.metadata.labels = Some([("bad/key/x".to_string(), "v".to_string())].into());
+    match cms.replace("ok-1", &pp, &current).await {
+        Err(kube::Error::Api(s)) => assert_eq!((s.code, s.reason.as_str()), (422, "Invalid")),
+        other => panic!("replace: {other:?}"),
+    }
+    // Namespaces are DNS labels (no dots).
+    match nss
+        .create(&pp, &serde_json::from_value(json!({"metadata": {"name": "a.b"}})).expect("ns"))
+        .await
+    {
+        Err(kube::Error::Api(s)) => assert_eq!((s.code, s.reason.as_str()), (422, "Invalid")),
+        other => panic!("namespace a.b: {other:?}"),
+    }
+}

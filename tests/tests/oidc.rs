@@ -1,7 +1,7 @@
 //! Bearer-token validation (`pxb_azure::oidc`) against a real HTTPS test issuer: what is accepted,
 //! every forgery and mismatch refused with its own error, and how often the issuer is asked.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -523,6 +523,60 @@ async fn old_keys_are_refetched_and_survive_an_outage() {
     issuer.set_failing(false);
     v.validate(&token).await.expect("valid token");
     assert_eq!(issuer.jwks_fetches(), 3, "refetched once the issuer is back");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hanging_issuer_holds_no_validation_longer_than_the_deadline() {
+    let (_ca, issuer) = start();
+    let max_age = Duration::from_millis(300);
+    let deadline = Duration::from_secs(2);
+    let v = validator(OidcConfig {
+        jwks_max_age: max_age,
+        jwks_min_refresh: Duration::ZERO,
+        timeout: deadline,
+        ..issuer.config(&[AUD])
+    });
+    let token = issuer.token(user(&issuer));
+    v.validate(&token).await.expect("valid token");
+    // The keys go stale and the issuer hangs far past the deadline (discovery and JWKS each).
+    issuer.set_stall(Duration::from_secs(30));
+    tokio::time::sleep(max_age + Duration::from_millis(100)).await;
+    // One validation starts the refresh; others arriving meanwhile with a known key do not
+    // queue behind it, and none waits for longer than the refresh's own deadline.
+    let refreshing = {
+        let (v, token) = (v.clone(), token.clone());
+        tokio::spawn(async move {
+            let t = Instant::now();
+            let r = v.validate(&token).await;
+            (r, t.elapsed())
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let t = Instant::now();
+    v.validate(&token).await.expect("stale known key while a refresh hangs");
+    assert!(
+        t.elapsed() < Duration::from_millis(500),
+        "a validation with a known key waited {:?} behind a hanging refresh",
+        t.elapsed()
+    );
+    let t = Instant::now();
+    let err = v
+        .validate(&issuer.token_with_unknown_kid(user(&issuer)))
+        .await
+        .expect_err("unknown kid while the issuer hangs");
+    assert!(matches!(err, OidcError::Unavailable(_)), "{err:?}");
+    assert!(
+        t.elapsed() < deadline + Duration::from_secs(1),
+        "an unknown key waited {:?}, past the deadline {deadline:?}",
+        t.elapsed()
+    );
+    let (r, took) = refreshing.await.expect("task");
+    r.expect("the refreshing validation falls back to the known key");
+    assert!(
+        took < deadline + Duration::from_secs(1),
+        "the refresh held its validation {took:?}, past the deadline {deadline:?}"
+    );
+    issuer.set_stall(Duration::ZERO);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use kube::api::{ListParams, PostParams};
 use kube::{Api, ResourceExt as _};
 use pxb_daemon::crd::{BackupLocation, BackupLocationSpec};
+use pxb_daemon::server::config::GardenCredential;
 use pxb_tests::control::{ControlPlane, wait_for};
 use pxb_tests::fixture::CLIENT_ID;
 use pxb_tests::sim::Fault;
@@ -992,9 +993,24 @@ async fn damaged_orgs_are_degraded_and_classic_secrets_are_sealed() {
     drop(conn);
     cp.restart_server().await.expect("restart");
 
+    // Anonymous probes learn only how many orgs are degraded; a provider admin learns which.
     let ready = reqwest::get(format!("{}/readyz", cp.url)).await.expect("readyz");
     assert_eq!(ready.status(), 200);
-    let ready: Value = serde_json::from_slice(&ready.bytes().await.expect("body")).expect("json");
+    let anonymous = ready.text().await.expect("body");
+    assert!(
+        !anonymous.contains("globex") && !anonymous.contains("initech") && !anonymous.contains("decode"),
+        "{anonymous}"
+    );
+    let anonymous: Value = serde_json::from_str(&anonymous).expect("json");
+    assert_eq!(anonymous["degradedOrgCount"], 2, "{anonymous}");
+    let viewer = cp.token("victor", &["acme-viewers"]);
+    let (_, as_viewer) = cp.call(Method::GET, "/readyz", &viewer, None).await.expect("readyz");
+    assert!(as_viewer.get("degradedOrgs").is_none(), "{as_viewer}");
+    let (status, ready) = cp
+        .call(Method::GET, "/readyz", &cp.admin_token(), None)
+        .await
+        .expect("readyz");
+    assert_eq!(status, 200);
     let degraded = ready["degradedOrgs"].as_object().expect("degradedOrgs");
     let keys: Vec<&str> = degraded.keys().map(String::as_str).collect();
     assert_eq!(keys, vec!["globex", "initech"], "{ready}");
@@ -1072,8 +1088,10 @@ async fn zero_touch_install_imported_clusters_and_retired_shoots() {
     std::fs::write(&key_file, base64_key(3)).expect("key");
     let mut cp = ControlPlane::start(PROJECT, 3, |c| {
         c.secrets.key_file = key_file.display().to_string();
-        c.garden_credentials
-            .insert("broken".into(), "/nonexistent/garden.yaml".into());
+        c.garden_credentials.insert(
+            "broken".into(),
+            GardenCredential::new("/nonexistent/garden.yaml").for_orgs(["globex"]),
+        );
     })
     .await
     .expect("control plane");
@@ -1090,7 +1108,7 @@ async fn zero_touch_install_imported_clusters_and_retired_shoots() {
             Method::POST,
             "/v1/orgs/globex/discoveries",
             &globex,
-            Some(json!({"id": "broken", "project": PROJECT, "credential": "broken"})),
+            Some(json!({"id": "broken", "project": "globex-prod", "credential": "broken"})),
         )
         .await
         .expect("discovery");

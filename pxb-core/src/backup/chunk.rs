@@ -4,7 +4,7 @@
 //! of its plain bytes. The stored bytes are `PXC1`, one byte for the encoding (`0` raw, `1` zstd),
 //! then the payload. Incompressible data is stored raw.
 
-use std::fmt;
+use std::{fmt, io};
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
@@ -17,6 +17,10 @@ const ZSTD: u8 = 1;
 
 /// The largest plain chunk any reader accepts (a bound against decompression bombs).
 pub const MAX_CHUNK_SIZE: usize = 16 << 20;
+
+/// The largest stored chunk object any reader downloads: a raw chunk of [`MAX_CHUNK_SIZE`] plus
+/// the 5-byte prefix (a compressed chunk is stored only when it is smaller than the raw one).
+pub const MAX_STORED_CHUNK: u64 = MAX_CHUNK_SIZE as u64 + 5;
 
 /// The BLAKE3 hash of a chunk's plain bytes.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -106,14 +110,50 @@ pub fn encode(data: &[u8], level: i32) -> Vec<u8> {
 }
 
 /// Decodes stored bytes of the object `path`; with `expect`, also checks the plain bytes' hash.
+///
+/// Never produces more than [`MAX_CHUNK_SIZE`] bytes: a zstd frame that declares a larger size is
+/// refused before anything is allocated, and decompression stops once it passes the maximum.
 pub fn decode(path: &str, stored: &[u8], expect: Option<&ChunkId>) -> Result<Vec<u8>> {
     if stored.len() < 5 || &stored[..4] != MAGIC {
         return Err(Error::corrupt(format!("{path}: not a pxb chunk (bad magic)")));
     }
+    let too_big = || {
+        Error::corrupt(format!(
+            "{path}: the chunk is more than the maximum chunk size of {MAX_CHUNK_SIZE} bytes"
+        ))
+    };
     let plain = match stored[4] {
+        RAW if stored.len() - 5 > MAX_CHUNK_SIZE => return Err(too_big()),
         RAW => stored[5..].to_vec(),
-        ZSTD => zstd::bulk::decompress(&stored[5..], MAX_CHUNK_SIZE)
-            .map_err(|e| Error::corrupt(format!("{path}: chunk does not decompress: {e}")))?,
+        ZSTD => {
+            let payload = &stored[5..];
+            // The frame header's content size, where present, sizes the buffer exactly; it is
+            // checked first, so a frame that declares gigabytes allocates nothing.
+            let declared = match zstd::zstd_safe::get_frame_content_size(payload) {
+                Ok(Some(n)) if n > MAX_CHUNK_SIZE as u64 => {
+                    return Err(Error::corrupt(format!(
+                        "{path}: the chunk declares {n} plain bytes, more than the maximum chunk \
+                         size of {MAX_CHUNK_SIZE}"
+                    )));
+                }
+                Ok(Some(n)) => n as usize,
+                Ok(None) => 0,
+                Err(_) => {
+                    return Err(Error::corrupt(format!(
+                        "{path}: chunk does not decompress: no zstd frame"
+                    )));
+                }
+            };
+            let mut plain = Vec::with_capacity(declared);
+            let dec = zstd::stream::read::Decoder::with_buffer(payload)
+                .map_err(|e| Error::corrupt(format!("{path}: chunk does not decompress: {e}")))?;
+            io::Read::read_to_end(&mut io::Read::take(dec, MAX_CHUNK_SIZE as u64 + 1), &mut plain)
+                .map_err(|e| Error::corrupt(format!("{path}: chunk does not decompress: {e}")))?;
+            if plain.len() > MAX_CHUNK_SIZE {
+                return Err(too_big());
+            }
+            plain
+        }
         other => return Err(Error::corrupt(format!("{path}: unknown chunk encoding {other}"))),
     };
     if let Some(id) = expect {

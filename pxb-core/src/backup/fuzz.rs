@@ -21,6 +21,31 @@ pub fn manifest(data: &[u8]) {
     let _ = parse_manifest("fuzz", data);
 }
 
+/// A manifest's volume references: the input (JSON) becomes the `volumes` of an otherwise valid
+/// manifest, which is parsed; the references found are used as readers use them (the named
+/// backups' manifest and file index paths).
+pub fn manifest_volumes(data: &[u8]) {
+    let Ok(volumes) = serde_json::from_slice::<serde_json::Value>(data) else {
+        return;
+    };
+    let Ok(id) = BackupId::parse("20261122T000000Z-0badc0de") else {
+        return;
+    };
+    let Ok(mut doc) = serde_json::to_value(super::Manifest::placeholder(&id)) else {
+        return;
+    };
+    doc["volumes"] = volumes;
+    let Ok(bytes) = serde_json::to_vec(&doc) else {
+        return;
+    };
+    if let Ok(m) = parse_manifest("fuzz", &bytes) {
+        for v in &m.volumes {
+            let _ = v.backup.manifest_path();
+            let _ = v.backup.object_path(volume::FILES_OBJECT);
+        }
+    }
+}
+
 /// Location config parsing.
 pub fn config(data: &[u8]) {
     let _ = parse_config(data);
@@ -47,6 +72,14 @@ pub fn summary(data: &[u8]) {
 pub fn local_header(data: &[u8]) {
     let (len, _) = crate::store::decode_local_header(data);
     assert!(len <= data.len() as u64, "header longer than the object");
+}
+
+/// Resource archive lines: the input is an archive's plain text, compressed here and restored, so
+/// mutations reach the line framing and the object parser rather than the zstd decoder.
+pub fn archive_lines(data: &[u8]) {
+    if let Ok(stored) = zstd::bulk::compress(data, 1) {
+        resources_archive(&stored);
+    }
 }
 
 /// Resource archive parsing, through a restore into the in-memory cluster.

@@ -5,7 +5,11 @@
 //! garbage, never delete a live chunk). Sweep lists the chunks and deletes the unreferenced ones
 //! older than the grace period, plus the objects of backups that never committed. GC holds the
 //! exclusive GC lease; if backups hold leases it defers the sweep (see [`super::locks`]), and a
-//! backup starting during a sweep waits for it, so no in-flight backup can lose a chunk.
+//! backup starting during a sweep waits for it. Ages and leases are measured in the store's time
+//! (the `last_modified` of GC's own lock), never against this machine's clock. A sweep writes the
+//! sweep marker first, and a backup whose lease lapsed or that overlapped a sweep re-checks what it
+//! references before committing ([`super::locks::BackupLock::commit`]), so no committed backup can
+//! lose a chunk.
 
 use std::time::{Duration, SystemTime};
 
@@ -22,7 +26,8 @@ use crate::{Error, ObjectPath, Result};
 /// Settings of a GC run.
 #[derive(Debug, Clone)]
 pub struct GcOptions {
-    /// Unreferenced objects younger than this are kept (they may belong to a backup in flight).
+    /// Unreferenced objects younger than this, in the store's time, are kept (they may belong to a
+    /// backup in flight).
     pub grace: Duration,
     /// Report what would be deleted without deleting.
     pub dry_run: bool,
@@ -72,7 +77,9 @@ pub async fn gc(repo: &Repository, opts: &GcOptions) -> Result<GcReport> {
 
 async fn run(repo: &Repository, opts: &GcOptions, lock: &GcLock) -> Result<GcReport> {
     let mut report = GcReport::default();
-    let running = locks::running_backups(repo).await?;
+    // "Now" is the store's time of this GC's lock, so other machines' clocks do not matter.
+    let now = lock.started();
+    let running = locks::running_backups(repo, now).await?;
     if !running.is_empty() {
         report.deferred = Some(format!(
             "{} backup(s) running ({}); nothing was deleted, run GC again later",
@@ -80,6 +87,10 @@ async fn run(repo: &Repository, opts: &GcOptions, lock: &GcLock) -> Result<GcRep
             running.join(", ")
         ));
         return Ok(report);
+    }
+    if !opts.dry_run {
+        // Backups that started before this point and commit after it re-check their chunks.
+        lock.begin_sweep().await?;
     }
 
     // Mark.
@@ -125,11 +136,7 @@ async fn run(repo: &Repository, opts: &GcOptions, lock: &GcLock) -> Result<GcRep
     report.referenced_chunks = live.len() as u64;
 
     // Sweep.
-    let cutoff = repo
-        .clock()
-        .now()
-        .checked_sub(opts.grace)
-        .unwrap_or(SystemTime::UNIX_EPOCH);
+    let cutoff = now.checked_sub(opts.grace).unwrap_or(SystemTime::UNIX_EPOCH);
     let mut doomed = Vec::new();
     let mut chunks = list_all(repo.store(), layout::CHUNKS);
     while let Some(m) = chunks.try_next().await? {
@@ -148,12 +155,11 @@ async fn run(repo: &Repository, opts: &GcOptions, lock: &GcLock) -> Result<GcRep
         report.deleted_bytes += m.size;
         doomed.push(m.path);
         if doomed.len() >= 1000 {
-            delete_all(repo, std::mem::take(&mut doomed), opts).await?;
-            lock.check()?;
+            delete_all(repo, std::mem::take(&mut doomed), opts, lock).await?;
         }
     }
     drop(chunks);
-    delete_all(repo, doomed, opts).await?;
+    delete_all(repo, doomed, opts, lock).await?;
 
     // Objects of backups that never committed (crashed or aborted), once past the grace period.
     let mut orphans = Vec::new();
@@ -170,19 +176,32 @@ async fn run(repo: &Repository, opts: &GcOptions, lock: &GcLock) -> Result<GcRep
     }
     drop(own);
     report.deleted_orphans = orphans.len() as u64;
-    delete_all(repo, orphans, opts).await?;
+    delete_all(repo, orphans, opts, lock).await?;
     Ok(report)
 }
 
-async fn delete_all(repo: &Repository, paths: Vec<ObjectPath>, opts: &GcOptions) -> Result<()> {
+/// Deletes `paths`, checking before each delete that the GC lease never lapsed.
+async fn delete_all(
+    repo: &Repository,
+    paths: Vec<ObjectPath>,
+    opts: &GcOptions,
+    lock: &GcLock,
+) -> Result<()> {
     if opts.dry_run {
         return Ok(());
     }
     futures::stream::iter(paths)
-        .map(|p| async move { repo.store().delete(&p).await })
+        .map(|p| async move {
+            lock.check()?;
+            repo.store().delete(&p).await
+        })
         .buffer_unordered(opts.concurrency.max(1))
         .try_collect::<Vec<()>>()
         .await
         .map(|_| ())
         .map_err(|e: Error| e.context("GC delete"))
 }
+
+#[cfg(test)]
+#[path = "gc_race_tests.rs"]
+mod race_tests;

@@ -30,6 +30,13 @@ pub use chunk::ChunkId;
 /// The on-location format this code writes and reads.
 pub const FORMAT: u32 = 1;
 
+/// The largest manifest any reader downloads; a bigger one is refused as corrupt while it streams
+/// (see `docs/format.md`, "Limits").
+pub const MAX_MANIFEST_SIZE: u64 = 16 << 20;
+
+/// The largest `pxb/config` any reader downloads.
+pub const MAX_CONFIG_SIZE: u64 = 64 << 10;
+
 /// Object names of the format.
 pub mod layout {
     /// The location's config object: the format version, written once.
@@ -440,7 +447,7 @@ impl Repository {
     pub async fn open(&self) -> Result<RepoConfig> {
         let path = Self::config_path();
         let bytes = match self.store.get(&path).await {
-            Ok(g) => g.bytes().await?,
+            Ok(g) => g.bytes_at_most(MAX_CONFIG_SIZE).await?,
             Err(Error::NotFound { .. }) => {
                 return Err(Error::not_found(format!(
                     "no pxb backups in {} ({} is missing)",
@@ -496,7 +503,7 @@ impl Repository {
     pub async fn manifest(&self, id: &BackupId) -> Result<Manifest> {
         let path = id.manifest_path();
         let bytes = match self.store.get(&path).await {
-            Ok(g) => g.bytes().await?,
+            Ok(g) => g.bytes_at_most(MAX_MANIFEST_SIZE).await?,
             Err(Error::NotFound { .. }) => return Err(Error::not_found(format!("backup {id}"))),
             Err(e) => return Err(e),
         };
@@ -612,8 +619,14 @@ pub fn parse_config(bytes: &[u8]) -> Result<RepoConfig> {
     Ok(cfg)
 }
 
-/// Parses a manifest object named `name`.
+/// Parses a manifest object named `name` (at most [`MAX_MANIFEST_SIZE`] bytes).
 pub fn parse_manifest(name: &str, bytes: &[u8]) -> Result<Manifest> {
+    if bytes.len() as u64 > MAX_MANIFEST_SIZE {
+        return Err(Error::corrupt(format!(
+            "{name}: {} bytes, more than the {MAX_MANIFEST_SIZE} bytes a manifest may hold",
+            bytes.len()
+        )));
+    }
     let value: serde_json::Value =
         serde_json::from_slice(bytes).map_err(|e| Error::corrupt(format!("{name}: not JSON: {e}")))?;
     let format = value.get("format").and_then(|f| f.as_u64()).unwrap_or(0);
@@ -636,6 +649,14 @@ pub fn parse_summary(id: &BackupId, md: &Metadata) -> Result<Summary> {
     let raw = md
         .get(layout::SUMMARY_KEY)
         .ok_or_else(|| Error::corrupt(format!("backup {id}: the manifest has no summary metadata")))?;
+    // Listing metadata comes from the location too: no more than any store may hold.
+    if raw.len() > crate::store::MAX_METADATA_BYTES {
+        return Err(Error::corrupt(format!(
+            "backup {id}: the summary is {} bytes, more than the {} bytes of metadata an object may carry",
+            raw.len(),
+            crate::store::MAX_METADATA_BYTES
+        )));
+    }
     let s: Summary = serde_json::from_str(raw)
         .map_err(|e| Error::corrupt(format!("backup {id}: unreadable summary: {e}")))?;
     if &s.id != id {

@@ -4,10 +4,11 @@
 
 use futures::StreamExt;
 
+use super::locks::BackupLock;
 use super::{BackupId, BackupKind, BackupStats, BackupStatus, FORMAT, Manifest, ManifestObject, Repository};
 use crate::resources::{
-    ResourceBackupStats, ResourceSelector, ResourceSink, ResourceSource, RestoreOptions, RestoreReport,
-    backup_resources, restore_resources,
+    ExpectedArchive, ResourceBackupStats, ResourceSelector, ResourceSink, ResourceSource, RestoreOptions,
+    RestoreReport, backup_resources, restore_archive,
 };
 use crate::{Error, Result};
 
@@ -28,7 +29,8 @@ pub struct ResourceBackupOptions {
 }
 
 /// Backs up the selected resources of `source` and commits the backup. Returns the manifest and
-/// the archive's statistics.
+/// the archive's statistics. Holds a backup lease throughout, like a volume backup, so GC does not
+/// take the archive for the object of a backup that never committed.
 pub async fn backup_namespace_resources(
     repo: &Repository,
     source: &dyn ResourceSource,
@@ -37,6 +39,21 @@ pub async fn backup_namespace_resources(
     repo.open_or_init().await?;
     let created = repo.now_secs();
     let id = BackupId::new(repo.clock().now());
+    let lock = BackupLock::acquire(repo, &id).await?;
+    let result = run_backup(repo, source, opts, created, id, &lock).await;
+    // Give the lease back whether or not the backup committed, so GC is not held up.
+    lock.release().await;
+    result
+}
+
+async fn run_backup(
+    repo: &Repository,
+    source: &dyn ResourceSource,
+    opts: &ResourceBackupOptions,
+    created: u64,
+    id: BackupId,
+    lock: &BackupLock,
+) -> Result<(Manifest, ResourceBackupStats)> {
     let path = id.object_path(RESOURCES_OBJECT)?;
     let stats = backup_resources(source, &opts.selector, repo.store(), &path).await?;
     // The manifest records the archive's hash so deep verify can check it.
@@ -82,11 +99,17 @@ pub async fn backup_namespace_resources(
             .collect(),
         volumes: opts.volumes.clone(),
     };
-    repo.commit(&manifest).await?;
+    lock.commit(&manifest, &[]).await?;
     Ok((manifest, stats))
 }
 
 /// Restores a resource backup into `sink`.
+///
+/// The archive is checked against the size and BLAKE3 hash its manifest records before anything
+/// is created: an archive changed or damaged since the backup is [`Error::Corrupt`] and restores
+/// nothing. Which objects are created is decided as in
+/// [`restore_resources`](crate::resources::restore_resources) ([`RestoreOptions::namespaces`],
+/// [`RestoreOptions::allow_cluster_kinds`]).
 pub async fn restore_namespace_resources(
     repo: &Repository,
     id: &BackupId,
@@ -97,5 +120,62 @@ pub async fn restore_namespace_resources(
     if manifest.kind != BackupKind::Resources {
         return Err(Error::invalid(format!("backup {id} is not a resource backup")));
     }
-    restore_resources(repo.store(), &id.object_path(RESOURCES_OBJECT)?, sink, opts).await
+    let expected = expected_archive(&manifest)?;
+    restore_archive(
+        repo.store(),
+        &id.object_path(RESOURCES_OBJECT)?,
+        sink,
+        opts,
+        Some(&expected),
+    )
+    .await
+}
+
+/// Checks that the resource archive of `manifest` (a resource backup's) is the one the manifest
+/// records, size and BLAKE3 hash, without restoring anything: [`Error::Corrupt`] if it was changed
+/// or damaged since the backup. For callers that act on a backup before its objects are restored
+/// (the agent provisions volumes first); [`restore_namespace_resources`] checks again itself.
+pub async fn check_resource_archive(repo: &Repository, manifest: &Manifest) -> Result<()> {
+    let expected = expected_archive(manifest)?;
+    let path = manifest.id.object_path(RESOURCES_OBJECT)?;
+    let got = repo
+        .store()
+        .get(&path)
+        .await
+        .map_err(|e| e.context("reading the resource archive"))?;
+    let mut hasher = blake3::Hasher::new();
+    let mut size = 0u64;
+    let mut body = got.body;
+    while let Some(chunk) = body.next().await {
+        let chunk = chunk.map_err(|e| e.context(format!("reading the resource archive {path}")))?;
+        size += chunk.len() as u64;
+        hasher.update(&chunk);
+    }
+    let hash = hasher.finalize().to_hex().to_string();
+    if size != expected.size || hash != expected.blake3 {
+        return Err(Error::corrupt(format!(
+            "{path}: the resource archive does not match its manifest ({size} bytes, BLAKE3 {hash}; \
+             the manifest records {} bytes, BLAKE3 {}): it was changed or damaged after the backup",
+            expected.size, expected.blake3
+        )));
+    }
+    Ok(())
+}
+
+/// What the manifest records of its resource archive.
+fn expected_archive(manifest: &Manifest) -> Result<ExpectedArchive> {
+    let recorded = manifest
+        .objects
+        .iter()
+        .find(|o| o.name == RESOURCES_OBJECT)
+        .ok_or_else(|| {
+            Error::corrupt(format!(
+                "the manifest of backup {} lists no {RESOURCES_OBJECT} archive; nothing was restored",
+                manifest.id
+            ))
+        })?;
+    Ok(ExpectedArchive {
+        size: recorded.size,
+        blake3: recorded.blake3.to_ascii_lowercase(),
+    })
 }

@@ -134,9 +134,19 @@ pub async fn download(store: &dyn ObjectStore, path: &ObjectPath, hash: Option<&
     let file = tempfile::tempfile().map_err(|e| Error::io("creating a temp file", e))?;
     let mut out = tokio::fs::File::from_std(file);
     let mut hasher = blake3::Hasher::new();
+    // The body may not run past the size the store announced (the disk it fills is bounded by
+    // what the location admits to, and the manifest's hash then decides).
+    let announced = got.meta.size;
+    let mut received = 0u64;
     let mut body = got.body;
     while let Some(chunk) = body.next().await {
         let chunk = chunk?;
+        received += chunk.len() as u64;
+        if received > announced {
+            return Err(Error::corrupt(format!(
+                "{path}: the body holds more than the announced {announced} bytes"
+            )));
+        }
         hasher.update(&chunk);
         out.write_all(&chunk)
             .await
@@ -159,36 +169,70 @@ pub async fn download(store: &dyn ObjectStore, path: &ObjectPath, hash: Option<&
     Ok(file)
 }
 
+/// The longest record line accepted (a bound against hostile input): a longer line is an error
+/// as soon as its first `MAX_LINE + 1` bytes are read.
+pub const MAX_LINE: usize = 16 << 20;
+
+/// The most plain bytes a spool may hold per stored byte read (a bound against decompression
+/// bombs made of valid records). Real spools of JSON lines compress 5 to 50 times.
+pub const MAX_EXPANSION: u64 = 1024;
+
+/// Plain bytes every spool may hold whatever its stored size (two lines of [`MAX_LINE`]), on top
+/// of [`MAX_EXPANSION`] times its stored bytes.
+pub const EXPANSION_ALLOWANCE: u64 = 2 * MAX_LINE as u64;
+
+/// A reader that counts the bytes it passed on.
+struct Counted<R> {
+    inner: R,
+    read: u64,
+}
+
+impl<R: io::Read> io::Read for Counted<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.read += n as u64;
+        Ok(n)
+    }
+}
+
+type Decoded<R> = BufReader<zstd::stream::read::Decoder<'static, BufReader<Counted<R>>>>;
+
 /// Reads records from a spooled object's bytes: checks the header, then yields records with
-/// errors that name the object and the line.
+/// errors that name the object and the line. Memory stays bounded whatever the input: a line is
+/// read at most [`MAX_LINE`] + 1 bytes far, and the plain stream may not expand past
+/// [`EXPANSION_ALLOWANCE`] + [`MAX_EXPANSION`] times the stored bytes read.
 pub struct SpoolReader<R: io::Read, T> {
-    lines: io::Lines<BufReader<zstd::stream::read::Decoder<'static, BufReader<R>>>>,
+    input: Decoded<R>,
+    buf: Vec<u8>,
+    plain: u64,
     name: String,
     line: u64,
     done: bool,
     _t: std::marker::PhantomData<fn() -> T>,
 }
 
-/// The longest record line accepted (a bound against hostile input).
-pub const MAX_LINE: usize = 16 << 20;
-
 impl<R: io::Read, T: DeserializeOwned> SpoolReader<R, T> {
     /// Opens a reader over stored bytes of the object `name`, which must be of `kind` at `format`.
     pub fn new(reader: R, name: &str, kind: &str, format: u32) -> Result<Self> {
-        let dec = zstd::stream::read::Decoder::new(reader)
-            .map_err(|e| Error::corrupt(format!("{name}: not a zstd stream: {e}")))?;
+        let dec = zstd::stream::read::Decoder::new(Counted {
+            inner: reader,
+            read: 0,
+        })
+        .map_err(|e| Error::corrupt(format!("{name}: not a zstd stream: {e}")))?;
         let mut r = Self {
-            lines: BufReader::new(dec).lines(),
+            input: BufReader::new(dec),
+            buf: Vec::new(),
+            plain: 0,
             name: name.into(),
             line: 0,
             done: false,
             _t: Default::default(),
         };
-        let header: Header = match r.next_line()? {
-            Some(l) => serde_json::from_str(&l)
-                .map_err(|e| Error::corrupt(format!("{name}: line 1 is not a pxb header: {e}")))?,
-            None => return Err(Error::corrupt(format!("{name}: empty (no header)"))),
-        };
+        if !r.next_line()? {
+            return Err(Error::corrupt(format!("{name}: empty (no header)")));
+        }
+        let header: Header = serde_json::from_slice(&r.buf)
+            .map_err(|e| Error::corrupt(format!("{name}: line 1 is not a pxb header: {e}")))?;
         if header.pxb != kind {
             return Err(Error::corrupt(format!(
                 "{name}: holds {:?}, expected {kind:?}",
@@ -204,20 +248,42 @@ impl<R: io::Read, T: DeserializeOwned> SpoolReader<R, T> {
         Ok(r)
     }
 
-    fn next_line(&mut self) -> Result<Option<String>> {
+    /// Reads the next line into `buf` (without its line ending); `false` at the end.
+    fn next_line(&mut self) -> Result<bool> {
         self.line += 1;
-        match self.lines.next() {
-            None => Ok(None),
-            Some(Ok(l)) if l.len() > MAX_LINE => Err(Error::corrupt(format!(
+        self.buf.clear();
+        let n = io::Read::take(&mut self.input, MAX_LINE as u64 + 1)
+            .read_until(b'\n', &mut self.buf)
+            .map_err(|e| {
+                Error::corrupt(format!(
+                    "{}: unreadable at line {} (truncated or damaged): {e}",
+                    self.name, self.line
+                ))
+            })?;
+        if n == 0 {
+            return Ok(false);
+        }
+        self.plain += n as u64;
+        if self.buf.last() == Some(&b'\n') {
+            self.buf.pop();
+            if self.buf.last() == Some(&b'\r') {
+                self.buf.pop();
+            }
+        } else if self.buf.len() > MAX_LINE {
+            return Err(Error::corrupt(format!(
                 "{}: line {} is longer than {MAX_LINE} bytes",
                 self.name, self.line
-            ))),
-            Some(Ok(l)) => Ok(Some(l)),
-            Some(Err(e)) => Err(Error::corrupt(format!(
-                "{}: unreadable at line {} (truncated or damaged): {e}",
-                self.name, self.line
-            ))),
+            )));
         }
+        let stored = self.input.get_ref().get_ref().get_ref().read;
+        if self.plain > EXPANSION_ALLOWANCE.saturating_add(stored.saturating_mul(MAX_EXPANSION)) {
+            return Err(Error::corrupt(format!(
+                "{}: expands to more than {} bytes from {stored} stored bytes by line {} \
+                 (more than {MAX_EXPANSION} to 1: damaged, or a decompression bomb)",
+                self.name, self.plain, self.line
+            )));
+        }
+        Ok(true)
     }
 }
 
@@ -229,8 +295,8 @@ impl<R: io::Read, T: DeserializeOwned> Iterator for SpoolReader<R, T> {
             return None;
         }
         let item = match self.next_line() {
-            Ok(None) => None,
-            Ok(Some(l)) => Some(serde_json::from_str(&l).map_err(|e| {
+            Ok(false) => None,
+            Ok(true) => Some(serde_json::from_slice(&self.buf).map_err(|e| {
                 Error::corrupt(format!(
                     "{}: line {} is not a valid record: {e}",
                     self.name, self.line

@@ -201,7 +201,7 @@ async fn verify_one(
                 .map(|c| async move {
                     let path = c.path();
                     let stored = match repo.store().get(&path).await {
-                        Ok(g) => g.bytes().await?,
+                        Ok(g) => g.bytes_at_most(chunk::MAX_STORED_CHUNK).await?,
                         Err(Error::NotFound { .. }) => return Err(Error::not_found(path.to_string())),
                         Err(e) => return Err(e),
                     };

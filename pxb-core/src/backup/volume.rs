@@ -5,18 +5,23 @@
 //! compresses (zstd) and uploads chunks in parallel with a bounded number in flight, and packs
 //! files smaller than the chunker's minimum into shared chunks ("bundles"), so many small files do
 //! not become many tiny objects. The file index (a spooled, compressed JSON-lines object) and the
-//! manifest are written last. Restore verifies every chunk's hash before writing it.
+//! manifest are written last. Restore verifies every chunk's hash before writing it, and writes
+//! nothing outside its target: index paths are relative without `..`, and every path is opened
+//! below the target's directory handle without following symlinks (see `Target`).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::fs;
 use std::io::{Seek, SeekFrom, Write};
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
-use std::path::{Component, Path, PathBuf};
+use std::os::fd::OwnedFd;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures::stream::{self, FuturesUnordered, StreamExt, TryStreamExt};
+use rustix::fs::{self as rfs, AtFlags, Mode, OFlags};
+use rustix::io::Errno;
 use serde::{Deserialize, Serialize};
 
 use super::chunk::{self, ChunkId};
@@ -610,7 +615,9 @@ async fn run_backup(
         .await?;
 
     stats.skipped = skipped;
-    stats.chunks = count_chunks(&files_path, repo).await.unwrap_or_default();
+    // The chunks the index references: the commit checks them if a GC may have swept meanwhile.
+    let chunks = referenced_chunks(&files_path, repo).await?;
+    stats.chunks = chunks.len() as u64;
     stats.new_chunks = shared.new_chunks.load(std::sync::atomic::Ordering::Relaxed);
     stats.stored_bytes = shared.stored.load(std::sync::atomic::Ordering::Relaxed) + files_obj.size;
     let manifest = Manifest {
@@ -634,8 +641,7 @@ async fn run_backup(
         warnings,
         volumes: Vec::new(),
     };
-    lock.check()?;
-    repo.commit(&manifest).await?;
+    lock.commit(&manifest, &chunks).await?;
     Ok(manifest)
 }
 
@@ -650,16 +656,18 @@ fn count(stats: &mut BackupStats, e: &FileEntry) {
     }
 }
 
-/// Distinct chunks referenced by an uploaded index (for the manifest's stats).
-async fn count_chunks(files_path: &crate::ObjectPath, repo: &Repository) -> Result<u64> {
+/// Distinct chunks referenced by an uploaded index, sorted.
+async fn referenced_chunks(files_path: &crate::ObjectPath, repo: &Repository) -> Result<Vec<ChunkId>> {
     let file = spool::download(repo.store(), files_path, None).await?;
     let name = files_path.to_string();
-    tokio::task::spawn_blocking(move || -> Result<u64> {
+    tokio::task::spawn_blocking(move || -> Result<Vec<ChunkId>> {
         let mut set = HashSet::new();
         for e in SpoolReader::<_, FileEntry>::new(file, &name, FILES_KIND, FORMAT)? {
             set.extend(e?.slices.iter().map(|s| s.0));
         }
-        Ok(set.len() as u64)
+        let mut chunks: Vec<ChunkId> = set.into_iter().collect();
+        chunks.sort_unstable();
+        Ok(chunks)
     })
     .await
     .map_err(|e| Error::other("index task failed").with_source(e))?
@@ -736,41 +744,169 @@ pub struct RestoreStats {
     pub chunks_fetched: u64,
 }
 
-/// Validates an index path: relative, no `..`, no empty or `.` segments.
-fn safe_join(root: &Path, rel: &str) -> Result<PathBuf> {
+/// Splits an index path into its segments: relative, `/`-separated, no `..`, `.` or empty
+/// segments, no NUL. The root is the empty path (no segments).
+fn segments(rel: &str) -> Result<Vec<&str>> {
     if rel.is_empty() {
-        return Ok(root.to_path_buf());
+        return Ok(Vec::new());
     }
-    let p = Path::new(rel);
-    let ok = rel.split('/').all(|s| !s.is_empty() && s != "." && s != "..")
-        && p.components().all(|c| matches!(c, Component::Normal(_)));
-    if !ok {
+    let segs: Vec<&str> = rel.split('/').collect();
+    if segs
+        .iter()
+        .any(|s| s.is_empty() || *s == "." || *s == ".." || s.contains('\0'))
+    {
         return Err(Error::corrupt(format!(
             "file index entry {rel:?} is not a safe relative path"
         )));
     }
-    Ok(root.join(p))
+    Ok(segs)
 }
 
-/// Refuses to write through a symlink inside the restore target.
-fn no_symlink_ancestors(root: &Path, path: &Path) -> Result<()> {
-    let mut cur = path.parent();
-    while let Some(d) = cur {
-        if d == root || !d.starts_with(root) {
-            break;
-        }
-        if fs::symlink_metadata(d)
-            .map(|m| m.file_type().is_symlink())
-            .unwrap_or(false)
-        {
-            return Err(Error::invalid(format!(
-                "refusing to restore through the symlink {}",
-                d.display()
-            )));
-        }
-        cur = d.parent();
+/// Opens a directory below a handle: never through a symlink.
+const DIR_FLAGS: OFlags = OFlags::RDONLY
+    .union(OFlags::DIRECTORY)
+    .union(OFlags::NOFOLLOW)
+    .union(OFlags::CLOEXEC);
+/// Directory handles a restore keeps open for reuse.
+const CACHED_DIRS: usize = 64;
+
+fn errno(what: impl std::fmt::Display, e: Errno) -> Error {
+    Error::io(what, e.into())
+}
+
+/// Whether `name` in `dir` is a symlink (not followed).
+fn is_symlink(dir: &OwnedFd, name: &str) -> bool {
+    rfs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW)
+        .is_ok_and(|st| rfs::FileType::from_raw_mode(st.st_mode) == rfs::FileType::Symlink)
+}
+
+/// The restore target as a directory handle. Every path below it is opened one segment at a time
+/// relative to its parent's handle without following symlinks, and files are created with
+/// `O_EXCL | O_NOFOLLOW`: nothing already in the target, and nothing the restore creates, leads
+/// outside it. Recently used directory handles are kept, so a file costs one `openat`.
+struct Target {
+    root: Arc<OwnedFd>,
+    display: PathBuf,
+    dirs: Mutex<VecDeque<(String, Arc<OwnedFd>)>>,
+}
+
+impl Target {
+    /// Creates (if missing) and opens the target. The target itself is the caller's choice and
+    /// may be reached through a symlink; nothing below it is.
+    fn open(root: &Path) -> Result<Self> {
+        fs::create_dir_all(root).map_err(|e| Error::io(format!("creating {}", root.display()), e))?;
+        let fd = rfs::openat(
+            rfs::CWD,
+            root,
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| errno(format!("opening {}", root.display()), e))?;
+        Ok(Self {
+            root: Arc::new(fd),
+            display: root.to_path_buf(),
+            dirs: Mutex::new(VecDeque::new()),
+        })
     }
-    Ok(())
+
+    fn shown(&self, rel: &str) -> PathBuf {
+        self.display.join(rel)
+    }
+
+    fn cached(&self, key: &str) -> Option<Arc<OwnedFd>> {
+        let dirs = self.dirs.lock().unwrap_or_else(|e| e.into_inner());
+        dirs.iter().find(|(k, _)| k == key).map(|(_, fd)| fd.clone())
+    }
+
+    fn remember(&self, key: String, fd: OwnedFd) -> Arc<OwnedFd> {
+        let fd = Arc::new(fd);
+        let mut dirs = self.dirs.lock().unwrap_or_else(|e| e.into_inner());
+        if dirs.len() >= CACHED_DIRS {
+            dirs.pop_front();
+        }
+        dirs.push_back((key, fd.clone()));
+        fd
+    }
+
+    /// The handle of the existing directory at `segs`; a symlink anywhere on the way is refused.
+    fn dir(&self, segs: &[&str]) -> Result<Arc<OwnedFd>> {
+        let Some((name, parents)) = segs.split_last() else {
+            return Ok(self.root.clone());
+        };
+        let key = segs.join("/");
+        if let Some(fd) = self.cached(&key) {
+            return Ok(fd);
+        }
+        let parent = self.dir(parents)?;
+        match rfs::openat(&*parent, *name, DIR_FLAGS, Mode::empty()) {
+            Ok(fd) => Ok(self.remember(key, fd)),
+            Err(Errno::LOOP | Errno::NOTDIR) => Err(Error::invalid(format!(
+                "refusing to restore through {}: it is {}",
+                self.shown(&key).display(),
+                if is_symlink(&parent, name) {
+                    "a symlink"
+                } else {
+                    "not a directory"
+                }
+            ))),
+            Err(e) => Err(errno(format!("opening {}", self.shown(&key).display()), e)),
+        }
+    }
+
+    /// Creates the directory at `segs` and any missing parent, and opens it. A symlink where a
+    /// directory belongs is replaced by the directory, never followed.
+    fn make_dir(&self, segs: &[&str]) -> Result<Arc<OwnedFd>> {
+        let Some((name, parents)) = segs.split_last() else {
+            return Ok(self.root.clone());
+        };
+        let key = segs.join("/");
+        if let Some(fd) = self.cached(&key) {
+            return Ok(fd);
+        }
+        let parent = self.make_dir(parents)?;
+        let shown = || self.shown(&key);
+        let mkdir = || match rfs::mkdirat(&*parent, *name, Mode::from_raw_mode(0o777)) {
+            Ok(()) | Err(Errno::EXIST) => Ok(()),
+            Err(e) => Err(errno(format!("creating {}", shown().display()), e)),
+        };
+        mkdir()?;
+        let fd = match rfs::openat(&*parent, *name, DIR_FLAGS, Mode::empty()) {
+            Err(Errno::LOOP | Errno::NOTDIR) if is_symlink(&parent, name) => {
+                rfs::unlinkat(&*parent, *name, AtFlags::empty())
+                    .map_err(|e| errno(format!("replacing the symlink {}", shown().display()), e))?;
+                mkdir()?;
+                rfs::openat(&*parent, *name, DIR_FLAGS, Mode::empty())
+            }
+            r => r,
+        }
+        .map_err(|e| errno(format!("opening the directory {}", shown().display()), e))?;
+        Ok(self.remember(key, fd))
+    }
+
+    /// Creates the file `name` in `parent` afresh: whatever was there (a file, a symlink, a
+    /// hard link to something else) is unlinked first, never written through.
+    fn create_file(&self, parent: &OwnedFd, name: &str, rel: &str) -> Result<fs::File> {
+        let flags = OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+        let mode = Mode::from_raw_mode(0o600);
+        let fd = match rfs::openat(parent, name, flags, mode) {
+            Err(Errno::EXIST) => {
+                match rfs::unlinkat(parent, name, AtFlags::empty()) {
+                    Ok(()) => {}
+                    Err(Errno::ISDIR | Errno::PERM) if !is_symlink(parent, name) => {
+                        return Err(Error::invalid(format!(
+                            "{} exists as a directory",
+                            self.shown(rel).display()
+                        )));
+                    }
+                    Err(e) => return Err(errno(format!("replacing {}", self.shown(rel).display()), e)),
+                }
+                rfs::openat(parent, name, flags, mode)
+            }
+            r => r,
+        }
+        .map_err(|e| errno(format!("creating {}", self.shown(rel).display()), e))?;
+        Ok(fs::File::from(fd))
+    }
 }
 
 struct ChunkCache {
@@ -792,7 +928,7 @@ impl ChunkCache {
         }
         let path = id.path();
         let stored = match self.repo.store().get(&path).await {
-            Ok(g) => g.bytes().await?,
+            Ok(g) => g.bytes_at_most(chunk::MAX_STORED_CHUNK).await?,
             Err(Error::NotFound { .. }) => {
                 return Err(Error::not_found(format!(
                     "chunk {path} is missing from the location"
@@ -815,41 +951,54 @@ impl ChunkCache {
     }
 }
 
-fn apply_meta(path: &Path, e: &FileEntry) -> Result<()> {
-    let io = |what: &str, err| Error::io(format!("{what} {}", path.display()), err);
-    // Owner first: changing the owner clears setuid and setgid bits, so the mode comes after.
-    // Ownership needs privileges; without them files keep the restoring user's ids.
-    if let Err(err) = std::os::unix::fs::lchown(path, Some(e.uid), Some(e.gid))
-        && err.kind() != std::io::ErrorKind::PermissionDenied
-    {
-        return Err(io("setting the owner of", err));
-    }
-    if e.kind != EntryKind::Symlink {
-        fs::set_permissions(path, fs::Permissions::from_mode(e.mode))
-            .map_err(|err| io("setting the mode of", err))?;
-    }
-    let mtime = filetime::FileTime::from_unix_time(e.mtime, e.mtime_ns);
-    filetime::set_symlink_file_times(path, mtime, mtime).map_err(|err| io("setting the times of", err))
+fn owner(e: &FileEntry) -> (Option<rfs::Uid>, Option<rfs::Gid>) {
+    (
+        Some(rfs::Uid::from_raw_unchecked(e.uid)),
+        Some(rfs::Gid::from_raw_unchecked(e.gid)),
+    )
 }
 
-async fn restore_file(cache: &ChunkCache, root: &Path, e: &FileEntry) -> Result<u64> {
-    let path = safe_join(root, &e.path)?;
-    no_symlink_ancestors(root, &path)?;
-    if fs::symlink_metadata(&path).map(|m| m.is_dir()).unwrap_or(false) {
-        return Err(Error::invalid(format!(
-            "{} exists as a directory",
-            path.display()
-        )));
+fn times(e: &FileEntry) -> rfs::Timestamps {
+    let t = rfs::Timespec {
+        tv_sec: e.mtime,
+        tv_nsec: e.mtime_ns.into(),
+    };
+    rfs::Timestamps {
+        last_access: t,
+        last_modification: t,
     }
+}
+
+/// Ownership needs privileges; without them entries keep the restoring user's ids.
+fn chown_result(r: rustix::io::Result<()>, path: &Path) -> Result<()> {
+    match r {
+        Ok(()) | Err(Errno::PERM | Errno::ACCESS) => Ok(()),
+        Err(e) => Err(errno(format!("setting the owner of {}", path.display()), e)),
+    }
+}
+
+/// Sets owner, mode and times of an open file or directory.
+fn apply_meta(fd: &impl std::os::fd::AsFd, path: &Path, e: &FileEntry) -> Result<()> {
+    // Owner first: changing the owner clears setuid and setgid bits, so the mode comes after.
+    let (uid, gid) = owner(e);
+    chown_result(rfs::fchown(fd, uid, gid), path)?;
+    rfs::fchmod(fd, Mode::from_raw_mode(e.mode & 0o7777))
+        .map_err(|err| errno(format!("setting the mode of {}", path.display()), err))?;
+    rfs::futimens(fd, &times(e)).map_err(|err| errno(format!("setting the times of {}", path.display()), err))
+}
+
+async fn restore_file(cache: &ChunkCache, target: &Target, e: &FileEntry) -> Result<u64> {
+    let segs = segments(&e.path)?;
+    let Some((name, parents)) = segs.split_last() else {
+        return Err(Error::corrupt("the file index lists the root as a file"));
+    };
+    let path = target.shown(&e.path);
+    let parent = target.dir(parents)?;
+    let mut file = target.create_file(&parent, name, &e.path)?;
+    drop(parent);
     let mut pieces = stream::iter(e.slices.iter().copied())
         .map(|s| async move { cache.get(s.0).await.map(|d| (s, d)) })
         .buffered(4);
-    let mut file = fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .open(&path)
-        .map_err(|err| Error::io(format!("creating {}", path.display()), err))?;
     let mut written = 0u64;
     while let Some((Slice(id, off, len), data)) = pieces.try_next().await? {
         let (off, len) = (off as usize, len as usize);
@@ -879,27 +1028,59 @@ async fn restore_file(cache: &ChunkCache, root: &Path, e: &FileEntry) -> Result<
     }
     file.set_len(written)
         .map_err(|err| Error::io(format!("sizing {}", path.display()), err))?;
-    drop(file);
-    apply_meta(&path, e)?;
+    apply_meta(&file, &path, e)?;
     Ok(written)
 }
 
-/// Restores a volume backup into `opts.target`, verifying every chunk's hash. Files are written in
-/// place; directories, then files, then symlinks (so nothing is written through a restored link),
-/// then directory modes and times.
+fn restore_symlink(target: &Target, e: &FileEntry) -> Result<()> {
+    let segs = segments(&e.path)?;
+    let Some((name, parents)) = segs.split_last() else {
+        return Err(Error::corrupt("the file index lists the root as a symlink"));
+    };
+    let path = target.shown(&e.path);
+    let link = e
+        .target
+        .as_deref()
+        .ok_or_else(|| Error::corrupt(format!("symlink {:?} has no target", e.path)))?;
+    let parent = target.dir(parents)?;
+    let create = || rfs::symlinkat(link, &*parent, *name);
+    match create() {
+        Err(Errno::EXIST) => {
+            rfs::unlinkat(&*parent, *name, AtFlags::empty())
+                .map_err(|err| errno(format!("replacing {}", path.display()), err))?;
+            create()
+        }
+        r => r,
+    }
+    .map_err(|err| errno(format!("creating symlink {}", path.display()), err))?;
+    let (uid, gid) = owner(e);
+    chown_result(
+        rfs::chownat(&*parent, *name, uid, gid, AtFlags::SYMLINK_NOFOLLOW),
+        &path,
+    )?;
+    rfs::utimensat(&*parent, *name, &times(e), AtFlags::SYMLINK_NOFOLLOW)
+        .map_err(|err| errno(format!("setting the times of {}", path.display()), err))
+}
+
+/// Restores a volume backup into `opts.target`, verifying every chunk's hash. Directories, then
+/// files, then symlinks (so nothing is written through a restored link), then directory modes and
+/// times. Nothing is written outside the target: every path is opened below the target's handle
+/// one segment at a time without following symlinks, and an entry already in the target (a file,
+/// or a symlink where a file or directory belongs) is replaced, never written through.
 pub async fn restore_volume(
     repo: &Repository,
     id: &BackupId,
     opts: VolumeRestoreOptions,
 ) -> Result<RestoreStats> {
     let entries = read_index(repo, id).await?;
-    let root = opts.target.clone();
-    fs::create_dir_all(&root).map_err(|e| Error::io(format!("creating {}", root.display()), e))?;
+    // Every path is checked before anything is written.
+    for e in &entries {
+        segments(&e.path)?;
+    }
+    let target = Target::open(&opts.target)?;
     let mut stats = RestoreStats::default();
     for e in entries.iter().filter(|e| e.kind == EntryKind::Dir) {
-        let p = safe_join(&root, &e.path)?;
-        no_symlink_ancestors(&root, &p)?;
-        fs::create_dir_all(&p).map_err(|err| Error::io(format!("creating {}", p.display()), err))?;
+        target.make_dir(&segments(&e.path)?)?;
         stats.dirs += 1;
     }
     let cache = ChunkCache {
@@ -916,7 +1097,7 @@ pub async fn restore_volume(
     let started = Instant::now();
     let mut last = Instant::now();
     let mut done = stream::iter(files)
-        .map(|e| restore_file(&cache, &root, e))
+        .map(|e| restore_file(&cache, &target, e))
         .buffered(opts.concurrency.max(1));
     while let Some(bytes) = done.try_next().await? {
         stats.files += 1;
@@ -933,23 +1114,13 @@ pub async fn restore_volume(
     }
     drop(done);
     for e in entries.iter().filter(|e| e.kind == EntryKind::Symlink) {
-        let p = safe_join(&root, &e.path)?;
-        no_symlink_ancestors(&root, &p)?;
-        if fs::symlink_metadata(&p).is_ok() {
-            fs::remove_file(&p).map_err(|err| Error::io(format!("replacing {}", p.display()), err))?;
-        }
-        let target = e
-            .target
-            .as_deref()
-            .ok_or_else(|| Error::corrupt(format!("symlink {:?} has no target", e.path)))?;
-        std::os::unix::fs::symlink(target, &p)
-            .map_err(|err| Error::io(format!("creating symlink {}", p.display()), err))?;
-        apply_meta(&p, e)?;
+        restore_symlink(&target, e)?;
         stats.symlinks += 1;
     }
     // Deepest directories first, so setting a parent's time is not undone by its children.
     for e in entries.iter().filter(|e| e.kind == EntryKind::Dir).rev() {
-        apply_meta(&safe_join(&root, &e.path)?, e)?;
+        let fd = target.dir(&segments(&e.path)?)?;
+        apply_meta(&*fd, &target.shown(&e.path), e)?;
     }
     if let Some(cb) = &opts.progress {
         progress.elapsed = started.elapsed();
@@ -957,4 +1128,231 @@ pub async fn restore_volume(
     }
     stats.chunks_fetched = cache.fetched.load(std::sync::atomic::Ordering::Relaxed);
     Ok(stats)
+}
+
+#[cfg(test)]
+mod tests {
+    //! Restores stay inside their target: hostile file indexes and hostile targets.
+
+    use std::os::unix::fs::{PermissionsExt, symlink};
+
+    use super::*;
+    use crate::InMemory;
+
+    fn repo() -> Repository {
+        Repository::new(Arc::new(InMemory::new()))
+    }
+
+    /// Backs up `src`, then commits a second backup whose file index is `edit` of the first's
+    /// (the chunks are the real ones, so only the paths are hostile).
+    async fn forge(
+        repo: &Repository,
+        src: &Path,
+        edit: impl FnOnce(Vec<FileEntry>) -> Vec<FileEntry>,
+    ) -> BackupId {
+        let real = backup_volume(repo, VolumeBackupOptions::new(src))
+            .await
+            .expect("backup");
+        let entries = edit(read_index(repo, &real.id).await.expect("index"));
+        let id = BackupId::new(std::time::SystemTime::now() + Duration::from_secs(1));
+        let mut w = SpoolWriter::new(FILES_KIND, FORMAT).expect("spool");
+        for e in &entries {
+            w.push(e).expect("push");
+        }
+        let spooled = w.finish().expect("finish");
+        let path = id.object_path(FILES_OBJECT).expect("path");
+        let files = ManifestObject {
+            name: FILES_OBJECT.into(),
+            size: spooled.size,
+            blake3: spooled.hash.clone(),
+        };
+        spooled
+            .upload(repo.store(), &path, PutOptions::create())
+            .await
+            .expect("upload");
+        let manifest = Manifest {
+            id: id.clone(),
+            objects: vec![files],
+            ..real
+        };
+        repo.commit(&manifest).await.expect("commit");
+        id
+    }
+
+    fn entry<'a>(entries: &'a [FileEntry], path: &str) -> &'a FileEntry {
+        entries.iter().find(|e| e.path == path).expect("entry")
+    }
+
+    fn list(dir: &Path) -> Vec<String> {
+        let mut names: Vec<String> = fs::read_dir(dir)
+            .map(|rd| {
+                rd.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        names.sort();
+        names
+    }
+
+    /// Attack 2: index paths with `..` or absolute paths are refused; nothing lands outside.
+    #[tokio::test]
+    async fn index_paths_outside_the_target_are_refused() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let src = tmp.path().join("src");
+        fs::create_dir_all(&src).expect("mkdir");
+        fs::write(src.join("f.txt"), b"payload").expect("write");
+        let outside = tmp.path().join("outside");
+        fs::create_dir_all(&outside).expect("mkdir");
+        let repo = repo();
+        let abs = outside.join("abs.txt").to_string_lossy().into_owned();
+        for (kind, bad) in [
+            (EntryKind::File, "../outside/escape.txt".to_owned()),
+            (EntryKind::File, "sub/../../outside/escape.txt".to_owned()),
+            (EntryKind::File, abs.clone()),
+            (EntryKind::Dir, "../outside/escape-dir".to_owned()),
+            (EntryKind::Symlink, "../outside/escape-link".to_owned()),
+            (EntryKind::File, "./f.txt".to_owned()),
+            (EntryKind::File, "a//b".to_owned()),
+        ] {
+            let id = forge(&repo, &src, |mut entries| {
+                let mut e = entry(&entries, "f.txt").clone();
+                e.path = bad.clone();
+                e.kind = kind;
+                if kind == EntryKind::Symlink {
+                    e.target = Some("/etc/passwd".into());
+                    e.slices.clear();
+                    e.size = 0;
+                }
+                entries.push(e);
+                entries
+            })
+            .await;
+            let target = tmp.path().join("target");
+            let err = restore_volume(&repo, &id, VolumeRestoreOptions::new(&target))
+                .await
+                .expect_err(&bad);
+            assert!(
+                err.to_string().contains("not a safe relative path"),
+                "{bad}: {err}"
+            );
+            assert!(list(&outside).is_empty(), "{bad}: wrote {:?}", list(&outside));
+            let _ = fs::remove_dir_all(&target);
+        }
+    }
+
+    /// Attack 3: symlinks already in the target (at a file's path, at a directory's path, at a
+    /// parent directory's path) are replaced or refused, never followed.
+    #[tokio::test]
+    async fn symlinks_already_in_the_target_are_not_followed() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let src = tmp.path().join("src");
+        fs::create_dir_all(src.join("dir")).expect("mkdir");
+        fs::create_dir_all(src.join("sub")).expect("mkdir");
+        fs::write(src.join("file.txt"), b"restored").expect("write");
+        fs::write(src.join("sub/inner.txt"), b"restored inner").expect("write");
+        fs::set_permissions(src.join("dir"), fs::Permissions::from_mode(0o700)).expect("chmod");
+        filetime::set_file_mtime(src.join("dir"), filetime::FileTime::from_unix_time(1_000_000, 0))
+            .expect("mtime");
+
+        let outside = tmp.path().join("outside");
+        fs::create_dir_all(&outside).expect("mkdir");
+        fs::write(outside.join("victim"), b"original").expect("write");
+        fs::set_permissions(&outside, fs::Permissions::from_mode(0o755)).expect("chmod");
+        let outside_before = fs::metadata(&outside).expect("stat");
+
+        let repo = repo();
+        let m = backup_volume(&repo, VolumeBackupOptions::new(&src))
+            .await
+            .expect("backup");
+        let target = tmp.path().join("target");
+        fs::create_dir_all(&target).expect("mkdir");
+        symlink(outside.join("victim"), target.join("file.txt")).expect("symlink");
+        symlink(&outside, target.join("dir")).expect("symlink");
+        symlink(&outside, target.join("sub")).expect("symlink");
+
+        let result = restore_volume(&repo, &m.id, VolumeRestoreOptions::new(&target)).await;
+
+        assert_eq!(
+            fs::read(outside.join("victim")).expect("read"),
+            b"original",
+            "{result:?}"
+        );
+        assert_eq!(list(&outside), vec!["victim".to_owned()], "{result:?}");
+        let outside_after = fs::metadata(&outside).expect("stat");
+        assert_eq!(
+            (outside_after.mode(), outside_after.mtime()),
+            (outside_before.mode(), outside_before.mtime()),
+            "the mode and times of the directory outside changed: {result:?}"
+        );
+        result.expect("the restore replaces the links");
+        for p in ["file.txt", "dir", "sub"] {
+            assert!(
+                !fs::symlink_metadata(target.join(p)).expect("stat").is_symlink(),
+                "{p}"
+            );
+        }
+        assert_eq!(fs::read(target.join("file.txt")).expect("read"), b"restored");
+        assert_eq!(
+            fs::read(target.join("sub/inner.txt")).expect("read"),
+            b"restored inner"
+        );
+        assert_eq!(
+            fs::metadata(target.join("dir")).expect("stat").mode() & 0o7777,
+            0o700
+        );
+    }
+
+    /// Attack 4: a symlink the restore itself creates is never a path to write through.
+    #[tokio::test]
+    async fn a_restored_symlink_is_not_a_path_for_later_entries() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let src = tmp.path().join("src");
+        fs::create_dir_all(src.join("d")).expect("mkdir");
+        fs::write(src.join("d/passwd"), b"owned").expect("write");
+        symlink("d", src.join("link")).expect("symlink");
+        let outside = tmp.path().join("outside");
+        fs::create_dir_all(&outside).expect("mkdir");
+        let repo = repo();
+        let out = outside.to_string_lossy().into_owned();
+        // The index lists the link `a -> outside` first, then entries under `a/`.
+        let id = forge(&repo, &src, |entries| {
+            let mut link = entry(&entries, "link").clone();
+            link.path = "a".into();
+            link.target = Some(out.clone());
+            let mut dir = entry(&entries, "d").clone();
+            dir.path = "a/x".into();
+            let mut file = entry(&entries, "d/passwd").clone();
+            file.path = "a/passwd".into();
+            let mut link2 = entry(&entries, "link").clone();
+            link2.path = "a/l".into();
+            vec![entry(&entries, "").clone(), link, dir, file, link2]
+        })
+        .await;
+        let target = tmp.path().join("target");
+        let result = restore_volume(&repo, &id, VolumeRestoreOptions::new(&target)).await;
+        assert!(
+            list(&outside).is_empty(),
+            "wrote {:?} outside: {result:?}",
+            list(&outside)
+        );
+        assert!(result.is_err(), "a link over a directory is an error: {result:?}");
+
+        // Only links: `b -> outside`, then a link `b/l` that would be created through it.
+        let id = forge(&repo, &src, |entries| {
+            let mut link = entry(&entries, "link").clone();
+            link.path = "b".into();
+            link.target = Some(out.clone());
+            let mut link2 = entry(&entries, "link").clone();
+            link2.path = "b/l".into();
+            vec![entry(&entries, "").clone(), link, link2]
+        })
+        .await;
+        let target = tmp.path().join("target2");
+        let err = restore_volume(&repo, &id, VolumeRestoreOptions::new(&target))
+            .await
+            .expect_err("a path through a restored link");
+        assert!(err.to_string().contains("a symlink"), "{err}");
+        assert!(list(&outside).is_empty(), "wrote {:?} outside", list(&outside));
+    }
 }

@@ -110,6 +110,10 @@ pub struct DiscoveryConfig {
     pub interval_secs: u64,
     /// When it was created.
     pub created_at: String,
+    /// A provider admin created it: only such a discovery may use a garden credential that is
+    /// bound to no org.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub provider_approved: bool,
 }
 
 impl Record for DiscoveryConfig {

@@ -11,7 +11,9 @@
 //!
 //! [`backup_resources`] streams the selected objects into one zstd-compressed JSON-lines archive;
 //! [`restore_resources`] re-creates them in dependency order ([`RestoreTier`]) with namespace and
-//! storage-class mapping and a policy for objects that already exist. Neither holds the whole set
+//! storage-class mapping and a policy for objects that already exist; it creates only the objects
+//! of the restored namespaces and the cluster-scoped objects they need (or the restore allows),
+//! addressed by the target cluster's discovery, and refuses the rest. Neither holds the whole set
 //! of objects in memory: lists are paged, and archives go through temporary files (in the system
 //! temporary directory, `$TMPDIR`).
 //!
@@ -38,6 +40,8 @@ use crate::{Error, Result};
 mod archive;
 mod backup;
 pub mod conformance;
+#[cfg(test)]
+mod isolation_tests;
 mod memory;
 mod restore;
 mod selector;
@@ -52,6 +56,7 @@ pub use restore::{
     ExistingResourcePolicy, RestoreOptions, RestoreOutcome, RestoreReport, RestoreTier, RestoredObject,
     restore_resources,
 };
+pub(crate) use restore::{ExpectedArchive, restore_archive};
 pub use selector::LabelSelector;
 
 /// Removes from `obj` what backup removes (server-populated metadata, `status`, Service cluster

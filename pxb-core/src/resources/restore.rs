@@ -1,6 +1,6 @@
 //! [`restore_resources`]: re-creates the objects of an archive, in dependency order.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::io::{self, BufReader, Read};
 use std::sync::Arc;
 
@@ -120,6 +120,21 @@ pub struct RestoreOptions {
     /// name, or `None` when the claim binds by itself): the claim is restored bound to it
     /// (`spec.volumeName`), and the archived PersistentVolume it was bound to is not restored.
     pub volume_bindings: BTreeMap<String, Option<String>>,
+    /// The namespaces to restore, as the archive names them (before `namespace_mapping`); empty
+    /// means every namespace the archive was taken of (its header's list). Objects of any other
+    /// namespace are refused ([`RestoreOutcome::Refused`]); naming a namespace the archive was not
+    /// taken of is [`Error::Invalid`].
+    pub namespaces: Vec<String>,
+    /// Cluster-scoped kinds to restore as the archive has them, unchecked (each matched like
+    /// [`ApiResource::matches_name`]: `ClusterRoleBinding`, `clusterrolebindings`,
+    /// `clusterrolebindings.rbac.authorization.k8s.io`, ...).
+    ///
+    /// Without it, the only cluster-scoped objects a restore creates are those a backup of the
+    /// restored namespaces needs, each checked: their Namespaces, the PersistentVolumes bound to
+    /// restored claims (never hostPath or local ones), the StorageClasses of restored claims and
+    /// volumes, and the CustomResourceDefinitions (namespaced, without a conversion webhook) of
+    /// restored custom resources. Every other cluster-scoped object is refused.
+    pub allow_cluster_kinds: Vec<String>,
 }
 
 impl Default for RestoreOptions {
@@ -130,6 +145,8 @@ impl Default for RestoreOptions {
             existing: ExistingResourcePolicy::default(),
             concurrency: 8,
             volume_bindings: BTreeMap::new(),
+            namespaces: Vec::new(),
+            allow_cluster_kinds: Vec::new(),
         }
     }
 }
@@ -147,6 +164,13 @@ pub enum RestoreOutcome {
     /// It could not be restored; the other objects were still attempted.
     Failed {
         /// Why, as the cluster said.
+        reason: String,
+    },
+    /// The restore would not create it: it lies outside the restored namespaces, or is a
+    /// cluster-scoped object the restore neither needs nor allows
+    /// ([`RestoreOptions::allow_cluster_kinds`]). Nothing was sent to the cluster.
+    Refused {
+        /// Why, and how to allow it where that is possible.
         reason: String,
     },
 }
@@ -176,6 +200,8 @@ pub struct RestoreReport {
     pub retained: u64,
     /// How many failed.
     pub failed: u64,
+    /// How many were refused.
+    pub refused: u64,
 }
 
 impl RestoreReport {
@@ -186,9 +212,16 @@ impl RestoreReport {
             .filter(|o| matches!(o.outcome, RestoreOutcome::Failed { .. }))
     }
 
-    /// Whether no object failed.
+    /// The objects that were refused.
+    pub fn refusals(&self) -> impl Iterator<Item = &RestoredObject> {
+        self.objects
+            .iter()
+            .filter(|o| matches!(o.outcome, RestoreOutcome::Refused { .. }))
+    }
+
+    /// Whether no object failed or was refused.
     pub fn is_success(&self) -> bool {
-        self.failed == 0
+        self.failed == 0 && self.refused == 0
     }
 
     fn push(&mut self, object: RestoredObject) {
@@ -197,6 +230,7 @@ impl RestoreReport {
             RestoreOutcome::Replaced => self.replaced += 1,
             RestoreOutcome::Retained => self.retained += 1,
             RestoreOutcome::Failed { .. } => self.failed += 1,
+            RestoreOutcome::Refused { .. } => self.refused += 1,
         }
         self.objects.push(object);
     }
@@ -212,6 +246,16 @@ impl RestoreReport {
 /// with the archive. The tiers are then restored in order; after the CustomResourceDefinitions,
 /// the cluster's discovery is read again so that their custom resources resolve.
 ///
+/// The archive is not trusted. Every object is addressed by the target cluster's discovery (its
+/// plural and scope for the kind, never the archive's), and only admitted objects are created:
+/// namespaced objects of the restored namespaces ([`RestoreOptions::namespaces`], by the
+/// namespace the archive gives them, before mapping), and the cluster-scoped objects those need,
+/// each checked, or whose kind the restore allows ([`RestoreOptions::allow_cluster_kinds`]). Any
+/// other object is [`RestoreOutcome::Refused`] with the reason, and nothing is sent to the cluster
+/// for it. This function does not know the archive's expected hash;
+/// [`restore_namespace_resources`](crate::backup::resources::restore_namespace_resources) checks
+/// it against the backup's manifest before anything is created.
+///
 /// Each object is mapped ([`RestoreOptions`]) and created; one that exists is retained or replaced
 /// ([`ExistingResourcePolicy`]). A failed object is reported ([`RestoreOutcome::Failed`]) and
 /// never stops the others. An `Err` means the restore as a whole could not run (the archive, the
@@ -222,11 +266,32 @@ pub async fn restore_resources(
     sink: &dyn ResourceSink,
     opts: &RestoreOptions,
 ) -> Result<RestoreReport> {
+    restore_archive(store, path, sink, opts, None).await
+}
+
+/// What the archive must be, as its manifest records it: size and BLAKE3 hash (hex).
+#[derive(Debug, Clone)]
+pub(crate) struct ExpectedArchive {
+    /// Stored size.
+    pub(crate) size: u64,
+    /// BLAKE3 of the stored bytes, lowercase hex.
+    pub(crate) blake3: String,
+}
+
+/// [`restore_resources`], and when `expected` is given, a check that the archive is the one the
+/// manifest names before anything is created.
+pub(crate) async fn restore_archive(
+    store: &dyn ObjectStore,
+    path: &ObjectPath,
+    sink: &dyn ResourceSink,
+    opts: &RestoreOptions,
+    expected: Option<&ExpectedArchive>,
+) -> Result<RestoreReport> {
     let got = store
         .get(path)
         .await
         .map_err(|e| e.context("reading the resource archive"))?;
-    if got.meta.size == 0 {
+    if got.meta.size == 0 && expected.is_none() {
         return Err(Error::corrupt(format!(
             "{path}: not a pxb resource archive: it is empty"
         )));
@@ -236,11 +301,22 @@ pub async fn restore_resources(
     let worker = tokio::task::spawn_blocking(move || sort_into_tiers(ChannelReader::new(rx), &name));
     let mut body = got.body;
     let mut stream_error = None;
+    let mut hasher = blake3::Hasher::new();
+    let mut size = 0u64;
+    let mut tx = Some(tx);
     while let Some(chunk) = body.next().await {
         match chunk {
             Ok(bytes) => {
-                if tx.send(bytes).await.is_err() {
-                    break; // The reader stopped; its result says why.
+                hasher.update(&bytes);
+                size += bytes.len() as u64;
+                if let Some(sender) = &tx
+                    && sender.send(bytes).await.is_err()
+                {
+                    // The reader stopped; its result says why, unless the hash says more.
+                    tx = None;
+                    if expected.is_none() {
+                        break;
+                    }
                 }
             }
             Err(e) => {
@@ -254,7 +330,19 @@ pub async fn restore_resources(
     if let Some(e) = stream_error {
         return Err(e.context(format!("reading the resource archive {path}")));
     }
-    let tiers = sorted?;
+    if let Some(expected) = expected {
+        let hash = hasher.finalize().to_hex().to_string();
+        if size != expected.size || hash != expected.blake3 {
+            return Err(Error::corrupt(format!(
+                "{path}: the resource archive does not match its manifest ({size} bytes, BLAKE3 {hash}; \
+                 the manifest records {} bytes, BLAKE3 {}): it was changed or damaged after the \
+                 backup; nothing was restored",
+                expected.size, expected.blake3
+            )));
+        }
+    }
+    let (tiers, index) = sorted?;
+    let admission = Admission::new(index, opts)?;
 
     let mut discovery = Discovery::new(
         sink.api_resources()
@@ -271,10 +359,13 @@ pub async fn restore_resources(
         let mut changed = false;
         {
             let discovered = &discovery;
+            let admission = &admission;
             let mut results = std::pin::pin!(
                 batches
                     .flat_map(futures::stream::iter)
-                    .map(|(resource, object)| restore_one(sink, discovered, opts, tier, resource, object))
+                    .map(|(resource, object)| {
+                        restore_one(sink, discovered, admission, opts, tier, resource, object)
+                    })
                     .buffered(concurrency)
             );
             while let Some(r) = results.next().await {
@@ -307,12 +398,16 @@ impl Discovery {
         )
     }
 
-    /// The resource to create an archived object of `archived`'s type with: the target's, or the
-    /// archived one if the target prefers another version (it may still serve the archived one).
+    /// The resource to create an archived object of `archived`'s type with: always the target's
+    /// (its plural and scope; the archive's are never used), in the archived version if the
+    /// target prefers another one (it may still serve the archived one).
     fn resolve(&self, archived: &ApiResource) -> std::result::Result<ApiResource, String> {
         match self.0.get(&(archived.group.clone(), archived.kind.clone())) {
             Some(r) if r.version == archived.version => Ok(r.clone()),
-            Some(_) => Ok(archived.clone()),
+            Some(r) => Ok(ApiResource {
+                version: archived.version.clone(),
+                ..r.clone()
+            }),
             None => Err(format!(
                 "the target cluster does not serve {} {}{}",
                 archived.api_version(),
@@ -324,6 +419,194 @@ impl Discovery {
                 }
             )),
         }
+    }
+}
+
+/// What the archive holds, as far as deciding what to admit needs it (gathered while sorting).
+#[derive(Debug, Default)]
+struct ArchiveIndex {
+    /// The namespaces the archive was taken of (its header's).
+    namespaces: Vec<String>,
+    /// (namespace, group, kind) of every namespaced object.
+    kinds: HashSet<(String, String, String)>,
+    /// (namespace, name, storage class) of every PersistentVolumeClaim.
+    claims: Vec<(String, String, Option<String>)>,
+    /// (claim namespace, claim name, storage class) of every PersistentVolume with a claimRef.
+    volumes: Vec<(String, String, Option<String>)>,
+}
+
+/// Decides which archived objects a restore may create: namespaced objects of the restored
+/// namespaces, the cluster-scoped objects those need (each checked), and the cluster-scoped kinds
+/// the restore allows explicitly. Decisions use the target cluster's scope of the kind and the
+/// archived object (before namespace mapping).
+#[derive(Debug)]
+struct Admission {
+    /// The restored namespaces, as the archive names them.
+    namespaces: BTreeSet<String>,
+    /// (group, kind) of the objects of the restored namespaces.
+    kinds: HashSet<(String, String)>,
+    /// (namespace, name) of the restored claims.
+    claims: HashSet<(String, String)>,
+    /// The storage classes of the restored claims and of the volumes bound to them.
+    storage_classes: HashSet<String>,
+    /// [`RestoreOptions::allow_cluster_kinds`].
+    allow: Vec<String>,
+}
+
+impl Admission {
+    fn new(index: ArchiveIndex, opts: &RestoreOptions) -> Result<Self> {
+        let in_archive: BTreeSet<String> = index.namespaces.into_iter().collect();
+        let namespaces = if opts.namespaces.is_empty() {
+            in_archive
+        } else {
+            let asked: BTreeSet<String> = opts.namespaces.iter().map(|n| n.trim().to_owned()).collect();
+            if let Some(missing) = asked.iter().find(|n| !in_archive.contains(*n)) {
+                return Err(Error::invalid(format!(
+                    "namespace {missing} is not in the backup (it holds {})",
+                    list(&in_archive)
+                )));
+            }
+            asked
+        };
+        let kinds = index
+            .kinds
+            .into_iter()
+            .filter(|(ns, _, _)| namespaces.contains(ns))
+            .map(|(_, group, kind)| (group, kind))
+            .collect();
+        let mut claims = HashSet::new();
+        let mut storage_classes = HashSet::new();
+        for (ns, name, class) in index.claims {
+            if namespaces.contains(&ns) {
+                storage_classes.extend(class);
+                claims.insert((ns, name));
+            }
+        }
+        for (ns, name, class) in index.volumes {
+            if claims.contains(&(ns, name)) {
+                storage_classes.extend(class);
+            }
+        }
+        Ok(Self {
+            namespaces,
+            kinds,
+            claims,
+            storage_classes,
+            allow: opts.allow_cluster_kinds.clone(),
+        })
+    }
+
+    /// `Ok` if `object` (as archived, of the target's `resource`) may be created; the reason
+    /// otherwise.
+    fn admit(&self, resource: &ApiResource, object: &ResourceObject) -> std::result::Result<(), String> {
+        let kind = &resource.kind;
+        if resource.namespaced {
+            return match object.namespace() {
+                None => Err(format!(
+                    "{kind} is namespaced in the target cluster, but the archived object has no namespace"
+                )),
+                Some(ns) if !self.namespaces.contains(ns) => Err(self.outside(ns)),
+                Some(_) => Ok(()),
+            };
+        }
+        if let Some(ns) = object.namespace() {
+            return Err(format!(
+                "{kind} is cluster-scoped in the target cluster, but the archived object names namespace {ns}"
+            ));
+        }
+        if self.allow.iter().any(|k| resource.matches_name(k)) {
+            return Ok(());
+        }
+        let name = object.name();
+        match (resource.group.as_str(), kind.as_str()) {
+            ("", "Namespace") if self.namespaces.contains(name) => Ok(()),
+            ("", "Namespace") => Err(self.outside(name)),
+            ("", "PersistentVolume") => self.admit_volume(object),
+            ("apiextensions.k8s.io", "CustomResourceDefinition") => self.admit_definition(object),
+            ("storage.k8s.io", "StorageClass") if self.storage_classes.contains(name) => Ok(()),
+            ("storage.k8s.io", "StorageClass") => Err(format!(
+                "StorageClass {name} is used by no restored claim or volume; allow StorageClass \
+                 explicitly to restore it"
+            )),
+            _ => Err(format!(
+                "cluster-scoped kind {kind} is not restored; allow it explicitly (allowClusterKinds: \
+                 [{}]) if this backup may change the whole cluster",
+                resource.kind_key()
+            )),
+        }
+    }
+
+    fn outside(&self, ns: &str) -> String {
+        format!(
+            "namespace {ns} is not one of the restore's namespaces ({}); objects are only restored \
+             into the namespaces the restore takes",
+            list(&self.namespaces)
+        )
+    }
+
+    fn admit_volume(&self, pv: &ResourceObject) -> std::result::Result<(), String> {
+        let claim = (
+            pv.str_at(&["spec", "claimRef", "namespace"]).unwrap_or_default(),
+            pv.str_at(&["spec", "claimRef", "name"]).unwrap_or_default(),
+        );
+        if !self.claims.contains(&(claim.0.to_owned(), claim.1.to_owned())) {
+            let bound = if claim.1.is_empty() {
+                "it has no claimRef".to_owned()
+            } else {
+                format!("its claimRef is {}/{}", claim.0, claim.1)
+            };
+            return Err(format!(
+                "PersistentVolume {} is not bound to a restored claim ({bound}); allow \
+                 PersistentVolume explicitly to restore it",
+                pv.name()
+            ));
+        }
+        for (field, what) in [("hostPath", "a hostPath"), ("local", "a local")] {
+            if pv.at(&["spec", field]).is_some_and(|v| !v.is_null()) {
+                return Err(format!(
+                    "PersistentVolume {} is {what} volume, which would expose a node's files; such \
+                     volumes are only restored when the restore provisions them (allow \
+                     PersistentVolume explicitly to restore it anyway)",
+                    pv.name()
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn admit_definition(&self, crd: &ResourceObject) -> std::result::Result<(), String> {
+        let group = crd.str_at(&["spec", "group"]).unwrap_or_default();
+        let kind = crd.str_at(&["spec", "names", "kind"]).unwrap_or_default();
+        let allow = "allow CustomResourceDefinition explicitly to restore it";
+        if crd.str_at(&["spec", "scope"]) != Some("Namespaced") {
+            return Err(format!(
+                "CustomResourceDefinition {} defines a cluster-scoped kind; {allow}",
+                crd.name()
+            ));
+        }
+        if !self.kinds.contains(&(group.to_owned(), kind.to_owned())) {
+            return Err(format!(
+                "CustomResourceDefinition {}: no restored object is a {kind}.{group}; {allow}",
+                crd.name()
+            ));
+        }
+        if crd.str_at(&["spec", "conversion", "strategy"]) == Some("Webhook") {
+            return Err(format!(
+                "CustomResourceDefinition {} has a conversion webhook, which would receive the \
+                 cluster's requests for its objects; {allow}",
+                crd.name()
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// `a, b, c`, or `none`.
+fn list(set: &BTreeSet<String>) -> String {
+    if set.is_empty() {
+        "none".into()
+    } else {
+        set.iter().cloned().collect::<Vec<_>>().join(", ")
     }
 }
 
@@ -340,11 +623,13 @@ fn never_replaced(resource: &ApiResource) -> bool {
 async fn restore_one(
     sink: &dyn ResourceSink,
     discovery: &Discovery,
+    admission: &Admission,
     opts: &RestoreOptions,
     tier: RestoreTier,
     archived: Arc<ApiResource>,
     mut object: ResourceObject,
 ) -> RestoredObject {
+    let as_archived = object.clone();
     map_object(&mut object, &archived, opts);
     let object_ref = object.object_ref();
     let done = |outcome| RestoredObject {
@@ -368,6 +653,10 @@ async fn restore_one(
         Ok(r) => r,
         Err(reason) => return done(failed(reason)),
     };
+    if let Err(reason) = admission.admit(&resource, &as_archived) {
+        tracing::warn!(object = %object_ref, %reason, "restore refused one object");
+        return done(RestoreOutcome::Refused { reason });
+    }
     let outcome = match sink.create(&resource, &object).await {
         Ok(_) => RestoreOutcome::Created,
         Err(Error::AlreadyExists { .. }) => {
@@ -504,14 +793,27 @@ struct ObjectHead {
 #[derive(Deserialize)]
 struct MetadataHead {
     name: String,
+    #[serde(default)]
+    namespace: Option<String>,
+}
+
+/// The storage class of a claim or volume: `spec.storageClassName`, or the legacy annotation.
+fn storage_class_of(object: &Value) -> Option<String> {
+    object
+        .pointer("/spec/storageClassName")
+        .or_else(|| object.pointer("/metadata/annotations/volume.beta.kubernetes.io~1storage-class"))
+        .and_then(Value::as_str)
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
 }
 
 /// The first bytes of a zstd frame.
 const ZSTD_MAGIC: [u8; 4] = [0x28, 0xb5, 0x2f, 0xfd];
 
 /// Reads and checks the whole archive, writing each object line to the temporary file of its
-/// tier. Returns the files, rewound, in tier order (`None` for empty tiers).
-fn sort_into_tiers(mut reader: impl Read, path: &str) -> Result<Vec<Option<std::fs::File>>> {
+/// tier. Returns the files, rewound, in tier order (`None` for empty tiers), and what admission
+/// needs to know of the whole archive.
+fn sort_into_tiers(mut reader: impl Read, path: &str) -> Result<(Vec<Option<std::fs::File>>, ArchiveIndex)> {
     // A zstd frame starts with its magic number; anything else is not an archive at all.
     let mut magic = [0u8; 4];
     let mut got = 0;
@@ -578,6 +880,15 @@ fn sort_into_tiers(mut reader: impl Read, path: &str) -> Result<Vec<Option<std::
         }
     }
 
+    let mut index = ArchiveIndex {
+        namespaces: header
+            .get("namespaces")
+            .and_then(Value::as_array)
+            .map(|a| a.iter().filter_map(Value::as_str).map(str::to_owned).collect())
+            .unwrap_or_default(),
+        ..ArchiveIndex::default()
+    };
+
     // The objects and the end marker.
     let mut tiers: Vec<Option<SpillWriter>> = RestoreTier::ALL.iter().map(|_| None).collect();
     let mut objects = 0u64;
@@ -611,6 +922,35 @@ fn sort_into_tiers(mut reader: impl Read, path: &str) -> Result<Vec<Option<std::
                 if head.metadata.name.is_empty() {
                     return Err(corrupt("the object has an empty name".into()));
                 }
+                if let Some(ns) = head.metadata.namespace.as_deref().filter(|n| !n.is_empty()) {
+                    index
+                        .kinds
+                        .insert((ns.to_owned(), resource.group.clone(), resource.kind.clone()));
+                }
+                if resource.is("", "PersistentVolumeClaim") || resource.is("", "PersistentVolume") {
+                    let parsed: ObjectLine = serde_json::from_slice(line)
+                        .map_err(|e| corrupt(format!("not a valid archive line ({e})")))?;
+                    let object = &parsed.object;
+                    let at = |p: &str| {
+                        object
+                            .pointer(p)
+                            .and_then(Value::as_str)
+                            .unwrap_or_default()
+                            .to_owned()
+                    };
+                    let class = storage_class_of(object);
+                    if resource.kind == "PersistentVolume" {
+                        index.volumes.push((
+                            at("/spec/claimRef/namespace"),
+                            at("/spec/claimRef/name"),
+                            class,
+                        ));
+                    } else {
+                        index
+                            .claims
+                            .push((at("/metadata/namespace"), at("/metadata/name"), class));
+                    }
+                }
                 let tier = RestoreTier::of(&resource.group, &resource.kind).index();
                 let writer = match &mut tiers[tier] {
                     Some(w) => w,
@@ -642,10 +982,11 @@ fn sort_into_tiers(mut reader: impl Read, path: &str) -> Result<Vec<Option<std::
             "{path}: truncated: the archive ends after line {last} without its end marker"
         )));
     }
-    tiers
+    let files = tiers
         .into_iter()
         .map(|w| w.map(SpillWriter::finish).transpose())
-        .collect()
+        .collect::<Result<_>>()?;
+    Ok((files, index))
 }
 
 /// Reads a tier's temporary file and sends its objects in batches.

@@ -16,7 +16,7 @@ use super::{
     GetResult, ListPage, MAX_LIST_PAGE, ObjectMeta, ObjectStore, PutMode, PutOptions, PutReader, PutResult,
     clamp_range, validate_metadata,
 };
-use crate::{Error, ObjectPath, Result};
+use crate::{Clock, Error, ObjectPath, Result};
 
 #[derive(Clone)]
 struct Entry {
@@ -30,12 +30,26 @@ struct Entry {
 pub struct InMemory {
     objects: Arc<RwLock<BTreeMap<String, Entry>>>,
     version: Arc<AtomicU64>,
+    clock: Option<Arc<dyn Clock>>,
 }
 
 impl InMemory {
     /// An empty store.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// An empty store whose objects' `last_modified` comes from `clock` (the store's own time, for
+    /// tests where it differs from the clocks of the machines using it).
+    pub fn with_clock(clock: Arc<dyn Clock>) -> Self {
+        Self {
+            clock: Some(clock),
+            ..Self::default()
+        }
+    }
+
+    fn now(&self) -> SystemTime {
+        self.clock.as_ref().map_or_else(SystemTime::now, |c| c.now())
     }
 
     /// How many objects the store holds.
@@ -89,7 +103,7 @@ impl ObjectStore for InMemory {
         let meta = ObjectMeta {
             path: path.clone(),
             size,
-            last_modified: SystemTime::now(),
+            last_modified: self.now(),
             e_tag: Some(e_tag.clone()),
             metadata: opts.metadata,
         };

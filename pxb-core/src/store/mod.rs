@@ -121,9 +121,12 @@ pub struct GetResult {
 }
 
 impl GetResult {
-    /// Collects the whole body. Prefer streaming for objects that may be large.
+    /// Collects the whole body. Prefer streaming for objects that may be large, and
+    /// [`GetResult::bytes_at_most`] for anything read from a location.
     pub async fn bytes(mut self) -> Result<Bytes> {
-        let mut buf = BytesMut::with_capacity(usize::try_from(self.meta.size).unwrap_or(0));
+        // The announced size is only a hint: never reserve more than a modest amount up front.
+        let hint = usize::try_from(self.meta.size).unwrap_or(0).min(PREALLOCATE_MAX);
+        let mut buf = BytesMut::with_capacity(hint);
         while let Some(chunk) = self.body.next().await {
             buf.extend_from_slice(&chunk?);
         }
@@ -137,7 +140,45 @@ impl GetResult {
         }
         Ok(buf.freeze())
     }
+
+    /// Collects the whole body of an object that may hold at most `limit` bytes. Whoever can
+    /// write to a location controls both the announced size and the body, so neither is trusted:
+    /// an object announced larger than `limit` is refused before anything is read, and reading
+    /// stops as soon as the body passes `limit` (or its announced size). Both are
+    /// [`Error::Corrupt`] naming the object.
+    pub async fn bytes_at_most(mut self, limit: u64) -> Result<Bytes> {
+        let path = &self.meta.path;
+        let too_big = |size: String| {
+            Error::corrupt(format!(
+                "{path}: {size} bytes, more than the {limit} bytes such an object may hold"
+            ))
+        };
+        if self.meta.size > limit {
+            return Err(too_big(self.meta.size.to_string()));
+        }
+        let allowed = self.meta.size;
+        let mut buf = BytesMut::with_capacity(usize::try_from(allowed).unwrap_or(0).min(PREALLOCATE_MAX));
+        while let Some(chunk) = self.body.next().await {
+            let chunk = chunk?;
+            if (buf.len() + chunk.len()) as u64 > allowed {
+                return Err(Error::corrupt(format!(
+                    "{path}: the body holds more than the announced {allowed} bytes"
+                )));
+            }
+            buf.extend_from_slice(&chunk);
+        }
+        if buf.len() as u64 != allowed {
+            return Err(Error::corrupt(format!(
+                "{path}: read {} bytes, expected {allowed}",
+                buf.len()
+            )));
+        }
+        Ok(buf.freeze())
+    }
 }
+
+/// The most [`GetResult::bytes`] reserves before the body arrives, whatever size is announced.
+const PREALLOCATE_MAX: usize = 16 << 20;
 
 impl fmt::Debug for GetResult {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

@@ -364,7 +364,10 @@ async fn run(
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .insert(name.clone(), live.clone());
-    let work = execute(spec, ctx, &name, live.clone());
+    // The server keeps the id of its record in an annotation when the object's name had to be
+    // made safe for the API server; the backup's tag names the record.
+    let record = record_name(backup);
+    let work = execute(spec, ctx, &record, live.clone());
     let beat = || {
         let name = name.clone();
         let l = live.lock().unwrap_or_else(|e| e.into_inner()).clone();
@@ -403,11 +406,23 @@ async fn run(
     patch_status(ctx, &name, status).await
 }
 
-/// Runs the backup; the error is the reason it failed.
+/// The name of the server's record an `ApplicationBackup` mirrors: its annotation when the
+/// server manages it, else its own name.
+fn record_name(backup: &ApplicationBackup) -> String {
+    let managed = backup.labels().get(crate::server::reconcile::MANAGED_BY).map(String::as_str)
+        == Some(crate::server::reconcile::MANAGER);
+    match backup.annotations().get(crate::names::ORIGINAL_UID) {
+        Some(original) if managed => original.clone(),
+        _ => backup.name_any(),
+    }
+}
+
+/// Runs the backup, tagged with `record` (the server's record name); the error is the reason it
+/// failed.
 async fn execute(
     spec: &ApplicationBackupSpec,
     ctx: &Context,
-    name: &str,
+    record: &str,
     live: Arc<Mutex<Live>>,
 ) -> Result<ApplicationBackupStatus, String> {
     let lctx = &ctx.locations;
@@ -482,7 +497,7 @@ async fn execute(
             exclude_kinds: spec.exclude_kinds.clone(),
         },
         cluster,
-        tag: Some(format!("app/{name}")),
+        tag: Some(format!("app/{record}")),
         volumes: refs.clone(),
     };
     let (manifest, stats) = match backup_namespace_resources(&repo, &source, &opts).await {

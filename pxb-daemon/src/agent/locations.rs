@@ -420,12 +420,16 @@ async fn run_sync(loc: &BackupLocation, ctx: &Context, valid: bool) -> Result<()
             backups: ctx.catalog(&name).map(|c| c.backups).unwrap_or_default(),
         };
         let known = state.backups.len();
-        let outcome = with_heartbeat(repo.sync(&mut state), ctx.config.heartbeat_interval, || async {
+        let work = isolated("sync", async move {
+            let delta = repo.sync(&mut state).await?;
+            Ok((delta, state))
+        });
+        let outcome = with_heartbeat(work, ctx.config.heartbeat_interval, || async {
             let _ = patch_status(ctx, &name, json!({"sync": {"heartbeat": now_rfc3339()}})).await;
         })
         .await;
         let done = match outcome {
-            Ok(delta) => {
+            Ok((delta, state)) => {
                 let found = state.backups.len() as u64;
                 let imported = delta.added.len() as u64;
                 tracing::info!(location = %name, found, imported, removed = delta.removed.len(),
@@ -491,7 +495,8 @@ async fn run_verify(loc: &BackupLocation, ctx: &Context, valid: bool) -> Result<
         patch_status(ctx, &name, json!({"verify": {"phase": "InProgress", "heartbeat": now_rfc3339()}})).await?;
         let opened = open(&loc.spec, ctx).await.map_err(ReconcileError)?;
         let repo = Repository::new(opened.store);
-        let outcome = with_heartbeat(verify(&repo, None, false, 8), ctx.config.heartbeat_interval, || async {
+        let work = isolated("verify", async move { verify(&repo, None, false, 8).await });
+        let outcome = with_heartbeat(work, ctx.config.heartbeat_interval, || async {
             let _ = patch_status(ctx, &name, json!({"verify": {"heartbeat": now_rfc3339()}})).await;
         })
         .await;
@@ -532,8 +537,43 @@ async fn run_verify(loc: &BackupLocation, ctx: &Context, valid: bool) -> Result<
     result
 }
 
+/// Runs `work` as a task of its own, aborted when this future is dropped. A panic in it (a bug
+/// meeting hostile data from a location) then fails this one run, which is reported in the
+/// status like any failure and retried at the next interval, instead of ending the controller.
+async fn isolated<T: Send + 'static>(
+    what: &str,
+    work: impl Future<Output = pxb_core::Result<T>> + Send + 'static,
+) -> pxb_core::Result<T> {
+    struct AbortOnDrop(tokio::task::AbortHandle);
+    impl Drop for AbortOnDrop {
+        fn drop(&mut self) {
+            self.0.abort();
+        }
+    }
+    let task = tokio::spawn(work);
+    let _abort = AbortOnDrop(task.abort_handle());
+    task.await.unwrap_or_else(|e| {
+        Err(pxb_core::Error::other(format!(
+            "{what} stopped unexpectedly: {e}"
+        )))
+    })
+}
+
 /// Runs the location controller until the returned task is aborted.
 pub fn spawn(ctx: Arc<Context>) -> tokio::task::JoinHandle<()> {
     let api: Api<BackupLocation> = Api::namespaced(ctx.client.clone(), &ctx.config.namespace);
     super::spawn_controller("location", api, reconcile, ctx)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_panic_in_sync_or_verify_fails_the_run_instead_of_the_controller() {
+        let r: pxb_core::Result<()> = isolated("verify", async { panic!("hostile input") }).await;
+        let e = r.expect_err("a panic is an error");
+        assert!(e.to_string().contains("verify stopped unexpectedly"), "{e}");
+        assert_eq!(isolated("sync", async { Ok(7) }).await.expect("ok"), 7);
+    }
 }

@@ -3,6 +3,12 @@
 //! restored into this cluster with the namespace and storage-class mappings, each restored claim
 //! bound to its new volume.
 //!
+//! The backup is not trusted: its archive must match the manifest's hash, and only the objects of
+//! the restored namespaces (`spec.namespaces`, else the backup's) and the cluster-scoped objects
+//! they need are created; other objects are refused and listed among the failures, unless their
+//! kind is in `spec.allowClusterKinds`. The volumes this controller provisions are created here,
+//! not from the archive.
+//!
 //! Phases: `Pending` → `InProgress` (heartbeat) → `Success`, `PartialSuccess` (some objects or
 //! volumes failed; the failures are listed) or `Failed`. A restore that a restart cut short is
 //! run again once (objects that exist by then are kept); cut short twice, it is `Failed`.
@@ -14,7 +20,7 @@ use k8s_openapi::api::core::v1::PersistentVolume;
 use kube::ResourceExt as _;
 use kube::api::{Api, PostParams};
 use kube::runtime::controller::Action;
-use pxb_core::backup::resources::restore_namespace_resources;
+use pxb_core::backup::resources::{check_resource_archive, restore_namespace_resources};
 use pxb_core::backup::volume::{VolumeRestoreOptions, restore_volume};
 use pxb_core::backup::{BackupId, BackupKind, Repository};
 use pxb_core::resources::{ExistingResourcePolicy, RestoreOptions, RestoreOutcome};
@@ -58,10 +64,15 @@ pub fn spec_problem(spec: &ApplicationRestoreSpec) -> Option<String> {
             spec.existing_resource_policy
         ));
     }
-    if !spec.namespaces.is_empty() {
-        return Some(
-            "spec.namespaces (restoring a subset of a backup's namespaces) is not supported yet".into(),
-        );
+    if let Some(ns) = spec.namespaces.iter().find(|n| !super::is_dns_label(n)) {
+        return Some(format!("spec.namespaces {ns:?} is not a valid namespace name"));
+    }
+    if let Some(kind) = spec
+        .allow_cluster_kinds
+        .iter()
+        .find(|k| k.trim().is_empty() || k.contains(char::is_whitespace))
+    {
+        return Some(format!("spec.allowClusterKinds {kind:?} is not a kind"));
     }
     None
 }
@@ -181,11 +192,23 @@ async fn execute(spec: &ApplicationRestoreSpec, ctx: &Context) -> Result<Applica
         ));
     }
 
+    if let Some(ns) = spec.namespaces.iter().find(|n| !manifest.namespaces.contains(n)) {
+        return Err(format!(
+            "spec.namespaces: namespace {ns} is not in backup {id} (it holds {})",
+            manifest.namespaces.join(", ")
+        ));
+    }
+    let restored = |ns: &String| spec.namespaces.is_empty() || spec.namespaces.contains(ns);
+    // The archive must be the backup's before anything, volumes included, is created.
+    check_resource_archive(&repo, &manifest)
+        .await
+        .map_err(|e| format!("{e}; nothing was restored"))?;
+
     // Volumes first: each claim is created already bound to a volume holding its data.
     let mut bindings = BTreeMap::new();
     let mut volumes = Vec::new();
     let pvs: Api<PersistentVolume> = Api::all(lctx.client.clone());
-    for v in &manifest.volumes {
+    for v in manifest.volumes.iter().filter(|v| restored(&v.namespace)) {
         let target_ns = spec
             .namespace_mapping
             .get(&v.namespace)
@@ -233,27 +256,35 @@ async fn execute(spec: &ApplicationRestoreSpec, ctx: &Context) -> Result<Applica
             ExistingResourcePolicy::Retain
         },
         volume_bindings: bindings,
+        namespaces: spec.namespaces.clone(),
+        allow_cluster_kinds: spec.allow_cluster_kinds.clone(),
         ..RestoreOptions::default()
     };
     let sink = KubeCluster::new(lctx.client.clone());
     let report = restore_namespace_resources(&repo, &id, &sink, &opts)
         .await
         .map_err(|e| format!("restoring the objects: {e}"))?;
+    // Refused objects (outside the restored namespaces, or cluster-scoped and not allowed) are
+    // failures to the user: the backup held them and they were not restored.
     let failures: Vec<ObjectFailure> = report
-        .failures()
+        .objects
+        .iter()
+        .filter_map(|o| match &o.outcome {
+            RestoreOutcome::Failed { reason } => Some((o, reason.clone())),
+            RestoreOutcome::Refused { reason } => Some((o, format!("refused: {reason}"))),
+            _ => None,
+        })
         .take(MAX_FAILURES)
-        .map(|o| ObjectFailure {
+        .map(|(o, reason)| ObjectFailure {
             kind: o.object.kind.clone(),
             namespace: o.object.namespace.clone(),
             name: o.object.name.clone(),
-            reason: match &o.outcome {
-                RestoreOutcome::Failed { reason } => reason.clone(),
-                _ => String::new(),
-            },
+            reason,
         })
         .collect();
+    let failed_objects = report.failed + report.refused;
     let failed_volumes = volumes.iter().filter(|v| v.phase != "Success").count();
-    let phase = if report.failed == 0 && failed_volumes == 0 {
+    let phase = if failed_objects == 0 && failed_volumes == 0 {
         "Success"
     } else if report.created + report.replaced > 0 {
         "PartialSuccess"
@@ -263,6 +294,13 @@ async fn execute(spec: &ApplicationRestoreSpec, ctx: &Context) -> Result<Applica
     let mut problems = Vec::new();
     if report.failed > 0 {
         problems.push(format!("{} object(s) failed", report.failed));
+    }
+    if report.refused > 0 {
+        problems.push(format!(
+            "{} object(s) refused (outside the restored namespaces, or cluster-scoped kinds not in \
+             spec.allowClusterKinds)",
+            report.refused
+        ));
     }
     if failed_volumes > 0 {
         problems.push(format!("{failed_volumes} volume(s) failed"));
@@ -275,7 +313,7 @@ async fn execute(spec: &ApplicationRestoreSpec, ctx: &Context) -> Result<Applica
             created: report.created,
             replaced: report.replaced,
             skipped: report.retained,
-            failed: report.failed,
+            failed: failed_objects,
         },
         failures,
         volumes,
@@ -291,6 +329,12 @@ async fn restore_claim_volume(
     namespace: String,
     claim: serde_json::Value,
 ) -> Result<(Option<String>, pxb_core::backup::volume::RestoreStats), String> {
+    // The names come from the backup and become directories: checked whatever the driver does.
+    let name = claim
+        .pointer("/metadata/name")
+        .and_then(|n| n.as_str())
+        .unwrap_or_default();
+    super::volumes::check_claim_names(&namespace, name).map_err(|e| e.to_string())?;
     let provisioned = ctx
         .driver
         .provision(&namespace, &claim)
@@ -339,6 +383,16 @@ mod tests {
     #[test]
     fn invalid_restore_specs_name_the_problem() {
         assert_eq!(spec_problem(&spec()), None);
+        let subset = ApplicationRestoreSpec {
+            namespaces: vec!["shop".into()],
+            allow_cluster_kinds: vec!["ClusterRoleBinding".into()],
+            ..spec()
+        };
+        assert_eq!(
+            spec_problem(&subset),
+            None,
+            "a subset and allowed kinds are supported"
+        );
         let mapping = |from: &str, to: &str| [(from.to_owned(), to.to_owned())].into_iter().collect();
         let cases: Vec<(ApplicationRestoreSpec, &str)> = vec![
             (
@@ -371,10 +425,17 @@ mod tests {
             ),
             (
                 ApplicationRestoreSpec {
-                    namespaces: vec!["shop".into()],
+                    namespaces: vec!["Shop".into()],
                     ..spec()
                 },
-                "not supported yet",
+                "spec.namespaces",
+            ),
+            (
+                ApplicationRestoreSpec {
+                    allow_cluster_kinds: vec![" ".into()],
+                    ..spec()
+                },
+                "spec.allowClusterKinds",
             ),
         ];
         for (s, needle) in cases {

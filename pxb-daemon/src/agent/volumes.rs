@@ -4,6 +4,10 @@
 //! PersistentVolumes, as local-path provisioners and the simulator create them); the agent must
 //! see those directories (it mounts the provisioner's base directory). Restores provision a new
 //! directory and a PersistentVolume bound to the restored claim. CSI snapshots come later.
+//!
+//! A backup reads a claim's volume only when the volume is bound to that claim
+//! ([`check_binding`]: its `claimRef` names the claim and its uid), and a restore provisions only
+//! under its root, for valid namespace and claim names ([`check_claim_names`]).
 //! [`StaticVolumes`] is the in-memory twin for tests.
 
 use std::collections::HashMap;
@@ -36,6 +40,67 @@ pub trait VolumeDriver: Send + Sync + std::fmt::Debug {
     /// A new, empty volume for `claim` (the claim object from the backup, already mapped to
     /// its target namespace and storage class).
     async fn provision(&self, namespace: &str, claim: &Value) -> Result<Provisioned>;
+}
+
+/// Refuses a namespace or claim name that is not a valid Kubernetes name. Both come from a backup
+/// (which a tenant may have written) and become path segments of the directory a restore
+/// provisions, so `..`, `/` or an absolute path must never get that far.
+pub fn check_claim_names(namespace: &str, claim: &str) -> Result<()> {
+    if !crate::names::is_dns_label(namespace) {
+        return Err(Error::invalid(format!(
+            "the namespace {namespace:?} of a claim in the backup is not a valid namespace name"
+        )));
+    }
+    if !crate::names::is_subdomain(claim) {
+        return Err(Error::invalid(format!(
+            "the claim name {claim:?} in the backup is not a valid object name"
+        )));
+    }
+    Ok(())
+}
+
+/// Checks that `pv` is the volume bound to the claim `pvc` of `namespace`: the claim is `Bound`
+/// and names the volume, and the volume's `claimRef` points back at this claim (namespace, name
+/// and uid). A claim may name any volume in `spec.volumeName`; only the binding the volume itself
+/// records proves that the data is the claim's.
+pub fn check_binding(namespace: &str, pvc: &PersistentVolumeClaim, pv: &PersistentVolume) -> Result<()> {
+    let claim = pvc.metadata.name.as_deref().unwrap_or_default();
+    let volume = pv.metadata.name.as_deref().unwrap_or_default();
+    let phase = pvc.status.as_ref().and_then(|s| s.phase.as_deref()).unwrap_or("");
+    if phase != "Bound" {
+        return Err(Error::precondition(format!(
+            "claim {namespace}/{claim} is not bound (phase {phase:?}); only bound claims are backed up"
+        )));
+    }
+    if pvc.spec.as_ref().and_then(|s| s.volume_name.as_deref()) != Some(volume) {
+        return Err(Error::precondition(format!(
+            "claim {namespace}/{claim} does not name volume {volume}"
+        )));
+    }
+    let claim_ref = pv.spec.as_ref().and_then(|s| s.claim_ref.as_ref());
+    let refused = |why: &str| {
+        Error::permission_denied(format!(
+            "refusing to back up claim {namespace}/{claim}: volume {volume} is not bound to it ({why})"
+        ))
+    };
+    let Some(r) = claim_ref else {
+        return Err(refused("the volume has no claimRef"));
+    };
+    if r.namespace.as_deref() != Some(namespace) || r.name.as_deref() != Some(claim) {
+        return Err(refused(&format!(
+            "its claimRef is {}/{}",
+            r.namespace.as_deref().unwrap_or(""),
+            r.name.as_deref().unwrap_or("")
+        )));
+    }
+    let uid = pvc.metadata.uid.as_deref().unwrap_or_default();
+    if uid.is_empty() || r.uid.as_deref() != Some(uid) {
+        return Err(refused(&format!(
+            "its claimRef has uid {:?}, the claim {uid:?}",
+            r.uid.as_deref().unwrap_or("")
+        )));
+    }
+    Ok(())
 }
 
 /// Volumes backed by node-local directories (see the module docs).
@@ -73,7 +138,8 @@ impl VolumeDriver for LocalPathDriver {
             .map_err(|e| pxb_gardener::map_kube_error(&format!("reading claim {namespace}/{claim}"), e))?;
         let volume = pvc
             .spec
-            .and_then(|s| s.volume_name)
+            .as_ref()
+            .and_then(|s| s.volume_name.clone())
             .filter(|v| !v.is_empty())
             .ok_or_else(|| {
                 Error::precondition(format!("claim {namespace}/{claim} is not bound to a volume"))
@@ -83,6 +149,8 @@ impl VolumeDriver for LocalPathDriver {
             .get(&volume)
             .await
             .map_err(|e| pxb_gardener::map_kube_error(&format!("reading volume {volume}"), e))?;
+        // Nothing of the volume is read unless it is this claim's.
+        check_binding(namespace, &pvc, &pv)?;
         let spec = pv.spec.unwrap_or_default();
         let path = spec
             .host_path
@@ -109,12 +177,17 @@ impl VolumeDriver for LocalPathDriver {
             .pointer("/metadata/name")
             .and_then(Value::as_str)
             .ok_or_else(|| Error::invalid("a claim in the backup has no name"))?;
+        check_claim_names(namespace, name)?;
         let suffix = &pxb_core::backup::BackupId::new(std::time::SystemTime::now()).to_string();
         let suffix = suffix.rsplit('-').next().unwrap_or("0");
-        let dir = self.restore_root.join(namespace).join(format!("{name}-{suffix}"));
-        std::fs::create_dir_all(&dir).map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
-        let mut volume_name = format!("pxb-{namespace}-{name}-{suffix}");
-        volume_name.truncate(253);
+        let parent = self.restore_root.join(namespace);
+        std::fs::create_dir_all(&parent)
+            .map_err(|e| Error::io(format!("creating {}", parent.display()), e))?;
+        // A new directory, never one that exists already (and so nothing a tenant left in it).
+        let dir = parent.join(format!("{name}-{suffix}"));
+        std::fs::create_dir(&dir).map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
+        // Cut or hashed by the one rule for names, so it is valid whatever the claim's name.
+        let volume_name = crate::names::object_name(&format!("pxb-{namespace}-{name}-{suffix}"));
         let storage = claim
             .pointer("/spec/resources/requests/storage")
             .cloned()
@@ -181,6 +254,7 @@ impl VolumeDriver for StaticVolumes {
             .pointer("/metadata/name")
             .and_then(Value::as_str)
             .ok_or_else(|| Error::invalid("a claim in the backup has no name"))?;
+        check_claim_names(namespace, name)?;
         let dir = self.restore_root.join(namespace).join(name);
         std::fs::create_dir_all(&dir).map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
         self.insert(namespace, name, &dir);
@@ -189,5 +263,157 @@ impl VolumeDriver for StaticVolumes {
             volume: None,
             volume_name: None,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Attack 1: a backup's namespace and claim names become directories of a restore; hostile
+    /// ones must not provision (or create anything) outside the restore root.
+    #[tokio::test]
+    async fn restores_never_provision_outside_the_restore_root() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let root = tmp.path().join("restores");
+        let client = kube::Client::try_from(kube::Config::new("http://127.0.0.1:9".parse().expect("url")))
+            .expect("client");
+        let local = LocalPathDriver::new(client, &root);
+        let fixed = StaticVolumes::new(&root);
+        let drivers: [&dyn VolumeDriver; 2] = [&local, &fixed];
+        let outside = tmp.path().to_string_lossy().into_owned();
+        for (ns, claim) in [
+            ("..", "data"),
+            ("shop", "../../etc"),
+            ("shop", "../../../escaped"),
+            ("shop", "a/b"),
+            ("shop", "."),
+            ("shop", ".."),
+            ("shop", outside.as_str()),
+            ("/etc", "data"),
+            ("", "data"),
+        ] {
+            for driver in drivers {
+                let claim_obj = json!({"metadata": {"name": claim}});
+                let result = driver.provision(ns, &claim_obj).await;
+                let mut around: Vec<String> = std::fs::read_dir(tmp.path())
+                    .expect("list")
+                    .flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect();
+                around.retain(|n| n != "restores");
+                assert!(
+                    around.is_empty(),
+                    "{ns:?}/{claim:?}: created {around:?} outside: {result:?}"
+                );
+                let err = result.map(|p| p.dir).expect_err(&format!("{ns:?}/{claim:?}"));
+                assert!(matches!(err, Error::Invalid { .. }), "{ns:?}/{claim:?}: {err}");
+            }
+        }
+        // Valid names still provision, below the root.
+        for driver in drivers {
+            let p = driver
+                .provision("shop", &json!({"metadata": {"name": "data.v1"}}))
+                .await
+                .expect("provision");
+            assert!(
+                p.dir.starts_with(root.join("shop")) && p.dir.is_dir(),
+                "{:?}",
+                p.dir
+            );
+        }
+    }
+
+    fn claim(
+        namespace: &str,
+        name: &str,
+        uid: &str,
+        volume: &str,
+        phase: Option<&str>,
+    ) -> PersistentVolumeClaim {
+        serde_json::from_value(json!({
+            "metadata": {"name": name, "namespace": namespace, "uid": uid},
+            "spec": {"volumeName": volume},
+            "status": phase.map(|p| json!({"phase": p})),
+        }))
+        .expect("claim")
+    }
+
+    fn volume(name: &str, claim_ref: Option<Value>) -> PersistentVolume {
+        serde_json::from_value(json!({
+            "metadata": {"name": name},
+            "spec": {"hostPath": {"path": "/data/pv"}, "claimRef": claim_ref},
+        }))
+        .expect("volume")
+    }
+
+    /// Attack 5 (the rule): a claim naming another namespace's volume in `spec.volumeName` is
+    /// refused; only the claim the volume's `claimRef` points back at may read it.
+    #[test]
+    fn only_the_claim_a_volume_is_bound_to_may_read_it() {
+        let owner =
+            json!({"kind": "PersistentVolumeClaim", "namespace": "shop", "name": "data", "uid": "u-1"});
+        let pv = volume("pv-data", Some(owner.clone()));
+        check_binding(
+            "shop",
+            &claim("shop", "data", "u-1", "pv-data", Some("Bound")),
+            &pv,
+        )
+        .expect("the owner");
+        let cases = [
+            (
+                "thief",
+                claim("thief", "data", "u-2", "pv-data", Some("Bound")),
+                pv.clone(),
+                "claimRef is shop/data",
+            ),
+            (
+                "thief",
+                claim("thief", "steal", "u-2", "pv-data", Some("Bound")),
+                pv.clone(),
+                "claimRef is shop/data",
+            ),
+            // Same namespace and name, but a later claim (another uid).
+            (
+                "shop",
+                claim("shop", "data", "u-9", "pv-data", Some("Bound")),
+                pv.clone(),
+                "uid",
+            ),
+            (
+                "shop",
+                claim("shop", "data", "u-1", "pv-data", None),
+                pv.clone(),
+                "not bound",
+            ),
+            (
+                "shop",
+                claim("shop", "data", "u-1", "pv-data", Some("Pending")),
+                pv.clone(),
+                "not bound",
+            ),
+            (
+                "shop",
+                claim("shop", "data", "u-1", "pv-data", Some("Bound")),
+                volume("pv-data", None),
+                "no claimRef",
+            ),
+            (
+                "shop",
+                claim("shop", "data", "u-1", "pv-data", Some("Bound")),
+                volume("pv-data", Some(json!({"namespace": "shop", "name": "data"}))),
+                "uid",
+            ),
+            (
+                "shop",
+                claim("shop", "data", "u-1", "pv-other", Some("Bound")),
+                pv.clone(),
+                "does not name",
+            ),
+        ];
+        for (ns, pvc, pv, needle) in cases {
+            let err = check_binding(ns, &pvc, &pv).expect_err(needle);
+            assert!(err.to_string().contains(needle), "{needle}: {err}");
+        }
     }
 }

@@ -18,14 +18,25 @@ struct Args {
     /// Print the commented default configuration and exit.
     #[arg(long)]
     print_default_config: bool,
-    /// DEVELOPMENT ONLY: accept this static bearer token as a provider admin.
-    #[arg(long, value_name = "TOKEN")]
-    dev_token: Option<String>,
+    /// DEVELOPMENT ONLY: accept the static bearer token in this file as a provider admin
+    /// (`PXB_DEV_TOKEN` sets the token itself). Not taken on the command line, where every local
+    /// user could read it. Accepted only when the API listens on a loopback address.
+    #[arg(long, value_name = "FILE")]
+    dev_token_file: Option<PathBuf>,
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
     let config = ServerConfig::load(args.config.as_deref(), |k| std::env::var(k).ok())?;
-    let daemon = pxb_daemon::server::Daemon::start(config, args.dev_token, |k| std::env::var(k).ok()).await?;
+    let dev_token = match (&args.dev_token_file, std::env::var("PXB_DEV_TOKEN").ok()) {
+        (Some(path), _) => Some(
+            std::fs::read_to_string(path)
+                .map_err(|e| anyhow::anyhow!("reading --dev-token-file {}: {e}", path.display()))?
+                .trim()
+                .to_owned(),
+        ),
+        (None, token) => token,
+    };
+    let daemon = pxb_daemon::server::Daemon::start(config, dev_token, |k| std::env::var(k).ok()).await?;
     println!("READY http://{}", daemon.addr);
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {

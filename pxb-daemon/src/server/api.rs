@@ -61,11 +61,14 @@ pub struct ErrorDetail {
 
 impl ApiError {
     /// An error.
+    /// The message is redacted ([`pxb_core::redact::redact`]): nothing token-shaped leaves
+    /// the server in an error.
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        let message = message.into();
         ApiError {
             status,
             code,
-            message: message.into(),
+            message: pxb_core::redact::redact(&message).into_owned(),
         }
     }
 
@@ -743,14 +746,18 @@ pub struct FleetStatusView {
     pub next: Option<String>,
 }
 
-/// Readiness.
+/// Readiness. Anyone may ask; only a provider admin (a bearer token) sees which orgs are
+/// degraded and why.
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Readiness {
     /// Whether the server serves requests.
     pub ready: bool,
-    /// Orgs that could not be loaded, with the reason.
-    pub degraded_orgs: BTreeMap<String, String>,
+    /// How many orgs could not be loaded.
+    pub degraded_org_count: usize,
+    /// Orgs that could not be loaded, with the reason: for provider admins only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub degraded_orgs: Option<BTreeMap<String, String>>,
 }
 
 /// The router over `server`, with the body limit from its configuration.
@@ -824,8 +831,8 @@ pub fn router(server: Server) -> Router {
         .with_state(server)
 }
 
-async fn readyz(State(s): State<Server>) -> Json<Readiness> {
-    let degraded_orgs = s
+async fn readyz(State(s): State<Server>, mut parts: Parts) -> Json<Readiness> {
+    let degraded: BTreeMap<String, String> = s
         .orgs()
         .into_iter()
         .filter_map(|(id, st)| match st {
@@ -833,9 +840,15 @@ async fn readyz(State(s): State<Server>) -> Json<Readiness> {
             OrgState::Ready(_) => None,
         })
         .collect();
+    // Org ids and reasons are not for anonymous callers (probes, the whole network).
+    let admin = parts.headers.contains_key(header::AUTHORIZATION)
+        && Caller::from_request_parts(&mut parts, &s)
+            .await
+            .is_ok_and(|c| c.provider_admin);
     Json(Readiness {
         ready: true,
-        degraded_orgs,
+        degraded_org_count: degraded.len(),
+        degraded_orgs: admin.then_some(degraded),
     })
 }
 
@@ -1071,6 +1084,7 @@ async fn create_discovery(
             credential: b.credential,
             interval_secs: b.interval_secs.unwrap_or(60).clamp(5, 86_400),
             created_at: rfc3339(s.clock().now()),
+            provider_approved: caller.provider_admin,
         })
         .await?;
     Ok((StatusCode::CREATED, Json(discovery_view(&s, d))))

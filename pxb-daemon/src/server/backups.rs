@@ -14,10 +14,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime};
 
-use pxb_core::backup::Summary;
 use pxb_core::catalog::records::{
-    BackupRecord, ClusterSelector, ClusterState, ForcedDelete, LocationRecord, RestoreRecord, ScheduleRecord,
-    ScheduleRun, backup_phase,
+    BackupRecord, ClusterSelector, ClusterState, ForcedDelete, LocationRecord, LocationStatus, RestoreRecord,
+    ScheduleRecord, ScheduleRun, backup_phase,
 };
 use pxb_core::catalog::{Catalog, Put, Query};
 use pxb_core::clock::rfc3339;
@@ -581,19 +580,26 @@ impl Server {
     /// Pauses or resumes a schedule. A resumed schedule's next slot is the first after now: the
     /// slots of the pause are not made up.
     pub async fn pause_schedule(&self, org: &str, id: &str, paused: bool) -> Result<ScheduleRecord> {
-        let mut s = self.schedule(org, id)?;
-        if s.paused != paused {
-            s.paused = paused;
-            if !paused {
-                let now = ms(self.inner.clock.now());
-                s.next_fire_ms = s.policy.next_after(now, s.created_ms).map_err(Error::invalid)?;
-            }
-            self.inner.catalog.put(&s, None).await?;
-            self.inner
-                .lock()
-                .schedules
-                .insert((org.to_owned(), id.to_owned()), s.clone());
+        let s = self.schedule(org, id)?;
+        if s.paused == paused {
+            return Ok(s);
         }
+        let now = ms(self.inner.clock.now());
+        let s = self
+            .modify::<ScheduleRecord>(org, id, |s| {
+                if s.paused != paused {
+                    s.paused = paused;
+                    if !paused {
+                        s.next_fire_ms = s.policy.next_after(now, s.created_ms).map_err(Error::invalid)?;
+                    }
+                }
+                Ok(())
+            })
+            .await?;
+        self.inner
+            .lock()
+            .schedules
+            .insert((org.to_owned(), id.to_owned()), s.clone());
         Ok(s)
     }
 
@@ -625,7 +631,27 @@ impl Server {
                 .collect()
         };
         let mut fired = Vec::new();
-        for mut s in due {
+        for s in due {
+            // Fresh from the catalog, with its revision: the slot is written at that revision,
+            // so a schedule deleted, paused or changed since is never overwritten by this run.
+            let (mut s, revision) = match self.inner.catalog.find::<ScheduleRecord>(&s.org, &s.id).await {
+                Ok(Some(v)) => (v.value, v.revision),
+                Ok(None) => {
+                    self.inner.lock().schedules.remove(&(s.org.clone(), s.id.clone()));
+                    continue;
+                }
+                Err(e) => {
+                    tracing::warn!(org = %s.org, schedule = %s.id, error = %e, "cannot read the schedule; retrying");
+                    continue;
+                }
+            };
+            if s.paused || s.next_fire_ms > now {
+                self.inner
+                    .lock()
+                    .schedules
+                    .insert((s.org.clone(), s.id.clone()), s);
+                continue;
+            }
             let planned = s
                 .policy
                 .latest_due(s.next_fire_ms, now, s.created_ms)
@@ -669,7 +695,7 @@ impl Server {
                 tracing::warn!(org = %s.org, schedule = %s.id, "the schedule's location is gone; nothing was backed up");
             }
             let mut puts = Vec::with_capacity(records.len() + 1);
-            let encoded = Catalog::put_of(&s, None).map(|p| puts.push(p)).and_then(|_| {
+            let encoded = Catalog::put_of(&s, Some(revision)).map(|p| puts.push(p)).and_then(|_| {
                 records
                     .iter()
                     .try_for_each(|b| Catalog::put_of(b, Some(0)).map(|p| puts.push(p)))
@@ -693,16 +719,35 @@ impl Server {
                     }
                     fired.extend(records);
                 }
-                // The slot's backups exist: it was recorded before (by an earlier run of the
-                // server whose schedule write this one did not see). Move on.
+                // The schedule changed since it was read (deleted, paused, edited), or the slot's
+                // backups exist (recorded by an earlier run of the server whose schedule write
+                // this one did not see). Move the slot forward on the schedule as it is now,
+                // unless it is gone or paused; the next tick plans again from there.
                 Err(Error::Precondition { .. } | Error::AlreadyExists { .. }) => {
-                    if let Err(e) = self.inner.catalog.put(&s, None).await {
-                        tracing::warn!(org = %s.org, schedule = %s.id, error = %e, "cannot record the schedule");
+                    let recorded = match records.first() {
+                        Some(b) => matches!(self.inner.catalog.find::<BackupRecord>(&b.org, &b.id).await, Ok(Some(_))),
+                        None => false,
+                    };
+                    let moved = self
+                        .modify::<ScheduleRecord>(&s.org, &s.id, |cur| {
+                            if recorded && !cur.paused && cur.next_fire_ms <= slot {
+                                cur.next_fire_ms = next;
+                            }
+                            Ok(())
+                        })
+                        .await;
+                    let key = (s.org.clone(), s.id.clone());
+                    match moved {
+                        Ok(cur) => {
+                            self.inner.lock().schedules.insert(key, cur);
+                        }
+                        Err(Error::NotFound { .. }) => {
+                            self.inner.lock().schedules.remove(&key);
+                        }
+                        Err(e) => {
+                            tracing::warn!(org = %s.org, schedule = %s.id, error = %e, "cannot record the schedule");
+                        }
                     }
-                    self.inner
-                        .lock()
-                        .schedules
-                        .insert((s.org.clone(), s.id.clone()), s);
                 }
                 Err(e) => {
                     tracing::warn!(org = %s.org, schedule = %s.id, error = %e, "cannot record the schedule's run; retrying");
@@ -880,17 +925,42 @@ impl Server {
                 tracing::warn!(org = %key.0, backup = %id, error = %e, "cannot remove a deleted backup");
             }
         }
-        for (location, found) in out.found {
-            self.import_synced(key, &location, found).await;
+        for found in out.found {
+            self.import_synced(key, found).await;
         }
         for s in finished_scheduled {
             self.apply_retention(&key.0, &s, &key.1).await;
         }
     }
 
-    /// Records the application backups a sync found in `location` that the catalog does not
-    /// know yet, marked synced, with their origin cluster.
-    async fn import_synced(&self, key: &Key, location: &str, found: Vec<Summary>) {
+    /// How many synced backups org `org` holds: counted in the catalog once, then kept up to date
+    /// by imports (deletes are not counted down, so the figure errs high; a count at the limit is
+    /// taken again from the catalog before an import is refused).
+    async fn synced_count(&self, org: &str, fresh: bool) -> Result<u64> {
+        if !fresh && let Some(n) = self.inner.lock().synced_counts.get(org) {
+            return Ok(*n);
+        }
+        let mut n = 0u64;
+        let mut q = Query::org(org);
+        loop {
+            let page = self.inner.catalog.list::<BackupRecord>(&q).await?;
+            n += page.items.iter().filter(|r| r.synced).count() as u64;
+            match page.next {
+                Some(next) => q.after = Some(next),
+                None => break,
+            }
+        }
+        self.inner.lock().synced_counts.insert(org.to_owned(), n);
+        Ok(n)
+    }
+
+    /// Records the application backups a sync found (in `found.location`) that the catalog does
+    /// not know yet, marked synced, with their origin cluster: at most
+    /// `fleet.maxSyncedBackupsPerOrg` per org. When that limit stops the import, or the read of
+    /// the agent's catalog stopped early, the location's sync status on the cluster says so.
+    async fn import_synced(&self, key: &Key, found: super::operations::Found) {
+        let location = found.location.as_str();
+        let limit = self.inner.config.fleet.max_synced_backups_per_org;
         let (cluster_name, loc_name) = {
             let st = self.inner.lock();
             (
@@ -904,8 +974,17 @@ impl Server {
                     .unwrap_or_default(),
             )
         };
-        let mut imported = 0usize;
-        for s in found {
+        let mut held = match self.synced_count(&key.0, false).await {
+            Ok(n) => n,
+            Err(e) => {
+                tracing::warn!(org = %key.0, error = %e, "cannot count the synced backups of the org");
+                return;
+            }
+        };
+        let mut imported = 0u64;
+        let mut new = 0u64;
+        let mut recounted = false;
+        for s in found.backups {
             // A backup this server made carries its record's name in its tag.
             if let Some(name) = s.tag.as_deref().and_then(|t| t.strip_prefix("app/")) {
                 match self.inner.catalog.find::<BackupRecord>(&key.0, name).await {
@@ -927,6 +1006,18 @@ impl Server {
                     tracing::warn!(org = %key.0, error = %e, "cannot read the catalog while importing");
                     return;
                 }
+            }
+            new += 1;
+            if held >= limit && !recounted {
+                // The count errs high (deletes are not counted down): take it again once.
+                recounted = true;
+                match self.synced_count(&key.0, true).await {
+                    Ok(n) => held = n,
+                    Err(e) => tracing::warn!(org = %key.0, error = %e, "cannot count the synced backups of the org"),
+                }
+            }
+            if held >= limit {
+                continue;
             }
             let created_ms = (s.created as i64).saturating_mul(1000);
             let record = BackupRecord {
@@ -953,7 +1044,11 @@ impl Server {
                 ..BackupRecord::default()
             };
             match self.inner.catalog.put(&record, Some(0)).await {
-                Ok(_) => imported += 1,
+                Ok(_) => {
+                    imported += 1;
+                    held += 1;
+                    *self.inner.lock().synced_counts.entry(key.0.clone()).or_default() += 1;
+                }
                 Err(Error::Precondition { .. } | Error::AlreadyExists { .. }) => {}
                 Err(e) => tracing::warn!(org = %key.0, error = %e, "cannot import a synced backup"),
             }
@@ -964,7 +1059,59 @@ impl Server {
         self.inner
             .metrics
             .imported
-            .fetch_add(imported as u64, Ordering::Relaxed);
+            .fetch_add(imported, Ordering::Relaxed);
+        let cut = found.problem.is_some();
+        let limited = imported < new || (cut && held >= limit);
+        if limited {
+            tracing::warn!(org = %key.0, location = %loc_name, cluster = %cluster_name, imported, new, limit, "synced backups not imported: the org's limit is reached");
+        }
+        if limited || cut {
+            self.note_sync(key, location, limited.then_some((imported, new, limit)), found.problem)
+                .await;
+        }
+    }
+
+    /// Says in the last sync of `location` on cluster `key` that the org's import limit stopped
+    /// the import (`(imported, new, limit)`: `imported` of the `new` backups read; when the read
+    /// was cut short the sync's own count of backups found stands for what there is) and why the
+    /// read of the agent's catalog stopped early (`problem`).
+    async fn note_sync(&self, key: &Key, location: &str, limited: Option<(u64, u64, u64)>, problem: Option<String>) {
+        let status = {
+            let mut st = self.inner.lock();
+            let id = LocationStatus::id_of(location, &key.1);
+            let Some(status) = st.statuses.get_mut(&(key.0.clone(), id)) else {
+                return;
+            };
+            let Some(run) = status.sync.as_mut() else {
+                return;
+            };
+            let mut notes = Vec::new();
+            if let Some((imported, new, limit)) = limited {
+                let total = if problem.is_some() {
+                    new.max(run.backups_found)
+                } else {
+                    new
+                };
+                notes.push(format!(
+                    "import limit reached: {imported} of {total} imported (an org holds at most {limit} synced \
+                     backups)"
+                ));
+            }
+            if let Some(p) = problem {
+                notes.push(format!("not every backup found was read: {p}"));
+            }
+            let note = notes.join("; ");
+            run.message = Some(match run.message.take() {
+                Some(m) if !m.is_empty() && !m.contains(&note) => format!("{m}; {note}"),
+                _ => note,
+            });
+            let status = status.clone();
+            st.dirty = true;
+            status
+        };
+        if let Err(e) = self.inner.catalog.put(&status, None).await {
+            tracing::warn!(org = %key.0, error = %e, "cannot record a sync's import limit");
+        }
     }
 
     /// Marks the backups of `location` with what a verify found missing.
@@ -1010,6 +1157,7 @@ impl Server {
                 restores: Vec::new(),
                 forced: Vec::new(),
                 imports: Vec::new(),
+                catalog_limits: self.catalog_limits(),
                 now: self.inner.clock.now(),
             };
         };
@@ -1019,7 +1167,19 @@ impl Server {
             restores: ops.restores.values().cloned().collect(),
             forced: ops.forced.iter().cloned().collect(),
             imports: Vec::new(),
+            catalog_limits: self.catalog_limits(),
             now: self.inner.clock.now(),
+        }
+    }
+
+    /// The bounds on reading an agent's catalog, from the configuration.
+    fn catalog_limits(&self) -> super::operations::CatalogLimits {
+        let f = &self.inner.config.fleet;
+        super::operations::CatalogLimits {
+            page_bytes: usize::try_from(f.catalog_page_max_bytes).unwrap_or(usize::MAX),
+            pages: usize::try_from(f.catalog_max_pages).unwrap_or(usize::MAX),
+            items: usize::try_from(f.max_synced_backups_per_org).unwrap_or(usize::MAX),
+            deadline: Duration::from_millis(f.call_timeout_ms.saturating_mul(2)),
         }
     }
 }

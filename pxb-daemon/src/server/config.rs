@@ -30,9 +30,111 @@ pub struct ServerConfig {
     pub secrets: SecretsConfig,
     /// How the server works the fleet.
     pub fleet: FleetConfig,
-    /// Garden credentials discovery configurations may use, by name: a path to a kubeconfig file
-    /// (a mounted Secret). Orgs refer to them by name; they never see the file.
-    pub garden_credentials: BTreeMap<String, String>,
+    /// Garden credentials discovery configurations may use, by name. Orgs refer to them by name;
+    /// they never see the file. See [`GardenCredential`] for who may use one.
+    pub garden_credentials: BTreeMap<String, GardenCredential>,
+}
+
+/// A garden credential (a Gardener project service account's kubeconfig) and who may use it.
+///
+/// A credential reaches whatever its service account may read in the garden, so it is bound: a
+/// discovery may use it only in the orgs listed in `orgs`, and only for the projects listed in
+/// `projects` (any project when empty). A credential with no `orgs` is the provider's own: only
+/// a provider admin may create a discovery with it, in any org. The short form `name: /path`
+/// is such an unbound credential.
+///
+/// Independently of credentials, a Gardener project is onboarded into one org only: a second
+/// discovery of the same project (in any org) is refused.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct GardenCredential {
+    /// Path of the kubeconfig file (for example a mounted Secret).
+    pub kubeconfig: String,
+    /// Orgs whose admins may create discoveries with it. Empty: provider admins only.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub orgs: Vec<String>,
+    /// Projects it may discover. Empty: any project.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub projects: Vec<String>,
+}
+
+impl GardenCredential {
+    /// An unbound credential (provider admins only) at `kubeconfig`.
+    pub fn new(kubeconfig: impl Into<String>) -> Self {
+        GardenCredential {
+            kubeconfig: kubeconfig.into(),
+            ..Self::default()
+        }
+    }
+
+    /// Binds it to `orgs` (builder style).
+    pub fn for_orgs<S: Into<String>>(mut self, orgs: impl IntoIterator<Item = S>) -> Self {
+        self.orgs = orgs.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// Restricts it to `projects` (builder style).
+    pub fn for_projects<S: Into<String>>(mut self, projects: impl IntoIterator<Item = S>) -> Self {
+        self.projects = projects.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// Why a discovery of `project` in `org` may not use this credential (named `name`), or
+    /// `None` when it may. `provider_admin` says whether the requester administers the provider.
+    pub fn refusal(&self, name: &str, org: &str, project: &str, provider_admin: bool) -> Option<String> {
+        if self.orgs.is_empty() {
+            if !provider_admin {
+                return Some(format!(
+                    "garden credential {name:?} is not bound to any org; only a provider admin may use it"
+                ));
+            }
+        } else if !self.orgs.iter().any(|o| o == org) {
+            return Some(format!("garden credential {name:?} is not bound to org {org}"));
+        }
+        if !self.projects.is_empty() && !self.projects.iter().any(|p| p == project) {
+            return Some(format!(
+                "garden credential {name:?} may not discover project {project} (allowed: {})",
+                self.projects.join(", ")
+            ));
+        }
+        None
+    }
+}
+
+/// The full form of a garden credential, as written in the file.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct GardenCredentialFull {
+    kubeconfig: String,
+    #[serde(default)]
+    orgs: Vec<String>,
+    #[serde(default)]
+    projects: Vec<String>,
+}
+
+impl<'de> Deserialize<'de> for GardenCredential {
+    /// Either a path (an unbound credential) or `{kubeconfig, orgs, projects}`.
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = GardenCredential;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a kubeconfig path or {kubeconfig, orgs, projects}")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> std::result::Result<Self::Value, E> {
+                Ok(GardenCredential::new(v))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> std::result::Result<Self::Value, A::Error> {
+                let f = GardenCredentialFull::deserialize(serde::de::value::MapAccessDeserializer::new(map))?;
+                Ok(GardenCredential {
+                    kubeconfig: f.kubeconfig,
+                    orgs: f.orgs,
+                    projects: f.projects,
+                })
+            }
+        }
+        d.deserialize_any(V)
+    }
 }
 
 /// The REST API.
@@ -107,6 +209,13 @@ pub struct FleetConfig {
     pub kubeconfig_lifetime_secs: u64,
     /// How often the fleet-status snapshot is rebuilt, in milliseconds.
     pub snapshot_interval_ms: u64,
+    /// Most synced backups (found by syncs, not made by this server) imported per org; a sync
+    /// that finds more says `import limit reached` in its status.
+    pub max_synced_backups_per_org: u64,
+    /// Largest page of an agent's catalog the server reads, in bytes; a larger one is refused.
+    pub catalog_page_max_bytes: u64,
+    /// Most pages of an agent's catalog read after one sync.
+    pub catalog_max_pages: u64,
 }
 
 impl Default for ApiConfig {
@@ -141,6 +250,9 @@ impl Default for FleetConfig {
             agent_image: format!("pxb-agent:{}", crate::agent::api::VERSION),
             kubeconfig_lifetime_secs: 3600,
             snapshot_interval_ms: 200,
+            max_synced_backups_per_org: 20_000,
+            catalog_page_max_bytes: 8 << 20,
+            catalog_max_pages: 100,
         }
     }
 }
@@ -217,6 +329,11 @@ impl ServerConfig {
         if f.concurrency == 0 {
             return Err(Error::invalid("fleet.concurrency must be at least 1"));
         }
+        if f.catalog_page_max_bytes == 0 || f.catalog_max_pages == 0 {
+            return Err(Error::invalid(
+                "fleet.catalogPageMaxBytes and fleet.catalogMaxPages must be positive",
+            ));
+        }
         if f.call_timeout_ms == 0 || f.resync_secs == 0 || f.lease_secs == 0 {
             return Err(Error::invalid(
                 "fleet.callTimeoutMs, fleet.resyncSecs and fleet.leaseSecs must be positive",
@@ -278,9 +395,32 @@ mod tests {
         assert_eq!(c.fleet.lease_secs, 7);
         assert_eq!(c.auth.audiences, vec!["a", "b"]);
         assert_eq!(
-            c.garden_credentials.get("dev").map(String::as_str),
-            Some("/etc/garden/dev")
+            c.garden_credentials.get("dev"),
+            Some(&GardenCredential::new("/etc/garden/dev"))
         );
+    }
+
+    #[test]
+    fn garden_credentials_are_bound_to_orgs_and_projects() {
+        let c = ServerConfig::from_yaml(
+            "gardenCredentials:\n  provider: /etc/garden/p\n  acme:\n    kubeconfig: /etc/garden/acme\n    \
+             orgs: [acme]\n    projects: [acme-prod]\n",
+        )
+        .expect("parses");
+        let provider = &c.garden_credentials["provider"];
+        let acme = &c.garden_credentials["acme"];
+        assert_eq!(acme.kubeconfig, "/etc/garden/acme");
+        assert_eq!(provider.refusal("provider", "acme", "x", true), None);
+        let r = provider.refusal("provider", "acme", "x", false).expect("refused");
+        assert!(r.contains("only a provider admin"), "{r}");
+        assert_eq!(acme.refusal("acme", "acme", "acme-prod", false), None);
+        let r = acme.refusal("acme", "globex", "acme-prod", true).expect("refused");
+        assert!(r.contains("not bound to org globex"), "{r}");
+        let r = acme.refusal("acme", "acme", "globex-prod", false).expect("refused");
+        assert!(r.contains("may not discover project globex-prod"), "{r}");
+        let err = ServerConfig::from_yaml("gardenCredentials:\n  x: {kubeconfig: /p, org: [a]}\n")
+            .expect_err("typo");
+        assert!(err.to_string().contains("org"), "{err}");
     }
 
     #[test]

@@ -111,6 +111,9 @@ struct State {
     /// Active backups and restores, by cluster.
     ops: HashMap<Key, backups::ClusterOps>,
     schedules: BTreeMap<Key, pxb_core::catalog::records::ScheduleRecord>,
+    /// Synced backups per org (counted once, then kept up to date by imports; see
+    /// `Server::synced_count`).
+    synced_counts: HashMap<String, u64>,
     dirty: bool,
 }
 
@@ -467,29 +470,74 @@ impl Server {
             .collect()
     }
 
-    /// Adds a discovery configuration and starts it.
+    /// Adds a discovery configuration and starts it. Idempotent: the same configuration again
+    /// returns the existing one.
+    ///
+    /// Refused (`PermissionDenied`) when the garden credential is not bound to the org or the
+    /// project (see [`config::GardenCredential`]), or unbound and `d.provider_approved` is not
+    /// set (only a provider admin may set it); refused (`AlreadyExists`) when another discovery,
+    /// in any org, already onboards the project.
     pub async fn add_discovery(&self, d: DiscoveryConfig) -> Result<DiscoveryConfig> {
-        if !self.inner.config.garden_credentials.contains_key(&d.credential) {
+        let key = (d.org.clone(), d.id.clone());
+        {
+            let mut st = self.inner.lock();
+            if let Some(existing) = st.discoveries.get(&key) {
+                return if existing.project == d.project
+                    && existing.credential == d.credential
+                    && existing.interval_secs == d.interval_secs
+                {
+                    Ok(existing.clone())
+                } else {
+                    Err(Error::already_exists(format!("discovery {} exists", d.id)))
+                };
+            }
+            self.check_discovery(&d, st.discoveries.values())?;
+            // Reserved under the same lock as the check, so two requests cannot both pass it.
+            st.discoveries.insert(key.clone(), d.clone());
+        }
+        if let Err(e) = self.inner.catalog.put(&d, Some(0)).await {
+            self.inner.lock().discoveries.remove(&key);
+            return Err(e);
+        }
+        self.start_discovery(d.clone());
+        Ok(d)
+    }
+
+    /// Why discovery `d` may not run beside `others` (discoveries of every org that claim
+    /// projects before it), if it may not: its credential does not exist or is not bound to its
+    /// org and project, or one of `others` already onboards its project (a project belongs to
+    /// one org).
+    fn check_discovery<'a>(
+        &self,
+        d: &DiscoveryConfig,
+        others: impl Iterator<Item = &'a DiscoveryConfig>,
+    ) -> Result<()> {
+        let Some(cred) = self.inner.config.garden_credentials.get(&d.credential) else {
             return Err(Error::invalid(format!(
                 "no garden credential named {:?} is configured on the server (gardenCredentials)",
                 d.credential
             )));
+        };
+        if let Some(why) = cred.refusal(&d.credential, &d.org, &d.project, d.provider_approved) {
+            return Err(Error::permission_denied(why));
         }
-        let key = (d.org.clone(), d.id.clone());
-        if let Some(existing) = self.inner.lock().discoveries.get(&key) {
-            return if existing.project == d.project
-                && existing.credential == d.credential
-                && existing.interval_secs == d.interval_secs
-            {
-                Ok(existing.clone())
+        if let Some(owner) = others
+            .filter(|o| o.project == d.project && (o.org != d.org || o.id != d.id))
+            .min_by_key(|o| first_claim(o))
+        {
+            return Err(Error::already_exists(if owner.org == d.org {
+                format!(
+                    "project {} is already discovered by discovery {} of this org",
+                    d.project, owner.id
+                )
             } else {
-                Err(Error::already_exists(format!("discovery {} exists", d.id)))
-            };
+                format!(
+                    "project {} is already onboarded into another org; a project belongs to one org",
+                    d.project
+                )
+            }));
         }
-        self.inner.catalog.put(&d, Some(0)).await?;
-        self.inner.lock().discoveries.insert(key, d.clone());
-        self.start_discovery(d.clone());
-        Ok(d)
+        Ok(())
     }
 
     /// Removes a discovery configuration; its clusters are retired.
@@ -524,8 +572,29 @@ impl Server {
 
     async fn run_discovery(self, d: DiscoveryConfig) {
         let key = (d.org.clone(), d.id.clone());
-        let Some(path) = self.inner.config.garden_credentials.get(&d.credential).cloned() else {
-            tracing::error!(org = %d.org, discovery = %d.id, "the garden credential is not configured");
+        // A stored discovery is checked again: the configuration may have changed since it was
+        // created, and of two discoveries of one project (stored before projects were claimed)
+        // only the first runs.
+        let refused = {
+            let st = self.inner.lock();
+            let earlier = st
+                .discoveries
+                .values()
+                .filter(|o| first_claim(o) < first_claim(&d));
+            self.check_discovery(&d, earlier).err()
+        };
+        if let Some(e) = refused {
+            tracing::error!(org = %d.org, discovery = %d.id, error = %e, "discovery refused");
+            self.set_discovery_status(&key, "Failing", Some(e.to_string()));
+            return;
+        }
+        let Some(path) = self
+            .inner
+            .config
+            .garden_credentials
+            .get(&d.credential)
+            .map(|c| c.kubeconfig.clone())
+        else {
             return;
         };
         let mut backoff = Duration::from_secs(1);
@@ -962,11 +1031,41 @@ impl Server {
         Ok(loc)
     }
 
+    /// Read-modify-write of one record through the catalog's revision check: reads it fresh,
+    /// applies `change`, and writes it at the revision read. When another write came in between,
+    /// it reads again and re-applies `change` (a few times, then `Unavailable`). A record deleted
+    /// meanwhile is `NotFound`: nothing is resurrected, nothing another writer changed is lost.
+    pub(crate) async fn modify<T: pxb_core::catalog::Record>(
+        &self,
+        org: &str,
+        id: &str,
+        mut change: impl FnMut(&mut T) -> Result<()>,
+    ) -> Result<T> {
+        for _ in 0..8 {
+            let current = self.inner.catalog.get::<T>(org, id).await?;
+            let mut value = current.value;
+            change(&mut value)?;
+            match self.inner.catalog.put(&value, Some(current.revision)).await {
+                Ok(_) => return Ok(value),
+                Err(Error::Precondition { .. }) => tokio::task::yield_now().await,
+                Err(e) => return Err(e),
+            }
+        }
+        Err(Error::unavailable(format!(
+            "{id} in org {org} keeps changing under concurrent writes; try again"
+        )))
+    }
+
     /// Asks every cluster of the location to validate it now.
     pub async fn request_validation(&self, org: &str, name: &str) -> Result<LocationRecord> {
-        let mut loc = self.location(org, name)?;
-        loc.validate_request += 1;
-        self.inner.catalog.put(&loc, None).await?;
+        let id = self.location(org, name)?.id;
+        // Only the counter changes: a credential rotated meanwhile is kept.
+        let loc = self
+            .modify::<LocationRecord>(org, &id, |l| {
+                l.validate_request += 1;
+                Ok(())
+            })
+            .await?;
         let now = rfc3339(self.inner.clock.now());
         let mut st = self.inner.lock();
         st.locations.insert((org.to_owned(), loc.id.clone()), loc.clone());
@@ -1662,8 +1761,19 @@ impl Daemon {
                     "the development token must be at least 16 characters",
                 ));
             }
+            let loopback = config
+                .api
+                .listen
+                .parse::<std::net::SocketAddr>()
+                .is_ok_and(|a| a.ip().is_loopback());
+            if !loopback {
+                return Err(Error::invalid(format!(
+                    "the development token is accepted only when api.listen is a loopback address, not {:?}",
+                    config.api.listen
+                )));
+            }
             tracing::warn!(
-                "DEVELOPMENT MODE: a static bearer token grants provider administration; never use --dev-token in production"
+                "DEVELOPMENT MODE: a static bearer token grants provider administration; never use a development token in production"
             );
             auths.push(Arc::new(auth::DevToken::new(t)));
         }
@@ -1761,4 +1871,9 @@ mod tests {
         assert_eq!(offline_backoff(base, max, 0), base);
         assert_eq!(offline_backoff(base, max, u32::MAX), max);
     }
+}
+
+/// The order in which discoveries claim a project: the first created (then org and id) owns it.
+fn first_claim(d: &DiscoveryConfig) -> (String, String, String) {
+    (d.created_at.clone(), d.org.clone(), d.id.clone())
 }

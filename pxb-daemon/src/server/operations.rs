@@ -13,7 +13,9 @@
 //! Nothing here touches the catalog: the server writes what [`visit`] returns.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
+
+use http_body_util::BodyExt as _;
 
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::{Resource as _, ResourceExt as _};
@@ -21,7 +23,8 @@ use pxb_core::backup::{BackupKind, Summary};
 use pxb_core::catalog::records::{BackupRecord, BackupView, RestoreRecord, RestoreTally, backup_phase};
 use serde_json::json;
 
-use super::reconcile::{AGENT_NAME, MANAGED_BY, MANAGER, ORG_LABEL, UID_LABEL};
+use super::reconcile::{AGENT_NAME, MANAGED_BY, MANAGER, ORG_LABEL, annotations, labels, location_object, owned_by};
+use crate::names::{self, object_name};
 use crate::agent::backups::FORCE_DELETE;
 use crate::crd::{
     AGENT_NAMESPACE, ApplicationBackup, ApplicationBackupSpec, ApplicationRestore, ApplicationRestoreSpec,
@@ -40,8 +43,47 @@ pub struct OpsInput {
     pub forced: Vec<String>,
     /// Locations (id, name) whose catalog to read: a sync there just completed.
     pub imports: Vec<(String, String)>,
+    /// Bounds on reading those catalogs.
+    pub catalog_limits: CatalogLimits,
     /// Now.
     pub now: SystemTime,
+}
+
+/// Bounds on reading an agent's catalog through the service proxy. The agent (and so the
+/// tenant) decides what it answers; these keep one cluster from holding the server's memory or a
+/// visit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CatalogLimits {
+    /// Largest body of one page, in bytes; a larger one fails the read.
+    pub page_bytes: usize,
+    /// Most pages read per import; the read stops there.
+    pub pages: usize,
+    /// Most application backups collected per import; the read stops there.
+    pub items: usize,
+    /// Longest time the reads of one visit may take.
+    pub deadline: Duration,
+}
+
+impl Default for CatalogLimits {
+    fn default() -> Self {
+        CatalogLimits {
+            page_bytes: 8 << 20,
+            pages: 100,
+            items: 20_000,
+            deadline: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Application backups a sync found in a location, as far as the server read them.
+#[derive(Clone, Debug, Default)]
+pub struct Found {
+    /// The location's id.
+    pub location: String,
+    /// What was read.
+    pub backups: Vec<Summary>,
+    /// Why the read stopped early or failed, if it did (a bound reached, an error).
+    pub problem: Option<String>,
 }
 
 /// What the visit learned.
@@ -55,8 +97,8 @@ pub struct OpsOutput {
     pub restores: Vec<RestoreRecord>,
     /// Force-deleted backups whose object is gone.
     pub forced_done: Vec<String>,
-    /// Application backups found in a location's catalog, by location id.
-    pub found: Vec<(String, Vec<Summary>)>,
+    /// Application backups found in the catalogs of locations whose sync completed.
+    pub found: Vec<Found>,
     /// Objects written or deleted.
     pub written: usize,
 }
@@ -69,14 +111,6 @@ impl OpsInput {
             && self.forced.is_empty()
             && self.imports.is_empty()
     }
-}
-
-fn labels(org: &str, uid: &str) -> BTreeMap<String, String> {
-    BTreeMap::from([
-        (MANAGED_BY.to_owned(), MANAGER.to_owned()),
-        (ORG_LABEL.to_owned(), org.to_owned()),
-        (UID_LABEL.to_owned(), uid.to_owned()),
-    ])
 }
 
 fn ms_of(rfc: Option<&str>) -> Option<i64> {
@@ -102,7 +136,10 @@ pub async fn visit(client: &kube::Client, input: OpsInput) -> Result<OpsOutput, 
         return Ok(out);
     }
     let ns = AGENT_NAMESPACE;
-    let managed = ListParams::default().labels(&format!("{MANAGED_BY}={MANAGER},{ORG_LABEL}={}", input.org));
+    let managed = ListParams::default().labels(&format!(
+        "{MANAGED_BY}={MANAGER},{ORG_LABEL}={}",
+        names::label_value(&input.org)
+    ));
     if !input.backups.is_empty() || !input.forced.is_empty() {
         let api: Api<ApplicationBackup> = Api::namespaced(client.clone(), ns);
         let existing: BTreeMap<String, ApplicationBackup> = api
@@ -111,9 +148,12 @@ pub async fn visit(client: &kube::Client, input: OpsInput) -> Result<OpsOutput, 
             .map_err(|e| err("listing ApplicationBackups", e))?
             .items
             .into_iter()
+            .filter(|b| owned_by(&b.metadata, &input.org))
             .map(|b| (b.name_any(), b))
             .collect();
-        for name in &input.forced {
+        // Objects are named by `object_name` of the record's id.
+        for id in &input.forced {
+            let name = &object_name(id);
             match existing.get(name) {
                 Some(cr) => {
                     let patch = json!({"metadata": {"annotations": {FORCE_DELETE: "true"}}});
@@ -128,12 +168,13 @@ pub async fn visit(client: &kube::Client, input: OpsInput) -> Result<OpsOutput, 
                     }
                     out.written += 1;
                 }
-                None => out.forced_done.push(name.clone()),
+                None => out.forced_done.push(id.clone()),
             }
         }
         for b in &input.backups {
             let mut b = b.clone();
-            let cr = existing.get(&b.id);
+            let name = object_name(&b.id);
+            let cr = existing.get(&name);
             if b.phase == backup_phase::DELETING {
                 match cr {
                     None => {
@@ -141,7 +182,7 @@ pub async fn visit(client: &kube::Client, input: OpsInput) -> Result<OpsOutput, 
                         continue;
                     }
                     Some(cr) if cr.meta().deletion_timestamp.is_none() => {
-                        match api.delete(&b.id, &DeleteParams::default()).await {
+                        match api.delete(&name, &DeleteParams::default()).await {
                             Ok(_) => out.written += 1,
                             Err(kube::Error::Api(s)) if s.code == 404 => {
                                 out.gone.push(b.id.clone());
@@ -176,9 +217,9 @@ pub async fn visit(client: &kube::Client, input: OpsInput) -> Result<OpsOutput, 
                 }
                 None => {
                     let mut cr = ApplicationBackup::new(
-                        &b.id,
+                        &name,
                         ApplicationBackupSpec {
-                            location: b.location_name.clone(),
+                            location: location_object(&b.location_name),
                             namespaces: b.namespaces.clone(),
                             include_volumes: true,
                             reclaim_policy: "Delete".into(),
@@ -187,6 +228,7 @@ pub async fn visit(client: &kube::Client, input: OpsInput) -> Result<OpsOutput, 
                     );
                     cr.metadata.namespace = Some(ns.into());
                     cr.metadata.labels = Some(labels(&input.org, &b.id));
+                    cr.metadata.annotations = Some(annotations(&input.org, &b.id));
                     out.written += 1;
                     match api.create(&PostParams::default(), &cr).await {
                         Ok(cr) => cr,
@@ -219,17 +261,18 @@ pub async fn visit(client: &kube::Client, input: OpsInput) -> Result<OpsOutput, 
         let api: Api<ApplicationRestore> = Api::namespaced(client.clone(), ns);
         for r in &input.restores {
             let mut r = r.clone();
+            let name = object_name(&r.id);
             let cr = match api
-                .get_opt(&r.id)
+                .get_opt(&name)
                 .await
                 .map_err(|e| err("reading an ApplicationRestore", e))?
             {
                 Some(cr) => cr,
                 None => {
                     let mut cr = ApplicationRestore::new(
-                        &r.id,
+                        &name,
                         ApplicationRestoreSpec {
-                            location: r.location_name.clone(),
+                            location: location_object(&r.location_name),
                             backup_id: r.backup_id.clone(),
                             namespaces: r.namespaces.clone(),
                             namespace_mapping: r.namespace_mapping.clone(),
@@ -239,6 +282,7 @@ pub async fn visit(client: &kube::Client, input: OpsInput) -> Result<OpsOutput, 
                     );
                     cr.metadata.namespace = Some(ns.into());
                     cr.metadata.labels = Some(labels(&input.org, &r.id));
+                    cr.metadata.annotations = Some(annotations(&input.org, &r.id));
                     out.written += 1;
                     match api.create(&PostParams::default(), &cr).await {
                         Ok(cr) => cr,
@@ -276,7 +320,7 @@ pub async fn visit(client: &kube::Client, input: OpsInput) -> Result<OpsOutput, 
                 if matches!(r.phase.as_str(), "Success" | "PartialSuccess" | "Failed") {
                     r.completed_ms = ms_of(s.completion_timestamp.as_deref()).or(Some(now_ms(input.now)));
                     // The record keeps the result; the cluster does not need the object any more.
-                    match api.delete(&r.id, &DeleteParams::default()).await {
+                    match api.delete(&name, &DeleteParams::default()).await {
                         Ok(_) => out.written += 1,
                         Err(kube::Error::Api(s)) if s.code == 404 => {}
                         Err(e) => return Err(err("deleting a finished ApplicationRestore", e)),
@@ -287,12 +331,28 @@ pub async fn visit(client: &kube::Client, input: OpsInput) -> Result<OpsOutput, 
         }
     }
     // A catalog that cannot be read now does not hold up the backups and restores; the next
-    // completed sync imports what this one would have.
+    // completed sync imports what this one would have. All reads of a visit share one deadline.
+    let limits = input.catalog_limits;
+    let deadline = tokio::time::Instant::now() + limits.deadline;
     for (id, name) in &input.imports {
-        match read_catalog(client, name).await {
-            Ok(found) => out.found.push((id.clone(), found)),
-            Err(e) => tracing::warn!(location = %name, error = %e, "cannot import the backups a sync found"),
+        let mut found = Found {
+            location: id.clone(),
+            ..Found::default()
+        };
+        let object = location_object(name);
+        let read = read_catalog(client, &object, &limits, &mut found.backups);
+        found.problem = match tokio::time::timeout_at(deadline, read).await {
+            Ok(Ok(())) => None,
+            Ok(Err(e)) => Some(e),
+            Err(_) => Some(format!(
+                "reading the agent's catalog took longer than {:?}",
+                limits.deadline
+            )),
+        };
+        if let Some(e) = &found.problem {
+            tracing::warn!(location = %name, read = found.backups.len(), error = %e, "the backups a sync found were not all read");
         }
+        out.found.push(found);
     }
     Ok(out)
 }
@@ -320,8 +380,16 @@ pub fn read_backup(b: &mut BackupRecord, s: &crate::crd::ApplicationBackupStatus
     }
 }
 
-/// The application backups the agent's last sync of `location` found, through the service proxy.
-async fn read_catalog(client: &kube::Client, location: &str) -> Result<Vec<Summary>, String> {
+/// Reads into `out` the application backups the agent's last sync of `location` (the
+/// `BackupLocation`'s name) found, through the service proxy, within `limits`: a page larger than
+/// `limits.page_bytes` fails the read; after `limits.pages` pages or `limits.items` backups it
+/// stops with an error saying so (what was read stays in `out`).
+async fn read_catalog(
+    client: &kube::Client,
+    location: &str,
+    limits: &CatalogLimits,
+    out: &mut Vec<Summary>,
+) -> Result<(), String> {
     #[derive(serde::Deserialize)]
     struct Page {
         #[serde(default)]
@@ -329,10 +397,10 @@ async fn read_catalog(client: &kube::Client, location: &str) -> Result<Vec<Summa
         #[serde(default, rename = "continue")]
         next: Option<String>,
     }
-    let mut out = Vec::new();
+    let what = format!("reading the agent's catalog of location {location}");
     let mut after: Option<String> = None;
     let mut seen = BTreeSet::new();
-    loop {
+    for _ in 0..limits.pages {
         let query = {
             let mut q = url::form_urlencoded::Serializer::new(String::new());
             q.append_pair("location", location).append_pair("limit", "1000");
@@ -345,18 +413,75 @@ async fn read_catalog(client: &kube::Client, location: &str) -> Result<Vec<Summa
             "/api/v1/namespaces/{AGENT_NAMESPACE}/services/{AGENT_NAME}:http/proxy/v1/catalog?{query}"
         );
         let req = hyper::Request::get(path)
-            .body(Vec::new())
+            .body(kube::client::Body::from(Vec::new()))
             .map_err(|e| format!("building the catalog request: {e}"))?;
-        let page: Page = client
-            .request(req)
+        let resp = client.send(req).await.map_err(|e| err(&what, e))?;
+        let status = resp.status();
+        let body = read_bounded(resp.into_body(), limits.page_bytes)
             .await
-            .map_err(|e| err(&format!("reading the agent's catalog of location {location}"), e))?;
-        out.extend(page.items.into_iter().filter(|s| s.kind == BackupKind::Resources));
+            .map_err(|e| format!("{what}: {e}"))?;
+        if !status.is_success() {
+            let text = String::from_utf8_lossy(&body[..body.len().min(512)]).into_owned();
+            return Err(format!("{what}: HTTP {status}: {text}"));
+        }
+        let page: Page = serde_json::from_slice(&body).map_err(|e| format!("{what}: {e}"))?;
+        drop(body);
+        for s in page.items.into_iter().filter(|s| s.kind == BackupKind::Resources) {
+            if out.len() >= limits.items {
+                return Err(format!(
+                    "{what}: stopped after {} backups (the most one import reads)",
+                    limits.items
+                ));
+            }
+            out.push(s);
+        }
         match page.next {
             // A cursor that does not move would loop forever.
             Some(n) if seen.insert(n.clone()) => after = Some(n),
-            _ => break,
+            _ => return Ok(()),
         }
     }
-    Ok(out)
+    Err(format!(
+        "{what}: stopped after {} pages (the most one import reads)",
+        limits.pages
+    ))
+}
+
+/// The body, read frame by frame; more than `max` bytes is an error (nothing beyond `max` is
+/// held in memory).
+async fn read_bounded(mut body: kube::client::Body, max: usize) -> Result<Vec<u8>, String> {
+    let mut buf = Vec::new();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| format!("reading the response: {e}"))?;
+        if let Ok(data) = frame.into_data() {
+            if buf.len() + data.len() > max {
+                return Err(format!(
+                    "the response is larger than {max} bytes (the most one page may hold)"
+                ));
+            }
+            buf.extend_from_slice(&data);
+        }
+    }
+    Ok(buf)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn bodies_are_read_up_to_the_bound_only() {
+        let body = |n: usize| kube::client::Body::from(vec![b'x'; n]);
+        assert_eq!(read_bounded(body(1024), 1024).await.map(|b| b.len()), Ok(1024));
+        let err = read_bounded(body(1025), 1024).await.expect_err("too large");
+        assert!(err.contains("larger than 1024 bytes"), "{err}");
+        assert_eq!(read_bounded(body(0), 0).await.map(|b| b.len()), Ok(0));
+    }
+
+    #[test]
+    fn catalog_limits_default_to_a_bounded_read() {
+        let l = CatalogLimits::default();
+        assert_eq!(l.page_bytes, 8 << 20);
+        assert!(l.pages > 0 && l.items > 0 && l.deadline > Duration::ZERO);
+    }
 }

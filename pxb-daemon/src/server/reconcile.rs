@@ -22,6 +22,7 @@ use pxb_core::catalog::records::{
 use pxb_core::clock::rfc3339;
 
 use crate::agent::parse_rfc3339;
+use crate::names;
 use crate::crd::{
     AGENT_NAMESPACE, BackupLocation, BackupLocationSpec, BackupLocationStatus, LocationAuth, SecretRef,
 };
@@ -80,17 +81,50 @@ pub struct VisitOutput {
     pub written: usize,
 }
 
-/// The Secret name of a classic location's credential.
+/// The Secret name of a classic location's credential (always a valid object name).
 pub fn secret_name(location: &str) -> String {
-    format!("pxb-location-{location}")
+    names::object_name(&format!("pxb-location-{location}"))
 }
 
-fn labels(org: &str, uid: &str) -> BTreeMap<String, String> {
+/// The name of the `BackupLocation` object of location `name` (always a valid object name).
+pub fn location_object(name: &str) -> String {
+    names::object_name(name)
+}
+
+/// The labels of a managed object of `org` mirroring the server object `uid`, each value made
+/// valid by [`names::label_value`].
+pub fn labels(org: &str, uid: &str) -> BTreeMap<String, String> {
     BTreeMap::from([
         (MANAGED_BY.to_owned(), MANAGER.to_owned()),
-        (ORG_LABEL.to_owned(), org.to_owned()),
-        (UID_LABEL.to_owned(), uid.to_owned()),
+        (ORG_LABEL.to_owned(), names::label_value(org)),
+        (UID_LABEL.to_owned(), names::label_value(uid)),
     ])
+}
+
+/// The annotations of a managed object: the original org and uid, which labels may only hold in
+/// their safe form.
+pub fn annotations(org: &str, uid: &str) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        (names::ORIGINAL_ORG.to_owned(), org.to_owned()),
+        (names::ORIGINAL_UID.to_owned(), uid.to_owned()),
+    ])
+}
+
+/// Whether `meta` (of a managed object) belongs to `org`: its org label is the org's label value,
+/// and its annotation, when it has one (objects written before annotations existed do not), names
+/// the org itself. Two orgs whose label values collide are told apart by the annotation.
+pub fn owned_by(meta: &ObjectMeta, org: &str) -> bool {
+    let label = meta.labels.as_ref().and_then(|l| l.get(ORG_LABEL));
+    let original = meta.annotations.as_ref().and_then(|a| a.get(names::ORIGINAL_ORG));
+    label.map(String::as_str) == Some(names::label_value(org).as_str()) && original.is_none_or(|o| o == org)
+}
+
+/// The uid a managed object mirrors, if `meta` mirrors `uid`: its uid label is `uid`'s label
+/// value and its annotation, when present, is `uid`.
+pub fn mirrors(meta: &ObjectMeta, uid: &str) -> bool {
+    let label = meta.labels.as_ref().and_then(|l| l.get(UID_LABEL));
+    let original = meta.annotations.as_ref().and_then(|a| a.get(names::ORIGINAL_UID));
+    label.map(String::as_str) == Some(names::label_value(uid).as_str()) && original.is_none_or(|o| o == uid)
 }
 
 /// The `BackupLocation` spec the server wants for `loc` on `cluster`.
@@ -201,7 +235,7 @@ pub fn read_back(
         } else {
             status.validation.phase = v.phase.clone();
             status.validation.failed_step = v.failed_step.clone();
-            status.validation.reason = v.reason.clone();
+            status.validation.reason = v.reason.as_deref().map(clean);
         }
         status.validation.checked_at = v.last_checked.clone();
     }
@@ -217,7 +251,7 @@ pub fn read_back(
             backups_checked: v.backups_checked,
             missing_by_backup: v.missing_by_backup.clone(),
             missing_objects: v.missing_objects,
-            message: v.message.clone(),
+            message: v.message.as_deref().map(clean),
         });
     } else if requested_verify > cr.observed_verify_request {
         status.verify = Some(VerifyRun {
@@ -229,7 +263,15 @@ pub fn read_back(
         let for_this = s.request == run.request;
         let acknowledged = cr.observed_sync_request >= run.request;
         match s.phase.as_str() {
-            "Completed" | "Failed" if for_this && acknowledged && run.phase != RequestPhase::Superseded => {
+            // A run already final keeps what the server added to it (an import limit reached).
+            "Completed" | "Failed"
+                if for_this
+                    && acknowledged
+                    && !matches!(
+                        run.phase,
+                        RequestPhase::Superseded | RequestPhase::Completed | RequestPhase::Failed
+                    ) =>
+            {
                 run.phase = if s.phase == "Completed" {
                     RequestPhase::Completed
                 } else {
@@ -238,7 +280,7 @@ pub fn read_back(
                 run.backups_found = s.backups_found;
                 run.backups_imported = s.backups_imported;
                 run.heartbeat = s.heartbeat.clone();
-                run.message = s.message.clone();
+                run.message = s.message.as_deref().map(clean);
             }
             "InProgress" if for_this && run.phase.is_active() => {
                 run.phase = RequestPhase::InProgress;
@@ -249,6 +291,12 @@ pub fn read_back(
             _ => {}
         }
     }
+}
+
+/// A message a cluster reported, as the catalog and the API may show it: without anything
+/// credential-shaped (an agent's error may name a request URL carrying a SAS).
+fn clean(message: &str) -> String {
+    pxb_core::redact::redact(message).into_owned()
 }
 
 fn err(what: &str, e: kube::Error) -> String {
@@ -359,18 +407,26 @@ pub async fn visit(client: &kube::Client, input: VisitInput) -> Result<VisitOutp
     };
 
     // Orphans: managed objects of another org, of a location no longer wanted here, or mirroring
-    // a location under an old name.
-    let wanted: BTreeMap<&str, &str> = input
+    // a location under an old name. Labels hold ids in their safe form (`names`), so the wanted
+    // ones are looked up by that form and confirmed by the annotated original.
+    let wanted: BTreeMap<String, (&str, String)> = input
         .desired
         .iter()
-        .map(|d| (d.location.id.as_str(), d.location.name.as_str()))
+        .map(|d| {
+            (
+                names::label_value(&d.location.id),
+                (d.location.id.as_str(), location_object(&d.location.name)),
+            )
+        })
         .collect();
     let is_wanted = |meta: &ObjectMeta| {
-        let l = meta.labels.clone().unwrap_or_default();
-        l.get(ORG_LABEL) == Some(&org)
-            && l.get(UID_LABEL)
-                .and_then(|uid| wanted.get(uid.as_str()))
-                .is_some_and(|name| Some(*name) == meta.name.as_deref())
+        owned_by(meta, &org)
+            && meta
+                .labels
+                .as_ref()
+                .and_then(|l| l.get(UID_LABEL))
+                .and_then(|uid| wanted.get(uid))
+                .is_some_and(|(id, name)| mirrors(meta, id) && Some(name.as_str()) == meta.name.as_deref())
     };
     let mut current: BTreeMap<String, BackupLocation> = BTreeMap::new();
     for cr in existing {
@@ -396,7 +452,7 @@ pub async fn visit(client: &kube::Client, input: VisitInput) -> Result<VisitOutp
         .await
         .map_err(|e| err("listing managed Secrets", e))?;
     for s in existing_secrets.items {
-        let keep = s.labels().get(ORG_LABEL) == Some(&org) && wanted_secrets.contains(&s.name_any());
+        let keep = owned_by(&s.metadata, &org) && wanted_secrets.contains(&s.name_any());
         if !keep {
             match secrets.delete(&s.name_any(), &DeleteParams::default()).await {
                 Ok(_) => out.orphans_deleted += 1,
@@ -427,6 +483,7 @@ pub async fn visit(client: &kube::Client, input: VisitInput) -> Result<VisitOutp
                     name: Some(secret_name(&loc.name)),
                     namespace: Some(AGENT_NAMESPACE.into()),
                     labels: Some(labels(&org, &loc.id)),
+                    annotations: Some(annotations(&org, &loc.id)),
                     ..ObjectMeta::default()
                 },
                 data: Some(BTreeMap::from([(kind.clone(), ByteString(value.clone()))])),
@@ -438,13 +495,14 @@ pub async fn visit(client: &kube::Client, input: VisitInput) -> Result<VisitOutp
         }
         let sync_request = status.sync.as_ref().map(|s| s.request).unwrap_or(0);
         let spec = desired_spec(loc, &input.cluster, sync_request);
-        let cr = match current.get(&loc.name) {
+        let object = location_object(&loc.name);
+        let cr = match current.get(&object) {
             Some(cr) if cr.spec == spec => Some(cr.clone()),
             Some(cr) => {
                 let mut next = cr.clone();
                 next.spec = spec;
                 out.written += 1;
-                match locations.replace(&loc.name, &PostParams::default(), &next).await {
+                match locations.replace(&object, &PostParams::default(), &next).await {
                     Ok(cr) => Some(cr),
                     Err(kube::Error::Api(s)) if s.code == 409 => Some(cr.clone()), // next visit retries
                     Err(kube::Error::Api(e)) if e.code == 400 || e.code == 422 => {
@@ -455,9 +513,10 @@ pub async fn visit(client: &kube::Client, input: VisitInput) -> Result<VisitOutp
                 }
             }
             None => {
-                let mut cr = BackupLocation::new(&loc.name, spec);
+                let mut cr = BackupLocation::new(&object, spec);
                 cr.metadata.namespace = Some(AGENT_NAMESPACE.into());
                 cr.metadata.labels = Some(labels(&org, &loc.id));
+                cr.metadata.annotations = Some(annotations(&org, &loc.id));
                 out.written += 1;
                 match locations.create(&PostParams::default(), &cr).await {
                     Ok(cr) => {
@@ -475,9 +534,8 @@ pub async fn visit(client: &kube::Client, input: VisitInput) -> Result<VisitOutp
                     Err(kube::Error::Api(s)) if s.code == 409 => {
                         status.validation.phase = "Invalid".into();
                         status.validation.reason = Some(format!(
-                            "a BackupLocation {:?} exists in {AGENT_NAMESPACE} that pxb-server does not manage; \
-                             rename one of them",
-                            loc.name
+                            "a BackupLocation {object:?} exists in {AGENT_NAMESPACE} that pxb-server does not \
+                             manage; rename one of them"
                         ));
                         None
                     }
@@ -520,7 +578,13 @@ fn refused(status: &mut LocationStatus, message: &str) {
 async fn upsert_secret(api: &Api<Secret>, want: Secret) -> Result<(), kube::Error> {
     let name = want.metadata.name.clone().unwrap_or_default();
     match api.get_opt(&name).await? {
-        Some(have) if have.data == want.data && have.labels() == want.labels() => Ok(()),
+        Some(have)
+            if have.data == want.data
+                && have.labels() == want.labels()
+                && have.annotations() == want.annotations() =>
+        {
+            Ok(())
+        }
         Some(have) => {
             let mut next = want;
             next.metadata.resource_version = have.metadata.resource_version;
@@ -620,6 +684,58 @@ mod tests {
         let mut newer = status_with(visited_run);
         keep_newer_requests(&status_with(SyncRun::default()), &mut newer);
         assert_eq!(newer.sync.as_ref().map(|r| r.request), Some(1));
+    }
+
+    #[test]
+    fn managed_objects_are_matched_by_the_safe_forms_and_the_annotated_originals() {
+        let org = format!("org-{}", "o".repeat(70));
+        let uid = format!("Location/{}", "L".repeat(70));
+        let meta = ObjectMeta {
+            labels: Some(labels(&org, &uid)),
+            annotations: Some(annotations(&org, &uid)),
+            ..ObjectMeta::default()
+        };
+        for v in meta.labels.iter().flatten().map(|(_, v)| v) {
+            assert!(names::is_label_value(v), "{v}");
+        }
+        assert!(owned_by(&meta, &org) && mirrors(&meta, &uid));
+        assert!(!owned_by(&meta, "other") && !mirrors(&meta, "other"));
+        // Objects written before annotations existed match by their labels alone.
+        let old = ObjectMeta {
+            labels: Some(labels("acme", "loc-1")),
+            ..ObjectMeta::default()
+        };
+        assert!(owned_by(&old, "acme") && mirrors(&old, "loc-1"));
+        // An org whose id is another org's safe form is told apart by the annotation.
+        let lookalike = names::label_value(&org);
+        assert!(!owned_by(&meta, &lookalike));
+        assert_eq!(location_object("primary"), "primary");
+        assert!(names::is_subdomain(&secret_name(&"L".repeat(300))));
+    }
+
+    #[test]
+    fn a_final_run_keeps_what_the_server_added_to_it() {
+        let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        let mut s = status_with(SyncRun {
+            request: 1,
+            phase: RequestPhase::Completed,
+            message: Some("import limit reached: 50 of 100 imported".into()),
+            ..SyncRun::default()
+        });
+        let cr = BackupLocationStatus {
+            observed_sync_request: 1,
+            sync: Some(crate::crd::SyncStatus {
+                phase: "Completed".into(),
+                request: 1,
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        read_back(&mut s, Some(&cr), 0, 0, t0);
+        assert_eq!(
+            s.sync.and_then(|r| r.message).as_deref(),
+            Some("import limit reached: 50 of 100 imported")
+        );
     }
 
     #[test]

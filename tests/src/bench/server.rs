@@ -68,7 +68,8 @@ pub async fn fleet_pass(b: ServerBench) -> anyhow::Result<Value> {
     config.catalog.path = dir.path().join("catalog.db").display().to_string();
     config
         .garden_credentials
-        .insert("bench".into(), garden.display().to_string());
+        .insert("bench".into(), pxb_daemon::server::config::GardenCredential::new(garden.display().to_string()),
+        );
     config.fleet.concurrency = b.concurrency;
     config.fleet.call_timeout_ms = b.call_timeout_ms;
     config.fleet.resync_secs = 3600;

@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use pxb_azure::WorkloadIdentityOptions;
 use pxb_daemon::server::Daemon;
-use pxb_daemon::server::config::ServerConfig;
+use pxb_daemon::server::config::{GardenCredential, ServerConfig};
 use pxb_tests::control::start_agent;
 use pxb_tests::fixture::{AzureFixture, CLIENT_ID};
 use pxb_tests::sim::{Fault, Fleet, FleetConfig, ProjectRole, ShootSpec};
@@ -152,7 +152,7 @@ async fn run(args: Args) -> anyhow::Result<bool> {
     config.catalog.path = dir.path().join("catalog.db").display().to_string();
     config
         .garden_credentials
-        .insert("demo".into(), garden.display().to_string());
+        .insert("demo".into(), GardenCredential::new(garden.display().to_string()));
     config.fleet.call_timeout_ms = 2000;
     config.fleet.resync_secs = 5;
     let dev_token = format!("demo-{:032x}", rand::random::<u128>());

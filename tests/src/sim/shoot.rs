@@ -473,12 +473,16 @@ impl SimShoot {
             Err(e) => return unavailable(e.to_string()),
         };
         let (parts, body) = resp.into_parts();
-        let bytes = match http_body_util::BodyExt::collect(body).await {
-            Ok(b) => b.to_bytes(),
-            Err(e) => return unavailable(e.to_string()),
-        };
-        let mut r = Response::new(http_body_util::BodyExt::boxed_unsync(http_body_util::Full::new(
-            bytes,
+        // Streamed through, as kube-apiserver's proxy does: a client that stops reading stops
+        // the backend (a broken backend body just ends the response).
+        let frames = futures::stream::unfold(body, |mut body| async move {
+            match http_body_util::BodyExt::frame(&mut body).await {
+                Some(Ok(frame)) => Some((Ok::<_, std::convert::Infallible>(frame), body)),
+                _ => None,
+            }
+        });
+        let mut r = Response::new(http_body_util::BodyExt::boxed_unsync(http_body_util::StreamBody::new(
+            frames,
         )));
         *r.status_mut() = parts.status;
         if let Some(ct) = parts.headers.get("content-type") {

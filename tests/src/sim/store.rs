@@ -441,14 +441,188 @@ pub fn new_uid() -> String {
     format!("{}-{}-{v}-{var}-{}", h(0..4), h(4..6), h(10..16))
 }
 
-fn valid_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 253
-        && name
-            .bytes()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-' || c == b'.')
-        && name.as_bytes()[0].is_ascii_alphanumeric()
-        && name.as_bytes()[name.len() - 1].is_ascii_alphanumeric()
+/// A DNS-1123 label part: lower-case alphanumerics and `-`, starting and ending alphanumeric.
+fn dns_label_chars(s: &str) -> bool {
+    let b = s.as_bytes();
+    !b.is_empty()
+        && b[0].is_ascii_alphanumeric()
+        && b[b.len() - 1].is_ascii_alphanumeric()
+        && b.iter()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
+}
+
+/// apimachinery's `IsDNS1123Subdomain`: at most 253, DNS labels joined by `.`.
+pub fn is_dns1123_subdomain(s: &str) -> bool {
+    !s.is_empty() && s.len() <= 253 && s.split('.').all(dns_label_chars)
+}
+
+/// apimachinery's `IsDNS1123Label`: at most 63, no dots.
+pub fn is_dns1123_label(s: &str) -> bool {
+    s.len() <= 63 && dns_label_chars(s)
+}
+
+/// apimachinery's `IsDNS1035Label` (Service names): a DNS-1123 label starting with a letter.
+pub fn is_dns1035_label(s: &str) -> bool {
+    is_dns1123_label(s) && s.as_bytes()[0].is_ascii_lowercase()
+}
+
+/// `([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]`, the shape of label values and of the name part of
+/// qualified names.
+fn qualified_chars(s: &str) -> bool {
+    let b = s.as_bytes();
+    !b.is_empty()
+        && b[0].is_ascii_alphanumeric()
+        && b[b.len() - 1].is_ascii_alphanumeric()
+        && b.iter()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.'))
+}
+
+const QUALIFIED_NAME_FMT: &str = "name part must consist of alphanumeric characters, '-', '_' or '.', and must start \
+     and end with an alphanumeric character (e.g. 'MyName',  or 'my.name',  or '123-abc', regex used for validation \
+     is '([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]')";
+
+const SUBDOMAIN_FMT: &str = "a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' \
+     or '.', and must start and end with an alphanumeric character (e.g. 'example.com', regex used for validation is \
+     '[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*')";
+
+/// apimachinery's `IsQualifiedName` (label and annotation keys): the errors, empty when valid.
+pub fn qualified_name_errors(key: &str) -> Vec<String> {
+    let mut errs = Vec::new();
+    let (prefix, name) = match key.split_once('/') {
+        Some((p, n)) => (Some(p), n),
+        None => (None, key),
+    };
+    if name.contains('/') {
+        errs.push(format!("a qualified name {QUALIFIED_NAME_FMT} with an optional DNS subdomain prefix and '/' (e.g. 'example.com/MyName')"));
+        return errs;
+    }
+    if let Some(p) = prefix {
+        if p.is_empty() {
+            errs.push("prefix part must be non-empty".into());
+        } else if p.len() > 253 {
+            errs.push("prefix part must be no more than 253 characters".into());
+        } else if !is_dns1123_subdomain(p) {
+            errs.push(format!("prefix part {SUBDOMAIN_FMT}"));
+        }
+    }
+    if name.is_empty() {
+        errs.push("name part must be non-empty".into());
+    } else if name.len() > 63 {
+        errs.push("name part must be no more than 63 characters".into());
+    }
+    if !name.is_empty() && !qualified_chars(name) {
+        errs.push(QUALIFIED_NAME_FMT.into());
+    }
+    errs
+}
+
+/// apimachinery's `IsValidLabelValue`: the errors, empty when valid.
+pub fn label_value_errors(value: &str) -> Vec<String> {
+    let mut errs = Vec::new();
+    if value.len() > 63 {
+        errs.push("must be no more than 63 characters".into());
+    }
+    if !value.is_empty() && !qualified_chars(value) {
+        errs.push(
+            "a valid label must be an empty string or consist of alphanumeric characters, '-', '_' or '.', and must \
+             start and end with an alphanumeric character (e.g. 'MyValue',  or 'my_value',  or '12345', regex used \
+             for validation is '(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?')"
+                .into(),
+        );
+    }
+    errs
+}
+
+/// Whether `name` is valid for objects of `ty`: a DNS-1123 label for namespaces, a DNS-1035
+/// label for services, a DNS-1123 subdomain otherwise.
+fn name_error(ty: &ResourceType, name: &str) -> Option<String> {
+    let core = ty.group.is_empty();
+    if core && ty.kind == "Namespace" {
+        return (!is_dns1123_label(name)).then(|| {
+            "a lowercase RFC 1123 label must consist of lower case alphanumeric characters or '-', and must start \
+             and end with an alphanumeric character (e.g. 'my-name',  or '123-abc', regex used for validation is \
+             '[a-z0-9]([-a-z0-9]*[a-z0-9])?')"
+                .to_owned()
+        });
+    }
+    if core && ty.kind == "Service" {
+        return (!is_dns1035_label(name)).then(|| {
+            "a DNS-1035 label must consist of lower case alphanumeric characters or '-', start with an alphabetic \
+             character, and end with an alphanumeric character (e.g. 'my-name',  or 'abc-123', regex used for \
+             validation is '[a-z]([-a-z0-9]*[a-z0-9])?')"
+                .to_owned()
+        });
+    }
+    if name.len() > 253 {
+        return Some("must be no more than 253 characters".into());
+    }
+    (!is_dns1123_subdomain(name)).then(|| SUBDOMAIN_FMT.to_owned())
+}
+
+/// The largest total size of an object's annotations (keys and values), as kube-apiserver checks.
+const MAX_ANNOTATIONS_BYTES: usize = 256 * 1024;
+
+/// What kube-apiserver's `ValidateObjectMeta` refuses in `metadata.name` (when `check_name`),
+/// `metadata.labels` and `metadata.annotations`: 422 Invalid, with apimachinery's messages.
+fn validate_meta(ty: &ResourceType, obj: &Value, check_name: bool) -> Result<(), ApiError> {
+    let name = meta_str(obj, "name").unwrap_or_default();
+    let mut errs: Vec<String> = Vec::new();
+    let q = |s: &str| serde_json::to_string(s).unwrap_or_default();
+    if check_name && let Some(e) = name_error(ty, name) {
+        errs.push(format!("metadata.name: Invalid value: {}: {e}", q(name)));
+    }
+    let m = obj.get("metadata");
+    match m.and_then(|m| m.get("labels")) {
+        None | Some(Value::Null) => {}
+        Some(Value::Object(labels)) => {
+            for (k, v) in labels {
+                for e in qualified_name_errors(k) {
+                    errs.push(format!("metadata.labels: Invalid value: {}: {e}", q(k)));
+                }
+                match v.as_str() {
+                    Some(v) => {
+                        for e in label_value_errors(v) {
+                            errs.push(format!("metadata.labels: Invalid value: {}: {e}", q(v)));
+                        }
+                    }
+                    None => errs.push(format!("metadata.labels[{k}]: Invalid value: must be a string")),
+                }
+            }
+        }
+        Some(_) => errs.push("metadata.labels: Invalid value: must be an object".into()),
+    }
+    match m.and_then(|m| m.get("annotations")) {
+        None | Some(Value::Null) => {}
+        Some(Value::Object(annotations)) => {
+            let mut total = 0;
+            for (k, v) in annotations {
+                for e in qualified_name_errors(&k.to_ascii_lowercase()) {
+                    errs.push(format!("metadata.annotations: Invalid value: {}: {e}", q(k)));
+                }
+                total += k.len() + v.as_str().map_or(0, str::len);
+            }
+            if total > MAX_ANNOTATIONS_BYTES {
+                errs.push(format!(
+                    "metadata.annotations: Too long: must have at most {MAX_ANNOTATIONS_BYTES} bytes"
+                ));
+            }
+        }
+        Some(_) => errs.push("metadata.annotations: Invalid value: must be an object".into()),
+    }
+    if errs.is_empty() {
+        return Ok(());
+    }
+    let kind = if ty.group.is_empty() {
+        ty.kind.clone()
+    } else {
+        format!("{}.{}", ty.kind, ty.group)
+    };
+    let list = if errs.len() == 1 {
+        errs.remove(0)
+    } else {
+        format!("[{}]", errs.join(", "))
+    };
+    Err(ApiError::invalid(format!("{kind} {} is invalid: {list}", q(name))))
 }
 
 fn meta(obj: &mut Value) -> &mut Map<String, Value> {
@@ -714,14 +888,7 @@ impl ApiStore {
             }
         }
         let name = meta_str(&obj, "name").unwrap_or_default().to_owned();
-        if !valid_name(&name) {
-            return Err(ApiError::invalid(format!(
-                "{} \"{name}\" is invalid: metadata.name: Invalid value: \"{name}\": a lowercase RFC 1123 subdomain \
-                 must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an \
-                 alphanumeric character",
-                ty.kind
-            )));
-        }
+        validate_meta(ty, &obj, true)?;
         if ty.namespaced {
             let ns_type = ResourceType::new("", "v1", "Namespace", "namespaces", false);
             match g.objects.get(&(ns_type.storage_key(), String::new(), ns.clone())) {
@@ -885,6 +1052,7 @@ impl ApiStore {
         }
         new["apiVersion"] = ty.api_version().into();
         new["kind"] = ty.kind.clone().into();
+        validate_meta(ty, &new, false)?;
         if ty.is_crd() {
             validate_crd(&new)?;
         }

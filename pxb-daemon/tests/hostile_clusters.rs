@@ -1,0 +1,471 @@
+//! What tenants control reaches the server through their clusters: ids that do not fit
+//! Kubernetes' rules for names and labels, and an agent (or anything answering on its Service)
+//! that answers the catalog read with whatever it likes. A real `Server` (in-memory catalog, its
+//! scheduler running) visits simulated shoots whose API servers refuse, as kube-apiserver does,
+//! names and labels that break apimachinery's rules.
+//!
+//! Each test is an attack that succeeded before its fix: with raw ids in labels the simulated API
+//! server refused every object (422), and without bounds the server read endless catalog pages
+//! and imported every summary (see the unbounded control run in the second test).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime};
+
+use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
+use kube::{Resource as _, ResourceExt as _};
+use pxb_core::SystemClock;
+use pxb_core::catalog::records::{
+    BackupRecord, ClusterRecord, ClusterSelector, LocationRecord, LocationStatus, Org,
+};
+use pxb_core::catalog::{MemoryCatalog, Query};
+use pxb_core::cluster::{ClusterId, ClusterInfo, Eligibility, StaticClusters};
+use pxb_daemon::crd::{AGENT_NAMESPACE, ApplicationBackup, BackupLocation};
+use pxb_daemon::names;
+use pxb_daemon::server::backups::BackupRequest;
+use pxb_daemon::server::config::ServerConfig;
+use pxb_daemon::server::{Server, ServerDeps, auth};
+use pxb_tests::sim::store::{label_value_errors, qualified_name_errors};
+use pxb_tests::sim::{Fleet, FleetConfig};
+use serde_json::{Value, json};
+
+async fn server(tweak: impl FnOnce(&mut ServerConfig)) -> Server {
+    let mut config = ServerConfig::default();
+    config.fleet.call_timeout_ms = 2000;
+    config.fleet.resync_secs = 1;
+    config.fleet.lease_secs = 60;
+    config.fleet.snapshot_interval_ms = 100;
+    tweak(&mut config);
+    Server::build(
+        config,
+        ServerDeps {
+            catalog: Arc::new(MemoryCatalog::new()),
+            clock: Arc::new(SystemClock),
+            authenticator: Arc::new(auth::Authenticators(Vec::new())),
+            sealer: None,
+        },
+    )
+    .await
+    .expect("server")
+}
+
+/// Shoot `shoot-00000` of `project` with pxb's CRDs, `pxb-system` and the agent's Service; a
+/// client for it; and the cluster registered in `org` under `name` with id `id`.
+async fn shoot(fleet: &Fleet, server: &Server, project: &str, org: &str, name: &str, id: &str) -> kube::Client {
+    fleet.add_project(project).expect("project");
+    fleet.add_shoots(project, "shoot", 1).expect("shoot");
+    let yaml = fleet
+        .admin_kubeconfig(project, "shoot-00000", 3600)
+        .expect("kubeconfig");
+    let now = SystemTime::now();
+    let access = pxb_gardener::parse_access(&yaml, now, now + Duration::from_secs(3600)).expect("access");
+    let client = pxb_gardener::kube_client(&access).expect("client");
+    pxb_tests::shoots::install_pxb(&client).await.expect("install");
+    let service: k8s_openapi::api::core::v1::Service = serde_saphyr::from_str(
+        &std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../deploy/agent/40-service.yaml"
+        ))
+        .expect("manifest"),
+    )
+    .expect("service");
+    Api::<k8s_openapi::api::core::v1::Service>::namespaced(client.clone(), AGENT_NAMESPACE)
+        .create(&PostParams::default(), &service)
+        .await
+        .expect("agent service");
+    let provider = Arc::new(StaticClusters::new());
+    provider.insert(
+        ClusterInfo {
+            id: ClusterId(id.into()),
+            name: name.into(),
+            namespace: format!("garden-{project}"),
+            provider_type: "azure".into(),
+            kubernetes_version: "1.31.0".into(),
+            region: "westeurope".into(),
+            labels: Default::default(),
+            eligibility: Eligibility::Eligible,
+        },
+        Some(access),
+    );
+    server
+        .add_cluster(
+            ClusterRecord {
+                org: org.into(),
+                id: id.into(),
+                name: name.into(),
+                source: "imported".into(),
+                ..ClusterRecord::default()
+            },
+            provider,
+        )
+        .await
+        .expect("cluster");
+    client
+}
+
+async fn org(server: &Server, id: &str) {
+    server
+        .create_org(Org {
+            id: id.into(),
+            display_name: format!("Org {}", id.len()),
+            ..Org::default()
+        })
+        .await
+        .expect("org");
+}
+
+fn location(org: &str, id: &str, sync: bool) -> LocationRecord {
+    LocationRecord {
+        org: org.into(),
+        id: id.into(),
+        name: "primary".into(),
+        provider: "azure".into(),
+        account: Some("tenantstore".into()),
+        container: "backups".into(),
+        client_id: Some("00000000-0000-0000-0000-000000000001".into()),
+        tenant_id: Some("00000000-0000-0000-0000-000000000002".into()),
+        clusters: ClusterSelector {
+            all: true,
+            ..ClusterSelector::default()
+        },
+        sync,
+        ..LocationRecord::default()
+    }
+}
+
+/// Polls `probe` every 200 ms until it gives `Some`; panics with `what` after `timeout`.
+async fn wait<T, F, Fut>(what: &str, timeout: Duration, mut probe: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = probe().await {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "{what}: not within {timeout:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Every label and annotation key and every label value of `meta` is one kube-apiserver takes.
+fn assert_valid_meta(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) {
+    for (k, v) in meta.labels.iter().flatten() {
+        assert!(qualified_name_errors(k).is_empty(), "label key {k:?}");
+        assert!(label_value_errors(v).is_empty(), "label {k}={v:?}");
+    }
+    for k in meta.annotations.iter().flatten().map(|(k, _)| k) {
+        assert!(qualified_name_errors(k).is_empty(), "annotation key {k:?}");
+    }
+    let name = meta.name.as_deref().unwrap_or_default();
+    assert!(pxb_tests::sim::store::is_dns1123_subdomain(name), "name {name:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ids_longer_than_a_label_still_make_objects_the_cluster_takes_and_orphans_still_go() {
+    let fleet = Fleet::start(FleetConfig::default()).expect("fleet");
+    let server = server(|_| {}).await;
+    // An org id and a location id longer than a label value may be, with characters no label
+    // takes; a cluster name that makes backup ids longer than 63 (`<cluster>-<stamp>-<hex>`).
+    let org_id = format!("org-{}", "tenant".repeat(12));
+    let loc_id = format!("Location/{}", "L".repeat(70));
+    let cluster = format!("c{}", "x".repeat(59));
+    org(&server, &org_id).await;
+    let client = shoot(&fleet, &server, "acme", &org_id, &cluster, "id-long").await;
+    let _running = server.spawn();
+    server
+        .create_location(location(&org_id, &loc_id, false), None)
+        .await
+        .expect("location");
+    let backups = server
+        .create_backups(
+            &org_id,
+            &BackupRequest {
+                clusters: ClusterSelector {
+                    all: true,
+                    ..ClusterSelector::default()
+                },
+                namespaces: vec!["shop".into()],
+                location: "primary".into(),
+            },
+        )
+        .await
+        .expect("backups");
+    let backup_id = backups[0].id.clone();
+    assert!(backup_id.len() > 63, "{backup_id}");
+
+    let locations: Api<BackupLocation> = Api::namespaced(client.clone(), AGENT_NAMESPACE);
+    let apps: Api<ApplicationBackup> = Api::namespaced(client.clone(), AGENT_NAMESPACE);
+    // Before the fix the simulated API server refused both objects (422: the label values are
+    // longer than 63): the location was Invalid on the cluster and the backup Failed.
+    let primary = wait("the BackupLocation is written", Duration::from_secs(30), || async {
+        locations.get_opt("primary").await.ok().flatten()
+    })
+    .await;
+    assert_valid_meta(&primary.metadata);
+    assert_eq!(primary.annotations().get(names::ORIGINAL_ORG), Some(&org_id));
+    assert_eq!(primary.annotations().get(names::ORIGINAL_UID), Some(&loc_id));
+    let app = wait("the ApplicationBackup is written", Duration::from_secs(30), || async {
+        apps.list(&ListParams::default()).await.ok()?.items.into_iter().next()
+    })
+    .await;
+    assert_valid_meta(&app.metadata);
+    assert_eq!(app.annotations().get(names::ORIGINAL_UID), Some(&backup_id));
+    let record = server.backup(&org_id, &backup_id).await.expect("record");
+    assert_ne!(record.phase, "Failed", "{:?}", record.message);
+    let statuses: Vec<LocationStatus> = server.location_statuses(&org_id, &loc_id);
+    assert!(
+        statuses.iter().all(|s| s.validation.phase != "Invalid"),
+        "{statuses:?}"
+    );
+
+    // Orphan detection matches the hashed labels: the wanted object stays (same uid across
+    // visits), a stray one of the org mirroring no location goes.
+    let uid = primary.meta().uid.clone();
+    let mut stray = BackupLocation::new("stray", primary.spec.clone());
+    stray.metadata.labels = Some(pxb_daemon::server::reconcile::labels(
+        &org_id,
+        &format!("{loc_id}-gone"),
+    ));
+    locations
+        .create(&PostParams::default(), &stray)
+        .await
+        .expect("stray");
+    wait("the stray object is deleted", Duration::from_secs(30), || async {
+        locations.get_opt("stray").await.ok()?.is_none().then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let again = locations.get("primary").await.expect("primary stays");
+    assert_eq!(again.meta().uid, uid, "the wanted object was deleted and made again");
+    assert_eq!(
+        server.metrics().orphans_deleted.load(Ordering::Relaxed),
+        1,
+        "only the stray object went"
+    );
+
+    // The location goes: its object is an orphan now.
+    assert!(server.delete_location(&org_id, "primary").await.expect("delete"));
+    wait("the location's object is deleted", Duration::from_secs(30), || async {
+        locations.get_opt("primary").await.ok()?.is_none().then_some(())
+    })
+    .await;
+}
+
+/// What a hostile catalog backend serves.
+#[derive(Clone, Copy)]
+enum Backend {
+    /// `n` summaries on one page.
+    Honest(u64),
+    /// Pages of 1000 summaries, each with a new cursor, forever.
+    EndlessPages,
+    /// `n` pages of 1000 summaries.
+    Pages(u64),
+    /// Empty pages, each with a new cursor, forever.
+    EmptyPages,
+    /// One page whose body never ends.
+    EndlessBody,
+}
+
+/// Counters of a backend: pages answered, bytes sent.
+#[derive(Default)]
+struct Served {
+    pages: AtomicU64,
+    bytes: AtomicU64,
+}
+
+fn summary(i: u64) -> Value {
+    json!({"id": format!("20260101T000000Z-{i:08x}"), "kind": "resources", "created": 1_767_225_600u64,
+           "status": "completed", "namespaces": ["shop"], "tag": format!("app/x{i}"),
+           "bytes": 1, "stored_bytes": 1, "items": 1})
+}
+
+/// Starts a backend on loopback answering `/v1/catalog` as `kind`.
+async fn backend(kind: Backend) -> (std::net::SocketAddr, Arc<Served>) {
+    use axum::extract::{Query as Q, State};
+    use std::collections::HashMap;
+    let served = Arc::new(Served::default());
+    let app = axum::Router::new()
+        .route(
+            "/v1/catalog",
+            axum::routing::get(
+                move |State(served): State<Arc<Served>>, Q(q): Q<HashMap<String, String>>| async move {
+                    served.pages.fetch_add(1, Ordering::Relaxed);
+                    let page: u64 = q.get("continue").and_then(|c| c.parse().ok()).unwrap_or(0);
+                    let body = match kind {
+                        Backend::Honest(n) => json!({"items": (0..n).map(summary).collect::<Vec<_>>()}),
+                        Backend::EndlessPages => json!({
+                            "items": (page * 1000..(page + 1) * 1000).map(summary).collect::<Vec<_>>(),
+                            "continue": (page + 1).to_string(),
+                        }),
+                        Backend::Pages(n) => json!({
+                            "items": (page * 1000..(page + 1) * 1000).map(summary).collect::<Vec<_>>(),
+                            "continue": (page + 1 < n).then(|| (page + 1).to_string()),
+                        }),
+                        Backend::EmptyPages => json!({"items": [], "continue": (page + 1).to_string()}),
+                        Backend::EndlessBody => {
+                            let s = served.clone();
+                            let head = futures::stream::once(async {
+                                Ok::<_, std::convert::Infallible>(bytes::Bytes::from_static(b"{\"items\": ["))
+                            });
+                            let rest = futures::stream::unfold(0u64, move |i| {
+                                let s = s.clone();
+                                async move {
+                                    let mut chunk = String::new();
+                                    for j in 0..500 {
+                                        chunk.push_str(&summary(i * 500 + j).to_string());
+                                        chunk.push(',');
+                                    }
+                                    s.bytes.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+                                    Some((Ok(bytes::Bytes::from(chunk)), i + 1))
+                                }
+                            });
+                            use futures::StreamExt as _;
+                            return axum::response::Response::new(axum::body::Body::from_stream(head.chain(rest)));
+                        }
+                    };
+                    let text = body.to_string();
+                    served.bytes.fetch_add(text.len() as u64, Ordering::Relaxed);
+                    axum::response::Response::new(axum::body::Body::from(text))
+                },
+            ),
+        )
+        .with_state(served.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    (addr, served)
+}
+
+/// Org `org` with cluster `<org>-cluster` on project `<org>` whose agent Service is answered by
+/// `kind`, and a location `primary` that syncs; the test plays the agent and reports the first
+/// sync done. Returns what the backend served.
+async fn tenant(fleet: &Fleet, server: &Server, org_id: &str, kind: Backend) -> Arc<Served> {
+    org(server, org_id).await;
+    let client = shoot(fleet, server, org_id, org_id, &format!("{org_id}-cluster"), &format!("id-{org_id}")).await;
+    let (addr, served) = backend(kind).await;
+    fleet
+        .shoot(org_id, "shoot-00000")
+        .expect("shoot")
+        .register_service_backend(AGENT_NAMESPACE, "pxb-agent", "http", addr);
+    server
+        .create_location(location(org_id, &format!("loc-{org_id}"), true), None)
+        .await
+        .expect("location");
+    let locations: Api<BackupLocation> = Api::namespaced(client, AGENT_NAMESPACE);
+    wait("the BackupLocation is written", Duration::from_secs(30), || async {
+        locations.get_opt("primary").await.ok().flatten()
+    })
+    .await;
+    let status = json!({"status": {"observedSyncRequest": 0,
+        "sync": {"phase": "Completed", "request": 0, "backupsFound": 1_000_000u64}}});
+    locations
+        .patch_status("primary", &PatchParams::default(), &Patch::Merge(&status))
+        .await
+        .expect("report the sync");
+    served
+}
+
+async fn synced(server: &Server, org: &str) -> usize {
+    server
+        .catalog()
+        .list_all::<BackupRecord>(&Query::org(org))
+        .await
+        .expect("list")
+        .into_iter()
+        .filter(|b| b.synced)
+        .count()
+}
+
+fn sync_message(server: &Server, org: &str) -> String {
+    server
+        .location_statuses(org, &format!("loc-{org}"))
+        .into_iter()
+        .find_map(|s| s.sync.and_then(|r| r.message))
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hostile_agent_cannot_make_the_server_read_or_import_without_bound() {
+    // Control: with the bounds as good as off (what the server did before), every page is read
+    // and every summary imported, far past what the bounded server below allows (5 pages, 50
+    // per org). (Endless pages held the visit until its deadline, then failed it.)
+    {
+        let fleet = Fleet::start(FleetConfig::default()).expect("fleet");
+        let server = server(|c| {
+            c.fleet.max_synced_backups_per_org = u64::MAX;
+            c.fleet.catalog_max_pages = u64::MAX;
+            c.fleet.catalog_page_max_bytes = u64::MAX;
+        })
+        .await;
+        let _running = server.spawn();
+        let served = tenant(&fleet, &server, "unbounded", Backend::Pages(20)).await;
+        wait("the unbounded server imports everything", Duration::from_secs(120), || async {
+            (synced(&server, "unbounded").await == 20_000).then_some(())
+        })
+        .await;
+        assert_eq!(served.pages.load(Ordering::Relaxed), 20);
+    }
+
+    let fleet = Fleet::start(FleetConfig::default()).expect("fleet");
+    let server = server(|c| {
+        c.fleet.max_synced_backups_per_org = 50;
+        c.fleet.catalog_max_pages = 5;
+        c.fleet.catalog_page_max_bytes = 1 << 20;
+    })
+    .await;
+    let _running = server.spawn();
+    let pages = tenant(&fleet, &server, "acme", Backend::EndlessPages).await;
+    let empty = tenant(&fleet, &server, "hooli", Backend::EmptyPages).await;
+    let body = tenant(&fleet, &server, "initech", Backend::EndlessBody).await;
+    let honest = tenant(&fleet, &server, "globex", Backend::Honest(3)).await;
+
+    // A million summaries on endless pages: reading stops at what the org may hold, 50 are
+    // imported (the org's limit), and the sync status says so.
+    let message = wait("acme's import stops at its limit", Duration::from_secs(60), || async {
+        let m = sync_message(&server, "acme");
+        m.contains("import limit reached").then_some(m)
+    })
+    .await;
+    assert!(message.contains("import limit reached: 50 of 1000000 imported"), "{message}");
+    assert!(message.contains("stopped after 50 backups"), "{message}");
+    assert_eq!(synced(&server, "acme").await, 50);
+    assert_eq!(pages.pages.load(Ordering::Relaxed), 1);
+
+    // Endless empty pages: 5 read, then the read stops and says so.
+    let message = wait("hooli's read stops at the page bound", Duration::from_secs(60), || async {
+        let m = sync_message(&server, "hooli");
+        m.contains("stopped after").then_some(m)
+    })
+    .await;
+    assert!(message.contains("stopped after 5 pages"), "{message}");
+    assert_eq!(empty.pages.load(Ordering::Relaxed), 5);
+
+    // An endless body: refused past 1 MiB, nothing imported, and the status says why.
+    let message = wait("initech's read stops at the page bound", Duration::from_secs(60), || async {
+        let m = sync_message(&server, "initech");
+        m.contains("larger than").then_some(m)
+    })
+    .await;
+    assert!(message.contains("larger than 1048576 bytes"), "{message}");
+    assert_eq!(synced(&server, "initech").await, 0);
+    let sent = body.bytes.load(Ordering::Relaxed);
+    assert!(sent < 16 << 20, "the backend kept sending: {sent} bytes");
+
+    // Another org is unaffected.
+    wait("globex imports its backups", Duration::from_secs(60), || async {
+        (synced(&server, "globex").await == 3).then_some(())
+    })
+    .await;
+    assert_eq!(honest.pages.load(Ordering::Relaxed), 1);
+    assert!(!sync_message(&server, "globex").contains("limit"));
+
+    // Later visits neither read again nor lose the message.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(pages.pages.load(Ordering::Relaxed), 1);
+    assert_eq!(empty.pages.load(Ordering::Relaxed), 5);
+    assert!(sync_message(&server, "acme").contains("import limit reached"));
+}
