@@ -26,10 +26,19 @@ static PATTERNS: LazyLock<Vec<(Regex, &'static str)>> = LazyLock::new(|| {
     let p = |re: &str, with: &'static str| (Regex::new(re).expect("a valid built-in pattern"), with);
     vec![
         // JWTs first, so that a bearer token that is one is removed whole.
-        p(r"eyJ[A-Za-z0-9_-]{2,}\.[A-Za-z0-9_-]{2,}\.[A-Za-z0-9_-]*", REDACTED),
+        p(
+            r"eyJ[A-Za-z0-9_-]{2,}\.[A-Za-z0-9_-]{2,}\.[A-Za-z0-9_-]*",
+            REDACTED,
+        ),
         p(r"(?i)(\bbearer\s+)[A-Za-z0-9\-._~+/]{16,}=*", "${1}[redacted]"),
-        p(r"(?i)(\bsharedkey(?:lite)?\s+[^\s:]+:)[A-Za-z0-9+/=%]{8,}", "${1}[redacted]"),
-        p(r"(?i)((?:^|[?&;\s\x22'(])sig=)[A-Za-z0-9%+/=_.~-]+", "${1}[redacted]"),
+        p(
+            r"(?i)(\bsharedkey(?:lite)?\s+[^\s:]+:)[A-Za-z0-9+/=%]{8,}",
+            "${1}[redacted]",
+        ),
+        p(
+            r"(?i)((?:^|[?&;\s\x22'(])sig=)[A-Za-z0-9%+/=_.~-]+",
+            "${1}[redacted]",
+        ),
         p(r"(?i)(\baccountkey=)[^;\s'`\x22)\]}]+", "${1}[redacted]"),
         p(
             r"(?i)(\b(?:client_assertion|client_secret|access_token|refresh_token|password)=)[^&\s'`\x22)\]}]+",
@@ -85,7 +94,10 @@ impl Redactor {
         let mut all: Vec<String> = Vec::new();
         for s in secrets {
             let s = s.as_ref().trim().trim_start_matches('?');
-            let mut forms = vec![s.to_owned(), url::form_urlencoded::byte_serialize(s.as_bytes()).collect()];
+            let mut forms = vec![
+                s.to_owned(),
+                url::form_urlencoded::byte_serialize(s.as_bytes()).collect(),
+            ];
             if let Ok(decoded) = percent_decode(s) {
                 forms.push(decoded);
             }
@@ -138,8 +150,14 @@ mod tests {
             ),
             ("url (https://x/c?sig=abc)", "url (https://x/c?sig=[redacted])"),
             ("SIG=abc&x=1 ?Sig=q", "SIG=[redacted]&x=1 ?Sig=[redacted]"),
-            ("authorization: bearer abcdef0123456789xyz", "authorization: bearer [redacted]"),
-            ("send a bearer token in the Authorization header", "send a bearer token in the Authorization header"),
+            (
+                "authorization: bearer abcdef0123456789xyz",
+                "authorization: bearer [redacted]",
+            ),
+            (
+                "send a bearer token in the Authorization header",
+                "send a bearer token in the Authorization header",
+            ),
             (
                 "Authorization: SharedKey devstoreaccount1:Zm9vYmFy=",
                 "Authorization: SharedKey devstoreaccount1:[redacted]",
@@ -152,9 +170,15 @@ mod tests {
                 "body client_assertion=abc.def&client_id=1",
                 "body client_assertion=[redacted]&client_id=1",
             ),
-            (r#"{"access_token":"xyz","token_type":"Bearer"}"#, r#"{"access_token":"[redacted]","token_type":"Bearer"}"#),
+            (
+                r#"{"access_token":"xyz","token_type":"Bearer"}"#,
+                r#"{"access_token":"[redacted]","token_type":"Bearer"}"#,
+            ),
             ("token eyJhbGciOi.eyJzdWIi.c2ln end", "token [redacted] end"),
-            ("nothing secret: sign=1 design=2", "nothing secret: sign=1 design=2"),
+            (
+                "nothing secret: sign=1 design=2",
+                "nothing secret: sign=1 design=2",
+            ),
         ];
         for (input, want) in cases {
             assert_eq!(redact(input), want, "{input}");
@@ -164,17 +188,24 @@ mod tests {
 
     #[test]
     fn known_values_go_in_every_encoding() {
-        let sas = "sv=2021-08-06&ss=b&srt=sco&sp=rwdlac&se=2030-01-01T00:00:00Z&spr=https,http&sig=AbCd%2BeFgH%3D";
+        let sas =
+            "sv=2021-08-06&ss=b&srt=sco&sp=rwdlac&se=2030-01-01T00:00:00Z&spr=https,http&sig=AbCd%2BeFgH%3D";
         let key = "Zm9vYmFyYmF6cXV4cXV1eA==";
         let r = Redactor::new([sas, key]);
         for leak in [
             format!("query {sas}"),
             "sig AbCd+eFgH= decoded".to_owned(),
             format!("key {key}"),
-            format!("encoded key {}", url::form_urlencoded::byte_serialize(key.as_bytes()).collect::<String>()),
+            format!(
+                "encoded key {}",
+                url::form_urlencoded::byte_serialize(key.as_bytes()).collect::<String>()
+            ),
         ] {
             let out = r.redact(&leak);
-            assert!(!out.contains("AbCd") && !out.contains("Zm9vYmFy"), "{leak} -> {out}");
+            assert!(
+                !out.contains("AbCd") && !out.contains("Zm9vYmFy"),
+                "{leak} -> {out}"
+            );
             assert!(out.contains(REDACTED), "{out}");
         }
         assert!(!format!("{r:?}").contains("Zm9v"));

@@ -51,7 +51,14 @@ async fn server(tweak: impl FnOnce(&mut ServerConfig)) -> Server {
 
 /// Shoot `shoot-00000` of `project` with pxb's CRDs, `pxb-system` and the agent's Service; a
 /// client for it; and the cluster registered in `org` under `name` with id `id`.
-async fn shoot(fleet: &Fleet, server: &Server, project: &str, org: &str, name: &str, id: &str) -> kube::Client {
+async fn shoot(
+    fleet: &Fleet,
+    server: &Server,
+    project: &str,
+    org: &str,
+    name: &str,
+    id: &str,
+) -> kube::Client {
     fleet.add_project(project).expect("project");
     fleet.add_shoots(project, "shoot", 1).expect("shoot");
     let yaml = fleet
@@ -199,16 +206,27 @@ async fn ids_longer_than_a_label_still_make_objects_the_cluster_takes_and_orphan
     let apps: Api<ApplicationBackup> = Api::namespaced(client.clone(), AGENT_NAMESPACE);
     // Before the fix the simulated API server refused both objects (422: the label values are
     // longer than 63): the location was Invalid on the cluster and the backup Failed.
-    let primary = wait("the BackupLocation is written", Duration::from_secs(30), || async {
-        locations.get_opt("primary").await.ok().flatten()
-    })
+    let primary = wait(
+        "the BackupLocation is written",
+        Duration::from_secs(30),
+        || async { locations.get_opt("primary").await.ok().flatten() },
+    )
     .await;
     assert_valid_meta(&primary.metadata);
     assert_eq!(primary.annotations().get(names::ORIGINAL_ORG), Some(&org_id));
     assert_eq!(primary.annotations().get(names::ORIGINAL_UID), Some(&loc_id));
-    let app = wait("the ApplicationBackup is written", Duration::from_secs(30), || async {
-        apps.list(&ListParams::default()).await.ok()?.items.into_iter().next()
-    })
+    let app = wait(
+        "the ApplicationBackup is written",
+        Duration::from_secs(30),
+        || async {
+            apps.list(&ListParams::default())
+                .await
+                .ok()?
+                .items
+                .into_iter()
+                .next()
+        },
+    )
     .await;
     assert_valid_meta(&app.metadata);
     assert_eq!(app.annotations().get(names::ORIGINAL_UID), Some(&backup_id));
@@ -238,7 +256,11 @@ async fn ids_longer_than_a_label_still_make_objects_the_cluster_takes_and_orphan
     .await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let again = locations.get("primary").await.expect("primary stays");
-    assert_eq!(again.meta().uid, uid, "the wanted object was deleted and made again");
+    assert_eq!(
+        again.meta().uid,
+        uid,
+        "the wanted object was deleted and made again"
+    );
     assert_eq!(
         server.metrics().orphans_deleted.load(Ordering::Relaxed),
         1,
@@ -247,9 +269,11 @@ async fn ids_longer_than_a_label_still_make_objects_the_cluster_takes_and_orphan
 
     // The location goes: its object is an orphan now.
     assert!(server.delete_location(&org_id, "primary").await.expect("delete"));
-    wait("the location's object is deleted", Duration::from_secs(30), || async {
-        locations.get_opt("primary").await.ok()?.is_none().then_some(())
-    })
+    wait(
+        "the location's object is deleted",
+        Duration::from_secs(30),
+        || async { locations.get_opt("primary").await.ok()?.is_none().then_some(()) },
+    )
     .await;
 }
 
@@ -322,7 +346,9 @@ async fn backend(kind: Backend) -> (std::net::SocketAddr, Arc<Served>) {
                                 }
                             });
                             use futures::StreamExt as _;
-                            return axum::response::Response::new(axum::body::Body::from_stream(head.chain(rest)));
+                            return axum::response::Response::new(axum::body::Body::from_stream(
+                                head.chain(rest),
+                            ));
                         }
                     };
                     let text = body.to_string();
@@ -345,7 +371,15 @@ async fn backend(kind: Backend) -> (std::net::SocketAddr, Arc<Served>) {
 /// sync done. Returns what the backend served.
 async fn tenant(fleet: &Fleet, server: &Server, org_id: &str, kind: Backend) -> Arc<Served> {
     org(server, org_id).await;
-    let client = shoot(fleet, server, org_id, org_id, &format!("{org_id}-cluster"), &format!("id-{org_id}")).await;
+    let client = shoot(
+        fleet,
+        server,
+        org_id,
+        org_id,
+        &format!("{org_id}-cluster"),
+        &format!("id-{org_id}"),
+    )
+    .await;
     let (addr, served) = backend(kind).await;
     fleet
         .shoot(org_id, "shoot-00000")
@@ -356,9 +390,11 @@ async fn tenant(fleet: &Fleet, server: &Server, org_id: &str, kind: Backend) -> 
         .await
         .expect("location");
     let locations: Api<BackupLocation> = Api::namespaced(client, AGENT_NAMESPACE);
-    wait("the BackupLocation is written", Duration::from_secs(30), || async {
-        locations.get_opt("primary").await.ok().flatten()
-    })
+    wait(
+        "the BackupLocation is written",
+        Duration::from_secs(30),
+        || async { locations.get_opt("primary").await.ok().flatten() },
+    )
     .await;
     let status = json!({"status": {"observedSyncRequest": 0,
         "sync": {"phase": "Completed", "request": 0, "backupsFound": 1_000_000u64}}});
@@ -403,9 +439,11 @@ async fn a_hostile_agent_cannot_make_the_server_read_or_import_without_bound() {
         .await;
         let _running = server.spawn();
         let served = tenant(&fleet, &server, "unbounded", Backend::Pages(20)).await;
-        wait("the unbounded server imports everything", Duration::from_secs(120), || async {
-            (synced(&server, "unbounded").await == 20_000).then_some(())
-        })
+        wait(
+            "the unbounded server imports everything",
+            Duration::from_secs(120),
+            || async { (synced(&server, "unbounded").await == 20_000).then_some(()) },
+        )
         .await;
         assert_eq!(served.pages.load(Ordering::Relaxed), 20);
     }
@@ -425,30 +463,45 @@ async fn a_hostile_agent_cannot_make_the_server_read_or_import_without_bound() {
 
     // A million summaries on endless pages: reading stops at what the org may hold, 50 are
     // imported (the org's limit), and the sync status says so.
-    let message = wait("acme's import stops at its limit", Duration::from_secs(60), || async {
-        let m = sync_message(&server, "acme");
-        m.contains("import limit reached").then_some(m)
-    })
+    let message = wait(
+        "acme's import stops at its limit",
+        Duration::from_secs(60),
+        || async {
+            let m = sync_message(&server, "acme");
+            m.contains("import limit reached").then_some(m)
+        },
+    )
     .await;
-    assert!(message.contains("import limit reached: 50 of 1000000 imported"), "{message}");
+    assert!(
+        message.contains("import limit reached: 50 of 1000000 imported"),
+        "{message}"
+    );
     assert!(message.contains("stopped after 50 backups"), "{message}");
     assert_eq!(synced(&server, "acme").await, 50);
     assert_eq!(pages.pages.load(Ordering::Relaxed), 1);
 
     // Endless empty pages: 5 read, then the read stops and says so.
-    let message = wait("hooli's read stops at the page bound", Duration::from_secs(60), || async {
-        let m = sync_message(&server, "hooli");
-        m.contains("stopped after").then_some(m)
-    })
+    let message = wait(
+        "hooli's read stops at the page bound",
+        Duration::from_secs(60),
+        || async {
+            let m = sync_message(&server, "hooli");
+            m.contains("stopped after").then_some(m)
+        },
+    )
     .await;
     assert!(message.contains("stopped after 5 pages"), "{message}");
     assert_eq!(empty.pages.load(Ordering::Relaxed), 5);
 
     // An endless body: refused past 1 MiB, nothing imported, and the status says why.
-    let message = wait("initech's read stops at the page bound", Duration::from_secs(60), || async {
-        let m = sync_message(&server, "initech");
-        m.contains("larger than").then_some(m)
-    })
+    let message = wait(
+        "initech's read stops at the page bound",
+        Duration::from_secs(60),
+        || async {
+            let m = sync_message(&server, "initech");
+            m.contains("larger than").then_some(m)
+        },
+    )
     .await;
     assert!(message.contains("larger than 1048576 bytes"), "{message}");
     assert_eq!(synced(&server, "initech").await, 0);

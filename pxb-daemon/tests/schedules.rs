@@ -6,17 +6,17 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use pxb_core::ManualClock;
-use pxb_core::catalog::{CatalogStore, Entry, Kind, Page, Put, Query};
 use pxb_core::catalog::records::{
     BackupRecord, ClusterRecord, ClusterSelector, ClusterState, ClusterStatus, LocationRecord, Org,
     backup_phase,
 };
+use pxb_core::catalog::{CatalogStore, Entry, Kind, Page, Put, Query};
 use pxb_core::cluster::StaticClusters;
 use pxb_core::schedule::{Every, SchedulePolicy};
 use pxb_daemon::server::backups::ScheduleRequest;
 use pxb_daemon::server::config::{DEFAULT_CONFIG_YAML, ServerConfig};
-use pxb_daemon::server::sqlite::SqliteCatalog;
 use pxb_daemon::server::seal::Sealer;
+use pxb_daemon::server::sqlite::SqliteCatalog;
 use pxb_daemon::server::{Server, ServerDeps, auth};
 
 const ORG: &str = "tenant-a";
@@ -26,7 +26,11 @@ async fn server(path: &std::path::Path, clock: Arc<ManualClock>) -> Server {
     server_on(catalog, clock, None).await
 }
 
-async fn server_on(catalog: Arc<dyn CatalogStore>, clock: Arc<ManualClock>, sealer: Option<Sealer>) -> Server {
+async fn server_on(
+    catalog: Arc<dyn CatalogStore>,
+    clock: Arc<ManualClock>,
+    sealer: Option<Sealer>,
+) -> Server {
     let config = ServerConfig::from_yaml(DEFAULT_CONFIG_YAML).expect("config");
     Server::build(
         config,
@@ -351,9 +355,12 @@ fn slot_write(puts: &[Put]) -> bool {
 async fn racing_schedule(racing: &Arc<Racing>, clock: &Arc<ManualClock>) -> Server {
     let s = server_on(racing.clone(), clock.clone(), None).await;
     org(&s).await;
-    s.add_cluster(cluster("alpha", ClusterState::Ready), Arc::new(StaticClusters::new()))
-        .await
-        .expect("alpha");
+    s.add_cluster(
+        cluster("alpha", ClusterState::Ready),
+        Arc::new(StaticClusters::new()),
+    )
+    .await
+    .expect("alpha");
     location(&s).await;
     s.create_schedule(
         ORG,
@@ -381,7 +388,9 @@ async fn racing_schedule(racing: &Arc<Racing>, clock: &Arc<ManualClock>) -> Serv
 
 #[tokio::test]
 async fn a_schedule_deleted_while_it_fires_stays_deleted() {
-    let clock = Arc::new(ManualClock::new(SystemTime::UNIX_EPOCH + Duration::from_secs(1_790_000_000)));
+    let clock = Arc::new(ManualClock::new(
+        SystemTime::UNIX_EPOCH + Duration::from_secs(1_790_000_000),
+    ));
     let racing = Racing::new(slot_write);
     let s = racing_schedule(&racing, &clock).await;
     let other = s.clone();
@@ -393,8 +402,14 @@ async fn a_schedule_deleted_while_it_fires_stays_deleted() {
     let fired = s.fire_due_schedules().await;
     assert!(fired.is_empty(), "a deleted schedule records no slot: {fired:?}");
     assert!(s.schedule(ORG, "hourly").is_err(), "not resurrected in memory");
-    let stored = s.catalog().find::<pxb_core::catalog::records::ScheduleRecord>(ORG, "hourly").await;
-    assert!(matches!(stored, Ok(None)), "not resurrected in the catalog: {stored:?}");
+    let stored = s
+        .catalog()
+        .find::<pxb_core::catalog::records::ScheduleRecord>(ORG, "hourly")
+        .await;
+    assert!(
+        matches!(stored, Ok(None)),
+        "not resurrected in the catalog: {stored:?}"
+    );
     assert!(backups(&s).await.is_empty());
     // And it stays so on the next ticks.
     clock.advance(Duration::from_secs(3600));
@@ -404,7 +419,9 @@ async fn a_schedule_deleted_while_it_fires_stays_deleted() {
 
 #[tokio::test]
 async fn a_schedule_paused_while_it_fires_stays_paused() {
-    let clock = Arc::new(ManualClock::new(SystemTime::UNIX_EPOCH + Duration::from_secs(1_790_000_000)));
+    let clock = Arc::new(ManualClock::new(
+        SystemTime::UNIX_EPOCH + Duration::from_secs(1_790_000_000),
+    ));
     let racing = Racing::new(slot_write);
     let s = racing_schedule(&racing, &clock).await;
     let other = s.clone();
@@ -415,7 +432,10 @@ async fn a_schedule_paused_while_it_fires_stays_paused() {
     }));
     let fired = s.fire_due_schedules().await;
     assert!(fired.is_empty(), "a paused schedule records no slot: {fired:?}");
-    assert!(s.schedule(ORG, "hourly").expect("schedule").paused, "paused in memory");
+    assert!(
+        s.schedule(ORG, "hourly").expect("schedule").paused,
+        "paused in memory"
+    );
     let stored = s
         .catalog()
         .get::<pxb_core::catalog::records::ScheduleRecord>(ORG, "hourly")
@@ -423,7 +443,10 @@ async fn a_schedule_paused_while_it_fires_stays_paused() {
         .expect("stored");
     assert!(stored.value.paused, "paused in the catalog");
     clock.advance(Duration::from_secs(3600));
-    assert!(s.fire_due_schedules().await.is_empty(), "and it does not fire later");
+    assert!(
+        s.fire_due_schedules().await.is_empty(),
+        "and it does not fire later"
+    );
     // Resumed, it fires again.
     s.pause_schedule(ORG, "hourly", false).await.expect("resume");
     clock.advance(Duration::from_secs(3600));
@@ -433,7 +456,9 @@ async fn a_schedule_paused_while_it_fires_stays_paused() {
 #[tokio::test]
 async fn a_validation_request_keeps_a_credential_rotated_meanwhile() {
     use pxb_core::catalog::records::Mode;
-    let clock = Arc::new(ManualClock::new(SystemTime::UNIX_EPOCH + Duration::from_secs(1_790_000_000)));
+    let clock = Arc::new(ManualClock::new(
+        SystemTime::UNIX_EPOCH + Duration::from_secs(1_790_000_000),
+    ));
     // The first location write after the hook is armed: the validation request's.
     let racing = Racing::new(|puts| puts.iter().any(|p| p.kind == Kind::Location));
     let key = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, [5u8; 32]);
@@ -470,7 +495,12 @@ async fn a_validation_request_keeps_a_credential_rotated_meanwhile() {
     racing.arm(Box::new(move || {
         Box::pin(async move {
             let l = other
-                .update_location(ORG, "primary", |_| {}, Some(("accountKey".into(), "new-key-1111111111".into())))
+                .update_location(
+                    ORG,
+                    "primary",
+                    |_| {},
+                    Some(("accountKey".into(), "new-key-1111111111".into())),
+                )
                 .await
                 .expect("rotate");
             *slot.lock().expect("lock") = l.credential;
@@ -478,15 +508,30 @@ async fn a_validation_request_keeps_a_credential_rotated_meanwhile() {
     }));
     let after = s.request_validation(ORG, "primary").await.expect("validate");
     let rotated = rotated.lock().expect("lock").clone().expect("rotated");
-    assert_ne!(Some(&rotated), loc.credential.as_ref(), "the rotation changed the credential");
+    assert_ne!(
+        Some(&rotated),
+        loc.credential.as_ref(),
+        "the rotation changed the credential"
+    );
     let stored = s
         .catalog()
         .get::<LocationRecord>(ORG, &loc.id)
         .await
         .expect("stored")
         .value;
-    assert_eq!(stored.credential.as_ref(), Some(&rotated), "the rotation survives in the catalog");
+    assert_eq!(
+        stored.credential.as_ref(),
+        Some(&rotated),
+        "the rotation survives in the catalog"
+    );
     assert_eq!(after.credential.as_ref(), Some(&rotated), "and in memory");
-    assert_eq!(stored.validate_request, loc.validate_request + 1, "the request is recorded too");
-    assert_eq!(s.location(ORG, "primary").expect("loc").credential.as_ref(), Some(&rotated));
+    assert_eq!(
+        stored.validate_request,
+        loc.validate_request + 1,
+        "the request is recorded too"
+    );
+    assert_eq!(
+        s.location(ORG, "primary").expect("loc").credential.as_ref(),
+        Some(&rotated)
+    );
 }

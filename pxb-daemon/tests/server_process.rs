@@ -87,7 +87,10 @@ fn the_dev_token_is_never_on_the_command_line_nor_on_a_public_address() {
         .expect("run");
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("only when api.listen is a loopback address"), "{err}");
+    assert!(
+        err.contains("only when api.listen is a loopback address"),
+        "{err}"
+    );
 }
 
 fn schemathesis() -> PathBuf {

@@ -317,6 +317,7 @@ async fn sync_finds_other_clusters_backups_and_verify_finds_a_deleted_chunk() {
             Arc::new(pxb_daemon::agent::volumes::StaticVolumes::new(data.path())),
         ),
         ready: true.into(),
+        token: None,
     });
     let (addr, server) = pxb_daemon::agent::api::bind("127.0.0.1:0".parse().expect("addr"), state)
         .await
@@ -1202,4 +1203,110 @@ async fn a_claim_naming_another_namespaces_volume_is_refused_at_backup() {
     for task in controllers {
         task.abort();
     }
+}
+
+/// The read API's Service is reachable by every pod of the cluster: `/v1/…` (backups of every
+/// namespace, running operations) answers only callers with the agent's token, which the agent
+/// keeps in a Secret of its namespace and the server reads with its admin kubeconfig; the API
+/// server's service proxy passes the header on. Probes stay open.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_read_api_answers_only_callers_with_the_agent_token() {
+    use pxb_daemon::agent::api::{TOKEN_HEADER, TOKEN_SECRET};
+    let fx = AzureFixture::start(3600).expect("fixture");
+    let fleet = pxb_tests::sim::Fleet::start(pxb_tests::sim::FleetConfig::default()).expect("fleet");
+    fleet.add_project("dev").expect("project");
+    fleet.add_shoots("dev", "shoot", 1).expect("shoot");
+    let agent = pxb_tests::control::start_agent(
+        &fleet,
+        "dev",
+        "shoot-00000",
+        fx.wi_options(CLIENT_ID),
+        Some(fx.ca.ca_file()),
+    )
+    .await
+    .expect("agent");
+    let client = pxb_tests::control::shoot_client(&fleet, "dev", "shoot-00000")
+        .await
+        .expect("client");
+    let secret = Api::<k8s_openapi::api::core::v1::Secret>::namespaced(client.clone(), "pxb-system")
+        .get(TOKEN_SECRET)
+        .await
+        .expect("the agent made its token Secret");
+    let token = secret
+        .data
+        .and_then(|d| d.get("token").map(|t| String::from_utf8_lossy(&t.0).into_owned()))
+        .expect("a token");
+    assert!(token.len() >= 32, "{token}");
+    let http = reqwest::Client::new();
+    let base = format!("http://{}", agent.api_addr);
+    let get = |path: &str, token: Option<&str>| {
+        let mut req = http.get(format!("{base}{path}"));
+        if let Some(t) = token {
+            req = req.header(TOKEN_HEADER, t);
+        }
+        async move { req.send().await.expect("call").status().as_u16() }
+    };
+    // Any pod: probes and metrics yes, the data no.
+    assert_eq!(get("/healthz", None).await, 200);
+    assert_eq!(get("/readyz", None).await, 200);
+    assert_eq!(get("/metrics", None).await, 200);
+    let wrong = "0".repeat(token.len());
+    for path in ["/v1/status", "/v1/operations", "/v1/catalog?location=primary"] {
+        assert_eq!(get(path, None).await, 401, "{path} without the token");
+        assert_eq!(get(path, Some(&wrong)).await, 401, "{path} with a wrong token");
+        assert_eq!(
+            get(path, Some(&token[..token.len() - 1])).await,
+            401,
+            "{path} with a prefix"
+        );
+    }
+    assert_eq!(get("/v1/status", Some(&token)).await, 200);
+    assert_eq!(get("/v1/operations", Some(&token)).await, 200);
+
+    // Through the shoot API server's service proxy, as the server reads it.
+    let proxy = |token: Option<String>| {
+        let client = client.clone();
+        async move {
+            let mut req =
+                http::Request::get("/api/v1/namespaces/pxb-system/services/pxb-agent:http/proxy/v1/status");
+            if let Some(t) = token {
+                req = req.header(TOKEN_HEADER, t);
+            }
+            let resp = client
+                .send(req.body(kube::client::Body::from(Vec::new())).expect("request"))
+                .await
+                .expect("proxy");
+            let code = resp.status().as_u16();
+            let body = http_body_util::BodyExt::collect(resp.into_body())
+                .await
+                .expect("body")
+                .to_bytes();
+            (code, String::from_utf8_lossy(&body).into_owned())
+        }
+    };
+    let (code, body) = proxy(None).await;
+    assert_eq!(code, 401, "the proxy without the token: {body}");
+    let (code, body) = proxy(Some(token.clone())).await;
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains("shoot-00000"), "{body}");
+
+    // A restarted agent keeps the stored token.
+    agent.shutdown().await;
+    let bare = pxb_daemon::agent::Agent::start(
+        client.clone(),
+        AgentConfig {
+            listen: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
+            ..agent_config(&fx)
+        },
+    )
+    .await
+    .expect("second agent");
+    let r = http
+        .get(format!("http://{}/v1/status", bare.api_addr))
+        .header(TOKEN_HEADER, &token)
+        .send()
+        .await
+        .expect("call");
+    assert_eq!(r.status().as_u16(), 200, "the same token after a restart");
+    bare.shutdown().await;
 }

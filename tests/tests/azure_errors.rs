@@ -279,15 +279,17 @@ async fn no_error_carries_the_credential() {
     let auths = [
         ("sas", AzureAuth::Sas { token: sas.clone() }),
         ("forged sas", AzureAuth::Sas { token: forged }),
-        ("account key", AzureAuth::SharedKey { key: pxb_tests::azurite::ACCOUNT_KEY.into() }),
+        (
+            "account key",
+            AzureAuth::SharedKey {
+                key: pxb_tests::azurite::ACCOUNT_KEY.into(),
+            },
+        ),
         ("wrong account key", AzureAuth::SharedKey { key: wrong_key }),
         (
             "bearer",
             AzureAuth::Token(std::sync::Arc::new(pxb_core::StaticToken::new(
-                pxb_core::AccessToken::new(
-                    bearer,
-                    std::time::SystemTime::now() + Duration::from_secs(3600),
-                ),
+                pxb_core::AccessToken::new(bearer, std::time::SystemTime::now() + Duration::from_secs(3600)),
             ))),
         ),
     ];
@@ -334,7 +336,10 @@ async fn no_error_carries_the_credential() {
     }
     assert!(failures >= 30, "the failures were driven: {failures}");
     // The SDK's errors did name the request URL with the SAS: those were redacted, not absent.
-    assert!(redacted > 0, "no error needed redaction: the attack did not reach the secret");
+    assert!(
+        redacted > 0,
+        "no error needed redaction: the attack did not reach the secret"
+    );
 }
 
 fn url_escape(s: &str) -> String {
@@ -351,7 +356,10 @@ fn check_clean(what: &str, e: &Error, secrets: &[String]) -> bool {
     }
     for t in &texts {
         for s in secrets {
-            assert!(!t.contains(s.as_str()), "{what}: the error carries a secret ({s}): {t}");
+            assert!(
+                !t.contains(s.as_str()),
+                "{what}: the error carries a secret ({s}): {t}"
+            );
         }
     }
     texts.iter().any(|t| t.contains(pxb_core::redact::REDACTED))

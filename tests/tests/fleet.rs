@@ -963,9 +963,12 @@ async fn shoot_api_refuses_names_and_labels_a_real_api_server_refuses() {
     let client = kube_client(&p.access(&clusters[0].id).await.expect("access")).expect("client");
     let pp = PostParams::default();
     let nss: Api<Namespace> = Api::all(client.clone());
-    nss.create(&pp, &serde_json::from_value(json!({"metadata": {"name": "app"}})).expect("ns"))
-        .await
-        .expect("namespace");
+    nss.create(
+        &pp,
+        &serde_json::from_value(json!({"metadata": {"name": "app"}})).expect("ns"),
+    )
+    .await
+    .expect("namespace");
     let cms: Api<ConfigMap> = Api::namespaced(client.clone(), "app");
     let cm = |name: &str, labels: Value| -> ConfigMap {
         serde_json::from_value(json!({"metadata": {"name": name, "labels": labels}})).expect("cm")
@@ -973,15 +976,47 @@ async fn shoot_api_refuses_names_and_labels_a_real_api_server_refuses() {
     let long = "a".repeat(64);
     let refused: Vec<(String, Value, &str)> = vec![
         // A label value longer than 63 (an org id or record id pxb once wrote verbatim).
-        ("v64".into(), json!({"pxb.io/uid": long}), "must be no more than 63 characters"),
-        ("slash".into(), json!({"pxb.io/org": "a/b"}), "a valid label must be an empty string"),
-        ("edge".into(), json!({"k": "-a"}), "a valid label must be an empty string"),
-        ("unicode".into(), json!({"k": "ü"}), "a valid label must be an empty string"),
-        ("key-name".into(), json!({ long.clone(): "v" }), "name part must be no more than 63 characters"),
-        ("key-prefix".into(), json!({"Example.com/k": "v"}), "prefix part a lowercase RFC 1123 subdomain"),
-        ("key-empty".into(), json!({"example.com/": "v"}), "name part must be non-empty"),
+        (
+            "v64".into(),
+            json!({"pxb.io/uid": long}),
+            "must be no more than 63 characters",
+        ),
+        (
+            "slash".into(),
+            json!({"pxb.io/org": "a/b"}),
+            "a valid label must be an empty string",
+        ),
+        (
+            "edge".into(),
+            json!({"k": "-a"}),
+            "a valid label must be an empty string",
+        ),
+        (
+            "unicode".into(),
+            json!({"k": "ü"}),
+            "a valid label must be an empty string",
+        ),
+        (
+            "key-name".into(),
+            json!({ long.clone(): "v" }),
+            "name part must be no more than 63 characters",
+        ),
+        (
+            "key-prefix".into(),
+            json!({"Example.com/k": "v"}),
+            "prefix part a lowercase RFC 1123 subdomain",
+        ),
+        (
+            "key-empty".into(),
+            json!({"example.com/": "v"}),
+            "name part must be non-empty",
+        ),
         ("key-slashes".into(), json!({"a/b/c": "v"}), "a qualified name"),
-        (format!("n{}", "a".repeat(253)), json!({}), "must be no more than 253 characters"),
+        (
+            format!("n{}", "a".repeat(253)),
+            json!({}),
+            "must be no more than 253 characters",
+        ),
         ("Upper".into(), json!({}), "a lowercase RFC 1123 subdomain"),
         ("a..b".into(), json!({}), "a lowercase RFC 1123 subdomain"),
         ("a.-b".into(), json!({}), "a lowercase RFC 1123 subdomain"),
@@ -1000,7 +1035,10 @@ async fn shoot_api_refuses_names_and_labels_a_real_api_server_refuses() {
     // What a real API server takes.
     let max_key = format!("{}/{}", "p".repeat(253), "n".repeat(63));
     for (name, labels) in [
-        ("ok-1", json!({"k": "", "K_.-9": "A.b_c-9", max_key.as_str(): "a".repeat(63)})),
+        (
+            "ok-1",
+            json!({"k": "", "K_.-9": "A.b_c-9", max_key.as_str(): "a".repeat(63)}),
+        ),
         ("a.b-c.d", json!({"app.kubernetes.io/name": "x"})),
     ] {
         cms.create(&pp, &cm(name, labels.clone()))
@@ -1009,7 +1047,10 @@ async fn shoot_api_refuses_names_and_labels_a_real_api_server_refuses() {
     }
     // Updates and patches are checked too.
     let patch = json!({"metadata": {"labels": {"pxb.io/uid": long}}});
-    match cms.patch("ok-1", &PatchParams::default(), &Patch::Merge(&patch)).await {
+    match cms
+        .patch("ok-1", &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+    {
         Err(kube::Error::Api(s)) => assert_eq!((s.code, s.reason.as_str()), (422, "Invalid")),
         other => panic!("patch: {other:?}"),
     }
@@ -1021,7 +1062,10 @@ async fn shoot_api_refuses_names_and_labels_a_real_api_server_refuses() {
     }
     // Namespaces are DNS labels (no dots).
     match nss
-        .create(&pp, &serde_json::from_value(json!({"metadata": {"name": "a.b"}})).expect("ns"))
+        .create(
+            &pp,
+            &serde_json::from_value(json!({"metadata": {"name": "a.b"}})).expect("ns"),
+        )
         .await
     {
         Err(kube::Error::Api(s)) => assert_eq!((s.code, s.reason.as_str()), (422, "Invalid")),

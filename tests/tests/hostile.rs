@@ -55,9 +55,7 @@ async fn two_tenants() -> ControlPlane {
     .await
     .expect("control plane");
     cp.fleet.add_project(GLOBEX_PROJECT).expect("project");
-    cp.fleet
-        .add_shoots(GLOBEX_PROJECT, "globex", 2)
-        .expect("shoots");
+    cp.fleet.add_shoots(GLOBEX_PROJECT, "globex", 2).expect("shoots");
     let token = cp
         .fleet
         .add_service_account(GLOBEX_PROJECT, "pxb", pxb_tests::sim::ProjectRole::Admin)
@@ -170,7 +168,10 @@ async fn an_org_cannot_onboard_another_tenants_project() {
     assert_eq!(status, 409, "{body}");
     let msg = body["error"]["message"].as_str().unwrap_or_default();
     assert!(msg.contains("already onboarded into another org"), "{body}");
-    assert!(!msg.contains("acme\""), "the refusal does not name the owner: {body}");
+    assert!(
+        !msg.contains("acme\""),
+        "the refusal does not name the owner: {body}"
+    );
     // A second discovery of the same project in the same org is refused too.
     let (status, body) = post(
         &cp,
@@ -183,13 +184,23 @@ async fn an_org_cannot_onboard_another_tenants_project() {
 
     // Each org holds exactly its own shoots, and keeps them.
     wait_for("both discoveries ran", Duration::from_secs(60), || async {
-        let (a, g) = (cluster_names(&cp, "acme").await, cluster_names(&cp, "globex").await);
-        if a.len() == 3 && g.len() == 2 { Ok(Some(())) } else { Err(format!("{a:?} {g:?}")) }
+        let (a, g) = (
+            cluster_names(&cp, "acme").await,
+            cluster_names(&cp, "globex").await,
+        );
+        if a.len() == 3 && g.len() == 2 {
+            Ok(Some(()))
+        } else {
+            Err(format!("{a:?} {g:?}"))
+        }
     })
     .await
     .expect("discovered");
     tokio::time::sleep(Duration::from_secs(6)).await;
-    let (a, g) = (cluster_names(&cp, "acme").await, cluster_names(&cp, "globex").await);
+    let (a, g) = (
+        cluster_names(&cp, "acme").await,
+        cluster_names(&cp, "globex").await,
+    );
     assert!(a.iter().all(|n| n.starts_with("shoot-")), "{a:?}");
     assert!(g.iter().all(|n| n.starts_with("globex-")), "{g:?}");
     assert_eq!((a.len(), g.len()), (3, 2));
@@ -237,7 +248,14 @@ async fn acme_state(cp: &ControlPlane, acme: &str) -> Value {
     let mut out = serde_json::Map::new();
     let org = cp.get_ok("/v1/orgs/acme", acme).await.expect("org");
     out.insert("org".into(), json!([org["displayName"], org["access"]]));
-    for kind in ["discoveries", "clusters", "locations", "backups", "restores", "schedules"] {
+    for kind in [
+        "discoveries",
+        "clusters",
+        "locations",
+        "backups",
+        "restores",
+        "schedules",
+    ] {
         let list = cp
             .get_ok(&format!("/v1/orgs/acme/{kind}?limit=1000"), acme)
             .await
@@ -248,8 +266,14 @@ async fn acme_state(cp: &ControlPlane, acme: &str) -> Value {
             .iter()
             .map(|i| {
                 json!([
-                    i["id"], i["name"], i["clusters"], i["paused"], i["location"], i["project"],
-                    i["credential"], i["retiredAt"],
+                    i["id"],
+                    i["name"],
+                    i["clusters"],
+                    i["paused"],
+                    i["location"],
+                    i["project"],
+                    i["credential"],
+                    i["retiredAt"],
                 ])
             })
             .collect();
@@ -272,7 +296,11 @@ async fn no_role_of_another_org_reaches_anything_of_an_org_through_any_endpoint(
     assert_eq!(status, 201, "{body}");
     wait_for("acme's clusters", Duration::from_secs(60), || async {
         let n = cluster_names(&cp, "acme").await;
-        if n.len() == 3 { Ok(Some(())) } else { Err(format!("{n:?}")) }
+        if n.len() == 3 {
+            Ok(Some(()))
+        } else {
+            Err(format!("{n:?}"))
+        }
     })
     .await
     .expect("clusters");
@@ -333,16 +361,16 @@ async fn no_role_of_another_org_reaches_anything_of_an_org_through_any_endpoint(
                     .replace("{name}", name)
                     .replace("{id}", &backup_id);
                 let body = body_for(&method, template, &cp);
-                let (status, resp) = cp
-                    .call(method.clone(), &path, &token, body)
-                    .await
-                    .expect("call");
+                let (status, resp) = cp.call(method.clone(), &path, &token, body).await.expect("call");
                 tried += 1;
                 assert_eq!(status, 403, "globex {role} on {method} {path}: {resp}");
                 assert_eq!(resp["error"]["code"], "forbidden", "{resp}");
                 let text = resp.to_string();
                 for s in secrets_of_acme {
-                    assert!(!text.contains(s), "globex {role} on {method} {path} leaks {s}: {text}");
+                    assert!(
+                        !text.contains(s),
+                        "globex {role} on {method} {path} leaks {s}: {text}"
+                    );
                 }
             }
         }
@@ -373,7 +401,9 @@ fn captured_logs() -> &'static std::sync::Arc<std::sync::Mutex<Vec<u8>>> {
         let buf = Arc::new(Mutex::new(Vec::new()));
         let writer = buf.clone();
         let subscriber = tracing_subscriber::fmt()
-            .with_env_filter(tracing_subscriber::EnvFilter::new("debug,hyper=info,rustls=info,h2=info"))
+            .with_env_filter(tracing_subscriber::EnvFilter::new(
+                "debug,hyper=info,rustls=info,h2=info",
+            ))
             .with_ansi(false)
             .with_writer(move || LogSink(writer.clone()))
             .finish();
@@ -386,7 +416,10 @@ struct LogSink(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
 
 impl std::io::Write for LogSink {
     fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap_or_else(|e| e.into_inner()).extend_from_slice(b);
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .extend_from_slice(b);
         Ok(b.len())
     }
     fn flush(&mut self) -> std::io::Result<()> {
@@ -403,15 +436,24 @@ async fn credentials_never_reach_statuses_the_catalog_the_api_or_logs() {
     let logs = captured_logs();
     let keys = tempfile::tempdir().expect("dir");
     let key_file = keys.path().join("secrets.key");
-    std::fs::write(&key_file, base64::engine::general_purpose::STANDARD.encode([4u8; 32])).expect("key");
+    std::fs::write(
+        &key_file,
+        base64::engine::general_purpose::STANDARD.encode([4u8; 32]),
+    )
+    .expect("key");
     let kf = key_file.display().to_string();
     let mut cp = ControlPlane::start(ACME_PROJECT, 1, move |c| c.secrets.key_file = kf)
         .await
         .expect("control plane");
     cp.start_agent(ACME_PROJECT, "shoot-00000").await.expect("agent");
     let admin = cp.admin_token();
-    let (status, body) = post(&cp, "/v1/orgs", &admin, json!({"id": "acme", "mode": "classic", "access": [
-        {"role": "admin", "groups": ["acme-admins"]}]}))
+    let (status, body) = post(
+        &cp,
+        "/v1/orgs",
+        &admin,
+        json!({"id": "acme", "mode": "classic", "access": [
+        {"role": "admin", "groups": ["acme-admins"]}]}),
+    )
     .await;
     assert_eq!(status, 201, "{body}");
     let acme = cp.token("alice", &["acme-admins"]);
@@ -476,7 +518,11 @@ async fn credentials_never_reach_statuses_the_catalog_the_api_or_logs() {
                 .await
                 .map_err(|e| e.to_string())?;
             let v = &body["items"][0]["validation"];
-            if v["phase"] == "Invalid" && v["reason"].is_string() { Ok(Some(body)) } else { Err(body.to_string()) }
+            if v["phase"] == "Invalid" && v["reason"].is_string() {
+                Ok(Some(body))
+            } else {
+                Err(body.to_string())
+            }
         })
         .await
         .expect("invalid with a reason");
@@ -497,14 +543,20 @@ async fn credentials_never_reach_statuses_the_catalog_the_api_or_logs() {
         ("the wrong account key", wrong_key.clone()),
         ("the federated token", wi_assertion.trim().to_owned()),
     ];
-    let client = cp.shoot_client(ACME_PROJECT, "shoot-00000").await.expect("client");
+    let client = cp
+        .shoot_client(ACME_PROJECT, "shoot-00000")
+        .await
+        .expect("client");
     let crs: kube::Api<pxb_daemon::crd::BackupLocation> = kube::Api::namespaced(client, "pxb-system");
     let mut cr_text = String::new();
     for name in names {
         let cr = crs.get(name).await.expect("cr");
         cr_text += &serde_json::to_string(&cr.status).expect("json");
     }
-    assert!(cr_text.contains("Invalid") || cr_text.contains("Failed"), "{cr_text}");
+    assert!(
+        cr_text.contains("Invalid") || cr_text.contains("Failed"),
+        "{cr_text}"
+    );
     let db = std::fs::read(&cp.config.catalog.path).expect("db");
     let wal = std::fs::read(format!("{}-wal", cp.config.catalog.path)).unwrap_or_default();
     let log_text = String::from_utf8_lossy(&logs.lock().unwrap_or_else(|e| e.into_inner())).into_owned();
@@ -512,10 +564,19 @@ async fn credentials_never_reach_statuses_the_catalog_the_api_or_logs() {
     for (what, secret) in &secrets {
         assert!(secret.len() >= 16, "{what} is long enough to scan for");
         let needle = secret.as_bytes();
-        assert!(!api_text.contains(secret.as_str()), "{what} in an API response: {api_text}");
-        assert!(!cr_text.contains(secret.as_str()), "{what} in a cluster status: {cr_text}");
+        assert!(
+            !api_text.contains(secret.as_str()),
+            "{what} in an API response: {api_text}"
+        );
+        assert!(
+            !cr_text.contains(secret.as_str()),
+            "{what} in a cluster status: {cr_text}"
+        );
         for (file, bytes) in [("catalog", &db), ("catalog WAL", &wal)] {
-            assert!(!bytes.windows(needle.len()).any(|w| w == needle), "{what} in the {file}");
+            assert!(
+                !bytes.windows(needle.len()).any(|w| w == needle),
+                "{what} in the {file}"
+            );
         }
         if let Some(at) = log_text.find(secret.as_str()) {
             let line = log_text[..at].rsplit('\n').next().unwrap_or_default();
@@ -530,4 +591,47 @@ fn url_decode(s: &str) -> String {
         .next()
         .map(|(_, v)| v.into_owned())
         .unwrap_or_default()
+}
+
+/// Creating cluster-scoped objects from a backup (`allowClusterKinds`) is for an org's admins:
+/// an operator may restore, but not widen what a restore creates.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_an_org_admin_may_allow_cluster_kinds_in_a_restore() {
+    let cp = two_tenants().await;
+    let operator = cp.token("oscar", &["acme-operators"]);
+    let admin = cp.token("alice", &["acme-admins"]);
+    let (status, body) = post(
+        &cp,
+        "/v1/orgs/acme/restores",
+        &operator,
+        json!({"backup": "b1", "allowClusterKinds": ["ClusterRoleBinding"]}),
+    )
+    .await;
+    assert_eq!(status, 403, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("Admin")),
+        "{body}"
+    );
+    // Without the allowance the operator's request is judged on its merits (no such backup).
+    let (status, body) = post(&cp, "/v1/orgs/acme/restores", &operator, json!({"backup": "b1"})).await;
+    assert_eq!(status, 404, "{body}");
+    let (status, body) = post(
+        &cp,
+        "/v1/orgs/acme/restores",
+        &admin,
+        json!({"backup": "b1", "allowClusterKinds": ["ClusterRoleBinding"]}),
+    )
+    .await;
+    assert_eq!(status, 404, "{body}");
+    let (status, body) = post(
+        &cp,
+        "/v1/orgs/acme/restores",
+        &admin,
+        json!({"backup": "b1", "allowClusterKinds": ["../../etc"]}),
+    )
+    .await;
+    assert_eq!(status, 400, "{body}");
+    cp.shutdown().await;
 }

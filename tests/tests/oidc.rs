@@ -553,7 +553,9 @@ async fn a_hanging_issuer_holds_no_validation_longer_than_the_deadline() {
     };
     tokio::time::sleep(Duration::from_millis(200)).await;
     let t = Instant::now();
-    v.validate(&token).await.expect("stale known key while a refresh hangs");
+    v.validate(&token)
+        .await
+        .expect("stale known key while a refresh hangs");
     assert!(
         t.elapsed() < Duration::from_millis(500),
         "a validation with a known key waited {:?} behind a hanging refresh",

@@ -1004,7 +1004,10 @@ async fn damaged_orgs_are_degraded_and_classic_secrets_are_sealed() {
     let anonymous: Value = serde_json::from_str(&anonymous).expect("json");
     assert_eq!(anonymous["degradedOrgCount"], 2, "{anonymous}");
     let viewer = cp.token("victor", &["acme-viewers"]);
-    let (_, as_viewer) = cp.call(Method::GET, "/readyz", &viewer, None).await.expect("readyz");
+    let (_, as_viewer) = cp
+        .call(Method::GET, "/readyz", &viewer, None)
+        .await
+        .expect("readyz");
     assert!(as_viewer.get("degradedOrgs").is_none(), "{as_viewer}");
     let (status, ready) = cp
         .call(Method::GET, "/readyz", &cp.admin_token(), None)

@@ -747,6 +747,10 @@ pub struct RestoreRecord {
     /// Namespace mapping, source to target.
     #[serde(default)]
     pub namespace_mapping: BTreeMap<String, String>,
+    /// Cluster-scoped kinds an org admin allowed this restore to create as the backup holds them
+    /// (by default only what the restored namespaces need is created).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allow_cluster_kinds: Vec<String>,
     /// `Pending`, `InProgress`, `Success`, `PartialSuccess` or `Failed`.
     pub phase: String,
     /// For humans.

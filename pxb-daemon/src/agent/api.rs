@@ -10,6 +10,14 @@
 //! - `GET /v1/operations`: running backups and restores with their live progress.
 //!
 //! Anything else is 404; anything but GET is 405. Errors are JSON `{"error": "..."}`.
+//!
+//! Who may read: the Service is reachable by every pod of the cluster, so the `/v1/…` endpoints
+//! (backups of every namespace, running operations) answer only requests carrying the agent's
+//! API token in the [`TOKEN_HEADER`] header (`401` otherwise). The token lives in the Secret
+//! [`TOKEN_SECRET`] in the agent's namespace, created by the agent on start; only the cluster's
+//! admins, the agent and `pxb-server` (through its admin kubeconfig) can read it. The API
+//! server's proxy passes the header through (it strips only `Authorization`). Health and
+//! metrics (counts, location names) stay open for probes and scrapers.
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
@@ -34,6 +42,70 @@ pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 /// The largest catalog page.
 pub const MAX_PAGE: usize = 1000;
 
+/// The header that carries the agent's API token.
+pub const TOKEN_HEADER: &str = "x-pxb-agent-token";
+
+/// The Secret (in the agent's namespace) holding the API token under key `token`.
+pub const TOKEN_SECRET: &str = "pxb-agent-api";
+
+/// Reads the API token from [`TOKEN_SECRET`] in `namespace`, creating the Secret with a fresh
+/// random token when it does not exist (two agents racing both end with the stored one).
+pub async fn ensure_token(client: &kube::Client, namespace: &str) -> pxb_core::Result<String> {
+    use k8s_openapi::api::core::v1::Secret;
+    let api: kube::Api<Secret> = kube::Api::namespaced(client.clone(), namespace);
+    let read = |s: Secret| {
+        s.data
+            .and_then(|d| d.get("token").map(|t| String::from_utf8_lossy(&t.0).into_owned()))
+            .filter(|t| t.len() >= 32)
+    };
+    let fail = |what: &str, e: kube::Error| {
+        pxb_core::Error::unavailable(format!(
+            "{what} the API token Secret {namespace}/{TOKEN_SECRET}: {e}"
+        ))
+    };
+    for _ in 0..3 {
+        if let Some(s) = api.get_opt(TOKEN_SECRET).await.map_err(|e| fail("reading", e))? {
+            return read(s).ok_or_else(|| {
+                pxb_core::Error::invalid(format!(
+                    "the Secret {namespace}/{TOKEN_SECRET} has no usable token (32 characters or more); delete it and restart the agent"
+                ))
+            });
+        }
+        let token: String = (0..2)
+            .map(|_| format!("{:032x}", rand::random::<u128>()))
+            .collect();
+        let secret = Secret {
+            metadata: kube::api::ObjectMeta {
+                name: Some(TOKEN_SECRET.into()),
+                namespace: Some(namespace.into()),
+                labels: Some([("app.kubernetes.io/part-of".to_string(), "pxb".to_string())].into()),
+                ..Default::default()
+            },
+            data: Some(
+                [(
+                    "token".to_string(),
+                    k8s_openapi::ByteString(token.clone().into_bytes()),
+                )]
+                .into(),
+            ),
+            ..Default::default()
+        };
+        match api.create(&kube::api::PostParams::default(), &secret).await {
+            Ok(_) => return Ok(token),
+            Err(kube::Error::Api(e)) if e.code == 409 => continue,
+            Err(e) => return Err(fail("creating", e)),
+        }
+    }
+    Err(pxb_core::Error::unavailable(format!(
+        "the API token Secret {namespace}/{TOKEN_SECRET} keeps changing"
+    )))
+}
+
+/// Compares without an early exit, so timing says nothing about the token.
+fn same_token(given: &[u8], want: &[u8]) -> bool {
+    given.len() == want.len() && given.iter().zip(want).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
+}
+
 /// What the API reads from.
 #[derive(Debug)]
 pub struct ApiState {
@@ -41,6 +113,9 @@ pub struct ApiState {
     pub backups: Arc<backups::Context>,
     /// Whether the controllers are running (readiness).
     pub ready: AtomicBool,
+    /// The token `/v1/…` requests must carry in [`TOKEN_HEADER`]; `None` leaves them open
+    /// (for tests that call the API directly).
+    pub token: Option<String>,
 }
 
 fn reply(code: StatusCode, body: &Value) -> Response<Full<Bytes>> {
@@ -77,10 +152,25 @@ fn time_param(q: &BTreeMap<String, String>, key: &str) -> Result<Option<u64>, St
         .ok_or_else(|| format!("{key}={v:?} is neither Unix seconds nor RFC 3339"))
 }
 
-/// Answers one request.
-pub fn handle(state: &ApiState, method: &Method, path: &str, query: Option<&str>) -> Response<Full<Bytes>> {
+/// Answers one request; `token` is the [`TOKEN_HEADER`] it carried.
+pub fn handle(
+    state: &ApiState,
+    method: &Method,
+    path: &str,
+    query: Option<&str>,
+    token: Option<&[u8]>,
+) -> Response<Full<Bytes>> {
     if method != Method::GET {
         return error(StatusCode::METHOD_NOT_ALLOWED, "this API is read-only");
+    }
+    if path.starts_with("/v1/")
+        && let Some(want) = &state.token
+        && !token.is_some_and(|t| same_token(t, want.as_bytes()))
+    {
+        return error(
+            StatusCode::UNAUTHORIZED,
+            format!("send the agent's API token (Secret {TOKEN_SECRET}) in the {TOKEN_HEADER} header"),
+        );
     }
     let q: BTreeMap<String, String> = query
         .map(|q| url::form_urlencoded::parse(q.as_bytes()).into_owned().collect())
@@ -207,7 +297,8 @@ pub fn serve(listener: tokio::net::TcpListener, state: Arc<ApiState>) -> tokio::
             let state = state.clone();
             tokio::spawn(async move {
                 let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
-                    let r = handle(&state, req.method(), req.uri().path(), req.uri().query());
+                    let token = req.headers().get(TOKEN_HEADER).map(|v| v.as_bytes());
+                    let r = handle(&state, req.method(), req.uri().path(), req.uri().query(), token);
                     async move { Ok::<_, Infallible>(r) }
                 });
                 let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())

@@ -409,7 +409,10 @@ async fn run(
 /// The name of the server's record an `ApplicationBackup` mirrors: its annotation when the
 /// server manages it, else its own name.
 fn record_name(backup: &ApplicationBackup) -> String {
-    let managed = backup.labels().get(crate::server::reconcile::MANAGED_BY).map(String::as_str)
+    let managed = backup
+        .labels()
+        .get(crate::server::reconcile::MANAGED_BY)
+        .map(String::as_str)
         == Some(crate::server::reconcile::MANAGER);
     match backup.annotations().get(crate::names::ORIGINAL_UID) {
         Some(original) if managed => original.clone(),

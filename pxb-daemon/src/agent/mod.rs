@@ -28,6 +28,7 @@ impl Agent {
     /// Starts the controllers and the read API for this cluster.
     pub async fn start(client: kube::Client, config: AgentConfig) -> pxb_core::Result<Self> {
         let listen = config.listen;
+        let token = api::ensure_token(&client, &config.namespace).await?;
         let driver = std::sync::Arc::new(volumes::LocalPathDriver::new(
             client.clone(),
             config.restore_root.clone(),
@@ -37,6 +38,7 @@ impl Agent {
         let state = std::sync::Arc::new(api::ApiState {
             backups: bctx.clone(),
             ready: false.into(),
+            token: Some(token),
         });
         let (api_addr, server) = api::bind(listen, state.clone())
             .await

@@ -311,6 +311,11 @@ pub enum RestoresCommand {
         /// Restore namespace FROM into TO: `FROM=TO` (repeatable).
         #[arg(long = "map")]
         mapping: Vec<String>,
+        /// Also create these cluster-scoped kinds as the backup holds them, e.g.
+        /// `ClusterRoleBinding` (repeatable; needs the org's admin role). Without it, objects
+        /// outside the restored namespaces are refused and listed.
+        #[arg(long = "allow-cluster-kind")]
+        allow_cluster_kinds: Vec<String>,
         /// Wait until it is final.
         #[arg(long)]
         wait: bool,
@@ -850,6 +855,7 @@ pub async fn restores(conn: Conn, cmd: RestoresCommand) -> ExitCode {
             cluster,
             namespaces,
             mapping,
+            allow_cluster_kinds,
             wait,
         } => {
             let mut map = BTreeMap::new();
@@ -861,7 +867,8 @@ pub async fn restores(conn: Conn, cmd: RestoresCommand) -> ExitCode {
                     None => return fail(format!("--map {m:?} is not FROM=TO")),
                 }
             }
-            let body = json!({"backup": backup, "cluster": cluster, "namespaces": namespaces, "namespaceMapping": map});
+            let body = json!({"backup": backup, "cluster": cluster, "namespaces": namespaces,
+                "namespaceMapping": map, "allowClusterKinds": allow_cluster_kinds});
             let mut v = try_api!(
                 c.call("POST", &try_api!(c.org_path("/restores")), Some(&body))
                     .await

@@ -1551,7 +1551,24 @@ async fn create_restore(
     Segments(seg): Segments,
     Body(b): Body<super::backups::RestoreRequest>,
 ) -> ApiResult<(StatusCode, Json<RestoreRecord>)> {
-    let o = org_for(&s, &caller, &seg[0], Role::Operator)?;
+    // Creating cluster-scoped objects from a backup is a privilege of the org's admins.
+    let role = if b.allow_cluster_kinds.is_empty() {
+        Role::Operator
+    } else {
+        Role::Admin
+    };
+    let o = org_for(&s, &caller, &seg[0], role)?;
+    if let Some(bad) = b.allow_cluster_kinds.iter().find(|k| {
+        k.is_empty()
+            || k.len() > 253
+            || !k
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '-')
+    }) {
+        return Err(ApiError::bad_request(format!(
+            "allowClusterKinds: {bad:?} is not a kind (e.g. ClusterRoleBinding) or resource.group"
+        )));
+    }
     Ok((StatusCode::ACCEPTED, Json(s.create_restore(&o.id, &b).await?)))
 }
 

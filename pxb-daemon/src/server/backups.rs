@@ -60,6 +60,12 @@ pub struct RestoreRequest {
     /// Source namespace to target namespace.
     #[serde(default)]
     pub namespace_mapping: BTreeMap<String, String>,
+    /// Cluster-scoped kinds to create as the backup holds them, e.g. `ClusterRoleBinding` or
+    /// `clusterroles.rbac.authorization.k8s.io` (needs the org's admin role). Without them a
+    /// restore creates only the restored namespaces' objects and the cluster-scoped objects those
+    /// need; anything else in the backup is refused and listed in the restore's failures.
+    #[serde(default)]
+    pub allow_cluster_kinds: Vec<String>,
 }
 
 /// A new schedule.
@@ -486,6 +492,7 @@ impl Server {
                 cluster_name: target.record.name.clone(),
                 namespaces: req.namespaces.clone(),
                 namespace_mapping: req.namespace_mapping.clone(),
+                allow_cluster_kinds: req.allow_cluster_kinds.clone(),
                 phase: "Pending".into(),
                 created_ms: now,
                 ..RestoreRecord::default()
@@ -695,11 +702,13 @@ impl Server {
                 tracing::warn!(org = %s.org, schedule = %s.id, "the schedule's location is gone; nothing was backed up");
             }
             let mut puts = Vec::with_capacity(records.len() + 1);
-            let encoded = Catalog::put_of(&s, Some(revision)).map(|p| puts.push(p)).and_then(|_| {
-                records
-                    .iter()
-                    .try_for_each(|b| Catalog::put_of(b, Some(0)).map(|p| puts.push(p)))
-            });
+            let encoded = Catalog::put_of(&s, Some(revision))
+                .map(|p| puts.push(p))
+                .and_then(|_| {
+                    records
+                        .iter()
+                        .try_for_each(|b| Catalog::put_of(b, Some(0)).map(|p| puts.push(p)))
+                });
             let written = match encoded {
                 Ok(()) => self.inner.catalog.store().put(puts).await.map(|_| ()),
                 Err(e) => Err(e),
@@ -725,7 +734,10 @@ impl Server {
                 // unless it is gone or paused; the next tick plans again from there.
                 Err(Error::Precondition { .. } | Error::AlreadyExists { .. }) => {
                     let recorded = match records.first() {
-                        Some(b) => matches!(self.inner.catalog.find::<BackupRecord>(&b.org, &b.id).await, Ok(Some(_))),
+                        Some(b) => matches!(
+                            self.inner.catalog.find::<BackupRecord>(&b.org, &b.id).await,
+                            Ok(Some(_))
+                        ),
                         None => false,
                     };
                     let moved = self
@@ -1013,7 +1025,9 @@ impl Server {
                 recounted = true;
                 match self.synced_count(&key.0, true).await {
                     Ok(n) => held = n,
-                    Err(e) => tracing::warn!(org = %key.0, error = %e, "cannot count the synced backups of the org"),
+                    Err(e) => {
+                        tracing::warn!(org = %key.0, error = %e, "cannot count the synced backups of the org")
+                    }
                 }
             }
             if held >= limit {
@@ -1056,18 +1070,20 @@ impl Server {
         if imported > 0 {
             tracing::info!(org = %key.0, location = %loc_name, cluster = %cluster_name, imported, "synced backups imported");
         }
-        self.inner
-            .metrics
-            .imported
-            .fetch_add(imported, Ordering::Relaxed);
+        self.inner.metrics.imported.fetch_add(imported, Ordering::Relaxed);
         let cut = found.problem.is_some();
         let limited = imported < new || (cut && held >= limit);
         if limited {
             tracing::warn!(org = %key.0, location = %loc_name, cluster = %cluster_name, imported, new, limit, "synced backups not imported: the org's limit is reached");
         }
         if limited || cut {
-            self.note_sync(key, location, limited.then_some((imported, new, limit)), found.problem)
-                .await;
+            self.note_sync(
+                key,
+                location,
+                limited.then_some((imported, new, limit)),
+                found.problem,
+            )
+            .await;
         }
     }
 
@@ -1075,7 +1091,13 @@ impl Server {
     /// the import (`(imported, new, limit)`: `imported` of the `new` backups read; when the read
     /// was cut short the sync's own count of backups found stands for what there is) and why the
     /// read of the agent's catalog stopped early (`problem`).
-    async fn note_sync(&self, key: &Key, location: &str, limited: Option<(u64, u64, u64)>, problem: Option<String>) {
+    async fn note_sync(
+        &self,
+        key: &Key,
+        location: &str,
+        limited: Option<(u64, u64, u64)>,
+        problem: Option<String>,
+    ) {
         let status = {
             let mut st = self.inner.lock();
             let id = LocationStatus::id_of(location, &key.1);

@@ -124,7 +124,10 @@ impl<'de> Deserialize<'de> for GardenCredential {
             fn visit_str<E: serde::de::Error>(self, v: &str) -> std::result::Result<Self::Value, E> {
                 Ok(GardenCredential::new(v))
             }
-            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> std::result::Result<Self::Value, A::Error> {
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                map: A,
+            ) -> std::result::Result<Self::Value, A::Error> {
                 let f = GardenCredentialFull::deserialize(serde::de::value::MapAccessDeserializer::new(map))?;
                 Ok(GardenCredential {
                     kubeconfig: f.kubeconfig,
@@ -414,9 +417,13 @@ mod tests {
         let r = provider.refusal("provider", "acme", "x", false).expect("refused");
         assert!(r.contains("only a provider admin"), "{r}");
         assert_eq!(acme.refusal("acme", "acme", "acme-prod", false), None);
-        let r = acme.refusal("acme", "globex", "acme-prod", true).expect("refused");
+        let r = acme
+            .refusal("acme", "globex", "acme-prod", true)
+            .expect("refused");
         assert!(r.contains("not bound to org globex"), "{r}");
-        let r = acme.refusal("acme", "acme", "globex-prod", false).expect("refused");
+        let r = acme
+            .refusal("acme", "acme", "globex-prod", false)
+            .expect("refused");
         assert!(r.contains("may not discover project globex-prod"), "{r}");
         let err = ServerConfig::from_yaml("gardenCredentials:\n  x: {kubeconfig: /p, org: [a]}\n")
             .expect_err("typo");

@@ -1859,6 +1859,11 @@ impl Daemon {
     }
 }
 
+/// The order in which discoveries claim a project: the first created (then org and id) owns it.
+fn first_claim(d: &DiscoveryConfig) -> (String, String, String) {
+    (d.created_at.clone(), d.org.clone(), d.id.clone())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1871,9 +1876,4 @@ mod tests {
         assert_eq!(offline_backoff(base, max, 0), base);
         assert_eq!(offline_backoff(base, max, u32::MAX), max);
     }
-}
-
-/// The order in which discoveries claim a project: the first created (then org and id) owns it.
-fn first_claim(d: &DiscoveryConfig) -> (String, String, String) {
-    (d.created_at.clone(), d.org.clone(), d.id.clone())
 }

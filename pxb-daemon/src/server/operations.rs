@@ -23,12 +23,14 @@ use pxb_core::backup::{BackupKind, Summary};
 use pxb_core::catalog::records::{BackupRecord, BackupView, RestoreRecord, RestoreTally, backup_phase};
 use serde_json::json;
 
-use super::reconcile::{AGENT_NAME, MANAGED_BY, MANAGER, ORG_LABEL, annotations, labels, location_object, owned_by};
-use crate::names::{self, object_name};
+use super::reconcile::{
+    AGENT_NAME, MANAGED_BY, MANAGER, ORG_LABEL, annotations, labels, location_object, owned_by,
+};
 use crate::agent::backups::FORCE_DELETE;
 use crate::crd::{
     AGENT_NAMESPACE, ApplicationBackup, ApplicationBackupSpec, ApplicationRestore, ApplicationRestoreSpec,
 };
+use crate::names::{self, object_name};
 
 /// The operations of one cluster the server wants the visit to drive.
 #[derive(Clone, Debug)]
@@ -277,6 +279,7 @@ pub async fn visit(client: &kube::Client, input: OpsInput) -> Result<OpsOutput, 
                             namespaces: r.namespaces.clone(),
                             namespace_mapping: r.namespace_mapping.clone(),
                             existing_resource_policy: "Retain".into(),
+                            allow_cluster_kinds: r.allow_cluster_kinds.clone(),
                             ..ApplicationRestoreSpec::default()
                         },
                     );
@@ -398,6 +401,7 @@ async fn read_catalog(
         next: Option<String>,
     }
     let what = format!("reading the agent's catalog of location {location}");
+    let token = agent_token(client).await.map_err(|e| format!("{what}: {e}"))?;
     let mut after: Option<String> = None;
     let mut seen = BTreeSet::new();
     for _ in 0..limits.pages {
@@ -412,7 +416,11 @@ async fn read_catalog(
         let path = format!(
             "/api/v1/namespaces/{AGENT_NAMESPACE}/services/{AGENT_NAME}:http/proxy/v1/catalog?{query}"
         );
-        let req = hyper::Request::get(path)
+        let mut req = hyper::Request::get(path);
+        if let Some(t) = &token {
+            req = req.header(crate::agent::api::TOKEN_HEADER, t.as_str());
+        }
+        let req = req
             .body(kube::client::Body::from(Vec::new()))
             .map_err(|e| format!("building the catalog request: {e}"))?;
         let resp = client.send(req).await.map_err(|e| err(&what, e))?;
@@ -445,6 +453,21 @@ async fn read_catalog(
         "{what}: stopped after {} pages (the most one import reads)",
         limits.pages
     ))
+}
+
+/// The agent's read-API token from its Secret (`None` when the agent made none: an agent from
+/// before tokens, which then answers without one).
+async fn agent_token(client: &kube::Client) -> Result<Option<String>, String> {
+    let secrets: kube::Api<k8s_openapi::api::core::v1::Secret> =
+        kube::Api::namespaced(client.clone(), AGENT_NAMESPACE);
+    let secret = secrets
+        .get_opt(crate::agent::api::TOKEN_SECRET)
+        .await
+        .map_err(|e| err("reading the agent's API token", e))?;
+    Ok(secret.and_then(|s| s.data).and_then(|d| {
+        d.get("token")
+            .map(|t| String::from_utf8_lossy(&t.0).trim().to_owned())
+    }))
 }
 
 /// The body, read frame by frame; more than `max` bytes is an error (nothing beyond `max` is

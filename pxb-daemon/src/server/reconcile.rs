@@ -22,10 +22,10 @@ use pxb_core::catalog::records::{
 use pxb_core::clock::rfc3339;
 
 use crate::agent::parse_rfc3339;
-use crate::names;
 use crate::crd::{
     AGENT_NAMESPACE, BackupLocation, BackupLocationSpec, BackupLocationStatus, LocationAuth, SecretRef,
 };
+use crate::names;
 
 /// Label on everything the server creates on a cluster.
 pub const MANAGED_BY: &str = "pxb.io/managed-by";

@@ -39,7 +39,8 @@ pub struct SyntheticLocation {
     chunks: u64,
     backups: u64,
     manifests: BTreeMap<String, (Bytes, Metadata)>,
-    index_hash: BTreeMap<u64, String>,
+    /// The size of each backup's generated file index (its announced object size).
+    index_size: BTreeMap<u64, u64>,
     /// Deletes received.
     pub deleted: AtomicU64,
     old: SystemTime,
@@ -58,7 +59,7 @@ impl SyntheticLocation {
             chunks,
             backups,
             manifests: BTreeMap::new(),
-            index_hash: BTreeMap::new(),
+            index_size: BTreeMap::new(),
             deleted: AtomicU64::new(0),
             old: UNIX_EPOCH + std::time::Duration::from_secs(1_600_000_000),
         };
@@ -73,7 +74,7 @@ impl SyntheticLocation {
                 },
             )?;
             let hash = hasher.finalize().to_hex().to_string();
-            me.index_hash.insert(b, hash.clone());
+            me.index_size.insert(b, size);
             let id = Self::backup_id(b);
             let m = Manifest {
                 format: 1,
@@ -225,10 +226,11 @@ impl ObjectStore for SyntheticLocation {
             .and_then(|h| u64::from_str_radix(h, 16).ok())
             .filter(|b| *b < self.backups)
             .ok_or_else(|| Error::not_found(path))?;
+        let size = self.index_size.get(&b).copied().unwrap_or(0);
         let (tx, rx) = tokio::sync::mpsc::channel(16);
         let me = Self {
             manifests: BTreeMap::new(),
-            index_hash: BTreeMap::new(),
+            index_size: BTreeMap::new(),
             deleted: AtomicU64::new(0),
             ..*self
         };
@@ -239,7 +241,7 @@ impl ObjectStore for SyntheticLocation {
             }
         });
         Ok(GetResult {
-            meta: meta(path.clone(), 0, self.old, Metadata::new()),
+            meta: meta(path.clone(), size, self.old, Metadata::new()),
             body: tokio_stream(rx),
         })
     }

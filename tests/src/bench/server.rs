@@ -66,10 +66,10 @@ pub async fn fleet_pass(b: ServerBench) -> anyhow::Result<Value> {
     let mut config = pxb_daemon::server::config::ServerConfig::default();
     config.api.listen = "127.0.0.1:0".into();
     config.catalog.path = dir.path().join("catalog.db").display().to_string();
-    config
-        .garden_credentials
-        .insert("bench".into(), pxb_daemon::server::config::GardenCredential::new(garden.display().to_string()),
-        );
+    config.garden_credentials.insert(
+        "bench".into(),
+        pxb_daemon::server::config::GardenCredential::new(garden.display().to_string()),
+    );
     config.fleet.concurrency = b.concurrency;
     config.fleet.call_timeout_ms = b.call_timeout_ms;
     config.fleet.resync_secs = 3600;

@@ -446,6 +446,28 @@ impl SimShoot {
             None => path,
         };
         let method = req.method().clone();
+        // As kube-apiserver's proxy: the caller's headers go on, but not its credentials (the
+        // authentication filter removes `Authorization`) nor hop-by-hop headers.
+        let forwarded: Vec<(hyper::header::HeaderName, hyper::header::HeaderValue)> = req
+            .headers()
+            .iter()
+            .filter(|(k, _)| {
+                !matches!(
+                    k.as_str(),
+                    "authorization"
+                        | "host"
+                        | "connection"
+                        | "keep-alive"
+                        | "proxy-connection"
+                        | "transfer-encoding"
+                        | "upgrade"
+                        | "te"
+                        | "trailer"
+                        | "content-length"
+                )
+            })
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
         let body = match http_body_util::BodyExt::collect(req.into_body()).await {
             Ok(b) => b.to_bytes(),
             Err(e) => return unavailable(e.to_string()),
@@ -459,12 +481,14 @@ impl SimShoot {
             Err(e) => return unavailable(e.to_string()),
         };
         tokio::spawn(conn);
-        let out = match Request::builder()
+        let mut builder = Request::builder()
             .method(method)
             .uri(uri)
-            .header("host", addr.to_string())
-            .body(http_body_util::Full::new(body))
-        {
+            .header("host", addr.to_string());
+        for (k, v) in forwarded {
+            builder = builder.header(k, v);
+        }
+        let out = match builder.body(http_body_util::Full::new(body)) {
             Ok(r) => r,
             Err(e) => return unavailable(e.to_string()),
         };
@@ -481,9 +505,9 @@ impl SimShoot {
                 _ => None,
             }
         });
-        let mut r = Response::new(http_body_util::BodyExt::boxed_unsync(http_body_util::StreamBody::new(
-            frames,
-        )));
+        let mut r = Response::new(http_body_util::BodyExt::boxed_unsync(
+            http_body_util::StreamBody::new(frames),
+        ));
         *r.status_mut() = parts.status;
         if let Some(ct) = parts.headers.get("content-type") {
             r.headers_mut().insert("content-type", ct.clone());

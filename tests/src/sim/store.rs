@@ -622,7 +622,10 @@ fn validate_meta(ty: &ResourceType, obj: &Value, check_name: bool) -> Result<(),
     } else {
         format!("[{}]", errs.join(", "))
     };
-    Err(ApiError::invalid(format!("{kind} {} is invalid: {list}", q(name))))
+    Err(ApiError::invalid(format!(
+        "{kind} {} is invalid: {list}",
+        q(name)
+    )))
 }
 
 fn meta(obj: &mut Value) -> &mut Map<String, Value> {
