@@ -9,11 +9,16 @@ use kube::api::{Api, PostParams};
 use pxb_daemon::crd::{BackupLocation, BackupLocationSpec};
 
 fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+    http_get_with(port, path, "")
+}
+
+/// A GET with extra header lines (each ending in `\r\n`).
+fn http_get_with(port: u16, path: &str, headers: &str) -> Option<(u16, String)> {
     let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
     write!(
         s,
-        "GET {path} HTTP/1.1\r\nHost: agent\r\nConnection: close\r\n\r\n"
+        "GET {path} HTTP/1.1\r\nHost: agent\r\n{headers}Connection: close\r\n\r\n"
     )
     .ok()?;
     let mut out = String::new();
@@ -65,7 +70,18 @@ async fn the_agent_binary_runs_and_stops_on_sigterm() {
         assert!(Instant::now() < deadline, "the agent becomes ready");
         std::thread::sleep(Duration::from_millis(100));
     }
-    let (_, status) = http_get(port, "/v1/status").expect("status");
+    // The data needs the agent's token, which it keeps in a Secret of its namespace.
+    assert_eq!(http_get(port, "/v1/status").map(|r| r.0), Some(401));
+    let secret = Api::<k8s_openapi::api::core::v1::Secret>::namespaced(client.clone(), "pxb-system")
+        .get(pxb_daemon::agent::api::TOKEN_SECRET)
+        .await
+        .expect("token secret");
+    let token = secret
+        .data
+        .and_then(|d| d.get("token").map(|t| String::from_utf8_lossy(&t.0).into_owned()))
+        .expect("token");
+    let header = format!("{}: {token}\r\n", pxb_daemon::agent::api::TOKEN_HEADER);
+    let (_, status) = http_get_with(port, "/v1/status", &header).expect("status");
     let status: serde_json::Value = serde_json::from_str(&status).expect("json");
     assert_eq!(status["version"], env!("CARGO_PKG_VERSION"));
     assert_eq!(status["cluster"], "shoot-00000");

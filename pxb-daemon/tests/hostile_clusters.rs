@@ -16,7 +16,7 @@ use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use kube::{Resource as _, ResourceExt as _};
 use pxb_core::SystemClock;
 use pxb_core::catalog::records::{
-    BackupRecord, ClusterRecord, ClusterSelector, LocationRecord, LocationStatus, Org,
+    BackupRecord, ClusterRecord, ClusterSelector, ClusterState, LocationRecord, LocationStatus, Org,
 };
 use pxb_core::catalog::{MemoryCatalog, Query};
 use pxb_core::cluster::{ClusterId, ClusterInfo, Eligibility, StaticClusters};
@@ -521,4 +521,97 @@ async fn a_hostile_agent_cannot_make_the_server_read_or_import_without_bound() {
     assert_eq!(pages.pages.load(Ordering::Relaxed), 1);
     assert_eq!(empty.pages.load(Ordering::Relaxed), 5);
     assert!(sync_message(&server, "acme").contains("import limit reached"));
+}
+
+/// One org's clusters that all hang until the call deadline (a blackholed API server each) do
+/// not hold up another org's visits: the scheduler shares visit slots between orgs. Before the
+/// fix the calm org's cluster waited behind every hanging one (40 clusters, 4 slots, 2 s each:
+/// about 20 s); now it is visited in the first round.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_orgs_hanging_clusters_do_not_hold_up_another_orgs_visits() {
+    let fleet = Fleet::start(FleetConfig::default()).expect("fleet");
+    let server = server(|c| {
+        c.fleet.concurrency = 4;
+        c.fleet.call_timeout_ms = 2000;
+        c.fleet.resync_secs = 60;
+        c.fleet.offline_backoff_secs = 60;
+        c.fleet.offline_backoff_max_secs = 60;
+    })
+    .await;
+    org(&server, "flood").await;
+    org(&server, "calm").await;
+    let add = |project: &'static str, prefix: &'static str, n: usize, org: &'static str, hang: bool| {
+        let (fleet, server) = (&fleet, &server);
+        async move {
+            fleet.add_project(project).expect("project");
+            fleet.add_shoots(project, prefix, n).expect("shoots");
+            let provider = Arc::new(StaticClusters::new());
+            for i in 0..n {
+                let name = format!("{prefix}-{i:05}");
+                if hang {
+                    fleet
+                        .set_fault(project, &name, pxb_tests::sim::Fault::Offline)
+                        .expect("fault");
+                }
+                let yaml = fleet.admin_kubeconfig(project, &name, 3600).expect("kubeconfig");
+                let now = SystemTime::now();
+                let access =
+                    pxb_gardener::parse_access(&yaml, now, now + Duration::from_secs(3600)).expect("access");
+                let id = format!("{org}-{i}");
+                provider.insert(
+                    ClusterInfo {
+                        id: ClusterId(id.clone()),
+                        name: name.clone(),
+                        namespace: format!("garden-{project}"),
+                        provider_type: "azure".into(),
+                        kubernetes_version: "1.31.0".into(),
+                        region: "westeurope".into(),
+                        labels: Default::default(),
+                        eligibility: Eligibility::Eligible,
+                    },
+                    Some(access),
+                );
+                server
+                    .add_cluster(
+                        ClusterRecord {
+                            org: org.into(),
+                            id,
+                            name,
+                            source: "imported".into(),
+                            ..ClusterRecord::default()
+                        },
+                        provider.clone(),
+                    )
+                    .await
+                    .expect("cluster");
+            }
+        }
+    };
+    // The flood's clusters are known first, so they fall due first.
+    add("flood", "hang", 40, "flood", true).await;
+    add("calm", "ok", 1, "calm", false).await;
+    let started = Instant::now();
+    let _running = server.spawn();
+    let state = wait(
+        "the calm org's cluster is visited",
+        Duration::from_secs(60),
+        || async {
+            let c = server.clusters("calm");
+            (c[0].status.state != ClusterState::Unknown).then(|| c[0].status.state)
+        },
+    )
+    .await;
+    let took = started.elapsed();
+    assert_eq!(state, ClusterState::AgentMissing, "reached, without an agent");
+    assert!(
+        took < Duration::from_secs(5),
+        "the calm org's only cluster waited {took:?} behind the flood's hanging ones"
+    );
+    // The flood is still being worked through meanwhile.
+    let flood_visited = server
+        .clusters("flood")
+        .iter()
+        .filter(|c| c.status.state == ClusterState::Unreachable)
+        .count();
+    assert!(flood_visited < 40, "{flood_visited}");
 }

@@ -1246,20 +1246,14 @@ impl Server {
                 Vec::new()
             } else {
                 let mut st = self.inner.lock();
-                let mut due: Vec<(SystemTime, Key)> = st
-                    .clusters
-                    .iter()
-                    .filter(|(_, t)| !t.busy && t.visitable() && t.next_due <= now)
-                    .map(|(k, t)| (t.next_due, k.clone()))
-                    .collect();
-                due.sort();
-                due.truncate(free);
-                for (_, k) in &due {
+                let cap = org_visit_cap(self.inner.config.fleet.concurrency);
+                let due = fair_pick(&st.clusters, now, free, cap);
+                for k in &due {
                     if let Some(t) = st.clusters.get_mut(k) {
                         t.busy = true;
                     }
                 }
-                due.into_iter().map(|(_, k)| k).collect()
+                due
             };
             for key in due {
                 let Ok(permit) = self.inner.permits.clone().acquire_owned().await else {
@@ -1859,6 +1853,56 @@ impl Daemon {
     }
 }
 
+/// How many visits one org may have in flight while another org's clusters wait: three quarters
+/// of the fleet's concurrency (at least one), so that an org whose clusters all hang until their
+/// deadline never holds every visit slot.
+fn org_visit_cap(concurrency: usize) -> usize {
+    (concurrency * 3 / 4).max(1)
+}
+
+/// Up to `free` due clusters to visit now, fairly between orgs: each org's due clusters in the
+/// order they fell due, and each slot to the waiting org with the fewest visits in flight, so a
+/// few clusters of one org are not queued behind thousands of another's. An org at `cap` visits
+/// in flight gets no more while another org has due clusters; when no other org is waiting it
+/// may use every free slot.
+fn fair_pick(clusters: &HashMap<Key, Tracked>, now: SystemTime, free: usize, cap: usize) -> Vec<Key> {
+    /// Per org: visits in flight, and due clusters with when they fell due.
+    type OrgQueue<'a> = (usize, Vec<(SystemTime, &'a Key)>);
+    let mut by_org: BTreeMap<&str, OrgQueue<'_>> = BTreeMap::new();
+    for (k, t) in clusters {
+        let entry = by_org.entry(k.0.as_str()).or_default();
+        if t.busy {
+            entry.0 += 1;
+        } else if t.visitable() && t.next_due <= now {
+            entry.1.push((t.next_due, k));
+        }
+    }
+    let mut queues: Vec<(usize, std::collections::VecDeque<&Key>)> = by_org
+        .into_values()
+        .filter(|(_, due)| !due.is_empty())
+        .map(|(busy, mut due)| {
+            due.sort();
+            (busy, due.into_iter().map(|(_, k)| k).collect())
+        })
+        .collect();
+    let mut out = Vec::with_capacity(free.min(clusters.len()));
+    while out.len() < free {
+        let waiting = queues.iter().filter(|(_, q)| !q.is_empty()).count();
+        // The waiting org with the fewest visits in flight goes next (the first by id on a tie);
+        // one at its cap only while nobody else waits.
+        let next = queues
+            .iter_mut()
+            .filter(|(busy, q)| !q.is_empty() && (*busy < cap || waiting == 1))
+            .min_by_key(|(busy, _)| *busy);
+        let Some((busy, q)) = next else { break };
+        if let Some(k) = q.pop_front() {
+            out.push(k.clone());
+            *busy += 1;
+        }
+    }
+    out
+}
+
 /// The order in which discoveries claim a project: the first created (then org and id) owns it.
 fn first_claim(d: &DiscoveryConfig) -> (String, String, String) {
     (d.created_at.clone(), d.org.clone(), d.id.clone())
@@ -1875,5 +1919,74 @@ mod tests {
         assert_eq!(waits, vec![15, 30, 60, 120, 240, 300, 300]);
         assert_eq!(offline_backoff(base, max, 0), base);
         assert_eq!(offline_backoff(base, max, u32::MAX), max);
+    }
+
+    fn tracked(org: &str, n: usize, busy: usize, due: SystemTime) -> Vec<(Key, Tracked)> {
+        let provider: Arc<dyn ClusterProvider> = Arc::new(pxb_core::cluster::StaticClusters::new());
+        (0..n)
+            .map(|i| {
+                let key = (org.to_owned(), format!("{org}-{i:05}"));
+                let t = Tracked {
+                    record: ClusterRecord::default(),
+                    provider: Some(provider.clone()),
+                    next_due: due + Duration::from_millis(i as u64),
+                    failures: 0,
+                    busy: i < busy,
+                };
+                (key, t)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn visits_are_shared_fairly_between_orgs() {
+        let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let now = t0 + Duration::from_secs(60);
+        let count = |picked: &[Key], org: &str| picked.iter().filter(|k| k.0 == org).count();
+        // An org with thousands of clusters due first does not queue another's few behind them.
+        let mut clusters: HashMap<Key, Tracked> = tracked("flood", 5000, 0, t0).into_iter().collect();
+        clusters.extend(tracked("calm", 3, 0, t0 + Duration::from_secs(30)));
+        let picked = fair_pick(&clusters, now, 8, org_visit_cap(8));
+        assert_eq!(picked.len(), 8);
+        assert_eq!(count(&picked, "calm"), 3, "{picked:?}");
+        // The flood's own come in the order they fell due.
+        let flood: Vec<&str> = picked
+            .iter()
+            .filter(|k| k.0 == "flood")
+            .map(|k| k.1.as_str())
+            .collect();
+        assert_eq!(
+            flood,
+            [
+                "flood-00000",
+                "flood-00001",
+                "flood-00002",
+                "flood-00003",
+                "flood-00004"
+            ]
+        );
+        // An org at its cap (3/4 of the slots) gets no more while another waits...
+        let mut clusters: HashMap<Key, Tracked> = tracked("flood", 5000, 6, t0).into_iter().collect();
+        clusters.extend(tracked("calm", 3, 0, t0));
+        let picked = fair_pick(&clusters, now, 2, org_visit_cap(8));
+        assert_eq!(count(&picked, "calm"), 2, "{picked:?}");
+        // ...and takes every free slot when nobody else does (work-conserving).
+        let clusters: HashMap<Key, Tracked> = tracked("flood", 5000, 6, t0).into_iter().collect();
+        assert_eq!(fair_pick(&clusters, now, 2, org_visit_cap(8)).len(), 2);
+        // Slots go to the org with the fewest visits in flight.
+        let mut clusters: HashMap<Key, Tracked> = tracked("a", 100, 3, t0).into_iter().collect();
+        clusters.extend(tracked("b", 100, 0, t0));
+        clusters.extend(tracked("c", 100, 1, t0));
+        let picked = fair_pick(&clusters, now, 4, 100);
+        assert_eq!(
+            (count(&picked, "a"), count(&picked, "b"), count(&picked, "c")),
+            (0, 3, 1),
+            "{picked:?}"
+        );
+        // Nothing not yet due, busy, or not visitable.
+        let clusters: HashMap<Key, Tracked> = tracked("later", 10, 0, now + Duration::from_secs(1))
+            .into_iter()
+            .collect();
+        assert!(fair_pick(&clusters, now, 8, 6).is_empty());
     }
 }
