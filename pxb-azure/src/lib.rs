@@ -541,7 +541,9 @@ impl ObjectStore for AzureBlobStore {
             .get_properties(None)
             .await
             .map_err(|e| self.err(op, e))?;
-        let bad = |e: azure_core::Error| Error::corrupt(format!("{path}: unreadable properties: {e}"));
+        let bad = |e: azure_core::Error| {
+            Error::corrupt(format!("{path}: unreadable properties: {e}")).redacted(&self.redactor)
+        };
         Ok(ObjectMeta {
             path: path.clone(),
             size: r.content_length().map_err(bad)?.unwrap_or(0),
@@ -574,9 +576,9 @@ impl ObjectStore for AzureBlobStore {
         let Some(page) = pages.try_next().await.map_err(|e| self.err(op, e))? else {
             return Ok(ListPage::default());
         };
-        let page = page
-            .into_model()
-            .map_err(|e| Error::corrupt(format!("unreadable listing of {prefix:?}: {e}")))?;
+        let page = page.into_model().map_err(|e| {
+            Error::corrupt(format!("unreadable listing of {prefix:?}: {e}")).redacted(&self.redactor)
+        })?;
         let strip = if self.prefix.is_empty() {
             String::new()
         } else {

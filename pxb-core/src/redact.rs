@@ -36,7 +36,7 @@ static PATTERNS: LazyLock<Vec<(Regex, &'static str)>> = LazyLock::new(|| {
             "${1}[redacted]",
         ),
         p(
-            r"(?i)((?:^|[?&;\s\x22'(])sig=)[A-Za-z0-9%+/=_.~-]+",
+            r"(?i)((?:^|[?&;,\s\x22'(]|\\u0026|%26|%3F)sig(?:=|%3D))[A-Za-z0-9%+/=_.~-]+",
             "${1}[redacted]",
         ),
         p(r"(?i)(\baccountkey=)[^;\s'`\x22)\]}]+", "${1}[redacted]"),
@@ -45,7 +45,7 @@ static PATTERNS: LazyLock<Vec<(Regex, &'static str)>> = LazyLock::new(|| {
             "${1}[redacted]",
         ),
         p(
-            r#"(?i)("(?:client_assertion|client_secret|access_token|refresh_token|password|accountKey|sasToken)"\s*:\s*")[^"]*"#,
+            r#"(?i)("(?:client_assertion|client_secret|access_token|refresh_token|password|accountKey|sasToken|sig)"\s*:\s*")[^"]*"#,
             "${1}[redacted]",
         ),
     ]
@@ -150,6 +150,16 @@ mod tests {
             ),
             ("url (https://x/c?sig=abc)", "url (https://x/c?sig=[redacted])"),
             ("SIG=abc&x=1 ?Sig=q", "SIG=[redacted]&x=1 ?Sig=[redacted]"),
+            (
+                r"u=https://a/c?sv=1\u0026sig=abc%2B",
+                r"u=https://a/c?sv=1\u0026sig=[redacted]",
+            ),
+            (
+                "u=https%3A%2F%2Fa%2Fc%3Fsv%3D1%26sig%3Dabc%252B",
+                "u=https%3A%2F%2Fa%2Fc%3Fsv%3D1%26sig%3D[redacted]",
+            ),
+            ("sv=1,sig=abc", "sv=1,sig=[redacted]"),
+            (r#"{"sig":"abc","sv":"1"}"#, r#"{"sig":"[redacted]","sv":"1"}"#),
             (
                 "authorization: bearer abcdef0123456789xyz",
                 "authorization: bearer [redacted]",

@@ -615,3 +615,94 @@ async fn one_orgs_hanging_clusters_do_not_hold_up_another_orgs_visits() {
         .count();
     assert!(flood_visited < 40, "{flood_visited}");
 }
+
+/// A restore restores the namespaces its request names, or else those this server recorded for
+/// the backup: never the ones the location lists (whoever can write it could list any). A backup
+/// a sync imported has only the location's word, so its restore must name them; and restoring
+/// into `pxb-system` or `kube-*` (where a workload gets cluster-wide rights) is for org admins.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restores_take_their_namespaces_from_the_server_not_the_location() {
+    use pxb_core::catalog::records::backup_phase;
+    use pxb_daemon::server::backups::RestoreRequest;
+    let server = server(|_| {}).await;
+    org(&server, "acme").await;
+    server
+        .add_cluster(
+            ClusterRecord {
+                org: "acme".into(),
+                id: "c1".into(),
+                name: "shoot-a".into(),
+                source: "imported".into(),
+                ..ClusterRecord::default()
+            },
+            Arc::new(StaticClusters::new()),
+        )
+        .await
+        .expect("cluster");
+    let loc = server
+        .create_location(location("acme", "loc1", false), None)
+        .await
+        .expect("location");
+    let record = |id: &str, synced: bool| BackupRecord {
+        org: "acme".into(),
+        id: id.into(),
+        cluster: "c1".into(),
+        cluster_name: "shoot-a".into(),
+        location: loc.id.clone(),
+        location_name: loc.name.clone(),
+        namespaces: vec!["shop".into()],
+        phase: backup_phase::SUCCESS.into(),
+        backup_id: Some(format!("data-{id}")),
+        synced,
+        ..BackupRecord::default()
+    };
+    server
+        .catalog()
+        .put_all(&[record("made-here", false), record("imported", true)])
+        .await
+        .expect("records");
+    let req = |backup: &str| RestoreRequest {
+        backup: backup.into(),
+        ..RestoreRequest::default()
+    };
+    // Made by this server: its recorded namespaces, whatever the location says now.
+    let r = server
+        .create_restore("acme", &req("made-here"), false)
+        .await
+        .expect("restore");
+    assert_eq!(r.namespaces, ["shop"]);
+    // Imported by a sync: the request must say.
+    let err = server
+        .create_restore("acme", &req("imported"), false)
+        .await
+        .expect_err("must name them");
+    assert!(err.to_string().contains("name the namespaces"), "{err}");
+    let named = RestoreRequest {
+        namespaces: vec!["shop".into()],
+        ..req("imported")
+    };
+    let r = server
+        .create_restore("acme", &named, false)
+        .await
+        .expect("restore");
+    assert_eq!(r.namespaces, ["shop"]);
+    // Into the agent's namespace or kube-*: admins only.
+    for target in ["pxb-system", "kube-system"] {
+        let mapped = RestoreRequest {
+            namespace_mapping: [("shop".to_string(), target.to_string())].into(),
+            ..req("made-here")
+        };
+        let err = server
+            .create_restore("acme", &mapped, false)
+            .await
+            .expect_err("operator");
+        assert!(
+            matches!(err, pxb_core::Error::PermissionDenied { .. }),
+            "{target}: {err}"
+        );
+        server
+            .create_restore("acme", &mapped, true)
+            .await
+            .expect("an admin may");
+    }
+}

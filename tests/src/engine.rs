@@ -147,11 +147,20 @@ pub async fn roundtrip(repo: &Repository) {
     );
     let dst = tempfile::tempdir().expect("tmp");
     let target = dst.path().join("restored");
-    let r = restore_volume(repo, &m.id, VolumeRestoreOptions::new(&target))
-        .await
-        .expect("restore");
+    let mut opts = VolumeRestoreOptions::new(&target);
+    opts.keep_set_id = true;
+    let r = restore_volume(repo, &m.id, opts).await.expect("restore");
     assert_eq!(r.files, m.stats.files);
     assert_same_tree(src.path(), &target);
+    // By default setuid and setgid bits are not restored: whoever writes the location writes the
+    // index, and the restore may set any owner.
+    let plain = dst.path().join("plain");
+    restore_volume(repo, &m.id, VolumeRestoreOptions::new(&plain))
+        .await
+        .expect("restore");
+    let mode = |p: &Path| fs::metadata(p.join("big/text.log")).expect("stat").mode() & 0o7777;
+    assert_eq!(mode(&target), 0o4755);
+    assert_eq!(mode(&plain), 0o755, "setuid is dropped unless asked for");
 }
 
 /// An incremental backup reads only changed files and uploads (almost) nothing else.

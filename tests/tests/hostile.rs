@@ -38,6 +38,13 @@ async fn create_org(cp: &ControlPlane, id: &str) {
 /// credential bound to its own org, plus an unbound provider credential `provider` that reads
 /// acme's project.
 async fn two_tenants() -> ControlPlane {
+    two_tenants_with(|_| {}).await
+}
+
+/// [`two_tenants`] with `tweak` applied to the server's configuration.
+async fn two_tenants_with(
+    tweak: impl FnOnce(&mut pxb_daemon::server::config::ServerConfig) + Send + 'static,
+) -> ControlPlane {
     let files = tempfile::tempdir().expect("dir");
     let globex_file = files.path().join("globex.yaml");
     let provider_file = files.path().join("provider.yaml");
@@ -51,6 +58,7 @@ async fn two_tenants() -> ControlPlane {
         );
         c.garden_credentials
             .insert("provider".into(), GardenCredential::new(p.display().to_string()));
+        tweak(c);
     })
     .await
     .expect("control plane");
@@ -633,5 +641,78 @@ async fn only_an_org_admin_may_allow_cluster_kinds_in_a_restore() {
     )
     .await;
     assert_eq!(status, 400, "{body}");
+    cp.shutdown().await;
+}
+
+/// A request whose body never finishes: it holds whatever the server gave it until dropped.
+async fn stalled_post(cp: &ControlPlane, path: &str, token: &str) -> tokio::net::TcpStream {
+    use tokio::io::AsyncWriteExt as _;
+    let addr = cp.url.trim_start_matches("http://");
+    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\n\
+         Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n{{\"name\": "
+    );
+    s.write_all(head.as_bytes()).await.expect("write");
+    s
+}
+
+/// One org's flood of requests takes its own share of the API (`api.maxRequestsPerOrg`), not the
+/// others': its requests past the share get `429` at once, another org's are served, and
+/// requests of callers outside the org (which it refuses) never use up its share.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_orgs_flood_of_requests_takes_only_its_own_share() {
+    let cp = two_tenants_with(|c| c.api.max_requests_per_org = 4).await;
+    let acme = cp.token("alice", &["acme-admins"]);
+    let globex = cp.token("gina", &["globex-admins"]);
+    let get = |path: &'static str, token: String| {
+        let cp = &cp;
+        async move { cp.call(Method::GET, path, &token, None).await.expect("call").0 }
+    };
+    // Globex holds ten requests open on acme's paths: refused there, they take nothing of acme's.
+    let mut foreign = Vec::new();
+    for _ in 0..10 {
+        foreign.push(stalled_post(&cp, "/v1/orgs/acme/locations", &globex).await);
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(get("/v1/orgs/acme/clusters", acme.clone()).await, 200);
+    // Acme floods: four held requests fill its share, the next is throttled...
+    let mut own = Vec::new();
+    for _ in 0..4 {
+        own.push(stalled_post(&cp, "/v1/orgs/acme/locations", &acme).await);
+    }
+    wait_for("acme throttled", Duration::from_secs(10), || async {
+        let status = get("/v1/orgs/acme/clusters", acme.clone()).await;
+        if status == 429 {
+            Ok(Some(()))
+        } else {
+            Err(status.to_string())
+        }
+    })
+    .await
+    .expect("the flood is throttled");
+    let (status, body) = cp
+        .call(Method::GET, "/v1/orgs/acme/backups", &acme, None)
+        .await
+        .expect("call");
+    assert_eq!(status, 429, "{body}");
+    assert_eq!(body["error"]["code"], "throttled", "{body}");
+    // ...while globex is served as usual.
+    for _ in 0..20 {
+        assert_eq!(get("/v1/orgs/globex/clusters", globex.clone()).await, 200);
+    }
+    // The held requests end; acme is served again.
+    drop(own);
+    wait_for("acme served again", Duration::from_secs(10), || async {
+        let status = get("/v1/orgs/acme/clusters", acme.clone()).await;
+        if status == 200 {
+            Ok(Some(()))
+        } else {
+            Err(status.to_string())
+        }
+    })
+    .await
+    .expect("acme again");
+    drop(foreign);
     cp.shutdown().await;
 }

@@ -708,6 +708,10 @@ pub struct VolumeRestoreOptions {
     pub concurrency: usize,
     /// Progress callback.
     pub progress: Option<ProgressFn>,
+    /// Restore setuid and setgid bits as the index records them. Off by default: whoever can
+    /// write the location writes the index, and a restore running with the right to set owners
+    /// would otherwise plant setuid-root programs in the tenant's volumes.
+    pub keep_set_id: bool,
 }
 
 impl VolumeRestoreOptions {
@@ -717,6 +721,7 @@ impl VolumeRestoreOptions {
             target: target.into(),
             concurrency: 8,
             progress: None,
+            keep_set_id: false,
         }
     }
 }
@@ -788,6 +793,8 @@ struct Target {
     root: Arc<OwnedFd>,
     display: PathBuf,
     dirs: Mutex<VecDeque<(String, Arc<OwnedFd>)>>,
+    /// The mode bits a restore may set (`0o7777`, or without setuid and setgid).
+    mode_mask: u32,
 }
 
 impl Target {
@@ -806,6 +813,7 @@ impl Target {
             root: Arc::new(fd),
             display: root.to_path_buf(),
             dirs: Mutex::new(VecDeque::new()),
+            mode_mask: 0o1777,
         })
     }
 
@@ -978,11 +986,11 @@ fn chown_result(r: rustix::io::Result<()>, path: &Path) -> Result<()> {
 }
 
 /// Sets owner, mode and times of an open file or directory.
-fn apply_meta(fd: &impl std::os::fd::AsFd, path: &Path, e: &FileEntry) -> Result<()> {
+fn apply_meta(fd: &impl std::os::fd::AsFd, path: &Path, e: &FileEntry, mask: u32) -> Result<()> {
     // Owner first: changing the owner clears setuid and setgid bits, so the mode comes after.
     let (uid, gid) = owner(e);
     chown_result(rfs::fchown(fd, uid, gid), path)?;
-    rfs::fchmod(fd, Mode::from_raw_mode(e.mode & 0o7777))
+    rfs::fchmod(fd, Mode::from_raw_mode(e.mode & mask))
         .map_err(|err| errno(format!("setting the mode of {}", path.display()), err))?;
     rfs::futimens(fd, &times(e)).map_err(|err| errno(format!("setting the times of {}", path.display()), err))
 }
@@ -1028,7 +1036,7 @@ async fn restore_file(cache: &ChunkCache, target: &Target, e: &FileEntry) -> Res
     }
     file.set_len(written)
         .map_err(|err| Error::io(format!("sizing {}", path.display()), err))?;
-    apply_meta(&file, &path, e)?;
+    apply_meta(&file, &path, e, target.mode_mask)?;
     Ok(written)
 }
 
@@ -1077,7 +1085,10 @@ pub async fn restore_volume(
     for e in &entries {
         segments(&e.path)?;
     }
-    let target = Target::open(&opts.target)?;
+    let mut target = Target::open(&opts.target)?;
+    if opts.keep_set_id {
+        target.mode_mask = 0o7777;
+    }
     let mut stats = RestoreStats::default();
     for e in entries.iter().filter(|e| e.kind == EntryKind::Dir) {
         target.make_dir(&segments(&e.path)?)?;
@@ -1120,7 +1131,7 @@ pub async fn restore_volume(
     // Deepest directories first, so setting a parent's time is not undone by its children.
     for e in entries.iter().filter(|e| e.kind == EntryKind::Dir).rev() {
         let fd = target.dir(&segments(&e.path)?)?;
-        apply_meta(&*fd, &target.shown(&e.path), e)?;
+        apply_meta(&*fd, &target.shown(&e.path), e, target.mode_mask)?;
     }
     if let Some(cb) = &opts.progress {
         progress.elapsed = started.elapsed();

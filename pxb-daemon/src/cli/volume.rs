@@ -66,6 +66,10 @@ pub struct RestoreArgs {
     /// Files restored at once.
     #[arg(long, default_value_t = 8)]
     concurrency: usize,
+    /// Restore setuid and setgid bits too (dropped by default: the location, not you, says
+    /// which files get them).
+    #[arg(long)]
+    keep_setid: bool,
     /// Print one JSON document instead of a summary.
     #[arg(long)]
     json: bool,
@@ -204,6 +208,7 @@ async fn restore(a: RestoreArgs) -> Result<ExitCode> {
     };
     let mut opts = VolumeRestoreOptions::new(&a.target);
     opts.concurrency = a.concurrency.max(1);
+    opts.keep_set_id = a.keep_setid;
     let bar = Bar::new(!a.json, "restore");
     opts.progress = bar.callback();
     let r = restore_volume(&repo, &id, opts).await;

@@ -198,6 +198,9 @@ impl<S: Send + Sync> FromRequestParts<S> for Segments {
 impl FromRequestParts<Server> for Caller {
     type Rejection = ApiError;
     async fn from_request_parts(parts: &mut Parts, server: &Server) -> Result<Self, Self::Rejection> {
+        if let Some(c) = parts.extensions.get::<Caller>() {
+            return Ok(c.clone());
+        }
         let unauth = |m: &str| ApiError::new(StatusCode::UNAUTHORIZED, "unauthenticated", m.to_owned());
         let header = parts
             .headers
@@ -828,7 +831,66 @@ pub fn router(server: Server) -> Router {
             )
         })
         .layer(DefaultBodyLimit::max(limit))
+        .layer(axum::middleware::from_fn_with_state(
+            server.clone(),
+            per_org_limit,
+        ))
         .with_state(server)
+}
+
+/// Requests in flight per org, for [`per_org_limit`].
+#[derive(Default)]
+pub(crate) struct OrgLimits(
+    std::sync::Mutex<std::collections::HashMap<String, std::sync::Arc<tokio::sync::Semaphore>>>,
+);
+
+impl OrgLimits {
+    fn semaphore(&self, org: &str, max: usize) -> std::sync::Arc<tokio::sync::Semaphore> {
+        let mut m = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        m.entry(org.to_owned())
+            .or_insert_with(|| std::sync::Arc::new(tokio::sync::Semaphore::new(max)))
+            .clone()
+    }
+}
+
+/// At most `api.maxRequestsPerOrg` requests of one org in flight; more get `429` at once. Only
+/// requests whose caller has a role in the org count (and are refused): anyone else's request is
+/// passed on to be refused with `403`, so another tenant cannot use up an org's share. The caller
+/// found here is handed on in the request's extensions and not authenticated twice.
+async fn per_org_limit(State(s): State<Server>, req: Request, next: axum::middleware::Next) -> Response {
+    let org = req
+        .uri()
+        .path()
+        .strip_prefix("/v1/orgs/")
+        .and_then(|r| r.split('/').next())
+        .filter(|o| !o.is_empty())
+        .map(str::to_owned);
+    let Some(org) = org else {
+        return next.run(req).await;
+    };
+    let Some(OrgState::Ready(o)) = s.orgs().get(&org).cloned() else {
+        return next.run(req).await;
+    };
+    let (mut parts, body) = req.into_parts();
+    let caller = match Caller::from_request_parts(&mut parts, &s).await {
+        Ok(c) if c.role_in(&o).is_some() => c,
+        // Not authenticated or not of this org: the handler refuses it.
+        _ => return next.run(Request::from_parts(parts, body)).await,
+    };
+    let max = s.config().api.max_requests_per_org;
+    let Ok(_permit) = s.org_limits().semaphore(&org, max).try_acquire_owned() else {
+        let mut r = ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "throttled",
+            format!("org {org} has {max} requests in flight (api.maxRequestsPerOrg); retry shortly"),
+        )
+        .into_response();
+        r.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        return r;
+    };
+    parts.extensions.insert(caller);
+    next.run(Request::from_parts(parts, body)).await
 }
 
 async fn readyz(State(s): State<Server>, mut parts: Parts) -> Json<Readiness> {
@@ -1558,6 +1620,7 @@ async fn create_restore(
         Role::Admin
     };
     let o = org_for(&s, &caller, &seg[0], role)?;
+    let admin = caller.require(&o, Role::Admin);
     if let Some(bad) = b.allow_cluster_kinds.iter().find(|k| {
         k.is_empty()
             || k.len() > 253
@@ -1569,7 +1632,10 @@ async fn create_restore(
             "allowClusterKinds: {bad:?} is not a kind (e.g. ClusterRoleBinding) or resource.group"
         )));
     }
-    Ok((StatusCode::ACCEPTED, Json(s.create_restore(&o.id, &b).await?)))
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(s.create_restore(&o.id, &b, admin).await?),
+    ))
 }
 
 async fn get_restore(

@@ -425,8 +425,54 @@ impl Server {
     }
 
     /// Restores a backup into its own cluster or another one of the org.
-    pub async fn create_restore(&self, org: &str, req: &RestoreRequest) -> Result<RestoreRecord> {
+    ///
+    /// The namespaces restored are the request's, or else the backup's as this server recorded
+    /// them: never what the location says (whoever can write the location could list any). A
+    /// backup imported by a sync has only the location's word, so its restore must name them.
+    /// Restoring into `pxb-system` or a `kube-*` namespace, or allowing cluster-scoped kinds,
+    /// needs `admin` (the org's admin role): a workload there reaches cluster-wide rights.
+    pub async fn create_restore(
+        &self,
+        org: &str,
+        req: &RestoreRequest,
+        admin: bool,
+    ) -> Result<RestoreRecord> {
         let b = self.backup(org, &req.backup).await?;
+        if !admin && !req.allow_cluster_kinds.is_empty() {
+            return Err(Error::permission_denied(
+                "allowClusterKinds needs the org's admin role",
+            ));
+        }
+        let namespaces: Vec<String> = if !req.namespaces.is_empty() {
+            req.namespaces.clone()
+        } else if b.synced {
+            return Err(Error::invalid(format!(
+                "backup {} was imported by a sync, so only its location says which namespaces it holds \
+                 ({}); name the namespaces to restore",
+                b.id,
+                b.namespaces.join(", ")
+            )));
+        } else if b.namespaces.is_empty() {
+            return Err(Error::invalid(format!(
+                "backup {} has no recorded namespaces; name the namespaces to restore",
+                b.id
+            )));
+        } else {
+            b.namespaces.clone()
+        };
+        for target in namespaces
+            .iter()
+            .map(|n| req.namespace_mapping.get(n).unwrap_or(n))
+            .chain(req.namespace_mapping.values())
+        {
+            let protected = target == crate::crd::AGENT_NAMESPACE || target.starts_with("kube-");
+            if protected && !admin {
+                return Err(Error::permission_denied(format!(
+                    "restoring into namespace {target} needs the org's admin role (workloads there reach \
+                     cluster-wide rights)"
+                )));
+            }
+        }
         if !backup_phase::is_success(&b.phase) {
             return Err(Error::precondition(format!(
                 "backup {} is {}; only a successful backup can be restored",
@@ -490,7 +536,7 @@ impl Server {
                 location_name: loc.name.clone(),
                 cluster: target.record.id.clone(),
                 cluster_name: target.record.name.clone(),
-                namespaces: req.namespaces.clone(),
+                namespaces: namespaces.clone(),
                 namespace_mapping: req.namespace_mapping.clone(),
                 allow_cluster_kinds: req.allow_cluster_kinds.clone(),
                 phase: "Pending".into(),

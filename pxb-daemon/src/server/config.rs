@@ -85,7 +85,8 @@ impl GardenCredential {
         if self.orgs.is_empty() {
             if !provider_admin {
                 return Some(format!(
-                    "garden credential {name:?} is not bound to any org; only a provider admin may use it"
+                    "garden credential {name:?} is not bound to any org; only a provider admin may use it \
+                     (bind it to the org with `orgs` in gardenCredentials, or have a provider admin create the discovery)"
                 ));
             }
         } else if !self.orgs.iter().any(|o| o == org) {
@@ -150,6 +151,9 @@ pub struct ApiConfig {
     pub max_body_bytes: usize,
     /// Seconds to let requests in flight finish on shutdown.
     pub shutdown_grace_secs: u64,
+    /// Requests of one org (`/v1/orgs/{org}/…`, by callers with a role in it) in flight at once;
+    /// more get `429`, so that one tenant cannot take the API or the catalog from the others.
+    pub max_requests_per_org: usize,
 }
 
 /// The catalog database.
@@ -227,6 +231,7 @@ impl Default for ApiConfig {
             listen: "127.0.0.1:8080".into(),
             max_body_bytes: 1 << 20,
             shutdown_grace_secs: 10,
+            max_requests_per_org: 32,
         }
     }
 }
@@ -329,6 +334,9 @@ impl ServerConfig {
     /// Refuses settings that cannot work.
     pub fn check(&self) -> Result<()> {
         let f = &self.fleet;
+        if self.api.max_requests_per_org == 0 {
+            return Err(Error::invalid("api.maxRequestsPerOrg must be at least 1"));
+        }
         if f.concurrency == 0 {
             return Err(Error::invalid("fleet.concurrency must be at least 1"));
         }

@@ -176,6 +176,8 @@ pub(crate) struct Inner {
     background: Mutex<Vec<tokio::task::JoinHandle<()>>>,
     /// Per sign-in session preferences (the time bracket), by (subject, session); bounded.
     sessions: Mutex<HashMap<(String, String), (SystemTime, serde_json::Value)>>,
+    /// API requests in flight per org (`api.maxRequestsPerOrg`).
+    org_limits: api::OrgLimits,
 }
 
 /// How soon a cluster with running backups or restores is visited again (their progress).
@@ -264,6 +266,7 @@ impl Server {
             runtime: tokio::runtime::Handle::current(),
             background: Mutex::new(Vec::new()),
             sessions: Mutex::new(HashMap::new()),
+            org_limits: api::OrgLimits::default(),
         });
         let server = Server { inner };
         server.load().await?;
@@ -397,6 +400,11 @@ impl Server {
     /// The clock.
     pub fn clock(&self) -> &Arc<dyn Clock> {
         &self.inner.clock
+    }
+
+    /// API requests in flight per org.
+    pub(crate) fn org_limits(&self) -> &api::OrgLimits {
+        &self.inner.org_limits
     }
 
     /// The counters.
@@ -998,14 +1006,12 @@ impl Server {
         change: impl FnOnce(&mut LocationRecord),
         secret: Option<(String, String)>,
     ) -> Result<LocationRecord> {
-        let current = self.location(org, name)?;
-        let revision = self
-            .inner
-            .catalog
-            .get::<LocationRecord>(org, &current.id)
-            .await?
-            .revision;
-        let mut loc = current;
+        let id = self.location(org, name)?.id;
+        // The change applies to the stored record at its revision (memory may lag behind a write
+        // that just landed).
+        let stored = self.inner.catalog.get::<LocationRecord>(org, &id).await?;
+        let revision = stored.revision;
+        let mut loc = stored.value;
         change(&mut loc);
         if let Some((kind, value)) = secret {
             if loc.mode != Mode::Classic {
@@ -1853,8 +1859,8 @@ impl Daemon {
     }
 }
 
-/// How many visits one org may have in flight while another org's clusters wait: three quarters
-/// of the fleet's concurrency (at least one), so that an org whose clusters all hang until their
+/// How many visits one org may have in flight while the fleet has other orgs: three quarters of
+/// the fleet's concurrency (at least one), so that an org whose clusters all hang until their
 /// deadline never holds every visit slot.
 fn org_visit_cap(concurrency: usize) -> usize {
     (concurrency * 3 / 4).max(1)
@@ -1863,13 +1869,13 @@ fn org_visit_cap(concurrency: usize) -> usize {
 /// Up to `free` due clusters to visit now, fairly between orgs: each org's due clusters in the
 /// order they fell due, and each slot to the waiting org with the fewest visits in flight, so a
 /// few clusters of one org are not queued behind thousands of another's. An org at `cap` visits
-/// in flight gets no more while another org has due clusters; when no other org is waiting it
-/// may use every free slot.
+/// in flight gets no more while the fleet has other orgs (so slots stay free for them to fall
+/// due); the fleet's only org may use every slot.
 fn fair_pick(clusters: &HashMap<Key, Tracked>, now: SystemTime, free: usize, cap: usize) -> Vec<Key> {
     /// Per org: visits in flight, and due clusters with when they fell due.
     type OrgQueue<'a> = (usize, Vec<(SystemTime, &'a Key)>);
     let mut by_org: BTreeMap<&str, OrgQueue<'_>> = BTreeMap::new();
-    for (k, t) in clusters {
+    for (k, t) in clusters.iter().filter(|(_, t)| t.busy || t.visitable()) {
         let entry = by_org.entry(k.0.as_str()).or_default();
         if t.busy {
             entry.0 += 1;
@@ -1877,6 +1883,9 @@ fn fair_pick(clusters: &HashMap<Key, Tracked>, now: SystemTime, free: usize, cap
             entry.1.push((t.next_due, k));
         }
     }
+    // With other orgs in the fleet, the cap holds even while they have nothing due: a quarter of
+    // the slots stays free for them, so one falling due is not queued behind hanging visits.
+    let shared = by_org.len() > 1;
     let mut queues: Vec<(usize, std::collections::VecDeque<&Key>)> = by_org
         .into_values()
         .filter(|(_, due)| !due.is_empty())
@@ -1887,12 +1896,11 @@ fn fair_pick(clusters: &HashMap<Key, Tracked>, now: SystemTime, free: usize, cap
         .collect();
     let mut out = Vec::with_capacity(free.min(clusters.len()));
     while out.len() < free {
-        let waiting = queues.iter().filter(|(_, q)| !q.is_empty()).count();
         // The waiting org with the fewest visits in flight goes next (the first by id on a tie);
-        // one at its cap only while nobody else waits.
+        // one at its cap only when it is the fleet's only org.
         let next = queues
             .iter_mut()
-            .filter(|(busy, q)| !q.is_empty() && (*busy < cap || waiting == 1))
+            .filter(|(busy, q)| !q.is_empty() && (*busy < cap || !shared))
             .min_by_key(|(busy, _)| *busy);
         let Some((busy, q)) = next else { break };
         if let Some(k) = q.pop_front() {
@@ -1970,7 +1978,11 @@ mod tests {
         clusters.extend(tracked("calm", 3, 0, t0));
         let picked = fair_pick(&clusters, now, 2, org_visit_cap(8));
         assert_eq!(count(&picked, "calm"), 2, "{picked:?}");
-        // ...and takes every free slot when nobody else does (work-conserving).
+        // ...or while another org has nothing due yet (its share stays free for it)...
+        let mut clusters: HashMap<Key, Tracked> = tracked("flood", 5000, 6, t0).into_iter().collect();
+        clusters.extend(tracked("calm", 3, 0, now + Duration::from_secs(5)));
+        assert!(fair_pick(&clusters, now, 2, org_visit_cap(8)).is_empty());
+        // ...and takes every free slot when it is the fleet's only org.
         let clusters: HashMap<Key, Tracked> = tracked("flood", 5000, 6, t0).into_iter().collect();
         assert_eq!(fair_pick(&clusters, now, 2, org_visit_cap(8)).len(), 2);
         // Slots go to the org with the fewest visits in flight.

@@ -24,7 +24,7 @@ use pxb_core::catalog::records::{BackupRecord, BackupView, RestoreRecord, Restor
 use serde_json::json;
 
 use super::reconcile::{
-    AGENT_NAME, MANAGED_BY, MANAGER, ORG_LABEL, annotations, labels, location_object, owned_by,
+    AGENT_NAME, MANAGED_BY, MANAGER, ORG_LABEL, annotations, clean, labels, location_object, owned_by,
 };
 use crate::agent::backups::FORCE_DELETE;
 use crate::crd::{
@@ -195,7 +195,7 @@ pub async fn visit(client: &kube::Client, input: OpsInput) -> Result<OpsOutput, 
                     }
                     Some(cr) => {
                         if let Some(s) = &cr.status {
-                            b.message = s.message.clone().or(b.message);
+                            b.message = s.message.as_deref().map(clean).or(b.message);
                             b.heartbeat = s.heartbeat.clone().or(b.heartbeat);
                         }
                     }
@@ -243,7 +243,7 @@ pub async fn visit(client: &kube::Client, input: OpsInput) -> Result<OpsOutput, 
                             b.phase = backup_phase::FAILED.into();
                             b.message = Some(format!(
                                 "the cluster refused the ApplicationBackup: {}",
-                                s.message
+                                clean(&s.message)
                             ));
                             b.completed_ms = Some(now_ms(input.now));
                             out.backups.push(b);
@@ -297,7 +297,7 @@ pub async fn visit(client: &kube::Client, input: OpsInput) -> Result<OpsOutput, 
                             r.phase = "Failed".into();
                             r.message = Some(format!(
                                 "the cluster refused the ApplicationRestore: {}",
-                                s.message
+                                clean(&s.message)
                             ));
                             r.completed_ms = Some(now_ms(input.now));
                             out.restores.push(r);
@@ -311,7 +311,7 @@ pub async fn visit(client: &kube::Client, input: OpsInput) -> Result<OpsOutput, 
                 if !s.phase.is_empty() {
                     r.phase = s.phase.clone();
                 }
-                r.message = s.message.clone();
+                r.message = s.message.as_deref().map(clean);
                 r.heartbeat = s.heartbeat.clone().or(r.heartbeat);
                 r.counts = RestoreTally {
                     total: s.counts.total,
@@ -366,7 +366,7 @@ pub fn read_backup(b: &mut BackupRecord, s: &crate::crd::ApplicationBackupStatus
         b.phase = s.phase.clone();
     }
     b.stage = s.stage.clone();
-    b.message = s.message.clone();
+    b.message = s.message.as_deref().map(clean);
     b.heartbeat = s.heartbeat.clone().or(b.heartbeat.take());
     b.objects = s.progress.objects;
     b.bytes = s.progress.bytes.max(s.sizes.volume_bytes);

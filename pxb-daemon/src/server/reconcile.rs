@@ -295,7 +295,7 @@ pub fn read_back(
 
 /// A message a cluster reported, as the catalog and the API may show it: without anything
 /// credential-shaped (an agent's error may name a request URL carrying a SAS).
-fn clean(message: &str) -> String {
+pub(crate) fn clean(message: &str) -> String {
     pxb_core::redact::redact(message).into_owned()
 }
 
