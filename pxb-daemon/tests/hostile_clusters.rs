@@ -61,11 +61,15 @@ async fn shoot(
 ) -> kube::Client {
     fleet.add_project(project).expect("project");
     fleet.add_shoots(project, "shoot", 1).expect("shoot");
-    let yaml = fleet
-        .admin_kubeconfig(project, "shoot-00000", 3600)
-        .expect("kubeconfig");
-    let now = SystemTime::now();
-    let access = pxb_gardener::parse_access(&yaml, now, now + Duration::from_secs(3600)).expect("access");
+    let provider = Arc::new(StaticClusters::new());
+    let access = register(
+        fleet,
+        server,
+        &provider,
+        (project, "shoot-00000"),
+        (org, name, id),
+    )
+    .await;
     let client = pxb_gardener::kube_client(&access).expect("client");
     pxb_tests::shoots::install_pxb(&client).await.expect("install");
     let service: k8s_openapi::api::core::v1::Service = serde_saphyr::from_str(
@@ -80,7 +84,21 @@ async fn shoot(
         .create(&PostParams::default(), &service)
         .await
         .expect("agent service");
-    let provider = Arc::new(StaticClusters::new());
+    client
+}
+
+/// Registers simulated shoot `(project, shoot)` in `server` as cluster `(org, name, id)`, with
+/// a fresh admin kubeconfig served by `provider`; returns the access.
+async fn register(
+    fleet: &Fleet,
+    server: &Server,
+    provider: &Arc<StaticClusters>,
+    (project, shoot): (&str, &str),
+    (org, name, id): (&str, &str, &str),
+) -> pxb_core::cluster::ClusterAccess {
+    let yaml = fleet.admin_kubeconfig(project, shoot, 3600).expect("kubeconfig");
+    let now = SystemTime::now();
+    let access = pxb_gardener::parse_access(&yaml, now, now + Duration::from_secs(3600)).expect("access");
     provider.insert(
         ClusterInfo {
             id: ClusterId(id.into()),
@@ -92,7 +110,7 @@ async fn shoot(
             labels: Default::default(),
             eligibility: Eligibility::Eligible,
         },
-        Some(access),
+        Some(access.clone()),
     );
     server
         .add_cluster(
@@ -103,11 +121,11 @@ async fn shoot(
                 source: "imported".into(),
                 ..ClusterRecord::default()
             },
-            provider,
+            provider.clone(),
         )
         .await
         .expect("cluster");
-    client
+    access
 }
 
 async fn org(server: &Server, id: &str) {
@@ -553,37 +571,8 @@ async fn one_orgs_hanging_clusters_do_not_hold_up_another_orgs_visits() {
                         .set_fault(project, &name, pxb_tests::sim::Fault::Offline)
                         .expect("fault");
                 }
-                let yaml = fleet.admin_kubeconfig(project, &name, 3600).expect("kubeconfig");
-                let now = SystemTime::now();
-                let access =
-                    pxb_gardener::parse_access(&yaml, now, now + Duration::from_secs(3600)).expect("access");
                 let id = format!("{org}-{i}");
-                provider.insert(
-                    ClusterInfo {
-                        id: ClusterId(id.clone()),
-                        name: name.clone(),
-                        namespace: format!("garden-{project}"),
-                        provider_type: "azure".into(),
-                        kubernetes_version: "1.31.0".into(),
-                        region: "westeurope".into(),
-                        labels: Default::default(),
-                        eligibility: Eligibility::Eligible,
-                    },
-                    Some(access),
-                );
-                server
-                    .add_cluster(
-                        ClusterRecord {
-                            org: org.into(),
-                            id,
-                            name,
-                            source: "imported".into(),
-                            ..ClusterRecord::default()
-                        },
-                        provider.clone(),
-                    )
-                    .await
-                    .expect("cluster");
+                register(fleet, server, &provider, (project, &name), (org, &name, &id)).await;
             }
         }
     };

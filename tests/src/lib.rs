@@ -18,6 +18,7 @@ pub mod engine;
 pub mod entra;
 pub mod fixture;
 pub mod jwt;
+pub mod logs;
 pub mod oidc;
 pub mod server;
 pub mod shoots;

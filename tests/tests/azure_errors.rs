@@ -246,17 +246,7 @@ async fn no_error_carries_the_credential() {
         .create_container()
         .await
         .expect("container");
-    let sas = pxb_azure::account_sas(
-        pxb_tests::azurite::ACCOUNT,
-        pxb_tests::azurite::ACCOUNT_KEY,
-        std::time::SystemTime::now() + Duration::from_secs(3600),
-    )
-    .expect("sas");
-    let sig = sas
-        .split('&')
-        .find_map(|kv| kv.strip_prefix("sig="))
-        .expect("a signature")
-        .to_owned();
+    let (sas, sig) = pxb_tests::azurite::dev_sas().expect("sas");
     // A SAS whose signature does not match (403), with a secret-looking signature of its own.
     let forged_sig = base64::engine::general_purpose::STANDARD.encode([9u8; 32]);
     let forged = sas.replace(&sig, &url_escape(&forged_sig));

@@ -401,47 +401,13 @@ async fn no_role_of_another_org_reaches_anything_of_an_org_through_any_endpoint(
     cp.shutdown().await;
 }
 
-/// Everything the process logs (the server and the agents run in it), for the secret scan.
-fn captured_logs() -> &'static std::sync::Arc<std::sync::Mutex<Vec<u8>>> {
-    use std::sync::{Arc, Mutex, OnceLock};
-    static LOGS: OnceLock<Arc<Mutex<Vec<u8>>>> = OnceLock::new();
-    LOGS.get_or_init(|| {
-        let buf = Arc::new(Mutex::new(Vec::new()));
-        let writer = buf.clone();
-        let subscriber = tracing_subscriber::fmt()
-            .with_env_filter(tracing_subscriber::EnvFilter::new(
-                "debug,hyper=info,rustls=info,h2=info",
-            ))
-            .with_ansi(false)
-            .with_writer(move || LogSink(writer.clone()))
-            .finish();
-        let _ = tracing::subscriber::set_global_default(subscriber);
-        buf
-    })
-}
-
-struct LogSink(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
-
-impl std::io::Write for LogSink {
-    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-        self.0
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .extend_from_slice(b);
-        Ok(b.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 /// A SAS, an account key and a workload-identity bearer token each meet failures (a refused
 /// connection, a rejected credential) through a real agent and the server; none of them shows
 /// up in the BackupLocation status on the cluster, the catalog, the API or the logs.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn credentials_never_reach_statuses_the_catalog_the_api_or_logs() {
     use base64::Engine;
-    let logs = captured_logs();
+    pxb_tests::logs::captured();
     let keys = tempfile::tempdir().expect("dir");
     let key_file = keys.path().join("secrets.key");
     std::fs::write(
@@ -474,17 +440,7 @@ async fn credentials_never_reach_statuses_the_catalog_the_api_or_logs() {
     .await;
     assert_eq!(status, 201, "{body}");
 
-    let sas = pxb_azure::account_sas(
-        pxb_tests::azurite::ACCOUNT,
-        pxb_tests::azurite::ACCOUNT_KEY,
-        std::time::SystemTime::now() + Duration::from_secs(3600),
-    )
-    .expect("sas");
-    let sig = sas
-        .split('&')
-        .find_map(|kv| kv.strip_prefix("sig="))
-        .expect("signature")
-        .to_owned();
+    let (sas, sig) = pxb_tests::azurite::dev_sas().expect("sas");
     let wrong_key = base64::engine::general_purpose::STANDARD.encode([7u8; 64]);
     let closed = format!(
         "https://127.0.0.1:{}/{}",
@@ -567,7 +523,7 @@ async fn credentials_never_reach_statuses_the_catalog_the_api_or_logs() {
     );
     let db = std::fs::read(&cp.config.catalog.path).expect("db");
     let wal = std::fs::read(format!("{}-wal", cp.config.catalog.path)).unwrap_or_default();
-    let log_text = String::from_utf8_lossy(&logs.lock().unwrap_or_else(|e| e.into_inner())).into_owned();
+    let log_text = pxb_tests::logs::text();
     assert!(log_text.len() > 1000, "the logs were captured");
     for (what, secret) in &secrets {
         assert!(secret.len() >= 16, "{what} is long enough to scan for");

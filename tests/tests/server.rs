@@ -2,8 +2,7 @@
 //! issuer, HTTP API on loopback), the simulated garden and shoots over HTTPS, real agents on the
 //! shoots, and Azurite with Workload Identity.
 
-use std::io::Write;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use kube::api::{ListParams, PostParams};
@@ -17,39 +16,6 @@ use reqwest::Method;
 use serde_json::{Value, json};
 
 const PROJECT: &str = "acme";
-
-/// Everything the process logs, for the secret scan.
-fn captured_logs() -> &'static Arc<Mutex<Vec<u8>>> {
-    static LOGS: OnceLock<Arc<Mutex<Vec<u8>>>> = OnceLock::new();
-    LOGS.get_or_init(|| {
-        let buf = Arc::new(Mutex::new(Vec::new()));
-        let writer = buf.clone();
-        let subscriber = tracing_subscriber::fmt()
-            .with_env_filter(tracing_subscriber::EnvFilter::new(
-                "debug,hyper=info,rustls=info,h2=info",
-            ))
-            .with_ansi(false)
-            .with_writer(move || LogWriter(writer.clone()))
-            .finish();
-        let _ = tracing::subscriber::set_global_default(subscriber);
-        buf
-    })
-}
-
-struct LogWriter(Arc<Mutex<Vec<u8>>>);
-
-impl Write for LogWriter {
-    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-        self.0
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .extend_from_slice(b);
-        Ok(b.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
 
 /// Creates org `id` whose admins are group `<id>-admins` and viewers `<id>-viewers`.
 async fn create_org(cp: &ControlPlane, id: &str) {
@@ -176,7 +142,7 @@ async fn managed_crs(cp: &ControlPlane, name: &str) -> anyhow::Result<Vec<String
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_federated_fleet_of_fifty_shoots() {
-    let logs = captured_logs().clone();
+    let logs = pxb_tests::logs::captured().clone();
     let mut cp = ControlPlane::start(PROJECT, 50, |_| {})
         .await
         .expect("control plane");
