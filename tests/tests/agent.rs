@@ -8,7 +8,9 @@ use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::{Resource as _, ResourceExt as _};
 use pxb_daemon::agent::AgentConfig;
 use pxb_daemon::agent::locations::{self, Context};
-use pxb_daemon::crd::{BackupLocation, BackupLocationSpec, ValidationStatus};
+use pxb_daemon::crd::{
+    ApplicationBackup, ApplicationBackupSpec, BackupLocation, BackupLocationSpec, ValidationStatus,
+};
 use pxb_tests::fixture::{AzureFixture, CLIENT_ID, SECOND_CLIENT_ID};
 use serde_json::json;
 
@@ -490,6 +492,39 @@ async fn sync_finds_other_clusters_backups_and_verify_finds_a_deleted_chunk() {
 }
 
 /// Creates `obj` (JSON) on the shoot through the dynamic API.
+/// Creates the `BackupLocation` `tenant` on `container`, reached with the agent's own identity.
+async fn tenant_location(client: &kube::Client, fx: &AzureFixture, container: &str) {
+    Api::<BackupLocation>::namespaced(client.clone(), "pxb-system")
+        .create(
+            &PostParams::default(),
+            &BackupLocation::new("tenant", azure_location(fx, container, None)),
+        )
+        .await
+        .expect("location");
+}
+
+/// Creates `ApplicationBackup` `name` of `namespaces`, volumes included, on location `tenant`;
+/// returns the backups' API.
+async fn backup_of(
+    client: &kube::Client,
+    name: &str,
+    namespaces: &[&str],
+    reclaim_policy: &str,
+) -> Api<ApplicationBackup> {
+    let api: Api<ApplicationBackup> = Api::namespaced(client.clone(), "pxb-system");
+    let spec = ApplicationBackupSpec {
+        location: "tenant".into(),
+        namespaces: namespaces.iter().map(|n| n.to_string()).collect(),
+        include_volumes: true,
+        reclaim_policy: reclaim_policy.into(),
+        ..ApplicationBackupSpec::default()
+    };
+    api.create(&PostParams::default(), &ApplicationBackup::new(name, spec))
+        .await
+        .expect("backup");
+    api
+}
+
 async fn apply(client: &kube::Client, obj: serde_json::Value) {
     let obj: kube::api::DynamicObject = serde_json::from_value(obj).expect("object");
     let tm = obj.types.clone().expect("types");
@@ -568,7 +603,6 @@ fn tree(dir: &std::path::Path) -> std::collections::BTreeMap<String, Vec<u8>> {
 async fn two_namespaces_with_a_volume_are_backed_up_and_restored_into_mapped_namespaces() {
     use pxb_daemon::agent::backups;
     use pxb_daemon::agent::volumes::LocalPathDriver;
-    use pxb_daemon::crd::{ApplicationBackup, ApplicationBackupSpec};
 
     let (_fleet, client) = shoot_with_crds().await;
     let fx = AzureFixture::start(3600).expect("azure fixture");
@@ -627,26 +661,9 @@ async fn two_namespaces_with_a_volume_are_backed_up_and_restored_into_mapped_nam
         backups::spawn(bctx.clone()),
         pxb_daemon::agent::restores::spawn(bctx.clone()),
     ];
-    let locs: Api<BackupLocation> = Api::namespaced(client.clone(), "pxb-system");
-    locs.create(
-        &PostParams::default(),
-        &BackupLocation::new("tenant", azure_location(&fx, &container, None)),
-    )
-    .await
-    .expect("location");
+    tenant_location(&client, &fx, &container).await;
 
-    let backups_api: Api<ApplicationBackup> = Api::namespaced(client.clone(), "pxb-system");
-    let spec = ApplicationBackupSpec {
-        location: "tenant".into(),
-        namespaces: vec!["shop".into(), "blog".into()],
-        include_volumes: true,
-        reclaim_policy: "Delete".into(),
-        ..ApplicationBackupSpec::default()
-    };
-    backups_api
-        .create(&PostParams::default(), &ApplicationBackup::new("app1", spec))
-        .await
-        .expect("backup");
+    let backups_api = backup_of(&client, "app1", &["shop", "blog"], "Delete").await;
     let done = wait_for(&backups_api, "app1", "finishes", |b| {
         b.status
             .as_ref()
@@ -882,7 +899,6 @@ async fn two_namespaces_with_a_volume_are_backed_up_and_restored_into_mapped_nam
 async fn deleting_a_backup_deletes_its_data_even_after_the_location_was_down() {
     use pxb_daemon::agent::backups;
     use pxb_daemon::agent::volumes::LocalPathDriver;
-    use pxb_daemon::crd::{ApplicationBackup, ApplicationBackupSpec};
 
     let (_fleet, client) = shoot_with_crds().await;
     let mut fx = AzureFixture::start(3600).expect("azure fixture");
@@ -912,13 +928,7 @@ async fn deleting_a_backup_deletes_its_data_even_after_the_location_was_down() {
         Arc::new(LocalPathDriver::new(client.clone(), restores.path())),
     );
     let controllers = [locations::spawn(lctx.clone()), backups::spawn(bctx.clone())];
-    let locs: Api<BackupLocation> = Api::namespaced(client.clone(), "pxb-system");
-    locs.create(
-        &PostParams::default(),
-        &BackupLocation::new("tenant", azure_location(&fx, &container, None)),
-    )
-    .await
-    .expect("location");
+    tenant_location(&client, &fx, &container).await;
     let repo = pxb_core::backup::Repository::new(Arc::new(
         pxb_azure::AzureBlobStore::new(fx.key_config(&container)).expect("store"),
     ));
@@ -1011,7 +1021,6 @@ async fn deleting_a_backup_deletes_its_data_even_after_the_location_was_down() {
 async fn a_backup_cut_short_by_an_agent_restart_does_not_stay_in_progress() {
     use pxb_daemon::agent::backups;
     use pxb_daemon::agent::volumes::LocalPathDriver;
-    use pxb_daemon::crd::{ApplicationBackup, ApplicationBackupSpec};
 
     let (_fleet, client) = shoot_with_crds().await;
     let fx = AzureFixture::start(3600).expect("azure fixture");
@@ -1048,24 +1057,8 @@ async fn a_backup_cut_short_by_an_agent_restart_does_not_stay_in_progress() {
         [locations::spawn(lctx), backups::spawn(bctx)]
     };
     let first = agent(client.clone());
-    let locs: Api<BackupLocation> = Api::namespaced(client.clone(), "pxb-system");
-    locs.create(
-        &PostParams::default(),
-        &BackupLocation::new("tenant", azure_location(&fx, &container, None)),
-    )
-    .await
-    .expect("location");
-    let api: Api<ApplicationBackup> = Api::namespaced(client.clone(), "pxb-system");
-    let spec = ApplicationBackupSpec {
-        location: "tenant".into(),
-        namespaces: vec!["shop".into()],
-        include_volumes: true,
-        reclaim_policy: "Retain".into(),
-        ..ApplicationBackupSpec::default()
-    };
-    api.create(&PostParams::default(), &ApplicationBackup::new("long", spec))
-        .await
-        .expect("backup");
+    tenant_location(&client, &fx, &container).await;
+    let api = backup_of(&client, "long", &["shop"], "Retain").await;
     wait_for(&api, "long", "starts", |b| {
         b.status.as_ref().is_some_and(|s| s.phase == "InProgress")
     })
@@ -1108,7 +1101,6 @@ async fn a_backup_cut_short_by_an_agent_restart_does_not_stay_in_progress() {
 async fn a_claim_naming_another_namespaces_volume_is_refused_at_backup() {
     use pxb_daemon::agent::backups;
     use pxb_daemon::agent::volumes::LocalPathDriver;
-    use pxb_daemon::crd::{ApplicationBackup, ApplicationBackupSpec};
 
     let (_fleet, client) = shoot_with_crds().await;
     let fx = AzureFixture::start(3600).expect("azure fixture");
@@ -1145,24 +1137,8 @@ async fn a_claim_naming_another_namespaces_volume_is_refused_at_backup() {
         Arc::new(LocalPathDriver::new(client.clone(), restores.path())),
     );
     let controllers = [locations::spawn(lctx.clone()), backups::spawn(bctx.clone())];
-    let locs: Api<BackupLocation> = Api::namespaced(client.clone(), "pxb-system");
-    locs.create(
-        &PostParams::default(),
-        &BackupLocation::new("tenant", azure_location(&fx, &container, None)),
-    )
-    .await
-    .expect("location");
-    let api: Api<ApplicationBackup> = Api::namespaced(client.clone(), "pxb-system");
-    let spec = ApplicationBackupSpec {
-        location: "tenant".into(),
-        namespaces: vec!["thief".into()],
-        include_volumes: true,
-        reclaim_policy: "Retain".into(),
-        ..ApplicationBackupSpec::default()
-    };
-    api.create(&PostParams::default(), &ApplicationBackup::new("steal", spec))
-        .await
-        .expect("backup");
+    tenant_location(&client, &fx, &container).await;
+    let api = backup_of(&client, "steal", &["thief"], "Retain").await;
     let done = wait_for(&api, "steal", "finishes", |b| {
         b.status
             .as_ref()

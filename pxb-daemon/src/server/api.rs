@@ -868,7 +868,7 @@ async fn per_org_limit(State(s): State<Server>, req: Request, next: axum::middle
     let Some(org) = org else {
         return next.run(req).await;
     };
-    let Some(OrgState::Ready(o)) = s.orgs().get(&org).cloned() else {
+    let Ok(o) = s.org(&org) else {
         return next.run(req).await;
     };
     let (mut parts, body) = req.into_parts();
