@@ -44,6 +44,55 @@ pub struct WorkloadIdentityOptions {
 }
 
 impl WorkloadIdentityOptions {
+    /// The options from `lookup` (a variable's value by name; empty values count as unset):
+    /// `AZURE_CLIENT_ID`, `AZURE_TENANT_ID`, `AZURE_FEDERATED_TOKEN_FILE` and
+    /// `AZURE_AUTHORITY_HOST`, the variables Azure Workload Identity's webhook injects. What
+    /// `lookup` does not set stays `None`, and is read from the process environment when the
+    /// credential is built.
+    ///
+    /// ```
+    /// use pxb_azure::WorkloadIdentityOptions;
+    ///
+    /// let o = WorkloadIdentityOptions::from_env_with(|name| {
+    ///     (name == "AZURE_CLIENT_ID").then(|| "00000000-0000-0000-0000-000000000001".to_owned())
+    /// });
+    /// assert_eq!(o.client_id.as_deref(), Some("00000000-0000-0000-0000-000000000001"));
+    /// assert_eq!(o.tenant_id, None);
+    /// ```
+    pub fn from_env_with(lookup: impl Fn(&str) -> Option<String>) -> Self {
+        let var = |name: &str| crate::env::non_empty(&lookup, name);
+        Self {
+            client_id: var("AZURE_CLIENT_ID"),
+            tenant_id: var("AZURE_TENANT_ID"),
+            token_file: var("AZURE_FEDERATED_TOKEN_FILE").map(PathBuf::from),
+            authority_host: var("AZURE_AUTHORITY_HOST"),
+        }
+    }
+
+    /// Sets the [`client_id`](Self::client_id) of the federated identity.
+    pub fn with_client_id(mut self, client_id: impl Into<String>) -> Self {
+        self.client_id = Some(client_id.into());
+        self
+    }
+
+    /// Sets the Entra ID [`tenant_id`](Self::tenant_id).
+    pub fn with_tenant_id(mut self, tenant_id: impl Into<String>) -> Self {
+        self.tenant_id = Some(tenant_id.into());
+        self
+    }
+
+    /// Sets the projected service-account [`token_file`](Self::token_file).
+    pub fn with_token_file(mut self, path: impl Into<PathBuf>) -> Self {
+        self.token_file = Some(path.into());
+        self
+    }
+
+    /// Sets the Entra ID [`authority_host`](Self::authority_host) (https).
+    pub fn with_authority_host(mut self, host: impl Into<String>) -> Self {
+        self.authority_host = Some(host.into());
+        self
+    }
+
     fn resolve(self) -> Result<Resolved> {
         let from_env = |field: Option<String>, var: &str, what: &str| {
             field

@@ -11,12 +11,68 @@
 //! `pxb_core::Error` variant with a message that says what to fix.
 //!
 //! Besides the store, [`oidc`] validates Entra ID (OpenID Connect) bearer tokens for the pxb-server API.
+//!
+//! # Quick start: open a container with Workload Identity
+//!
+//! In a pod with Azure Workload Identity (the webhook injects `AZURE_CLIENT_ID`,
+//! `AZURE_TENANT_ID`, `AZURE_FEDERATED_TOKEN_FILE` and `AZURE_AUTHORITY_HOST`), name the account
+//! in `AZURE_STORAGE_ACCOUNT` and open a container; [`AzureConfig::from_env`] lists every variable
+//! it reads.
+//!
+//! ```no_run
+//! use std::sync::Arc;
+//!
+//! use pxb_azure::{AzureBlobStore, AzureConfig};
+//! use pxb_core::backup::Repository;
+//! use pxb_core::{ObjectPath, ObjectStore, PutOptions};
+//!
+//! # async fn example() -> pxb_core::Result<()> {
+//! let config = AzureConfig::from_env("backups")?.with_prefix("cluster-1");
+//! let store = AzureBlobStore::new(config)?;
+//! store.create_container().await?;
+//!
+//! // An `ObjectStore` like any other ...
+//! let path = ObjectPath::parse("hello.txt")?;
+//! store.put(&path, "hello, pxb".into(), PutOptions::default()).await?;
+//! // ... so a backup repository can live in it.
+//! let repo = Repository::new(Arc::new(store));
+//! println!("{} backups", repo.list().await?.len());
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # Quick start: a shared key, a private endpoint, settings in code
+//!
+//! ```no_run
+//! use pxb_azure::{AzureAuth, AzureBlobStore, AzureConfig, HttpSettings};
+//! use pxb_core::ObjectStore;
+//!
+//! # async fn example() -> pxb_core::Result<()> {
+//! let key = std::env::var("AZURE_STORAGE_KEY").unwrap_or_default();
+//! let config = AzureConfig::new("tenanta", "backups", AzureAuth::SharedKey { key })
+//!     .with_endpoint("https://tenanta.privatelink.blob.core.windows.net")
+//!     .with_ca_file("/etc/pxb/private-ca.pem")
+//!     .with_http(HttpSettings {
+//!         max_retries: 5,
+//!         ..HttpSettings::default()
+//!     });
+//! let store = AzureBlobStore::new(config)?;
+//! let page = store.list("", None, 100).await?;
+//! for object in page.objects {
+//!     println!("{} ({} bytes)", object.path, object.size);
+//! }
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! The same from the environment, with the key chosen explicitly (as with the `pxb` command
+//! line's `--auth shared-key`):
+//! `AzureConfig::from_env("backups")?.with_auth(AzureAuth::from_env("shared-key")?)`.
 
 use std::collections::HashMap;
 use std::fmt;
 use std::num::NonZero;
 use std::ops::Range;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::SystemTime;
 
@@ -39,6 +95,8 @@ use tokio::io::AsyncReadExt;
 use tokio::task::JoinSet;
 
 mod auth;
+mod config;
+mod env;
 mod error;
 mod http;
 pub mod oidc;
@@ -46,112 +104,13 @@ pub mod oidc;
 pub use auth::{
     DEFAULT_AUTHORITY_HOST, STORAGE_SCOPE, WorkloadIdentity, WorkloadIdentityOptions, account_sas,
 };
+pub use config::{
+    AzureAuth, AzureConfig, ENV_ACCOUNT, ENV_CA_FILE, ENV_ENDPOINT, ENV_SAS_TOKEN, ENV_STORAGE_KEY,
+    account_from_endpoint,
+};
 pub use http::HttpSettings;
 
 use error::Op;
-
-/// How a store authenticates to the storage account. `Debug` shows no secret.
-#[derive(Clone)]
-pub enum AzureAuth {
-    /// Azure Workload Identity (federated mode; nothing secret is stored).
-    WorkloadIdentity(WorkloadIdentityOptions),
-    /// Any other [`TokenSource`] (an Entra ID bearer token for `https://storage.azure.com`).
-    Token(Arc<dyn TokenSource>),
-    /// The storage account key, base64 as shown by the portal (classic mode).
-    SharedKey {
-        /// The account key.
-        key: String,
-    },
-    /// A shared access signature (the query string, with or without the leading `?`).
-    Sas {
-        /// The SAS token.
-        token: String,
-    },
-}
-
-impl fmt::Debug for AzureAuth {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            AzureAuth::WorkloadIdentity(o) => f.debug_tuple("WorkloadIdentity").field(o).finish(),
-            AzureAuth::Token(t) => f.debug_tuple("Token").field(&t.describe()).finish(),
-            AzureAuth::SharedKey { .. } => f.write_str("SharedKey { key: [redacted] }"),
-            AzureAuth::Sas { .. } => f.write_str("Sas { token: [redacted] }"),
-        }
-    }
-}
-
-impl AzureAuth {
-    /// The secrets this method holds (an account key, a SAS token), for redaction.
-    fn secrets(&self) -> Vec<String> {
-        match self {
-            AzureAuth::SharedKey { key } => vec![key.clone()],
-            AzureAuth::Sas { token } => vec![token.clone()],
-            AzureAuth::WorkloadIdentity(_) | AzureAuth::Token(_) => Vec::new(),
-        }
-    }
-
-    /// The method's name, as on the command line.
-    pub fn name(&self) -> &'static str {
-        match self {
-            AzureAuth::WorkloadIdentity(_) => "workload-identity",
-            AzureAuth::Token(_) => "token",
-            AzureAuth::SharedKey { .. } => "shared-key",
-            AzureAuth::Sas { .. } => "sas",
-        }
-    }
-}
-
-/// Settings of an [`AzureBlobStore`].
-#[derive(Debug, Clone)]
-pub struct AzureConfig {
-    /// The storage account name.
-    pub account: String,
-    /// The blob service endpoint without trailing `/`; default `https://<account>.blob.core.windows.net`.
-    /// Path-style endpoints (`https://127.0.0.1:10000/devstoreaccount1`) work too.
-    pub endpoint: Option<String>,
-    /// The container.
-    pub container: String,
-    /// A name prefix inside the container (no leading or trailing `/`; empty for none).
-    pub prefix: String,
-    /// How to authenticate.
-    pub auth: AzureAuth,
-    /// A PEM file of extra CA certificates to trust (for private endpoints and tests).
-    pub ca_file: Option<PathBuf>,
-    /// Timeouts and retries.
-    pub http: HttpSettings,
-    /// Size of one staged block of a large upload; also the largest single-request upload.
-    pub part_size: usize,
-    /// How many blocks of one upload are in flight at once.
-    pub concurrency: usize,
-    /// Overrides the storage REST API version (`x-ms-version`) the SDK sends.
-    pub api_version: Option<String>,
-}
-
-impl AzureConfig {
-    /// Settings with defaults: public-cloud endpoint, no prefix, 8 MiB blocks, 4 in flight.
-    pub fn new(account: impl Into<String>, container: impl Into<String>, auth: AzureAuth) -> Self {
-        Self {
-            account: account.into(),
-            endpoint: None,
-            container: container.into(),
-            prefix: String::new(),
-            auth,
-            ca_file: None,
-            http: HttpSettings::default(),
-            part_size: 8 << 20,
-            concurrency: 4,
-            api_version: None,
-        }
-    }
-
-    /// The blob service endpoint in use.
-    pub fn endpoint(&self) -> String {
-        match &self.endpoint {
-            Some(e) => e.trim_end_matches('/').to_owned(),
-            None => format!("https://{}.blob.core.windows.net", self.account),
-        }
-    }
-}
 
 /// An object store in an Azure Blob container.
 pub struct AzureBlobStore {

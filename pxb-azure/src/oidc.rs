@@ -10,7 +10,9 @@
 //!   key can never be used as an HMAC secret); `kid` is required; key hints in the token (`jku`,
 //!   `x5u`, `jwk`) are ignored; tokens with critical header extensions (`crit`) are refused;
 //! - then the signature, `iss` (exact match with the issuer's discovery document), `aud` (one of the
-//!   configured audiences, a string or an array), `exp` (required) and `nbf` with leeway.
+//!   configured audiences, a string or an array), `exp` (required) and `nbf` with leeway, against
+//!   the validator's [`Clock`] (the system clock unless [`OidcValidator::with_clock`] says
+//!   otherwise).
 //!
 //! When the issuer cannot be reached, cached keys keep being used; without a usable key the error
 //! is [`OidcError::Unavailable`], which the API answers with 503. Error messages never contain the
@@ -28,6 +30,7 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use pxb_core::{Clock, SystemClock};
 use serde_json::{Map, Value};
 
 /// The longest token accepted (Entra ID tokens with many groups stay well below).
@@ -151,6 +154,8 @@ impl OidcError {
 #[derive(Clone)]
 pub struct OidcValidator {
     inner: Arc<Inner>,
+    /// What `exp` and `nbf` are compared with.
+    clock: Arc<dyn Clock>,
 }
 
 struct Inner {
@@ -186,6 +191,7 @@ impl fmt::Debug for OidcValidator {
             .field("issuer", &self.inner.config.issuer)
             .field("audiences", &self.inner.config.audiences)
             .field("cached_keys", &keys)
+            .field("clock", &self.clock)
             .finish_non_exhaustive()
     }
 }
@@ -248,7 +254,16 @@ impl OidcValidator {
                 keys: RwLock::new(Arc::new(empty)),
                 refresh: tokio::sync::Mutex::new(RefreshState::default()),
             }),
+            clock: Arc::new(SystemClock),
         })
+    }
+
+    /// Compares `exp` and `nbf` with `clock` instead of the system clock (e.g. a
+    /// [`pxb_core::ManualClock`] in tests). The key cache stays shared with the clones made before;
+    /// clones made after use `clock` too.
+    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
     }
 
     /// The settings in use.
@@ -261,7 +276,7 @@ impl OidcValidator {
         let token = bearer_token.trim();
         let kid = check_header(token)?;
         let (key, keys) = self.inner.key_for(&kid).await?;
-        verify(token, &key, &keys.validation, &keys.issuer)
+        verify(token, &key, &keys.validation, &keys.issuer, self.clock.now())
     }
 }
 
@@ -442,13 +457,14 @@ impl Inner {
     }
 }
 
-/// The library's checks: RS256 only, signature, `exp` (required) and `nbf` with leeway, `iss`,
-/// `aud` (required, one of `config.audiences`).
+/// The library's checks: RS256 only, signature, `exp` (required), `iss`, `aud` (required, one of
+/// `config.audiences`). The library reads the system clock, so `exp` and `nbf` are compared with
+/// the validator's clock by [`check_times`] instead, with `leeway` kept here.
 fn validation(config: &OidcConfig, issuer: &str) -> Validation {
     let mut v = Validation::new(Algorithm::RS256);
     v.leeway = config.leeway.as_secs();
-    v.validate_exp = true;
-    v.validate_nbf = true;
+    v.validate_exp = false;
+    v.validate_nbf = false;
     v.validate_aud = true;
     v.set_required_spec_claims(&["exp", "iss", "aud"]);
     v.set_issuer(&[issuer]);
@@ -523,16 +539,77 @@ fn check_header(token: &str) -> Result<String, OidcError> {
     }
 }
 
-/// Verifies `token` with `key` and maps its claims; `issuer` is the exact `iss` expected.
+/// Verifies `token` with `key` and maps its claims; `issuer` is the exact `iss` expected and `now`
+/// what `exp` and `nbf` are compared with.
+///
+/// The checks and their order are the library's (signature, required claims, times, `iss`, `aud`);
+/// only the times are checked here, against `now`.
 fn verify(
     token: &str,
     key: &DecodingKey,
     validation: &Validation,
     issuer: &str,
+    now: SystemTime,
 ) -> Result<Principal, OidcError> {
-    let data = jsonwebtoken::decode::<Map<String, Value>>(token, key, validation)
-        .map_err(|e| map_jwt_error(&e, issuer))?;
+    let now = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let data = match jsonwebtoken::decode::<Map<String, Value>>(token, key, validation) {
+        Ok(data) => data,
+        Err(e) => {
+            if matches!(e.kind(), ErrorKind::InvalidIssuer | ErrorKind::InvalidAudience) {
+                // The library checks these after the times, so the signature verified and the
+                // required claims are there: a time error comes first, as it always did.
+                let claims = jsonwebtoken::dangerous::insecure_decode_claims::<Map<String, Value>>(token)
+                    .map_err(|e| map_jwt_error(&e, issuer))?;
+                check_times(&claims, now, validation.leeway)?;
+            }
+            return Err(map_jwt_error(&e, issuer));
+        }
+    };
+    check_times(&data.claims, now, validation.leeway)?;
     principal(&data.claims, issuer)
+}
+
+/// A NumericDate claim as the library reads it: absent, unreadable, or whole seconds (a
+/// non-negative fraction is rounded).
+enum NumericDate {
+    Absent,
+    Invalid,
+    Seconds(u64),
+}
+
+fn numeric_date(claims: &Map<String, Value>, name: &str) -> NumericDate {
+    let Some(v) = claims.get(name) else {
+        return NumericDate::Absent;
+    };
+    if let Some(secs) = v.as_u64() {
+        return NumericDate::Seconds(secs);
+    }
+    match v.as_f64() {
+        Some(f) if f.is_finite() && f >= 0.0 && f < u64::MAX as f64 => NumericDate::Seconds(f.round() as u64),
+        _ => NumericDate::Invalid,
+    }
+}
+
+/// `exp` and `nbf` against `now` (Unix seconds) with `leeway` seconds, as the library checks them
+/// against the system clock: `nbf`, when present, must be a number; a token is expired when
+/// `exp < now - leeway` and not valid yet when `nbf > now + leeway`. (`exp` is a required claim,
+/// so the library has made sure it is a number.)
+fn check_times(claims: &Map<String, Value>, now: u64, leeway: u64) -> Result<(), OidcError> {
+    let nbf = numeric_date(claims, "nbf");
+    if matches!(nbf, NumericDate::Invalid) {
+        return Err(OidcError::Malformed("the nbf claim is not valid".into()));
+    }
+    if let NumericDate::Seconds(exp) = numeric_date(claims, "exp")
+        && exp < now.saturating_sub(leeway)
+    {
+        return Err(OidcError::Expired);
+    }
+    if let NumericDate::Seconds(nbf) = nbf
+        && nbf > now.saturating_add(leeway)
+    {
+        return Err(OidcError::NotYetValid);
+    }
+    Ok(())
 }
 
 fn map_jwt_error(e: &jsonwebtoken::errors::Error, issuer: &str) -> OidcError {
@@ -695,6 +772,7 @@ mod tests {
             &signer.decoding_key(),
             &validation(&config, ISSUER),
             ISSUER,
+            SystemTime::now(),
         )
     }
 
@@ -782,9 +860,130 @@ mod tests {
             Err(OidcError::Malformed(_))
         ));
         assert!(matches!(
-            check(&s, &with(base, "exp", json!("tomorrow"))),
+            check(&s, &with(base.clone(), "exp", json!("tomorrow"))),
             Err(OidcError::Malformed(_))
         ));
+        // Fractions are rounded, as the library does; anything but a number is refused.
+        assert!(check(&s, &with(base.clone(), "exp", json!(now as f64 - 29.6))).is_ok());
+        assert_eq!(
+            check(&s, &with(base.clone(), "exp", json!(now as f64 - 120.5))),
+            Err(OidcError::Expired)
+        );
+        for nbf in [json!(null), json!("now"), json!(-5)] {
+            let mut c = base.clone();
+            c["nbf"] = nbf.clone();
+            assert_eq!(
+                check(&s, &c),
+                Err(OidcError::Malformed("the nbf claim is not valid".into())),
+                "{nbf}"
+            );
+        }
+        assert!(
+            check(&s, &with(base.clone(), "nbf", Value::Null)).is_ok(),
+            "nbf is optional"
+        );
+        // The times are checked before the issuer and the audience.
+        let expired = with(base, "exp", json!(now - 120));
+        assert_eq!(
+            check(&s, &with(expired.clone(), "aud", json!("other"))),
+            Err(OidcError::Expired)
+        );
+        assert_eq!(
+            check(&s, &with(expired, "iss", json!("https://evil.test"))),
+            Err(OidcError::Expired)
+        );
+    }
+
+    /// The times are checked here rather than by the library (which reads the system clock);
+    /// with the system clock, both decide alike.
+    #[test]
+    fn time_checks_agree_with_the_library() {
+        let s = Signer::new();
+        let config = OidcConfig::new(ISSUER, [AUD]);
+        let mut library = validation(&config, ISSUER);
+        library.validate_exp = true;
+        library.validate_nbf = true;
+        let now = now();
+        let times = [
+            json!(now - 120),
+            json!(now - 30),
+            json!(now + 30),
+            json!(now + 120),
+            json!(now as f64 + 0.4),
+            json!(null),
+            json!("soon"),
+            json!(-1),
+            json!(1.0e30),
+            json!([1]),
+            json!({"at": 1}),
+        ];
+        let mut cases = Vec::new();
+        for t in &times {
+            for (claim, aud) in [("exp", AUD), ("nbf", AUD), ("exp", "other"), ("nbf", "other")] {
+                let mut c = claims(json!(aud));
+                c[claim] = t.clone();
+                cases.push(c);
+            }
+        }
+        cases.push(with(claims(json!(AUD)), "nbf", Value::Null));
+        for c in cases {
+            let token = s.sign(&c);
+            let theirs = jsonwebtoken::decode::<Map<String, Value>>(&token, &s.decoding_key(), &library)
+                .map_err(|e| map_jwt_error(&e, ISSUER))
+                .and_then(|d| principal(&d.claims, ISSUER));
+            let ours = verify(
+                &token,
+                &s.decoding_key(),
+                &validation(&config, ISSUER),
+                ISSUER,
+                SystemTime::now(),
+            );
+            assert_eq!(ours, theirs, "{c}");
+        }
+    }
+
+    /// A validator whose cache already holds `signer`'s key as `k1`, so nothing is fetched.
+    fn validator_with_key(signer: &Signer, config: OidcConfig) -> OidcValidator {
+        let v = OidcValidator::new(config).expect("settings");
+        *v.inner.keys.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(KeySet {
+            issuer: ISSUER.into(),
+            keys: HashMap::from([("k1".to_owned(), signer.decoding_key())]),
+            fetched_at: Some(Instant::now()),
+            validation: validation(&v.inner.config, ISSUER),
+        });
+        v
+    }
+
+    #[tokio::test]
+    async fn times_follow_the_injected_clock() {
+        let s = Signer::new();
+        let start = UNIX_EPOCH + Duration::from_secs(2_000_000_000);
+        let clock = pxb_core::ManualClock::new(start);
+        let v = validator_with_key(&s, OidcConfig::new(ISSUER, [AUD])).with_clock(Arc::new(clock.clone()));
+        let t0 = 2_000_000_000u64;
+        // Valid from t0 + 100 for 600 s, far from the system clock's now.
+        let token =
+            s.sign(&json!({"iss": ISSUER, "aud": AUD, "sub": "s-1", "nbf": t0 + 100, "exp": t0 + 700}));
+
+        // Not valid yet, even with the 60 s leeway…
+        assert_eq!(v.validate(&token).await, Err(OidcError::NotYetValid));
+        // …until the clock reaches nbf - leeway.
+        clock.advance(Duration::from_secs(40));
+        assert_eq!(v.validate(&token).await.map(|p| p.subject), Ok("s-1".into()));
+        // Still accepted at exp + leeway (exp < now - leeway is what expires a token)…
+        clock.set(start + Duration::from_secs(700 + 60));
+        assert!(v.validate(&token).await.is_ok());
+        // …and refused one second later, without any waiting.
+        clock.advance(Duration::from_secs(1));
+        assert_eq!(v.validate(&token).await, Err(OidcError::Expired));
+        // Clones share the clock; a clock that goes back makes the token good again.
+        let clone = v.clone();
+        clock.set(start + Duration::from_secs(300));
+        assert!(clone.validate(&token).await.is_ok());
+
+        // The default is the system clock: the same token is far in the future.
+        let system = validator_with_key(&s, OidcConfig::new(ISSUER, [AUD]));
+        assert_eq!(system.validate(&token).await, Err(OidcError::NotYetValid));
     }
 
     #[test]
@@ -793,7 +992,13 @@ mod tests {
         let config = OidcConfig::new(ISSUER, [AUD]);
         let token = a.sign(&claims(json!(AUD)));
         assert_eq!(
-            verify(&token, &b.decoding_key(), &validation(&config, ISSUER), ISSUER),
+            verify(
+                &token,
+                &b.decoding_key(),
+                &validation(&config, ISSUER),
+                ISSUER,
+                SystemTime::now()
+            ),
             Err(OidcError::Signature)
         );
     }

@@ -86,6 +86,11 @@ pub fn rfc3339(t: SystemTime) -> String {
     )
 }
 
+/// Parses a Kubernetes timestamp (RFC 3339).
+pub fn parse_rfc3339(s: &str) -> Option<time::OffsetDateTime> {
+    time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339).ok()
+}
+
 #[cfg(test)]
 mod rfc3339_tests {
     use std::time::{Duration, UNIX_EPOCH};

@@ -1,14 +1,22 @@
 //! The `ClusterProvider` seam: where clusters come from and how pxb gets short-lived access to
 //! them. `pxb-gardener` implements it over the Gardener API; [`StaticClusters`] is the in-memory
 //! twin for tests; [`conformance`] is the suite every implementation runs.
+//!
+//! The [`DiscoverySource`] seam starts one discovery per configured project and credential: a
+//! [`Discovery`] that sends each change as a [`ClusterDiff`] and hands out its clusters' provider.
+//! `pxb-server` starts its discoveries through it, with Gardener as the default;
+//! [`StaticDiscovery`] is the twin over [`StaticClusters`].
 
+use std::any::Any;
 use std::collections::BTreeMap;
 use std::fmt;
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
 
 use crate::{Error, Result};
 
@@ -306,12 +314,180 @@ impl ClusterProvider for StaticClusters {
     }
 }
 
+/// What a discovery watches: a project, reached with a named credential, and how it runs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct DiscoveryRequest {
+    /// The credential's name, as the caller's configuration names it (never the secret itself).
+    pub credential: String,
+    /// The project (for Gardener: the project name) whose clusters are discovered.
+    pub project: String,
+    /// Between full discovery cycles.
+    pub interval: Duration,
+    /// How long issued cluster access should be valid.
+    pub access_lifetime: Duration,
+    /// The deadline of each request to the provider's API.
+    pub request_timeout: Duration,
+}
+
+impl DiscoveryRequest {
+    /// `project` with `credential`: a full cycle every minute, access for an hour, 10 s per
+    /// request.
+    pub fn new(credential: impl Into<String>, project: impl Into<String>) -> Self {
+        DiscoveryRequest {
+            credential: credential.into(),
+            project: project.into(),
+            interval: Duration::from_secs(60),
+            access_lifetime: Duration::from_secs(3600),
+            request_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// A running discovery. It stops (its watches, its credential renewals) when dropped.
+pub trait Discovery: Send + Sync + fmt::Debug {
+    /// The provider of the clusters it found: access to them, their credentials' state.
+    fn provider(&self) -> Arc<dyn ClusterProvider>;
+
+    /// How many clusters it knows now, eligible or not.
+    fn tracked(&self) -> usize;
+
+    /// The implementation itself, for callers that know it (statistics, benchmarks).
+    fn as_any(&self) -> &dyn Any;
+}
+
+/// Where discoveries come from: given a request naming a credential and a project, a running
+/// [`Discovery`] of that project's clusters.
+#[async_trait]
+pub trait DiscoverySource: Send + Sync + fmt::Debug {
+    /// Connects to `request.project` with `request.credential` and proves both: an unknown or
+    /// refused credential and a missing project are errors (callers retry with backoff). Then
+    /// discovers until the returned [`Discovery`] is dropped, sending every non-empty change to
+    /// `diffs`; the first change adds every cluster found.
+    async fn start(
+        &self,
+        request: &DiscoveryRequest,
+        diffs: mpsc::UnboundedSender<ClusterDiff>,
+    ) -> Result<Box<dyn Discovery>>;
+}
+
+/// The in-memory twin of [`DiscoverySource`], for tests: one [`StaticClusters`] per (credential,
+/// project). A discovery sends what its clusters hold at start, then every change found by
+/// polling them once per `request.interval`.
+#[derive(Debug, Default)]
+pub struct StaticDiscovery {
+    projects: Mutex<BTreeMap<(String, String), Arc<StaticClusters>>>,
+}
+
+impl StaticDiscovery {
+    /// No projects.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Serves `clusters` as `project` to discoveries with `credential`; returns them, to change.
+    pub fn insert(
+        &self,
+        credential: impl Into<String>,
+        project: impl Into<String>,
+        clusters: Arc<StaticClusters>,
+    ) -> Arc<StaticClusters> {
+        self.projects
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert((credential.into(), project.into()), clusters.clone());
+        clusters
+    }
+}
+
+#[derive(Debug)]
+struct StaticRunning {
+    clusters: Arc<StaticClusters>,
+    known: Arc<AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for StaticRunning {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Discovery for StaticRunning {
+    fn provider(&self) -> Arc<dyn ClusterProvider> {
+        self.clusters.clone()
+    }
+
+    fn tracked(&self) -> usize {
+        self.known.load(Ordering::Relaxed)
+    }
+
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+}
+
+#[async_trait]
+impl DiscoverySource for StaticDiscovery {
+    async fn start(
+        &self,
+        request: &DiscoveryRequest,
+        diffs: mpsc::UnboundedSender<ClusterDiff>,
+    ) -> Result<Box<dyn Discovery>> {
+        let key = (request.credential.clone(), request.project.clone());
+        let clusters = self
+            .projects
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&key)
+            .cloned()
+            .ok_or_else(|| {
+                Error::not_found(format!(
+                    "no project {} for credential {}",
+                    request.project, request.credential
+                ))
+            })?;
+        let by_id = |v: Vec<ClusterInfo>| -> BTreeMap<ClusterId, ClusterInfo> {
+            v.into_iter().map(|c| (c.id.clone(), c)).collect()
+        };
+        let mut known = by_id(clusters.discover().await?);
+        let count = Arc::new(AtomicUsize::new(known.len()));
+        let first = ClusterDiff::between(&BTreeMap::new(), &known);
+        if !first.is_empty() {
+            let _ = diffs.send(first);
+        }
+        let (source, counter, every) = (clusters.clone(), count.clone(), request.interval);
+        let task = tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                let Ok(now) = source.discover().await else {
+                    continue;
+                };
+                let now = by_id(now);
+                let diff = ClusterDiff::between(&known, &now);
+                counter.store(now.len(), Ordering::Relaxed);
+                known = now;
+                if !diff.is_empty() && diffs.send(diff).is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(Box::new(StaticRunning {
+            clusters,
+            known: count,
+            task,
+        }))
+    }
+}
+
 /// The conformance suite of [`ClusterProvider`]s.
 pub mod conformance {
     use std::collections::BTreeSet;
     use std::time::{Duration, SystemTime};
 
-    use super::{ClusterId, ClusterProvider, CredentialState};
+    use super::{
+        ClusterDiff, ClusterId, ClusterProvider, CredentialState, DiscoveryRequest, DiscoverySource,
+    };
     use crate::{Error, Result};
 
     fn check(cond: bool, what: impl std::fmt::Display) -> Result<()> {
@@ -385,6 +561,61 @@ pub mod conformance {
         )?;
         Ok(())
     }
+
+    /// Checks a [`DiscoverySource`]: `known` names a project with at least one cluster, reached
+    /// with its credential; `unknown` one the source must refuse. A discovery of `known` first
+    /// adds what its provider discovers, counts it, and runs the [`ClusterProvider`] checks
+    /// ([`run_all`]) when `provider_checks` is set (the project then needs an eligible and an
+    /// ineligible cluster).
+    pub async fn run_discovery(
+        source: &dyn DiscoverySource,
+        known: &DiscoveryRequest,
+        unknown: &DiscoveryRequest,
+        provider_checks: bool,
+    ) -> Result<()> {
+        check(
+            source
+                .start(unknown, tokio::sync::mpsc::unbounded_channel().0)
+                .await
+                .is_err(),
+            "a discovery of an unknown project or credential is refused",
+        )?;
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<ClusterDiff>();
+        let running = source.start(known, tx).await?;
+        let first = tokio::time::timeout(std::time::Duration::from_secs(30), rx.recv())
+            .await
+            .map_err(|_| Error::other("conformance: no first change within 30 s"))?
+            .ok_or_else(|| Error::other("conformance: the change stream ended"))?;
+        check(
+            !first.added.is_empty(),
+            "the first change adds the project's clusters",
+        )?;
+        check(
+            first.removed.is_empty() && first.changed.is_empty(),
+            "the first change only adds",
+        )?;
+        let provider = running.provider();
+        let mut discovered: Vec<ClusterId> = provider.discover().await?.into_iter().map(|c| c.id).collect();
+        discovered.sort();
+        let mut added: Vec<ClusterId> = first.added.iter().map(|c| c.id.clone()).collect();
+        added.sort();
+        check(
+            added == discovered,
+            "the first change adds what the provider discovers",
+        )?;
+        check(
+            running.tracked() == discovered.len(),
+            format!(
+                "the discovery tracks {} clusters, its provider discovers {}",
+                running.tracked(),
+                discovered.len()
+            ),
+        )?;
+        if provider_checks {
+            run_all(provider.as_ref()).await?;
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]
@@ -430,6 +661,51 @@ mod tests {
             None,
         );
         conformance::run_all(&p).await.expect("conforms");
+    }
+
+    #[tokio::test]
+    async fn static_discovery_conforms_and_follows_changes() {
+        let source = StaticDiscovery::new();
+        let now = SystemTime::now();
+        let clusters = source.insert("cred", "dev", Arc::new(StaticClusters::new()));
+        clusters.insert(
+            info("a", Eligibility::Eligible),
+            Some(ClusterAccess {
+                server: "https://127.0.0.1:1".into(),
+                ca_pem: "ca".into(),
+                client_cert_pem: "cert".into(),
+                client_key_pem: "key".into(),
+                issued_at: now,
+                expires_at: now + Duration::from_secs(3600),
+            }),
+        );
+        clusters.insert(
+            info(
+                "b",
+                Eligibility::Ineligible {
+                    reason: IneligibleReason::Hibernated,
+                    message: "hibernated".into(),
+                },
+            ),
+            None,
+        );
+        let mut known = DiscoveryRequest::new("cred", "dev");
+        known.interval = Duration::from_millis(20);
+        let unknown = DiscoveryRequest::new("other", "dev");
+        conformance::run_discovery(&source, &known, &unknown, true)
+            .await
+            .expect("conforms");
+        // Changes to the clusters are sent as they are found.
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let running = source.start(&known, tx).await.expect("start");
+        assert_eq!(rx.recv().await.expect("first").added.len(), 2);
+        clusters.remove(&ClusterId("a".into()));
+        let d = rx.recv().await.expect("change");
+        assert_eq!(
+            d.removed.iter().map(|c| c.id.0.as_str()).collect::<Vec<_>>(),
+            ["a"]
+        );
+        assert_eq!(running.tracked(), 1);
     }
 
     #[test]

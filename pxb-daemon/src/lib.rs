@@ -1,15 +1,27 @@
-//! `pxb-daemon`: the `pxb` command line, `pxb-agent` and `pxb-server`.
+//! `pxb-daemon`: the agent and the server as libraries, the `pxb` command line, and the three
+//! thin binaries over them (`pxb`, `pxb-agent`, `pxb-server`).
 //!
-//! Binaries stay thin: they parse arguments, set up logging and call into [`cli`]. Everything they
-//! wire is a library type that tests build directly.
+//! Features keep each binary lean (all are on by default):
+//! - `agent`: the per-cluster agent ([`agent`]); no SQLite, no server HTTP stack;
+//! - `server`: the control plane ([`server`]) with its SQLite catalog and REST API;
+//! - `cli`: the `pxb` command line ([`cli`]);
+//! - `demo`: `pxb demo` ([`demo`]) and pxb on the fleet simulator ([`sim`]); needs the other three;
+//! - `conformance`: the conformance suites of this crate's seams, for other implementations' tests.
 
+#[cfg(feature = "agent")]
 pub mod agent;
+#[cfg(feature = "cli")]
 pub mod cli;
-pub mod crd;
+pub use pxb_core::api::crd;
+#[cfg(feature = "demo")]
+pub mod demo;
 pub mod kube_cluster;
 pub mod location;
 pub mod names;
+#[cfg(feature = "server")]
 pub mod server;
+#[cfg(feature = "demo")]
+pub mod sim;
 
 /// A log writer that removes credentials ([`pxb_core::redact::redact`]) from each formatted
 /// line before it reaches `W`: a secret that slipped into an error or a field stays out of the

@@ -58,23 +58,8 @@ pub struct OpenedLocation {
     pub token: Option<Arc<dyn TokenSource>>,
 }
 
-/// The account name in an endpoint: the first host label of `https://<account>.blob...`, or the
-/// first path segment of a path-style endpoint (`https://127.0.0.1:10000/<account>`).
-pub fn infer_account(endpoint: &str) -> Option<String> {
-    let url = url::Url::parse(endpoint).ok()?;
-    if let Some(seg) = url
-        .path_segments()
-        .and_then(|mut s| s.next())
-        .filter(|s| !s.is_empty())
-    {
-        return Some(seg.to_owned());
-    }
-    let host = url.host_str()?;
-    host.parse::<std::net::IpAddr>()
-        .is_err()
-        .then(|| host.split('.').next().map(str::to_owned))
-        .flatten()
-}
+/// The account name in a blob endpoint ([`pxb_azure::account_from_endpoint`]).
+pub use pxb_azure::account_from_endpoint as infer_account;
 
 impl LocationArgs {
     /// Opens the location. Reads credentials from the environment: `AZURE_STORAGE_KEY`,

@@ -29,7 +29,7 @@ fn http_get_with(port: u16, path: &str, headers: &str) -> Option<(u16, String)> 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_agent_binary_runs_and_stops_on_sigterm() {
-    let fleet = pxb_tests::sim::Fleet::start(pxb_tests::sim::FleetConfig::default()).expect("simulator");
+    let fleet = pxb_sim::Fleet::start(pxb_sim::FleetConfig::default()).expect("simulator");
     fleet.add_project("dev").expect("project");
     fleet.add_shoots("dev", "shoot", 1).expect("shoot");
     let dir = tempfile::tempdir().expect("dir");
@@ -49,11 +49,9 @@ async fn the_agent_binary_runs_and_stops_on_sigterm() {
             .expect("config"),
     )
     .expect("client");
-    pxb_tests::shoots::install_pxb(&client)
-        .await
-        .expect("install pxb");
+    pxb_daemon::sim::install_pxb(&client).await.expect("install pxb");
 
-    let port = pxb_tests::free_port().expect("port");
+    let port = pxb_harness::free_port().expect("port");
     let mut agent = Command::new(env!("CARGO_BIN_EXE_pxb-agent"))
         .env("KUBECONFIG", &kubeconfig)
         .env("PXB_LISTEN", format!("127.0.0.1:{port}"))
@@ -87,7 +85,7 @@ async fn the_agent_binary_runs_and_stops_on_sigterm() {
     assert_eq!(status["cluster"], "shoot-00000");
     let (_, metrics) = http_get(port, "/metrics").expect("metrics");
     assert!(metrics.contains("pxb_agent_ready 1"), "{metrics}");
-    pxb_tests::promtool_check_metrics(&metrics).expect("the exposition passes promtool");
+    pxb_harness::promtool_check_metrics(&metrics).expect("the exposition passes promtool");
     assert_eq!(http_get(port, "/nope").map(|r| r.0), Some(404));
 
     let locations: Api<BackupLocation> = Api::namespaced(client.clone(), "pxb-system");
@@ -143,8 +141,8 @@ async fn the_agent_binary_runs_and_stops_on_sigterm() {
 
 #[test]
 fn promtool_rejects_a_broken_exposition() {
-    let err = pxb_tests::promtool_check_metrics("# TYPE x counter\nx{le=\"1\" 1\n").expect_err("broken");
+    let err = pxb_harness::promtool_check_metrics("# TYPE x counter\nx{le=\"1\" 1\n").expect_err("broken");
     assert!(err.to_string().contains("promtool"), "{err}");
-    pxb_tests::promtool_check_metrics("# HELP x_total Things.\n# TYPE x_total counter\nx_total 1\n")
+    pxb_harness::promtool_check_metrics("# HELP x_total Things.\n# TYPE x_total counter\nx_total 1\n")
         .expect("valid");
 }

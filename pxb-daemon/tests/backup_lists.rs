@@ -5,8 +5,8 @@
 use std::sync::Arc;
 
 use pxb_core::catalog::records::{BackupRecord, BackupView, Org};
+use pxb_daemon::server::ServerBuilder;
 use pxb_daemon::server::config::{DEFAULT_CONFIG_YAML, ServerConfig};
-use pxb_daemon::server::{Server, ServerDeps, api, auth};
 use serde_json::Value;
 
 const TOKEN: &str = "list-test-token-0123456789";
@@ -14,21 +14,20 @@ const TOKEN: &str = "list-test-token-0123456789";
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn filtered_backup_lists_page_through_every_match_exactly_once() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let server = Server::build(
-        ServerConfig::from_yaml(DEFAULT_CONFIG_YAML).expect("config"),
-        ServerDeps {
-            catalog: Arc::new(
-                pxb_daemon::server::sqlite::SqliteCatalog::open(dir.path().join("catalog.db"))
-                    .await
-                    .expect("catalog"),
-            ),
-            clock: Arc::new(pxb_core::SystemClock),
-            authenticator: Arc::new(auth::DevToken::new(TOKEN)),
-            sealer: None,
-        },
-    )
-    .await
-    .expect("server");
+    let mut config = ServerConfig::from_yaml(DEFAULT_CONFIG_YAML).expect("config");
+    config.api.listen = "127.0.0.1:0".into();
+    let built = ServerBuilder::new(config)
+        .catalog(Arc::new(
+            pxb_daemon::server::sqlite::SqliteCatalog::open(dir.path().join("catalog.db"))
+                .await
+                .expect("catalog"),
+        ))
+        .clock(Arc::new(pxb_core::SystemClock))
+        .dev_token(TOKEN)
+        .build()
+        .await
+        .expect("server");
+    let server = built.server().clone();
     server
         .create_org(Org {
             id: "acme".into(),
@@ -57,15 +56,8 @@ async fn filtered_backup_lists_page_through_every_match_exactly_once() {
         .collect();
     server.catalog().put_all(&all).await.expect("fill");
 
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let url = format!(
-        "http://{}/v1/orgs/acme/backups",
-        listener.local_addr().expect("addr")
-    );
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let serving = tokio::spawn(api::serve(server.clone(), listener, async {
-        let _ = stopped.await;
-    }));
+    let daemon = built.spawn().expect("spawn");
+    let url = format!("http://{}/v1/orgs/acme/backups", daemon.addr);
     let http = reqwest::Client::new();
     let follow = |query: String| {
         let (http, url) = (http.clone(), url.clone());
@@ -151,6 +143,5 @@ async fn filtered_backup_lists_page_through_every_match_exactly_once() {
         .await
         .expect("get");
     assert_eq!(r.status(), 400);
-    let _ = stop.send(());
-    serving.await.expect("join").expect("serve");
+    daemon.shutdown().await;
 }

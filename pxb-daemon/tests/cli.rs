@@ -5,8 +5,8 @@ use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use pxb_azure::AzureBlobStore;
-use pxb_tests::azurite;
-use pxb_tests::fixture::{AzureFixture, CLIENT_ID, TENANT_ID};
+use pxb_harness::azure::{AzureFixture, CLIENT_ID, TENANT_ID};
+use pxb_harness::azurite;
 
 /// Runs `pxb` with a clean Azure environment plus `env`; returns its output and how long it took.
 fn pxb(args: &[&str], env: &[(&str, &str)]) -> (Output, Duration) {
@@ -31,6 +31,24 @@ fn pxb(args: &[&str], env: &[(&str, &str)]) -> (Output, Duration) {
     (out, start.elapsed())
 }
 
+/// Store settings for `container` in the fixture's Azurite with the development account key.
+fn key_config(fx: &AzureFixture, container: &str) -> pxb_azure::AzureConfig {
+    let mut c = pxb_azure::AzureConfig::new(
+        azurite::ACCOUNT,
+        container,
+        pxb_azure::AzureAuth::SharedKey {
+            key: azurite::ACCOUNT_KEY.into(),
+        },
+    );
+    c.endpoint = Some(fx.azurite.endpoint());
+    c.ca_file = Some(fx.ca.ca_file());
+    c.http = pxb_azure::HttpSettings {
+        max_retries: 2,
+        ..pxb_azure::HttpSettings::default()
+    };
+    c
+}
+
 fn stdout(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
@@ -44,7 +62,7 @@ impl Setup {
     async fn new() -> Self {
         let fx = AzureFixture::start(3600).expect("fixture");
         let container = fx.container_name("cli");
-        AzureBlobStore::new(fx.key_config(&container))
+        AzureBlobStore::new(key_config(&fx, &container))
             .expect("store")
             .create_container()
             .await
@@ -108,7 +126,7 @@ async fn check_passes_with_workload_identity() {
     assert!(text.contains("location OK"), "{text}");
     assert!(took < Duration::from_secs(10), "took {took:?}");
     // The probe is gone.
-    let store = AzureBlobStore::new(s.fx.key_config(&s.container)).expect("store");
+    let store = AzureBlobStore::new(key_config(&s.fx, &s.container)).expect("store");
     use pxb_core::ObjectStore;
     assert!(
         store.list("", None, 10).await.expect("list").objects.is_empty(),

@@ -9,7 +9,7 @@
 mod support;
 
 use std::io::{BufRead as _, BufReader};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 
 use support::pxb;
@@ -63,12 +63,6 @@ fn ids(v: &Value) -> Vec<String> {
 
 #[test]
 fn the_cli_drives_the_demo_fleet_end_to_end() {
-    let demo_bin = PathBuf::from(env!("CARGO_BIN_EXE_pxb")).with_file_name("pxb-demo");
-    assert!(
-        demo_bin.exists(),
-        "{} is missing: build it with `cargo build -p pxb-tests --bin pxb-demo` (the workspace test run does)",
-        demo_bin.display()
-    );
     let dir = tempfile::tempdir().expect("tempdir");
     let config = dir.path().join("pxb.yaml");
     let mut child = Command::new(env!("CARGO_BIN_EXE_pxb"))
@@ -347,7 +341,7 @@ fn the_cli_drives_the_demo_fleet_end_to_end() {
         metrics.contains("pxb_server_operations_active{kind=\"backup\"}"),
         "{metrics}"
     );
-    pxb_tests::promtool_check_metrics(&metrics).expect("promtool");
+    pxb_harness::promtool_check_metrics(&metrics).expect("promtool");
     let completions = pxb(&config, &["completions", "bash"]);
     assert!(String::from_utf8_lossy(&completions.stdout).contains("_pxb"));
     drop(demo);

@@ -9,8 +9,8 @@ use std::path::Path;
 
 use pxb_daemon::server::Daemon;
 use pxb_daemon::server::config::{DEFAULT_CONFIG_YAML, ServerConfig};
-use pxb_tests::oidc::{TestIssuer, USER_CODE};
-use pxb_tests::tls::TestCa;
+use pxb_harness::oidc::{TestIssuer, USER_CODE};
+use pxb_harness::tls::TestCa;
 
 const AUDIENCE: &str = "api://pxb-test";
 

@@ -88,7 +88,7 @@ fn schemas_constrain_values_and_columns_show_phase_and_age() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn crds_install_on_a_shoot_and_serve_typed_objects() {
-    let shoots = pxb_tests::shoots::ShootFixture::start(1)
+    let shoots = pxb_daemon::sim::ShootFixture::start(1)
         .await
         .expect("simulated shoot");
     let client = shoots.client(0).await.expect("client");

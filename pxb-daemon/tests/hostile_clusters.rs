@@ -25,8 +25,8 @@ use pxb_daemon::names;
 use pxb_daemon::server::backups::BackupRequest;
 use pxb_daemon::server::config::ServerConfig;
 use pxb_daemon::server::{Server, ServerDeps, auth};
-use pxb_tests::sim::store::{label_value_errors, qualified_name_errors};
-use pxb_tests::sim::{Fleet, FleetConfig};
+use pxb_sim::store::{label_value_errors, qualified_name_errors};
+use pxb_sim::{Fleet, FleetConfig};
 use serde_json::{Value, json};
 
 async fn server(tweak: impl FnOnce(&mut ServerConfig)) -> Server {
@@ -71,7 +71,7 @@ async fn shoot(
     )
     .await;
     let client = pxb_gardener::kube_client(&access).expect("client");
-    pxb_tests::shoots::install_pxb(&client).await.expect("install");
+    pxb_daemon::sim::install_pxb(&client).await.expect("install");
     let service: k8s_openapi::api::core::v1::Service = serde_saphyr::from_str(
         &std::fs::read_to_string(concat!(
             env!("CARGO_MANIFEST_DIR"),
@@ -184,7 +184,7 @@ fn assert_valid_meta(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::Obje
         assert!(qualified_name_errors(k).is_empty(), "annotation key {k:?}");
     }
     let name = meta.name.as_deref().unwrap_or_default();
-    assert!(pxb_tests::sim::store::is_dns1123_subdomain(name), "name {name:?}");
+    assert!(pxb_sim::store::is_dns1123_subdomain(name), "name {name:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -568,7 +568,7 @@ async fn one_orgs_hanging_clusters_do_not_hold_up_another_orgs_visits() {
                 let name = format!("{prefix}-{i:05}");
                 if hang {
                     fleet
-                        .set_fault(project, &name, pxb_tests::sim::Fault::Offline)
+                        .set_fault(project, &name, pxb_sim::Fault::Offline)
                         .expect("fault");
                 }
                 let id = format!("{org}-{i}");

@@ -12,7 +12,7 @@ use serde_json::json;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kube_cluster_conforms_against_a_simulated_shoot() {
-    let shoots = pxb_tests::shoots::ShootFixture::start(1)
+    let shoots = pxb_daemon::sim::ShootFixture::start(1)
         .await
         .expect("simulated shoot");
     let cluster = KubeCluster::new(shoots.client(0).await.expect("client"));
@@ -22,7 +22,7 @@ async fn kube_cluster_conforms_against_a_simulated_shoot() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn resources_move_between_simulated_shoots() {
-    let shoots = pxb_tests::shoots::ShootFixture::start(2)
+    let shoots = pxb_daemon::sim::ShootFixture::start(2)
         .await
         .expect("simulated shoots");
     let src = KubeCluster::new(shoots.client(0).await.expect("client"));

@@ -10,7 +10,11 @@ use crate::types::Shoot;
 pub const KUBECONFIG_ADDRESSES: [&str; 4] = ["external", "wildcard-tls-seed-bound", "internal", "unmanaged"];
 
 /// What makes a shoot eligible.
+///
+/// Non-exhaustive: start from [`Policy::default`] (Azure shoots on Kubernetes 1.30 or later) and
+/// adjust it with the `with_…` setters or the public fields.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct Policy {
     /// Required `spec.provider.type`.
     pub provider_type: String,
@@ -24,6 +28,20 @@ impl Default for Policy {
             provider_type: "azure".into(),
             min_version: semver::Version::new(1, 30, 0),
         }
+    }
+}
+
+impl Policy {
+    /// Sets the required `spec.provider.type` ([`provider_type`](Self::provider_type)).
+    pub fn with_provider_type(mut self, provider_type: impl Into<String>) -> Self {
+        self.provider_type = provider_type.into();
+        self
+    }
+
+    /// Sets the lowest Kubernetes version served ([`min_version`](Self::min_version)).
+    pub fn with_min_version(mut self, version: semver::Version) -> Self {
+        self.min_version = version;
+        self
     }
 }
 

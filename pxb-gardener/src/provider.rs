@@ -15,7 +15,7 @@ use kube::runtime::watcher;
 use pxb_core::cluster::{
     ClusterAccess, ClusterDiff, ClusterId, ClusterInfo, ClusterProvider, CredentialState, Eligibility,
 };
-use pxb_core::{Error, Result};
+use pxb_core::{Clock, Error, Result, SystemClock};
 use serde_json::{Value, json};
 use tokio::sync::{OnceCell, Semaphore, mpsc};
 
@@ -23,8 +23,16 @@ use crate::classify::{Policy, classify_object};
 use crate::kubeconfig::parse_access;
 use crate::types::{Project, Shoot};
 
+/// The variable naming the garden kubeconfig file ([`GardenerConfig::from_env`]).
+pub const ENV_GARDEN_KUBECONFIG: &str = "PXB_GARDEN_KUBECONFIG";
+/// The variable naming the Gardener project ([`GardenerConfig::from_env`]).
+pub const ENV_GARDEN_PROJECT: &str = "PXB_GARDEN_PROJECT";
+
 /// How pxb authenticates to the garden.
+///
+/// Non-exhaustive: more methods may come.
 #[derive(Clone)]
+#[non_exhaustive]
 pub enum GardenAuth {
     /// A kubeconfig (YAML text), e.g. of a project service account.
     Kubeconfig(String),
@@ -39,6 +47,19 @@ pub enum GardenAuth {
     },
 }
 
+impl GardenAuth {
+    /// The kubeconfig in the file at `path` (e.g. a mounted Secret of a project service
+    /// account), read now: the garden client keeps it in memory.
+    ///
+    /// Errors: [`Error::Io`] when the file cannot be read, naming it.
+    pub fn kubeconfig_file(path: impl AsRef<std::path::Path>) -> Result<Self> {
+        let path = path.as_ref();
+        let yaml = std::fs::read_to_string(path)
+            .map_err(|e| Error::io(format!("reading the garden kubeconfig {}", path.display()), e))?;
+        Ok(GardenAuth::Kubeconfig(yaml))
+    }
+}
+
 impl std::fmt::Debug for GardenAuth {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
@@ -51,7 +72,30 @@ impl std::fmt::Debug for GardenAuth {
 }
 
 /// Settings of a [`GardenerProvider`].
+///
+/// Make one with [`GardenerConfig::new`] or [`GardenerConfig::from_env`], then adjust it with the
+/// chainable `with_…` setters (or assign the public fields). Non-exhaustive: fields may be added,
+/// so it cannot be written as a struct literal outside this crate.
+///
+/// ```
+/// use std::sync::Arc;
+/// use std::time::Duration;
+///
+/// use pxb_core::SystemClock;
+/// use pxb_gardener::{GardenAuth, GardenerConfig};
+///
+/// let kubeconfig = String::from("apiVersion: v1\nkind: Config\n"); // a project service account's
+/// let config = GardenerConfig::new(GardenAuth::Kubeconfig(kubeconfig), "dev")
+///     .with_expiration(Duration::from_secs(30 * 60))
+///     .with_discovery_interval(Duration::from_secs(5 * 60))
+///     .with_issue_concurrency(64)
+///     .with_eager(false)
+///     .with_clock(Arc::new(SystemClock)); // the default; a `ManualClock` in tests
+/// assert_eq!(config.project, "dev");
+/// assert_eq!(config.expiration, Duration::from_secs(1800));
+/// ```
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct GardenerConfig {
     /// Garden credentials.
     pub garden: GardenAuth,
@@ -80,6 +124,10 @@ pub struct GardenerConfig {
     pub retry_base: Duration,
     /// Longest retry delay.
     pub retry_max: Duration,
+    /// The wall clock that decides whether a credential is fresh, due for renewal or expired
+    /// (default [`SystemClock`]; a [`pxb_core::ManualClock`] makes those decisions testable
+    /// without waiting). Waiting itself (retry backoff, tick intervals) stays on tokio's timer.
+    pub clock: Arc<dyn Clock>,
 }
 
 impl GardenerConfig {
@@ -100,7 +148,123 @@ impl GardenerConfig {
             eager: true,
             retry_base: Duration::from_secs(1),
             retry_max: Duration::from_secs(60),
+            clock: Arc::new(SystemClock),
         }
+    }
+
+    /// Settings from the process environment; see [`GardenerConfig::from_env_with`].
+    pub fn from_env() -> Result<Self> {
+        Self::from_env_with(|name| std::env::var(name).ok())
+    }
+
+    /// Settings from `lookup` (a variable's value by name; empty values count as unset):
+    ///
+    /// | variable | sets |
+    /// |---|---|
+    /// | `PXB_GARDEN_KUBECONFIG` | the path of the garden kubeconfig, e.g. a project service account's; read now ([`GardenAuth::kubeconfig_file`]) |
+    /// | `PXB_GARDEN_PROJECT` | the Gardener [`project`](Self::project) (its name, not its namespace) |
+    ///
+    /// Both are required; every other setting keeps the defaults of [`GardenerConfig::new`].
+    ///
+    /// Errors: [`Error::Invalid`] when a variable is missing, [`Error::Io`] when the kubeconfig
+    /// cannot be read. The kubeconfig itself is checked by [`GardenerProvider::connect`].
+    pub fn from_env_with(lookup: impl Fn(&str) -> Option<String>) -> Result<Self> {
+        let required = |name: &str, what: &str| {
+            lookup(name)
+                .filter(|v| !v.trim().is_empty())
+                .ok_or_else(|| Error::invalid(format!("{name} is not set: it names {what}")))
+        };
+        let path = required(
+            ENV_GARDEN_KUBECONFIG,
+            "the garden kubeconfig file (e.g. a Gardener project service account's)",
+        )?;
+        let project = required(
+            ENV_GARDEN_PROJECT,
+            "the Gardener project whose shoots to discover",
+        )?;
+        let garden = GardenAuth::kubeconfig_file(&path).map_err(|e| e.context(ENV_GARDEN_KUBECONFIG))?;
+        Ok(Self::new(garden, project.trim()))
+    }
+
+    /// Sets the garden credentials ([`garden`](Self::garden)).
+    pub fn with_garden(mut self, garden: GardenAuth) -> Self {
+        self.garden = garden;
+        self
+    }
+
+    /// Sets the Gardener [`project`](Self::project).
+    pub fn with_project(mut self, project: impl Into<String>) -> Self {
+        self.project = project.into();
+        self
+    }
+
+    /// Sets what makes a shoot eligible ([`policy`](Self::policy)).
+    pub fn with_policy(mut self, policy: Policy) -> Self {
+        self.policy = policy;
+        self
+    }
+
+    /// Sets the kubeconfig lifetime to request ([`expiration`](Self::expiration); Gardener accepts
+    /// 600 s to its maximum).
+    pub fn with_expiration(mut self, lifetime: Duration) -> Self {
+        self.expiration = lifetime;
+        self
+    }
+
+    /// Sets when a credential is renewed: at `fraction` of its lifetime
+    /// ([`renew_fraction`](Self::renew_fraction), in `[0.1, 1)`) plus or minus up to `jitter` of
+    /// it ([`renew_jitter`](Self::renew_jitter), in `[0, 0.5)`). Checked by
+    /// [`GardenerProvider::connect`].
+    pub fn with_renewal(mut self, fraction: f64, jitter: f64) -> Self {
+        self.renew_fraction = fraction;
+        self.renew_jitter = jitter;
+        self
+    }
+
+    /// Sets the interval of full discovery cycles ([`discovery_interval`](Self::discovery_interval)).
+    pub fn with_discovery_interval(mut self, interval: Duration) -> Self {
+        self.discovery_interval = interval;
+        self
+    }
+
+    /// Sets the page size of shoot lists ([`page_size`](Self::page_size)).
+    pub fn with_page_size(mut self, shoots: u32) -> Self {
+        self.page_size = shoots;
+        self
+    }
+
+    /// Sets the deadline of each garden request ([`request_timeout`](Self::request_timeout)).
+    pub fn with_request_timeout(mut self, timeout: Duration) -> Self {
+        self.request_timeout = timeout;
+        self
+    }
+
+    /// Sets how many kubeconfig requests may be in flight
+    /// ([`issue_concurrency`](Self::issue_concurrency)).
+    pub fn with_issue_concurrency(mut self, requests: usize) -> Self {
+        self.issue_concurrency = requests;
+        self
+    }
+
+    /// Sets whether a fresh credential is kept for every eligible cluster
+    /// ([`eager`](Self::eager)) instead of issuing on first use.
+    pub fn with_eager(mut self, eager: bool) -> Self {
+        self.eager = eager;
+        self
+    }
+
+    /// Sets the retry delays after a failed issuance: `base` first, doubling up to `max`
+    /// ([`retry_base`](Self::retry_base), [`retry_max`](Self::retry_max)).
+    pub fn with_retry(mut self, base: Duration, max: Duration) -> Self {
+        self.retry_base = base;
+        self.retry_max = max;
+        self
+    }
+
+    /// Sets the wall clock the credential decisions read ([`clock`](Self::clock)).
+    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
     }
 }
 
@@ -419,7 +583,7 @@ impl GardenerProvider {
         let State { inventory, creds } = st;
         creds.retain(|id, _| inventory.get(id).is_some_and(|c| c.eligibility.is_eligible()));
         if self.config.eager {
-            let now = SystemTime::now();
+            let now = self.config.clock.now();
             for c in inventory.values().filter(|c| c.eligibility.is_eligible()) {
                 creds.entry(c.id.clone()).or_insert_with(|| Cred::new(now));
             }
@@ -445,7 +609,7 @@ impl GardenerProvider {
         .header("content-type", "application/json")
         .body(body.to_string().into_bytes())
         .map_err(|e| Error::other(format!("{what}: {e}")))?;
-        let issued_at = SystemTime::now();
+        let issued_at = self.config.clock.now();
         let resp: Value = self.garden_call(&what, self.client.request(req)).await?;
         let expires = resp
             .pointer("/status/expirationTimestamp")
@@ -486,13 +650,13 @@ impl GardenerProvider {
             let cred = st
                 .creds
                 .entry(id.clone())
-                .or_insert_with(|| Cred::new(SystemTime::now()));
+                .or_insert_with(|| Cred::new(self.config.clock.now()));
             (name, namespace, cred.lock.clone())
         };
         let _one = lock.lock().await;
         if !force {
             let st = self.state();
-            let now = SystemTime::now();
+            let now = self.config.clock.now();
             if let Some(a) = st.creds.get(id).and_then(|c| {
                 c.access
                     .as_ref()
@@ -508,7 +672,7 @@ impl GardenerProvider {
             let _permit = self.permits.acquire().await;
             self.request_kubeconfig(&namespace, &name).await
         };
-        let now = SystemTime::now();
+        let now = self.config.clock.now();
         let mut st = self.state();
         let Some(cred) = st.creds.get_mut(id) else {
             // Removed while we were issuing: hand out what we got, keep nothing.
@@ -583,7 +747,7 @@ impl GardenerProvider {
 
     /// Starts every credential renewal (or retry) that is due; returns how many started.
     pub fn renew_due(self: &Arc<Self>) -> usize {
-        let now = SystemTime::now();
+        let now = self.config.clock.now();
         let due: Vec<ClusterId> = {
             let mut st = self.state();
             st.creds
@@ -711,7 +875,7 @@ impl ClusterProvider for GardenerProvider {
                     info.name
                 )));
             }
-            let now = SystemTime::now();
+            let now = self.config.clock.now();
             if let Some(a) = st
                 .creds
                 .get(id)
@@ -721,7 +885,7 @@ impl ClusterProvider for GardenerProvider {
             }
         }
         let a = self.refresh(id, false).await?;
-        if !a.valid_at(SystemTime::now(), Duration::ZERO) {
+        if !a.valid_at(self.config.clock.now(), Duration::ZERO) {
             return Err(Error::unauthenticated(format!(
                 "the garden issued an already expired kubeconfig for cluster {id}"
             )));
@@ -734,7 +898,7 @@ impl ClusterProvider for GardenerProvider {
         let Some(c) = st.creds.get(id) else {
             return CredentialState::Missing;
         };
-        let now = SystemTime::now();
+        let now = self.config.clock.now();
         let valid = c.access.as_ref().filter(|a| a.valid_at(now, Duration::ZERO));
         if c.in_flight {
             return CredentialState::Renewing {
@@ -776,6 +940,222 @@ mod tests {
         assert_eq!(renew_time(t0, t1, 0.4, -0.3), t0 + Duration::from_secs(1800));
         // A zero lifetime renews at once.
         assert_eq!(renew_time(t0, t0, 0.8, 0.0), t0);
+    }
+
+    /// A file in the temp directory, removed when dropped.
+    struct TempFile(std::path::PathBuf);
+
+    impl TempFile {
+        fn new(name: &str, content: &str) -> Self {
+            let path = std::env::temp_dir().join(format!("pxb-gardener-{}-{name}", std::process::id()));
+            std::fs::write(&path, content).expect("write the temp file");
+            Self(path)
+        }
+    }
+
+    impl Drop for TempFile {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(&self.0);
+        }
+    }
+
+    fn env(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> + use<> {
+        let map: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        move |name| map.get(name).cloned()
+    }
+
+    #[test]
+    fn from_env_reads_the_kubeconfig_file_and_the_project() {
+        let file = TempFile::new("garden.yaml", "apiVersion: v1\nkind: Config\n");
+        let path = file.0.to_string_lossy().into_owned();
+        let c = GardenerConfig::from_env_with(env(&[
+            ("PXB_GARDEN_KUBECONFIG", &path),
+            ("PXB_GARDEN_PROJECT", " dev "),
+        ]))
+        .expect("config");
+        assert_eq!(c.project, "dev");
+        match &c.garden {
+            GardenAuth::Kubeconfig(yaml) => assert_eq!(yaml, "apiVersion: v1\nkind: Config\n"),
+            other => panic!("{other:?}"),
+        }
+        // Everything else is `new`'s default.
+        let d = GardenerConfig::new(c.garden.clone(), "dev");
+        assert_eq!(
+            (
+                c.expiration,
+                c.discovery_interval,
+                c.page_size,
+                c.issue_concurrency,
+                c.eager
+            ),
+            (
+                d.expiration,
+                d.discovery_interval,
+                d.page_size,
+                d.issue_concurrency,
+                d.eager
+            )
+        );
+    }
+
+    #[test]
+    fn from_env_names_what_is_missing() {
+        let file = TempFile::new("missing.yaml", "apiVersion: v1\n");
+        let path = file.0.to_string_lossy().into_owned();
+        let e =
+            GardenerConfig::from_env_with(env(&[("PXB_GARDEN_PROJECT", "dev")])).expect_err("no kubeconfig");
+        assert!(matches!(e, Error::Invalid { .. }), "{e:?}");
+        assert!(e.to_string().contains("PXB_GARDEN_KUBECONFIG"), "{e}");
+        let e = GardenerConfig::from_env_with(env(&[
+            ("PXB_GARDEN_KUBECONFIG", &path),
+            ("PXB_GARDEN_PROJECT", ""),
+        ]))
+        .expect_err("no project");
+        assert!(matches!(e, Error::Invalid { .. }), "{e:?}");
+        assert!(e.to_string().contains("PXB_GARDEN_PROJECT"), "{e}");
+        let e = GardenerConfig::from_env_with(env(&[
+            ("PXB_GARDEN_KUBECONFIG", "/nonexistent/pxb/garden.yaml"),
+            ("PXB_GARDEN_PROJECT", "dev"),
+        ]))
+        .expect_err("unreadable kubeconfig");
+        assert!(matches!(e, Error::Io { .. }), "{e:?}");
+        assert!(e.to_string().contains("/nonexistent/pxb/garden.yaml"), "{e}");
+    }
+
+    #[test]
+    fn setters_chain() {
+        let policy = Policy {
+            provider_type: "gcp".into(),
+            ..Policy::default()
+        };
+        let c = GardenerConfig::new(GardenAuth::Kubeconfig(String::new()), "a")
+            .with_project("b")
+            .with_garden(GardenAuth::Token {
+                server: "https://garden".into(),
+                token: "SECRET".into(),
+                ca_pem: None,
+            })
+            .with_policy(policy)
+            .with_expiration(Duration::from_secs(600))
+            .with_renewal(0.5, 0.2)
+            .with_discovery_interval(Duration::from_secs(5))
+            .with_page_size(10)
+            .with_request_timeout(Duration::from_secs(3))
+            .with_issue_concurrency(2)
+            .with_eager(false)
+            .with_retry(Duration::from_millis(10), Duration::from_secs(2))
+            .with_clock(Arc::new(pxb_core::ManualClock::new(UNIX_EPOCH)));
+        assert_eq!(c.project, "b");
+        assert_eq!(c.clock.now(), UNIX_EPOCH);
+        assert_eq!(c.policy.provider_type, "gcp");
+        assert_eq!(c.expiration, Duration::from_secs(600));
+        assert_eq!((c.renew_fraction, c.renew_jitter), (0.5, 0.2));
+        assert_eq!(
+            (c.discovery_interval, c.request_timeout),
+            (Duration::from_secs(5), Duration::from_secs(3))
+        );
+        assert_eq!((c.page_size, c.issue_concurrency, c.eager), (10, 2, false));
+        assert_eq!(
+            (c.retry_base, c.retry_max),
+            (Duration::from_millis(10), Duration::from_secs(2))
+        );
+        assert!(!format!("{c:?}").contains("SECRET"));
+    }
+
+    /// A provider for an unreachable garden (nothing here makes a request) reading `clock`, with
+    /// one eligible cluster holding a credential issued at `t0` for an hour, renewed at 80 %.
+    async fn provider_with_credential(
+        clock: &pxb_core::ManualClock,
+        t0: SystemTime,
+    ) -> (Arc<GardenerProvider>, ClusterId, ClusterAccess) {
+        let garden = GardenAuth::Token {
+            server: "https://127.0.0.1:9".into(),
+            token: "t".into(),
+            ca_pem: None,
+        };
+        let config = GardenerConfig::new(garden, "dev")
+            .with_eager(false)
+            .with_renewal(0.8, 0.0)
+            .with_clock(Arc::new(clock.clone()));
+        let p = GardenerProvider::connect(config).await.expect("provider");
+        let id = ClusterId("uid-1".into());
+        let access = ClusterAccess {
+            server: "https://shoot.invalid".into(),
+            ca_pem: String::new(),
+            client_cert_pem: String::new(),
+            client_key_pem: String::new(),
+            issued_at: t0,
+            expires_at: t0 + Duration::from_secs(3600),
+        };
+        let mut st = p.state();
+        st.inventory.insert(
+            id.clone(),
+            ClusterInfo {
+                id: id.clone(),
+                name: "s1".into(),
+                namespace: "garden-dev".into(),
+                provider_type: "azure".into(),
+                kubernetes_version: "1.31.0".into(),
+                region: "westeurope".into(),
+                labels: BTreeMap::new(),
+                eligibility: Eligibility::Eligible,
+            },
+        );
+        let mut cred = Cred::new(t0);
+        cred.due = renew_time(access.issued_at, access.expires_at, 0.8, 0.0);
+        cred.access = Some(Arc::new(access.clone()));
+        st.creds.insert(id.clone(), cred);
+        drop(st);
+        (p, id, access)
+    }
+
+    #[tokio::test]
+    async fn credential_decisions_follow_the_injected_clock() {
+        let t0 = UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let clock = pxb_core::ManualClock::new(t0);
+        let (p, id, access) = provider_with_credential(&clock, t0).await;
+        let renew_at = t0 + Duration::from_secs(2880);
+        let fresh = CredentialState::Fresh {
+            expires_at: access.expires_at,
+            renew_at,
+        };
+
+        // Fresh at t0 (long expired by the system clock): handed out from memory, not renewed.
+        assert_eq!(p.credential_state(&id), fresh);
+        assert_eq!(
+            p.access(&id).await.expect("cached access").expires_at,
+            access.expires_at
+        );
+        assert_eq!(p.renew_due(), 0);
+        clock.set(renew_at - Duration::from_secs(1));
+        assert_eq!(p.renew_due(), 0, "not due a second before renew_at");
+        assert_eq!(p.credential_state(&id), fresh);
+
+        // Past the expiry, without waiting: expired.
+        clock.set(access.expires_at);
+        assert_eq!(
+            p.credential_state(&id),
+            CredentialState::Expired {
+                since: access.expires_at
+            }
+        );
+        // Clocks do jump back: fresh again.
+        clock.set(t0 + Duration::from_secs(60));
+        assert_eq!(p.credential_state(&id), fresh);
+
+        // At renew_at the renewal starts (the request itself is left unanswered here).
+        clock.set(renew_at);
+        assert_eq!(p.renew_due(), 1);
+        assert_eq!(
+            p.credential_state(&id),
+            CredentialState::Renewing {
+                expires_at: Some(access.expires_at)
+            }
+        );
+        assert_eq!(p.renew_due(), 0, "one renewal at a time");
     }
 
     #[test]

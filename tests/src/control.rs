@@ -5,13 +5,9 @@
 
 use std::collections::BTreeMap;
 use std::future::Future;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
-use anyhow::Context as _;
-use k8s_openapi::api::apps::v1::Deployment;
-use kube::Api;
-use kube::api::PostParams;
-use pxb_daemon::agent::{Agent, AgentConfig};
+use pxb_daemon::agent::Agent;
 use pxb_daemon::server::Daemon;
 use pxb_daemon::server::config::{GardenCredential, ServerConfig};
 use serde_json::Value;
@@ -207,55 +203,7 @@ impl ControlPlane {
     }
 }
 
-/// A client for a simulated shoot, from a fresh admin kubeconfig.
-pub async fn shoot_client(fleet: &Fleet, project: &str, name: &str) -> anyhow::Result<kube::Client> {
-    let yaml = fleet.admin_kubeconfig(project, name, 3600)?;
-    let now = SystemTime::now();
-    let access = pxb_gardener::parse_access(&yaml, now, now + Duration::from_secs(3600))?;
-    Ok(pxb_gardener::kube_client(&access)?)
-}
-
-/// Installs pxb on a simulated shoot (CRDs, `pxb-system`, the agent Deployment from
-/// `deploy/agent`) and starts a real agent for it in this process, with `workload_identity` as its
-/// pod's identity and `ca_file` trusted for locations. Its read API listens on a loopback port.
-pub async fn start_agent(
-    fleet: &Fleet,
-    project: &str,
-    name: &str,
-    workload_identity: pxb_azure::WorkloadIdentityOptions,
-    ca_file: Option<std::path::PathBuf>,
-) -> anyhow::Result<Agent> {
-    let client = shoot_client(fleet, project, name).await?;
-    crate::shoots::install_pxb(&client).await?;
-    let manifest = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/agent/30-deployment.yaml");
-    let deployment: Deployment = serde_saphyr::from_str(&std::fs::read_to_string(manifest)?)?;
-    Api::<Deployment>::namespaced(client.clone(), pxb_daemon::crd::AGENT_NAMESPACE)
-        .create(&PostParams::default(), &deployment)
-        .await
-        .context("creating the agent Deployment")?;
-    let manifest = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/agent/40-service.yaml");
-    let service: k8s_openapi::api::core::v1::Service =
-        serde_saphyr::from_str(&std::fs::read_to_string(manifest)?)?;
-    Api::<k8s_openapi::api::core::v1::Service>::namespaced(client.clone(), pxb_daemon::crd::AGENT_NAMESPACE)
-        .create(&PostParams::default(), &service)
-        .await
-        .context("creating the agent Service")?;
-    let config = AgentConfig {
-        listen: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
-        cluster_name: Some(name.into()),
-        workload_identity,
-        ca_file,
-        heartbeat_interval: Duration::from_secs(1),
-        ..AgentConfig::default()
-    };
-    let agent = Agent::start(client, config).await?;
-    // The agent's Service, as kube-proxy would route it: the server reads the agent's catalog
-    // through the shoot's service proxy.
-    fleet
-        .shoot(project, name)?
-        .register_service_backend("pxb-system", "pxb-agent", "http", agent.api_addr);
-    Ok(agent)
-}
+pub use pxb_daemon::sim::{shoot_client, start_agent};
 
 /// Polls `probe` every 200 ms until it returns `Ok(Some(_))`; fails after `timeout` with the
 /// last description `probe` gave (`Ok(None)` keeps waiting; the `Err` text is remembered).

@@ -316,7 +316,7 @@ async fn sync_finds_other_clusters_backups_and_verify_finds_a_deleted_chunk() {
     let state = Arc::new(pxb_daemon::agent::api::ApiState {
         backups: pxb_daemon::agent::backups::Context::new(
             ctx.clone(),
-            Arc::new(pxb_daemon::agent::volumes::StaticVolumes::new(data.path())),
+            Arc::new(pxb_daemon::agent::volumes::MemoryVolumes::new(data.path())),
         ),
         ready: true.into(),
         token: None,

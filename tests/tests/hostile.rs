@@ -564,6 +564,17 @@ async fn only_an_org_admin_may_allow_cluster_kinds_in_a_restore() {
     let cp = two_tenants().await;
     let operator = cp.token("oscar", &["acme-operators"]);
     let admin = cp.token("alice", &["acme-admins"]);
+    // The route admits viewers to its handler, which requires an operator: a viewer of the org
+    // itself restores nothing.
+    let viewer = cp.token("victor", &["acme-viewers"]);
+    let (status, body) = post(&cp, "/v1/orgs/acme/restores", &viewer, json!({"backup": "b1"})).await;
+    assert_eq!(status, 403, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("Operator")),
+        "{body}"
+    );
     let (status, body) = post(
         &cp,
         "/v1/orgs/acme/restores",
@@ -653,6 +664,11 @@ async fn one_orgs_flood_of_requests_takes_only_its_own_share() {
         .expect("call");
     assert_eq!(status, 429, "{body}");
     assert_eq!(body["error"]["code"], "throttled", "{body}");
+    // The org spelled with percent-escapes is the same org to the router, and to the limit.
+    for spelled in ["/v1/orgs/ac%6De/clusters", "/v1/orgs/%61%63%6d%65/backups"] {
+        let (status, body) = cp.call(Method::GET, spelled, &acme, None).await.expect("call");
+        assert_eq!(status, 429, "{spelled} went past the limit: {body}");
+    }
     // ...while globex is served as usual.
     for _ in 0..20 {
         assert_eq!(get("/v1/orgs/globex/clusters", globex.clone()).await, 200);

@@ -19,6 +19,14 @@ fn start() -> (TestCa, TestIssuer) {
     (ca, issuer)
 }
 
+/// Validator settings for `issuer` and `audiences`, trusting its CA (other settings default).
+fn oidc_config(issuer: &TestIssuer, audiences: &[&str]) -> OidcConfig {
+    OidcConfig {
+        extra_ca_pem: Some(issuer.ca_pem()),
+        ..OidcConfig::new(issuer.issuer(), audiences.iter().copied())
+    }
+}
+
 fn validator(config: OidcConfig) -> OidcValidator {
     OidcValidator::new(config).expect("valid settings")
 }
@@ -59,7 +67,10 @@ fn assert_refused(err: &OidcError, token: &str, matches: bool) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn valid_token_is_accepted_and_mapped() {
     let (_ca, issuer) = start();
-    let v = validator(issuer.config(&[AUD, "00000000-0000-4000-8000-00000000a0d1"]));
+    let v = validator(oidc_config(
+        &issuer,
+        &[AUD, "00000000-0000-4000-8000-00000000a0d1"],
+    ));
     let claims = issuer.claims_for("oid-7", AUD, &["g-admins", "g-ops"], &["Backup.Admin"], 600);
     let exp = claims["exp"].as_u64().expect("exp");
     let p = v
@@ -115,7 +126,7 @@ async fn valid_token_is_accepted_and_mapped() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn alg_none_is_rejected_before_any_key_lookup() {
     let (_ca, issuer) = start();
-    let v = validator(issuer.config(&[AUD]));
+    let v = validator(oidc_config(&issuer, &[AUD]));
     let none = issuer.none_token(user(&issuer));
     // Also with a signature part that is not empty.
     let none_signed = format!("{none}{}", URL_SAFE_NO_PAD.encode(b"anything"));
@@ -143,7 +154,7 @@ async fn alg_none_is_rejected_before_any_key_lookup() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hs256_is_rejected_even_with_the_public_key_as_secret() {
     let (_ca, issuer) = start();
-    let v = validator(issuer.config(&[AUD]));
+    let v = validator(oidc_config(&issuer, &[AUD]));
     let secrets: Vec<(&str, Vec<u8>)> = vec![
         ("public key PEM", issuer.public_key_pem().into_bytes()),
         ("public key PKCS#1 DER", issuer.public_key_pkcs1_der()),
@@ -180,7 +191,7 @@ async fn hs256_is_rejected_even_with_the_public_key_as_secret() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unknown_kid_is_rejected() {
     let (_ca, issuer) = start();
-    let v = validator(issuer.config(&[AUD]));
+    let v = validator(oidc_config(&issuer, &[AUD]));
     // Cold: the keys are fetched, and the kid is not among them.
     let token = issuer.token_with_unknown_kid(user(&issuer));
     let err = v.validate(&token).await.expect_err("unknown kid");
@@ -213,7 +224,7 @@ async fn unknown_kid_is_rejected() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wrong_issuer_is_rejected() {
     let (_ca, issuer) = start();
-    let v = validator(issuer.config(&[AUD]));
+    let v = validator(oidc_config(&issuer, &[AUD]));
     let base = user(&issuer);
     for iss in [
         json!("https://login.microsoftonline.com/00000000-0000-0000-0000-000000000000/v2.0"),
@@ -231,7 +242,7 @@ async fn wrong_issuer_is_rejected() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wrong_audience_is_rejected() {
     let (_ca, issuer) = start();
-    let v = validator(issuer.config(&[AUD]));
+    let v = validator(oidc_config(&issuer, &[AUD]));
     let base = user(&issuer);
     for aud in [
         json!("api://another-api"),
@@ -250,7 +261,7 @@ async fn wrong_audience_is_rejected() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn expired_token_is_rejected() {
     let (_ca, issuer) = start();
-    let v = validator(issuer.config(&[AUD]));
+    let v = validator(oidc_config(&issuer, &[AUD]));
     let token = issuer.token(issuer.claims_for("user-1", AUD, &[], &[], -3600));
     let err = v.validate(&token).await.expect_err("expired");
     assert_refused(&err, &token, matches!(err, OidcError::Expired));
@@ -279,7 +290,7 @@ async fn expired_token_is_rejected() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn token_not_yet_valid_is_rejected() {
     let (_ca, issuer) = start();
-    let v = validator(issuer.config(&[AUD]));
+    let v = validator(oidc_config(&issuer, &[AUD]));
     let token = issuer.token(with(user(&issuer), "nbf", json!(now() + 600)));
     let err = v.validate(&token).await.expect_err("nbf in the future");
     assert_refused(&err, &token, matches!(err, OidcError::NotYetValid));
@@ -292,7 +303,7 @@ async fn token_not_yet_valid_is_rejected() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tampered_token_fails_the_signature() {
     let (_ca, issuer) = start();
-    let v = validator(issuer.config(&[AUD]));
+    let v = validator(oidc_config(&issuer, &[AUD]));
     let token = issuer.token(user(&issuer));
     v.validate(&token).await.expect("the original is valid");
     let parts: Vec<&str> = token.split('.').collect();
@@ -327,7 +338,7 @@ async fn rotated_key_is_fetched_once_after_the_refresh_interval() {
     let min_refresh = Duration::from_secs(2);
     let v = validator(OidcConfig {
         jwks_min_refresh: min_refresh,
-        ..issuer.config(&[AUD])
+        ..oidc_config(&issuer, &[AUD])
     });
     let old = issuer.token(user(&issuer));
     v.validate(&old).await.expect("valid token");
@@ -358,7 +369,7 @@ async fn rotation_keeping_the_old_key_accepts_both() {
     let (_ca, issuer) = start();
     let v = validator(OidcConfig {
         jwks_min_refresh: Duration::ZERO,
-        ..issuer.config(&[AUD])
+        ..oidc_config(&issuer, &[AUD])
     });
     let old = issuer.token(user(&issuer));
     v.validate(&old).await.expect("valid token");
@@ -373,7 +384,7 @@ async fn rotation_keeping_the_old_key_accepts_both() {
 async fn burst_of_bogus_kids_is_rate_limited() {
     let (_ca, issuer) = start();
     // Default interval (30 s): a burst right after a fetch causes none.
-    let v = validator(issuer.config(&[AUD]));
+    let v = validator(oidc_config(&issuer, &[AUD]));
     v.validate(&issuer.token(user(&issuer)))
         .await
         .expect("valid token");
@@ -389,7 +400,7 @@ async fn burst_of_bogus_kids_is_rate_limited() {
     let min_refresh = Duration::from_secs(2);
     let v = validator(OidcConfig {
         jwks_min_refresh: min_refresh,
-        ..issuer.config(&[AUD])
+        ..oidc_config(&issuer, &[AUD])
     });
     v.validate(&issuer.token(user(&issuer)))
         .await
@@ -431,7 +442,7 @@ async fn burst(v: &OidcValidator, issuer: &TestIssuer, n: usize) -> Vec<OidcErro
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unreachable_issuer_without_cache_is_unavailable() {
     let (_ca, issuer) = start();
-    let config = issuer.config(&[AUD]);
+    let config = oidc_config(&issuer, &[AUD]);
     let token = issuer.token(user(&issuer));
     drop(issuer);
     let v = validator(config);
@@ -445,7 +456,7 @@ async fn unreachable_issuer_without_cache_is_unavailable() {
     // An issuer that answers 503.
     let (_ca, issuer) = start();
     issuer.set_failing(true);
-    let v = validator(issuer.config(&[AUD]));
+    let v = validator(oidc_config(&issuer, &[AUD]));
     let err = v
         .validate(&issuer.token(user(&issuer)))
         .await
@@ -468,7 +479,7 @@ async fn unreachable_issuer_without_cache_is_unavailable() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keys_are_cached() {
     let (_ca, issuer) = start();
-    let v = validator(issuer.config(&[AUD]));
+    let v = validator(oidc_config(&issuer, &[AUD]));
     // Concurrent validations on a cold cache share one fetch.
     let mut tasks = tokio::task::JoinSet::new();
     for i in 0..30 {
@@ -496,7 +507,7 @@ async fn old_keys_are_refetched_and_survive_an_outage() {
     let v = validator(OidcConfig {
         jwks_max_age: max_age,
         jwks_min_refresh: Duration::ZERO,
-        ..issuer.config(&[AUD])
+        ..oidc_config(&issuer, &[AUD])
     });
     let token = issuer.token(user(&issuer));
     v.validate(&token).await.expect("valid token");
@@ -534,7 +545,7 @@ async fn a_hanging_issuer_holds_no_validation_longer_than_the_deadline() {
         jwks_max_age: max_age,
         jwks_min_refresh: Duration::ZERO,
         timeout: deadline,
-        ..issuer.config(&[AUD])
+        ..oidc_config(&issuer, &[AUD])
     });
     let token = issuer.token(user(&issuer));
     v.validate(&token).await.expect("valid token");
@@ -588,7 +599,7 @@ async fn issuer_trailing_slash_and_discovery_mismatch() {
     // `iss` must equal the issuer the document names.
     let v = validator(OidcConfig {
         issuer: format!("{}/", issuer.issuer()),
-        ..issuer.config(&[AUD])
+        ..oidc_config(&issuer, &[AUD])
     });
     v.validate(&issuer.token(user(&issuer)))
         .await
@@ -596,7 +607,7 @@ async fn issuer_trailing_slash_and_discovery_mismatch() {
 
     // A discovery document naming another issuer is a configuration error.
     issuer.set_advertised_issuer(Some("https://login.microsoftonline.com/other-tenant/v2.0"));
-    let v = validator(issuer.config(&[AUD]));
+    let v = validator(oidc_config(&issuer, &[AUD]));
     let err = v
         .validate(&issuer.token(user(&issuer)))
         .await

@@ -8,6 +8,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::{Index, Kind, MAX_TAG_LEN, Record, newest_first_key, newest_first_range};
+use crate::schedule::policy::SchedulePolicy;
 
 /// The `org` and `id` accessors of a record whose fields have those names.
 macro_rules! org_and_id {
@@ -813,7 +814,7 @@ pub struct ScheduleRecord {
     /// Id: the schedule's name (DNS label).
     pub id: String,
     /// When and how many to keep.
-    pub policy: crate::schedule::SchedulePolicy,
+    pub policy: SchedulePolicy,
     /// Clusters.
     pub clusters: ClusterSelector,
     /// Namespaces.

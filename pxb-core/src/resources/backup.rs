@@ -1,7 +1,6 @@
 //! [`backup_resources`]: the selected objects of a cluster into one archive object.
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
-use std::fmt;
 use std::sync::Arc;
 
 use serde::Serialize;
@@ -12,8 +11,8 @@ use super::archive::{
     spill_reader, trailer_line, write_object_line,
 };
 use super::strip::{
-    drop_archived_owners, has_owner_references, is_selector_service, maybe_custom, never_backed_up,
-    skip_reason, strip, uid_key,
+    SkipReason, drop_archived_owners, has_owner_references, is_selector_service, maybe_custom,
+    never_backed_up, skip_reason, strip, uid_key,
 };
 use super::{ApiResource, LabelSelector, ResourceObject, ResourceSelector, ResourceSource, RestoreTier};
 use crate::store::{ObjectStore, PutMode, PutOptions};
@@ -27,43 +26,6 @@ const LIST_INSTEAD_OF_GET: usize = 50;
 
 /// Pages in flight between listing and compression.
 const PIPELINE_DEPTH: usize = 4;
-
-/// Why a backup left an object out: Kubernetes re-creates it by itself, and restoring it would
-/// conflict with the re-created one or carry stale data.
-#[non_exhaustive]
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum SkipReason {
-    /// The ConfigMap `kube-root-ca.crt`, published into every namespace.
-    RootCaConfigMap,
-    /// A Secret of type `kubernetes.io/service-account-token`, minted by the token controller.
-    ServiceAccountToken,
-    /// A Pod with a controller (ReplicaSet, StatefulSet, Job, ...), which re-creates it.
-    ControlledPod,
-    /// Endpoints of a Service with a selector, maintained by the endpoints controller.
-    ServiceEndpoints,
-    /// An EndpointSlice maintained by the EndpointSlice (or mirroring) controller.
-    ServiceEndpointSlice,
-}
-
-impl SkipReason {
-    /// A short, stable name.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            SkipReason::RootCaConfigMap => "root_ca_config_map",
-            SkipReason::ServiceAccountToken => "service_account_token",
-            SkipReason::ControlledPod => "controlled_pod",
-            SkipReason::ServiceEndpoints => "service_endpoints",
-            SkipReason::ServiceEndpointSlice => "service_endpoint_slice",
-        }
-    }
-}
-
-impl fmt::Display for SkipReason {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
 
 /// What [`backup_resources`] did.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]

@@ -11,6 +11,7 @@ use bytes::Bytes;
 use serde_json::{Value, json};
 
 use super::*;
+use crate::Error;
 use crate::backup::Repository;
 use crate::backup::resources::{
     ResourceBackupOptions, backup_namespace_resources, restore_namespace_resources,

@@ -3,7 +3,9 @@
 use std::fmt;
 use std::str::FromStr;
 
-use super::ResourceObject;
+use serde::{Deserialize, Serialize};
+
+use super::object::{ApiResource, ResourceObject};
 use crate::{Error, Result};
 
 /// A parsed label selector: a comma-separated conjunction of requirements.
@@ -189,5 +191,88 @@ fn check_value(value: &str) -> std::result::Result<String, String> {
         Ok(value.to_owned())
     } else {
         Err(format!("{value:?} is not a valid label value"))
+    }
+}
+
+/// Which objects a backup takes.
+///
+/// Like Velero's `--include-namespaces`, `--selector`, `--include-resources` and
+/// `--exclude-resources`. The label selector and kinds select namespaced objects; the
+/// cluster-scoped objects those depend on (their Namespaces, the PersistentVolumes bound to their
+/// claims, StorageClasses, CustomResourceDefinitions) are recorded whatever their labels, unless
+/// their kind is excluded.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResourceSelector {
+    /// Namespaces to back up; empty means every namespace of the cluster.
+    pub namespaces: Vec<String>,
+    /// An equality- or set-based label selector as `kubectl -l` takes it (`a=b,c!=d,e,!f`,
+    /// `g in (x,y)`, `h notin (z)`); `None` selects every object.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub label_selector: Option<String>,
+    /// Kinds to back up (see [`ApiResource::matches_name`]); empty means every kind.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub include_kinds: Vec<String>,
+    /// Kinds never to back up; wins over `include_kinds`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub exclude_kinds: Vec<String>,
+}
+
+impl ResourceSelector {
+    /// Every object of `namespaces`.
+    pub fn namespaces<I, S>(namespaces: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        Self {
+            namespaces: namespaces.into_iter().map(Into::into).collect(),
+            ..Self::default()
+        }
+    }
+
+    /// The same selector with a label selector.
+    pub fn with_label_selector(mut self, selector: impl Into<String>) -> Self {
+        self.label_selector = Some(selector.into());
+        self
+    }
+
+    /// The same selector restricted to `kinds`.
+    pub fn with_include_kinds<I, S>(mut self, kinds: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.include_kinds = kinds.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// The same selector excluding `kinds`.
+    pub fn with_exclude_kinds<I, S>(mut self, kinds: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.exclude_kinds = kinds.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// The parsed label selector ([`Error::Invalid`] if it does not parse).
+    pub fn parsed_label_selector(&self) -> Result<Option<LabelSelector>> {
+        match self.label_selector.as_deref().map(str::trim) {
+            None | Some("") => Ok(None),
+            Some(s) => LabelSelector::parse(s).map(Some),
+        }
+    }
+
+    /// Whether objects of `resource` are selected by the include and exclude lists.
+    pub fn selects_resource(&self, resource: &ApiResource) -> bool {
+        let included =
+            self.include_kinds.is_empty() || self.include_kinds.iter().any(|k| resource.matches_name(k));
+        included && !self.excludes_resource(resource)
+    }
+
+    /// Whether `resource` is named in the exclude list.
+    pub fn excludes_resource(&self, resource: &ApiResource) -> bool {
+        self.exclude_kinds.iter().any(|k| resource.matches_name(k))
     }
 }

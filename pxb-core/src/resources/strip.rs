@@ -1,11 +1,19 @@
 //! What a backup removes from objects and which objects it leaves out.
 
 use std::collections::HashSet;
+use std::fmt;
 
+use serde::Serialize;
 use serde_json::Value;
 
-use super::backup::SkipReason;
-use super::{ApiResource, ResourceObject};
+use super::object::{ApiResource, ResourceObject};
+
+/// Removes from `obj` what backup removes (server-populated metadata, `status`, Service cluster
+/// IPs, …; owner references are a separate, archive-wide decision). Useful to compare a restored
+/// object with the one that was backed up.
+pub fn strip_server_fields(resource: &ApiResource, obj: &mut ResourceObject) {
+    strip(resource, obj);
+}
 
 /// Metadata fields the API server populates; a create must not carry them.
 const SERVER_METADATA: &[&str] = &[
@@ -166,6 +174,43 @@ pub(crate) fn uid_key(uid: &str) -> u128 {
     let mut first = [0u8; 16];
     first.copy_from_slice(&hash.as_bytes()[..16]);
     u128::from_le_bytes(first)
+}
+
+/// Why a backup left an object out: Kubernetes re-creates it by itself, and restoring it would
+/// conflict with the re-created one or carry stale data.
+#[non_exhaustive]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SkipReason {
+    /// The ConfigMap `kube-root-ca.crt`, published into every namespace.
+    RootCaConfigMap,
+    /// A Secret of type `kubernetes.io/service-account-token`, minted by the token controller.
+    ServiceAccountToken,
+    /// A Pod with a controller (ReplicaSet, StatefulSet, Job, ...), which re-creates it.
+    ControlledPod,
+    /// Endpoints of a Service with a selector, maintained by the endpoints controller.
+    ServiceEndpoints,
+    /// An EndpointSlice maintained by the EndpointSlice (or mirroring) controller.
+    ServiceEndpointSlice,
+}
+
+impl SkipReason {
+    /// A short, stable name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SkipReason::RootCaConfigMap => "root_ca_config_map",
+            SkipReason::ServiceAccountToken => "service_account_token",
+            SkipReason::ControlledPod => "controlled_pod",
+            SkipReason::ServiceEndpoints => "service_endpoints",
+            SkipReason::ServiceEndpointSlice => "service_endpoint_slice",
+        }
+    }
+}
+
+impl fmt::Display for SkipReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// Why a backup leaves `obj` out, if it does: the objects Kubernetes re-creates by itself.

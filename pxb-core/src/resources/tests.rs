@@ -8,6 +8,7 @@ use serde_json::{Value, json};
 
 use super::strip::strip;
 use super::*;
+use crate::Error;
 use crate::store::{ObjectStore, PutOptions};
 use crate::{InMemory, ObjectPath};
 

@@ -34,23 +34,16 @@ use pxb_core::backup::Summary;
 use serde_json::{Value, json};
 
 use super::backups;
-use super::parse_rfc3339;
+use pxb_core::clock::parse_rfc3339;
 
-/// The agent's version, reported by the read API and on its Deployment (`pxb.io/version`).
-pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+pub use pxb_core::api::agent::{TOKEN_HEADER, TOKEN_SECRET, VERSION};
 
 /// The largest catalog page.
-pub const MAX_PAGE: usize = 1000;
-
-/// The header that carries the agent's API token.
-pub const TOKEN_HEADER: &str = "x-pxb-agent-token";
-
-/// The Secret (in the agent's namespace) holding the API token under key `token`.
-pub const TOKEN_SECRET: &str = "pxb-agent-api";
+pub(crate) const MAX_PAGE: usize = 1000;
 
 /// Reads the API token from [`TOKEN_SECRET`] in `namespace`, creating the Secret with a fresh
 /// random token when it does not exist (two agents racing both end with the stored one).
-pub async fn ensure_token(client: &kube::Client, namespace: &str) -> pxb_core::Result<String> {
+pub(crate) async fn ensure_token(client: &kube::Client, namespace: &str) -> pxb_core::Result<String> {
     use k8s_openapi::api::core::v1::Secret;
     let api: kube::Api<Secret> = kube::Api::namespaced(client.clone(), namespace);
     let read = |s: Secret| {
@@ -153,7 +146,7 @@ fn time_param(q: &BTreeMap<String, String>, key: &str) -> Result<Option<u64>, St
 }
 
 /// Answers one request; `token` is the [`TOKEN_HEADER`] it carried.
-pub fn handle(
+pub(crate) fn handle(
     state: &ApiState,
     method: &Method,
     path: &str,
@@ -288,7 +281,7 @@ fn metrics(state: &ApiState) -> String {
 }
 
 /// Serves the API on `listener` until the returned task is aborted.
-pub fn serve(listener: tokio::net::TcpListener, state: Arc<ApiState>) -> tokio::task::JoinHandle<()> {
+pub(crate) fn serve(listener: tokio::net::TcpListener, state: Arc<ApiState>) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         loop {
             let Ok((tcp, _)) = listener.accept().await else {

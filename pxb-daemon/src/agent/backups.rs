@@ -16,7 +16,7 @@
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::{Duration, SystemTime};
 
 use k8s_openapi::api::core::v1::PersistentVolumeClaim;
 use kube::api::{Api, ListParams, Patch, PatchParams};
@@ -28,9 +28,9 @@ use pxb_core::backup::{BackupStatus, Repository, VolumeRef};
 use pxb_core::resources::{LabelSelector, ResourceSelector};
 use serde_json::json;
 
+use super::controller::{with_heartbeat, with_nulls};
 use super::locations::{self, ReconcileError};
 use super::volumes::VolumeDriver;
-use super::{now_rfc3339, with_heartbeat, with_nulls};
 use crate::crd::{
     ApplicationBackup, ApplicationBackupSpec, ApplicationBackupStatus, BackupLocation, Progress, Sizes,
     VolumeResult,
@@ -38,7 +38,7 @@ use crate::crd::{
 use crate::kube_cluster::KubeCluster;
 
 /// The kind key of KubeVirt virtual machines in resource-backup statistics.
-pub const VIRTUAL_MACHINE_KIND: &str = "VirtualMachine.kubevirt.io";
+pub(crate) const VIRTUAL_MACHINE_KIND: &str = "VirtualMachine.kubevirt.io";
 
 /// What the backup controller shares between reconciles.
 pub struct Context {
@@ -54,19 +54,19 @@ pub struct Context {
 /// Live progress of a running backup, as the read API shows it.
 #[derive(Debug, Clone, serde::Serialize)]
 #[serde(rename_all = "camelCase")]
-pub struct Operation {
+pub(crate) struct Operation {
     /// `backup`.
-    pub kind: &'static str,
+    pub(crate) kind: &'static str,
     /// The `ApplicationBackup`'s name.
-    pub name: String,
+    pub(crate) name: String,
     /// What it is doing.
-    pub stage: &'static str,
+    pub(crate) stage: &'static str,
     /// Kubernetes objects done.
-    pub objects: u64,
+    pub(crate) objects: u64,
     /// Bytes of volume data read.
-    pub bytes: u64,
+    pub(crate) bytes: u64,
     /// Seconds since it started.
-    pub elapsed_seconds: u64,
+    pub(crate) elapsed_seconds: u64,
 }
 
 impl std::fmt::Debug for Context {
@@ -94,7 +94,8 @@ impl Context {
     }
 
     /// Operations running in this process, with their live progress.
-    pub fn operations(&self) -> Vec<Operation> {
+    pub(crate) fn operations(&self) -> Vec<Operation> {
+        let now = self.locations.clock().now();
         let mut ops: Vec<Operation> = self
             .live
             .lock()
@@ -108,7 +109,7 @@ impl Context {
                     stage: l.stage,
                     objects: l.objects,
                     bytes: l.bytes,
-                    elapsed_seconds: l.started.map_or(0, |s| s.elapsed().as_secs()),
+                    elapsed_seconds: l.elapsed(now).as_secs(),
                 }
             })
             .collect();
@@ -130,14 +131,14 @@ impl Context {
 }
 
 /// Why a spec cannot be run, for humans; `None` when it can.
-pub fn spec_problem(spec: &ApplicationBackupSpec) -> Option<String> {
+pub(crate) fn spec_problem(spec: &ApplicationBackupSpec) -> Option<String> {
     if spec.location.trim().is_empty() {
         return Some("spec.location is empty".into());
     }
     if spec.namespaces.is_empty() {
         return Some("spec.namespaces is empty: name at least one namespace".into());
     }
-    if let Some(bad) = spec.namespaces.iter().find(|n| !super::is_dns_label(n)) {
+    if let Some(bad) = spec.namespaces.iter().find(|n| !crate::names::is_dns_label(n)) {
         return Some(format!("spec.namespaces: {bad:?} is not a valid namespace name"));
     }
     if let Some(sel) = spec.label_selector.as_deref().filter(|s| !s.trim().is_empty())
@@ -155,7 +156,7 @@ pub fn spec_problem(spec: &ApplicationBackupSpec) -> Option<String> {
 }
 
 async fn patch_status(ctx: &Context, name: &str, status: serde_json::Value) -> Result<(), ReconcileError> {
-    super::merge_status::<ApplicationBackup>(
+    super::controller::merge_status::<ApplicationBackup>(
         &ctx.locations.client,
         &ctx.locations.config.namespace,
         name,
@@ -168,8 +169,7 @@ const FINAL: [&str; 3] = ["Success", "PartialSuccess", "Failed"];
 
 /// The finalizer that deletes a backup's data before its object goes.
 pub const FINALIZER: &str = "pxb.io/backup-data";
-/// Annotation that drops an object without deleting its data.
-pub const FORCE_DELETE: &str = "pxb.io/force-delete";
+pub use pxb_core::api::agent::FORCE_DELETE;
 
 async fn set_finalizer(
     api: &Api<ApplicationBackup>,
@@ -218,7 +218,7 @@ async fn delete_data(backup: &ApplicationBackup, ctx: &Context) -> Result<(), St
             )
         })?;
     let opened = locations::open(&location.spec, lctx).await?;
-    let repo = Repository::new(opened.store);
+    let repo = ctx.locations.repository(opened.store);
     let id = pxb_core::backup::BackupId::parse(&id).map_err(|e| e.to_string())?;
     let manifest = match repo.manifest(&id).await {
         Ok(m) => m,
@@ -258,7 +258,7 @@ async fn finalize(
         patch_status(
             ctx,
             &name,
-            json!({"phase": "Deleting", "stage": "Deleting", "heartbeat": now_rfc3339()}),
+            json!({"phase": "Deleting", "stage": "Deleting", "heartbeat": ctx.locations.now_rfc3339()}),
         )
         .await?;
         if let Err(reason) = delete_data(backup, ctx).await {
@@ -301,7 +301,7 @@ async fn reconcile(cached: Arc<ApplicationBackup>, ctx: Arc<Context>) -> Result<
         let failed = ApplicationBackupStatus {
             phase: "Failed".into(),
             message: Some(problem),
-            completion_timestamp: Some(now_rfc3339()),
+            completion_timestamp: Some(ctx.locations.now_rfc3339()),
             observed_generation: generation,
             ..ApplicationBackupStatus::default()
         };
@@ -312,7 +312,7 @@ async fn reconcile(cached: Arc<ApplicationBackup>, ctx: Arc<Context>) -> Result<
     if status.phase == "InProgress" {
         // Started by an agent that is gone.
         if status.attempts >= 2 {
-            let failed = json!({"phase": "Failed", "stage": null, "completionTimestamp": now_rfc3339(),
+            let failed = json!({"phase": "Failed", "stage": null, "completionTimestamp": ctx.locations.now_rfc3339(),
                 "message": "the agent restarted during this backup twice; giving up (nothing was committed)"});
             patch_status(&ctx, &name, failed).await?;
             return Ok(Action::await_change());
@@ -331,7 +331,17 @@ struct Live {
     stage: &'static str,
     objects: u64,
     bytes: u64,
-    started: Option<Instant>,
+    /// When it started, on the agent's clock.
+    started: Option<SystemTime>,
+}
+
+impl Live {
+    /// How long it has run at `now` (zero if the clock went back).
+    fn elapsed(&self, now: SystemTime) -> Duration {
+        self.started
+            .and_then(|s| now.duration_since(s).ok())
+            .unwrap_or_default()
+    }
 }
 
 async fn run(
@@ -346,18 +356,18 @@ async fn run(
         .status
         .as_ref()
         .and_then(|s| s.start_timestamp.clone())
-        .unwrap_or_else(now_rfc3339);
+        .unwrap_or_else(|| ctx.locations.now_rfc3339());
     patch_status(
         ctx,
         &name,
-        json!({"phase": "InProgress", "stage": "Volumes", "startTimestamp": started, "heartbeat": now_rfc3339(),
+        json!({"phase": "InProgress", "stage": "Volumes", "startTimestamp": started, "heartbeat": ctx.locations.now_rfc3339(),
                "attempts": attempts, "message": message.clone(),
                "observedGeneration": backup.meta().generation.unwrap_or(0)}),
     )
     .await?;
     let live = Arc::new(Mutex::new(Live {
         stage: "Volumes",
-        started: Some(Instant::now()),
+        started: Some(ctx.locations.clock().now()),
         ..Live::default()
     }));
     ctx.live
@@ -371,11 +381,12 @@ async fn run(
     let beat = || {
         let name = name.clone();
         let l = live.lock().unwrap_or_else(|e| e.into_inner()).clone();
-        let rate = l
-            .started
-            .map(|s| (l.bytes as f64 / s.elapsed().as_secs_f64().max(0.001)) as u64)
-            .unwrap_or(0);
-        let patch = json!({"heartbeat": now_rfc3339(), "stage": l.stage,
+        let rate = if l.started.is_some() {
+            (l.bytes as f64 / l.elapsed(ctx.locations.clock().now()).as_secs_f64().max(0.001)) as u64
+        } else {
+            0
+        };
+        let patch = json!({"heartbeat": ctx.locations.now_rfc3339(), "stage": l.stage,
                            "progress": Progress { objects: l.objects, bytes: l.bytes, bytes_per_second: rate }});
         async move {
             let _ = patch_status(ctx, &name, patch).await;
@@ -398,8 +409,8 @@ async fn run(
     };
     tracing::info!(backup = %name, phase = %done.phase, message = ?done.message, "backup finished");
     let mut status = with_nulls(&done, &["stage", "message"]);
-    status["completionTimestamp"] = now_rfc3339().into();
-    status["heartbeat"] = now_rfc3339().into();
+    status["completionTimestamp"] = ctx.locations.now_rfc3339().into();
+    status["heartbeat"] = ctx.locations.now_rfc3339().into();
     status["startTimestamp"] = started.into();
     status["attempts"] = attempts.into();
     status["observedGeneration"] = backup.meta().generation.unwrap_or(0).into();
@@ -411,9 +422,9 @@ async fn run(
 fn record_name(backup: &ApplicationBackup) -> String {
     let managed = backup
         .labels()
-        .get(crate::server::reconcile::MANAGED_BY)
+        .get(pxb_core::api::agent::MANAGED_BY)
         .map(String::as_str)
-        == Some(crate::server::reconcile::MANAGER);
+        == Some(pxb_core::api::agent::MANAGER);
     match backup.annotations().get(crate::names::ORIGINAL_UID) {
         Some(original) if managed => original.clone(),
         _ => backup.name_any(),
@@ -436,7 +447,7 @@ async fn execute(
         .map_err(|e| format!("reading location {}: {e}", spec.location))?
         .ok_or_else(|| format!("location {} does not exist", spec.location))?;
     let opened = locations::open(&location.spec, lctx).await?;
-    let repo = Repository::new(opened.store);
+    let repo = ctx.locations.repository(opened.store);
     repo.open_or_init().await.map_err(|e| e.to_string())?;
     let cluster = lctx.config.cluster_name.clone();
     let selector = spec.label_selector.clone().filter(|s| !s.trim().is_empty());
@@ -577,7 +588,7 @@ async fn backup_claim(
 pub fn spawn(ctx: Arc<Context>) -> tokio::task::JoinHandle<()> {
     let api: Api<ApplicationBackup> =
         Api::namespaced(ctx.locations.client.clone(), &ctx.locations.config.namespace);
-    super::spawn_controller("backup", api, reconcile, ctx)
+    super::controller::spawn_controller("backup", api, reconcile, ctx)
 }
 
 #[cfg(test)]

@@ -24,10 +24,13 @@ use kube::{Resource as _, ResourceExt as _};
 use pxb_azure::{AzureAuth, AzureBlobStore, AzureConfig, HttpSettings, STORAGE_SCOPE};
 use pxb_core::backup::verify::{VerifyReport, VerifyStatus as Verdict, verify};
 use pxb_core::backup::{BackupId, Repository, Summary, SyncState};
-use pxb_core::{CheckOptions, LocalFileSystem, ObjectStore, TokenSource, check_location};
+use pxb_core::clock::{parse_rfc3339, rfc3339};
+use pxb_core::{CheckOptions, Clock, LocalFileSystem, ObjectStore, SystemClock, TokenSource, check_location};
 use serde_json::json;
 
-use super::{AgentConfig, now_rfc3339, parse_rfc3339, with_heartbeat, with_nulls};
+use super::AgentConfig;
+pub(crate) use super::controller::ReconcileError;
+use super::controller::{with_heartbeat, with_nulls};
 use crate::crd::{BackupLocation, BackupLocationSpec, SyncStatus, ValidationStatus, VerifyStatus};
 
 /// What the location controller shares between reconciles.
@@ -36,6 +39,7 @@ pub struct Context {
     pub client: kube::Client,
     /// The agent's settings.
     pub config: AgentConfig,
+    clock: Arc<dyn Clock>,
     validations: AtomicU64,
     catalogs: Mutex<HashMap<String, Catalog>>,
     running: Mutex<HashSet<(String, &'static str)>>,
@@ -61,11 +65,18 @@ impl std::fmt::Debug for Context {
 }
 
 impl Context {
-    /// A context for `client` and `config`.
+    /// A context for `client` and `config`, on the system clock.
     pub fn new(client: kube::Client, config: AgentConfig) -> Arc<Self> {
+        Self::with_clock(client, config, Arc::new(SystemClock))
+    }
+
+    /// A context for `client` and `config` that reads the time from `clock`: heartbeats,
+    /// timestamps and ages in statuses, when a location is due again, backup ids.
+    pub fn with_clock(client: kube::Client, config: AgentConfig, clock: Arc<dyn Clock>) -> Arc<Self> {
         Arc::new(Self {
             client,
             config,
+            clock,
             validations: AtomicU64::new(0),
             catalogs: Mutex::new(HashMap::new()),
             running: Mutex::new(HashSet::new()),
@@ -82,7 +93,7 @@ impl Context {
     }
 
     /// The locations this agent has synced, by name.
-    pub fn synced_locations(&self) -> Vec<String> {
+    pub(crate) fn synced_locations(&self) -> Vec<String> {
         let mut v: Vec<String> = self
             .catalogs
             .lock()
@@ -93,6 +104,21 @@ impl Context {
             .collect();
         v.sort();
         v
+    }
+
+    /// The clock the agent reads the time from.
+    pub fn clock(&self) -> &Arc<dyn Clock> {
+        &self.clock
+    }
+
+    /// The current time as Kubernetes writes it (`2026-01-01T10:10:00Z`), from the clock.
+    pub(crate) fn now_rfc3339(&self) -> String {
+        rfc3339(self.clock.now())
+    }
+
+    /// The repository in `store`, on the agent's clock.
+    pub(crate) fn repository(&self, store: Arc<dyn ObjectStore>) -> Repository {
+        Repository::new(store).with_clock(self.clock.clone())
     }
 
     fn update_catalog(&self, location: &str, f: impl FnOnce(&mut Catalog)) {
@@ -130,17 +156,17 @@ impl Context {
 
 /// A location's store, ready to use.
 #[derive(Debug, Clone)]
-pub struct OpenedLocation {
+pub(crate) struct OpenedLocation {
     /// `azblob://container/prefix` or `file:///path`, for messages.
-    pub display: String,
+    pub(crate) display: String,
     /// The store.
-    pub store: Arc<dyn ObjectStore>,
+    pub(crate) store: Arc<dyn ObjectStore>,
     /// The credential, when the store uses one (for an explicit authentication step).
-    pub token: Option<Arc<dyn TokenSource>>,
+    pub(crate) token: Option<Arc<dyn TokenSource>>,
 }
 
 /// Builds the store a `BackupLocation` describes. The error is the reason, for humans.
-pub async fn open(spec: &BackupLocationSpec, ctx: &Context) -> Result<OpenedLocation, String> {
+pub(crate) async fn open(spec: &BackupLocationSpec, ctx: &Context) -> Result<OpenedLocation, String> {
     let container = spec.container.trim();
     if container.is_empty() {
         return Err(
@@ -246,13 +272,13 @@ async fn secret_auth(spec: &BackupLocationSpec, ctx: &Context) -> Result<AzureAu
 
 /// Validates a location: builds it, then runs the location check (authenticate, list, write,
 /// read back, delete), each step with the configured deadline.
-pub async fn validate(spec: &BackupLocationSpec, ctx: &Context) -> ValidationStatus {
+pub(crate) async fn validate(spec: &BackupLocationSpec, ctx: &Context) -> ValidationStatus {
     ctx.validations.fetch_add(1, Ordering::Relaxed);
     let invalid = |step: &str, reason: String| ValidationStatus {
         phase: "Invalid".into(),
         failed_step: Some(step.into()),
         reason: Some(reason),
-        last_checked: Some(now_rfc3339()),
+        last_checked: Some(ctx.now_rfc3339()),
     };
     let loc = match open(spec, ctx).await {
         Ok(l) => l,
@@ -268,27 +294,15 @@ pub async fn validate(spec: &BackupLocationSpec, ctx: &Context) -> ValidationSta
             phase: "Valid".into(),
             failed_step: None,
             reason: None,
-            last_checked: Some(now_rfc3339()),
+            last_checked: Some(ctx.now_rfc3339()),
         },
         None => invalid("check", "the check did not pass".into()),
         Some(step) => invalid(step.step.name(), step.detail.clone()),
     }
 }
 
-/// Errors of a reconcile (status writes that failed); retried with backoff.
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct ReconcileError(String);
-
-impl ReconcileError {
-    /// An error with this message.
-    pub fn new(message: impl Into<String>) -> Self {
-        Self(message.into())
-    }
-}
-
 async fn patch_status(ctx: &Context, name: &str, status: serde_json::Value) -> Result<(), ReconcileError> {
-    super::merge_status::<BackupLocation>(&ctx.client, &ctx.config.namespace, name, status).await
+    super::controller::merge_status::<BackupLocation>(&ctx.client, &ctx.config.namespace, name, status).await
 }
 
 fn due_after(last: Option<&str>, interval: Duration, now: time::OffsetDateTime) -> Option<Duration> {
@@ -308,7 +322,7 @@ async fn reconcile(cached: Arc<BackupLocation>, ctx: Arc<Context>) -> Result<Act
     };
     let status = loc.status.clone().unwrap_or_default();
     let generation = loc.meta().generation.unwrap_or(0);
-    let now = time::OffsetDateTime::now_utc();
+    let now = time::OffsetDateTime::from(ctx.clock.now());
     let mut next = ctx.config.validate_interval;
 
     // Validation.
@@ -380,7 +394,7 @@ async fn reconcile(cached: Arc<BackupLocation>, ctx: Arc<Context>) -> Result<Act
 
 async fn run_sync(loc: &BackupLocation, ctx: &Context, valid: bool) -> Result<(), ReconcileError> {
     let name = loc.name_any();
-    let started = now_rfc3339();
+    let started = ctx.now_rfc3339();
     let request = loc.spec.sync_request;
     if !valid {
         let failed = SyncStatus {
@@ -415,7 +429,7 @@ async fn run_sync(loc: &BackupLocation, ctx: &Context, valid: bool) -> Result<()
         )
         .await?;
         let opened = open(&loc.spec, ctx).await.map_err(ReconcileError)?;
-        let repo = Repository::new(opened.store);
+        let repo = ctx.repository(opened.store);
         let mut state = SyncState {
             backups: ctx.catalog(&name).map(|c| c.backups).unwrap_or_default(),
         };
@@ -425,7 +439,7 @@ async fn run_sync(loc: &BackupLocation, ctx: &Context, valid: bool) -> Result<()
             Ok((delta, state))
         });
         let outcome = with_heartbeat(work, ctx.config.heartbeat_interval, || async {
-            let _ = patch_status(ctx, &name, json!({"sync": {"heartbeat": now_rfc3339()}})).await;
+            let _ = patch_status(ctx, &name, json!({"sync": {"heartbeat": ctx.now_rfc3339()}})).await;
         })
         .await;
         let done = match outcome {
@@ -436,13 +450,13 @@ async fn run_sync(loc: &BackupLocation, ctx: &Context, valid: bool) -> Result<()
                                unreadable = delta.unreadable.len(), known, "location synced");
                 ctx.update_catalog(&name, |c| {
                     c.backups = state.backups;
-                    c.synced_at = Some(SystemTime::now());
+                    c.synced_at = Some(ctx.clock.now());
                 });
                 SyncStatus {
                     phase: "Completed".into(),
                     request,
                     started: Some(started.clone()),
-                    heartbeat: Some(now_rfc3339()),
+                    heartbeat: Some(ctx.now_rfc3339()),
                     backups_found: found,
                     backups_imported: imported,
                     marker: None,
@@ -454,7 +468,7 @@ async fn run_sync(loc: &BackupLocation, ctx: &Context, valid: bool) -> Result<()
                 phase: "Failed".into(),
                 request,
                 started: Some(started.clone()),
-                heartbeat: Some(now_rfc3339()),
+                heartbeat: Some(ctx.now_rfc3339()),
                 message: Some(e.to_string()),
                 ..SyncStatus::default()
             },
@@ -477,7 +491,7 @@ async fn run_verify(loc: &BackupLocation, ctx: &Context, valid: bool) -> Result<
     if !valid {
         let failed = VerifyStatus {
             phase: "Failed".into(),
-            completed: Some(now_rfc3339()),
+            completed: Some(ctx.now_rfc3339()),
             message: Some("the location is not valid; see status.validation".into()),
             ..VerifyStatus::default()
         };
@@ -492,12 +506,12 @@ async fn run_verify(loc: &BackupLocation, ctx: &Context, valid: bool) -> Result<
         return Ok(());
     }
     let result = async {
-        patch_status(ctx, &name, json!({"verify": {"phase": "InProgress", "heartbeat": now_rfc3339()}})).await?;
+        patch_status(ctx, &name, json!({"verify": {"phase": "InProgress", "heartbeat": ctx.now_rfc3339()}})).await?;
         let opened = open(&loc.spec, ctx).await.map_err(ReconcileError)?;
-        let repo = Repository::new(opened.store);
+        let repo = ctx.repository(opened.store);
         let work = isolated("verify", async move { verify(&repo, None, false, 8).await });
         let outcome = with_heartbeat(work, ctx.config.heartbeat_interval, || async {
-            let _ = patch_status(ctx, &name, json!({"verify": {"heartbeat": now_rfc3339()}})).await;
+            let _ = patch_status(ctx, &name, json!({"verify": {"heartbeat": ctx.now_rfc3339()}})).await;
         })
         .await;
         let done = match outcome {
@@ -509,8 +523,8 @@ async fn run_verify(loc: &BackupLocation, ctx: &Context, valid: bool) -> Result<
                 });
                 VerifyStatus {
                     phase: "Completed".into(),
-                    heartbeat: Some(now_rfc3339()),
-                    completed: Some(now_rfc3339()),
+                    heartbeat: Some(ctx.now_rfc3339()),
+                    completed: Some(ctx.now_rfc3339()),
                     backups_checked: reports.len() as u64,
                     damaged_backups: damaged.iter().map(|r| r.id.to_string()).collect(),
                     missing_objects: damaged.iter().map(|r| r.missing_count).sum(),
@@ -520,7 +534,7 @@ async fn run_verify(loc: &BackupLocation, ctx: &Context, valid: bool) -> Result<
             }
             Err(e) => VerifyStatus {
                 phase: "Failed".into(),
-                completed: Some(now_rfc3339()),
+                completed: Some(ctx.now_rfc3339()),
                 message: Some(e.to_string()),
                 ..VerifyStatus::default()
             },
@@ -562,7 +576,7 @@ async fn isolated<T: Send + 'static>(
 /// Runs the location controller until the returned task is aborted.
 pub fn spawn(ctx: Arc<Context>) -> tokio::task::JoinHandle<()> {
     let api: Api<BackupLocation> = Api::namespaced(ctx.client.clone(), &ctx.config.namespace);
-    super::spawn_controller("location", api, reconcile, ctx)
+    super::controller::spawn_controller("location", api, reconcile, ctx)
 }
 
 #[cfg(test)]

@@ -1,41 +1,166 @@
 //! `pxb-agent`: the per-cluster executor. It reconciles pxb's custom resources in its namespace
 //! (see [`crate::crd`]) and reaches each backup location with the cluster's own identity.
 //!
-//! So far: [`AgentConfig`], the location controller ([`locations`]: validation, sync into an
-//! in-memory catalog, verify), the backup controller ([`backups`]: resources and volume data
-//! through the [`volumes::VolumeDriver`] seam), with heartbeats while anything runs.
+//! [`AgentBuilder`] wires it from an [`AgentConfig`] over its seams (the kube client, the
+//! [`volumes::VolumeDriver`], the [`pxb_core::Clock`]) into a running [`Agent`]: the location
+//! controller ([`locations`]: validation, sync into an in-memory catalog, verify), the backup
+//! controller ([`backups`]: resources and volume data through the volume driver), the restore
+//! controller ([`restores`]) and the read API ([`api`]), with heartbeats while anything runs.
 
 pub mod api;
 pub mod backups;
 mod config;
+mod controller;
 pub mod locations;
 pub mod restores;
 pub mod volumes;
 
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use pxb_core::{Clock, SystemClock};
+
 pub use config::AgentConfig;
 
-/// A running agent: the controllers and the read API (what `pxb-agent` runs).
-#[derive(Debug)]
-pub struct Agent {
-    /// Where the read API listens.
-    pub api_addr: std::net::SocketAddr,
-    state: std::sync::Arc<api::ApiState>,
-    controllers: Vec<tokio::task::JoinHandle<()>>,
-    server: tokio::task::JoinHandle<()>,
+use volumes::{LocalPathDriver, VolumeDriver};
+
+/// Builds an [`Agent`] from its configuration and the seams it runs over: the cluster's API (a
+/// kube client), the [`VolumeDriver`] and the [`Clock`]. Each has a default one call away: the kube
+/// client from the environment (in-cluster service account or kubeconfig), [`LocalPathDriver`]
+/// restoring under [`AgentConfig::restore_root`], and the system clock.
+///
+/// [`build`](Self::build) wires the controllers' shared state ([`BuiltAgent`]);
+/// [`BuiltAgent::spawn`] starts the controllers and the read API. [`spawn`](Self::spawn) does
+/// both.
+///
+/// ```no_run
+/// # async fn example() -> pxb_core::Result<()> {
+/// use std::sync::Arc;
+///
+/// use pxb_daemon::agent::volumes::MemoryVolumes;
+/// use pxb_daemon::agent::{AgentBuilder, AgentConfig};
+///
+/// let config = AgentConfig::from_env()?;
+/// let client = kube::Client::try_default().await.expect("a kube client");
+/// let agent = AgentBuilder::new(config)
+///     .kube_client(client)
+///     .volume_driver(Arc::new(MemoryVolumes::new("/tmp/restores")))
+///     .clock(Arc::new(pxb_core::ManualClock::new(std::time::SystemTime::now())))
+///     .build()
+///     .await?
+///     .spawn()
+///     .await?;
+/// println!("the read API listens on {}", agent.api_addr);
+/// agent.shutdown().await;
+/// # Ok(())
+/// # }
+/// ```
+#[must_use = "a builder does nothing until it is built"]
+pub struct AgentBuilder {
+    config: AgentConfig,
+    client: Option<kube::Client>,
+    driver: Option<Arc<dyn VolumeDriver>>,
+    clock: Option<Arc<dyn Clock>>,
 }
 
-impl Agent {
-    /// Starts the controllers and the read API for this cluster.
-    pub async fn start(client: kube::Client, config: AgentConfig) -> pxb_core::Result<Self> {
-        let listen = config.listen;
-        let token = api::ensure_token(&client, &config.namespace).await?;
-        let driver = std::sync::Arc::new(volumes::LocalPathDriver::new(
-            client.clone(),
-            config.restore_root.clone(),
-        ));
-        let lctx = locations::Context::new(client, config);
-        let bctx = backups::Context::new(lctx.clone(), driver);
-        let state = std::sync::Arc::new(api::ApiState {
+impl std::fmt::Debug for AgentBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AgentBuilder")
+            .field("config", &self.config)
+            .field("driver", &self.driver)
+            .field("clock", &self.clock)
+            .finish_non_exhaustive()
+    }
+}
+
+impl AgentBuilder {
+    /// A builder for an agent with `config` and every seam at its default.
+    pub fn new(config: AgentConfig) -> Self {
+        Self {
+            config,
+            client: None,
+            driver: None,
+            clock: None,
+        }
+    }
+
+    /// The cluster's API (default: `kube::Client::try_default()`, the in-cluster service account
+    /// or the kubeconfig of the environment).
+    pub fn kube_client(mut self, client: kube::Client) -> Self {
+        self.client = Some(client);
+        self
+    }
+
+    /// Where volume data is found and restored (default: [`LocalPathDriver`] over the kube
+    /// client, restoring under [`AgentConfig::restore_root`]).
+    pub fn volume_driver(mut self, driver: Arc<dyn VolumeDriver>) -> Self {
+        self.driver = Some(driver);
+        self
+    }
+
+    /// Where the agent reads the time (default: [`SystemClock`]): heartbeats, timestamps and ages
+    /// in statuses, when a location is due again, the ids of the backups it writes.
+    pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = Some(clock);
+        self
+    }
+
+    /// Fills in the defaults and wires the controllers' shared state; nothing runs yet.
+    ///
+    /// Errors: [`pxb_core::Error::Invalid`] when no kube client was given and none can be made
+    /// from the environment.
+    pub async fn build(self) -> pxb_core::Result<BuiltAgent> {
+        let client = match self.client {
+            Some(c) => c,
+            None => kube::Client::try_default().await.map_err(|e| {
+                pxb_core::Error::invalid(format!(
+                    "no Kubernetes API to work with (neither an in-cluster service account nor a kubeconfig): {e}"
+                ))
+            })?,
+        };
+        let driver = self.driver.unwrap_or_else(|| {
+            Arc::new(LocalPathDriver::new(
+                client.clone(),
+                self.config.restore_root.clone(),
+            ))
+        });
+        let clock = self.clock.unwrap_or_else(|| Arc::new(SystemClock));
+        let locations = locations::Context::with_clock(client, self.config, clock);
+        let backups = backups::Context::new(locations.clone(), driver);
+        Ok(BuiltAgent { backups })
+    }
+
+    /// [`build`](Self::build), then [`BuiltAgent::spawn`].
+    pub async fn spawn(self) -> pxb_core::Result<Agent> {
+        self.build().await?.spawn().await
+    }
+}
+
+/// An agent wired over its seams, not yet running (see [`AgentBuilder`]).
+#[derive(Debug)]
+pub struct BuiltAgent {
+    backups: Arc<backups::Context>,
+}
+
+impl BuiltAgent {
+    /// The location controller's shared state (the client, the configuration, the catalogs).
+    pub fn locations(&self) -> &Arc<locations::Context> {
+        &self.backups.locations
+    }
+
+    /// The backup and restore controllers' shared state (with the volume driver).
+    pub fn backups(&self) -> &Arc<backups::Context> {
+        &self.backups
+    }
+
+    /// Starts the controllers and the read API: reads (or creates) the API token Secret, binds
+    /// [`AgentConfig::listen`], then runs the location, backup and restore controllers.
+    pub async fn spawn(self) -> pxb_core::Result<Agent> {
+        let bctx = self.backups;
+        let lctx = bctx.locations.clone();
+        let listen = lctx.config.listen;
+        let token = api::ensure_token(&lctx.client, &lctx.config.namespace).await?;
+        let state = Arc::new(api::ApiState {
             backups: bctx.clone(),
             ready: false.into(),
             token: Some(token),
@@ -48,30 +173,48 @@ impl Agent {
             backups::spawn(bctx.clone()),
             restores::spawn(bctx),
         ];
-        state.ready.store(true, std::sync::atomic::Ordering::Relaxed);
+        state.ready.store(true, Ordering::Relaxed);
         tracing::info!(%api_addr, version = api::VERSION, "pxb-agent started");
-        Ok(Self {
+        Ok(Agent {
             api_addr,
             state,
             controllers,
             server,
         })
     }
+}
+
+/// A running agent: the controllers and the read API (what `pxb-agent` runs). Made by
+/// [`AgentBuilder`].
+#[derive(Debug)]
+pub struct Agent {
+    /// Where the read API listens.
+    pub api_addr: std::net::SocketAddr,
+    state: Arc<api::ApiState>,
+    controllers: Vec<tokio::task::JoinHandle<()>>,
+    server: tokio::task::JoinHandle<()>,
+}
+
+impl Agent {
+    /// Starts the controllers and the read API for this cluster, with the default volume driver
+    /// and clock: `AgentBuilder::new(config).kube_client(client).spawn()`.
+    pub async fn start(client: kube::Client, config: AgentConfig) -> pxb_core::Result<Self> {
+        AgentBuilder::new(config).kube_client(client).spawn().await
+    }
 
     /// Stops taking work, records in each running operation's status that it was interrupted
     /// (the next agent resumes it), and stops.
     pub async fn shutdown(self) {
-        self.state
-            .ready
-            .store(false, std::sync::atomic::Ordering::Relaxed);
+        self.state.ready.store(false, Ordering::Relaxed);
         for c in &self.controllers {
             c.abort();
         }
         let bctx = &self.state.backups;
+        let lctx = &bctx.locations;
         let api: kube::Api<crate::crd::ApplicationBackup> =
-            kube::Api::namespaced(bctx.locations.client.clone(), &bctx.locations.config.namespace);
+            kube::Api::namespaced(lctx.client.clone(), &lctx.config.namespace);
         for op in bctx.operations().into_iter().filter(|o| o.kind == "backup") {
-            let patch = serde_json::json!({"status": {"heartbeat": now_rfc3339(),
+            let patch = serde_json::json!({"status": {"heartbeat": lctx.now_rfc3339(),
                 "message": "interrupted by an agent shutdown; the next agent resumes it"}});
             let _ = api
                 .patch_status(
@@ -86,117 +229,163 @@ impl Agent {
     }
 }
 
-use std::future::Future;
-use std::time::Duration;
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use serde_json::Value;
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+    use kube::api::{Api, PostParams};
+    use serde_json::json;
 
-/// Current UTC time as Kubernetes formats it (`2026-01-01T10:10:00Z`).
-pub fn now_rfc3339() -> String {
-    pxb_core::clock::rfc3339(std::time::SystemTime::now())
-}
+    use super::*;
+    use crate::crd::{ApplicationBackup, ApplicationBackupSpec, BackupLocation, BackupLocationSpec};
 
-/// Whether `s` is a valid namespace name (an RFC 1123 label).
-pub(crate) fn is_dns_label(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 63
-        && s.bytes()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-')
-        && !s.starts_with('-')
-        && !s.ends_with('-')
-}
+    /// A simulated shoot with pxb's CRDs and namespace; a client for it.
+    async fn shoot() -> (pxb_sim::Fleet, kube::Client) {
+        let fleet = pxb_sim::Fleet::start(pxb_sim::FleetConfig::default()).expect("fleet");
+        fleet.add_project("dev").expect("project");
+        fleet.add_shoots("dev", "shoot", 1).expect("shoot");
+        let kubeconfig = fleet
+            .admin_kubeconfig("dev", "shoot-00000", 3600)
+            .expect("kubeconfig");
+        let now = SystemTime::now();
+        let access =
+            pxb_gardener::parse_access(&kubeconfig, now, now + Duration::from_secs(3600)).expect("access");
+        let client = pxb_gardener::kube_client(&access).expect("client");
+        let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+        for (_, yaml) in crate::crd::crds_yaml().expect("CRDs") {
+            crds.create(
+                &PostParams::default(),
+                &serde_saphyr::from_str(&yaml).expect("CRD"),
+            )
+            .await
+            .expect("install the CRD");
+        }
+        for obj in [
+            json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "pxb-system"}}),
+            json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "shop"}}),
+            json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "cfg", "namespace": "shop"},
+                   "data": {"color": "blue"}}),
+        ] {
+            let obj: kube::api::DynamicObject = serde_json::from_value(obj).expect("object");
+            let (ar, _) = kube::discovery::pinned_kind(
+                &client,
+                &kube::api::GroupVersionKind::try_from(obj.types.as_ref().expect("types")).expect("gvk"),
+            )
+            .await
+            .expect("discover");
+            let api: Api<kube::api::DynamicObject> = match obj.metadata.namespace.as_deref() {
+                Some(ns) => Api::namespaced_with(client.clone(), ns, &ar),
+                None => Api::all_with(client.clone(), &ar),
+            };
+            api.create(&PostParams::default(), &obj).await.expect("create");
+        }
+        (fleet, client)
+    }
 
-/// Parses a Kubernetes timestamp.
-pub fn parse_rfc3339(s: &str) -> Option<time::OffsetDateTime> {
-    time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339).ok()
-}
-
-/// `v` with an explicit `null` for each of `keys` it lacks, so a merge patch clears old values.
-pub(crate) fn with_nulls(v: impl serde::Serialize, keys: &[&str]) -> Value {
-    let mut v = serde_json::to_value(v).unwrap_or(Value::Null);
-    if let Some(m) = v.as_object_mut() {
-        for k in keys {
-            m.entry(*k).or_insert(Value::Null);
+    async fn wait_for<K>(api: &Api<K>, name: &str, ok: impl Fn(&K) -> bool) -> K
+    where
+        K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+    {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let obj = api.get(name).await.expect("get");
+            if ok(&obj) {
+                return obj;
+            }
+            assert!(Instant::now() < deadline, "{name}: last state {obj:?}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
-    v
-}
 
-/// Runs `op`, calling `beat` every `every` until it finishes.
-pub(crate) async fn with_heartbeat<T, B: Future<Output = ()>>(
-    op: impl Future<Output = T>,
-    every: Duration,
-    beat: impl Fn() -> B,
-) -> T {
-    tokio::pin!(op);
-    let mut tick = tokio::time::interval(every);
-    tick.tick().await;
-    loop {
-        tokio::select! {
-            r = &mut op => return r,
-            _ = tick.tick() => beat().await,
-        }
-    }
-}
+    /// An agent built with a clock of its own reads the time from it, and only from it: every
+    /// timestamp it writes into statuses, the time a sync is reported at and the ids of the
+    /// backups it writes are that clock's, days away from the system's.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_agent_reads_the_time_from_its_clock() {
+        let (_fleet, client) = shoot().await;
+        let tmp = tempfile::tempdir().expect("tmp");
+        let location = tmp.path().join("location");
+        std::fs::create_dir_all(&location).expect("mkdir");
+        // 2026-01-01T10:10:00Z, whatever the system's time.
+        let at = UNIX_EPOCH + Duration::from_secs(1_767_262_200);
+        let clock = pxb_core::ManualClock::new(at);
+        let config = AgentConfig {
+            listen: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
+            restore_root: tmp.path().join("restores"),
+            ..AgentConfig::default()
+        };
+        let built = AgentBuilder::new(config)
+            .kube_client(client.clone())
+            .volume_driver(Arc::new(volumes::MemoryVolumes::new(tmp.path().join("restores"))))
+            .clock(Arc::new(clock.clone()))
+            .build()
+            .await
+            .expect("build");
+        let lctx = built.locations().clone();
+        let agent = built.spawn().await.expect("spawn");
 
-/// Runs a controller over `api` with `reconcile`, retrying a failed reconcile after 10 s (with a
-/// warning naming `what`), until the returned task is aborted.
-pub(crate) fn spawn_controller<K, C, F>(
-    what: &'static str,
-    api: kube::Api<K>,
-    reconcile: impl FnMut(std::sync::Arc<K>, std::sync::Arc<C>) -> F + Send + 'static,
-    ctx: std::sync::Arc<C>,
-) -> tokio::task::JoinHandle<()>
-where
-    K: kube::Resource<DynamicType = ()>
-        + Clone
-        + serde::de::DeserializeOwned
-        + std::fmt::Debug
-        + Send
-        + Sync
-        + 'static,
-    C: Send + Sync + 'static,
-    F: Future<Output = Result<kube::runtime::controller::Action, locations::ReconcileError>> + Send + 'static,
-{
-    use futures::StreamExt as _;
-    use kube::ResourceExt as _;
-    let error_policy = move |obj: std::sync::Arc<K>,
-                             err: &locations::ReconcileError,
-                             _: std::sync::Arc<C>| {
-        tracing::warn!(object = %obj.name_any(), error = %err, "{what} reconcile failed; retrying in 10 s");
-        kube::runtime::controller::Action::requeue(Duration::from_secs(10))
-    };
-    tokio::spawn(async move {
-        kube::runtime::Controller::new(api, kube::runtime::watcher::Config::default())
-            .run(reconcile, error_policy, ctx)
-            .for_each(|r| async move {
-                if let Err(e) = r {
-                    tracing::debug!(error = %e, "{what} controller");
-                }
+        let locations: Api<BackupLocation> = Api::namespaced(client.clone(), "pxb-system");
+        let spec = BackupLocationSpec {
+            provider: "file".into(),
+            container: location.to_string_lossy().into_owned(),
+            sync: true,
+            ..BackupLocationSpec::default()
+        };
+        locations
+            .create(&PostParams::default(), &BackupLocation::new("local", spec))
+            .await
+            .expect("location");
+        let loc = wait_for(&locations, "local", |l| {
+            l.status.as_ref().is_some_and(|s| {
+                s.validation.as_ref().is_some_and(|v| v.phase == "Valid")
+                    && s.sync.as_ref().is_some_and(|s| s.phase == "Completed")
             })
-            .await;
-    })
-}
-
-/// Merges `status` into the status subresource of `name` in the agent's namespace.
-pub(crate) async fn merge_status<K>(
-    client: &kube::Client,
-    namespace: &str,
-    name: &str,
-    status: Value,
-) -> Result<(), locations::ReconcileError>
-where
-    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
-        + Clone
-        + serde::de::DeserializeOwned
-        + std::fmt::Debug,
-{
-    let api: kube::Api<K> = kube::Api::namespaced(client.clone(), namespace);
-    let patch = kube::api::Patch::Merge(serde_json::json!({ "status": status }));
-    api.patch_status(name, &kube::api::PatchParams::default(), &patch)
-        .await
-        .map(|_| ())
-        .map_err(|e| {
-            locations::ReconcileError::new(format!("writing the status of {} {name}: {e}", K::kind(&())))
         })
+        .await;
+        let status = loc.status.expect("status");
+        let stamp = "2026-01-01T10:10:00Z";
+        assert_eq!(
+            status.validation.and_then(|v| v.last_checked).as_deref(),
+            Some(stamp)
+        );
+        let sync = status.sync.expect("sync");
+        assert_eq!(
+            (sync.started.as_deref(), sync.heartbeat.as_deref()),
+            (Some(stamp), Some(stamp))
+        );
+        assert_eq!(lctx.catalog("local").and_then(|c| c.synced_at), Some(at));
+
+        let backups: Api<ApplicationBackup> = Api::namespaced(client.clone(), "pxb-system");
+        let spec = ApplicationBackupSpec {
+            location: "local".into(),
+            namespaces: vec!["shop".into()],
+            include_volumes: true,
+            reclaim_policy: "Retain".into(),
+            ..ApplicationBackupSpec::default()
+        };
+        backups
+            .create(&PostParams::default(), &ApplicationBackup::new("b1", spec))
+            .await
+            .expect("backup");
+        let done = wait_for(&backups, "b1", |b| {
+            b.status
+                .as_ref()
+                .is_some_and(|s| ["Success", "PartialSuccess", "Failed"].contains(&s.phase.as_str()))
+        })
+        .await;
+        let status = done.status.expect("status");
+        assert_eq!(status.phase, "Success", "{status:?}");
+        assert_eq!(
+            (
+                status.start_timestamp.as_deref(),
+                status.completion_timestamp.as_deref(),
+                status.heartbeat.as_deref()
+            ),
+            (Some(stamp), Some(stamp), Some(stamp))
+        );
+        let id = status.backup_id.expect("id");
+        assert!(id.starts_with("20260101T101000Z-"), "{id}");
+        agent.shutdown().await;
+    }
 }

@@ -1,7 +1,7 @@
 //! The restore controller: one `ApplicationRestore` → the volumes of the backup restored into
-//! freshly provisioned volumes (through the [`VolumeDriver`]), then the backup's objects
-//! restored into this cluster with the namespace and storage-class mappings, each restored claim
-//! bound to its new volume.
+//! freshly provisioned volumes (through the [`VolumeDriver`](super::volumes::VolumeDriver)), then
+//! the backup's objects restored into this cluster with the namespace and storage-class mappings,
+//! each restored claim bound to its new volume.
 //!
 //! The backup is not trusted: its archive must match the manifest's hash, and only the objects of
 //! the restored namespaces (`spec.namespaces`, else the backup's) and the cluster-scoped objects
@@ -27,8 +27,8 @@ use pxb_core::resources::{ExistingResourcePolicy, RestoreOptions, RestoreOutcome
 use serde_json::json;
 
 use super::backups;
+use super::controller::{with_heartbeat, with_nulls};
 use super::locations::{self, ReconcileError};
-use super::{now_rfc3339, with_heartbeat, with_nulls};
 use crate::crd::{
     ApplicationRestore, ApplicationRestoreSpec, ApplicationRestoreStatus, BackupLocation, ObjectFailure,
     RestoreCounts, VolumeResult,
@@ -39,10 +39,10 @@ use crate::kube_cluster::KubeCluster;
 pub type Context = backups::Context;
 
 /// At most this many failed objects are listed in the status.
-pub const MAX_FAILURES: usize = 100;
+pub(crate) const MAX_FAILURES: usize = 100;
 
 /// Why a spec cannot be run, for humans; `None` when it can.
-pub fn spec_problem(spec: &ApplicationRestoreSpec) -> Option<String> {
+pub(crate) fn spec_problem(spec: &ApplicationRestoreSpec) -> Option<String> {
     if spec.location.trim().is_empty() {
         return Some("spec.location is empty".into());
     }
@@ -52,7 +52,7 @@ pub fn spec_problem(spec: &ApplicationRestoreSpec) -> Option<String> {
     if let Some((from, to)) = spec
         .namespace_mapping
         .iter()
-        .find(|(from, to)| !super::is_dns_label(from) || !super::is_dns_label(to))
+        .find(|(from, to)| !crate::names::is_dns_label(from) || !crate::names::is_dns_label(to))
     {
         return Some(format!(
             "spec.namespaceMapping {from:?} -> {to:?}: both must be valid namespace names"
@@ -64,7 +64,7 @@ pub fn spec_problem(spec: &ApplicationRestoreSpec) -> Option<String> {
             spec.existing_resource_policy
         ));
     }
-    if let Some(ns) = spec.namespaces.iter().find(|n| !super::is_dns_label(n)) {
+    if let Some(ns) = spec.namespaces.iter().find(|n| !crate::names::is_dns_label(n)) {
         return Some(format!("spec.namespaces {ns:?} is not a valid namespace name"));
     }
     if let Some(kind) = spec
@@ -78,7 +78,7 @@ pub fn spec_problem(spec: &ApplicationRestoreSpec) -> Option<String> {
 }
 
 async fn patch_status(ctx: &Context, name: &str, status: serde_json::Value) -> Result<(), ReconcileError> {
-    super::merge_status::<ApplicationRestore>(
+    super::controller::merge_status::<ApplicationRestore>(
         &ctx.locations.client,
         &ctx.locations.config.namespace,
         name,
@@ -103,14 +103,14 @@ async fn reconcile(cached: Arc<ApplicationRestore>, ctx: Arc<Context>) -> Result
         return Ok(Action::await_change());
     }
     if let Some(problem) = spec_problem(&restore.spec) {
-        let failed = json!({"phase": "Failed", "message": problem, "completionTimestamp": now_rfc3339()});
+        let failed = json!({"phase": "Failed", "message": problem, "completionTimestamp": ctx.locations.now_rfc3339()});
         patch_status(&ctx, &name, failed).await?;
         return Ok(Action::await_change());
     }
     let mut message = None;
     if status.phase == "InProgress" {
         if status.attempts >= 2 {
-            let failed = json!({"phase": "Failed", "completionTimestamp": now_rfc3339(),
+            let failed = json!({"phase": "Failed", "completionTimestamp": ctx.locations.now_rfc3339(),
                 "message": "the agent restarted during this restore twice; giving up (objects restored so far remain)"});
             patch_status(&ctx, &name, failed).await?;
             return Ok(Action::await_change());
@@ -135,18 +135,18 @@ async fn run(
         .status
         .as_ref()
         .and_then(|s| s.start_timestamp.clone())
-        .unwrap_or_else(now_rfc3339);
+        .unwrap_or_else(|| ctx.locations.now_rfc3339());
     patch_status(
         ctx,
         &name,
-        json!({"phase": "InProgress", "startTimestamp": started, "heartbeat": now_rfc3339(),
+        json!({"phase": "InProgress", "startTimestamp": started, "heartbeat": ctx.locations.now_rfc3339(),
                "attempts": attempts, "message": message.clone()}),
     )
     .await?;
     let beat = || {
         let name = name.clone();
         async move {
-            let _ = patch_status(ctx, &name, json!({"heartbeat": now_rfc3339()})).await;
+            let _ = patch_status(ctx, &name, json!({"heartbeat": ctx.locations.now_rfc3339()})).await;
         }
     };
     let outcome = with_heartbeat(
@@ -167,8 +167,8 @@ async fn run(
     };
     tracing::info!(restore = %name, phase = %done.phase, message = ?done.message, "restore finished");
     let mut status = with_nulls(&done, &["message"]);
-    status["completionTimestamp"] = now_rfc3339().into();
-    status["heartbeat"] = now_rfc3339().into();
+    status["completionTimestamp"] = ctx.locations.now_rfc3339().into();
+    status["heartbeat"] = ctx.locations.now_rfc3339().into();
     status["startTimestamp"] = started.into();
     status["attempts"] = attempts.into();
     patch_status(ctx, &name, status).await
@@ -183,7 +183,7 @@ async fn execute(spec: &ApplicationRestoreSpec, ctx: &Context) -> Result<Applica
         .map_err(|e| format!("reading location {}: {e}", spec.location))?
         .ok_or_else(|| format!("location {} does not exist", spec.location))?;
     let opened = locations::open(&location.spec, lctx).await?;
-    let repo = Repository::new(opened.store);
+    let repo = lctx.repository(opened.store);
     let id = BackupId::parse(&spec.backup_id).map_err(|e| e.to_string())?;
     let manifest = repo.manifest(&id).await.map_err(|e| e.to_string())?;
     if manifest.kind != BackupKind::Resources {
@@ -364,7 +364,7 @@ async fn restore_claim_volume(
 pub fn spawn(ctx: Arc<Context>) -> tokio::task::JoinHandle<()> {
     let api: Api<ApplicationRestore> =
         Api::namespaced(ctx.locations.client.clone(), &ctx.locations.config.namespace);
-    super::spawn_controller("restore", api, reconcile, ctx)
+    super::controller::spawn_controller("restore", api, reconcile, ctx)
 }
 
 #[cfg(test)]

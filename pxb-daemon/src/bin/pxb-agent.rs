@@ -1,13 +1,14 @@
-//! `pxb-agent`: the per-cluster executor. Reads its configuration from the environment (see
-//! `pxb_daemon::agent::AgentConfig`), runs the controllers and the read API, and shuts down
-//! gracefully on SIGTERM or Ctrl-C.
+//! `pxb-agent`: the per-cluster executor. Configuration from the environment
+//! (`pxb_daemon::agent::AgentConfig`), the agent built over its default seams and spawned, then
+//! drained on SIGTERM or Ctrl-C.
 
 use std::process::ExitCode;
 
+use pxb_daemon::agent::{AgentBuilder, AgentConfig};
+
 async fn run() -> anyhow::Result<()> {
-    let config = pxb_daemon::agent::AgentConfig::from_env()?;
-    let client = kube::Client::try_default().await?;
-    let agent = pxb_daemon::agent::Agent::start(client, config).await?;
+    let config = AgentConfig::from_env()?;
+    let agent = AgentBuilder::new(config).build().await?.spawn().await?;
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}

@@ -1,11 +1,14 @@
 //! `pxb-server`: the central control plane. Reads `--config FILE` (YAML, each key overridable by
 //! a `PXB_…` environment variable), serves the REST API, and shuts down gracefully on SIGTERM or
 //! Ctrl-C. `--print-default-config` prints the commented defaults.
+//!
+//! Config → build → spawn → drain; everything it wires is `pxb_daemon::server::ServerBuilder`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
+use pxb_daemon::server::ServerBuilder;
 use pxb_daemon::server::config::{DEFAULT_CONFIG_YAML, ServerConfig};
 
 /// The pxb control plane.
@@ -25,19 +28,33 @@ struct Args {
     dev_token_file: Option<PathBuf>,
 }
 
-async fn run(args: Args) -> anyhow::Result<()> {
-    let config = ServerConfig::load(args.config.as_deref(), |k| std::env::var(k).ok())?;
-    let dev_token = match (&args.dev_token_file, std::env::var("PXB_DEV_TOKEN").ok()) {
-        (Some(path), _) => Some(
+/// The development token: the content of `--dev-token-file`, else `PXB_DEV_TOKEN`.
+fn dev_token(args: &Args) -> anyhow::Result<Option<String>> {
+    Ok(match &args.dev_token_file {
+        Some(path) => Some(
             std::fs::read_to_string(path)
                 .map_err(|e| anyhow::anyhow!("reading --dev-token-file {}: {e}", path.display()))?
                 .trim()
                 .to_owned(),
         ),
-        (None, token) => token,
-    };
-    let daemon = pxb_daemon::server::Daemon::start(config, dev_token, |k| std::env::var(k).ok()).await?;
+        None => std::env::var("PXB_DEV_TOKEN").ok(),
+    })
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
+    // Config.
+    let config = ServerConfig::load(args.config.as_deref(), |k| std::env::var(k).ok())?;
+    let mut builder = ServerBuilder::new(config);
+    if let Some(token) = dev_token(&args)? {
+        builder = builder.dev_token(token);
+    }
+    if let Ok(key) = std::env::var("PXB_SECRETS_KEY") {
+        builder = builder.secrets_key(key);
+    }
+    // Build, spawn.
+    let daemon = builder.build().await?.spawn()?;
     println!("READY http://{}", daemon.addr);
+    // Drain on SIGTERM or Ctrl-C.
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}

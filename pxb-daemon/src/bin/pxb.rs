@@ -8,7 +8,8 @@ fn main() -> ExitCode {
     let cli = pxb_daemon::cli::Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("PXB_LOG").unwrap_or_else(|_| "warn".into()),
+            tracing_subscriber::EnvFilter::try_from_env("PXB_LOG")
+                .unwrap_or_else(|_| cli.default_log_filter().into()),
         )
         .with_writer(|| pxb_daemon::RedactingWriter(std::io::stderr()))
         .init();

@@ -62,13 +62,28 @@ pub enum Command {
         shell: clap_complete::Shell,
     },
     /// Runs the demo: a simulated Gardener project, a server, agents, a location, and the whole
-    /// flow; then serves the API until Ctrl-C. Runs the `pxb-demo` program next to `pxb`.
+    /// flow; then serves the API until Ctrl-C (`--exit` stops after the flow). Options:
+    /// `--shoots N`, `--location file|azurite`, `--listen ADDR`, `--exit`. With `--location
+    /// azurite` it runs the test harness's `pxb-demo` next to `pxb`.
+    #[cfg(feature = "demo")]
     #[command(disable_help_flag = true)]
     Demo {
-        /// Passed to pxb-demo (`--shoots N`, `--location file|azurite`, `--listen ADDR`).
+        /// `--shoots N`, `--location file|azurite`, `--listen ADDR`, `--exit`.
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+}
+
+impl Cli {
+    /// The log filter when `PXB_LOG` is unset: warnings, except for the demo, whose server and
+    /// agents would warn about the shoots it blackholes on purpose.
+    pub fn default_log_filter(&self) -> &'static str {
+        match self.command {
+            #[cfg(feature = "demo")]
+            Command::Demo { .. } => "off",
+            _ => "warn",
+        }
+    }
 }
 
 /// Runs a parsed command line; returns the process exit code.
@@ -91,12 +106,45 @@ pub async fn run(cli: Cli) -> ExitCode {
             clap_complete::generate(shell, &mut cmd, "pxb", &mut std::io::stdout());
             ExitCode::SUCCESS
         }
-        Command::Demo { args } => demo(args),
+        #[cfg(feature = "demo")]
+        Command::Demo { args } => demo(args).await,
     }
 }
 
-/// Runs `pxb-demo` from the directory of this program (else from `PATH`) with `args`.
-fn demo(args: Vec<String>) -> ExitCode {
+/// Runs the demo in this process; `--location azurite` needs the test harness's Azurite, so it runs
+/// `pxb-demo` from the directory of this program (else from `PATH`) with `args`.
+#[cfg(feature = "demo")]
+async fn demo(args: Vec<String>) -> ExitCode {
+    if crate::demo::wants_help(&args) {
+        println!("{}", crate::demo::USAGE);
+        return ExitCode::SUCCESS;
+    }
+    let (options, azurite) = match crate::demo::parse_args(&args) {
+        Ok(parsed) => parsed,
+        Err(e) => {
+            eprintln!("pxb demo: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if azurite {
+        return harness_demo(args);
+    }
+    match crate::demo::run(options).await {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => {
+            eprintln!("pxb demo: the fleet did not come out as expected");
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!("pxb demo: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Runs the test harness's `pxb-demo` (Azurite and a fake Entra ID) with `args`.
+#[cfg(feature = "demo")]
+fn harness_demo(args: Vec<String>) -> ExitCode {
     let beside = std::env::current_exe()
         .ok()
         .and_then(|p| p.parent().map(|d| d.join("pxb-demo")))
@@ -109,7 +157,7 @@ fn demo(args: Vec<String>) -> ExitCode {
     {
         let e = std::os::unix::process::CommandExt::exec(&mut command);
         eprintln!(
-            "pxb: cannot run {}: {e} (build it with `cargo build -p pxb-tests --bin pxb-demo`)",
+            "pxb demo: --location azurite runs the test harness's pxb-demo (Azurite and a fake Entra ID), and {} cannot run: {e} (build it with `cargo build -p pxb-tests --bin pxb-demo`)",
             program.display()
         );
         ExitCode::FAILURE
@@ -120,7 +168,7 @@ fn demo(args: Vec<String>) -> ExitCode {
         Ok(s) => ExitCode::from(s.code().unwrap_or(1).clamp(1, 255) as u8),
         Err(e) => {
             eprintln!(
-                "pxb: cannot run {}: {e} (build it with `cargo build -p pxb-tests --bin pxb-demo`)",
+                "pxb demo: --location azurite runs the test harness's pxb-demo (Azurite and a fake Entra ID), and {} cannot run: {e} (build it with `cargo build -p pxb-tests --bin pxb-demo`)",
                 program.display()
             );
             ExitCode::FAILURE

@@ -23,15 +23,8 @@ use pxb_core::clock::rfc3339;
 use pxb_core::schedule::{SchedulePolicy, retention};
 use pxb_core::{Error, Result};
 
-use super::{Key, OrgState, Server, State};
-
-/// The operations the server drives on one cluster.
-#[derive(Debug, Default)]
-pub(crate) struct ClusterOps {
-    pub backups: BTreeMap<String, BackupRecord>,
-    pub restores: BTreeMap<String, RestoreRecord>,
-    pub forced: BTreeSet<String>,
-}
+use super::operations::{CatalogLimits, Found, OpsInput, OpsOutput};
+use super::state::{Key, OrgState, Server, State, Tracked};
 
 /// A request to back up namespaces on one or more clusters.
 #[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
@@ -231,7 +224,7 @@ impl Server {
         name: impl Fn(&str) -> String,
         schedule: Option<&str>,
     ) -> Vec<BackupRecord> {
-        let mut clusters: Vec<(&Key, &super::Tracked)> = st
+        let mut clusters: Vec<(&Key, &Tracked)> = st
             .clusters
             .iter()
             .filter(|(k, t)| k.0 == loc.org && t.record.retired_at.is_none() && selector.selects(&t.record))
@@ -880,7 +873,7 @@ impl Server {
         let last_ms = |heartbeat: &Option<String>, created_ms: i64| {
             heartbeat
                 .as_deref()
-                .and_then(crate::agent::parse_rfc3339)
+                .and_then(pxb_core::clock::parse_rfc3339)
                 .map(|t| (t.unix_timestamp_nanos() / 1_000_000) as i64)
                 .unwrap_or(created_ms)
                 .max(created_ms)
@@ -937,7 +930,7 @@ impl Server {
     }
 
     /// Takes in what a visit did with the cluster's operations.
-    pub(crate) async fn absorb_operations(&self, key: &Key, out: super::operations::OpsOutput) {
+    pub(crate) async fn absorb_operations(&self, key: &Key, out: OpsOutput) {
         let mut finished_scheduled: BTreeSet<String> = BTreeSet::new();
         {
             let mut st = self.inner.lock();
@@ -1016,7 +1009,7 @@ impl Server {
     /// not know yet, marked synced, with their origin cluster: at most
     /// `fleet.maxSyncedBackupsPerOrg` per org. When that limit stops the import, or the read of
     /// the agent's catalog stopped early, the location's sync status on the cluster says so.
-    async fn import_synced(&self, key: &Key, found: super::operations::Found) {
+    async fn import_synced(&self, key: &Key, found: Found) {
         let location = found.location.as_str();
         let limit = self.inner.config.fleet.max_synced_backups_per_org;
         let (cluster_name, loc_name) = {
@@ -1216,10 +1209,10 @@ impl Server {
     }
 
     /// The operations input of cluster `key` for a visit.
-    pub(crate) fn operations_input(&self, key: &Key) -> super::operations::OpsInput {
+    pub(crate) fn operations_input(&self, key: &Key) -> OpsInput {
         let st = self.inner.lock();
         let Some(ops) = st.ops.get(key) else {
-            return super::operations::OpsInput {
+            return OpsInput {
                 org: key.0.clone(),
                 backups: Vec::new(),
                 restores: Vec::new(),
@@ -1229,7 +1222,7 @@ impl Server {
                 now: self.inner.clock.now(),
             };
         };
-        super::operations::OpsInput {
+        OpsInput {
             org: key.0.clone(),
             backups: ops.backups.values().cloned().collect(),
             restores: ops.restores.values().cloned().collect(),
@@ -1241,9 +1234,9 @@ impl Server {
     }
 
     /// The bounds on reading an agent's catalog, from the configuration.
-    fn catalog_limits(&self) -> super::operations::CatalogLimits {
+    fn catalog_limits(&self) -> CatalogLimits {
         let f = &self.inner.config.fleet;
-        super::operations::CatalogLimits {
+        CatalogLimits {
             page_bytes: usize::try_from(f.catalog_page_max_bytes).unwrap_or(usize::MAX),
             pages: usize::try_from(f.catalog_max_pages).unwrap_or(usize::MAX),
             items: usize::try_from(f.max_synced_backups_per_org).unwrap_or(usize::MAX),

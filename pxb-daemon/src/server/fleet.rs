@@ -11,7 +11,7 @@ use pxb_core::catalog::records::{ClusterRecord, ClusterState, LocationStatus};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::agent::parse_rfc3339;
+use pxb_core::clock::parse_rfc3339;
 
 /// Counts of a cluster's locations by validation phase.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]

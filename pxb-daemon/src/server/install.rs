@@ -32,7 +32,7 @@ fn plural(kind: &str) -> Option<(&'static str, bool)> {
 }
 
 /// Every object to create, with the Deployment's image set to `image`.
-pub fn objects(image: &str) -> Result<Vec<Value>, String> {
+pub(crate) fn objects(image: &str) -> Result<Vec<Value>, String> {
     let mut docs: Vec<String> = crate::crd::crds_yaml()
         .map_err(|e| format!("rendering the CRDs: {e}"))?
         .into_iter()
@@ -61,7 +61,7 @@ pub fn objects(image: &str) -> Result<Vec<Value>, String> {
 }
 
 /// Creates every object that does not exist yet; returns how many were created.
-pub async fn install_agent(client: &kube::Client, image: &str) -> Result<usize, String> {
+pub(crate) async fn install_agent(client: &kube::Client, image: &str) -> Result<usize, String> {
     let mut created = 0;
     for obj in objects(image)? {
         let s = |p: &str| {
@@ -99,7 +99,7 @@ pub async fn install_agent(client: &kube::Client, image: &str) -> Result<usize, 
             Err(kube::Error::Api(e)) if e.code == 409 => {}
             Err(e) => {
                 return Err(
-                    pxb_gardener::map_kube_error(&format!("installing the agent's {kind}"), e).to_string(),
+                    super::kubeconfig::map_error(&format!("installing the agent's {kind}"), e).to_string(),
                 );
             }
         }

@@ -26,44 +26,44 @@ use serde_json::json;
 use super::reconcile::{
     AGENT_NAME, MANAGED_BY, MANAGER, ORG_LABEL, annotations, clean, labels, location_object, owned_by,
 };
-use crate::agent::backups::FORCE_DELETE;
 use crate::crd::{
     AGENT_NAMESPACE, ApplicationBackup, ApplicationBackupSpec, ApplicationRestore, ApplicationRestoreSpec,
 };
 use crate::names::{self, object_name};
+use pxb_core::api::agent::FORCE_DELETE;
 
 /// The operations of one cluster the server wants the visit to drive.
 #[derive(Clone, Debug)]
-pub struct OpsInput {
+pub(crate) struct OpsInput {
     /// The org.
-    pub org: String,
+    pub(crate) org: String,
     /// Active backups (`Pending`, `InProgress`, `Deleting`).
-    pub backups: Vec<BackupRecord>,
+    pub(crate) backups: Vec<BackupRecord>,
     /// Active restores.
-    pub restores: Vec<RestoreRecord>,
+    pub(crate) restores: Vec<RestoreRecord>,
     /// Objects of force-deleted backups to drop, leaving the data.
-    pub forced: Vec<String>,
+    pub(crate) forced: Vec<String>,
     /// Locations (id, name) whose catalog to read: a sync there just completed.
-    pub imports: Vec<(String, String)>,
+    pub(crate) imports: Vec<(String, String)>,
     /// Bounds on reading those catalogs.
-    pub catalog_limits: CatalogLimits,
+    pub(crate) catalog_limits: CatalogLimits,
     /// Now.
-    pub now: SystemTime,
+    pub(crate) now: SystemTime,
 }
 
 /// Bounds on reading an agent's catalog through the service proxy. The agent (and so the
 /// tenant) decides what it answers; these keep one cluster from holding the server's memory or a
 /// visit.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct CatalogLimits {
+pub(crate) struct CatalogLimits {
     /// Largest body of one page, in bytes; a larger one fails the read.
-    pub page_bytes: usize,
+    pub(crate) page_bytes: usize,
     /// Most pages read per import; the read stops there.
-    pub pages: usize,
+    pub(crate) pages: usize,
     /// Most application backups collected per import; the read stops there.
-    pub items: usize,
+    pub(crate) items: usize,
     /// Longest time the reads of one visit may take.
-    pub deadline: Duration,
+    pub(crate) deadline: Duration,
 }
 
 impl Default for CatalogLimits {
@@ -79,35 +79,35 @@ impl Default for CatalogLimits {
 
 /// Application backups a sync found in a location, as far as the server read them.
 #[derive(Clone, Debug, Default)]
-pub struct Found {
+pub(crate) struct Found {
     /// The location's id.
-    pub location: String,
+    pub(crate) location: String,
     /// What was read.
-    pub backups: Vec<Summary>,
+    pub(crate) backups: Vec<Summary>,
     /// Why the read stopped early or failed, if it did (a bound reached, an error).
-    pub problem: Option<String>,
+    pub(crate) problem: Option<String>,
 }
 
 /// What the visit learned.
 #[derive(Clone, Debug, Default)]
-pub struct OpsOutput {
+pub(crate) struct OpsOutput {
     /// Backups as they are now.
-    pub backups: Vec<BackupRecord>,
+    pub(crate) backups: Vec<BackupRecord>,
     /// Backups whose deletion is complete.
-    pub gone: Vec<String>,
+    pub(crate) gone: Vec<String>,
     /// Restores as they are now.
-    pub restores: Vec<RestoreRecord>,
+    pub(crate) restores: Vec<RestoreRecord>,
     /// Force-deleted backups whose object is gone.
-    pub forced_done: Vec<String>,
+    pub(crate) forced_done: Vec<String>,
     /// Application backups found in the catalogs of locations whose sync completed.
-    pub found: Vec<Found>,
+    pub(crate) found: Vec<Found>,
     /// Objects written or deleted.
-    pub written: usize,
+    pub(crate) written: usize,
 }
 
 impl OpsInput {
     /// Whether there is nothing to do (the visit then makes no call for operations).
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.backups.is_empty()
             && self.restores.is_empty()
             && self.forced.is_empty()
@@ -116,7 +116,7 @@ impl OpsInput {
 }
 
 fn ms_of(rfc: Option<&str>) -> Option<i64> {
-    let t = crate::agent::parse_rfc3339(rfc?)?;
+    let t = pxb_core::clock::parse_rfc3339(rfc?)?;
     Some((t.unix_timestamp_nanos() / 1_000_000) as i64)
 }
 
@@ -132,7 +132,7 @@ fn err(what: &str, e: kube::Error) -> String {
 
 /// Drives the cluster's operations; an error means the cluster could not be talked to (the
 /// records keep their last known state).
-pub async fn visit(client: &kube::Client, input: OpsInput) -> Result<OpsOutput, String> {
+pub(crate) async fn visit(client: &kube::Client, input: OpsInput) -> Result<OpsOutput, String> {
     let mut out = OpsOutput::default();
     if input.is_empty() {
         return Ok(out);
@@ -361,7 +361,7 @@ pub async fn visit(client: &kube::Client, input: OpsInput) -> Result<OpsOutput, 
 }
 
 /// Copies the agent's status of a backup into its record.
-pub fn read_backup(b: &mut BackupRecord, s: &crate::crd::ApplicationBackupStatus, now: SystemTime) {
+pub(crate) fn read_backup(b: &mut BackupRecord, s: &crate::crd::ApplicationBackupStatus, now: SystemTime) {
     if !s.phase.is_empty() {
         b.phase = s.phase.clone();
     }
@@ -418,7 +418,7 @@ async fn read_catalog(
         );
         let mut req = hyper::Request::get(path);
         if let Some(t) = &token {
-            req = req.header(crate::agent::api::TOKEN_HEADER, t.as_str());
+            req = req.header(pxb_core::api::agent::TOKEN_HEADER, t.as_str());
         }
         let req = req
             .body(kube::client::Body::from(Vec::new()))
@@ -461,7 +461,7 @@ async fn agent_token(client: &kube::Client) -> Result<Option<String>, String> {
     let secrets: kube::Api<k8s_openapi::api::core::v1::Secret> =
         kube::Api::namespaced(client.clone(), AGENT_NAMESPACE);
     let secret = secrets
-        .get_opt(crate::agent::api::TOKEN_SECRET)
+        .get_opt(pxb_core::api::agent::TOKEN_SECRET)
         .await
         .map_err(|e| err("reading the agent's API token", e))?;
     Ok(secret.and_then(|s| s.data).and_then(|d| {

@@ -21,16 +21,13 @@ use pxb_core::catalog::records::{
 };
 use pxb_core::clock::rfc3339;
 
-use crate::agent::parse_rfc3339;
 use crate::crd::{
     AGENT_NAMESPACE, BackupLocation, BackupLocationSpec, BackupLocationStatus, LocationAuth, SecretRef,
 };
 use crate::names;
+use pxb_core::clock::parse_rfc3339;
 
-/// Label on everything the server creates on a cluster.
-pub const MANAGED_BY: &str = "pxb.io/managed-by";
-/// Its value.
-pub const MANAGER: &str = "pxb-server";
+pub use pxb_core::api::agent::{MANAGED_BY, MANAGER};
 /// Label naming the owning org.
 pub const ORG_LABEL: &str = "pxb.io/org";
 /// Label with the uid of the server object a cluster object mirrors.
@@ -301,7 +298,7 @@ pub(crate) fn clean(message: &str) -> String {
 
 fn err(what: &str, e: kube::Error) -> String {
     if matches!(e, kube::Error::Api(_)) {
-        return pxb_gardener::map_kube_error(what, e).to_string();
+        return super::kubeconfig::map_error(what, e).to_string();
     }
     // Transport errors say little at the top ("client error (Connect)"); their causes say why.
     let mut msg = format!("{what}: {e}");

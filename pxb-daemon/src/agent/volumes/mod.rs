@@ -8,17 +8,23 @@
 //! A backup reads a claim's volume only when the volume is bound to that claim
 //! ([`check_binding`]: its `claimRef` names the claim and its uid), and a restore provisions only
 //! under its root, for valid namespace and claim names ([`check_claim_names`]).
-//! [`StaticVolumes`] is the in-memory twin for tests.
+//! [`MemoryVolumes`] is the in-memory twin for tests: claims and volumes held in memory, their
+//! data in directories, with the same refusals. The `conformance` module (feature
+//! `conformance`) is the suite every driver runs.
 
-use std::collections::HashMap;
-use std::path::PathBuf;
-use std::sync::Mutex;
+use std::path::{Path, PathBuf};
 
 use async_trait::async_trait;
 use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim};
 use kube::api::Api;
 use pxb_core::{Error, Result};
 use serde_json::{Value, json};
+
+#[cfg(any(test, feature = "conformance"))]
+pub mod conformance;
+mod memory;
+
+pub use memory::MemoryVolumes;
 
 /// A freshly provisioned volume for a restored claim.
 #[derive(Debug, Clone)]
@@ -103,6 +109,84 @@ pub fn check_binding(namespace: &str, pvc: &PersistentVolumeClaim, pv: &Persiste
     Ok(())
 }
 
+/// The volume a claim names in `spec.volumeName`; a claim naming none is not bound.
+fn claimed_volume(namespace: &str, claim: &str, pvc: &PersistentVolumeClaim) -> Result<String> {
+    pvc.spec
+        .as_ref()
+        .and_then(|s| s.volume_name.clone())
+        .filter(|v| !v.is_empty())
+        .ok_or_else(|| Error::precondition(format!("claim {namespace}/{claim} is not bound to a volume")))
+}
+
+/// The data directory of the local-path volume `pv` of the claim `pvc` of `namespace`: nothing of
+/// the volume is read unless it is this claim's ([`check_binding`]); then its `hostPath` or
+/// `local` path, which must be a directory the agent sees.
+fn bound_local_path(namespace: &str, pvc: &PersistentVolumeClaim, pv: &PersistentVolume) -> Result<PathBuf> {
+    check_binding(namespace, pvc, pv)?;
+    let claim = pvc.metadata.name.as_deref().unwrap_or_default();
+    let volume = pv.metadata.name.as_deref().unwrap_or_default();
+    let spec = pv.spec.clone().unwrap_or_default();
+    let path = spec
+        .host_path
+        .map(|h| h.path)
+        .or(spec.local.map(|l| l.path))
+        .ok_or_else(|| {
+            Error::precondition(format!(
+                "volume {volume} of claim {namespace}/{claim} is not a local-path volume (hostPath or local); \
+                 only those are supported so far"
+            ))
+        })?;
+    let path = PathBuf::from(path);
+    if !path.is_dir() {
+        return Err(Error::unavailable(format!(
+            "the directory {} of volume {volume} is not visible to the agent",
+            path.display()
+        )));
+    }
+    Ok(path)
+}
+
+/// A new, empty directory for the restored `claim` of `namespace` under `root` (never one that
+/// exists already, and so nothing a tenant left in it), with the PersistentVolume that binds it
+/// to the claim; the names are checked first, so nothing is created for invalid ones.
+fn provision_local(root: &Path, namespace: &str, claim: &Value) -> Result<Provisioned> {
+    let name = claim
+        .pointer("/metadata/name")
+        .and_then(Value::as_str)
+        .ok_or_else(|| Error::invalid("a claim in the backup has no name"))?;
+    check_claim_names(namespace, name)?;
+    let suffix = &pxb_core::backup::BackupId::new(std::time::SystemTime::now()).to_string();
+    let suffix = suffix.rsplit('-').next().unwrap_or("0");
+    let parent = root.join(namespace);
+    std::fs::create_dir_all(&parent).map_err(|e| Error::io(format!("creating {}", parent.display()), e))?;
+    let dir = parent.join(format!("{name}-{suffix}"));
+    std::fs::create_dir(&dir).map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
+    // Cut or hashed by the one rule for names, so it is valid whatever the claim's name.
+    let volume_name = crate::names::object_name(&format!("pxb-{namespace}-{name}-{suffix}"));
+    let storage = claim
+        .pointer("/spec/resources/requests/storage")
+        .cloned()
+        .unwrap_or_else(|| "1Gi".into());
+    let mut spec = json!({
+        "capacity": {"storage": storage},
+        "accessModes": claim.pointer("/spec/accessModes").cloned().unwrap_or_else(|| json!(["ReadWriteOnce"])),
+        "persistentVolumeReclaimPolicy": "Retain",
+        "hostPath": {"path": dir.to_string_lossy(), "type": "DirectoryOrCreate"},
+        "claimRef": {"apiVersion": "v1", "kind": "PersistentVolumeClaim", "namespace": namespace, "name": name},
+    });
+    if let Some(sc) = claim.pointer("/spec/storageClassName") {
+        spec["storageClassName"] = sc.clone();
+    }
+    let volume = json!({"apiVersion": "v1", "kind": "PersistentVolume",
+                        "metadata": {"name": volume_name, "labels": {"pxb.io/restored": "true"}},
+                        "spec": spec});
+    Ok(Provisioned {
+        dir,
+        volume: Some(volume),
+        volume_name: Some(volume_name),
+    })
+}
+
 /// Volumes backed by node-local directories (see the module docs).
 #[derive(Clone)]
 pub struct LocalPathDriver {
@@ -136,133 +220,17 @@ impl VolumeDriver for LocalPathDriver {
             .get(claim)
             .await
             .map_err(|e| pxb_gardener::map_kube_error(&format!("reading claim {namespace}/{claim}"), e))?;
-        let volume = pvc
-            .spec
-            .as_ref()
-            .and_then(|s| s.volume_name.clone())
-            .filter(|v| !v.is_empty())
-            .ok_or_else(|| {
-                Error::precondition(format!("claim {namespace}/{claim} is not bound to a volume"))
-            })?;
+        let volume = claimed_volume(namespace, claim, &pvc)?;
         let pvs: Api<PersistentVolume> = Api::all(self.client.clone());
         let pv = pvs
             .get(&volume)
             .await
             .map_err(|e| pxb_gardener::map_kube_error(&format!("reading volume {volume}"), e))?;
-        // Nothing of the volume is read unless it is this claim's.
-        check_binding(namespace, &pvc, &pv)?;
-        let spec = pv.spec.unwrap_or_default();
-        let path = spec
-            .host_path
-            .map(|h| h.path)
-            .or(spec.local.map(|l| l.path))
-            .ok_or_else(|| {
-                Error::precondition(format!(
-                    "volume {volume} of claim {namespace}/{claim} is not a local-path volume (hostPath or local); \
-                     only those are supported so far"
-                ))
-            })?;
-        let path = PathBuf::from(path);
-        if !path.is_dir() {
-            return Err(Error::unavailable(format!(
-                "the directory {} of volume {volume} is not visible to the agent",
-                path.display()
-            )));
-        }
-        Ok(path)
+        bound_local_path(namespace, &pvc, &pv)
     }
 
     async fn provision(&self, namespace: &str, claim: &Value) -> Result<Provisioned> {
-        let name = claim
-            .pointer("/metadata/name")
-            .and_then(Value::as_str)
-            .ok_or_else(|| Error::invalid("a claim in the backup has no name"))?;
-        check_claim_names(namespace, name)?;
-        let suffix = &pxb_core::backup::BackupId::new(std::time::SystemTime::now()).to_string();
-        let suffix = suffix.rsplit('-').next().unwrap_or("0");
-        let parent = self.restore_root.join(namespace);
-        std::fs::create_dir_all(&parent)
-            .map_err(|e| Error::io(format!("creating {}", parent.display()), e))?;
-        // A new directory, never one that exists already (and so nothing a tenant left in it).
-        let dir = parent.join(format!("{name}-{suffix}"));
-        std::fs::create_dir(&dir).map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
-        // Cut or hashed by the one rule for names, so it is valid whatever the claim's name.
-        let volume_name = crate::names::object_name(&format!("pxb-{namespace}-{name}-{suffix}"));
-        let storage = claim
-            .pointer("/spec/resources/requests/storage")
-            .cloned()
-            .unwrap_or_else(|| "1Gi".into());
-        let mut spec = json!({
-            "capacity": {"storage": storage},
-            "accessModes": claim.pointer("/spec/accessModes").cloned().unwrap_or_else(|| json!(["ReadWriteOnce"])),
-            "persistentVolumeReclaimPolicy": "Retain",
-            "hostPath": {"path": dir.to_string_lossy(), "type": "DirectoryOrCreate"},
-            "claimRef": {"apiVersion": "v1", "kind": "PersistentVolumeClaim", "namespace": namespace, "name": name},
-        });
-        if let Some(sc) = claim.pointer("/spec/storageClassName") {
-            spec["storageClassName"] = sc.clone();
-        }
-        let volume = json!({"apiVersion": "v1", "kind": "PersistentVolume",
-                            "metadata": {"name": volume_name, "labels": {"pxb.io/restored": "true"}},
-                            "spec": spec});
-        Ok(Provisioned {
-            dir,
-            volume: Some(volume),
-            volume_name: Some(volume_name),
-        })
-    }
-}
-
-/// The in-memory twin: claims mapped to directories by hand; restores go under a root.
-#[derive(Debug, Default)]
-pub struct StaticVolumes {
-    sources: Mutex<HashMap<(String, String), PathBuf>>,
-    restore_root: PathBuf,
-}
-
-impl StaticVolumes {
-    /// Restores go under `restore_root`.
-    pub fn new(restore_root: impl Into<PathBuf>) -> Self {
-        Self {
-            sources: Mutex::new(HashMap::new()),
-            restore_root: restore_root.into(),
-        }
-    }
-
-    /// Declares where a claim's data is.
-    pub fn insert(&self, namespace: &str, claim: &str, dir: impl Into<PathBuf>) {
-        self.sources
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert((namespace.into(), claim.into()), dir.into());
-    }
-}
-
-#[async_trait]
-impl VolumeDriver for StaticVolumes {
-    async fn source(&self, namespace: &str, claim: &str) -> Result<PathBuf> {
-        self.sources
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&(namespace.to_owned(), claim.to_owned()))
-            .cloned()
-            .ok_or_else(|| Error::not_found(format!("no volume for claim {namespace}/{claim}")))
-    }
-
-    async fn provision(&self, namespace: &str, claim: &Value) -> Result<Provisioned> {
-        let name = claim
-            .pointer("/metadata/name")
-            .and_then(Value::as_str)
-            .ok_or_else(|| Error::invalid("a claim in the backup has no name"))?;
-        check_claim_names(namespace, name)?;
-        let dir = self.restore_root.join(namespace).join(name);
-        std::fs::create_dir_all(&dir).map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
-        self.insert(namespace, name, &dir);
-        Ok(Provisioned {
-            dir,
-            volume: None,
-            volume_name: None,
-        })
+        provision_local(&self.restore_root, namespace, claim)
     }
 }
 
@@ -279,7 +247,7 @@ mod tests {
         let client = kube::Client::try_from(kube::Config::new("http://127.0.0.1:9".parse().expect("url")))
             .expect("client");
         let local = LocalPathDriver::new(client, &root);
-        let fixed = StaticVolumes::new(&root);
+        let fixed = MemoryVolumes::new(&root);
         let drivers: [&dyn VolumeDriver; 2] = [&local, &fixed];
         let outside = tmp.path().to_string_lossy().into_owned();
         for (ns, claim) in [
@@ -415,5 +383,41 @@ mod tests {
             let err = check_binding(ns, &pvc, &pv).expect_err(needle);
             assert!(err.to_string().contains(needle), "{needle}: {err}");
         }
+    }
+
+    /// The twin runs the suite every driver runs.
+    #[tokio::test]
+    async fn the_twin_conforms() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let volumes = MemoryVolumes::new(tmp.path().join("restores"));
+        let setup = conformance::MemorySetup {
+            volumes: &volumes,
+            data_root: tmp.path().join("data"),
+        };
+        conformance::run_all(&volumes, &setup).await;
+    }
+
+    /// The real driver runs it against a simulated shoot's API server (HTTPS, client
+    /// certificates issued by the simulated garden).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_local_path_driver_conforms_against_a_simulated_shoot() {
+        let fleet = pxb_sim::Fleet::start(pxb_sim::FleetConfig::default()).expect("fleet");
+        fleet.add_project("dev").expect("project");
+        fleet.add_shoots("dev", "shoot", 1).expect("shoot");
+        let kubeconfig = fleet
+            .admin_kubeconfig("dev", "shoot-00000", 3600)
+            .expect("kubeconfig");
+        let now = std::time::SystemTime::now();
+        let access = pxb_gardener::parse_access(&kubeconfig, now, now + std::time::Duration::from_secs(3600))
+            .expect("access");
+        let client = pxb_gardener::kube_client(&access).expect("client");
+        let tmp = tempfile::tempdir().expect("tmp");
+        let setup = conformance::KubeSetup {
+            client: client.clone(),
+            restore_root: tmp.path().join("restores"),
+            data_root: tmp.path().join("data"),
+        };
+        let driver = LocalPathDriver::new(client, tmp.path().join("restores"));
+        conformance::run_all(&driver, &setup).await;
     }
 }

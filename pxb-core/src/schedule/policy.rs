@@ -1,20 +1,22 @@
-//! Schedule policies: when a schedule fires, and which of its backups retention keeps.
+//! Schedule policies: when a schedule fires. Pure functions of time: the server's clock seam drives
+//! them.
 //!
 //! A policy is an interval in minutes, or a wall-clock time daily, weekly on a day, or monthly on
 //! a date, in an IANA time zone (the time-zone database is built in, so every machine computes the
-//! same slots). Pure functions of time: the server's clock seam drives them.
+//! same slots).
 //!
 //! Wall-clock rules: a time that a daylight-saving change skips fires at the first instant after
 //! the gap; a time that a change repeats fires once, at its first occurrence. A monthly date
 //! beyond the end of a month fires on that month's last day.
+//!
+//! This file depends on no catalog record: the catalog's `ScheduleRecord` holds a
+//! [`SchedulePolicy`], and retention (in the parent module) reads backup records.
 
 use jiff::civil::{Date, Time, Weekday};
 use jiff::tz::TimeZone;
 use jiff::{Timestamp, Zoned};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
-
-use crate::catalog::records::{BackupRecord, backup_phase};
 
 /// When a schedule fires.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -236,36 +238,6 @@ impl SchedulePolicy {
     }
 }
 
-/// Which of one schedule's backups on one cluster retention deletes: the successful ones beyond
-/// the newest `retain`; failed and missed ones only once `retain` successes exist, and then only
-/// those older than the oldest kept success (so a recent failure stays visible). Active backups
-/// are never chosen. Returns record ids.
-pub fn retention(backups: &[BackupRecord], retain: u32) -> Vec<String> {
-    let mut done: Vec<&BackupRecord> = backups
-        .iter()
-        .filter(|b| !backup_phase::is_active(&b.phase))
-        .collect();
-    // Newest first; the id breaks ties so the choice is deterministic.
-    done.sort_by(|a, b| b.created_ms.cmp(&a.created_ms).then_with(|| b.id.cmp(&a.id)));
-    let successes: Vec<&&BackupRecord> = done
-        .iter()
-        .filter(|b| backup_phase::is_success(&b.phase))
-        .collect();
-    let retain = retain as usize;
-    let mut out: Vec<String> = successes.iter().skip(retain).map(|b| b.id.clone()).collect();
-    if successes.len() >= retain && retain > 0 {
-        let oldest_kept = successes[retain - 1];
-        out.extend(
-            done.iter()
-                .filter(|b| !backup_phase::is_success(&b.phase))
-                .filter(|b| (b.created_ms, &b.id) < (oldest_kept.created_ms, &oldest_kept.id))
-                .map(|b| b.id.clone()),
-        );
-    }
-    out.sort();
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -414,44 +386,5 @@ mod tests {
             assert!(e.contains(word), "{e}");
             assert!(p.next_after(0, 0).is_err());
         }
-    }
-
-    fn b(id: &str, created_ms: i64, phase: &str) -> BackupRecord {
-        BackupRecord {
-            id: id.into(),
-            created_ms,
-            phase: phase.into(),
-            ..BackupRecord::default()
-        }
-    }
-
-    #[test]
-    fn retention_keeps_exactly_the_retain_count_of_successes() {
-        use backup_phase::*;
-        let mut all: Vec<BackupRecord> = (0..10).map(|i| b(&format!("b{i}"), i, SUCCESS)).collect();
-        assert_eq!(retention(&all, 3), ["b0", "b1", "b2", "b3", "b4", "b5", "b6"]);
-        assert!(retention(&all, 10).is_empty());
-        // Partial successes count as successes; a running one is never touched.
-        all[9].phase = PARTIAL_SUCCESS.into();
-        all.push(b("run", 100, IN_PROGRESS));
-        assert_eq!(retention(&all, 9), ["b0"]);
-    }
-
-    #[test]
-    fn failed_backups_go_only_once_enough_successes_exist() {
-        use backup_phase::*;
-        let all = vec![
-            b("f0", 0, FAILED),
-            b("s1", 1, SUCCESS),
-            b("m2", 2, MISSED),
-            b("s3", 3, SUCCESS),
-            b("f4", 4, FAILED),
-        ];
-        // Two successes, retain three: nothing goes, not even the failures.
-        assert!(retention(&all, 3).is_empty());
-        // Retain two: both successes stay; only failures older than the older kept one go.
-        assert_eq!(retention(&all, 2), ["f0"]);
-        // Retain one: s1 goes, and the failures older than s3 go; f4 (newer) stays.
-        assert_eq!(retention(&all, 1), ["f0", "m2", "s1"]);
     }
 }

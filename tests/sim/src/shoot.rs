@@ -211,7 +211,7 @@ impl SimShoot {
             "customresourcedefinitions",
             false,
         );
-        for (_, yaml) in pxb_daemon::crd::crds_yaml()? {
+        for (_, yaml) in pxb_core::api::crd::crds_yaml()? {
             let mut crd: serde_json::Value = serde_saphyr::from_str(&yaml)?;
             if let Some(versions) = crd.pointer_mut("/spec/versions").and_then(|v| v.as_array_mut()) {
                 for v in versions {

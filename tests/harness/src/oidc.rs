@@ -19,10 +19,9 @@ use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode};
-use pxb_azure::oidc::OidcConfig;
 use serde_json::{Value, json};
 
-use crate::fixture::TENANT_ID;
+use crate::azure::TENANT_ID;
 use crate::jwt::unix_now;
 use crate::server::BackgroundServer;
 use crate::tls::TestCa;
@@ -169,14 +168,6 @@ impl TestIssuer {
     /// The PEM of the CA its certificate chains to.
     pub fn ca_pem(&self) -> String {
         self.ca_pem.clone()
-    }
-
-    /// Validator settings for this issuer and `audiences`, trusting its CA (other settings default).
-    pub fn config(&self, audiences: &[&str]) -> OidcConfig {
-        OidcConfig {
-            extra_ca_pem: Some(self.ca_pem()),
-            ..OidcConfig::new(self.issuer(), audiences.iter().copied())
-        }
     }
 
     /// Entra-like claims: `iss` this issuer, `sub` and `oid` `subject`, `tid` the test tenant,

@@ -14,8 +14,8 @@
 
 use std::collections::BTreeMap;
 
-use kube::CustomResource;
-use kube::CustomResourceExt as _;
+use kube_core::CustomResourceExt as _;
+use kube_derive::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -31,6 +31,7 @@ pub const AGENT_NAMESPACE: &str = "pxb-system";
 #[allow(clippy::duplicated_attributes)]
 #[derive(CustomResource, Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[kube(
+    crates(kube_core = "::kube_core"),
     group = "pxb.io",
     version = "v1alpha1",
     kind = "BackupLocation",
@@ -251,6 +252,7 @@ pub struct VerifyStatus {
 #[allow(clippy::duplicated_attributes)]
 #[derive(CustomResource, Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[kube(
+    crates(kube_core = "::kube_core"),
     group = "pxb.io",
     version = "v1alpha1",
     kind = "ApplicationBackup",
@@ -396,6 +398,7 @@ pub struct Sizes {
 #[allow(clippy::duplicated_attributes)]
 #[derive(CustomResource, Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[kube(
+    crates(kube_core = "::kube_core"),
     group = "pxb.io",
     version = "v1alpha1",
     kind = "ApplicationRestore",
@@ -510,7 +513,7 @@ pub struct ObjectFailure {
 
 /// The generated CRDs, as `(file name, YAML)`, in the order `deploy/crds/` holds them.
 pub fn crds_yaml() -> Result<Vec<(&'static str, String)>, serde_saphyr::SerializeError> {
-    let header = "# Generated from pxb-daemon/src/crd.rs; do not edit. Regenerate with\n\
+    let header = "# Generated from pxb-core/src/api/crd.rs; do not edit. Regenerate with\n\
                   # PXB_UPDATE_CRDS=1 cargo test -p pxb-daemon --test crds\n";
     let one = |crd| serde_saphyr::to_string(&crd).map(|y| format!("{header}{y}"));
     Ok(vec![

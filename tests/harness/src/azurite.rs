@@ -19,22 +19,6 @@ pub const ACCOUNT: &str = "devstoreaccount1";
 pub const ACCOUNT_KEY: &str =
     "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==";
 
-/// An account SAS for the development account, valid for an hour, and its signature (the part
-/// that is secret), for tests that check where a SAS may and may not show up.
-pub fn dev_sas() -> anyhow::Result<(String, String)> {
-    let sas = pxb_azure::account_sas(
-        ACCOUNT,
-        ACCOUNT_KEY,
-        std::time::SystemTime::now() + std::time::Duration::from_secs(3600),
-    )?;
-    let sig = sas
-        .split('&')
-        .find_map(|kv| kv.strip_prefix("sig="))
-        .ok_or_else(|| anyhow::anyhow!("the SAS has no signature"))?
-        .to_owned();
-    Ok((sas, sig))
-}
-
 /// The version range installed when Azurite is missing.
 pub const NPM_PACKAGE: &str = "azurite@3";
 

@@ -1,12 +1,12 @@
 //! `pxb-sim`: the fleet simulator as a process (a Gardener garden and one Kubernetes API server
-//! per shoot on loopback). See `pxb_tests::sim`.
+//! per shoot on loopback). See the `pxb_sim` library.
 
 use std::io::Write as _;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use pxb_tests::sim::{Fleet, FleetConfig, ProjectRole};
+use pxb_sim::{Fleet, FleetConfig, ProjectRole};
 
 #[derive(Parser)]
 #[command(
@@ -78,7 +78,7 @@ fn main() -> anyhow::Result<()> {
                     fleet.shoot(&project, &name)?.simulate_agent()?;
                 }
                 if blackhole_every.is_some_and(|n| n > 0 && i % n == 0) {
-                    fleet.set_fault(&project, &name, pxb_tests::sim::Fault::Offline)?;
+                    fleet.set_fault(&project, &name, pxb_sim::Fault::Offline)?;
                 }
             }
             let token = fleet.add_service_account(&project, "pxb", ProjectRole::Admin)?;

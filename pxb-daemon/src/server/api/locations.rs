@@ -1,0 +1,366 @@
+//! `/v1/orgs/{org}/locations`: backup locations, their assignment to clusters, their status per
+//! cluster, and requests to validate, sync and verify them.
+
+use std::collections::BTreeMap;
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::StatusCode;
+use pxb_core::catalog::records::{ClusterSelector, LocationRecord, LocationStatus, Mode, SyncRun};
+use pxb_core::clock::rfc3339;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use super::errors::{ApiError, ApiResult, deleted};
+use super::extract::{Body, Params};
+use super::paging::{List, ListParams, page_by};
+use super::scope::{Admin, Operator, OrgScope, Viewer};
+use crate::server::state::Server;
+
+/// A classic credential.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub(crate) struct CredentialInput {
+    /// A storage account key.
+    #[serde(default)]
+    pub(crate) account_key: Option<String>,
+    /// A SAS token.
+    #[serde(default)]
+    pub(crate) sas_token: Option<String>,
+}
+
+/// A new backup location.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub(crate) struct CreateLocation {
+    /// Name, a DNS label; the `BackupLocation` CR on clusters has this name.
+    #[schemars(
+        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"),
+        length(min = 1, max = 63)
+    )]
+    pub(crate) name: String,
+    /// `azure` or `file`.
+    #[schemars(extend("enum" = ["azure", "file"]))]
+    pub(crate) provider: String,
+    /// Azure storage account.
+    #[serde(default)]
+    pub(crate) account: Option<String>,
+    /// Container (azure) or absolute directory (file).
+    #[schemars(length(min = 1, max = 1024))]
+    pub(crate) container: String,
+    /// Name prefix.
+    #[serde(default)]
+    pub(crate) prefix: Option<String>,
+    /// Blob endpoint.
+    #[serde(default)]
+    pub(crate) endpoint: Option<String>,
+    /// `federated` (default: the org's mode) or `classic`.
+    #[serde(default)]
+    pub(crate) mode: Option<Mode>,
+    /// Workload Identity client id for every cluster.
+    #[serde(default)]
+    pub(crate) client_id: Option<String>,
+    /// Entra tenant.
+    #[serde(default)]
+    pub(crate) tenant_id: Option<String>,
+    /// Client ids per cluster name.
+    #[serde(default)]
+    pub(crate) cluster_client_ids: BTreeMap<String, String>,
+    /// Classic mode: the credential (stored encrypted, never shown again).
+    #[serde(default)]
+    pub(crate) credential: Option<CredentialInput>,
+    /// Which clusters get it.
+    pub(crate) clusters: ClusterSelector,
+    /// Sync its backups when it is first assigned to a cluster.
+    #[serde(default)]
+    pub(crate) sync: bool,
+}
+
+/// Changes to a location; absent fields stay as they are.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub(crate) struct UpdateLocation {
+    /// Which clusters get it.
+    #[serde(default)]
+    pub(crate) clusters: Option<ClusterSelector>,
+    /// Workload Identity client id for every cluster.
+    #[serde(default)]
+    pub(crate) client_id: Option<String>,
+    /// Entra tenant.
+    #[serde(default)]
+    pub(crate) tenant_id: Option<String>,
+    /// Client ids per cluster name (replaces the map).
+    #[serde(default)]
+    pub(crate) cluster_client_ids: Option<BTreeMap<String, String>>,
+    /// Sync its backups when it is first assigned to a cluster.
+    #[serde(default)]
+    pub(crate) sync: Option<bool>,
+    /// Classic mode: a new credential.
+    #[serde(default)]
+    pub(crate) credential: Option<CredentialInput>,
+}
+
+/// A location as the API shows it (never its credential).
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct LocationView {
+    /// Uid.
+    pub(crate) id: String,
+    /// Name.
+    pub(crate) name: String,
+    /// Provider.
+    pub(crate) provider: String,
+    /// Account.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) account: Option<String>,
+    /// Container or directory.
+    pub(crate) container: String,
+    /// Prefix.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) prefix: Option<String>,
+    /// Endpoint.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) endpoint: Option<String>,
+    /// Mode.
+    pub(crate) mode: Mode,
+    /// Client id.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) client_id: Option<String>,
+    /// Per-cluster client ids.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub(crate) cluster_client_ids: BTreeMap<String, String>,
+    /// Whether a classic credential is stored.
+    pub(crate) has_credential: bool,
+    /// Assignment.
+    pub(crate) clusters: ClusterSelector,
+    /// Sync on assignment.
+    pub(crate) sync: bool,
+    /// Created.
+    pub(crate) created_at: String,
+}
+
+impl From<LocationRecord> for LocationView {
+    fn from(l: LocationRecord) -> Self {
+        LocationView {
+            id: l.id,
+            name: l.name,
+            provider: l.provider,
+            account: l.account,
+            container: l.container,
+            prefix: l.prefix,
+            endpoint: l.endpoint,
+            mode: l.mode,
+            client_id: l.client_id,
+            cluster_client_ids: l.cluster_client_ids,
+            has_credential: l.credential.is_some(),
+            clusters: l.clusters,
+            sync: l.sync,
+            created_at: l.created_at,
+        }
+    }
+}
+
+/// Ask for a sync on one cluster.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub(crate) struct SyncRequestBody {
+    /// The cluster, by name.
+    pub(crate) cluster: String,
+}
+
+fn new_id() -> String {
+    let bytes: [u8; 16] = rand::random();
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn credential_of(c: Option<CredentialInput>) -> ApiResult<Option<(String, String)>> {
+    match c {
+        None => Ok(None),
+        Some(CredentialInput {
+            account_key: Some(k),
+            sas_token: None,
+        }) => Ok(Some(("accountKey".to_string(), k))),
+        Some(CredentialInput {
+            account_key: None,
+            sas_token: Some(t),
+        }) => Ok(Some(("sasToken".to_string(), t))),
+        Some(_) => Err(ApiError::bad_request(
+            "give exactly one of credential.accountKey and credential.sasToken",
+        )),
+    }
+}
+
+pub(crate) async fn list_locations(
+    State(s): State<Server>,
+    scope: OrgScope<Viewer>,
+    Params(p): Params<ListParams>,
+) -> ApiResult<Json<List<LocationView>>> {
+    let v: Vec<LocationView> = s
+        .locations(scope.id())
+        .into_iter()
+        .map(LocationView::from)
+        .collect();
+    Ok(Json(page_by(v, &p, |l| l.name.clone())?))
+}
+
+pub(crate) async fn create_location(
+    State(s): State<Server>,
+    scope: OrgScope<Admin>,
+    Body(b): Body<CreateLocation>,
+) -> ApiResult<(StatusCode, Json<LocationView>)> {
+    let o = scope.org;
+    if !crate::names::is_dns_label(&b.name) {
+        return Err(ApiError::bad_request(format!(
+            "location name {:?} must be a DNS label",
+            b.name
+        )));
+    }
+    if !matches!(b.provider.as_str(), "azure" | "file") {
+        return Err(ApiError::bad_request("provider must be azure or file"));
+    }
+    if b.container.is_empty() || b.container.len() > 1024 {
+        return Err(ApiError::bad_request("container must be 1 to 1024 characters"));
+    }
+    if b.provider == "file" && !b.container.starts_with('/') {
+        return Err(ApiError::bad_request(
+            "a file location's container is an absolute directory",
+        ));
+    }
+    if let Some(e) = &b.endpoint
+        && url::Url::parse(e).map_or(true, |u| u.scheme() != "https" || u.host_str().is_none())
+    {
+        return Err(ApiError::bad_request(format!(
+            "endpoint {e:?} must be an https URL"
+        )));
+    }
+    if b.prefix.as_ref().is_some_and(|p| p.len() > 512) || b.account.as_ref().is_some_and(|a| a.len() > 64) {
+        return Err(ApiError::bad_request(
+            "prefix is at most 512 characters and account at most 64",
+        ));
+    }
+    let mode = b.mode.unwrap_or(o.mode);
+    let secret = credential_of(b.credential)?;
+    let loc = LocationRecord {
+        org: o.id.clone(),
+        id: new_id(),
+        name: b.name,
+        provider: b.provider,
+        account: b.account,
+        container: b.container,
+        prefix: b.prefix,
+        endpoint: b.endpoint,
+        mode,
+        client_id: b.client_id,
+        tenant_id: b.tenant_id,
+        cluster_client_ids: b.cluster_client_ids,
+        credential: None,
+        clusters: b.clusters,
+        sync: b.sync,
+        sync_request: 0,
+        validate_request: 0,
+        verify_request: 0,
+        created_at: rfc3339(s.clock().now()),
+    };
+    let loc = s.create_location(loc, secret).await?;
+    Ok((StatusCode::CREATED, Json(loc.into())))
+}
+
+pub(crate) async fn get_location(
+    State(s): State<Server>,
+    scope: OrgScope<Viewer>,
+) -> ApiResult<Json<LocationView>> {
+    Ok(Json(s.location(scope.id(), scope.item())?.into()))
+}
+
+pub(crate) async fn update_location(
+    State(s): State<Server>,
+    scope: OrgScope<Admin>,
+    Body(b): Body<UpdateLocation>,
+) -> ApiResult<Json<LocationView>> {
+    let secret = credential_of(b.credential)?;
+    let loc = s
+        .update_location(
+            scope.id(),
+            scope.item(),
+            |l| {
+                if let Some(c) = b.clusters {
+                    l.clusters = c;
+                }
+                if let Some(c) = b.client_id {
+                    l.client_id = Some(c).filter(|c| !c.is_empty());
+                }
+                if let Some(t) = b.tenant_id {
+                    l.tenant_id = Some(t).filter(|t| !t.is_empty());
+                }
+                if let Some(m) = b.cluster_client_ids {
+                    l.cluster_client_ids = m;
+                }
+                if let Some(sync) = b.sync {
+                    l.sync = sync;
+                }
+            },
+            secret,
+        )
+        .await?;
+    Ok(Json(loc.into()))
+}
+
+pub(crate) async fn delete_location(
+    State(s): State<Server>,
+    scope: OrgScope<Admin>,
+) -> ApiResult<StatusCode> {
+    let name = scope.item();
+    deleted(s.delete_location(scope.id(), name).await?, "location", name)
+}
+
+pub(crate) async fn location_status(
+    State(s): State<Server>,
+    scope: OrgScope<Viewer>,
+    Params(p): Params<ListParams>,
+) -> ApiResult<Json<List<LocationStatus>>> {
+    let loc = s.location(scope.id(), scope.item())?;
+    let v: Vec<LocationStatus> = s
+        .location_statuses(scope.id(), &loc.id)
+        .into_iter()
+        .filter(|st| {
+            p.cluster
+                .as_ref()
+                .is_none_or(|c| *c == st.cluster_name || *c == st.cluster)
+        })
+        .filter(|st| p.state.as_ref().is_none_or(|ph| *ph == st.validation.phase))
+        .collect();
+    Ok(Json(page_by(v, &p, |st| {
+        format!("{}\u{0}{}", st.cluster_name, st.cluster)
+    })?))
+}
+
+pub(crate) async fn validate_location(
+    State(s): State<Server>,
+    scope: OrgScope<Operator>,
+) -> ApiResult<(StatusCode, Json<LocationView>)> {
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(s.request_validation(scope.id(), scope.item()).await?.into()),
+    ))
+}
+
+pub(crate) async fn sync_location(
+    State(s): State<Server>,
+    scope: OrgScope<Operator>,
+    Body(b): Body<SyncRequestBody>,
+) -> ApiResult<(StatusCode, Json<SyncRun>)> {
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(s.request_sync(scope.id(), scope.item(), &b.cluster).await?),
+    ))
+}
+
+pub(crate) async fn verify_location(
+    State(s): State<Server>,
+    scope: OrgScope<Operator>,
+) -> ApiResult<(StatusCode, Json<LocationView>)> {
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(s.request_verify(scope.id(), scope.item()).await?.into()),
+    ))
+}

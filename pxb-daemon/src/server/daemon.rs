@@ -1,0 +1,490 @@
+//! Building and running `pxb-server`: [`ServerBuilder`] composes the server from its
+//! configuration and its seams (defaults for what is not set), [`BuiltServer`] is the server
+//! loaded and its listener bound, and [`Daemon`] the running server (background tasks and the API
+//! on its own thread), stopped by [`Daemon::shutdown`].
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use pxb_core::catalog::CatalogStore;
+use pxb_core::cluster::DiscoverySource;
+use pxb_core::{Clock, Error, Result, SystemClock};
+
+use super::api;
+use super::auth::{Authenticator, Authenticators, DevToken, OidcAuthenticator};
+use super::config::ServerConfig;
+use super::gardener::GardenerDiscovery;
+use super::scheduler::Running;
+use super::seal::Sealer;
+use super::sqlite::SqliteCatalog;
+use super::state::{OrgState, Server, ServerDeps};
+
+/// Builds a `pxb-server` from its configuration and its seams. What is not set is the default:
+///
+/// - where clusters come from ([`cluster_provider`](Self::cluster_provider)): Gardener projects,
+///   reached with the configuration's `gardenCredentials` ([`GardenerDiscovery`]);
+/// - the catalog ([`catalog`](Self::catalog)): SQLite at `catalog.path`;
+/// - logins ([`authenticator`](Self::authenticator)): Entra ID (OIDC) per `auth` (none when
+///   `auth.issuer` is empty), plus the development token when one is given;
+/// - the clock ([`clock`](Self::clock)): the system's;
+/// - sealing of classic secrets: the key of `secrets.keyFile`, or the one given with
+///   [`secrets_key`](Self::secrets_key).
+///
+/// [`build`](Self::build) loads the server and binds `api.listen`; [`BuiltServer::spawn`] starts
+/// it. Twins of every seam make a server for tests that reaches nothing outside the process:
+///
+/// ```no_run
+/// use std::sync::Arc;
+///
+/// use pxb_core::catalog::MemoryCatalog;
+/// use pxb_core::cluster::{StaticClusters, StaticDiscovery};
+/// use pxb_core::ManualClock;
+/// use pxb_daemon::server::ServerBuilder;
+/// use pxb_daemon::server::auth::{Identity, StaticTokens};
+/// use pxb_daemon::server::config::{GardenCredential, ServerConfig};
+///
+/// # async fn example() -> pxb_core::Result<()> {
+/// let mut config = ServerConfig::default();
+/// config.api.listen = "127.0.0.1:0".into();
+/// // Org `acme` may discover project `dev` with the credential `garden`...
+/// config.garden_credentials.insert(
+///     "garden".into(),
+///     GardenCredential::new("unused").for_orgs(["acme"]).for_projects(["dev"]),
+/// );
+/// // ...whose clusters are these (add some with `clusters.insert`).
+/// let discovery = StaticDiscovery::new();
+/// let _clusters = discovery.insert("garden", "dev", Arc::new(StaticClusters::new()));
+/// let logins = StaticTokens::new().with("token-of-alice", Identity::new("alice").with_groups(["acme-admins"]));
+///
+/// let daemon = ServerBuilder::new(config)
+///     .cluster_provider(Arc::new(discovery))
+///     .catalog(Arc::new(MemoryCatalog::new()))
+///     .authenticator(Arc::new(logins))
+///     .clock(Arc::new(ManualClock::new(std::time::SystemTime::now())))
+///     .build()
+///     .await?
+///     .spawn()?;
+/// println!("serving on http://{}", daemon.addr);
+/// daemon.shutdown().await;
+/// # Ok(())
+/// # }
+/// ```
+#[must_use]
+pub struct ServerBuilder {
+    config: ServerConfig,
+    discovery: Option<Arc<dyn DiscoverySource>>,
+    catalog: Option<Arc<dyn CatalogStore>>,
+    authenticator: Option<Arc<dyn Authenticator>>,
+    clock: Option<Arc<dyn Clock>>,
+    sealer: Option<Sealer>,
+    secrets_key: Option<String>,
+    dev_token: Option<String>,
+}
+
+impl std::fmt::Debug for ServerBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerBuilder")
+            .field("listen", &self.config.api.listen)
+            .field("cluster_provider", &self.discovery)
+            .field("catalog", &self.catalog)
+            .field("authenticator", &self.authenticator)
+            .field("clock", &self.clock)
+            .field("sealer", &self.sealer)
+            .field("secrets_key", &self.secrets_key.as_ref().map(|_| "<redacted>"))
+            .field("dev_token", &self.dev_token.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
+}
+
+impl ServerBuilder {
+    /// A server configured by `config`, with the default seams.
+    pub fn new(config: ServerConfig) -> Self {
+        ServerBuilder {
+            config,
+            discovery: None,
+            catalog: None,
+            authenticator: None,
+            clock: None,
+            sealer: None,
+            secrets_key: None,
+            dev_token: None,
+        }
+    }
+
+    /// Where clusters come from: each discovery configuration of an org starts a discovery of its
+    /// project with its credential through `source`. The server still decides which org may use
+    /// which credential and project (`gardenCredentials`' bindings).
+    pub fn cluster_provider(mut self, source: Arc<dyn DiscoverySource>) -> Self {
+        self.discovery = Some(source);
+        self
+    }
+
+    /// Where the server keeps its state.
+    pub fn catalog(mut self, catalog: Arc<dyn CatalogStore>) -> Self {
+        self.catalog = Some(catalog);
+        self
+    }
+
+    /// What checks bearer tokens, in place of the OIDC issuer of the configuration.
+    pub fn authenticator(mut self, authenticator: Arc<dyn Authenticator>) -> Self {
+        self.authenticator = Some(authenticator);
+        self
+    }
+
+    /// The clock leases, schedules and expiry are measured with.
+    pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = Some(clock);
+        self
+    }
+
+    /// Seals classic secrets with `sealer`, in place of the configured key.
+    pub fn sealer(mut self, sealer: Sealer) -> Self {
+        self.sealer = Some(sealer);
+        self
+    }
+
+    /// The secrets key (base64, as `PXB_SECRETS_KEY` holds it), in place of `secrets.keyFile`.
+    pub fn secrets_key(mut self, key: impl Into<String>) -> Self {
+        self.secrets_key = Some(key.into());
+        self
+    }
+
+    /// DEVELOPMENT ONLY: also accept this static bearer token as a provider admin. Refused (at
+    /// [`build`](Self::build)) unless it has 16 characters or more and `api.listen` is a loopback
+    /// address; a warning is logged.
+    pub fn dev_token(mut self, token: impl Into<String>) -> Self {
+        self.dev_token = Some(token.into());
+        self
+    }
+
+    /// Opens the catalog, sets up logins and sealing, loads every org (an org that does not load
+    /// is degraded, logged and not served) and binds `api.listen`. Nothing is contacted and no
+    /// task runs yet: see [`BuiltServer::spawn`].
+    pub async fn build(self) -> Result<BuiltServer> {
+        let config = self.config;
+        let catalog: Arc<dyn CatalogStore> = match self.catalog {
+            Some(c) => c,
+            None => Arc::new(SqliteCatalog::open(&config.catalog.path).await?),
+        };
+        let mut auths: Vec<Arc<dyn Authenticator>> = Vec::new();
+        match self.authenticator {
+            Some(a) => auths.push(a),
+            None => auths.extend(oidc_of(&config)?),
+        }
+        if let Some(t) = self.dev_token {
+            auths.push(dev_token(&config, t)?);
+        }
+        if auths.is_empty() {
+            tracing::warn!("no login is configured (auth.issuer is empty): every API call will be refused");
+        }
+        let sealer = match self.sealer {
+            Some(s) => Some(s),
+            None => Sealer::from_config(&config.secrets.key_file, self.secrets_key)?,
+        };
+        let discovery = self
+            .discovery
+            .unwrap_or_else(|| Arc::new(GardenerDiscovery::from_config(&config)));
+        let listen = config.api.listen.clone();
+        let deps = ServerDeps {
+            catalog,
+            clock: self.clock.unwrap_or_else(|| Arc::new(SystemClock)),
+            authenticator: Arc::new(Authenticators(auths)),
+            sealer,
+        };
+        let server = Server::assemble(config, deps, discovery).await?;
+        for (org, st) in server.orgs() {
+            if let OrgState::Degraded { reason } = st {
+                tracing::error!(%org, %reason, "org degraded");
+            }
+        }
+        let listener = tokio::net::TcpListener::bind(&listen)
+            .await
+            .map_err(|e| Error::io(format!("listening on {listen}"), e))?;
+        let addr = listener
+            .local_addr()
+            .map_err(|e| Error::io("reading the listen address", e))?;
+        Ok(BuiltServer {
+            server,
+            listener,
+            addr,
+        })
+    }
+}
+
+/// The Entra ID (OIDC) authenticator of `config.auth`, if an issuer is configured.
+fn oidc_of(config: &ServerConfig) -> Result<Option<Arc<dyn Authenticator>>> {
+    if config.auth.issuer.is_empty() {
+        return Ok(None);
+    }
+    let mut oidc = pxb_azure::oidc::OidcConfig::new(&config.auth.issuer, config.auth.audiences.clone());
+    if !config.auth.issuer_ca_file.is_empty() {
+        let pem = std::fs::read_to_string(&config.auth.issuer_ca_file).map_err(|e| {
+            Error::io(
+                format!("reading auth.issuerCaFile {}", config.auth.issuer_ca_file),
+                e,
+            )
+        })?;
+        oidc.extra_ca_pem = Some(pem);
+    }
+    let v = pxb_azure::oidc::OidcValidator::new(oidc).map_err(|e| Error::invalid(format!("auth: {e}")))?;
+    Ok(Some(Arc::new(OidcAuthenticator(v))))
+}
+
+/// The development token `t`, if `config` allows one.
+fn dev_token(config: &ServerConfig, t: String) -> Result<Arc<dyn Authenticator>> {
+    if t.len() < 16 {
+        return Err(Error::invalid(
+            "the development token must be at least 16 characters",
+        ));
+    }
+    let loopback = config
+        .api
+        .listen
+        .parse::<SocketAddr>()
+        .is_ok_and(|a| a.ip().is_loopback());
+    if !loopback {
+        return Err(Error::invalid(format!(
+            "the development token is accepted only when api.listen is a loopback address, not {:?}",
+            config.api.listen
+        )));
+    }
+    tracing::warn!(
+        "DEVELOPMENT MODE: a static bearer token grants provider administration; never use a development token in production"
+    );
+    Ok(Arc::new(DevToken::new(t)))
+}
+
+/// A server loaded from its catalog with its listener bound, not running yet.
+#[derive(Debug)]
+pub struct BuiltServer {
+    server: Server,
+    listener: tokio::net::TcpListener,
+    addr: SocketAddr,
+}
+
+impl BuiltServer {
+    /// The server.
+    pub fn server(&self) -> &Server {
+        &self.server
+    }
+
+    /// Where the API will listen.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Starts discovery, the cluster visits, housekeeping and the schedules (on the current Tokio
+    /// runtime), and serves the API on a thread and runtime of its own, so reads (the fleet
+    /// status above all) never queue behind cluster visits busy with TLS handshakes.
+    pub fn spawn(self) -> Result<Daemon> {
+        let BuiltServer {
+            server,
+            listener,
+            addr,
+        } = self;
+        let running = server.spawn();
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let std_listener = listener
+            .into_std()
+            .map_err(|e| Error::io("preparing the API listener", e))?;
+        let api_server = server.clone();
+        let api = std::thread::Builder::new()
+            .name("pxb-api".into())
+            .spawn(move || -> std::io::Result<()> {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()?;
+                rt.block_on(async move {
+                    let listener = tokio::net::TcpListener::from_std(std_listener)?;
+                    api::serve(api_server, listener, async move {
+                        let _ = rx.await;
+                    })
+                    .await
+                })
+            })
+            .map_err(|e| Error::io("starting the API thread", e))?;
+        tracing::info!(%addr, "pxb-server listening");
+        Ok(Daemon {
+            server,
+            addr,
+            _running: running,
+            shutdown: Some(tx),
+            api,
+        })
+    }
+}
+
+/// A configured, running `pxb-server`: the catalog opened, logins set up, background tasks
+/// started, the API listening. What the `pxb-server` binary runs, and what tests start.
+#[derive(Debug)]
+pub struct Daemon {
+    /// The server.
+    pub server: Server,
+    /// The API's address.
+    pub addr: SocketAddr,
+    _running: Running,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    api: std::thread::JoinHandle<std::io::Result<()>>,
+}
+
+impl Daemon {
+    /// The server with the default seams ([`ServerBuilder`]): the catalog at
+    /// `config.catalog.path`, OIDC logins when `auth.issuer` is set, the development token only
+    /// when `dev_token` is given (with a warning), the sealer from `env("PXB_SECRETS_KEY")` or
+    /// `secrets.keyFile`; started.
+    pub async fn start(
+        config: ServerConfig,
+        dev_token: Option<String>,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Daemon> {
+        let mut builder = ServerBuilder::new(config);
+        if let Some(t) = dev_token {
+            builder = builder.dev_token(t);
+        }
+        if let Some(key) = env("PXB_SECRETS_KEY") {
+            builder = builder.secrets_key(key);
+        }
+        builder.build().await?.spawn()
+    }
+
+    /// Stops accepting requests, lets those in flight finish (up to `api.shutdownGraceSecs`),
+    /// and stops the background tasks.
+    pub async fn shutdown(mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        let grace = Duration::from_secs(self.server.config().api.shutdown_grace_secs);
+        let deadline = tokio::time::Instant::now() + grace;
+        while !self.api.is_finished() && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        if self.api.is_finished() {
+            match self.api.join() {
+                Ok(Ok(())) => tracing::info!("pxb-server stopped"),
+                Ok(Err(e)) => tracing::warn!(error = %e, "the API stopped with an error"),
+                Err(_) => tracing::warn!("the API thread panicked"),
+            }
+        } else {
+            tracing::warn!("requests still running after the grace period; stopping anyway");
+        }
+    }
+}
+
+impl Server {
+    /// The server over `deps`, discovering clusters in Gardener projects with the configuration's
+    /// `gardenCredentials`, with the state of every org loaded from the catalog. An org whose
+    /// records do not load is marked degraded and logged; the others are served. Nothing is
+    /// contacted yet: see [`Server::spawn`]. [`ServerBuilder`] builds the whole daemon, with any
+    /// seam replaced.
+    pub async fn build(config: ServerConfig, deps: ServerDeps) -> Result<Server> {
+        let discovery = Arc::new(GardenerDiscovery::from_config(&config));
+        Server::assemble(config, deps, discovery).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use pxb_core::catalog::MemoryCatalog;
+    use pxb_core::cluster::{ClusterId, ClusterInfo, Eligibility, StaticClusters, StaticDiscovery};
+    use serde_json::{Value, json};
+
+    use super::*;
+    use crate::server::auth::{Identity, StaticTokens};
+    use crate::server::config::GardenCredential;
+
+    fn cluster(name: &str) -> ClusterInfo {
+        ClusterInfo {
+            id: ClusterId(format!("uid-{name}")),
+            name: name.into(),
+            namespace: "garden-dev".into(),
+            provider_type: "azure".into(),
+            kubernetes_version: "1.33.0".into(),
+            region: "westeurope".into(),
+            labels: BTreeMap::new(),
+            eligibility: Eligibility::Eligible,
+        }
+    }
+
+    /// Every seam replaced by its twin: clusters come from the discovery source, logins from the
+    /// static tokens, state from the memory catalog.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_server_of_twins_discovers_through_its_source() {
+        let mut config = ServerConfig::default();
+        config.api.listen = "127.0.0.1:0".into();
+        config.auth.provider_admin_groups = vec!["ops".into()];
+        config.garden_credentials.insert(
+            "garden".into(),
+            GardenCredential::new("unused")
+                .for_orgs(["acme"])
+                .for_projects(["dev"]),
+        );
+        let discovery = StaticDiscovery::new();
+        let clusters = discovery.insert("garden", "dev", Arc::new(StaticClusters::new()));
+        clusters.insert(cluster("one"), None);
+        clusters.insert(cluster("two"), None);
+        let token = "token-of-the-provider-admin";
+        let logins = StaticTokens::new().with(token, Identity::new("root").with_groups(["ops"]));
+        let daemon = ServerBuilder::new(config)
+            .cluster_provider(Arc::new(discovery))
+            .catalog(Arc::new(MemoryCatalog::new()))
+            .authenticator(Arc::new(logins))
+            .build()
+            .await
+            .expect("build")
+            .spawn()
+            .expect("spawn");
+        let http = reqwest::Client::new();
+        let url = |p: &str| format!("http://{}{p}", daemon.addr);
+        let call = |m: reqwest::Method, p: &str, body: Option<Value>| {
+            let mut r = http.request(m, url(p)).bearer_auth(token);
+            if let Some(b) = body {
+                r = r.header("content-type", "application/json").body(b.to_string());
+            }
+            async move {
+                let resp = r.send().await.expect("send");
+                let status = resp.status().as_u16();
+                let bytes = resp.bytes().await.unwrap_or_default();
+                (status, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
+            }
+        };
+        let (status, body) = call(reqwest::Method::POST, "/v1/orgs", Some(json!({"id": "acme"}))).await;
+        assert_eq!(status, 201, "{body}");
+        let (status, body) = call(
+            reqwest::Method::POST,
+            "/v1/orgs/acme/discoveries",
+            Some(json!({"id": "dev", "project": "dev", "credential": "garden"})),
+        )
+        .await;
+        assert_eq!(status, 201, "{body}");
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let (_, list) = call(reqwest::Method::GET, "/v1/orgs/acme/clusters", None).await;
+            let (_, d) = call(reqwest::Method::GET, "/v1/orgs/acme/discoveries/dev", None).await;
+            let names: Vec<&str> = list["items"]
+                .as_array()
+                .map(|a| a.iter().filter_map(|c| c["name"].as_str()).collect())
+                .unwrap_or_default();
+            if names == ["one", "two"] && d["status"]["state"] == "Running" && d["status"]["shoots"] == 2 {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "not discovered: {list} {d}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        // A stranger is refused; the Gardener providers are none.
+        let resp = http
+            .get(url("/v1/orgs/acme/clusters"))
+            .bearer_auth("not-a-token")
+            .send()
+            .await
+            .expect("send");
+        assert_eq!(resp.status().as_u16(), 401);
+        assert!(daemon.server.providers().is_empty());
+        daemon.shutdown().await;
+    }
+}

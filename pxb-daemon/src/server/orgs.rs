@@ -1,0 +1,135 @@
+//! Orgs: loaded one by one from the catalog at start (an org that does not load is
+//! [`OrgState::Degraded`] and skipped), created and changed through the API.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use pxb_core::catalog::records::{ClusterRecord, DiscoveryConfig, LocationRecord, LocationStatus, Org};
+use pxb_core::catalog::{Catalog, Kind, Query};
+use pxb_core::cluster::ClusterProvider;
+use pxb_core::{Error, Result};
+
+use super::state::{OrgState, Server, Tracked, cluster_key};
+
+impl Server {
+    pub(crate) async fn load(&self) -> Result<()> {
+        let store = self.inner.catalog.store().clone();
+        let mut q = Query {
+            limit: pxb_core::catalog::MAX_PAGE,
+            ..Query::default()
+        };
+        let mut entries = Vec::new();
+        loop {
+            let page = store.list(Kind::Org, &q).await?;
+            entries.extend(page.items);
+            match page.next {
+                Some(n) => q.after = Some(n),
+                None => break,
+            }
+        }
+        for entry in entries {
+            let org_id = entry.org.clone();
+            let loaded = match Catalog::decode::<Org>(&entry) {
+                Ok(org) => self.load_org(org.value).await,
+                Err(e) => Err(e),
+            };
+            let mut st = self.inner.lock();
+            match loaded {
+                Ok(()) => {}
+                Err(e) => {
+                    tracing::error!(org = %org_id, error = %e, "cannot load the org; it is degraded and not served");
+                    self.inner.orgs_mut().insert(
+                        org_id.clone(),
+                        OrgState::Degraded {
+                            reason: e.to_string(),
+                        },
+                    );
+                    st.clusters.retain(|k, _| k.0 != org_id);
+                    st.locations.retain(|k, _| k.0 != org_id);
+                    st.statuses.retain(|k, _| k.0 != org_id);
+                    st.discoveries.retain(|k, _| k.0 != org_id);
+                    st.ops.retain(|k, _| k.0 != org_id);
+                    st.schedules.retain(|k, _| k.0 != org_id);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn load_org(&self, org: Org) -> Result<()> {
+        let c = &self.inner.catalog;
+        let q = Query::org(&org.id);
+        let discoveries = c.list_all::<DiscoveryConfig>(&q).await?;
+        let clusters = c.list_all::<ClusterRecord>(&q).await?;
+        let locations = c.list_all::<LocationRecord>(&q).await?;
+        let statuses = c.list_all::<LocationStatus>(&q).await?;
+        for l in &locations {
+            self.inner.open_secret(l)?;
+        }
+        self.load_operations(&org.id).await?;
+        let mut imported: HashMap<String, Arc<dyn ClusterProvider>> = HashMap::new();
+        for cl in clusters.iter().filter(|c| c.retired_at.is_none()) {
+            if cl.sealed_kubeconfig.is_some() {
+                imported.insert(cl.id.clone(), self.inner.imported_provider(cl)?);
+            }
+        }
+        let now = self.inner.clock.now();
+        let mut st = self.inner.lock();
+        for d in discoveries {
+            st.discoveries.insert((d.org.clone(), d.id.clone()), d);
+        }
+        for cl in clusters {
+            let provider = imported.remove(&cl.id);
+            st.clusters.insert(
+                cluster_key(&cl),
+                Tracked {
+                    record: cl,
+                    provider,
+                    next_due: now,
+                    failures: 0,
+                    busy: false,
+                },
+            );
+        }
+        for l in locations {
+            st.locations.insert((l.org.clone(), l.id.clone()), l);
+        }
+        for s in statuses {
+            st.statuses.insert((s.org.clone(), s.id.clone()), s);
+        }
+        drop(st);
+        self.inner.orgs_mut().insert(org.id.clone(), OrgState::Ready(org));
+        Ok(())
+    }
+
+    /// Creates an org (idempotent for an identical request).
+    pub async fn create_org(&self, org: Org) -> Result<Org> {
+        if let Some(existing) = self.inner.orgs().get(&org.id) {
+            return match existing {
+                OrgState::Ready(o)
+                    if o.display_name == org.display_name && o.access == org.access && o.mode == org.mode =>
+                {
+                    Ok(o.clone())
+                }
+                _ => Err(Error::already_exists(format!("org {} exists", org.id))),
+            };
+        }
+        self.inner.catalog.put(&org, Some(0)).await?;
+        self.inner
+            .orgs_mut()
+            .insert(org.id.clone(), OrgState::Ready(org.clone()));
+        Ok(org)
+    }
+
+    /// Changes an org's display name, default mode or role bindings.
+    pub async fn update_org(&self, id: &str, change: impl FnOnce(&mut Org)) -> Result<Org> {
+        let mut org = self.org(id)?;
+        let revision = self.inner.catalog.get::<Org>(id, id).await?.revision;
+        change(&mut org);
+        self.inner.catalog.put(&org, Some(revision)).await?;
+        self.inner
+            .orgs_mut()
+            .insert(org.id.clone(), OrgState::Ready(org.clone()));
+        Ok(org)
+    }
+}

@@ -1,0 +1,341 @@
+//! The server's shared state: [`Server`] (cheap to clone) over one `Inner` holding the
+//! configuration, the seams (catalog, clock, authenticator, sealer), the org table, the fleet
+//! bookkeeping under one lock ([`State`]) and the counters ([`Metrics`]).
+//!
+//! A leaf of the server: the files that work on the state (discovery, scheduler, orgs,
+//! locations, clusters, sessions, backups) import it, it imports none of them.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::time::SystemTime;
+
+use pxb_core::catalog::records::{
+    BackupRecord, ClusterRecord, DiscoveryConfig, LocationRecord, LocationStatus, Org, RestoreRecord,
+    ScheduleRecord,
+};
+use pxb_core::catalog::{Catalog, CatalogStore};
+use pxb_core::cluster::{ClusterProvider, Discovery, DiscoverySource};
+use pxb_core::{Clock, Error, Result};
+use tokio::sync::{Notify, Semaphore};
+
+use super::auth::Authenticator;
+use super::config::ServerConfig;
+use super::fleet::FleetSnapshot;
+use super::seal::Sealer;
+
+/// A cluster's key: (org, cluster id).
+pub(crate) type Key = (String, String);
+
+/// The seams [`Server::build`] takes (tests pass twins); [`ServerBuilder`](super::ServerBuilder)
+/// sets these and the discovery source, with defaults.
+#[derive(Debug)]
+pub struct ServerDeps {
+    /// The catalog.
+    pub catalog: Arc<dyn CatalogStore>,
+    /// The clock.
+    pub clock: Arc<dyn Clock>,
+    /// Checks bearer tokens.
+    pub authenticator: Arc<dyn Authenticator>,
+    /// Seals classic secrets; `None` refuses classic mode.
+    pub sealer: Option<Sealer>,
+}
+
+/// Whether an org's state could be loaded.
+#[derive(Clone, Debug)]
+pub enum OrgState {
+    /// Loaded; served.
+    Ready(Org),
+    /// Not loadable; the reason is shown in `/readyz` and the API, and nothing of it is served.
+    Degraded {
+        /// Why.
+        reason: String,
+    },
+}
+
+/// A cluster the server knows: its record, how to reach it, and when it is visited next.
+pub(crate) struct Tracked {
+    pub(crate) record: ClusterRecord,
+    pub(crate) provider: Option<Arc<dyn ClusterProvider>>,
+    pub(crate) next_due: SystemTime,
+    pub(crate) failures: u32,
+    pub(crate) busy: bool,
+}
+
+impl Tracked {
+    /// Whether the scheduler visits it: current, eligible, awake and reachable.
+    pub(crate) fn visitable(&self) -> bool {
+        self.record.retired_at.is_none()
+            && self.record.ineligible.is_none()
+            && !self.record.hibernated
+            && self.provider.is_some()
+    }
+}
+
+/// The fleet bookkeeping, under one lock ([`Inner::lock`]).
+#[derive(Default)]
+pub(crate) struct State {
+    pub(crate) clusters: HashMap<Key, Tracked>,
+    pub(crate) locations: BTreeMap<Key, LocationRecord>,
+    pub(crate) statuses: HashMap<Key, LocationStatus>,
+    pub(crate) discoveries: BTreeMap<Key, DiscoveryConfig>,
+    /// Running discoveries, by (org, discovery id).
+    pub(crate) running: HashMap<Key, Box<dyn Discovery>>,
+    pub(crate) discovery_status: HashMap<Key, DiscoveryStatus>,
+    /// Active backups and restores, by cluster.
+    pub(crate) ops: HashMap<Key, ClusterOps>,
+    pub(crate) schedules: BTreeMap<Key, ScheduleRecord>,
+    /// Synced backups per org (counted once, then kept up to date by imports; see
+    /// `Server::synced_count`).
+    pub(crate) synced_counts: HashMap<String, u64>,
+    pub(crate) dirty: bool,
+}
+
+/// The operations the server drives on one cluster.
+#[derive(Debug, Default)]
+pub(crate) struct ClusterOps {
+    pub(crate) backups: BTreeMap<String, BackupRecord>,
+    pub(crate) restores: BTreeMap<String, RestoreRecord>,
+    pub(crate) forced: BTreeSet<String>,
+}
+
+/// The state of a discovery.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum DiscoveryState {
+    /// Connecting to its project (the first attempt).
+    #[default]
+    Starting,
+    /// Discovering.
+    Running,
+    /// Refused, or failing to start (retried with backoff).
+    Failing,
+}
+
+/// How a discovery is doing.
+#[derive(
+    Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize, schemars::JsonSchema,
+)]
+#[serde(rename_all = "camelCase")]
+pub struct DiscoveryStatus {
+    /// `Starting`, `Running` or `Failing` (retried with backoff).
+    #[schemars(with = "String")]
+    pub state: DiscoveryState,
+    /// Why it fails, for humans.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// Since when (RFC 3339).
+    pub since: String,
+    /// Shoots the discovery knows (eligible or not).
+    #[serde(default)]
+    pub shoots: usize,
+}
+
+/// Counters exposed on `/metrics`.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    /// Visits that reached their cluster.
+    pub visits_ok: AtomicU64,
+    /// Visits that did not.
+    pub visits_failed: AtomicU64,
+    /// Orphaned objects deleted from clusters.
+    pub orphans_deleted: AtomicU64,
+    /// CRs written.
+    pub crs_written: AtomicU64,
+    /// Requests that turned Stalled.
+    pub stalled: AtomicU64,
+    /// Fleet snapshots built.
+    pub snapshots: AtomicU64,
+    /// Backups found by syncs and imported into the catalog.
+    pub imported: AtomicU64,
+    /// Schedule slots fired.
+    pub schedule_runs: AtomicU64,
+}
+
+/// What every clone of a [`Server`] shares.
+pub(crate) struct Inner {
+    pub(crate) config: ServerConfig,
+    pub(crate) catalog: Catalog,
+    pub(crate) clock: Arc<dyn Clock>,
+    pub(crate) authenticator: Arc<dyn Authenticator>,
+    /// Where discoveries come from.
+    pub(crate) discovery: Arc<dyn DiscoverySource>,
+    pub(crate) sealer: Option<Sealer>,
+    pub(crate) state: Mutex<State>,
+    /// Orgs apart from the rest of the state, so API reads never wait on fleet bookkeeping.
+    pub(crate) orgs: RwLock<BTreeMap<String, OrgState>>,
+    pub(crate) snapshot: RwLock<Arc<FleetSnapshot>>,
+    pub(crate) wake: Notify,
+    pub(crate) permits: Arc<Semaphore>,
+    pub(crate) metrics: Metrics,
+    pub(crate) min_agent_version: semver::Version,
+    /// The runtime background work runs on (the API may run on its own).
+    pub(crate) runtime: tokio::runtime::Handle,
+    /// Discovery tasks, stopped with the server's `Running`.
+    pub(crate) background: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    /// Per sign-in session preferences (the time bracket), by (subject, session); bounded.
+    pub(crate) sessions: Mutex<HashMap<(String, String), (SystemTime, serde_json::Value)>>,
+    /// API requests in flight per org (`api.maxRequestsPerOrg`).
+    pub(crate) org_limits: OrgLimits,
+}
+
+/// Requests in flight per org (`api.maxRequestsPerOrg`), a semaphore each.
+#[derive(Default)]
+pub(crate) struct OrgLimits(Mutex<HashMap<String, Arc<Semaphore>>>);
+
+impl OrgLimits {
+    /// The semaphore of `org`, made with `max` permits on first use.
+    pub(crate) fn semaphore(&self, org: &str, max: usize) -> Arc<Semaphore> {
+        let mut m = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        m.entry(org.to_owned())
+            .or_insert_with(|| Arc::new(Semaphore::new(max)))
+            .clone()
+    }
+}
+
+/// The control plane. Cheap to clone.
+#[derive(Clone)]
+pub struct Server {
+    pub(crate) inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Server {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Server").finish_non_exhaustive()
+    }
+}
+
+/// The key of a cluster record.
+pub(crate) fn cluster_key(c: &ClusterRecord) -> Key {
+    (c.org.clone(), c.id.clone())
+}
+
+impl Server {
+    /// The server over `deps` and `discovery`, with the state of every org loaded from the
+    /// catalog. An org whose records do not load is marked degraded and logged; the others are
+    /// served. Nothing is contacted yet: see [`Server::spawn`].
+    pub(crate) async fn assemble(
+        config: ServerConfig,
+        deps: ServerDeps,
+        discovery: Arc<dyn DiscoverySource>,
+    ) -> Result<Server> {
+        config.check()?;
+        let min_agent_version = semver::Version::parse(&config.fleet.min_agent_version)
+            .map_err(|e| Error::invalid(format!("fleet.minAgentVersion: {e}")))?;
+        let catalog = Catalog::new(deps.catalog);
+        let inner = Arc::new(Inner {
+            permits: Arc::new(Semaphore::new(config.fleet.concurrency)),
+            config,
+            catalog,
+            clock: deps.clock,
+            authenticator: deps.authenticator,
+            discovery,
+            sealer: deps.sealer,
+            state: Mutex::new(State::default()),
+            orgs: RwLock::new(BTreeMap::new()),
+            snapshot: RwLock::new(Arc::new(FleetSnapshot::default())),
+            wake: Notify::new(),
+            metrics: Metrics::default(),
+            min_agent_version,
+            runtime: tokio::runtime::Handle::current(),
+            background: Mutex::new(Vec::new()),
+            sessions: Mutex::new(HashMap::new()),
+            org_limits: OrgLimits::default(),
+        });
+        let server = Server { inner };
+        server.load().await?;
+        server.rebuild_snapshot();
+        Ok(server)
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &ServerConfig {
+        &self.inner.config
+    }
+
+    /// The typed catalog.
+    pub fn catalog(&self) -> &Catalog {
+        &self.inner.catalog
+    }
+
+    /// The clock.
+    pub fn clock(&self) -> &Arc<dyn Clock> {
+        &self.inner.clock
+    }
+
+    /// API requests in flight per org.
+    pub(crate) fn org_limits(&self) -> &OrgLimits {
+        &self.inner.org_limits
+    }
+
+    /// The counters.
+    pub fn metrics(&self) -> &Metrics {
+        &self.inner.metrics
+    }
+
+    /// The current fleet snapshot.
+    pub fn snapshot(&self) -> Arc<FleetSnapshot> {
+        self.inner
+            .snapshot
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Every org's state.
+    pub fn orgs(&self) -> BTreeMap<String, OrgState> {
+        self.inner.orgs().clone()
+    }
+
+    /// The org, if it is loaded; a degraded org is [`Error::Unavailable`].
+    pub fn org(&self, id: &str) -> Result<Org> {
+        match self.inner.orgs().get(id) {
+            Some(OrgState::Ready(o)) => Ok(o.clone()),
+            Some(OrgState::Degraded { reason }) => Err(Error::unavailable(format!(
+                "org {id} is degraded and not served: {reason}"
+            ))),
+            None => Err(Error::not_found(format!("org {id}"))),
+        }
+    }
+
+    /// Read-modify-write of one record through the catalog's revision check: reads it fresh,
+    /// applies `change`, and writes it at the revision read. When another write came in between,
+    /// it reads again and re-applies `change` (a few times, then `Unavailable`). A record deleted
+    /// meanwhile is `NotFound`: nothing is resurrected, nothing another writer changed is lost.
+    pub(crate) async fn modify<T: pxb_core::catalog::Record>(
+        &self,
+        org: &str,
+        id: &str,
+        mut change: impl FnMut(&mut T) -> Result<()>,
+    ) -> Result<T> {
+        for _ in 0..8 {
+            let current = self.inner.catalog.get::<T>(org, id).await?;
+            let mut value = current.value;
+            change(&mut value)?;
+            match self.inner.catalog.put(&value, Some(current.revision)).await {
+                Ok(_) => return Ok(value),
+                Err(Error::Precondition { .. }) => tokio::task::yield_now().await,
+                Err(e) => return Err(e),
+            }
+        }
+        Err(Error::unavailable(format!(
+            "{id} in org {org} keeps changing under concurrent writes; try again"
+        )))
+    }
+}
+
+impl Inner {
+    /// The fleet bookkeeping (a poisoned lock is taken over, as everywhere in the server).
+    pub(crate) fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The orgs, for reading.
+    pub(crate) fn orgs(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<String, OrgState>> {
+        self.orgs.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The orgs, for writing.
+    pub(crate) fn orgs_mut(&self) -> std::sync::RwLockWriteGuard<'_, BTreeMap<String, OrgState>> {
+        self.orgs.write().unwrap_or_else(|e| e.into_inner())
+    }
+}
