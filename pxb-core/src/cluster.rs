@@ -481,6 +481,7 @@ impl DiscoverySource for StaticDiscovery {
 }
 
 /// The conformance suite of [`ClusterProvider`]s.
+#[cfg(any(test, feature = "conformance"))]
 pub mod conformance {
     use std::collections::BTreeSet;
     use std::time::{Duration, SystemTime};

@@ -88,6 +88,7 @@ impl TokenSource for StaticToken {
 }
 
 /// Conformance checks for [`TokenSource`] implementations.
+#[cfg(any(test, feature = "conformance"))]
 pub mod conformance {
     use super::*;
 

@@ -48,7 +48,8 @@ const RULES: &[Rule] = &[
         name: "pxb-core",
         product: true,
         normal: Some(&[]),
-        dev: Some(&["pxb-harness"]),
+        // Itself, with its conformance and fuzz features on, for its own integration tests.
+        dev: Some(&["pxb-core", "pxb-harness"]),
     },
     Rule {
         name: "pxb-azure",
@@ -92,7 +93,8 @@ const RULES: &[Rule] = &[
             "pxb-telemetry",
             "pxb-sim",
         ]),
-        dev: Some(&["pxb-harness", "pxb-sim"]),
+        // The harness and the simulator, and the core again with its conformance suites on.
+        dev: Some(&["pxb-core", "pxb-harness", "pxb-sim"]),
     },
     // Scenarios and benchmarks: anything.
     Rule {
@@ -1162,7 +1164,7 @@ fn the_dependency_rule_catches_violations() {
         "pxb-new: a workspace member the rule table does not name",
         "pxb-core has a normal dependency on pxb-azure, but the rule allows it only none",
         "pxb-azure has a normal dependency on pxb-gardener: providers never depend on each other",
-        "pxb-daemon has a dev dependency on pxb-tests, but the rule allows it only pxb-harness, pxb-sim",
+        "pxb-daemon has a dev dependency on pxb-tests, but the rule allows it only pxb-core, pxb-harness, pxb-sim",
         "pxb-core depends on reqwest (pxb-core -> url -> reqwest): the core is network-free",
     ] {
         assert!(bad.contains(expected), "{expected:?} not in:\n{bad}");

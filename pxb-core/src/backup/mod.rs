@@ -17,6 +17,7 @@ use crate::store::list_all;
 use crate::{Clock, Error, Metadata, ObjectPath, ObjectStore, PutOptions, Result, SystemClock};
 
 pub mod chunk;
+#[cfg(any(test, feature = "fuzz"))]
 pub mod fuzz;
 pub mod gc;
 pub mod locks;

@@ -13,6 +13,7 @@
 //! [`MemoryCatalog`] is the in-memory twin, suitable for tests; `pxb-daemon` has the embedded SQLite
 //! implementation. Both run the [`conformance`] suite.
 
+#[cfg(any(test, feature = "conformance"))]
 pub mod conformance;
 mod memory;
 pub mod records;

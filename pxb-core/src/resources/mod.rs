@@ -34,6 +34,7 @@ use crate::Result;
 
 mod archive;
 mod backup;
+#[cfg(any(test, feature = "conformance"))]
 pub mod conformance;
 #[cfg(test)]
 mod isolation_tests;

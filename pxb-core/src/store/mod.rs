@@ -17,6 +17,7 @@ use tokio::io::AsyncRead;
 
 use crate::{Error, ObjectPath, Result};
 
+#[cfg(any(test, feature = "conformance"))]
 pub mod conformance;
 mod local;
 mod memory;
