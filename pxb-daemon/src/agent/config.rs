@@ -108,12 +108,7 @@ impl AgentConfig {
             },
             cluster_name: var("PXB_CLUSTER_NAME"),
             restore_root: var("PXB_RESTORE_ROOT").map_or(d.restore_root, PathBuf::from),
-            workload_identity: WorkloadIdentityOptions {
-                client_id: var("AZURE_CLIENT_ID"),
-                tenant_id: var("AZURE_TENANT_ID"),
-                token_file: var("AZURE_FEDERATED_TOKEN_FILE").map(PathBuf::from),
-                authority_host: var("AZURE_AUTHORITY_HOST"),
-            },
+            workload_identity: WorkloadIdentityOptions::from_env_with(&var),
             ca_file: var("PXB_CA_FILE").map(PathBuf::from),
             validate_interval: seconds("PXB_VALIDATE_INTERVAL_SECONDS", d.validate_interval)?,
             verify_interval: seconds("PXB_VERIFY_INTERVAL_SECONDS", d.verify_interval)?,
