@@ -4,7 +4,8 @@
 //! Features keep each binary lean (all are on by default):
 //! - `agent`: the per-cluster agent ([`agent`]); no SQLite, no server HTTP stack;
 //! - `server`: the control plane ([`server`]) with its SQLite catalog and REST API;
-//! - `cli`: the `pxb` command line ([`cli`]);
+//! - `client`: the typed client of the server's REST API ([`client`]);
+//! - `cli`: the `pxb` command line ([`cli`]), over `client`;
 //! - `demo`: `pxb demo` ([`demo`]) and pxb on the fleet simulator ([`sim`]); needs the other three;
 //! - `conformance`: the conformance suites of this crate's seams, for other implementations' tests.
 
@@ -12,6 +13,8 @@
 pub mod agent;
 #[cfg(feature = "cli")]
 pub mod cli;
+#[cfg(feature = "client")]
+pub mod client;
 pub use pxb_core::api::crd;
 #[cfg(feature = "demo")]
 pub mod demo;

@@ -20,79 +20,13 @@ use pxb_core::catalog::records::{
 };
 use pxb_core::catalog::{Catalog, Put, Query};
 use pxb_core::clock::rfc3339;
-use pxb_core::schedule::{SchedulePolicy, retention};
+use pxb_core::schedule::retention;
 use pxb_core::{Error, Result};
+
+pub use pxb_core::api::rest::{BackupRequest, DeleteOutcome, RestoreRequest, ScheduleRequest};
 
 use super::operations::{CatalogLimits, Found, OpsInput, OpsOutput};
 use super::state::{Key, OrgState, Server, State, Tracked};
-
-/// A request to back up namespaces on one or more clusters.
-#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct BackupRequest {
-    /// Clusters: `{"names": [...]}`, `{"labels": {...}}` or `{"all": true}`.
-    pub clusters: ClusterSelector,
-    /// Namespaces to back up (at least one).
-    pub namespaces: Vec<String>,
-    /// The location's name.
-    pub location: String,
-}
-
-/// A request to restore a backup.
-#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct RestoreRequest {
-    /// The backup's id.
-    pub backup: String,
-    /// The target cluster's name; the backup's own cluster when absent.
-    #[serde(default)]
-    pub cluster: Option<String>,
-    /// Namespaces of the backup to restore; all when empty.
-    #[serde(default)]
-    pub namespaces: Vec<String>,
-    /// Source namespace to target namespace.
-    #[serde(default)]
-    pub namespace_mapping: BTreeMap<String, String>,
-    /// Cluster-scoped kinds to create as the backup holds them, e.g. `ClusterRoleBinding` or
-    /// `clusterroles.rbac.authorization.k8s.io` (needs the org's admin role). Without them a
-    /// restore creates only the restored namespaces' objects and the cluster-scoped objects those
-    /// need; anything else in the backup is refused and listed in the restore's failures.
-    #[serde(default)]
-    pub allow_cluster_kinds: Vec<String>,
-}
-
-/// A new schedule.
-#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct ScheduleRequest {
-    /// The schedule's name (DNS label).
-    pub name: String,
-    /// When, how many to keep, time zone.
-    pub policy: SchedulePolicy,
-    /// Clusters.
-    pub clusters: ClusterSelector,
-    /// Namespaces.
-    pub namespaces: Vec<String>,
-    /// The location's name.
-    pub location: String,
-    /// Created paused.
-    #[serde(default)]
-    pub paused: bool,
-}
-
-/// What a delete did.
-#[derive(Clone, Debug, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct DeleteOutcome {
-    /// The backup as it is now (`Deleting`, or as it was when the record was removed).
-    pub backup: BackupRecord,
-    /// Whether the record is already gone.
-    pub record_removed: bool,
-    /// Whether the backup's data stays in the location.
-    pub data_remains: bool,
-    /// For humans.
-    pub message: String,
-}
 
 fn ms(t: SystemTime) -> i64 {
     t.duration_since(SystemTime::UNIX_EPOCH)

@@ -8,50 +8,9 @@ use std::collections::BTreeMap;
 use std::time::SystemTime;
 
 use pxb_core::catalog::records::{ClusterRecord, ClusterState, LocationStatus};
-use schemars::JsonSchema;
-use serde::{Deserialize, Serialize};
 
+pub use pxb_core::api::rest::{FleetEntry, LocationCounts};
 use pxb_core::clock::parse_rfc3339;
-
-/// Counts of a cluster's locations by validation phase.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct LocationCounts {
-    /// Valid here.
-    pub valid: u32,
-    /// Invalid here.
-    pub invalid: u32,
-    /// Not validated yet, requested, or stalled.
-    pub pending: u32,
-}
-
-/// One cluster in the fleet status.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct FleetEntry {
-    /// The org.
-    pub org: String,
-    /// Cluster name.
-    pub cluster: String,
-    /// Cluster id.
-    pub id: String,
-    /// State.
-    pub state: ClusterState,
-    /// Why, for humans.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub message: Option<String>,
-    /// Agent version.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub agent_version: Option<String>,
-    /// Last successful contact (RFC 3339).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub last_seen: Option<String>,
-    /// Seconds since `lastSeen` at the time of the read; absent when never seen.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub staleness_secs: Option<u64>,
-    /// Its locations.
-    pub locations: LocationCounts,
-}
 
 /// One org's part of a snapshot.
 #[derive(Clone, Debug, Default)]

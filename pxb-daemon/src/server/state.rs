@@ -99,36 +99,7 @@ pub(crate) struct ClusterOps {
     pub(crate) forced: BTreeSet<String>,
 }
 
-/// The state of a discovery.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub enum DiscoveryState {
-    /// Connecting to its project (the first attempt).
-    #[default]
-    Starting,
-    /// Discovering.
-    Running,
-    /// Refused, or failing to start (retried with backoff).
-    Failing,
-}
-
-/// How a discovery is doing.
-#[derive(
-    Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize, schemars::JsonSchema,
-)]
-#[serde(rename_all = "camelCase")]
-pub struct DiscoveryStatus {
-    /// `Starting`, `Running` or `Failing` (retried with backoff).
-    #[schemars(with = "String")]
-    pub state: DiscoveryState,
-    /// Why it fails, for humans.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub message: Option<String>,
-    /// Since when (RFC 3339).
-    pub since: String,
-    /// Shoots the discovery knows (eligible or not).
-    #[serde(default)]
-    pub shoots: usize,
-}
+pub use pxb_core::api::rest::{DiscoveryState, DiscoveryStatus};
 
 /// Counters exposed on `/metrics`.
 #[derive(Debug, Default)]

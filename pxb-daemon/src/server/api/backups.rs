@@ -5,8 +5,8 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
 use pxb_core::catalog::records::{BackupRecord, BackupView};
-use schemars::JsonSchema;
-use serde::Deserialize;
+
+use pxb_core::api::rest::DeleteQuery as DeleteParams;
 
 use super::errors::{ApiError, ApiResult};
 use super::extract::{Body, Params};
@@ -15,15 +15,6 @@ use super::paging::{List, ListParams, list_records_in, time_ms};
 use super::scope::{Operator, OrgScope, Viewer};
 use crate::server::backups::{BackupRequest, DeleteOutcome};
 use crate::server::state::Server;
-
-/// Query of a backup delete.
-#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub(crate) struct DeleteParams {
-    /// Remove the record now and leave the data (for a cluster that is gone).
-    #[serde(default)]
-    pub(crate) force: bool,
-}
 
 pub(crate) async fn list_backups(
     State(s): State<Server>,

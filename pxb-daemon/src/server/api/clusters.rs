@@ -4,8 +4,8 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
 use pxb_core::catalog::records::ClusterRecord;
-use schemars::JsonSchema;
-use serde::{Deserialize, Serialize};
+
+use pxb_core::api::rest::ImportCluster;
 
 use super::errors::{ApiError, ApiResult, deleted};
 use super::extract::{Body, Params};
@@ -19,21 +19,6 @@ pub(crate) type ClusterView = ClusterRecord;
 fn cluster_view(mut c: ClusterRecord) -> ClusterView {
     c.sealed_kubeconfig = None;
     c
-}
-
-/// A cluster to import (classic mode).
-#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub(crate) struct ImportCluster {
-    /// Name, a DNS label.
-    #[schemars(
-        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"),
-        length(min = 1, max = 63)
-    )]
-    pub(crate) name: String,
-    /// A kubeconfig with a client certificate (YAML); stored sealed, never shown again.
-    #[schemars(length(min = 1, max = 262144))]
-    pub(crate) kubeconfig: String,
 }
 
 pub(crate) async fn list_clusters(

@@ -5,52 +5,18 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use pxb_core::catalog::records::DiscoveryConfig;
 use pxb_core::clock::rfc3339;
-use schemars::JsonSchema;
-use serde::{Deserialize, Serialize};
+
+use pxb_core::api::rest::{CreateDiscovery, DiscoveryView};
 
 use super::errors::{ApiError, ApiResult, deleted};
 use super::extract::{Body, Params};
 use super::paging::{List, ListParams, page_by};
 use super::scope::{Admin, OrgScope, Viewer};
-use crate::server::state::{DiscoveryStatus, Server};
-
-/// A discovery configuration with how it is doing.
-#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "camelCase")]
-pub(crate) struct DiscoveryView {
-    /// The configuration.
-    #[serde(flatten)]
-    pub(crate) config: DiscoveryConfig,
-    /// Its state.
-    pub(crate) status: DiscoveryStatus,
-}
+use crate::server::state::Server;
 
 fn discovery_view(s: &Server, d: DiscoveryConfig) -> DiscoveryView {
     let status = s.discovery_status(&d.org, &d.id);
     DiscoveryView { config: d, status }
-}
-
-/// A new discovery configuration.
-#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub(crate) struct CreateDiscovery {
-    /// Id, a DNS label.
-    #[schemars(
-        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"),
-        length(min = 1, max = 63)
-    )]
-    pub(crate) id: String,
-    /// The Gardener project.
-    #[schemars(
-        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"),
-        length(min = 1, max = 63)
-    )]
-    pub(crate) project: String,
-    /// The name of a garden credential configured on the server.
-    pub(crate) credential: String,
-    /// Seconds between full discovery cycles (default 60, at least 5).
-    #[serde(default)]
-    pub(crate) interval_secs: Option<u64>,
 }
 
 pub(crate) async fn list_discoveries(

@@ -5,35 +5,18 @@
 use axum::Json;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use schemars::JsonSchema;
-use serde::{Deserialize, Serialize};
+pub(super) use pxb_core::api::rest::ErrorCode;
+use pxb_core::api::rest::{ErrorBody, ErrorDetail};
 
-/// An API error: HTTP status, stable code, message.
+/// An API error: a stable code (which sets the HTTP status) and a message.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ApiError {
-    /// HTTP status.
+    /// HTTP status, [`ErrorCode::status`] of `code`.
     pub status: StatusCode,
-    /// Stable code, e.g. `not_found`.
-    pub code: &'static str,
+    /// Stable code.
+    pub code: ErrorCode,
     /// For humans.
     pub message: String,
-}
-
-/// The JSON body of every error.
-#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
-pub(crate) struct ErrorBody {
-    /// The error.
-    pub(crate) error: ErrorDetail,
-}
-
-/// Code and message.
-#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
-pub(crate) struct ErrorDetail {
-    /// Stable code: `bad_request`, `unauthenticated`, `forbidden`, `not_found`, `conflict`,
-    /// `payload_too_large`, `unsupported_media_type`, `org_degraded`, `unavailable`, `internal`.
-    pub(crate) code: String,
-    /// For humans.
-    pub(crate) message: String,
 }
 
 /// What handlers return.
@@ -43,10 +26,10 @@ impl ApiError {
     /// An error.
     /// The message is redacted ([`pxb_core::redact::redact`]): nothing token-shaped leaves
     /// the server in an error.
-    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
         let message = message.into();
         ApiError {
-            status,
+            status: StatusCode::from_u16(code.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
             code,
             message: pxb_core::redact::redact(&message).into_owned(),
         }
@@ -54,38 +37,38 @@ impl ApiError {
 
     /// `400 bad_request`.
     pub(crate) fn bad_request(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::BAD_REQUEST, "bad_request", message)
+        Self::new(ErrorCode::BadRequest, message)
     }
 
     /// `403 forbidden`.
     pub(crate) fn forbidden(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::FORBIDDEN, "forbidden", message)
+        Self::new(ErrorCode::Forbidden, message)
     }
 
     /// `404 not_found`.
     pub(crate) fn not_found(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::NOT_FOUND, "not_found", message)
+        Self::new(ErrorCode::NotFound, message)
     }
 }
 
 impl From<pxb_core::Error> for ApiError {
     fn from(e: pxb_core::Error) -> Self {
         use pxb_core::Error as E;
-        let (status, code) = match &e {
-            E::NotFound { .. } => (StatusCode::NOT_FOUND, "not_found"),
-            E::AlreadyExists { .. } => (StatusCode::CONFLICT, "already_exists"),
-            E::Precondition { .. } => (StatusCode::CONFLICT, "conflict"),
-            E::Unauthenticated { .. } => (StatusCode::UNAUTHORIZED, "unauthenticated"),
-            E::PermissionDenied { .. } => (StatusCode::FORBIDDEN, "forbidden"),
-            E::Throttled { .. } => (StatusCode::TOO_MANY_REQUESTS, "throttled"),
-            E::Unavailable { .. } => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
-            E::Invalid { .. } => (StatusCode::BAD_REQUEST, "bad_request"),
-            _ => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+        let code = match &e {
+            E::NotFound { .. } => ErrorCode::NotFound,
+            E::AlreadyExists { .. } => ErrorCode::AlreadyExists,
+            E::Precondition { .. } => ErrorCode::Conflict,
+            E::Unauthenticated { .. } => ErrorCode::Unauthenticated,
+            E::PermissionDenied { .. } => ErrorCode::Forbidden,
+            E::Throttled { .. } => ErrorCode::Throttled,
+            E::Unavailable { .. } => ErrorCode::Unavailable,
+            E::Invalid { .. } => ErrorCode::BadRequest,
+            _ => ErrorCode::Internal,
         };
-        if status.is_server_error() {
+        if code.status() >= 500 {
             tracing::error!(error = %e, "request failed");
         }
-        ApiError::new(status, code, e.to_string())
+        ApiError::new(code, e.to_string())
     }
 }
 
@@ -93,7 +76,7 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = ErrorBody {
             error: ErrorDetail {
-                code: self.code.into(),
+                code: self.code.as_str().into(),
                 message: self.message,
             },
         };

@@ -6,11 +6,12 @@ use std::collections::BTreeMap;
 use axum::Json;
 use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
 use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::http::header;
 use axum::http::request::Parts;
-use axum::http::{StatusCode, header};
 use serde::de::DeserializeOwned;
 
 use super::errors::ApiError;
+use super::errors::ErrorCode;
 use crate::server::auth::{AuthError, Caller};
 use crate::server::state::Server;
 
@@ -23,13 +24,11 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Body<T> {
         match Json::<T>::from_request(req, state).await {
             Ok(Json(v)) => Ok(Body(v)),
             Err(JsonRejection::MissingJsonContentType(_)) => Err(ApiError::new(
-                StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                "unsupported_media_type",
+                ErrorCode::UnsupportedMediaType,
                 "send the body as application/json",
             )),
             Err(JsonRejection::BytesRejection(e)) => Err(ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "payload_too_large",
+                ErrorCode::PayloadTooLarge,
                 format!("the body could not be read: {e}"),
             )),
             Err(e) => Err(ApiError::bad_request(format!(
@@ -98,7 +97,7 @@ impl FromRequestParts<Server> for Caller {
         if let Some(c) = parts.extensions.get::<Caller>() {
             return Ok(c.clone());
         }
-        let unauth = |m: &str| ApiError::new(StatusCode::UNAUTHORIZED, "unauthenticated", m.to_owned());
+        let unauth = |m: &str| ApiError::new(ErrorCode::Unauthenticated, m.to_owned());
         let header = parts
             .headers
             .get(header::AUTHORIZATION)
@@ -113,8 +112,7 @@ impl FromRequestParts<Server> for Caller {
         match server.authenticate(token.trim()).await {
             Ok(c) => Ok(c),
             Err(AuthError::Unavailable(m)) => Err(ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "unavailable",
+                ErrorCode::Unavailable,
                 format!("the token could not be checked: {m}"),
             )),
             Err(e) => Err(unauth(&e.to_string())),

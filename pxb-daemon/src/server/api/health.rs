@@ -9,25 +9,11 @@ use axum::extract::{FromRequestParts, State};
 use axum::http::header;
 use axum::http::request::Parts;
 use axum::response::IntoResponse;
-use schemars::JsonSchema;
-use serde::{Deserialize, Serialize};
+
+use pxb_core::api::rest::Readiness;
 
 use crate::server::auth::Caller;
 use crate::server::state::{OrgState, Server};
-
-/// Readiness. Anyone may ask; only a provider admin (a bearer token) sees which orgs are
-/// degraded and why.
-#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "camelCase")]
-pub(crate) struct Readiness {
-    /// Whether the server serves requests.
-    pub(crate) ready: bool,
-    /// How many orgs could not be loaded.
-    pub(crate) degraded_org_count: usize,
-    /// Orgs that could not be loaded, with the reason: for provider admins only.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub(crate) degraded_orgs: Option<BTreeMap<String, String>>,
-}
 
 pub(crate) async fn healthz() -> &'static str {
     "ok"

@@ -1,10 +1,11 @@
 //! The per-org share of the API (`api.maxRequestsPerOrg`), a middleware in front of every route.
 
 use axum::extract::{FromRequestParts, Request, State};
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 
 use super::errors::ApiError;
+use super::errors::ErrorCode;
 use crate::server::auth::Caller;
 use crate::server::state::Server;
 
@@ -42,8 +43,7 @@ pub(crate) async fn per_org_limit(
     let max = s.config().api.max_requests_per_org;
     let Ok(_permit) = s.org_limits().semaphore(&org, max).try_acquire_owned() else {
         let mut r = ApiError::new(
-            StatusCode::TOO_MANY_REQUESTS,
-            "throttled",
+            ErrorCode::Throttled,
             format!("org {org} has {max} requests in flight (api.maxRequestsPerOrg); retry shortly"),
         )
         .into_response();

@@ -1,172 +1,19 @@
 //! `/v1/orgs/{org}/locations`: backup locations, their assignment to clusters, their status per
 //! cluster, and requests to validate, sync and verify them.
 
-use std::collections::BTreeMap;
-
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
-use pxb_core::catalog::records::{ClusterSelector, LocationRecord, LocationStatus, Mode, SyncRun};
+use pxb_core::catalog::records::{LocationRecord, LocationStatus, SyncRun};
 use pxb_core::clock::rfc3339;
-use schemars::JsonSchema;
-use serde::{Deserialize, Serialize};
+
+use pxb_core::api::rest::{CreateLocation, CredentialInput, LocationView, SyncRequestBody, UpdateLocation};
 
 use super::errors::{ApiError, ApiResult, deleted};
 use super::extract::{Body, Params};
 use super::paging::{List, ListParams, page_by};
 use super::scope::{Admin, Operator, OrgScope, Viewer};
 use crate::server::state::Server;
-
-/// A classic credential.
-#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub(crate) struct CredentialInput {
-    /// A storage account key.
-    #[serde(default)]
-    pub(crate) account_key: Option<String>,
-    /// A SAS token.
-    #[serde(default)]
-    pub(crate) sas_token: Option<String>,
-}
-
-/// A new backup location.
-#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub(crate) struct CreateLocation {
-    /// Name, a DNS label; the `BackupLocation` CR on clusters has this name.
-    #[schemars(
-        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"),
-        length(min = 1, max = 63)
-    )]
-    pub(crate) name: String,
-    /// `azure` or `file`.
-    #[schemars(extend("enum" = ["azure", "file"]))]
-    pub(crate) provider: String,
-    /// Azure storage account.
-    #[serde(default)]
-    pub(crate) account: Option<String>,
-    /// Container (azure) or absolute directory (file).
-    #[schemars(length(min = 1, max = 1024))]
-    pub(crate) container: String,
-    /// Name prefix.
-    #[serde(default)]
-    pub(crate) prefix: Option<String>,
-    /// Blob endpoint.
-    #[serde(default)]
-    pub(crate) endpoint: Option<String>,
-    /// `federated` (default: the org's mode) or `classic`.
-    #[serde(default)]
-    pub(crate) mode: Option<Mode>,
-    /// Workload Identity client id for every cluster.
-    #[serde(default)]
-    pub(crate) client_id: Option<String>,
-    /// Entra tenant.
-    #[serde(default)]
-    pub(crate) tenant_id: Option<String>,
-    /// Client ids per cluster name.
-    #[serde(default)]
-    pub(crate) cluster_client_ids: BTreeMap<String, String>,
-    /// Classic mode: the credential (stored encrypted, never shown again).
-    #[serde(default)]
-    pub(crate) credential: Option<CredentialInput>,
-    /// Which clusters get it.
-    pub(crate) clusters: ClusterSelector,
-    /// Sync its backups when it is first assigned to a cluster.
-    #[serde(default)]
-    pub(crate) sync: bool,
-}
-
-/// Changes to a location; absent fields stay as they are.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub(crate) struct UpdateLocation {
-    /// Which clusters get it.
-    #[serde(default)]
-    pub(crate) clusters: Option<ClusterSelector>,
-    /// Workload Identity client id for every cluster.
-    #[serde(default)]
-    pub(crate) client_id: Option<String>,
-    /// Entra tenant.
-    #[serde(default)]
-    pub(crate) tenant_id: Option<String>,
-    /// Client ids per cluster name (replaces the map).
-    #[serde(default)]
-    pub(crate) cluster_client_ids: Option<BTreeMap<String, String>>,
-    /// Sync its backups when it is first assigned to a cluster.
-    #[serde(default)]
-    pub(crate) sync: Option<bool>,
-    /// Classic mode: a new credential.
-    #[serde(default)]
-    pub(crate) credential: Option<CredentialInput>,
-}
-
-/// A location as the API shows it (never its credential).
-#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "camelCase")]
-pub(crate) struct LocationView {
-    /// Uid.
-    pub(crate) id: String,
-    /// Name.
-    pub(crate) name: String,
-    /// Provider.
-    pub(crate) provider: String,
-    /// Account.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub(crate) account: Option<String>,
-    /// Container or directory.
-    pub(crate) container: String,
-    /// Prefix.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub(crate) prefix: Option<String>,
-    /// Endpoint.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub(crate) endpoint: Option<String>,
-    /// Mode.
-    pub(crate) mode: Mode,
-    /// Client id.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub(crate) client_id: Option<String>,
-    /// Per-cluster client ids.
-    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
-    pub(crate) cluster_client_ids: BTreeMap<String, String>,
-    /// Whether a classic credential is stored.
-    pub(crate) has_credential: bool,
-    /// Assignment.
-    pub(crate) clusters: ClusterSelector,
-    /// Sync on assignment.
-    pub(crate) sync: bool,
-    /// Created.
-    pub(crate) created_at: String,
-}
-
-impl From<LocationRecord> for LocationView {
-    fn from(l: LocationRecord) -> Self {
-        LocationView {
-            id: l.id,
-            name: l.name,
-            provider: l.provider,
-            account: l.account,
-            container: l.container,
-            prefix: l.prefix,
-            endpoint: l.endpoint,
-            mode: l.mode,
-            client_id: l.client_id,
-            cluster_client_ids: l.cluster_client_ids,
-            has_credential: l.credential.is_some(),
-            clusters: l.clusters,
-            sync: l.sync,
-            created_at: l.created_at,
-        }
-    }
-}
-
-/// Ask for a sync on one cluster.
-#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub(crate) struct SyncRequestBody {
-    /// The cluster, by name.
-    pub(crate) cluster: String,
-}
 
 fn new_id() -> String {
     let bytes: [u8; 16] = rand::random();

@@ -1,93 +1,16 @@
 //! The caller: `/v1/whoami` and `/v1/me/preferences` (the tab stored per user, the time bracket
 //! per sign-in session in memory).
 
-use std::collections::BTreeMap;
-
 use axum::Json;
 use axum::extract::State;
-use pxb_core::catalog::records::Role;
-use schemars::JsonSchema;
-use serde::{Deserialize, Serialize};
+
+pub(crate) use pxb_core::api::rest::{PreferencesView, Tab, UpdatePreferences, WhoAmI};
 
 use super::errors::{ApiError, ApiResult};
 use super::extract::Body;
 use super::paging::time_ms;
 use crate::server::auth::Caller;
 use crate::server::state::{OrgState, Server};
-
-/// The identity of the caller.
-#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "camelCase")]
-pub(crate) struct WhoAmI {
-    /// Subject.
-    pub(crate) subject: String,
-    /// Name.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub(crate) name: Option<String>,
-    /// Administers every org.
-    pub(crate) provider_admin: bool,
-    /// Role per visible org.
-    pub(crate) orgs: BTreeMap<String, Role>,
-}
-
-/// Which kind of backups a view shows.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "lowercase")]
-pub(crate) enum Tab {
-    /// Namespace backups (the default).
-    #[default]
-    Namespaces,
-    /// Virtual-machine backups (KubeVirt `VirtualMachine`s).
-    Vms,
-}
-
-/// A time bracket for lists.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub(crate) struct TimeBracket {
-    /// `1h`, `24h` (the default), `7d`, `30d` or `custom`.
-    #[schemars(extend("enum" = ["1h", "24h", "7d", "30d", "custom"]))]
-    pub(crate) kind: String,
-    /// Custom: from (RFC 3339).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub(crate) from: Option<String>,
-    /// Custom: to (RFC 3339).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub(crate) to: Option<String>,
-}
-
-impl Default for TimeBracket {
-    fn default() -> Self {
-        TimeBracket {
-            kind: "24h".into(),
-            from: None,
-            to: None,
-        }
-    }
-}
-
-/// The caller's preferences: the tab is stored per user and survives new logins; the time bracket
-/// lasts for the sign-in session and is "last 24 hours" in a new one.
-#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "camelCase")]
-pub(crate) struct PreferencesView {
-    /// Namespace or VM backups.
-    pub(crate) tab: Tab,
-    /// The time bracket of this session.
-    pub(crate) time_bracket: TimeBracket,
-}
-
-/// Changes to the caller's preferences; absent fields stay as they are.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub(crate) struct UpdatePreferences {
-    /// Namespace or VM backups.
-    #[serde(default)]
-    pub(crate) tab: Option<Tab>,
-    /// The time bracket for this session.
-    #[serde(default)]
-    pub(crate) time_bracket: Option<TimeBracket>,
-}
 
 /// A time bracket's kind, as a list's `bracket` or a preference's `timeBracket.kind` names it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -33,10 +33,10 @@ mod scope;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
-use axum::http::StatusCode;
 use axum::routing::get;
 
 pub(crate) use self::errors::ApiError;
+use self::errors::ErrorCode;
 use crate::server::state::Server;
 
 /// The router over `server`, with the body limit from its configuration.
@@ -48,16 +48,12 @@ pub(crate) fn router(server: Server) -> Router {
         .route("/metrics", get(health::metrics))
         .route("/openapi.json", get(|| async { axum::Json(openapi::document()) }));
     for op in routes::operations() {
-        router = router.route(op.path, (op.route)());
+        router = router.route(op.op.path, (op.route)());
     }
     router
-        .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint") })
+        .fallback(|| async { ApiError::new(ErrorCode::NotFound, "no such endpoint") })
         .method_not_allowed_fallback(|| async {
-            ApiError::new(
-                StatusCode::METHOD_NOT_ALLOWED,
-                "method_not_allowed",
-                "method not allowed here",
-            )
+            ApiError::new(ErrorCode::MethodNotAllowed, "method not allowed here")
         })
         .layer(DefaultBodyLimit::max(limit))
         .layer(axum::middleware::from_fn_with_state(

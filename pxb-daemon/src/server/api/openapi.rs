@@ -1,4 +1,4 @@
-//! The OpenAPI 3.1 document of the REST API, built from the routes table (`routes.rs`) and
+//! The OpenAPI 3.1 document of the REST API, built from its declaration ([`pxb_core::api::rest`]) and
 //! the same types the handlers use: request schemas describe what the server accepts
 //! (deserialization), response schemas what it sends. `docs/openapi.json` is a committed copy; a
 //! test fails when it is stale.
@@ -6,8 +6,7 @@
 use schemars::generate::{Contract, SchemaGenerator, SchemaSettings};
 use serde_json::{Map, Value, json};
 
-use super::errors::ErrorBody;
-use super::routes::{operations as ops, schema as schema_for};
+use pxb_core::api::rest::{ErrorBody, endpoints as ops};
 
 fn query_param(name: &str) -> Value {
     let (schema, description) = match name {
@@ -104,7 +103,7 @@ fn generator(contract: Contract) -> SchemaGenerator {
 pub fn document() -> Value {
     let mut req = generator(Contract::Deserialize);
     let mut resp = generator(Contract::Serialize);
-    let error = schema_for::<ErrorBody>(&mut resp).to_value();
+    let error = resp.subschema_for::<ErrorBody>().to_value();
     let mut paths: Map<String, Value> = Map::new();
     let mut bodies: Vec<(String, String, Value)> = Vec::new();
     for op in ops() {
@@ -144,11 +143,11 @@ pub fn document() -> Value {
         });
         if let Some(g) = op.body {
             let schema = g(&mut req).to_value();
-            bodies.push((op.path.to_owned(), op.method.as_str().to_owned(), schema));
+            bodies.push((op.path.to_owned(), op.method.openapi_key().to_owned(), schema));
         }
         let entry = paths.entry(op.path.to_owned()).or_insert_with(|| json!({}));
         if let Some(m) = entry.as_object_mut() {
-            m.insert(op.method.as_str().to_owned(), operation.take());
+            m.insert(op.method.openapi_key().to_owned(), operation.take());
         }
     }
     let mut schemas = resp.take_definitions(true);
@@ -203,5 +202,8 @@ pub fn document() -> Value {
 
 /// The documented (method, path) pairs, for tests that check every one is served.
 pub fn operations() -> Vec<(&'static str, &'static str)> {
-    ops().into_iter().map(|o| (o.method.as_str(), o.path)).collect()
+    ops()
+        .into_iter()
+        .map(|o| (o.method.openapi_key(), o.path))
+        .collect()
 }

@@ -3,10 +3,10 @@
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
-use pxb_core::catalog::records::{Mode, Org, Role, RoleBinding};
+use pxb_core::catalog::records::{Mode, Org, Role};
 use pxb_core::clock::rfc3339;
-use schemars::JsonSchema;
-use serde::{Deserialize, Serialize};
+
+use pxb_core::api::rest::{CreateOrg, OrgView, UpdateOrg};
 
 use super::errors::{ApiError, ApiResult};
 use super::extract::{Body, Params, Segments};
@@ -14,62 +14,6 @@ use super::paging::{List, ListParams, page_by};
 use super::scope::{OrgScope, Viewer, authorize};
 use crate::server::auth::Caller;
 use crate::server::state::{OrgState, Server};
-
-/// An org as the API shows it.
-#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "camelCase")]
-pub(crate) struct OrgView {
-    /// Id.
-    pub(crate) id: String,
-    /// For humans.
-    pub(crate) display_name: String,
-    /// Default location mode.
-    pub(crate) mode: Mode,
-    /// `Ready` or `Degraded`.
-    pub(crate) state: String,
-    /// Why it is degraded.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub(crate) reason: Option<String>,
-    /// Role bindings (shown to admins).
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub(crate) access: Vec<RoleBinding>,
-}
-
-/// A new org.
-#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub(crate) struct CreateOrg {
-    /// Id, a DNS label.
-    #[schemars(
-        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"),
-        length(min = 1, max = 63)
-    )]
-    pub(crate) id: String,
-    /// For humans.
-    #[serde(default)]
-    pub(crate) display_name: String,
-    /// Default mode of its locations.
-    #[serde(default)]
-    pub(crate) mode: Mode,
-    /// Who may do what.
-    #[serde(default)]
-    pub(crate) access: Vec<RoleBinding>,
-}
-
-/// Changes to an org; absent fields stay as they are.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub(crate) struct UpdateOrg {
-    /// For humans.
-    #[serde(default)]
-    pub(crate) display_name: Option<String>,
-    /// Default mode of new locations.
-    #[serde(default)]
-    pub(crate) mode: Option<Mode>,
-    /// Who may do what (replaces the bindings).
-    #[serde(default)]
-    pub(crate) access: Option<Vec<RoleBinding>>,
-}
 
 fn org_view(id: String, st: OrgState, admin: bool) -> OrgView {
     match st {

@@ -3,59 +3,13 @@
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use pxb_core::catalog::{MAX_PAGE, Query, Record};
-use schemars::JsonSchema;
-use serde::{Deserialize, Serialize};
+use pxb_core::catalog::{Query, Record};
+use serde::Serialize;
+
+pub(crate) use pxb_core::api::rest::{List, ListQuery as ListParams};
 
 use super::errors::{ApiError, ApiResult};
 use crate::server::state::Server;
-
-/// Paging and filters shared by lists.
-#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub(crate) struct ListParams {
-    /// Page size, 1 to 1000 (default 100; larger values are clamped to 1000).
-    pub(crate) limit: Option<u64>,
-    /// The `next` cursor of the previous page.
-    pub(crate) after: Option<String>,
-    /// Only items of this cluster (id, or name where the list says so).
-    pub(crate) cluster: Option<String>,
-    /// Only items of this location (name).
-    pub(crate) location: Option<String>,
-    /// Only items in this state or phase.
-    pub(crate) state: Option<String>,
-    /// Only items of this org (fleet status).
-    pub(crate) org: Option<String>,
-    /// Only items created at or after this time (RFC 3339).
-    pub(crate) from: Option<String>,
-    /// Only items created before this time (RFC 3339).
-    pub(crate) to: Option<String>,
-    /// Backups: only those created in the last `1h`, `24h`, `7d` or `30d`; `session` uses the
-    /// caller's time bracket preference of this sign-in session. `from`/`to` narrow it further.
-    pub(crate) bracket: Option<String>,
-    /// Backups: only those covering this namespace.
-    pub(crate) namespace: Option<String>,
-    /// Backups: `namespaces` or `vms` (those holding KubeVirt virtual machines); `session` uses
-    /// the caller's stored tab.
-    pub(crate) view: Option<String>,
-}
-
-impl ListParams {
-    /// The page size asked for, clamped to 1..=1000.
-    pub(crate) fn limit(&self) -> usize {
-        self.limit.unwrap_or(100).clamp(1, MAX_PAGE as u64) as usize
-    }
-}
-
-/// A page of items.
-#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
-pub(crate) struct List<T> {
-    /// The items.
-    pub(crate) items: Vec<T>,
-    /// Cursor of the next page, absent on the last.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub(crate) next: Option<String>,
-}
 
 /// The cursor `after` as this server issued it, decoded by `decode`.
 pub(crate) fn cursor<T>(
@@ -83,7 +37,7 @@ pub(crate) fn cursor_of(key: impl AsRef<[u8]>) -> String {
 /// Pages a list already in order by `key`.
 pub(crate) fn page_by<T>(items: Vec<T>, p: &ListParams, key: impl Fn(&T) -> String) -> ApiResult<List<T>> {
     let after = cursor(&p.after, |b| String::from_utf8(b).ok())?;
-    let limit = p.limit();
+    let limit = p.page_size();
     let mut out: Vec<T> = items
         .into_iter()
         .filter(|i| after.as_ref().is_none_or(|a| key(i) > *a))
@@ -142,7 +96,7 @@ pub(crate) async fn list_records_in<T: Record + Serialize>(
         time_from_ms: from,
         time_to_ms: to,
         tags,
-        limit: p.limit(),
+        limit: p.page_size(),
         after: p.after.clone(),
         ..Query::default()
     };

@@ -4,8 +4,8 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
 use pxb_core::catalog::records::ScheduleRecord;
-use schemars::JsonSchema;
-use serde::{Deserialize, Serialize};
+
+use pxb_core::api::rest::UpdateSchedule;
 
 use super::errors::{ApiResult, deleted};
 use super::extract::{Body, Params};
@@ -13,14 +13,6 @@ use super::paging::{List, ListParams, list_records};
 use super::scope::{Operator, OrgScope, Viewer};
 use crate::server::backups::ScheduleRequest;
 use crate::server::state::Server;
-
-/// Changes to a schedule.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub(crate) struct UpdateSchedule {
-    /// Pause (true) or resume (false); a resumed schedule does not make up the paused slots.
-    pub(crate) paused: bool,
-}
 
 pub(crate) async fn list_schedules(
     State(s): State<Server>,

@@ -8,10 +8,10 @@
 use std::marker::PhantomData;
 
 use axum::extract::{FromRequestParts, State};
-use axum::http::StatusCode;
 use axum::http::request::Parts;
 use pxb_core::catalog::records::{Org, Role};
 
+use super::errors::ErrorCode;
 use super::errors::{ApiError, ApiResult};
 use super::extract::Segments;
 use crate::server::auth::Caller;
@@ -33,8 +33,7 @@ pub(crate) fn authorize(server: &Server, caller: &Caller, org: &str, role: Role)
             }
         }
         Some(OrgState::Degraded { reason }) if caller.provider_admin => Err(ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "org_degraded",
+            ErrorCode::OrgDegraded,
             format!("org {org} is degraded and not served: {reason}"),
         )),
         None if caller.provider_admin => Err(ApiError::not_found(format!("org {org}"))),
@@ -145,11 +144,7 @@ impl<R: OrgRole> FromRequestParts<Server> for OrgScope<R> {
         let caller = Caller::from_request_parts(parts, server).await?;
         let Segments(seg) = Segments::from_request_parts(parts, server).await?;
         if seg.is_empty() {
-            return Err(ApiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "internal",
-                "the route has no org",
-            ));
+            return Err(ApiError::new(ErrorCode::Internal, "the route has no org"));
         }
         let org = authorize(server, &caller, &seg[0], R::ROLE)?;
         let item = seg.into_iter().nth(1).unwrap_or_default();
