@@ -454,13 +454,8 @@ pub fn account_sas(account: &str, key: &str, expiry: SystemTime) -> Result<Strin
     let key = STANDARD
         .decode(key.trim())
         .map_err(|_| Error::invalid("the storage account key is not valid base64"))?;
-    let secs = expiry.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
-    let se = azure_core::time::OffsetDateTime::from_unix_timestamp(i64::try_from(secs).unwrap_or(0))
-        .map_err(|_| Error::invalid("SAS expiry out of range"))?
-        .format(&time::macros::format_description!(
-            "[year]-[month]-[day]T[hour]:[minute]:[second]Z"
-        ))
-        .map_err(|e| Error::other("formatting the SAS expiry").with_source(e))?;
+    // `2026-01-01T10:10:00Z`: the SAS expiry format is RFC 3339 in UTC with whole seconds.
+    let se = pxb_core::clock::rfc3339(expiry.max(UNIX_EPOCH));
     let (sp, ss, srt, spr, sv) = ("rwdlac", "b", "sco", "https,http", "2021-08-06");
     let to_sign = format!("{account}\n{sp}\n{ss}\n{srt}\n\n{se}\n\n{spr}\n{sv}\n\n");
     let sig = hmac_b64(&key, &to_sign);

@@ -314,9 +314,10 @@ impl Client {
                 .map_err(|e| ClientError::Config(format!("cannot encode the body: {e}")))?;
             req = req.header("content-type", "application/json").body(json);
         }
+        // The URL is in the error already; reqwest's text would repeat it.
         let unreachable = |e: reqwest::Error| ClientError::Unreachable {
             url: url.clone(),
-            message: error_chain(&e),
+            message: error_chain(&e.without_url()),
         };
         let resp = req.send().await.map_err(unreachable)?;
         let status = resp.status().as_u16();
@@ -477,10 +478,42 @@ mod tests {
     fn a_bad_server_url_is_a_clear_error() {
         let e = Client::builder("pxb.example.net").build().expect_err("refused");
         assert!(e.to_string().contains("is not a URL"), "{e}");
-        let e = Client::builder("ftp://pxb.example.net").build().expect_err("refused");
+        let e = Client::builder("ftp://pxb.example.net")
+            .build()
+            .expect_err("refused");
         assert!(e.to_string().contains("must be http(s)"), "{e}");
-        let e = Client::builder("https://x").ca_pem("junk").build().expect_err("refused");
+        let e = Client::builder("https://x")
+            .ca_pem("junk")
+            .build()
+            .expect_err("refused");
         assert!(matches!(e, ClientError::Config(_)), "{e}");
+    }
+
+    #[tokio::test]
+    async fn all_walks_every_page_and_stops_on_a_cursor_that_does_not_move() {
+        let client = Client::builder("http://127.0.0.1:9").build().expect("client");
+        let pages = |q: ListQuery| async move {
+            let start: usize = q.after.as_deref().map_or(0, |a| a.parse().expect("cursor"));
+            let end = (start + 2).min(5);
+            Ok(List {
+                items: (start..end).collect(),
+                next: (end < 5).then(|| end.to_string()),
+            })
+        };
+        let all = client.all(ListQuery::default(), pages).await.expect("all");
+        assert_eq!(all, vec![0, 1, 2, 3, 4]);
+        let stuck = |_q: ListQuery| async move {
+            Ok(List {
+                items: vec![1],
+                next: Some("same".to_owned()),
+            })
+        };
+        let all = client.all(ListQuery::default(), stuck).await.expect("all");
+        assert_eq!(
+            all,
+            vec![1, 1],
+            "the second page repeats the cursor and ends the walk"
+        );
     }
 
     #[test]

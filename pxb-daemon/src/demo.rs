@@ -25,12 +25,21 @@
 //! ```
 
 use std::collections::BTreeMap;
+use std::future::Future;
 use std::time::{Duration, Instant};
 
 use pxb_azure::WorkloadIdentityOptions;
+use pxb_core::api::rest::{
+    BackupRequest, CreateDiscovery, CreateLocation, CreateOrg, DeleteQuery, ErrorCode, FleetStatusView,
+    ListQuery, RestoreRequest, SyncRequestBody,
+};
+use pxb_core::catalog::records::{
+    BackupRecord, BackupView, ClusterSelector, ClusterState, LocationStatus, RequestPhase,
+};
 use pxb_sim::{Fault, Fleet, FleetConfig, ProjectRole, ShootSpec};
-use serde_json::{Value, json};
+use serde_json::json;
 
+use crate::client::Client;
 use crate::server::Daemon;
 use crate::server::config::{GardenCredential, ServerConfig};
 
@@ -160,34 +169,16 @@ pub fn parse_args(args: &[String]) -> Result<(DemoOptions, bool), String> {
     ))
 }
 
-struct Api {
-    http: reqwest::Client,
-    url: String,
-    token: String,
-}
+/// The demo's org.
+const ORG: &str = "demo";
+/// The demo's location.
+const LOCATION: &str = "primary";
 
-impl Api {
-    async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> anyhow::Result<Value> {
-        let mut req = self
-            .http
-            .request(method.clone(), format!("{}{path}", self.url))
-            .bearer_auth(&self.token);
-        if let Some(b) = body {
-            req = req.header("content-type", "application/json").body(b.to_string());
-        }
-        let resp = req.send().await?;
-        let status = resp.status();
-        let body: Value = serde_json::from_slice(&resp.bytes().await?).unwrap_or(Value::Null);
-        anyhow::ensure!(status.is_success(), "{method} {path}: {status} {body}");
-        Ok(body)
-    }
-
-    async fn get(&self, path: &str) -> anyhow::Result<Value> {
-        self.call(reqwest::Method::GET, path, None).await
-    }
-
-    async fn post(&self, path: &str, body: Value) -> anyhow::Result<Value> {
-        self.call(reqwest::Method::POST, path, Some(body)).await
+/// A list query of one page of up to 1000 items.
+fn page_of_1000() -> ListQuery {
+    ListQuery {
+        limit: Some(1000),
+        ..ListQuery::default()
     }
 }
 
@@ -244,59 +235,85 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<bool> {
     config.fleet.resync_secs = 5;
     let dev_token = format!("demo-{:032x}", rand::random::<u128>());
     let daemon = Daemon::start(config.clone(), Some(dev_token.clone()), |_| None).await?;
-    let api = Api {
-        http: reqwest::Client::new(),
-        url: format!("http://{}", daemon.addr),
-        token: dev_token,
-    };
-    println!(
-        "\n== pxb-server on {} (catalog {}) ==",
-        api.url, config.catalog.path
-    );
-    api.post("/v1/orgs", json!({"id": "demo", "displayName": "Demo tenant"}))
-        .await?;
-    api.post(
-        "/v1/orgs/demo/discoveries",
-        json!({"id": "demo", "project": "demo", "credential": "demo", "intervalSecs": 30}),
+    let url = format!("http://{}", daemon.addr);
+    let api = Client::builder(&url).token(&dev_token).build()?;
+    println!("\n== pxb-server on {} (catalog {}) ==", url, config.catalog.path);
+    api.create_org(&CreateOrg {
+        id: ORG.into(),
+        display_name: "Demo tenant".into(),
+        mode: Default::default(),
+        access: Vec::new(),
+    })
+    .await?;
+    api.create_discovery(
+        ORG,
+        &CreateDiscovery {
+            id: "demo".into(),
+            project: "demo".into(),
+            credential: "demo".into(),
+            interval_secs: Some(30),
+        },
     )
     .await?;
     let backups = dir.path().join("backups");
-    let location = match azure {
-        Some(a) => {
-            json!({"name": "primary", "provider": "azure", "account": a.account,
-                   "container": a.container, "endpoint": a.endpoint,
-                   "clientId": a.workload_identity.client_id,
-                   "clusters": {"all": true}})
-        }
-        None => json!({"name": "primary", "provider": "file", "container": backups.display().to_string(),
-                       "clusters": {"all": true}}),
+    let every = ClusterSelector {
+        all: true,
+        ..ClusterSelector::default()
     };
-    let loc = api.post("/v1/orgs/demo/locations", location).await?;
+    let location = match azure {
+        Some(a) => CreateLocation {
+            name: LOCATION.into(),
+            provider: "azure".into(),
+            account: Some(a.account.clone()),
+            container: a.container.clone(),
+            prefix: None,
+            endpoint: Some(a.endpoint.clone()),
+            mode: None,
+            client_id: a.workload_identity.client_id.clone(),
+            tenant_id: None,
+            cluster_client_ids: BTreeMap::new(),
+            credential: None,
+            clusters: every,
+            sync: false,
+        },
+        None => CreateLocation {
+            name: LOCATION.into(),
+            provider: "file".into(),
+            account: None,
+            container: backups.display().to_string(),
+            prefix: None,
+            endpoint: None,
+            mode: None,
+            client_id: None,
+            tenant_id: None,
+            cluster_client_ids: BTreeMap::new(),
+            credential: None,
+            clusters: every,
+            sync: false,
+        },
+    };
+    let loc = api.create_location(ORG, &location).await?;
+    let mode = serde_json::to_value(loc.mode)?;
     println!(
         "org 'demo', discovery of project 'demo', location 'primary' ({} {}, {}) on every cluster",
-        loc["provider"].as_str().unwrap_or_default(),
-        loc["container"].as_str().unwrap_or_default(),
-        loc["mode"].as_str().unwrap_or_default()
+        loc.provider,
+        loc.container,
+        mode.as_str().unwrap_or_default()
     );
 
     let t = Instant::now();
     let expected_ready = args.shoots - offline.len();
-    let mut fleet_status = Value::Null;
+    let mut fleet_status = None;
     while t.elapsed() < Duration::from_secs(120) {
-        fleet_status = api.get("/v1/fleet/status?limit=1000").await?;
-        let c = &fleet_status["counts"];
-        let n = |s: &str| c[s].as_u64().unwrap_or(0) as usize;
-        let valid: u64 = fleet_status["items"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(|e| e["locations"]["valid"].as_u64())
-            .sum();
-        if n("Ready") == expected_ready
-            && n("Unreachable") == offline.len()
-            && n("Ineligible") + n("Hibernated") == 3
-            && valid as usize == expected_ready
-        {
+        let status = api.fleet_status(&page_of_1000()).await?;
+        let n = |s: ClusterState| count(&status, s) as usize;
+        let valid: u64 = status.items.iter().map(|e| u64::from(e.locations.valid)).sum();
+        let settled = n(ClusterState::Ready) == expected_ready
+            && n(ClusterState::Unreachable) == offline.len()
+            && n(ClusterState::Ineligible) + n(ClusterState::Hibernated) == 3
+            && valid as usize == expected_ready;
+        fleet_status = Some(status);
+        if settled {
             break;
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
@@ -305,32 +322,23 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<bool> {
         "\n== fleet status once every reachable agent validated the location ({:.1?}) ==",
         t.elapsed()
     );
-    for e in fleet_status["items"].as_array().into_iter().flatten() {
-        let detail = match e["state"].as_str() {
-            Some("Ready") | Some("Degraded") => format!(
+    for e in fleet_status.iter().flat_map(|f| &f.items) {
+        let detail = match e.state {
+            ClusterState::Ready | ClusterState::Degraded => format!(
                 "agent {}, {} location(s) valid, seen {}s ago",
-                e["agentVersion"].as_str().unwrap_or("?"),
-                e["locations"]["valid"],
-                e["stalenessSecs"]
+                e.agent_version.as_deref().unwrap_or("?"),
+                e.locations.valid,
+                or_null(e.staleness_secs)
             ),
-            _ => e["message"].as_str().unwrap_or_default().to_owned(),
+            _ => e.message.clone().unwrap_or_default(),
         };
-        println!(
-            "  {:<14} {:<12} {detail}",
-            e["cluster"].as_str().unwrap_or_default(),
-            e["state"].as_str().unwrap_or_default()
-        );
+        println!("  {:<14} {:<12} {detail}", e.cluster, e.state.as_str());
     }
-    println!("  {}", counts_line(&fleet_status));
+    println!("  {}", fleet_status.as_ref().map(counts_line).unwrap_or_default());
 
-    let st = api
-        .get("/v1/orgs/demo/locations/primary/status?limit=1000")
-        .await?;
-    let items = st["items"].as_array().cloned().unwrap_or_default();
-    let valid = items
-        .iter()
-        .filter(|s| s["validation"]["phase"] == "Valid")
-        .count();
+    let st = api.location_status(ORG, LOCATION, &page_of_1000()).await?;
+    let items = st.items;
+    let valid = items.iter().filter(|s| s.validation.phase == "Valid").count();
     println!(
         "\n== location 'primary': Valid on {valid} of {} clusters the server reached; validated by each agent with its own identity ==",
         items.len()
@@ -339,21 +347,24 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<bool> {
         println!("  {}", note());
     }
     let mut ok = valid == expected_ready
-        && fleet_status["counts"]["Unreachable"].as_u64() == Some(offline.len() as u64);
+        && fleet_status
+            .as_ref()
+            .and_then(|f| f.counts.get(ClusterState::Unreachable.as_str()))
+            == Some(&(offline.len() as u64));
     let online: Vec<String> = (0..args.shoots)
         .map(|i| format!("shoot-{i:05}"))
         .filter(|s| !offline.contains(s))
         .collect();
     ok &= operations(&api, &fleet, &online, &offline).await?;
-    let end = api.get("/v1/fleet/status?limit=1000").await?;
+    let end = api.fleet_status(&page_of_1000()).await?;
     println!("\n== fleet status at the end: {} ==", counts_line(&end));
 
     if args.serve {
         println!(
             "\nserving until Ctrl-C; try: pxb login --server <API> --token <TOKEN> --org demo && pxb backups list"
         );
-        println!("API {}", api.url);
-        println!("TOKEN {}", api.token);
+        println!("API {url}");
+        println!("TOKEN {dev_token}");
         use std::io::Write as _;
         let _ = std::io::stdout().flush();
         let _ = tokio::signal::ctrl_c().await;
@@ -365,28 +376,36 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<bool> {
     Ok(ok)
 }
 
+/// The clusters of a fleet status in `state`.
+fn count(status: &FleetStatusView, state: ClusterState) -> u64 {
+    status.counts.get(state.as_str()).copied().unwrap_or(0)
+}
+
 /// The non-zero state counts of a fleet status, e.g. `4 Ready, 1 Unreachable`.
-fn counts_line(status: &Value) -> String {
-    let counts: Vec<String> = status["counts"]
-        .as_object()
-        .into_iter()
-        .flatten()
-        .filter(|(_, v)| v.as_u64() != Some(0))
+fn counts_line(status: &FleetStatusView) -> String {
+    let counts: Vec<String> = status
+        .counts
+        .iter()
+        .filter(|(_, v)| **v != 0)
         .map(|(k, v)| format!("{v} {k}"))
         .collect();
     counts.join(", ")
 }
 
-/// Polls `path` until `done` holds (or `secs` pass); returns the last answer.
-async fn wait_until(
-    api: &Api,
-    path: &str,
-    secs: u64,
-    done: impl Fn(&Value) -> bool,
-) -> anyhow::Result<Value> {
+/// A value as JSON prints it: `null` when absent.
+fn or_null<T: std::fmt::Display>(v: Option<T>) -> String {
+    v.map_or_else(|| "null".to_owned(), |v| v.to_string())
+}
+
+/// Calls `get` until `done` holds (or `secs` pass); returns the last answer.
+async fn wait_until<T, F, Fut>(secs: u64, mut get: F, done: impl Fn(&T) -> bool) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, crate::client::ClientError>>,
+{
     let t = Instant::now();
     loop {
-        let v = api.get(path).await?;
+        let v = get().await?;
         if done(&v) || t.elapsed() > Duration::from_secs(secs) {
             return Ok(v);
         }
@@ -394,11 +413,8 @@ async fn wait_until(
     }
 }
 
-fn final_phase(v: &Value) -> bool {
-    !matches!(
-        v["phase"].as_str(),
-        Some("Pending" | "InProgress" | "Deleting") | None
-    )
+fn final_phase(phase: &str) -> bool {
+    !matches!(phase, "Pending" | "InProgress" | "Deleting")
 }
 
 /// A namespace `shop` with a little application on `shoot`; with `vm`, also a KubeVirt
@@ -456,8 +472,14 @@ async fn seed(fleet: &Fleet, shoot: &str, vm: bool) -> anyhow::Result<()> {
 }
 
 /// Backup, restore, sync, verify and delete through the API; prints what happens.
-async fn operations(api: &Api, fleet: &Fleet, online: &[String], offline: &[String]) -> anyhow::Result<bool> {
+async fn operations(
+    api: &Client,
+    fleet: &Fleet,
+    online: &[String],
+    offline: &[String],
+) -> anyhow::Result<bool> {
     let [a, b, target, tenant] = [0, 1, 2, 3].map(|i| online[i].as_str());
+    let all = page_of_1000();
     seed(fleet, a, true).await?;
     for s in [b, target] {
         seed(fleet, s, false).await?;
@@ -469,63 +491,60 @@ async fn operations(api: &Api, fleet: &Fleet, online: &[String], offline: &[Stri
         names.join(", ")
     );
     let made = api
-        .post(
-            "/v1/orgs/demo/backups",
-            json!({"clusters": {"names": names}, "namespaces": ["shop"], "location": "primary"}),
+        .create_backups(
+            ORG,
+            &BackupRequest {
+                clusters: ClusterSelector {
+                    names,
+                    ..ClusterSelector::default()
+                },
+                namespaces: vec!["shop".into()],
+                location: LOCATION.into(),
+            },
         )
         .await?;
     let mut ok = true;
-    let mut done = BTreeMap::new();
-    for bk in made["items"].as_array().cloned().unwrap_or_default() {
-        let id = bk["id"].as_str().unwrap_or_default().to_owned();
-        let v = wait_until(api, &format!("/v1/orgs/demo/backups/{id}"), 120, final_phase).await?;
+    let mut done: BTreeMap<String, BackupRecord> = BTreeMap::new();
+    for bk in made.items {
+        let v = wait_until(120, || api.get_backup(ORG, &bk.id), |v| final_phase(&v.phase)).await?;
         println!(
             "  {:<36} {:<12} {:<8} {} objects, view {} {}",
-            id,
-            v["clusterName"].as_str().unwrap_or_default(),
-            v["phase"].as_str().unwrap_or_default(),
-            v["objects"],
-            v["view"].as_str().unwrap_or_default(),
-            v["message"].as_str().unwrap_or_default()
+            bk.id,
+            v.cluster_name,
+            v.phase,
+            v.objects,
+            v.view.as_str(),
+            v.message.as_deref().unwrap_or_default()
         );
-        done.insert(v["clusterName"].as_str().unwrap_or_default().to_owned(), v);
+        done.insert(v.cluster_name.clone(), v);
     }
     ok &= done
         .get(a)
-        .is_some_and(|v| v["phase"] == "Success" && v["view"] == "vms");
-    ok &= done.get(b).is_some_and(|v| v["phase"] == "Success");
+        .is_some_and(|v| v.phase == "Success" && v.view == BackupView::Vms);
+    ok &= done.get(b).is_some_and(|v| v.phase == "Success");
     ok &= offline
         .first()
-        .is_none_or(|o| done.get(o).is_some_and(|v| v["phase"] == "Missed"));
+        .is_none_or(|o| done.get(o).is_some_and(|v| v.phase == "Missed"));
 
-    let source = done
-        .get(a)
-        .and_then(|v| v["id"].as_str())
-        .unwrap_or_default()
-        .to_owned();
+    let source = done.get(a).map(|v| v.id.clone()).unwrap_or_default();
     println!("\n== restore of {source} into {target}, namespace shop -> shop-restored ==");
     let r = api
-        .post(
-            "/v1/orgs/demo/restores",
-            json!({"backup": source, "cluster": target, "namespaceMapping": {"shop": "shop-restored"}}),
+        .create_restore(
+            ORG,
+            &RestoreRequest {
+                backup: source,
+                cluster: Some(target.to_owned()),
+                namespace_mapping: [("shop".to_owned(), "shop-restored".to_owned())].into(),
+                ..RestoreRequest::default()
+            },
         )
         .await?;
-    let r = wait_until(
-        api,
-        &format!("/v1/orgs/demo/restores/{}", r["id"].as_str().unwrap_or_default()),
-        120,
-        final_phase,
-    )
-    .await?;
+    let r = wait_until(120, || api.get_restore(ORG, &r.id), |r| final_phase(&r.phase)).await?;
     println!(
         "  {} {}: {} of {} objects created, {} failed",
-        r["id"].as_str().unwrap_or_default(),
-        r["phase"].as_str().unwrap_or_default(),
-        r["counts"]["created"],
-        r["counts"]["total"],
-        r["counts"]["failed"]
+        r.id, r.phase, r.counts.created, r.counts.total, r.counts.failed
     );
-    ok &= r["phase"] == "Success";
+    ok &= r.phase == "Success";
 
     // A backup the tenant made on its own cluster, without the server: a sync finds it.
     seed(fleet, tenant, false).await?;
@@ -565,105 +584,84 @@ async fn operations(api: &Api, fleet: &Fleet, online: &[String], offline: &[Stri
 
     println!("\n== sync of location 'primary' on {target} ==");
     let run = api
-        .post("/v1/orgs/demo/locations/primary/sync", json!({"cluster": target}))
+        .sync_location(
+            ORG,
+            LOCATION,
+            &SyncRequestBody {
+                cluster: target.to_owned(),
+            },
+        )
         .await?;
+    let on_target = ListQuery {
+        cluster: Some(target.to_owned()),
+        ..ListQuery::default()
+    };
     let st = wait_until(
-        api,
-        &format!("/v1/orgs/demo/locations/primary/status?cluster={target}"),
         120,
+        || api.location_status(ORG, LOCATION, &on_target),
         |v| {
-            let s = &v["items"][0]["sync"];
-            s["request"] == run["request"] && matches!(s["phase"].as_str(), Some("Completed" | "Failed"))
+            v.items.first().and_then(|s| s.sync.as_ref()).is_some_and(|s| {
+                s.request == run.request && matches!(s.phase, RequestPhase::Completed | RequestPhase::Failed)
+            })
         },
     )
     .await?;
-    let sync = &st["items"][0]["sync"];
+    let sync = st.items.first().and_then(|s| s.sync.as_ref());
     println!(
         "  {}: {} backups found in the location",
-        sync["phase"].as_str().unwrap_or_default(),
-        sync["backupsFound"]
+        sync.map(|s| format!("{:?}", s.phase)).unwrap_or_default(),
+        or_null(sync.map(|s| s.backups_found))
     );
-    ok &= sync["phase"] == "Completed";
-    let synced = wait_until(api, "/v1/orgs/demo/backups?limit=1000", 30, |v| {
-        v["items"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .any(|b| b["synced"] == true)
-    })
+    ok &= sync.is_some_and(|s| s.phase == RequestPhase::Completed);
+    let synced = wait_until(
+        30,
+        || api.list_backups(ORG, &all),
+        |v| v.items.iter().any(|b| b.synced),
+    )
     .await?;
-    let imported: Vec<&Value> = synced["items"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter(|b| b["synced"] == true)
-        .collect();
+    let imported: Vec<&BackupRecord> = synced.items.iter().filter(|b| b.synced).collect();
     for b in &imported {
         println!(
             "  imported {} (synced, made by {}); the catalog already knew the backups this server made",
-            b["id"].as_str().unwrap_or_default(),
-            b["originCluster"].as_str().unwrap_or("?")
+            b.id,
+            b.origin_cluster.as_deref().unwrap_or("?")
         );
     }
-    ok &= imported.len() == 1 && imported[0]["originCluster"] == tenant;
+    ok &= imported.len() == 1 && imported[0].origin_cluster.as_deref() == Some(tenant);
 
     println!("\n== verify of location 'primary' (\"cloud file missing\" check) ==");
-    api.post("/v1/orgs/demo/locations/primary/verify", json!({}))
-        .await?;
+    api.verify_location(ORG, LOCATION).await?;
+    let verified_of = |s: &LocationStatus| s.verify.as_ref().is_some_and(|v| v.phase == "Completed");
     let st = wait_until(
-        api,
-        "/v1/orgs/demo/locations/primary/status?limit=1000",
         120,
-        |v| {
-            v["items"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .any(|s| s["verify"]["phase"] == "Completed")
-        },
+        || api.location_status(ORG, LOCATION, &all),
+        |v| v.items.iter().any(verified_of),
     )
     .await?;
-    let verified = st["items"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .find(|s| s["verify"]["phase"] == "Completed")
-        .cloned()
-        .unwrap_or_default();
+    let verified = st.items.iter().find(|s| verified_of(s));
+    let verify = verified.and_then(|s| s.verify.as_ref());
     println!(
         "  checked {} backups on {}: {} objects missing",
-        verified["verify"]["backupsChecked"],
-        verified["clusterName"].as_str().unwrap_or_default(),
-        verified["verify"]["missingObjects"]
+        or_null(verify.map(|v| v.backups_checked)),
+        verified.map(|s| s.cluster_name.as_str()).unwrap_or_default(),
+        or_null(verify.map(|v| v.missing_objects))
     );
-    ok &= verified["verify"]["phase"] == "Completed";
+    ok &= verify.is_some_and(|v| v.phase == "Completed");
 
-    let gone = done
-        .get(b)
-        .and_then(|v| v["id"].as_str())
-        .unwrap_or_default()
-        .to_owned();
+    let gone = done.get(b).map(|v| v.id.clone()).unwrap_or_default();
     println!("\n== delete of {gone} ==");
-    let d = api
-        .call(
-            reqwest::Method::DELETE,
-            &format!("/v1/orgs/demo/backups/{gone}"),
-            None,
-        )
-        .await?;
-    println!("  {}", d["message"].as_str().unwrap_or_default());
+    let d = api.delete_backup(ORG, &gone, &DeleteQuery::default()).await?;
+    println!("  {}", d.message);
     let t = Instant::now();
     let mut deleted = false;
     while t.elapsed() < Duration::from_secs(120) {
-        let resp = api
-            .http
-            .get(format!("{}/v1/orgs/demo/backups/{gone}", api.url))
-            .bearer_auth(&api.token)
-            .send()
-            .await?;
-        if resp.status() == reqwest::StatusCode::NOT_FOUND {
-            deleted = true;
-            break;
+        match api.get_backup(ORG, &gone).await {
+            Err(e) if e.status() == Some(ErrorCode::NotFound.status()) => {
+                deleted = true;
+                break;
+            }
+            Err(e @ crate::client::ClientError::Unreachable { .. }) => return Err(e.into()),
+            _ => {}
         }
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
@@ -676,20 +674,15 @@ async fn operations(api: &Api, fleet: &Fleet, online: &[String], offline: &[Stri
         }
     );
     ok &= deleted;
-    let list = api.get("/v1/orgs/demo/backups?limit=1000").await?;
+    let list = api.list_backups(ORG, &all).await?;
     println!("\n== backups in the catalog ==");
-    for bk in list["items"].as_array().into_iter().flatten() {
-        let note = if bk["synced"] == true {
-            format!("synced, made by {}", bk["originCluster"].as_str().unwrap_or("?"))
+    for bk in &list.items {
+        let note = if bk.synced {
+            format!("synced, made by {}", bk.origin_cluster.as_deref().unwrap_or("?"))
         } else {
-            bk["message"].as_str().unwrap_or_default().to_owned()
+            bk.message.clone().unwrap_or_default()
         };
-        println!(
-            "  {:<36} {:<12} {:<8} {note}",
-            bk["id"].as_str().unwrap_or_default(),
-            bk["clusterName"].as_str().unwrap_or_default(),
-            bk["phase"].as_str().unwrap_or_default(),
-        );
+        println!("  {:<36} {:<12} {:<8} {note}", bk.id, bk.cluster_name, bk.phase,);
     }
     Ok(ok)
 }

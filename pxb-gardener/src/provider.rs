@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use base64::Engine as _;
@@ -356,7 +356,7 @@ pub fn map_kube_error(what: &str, e: kube::Error) -> Error {
 }
 
 fn unix(t: SystemTime) -> u64 {
-    t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+    pxb_core::clock::unix_secs(t)
 }
 
 /// When to renew a credential issued at `issued` that expires at `expires`: at `fraction` of its
@@ -617,9 +617,9 @@ impl GardenerProvider {
             .ok_or_else(|| {
                 Error::invalid(format!("{what}: the response has no status.expirationTimestamp"))
             })?;
-        let expires_at = time::OffsetDateTime::parse(expires, &time::format_description::well_known::Rfc3339)
-            .map_err(|e| Error::invalid(format!("{what}: expirationTimestamp {expires:?}: {e}")))?;
-        let expires_at = UNIX_EPOCH + Duration::from_secs(expires_at.unix_timestamp().max(0) as u64);
+        let expires_at = pxb_core::clock::parse_rfc3339(expires).ok_or_else(|| {
+            Error::invalid(format!("{what}: expirationTimestamp {expires:?} is not RFC 3339"))
+        })?;
         let b64 = resp
             .pointer("/status/kubeconfig")
             .and_then(Value::as_str)
@@ -927,6 +927,7 @@ impl ClusterProvider for GardenerProvider {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::UNIX_EPOCH;
 
     #[test]
     fn renewal_lands_at_the_fraction_with_bounded_jitter() {

@@ -2,12 +2,17 @@
 //! local OIDC issuer, a real `pxb-server` ([`Daemon`], the wiring the binary runs, listening on a
 //! loopback port, with the SQLite catalog in a temporary directory) and real agents running
 //! in-process against the simulated shoots.
+//!
+//! Scenarios call the API through the typed client ([`ControlPlane::client`], the one `pxb`
+//! uses) and keep the raw helpers ([`ControlPlane::call`], [`ControlPlane::get_ok`]) for requests
+//! the client cannot send: malformed bodies, forged paths, unusual statuses and headers.
 
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::time::{Duration, Instant};
 
 use pxb_daemon::agent::Agent;
+use pxb_daemon::client::Client;
 use pxb_daemon::server::Daemon;
 use pxb_daemon::server::config::{GardenCredential, ServerConfig};
 use serde_json::Value;
@@ -42,6 +47,7 @@ pub struct ControlPlane {
     /// The garden service-account token the server discovers with.
     pub garden_token: String,
     http: reqwest::Client,
+    api: Client,
 }
 
 impl std::fmt::Debug for ControlPlane {
@@ -95,6 +101,7 @@ impl ControlPlane {
         tweak(&mut config);
         let daemon = Daemon::start(config.clone(), None, |_| None).await?;
         let url = format!("http://{}", daemon.addr);
+        let api = api_client(&url)?;
         Ok(Self {
             fleet,
             azure,
@@ -106,6 +113,7 @@ impl ControlPlane {
             dir,
             garden_token: token,
             http: reqwest::Client::new(),
+            api,
         })
     }
 
@@ -118,6 +126,23 @@ impl ControlPlane {
     /// A provider admin's token.
     pub fn admin_token(&self) -> String {
         self.token("provider-admin", &[PROVIDER_ADMINS])
+    }
+
+    /// The typed client of the API with `token` (the provider admin's, a user's from
+    /// [`ControlPlane::token`], or anything else). It calls the server that runs now: after
+    /// [`ControlPlane::restart_server`] (a new port) ask for a new one.
+    pub fn client(&self, token: &str) -> Client {
+        self.api.with_token(token)
+    }
+
+    /// The typed client with the provider admin's token.
+    pub fn admin_client(&self) -> Client {
+        self.client(&self.admin_token())
+    }
+
+    /// The typed client without a token.
+    pub fn anonymous_client(&self) -> Client {
+        self.api.clone()
     }
 
     /// Calls the API; returns the status and the JSON body (`Null` when empty or not JSON).
@@ -178,6 +203,7 @@ impl ControlPlane {
         }
         let daemon = Daemon::start(self.config.clone(), None, |_| None).await?;
         self.url = format!("http://{}", daemon.addr);
+        self.api = api_client(&self.url)?;
         self.daemon = Some(daemon);
         Ok(())
     }
@@ -201,6 +227,11 @@ impl ControlPlane {
     pub async fn shutdown(mut self) {
         self.stop().await;
     }
+}
+
+/// The typed client of the server at `url`, without a token, with the raw helpers' deadline.
+fn api_client(url: &str) -> anyhow::Result<Client> {
+    Ok(Client::builder(url).timeout(Duration::from_secs(30)).build()?)
 }
 
 pub use pxb_daemon::sim::{shoot_client, start_agent};

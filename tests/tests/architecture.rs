@@ -9,6 +9,8 @@
 //! 2. No import circle between the source files of a crate. A file-level circle means two files
 //!    cannot be understood, moved or split apart on their own; breaking them keeps the "library
 //!    first" layout (types at the bottom, behaviour above them) possible.
+//! 3. One date/time crate in the products' own code ([`TIME_CRATES`]): `jiff`, behind
+//!    `pxb_core::clock`.
 //!
 //! The crate rule comes from `cargo metadata`; the file rule from a small scanner of the sources
 //! (comments, string literals and `#[cfg(test)]` items are ignored: tests may use anything).
@@ -298,6 +300,52 @@ fn crate_dependencies_follow_the_rule() {
         bad.is_empty(),
         "the crate dependency rule is broken:\n  {}",
         bad.join("\n  ")
+    );
+}
+
+/// Date/time crates. pxb's own code uses one, `jiff` (calendars, IANA zones), behind
+/// `pxb_core::clock` for timestamps; `time` appears only where a dependency's API hands it over
+/// (azure_core's token expiry, rcgen's certificate validity in the simulator and harness).
+const TIME_CRATES: &[&str] = &["time", "chrono"];
+
+/// Product crates (besides the simulator, whose certificates go through rcgen) that name a
+/// date/time crate other than `jiff` as a direct dependency.
+fn other_time_crates(meta: &Value) -> Vec<String> {
+    let mut bad = Vec::new();
+    for p in members(meta) {
+        let name = str_of(p, "name");
+        let product = RULES.iter().any(|r| r.name == name && r.product) && name != "pxb-sim";
+        if !product {
+            continue;
+        }
+        for d in p["dependencies"].as_array().into_iter().flatten() {
+            let dep = str_of(d, "name");
+            if TIME_CRATES.contains(&dep) && d["kind"].is_null() {
+                bad.push(format!(
+                    "{name} depends on {dep}; use jiff through pxb_core::clock"
+                ));
+            }
+        }
+    }
+    bad
+}
+
+#[test]
+fn products_use_one_date_time_crate() {
+    let meta = cargo_metadata();
+    let bad = other_time_crates(&meta);
+    assert!(bad.is_empty(), "{}", bad.join("\n"));
+    // The rule sees what it checks: the core does depend on jiff.
+    let core = members(&meta)
+        .into_iter()
+        .find(|p| str_of(p, "name") == CORE)
+        .expect("pxb-core");
+    assert!(
+        core["dependencies"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|d| str_of(d, "name") == "jiff")
     );
 }
 

@@ -79,16 +79,17 @@ fn validity(der: &[u8]) -> (i64, i64) {
             s.to_owned()
         };
         let p = |r: std::ops::Range<usize>| full[r].parse::<i64>().expect("digits");
-        let date = time::Date::from_calendar_date(
-            p(0..4) as i32,
-            time::Month::try_from(p(4..6) as u8).expect("month"),
-            p(6..8) as u8,
-        )
-        .expect("date");
-        date.with_hms(p(8..10) as u8, p(10..12) as u8, p(12..14) as u8)
-            .expect("time")
-            .assume_utc()
-            .unix_timestamp()
+        let rfc3339 = format!(
+            "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}Z",
+            p(0..4),
+            p(4..6),
+            p(6..8),
+            p(8..10),
+            p(10..12),
+            p(12..14)
+        );
+        let t = pxb_core::clock::parse_rfc3339(&rfc3339).expect("a valid certificate time");
+        pxb_core::clock::unix_secs(t) as i64
     }
     let (_, cert, _) = tlv(der);
     let (_, mut tbs, _) = tlv(cert);
@@ -150,12 +151,10 @@ async fn garden_issues_kubeconfigs_by_gardener_rules() {
     )
     .await;
     assert_eq!(code, 201, "{resp}");
-    let expires = time::OffsetDateTime::parse(
-        resp["status"]["expirationTimestamp"].as_str().expect("timestamp"),
-        &time::format_description::well_known::Rfc3339,
-    )
-    .expect("rfc3339")
-    .unix_timestamp();
+    let expires =
+        pxb_core::clock::parse_rfc3339(resp["status"]["expirationTimestamp"].as_str().expect("timestamp"))
+            .map(pxb_core::clock::unix_secs)
+            .expect("rfc3339") as i64;
     let (yaml, cert) = decode_kubeconfig(&resp);
     let (not_before, not_after) = validity(&pem_der(&cert));
     assert_eq!(

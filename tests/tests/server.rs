@@ -7,6 +7,15 @@ use std::time::{Duration, Instant};
 
 use kube::api::{ListParams, PostParams};
 use kube::{Api, ResourceExt as _};
+use pxb_core::api::rest::{
+    BackupRequest, CreateDiscovery, CreateLocation, CreateOrg, CredentialInput, DiscoveryState, ErrorCode,
+    FleetStatusView, ImportCluster, ListQuery, SyncRequestBody, Tab, TimeBracket, UpdateLocation, UpdateOrg,
+    UpdatePreferences,
+};
+use pxb_core::catalog::records::{
+    ClusterSelector, ClusterState, Mode, RequestPhase, Role, RoleBinding, SyncRun,
+};
+use pxb_daemon::client::ClientError;
 use pxb_daemon::crd::{BackupLocation, BackupLocationSpec};
 use pxb_daemon::server::config::GardenCredential;
 use pxb_tests::control::{ControlPlane, wait_for};
@@ -17,50 +26,92 @@ use serde_json::{Value, json};
 
 const PROJECT: &str = "acme";
 
+/// `role` for members of `group`.
+fn binding(role: Role, group: &str) -> RoleBinding {
+    RoleBinding {
+        role,
+        groups: vec![group.to_owned()],
+        app_roles: Vec::new(),
+    }
+}
+
 /// Creates org `id` whose admins are group `<id>-admins` and viewers `<id>-viewers`.
 async fn create_org(cp: &ControlPlane, id: &str) {
-    let (status, body) = cp
-        .call(
-            Method::POST,
-            "/v1/orgs",
-            &cp.admin_token(),
-            Some(json!({
-                "id": id,
-                "displayName": format!("Org {id}"),
-                "access": [
-                    {"role": "admin", "groups": [format!("{id}-admins")]},
-                    {"role": "viewer", "groups": [format!("{id}-viewers")]},
-                ],
-            })),
-        )
+    let org = cp
+        .admin_client()
+        .create_org(&CreateOrg {
+            id: id.into(),
+            display_name: format!("Org {id}"),
+            mode: Mode::default(),
+            access: vec![
+                binding(Role::Admin, &format!("{id}-admins")),
+                binding(Role::Viewer, &format!("{id}-viewers")),
+            ],
+        })
         .await
         .expect("create org");
-    assert_eq!(status, 201, "{body}");
+    assert_eq!((org.id.as_str(), org.state.as_str()), (id, "Ready"), "{org:?}");
 }
 
 async fn add_discovery(cp: &ControlPlane, org: &str, token: &str) {
-    let (status, body) = cp
-        .call(
-            Method::POST,
-            &format!("/v1/orgs/{org}/discoveries"),
-            token,
-            Some(json!({"id": "dev", "project": PROJECT, "credential": PROJECT, "intervalSecs": 5})),
+    let d = cp
+        .client(token)
+        .create_discovery(
+            org,
+            &CreateDiscovery {
+                id: "dev".into(),
+                project: PROJECT.into(),
+                credential: PROJECT.into(),
+                interval_secs: Some(5),
+            },
         )
         .await
         .expect("discovery");
-    assert_eq!(status, 201, "{body}");
+    assert_eq!(
+        (d.config.id.as_str(), d.config.project.as_str()),
+        ("dev", PROJECT),
+        "{d:?}"
+    );
 }
 
-fn azure_location(cp: &ControlPlane, name: &str, container: &str) -> Value {
-    json!({
-        "name": name,
-        "provider": "azure",
-        "account": pxb_tests::azurite::ACCOUNT,
-        "container": container,
-        "endpoint": cp.azure.azurite.endpoint(),
-        "clientId": CLIENT_ID,
-        "clusters": {"all": true},
-    })
+/// Every cluster of the org.
+fn all_clusters() -> ClusterSelector {
+    ClusterSelector {
+        all: true,
+        ..ClusterSelector::default()
+    }
+}
+
+/// These clusters, by name.
+fn named(names: &[&str]) -> ClusterSelector {
+    ClusterSelector {
+        names: names.iter().map(|n| (*n).to_owned()).collect(),
+        ..ClusterSelector::default()
+    }
+}
+
+/// A federated location on Azurite's `container`, with the fixture's identity, on every cluster.
+fn azure_location(cp: &ControlPlane, name: &str, container: &str) -> CreateLocation {
+    CreateLocation {
+        name: name.into(),
+        provider: "azure".into(),
+        account: Some(pxb_tests::azurite::ACCOUNT.into()),
+        container: container.into(),
+        prefix: None,
+        endpoint: Some(cp.azure.azurite.endpoint()),
+        mode: None,
+        client_id: Some(CLIENT_ID.into()),
+        tenant_id: None,
+        cluster_client_ids: Default::default(),
+        credential: None,
+        clusters: all_clusters(),
+        sync: false,
+    }
+}
+
+/// `location` as a raw request body.
+fn raw(location: &CreateLocation) -> Value {
+    serde_json::to_value(location).expect("a location is JSON")
 }
 
 /// Org `acme` (admin token returned) discovering the project, with a federated location
@@ -70,25 +121,29 @@ async fn acme_with_primary(cp: &ControlPlane, tag: &str) -> (String, String) {
     let acme = cp.token("alice", &["acme-admins"]);
     add_discovery(cp, "acme", &acme).await;
     let container = cp.azure.new_container(tag).await.expect("container");
-    let (status, body) = cp
-        .call(
-            Method::POST,
-            "/v1/orgs/acme/locations",
-            &acme,
-            Some(azure_location(cp, "primary", &container)),
-        )
+    let loc = cp
+        .client(&acme)
+        .create_location("acme", &azure_location(cp, "primary", &container))
         .await
         .expect("location");
-    assert_eq!(status, 201, "{body}");
     assert_eq!(
-        (body["mode"].as_str(), body["hasCredential"].as_bool()),
-        (Some("federated"), Some(false))
+        (loc.mode, loc.has_credential),
+        (Mode::Federated, false),
+        "{loc:?}"
     );
     (acme, container)
 }
 
 fn shoot(i: usize) -> String {
     format!("shoot-{i:05}")
+}
+
+/// A list query of one page of up to `limit` items.
+fn limit(limit: u64) -> ListQuery {
+    ListQuery {
+        limit: Some(limit),
+        ..ListQuery::default()
+    }
 }
 
 /// The location's per-cluster validation phases, by cluster name.
@@ -98,34 +153,51 @@ async fn phases(
     location: &str,
     token: &str,
 ) -> Result<Vec<(String, String)>, String> {
-    let body = cp
-        .get_ok(
-            &format!("/v1/orgs/{org}/locations/{location}/status?limit=1000"),
-            token,
-        )
+    let list = cp
+        .client(token)
+        .location_status(org, location, &limit(1000))
         .await
         .map_err(|e| e.to_string())?;
-    Ok(body["items"]
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .map(|s| {
-                    (
-                        s["clusterName"].as_str().unwrap_or_default().to_owned(),
-                        s["validation"]["phase"].as_str().unwrap_or_default().to_owned(),
-                    )
-                })
-                .collect()
-        })
-        .unwrap_or_default())
+    Ok(list
+        .items
+        .into_iter()
+        .map(|s| (s.cluster_name, s.validation.phase))
+        .collect())
 }
 
-async fn fleet_counts(cp: &ControlPlane, token: &str) -> Result<Value, String> {
-    let body = cp
-        .get_ok("/v1/fleet/status?limit=1000", token)
+/// The fleet status (up to 1000 clusters).
+async fn fleet_counts(cp: &ControlPlane, token: &str) -> Result<FleetStatusView, String> {
+    cp.client(token)
+        .fleet_status(&limit(1000))
         .await
-        .map_err(|e| e.to_string())?;
-    Ok(body)
+        .map_err(|e| e.to_string())
+}
+
+/// The count of clusters in `state` in a fleet status.
+fn count(fleet: &FleetStatusView, state: ClusterState) -> u64 {
+    fleet.counts.get(state.as_str()).copied().unwrap_or(0)
+}
+
+/// The state of the first cluster of a fleet status.
+fn first_state(fleet: &FleetStatusView) -> Option<ClusterState> {
+    fleet.items.first().map(|e| e.state)
+}
+
+/// Asserts that `result` is the API's error `code` with its HTTP status (`what` says why it
+/// should be); returns the error.
+#[track_caller]
+fn assert_api_error<T: std::fmt::Debug>(
+    result: Result<T, ClientError>,
+    code: ErrorCode,
+    what: &str,
+) -> ClientError {
+    let e = result.expect_err(what);
+    assert_eq!(
+        (e.code(), e.status()),
+        (Some(code), Some(code.status())),
+        "{what}: {e}"
+    );
+    e
 }
 
 async fn managed_crs(cp: &ControlPlane, name: &str) -> anyhow::Result<Vec<String>> {
@@ -166,7 +238,7 @@ async fn a_federated_fleet_of_fifty_shoots() {
     wait_for("45 Valid and 5 Unreachable", Duration::from_secs(180), || async {
         let t = Instant::now();
         let fleet = fleet_counts(&cp, &acme).await?;
-        let unreachable = fleet["counts"]["Unreachable"].as_u64().unwrap_or(0);
+        let unreachable = count(&fleet, ClusterState::Unreachable);
         {
             let mut st = stats.lock().unwrap_or_else(|e| e.into_inner());
             st.0 = st.0.max(t.elapsed());
@@ -177,30 +249,29 @@ async fn a_federated_fleet_of_fifty_shoots() {
         }
         let p = phases(&cp, "acme", "primary", &acme).await?;
         let valid = p.iter().filter(|(_, ph)| ph == "Valid").count();
-        let ready = fleet["counts"]["Ready"].as_u64().unwrap_or(0);
+        let ready = count(&fleet, ClusterState::Ready);
         if valid == 45 && ready == 45 && unreachable == 5 {
             Ok(Some(()))
         } else {
-            Err(format!("valid {valid}, fleet counts {}", fleet["counts"]))
+            Err(format!("valid {valid}, fleet counts {:?}", fleet.counts))
         }
     })
     .await
     .expect("validation pass");
     let fleet = fleet_counts(&cp, &acme).await.expect("fleet");
-    let items = fleet["items"].as_array().expect("items");
+    let items = &fleet.items;
     assert_eq!(items.len(), 50);
-    let names: Vec<&str> = items.iter().filter_map(|e| e["cluster"].as_str()).collect();
+    let names: Vec<&str> = items.iter().map(|e| e.cluster.as_str()).collect();
     let mut sorted = names.clone();
     sorted.sort();
     assert_eq!(names, sorted, "the fleet status is ordered");
     for e in items {
-        let name = e["cluster"].as_str().unwrap_or_default();
-        if blackholed.iter().any(|b| b == name) {
-            assert_eq!(e["state"], "Unreachable", "{e}");
+        if blackholed.contains(&e.cluster) {
+            assert_eq!(e.state, ClusterState::Unreachable, "{e:?}");
         } else {
-            assert_eq!(e["state"], "Ready", "{e}");
-            assert_eq!(e["agentVersion"], pxb_daemon::agent::api::VERSION);
-            assert!(e["stalenessSecs"].as_u64().is_some_and(|s| s < 60), "{e}");
+            assert_eq!(e.state, ClusterState::Ready, "{e:?}");
+            assert_eq!(e.agent_version.as_deref(), Some(pxb_daemon::agent::api::VERSION));
+            assert!(e.staleness_secs.is_some_and(|s| s < 60), "{e:?}");
         }
     }
     let (slowest_read, reads, unreachable_after) = *stats.lock().unwrap_or_else(|e| e.into_inner());
@@ -232,7 +303,7 @@ async fn a_federated_fleet_of_fifty_shoots() {
         (
             Method::POST,
             "/v1/orgs/acme/locations",
-            Some(azure_location(&cp, "evil", &container)),
+            Some(raw(&azure_location(&cp, "evil", &container))),
         ),
         (Method::GET, "/v1/orgs/acme/locations/primary", None),
         (
@@ -265,66 +336,61 @@ async fn a_federated_fleet_of_fifty_shoots() {
             "a refusal leaks acme's data: {resp}"
         );
     }
-    let globex_fleet = cp.get_ok("/v1/fleet/status", &globex).await.expect("fleet");
-    assert_eq!(
-        globex_fleet["items"].as_array().map(Vec::len),
-        Some(0),
-        "{globex_fleet}"
-    );
-    let globex_orgs = cp.get_ok("/v1/orgs", &globex).await.expect("orgs");
-    let visible: Vec<&str> = globex_orgs["items"]
-        .as_array()
-        .expect("items")
-        .iter()
-        .filter_map(|o| o["id"].as_str())
-        .collect();
+    let globex_fleet = cp
+        .client(&globex)
+        .fleet_status(&ListQuery::default())
+        .await
+        .expect("fleet");
+    assert_eq!(globex_fleet.items.len(), 0, "{globex_fleet:?}");
+    let globex_orgs = cp
+        .client(&globex)
+        .list_orgs(&ListQuery::default())
+        .await
+        .expect("orgs");
+    let visible: Vec<&str> = globex_orgs.items.iter().map(|o| o.id.as_str()).collect();
     assert_eq!(visible, vec!["globex"]);
     // Role bindings change through the API (provider admins only): victor becomes an operator.
-    let (status, _) = cp
-        .call(Method::PUT, "/v1/orgs/acme", &acme, Some(json!({"access": []})))
-        .await
-        .expect("call");
-    assert_eq!(status, 403, "an org admin cannot change the org's bindings");
-    let (status, body) = cp
-        .call(
-            Method::PUT,
-            "/v1/orgs/acme",
-            &cp.admin_token(),
-            Some(json!({"access": [
-                {"role": "admin", "groups": ["acme-admins"]},
-                {"role": "operator", "groups": ["acme-viewers"]},
-            ]})),
+    let refused = cp
+        .client(&acme)
+        .update_org(
+            "acme",
+            &UpdateOrg {
+                access: Some(Vec::new()),
+                ..UpdateOrg::default()
+            },
         )
+        .await;
+    assert_api_error(
+        refused,
+        ErrorCode::Forbidden,
+        "an org admin cannot change the org's bindings",
+    );
+    let bindings = |viewers: Role| UpdateOrg {
+        access: Some(vec![
+            binding(Role::Admin, "acme-admins"),
+            binding(viewers, "acme-viewers"),
+        ]),
+        ..UpdateOrg::default()
+    };
+    let org = cp
+        .admin_client()
+        .update_org("acme", &bindings(Role::Operator))
         .await
         .expect("update org");
-    assert_eq!(status, 200, "{body}");
-    let who = cp.get_ok("/v1/whoami", &acme_viewer).await.expect("whoami");
-    assert_eq!(who["orgs"]["acme"], "operator", "{who}");
-    cp.call(
-        Method::PUT,
-        "/v1/orgs/acme",
-        &cp.admin_token(),
-        Some(json!({"access": [
-            {"role": "admin", "groups": ["acme-admins"]},
-            {"role": "viewer", "groups": ["acme-viewers"]},
-        ]})),
-    )
-    .await
-    .expect("restore bindings");
+    assert_eq!(org.access, bindings(Role::Operator).access.expect("access"));
+    let who = cp.client(&acme_viewer).whoami().await.expect("whoami");
+    assert_eq!(who.orgs.get("acme"), Some(&Role::Operator), "{who:?}");
+    cp.admin_client()
+        .update_org("acme", &bindings(Role::Viewer))
+        .await
+        .expect("restore bindings");
     // A viewer reads but cannot change; no token or a forged one gets 401.
-    cp.get_ok("/v1/orgs/acme/locations/primary", &acme_viewer)
+    cp.client(&acme_viewer)
+        .get_location("acme", "primary")
         .await
         .expect("viewer reads");
-    let (status, _) = cp
-        .call(
-            Method::POST,
-            "/v1/orgs/acme/locations/primary/validate",
-            &acme_viewer,
-            None,
-        )
-        .await
-        .expect("call");
-    assert_eq!(status, 403);
+    let refused = cp.client(&acme_viewer).validate_location("acme", "primary").await;
+    assert_api_error(refused, ErrorCode::Forbidden, "a viewer cannot validate");
     let forged = cp.issuer.none_token(cp.issuer.claims_for(
         "mallory",
         pxb_tests::control::AUDIENCE,
@@ -332,12 +398,8 @@ async fn a_federated_fleet_of_fifty_shoots() {
         &[],
         3600,
     ));
-    let (status, body) = cp
-        .call(Method::GET, "/v1/orgs", &forged, None)
-        .await
-        .expect("call");
-    assert_eq!(status, 401, "{body}");
-    assert_eq!(body["error"]["code"], "unauthenticated");
+    let refused = cp.client(&forged).list_orgs(&ListQuery::default()).await;
+    assert_api_error(refused, ErrorCode::Unauthenticated, "a forged token");
 
     // The blackholed clusters come back and validate too.
     for s in &blackholed {
@@ -357,12 +419,13 @@ async fn a_federated_fleet_of_fifty_shoots() {
     // A location can be Valid on one cluster and Invalid on another: one cluster uses an identity
     // Entra does not know.
     let mut secondary = azure_location(&cp, "secondary", &container);
-    secondary["clusterClientIds"] = json!({shoot(3): "00000000-0000-4000-8000-00000000dead"});
-    let (status, body) = cp
-        .call(Method::POST, "/v1/orgs/acme/locations", &acme, Some(secondary))
+    secondary.cluster_client_ids = [(shoot(3), "00000000-0000-4000-8000-00000000dead".to_owned())].into();
+    let loc = cp
+        .client(&acme)
+        .create_location("acme", &secondary)
         .await
         .expect("secondary");
-    assert_eq!(status, 201, "{body}");
+    assert_eq!(loc.cluster_client_ids, secondary.cluster_client_ids);
     wait_for("49 Valid and 1 Invalid", Duration::from_secs(120), || async {
         let p = phases(&cp, "acme", "secondary", &acme).await?;
         let valid = p.iter().filter(|(_, ph)| ph == "Valid").count();
@@ -380,24 +443,32 @@ async fn a_federated_fleet_of_fifty_shoots() {
     .await
     .expect("per-cluster results");
     let st = cp
-        .get_ok(
-            &format!("/v1/orgs/acme/locations/secondary/status?cluster={}", shoot(3)),
-            &acme,
+        .client(&acme)
+        .location_status(
+            "acme",
+            "secondary",
+            &ListQuery {
+                cluster: Some(shoot(3)),
+                ..ListQuery::default()
+            },
         )
         .await
         .expect("status");
-    assert_eq!(st["items"][0]["validation"]["failedStep"], "authenticate", "{st}");
+    assert_eq!(
+        st.items.first().and_then(|s| s.validation.failed_step.as_deref()),
+        Some("authenticate"),
+        "{st:?}"
+    );
     wait_for("Degraded", Duration::from_secs(60), || async {
         let s = cluster_state(&cp, "acme", &shoot(3), &acme).await?;
         if s == "Degraded" { Ok(Some(())) } else { Err(s) }
     })
     .await
     .expect("the cluster with the invalid location is Degraded");
-    let (status, _) = cp
-        .call(Method::DELETE, "/v1/orgs/acme/locations/secondary", &acme, None)
+    cp.client(&acme)
+        .delete_location("acme", "secondary")
         .await
         .expect("delete");
-    assert_eq!(status, 204);
 
     // A CR the server no longer wants (another org's, e.g. from a cluster registered before under
     // another identity) is deleted on the next visit.
@@ -440,11 +511,10 @@ async fn a_federated_fleet_of_fifty_shoots() {
     for s in &offline {
         cp.fleet.set_fault(PROJECT, s, Fault::Offline).expect("fault");
     }
-    let (status, body) = cp
-        .call(Method::DELETE, "/v1/orgs/acme/locations/primary", &acme, None)
+    cp.client(&acme)
+        .delete_location("acme", "primary")
         .await
         .expect("delete");
-    assert_eq!(status, 204, "{body}");
     wait_for(
         "no CR on the 40 online clusters",
         Duration::from_secs(120),
@@ -579,43 +649,40 @@ async fn a_sync_cut_off_midway_stalls_and_a_new_one_supersedes_it() {
     .expect("valid");
 
     let sync_status = || async {
-        let body = cp
-            .get_ok("/v1/orgs/acme/locations/primary/status", &acme)
+        let list = cp
+            .client(&acme)
+            .location_status("acme", "primary", &ListQuery::default())
             .await
             .map_err(|e| e.to_string())?;
-        Ok::<Value, String>(body["items"][0]["sync"].clone())
+        Ok::<Option<SyncRun>, String>(list.items.into_iter().next().and_then(|s| s.sync))
     };
-    let request_sync = || {
-        cp.call(
-            Method::POST,
-            "/v1/orgs/acme/locations/primary/sync",
-            &acme,
-            Some(json!({"cluster": shoot(0)})),
-        )
+    let phase_of = |s: &Option<SyncRun>| s.as_ref().map(|s| s.phase);
+    let sync_body = SyncRequestBody { cluster: shoot(0) };
+    let request_sync = || async {
+        cp.client(&acme)
+            .sync_location("acme", "primary", &sync_body)
+            .await
     };
 
     // The storage hangs, so the sync stays in progress; then the cluster drops off the network.
     cp.azure.azurite.pause().expect("pause");
-    let (status, body) = request_sync().await.expect("sync");
-    assert_eq!(status, 202, "{body}");
-    assert_eq!(
-        (body["request"].as_i64(), body["phase"].as_str()),
-        (Some(1), Some("Pending"))
+    let run = request_sync().await.expect("sync");
+    assert_eq!((run.request, run.phase), (1, RequestPhase::Pending), "{run:?}");
+    let refused = assert_api_error(
+        request_sync().await,
+        ErrorCode::Conflict,
+        "a second trigger while one runs is refused",
     );
-    let (status, body) = request_sync().await.expect("second sync");
-    assert_eq!(status, 409, "a second trigger while one runs is refused: {body}");
     assert!(
-        body["error"]["message"]
-            .as_str()
-            .is_some_and(|m| m.contains("Pending") && m.contains("lease")),
-        "{body}"
+        refused.message().contains("Pending") && refused.message().contains("lease"),
+        "a second trigger while one runs is refused: {refused}"
     );
     wait_for("the sync runs", Duration::from_secs(60), || async {
         let s = sync_status().await?;
-        if s["phase"] == "InProgress" {
+        if phase_of(&s) == Some(RequestPhase::InProgress) {
             Ok(Some(()))
         } else {
-            Err(format!("{s}"))
+            Err(format!("{s:?}"))
         }
     })
     .await
@@ -625,11 +692,9 @@ async fn a_sync_cut_off_midway_stalls_and_a_new_one_supersedes_it() {
         .expect("blackhole");
     let cut = Instant::now();
     let stalled = wait_for("the sync stalls", Duration::from_secs(60), || async {
-        let s = sync_status().await?;
-        if s["phase"] == "Stalled" {
-            Ok(Some(s))
-        } else {
-            Err(format!("{s}"))
+        match sync_status().await? {
+            Some(s) if s.phase == RequestPhase::Stalled => Ok(Some(s)),
+            s => Err(format!("{s:?}")),
         }
     })
     .await
@@ -640,46 +705,46 @@ async fn a_sync_cut_off_midway_stalls_and_a_new_one_supersedes_it() {
         "Stalled within the 4 s lease (plus a visit): {took:?}"
     );
     assert!(
-        stalled["message"]
-            .as_str()
+        stalled
+            .message
+            .as_deref()
             .is_some_and(|m| m.contains("no heartbeat")),
-        "{stalled}"
+        "{stalled:?}"
     );
     // The fleet status still answers, and names the cluster Unreachable.
     wait_for("Unreachable", Duration::from_secs(30), || async {
         let f = fleet_counts(&cp, &acme).await?;
-        Ok((f["items"][0]["state"] == "Unreachable").then_some(()))
+        Ok((first_state(&f) == Some(ClusterState::Unreachable)).then_some(()))
     })
     .await
     .expect("unreachable");
 
     // A new sync is accepted and supersedes the stalled one; it cannot be delivered yet.
-    let (status, body) = request_sync().await.expect("new sync");
-    assert_eq!(status, 202, "{body}");
-    assert_eq!(body["request"], 2);
+    let run = request_sync().await.expect("new sync");
+    assert_eq!(run.request, 2);
     assert!(
-        body["message"]
-            .as_str()
+        run.message
+            .as_deref()
             .is_some_and(|m| m.contains("supersedes stalled request 1")),
-        "{body}"
+        "{run:?}"
     );
 
     // The cluster and the storage come back: the agent finishes and reports the new request.
     cp.fleet.set_fault(PROJECT, &shoot(0), Fault::None).expect("lift");
     cp.azure.azurite.resume().expect("resume");
     let done = wait_for("the new sync completes", Duration::from_secs(120), || async {
-        let s = sync_status().await?;
-        if s["phase"] == "Completed" && s["request"] == 2 {
-            Ok(Some(s))
-        } else {
-            Err(format!("{s}"))
+        match sync_status().await? {
+            Some(s) if s.phase == RequestPhase::Completed && s.request == 2 => Ok(Some(s)),
+            s => Err(format!("{s:?}")),
         }
     })
     .await
     .expect("completed");
-    assert_eq!(done["backupsFound"], 0, "{done}");
-    let (status, body) = request_sync().await.expect("third sync");
-    assert_eq!(status, 202, "once done, a sync may be requested again: {body}");
+    assert_eq!(done.backups_found, 0, "{done:?}");
+    let run = request_sync()
+        .await
+        .expect("once done, a sync may be requested again");
+    assert_eq!(run.request, 3, "{run:?}");
     cp.shutdown().await;
 }
 
@@ -713,12 +778,16 @@ async fn damaged_orgs_are_degraded_and_classic_secrets_are_sealed() {
     add_discovery(&cp, "acme", &acme).await;
     let container = cp.azure.new_container("classic").await.expect("container");
     let mut loc = azure_location(&cp, "classic", &container);
-    loc["mode"] = json!("classic");
-    loc["clientId"] = Value::Null;
-    loc["credential"] = json!({"accountKey": pxb_tests::azurite::ACCOUNT_KEY});
-    loc["sync"] = json!(true);
+    loc.mode = Some(Mode::Classic);
+    loc.client_id = None;
+    loc.credential = Some(CredentialInput {
+        account_key: Some(pxb_tests::azurite::ACCOUNT_KEY.into()),
+        sas_token: None,
+    });
+    loc.sync = true;
+    // Raw, to check the very bytes the server answers with (a typed answer drops unknown fields).
     let (status, body) = cp
-        .call(Method::POST, "/v1/orgs/acme/locations", &acme, Some(loc.clone()))
+        .call(Method::POST, "/v1/orgs/acme/locations", &acme, Some(raw(&loc)))
         .await
         .expect("loc");
     assert_eq!(status, 201, "{body}");
@@ -735,25 +804,38 @@ async fn damaged_orgs_are_degraded_and_classic_secrets_are_sealed() {
     .expect("classic location valid");
     // `sync: true`: the first sync runs when the location is assigned, and is tracked.
     let first_sync = wait_for("the first sync", Duration::from_secs(60), || async {
-        let body = cp
-            .get_ok("/v1/orgs/acme/locations/classic/status", &acme)
+        let list = cp
+            .client(&acme)
+            .location_status("acme", "classic", &ListQuery::default())
             .await
             .map_err(|e| e.to_string())?;
-        let sync = body["items"][0]["sync"].clone();
-        if sync["phase"] == "Completed" {
-            Ok(Some(sync))
-        } else {
-            Err(sync.to_string())
+        match list.items.into_iter().next().and_then(|s| s.sync) {
+            Some(sync) if sync.phase == RequestPhase::Completed => Ok(Some(sync)),
+            sync => Err(format!("{sync:?}")),
         }
     })
     .await
     .expect("first sync on assignment");
-    assert_eq!(first_sync["request"], 0, "{first_sync}");
+    assert_eq!(first_sync.request, 0, "{first_sync:?}");
     // Unassigned, the location's CR, Secret and status leave the cluster; assigned again, it is
     // validated again.
-    let put = |body: Value| cp.call(Method::PUT, "/v1/orgs/acme/locations/classic", &acme, Some(body));
-    let (status, body) = put(json!({"clusters": {"names": []}})).await.expect("unassign");
-    assert_eq!(status, 200, "{body}");
+    let assign = |clusters: ClusterSelector| {
+        let client = cp.client(&acme);
+        async move {
+            client
+                .update_location(
+                    "acme",
+                    "classic",
+                    &UpdateLocation {
+                        clusters: Some(clusters),
+                        ..UpdateLocation::default()
+                    },
+                )
+                .await
+        }
+    };
+    let view = assign(named(&[])).await.expect("unassign");
+    assert_eq!(view.clusters, named(&[]), "{view:?}");
     let client0 = cp.shoot_client(PROJECT, &shoot(0)).await.expect("client");
     let crs: Api<BackupLocation> = Api::namespaced(client0.clone(), "pxb-system");
     let secrets0: Api<k8s_openapi::api::core::v1::Secret> = Api::namespaced(client0, "pxb-system");
@@ -776,12 +858,18 @@ async fn damaged_orgs_are_degraded_and_classic_secrets_are_sealed() {
     })
     .await
     .expect("the location leaves the cluster");
-    let (status, body) = put(json!({"clusters": {"all": true}, "bogus": 1}))
+    let (status, body) = cp
+        .call(
+            Method::PUT,
+            "/v1/orgs/acme/locations/classic",
+            &acme,
+            Some(json!({"clusters": {"all": true}, "bogus": 1})),
+        )
         .await
         .expect("call");
     assert_eq!(status, 400, "{body}");
-    let (status, body) = put(json!({"clusters": {"all": true}})).await.expect("reassign");
-    assert_eq!(status, 200, "{body}");
+    let view = assign(all_clusters()).await.expect("reassign");
+    assert_eq!(view.clusters, all_clusters(), "{view:?}");
     wait_for("classic Valid again", Duration::from_secs(90), || async {
         let p = phases(&cp, "acme", "classic", &acme).await?;
         if p.len() == 1 && p[0].1 == "Valid" {
@@ -846,20 +934,25 @@ async fn damaged_orgs_are_degraded_and_classic_secrets_are_sealed() {
         .await
         .expect("call");
     assert_eq!(status, 400, "{body}");
-    let plain = json!({"name": "plain", "provider": "azure", "container": "c", "endpoint": "http://127.0.0.1:1/acct",
-                       "clusters": {"all": true}});
-    let (status, body) = cp
-        .call(Method::POST, "/v1/orgs/acme/locations", &acme, Some(plain))
-        .await
-        .expect("call");
-    assert_eq!(status, 400, "a plain-http endpoint is refused: {body}");
-    let relative =
-        json!({"name": "rel", "provider": "file", "container": "backups", "clusters": {"all": true}});
-    let (status, body) = cp
-        .call(Method::POST, "/v1/orgs/acme/locations", &acme, Some(relative))
-        .await
-        .expect("call");
-    assert_eq!(status, 400, "a relative directory is refused: {body}");
+    let plain = CreateLocation {
+        account: None,
+        container: "c".into(),
+        endpoint: Some("http://127.0.0.1:1/acct".into()),
+        client_id: None,
+        ..azure_location(&cp, "plain", "c")
+    };
+    let refused = cp.client(&acme).create_location("acme", &plain).await;
+    assert_api_error(refused, ErrorCode::BadRequest, "a plain-http endpoint is refused");
+    let relative = CreateLocation {
+        provider: "file".into(),
+        account: None,
+        container: "backups".into(),
+        endpoint: None,
+        client_id: None,
+        ..azure_location(&cp, "rel", "backups")
+    };
+    let refused = cp.client(&acme).create_location("acme", &relative).await;
+    assert_api_error(refused, ErrorCode::BadRequest, "a relative directory is refused");
     // The server answers an oversized body with 413 and closes the connection without reading
     // the rest, so this request gets a client (and connection) of its own.
     let big = json!({"name": "x".repeat(2 << 20)});
@@ -874,11 +967,10 @@ async fn damaged_orgs_are_degraded_and_classic_secrets_are_sealed() {
     assert_eq!(resp.status(), 413);
     let body: Value = serde_json::from_slice(&resp.bytes().await.expect("body")).expect("json");
     assert_eq!(body["error"]["code"], "payload_too_large", "{body}");
-    let (status, body) = cp
-        .call(Method::GET, "/v1/orgs/acme/backups?limit=5000", &acme, None)
+    cp.client(&acme)
+        .list_backups("acme", &limit(5000))
         .await
-        .expect("call");
-    assert_eq!(status, 200, "huge page sizes are clamped: {body}");
+        .expect("huge page sizes are clamped");
 
     // Preferences: the tab is kept per user across logins; the time bracket per sign-in session.
     let login = |sid: &str| {
@@ -888,55 +980,72 @@ async fn damaged_orgs_are_degraded_and_classic_secrets_are_sealed() {
         c["sid"] = json!(sid);
         cp.issuer.token(c)
     };
-    let first = login("session-1");
-    let prefs = cp.get_ok("/v1/me/preferences", &first).await.expect("prefs");
+    let first = cp.client(&login("session-1"));
+    let prefs = first.preferences().await.expect("prefs");
     assert_eq!(
-        (prefs["tab"].as_str(), prefs["timeBracket"]["kind"].as_str()),
-        (Some("namespaces"), Some("24h"))
+        (prefs.tab, prefs.time_bracket.kind.as_str()),
+        (Tab::Namespaces, "24h")
     );
+    let bracket = |kind: &str, from: Option<&str>, to: Option<&str>| TimeBracket {
+        kind: kind.into(),
+        from: from.map(str::to_owned),
+        to: to.map(str::to_owned),
+    };
+    let prefs = first
+        .update_preferences(&UpdatePreferences {
+            tab: Some(Tab::Vms),
+            time_bracket: Some(bracket("7d", None, None)),
+        })
+        .await
+        .expect("put prefs");
+    assert_eq!((prefs.tab, prefs.time_bracket.kind.as_str()), (Tab::Vms, "7d"));
+    let prefs = first.preferences().await.expect("prefs");
+    assert_eq!((prefs.tab, prefs.time_bracket.kind.as_str()), (Tab::Vms, "7d"));
+    for bad in [
+        bracket(
+            "custom",
+            Some("2026-01-02T00:00:00Z"),
+            Some("2026-01-01T00:00:00Z"),
+        ),
+        bracket("fortnight", None, None),
+    ] {
+        let refused = first
+            .update_preferences(&UpdatePreferences {
+                tab: None,
+                time_bracket: Some(bad),
+            })
+            .await;
+        assert_api_error(refused, ErrorCode::BadRequest, "a bad preference");
+    }
+    // A tab the API does not know cannot be typed: raw.
     let (status, body) = cp
         .call(
             Method::PUT,
             "/v1/me/preferences",
-            &first,
-            Some(json!({"tab": "vms", "timeBracket": {"kind": "7d"}})),
+            &login("session-1"),
+            Some(json!({"tab": "cards"})),
         )
         .await
-        .expect("put prefs");
-    assert_eq!(status, 200, "{body}");
-    let prefs = cp.get_ok("/v1/me/preferences", &first).await.expect("prefs");
-    assert_eq!(
-        (prefs["tab"].as_str(), prefs["timeBracket"]["kind"].as_str()),
-        (Some("vms"), Some("7d"))
-    );
-    for bad in [
-        json!({"timeBracket": {"kind": "custom", "from": "2026-01-02T00:00:00Z", "to": "2026-01-01T00:00:00Z"}}),
-        json!({"timeBracket": {"kind": "fortnight"}}),
-        json!({"tab": "cards"}),
-    ] {
-        let (status, body) = cp
-            .call(Method::PUT, "/v1/me/preferences", &first, Some(bad))
-            .await
-            .expect("call");
-        assert_eq!(status, 400, "{body}");
-    }
+        .expect("call");
+    assert_eq!(status, 400, "{body}");
     let second = login("session-2");
-    let prefs = cp.get_ok("/v1/me/preferences", &second).await.expect("prefs");
+    let prefs = cp.client(&second).preferences().await.expect("prefs");
     assert_eq!(
-        (prefs["tab"].as_str(), prefs["timeBracket"]["kind"].as_str()),
-        (Some("vms"), Some("24h")),
+        (prefs.tab, prefs.time_bracket.kind.as_str()),
+        (Tab::Vms, "24h"),
         "a new login keeps the tab and starts with the last 24 hours"
     );
 
     // initech gets a classic location too; then, while the server is down, initech's sealed
     // credential and globex's org record are damaged on disk.
     let initech = cp.token("ivan", &["initech-admins"]);
-    loc["name"] = json!("vault");
-    let (status, body) = cp
-        .call(Method::POST, "/v1/orgs/initech/locations", &initech, Some(loc))
+    loc.name = "vault".into();
+    let vault = cp
+        .client(&initech)
+        .create_location("initech", &loc)
         .await
         .expect("loc");
-    assert_eq!(status, 201, "{body}");
+    assert_eq!((vault.name.as_str(), vault.has_credential), ("vault", true));
     if let Some(d) = cp.daemon.take() {
         d.shutdown().await;
     }
@@ -995,27 +1104,14 @@ async fn damaged_orgs_are_degraded_and_classic_secrets_are_sealed() {
             .is_some_and(|r| r.contains("does not decrypt")),
         "{ready}"
     );
-    let (status, body) = cp
-        .call(Method::GET, "/v1/orgs/globex", &admin, None)
-        .await
-        .expect("call");
-    assert_eq!(
-        (status, body["error"]["code"].as_str()),
-        (503, Some("org_degraded")),
-        "{body}"
+    let admin = cp.client(&admin);
+    assert_api_error(
+        admin.get_org("globex").await,
+        ErrorCode::OrgDegraded,
+        "a degraded org",
     );
-    let orgs = cp.get_ok("/v1/orgs", &admin).await.expect("orgs");
-    let states: Vec<(String, String)> = orgs["items"]
-        .as_array()
-        .expect("items")
-        .iter()
-        .map(|o| {
-            (
-                o["id"].as_str().unwrap_or_default().into(),
-                o["state"].as_str().unwrap_or_default().into(),
-            )
-        })
-        .collect();
+    let orgs = admin.list_orgs(&ListQuery::default()).await.expect("orgs");
+    let states: Vec<(String, String)> = orgs.items.into_iter().map(|o| (o.id, o.state)).collect();
     assert_eq!(
         states,
         vec![
@@ -1024,8 +1120,8 @@ async fn damaged_orgs_are_degraded_and_classic_secrets_are_sealed() {
             ("initech".into(), "Degraded".into())
         ]
     );
-    let prefs = cp.get_ok("/v1/me/preferences", &second).await.expect("prefs");
-    assert_eq!(prefs["tab"], "vms", "the tab survives a restart");
+    let prefs = cp.client(&second).preferences().await.expect("prefs");
+    assert_eq!(prefs.tab, Tab::Vms, "the tab survives a restart");
     // acme is served as before.
     wait_for("acme still served and valid", Duration::from_secs(60), || async {
         let p = phases(&cp, "acme", "classic", &acme).await?;
@@ -1044,10 +1140,11 @@ fn base64_key(seed: u8) -> String {
 /// The state of the org's cluster `name` in the API.
 async fn cluster_state(cp: &ControlPlane, org: &str, name: &str, token: &str) -> Result<String, String> {
     let c = cp
-        .get_ok(&format!("/v1/orgs/{org}/clusters/{name}"), token)
+        .client(token)
+        .get_cluster(org, name)
         .await
         .map_err(|e| e.to_string())?;
-    Ok(c["status"]["state"].as_str().unwrap_or_default().to_owned())
+    Ok(c.status.state.as_str().to_owned())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1072,52 +1169,53 @@ async fn zero_touch_install_imported_clusters_and_retired_shoots() {
 
     // A discovery whose garden credential cannot be read says so, and keeps retrying; the good
     // one runs and counts the project's shoots.
-    let (status, body) = cp
-        .call(
-            Method::POST,
-            "/v1/orgs/globex/discoveries",
-            &globex,
-            Some(json!({"id": "broken", "project": "globex-prod", "credential": "broken"})),
+    let d = cp
+        .client(&globex)
+        .create_discovery(
+            "globex",
+            &CreateDiscovery {
+                id: "broken".into(),
+                project: "globex-prod".into(),
+                credential: "broken".into(),
+                interval_secs: None,
+            },
         )
         .await
         .expect("discovery");
-    assert_eq!(status, 201, "{body}");
+    assert_eq!(d.config.id, "broken", "{d:?}");
     wait_for("Failing with the reason", Duration::from_secs(30), || async {
         let d = cp
-            .get_ok("/v1/orgs/globex/discoveries/broken", &globex)
+            .client(&globex)
+            .get_discovery("globex", "broken")
             .await
             .map_err(|e| e.to_string())?;
-        let ok = d["status"]["state"] == "Failing"
-            && d["status"]["message"]
-                .as_str()
+        let ok = d.status.state == DiscoveryState::Failing
+            && d.status
+                .message
+                .as_deref()
                 .is_some_and(|m| m.contains("reading the garden credential"));
-        if ok { Ok(Some(())) } else { Err(d.to_string()) }
+        if ok { Ok(Some(())) } else { Err(format!("{d:?}")) }
     })
     .await
     .expect("failing discovery");
     wait_for("Running", Duration::from_secs(30), || async {
         let d = cp
-            .get_ok("/v1/orgs/acme/discoveries/dev", &acme)
+            .client(&acme)
+            .get_discovery("acme", "dev")
             .await
             .map_err(|e| e.to_string())?;
-        if d["status"]["state"] == "Running" && d["status"]["shoots"] == 3 {
+        if d.status.state == DiscoveryState::Running && d.status.shoots == 3 {
             Ok(Some(()))
         } else {
-            Err(d.to_string())
+            Err(format!("{d:?}"))
         }
     })
     .await
     .expect("running discovery");
-    let (status, _) = cp
-        .call(
-            Method::DELETE,
-            "/v1/orgs/globex/discoveries/broken",
-            &globex,
-            None,
-        )
+    cp.client(&globex)
+        .delete_discovery("globex", "broken")
         .await
-        .expect("call");
-    assert_eq!(status, 204);
+        .expect("delete discovery");
 
     // Without an agent, and with zero-touch install off (the default), clusters say so.
     for i in 0..3 {
@@ -1166,27 +1264,23 @@ async fn zero_touch_install_imported_clusters_and_retired_shoots() {
         .fleet
         .admin_kubeconfig(PROJECT, &shoot(2), 3600)
         .expect("kubeconfig");
-    let (status, body) = cp
-        .call(
-            Method::POST,
-            "/v1/orgs/globex/clusters",
-            &globex,
-            Some(json!({"name": "edge", "kubeconfig": "{not a kubeconfig"})),
-        )
-        .await
-        .expect("bad import");
-    assert_eq!(status, 400, "{body}");
-    let (status, body) = cp
-        .call(
-            Method::POST,
-            "/v1/orgs/globex/clusters",
-            &globex,
-            Some(json!({"name": "edge", "kubeconfig": kubeconfig})),
-        )
+    let import = |kubeconfig: &str| ImportCluster {
+        name: "edge".into(),
+        kubeconfig: kubeconfig.into(),
+    };
+    let refused = cp
+        .client(&globex)
+        .import_cluster("globex", &import("{not a kubeconfig"))
+        .await;
+    assert_api_error(refused, ErrorCode::BadRequest, "a bad import");
+    // The typed record has the sealed kubeconfig's field: it is not in the answer.
+    let edge = cp
+        .client(&globex)
+        .import_cluster("globex", &import(&kubeconfig))
         .await
         .expect("import");
-    assert_eq!(status, 201, "{body}");
-    assert!(body.get("sealedKubeconfig").is_none(), "{body}");
+    assert_eq!((edge.name.as_str(), edge.source.as_str()), ("edge", "imported"));
+    assert!(edge.sealed_kubeconfig.is_none(), "{edge:?}");
     wait_for(
         "the imported cluster is visited",
         Duration::from_secs(60),
@@ -1214,15 +1308,15 @@ async fn zero_touch_install_imported_clusters_and_retired_shoots() {
     // The imported cluster survives a restart (opened from its sealed kubeconfig).
     cp.restart_server().await.expect("restart");
     wait_for("visited after restart", Duration::from_secs(60), || async {
-        let body = cp
-            .get_ok("/v1/orgs/globex/clusters/edge", &globex)
+        let c = cp
+            .client(&globex)
+            .get_cluster("globex", "edge")
             .await
             .map_err(|e| e.to_string())?;
-        let seen = body["status"]["lastSeen"].as_str().map(str::to_owned);
-        if body["status"]["state"] == "Ready" && seen.is_some() {
+        if c.status.state == ClusterState::Ready && c.status.last_seen.is_some() {
             Ok(Some(()))
         } else {
-            Err(body.to_string())
+            Err(format!("{c:?}"))
         }
     })
     .await
@@ -1239,18 +1333,17 @@ async fn zero_touch_install_imported_clusters_and_retired_shoots() {
         .await
         .expect("label an old version");
     wait_for("AgentOutdated", Duration::from_secs(60), || async {
-        let body = cp
-            .get_ok(&format!("/v1/orgs/acme/clusters/{}", shoot(0)), &acme)
+        let c = cp
+            .client(&acme)
+            .get_cluster("acme", &shoot(0))
             .await
             .map_err(|e| e.to_string())?;
-        let ok = body["status"]["state"] == "AgentOutdated"
-            && body["status"]["message"]
-                .as_str()
-                .is_some_and(|m| m.contains("0.0.1"));
+        let ok = c.status.state == ClusterState::AgentOutdated
+            && c.status.message.as_deref().is_some_and(|m| m.contains("0.0.1"));
         if ok {
             Ok(Some(()))
         } else {
-            Err(body["status"].to_string())
+            Err(format!("{:?}", c.status))
         }
     })
     .await
@@ -1271,23 +1364,22 @@ async fn zero_touch_install_imported_clusters_and_retired_shoots() {
     })
     .await
     .expect("retired");
-    let list = cp.get_ok("/v1/orgs/acme/clusters", &acme).await.expect("list");
-    assert_eq!(list["items"].as_array().map(Vec::len), Some(3), "{list}");
-    let (status, body) = cp
-        .call(
-            Method::DELETE,
-            &format!("/v1/orgs/acme/clusters/{}", shoot(0)),
-            &acme,
-            None,
-        )
+    let list = cp
+        .client(&acme)
+        .list_clusters("acme", &ListQuery::default())
         .await
-        .expect("call");
-    assert_eq!(status, 409, "a discovered cluster is not removed by hand: {body}");
-    let (status, _) = cp
-        .call(Method::DELETE, "/v1/orgs/globex/clusters/edge", &globex, None)
+        .expect("list");
+    assert_eq!(list.items.len(), 3, "{list:?}");
+    let refused = cp.client(&acme).remove_cluster("acme", &shoot(0)).await;
+    assert_api_error(
+        refused,
+        ErrorCode::Conflict,
+        "a discovered cluster is not removed by hand",
+    );
+    cp.client(&globex)
+        .remove_cluster("globex", "edge")
         .await
-        .expect("call");
-    assert_eq!(status, 204);
+        .expect("remove the import");
     assert_eq!(
         cluster_state(&cp, "globex", "edge", &globex)
             .await
@@ -1328,31 +1420,34 @@ async fn a_force_delete_while_the_cluster_is_away_survives_a_restart_and_keeps_t
         .await
         .expect("configmap");
 
-    let (status, body) = cp
-        .call(
-            Method::POST,
-            "/v1/orgs/acme/backups",
-            &acme,
-            Some(json!({"clusters": {"names": [shoot(0)]}, "namespaces": ["shop"], "location": "primary"})),
+    let made = cp
+        .client(&acme)
+        .create_backups(
+            "acme",
+            &BackupRequest {
+                clusters: named(&[&shoot(0)]),
+                namespaces: vec!["shop".into()],
+                location: "primary".into(),
+            },
         )
         .await
         .expect("backup");
-    assert_eq!(status, 202, "{body}");
-    let id = body["items"][0]["id"].as_str().expect("id").to_owned();
+    let id = made.items.first().expect("one backup").id.clone();
     let done = wait_for("the backup succeeds", Duration::from_secs(120), || async {
         let b = cp
-            .get_ok(&format!("/v1/orgs/acme/backups/{id}"), &acme)
+            .client(&acme)
+            .get_backup("acme", &id)
             .await
             .map_err(|e| e.to_string())?;
-        match b["phase"].as_str() {
-            Some("Success") => Ok(Some(b)),
-            Some("Pending" | "InProgress") => Err(format!("{b}")),
-            _ => panic!("the backup did not succeed: {b}"),
+        match b.phase.as_str() {
+            "Success" => Ok(Some(b)),
+            "Pending" | "InProgress" => Err(format!("{b:?}")),
+            _ => panic!("the backup did not succeed: {b:?}"),
         }
     })
     .await
     .expect("success");
-    let data_id = done["backupId"].as_str().expect("data id").to_owned();
+    let data_id = done.backup_id.clone().expect("data id");
     let crs: Api<ApplicationBackup> = Api::namespaced(client.clone(), "pxb-system");
     assert!(
         crs.get_opt(&id).await.expect("get").is_some(),
@@ -1366,10 +1461,11 @@ async fn a_force_delete_while_the_cluster_is_away_survives_a_restart_and_keeps_t
         .expect("offline");
     wait_for("Unreachable", Duration::from_secs(30), || async {
         let f = fleet_counts(&cp, &acme).await?;
-        Ok((f["items"][0]["state"] == "Unreachable").then_some(()))
+        Ok((first_state(&f) == Some(ClusterState::Unreachable)).then_some(()))
     })
     .await
     .expect("unreachable");
+    // Raw: a force-delete answers 200 (the record is gone now), not the 202 of a delete.
     let (status, body) = cp
         .call(
             Method::DELETE,
@@ -1385,11 +1481,12 @@ async fn a_force_delete_while_the_cluster_is_away_survives_a_restart_and_keeps_t
         (Some(true), Some(true))
     );
     cp.restart_server().await.expect("restart");
-    let (status, _) = cp
-        .call(Method::GET, &format!("/v1/orgs/acme/backups/{id}"), &acme, None)
-        .await
-        .expect("get");
-    assert_eq!(status, 404, "the record stays gone after the restart");
+    let gone = cp.client(&acme).get_backup("acme", &id).await;
+    assert_api_error(
+        gone,
+        ErrorCode::NotFound,
+        "the record stays gone after the restart",
+    );
 
     // Back online: the restarted server removes the object, and the data stays.
     cp.fleet

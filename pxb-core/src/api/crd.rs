@@ -83,8 +83,10 @@ pub struct BackupLocationSpec {
     pub verify_request: i64,
 }
 
-/// How the agent authenticates to an Azure location.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+/// How the agent authenticates to an Azure location. Its default (also the schema's default for a
+/// location without `auth`) is Workload Identity: a derived `Default` would give an empty `mode`,
+/// which the schema's enum refuses, so a real API server rejects the CRD.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct LocationAuth {
     /// `workloadIdentity` (federated, the default: the pod's projected token, no secret) or
@@ -106,6 +108,17 @@ pub struct LocationAuth {
 
 fn workload_identity() -> String {
     "workloadIdentity".into()
+}
+
+impl Default for LocationAuth {
+    fn default() -> Self {
+        Self {
+            mode: workload_identity(),
+            client_id: None,
+            tenant_id: None,
+            secret_ref: None,
+        }
+    }
 }
 
 /// A Secret in the agent's namespace.

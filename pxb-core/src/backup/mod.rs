@@ -8,7 +8,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use futures::TryStreamExt;
 use serde::{Deserialize, Serialize};
@@ -65,19 +65,12 @@ pub struct BackupId(String);
 impl BackupId {
     /// A new id for a backup created at `at`.
     pub fn new(at: SystemTime) -> Self {
-        let secs = at.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
-        let t = time::OffsetDateTime::from_unix_timestamp(i64::try_from(secs).unwrap_or(0))
-            .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
-        Self(format!(
-            "{:04}{:02}{:02}T{:02}{:02}{:02}Z-{:08x}",
-            t.year(),
-            u8::from(t.month()),
-            t.day(),
-            t.hour(),
-            t.minute(),
-            t.second(),
-            rand::random::<u32>()
-        ))
+        // `2026-11-22T00:30:00Z` without the separators.
+        let stamp: String = crate::clock::rfc3339(at.max(UNIX_EPOCH))
+            .chars()
+            .filter(|c| !matches!(c, '-' | ':'))
+            .collect();
+        Self(format!("{stamp}-{:08x}", rand::random::<u32>()))
     }
 
     /// Validates an id given by a user or found in a location.
@@ -433,11 +426,7 @@ impl Repository {
     }
 
     pub(crate) fn now_secs(&self) -> u64 {
-        self.clock
-            .now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or(Duration::ZERO)
-            .as_secs()
+        crate::clock::unix_secs(self.clock.now())
     }
 
     fn config_path() -> ObjectPath {
@@ -675,8 +664,8 @@ mod tests {
 
     #[test]
     fn ids_sort_by_time_and_validate() {
-        let a = BackupId::new(UNIX_EPOCH + Duration::from_secs(1_790_000_000));
-        let b = BackupId::new(UNIX_EPOCH + Duration::from_secs(1_790_000_001));
+        let a = BackupId::new(UNIX_EPOCH + std::time::Duration::from_secs(1_790_000_000));
+        let b = BackupId::new(UNIX_EPOCH + std::time::Duration::from_secs(1_790_000_001));
         assert!(a < b);
         assert!(a.as_str().starts_with("20260921T"), "{a}");
         assert!(BackupId::parse("../x").is_err());

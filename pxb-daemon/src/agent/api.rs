@@ -141,7 +141,7 @@ fn time_param(q: &BTreeMap<String, String>, key: &str) -> Result<Option<u64>, St
         return Ok(Some(secs));
     }
     parse_rfc3339(v)
-        .map(|t| Some(t.unix_timestamp().max(0) as u64))
+        .map(|t| Some(pxb_core::clock::unix_secs(t)))
         .ok_or_else(|| format!("{key}={v:?} is neither Unix seconds nor RFC 3339"))
 }
 

@@ -305,9 +305,9 @@ async fn patch_status(ctx: &Context, name: &str, status: serde_json::Value) -> R
     super::controller::merge_status::<BackupLocation>(&ctx.client, &ctx.config.namespace, name, status).await
 }
 
-fn due_after(last: Option<&str>, interval: Duration, now: time::OffsetDateTime) -> Option<Duration> {
+fn due_after(last: Option<&str>, interval: Duration, now: SystemTime) -> Option<Duration> {
     let next = last.and_then(parse_rfc3339)? + interval;
-    (next > now).then(|| Duration::try_from(next - now).unwrap_or(interval))
+    next.duration_since(now).ok().filter(|d| !d.is_zero())
 }
 
 async fn reconcile(cached: Arc<BackupLocation>, ctx: Arc<Context>) -> Result<Action, ReconcileError> {
@@ -322,7 +322,7 @@ async fn reconcile(cached: Arc<BackupLocation>, ctx: Arc<Context>) -> Result<Act
     };
     let status = loc.status.clone().unwrap_or_default();
     let generation = loc.meta().generation.unwrap_or(0);
-    let now = time::OffsetDateTime::from(ctx.clock.now());
+    let now = ctx.clock.now();
     let mut next = ctx.config.validate_interval;
 
     // Validation.

@@ -8,9 +8,22 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Args, Subcommand};
-use serde_json::{Value, json};
+use pxb_core::api::rest::{
+    self, BackupRequest, DeleteQuery, List, ListQuery, RestoreRequest, ScheduleRequest, SyncRequestBody,
+    UpdateSchedule,
+};
+use pxb_core::catalog::records::{
+    BackupRecord, ClusterSelector, RequestPhase, RestoreRecord, ScheduleRecord, backup_phase,
+};
+use pxb_core::schedule::{Every, SchedulePolicy};
+use serde::Serialize;
+// The OIDC issuer's answers (device login) are not the server's API: read untyped.
+use serde_json::Value;
 
-use super::remote::{Client, Conn, Context, ContextFile, cell, context_path, ms_cell, table};
+use super::remote::{
+    Conn, Context, ContextFile, Remote, cell, context_path, list_cell, ms_cell, name_cell, opt_cell, table,
+};
+use crate::client::{Client, ClientError};
 
 /// `pxb login`.
 #[derive(Debug, Args)]
@@ -220,7 +233,7 @@ pub struct Selection {
 }
 
 impl Selection {
-    fn to_json(&self) -> Result<Value, String> {
+    fn selector(&self) -> Result<ClusterSelector, String> {
         let mut labels = BTreeMap::new();
         for l in &self.labels {
             let (k, v) = l
@@ -231,7 +244,11 @@ impl Selection {
         if !self.all && self.clusters.is_empty() && labels.is_empty() {
             return Err("choose clusters: --cluster NAME, --selector key=value or --all".into());
         }
-        Ok(json!({"all": self.all, "names": self.clusters, "labels": labels}))
+        Ok(ClusterSelector {
+            all: self.all,
+            names: self.clusters.clone(),
+            labels,
+        })
     }
 }
 
@@ -412,13 +429,14 @@ fn fail(msg: impl std::fmt::Display) -> ExitCode {
     ExitCode::FAILURE
 }
 
-fn print(conn: &Conn, v: &Value, human: impl FnOnce(&Value)) -> ExitCode {
+/// Prints `v` as pretty JSON with `--json`, else as `human` shows it.
+fn print<T: Serialize>(conn: &Conn, v: &T, human: impl FnOnce(&T)) -> ExitCode {
     if conn.json {
-        println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
+        super::output::json(v)
     } else {
         human(v);
+        ExitCode::SUCCESS
     }
-    ExitCode::SUCCESS
 }
 
 /// `pxb login`: checks the token against the server and stores the context.
@@ -445,11 +463,11 @@ pub async fn login(args: LoginArgs) -> ExitCode {
         context: Some(args.context.clone()),
         json: false,
     };
-    let client = match Client::from_conn(&conn) {
+    let client = match Remote::from_conn(&conn) {
         Ok(c) => c,
         Err(e) => return fail(e),
     };
-    let who = match client.get("/v1/whoami").await {
+    let who = match client.whoami().await {
         Ok(w) => w,
         Err(e) => return fail(format!("login failed: {e}")),
     };
@@ -468,7 +486,7 @@ pub async fn login(args: LoginArgs) -> ExitCode {
     file.current = args.context.clone();
     match file.save() {
         Ok(path) => {
-            let name = who["name"].as_str().or(who["subject"].as_str()).unwrap_or("?");
+            let name = who.name.as_deref().unwrap_or(&who.subject);
             println!(
                 "logged in as {name} (context {} in {})",
                 args.context,
@@ -482,7 +500,7 @@ pub async fn login(args: LoginArgs) -> ExitCode {
 
 macro_rules! client {
     ($conn:expr) => {
-        match Client::from_conn($conn) {
+        match Remote::from_conn($conn) {
             Ok(c) => c,
             Err(e) => return fail(e),
         }
@@ -498,15 +516,23 @@ macro_rules! try_api {
     };
 }
 
-fn query(pairs: &[(&str, Option<String>)]) -> String {
-    let mut q = url::form_urlencoded::Serializer::new(String::new());
-    for (k, v) in pairs {
-        if let Some(v) = v {
-            q.append_pair(k, v);
-        }
+/// Every item of a list, page after page, as one list (a table or `--json` never drops what the
+/// first page left out).
+async fn every<T, F, Fut>(c: &Client, page: F) -> Result<List<T>, ClientError>
+where
+    F: FnMut(ListQuery) -> Fut,
+    Fut: Future<Output = Result<List<T>, ClientError>>,
+{
+    let items = c.all(limit(1000), page).await?;
+    Ok(List { items, next: None })
+}
+
+/// A query of one page of at most `limit` items.
+fn limit(limit: u64) -> ListQuery {
+    ListQuery {
+        limit: Some(limit),
+        ..ListQuery::default()
     }
-    let s = q.finish();
-    if s.is_empty() { s } else { format!("?{s}") }
 }
 
 /// `pxb clusters`.
@@ -514,72 +540,91 @@ pub async fn clusters(conn: Conn, cmd: ClustersCommand) -> ExitCode {
     let c = client!(&conn);
     match cmd {
         ClustersCommand::List => {
-            let path = try_api!(c.org_path("/clusters?limit=1000"));
-            let v = try_api!(c.get(&path).await);
-            print(&conn, &v, |v| {
-                let rows = rows_of(
-                    &items(v),
-                    &[
-                        "/name",
-                        "/status/state",
-                        "/status/agentVersion",
-                        "/status/lastSeen",
-                        "/status/message",
-                    ],
-                );
+            let org = try_api!(c.org());
+            let list = try_api!(
+                every(&c, |q| {
+                    let c: &Client = &c;
+                    async move { c.list_clusters(org, &q).await }
+                })
+                .await
+            );
+            print(&conn, &list, |list| {
+                let rows: Vec<Vec<String>> = list
+                    .items
+                    .iter()
+                    .map(|c| {
+                        vec![
+                            cell(&c.name),
+                            c.status.state.as_str().to_owned(),
+                            opt_cell(c.status.agent_version.as_deref()),
+                            opt_cell(c.status.last_seen.as_deref()),
+                            opt_cell(c.status.message.as_deref()),
+                        ]
+                    })
+                    .collect();
                 table(&["NAME", "STATE", "AGENT", "LAST SEEN", "MESSAGE"], &rows);
             })
         }
     }
 }
 
-/// Table rows: one cell per JSON pointer of each item.
-fn rows_of(list: &[Value], pointers: &[&str]) -> Vec<Vec<String>> {
-    list.iter()
-        .map(|i| {
-            pointers
-                .iter()
-                .map(|p| cell(i.pointer(p).unwrap_or(&Value::Null)))
-                .collect()
-        })
-        .collect()
-}
-
-fn items(v: &Value) -> Vec<Value> {
-    v["items"].as_array().cloned().unwrap_or_default()
-}
-
 /// `pxb locations`.
 pub async fn locations(conn: Conn, cmd: LocationsCommand) -> ExitCode {
     let c = client!(&conn);
+    let org = try_api!(c.org());
     match cmd {
         LocationsCommand::List => {
-            let v = try_api!(c.get(&try_api!(c.org_path("/locations?limit=1000"))).await);
-            print(&conn, &v, |v| {
-                let rows = rows_of(&items(v), &["/name", "/provider", "/container", "/mode"]);
+            let list = try_api!(
+                every(&c, |q| {
+                    let c: &Client = &c;
+                    async move { c.list_locations(org, &q).await }
+                })
+                .await
+            );
+            print(&conn, &list, |list| {
+                let rows: Vec<Vec<String>> = list
+                    .items
+                    .iter()
+                    .map(|l| {
+                        vec![
+                            cell(&l.name),
+                            cell(&l.provider),
+                            cell(&l.container),
+                            name_cell(&l.mode),
+                        ]
+                    })
+                    .collect();
                 table(&["NAME", "PROVIDER", "CONTAINER", "MODE"], &rows);
             })
         }
         LocationsCommand::Status { name } => {
-            let v = try_api!(
-                c.get(&try_api!(
-                    c.org_path(&format!("/locations/{name}/status?limit=1000"))
-                ))
+            let list = try_api!(
+                every(&c, |q| {
+                    let (c, name): (&Client, &str) = (&c, &name);
+                    async move { c.location_status(org, name, &q).await }
+                })
                 .await
             );
-            print(&conn, &v, |v| {
-                let rows = rows_of(
-                    &items(v),
-                    &[
-                        "/clusterName",
-                        "/validation/phase",
-                        "/sync/phase",
-                        "/sync/backupsFound",
-                        "/verify/phase",
-                        "/verify/missingObjects",
-                        "/validation/reason",
-                    ],
-                );
+            print(&conn, &list, |list| {
+                let rows: Vec<Vec<String>> = list
+                    .items
+                    .iter()
+                    .map(|s| {
+                        vec![
+                            cell(&s.cluster_name),
+                            cell(&s.validation.phase),
+                            s.sync.as_ref().map_or("-".into(), |r| name_cell(&r.phase)),
+                            s.sync
+                                .as_ref()
+                                .map_or("-".into(), |r| r.backups_found.to_string()),
+                            s.verify.as_ref().map_or("-".into(), |r| cell(&r.phase)),
+                            s.verify
+                                .as_ref()
+                                .map_or("-".into(), |r| r.missing_objects.to_string()),
+                            opt_cell(s.validation.reason.as_deref()),
+                        ]
+                    })
+                    .collect();
                 table(
                     &[
                         "CLUSTER",
@@ -594,30 +639,50 @@ pub async fn locations(conn: Conn, cmd: LocationsCommand) -> ExitCode {
                 );
             })
         }
-        LocationsCommand::Validate { name } => request(&c, &conn, &name, "validate", "validation").await,
-        LocationsCommand::Verify { name } => request(&c, &conn, &name, "verify", "verify").await,
+        LocationsCommand::Validate { name } => {
+            let v = try_api!(c.validate_location(org, &name).await);
+            print(&conn, &v, |_| println!("validation of {name} requested"))
+        }
+        LocationsCommand::Verify { name } => {
+            let v = try_api!(c.verify_location(org, &name).await);
+            print(&conn, &v, |_| println!("verify of {name} requested"))
+        }
         LocationsCommand::Sync { name, cluster, wait } => {
-            let path = try_api!(c.org_path(&format!("/locations/{name}/sync")));
-            let mut v = try_api!(c.call("POST", &path, Some(&json!({"cluster": cluster}))).await);
+            let body = SyncRequestBody {
+                cluster: cluster.clone(),
+            };
+            let mut run = try_api!(c.sync_location(org, &name, &body).await);
             if wait {
-                let status = try_api!(c.org_path(&format!("/locations/{name}/status?cluster={cluster}")));
-                let request = v["request"].as_i64();
-                v = try_api!(
-                    poll(&c, &status, |s| {
-                        let run = &items(s).first().cloned().unwrap_or_default()["sync"];
-                        let phase = run["phase"].as_str().unwrap_or("");
-                        (run["request"].as_i64() == request && !matches!(phase, "Pending" | "InProgress"))
-                            .then(|| run.clone())
-                    })
+                let request = run.request;
+                let query = ListQuery {
+                    cluster: Some(cluster.clone()),
+                    ..ListQuery::default()
+                };
+                let path = format!(
+                    "{}?cluster={cluster}",
+                    rest::LOCATION_STATUS.path_with(&[org, &name])
+                );
+                run = try_api!(
+                    poll(
+                        &path,
+                        || c.location_status(org, &name, &query),
+                        |list| {
+                            list.items
+                                .first()
+                                .and_then(|s| s.sync.as_ref())
+                                .filter(|r| r.request == request && !r.phase.is_active())
+                                .cloned()
+                        }
+                    )
                     .await
                 );
             }
-            let failed = wait && v["phase"] != "Completed";
-            let code = print(&conn, &v, |v| {
+            let failed = wait && run.phase != RequestPhase::Completed;
+            let code = print(&conn, &run, |run| {
                 println!(
                     "sync of {name} on {cluster}: {} (found {})",
-                    cell(&v["phase"]),
-                    cell(&v["backupsFound"])
+                    name_cell(&run.phase),
+                    run.backups_found
                 )
             });
             if failed { ExitCode::FAILURE } else { code }
@@ -625,56 +690,48 @@ pub async fn locations(conn: Conn, cmd: LocationsCommand) -> ExitCode {
     }
 }
 
-/// Asks for a location request (`validate`, `verify`) and says so.
-async fn request(c: &Client, conn: &Conn, name: &str, verb: &str, what: &str) -> ExitCode {
-    let path = try_api!(c.org_path(&format!("/locations/{name}/{verb}")));
-    let v = try_api!(c.call("POST", &path, None).await);
-    print(conn, &v, |_| println!("{what} of {name} requested"))
-}
-
-/// Polls `path` every 500 ms until `done` returns a value (at most an hour).
-async fn poll(
-    c: &Client,
+/// Calls `fetch` every 500 ms until `done` returns a value (at most an hour); `path` names what
+/// is polled in the error when it never is.
+async fn poll<T, U, Fut>(
     path: &str,
-    mut done: impl FnMut(&Value) -> Option<Value>,
-) -> Result<Value, super::remote::ApiFailure> {
+    mut fetch: impl FnMut() -> Fut,
+    mut done: impl FnMut(&T) -> Option<U>,
+) -> Result<U, String>
+where
+    Fut: Future<Output = Result<T, ClientError>>,
+{
     let deadline = std::time::Instant::now() + Duration::from_secs(3600);
     loop {
-        let v = c.get(path).await?;
+        let v = fetch().await.map_err(|e| e.to_string())?;
         if let Some(out) = done(&v) {
             return Ok(out);
         }
         if std::time::Instant::now() > deadline {
-            return Err(super::remote::ApiFailure {
-                status: 0,
-                message: format!("still not final after an hour: {path}"),
-            });
+            return Err(format!("still not final after an hour: {path}"));
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
 }
 
-const ACTIVE: &[&str] = &["Pending", "InProgress", "Deleting"];
-
-fn backup_rows(list: &[Value]) -> Vec<Vec<String>> {
+fn backup_rows(list: &[BackupRecord]) -> Vec<Vec<String>> {
     list.iter()
         .map(|b| {
-            let mut phase = cell(&b["phase"]);
-            if b["missingObjects"].as_u64().unwrap_or(0) > 0 {
-                phase = format!("{phase} (cloud files missing: {})", b["missingObjects"]);
+            let mut phase = cell(&b.phase);
+            if b.missing_objects > 0 {
+                phase = format!("{phase} (cloud files missing: {})", b.missing_objects);
             }
             vec![
-                cell(&b["id"]),
-                cell(&b["clusterName"]),
-                cell(&b["namespaces"]),
-                cell(&b["locationName"]),
+                cell(&b.id),
+                cell(&b.cluster_name),
+                list_cell(&b.namespaces),
+                cell(&b.location_name),
                 phase,
-                cell(&b["view"]),
-                ms_cell(&b["createdMs"]),
-                if b["synced"].as_bool() == Some(true) {
-                    format!("synced from {}", cell(&b["originCluster"]))
+                b.view.as_str().to_owned(),
+                ms_cell(b.created_ms),
+                if b.synced {
+                    format!("synced from {}", opt_cell(b.origin_cluster.as_deref()))
                 } else {
-                    cell(&b["message"])
+                    opt_cell(b.message.as_deref())
                 },
             ]
         })
@@ -694,10 +751,11 @@ const BACKUP_HEADER: &[&str] = &[
 
 /// Waits for backups (by id) to be final, with a progress bar per backup on a terminal.
 async fn wait_backups(
-    c: &Client,
+    c: &Remote,
     conn: &Conn,
+    org: &str,
     ids: &[String],
-) -> Result<Vec<Value>, super::remote::ApiFailure> {
+) -> Result<Vec<BackupRecord>, String> {
     let bars = (!conn.json && std::io::stderr().is_terminal()).then(indicatif::MultiProgress::new);
     let style = indicatif::ProgressStyle::with_template("{spinner} {prefix:40} {msg}")
         .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner());
@@ -710,23 +768,27 @@ async fn wait_backups(
             b.enable_steady_tick(Duration::from_millis(200));
             b
         });
-        let path = c.org_path(&format!("/backups/{id}"))?;
-        let v = poll(c, &path, |b| {
-            if let Some(bar) = &bar {
-                bar.set_message(format!(
-                    "{} {} objects, {}",
-                    cell(&b["phase"]),
-                    b["objects"].as_u64().unwrap_or(0),
-                    indicatif::HumanBytes(b["bytes"].as_u64().unwrap_or(0))
-                ));
-            }
-            (!ACTIVE.contains(&b["phase"].as_str().unwrap_or(""))).then(|| b.clone())
-        })
+        let path = rest::GET_BACKUP.path_with(&[org, id]);
+        let b = poll(
+            &path,
+            || c.get_backup(org, id),
+            |b: &BackupRecord| {
+                if let Some(bar) = &bar {
+                    bar.set_message(format!(
+                        "{} {} objects, {}",
+                        cell(&b.phase),
+                        b.objects,
+                        indicatif::HumanBytes(b.bytes)
+                    ));
+                }
+                (!backup_phase::is_active(&b.phase)).then(|| b.clone())
+            },
+        )
         .await?;
         if let Some(bar) = bar {
-            bar.finish_with_message(cell(&v["phase"]));
+            bar.finish_with_message(cell(&b.phase));
         }
-        out.push(v);
+        out.push(b);
     }
     Ok(out)
 }
@@ -741,31 +803,40 @@ pub async fn backups(conn: Conn, cmd: BackupsCommand) -> ExitCode {
             location,
             wait,
         } => {
-            let sel = match selection.to_json() {
+            let clusters = match selection.selector() {
                 Ok(s) => s,
                 Err(e) => return fail(e),
             };
-            let body = json!({"clusters": sel, "namespaces": namespaces, "location": location});
-            let v = try_api!(
-                c.call("POST", &try_api!(c.org_path("/backups")), Some(&body))
-                    .await
-            );
-            let mut list = items(&v);
+            let org = try_api!(c.org());
+            let body = BackupRequest {
+                clusters,
+                namespaces,
+                location,
+            };
+            let mut list = try_api!(c.create_backups(org, &body).await).items;
             if wait {
-                let ids: Vec<String> = list.iter().map(|b| cell(&b["id"])).collect();
-                list = try_api!(wait_backups(&c, &conn, &ids).await);
+                let ids: Vec<String> = list.iter().map(|b| b.id.clone()).collect();
+                list = try_api!(wait_backups(&c, &conn, org, &ids).await);
             }
             let bad = list
                 .iter()
                 .filter(|b| {
                     !matches!(
-                        b["phase"].as_str(),
-                        Some("Success" | "PartialSuccess" | "Pending" | "InProgress")
+                        b.phase.as_str(),
+                        backup_phase::SUCCESS
+                            | backup_phase::PARTIAL_SUCCESS
+                            | backup_phase::PENDING
+                            | backup_phase::IN_PROGRESS
                     )
                 })
                 .count();
-            let v = json!({"items": list});
-            print(&conn, &v, |v| table(BACKUP_HEADER, &backup_rows(&items(v))));
+            let list = List {
+                items: list,
+                next: None,
+            };
+            print(&conn, &list, |list| {
+                table(BACKUP_HEADER, &backup_rows(&list.items))
+            });
             if bad > 0 {
                 eprintln!("pxb: {bad} backup(s) failed or were missed");
                 ExitCode::FAILURE
@@ -782,43 +853,42 @@ pub async fn backups(conn: Conn, cmd: BackupsCommand) -> ExitCode {
             since,
             limit,
         } => {
-            let q = query(&[
-                ("cluster", cluster),
-                ("namespace", namespace),
-                ("location", location),
-                ("state", status),
-                ("view", view),
-                ("bracket", since),
-                ("limit", Some(limit.to_string())),
-            ]);
-            let v = try_api!(c.get(&try_api!(c.org_path(&format!("/backups{q}")))).await);
-            print(&conn, &v, |v| table(BACKUP_HEADER, &backup_rows(&items(v))))
+            let query = ListQuery {
+                cluster,
+                namespace,
+                location,
+                state: status,
+                view,
+                bracket: since,
+                limit: Some(limit.into()),
+                ..ListQuery::default()
+            };
+            let list = try_api!(c.list_backups(try_api!(c.org()), &query).await);
+            print(&conn, &list, |list| {
+                table(BACKUP_HEADER, &backup_rows(&list.items))
+            })
         }
         BackupsCommand::Get { id } => {
-            let v = try_api!(c.get(&try_api!(c.org_path(&format!("/backups/{id}")))).await);
-            print(&conn, &v, |v| {
-                table(BACKUP_HEADER, &backup_rows(std::slice::from_ref(v)))
+            let b = try_api!(c.get_backup(try_api!(c.org()), &id).await);
+            print(&conn, &b, |b| {
+                table(BACKUP_HEADER, &backup_rows(std::slice::from_ref(b)))
             })
         }
         BackupsCommand::Delete { id, force, wait } => {
-            let path = try_api!(c.org_path(&format!(
-                "/backups/{id}{}",
-                if force { "?force=true" } else { "" }
-            )));
-            let v = try_api!(c.call("DELETE", &path, None).await);
-            if wait && v["recordRemoved"] != true {
-                let get = try_api!(c.org_path(&format!("/backups/{id}")));
+            let org = try_api!(c.org());
+            let outcome = try_api!(c.delete_backup(org, &id, &DeleteQuery { force }).await);
+            if wait && !outcome.record_removed {
                 loop {
-                    match c.get(&get).await {
-                        Err(e) if e.status == 404 => break,
+                    match c.get_backup(org, &id).await {
+                        Err(e) if e.status() == Some(404) => break,
                         Err(e) => return fail(e),
                         Ok(_) => tokio::time::sleep(Duration::from_millis(500)).await,
                     }
                 }
             }
-            print(&conn, &v, |v| {
-                println!("{}", cell(&v["message"]));
-                if wait && v["recordRemoved"] != true {
+            print(&conn, &outcome, |o| {
+                println!("{}", cell(&o.message));
+                if wait && !o.record_removed {
                     println!("backup {id} and its data are deleted");
                 }
             })
@@ -826,29 +896,29 @@ pub async fn backups(conn: Conn, cmd: BackupsCommand) -> ExitCode {
     }
 }
 
+fn restore_rows(list: &[RestoreRecord]) -> Vec<Vec<String>> {
+    list.iter()
+        .map(|r| {
+            vec![
+                cell(&r.id),
+                cell(&r.backup),
+                cell(&r.cluster_name),
+                cell(&r.phase),
+                format!(
+                    "{}/{} created, {} failed",
+                    r.counts.created, r.counts.total, r.counts.failed
+                ),
+                opt_cell(r.message.as_deref()),
+            ]
+        })
+        .collect()
+}
+
+const RESTORE_HEADER: &[&str] = &["ID", "BACKUP", "CLUSTER", "PHASE", "OBJECTS", "MESSAGE"];
+
 /// `pxb restores`.
 pub async fn restores(conn: Conn, cmd: RestoresCommand) -> ExitCode {
     let c = client!(&conn);
-    let rows = |list: &[Value]| -> Vec<Vec<String>> {
-        list.iter()
-            .map(|r| {
-                vec![
-                    cell(&r["id"]),
-                    cell(&r["backup"]),
-                    cell(&r["clusterName"]),
-                    cell(&r["phase"]),
-                    format!(
-                        "{}/{} created, {} failed",
-                        r["counts"]["created"].as_u64().unwrap_or(0),
-                        r["counts"]["total"].as_u64().unwrap_or(0),
-                        r["counts"]["failed"].as_u64().unwrap_or(0)
-                    ),
-                    cell(&r["message"]),
-                ]
-            })
-            .collect()
-    };
-    let header = &["ID", "BACKUP", "CLUSTER", "PHASE", "OBJECTS", "MESSAGE"];
     match cmd {
         RestoresCommand::Create {
             backup,
@@ -858,48 +928,57 @@ pub async fn restores(conn: Conn, cmd: RestoresCommand) -> ExitCode {
             allow_cluster_kinds,
             wait,
         } => {
-            let mut map = BTreeMap::new();
+            let mut namespace_mapping = BTreeMap::new();
             for m in &mapping {
                 match m.split_once('=') {
                     Some((a, b)) => {
-                        map.insert(a.to_owned(), b.to_owned());
+                        namespace_mapping.insert(a.to_owned(), b.to_owned());
                     }
                     None => return fail(format!("--map {m:?} is not FROM=TO")),
                 }
             }
-            let body = json!({"backup": backup, "cluster": cluster, "namespaces": namespaces,
-                "namespaceMapping": map, "allowClusterKinds": allow_cluster_kinds});
-            let mut v = try_api!(
-                c.call("POST", &try_api!(c.org_path("/restores")), Some(&body))
-                    .await
-            );
+            let org = try_api!(c.org());
+            let body = RestoreRequest {
+                backup,
+                cluster,
+                namespaces,
+                namespace_mapping,
+                allow_cluster_kinds,
+            };
+            let mut r = try_api!(c.create_restore(org, &body).await);
             if wait {
-                let path = try_api!(c.org_path(&format!("/restores/{}", cell(&v["id"]))));
-                v = try_api!(
-                    poll(&c, &path, |r| {
-                        (!ACTIVE.contains(&r["phase"].as_str().unwrap_or(""))).then(|| r.clone())
-                    })
+                let id = r.id.clone();
+                let path = rest::GET_RESTORE.path_with(&[org, &id]);
+                r = try_api!(
+                    poll(
+                        &path,
+                        || c.get_restore(org, &id),
+                        |r: &RestoreRecord| (!backup_phase::is_active(&r.phase)).then(|| r.clone()),
+                    )
                     .await
                 );
             }
-            let failed = v["phase"] == "Failed";
-            print(&conn, &v, |v| table(header, &rows(std::slice::from_ref(v))));
+            let failed = r.phase == backup_phase::FAILED;
+            print(&conn, &r, |r| {
+                table(RESTORE_HEADER, &restore_rows(std::slice::from_ref(r)))
+            });
             if failed {
                 ExitCode::FAILURE
             } else {
                 ExitCode::SUCCESS
             }
         }
-        RestoresCommand::List { limit } => {
-            let v = try_api!(
-                c.get(&try_api!(c.org_path(&format!("/restores?limit={limit}"))))
-                    .await
-            );
-            print(&conn, &v, |v| table(header, &rows(&items(v))))
+        RestoresCommand::List { limit: n } => {
+            let list = try_api!(c.list_restores(try_api!(c.org()), &limit(n.into())).await);
+            print(&conn, &list, |list| {
+                table(RESTORE_HEADER, &restore_rows(&list.items))
+            })
         }
         RestoresCommand::Get { id } => {
-            let v = try_api!(c.get(&try_api!(c.org_path(&format!("/restores/{id}")))).await);
-            print(&conn, &v, |v| table(header, &rows(std::slice::from_ref(v))))
+            let r = try_api!(c.get_restore(try_api!(c.org()), &id).await);
+            print(&conn, &r, |r| {
+                table(RESTORE_HEADER, &restore_rows(std::slice::from_ref(r)))
+            })
         }
     }
 }
@@ -910,36 +989,44 @@ fn split_at(v: &str, what: &str) -> Result<(String, String), String> {
         .ok_or_else(|| format!("--{what} {v:?} is not X@HH:MM"))
 }
 
+fn schedule_rows(list: &[ScheduleRecord]) -> Vec<Vec<String>> {
+    list.iter()
+        .map(|s| {
+            let p = &s.policy;
+            let when = match &p.every {
+                Every::Interval { minutes } => format!("every {minutes} min"),
+                Every::Daily { at } => format!("daily {}", cell(at)),
+                Every::Weekly { day, at } => format!("{} {}", cell(day), cell(at)),
+                Every::Monthly { date, at } => format!("monthly on {date} {}", cell(at)),
+            };
+            vec![
+                cell(&s.id),
+                format!("{when} {}", cell(&p.time_zone)),
+                p.retain.to_string(),
+                cell(&s.location_name),
+                ms_cell(s.next_fire_ms),
+                if s.paused {
+                    "paused".into()
+                } else {
+                    "active".into()
+                },
+            ]
+        })
+        .collect()
+}
+
+const SCHEDULE_HEADER: &[&str] = &["NAME", "WHEN", "RETAIN", "LOCATION", "NEXT", "STATE"];
+
+/// What `pxb schedules delete --json` prints.
+#[derive(Serialize)]
+struct Deleted<'a> {
+    deleted: &'a str,
+}
+
 /// `pxb schedules`.
 pub async fn schedules(conn: Conn, cmd: SchedulesCommand) -> ExitCode {
     let c = client!(&conn);
-    let rows = |list: &[Value]| -> Vec<Vec<String>> {
-        list.iter()
-            .map(|s| {
-                let p = &s["policy"];
-                let when = match p["kind"].as_str() {
-                    Some("interval") => format!("every {} min", cell(&p["minutes"])),
-                    Some("daily") => format!("daily {}", cell(&p["at"])),
-                    Some("weekly") => format!("{} {}", cell(&p["day"]), cell(&p["at"])),
-                    Some("monthly") => format!("monthly on {} {}", cell(&p["date"]), cell(&p["at"])),
-                    _ => cell(p),
-                };
-                vec![
-                    cell(&s["id"]),
-                    format!("{when} {}", cell(&p["timeZone"])),
-                    cell(&p["retain"]),
-                    cell(&s["locationName"]),
-                    ms_cell(&s["nextFireMs"]),
-                    if s["paused"] == true {
-                        "paused".into()
-                    } else {
-                        "active".into()
-                    },
-                ]
-            })
-            .collect()
-    };
-    let header = &["NAME", "WHEN", "RETAIN", "LOCATION", "NEXT", "STATE"];
+    let one = |s: &ScheduleRecord| table(SCHEDULE_HEADER, &schedule_rows(std::slice::from_ref(s)));
     match cmd {
         SchedulesCommand::Create(create) => {
             let CreateSchedule {
@@ -954,73 +1041,75 @@ pub async fn schedules(conn: Conn, cmd: SchedulesCommand) -> ExitCode {
                 namespaces,
                 location,
             } = *create;
-            let every = if let Some(m) = every_minutes {
-                json!({"kind": "interval", "minutes": m})
+            let every = if let Some(minutes) = every_minutes {
+                Every::Interval { minutes }
             } else if let Some(at) = daily {
-                json!({"kind": "daily", "at": at})
+                Every::Daily { at }
             } else if let Some(w) = weekly {
                 let (day, at) = try_api!(split_at(&w, "weekly"));
-                json!({"kind": "weekly", "day": day, "at": at})
+                Every::Weekly { day, at }
             } else if let Some(m) = monthly {
                 let (date, at) = try_api!(split_at(&m, "monthly"));
                 let date: u8 = try_api!(
                     date.parse()
                         .map_err(|_| format!("--monthly date {date:?} is not a number"))
                 );
-                json!({"kind": "monthly", "date": date, "at": at})
+                Every::Monthly { date, at }
             } else {
                 return fail(
                     "say when: --every-minutes N, --daily HH:MM, --weekly DAY@HH:MM or --monthly DATE@HH:MM",
                 );
             };
-            let mut policy = every;
-            policy["retain"] = json!(retain);
-            policy["timeZone"] = json!(time_zone);
-            let sel = try_api!(selection.to_json());
-            let body = json!({"name": name, "policy": policy, "clusters": sel, "namespaces": namespaces, "location": location});
-            let v = try_api!(
-                c.call("POST", &try_api!(c.org_path("/schedules")), Some(&body))
-                    .await
-            );
-            print(&conn, &v, |v| table(header, &rows(std::slice::from_ref(v))))
+            let clusters = try_api!(selection.selector());
+            let body = ScheduleRequest {
+                name,
+                policy: SchedulePolicy {
+                    every,
+                    retain,
+                    time_zone,
+                },
+                clusters,
+                namespaces,
+                location,
+                paused: false,
+            };
+            let s = try_api!(c.create_schedule(try_api!(c.org()), &body).await);
+            print(&conn, &s, one)
         }
         SchedulesCommand::List => {
-            let v = try_api!(c.get(&try_api!(c.org_path("/schedules?limit=1000"))).await);
-            print(&conn, &v, |v| table(header, &rows(&items(v))))
-        }
-        SchedulesCommand::Get { name } => {
-            let v = try_api!(c.get(&try_api!(c.org_path(&format!("/schedules/{name}")))).await);
-            print(&conn, &v, |v| table(header, &rows(std::slice::from_ref(v))))
-        }
-        SchedulesCommand::Pause { name } => pause(&c, &conn, &name, true, header, rows).await,
-        SchedulesCommand::Resume { name } => pause(&c, &conn, &name, false, header, rows).await,
-        SchedulesCommand::Delete { name } => {
-            try_api!(
-                c.call(
-                    "DELETE",
-                    &try_api!(c.org_path(&format!("/schedules/{name}"))),
-                    None
-                )
+            let org = try_api!(c.org());
+            let list = try_api!(
+                every(&c, |q| {
+                    let c: &Client = &c;
+                    async move { c.list_schedules(org, &q).await }
+                })
                 .await
             );
-            print(&conn, &json!({"deleted": name}), |_| {
+            print(&conn, &list, |list| {
+                table(SCHEDULE_HEADER, &schedule_rows(&list.items))
+            })
+        }
+        SchedulesCommand::Get { name } => {
+            let s = try_api!(c.get_schedule(try_api!(c.org()), &name).await);
+            print(&conn, &s, one)
+        }
+        SchedulesCommand::Pause { name } => {
+            let body = UpdateSchedule { paused: true };
+            let s = try_api!(c.update_schedule(try_api!(c.org()), &name, &body).await);
+            print(&conn, &s, one)
+        }
+        SchedulesCommand::Resume { name } => {
+            let body = UpdateSchedule { paused: false };
+            let s = try_api!(c.update_schedule(try_api!(c.org()), &name, &body).await);
+            print(&conn, &s, one)
+        }
+        SchedulesCommand::Delete { name } => {
+            try_api!(c.delete_schedule(try_api!(c.org()), &name).await);
+            print(&conn, &Deleted { deleted: &name }, |_| {
                 println!("schedule {name} deleted")
             })
         }
     }
-}
-
-async fn pause(
-    c: &Client,
-    conn: &Conn,
-    name: &str,
-    paused: bool,
-    header: &[&str],
-    rows: impl Fn(&[Value]) -> Vec<Vec<String>>,
-) -> ExitCode {
-    let path = try_api!(c.org_path(&format!("/schedules/{name}")));
-    let v = try_api!(c.call("PUT", &path, Some(&json!({"paused": paused}))).await);
-    print(conn, &v, |v| table(header, &rows(std::slice::from_ref(v))))
 }
 
 /// `pxb fleet`.
@@ -1028,28 +1117,72 @@ pub async fn fleet(conn: Conn, cmd: FleetCommand) -> ExitCode {
     let c = client!(&conn);
     match cmd {
         FleetCommand::Status { state } => {
-            let q = query(&[
-                ("org", conn.org.clone().or_else(|| c.org().ok())),
-                ("state", state),
-                ("limit", Some("1000".into())),
-            ]);
-            let v = try_api!(c.get(&format!("/v1/fleet/status{q}")).await);
-            print(&conn, &v, |v| {
-                let counts = v["counts"]
-                    .as_object()
-                    .map(|m| {
-                        m.iter()
-                            .map(|(k, n)| format!("{k}={n}"))
-                            .collect::<Vec<_>>()
-                            .join(" ")
+            let query = ListQuery {
+                org: conn.org.clone().or_else(|| c.org().ok().map(str::to_owned)),
+                state,
+                limit: Some(1000),
+                ..ListQuery::default()
+            };
+            // Every page: the counts and time are the first page's, the items all pages'.
+            let mut v = try_api!(c.fleet_status(&query).await);
+            let mut next = v.next.take();
+            while let Some(after) = next {
+                let page = try_api!(
+                    c.fleet_status(&ListQuery {
+                        after: Some(after.clone()),
+                        ..query.clone()
                     })
-                    .unwrap_or_default();
-                println!("fleet status at {}: {counts}", cell(&v["generatedAt"]));
-                let rows = rows_of(&items(v), &["/org", "/cluster", "/state", "/message"]);
+                    .await
+                );
+                v.items.extend(page.items);
+                // A cursor that does not move would loop forever.
+                next = page.next.filter(|n| *n != after);
+            }
+            print(&conn, &v, |v| {
+                let counts = v
+                    .counts
+                    .iter()
+                    .map(|(k, n)| format!("{k}={n}"))
+                    .collect::<Vec<_>>()
+                    .join(" ");
+                println!(
+                    "fleet status at {}: {counts}",
+                    opt_cell(v.generated_at.as_deref())
+                );
+                let rows: Vec<Vec<String>> = v
+                    .items
+                    .iter()
+                    .map(|e| {
+                        vec![
+                            cell(&e.org),
+                            cell(&e.cluster),
+                            e.state.as_str().to_owned(),
+                            opt_cell(e.message.as_deref()),
+                        ]
+                    })
+                    .collect();
                 table(&["ORG", "CLUSTER", "STATE", "MESSAGE"], &rows);
             })
         }
     }
+}
+
+/// A context as `pxb context --json` shows it (the token redacted).
+#[derive(Serialize)]
+struct ContextRow<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    org: Option<&'a str>,
+    server: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    token: Option<&'a str>,
+}
+
+/// What `pxb context --json` prints.
+#[derive(Serialize)]
+struct ContextsView<'a> {
+    contexts: BTreeMap<&'a str, ContextRow<'a>>,
+    current: &'a str,
+    file: String,
 }
 
 /// Where the context file is (for `pxb context`).
@@ -1058,16 +1191,24 @@ pub fn show_context(conn: &Conn) -> ExitCode {
         Ok(f) => f,
         Err(e) => return fail(e),
     };
-    let mut redacted = file.clone();
-    for c in redacted.contexts.values_mut() {
-        if c.token.is_some() {
-            c.token = Some("(set)".into());
-        }
-    }
-    let v = json!({"file": context_path().display().to_string(), "current": redacted.current,
-                   "contexts": redacted.contexts});
+    let v = ContextsView {
+        contexts: file
+            .contexts
+            .iter()
+            .map(|(name, c)| {
+                let row = ContextRow {
+                    org: c.org.as_deref(),
+                    server: &c.server,
+                    token: c.token.as_ref().map(|_| "(set)"),
+                };
+                (name.as_str(), row)
+            })
+            .collect(),
+        current: &file.current,
+        file: context_path().display().to_string(),
+    };
     print(conn, &v, |v| {
-        println!("context file: {}", cell(&v["file"]));
+        println!("context file: {}", cell(&v.file));
         let rows: Vec<Vec<String>> = file
             .contexts
             .iter()

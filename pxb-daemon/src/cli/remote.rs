@@ -1,4 +1,5 @@
-//! Talking to `pxb-server`: the context file (like a kubeconfig), the API client, and tables.
+//! Talking to `pxb-server`: the context file (like a kubeconfig), the typed API client it
+//! configures ([`crate::client::Client`]), and tables.
 //!
 //! The context file is `$PXB_CONFIG`, else `$XDG_CONFIG_HOME/pxb/config.yaml`, else
 //! `~/.config/pxb/config.yaml`. It holds named contexts (server URL, org, bearer token) and the
@@ -7,10 +8,11 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::time::Duration;
+use std::time::{Duration, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
+
+use crate::client::Client;
 
 /// Connection options every server command takes.
 #[derive(Debug, Clone, Default, clap::Args)]
@@ -102,35 +104,14 @@ impl ContextFile {
     }
 }
 
-/// An API client for one server, org and token.
+/// The typed client of the server `conn` names, and the org commands work in.
 #[derive(Debug, Clone)]
-pub struct Client {
-    http: reqwest::Client,
-    base: String,
-    token: Option<String>,
+pub struct Remote {
+    client: Client,
     org: Option<String>,
 }
 
-/// An API error as the CLI shows it.
-#[derive(Debug, Clone)]
-pub struct ApiFailure {
-    /// HTTP status (0: not reached).
-    pub status: u16,
-    /// For humans.
-    pub message: String,
-}
-
-impl std::fmt::Display for ApiFailure {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        if self.status == 0 {
-            write!(f, "{}", self.message)
-        } else {
-            write!(f, "{} ({})", self.message, self.status)
-        }
-    }
-}
-
-impl Client {
+impl Remote {
     /// The client for `conn`, from the context file and the overrides.
     pub fn from_conn(conn: &Conn) -> Result<Self, String> {
         let file = ContextFile::load()?;
@@ -143,75 +124,28 @@ impl Client {
                 context_path().display()
             ));
         }
-        let http = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(10))
-            .timeout(Duration::from_secs(60))
+        let client = Client::builder(server)
+            .maybe_token(conn.token.clone().or(ctx.token))
             .build()
-            .map_err(|e| format!("cannot build the HTTP client: {e}"))?;
-        Ok(Client {
-            http,
-            base: server.trim_end_matches('/').to_owned(),
-            token: conn.token.clone().or(ctx.token),
+            .map_err(|e| e.to_string())?;
+        Ok(Remote {
+            client,
             org: conn.org.clone().or(ctx.org),
         })
     }
 
     /// The org, or an error saying how to choose one.
-    pub fn org(&self) -> Result<String, ApiFailure> {
-        self.org.clone().ok_or_else(|| ApiFailure {
-            status: 0,
-            message: "no org: pass --org or log in with `pxb login --org ORG`".into(),
-        })
+    pub fn org(&self) -> Result<&str, String> {
+        self.org
+            .as_deref()
+            .ok_or_else(|| "no org: pass --org or log in with `pxb login --org ORG`".to_owned())
     }
+}
 
-    /// `/v1/orgs/{org}` + `rest`.
-    pub fn org_path(&self, rest: &str) -> Result<String, ApiFailure> {
-        Ok(format!("/v1/orgs/{}{rest}", self.org()?))
-    }
-
-    /// Calls the API; a non-2xx answer is an error with the server's message.
-    pub async fn call(&self, method: &str, path: &str, body: Option<&Value>) -> Result<Value, ApiFailure> {
-        let url = format!("{}{path}", self.base);
-        let method = reqwest::Method::from_bytes(method.as_bytes()).map_err(|e| ApiFailure {
-            status: 0,
-            message: e.to_string(),
-        })?;
-        let mut req = self.http.request(method, &url);
-        if let Some(t) = &self.token {
-            req = req.bearer_auth(t);
-        }
-        if let Some(b) = body {
-            req = req.header("content-type", "application/json").body(b.to_string());
-        }
-        let resp = req.send().await.map_err(|e| ApiFailure {
-            status: 0,
-            message: format!("cannot reach {}: {e}", self.base),
-        })?;
-        let status = resp.status().as_u16();
-        let bytes = resp.bytes().await.map_err(|e| ApiFailure {
-            status,
-            message: format!("reading the answer: {e}"),
-        })?;
-        let value: Value = if bytes.is_empty() {
-            Value::Null
-        } else {
-            serde_json::from_slice(&bytes)
-                .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into()))
-        };
-        if (200..300).contains(&status) {
-            Ok(value)
-        } else {
-            let message = value["error"]["message"]
-                .as_str()
-                .map(str::to_owned)
-                .unwrap_or_else(|| value.to_string());
-            Err(ApiFailure { status, message })
-        }
-    }
-
-    /// GET.
-    pub async fn get(&self, path: &str) -> Result<Value, ApiFailure> {
-        self.call("GET", path, None).await
+impl std::ops::Deref for Remote {
+    type Target = Client;
+    fn deref(&self) -> &Client {
+        &self.client
     }
 }
 
@@ -242,21 +176,42 @@ pub fn table(header: &[&str], rows: &[Vec<String>]) {
     }
 }
 
-/// A JSON value as a table cell.
-pub fn cell(v: &Value) -> String {
-    match v {
-        Value::Null => "-".into(),
-        Value::String(s) if s.is_empty() => "-".into(),
-        Value::String(s) => s.clone(),
-        Value::Array(a) => a.iter().map(cell).collect::<Vec<_>>().join(","),
-        other => other.to_string(),
+/// A text as a table cell: `-` when empty.
+pub fn cell(s: &str) -> String {
+    if s.is_empty() { "-".into() } else { s.to_owned() }
+}
+
+/// An optional text as a table cell: `-` when absent or empty.
+pub fn opt_cell(s: Option<&str>) -> String {
+    cell(s.unwrap_or_default())
+}
+
+/// A list as a table cell: its items, comma-separated.
+pub fn list_cell(items: &[String]) -> String {
+    items.iter().map(|s| cell(s)).collect::<Vec<_>>().join(",")
+}
+
+/// A value of a unit enum as the API spells it (`federated`, `InProgress`).
+pub fn name_cell<T: Serialize>(v: &T) -> String {
+    match serde_json::to_string(v) {
+        Ok(s) => cell(s.trim_matches('"')),
+        Err(_) => "-".into(),
     }
 }
 
-/// An epoch-milliseconds value as RFC 3339 (seconds).
-pub fn ms_cell(v: &Value) -> String {
-    v.as_i64()
-        .and_then(|ms| time::OffsetDateTime::from_unix_timestamp(ms / 1000).ok())
-        .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
-        .unwrap_or_else(|| "-".into())
+/// An epoch-milliseconds time as RFC 3339 (whole seconds); `-` outside years 0000 to 9999.
+pub fn ms_cell(ms: i64) -> String {
+    // 0000-01-01T00:00:00Z and 9999-12-31T23:59:59Z.
+    const SECS: std::ops::RangeInclusive<i64> = -62_167_219_200..=253_402_300_799;
+    let secs = ms / 1000;
+    if !SECS.contains(&secs) {
+        return "-".into();
+    }
+    let delta = Duration::from_secs(secs.unsigned_abs());
+    let t = if secs >= 0 {
+        UNIX_EPOCH + delta
+    } else {
+        UNIX_EPOCH - delta
+    };
+    pxb_core::clock::rfc3339(t)
 }

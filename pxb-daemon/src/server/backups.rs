@@ -29,14 +29,12 @@ use super::operations::{CatalogLimits, Found, OpsInput, OpsOutput};
 use super::state::{Key, OrgState, Server, State, Tracked};
 
 fn ms(t: SystemTime) -> i64 {
-    t.duration_since(SystemTime::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
+    pxb_core::clock::unix_ms(t)
 }
 
 /// `YYYYMMDDhhmmss` (UTC) of `t_ms`, for names.
 fn stamp(t_ms: i64) -> String {
-    rfc3339(SystemTime::UNIX_EPOCH + Duration::from_millis(t_ms.max(0) as u64))
+    rfc3339(pxb_core::clock::from_unix_ms(t_ms.max(0)))
         .chars()
         .filter(char::is_ascii_digit)
         .collect()
@@ -662,7 +660,7 @@ impl Server {
             s.next_fire_ms = next;
             s.last_fired = Some(rfc3339(self.inner.clock.now()));
             s.last_run = Some(ScheduleRun {
-                slot: rfc3339(SystemTime::UNIX_EPOCH + Duration::from_millis(slot.max(0) as u64)),
+                slot: rfc3339(pxb_core::clock::from_unix_ms(slot.max(0))),
                 fired_at: s.last_fired.clone().unwrap_or_default(),
                 started: records
                     .iter()
@@ -808,7 +806,7 @@ impl Server {
             heartbeat
                 .as_deref()
                 .and_then(pxb_core::clock::parse_rfc3339)
-                .map(|t| (t.unix_timestamp_nanos() / 1_000_000) as i64)
+                .map(pxb_core::clock::unix_ms)
                 .unwrap_or(created_ms)
                 .max(created_ms)
         };

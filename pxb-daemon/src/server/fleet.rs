@@ -96,7 +96,6 @@ impl FleetSnapshot {
         limit: usize,
         now: SystemTime,
     ) -> (Vec<FleetEntry>, bool) {
-        let now_odt = time::OffsetDateTime::from(now);
         let mut out = Vec::new();
         for org in orgs {
             if after.is_some_and(|a| *org < a.0) {
@@ -122,7 +121,7 @@ impl FleetSnapshot {
                     .last_seen
                     .as_deref()
                     .and_then(parse_rfc3339)
-                    .map(|t| (now_odt - t).whole_seconds().max(0) as u64);
+                    .map(|t| now.duration_since(t).map_or(0, |d| d.as_secs()));
                 out.push(e);
             }
         }

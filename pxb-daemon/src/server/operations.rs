@@ -116,14 +116,11 @@ impl OpsInput {
 }
 
 fn ms_of(rfc: Option<&str>) -> Option<i64> {
-    let t = pxb_core::clock::parse_rfc3339(rfc?)?;
-    Some((t.unix_timestamp_nanos() / 1_000_000) as i64)
+    pxb_core::clock::parse_rfc3339(rfc?).map(pxb_core::clock::unix_ms)
 }
 
 fn now_ms(now: SystemTime) -> i64 {
-    now.duration_since(SystemTime::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
+    pxb_core::clock::unix_ms(now)
 }
 
 fn err(what: &str, e: kube::Error) -> String {

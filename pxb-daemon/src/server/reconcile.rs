@@ -169,8 +169,7 @@ pub fn desired_spec(loc: &LocationRecord, cluster: &ClusterRecord, sync_request:
 
 fn age(since: Option<&str>, now: SystemTime) -> Option<Duration> {
     let t = parse_rfc3339(since?)?;
-    let now = time::OffsetDateTime::from(now);
-    Some((now - t).try_into().unwrap_or(Duration::ZERO))
+    Some(now.duration_since(t).unwrap_or(Duration::ZERO))
 }
 
 /// Turns requests whose last sign of life is older than `lease` into `Stalled`.

@@ -20,6 +20,7 @@ pub mod entra;
 pub mod jwt;
 pub mod logs;
 pub mod oidc;
+pub mod real_cluster;
 pub mod server;
 pub mod tls;
 

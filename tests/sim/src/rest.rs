@@ -333,13 +333,19 @@ fn as_table(ty: &ResourceType, items: &[Arc<Value>], meta: Value) -> Value {
         .iter()
         .map(|obj| {
             let mut cells = vec![obj.pointer("/metadata/name").cloned().unwrap_or(Value::Null)];
-            let now = time::OffsetDateTime::now_utc();
+            let now = std::time::SystemTime::now();
             for (p, col) in paths.iter().zip(&columns_for_rows[1..]) {
                 let cell = obj.pointer(&p.replace('.', "/")).cloned().unwrap_or(Value::Null);
                 // Like kube-apiserver, dates are shown as ages ("5m", "3d4h").
                 let cell = match (col["type"].as_str(), cell.as_str()) {
-                    (Some("date"), Some(t)) => time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339)
-                        .map(|t| human_duration(now - t).into())
+                    (Some("date"), Some(t)) => pxb_core::clock::parse_rfc3339(t)
+                        .map(|t| {
+                            let secs = match now.duration_since(t) {
+                                Ok(d) => d.as_secs() as i64,
+                                Err(e) => -(e.duration().as_secs() as i64),
+                            };
+                            human_duration(secs).into()
+                        })
                         .unwrap_or(cell),
                     _ => cell,
                 };
@@ -352,9 +358,8 @@ fn as_table(ty: &ResourceType, items: &[Arc<Value>], meta: Value) -> Value {
     json!({"kind": "Table", "apiVersion": "meta.k8s.io/v1", "metadata": meta, "columnDefinitions": columns, "rows": rows})
 }
 
-/// kube-apiserver's `HumanDuration`: `45s`, `5m10s`, `3h`, `4d5h`, `2y3d`.
-pub fn human_duration(d: time::Duration) -> String {
-    let s = d.whole_seconds();
+/// kube-apiserver's `HumanDuration` of `s` seconds: `45s`, `5m10s`, `3h`, `4d5h`, `2y3d`.
+pub fn human_duration(s: i64) -> String {
     if s < -1 {
         return "<invalid>".into();
     }
@@ -854,7 +859,7 @@ mod tests {
 
     #[test]
     fn ages_read_like_kubectl() {
-        let d = |s: i64| human_duration(time::Duration::seconds(s));
+        let d = human_duration;
         assert_eq!(d(-5), "<invalid>");
         assert_eq!(d(0), "0s");
         assert_eq!(d(119), "119s");

@@ -1,17 +1,28 @@
 //! The API benchmark: list and filter over many backups in the embedded SQLite catalog, through
-//! the server's HTTP API (`GET /v1/orgs/{org}/backups`), as a client sees it.
+//! the server's HTTP API (`GET /v1/orgs/{org}/backups`), as a client sees it: the typed client
+//! (`pxb_daemon::client`), each answer decoded into its records.
 
 use std::time::{Duration, Instant};
 
+use pxb_core::api::rest::ListQuery;
 use pxb_core::catalog::records::{BackupRecord, BackupView, Org};
 use pxb_core::catalog::{Catalog, CatalogStore, Put};
+use pxb_daemon::client::Client;
 use rand::Rng as _;
 use serde_json::{Value, json};
 
 const MIB: f64 = 1024.0 * 1024.0;
 
-/// Makes one query string of a kind, with random parameters.
-type QueryFn = dyn Fn(&mut rand::rngs::ThreadRng) -> String;
+/// Makes one query of a kind, with random parameters.
+type QueryFn = dyn Fn(&mut rand::rngs::ThreadRng) -> ListQuery;
+
+/// A query of the first 100 backups.
+fn page() -> ListQuery {
+    ListQuery {
+        limit: Some(100),
+        ..ListQuery::default()
+    }
+}
 const DAY_MS: i64 = 86_400_000;
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
@@ -93,107 +104,140 @@ pub async fn run(backups: usize, clusters: usize, rounds: usize) -> anyhow::Resu
     config.catalog.path = path.display().to_string();
     let token = "bench-dev-token-0123456789abcdef".to_string();
     let daemon = pxb_daemon::server::Daemon::start(config, Some(token.clone()), |_| None).await?;
-    let url = format!("http://{}/v1/orgs/bench/backups", daemon.addr);
-    let http = reqwest::Client::new();
-    let get = |q: String| {
-        let (http, url, token) = (http.clone(), url.clone(), token.clone());
+    let api = Client::builder(format!("http://{}", daemon.addr))
+        .token(&token)
+        .build()?;
+    let get = |q: ListQuery| {
+        let api = api.clone();
         async move {
             let t = Instant::now();
-            let r = http.get(format!("{url}?{q}")).bearer_auth(&token).send().await?;
-            anyhow::ensure!(r.status() == 200, "{q}: {}", r.status());
-            let body: Value = serde_json::from_slice(&r.bytes().await?)?;
-            Ok::<_, anyhow::Error>((t.elapsed().as_secs_f64() * 1000.0, body))
+            let list = api
+                .list_backups("bench", &q)
+                .await
+                .map_err(|e| anyhow::anyhow!("{q:?}: {e}"))?;
+            Ok::<_, anyhow::Error>((t.elapsed().as_secs_f64() * 1000.0, list))
         }
     };
+    let cluster =
+        move |r: &mut rand::rngs::ThreadRng| Some(format!("cluster-{:05}", r.random_range(0..clusters)));
+    let since = move |days: i64| Some(rfc3339_ms(now_ms - days * DAY_MS));
+    let failed = || Some("Failed".to_owned());
+    let vms = || Some("vms".to_owned());
     let kinds: Vec<(&str, Box<QueryFn>)> = vec![
-        ("newest page", Box::new(|_| "limit=100".into())),
+        ("newest page", Box::new(|_| page())),
         (
             "one cluster",
-            Box::new(move |r| format!("limit=100&cluster=cluster-{:05}", r.random_range(0..clusters))),
+            Box::new(move |r| ListQuery {
+                cluster: cluster(r),
+                ..page()
+            }),
         ),
         (
             "one location",
-            Box::new(|r| format!("limit=100&location=loc-{}", r.random_range(0..5))),
+            Box::new(|r| ListQuery {
+                location: Some(format!("loc-{}", r.random_range(0..5))),
+                ..page()
+            }),
         ),
-        ("failed", Box::new(|_| "limit=100&state=Failed".into())),
+        (
+            "failed",
+            Box::new(move |_| ListQuery {
+                state: failed(),
+                ..page()
+            }),
+        ),
         (
             "last 24 h",
-            Box::new(move |_| format!("limit=100&from={}", rfc3339_ms(now_ms - DAY_MS))),
+            Box::new(move |_| ListQuery {
+                from: since(1),
+                ..page()
+            }),
         ),
         (
             "last 7 d, one cluster",
-            Box::new(move |r| {
-                format!(
-                    "limit=100&from={}&cluster=cluster-{:05}",
-                    rfc3339_ms(now_ms - 7 * DAY_MS),
-                    r.random_range(0..clusters)
-                )
+            Box::new(move |r| ListQuery {
+                from: since(7),
+                cluster: cluster(r),
+                ..page()
             }),
         ),
         (
             "custom bracket 60-61 d ago",
-            Box::new(move |_| {
-                format!(
-                    "limit=100&from={}&to={}",
-                    rfc3339_ms(now_ms - 61 * DAY_MS),
-                    rfc3339_ms(now_ms - 60 * DAY_MS)
-                )
+            Box::new(move |_| ListQuery {
+                from: since(61),
+                to: since(60),
+                ..page()
             }),
         ),
         (
             "one namespace (1 in 7)",
-            Box::new(|r| format!("limit=100&namespace=ns-{}", r.random_range(0..7))),
+            Box::new(|r| ListQuery {
+                namespace: Some(format!("ns-{}", r.random_range(0..7))),
+                ..page()
+            }),
         ),
-        ("vms view (2 %)", Box::new(|_| "limit=100&view=vms".into())),
+        (
+            "vms view (2 %)",
+            Box::new(move |_| ListQuery {
+                view: vms(),
+                ..page()
+            }),
+        ),
         (
             "last 24 h, vms view",
-            Box::new(move |_| format!("limit=100&view=vms&from={}", rfc3339_ms(now_ms - DAY_MS))),
+            Box::new(move |_| ListQuery {
+                view: vms(),
+                from: since(1),
+                ..page()
+            }),
         ),
         (
             "a namespace nothing has",
-            Box::new(|_| "limit=100&namespace=absent".into()),
+            Box::new(|_| ListQuery {
+                namespace: Some("absent".into()),
+                ..page()
+            }),
         ),
         (
             "one cluster, one namespace",
-            Box::new(move |r| {
-                format!(
-                    "limit=100&cluster=cluster-{:05}&namespace=ns-{}",
-                    r.random_range(0..clusters),
-                    r.random_range(0..7)
-                )
+            Box::new(move |r| ListQuery {
+                cluster: cluster(r),
+                namespace: Some(format!("ns-{}", r.random_range(0..7))),
+                ..page()
             }),
         ),
         (
             "one cluster, vms view",
-            Box::new(move |r| {
-                format!(
-                    "limit=100&cluster=cluster-{:05}&view=vms",
-                    r.random_range(0..clusters)
-                )
+            Box::new(move |r| ListQuery {
+                cluster: cluster(r),
+                view: vms(),
+                ..page()
             }),
         ),
         (
             "failed, vms view",
-            Box::new(|_| "limit=100&state=Failed&view=vms".into()),
+            Box::new(move |_| ListQuery {
+                state: failed(),
+                view: vms(),
+                ..page()
+            }),
         ),
         (
             "one namespace, vms view, last 7 d",
-            Box::new(move |r| {
-                format!(
-                    "limit=100&namespace=ns-{}&view=vms&from={}",
-                    r.random_range(0..7),
-                    rfc3339_ms(now_ms - 7 * DAY_MS)
-                )
+            Box::new(move |r| ListQuery {
+                namespace: Some(format!("ns-{}", r.random_range(0..7))),
+                view: vms(),
+                from: since(7),
+                ..page()
             }),
         ),
         (
             "failed, one location, last 30 d",
-            Box::new(move |r| {
-                format!(
-                    "limit=100&state=Failed&location=loc-{}&from={}",
-                    r.random_range(0..5),
-                    rfc3339_ms(now_ms - 30 * DAY_MS)
-                )
+            Box::new(move |r| ListQuery {
+                state: failed(),
+                location: Some(format!("loc-{}", r.random_range(0..5))),
+                from: since(30),
+                ..page()
             }),
         ),
     ];
@@ -204,8 +248,8 @@ pub async fn run(backups: usize, clusters: usize, rounds: usize) -> anyhow::Resu
         let mut items = 0usize;
         for _ in 0..rounds {
             let query = q(&mut rng);
-            let (ms, body) = get(query).await?;
-            items += body["items"].as_array().map_or(0, Vec::len);
+            let (ms, list) = get(query).await?;
+            items += list.items.len();
             lat.push(ms);
         }
         lat.sort_by(f64::total_cmp);
@@ -220,13 +264,14 @@ pub async fn run(backups: usize, clusters: usize, rounds: usize) -> anyhow::Resu
     let mut lat = Vec::new();
     let mut after: Option<String> = None;
     for _ in 0..10 {
-        let q = match &after {
-            Some(a) => format!("limit=1000&after={a}"),
-            None => "limit=1000".into(),
+        let q = ListQuery {
+            limit: Some(1000),
+            after: after.take(),
+            ..ListQuery::default()
         };
-        let (ms, body) = get(q).await?;
+        let (ms, list) = get(q).await?;
         lat.push(ms);
-        after = body["next"].as_str().map(str::to_owned);
+        after = list.next;
     }
     lat.sort_by(f64::total_cmp);
     results.insert(

@@ -7,6 +7,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use pxb_core::api::rest::{CreateDiscovery, CreateLocation, CreateOrg, ListQuery};
+use pxb_core::catalog::records::ClusterSelector;
+use pxb_daemon::client::Client;
 use serde_json::{Value, json};
 
 use super::fleet::SimProcess;
@@ -27,22 +30,12 @@ pub struct ServerBench {
     pub call_timeout_ms: u64,
 }
 
-async fn get(http: &reqwest::Client, url: &str, token: &str) -> anyhow::Result<Value> {
-    let r = http.get(url).bearer_auth(token).send().await?;
-    anyhow::ensure!(r.status() == 200, "GET {url}: {}", r.status());
-    Ok(serde_json::from_slice(&r.bytes().await?)?)
-}
-
-async fn post(http: &reqwest::Client, url: &str, token: &str, body: Value) -> anyhow::Result<Value> {
-    let r = http
-        .post(url)
-        .bearer_auth(token)
-        .header("content-type", "application/json")
-        .body(body.to_string())
-        .send()
-        .await?;
-    anyhow::ensure!(r.status() == 201, "POST {url}: {}", r.status());
-    Ok(serde_json::from_slice(&r.bytes().await?)?)
+/// A list query of pages of `limit` items.
+fn limit(limit: u64) -> ListQuery {
+    ListQuery {
+        limit: Some(limit),
+        ..ListQuery::default()
+    }
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
@@ -80,25 +73,50 @@ pub async fn fleet_pass(b: ServerBench) -> anyhow::Result<Value> {
     let started = Instant::now();
     let daemon = pxb_daemon::server::Daemon::start(config, Some(token.clone()), |_| None).await?;
     let url = format!("http://{}", daemon.addr);
-    let http = reqwest::Client::new();
-    post(&http, &format!("{url}/v1/orgs"), &token, json!({"id": "bench"})).await?;
-    post(
-        &http,
-        &format!("{url}/v1/orgs/bench/locations"),
-        &token,
-        json!({"name": "primary", "provider": "file", "container": "/var/lib/pxb/backups", "clusters": {"all": true}}),
+    let api = Client::builder(&url).token(&token).build()?;
+    api.create_org(&CreateOrg {
+        id: "bench".into(),
+        display_name: String::new(),
+        mode: Default::default(),
+        access: Vec::new(),
+    })
+    .await?;
+    api.create_location(
+        "bench",
+        &CreateLocation {
+            name: "primary".into(),
+            provider: "file".into(),
+            account: None,
+            container: "/var/lib/pxb/backups".into(),
+            prefix: None,
+            endpoint: None,
+            mode: None,
+            client_id: None,
+            tenant_id: None,
+            cluster_client_ids: Default::default(),
+            credential: None,
+            clusters: ClusterSelector {
+                all: true,
+                ..ClusterSelector::default()
+            },
+            sync: false,
+        },
     )
     .await?;
-    post(
-        &http,
-        &format!("{url}/v1/orgs/bench/discoveries"),
-        &token,
-        json!({"id": "bench", "project": "bench", "credential": "bench", "intervalSecs": 3600}),
+    api.create_discovery(
+        "bench",
+        &CreateDiscovery {
+            id: "bench".into(),
+            project: "bench".into(),
+            credential: "bench".into(),
+            interval_secs: Some(3600),
+        },
     )
     .await?;
 
     // Read the fleet status (first page, 100 clusters, with counts) every 20 ms during the pass,
-    // from a thread and runtime of its own, as an outside client would.
+    // from a thread and runtime of its own, as an outside client would (with a client and
+    // connections of its own).
     let done = Arc::new(AtomicBool::new(false));
     let reader = {
         let (done, url, token) = (done.clone(), url.clone(), token.clone());
@@ -107,14 +125,12 @@ pub async fn fleet_pass(b: ServerBench) -> anyhow::Result<Value> {
                 .enable_all()
                 .build()?;
             rt.block_on(async move {
-                let http = reqwest::Client::new();
+                let api = Client::builder(&url).token(&token).build()?;
+                let page = limit(100);
                 let mut lat = Vec::new();
                 while !done.load(Ordering::Relaxed) {
                     let t = Instant::now();
-                    if get(&http, &format!("{url}/v1/fleet/status?limit=100"), &token)
-                        .await
-                        .is_ok()
-                    {
+                    if api.fleet_status(&page).await.is_ok() {
                         lat.push(t.elapsed().as_secs_f64() * 1000.0);
                     }
                     tokio::time::sleep(Duration::from_millis(20)).await;
@@ -126,21 +142,18 @@ pub async fn fleet_pass(b: ServerBench) -> anyhow::Result<Value> {
     let expected_offline = b.shoots.div_ceil(b.blackhole_every);
     let expected_ready = b.shoots - expected_offline;
     let mut discovered_at = None;
-    let mut last = Value::Null;
+    let mut last = std::collections::BTreeMap::new();
     let deadline = Instant::now() + Duration::from_secs(600);
     while Instant::now() < deadline {
-        let status = get(&http, &format!("{url}/v1/fleet/status?limit=1"), &token).await?;
-        let counts = &status["counts"];
-        let total: u64 = counts
-            .as_object()
-            .map(|m| m.values().filter_map(Value::as_u64).sum())
-            .unwrap_or(0);
+        let status = api.fleet_status(&limit(1)).await?;
+        let counts = status.counts;
+        let total: u64 = counts.values().sum();
         if discovered_at.is_none() && total as usize == b.shoots {
             discovered_at = Some(started.elapsed());
         }
-        let ready = counts["Ready"].as_u64().unwrap_or(0) as usize;
-        let offline = counts["Unreachable"].as_u64().unwrap_or(0) as usize;
-        last = counts.clone();
+        let ready = counts.get("Ready").copied().unwrap_or(0) as usize;
+        let offline = counts.get("Unreachable").copied().unwrap_or(0) as usize;
+        last = counts;
         if ready == expected_ready && offline == expected_offline {
             break;
         }
@@ -152,25 +165,22 @@ pub async fn fleet_pass(b: ServerBench) -> anyhow::Result<Value> {
         .join()
         .map_err(|_| anyhow::anyhow!("the reader thread panicked"))??;
     anyhow::ensure!(
-        last["Ready"].as_u64() == Some(expected_ready as u64)
-            && last["Unreachable"].as_u64() == Some(expected_offline as u64),
-        "the pass did not finish: {last}"
+        last.get("Ready") == Some(&(expected_ready as u64))
+            && last.get("Unreachable") == Some(&(expected_offline as u64)),
+        "the pass did not finish: {last:?}"
     );
     // Every Ready cluster validated the location.
-    let mut valid = 0usize;
-    let mut after: Option<String> = None;
-    loop {
-        let mut u = format!("{url}/v1/orgs/bench/locations/primary/status?limit=1000&state=Valid");
-        if let Some(a) = &after {
-            u += &format!("&after={a}");
-        }
-        let page = get(&http, &u, &token).await?;
-        valid += page["items"].as_array().map_or(0, Vec::len);
-        match page["next"].as_str() {
-            Some(n) => after = Some(n.to_owned()),
-            None => break,
-        }
-    }
+    let valid_only = ListQuery {
+        state: Some("Valid".into()),
+        ..limit(1000)
+    };
+    let valid = api
+        .all(valid_only, |q| {
+            let api = &api;
+            async move { api.location_status("bench", "primary", &q).await }
+        })
+        .await?
+        .len();
     let server_peak = peak_rss();
     // The in-memory snapshot read, without HTTP, for comparison.
     let server = daemon.server.clone();

@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use crate::catalog::records::{ClusterSelector, LocationRecord, Mode};
 
 /// A classic credential.
-#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct CredentialInput {
     /// A storage account key.
@@ -20,7 +20,7 @@ pub struct CredentialInput {
 }
 
 /// A new backup location.
-#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct CreateLocation {
     /// Name, a DNS label; the `BackupLocation` CR on clusters has this name.
@@ -117,7 +117,7 @@ pub struct LocationView {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub client_id: Option<String>,
     /// Per-cluster client ids.
-    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub cluster_client_ids: BTreeMap<String, String>,
     /// Whether a classic credential is stored.
     pub has_credential: bool,
@@ -151,7 +151,7 @@ impl From<LocationRecord> for LocationView {
 }
 
 /// Ask for a sync on one cluster.
-#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct SyncRequestBody {
     /// The cluster, by name.

@@ -385,6 +385,74 @@ mod tests {
         assert_eq!(ids.len(), ops.len());
     }
 
+    /// The `required` properties of every object schema in `v`, by where they are.
+    fn required_sets(
+        v: &serde_json::Value,
+        at: String,
+        out: &mut std::collections::BTreeMap<String, std::collections::BTreeSet<String>>,
+    ) {
+        match v {
+            serde_json::Value::Object(m) => {
+                if let Some(req) = m.get("required").and_then(|r| r.as_array()) {
+                    out.insert(
+                        at.clone(),
+                        req.iter().filter_map(|r| r.as_str().map(str::to_owned)).collect(),
+                    );
+                }
+                for (k, x) in m {
+                    required_sets(x, format!("{at}/{k}"), out);
+                }
+            }
+            serde_json::Value::Array(a) => {
+                for (i, x) in a.iter().enumerate() {
+                    required_sets(x, format!("{at}/{i}"), out);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// What the server writes, a client can read: no response field the server may leave out
+    /// (`skip_serializing_if`) is one a reader requires (no `default`).
+    #[test]
+    fn every_response_reads_back_what_the_server_writes() {
+        use schemars::generate::{Contract, SchemaSettings};
+        let schemas = |contract: Contract| {
+            let mut settings = SchemaSettings::draft2020_12();
+            settings.contract = contract;
+            let mut g = settings.into_generator();
+            let mut out = std::collections::BTreeMap::new();
+            for op in endpoints() {
+                if let Some(response) = op.response {
+                    let s = response(&mut g).to_value();
+                    required_sets(&s, op.id.to_owned(), &mut out);
+                }
+            }
+            let defs = serde_json::to_value(g.take_definitions(true)).expect("definitions");
+            required_sets(&defs, "$defs".into(), &mut out);
+            out
+        };
+        let written = schemas(Contract::Serialize);
+        let read = schemas(Contract::Deserialize);
+        let mut bad = Vec::new();
+        for (at, needed) in &read {
+            let always = written.get(at).cloned().unwrap_or_default();
+            for field in needed.difference(&always) {
+                bad.push(format!("{at}: {field}"));
+            }
+        }
+        assert!(
+            bad.is_empty(),
+            "a reader requires fields the server may omit:\n{}",
+            bad.join("\n")
+        );
+        assert!(
+            read.keys().any(|k| k.contains("LocationView")),
+            "{:?}",
+            read.keys()
+        );
+    }
+
     #[test]
     fn path_parameters_are_escaped_as_one_segment() {
         assert_eq!(

@@ -21,12 +21,12 @@ pub struct OrgView {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
     /// Role bindings (shown to admins).
-    #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub access: Vec<RoleBinding>,
 }
 
 /// A new org.
-#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct CreateOrg {
     /// Id, a DNS label.
@@ -104,7 +104,7 @@ pub struct DiscoveryStatus {
 }
 
 /// A new discovery configuration.
-#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct CreateDiscovery {
     /// Id, a DNS label.
@@ -127,7 +127,7 @@ pub struct CreateDiscovery {
 }
 
 /// A cluster to import (classic mode).
-#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ImportCluster {
     /// Name, a DNS label.

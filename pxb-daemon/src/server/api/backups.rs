@@ -25,12 +25,7 @@ pub(crate) async fn list_backups(
         (Some("session"), _) | (_, Some("session")) => Some(preferences_of(&s, &scope.caller).await?),
         _ => None,
     };
-    let now_ms = s
-        .clock()
-        .now()
-        .duration_since(std::time::SystemTime::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0);
+    let now_ms = pxb_core::clock::unix_ms(s.clock().now());
     let mut from = time_ms(&p.from, "from")?;
     let mut to = time_ms(&p.to, "to")?;
     if let Some(b) = p.bracket.clone() {

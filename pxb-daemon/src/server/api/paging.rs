@@ -58,7 +58,7 @@ pub(crate) fn time_ms(s: &Option<String>, what: &str) -> ApiResult<Option<i64>> 
     s.as_deref()
         .map(|t| {
             pxb_core::clock::parse_rfc3339(t)
-                .map(|t| (t.unix_timestamp_nanos() / 1_000_000) as i64)
+                .map(pxb_core::clock::unix_ms)
                 .ok_or_else(|| ApiError::bad_request(format!("{what} must be an RFC 3339 time")))
         })
         .transpose()
