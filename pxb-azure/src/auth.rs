@@ -456,6 +456,10 @@ pub fn account_sas(account: &str, key: &str, expiry: SystemTime) -> Result<Strin
         .map_err(|_| Error::invalid("the storage account key is not valid base64"))?;
     // `2026-01-01T10:10:00Z`: the SAS expiry format is RFC 3339 in UTC with whole seconds.
     let se = pxb_core::clock::rfc3339(expiry.max(UNIX_EPOCH));
+    if pxb_core::clock::unix_secs(expiry) > 253_402_300_799 {
+        // After 9999-12-31T23:59:59Z, which RFC 3339 cannot write.
+        return Err(Error::invalid("SAS expiry out of range"));
+    }
     let (sp, ss, srt, spr, sv) = ("rwdlac", "b", "sco", "https,http", "2021-08-06");
     let to_sign = format!("{account}\n{sp}\n{ss}\n{srt}\n\n{se}\n\n{spr}\n{sv}\n\n");
     let sig = hmac_b64(&key, &to_sign);

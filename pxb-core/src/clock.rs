@@ -74,20 +74,63 @@ mod tests {
     }
 }
 
+/// The first second RFC 3339 can write (`0000-01-01T00:00:00Z`), in seconds since the epoch.
+const RFC3339_MIN_SECS: i64 = -62_167_219_200;
+
 /// `t` as Kubernetes writes timestamps: RFC 3339 in UTC with whole seconds
-/// (`2026-01-01T10:10:00Z`). Times outside what RFC 3339 can write are clamped to its range.
+/// (`2026-01-01T10:10:00Z`). Times before the year 0000 or after the last second the parser
+/// takes (in the last days of 9999) are clamped to those, so the result always parses back
+/// ([`parse_rfc3339`]).
 pub fn rfc3339(t: SystemTime) -> String {
-    let t = jiff::Timestamp::try_from(t).unwrap_or(if t < SystemTime::UNIX_EPOCH {
-        jiff::Timestamp::MIN
-    } else {
-        jiff::Timestamp::MAX
-    });
-    t.strftime("%Y-%m-%dT%H:%M:%SZ").to_string()
+    let secs = (unix_ms(t).div_euclid(1000)).clamp(RFC3339_MIN_SECS, jiff::Timestamp::MAX.as_second());
+    jiff::Timestamp::from_second(secs)
+        .unwrap_or(jiff::Timestamp::MAX)
+        .strftime("%Y-%m-%dT%H:%M:%SZ")
+        .to_string()
+}
+
+/// Whether `s` has the shape of an RFC 3339 date-time (section 5.6: `T` or `t` between date
+/// and time, seconds, an optional fraction of 1 to 9 digits, `Z`/`z` or a `±hh:mm` offset).
+fn rfc3339_shape(s: &str) -> bool {
+    let b = s.as_bytes();
+    let digits = |r: std::ops::Range<usize>| b.get(r).is_some_and(|d| d.iter().all(u8::is_ascii_digit));
+    if b.len() < 20
+        || !digits(0..4)
+        || b[4] != b'-'
+        || !digits(5..7)
+        || b[7] != b'-'
+        || !digits(8..10)
+        || !matches!(b[10], b'T' | b't')
+        || !digits(11..13)
+        || b[13] != b':'
+        || !digits(14..16)
+        || b[16] != b':'
+        || !digits(17..19)
+    {
+        return false;
+    }
+    let mut i = 19;
+    if b[i] == b'.' {
+        let n = b[i + 1..].iter().take_while(|c| c.is_ascii_digit()).count();
+        if !(1..=9).contains(&n) {
+            return false;
+        }
+        i += 1 + n;
+    }
+    match &b[i..] {
+        [b'Z' | b'z'] => true,
+        [b'+' | b'-', h1, h2, b':', m1, m2] => [h1, h2, m1, m2].iter().all(|d| d.is_ascii_digit()),
+        _ => false,
+    }
 }
 
 /// Parses an RFC 3339 timestamp as Kubernetes and the API write them (any offset, optional
-/// fractional seconds).
+/// fractional seconds). Anything else is refused, including what other ISO 8601 readers take
+/// (a space for `T`, no seconds, an hour-only offset, a time-zone annotation).
 pub fn parse_rfc3339(s: &str) -> Option<SystemTime> {
+    if !rfc3339_shape(s) {
+        return None;
+    }
     s.parse::<jiff::Timestamp>().ok().map(SystemTime::from)
 }
 
@@ -134,8 +177,37 @@ mod rfc3339_tests {
             super::parse_rfc3339("2026-01-01T10:10:00.250Z"),
             Some(t + Duration::from_millis(250))
         );
+        assert_eq!(super::parse_rfc3339("2026-01-01t10:10:00z"), Some(t));
         assert_eq!(super::parse_rfc3339("yesterday"), None);
         assert_eq!(super::parse_rfc3339("2026-13-01T00:00:00Z"), None);
+        // What ISO 8601 readers take and RFC 3339 does not.
+        for other in [
+            "2026-01-01 10:10:00Z",
+            "2026-01-01T10:10Z",
+            "2026-01-01T11:10:00+01",
+            "2026-01-01T10:10:00Z[Europe/Berlin]",
+            "2026-01-01T10:10:00",
+            "+002026-01-01T10:10:00Z",
+            "2026-01-01T10:10:00.Z",
+            "2026-01-01T10:10:00.1234567890Z",
+        ] {
+            assert_eq!(super::parse_rfc3339(other), None, "{other}");
+        }
+    }
+
+    #[test]
+    fn times_outside_what_rfc3339_writes_are_clamped_and_parse_back() {
+        let far = UNIX_EPOCH + Duration::from_secs(400_000_000_000);
+        assert!(
+            super::rfc3339(far).starts_with("9999-12-3"),
+            "{}",
+            super::rfc3339(far)
+        );
+        let early = UNIX_EPOCH - Duration::from_secs(70_000_000_000);
+        assert_eq!(super::rfc3339(early), "0000-01-01T00:00:00Z");
+        for t in [far, early] {
+            assert!(super::parse_rfc3339(&super::rfc3339(t)).is_some());
+        }
     }
 
     #[test]

@@ -69,7 +69,19 @@ pub enum ClientError {
         /// The decoder's message.
         message: String,
     },
-    /// The client was built with something invalid (a URL, a CA bundle).
+    /// The server answered with a success status the endpoint does not return (a proxy in
+    /// between, or a server of another version).
+    #[error("{url} answered {status}, not the {expected} its endpoint returns")]
+    UnexpectedStatus {
+        /// What was called.
+        url: String,
+        /// HTTP status.
+        status: u16,
+        /// The endpoint's status.
+        expected: u16,
+    },
+    /// The client was built or called with something invalid (a URL, a CA bundle, a name that
+    /// is not one path segment).
     #[error("{0}")]
     Config(String),
 }
@@ -86,7 +98,9 @@ impl ClientError {
     /// The HTTP status, when the server answered.
     pub fn status(&self) -> Option<u16> {
         match self {
-            ClientError::Api { status, .. } | ClientError::Decode { status, .. } => Some(*status),
+            ClientError::Api { status, .. }
+            | ClientError::Decode { status, .. }
+            | ClientError::UnexpectedStatus { status, .. } => Some(*status),
             _ => None,
         }
     }
@@ -117,20 +131,37 @@ impl From<ClientError> for pxb_core::Error {
                 }
             }
             ClientError::Unreachable { .. } => pxb_core::Error::unavailable(e.to_string()),
-            ClientError::Decode { .. } => pxb_core::Error::other(e.to_string()),
+            ClientError::Decode { .. } | ClientError::UnexpectedStatus { .. } => {
+                pxb_core::Error::other(e.to_string())
+            }
             ClientError::Config(_) => pxb_core::Error::invalid(e.to_string()),
         }
     }
 }
 
+/// Called after every answer with the operation and the HTTP status (errors included): for
+/// metrics, logs or tests of what an automation called.
+pub type ResponseHook = std::sync::Arc<dyn Fn(&rest::Operation, u16) + Send + Sync>;
+
 /// Builds a [`Client`].
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct ClientBuilder {
     base: String,
     token: Option<String>,
     ca_pem: Vec<u8>,
     timeout: Duration,
     connect_timeout: Duration,
+    hook: Option<ResponseHook>,
+}
+
+impl std::fmt::Debug for ClientBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientBuilder")
+            .field("base", &self.base)
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field("timeout", &self.timeout)
+            .finish_non_exhaustive()
+    }
 }
 
 impl ClientBuilder {
@@ -155,6 +186,12 @@ impl ClientBuilder {
     /// The deadline of one call (default 60 s).
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.timeout = timeout;
+        self
+    }
+
+    /// Calls `hook` after every answer (see [`ResponseHook`]).
+    pub fn on_response(mut self, hook: ResponseHook) -> Self {
+        self.hook = Some(hook);
         self
     }
 
@@ -192,6 +229,7 @@ impl ClientBuilder {
             http,
             base: self.base.trim_end_matches('/').to_owned(),
             token: self.token,
+            hook: self.hook,
         })
     }
 }
@@ -202,6 +240,7 @@ pub struct Client {
     http: reqwest::Client,
     base: String,
     token: Option<String>,
+    hook: Option<ResponseHook>,
 }
 
 impl std::fmt::Debug for Client {
@@ -264,6 +303,7 @@ impl Client {
             ca_pem: Vec::new(),
             timeout: Duration::from_secs(60),
             connect_timeout: Duration::from_secs(10),
+            hook: None,
         }
     }
 
@@ -294,6 +334,22 @@ impl Client {
         R: DeserializeOwned,
         Q: Serialize + ?Sized,
     {
+        // An empty, `.` or `..` name is not a path segment: a URL parser would drop or fold it
+        // and call another endpoint than this one.
+        if let Some(bad) = path.iter().find(|p| matches!(**p, "" | "." | "..")) {
+            return Err(ClientError::Config(format!(
+                "{bad:?} is not a name {} can take",
+                endpoint.id
+            )));
+        }
+        if path.len() != endpoint.path.matches('{').count() {
+            return Err(ClientError::Config(format!(
+                "{} takes {} path parameters, not {}",
+                endpoint.id,
+                endpoint.path.matches('{').count(),
+                path.len()
+            )));
+        }
         let mut url = format!("{}{}", self.base, endpoint.path_with(path));
         if let Some(q) = query {
             let qs = serde_urlencoded::to_string(q)
@@ -321,6 +377,9 @@ impl Client {
         };
         let resp = req.send().await.map_err(unreachable)?;
         let status = resp.status().as_u16();
+        if let Some(hook) = &self.hook {
+            hook(&endpoint.operation(), status);
+        }
         let bytes = resp.bytes().await.map_err(unreachable)?;
         if !(200..300).contains(&status) {
             return Err(match serde_json::from_slice::<ErrorBody>(&bytes) {
@@ -336,6 +395,13 @@ impl Client {
                         .trim()
                         .to_owned(),
                 },
+            });
+        }
+        if !endpoint.accepts(status) {
+            return Err(ClientError::UnexpectedStatus {
+                url,
+                status,
+                expected: endpoint.status,
             });
         }
         let decoded = if bytes.is_empty() {
@@ -514,6 +580,52 @@ mod tests {
             vec![1, 1],
             "the second page repeats the cursor and ends the walk"
         );
+    }
+
+    #[tokio::test]
+    async fn names_that_are_not_one_path_segment_are_refused_before_any_request() {
+        let calls = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let seen = calls.clone();
+        let client = Client::builder("http://127.0.0.1:9")
+            .on_response(std::sync::Arc::new(move |_, _| {
+                seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            }))
+            .build()
+            .expect("client");
+        for bad in ["", ".", ".."] {
+            let e = client.get_backup("acme", bad).await.expect_err("refused");
+            assert!(matches!(e, ClientError::Config(_)), "{e}");
+            let e = client
+                .list_clusters(bad, &ListQuery::default())
+                .await
+                .expect_err("refused");
+            assert!(e.to_string().contains("is not a name"), "{e}");
+        }
+        let e = client
+            .send(&rest::GET_BACKUP, &["acme"], None::<&()>, None)
+            .await
+            .expect_err("one parameter short");
+        assert!(e.to_string().contains("takes 2 path parameters"), "{e}");
+        assert_eq!(
+            calls.load(std::sync::atomic::Ordering::SeqCst),
+            0,
+            "nothing was sent"
+        );
+    }
+
+    #[test]
+    fn the_builder_does_not_show_the_token() {
+        let b = Client::builder("https://x").token("secret-token-value");
+        assert!(!format!("{b:?}").contains("secret-token-value"));
+        let c = b.build().expect("client");
+        assert!(!format!("{c:?}").contains("secret-token-value"));
+    }
+
+    #[test]
+    fn a_delete_that_answers_202_may_also_answer_200() {
+        assert!(rest::DELETE_BACKUP.accepts(202) && rest::DELETE_BACKUP.accepts(200));
+        assert!(!rest::DELETE_BACKUP.accepts(204));
+        assert!(rest::CREATE_ORG.accepts(201) && !rest::CREATE_ORG.accepts(200));
     }
 
     #[test]

@@ -413,8 +413,8 @@ where
     }
 }
 
-fn final_phase(phase: &str) -> bool {
-    !matches!(phase, "Pending" | "InProgress" | "Deleting")
+fn final_phase(phase: &impl std::fmt::Display) -> bool {
+    !matches!(phase.to_string().as_str(), "Pending" | "InProgress" | "Deleting")
 }
 
 /// A namespace `shop` with a little application on `shoot`; with `vm`, also a KubeVirt

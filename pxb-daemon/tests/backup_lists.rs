@@ -43,7 +43,7 @@ async fn filtered_backup_lists_page_through_every_match_exactly_once() {
             cluster: format!("c{}", i % 4),
             location: "loc".into(),
             namespaces: vec![format!("ns-{}", i % 3)],
-            phase: "Success".into(),
+            phase: pxb_core::catalog::records::BackupPhase::Success,
             // Some share a creation time: the id breaks the tie.
             created_ms: now - (i / 2) * 1000,
             view: if i % 7 == 0 {

@@ -611,7 +611,7 @@ async fn one_orgs_hanging_clusters_do_not_hold_up_another_orgs_visits() {
 /// into `pxb-system` or `kube-*` (where a workload gets cluster-wide rights) is for org admins.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restores_take_their_namespaces_from_the_server_not_the_location() {
-    use pxb_core::catalog::records::backup_phase;
+    use pxb_core::catalog::records::BackupPhase;
     use pxb_daemon::server::backups::RestoreRequest;
     let server = server(|_| {}).await;
     org(&server, "acme").await;
@@ -640,7 +640,7 @@ async fn restores_take_their_namespaces_from_the_server_not_the_location() {
         location: loc.id.clone(),
         location_name: loc.name.clone(),
         namespaces: vec!["shop".into()],
-        phase: backup_phase::SUCCESS.into(),
+        phase: BackupPhase::Success,
         backup_id: Some(format!("data-{id}")),
         synced,
         ..BackupRecord::default()

@@ -7,8 +7,8 @@ use std::time::{Duration, SystemTime};
 
 use pxb_core::ManualClock;
 use pxb_core::catalog::records::{
-    BackupRecord, ClusterRecord, ClusterSelector, ClusterState, ClusterStatus, LocationRecord, Org,
-    backup_phase,
+    BackupPhase, BackupRecord, ClusterRecord, ClusterSelector, ClusterState, ClusterStatus, LocationRecord,
+    Org,
 };
 use pxb_core::catalog::{CatalogStore, Entry, Kind, Page, Put, Query};
 use pxb_core::cluster::StaticClusters;
@@ -156,9 +156,9 @@ async fn schedules_fire_once_per_slot_across_restarts_and_retention_keeps_the_co
     assert_eq!(fired.len(), 2, "{fired:#?}");
     let alpha = fired.iter().find(|b| b.cluster_name == "alpha").expect("alpha");
     let beta = fired.iter().find(|b| b.cluster_name == "beta").expect("beta");
-    assert_eq!(alpha.phase, backup_phase::PENDING);
+    assert_eq!(alpha.phase, BackupPhase::Pending);
     assert_eq!(alpha.schedule.as_deref(), Some("hourly"));
-    assert_eq!(beta.phase, backup_phase::MISSED);
+    assert_eq!(beta.phase, BackupPhase::Missed);
     assert!(
         beta.message.as_deref().is_some_and(|m| m.contains("Unreachable")),
         "{beta:?}"
@@ -203,7 +203,7 @@ async fn schedules_fire_once_per_slot_across_restarts_and_retention_keeps_the_co
         .collect();
     assert_eq!(alphas.len(), 3);
     for b in &mut alphas {
-        b.phase = backup_phase::SUCCESS.into();
+        b.phase = BackupPhase::Success;
         b.backup_id = Some(format!("data-{}", b.id));
     }
     c.catalog().put_all(&alphas).await.expect("report");
@@ -214,21 +214,17 @@ async fn schedules_fire_once_per_slot_across_restarts_and_retention_keeps_the_co
     let after = backups(&c).await;
     let kept: Vec<&BackupRecord> = after
         .iter()
-        .filter(|b| b.cluster_name == "alpha" && b.phase == backup_phase::SUCCESS)
+        .filter(|b| b.cluster_name == "alpha" && b.phase == BackupPhase::Success)
         .collect();
     assert_eq!(kept.len(), 2, "{after:#?}");
     alphas.sort_by_key(|b| b.created_ms);
     let oldest = after.iter().find(|b| b.id == alphas[0].id).expect("oldest");
-    assert_eq!(
-        oldest.phase,
-        backup_phase::DELETING,
-        "the oldest is being deleted"
-    );
+    assert_eq!(oldest.phase, BackupPhase::Deleting, "the oldest is being deleted");
     // beta has no success: its Missed backups are all kept.
     assert_eq!(
         after
             .iter()
-            .filter(|b| b.cluster_name == "beta" && b.phase == backup_phase::MISSED)
+            .filter(|b| b.cluster_name == "beta" && b.phase == BackupPhase::Missed)
             .count(),
         3
     );
@@ -266,14 +262,14 @@ async fn a_backup_whose_cluster_stops_reporting_stalls_after_the_lease() {
         )
         .await
         .expect("backup");
-    assert_eq!(made[0].phase, backup_phase::PENDING);
+    assert_eq!(made[0].phase, BackupPhase::Pending);
     let lease = Duration::from_secs(120);
     clock.advance(Duration::from_secs(119));
     assert_eq!(s.stall_silent_operations(lease).await, 0);
     clock.advance(Duration::from_secs(2));
     assert_eq!(s.stall_silent_operations(lease).await, 1);
     let b = s.backup(ORG, &made[0].id).await.expect("backup");
-    assert_eq!(b.phase, backup_phase::STALLED);
+    assert_eq!(b.phase, BackupPhase::Stalled);
     assert!(
         b.message
             .as_deref()
@@ -283,7 +279,7 @@ async fn a_backup_whose_cluster_stops_reporting_stalls_after_the_lease() {
     let stored = backups(&s).await;
     assert_eq!(
         stored[0].phase,
-        backup_phase::STALLED,
+        BackupPhase::Stalled,
         "recorded in the catalog too"
     );
     // Nothing stalls twice.

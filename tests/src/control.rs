@@ -48,6 +48,8 @@ pub struct ControlPlane {
     pub garden_token: String,
     http: reqwest::Client,
     api: Client,
+    /// The operations the typed clients of this control plane got an answer for.
+    pub called: Called,
 }
 
 impl std::fmt::Debug for ControlPlane {
@@ -101,7 +103,8 @@ impl ControlPlane {
         tweak(&mut config);
         let daemon = Daemon::start(config.clone(), None, |_| None).await?;
         let url = format!("http://{}", daemon.addr);
-        let api = api_client(&url)?;
+        let called = Called::default();
+        let api = api_client(&url, &called)?;
         Ok(Self {
             fleet,
             azure,
@@ -114,6 +117,7 @@ impl ControlPlane {
             garden_token: token,
             http: reqwest::Client::new(),
             api,
+            called,
         })
     }
 
@@ -203,7 +207,7 @@ impl ControlPlane {
         }
         let daemon = Daemon::start(self.config.clone(), None, |_| None).await?;
         self.url = format!("http://{}", daemon.addr);
-        self.api = api_client(&self.url)?;
+        self.api = api_client(&self.url, &self.called)?;
         self.daemon = Some(daemon);
         Ok(())
     }
@@ -229,9 +233,19 @@ impl ControlPlane {
     }
 }
 
-/// The typed client of the server at `url`, without a token, with the raw helpers' deadline.
-fn api_client(url: &str) -> anyhow::Result<Client> {
-    Ok(Client::builder(url).timeout(Duration::from_secs(30)).build()?)
+/// The operation ids the typed clients of a control plane got an answer for.
+pub type Called = std::sync::Arc<std::sync::Mutex<std::collections::BTreeSet<&'static str>>>;
+
+/// The typed client of the server at `url`, without a token, with the raw helpers' deadline;
+/// every answer is recorded in `called`.
+fn api_client(url: &str, called: &Called) -> anyhow::Result<Client> {
+    let called = called.clone();
+    Ok(Client::builder(url)
+        .timeout(Duration::from_secs(30))
+        .on_response(std::sync::Arc::new(move |op, _status| {
+            called.lock().unwrap_or_else(|e| e.into_inner()).insert(op.id);
+        }))
+        .build()?)
 }
 
 pub use pxb_daemon::sim::{shoot_client, start_agent};

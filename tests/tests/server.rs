@@ -161,7 +161,7 @@ async fn phases(
     Ok(list
         .items
         .into_iter()
-        .map(|s| (s.cluster_name, s.validation.phase))
+        .map(|s| (s.cluster_name, s.validation.phase.to_string()))
         .collect())
 }
 

@@ -308,7 +308,7 @@ pub async fn time_ranges_as_sort_ranges(store: &dyn CatalogStore) {
             id: format!("t{i:02}"),
             cluster: "c".into(),
             location: "l".into(),
-            phase: "Completed".into(),
+            phase: super::records::BackupPhase::Success,
             created_ms: 1_000 * i,
             ..BackupRecord::default()
         })

@@ -435,8 +435,8 @@ pub struct SyncRun {
 pub struct VerifyRun {
     /// The `verifyRequest` it answered.
     pub request: i64,
-    /// `Requested`, `InProgress`, `Completed` or `Failed`.
-    pub phase: String,
+    /// Phase.
+    pub phase: VerifyPhase,
     /// When it completed (RFC 3339).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub completed: Option<String>,
@@ -459,8 +459,8 @@ pub struct VerifyRun {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ValidationResult {
-    /// `Pending`, `Valid`, `Invalid`, `Unreachable` (the cluster) or `Stalled`.
-    pub phase: String,
+    /// Phase.
+    pub phase: ValidationPhase,
     /// The failed step.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub failed_step: Option<String>,
@@ -521,7 +521,7 @@ impl Record for LocationStatus {
             sort: format!("{}/{}", self.location, self.cluster_name),
             cluster: Some(self.cluster.clone()),
             location: Some(self.location.clone()),
-            status: Some(self.validation.phase.clone()),
+            status: Some(self.validation.phase.as_str().to_owned()),
             time_ms: None,
             tags: Vec::new(),
         }
@@ -566,41 +566,201 @@ impl BackupRecord {
     }
 }
 
-/// The phases of a backup the server knows. `Pending`, `InProgress` and `Deleting` are active;
-/// `Stalled` is final for waiting callers but still tracked; the others are final.
-pub mod backup_phase {
-    /// Recorded; the server has not delivered it to its cluster yet.
-    pub const PENDING: &str = "Pending";
-    /// The agent runs it.
-    pub const IN_PROGRESS: &str = "InProgress";
-    /// Complete.
-    pub const SUCCESS: &str = "Success";
-    /// Complete, with some volumes or objects missing (see the message).
-    pub const PARTIAL_SUCCESS: &str = "PartialSuccess";
-    /// Failed (see the message).
-    pub const FAILED: &str = "Failed";
-    /// A schedule fired while the cluster could not take the backup.
-    pub const MISSED: &str = "Missed";
-    /// Its deletion was asked for; the agent deletes the data.
-    pub const DELETING: &str = "Deleting";
-    /// No heartbeat within the lease (its cluster dropped off): the server no longer waits for
-    /// it, but a report from a returning cluster still updates it.
-    pub const STALLED: &str = "Stalled";
+macro_rules! phases {
+    ($(#[$meta:meta])* $name:ident { $($(#[$doc:meta])* $variant:ident,)* }) => {
+        $(#[$meta])*
+        #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+        pub enum $name {
+            $($(#[$doc])* $variant,)*
+            /// A phase this version does not know (read from an older or foreign record); never
+            /// written by the server.
+            #[default]
+            #[serde(other)]
+            Unknown,
+        }
 
-    /// Whether a backup in `phase` still needs the server's attention.
-    pub fn is_active(phase: &str) -> bool {
-        matches!(phase, PENDING | IN_PROGRESS | DELETING)
+        impl $name {
+            /// As the API and the catalog's index spell it.
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $($name::$variant => stringify!($variant),)*
+                    $name::Unknown => "Unknown",
+                }
+            }
+
+            /// The phase `s` spells, if it is one (`Unknown` is not).
+            pub fn parse(s: &str) -> Option<Self> {
+                match s {
+                    $(stringify!($variant) => Some($name::$variant),)*
+                    _ => None,
+                }
+            }
+        }
+
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+
+        impl PartialEq<str> for $name {
+            fn eq(&self, other: &str) -> bool {
+                self.as_str() == other
+            }
+        }
+
+        impl PartialEq<&str> for $name {
+            fn eq(&self, other: &&str) -> bool {
+                self.as_str() == *other
+            }
+        }
+    };
+}
+
+phases! {
+    /// The phase of a backup. `Pending`, `InProgress` and `Deleting` are active; `Stalled` is
+    /// final for waiting callers but still tracked; the others are final. The server owns
+    /// `Pending`, `Missed`, `Deleting` and `Stalled`; a cluster reports only the others
+    /// ([`BackupPhase::from_cluster`]).
+    BackupPhase {
+        /// Recorded; the server has not delivered it to its cluster yet.
+        Pending,
+        /// The agent runs it.
+        InProgress,
+        /// Complete.
+        Success,
+        /// Complete, with some volumes or objects missing (see the message).
+        PartialSuccess,
+        /// Failed (see the message).
+        Failed,
+        /// A schedule fired while the cluster could not take the backup.
+        Missed,
+        /// Its deletion was asked for; the agent deletes the data.
+        Deleting,
+        /// No heartbeat within the lease (its cluster dropped off): the server no longer waits
+        /// for it, but a report from a returning cluster still updates it.
+        Stalled,
+    }
+}
+
+impl BackupPhase {
+    /// Whether a backup in this phase still needs the server's attention.
+    pub fn is_active(self) -> bool {
+        matches!(
+            self,
+            BackupPhase::Pending | BackupPhase::InProgress | BackupPhase::Deleting
+        )
     }
 
-    /// Whether the server still drives a backup in `phase` on its cluster (active, or stalled
-    /// and waiting for the cluster to come back).
-    pub fn is_tracked(phase: &str) -> bool {
-        is_active(phase) || phase == STALLED
+    /// Whether the server still drives a backup in this phase on its cluster (active, or
+    /// stalled and waiting for the cluster to come back).
+    pub fn is_tracked(self) -> bool {
+        self.is_active() || self == BackupPhase::Stalled
     }
 
-    /// Whether a backup in `phase` holds restorable data.
-    pub fn is_success(phase: &str) -> bool {
-        matches!(phase, SUCCESS | PARTIAL_SUCCESS)
+    /// Whether a backup in this phase holds restorable data.
+    pub fn is_success(self) -> bool {
+        matches!(self, BackupPhase::Success | BackupPhase::PartialSuccess)
+    }
+
+    /// The phase a cluster's status may set: what an agent reports of its own work. `None` for
+    /// a phase the server owns or one it does not know (a hostile or broken cluster's).
+    pub fn from_cluster(s: &str) -> Option<Self> {
+        Self::parse(s).filter(|p| {
+            matches!(
+                p,
+                BackupPhase::InProgress
+                    | BackupPhase::Success
+                    | BackupPhase::PartialSuccess
+                    | BackupPhase::Failed
+            )
+        })
+    }
+}
+
+phases! {
+    /// The phase of a restore. `Pending` and `InProgress` are active. The server owns `Pending`
+    /// and `Stalled`; a cluster reports only the others ([`RestorePhase::from_cluster`]).
+    RestorePhase {
+        /// Recorded; not delivered to its cluster yet.
+        Pending,
+        /// The agent runs it.
+        InProgress,
+        /// Every object restored.
+        Success,
+        /// Some objects were not restored (see the counts and message).
+        PartialSuccess,
+        /// Failed (see the message).
+        Failed,
+        /// No heartbeat within the lease: the server no longer waits for it.
+        Stalled,
+    }
+}
+
+impl RestorePhase {
+    /// Whether a restore in this phase still needs the server's attention.
+    pub fn is_active(self) -> bool {
+        matches!(self, RestorePhase::Pending | RestorePhase::InProgress)
+    }
+
+    /// Whether it is over (success or not).
+    pub fn is_final(self) -> bool {
+        matches!(
+            self,
+            RestorePhase::Success | RestorePhase::PartialSuccess | RestorePhase::Failed
+        )
+    }
+
+    /// The phase a cluster's status may set (see [`BackupPhase::from_cluster`]).
+    pub fn from_cluster(s: &str) -> Option<Self> {
+        Self::parse(s).filter(|p| matches!(p, RestorePhase::InProgress) || p.is_final())
+    }
+}
+
+phases! {
+    /// The phase of a location's validation on one cluster. The server owns `Pending`,
+    /// `Requested` and `Stalled`; a cluster reports `Valid` or `Invalid`
+    /// ([`ValidationPhase::from_cluster`]).
+    ValidationPhase {
+        /// Not validated yet (no `BackupLocation` on the cluster, or no report).
+        Pending,
+        /// A validation was asked for and the agent has not answered it yet.
+        Requested,
+        /// Every check passed.
+        Valid,
+        /// A check failed (see the failed step and the reason).
+        Invalid,
+        /// The requested validation was not acknowledged within the lease.
+        Stalled,
+    }
+}
+
+impl ValidationPhase {
+    /// The phase a cluster's status may set.
+    pub fn from_cluster(s: &str) -> Option<Self> {
+        Self::parse(s).filter(|p| matches!(p, ValidationPhase::Valid | ValidationPhase::Invalid))
+    }
+}
+
+phases! {
+    /// The phase of a location's verify on one cluster. The server owns `Requested`; a cluster
+    /// reports the others ([`VerifyPhase::from_cluster`]).
+    VerifyPhase {
+        /// Asked for; the agent has not answered yet.
+        Requested,
+        /// The agent checks the backups' objects.
+        InProgress,
+        /// Done (see the missing objects).
+        Completed,
+        /// The agent could not check (see the message).
+        Failed,
+    }
+}
+
+impl VerifyPhase {
+    /// The phase a cluster's status may set.
+    pub fn from_cluster(s: &str) -> Option<Self> {
+        Self::parse(s).filter(|p| *p != VerifyPhase::Requested)
     }
 }
 
@@ -625,8 +785,8 @@ pub struct BackupRecord {
     /// Namespaces.
     #[serde(default)]
     pub namespaces: Vec<String>,
-    /// Phase: see [`backup_phase`].
-    pub phase: String,
+    /// Phase.
+    pub phase: BackupPhase,
     /// What the agent is doing (`Volumes`, `Resources`, `Deleting`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stage: Option<String>,
@@ -686,7 +846,7 @@ impl Record for BackupRecord {
             sort: newest_first_key(self.created_ms),
             cluster: Some(self.cluster.clone()),
             location: Some(self.location.clone()),
-            status: Some(self.phase.clone()),
+            status: Some(self.phase.as_str().to_owned()),
             time_ms: Some(self.created_ms),
             // A namespace no cluster could have (an imported backup may name anything) gets no
             // tag rather than failing the write; so does such a schedule name.
@@ -752,8 +912,8 @@ pub struct RestoreRecord {
     /// (by default only what the restored namespaces need is created).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub allow_cluster_kinds: Vec<String>,
-    /// `Pending`, `InProgress`, `Success`, `PartialSuccess` or `Failed`.
-    pub phase: String,
+    /// Phase.
+    pub phase: RestorePhase,
     /// For humans.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
@@ -781,7 +941,7 @@ impl Record for RestoreRecord {
             sort: newest_first_key(self.created_ms),
             cluster: Some(self.cluster.clone()),
             location: Some(self.location.clone()),
-            status: Some(self.phase.clone()),
+            status: Some(self.phase.as_str().to_owned()),
             time_ms: Some(self.created_ms),
             tags: Vec::new(),
         }

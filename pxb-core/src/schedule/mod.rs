@@ -5,7 +5,7 @@
 //! `ScheduleRecord` holds one); retention reads backup records. Imports go one way: this file uses
 //! the catalog records and the policy, the records use the policy.
 
-use crate::catalog::records::{BackupRecord, backup_phase};
+use crate::catalog::records::BackupRecord;
 
 pub(crate) mod policy;
 
@@ -16,23 +16,17 @@ pub use policy::{Every, MAX_RETAIN, SchedulePolicy};
 /// those older than the oldest kept success (so a recent failure stays visible). Active backups
 /// are never chosen. Returns record ids.
 pub fn retention(backups: &[BackupRecord], retain: u32) -> Vec<String> {
-    let mut done: Vec<&BackupRecord> = backups
-        .iter()
-        .filter(|b| !backup_phase::is_active(&b.phase))
-        .collect();
+    let mut done: Vec<&BackupRecord> = backups.iter().filter(|b| !b.phase.is_active()).collect();
     // Newest first; the id breaks ties so the choice is deterministic.
     done.sort_by(|a, b| b.created_ms.cmp(&a.created_ms).then_with(|| b.id.cmp(&a.id)));
-    let successes: Vec<&&BackupRecord> = done
-        .iter()
-        .filter(|b| backup_phase::is_success(&b.phase))
-        .collect();
+    let successes: Vec<&&BackupRecord> = done.iter().filter(|b| b.phase.is_success()).collect();
     let retain = retain as usize;
     let mut out: Vec<String> = successes.iter().skip(retain).map(|b| b.id.clone()).collect();
     if successes.len() >= retain && retain > 0 {
         let oldest_kept = successes[retain - 1];
         out.extend(
             done.iter()
-                .filter(|b| !backup_phase::is_success(&b.phase))
+                .filter(|b| !b.phase.is_success())
                 .filter(|b| (b.created_ms, &b.id) < (oldest_kept.created_ms, &oldest_kept.id))
                 .map(|b| b.id.clone()),
         );
@@ -44,37 +38,38 @@ pub fn retention(backups: &[BackupRecord], retain: u32) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::catalog::records::BackupPhase;
 
-    fn b(id: &str, created_ms: i64, phase: &str) -> BackupRecord {
+    fn b(id: &str, created_ms: i64, phase: BackupPhase) -> BackupRecord {
         BackupRecord {
             id: id.into(),
             created_ms,
-            phase: phase.into(),
+            phase,
             ..BackupRecord::default()
         }
     }
 
     #[test]
     fn retention_keeps_exactly_the_retain_count_of_successes() {
-        use backup_phase::*;
-        let mut all: Vec<BackupRecord> = (0..10).map(|i| b(&format!("b{i}"), i, SUCCESS)).collect();
+        use BackupPhase::*;
+        let mut all: Vec<BackupRecord> = (0..10).map(|i| b(&format!("b{i}"), i, Success)).collect();
         assert_eq!(retention(&all, 3), ["b0", "b1", "b2", "b3", "b4", "b5", "b6"]);
         assert!(retention(&all, 10).is_empty());
         // Partial successes count as successes; a running one is never touched.
-        all[9].phase = PARTIAL_SUCCESS.into();
-        all.push(b("run", 100, IN_PROGRESS));
+        all[9].phase = PartialSuccess;
+        all.push(b("run", 100, InProgress));
         assert_eq!(retention(&all, 9), ["b0"]);
     }
 
     #[test]
     fn failed_backups_go_only_once_enough_successes_exist() {
-        use backup_phase::*;
+        use BackupPhase::*;
         let all = vec![
-            b("f0", 0, FAILED),
-            b("s1", 1, SUCCESS),
-            b("m2", 2, MISSED),
-            b("s3", 3, SUCCESS),
-            b("f4", 4, FAILED),
+            b("f0", 0, Failed),
+            b("s1", 1, Success),
+            b("m2", 2, Missed),
+            b("s3", 3, Success),
+            b("f4", 4, Failed),
         ];
         // Two successes, retain three: nothing goes, not even the failures.
         assert!(retention(&all, 3).is_empty());

@@ -13,7 +13,7 @@ use pxb_core::api::rest::{
     UpdateSchedule,
 };
 use pxb_core::catalog::records::{
-    BackupRecord, ClusterSelector, RequestPhase, RestoreRecord, ScheduleRecord, backup_phase,
+    BackupPhase, BackupRecord, ClusterSelector, RequestPhase, RestorePhase, RestoreRecord, ScheduleRecord,
 };
 use pxb_core::schedule::{Every, SchedulePolicy};
 use serde::Serialize;
@@ -612,12 +612,12 @@ pub async fn locations(conn: Conn, cmd: LocationsCommand) -> ExitCode {
                     .map(|s| {
                         vec![
                             cell(&s.cluster_name),
-                            cell(&s.validation.phase),
+                            cell(s.validation.phase.as_str()),
                             s.sync.as_ref().map_or("-".into(), |r| name_cell(&r.phase)),
                             s.sync
                                 .as_ref()
                                 .map_or("-".into(), |r| r.backups_found.to_string()),
-                            s.verify.as_ref().map_or("-".into(), |r| cell(&r.phase)),
+                            s.verify.as_ref().map_or("-".into(), |r| cell(r.phase.as_str())),
                             s.verify
                                 .as_ref()
                                 .map_or("-".into(), |r| r.missing_objects.to_string()),
@@ -716,7 +716,7 @@ where
 fn backup_rows(list: &[BackupRecord]) -> Vec<Vec<String>> {
     list.iter()
         .map(|b| {
-            let mut phase = cell(&b.phase);
+            let mut phase = cell(b.phase.as_str());
             if b.missing_objects > 0 {
                 phase = format!("{phase} (cloud files missing: {})", b.missing_objects);
             }
@@ -776,17 +776,17 @@ async fn wait_backups(
                 if let Some(bar) = &bar {
                     bar.set_message(format!(
                         "{} {} objects, {}",
-                        cell(&b.phase),
+                        cell(b.phase.as_str()),
                         b.objects,
                         indicatif::HumanBytes(b.bytes)
                     ));
                 }
-                (!backup_phase::is_active(&b.phase)).then(|| b.clone())
+                (!b.phase.is_active()).then(|| b.clone())
             },
         )
         .await?;
         if let Some(bar) = bar {
-            bar.finish_with_message(cell(&b.phase));
+            bar.finish_with_message(cell(b.phase.as_str()));
         }
         out.push(b);
     }
@@ -822,11 +822,11 @@ pub async fn backups(conn: Conn, cmd: BackupsCommand) -> ExitCode {
                 .iter()
                 .filter(|b| {
                     !matches!(
-                        b.phase.as_str(),
-                        backup_phase::SUCCESS
-                            | backup_phase::PARTIAL_SUCCESS
-                            | backup_phase::PENDING
-                            | backup_phase::IN_PROGRESS
+                        b.phase,
+                        BackupPhase::Success
+                            | BackupPhase::PartialSuccess
+                            | BackupPhase::Pending
+                            | BackupPhase::InProgress
                     )
                 })
                 .count();
@@ -903,7 +903,7 @@ fn restore_rows(list: &[RestoreRecord]) -> Vec<Vec<String>> {
                 cell(&r.id),
                 cell(&r.backup),
                 cell(&r.cluster_name),
-                cell(&r.phase),
+                cell(r.phase.as_str()),
                 format!(
                     "{}/{} created, {} failed",
                     r.counts.created, r.counts.total, r.counts.failed
@@ -953,12 +953,12 @@ pub async fn restores(conn: Conn, cmd: RestoresCommand) -> ExitCode {
                     poll(
                         &path,
                         || c.get_restore(org, &id),
-                        |r: &RestoreRecord| (!backup_phase::is_active(&r.phase)).then(|| r.clone()),
+                        |r: &RestoreRecord| (!r.phase.is_active()).then(|| r.clone()),
                     )
                     .await
                 );
             }
-            let failed = r.phase == backup_phase::FAILED;
+            let failed = r.phase == RestorePhase::Failed;
             print(&conn, &r, |r| {
                 table(RESTORE_HEADER, &restore_rows(std::slice::from_ref(r)))
             });

@@ -15,8 +15,8 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime};
 
 use pxb_core::catalog::records::{
-    BackupRecord, ClusterSelector, ClusterState, ForcedDelete, LocationRecord, LocationStatus, RestoreRecord,
-    ScheduleRecord, ScheduleRun, backup_phase,
+    BackupPhase, BackupRecord, ClusterSelector, ClusterState, ForcedDelete, LocationRecord, LocationStatus,
+    RestorePhase, RestoreRecord, ScheduleRecord, ScheduleRun,
 };
 use pxb_core::catalog::{Catalog, Put, Query};
 use pxb_core::clock::rfc3339;
@@ -105,21 +105,21 @@ impl Server {
         let c = &self.inner.catalog;
         let mut backups = Vec::new();
         for phase in [
-            backup_phase::PENDING,
-            backup_phase::IN_PROGRESS,
-            backup_phase::DELETING,
-            backup_phase::STALLED,
+            BackupPhase::Pending,
+            BackupPhase::InProgress,
+            BackupPhase::Deleting,
+            BackupPhase::Stalled,
         ] {
             let q = Query {
-                status: Some(phase.into()),
+                status: Some(phase.as_str().into()),
                 ..Query::org(org)
             };
             backups.extend(c.list_all::<BackupRecord>(&q).await?);
         }
         let mut restores = Vec::new();
-        for phase in ["Pending", "InProgress"] {
+        for phase in [RestorePhase::Pending, RestorePhase::InProgress] {
             let q = Query {
-                status: Some(phase.into()),
+                status: Some(phase.as_str().into()),
                 ..Query::org(org)
             };
             restores.extend(c.list_all::<RestoreRecord>(&q).await?);
@@ -175,11 +175,10 @@ impl Server {
                     location_name: loc.name.clone(),
                     namespaces: namespaces.to_vec(),
                     phase: if reason.is_some() {
-                        backup_phase::MISSED
+                        BackupPhase::Missed
                     } else {
-                        backup_phase::PENDING
-                    }
-                    .into(),
+                        BackupPhase::Pending
+                    },
                     completed_ms: reason.is_some().then_some(now_ms),
                     message: reason,
                     created_ms: now_ms,
@@ -192,7 +191,7 @@ impl Server {
 
     fn track_backups(&self, records: &[BackupRecord]) {
         let mut st = self.inner.lock();
-        for b in records.iter().filter(|b| backup_phase::is_tracked(&b.phase)) {
+        for b in records.iter().filter(|b| b.phase.is_tracked()) {
             st.ops
                 .entry((b.org.clone(), b.cluster.clone()))
                 .or_default()
@@ -264,7 +263,7 @@ impl Server {
             };
             // The cluster may hold the backup's object: remember to remove it, durably first, so
             // that neither a restart nor a failed write here loses it.
-            let object_remains = !b.synced && !retired && b.phase != backup_phase::MISSED;
+            let object_remains = !b.synced && !retired && b.phase != BackupPhase::Missed;
             if object_remains {
                 let tombstone = ForcedDelete {
                     org: org.to_owned(),
@@ -292,7 +291,7 @@ impl Server {
                 data_remains: true,
             });
         }
-        if b.phase == backup_phase::MISSED {
+        if b.phase == BackupPhase::Missed {
             self.inner.catalog.delete::<BackupRecord>(org, id).await?;
             return Ok(DeleteOutcome {
                 message: format!("backup {id} was missed and had no data; its record is removed"),
@@ -309,10 +308,7 @@ impl Server {
                 b.origin_cluster.as_deref().unwrap_or("unknown")
             )));
         }
-        if matches!(
-            b.phase.as_str(),
-            backup_phase::PENDING | backup_phase::IN_PROGRESS
-        ) {
+        if matches!(b.phase, BackupPhase::Pending | BackupPhase::InProgress) {
             return Err(Error::precondition(format!(
                 "backup {id} is {}; wait for it to finish, or force-delete the record",
                 b.phase
@@ -331,8 +327,8 @@ impl Server {
                 }
             }
         }
-        if b.phase != backup_phase::DELETING {
-            b.phase = backup_phase::DELETING.into();
+        if b.phase != BackupPhase::Deleting {
+            b.phase = BackupPhase::Deleting;
             b.message = None;
             self.inner.catalog.put(&b, None).await?;
         }
@@ -398,7 +394,7 @@ impl Server {
                 )));
             }
         }
-        if !backup_phase::is_success(&b.phase) {
+        if !b.phase.is_success() {
             return Err(Error::precondition(format!(
                 "backup {} is {}; only a successful backup can be restored",
                 b.id, b.phase
@@ -464,7 +460,7 @@ impl Server {
                 namespaces: namespaces.clone(),
                 namespace_mapping: req.namespace_mapping.clone(),
                 allow_cluster_kinds: req.allow_cluster_kinds.clone(),
-                phase: "Pending".into(),
+                phase: RestorePhase::Pending,
                 created_ms: now,
                 ..RestoreRecord::default()
             }
@@ -662,11 +658,8 @@ impl Server {
             s.last_run = Some(ScheduleRun {
                 slot: rfc3339(pxb_core::clock::from_unix_ms(slot.max(0))),
                 fired_at: s.last_fired.clone().unwrap_or_default(),
-                started: records
-                    .iter()
-                    .filter(|b| b.phase == backup_phase::PENDING)
-                    .count() as u32,
-                missed: records.iter().filter(|b| b.phase == backup_phase::MISSED).count() as u32,
+                started: records.iter().filter(|b| b.phase == BackupPhase::Pending).count() as u32,
+                missed: records.iter().filter(|b| b.phase == BackupPhase::Missed).count() as u32,
                 folded_slots: folded,
             });
             if loc.is_none() {
@@ -760,7 +753,7 @@ impl Server {
             let Some(b) = mine.iter().find(|b| b.id == victim) else {
                 continue;
             };
-            let has_data = b.phase != backup_phase::MISSED;
+            let has_data = b.phase != BackupPhase::Missed;
             let r = if has_data {
                 self.delete_backup(org, &victim, false).await.map(|_| ())
             } else {
@@ -817,10 +810,7 @@ impl Server {
             for ops in st.ops.values_mut() {
                 for b in ops.backups.values_mut() {
                     let silent = now_ms - last_ms(&b.heartbeat, b.created_ms);
-                    if matches!(
-                        b.phase.as_str(),
-                        backup_phase::PENDING | backup_phase::IN_PROGRESS
-                    ) && silent > lease_ms
+                    if matches!(b.phase, BackupPhase::Pending | BackupPhase::InProgress) && silent > lease_ms
                     {
                         b.message = Some(format!(
                             "no report from cluster {} for {} s (it was {}); the server stopped waiting, and \
@@ -829,25 +819,25 @@ impl Server {
                             silent / 1000,
                             b.phase
                         ));
-                        b.phase = backup_phase::STALLED.into();
+                        b.phase = BackupPhase::Stalled;
                         backups.push(b.clone());
                     }
                 }
                 for r in ops.restores.values_mut() {
                     let silent = now_ms - last_ms(&r.heartbeat, r.created_ms);
-                    if matches!(r.phase.as_str(), "Pending" | "InProgress") && silent > lease_ms {
+                    if r.phase.is_active() && silent > lease_ms {
                         r.message = Some(format!(
                             "no report from cluster {} for {} s (it was {})",
                             r.cluster_name,
                             silent / 1000,
                             r.phase
                         ));
-                        r.phase = "Stalled".into();
+                        r.phase = RestorePhase::Stalled;
                         restores.push(r.clone());
                     }
                 }
                 // A stalled restore is not driven again: restoring twice is not harmless.
-                ops.restores.retain(|_, r| r.phase != "Stalled");
+                ops.restores.retain(|_, r| r.phase != RestorePhase::Stalled);
             }
             (backups, restores)
         };
@@ -868,7 +858,7 @@ impl Server {
             let mut st = self.inner.lock();
             let ops = st.ops.entry(key.clone()).or_default();
             for b in &out.backups {
-                if backup_phase::is_tracked(&b.phase) {
+                if b.phase.is_tracked() {
                     ops.backups.insert(b.id.clone(), b.clone());
                 } else {
                     ops.backups.remove(&b.id);
@@ -881,7 +871,7 @@ impl Server {
                 ops.backups.remove(id);
             }
             for r in &out.restores {
-                if matches!(r.phase.as_str(), "Pending" | "InProgress") {
+                if r.phase.is_active() {
                     ops.restores.insert(r.id.clone(), r.clone());
                 } else {
                     ops.restores.remove(&r.id);
@@ -1014,10 +1004,9 @@ impl Server {
                 location_name: loc_name.clone(),
                 namespaces: s.namespaces.clone(),
                 phase: match s.status {
-                    pxb_core::backup::BackupStatus::Completed => backup_phase::SUCCESS,
-                    _ => backup_phase::PARTIAL_SUCCESS,
-                }
-                .into(),
+                    pxb_core::backup::BackupStatus::Completed => BackupPhase::Success,
+                    _ => BackupPhase::PartialSuccess,
+                },
                 created_ms,
                 completed_ms: Some(created_ms),
                 objects: s.items,

@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 use std::time::SystemTime;
 
-use pxb_core::catalog::records::{ClusterRecord, ClusterState, LocationStatus};
+use pxb_core::catalog::records::{ClusterRecord, ClusterState, LocationStatus, ValidationPhase};
 
 pub use pxb_core::api::rest::{FleetEntry, LocationCounts};
 use pxb_core::clock::parse_rfc3339;
@@ -46,9 +46,9 @@ impl FleetSnapshot {
         let mut counts: BTreeMap<(&str, &str), LocationCounts> = BTreeMap::new();
         for s in statuses {
             let c = counts.entry((s.org.as_str(), s.cluster.as_str())).or_default();
-            match s.validation.phase.as_str() {
-                "Valid" => c.valid += 1,
-                "Invalid" => c.invalid += 1,
+            match s.validation.phase {
+                ValidationPhase::Valid => c.valid += 1,
+                ValidationPhase::Invalid => c.invalid += 1,
                 _ => c.pending += 1,
             }
         }

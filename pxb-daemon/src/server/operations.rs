@@ -20,7 +20,9 @@ use http_body_util::BodyExt as _;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::{Resource as _, ResourceExt as _};
 use pxb_core::backup::{BackupKind, Summary};
-use pxb_core::catalog::records::{BackupRecord, BackupView, RestoreRecord, RestoreTally, backup_phase};
+use pxb_core::catalog::records::{
+    BackupPhase, BackupRecord, BackupView, RestorePhase, RestoreRecord, RestoreTally,
+};
 use serde_json::json;
 
 use super::reconcile::{
@@ -174,7 +176,7 @@ pub(crate) async fn visit(client: &kube::Client, input: OpsInput) -> Result<OpsO
             let mut b = b.clone();
             let name = object_name(&b.id);
             let cr = existing.get(&name);
-            if b.phase == backup_phase::DELETING {
+            if b.phase == BackupPhase::Deleting {
                 match cr {
                     None => {
                         out.gone.push(b.id.clone());
@@ -204,8 +206,8 @@ pub(crate) async fn visit(client: &kube::Client, input: OpsInput) -> Result<OpsO
                 Some(cr) => cr.clone(),
                 // Stalled before it ever reached the cluster: starting it now, long after it was
                 // asked for, would surprise; it is recorded as missed instead.
-                None if b.phase == backup_phase::STALLED => {
-                    b.phase = backup_phase::MISSED.into();
+                None if b.phase == BackupPhase::Stalled => {
+                    b.phase = BackupPhase::Missed;
                     b.message = Some(format!(
                         "cluster {} was unreachable until the backup stalled; it was never started",
                         b.cluster_name
@@ -237,7 +239,7 @@ pub(crate) async fn visit(client: &kube::Client, input: OpsInput) -> Result<OpsO
                             continue;
                         }
                         Err(kube::Error::Api(s)) if s.code == 404 || s.code == 400 || s.code == 422 => {
-                            b.phase = backup_phase::FAILED.into();
+                            b.phase = BackupPhase::Failed;
                             b.message = Some(format!(
                                 "the cluster refused the ApplicationBackup: {}",
                                 clean(&s.message)
@@ -291,7 +293,7 @@ pub(crate) async fn visit(client: &kube::Client, input: OpsInput) -> Result<OpsO
                             continue;
                         }
                         Err(kube::Error::Api(s)) if s.code == 404 || s.code == 400 || s.code == 422 => {
-                            r.phase = "Failed".into();
+                            r.phase = RestorePhase::Failed;
                             r.message = Some(format!(
                                 "the cluster refused the ApplicationRestore: {}",
                                 clean(&s.message)
@@ -305,10 +307,13 @@ pub(crate) async fn visit(client: &kube::Client, input: OpsInput) -> Result<OpsO
                 }
             };
             if let Some(s) = &cr.status {
-                if !s.phase.is_empty() {
-                    r.phase = s.phase.clone();
-                }
                 r.message = s.message.as_deref().map(clean);
+                if !s.phase.is_empty() {
+                    match RestorePhase::from_cluster(&s.phase) {
+                        Some(p) => r.phase = p,
+                        None => r.message = Some(super::reconcile::unknown_phase(&s.phase)),
+                    }
+                }
                 r.heartbeat = s.heartbeat.clone().or(r.heartbeat);
                 r.counts = RestoreTally {
                     total: s.counts.total,
@@ -317,7 +322,7 @@ pub(crate) async fn visit(client: &kube::Client, input: OpsInput) -> Result<OpsO
                     skipped: s.counts.skipped,
                     failed: s.counts.failed,
                 };
-                if matches!(r.phase.as_str(), "Success" | "PartialSuccess" | "Failed") {
+                if r.phase.is_final() {
                     r.completed_ms = ms_of(s.completion_timestamp.as_deref()).or(Some(now_ms(input.now)));
                     // The record keeps the result; the cluster does not need the object any more.
                     match api.delete(&name, &DeleteParams::default()).await {
@@ -357,13 +362,17 @@ pub(crate) async fn visit(client: &kube::Client, input: OpsInput) -> Result<OpsO
     Ok(out)
 }
 
-/// Copies the agent's status of a backup into its record.
+/// Copies the agent's status of a backup into its record; the phase only where it is one an
+/// agent reports ([`BackupPhase::from_cluster`]).
 pub(crate) fn read_backup(b: &mut BackupRecord, s: &crate::crd::ApplicationBackupStatus, now: SystemTime) {
-    if !s.phase.is_empty() {
-        b.phase = s.phase.clone();
-    }
     b.stage = s.stage.clone();
     b.message = s.message.as_deref().map(clean);
+    if !s.phase.is_empty() {
+        match BackupPhase::from_cluster(&s.phase) {
+            Some(p) => b.phase = p,
+            None => b.message = Some(super::reconcile::unknown_phase(&s.phase)),
+        }
+    }
     b.heartbeat = s.heartbeat.clone().or(b.heartbeat.take());
     b.objects = s.progress.objects;
     b.bytes = s.progress.bytes.max(s.sizes.volume_bytes);
@@ -375,7 +384,7 @@ pub(crate) fn read_backup(b: &mut BackupRecord, s: &crate::crd::ApplicationBacku
     } else {
         BackupView::Namespaces
     };
-    if !backup_phase::is_active(&b.phase) && b.completed_ms.is_none() {
+    if !b.phase.is_active() && b.completed_ms.is_none() {
         b.completed_ms = ms_of(s.completion_timestamp.as_deref()).or(Some(now_ms(now)));
     }
 }
@@ -488,6 +497,49 @@ async fn read_bounded(mut body: kube::client::Body, max: usize) -> Result<Vec<u8
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A tenant's cluster writes the status the server reads: it must not be able to put a
+    /// phase the server owns (`Deleting` would make the next visit remove the record; `Pending`
+    /// keeps it tracked for ever) or an unbounded string into the catalog.
+    #[test]
+    fn a_clusters_status_cannot_set_a_phase_the_server_owns_or_does_not_know() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        for hostile in [
+            "Deleting",
+            "Pending",
+            "Missed",
+            "Stalled",
+            "Succes\u{1b}[31m",
+            &"x".repeat(100_000),
+        ] {
+            let mut b = BackupRecord {
+                phase: BackupPhase::InProgress,
+                ..BackupRecord::default()
+            };
+            let s = crate::crd::ApplicationBackupStatus {
+                phase: hostile.to_owned(),
+                ..Default::default()
+            };
+            read_backup(&mut b, &s, now);
+            assert_eq!(b.phase, "InProgress", "{:.40}", hostile);
+            assert!(b.completed_ms.is_none());
+            let message = b.message.unwrap_or_default();
+            assert!(message.contains("unknown phase"), "{message:.80}");
+            assert!(message.len() < 300, "{}", message.len());
+        }
+        // What an agent does report is taken.
+        let mut b = BackupRecord {
+            phase: BackupPhase::InProgress,
+            ..BackupRecord::default()
+        };
+        let s = crate::crd::ApplicationBackupStatus {
+            phase: "PartialSuccess".into(),
+            ..Default::default()
+        };
+        read_backup(&mut b, &s, now);
+        assert_eq!(b.phase, "PartialSuccess");
+        assert_eq!(b.completed_ms, Some(1_800_000_000_000));
+    }
 
     #[tokio::test]
     async fn bodies_are_read_up_to_the_bound_only() {

@@ -17,7 +17,7 @@ use kube::api::{DeleteParams, ListParams, PostParams};
 use kube::{Api, ResourceExt};
 use pxb_core::catalog::records::{
     ClusterRecord, ClusterState, ClusterStatus, LocationRecord, LocationStatus, Mode, RequestPhase, SyncRun,
-    VerifyRun,
+    ValidationPhase, VerifyPhase, VerifyRun,
 };
 use pxb_core::clock::rfc3339;
 
@@ -187,8 +187,9 @@ pub fn apply_leases(status: &mut LocationStatus, now: SystemTime, lease: Duratio
         }
     }
     let v = &mut status.validation;
-    if v.phase == "Requested" && age(v.requested_at.as_deref(), now).is_some_and(|a| a > lease) {
-        v.phase = "Stalled".into();
+    if v.phase == ValidationPhase::Requested && age(v.requested_at.as_deref(), now).is_some_and(|a| a > lease)
+    {
+        v.phase = ValidationPhase::Stalled;
         v.reason = Some(format!(
             "the validation requested at {} was not acknowledged within the lease",
             v.requested_at.as_deref().unwrap_or("?")
@@ -220,38 +221,51 @@ pub fn read_back(
 ) {
     status.last_seen = Some(rfc3339(now));
     let Some(cr) = cr else {
-        if status.validation.phase.is_empty() {
-            status.validation.phase = "Pending".into();
+        if status.validation.phase == ValidationPhase::Unknown {
+            status.validation.phase = ValidationPhase::Pending;
         }
         return;
     };
     if let Some(v) = &cr.validation {
         if requested_validate > cr.observed_validate_request {
-            status.validation.phase = "Requested".into();
-        } else {
-            status.validation.phase = v.phase.clone();
+            status.validation.phase = ValidationPhase::Requested;
+        } else if let Some(phase) = ValidationPhase::from_cluster(&v.phase) {
+            status.validation.phase = phase;
             status.validation.failed_step = v.failed_step.clone();
             status.validation.reason = v.reason.as_deref().map(clean);
+        } else {
+            // Not a phase the cluster may report: the last one the server knows stays.
+            if matches!(
+                status.validation.phase,
+                ValidationPhase::Unknown | ValidationPhase::Requested
+            ) {
+                status.validation.phase = ValidationPhase::Pending;
+            }
+            status.validation.reason = Some(unknown_phase(&v.phase));
         }
         status.validation.checked_at = v.last_checked.clone();
     }
     if let Some(v) = &cr.verify {
+        let reported = VerifyPhase::from_cluster(&v.phase);
         status.verify = Some(VerifyRun {
             request: cr.observed_verify_request,
             phase: if requested_verify > cr.observed_verify_request {
-                "Requested".into()
+                VerifyPhase::Requested
             } else {
-                v.phase.clone()
+                reported.unwrap_or(VerifyPhase::Failed)
             },
             completed: v.completed.clone(),
             backups_checked: v.backups_checked,
             missing_by_backup: v.missing_by_backup.clone(),
             missing_objects: v.missing_objects,
-            message: v.message.as_deref().map(clean),
+            message: match reported {
+                Some(_) => v.message.as_deref().map(clean),
+                None => Some(unknown_phase(&v.phase)),
+            },
         });
     } else if requested_verify > cr.observed_verify_request {
         status.verify = Some(VerifyRun {
-            phase: "Requested".into(),
+            phase: VerifyPhase::Requested,
             ..VerifyRun::default()
         });
     }
@@ -287,6 +301,16 @@ pub fn read_back(
             _ => {}
         }
     }
+}
+
+/// What the server's view says when a cluster reports a phase it may not set: the phase quoted,
+/// cut and cleaned, so a hostile cluster cannot put an unbounded or control-laden string into it.
+pub(crate) fn unknown_phase(phase: &str) -> String {
+    let shown: String = phase.chars().take(40).collect();
+    format!(
+        "the cluster reported an unknown phase {:?}; the server keeps the last phase it knows",
+        clean(&shown)
+    )
 }
 
 /// A message a cluster reported, as the catalog and the API may show it: without anything
@@ -391,7 +415,7 @@ pub async fn visit(client: &kube::Client, input: VisitInput) -> Result<VisitOutp
                 .iter()
                 .map(|d| {
                     let mut s = input.statuses.get(&d.location.id).cloned().unwrap_or_default();
-                    s.validation.phase = "Pending".into();
+                    s.validation.phase = ValidationPhase::Pending;
                     s.validation.reason = Some("the pxb CRDs are not installed on the cluster".into());
                     apply_leases(&mut s, now, input.lease);
                     s
@@ -528,7 +552,7 @@ pub async fn visit(client: &kube::Client, input: VisitInput) -> Result<VisitOutp
                         Some(cr)
                     }
                     Err(kube::Error::Api(s)) if s.code == 409 => {
-                        status.validation.phase = "Invalid".into();
+                        status.validation.phase = ValidationPhase::Invalid;
                         status.validation.reason = Some(format!(
                             "a BackupLocation {object:?} exists in {AGENT_NAMESPACE} that pxb-server does not \
                              manage; rename one of them"
@@ -551,7 +575,10 @@ pub async fn visit(client: &kube::Client, input: VisitInput) -> Result<VisitOutp
             now,
         );
         apply_leases(&mut status, now, input.lease);
-        if status.validation.phase == "Invalid" || status.validation.phase == "Stalled" {
+        if matches!(
+            status.validation.phase,
+            ValidationPhase::Invalid | ValidationPhase::Stalled
+        ) {
             degraded.push(loc.name.clone());
         }
         out.statuses.push(status);
@@ -566,7 +593,7 @@ pub async fn visit(client: &kube::Client, input: VisitInput) -> Result<VisitOutp
 /// The cluster's API server refused the CR (its schema, or an admission policy): the location is
 /// Invalid there, with the reason; the cluster itself is fine.
 fn refused(status: &mut LocationStatus, message: &str) {
-    status.validation.phase = "Invalid".into();
+    status.validation.phase = ValidationPhase::Invalid;
     status.validation.failed_step = Some("configure".into());
     status.validation.reason = Some(format!("the cluster refused the BackupLocation: {message}"));
 }
@@ -762,5 +789,51 @@ mod tests {
             t0,
         );
         assert_eq!(s.validation.phase, "Valid");
+    }
+
+    /// A tenant's cluster writes the location's status: it cannot put a phase the server owns
+    /// (`Requested`, `Stalled`, `Pending`) or one nobody knows into the server's view.
+    #[test]
+    fn a_clusters_status_cannot_set_a_location_phase_the_server_owns_or_does_not_know() {
+        let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        for hostile in [
+            "Requested",
+            "Stalled",
+            "Pending",
+            "Vaild\u{7}",
+            &"v".repeat(50_000),
+        ] {
+            let mut s = LocationStatus::default();
+            let cr = BackupLocationStatus {
+                observed_validate_request: 1,
+                observed_verify_request: 1,
+                validation: Some(crate::crd::ValidationStatus {
+                    phase: hostile.to_owned(),
+                    ..Default::default()
+                }),
+                verify: Some(crate::crd::VerifyStatus {
+                    phase: hostile.to_owned(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            };
+            read_back(&mut s, Some(&cr), 1, 1, t0);
+            assert_eq!(s.validation.phase, "Pending", "{hostile:.40}");
+            assert!(
+                s.validation
+                    .reason
+                    .as_deref()
+                    .is_some_and(|r| r.contains("unknown phase") && r.len() < 300),
+                "{:.80?}",
+                s.validation.reason
+            );
+            let verify = s.verify.expect("verify");
+            assert_eq!(verify.phase, "Failed", "{hostile:.40}");
+            assert!(
+                verify
+                    .message
+                    .is_some_and(|m| m.contains("unknown phase") && m.len() < 300)
+            );
+        }
     }
 }

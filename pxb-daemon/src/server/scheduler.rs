@@ -132,9 +132,9 @@ impl Server {
                 let mut st = self.inner.lock();
                 let mut changed = Vec::new();
                 for s in st.statuses.values_mut() {
-                    let before = (s.sync.as_ref().map(|r| r.phase), s.validation.phase.clone());
+                    let before = (s.sync.as_ref().map(|r| r.phase), s.validation.phase);
                     reconcile::apply_leases(s, now, lease);
-                    if before != (s.sync.as_ref().map(|r| r.phase), s.validation.phase.clone()) {
+                    if before != (s.sync.as_ref().map(|r| r.phase), s.validation.phase) {
                         changed.push(s.clone());
                     }
                 }

@@ -73,7 +73,7 @@ pub async fn run(backups: usize, clusters: usize, rounds: usize) -> anyhow::Resu
             cluster: format!("cluster-{cluster:05}"),
             location: format!("loc-{}", cluster % 5),
             namespaces: vec![format!("ns-{}", i % 7), "shared".into()],
-            phase: phase.into(),
+            phase: pxb_core::catalog::records::BackupPhase::parse(phase).expect("a phase"),
             created_ms: now_ms - rng.random_range(0..90 * DAY_MS),
             synced: i % 10 == 0,
             view: if i % 50 == 0 {

@@ -109,8 +109,15 @@ pub struct Operation {
 }
 
 impl Operation {
+    /// Whether `status` is a success this operation answers with: its own, or `200` for a
+    /// delete that usually answers `202` and may finish at once (a force-delete).
+    pub fn accepts(&self, status: u16) -> bool {
+        status == self.status || (self.method == Method::Delete && self.status == 202 && status == 200)
+    }
+
     /// The path with its parameters filled in order from `params`, each percent-encoded as one
-    /// path segment.
+    /// path segment (`.` and `..` stay as they are: a caller refuses them, as the typed client
+    /// does, since a URL parser folds them).
     ///
     /// # Panics
     /// When `params` has fewer or more values than the path has parameters (a programming

@@ -174,7 +174,11 @@ pub(crate) async fn location_status(
                 .as_ref()
                 .is_none_or(|c| *c == st.cluster_name || *c == st.cluster)
         })
-        .filter(|st| p.state.as_ref().is_none_or(|ph| *ph == st.validation.phase))
+        .filter(|st| {
+            p.state
+                .as_ref()
+                .is_none_or(|ph| st.validation.phase == ph.as_str())
+        })
         .collect();
     Ok(Json(page_by(v, &p, |st| {
         format!("{}\u{0}{}", st.cluster_name, st.cluster)
