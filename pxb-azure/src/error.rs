@@ -101,16 +101,7 @@ pub(crate) fn transport(endpoint: &str, err: &(dyn std::error::Error + 'static))
 
 /// The messages of an error and its sources, joined.
 pub(crate) fn chain(err: &(dyn std::error::Error + 'static)) -> String {
-    let mut parts = vec![err.to_string()];
-    let mut cur = err.source();
-    while let Some(e) = cur {
-        let s = e.to_string();
-        if !parts.iter().any(|p| p.contains(&s)) {
-            parts.push(s);
-        }
-        cur = e.source();
-    }
-    parts.join(": ")
+    pxb_core::describe_chain(err)
 }
 
 /// The pxb error a token source returned, wherever the SDK's wrapping put it.

@@ -693,17 +693,7 @@ fn clip(s: &str) -> String {
 
 /// An error with its sources, for messages.
 fn chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        let text = s.to_string();
-        if !out.contains(&text) {
-            out.push_str(": ");
-            out.push_str(&text);
-        }
-        source = s.source();
-    }
-    out
+    pxb_core::describe_chain(e)
 }
 
 #[cfg(test)]

@@ -270,8 +270,40 @@ impl Error {
     }
 }
 
+/// The messages of an error and its sources, joined with `: `; a source whose message an
+/// earlier one already contains is left out (HTTP clients often repeat their cause).
+pub fn describe_chain(err: &dyn std::error::Error) -> String {
+    let mut out = err.to_string();
+    let mut source = err.source();
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        source = s.source();
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_chain_names_each_cause_once() {
+        let inner = std::io::Error::other("connection refused");
+        let outer = super::Error::unavailable("cannot reach x").with_source(inner);
+        assert_eq!(
+            super::describe_chain(&outer),
+            "unavailable: cannot reach x: connection refused"
+        );
+        let same = super::Error::unavailable("cannot reach x: connection refused")
+            .with_source(std::io::Error::other("connection refused"));
+        assert_eq!(
+            super::describe_chain(&same),
+            "unavailable: cannot reach x: connection refused"
+        );
+    }
+
     use super::*;
 
     #[test]

@@ -66,7 +66,7 @@ pub mod store;
 pub use check::{CheckOptions, CheckReport, CheckStep, StepOutcome, StepReport, check_location};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use credential::{AccessToken, StaticToken, TokenSource};
-pub use error::{BoxError, Error, Result};
+pub use error::{BoxError, Error, Result, describe_chain};
 pub use location::LocationUrl;
 pub use path::{MAX_PATH_LEN, ObjectPath};
 pub use store::{

@@ -10,10 +10,13 @@
 //!
 //! # async fn run() -> Result<(), pxb_daemon::client::ClientError> {
 //! let client = Client::builder("https://pxb.example.net").token("eyJ…").build()?;
-//! let who = client.whoami().await?;
-//! for org in who.orgs.keys() {
-//!     let clusters = client.list_clusters(org, &ListQuery::default()).await?;
-//!     println!("{org}: {} clusters", clusters.items.len());
+//! let c = &client;
+//! for org in client.whoami().await?.orgs.keys() {
+//!     // Every page of the org's clusters.
+//!     let clusters = c
+//!         .all(ListQuery::default(), |q| async move { c.list_clusters(org, &q).await })
+//!         .await?;
+//!     println!("{org}: {} clusters", clusters.len());
 //! }
 //! # Ok(())
 //! # }
@@ -373,7 +376,7 @@ impl Client {
         // The URL is in the error already; reqwest's text would repeat it.
         let unreachable = |e: reqwest::Error| ClientError::Unreachable {
             url: url.clone(),
-            message: error_chain(&e.without_url()),
+            message: pxb_core::describe_chain(&e.without_url()),
         };
         let resp = req.send().await.map_err(unreachable)?;
         let status = resp.status().as_u16();
@@ -510,21 +513,6 @@ methods! {
     update_schedule(org, name; body: UpdateSchedule) -> ScheduleRecord = UPDATE_SCHEDULE;
     /// Deletes a schedule; its backups stay.
     delete_schedule(org, name) -> () = DELETE_SCHEDULE;
-}
-
-/// `e` with its sources, for a message (reqwest's top-level text hides the cause).
-fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        let text = s.to_string();
-        if !out.contains(&text) {
-            out.push_str(": ");
-            out.push_str(&text);
-        }
-        source = s.source();
-    }
-    out
 }
 
 #[cfg(test)]

@@ -270,3 +270,21 @@ where
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+/// Creates namespace `shop` with the ConfigMap `orders` on a shoot: a small application for
+/// backup scenarios.
+pub async fn seed_shop(kube: &kube::Client) -> anyhow::Result<()> {
+    use k8s_openapi::api::core::v1::{ConfigMap, Namespace};
+    use kube::api::{Api, PostParams};
+    let ns: Namespace = serde_json::from_value(serde_json::json!({"metadata": {"name": "shop"}}))?;
+    Api::<Namespace>::all(kube.clone())
+        .create(&PostParams::default(), &ns)
+        .await?;
+    let cm: ConfigMap = serde_json::from_value(
+        serde_json::json!({"metadata": {"name": "orders", "namespace": "shop"}, "data": {"a": "1"}}),
+    )?;
+    Api::<ConfigMap>::namespaced(kube.clone(), "shop")
+        .create(&PostParams::default(), &cm)
+        .await?;
+    Ok(())
+}

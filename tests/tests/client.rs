@@ -6,9 +6,8 @@ use std::collections::BTreeMap;
 use std::future::Future;
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::{ConfigMap, Namespace};
+use k8s_openapi::api::core::v1::ConfigMap;
 use kube::Api;
-use kube::api::PostParams;
 use pxb_core::api::rest::{
     BackupRequest, CreateDiscovery, CreateLocation, CreateOrg, DeleteQuery, DiscoveryState, ErrorCode,
     ImportCluster, List, ListQuery, RestoreRequest, ScheduleRequest, SyncRequestBody, Tab, TimeBracket,
@@ -21,7 +20,6 @@ use pxb_core::schedule::{Every, SchedulePolicy};
 use pxb_daemon::client::{Client, ClientError};
 use pxb_tests::control::{ControlPlane, wait_for};
 use pxb_tests::fixture::CLIENT_ID;
-use serde_json::json;
 
 const PROJECT: &str = "acme";
 
@@ -703,19 +701,7 @@ async fn every_method_of_the_client_against_a_real_server() {
 
     // --- Backups, a restore, a sync and a verify. ---
     let kube = cp.shoot_client(PROJECT, &shoot(0)).await.expect("kube");
-    let ns: Namespace = serde_json::from_value(json!({"metadata": {"name": "shop"}})).expect("ns");
-    Api::<Namespace>::all(kube.clone())
-        .create(&PostParams::default(), &ns)
-        .await
-        .expect("namespace");
-    let cm: ConfigMap = serde_json::from_value(
-        json!({"metadata": {"name": "orders", "namespace": "shop"}, "data": {"a": "1"}}),
-    )
-    .expect("configmap");
-    Api::<ConfigMap>::namespaced(kube.clone(), "shop")
-        .create(&PostParams::default(), &cm)
-        .await
-        .expect("configmap");
+    pxb_tests::control::seed_shop(&kube).await.expect("shop");
     let request = BackupRequest {
         clusters: named(&[&shoot(0)]),
         namespaces: vec!["shop".into()],
@@ -848,7 +834,11 @@ async fn every_method_of_the_client_against_a_real_server() {
         .get("orders")
         .await
         .expect("the restored object");
-    assert_eq!(copy.data, cm.data);
+    let original = Api::<ConfigMap>::namespaced(kube.clone(), "shop")
+        .get("orders")
+        .await
+        .expect("the original object");
+    assert_eq!(copy.data, original.data);
     let restores = alice
         .list_restores("acme", &ListQuery::default())
         .await

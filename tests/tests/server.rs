@@ -1391,7 +1391,6 @@ async fn zero_touch_install_imported_clusters_and_retired_shoots() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_force_delete_while_the_cluster_is_away_survives_a_restart_and_keeps_the_data() {
-    use k8s_openapi::api::core::v1::{ConfigMap, Namespace};
     use pxb_daemon::crd::ApplicationBackup;
 
     let mut cp = ControlPlane::start(PROJECT, 1, |_| {})
@@ -1406,19 +1405,7 @@ async fn a_force_delete_while_the_cluster_is_away_survives_a_restart_and_keeps_t
     .await
     .expect("valid");
     let client = cp.shoot_client(PROJECT, &shoot(0)).await.expect("client");
-    let ns: Namespace = serde_json::from_value(json!({"metadata": {"name": "shop"}})).expect("ns");
-    Api::<Namespace>::all(client.clone())
-        .create(&PostParams::default(), &ns)
-        .await
-        .expect("namespace");
-    let cm: ConfigMap = serde_json::from_value(
-        json!({"metadata": {"name": "orders", "namespace": "shop"}, "data": {"a": "1"}}),
-    )
-    .expect("configmap");
-    Api::<ConfigMap>::namespaced(client.clone(), "shop")
-        .create(&PostParams::default(), &cm)
-        .await
-        .expect("configmap");
+    pxb_tests::control::seed_shop(&client).await.expect("shop");
 
     let made = cp
         .client(&acme)
