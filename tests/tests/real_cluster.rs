@@ -266,3 +266,74 @@ fn the_manifests_in_deploy_are_accepted_by_the_real_server() {
         "{stderr}"
     );
 }
+
+/// The first case of holding the simulator to the real server: the real server refused a CRD
+/// whose schema default broke its own enum (`deploy/crds` had one), and the simulator took it.
+/// The same manifest now goes to both, through the real kubectl, and both refuse it naming the
+/// field.
+#[test]
+fn a_crd_whose_default_breaks_its_schema_is_refused_by_the_real_server_and_the_simulator() {
+    let crd = json!({
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {"name": "widgets.example.com"},
+        "spec": {
+            "group": "example.com",
+            "scope": "Namespaced",
+            "names": {"plural": "widgets", "singular": "widget", "kind": "Widget", "listKind": "WidgetList"},
+            "versions": [{
+                "name": "v1", "served": true, "storage": true,
+                "schema": {"openAPIV3Schema": {"type": "object", "properties": {"spec": {
+                    "type": "object",
+                    "properties": {"auth": {
+                        "type": "object",
+                        "default": {"mode": ""},
+                        "properties": {"mode": {"type": "string", "enum": ["workloadIdentity", "secretRef"]}}
+                    }}
+                }}}}
+            }]
+        }
+    });
+    let good = {
+        let mut c = crd.clone();
+        c["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]["auth"]["default"]
+            ["mode"] = json!("workloadIdentity");
+        c
+    };
+
+    let real = start();
+    let fleet = pxb_tests::sim::Fleet::start(pxb_tests::sim::FleetConfig::default()).expect("fleet");
+    fleet.add_project("dev").expect("project");
+    fleet.add_shoots("dev", "s", 1).expect("shoot");
+    let sim_kubeconfig = real.dir().join("sim-kubeconfig.yaml");
+    std::fs::write(
+        &sim_kubeconfig,
+        fleet
+            .admin_kubeconfig("dev", "s-00000", 3600)
+            .expect("kubeconfig"),
+    )
+    .expect("write");
+    let bad_file = real.dir().join("bad-crd.json");
+    std::fs::write(&bad_file, crd.to_string()).expect("write");
+    let good_file = real.dir().join("good-crd.json");
+    std::fs::write(&good_file, good.to_string()).expect("write");
+
+    for (backend, kubeconfig) in [
+        ("the real server", real.admin_kubeconfig()),
+        ("the simulator", sim_kubeconfig),
+    ] {
+        let out = kubectl_output(&real, &kubeconfig, &["create", "-f", &bad_file.to_string_lossy()]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{backend} took the CRD");
+        assert!(
+            stderr.contains("default.mode: Unsupported value: \"\""),
+            "{backend}: {stderr}"
+        );
+        // The same CRD with a default its enum allows is taken.
+        kubectl(
+            &real,
+            &kubeconfig,
+            &["create", "-f", &good_file.to_string_lossy()],
+        );
+    }
+}

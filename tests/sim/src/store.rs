@@ -1354,6 +1354,22 @@ fn validate_crd(crd: &Value) -> Result<(), ApiError> {
             "spec.versions: Invalid value: must have exactly one version marked as storage version".into(),
         );
     }
+    // Like kube-apiserver, a schema's defaults must satisfy the schema (enums, nested).
+    for (i, v) in crd
+        .pointer("/spec/versions")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .enumerate()
+    {
+        if let Some(schema) = v.pointer("/schema/openAPIV3Schema") {
+            defaults_follow_schema(
+                schema,
+                &format!("spec.versions[{i}].schema.openAPIV3Schema"),
+                &mut problems,
+            );
+        }
+    }
     if !group.is_empty() && !plural.is_empty() && name != format!("{plural}.{group}") {
         problems.push(format!(
             "metadata.name: Invalid value: \"{name}\": must be spec.names.plural+\".\"+spec.group"
@@ -1366,6 +1382,45 @@ fn validate_crd(crd: &Value) -> Result<(), ApiError> {
             "CustomResourceDefinition.apiextensions.k8s.io \"{name}\" is invalid: {}",
             problems.join(", ")
         )))
+    }
+}
+
+/// Every `default` under `schema` (at `path`) checked against the schema node it belongs to.
+fn defaults_follow_schema(schema: &Value, path: &str, problems: &mut Vec<String>) {
+    if let Some(d) = schema.get("default") {
+        value_follows_schema(schema, d, &format!("{path}.default"), problems);
+    }
+    if let Some(props) = schema.get("properties").and_then(Value::as_object) {
+        for (k, sub) in props {
+            defaults_follow_schema(sub, &format!("{path}.properties[{k}]"), problems);
+        }
+    }
+    if let Some(items) = schema.get("items") {
+        defaults_follow_schema(items, &format!("{path}.items"), problems);
+    }
+}
+
+/// `value` checked against `schema`'s enums, property by property (what the real server
+/// reports as `Unsupported value` for a default).
+fn value_follows_schema(schema: &Value, value: &Value, path: &str, problems: &mut Vec<String>) {
+    if let Some(allowed) = schema.get("enum").and_then(Value::as_array)
+        && !allowed.contains(value)
+    {
+        let supported: Vec<String> = allowed.iter().map(Value::to_string).collect();
+        problems.push(format!(
+            "{path}: Unsupported value: {value}: supported values: {}",
+            supported.join(", ")
+        ));
+    }
+    if let (Some(props), Some(obj)) = (
+        schema.get("properties").and_then(Value::as_object),
+        value.as_object(),
+    ) {
+        for (k, v) in obj {
+            if let Some(sub) = props.get(k) {
+                value_follows_schema(sub, v, &format!("{path}.{k}"), problems);
+            }
+        }
     }
 }
 
