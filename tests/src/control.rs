@@ -149,6 +149,26 @@ impl ControlPlane {
         self.api.clone()
     }
 
+    /// A federated location on Azurite's `container` with the fixture's Workload Identity
+    /// client, assigned to `clusters`.
+    pub fn azure_location(
+        &self,
+        name: &str,
+        container: &str,
+        clusters: pxb_core::catalog::records::ClusterSelector,
+    ) -> pxb_core::api::rest::CreateLocation {
+        pxb_core::api::rest::CreateLocation {
+            name: name.into(),
+            provider: "azure".into(),
+            account: Some(crate::azurite::ACCOUNT.into()),
+            container: container.into(),
+            endpoint: Some(self.azure.azurite.endpoint()),
+            client_id: Some(CLIENT_ID.into()),
+            clusters,
+            ..Default::default()
+        }
+    }
+
     /// Calls the API; returns the status and the JSON body (`Null` when empty or not JSON).
     pub async fn call(
         &self,

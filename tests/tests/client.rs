@@ -2,16 +2,15 @@
 //! method of `Client` is called at least once and its typed answer checked, and the client's
 //! errors keep the API's codes (and map onto the library's error kinds).
 
-use std::collections::BTreeMap;
 use std::future::Future;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::Api;
 use pxb_core::api::rest::{
-    BackupRequest, CreateDiscovery, CreateLocation, CreateOrg, DeleteQuery, DiscoveryState, ErrorCode,
-    ImportCluster, List, ListQuery, RestoreRequest, ScheduleRequest, SyncRequestBody, Tab, TimeBracket,
-    UpdateLocation, UpdateOrg, UpdatePreferences, UpdateSchedule,
+    BackupRequest, CreateDiscovery, CreateOrg, DeleteQuery, DiscoveryState, ErrorCode, ImportCluster, List,
+    ListQuery, RestoreRequest, ScheduleRequest, SyncRequestBody, Tab, TimeBracket, UpdateLocation, UpdateOrg,
+    UpdatePreferences, UpdateSchedule,
 };
 use pxb_core::catalog::records::{
     BackupRecord, ClusterSelector, ClusterState, Mode, RequestPhase, Role, RoleBinding,
@@ -54,30 +53,6 @@ fn named(names: &[&str]) -> ClusterSelector {
     ClusterSelector {
         names: names.iter().map(|n| (*n).to_owned()).collect(),
         ..ClusterSelector::default()
-    }
-}
-
-/// A federated location on Azurite's `container` for `clusters`.
-fn azure_location(
-    cp: &ControlPlane,
-    name: &str,
-    container: &str,
-    clusters: ClusterSelector,
-) -> CreateLocation {
-    CreateLocation {
-        name: name.into(),
-        provider: "azure".into(),
-        account: Some(pxb_tests::azurite::ACCOUNT.into()),
-        container: container.into(),
-        prefix: None,
-        endpoint: Some(cp.azure.azurite.endpoint()),
-        mode: None,
-        client_id: Some(CLIENT_ID.into()),
-        tenant_id: None,
-        cluster_client_ids: BTreeMap::new(),
-        credential: None,
-        clusters,
-        sync: false,
     }
 }
 
@@ -557,7 +532,7 @@ async fn every_method_of_the_client_against_a_real_server() {
     let primary = alice
         .create_location(
             "acme",
-            &azure_location(&cp, "primary", &container, named(&[&shoot(0)])),
+            &cp.azure_location("primary", &container, named(&[&shoot(0)])),
         )
         .await
         .expect("create location");
@@ -581,12 +556,12 @@ async fn every_method_of_the_client_against_a_real_server() {
     );
     assert_eq!(primary.clusters, named(&[&shoot(0)]));
     let spare = alice
-        .create_location("acme", &azure_location(&cp, "spare", &container, named(&[])))
+        .create_location("acme", &cp.azure_location("spare", &container, named(&[])))
         .await
         .expect("create location");
     assert_api_error(
         victor
-            .create_location("acme", &azure_location(&cp, "evil", &container, named(&[])))
+            .create_location("acme", &cp.azure_location("evil", &container, named(&[])))
             .await,
         ErrorCode::Forbidden,
         "a viewer cannot create a location",

@@ -19,7 +19,6 @@ use pxb_daemon::client::ClientError;
 use pxb_daemon::crd::{BackupLocation, BackupLocationSpec};
 use pxb_daemon::server::config::GardenCredential;
 use pxb_tests::control::{ControlPlane, wait_for};
-use pxb_tests::fixture::CLIENT_ID;
 use pxb_tests::sim::Fault;
 use reqwest::Method;
 use serde_json::{Value, json};
@@ -90,25 +89,6 @@ fn named(names: &[&str]) -> ClusterSelector {
     }
 }
 
-/// A federated location on Azurite's `container`, with the fixture's identity, on every cluster.
-fn azure_location(cp: &ControlPlane, name: &str, container: &str) -> CreateLocation {
-    CreateLocation {
-        name: name.into(),
-        provider: "azure".into(),
-        account: Some(pxb_tests::azurite::ACCOUNT.into()),
-        container: container.into(),
-        prefix: None,
-        endpoint: Some(cp.azure.azurite.endpoint()),
-        mode: None,
-        client_id: Some(CLIENT_ID.into()),
-        tenant_id: None,
-        cluster_client_ids: Default::default(),
-        credential: None,
-        clusters: all_clusters(),
-        sync: false,
-    }
-}
-
 /// `location` as a raw request body.
 fn raw(location: &CreateLocation) -> Value {
     serde_json::to_value(location).expect("a location is JSON")
@@ -123,7 +103,7 @@ async fn acme_with_primary(cp: &ControlPlane, tag: &str) -> (String, String) {
     let container = cp.azure.new_container(tag).await.expect("container");
     let loc = cp
         .client(&acme)
-        .create_location("acme", &azure_location(cp, "primary", &container))
+        .create_location("acme", &cp.azure_location("primary", &container, all_clusters()))
         .await
         .expect("location");
     assert_eq!(
@@ -303,7 +283,7 @@ async fn a_federated_fleet_of_fifty_shoots() {
         (
             Method::POST,
             "/v1/orgs/acme/locations",
-            Some(raw(&azure_location(&cp, "evil", &container))),
+            Some(raw(&cp.azure_location("evil", &container, all_clusters()))),
         ),
         (Method::GET, "/v1/orgs/acme/locations/primary", None),
         (
@@ -418,7 +398,7 @@ async fn a_federated_fleet_of_fifty_shoots() {
 
     // A location can be Valid on one cluster and Invalid on another: one cluster uses an identity
     // Entra does not know.
-    let mut secondary = azure_location(&cp, "secondary", &container);
+    let mut secondary = cp.azure_location("secondary", &container, all_clusters());
     secondary.cluster_client_ids = [(shoot(3), "00000000-0000-4000-8000-00000000dead".to_owned())].into();
     let loc = cp
         .client(&acme)
@@ -777,7 +757,7 @@ async fn damaged_orgs_are_degraded_and_classic_secrets_are_sealed() {
     let acme = cp.token("alice", &["acme-admins"]);
     add_discovery(&cp, "acme", &acme).await;
     let container = cp.azure.new_container("classic").await.expect("container");
-    let mut loc = azure_location(&cp, "classic", &container);
+    let mut loc = cp.azure_location("classic", &container, all_clusters());
     loc.mode = Some(Mode::Classic);
     loc.client_id = None;
     loc.credential = Some(CredentialInput {
@@ -939,7 +919,7 @@ async fn damaged_orgs_are_degraded_and_classic_secrets_are_sealed() {
         container: "c".into(),
         endpoint: Some("http://127.0.0.1:1/acct".into()),
         client_id: None,
-        ..azure_location(&cp, "plain", "c")
+        ..cp.azure_location("plain", "c", all_clusters())
     };
     let refused = cp.client(&acme).create_location("acme", &plain).await;
     assert_api_error(refused, ErrorCode::BadRequest, "a plain-http endpoint is refused");
@@ -949,7 +929,7 @@ async fn damaged_orgs_are_degraded_and_classic_secrets_are_sealed() {
         container: "backups".into(),
         endpoint: None,
         client_id: None,
-        ..azure_location(&cp, "rel", "backups")
+        ..cp.azure_location("rel", "backups", all_clusters())
     };
     let refused = cp.client(&acme).create_location("acme", &relative).await;
     assert_api_error(refused, ErrorCode::BadRequest, "a relative directory is refused");
