@@ -6,6 +6,8 @@
 //! - [`control::ControlPlane`]: a simulated fleet, Azurite, an OIDC issuer, a real `pxb-server`
 //!   and real agents, for server scenarios;
 //! - [`engine`]: the volume and resource engines on generated data;
+//! - [`real`]: the real kube-apiserver and etcd ([`real::RealCluster`]) with kubectl and pxb's
+//!   manifests;
 //! - [`bench`]: the benchmarks behind `BENCHMARKS.md`.
 //!
 //! The harness's modules are re-exported under their names, so scenarios say
@@ -15,6 +17,7 @@ pub mod bench;
 pub mod control;
 pub mod engine;
 pub mod fixture;
+pub mod real;
 
 pub use pxb_harness::{
     entra, free_port, jwt, logs, oidc, promtool, promtool_check_metrics, server, tls, workspace_root,

@@ -7,49 +7,13 @@
 //! - the manifests in `deploy/` are accepted by the real server: every CRD becomes Established,
 //!   the agent's manifests apply, and the schema's defaults are the ones the agent expects.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::path::PathBuf;
 
-use pxb_harness::real_cluster::RealCluster;
+use pxb_tests::real::{kubectl, kubectl_output, start};
 use serde_json::{Value, json};
 
 fn workspace() -> PathBuf {
     pxb_harness::workspace_root()
-}
-
-/// Runs `kubectl --kubeconfig <kubeconfig> <args>`; its output whatever the exit status.
-fn kubectl_output(cluster: &RealCluster, kubeconfig: &Path, args: &[&str]) -> Output {
-    let kubectl = std::env::var("PXB_KUBECTL").unwrap_or_else(|_| "kubectl".into());
-    let home = cluster.dir().join("kubectl-home");
-    std::fs::create_dir_all(&home).expect("kubectl home");
-    Command::new(&kubectl)
-        .arg("--kubeconfig")
-        .arg(kubeconfig)
-        .arg("--cache-dir")
-        .arg(home.join("cache"))
-        .args(args)
-        .env("HOME", &home)
-        .env_remove("KUBECONFIG")
-        .output()
-        .unwrap_or_else(|e| {
-            panic!("{kubectl} must be installed and on PATH for this test (scripts/install-deps installs it): {e}")
-        })
-}
-
-/// Runs kubectl and requires success; its standard output.
-fn kubectl(cluster: &RealCluster, kubeconfig: &Path, args: &[&str]) -> String {
-    let out = kubectl_output(cluster, kubeconfig, args);
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success(),
-        "kubectl {args:?} failed: {stdout}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    stdout
-}
-
-fn start() -> RealCluster {
-    RealCluster::start().unwrap_or_else(|e| panic!("the real cluster did not start: {e:#}"))
 }
 
 #[test]
@@ -335,5 +299,55 @@ fn a_crd_whose_default_breaks_its_schema_is_refused_by_the_real_server_and_the_s
             &kubeconfig,
             &["create", "-f", &good_file.to_string_lossy()],
         );
+    }
+}
+
+/// The scenarios' `kube` clients reach the real server both ways a pxb process does: with a
+/// client certificate (as the server reaches a shoot) and with a ServiceAccount's token from the
+/// TokenRequest API (as the agent does in its pod), and RBAC sees the ServiceAccount.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kube_clients_reach_the_real_server_with_a_certificate_and_a_service_account_token() {
+    use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
+    use kube::api::{Api, PostParams};
+    let cluster = start();
+    let admin = pxb_tests::real::admin_client(&cluster)
+        .await
+        .expect("admin client");
+    let nss: Api<Namespace> = Api::all(admin.clone());
+    nss.create(
+        &PostParams::default(),
+        &serde_json::from_value(json!({"metadata": {"name": "apps"}})).expect("ns"),
+    )
+    .await
+    .expect("namespace");
+    let sas: Api<ServiceAccount> = Api::namespaced(admin, "apps");
+    sas.create(
+        &PostParams::default(),
+        &serde_json::from_value(json!({"metadata": {"name": "worker"}})).expect("sa"),
+    )
+    .await
+    .expect("service account");
+    let token = pxb_tests::real::service_account_token(
+        &cluster,
+        "apps",
+        "worker",
+        "https://kubernetes.default.svc",
+        std::time::Duration::from_secs(600),
+    )
+    .expect("token");
+    let worker = pxb_tests::real::token_client(&cluster, "worker", &token)
+        .await
+        .expect("client");
+    let cms: Api<k8s_openapi::api::core::v1::ConfigMap> = Api::namespaced(worker, "apps");
+    match cms.list(&Default::default()).await {
+        Err(kube::Error::Api(s)) => {
+            assert_eq!(s.code, 403, "{s:?}");
+            assert!(
+                s.message.contains("system:serviceaccount:apps:worker"),
+                "{}",
+                s.message
+            );
+        }
+        other => panic!("a service account without bindings may not list config maps: {other:?}"),
     }
 }

@@ -819,10 +819,13 @@ fn watch(
         let mut ticker = tokio::time::interval(interval);
         ticker.tick().await;
         loop {
+            // Biased: once watches are interrupted, no event recorded after the interrupt is
+            // delivered on this stream (the cut is a point in time, as on a real server).
             tokio::select! {
+                biased;
+                _ = interrupted.changed() => return,
                 _ = &mut deadline => return,
                 _ = tx.closed() => return,
-                _ = interrupted.changed() => return,
                 _ = ticker.tick(), if bookmarks => {
                     if tx.send(bookmark(last_rv, false)).await.is_err() { return; }
                 }
