@@ -237,6 +237,15 @@ pub trait ClusterProvider: Send + Sync + fmt::Debug {
 
     /// The state of the credential of `id`.
     fn credential_state(&self, id: &ClusterId) -> CredentialState;
+
+    /// The cluster refused `access` (HTTP 401) although it had not expired: its CA was rotated,
+    /// or the credential was revoked. A provider that issues credentials drops that one, so the
+    /// next [`access`](Self::access) issues a new one instead of handing out the refused one
+    /// until its renewal is due; a credential issued meanwhile is kept. The default does nothing
+    /// (fixed access cannot be renewed).
+    fn refused(&self, id: &ClusterId, access: &ClusterAccess) {
+        let _ = (id, access);
+    }
 }
 
 /// The in-memory twin: a fixed set of clusters with fixed access, for tests.

@@ -893,6 +893,22 @@ impl ClusterProvider for GardenerProvider {
         Ok((*a).clone())
     }
 
+    fn refused(&self, id: &ClusterId, access: &ClusterAccess) {
+        let mut st = self.state();
+        let Some(c) = st.creds.get_mut(id) else {
+            return;
+        };
+        if c.access
+            .as_ref()
+            .is_some_and(|a| a.client_cert_pem == access.client_cert_pem)
+        {
+            // The next `access` issues a new one (the renewal stays as planned, so the two do
+            // not both issue).
+            tracing::warn!(cluster = %id, "the cluster refused its kubeconfig; the next visit gets a new one");
+            c.access = None;
+        }
+    }
+
     fn credential_state(&self, id: &ClusterId) -> CredentialState {
         let st = self.state();
         let Some(c) = st.creds.get(id) else {

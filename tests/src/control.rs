@@ -19,7 +19,8 @@ use serde_json::Value;
 
 use crate::fixture::{AzureFixture, CLIENT_ID};
 use crate::oidc::TestIssuer;
-use crate::sim::{Fleet, FleetConfig, ProjectRole};
+use crate::real::RealCluster;
+use crate::sim::{ExternalApiServer, Fleet, FleetConfig, MintedCert, ProjectRole};
 
 /// The token group of provider admins in these scenarios.
 pub const PROVIDER_ADMINS: &str = "pxb-provider-admins";
@@ -72,6 +73,17 @@ impl ControlPlane {
         let fleet = Fleet::start(FleetConfig::default())?;
         fleet.add_project(project)?;
         fleet.add_shoots(project, "shoot", shoots)?;
+        Self::start_on(fleet, project, tweak).await
+    }
+
+    /// As [`ControlPlane::start`], on a fleet the caller made: its own [`FleetConfig`], and
+    /// project `project` (which must exist) with whatever shoots it wants, such as shoots backed
+    /// by real API servers ([`real_api_server`]).
+    pub async fn start_on(
+        fleet: Fleet,
+        project: &str,
+        tweak: impl FnOnce(&mut ServerConfig),
+    ) -> anyhow::Result<Self> {
         let token = fleet.add_service_account(project, "pxb", ProjectRole::Admin)?;
         let dir = tempfile::tempdir()?;
         let garden = dir.path().join(format!("garden-{project}.yaml"));
@@ -269,6 +281,24 @@ fn api_client(url: &str, called: &Called) -> anyhow::Result<Client> {
 }
 
 pub use pxb_daemon::sim::{shoot_client, start_agent};
+
+/// `cluster` as the API server of a shoot in the simulated garden
+/// ([`Fleet::add_external_shoot`](crate::sim::Fleet::add_external_shoot)): its URL and CA, and
+/// kubeconfig certificates signed by its client CA with the lifetime the garden grants
+/// ([`RealCluster::client_identity_valid_for`]).
+pub fn real_api_server(cluster: std::sync::Arc<RealCluster>) -> ExternalApiServer {
+    ExternalApiServer {
+        url: cluster.server_url(),
+        ca_pem: cluster.ca_pem(),
+        mint: std::sync::Arc::new(move |user: &str, groups: &[&str], ttl: Duration| {
+            let id = cluster.client_identity_valid_for(user, groups, ttl)?;
+            Ok(MintedCert {
+                cert_pem: id.cert_pem,
+                key_pem: id.key_pem,
+            })
+        }),
+    }
+}
 
 /// Polls `probe` every 200 ms until it returns `Ok(Some(_))`; fails after `timeout` with the
 /// last description `probe` gave (`Ok(None)` keeps waiting; the `Err` text is remembered).

@@ -6,6 +6,7 @@
 //! - [`control::ControlPlane`]: a simulated fleet, Azurite, an OIDC issuer, a real `pxb-server`
 //!   and real agents, for server scenarios;
 //! - [`engine`]: the volume and resource engines on generated data;
+//! - [`kube_conformance`]: a Kubernetes API suite run against the real server and the simulator;
 //! - [`real`]: the real kube-apiserver and etcd ([`real::RealCluster`]) with kubectl and pxb's
 //!   manifests;
 //! - [`bench`]: the benchmarks behind `BENCHMARKS.md`.
@@ -17,6 +18,7 @@ pub mod bench;
 pub mod control;
 pub mod engine;
 pub mod fixture;
+pub mod kube_conformance;
 pub mod real;
 
 pub use pxb_harness::{

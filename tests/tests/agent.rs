@@ -1,5 +1,17 @@
-//! Scenarios of the agent: its controllers run in-process against a simulated shoot (HTTPS,
-//! client certificates from the simulated garden) and Azurite with Workload Identity.
+//! Scenarios of the agent: its controllers run in-process against a cluster and Azurite with
+//! Workload Identity. Each scenario runs on two backends ([`Backend`]):
+//!
+//! - the simulated shoot (HTTPS, client certificates from the simulated garden), where the agent
+//!   uses the administrator's client;
+//! - the real kube-apiserver (and etcd) of `pxb_tests::real`, with `deploy/crds` and
+//!   `deploy/agent` applied, where the agent authenticates as its own ServiceAccount
+//!   (`pxb-system/pxb-agent`, a TokenRequest token, as the kubelet projects it into the pod) and
+//!   so works under exactly the RBAC that `deploy/agent/20-rbac.yaml` grants.
+//!
+//! The real server has no controller manager: no PersistentVolume controller (tests bind claims
+//! themselves, as the simulator's scenarios already did), no garbage collector and no namespace
+//! finalization. What the agent may and may not do under its RBAC is checked in
+//! `the_agent_rbac_grants_what_it_needs_and_no_more`.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -12,18 +24,124 @@ use pxb_daemon::crd::{
     ApplicationBackup, ApplicationBackupSpec, BackupLocation, BackupLocationSpec, ValidationStatus,
 };
 use pxb_tests::fixture::{AzureFixture, CLIENT_ID, SECOND_CLIENT_ID};
+use pxb_tests::real::RealCluster;
 use serde_json::json;
 
-/// A simulated shoot with pxb's CRDs and namespace installed; returns a client for it.
-async fn shoot_with_crds() -> (pxb_tests::shoots::ShootFixture, kube::Client) {
-    let shoots = pxb_tests::shoots::ShootFixture::start(1)
-        .await
-        .expect("simulated shoot");
-    let client = shoots.client(0).await.expect("client");
-    pxb_tests::shoots::install_pxb(&client)
-        .await
-        .expect("install pxb");
-    (shoots, client)
+/// Where a scenario runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Backend {
+    /// A simulated shoot; the agent uses the administrator's client.
+    Simulator,
+    /// The real kube-apiserver of a cluster of the test's own; the agent uses its
+    /// ServiceAccount's token under `deploy/agent`'s RBAC.
+    RealServer,
+}
+
+/// The cluster of one scenario: a client for the test's own setup and checks (the cluster's
+/// administrator, or the server and tenants that create pxb's objects), and the client the
+/// agent's controllers use.
+struct Shoot {
+    backend: Backend,
+    /// The administrator.
+    admin: kube::Client,
+    /// The agent's identity: the administrator on the simulator, ServiceAccount
+    /// `pxb-system/pxb-agent` on the real server.
+    agent: kube::Client,
+    sim: Option<pxb_tests::shoots::ShootFixture>,
+    /// The real cluster (kept running for the scenario).
+    real: Option<RealCluster>,
+}
+
+impl Shoot {
+    /// A cluster with pxb's CRDs and namespace installed (on the real server: all of
+    /// `deploy/crds` and `deploy/agent`, applied with kubectl).
+    async fn start(backend: Backend) -> Self {
+        match backend {
+            Backend::Simulator => {
+                let sim = pxb_tests::shoots::ShootFixture::start(1)
+                    .await
+                    .expect("simulated shoot");
+                let admin = sim.client(0).await.expect("client");
+                pxb_tests::shoots::install_pxb(&admin).await.expect("install pxb");
+                Self {
+                    backend,
+                    agent: admin.clone(),
+                    admin,
+                    sim: Some(sim),
+                    real: None,
+                }
+            }
+            Backend::RealServer => {
+                let (real, token) = tokio::task::spawn_blocking(|| {
+                    let real = pxb_tests::real::start();
+                    pxb_tests::real::install_pxb(&real).expect("install pxb on the real server");
+                    let token = pxb_tests::real::service_account_token(
+                        &real,
+                        "pxb-system",
+                        "pxb-agent",
+                        pxb_tests::real::API_AUDIENCES[0],
+                        Duration::from_secs(3600),
+                    )
+                    .expect("a token for pxb-agent");
+                    (real, token)
+                })
+                .await
+                .expect("start the real cluster");
+                let admin = pxb_tests::real::admin_client(&real).await.expect("admin client");
+                let agent = pxb_tests::real::token_client(&real, "pxb-agent", &token)
+                    .await
+                    .expect("the agent's client");
+                // Bindings reach the authorizer a moment after they are written.
+                let deadline = Instant::now() + Duration::from_secs(30);
+                loop {
+                    let own = Api::<BackupLocation>::namespaced(agent.clone(), "pxb-system")
+                        .list(&Default::default())
+                        .await;
+                    let cluster = Api::<k8s_openapi::api::core::v1::Namespace>::all(agent.clone())
+                        .list(&Default::default())
+                        .await;
+                    if own.is_ok() && cluster.is_ok() {
+                        break;
+                    }
+                    assert!(
+                        Instant::now() < deadline,
+                        "the agent's RBAC never took effect: {own:?} {cluster:?}"
+                    );
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                Self {
+                    backend,
+                    admin,
+                    agent,
+                    sim: None,
+                    real: Some(real),
+                }
+            }
+        }
+    }
+}
+
+/// The Azure side of a scenario (CA, Azurite, the Entra ID stand-in, the projected token file).
+///
+/// On the real server the whole Workload Identity chain is real: the token file holds a
+/// TokenRequest token of `pxb-system/pxb-agent` for `api://AzureADTokenExchange`, and the stand-in
+/// grants a storage token only to an assertion whose issuer, subject and audience match a
+/// federated credential of the client id and whose signature verifies against the keys the API
+/// server publishes (OIDC discovery, fetched anonymously as Entra does). Both managed identities
+/// trust the agent's ServiceAccount, as a tenant configures them.
+fn azure(shoot: &Shoot) -> AzureFixture {
+    match &shoot.real {
+        None => AzureFixture::start(3600).expect("azure fixture"),
+        Some(real) => AzureFixture::federated(
+            real,
+            &[
+                (CLIENT_ID, "pxb-system", "pxb-agent"),
+                (SECOND_CLIENT_ID, "pxb-system", "pxb-agent"),
+            ],
+            3600,
+        )
+        .expect("azure fixture federated with the real server's issuer"),
+    }
 }
 
 /// The agent's settings for the fixture: its Workload Identity, trusting the test CA.
@@ -71,10 +189,10 @@ fn phase_is(phase: &'static str) -> impl Fn(&BackupLocation) -> bool {
     move |l| validation(l).is_some_and(|v| v.phase == phase)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn locations_are_validated_with_their_own_identities() {
-    let (_fleet, client) = shoot_with_crds().await;
-    let fx = AzureFixture::start(3600).expect("azure fixture");
+async fn locations_are_validated_with_their_own_identities(backend: Backend) {
+    let shoot = Shoot::start(backend).await;
+    let client = shoot.admin.clone();
+    let fx = azure(&shoot);
     let containers = [fx.container_name("agent-a"), fx.container_name("agent-b")];
     for c in &containers {
         pxb_azure::AzureBlobStore::new(fx.key_config(c))
@@ -84,7 +202,7 @@ async fn locations_are_validated_with_their_own_identities() {
             .expect("container");
     }
     let config = agent_config(&fx);
-    let ctx = Context::new(client.clone(), config);
+    let ctx = Context::new(shoot.agent.clone(), config);
     let controller = locations::spawn(ctx.clone());
     let api: Api<BackupLocation> = Api::namespaced(client, "pxb-system");
     let pp = PostParams::default();
@@ -113,6 +231,15 @@ async fn locations_are_validated_with_their_own_identities() {
         .collect();
     assert!(granted.iter().any(|c| c == CLIENT_ID), "{granted:?}");
     assert!(granted.iter().any(|c| c == SECOND_CLIENT_ID), "{granted:?}");
+    if let Some(real) = &shoot.real {
+        // The assertions were checked against the real API server's published keys.
+        let fetches = fx.entra.key_fetches();
+        let jwks = format!("{}/openid/v1/jwks", real.issuer());
+        assert!(
+            fetches.iter().any(|f| f.url == jwks && f.status == Some(200)),
+            "{fetches:?}"
+        );
+    }
 
     // An identity Entra does not know fails at the authenticate step, with Entra's reason.
     api.create(
@@ -152,9 +279,9 @@ async fn locations_are_validated_with_their_own_identities() {
     controller.abort();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn invalid_specs_are_reported_without_a_retry_loop() {
-    let (_fleet, client) = shoot_with_crds().await;
+async fn invalid_specs_are_reported_without_a_retry_loop(backend: Backend) {
+    let shoot = Shoot::start(backend).await;
+    let client = shoot.admin.clone();
     let dir = tempfile::tempdir().expect("dir");
     let config = AgentConfig {
         workload_identity: pxb_azure::WorkloadIdentityOptions {
@@ -165,7 +292,7 @@ async fn invalid_specs_are_reported_without_a_retry_loop() {
         },
         ..AgentConfig::default()
     };
-    let ctx: Arc<Context> = Context::new(client.clone(), config);
+    let ctx: Arc<Context> = Context::new(shoot.agent.clone(), config);
     let controller = locations::spawn(ctx.clone());
     let api: Api<BackupLocation> = Api::namespaced(client, "pxb-system");
     let pp = PostParams::default();
@@ -175,9 +302,26 @@ async fn invalid_specs_are_reported_without_a_retry_loop() {
         account: Some("acct".into()),
         ..BackupLocationSpec::default()
     };
-    api.create(&pp, &BackupLocation::new("s3", spec("s3", "bucket")))
-        .await
-        .expect("create");
+    // The CRD's schema lists the providers: the real API server refuses an unknown one before
+    // the agent sees it (the simulator does not check enums, so there the agent's own check runs).
+    let s3 = api
+        .create(&pp, &BackupLocation::new("s3", spec("s3", "bucket")))
+        .await;
+    let agent_sees_s3 = match (backend, s3) {
+        (Backend::Simulator, created) => {
+            created.expect("create");
+            true
+        }
+        (Backend::RealServer, Err(kube::Error::Api(e))) => {
+            assert_eq!(e.code, 422, "{e:?}");
+            assert!(
+                e.message.contains("spec.provider: Unsupported value: \"s3\""),
+                "{e:?}"
+            );
+            false
+        }
+        (Backend::RealServer, other) => panic!("the real server must refuse provider s3: {other:?}"),
+    };
     api.create(&pp, &BackupLocation::new("empty", spec("azure", "")))
         .await
         .expect("create");
@@ -205,7 +349,10 @@ async fn invalid_specs_are_reported_without_a_retry_loop() {
         ("empty", "spec.container is empty"),
         ("secretless", "secretRef.name is required"),
         ("relative", "must be an absolute directory"),
-    ] {
+    ]
+    .into_iter()
+    .filter(|(name, _)| *name != "s3" || agent_sees_s3)
+    {
         let loc = wait_for(&api, name, "becomes Invalid", phase_is("Invalid")).await;
         let v = validation(&loc).expect("validation");
         assert_eq!(v.failed_step.as_deref(), Some("configure"), "{name}: {v:?}");
@@ -243,15 +390,15 @@ async fn invalid_specs_are_reported_without_a_retry_loop() {
     controller.abort();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sync_finds_other_clusters_backups_and_verify_finds_a_deleted_chunk() {
+async fn sync_finds_other_clusters_backups_and_verify_finds_a_deleted_chunk(backend: Backend) {
     use pxb_core::backup::resources::{ResourceBackupOptions, backup_namespace_resources};
     use pxb_core::backup::volume::{VolumeBackupOptions, backup_volume};
     use pxb_core::backup::{Repository, layout};
     use pxb_core::resources::{InMemoryCluster, ResourceSelector};
 
-    let (fleet, client) = shoot_with_crds().await;
-    let fx = AzureFixture::start(3600).expect("azure fixture");
+    let shoot = Shoot::start(backend).await;
+    let client = shoot.admin.clone();
+    let fx = azure(&shoot);
     let container = fx.container_name("agent-sync");
     let writer = Arc::new(pxb_azure::AzureBlobStore::new(fx.key_config(&container)).expect("store"));
     writer.create_container().await.expect("container");
@@ -285,7 +432,7 @@ async fn sync_finds_other_clusters_backups_and_verify_finds_a_deleted_chunk() {
         .expect("resources");
 
     let config = agent_config(&fx);
-    let ctx = Context::new(client.clone(), config);
+    let ctx = Context::new(shoot.agent.clone(), config);
     let controller = locations::spawn(ctx.clone());
     let api: Api<BackupLocation> = Api::namespaced(client.clone(), "pxb-system");
     let mut spec = azure_location(&fx, &container, None);
@@ -311,8 +458,7 @@ async fn sync_finds_other_clusters_backups_and_verify_finds_a_deleted_chunk() {
             .all(|b| b.cluster.as_deref() == Some("other-cluster"))
     );
 
-    // The catalog is served by the agent's read API, reached through the shoot API server's
-    // service proxy (no object per backup in the cluster).
+    // The catalog is served by the agent's read API (no object per backup in the cluster).
     let state = Arc::new(pxb_daemon::agent::api::ApiState {
         backups: pxb_daemon::agent::backups::Context::new(
             ctx.clone(),
@@ -324,73 +470,50 @@ async fn sync_finds_other_clusters_backups_and_verify_finds_a_deleted_chunk() {
     let (addr, server) = pxb_daemon::agent::api::bind("127.0.0.1:0".parse().expect("addr"), state)
         .await
         .expect("bind");
-    fleet
-        .fleet
-        .shoot("dev", "shoot-00000")
-        .expect("shoot")
-        .register_service_backend("pxb-system", "pxb-agent", "http", addr);
+    if let Some(sim) = &shoot.sim {
+        sim.fleet
+            .shoot("dev", "shoot-00000")
+            .expect("shoot")
+            .register_service_backend("pxb-system", "pxb-agent", "http", addr);
+        // Without its Service, the service proxy has nothing to reach. (`deploy/agent` creates the
+        // Service on the real server.)
+        let (code, body) = read_api(&shoot, addr, "/v1/status").await;
+        assert_eq!(code, 404, "the proxy needs the Service: {body}");
+        apply(
+            &client,
+            json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "pxb-agent", "namespace": "pxb-system"},
+                   "spec": {"selector": {"app": "pxb-agent"}, "ports": [{"name": "http", "port": 8080, "targetPort": 8080}]}}),
+        )
+        .await;
+    }
     let proxy = |path: &str| {
-        let client = client.clone();
-        let uri = format!("/api/v1/namespaces/pxb-system/services/pxb-agent:http/proxy{path}");
+        let path = path.to_owned();
+        let shoot = &shoot;
         async move {
-            let req = http::Request::get(uri).body(Vec::new()).expect("request");
-            client.request::<serde_json::Value>(req).await
+            let (code, body) = read_api(shoot, addr, &path).await;
+            assert_eq!(code, 200, "{path}: {body}");
+            serde_json::from_str::<serde_json::Value>(&body).expect("a JSON answer")
         }
     };
-    match proxy("/v1/status").await {
-        Err(kube::Error::Api(s)) => assert_eq!(s.code, 404, "no Service yet: {s:?}"),
-        other => panic!("the proxy needs the Service: {other:?}"),
-    }
-    apply(
-        &client,
-        json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "pxb-agent", "namespace": "pxb-system"},
-               "spec": {"selector": {"app": "pxb-agent"}, "ports": [{"name": "http", "port": 8080, "targetPort": 8080}]}}),
-    )
-    .await;
-    let status = proxy("/v1/status").await.expect("status");
+    let status = proxy("/v1/status").await;
     assert_eq!(status["version"], pxb_daemon::agent::api::VERSION);
     assert_eq!(status["syncedLocations"], json!(["shared"]));
-    let page = proxy("/v1/catalog?location=shared&cluster=other-cluster&limit=1")
-        .await
-        .expect("page 1");
+    let page = proxy("/v1/catalog?location=shared&cluster=other-cluster&limit=1").await;
     assert_eq!(page["items"].as_array().map(Vec::len), Some(1), "{page}");
     let next = page["continue"].as_str().expect("continue").to_owned();
-    let page2 = proxy(&format!("/v1/catalog?location=shared&limit=1&continue={next}"))
-        .await
-        .expect("page 2");
+    let page2 = proxy(&format!("/v1/catalog?location=shared&limit=1&continue={next}")).await;
     assert_eq!(page2["items"].as_array().map(Vec::len), Some(1), "{page2}");
     assert_ne!(page["items"][0]["id"], page2["items"][0]["id"]);
-    let shop = proxy("/v1/catalog?location=shared&namespace=shop")
-        .await
-        .expect("by namespace");
+    let shop = proxy("/v1/catalog?location=shared&namespace=shop").await;
     assert_eq!(shop["items"][0]["id"], resources.id.to_string(), "{shop}");
-    let none = proxy("/v1/catalog?location=shared&cluster=nobody")
-        .await
-        .expect("by cluster");
+    let none = proxy("/v1/catalog?location=shared&cluster=nobody").await;
     assert_eq!(none["items"], json!([]));
-    let future = proxy("/v1/catalog?location=shared&since=2100-01-01T00:00:00Z")
-        .await
-        .expect("by time");
+    let future = proxy("/v1/catalog?location=shared&since=2100-01-01T00:00:00Z").await;
     assert_eq!(future["items"], json!([]));
-    let bad = client
-        .send(
-            http::Request::get(
-                "/api/v1/namespaces/pxb-system/services/pxb-agent:http/proxy/v1/catalog?location=shared&since=yesterday",
-            )
-            .body(kube::client::Body::empty())
-            .expect("request"),
-        )
-        .await
-        .expect("response");
-    assert_eq!(bad.status(), 400, "a bad time is a 400");
-    let metrics = client
-        .request_text(
-            http::Request::get("/api/v1/namespaces/pxb-system/services/pxb-agent:http/proxy/metrics")
-                .body(Vec::new())
-                .expect("request"),
-        )
-        .await
-        .expect("metrics");
+    let (code, body) = read_api(&shoot, addr, "/v1/catalog?location=shared&since=yesterday").await;
+    assert_eq!(code, 400, "a bad time is a 400: {body}");
+    let (code, metrics) = read_api(&shoot, addr, "/metrics").await;
+    assert_eq!(code, 200, "{metrics}");
     assert!(
         metrics.contains("pxb_agent_catalog_backups{location=\"shared\"} 2"),
         "{metrics}"
@@ -464,7 +587,7 @@ async fn sync_finds_other_clusters_backups_and_verify_finds_a_deleted_chunk() {
             .contains_key(&third.id)
     );
     // Damaged backups say what is missing in the catalog.
-    let all = proxy("/v1/catalog?location=shared").await.expect("catalog");
+    let all = proxy("/v1/catalog?location=shared").await;
     let damaged: Vec<&serde_json::Value> = all["items"]
         .as_array()
         .expect("items")
@@ -478,7 +601,7 @@ async fn sync_finds_other_clusters_backups_and_verify_finds_a_deleted_chunk() {
 
     // A restarted agent (new process state) rebuilds its catalog without being asked.
     let config = agent_config(&fx);
-    let restarted = Context::new(client.clone(), config);
+    let restarted = Context::new(shoot.agent.clone(), config);
     let controller = locations::spawn(restarted.clone());
     let deadline = Instant::now() + Duration::from_secs(30);
     while restarted.catalog("shared").is_none_or(|c| c.backups.len() != 3) {
@@ -491,7 +614,34 @@ async fn sync_finds_other_clusters_backups_and_verify_finds_a_deleted_chunk() {
     controller.abort();
 }
 
-/// Creates `obj` (JSON) on the shoot through the dynamic API.
+/// GETs `path` of the agent's read API listening on `addr`; its status and body. On the simulator
+/// through the shoot API server's service proxy, as the server reads it; on the real server
+/// directly, since its service proxy refuses loopback endpoints (and no pod runs there).
+async fn read_api(shoot: &Shoot, addr: std::net::SocketAddr, path: &str) -> (u16, String) {
+    match shoot.backend {
+        Backend::Simulator => {
+            let uri = format!("/api/v1/namespaces/pxb-system/services/pxb-agent:http/proxy{path}");
+            let req = http::Request::get(uri)
+                .body(kube::client::Body::empty())
+                .expect("request");
+            let resp = shoot.admin.send(req).await.expect("the service proxy answers");
+            let code = resp.status().as_u16();
+            let body = http_body_util::BodyExt::collect(resp.into_body())
+                .await
+                .expect("body")
+                .to_bytes();
+            (code, String::from_utf8_lossy(&body).into_owned())
+        }
+        Backend::RealServer => {
+            let resp = reqwest::get(format!("http://{addr}{path}"))
+                .await
+                .expect("the read API answers");
+            let code = resp.status().as_u16();
+            (code, resp.text().await.expect("body"))
+        }
+    }
+}
+
 /// Creates the `BackupLocation` `tenant` on `container`, reached with the agent's own identity.
 async fn tenant_location(client: &kube::Client, fx: &AzureFixture, container: &str) {
     Api::<BackupLocation>::namespaced(client.clone(), "pxb-system")
@@ -599,13 +749,13 @@ fn tree(dir: &std::path::Path) -> std::collections::BTreeMap<String, Vec<u8>> {
     out
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn two_namespaces_with_a_volume_are_backed_up_and_restored_into_mapped_namespaces() {
+async fn two_namespaces_with_a_volume_are_backed_up_and_restored_into_mapped_namespaces(backend: Backend) {
     use pxb_daemon::agent::backups;
     use pxb_daemon::agent::volumes::LocalPathDriver;
 
-    let (_fleet, client) = shoot_with_crds().await;
-    let fx = AzureFixture::start(3600).expect("azure fixture");
+    let shoot = Shoot::start(backend).await;
+    let client = shoot.admin.clone();
+    let fx = azure(&shoot);
     let container = fx.new_container("agent-backup").await.expect("container");
 
     // Two namespaces; one has a claim bound to a local-path volume holding files.
@@ -633,6 +783,16 @@ async fn two_namespaces_with_a_volume_are_backed_up_and_restored_into_mapped_nam
         json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "web", "namespace": "blog"},
                "spec": {"replicas": 2, "selector": {"matchLabels": {"app": "web"}},
                         "template": {"metadata": {"labels": {"app": "web"}}, "spec": {"containers": [{"name": "web", "image": "nginx"}]}}}}),
+        // A Service (the real server allocates its cluster IP, which a restore must not carry
+        // over) and RBAC (the real server checks that the restoring agent holds what a Role grants).
+        json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "web", "namespace": "blog"},
+               "spec": {"selector": {"app": "web"}, "ports": [{"name": "http", "port": 80, "targetPort": 8080}]}}),
+        json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "web", "namespace": "blog"}}),
+        json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role", "metadata": {"name": "reader", "namespace": "blog"},
+               "rules": [{"apiGroups": [""], "resources": ["configmaps"], "verbs": ["get", "list"]}]}),
+        json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding", "metadata": {"name": "web-reader", "namespace": "blog"},
+               "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "reader"},
+               "subjects": [{"kind": "ServiceAccount", "name": "web", "namespace": "blog"}]}),
         json!({"apiVersion": "v1", "kind": "PersistentVolume", "metadata": {"name": "pv-data"},
                "spec": {"capacity": {"storage": "1Gi"}, "accessModes": ["ReadWriteOnce"], "storageClassName": "local-path",
                         "hostPath": {"path": data.path().to_string_lossy()},
@@ -651,10 +811,10 @@ async fn two_namespaces_with_a_volume_are_backed_up_and_restored_into_mapped_nam
         restore_root: restores.path().to_path_buf(),
         ..agent_config(&fx)
     };
-    let lctx = Context::new(client.clone(), config);
+    let lctx = Context::new(shoot.agent.clone(), config);
     let bctx = backups::Context::new(
         lctx.clone(),
-        Arc::new(LocalPathDriver::new(client.clone(), restores.path())),
+        Arc::new(LocalPathDriver::new(shoot.agent.clone(), restores.path())),
     );
     let controllers = [
         locations::spawn(lctx.clone()),
@@ -754,6 +914,42 @@ async fn two_namespaces_with_a_volume_are_backed_up_and_restored_into_mapped_nam
         .await
         .expect("restored");
     assert_eq!(a.spec, b.spec);
+    use k8s_openapi::api::core::v1::Service;
+    use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
+    let a = Api::<Service>::namespaced(client.clone(), "blog")
+        .get("web")
+        .await
+        .expect("original");
+    let b = Api::<Service>::namespaced(client.clone(), "blog-copy")
+        .get("web")
+        .await
+        .expect("restored");
+    let (a, b) = (a.spec.expect("spec"), b.spec.expect("spec"));
+    assert_eq!((&a.ports, &a.selector), (&b.ports, &b.selector));
+    assert_eq!(
+        a.cluster_ip.is_some(),
+        b.cluster_ip.is_some(),
+        "the restored Service has a cluster IP of its own, as the original: {b:?}"
+    );
+    let a = Api::<Role>::namespaced(client.clone(), "blog")
+        .get("reader")
+        .await
+        .expect("original");
+    let b = Api::<Role>::namespaced(client.clone(), "blog-copy")
+        .get("reader")
+        .await
+        .expect("restored");
+    assert_eq!(a.rules, b.rules);
+    let binding = Api::<RoleBinding>::namespaced(client.clone(), "blog-copy")
+        .get("web-reader")
+        .await
+        .expect("restored");
+    let subjects = binding.subjects.expect("subjects");
+    assert_eq!(
+        (subjects[0].name.as_str(), subjects[0].namespace.as_deref()),
+        ("web", Some("blog-copy")),
+        "the subject follows the namespace mapping"
+    );
 
     // Files are equal, in a new volume bound to the restored claim.
     let claim = Api::<PersistentVolumeClaim>::namespaced(client.clone(), "shop-copy")
@@ -895,13 +1091,13 @@ async fn two_namespaces_with_a_volume_are_backed_up_and_restored_into_mapped_nam
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn deleting_a_backup_deletes_its_data_even_after_the_location_was_down() {
+async fn deleting_a_backup_deletes_its_data_even_after_the_location_was_down(backend: Backend) {
     use pxb_daemon::agent::backups;
     use pxb_daemon::agent::volumes::LocalPathDriver;
 
-    let (_fleet, client) = shoot_with_crds().await;
-    let mut fx = AzureFixture::start(3600).expect("azure fixture");
+    let shoot = Shoot::start(backend).await;
+    let client = shoot.admin.clone();
+    let mut fx = azure(&shoot);
     let container = fx.new_container("agent-delete").await.expect("container");
     let data = tempfile::tempdir().expect("volume dir");
     std::fs::write(data.path().join("a.txt"), "hello").expect("write");
@@ -922,10 +1118,10 @@ async fn deleting_a_backup_deletes_its_data_even_after_the_location_was_down() {
         delete_retry: Duration::from_secs(1),
         ..agent_config(&fx)
     };
-    let lctx = Context::new(client.clone(), config);
+    let lctx = Context::new(shoot.agent.clone(), config);
     let bctx = backups::Context::new(
         lctx.clone(),
-        Arc::new(LocalPathDriver::new(client.clone(), restores.path())),
+        Arc::new(LocalPathDriver::new(shoot.agent.clone(), restores.path())),
     );
     let controllers = [locations::spawn(lctx.clone()), backups::spawn(bctx.clone())];
     tenant_location(&client, &fx, &container).await;
@@ -1017,13 +1213,13 @@ async fn deleting_a_backup_deletes_its_data_even_after_the_location_was_down() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_backup_cut_short_by_an_agent_restart_does_not_stay_in_progress() {
+async fn a_backup_cut_short_by_an_agent_restart_does_not_stay_in_progress(backend: Backend) {
     use pxb_daemon::agent::backups;
     use pxb_daemon::agent::volumes::LocalPathDriver;
 
-    let (_fleet, client) = shoot_with_crds().await;
-    let fx = AzureFixture::start(3600).expect("azure fixture");
+    let shoot = Shoot::start(backend).await;
+    let client = shoot.admin.clone();
+    let fx = azure(&shoot);
     let container = fx.new_container("agent-restart").await.expect("container");
     // Enough incompressible data that the backup is still running when the agent goes away.
     let data = tempfile::tempdir().expect("volume dir");
@@ -1056,7 +1252,7 @@ async fn a_backup_cut_short_by_an_agent_restart_does_not_stay_in_progress() {
         );
         [locations::spawn(lctx), backups::spawn(bctx)]
     };
-    let first = agent(client.clone());
+    let first = agent(shoot.agent.clone());
     tenant_location(&client, &fx, &container).await;
     let api = backup_of(&client, "long", &["shop"], "Retain").await;
     wait_for(&api, "long", "starts", |b| {
@@ -1074,7 +1270,7 @@ async fn a_backup_cut_short_by_an_agent_restart_does_not_stay_in_progress() {
     );
 
     // A new agent finds it, runs it again from the start, and finishes it.
-    let second = agent(client.clone());
+    let second = agent(shoot.agent.clone());
     let done = wait_for(&api, "long", "finishes after the restart", |b| {
         b.status
             .as_ref()
@@ -1097,13 +1293,13 @@ async fn a_backup_cut_short_by_an_agent_restart_does_not_stay_in_progress() {
 /// Attack 5: a tenant's claim that names another namespace's volume in `spec.volumeName` (even
 /// one that claims to be `Bound`) is refused at backup, with the reason in the backup's status,
 /// and nothing of the volume is read or stored.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_claim_naming_another_namespaces_volume_is_refused_at_backup() {
+async fn a_claim_naming_another_namespaces_volume_is_refused_at_backup(backend: Backend) {
     use pxb_daemon::agent::backups;
     use pxb_daemon::agent::volumes::LocalPathDriver;
 
-    let (_fleet, client) = shoot_with_crds().await;
-    let fx = AzureFixture::start(3600).expect("azure fixture");
+    let shoot = Shoot::start(backend).await;
+    let client = shoot.admin.clone();
+    let fx = azure(&shoot);
     let container = fx.new_container("agent-thief").await.expect("container");
     let data = tempfile::tempdir().expect("volume dir");
     std::fs::write(data.path().join("secret.txt"), "shop's secret").expect("write");
@@ -1131,10 +1327,10 @@ async fn a_claim_naming_another_namespaces_volume_is_refused_at_backup() {
         .await
         .expect("status");
     let restores = tempfile::tempdir().expect("restore root");
-    let lctx = Context::new(client.clone(), agent_config(&fx));
+    let lctx = Context::new(shoot.agent.clone(), agent_config(&fx));
     let bctx = backups::Context::new(
         lctx.clone(),
-        Arc::new(LocalPathDriver::new(client.clone(), restores.path())),
+        Arc::new(LocalPathDriver::new(shoot.agent.clone(), restores.path())),
     );
     let controllers = [locations::spawn(lctx.clone()), backups::spawn(bctx.clone())];
     tenant_location(&client, &fx, &container).await;
@@ -1185,6 +1381,11 @@ async fn a_claim_naming_another_namespaces_volume_is_refused_at_backup() {
 /// namespace, running operations) answers only callers with the agent's token, which the agent
 /// keeps in a Secret of its namespace and the server reads with its admin kubeconfig; the API
 /// server's service proxy passes the header on. Probes stay open.
+///
+/// Simulator only: it runs the agent as the simulator runs pods (`start_agent`, its read API
+/// registered as the Service's backend) and reaches it through the service proxy; the real server
+/// runs no pods and its service proxy refuses the loopback address the in-process agent listens
+/// on. The token handling itself does not depend on the API server.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_read_api_answers_only_callers_with_the_agent_token() {
     use pxb_daemon::agent::api::{TOKEN_HEADER, TOKEN_SECRET};
@@ -1285,4 +1486,164 @@ async fn the_read_api_answers_only_callers_with_the_agent_token() {
         .expect("call");
     assert_eq!(r.status().as_u16(), 200, "the same token after a restart");
     bare.shutdown().await;
+}
+
+/// Two tests of a scenario: on the simulator and on the real server.
+macro_rules! on_both_backends {
+    ($($scenario:ident => $on_sim:ident, $on_real:ident;)*) => {$(
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $on_sim() {
+            $scenario(Backend::Simulator).await;
+        }
+
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $on_real() {
+            $scenario(Backend::RealServer).await;
+        }
+    )*};
+}
+
+on_both_backends! {
+    locations_are_validated_with_their_own_identities =>
+        locations_are_validated_with_their_own_identities_on_the_simulator,
+        locations_are_validated_with_their_own_identities_on_the_real_server;
+    invalid_specs_are_reported_without_a_retry_loop =>
+        invalid_specs_are_reported_without_a_retry_loop_on_the_simulator,
+        invalid_specs_are_reported_without_a_retry_loop_on_the_real_server;
+    sync_finds_other_clusters_backups_and_verify_finds_a_deleted_chunk =>
+        sync_finds_other_clusters_backups_and_verify_finds_a_deleted_chunk_on_the_simulator,
+        sync_finds_other_clusters_backups_and_verify_finds_a_deleted_chunk_on_the_real_server;
+    two_namespaces_with_a_volume_are_backed_up_and_restored_into_mapped_namespaces =>
+        two_namespaces_with_a_volume_are_backed_up_and_restored_into_mapped_namespaces_on_the_simulator,
+        two_namespaces_with_a_volume_are_backed_up_and_restored_into_mapped_namespaces_on_the_real_server;
+    deleting_a_backup_deletes_its_data_even_after_the_location_was_down =>
+        deleting_a_backup_deletes_its_data_even_after_the_location_was_down_on_the_simulator,
+        deleting_a_backup_deletes_its_data_even_after_the_location_was_down_on_the_real_server;
+    a_backup_cut_short_by_an_agent_restart_does_not_stay_in_progress =>
+        a_backup_cut_short_by_an_agent_restart_does_not_stay_in_progress_on_the_simulator,
+        a_backup_cut_short_by_an_agent_restart_does_not_stay_in_progress_on_the_real_server;
+    a_claim_naming_another_namespaces_volume_is_refused_at_backup =>
+        a_claim_naming_another_namespaces_volume_is_refused_at_backup_on_the_simulator,
+        a_claim_naming_another_namespaces_volume_is_refused_at_backup_on_the_real_server;
+}
+
+/// `deploy/agent` applied to a real cluster grants the agent's ServiceAccount what the agent
+/// calls (the scenarios above run under it on the real server) and no more: `kubectl auth can-i`
+/// as `system:serviceaccount:pxb-system:pxb-agent`, for what it must and must not be able to do.
+#[test]
+fn the_agent_rbac_grants_what_it_needs_and_no_more() {
+    const AS: &str = "--as=system:serviceaccount:pxb-system:pxb-agent";
+    let cluster = pxb_tests::real::start();
+    pxb_tests::real::install_pxb(&cluster).expect("install pxb");
+    let admin = cluster.admin_kubeconfig();
+    // `kubectl auth can-i VERB RESOURCE [--subresource=S] (-n NS | -A) --as=…`: "yes" (exit 0) or
+    // "no" (exit 1); anything else is an error.
+    let can = |verb: &str, resource: &str, namespace: Option<&str>| -> bool {
+        let (resource, sub) = match resource.split_once('/') {
+            Some((r, s)) => (r, Some(format!("--subresource={s}"))),
+            None => (resource, None),
+        };
+        let mut args = vec!["auth", "can-i", verb, resource, AS];
+        if let Some(s) = &sub {
+            args.push(s);
+        }
+        match namespace {
+            Some(ns) => args.extend(["-n", ns]),
+            None => args.push("--all-namespaces"),
+        }
+        let out = pxb_tests::real::kubectl_output(&cluster, &admin, &args);
+        let answer = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+        match (answer.as_str(), out.status.code()) {
+            ("yes", Some(0)) => true,
+            ("no", Some(1)) => false,
+            _ => panic!(
+                "kubectl {args:?}: {answer} {}",
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        }
+    };
+    // Bindings reach the authorizer a moment after they are written.
+    pxb_tests::real::eventually(
+        "the agent's bindings take effect",
+        Duration::from_secs(30),
+        || can("list", "namespaces", None) && can("watch", "backuplocations.pxb.io", Some("pxb-system")),
+    )
+    .expect("RBAC");
+
+    let (own, ns) = (Some("pxb-system"), Some("shop"));
+    #[rustfmt::skip]
+    let table: &[(&str, &str, Option<&str>, bool, &str)] = &[
+        // Its own objects, in pxb-system only: its controllers watch them, it sets finalizers and
+        // statuses; the server and tenants create, update and delete them.
+        ("watch", "backuplocations.pxb.io", own, true, "the location controller watches"),
+        ("list", "applicationrestores.pxb.io", own, true, "the restore controller lists"),
+        ("patch", "applicationbackups.pxb.io", own, true, "finalizers"),
+        ("patch", "applicationbackups.pxb.io/status", own, true, "statuses"),
+        ("patch", "backuplocations.pxb.io/status", own, true, "statuses"),
+        ("patch", "applicationrestores.pxb.io/status", own, true, "statuses"),
+        ("create", "applicationbackups.pxb.io", own, false, "the server creates backups"),
+        ("update", "backuplocations.pxb.io", own, false, "it never PUTs"),
+        ("delete", "applicationbackups.pxb.io", own, false, "tenants delete backups"),
+        ("patch", "backuplocations.pxb.io/status", ns, false, "nothing of pxb outside pxb-system"),
+        ("watch", "applicationbackups.pxb.io", ns, false, "nothing of pxb outside pxb-system"),
+        ("get", "secrets", own, true, "location credentials, the read API's token"),
+        ("create", "secrets", own, true, "the read API's token Secret"),
+        // Backup: list every kind (custom resources too) and read Secrets; a backup tool must.
+        ("list", "secrets", None, true, "a backup takes the Secrets of its namespaces"),
+        ("list", "configmaps", ns, true, "backup"),
+        ("list", "widgets.example.com", ns, true, "custom resources are backed up"),
+        ("get", "namespaces", None, true, "backup records its namespaces"),
+        ("get", "persistentvolumes", None, true, "backup records bound volumes"),
+        ("get", "persistentvolumeclaims", ns, true, "the volume driver reads claims"),
+        ("get", "storageclasses.storage.k8s.io", None, true, "backup records storage classes"),
+        ("get", "customresourcedefinitions.apiextensions.k8s.io", None, true, "backup records CRDs"),
+        ("watch", "configmaps", None, false, "nothing is watched outside pxb-system"),
+        ("watch", "secrets", ns, false, "nothing is watched outside pxb-system"),
+        // Restore: create (and delete to replace) the built-in namespaced kinds, create the
+        // cluster-scoped objects a restore needs; nothing else.
+        ("create", "namespaces", None, true, "restored namespaces"),
+        ("create", "persistentvolumes", None, true, "provisioned volumes"),
+        ("create", "storageclasses.storage.k8s.io", None, true, "storage classes of restored claims"),
+        ("create", "customresourcedefinitions.apiextensions.k8s.io", None, true, "CRDs of restored objects"),
+        ("create", "deployments.apps", ns, true, "restore"),
+        ("delete", "deployments.apps", ns, true, "existingResourcePolicy Replace"),
+        ("create", "pods", ns, true, "restore"),
+        ("create", "rolebindings.rbac.authorization.k8s.io", ns, true, "restore (escalation-checked)"),
+        ("delete", "namespaces", None, false, "a restore never deletes namespaces"),
+        ("delete", "persistentvolumes", None, false, "nor volumes"),
+        ("update", "persistentvolumes", None, false, "nor changes them"),
+        ("update", "deployments.apps", ns, false, "never updates workloads"),
+        ("patch", "deployments.apps", ns, false, "never patches workloads"),
+        ("deletecollection", "secrets", ns, false, "deletes one object at a time"),
+        ("create", "widgets.example.com", ns, false, "custom resources need a grant of their own"),
+        // Escalation paths.
+        ("create", "clusterrolebindings.rbac.authorization.k8s.io", None, false, "no cluster-wide bindings"),
+        ("create", "clusterroles.rbac.authorization.k8s.io", None, false, "no cluster roles"),
+        ("escalate", "roles.rbac.authorization.k8s.io", ns, false, "no escalate"),
+        ("bind", "clusterroles.rbac.authorization.k8s.io", None, false, "no bind"),
+        ("impersonate", "users", None, false, "no impersonation"),
+        ("impersonate", "serviceaccounts", Some("kube-system"), false, "no impersonation"),
+        ("create", "serviceaccounts/token", Some("kube-system"), false, "mints no tokens"),
+        ("get", "pods/exec", ns, false, "no exec"),
+        ("create", "pods/exec", ns, false, "no exec"),
+        ("get", "pods/log", ns, false, "no logs"),
+        ("get", "nodes/proxy", None, false, "no kubelet API"),
+        ("create", "nodes/proxy", None, false, "no kubelet API"),
+        ("get", "services/proxy", ns, false, "no service proxy"),
+        ("create", "certificatesigningrequests.certificates.k8s.io", None, false, "no certificates"),
+        ("create", "mutatingwebhookconfigurations.admissionregistration.k8s.io", None, false, "no webhooks"),
+        ("create", "nodes", None, false, "no nodes"),
+    ];
+    let wrong: Vec<String> = table
+        .iter()
+        .filter(|(verb, resource, namespace, expected, _)| can(verb, resource, *namespace) != *expected)
+        .map(|(verb, resource, namespace, expected, why)| {
+            format!(
+                "{verb} {resource} in {}: expected {} ({why})",
+                namespace.unwrap_or("all namespaces"),
+                if *expected { "yes" } else { "no" }
+            )
+        })
+        .collect();
+    assert!(wrong.is_empty(), "the agent's RBAC is off:\n{}", wrong.join("\n"));
 }

@@ -30,8 +30,13 @@ pub enum RestoreTier {
     CustomResourceDefinitions,
     /// `Namespace`.
     Namespaces,
-    /// `ServiceAccount`, and RBAC: `Role`, `RoleBinding`, `ClusterRole`, `ClusterRoleBinding`.
-    ServiceAccountsAndRbac,
+    /// `ServiceAccount`, and the RBAC roles: `Role`, `ClusterRole`.
+    ServiceAccountsAndRoles,
+    /// The RBAC bindings: `RoleBinding`, `ClusterRoleBinding`. After the roles, because the API
+    /// server resolves a binding's role to check that whoever creates the binding holds what the
+    /// role grants (a restorer without `bind`, as pxb's agent is): a binding created before its
+    /// role is refused with 404.
+    RoleBindings,
     /// `ConfigMap` and `Secret`, and the namespace policies admission applies to Pods:
     /// `LimitRange`, `ResourceQuota`.
     ConfigAndSecrets,
@@ -49,10 +54,11 @@ pub enum RestoreTier {
 
 impl RestoreTier {
     /// Every tier, in restore order.
-    pub const ALL: [RestoreTier; 9] = [
+    pub const ALL: [RestoreTier; 10] = [
         RestoreTier::CustomResourceDefinitions,
         RestoreTier::Namespaces,
-        RestoreTier::ServiceAccountsAndRbac,
+        RestoreTier::ServiceAccountsAndRoles,
+        RestoreTier::RoleBindings,
         RestoreTier::ConfigAndSecrets,
         RestoreTier::StorageClasses,
         RestoreTier::PersistentVolumes,
@@ -66,10 +72,10 @@ impl RestoreTier {
         match (group, kind) {
             ("apiextensions.k8s.io", "CustomResourceDefinition") => RestoreTier::CustomResourceDefinitions,
             ("", "Namespace") => RestoreTier::Namespaces,
-            ("", "ServiceAccount")
-            | ("rbac.authorization.k8s.io", "Role" | "RoleBinding" | "ClusterRole" | "ClusterRoleBinding") => {
-                RestoreTier::ServiceAccountsAndRbac
+            ("", "ServiceAccount") | ("rbac.authorization.k8s.io", "Role" | "ClusterRole") => {
+                RestoreTier::ServiceAccountsAndRoles
             }
+            ("rbac.authorization.k8s.io", "RoleBinding" | "ClusterRoleBinding") => RestoreTier::RoleBindings,
             ("", "ConfigMap" | "Secret" | "LimitRange" | "ResourceQuota") => RestoreTier::ConfigAndSecrets,
             ("storage.k8s.io", "StorageClass") => RestoreTier::StorageClasses,
             ("", "PersistentVolume") => RestoreTier::PersistentVolumes,
@@ -257,9 +263,13 @@ impl RestoreReport {
 /// it against the backup's manifest before anything is created.
 ///
 /// Each object is mapped ([`RestoreOptions`]) and created; one that exists is retained or replaced
-/// ([`ExistingResourcePolicy`]). A failed object is reported ([`RestoreOutcome::Failed`]) and
-/// never stops the others. An `Err` means the restore as a whole could not run (the archive, the
-/// temporary files, or the cluster's discovery).
+/// ([`ExistingResourcePolicy`]); an object that exists counts as existing even when the cluster
+/// refused the create for another reason first (the API server validates before it looks). A
+/// Service whose node port is taken in the target is created without its node ports, and the
+/// cluster allocates new ones. After the CustomResourceDefinitions it created, the restore waits
+/// (up to a minute) until the cluster serves their kinds. A failed object is reported
+/// ([`RestoreOutcome::Failed`]) and never stops the others. An `Err` means the restore as a whole
+/// could not run (the archive, the temporary files, or the cluster's discovery).
 pub async fn restore_resources(
     store: &dyn ObjectStore,
     path: &ObjectPath,
@@ -357,32 +367,90 @@ pub(crate) async fn restore_archive(
         let reader = tokio::task::spawn_blocking(move || read_tier(file, otx));
         let batches = futures::stream::unfold(orx, |mut rx| async move { rx.recv().await.map(|b| (b, rx)) });
         let mut changed = false;
+        // CustomResourceDefinition name -> (group, kind) it defines.
+        let mut defines: HashMap<String, (String, String)> = HashMap::new();
+        // Names of the CustomResourceDefinitions this restore created.
+        let mut created_definitions: Vec<String> = Vec::new();
         {
             let discovered = &discovery;
             let admission = &admission;
+            let defines = &mut defines;
             let mut results = std::pin::pin!(
                 batches
                     .flat_map(futures::stream::iter)
                     .map(|(resource, object)| {
+                        if resource.is("apiextensions.k8s.io", "CustomResourceDefinition") {
+                            defines.insert(
+                                object.name().to_owned(),
+                                (
+                                    object.str_at(&["spec", "group"]).unwrap_or_default().to_owned(),
+                                    object
+                                        .str_at(&["spec", "names", "kind"])
+                                        .unwrap_or_default()
+                                        .to_owned(),
+                                ),
+                            );
+                        }
                         restore_one(sink, discovered, admission, opts, tier, resource, object)
                     })
                     .buffered(concurrency)
             );
             while let Some(r) = results.next().await {
-                changed |= matches!(r.outcome, RestoreOutcome::Created | RestoreOutcome::Replaced);
+                let made = matches!(r.outcome, RestoreOutcome::Created | RestoreOutcome::Replaced);
+                changed |= made;
+                if made && r.object.kind == "CustomResourceDefinition" {
+                    created_definitions.push(r.object.name.clone());
+                }
                 report.push(r);
             }
         }
         join(reader, "resource restore").await?;
         if tier == RestoreTier::CustomResourceDefinitions && changed {
-            discovery = Discovery::new(
-                sink.api_resources()
-                    .await
-                    .map_err(|e| e.context("resource discovery of the target cluster"))?,
-            );
+            let wanted: HashSet<(String, String)> = created_definitions
+                .iter()
+                .filter_map(|name| defines.get(name).cloned())
+                .filter(|k| admission.kinds.contains(k))
+                .collect();
+            discovery = discover_until_served(sink, &wanted).await?;
         }
     }
     Ok(report)
+}
+
+/// How long a restore waits for the kinds of the CustomResourceDefinitions it created to be
+/// served: a new definition is served only once the API server has established it, a moment
+/// after the create returns.
+pub(crate) const CRD_SERVED_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Reads the target's discovery until it serves every (group, kind) of `wanted`, or
+/// [`CRD_SERVED_WAIT`] has passed (the objects of a kind still missing then fail, saying so).
+async fn discover_until_served(
+    sink: &dyn ResourceSink,
+    wanted: &HashSet<(String, String)>,
+) -> Result<Discovery> {
+    let started = std::time::Instant::now();
+    let mut pause = std::time::Duration::from_millis(50);
+    loop {
+        let discovery = Discovery::new(
+            sink.api_resources()
+                .await
+                .map_err(|e| e.context("resource discovery of the target cluster"))?,
+        );
+        let missing: Vec<&(String, String)> =
+            wanted.iter().filter(|k| !discovery.0.contains_key(*k)).collect();
+        if missing.is_empty() {
+            return Ok(discovery);
+        }
+        if started.elapsed() >= CRD_SERVED_WAIT {
+            tracing::warn!(
+                ?missing,
+                "restored CustomResourceDefinitions are still not served; their objects will fail"
+            );
+            return Ok(discovery);
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(std::time::Duration::from_secs(1));
+    }
 }
 
 /// The target cluster's resource types, by group and kind.
@@ -657,15 +725,15 @@ async fn restore_one(
         tracing::warn!(object = %object_ref, %reason, "restore refused one object");
         return done(RestoreOutcome::Refused { reason });
     }
-    let outcome = match sink.create(&resource, &object).await {
-        Ok(_) => RestoreOutcome::Created,
+    let outcome = match create(sink, &resource, &object).await {
+        Ok(()) => RestoreOutcome::Created,
         Err(Error::AlreadyExists { .. }) => {
             if opts.existing == ExistingResourcePolicy::Retain || never_replaced(&resource) {
                 RestoreOutcome::Retained
             } else {
                 match sink.delete(&resource, object.namespace(), object.name()).await {
-                    Ok(()) | Err(Error::NotFound { .. }) => match sink.create(&resource, &object).await {
-                        Ok(_) => RestoreOutcome::Replaced,
+                    Ok(()) | Err(Error::NotFound { .. }) => match create(sink, &resource, &object).await {
+                        Ok(()) => RestoreOutcome::Replaced,
                         Err(e) => failed(format!(
                             "deleted the existing object, then creating it failed: {e}"
                         )),
@@ -680,6 +748,59 @@ async fn restore_one(
         tracing::warn!(object = %object_ref, %reason, "restore failed for one object");
     }
     done(outcome)
+}
+
+/// The API server's answer to a Service whose node port another Service holds.
+const NODE_PORT_TAKEN: &str = "provided port is already allocated";
+
+/// Creates `object`, as [`ResourceSink::create`], with two differences the real API server needs:
+/// - an object that already exists is [`Error::AlreadyExists`] whatever the create said: the
+///   server validates (and allocates node ports) before it looks for an existing object, so a
+///   second restore of a NodePort Service is refused as invalid rather than as existing;
+/// - a Service whose node port another Service holds (a copy into a new namespace while the
+///   original is still there) is created again without its node ports, which the server then
+///   allocates anew.
+async fn create(sink: &dyn ResourceSink, resource: &ApiResource, object: &ResourceObject) -> Result<()> {
+    let err = match sink.create(resource, object).await {
+        Ok(_) => return Ok(()),
+        Err(e @ Error::AlreadyExists { .. }) => return Err(e),
+        Err(e) => e,
+    };
+    if let Ok(Some(_)) = sink.get(resource, object.namespace(), object.name()).await {
+        return Err(Error::already_exists(format!(
+            "{}: it exists already (the create said: {err})",
+            object.object_ref()
+        )));
+    }
+    if matches!(err, Error::Invalid { .. })
+        && err.to_string().contains(NODE_PORT_TAKEN)
+        && let Some(without) = without_node_ports(resource, object)
+    {
+        tracing::warn!(
+            object = %object.object_ref(),
+            reason = %err,
+            "a node port of the restored Service is taken; the cluster allocates new ones"
+        );
+        return sink.create(resource, &without).await.map(|_| ());
+    }
+    Err(err)
+}
+
+/// A Service without the node ports it names (`spec.ports[].nodePort`,
+/// `spec.healthCheckNodePort`); `None` if it names none or is no Service.
+fn without_node_ports(resource: &ApiResource, object: &ResourceObject) -> Option<ResourceObject> {
+    if !resource.is("", "Service") {
+        return None;
+    }
+    let mut copy = object.clone();
+    let spec = copy.value_mut().get_mut("spec").and_then(Value::as_object_mut)?;
+    let mut removed = spec.remove("healthCheckNodePort").is_some();
+    if let Some(ports) = spec.get_mut("ports").and_then(Value::as_array_mut) {
+        for port in ports.iter_mut().filter_map(Value::as_object_mut) {
+            removed |= port.remove("nodePort").is_some();
+        }
+    }
+    removed.then_some(copy)
 }
 
 /// Applies the namespace and storage-class mappings to an archived object.

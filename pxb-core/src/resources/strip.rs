@@ -110,13 +110,15 @@ pub(crate) fn strip(resource: &ApiResource, obj: &mut ResourceObject) -> Option<
             if let Some(spec) = spec
                 && spec.get("manualSelector").and_then(Value::as_bool) != Some(true)
             {
-                if let Some(sel) = spec
-                    .get_mut("selector")
-                    .and_then(|s| s.get_mut("matchLabels"))
-                    .and_then(Value::as_object_mut)
-                {
-                    for l in JOB_UID_LABELS {
-                        sel.remove(*l);
+                if let Some(selector) = spec.get_mut("selector").and_then(Value::as_object_mut) {
+                    if let Some(sel) = selector.get_mut("matchLabels").and_then(Value::as_object_mut) {
+                        for l in JOB_UID_LABELS {
+                            sel.remove(*l);
+                        }
+                    }
+                    // What is left of a generated selector is empty: the server generates it anew.
+                    if selector.values().all(is_empty_collection) {
+                        spec.remove("selector");
                     }
                 }
                 if let Some(labels) = spec
@@ -129,11 +131,36 @@ pub(crate) fn strip(resource: &ApiResource, obj: &mut ResourceObject) -> Option<
                         labels.remove(*l);
                     }
                 }
+                // A Job created without labels of its own shares its template's labels, uid labels
+                // included (the API server defaults one to the other before it adds them): they
+                // name the source Job's uid and would outlive it on the restored Job.
+                if let Some(uid) = uid.as_deref()
+                    && let Some(labels) = root
+                        .get_mut("metadata")
+                        .and_then(|m| m.get_mut("labels"))
+                        .and_then(Value::as_object_mut)
+                {
+                    for l in JOB_UID_LABELS {
+                        if labels.get(*l).and_then(Value::as_str) == Some(uid) {
+                            labels.remove(*l);
+                        }
+                    }
+                }
             }
         }
         _ => {}
     }
     uid
+}
+
+/// Whether `v` is an empty object or array (or null).
+fn is_empty_collection(v: &Value) -> bool {
+    match v {
+        Value::Object(m) => m.is_empty(),
+        Value::Array(a) => a.is_empty(),
+        Value::Null => true,
+        _ => false,
+    }
 }
 
 /// Removes the owner references whose owner is in `archived` (by [`uid_key`]): the restored owner

@@ -3,6 +3,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{Read, Write};
 
+use async_trait::async_trait;
 use bytes::Bytes;
 use serde_json::{Value, json};
 
@@ -225,8 +226,9 @@ async fn fixture() -> InMemoryCluster {
     seed(
         &c,
         json!({"apiVersion": "batch/v1", "kind": "Job",
-        "metadata": {"name": "migrate", "namespace": "shop",
-                     "labels": {"batch.kubernetes.io/controller-uid": "j-1", "controller-uid": "j-1"}},
+        "metadata": {"name": "migrate", "namespace": "shop", "uid": "j-1",
+                     "labels": {"batch.kubernetes.io/controller-uid": "j-1", "controller-uid": "j-1",
+                                "job-name": "migrate", "team": "db"}},
         "spec": {"selector": {"matchLabels": {"batch.kubernetes.io/controller-uid": "j-1"}},
                  "template": {"metadata": {"labels": {"batch.kubernetes.io/controller-uid": "j-1",
                                                       "controller-uid": "j-1", "job-name": "migrate"}},
@@ -449,10 +451,17 @@ async fn backup_strips_server_populated_fields() {
     let pod = find(&objects, "Pod", "debug").expect("pod");
     assert!(pod.at(&["spec", "nodeName"]).is_none());
     let job = find(&objects, "Job", "migrate").expect("job");
-    assert_eq!(job.at(&["spec", "selector", "matchLabels"]), Some(&json!({})));
+    // The generated selector is left out whole (the target's API server generates it anew), and
+    // the Job's own labels lose the uid labels it shared with its template (the API server
+    // defaults a Job's labels to its template's, so they name the source Job's uid too).
+    assert_eq!(job.at(&["spec", "selector"]), None);
     assert_eq!(
         job.at(&["spec", "template", "metadata", "labels"]),
         Some(&json!({"job-name": "migrate"}))
+    );
+    assert_eq!(
+        job.at(&["metadata", "labels"]),
+        Some(&json!({"job-name": "migrate", "team": "db"}))
     );
     // Owner references to archived owners are removed, even when the owner is listed after the
     // dependent (the Widget comes after the ConfigMap); others are kept.
@@ -532,6 +541,9 @@ async fn restore_follows_dependency_order() {
     assert_eq!(pos("CustomResourceDefinition"), 0);
     assert!(pos("Namespace") < pos("ServiceAccount"));
     assert!(pos("ServiceAccount") < pos("ConfigMap"));
+    // A binding after its role: the API server resolves the role of a binding it is asked to
+    // create (the archive lists rolebindings before roles).
+    assert!(pos("Role") < pos("RoleBinding"));
     assert!(pos("RoleBinding") < pos("Secret"));
     assert!(pos("StorageClass") < pos("PersistentVolume"));
     assert!(pos("PersistentVolume") < pos("PersistentVolumeClaim"));
@@ -1222,5 +1234,259 @@ fn reports_serialize_flat() {
     assert_eq!(
         serde_json::to_value(&stats).expect("json")["skipped"],
         json!({"controlled_pod": 2})
+    );
+}
+
+/// The real API server validates an object (and allocates a Service's node ports) before it
+/// looks for an existing one: a second restore of a NodePort Service is refused as invalid, not
+/// as existing. An object that exists is retained, whatever the create said.
+#[tokio::test]
+async fn an_existing_object_the_cluster_refuses_as_invalid_is_retained() {
+    let c = fixture().await;
+    let store = InMemory::new();
+    backup_shop(&c, &store).await;
+    let target = InMemoryCluster::new();
+    target.seed(ns_obj("shop")).expect("ns");
+    target
+        .seed(cm("shop", "app-config", json!({"app": "web"})))
+        .expect("cm");
+    target.inject_create_failure(
+        "ConfigMap",
+        Some("shop"),
+        "app-config",
+        "data: Invalid value: validated before the existing object was found",
+    );
+    // A refused object that does not exist still fails.
+    target.inject_create_failure(
+        "Secret",
+        Some("shop"),
+        "db-pass",
+        "denied by the admission webhook",
+    );
+    let report = restore_resources(
+        &store,
+        &p("b/resources.jsonl.zst"),
+        &target,
+        &RestoreOptions::default(),
+    )
+    .await
+    .expect("restore runs");
+    let outcome = |kind: &str, name: &str| {
+        report
+            .objects
+            .iter()
+            .find(|o| o.object.kind == kind && o.object.name == name)
+            .map(|o| o.outcome.clone())
+            .expect("in report")
+    };
+    assert_eq!(outcome("ConfigMap", "app-config"), RestoreOutcome::Retained);
+    assert!(
+        matches!(outcome("Secret", "db-pass"), RestoreOutcome::Failed { reason } if reason.contains("webhook"))
+    );
+    assert_eq!(report.failed, 1);
+}
+
+/// A cluster whose node ports 30000..=30099 are taken, as the API server answers a Service that
+/// asks for one of them.
+struct TakenNodePorts(InMemoryCluster);
+
+#[async_trait]
+impl ResourceSource for TakenNodePorts {
+    async fn api_resources(&self) -> crate::Result<Vec<ApiResource>> {
+        self.0.api_resources().await
+    }
+
+    async fn list(
+        &self,
+        resource: &ApiResource,
+        namespace: Option<&str>,
+        label_selector: Option<&str>,
+        continue_token: Option<&str>,
+        limit: u32,
+    ) -> crate::Result<ResourcePage> {
+        self.0
+            .list(resource, namespace, label_selector, continue_token, limit)
+            .await
+    }
+
+    async fn get(
+        &self,
+        resource: &ApiResource,
+        namespace: Option<&str>,
+        name: &str,
+    ) -> crate::Result<Option<ResourceObject>> {
+        self.0.get(resource, namespace, name).await
+    }
+}
+
+#[async_trait]
+impl ResourceSink for TakenNodePorts {
+    async fn create(&self, resource: &ApiResource, object: &ResourceObject) -> crate::Result<ResourceObject> {
+        let ports = object
+            .at(&["spec", "ports"])
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default();
+        for (i, port) in ports.iter().enumerate() {
+            if let Some(n) = port.get("nodePort").and_then(Value::as_u64)
+                && (30000..=30099).contains(&n)
+            {
+                return Err(Error::invalid(format!(
+                    "create services {}: Service \"{}\" is invalid: spec.ports[{i}].nodePort: Invalid \
+                     value: {n}: provided port is already allocated (422 Invalid)",
+                    object.name(),
+                    object.name()
+                )));
+            }
+        }
+        self.0.create(resource, object).await
+    }
+
+    async fn delete(&self, resource: &ApiResource, namespace: Option<&str>, name: &str) -> crate::Result<()> {
+        self.0.delete(resource, namespace, name).await
+    }
+}
+
+/// Restoring a NodePort Service next to the original (another namespace of the same cluster):
+/// its node port is taken, so it is created without it and the cluster allocates another one.
+/// A free node port is kept.
+#[tokio::test]
+async fn a_taken_node_port_is_allocated_anew_and_a_free_one_kept() {
+    let source = InMemoryCluster::new();
+    seed(&source, ns_obj("shop"));
+    for (name, port) in [("taken", 30080), ("free", 31080)] {
+        seed(
+            &source,
+            json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": name, "namespace": "shop"},
+                   "spec": {"type": "NodePort", "selector": {"app": name},
+                            "ports": [{"port": 80, "nodePort": port}, {"port": 443, "nodePort": port + 1}]}}),
+        );
+    }
+    let store = InMemory::new();
+    backup_shop(&source, &store).await;
+    let target = TakenNodePorts(InMemoryCluster::new());
+    let opts = RestoreOptions {
+        namespace_mapping: [("shop".to_owned(), "copy".to_owned())].into(),
+        ..RestoreOptions::default()
+    };
+    let report = restore_resources(&store, &p("b/resources.jsonl.zst"), &target, &opts)
+        .await
+        .expect("restore");
+    assert!(report.is_success(), "{:?}", report.failures().collect::<Vec<_>>());
+    let svc = |name: &str| {
+        let target = &target;
+        let name = name.to_owned();
+        async move {
+            ResourceSource::get(target, &res("", "Service"), Some("copy"), &name)
+                .await
+                .expect("get")
+                .expect("restored")
+        }
+    };
+    let taken = svc("taken").await;
+    let ports = taken.at(&["spec", "ports"]).expect("ports");
+    assert_eq!(ports, &json!([{"port": 80}, {"port": 443}]), "{taken}");
+    assert_eq!(taken.str_at(&["spec", "type"]), Some("NodePort"));
+    let free = svc("free").await;
+    assert_eq!(
+        free.at(&["spec", "ports"]),
+        Some(&json!([{"port": 80, "nodePort": 31080}, {"port": 443, "nodePort": 31081}]))
+    );
+}
+
+/// A cluster that, like the real API server, serves the kind of a new CustomResourceDefinition
+/// only a moment after the create returns: its discovery leaves out custom kinds for the first
+/// `hidden` reads after a definition is created.
+struct SlowlyEstablished {
+    inner: InMemoryCluster,
+    hidden: std::sync::atomic::AtomicU32,
+}
+
+#[async_trait]
+impl ResourceSource for SlowlyEstablished {
+    async fn api_resources(&self) -> crate::Result<Vec<ApiResource>> {
+        let mut all = self.inner.api_resources().await?;
+        let hide = self
+            .hidden
+            .fetch_update(
+                std::sync::atomic::Ordering::SeqCst,
+                std::sync::atomic::Ordering::SeqCst,
+                |n| n.checked_sub(1),
+            )
+            .is_ok();
+        if hide {
+            all.retain(|r| r.group != "example.com");
+        }
+        Ok(all)
+    }
+
+    async fn list(
+        &self,
+        resource: &ApiResource,
+        namespace: Option<&str>,
+        label_selector: Option<&str>,
+        continue_token: Option<&str>,
+        limit: u32,
+    ) -> crate::Result<ResourcePage> {
+        self.inner
+            .list(resource, namespace, label_selector, continue_token, limit)
+            .await
+    }
+
+    async fn get(
+        &self,
+        resource: &ApiResource,
+        namespace: Option<&str>,
+        name: &str,
+    ) -> crate::Result<Option<ResourceObject>> {
+        self.inner.get(resource, namespace, name).await
+    }
+}
+
+#[async_trait]
+impl ResourceSink for SlowlyEstablished {
+    async fn create(&self, resource: &ApiResource, object: &ResourceObject) -> crate::Result<ResourceObject> {
+        let created = self.inner.create(resource, object).await?;
+        if resource.is("apiextensions.k8s.io", "CustomResourceDefinition") {
+            self.hidden.store(3, std::sync::atomic::Ordering::SeqCst);
+        }
+        Ok(created)
+    }
+
+    async fn delete(&self, resource: &ApiResource, namespace: Option<&str>, name: &str) -> crate::Result<()> {
+        self.inner.delete(resource, namespace, name).await
+    }
+}
+
+/// The custom resources of a restored CustomResourceDefinition are restored once the cluster
+/// serves their kind, not refused because discovery was read too early.
+#[tokio::test]
+async fn custom_resources_wait_for_their_restored_definition_to_be_served() {
+    let c = fixture().await;
+    let store = InMemory::new();
+    backup_shop(&c, &store).await;
+    let target = SlowlyEstablished {
+        inner: InMemoryCluster::new(),
+        hidden: std::sync::atomic::AtomicU32::new(0),
+    };
+    let report = restore_resources(
+        &store,
+        &p("b/resources.jsonl.zst"),
+        &target,
+        &RestoreOptions::default(),
+    )
+    .await
+    .expect("restore");
+    assert!(report.is_success(), "{:?}", report.failures().collect::<Vec<_>>());
+    let widgets_restored = report
+        .objects
+        .iter()
+        .filter(|o| o.object.kind == "Widget" && o.outcome == RestoreOutcome::Created)
+        .count();
+    assert!(widgets_restored > 0, "{report:?}");
+    assert_eq!(
+        target.hidden.load(std::sync::atomic::Ordering::SeqCst),
+        0,
+        "discovery was read again until the kind was served"
     );
 }

@@ -319,9 +319,38 @@ pub(crate) fn clean(message: &str) -> String {
     pxb_core::redact::redact(message).into_owned()
 }
 
-fn err(what: &str, e: kube::Error) -> String {
-    if matches!(e, kube::Error::Api(_)) {
-        return super::kubeconfig::map_error(what, e).to_string();
+/// Why a visit could not be made: what failed, and whether the cluster refused the credential
+/// itself (HTTP 401), in which case the provider should issue another.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VisitError {
+    /// What failed, and why.
+    pub message: String,
+    /// The cluster answered 401: it does not accept the credential (rotated CA, revoked).
+    pub refused: bool,
+}
+
+impl std::fmt::Display for VisitError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl From<String> for VisitError {
+    fn from(message: String) -> Self {
+        VisitError {
+            message,
+            refused: false,
+        }
+    }
+}
+
+fn err(what: &str, e: kube::Error) -> VisitError {
+    if let kube::Error::Api(s) = &e {
+        let refused = s.code == 401;
+        return VisitError {
+            message: super::kubeconfig::map_error(what, e).to_string(),
+            refused,
+        };
     }
     // Transport errors say little at the top ("client error (Connect)"); their causes say why.
     let mut msg = format!("{what}: {e}");
@@ -334,12 +363,12 @@ fn err(what: &str, e: kube::Error) -> String {
         }
         cause = c.source();
     }
-    msg
+    msg.into()
 }
 
 /// Visits the cluster through `client`. `Err` means the cluster could not be reached (the caller
 /// records it `Unreachable`); problems with single locations end up in their status instead.
-pub async fn visit(client: &kube::Client, input: VisitInput) -> Result<VisitOutput, String> {
+pub async fn visit(client: &kube::Client, input: VisitInput) -> Result<VisitOutput, VisitError> {
     let org = input.cluster.org.clone();
     let now = input.now;
     let mut out = VisitOutput::default();

@@ -13,7 +13,7 @@ use pxb_core::catalog::records::{
     ClusterRecord, ClusterState, ClusterStatus, DiscoveryConfig, LocationStatus, RequestPhase,
 };
 use pxb_core::clock::rfc3339;
-use pxb_core::cluster::{ClusterId, ClusterProvider, CredentialState};
+use pxb_core::cluster::{ClusterAccess, ClusterId, ClusterProvider, CredentialState};
 
 use super::fleet::FleetSnapshot;
 use super::operations;
@@ -281,8 +281,18 @@ impl Server {
                 let mut ops_input = self.operations_input(&key);
                 active_ops = !ops_input.is_empty();
                 let work = async {
-                    let client = client_for(&provider, &id, call).await?;
-                    let out = reconcile::visit(&client, input).await?;
+                    let (client, access) = client_for(&provider, &id, call).await?;
+                    let out = match reconcile::visit(&client, input).await {
+                        Ok(out) => out,
+                        Err(e) => {
+                            // A credential the cluster refuses is not used again: the next visit
+                            // (backed off as for any unreachable cluster) gets a new one.
+                            if e.refused {
+                                provider.refused(&id, &access);
+                            }
+                            return Err(e.message);
+                        }
+                    };
                     let (imports, verified) = finished_runs(&statuses, &out.statuses, &names);
                     ops_input.imports = imports;
                     let ops = operations::visit(&client, ops_input).await;
@@ -474,13 +484,13 @@ pub(crate) fn offline_backoff(base: Duration, max: Duration, failures: u32) -> D
         .min(max)
 }
 
-/// A client for one visit. Not kept between visits: an idle connection per cluster would cost
-/// thousands of open TLS sessions across a fleet.
+/// A client for one visit, and the access it uses. Not kept between visits: an idle connection
+/// per cluster would cost thousands of open TLS sessions across a fleet.
 async fn client_for(
     provider: &Arc<dyn ClusterProvider>,
     id: &ClusterId,
     call: Duration,
-) -> std::result::Result<kube::Client, String> {
+) -> std::result::Result<(kube::Client, ClusterAccess), String> {
     let access = tokio::time::timeout(call * 2, provider.access(id))
         .await
         .map_err(|_| "no kubeconfig within the deadline".to_string())?
@@ -489,7 +499,8 @@ async fn client_for(
     config.connect_timeout = Some(call);
     config.read_timeout = Some(call);
     config.write_timeout = Some(call);
-    kube::Client::try_from(config).map_err(|e| format!("building a client: {e}"))
+    let client = kube::Client::try_from(config).map_err(|e| format!("building a client: {e}"))?;
+    Ok((client, access))
 }
 
 /// How many visits one org may have in flight while the fleet has other orgs: three quarters of

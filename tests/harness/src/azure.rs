@@ -34,20 +34,29 @@ static CONTAINERS: AtomicU32 = AtomicU32::new(0);
 impl AzureFixture {
     /// Starts everything; Entra issues access tokens valid for `token_lifetime_secs`.
     pub fn start(token_lifetime_secs: u64) -> anyhow::Result<Self> {
+        Self::start_with(token_lifetime_secs, |_| {})
+    }
+
+    /// Like [`start`](Self::start), with `configure` adjusting the Entra stand-in's settings
+    /// (e.g. [`EntraConfig::federation`]) before it starts.
+    pub fn start_with(
+        token_lifetime_secs: u64,
+        configure: impl FnOnce(&mut EntraConfig),
+    ) -> anyhow::Result<Self> {
         let ca = TestCa::generate()?;
         let token_dir = tempfile::tempdir()?;
         let token_file = token_dir.path().join("azure-identity-token");
         std::fs::write(&token_file, jwt::service_account_token(3600))?;
         let azurite = Azurite::start_https(&ca)?;
-        let entra = FakeEntra::start(
-            &ca,
-            EntraConfig {
-                tenant_id: TENANT_ID.into(),
-                client_ids: vec![CLIENT_ID.into(), SECOND_CLIENT_ID.into()],
-                token_file: token_file.clone(),
-                token_lifetime_secs,
-            },
-        )?;
+        let mut config = EntraConfig {
+            tenant_id: TENANT_ID.into(),
+            client_ids: vec![CLIENT_ID.into(), SECOND_CLIENT_ID.into()],
+            token_file: token_file.clone(),
+            token_lifetime_secs,
+            federation: None,
+        };
+        configure(&mut config);
+        let entra = FakeEntra::start(&ca, config)?;
         Ok(Self {
             ca,
             azurite,

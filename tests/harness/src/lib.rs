@@ -4,8 +4,11 @@
 //! - [`tls::TestCa`]: a certificate authority and server certificates generated at test time;
 //! - [`azurite::Azurite`]: the Azure Storage emulator over HTTPS with bearer-token support;
 //! - [`entra::FakeEntra`]: an Entra ID token endpoint that performs the Workload Identity
-//!   (client-assertion) exchange and checks the assertion against the projected token file;
+//!   (client-assertion) exchange and checks the assertion against the projected token file, or,
+//!   in federated mode, against federated identity credentials with the issuer's published keys;
 //! - [`azure::AzureFixture`]: the three above and a projected token file, wired together;
+//! - [`jwks`]: OIDC key discovery fetched anonymously, JWT signature checks (ES256, RS256) and
+//!   signed tokens for forgeries; the Entra stand-in's federated mode uses it;
 //! - [`jwt`]: unsigned JWTs shaped like Kubernetes service-account tokens;
 //! - [`oidc::TestIssuer`]: an OpenID Connect issuer (discovery and JWKS) signing RS256 tokens;
 //! - [`logs`]: captured log lines of the code under test;
@@ -17,6 +20,7 @@
 pub mod azure;
 pub mod azurite;
 pub mod entra;
+pub mod jwks;
 pub mod jwt;
 pub mod logs;
 pub mod oidc;

@@ -323,6 +323,12 @@ impl RealCluster {
             // The `kubernetes` Service would get a loopback endpoint, which validation refuses.
             .arg("--endpoint-reconciler-type=none")
             .arg("--allow-privileged=true")
+            // Compacts etcd every 5 s (default 5 min), so an old resourceVersion or continue token
+            // expires (410) within a test's time; the watch cache still serves recent watches.
+            .arg("--etcd-compaction-interval=5s")
+            // PodTemplates skip the watch cache, so a watch from a compacted resourceVersion is
+            // answered from etcd: 410 Gone (the cache would replay its own window instead).
+            .arg("--watch-cache-sizes=podtemplates#0")
             .arg("--profiling=false");
         me.apiserver = Some(Proc::spawn("kube-apiserver", api, d.join("kube-apiserver.log"))?);
         me.wait_ready(READY_TIMEOUT)?;
@@ -441,6 +447,37 @@ impl RealCluster {
             &self.ca_name_der,
             now - time::Duration::hours(1),
             now + time::Duration::days(1),
+            &der::name(&subject),
+            &key.subject_public_key_info(),
+        );
+        let signature = self.ca.key().sign(&tbs)?;
+        let cert = der::certificate(&tbs, &signature);
+        Ok(ClientIdentity {
+            cert_pem: pem("CERTIFICATE", &cert),
+            key_pem: key.serialize_pem(),
+        })
+    }
+
+    /// A client certificate for `user` (CN) in `groups` (one O each) that expires `ttl` from now
+    /// (to the second, rounded down, as X.509 times are written); valid from a minute ago, so a
+    /// clock a little behind accepts it at once. For credentials whose expiry a test watches, such
+    /// as the ones a simulated garden issues with the request's `expirationSeconds`.
+    pub fn client_identity_valid_for(
+        &self,
+        user: &str,
+        groups: &[&str],
+        ttl: Duration,
+    ) -> anyhow::Result<ClientIdentity> {
+        let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?;
+        let mut subject = vec![(der::OID_CN, user)];
+        subject.extend(groups.iter().map(|g| (der::OID_O, *g)));
+        let now = time::OffsetDateTime::now_utc();
+        let ttl = time::Duration::try_from(ttl).context("the certificate's lifetime is too long")?;
+        let tbs = der::tbs_client_certificate(
+            &rand::random::<[u8; 16]>(),
+            &self.ca_name_der,
+            now - time::Duration::minutes(1),
+            now + ttl,
             &der::name(&subject),
             &key.subject_public_key_info(),
         );

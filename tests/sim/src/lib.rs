@@ -11,6 +11,11 @@
 //!   expired or from another shoot's CA gets 401. The API follows [`rest`] over [`store`].
 //! - **Control** (library calls): add, delete, hibernate, wake shoots, change versions, inject
 //!   [`Fault`]s.
+//! - **External shoots** ([`Fleet::add_external_shoot`], [`ExternalApiServer`]): a shoot in the
+//!   garden whose API server is a real one (kube-apiserver in a test): the garden advertises its
+//!   URL and CA and mints kubeconfig certificates with its client CA, so the real server does the
+//!   authentication (an expired or foreign certificate gets its 401), authorization and API.
+//!   Faults cannot be injected into them, and hibernating one changes only its garden status.
 //!
 //! Deliberate differences from Gardener, so tests don't rely on them: the minimum kubeconfig
 //! lifetime is configurable ([`FleetConfig::kubeconfig_min_seconds`], 600 s like Gardener by
@@ -34,7 +39,9 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use serde_json::{Value, json};
 use time::OffsetDateTime;
 
-pub use shoot::{Fault, Phase, Role, SimShoot};
+pub use shoot::{
+    ADMIN_GROUP, ExternalApiServer, Fault, Mint, MintedCert, Phase, Role, SimShoot, VIEWER_GROUP,
+};
 use shoot::{ShootState, run_listener};
 use store::{ApiError, ApiStore, Preconditions, ResourceType, now_rfc3339, rfc3339};
 
@@ -91,6 +98,8 @@ pub struct ShootSpec {
     pub hibernated: bool,
     /// Leaves out `status` entirely (a malformed shoot).
     pub without_status: bool,
+    /// Backed by this real API server instead of a simulated one.
+    pub external: Option<ExternalApiServer>,
 }
 
 impl ShootSpec {
@@ -106,7 +115,14 @@ impl ShootSpec {
             advertised_addresses: true,
             hibernated: false,
             without_status: false,
+            external: None,
         }
+    }
+    /// Backed by `server`, a real API server, instead of a simulated one (see
+    /// [`ExternalApiServer`]).
+    pub fn external(mut self, server: ExternalApiServer) -> Self {
+        self.external = Some(server);
+        self
     }
     /// With this Kubernetes version.
     pub fn version(mut self, v: &str) -> Self {
@@ -412,13 +428,43 @@ impl Fleet {
             .remove(token);
     }
 
-    /// Adds a shoot to `project`; its API server starts listening at once.
+    /// Adds a ready shoot `name` to `project` whose API server is the real one `server`: the
+    /// garden advertises its URL and CA, and kubeconfig requests for it mint certificates with
+    /// its client CA ([`ExternalApiServer`]).
+    pub fn add_external_shoot(
+        &self,
+        project: &str,
+        name: &str,
+        server: ExternalApiServer,
+    ) -> anyhow::Result<Arc<SimShoot>> {
+        self.add_shoot(project, ShootSpec::new(name).external(server))
+    }
+
+    /// Adds a shoot to `project`; its API server starts listening at once (an external shoot's
+    /// is already running).
     pub fn add_shoot(&self, project: &str, spec: ShootSpec) -> anyhow::Result<Arc<SimShoot>> {
         let namespace = self.project_namespace(project)?;
-        let std_listener =
-            std::net::TcpListener::bind(("127.0.0.1", 0)).context("binding a shoot API port")?;
-        std_listener.set_nonblocking(true)?;
-        let port = std_listener.local_addr()?.port();
+        let (std_listener, port) = match &spec.external {
+            Some(e) => {
+                let url = url::Url::parse(&e.url)
+                    .with_context(|| format!("the external API server's URL {:?}", e.url))?;
+                anyhow::ensure!(
+                    url.scheme() == "https",
+                    "the external API server's URL {:?} is not https",
+                    e.url
+                );
+                let port = url
+                    .port_or_known_default()
+                    .with_context(|| format!("the external API server's URL {:?} has no port", e.url))?;
+                (None, port)
+            }
+            None => {
+                let l = std::net::TcpListener::bind(("127.0.0.1", 0)).context("binding a shoot API port")?;
+                l.set_nonblocking(true)?;
+                let port = l.local_addr()?.port();
+                (Some(l), port)
+            }
+        };
         let phase = if spec.creating {
             Phase::Creating
         } else if spec.hibernated {
@@ -441,6 +487,7 @@ impl Fleet {
                 kubernetes_version: spec.kubernetes_version.clone(),
                 bookmark_interval: self.inner.config.bookmark_interval,
             },
+            spec.external.clone(),
         ));
         let mut labels = json!({});
         for (k, v) in &spec.labels {
@@ -469,11 +516,13 @@ impl Fleet {
         self.inner
             .shoots()
             .insert((namespace, spec.name.clone()), shoot.clone());
-        let listener = {
-            let _guard = self.inner.handle.enter();
-            tokio::net::TcpListener::from_std(std_listener)?
-        };
-        self.inner.handle.spawn(run_listener(shoot.clone(), listener));
+        if let Some(std_listener) = std_listener {
+            let listener = {
+                let _guard = self.inner.handle.enter();
+                tokio::net::TcpListener::from_std(std_listener)?
+            };
+            self.inner.handle.spawn(run_listener(shoot.clone(), listener));
+        }
         Ok(shoot)
     }
 
@@ -521,7 +570,7 @@ impl Fleet {
             Ok(o)
         })
         .map_err(|e| anyhow::anyhow!("{}", e.message))?;
-        let port = shoot.port;
+        let url = shoot.url();
         let technical_id = shoot.technical_id.clone();
         g.update_with(&ty, Some(&shoot.namespace), &shoot.name, true, false, |cur| {
             let mut o = cur.clone();
@@ -559,9 +608,9 @@ impl Fleet {
                 status["clusterIdentity"] = format!("{technical_id}-{}-pxb-sim", uid.as_str().unwrap_or("")).into();
                 if advertised {
                     status["advertisedAddresses"] = json!([
-                        {"name": "external", "url": format!("https://127.0.0.1:{port}")},
-                        {"name": "internal", "url": format!("https://127.0.0.1:{port}")},
-                        {"name": "service-account-issuer", "url": format!("https://127.0.0.1:{port}/projects/sim/shoots/{}/issuer", uid.as_str().unwrap_or(""))},
+                        {"name": "external", "url": url},
+                        {"name": "internal", "url": url},
+                        {"name": "service-account-issuer", "url": format!("{url}/projects/sim/shoots/{}/issuer", uid.as_str().unwrap_or(""))},
                     ]);
                 }
             }
@@ -601,9 +650,15 @@ impl Fleet {
     }
 
     /// Injects a fault into a shoot's API server (for new and open connections); when it returns,
-    /// the port is open or closed accordingly.
+    /// the port is open or closed accordingly. An external shoot's real server takes no faults:
+    /// an error.
     pub fn set_fault(&self, project: &str, name: &str, fault: Fault) -> anyhow::Result<()> {
         let shoot = self.shoot(project, name)?;
+        anyhow::ensure!(
+            shoot.external().is_none(),
+            "shoot {project}/{name} is backed by a real API server ({}); faults cannot be injected into it",
+            shoot.url()
+        );
         shoot.update(|s| s.fault = fault);
         shoot.settle();
         Ok(())
@@ -680,7 +735,7 @@ fn issue_kubeconfig(
     not_after: OffsetDateTime,
 ) -> Result<(String, OffsetDateTime), ApiError> {
     let not_after = not_after.replace_nanosecond(0).unwrap_or(not_after);
-    let cert = shoot.issue_cert(user, role, not_after)?;
+    let cert = shoot.client_cert(user, role, not_after)?;
     let ca = shoot.ca_pem()?;
     let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
     let tid = &shoot.technical_id;

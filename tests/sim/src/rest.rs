@@ -271,16 +271,28 @@ async fn handle_inner(
                 ))
             })?;
             if content_type == "application/apply-patch+yaml" {
+                let manager = q.get("fieldManager").filter(|m| !m.is_empty()).ok_or_else(|| {
+                    ApiError::invalid(
+                        "PatchOptions.meta.k8s.io \"\" is invalid: fieldManager: Required value: is required for apply patch",
+                    )
+                })?;
+                let force = q.get("force").is_some_and(|f| f == "true");
                 match store.get(&ty, namespace, name) {
                     Err(e) if e.code == 404 => {
-                        let mut obj = patch;
+                        let mut obj = patch.clone();
                         obj["metadata"]["name"] = name.into();
+                        let fields = applied_fields(&patch);
+                        set_managed(&mut obj, manager, &ty.api_version(), status, &fields);
                         let obj = store.create(&ty, namespace, obj, dry_run)?;
                         return Ok(json_response(201, &obj));
                     }
                     Err(e) => return Err(e),
                     Ok(_) => {}
                 }
+                let obj = store.update_with(&ty, namespace, name, status, dry_run, |current| {
+                    server_side_apply(current, &patch, manager, &ty.api_version(), status, force)
+                })?;
+                return Ok(json_response(200, &obj));
             }
             let obj = store.update_with(&ty, namespace, name, status, dry_run, |current| {
                 apply_patch(&content_type, current, &patch)
@@ -439,6 +451,252 @@ pub fn apply_patch(content_type: &str, current: &Value, patch: &Value) -> Result
         }
     }
     Ok(doc)
+}
+
+/// A field path of server-side apply: map keys from the root (lists are owned whole).
+type FieldPath = Vec<String>;
+
+/// The fields an applied configuration sets: its leaves (values that are not maps, and empty
+/// maps), without the identity fields every configuration carries.
+fn applied_fields(config: &Value) -> Vec<FieldPath> {
+    fn walk(v: &Value, path: &mut FieldPath, out: &mut Vec<FieldPath>) {
+        match v.as_object() {
+            Some(m) if !m.is_empty() => {
+                for (k, sub) in m {
+                    path.push(k.clone());
+                    walk(sub, path, out);
+                    path.pop();
+                }
+            }
+            _ => out.push(path.clone()),
+        }
+    }
+    let mut out = Vec::new();
+    walk(config, &mut Vec::new(), &mut out);
+    out.retain(|p| {
+        let p: Vec<&str> = p.iter().map(String::as_str).collect();
+        !matches!(
+            p.as_slice(),
+            ["apiVersion"]
+                | ["kind"]
+                | ["metadata"]
+                | [
+                    "metadata",
+                    "name"
+                        | "namespace"
+                        | "resourceVersion"
+                        | "uid"
+                        | "generation"
+                        | "creationTimestamp"
+                        | "managedFields",
+                    ..
+                ]
+        )
+    });
+    out
+}
+
+/// `fieldsV1` of a set of paths (`{"f:data": {"f:a": {}}}`).
+fn fields_v1(fields: &[FieldPath]) -> Value {
+    let mut root = json!({});
+    for p in fields {
+        let mut node = &mut root;
+        for k in p {
+            node = node
+                .as_object_mut()
+                .expect("fieldsV1 nodes are objects")
+                .entry(format!("f:{k}"))
+                .or_insert_with(|| json!({}));
+        }
+    }
+    root
+}
+
+/// The leaf paths of a `fieldsV1` (the inverse of [`fields_v1`]; `.` markers are skipped).
+fn parse_fields_v1(v: &Value) -> Vec<FieldPath> {
+    fn walk(v: &Value, path: &mut FieldPath, out: &mut Vec<FieldPath>) {
+        let children: Vec<(&String, &Value)> = v
+            .as_object()
+            .map(|m| m.iter().filter(|(k, _)| k.starts_with("f:")).collect())
+            .unwrap_or_default();
+        if children.is_empty() {
+            if !path.is_empty() {
+                out.push(path.clone());
+            }
+            return;
+        }
+        for (k, sub) in children {
+            path.push(k[2..].to_owned());
+            walk(sub, path, out);
+            path.pop();
+        }
+    }
+    let mut out = Vec::new();
+    walk(v, &mut Vec::new(), &mut out);
+    out
+}
+
+fn at<'a>(v: &'a Value, path: &[String]) -> Option<&'a Value> {
+    path.iter().try_fold(v, |v, k| v.get(k.as_str()))
+}
+
+fn remove_at(v: &mut Value, path: &[String]) {
+    let Some((last, parents)) = path.split_last() else {
+        return;
+    };
+    let mut node = v;
+    for k in parents {
+        match node.get_mut(k.as_str()) {
+            Some(n) => node = n,
+            None => return,
+        }
+    }
+    if let Some(m) = node.as_object_mut() {
+        m.remove(last);
+    }
+}
+
+/// Whether one path is the other or contains it.
+fn overlaps(a: &[String], b: &[String]) -> bool {
+    a.starts_with(b) || b.starts_with(a)
+}
+
+/// The managers of `obj` (`metadata.managedFields`) for the main resource or its status, as
+/// (manager, operation, fields).
+fn managers(obj: &Value, status: bool) -> Vec<(String, String, Vec<FieldPath>)> {
+    obj.pointer("/metadata/managedFields")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter(|e| (e.get("subresource").and_then(Value::as_str) == Some("status")) == status)
+        .map(|e| {
+            (
+                e["manager"].as_str().unwrap_or("").to_owned(),
+                e["operation"].as_str().unwrap_or("").to_owned(),
+                parse_fields_v1(&e["fieldsV1"]),
+            )
+        })
+        .collect()
+}
+
+/// Replaces `manager`'s Apply entry in `obj`'s managedFields with `fields`.
+fn set_managed(obj: &mut Value, manager: &str, api_version: &str, status: bool, fields: &[FieldPath]) {
+    let mut entries: Vec<Value> = obj
+        .pointer("/metadata/managedFields")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    let sub = |e: &Value| (e.get("subresource").and_then(Value::as_str) == Some("status")) == status;
+    entries.retain(|e| !(sub(e) && e["manager"] == manager && e["operation"] == "Apply"));
+    let mut entry = json!({"manager": manager, "operation": "Apply", "apiVersion": api_version,
+                           "time": super::store::now_rfc3339(), "fieldsType": "FieldsV1",
+                           "fieldsV1": fields_v1(fields)});
+    if status {
+        entry["subresource"] = "status".into();
+    }
+    entries.push(entry);
+    obj["metadata"]["managedFields"] = entries.into();
+}
+
+/// Server-side apply of `config` by `manager` to `current`: a field another manager owns with a
+/// different value is a 409 conflict unless `force` (which takes it over); fields the manager
+/// applied before and no longer applies are removed unless someone else owns them. Lists are
+/// owned whole (no `listType=map` merging).
+fn server_side_apply(
+    current: &Value,
+    config: &Value,
+    manager: &str,
+    api_version: &str,
+    status: bool,
+    force: bool,
+) -> Result<Value, ApiError> {
+    let fields = applied_fields(config);
+    let mut others: Vec<(String, String, Vec<FieldPath>)> = Vec::new();
+    let mut mine: Vec<FieldPath> = Vec::new();
+    for (m, op, f) in managers(current, status) {
+        if m == manager && op == "Apply" {
+            mine = f;
+        } else {
+            others.push((m, op, f));
+        }
+    }
+    let mut conflicts: Vec<(String, String)> = Vec::new();
+    for (m, _, owned) in &mut others {
+        let mut taken = Vec::new();
+        for p in &fields {
+            for o in owned.iter() {
+                if overlaps(p, o) && at(config, p) != at(current, p) {
+                    conflicts.push((m.clone(), format!(".{}", o.join("."))));
+                    taken.push(o.clone());
+                }
+            }
+        }
+        owned.retain(|o| !taken.contains(o));
+    }
+    conflicts.dedup();
+    if !conflicts.is_empty() && !force {
+        let n = conflicts.len();
+        let message = if n == 1 {
+            format!(
+                "Apply failed with 1 conflict: conflict with \"{}\": {}",
+                conflicts[0].0, conflicts[0].1
+            )
+        } else {
+            let list: Vec<String> = conflicts
+                .iter()
+                .map(|(m, f)| format!("conflict with \"{m}\": {f}"))
+                .collect();
+            format!("Apply failed with {n} conflicts: {}", list.join(", "))
+        };
+        return Err(ApiError::new(409, "Conflict", message));
+    }
+    let mut doc = current.clone();
+    // What this manager no longer applies goes, unless someone else still owns it.
+    for old in mine.iter().filter(|o| !fields.iter().any(|p| overlaps(p, o))) {
+        if !others.iter().any(|(_, _, f)| f.iter().any(|o| overlaps(o, old))) {
+            remove_at(&mut doc, old);
+        }
+    }
+    let mut patch = config.clone();
+    if let Some(m) = patch.get_mut("metadata").and_then(Value::as_object_mut) {
+        m.remove("managedFields");
+    }
+    merge_applied(&mut doc, &patch);
+    // Rewrite managedFields: the others (after forced takeovers), then this manager.
+    let mut entries: Vec<Value> = current
+        .pointer("/metadata/managedFields")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    for e in &mut entries {
+        let sub = (e.get("subresource").and_then(Value::as_str) == Some("status")) == status;
+        if let Some((_, _, f)) = others
+            .iter()
+            .find(|(m, op, _)| sub && e["manager"] == m.as_str() && e["operation"] == op.as_str())
+        {
+            e["fieldsV1"] = fields_v1(f);
+        }
+    }
+    entries.retain(|e| e["fieldsV1"].as_object().is_none_or(|m| !m.is_empty()));
+    doc["metadata"]["managedFields"] = entries.into();
+    set_managed(&mut doc, manager, api_version, status, &fields);
+    Ok(doc)
+}
+
+/// Merges an applied configuration: maps merge, everything else (lists included) replaces.
+fn merge_applied(doc: &mut Value, config: &Value) {
+    match (doc.as_object_mut(), config.as_object()) {
+        (Some(d), Some(c)) => {
+            for (k, v) in c {
+                if v.is_object() && d.get(k).is_some_and(Value::is_object) {
+                    merge_applied(d.get_mut(k).expect("checked"), v);
+                } else {
+                    d.insert(k.clone(), v.clone());
+                }
+            }
+        }
+        _ => *doc = config.clone(),
+    }
 }
 
 /// A strategic merge patch, approximated: maps merge, `null` deletes, lists of objects that all

@@ -1,5 +1,9 @@
 //! One simulated shoot: its state in the garden, its own Kubernetes API server (a loopback port, a
 //! per-shoot CA, client-certificate authentication) and the faults injected into that API.
+//!
+//! A shoot may instead stand for a real API server ([`ExternalApiServer`]): the garden then
+//! advertises that server's URL and CA, and its kubeconfig requests mint client certificates
+//! with that server's client CA, so everything past the garden is the real thing.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
@@ -59,6 +63,58 @@ pub enum Role {
     Viewer,
 }
 
+/// A client certificate and its private key (PKCS#8), both PEM.
+#[derive(Clone)]
+pub struct MintedCert {
+    /// The certificate, PEM.
+    pub cert_pem: String,
+    /// The private key, PEM.
+    pub key_pem: String,
+}
+
+impl std::fmt::Debug for MintedCert {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MintedCert").finish_non_exhaustive()
+    }
+}
+
+/// Signs a client certificate for a user (the CN) in groups (one O each), valid from now for the
+/// given duration, with the client CA of an [`ExternalApiServer`].
+pub type Mint = Arc<dyn Fn(&str, &[&str], Duration) -> anyhow::Result<MintedCert> + Send + Sync>;
+
+/// A real Kubernetes API server standing in for a shoot's (see [`crate::Fleet::add_external_shoot`]).
+///
+/// The garden advertises `url` and `ca_pem` for the shoot, and its `adminkubeconfig` and
+/// `viewerkubeconfig` subresources call `mint` as Gardener's do: CN is the requesting user, the
+/// group is `system:masters` for an admin and [`VIEWER_GROUP`] for a viewer, the lifetime is the
+/// request's `expirationSeconds` (after the garden's floor and cap). The real server then decides
+/// everything else: which certificates it accepts (its client CA, their validity), authorization,
+/// the API's semantics.
+#[derive(Clone)]
+pub struct ExternalApiServer {
+    /// The server's URL (`https://host:port`).
+    pub url: String,
+    /// The CA certificate that signed the server's serving certificate, PEM.
+    pub ca_pem: String,
+    /// Signs client certificates the server accepts.
+    pub mint: Mint,
+}
+
+impl std::fmt::Debug for ExternalApiServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ExternalApiServer")
+            .field("url", &self.url)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The group of a viewer kubeconfig's certificate on an external shoot (Gardener's
+/// `gardener.cloud:system:viewers`; the shoot grants it read access with its own bindings).
+pub const VIEWER_GROUP: &str = "gardener.cloud:system:viewers";
+
+/// The group of an admin kubeconfig's certificate on an external shoot, as Gardener issues it.
+pub const ADMIN_GROUP: &str = "system:masters";
+
 #[derive(Debug, Clone, Copy)]
 struct IssuedCert {
     role: Role,
@@ -87,7 +143,7 @@ pub struct SimShoot {
     pub name: String,
     /// `shoot--<project>--<name>`.
     pub technical_id: String,
-    /// Port of its API server on 127.0.0.1.
+    /// Port of its API server (on 127.0.0.1; an external shoot's is its server's port).
     pub port: u16,
     pub(crate) state: Mutex<ShootState>,
     changed: watch::Sender<u64>,
@@ -96,6 +152,7 @@ pub struct SimShoot {
     issued: Mutex<HashMap<[u8; 32], IssuedCert>>,
     backends: Mutex<HashMap<(String, String, String), std::net::SocketAddr>>,
     rest: RestOptions,
+    external: Option<ExternalApiServer>,
 }
 
 impl std::fmt::Debug for SimShoot {
@@ -104,6 +161,7 @@ impl std::fmt::Debug for SimShoot {
             .field("namespace", &self.namespace)
             .field("name", &self.name)
             .field("port", &self.port)
+            .field("external", &self.external)
             .finish_non_exhaustive()
     }
 }
@@ -128,6 +186,7 @@ impl SimShoot {
         port: u16,
         state: ShootState,
         rest: RestOptions,
+        external: Option<ExternalApiServer>,
     ) -> Self {
         Self {
             namespace: namespace.to_owned(),
@@ -141,7 +200,13 @@ impl SimShoot {
             issued: Mutex::new(HashMap::new()),
             backends: Mutex::new(HashMap::new()),
             rest,
+            external,
         }
+    }
+
+    /// The real API server this shoot stands for, if it is an external one.
+    pub fn external(&self) -> Option<&ExternalApiServer> {
+        self.external.as_ref()
     }
 
     pub(crate) fn lock(&self) -> MutexGuard<'_, ShootState> {
@@ -157,6 +222,9 @@ impl SimShoot {
     /// Waits (up to 5 s) until the port is open or closed as the current phase and fault say, so
     /// a control call has taken effect when it returns. Flapping shoots are not waited for.
     pub(crate) fn settle(&self) {
+        if self.external.is_some() {
+            return;
+        }
         let want_open = match self.mode() {
             (_, Some(_)) => return,
             (Mode::Refuse, None) => false,
@@ -178,12 +246,16 @@ impl SimShoot {
         self.lock().phase
     }
 
-    /// The API server's URL.
+    /// The API server's URL (an external shoot's is its real server's).
     pub fn url(&self) -> String {
-        format!("https://127.0.0.1:{}", self.port)
+        match &self.external {
+            Some(e) => e.url.clone(),
+            None => format!("https://127.0.0.1:{}", self.port),
+        }
     }
 
-    /// The shoot's Kubernetes objects (created on first use, with the default namespaces).
+    /// The shoot's Kubernetes objects (created on first use, with the default namespaces). An
+    /// external shoot's objects are on its real server; this store is not served for it.
     pub fn api(&self) -> &Arc<ApiStore> {
         self.api.get_or_init(|| {
             let store = Arc::new(ApiStore::new(shoot_types()));
@@ -252,9 +324,47 @@ impl SimShoot {
         Ok(self.pki.get_or_init(|| pki))
     }
 
-    /// The shoot's CA certificate (PEM), created on first use.
+    /// The shoot's CA certificate (PEM), created on first use; an external shoot's is its real
+    /// server's.
     pub fn ca_pem(&self) -> Result<String, ApiError> {
+        if let Some(e) = &self.external {
+            return Ok(e.ca_pem.clone());
+        }
         Ok(self.pki()?.ca.cert_pem.clone())
+    }
+
+    /// A client certificate for `user` in `role`, valid until `not_after`: minted by the real
+    /// server's client CA for an external shoot, else issued by the shoot's CA and recorded.
+    pub(crate) fn client_cert(
+        &self,
+        user: &str,
+        role: Role,
+        not_after: OffsetDateTime,
+    ) -> Result<MintedCert, ApiError> {
+        let Some(external) = &self.external else {
+            let cert = self.issue_cert(user, role, not_after)?;
+            return Ok(MintedCert {
+                cert_pem: cert.cert_pem,
+                key_pem: cert.key_pem,
+            });
+        };
+        let group = match role {
+            Role::Admin => ADMIN_GROUP,
+            Role::Viewer => VIEWER_GROUP,
+        };
+        // The minter starts its validity a moment later than `now` here, so the certificate's
+        // NotAfter is never before the expirationTimestamp the garden reports.
+        let seconds = (not_after - OffsetDateTime::now_utc())
+            .as_seconds_f64()
+            .ceil()
+            .max(1.0);
+        (external.mint)(user, &[group], Duration::from_secs(seconds as u64)).map_err(|e| {
+            ApiError::new(
+                500,
+                "InternalError",
+                format!("signing the client certificate with the shoot's client CA: {e:#}"),
+            )
+        })
     }
 
     /// Routes the service proxy for `namespace/service:port` to `addr` (plain HTTP): what the
@@ -273,12 +383,7 @@ impl SimShoot {
     }
 
     /// Issues a client certificate for `user` valid until `not_after` and records it.
-    pub(crate) fn issue_cert(
-        &self,
-        user: &str,
-        role: Role,
-        not_after: OffsetDateTime,
-    ) -> Result<Issued, ApiError> {
+    fn issue_cert(&self, user: &str, role: Role, not_after: OffsetDateTime) -> Result<Issued, ApiError> {
         let pki = self.pki()?;
         let now = OffsetDateTime::now_utc();
         let not_before = now - time::Duration::minutes(1);

@@ -15,6 +15,9 @@ use tokio::sync::broadcast;
 /// How many events a store keeps for watches to resume from; older versions get 410 Gone.
 pub const DEFAULT_EVENT_LOG: usize = 4096;
 
+/// A new store's resourceVersion; earlier ones count as compacted.
+pub const FIRST_RESOURCE_VERSION: u64 = 100;
+
 /// An error as the API server reports it (`Status` with a code and a reason).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ApiError {
@@ -174,6 +177,7 @@ pub fn shoot_types() -> Vec<ResourceType> {
         r("", "v1", "PersistentVolumeClaim", "persistentvolumeclaims", true).with_short(&["pvc"]),
         r("", "v1", "PersistentVolume", "persistentvolumes", false).with_short(&["pv"]),
         r("", "v1", "Event", "events", true).without_status(),
+        r("", "v1", "PodTemplate", "podtemplates", true).without_status(),
         r("", "v1", "Endpoints", "endpoints", true)
             .with_short(&["ep"])
             .without_status(),
@@ -299,8 +303,14 @@ impl FieldSelector {
                 && field != "metadata.namespace"
                 && !ty.field_labels.iter().any(|l| l == field)
             {
+                let mut known = vec![
+                    "\"metadata.name\"".to_owned(),
+                    "\"metadata.namespace\"".to_owned(),
+                ];
+                known.extend(ty.field_labels.iter().map(|l| format!("\"{l}\"")));
                 return Err(ApiError::bad_request(format!(
-                    "field label not supported: {field}"
+                    "\"{field}\" is not a known field selector: only {}",
+                    known.join(", ")
                 )));
             }
             terms.push((
@@ -508,7 +518,7 @@ pub fn qualified_name_errors(key: &str) -> Vec<String> {
     if name.is_empty() {
         errs.push("name part must be non-empty".into());
     } else if name.len() > 63 {
-        errs.push("name part must be no more than 63 characters".into());
+        errs.push("name part must be no more than 63 bytes".into());
     }
     if !name.is_empty() && !qualified_chars(name) {
         errs.push(QUALIFIED_NAME_FMT.into());
@@ -516,11 +526,23 @@ pub fn qualified_name_errors(key: &str) -> Vec<String> {
     errs
 }
 
+/// A label key's errors: [`qualified_name_errors`], except that a key that is not of the
+/// qualified-name shape is reported as kube-apiserver 1.37 does ("a valid label key ...").
+pub fn label_key_errors(key: &str) -> Vec<String> {
+    qualified_name_errors(key)
+        .into_iter()
+        .map(|e| match e.strip_prefix("a qualified name name part ") {
+            Some(rest) => format!("a valid label key {rest}"),
+            None => e,
+        })
+        .collect()
+}
+
 /// apimachinery's `IsValidLabelValue`: the errors, empty when valid.
 pub fn label_value_errors(value: &str) -> Vec<String> {
     let mut errs = Vec::new();
     if value.len() > 63 {
-        errs.push("must be no more than 63 characters".into());
+        errs.push("must be no more than 63 bytes".into());
     }
     if !value.is_empty() && !qualified_chars(value) {
         errs.push(
@@ -538,6 +560,10 @@ pub fn label_value_errors(value: &str) -> Vec<String> {
 fn name_error(ty: &ResourceType, name: &str) -> Option<String> {
     let core = ty.group.is_empty();
     if core && ty.kind == "Namespace" {
+        // kube-apiserver 1.37's wording for a dotted namespace name.
+        if name.contains('.') {
+            return Some("must not contain dots".into());
+        }
         return (!is_dns1123_label(name)).then(|| {
             "a lowercase RFC 1123 label must consist of lower case alphanumeric characters or '-', and must start \
              and end with an alphanumeric character (e.g. 'my-name',  or '123-abc', regex used for validation is \
@@ -576,7 +602,7 @@ fn validate_meta(ty: &ResourceType, obj: &Value, check_name: bool) -> Result<(),
         None | Some(Value::Null) => {}
         Some(Value::Object(labels)) => {
             for (k, v) in labels {
-                for e in qualified_name_errors(k) {
+                for e in label_key_errors(k) {
                     errs.push(format!("metadata.labels: Invalid value: {}: {e}", q(k)));
                 }
                 match v.as_str() {
@@ -668,13 +694,15 @@ impl ApiStore {
         let (tx, _) = broadcast::channel(1024);
         Self {
             hook: std::sync::OnceLock::new(),
+            // Like a long-running API server, a store's history before it started is compacted:
+            // a watch or a continue token from an earlier resourceVersion (e.g. 1) is 410 Gone.
             inner: Mutex::new(Inner {
-                rv: 1,
+                rv: FIRST_RESOURCE_VERSION,
                 types,
                 objects: BTreeMap::new(),
                 log: VecDeque::new(),
                 log_cap,
-                compacted: 1,
+                compacted: FIRST_RESOURCE_VERSION,
             }),
             tx,
             interrupts: tokio::sync::watch::channel(0).0,
@@ -948,6 +976,7 @@ impl ApiStore {
             m.remove("status");
         }
         if ty.kind == "Namespace" && ty.group.is_empty() {
+            obj["metadata"]["labels"]["kubernetes.io/metadata.name"] = name.clone().into();
             obj["spec"] = json!({"finalizers": ["kubernetes"]});
             obj["status"] = json!({"phase": "Active"});
         }
@@ -1069,6 +1098,23 @@ impl ApiStore {
             return Ok(Arc::new(if dry_run { new } else { (*current).clone() }));
         }
         let terminating = cur_meta.get("deletionTimestamp").is_some();
+        if terminating {
+            let names = |o: &Value| -> Vec<String> {
+                o.pointer("/metadata/finalizers")
+                    .and_then(Value::as_array)
+                    .map(|a| a.iter().filter_map(|f| f.as_str().map(str::to_owned)).collect())
+                    .unwrap_or_default()
+            };
+            let old = names(&current);
+            let added: Vec<String> = names(&new).into_iter().filter(|f| !old.contains(f)).collect();
+            if !added.is_empty() {
+                return Err(ApiError::invalid(format!(
+                    "{} \"{name}\" is invalid: metadata.finalizers: Forbidden: no new finalizers can be added if the \
+                     object is being deleted, found new finalizers {added:?}",
+                    ty.kind
+                )));
+            }
+        }
         if terminating && finalizers(&new) == 0 {
             let obj = self.remove(&mut g, &key, new);
             return Ok(obj);
@@ -1115,23 +1161,27 @@ impl ApiStore {
             .get(&key)
             .cloned()
             .ok_or_else(|| ApiError::not_found(ty, name))?;
-        if pre
-            .uid
-            .as_deref()
-            .is_some_and(|u| Some(u) != meta_str(&current, "uid"))
-            || pre
-                .resource_version
-                .as_deref()
-                .is_some_and(|r| Some(r) != meta_str(&current, "resourceVersion"))
-        {
-            return Err(ApiError::new(
+        let precondition = |what: &str, want: &str, have: &str| {
+            ApiError::new(
                 409,
                 "Conflict",
                 format!(
-                    "Operation cannot be fulfilled on {} \"{name}\": Precondition failed",
-                    ty.qualified()
+                    "Operation cannot be fulfilled on {} \"{name}\": the {what} in the precondition ({want}) does not \
+                     match the {what} in record ({have}). The object might have been modified",
+                    ty.kind
                 ),
-            ));
+            )
+        };
+        let have = |k: &str| meta_str(&current, k).unwrap_or("").to_owned();
+        if let Some(u) = pre.uid.as_deref().filter(|u| *u != have("uid")) {
+            return Err(precondition("UID", u, &have("uid")));
+        }
+        if let Some(r) = pre
+            .resource_version
+            .as_deref()
+            .filter(|r| *r != have("resourceVersion"))
+        {
+            return Err(precondition("ResourceVersion", r, &have("resourceVersion")));
         }
         if dry_run {
             return Ok(with_api_version(&current, ty));
@@ -1489,7 +1539,7 @@ fn encode_continue(rv: u64, ns: &str, name: &str) -> String {
 
 fn decode_continue(token: &str) -> Result<(u64, (String, String)), ApiError> {
     use base64::Engine as _;
-    let bad = || ApiError::bad_request("continue key is not valid");
+    let bad = || ApiError::bad_request("invalid continue token: continue key is not valid");
     let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
         .decode(token)
         .map_err(|_| bad())?;
