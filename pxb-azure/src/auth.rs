@@ -207,6 +207,7 @@ impl WorkloadIdentity {
     pub fn new(options: WorkloadIdentityOptions, http: &HttpSettings, ca_pem: Option<&[u8]>) -> Result<Self> {
         let cfg = options.resolve()?;
         let mut client_options = http.client_options(ca_pem)?;
+        client_options.per_try_policies.push(Arc::new(EntraErrorBodies));
         let mut custom = azure_core::cloud::CustomConfiguration::default();
         custom.authority_host = cfg.authority_host.clone();
         client_options.cloud = Some(Arc::new(azure_core::cloud::CloudConfiguration::Custom(custom)));
@@ -352,6 +353,69 @@ impl TokenCredential for SourceCredential {
     }
 }
 
+/// Rewrites Entra ID's error answers so that `azure_identity` can read them.
+///
+/// `azure_identity` 1.0 reads `error_description` as a borrowed `&str`, which serde can only do
+/// for a JSON string without escapes; Entra ID ends every description with
+/// `\r\nTrace ID: …\r\nCorrelation ID: …\r\nTimestamp: …`. Unrewritten, every refusal
+/// became serde's "expected a borrowed string", losing Entra's status and error code (so an
+/// Entra outage was reported as a refused identity). The description is rewritten to one line
+/// without characters JSON must escape; everything else, success answers included, passes
+/// through unchanged.
+#[derive(Debug)]
+pub(crate) struct EntraErrorBodies;
+
+/// The description of an Entra ID error on one line, with nothing JSON must escape: line
+/// breaks and control characters become spaces (runs collapsed), `"` becomes `'` and `\`
+/// becomes `/`.
+pub(crate) fn plain_description(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        let c = match c {
+            '"' => '\'',
+            '\\' => '/',
+            c if c.is_control() => ' ',
+            c => c,
+        };
+        if !(c == ' ' && out.ends_with(' ')) {
+            out.push(c);
+        }
+    }
+    out.trim().to_owned()
+}
+
+/// `body` with its `error_description` made [`plain_description`]; `None` when there is nothing
+/// to change (not JSON, no description, already plain).
+pub(crate) fn plain_error_body(body: &[u8]) -> Option<Vec<u8>> {
+    let mut v: serde_json::Value = serde_json::from_slice(body).ok()?;
+    let description = v.get("error_description")?.as_str()?;
+    let plain = plain_description(description);
+    if plain == description {
+        return None;
+    }
+    v["error_description"] = serde_json::Value::String(plain);
+    serde_json::to_vec(&v).ok()
+}
+
+#[async_trait]
+impl Policy for EntraErrorBodies {
+    async fn send(&self, ctx: &Context, request: &mut Request, next: &[Arc<dyn Policy>]) -> PolicyResult {
+        let response = next[0].send(ctx, request, &next[1..]).await?;
+        if response.status().is_success() {
+            return Ok(response);
+        }
+        let (status, headers, body) = response.deconstruct();
+        let body = body.collect().await?;
+        let body = match plain_error_body(&body) {
+            Some(plain) => bytes::Bytes::from(plain),
+            None => body,
+        };
+        Ok(azure_core::http::AsyncRawResponse::from_bytes(
+            status, headers, body,
+        ))
+    }
+}
+
 /// Signs every try of a request with the storage account key (Shared Key authorization).
 pub(crate) struct SharedKeyPolicy {
     account: String,
@@ -478,6 +542,37 @@ pub fn account_sas(account: &str, key: &str, expiry: SystemTime) -> Result<Strin
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn entra_error_descriptions_are_made_readable_for_the_sdk() {
+        // What Entra ID answers: the description ends with escaped line breaks.
+        let body = br#"{"error":"invalid_client","error_description":"AADSTS700016: Application with identifier 'x' was not found.\r\nTrace ID: t\r\nCorrelation ID: c\r\nTimestamp: 2026-01-01 00:00:00Z","error_codes":[700016]}"#;
+        let plain = plain_error_body(body).expect("rewritten");
+        let v: serde_json::Value = serde_json::from_slice(&plain).expect("JSON");
+        assert_eq!(
+            v["error_description"],
+            "AADSTS700016: Application with identifier 'x' was not found. Trace ID: t Correlation ID: c Timestamp: 2026-01-01 00:00:00Z"
+        );
+        assert_eq!(v["error_codes"][0], 700016);
+        // The SDK's own shape of the error (a borrowed str) reads the rewritten body, not the
+        // original.
+        #[derive(serde::Deserialize)]
+        struct Borrowed<'a> {
+            #[serde(borrow)]
+            error_description: &'a str,
+        }
+        assert!(serde_json::from_slice::<Borrowed<'_>>(body).is_err());
+        let read: Borrowed<'_> = serde_json::from_slice(&plain).expect("borrowed");
+        assert!(read.error_description.starts_with("AADSTS700016"));
+        assert_eq!(plain_description(r#"a "b" \ c"#), "a 'b' / c");
+        // Nothing to do: not JSON, no description, or already plain.
+        assert_eq!(plain_error_body(b"<html>"), None);
+        assert_eq!(plain_error_body(br#"{"error":"x"}"#), None);
+        assert_eq!(
+            plain_error_body(br#"{"error_description":"AADSTS1: fine"}"#),
+            None
+        );
+    }
 
     #[test]
     fn jwt_expiry_reads_exp() {

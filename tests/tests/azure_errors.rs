@@ -354,3 +354,27 @@ fn check_clean(what: &str, e: &Error, secrets: &[String]) -> bool {
     }
     texts.iter().any(|t| t.contains(pxb_core::redact::REDACTED))
 }
+
+/// An Entra ID outage is reported as unavailable (retried later), not as a refused identity, and
+/// with Entra's own code: its error descriptions end with escaped line breaks, which the SDK
+/// could not read before pxb-azure rewrote them (every refusal became a serde message).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_entra_outage_is_reported_as_unavailable_with_entras_code() {
+    let fx = AzureFixture::start(3600).expect("fixture");
+    let container = fx.new_container("entra-outage").await.expect("container");
+    let mut cfg = fx.wi_config(&container);
+    cfg.http.max_retries = 1;
+    cfg.http.max_total = Duration::from_secs(2);
+    let store = AzureBlobStore::new(cfg).expect("store");
+    fx.entra.set_outage(Some(503));
+    let err = timed("Entra ID outage", store.list("", None, 10))
+        .await
+        .expect_err("must fail");
+    assert!(matches!(err, Error::Unavailable { .. }), "{err}");
+    let msg = err.to_string();
+    assert!(msg.contains("503") && msg.contains("AADSTS90033"), "{msg}");
+    assert!(!msg.contains("borrowed"), "{msg}");
+    // Over: the same store works.
+    fx.entra.set_outage(None);
+    store.list("", None, 10).await.expect("list after the outage");
+}

@@ -109,6 +109,7 @@ pub struct FakeEntra {
     keys: Option<Arc<IssuerKeys>>,
     ca_pem: String,
     tenant_id: String,
+    outage: Arc<std::sync::atomic::AtomicU16>,
 }
 
 impl FakeEntra {
@@ -120,10 +121,12 @@ impl FakeEntra {
             None => None,
         };
         let tenant_id = config.tenant_id.clone();
+        let outage = Arc::new(std::sync::atomic::AtomicU16::new(0));
         let state = Arc::new(State {
             config,
             seen: seen.clone(),
             keys: keys.clone(),
+            outage: outage.clone(),
         });
         let server = BackgroundServer::start(Some(ca.rustls_server_config()?), move |req| {
             let state = state.clone();
@@ -135,7 +138,15 @@ impl FakeEntra {
             keys,
             ca_pem: ca.ca_pem.clone(),
             tenant_id,
+            outage,
         })
+    }
+
+    /// While `Some(status)`, every token request is answered with that HTTP status and Entra's
+    /// transient error (`AADSTS90033`), as during an Entra ID outage; `None` ends it.
+    pub fn set_outage(&self, status: Option<u16>) {
+        self.outage
+            .store(status.unwrap_or(0), std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Every fetch of an issuer's discovery document or keys so far, in order (federated mode;
@@ -194,6 +205,7 @@ struct State {
     config: EntraConfig,
     seen: Arc<Mutex<Vec<Exchange>>>,
     keys: Option<Arc<IssuerKeys>>,
+    outage: Arc<std::sync::atomic::AtomicU16>,
 }
 
 fn json(status: StatusCode, body: serde_json::Value) -> Response<Full<Bytes>> {
@@ -211,7 +223,12 @@ fn entra_error(status: StatusCode, error: &str, code: u32, description: &str) ->
         status,
         serde_json::json!({
             "error": error,
-            "error_description": format!("AADSTS{code}: {} Trace ID: 00000000-0000-0000-0000-000000000000", plain(description)),
+            // Entra ID ends its descriptions with the trace, correlation and time, each after
+            // `\r\n` (JSON escapes a client must decode).
+            "error_description": format!(
+                "AADSTS{code}: {}\r\nTrace ID: 00000000-0000-0000-0000-000000000000\r\nCorrelation ID: 00000000-0000-0000-0000-000000000000\r\nTimestamp: 2026-01-01 00:00:00Z",
+                plain(description)
+            ),
             "error_codes": [code],
             "timestamp": "2026-01-01 00:00:00Z",
             "trace_id": "00000000-0000-0000-0000-000000000000",
@@ -234,6 +251,15 @@ impl State {
                 );
             }
         };
+        let outage = self.outage.load(std::sync::atomic::Ordering::Relaxed);
+        if outage != 0 {
+            return entra_error(
+                StatusCode::from_u16(outage).unwrap_or(StatusCode::SERVICE_UNAVAILABLE),
+                "temporarily_unavailable",
+                90033,
+                "A transient error has occurred. Please try again.",
+            );
+        }
         let form: std::collections::HashMap<String, String> =
             url::form_urlencoded::parse(&body).into_owned().collect();
         let get = |k: &str| form.get(k).cloned().unwrap_or_default();
@@ -357,11 +383,7 @@ impl State {
 const WIF_DOC: &str =
     "https://docs.microsoft.com/en-us/azure/active-directory/develop/workload-identity-federation";
 
-/// `text` fit for an Entra ID error description: quotes, backslashes and line breaks replaced.
-/// `azure_identity` 1.0 borrows `error_description` as a `&str`, so any JSON escape in it fails
-/// the parsing of the whole error (the code is lost and serde's message replaces Entra's). Real
-/// Entra ID has sent `\r\n` before `Trace ID` at times; this stand-in does not, so that what the
-/// tests see is the description.
+/// `text` as Entra ID words its descriptions: names in single quotes, one line.
 fn plain(text: &str) -> String {
     text.chars()
         .map(|c| match c {
