@@ -163,7 +163,10 @@ impl ResourceSink for KubeCluster {
     async fn delete(&self, resource: &ApiResource, namespace: Option<&str>, name: &str) -> Result<()> {
         let api = self.api(resource, namespace);
         let what = format!("delete {} {name}", resource.resource_name());
-        api.delete(name, &DeleteParams::default())
+        // Background propagation, as kubectl does: the object goes at once and its dependents
+        // after it. (The server's default for some kinds, batch/v1 Jobs among them, orphans them:
+        // a replaced Job would leave the old Job's pods running beside the new one's.)
+        api.delete(name, &DeleteParams::background())
             .await
             .map_err(|e| map_err(e, &what))?;
         // Objects with finalizers linger: wait until they are gone, so a create can follow.

@@ -977,3 +977,42 @@ async fn the_agents_service_account_backs_up_what_the_administrator_does_and_res
     )
     .await;
 }
+
+/// `ExistingResourcePolicy::Replace` deletes an object before creating the archived one. The
+/// delete uses background propagation, as kubectl does: with the server's default for batch/v1
+/// (orphan) the real server puts the `orphan` finalizer on the Job and keeps it until the garbage
+/// collector has orphaned its Pods, so the old Job's Pods would keep running beside the new
+/// Job's, and here (no garbage collector) the delete waited out its 60 s and failed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replaced_job_is_deleted_without_orphaning_its_pods() {
+    let cluster = tokio::task::spawn_blocking(real::start).await.expect("start");
+    let admin = real::admin_client(&cluster).await.expect("admin");
+    let job = json!({
+        "apiVersion": "batch/v1", "kind": "Job",
+        "metadata": {"name": "migrate", "namespace": "jobs"},
+        "spec": {"suspend": true, "template": {"spec": {"restartPolicy": "Never",
+            "containers": [{"name": "m", "image": "registry.example/migrate:1"}]}}},
+    });
+    create_all(
+        &cluster,
+        "job",
+        vec![
+            json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "jobs"}}),
+            job,
+        ],
+    );
+    let jobs = ApiResource::new("batch", "v1", "Job", "jobs", true);
+    let sink = KubeCluster::new(admin.clone());
+    pxb_core::resources::ResourceSink::delete(&sink, &jobs, Some("jobs"), "migrate")
+        .await
+        .expect("the Job is deleted");
+    let api: Api<DynamicObject> = Api::namespaced_with(
+        admin,
+        "jobs",
+        &kube::api::ApiResource::from_gvk_with_plural(
+            &kube::api::GroupVersionKind::gvk("batch", "v1", "Job"),
+            "jobs",
+        ),
+    );
+    assert!(api.get_opt("migrate").await.expect("get").is_none());
+}
