@@ -1488,6 +1488,53 @@ async fn the_read_api_answers_only_callers_with_the_agent_token() {
     bare.shutdown().await;
 }
 
+/// The whole agent (`Agent::start`: its token Secret, read API and controllers) as its own
+/// ServiceAccount on the real server: it makes the API token Secret under `deploy/agent`'s RBAC
+/// (Secrets: get and create in `pxb-system`, nothing else), answers `/v1/…` only with that token,
+/// and a restarted agent reads the same token back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agent_starts_as_its_service_account_and_keeps_its_api_token_on_the_real_server() {
+    use pxb_daemon::agent::api::{TOKEN_HEADER, TOKEN_SECRET};
+    let shoot = Shoot::start(Backend::RealServer).await;
+    let fx = azure(&shoot);
+    let config = || AgentConfig {
+        listen: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
+        ..agent_config(&fx)
+    };
+    let agent = pxb_daemon::agent::Agent::start(shoot.agent.clone(), config())
+        .await
+        .expect("the agent starts as pxb-system/pxb-agent");
+    let secret = Api::<k8s_openapi::api::core::v1::Secret>::namespaced(shoot.admin.clone(), "pxb-system")
+        .get(TOKEN_SECRET)
+        .await
+        .expect("the agent made its token Secret");
+    let token = secret
+        .data
+        .and_then(|d| d.get("token").map(|t| String::from_utf8_lossy(&t.0).into_owned()))
+        .expect("a token");
+    assert!(token.len() >= 32, "{token}");
+    let http = reqwest::Client::new();
+    let status = |addr: std::net::SocketAddr, token: Option<String>| {
+        let mut req = http.get(format!("http://{addr}/v1/status"));
+        if let Some(t) = token {
+            req = req.header(TOKEN_HEADER, t);
+        }
+        async move { req.send().await.expect("call").status().as_u16() }
+    };
+    assert_eq!(status(agent.api_addr, None).await, 401);
+    assert_eq!(status(agent.api_addr, Some(token.clone())).await, 200);
+    agent.shutdown().await;
+    let again = pxb_daemon::agent::Agent::start(shoot.agent.clone(), config())
+        .await
+        .expect("the agent starts again");
+    assert_eq!(
+        status(again.api_addr, Some(token)).await,
+        200,
+        "the same token after a restart"
+    );
+    again.shutdown().await;
+}
+
 /// Two tests of a scenario: on the simulator and on the real server.
 macro_rules! on_both_backends {
     ($($scenario:ident => $on_sim:ident, $on_real:ident;)*) => {$(
