@@ -404,10 +404,14 @@ impl Policy for EntraErrorBodies {
         if response.status().is_success() {
             return Ok(response);
         }
-        let (status, headers, body) = response.deconstruct();
+        let (status, mut headers, body) = response.deconstruct();
         let body = body.collect().await?;
         let body = match plain_error_body(&body) {
-            Some(plain) => bytes::Bytes::from(plain),
+            Some(plain) => {
+                // The length of the body the server sent, not of this one.
+                headers.remove(azure_core::http::headers::CONTENT_LENGTH);
+                bytes::Bytes::from(plain)
+            }
             None => body,
         };
         Ok(azure_core::http::AsyncRawResponse::from_bytes(

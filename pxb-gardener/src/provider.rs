@@ -271,6 +271,9 @@ impl GardenerConfig {
 #[derive(Debug)]
 struct Cred {
     access: Option<Arc<ClusterAccess>>,
+    /// Credentials dropped in a row because the cluster refused them (reset by a renewal on
+    /// schedule): each one more must have lived longer before it is dropped ([`refusal_hold`]).
+    refusals: u32,
     /// When to renew (or retry, after a failure).
     due: SystemTime,
     attempts: u32,
@@ -279,10 +282,23 @@ struct Cred {
     lock: Arc<tokio::sync::Mutex<()>>,
 }
 
+/// How long a credential must have lived before a refusal drops it, after `refusals` refused
+/// ones in a row: at once for the first, then 15 s doubling, at most half the credential's
+/// lifetime (a renewal on schedule comes anyway). Bounds what a cluster that refuses every
+/// credential costs the garden.
+fn refusal_hold(refusals: u32, lifetime: Duration) -> Duration {
+    if refusals == 0 {
+        return Duration::ZERO;
+    }
+    let hold = Duration::from_secs(15).saturating_mul(1 << (refusals - 1).min(16));
+    hold.min(lifetime / 2)
+}
+
 impl Cred {
     fn new(due: SystemTime) -> Self {
         Self {
             access: None,
+            refusals: 0,
             due,
             attempts: 0,
             last_error: None,
@@ -690,6 +706,10 @@ impl GardenerProvider {
                 );
                 cred.attempts = 0;
                 cred.last_error = None;
+                if cred.access.is_some() {
+                    // A renewal on schedule: the previous credential was not refused.
+                    cred.refusals = 0;
+                }
                 let access = Arc::new(access);
                 cred.access = Some(access.clone());
                 drop(st);
@@ -898,15 +918,31 @@ impl ClusterProvider for GardenerProvider {
         let Some(c) = st.creds.get_mut(id) else {
             return;
         };
-        if c.access
+        let Some(current) = c
+            .access
             .as_ref()
-            .is_some_and(|a| a.client_cert_pem == access.client_cert_pem)
-        {
-            // The next `access` issues a new one (the renewal stays as planned, so the two do
-            // not both issue).
-            tracing::warn!(cluster = %id, "the cluster refused its kubeconfig; the next visit gets a new one");
-            c.access = None;
+            .filter(|a| a.client_cert_pem == access.client_cert_pem)
+        else {
+            return;
+        };
+        let age = self
+            .config
+            .clock
+            .now()
+            .duration_since(current.issued_at)
+            .unwrap_or_default();
+        let hold = refusal_hold(c.refusals, current.lifetime());
+        if age < hold {
+            // A cluster that refuses fresh credentials too is not cured by more of them: it gets
+            // one per `hold` at most, however often it is visited.
+            tracing::debug!(cluster = %id, refusals = c.refusals, ?hold, "the cluster refused its kubeconfig again; keeping it for now");
+            return;
         }
+        // The next `access` issues a new one (the renewal stays as planned, so the two do not
+        // both issue).
+        tracing::warn!(cluster = %id, "the cluster refused its kubeconfig; the next visit gets a new one");
+        c.access = None;
+        c.refusals += 1;
     }
 
     fn credential_state(&self, id: &ClusterId) -> CredentialState {
@@ -1127,6 +1163,72 @@ mod tests {
         st.creds.insert(id.clone(), cred);
         drop(st);
         (p, id, access)
+    }
+
+    /// A cluster that refuses its kubeconfig gets a new one at its next visit, but one that
+    /// refuses every kubeconfig does not make the provider ask the garden at every visit: each
+    /// further refused credential must have lived longer (15 s, 30 s, …) before it is dropped.
+    #[tokio::test]
+    async fn refused_credentials_are_dropped_with_a_growing_hold() {
+        let t0 = UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let clock = pxb_core::ManualClock::new(t0);
+        let (p, id, access) = provider_with_credential(&clock, t0).await;
+        let holds = |p: &GardenerProvider| {
+            let st = p.state();
+            let c = st.creds.get(&id).expect("cred");
+            (c.access.is_some(), c.refusals)
+        };
+        // A credential of another generation is not dropped by a refusal of this one.
+        let other = ClusterAccess {
+            client_cert_pem: "another".into(),
+            ..access.clone()
+        };
+        p.refused(&id, &other);
+        assert_eq!(holds(&p), (true, 0));
+        // The first refusal drops it at once.
+        p.refused(&id, &access);
+        assert_eq!(holds(&p), (false, 1));
+        // Its successor (issued at t1), refused: kept until it is 15 s old, then dropped.
+        let put = |p: &GardenerProvider, a: &ClusterAccess| {
+            p.state().creds.get_mut(&id).expect("cred").access = Some(Arc::new(a.clone()));
+        };
+        let t1 = t0 + Duration::from_secs(3);
+        let second = ClusterAccess {
+            issued_at: t1,
+            client_cert_pem: "second".into(),
+            ..access.clone()
+        };
+        put(&p, &second);
+        clock.set(t1 + Duration::from_secs(14));
+        p.refused(&id, &second);
+        assert_eq!(holds(&p), (true, 1), "kept: not 15 s old");
+        clock.set(t1 + Duration::from_secs(15));
+        p.refused(&id, &second);
+        assert_eq!(holds(&p), (false, 2));
+        // The next must be 30 s old.
+        let t2 = t1 + Duration::from_secs(20);
+        let third = ClusterAccess {
+            issued_at: t2,
+            client_cert_pem: "third".into(),
+            ..access.clone()
+        };
+        put(&p, &third);
+        clock.set(t2 + Duration::from_secs(29));
+        p.refused(&id, &third);
+        assert_eq!(holds(&p), (true, 2));
+        clock.set(t2 + Duration::from_secs(30));
+        p.refused(&id, &third);
+        assert_eq!(holds(&p), (false, 3));
+        // The hold is at most half a credential's lifetime.
+        assert_eq!(refusal_hold(0, Duration::from_secs(3600)), Duration::ZERO);
+        assert_eq!(
+            refusal_hold(3, Duration::from_secs(3600)),
+            Duration::from_secs(60)
+        );
+        assert_eq!(
+            refusal_hold(40, Duration::from_secs(3600)),
+            Duration::from_secs(1800)
+        );
     }
 
     #[tokio::test]

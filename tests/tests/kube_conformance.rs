@@ -27,9 +27,19 @@ async fn sim_client() -> (Fleet, kube::Client) {
     (fleet, client)
 }
 
+/// The real server these checks share (one namespace each), compacting etcd every 5 s so that
+/// expiry (410) shows within a test.
+fn compacting() -> &'static real::RealCluster {
+    static CLUSTER: std::sync::OnceLock<real::RealCluster> = std::sync::OnceLock::new();
+    CLUSTER.get_or_init(|| {
+        real::RealCluster::start_compacting_every(std::time::Duration::from_secs(5))
+            .unwrap_or_else(|e| panic!("the real cluster did not start: {e:#}"))
+    })
+}
+
 /// The shared real server's admin client.
 async fn real_client() -> kube::Client {
-    let cluster = tokio::task::spawn_blocking(real::shared)
+    let cluster = tokio::task::spawn_blocking(compacting)
         .await
         .expect("real cluster");
     real::admin_client(cluster).await.expect("admin client")
@@ -127,7 +137,7 @@ async fn sim_run_all() {
 /// server after `install_pxb`.
 #[tokio::test]
 async fn real_kubectl_get_pxb_category() {
-    let cluster = tokio::task::spawn_blocking(real::shared)
+    let cluster = tokio::task::spawn_blocking(compacting)
         .await
         .expect("real cluster");
     tokio::task::spawn_blocking(move || real::install_pxb(cluster))

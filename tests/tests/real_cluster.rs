@@ -351,3 +351,189 @@ async fn kube_clients_reach_the_real_server_with_a_certificate_and_a_service_acc
         other => panic!("a service account without bindings may not list config maps: {other:?}"),
     }
 }
+
+/// The README's example objects, taken from the README itself, are accepted by the real server
+/// with no field pruned (every field sent comes back with the value sent), and a fully populated
+/// status of each kind, written through the status subresource as the agent writes it, reads
+/// back unchanged: a field the CRD schema lacked would be dropped by the real server's pruning
+/// (the simulator does not prune).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readme_objects_and_full_agent_statuses_survive_the_real_schema() {
+    use kube::api::{Api, DynamicObject, Patch, PatchParams};
+    use pxb_daemon::crd::{
+        ApplicationBackupStatus, ApplicationRestoreStatus, BackupLocationStatus, ObjectFailure, Progress,
+        RestoreCounts, Sizes, SyncStatus, ValidationStatus, VerifyStatus, VolumeResult,
+    };
+    let cluster = start();
+    pxb_tests::real::install_pxb(&cluster).expect("install pxb");
+    let admin = pxb_tests::real::admin_client(&cluster).await.expect("admin");
+
+    // The README's YAML block with the three kinds.
+    let readme = std::fs::read_to_string(workspace().join("README.md")).expect("README");
+    let block = readme
+        .split("```yaml\n")
+        .skip(1)
+        .map(|b| b.split("\n```").next().unwrap_or_default())
+        .find(|b| b.contains("kind: BackupLocation") && b.contains("kind: ApplicationRestore"))
+        .expect("the README's example objects");
+    let examples: Vec<Value> = block
+        .split("\n---\n")
+        .map(|doc| serde_saphyr::from_str(doc).expect("an example parses"))
+        .collect();
+    assert_eq!(examples.len(), 3, "{block}");
+
+    let now = "2026-12-03T10:00:00Z".to_string();
+    let volume = VolumeResult {
+        namespace: "shop".into(),
+        claim: "data".into(),
+        phase: "Success".into(),
+        files: 12,
+        bytes: 3456,
+        message: Some("12 files".into()),
+    };
+    let statuses: Vec<(&str, Value)> = vec![
+        (
+            "BackupLocation",
+            serde_json::to_value(BackupLocationStatus {
+                validation: Some(ValidationStatus {
+                    phase: "Invalid".into(),
+                    failed_step: Some("write".into()),
+                    reason: Some("403 on write".into()),
+                    last_checked: Some(now.clone()),
+                }),
+                sync: Some(SyncStatus {
+                    phase: "Completed".into(),
+                    request: 3,
+                    started: Some(now.clone()),
+                    heartbeat: Some(now.clone()),
+                    backups_found: 7,
+                    backups_imported: 2,
+                    marker: Some("20261203T000000Z-abc".into()),
+                    message: Some("imported 2".into()),
+                }),
+                verify: Some(VerifyStatus {
+                    phase: "Completed".into(),
+                    heartbeat: Some(now.clone()),
+                    completed: Some(now.clone()),
+                    backups_checked: 9,
+                    damaged_backups: vec!["b1".into()],
+                    missing_objects: 4,
+                    missing_by_backup: [("b1".to_string(), 4)].into(),
+                    message: Some("1 damaged".into()),
+                }),
+                observed_validate_request: 1,
+                observed_sync_request: 3,
+                observed_verify_request: 2,
+                observed_generation: 5,
+                observed_connection: Some("azure/tenantastorage/backups".into()),
+            })
+            .expect("status"),
+        ),
+        (
+            "ApplicationBackup",
+            serde_json::to_value(ApplicationBackupStatus {
+                phase: "PartialSuccess".into(),
+                stage: Some("Committing".into()),
+                message: Some("1 volume failed".into()),
+                progress: Progress {
+                    objects: 40,
+                    bytes: 1 << 20,
+                    bytes_per_second: 4096,
+                },
+                heartbeat: Some(now.clone()),
+                volumes: vec![volume.clone()],
+                backup_id: Some("20261203T100000Z-152e3f84".into()),
+                sizes: Sizes {
+                    resource_bytes: 100,
+                    volume_bytes: 200,
+                    stored_bytes: 150,
+                },
+                start_timestamp: Some(now.clone()),
+                completion_timestamp: Some(now.clone()),
+                observed_generation: 2,
+                attempts: 1,
+                virtual_machines: 1,
+            })
+            .expect("status"),
+        ),
+        (
+            "ApplicationRestore",
+            serde_json::to_value(ApplicationRestoreStatus {
+                phase: "PartialSuccess".into(),
+                message: Some("1 object failed".into()),
+                heartbeat: Some(now.clone()),
+                counts: RestoreCounts {
+                    total: 10,
+                    created: 7,
+                    replaced: 1,
+                    skipped: 1,
+                    failed: 1,
+                },
+                failures: vec![ObjectFailure {
+                    kind: "Role".into(),
+                    namespace: Some("shop-copy".into()),
+                    name: "reader".into(),
+                    reason: "forbidden".into(),
+                }],
+                start_timestamp: Some(now.clone()),
+                completion_timestamp: Some(now.clone()),
+                volumes: vec![volume],
+                attempts: 2,
+            })
+            .expect("status"),
+        ),
+    ];
+
+    for example in examples {
+        let kind = example["kind"].as_str().expect("kind").to_owned();
+        let plural = format!("{}s", kind.to_lowercase());
+        let ar = kube::api::ApiResource::from_gvk_with_plural(
+            &kube::api::GroupVersionKind::gvk("pxb.io", "v1alpha1", &kind),
+            &plural,
+        );
+        let api: Api<DynamicObject> = Api::namespaced_with(admin.clone(), "pxb-system", &ar);
+        let object: DynamicObject = serde_json::from_value(example.clone()).expect("object");
+        let created = api
+            .create(&Default::default(), &object)
+            .await
+            .unwrap_or_else(|e| panic!("the real server refused the README's {kind}: {e}"));
+        let back = serde_json::to_value(&created).expect("json");
+        let mut pruned = Vec::new();
+        sent_fields_kept("spec", &example["spec"], &back["spec"], &mut pruned);
+        assert!(
+            pruned.is_empty(),
+            "the real server changed the README's {kind}: {pruned:?}"
+        );
+
+        let status = &statuses.iter().find(|(k, _)| *k == kind).expect("a status").1;
+        let name = created.metadata.name.clone().expect("name");
+        api.patch_status(
+            &name,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"status": status})),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{kind} status: {e}"));
+        let read = serde_json::to_value(api.get(&name).await.expect("get")).expect("json");
+        assert_eq!(
+            &read["status"], status,
+            "{kind}: the status read back differs from the one written"
+        );
+    }
+}
+
+/// Every field of `sent` is in `got` with the same value (`got` may hold more: defaults).
+fn sent_fields_kept(path: &str, sent: &Value, got: &Value, out: &mut Vec<String>) {
+    match (sent, got) {
+        (Value::Object(s), Value::Object(g)) => {
+            for (k, v) in s {
+                match g.get(k) {
+                    Some(gv) => sent_fields_kept(&format!("{path}.{k}"), v, gv, out),
+                    None => out.push(format!("{path}.{k} was dropped")),
+                }
+            }
+        }
+        _ if sent == got => {}
+        _ => out.push(format!("{path}: sent {sent}, got {got}")),
+    }
+}

@@ -749,7 +749,9 @@ async fn a_refused_kubeconfig_is_reissued_at_once() {
     let started = Instant::now();
     wait_for(
         "real-a Ready with a new kubeconfig",
-        Duration::from_secs(30),
+        // Well within the renewal (48 min): the first refused kubeconfig is replaced at once,
+        // a refused successor after 15 s (pxb-gardener's refusal hold).
+        Duration::from_secs(60),
         || async {
             let f = fleet_status(&cp, &acme).await?;
             let e = f.items.first().cloned().ok_or("no cluster")?;

@@ -727,9 +727,15 @@ async fn restore_one(
     }
     let outcome = match create(sink, &resource, &object).await {
         Ok(()) => RestoreOutcome::Created,
-        Err(Error::AlreadyExists { .. }) => {
+        Err(Refusal::Exists { refused }) => {
             if opts.existing == ExistingResourcePolicy::Retain || never_replaced(&resource) {
                 RestoreOutcome::Retained
+            } else if let Some(e) = refused.filter(|e| !deleting_cures(e)) {
+                // The cluster refused the archived object for a reason of its own (admission,
+                // validation): deleting the existing one would not let it in, only lose both.
+                failed(format!(
+                    "kept the existing object: the cluster refuses the archived one ({e})"
+                ))
             } else {
                 match sink.delete(&resource, object.namespace(), object.name()).await {
                     Ok(()) | Err(Error::NotFound { .. }) => match create(sink, &resource, &object).await {
@@ -742,7 +748,7 @@ async fn restore_one(
                 }
             }
         }
-        Err(e) => failed(e.to_string()),
+        Err(Refusal::Other(e)) => failed(e.to_string()),
     };
     if let RestoreOutcome::Failed { reason } = &outcome {
         tracing::warn!(object = %object_ref, %reason, "restore failed for one object");
@@ -753,24 +759,51 @@ async fn restore_one(
 /// The API server's answer to a Service whose node port another Service holds.
 const NODE_PORT_TAKEN: &str = "provided port is already allocated";
 
+/// Why [`create`] did not create an object.
+enum Refusal {
+    /// The object exists. `refused` is `None` when the server said so (AlreadyExists); otherwise
+    /// it refused the create for another reason and a read found the object.
+    Exists { refused: Option<Error> },
+    /// Anything else.
+    Other(Error),
+}
+
+impl std::fmt::Display for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Refusal::Exists { refused: None } => f.write_str("it exists (again)"),
+            Refusal::Exists { refused: Some(e) } => write!(f, "{e} (and it exists)"),
+            Refusal::Other(e) => e.fmt(f),
+        }
+    }
+}
+
+/// Whether deleting the existing object lets the archived one in after the server refused it
+/// for `e`: only when the existing object itself holds what the create needed (a Service's own
+/// node port). Anything else the server refuses (admission, validation) it refuses again.
+fn deleting_cures(e: &Error) -> bool {
+    matches!(e, Error::Invalid { .. }) && e.to_string().contains(NODE_PORT_TAKEN)
+}
+
 /// Creates `object`, as [`ResourceSink::create`], with two differences the real API server needs:
-/// - an object that already exists is [`Error::AlreadyExists`] whatever the create said: the
-///   server validates (and allocates node ports) before it looks for an existing object, so a
-///   second restore of a NodePort Service is refused as invalid rather than as existing;
+/// - an object that already exists is [`Refusal::Exists`] whatever the create said: the server
+///   validates (and allocates node ports) before it looks for an existing object, so a second
+///   restore of a NodePort Service is refused as invalid rather than as existing;
 /// - a Service whose node port another Service holds (a copy into a new namespace while the
 ///   original is still there) is created again without its node ports, which the server then
 ///   allocates anew.
-async fn create(sink: &dyn ResourceSink, resource: &ApiResource, object: &ResourceObject) -> Result<()> {
+async fn create(
+    sink: &dyn ResourceSink,
+    resource: &ApiResource,
+    object: &ResourceObject,
+) -> std::result::Result<(), Refusal> {
     let err = match sink.create(resource, object).await {
         Ok(_) => return Ok(()),
-        Err(e @ Error::AlreadyExists { .. }) => return Err(e),
+        Err(Error::AlreadyExists { .. }) => return Err(Refusal::Exists { refused: None }),
         Err(e) => e,
     };
     if let Ok(Some(_)) = sink.get(resource, object.namespace(), object.name()).await {
-        return Err(Error::already_exists(format!(
-            "{}: it exists already (the create said: {err})",
-            object.object_ref()
-        )));
+        return Err(Refusal::Exists { refused: Some(err) });
     }
     if matches!(err, Error::Invalid { .. })
         && err.to_string().contains(NODE_PORT_TAKEN)
@@ -781,9 +814,13 @@ async fn create(sink: &dyn ResourceSink, resource: &ApiResource, object: &Resour
             reason = %err,
             "a node port of the restored Service is taken; the cluster allocates new ones"
         );
-        return sink.create(resource, &without).await.map(|_| ());
+        return sink
+            .create(resource, &without)
+            .await
+            .map(|_| ())
+            .map_err(Refusal::Other);
     }
-    Err(err)
+    Err(Refusal::Other(err))
 }
 
 /// A Service without the node ports it names (`spec.ports[].nodePort`,

@@ -1286,6 +1286,51 @@ async fn an_existing_object_the_cluster_refuses_as_invalid_is_retained() {
     assert_eq!(report.failed, 1);
 }
 
+/// Replace deletes an existing object only when that lets the archived one in: an object the
+/// cluster refuses for a reason of its own (an admission webhook, validation) is refused again
+/// after the delete, and both would be lost. It is kept and the refusal reported.
+#[tokio::test]
+async fn replace_keeps_an_existing_object_the_cluster_refuses_for_a_reason_of_its_own() {
+    let c = fixture().await;
+    let store = InMemory::new();
+    backup_shop(&c, &store).await;
+    let target = InMemoryCluster::new();
+    target.seed(ns_obj("shop")).expect("ns");
+    target
+        .seed(cm("shop", "app-config", json!({"generation": "live"})))
+        .expect("cm");
+    target.inject_create_failure(
+        "ConfigMap",
+        Some("shop"),
+        "app-config",
+        "admission webhook \"policy.example.com\" denied the request",
+    );
+    let opts = RestoreOptions {
+        existing: ExistingResourcePolicy::Replace,
+        ..RestoreOptions::default()
+    };
+    let report = restore_resources(&store, &p("b/resources.jsonl.zst"), &target, &opts)
+        .await
+        .expect("restore runs");
+    let outcome = report
+        .objects
+        .iter()
+        .find(|o| o.object.kind == "ConfigMap" && o.object.name == "app-config")
+        .map(|o| o.outcome.clone())
+        .expect("in report");
+    assert!(
+        matches!(&outcome, RestoreOutcome::Failed { reason }
+            if reason.contains("kept the existing object") && reason.contains("webhook")),
+        "{outcome:?}"
+    );
+    let configmaps = ApiResource::new("", "v1", "ConfigMap", "configmaps", true);
+    let live = <InMemoryCluster as ResourceSource>::get(&target, &configmaps, Some("shop"), "app-config")
+        .await
+        .expect("get")
+        .expect("the existing ConfigMap is still there");
+    assert_eq!(live.as_value()["metadata"]["labels"]["generation"], "live");
+}
+
 /// A cluster whose node ports 30000..=30099 are taken, as the API server answers a Service that
 /// asks for one of them.
 struct TakenNodePorts(InMemoryCluster);

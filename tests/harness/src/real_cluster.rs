@@ -210,6 +210,18 @@ impl RealCluster {
     /// Starts etcd and kube-apiserver and waits until `/readyz` answers `ok` (at most ~60 s; the
     /// error then holds the tails of both logs). Blocks for the few seconds that takes.
     pub fn start() -> anyhow::Result<Self> {
+        Self::start_inner(None)
+    }
+
+    /// [`start`](Self::start), with etcd compacted every `interval` instead of kube-apiserver's
+    /// 5 minutes, so an old resourceVersion or continue token expires (410) within a test's
+    /// time. Only for tests of expiry: a continue token then lives only `interval` to
+    /// `2 × interval`.
+    pub fn start_compacting_every(interval: Duration) -> anyhow::Result<Self> {
+        Self::start_inner(Some(interval))
+    }
+
+    fn start_inner(compaction: Option<Duration>) -> anyhow::Result<Self> {
         let apiserver_bin = kube_apiserver_binary();
         let etcd_bin = etcd_binary();
         require_binary(&apiserver_bin, "PXB_KUBE_APISERVER")?;
@@ -323,13 +335,16 @@ impl RealCluster {
             // The `kubernetes` Service would get a loopback endpoint, which validation refuses.
             .arg("--endpoint-reconciler-type=none")
             .arg("--allow-privileged=true")
-            // Compacts etcd every 5 s (default 5 min), so an old resourceVersion or continue token
-            // expires (410) within a test's time; the watch cache still serves recent watches.
-            .arg("--etcd-compaction-interval=5s")
             // PodTemplates skip the watch cache, so a watch from a compacted resourceVersion is
             // answered from etcd: 410 Gone (the cache would replay its own window instead).
             .arg("--watch-cache-sizes=podtemplates#0")
             .arg("--profiling=false");
+        if let Some(interval) = compaction {
+            api.arg(format!(
+                "--etcd-compaction-interval={}s",
+                interval.as_secs().max(1)
+            ));
+        }
         me.apiserver = Some(Proc::spawn("kube-apiserver", api, d.join("kube-apiserver.log"))?);
         me.wait_ready(READY_TIMEOUT)?;
         Ok(me)
