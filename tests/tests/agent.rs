@@ -675,6 +675,21 @@ async fn backup_of(
     api
 }
 
+/// Object `name` in namespace `namespaces.0` and its restored copy in `namespaces.1`.
+async fn original_and_copy<K>(client: &kube::Client, namespaces: (&str, &str), name: &str) -> (K, K)
+where
+    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
+    K::DynamicType: Default,
+{
+    let get = |ns: &str| Api::<K>::namespaced(client.clone(), ns);
+    let a = get(namespaces.0).get(name).await.expect("original");
+    let b = get(namespaces.1).get(name).await.expect("restored");
+    (a, b)
+}
+
 async fn apply(client: &kube::Client, obj: serde_json::Value) {
     let obj: kube::api::DynamicObject = serde_json::from_value(obj).expect("object");
     let tm = obj.types.clone().expect("types");
@@ -894,36 +909,15 @@ async fn two_namespaces_with_a_volume_are_backed_up_and_restored_into_mapped_nam
     // Objects are equal, in their new namespaces.
     use k8s_openapi::api::apps::v1::Deployment;
     use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolume, PersistentVolumeClaim};
-    for (ns, copy, name) in [("shop", "shop-copy", "cfg"), ("blog", "blog-copy", "theme")] {
-        let a = Api::<ConfigMap>::namespaced(client.clone(), ns)
-            .get(name)
-            .await
-            .expect("original");
-        let b = Api::<ConfigMap>::namespaced(client.clone(), copy)
-            .get(name)
-            .await
-            .expect("restored");
-        assert_eq!(a.data, b.data, "{ns}/{name}");
-    }
-    let a = Api::<Deployment>::namespaced(client.clone(), "blog")
-        .get("web")
-        .await
-        .expect("original");
-    let b = Api::<Deployment>::namespaced(client.clone(), "blog-copy")
-        .get("web")
-        .await
-        .expect("restored");
-    assert_eq!(a.spec, b.spec);
     use k8s_openapi::api::core::v1::Service;
     use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
-    let a = Api::<Service>::namespaced(client.clone(), "blog")
-        .get("web")
-        .await
-        .expect("original");
-    let b = Api::<Service>::namespaced(client.clone(), "blog-copy")
-        .get("web")
-        .await
-        .expect("restored");
+    for (ns, copy, name) in [("shop", "shop-copy", "cfg"), ("blog", "blog-copy", "theme")] {
+        let (a, b) = original_and_copy::<ConfigMap>(&client, (ns, copy), name).await;
+        assert_eq!(a.data, b.data, "{ns}/{name}");
+    }
+    let (a, b) = original_and_copy::<Deployment>(&client, ("blog", "blog-copy"), "web").await;
+    assert_eq!(a.spec, b.spec);
+    let (a, b) = original_and_copy::<Service>(&client, ("blog", "blog-copy"), "web").await;
     let (a, b) = (a.spec.expect("spec"), b.spec.expect("spec"));
     assert_eq!((&a.ports, &a.selector), (&b.ports, &b.selector));
     assert_eq!(
@@ -931,14 +925,7 @@ async fn two_namespaces_with_a_volume_are_backed_up_and_restored_into_mapped_nam
         b.cluster_ip.is_some(),
         "the restored Service has a cluster IP of its own, as the original: {b:?}"
     );
-    let a = Api::<Role>::namespaced(client.clone(), "blog")
-        .get("reader")
-        .await
-        .expect("original");
-    let b = Api::<Role>::namespaced(client.clone(), "blog-copy")
-        .get("reader")
-        .await
-        .expect("restored");
+    let (a, b) = original_and_copy::<Role>(&client, ("blog", "blog-copy"), "reader").await;
     assert_eq!(a.rules, b.rules);
     let binding = Api::<RoleBinding>::namespaced(client.clone(), "blog-copy")
         .get("web-reader")
