@@ -1,5 +1,9 @@
 //! [`KubeCluster`]: the resource seams (`ResourceSource`, `ResourceSink`) over a real Kubernetes
 //! API server, through the kube client: dynamic discovery, paged lists, get, create, delete.
+//!
+//! Its continue tokens carry the last object handed out beside the server's token, so a list
+//! whose token expired (410, after etcd's compaction) goes on after that object instead of
+//! failing; deletes propagate in the background, as kubectl's do.
 
 use std::time::{Duration, Instant};
 
@@ -81,6 +85,48 @@ impl KubeCluster {
     }
 }
 
+/// Where a paged list goes on: the API server's continue token, and the key of the last object
+/// handed out, to go on after it when the token has expired.
+struct Continue {
+    server: String,
+    after: Option<(String, String)>,
+}
+
+impl Continue {
+    /// The token is the server's, then (after a newline, which a server token never holds) the
+    /// namespace and name of the last object. A token without one is the server's alone.
+    fn parse(token: &str) -> Self {
+        match token.split_once('\n') {
+            Some((server, key)) => Continue {
+                server: server.to_owned(),
+                after: key
+                    .split_once('/')
+                    .map(|(ns, name)| (ns.to_owned(), name.to_owned())),
+            },
+            None => Continue {
+                server: token.to_owned(),
+                after: None,
+            },
+        }
+    }
+
+    fn encode(&self) -> String {
+        match &self.after {
+            Some((ns, name)) => format!("{}\n{ns}/{name}", self.server),
+            None => self.server.clone(),
+        }
+    }
+}
+
+/// An object's place in a list: namespace (empty when cluster-scoped), then name, compared as
+/// bytes, as etcd orders its keys.
+fn key_of(o: &DynamicObject) -> (String, String) {
+    (
+        o.metadata.namespace.clone().unwrap_or_default(),
+        o.metadata.name.clone().unwrap_or_default(),
+    )
+}
+
 /// Maps a kube client error onto pxb's variants (one mapping for the workspace).
 fn map_err(e: kube::Error, what: &str) -> Error {
     pxb_gardener::map_kube_error(what, e)
@@ -112,21 +158,50 @@ impl ResourceSource for KubeCluster {
         continue_token: Option<&str>,
         limit: u32,
     ) -> Result<ResourcePage> {
-        let lp = ListParams {
-            label_selector: label_selector.map(str::to_owned),
-            limit: (limit > 0).then_some(limit),
-            continue_token: continue_token.map(str::to_owned),
-            ..ListParams::default()
-        };
+        let api = self.api(resource, namespace);
         let what = format!("list {}", resource.resource_name());
-        let list = self
-            .api(resource, namespace)
-            .list(&lp)
-            .await
-            .map_err(|e| map_err(e, &what))?;
-        let continue_token = list.metadata.continue_.filter(|c| !c.is_empty());
-        let items = list
-            .items
+        let (server_token, after) = match continue_token.map(Continue::parse) {
+            Some(c) => (Some(c.server), c.after),
+            None => (None, None),
+        };
+        let list_page = |token: Option<String>| {
+            let lp = ListParams {
+                label_selector: label_selector.map(str::to_owned),
+                limit: (limit > 0).then_some(limit),
+                continue_token: token,
+                ..ListParams::default()
+            };
+            let api = api.clone();
+            async move { api.list(&lp).await }
+        };
+        let (items, next) = match list_page(server_token).await {
+            Ok(list) => (list.items, list.metadata.continue_),
+            Err(kube::Error::Api(e)) if e.code == 410 && after.is_some() => {
+                // The token outlived etcd's compaction (every 5 minutes by default): list again
+                // from the start and go on after the last object already handed out. (Objects
+                // are listed in key order, namespace then name, so nothing is handed out twice;
+                // like the server's own inconsistent continuation, what changed meanwhile shows
+                // as it is now.)
+                tracing::info!(resource = %resource.resource_name(), "continue token expired; listing again after the last object");
+                let after = after.clone().unwrap_or_default();
+                let mut token = None;
+                loop {
+                    let list = list_page(token).await.map_err(|e| map_err(e, &what))?;
+                    let kept: Vec<DynamicObject> =
+                        list.items.into_iter().filter(|o| key_of(o) > after).collect();
+                    let cont = list.metadata.continue_.filter(|c| !c.is_empty());
+                    if !kept.is_empty() || cont.is_none() {
+                        break (kept, cont);
+                    }
+                    token = cont;
+                }
+            }
+            Err(e) => return Err(map_err(e, &what)),
+        };
+        let next = next.filter(|c| !c.is_empty());
+        let last = items.last().map(key_of).or(after);
+        let continue_token = next.map(|server| Continue { server, after: last }.encode());
+        let items = items
             .into_iter()
             .map(|o| to_object(resource, o))
             .collect::<Result<Vec<_>>>()?;

@@ -1016,3 +1016,83 @@ async fn a_replaced_job_is_deleted_without_orphaning_its_pods() {
     );
     assert!(api.get_opt("migrate").await.expect("get").is_none());
 }
+
+/// A paged list whose continue token expired goes on after the last object it handed out,
+/// instead of failing the backup with 410 Expired: the API server compacts etcd every 5 minutes
+/// (here every second), and a slow backup of a large namespace outlives its token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paged_list_goes_on_after_its_continue_token_expired() {
+    use pxb_core::resources::ResourceSource as _;
+    let cluster = tokio::task::spawn_blocking(|| {
+        RealCluster::start_compacting_every(Duration::from_secs(1)).expect("real cluster")
+    })
+    .await
+    .expect("start");
+    let mut objects = vec![json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "many"}})];
+    for i in 0..7 {
+        objects.push(json!({"apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {"name": format!("cm-{i}"), "namespace": "many"}, "data": {"i": i.to_string()}}));
+    }
+    create_all(&cluster, "many", objects);
+    let admin = real::admin_client(&cluster).await.expect("admin");
+    let configmaps = ApiResource::new("", "v1", "ConfigMap", "configmaps", true);
+    let sink = KubeCluster::new(admin.clone());
+    let first = sink
+        .list(&configmaps, Some("many"), None, None, 3)
+        .await
+        .expect("page 1");
+    // A raw token taken after pxb's: once it is expired, pxb's is too.
+    let raw: Api<DynamicObject> = Api::namespaced_with(
+        admin.clone(),
+        "many",
+        &kube::api::ApiResource::from_gvk_with_plural(
+            &kube::api::GroupVersionKind::gvk("", "v1", "ConfigMap"),
+            "configmaps",
+        ),
+    );
+    let raw_token = raw
+        .list(&kube::api::ListParams::default().limit(3))
+        .await
+        .expect("raw page")
+        .metadata
+        .continue_
+        .expect("a continue token");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut bump = 0;
+    loop {
+        // Writes move etcd's revision on, so the compaction passes the tokens' revision.
+        create_all(
+            &cluster,
+            &format!("bump-{bump}"),
+            vec![json!({"apiVersion": "v1", "kind": "ConfigMap",
+                "metadata": {"name": format!("bump-{bump}"), "namespace": "default"}})],
+        );
+        bump += 1;
+        match raw
+            .list(
+                &kube::api::ListParams::default()
+                    .limit(3)
+                    .continue_token(&raw_token),
+            )
+            .await
+        {
+            Err(kube::Error::Api(e)) if e.code == 410 => break,
+            other => {
+                assert!(Instant::now() < deadline, "the token never expired: {other:?}");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
+    }
+    let mut names: Vec<String> = first.items.iter().map(|o| o.name().to_owned()).collect();
+    let mut token = first.continue_token.clone();
+    while let Some(t) = token {
+        let page = sink
+            .list(&configmaps, Some("many"), None, Some(&t), 3)
+            .await
+            .expect("the list goes on after its token expired");
+        names.extend(page.items.iter().map(|o| o.name().to_owned()));
+        token = page.continue_token;
+    }
+    let expected: Vec<String> = (0..7).map(|i| format!("cm-{i}")).collect();
+    assert_eq!(names, expected, "every object once, in order");
+}
