@@ -26,37 +26,27 @@ pub mod server;
 #[cfg(feature = "demo")]
 pub mod sim;
 
-/// A log writer that removes credentials ([`pxb_core::redact::redact`]) from each formatted
-/// line before it reaches `W`: a secret that slipped into an error or a field stays out of the
-/// logs.
-pub struct RedactingWriter<W>(pub W);
-
-impl<W: std::io::Write> std::io::Write for RedactingWriter<W> {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        match std::str::from_utf8(buf) {
-            Ok(text) => self.0.write_all(pxb_core::redact::redact(text).as_bytes())?,
-            Err(_) => self.0.write_all(buf)?,
-        }
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        self.0.flush()
-    }
+/// The logging of every pxb binary ([`pxb_telemetry::init`]): `PXB_LOG` (else `default_filter`)
+/// and `PXB_LOG_FORMAT` (`text` or `json`) to stderr, with credentials removed from each line
+/// ([`pxb_core::redact::redact`]) so that a secret that slipped into an error or a field stays
+/// out of the logs. A bad variable is an error naming it.
+pub fn init_logging(default_filter: &str) -> Result<(), pxb_telemetry::Error> {
+    pxb_telemetry::init(
+        pxb_telemetry::Settings::from_env(default_filter)?.redact_with(pxb_core::redact::redact),
+    )
 }
 
-/// What every binary's `main` does: logging to stderr (`PXB_LOG`, default `info`), a multi-thread
-/// runtime, `run` on it, and an exit code (`1` with the error's chain on stderr, `3` when the
-/// runtime cannot start).
+/// What every daemon's `main` does: logging ([`init_logging`], default `info`), a multi-thread
+/// runtime, `run` on it, and an exit code (`1` with the error's chain on stderr, or with what is
+/// wrong with `PXB_LOG`/`PXB_LOG_FORMAT`; `3` when the runtime cannot start).
 pub fn run_main<F>(name: &str, run: F) -> std::process::ExitCode
 where
     F: std::future::Future<Output = anyhow::Result<()>>,
 {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("PXB_LOG").unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(|| RedactingWriter(std::io::stderr()))
-        .init();
+    if let Err(e) = init_logging("info") {
+        eprintln!("{name}: {e}");
+        return std::process::ExitCode::FAILURE;
+    }
     let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {

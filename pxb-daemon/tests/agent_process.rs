@@ -58,6 +58,7 @@ async fn the_agent_binary_runs_and_stops_on_sigterm() {
         .env("PXB_CLUSTER_NAME", "shoot-00000")
         .env("PXB_RESTORE_ROOT", dir.path().join("restores"))
         .env("PXB_LOG", "info")
+        .env("PXB_LOG_FORMAT", "json")
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
@@ -83,9 +84,25 @@ async fn the_agent_binary_runs_and_stops_on_sigterm() {
     let status: serde_json::Value = serde_json::from_str(&status).expect("json");
     assert_eq!(status["version"], env!("CARGO_PKG_VERSION"));
     assert_eq!(status["cluster"], "shoot-00000");
+    // Every series (`pxb_agent_catalog_backups` has one per synced location: none yet), in the
+    // Prometheus text format for a plain request (what promtool reads)...
     let (_, metrics) = http_get(port, "/metrics").expect("metrics");
-    assert!(metrics.contains("pxb_agent_ready 1"), "{metrics}");
+    for line in [
+        format!("pxb_agent_info{{version=\"{}\"}} 1", env!("CARGO_PKG_VERSION")),
+        "pxb_agent_ready 1".into(),
+        "# TYPE pxb_agent_location_validations_total counter".into(),
+        "pxb_agent_operations_running 0".into(),
+    ] {
+        assert!(metrics.lines().any(|l| l == line), "{line:?} not in:\n{metrics}");
+    }
     pxb_harness::promtool_check_metrics(&metrics).expect("the exposition passes promtool");
+    // ... and in OpenMetrics for Prometheus, which prefers it.
+    let accept =
+        "Accept: application/openmetrics-text;version=1.0.0;q=0.5,text/plain;version=0.0.4;q=0.3\r\n";
+    let (_, openmetrics) = http_get_with(port, "/metrics", accept).expect("metrics");
+    assert!(openmetrics.contains("# TYPE pxb_agent info\n"), "{openmetrics}");
+    assert!(openmetrics.contains("\npxb_agent_ready 1\n"), "{openmetrics}");
+    assert!(openmetrics.ends_with("# EOF\n"), "{openmetrics}");
     assert_eq!(http_get(port, "/nope").map(|r| r.0), Some(404));
 
     let locations: Api<BackupLocation> = Api::namespaced(client.clone(), "pxb-system");
@@ -136,7 +153,42 @@ async fn the_agent_binary_runs_and_stops_on_sigterm() {
         .read_to_string(&mut log)
         .expect("log");
     assert!(exit.success(), "{exit}: {log}");
-    assert!(log.contains("pxb-agent stopped"), "{log}");
+    // PXB_LOG_FORMAT=json: one JSON object a line.
+    let lines: Vec<serde_json::Value> = log
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: not a JSON line: {l}")))
+        .collect();
+    assert!(
+        lines.iter().any(|l| l["fields"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("pxb-agent stopped"))),
+        "{log}"
+    );
+}
+
+#[test]
+fn a_bad_log_setting_stops_the_agent_with_a_clear_message() {
+    for (var, value, says) in [
+        (
+            "PXB_LOG_FORMAT",
+            "xml",
+            "PXB_LOG_FORMAT=\"xml\" is not a log format (use \"text\" or \"json\")",
+        ),
+        (
+            "PXB_LOG",
+            "info,pxb=loud",
+            "PXB_LOG=\"info,pxb=loud\" is not a valid log filter",
+        ),
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_pxb-agent"))
+            .env(var, value)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run pxb-agent");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{var}={value}: {stderr}");
+        assert!(stderr.starts_with(&format!("pxb-agent: {says}")), "{stderr}");
+    }
 }
 
 #[test]

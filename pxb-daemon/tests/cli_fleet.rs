@@ -320,19 +320,57 @@ fn the_cli_drives_the_demo_fleet_end_to_end() {
     let fleet = ok_json(&config, &["fleet", "status"]);
     assert_eq!(fleet["counts"]["Ready"], 4, "{fleet}");
     assert_eq!(fleet["counts"]["Unreachable"], 1, "{fleet}");
-    // The server's metrics count what happened, and pass promtool.
-    let metrics = tokio::runtime::Builder::new_current_thread()
+    // The server's metrics count what happened, and pass promtool; Prometheus, which prefers
+    // OpenMetrics, gets that.
+    let (metrics, openmetrics) = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .expect("runtime")
         .block_on(async {
-            reqwest::get(format!("{api}/metrics"))
+            let plain = reqwest::get(format!("{api}/metrics"))
                 .await
                 .expect("metrics")
                 .text()
                 .await
-                .expect("text")
+                .expect("text");
+            let om = reqwest::Client::new()
+                .get(format!("{api}/metrics"))
+                .header(
+                    "accept",
+                    "application/openmetrics-text;version=1.0.0;q=0.5,*/*;q=0.1",
+                )
+                .send()
+                .await
+                .expect("metrics");
+            let content_type = om.headers()["content-type"].to_str().expect("ascii").to_owned();
+            (plain, (content_type, om.text().await.expect("text")))
         });
+    assert_eq!(
+        openmetrics.0,
+        "application/openmetrics-text; version=1.0.0; charset=utf-8"
+    );
+    assert!(
+        openmetrics.1.contains("# TYPE pxb_server_visits counter\n"),
+        "{}",
+        openmetrics.1
+    );
+    assert!(openmetrics.1.ends_with("# EOF\n"), "{}", openmetrics.1);
+    for series in [
+        "pxb_server_info{version=",
+        "pxb_server_clusters{state=\"Ready\"} 4",
+        "pxb_server_orgs{state=\"ready\"}",
+        "pxb_server_orgs{state=\"degraded\"} 0",
+        "pxb_server_visits_total{result=\"ok\"}",
+        "pxb_server_visits_total{result=\"failed\"}",
+        "pxb_server_orphans_deleted_total ",
+        "pxb_server_crs_written_total ",
+        "pxb_server_requests_stalled_total ",
+        "pxb_server_schedule_runs_total ",
+        "pxb_server_snapshots_total ",
+        "pxb_server_operations_active{kind=\"restore\"}",
+    ] {
+        assert!(metrics.contains(series), "{series:?} not in:\n{metrics}");
+    }
     assert!(
         metrics.contains("pxb_server_backups_imported_total 1"),
         "{metrics}"

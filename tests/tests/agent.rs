@@ -908,8 +908,8 @@ async fn two_namespaces_with_a_volume_are_backed_up_and_restored_into_mapped_nam
 
     // Objects are equal, in their new namespaces.
     use k8s_openapi::api::apps::v1::Deployment;
-    use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolume, PersistentVolumeClaim};
     use k8s_openapi::api::core::v1::Service;
+    use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolume, PersistentVolumeClaim};
     use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
     for (ns, copy, name) in [("shop", "shop-copy", "cfg"), ("blog", "blog-copy", "theme")] {
         let (a, b) = original_and_copy::<ConfigMap>(&client, (ns, copy), name).await;

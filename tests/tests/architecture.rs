@@ -11,6 +11,8 @@
 //!    first" layout (types at the bottom, behaviour above them) possible.
 //! 3. One date/time crate in the products' own code ([`TIME_CRATES`]): `jiff`, behind
 //!    `pxb_core::clock`.
+//! 4. Only `pxb-telemetry` sets up logging or writes Prometheus exposition lines
+//!    ([`TELEMETRY_ONLY`]) in the products' sources.
 //!
 //! The crate rule comes from `cargo metadata`; the file rule from a small scanner of the sources
 //! (comments, string literals and `#[cfg(test)]` items are ignored: tests may use anything).
@@ -65,11 +67,15 @@ const RULES: &[Rule] = &[
         normal: Some(&["pxb-core"]),
         dev: Some(&["pxb-core", "pxb-harness"]),
     },
+    // Logs and metrics for every binary: below even the core's users, it depends on no pxb
+    // crate (the daemon passes it the core's redaction as a function). Being a provider, no other
+    // provider may depend on it; the daemon and the test suites do.
     Rule {
         name: "pxb-telemetry",
         product: true,
-        normal: Some(&["pxb-core"]),
-        dev: Some(&["pxb-core", "pxb-harness"]),
+        normal: Some(&[]),
+        // The harness for `promtool`.
+        dev: Some(&["pxb-harness"]),
     },
     // The fleet simulator (tests/sim): a Gardener garden and Kubernetes APIs, used by the daemon.
     Rule {
@@ -1106,6 +1112,57 @@ fn no_import_circle_between_files() {
     );
 }
 
+/// Text that only `pxb-telemetry` may write: a `tracing` subscriber setup and Prometheus
+/// exposition lines.
+const TELEMETRY_ONLY: &[&str] = &["tracing_subscriber::", "# TYPE ", "# HELP "];
+
+/// Every `.rs` file under `dir`.
+fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            rust_files(&path, out);
+        } else if path.extension().is_some_and(|e| e == "rs") {
+            out.push(path);
+        }
+    }
+}
+
+#[test]
+fn only_the_telemetry_crate_sets_up_logs_or_writes_metrics() {
+    let meta = cargo_metadata();
+    let mut files = Vec::new();
+    for package in members(&meta) {
+        let name = str_of(package, "name");
+        if name == "pxb-telemetry" || !RULES.iter().any(|r| r.name == name && r.product) {
+            continue;
+        }
+        let dir = Path::new(str_of(package, "manifest_path"))
+            .parent()
+            .expect("manifest dir")
+            .join("src");
+        rust_files(&dir, &mut files);
+    }
+    assert!(files.len() > 10, "too few product sources found: {files:?}");
+    let root = workspace_root();
+    let mut bad = Vec::new();
+    for file in &files {
+        let text = std::fs::read_to_string(file).expect("read a source file");
+        for (n, line) in text.lines().enumerate() {
+            if let Some(what) = TELEMETRY_ONLY.iter().find(|w| line.contains(*w)) {
+                let path = file.strip_prefix(&root).unwrap_or(file).display();
+                bad.push(format!("{path}:{}: {what:?} in {:?}", n + 1, line.trim()));
+            }
+        }
+    }
+    assert!(
+        bad.is_empty(),
+        "logging setup and metric exposition belong to pxb-telemetry (pxb_telemetry::init, \
+         pxb_telemetry::metrics::encode):\n{}",
+        bad.join("\n")
+    );
+}
+
 // ------------------------------------------------------------------------------------------------
 // The scanner itself, on made-up crates (so that it cannot pass by finding nothing).
 // ------------------------------------------------------------------------------------------------
@@ -1190,11 +1247,12 @@ fn the_dependency_rule_catches_violations() {
         |name: &str, deps: Vec<Value>| serde_json::json!({"id": name, "name": name, "dependencies": deps});
     let normal = |pkg: &str| serde_json::json!({"pkg": pkg, "dep_kinds": [{"kind": null}]});
     let meta = serde_json::json!({
-        "workspace_members": ["pxb-core", "pxb-azure", "pxb-gardener", "pxb-daemon", "pxb-tests", "pxb-new"],
+        "workspace_members": ["pxb-core", "pxb-azure", "pxb-gardener", "pxb-telemetry", "pxb-daemon", "pxb-tests", "pxb-new"],
         "packages": [
             package("pxb-core", vec![dep("pxb-azure", Value::Null)]),
             package("pxb-azure", vec![dep("pxb-core", Value::Null), dep("pxb-gardener", Value::Null)]),
             package("pxb-gardener", vec![dep("pxb-core", Value::Null)]),
+            package("pxb-telemetry", vec![dep("pxb-core", Value::Null)]),
             package("pxb-daemon", vec![dep("pxb-core", Value::Null), dep("pxb-tests", "dev".into())]),
             package("pxb-tests", vec![dep("pxb-daemon", Value::Null)]),
             package("pxb-new", vec![]),
@@ -1213,6 +1271,7 @@ fn the_dependency_rule_catches_violations() {
         "pxb-core has a normal dependency on pxb-azure, but the rule allows it only none",
         "pxb-azure has a normal dependency on pxb-gardener: providers never depend on each other",
         "pxb-daemon has a dev dependency on pxb-tests, but the rule allows it only pxb-core, pxb-harness, pxb-sim",
+        "pxb-telemetry has a normal dependency on pxb-core, but the rule allows it only none",
         "pxb-core depends on reqwest (pxb-core -> url -> reqwest): the core is network-free",
     ] {
         assert!(bad.contains(expected), "{expected:?} not in:\n{bad}");

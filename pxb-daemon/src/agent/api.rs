@@ -3,7 +3,8 @@
 //! inbound path into the tenant network is needed.
 //!
 //! - `GET /healthz`, `GET /readyz`: liveness and readiness (ready while the controllers run).
-//! - `GET /metrics`: Prometheus text.
+//! - `GET /metrics`: Prometheus metrics (OpenMetrics when the `Accept` header prefers it, else
+//!   the Prometheus text format; [`pxb_telemetry::metrics::encode`]).
 //! - `GET /v1/status`: version, cluster, namespace, synced locations.
 //! - `GET /v1/catalog?location=NAME[&cluster=C][&namespace=N][&since=T][&until=T][&limit=N][&continue=ID]`:
 //!   the backups the last sync found, oldest first, paged (`T` in Unix seconds or RFC 3339).
@@ -31,6 +32,11 @@ use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use pxb_core::backup::Summary;
+use pxb_telemetry::prometheus_client::metrics::counter::Counter;
+use pxb_telemetry::prometheus_client::metrics::family::Family;
+use pxb_telemetry::prometheus_client::metrics::gauge::Gauge;
+use pxb_telemetry::prometheus_client::metrics::info::Info;
+use pxb_telemetry::prometheus_client::registry::Registry;
 use serde_json::{Value, json};
 
 use super::backups;
@@ -145,13 +151,15 @@ fn time_param(q: &BTreeMap<String, String>, key: &str) -> Result<Option<u64>, St
         .ok_or_else(|| format!("{key}={v:?} is neither Unix seconds nor RFC 3339"))
 }
 
-/// Answers one request; `token` is the [`TOKEN_HEADER`] it carried.
+/// Answers one request; `token` is the [`TOKEN_HEADER`] it carried, `accept` its `Accept` header
+/// (which chooses the metrics' format).
 pub(crate) fn handle(
     state: &ApiState,
     method: &Method,
     path: &str,
     query: Option<&str>,
     token: Option<&[u8]>,
+    accept: Option<&str>,
 ) -> Response<Full<Bytes>> {
     if method != Method::GET {
         return error(StatusCode::METHOD_NOT_ALLOWED, "this API is read-only");
@@ -177,7 +185,10 @@ pub(crate) fn handle(
             "not ready\n".into(),
             "text/plain",
         ),
-        "/metrics" => text(StatusCode::OK, metrics(state), "text/plain; version=0.0.4"),
+        "/metrics" => {
+            let e = pxb_telemetry::metrics::encode(&metrics(state), accept);
+            text(StatusCode::OK, e.body, e.content_type)
+        }
         "/v1/status" => reply(
             StatusCode::OK,
             &json!({"version": VERSION, "cluster": lctx.config.cluster_name, "namespace": lctx.config.namespace,
@@ -247,37 +258,49 @@ fn catalog(state: &ApiState, q: &BTreeMap<String, String>) -> Response<Full<Byte
     )
 }
 
-fn metrics(state: &ApiState) -> String {
+/// The agent's metrics, built from its state at each scrape ([`pxb_telemetry::metrics`]).
+fn metrics(state: &ApiState) -> Registry {
     let lctx = &state.backups.locations;
-    let mut out = String::new();
-    out += "# HELP pxb_agent_info The agent's version.\n# TYPE pxb_agent_info gauge\n";
-    out += &format!("pxb_agent_info{{version=\"{VERSION}\"}} 1\n");
-    out +=
-        "# HELP pxb_agent_ready Whether the agent's controllers are running.\n# TYPE pxb_agent_ready gauge\n";
-    out += &format!(
-        "pxb_agent_ready {}\n",
-        u8::from(state.ready.load(Ordering::Relaxed))
+    let mut r = Registry::default();
+    r.register(
+        "pxb_agent",
+        "The agent's version",
+        Info::new(vec![("version", VERSION)]),
     );
-    out += "# HELP pxb_agent_location_validations_total Location validations run.\n";
-    out += "# TYPE pxb_agent_location_validations_total counter\n";
-    out += &format!("pxb_agent_location_validations_total {}\n", lctx.validations());
-    out += "# HELP pxb_agent_operations_running Backups and restores running.\n# TYPE pxb_agent_operations_running gauge\n";
-    out += &format!(
-        "pxb_agent_operations_running {}\n",
-        state.backups.operations().len()
+    let ready: Gauge = Gauge::default();
+    ready.set(i64::from(state.ready.load(Ordering::Relaxed)));
+    r.register(
+        "pxb_agent_ready",
+        "Whether the agent's controllers are running",
+        ready,
     );
-    out += "# HELP pxb_agent_catalog_backups Backups found by the last sync of a location.\n";
-    out += "# TYPE pxb_agent_catalog_backups gauge\n";
+    let validations: Counter = Counter::default();
+    validations.inc_by(lctx.validations());
+    r.register(
+        "pxb_agent_location_validations",
+        "Location validations run",
+        validations,
+    );
+    let running: Gauge = Gauge::default();
+    running.set(i64::try_from(state.backups.operations().len()).unwrap_or(i64::MAX));
+    r.register(
+        "pxb_agent_operations_running",
+        "Backups and restores running",
+        running,
+    );
+    let catalog = Family::<[(&'static str, String); 1], Gauge>::default();
     for name in lctx.synced_locations() {
         if let Some(c) = lctx.catalog(&name) {
-            let label = name.replace('\\', "\\\\").replace('"', "\\\"");
-            out += &format!(
-                "pxb_agent_catalog_backups{{location=\"{label}\"}} {}\n",
-                c.backups.len()
-            );
+            let n = i64::try_from(c.backups.len()).unwrap_or(i64::MAX);
+            catalog.get_or_create(&[("location", name)]).set(n);
         }
     }
-    out
+    r.register(
+        "pxb_agent_catalog_backups",
+        "Backups found by the last sync of a location",
+        catalog,
+    );
+    r
 }
 
 /// Serves the API on `listener` until the returned task is aborted.
@@ -291,7 +314,18 @@ pub(crate) fn serve(listener: tokio::net::TcpListener, state: Arc<ApiState>) -> 
             tokio::spawn(async move {
                 let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
                     let token = req.headers().get(TOKEN_HEADER).map(|v| v.as_bytes());
-                    let r = handle(&state, req.method(), req.uri().path(), req.uri().query(), token);
+                    let accept = req
+                        .headers()
+                        .get(hyper::header::ACCEPT)
+                        .and_then(|v| v.to_str().ok());
+                    let r = handle(
+                        &state,
+                        req.method(),
+                        req.uri().path(),
+                        req.uri().query(),
+                        token,
+                        accept,
+                    );
                     async move { Ok::<_, Infallible>(r) }
                 });
                 let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())

@@ -6,13 +6,10 @@ use clap::Parser;
 
 fn main() -> ExitCode {
     let cli = pxb_daemon::cli::Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("PXB_LOG")
-                .unwrap_or_else(|_| cli.default_log_filter().into()),
-        )
-        .with_writer(|| pxb_daemon::RedactingWriter(std::io::stderr()))
-        .init();
+    if let Err(e) = pxb_daemon::init_logging(cli.default_log_filter()) {
+        eprintln!("pxb: {e}");
+        return ExitCode::FAILURE;
+    }
     match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt.block_on(pxb_daemon::cli::run(cli)),
         Err(e) => {

@@ -39,12 +39,13 @@ async fn run(args: Vec<String>) -> anyhow::Result<bool> {
 }
 
 fn main() -> ExitCode {
-    // Logs of the server and the agents on stderr, with PXB_LOG (e.g. PXB_LOG=info).
-    if let Ok(filter) = std::env::var("PXB_LOG") {
-        tracing_subscriber::fmt()
-            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
-            .with_writer(std::io::stderr)
-            .init();
+    // Logs of the server and the agents on stderr, only with PXB_LOG (e.g. PXB_LOG=info), in the
+    // format of PXB_LOG_FORMAT.
+    if std::env::var_os("PXB_LOG").is_some()
+        && let Err(e) = pxb_daemon::init_logging("off")
+    {
+        eprintln!("pxb-demo: {e}");
+        return ExitCode::FAILURE;
     }
     let args: Vec<String> = std::env::args().skip(1).collect();
     if pxb_daemon::demo::wants_help(&args) {

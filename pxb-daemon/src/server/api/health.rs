@@ -1,16 +1,21 @@
 //! What probes and monitoring read, without an org: `/healthz`, `/readyz` and `/metrics`
-//! (Prometheus text).
+//! (Prometheus metrics through [`pxb_telemetry`]).
 
 use std::collections::BTreeMap;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use axum::Json;
 use axum::extract::{FromRequestParts, State};
-use axum::http::header;
 use axum::http::request::Parts;
+use axum::http::{HeaderMap, header};
 use axum::response::IntoResponse;
 
 use pxb_core::api::rest::Readiness;
+use pxb_telemetry::prometheus_client::metrics::counter::Counter;
+use pxb_telemetry::prometheus_client::metrics::family::Family;
+use pxb_telemetry::prometheus_client::metrics::gauge::Gauge;
+use pxb_telemetry::prometheus_client::metrics::info::Info;
+use pxb_telemetry::prometheus_client::registry::Registry;
 
 use crate::server::auth::Caller;
 use crate::server::state::{OrgState, Server};
@@ -40,80 +45,102 @@ pub(crate) async fn readyz(State(s): State<Server>, mut parts: Parts) -> Json<Re
     })
 }
 
-pub(crate) async fn metrics(State(s): State<Server>) -> impl IntoResponse {
+/// `/metrics`: a registry built from the server's state at each scrape, in the format the
+/// `Accept` header asks for ([`pxb_telemetry::metrics::encode`]).
+pub(crate) async fn metrics(State(s): State<Server>, headers: HeaderMap) -> impl IntoResponse {
+    let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
+    let e = pxb_telemetry::metrics::encode(&registry(&s), accept);
+    ([(header::CONTENT_TYPE, e.content_type)], e.body)
+}
+
+/// One label, the only kind the server's families have.
+type Label = [(&'static str, &'static str); 1];
+
+/// A count as a gauge value.
+fn int(v: impl TryInto<i64>) -> i64 {
+    v.try_into().unwrap_or(i64::MAX)
+}
+
+fn counter(v: &AtomicU64) -> Counter {
+    let c = Counter::default();
+    c.inc_by(v.load(Ordering::Relaxed));
+    c
+}
+
+/// The server's series, from its state now.
+fn registry(s: &Server) -> Registry {
     let snap = s.snapshot();
     let m = s.metrics();
-    let mut out = String::new();
-    out += "# HELP pxb_server_info The server's version.\n# TYPE pxb_server_info gauge\n";
-    out += &format!(
-        "pxb_server_info{{version=\"{}\"}} 1\n",
-        pxb_core::api::agent::VERSION
+    let mut r = Registry::default();
+    r.register(
+        "pxb_server",
+        "The server's version",
+        Info::new(vec![("version", pxb_core::api::agent::VERSION)]),
     );
-    out += "# HELP pxb_server_clusters Clusters by state.\n# TYPE pxb_server_clusters gauge\n";
+    let clusters = Family::<Label, Gauge>::default();
     for (state, n) in snap.total_counts() {
-        out += &format!("pxb_server_clusters{{state=\"{state}\"}} {n}\n");
+        clusters.get_or_create(&[("state", state)]).set(int(n));
     }
+    r.register("pxb_server_clusters", "Clusters by state", clusters);
     let orgs = s.orgs();
     let degraded = orgs
         .values()
         .filter(|o| matches!(o, OrgState::Degraded { .. }))
         .count();
-    out += "# HELP pxb_server_orgs Orgs by state.\n# TYPE pxb_server_orgs gauge\n";
-    out += &format!("pxb_server_orgs{{state=\"ready\"}} {}\n", orgs.len() - degraded);
-    out += &format!("pxb_server_orgs{{state=\"degraded\"}} {degraded}\n");
-    let counter = |out: &mut String, name: &str, help: &str, v: u64| {
-        *out += &format!("# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}\n");
-    };
-    out +=
-        "# HELP pxb_server_visits_total Cluster visits by result.\n# TYPE pxb_server_visits_total counter\n";
-    out += &format!(
-        "pxb_server_visits_total{{result=\"ok\"}} {}\n",
-        m.visits_ok.load(Ordering::Relaxed)
+    let by_state = Family::<Label, Gauge>::default();
+    by_state
+        .get_or_create(&[("state", "ready")])
+        .set(int(orgs.len() - degraded));
+    by_state
+        .get_or_create(&[("state", "degraded")])
+        .set(int(degraded));
+    r.register("pxb_server_orgs", "Orgs by state", by_state);
+    let visits = Family::<Label, Counter>::default();
+    visits
+        .get_or_create(&[("result", "ok")])
+        .inc_by(m.visits_ok.load(Ordering::Relaxed));
+    visits
+        .get_or_create(&[("result", "failed")])
+        .inc_by(m.visits_failed.load(Ordering::Relaxed));
+    r.register("pxb_server_visits", "Cluster visits by result", visits);
+    r.register(
+        "pxb_server_orphans_deleted",
+        "Orphaned objects deleted from clusters",
+        counter(&m.orphans_deleted),
     );
-    out += &format!(
-        "pxb_server_visits_total{{result=\"failed\"}} {}\n",
-        m.visits_failed.load(Ordering::Relaxed)
+    r.register(
+        "pxb_server_crs_written",
+        "BackupLocation CRs created or updated",
+        counter(&m.crs_written),
     );
-    counter(
-        &mut out,
-        "pxb_server_orphans_deleted_total",
-        "Orphaned objects deleted from clusters.",
-        m.orphans_deleted.load(Ordering::Relaxed),
+    r.register(
+        "pxb_server_requests_stalled",
+        "Requests that lost their heartbeat lease",
+        counter(&m.stalled),
     );
-    counter(
-        &mut out,
-        "pxb_server_crs_written_total",
-        "BackupLocation CRs created or updated.",
-        m.crs_written.load(Ordering::Relaxed),
+    r.register(
+        "pxb_server_backups_imported",
+        "Backups found by syncs and imported into the catalog",
+        counter(&m.imported),
     );
-    counter(
-        &mut out,
-        "pxb_server_requests_stalled_total",
-        "Requests that lost their heartbeat lease.",
-        m.stalled.load(Ordering::Relaxed),
-    );
-    counter(
-        &mut out,
-        "pxb_server_backups_imported_total",
-        "Backups found by syncs and imported into the catalog.",
-        m.imported.load(Ordering::Relaxed),
-    );
-    counter(
-        &mut out,
-        "pxb_server_schedule_runs_total",
-        "Schedule slots fired.",
-        m.schedule_runs.load(Ordering::Relaxed),
+    r.register(
+        "pxb_server_schedule_runs",
+        "Schedule slots fired",
+        counter(&m.schedule_runs),
     );
     let (backups, restores) = s.active_operations();
-    out += "# HELP pxb_server_operations_active Backups and restores the server drives now.\n";
-    out += "# TYPE pxb_server_operations_active gauge\n";
-    out += &format!("pxb_server_operations_active{{kind=\"backup\"}} {backups}\n");
-    out += &format!("pxb_server_operations_active{{kind=\"restore\"}} {restores}\n");
-    counter(
-        &mut out,
-        "pxb_server_snapshots_total",
-        "Fleet status snapshots built.",
-        m.snapshots.load(Ordering::Relaxed),
+    let active = Family::<Label, Gauge>::default();
+    active.get_or_create(&[("kind", "backup")]).set(int(backups));
+    active.get_or_create(&[("kind", "restore")]).set(int(restores));
+    r.register(
+        "pxb_server_operations_active",
+        "Backups and restores the server drives now",
+        active,
     );
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out)
+    r.register(
+        "pxb_server_snapshots",
+        "Fleet status snapshots built",
+        counter(&m.snapshots),
+    );
+    r
 }

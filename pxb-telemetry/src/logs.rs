@@ -1,0 +1,328 @@
+//! The logging setup of every pxb binary: a `tracing` subscriber writing to stderr, configured by
+//! [`Settings`] (usually from the environment, [`Settings::from_env`]).
+//!
+//! | Variable         | Values                                     | Default |
+//! |------------------|--------------------------------------------|---------|
+//! | `PXB_LOG`        | an `EnvFilter` directive, e.g. `info,pxb_daemon=debug` | `info` (the CLI: `warn`) |
+//! | `PXB_LOG_FORMAT` | `text` (human-readable) or `json` (one JSON object per line) | `text` |
+
+use std::borrow::Cow;
+use std::io::{IsTerminal as _, Write};
+
+use tracing_subscriber::EnvFilter;
+use tracing_subscriber::fmt::MakeWriter;
+
+/// The variable holding the level filter.
+pub const LOG_VAR: &str = "PXB_LOG";
+/// The variable holding the line format.
+pub const FORMAT_VAR: &str = "PXB_LOG_FORMAT";
+
+/// A function applied to each formatted log line before it is written, e.g. one that removes
+/// credentials (`pxb_core::redact::redact`).
+pub type Redactor = for<'a> fn(&'a str) -> Cow<'a, str>;
+
+/// Why logging could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// `PXB_LOG_FORMAT` names no format.
+    #[error("{FORMAT_VAR}={0:?} is not a log format (use \"text\" or \"json\")")]
+    UnknownFormat(String),
+    /// `PXB_LOG` is not a valid filter directive.
+    #[error(
+        "{LOG_VAR}={filter:?} is not a valid log filter ({reason}); e.g. PXB_LOG=info or PXB_LOG=warn,pxb_daemon=debug"
+    )]
+    BadFilter {
+        /// The directive as given.
+        filter: String,
+        /// The parser's complaint.
+        reason: String,
+    },
+    /// A global subscriber was set before (by an earlier [`init`]).
+    #[error("logging is already set up in this process")]
+    AlreadySet,
+}
+
+/// How each log line looks.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Human-readable lines (`tracing-subscriber`'s default format).
+    #[default]
+    Text,
+    /// One JSON object per line, for log collectors: `timestamp`, `level`, `target`, `fields`
+    /// (with `message`) and the current `span` and `spans`.
+    Json,
+}
+
+impl std::str::FromStr for LogFormat {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self, Error> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "text" => Ok(LogFormat::Text),
+            "json" => Ok(LogFormat::Json),
+            _ => Err(Error::UnknownFormat(s.to_owned())),
+        }
+    }
+}
+
+/// What [`init`] sets up.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// An `EnvFilter` directive (`info`, `warn,pxb_daemon=debug`, `off`, …).
+    pub filter: String,
+    /// The line format.
+    pub format: LogFormat,
+    /// Applied to each formatted line before it is written.
+    pub redact: Option<Redactor>,
+    /// Colours in text lines (never in JSON). [`Settings::from_env`] turns them on only when
+    /// stderr is a terminal, so files and log collectors get plain text.
+    pub ansi: bool,
+}
+
+impl Default for Settings {
+    /// `info`, text, no redaction, no colours.
+    fn default() -> Self {
+        Settings {
+            filter: "info".into(),
+            format: LogFormat::Text,
+            redact: None,
+            ansi: false,
+        }
+    }
+}
+
+impl Settings {
+    /// The settings from `PXB_LOG` (else `default_filter`) and `PXB_LOG_FORMAT` (else `text`);
+    /// an empty variable counts as unset.
+    pub fn from_env(default_filter: &str) -> Result<Settings, Error> {
+        let mut settings = Settings::from_vars(default_filter, |k| std::env::var(k).ok())?;
+        settings.ansi = std::io::stderr().is_terminal();
+        Ok(settings)
+    }
+
+    /// [`Settings::from_env`] over any source of variables (for tests); no colours.
+    pub fn from_vars(default_filter: &str, var: impl Fn(&str) -> Option<String>) -> Result<Settings, Error> {
+        let set = |k| var(k).filter(|v: &String| !v.trim().is_empty());
+        let settings = Settings {
+            filter: set(LOG_VAR).unwrap_or_else(|| default_filter.to_owned()),
+            format: set(FORMAT_VAR)
+                .map(|f| f.parse())
+                .transpose()?
+                .unwrap_or_default(),
+            redact: None,
+            ansi: false,
+        };
+        settings.env_filter()?;
+        Ok(settings)
+    }
+
+    /// These settings, with `redact` applied to every line.
+    pub fn redact_with(mut self, redact: Redactor) -> Settings {
+        self.redact = Some(redact);
+        self
+    }
+
+    fn env_filter(&self) -> Result<EnvFilter, Error> {
+        EnvFilter::try_new(&self.filter).map_err(|e| Error::BadFilter {
+            filter: self.filter.clone(),
+            reason: e.to_string(),
+        })
+    }
+
+    /// The subscriber these settings describe, writing to `writer` (stderr for [`init`]); for
+    /// tests, with `tracing::subscriber::with_default`.
+    pub fn subscriber<W>(&self, writer: W) -> Result<Box<dyn tracing::Subscriber + Send + Sync>, Error>
+    where
+        W: for<'w> MakeWriter<'w> + Send + Sync + 'static,
+    {
+        let filter = self.env_filter()?;
+        let writer = RedactingMakeWriter {
+            inner: writer,
+            redact: self.redact,
+        };
+        let builder = tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(writer);
+        Ok(match self.format {
+            LogFormat::Text => Box::new(builder.with_ansi(self.ansi).finish()),
+            LogFormat::Json => Box::new(
+                builder
+                    .json()
+                    .with_current_span(true)
+                    .with_span_list(true)
+                    .with_ansi(false)
+                    .finish(),
+            ),
+        })
+    }
+}
+
+/// Sets up logging to stderr for the whole process as `settings` say.
+pub fn init(settings: Settings) -> Result<(), Error> {
+    let subscriber = settings.subscriber(std::io::stderr)?;
+    tracing::subscriber::set_global_default(subscriber).map_err(|_| Error::AlreadySet)
+}
+
+/// [`init`] with [`Settings::from_env`]`("info")`.
+pub fn init_from_env() -> Result<(), Error> {
+    init(Settings::from_env("info")?)
+}
+
+/// Wraps each writer `inner` makes in a [`Redacting`] one.
+struct RedactingMakeWriter<W> {
+    inner: W,
+    redact: Option<Redactor>,
+}
+
+impl<'a, W: MakeWriter<'a>> MakeWriter<'a> for RedactingMakeWriter<W> {
+    type Writer = Redacting<W::Writer>;
+    fn make_writer(&'a self) -> Self::Writer {
+        Redacting {
+            inner: self.inner.make_writer(),
+            redact: self.redact,
+        }
+    }
+}
+
+/// A writer applying a [`Redactor`] to each buffer (the formatter writes one whole line at a
+/// time) before it reaches `inner`.
+struct Redacting<W> {
+    inner: W,
+    redact: Option<Redactor>,
+}
+
+impl<W: Write> Write for Redacting<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match (self.redact, std::str::from_utf8(buf)) {
+            (Some(redact), Ok(text)) => self.inner.write_all(redact(text).as_bytes())?,
+            _ => self.inner.write_all(buf)?,
+        }
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use super::*;
+
+    /// A writer into a shared buffer.
+    #[derive(Clone, Default)]
+    struct Buffer(Arc<Mutex<Vec<u8>>>);
+
+    impl Write for Buffer {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().expect("lock").extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl Buffer {
+        fn text(&self) -> String {
+            String::from_utf8(self.0.lock().expect("lock").clone()).expect("utf-8")
+        }
+    }
+
+    fn vars(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+        let pairs: Vec<(String, String)> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        move |k| pairs.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone())
+    }
+
+    fn log_with(settings: &Settings) -> String {
+        let buffer = Buffer::default();
+        let out = buffer.clone();
+        let subscriber = settings.subscriber(move || out.clone()).expect("subscriber");
+        tracing::subscriber::with_default(subscriber, || {
+            let span = tracing::info_span!("visit", cluster = "shoot-1");
+            let _entered = span.enter();
+            tracing::debug!("hidden at info");
+            tracing::info!(location = "loc-a", "validated with token s3cr3t");
+        });
+        buffer.text()
+    }
+
+    #[test]
+    fn defaults_are_info_and_text() {
+        let s = Settings::from_vars("info", vars(&[])).expect("settings");
+        assert_eq!((s.filter.as_str(), s.format), ("info", LogFormat::Text));
+        let s = Settings::from_vars("warn", vars(&[(LOG_VAR, " "), (FORMAT_VAR, "")])).expect("settings");
+        assert_eq!((s.filter.as_str(), s.format), ("warn", LogFormat::Text));
+        let s =
+            Settings::from_vars("info", vars(&[(LOG_VAR, "debug"), (FORMAT_VAR, "JSON")])).expect("settings");
+        assert_eq!((s.filter.as_str(), s.format), ("debug", LogFormat::Json));
+    }
+
+    #[test]
+    fn a_bad_format_or_filter_is_an_error_that_names_the_variable() {
+        let e = Settings::from_vars("info", vars(&[(FORMAT_VAR, "xml")])).expect_err("xml");
+        assert_eq!(
+            e.to_string(),
+            "PXB_LOG_FORMAT=\"xml\" is not a log format (use \"text\" or \"json\")"
+        );
+        let e = Settings::from_vars("info", vars(&[(LOG_VAR, "info,pxb=loud")])).expect_err("bad filter");
+        assert!(
+            e.to_string()
+                .starts_with("PXB_LOG=\"info,pxb=loud\" is not a valid log filter"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn text_lines_carry_the_span_fields_and_respect_the_level() {
+        let out = log_with(&Settings::default());
+        assert_eq!(out.lines().count(), 1, "{out}");
+        assert!(out.contains("visit{cluster=\"shoot-1\"}"), "{out}");
+        assert!(
+            out.contains("validated with token s3cr3t location=\"loc-a\""),
+            "{out}"
+        );
+        assert!(!out.contains("hidden"), "{out}");
+    }
+
+    #[test]
+    fn json_lines_are_one_object_each() {
+        let settings = Settings {
+            format: LogFormat::Json,
+            ..Settings::default()
+        };
+        let out = log_with(&settings);
+        let lines: Vec<serde_json::Value> = out
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("a JSON object per line"))
+            .collect();
+        assert_eq!(lines.len(), 1, "{out}");
+        let line = &lines[0];
+        assert_eq!(line["level"], "INFO");
+        assert_eq!(line["fields"]["message"], "validated with token s3cr3t");
+        assert_eq!(line["fields"]["location"], "loc-a");
+        assert_eq!(line["span"]["name"], "visit");
+        assert_eq!(line["span"]["cluster"], "shoot-1");
+        assert!(!out.contains('\u{1b}'), "no ANSI escapes in JSON: {out}");
+    }
+
+    #[test]
+    fn the_redactor_sees_every_line_in_both_formats() {
+        fn redact(line: &str) -> Cow<'_, str> {
+            Cow::Owned(line.replace("s3cr3t", "[REDACTED]"))
+        }
+        for format in [LogFormat::Text, LogFormat::Json] {
+            let settings = Settings {
+                format,
+                ..Settings::default()
+            }
+            .redact_with(redact);
+            let out = log_with(&settings);
+            assert!(out.contains("token [REDACTED]"), "{format:?}: {out}");
+            assert!(!out.contains("s3cr3t"), "{format:?}: {out}");
+        }
+    }
+}
