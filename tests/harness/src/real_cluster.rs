@@ -18,7 +18,8 @@
 //! (run by `scripts/install-deps`) caches under `$HOME/.cache/pxb/` for the versions in
 //! `scripts/kube/VERSIONS`. A missing binary is an error that says so, never a skip. Both
 //! processes are stopped by their own process ids when the fixture is dropped, and by a small
-//! watcher process when the test process dies without dropping it.
+//! watcher process (which also removes the fixture's directory) when the test process ends
+//! without dropping it, as it does for a fixture kept in a `static`.
 
 use std::io::{Read as _, Write as _};
 use std::net::TcpStream;
@@ -122,7 +123,10 @@ struct Proc {
 }
 
 impl Proc {
-    fn spawn(name: &'static str, mut cmd: Command, log: PathBuf) -> anyhow::Result<Self> {
+    /// Starts `cmd`, logging to `log`. When the test process is gone without dropping the
+    /// fixture (a fixture in a `static` never is), the watcher kills the process and, if
+    /// `dir` is given, removes the fixture's directory.
+    fn spawn(name: &'static str, mut cmd: Command, log: PathBuf, dir: Option<&Path>) -> anyhow::Result<Self> {
         let out = std::fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?;
         let child = cmd
             .stdin(Stdio::null())
@@ -130,16 +134,23 @@ impl Proc {
             .stderr(out)
             .spawn()
             .with_context(|| format!("starting {name} ({:?})", cmd.get_program()))?;
-        // Kills the process by its id when the test process is gone without dropping the fixture;
-        // exits by itself once the process has ended.
+        // Kills the process by its id when the test process is gone without dropping the fixture
+        // (and then removes the fixture's directory, only one named like ours); exits by itself
+        // once the process has ended.
         let watcher = Command::new("sh")
             .arg("-c")
             .arg(
-                r#"while kill -0 "$1" 2>/dev/null && kill -0 "$2" 2>/dev/null; do sleep 1; done; kill -KILL "$2" 2>/dev/null; exit 0"#,
+                r#"while kill -0 "$1" 2>/dev/null && kill -0 "$2" 2>/dev/null; do sleep 1; done
+kill -KILL "$2" 2>/dev/null
+if ! kill -0 "$1" 2>/dev/null; then
+  case "$3" in */pxb-real-cluster-*) sleep 1; rm -rf -- "$3" ;; esac
+fi
+exit 0"#,
             )
             .arg("pxb-real-cluster-watcher")
             .arg(std::process::id().to_string())
             .arg(child.id().to_string())
+            .arg(dir.map(|d| d.display().to_string()).unwrap_or_default())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -304,7 +315,7 @@ impl RealCluster {
             .arg(format!("--listen-peer-urls={peer_url}"))
             .arg(format!("--initial-advertise-peer-urls={peer_url}"))
             .arg(format!("--initial-cluster=pxb={peer_url}"));
-        me.etcd = Some(Proc::spawn("etcd", etcd, d.join("etcd.log"))?);
+        me.etcd = Some(Proc::spawn("etcd", etcd, d.join("etcd.log"), Some(d.as_path()))?);
         me.wait_for_etcd(Duration::from_secs(20))?;
 
         // kube-apiserver.
@@ -345,7 +356,12 @@ impl RealCluster {
                 interval.as_secs().max(1)
             ));
         }
-        me.apiserver = Some(Proc::spawn("kube-apiserver", api, d.join("kube-apiserver.log"))?);
+        me.apiserver = Some(Proc::spawn(
+            "kube-apiserver",
+            api,
+            d.join("kube-apiserver.log"),
+            None,
+        )?);
         me.wait_ready(READY_TIMEOUT)?;
         Ok(me)
     }
