@@ -1,5 +1,6 @@
 //! The `pxb-agent` binary as a process: configured from its environment, against a simulated
-//! shoot; it validates a location, serves its read API, and stops cleanly on SIGTERM.
+//! shoot; it validates a location (logging in the location's span), serves its read API, and
+//! stops cleanly on SIGTERM.
 
 use std::io::{Read as _, Write as _};
 use std::process::{Command, Stdio};
@@ -163,6 +164,19 @@ async fn the_agent_binary_runs_and_stops_on_sigterm() {
             .as_str()
             .is_some_and(|m| m.contains("pxb-agent stopped"))),
         "{log}"
+    );
+    // The location's reconcile logs in its span, which names it.
+    let validated = lines
+        .iter()
+        .find(|l| l["fields"]["message"] == "location validated")
+        .unwrap_or_else(|| panic!("no validation line:\n{log}"));
+    assert_eq!(validated["span"]["name"], "reconcile", "{validated}");
+    assert_eq!(validated["span"]["location"], "local", "{validated}");
+    assert!(
+        validated["spans"]
+            .as_array()
+            .is_some_and(|s| s.iter().any(|s| s["location"] == "local")),
+        "{validated}"
     );
 }
 

@@ -27,6 +27,7 @@ use pxb_core::backup::volume::{VolumeBackupOptions, backup_volume};
 use pxb_core::backup::{BackupStatus, Repository, VolumeRef};
 use pxb_core::resources::{LabelSelector, ResourceSelector};
 use serde_json::json;
+use tracing::Instrument as _;
 
 use super::controller::{with_heartbeat, with_nulls};
 use super::locations::{self, ReconcileError};
@@ -279,7 +280,21 @@ async fn finalize(
     Ok(Action::await_change())
 }
 
+/// One reconcile of a backup, inside its span (`backup`, `location`): every line it logs, its
+/// data operations and the deletion of its data included, names both.
 async fn reconcile(cached: Arc<ApplicationBackup>, ctx: Arc<Context>) -> Result<Action, ReconcileError> {
+    let span = tracing::info_span!(
+        "reconcile",
+        backup = %cached.name_any(),
+        location = %super::controller::span_field(&cached.spec.location),
+    );
+    reconcile_backup(cached, ctx).instrument(span).await
+}
+
+async fn reconcile_backup(
+    cached: Arc<ApplicationBackup>,
+    ctx: Arc<Context>,
+) -> Result<Action, ReconcileError> {
     let name = cached.name_any();
     let api: Api<ApplicationBackup> =
         Api::namespaced(ctx.locations.client.clone(), &ctx.locations.config.namespace);
@@ -407,7 +422,7 @@ async fn run(
         (Some(a), Some(b)) => Some(format!("{a}; {b}")),
         (a, b) => a.or(b),
     };
-    tracing::info!(backup = %name, phase = %done.phase, message = ?done.message, "backup finished");
+    tracing::info!(backup = %name, phase = %done.phase, detail = ?done.message, "backup finished");
     let mut status = with_nulls(&done, &["stage", "message"]);
     status["completionTimestamp"] = ctx.locations.now_rfc3339().into();
     status["heartbeat"] = ctx.locations.now_rfc3339().into();

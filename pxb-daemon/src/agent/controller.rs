@@ -17,6 +17,19 @@ pub(crate) fn with_nulls(v: impl serde::Serialize, keys: &[&str]) -> Value {
     v
 }
 
+/// `value` (from an object's spec) as a span field: itself when it is a plain name (at most 253
+/// letters, digits, `.`, `-`, `_` or `:`), else `"(invalid)"`, so a hostile spec cannot forge or
+/// break a log line. The controllers' reconciles run in spans named by their objects' names and
+/// these (`location`, `backup`, `restore`).
+pub(crate) fn span_field(value: &str) -> &str {
+    let plain = !value.is_empty()
+        && value.len() <= 253
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_' | b':'));
+    if plain { value } else { "(invalid)" }
+}
+
 /// Runs `op`, calling `beat` every `every` until it finishes.
 pub(crate) async fn with_heartbeat<T, B: Future<Output = ()>>(
     op: impl Future<Output = T>,

@@ -27,6 +27,7 @@ use pxb_core::backup::{BackupId, Repository, Summary, SyncState};
 use pxb_core::clock::{parse_rfc3339, rfc3339};
 use pxb_core::{CheckOptions, Clock, LocalFileSystem, ObjectStore, SystemClock, TokenSource, check_location};
 use serde_json::json;
+use tracing::Instrument as _;
 
 use super::AgentConfig;
 pub(crate) use super::controller::ReconcileError;
@@ -310,7 +311,17 @@ fn due_after(last: Option<&str>, interval: Duration, now: SystemTime) -> Option<
     next.duration_since(now).ok().filter(|d| !d.is_zero())
 }
 
+/// One reconcile of a location, inside its span (`location`): every line it logs, its checks,
+/// syncs and verifies included, names the location.
 async fn reconcile(cached: Arc<BackupLocation>, ctx: Arc<Context>) -> Result<Action, ReconcileError> {
+    let span = tracing::info_span!("reconcile", location = %cached.name_any());
+    reconcile_location(cached, ctx).instrument(span).await
+}
+
+async fn reconcile_location(
+    cached: Arc<BackupLocation>,
+    ctx: Arc<Context>,
+) -> Result<Action, ReconcileError> {
     let name = cached.name_any();
     // The controller's cache can lag behind the status this agent just wrote; decide on the
     // object as the API server has it now, so a request is never handled twice.
@@ -564,7 +575,8 @@ async fn isolated<T: Send + 'static>(
             self.0.abort();
         }
     }
-    let task = tokio::spawn(work);
+    // In the caller's span: the run's lines name its location.
+    let task = tokio::spawn(work.in_current_span());
     let _abort = AbortOnDrop(task.abort_handle());
     task.await.unwrap_or_else(|e| {
         Err(pxb_core::Error::other(format!(

@@ -25,6 +25,7 @@ use pxb_core::backup::volume::{VolumeRestoreOptions, restore_volume};
 use pxb_core::backup::{BackupId, BackupKind, Repository};
 use pxb_core::resources::{ExistingResourcePolicy, RestoreOptions, RestoreOutcome};
 use serde_json::json;
+use tracing::Instrument as _;
 
 use super::backups;
 use super::controller::{with_heartbeat, with_nulls};
@@ -87,7 +88,22 @@ async fn patch_status(ctx: &Context, name: &str, status: serde_json::Value) -> R
     .await
 }
 
+/// One reconcile of a restore, inside its span (`restore`, `backup` (the id of the backup it
+/// restores), `location`): every line it logs, its data operations included, names all three.
 async fn reconcile(cached: Arc<ApplicationRestore>, ctx: Arc<Context>) -> Result<Action, ReconcileError> {
+    let span = tracing::info_span!(
+        "reconcile",
+        restore = %cached.name_any(),
+        backup = %super::controller::span_field(&cached.spec.backup_id),
+        location = %super::controller::span_field(&cached.spec.location),
+    );
+    reconcile_restore(cached, ctx).instrument(span).await
+}
+
+async fn reconcile_restore(
+    cached: Arc<ApplicationRestore>,
+    ctx: Arc<Context>,
+) -> Result<Action, ReconcileError> {
     let name = cached.name_any();
     let key = format!("{}/{name}", ctx.locations.config.namespace);
     let api: Api<ApplicationRestore> =
@@ -165,7 +181,7 @@ async fn run(
         (Some(a), Some(b)) => Some(format!("{a}; {b}")),
         (a, b) => a.or(b),
     };
-    tracing::info!(restore = %name, phase = %done.phase, message = ?done.message, "restore finished");
+    tracing::info!(restore = %name, phase = %done.phase, detail = ?done.message, "restore finished");
     let mut status = with_nulls(&done, &["message"]);
     status["completionTimestamp"] = ctx.locations.now_rfc3339().into();
     status["heartbeat"] = ctx.locations.now_rfc3339().into();
@@ -344,8 +360,10 @@ async fn restore_claim_volume(
     // internal streams), so it runs on a blocking thread of its own.
     let (repo, backup, dir) = (repo.clone(), backup.clone(), provisioned.dir.clone());
     let handle = tokio::runtime::Handle::current();
+    // Still in the restore's span on that thread.
+    let span = tracing::Span::current();
     let stats = tokio::task::spawn_blocking(move || {
-        handle.block_on(restore_volume(&repo, &backup, VolumeRestoreOptions::new(&dir)))
+        handle.block_on(restore_volume(&repo, &backup, VolumeRestoreOptions::new(&dir)).instrument(span))
     })
     .await
     .map_err(|e| format!("restoring the data: {e}"))?

@@ -15,7 +15,12 @@ use super::state::{DiscoveryState, DiscoveryStatus, Key, Server, Tracked};
 
 impl Server {
     pub(crate) fn start_discovery(&self, d: DiscoveryConfig) {
-        let task = self.inner.runtime.spawn(self.clone().run_discovery(d));
+        // Its lines carry the org and the discovery (never the credential's content).
+        let span = tracing::info_span!("discovery", org = %d.org, discovery = %d.id, project = %d.project);
+        let task = self.inner.runtime.spawn(tracing::Instrument::instrument(
+            self.clone().run_discovery(d),
+            span,
+        ));
         let mut bg = self.inner.background.lock().unwrap_or_else(|e| e.into_inner());
         bg.retain(|t| !t.is_finished());
         bg.push(task);

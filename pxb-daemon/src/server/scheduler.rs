@@ -14,6 +14,7 @@ use pxb_core::catalog::records::{
 };
 use pxb_core::clock::rfc3339;
 use pxb_core::cluster::{ClusterAccess, ClusterId, ClusterProvider, CredentialState};
+use tracing::Instrument as _;
 
 use super::fleet::FleetSnapshot;
 use super::operations;
@@ -180,28 +181,36 @@ impl Server {
         loop {
             let now = self.inner.clock.now();
             let free = self.inner.permits.available_permits();
-            let due: Vec<Key> = if free == 0 {
+            // Each due cluster with the span of its visit.
+            let due: Vec<(Key, tracing::Span)> = if free == 0 {
                 Vec::new()
             } else {
                 let mut st = self.inner.lock();
                 let cap = org_visit_cap(self.inner.config.fleet.concurrency);
                 let due = fair_pick(&st.clusters, now, free, cap);
-                for k in &due {
-                    if let Some(t) = st.clusters.get_mut(k) {
-                        t.busy = true;
-                    }
-                }
-                due
+                due.into_iter()
+                    .map(|k| {
+                        let name = st.clusters.get_mut(&k).map(|t| {
+                            t.busy = true;
+                            t.record.name.clone()
+                        });
+                        let span = visit_span(&k, name.as_deref());
+                        (k, span)
+                    })
+                    .collect()
             };
-            for key in due {
+            for (key, span) in due {
                 let Ok(permit) = self.inner.permits.clone().acquire_owned().await else {
                     return;
                 };
                 let me = self.clone();
-                tokio::spawn(async move {
-                    me.visit(key).await;
-                    drop(permit);
-                });
+                tokio::spawn(
+                    async move {
+                        me.visit(key).await;
+                        drop(permit);
+                    }
+                    .instrument(span),
+                );
             }
             tokio::select! {
                 _ = self.inner.wake.notified() => {}
@@ -337,6 +346,7 @@ impl Server {
                         ..out.status
                     };
                     self.inner.metrics.visits_ok.fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!(state = t.record.status.state.as_str(), "cluster visited");
                     self.inner
                         .metrics
                         .orphans_deleted
@@ -474,6 +484,14 @@ fn finished_runs(
         }
     }
     (imports, verified)
+}
+
+/// The span of one visit of the cluster `key` named `name`: `org` and `cluster` (its name, or
+/// its id when it has none), which every line logged in the visit carries, including those of
+/// the calls it makes to the cluster and of the backups and restores it drives.
+fn visit_span(key: &Key, name: Option<&str>) -> tracing::Span {
+    let cluster = name.filter(|n| !n.is_empty()).unwrap_or(&key.1);
+    tracing::info_span!("visit", org = %key.0, cluster = %cluster)
 }
 
 /// How long an unreachable cluster waits for its next visit after `failures` failed ones in a

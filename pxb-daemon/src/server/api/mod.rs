@@ -12,6 +12,9 @@
 //! membership first and then the provider role, as its own rule). The role is checked before the
 //! query and the body are read: a caller without the role gets `403` whatever it sent. One file per resource holds its handlers and
 //! the types of its requests and responses.
+//!
+//! Every request is served inside a `request` span (`request_id`, `method`, `route`, `org`) and
+//! its response carries `x-request-id` (`trace.rs`).
 
 mod backups;
 mod clusters;
@@ -30,6 +33,7 @@ mod restores;
 mod routes;
 mod schedules;
 mod scope;
+mod trace;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
@@ -60,6 +64,8 @@ pub(crate) fn router(server: Server) -> Router {
             server.clone(),
             limit::per_org_limit,
         ))
+        // Outermost: the throttled and the refused requests have their span and id too.
+        .layer(axum::middleware::from_fn(trace::request_span))
         .with_state(server)
 }
 
