@@ -238,10 +238,7 @@ mod tests {
     use serde_json::json;
 
     use super::*;
-    use crate::crd::{
-        ApplicationBackup, ApplicationBackupSpec, ApplicationRestore, ApplicationRestoreSpec, BackupLocation,
-        BackupLocationSpec,
-    };
+    use crate::crd::{ApplicationBackup, ApplicationBackupSpec, BackupLocation, BackupLocationSpec};
 
     /// A simulated shoot with pxb's CRDs and namespace; a client for it.
     async fn shoot() -> (pxb_sim::Fleet, kube::Client) {
@@ -284,22 +281,6 @@ mod tests {
             api.create(&PostParams::default(), &obj).await.expect("create");
         }
         (fleet, client)
-    }
-
-    /// Log lines written into a shared buffer.
-    struct Sink(Arc<std::sync::Mutex<Vec<u8>>>);
-
-    impl std::io::Write for Sink {
-        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-            self.0
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .extend_from_slice(b);
-            Ok(b.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
     }
 
     async fn wait_for<K>(api: &Api<K>, name: &str, ok: impl Fn(&K) -> bool) -> K
@@ -411,125 +392,6 @@ mod tests {
     /// data operations inside it) says what it is about: a location's carry `location`, a
     /// backup's `backup` and `location`, a restore's `restore`, `backup` (the id) and `location`,
     /// as the JSON lines of `pxb_telemetry` show them.
-    #[tokio::test(flavor = "current_thread")]
-    async fn reconciles_log_in_spans_naming_their_objects() {
-        // Every task of this runtime runs on this thread, in this subscriber.
-        let buf = Arc::new(std::sync::Mutex::new(Vec::new()));
-        let settings = pxb_telemetry::Settings {
-            format: pxb_telemetry::LogFormat::Json,
-            filter: "info".into(),
-            ..pxb_telemetry::Settings::default()
-        };
-        let sink = buf.clone();
-        let subscriber = settings
-            .subscriber(move || Sink(sink.clone()))
-            .expect("subscriber");
-        let _logs = tracing::subscriber::set_default(subscriber);
-
-        let (_fleet, client) = shoot().await;
-        let tmp = tempfile::tempdir().expect("tmp");
-        let location = tmp.path().join("location");
-        std::fs::create_dir_all(&location).expect("mkdir");
-        let config = AgentConfig {
-            listen: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
-            restore_root: tmp.path().join("restores"),
-            ..AgentConfig::default()
-        };
-        let agent = AgentBuilder::new(config)
-            .kube_client(client.clone())
-            .volume_driver(Arc::new(volumes::MemoryVolumes::new(tmp.path().join("restores"))))
-            .spawn()
-            .await
-            .expect("spawn");
-        let locations: Api<BackupLocation> = Api::namespaced(client.clone(), "pxb-system");
-        let spec = BackupLocationSpec {
-            provider: "file".into(),
-            container: location.to_string_lossy().into_owned(),
-            ..BackupLocationSpec::default()
-        };
-        locations
-            .create(&PostParams::default(), &BackupLocation::new("local", spec))
-            .await
-            .expect("location");
-        wait_for(&locations, "local", |l| {
-            l.status
-                .as_ref()
-                .and_then(|s| s.validation.as_ref())
-                .is_some_and(|v| v.phase == "Valid")
-        })
-        .await;
-        let backups: Api<ApplicationBackup> = Api::namespaced(client.clone(), "pxb-system");
-        let spec = ApplicationBackupSpec {
-            location: "local".into(),
-            namespaces: vec!["shop".into()],
-            reclaim_policy: "Retain".into(),
-            ..ApplicationBackupSpec::default()
-        };
-        backups
-            .create(&PostParams::default(), &ApplicationBackup::new("b1", spec))
-            .await
-            .expect("backup");
-        let done = wait_for(&backups, "b1", |b| {
-            b.status
-                .as_ref()
-                .is_some_and(|s| ["Success", "PartialSuccess", "Failed"].contains(&s.phase.as_str()))
-        })
-        .await;
-        let status = done.status.expect("status");
-        assert_eq!(status.phase, "Success", "{status:?}");
-        let id = status.backup_id.expect("id");
-        let restores: Api<ApplicationRestore> = Api::namespaced(client.clone(), "pxb-system");
-        let spec = ApplicationRestoreSpec {
-            location: "local".into(),
-            backup_id: id.clone(),
-            existing_resource_policy: "Retain".into(),
-            ..ApplicationRestoreSpec::default()
-        };
-        restores
-            .create(&PostParams::default(), &ApplicationRestore::new("r1", spec))
-            .await
-            .expect("restore");
-        wait_for(&restores, "r1", |r| {
-            r.status
-                .as_ref()
-                .is_some_and(|s| ["Success", "PartialSuccess", "Failed"].contains(&s.phase.as_str()))
-        })
-        .await;
-        agent.shutdown().await;
-
-        let text = String::from_utf8(buf.lock().expect("logs").clone()).expect("utf-8");
-        let lines: Vec<serde_json::Value> = text
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: not a JSON line: {l}")))
-            .collect();
-        // The span of the line saying `message`.
-        let span_of = |message: &str| {
-            lines
-                .iter()
-                .find(|l| l["fields"]["message"] == message)
-                .map(|l| l["span"].clone())
-                .unwrap_or_else(|| panic!("no line {message:?} in:\n{text}"))
-        };
-        let span = span_of("location validated");
-        assert_eq!(
-            (&span["name"], &span["location"]),
-            (&json!("reconcile"), &json!("local")),
-            "{span}"
-        );
-        let span = span_of("backup finished");
-        assert_eq!(
-            (&span["backup"], &span["location"]),
-            (&json!("b1"), &json!("local")),
-            "{span}"
-        );
-        let span = span_of("restore finished");
-        assert_eq!(
-            (&span["restore"], &span["backup"], &span["location"]),
-            (&json!("r1"), &json!(id), &json!("local")),
-            "{span}"
-        );
-    }
-
     #[test]
     fn only_plain_names_become_span_fields() {
         assert_eq!(controller::span_field("primary"), "primary");
