@@ -218,20 +218,7 @@ async fn the_server_binary_survives_schemathesis_and_stops_on_sigterm() {
     let health = http.get(format!("{url}/healthz")).send().await.expect("healthz");
     assert_eq!(health.status(), 200);
 
-    let status = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .expect("kill");
-    assert!(status.success());
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let exit = loop {
-        if let Some(s) = child.try_wait().expect("wait") {
-            break s;
-        }
-        assert!(Instant::now() < deadline, "pxb-server did not stop on SIGTERM");
-        std::thread::sleep(Duration::from_millis(100));
-    };
-    assert!(exit.success(), "exit status {exit}");
+    stop_with_sigterm(&mut child);
     let log = std::fs::read_to_string(&stderr_path).expect("log");
     assert!(log.contains("pxb-server stopped"), "{log}");
 }
@@ -341,20 +328,7 @@ async fn the_server_logs_visits_and_requests_in_spans() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 
-    let status = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .expect("kill");
-    assert!(status.success());
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let exit = loop {
-        if let Some(s) = child.try_wait().expect("wait") {
-            break s;
-        }
-        assert!(Instant::now() < deadline, "pxb-server did not stop on SIGTERM");
-        std::thread::sleep(Duration::from_millis(100));
-    };
-    assert!(exit.success(), "exit status {exit}");
+    stop_with_sigterm(&mut child);
     let log = std::fs::read_to_string(&stderr_path).expect("log");
     let lines = read_lines();
     // The request lines: the route is the template, the org is named on an org's routes.
@@ -403,4 +377,22 @@ async fn the_server_logs_visits_and_requests_in_spans() {
         !log.contains(&key) && !log.contains(token),
         "a secret in the logs: {log}"
     );
+}
+
+/// Sends SIGTERM to `child` (pxb-server) and requires a clean exit within 20 s.
+fn stop_with_sigterm(child: &mut std::process::Child) {
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let exit = loop {
+        if let Some(s) = child.try_wait().expect("wait") {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "pxb-server did not stop on SIGTERM");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(exit.success(), "exit status {exit}");
 }
