@@ -56,6 +56,31 @@ impl Clock for ManualClock {
     }
 }
 
+/// The system's time plus an offset that only grows when told to: for scenarios that run real
+/// daemons (whose loops need time to pass) and jump ahead over hours. Clones share the offset.
+#[derive(Debug, Clone, Default)]
+pub struct SkewedClock {
+    ahead: Arc<Mutex<Duration>>,
+}
+
+impl SkewedClock {
+    /// The system's clock, not ahead yet.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Moves the clock forward by `by` (on top of the system's time passing).
+    pub fn advance(&self, by: Duration) {
+        *self.ahead.lock().unwrap_or_else(|e| e.into_inner()) += by;
+    }
+}
+
+impl Clock for SkewedClock {
+    fn now(&self) -> SystemTime {
+        SystemTime::now() + *self.ahead.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -356,6 +356,7 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<bool> {
         .filter(|s| !offline.contains(s))
         .collect();
     ok &= operations(&api, &fleet, &online, &offline).await?;
+    ok &= backup_info(&url).await?;
     let end = api.fleet_status(&page_of_1000()).await?;
     println!("\n== fleet status at the end: {} ==", counts_line(&end));
 
@@ -377,6 +378,35 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<bool> {
 }
 
 /// The clusters of a fleet status in `state`.
+/// Prints the per-backup info series of `/metrics`; the deleted backup's must be there with
+/// `status="Deleted"` and the status it had.
+async fn backup_info(url: &str) -> anyhow::Result<bool> {
+    let text = reqwest::get(format!("{url}/metrics"))
+        .await?
+        .error_for_status()?
+        .text()
+        .await?;
+    let lines: Vec<&str> = text
+        .lines()
+        .filter(|l| l.starts_with("pxb_server_backup_info{"))
+        .collect();
+    println!(
+        "\n== pxb_server_backup_info on /metrics ({} series; a deleted backup's stays for telemetry.backupInfoRetentionHours) ==",
+        lines.len()
+    );
+    let mut sorted = lines.clone();
+    sorted.sort_by_key(|l| !l.contains("status=\"Deleted\""));
+    for l in sorted.iter().take(6) {
+        println!("  {l}");
+    }
+    if lines.len() > 6 {
+        println!("  … {} more", lines.len() - 6);
+    }
+    Ok(lines
+        .iter()
+        .any(|l| l.contains("status=\"Deleted\"") && l.contains("previous_status=\"")))
+}
+
 fn count(status: &FleetStatusView, state: ClusterState) -> u64 {
     status.counts.get(state.as_str()).copied().unwrap_or(0)
 }

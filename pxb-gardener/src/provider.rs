@@ -317,12 +317,19 @@ struct State {
 /// Counters of a provider.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ProviderStats {
-    /// Kubeconfigs issued.
+    /// Kubeconfigs issued (renewals included).
     pub issued: u64,
-    /// Failed kubeconfig requests.
+    /// Failed kubeconfig requests (failed renewals included).
     pub failed: u64,
+    /// Of `issued`, the renewals: kubeconfigs issued for a cluster that held one (on schedule,
+    /// or because the one it held expired).
+    pub renewed: u64,
+    /// Of `failed`, the renewals that failed.
+    pub renew_failed: u64,
     /// Full discovery cycles run.
     pub discoveries: u64,
+    /// Full discovery cycles that failed (listing the project's shoots).
+    pub discoveries_failed: u64,
     /// Clusters tracked.
     pub clusters: usize,
     /// Credentials held.
@@ -338,7 +345,10 @@ pub struct GardenerProvider {
     permits: Semaphore,
     issued: AtomicU64,
     failed: AtomicU64,
+    renewed: AtomicU64,
+    renew_failed: AtomicU64,
     discoveries: AtomicU64,
+    discoveries_failed: AtomicU64,
     issued_per_second: Mutex<BTreeMap<u64, u32>>,
 }
 
@@ -438,7 +448,10 @@ impl GardenerProvider {
             state: Mutex::new(State::default()),
             issued: AtomicU64::new(0),
             failed: AtomicU64::new(0),
+            renewed: AtomicU64::new(0),
+            renew_failed: AtomicU64::new(0),
             discoveries: AtomicU64::new(0),
+            discoveries_failed: AtomicU64::new(0),
             issued_per_second: Mutex::new(BTreeMap::new()),
         }))
     }
@@ -458,7 +471,10 @@ impl GardenerProvider {
         ProviderStats {
             issued: self.issued.load(Ordering::Relaxed),
             failed: self.failed.load(Ordering::Relaxed),
+            renewed: self.renewed.load(Ordering::Relaxed),
+            renew_failed: self.renew_failed.load(Ordering::Relaxed),
             discoveries: self.discoveries.load(Ordering::Relaxed),
+            discoveries_failed: self.discoveries_failed.load(Ordering::Relaxed),
             clusters: st.inventory.len(),
             credentials: st.creds.values().filter(|c| c.access.is_some()).count(),
         }
@@ -609,7 +625,9 @@ impl GardenerProvider {
     /// One full discovery: lists the project's shoots, classifies them, updates the inventory and
     /// returns the clusters and what changed since the last one.
     pub async fn discover_diff(&self) -> Result<(Vec<ClusterInfo>, ClusterDiff)> {
-        let clusters = self.list_clusters().await?;
+        let clusters = self.list_clusters().await.inspect_err(|_| {
+            self.discoveries_failed.fetch_add(1, Ordering::Relaxed);
+        })?;
         let diff = self.replace_all(clusters);
         self.discoveries.fetch_add(1, Ordering::Relaxed);
         Ok((self.inventory(), diff))
@@ -695,6 +713,8 @@ impl GardenerProvider {
             return result.map(Arc::new);
         };
         cred.in_flight = false;
+        // A renewal replaces a credential the cluster held (the cluster refused none since).
+        let renewal = cred.access.is_some();
         match result {
             Ok(access) => {
                 let offset = (rand::random::<f64>() * 2.0 - 1.0) * self.config.renew_jitter;
@@ -714,6 +734,9 @@ impl GardenerProvider {
                 cred.access = Some(access.clone());
                 drop(st);
                 self.issued.fetch_add(1, Ordering::Relaxed);
+                if renewal {
+                    self.renewed.fetch_add(1, Ordering::Relaxed);
+                }
                 *self
                     .issued_per_second
                     .lock()
@@ -731,6 +754,9 @@ impl GardenerProvider {
                 cred.last_error = Some(e.to_string());
                 drop(st);
                 self.failed.fetch_add(1, Ordering::Relaxed);
+                if renewal {
+                    self.renew_failed.fetch_add(1, Ordering::Relaxed);
+                }
                 Err(e)
             }
         }
@@ -1275,6 +1301,28 @@ mod tests {
             }
         );
         assert_eq!(p.renew_due(), 0, "one renewal at a time");
+    }
+
+    /// Failed requests are counted as renewals when the cluster held a credential and as first
+    /// issuances when it held none; a discovery cycle that cannot list the shoots is counted too.
+    #[tokio::test]
+    async fn failed_renewals_issuances_and_discoveries_are_counted_apart() {
+        let t0 = UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let clock = pxb_core::ManualClock::new(t0);
+        let (p, id, _) = provider_with_credential(&clock, t0).await;
+        assert_eq!(p.stats().renew_failed, 0);
+        // The garden does not answer: the renewal of the held credential fails.
+        p.refresh(&id, true).await.expect_err("no garden");
+        let s = p.stats();
+        assert_eq!((s.issued, s.failed, s.renewed, s.renew_failed), (0, 1, 0, 1));
+        // Without a credential the request is a first issuance.
+        p.state().creds.get_mut(&id).expect("cred").access = None;
+        p.refresh(&id, true).await.expect_err("no garden");
+        let s = p.stats();
+        assert_eq!((s.issued, s.failed, s.renewed, s.renew_failed), (0, 2, 0, 1));
+        p.discover_diff().await.expect_err("no garden");
+        let s = p.stats();
+        assert_eq!((s.discoveries, s.discoveries_failed), (0, 1));
     }
 
     #[test]

@@ -28,6 +28,7 @@
 
 pub mod logs;
 pub mod metrics;
+pub mod support;
 
 pub use logs::{Error, LogFormat, Redactor, Settings, init, init_from_env};
 pub use prometheus_client;

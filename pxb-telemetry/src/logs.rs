@@ -11,15 +11,16 @@ use std::io::{IsTerminal as _, Write};
 
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::fmt::MakeWriter;
+use tracing_subscriber::layer::SubscriberExt as _;
+
+use crate::support::LogBuffer;
 
 /// The variable holding the level filter.
 pub const LOG_VAR: &str = "PXB_LOG";
 /// The variable holding the line format.
 pub const FORMAT_VAR: &str = "PXB_LOG_FORMAT";
 
-/// A function applied to each formatted log line before it is written, e.g. one that removes
-/// credentials (`pxb_core::redact::redact`).
-pub type Redactor = for<'a> fn(&'a str) -> Cow<'a, str>;
+pub use crate::support::Redactor;
 
 /// Why logging could not be set up.
 #[derive(Debug, thiserror::Error)]
@@ -129,7 +130,9 @@ impl Settings {
     }
 
     /// The subscriber these settings describe, writing to `writer` (stderr for [`init`]); for
-    /// tests, with `tracing::subscriber::with_default`.
+    /// tests, with `tracing::subscriber::with_default`. It also feeds the support channel's
+    /// [`LogBuffer::global`] (with the same redaction), which keeps nothing and costs one atomic
+    /// load per event while the channel is off.
     pub fn subscriber<W>(&self, writer: W) -> Result<Box<dyn tracing::Subscriber + Send + Sync>, Error>
     where
         W: for<'w> MakeWriter<'w> + Send + Sync + 'static,
@@ -142,15 +145,17 @@ impl Settings {
         let builder = tracing_subscriber::fmt()
             .with_env_filter(filter)
             .with_writer(writer);
+        let capture = LogBuffer::global().layer(self.redact);
         Ok(match self.format {
-            LogFormat::Text => Box::new(builder.with_ansi(self.ansi).finish()),
+            LogFormat::Text => Box::new(builder.with_ansi(self.ansi).finish().with(capture)),
             LogFormat::Json => Box::new(
                 builder
                     .json()
                     .with_current_span(true)
                     .with_span_list(true)
                     .with_ansi(false)
-                    .finish(),
+                    .finish()
+                    .with(capture),
             ),
         })
     }
@@ -324,5 +329,32 @@ mod tests {
             assert!(out.contains("token [REDACTED]"), "{format:?}: {out}");
             assert!(!out.contains("s3cr3t"), "{format:?}: {out}");
         }
+    }
+
+    #[test]
+    fn the_subscriber_feeds_the_support_log_buffer_redacted_only_while_capturing() {
+        fn redact(line: &str) -> Cow<'_, str> {
+            Cow::Owned(line.replace("s3cr3t", "[REDACTED]"))
+        }
+        let settings = Settings::default().redact_with(redact);
+        let subscriber = settings.subscriber(std::io::sink).expect("subscriber");
+        let global = LogBuffer::global();
+        let ours = |records: Vec<crate::support::LogRecord>| -> Vec<String> {
+            records
+                .into_iter()
+                .map(|r| r.message)
+                .filter(|m| m.contains("capture-probe-7c1"))
+                .collect()
+        };
+        tracing::subscriber::with_default(subscriber, || {
+            tracing::warn!("capture-probe-7c1 while off");
+            assert!(ours(global.drain()).is_empty(), "nothing kept while off");
+            global.set_capturing(true);
+            tracing::warn!(user = "u", "capture-probe-7c1 token s3cr3t");
+            tracing::debug!("capture-probe-7c1 below the filter");
+            let kept = ours(global.drain());
+            global.set_capturing(false);
+            assert_eq!(kept, ["capture-probe-7c1 token [REDACTED] user=\"u\""]);
+        });
     }
 }

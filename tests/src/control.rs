@@ -9,6 +9,7 @@
 
 use std::collections::BTreeMap;
 use std::future::Future;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use pxb_daemon::agent::Agent;
@@ -51,6 +52,8 @@ pub struct ControlPlane {
     api: Client,
     /// The operations the typed clients of this control plane got an answer for.
     pub called: Called,
+    /// The server's clock, when a scenario drives it ([`ControlPlane::use_clock`]).
+    clock: Option<Arc<dyn pxb_core::Clock>>,
 }
 
 impl std::fmt::Debug for ControlPlane {
@@ -130,6 +133,26 @@ impl ControlPlane {
             http: reqwest::Client::new(),
             api,
             called,
+            clock: None,
+        })
+    }
+
+    /// Restarts the server on the same catalog with `clock` as its clock seam (for scenarios
+    /// that move time: retention windows, schedules). Later restarts keep it.
+    pub async fn use_clock(&mut self, clock: Arc<dyn pxb_core::Clock>) -> anyhow::Result<()> {
+        self.clock = Some(clock);
+        self.restart_server().await
+    }
+
+    /// Starts the server with this control plane's configuration (and clock, if one is set).
+    async fn start_daemon(&self) -> anyhow::Result<Daemon> {
+        Ok(match &self.clock {
+            Some(clock) => pxb_daemon::server::ServerBuilder::new(self.config.clone())
+                .clock(clock.clone())
+                .build()
+                .await?
+                .spawn()?,
+            None => Daemon::start(self.config.clone(), None, |_| None).await?,
         })
     }
 
@@ -237,7 +260,7 @@ impl ControlPlane {
         if let Some(d) = self.daemon.take() {
             d.shutdown().await;
         }
-        let daemon = Daemon::start(self.config.clone(), None, |_| None).await?;
+        let daemon = self.start_daemon().await?;
         self.url = format!("http://{}", daemon.addr);
         self.api = api_client(&self.url, &self.called)?;
         self.daemon = Some(daemon);

@@ -74,8 +74,9 @@ const RULES: &[Rule] = &[
         name: "pxb-telemetry",
         product: true,
         normal: Some(&[]),
-        // The harness for `promtool`.
-        dev: Some(&["pxb-harness"]),
+        // The harness for `promtool`; itself with the `conformance` feature (the support
+        // channel's twin and conformance suite), as the core does.
+        dev: Some(&["pxb-telemetry", "pxb-harness"]),
     },
     // The fleet simulator (tests/sim): a Gardener garden and Kubernetes APIs, used by the daemon.
     Rule {
@@ -227,7 +228,7 @@ fn dependency_violations(meta: &Value) -> Vec<String> {
                      harness or the test suites"
                 ));
             }
-            if PROVIDERS.contains(&name) && PROVIDERS.contains(&target) {
+            if PROVIDERS.contains(&name) && PROVIDERS.contains(&target) && name != target {
                 bad.push(format!(
                     "{name} has a {kind} dependency on {target}: providers never depend on each other"
                 ));

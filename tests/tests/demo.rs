@@ -22,6 +22,14 @@ fn the_demo_runs_a_small_fleet_through_the_server() {
     );
     assert!(stdout.contains("Valid on 4 of 4 clusters"), "{stdout}");
     assert!(stdout.contains("data and record deleted"), "{stdout}");
+    assert!(
+        stdout
+            .lines()
+            .any(|l| l.trim_start().starts_with("pxb_server_backup_info{")
+                && l.contains("status=\"Deleted\"")
+                && l.contains("previous_status=\"Success\"")),
+        "the deleted backup's info series: {stdout}"
+    );
     let bad = Command::new(env!("CARGO_BIN_EXE_pxb-demo"))
         .args(["--location", "tape"])
         .output()

@@ -1495,3 +1495,158 @@ async fn a_force_delete_while_the_cluster_is_away_survives_a_restart_and_keeps_t
     .expect("marker dropped");
     cp.shutdown().await;
 }
+
+/// The `pxb_server_backup_info` lines of the server's Prometheus text, sorted.
+async fn backup_info_lines(cp: &ControlPlane) -> Vec<String> {
+    let text = reqwest::get(format!("{}/metrics", cp.url))
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    pxb_tests::promtool_check_metrics(&text).expect("promtool");
+    let mut lines: Vec<String> = text
+        .lines()
+        .filter(|l| l.starts_with("pxb_server_backup_info{"))
+        .map(str::to_owned)
+        .collect();
+    lines.sort();
+    lines
+}
+
+/// The info line of backup `id` with `status` (and `previous_status`, for `Some`).
+fn info_line(id: &str, status: &str, previous: Option<&str>) -> String {
+    format!(
+        "pxb_server_backup_info{{org=\"acme\",cluster=\"{}\",backup=\"{id}\",location=\"primary\",\
+         schedule=\"\",view=\"namespaces\",status=\"{status}\"{}}} 1",
+        shoot(0),
+        previous
+            .map(|p| format!(",previous_status=\"{p}\""))
+            .unwrap_or_default()
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_backups_info_series_outlives_it_for_the_window_and_survives_a_restart() {
+    let mut cp = ControlPlane::start(PROJECT, 1, |c| {
+        c.telemetry.backup_info_retention_hours = 2;
+    })
+    .await
+    .expect("control plane");
+    let clock = Arc::new(pxb_core::clock::SkewedClock::new());
+    cp.use_clock(clock.clone())
+        .await
+        .expect("the server on a clock the test moves");
+    cp.start_agent(PROJECT, &shoot(0)).await.expect("agent");
+    let (acme, _container) = acme_with_primary(&cp, "backup-info").await;
+    wait_for("Valid", Duration::from_secs(90), || async {
+        let p = phases(&cp, "acme", "primary", &acme).await?;
+        Ok((p.len() == 1 && p[0].1 == "Valid").then_some(()))
+    })
+    .await
+    .expect("valid");
+    let client = cp.shoot_client(PROJECT, &shoot(0)).await.expect("client");
+    pxb_tests::control::seed_shop(&client).await.expect("shop");
+    assert_eq!(
+        backup_info_lines(&cp).await,
+        Vec::<String>::new(),
+        "no backup yet"
+    );
+
+    // Created: a series with its phase.
+    let made = cp
+        .client(&acme)
+        .create_backups(
+            "acme",
+            &BackupRequest {
+                clusters: named(&[&shoot(0)]),
+                namespaces: vec!["shop".into()],
+                location: "primary".into(),
+            },
+        )
+        .await
+        .expect("backup");
+    let id = made.items.first().expect("one backup").id.clone();
+    let created = backup_info_lines(&cp).await;
+    assert!(
+        created == [info_line(&id, "Pending", None)] || created == [info_line(&id, "InProgress", None)],
+        "{created:#?}"
+    );
+
+    // Complete: the same series, now Success.
+    wait_for("Success", Duration::from_secs(120), || async {
+        let lines = backup_info_lines(&cp).await;
+        if lines == [info_line(&id, "Success", None)] {
+            Ok(Some(()))
+        } else {
+            Err(format!("{lines:#?}"))
+        }
+    })
+    .await
+    .expect("the series says Success");
+
+    // Deleted through the agent: Deleting (with the phase before), then Deleted once the record
+    // is gone, with the phase it had.
+    cp.client(&acme)
+        .delete_backup("acme", &id, &Default::default())
+        .await
+        .expect("delete");
+    let deleting = backup_info_lines(&cp).await;
+    assert!(
+        deleting == [info_line(&id, "Deleting", Some("Success"))]
+            || deleting == [info_line(&id, "Deleted", Some("Success"))],
+        "{deleting:#?}"
+    );
+    wait_for("the record is gone", Duration::from_secs(120), || async {
+        match cp.client(&acme).get_backup("acme", &id).await {
+            Err(ClientError::Api { status: 404, .. }) => Ok(Some(())),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await
+    .expect("deleted");
+    let deleted = backup_info_lines(&cp).await;
+    assert_eq!(deleted, [info_line(&id, "Deleted", Some("Success"))]);
+
+    // A restart rebuilds the same series from the catalog.
+    cp.restart_server().await.expect("restart");
+    assert_eq!(
+        backup_info_lines(&cp).await,
+        deleted,
+        "the series after a restart"
+    );
+
+    // The window passes: the series goes by itself, and a restart neither brings it back nor
+    // keeps the deleted backup's record. (The clock also runs: the test moves it in steps far
+    // larger than the test takes.)
+    clock.advance(Duration::from_secs(2 * 3600 - 600));
+    assert_eq!(
+        backup_info_lines(&cp).await,
+        deleted,
+        "ten minutes before the window ends"
+    );
+    clock.advance(Duration::from_secs(600));
+    assert_eq!(
+        backup_info_lines(&cp).await,
+        Vec::<String>::new(),
+        "after the window"
+    );
+    cp.restart_server().await.expect("restart");
+    assert_eq!(
+        backup_info_lines(&cp).await,
+        Vec::<String>::new(),
+        "after a restart"
+    );
+    let kept = cp
+        .server()
+        .catalog()
+        .store()
+        .count(
+            pxb_core::catalog::Kind::DeletedBackup,
+            &pxb_core::catalog::Query::org("acme"),
+        )
+        .await
+        .expect("count");
+    assert_eq!(kept, 0, "the deleted backup's record goes with the window");
+    cp.shutdown().await;
+}

@@ -58,11 +58,14 @@ pub enum Kind {
     Preference,
     /// A force-deleted backup whose cluster still holds its object ([`records::ForcedDelete`]).
     ForcedDelete,
+    /// What is kept of a deleted backup for the telemetry retention window
+    /// ([`records::DeletedBackup`]).
+    DeletedBackup,
 }
 
 impl Kind {
     /// Every kind.
-    pub const ALL: [Kind; 10] = [
+    pub const ALL: [Kind; 11] = [
         Kind::Org,
         Kind::Discovery,
         Kind::Cluster,
@@ -73,6 +76,7 @@ impl Kind {
         Kind::Schedule,
         Kind::Preference,
         Kind::ForcedDelete,
+        Kind::DeletedBackup,
     ];
 
     /// The stable name of the kind, as stored.
@@ -88,6 +92,7 @@ impl Kind {
             Kind::Schedule => "schedule",
             Kind::Preference => "preference",
             Kind::ForcedDelete => "forced-delete",
+            Kind::DeletedBackup => "deleted-backup",
         }
     }
 

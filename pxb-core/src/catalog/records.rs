@@ -832,6 +832,10 @@ pub struct BackupRecord {
     /// data included; 0 when complete or not verified yet.
     #[serde(default)]
     pub missing_objects: u64,
+    /// While `Deleting`: the phase it had when its deletion was asked for (`Success`,
+    /// `PartialSuccess`, `Failed`, …), which the deleted-backup metrics report.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous_phase: Option<BackupPhase>,
 }
 
 impl Record for BackupRecord {
@@ -1064,6 +1068,83 @@ impl Record for ForcedDelete {
         Index {
             sort: self.id.clone(),
             cluster: Some(self.cluster.clone()),
+            ..Index::default()
+        }
+    }
+}
+
+/// What is kept of a deleted backup for a while: enough for its info series
+/// (`pxb_server_backup_info{status="Deleted"}`) to outlive it for the telemetry retention window,
+/// across restarts. Written when the backup's record is removed; removed when the window has
+/// passed. Sorted newest deletion first.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DeletedBackup {
+    /// The org.
+    pub org: String,
+    /// The backup's id.
+    pub id: String,
+    /// The id of its cluster.
+    pub cluster: String,
+    /// That cluster's name.
+    #[serde(default)]
+    pub cluster_name: String,
+    /// The location id.
+    pub location: String,
+    /// The location's name.
+    #[serde(default)]
+    pub location_name: String,
+    /// The schedule that made it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schedule: Option<String>,
+    /// The namespace or virtual-machine view.
+    #[serde(default)]
+    pub view: BackupView,
+    /// The phase it had before it was deleted (for a backup deleted through its agent, the phase
+    /// before `Deleting`).
+    pub previous_phase: BackupPhase,
+    /// Its creation time, ms since the epoch.
+    pub created_ms: i64,
+    /// When its record was removed, ms since the epoch.
+    pub deleted_ms: i64,
+}
+
+impl DeletedBackup {
+    /// What is kept of `b`, removed at `deleted_ms`.
+    pub fn of(b: &BackupRecord, deleted_ms: i64) -> Self {
+        let previous_phase = match b.phase {
+            BackupPhase::Deleting => b.previous_phase.unwrap_or(BackupPhase::Deleting),
+            phase => phase,
+        };
+        DeletedBackup {
+            org: b.org.clone(),
+            id: b.id.clone(),
+            cluster: b.cluster.clone(),
+            cluster_name: b.cluster_name.clone(),
+            location: b.location.clone(),
+            location_name: b.location_name.clone(),
+            schedule: b.schedule.clone(),
+            view: b.view,
+            previous_phase,
+            created_ms: b.created_ms,
+            deleted_ms,
+        }
+    }
+}
+
+impl Record for DeletedBackup {
+    const KIND: Kind = Kind::DeletedBackup;
+    org_and_id!();
+    fn sort_range(from: Option<i64>, to: Option<i64>) -> (Option<String>, Option<String>) {
+        newest_first_range(from, to)
+    }
+    fn index(&self) -> Index {
+        Index {
+            sort: newest_first_key(self.deleted_ms),
+            cluster: Some(self.cluster.clone()),
+            location: Some(self.location.clone()),
+            status: Some(self.previous_phase.as_str().to_owned()),
+            time_ms: Some(self.deleted_ms),
             ..Index::default()
         }
     }

@@ -12,6 +12,16 @@
 //!
 //! Anything else is 404; anything but GET is 405. Errors are JSON `{"error": "..."}`.
 //!
+//! Every request is served in a `request` span: `request_id`, `method` and `route` (the
+//! endpoint's fixed path, or `(unmatched)`; never the raw path, and neither the query string nor
+//! any header is logged). The id is the caller's [`REQUEST_ID`] header when it is a short token
+//! (at most 64 letters, digits, `-`, `_` or `.`, as `pxb-server` accepts them), else a fresh
+//! random one; the response echoes it in [`REQUEST_ID`]. Each request ends with a `debug` line
+//! (`status`, `elapsed_ms`), a `warn` line for a `5xx`.
+//!
+//! The metrics are built at each scrape from the agent's state; the counters and histograms that
+//! outlive a scrape are kept in [`metrics`](super::metrics), which lists its series.
+//!
 //! Who may read: the Service is reachable by every pod of the cluster, so the `/v1/…` endpoints
 //! (backups of every namespace, running operations) answer only requests carrying the agent's
 //! API token in the [`TOKEN_HEADER`] header (`401` otherwise). The token lives in the Secret
@@ -25,6 +35,7 @@ use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
 
 use bytes::Bytes;
 use http_body_util::Full;
@@ -43,6 +54,67 @@ use super::backups;
 use pxb_core::clock::parse_rfc3339;
 
 pub use pxb_core::api::agent::{TOKEN_HEADER, TOKEN_SECRET, VERSION};
+
+/// The header carrying a request's id, read from the request and echoed in the response.
+pub const REQUEST_ID: &str = "x-request-id";
+
+/// The longest request id taken from a caller.
+const MAX_ID_LEN: usize = 64;
+
+/// Whether `id` (from a caller's header) is taken as the request id: a short token that cannot
+/// break a log line or stand for anything but an id.
+fn acceptable_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= MAX_ID_LEN
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+}
+
+/// A fresh request id: 16 random hex digits.
+fn new_request_id() -> String {
+    format!("{:016x}", rand::random::<u64>())
+}
+
+/// The endpoints, as `route` in the request span.
+const ROUTES: [&str; 6] = [
+    "/healthz",
+    "/readyz",
+    "/metrics",
+    "/v1/status",
+    "/v1/catalog",
+    "/v1/operations",
+];
+
+/// The route of `path` for the request span: one of [`ROUTES`], or `(unmatched)`.
+fn route_of(path: &str) -> &'static str {
+    let path = path.trim_end_matches('/');
+    ROUTES
+        .iter()
+        .find(|r| **r == path)
+        .copied()
+        .unwrap_or("(unmatched)")
+}
+
+/// The method for the request span: a standard method's name, else `(other)`.
+fn method_of(method: &Method) -> &str {
+    let standard = [
+        Method::GET,
+        Method::HEAD,
+        Method::POST,
+        Method::PUT,
+        Method::PATCH,
+        Method::DELETE,
+        Method::OPTIONS,
+        Method::CONNECT,
+        Method::TRACE,
+    ];
+    if standard.contains(method) {
+        method.as_str()
+    } else {
+        "(other)"
+    }
+}
 
 /// The largest catalog page.
 pub(crate) const MAX_PAGE: usize = 1000;
@@ -258,6 +330,49 @@ fn catalog(state: &ApiState, q: &BTreeMap<String, String>) -> Response<Full<Byte
     )
 }
 
+/// Answers `req` inside its `request` span (see the [module](self)) and echoes its id in
+/// [`REQUEST_ID`].
+pub(crate) fn answer<B>(state: &ApiState, req: &Request<B>) -> Response<Full<Bytes>> {
+    let id = req
+        .headers()
+        .get(REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| acceptable_id(v))
+        .map_or_else(new_request_id, str::to_owned);
+    let span = tracing::info_span!(
+        "request",
+        request_id = %id,
+        method = method_of(req.method()),
+        route = route_of(req.uri().path()),
+    );
+    let started = Instant::now();
+    let _entered = span.enter();
+    let token = req.headers().get(TOKEN_HEADER).map(|v| v.as_bytes());
+    let accept = req
+        .headers()
+        .get(hyper::header::ACCEPT)
+        .and_then(|v| v.to_str().ok());
+    let mut response = handle(
+        state,
+        req.method(),
+        req.uri().path(),
+        req.uri().query(),
+        token,
+        accept,
+    );
+    let status = response.status().as_u16();
+    let elapsed_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+    if status >= 500 {
+        tracing::warn!(status, elapsed_ms, "request failed");
+    } else {
+        tracing::debug!(status, elapsed_ms, "request served");
+    }
+    if let Ok(v) = hyper::header::HeaderValue::from_str(&id) {
+        response.headers_mut().insert(REQUEST_ID, v);
+    }
+    response
+}
+
 /// The agent's metrics, built from its state at each scrape ([`pxb_telemetry::metrics`]).
 fn metrics(state: &ApiState) -> Registry {
     let lctx = &state.backups.locations;
@@ -281,8 +396,13 @@ fn metrics(state: &ApiState) -> Registry {
         "Location validations run",
         validations,
     );
+    let operations = state.backups.operations();
+    let mut by_kind: BTreeMap<&str, usize> = BTreeMap::new();
+    for op in &operations {
+        *by_kind.entry(op.kind).or_default() += 1;
+    }
     let running: Gauge = Gauge::default();
-    running.set(i64::try_from(state.backups.operations().len()).unwrap_or(i64::MAX));
+    running.set(i64::try_from(operations.len()).unwrap_or(i64::MAX));
     r.register(
         "pxb_agent_operations_running",
         "Backups and restores running",
@@ -300,6 +420,7 @@ fn metrics(state: &ApiState) -> Registry {
         "Backups found by the last sync of a location",
         catalog,
     );
+    lctx.metrics.register(&mut r, &by_kind);
     r
 }
 
@@ -313,19 +434,7 @@ pub(crate) fn serve(listener: tokio::net::TcpListener, state: Arc<ApiState>) -> 
             let state = state.clone();
             tokio::spawn(async move {
                 let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
-                    let token = req.headers().get(TOKEN_HEADER).map(|v| v.as_bytes());
-                    let accept = req
-                        .headers()
-                        .get(hyper::header::ACCEPT)
-                        .and_then(|v| v.to_str().ok());
-                    let r = handle(
-                        &state,
-                        req.method(),
-                        req.uri().path(),
-                        req.uri().query(),
-                        token,
-                        accept,
-                    );
+                    let r = answer(&state, &req);
                     async move { Ok::<_, Infallible>(r) }
                 });
                 let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
@@ -344,4 +453,42 @@ pub async fn bind(
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let local = listener.local_addr()?;
     Ok((local, serve(listener, state)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The request span names an endpoint by its fixed path, never by what the caller sent.
+    #[test]
+    fn spans_name_fixed_routes_and_standard_methods_only() {
+        assert_eq!(route_of("/v1/catalog"), "/v1/catalog");
+        assert_eq!(route_of("/metrics/"), "/metrics");
+        for raw in ["/", "/v1/catalog/x", "/v1/orgs/acme", "/nope\nlevel=ERROR"] {
+            assert_eq!(route_of(raw), "(unmatched)", "{raw:?}");
+        }
+        assert_eq!(method_of(&Method::DELETE), "DELETE");
+        let odd = Method::from_bytes(b"BREW").expect("an extension method");
+        assert_eq!(method_of(&odd), "(other)");
+    }
+
+    #[test]
+    fn only_short_plain_tokens_are_taken_as_request_ids() {
+        for ok in ["a", "7f3c-41aa_b.2", &"x".repeat(MAX_ID_LEN)] {
+            assert!(acceptable_id(ok), "{ok:?}");
+        }
+        for bad in [
+            "",
+            &"x".repeat(MAX_ID_LEN + 1),
+            "a b",
+            "a\nlevel=ERROR",
+            "Bearer abc",
+            "ünï",
+        ] {
+            assert!(!acceptable_id(bad), "{bad:?}");
+        }
+        let id = new_request_id();
+        assert!(acceptable_id(&id) && id.len() == 16, "{id}");
+        assert_ne!(new_request_id(), new_request_id());
+    }
 }

@@ -380,9 +380,12 @@ async fn run(
                "observedGeneration": backup.meta().generation.unwrap_or(0)}),
     )
     .await?;
+    let metrics = &ctx.locations.metrics;
+    let heartbeats = metrics.running("backup", &name);
+    let began = ctx.locations.clock().now();
     let live = Arc::new(Mutex::new(Live {
         stage: "Volumes",
-        started: Some(ctx.locations.clock().now()),
+        started: Some(began),
         ..Live::default()
     }));
     ctx.live
@@ -395,6 +398,7 @@ async fn run(
     let work = execute(spec, ctx, &record, live.clone());
     let beat = || {
         let name = name.clone();
+        let heartbeats = &heartbeats;
         let l = live.lock().unwrap_or_else(|e| e.into_inner()).clone();
         let rate = if l.started.is_some() {
             (l.bytes as f64 / l.elapsed(ctx.locations.clock().now()).as_secs_f64().max(0.001)) as u64
@@ -404,13 +408,19 @@ async fn run(
         let patch = json!({"heartbeat": ctx.locations.now_rfc3339(), "stage": l.stage,
                            "progress": Progress { objects: l.objects, bytes: l.bytes, bytes_per_second: rate }});
         async move {
-            let _ = patch_status(ctx, &name, patch).await;
+            if patch_status(ctx, &name, patch).await.is_ok() {
+                heartbeats.beat();
+            }
         }
     };
     let outcome = with_heartbeat(work, ctx.locations.config.heartbeat_interval, beat).await;
+    drop(heartbeats);
     ctx.live.lock().unwrap_or_else(|e| e.into_inner()).remove(&name);
     let mut done = match outcome {
-        Ok(done) => done,
+        Ok((done, transfer)) => {
+            metrics.backup_bytes(transfer.read, transfer.stored);
+            done
+        }
         Err(message) => ApplicationBackupStatus {
             phase: "Failed".into(),
             message: Some(message),
@@ -422,6 +432,7 @@ async fn run(
         (Some(a), Some(b)) => Some(format!("{a}; {b}")),
         (a, b) => a.or(b),
     };
+    metrics.backup_finished(&done.phase, metrics.since(began));
     tracing::info!(backup = %name, phase = %done.phase, detail = ?done.message, "backup finished");
     let mut status = with_nulls(&done, &["stage", "message"]);
     status["completionTimestamp"] = ctx.locations.now_rfc3339().into();
@@ -446,6 +457,15 @@ fn record_name(backup: &ApplicationBackup) -> String {
     }
 }
 
+/// The bytes a backup moved, for the metrics.
+#[derive(Debug, Default, Clone, Copy)]
+struct Transfer {
+    /// Read from volumes and the API.
+    read: u64,
+    /// Uploaded to the location.
+    stored: u64,
+}
+
 /// Runs the backup, tagged with `record` (the server's record name); the error is the reason it
 /// failed.
 async fn execute(
@@ -453,7 +473,7 @@ async fn execute(
     ctx: &Context,
     record: &str,
     live: Arc<Mutex<Live>>,
-) -> Result<ApplicationBackupStatus, String> {
+) -> Result<(ApplicationBackupStatus, Transfer), String> {
     let lctx = &ctx.locations;
     let locations: Api<BackupLocation> = Api::namespaced(lctx.client.clone(), &lctx.config.namespace);
     let location = locations
@@ -470,6 +490,7 @@ async fn execute(
     let mut volumes = Vec::new();
     let mut refs = Vec::new();
     let mut sizes = Sizes::default();
+    let mut read = 0;
     if spec.include_volumes {
         for ns in &spec.namespaces {
             let claims: Api<PersistentVolumeClaim> = Api::namespaced(lctx.client.clone(), ns);
@@ -488,6 +509,7 @@ async fn execute(
                 match result {
                     Ok((manifest, files, bytes)) => {
                         sizes.volume_bytes += bytes;
+                        read += manifest.stats.bytes_read;
                         sizes.stored_bytes += manifest.stats.stored_bytes;
                         refs.push(VolumeRef {
                             namespace: ns.clone(),
@@ -555,7 +577,11 @@ async fn execute(
             manifest.warnings.join("; ")
         ));
     }
-    Ok(ApplicationBackupStatus {
+    let transfer = Transfer {
+        read: read + stats.raw_bytes,
+        stored: sizes.stored_bytes,
+    };
+    let status = ApplicationBackupStatus {
         phase: if partial { "PartialSuccess" } else { "Success" }.into(),
         message: (!problems.is_empty()).then(|| problems.join("; ")),
         progress: Progress {
@@ -568,7 +594,8 @@ async fn execute(
         virtual_machines: stats.per_kind.get(VIRTUAL_MACHINE_KIND).copied().unwrap_or(0),
         sizes,
         ..ApplicationBackupStatus::default()
-    })
+    };
+    Ok((status, transfer))
 }
 
 async fn backup_claim(

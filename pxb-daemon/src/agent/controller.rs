@@ -66,14 +66,38 @@ where
     C: Send + Sync + 'static,
     F: Future<Output = Result<kube::runtime::controller::Action, ReconcileError>> + Send + 'static,
 {
+    spawn_controller_with_store(what, api, reconcile, ctx).0
+}
+
+/// [`spawn_controller`], also returning the controller's cache of the objects it watches (the
+/// controller does not reconcile an object once it is deleted: the cache says it is gone).
+pub(crate) fn spawn_controller_with_store<K, C, F>(
+    what: &'static str,
+    api: kube::Api<K>,
+    reconcile: impl FnMut(std::sync::Arc<K>, std::sync::Arc<C>) -> F + Send + 'static,
+    ctx: std::sync::Arc<C>,
+) -> (tokio::task::JoinHandle<()>, kube::runtime::reflector::Store<K>)
+where
+    K: kube::Resource<DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+    C: Send + Sync + 'static,
+    F: Future<Output = Result<kube::runtime::controller::Action, ReconcileError>> + Send + 'static,
+{
     use futures::StreamExt as _;
     use kube::ResourceExt as _;
     let error_policy = move |obj: std::sync::Arc<K>, err: &ReconcileError, _: std::sync::Arc<C>| {
         tracing::warn!(object = %obj.name_any(), error = %err, "{what} reconcile failed; retrying in 10 s");
         kube::runtime::controller::Action::requeue(Duration::from_secs(10))
     };
-    tokio::spawn(async move {
-        kube::runtime::Controller::new(api, kube::runtime::watcher::Config::default())
+    let controller = kube::runtime::Controller::new(api, kube::runtime::watcher::Config::default());
+    let store = controller.store();
+    let task = tokio::spawn(async move {
+        controller
             .run(reconcile, error_policy, ctx)
             .for_each(|r| async move {
                 if let Err(e) = r {
@@ -81,7 +105,8 @@ where
                 }
             })
             .await;
-    })
+    });
+    (task, store)
 }
 
 /// Merges `status` into the status subresource of `name` in the agent's namespace.

@@ -41,6 +41,8 @@ pub struct Context {
     /// The agent's settings.
     pub config: AgentConfig,
     clock: Arc<dyn Clock>,
+    /// The metrics that outlive a scrape.
+    pub(crate) metrics: Arc<super::metrics::AgentMetrics>,
     validations: AtomicU64,
     catalogs: Mutex<HashMap<String, Catalog>>,
     running: Mutex<HashSet<(String, &'static str)>>,
@@ -77,6 +79,7 @@ impl Context {
         Arc::new(Self {
             client,
             config,
+            metrics: super::metrics::AgentMetrics::new(clock.clone()),
             clock,
             validations: AtomicU64::new(0),
             catalogs: Mutex::new(HashMap::new()),
@@ -328,10 +331,19 @@ async fn reconcile_location(
     let api: Api<BackupLocation> = Api::namespaced(ctx.client.clone(), &ctx.config.namespace);
     let loc = match api.get_opt(&name).await {
         Ok(Some(l)) => l,
-        Ok(None) => return Ok(Action::await_change()),
+        Ok(None) => {
+            ctx.metrics.location_deleted(&name);
+            return Ok(Action::await_change());
+        }
         Err(e) => return Err(ReconcileError(format!("reading location {name}: {e}"))),
     };
     let status = loc.status.clone().unwrap_or_default();
+    match &status.validation {
+        Some(v) => ctx
+            .metrics
+            .location_validated(&name, &v.phase, v.last_checked.as_deref()),
+        None => ctx.metrics.location_validated(&name, "Pending", None),
+    }
     let generation = loc.meta().generation.unwrap_or(0);
     let now = ctx.clock.now();
     let mut next = ctx.config.validate_interval;
@@ -351,7 +363,7 @@ async fn reconcile_location(
         tracing::info!(location = %name, phase = %validation.phase,
                        step = ?validation.failed_step, reason = ?validation.reason, "location validated");
         valid = validation.phase == "Valid";
-        patch_status(
+        let written = patch_status(
             &ctx,
             &name,
             json!({
@@ -361,7 +373,13 @@ async fn reconcile_location(
                 "observedConnection": loc.spec.connection_fingerprint(),
             }),
         )
-        .await?;
+        .await;
+        // What the status says once it is written (a failed write is retried, validating again).
+        if written.is_ok() {
+            ctx.metrics
+                .location_validated(&name, &validation.phase, validation.last_checked.as_deref());
+        }
+        written?;
     } else if let Some(w) = wait {
         next = next.min(w);
     }
@@ -425,6 +443,7 @@ async fn run_sync(loc: &BackupLocation, ctx: &Context, valid: bool) -> Result<()
     if !ctx.start(&name, "sync") {
         return Ok(());
     }
+    let heartbeats = ctx.metrics.running("sync", &name);
     let running = SyncStatus {
         phase: "InProgress".into(),
         request,
@@ -450,7 +469,12 @@ async fn run_sync(loc: &BackupLocation, ctx: &Context, valid: bool) -> Result<()
             Ok((delta, state))
         });
         let outcome = with_heartbeat(work, ctx.config.heartbeat_interval, || async {
-            let _ = patch_status(ctx, &name, json!({"sync": {"heartbeat": ctx.now_rfc3339()}})).await;
+            if patch_status(ctx, &name, json!({"sync": {"heartbeat": ctx.now_rfc3339()}}))
+                .await
+                .is_ok()
+            {
+                heartbeats.beat();
+            }
         })
         .await;
         let done = match outcome {
@@ -492,6 +516,7 @@ async fn run_sync(loc: &BackupLocation, ctx: &Context, valid: bool) -> Result<()
         .await
     }
     .await;
+    drop(heartbeats);
     ctx.finish(&name, "sync");
     result
 }
@@ -516,13 +541,16 @@ async fn run_verify(loc: &BackupLocation, ctx: &Context, valid: bool) -> Result<
     if !ctx.start(&name, "verify") {
         return Ok(());
     }
+    let heartbeats = ctx.metrics.running("verify", &name);
     let result = async {
         patch_status(ctx, &name, json!({"verify": {"phase": "InProgress", "heartbeat": ctx.now_rfc3339()}})).await?;
         let opened = open(&loc.spec, ctx).await.map_err(ReconcileError)?;
         let repo = ctx.repository(opened.store);
         let work = isolated("verify", async move { verify(&repo, None, false, 8).await });
         let outcome = with_heartbeat(work, ctx.config.heartbeat_interval, || async {
-            let _ = patch_status(ctx, &name, json!({"verify": {"heartbeat": ctx.now_rfc3339()}})).await;
+            if patch_status(ctx, &name, json!({"verify": {"heartbeat": ctx.now_rfc3339()}})).await.is_ok() {
+                heartbeats.beat();
+            }
         })
         .await;
         let done = match outcome {
@@ -558,6 +586,7 @@ async fn run_verify(loc: &BackupLocation, ctx: &Context, valid: bool) -> Result<
         .await
     }
     .await;
+    drop(heartbeats);
     ctx.finish(&name, "verify");
     result
 }
@@ -588,7 +617,10 @@ async fn isolated<T: Send + 'static>(
 /// Runs the location controller until the returned task is aborted.
 pub fn spawn(ctx: Arc<Context>) -> tokio::task::JoinHandle<()> {
     let api: Api<BackupLocation> = Api::namespaced(ctx.client.clone(), &ctx.config.namespace);
-    super::controller::spawn_controller("location", api, reconcile, ctx)
+    let metrics = ctx.metrics.clone();
+    let (task, store) = super::controller::spawn_controller_with_store("location", api, reconcile, ctx);
+    metrics.watch_locations(store);
+    task
 }
 
 #[cfg(test)]

@@ -12,6 +12,7 @@ pub mod backups;
 mod config;
 mod controller;
 pub mod locations;
+mod metrics;
 pub mod restores;
 pub mod volumes;
 

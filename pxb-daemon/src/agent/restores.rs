@@ -159,10 +159,19 @@ async fn run(
                "attempts": attempts, "message": message.clone()}),
     )
     .await?;
+    let metrics = &ctx.locations.metrics;
+    let heartbeats = metrics.running("restore", &name);
+    let began = ctx.locations.clock().now();
     let beat = || {
         let name = name.clone();
+        let heartbeats = &heartbeats;
         async move {
-            let _ = patch_status(ctx, &name, json!({"heartbeat": ctx.locations.now_rfc3339()})).await;
+            if patch_status(ctx, &name, json!({"heartbeat": ctx.locations.now_rfc3339()}))
+                .await
+                .is_ok()
+            {
+                heartbeats.beat();
+            }
         }
     };
     let outcome = with_heartbeat(
@@ -171,6 +180,7 @@ async fn run(
         beat,
     )
     .await;
+    drop(heartbeats);
     let mut done = outcome.unwrap_or_else(|message| ApplicationRestoreStatus {
         phase: "Failed".into(),
         message: Some(message),
@@ -181,6 +191,7 @@ async fn run(
         (Some(a), Some(b)) => Some(format!("{a}; {b}")),
         (a, b) => a.or(b),
     };
+    metrics.restore_finished(&done.phase, metrics.since(began));
     tracing::info!(restore = %name, phase = %done.phase, detail = ?done.message, "restore finished");
     let mut status = with_nulls(&done, &["message"]);
     status["completionTimestamp"] = ctx.locations.now_rfc3339().into();

@@ -328,6 +328,7 @@ impl Server {
             }
         }
         if b.phase != BackupPhase::Deleting {
+            b.previous_phase = Some(b.phase);
             b.phase = BackupPhase::Deleting;
             b.message = None;
             self.inner.catalog.put(&b, None).await?;

@@ -33,6 +33,74 @@ pub struct ServerConfig {
     /// Garden credentials discovery configurations may use, by name. Orgs refer to them by name;
     /// they never see the file. See [`GardenCredential`] for who may use one.
     pub garden_credentials: BTreeMap<String, GardenCredential>,
+    /// Metrics of backups and the opt-in support channel.
+    pub telemetry: TelemetryConfig,
+}
+
+/// Metrics of backups and the opt-in support channel.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct TelemetryConfig {
+    /// Hours a deleted backup's info series stays on `/metrics` (with `status="Deleted"` and
+    /// the status it had in `previous_status`), then goes by itself.
+    pub backup_info_retention_hours: u64,
+    /// The most per-backup info series on `/metrics`: the most recently created backups, and
+    /// the most recently deleted ones within the retention window. Bounds the scrape and the
+    /// memory at any catalog size.
+    pub backup_info_max_series: usize,
+    /// The opt-in support channel (off until switched on at run time).
+    pub support: SupportConfig,
+}
+
+impl Default for TelemetryConfig {
+    fn default() -> Self {
+        TelemetryConfig {
+            backup_info_retention_hours: 24,
+            backup_info_max_series: 10_000,
+            support: SupportConfig::default(),
+        }
+    }
+}
+
+/// The opt-in support channel: health metrics, recent redacted log records and the ids of
+/// onboarded clusters, sent to the provider's support service over mutual TLS
+/// (`docs/telemetry.md`). Off by default; switched on and off at run time by the `enabled` key
+/// of a ConfigMap or a file, never by this configuration alone.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct SupportConfig {
+    /// The telemetry service (`https://…`). Empty: the channel cannot be switched on.
+    pub endpoint: String,
+    /// A PEM file with the CA of the telemetry service; empty uses the system roots.
+    pub ca_file: String,
+    /// A file holding the registration token the support service gave, if it wants one.
+    pub registration_token_file: String,
+    /// The ConfigMap whose `enabled` key (`"true"`/`"false"`) switches the channel, watched
+    /// through the Kubernetes API when the server runs in a cluster: `namespace/name`. The
+    /// namespace defaults to the server's own (`POD_NAMESPACE`).
+    pub config_map: String,
+    /// Instead of the ConfigMap, a file (for example the ConfigMap mounted as a volume) whose
+    /// content is `true` or `false`, read every two seconds.
+    pub enabled_file: String,
+    /// Seconds between uploads.
+    pub upload_interval_secs: u64,
+    /// The provider's customer id of each org, sent at registration so that support can map
+    /// an org to a customer. Orgs not listed are sent with their org id only.
+    pub customers: BTreeMap<String, String>,
+}
+
+impl Default for SupportConfig {
+    fn default() -> Self {
+        SupportConfig {
+            endpoint: String::new(),
+            ca_file: String::new(),
+            registration_token_file: String::new(),
+            config_map: "pxb-telemetry-config".into(),
+            enabled_file: String::new(),
+            upload_interval_secs: 300,
+            customers: BTreeMap::new(),
+        }
+    }
 }
 
 /// A garden credential (a Gardener project service account's kubeconfig) and who may use it.
@@ -356,6 +424,28 @@ impl ServerConfig {
                 f.min_agent_version
             ))
         })?;
+        let t = &self.telemetry;
+        if t.backup_info_retention_hours == 0 || t.backup_info_retention_hours > 24 * 366 {
+            return Err(Error::invalid(
+                "telemetry.backupInfoRetentionHours must be between 1 and 8784 (a year)",
+            ));
+        }
+        if t.backup_info_max_series > 10_000_000 {
+            return Err(Error::invalid(
+                "telemetry.backupInfoMaxSeries must be at most 10000000 (0 turns the series off)",
+            ));
+        }
+        if t.support.upload_interval_secs < 10 {
+            return Err(Error::invalid(
+                "telemetry.support.uploadIntervalSecs must be at least 10",
+            ));
+        }
+        if !t.support.endpoint.is_empty() && !t.support.endpoint.starts_with("https://") {
+            return Err(Error::invalid(format!(
+                "telemetry.support.endpoint {:?} must be an https:// URL (the channel uses mutual TLS)",
+                t.support.endpoint
+            )));
+        }
         if !self.auth.issuer.is_empty() && self.auth.audiences.is_empty() {
             return Err(Error::invalid(
                 "auth.audiences must name at least one audience when auth.issuer is set",

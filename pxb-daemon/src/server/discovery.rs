@@ -3,6 +3,7 @@
 //! project, and a project another discovery already onboards.
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use pxb_core::catalog::records::{ClusterRecord, ClusterState, DiscoveryConfig};
@@ -114,7 +115,10 @@ impl Server {
         let retired: Vec<ClusterRecord> = {
             let mut st = self.inner.lock();
             st.discoveries.remove(&key);
-            st.running.remove(&key);
+            if let Some(d) = st.running.remove(&key) {
+                // Under the lock the totals are read with: they never count it twice or not at all.
+                *self.inner.metrics.retired_providers() += super::gardener::counts_of(d.as_ref());
+            }
             st.discovery_status.remove(&key);
             st.dirty = true;
             st.clusters
@@ -150,6 +154,10 @@ impl Server {
             self.check_discovery(&d, earlier).err()
         };
         if let Some(e) = refused {
+            self.inner
+                .metrics
+                .discovery_starts_failed
+                .fetch_add(1, Ordering::Relaxed);
             tracing::error!(org = %d.org, discovery = %d.id, error = %e, "discovery refused");
             self.set_discovery_status(&key, DiscoveryState::Failing, Some(e.to_string()));
             return;
@@ -170,6 +178,10 @@ impl Server {
             match self.inner.discovery.start(&request, tx.clone()).await {
                 Ok(running) => break running,
                 Err(e) => {
+                    self.inner
+                        .metrics
+                        .discovery_starts_failed
+                        .fetch_add(1, Ordering::Relaxed);
                     self.set_discovery_status(&key, DiscoveryState::Failing, Some(e.to_string()));
                     tracing::warn!(org = %d.org, discovery = %d.id, error = %e, "cannot start discovery; retrying");
                     tokio::time::sleep(backoff).await;
@@ -219,6 +231,18 @@ impl Server {
         let mut status = st.discovery_status.get(&key).cloned().unwrap_or_default();
         status.shoots = st.running.get(&key).map_or(0, |d| d.tracked());
         status
+    }
+
+    /// The shoots each running discovery knows now, eligible or not: (org, discovery id, count).
+    pub(crate) fn discovered_shoots(&self) -> Vec<(String, String, usize)> {
+        let st = self.inner.lock();
+        let mut out: Vec<_> = st
+            .running
+            .iter()
+            .map(|((org, id), d)| (org.clone(), id.clone(), d.tracked()))
+            .collect();
+        out.sort();
+        out
     }
 
     /// Whether a discovery of the org runs (its provider connected).

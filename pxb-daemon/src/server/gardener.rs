@@ -14,7 +14,7 @@ use pxb_gardener::{GardenAuth, GardenerConfig, GardenerProvider};
 use tokio::sync::mpsc;
 
 use super::config::ServerConfig;
-use super::state::Server;
+use super::state::{ProviderCounts, Server};
 
 /// Discoveries of Gardener projects. A request's credential names a kubeconfig file (of a
 /// project service account), read at every start, so a rotated file is picked up on the next
@@ -109,5 +109,32 @@ impl Server {
             .filter_map(|d| d.as_any().downcast_ref::<GardenerRunning>())
             .map(|g| g.provider.clone())
             .collect()
+    }
+
+    /// What the providers counted (discovery cycles, kubeconfigs issued and renewed): those of
+    /// the running discoveries and of the removed ones, so the totals never go down.
+    pub(crate) fn provider_counts(&self) -> ProviderCounts {
+        let st = self.inner.lock();
+        let mut total = *self.inner.metrics.retired_providers();
+        for d in st.running.values() {
+            total += counts_of(d.as_ref());
+        }
+        total
+    }
+}
+
+/// What the provider of the discovery `d` counted; nothing when it is not Gardener's.
+pub(crate) fn counts_of(d: &dyn Discovery) -> ProviderCounts {
+    let Some(g) = d.as_any().downcast_ref::<GardenerRunning>() else {
+        return ProviderCounts::default();
+    };
+    let s = g.provider.stats();
+    ProviderCounts {
+        discoveries_ok: s.discoveries,
+        discoveries_failed: s.discoveries_failed,
+        issued_ok: s.issued.saturating_sub(s.renewed),
+        issued_failed: s.failed.saturating_sub(s.renew_failed),
+        renewed_ok: s.renewed,
+        renewed_failed: s.renew_failed,
     }
 }

@@ -11,7 +11,8 @@
 //! ([`auth::Authenticator`], Entra ID by default) and the clock — and runs it as a [`Daemon`].
 //!
 //! Code map: `state.rs` is the shared state every other file works on (and imports nothing of
-//! them); `orgs.rs`, `discovery.rs`, `clusters.rs`, `locations.rs` and `sessions.rs` what the API
+//! them but `backup_info.rs`, the catalog decorator under it that keeps the per-backup info
+//! series and times the catalog); `orgs.rs`, `discovery.rs`, `clusters.rs`, `locations.rs` and `sessions.rs` what the API
 //! and discovery change; `scheduler.rs` the visits, housekeeping and the schedules' loop;
 //! [`backups`] and `operations.rs` backups, restores and schedules; `daemon.rs` the builder and
 //! the running daemon; `gardener.rs` the one file naming Gardener's provider, `kubeconfig.rs` the
@@ -27,6 +28,7 @@
 pub(crate) mod api;
 pub mod auth;
 pub mod backups;
+mod backup_info;
 mod clusters;
 pub mod config;
 mod daemon;

@@ -239,6 +239,7 @@ impl Server {
     }
 
     async fn visit(&self, key: Key) {
+        let started = std::time::Instant::now();
         let fleet = &self.inner.config.fleet;
         let call = Duration::from_millis(fleet.call_timeout_ms);
         let now = self.inner.clock.now();
@@ -297,6 +298,10 @@ impl Server {
                             // A credential the cluster refuses is not used again: the next visit
                             // (backed off as for any unreachable cluster) gets a new one.
                             if e.refused {
+                                self.inner
+                                    .metrics
+                                    .kubeconfigs_refused
+                                    .fetch_add(1, Ordering::Relaxed);
                                 provider.refused(&id, &access);
                             }
                             return Err(e.message);
@@ -346,6 +351,10 @@ impl Server {
                         ..out.status
                     };
                     self.inner.metrics.visits_ok.fetch_add(1, Ordering::Relaxed);
+                    self.inner
+                        .metrics
+                        .visit_duration
+                        .observe(started.elapsed().as_secs_f64());
                     tracing::debug!(state = t.record.status.state.as_str(), "cluster visited");
                     self.inner
                         .metrics
@@ -384,6 +393,10 @@ impl Server {
                         last_attempt: Some(rfc3339(after)),
                     };
                     self.inner.metrics.visits_failed.fetch_add(1, Ordering::Relaxed);
+                    self.inner
+                        .metrics
+                        .visit_duration
+                        .observe(started.elapsed().as_secs_f64());
                     tracing::debug!(org = %key.0, cluster = %record.name, error = %e, failures = t.failures, "cluster unreachable");
                     for mut s in statuses.into_values() {
                         reconcile::apply_leases(&mut s, after, Duration::from_secs(fleet.lease_secs));

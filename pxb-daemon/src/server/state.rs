@@ -20,6 +20,7 @@ use pxb_core::{Clock, Error, Result};
 use tokio::sync::{Notify, Semaphore};
 
 use super::auth::Authenticator;
+use super::backup_info::{BackupInfo, ObservedStore};
 use super::config::ServerConfig;
 use super::fleet::FleetSnapshot;
 use super::seal::Sealer;
@@ -101,8 +102,62 @@ pub(crate) struct ClusterOps {
 
 pub use pxb_core::api::rest::{DiscoveryState, DiscoveryStatus};
 
+/// Labels of `pxb_server_api_requests`: `method`, `route` (the route template, or
+/// [`UNMATCHED_ROUTE`]) and `code` (the HTTP status).
+pub(crate) type ApiRequestLabels = [(&'static str, String); 3];
+
+/// Labels of `pxb_server_api_request_duration_seconds`: `method` and `route`.
+pub(crate) type ApiRouteLabels = [(&'static str, String); 2];
+
+/// A family of histograms, each made with the family's buckets.
+pub(crate) type HistogramFamily<L> = pxb_telemetry::prometheus_client::metrics::family::Family<
+    L,
+    pxb_telemetry::prometheus_client::metrics::histogram::Histogram,
+    fn() -> pxb_telemetry::prometheus_client::metrics::histogram::Histogram,
+>;
+
+/// The `route` of requests that matched no route: unknown paths never become label values.
+pub(crate) const UNMATCHED_ROUTE: &str = "unmatched";
+
+/// Buckets of the API's latency histogram, in seconds.
+pub(crate) const API_DURATION_BUCKETS: [f64; 11] =
+    [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
+
+/// Buckets of the cluster visits' duration histogram, in seconds (a visit's deadline is four
+/// call timeouts).
+pub(crate) const VISIT_DURATION_BUCKETS: [f64; 11] =
+    [0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0];
+
+/// What the discovery providers counted (Gardener's: discovery cycles, kubeconfig requests).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct ProviderCounts {
+    /// Full discovery cycles that listed the project.
+    pub(crate) discoveries_ok: u64,
+    /// Full discovery cycles that failed.
+    pub(crate) discoveries_failed: u64,
+    /// First kubeconfigs issued for a cluster (renewals not included).
+    pub(crate) issued_ok: u64,
+    /// First kubeconfig requests that failed.
+    pub(crate) issued_failed: u64,
+    /// Kubeconfigs renewed.
+    pub(crate) renewed_ok: u64,
+    /// Renewals that failed.
+    pub(crate) renewed_failed: u64,
+}
+
+impl std::ops::AddAssign for ProviderCounts {
+    fn add_assign(&mut self, o: Self) {
+        self.discoveries_ok += o.discoveries_ok;
+        self.discoveries_failed += o.discoveries_failed;
+        self.issued_ok += o.issued_ok;
+        self.issued_failed += o.issued_failed;
+        self.renewed_ok += o.renewed_ok;
+        self.renewed_failed += o.renewed_failed;
+    }
+}
+
 /// Counters exposed on `/metrics`.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Metrics {
     /// Visits that reached their cluster.
     pub visits_ok: AtomicU64,
@@ -120,6 +175,77 @@ pub struct Metrics {
     pub imported: AtomicU64,
     /// Schedule slots fired.
     pub schedule_runs: AtomicU64,
+    /// API requests by method, route template and status (lives across scrapes: `/metrics`
+    /// registers clones of it).
+    pub api_requests: pxb_telemetry::prometheus_client::metrics::family::Family<
+        ApiRequestLabels,
+        pxb_telemetry::prometheus_client::metrics::counter::Counter,
+    >,
+    /// API request latency by method and route template (`API_DURATION_BUCKETS`).
+    pub api_request_duration: HistogramFamily<ApiRouteLabels>,
+    /// How long cluster visits took (`VISIT_DURATION_BUCKETS`).
+    pub visit_duration: pxb_telemetry::prometheus_client::metrics::histogram::Histogram,
+    /// Discoveries that could not start (or were refused by the server's checks).
+    pub discovery_starts_failed: AtomicU64,
+    /// Kubeconfigs a cluster refused (`401`) in a visit.
+    pub kubeconfigs_refused: AtomicU64,
+    /// What the providers of removed discoveries had counted, so the totals never go down.
+    pub(crate) retired_providers: Mutex<ProviderCounts>,
+}
+
+fn api_duration_histogram() -> pxb_telemetry::prometheus_client::metrics::histogram::Histogram {
+    pxb_telemetry::prometheus_client::metrics::histogram::Histogram::new(API_DURATION_BUCKETS)
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics {
+            visits_ok: AtomicU64::default(),
+            visits_failed: AtomicU64::default(),
+            orphans_deleted: AtomicU64::default(),
+            crs_written: AtomicU64::default(),
+            stalled: AtomicU64::default(),
+            snapshots: AtomicU64::default(),
+            imported: AtomicU64::default(),
+            schedule_runs: AtomicU64::default(),
+            api_requests: Default::default(),
+            api_request_duration: HistogramFamily::new_with_constructor(api_duration_histogram),
+            visit_duration: pxb_telemetry::prometheus_client::metrics::histogram::Histogram::new(
+                VISIT_DURATION_BUCKETS,
+            ),
+            discovery_starts_failed: AtomicU64::default(),
+            kubeconfigs_refused: AtomicU64::default(),
+            retired_providers: Mutex::default(),
+        }
+    }
+}
+
+impl Metrics {
+    /// Counts one API request: `method` (a known method or `other`), `route` (its template, or
+    /// [`UNMATCHED_ROUTE`]), its status and how long it took.
+    pub(crate) fn api_request(
+        &self,
+        method: &'static str,
+        route: &str,
+        status: u16,
+        elapsed: std::time::Duration,
+    ) {
+        self.api_requests
+            .get_or_create(&[
+                ("method", method.to_owned()),
+                ("route", route.to_owned()),
+                ("code", status.to_string()),
+            ])
+            .inc();
+        self.api_request_duration
+            .get_or_create(&[("method", method.to_owned()), ("route", route.to_owned())])
+            .observe(elapsed.as_secs_f64());
+    }
+
+    /// What the providers of removed discoveries had counted.
+    pub(crate) fn retired_providers(&self) -> MutexGuard<'_, ProviderCounts> {
+        self.retired_providers.lock().unwrap_or_else(|e| e.into_inner())
+    }
 }
 
 /// What every clone of a [`Server`] shares.
@@ -147,6 +273,10 @@ pub(crate) struct Inner {
     pub(crate) sessions: Mutex<HashMap<(String, String), (SystemTime, serde_json::Value)>>,
     /// API requests in flight per org (`api.maxRequestsPerOrg`).
     pub(crate) org_limits: OrgLimits,
+    /// The per-backup info series.
+    pub(crate) backup_info: Arc<BackupInfo>,
+    /// The catalog's store as the server uses it (timed, feeding `backup_info`).
+    pub(crate) observed_store: Arc<ObservedStore>,
 }
 
 /// Requests in flight per org (`api.maxRequestsPerOrg`), a semaphore each.
@@ -192,7 +322,14 @@ impl Server {
         config.check()?;
         let min_agent_version = semver::Version::parse(&config.fleet.min_agent_version)
             .map_err(|e| Error::invalid(format!("fleet.minAgentVersion: {e}")))?;
-        let catalog = Catalog::new(deps.catalog);
+        let backup_info = Arc::new(BackupInfo::new(&config.telemetry));
+        let raw_store = deps.catalog;
+        let observed_store = Arc::new(ObservedStore::new(
+            raw_store.clone(),
+            backup_info.clone(),
+            deps.clock.clone(),
+        ));
+        let catalog = Catalog::new(observed_store.clone());
         let inner = Arc::new(Inner {
             permits: Arc::new(Semaphore::new(config.fleet.concurrency)),
             config,
@@ -211,9 +348,18 @@ impl Server {
             background: Mutex::new(Vec::new()),
             sessions: Mutex::new(HashMap::new()),
             org_limits: OrgLimits::default(),
+            backup_info,
+            observed_store,
         });
         let server = Server { inner };
         server.load().await?;
+        let orgs: Vec<String> = server.inner.orgs().keys().cloned().collect();
+        let now_ms = pxb_core::clock::unix_ms(server.inner.clock.now());
+        // The series are not worth failing the start for: a catalog that cannot answer this
+        // fails the org loads above anyway.
+        if let Err(e) = server.inner.backup_info.backfill(&raw_store, &orgs, now_ms).await {
+            tracing::warn!(error = %e, "cannot rebuild the backup info series from the catalog");
+        }
         server.rebuild_snapshot();
         Ok(server)
     }
@@ -236,6 +382,15 @@ impl Server {
     /// API requests in flight per org.
     pub(crate) fn org_limits(&self) -> &OrgLimits {
         &self.inner.org_limits
+    }
+
+    /// Registers the per-backup info series (as of the clock's now) and the catalog latency.
+    pub(crate) fn register_backup_metrics(
+        &self,
+        r: &mut pxb_telemetry::prometheus_client::registry::Registry,
+    ) {
+        let now_ms = pxb_core::clock::unix_ms(self.inner.clock.now());
+        super::backup_info::register(r, &self.inner.backup_info, &self.inner.observed_store, now_ms);
     }
 
     /// The counters.

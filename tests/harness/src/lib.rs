@@ -12,6 +12,9 @@
 //! - [`jwt`]: unsigned JWTs shaped like Kubernetes service-account tokens;
 //! - [`oidc::TestIssuer`]: an OpenID Connect issuer (discovery and JWKS) signing RS256 tokens;
 //! - [`logs`]: captured log lines of the code under test;
+//! - [`telemetry_service::TelemetryService`]: the support channel's telemetry service
+//!   (registration with a CSR, mutual-TLS OTLP/HTTP uploads of metrics and logs), recording what
+//!   arrives;
 //! - [`promtool_check_metrics`]: Prometheus' own checker over an exposition.
 //!
 //! Every component listens on 127.0.0.1 on a port it picks, and is stopped by its own process id
@@ -26,6 +29,7 @@ pub mod logs;
 pub mod oidc;
 pub mod real_cluster;
 pub mod server;
+pub mod telemetry_service;
 pub mod tls;
 
 use std::net::TcpListener;

@@ -5,6 +5,7 @@
 pub mod api;
 pub mod fleet;
 pub mod gc;
+pub mod metrics;
 pub mod server;
 pub mod sync;
 pub mod volume;

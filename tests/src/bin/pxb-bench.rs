@@ -5,7 +5,9 @@
 //! - `pxb-bench gc [--chunks 10000000] [--backups 100]`: GC time and peak RSS;
 //! - `pxb-bench fleet [--shoots 1000]`: discovery + first kubeconfig issuance (wall time, RSS);
 //! - `pxb-bench renewal [--shoots 10000] [--lifetime 120] [--jitter 0.1] [--observe 150]`:
-//!   kubeconfig renewals per second over time.
+//!   kubeconfig renewals per second over time;
+//! - `pxb-bench metrics [--backups 1000000] [--max-series 10000] [--rounds 50]`: `/metrics`
+//!   scrape time, size and memory over a catalog of that many backups.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -69,6 +71,14 @@ async fn main_async(args: Vec<String>) -> anyhow::Result<serde_json::Value> {
             )
             .await
         }
+        Some("metrics") => {
+            bench::metrics::run(
+                arg(&args, "--backups", 1_000_000usize)?,
+                arg(&args, "--max-series", 10_000usize)?,
+                arg(&args, "--rounds", 50usize)?,
+            )
+            .await
+        }
         Some("server") => {
             bench::server::fleet_pass(bench::server::ServerBench {
                 shoots: arg(&args, "--shoots", 10_000usize)?,
@@ -78,7 +88,7 @@ async fn main_async(args: Vec<String>) -> anyhow::Result<serde_json::Value> {
             })
             .await
         }
-        _ => bail!("usage: pxb-bench volume|sync|gc|fleet|renewal|server|api [options] (see the source)"),
+        _ => bail!("usage: pxb-bench volume|sync|gc|fleet|renewal|server|api|metrics [options] (see the source)"),
     }
 }
 

@@ -1,7 +1,7 @@
 //! What probes and monitoring read, without an org: `/healthz`, `/readyz` and `/metrics`
 //! (Prometheus metrics through [`pxb_telemetry`]).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use axum::Json;
@@ -15,7 +15,7 @@ use pxb_telemetry::prometheus_client::metrics::counter::Counter;
 use pxb_telemetry::prometheus_client::metrics::family::Family;
 use pxb_telemetry::prometheus_client::metrics::gauge::Gauge;
 use pxb_telemetry::prometheus_client::metrics::info::Info;
-use pxb_telemetry::prometheus_client::registry::Registry;
+use pxb_telemetry::prometheus_client::registry::{Registry, Unit};
 
 use crate::server::auth::Caller;
 use crate::server::state::{OrgState, Server};
@@ -53,8 +53,19 @@ pub(crate) async fn metrics(State(s): State<Server>, headers: HeaderMap) -> impl
     ([(header::CONTENT_TYPE, e.content_type)], e.body)
 }
 
-/// One label, the only kind the server's families have.
+/// One label with a fixed value.
 type Label = [(&'static str, &'static str); 1];
+
+/// Two labels with values from the state.
+type Labels2 = [(&'static str, String); 2];
+
+/// A counter family `{result="ok"|"failed"}`.
+fn results(ok: u64, failed: u64) -> Family<Label, Counter> {
+    let f = Family::<Label, Counter>::default();
+    f.get_or_create(&[("result", "ok")]).inc_by(ok);
+    f.get_or_create(&[("result", "failed")]).inc_by(failed);
+    f
+}
 
 /// A count as a gauge value.
 fn int(v: impl TryInto<i64>) -> i64 {
@@ -83,6 +94,17 @@ fn registry(s: &Server) -> Registry {
     }
     r.register("pxb_server_clusters", "Clusters by state", clusters);
     let orgs = s.orgs();
+    // Every org, with or without clusters, and every state: a series is never missing.
+    let per_org = Family::<Labels2, Gauge>::default();
+    let names: BTreeSet<&String> = orgs.keys().chain(snap.orgs.keys()).collect();
+    for org in names {
+        for (state, n) in snap.counts(std::slice::from_ref(org)) {
+            per_org
+                .get_or_create(&[("org", org.clone()), ("state", state.to_owned())])
+                .set(int(n));
+        }
+    }
+    r.register("pxb_server_org_clusters", "Clusters by org and state", per_org);
     let degraded = orgs
         .values()
         .filter(|o| matches!(o, OrgState::Degraded { .. }))
@@ -103,6 +125,58 @@ fn registry(s: &Server) -> Registry {
         .get_or_create(&[("result", "failed")])
         .inc_by(m.visits_failed.load(Ordering::Relaxed));
     r.register("pxb_server_visits", "Cluster visits by result", visits);
+    r.register_with_unit(
+        "pxb_server_visit_duration",
+        "How long cluster visits took",
+        Unit::Seconds,
+        m.visit_duration.clone(),
+    );
+    r.register(
+        "pxb_server_api_requests",
+        "API requests by method, route template and status code",
+        m.api_requests.clone(),
+    );
+    r.register_with_unit(
+        "pxb_server_api_request_duration",
+        "API request latency by method and route template",
+        Unit::Seconds,
+        m.api_request_duration.clone(),
+    );
+    let providers = s.provider_counts();
+    r.register(
+        "pxb_server_discovery_runs",
+        "Discovery cycles by result (a discovery that cannot start counts a failed one)",
+        results(
+            providers.discoveries_ok,
+            providers.discoveries_failed + m.discovery_starts_failed.load(Ordering::Relaxed),
+        ),
+    );
+    let shoots = Family::<Labels2, Gauge>::default();
+    for (org, discovery, n) in s.discovered_shoots() {
+        shoots
+            .get_or_create(&[("org", org), ("discovery", discovery)])
+            .set(int(n));
+    }
+    r.register(
+        "pxb_server_discovery_shoots",
+        "Shoots each running discovery knows, eligible or not",
+        shoots,
+    );
+    r.register(
+        "pxb_server_kubeconfigs_issued",
+        "First kubeconfigs requested for clusters, by result",
+        results(providers.issued_ok, providers.issued_failed),
+    );
+    r.register(
+        "pxb_server_kubeconfigs_renewed",
+        "Kubeconfigs renewed (replacing one held), by result",
+        results(providers.renewed_ok, providers.renewed_failed),
+    );
+    r.register(
+        "pxb_server_kubeconfigs_refused",
+        "Kubeconfigs a cluster refused in a visit",
+        counter(&m.kubeconfigs_refused),
+    );
     r.register(
         "pxb_server_orphans_deleted",
         "Orphaned objects deleted from clusters",
@@ -142,5 +216,6 @@ fn registry(s: &Server) -> Registry {
         "Fleet status snapshots built",
         counter(&m.snapshots),
     );
+    s.register_backup_metrics(&mut r);
     r
 }

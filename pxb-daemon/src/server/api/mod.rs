@@ -13,8 +13,8 @@
 //! query and the body are read: a caller without the role gets `403` whatever it sent. One file per resource holds its handlers and
 //! the types of its requests and responses.
 //!
-//! Every request is served inside a `request` span (`request_id`, `method`, `route`, `org`) and
-//! its response carries `x-request-id` (`trace.rs`).
+//! Every request is served inside a `request` span (`request_id`, `method`, `route`, `org`), its
+//! response carries `x-request-id`, and it is counted and timed on `/metrics` (`trace.rs`).
 
 mod backups;
 mod clusters;
@@ -65,7 +65,10 @@ pub(crate) fn router(server: Server) -> Router {
             limit::per_org_limit,
         ))
         // Outermost: the throttled and the refused requests have their span and id too.
-        .layer(axum::middleware::from_fn(trace::request_span))
+        .layer(axum::middleware::from_fn_with_state(
+            server.clone(),
+            trace::request_span,
+        ))
         .with_state(server)
 }
 

@@ -7,14 +7,20 @@
 //!
 //! Each request ends with a `debug` line (`status`, `elapsed_ms`): `PXB_LOG=info,pxb_daemon=debug`
 //! is an access log. A `5xx` is a `warn` line.
+//!
+//! Each request is counted on `/metrics` by `method`, `route` and `code`, and its latency observed
+//! by `method` and `route` ([`Metrics::api_request`]). Label values stay bounded: the method is
+//! one of the standard ones or `other`, the route a template of the router or `unmatched`.
 
 use std::time::Instant;
 
-use axum::extract::{MatchedPath, Request};
-use axum::http::{HeaderName, HeaderValue};
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::{HeaderName, HeaderValue, Method};
 use axum::middleware::Next;
 use axum::response::Response;
 use tracing::Instrument as _;
+
+use crate::server::state::{Metrics, Server, UNMATCHED_ROUTE};
 
 /// The header carrying a request's id, read from the request and written to the response.
 pub(crate) const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -45,8 +51,24 @@ fn org_of(path: &str) -> Option<String> {
     crate::names::is_dns_label(&org).then(|| org.into_owned())
 }
 
-/// Serves `req` inside its `request` span and echoes its id in `x-request-id`.
-pub(crate) async fn request_span(req: Request, next: Next) -> Response {
+/// The `method` label of a request: its method when it is a standard one, else `other` (a
+/// caller cannot add label values).
+fn method_label(m: &Method) -> &'static str {
+    match *m {
+        Method::GET => "GET",
+        Method::HEAD => "HEAD",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::PATCH => "PATCH",
+        Method::DELETE => "DELETE",
+        Method::OPTIONS => "OPTIONS",
+        _ => "other",
+    }
+}
+
+/// Serves `req` inside its `request` span, echoes its id in `x-request-id` and counts it in
+/// the server's metrics.
+pub(crate) async fn request_span(State(s): State<Server>, req: Request, next: Next) -> Response {
     let id = req
         .headers()
         .get(&REQUEST_ID)
@@ -72,10 +94,19 @@ pub(crate) async fn request_span(req: Request, next: Next) -> Response {
             span.record("org", org.as_str());
         }
     }
+    let method = method_label(req.method());
     let started = Instant::now();
     let mut response = next.run(req).instrument(span.clone()).await;
     let status = response.status().as_u16();
-    let elapsed_ms = started.elapsed().as_millis() as u64;
+    let elapsed = started.elapsed();
+    let elapsed_ms = elapsed.as_millis() as u64;
+    let metrics: &Metrics = s.metrics();
+    metrics.api_request(
+        method,
+        route.as_deref().unwrap_or(UNMATCHED_ROUTE),
+        status,
+        elapsed,
+    );
     span.in_scope(|| {
         if status >= 500 {
             tracing::warn!(status, elapsed_ms, "request failed");
@@ -121,5 +152,14 @@ mod tests {
         assert_eq!(org_of("/v1/orgs/a%0Ab/backups"), None);
         assert_eq!(org_of("/v1/orgs/Not_A_Name"), None);
         assert_eq!(org_of("/v1/fleet"), None);
+    }
+
+    #[test]
+    fn only_standard_methods_become_label_values() {
+        assert_eq!(method_label(&Method::GET), "GET");
+        assert_eq!(method_label(&Method::DELETE), "DELETE");
+        let custom = Method::from_bytes(b"BREW").expect("a method");
+        assert_eq!(method_label(&custom), "other");
+        assert_eq!(method_label(&Method::CONNECT), "other");
     }
 }
