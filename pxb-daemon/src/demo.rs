@@ -55,6 +55,32 @@ pub struct DemoOptions {
     pub serve: bool,
     /// The API's loopback address (`127.0.0.1:0` picks a port).
     pub listen: String,
+    /// Turn the opt-in support channel on and off against this telemetry service at the end.
+    pub support: Option<DemoSupport>,
+}
+
+/// A telemetry service for the demo's support channel (the test harness's stand-in).
+pub struct DemoSupport {
+    /// Its `https://` endpoint.
+    pub endpoint: String,
+    /// Its CA (PEM file).
+    pub ca_file: std::path::PathBuf,
+    /// What the service has received so far, in one line.
+    pub note: Box<dyn Fn() -> String + Send + Sync>,
+}
+
+impl std::fmt::Debug for DemoSupport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DemoSupport")
+            .field("endpoint", &self.endpoint)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Whether `args` ask for the support channel (`--support-channel`), which only the test
+/// harness's `pxb-demo` provides a service for.
+pub fn wants_support_channel(args: &[String]) -> bool {
+    args.iter().any(|a| a == "--support-channel")
 }
 
 impl Default for DemoOptions {
@@ -64,6 +90,7 @@ impl Default for DemoOptions {
             location: DemoLocation::File,
             serve: true,
             listen: "127.0.0.1:0".into(),
+            support: None,
         }
     }
 }
@@ -106,13 +133,15 @@ impl std::fmt::Debug for AzureDemoLocation {
 
 /// The demo's flags, as `--help` prints them.
 pub const USAGE: &str =
-    "usage: pxb demo [--shoots N] [--location file|azurite] [--listen 127.0.0.1:PORT] [--exit]
+    "usage: pxb demo [--shoots N] [--location file|azurite] [--listen 127.0.0.1:PORT] [--exit] [--support-channel]
   --shoots N        eligible simulated shoots (at least 5; default 20)
   --location L      file (a temporary directory, the default) or azurite (Azurite over HTTPS with
                     Workload Identity through a fake Entra ID; from the test harness's pxb-demo)
   --listen ADDR     the API's loopback address (default: a free port)
   --exit            stop after the flow instead of serving the API until Ctrl-C (--serve, the
-                    default, is accepted too)";
+                    default, is accepted too)
+  --support-channel switch the opt-in support channel on and off at the end, against a stand-in
+                    telemetry service (mutual TLS; from the test harness's pxb-demo)";
 
 /// Whether `args` ask for the usage (`--help`, `-h`).
 pub fn wants_help(args: &[String]) -> bool {
@@ -154,7 +183,8 @@ pub fn parse_args(args: &[String]) -> Result<(DemoOptions, bool), String> {
     if let Some(unknown) = args.iter().enumerate().find_map(|(i, a)| {
         let takes_value = |f: &str| matches!(f, "--shoots" | "--location" | "--listen");
         let is_value = i > 0 && takes_value(&args[i - 1]);
-        (!is_value && !takes_value(a) && a != "--exit" && a != "--serve").then_some(a)
+        (!is_value && !takes_value(a) && !matches!(a.as_str(), "--exit" | "--serve" | "--support-channel"))
+            .then_some(a)
     }) {
         return Err(format!("unknown argument {unknown:?}\n{USAGE}"));
     }
@@ -164,6 +194,7 @@ pub fn parse_args(args: &[String]) -> Result<(DemoOptions, bool), String> {
             location: DemoLocation::File,
             serve: !args.iter().any(|a| a == "--exit"),
             listen,
+            support: None,
         },
         azure,
     ))
@@ -233,6 +264,14 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<bool> {
         .insert("demo".into(), GardenCredential::new(garden.display().to_string()));
     config.fleet.call_timeout_ms = 2000;
     config.fleet.resync_secs = 5;
+    let support_file = dir.path().join("support-enabled");
+    if let Some(sup) = &args.support {
+        std::fs::write(&support_file, "false\n")?;
+        config.telemetry.support.endpoint = sup.endpoint.clone();
+        config.telemetry.support.ca_file = sup.ca_file.display().to_string();
+        config.telemetry.support.enabled_file = support_file.display().to_string();
+        config.telemetry.support.upload_interval_secs = 10;
+    }
     let dev_token = format!("demo-{:032x}", rand::random::<u128>());
     let daemon = Daemon::start(config.clone(), Some(dev_token.clone()), |_| None).await?;
     let url = format!("http://{}", daemon.addr);
@@ -357,6 +396,9 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<bool> {
         .collect();
     ok &= operations(&api, &fleet, &online, &offline).await?;
     ok &= backup_info(&url).await?;
+    if let (Some(sup), Some(channel)) = (&args.support, &daemon.support) {
+        ok &= support_channel(sup, channel, &support_file).await?;
+    }
     let end = api.fleet_status(&page_of_1000()).await?;
     println!("\n== fleet status at the end: {} ==", counts_line(&end));
 
@@ -378,6 +420,47 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<bool> {
 }
 
 /// The clusters of a fleet status in `state`.
+/// Switches the support channel on through its file, waits for an upload, and off again.
+async fn support_channel(
+    sup: &DemoSupport,
+    channel: &crate::server::SupportRunning,
+    file: &std::path::Path,
+) -> anyhow::Result<bool> {
+    println!(
+        "\n== opt-in support channel, against a stand-in telemetry service at {} ==",
+        sup.endpoint
+    );
+    println!("  off (the default): {}", (sup.note)());
+    std::fs::write(file, "true\n")?;
+    let t = Instant::now();
+    while channel.status().uploads == 0 && t.elapsed() < Duration::from_secs(60) {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let on = channel.status();
+    println!(
+        "  switched on ({} says true): registered {}, {} upload(s) in {:.1?}",
+        file.display(),
+        on.registered,
+        on.uploads,
+        t.elapsed()
+    );
+    println!("  {}", (sup.note)());
+    std::fs::write(file, "false\n")?;
+    let t = Instant::now();
+    while channel.status().enabled && t.elapsed() < Duration::from_secs(30) {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    println!(
+        "  switched off again: {}",
+        if channel.status().enabled {
+            "still on after 30 s"
+        } else {
+            "nothing more is sent"
+        }
+    );
+    Ok(on.registered && on.uploads > 0 && !channel.status().enabled)
+}
+
 /// Prints the per-backup info series of `/metrics`; the deleted backup's must be there with
 /// `status="Deleted"` and the status it had.
 async fn backup_info(url: &str) -> anyhow::Result<bool> {

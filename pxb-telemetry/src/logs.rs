@@ -6,7 +6,6 @@
 //! | `PXB_LOG`        | an `EnvFilter` directive, e.g. `info,pxb_daemon=debug` | `info` (the CLI: `warn`) |
 //! | `PXB_LOG_FORMAT` | `text` (human-readable) or `json` (one JSON object per line) | `text` |
 
-use std::borrow::Cow;
 use std::io::{IsTerminal as _, Write};
 
 use tracing_subscriber::EnvFilter;
@@ -210,6 +209,7 @@ impl<W: Write> Write for Redacting<W> {
 
 #[cfg(test)]
 mod tests {
+    use std::borrow::Cow;
     use std::sync::{Arc, Mutex};
 
     use super::*;

@@ -6,7 +6,14 @@ use std::process::Command;
 #[test]
 fn the_demo_runs_a_small_fleet_through_the_server() {
     let out = Command::new(env!("CARGO_BIN_EXE_pxb-demo"))
-        .args(["--shoots", "5", "--location", "file", "--exit"])
+        .args([
+            "--shoots",
+            "5",
+            "--location",
+            "file",
+            "--exit",
+            "--support-channel",
+        ])
         .output()
         .expect("run pxb-demo");
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -29,6 +36,15 @@ fn the_demo_runs_a_small_fleet_through_the_server() {
                 && l.contains("status=\"Deleted\"")
                 && l.contains("previous_status=\"Success\"")),
         "the deleted backup's info series: {stdout}"
+    );
+    assert!(
+        stdout.contains("off (the default): the service received 0 bytes over 0 connection(s)"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("registered true"), "{stdout}");
+    assert!(
+        stdout.contains("switched off again: nothing more is sent"),
+        "{stdout}"
     );
     let bad = Command::new(env!("CARGO_BIN_EXE_pxb-demo"))
         .args(["--location", "tape"])

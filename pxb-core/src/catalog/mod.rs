@@ -61,11 +61,14 @@ pub enum Kind {
     /// What is kept of a deleted backup for the telemetry retention window
     /// ([`records::DeletedBackup`]).
     DeletedBackup,
+    /// This installation's identity towards the support service
+    /// ([`records::SupportInstallation`]); org `""`.
+    SupportInstallation,
 }
 
 impl Kind {
     /// Every kind.
-    pub const ALL: [Kind; 11] = [
+    pub const ALL: [Kind; 12] = [
         Kind::Org,
         Kind::Discovery,
         Kind::Cluster,
@@ -77,6 +80,7 @@ impl Kind {
         Kind::Preference,
         Kind::ForcedDelete,
         Kind::DeletedBackup,
+        Kind::SupportInstallation,
     ];
 
     /// The stable name of the kind, as stored.
@@ -93,6 +97,7 @@ impl Kind {
             Kind::Preference => "preference",
             Kind::ForcedDelete => "forced-delete",
             Kind::DeletedBackup => "deleted-backup",
+            Kind::SupportInstallation => "support-installation",
         }
     }
 

@@ -1149,3 +1149,36 @@ impl Record for DeletedBackup {
         }
     }
 }
+
+/// This installation's identity towards the opt-in support service: its id (a UUID made once)
+/// and, once registered, its client identity (certificate and key, as JSON) sealed with the
+/// server's secrets key. One record, org `""`, id [`SupportInstallation::ID`].
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SupportInstallation {
+    /// Always `""`.
+    pub org: String,
+    /// Always [`SupportInstallation::ID`].
+    pub id: String,
+    /// The installation id sent at registration (UUID v4).
+    pub installation_id: String,
+    /// The client identity, sealed; `None` before the first registration or without a key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identity: Option<Sealed>,
+}
+
+impl SupportInstallation {
+    /// The record's id.
+    pub const ID: &'static str = "support";
+}
+
+impl Record for SupportInstallation {
+    const KIND: Kind = Kind::SupportInstallation;
+    org_and_id!();
+    fn index(&self) -> Index {
+        Index {
+            sort: self.id.clone(),
+            ..Index::default()
+        }
+    }
+}

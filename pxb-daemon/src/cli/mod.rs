@@ -126,7 +126,7 @@ async fn demo(args: Vec<String>) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    if azurite {
+    if azurite || crate::demo::wants_support_channel(&args) {
         return harness_demo(args);
     }
     match crate::demo::run(options).await {

@@ -19,6 +19,8 @@ use super::scheduler::Running;
 use super::seal::Sealer;
 use super::sqlite::SqliteCatalog;
 use super::state::{OrgState, Server, ServerDeps};
+use super::support::{SupportRunning, SupportToggle, exporter_of};
+use pxb_telemetry::support::TelemetryExporter;
 
 /// Builds a `pxb-server` from its configuration and its seams. What is not set is the default:
 ///
@@ -80,6 +82,8 @@ pub struct ServerBuilder {
     sealer: Option<Sealer>,
     secrets_key: Option<String>,
     dev_token: Option<String>,
+    support_exporter: Option<Arc<dyn TelemetryExporter>>,
+    support_toggle: Option<SupportToggle>,
 }
 
 impl std::fmt::Debug for ServerBuilder {
@@ -93,6 +97,8 @@ impl std::fmt::Debug for ServerBuilder {
             .field("sealer", &self.sealer)
             .field("secrets_key", &self.secrets_key.as_ref().map(|_| "<redacted>"))
             .field("dev_token", &self.dev_token.as_ref().map(|_| "<redacted>"))
+            .field("support_exporter", &self.support_exporter)
+            .field("support_toggle", &self.support_toggle)
             .finish()
     }
 }
@@ -109,7 +115,23 @@ impl ServerBuilder {
             sealer: None,
             secrets_key: None,
             dev_token: None,
+            support_exporter: None,
+            support_toggle: None,
         }
+    }
+
+    /// The support channel's exporter, in place of the one `telemetry.support.endpoint` makes
+    /// (for example the in-memory twin). The channel is off until switched on.
+    pub fn support_exporter(mut self, exporter: Arc<dyn TelemetryExporter>) -> Self {
+        self.support_exporter = Some(exporter);
+        self
+    }
+
+    /// What switches the support channel, in place of the configured file or the ConfigMap
+    /// of the cluster the server runs in.
+    pub fn support_toggle(mut self, toggle: SupportToggle) -> Self {
+        self.support_toggle = Some(toggle);
+        self
     }
 
     /// Where clusters come from: each discovery configuration of an org starts a discovery of its
@@ -192,7 +214,15 @@ impl ServerBuilder {
             authenticator: Arc::new(Authenticators(auths)),
             sealer,
         };
+        let exporter = match self.support_exporter {
+            Some(e) => Some(e),
+            None => exporter_of(&config.telemetry.support)?,
+        };
         let server = Server::assemble(config, deps, discovery).await?;
+        let support = match exporter {
+            Some(exporter) => Some((server.installation_id().await?, exporter, self.support_toggle)),
+            None => None,
+        };
         for (org, st) in server.orgs() {
             if let OrgState::Degraded { reason } = st {
                 tracing::error!(%org, %reason, "org degraded");
@@ -208,6 +238,7 @@ impl ServerBuilder {
             server,
             listener,
             addr,
+            support,
         })
     }
 }
@@ -261,6 +292,7 @@ pub struct BuiltServer {
     server: Server,
     listener: tokio::net::TcpListener,
     addr: SocketAddr,
+    support: Option<(String, Arc<dyn TelemetryExporter>, Option<SupportToggle>)>,
 }
 
 impl BuiltServer {
@@ -282,8 +314,10 @@ impl BuiltServer {
             server,
             listener,
             addr,
+            support,
         } = self;
         let running = server.spawn();
+        let support = support.map(|(id, exporter, toggle)| server.start_support(id, exporter, toggle));
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let std_listener = listener
             .into_std()
@@ -308,6 +342,7 @@ impl BuiltServer {
         Ok(Daemon {
             server,
             addr,
+            support,
             _running: running,
             shutdown: Some(tx),
             api,
@@ -323,6 +358,8 @@ pub struct Daemon {
     pub server: Server,
     /// The API's address.
     pub addr: SocketAddr,
+    /// The opt-in support channel, when `telemetry.support.endpoint` (or an exporter) is set.
+    pub support: Option<SupportRunning>,
     _running: Running,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
     api: std::thread::JoinHandle<std::io::Result<()>>,
@@ -353,6 +390,9 @@ impl Daemon {
     pub async fn shutdown(mut self) {
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
+        }
+        if let Some(s) = self.support.take() {
+            s.stop().await;
         }
         let grace = Duration::from_secs(self.server.config().api.shutdown_grace_secs);
         let deadline = tokio::time::Instant::now() + grace;

@@ -27,8 +27,8 @@
 
 pub(crate) mod api;
 pub mod auth;
-pub mod backups;
 mod backup_info;
+pub mod backups;
 mod clusters;
 pub mod config;
 mod daemon;
@@ -46,9 +46,11 @@ pub mod seal;
 mod sessions;
 pub mod sqlite;
 mod state;
+pub mod support;
 
 pub use self::api::openapi;
 pub use self::daemon::{BuiltServer, Daemon, ServerBuilder};
 pub use self::gardener::GardenerDiscovery;
 pub use self::scheduler::Running;
 pub use self::state::{DiscoveryState, DiscoveryStatus, Metrics, OrgState, Server, ServerDeps};
+pub use self::support::{SupportRunning, SupportToggle};

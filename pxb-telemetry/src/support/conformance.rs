@@ -85,21 +85,7 @@ pub async fn run_all(exporter: &dyn TelemetryExporter, probe: &dyn ServiceProbe)
     bad_registrations_are_refused(exporter).await;
 }
 
-/// A random version 4 UUID.
-pub fn new_installation_id() -> String {
-    let mut b: [u8; 16] = rand::random();
-    b[6] = (b[6] & 0x0f) | 0x40;
-    b[8] = (b[8] & 0x3f) | 0x80;
-    let hex: String = b.iter().map(|x| format!("{x:02x}")).collect();
-    format!(
-        "{}-{}-{}-{}-{}",
-        &hex[0..8],
-        &hex[8..12],
-        &hex[12..16],
-        &hex[16..20],
-        &hex[20..32]
-    )
-}
+pub use super::new_installation_id;
 
 /// A registration request for `installation_id` with a fresh key, and the key.
 pub fn registration(installation_id: &str) -> (RegistrationRequest, KeyAndCsr) {

@@ -3,7 +3,8 @@
 //! Workload Identity through a fake Entra ID (`pxb demo --location azurite` runs this program when
 //! it is installed next to `pxb`).
 //!
-//! `pxb-demo [--shoots N] [--location file|azurite] [--exit] [--listen 127.0.0.1:PORT]`
+//! `pxb-demo [--shoots N] [--location file|azurite] [--exit] [--listen 127.0.0.1:PORT] [--support-channel]`
+//! (`--support-channel` starts the stand-in telemetry service the demo's support channel talks to)
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -32,6 +33,30 @@ async fn run(args: Vec<String>) -> anyhow::Result<bool> {
             })),
         }));
         Some(fx)
+    } else {
+        None
+    };
+    let _service = if pxb_daemon::demo::wants_support_channel(&args) {
+        let service = Arc::new(pxb_harness::telemetry_service::TelemetryService::start().await);
+        let ca = tempfile::NamedTempFile::new()?;
+        std::fs::write(ca.path(), service.ca_pem())?;
+        let seen = service.clone();
+        options.support = Some(pxb_daemon::demo::DemoSupport {
+            endpoint: service.endpoint(),
+            ca_file: ca.path().to_path_buf(),
+            note: Box::new(move || {
+                format!(
+                    "the service received {} bytes over {} connection(s), {} registration(s), {} metric and {} log upload(s), cluster ids {}",
+                    seen.bytes_received(),
+                    seen.connections(),
+                    seen.registrations().len(),
+                    seen.metrics().len(),
+                    seen.logs().len(),
+                    seen.cluster_uuids().len()
+                )
+            }),
+        });
+        Some((service, ca))
     } else {
         None
     };
