@@ -11,6 +11,10 @@
 //! - form and JSON fields that carry tokens (`client_assertion`, `access_token`, `refresh_token`,
 //!   `client_secret`, `password`).
 //!
+//! A `key=value` is also recognised with the value in double quotes (`password="…"`, as tracing
+//! writes a string field) or in escaped ones (`password=\"…\"` inside a quoted field), and a
+//! JSON field also as JSON inside a quoted string (`body="{\"access_token\":\"…\"}"`).
+//!
 //! [`Redactor`] also removes known secret values (an account key, a whole SAS token) in any
 //! encoding they are likely to appear in, for the components that hold one.
 
@@ -22,9 +26,33 @@ use regex::Regex;
 /// What replaces a secret.
 pub const REDACTED: &str = "[redacted]";
 
+/// A value in double quotes as tracing's `Debug` of a string writes it (`"a\"b"`).
+const QUOTED: &str = r#""(?:[^"\\]|\\.)*"#;
+/// A value in escaped double quotes, inside a quoted string (`\"a\"`, `\\\"a\\\"`): up to the
+/// next escaped quote.
+const ESCAPED_QUOTED: &str = r#"\\+"(?:[^"\\]|\\+[^"\\])*"#;
+
 static PATTERNS: LazyLock<Vec<(Regex, &'static str)>> = LazyLock::new(|| {
     let p = |re: &str, with: &'static str| (Regex::new(re).expect("a valid built-in pattern"), with);
-    vec![
+    // `key=value` where `key` (a regex ending at the `=`, its own group 1) is followed by an
+    // unquoted value (`unquoted`, a character class repeated, the first character not a
+    // backslash), a double-quoted one or one in escaped double quotes; the quotes are kept.
+    let kv = |key: &str, unquoted: &str| {
+        let quoted = |value: &str| {
+            let (open, rest) = value.split_at(value.find('"').expect("a quote") + 1);
+            p(&format!("({key}{open}){rest}"), "${1}[redacted]")
+        };
+        [
+            quoted(QUOTED),
+            quoted(ESCAPED_QUOTED),
+            // Not starting with a backslash: that is an escaped quote's (the pattern above).
+            p(
+                &format!("({key}){}{unquoted}*", unquoted.replacen("[^", r"[^\\", 1)),
+                "${1}[redacted]",
+            ),
+        ]
+    };
+    let mut patterns = vec![
         // JWTs first, so that a bearer token that is one is removed whole.
         p(
             r"eyJ[A-Za-z0-9_-]{2,}\.[A-Za-z0-9_-]{2,}\.[A-Za-z0-9_-]*",
@@ -35,20 +63,22 @@ static PATTERNS: LazyLock<Vec<(Regex, &'static str)>> = LazyLock::new(|| {
             r"(?i)(\bsharedkey(?:lite)?\s+[^\s:]+:)[A-Za-z0-9+/=%]{8,}",
             "${1}[redacted]",
         ),
-        p(
-            r"(?i)((?:^|[?&;,\s\x22'(]|\\u0026|%26|%3F)sig(?:=|%3D))[A-Za-z0-9%+/=_.~-]+",
-            "${1}[redacted]",
-        ),
-        p(r"(?i)(\baccountkey=)[^;\s'`\x22)\]}]+", "${1}[redacted]"),
-        p(
-            r"(?i)(\b(?:client_assertion|client_secret|access_token|refresh_token|password)=)[^&\s'`\x22)\]}]+",
-            "${1}[redacted]",
-        ),
-        p(
-            r#"(?i)("(?:client_assertion|client_secret|access_token|refresh_token|password|accountKey|sasToken|sig)"\s*:\s*")[^"]*"#,
-            "${1}[redacted]",
-        ),
-    ]
+    ];
+    patterns.extend(kv(
+        r"(?i)(?:^|[?&;,\s\x22'(]|\\u0026|%26|%3F)sig(?:=|%3D)",
+        r"[A-Za-z0-9%+/=_.~-]",
+    ));
+    patterns.extend(kv(r"(?i)\baccountkey=", r"[^;\s'`\x22)\]}]"));
+    patterns.extend(kv(
+        r"(?i)\b(?:client_assertion|client_secret|access_token|refresh_token|password)=",
+        r"[^&\s'`\x22)\]}]",
+    ));
+    // JSON fields, also as JSON inside a quoted string (`{\"access_token\":\"…\"}`).
+    patterns.push(p(
+        r#"(?i)(\\*"(?:client_assertion|client_secret|access_token|refresh_token|password|accountKey|sasToken|sig)\\*"\s*:\s*\\*")(?:[^"\\]|\\+[^"\\])*"#,
+        "${1}[redacted]",
+    ));
+    patterns
 });
 
 /// `text` with every credential of a recognisable shape replaced by [`REDACTED`]; borrowed
@@ -194,6 +224,46 @@ mod tests {
             assert_eq!(redact(input), want, "{input}");
         }
         assert!(matches!(redact("plain text"), Cow::Borrowed(_)));
+    }
+
+    #[test]
+    fn quoted_values_as_tracing_and_the_log_capture_format_them() {
+        let cases = [
+            (r#"password="hunter2hunter2""#, r#"password="[redacted]""#),
+            (
+                r#"login failed client_secret="s3cr3t~value.x" user="ops""#,
+                r#"login failed client_secret="[redacted]" user="ops""#,
+            ),
+            (
+                r#"token refresh_token="a b\"c d" next=1"#,
+                r#"token refresh_token="[redacted]" next=1"#,
+            ),
+            (
+                r#"body="{\"access_token\":\"ya29.a0AfH6SMBx\",\"token_type\":\"Bearer\"}""#,
+                r#"body="{\"access_token\":\"[redacted]\",\"token_type\":\"Bearer\"}""#,
+            ),
+            (
+                r#"body="{\"refresh_token\" : \"abc\\/def\"}""#,
+                r#"body="{\"refresh_token\" : \"[redacted]\"}""#,
+            ),
+            (
+                r#"message="retry with password=\"hunter2hunter2\" failed""#,
+                r#"message="retry with password=\"[redacted]\" failed""#,
+            ),
+            (r#"sig="AbC%2Bd" sv=1"#, r#"sig="[redacted]" sv=1"#),
+            (
+                r#"conn="AccountName=a;AccountKey=Zm9v+Ymar==" cs AccountKey="Zm9v""#,
+                r#"conn="AccountName=a;AccountKey=[redacted]" cs AccountKey="[redacted]""#,
+            ),
+            (
+                r#"client_assertion="" empty"#,
+                r#"client_assertion="[redacted]" empty"#,
+            ),
+            (r#"user="ops" passwords=2"#, r#"user="ops" passwords=2"#),
+        ];
+        for (input, want) in cases {
+            assert_eq!(redact(input), want, "{input}");
+        }
     }
 
     #[test]

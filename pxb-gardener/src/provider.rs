@@ -326,6 +326,13 @@ pub struct ProviderStats {
     pub renewed: u64,
     /// Of `failed`, the renewals that failed.
     pub renew_failed: u64,
+    /// Of `issued`, the first issuances: kubeconfigs issued for a cluster that held none. A
+    /// counter of its own (not `issued - renewed`, which a read between the two increments
+    /// sees one too low).
+    pub first_issued: u64,
+    /// Of `failed`, the first issuances that failed (a counter of its own, like
+    /// `first_issued`).
+    pub first_failed: u64,
     /// Full discovery cycles run.
     pub discoveries: u64,
     /// Full discovery cycles that failed (listing the project's shoots).
@@ -347,6 +354,8 @@ pub struct GardenerProvider {
     failed: AtomicU64,
     renewed: AtomicU64,
     renew_failed: AtomicU64,
+    first_issued: AtomicU64,
+    first_failed: AtomicU64,
     discoveries: AtomicU64,
     discoveries_failed: AtomicU64,
     issued_per_second: Mutex<BTreeMap<u64, u32>>,
@@ -450,6 +459,8 @@ impl GardenerProvider {
             failed: AtomicU64::new(0),
             renewed: AtomicU64::new(0),
             renew_failed: AtomicU64::new(0),
+            first_issued: AtomicU64::new(0),
+            first_failed: AtomicU64::new(0),
             discoveries: AtomicU64::new(0),
             discoveries_failed: AtomicU64::new(0),
             issued_per_second: Mutex::new(BTreeMap::new()),
@@ -473,6 +484,8 @@ impl GardenerProvider {
             failed: self.failed.load(Ordering::Relaxed),
             renewed: self.renewed.load(Ordering::Relaxed),
             renew_failed: self.renew_failed.load(Ordering::Relaxed),
+            first_issued: self.first_issued.load(Ordering::Relaxed),
+            first_failed: self.first_failed.load(Ordering::Relaxed),
             discoveries: self.discoveries.load(Ordering::Relaxed),
             discoveries_failed: self.discoveries_failed.load(Ordering::Relaxed),
             clusters: st.inventory.len(),
@@ -733,10 +746,7 @@ impl GardenerProvider {
                 let access = Arc::new(access);
                 cred.access = Some(access.clone());
                 drop(st);
-                self.issued.fetch_add(1, Ordering::Relaxed);
-                if renewal {
-                    self.renewed.fetch_add(1, Ordering::Relaxed);
-                }
+                self.count_issued(renewal);
                 *self
                     .issued_per_second
                     .lock()
@@ -753,12 +763,29 @@ impl GardenerProvider {
                 cred.due = now + Duration::from_secs_f64(delay);
                 cred.last_error = Some(e.to_string());
                 drop(st);
-                self.failed.fetch_add(1, Ordering::Relaxed);
-                if renewal {
-                    self.renew_failed.fetch_add(1, Ordering::Relaxed);
-                }
+                self.count_failed(renewal);
                 Err(e)
             }
+        }
+    }
+
+    /// Counts a kubeconfig issued: a renewal or a first issuance.
+    fn count_issued(&self, renewal: bool) {
+        self.issued.fetch_add(1, Ordering::Relaxed);
+        if renewal {
+            self.renewed.fetch_add(1, Ordering::Relaxed);
+        } else {
+            self.first_issued.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Counts a failed kubeconfig request: a renewal or a first issuance.
+    fn count_failed(&self, renewal: bool) {
+        self.failed.fetch_add(1, Ordering::Relaxed);
+        if renewal {
+            self.renew_failed.fetch_add(1, Ordering::Relaxed);
+        } else {
+            self.first_failed.fetch_add(1, Ordering::Relaxed);
         }
     }
 
@@ -1320,6 +1347,7 @@ mod tests {
         p.refresh(&id, true).await.expect_err("no garden");
         let s = p.stats();
         assert_eq!((s.issued, s.failed, s.renewed, s.renew_failed), (0, 2, 0, 1));
+        assert_eq!((s.first_issued, s.first_failed), (0, 1));
         p.discover_diff().await.expect_err("no garden");
         let s = p.stats();
         assert_eq!((s.discoveries, s.discoveries_failed), (0, 1));
@@ -1334,5 +1362,52 @@ mod tests {
         };
         assert!(!format!("{a:?}").contains("SECRET"));
         assert!(!format!("{:?}", GardenAuth::Kubeconfig("token: SECRET".into())).contains("SECRET"));
+    }
+
+    /// First issuances and their failures as a scrape reads them.
+    fn first_counts(s: &ProviderStats) -> (u64, u64) {
+        (s.first_issued, s.first_failed)
+    }
+
+    /// Every counter a scrape reads only goes up, even while kubeconfigs are being counted on
+    /// other threads (a counter that goes down is a counter reset to Prometheus).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn counters_never_go_down_while_counting() {
+        let t0 = UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let clock = pxb_core::ManualClock::new(t0);
+        let (p, _, _) = provider_with_credential(&clock, t0).await;
+        const N: u64 = 200_000;
+        let writer = {
+            let p = Arc::clone(&p);
+            std::thread::spawn(move || {
+                for i in 0..N {
+                    // Mostly renewals: a first issuance in ten.
+                    let renewal = i % 10 != 0;
+                    p.count_issued(renewal);
+                    p.count_failed(renewal);
+                }
+            })
+        };
+        let read = |s: &ProviderStats| {
+            let (first, first_failed) = first_counts(s);
+            [s.issued, s.failed, s.renewed, s.renew_failed, first, first_failed]
+        };
+        let mut last = read(&p.stats());
+        let mut scrapes = 0u64;
+        while !writer.is_finished() || scrapes == 0 {
+            let now = read(&p.stats());
+            for (i, (a, b)) in last.iter().zip(&now).enumerate() {
+                assert!(b >= a, "counter {i} went down from {a} to {b} (scrape {scrapes})");
+            }
+            last = now;
+            scrapes += 1;
+        }
+        writer.join().expect("writer");
+        let s = p.stats();
+        assert_eq!(
+            (s.issued, s.failed, s.renewed, s.renew_failed),
+            (N, N, N - N / 10, N - N / 10)
+        );
+        assert_eq!(first_counts(&s), (N / 10, N / 10));
     }
 }

@@ -207,9 +207,57 @@ impl<W: Write> Write for Redacting<W> {
     }
 }
 
+/// The header carrying a request's id, read from the request and echoed in the response.
+pub const REQUEST_ID_HEADER: &str = "x-request-id";
+
+/// The longest request id taken from a caller.
+pub const MAX_REQUEST_ID_LEN: usize = 64;
+
+/// The id of a request for its span and its `x-request-id` answer: the caller's, when it is a
+/// short token (at most [`MAX_REQUEST_ID_LEN`] letters, digits, `-`, `_` or `.`, so it cannot
+/// break a log line or stand for anything but an id), else 16 fresh random hex digits.
+pub fn request_id(from_caller: Option<&str>) -> String {
+    match from_caller {
+        Some(id)
+            if !id.is_empty()
+                && id.len() <= MAX_REQUEST_ID_LEN
+                && id
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.')) =>
+        {
+            id.to_owned()
+        }
+        _ => format!("{:016x}", rand::random::<u64>()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::borrow::Cow;
+
+    #[test]
+    fn only_short_plain_tokens_are_taken_as_request_ids() {
+        for ok in ["a", "7f3c-41aa_b.2", &"x".repeat(MAX_REQUEST_ID_LEN)] {
+            assert_eq!(request_id(Some(ok)), ok);
+        }
+        for bad in [
+            "",
+            &"x".repeat(MAX_REQUEST_ID_LEN + 1),
+            "a b",
+            "a\nlevel=ERROR",
+            "Bearer abc",
+            "id\"}",
+            "ünï",
+        ] {
+            let id = request_id(Some(bad));
+            assert_ne!(id, bad);
+            assert!(
+                id.len() == 16 && id.bytes().all(|b| b.is_ascii_hexdigit()),
+                "{id}"
+            );
+        }
+        assert_ne!(request_id(None), request_id(None));
+    }
     use std::sync::{Arc, Mutex};
 
     use super::*;
@@ -354,7 +402,7 @@ mod tests {
             tracing::debug!("capture-probe-7c1 below the filter");
             let kept = ours(global.drain());
             global.set_capturing(false);
-            assert_eq!(kept, ["capture-probe-7c1 token [REDACTED] user=\"u\""]);
+            assert_eq!(kept, ["capture-probe-7c1 token [REDACTED] user=…"]);
         });
     }
 }

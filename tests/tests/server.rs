@@ -1378,28 +1378,9 @@ async fn a_force_delete_while_the_cluster_is_away_survives_a_restart_and_keeps_t
         .expect("control plane");
     cp.start_agent(PROJECT, &shoot(0)).await.expect("agent");
     let (acme, container) = acme_with_primary(&cp, "forced").await;
-    wait_for("Valid", Duration::from_secs(90), || async {
-        let p = phases(&cp, "acme", "primary", &acme).await?;
-        Ok((p.len() == 1 && p[0].1 == "Valid").then_some(()))
-    })
-    .await
-    .expect("valid");
-    let client = cp.shoot_client(PROJECT, &shoot(0)).await.expect("client");
-    pxb_tests::control::seed_shop(&client).await.expect("shop");
+    let client = valid_with_shop(&cp, &acme).await;
 
-    let made = cp
-        .client(&acme)
-        .create_backups(
-            "acme",
-            &BackupRequest {
-                clusters: named(&[&shoot(0)]),
-                namespaces: vec!["shop".into()],
-                location: "primary".into(),
-            },
-        )
-        .await
-        .expect("backup");
-    let id = made.items.first().expect("one backup").id.clone();
+    let id = back_up_shop(&cp, &acme).await;
     let done = wait_for("the backup succeeds", Duration::from_secs(120), || async {
         let b = cp
             .client(&acme)
@@ -1496,6 +1477,36 @@ async fn a_force_delete_while_the_cluster_is_away_survives_a_restart_and_keeps_t
     cp.shutdown().await;
 }
 
+/// Waits until `primary` is Valid on the one shoot, and seeds the shop there; its client.
+async fn valid_with_shop(cp: &ControlPlane, acme: &str) -> kube::Client {
+    wait_for("Valid", Duration::from_secs(90), || async {
+        let p = phases(cp, "acme", "primary", acme).await?;
+        Ok((p.len() == 1 && p[0].1 == "Valid").then_some(()))
+    })
+    .await
+    .expect("valid");
+    let client = cp.shoot_client(PROJECT, &shoot(0)).await.expect("client");
+    pxb_tests::control::seed_shop(&client).await.expect("shop");
+    client
+}
+
+/// Asks for a backup of namespace `shop` of the first shoot into `primary`; its id.
+async fn back_up_shop(cp: &ControlPlane, acme: &str) -> String {
+    let made = cp
+        .client(acme)
+        .create_backups(
+            "acme",
+            &BackupRequest {
+                clusters: named(&[&shoot(0)]),
+                namespaces: vec!["shop".into()],
+                location: "primary".into(),
+            },
+        )
+        .await
+        .expect("backup");
+    made.items.first().expect("one backup").id.clone()
+}
+
 /// The `pxb_server_backup_info` lines of the server's Prometheus text, sorted.
 async fn backup_info_lines(cp: &ControlPlane) -> Vec<String> {
     let text = reqwest::get(format!("{}/metrics", cp.url))
@@ -1539,14 +1550,7 @@ async fn a_deleted_backups_info_series_outlives_it_for_the_window_and_survives_a
         .expect("the server on a clock the test moves");
     cp.start_agent(PROJECT, &shoot(0)).await.expect("agent");
     let (acme, _container) = acme_with_primary(&cp, "backup-info").await;
-    wait_for("Valid", Duration::from_secs(90), || async {
-        let p = phases(&cp, "acme", "primary", &acme).await?;
-        Ok((p.len() == 1 && p[0].1 == "Valid").then_some(()))
-    })
-    .await
-    .expect("valid");
-    let client = cp.shoot_client(PROJECT, &shoot(0)).await.expect("client");
-    pxb_tests::control::seed_shop(&client).await.expect("shop");
+    valid_with_shop(&cp, &acme).await;
     assert_eq!(
         backup_info_lines(&cp).await,
         Vec::<String>::new(),
@@ -1554,19 +1558,7 @@ async fn a_deleted_backups_info_series_outlives_it_for_the_window_and_survives_a
     );
 
     // Created: a series with its phase.
-    let made = cp
-        .client(&acme)
-        .create_backups(
-            "acme",
-            &BackupRequest {
-                clusters: named(&[&shoot(0)]),
-                namespaces: vec!["shop".into()],
-                location: "primary".into(),
-            },
-        )
-        .await
-        .expect("backup");
-    let id = made.items.first().expect("one backup").id.clone();
+    let id = back_up_shop(&cp, &acme).await;
     let created = backup_info_lines(&cp).await;
     assert!(
         created == [info_line(&id, "Pending", None)] || created == [info_line(&id, "InProgress", None)],

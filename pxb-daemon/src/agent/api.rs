@@ -56,25 +56,7 @@ use pxb_core::clock::parse_rfc3339;
 pub use pxb_core::api::agent::{TOKEN_HEADER, TOKEN_SECRET, VERSION};
 
 /// The header carrying a request's id, read from the request and echoed in the response.
-pub const REQUEST_ID: &str = "x-request-id";
-
-/// The longest request id taken from a caller.
-const MAX_ID_LEN: usize = 64;
-
-/// Whether `id` (from a caller's header) is taken as the request id: a short token that cannot
-/// break a log line or stand for anything but an id.
-fn acceptable_id(id: &str) -> bool {
-    !id.is_empty()
-        && id.len() <= MAX_ID_LEN
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
-}
-
-/// A fresh request id: 16 random hex digits.
-fn new_request_id() -> String {
-    format!("{:016x}", rand::random::<u64>())
-}
+pub const REQUEST_ID: &str = pxb_telemetry::logs::REQUEST_ID_HEADER;
 
 /// The endpoints, as `route` in the request span.
 const ROUTES: [&str; 6] = [
@@ -333,12 +315,7 @@ fn catalog(state: &ApiState, q: &BTreeMap<String, String>) -> Response<Full<Byte
 /// Answers `req` inside its `request` span (see the [module](self)) and echoes its id in
 /// [`REQUEST_ID`].
 pub(crate) fn answer<B>(state: &ApiState, req: &Request<B>) -> Response<Full<Bytes>> {
-    let id = req
-        .headers()
-        .get(REQUEST_ID)
-        .and_then(|v| v.to_str().ok())
-        .filter(|v| acceptable_id(v))
-        .map_or_else(new_request_id, str::to_owned);
+    let id = pxb_telemetry::logs::request_id(req.headers().get(REQUEST_ID).and_then(|v| v.to_str().ok()));
     let span = tracing::info_span!(
         "request",
         request_id = %id,
@@ -470,25 +447,5 @@ mod tests {
         assert_eq!(method_of(&Method::DELETE), "DELETE");
         let odd = Method::from_bytes(b"BREW").expect("an extension method");
         assert_eq!(method_of(&odd), "(other)");
-    }
-
-    #[test]
-    fn only_short_plain_tokens_are_taken_as_request_ids() {
-        for ok in ["a", "7f3c-41aa_b.2", &"x".repeat(MAX_ID_LEN)] {
-            assert!(acceptable_id(ok), "{ok:?}");
-        }
-        for bad in [
-            "",
-            &"x".repeat(MAX_ID_LEN + 1),
-            "a b",
-            "a\nlevel=ERROR",
-            "Bearer abc",
-            "ünï",
-        ] {
-            assert!(!acceptable_id(bad), "{bad:?}");
-        }
-        let id = new_request_id();
-        assert!(acceptable_id(&id) && id.len() == 16, "{id}");
-        assert_ne!(new_request_id(), new_request_id());
     }
 }

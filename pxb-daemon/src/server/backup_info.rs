@@ -12,7 +12,8 @@
 //!   start, so they cost storage only for the window.
 //! - Bounded: at most `telemetry.backupInfoMaxSeries` series, the most recent ones (live backups
 //!   by creation time, deleted ones by deletion time); memory and scrape time do not grow with the
-//!   catalog.
+//!   catalog. A full window does not refill while the server runs: a live backup pushed out by a
+//!   more recent deletion comes back at the next start, when the window is rebuilt.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
@@ -203,51 +204,58 @@ impl BackupInfo {
 
     /// Rebuilds the window of `orgs` from the catalog (at start): their most recent backups and
     /// the backups deleted within the retention window; removes deleted-backup records past it.
-    pub(crate) async fn backfill(
-        &self,
-        store: &Arc<dyn CatalogStore>,
-        orgs: &[String],
-        now_ms: i64,
-    ) -> Result<()> {
+    /// A record that does not decode is skipped (its backup has no series), and an org whose
+    /// records cannot be read is logged and skipped: the others still get their series.
+    pub(crate) async fn backfill(&self, store: &Arc<dyn CatalogStore>, orgs: &[String], now_ms: i64) {
         if self.max == 0 {
-            return Ok(());
+            return;
         }
-        let catalog = Catalog::new(store.clone());
-        let since = now_ms - self.retention_ms;
         for org in orgs {
-            let mut live = BTreeSet::new();
-            let mut q = Query::org(org.as_str());
-            let mut taken = 0;
-            while taken < self.max {
-                let page = catalog.list::<BackupRecord>(&q).await?;
-                for b in &page.items {
-                    live.insert(b.id.clone());
-                    self.written(b);
-                }
-                taken += page.items.len();
-                match page.next {
-                    Some(n) => q.after = Some(n),
-                    None => break,
-                }
+            if let Err(e) = self.backfill_org(store, org, now_ms).await {
+                tracing::warn!(%org, error = %e, "cannot rebuild the org's backup info series from the catalog");
             }
-            let mut q = Query {
-                time_from_ms: Some(since),
-                ..Query::org(org.as_str())
-            };
-            let mut taken = 0;
-            while taken < self.max {
-                let page = catalog.list::<DeletedBackup>(&q).await?;
-                for d in page.items.iter().filter(|d| !live.contains(&d.id)) {
-                    self.removed(d, now_ms);
-                }
-                taken += page.items.len();
-                match page.next {
-                    Some(n) => q.after = Some(n),
-                    None => break,
-                }
-            }
-            prune(&**store, org, since + 1, usize::MAX).await?;
         }
+    }
+
+    async fn backfill_org(&self, store: &Arc<dyn CatalogStore>, org: &str, now_ms: i64) -> Result<()> {
+        let since = now_ms - self.retention_ms;
+        let mut live = BTreeSet::new();
+        let mut q = Query::org(org);
+        let mut taken = 0;
+        while taken < self.max {
+            let page = store.list(Kind::Backup, &q).await?;
+            for e in &page.items {
+                live.insert(e.id.clone());
+                if let Ok(b) = Catalog::decode::<BackupRecord>(e) {
+                    self.written(&b.value);
+                }
+            }
+            taken += page.items.len();
+            match page.next {
+                Some(n) => q.after = Some(n),
+                None => break,
+            }
+        }
+        let mut q = Query {
+            time_from_ms: Some(since),
+            ..Query::org(org)
+        };
+        (q.sort_min, q.sort_max) = DeletedBackup::sort_range(Some(since), None);
+        let mut taken = 0;
+        while taken < self.max {
+            let page = store.list(Kind::DeletedBackup, &q).await?;
+            for e in page.items.iter().filter(|e| !live.contains(&e.id)) {
+                if let Ok(d) = Catalog::decode::<DeletedBackup>(e) {
+                    self.removed(&d.value, now_ms);
+                }
+            }
+            taken += page.items.len();
+            match page.next {
+                Some(n) => q.after = Some(n),
+                None => break,
+            }
+        }
+        prune(&**store, org, since + 1, usize::MAX).await?;
         Ok(())
     }
 }
@@ -294,6 +302,11 @@ pub(crate) struct ObservedStore {
     info: Arc<BackupInfo>,
     clock: Arc<dyn Clock>,
     latency: Family<LatencyLabels, Histogram, fn() -> Histogram>,
+    /// Held around each write and each removal of backup records together with the window's
+    /// update, so that a late update cannot bring back the series of a backup deleted meanwhile
+    /// and two removals of one backup cannot drop each other's deleted-backup record. (The
+    /// catalog serialises its writes anyway.)
+    backup_writes: tokio::sync::Mutex<()>,
 }
 
 impl ObservedStore {
@@ -303,6 +316,7 @@ impl ObservedStore {
             info,
             clock,
             latency: Family::new_with_constructor(latency_histogram),
+            backup_writes: tokio::sync::Mutex::new(()),
         }
     }
 
@@ -341,14 +355,15 @@ impl ObservedStore {
         }
         let removed = self.inner.delete(Kind::Backup, org, id, expect).await;
         match removed {
-            Ok(true) if keep => {
+            // `false`: removed meanwhile by someone else; it is gone all the same.
+            Ok(_) if keep => {
                 self.info.removed(&kept, now_ms);
                 let since = now_ms - self.info.retention_ms;
                 if let Err(e) = prune(&*self.inner, org, since + 1, 100).await {
                     tracing::warn!(%org, error = %e, "cannot remove expired deleted-backup records");
                 }
             }
-            Ok(true) => {}
+            Ok(_) => {}
             _ if keep => {
                 let _ = self.inner.delete(Kind::DeletedBackup, org, id, None).await;
             }
@@ -375,6 +390,11 @@ impl CatalogStore for ObservedStore {
             .filter_map(|p| serde_json::from_slice(&p.doc).ok())
             .collect();
         let kind = puts.first().map_or(Kind::Backup, |p| p.kind);
+        let _serial = if puts.iter().any(|p| p.kind == Kind::Backup) {
+            Some(self.backup_writes.lock().await)
+        } else {
+            None
+        };
         let r = self.inner.put(puts).await;
         self.observe("put", kind, t);
         if r.is_ok() {
@@ -388,6 +408,7 @@ impl CatalogStore for ObservedStore {
     async fn delete(&self, kind: Kind, org: &str, id: &str, expect: Option<u64>) -> Result<bool> {
         let t = Instant::now();
         let r = if kind == Kind::Backup {
+            let _serial = self.backup_writes.lock().await;
             self.delete_backup(org, id, expect).await
         } else {
             self.inner.delete(kind, org, id, expect).await
@@ -485,6 +506,67 @@ mod tests {
         let hour = 3_600_000;
         assert_eq!(ids(&info, 1_000 + hour - 1), ["b1"]);
         assert_eq!(ids(&info, 1_000 + hour), Vec::<String>::new());
+    }
+
+    fn observed(
+        max: usize,
+    ) -> (
+        Arc<pxb_core::catalog::MemoryCatalog>,
+        Arc<BackupInfo>,
+        ObservedStore,
+    ) {
+        let raw = Arc::new(pxb_core::catalog::MemoryCatalog::new());
+        let info = Arc::new(BackupInfo::new(&config(max)));
+        let clock = pxb_core::ManualClock::new(std::time::UNIX_EPOCH + std::time::Duration::from_secs(1000));
+        let store = ObservedStore::new(raw.clone(), info.clone(), Arc::new(clock));
+        (raw, info, store)
+    }
+
+    #[tokio::test]
+    async fn a_record_that_does_not_decode_costs_only_its_own_series() {
+        let (raw, _, store) = observed(10);
+        let c = Catalog::new(Arc::new(store));
+        for (org, id) in [("a", "a1"), ("a", "bad"), ("b", "b1")] {
+            c.put(&b(org, id, 1, BackupPhase::Success), None)
+                .await
+                .expect("put");
+        }
+        c.delete::<BackupRecord>("a", "a1").await.expect("delete");
+        assert!(raw.corrupt(Kind::Backup, "a", "bad", b"{"));
+        let fresh = BackupInfo::new(&config(10));
+        let raw: Arc<dyn CatalogStore> = raw;
+        fresh.backfill(&raw, &["a".into(), "b".into()], 2000).await;
+        assert_eq!(
+            ids(&fresh, 2000),
+            ["a1", "b1"],
+            "the deleted a1 and b's b1 survive a bad record"
+        );
+    }
+
+    #[tokio::test]
+    async fn two_removals_of_one_backup_keep_its_deleted_record() {
+        let (raw, info, store) = observed(10);
+        let store = Arc::new(store);
+        let c = Catalog::new(store.clone());
+        c.put(&b("a", "b1", 1, BackupPhase::Success), None)
+            .await
+            .expect("put");
+        let (x, y) = tokio::join!(
+            store.delete(Kind::Backup, "a", "b1", None),
+            store.delete(Kind::Backup, "a", "b1", None)
+        );
+        assert_eq!([x.expect("x"), y.expect("y")].iter().filter(|r| **r).count(), 1);
+        assert_eq!(
+            raw.count(Kind::DeletedBackup, &Query::org("a"))
+                .await
+                .expect("count"),
+            1
+        );
+        let fresh = BackupInfo::new(&config(10));
+        let raw: Arc<dyn CatalogStore> = raw;
+        fresh.backfill(&raw, &["a".into()], 2000).await;
+        assert_eq!(ids(&fresh, 2000), ids(&info, 2000));
+        assert_eq!(ids(&fresh, 2000), ["b1"]);
     }
 
     #[test]

@@ -132,8 +132,10 @@ pub(crate) fn counts_of(d: &dyn Discovery) -> ProviderCounts {
     ProviderCounts {
         discoveries_ok: s.discoveries,
         discoveries_failed: s.discoveries_failed,
-        issued_ok: s.issued.saturating_sub(s.renewed),
-        issued_failed: s.failed.saturating_sub(s.renew_failed),
+        // Counters of their own: `issued - renewed` read between the provider's two increments
+        // would be one too low, a counter reset to Prometheus.
+        issued_ok: s.first_issued,
+        issued_failed: s.first_failed,
         renewed_ok: s.renewed,
         renewed_failed: s.renew_failed,
     }

@@ -355,11 +355,8 @@ impl Server {
         server.load().await?;
         let orgs: Vec<String> = server.inner.orgs().keys().cloned().collect();
         let now_ms = pxb_core::clock::unix_ms(server.inner.clock.now());
-        // The series are not worth failing the start for: a catalog that cannot answer this
-        // fails the org loads above anyway.
-        if let Err(e) = server.inner.backup_info.backfill(&raw_store, &orgs, now_ms).await {
-            tracing::warn!(error = %e, "cannot rebuild the backup info series from the catalog");
-        }
+        // The series are not worth failing the start for (failures are logged per org).
+        server.inner.backup_info.backfill(&raw_store, &orgs, now_ms).await;
         server.rebuild_snapshot();
         Ok(server)
     }

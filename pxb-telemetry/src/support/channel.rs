@@ -323,6 +323,8 @@ struct Backoff {
 
 const BACKOFF_START: Duration = Duration::from_secs(1);
 const BACKOFF_MAX: Duration = Duration::from_secs(300);
+/// The shortest time between two registrations, whatever the certificates say.
+const MIN_REGISTRATION_GAP: Duration = Duration::from_secs(5);
 
 impl Backoff {
     /// The delay after one more failure.
@@ -435,7 +437,12 @@ impl Driver {
             }
         }
         let mut backoff = Backoff::default();
+        // Registering again after revocations: only a successful upload resets it (a successful
+        // registration says nothing about whether the service will take the next upload).
+        let mut reregister = Backoff::default();
         let mut next_attempt = Instant::now();
+        // No registration before this, whatever the certificates say.
+        let mut registration_floor = Instant::now();
         // Collection waits for an identity, so the first batch follows the first registration.
         let mut next_collect = Instant::now();
         // Revocations in a row without a successful upload: the second one backs off.
@@ -446,7 +453,8 @@ impl Driver {
                 self.identity = None;
             }
             let renewal_due = self.identity.as_ref().is_none_or(|a| a.renew_at <= now);
-            if renewal_due && next_attempt <= now {
+            if renewal_due && next_attempt <= now && registration_floor <= now {
+                registration_floor = now + MIN_REGISTRATION_GAP;
                 match signals.guard(self.register()).await {
                     Err(i) => return i,
                     Ok(Ok(active)) => {
@@ -504,6 +512,7 @@ impl Driver {
                     Ok(Ok(())) => {
                         self.pending.pop_front();
                         backoff.reset();
+                        reregister.reset();
                         revoked_in_a_row = 0;
                         self.update(|s| {
                             s.uploads += 1;
@@ -523,7 +532,7 @@ impl Driver {
                         self.identity = None;
                         revoked_in_a_row += 1;
                         next_attempt = if revoked_in_a_row > 1 {
-                            Instant::now() + backoff.next()
+                            Instant::now() + reregister.next()
                         } else {
                             Instant::now()
                         };
@@ -540,9 +549,9 @@ impl Driver {
             }
             // Nothing to do now: sleep until the next thing is due.
             let wake = match &self.identity {
-                None => next_attempt,
+                None => next_attempt.max(registration_floor),
                 Some(active) => {
-                    let renewal = active.renew_at.max(next_attempt);
+                    let renewal = active.renew_at.max(next_attempt).max(registration_floor);
                     let mut wake = next_collect.min(renewal).min(active.expires_at);
                     if !self.pending.is_empty() {
                         wake = wake.min(next_attempt);
@@ -567,6 +576,14 @@ impl Driver {
         };
         let issued = self.channel.exporter.register(&req).await?;
         let identity = ClientIdentity::new(&self.channel.installation_id, key, issued);
+        if identity.renew_at() <= SystemTime::now() {
+            // Using it would mean registering again at once, in a loop.
+            return Err(ExportError::Unavailable(format!(
+                "the service issued a certificate that has already expired or is due for renewal \
+                 (notAfter {}); is this host's clock ahead of the service's?",
+                super::rfc3339::format(identity.not_after)
+            )));
+        }
         if let Err(e) = self.channel.credentials.save(&identity).await {
             tracing::warn!(error = %e, "support channel: could not store the client certificate; it is used until restart");
         }
@@ -931,5 +948,116 @@ mod tests {
         let calls = t.exporter.calls().len();
         sleep(3600).await;
         assert_eq!(t.exporter.calls().len(), calls);
+    }
+
+    /// The times of the register calls, and the gaps between them in seconds.
+    fn registration_gaps(exporter: &MemoryExporter) -> Vec<f64> {
+        let at: Vec<tokio::time::Instant> = exporter
+            .calls()
+            .iter()
+            .filter(|c| c.operation == "register")
+            .map(|c| c.at)
+            .collect();
+        at.windows(2).map(|w| (w[1] - w[0]).as_secs_f64()).collect()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_already_expired_certificate_is_a_failed_registration_that_backs_off() {
+        let exporter = MemoryExporter::new().with_latency(Duration::from_millis(100));
+        exporter.set_issue_expired(true);
+        let s = start(ID, true, exporter, MemoryCredentialStore::default());
+        sleep(60).await;
+        let registers = count(&s.exporter, "register");
+        assert!(
+            (2..=8).contains(&registers),
+            "{registers} registrations in a minute with an expired certificate each time"
+        );
+        let gaps = registration_gaps(&s.exporter);
+        assert!(
+            gaps.iter()
+                .all(|g| *g >= MIN_REGISTRATION_GAP.as_secs_f64() - 0.01),
+            "registrations closer than the minimum gap: {gaps:?}"
+        );
+        assert!(
+            gaps.windows(2).skip(2).all(|w| w[1] > w[0]),
+            "delays grow: {gaps:?}"
+        );
+        assert_eq!(
+            count(&s.exporter, "export"),
+            0,
+            "no upload with an expired certificate"
+        );
+        assert!(s.store.get().is_none(), "an expired certificate is not stored");
+        let status = s.handle.status();
+        assert!(!status.registered && status.registrations == 0, "{status:?}");
+        assert!(
+            status
+                .last_error
+                .as_deref()
+                .is_some_and(|e| e.contains("expired")),
+            "{status:?}"
+        );
+        // The service's clock is right again: the next attempt registers and uploads.
+        s.exporter.set_issue_expired(false);
+        sleep(400).await;
+        let status = s.handle.status();
+        assert!(status.registered && status.uploads > 0, "{status:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_certificate_due_for_renewal_at_once_is_renewed_no_more_often_than_the_minimum_gap() {
+        // Valid for less than a second (wall clock): renewal is due almost at once each time.
+        let exporter = MemoryExporter::new()
+            .with_cert_lifetime(Duration::from_secs(1))
+            .with_latency(Duration::from_millis(100));
+        let s = start(ID, true, exporter, MemoryCredentialStore::default());
+        sleep(60).await;
+        let registers = count(&s.exporter, "register");
+        let most = (60 / MIN_REGISTRATION_GAP.as_secs() + 1) as usize;
+        assert!(
+            registers <= most,
+            "{registers} registrations in a minute, more than one per {MIN_REGISTRATION_GAP:?}"
+        );
+        let gaps = registration_gaps(&s.exporter);
+        assert!(
+            gaps.iter()
+                .all(|g| *g >= MIN_REGISTRATION_GAP.as_secs_f64() - 0.01),
+            "{gaps:?}"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn uploads_always_revoked_back_off_registering_again_until_an_upload_succeeds() {
+        let exporter = MemoryExporter::new().with_latency(Duration::from_millis(1));
+        exporter.set_revoke_uploads(true);
+        let s = start(ID, true, exporter, MemoryCredentialStore::default());
+        sleep(600).await;
+        let registers = count(&s.exporter, "register");
+        assert!(
+            (5..=14).contains(&registers),
+            "{registers} registrations in 10 minutes of revoked uploads"
+        );
+        let gaps = registration_gaps(&s.exporter);
+        let last = *gaps.last().expect("gaps");
+        assert!(last >= 100.0, "the delay grew to minutes: {gaps:?}");
+        assert!(
+            gaps.iter().all(|g| *g <= 1.2 * 300.0 + 0.01),
+            "at most 5 minutes ±20 %: {gaps:?}"
+        );
+        // The service accepts uploads again: the next registration is followed by uploads.
+        s.exporter.set_revoke_uploads(false);
+        sleep(400).await;
+        let status = s.handle.status();
+        assert!(status.uploads > 0, "{status:?}");
+        // A successful upload reset the back-off: a new revocation is handled at once, the one
+        // after it a few seconds later, not minutes.
+        let before = count(&s.exporter, "register");
+        s.exporter.set_revoke_uploads(true);
+        sleep(INTERVAL.as_secs() + 15).await;
+        let gaps = registration_gaps(&s.exporter);
+        assert!(
+            count(&s.exporter, "register") >= before + 2,
+            "registered again soon after the reset: {gaps:?}"
+        );
     }
 }

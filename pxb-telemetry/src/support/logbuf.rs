@@ -170,8 +170,24 @@ fn truncate(message: &mut String) {
     }
 }
 
+/// The event fields whose values are sent: counts, codes and states, never names. Any other
+/// field is sent as `name=…` (its name only): cluster, location, schedule and backup names,
+/// namespaces, paths and error texts stay home.
+pub const SENT_FIELDS: [&str; 10] = [
+    "status",
+    "code",
+    "elapsed_ms",
+    "enabled",
+    "phase",
+    "result",
+    "kind",
+    "attempt",
+    "count",
+    "org",
+];
+
 /// Formats an event: its `message`, and its other fields as `name=value` (strings quoted as
-/// `Debug` quotes them, like the text log lines).
+/// `Debug` quotes them, like the text log lines) for [`SENT_FIELDS`], `name=…` for the others.
 #[derive(Default)]
 struct Formatter {
     message: String,
@@ -186,7 +202,11 @@ impl Visit for Formatter {
             if !self.fields.is_empty() {
                 self.fields.push(' ');
             }
-            let _ = write!(self.fields, "{}={value:?}", field.name());
+            if SENT_FIELDS.contains(&field.name()) {
+                let _ = write!(self.fields, "{}={value:?}", field.name());
+            } else {
+                let _ = write!(self.fields, "{}=…", field.name());
+            }
         }
     }
 }
@@ -220,6 +240,7 @@ mod tests {
             tracing::info!(target: "pxbfoo", "not ours");
             tracing::debug!(target: "pxb_daemon::server", "debug is not captured");
             tracing::error!(target: "pxb_core", count = 3, "failed");
+            tracing::warn!(target: "pxb_daemon::server", backup = "tenant-db-nightly", location = "acme-vault", code = 503, "retention cannot delete a backup");
         });
         let got: Vec<(Level, String, String)> = buffer
             .drain()
@@ -237,6 +258,11 @@ mod tests {
                 ),
                 (Level::INFO, "pxb".into(), "cli info".into()),
                 (Level::ERROR, "pxb_core".into(), "failed count=3".into()),
+                (
+                    Level::WARN,
+                    "pxb_daemon::server".into(),
+                    "retention cannot delete a backup backup=… location=… code=503".into()
+                ),
             ]
         );
         assert!(buffer.drain().is_empty(), "drain takes the records");

@@ -33,6 +33,10 @@ struct Issued {
 #[derive(Default)]
 struct State {
     down: bool,
+    /// Registrations return certificates that expired an hour ago.
+    issue_expired: bool,
+    /// Every upload answers [`ExportError::Revoked`].
+    revoke_uploads: bool,
     next_serial: u64,
     /// Issued leaf certificates by PEM.
     certs: HashMap<String, Issued>,
@@ -46,12 +50,15 @@ struct State {
 /// own CA (rcgen) after the checks the real service makes (the CSR parses and its signature
 /// holds, its CN is the installation id, the id is a UUID); uploads are recorded per
 /// installation when the identity's certificate is one it issued, not revoked and not expired.
-/// [`MemoryExporter::set_down`] makes every call [`ExportError::Unavailable`]. It is also its
-/// own [`ServiceProbe`].
+/// [`MemoryExporter::set_down`] makes every call [`ExportError::Unavailable`];
+/// [`MemoryExporter::set_issue_expired`] and [`MemoryExporter::set_revoke_uploads`] make it a
+/// service whose clock is behind or that refuses every certificate. It is also its own
+/// [`ServiceProbe`].
 pub struct MemoryExporter {
     ca: rcgen::Issuer<'static, rcgen::KeyPair>,
     ca_pem: String,
     cert_lifetime: Duration,
+    latency: Duration,
     state: Mutex<State>,
 }
 
@@ -105,6 +112,7 @@ impl MemoryExporter {
             ca: rcgen::Issuer::new(params, key),
             ca_pem,
             cert_lifetime: Duration::from_secs(24 * 3600),
+            latency: Duration::ZERO,
             state: Mutex::new(State::default()),
         }
     }
@@ -113,6 +121,25 @@ impl MemoryExporter {
     pub fn with_cert_lifetime(mut self, lifetime: Duration) -> MemoryExporter {
         self.cert_lifetime = lifetime;
         self
+    }
+
+    /// This service, taking `latency` (on tokio's clock) to answer each call, like a service
+    /// over a network: a client calling it in a loop makes calls per second, not a busy loop.
+    pub fn with_latency(mut self, latency: Duration) -> MemoryExporter {
+        self.latency = latency;
+        self
+    }
+
+    /// Makes registrations return certificates that expired an hour ago (`true`), as a service
+    /// whose clock is behind this process' would, or valid ones again.
+    pub fn set_issue_expired(&self, expired: bool) {
+        self.lock().issue_expired = expired;
+    }
+
+    /// Makes every upload answer [`ExportError::Revoked`] (`true`), whatever the certificate,
+    /// or check the certificate again.
+    pub fn set_revoke_uploads(&self, revoke: bool) {
+        self.lock().revoke_uploads = revoke;
     }
 
     /// The CA certificate that signs the client certificates, PEM.
@@ -160,7 +187,12 @@ impl MemoryExporter {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn sign(&self, req: &RegistrationRequest, serial: u64) -> Result<IssuedCertificate, ExportError> {
+    fn sign(
+        &self,
+        req: &RegistrationRequest,
+        serial: u64,
+        expired: bool,
+    ) -> Result<IssuedCertificate, ExportError> {
         let refused = |what: &str| ExportError::Refused(what.to_owned());
         let mut csr = rcgen::CertificateSigningRequestParams::from_pem(&req.csr_pem)
             .map_err(|e| refused(&format!("the CSR does not parse: {e}")))?;
@@ -186,13 +218,16 @@ impl MemoryExporter {
             .duration_since(SystemTime::UNIX_EPOCH)
             .unwrap_or_default()
             .as_secs();
-        let not_after =
-            SystemTime::UNIX_EPOCH + Duration::from_secs(since_epoch + self.cert_lifetime.as_secs());
+        let not_after = if expired {
+            SystemTime::UNIX_EPOCH + Duration::from_secs(since_epoch.saturating_sub(3600))
+        } else {
+            SystemTime::UNIX_EPOCH + Duration::from_secs(since_epoch + self.cert_lifetime.as_secs())
+        };
         // rcgen's time type, reached from its epoch helper: the products use one date-time crate.
         let at = |t: SystemTime| {
             rcgen::date_time_ymd(1970, 1, 1) + t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default()
         };
-        csr.params.not_before = at(now - Duration::from_secs(60));
+        csr.params.not_before = at((now - Duration::from_secs(60)).min(not_after - Duration::from_secs(60)));
         csr.params.not_after = at(not_after);
         csr.params.serial_number = Some(rcgen::SerialNumber::from(serial));
         csr.params.is_ca = rcgen::IsCa::ExplicitNoCa;
@@ -210,13 +245,17 @@ impl MemoryExporter {
 #[async_trait]
 impl TelemetryExporter for MemoryExporter {
     async fn register(&self, req: &RegistrationRequest) -> Result<IssuedCertificate, ExportError> {
+        if !self.latency.is_zero() {
+            tokio::time::sleep(self.latency).await;
+        }
         let mut state = self.lock();
         let result = if state.down {
             Err(ExportError::Unavailable("the memory service is down".into()))
         } else {
             state.next_serial += 1;
             let serial = state.next_serial;
-            self.sign(req, serial).inspect(|issued| {
+            let expired = state.issue_expired;
+            self.sign(req, serial, expired).inspect(|issued| {
                 state.certs.insert(
                     issued.cert_pem.clone(),
                     Issued {
@@ -238,9 +277,14 @@ impl TelemetryExporter for MemoryExporter {
     }
 
     async fn export(&self, identity: &ClientIdentity, batch: &Batch) -> Result<(), ExportError> {
+        if !self.latency.is_zero() {
+            tokio::time::sleep(self.latency).await;
+        }
         let mut state = self.lock();
         let result = if state.down {
             Err(ExportError::Unavailable("the memory service is down".into()))
+        } else if state.revoke_uploads {
+            Err(ExportError::Revoked)
         } else {
             match state.certs.get(&identity.cert_pem) {
                 Some(c) if !state.revoked.contains(&c.serial) && c.not_after > SystemTime::now() => {

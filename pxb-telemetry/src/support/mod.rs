@@ -58,7 +58,7 @@ pub use channel::{
     CredentialStore, DEFAULT_INTERVAL, DEFAULT_MAX_PENDING, MemoryCredentialStore, StoreError,
     SupportChannel, SupportChannelBuilder, SupportHandle, SupportSources, SupportStatus,
 };
-pub use logbuf::{CaptureLayer, LogBuffer, MAX_MESSAGE_BYTES, Redactor, is_captured};
+pub use logbuf::{CaptureLayer, LogBuffer, MAX_MESSAGE_BYTES, Redactor, SENT_FIELDS, is_captured};
 #[cfg(any(test, feature = "conformance"))]
 pub use memory::{ExporterCall, MemoryExporter};
 pub use otlp::{CLUSTER_METRIC, OtlpExporter, OtlpExporterBuilder};

@@ -154,7 +154,7 @@ fn client(
     timeout: Duration,
     identity: Option<reqwest::Identity>,
 ) -> Result<reqwest::Client, ExportError> {
-    let mut builder = reqwest::Client::builder().timeout(timeout);
+    let mut builder = hardened(reqwest::Client::builder()).timeout(timeout);
     if let Some(ca) = ca {
         builder = builder.tls_certs_only(ca.iter().cloned());
     }
@@ -164,6 +164,17 @@ fn client(
     builder
         .build()
         .map_err(|e| ExportError::Local(format!("building the HTTP client: {}", chain(&e))))
+}
+
+/// `builder`, hardened for the support channel: HTTPS only; no redirect followed (a redirect
+/// could send the registration token or the uploads elsewhere: it is an error answer); no idle
+/// connection kept (uploads are minutes apart, and a channel switched off must leave no
+/// connection open: an upload in flight is abandoned, which closes its connection).
+fn hardened(builder: reqwest::ClientBuilder) -> reqwest::ClientBuilder {
+    builder
+        .https_only(true)
+        .redirect(reqwest::redirect::Policy::none())
+        .pool_max_idle_per_host(0)
 }
 
 /// An error and its sources, joined by `: `.
@@ -617,5 +628,99 @@ mod tests {
         let shown = format!("{ok:?}");
         assert!(!shown.contains("s3cr3t"), "{shown}");
         assert!(shown.contains("\"https://telemetry.example\""), "{shown}");
+    }
+
+    #[tokio::test]
+    async fn the_client_refuses_plain_http_urls() {
+        let client = client(None, Duration::from_secs(5), None).expect("client");
+        // A port nothing listens on: a refused connection would be a connect error.
+        let e = client
+            .get("http://127.0.0.1:9/v1/metrics")
+            .send()
+            .await
+            .expect_err("http");
+        assert!(
+            e.is_builder() && !e.is_connect(),
+            "refused before connecting: {e:?}"
+        );
+    }
+
+    /// A plain HTTP server answering every request on `listener` with a redirect to
+    /// `/elsewhere`; sends each connection's requests (their first lines) and whether the
+    /// client closed it within 2 s of the answer.
+    async fn redirecting_server(
+        listener: tokio::net::TcpListener,
+        seen: tokio::sync::mpsc::UnboundedSender<(String, bool)>,
+    ) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        loop {
+            let Ok((mut socket, _)) = listener.accept().await else {
+                return;
+            };
+            let seen = seen.clone();
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 4096];
+                let mut request = Vec::new();
+                while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match socket.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => request.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let first = String::from_utf8_lossy(&request)
+                    .lines()
+                    .next()
+                    .unwrap_or_default()
+                    .to_owned();
+                let answer =
+                    "HTTP/1.1 307 Temporary Redirect\r\nlocation: /elsewhere\r\ncontent-length: 0\r\n\r\n";
+                if socket.write_all(answer.as_bytes()).await.is_err() {
+                    return;
+                }
+                let closed = matches!(
+                    tokio::time::timeout(Duration::from_secs(2), socket.read(&mut buf)).await,
+                    Ok(Ok(0) | Err(_))
+                );
+                let _ = seen.send((first, closed));
+            });
+        }
+    }
+
+    #[tokio::test]
+    async fn the_client_follows_no_redirect_and_keeps_no_idle_connection() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let server = tokio::spawn(redirecting_server(listener, tx));
+        // The support channel's settings, but over plain HTTP to reach a test server.
+        let client = hardened(reqwest::Client::builder())
+            .https_only(false)
+            .build()
+            .expect("client");
+        let response = client
+            .post(format!("http://{addr}/v1/metrics"))
+            .body("x")
+            .send()
+            .await
+            .expect("answered");
+        assert_eq!(response.status(), reqwest::StatusCode::TEMPORARY_REDIRECT);
+        drop(response);
+        let (first, closed) = tokio::time::timeout(Duration::from_secs(5), rx.recv())
+            .await
+            .expect("the server reports")
+            .expect("a request");
+        assert_eq!(first, "POST /v1/metrics HTTP/1.1");
+        assert!(
+            closed,
+            "the connection was closed after the answer, not kept idle"
+        );
+        assert!(
+            tokio::time::timeout(Duration::from_secs(1), rx.recv())
+                .await
+                .is_err(),
+            "no second request (the redirect was not followed)"
+        );
+        drop(client);
+        server.abort();
     }
 }

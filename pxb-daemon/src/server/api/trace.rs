@@ -2,7 +2,7 @@
 //! `method`, `route` (the matched route template, e.g. `/v1/orgs/{org}/backups/{id}`, never the
 //! raw path, so tenant names do not multiply the values) and `org` on the routes of an org. Every
 //! line logged while the request is served carries them. The id is the caller's `x-request-id`
-//! when it is a short token (at most [`MAX_ID_LEN`] letters, digits, `-`, `_` or `.`), else a
+//! when it is a short token (at most [`pxb_telemetry::logs::MAX_REQUEST_ID_LEN`] letters, digits, `-`, `_` or `.`), else a
 //! fresh random one; the response echoes it in `x-request-id`, so a caller can quote it.
 //!
 //! Each request ends with a `debug` line (`status`, `elapsed_ms`): `PXB_LOG=info,pxb_daemon=debug`
@@ -23,25 +23,7 @@ use tracing::Instrument as _;
 use crate::server::state::{Metrics, Server, UNMATCHED_ROUTE};
 
 /// The header carrying a request's id, read from the request and written to the response.
-pub(crate) const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
-
-/// The longest request id taken from a caller.
-pub(crate) const MAX_ID_LEN: usize = 64;
-
-/// Whether `id` (from a caller's header) is taken as the request id: a short token that cannot
-/// break a log line or stand for anything but an id.
-fn acceptable(id: &str) -> bool {
-    !id.is_empty()
-        && id.len() <= MAX_ID_LEN
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
-}
-
-/// A fresh request id: 16 random hex digits.
-fn new_id() -> String {
-    format!("{:016x}", rand::random::<u64>())
-}
+pub(crate) const REQUEST_ID: HeaderName = HeaderName::from_static(pxb_telemetry::logs::REQUEST_ID_HEADER);
 
 /// The org of a path under `/v1/orgs/{org}`, decoded as the router's path extractor decodes it,
 /// when it is a valid org name (anything else is refused by the handler and not logged).
@@ -69,12 +51,7 @@ fn method_label(m: &Method) -> &'static str {
 /// Serves `req` inside its `request` span, echoes its id in `x-request-id` and counts it in
 /// the server's metrics.
 pub(crate) async fn request_span(State(s): State<Server>, req: Request, next: Next) -> Response {
-    let id = req
-        .headers()
-        .get(&REQUEST_ID)
-        .and_then(|v| v.to_str().ok())
-        .filter(|v| acceptable(v))
-        .map_or_else(new_id, str::to_owned);
+    let id = pxb_telemetry::logs::request_id(req.headers().get(&REQUEST_ID).and_then(|v| v.to_str().ok()));
     let route = req
         .extensions()
         .get::<MatchedPath>()
@@ -123,27 +100,6 @@ pub(crate) async fn request_span(State(s): State<Server>, req: Request, next: Ne
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn only_short_plain_tokens_are_taken_as_request_ids() {
-        for ok in ["a", "7f3c-41aa_b.2", &"x".repeat(MAX_ID_LEN)] {
-            assert!(acceptable(ok), "{ok:?}");
-        }
-        for bad in [
-            "",
-            &"x".repeat(MAX_ID_LEN + 1),
-            "a b",
-            "a\nlevel=ERROR",
-            "Bearer abc",
-            "id\"}",
-            "ünï",
-        ] {
-            assert!(!acceptable(bad), "{bad:?}");
-        }
-        let id = new_id();
-        assert!(acceptable(&id) && id.len() == 16, "{id}");
-        assert_ne!(new_id(), new_id());
-    }
 
     #[test]
     fn the_org_is_read_as_the_router_decodes_it_and_only_when_it_is_a_name() {
