@@ -88,7 +88,9 @@ async fn main_async(args: Vec<String>) -> anyhow::Result<serde_json::Value> {
             })
             .await
         }
-        _ => bail!("usage: pxb-bench volume|sync|gc|fleet|renewal|server|api|metrics [options] (see the source)"),
+        _ => bail!(
+            "usage: pxb-bench volume|sync|gc|fleet|renewal|server|api|metrics [options] (see the source)"
+        ),
     }
 }
 
