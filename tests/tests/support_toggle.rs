@@ -183,6 +183,19 @@ async fn the_support_channel_follows_its_configmap_and_sends_nothing_while_off()
         .await
         .expect("cluster");
     server
+        .add_cluster(
+            ClusterRecord {
+                org: "acme".into(),
+                id: "imported-tenant-edge".into(),
+                name: "tenant-edge".into(),
+                source: "imported".into(),
+                ..ClusterRecord::default()
+            },
+            Arc::new(StaticClusters::new()),
+        )
+        .await
+        .expect("an imported cluster");
+    server
         .create_location(
             LocationRecord {
                 org: "acme".into(),
@@ -236,10 +249,30 @@ async fn the_support_channel_follows_its_configmap_and_sends_nothing_while_off()
     assert_eq!(stored.installation_id, reg.installation_id);
     let sealed = stored.identity.expect("the certificate is kept, sealed");
     assert!(!sealed.ciphertext.contains("PRIVATE KEY"));
-    wait("the cluster id arrives", Duration::from_secs(30), || {
-        service.cluster_uuids() == [(cluster_id.to_owned(), "acme".to_owned())]
+    wait("the cluster ids arrive", Duration::from_secs(30), || {
+        let ids = service.cluster_uuids();
+        ids.len() == 2
+            && ids.contains(&(cluster_id.to_owned(), "acme".to_owned()))
+            && ids.iter().any(|(id, org)| id.starts_with("h-") && org == "acme")
     })
     .await;
+    let exposition = reqwest::get(format!("http://{}/metrics", daemon.addr))
+        .await
+        .expect("scrape")
+        .text()
+        .await
+        .expect("text");
+    for line in [
+        "pxb_server_support_enabled 1",
+        "pxb_server_support_registered 1",
+        "pxb_server_support_registrations_total 1",
+    ] {
+        assert!(
+            exposition.lines().any(|l| l == line),
+            "{line} not in:\n{exposition}"
+        );
+    }
+    pxb_tests::promtool_check_metrics(&exposition).expect("promtool");
     let metrics = service.metrics();
     assert!(
         metrics.iter().all(|m| m.client_cn == reg.installation_id),
@@ -249,6 +282,7 @@ async fn the_support_channel_follows_its_configmap_and_sends_nothing_while_off()
     assert!(sent.contains("pxb.server.clusters"), "{sent}");
     for private in [
         "tenant-secret-shoot",
+        "tenant-edge",
         "tenant-private-location",
         "tenant-container",
         "tenantstorage",

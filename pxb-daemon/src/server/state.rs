@@ -277,6 +277,9 @@ pub(crate) struct Inner {
     pub(crate) backup_info: Arc<BackupInfo>,
     /// The catalog's store as the server uses it (timed, feeding `backup_info`).
     pub(crate) observed_store: Arc<ObservedStore>,
+    /// The support channel's state, once it runs (for `/metrics`).
+    pub(crate) support_status:
+        std::sync::OnceLock<tokio::sync::watch::Receiver<pxb_telemetry::support::SupportStatus>>,
 }
 
 /// Requests in flight per org (`api.maxRequestsPerOrg`), a semaphore each.
@@ -350,6 +353,7 @@ impl Server {
             org_limits: OrgLimits::default(),
             backup_info,
             observed_store,
+            support_status: std::sync::OnceLock::new(),
         });
         let server = Server { inner };
         server.load().await?;

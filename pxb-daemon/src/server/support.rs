@@ -220,8 +220,29 @@ fn set(tx: &watch::Sender<bool>, on: bool) {
     });
 }
 
-/// What the channel reads of the server.
-struct ServerSources(Server);
+/// What the channel reads of the server, for installation `installation_id`.
+struct ServerSources(Server, String);
+
+/// What is sent of a cluster's id: the id itself when it is a UUID (a Gardener shoot's uid),
+/// else (an imported cluster's `imported-<name>`, a shoot without a uid) `h-` and 32 hex digits
+/// of a BLAKE3 hash of the installation id and the cluster id, so no name leaves the server.
+/// (Whoever knows the installation id and guesses a name can confirm the guess.)
+fn sent_cluster_id(installation_id: &str, id: &str) -> String {
+    let uuid = id.len() == 36
+        && id.bytes().enumerate().all(|(i, b)| {
+            if [8, 13, 18, 23].contains(&i) {
+                b == b'-'
+            } else {
+                b.is_ascii_hexdigit()
+            }
+        });
+    if uuid {
+        id.to_owned()
+    } else {
+        let h = pxb_core::backup::ChunkId::of(format!("{installation_id}\n{id}").as_bytes()).to_hex();
+        format!("h-{}", &h[..32])
+    }
+}
 
 #[async_trait]
 impl SupportSources for ServerSources {
@@ -272,7 +293,7 @@ impl SupportSources for ServerSources {
             .values()
             .filter(|t| t.record.retired_at.is_none() && t.record.status.state != ClusterState::Retired)
             .map(|t| ClusterRef {
-                uuid: t.record.id.clone(),
+                uuid: sent_cluster_id(&self.1, &t.record.id),
                 org: t.record.org.clone(),
             })
             .collect()
@@ -402,9 +423,9 @@ impl Server {
         let interval = Duration::from_secs(config.upload_interval_secs);
         let toggle_task = tokio::spawn(follow(toggle, config, tx));
         let handle = SupportChannel::builder(
-            installation_id,
+            installation_id.clone(),
             exporter,
-            Arc::new(ServerSources(self.clone())),
+            Arc::new(ServerSources(self.clone(), installation_id.clone())),
             Arc::new(CatalogCredentials {
                 server: self.clone(),
                 memory: std::sync::Mutex::new(None),
@@ -414,6 +435,7 @@ impl Server {
         .interval(interval)
         .version(pxb_core::api::agent::VERSION)
         .spawn();
+        let _ = self.inner.support_status.set(handle.subscribe());
         SupportRunning {
             handle,
             toggle: toggle_task,
@@ -440,6 +462,24 @@ mod tests {
         assert_eq!(
             config_map_of(&c, Some("pxb".into())),
             ("ops".into(), "support".into())
+        );
+    }
+
+    #[test]
+    fn cluster_ids_leave_as_uuids_or_as_hashes() {
+        let uuid = "6f1c2a3b-9d8e-4f70-a1b2-c3d4e5f60718";
+        assert_eq!(sent_cluster_id("inst", uuid), uuid);
+        let h = sent_cluster_id("inst", "imported-prod-eu");
+        assert!(h.starts_with("h-") && h.len() == 34 && !h.contains("prod"), "{h}");
+        assert_eq!(h, sent_cluster_id("inst", "imported-prod-eu"), "stable");
+        assert_ne!(
+            h,
+            sent_cluster_id("other", "imported-prod-eu"),
+            "per installation"
+        );
+        assert_ne!(
+            sent_cluster_id("inst", "garden-acme/shoot-1"),
+            "garden-acme/shoot-1"
         );
     }
 

@@ -217,5 +217,48 @@ fn registry(s: &Server) -> Registry {
         counter(&m.snapshots),
     );
     s.register_backup_metrics(&mut r);
+    if let Some(rx) = s.inner.support_status.get() {
+        let st = rx.borrow().clone();
+        let gauge = |v: bool| {
+            let g = Gauge::<i64>::default();
+            g.set(i64::from(v));
+            g
+        };
+        let count = |v: u64| {
+            let c = Counter::<u64>::default();
+            c.inc_by(v);
+            c
+        };
+        r.register(
+            "pxb_server_support_enabled",
+            "Whether the opt-in support channel is switched on",
+            gauge(st.enabled),
+        );
+        r.register(
+            "pxb_server_support_registered",
+            "Whether the support channel holds a client certificate",
+            gauge(st.registered),
+        );
+        r.register(
+            "pxb_server_support_needs_operator",
+            "Whether the support service refused the registration (a wrong token or CSR)",
+            gauge(st.needs_operator),
+        );
+        r.register(
+            "pxb_server_support_registrations",
+            "Registrations with the support service",
+            count(st.registrations),
+        );
+        r.register(
+            "pxb_server_support_uploads",
+            "Batches uploaded to the support service",
+            count(st.uploads),
+        );
+        r.register(
+            "pxb_server_support_dropped_batches",
+            "Batches dropped because the support service stayed unreachable",
+            count(st.dropped_batches),
+        );
+    }
     r
 }
