@@ -395,7 +395,7 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<bool> {
         .filter(|s| !offline.contains(s))
         .collect();
     ok &= operations(&api, &fleet, &online, &offline).await?;
-    ok &= backup_info(&url).await?;
+    ok &= backup_info(&url, &dev_token).await?;
     if let (Some(sup), Some(channel)) = (&args.support, &daemon.support) {
         ok &= support_channel(sup, channel, &support_file).await?;
     }
@@ -463,8 +463,12 @@ async fn support_channel(
 
 /// Prints the per-backup info series of `/metrics`; the deleted backup's must be there with
 /// `status="Deleted"` and the status it had.
-async fn backup_info(url: &str) -> anyhow::Result<bool> {
-    let text = reqwest::get(format!("{url}/metrics"))
+async fn backup_info(url: &str, token: &str) -> anyhow::Result<bool> {
+    // The per-backup series name tenants: only a token that sees the org gets them.
+    let text = reqwest::Client::new()
+        .get(format!("{url}/metrics"))
+        .bearer_auth(token)
+        .send()
         .await?
         .error_for_status()?
         .text()

@@ -1507,10 +1507,24 @@ async fn back_up_shop(cp: &ControlPlane, acme: &str) -> String {
     made.items.first().expect("one backup").id.clone()
 }
 
-/// The `pxb_server_backup_info` lines of the server's Prometheus text, sorted.
+/// The `pxb_server_backup_info` lines of the server's Prometheus text as the provider admin
+/// sees it, sorted.
 async fn backup_info_lines(cp: &ControlPlane) -> Vec<String> {
-    let text = reqwest::get(format!("{}/metrics", cp.url))
+    backup_info_lines_as(cp, Some(&cp.admin_token())).await
+}
+
+/// The `pxb_server_backup_info` lines of the Prometheus text `token` (none: anonymously) gets,
+/// sorted.
+async fn backup_info_lines_as(cp: &ControlPlane, token: Option<&str>) -> Vec<String> {
+    let mut req = reqwest::Client::new().get(format!("{}/metrics", cp.url));
+    if let Some(t) = token {
+        req = req.bearer_auth(t);
+    }
+    let text = req
+        .send()
         .await
+        .expect("metrics")
+        .error_for_status()
         .expect("metrics")
         .text()
         .await
@@ -1576,6 +1590,24 @@ async fn a_deleted_backups_info_series_outlives_it_for_the_window_and_survives_a
     })
     .await
     .expect("the series says Success");
+    // The series names the org, cluster, location and backup: an org's member sees it, nobody
+    // else who reaches the port does.
+    assert_eq!(
+        backup_info_lines_as(&cp, Some(&acme)).await,
+        [info_line(&id, "Success", None)],
+        "to acme's admin"
+    );
+    assert_eq!(
+        backup_info_lines_as(&cp, None).await,
+        Vec::<String>::new(),
+        "anonymously"
+    );
+    let other = cp.token("globex-admin", &["globex-admins"]);
+    assert_eq!(
+        backup_info_lines_as(&cp, Some(&other)).await,
+        Vec::<String>::new(),
+        "to a member of another org"
+    );
 
     // Deleted through the agent: Deleting (with the phase before), then Deleted once the record
     // is gone, with the phase it had.

@@ -17,11 +17,20 @@ use reqwest::Method;
 const PROMETHEUS_ACCEPT: &str = "application/openmetrics-text;version=1.0.0;q=0.5,\
     application/openmetrics-text;version=0.0.1;q=0.4,text/plain;version=0.0.4;q=0.3,*/*;q=0.2";
 
-/// `/metrics` with `accept` (none: the Prometheus text format): content type and body.
+/// `/metrics` as the provider admin with `accept` (none: the Prometheus text format): content
+/// type and body.
 async fn scrape(cp: &ControlPlane, accept: Option<&str>) -> (String, String) {
+    scrape_as(cp, Some(&cp.admin_token()), accept).await
+}
+
+/// `/metrics` with `token` (none: anonymously) and `accept`: content type and body.
+async fn scrape_as(cp: &ControlPlane, token: Option<&str>, accept: Option<&str>) -> (String, String) {
     let mut req = reqwest::Client::new().get(format!("{}/metrics", cp.url));
     if let Some(a) = accept {
         req = req.header("accept", a);
+    }
+    if let Some(t) = token {
+        req = req.bearer_auth(t);
     }
     let resp = req.send().await.expect("GET /metrics");
     assert_eq!(resp.status().as_u16(), 200);
@@ -471,6 +480,40 @@ async fn fleet_discovery_and_kubeconfig_series_per_org() {
     }
     assert_line(&text, "pxb_server_clusters{state=\"AgentMissing\"} 3");
     assert_line(&text, "pxb_server_clusters{state=\"Unreachable\"} 2");
+
+    // Tenant names are not for everyone who reaches the port: without a token the scrape has the
+    // fleet-wide series and no org, discovery or shoot name; an org's member sees its own org's
+    // series and nothing of another org; a token the server does not accept gets 401.
+    let (_, anonymous) = scrape_as(&cp, None, None).await;
+    assert_line(&anonymous, "pxb_server_clusters{state=\"AgentMissing\"} 3");
+    for name in ["acme", "globex", "shoot-0000", "gx-0000", "discovery=\""] {
+        assert!(!anonymous.contains(name), "{name} anonymously:\n{anonymous}");
+    }
+    pxb_tests::promtool_check_metrics(&anonymous).expect("promtool");
+    let (_, tenant) = scrape_as(&cp, Some(&globex), None).await;
+    assert_eq!(
+        org_clusters(&tenant, "globex", "Unreachable"),
+        Some(2.0),
+        "{tenant}"
+    );
+    assert_line(
+        &tenant,
+        "pxb_server_discovery_shoots{org=\"globex\",discovery=\"dev\"} 2",
+    );
+    assert!(!tenant.contains("acme"), "acme to globex's member:\n{tenant}");
+    let outsider = cp.token("outsider", &["no-such-group"]);
+    let (_, none) = scrape_as(&cp, Some(&outsider), None).await;
+    assert!(
+        !none.contains("acme") && !none.contains("globex"),
+        "to a member of no org:\n{none}"
+    );
+    let refused = reqwest::Client::new()
+        .get(format!("{}/metrics", cp.url))
+        .bearer_auth("not-a-token")
+        .send()
+        .await
+        .expect("GET /metrics");
+    assert_eq!(refused.status().as_u16(), 401);
     // One kubeconfig per acme shoot, none renewed (they last an hour); globex's are refused by
     // the garden, at least once per shoot.
     assert_line(&text, "pxb_server_kubeconfigs_issued_total{result=\"ok\"} 3");

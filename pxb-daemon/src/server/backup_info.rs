@@ -177,8 +177,9 @@ impl BackupInfo {
         }
     }
 
-    /// The series at `now_ms`: deleted backups past the window are dropped first.
-    pub(crate) fn family(&self, now_ms: i64) -> Family<InfoLabels, Gauge> {
+    /// The series at `now_ms` of the orgs `sees` lets through: deleted backups past the window
+    /// are dropped first (from every org).
+    pub(crate) fn family(&self, now_ms: i64, sees: &dyn Fn(&str) -> bool) -> Family<InfoLabels, Gauge> {
         let family = Family::<InfoLabels, Gauge>::default();
         let mut w = self.lock();
         let expired: Vec<Key> = w
@@ -190,7 +191,7 @@ impl BackupInfo {
         for k in &expired {
             w.remove(k);
         }
-        for ((org, id), s) in &w.series {
+        for ((org, id), s) in w.series.iter().filter(|((org, _), _)| sees(org)) {
             family.get_or_create(&s.labels(org, id)).set(1);
         }
         family
@@ -433,11 +434,17 @@ impl CatalogStore for ObservedStore {
 }
 
 /// Registers the backup info series and the catalog latency in `r`.
-pub(crate) fn register(r: &mut Registry, info: &BackupInfo, store: &ObservedStore, now_ms: i64) {
+pub(crate) fn register(
+    r: &mut Registry,
+    info: &BackupInfo,
+    store: &ObservedStore,
+    now_ms: i64,
+    sees: &dyn Fn(&str) -> bool,
+) {
     r.register(
         "pxb_server_backup_info",
         "One series per recent backup with its status; a deleted backup's stays with status Deleted and its previous_status for telemetry.backupInfoRetentionHours",
-        info.family(now_ms),
+        info.family(now_ms, sees),
     );
     r.register(
         "pxb_server_catalog_operation_duration_seconds",
@@ -473,7 +480,7 @@ mod tests {
     }
 
     fn ids(info: &BackupInfo, now_ms: i64) -> Vec<String> {
-        let _ = info.family(now_ms);
+        let _ = info.family(now_ms, &|_| true);
         let mut v: Vec<String> = info.lock().series.keys().map(|k| k.1.clone()).collect();
         v.sort();
         v

@@ -389,9 +389,16 @@ impl Server {
     pub(crate) fn register_backup_metrics(
         &self,
         r: &mut pxb_telemetry::prometheus_client::registry::Registry,
+        sees: &dyn Fn(&str) -> bool,
     ) {
         let now_ms = pxb_core::clock::unix_ms(self.inner.clock.now());
-        super::backup_info::register(r, &self.inner.backup_info, &self.inner.observed_store, now_ms);
+        super::backup_info::register(
+            r,
+            &self.inner.backup_info,
+            &self.inner.observed_store,
+            now_ms,
+            sees,
+        );
     }
 
     /// The counters.

@@ -1,13 +1,15 @@
 //! What probes and monitoring read, without an org: `/healthz`, `/readyz` and `/metrics`
-//! (Prometheus metrics through [`pxb_telemetry`]).
+//! (Prometheus metrics through [`pxb_telemetry`]). Anonymous callers get no tenant names from
+//! either: `/readyz` lists degraded orgs to provider admins only, and `/metrics` carries
+//! tenant-labelled series for the orgs the bearer token's caller sees ([`MetricsScope`]).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use axum::Json;
 use axum::extract::{FromRequestParts, State};
+use axum::http::header;
 use axum::http::request::Parts;
-use axum::http::{HeaderMap, header};
 use axum::response::IntoResponse;
 
 use pxb_core::api::rest::Readiness;
@@ -17,6 +19,7 @@ use pxb_telemetry::prometheus_client::metrics::gauge::Gauge;
 use pxb_telemetry::prometheus_client::metrics::info::Info;
 use pxb_telemetry::prometheus_client::registry::{Registry, Unit};
 
+use crate::server::api::errors::ApiError;
 use crate::server::auth::Caller;
 use crate::server::state::{OrgState, Server};
 
@@ -45,12 +48,62 @@ pub(crate) async fn readyz(State(s): State<Server>, mut parts: Parts) -> Json<Re
     })
 }
 
+/// Whose tenant-labelled series a scrape carries (`pxb_server_org_clusters`,
+/// `pxb_server_discovery_shoots`, `pxb_server_backup_info`: they name orgs, discoveries,
+/// clusters, locations and backups). Every other series is fleet-wide and has no tenant name.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum MetricsScope {
+    /// No bearer token (probes, anyone on the network): fleet-wide series only.
+    Fleet,
+    /// An org's member: the series of the orgs the caller has a role in.
+    Orgs(BTreeSet<String>),
+    /// A provider admin: every org's series.
+    All,
+}
+
+impl MetricsScope {
+    /// Whether the scrape carries the series of `org`.
+    pub(crate) fn sees(&self, org: &str) -> bool {
+        match self {
+            MetricsScope::Fleet => false,
+            MetricsScope::Orgs(orgs) => orgs.contains(org),
+            MetricsScope::All => true,
+        }
+    }
+
+    /// The scope of `caller`.
+    fn of(caller: &Caller, s: &Server) -> Self {
+        if caller.provider_admin {
+            return MetricsScope::All;
+        }
+        MetricsScope::Orgs(
+            s.orgs()
+                .into_iter()
+                .filter_map(|(id, st)| match st {
+                    OrgState::Ready(org) => caller.role_in(&org).map(|_| id),
+                    OrgState::Degraded { .. } => None,
+                })
+                .collect(),
+        )
+    }
+}
+
 /// `/metrics`: a registry built from the server's state at each scrape, in the format the
-/// `Accept` header asks for ([`pxb_telemetry::metrics::encode`]).
-pub(crate) async fn metrics(State(s): State<Server>, headers: HeaderMap) -> impl IntoResponse {
-    let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
-    let e = pxb_telemetry::metrics::encode(&registry(&s), accept);
-    ([(header::CONTENT_TYPE, e.content_type)], e.body)
+/// `Accept` header asks for ([`pxb_telemetry::metrics::encode`]). Without a bearer token it
+/// carries the fleet-wide series only; a token adds the series of the orgs its caller sees
+/// ([`MetricsScope`]); a token the server refuses gets `401`, not a silently smaller scrape.
+pub(crate) async fn metrics(
+    State(s): State<Server>,
+    mut parts: Parts,
+) -> Result<impl IntoResponse, ApiError> {
+    let scope = if parts.headers.contains_key(header::AUTHORIZATION) {
+        MetricsScope::of(&Caller::from_request_parts(&mut parts, &s).await?, &s)
+    } else {
+        MetricsScope::Fleet
+    };
+    let accept = parts.headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
+    let e = pxb_telemetry::metrics::encode(&registry(&s, &scope), accept);
+    Ok(([(header::CONTENT_TYPE, e.content_type)], e.body))
 }
 
 /// One label with a fixed value.
@@ -78,8 +131,8 @@ fn counter(v: &AtomicU64) -> Counter {
     c
 }
 
-/// The server's series, from its state now.
-fn registry(s: &Server) -> Registry {
+/// The server's series, from its state now, with the tenant-labelled ones of `scope`.
+fn registry(s: &Server, scope: &MetricsScope) -> Registry {
     let snap = s.snapshot();
     let m = s.metrics();
     let mut r = Registry::default();
@@ -96,7 +149,11 @@ fn registry(s: &Server) -> Registry {
     let orgs = s.orgs();
     // Every org, with or without clusters, and every state: a series is never missing.
     let per_org = Family::<Labels2, Gauge>::default();
-    let names: BTreeSet<&String> = orgs.keys().chain(snap.orgs.keys()).collect();
+    let names: BTreeSet<&String> = orgs
+        .keys()
+        .chain(snap.orgs.keys())
+        .filter(|o| scope.sees(o))
+        .collect();
     for org in names {
         for (state, n) in snap.counts(std::slice::from_ref(org)) {
             per_org
@@ -152,7 +209,7 @@ fn registry(s: &Server) -> Registry {
         ),
     );
     let shoots = Family::<Labels2, Gauge>::default();
-    for (org, discovery, n) in s.discovered_shoots() {
+    for (org, discovery, n) in s.discovered_shoots().into_iter().filter(|(o, ..)| scope.sees(o)) {
         shoots
             .get_or_create(&[("org", org), ("discovery", discovery)])
             .set(int(n));
@@ -216,7 +273,7 @@ fn registry(s: &Server) -> Registry {
         "Fleet status snapshots built",
         counter(&m.snapshots),
     );
-    s.register_backup_metrics(&mut r);
+    s.register_backup_metrics(&mut r, &|org| scope.sees(org));
     if let Some(rx) = s.inner.support_status.get() {
         let st = rx.borrow().clone();
         let gauge = |v: bool| {
