@@ -190,7 +190,10 @@ fn assert_valid_meta(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::Obje
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ids_longer_than_a_label_still_make_objects_the_cluster_takes_and_orphans_still_go() {
     let fleet = Fleet::start(FleetConfig::default()).expect("fleet");
-    let server = server(|_| {}).await;
+    // What this test is about is the objects' metadata, not timing: calls get the default's
+    // time, so that a busy machine (the other tests of this binary run beside it) does not turn
+    // visits into timeouts and their back-off.
+    let server = server(|c| c.fleet.call_timeout_ms = 10_000).await;
     // An org id and a location id longer than a label value may be, with characters no label
     // takes; a cluster name that makes backup ids longer than 63 (`<cluster>-<stamp>-<hex>`).
     let org_id = format!("org-{}", "tenant".repeat(12));
@@ -226,26 +229,34 @@ async fn ids_longer_than_a_label_still_make_objects_the_cluster_takes_and_orphan
     // longer than 63): the location was Invalid on the cluster and the backup Failed.
     let primary = wait(
         "the BackupLocation is written",
-        Duration::from_secs(30),
+        Duration::from_secs(60),
         || async { locations.get_opt("primary").await.ok().flatten() },
     )
     .await;
     assert_valid_meta(&primary.metadata);
     assert_eq!(primary.annotations().get(names::ORIGINAL_ORG), Some(&org_id));
     assert_eq!(primary.annotations().get(names::ORIGINAL_UID), Some(&loc_id));
-    let app = wait(
-        "the ApplicationBackup is written",
-        Duration::from_secs(30),
-        || async {
-            apps.list(&ListParams::default())
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let app = loop {
+        if let Some(app) = apps
+            .list(&ListParams::default())
+            .await
+            .ok()
+            .and_then(|l| l.items.into_iter().next())
+        {
+            break app;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the ApplicationBackup is not written within 60 s: the backup is {:?}, the cluster {:?}",
+            server
+                .backup(&org_id, &backup_id)
                 .await
-                .ok()?
-                .items
-                .into_iter()
-                .next()
-        },
-    )
-    .await;
+                .map(|b| (b.phase, b.message)),
+            server.clusters(&org_id)
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
     assert_valid_meta(&app.metadata);
     assert_eq!(app.annotations().get(names::ORIGINAL_UID), Some(&backup_id));
     let record = server.backup(&org_id, &backup_id).await.expect("record");
