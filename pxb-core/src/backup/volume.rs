@@ -26,7 +26,9 @@ use serde::{Deserialize, Serialize};
 
 use super::chunk::{self, ChunkId};
 use super::spool::{self, SpoolReader, SpoolWriter};
-use super::{BackupId, BackupKind, BackupStats, BackupStatus, FORMAT, Manifest, ManifestObject, Repository};
+use super::{
+    BackupId, BackupKind, BackupStats, BackupStatus, FORMAT, Manifest, ManifestObject, Repository, Summary,
+};
 use crate::{Error, PutOptions, Result};
 
 /// The name of a volume backup's file index under its prefix.
@@ -419,6 +421,58 @@ pub async fn backup_volume(repo: &Repository, opts: VolumeBackupOptions) -> Resu
     // Give the lease back whether or not the backup committed, so GC is not held up.
     lock.release().await;
     result
+}
+
+/// The source path a volume backup records for `path`: absolute, with symlinks resolved, as
+/// `pxb volume backup` records it (and [`default_parent`] compares).
+///
+/// Errors: [`Error::Io`] when `path` cannot be resolved (`cannot open <path>`).
+pub fn canonical_source(path: &Path) -> Result<PathBuf> {
+    fs::canonicalize(path).map_err(|e| Error::io(format!("cannot open {}", path.display()), e))
+}
+
+/// The newest volume backup for which `pred` holds.
+async fn newest_volume(repo: &Repository, pred: impl Fn(&Summary) -> bool) -> Result<Option<Summary>> {
+    Ok(repo
+        .list()
+        .await?
+        .into_iter()
+        .filter(|s| s.kind == BackupKind::Volume && pred(s))
+        .max_by(|a, b| a.id.cmp(&b.id)))
+}
+
+/// The backup a volume backup of `source` (a [`canonical_source`]) is incremental to when no
+/// parent is named, as `pxb volume backup` picks it: the newest volume backup with the same
+/// `tag`, or, without a tag, the newest untagged one of the same source. `None` when there is
+/// none, or the location holds no repository yet.
+pub async fn default_parent(repo: &Repository, source: &Path, tag: Option<&str>) -> Result<Option<BackupId>> {
+    match repo.open().await {
+        Err(Error::NotFound { .. }) => return Ok(None),
+        Err(e) => return Err(e),
+        Ok(_) => {}
+    }
+    let source = source.display().to_string();
+    Ok(newest_volume(repo, |s| match tag {
+        Some(t) => s.tag.as_deref() == Some(t),
+        None => s.tag.is_none() && s.source.as_deref() == Some(source.as_str()),
+    })
+    .await?
+    .map(|s| s.id))
+}
+
+/// The volume backup `backup` names, as `pxb volume restore --backup` reads it: a backup id, or
+/// `latest` for the newest volume backup (with `tag`, when given; `tag` is ignored for an id).
+///
+/// Errors: [`Error::NotFound`] when `latest` matches nothing; [`Error::Invalid`] for a malformed id.
+pub async fn find_volume_backup(repo: &Repository, backup: &str, tag: Option<&str>) -> Result<BackupId> {
+    if backup == "latest" {
+        newest_volume(repo, |s| tag.is_none() || s.tag.as_deref() == tag)
+            .await?
+            .map(|s| s.id)
+            .ok_or_else(|| Error::not_found("no volume backup in this location matches"))
+    } else {
+        BackupId::parse(backup)
+    }
 }
 
 async fn run_backup(
@@ -1365,5 +1419,83 @@ mod tests {
             .expect_err("a path through a restored link");
         assert!(err.to_string().contains("a symlink"), "{err}");
         assert!(list(&outside).is_empty(), "wrote {:?} outside", list(&outside));
+    }
+}
+
+#[cfg(test)]
+mod parent_tests {
+    //! Which backup a new volume backup is incremental to, and which one `latest` names.
+
+    use super::*;
+    use crate::{InMemory, ManualClock};
+
+    async fn backup(repo: &Repository, clock: &ManualClock, src: &Path, tag: Option<&str>) -> BackupId {
+        // Ids have a resolution of a second: a second apart, "newest" is unambiguous.
+        clock.advance(Duration::from_secs(1));
+        let mut opts = VolumeBackupOptions::new(src);
+        opts.tag = tag.map(str::to_owned);
+        backup_volume(repo, opts).await.expect("backup").id
+    }
+
+    #[tokio::test]
+    async fn parents_and_latest_are_picked_by_tag_then_source() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
+        for d in [&a, &b] {
+            fs::create_dir_all(d).expect("mkdir");
+            fs::write(d.join("f"), d.display().to_string()).expect("write");
+        }
+        let (a, b) = (canonical_source(&a).expect("a"), canonical_source(&b).expect("b"));
+        let clock = ManualClock::new(std::time::SystemTime::now());
+        let repo = Repository::new(Arc::new(InMemory::new())).with_clock(Arc::new(clock.clone()));
+
+        assert_eq!(
+            default_parent(&repo, &a, None).await.expect("empty"),
+            None,
+            "no repository yet"
+        );
+        let a1 = backup(&repo, &clock, &a, None).await;
+        let t1 = backup(&repo, &clock, &b, Some("t")).await;
+        let b1 = backup(&repo, &clock, &b, None).await;
+        let a2 = backup(&repo, &clock, &a, None).await;
+
+        assert_eq!(
+            default_parent(&repo, &a, None).await.expect("a"),
+            Some(a2.clone())
+        );
+        assert_eq!(
+            default_parent(&repo, &b, None).await.expect("b"),
+            Some(b1.clone())
+        );
+        // A tag wins over the path: any directory with tag `t` continues `t`'s chain.
+        assert_eq!(
+            default_parent(&repo, &a, Some("t")).await.expect("t"),
+            Some(t1.clone())
+        );
+        assert_eq!(default_parent(&repo, &a, Some("new")).await.expect("new"), None);
+
+        assert_eq!(
+            find_volume_backup(&repo, "latest", None).await.expect("latest"),
+            a2
+        );
+        assert_eq!(
+            find_volume_backup(&repo, "latest", Some("t")).await.expect("t"),
+            t1
+        );
+        assert_eq!(
+            find_volume_backup(&repo, a1.as_str(), Some("t"))
+                .await
+                .expect("id"),
+            a1
+        );
+        let none = find_volume_backup(&repo, "latest", Some("nope"))
+            .await
+            .expect_err("no match");
+        assert!(matches!(none, Error::NotFound { .. }), "{none}");
+        let bad = find_volume_backup(&repo, "../x", None).await.expect_err("bad id");
+        assert!(matches!(bad, Error::Invalid { .. }), "{bad}");
+        let missing = canonical_source(&tmp.path().join("missing")).expect_err("missing");
+        assert!(matches!(missing, Error::Io { .. }), "{missing}");
+        assert!(missing.to_string().contains("cannot open"), "{missing}");
     }
 }

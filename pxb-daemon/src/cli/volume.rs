@@ -4,9 +4,12 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Subcommand};
-use pxb_core::backup::volume::{VolumeBackupOptions, VolumeRestoreOptions, backup_volume, restore_volume};
-use pxb_core::backup::{BackupId, BackupKind, Repository, Summary};
-use pxb_core::{Error, Result};
+use pxb_core::Result;
+use pxb_core::backup::volume::{
+    VolumeBackupOptions, VolumeRestoreOptions, backup_volume, canonical_source, default_parent,
+    find_volume_backup, restore_volume,
+};
+use pxb_core::backup::{BackupId, Repository};
 
 use super::output::{self, Bar};
 use crate::location::LocationArgs;
@@ -110,16 +113,6 @@ pub(crate) fn repo(location: &LocationArgs) -> Result<Repository> {
     Ok(Repository::new(location.open()?.store))
 }
 
-/// The newest volume backup matching `pred`.
-async fn newest(repo: &Repository, pred: impl Fn(&Summary) -> bool) -> Result<Option<Summary>> {
-    Ok(repo
-        .list()
-        .await?
-        .into_iter()
-        .filter(|s| s.kind == BackupKind::Volume && pred(s))
-        .max_by(|a, b| a.id.cmp(&b.id)))
-}
-
 pub(crate) async fn run_volume(cmd: VolumeCommand) -> ExitCode {
     match cmd {
         VolumeCommand::Backup(a) => {
@@ -141,22 +134,11 @@ pub(crate) async fn run_volume(cmd: VolumeCommand) -> ExitCode {
 
 async fn backup(a: BackupArgs) -> Result<ExitCode> {
     let repo = repo(&a.location)?;
-    let source = std::fs::canonicalize(&a.path)
-        .map_err(|e| Error::io(format!("cannot open {}", a.path.display()), e))?;
-    let source_str = source.display().to_string();
+    let source = canonical_source(&a.path)?;
     let parent = match (&a.parent, a.no_parent) {
         (Some(p), _) => Some(BackupId::parse(p)?),
         (None, true) => None,
-        (None, false) => match repo.open().await {
-            Err(Error::NotFound { .. }) => None,
-            Err(e) => return Err(e),
-            Ok(_) => newest(&repo, |s| match &a.tag {
-                Some(t) => s.tag.as_ref() == Some(t),
-                None => s.tag.is_none() && s.source.as_deref() == Some(source_str.as_str()),
-            })
-            .await?
-            .map(|s| s.id),
-        },
+        (None, false) => default_parent(&repo, &source, a.tag.as_deref()).await?,
     };
     let mut opts = VolumeBackupOptions::new(&source);
     opts.parent = parent.clone();
@@ -198,14 +180,7 @@ async fn backup(a: BackupArgs) -> Result<ExitCode> {
 
 async fn restore(a: RestoreArgs) -> Result<ExitCode> {
     let repo = repo(&a.location)?;
-    let id = if a.backup == "latest" {
-        newest(&repo, |s| a.tag.is_none() || s.tag == a.tag)
-            .await?
-            .map(|s| s.id)
-            .ok_or_else(|| Error::not_found("no volume backup in this location matches"))?
-    } else {
-        BackupId::parse(&a.backup)?
-    };
+    let id = find_volume_backup(&repo, &a.backup, a.tag.as_deref()).await?;
     let mut opts = VolumeRestoreOptions::new(&a.target);
     opts.concurrency = a.concurrency.max(1);
     opts.keep_set_id = a.keep_setid;
