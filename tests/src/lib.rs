@@ -5,6 +5,7 @@
 //! - [`fixture::AzureFixture`]: the harness's Azure fixture with the product's store settings;
 //! - [`control::ControlPlane`]: a simulated fleet, Azurite, an OIDC issuer, a real `pxb-server`
 //!   and real agents, for server scenarios;
+//! - [`external`]: those fixtures served to tests in other languages (the `pxb-fixture` binary);
 //! - [`engine`]: the volume and resource engines on generated data;
 //! - [`kube_conformance`]: a Kubernetes API suite run against the real server and the simulator;
 //! - [`real`]: the real kube-apiserver and etcd ([`real::RealCluster`]) with kubectl and pxb's
@@ -17,6 +18,7 @@
 pub mod bench;
 pub mod control;
 pub mod engine;
+pub mod external;
 pub mod fixture;
 pub mod kube_conformance;
 pub mod real;

@@ -105,6 +105,14 @@ const RULES: &[Rule] = &[
         // The harness and the simulator, and the core again with its conformance suites on.
         dev: Some(&["pxb-core", "pxb-harness", "pxb-sim"]),
     },
+    // The Python bindings (bindings/python): the same crates as the SDK, and the simulator for
+    // `pxb.testing`. Tested from Python against the built wheel (no Rust dev-dependencies).
+    Rule {
+        name: "pxb-python",
+        product: true,
+        normal: Some(&["pxb-core", "pxb-daemon", "pxb-gardener", "pxb-sim"]),
+        dev: Some(&[]),
+    },
     // Scenarios and benchmarks: anything.
     Rule {
         name: "pxb-tests",
