@@ -16,7 +16,8 @@
 //!
 //! ```text
 //! cargo run -p pxb-daemon --example custom_cluster_provider -- clusters.yaml
-//! # also run pxb-core's conformance suite (needs one servable and one non-servable cluster):
+//! # also run pxb-core's conformance suites, of the provider and of the discovery source (needs
+//! # one servable and one non-servable cluster):
 //! cargo run -p pxb-daemon --example custom_cluster_provider -- clusters.yaml --conformance
 //! # then plug it into a pxb-server on a loopback port, in place of Gardener, until Ctrl-C:
 //! cargo run -p pxb-daemon --example custom_cluster_provider -- clusters.yaml --serve
@@ -209,14 +210,15 @@ impl Discovery for FileRunning {
     fn tracked(&self) -> usize {
         self.tracked.load(Ordering::Relaxed)
     }
-
-    fn as_any(&self) -> &dyn std::any::Any {
-        self
-    }
 }
 
 #[async_trait]
 impl DiscoverySource for FileDiscovery {
+    /// `file`: what the server records as the `source` of the clusters it finds.
+    fn name(&self) -> &str {
+        "file"
+    }
+
     async fn start(
         &self,
         request: &DiscoveryRequest,
@@ -257,6 +259,17 @@ impl DiscoverySource for FileDiscovery {
             task,
         }))
     }
+}
+
+/// A request for `project` and one for a project no file serves, for
+/// [`conformance::run_discovery`].
+fn conformance_requests(project: &str) -> (DiscoveryRequest, DiscoveryRequest) {
+    let mut known = DiscoveryRequest::new("none", project);
+    known.interval = Duration::from_millis(50);
+    (
+        known,
+        DiscoveryRequest::new("none", format!("{project}-not-listed")),
+    )
 }
 
 /// A project name for `file`: its stem as a DNS label (what the server's API accepts).
@@ -429,6 +442,11 @@ async fn run() -> anyhow::Result<()> {
     // 2. The provider behind the discovery seam, as `pxb-server` starts it for a project.
     let project = project_name(&file);
     let source = FileDiscovery::default().with_project(&project, &file);
+    if run_conformance {
+        let (known, unknown) = conformance_requests(&project);
+        conformance::run_discovery(&source, &known, &unknown, true).await?;
+        println!("the discovery source passes pxb-core's DiscoverySource conformance suite");
+    }
     let (tx, mut changes) = mpsc::unbounded_channel();
     let running = source.start(&DiscoveryRequest::new("none", &project), tx).await?;
     if let Some(first) = changes.recv().await {
@@ -451,4 +469,68 @@ fn main() -> std::process::ExitCode {
     // Logging to stderr (PXB_LOG, default info) with credentials redacted, a multi-thread
     // runtime, and the error's chain on stderr with exit code 1.
     pxb_daemon::run_main("custom_cluster_provider", run())
+}
+
+#[cfg(test)]
+mod tests {
+    use base64::Engine as _;
+
+    use super::*;
+
+    /// A kubeconfig with a client certificate (the PEM blocks are placeholders: nothing here
+    /// connects to the cluster).
+    fn kubeconfig() -> String {
+        let b64 = |what: &str| {
+            base64::engine::general_purpose::STANDARD
+                .encode(format!("-----BEGIN {what}-----\nAAAA\n-----END {what}-----\n"))
+        };
+        format!(
+            "apiVersion: v1\nkind: Config\ncurrent-context: c\n\
+             clusters:\n- name: c\n  cluster:\n    server: https://127.0.0.1:6443\n    \
+             certificate-authority-data: {}\n\
+             users:\n- name: u\n  user:\n    client-certificate-data: {}\n    client-key-data: {}\n\
+             contexts:\n- name: c\n  context:\n    cluster: c\n    user: u\n",
+            b64("CERTIFICATE"),
+            b64("CERTIFICATE"),
+            b64("PRIVATE KEY")
+        )
+    }
+
+    /// A cluster list with one servable and one hibernated cluster.
+    fn cluster_list(dir: &Path) -> PathBuf {
+        let kc = dir.join("prod.yaml");
+        std::fs::write(&kc, kubeconfig()).expect("kubeconfig");
+        let list = dir.join("clusters.yaml");
+        std::fs::write(
+            &list,
+            format!(
+                "- name: prod-eu\n  kubeconfig: {}\n  labels: {{env: prod}}\n\
+                 - name: old-lab\n  kubeconfig: {}\n  hibernated: true\n",
+                kc.display(),
+                kc.display()
+            ),
+        )
+        .expect("cluster list");
+        list
+    }
+
+    #[tokio::test]
+    async fn the_file_provider_passes_the_cluster_provider_suite() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let provider = FileClusters::new(cluster_list(dir.path()), Duration::from_secs(3600));
+        conformance::run_all(&provider).await.expect("conforms");
+    }
+
+    #[tokio::test]
+    async fn the_file_discovery_passes_the_discovery_source_suite() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = cluster_list(dir.path());
+        let project = project_name(&file);
+        assert_eq!(project, "clusters");
+        let source = FileDiscovery::default().with_project(&project, &file);
+        let (known, unknown) = conformance_requests(&project);
+        conformance::run_discovery(&source, &known, &unknown, true)
+            .await
+            .expect("conforms");
+    }
 }

@@ -4,7 +4,8 @@
 //!
 //! The [`DiscoverySource`] seam starts one discovery per configured project and credential: a
 //! [`Discovery`] that sends each change as a [`ClusterDiff`] and hands out its clusters' provider.
-//! `pxb-server` starts its discoveries through it, with Gardener as the default;
+//! `pxb-server` starts its discoveries through it, with Gardener as the default, and records
+//! each cluster as coming from the source's [`name`](DiscoverySource::name);
 //! [`StaticDiscovery`] is the twin over [`StaticClusters`].
 
 use std::any::Any;
@@ -225,8 +226,12 @@ pub enum CredentialState {
 }
 
 /// Discovers clusters and issues short-lived access to them.
+///
+/// `Any` lets a caller that knows the implementation get it back from an
+/// `Arc<dyn ClusterProvider>` (upcast to `Arc<dyn Any + Send + Sync>`, then
+/// [`downcast`](Arc::downcast)), for statistics and benchmarks of that implementation.
 #[async_trait]
-pub trait ClusterProvider: Send + Sync + fmt::Debug {
+pub trait ClusterProvider: Any + Send + Sync + fmt::Debug {
     /// One full discovery: every cluster the provider sees, classified, in identity order.
     async fn discover(&self) -> Result<Vec<ClusterInfo>>;
 
@@ -361,14 +366,42 @@ pub trait Discovery: Send + Sync + fmt::Debug {
     /// How many clusters it knows now, eligible or not.
     fn tracked(&self) -> usize;
 
-    /// The implementation itself, for callers that know it (statistics, benchmarks).
-    fn as_any(&self) -> &dyn Any;
+    /// What it counted since it started, for metrics. The default counts nothing.
+    fn stats(&self) -> DiscoveryStats {
+        DiscoveryStats::default()
+    }
+}
+
+/// What a running [`Discovery`] counted since it started: its full discovery cycles and the
+/// access it issued. A source that does not count something leaves it at zero.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct DiscoveryStats {
+    /// Full discovery cycles that listed the project.
+    pub cycles_ok: u64,
+    /// Full discovery cycles that failed.
+    pub cycles_failed: u64,
+    /// First access issued for a cluster (renewals not included).
+    pub issued_ok: u64,
+    /// First access requests that failed.
+    pub issued_failed: u64,
+    /// Access renewed (replacing one held).
+    pub renewed_ok: u64,
+    /// Renewals that failed.
+    pub renewed_failed: u64,
 }
 
 /// Where discoveries come from: given a request naming a credential and a project, a running
 /// [`Discovery`] of that project's clusters.
 #[async_trait]
 pub trait DiscoverySource: Send + Sync + fmt::Debug {
+    /// The source's name: short, stable and lowercase (`gardener` for Gardener projects,
+    /// `static` for [`StaticDiscovery`]). `pxb-server` records it as the `source` of every
+    /// cluster the source discovers, so it is part of the API's output. `imported` is taken: it
+    /// marks the clusters imported through the API, and the server refuses to discover through
+    /// a source that calls itself so.
+    fn name(&self) -> &str;
+
     /// Connects to `request.project` with `request.credential` and proves both: an unknown or
     /// refused credential and a missing project are errors (callers retry with backoff). Then
     /// discovers until the returned [`Discovery`] is dropped, sending every non-empty change to
@@ -430,14 +463,14 @@ impl Discovery for StaticRunning {
     fn tracked(&self) -> usize {
         self.known.load(Ordering::Relaxed)
     }
-
-    fn as_any(&self) -> &dyn Any {
-        self
-    }
 }
 
 #[async_trait]
 impl DiscoverySource for StaticDiscovery {
+    fn name(&self) -> &str {
+        "static"
+    }
+
     async fn start(
         &self,
         request: &DiscoveryRequest,
@@ -572,9 +605,10 @@ pub mod conformance {
         Ok(())
     }
 
-    /// Checks a [`DiscoverySource`]: `known` names a project with at least one cluster, reached
-    /// with its credential; `unknown` one the source must refuse. A discovery of `known` first
-    /// adds what its provider discovers, counts it, and runs the [`ClusterProvider`] checks
+    /// Checks a [`DiscoverySource`]: it names itself (non-empty, lowercase ASCII letters, digits
+    /// and `-`, not `imported`); `known` names a project with at least one cluster, reached with
+    /// its credential; `unknown` one the source must refuse. A discovery of `known` first adds
+    /// what its provider discovers, counts it, and runs the [`ClusterProvider`] checks
     /// ([`run_all`]) when `provider_checks` is set (the project then needs an eligible and an
     /// ineligible cluster).
     pub async fn run_discovery(
@@ -583,6 +617,15 @@ pub mod conformance {
         unknown: &DiscoveryRequest,
         provider_checks: bool,
     ) -> Result<()> {
+        let name = source.name();
+        check(
+            !name.is_empty()
+                && name != "imported"
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-'),
+            format!("the source's name {name:?} is lowercase letters, digits and '-', not \"imported\""),
+        )?;
         check(
             source
                 .start(unknown, tokio::sync::mpsc::unbounded_channel().0)
@@ -716,6 +759,51 @@ mod tests {
             ["a"]
         );
         assert_eq!(running.tracked(), 1);
+    }
+
+    /// A source that delegates to a [`StaticDiscovery`] under another name.
+    #[derive(Debug)]
+    struct Renamed(&'static str, StaticDiscovery);
+
+    #[async_trait]
+    impl DiscoverySource for Renamed {
+        fn name(&self) -> &str {
+            self.0
+        }
+
+        async fn start(
+            &self,
+            request: &DiscoveryRequest,
+            diffs: mpsc::UnboundedSender<ClusterDiff>,
+        ) -> Result<Box<dyn Discovery>> {
+            self.1.start(request, diffs).await
+        }
+    }
+
+    #[tokio::test]
+    async fn the_suite_refuses_a_source_without_a_usable_name() {
+        let known = DiscoveryRequest::new("cred", "dev");
+        let unknown = DiscoveryRequest::new("other", "dev");
+        for bad in ["", "imported", "Gardener", "my source"] {
+            let source = Renamed(bad, StaticDiscovery::new());
+            source
+                .1
+                .insert("cred", "dev", Arc::new(StaticClusters::new()))
+                .insert(info("a", Eligibility::Eligible), None);
+            let err = conformance::run_discovery(&source, &known, &unknown, false)
+                .await
+                .expect_err("refused");
+            assert!(err.to_string().contains("the source's name"), "{bad:?}: {err}");
+        }
+        let source = Renamed("file-list", StaticDiscovery::new());
+        source
+            .1
+            .insert("cred", "dev", Arc::new(StaticClusters::new()))
+            .insert(info("a", Eligibility::Eligible), None);
+        conformance::run_discovery(&source, &known, &unknown, false)
+            .await
+            .expect("a good name passes");
+        assert_eq!(StaticDiscovery::new().name(), "static");
     }
 
     #[test]

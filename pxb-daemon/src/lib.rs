@@ -8,6 +8,92 @@
 //! - `cli`: the `pxb` command line ([`cli`]), over `client`;
 //! - `demo`: `pxb demo` ([`demo`]) and pxb on the fleet simulator ([`sim`]); needs the other three;
 //! - `conformance`: the conformance suites of this crate's seams, for other implementations' tests.
+//!
+//! Where to start: [`server::ServerBuilder`] and [`agent::AgentBuilder`] compose a daemon from
+//! its configuration and its seams (each has a default one call away); [`client::Client`] is the
+//! typed client of the server's REST API ([`pxb_core::api::rest`]). `examples/` has more: a
+//! directory backed up, a Gardener project discovered, the agent embedded, a cluster provider of
+//! one's own.
+//!
+//! # Quick start: a server over in-memory twins, called with the typed client
+//!
+//! ```
+//! # #[cfg(all(feature = "server", feature = "client"))]
+//! # #[tokio::main]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! use std::collections::BTreeMap;
+//! use std::sync::Arc;
+//!
+//! use pxb_core::api::rest::{CreateDiscovery, CreateOrg, ListQuery};
+//! use pxb_core::catalog::MemoryCatalog;
+//! use pxb_core::cluster::{ClusterId, ClusterInfo, Eligibility, StaticClusters, StaticDiscovery};
+//! use pxb_daemon::client::Client;
+//! use pxb_daemon::server::ServerBuilder;
+//! use pxb_daemon::server::auth::{Identity, StaticTokens};
+//! use pxb_daemon::server::config::{GardenCredential, ServerConfig};
+//!
+//! let mut config = ServerConfig::default();
+//! config.api.listen = "127.0.0.1:0".into();
+//! config.auth.provider_admin_groups = vec!["ops".into()];
+//! // Org `acme` may discover project `dev` with the credential `garden`, whose one cluster is
+//! // served by the cluster-provider twin (in place of Gardener).
+//! config.garden_credentials.insert(
+//!     "garden".into(),
+//!     GardenCredential::new("unused").for_orgs(["acme"]).for_projects(["dev"]),
+//! );
+//! let discovery = StaticDiscovery::new();
+//! let clusters = discovery.insert("garden", "dev", Arc::new(StaticClusters::new()));
+//! clusters.insert(
+//!     ClusterInfo {
+//!         id: ClusterId("uid-prod-eu".into()),
+//!         name: "prod-eu".into(),
+//!         namespace: "garden-dev".into(),
+//!         provider_type: "azure".into(),
+//!         kubernetes_version: "1.33.4".into(),
+//!         region: "westeurope".into(),
+//!         labels: BTreeMap::new(),
+//!         eligibility: Eligibility::Eligible,
+//!     },
+//!     None,
+//! );
+//! // Logins: one bearer token of a provider admin (in place of Entra ID).
+//! let logins = StaticTokens::new().with("token-of-root", Identity::new("root").with_groups(["ops"]));
+//!
+//! let daemon = ServerBuilder::new(config)
+//!     .cluster_provider(Arc::new(discovery))
+//!     .catalog(Arc::new(MemoryCatalog::new()))
+//!     .authenticator(Arc::new(logins))
+//!     .build()
+//!     .await?
+//!     .spawn()?;
+//!
+//! let api = Client::builder(format!("http://{}", daemon.addr)).token("token-of-root").build()?;
+//! assert!(api.whoami().await?.provider_admin);
+//! api.create_org(&CreateOrg { id: "acme".into(), ..CreateOrg::default() }).await?;
+//! let project = CreateDiscovery {
+//!     id: "dev".into(),
+//!     project: "dev".into(),
+//!     credential: "garden".into(),
+//!     interval_secs: None,
+//! };
+//! api.create_discovery("acme", &project).await?;
+//! // Discovery runs in the background: the cluster shows up in the org.
+//! let mut found = Vec::new();
+//! for _ in 0..100 {
+//!     found = api.list_clusters("acme", &ListQuery::default()).await?.items;
+//!     if !found.is_empty() {
+//!         break;
+//!     }
+//!     tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+//! }
+//! assert_eq!(found.first().map(|c| c.name.as_str()), Some("prod-eu"));
+//!
+//! daemon.shutdown().await;
+//! # Ok(())
+//! # }
+//! # #[cfg(not(all(feature = "server", feature = "client")))]
+//! # fn main() {}
+//! ```
 
 #[cfg(feature = "agent")]
 pub mod agent;

@@ -1,13 +1,14 @@
 //! Backup lists filtered by namespace and view (index tags) alone and with other filters, on the
-//! embedded SQLite catalog through the real HTTP API: following `next` yields every match exactly
-//! once, newest first, whatever the page size.
+//! embedded SQLite catalog through the real HTTP API and the typed client: following `next`
+//! yields every match exactly once, newest first, whatever the page size.
 
 use std::sync::Arc;
 
+use pxb_core::api::rest::{ErrorCode, ListQuery};
 use pxb_core::catalog::records::{BackupRecord, BackupView, Org};
+use pxb_daemon::client::Client;
 use pxb_daemon::server::ServerBuilder;
 use pxb_daemon::server::config::{DEFAULT_CONFIG_YAML, ServerConfig};
-use serde_json::Value;
 
 const TOKEN: &str = "list-test-token-0123456789";
 
@@ -57,42 +58,31 @@ async fn filtered_backup_lists_page_through_every_match_exactly_once() {
     server.catalog().put_all(&all).await.expect("fill");
 
     let daemon = built.spawn().expect("spawn");
-    let url = format!("http://{}/v1/orgs/acme/backups", daemon.addr);
-    let http = reqwest::Client::new();
-    let follow = |query: String| {
-        let (http, url) = (http.clone(), url.clone());
+    let client = Client::builder(format!("http://{}", daemon.addr))
+        .token(TOKEN)
+        .build()
+        .expect("client");
+    // Every page of `query`, following `next`: the ids in the order served, and how many pages.
+    let follow = |query: ListQuery| {
+        let client = &client;
         async move {
-            let mut ids = Vec::new();
-            let mut after: Option<String> = None;
             let mut pages = 0;
-            loop {
-                let mut q = query.clone();
-                if let Some(a) = &after {
-                    q.push_str(&format!("&after={a}"));
-                }
-                let r = http
-                    .get(format!("{url}?{q}"))
-                    .bearer_auth(TOKEN)
-                    .send()
-                    .await
-                    .expect("get");
-                assert_eq!(r.status(), 200, "{q}");
-                let v: Value = serde_json::from_slice(&r.bytes().await.expect("body")).expect("json");
-                ids.extend(
-                    v["items"]
-                        .as_array()
-                        .expect("items")
-                        .iter()
-                        .map(|b| b["id"].as_str().expect("id").to_owned()),
-                );
-                pages += 1;
-                match v["next"].as_str() {
-                    Some(n) => after = Some(n.to_owned()),
-                    None => return (ids, pages),
-                }
-            }
+            let backups = client
+                .all(query.clone(), |q| {
+                    pages += 1;
+                    async move { client.list_backups("acme", &q).await }
+                })
+                .await
+                .unwrap_or_else(|e| panic!("{query:?}: {e}"));
+            let ids: Vec<String> = backups.into_iter().map(|b| b.id).collect();
+            (ids, pages)
         }
     };
+    let query = |limit: usize| ListQuery {
+        limit: Some(limit as u64),
+        ..ListQuery::default()
+    };
+    let view = |v: &str| Some(v.to_owned());
     let mut newest_first = all.clone();
     newest_first.sort_by(|a, b| b.created_ms.cmp(&a.created_ms).then_with(|| a.id.cmp(&b.id)));
     let expect = |f: &dyn Fn(&BackupRecord) -> bool| -> Vec<String> {
@@ -108,40 +98,77 @@ async fn filtered_backup_lists_page_through_every_match_exactly_once() {
         std::time::UNIX_EPOCH + std::time::Duration::from_millis((now - 600_000) as u64),
     );
     for limit in [7, 50, 1000] {
-        let (vms, pages) = follow(format!("view=vms&limit={limit}")).await;
+        let (vms, pages) = follow(ListQuery {
+            view: view("vms"),
+            ..query(limit)
+        })
+        .await;
         let want = expect(&|b| b.view == BackupView::Vms);
         assert_eq!(vms, want, "limit {limit}: every VM backup once, newest first");
         assert_eq!(pages, want.len().div_ceil(limit).max(1), "full pages");
-        let (ns, _) = follow(format!("namespace=ns-1&limit={limit}")).await;
+        let (ns, _) = follow(ListQuery {
+            namespace: Some("ns-1".into()),
+            ..query(limit)
+        })
+        .await;
         assert_eq!(ns, expect(&|b| b.namespaces[0] == "ns-1"));
-        let (both, _) = follow(format!("namespace=ns-2&view=namespaces&limit={limit}")).await;
+        let (both, _) = follow(ListQuery {
+            namespace: Some("ns-2".into()),
+            view: view("namespaces"),
+            ..query(limit)
+        })
+        .await;
         assert_eq!(
             both,
             expect(&|b| b.namespaces[0] == "ns-2" && b.view == BackupView::Namespaces)
         );
         // With a cluster, the records are read by cluster and their tags checked.
-        let (on_c1, _) = follow(format!("namespace=ns-0&view=vms&cluster=c1&limit={limit}")).await;
+        let (on_c1, _) = follow(ListQuery {
+            namespace: Some("ns-0".into()),
+            view: view("vms"),
+            cluster: Some("c1".into()),
+            ..query(limit)
+        })
+        .await;
         assert_eq!(
             on_c1,
             expect(&|b| b.namespaces[0] == "ns-0" && b.view == BackupView::Vms && b.cluster == "c1")
         );
-        let (recent, _) = follow(format!("view=vms&from={from}&limit={limit}")).await;
+        let (recent, _) = follow(ListQuery {
+            view: view("vms"),
+            from: Some(from.clone()),
+            ..query(limit)
+        })
+        .await;
         assert_eq!(
             recent,
             expect(&|b| b.view == BackupView::Vms && b.created_ms >= now - 600_000)
         );
     }
     // Nothing matches: one empty page.
-    let (none, pages) = follow("namespace=absent&limit=100".into()).await;
+    let (none, pages) = follow(ListQuery {
+        namespace: Some("absent".into()),
+        ..query(100)
+    })
+    .await;
     assert!(none.is_empty());
     assert_eq!(pages, 1);
     // A bad view is a clear 400.
-    let r = http
-        .get(format!("{url}?view=tables"))
-        .bearer_auth(TOKEN)
-        .send()
+    let err = client
+        .list_backups(
+            "acme",
+            &ListQuery {
+                view: view("tables"),
+                ..ListQuery::default()
+            },
+        )
         .await
-        .expect("get");
-    assert_eq!(r.status(), 400);
+        .expect_err("a bad view is refused");
+    assert_eq!(
+        (err.status(), err.code()),
+        (Some(400), Some(ErrorCode::BadRequest)),
+        "{err}"
+    );
+    assert!(err.message().contains("\"tables\""), "{err}");
     daemon.shutdown().await;
 }

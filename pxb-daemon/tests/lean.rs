@@ -1,10 +1,13 @@
-//! Each binary carries what it needs: the agent links no SQLite and no server HTTP stack.
+//! Each binary carries what it needs: the agent links no SQLite and no server HTTP stack; the
+//! command line without the demo (`--features cli`) links neither, nor the fleet simulator.
 //!
-//! Two views of the same rule: the agent's build (`--no-default-features --features agent`) has
-//! neither crate in its dependency tree, and the `pxb-agent` binary the workspace builds (all
-//! features on, so the linker alone keeps SQLite out) contains none of SQLite's own strings, which
-//! the `pxb-server` binary next to it does contain.
+//! Two views of the same rule: the agent's and the command line's builds
+//! (`--no-default-features --features agent` or `cli`) have none of those crates in their
+//! dependency trees, and the `pxb-agent` binary the workspace builds (all features on, so the
+//! linker alone keeps SQLite out) contains none of SQLite's own strings, which the `pxb-server`
+//! binary next to it does contain.
 
+use std::collections::BTreeSet;
 use std::process::Command;
 
 /// Strings compiled into every SQLite library.
@@ -30,35 +33,37 @@ fn the_agent_binary_contains_no_sqlite() {
     }
 }
 
+/// The crates (names) in `pxb-daemon`'s normal dependency tree with `features` (cargo's flags).
+fn tree(features: &[&str]) -> BTreeSet<String> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let out = Command::new(&cargo)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .args([
+            "tree",
+            "--offline",
+            "-p",
+            "pxb-daemon",
+            "-e",
+            "normal",
+            "--prefix",
+            "none",
+        ])
+        .args(features)
+        .output()
+        .expect("cargo tree");
+    assert!(
+        out.status.success(),
+        "cargo tree: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split_whitespace().next().map(str::to_owned))
+        .collect()
+}
+
 #[test]
 fn the_agent_build_depends_on_no_sqlite_and_no_server_http_stack() {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let tree = |features: &[&str]| {
-        let out = Command::new(&cargo)
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .args([
-                "tree",
-                "--offline",
-                "-p",
-                "pxb-daemon",
-                "-e",
-                "normal",
-                "--prefix",
-                "none",
-            ])
-            .args(features)
-            .output()
-            .expect("cargo tree");
-        assert!(
-            out.status.success(),
-            "cargo tree: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .filter_map(|l| l.split_whitespace().next().map(str::to_owned))
-            .collect::<std::collections::BTreeSet<_>>()
-    };
     let agent = tree(&["--no-default-features", "--features", "agent"]);
     let all = tree(&[]);
     for krate in ["rusqlite", "libsqlite3-sys", "axum"] {
@@ -70,5 +75,26 @@ fn the_agent_build_depends_on_no_sqlite_and_no_server_http_stack() {
     }
     for krate in ["pxb-sim", "clap_complete", "indicatif"] {
         assert!(!agent.contains(krate), "the agent's build depends on {krate}");
+    }
+}
+
+/// `pxb` without the demo is a client of the server: no SQLite, no server HTTP stack, no
+/// simulator (the demo brings those: `--features cli,demo` has them).
+#[test]
+fn the_cli_build_depends_on_no_sqlite_no_server_http_stack_and_no_simulator() {
+    let cli = tree(&["--no-default-features", "--features", "cli"]);
+    let demo = tree(&["--no-default-features", "--features", "cli,demo"]);
+    for krate in ["clap_complete", "indicatif", "serde_urlencoded"] {
+        assert!(
+            cli.contains(krate),
+            "the probe is broken: the CLI's build should have {krate}"
+        );
+    }
+    for krate in ["rusqlite", "libsqlite3-sys", "axum", "pxb-sim"] {
+        assert!(
+            demo.contains(krate),
+            "the probe is broken: the demo's build should have {krate}"
+        );
+        assert!(!cli.contains(krate), "the CLI's build depends on {krate}");
     }
 }

@@ -19,6 +19,51 @@
 //!   that format). The daemons build a fresh registry from their state on each scrape, so a
 //!   series exists exactly while the state it describes does.
 //!
+//! Beside them, [`support`] is the opt-in support channel to the provider's telemetry service
+//! (off until switched on).
+//!
+//! # Quick start: logs and a scrape
+//!
+//! ```
+//! use std::borrow::Cow;
+//!
+//! use pxb_telemetry::metrics::{self, PROMETHEUS_TEXT_CONTENT_TYPE};
+//! use pxb_telemetry::prometheus_client::metrics::counter::Counter;
+//! use pxb_telemetry::prometheus_client::registry::Registry;
+//! use pxb_telemetry::{LogFormat, Settings};
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! // Logs: `PXB_LOG` and `PXB_LOG_FORMAT` (`Settings::from_env` reads the process environment;
+//! // here a fixed set of variables), with a secret removed from every line.
+//! let vars = |name: &str| match name {
+//!     "PXB_LOG" => Some("info,my_app=debug".to_owned()),
+//!     "PXB_LOG_FORMAT" => Some("json".to_owned()),
+//!     _ => None,
+//! };
+//! let settings = Settings::from_vars("info", vars)?
+//!     .redact_with(|line| Cow::Owned(line.replace("hunter2", "<redacted>")));
+//! assert_eq!(settings.format, LogFormat::Json);
+//! pxb_telemetry::init(settings)?;
+//! tracing::info!(password = "hunter2", "logged in"); // on stderr: ..."password":"<redacted>"...
+//!
+//! // A typo is an error naming the variable, never a silent default.
+//! let typo = Settings::from_vars("info", |name| (name == "PXB_LOG_FORMAT").then(|| "yaml".to_owned()));
+//! assert!(typo.unwrap_err().to_string().contains("PXB_LOG_FORMAT"));
+//!
+//! // Metrics: a registry built from the application's state, encoded for the scraper's `Accept`.
+//! let mut registry = Registry::default();
+//! let backups = Counter::<u64>::default();
+//! registry.register("my_app_backups", "Backups taken", backups.clone());
+//! backups.inc();
+//! let curl = metrics::encode(&registry, None);
+//! assert_eq!(curl.content_type, PROMETHEUS_TEXT_CONTENT_TYPE);
+//! assert!(curl.body.contains("my_app_backups_total 1"));
+//! let prometheus = metrics::encode(&registry, Some("application/openmetrics-text;version=1.0.0"));
+//! assert!(prometheus.body.ends_with("# EOF\n"));
+//! # Ok(())
+//! # }
+//! ```
+//!
 //! # Architecture Invariants
 //!
 //! - This crate depends on no other pxb crate (`tests/tests/architecture.rs`): the redaction of

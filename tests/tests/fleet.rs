@@ -468,6 +468,56 @@ async fn discovery_classifies_shoots_with_reasons() {
         .expect("conforms");
 }
 
+/// `pxb-server`'s default discovery source (Gardener projects, reached with kubeconfig files)
+/// passes the `DiscoverySource` suite on the simulator, its providers the `ClusterProvider` suite;
+/// it names itself `gardener`, the `source` of its clusters in the API.
+#[tokio::test]
+async fn gardener_discovery_conforms_to_the_discovery_source_suite() {
+    use pxb_core::cluster::{DiscoveryRequest, DiscoverySource, conformance};
+    use pxb_daemon::server::GardenerDiscovery;
+
+    let fleet = fleet(600);
+    fleet.add_project("dev").expect("project");
+    fleet.add_shoots("dev", "s", 3).expect("shoots");
+    fleet.add_shoot("dev", ShootSpec::new("sleepy")).expect("shoot");
+    fleet.hibernate("dev", "sleepy").expect("hibernate");
+    // A project the credential cannot read.
+    fleet.add_project("other").expect("project");
+    fleet.add_shoot("other", ShootSpec::new("theirs")).expect("shoot");
+    let token = fleet
+        .add_service_account("dev", "pxb-server", ProjectRole::Admin)
+        .expect("sa");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let kubeconfig = dir.path().join("garden.yaml");
+    std::fs::write(&kubeconfig, fleet.garden_kubeconfig(&token)).expect("kubeconfig");
+    let source = GardenerDiscovery::default().with_credential("garden", kubeconfig.display().to_string());
+    assert_eq!(source.name(), "gardener");
+    let request = |credential: &str, project: &str| {
+        let mut r = DiscoveryRequest::new(credential, project);
+        r.interval = Duration::from_secs(2);
+        r.request_timeout = Duration::from_secs(5);
+        r
+    };
+    conformance::run_discovery(
+        &source,
+        &request("garden", "dev"),
+        &request("garden", "nowhere"),
+        true,
+    )
+    .await
+    .expect("conforms");
+    // Neither another project's nor an unknown credential starts a discovery.
+    for (credential, project) in [("garden", "other"), ("unknown", "dev")] {
+        let started = source
+            .start(
+                &request(credential, project),
+                tokio::sync::mpsc::unbounded_channel().0,
+            )
+            .await;
+        assert!(started.is_err(), "{credential}/{project} is refused");
+    }
+}
+
 async fn next_diff(
     rx: &mut tokio::sync::mpsc::UnboundedReceiver<ClusterDiff>,
     within: Duration,

@@ -217,7 +217,8 @@ pub struct ClusterRecord {
     pub id: String,
     /// The shoot name (or the imported cluster's name).
     pub name: String,
-    /// `gardener` or `imported`.
+    /// The name of the discovery source that found it (`gardener` for a Gardener project), or
+    /// `imported`.
     pub source: String,
     /// The discovery configuration that found it.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -36,7 +36,7 @@ use pxb_telemetry::support::TelemetryExporter;
 /// [`build`](Self::build) loads the server and binds `api.listen`; [`BuiltServer::spawn`] starts
 /// it. Twins of every seam make a server for tests that reaches nothing outside the process:
 ///
-/// ```no_run
+/// ```
 /// use std::sync::Arc;
 ///
 /// use pxb_core::catalog::MemoryCatalog;
@@ -46,7 +46,8 @@ use pxb_telemetry::support::TelemetryExporter;
 /// use pxb_daemon::server::auth::{Identity, StaticTokens};
 /// use pxb_daemon::server::config::{GardenCredential, ServerConfig};
 ///
-/// # async fn example() -> pxb_core::Result<()> {
+/// # #[tokio::main]
+/// # async fn main() -> pxb_core::Result<()> {
 /// let mut config = ServerConfig::default();
 /// config.api.listen = "127.0.0.1:0".into();
 /// // Org `acme` may discover project `dev` with the credential `garden`...
@@ -67,6 +68,7 @@ use pxb_telemetry::support::TelemetryExporter;
 ///     .build()
 ///     .await?
 ///     .spawn()?;
+/// assert!(daemon.addr.ip().is_loopback());
 /// println!("serving on http://{}", daemon.addr);
 /// daemon.shutdown().await;
 /// # Ok(())

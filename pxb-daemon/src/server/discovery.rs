@@ -1,18 +1,26 @@
 //! Discovery: one task per [`DiscoveryConfig`], whose provider's diffs onboard, change and
 //! retire clusters. [`Server::check_discovery`] refuses a credential not bound to the org or
-//! project, and a project another discovery already onboards.
+//! project, and a project another discovery already onboards. The server knows its source only
+//! through [`DiscoverySource`](pxb_core::cluster::DiscoverySource): the clusters' `source` is
+//! the source's name, the metrics are what its discoveries count.
 
+use std::any::Any;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use pxb_core::catalog::records::{ClusterRecord, ClusterState, DiscoveryConfig};
 use pxb_core::clock::rfc3339;
-use pxb_core::cluster::{ClusterDiff, ClusterInfo, ClusterProvider, DiscoveryRequest, Eligibility};
+use pxb_core::cluster::{
+    ClusterDiff, ClusterInfo, ClusterProvider, Discovery, DiscoveryRequest, Eligibility,
+};
 use pxb_core::{Error, Result};
 use tokio::sync::mpsc;
 
-use super::state::{DiscoveryState, DiscoveryStatus, Key, Server, Tracked};
+use super::state::{DiscoveryState, DiscoveryStatus, Key, ProviderCounts, Server, Tracked};
+
+/// The `source` of the clusters imported through the API; no discovery source may take it.
+const IMPORTED: &str = "imported";
 
 impl Server {
     pub(crate) fn start_discovery(&self, d: DiscoveryConfig) {
@@ -79,6 +87,13 @@ impl Server {
         d: &DiscoveryConfig,
         others: impl Iterator<Item = &'a DiscoveryConfig>,
     ) -> Result<()> {
+        let source = self.inner.discovery.name();
+        if source.is_empty() || source == IMPORTED {
+            return Err(Error::precondition(format!(
+                "the server's discovery source calls itself {source:?}, which cannot tell its clusters \
+                 from imported ones; it needs a name of its own"
+            )));
+        }
         let Some(cred) = self.inner.config.garden_credentials.get(&d.credential) else {
             return Err(Error::invalid(format!(
                 "no garden credential named {:?} is configured on the server (gardenCredentials)",
@@ -117,7 +132,7 @@ impl Server {
             st.discoveries.remove(&key);
             if let Some(d) = st.running.remove(&key) {
                 // Under the lock the totals are read with: they never count it twice or not at all.
-                *self.inner.metrics.retired_providers() += super::gardener::counts_of(d.as_ref());
+                *self.inner.metrics.retired_providers() += counts_of(d.as_ref());
             }
             st.discovery_status.remove(&key);
             st.dirty = true;
@@ -245,6 +260,31 @@ impl Server {
         out
     }
 
+    /// The providers of the running discoveries that are a `P` (for tests and benchmarks of that
+    /// provider); none when the server discovers through a source whose providers are not.
+    pub fn providers_of<P: ClusterProvider>(&self) -> Vec<Arc<P>> {
+        self.inner
+            .lock()
+            .running
+            .values()
+            .filter_map(|d| {
+                let any: Arc<dyn Any + Send + Sync> = d.provider();
+                any.downcast::<P>().ok()
+            })
+            .collect()
+    }
+
+    /// What the providers counted (discovery cycles, access issued and renewed): those of the
+    /// running discoveries and of the removed ones, so the totals never go down.
+    pub(crate) fn provider_counts(&self) -> ProviderCounts {
+        let st = self.inner.lock();
+        let mut total = *self.inner.metrics.retired_providers();
+        for d in st.running.values() {
+            total += counts_of(d.as_ref());
+        }
+        total
+    }
+
     /// Whether a discovery of the org runs (its provider connected).
     pub fn discovery_running(&self, org: &str, id: &str) -> bool {
         self.inner
@@ -286,7 +326,7 @@ impl Server {
             org: d.org.clone(),
             id: info.id.0.clone(),
             name: info.name.clone(),
-            source: "gardener".into(),
+            source: self.inner.discovery.name().to_owned(),
             discovery: Some(d.id.clone()),
             namespace: Some(info.namespace.clone()),
             provider_type: info.provider_type.clone(),
@@ -349,7 +389,203 @@ impl Server {
     }
 }
 
+/// What the discovery `d` counted, as the server's metrics sum it.
+fn counts_of(d: &dyn Discovery) -> ProviderCounts {
+    let s = d.stats();
+    ProviderCounts {
+        discoveries_ok: s.cycles_ok,
+        discoveries_failed: s.cycles_failed,
+        issued_ok: s.issued_ok,
+        issued_failed: s.issued_failed,
+        renewed_ok: s.renewed_ok,
+        renewed_failed: s.renewed_failed,
+    }
+}
+
 /// The order in which discoveries claim a project: the first created (then org and id) owns it.
 fn first_claim(d: &DiscoveryConfig) -> (String, String, String) {
     (d.created_at.clone(), d.org.clone(), d.id.clone())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use async_trait::async_trait;
+    use pxb_core::catalog::MemoryCatalog;
+    use pxb_core::catalog::records::Org;
+    use pxb_core::cluster::{ClusterId, DiscoverySource, DiscoveryStats, StaticClusters, StaticDiscovery};
+
+    use super::*;
+    use crate::server::ServerBuilder;
+    use crate::server::config::{GardenCredential, ServerConfig};
+
+    fn cluster(name: &str) -> ClusterInfo {
+        ClusterInfo {
+            id: ClusterId(format!("uid-{name}")),
+            name: name.into(),
+            namespace: "dev".into(),
+            provider_type: "azure".into(),
+            kubernetes_version: "1.33.0".into(),
+            region: "westeurope".into(),
+            labels: BTreeMap::new(),
+            eligibility: Eligibility::Eligible,
+        }
+    }
+
+    /// A [`StaticDiscovery`] serving `one` and `two` as project `dev` (credential `garden`),
+    /// under the name `name`, whose discoveries report `stats`.
+    #[derive(Debug)]
+    struct Named {
+        name: &'static str,
+        stats: DiscoveryStats,
+        inner: StaticDiscovery,
+    }
+
+    #[derive(Debug)]
+    struct Counting(Box<dyn Discovery>, DiscoveryStats);
+
+    impl Discovery for Counting {
+        fn provider(&self) -> Arc<dyn ClusterProvider> {
+            self.0.provider()
+        }
+
+        fn tracked(&self) -> usize {
+            self.0.tracked()
+        }
+
+        fn stats(&self) -> DiscoveryStats {
+            self.1
+        }
+    }
+
+    #[async_trait]
+    impl DiscoverySource for Named {
+        fn name(&self) -> &str {
+            self.name
+        }
+
+        async fn start(
+            &self,
+            request: &DiscoveryRequest,
+            diffs: mpsc::UnboundedSender<ClusterDiff>,
+        ) -> Result<Box<dyn Discovery>> {
+            Ok(Box::new(Counting(
+                self.inner.start(request, diffs).await?,
+                self.stats,
+            )))
+        }
+    }
+
+    fn named(name: &'static str, stats: DiscoveryStats) -> Named {
+        let inner = StaticDiscovery::new();
+        let clusters = inner.insert("garden", "dev", Arc::new(StaticClusters::new()));
+        clusters.insert(cluster("one"), None);
+        clusters.insert(cluster("two"), None);
+        Named { name, stats, inner }
+    }
+
+    /// A server over `source` with the org `acme`, which may discover `dev` with `garden`.
+    async fn server(source: Named) -> Server {
+        let mut config = ServerConfig::default();
+        config.api.listen = "127.0.0.1:0".into();
+        config.garden_credentials.insert(
+            "garden".into(),
+            GardenCredential::new("unused")
+                .for_orgs(["acme"])
+                .for_projects(["dev"]),
+        );
+        let built = ServerBuilder::new(config)
+            .cluster_provider(Arc::new(source))
+            .catalog(Arc::new(MemoryCatalog::new()))
+            .build()
+            .await
+            .expect("build");
+        let server = built.server().clone();
+        server
+            .create_org(Org {
+                id: "acme".into(),
+                ..Org::default()
+            })
+            .await
+            .expect("org");
+        server
+    }
+
+    fn dev() -> DiscoveryConfig {
+        DiscoveryConfig {
+            org: "acme".into(),
+            id: "dev".into(),
+            project: "dev".into(),
+            credential: "garden".into(),
+            interval_secs: 60,
+            created_at: "2026-01-01T00:00:00Z".into(),
+            provider_approved: false,
+        }
+    }
+
+    /// The clusters of `acme` once `n` are known.
+    async fn clusters(server: &Server, n: usize) -> Vec<ClusterRecord> {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let found = server.clusters("acme");
+            if found.len() == n {
+                return found;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "not discovered: {found:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// The clusters' `source` is the name of the source that found them, and the metrics sum
+    /// what its discoveries count, running and removed.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn clusters_carry_the_sources_name_and_metrics_its_counts() {
+        let mut stats = DiscoveryStats::default();
+        stats.cycles_ok = 7;
+        stats.cycles_failed = 1;
+        stats.issued_ok = 5;
+        stats.renewed_failed = 2;
+        let server = server(named("file-list", stats)).await;
+        server.add_discovery(dev()).await.expect("discovery");
+        let found = clusters(&server, 2).await;
+        assert_eq!(
+            found
+                .iter()
+                .map(|c| (c.name.as_str(), c.source.as_str()))
+                .collect::<Vec<_>>(),
+            [("one", "file-list"), ("two", "file-list")]
+        );
+        let counts = server.provider_counts();
+        assert_eq!(
+            (counts.discoveries_ok, counts.discoveries_failed, counts.issued_ok),
+            (7, 1, 5)
+        );
+        assert_eq!(
+            (counts.renewed_ok, counts.renewed_failed, counts.issued_failed),
+            (0, 2, 0)
+        );
+        assert!(server.providers_of::<StaticClusters>().len() == 1);
+        assert!(server.providers().is_empty(), "no Gardener provider");
+        // A removed discovery's counts stay in the totals.
+        assert!(server.remove_discovery("acme", "dev").await.expect("remove"));
+        assert!(server.providers_of::<StaticClusters>().is_empty());
+        assert_eq!(server.provider_counts().discoveries_ok, 7);
+    }
+
+    /// A source that calls itself `imported` (or nothing) would make its clusters look imported:
+    /// the server refuses to discover through it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_source_named_like_imported_clusters_is_refused() {
+        for name in ["imported", ""] {
+            let server = server(named(name, DiscoveryStats::default())).await;
+            let err = server.add_discovery(dev()).await.expect_err("refused");
+            assert!(matches!(err, Error::Precondition { .. }), "{err}");
+            assert!(err.to_string().contains("calls itself"), "{err}");
+            assert!(server.clusters("acme").is_empty());
+        }
+    }
 }

@@ -159,7 +159,7 @@ mod tests {
             org: org.into(),
             id: format!("id-{name}"),
             name: name.into(),
-            source: "gardener".into(),
+            source: "static".into(),
             discovery: None,
             namespace: None,
             provider_type: "azure".into(),

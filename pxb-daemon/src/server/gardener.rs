@@ -3,18 +3,19 @@
 //! discoveries only through [`DiscoverySource`]; this file is the one that names
 //! `pxb-gardener`'s provider.
 
-use std::any::Any;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use pxb_core::cluster::{ClusterDiff, ClusterProvider, Discovery, DiscoveryRequest, DiscoverySource};
+use pxb_core::cluster::{
+    ClusterDiff, ClusterProvider, Discovery, DiscoveryRequest, DiscoverySource, DiscoveryStats,
+};
 use pxb_core::{Error, Result};
 use pxb_gardener::{GardenAuth, GardenerConfig, GardenerProvider};
 use tokio::sync::mpsc;
 
 use super::config::ServerConfig;
-use super::state::{ProviderCounts, Server};
+use super::state::Server;
 
 /// Discoveries of Gardener projects. A request's credential names a kubeconfig file (of a
 /// project service account), read at every start, so a rotated file is picked up on the next
@@ -59,13 +60,28 @@ impl Discovery for GardenerRunning {
         self.provider.tracked()
     }
 
-    fn as_any(&self) -> &dyn Any {
-        self
+    fn stats(&self) -> DiscoveryStats {
+        let s = self.provider.stats();
+        let mut out = DiscoveryStats::default();
+        out.cycles_ok = s.discoveries;
+        out.cycles_failed = s.discoveries_failed;
+        // Counters of their own: `issued - renewed` read between the provider's two increments
+        // would be one too low, a counter reset to Prometheus.
+        out.issued_ok = s.first_issued;
+        out.issued_failed = s.first_failed;
+        out.renewed_ok = s.renewed;
+        out.renewed_failed = s.renew_failed;
+        out
     }
 }
 
 #[async_trait]
 impl DiscoverySource for GardenerDiscovery {
+    /// `gardener`: the `source` of every cluster it discovers.
+    fn name(&self) -> &str {
+        "gardener"
+    }
+
     async fn start(
         &self,
         request: &DiscoveryRequest,
@@ -99,44 +115,20 @@ impl DiscoverySource for GardenerDiscovery {
 }
 
 impl Server {
-    /// The Gardener providers of the running discoveries (for metrics and benchmarks); none when
+    /// The Gardener providers of the running discoveries (for tests and benchmarks); none when
     /// the server discovers through another [`DiscoverySource`].
     pub fn providers(&self) -> Vec<Arc<GardenerProvider>> {
-        self.inner
-            .lock()
-            .running
-            .values()
-            .filter_map(|d| d.as_any().downcast_ref::<GardenerRunning>())
-            .map(|g| g.provider.clone())
-            .collect()
-    }
-
-    /// What the providers counted (discovery cycles, kubeconfigs issued and renewed): those of
-    /// the running discoveries and of the removed ones, so the totals never go down.
-    pub(crate) fn provider_counts(&self) -> ProviderCounts {
-        let st = self.inner.lock();
-        let mut total = *self.inner.metrics.retired_providers();
-        for d in st.running.values() {
-            total += counts_of(d.as_ref());
-        }
-        total
+        self.providers_of::<GardenerProvider>()
     }
 }
 
-/// What the provider of the discovery `d` counted; nothing when it is not Gardener's.
-pub(crate) fn counts_of(d: &dyn Discovery) -> ProviderCounts {
-    let Some(g) = d.as_any().downcast_ref::<GardenerRunning>() else {
-        return ProviderCounts::default();
-    };
-    let s = g.provider.stats();
-    ProviderCounts {
-        discoveries_ok: s.discoveries,
-        discoveries_failed: s.discoveries_failed,
-        // Counters of their own: `issued - renewed` read between the provider's two increments
-        // would be one too low, a counter reset to Prometheus.
-        issued_ok: s.first_issued,
-        issued_failed: s.first_failed,
-        renewed_ok: s.renewed,
-        renewed_failed: s.renew_failed,
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What the API reports as the `source` of a discovered shoot.
+    #[test]
+    fn gardener_names_itself_gardener() {
+        assert_eq!(GardenerDiscovery::default().name(), "gardener");
     }
 }

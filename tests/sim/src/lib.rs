@@ -21,6 +21,49 @@
 //! lifetime is configurable ([`FleetConfig::kubeconfig_min_seconds`], 600 s like Gardener by
 //! default) so expiry can be tested in seconds; shoots are changed through this API, not by
 //! writing Shoot objects.
+//!
+//! # Quick start: a project of shoots for a cluster provider's tests
+//!
+//! ```
+//! use pxb_sim::store::Selectors;
+//! use pxb_sim::{Fault, Fleet, FleetConfig, Phase, ProjectRole, ShootSpec};
+//!
+//! # fn main() -> anyhow::Result<()> {
+//! // A garden on a loopback port (HTTPS with its own CA) and a project of three shoots, each
+//! // with its own API server on loopback.
+//! let fleet = Fleet::start(FleetConfig::default())?;
+//! let namespace = fleet.add_project("dev")?;
+//! fleet.add_shoots("dev", "shoot", 2)?;
+//! fleet.add_shoot("dev", ShootSpec::new("old").version("1.30.2"))?;
+//!
+//! // What the provider under test gets: a garden kubeconfig of a member of the project.
+//! let token = fleet.add_service_account("dev", "pxb", ProjectRole::Admin)?;
+//! let kubeconfig = fleet.garden_kubeconfig(&token);
+//! assert!(kubeconfig.contains(&fleet.garden_url()));
+//!
+//! // What it discovers there: the project's Shoot objects, as the garden API serves them.
+//! let garden = fleet.garden_store();
+//! let shoots = garden
+//!     .resolve("core.gardener.cloud", "v1beta1", "shoots")
+//!     .expect("the garden serves shoots");
+//! let list = garden
+//!     .list(&shoots, Some(&namespace), &Selectors::default(), 0, None)
+//!     .map_err(|e| anyhow::anyhow!(e.message))?;
+//! let names: Vec<&str> = list.items.iter().filter_map(|s| s["metadata"]["name"].as_str()).collect();
+//! assert_eq!(names, ["old", "shoot-00000", "shoot-00001"]);
+//! assert_eq!(list.items[0]["spec"]["kubernetes"]["version"], "1.30.2");
+//!
+//! // The fleet changes under it: a shoot hibernates, another's API server stops answering.
+//! fleet.hibernate("dev", "shoot-00001")?;
+//! assert_eq!(fleet.shoot("dev", "shoot-00001")?.phase(), Phase::Hibernated);
+//! fleet.set_fault("dev", "shoot-00000", Fault::Offline)?;
+//!
+//! // Shoots are reached with the kubeconfigs the garden issues (here directly, for a test).
+//! let admin = fleet.admin_kubeconfig("dev", "old", 600)?;
+//! assert!(admin.contains(&fleet.shoot("dev", "old")?.url()));
+//! # Ok(())
+//! # }
+//! ```
 
 pub mod pki;
 pub mod rest;

@@ -6,60 +6,11 @@
 use schemars::generate::{Contract, SchemaGenerator, SchemaSettings};
 use serde_json::{Map, Value, json};
 
-use pxb_core::api::rest::{ErrorBody, endpoints as ops};
+use pxb_core::api::rest::{ErrorBody, QueryParam, endpoints as ops};
 
-fn query_param(name: &str) -> Value {
-    let (schema, description) = match name {
-        "limit" => (
-            json!({"type": "integer", "minimum": 1, "maximum": 1000}),
-            "Page size (default 100; larger values are clamped to 1000).",
-        ),
-        "after" => (
-            json!({"type": "string", "maxLength": 4096}),
-            "The `next` cursor of the previous page.",
-        ),
-        "cluster" => (
-            json!({"type": "string", "maxLength": 256}),
-            "Only items of this cluster.",
-        ),
-        "location" => (
-            json!({"type": "string", "maxLength": 256}),
-            "Only items of this location (name).",
-        ),
-        "state" => (
-            json!({"type": "string", "maxLength": 64}),
-            "Only items in this state or phase.",
-        ),
-        "org" => (
-            json!({"type": "string", "maxLength": 128}),
-            "Only clusters of this org.",
-        ),
-        "from" => (
-            json!({"type": "string", "format": "date-time"}),
-            "Only items created at or after this time.",
-        ),
-        "bracket" => (
-            json!({"type": "string", "enum": ["1h", "24h", "7d", "30d", "session"]}),
-            "Only items created in this last span; `session` uses the caller's time bracket.",
-        ),
-        "namespace" => (
-            json!({"type": "string", "maxLength": 63}),
-            "Only backups covering this namespace.",
-        ),
-        "view" => (
-            json!({"type": "string", "enum": ["namespaces", "vms", "session"]}),
-            "Namespace backups, or backups holding virtual machines; `session` uses the caller's tab.",
-        ),
-        "force" => (
-            json!({"type": "boolean"}),
-            "Remove the record now and leave the data.",
-        ),
-        _ => (
-            json!({"type": "string", "format": "date-time"}),
-            "Only items created before this time.",
-        ),
-    };
-    json!({"name": name, "in": "query", "required": false, "schema": schema, "description": description})
+/// The parameter object of `q`: its schema and description come with its declaration.
+fn query_param(q: &QueryParam) -> Value {
+    json!({"name": q.name, "in": "query", "required": false, "schema": q.schema.to_json(), "description": q.description})
 }
 
 fn path_params(path: &str) -> Vec<Value> {
@@ -108,7 +59,7 @@ pub fn document() -> Value {
     let mut bodies: Vec<(String, String, Value)> = Vec::new();
     for op in ops() {
         let mut params: Vec<Value> = path_params(op.path);
-        params.extend(op.query.iter().map(|q| query_param(q)));
+        params.extend(op.query.iter().map(query_param));
         let mut responses = Map::new();
         let ok = match op.response {
             Some(g) => {
@@ -206,4 +157,39 @@ pub fn operations() -> Vec<(&'static str, &'static str)> {
         .into_iter()
         .map(|o| (o.method.openapi_key(), o.path))
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Each operation's query parameters are the ones it declares, each with its declared schema
+    /// and description (the document cannot describe a parameter the declaration does not).
+    #[test]
+    fn query_parameters_come_from_the_declarations() {
+        let doc = document();
+        let mut described = 0;
+        for op in ops() {
+            let params = doc["paths"][op.path][op.method.openapi_key()]["parameters"]
+                .as_array()
+                .cloned()
+                .unwrap_or_else(|| panic!("{} has parameters", op.id));
+            let query: Vec<&Value> = params.iter().filter(|p| p["in"] == "query").collect();
+            assert_eq!(query.len(), op.query.len(), "{}", op.id);
+            for (doc_param, q) in query.into_iter().zip(op.query) {
+                assert_eq!(doc_param["name"], q.name, "{}", op.id);
+                assert_eq!(doc_param["schema"], q.schema.to_json(), "{} {}", op.id, q.name);
+                assert_eq!(doc_param["description"], q.description, "{} {}", op.id, q.name);
+                described += 1;
+            }
+        }
+        assert!(described > 0);
+        let to = &doc["paths"]["/v1/orgs/{org}/backups"]["get"]["parameters"];
+        let to = to
+            .as_array()
+            .and_then(|a| a.iter().find(|p| p["name"] == "to"))
+            .expect("listBackups takes `to`");
+        assert_eq!(to["schema"]["format"], "date-time");
+        assert_eq!(to["description"], "Only items created before this time.");
+    }
 }
