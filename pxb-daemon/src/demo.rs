@@ -34,7 +34,8 @@ use pxb_core::api::rest::{
     ListQuery, RestoreRequest, SyncRequestBody,
 };
 use pxb_core::catalog::records::{
-    BackupRecord, BackupView, ClusterSelector, ClusterState, LocationStatus, RequestPhase,
+    BackupPhase, BackupRecord, BackupView, ClusterSelector, ClusterState, LocationStatus, RequestPhase,
+    RestorePhase, ValidationPhase, VerifyPhase,
 };
 use pxb_sim::{Fault, Fleet, FleetConfig, ProjectRole, ShootSpec};
 use serde_json::json;
@@ -377,7 +378,10 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<bool> {
 
     let st = api.location_status(ORG, LOCATION, &page_of_1000()).await?;
     let items = st.items;
-    let valid = items.iter().filter(|s| s.validation.phase == "Valid").count();
+    let valid = items
+        .iter()
+        .filter(|s| s.validation.phase == ValidationPhase::Valid)
+        .count();
     println!(
         "\n== location 'primary': Valid on {valid} of {} clusters the server reached; validated by each agent with its own identity ==",
         items.len()
@@ -530,10 +534,6 @@ where
     }
 }
 
-fn final_phase(phase: &impl std::fmt::Display) -> bool {
-    !matches!(phase.to_string().as_str(), "Pending" | "InProgress" | "Deleting")
-}
-
 /// A namespace `shop` with a little application on `shoot`; with `vm`, also a KubeVirt
 /// `VirtualMachine` (the KubeVirt CRD is installed on every seeded shoot, so VMs can be restored
 /// there).
@@ -623,7 +623,7 @@ async fn operations(
     let mut ok = true;
     let mut done: BTreeMap<String, BackupRecord> = BTreeMap::new();
     for bk in made.items {
-        let v = wait_until(120, || api.get_backup(ORG, &bk.id), |v| final_phase(&v.phase)).await?;
+        let v = wait_until(120, || api.get_backup(ORG, &bk.id), |v| !v.phase.is_active()).await?;
         println!(
             "  {:<36} {:<12} {:<8} {} objects, view {} {}",
             bk.id,
@@ -637,11 +637,11 @@ async fn operations(
     }
     ok &= done
         .get(a)
-        .is_some_and(|v| v.phase == "Success" && v.view == BackupView::Vms);
-    ok &= done.get(b).is_some_and(|v| v.phase == "Success");
+        .is_some_and(|v| v.phase == BackupPhase::Success && v.view == BackupView::Vms);
+    ok &= done.get(b).is_some_and(|v| v.phase == BackupPhase::Success);
     ok &= offline
         .first()
-        .is_none_or(|o| done.get(o).is_some_and(|v| v.phase == "Missed"));
+        .is_none_or(|o| done.get(o).is_some_and(|v| v.phase == BackupPhase::Missed));
 
     let source = done.get(a).map(|v| v.id.clone()).unwrap_or_default();
     println!("\n== restore of {source} into {target}, namespace shop -> shop-restored ==");
@@ -656,17 +656,17 @@ async fn operations(
             },
         )
         .await?;
-    let r = wait_until(120, || api.get_restore(ORG, &r.id), |r| final_phase(&r.phase)).await?;
+    let r = wait_until(120, || api.get_restore(ORG, &r.id), |r| !r.phase.is_active()).await?;
     println!(
         "  {} {}: {} of {} objects created, {} failed",
         r.id, r.phase, r.counts.created, r.counts.total, r.counts.failed
     );
-    ok &= r.phase == "Success";
+    ok &= r.phase == RestorePhase::Success;
 
     // A backup the tenant made on its own cluster, without the server: a sync finds it.
     seed(fleet, tenant, false).await?;
     {
-        use crate::crd::{ApplicationBackup, ApplicationBackupSpec};
+        use crate::crd::{ApplicationBackup, ApplicationBackupPhase, ApplicationBackupSpec};
         use kube::api::{Api as KApi, PostParams};
         let client = crate::sim::shoot_client(fleet, "demo", tenant).await?;
         let crs: KApi<ApplicationBackup> = KApi::namespaced(client, "pxb-system");
@@ -689,7 +689,10 @@ async fn operations(
                 .status
                 .map(|s| s.phase)
                 .unwrap_or_default();
-            if phase == "Success" || phase == "Failed" {
+            if matches!(
+                phase,
+                ApplicationBackupPhase::Success | ApplicationBackupPhase::Failed
+            ) {
                 println!(
                     "\n== the tenant backed up 'shop' on {tenant} itself (ApplicationBackup tenant-own): {phase} =="
                 );
@@ -748,7 +751,11 @@ async fn operations(
 
     println!("\n== verify of location 'primary' (\"cloud file missing\" check) ==");
     api.verify_location(ORG, LOCATION).await?;
-    let verified_of = |s: &LocationStatus| s.verify.as_ref().is_some_and(|v| v.phase == "Completed");
+    let verified_of = |s: &LocationStatus| {
+        s.verify
+            .as_ref()
+            .is_some_and(|v| v.phase == VerifyPhase::Completed)
+    };
     let st = wait_until(
         120,
         || api.location_status(ORG, LOCATION, &all),
@@ -763,7 +770,7 @@ async fn operations(
         verified.map(|s| s.cluster_name.as_str()).unwrap_or_default(),
         or_null(verify.map(|v| v.missing_objects))
     );
-    ok &= verify.is_some_and(|v| v.phase == "Completed");
+    ok &= verify.is_some_and(|v| v.phase == VerifyPhase::Completed);
 
     let gone = done.get(b).map(|v| v.id.clone()).unwrap_or_default();
     println!("\n== delete of {gone} ==");

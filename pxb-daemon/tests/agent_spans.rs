@@ -1,11 +1,15 @@
 //! The agent's log lines carry the span of what they are about: a location's reconcile names the
 //! location, a backup's the backup and its location, a restore's the restore, the backup and the
-//! location (JSON logs through pxb-telemetry, as `PXB_LOG_FORMAT=json` writes them).
+//! location (JSON logs through pxb-telemetry, as `PXB_LOG_FORMAT=json` writes them). Each data
+//! operation has a span of its own inside them: `volume_backup` and `volume_restore` (naming the
+//! namespace and the claim), `resource_backup` and `resource_restore`; so do the `pxb volume`
+//! commands (`volume_backup` with the source and the tag, `volume_restore` with the backup and
+//! the target), their fields plain names or `(invalid)`.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::core::v1::{ConfigMap, Namespace};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, PersistentVolumeClaim};
 use kube::api::{Api, PostParams};
 use pxb_daemon::agent::volumes::MemoryVolumes;
 use pxb_daemon::agent::{AgentBuilder, AgentConfig};
@@ -80,9 +84,25 @@ async fn reconciles_log_in_spans_naming_their_objects() {
     )
     .await
     .expect("config map");
+    // A claim whose data the volume twin knows.
+    let claims: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), "shop");
+    claims
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({"metadata": {"name": "data"},
+                "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}}}))
+            .expect("claim"),
+        )
+        .await
+        .expect("claim");
     let tmp = tempfile::tempdir().expect("tmp");
     let location = tmp.path().join("location");
     std::fs::create_dir_all(&location).expect("mkdir");
+    let data = tmp.path().join("data");
+    std::fs::create_dir_all(&data).expect("mkdir");
+    std::fs::write(data.join("orders.log"), "order 1 shipped\n".repeat(1000)).expect("write");
+    let volumes = Arc::new(MemoryVolumes::new(tmp.path().join("restores")));
+    volumes.insert("shop", "data", &data);
     let config = AgentConfig {
         listen: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
         restore_root: tmp.path().join("restores"),
@@ -90,7 +110,7 @@ async fn reconciles_log_in_spans_naming_their_objects() {
     };
     let agent = AgentBuilder::new(config)
         .kube_client(client.clone())
-        .volume_driver(Arc::new(MemoryVolumes::new(tmp.path().join("restores"))))
+        .volume_driver(volumes.clone())
         .spawn()
         .await
         .expect("spawn");
@@ -115,6 +135,7 @@ async fn reconciles_log_in_spans_naming_their_objects() {
     let spec = ApplicationBackupSpec {
         location: "local".into(),
         namespaces: vec!["shop".into()],
+        include_volumes: true,
         reclaim_policy: "Retain".into(),
         ..ApplicationBackupSpec::default()
     };
@@ -130,11 +151,21 @@ async fn reconciles_log_in_spans_naming_their_objects() {
     .await;
     let status = done.status.expect("status");
     assert_eq!(status.phase, "Success", "{status:?}");
+    assert_eq!(
+        status
+            .volumes
+            .iter()
+            .map(|v| v.phase.as_str())
+            .collect::<Vec<_>>(),
+        ["Success"],
+        "{status:?}"
+    );
     let id = status.backup_id.expect("id");
     let restores: Api<ApplicationRestore> = Api::namespaced(client.clone(), "pxb-system");
     let spec = ApplicationRestoreSpec {
         location: "local".into(),
         backup_id: id.clone(),
+        namespace_mapping: [("shop".to_owned(), "shop-copy".to_owned())].into(),
         existing_resource_policy: "Retain".into(),
         ..ApplicationRestoreSpec::default()
     };
@@ -142,12 +173,15 @@ async fn reconciles_log_in_spans_naming_their_objects() {
         .create(&PostParams::default(), &ApplicationRestore::new("r1", spec))
         .await
         .expect("restore");
-    wait_for(&restores, "r1", |r| {
+    let restored = wait_for(&restores, "r1", |r| {
         r.status
             .as_ref()
             .is_some_and(|s| ["Success", "PartialSuccess", "Failed"].contains(&s.phase.as_str()))
     })
     .await;
+    let status = restored.status.expect("status");
+    assert_eq!(status.volumes.len(), 1, "{status:?}");
+    assert_eq!(status.volumes[0].phase, "Success", "{status:?}");
     agent.shutdown().await;
 
     let text = String::from_utf8(buf.lock().expect("logs").clone()).expect("utf-8");
@@ -181,4 +215,166 @@ async fn reconciles_log_in_spans_naming_their_objects() {
         (&json!("r1"), &json!(id), &json!("local")),
         "{span}"
     );
+
+    // The data operations: each line in its own span, inside the reconcile's.
+    let line_of = |message: &str| {
+        lines
+            .iter()
+            .find(|l| l["fields"]["message"] == message)
+            .cloned()
+            .unwrap_or_else(|| panic!("no line {message:?} in:\n{text}"))
+    };
+    // The names of the spans of `line` from the agent's reconcile in (the controller runtime's
+    // own span is around it).
+    let names = |line: &serde_json::Value| -> Vec<String> {
+        let names: Vec<String> = line["spans"]
+            .as_array()
+            .expect("spans")
+            .iter()
+            .map(|s| s["name"].as_str().unwrap_or_default().to_owned())
+            .collect();
+        let from = names.iter().position(|n| n == "reconcile").unwrap_or(names.len());
+        names[from..].to_vec()
+    };
+    // The agent's reconcile span of `line`.
+    let reconcile = |line: &serde_json::Value| {
+        line["spans"]
+            .as_array()
+            .expect("spans")
+            .iter()
+            .find(|s| s["name"] == "reconcile")
+            .cloned()
+            .unwrap_or_else(|| panic!("no reconcile span: {line}"))
+    };
+    let backed_up = line_of("volume backed up");
+    assert_eq!(
+        backed_up["span"],
+        json!({"name": "volume_backup", "namespace": "shop", "claim": "data"}),
+        "{backed_up}"
+    );
+    assert_eq!(names(&backed_up), ["reconcile", "volume_backup"], "{backed_up}");
+    assert_eq!(reconcile(&backed_up)["backup"], "b1", "{backed_up}");
+    assert_eq!(backed_up["fields"]["files"], 1, "{backed_up}");
+    assert_eq!(backed_up["fields"]["bytes"], 16_000, "{backed_up}");
+    let resources = line_of("resources backed up");
+    assert_eq!(
+        resources["span"],
+        json!({"name": "resource_backup", "namespaces": 1}),
+        "{resources}"
+    );
+    assert_eq!(resources["fields"]["id"], json!(id), "{resources}");
+    assert_eq!(reconcile(&resources)["backup"], "b1", "{resources}");
+
+    let restored = line_of("volume restored");
+    assert_eq!(
+        restored["span"],
+        json!({"name": "volume_restore", "namespace": "shop-copy", "claim": "data"}),
+        "{restored}"
+    );
+    assert_eq!(names(&restored), ["reconcile", "volume_restore"], "{restored}");
+    assert_eq!(
+        (&reconcile(&restored)["restore"], &reconcile(&restored)["backup"]),
+        (&json!("r1"), &json!(id)),
+        "{restored}"
+    );
+    assert_eq!(restored["fields"]["bytes"], 16_000, "{restored}");
+    let resources = line_of("resources restored");
+    assert_eq!(
+        resources["span"],
+        json!({"name": "resource_restore", "namespaces": 1}),
+        "{resources}"
+    );
+    assert_eq!(
+        names(&resources),
+        ["reconcile", "resource_restore"],
+        "{resources}"
+    );
+    // Data operations are not reconciles: the lines about the reconcile itself are not in them.
+    assert_eq!(names(&line_of("backup finished")), ["reconcile"]);
+}
+
+/// The JSON log lines `pxb` writes to stderr with `PXB_LOG=info`.
+fn pxb_logs(args: &[&str]) -> Vec<serde_json::Value> {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_pxb"))
+        .args(args)
+        .env_remove("PXB_LOCATION")
+        .env("PXB_LOG", "info")
+        .env("PXB_LOG_FORMAT", "json")
+        .output()
+        .expect("run pxb");
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(
+        out.status.success(),
+        "{args:?}: {}\n{stderr}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    stderr
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: not a JSON line: {l}")))
+        .collect()
+}
+
+/// `pxb volume backup` and `restore` log in spans of their own, naming the source and the tag,
+/// the backup and the target; a value that is not a plain path (a newline in a directory name)
+/// is `(invalid)` there, so it cannot forge a line.
+#[test]
+fn volume_commands_log_in_spans_naming_what_they_move() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let root = tmp.path().canonicalize().expect("canonical");
+    let src = root.join("src");
+    std::fs::create_dir_all(&src).expect("mkdir");
+    std::fs::write(src.join("a.txt"), "hello").expect("write");
+    let loc = format!("file://{}", root.join("loc").display());
+    let src_s = src.to_str().expect("utf-8");
+    let logs = pxb_logs(&[
+        "volume",
+        "backup",
+        "--location",
+        &loc,
+        "--path",
+        src_s,
+        "--tag",
+        "nightly",
+        "--json",
+    ]);
+    let line = logs
+        .iter()
+        .find(|l| l["fields"]["message"] == "volume backed up")
+        .unwrap_or_else(|| panic!("no backup line in {logs:?}"));
+    assert_eq!(
+        line["span"],
+        json!({"name": "volume_backup", "source": src_s, "tag": "nightly"}),
+        "{line}"
+    );
+    assert_eq!(line["fields"]["files"], 1, "{line}");
+    let id = line["fields"]["id"].as_str().expect("id").to_owned();
+
+    let forged = root.join("out\n{\"forged\": 1}");
+    let logs = pxb_logs(&[
+        "volume",
+        "restore",
+        "--location",
+        &loc,
+        "--backup",
+        "latest",
+        "--tag",
+        "nightly",
+        "--target",
+        forged.to_str().expect("utf-8"),
+        "--json",
+    ]);
+    assert_eq!(
+        std::fs::read_to_string(forged.join("a.txt")).expect("restored"),
+        "hello"
+    );
+    let line = logs
+        .iter()
+        .find(|l| l["fields"]["message"] == "volume restored")
+        .unwrap_or_else(|| panic!("no restore line in {logs:?}"));
+    assert_eq!(
+        line["span"],
+        json!({"name": "volume_restore", "backup": "latest", "target": "(invalid)"}),
+        "{line}"
+    );
+    assert_eq!(line["fields"]["id"], json!(id), "{line}");
 }

@@ -1091,7 +1091,11 @@ async fn damaged_orgs_are_degraded_and_classic_secrets_are_sealed() {
         "a degraded org",
     );
     let orgs = admin.list_orgs(&ListQuery::default()).await.expect("orgs");
-    let states: Vec<(String, String)> = orgs.items.into_iter().map(|o| (o.id, o.state)).collect();
+    let states: Vec<(String, String)> = orgs
+        .items
+        .into_iter()
+        .map(|o| (o.id, o.state.to_string()))
+        .collect();
     assert_eq!(
         states,
         vec![
@@ -1516,27 +1520,7 @@ async fn backup_info_lines(cp: &ControlPlane) -> Vec<String> {
 /// The `pxb_server_backup_info` lines of the Prometheus text `token` (none: anonymously) gets,
 /// sorted.
 async fn backup_info_lines_as(cp: &ControlPlane, token: Option<&str>) -> Vec<String> {
-    let mut req = reqwest::Client::new().get(format!("{}/metrics", cp.url));
-    if let Some(t) = token {
-        req = req.bearer_auth(t);
-    }
-    let text = req
-        .send()
-        .await
-        .expect("metrics")
-        .error_for_status()
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
-    pxb_tests::promtool_check_metrics(&text).expect("promtool");
-    let mut lines: Vec<String> = text
-        .lines()
-        .filter(|l| l.starts_with("pxb_server_backup_info{"))
-        .map(str::to_owned)
-        .collect();
-    lines.sort();
-    lines
+    cp.backup_info_lines(token).await.expect("metrics")
 }
 
 /// The info line of backup `id` with `status` (and `previous_status`, for `Some`).

@@ -35,6 +35,19 @@ def test_models_py_is_what_the_generator_makes_now(tmp_path: Path) -> None:
     assert out.read_text() == current, "pxb/models.py is stale: run scripts/gen-python-models"
 
 
+def test_the_stubtest_allowlist_names_every_enumeration_and_the_check_passes() -> None:
+    allow = (REPO / "bindings" / "python" / "stubtest-allowlist.txt").read_text()
+    line = next(l for l in allow.splitlines() if l.startswith("pxb\\.models\\."))
+    enums = sorted(n for n, s in SCHEMAS.items() if is_enum(s))
+    assert enums and line == "pxb\\.models\\.(" + "|".join(enums) + ")"
+    check = subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "gen-python-models"), "--check"],
+        capture_output=True,
+        text=True,
+    )
+    assert check.returncode == 0, check.stderr
+
+
 def test_every_schema_has_a_type() -> None:
     for name, schema in SCHEMAS.items():
         assert hasattr(models, name), name

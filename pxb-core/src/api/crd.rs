@@ -11,7 +11,14 @@
 //! the schema, so the API server rejects unknown values, and an agent that meets one anyway (an
 //! older CRD, an unvalidated store) can still read the object and report it Invalid instead of
 //! failing to decode it.
+//!
+//! The phases the agent writes into the statuses are typed ([`LocationValidationPhase`],
+//! [`RunPhase`], [`ApplicationBackupPhase`], [`ApplicationRestorePhase`], [`VolumePhase`]),
+//! spelled on the wire as before. The schema lists their values, so the API server refuses
+//! others; a value read anyway (an agent of another version, a hostile cluster, an unvalidated
+//! store) decodes as `Unknown` with the text as it was, instead of failing the whole object.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 use kube_core::CustomResourceExt as _;
@@ -25,6 +32,193 @@ pub const GROUP: &str = "pxb.io";
 pub const VERSION: &str = "v1alpha1";
 /// The namespace the agent works in.
 pub const AGENT_NAMESPACE: &str = "pxb-system";
+
+/// A phase of a status the agent writes: its known values, and `Unknown` with the text of any
+/// other (an agent of another version, a hostile cluster) or an empty one (none yet, the
+/// default). `Unknown` is never written by the agent; the schema lists only the known values.
+macro_rules! status_phases {
+    ($(#[$meta:meta])* $name:ident { $($(#[$doc:meta])* $variant:ident,)* }) => {
+        $(#[$meta])*
+        #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+        pub enum $name {
+            $($(#[$doc])* $variant,)*
+            /// A value this version does not know, as it was read (an agent of another version,
+            /// a hostile cluster); empty when the status has no phase yet (the default). Never
+            /// written by the agent.
+            #[serde(untagged)]
+            Unknown(String),
+        }
+
+        impl $name {
+            /// The known values, as the schema lists them.
+            pub const KNOWN: &'static [$name] = &[$($name::$variant,)*];
+
+            /// As the status spells it.
+            pub fn as_str(&self) -> &str {
+                match self {
+                    $($name::$variant => stringify!($variant),)*
+                    $name::Unknown(s) => s,
+                }
+            }
+
+            /// The phase `s` spells: a known one, else `Unknown(s)` (as deserializing `s` gives).
+            pub fn parse(s: &str) -> Self {
+                match s {
+                    $(stringify!($variant) => $name::$variant,)*
+                    other => $name::Unknown(other.to_owned()),
+                }
+            }
+
+            /// Whether the status has no phase yet (absent or empty).
+            pub fn is_unset(&self) -> bool {
+                matches!(self, $name::Unknown(s) if s.is_empty())
+            }
+        }
+
+        impl Default for $name {
+            /// No phase yet: `Unknown("")`.
+            fn default() -> Self {
+                $name::Unknown(String::new())
+            }
+        }
+
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+
+        impl From<&str> for $name {
+            fn from(s: &str) -> Self {
+                Self::parse(s)
+            }
+        }
+
+        impl PartialEq<str> for $name {
+            fn eq(&self, other: &str) -> bool {
+                self.as_str() == other
+            }
+        }
+
+        impl PartialEq<&str> for $name {
+            fn eq(&self, other: &&str) -> bool {
+                self.as_str() == *other
+            }
+        }
+
+        impl JsonSchema for $name {
+            fn inline_schema() -> bool {
+                true
+            }
+
+            fn schema_name() -> Cow<'static, str> {
+                Cow::Borrowed(stringify!($name))
+            }
+
+            fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+                schemars::json_schema!({
+                    "type": "string",
+                    "enum": [$(stringify!($variant)),*],
+                })
+            }
+        }
+    };
+}
+
+status_phases! {
+    /// The phase of a location's validation ([`ValidationStatus::phase`]).
+    LocationValidationPhase {
+        /// Not validated yet.
+        Pending,
+        /// Every check passed.
+        Valid,
+        /// A check failed (see the failed step and the reason).
+        Invalid,
+    }
+}
+
+status_phases! {
+    /// The phase of a location's sync or verify run ([`SyncStatus::phase`],
+    /// [`VerifyStatus::phase`]).
+    RunPhase {
+        /// The agent runs it (with a heartbeat).
+        InProgress,
+        /// Done.
+        Completed,
+        /// It failed (see the message).
+        Failed,
+    }
+}
+
+status_phases! {
+    /// The phase of an application backup ([`ApplicationBackupStatus::phase`]).
+    ApplicationBackupPhase {
+        /// Not started yet.
+        Pending,
+        /// The agent runs it (with a heartbeat, stage and progress).
+        InProgress,
+        /// Complete.
+        Success,
+        /// Complete, with some volumes failed or objects missing (see the message).
+        PartialSuccess,
+        /// Failed (see the message).
+        Failed,
+        /// The object was deleted; the agent deletes the backup's data.
+        Deleting,
+    }
+}
+
+impl ApplicationBackupPhase {
+    /// Whether the backup is over (`Success`, `PartialSuccess` or `Failed`).
+    pub fn is_final(&self) -> bool {
+        matches!(
+            self,
+            ApplicationBackupPhase::Success
+                | ApplicationBackupPhase::PartialSuccess
+                | ApplicationBackupPhase::Failed
+        )
+    }
+}
+
+status_phases! {
+    /// The phase of an application restore ([`ApplicationRestoreStatus::phase`]).
+    ApplicationRestorePhase {
+        /// Not started yet.
+        Pending,
+        /// The agent runs it (with a heartbeat).
+        InProgress,
+        /// Every object and volume restored.
+        Success,
+        /// Some objects or volumes were not restored (see the failures).
+        PartialSuccess,
+        /// Failed (see the message).
+        Failed,
+    }
+}
+
+impl ApplicationRestorePhase {
+    /// Whether the restore is over (`Success`, `PartialSuccess` or `Failed`).
+    pub fn is_final(&self) -> bool {
+        matches!(
+            self,
+            ApplicationRestorePhase::Success
+                | ApplicationRestorePhase::PartialSuccess
+                | ApplicationRestorePhase::Failed
+        )
+    }
+}
+
+status_phases! {
+    /// The result for one persistent volume ([`VolumeResult::phase`]).
+    VolumePhase {
+        /// Backed up or restored.
+        Success,
+        /// It failed (see the message).
+        Failed,
+        /// Left out (see the message).
+        Skipped,
+    }
+}
 
 /// Where backups go: an Azure Blob container or a directory, and how the agent reaches it.
 // Several `printcolumn(type_ = …)` look like duplicated attributes to clippy; they are not.
@@ -189,7 +383,7 @@ impl BackupLocationSpec {
 #[serde(rename_all = "camelCase")]
 pub struct ValidationStatus {
     /// `Pending`, `Valid` or `Invalid`.
-    pub phase: String,
+    pub phase: LocationValidationPhase,
     /// The step that failed: `configure`, `authenticate`, `list`, `write`, `read` or `delete`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub failed_step: Option<String>,
@@ -206,7 +400,7 @@ pub struct ValidationStatus {
 #[serde(rename_all = "camelCase")]
 pub struct SyncStatus {
     /// `InProgress`, `Completed` or `Failed`.
-    pub phase: String,
+    pub phase: RunPhase,
     /// The `syncRequest` this run handles (0: the first sync of a location with `sync: true`).
     #[serde(default)]
     pub request: i64,
@@ -235,7 +429,7 @@ pub struct SyncStatus {
 #[serde(rename_all = "camelCase")]
 pub struct VerifyStatus {
     /// `InProgress`, `Completed` or `Failed`.
-    pub phase: String,
+    pub phase: RunPhase,
     /// Last sign of life while it runs (RFC 3339).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub heartbeat: Option<String>,
@@ -314,9 +508,10 @@ fn delete() -> String {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ApplicationBackupStatus {
-    /// `Pending`, `InProgress`, `Success`, `PartialSuccess`, `Failed` or `Deleting`.
-    #[serde(default)]
-    pub phase: String,
+    /// `Pending`, `InProgress`, `Success`, `PartialSuccess`, `Failed` or `Deleting`; none until
+    /// the agent takes the backup.
+    #[serde(default, skip_serializing_if = "ApplicationBackupPhase::is_unset")]
+    pub phase: ApplicationBackupPhase,
     /// What it is doing: `Resources`, `Volumes`, `Committing`, `Deleting`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stage: Option<String>,
@@ -379,7 +574,7 @@ pub struct VolumeResult {
     /// Name of the claim.
     pub claim: String,
     /// `Success`, `Failed` or `Skipped`.
-    pub phase: String,
+    pub phase: VolumePhase,
     /// Files backed up.
     #[serde(default)]
     pub files: u64,
@@ -460,9 +655,10 @@ fn retain() -> String {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ApplicationRestoreStatus {
-    /// `Pending`, `InProgress`, `Success`, `PartialSuccess` or `Failed`.
-    #[serde(default)]
-    pub phase: String,
+    /// `Pending`, `InProgress`, `Success`, `PartialSuccess` or `Failed`; none until the agent
+    /// takes the restore.
+    #[serde(default, skip_serializing_if = "ApplicationRestorePhase::is_unset")]
+    pub phase: ApplicationRestorePhase,
     /// Why it is in this phase, for humans.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
@@ -534,4 +730,162 @@ pub fn crds_yaml() -> Result<Vec<(&'static str, String)>, serde_saphyr::Serializ
         ("applicationbackups.pxb.io.yaml", one(ApplicationBackup::crd())?),
         ("applicationrestores.pxb.io.yaml", one(ApplicationRestore::crd())?),
     ])
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::{Value, json};
+
+    use super::*;
+
+    /// The phases read and write the strings they always had, so existing objects read unchanged.
+    #[test]
+    fn phases_keep_their_wire_spelling() {
+        for p in ApplicationBackupPhase::KNOWN {
+            let v = serde_json::to_value(p).expect("serialize");
+            assert_eq!(v, json!(p.as_str()));
+            let back: ApplicationBackupPhase = serde_json::from_value(v).expect("deserialize");
+            assert_eq!(&back, p);
+            assert!(!matches!(back, ApplicationBackupPhase::Unknown(_)));
+        }
+        let status: ApplicationBackupStatus = serde_json::from_value(json!({
+            "phase": "PartialSuccess",
+            "volumes": [{"namespace": "shop", "claim": "data", "phase": "Skipped"}],
+        }))
+        .expect("status");
+        assert_eq!(status.phase, ApplicationBackupPhase::PartialSuccess);
+        assert_eq!(status.volumes[0].phase, VolumePhase::Skipped);
+        let location: BackupLocationStatus = serde_json::from_value(json!({
+            "validation": {"phase": "Valid"},
+            "sync": {"phase": "Completed"},
+            "verify": {"phase": "InProgress"},
+        }))
+        .expect("status");
+        assert_eq!(
+            location.validation.map(|v| v.phase),
+            Some(LocationValidationPhase::Valid)
+        );
+        assert_eq!(location.sync.map(|s| s.phase), Some(RunPhase::Completed));
+        assert_eq!(location.verify.map(|v| v.phase), Some(RunPhase::InProgress));
+        let restore: ApplicationRestoreStatus =
+            serde_json::from_value(json!({"phase": "Failed"})).expect("status");
+        assert_eq!(restore.phase, ApplicationRestorePhase::Failed);
+        assert_eq!(serde_json::to_value(&restore).expect("json")["phase"], "Failed");
+    }
+
+    /// A tenant's cluster writes these statuses and the server reads them: any value (another
+    /// version's phase, a wrong case, control characters, 100 KB of text, a number) reads as
+    /// `Unknown` with the text as it was, never as a known phase and never as a failure to read
+    /// the object; a status without a phase reads as unset and writes none.
+    #[test]
+    fn a_hostile_or_unknown_phase_reads_as_unknown() {
+        let long = "x".repeat(100_000);
+        for hostile in [
+            "Verifying",
+            "success",
+            " Success",
+            "Success\u{1b}[31m",
+            "Unknown",
+            long.as_str(),
+        ] {
+            let b: ApplicationBackupStatus = serde_json::from_value(json!({"phase": hostile, "volumes": [
+                    {"namespace": "shop", "claim": "data", "phase": hostile}]}))
+            .expect("a backup status with any phase reads");
+            assert_eq!(b.phase, ApplicationBackupPhase::Unknown(hostile.to_owned()));
+            assert!(!b.phase.is_final() && !b.phase.is_unset());
+            assert_eq!(b.volumes[0].phase, VolumePhase::Unknown(hostile.to_owned()));
+            let r: ApplicationRestoreStatus =
+                serde_json::from_value(json!({"phase": hostile})).expect("restore status");
+            assert_eq!(r.phase, ApplicationRestorePhase::Unknown(hostile.to_owned()));
+            assert!(!r.phase.is_final());
+            let l: BackupLocationStatus = serde_json::from_value(json!({
+                "validation": {"phase": hostile},
+                "sync": {"phase": hostile},
+                "verify": {"phase": hostile},
+            }))
+            .expect("location status");
+            assert_eq!(
+                l.validation.map(|v| v.phase),
+                Some(LocationValidationPhase::Unknown(hostile.to_owned()))
+            );
+            assert_eq!(
+                l.sync.map(|s| s.phase),
+                Some(RunPhase::Unknown(hostile.to_owned()))
+            );
+            assert_eq!(
+                l.verify.map(|s| s.phase),
+                Some(RunPhase::Unknown(hostile.to_owned()))
+            );
+            assert_eq!(ApplicationBackupPhase::parse(hostile), b.phase);
+        }
+        // Not a string at all: the object does not read (as before, when the field was a string).
+        assert!(serde_json::from_value::<ApplicationBackupStatus>(json!({"phase": 7})).is_err());
+
+        // No phase yet: unset, not a phase, and nothing written for it.
+        for raw in [json!({}), json!({"phase": ""})] {
+            let b: ApplicationBackupStatus = serde_json::from_value(raw).expect("status");
+            assert!(b.phase.is_unset(), "{:?}", b.phase);
+            assert_eq!(b.phase, ApplicationBackupPhase::default());
+            let r: ApplicationRestoreStatus = serde_json::from_value(json!({})).expect("status");
+            assert!(r.phase.is_unset());
+        }
+        let written = serde_json::to_value(ApplicationBackupStatus::default()).expect("json");
+        assert!(written.get("phase").is_none(), "{written}");
+        let written = serde_json::to_value(ApplicationRestoreStatus::default()).expect("json");
+        assert!(written.get("phase").is_none(), "{written}");
+    }
+
+    /// The CRDs' schemas list each phase's known values (the API server refuses others) and
+    /// give none a default the list would refuse.
+    #[test]
+    fn the_schemas_list_the_phases() {
+        let crds = crds_yaml().expect("generate");
+        let schema = |i: usize| -> Value {
+            let crd: Value = serde_saphyr::from_str(&crds[i].1).expect("yaml");
+            crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["status"].clone()
+        };
+        let location = schema(0);
+        let p = &location["properties"];
+        assert_eq!(
+            p["validation"]["properties"]["phase"]["enum"],
+            json!(["Pending", "Valid", "Invalid"])
+        );
+        for run in ["sync", "verify"] {
+            assert_eq!(
+                p[run]["properties"]["phase"]["enum"],
+                json!(["InProgress", "Completed", "Failed"]),
+                "{run}"
+            );
+        }
+        let backup = schema(1);
+        let phase = &backup["properties"]["phase"];
+        assert_eq!(
+            phase["enum"],
+            json!([
+                "Pending",
+                "InProgress",
+                "Success",
+                "PartialSuccess",
+                "Failed",
+                "Deleting"
+            ])
+        );
+        assert!(phase.get("default").is_none(), "{phase}");
+        assert_eq!(phase["type"], "string");
+        assert!(
+            phase["description"]
+                .as_str()
+                .is_some_and(|d| d.contains("Deleting"))
+        );
+        assert_eq!(
+            backup["properties"]["volumes"]["items"]["properties"]["phase"]["enum"],
+            json!(["Success", "Failed", "Skipped"])
+        );
+        let restore = schema(2);
+        assert_eq!(
+            restore["properties"]["phase"]["enum"],
+            json!(["Pending", "InProgress", "Success", "PartialSuccess", "Failed"])
+        );
+        assert!(restore["properties"]["phase"].get("default").is_none());
+    }
 }

@@ -33,8 +33,8 @@ use super::controller::{with_heartbeat, with_nulls};
 use super::locations::{self, ReconcileError};
 use super::volumes::VolumeDriver;
 use crate::crd::{
-    ApplicationBackup, ApplicationBackupSpec, ApplicationBackupStatus, BackupLocation, Progress, Sizes,
-    VolumeResult,
+    ApplicationBackup, ApplicationBackupPhase, ApplicationBackupSpec, ApplicationBackupStatus,
+    BackupLocation, Progress, Sizes, VolumePhase, VolumeResult,
 };
 use crate::kube_cluster::KubeCluster;
 
@@ -166,8 +166,6 @@ async fn patch_status(ctx: &Context, name: &str, status: serde_json::Value) -> R
     .await
 }
 
-const FINAL: [&str; 3] = ["Success", "PartialSuccess", "Failed"];
-
 /// The finalizer that deletes a backup's data before its object goes.
 pub const FINALIZER: &str = "pxb.io/backup-data";
 pub use pxb_core::api::agent::FORCE_DELETE;
@@ -259,7 +257,8 @@ async fn finalize(
         patch_status(
             ctx,
             &name,
-            json!({"phase": "Deleting", "stage": "Deleting", "heartbeat": ctx.locations.now_rfc3339()}),
+            json!({"phase": ApplicationBackupPhase::Deleting, "stage": "Deleting",
+                   "heartbeat": ctx.locations.now_rfc3339()}),
         )
         .await?;
         if let Err(reason) = delete_data(backup, ctx).await {
@@ -308,13 +307,15 @@ async fn reconcile_backup(
     }
     set_finalizer(&api, &backup, backup.spec.reclaim_policy == "Delete").await?;
     let status = backup.status.clone().unwrap_or_default();
-    if FINAL.contains(&status.phase.as_str()) || ctx.running().contains(&name) {
+    // Only a final phase ends it: one this agent does not know (another version's) runs the
+    // backup, as a status without a phase does.
+    if status.phase.is_final() || ctx.running().contains(&name) {
         return Ok(Action::await_change());
     }
     let generation = backup.meta().generation.unwrap_or(0);
     if let Some(problem) = spec_problem(&backup.spec) {
         let failed = ApplicationBackupStatus {
-            phase: "Failed".into(),
+            phase: ApplicationBackupPhase::Failed,
             message: Some(problem),
             completion_timestamp: Some(ctx.locations.now_rfc3339()),
             observed_generation: generation,
@@ -324,10 +325,10 @@ async fn reconcile_backup(
         return Ok(Action::await_change());
     }
     let mut message = None;
-    if status.phase == "InProgress" {
+    if status.phase == ApplicationBackupPhase::InProgress {
         // Started by an agent that is gone.
         if status.attempts >= 2 {
-            let failed = json!({"phase": "Failed", "stage": null, "completionTimestamp": ctx.locations.now_rfc3339(),
+            let failed = json!({"phase": ApplicationBackupPhase::Failed, "stage": null, "completionTimestamp": ctx.locations.now_rfc3339(),
                 "message": "the agent restarted during this backup twice; giving up (nothing was committed)"});
             patch_status(&ctx, &name, failed).await?;
             return Ok(Action::await_change());
@@ -375,7 +376,7 @@ async fn run(
     patch_status(
         ctx,
         &name,
-        json!({"phase": "InProgress", "stage": "Volumes", "startTimestamp": started, "heartbeat": ctx.locations.now_rfc3339(),
+        json!({"phase": ApplicationBackupPhase::InProgress, "stage": "Volumes", "startTimestamp": started, "heartbeat": ctx.locations.now_rfc3339(),
                "attempts": attempts, "message": message.clone(),
                "observedGeneration": backup.meta().generation.unwrap_or(0)}),
     )
@@ -422,7 +423,7 @@ async fn run(
             done
         }
         Err(message) => ApplicationBackupStatus {
-            phase: "Failed".into(),
+            phase: ApplicationBackupPhase::Failed,
             message: Some(message),
             ..ApplicationBackupStatus::default()
         },
@@ -520,7 +521,7 @@ async fn execute(
                         volumes.push(VolumeResult {
                             namespace: ns.clone(),
                             claim,
-                            phase: "Success".into(),
+                            phase: VolumePhase::Success,
                             files,
                             bytes,
                             message: None,
@@ -529,7 +530,7 @@ async fn execute(
                     Err(e) => volumes.push(VolumeResult {
                         namespace: ns.clone(),
                         claim,
-                        phase: "Failed".into(),
+                        phase: VolumePhase::Failed,
                         message: Some(e),
                         ..VolumeResult::default()
                     }),
@@ -551,7 +552,17 @@ async fn execute(
         tag: Some(format!("app/{record}")),
         volumes: refs.clone(),
     };
-    let (manifest, stats) = match backup_namespace_resources(&repo, &source, &opts).await {
+    let span = tracing::info_span!("resource_backup", namespaces = spec.namespaces.len());
+    let resources = async {
+        let r = backup_namespace_resources(&repo, &source, &opts).await;
+        match &r {
+            Ok((manifest, stats)) => tracing::info!(id = %manifest.id, objects = stats.objects,
+                                                    bytes = stats.raw_bytes, "resources backed up"),
+            Err(e) => tracing::warn!(error = %e, "backing up the resources failed"),
+        }
+        r
+    };
+    let (manifest, stats) = match resources.instrument(span).await {
         Ok(r) => r,
         Err(e) => {
             // The volume backups are not referenced by anything: remove them.
@@ -564,7 +575,7 @@ async fn execute(
     live.lock().unwrap_or_else(|e| e.into_inner()).objects = stats.objects;
     sizes.resource_bytes = stats.raw_bytes;
     sizes.stored_bytes += manifest.stats.stored_bytes;
-    let failed_volumes = volumes.iter().filter(|v| v.phase != "Success").count();
+    let failed_volumes = volumes.iter().filter(|v| v.phase != VolumePhase::Success).count();
     let partial = failed_volumes > 0 || manifest.status == BackupStatus::PartiallyFailed;
     let mut problems = Vec::new();
     if failed_volumes > 0 {
@@ -582,7 +593,11 @@ async fn execute(
         stored: sizes.stored_bytes,
     };
     let status = ApplicationBackupStatus {
-        phase: if partial { "PartialSuccess" } else { "Success" }.into(),
+        phase: if partial {
+            ApplicationBackupPhase::PartialSuccess
+        } else {
+            ApplicationBackupPhase::Success
+        },
         message: (!problems.is_empty()).then(|| problems.join("; ")),
         progress: Progress {
             objects: stats.objects,
@@ -598,7 +613,36 @@ async fn execute(
     Ok((status, transfer))
 }
 
+/// Backs up the data of claim `namespace/claim` in its span (`volume_backup`, with `namespace`
+/// and `claim` as plain names), which says how it ended; returns the manifest, files and bytes.
 async fn backup_claim(
+    repo: &Repository,
+    ctx: &Context,
+    namespace: &str,
+    claim: &str,
+    cluster: Option<String>,
+    live: Arc<Mutex<Live>>,
+) -> Result<(pxb_core::backup::Manifest, u64, u64), String> {
+    let span = tracing::info_span!(
+        "volume_backup",
+        namespace = %super::controller::span_field(namespace),
+        claim = %super::controller::span_field(claim),
+    );
+    async {
+        let r = backup_claim_data(repo, ctx, namespace, claim, cluster, live).await;
+        match &r {
+            Ok((manifest, files, bytes)) => {
+                tracing::info!(id = %manifest.id, files, bytes, "volume backed up")
+            }
+            Err(e) => tracing::warn!(error = %e, "volume backup failed"),
+        }
+        r
+    }
+    .instrument(span)
+    .await
+}
+
+async fn backup_claim_data(
     repo: &Repository,
     ctx: &Context,
     namespace: &str,

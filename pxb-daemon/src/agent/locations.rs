@@ -32,7 +32,10 @@ use tracing::Instrument as _;
 use super::AgentConfig;
 pub(crate) use super::controller::ReconcileError;
 use super::controller::{with_heartbeat, with_nulls};
-use crate::crd::{BackupLocation, BackupLocationSpec, SyncStatus, ValidationStatus, VerifyStatus};
+use crate::crd::{
+    BackupLocation, BackupLocationSpec, LocationValidationPhase, RunPhase, SyncStatus, ValidationStatus,
+    VerifyStatus,
+};
 
 /// What the location controller shares between reconciles.
 pub struct Context {
@@ -279,7 +282,7 @@ async fn secret_auth(spec: &BackupLocationSpec, ctx: &Context) -> Result<AzureAu
 pub(crate) async fn validate(spec: &BackupLocationSpec, ctx: &Context) -> ValidationStatus {
     ctx.validations.fetch_add(1, Ordering::Relaxed);
     let invalid = |step: &str, reason: String| ValidationStatus {
-        phase: "Invalid".into(),
+        phase: LocationValidationPhase::Invalid,
         failed_step: Some(step.into()),
         reason: Some(reason),
         last_checked: Some(ctx.now_rfc3339()),
@@ -295,7 +298,7 @@ pub(crate) async fn validate(spec: &BackupLocationSpec, ctx: &Context) -> Valida
     let report = check_location(&loc.display, loc.store.as_ref(), loc.token.as_deref(), &opts).await;
     match report.first_failure() {
         None if report.passed => ValidationStatus {
-            phase: "Valid".into(),
+            phase: LocationValidationPhase::Valid,
             failed_step: None,
             reason: None,
             last_checked: Some(ctx.now_rfc3339()),
@@ -342,7 +345,9 @@ async fn reconcile_location(
         Some(v) => ctx
             .metrics
             .location_validated(&name, &v.phase, v.last_checked.as_deref()),
-        None => ctx.metrics.location_validated(&name, "Pending", None),
+        None => ctx
+            .metrics
+            .location_validated(&name, &LocationValidationPhase::Pending, None),
     }
     let generation = loc.meta().generation.unwrap_or(0);
     let now = ctx.clock.now();
@@ -354,7 +359,10 @@ async fn reconcile_location(
         ctx.config.validate_interval,
         now,
     );
-    let mut valid = status.validation.as_ref().is_some_and(|v| v.phase == "Valid");
+    let mut valid = status
+        .validation
+        .as_ref()
+        .is_some_and(|v| v.phase == LocationValidationPhase::Valid);
     if loc.spec.validate_request != status.observed_validate_request
         || status.observed_connection.as_deref() != Some(loc.spec.connection_fingerprint().as_str())
         || wait.is_none()
@@ -362,7 +370,7 @@ async fn reconcile_location(
         let validation = validate(&loc.spec, &ctx).await;
         tracing::info!(location = %name, phase = %validation.phase,
                        step = ?validation.failed_step, reason = ?validation.reason, "location validated");
-        valid = validation.phase == "Valid";
+        valid = validation.phase == LocationValidationPhase::Valid;
         let written = patch_status(
             &ctx,
             &name,
@@ -389,9 +397,12 @@ async fn reconcile_location(
     let sync_cut_short = status
         .sync
         .as_ref()
-        .is_some_and(|s| s.phase == "InProgress" && !ctx.is_running(&name, "sync"));
-    let catalog_lost =
-        status.sync.as_ref().is_some_and(|s| s.phase == "Completed") && ctx.catalog(&name).is_none();
+        .is_some_and(|s| s.phase == RunPhase::InProgress && !ctx.is_running(&name, "sync"));
+    let catalog_lost = status
+        .sync
+        .as_ref()
+        .is_some_and(|s| s.phase == RunPhase::Completed)
+        && ctx.catalog(&name).is_none();
     if loc.spec.sync_request != status.observed_sync_request
         || (loc.spec.sync && status.sync.is_none())
         || sync_cut_short
@@ -409,7 +420,7 @@ async fn reconcile_location(
     let verify_cut_short = status
         .verify
         .as_ref()
-        .is_some_and(|v| v.phase == "InProgress" && !ctx.is_running(&name, "verify"));
+        .is_some_and(|v| v.phase == RunPhase::InProgress && !ctx.is_running(&name, "verify"));
     if loc.spec.verify_request != status.observed_verify_request
         || verify_cut_short
         || (valid && status.verify.is_some() && verify_wait.is_none())
@@ -427,7 +438,7 @@ async fn run_sync(loc: &BackupLocation, ctx: &Context, valid: bool) -> Result<()
     let request = loc.spec.sync_request;
     if !valid {
         let failed = SyncStatus {
-            phase: "Failed".into(),
+            phase: RunPhase::Failed,
             request,
             started: Some(started),
             message: Some("the location is not valid; see status.validation".into()),
@@ -445,7 +456,7 @@ async fn run_sync(loc: &BackupLocation, ctx: &Context, valid: bool) -> Result<()
     }
     let heartbeats = ctx.metrics.running("sync", &name);
     let running = SyncStatus {
-        phase: "InProgress".into(),
+        phase: RunPhase::InProgress,
         request,
         started: Some(started.clone()),
         heartbeat: Some(started.clone()),
@@ -488,7 +499,7 @@ async fn run_sync(loc: &BackupLocation, ctx: &Context, valid: bool) -> Result<()
                     c.synced_at = Some(ctx.clock.now());
                 });
                 SyncStatus {
-                    phase: "Completed".into(),
+                    phase: RunPhase::Completed,
                     request,
                     started: Some(started.clone()),
                     heartbeat: Some(ctx.now_rfc3339()),
@@ -500,7 +511,7 @@ async fn run_sync(loc: &BackupLocation, ctx: &Context, valid: bool) -> Result<()
                 }
             }
             Err(e) => SyncStatus {
-                phase: "Failed".into(),
+                phase: RunPhase::Failed,
                 request,
                 started: Some(started.clone()),
                 heartbeat: Some(ctx.now_rfc3339()),
@@ -526,7 +537,7 @@ async fn run_verify(loc: &BackupLocation, ctx: &Context, valid: bool) -> Result<
     let request = loc.spec.verify_request;
     if !valid {
         let failed = VerifyStatus {
-            phase: "Failed".into(),
+            phase: RunPhase::Failed,
             completed: Some(ctx.now_rfc3339()),
             message: Some("the location is not valid; see status.validation".into()),
             ..VerifyStatus::default()
@@ -543,7 +554,8 @@ async fn run_verify(loc: &BackupLocation, ctx: &Context, valid: bool) -> Result<
     }
     let heartbeats = ctx.metrics.running("verify", &name);
     let result = async {
-        patch_status(ctx, &name, json!({"verify": {"phase": "InProgress", "heartbeat": ctx.now_rfc3339()}})).await?;
+        let running = json!({"verify": {"phase": RunPhase::InProgress, "heartbeat": ctx.now_rfc3339()}});
+        patch_status(ctx, &name, running).await?;
         let opened = open(&loc.spec, ctx).await.map_err(ReconcileError)?;
         let repo = ctx.repository(opened.store);
         let work = isolated("verify", async move { verify(&repo, None, false, 8).await });
@@ -561,7 +573,7 @@ async fn run_verify(loc: &BackupLocation, ctx: &Context, valid: bool) -> Result<
                     c.damaged = damaged.iter().map(|r| (r.id.clone(), (*r).clone())).collect();
                 });
                 VerifyStatus {
-                    phase: "Completed".into(),
+                    phase: RunPhase::Completed,
                     heartbeat: Some(ctx.now_rfc3339()),
                     completed: Some(ctx.now_rfc3339()),
                     backups_checked: reports.len() as u64,
@@ -572,7 +584,7 @@ async fn run_verify(loc: &BackupLocation, ctx: &Context, valid: bool) -> Result<
                 }
             }
             Err(e) => VerifyStatus {
-                phase: "Failed".into(),
+                phase: RunPhase::Failed,
                 completed: Some(ctx.now_rfc3339()),
                 message: Some(e.to_string()),
                 ..VerifyStatus::default()

@@ -41,10 +41,7 @@ use kube::ResourceExt as _;
 use kube::runtime::reflector::Store;
 use pxb_core::Clock;
 
-use crate::crd::BackupLocation;
-
-/// The validation phases a location's gauge reports (`status.validation.phase`).
-pub(crate) const VALIDATION_PHASES: [&str; 3] = ["Pending", "Valid", "Invalid"];
+use crate::crd::{ApplicationBackupPhase, ApplicationRestorePhase, BackupLocation, LocationValidationPhase};
 
 /// The final phases of backups and restores (the `result` of the duration histograms).
 pub(crate) const RESULTS: [&str; 3] = ["Success", "PartialSuccess", "Failed"];
@@ -64,7 +61,7 @@ fn duration_histogram() -> Histogram {
 /// What a location's validation gauge says.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct LocationState {
-    phase: String,
+    phase: LocationValidationPhase,
     /// Unix seconds of the last validation.
     validated: Option<u64>,
 }
@@ -144,16 +141,21 @@ impl AgentMetrics {
     }
 
     /// Records `location`'s validation state: its phase and when it was last validated (the
-    /// RFC 3339 `lastChecked` of its status). A phase outside [`VALIDATION_PHASES`] sets every
+    /// RFC 3339 `lastChecked` of its status). A phase this agent does not know sets every
     /// phase's gauge to 0.
-    pub(crate) fn location_validated(&self, location: &str, phase: &str, last_checked: Option<&str>) {
+    pub(crate) fn location_validated(
+        &self,
+        location: &str,
+        phase: &LocationValidationPhase,
+        last_checked: Option<&str>,
+    ) {
         let validated = last_checked
             .and_then(pxb_core::clock::parse_rfc3339)
             .map(pxb_core::clock::unix_secs);
         self.locations().insert(
             location.to_owned(),
             LocationState {
-                phase: phase.to_owned(),
+                phase: phase.clone(),
                 validated,
             },
         );
@@ -182,16 +184,16 @@ impl AgentMetrics {
     }
 
     /// Observes a finished backup that ran for `took`, ending in phase `result`.
-    pub(crate) fn backup_finished(&self, result: &str, took: Duration) {
+    pub(crate) fn backup_finished(&self, result: &ApplicationBackupPhase, took: Duration) {
         self.backup_duration
-            .get_or_create(&[("result", result_label(result))])
+            .get_or_create(&[("result", result_label(result.as_str()))])
             .observe(took.as_secs_f64());
     }
 
     /// Observes a finished restore that ran for `took`, ending in phase `result`.
-    pub(crate) fn restore_finished(&self, result: &str, took: Duration) {
+    pub(crate) fn restore_finished(&self, result: &ApplicationRestorePhase, took: Duration) {
         self.restore_duration
-            .get_or_create(&[("result", result_label(result))])
+            .get_or_create(&[("result", result_label(result.as_str()))])
             .observe(took.as_secs_f64());
     }
 
@@ -220,10 +222,10 @@ impl AgentMetrics {
             locations.retain(|name, _| present.contains(name));
         }
         for (name, state) in locations.iter() {
-            for phase in VALIDATION_PHASES {
+            for phase in LocationValidationPhase::KNOWN {
                 validation
-                    .get_or_create(&[("location", name.clone()), ("phase", phase.to_owned())])
-                    .set(i64::from(state.phase == phase));
+                    .get_or_create(&[("location", name.clone()), ("phase", phase.as_str().to_owned())])
+                    .set(i64::from(state.phase == *phase));
             }
             if let Some(t) = state.validated {
                 validated
@@ -380,9 +382,9 @@ mod tests {
     #[test]
     fn locations_report_their_validation_phase() {
         let m = AgentMetrics::new(Arc::new(pxb_core::SystemClock));
-        m.location_validated("a", "Valid", Some("2026-01-01T10:10:00Z"));
-        m.location_validated("b", "Pending", None);
-        m.location_validated("c", "Bogus", None);
+        m.location_validated("a", &LocationValidationPhase::Valid, Some("2026-01-01T10:10:00Z"));
+        m.location_validated("b", &LocationValidationPhase::Pending, None);
+        m.location_validated("c", &LocationValidationPhase::parse("Bogus"), None);
         let text = scrape(&m, &[]);
         for line in [
             "pxb_agent_location_validation{location=\"a\",phase=\"Valid\"} 1",
@@ -414,9 +416,15 @@ mod tests {
             let line = format!("pxb_agent_backup_duration_seconds_count{{result=\"{result}\"}} 0");
             assert!(has(&fresh, &line), "{line:?} not in:\n{fresh}");
         }
-        m.backup_finished("Success", Duration::from_secs(3));
-        m.backup_finished("Weird", Duration::from_millis(500));
-        m.restore_finished("PartialSuccess", Duration::from_secs(20_000));
+        m.backup_finished(&ApplicationBackupPhase::Success, Duration::from_secs(3));
+        m.backup_finished(
+            &ApplicationBackupPhase::parse("Weird"),
+            Duration::from_millis(500),
+        );
+        m.restore_finished(
+            &ApplicationRestorePhase::PartialSuccess,
+            Duration::from_secs(20_000),
+        );
         m.backup_bytes(1000, 300);
         m.backup_bytes(10, 50);
         let text = scrape(&m, &[]);

@@ -339,8 +339,12 @@ mod tests {
             .expect("location");
         let loc = wait_for(&locations, "local", |l| {
             l.status.as_ref().is_some_and(|s| {
-                s.validation.as_ref().is_some_and(|v| v.phase == "Valid")
-                    && s.sync.as_ref().is_some_and(|s| s.phase == "Completed")
+                s.validation
+                    .as_ref()
+                    .is_some_and(|v| v.phase == crate::crd::LocationValidationPhase::Valid)
+                    && s.sync
+                        .as_ref()
+                        .is_some_and(|s| s.phase == crate::crd::RunPhase::Completed)
             })
         })
         .await;
@@ -370,13 +374,15 @@ mod tests {
             .await
             .expect("backup");
         let done = wait_for(&backups, "b1", |b| {
-            b.status
-                .as_ref()
-                .is_some_and(|s| ["Success", "PartialSuccess", "Failed"].contains(&s.phase.as_str()))
+            b.status.as_ref().is_some_and(|s| s.phase.is_final())
         })
         .await;
         let status = done.status.expect("status");
-        assert_eq!(status.phase, "Success", "{status:?}");
+        assert_eq!(
+            status.phase,
+            crate::crd::ApplicationBackupPhase::Success,
+            "{status:?}"
+        );
         assert_eq!(
             (
                 status.start_timestamp.as_deref(),

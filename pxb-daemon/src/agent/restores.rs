@@ -31,8 +31,8 @@ use super::backups;
 use super::controller::{with_heartbeat, with_nulls};
 use super::locations::{self, ReconcileError};
 use crate::crd::{
-    ApplicationRestore, ApplicationRestoreSpec, ApplicationRestoreStatus, BackupLocation, ObjectFailure,
-    RestoreCounts, VolumeResult,
+    ApplicationRestore, ApplicationRestorePhase, ApplicationRestoreSpec, ApplicationRestoreStatus,
+    BackupLocation, ObjectFailure, RestoreCounts, VolumePhase, VolumeResult,
 };
 use crate::kube_cluster::KubeCluster;
 
@@ -115,18 +115,21 @@ async fn reconcile_restore(
     };
     let status = restore.status.clone().unwrap_or_default();
     let is_running = ctx.restoring().contains(&key);
-    if ["Success", "PartialSuccess", "Failed"].contains(&status.phase.as_str()) || is_running {
+    // Only a final phase ends it: one this agent does not know (another version's) runs the
+    // restore, as a status without a phase does.
+    if status.phase.is_final() || is_running {
         return Ok(Action::await_change());
     }
     if let Some(problem) = spec_problem(&restore.spec) {
-        let failed = json!({"phase": "Failed", "message": problem, "completionTimestamp": ctx.locations.now_rfc3339()});
+        let failed = json!({"phase": ApplicationRestorePhase::Failed, "message": problem,
+                            "completionTimestamp": ctx.locations.now_rfc3339()});
         patch_status(&ctx, &name, failed).await?;
         return Ok(Action::await_change());
     }
     let mut message = None;
-    if status.phase == "InProgress" {
+    if status.phase == ApplicationRestorePhase::InProgress {
         if status.attempts >= 2 {
-            let failed = json!({"phase": "Failed", "completionTimestamp": ctx.locations.now_rfc3339(),
+            let failed = json!({"phase": ApplicationRestorePhase::Failed, "completionTimestamp": ctx.locations.now_rfc3339(),
                 "message": "the agent restarted during this restore twice; giving up (objects restored so far remain)"});
             patch_status(&ctx, &name, failed).await?;
             return Ok(Action::await_change());
@@ -155,7 +158,7 @@ async fn run(
     patch_status(
         ctx,
         &name,
-        json!({"phase": "InProgress", "startTimestamp": started, "heartbeat": ctx.locations.now_rfc3339(),
+        json!({"phase": ApplicationRestorePhase::InProgress, "startTimestamp": started, "heartbeat": ctx.locations.now_rfc3339(),
                "attempts": attempts, "message": message.clone()}),
     )
     .await?;
@@ -182,7 +185,7 @@ async fn run(
     .await;
     drop(heartbeats);
     let mut done = outcome.unwrap_or_else(|message| ApplicationRestoreStatus {
-        phase: "Failed".into(),
+        phase: ApplicationRestorePhase::Failed,
         message: Some(message),
         ..ApplicationRestoreStatus::default()
     });
@@ -251,14 +254,30 @@ async fn execute(spec: &ApplicationRestoreSpec, ctx: &Context) -> Result<Applica
             claim_spec["storageClassName"] = mapped.into();
         }
         let claim = json!({"metadata": {"name": v.claim, "namespace": target_ns}, "spec": claim_spec});
-        let result = restore_claim_volume(&repo, ctx, &pvs, &v.backup, target_ns.clone(), claim).await;
+        // The names come from the backup: plain names only in the span.
+        let span = tracing::info_span!(
+            "volume_restore",
+            namespace = %super::controller::span_field(&target_ns),
+            claim = %super::controller::span_field(&v.claim),
+        );
+        let result = async {
+            let r = restore_claim_volume(&repo, ctx, &pvs, &v.backup, target_ns.clone(), claim).await;
+            match &r {
+                Ok((_, stats)) => tracing::info!(id = %v.backup, files = stats.files, bytes = stats.bytes,
+                                                 "volume restored"),
+                Err(e) => tracing::warn!(id = %v.backup, error = %e, "volume restore failed"),
+            }
+            r
+        }
+        .instrument(span)
+        .await;
         match result {
             Ok((volume_name, stats)) => {
                 bindings.insert(format!("{target_ns}/{}", v.claim), volume_name);
                 volumes.push(VolumeResult {
                     namespace: target_ns,
                     claim: v.claim.clone(),
-                    phase: "Success".into(),
+                    phase: VolumePhase::Success,
                     files: stats.files,
                     bytes: stats.bytes,
                     message: None,
@@ -267,7 +286,7 @@ async fn execute(spec: &ApplicationRestoreSpec, ctx: &Context) -> Result<Applica
             Err(e) => volumes.push(VolumeResult {
                 namespace: target_ns,
                 claim: v.claim.clone(),
-                phase: "Failed".into(),
+                phase: VolumePhase::Failed,
                 message: Some(e),
                 ..VolumeResult::default()
             }),
@@ -288,9 +307,20 @@ async fn execute(spec: &ApplicationRestoreSpec, ctx: &Context) -> Result<Applica
         ..RestoreOptions::default()
     };
     let sink = KubeCluster::new(lctx.client.clone());
-    let report = restore_namespace_resources(&repo, &id, &sink, &opts)
-        .await
-        .map_err(|e| format!("restoring the objects: {e}"))?;
+    let span = tracing::info_span!("resource_restore", namespaces = manifest.namespaces.len());
+    let report = async {
+        let r = restore_namespace_resources(&repo, &id, &sink, &opts).await;
+        match &r {
+            Ok(report) => tracing::info!(id = %id, objects = report.objects.len(), created = report.created,
+                                         replaced = report.replaced, failed = report.failed,
+                                         refused = report.refused, "resources restored"),
+            Err(e) => tracing::warn!(id = %id, error = %e, "restoring the resources failed"),
+        }
+        r
+    }
+    .instrument(span)
+    .await
+    .map_err(|e| format!("restoring the objects: {e}"))?;
     // Refused objects (outside the restored namespaces, or cluster-scoped and not allowed) are
     // failures to the user: the backup held them and they were not restored.
     let failures: Vec<ObjectFailure> = report
@@ -310,13 +340,13 @@ async fn execute(spec: &ApplicationRestoreSpec, ctx: &Context) -> Result<Applica
         })
         .collect();
     let failed_objects = report.failed + report.refused;
-    let failed_volumes = volumes.iter().filter(|v| v.phase != "Success").count();
+    let failed_volumes = volumes.iter().filter(|v| v.phase != VolumePhase::Success).count();
     let phase = if failed_objects == 0 && failed_volumes == 0 {
-        "Success"
+        ApplicationRestorePhase::Success
     } else if report.created + report.replaced > 0 {
-        "PartialSuccess"
+        ApplicationRestorePhase::PartialSuccess
     } else {
-        "Failed"
+        ApplicationRestorePhase::Failed
     };
     let mut problems = Vec::new();
     if report.failed > 0 {
@@ -333,7 +363,7 @@ async fn execute(spec: &ApplicationRestoreSpec, ctx: &Context) -> Result<Applica
         problems.push(format!("{failed_volumes} volume(s) failed"));
     }
     Ok(ApplicationRestoreStatus {
-        phase: phase.into(),
+        phase,
         message: (!problems.is_empty()).then(|| problems.join("; ")),
         counts: RestoreCounts {
             total: report.objects.len() as u64,

@@ -10,6 +10,7 @@ use pxb_core::backup::volume::{
     find_volume_backup, restore_volume,
 };
 use pxb_core::backup::{BackupId, Repository};
+use tracing::Instrument as _;
 
 use super::output::{self, Bar};
 use crate::location::LocationArgs;
@@ -132,9 +133,41 @@ pub(crate) async fn run_volume(cmd: VolumeCommand) -> ExitCode {
     }
 }
 
+/// `value` (a path or name the user gave) as a span field: itself when it is a plain path (at
+/// most 1024 letters, digits, `/`, `.`, `-`, `_` or `:`), else `"(invalid)"`, as the agent's
+/// spans take only plain names: a file name cannot forge or break a log line.
+fn span_field(value: &str) -> &str {
+    let plain = !value.is_empty()
+        && value.len() <= 1024
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'/' | b'.' | b'-' | b'_' | b':'));
+    if plain { value } else { "(invalid)" }
+}
+
+/// `pxb volume backup`, in its span (`volume_backup`, with the `source` directory and the
+/// `tag`), which says how it ended.
 async fn backup(a: BackupArgs) -> Result<ExitCode> {
     let repo = repo(&a.location)?;
     let source = canonical_source(&a.path)?;
+    let span = tracing::info_span!(
+        "volume_backup",
+        source = %span_field(&source.to_string_lossy()),
+        tag = tracing::field::Empty,
+    );
+    if let Some(tag) = &a.tag {
+        span.record("tag", span_field(tag));
+    }
+    let r = backup_in_span(a, repo, source).instrument(span.clone()).await;
+    // At `info`: the command prints the error itself, and `warn` (its default filter) would say
+    // it twice.
+    if let Err(e) = &r {
+        span.in_scope(|| tracing::info!(error = %e, "volume backup failed"));
+    }
+    r
+}
+
+async fn backup_in_span(a: BackupArgs, repo: Repository, source: PathBuf) -> Result<ExitCode> {
     let parent = match (&a.parent, a.no_parent) {
         (Some(p), _) => Some(BackupId::parse(p)?),
         (None, true) => None,
@@ -152,10 +185,12 @@ async fn backup(a: BackupArgs) -> Result<ExitCode> {
     let m = backup_volume(&repo, opts).await;
     bar.finish();
     let m = m?;
+    let s = &m.stats;
+    tracing::info!(id = %m.id, files = s.files, bytes = s.bytes, read = s.bytes_read,
+                   stored = s.stored_bytes, "volume backed up");
     if a.json {
         return Ok(output::json(&m));
     }
-    let s = &m.stats;
     println!("backup {} committed ({:?})", m.id, m.status);
     println!(
         "  {} files, {} dirs, {} symlinks, {} in total; read {} (parent: {})",
@@ -178,7 +213,24 @@ async fn backup(a: BackupArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// `pxb volume restore`, in its span (`volume_restore`, with the `backup` asked for and the
+/// `target` directory), which says how it ended.
 async fn restore(a: RestoreArgs) -> Result<ExitCode> {
+    let span = tracing::info_span!(
+        "volume_restore",
+        backup = %span_field(&a.backup),
+        target = %span_field(&a.target.to_string_lossy()),
+    );
+    let r = restore_in_span(a).instrument(span.clone()).await;
+    // At `info`: the command prints the error itself, and `warn` (its default filter) would say
+    // it twice.
+    if let Err(e) = &r {
+        span.in_scope(|| tracing::info!(error = %e, "volume restore failed"));
+    }
+    r
+}
+
+async fn restore_in_span(a: RestoreArgs) -> Result<ExitCode> {
     let repo = repo(&a.location)?;
     let id = find_volume_backup(&repo, &a.backup, a.tag.as_deref()).await?;
     let mut opts = VolumeRestoreOptions::new(&a.target);
@@ -189,6 +241,7 @@ async fn restore(a: RestoreArgs) -> Result<ExitCode> {
     let r = restore_volume(&repo, &id, opts).await;
     bar.finish();
     let r = r?;
+    tracing::info!(id = %id, files = r.files, bytes = r.bytes, "volume restored");
     if a.json {
         return Ok(output::json(
             &serde_json::json!({"backup": id, "target": a.target, "stats": r}),

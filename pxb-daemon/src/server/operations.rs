@@ -29,7 +29,8 @@ use super::reconcile::{
     AGENT_NAME, MANAGED_BY, MANAGER, ORG_LABEL, annotations, clean, labels, location_object, owned_by,
 };
 use crate::crd::{
-    AGENT_NAMESPACE, ApplicationBackup, ApplicationBackupSpec, ApplicationRestore, ApplicationRestoreSpec,
+    AGENT_NAMESPACE, ApplicationBackup, ApplicationBackupPhase, ApplicationBackupSpec, ApplicationRestore,
+    ApplicationRestorePhase, ApplicationRestoreSpec,
 };
 use crate::names::{self, object_name};
 use pxb_core::api::agent::FORCE_DELETE;
@@ -308,10 +309,10 @@ pub(crate) async fn visit(client: &kube::Client, input: OpsInput) -> Result<OpsO
             };
             if let Some(s) = &cr.status {
                 r.message = s.message.as_deref().map(clean);
-                if !s.phase.is_empty() {
-                    match RestorePhase::from_cluster(&s.phase) {
+                if !s.phase.is_unset() {
+                    match restore_phase_from_cluster(&s.phase) {
                         Some(p) => r.phase = p,
-                        None => r.message = Some(super::reconcile::unknown_phase(&s.phase)),
+                        None => r.message = Some(super::reconcile::unknown_phase(s.phase.as_str())),
                     }
                 }
                 r.heartbeat = s.heartbeat.clone().or(r.heartbeat);
@@ -362,15 +363,43 @@ pub(crate) async fn visit(client: &kube::Client, input: OpsInput) -> Result<OpsO
     Ok(out)
 }
 
+/// The phase of its record a backup's status on its cluster sets: what an agent reports of its
+/// own work. `None` for a phase the server owns (`Pending`, `Deleting`) and for one it does not
+/// know (another version's, or a hostile cluster's).
+fn backup_phase_from_cluster(p: &ApplicationBackupPhase) -> Option<BackupPhase> {
+    match p {
+        ApplicationBackupPhase::InProgress => Some(BackupPhase::InProgress),
+        ApplicationBackupPhase::Success => Some(BackupPhase::Success),
+        ApplicationBackupPhase::PartialSuccess => Some(BackupPhase::PartialSuccess),
+        ApplicationBackupPhase::Failed => Some(BackupPhase::Failed),
+        ApplicationBackupPhase::Pending
+        | ApplicationBackupPhase::Deleting
+        | ApplicationBackupPhase::Unknown(_) => None,
+    }
+}
+
+/// The phase of its record a restore's status on its cluster sets (see
+/// [`backup_phase_from_cluster`]); the server owns `Pending`.
+fn restore_phase_from_cluster(p: &ApplicationRestorePhase) -> Option<RestorePhase> {
+    match p {
+        ApplicationRestorePhase::InProgress => Some(RestorePhase::InProgress),
+        ApplicationRestorePhase::Success => Some(RestorePhase::Success),
+        ApplicationRestorePhase::PartialSuccess => Some(RestorePhase::PartialSuccess),
+        ApplicationRestorePhase::Failed => Some(RestorePhase::Failed),
+        ApplicationRestorePhase::Pending | ApplicationRestorePhase::Unknown(_) => None,
+    }
+}
+
 /// Copies the agent's status of a backup into its record; the phase only where it is one an
-/// agent reports ([`BackupPhase::from_cluster`]).
+/// agent reports ([`backup_phase_from_cluster`]): any other leaves the record's phase as it was,
+/// with a message quoting it.
 pub(crate) fn read_backup(b: &mut BackupRecord, s: &crate::crd::ApplicationBackupStatus, now: SystemTime) {
     b.stage = s.stage.clone();
     b.message = s.message.as_deref().map(clean);
-    if !s.phase.is_empty() {
-        match BackupPhase::from_cluster(&s.phase) {
+    if !s.phase.is_unset() {
+        match backup_phase_from_cluster(&s.phase) {
             Some(p) => b.phase = p,
-            None => b.message = Some(super::reconcile::unknown_phase(&s.phase)),
+            None => b.message = Some(super::reconcile::unknown_phase(s.phase.as_str())),
         }
     }
     b.heartbeat = s.heartbeat.clone().or(b.heartbeat.take());
@@ -516,12 +545,15 @@ mod tests {
                 phase: BackupPhase::InProgress,
                 ..BackupRecord::default()
             };
-            let s = crate::crd::ApplicationBackupStatus {
-                phase: hostile.to_owned(),
-                ..Default::default()
-            };
+            // As the server reads it from the cluster.
+            let s: crate::crd::ApplicationBackupStatus =
+                serde_json::from_value(json!({"phase": hostile})).expect("any phase reads");
+            assert_eq!(
+                matches!(s.phase, ApplicationBackupPhase::Unknown(_)),
+                !["Deleting", "Pending"].contains(&hostile)
+            );
             read_backup(&mut b, &s, now);
-            assert_eq!(b.phase, "InProgress", "{:.40}", hostile);
+            assert_eq!(b.phase, BackupPhase::InProgress, "{:.40}", hostile);
             assert!(b.completed_ms.is_none());
             let message = b.message.unwrap_or_default();
             assert!(message.contains("unknown phase"), "{message:.80}");
@@ -533,12 +565,51 @@ mod tests {
             ..BackupRecord::default()
         };
         let s = crate::crd::ApplicationBackupStatus {
-            phase: "PartialSuccess".into(),
+            phase: ApplicationBackupPhase::PartialSuccess,
             ..Default::default()
         };
         read_backup(&mut b, &s, now);
-        assert_eq!(b.phase, "PartialSuccess");
+        assert_eq!(b.phase, BackupPhase::PartialSuccess);
         assert_eq!(b.completed_ms, Some(1_800_000_000_000));
+        // A status without a phase (none reported yet) changes neither the phase nor the message.
+        let mut b = BackupRecord {
+            phase: BackupPhase::InProgress,
+            ..BackupRecord::default()
+        };
+        read_backup(&mut b, &crate::crd::ApplicationBackupStatus::default(), now);
+        assert_eq!((b.phase, b.message), (BackupPhase::InProgress, None));
+    }
+
+    /// Of a restore's status too, the server takes only what an agent reports of its own work;
+    /// a phase it does not know (read as `Unknown`) sets nothing.
+    #[test]
+    fn a_clusters_restore_phase_sets_only_what_an_agent_reports() {
+        for (text, taken) in [
+            ("InProgress", Some(RestorePhase::InProgress)),
+            ("Success", Some(RestorePhase::Success)),
+            ("PartialSuccess", Some(RestorePhase::PartialSuccess)),
+            ("Failed", Some(RestorePhase::Failed)),
+            ("Pending", None),
+            ("Stalled", None),
+            ("Restoring", None),
+            ("", None),
+        ] {
+            let s: crate::crd::ApplicationRestoreStatus =
+                serde_json::from_value(json!({"phase": text})).expect("any phase reads");
+            assert_eq!(restore_phase_from_cluster(&s.phase), taken, "{text:?}");
+        }
+        for p in ApplicationBackupPhase::KNOWN {
+            let taken = backup_phase_from_cluster(p);
+            assert_eq!(
+                taken.is_some(),
+                !matches!(
+                    p,
+                    ApplicationBackupPhase::Pending | ApplicationBackupPhase::Deleting
+                ),
+                "{p}"
+            );
+            assert!(taken.is_none_or(|t| t.as_str() == p.as_str()), "{p}");
+        }
     }
 
     #[tokio::test]

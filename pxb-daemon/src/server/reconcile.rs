@@ -22,7 +22,8 @@ use pxb_core::catalog::records::{
 use pxb_core::clock::rfc3339;
 
 use crate::crd::{
-    AGENT_NAMESPACE, BackupLocation, BackupLocationSpec, BackupLocationStatus, LocationAuth, SecretRef,
+    AGENT_NAMESPACE, BackupLocation, BackupLocationSpec, BackupLocationStatus, LocationAuth,
+    LocationValidationPhase, RunPhase, SecretRef,
 };
 use crate::names;
 use pxb_core::clock::parse_rfc3339;
@@ -211,7 +212,31 @@ pub fn keep_newer_requests(current: &LocationStatus, visited: &mut LocationStatu
     }
 }
 
-/// Folds the CR's status into the server's view of the location on this cluster.
+/// The validation phase a location's status on its cluster sets: `Valid` or `Invalid`. `None`
+/// for one the server owns (`Pending`) and for one it does not know (another version's, or a
+/// hostile cluster's).
+fn validation_from_cluster(p: &LocationValidationPhase) -> Option<ValidationPhase> {
+    match p {
+        LocationValidationPhase::Valid => Some(ValidationPhase::Valid),
+        LocationValidationPhase::Invalid => Some(ValidationPhase::Invalid),
+        LocationValidationPhase::Pending | LocationValidationPhase::Unknown(_) => None,
+    }
+}
+
+/// The verify phase a location's status on its cluster sets; `None` for one the server does
+/// not know.
+fn verify_from_cluster(p: &RunPhase) -> Option<VerifyPhase> {
+    match p {
+        RunPhase::InProgress => Some(VerifyPhase::InProgress),
+        RunPhase::Completed => Some(VerifyPhase::Completed),
+        RunPhase::Failed => Some(VerifyPhase::Failed),
+        RunPhase::Unknown(_) => None,
+    }
+}
+
+/// Folds the CR's status into the server's view of the location on this cluster. A phase the
+/// cluster may not set (one the server owns, or one it does not know) changes no phase: the
+/// validation and the verify say so in their reason, quoting it; a sync's is ignored.
 pub fn read_back(
     status: &mut LocationStatus,
     cr: Option<&BackupLocationStatus>,
@@ -229,7 +254,7 @@ pub fn read_back(
     if let Some(v) = &cr.validation {
         if requested_validate > cr.observed_validate_request {
             status.validation.phase = ValidationPhase::Requested;
-        } else if let Some(phase) = ValidationPhase::from_cluster(&v.phase) {
+        } else if let Some(phase) = validation_from_cluster(&v.phase) {
             status.validation.phase = phase;
             status.validation.failed_step = v.failed_step.clone();
             status.validation.reason = v.reason.as_deref().map(clean);
@@ -241,12 +266,12 @@ pub fn read_back(
             ) {
                 status.validation.phase = ValidationPhase::Pending;
             }
-            status.validation.reason = Some(unknown_phase(&v.phase));
+            status.validation.reason = Some(unknown_phase(v.phase.as_str()));
         }
         status.validation.checked_at = v.last_checked.clone();
     }
     if let Some(v) = &cr.verify {
-        let reported = VerifyPhase::from_cluster(&v.phase);
+        let reported = verify_from_cluster(&v.phase);
         status.verify = Some(VerifyRun {
             request: cr.observed_verify_request,
             phase: if requested_verify > cr.observed_verify_request {
@@ -260,7 +285,7 @@ pub fn read_back(
             missing_objects: v.missing_objects,
             message: match reported {
                 Some(_) => v.message.as_deref().map(clean),
-                None => Some(unknown_phase(&v.phase)),
+                None => Some(unknown_phase(v.phase.as_str())),
             },
         });
     } else if requested_verify > cr.observed_verify_request {
@@ -272,9 +297,9 @@ pub fn read_back(
     if let (Some(run), Some(s)) = (status.sync.as_mut(), cr.sync.as_ref()) {
         let for_this = s.request == run.request;
         let acknowledged = cr.observed_sync_request >= run.request;
-        match s.phase.as_str() {
+        match &s.phase {
             // A run already final keeps what the server added to it (an import limit reached).
-            "Completed" | "Failed"
+            RunPhase::Completed | RunPhase::Failed
                 if for_this
                     && acknowledged
                     && !matches!(
@@ -282,7 +307,7 @@ pub fn read_back(
                         RequestPhase::Superseded | RequestPhase::Completed | RequestPhase::Failed
                     ) =>
             {
-                run.phase = if s.phase == "Completed" {
+                run.phase = if s.phase == RunPhase::Completed {
                     RequestPhase::Completed
                 } else {
                     RequestPhase::Failed
@@ -292,7 +317,7 @@ pub fn read_back(
                 run.heartbeat = s.heartbeat.clone();
                 run.message = s.message.as_deref().map(clean);
             }
-            "InProgress" if for_this && run.phase.is_active() => {
+            RunPhase::InProgress if for_this && run.phase.is_active() => {
                 run.phase = RequestPhase::InProgress;
                 if s.heartbeat.is_some() {
                     run.heartbeat = s.heartbeat.clone();
@@ -677,7 +702,7 @@ mod tests {
         let cr = BackupLocationStatus {
             observed_sync_request: 3,
             sync: Some(crate::crd::SyncStatus {
-                phase: "Completed".into(),
+                phase: RunPhase::Completed,
                 request: 3,
                 backups_found: 5,
                 ..Default::default()
@@ -701,7 +726,7 @@ mod tests {
         let cr = BackupLocationStatus {
             observed_sync_request: 3,
             sync: Some(crate::crd::SyncStatus {
-                phase: "Completed".into(),
+                phase: RunPhase::Completed,
                 request: 3,
                 ..Default::default()
             }),
@@ -777,7 +802,7 @@ mod tests {
         let cr = BackupLocationStatus {
             observed_sync_request: 1,
             sync: Some(crate::crd::SyncStatus {
-                phase: "Completed".into(),
+                phase: RunPhase::Completed,
                 request: 1,
                 ..Default::default()
             }),
@@ -798,15 +823,15 @@ mod tests {
         let cr = BackupLocationStatus {
             observed_validate_request: 1,
             validation: Some(crate::crd::ValidationStatus {
-                phase: "Valid".into(),
+                phase: LocationValidationPhase::Valid,
                 ..Default::default()
             }),
             ..Default::default()
         };
         read_back(&mut s, Some(&cr), 2, 0, t0);
-        assert_eq!(s.validation.phase, "Requested");
+        assert_eq!(s.validation.phase, ValidationPhase::Requested);
         apply_leases(&mut s, t0 + Duration::from_secs(200), Duration::from_secs(120));
-        assert_eq!(s.validation.phase, "Stalled");
+        assert_eq!(s.validation.phase, ValidationPhase::Stalled);
         read_back(
             &mut s,
             Some(&BackupLocationStatus {
@@ -817,7 +842,7 @@ mod tests {
             0,
             t0,
         );
-        assert_eq!(s.validation.phase, "Valid");
+        assert_eq!(s.validation.phase, ValidationPhase::Valid);
     }
 
     /// A tenant's cluster writes the location's status: it cannot put a phase the server owns
@@ -832,22 +857,41 @@ mod tests {
             "Vaild\u{7}",
             &"v".repeat(50_000),
         ] {
-            let mut s = LocationStatus::default();
-            let cr = BackupLocationStatus {
-                observed_validate_request: 1,
-                observed_verify_request: 1,
-                validation: Some(crate::crd::ValidationStatus {
-                    phase: hostile.to_owned(),
-                    ..Default::default()
-                }),
-                verify: Some(crate::crd::VerifyStatus {
-                    phase: hostile.to_owned(),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            };
+            let mut s = status_with(SyncRun {
+                request: 1,
+                phase: RequestPhase::Pending,
+                requested_at: rfc3339(t0),
+                ..SyncRun::default()
+            });
+            // As the server reads it from the cluster: the status reads, the phases as unknown
+            // (`Pending` is one the agent may write, but the server owns it in its view).
+            let cr: BackupLocationStatus = serde_json::from_value(serde_json::json!({
+                "observedValidateRequest": 1, "observedVerifyRequest": 1, "observedSyncRequest": 1,
+                "validation": {"phase": hostile},
+                "verify": {"phase": hostile},
+                "sync": {"phase": hostile, "request": 1},
+            }))
+            .expect("any phase reads");
+            assert_eq!(
+                cr.verify.as_ref().map(|v| v.phase.clone()),
+                Some(RunPhase::Unknown(hostile.to_owned()))
+            );
             read_back(&mut s, Some(&cr), 1, 1, t0);
-            assert_eq!(s.validation.phase, "Pending", "{hostile:.40}");
+            assert_eq!(s.validation.phase, ValidationPhase::Pending, "{hostile:.40}");
+            assert_eq!(
+                s.sync.as_ref().map(|r| r.phase),
+                Some(RequestPhase::Pending),
+                "an unknown sync phase is ignored"
+            );
+            let quoted: String = hostile.chars().take(5).filter(|c| !c.is_control()).collect();
+            assert!(
+                s.validation
+                    .reason
+                    .as_deref()
+                    .is_some_and(|r| r.contains(&quoted)),
+                "{:.80?}",
+                s.validation.reason
+            );
             assert!(
                 s.validation
                     .reason
@@ -857,7 +901,7 @@ mod tests {
                 s.validation.reason
             );
             let verify = s.verify.expect("verify");
-            assert_eq!(verify.phase, "Failed", "{hostile:.40}");
+            assert_eq!(verify.phase, VerifyPhase::Failed, "{hostile:.40}");
             assert!(
                 verify
                     .message

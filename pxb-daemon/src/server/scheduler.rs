@@ -10,7 +10,7 @@ use std::time::{Duration, SystemTime};
 
 use pxb_core::catalog::Catalog;
 use pxb_core::catalog::records::{
-    ClusterRecord, ClusterState, ClusterStatus, DiscoveryConfig, LocationStatus, RequestPhase,
+    ClusterRecord, ClusterState, ClusterStatus, DiscoveryConfig, LocationStatus, RequestPhase, VerifyPhase,
 };
 use pxb_core::clock::rfc3339;
 use pxb_core::cluster::{ClusterAccess, ClusterId, ClusterProvider, CredentialState};
@@ -66,7 +66,8 @@ fn credential_text(s: &CredentialState) -> String {
 }
 
 impl Server {
-    /// Starts discovery, the cluster visits, the lease sweep and the snapshot builder.
+    /// Starts discovery, the cluster visits, the lease sweep, the snapshot builder and the
+    /// upkeep of the backup info window.
     pub fn spawn(&self) -> Running {
         let discoveries: Vec<DiscoveryConfig> = self.inner.lock().discoveries.values().cloned().collect();
         for d in discoveries {
@@ -77,6 +78,8 @@ impl Server {
                 tokio::spawn(self.clone().scheduler()),
                 tokio::spawn(self.clone().housekeeping()),
                 tokio::spawn(self.clone().schedules_loop()),
+                // Refills the backup info window when deleted backups' series expire.
+                tokio::spawn(self.inner.observed_store.clone().upkeep_loop()),
             ],
             server: self.clone(),
         }
@@ -488,7 +491,7 @@ fn finished_runs(
             imports.push((s.location.clone(), name.clone()));
         }
         if let Some(v) = &s.verify
-            && v.phase == "Completed"
+            && v.phase == VerifyPhase::Completed
             && old
                 .and_then(|o| o.verify.as_ref())
                 .is_none_or(|o| o.completed != v.completed)

@@ -108,6 +108,8 @@ BackupView = Literal["namespaces", "vms"]
 ClusterState = Literal["Ready", "Degraded", "Unreachable", "Hibernated", "AgentMissing", "AgentOutdated", "Ineligible", "Retired", "Unknown"]
 #: How an org's locations are reached.
 Mode = Literal["federated", "classic"]
+#: Whether an org is served, as `OrgView::state` shows it.
+OrgHealth = Literal["Ready", "Degraded", "Unknown"]
 #: The phase of a request (sync, validation) the server tracks with a heartbeat lease.
 RequestPhase = Literal["Pending", "InProgress", "Completed", "Failed", "Stalled", "Superseded"]
 #: The phase of a restore. `Pending` and `InProgress` are active. The server owns `Pending` and
@@ -239,7 +241,8 @@ class ClusterRecord(_Model):
     name: str
     #: The org.
     org: str
-    #: `gardener` or `imported`.
+    #: The name of the discovery source that found it (`gardener` for a Gardener project), or
+    #: `imported`.
     source: str
     #: The discovery configuration that found it.
     discovery: Optional[str] = None
@@ -839,8 +842,8 @@ class OrgView(_Model):
     id: str
     #: Default location mode.
     mode: Mode
-    #: `Ready` or `Degraded`.
-    state: str
+    #: `Ready` or `Degraded` (see the reason).
+    state: OrgHealth
     #: Role bindings (shown to admins).
     access: Optional[list[RoleBinding]] = None
     #: Why it is degraded.
@@ -1474,6 +1477,7 @@ __all__ = [
     "LocationStatus",
     "LocationView",
     "Mode",
+    "OrgHealth",
     "OrgView",
     "PreferencesView",
     "RequestPhase",

@@ -1,6 +1,7 @@
 //! The REST API of `pxb-server`, network-free: every request and response type, the error body
 //! and its stable codes, and one [`Endpoint`] per operation (method, path, operation id, query
-//! parameters, success status, and the body and response types as type parameters).
+//! parameters with their schemas ([`query`]), success status, and the body and response types as
+//! type parameters).
 //!
 //! The server mounts exactly these endpoints and builds `docs/openapi.json` from them; the typed
 //! client (`pxb_daemon::client`) calls them. Both name the same constants, so a path, a method or
@@ -21,6 +22,7 @@ mod me;
 mod operations;
 mod orgs;
 mod paging;
+pub mod query;
 
 use std::marker::PhantomData;
 
@@ -39,10 +41,11 @@ pub use operations::{
     BackupRequest, DeleteOutcome, DeleteQuery, RestoreRequest, ScheduleRequest, UpdateSchedule,
 };
 pub use orgs::{
-    CreateDiscovery, CreateOrg, DiscoveryState, DiscoveryStatus, DiscoveryView, ImportCluster, OrgView,
-    UpdateOrg,
+    CreateDiscovery, CreateOrg, DiscoveryState, DiscoveryStatus, DiscoveryView, ImportCluster, OrgHealth,
+    OrgView, UpdateOrg,
 };
 pub use paging::{List, ListQuery};
+pub use query::{QueryParam, QuerySchema};
 
 /// An HTTP method of an operation.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -98,8 +101,8 @@ pub struct Operation {
     pub id: &'static str,
     /// One line for humans.
     pub summary: &'static str,
-    /// Names of the query parameters it takes.
-    pub query: &'static [&'static str],
+    /// The query parameters it takes, with their schemas.
+    pub query: &'static [QueryParam],
     /// The success status.
     pub status: u16,
     /// The request body's schema.
@@ -188,19 +191,27 @@ impl<B, R> Endpoint<B, R> {
     }
 }
 
-const LIST: &[&str] = &["limit", "after"];
-const FILTERED: &[&str] = &["limit", "after", "cluster", "location", "state", "from", "to"];
-const BACKUPS: &[&str] = &[
-    "limit",
-    "after",
-    "cluster",
-    "location",
-    "state",
-    "from",
-    "to",
-    "bracket",
-    "namespace",
-    "view",
+const LIST: &[QueryParam] = &[query::LIMIT, query::AFTER];
+const FILTERED: &[QueryParam] = &[
+    query::LIMIT,
+    query::AFTER,
+    query::CLUSTER,
+    query::LOCATION,
+    query::STATE,
+    query::FROM,
+    query::TO,
+];
+const BACKUPS: &[QueryParam] = &[
+    query::LIMIT,
+    query::AFTER,
+    query::CLUSTER,
+    query::LOCATION,
+    query::STATE,
+    query::FROM,
+    query::TO,
+    query::BRACKET,
+    query::NAMESPACE,
+    query::VIEW,
 ];
 
 macro_rules! type_or_unit {
@@ -266,7 +277,7 @@ endpoints! {
         query &[], body [UpdatePreferences], 200 [PreferencesView],
         "Changes the caller's preferences.";
     FLEET_STATUS: Get "/v1/fleet/status" fleetStatus,
-        query &["limit", "after", "org", "state"], body [], 200 [FleetStatusView],
+        query &[query::LIMIT, query::AFTER, query::ORG, query::STATE], body [], 200 [FleetStatusView],
         "The fleet-wide status snapshot: every visible cluster, ordered by org, name and id.";
     LIST_ORGS: Get "/v1/orgs" listOrgs,
         query LIST, body [], 200 [List<OrgView>],
@@ -293,7 +304,7 @@ endpoints! {
         query &[], body [], 204 [],
         "Stops a discovery; its clusters are retired.";
     LIST_CLUSTERS: Get "/v1/orgs/{org}/clusters" listClusters,
-        query &["limit", "after", "state"], body [], 200 [List<ClusterRecord>],
+        query &[query::LIMIT, query::AFTER, query::STATE], body [], 200 [List<ClusterRecord>],
         "The org's clusters with their status (filter by state).";
     IMPORT_CLUSTER: Post "/v1/orgs/{org}/clusters" importCluster,
         query &[], body [ImportCluster], 201 [ClusterRecord],
@@ -320,7 +331,7 @@ endpoints! {
         query &[], body [], 204 [],
         "Deletes a location; its CRs leave every cluster on the next visit.";
     LOCATION_STATUS: Get "/v1/orgs/{org}/locations/{name}/status" locationStatus,
-        query &["limit", "after", "cluster", "state"], body [], 200 [List<LocationStatus>],
+        query &[query::LIMIT, query::AFTER, query::CLUSTER, query::STATE], body [], 200 [List<LocationStatus>],
         "The location's validation and sync per cluster (filter by cluster and validation phase).";
     VALIDATE_LOCATION: Post "/v1/orgs/{org}/locations/{name}/validate" validateLocation,
         query &[], body [], 202 [LocationView],
@@ -343,7 +354,7 @@ endpoints! {
         query &[], body [], 200 [BackupRecord],
         "One backup, with its live progress.";
     DELETE_BACKUP: Delete "/v1/orgs/{org}/backups/{id}" deleteBackup,
-        query &["force"], body [], 202 [DeleteOutcome],
+        query &[query::FORCE], body [], 202 [DeleteOutcome],
         "Deletes a backup's data through its cluster's agent, then the record (202); with force=true \
          removes only the record at once and leaves the data (200).";
     CREATE_RESTORE: Post "/v1/orgs/{org}/restores" createRestore,
@@ -458,6 +469,47 @@ mod tests {
             "{:?}",
             read.keys()
         );
+    }
+
+    /// Every query parameter an operation declares is a field of the query type the server reads
+    /// (both refuse unknown fields), of the type its schema says; the list operations read
+    /// [`ListQuery`], the delete of a backup [`DeleteQuery`].
+    #[test]
+    fn declared_query_parameters_are_what_the_server_reads() {
+        let properties = |schema: Schema| -> std::collections::BTreeMap<String, serde_json::Value> {
+            let v = schema.to_value();
+            serde_json::from_value(v["properties"].clone()).expect("properties")
+        };
+        let mut g = schemars::generate::SchemaSettings::draft2020_12().into_generator();
+        let list = properties(g.root_schema_for::<ListQuery>());
+        let delete = properties(g.root_schema_for::<DeleteQuery>());
+        let mut used = std::collections::BTreeSet::new();
+        for op in endpoints() {
+            let reads = if op.id == DELETE_BACKUP.id { &delete } else { &list };
+            for q in op.query {
+                let field = reads
+                    .get(q.name)
+                    .unwrap_or_else(|| panic!("{}: no query field {:?}", op.id, q.name));
+                let types = match &field["type"] {
+                    serde_json::Value::Array(a) => a.iter().filter_map(|t| t.as_str()).collect(),
+                    t => vec![t.as_str().unwrap_or_default()],
+                };
+                assert!(
+                    types.contains(&q.schema.json_type()),
+                    "{}: {} is documented as {} but read as {types:?}",
+                    op.id,
+                    q.name,
+                    q.schema.json_type()
+                );
+                used.insert(q.name);
+            }
+            let names: std::collections::BTreeSet<_> = op.query.iter().map(|q| q.name).collect();
+            assert_eq!(names.len(), op.query.len(), "{}: a parameter twice", op.id);
+        }
+        // Every field of the query types is documented by some operation.
+        let fields: std::collections::BTreeSet<&str> =
+            list.keys().chain(delete.keys()).map(String::as_str).collect();
+        assert_eq!(fields, used);
     }
 
     #[test]

@@ -15,14 +15,43 @@ pub struct OrgView {
     pub display_name: String,
     /// Default location mode.
     pub mode: Mode,
-    /// `Ready` or `Degraded`.
-    pub state: String,
+    /// `Ready` or `Degraded` (see the reason).
+    pub state: OrgHealth,
     /// Why it is degraded.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
     /// Role bindings (shown to admins).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub access: Vec<RoleBinding>,
+}
+
+/// Whether an org is served, as [`OrgView::state`] shows it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+pub enum OrgHealth {
+    /// Loaded; served.
+    Ready,
+    /// Its record could not be loaded (see the reason); nothing of it is served.
+    Degraded,
+    /// A state this version does not know (from a newer server); never sent by this one.
+    #[serde(other)]
+    Unknown,
+}
+
+impl OrgHealth {
+    /// As the API spells it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OrgHealth::Ready => "Ready",
+            OrgHealth::Degraded => "Degraded",
+            OrgHealth::Unknown => "Unknown",
+        }
+    }
+}
+
+impl std::fmt::Display for OrgHealth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// A new org.
@@ -139,4 +168,28 @@ pub struct ImportCluster {
     /// A kubeconfig with a client certificate (YAML); stored sealed, never shown again.
     #[schemars(length(min = 1, max = 262144))]
     pub kubeconfig: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The org's state keeps its spelling; one a newer server sends reads as `Unknown` instead
+    /// of failing the answer.
+    #[test]
+    fn org_states_read_as_written_and_unknown_ones_as_unknown() {
+        for (text, state) in [
+            ("Ready", OrgHealth::Ready),
+            ("Degraded", OrgHealth::Degraded),
+            ("Frozen", OrgHealth::Unknown),
+        ] {
+            let view: OrgView = serde_json::from_value(serde_json::json!({
+                "id": "acme", "displayName": "Acme", "mode": "federated", "state": text}))
+            .expect("an org view");
+            assert_eq!(view.state, state);
+        }
+        for state in [OrgHealth::Ready, OrgHealth::Degraded] {
+            assert_eq!(serde_json::to_value(state).expect("json"), state.as_str());
+        }
+    }
 }

@@ -6,7 +6,7 @@ use axum::http::StatusCode;
 use pxb_core::catalog::records::{Mode, Org, Role};
 use pxb_core::clock::rfc3339;
 
-use pxb_core::api::rest::{CreateOrg, OrgView, UpdateOrg};
+use pxb_core::api::rest::{CreateOrg, OrgHealth, OrgView, UpdateOrg};
 
 use super::errors::{ApiError, ApiResult};
 use super::extract::{Body, Params, Segments};
@@ -21,7 +21,7 @@ fn org_view(id: String, st: OrgState, admin: bool) -> OrgView {
             id: o.id,
             display_name: o.display_name,
             mode: o.mode,
-            state: "Ready".into(),
+            state: OrgHealth::Ready,
             reason: None,
             access: if admin { o.access } else { Vec::new() },
         },
@@ -29,7 +29,7 @@ fn org_view(id: String, st: OrgState, admin: bool) -> OrgView {
             id,
             display_name: String::new(),
             mode: Mode::Federated,
-            state: "Degraded".into(),
+            state: OrgHealth::Degraded,
             reason: Some(reason),
             access: Vec::new(),
         },
