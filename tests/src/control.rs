@@ -235,6 +235,24 @@ impl ControlPlane {
         Ok(body)
     }
 
+    /// The `pxb_server_backup_info` lines of the server's `/metrics` as `token` (none:
+    /// anonymously) gets them, sorted; the whole scrape must pass `promtool check metrics`.
+    pub async fn backup_info_lines(&self, token: Option<&str>) -> anyhow::Result<Vec<String>> {
+        let mut req = reqwest::Client::new().get(format!("{}/metrics", self.url));
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        let text = req.send().await?.error_for_status()?.text().await?;
+        crate::promtool_check_metrics(&text)?;
+        let mut lines: Vec<String> = text
+            .lines()
+            .filter(|l| l.starts_with("pxb_server_backup_info{"))
+            .map(str::to_owned)
+            .collect();
+        lines.sort();
+        Ok(lines)
+    }
+
     /// A client for a shoot, from a fresh admin kubeconfig (independent of the server's).
     pub async fn shoot_client(&self, project: &str, name: &str) -> anyhow::Result<kube::Client> {
         shoot_client(&self.fleet, project, name).await

@@ -7,6 +7,7 @@
 //!   and real agents, for server scenarios;
 //! - [`external`]: those fixtures served to tests in other languages (the `pxb-fixture` binary);
 //! - [`engine`]: the volume and resource engines on generated data;
+//! - [`objects`]: Kubernetes objects from JSON, claims bound as the control plane would, file trees;
 //! - [`kube_conformance`]: a Kubernetes API suite run against the real server and the simulator;
 //! - [`real`]: the real kube-apiserver and etcd ([`real::RealCluster`]) with kubectl and pxb's
 //!   manifests;
@@ -21,6 +22,7 @@ pub mod engine;
 pub mod external;
 pub mod fixture;
 pub mod kube_conformance;
+pub mod objects;
 pub mod real;
 
 pub use pxb_harness::{

@@ -374,6 +374,112 @@ async fn api_requests_are_counted_by_route_and_code_and_timed() {
     cp.shutdown().await;
 }
 
+/// The catalog's latency, by operation and record kind: a request that writes the catalog (an
+/// org created through the API: one `put` of an `org` record) adds an observation to that
+/// series, and only to the read and write series it made; both formats carry it as a histogram.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn catalog_operations_are_timed_by_operation_and_kind() {
+    let cp = ControlPlane::start("acme", 0, |_| {})
+        .await
+        .expect("control plane");
+    let count = |text: &str, op: &str, kind: &str| {
+        value(
+            text,
+            &format!(
+                "pxb_server_catalog_operation_duration_seconds_count{{operation=\"{op}\",kind=\"{kind}\"}}"
+            ),
+        )
+        .unwrap_or(0.0)
+    };
+    let (_, before) = scrape(&cp, None).await;
+    assert_line(
+        &before,
+        "# TYPE pxb_server_catalog_operation_duration_seconds histogram",
+    );
+    let puts_before = count(&before, "put", "org");
+    let location_puts_before = count(&before, "put", "location");
+
+    cp.admin_client()
+        .create_org(&CreateOrg {
+            id: "latency".into(),
+            display_name: "Org latency".into(),
+            mode: Mode::default(),
+            access: vec![binding(Role::Admin, "latency-admins")],
+        })
+        .await
+        .expect("create org");
+
+    let (_, after) = scrape(&cp, None).await;
+    assert_eq!(
+        count(&after, "put", "org"),
+        puts_before + 1.0,
+        "one put of an org record is timed:\n{after}"
+    );
+    assert_eq!(
+        count(&after, "put", "location"),
+        location_puts_before,
+        "no location was written:\n{after}"
+    );
+    let bucket = |le: &str| {
+        format!(
+            "pxb_server_catalog_operation_duration_seconds_bucket{{operation=\"put\",kind=\"org\",le=\"{le}\"}}"
+        )
+    };
+    let inf = must(&after, &bucket("+Inf"));
+    assert_eq!(inf, puts_before + 1.0, "{after}");
+    let sum = must(
+        &after,
+        "pxb_server_catalog_operation_duration_seconds_sum{operation=\"put\",kind=\"org\"}",
+    );
+    assert!(sum > 0.0 && sum < 30.0, "{sum}:\n{after}");
+    // The buckets: 100 µs to about 6.5 s (×4), cumulative, none above.
+    let mut last = 0.0;
+    for le in [
+        "0.0001", "0.0004", "0.0016", "0.0064", "0.1024", "1.6384", "6.5536",
+    ] {
+        let n = must(&after, &bucket(le));
+        assert!((last..=inf).contains(&n), "le {le}: {n}:\n{after}");
+        last = n;
+    }
+    assert!(value(&after, &bucket("26.2144")).is_none(), "{after}");
+    pxb_tests::promtool_check_metrics(&after).expect("promtool");
+
+    // A second write of the same kind counts again.
+    let (status, body) = cp
+        .call(
+            Method::PUT,
+            "/v1/orgs/latency",
+            &cp.admin_token(),
+            Some(serde_json::json!({"displayName": "Org latency, renamed"})),
+        )
+        .await
+        .expect("update org");
+    assert_eq!(status, 200, "{body}");
+    let (_, again) = scrape(&cp, None).await;
+    assert_eq!(
+        count(&again, "put", "org"),
+        puts_before + 2.0,
+        "the update's put is timed:\n{again}"
+    );
+    let (_, om) = scrape(&cp, Some(PROMETHEUS_ACCEPT)).await;
+    let types = check_openmetrics(&om).unwrap_or_else(|e| panic!("{e}:\n{om}"));
+    assert_eq!(
+        types
+            .get("pxb_server_catalog_operation_duration_seconds")
+            .map(String::as_str),
+        Some("histogram"),
+        "{om}"
+    );
+    assert_line(
+        &om,
+        &format!(
+            "pxb_server_catalog_operation_duration_seconds_count{{operation=\"put\",kind=\"org\"}} {}",
+            puts_before + 2.0
+        ),
+    );
+    cp.shutdown().await;
+}
+
 /// `role` for members of `group`.
 fn binding(role: Role, group: &str) -> RoleBinding {
     RoleBinding {

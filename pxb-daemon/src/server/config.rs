@@ -344,29 +344,69 @@ fn upper_snake(camel: &str) -> String {
     out
 }
 
-/// Applies `PXB_…` overrides from `var` to every key of `value` below `prefix`.
+/// Applies `PXB_…` overrides from `var` to every key of `value` below `prefix` (whose key path
+/// is `path`, dotted, empty at the top), and records each applied override in `applied` as the
+/// variable's name and the key's path.
 fn apply_env(
     value: &mut serde_json::Value,
     prefix: &str,
+    path: &str,
     var: &dyn Fn(&str) -> Option<String>,
+    applied: &mut Vec<(String, String)>,
 ) -> Result<()> {
     let serde_json::Value::Object(map) = value else {
         return Ok(());
     };
     for (key, v) in map.iter_mut() {
         let name = format!("{prefix}_{}", upper_snake(key));
+        let key_path = if path.is_empty() {
+            key.clone()
+        } else {
+            format!("{path}.{key}")
+        };
         if let Some(raw) = var(&name) {
             let parsed: serde_json::Value = serde_saphyr::from_str(&raw)
-                .map_err(|e| Error::invalid(format!("environment variable {name}: {e}")))?;
+                .map_err(|e| Error::invalid(format!("environment variable {name} ({key_path}): {e}")))?;
             // A plain scalar that YAML read as a number or bool stays a string where a string is due.
             *v = match (&*v, parsed) {
                 (serde_json::Value::String(_), p) if !p.is_string() => serde_json::Value::String(raw),
                 (_, p) => p,
             };
+            applied.push((name.clone(), key_path.clone()));
         }
-        apply_env(v, &name, var)?;
+        apply_env(v, &name, &key_path, var, applied)?;
     }
     Ok(())
+}
+
+/// The override among `applied` (in order) that first makes `base` not a configuration: its
+/// variable's name and key path, for an error that names them rather than only serde's type.
+fn faulty_override<'a>(
+    base: &serde_json::Value,
+    applied: &'a [(String, String)],
+    var: &dyn Fn(&str) -> Option<String>,
+) -> Option<&'a (String, String)> {
+    (0..applied.len()).find_map(|i| {
+        let upto = &applied[..=i];
+        let only = |n: &str| {
+            if upto.iter().any(|(a, _)| a == n) {
+                var(n)
+            } else {
+                None
+            }
+        };
+        let mut v = base.clone();
+        apply_env(&mut v, "PXB", "", &only, &mut Vec::new()).ok()?;
+        serde_json::from_value::<ServerConfig>(v)
+            .is_err()
+            .then_some(&applied[i])
+    })
+}
+
+/// Whether `s` can be a file's path in the configuration: no control characters (a newline or a
+/// NUL cannot be in a path a Kubernetes volume gives) and no blanks around it (a quoting slip).
+fn plausible_path(s: &str) -> bool {
+    !s.chars().any(char::is_control) && s.trim() == s
 }
 
 impl ServerConfig {
@@ -383,10 +423,15 @@ impl ServerConfig {
             }
             None => ServerConfig::default(),
         };
-        let mut value = serde_json::to_value(&base).map_err(|e| Error::other(e.to_string()))?;
-        apply_env(&mut value, "PXB", &var)?;
-        let config: ServerConfig = serde_json::from_value(value)
-            .map_err(|e| Error::invalid(format!("the configuration after PXB_ overrides: {e}")))?;
+        let base = serde_json::to_value(&base).map_err(|e| Error::other(e.to_string()))?;
+        let mut value = base.clone();
+        let mut applied = Vec::new();
+        apply_env(&mut value, "PXB", "", &var, &mut applied)?;
+        let config: ServerConfig =
+            serde_json::from_value(value).map_err(|e| match faulty_override(&base, &applied, &var) {
+                Some((name, key)) => Error::invalid(format!("environment variable {name} ({key}): {e}")),
+                None => Error::invalid(format!("the configuration after PXB_ overrides: {e}")),
+            })?;
         config.check()?;
         Ok(config)
     }
@@ -424,28 +469,7 @@ impl ServerConfig {
                 f.min_agent_version
             ))
         })?;
-        let t = &self.telemetry;
-        if t.backup_info_retention_hours == 0 || t.backup_info_retention_hours > 24 * 366 {
-            return Err(Error::invalid(
-                "telemetry.backupInfoRetentionHours must be between 1 and 8784 (a year)",
-            ));
-        }
-        if t.backup_info_max_series > 10_000_000 {
-            return Err(Error::invalid(
-                "telemetry.backupInfoMaxSeries must be at most 10000000 (0 turns the series off)",
-            ));
-        }
-        if t.support.upload_interval_secs < 10 {
-            return Err(Error::invalid(
-                "telemetry.support.uploadIntervalSecs must be at least 10",
-            ));
-        }
-        if !t.support.endpoint.is_empty() && !t.support.endpoint.starts_with("https://") {
-            return Err(Error::invalid(format!(
-                "telemetry.support.endpoint {:?} must be an https:// URL (the channel uses mutual TLS)",
-                t.support.endpoint
-            )));
-        }
+        self.check_telemetry()?;
         if !self.auth.issuer.is_empty() && self.auth.audiences.is_empty() {
             return Err(Error::invalid(
                 "auth.audiences must name at least one audience when auth.issuer is set",
@@ -453,7 +477,89 @@ impl ServerConfig {
         }
         Ok(())
     }
+
+    /// Refuses telemetry settings that cannot work; every message names its key.
+    fn check_telemetry(&self) -> Result<()> {
+        let t = &self.telemetry;
+        if t.backup_info_retention_hours == 0 || t.backup_info_retention_hours > 24 * 366 {
+            return Err(Error::invalid(format!(
+                "telemetry.backupInfoRetentionHours must be between 1 and 8784 (a year), not {}",
+                t.backup_info_retention_hours
+            )));
+        }
+        if t.backup_info_max_series > 10_000_000 {
+            return Err(Error::invalid(format!(
+                "telemetry.backupInfoMaxSeries must be at most 10000000 (0 turns the series off), not {}",
+                t.backup_info_max_series
+            )));
+        }
+        let s = &t.support;
+        if !(MIN_UPLOAD_INTERVAL_SECS..=MAX_UPLOAD_INTERVAL_SECS).contains(&s.upload_interval_secs) {
+            return Err(Error::invalid(format!(
+                "telemetry.support.uploadIntervalSecs must be between {MIN_UPLOAD_INTERVAL_SECS} and \
+                 {MAX_UPLOAD_INTERVAL_SECS} (a day), not {}",
+                s.upload_interval_secs
+            )));
+        }
+        if !s.endpoint.is_empty() {
+            let url = url::Url::parse(&s.endpoint).map_err(|e| {
+                Error::invalid(format!(
+                    "telemetry.support.endpoint {:?} is not a URL: {e}",
+                    s.endpoint
+                ))
+            })?;
+            if url.scheme() != "https" || url.host_str().is_none_or(str::is_empty) {
+                return Err(Error::invalid(format!(
+                    "telemetry.support.endpoint {:?} must be an https:// URL with a host (the channel uses mutual TLS)",
+                    s.endpoint
+                )));
+            }
+        }
+        let config_map_ok = match s.config_map.split_once('/') {
+            None => crate::names::is_subdomain(&s.config_map),
+            Some((ns, name)) => crate::names::is_dns_label(ns) && crate::names::is_subdomain(name),
+        };
+        if !config_map_ok {
+            return Err(Error::invalid(format!(
+                "telemetry.support.configMap {:?} must be a ConfigMap's name (a DNS-1123 subdomain: \
+                 lower-case letters, digits, '-' and '.') or namespace/name (the namespace a DNS-1123 label)",
+                s.config_map
+            )));
+        }
+        if !s.enabled_file.is_empty() && !plausible_path(&s.enabled_file) {
+            return Err(Error::invalid(format!(
+                "telemetry.support.enabledFile {:?} is not a usable path (control characters, or blanks around it)",
+                s.enabled_file
+            )));
+        }
+        for (org, customer) in &s.customers {
+            if !crate::names::is_dns_label(org) {
+                return Err(Error::invalid(format!(
+                    "telemetry.support.customers: {org:?} is not an org id (org ids are DNS labels)"
+                )));
+            }
+            if customer.trim().is_empty()
+                || customer.trim() != customer
+                || customer.len() > MAX_CUSTOMER_ID
+                || customer.chars().any(char::is_control)
+            {
+                return Err(Error::invalid(format!(
+                    "telemetry.support.customers: the customer id of org {org} must be 1 to \
+                     {MAX_CUSTOMER_ID} bytes without control characters or blanks around it, not {customer:?} \
+                     (leave an org out to send it without one)"
+                )));
+            }
+        }
+        Ok(())
+    }
 }
+
+/// Fewest seconds between uploads of the support channel.
+const MIN_UPLOAD_INTERVAL_SECS: u64 = 10;
+/// Most seconds between uploads of the support channel (a day).
+const MAX_UPLOAD_INTERVAL_SECS: u64 = 86_400;
+/// Longest customer id in `telemetry.support.customers`, in bytes.
+const MAX_CUSTOMER_ID: usize = 256;
 
 #[cfg(test)]
 mod tests {
@@ -534,13 +640,246 @@ mod tests {
         assert!(err.to_string().contains("lisen"), "{err}");
         let err = ServerConfig::load(None, |k| (k == "PXB_FLEET_CONCURRENCY").then(|| "lots".into()))
             .expect_err("bad number");
+        // The variable and the key are named, not only serde's type.
         assert!(
-            err.to_string().contains("concurrency") || err.to_string().contains("invalid"),
+            err.to_string().contains("PXB_FLEET_CONCURRENCY")
+                && err.to_string().contains("fleet.concurrency"),
             "{err}"
         );
         let err = ServerConfig::from_yaml("fleet: {concurrency: 0}")
             .and_then(|c| c.check())
             .expect_err("zero");
         assert!(err.to_string().contains("concurrency"), "{err}");
+    }
+
+    /// The error of `yaml` (a configuration file's text), parsed and checked.
+    fn yaml_error(yaml: &str) -> String {
+        match ServerConfig::from_yaml(yaml).and_then(|c| c.check()) {
+            Ok(()) => panic!("{yaml:?} was accepted"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    /// The error of loading the defaults with the environment `env`.
+    fn env_error(env: &[(&str, &str)]) -> String {
+        let env: BTreeMap<String, String> = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        match ServerConfig::load(None, |k| env.get(k).cloned()) {
+            Ok(c) => panic!("{env:?} was accepted: {:?}", c.telemetry),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    /// The error of loading a configuration file holding `yaml`.
+    fn file_error(yaml: &str) -> String {
+        let dir = tempfile::tempdir().expect("dir");
+        let path = dir.path().join("pxb-server.yaml");
+        std::fs::write(&path, yaml).expect("write");
+        match ServerConfig::load(Some(&path), |_| None) {
+            Ok(c) => panic!("{yaml:?} was accepted: {:?}", c.telemetry),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn bad_telemetry_values_are_clear_errors_naming_the_key() {
+        let cases: &[(&str, &str)] = &[
+            (
+                "telemetry: {backupInfoRetentionHours: 0}",
+                "telemetry.backupInfoRetentionHours",
+            ),
+            (
+                "telemetry: {backupInfoRetentionHours: 9000}",
+                "telemetry.backupInfoRetentionHours",
+            ),
+            (
+                "telemetry: {backupInfoMaxSeries: 10000001}",
+                "telemetry.backupInfoMaxSeries",
+            ),
+            (
+                "telemetry: {support: {uploadIntervalSecs: 5}}",
+                "telemetry.support.uploadIntervalSecs",
+            ),
+            (
+                "telemetry: {support: {uploadIntervalSecs: 86401}}",
+                "telemetry.support.uploadIntervalSecs",
+            ),
+            (
+                "telemetry: {support: {uploadIntervalSecs: 18446744073709551615}}",
+                "telemetry.support.uploadIntervalSecs",
+            ),
+            (
+                "telemetry: {support: {endpoint: 'http://telemetry.test'}}",
+                "telemetry.support.endpoint",
+            ),
+            (
+                "telemetry: {support: {endpoint: 'https://'}}",
+                "telemetry.support.endpoint",
+            ),
+            (
+                "telemetry: {support: {endpoint: 'https://a b'}}",
+                "telemetry.support.endpoint",
+            ),
+            (
+                "telemetry: {support: {configMap: ''}}",
+                "telemetry.support.configMap",
+            ),
+            (
+                "telemetry: {support: {configMap: '/x'}}",
+                "telemetry.support.configMap",
+            ),
+            (
+                "telemetry: {support: {configMap: 'x/'}}",
+                "telemetry.support.configMap",
+            ),
+            (
+                "telemetry: {support: {configMap: 'a/b/c'}}",
+                "telemetry.support.configMap",
+            ),
+            (
+                "telemetry: {support: {configMap: 'UPPER'}}",
+                "telemetry.support.configMap",
+            ),
+            (
+                "telemetry: {support: {configMap: 'ns.with.dots/name'}}",
+                "telemetry.support.configMap",
+            ),
+            (
+                "telemetry: {support: {configMap: ' pxb-telemetry-config'}}",
+                "telemetry.support.configMap",
+            ),
+            (
+                "telemetry: {support: {enabledFile: ' /etc/pxb/enabled'}}",
+                "telemetry.support.enabledFile",
+            ),
+            (
+                "telemetry: {support: {enabledFile: \"/etc/pxb/en\\nabled\"}}",
+                "telemetry.support.enabledFile",
+            ),
+            (
+                "telemetry: {support: {enabledFile: \"/etc/pxb/en\\0abled\"}}",
+                "telemetry.support.enabledFile",
+            ),
+            (
+                "telemetry: {support: {customers: {'': C-1}}}",
+                "telemetry.support.customers",
+            ),
+            (
+                "telemetry: {support: {customers: {acme: ''}}}",
+                "telemetry.support.customers",
+            ),
+            (
+                "telemetry: {support: {customers: {acme: '  '}}}",
+                "telemetry.support.customers",
+            ),
+            (
+                "telemetry: {support: {customers: {'Acme Corp': C-1}}}",
+                "telemetry.support.customers",
+            ),
+            (
+                "telemetry: {support: {customers: {acme: \"C-1\\nX-Forged: 1\"}}}",
+                "telemetry.support.customers",
+            ),
+        ];
+        for (yaml, key) in cases {
+            let err = yaml_error(yaml);
+            assert!(err.contains(key), "{yaml}: {err}");
+        }
+        // A negative number, from the file and from the environment, names the key (the file's
+        // error quotes the line and points at the value; the environment's names the variable
+        // and the key), not only serde's type.
+        for (yaml, key) in [
+            (
+                "telemetry:\n  backupInfoRetentionHours: -1\n",
+                "backupInfoRetentionHours: -1",
+            ),
+            (
+                "telemetry:\n  backupInfoMaxSeries: -1\n",
+                "backupInfoMaxSeries: -1",
+            ),
+            (
+                "telemetry:\n  support:\n    uploadIntervalSecs: -1\n",
+                "uploadIntervalSecs: -1",
+            ),
+        ] {
+            let err = file_error(yaml);
+            assert!(err.contains(key), "{yaml}: {err}");
+        }
+        for (var, key) in [
+            (
+                "PXB_TELEMETRY_BACKUP_INFO_RETENTION_HOURS",
+                "telemetry.backupInfoRetentionHours",
+            ),
+            (
+                "PXB_TELEMETRY_BACKUP_INFO_MAX_SERIES",
+                "telemetry.backupInfoMaxSeries",
+            ),
+            (
+                "PXB_TELEMETRY_SUPPORT_UPLOAD_INTERVAL_SECS",
+                "telemetry.support.uploadIntervalSecs",
+            ),
+        ] {
+            let err = env_error(&[(var, "-1")]);
+            assert!(err.contains(var) && err.contains(key), "{var}=-1: {err}");
+        }
+        // The variable at fault is named when several are set.
+        let err = env_error(&[
+            ("PXB_API_LISTEN", "127.0.0.1:1"),
+            ("PXB_TELEMETRY_SUPPORT_UPLOAD_INTERVAL_SECS", "many"),
+            ("PXB_TELEMETRY_BACKUP_INFO_MAX_SERIES", "5"),
+        ]);
+        assert!(
+            err.contains("PXB_TELEMETRY_SUPPORT_UPLOAD_INTERVAL_SECS"),
+            "{err}"
+        );
+        assert!(!err.contains("PXB_API_LISTEN"), "{err}");
+        // Out of range through the environment: the check names the key.
+        for (var, value, key) in [
+            (
+                "PXB_TELEMETRY_BACKUP_INFO_RETENTION_HOURS",
+                "0",
+                "telemetry.backupInfoRetentionHours",
+            ),
+            (
+                "PXB_TELEMETRY_SUPPORT_UPLOAD_INTERVAL_SECS",
+                "18446744073709551615",
+                "telemetry.support.uploadIntervalSecs",
+            ),
+            (
+                "PXB_TELEMETRY_SUPPORT_CONFIG_MAP",
+                "a/b/c",
+                "telemetry.support.configMap",
+            ),
+        ] {
+            let err = env_error(&[(var, value)]);
+            assert!(err.contains(key), "{var}={value}: {err}");
+        }
+    }
+
+    #[test]
+    fn good_telemetry_values_are_accepted() {
+        let c = ServerConfig::from_yaml(
+            "telemetry:\n  backupInfoRetentionHours: 8784\n  backupInfoMaxSeries: 10000000\n  support:\n    \
+             endpoint: https://telemetry.test:8443\n    configMap: ops/pxb-telemetry.config\n    \
+             enabledFile: /etc/pxb/telemetry/enabled\n    uploadIntervalSecs: 86400\n    \
+             customers: {acme: C-10042, globex-eu: 'Globex GmbH'}\n",
+        )
+        .expect("parses");
+        c.check().expect("valid");
+        for (retention, series, interval, config_map) in
+            [(1, 0, 10, "pxb-telemetry-config"), (24, 10_000, 300, "a/b")]
+        {
+            let mut c = ServerConfig::default();
+            c.telemetry.backup_info_retention_hours = retention;
+            c.telemetry.backup_info_max_series = series;
+            c.telemetry.support.upload_interval_secs = interval;
+            c.telemetry.support.config_map = config_map.into();
+            c.check().expect("valid");
+        }
+        let env = [("PXB_TELEMETRY_SUPPORT_UPLOAD_INTERVAL_SECS", "60")];
+        let c = ServerConfig::load(None, |k| {
+            env.iter().find(|(n, _)| *n == k).map(|(_, v)| v.to_string())
+        })
+        .expect("loads");
+        assert_eq!(c.telemetry.support.upload_interval_secs, 60);
     }
 }

@@ -28,7 +28,8 @@ pub fn text() -> String {
     String::from_utf8_lossy(&captured().lock().unwrap_or_else(|e| e.into_inner())).into_owned()
 }
 
-struct Sink(Arc<Mutex<Vec<u8>>>);
+/// A `Write` that appends to a shared buffer: a log writer whose output a test reads back.
+pub struct Sink(pub Arc<Mutex<Vec<u8>>>);
 
 impl Write for Sink {
     fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
