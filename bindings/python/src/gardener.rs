@@ -22,7 +22,7 @@ use crate::errors::IntoPy as _;
 use crate::runtime;
 
 /// A discovered cluster (for Gardener: a shoot) and whether pxb serves it.
-#[pyclass(frozen, module = "pxb._pxb", name = "Cluster")]
+#[pyclass(frozen, module = "pxb", name = "Cluster")]
 #[derive(Clone)]
 pub struct Cluster {
     /// Stable identity (the shoot's `status.uid`).
@@ -113,7 +113,7 @@ impl Cluster {
 }
 
 /// Short-lived access to a cluster's API server (a client certificate), held in memory only.
-#[pyclass(frozen, module = "pxb._pxb", name = "ClusterAccess")]
+#[pyclass(frozen, module = "pxb", name = "ClusterAccess")]
 pub struct ClusterAccess {
     cluster: String,
     access: CoreAccess,
@@ -221,7 +221,7 @@ impl ClusterAccess {
 }
 
 /// Discovers the shoots of one Gardener project and issues short-lived access to them.
-#[pyclass(frozen, module = "pxb._pxb", name = "GardenerProvider")]
+#[pyclass(frozen, module = "pxb", name = "GardenerProvider")]
 pub struct GardenerProvider {
     inner: Arc<CoreProvider>,
     project: String,

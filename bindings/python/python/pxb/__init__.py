@@ -2,8 +2,17 @@
 simulator of pxb, from the same Rust crates as the daemons and the ``pxb`` CLI.
 
 Every I/O call has a sync form (which releases the GIL while it works) and an ``_async`` form
-(a coroutine on a shared Tokio runtime). Errors are :class:`PxbError` and its subclasses, one per
-kind of error, whose ``str()`` is the message the CLI prints.
+(an awaitable on a shared Tokio runtime; cancelling the awaiting task stops the work). The
+``_async`` forms start their work when called, so call them from a coroutine, inside a running
+event loop::
+
+    async def main() -> None:
+        report = await pxb.Location.open(url).check_async()
+
+    asyncio.run(main())          # not asyncio.run(loc.check_async()): no loop runs yet
+
+Errors are :class:`PxbError` and its subclasses, one per kind of error, whose ``str()`` is the
+message the CLI prints.
 """
 
 from pxb._pxb import (

@@ -1,4 +1,8 @@
-"""Stubs of the native module ``pxb._pxb`` (checked against it by stubtest in scripts/test)."""
+"""Stubs of the native module ``pxb._pxb`` (checked against it by stubtest in scripts/test).
+
+Each ``*_async`` method returns an awaitable whose work starts at the call: call it inside a
+running event loop (from a coroutine); without one it raises ``RuntimeError``.
+"""
 
 from __future__ import annotations
 
