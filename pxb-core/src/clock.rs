@@ -81,6 +81,64 @@ impl Clock for SkewedClock {
     }
 }
 
+/// The clock seam's conformance suite: what every [`Clock`] does, whoever moves it.
+#[cfg(any(test, feature = "conformance"))]
+pub mod conformance {
+    use std::sync::Arc;
+    use std::time::SystemTime;
+
+    use super::{Clock, from_unix_ms, parse_rfc3339, rfc3339, unix_ms};
+
+    /// Checks `clock`, which nothing moves back while the suite runs: its time is one pxb can
+    /// keep (epoch milliseconds and RFC 3339 round-trip it, to the millisecond and the second),
+    /// it lies between 1970 and 9999, reads on one thread never go back, and eight threads can
+    /// read it at once through an `Arc<dyn Clock>` (as the daemons share it). Panics with the
+    /// property that failed.
+    pub fn run_all(clock: Arc<dyn Clock>) {
+        let now = clock.now();
+        assert!(
+            now >= SystemTime::UNIX_EPOCH,
+            "the clock reads before 1970: {now:?}"
+        );
+        let ms = unix_ms(now);
+        assert!(
+            ms < 253_402_300_799_000,
+            "the clock reads after 9999: {ms} ms since 1970"
+        );
+        let kept = from_unix_ms(ms);
+        assert_eq!(
+            unix_ms(kept),
+            ms,
+            "epoch milliseconds round-trip the clock's time"
+        );
+        let written = rfc3339(now);
+        let read = parse_rfc3339(&written).expect("the clock's time as RFC 3339 parses back");
+        assert_eq!(
+            unix_ms(read) / 1000,
+            ms.div_euclid(1000),
+            "RFC 3339 keeps the clock's second ({written})"
+        );
+        let threads: Vec<_> = (0..8)
+            .map(|_| {
+                let clock = clock.clone();
+                std::thread::spawn(move || {
+                    let mut last = clock.now();
+                    for _ in 0..1000 {
+                        let t = clock.now();
+                        assert!(t >= last, "the clock went back: {last:?} then {t:?}");
+                        last = t;
+                    }
+                    last
+                })
+            })
+            .collect();
+        for t in threads {
+            let last = t.join().expect("a reading thread panicked");
+            assert!(last >= now, "a thread read a time before the suite started");
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -96,6 +154,26 @@ mod tests {
         c.set(start);
         assert_eq!(shared.now(), start);
         assert!(SystemClock.now() > start);
+    }
+
+    #[test]
+    fn every_clock_passes_the_suite() {
+        conformance::run_all(Arc::new(SystemClock));
+        conformance::run_all(Arc::new(ManualClock::new(
+            SystemTime::UNIX_EPOCH + Duration::from_secs(1_790_000_000),
+        )));
+        conformance::run_all(Arc::new(ManualClock::new(SystemTime::UNIX_EPOCH)));
+        let skewed = SkewedClock::new();
+        skewed.advance(Duration::from_secs(30 * 24 * 3600));
+        conformance::run_all(Arc::new(skewed));
+    }
+
+    #[test]
+    #[should_panic(expected = "before 1970")]
+    fn the_suite_refuses_a_clock_before_the_epoch() {
+        conformance::run_all(Arc::new(ManualClock::new(
+            SystemTime::UNIX_EPOCH - Duration::from_secs(1),
+        )));
     }
 }
 

@@ -472,6 +472,10 @@ async fn catalog_operations_are_timed_by_operation_and_kind() {
     );
     assert_line(
         &om,
+        "# UNIT pxb_server_catalog_operation_duration_seconds seconds",
+    );
+    assert_line(
+        &om,
         &format!(
             "pxb_server_catalog_operation_duration_seconds_count{{operation=\"put\",kind=\"org\"}} {}",
             puts_before + 2.0
