@@ -150,11 +150,14 @@ def test_onboarding_makes_typed_objects(cp: Dict[str, Any], admin: pxb.Client, t
 def test_the_fleet_becomes_ready(admin: pxb.Client, tenant: Dict[str, Any], cp: Dict[str, Any]) -> None:
     org = tenant["org"]
     fleet = wait_for(
-        "every cluster Ready",
+        "every cluster Ready with its location valid in the fleet snapshot",
         lambda: admin.fleet_status(org=org),
-        lambda f: f.counts.get("Ready") == len(cp["shoots"]),
+        # The snapshot is rebuilt in the background, so it may trail the location statuses the
+        # fixture waited for by one rebuild.
+        lambda f: f.counts.get("Ready") == len(cp["shoots"]) and all(e.locations.valid == 1 for e in f.items),
     )
-    assert all(e.state == "Ready" and e.locations.valid == 1 for e in fleet.items)
+    assert len(fleet.items) == len(cp["shoots"])
+    assert all(e.state == "Ready" and e.locations.valid == 1 and e.locations.invalid == 0 for e in fleet.items)
     first = admin.fleet_status(org=org, limit=1)
     assert len(first.items) == 1 and first.next is not None
     entries = admin.fleet_entries(org=org, page_size=1)
