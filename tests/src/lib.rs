@@ -9,6 +9,7 @@
 //! - [`engine`]: the volume and resource engines on generated data;
 //! - [`objects`]: Kubernetes objects from JSON, claims bound as the control plane would, file trees;
 //! - [`kube_conformance`]: a Kubernetes API suite run against the real server and the simulator;
+//! - [`helm`]: the real Helm, built by `scripts/build-helm`, and server-side dry runs;
 //! - [`real`]: the real kube-apiserver and etcd ([`real::RealCluster`]) with kubectl and pxb's
 //!   manifests;
 //! - [`bench`]: the benchmarks behind `BENCHMARKS.md`.
@@ -21,6 +22,7 @@ pub mod control;
 pub mod engine;
 pub mod external;
 pub mod fixture;
+pub mod helm;
 pub mod kube_conformance;
 pub mod objects;
 pub mod real;
