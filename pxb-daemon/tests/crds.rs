@@ -1,6 +1,7 @@
-//! The custom resources and manifests: the committed CRDs in `deploy/crds/` match the Rust types,
-//! they install on a simulated shoot, the typed API works against them, and the agent's
-//! manifests in `deploy/agent/` carry this version.
+//! The custom resources and manifests: the agent chart's CRD templates
+//! (`deploy/helm/pxb-agent/templates/crds/`, and so `deploy/crds/`, the chart's output) match the
+//! Rust types, they install on a simulated shoot, the typed API works against them, and the
+//! agent's manifests in `deploy/agent/` carry this version.
 
 use std::path::PathBuf;
 
@@ -11,39 +12,111 @@ use pxb_daemon::crd::{
 };
 use serde_json::{Value, json};
 
+/// The agent chart's CRD templates, generated here from the Rust types.
+fn chart_crd_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../deploy/helm/pxb-agent/templates/crds")
+}
+
+/// `deploy/crds`: the chart's rendering of those templates (tests/tests/agent_chart.rs writes it).
 fn crd_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../deploy/crds")
 }
 
+/// The chart's template of a generated CRD: its YAML with `helm.sh/resource-policy: keep`, so that
+/// uninstalling the chart never deletes a CRD, and with it every custom resource of its kind.
+fn chart_template(name: &str, yaml: &str) -> String {
+    let anchor = format!("\nmetadata:\n  name: {}\n", name.trim_end_matches(".yaml"));
+    let at = yaml
+        .find(&anchor)
+        .unwrap_or_else(|| panic!("{name}: no {anchor:?} in {yaml}"))
+        + anchor.len();
+    assert!(
+        !yaml.contains("{{"),
+        "{name}: Helm would execute the {{{{ of a CRD template; escape it"
+    );
+    format!(
+        "{}  annotations:\n    # Kept when the pxb-agent chart is uninstalled, with every custom resource of this kind.\n    \
+         helm.sh/resource-policy: keep\n{}",
+        &yaml[..at],
+        &yaml[at..]
+    )
+}
+
+fn file_names(dir: &std::path::Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
 #[test]
 fn committed_crds_match_the_types() {
-    let generated = crds_yaml().expect("generate");
+    let generated: Vec<(&str, String)> = crds_yaml()
+        .expect("generate")
+        .into_iter()
+        .map(|(name, yaml)| (name, chart_template(name, &yaml)))
+        .collect();
     if std::env::var_os("PXB_UPDATE_CRDS").is_some() {
-        std::fs::create_dir_all(crd_dir()).expect("mkdir");
+        std::fs::create_dir_all(chart_crd_dir()).expect("mkdir");
         for (name, yaml) in &generated {
-            std::fs::write(crd_dir().join(name), yaml).expect("write");
+            std::fs::write(chart_crd_dir().join(name), yaml).expect("write");
         }
     }
     let mut stale = Vec::new();
     for (name, yaml) in &generated {
-        match std::fs::read_to_string(crd_dir().join(name)) {
+        match std::fs::read_to_string(chart_crd_dir().join(name)) {
             Ok(committed) if committed == *yaml => {}
             _ => stale.push(*name),
         }
     }
     assert!(
         stale.is_empty(),
-        "deploy/crds/ is stale for {stale:?}; regenerate with PXB_UPDATE_CRDS=1 cargo test -p pxb-daemon --test crds"
+        "deploy/helm/pxb-agent/templates/crds/ is stale for {stale:?}; regenerate with \
+         PXB_UPDATE_CRDS=1 cargo test -p pxb-daemon --test crds, then deploy/crds with \
+         PXB_UPDATE_CHARTS=1 cargo test -p pxb-tests --test agent_chart"
     );
-    let files: Vec<String> = std::fs::read_dir(crd_dir())
-        .expect("deploy/crds")
-        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
-        .collect();
+    let mut names: Vec<String> = generated.iter().map(|(n, _)| (*n).to_owned()).collect();
+    names.sort();
     assert_eq!(
-        files.len(),
-        generated.len(),
-        "no stray files in deploy/crds: {files:?}"
+        file_names(&chart_crd_dir()),
+        names,
+        "no stray files in the chart's templates/crds"
     );
+
+    // deploy/crds is what Helm renders of those templates: the same objects (the text, with
+    // Helm's header, is compared with Helm's output by tests/tests/agent_chart.rs).
+    let mut stale = Vec::new();
+    for ((name, yaml), (_, rust)) in generated.iter().zip(crds_yaml().expect("generate")) {
+        let template: Value = serde_saphyr::from_str(yaml).expect("template YAML");
+        let mut bare = template.clone();
+        let annotations = bare["metadata"]
+            .as_object_mut()
+            .and_then(|m| m.remove("annotations"));
+        assert_eq!(
+            annotations,
+            Some(json!({"helm.sh/resource-policy": "keep"})),
+            "{name}"
+        );
+        assert_eq!(
+            bare,
+            serde_saphyr::from_str::<Value>(&rust).expect("YAML"),
+            "{name}: the template is the Rust CRD"
+        );
+        let committed = std::fs::read_to_string(crd_dir().join(name))
+            .ok()
+            .and_then(|y| serde_saphyr::from_str::<Value>(&y).ok());
+        if committed.as_ref() != Some(&template) {
+            stale.push(*name);
+        }
+    }
+    assert!(
+        stale.is_empty(),
+        "deploy/crds/ is stale for {stale:?}; regenerate with \
+         PXB_UPDATE_CHARTS=1 cargo test -p pxb-tests --test agent_chart"
+    );
+    assert_eq!(file_names(&crd_dir()), names, "no stray files in deploy/crds");
 }
 
 #[test]

@@ -1,7 +1,8 @@
 //! The custom resources through which the server instructs an agent (group `pxb.io`, version
 //! `v1alpha1`, namespace `pxb-system`): [`BackupLocation`], [`ApplicationBackup`] and
-//! [`ApplicationRestore`]. They are defined here once; `deploy/crds/` holds the generated CRDs
-//! ([`crds_yaml`]), and a test fails when those files are stale.
+//! [`ApplicationRestore`]. They are defined here once; the agent's Helm chart
+//! (`deploy/helm/pxb-agent/templates/crds/`) holds the generated CRDs ([`crds_yaml`]), `deploy/crds/`
+//! is that chart's output, and tests fail when either is stale.
 //!
 //! Repeatable requests (validate, sync, verify) are counters in `spec` that the agent
 //! acknowledges in `status.observed…`: bumping a counter asks once more, and the request is done
@@ -720,7 +721,8 @@ pub struct ObjectFailure {
     pub reason: String,
 }
 
-/// The generated CRDs, as `(file name, YAML)`, in the order `deploy/crds/` holds them.
+/// The generated CRDs, as `(file name, YAML)`, in the order the agent chart and `deploy/crds/`
+/// hold them.
 pub fn crds_yaml() -> Result<Vec<(&'static str, String)>, serde_saphyr::SerializeError> {
     let header = "# Generated from pxb-core/src/api/crd.rs; do not edit. Regenerate with\n\
                   # PXB_UPDATE_CRDS=1 cargo test -p pxb-daemon --test crds\n";
