@@ -1,0 +1,154 @@
+{{/* The chart's name, or nameOverride. */}}
+{{- define "pxb-server.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/* The objects' name: fullnameOverride, else the release name (with the chart name appended
+unless the release name contains it). */}}
+{{- define "pxb-server.fullname" -}}
+{{- if .Values.fullnameOverride -}}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- $name := default .Chart.Name .Values.nameOverride -}}
+{{- if contains $name .Release.Name -}}
+{{- .Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "pxb-server.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "pxb-server.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end -}}
+
+{{- define "pxb-server.labels" -}}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{ include "pxb-server.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: pxb
+app.kubernetes.io/component: server
+{{- end -}}
+
+{{/* Where the chart mounts what it renders into the configuration. */}}
+{{- define "pxb-server.dataDir" -}}/var/lib/pxb{{- end -}}
+{{- define "pxb-server.configDir" -}}/etc/pxb/config{{- end -}}
+{{- define "pxb-server.secretsKeyDir" -}}/etc/pxb/secrets-key{{- end -}}
+{{- define "pxb-server.issuerCaDir" -}}/etc/pxb/issuer-ca{{- end -}}
+{{- define "pxb-server.gardenDir" -}}/etc/pxb/garden{{- end -}}
+
+{{/* The claim of the catalog's volume. */}}
+{{- define "pxb-server.claimName" -}}
+{{- default (printf "%s-catalog" (include "pxb-server.fullname" .)) .Values.persistence.existingClaim -}}
+{{- end -}}
+
+{{/* Refuses values that cannot work, each with a message saying what to do. */}}
+{{- define "pxb-server.validate" -}}
+{{- if not (has .Values.mode (list "federated" "classic")) -}}
+{{- fail (printf "mode must be federated or classic, not %q" (toString .Values.mode)) -}}
+{{- end -}}
+{{- if and (eq .Values.mode "classic") (not .Values.secretsKey.existingSecret) -}}
+{{- fail "mode: classic needs the secrets key that seals classic credentials: create a Secret holding 32 random bytes, base64 (kubectl create secret generic pxb-secrets-key --from-literal=key=\"$(head -c 32 /dev/urandom | base64)\"), and set secretsKey.existingSecret to its name (and secretsKey.key to its key, default key)" -}}
+{{- end -}}
+{{- if and .Values.secretsKey.existingSecret (not .Values.secretsKey.key) -}}
+{{- fail "secretsKey.key must name the key of secretsKey.existingSecret that holds the secrets key" -}}
+{{- end -}}
+{{- $cfg := default (dict) .Values.config -}}
+{{- range $key, $value := dict "mode" "mode" "auth" "auth (auth.issuer, auth.audiences, ...)" "secrets" "secretsKey.existingSecret" "gardenCredentials" "gardenCredentials (a list of Secrets)" -}}
+{{- if hasKey $cfg $key -}}
+{{- fail (printf "config.%s is set by the chart: use the value %s instead" $key $value) -}}
+{{- end -}}
+{{- end -}}
+{{- if and .Values.auth.issuerCA.configMap .Values.auth.issuerCA.secret -}}
+{{- fail "auth.issuerCA: set configMap or secret, not both" -}}
+{{- end -}}
+{{- $names := dict -}}
+{{- range $i, $g := .Values.gardenCredentials -}}
+{{- if not (regexMatch "^[a-z0-9]([-a-z0-9]*[a-z0-9])?$" (toString $g.name)) -}}
+{{- fail (printf "gardenCredentials[%d].name %q must be a DNS label (lower-case letters, digits and '-'): it names the credential and its directory" $i (toString $g.name)) -}}
+{{- end -}}
+{{- if hasKey $names $g.name -}}
+{{- fail (printf "gardenCredentials: the name %q is used twice" $g.name) -}}
+{{- end -}}
+{{- $_ := set $names $g.name true -}}
+{{- if not $g.secretName -}}
+{{- fail (printf "gardenCredentials[%d] (%s) needs secretName: the Secret holding its kubeconfig" $i $g.name) -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{/* The server's configuration (config.yaml): the chart's defaults, `config` over them, and the
+keys the chart owns (mode, auth, secrets, gardenCredentials) from their values. Every path in it
+is one the Deployment mounts. */}}
+{{- define "pxb-server.config" -}}
+{{- include "pxb-server.validate" . -}}
+{{- $defaults := dict "api" (dict "listen" "0.0.0.0:8080") "catalog" (dict "path" (printf "%s/catalog.db" (include "pxb-server.dataDir" .))) -}}
+{{- $cfg := mustMergeOverwrite $defaults (deepCopy (default (dict) .Values.config)) -}}
+{{- $catalog := toString $cfg.catalog.path -}}
+{{- if or (not (hasPrefix (printf "%s/" (include "pxb-server.dataDir" .)) $catalog)) (contains "/../" $catalog) -}}
+{{- fail (printf "config.catalog.path %q must be a file under %s/, the catalog's volume (persistence)" $catalog (include "pxb-server.dataDir" .)) -}}
+{{- end -}}
+{{- $_ := set $cfg "mode" .Values.mode -}}
+{{- $auth := dict "issuer" (toString .Values.auth.issuer) "audiences" (default (list) .Values.auth.audiences) "providerAdminGroups" (default (list) .Values.auth.providerAdminGroups) "providerAdminRoles" (default (list) .Values.auth.providerAdminRoles) -}}
+{{- if or .Values.auth.issuerCA.configMap .Values.auth.issuerCA.secret -}}
+{{- $_ := set $auth "issuerCaFile" (printf "%s/%s" (include "pxb-server.issuerCaDir" .) .Values.auth.issuerCA.key) -}}
+{{- end -}}
+{{- $_ := set $cfg "auth" $auth -}}
+{{- if .Values.secretsKey.existingSecret -}}
+{{- $_ := set $cfg "secrets" (dict "keyFile" (printf "%s/%s" (include "pxb-server.secretsKeyDir" .) .Values.secretsKey.key)) -}}
+{{- end -}}
+{{- $garden := dict -}}
+{{- range .Values.gardenCredentials -}}
+{{- $g := dict "kubeconfig" (printf "%s/%s/kubeconfig" (include "pxb-server.gardenDir" $) .name) -}}
+{{- with .orgs }}{{ $_ := set $g "orgs" . }}{{ end -}}
+{{- with .projects }}{{ $_ := set $g "projects" . }}{{ end -}}
+{{- $_ := set $garden .name $g -}}
+{{- end -}}
+{{- $_ := set $cfg "gardenCredentials" $garden -}}
+{{- toYaml $cfg -}}
+{{- end -}}
+
+{{/* The API's port: the port of api.listen. */}}
+{{- define "pxb-server.port" -}}
+{{- $cfg := include "pxb-server.config" . | fromYaml -}}
+{{- $listen := toString $cfg.api.listen -}}
+{{- $port := splitList ":" $listen | last -}}
+{{- if not (regexMatch "^[0-9]{1,5}$" $port) -}}
+{{- fail (printf "config.api.listen %q must be host:port with a numeric port (the container port, probes and Service follow it)" $listen) -}}
+{{- end -}}
+{{- $port -}}
+{{- end -}}
+
+{{/* The support channel's ConfigMap: namespace and name (from telemetry.support.configMap,
+`name` or `namespace/name`), as "namespace/name". */}}
+{{- define "pxb-server.telemetryConfigMap" -}}
+{{- $cfg := include "pxb-server.config" . | fromYaml -}}
+{{- $ref := "pxb-telemetry-config" -}}
+{{- if and $cfg.telemetry $cfg.telemetry.support $cfg.telemetry.support.configMap -}}
+{{- $ref = toString $cfg.telemetry.support.configMap -}}
+{{- end -}}
+{{- if contains "/" $ref -}}
+{{- $ref -}}
+{{- else -}}
+{{- printf "%s/%s" .Release.Namespace $ref -}}
+{{- end -}}
+{{- end -}}
+
+{{/* "true" when the server watches that ConfigMap through the Kubernetes API (an endpoint is
+set and no enabledFile), so the pod needs its ServiceAccount's token; else "false". */}}
+{{- define "pxb-server.needsApiToken" -}}
+{{- $cfg := include "pxb-server.config" . | fromYaml -}}
+{{- $support := dict -}}
+{{- if and $cfg.telemetry $cfg.telemetry.support -}}{{- $support = $cfg.telemetry.support -}}{{- end -}}
+{{- if and $support.endpoint (not $support.enabledFile) -}}true{{- else -}}false{{- end -}}
+{{- end -}}
+
+{{- define "pxb-server.image" -}}
+{{- if .Values.image.digest -}}
+{{- printf "%s@%s" .Values.image.repository .Values.image.digest -}}
+{{- else -}}
+{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) -}}
+{{- end -}}
+{{- end -}}
