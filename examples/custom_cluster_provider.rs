@@ -119,6 +119,7 @@ impl FileClusters {
             kubernetes_version: String::new(),
             region: String::new(),
             labels: e.labels.clone(),
+            service_account_issuer: None,
             eligibility,
         }
     }

@@ -104,6 +104,11 @@ pub struct ClusterInfo {
     pub region: String,
     /// Labels of the cluster object.
     pub labels: BTreeMap<String, String>,
+    /// The URL of the service-account issuer that a cloud identity (an Entra federated credential)
+    /// can trust, when the cluster publishes one (for Gardener: the managed issuer of a shoot
+    /// annotated `authentication.gardener.cloud/issuer=managed`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_account_issuer: Option<String>,
     /// Whether it is served.
     pub eligibility: Eligibility,
 }
@@ -684,6 +689,7 @@ mod tests {
             kubernetes_version: "1.33.4".into(),
             region: "westeurope".into(),
             labels: BTreeMap::new(),
+            service_account_issuer: None,
             eligibility,
         }
     }

@@ -52,6 +52,7 @@
 //!         kubernetes_version: "1.33.4".into(),
 //!         region: "westeurope".into(),
 //!         labels: BTreeMap::new(),
+//!         service_account_issuer: None,
 //!         eligibility: Eligibility::Eligible,
 //!     },
 //!     None,

@@ -129,6 +129,30 @@ pub fn dns_label(s: &str) -> String {
     safe_form(s, MAX_DNS_LABEL, lower_alnum_or_dash)
 }
 
+/// Longest name of an Entra federated identity credential.
+pub const MAX_FEDERATED_CREDENTIAL: usize = 120;
+
+/// Whether `s` is a valid name of a federated identity credential: 3 to 120 letters, digits,
+/// `-` and `_`, starting with a letter or digit (Azure's `^[a-zA-Z0-9][a-zA-Z0-9-_]{2,119}$`).
+pub fn is_federated_credential_name(s: &str) -> bool {
+    let b = s.as_bytes();
+    (3..=MAX_FEDERATED_CREDENTIAL).contains(&b.len())
+        && b[0].is_ascii_alphanumeric()
+        && b.iter()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_'))
+}
+
+/// `s` (a cluster name) as the name of a federated identity credential: unchanged when valid,
+/// else its deterministic safe form.
+pub fn federated_credential_name(s: &str) -> String {
+    if is_federated_credential_name(s) {
+        return s.to_owned();
+    }
+    safe_form(s, MAX_FEDERATED_CREDENTIAL, |c| {
+        (c.is_ascii_alphanumeric() || matches!(c, '-' | '_')).then_some(c)
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -198,6 +222,11 @@ mod tests {
             let d = dns_label(&s);
             assert!(is_dns_label(&d), "dns_label({s:?}) = {d:?}");
             assert!(is_subdomain(&d), "a DNS label is a subdomain: {d:?}");
+            let f = federated_credential_name(&s);
+            assert!(
+                is_federated_credential_name(&f),
+                "federated_credential_name({s:?}) = {f:?}"
+            );
         }
     }
 
@@ -207,6 +236,10 @@ mod tests {
             assert_eq!(label_value(&s), label_value(&s));
             assert_eq!(object_name(&s), object_name(&s));
             assert_eq!(dns_label(&s), dns_label(&s));
+            assert_eq!(federated_credential_name(&s), federated_credential_name(&s));
+            if is_federated_credential_name(&s) {
+                assert_eq!(federated_credential_name(&s), s);
+            }
             if is_label_value(&s) {
                 assert_eq!(label_value(&s), s);
             }

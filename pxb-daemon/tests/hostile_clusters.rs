@@ -108,6 +108,7 @@ async fn register(
             kubernetes_version: "1.31.0".into(),
             region: "westeurope".into(),
             labels: Default::default(),
+            service_account_issuer: None,
             eligibility: Eligibility::Eligible,
         },
         Some(access.clone()),

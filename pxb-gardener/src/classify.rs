@@ -9,6 +9,40 @@ use crate::types::Shoot;
 /// Addresses Gardener accepts for a kubeconfig, in its order of preference.
 pub const KUBECONFIG_ADDRESSES: [&str; 4] = ["external", "wildcard-tls-seed-bound", "internal", "unmanaged"];
 
+/// The shoot annotation that asks Gardener for a managed service-account issuer.
+pub const ISSUER_ANNOTATION: &str = "authentication.gardener.cloud/issuer";
+/// The value of [`ISSUER_ANNOTATION`] for a managed issuer.
+pub const ISSUER_MANAGED: &str = "managed";
+/// The name of the advertised address that holds the service-account issuer.
+pub const ISSUER_ADDRESS: &str = "service-account-issuer";
+
+/// The shoot's managed service-account issuer: `status.advertisedAddresses[name=
+/// service-account-issuer].url` of a shoot annotated `authentication.gardener.cloud/issuer=
+/// managed`, once Gardener has reconciled it (the URL has the managed issuer's form
+/// `https://<discovery host>/projects/<project>/shoots/<uid>/issuer`). Gardener advertises an
+/// issuer for other shoots too, but that one is the API server's own (`https://api.<domain>`),
+/// whose discovery document is not public, so Entra cannot trust it: `None` for those, for a
+/// shoot annotated but not reconciled yet, and for shoots that advertise none.
+pub fn managed_issuer(shoot: &Shoot) -> Option<String> {
+    let managed = shoot
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(ISSUER_ANNOTATION))
+        .is_some_and(|v| v == ISSUER_MANAGED);
+    if !managed {
+        return None;
+    }
+    let path = format!("/shoots/{}/issuer", identity(shoot).0);
+    shoot
+        .status
+        .as_ref()?
+        .advertised_addresses
+        .iter()
+        .find(|a| a.name == ISSUER_ADDRESS && a.url.starts_with("https://") && a.url.ends_with(&path))
+        .map(|a| a.url.clone())
+}
+
 /// What makes a shoot eligible.
 ///
 /// Non-exhaustive: start from [`Policy::default`] (Azure shoots on Kubernetes 1.30 or later) and
@@ -96,6 +130,7 @@ pub fn classify(shoot: &Shoot, policy: &Policy) -> ClusterInfo {
             .unwrap_or_default()
             .into_iter()
             .collect::<BTreeMap<_, _>>(),
+        service_account_issuer: managed_issuer(shoot),
         eligibility,
     };
     let last_op = shoot.status.as_ref().and_then(|s| s.last_operation.as_ref());
@@ -202,6 +237,7 @@ pub fn classify_object(obj: &kube::api::DynamicObject, policy: &Policy) -> Clust
                 kubernetes_version: String::new(),
                 region: String::new(),
                 labels: meta.labels.unwrap_or_default().into_iter().collect(),
+                service_account_issuer: None,
                 eligibility: ineligible(
                     IneligibleReason::Malformed,
                     format!("the shoot cannot be read: {e}"),
@@ -290,6 +326,46 @@ mod tests {
         let mut s = shoot("1.33.4");
         s.as_object_mut().expect("object").remove("status");
         assert_eq!(reason(s), Some(IneligibleReason::Malformed));
+    }
+
+    #[test]
+    fn only_a_managed_issuer_is_recorded() {
+        let info = |v: serde_json::Value| {
+            let s: Shoot = serde_json::from_value(v).expect("shoot");
+            classify(&s, &Policy::default())
+        };
+        let issuer = "https://discovery.example/projects/dev/shoots/u-1/issuer";
+        let mut s = shoot("1.33.4");
+        s["status"]["advertisedAddresses"] = json!([
+            {"name": "external", "url": "https://api.example"},
+            {"name": "service-account-issuer", "url": issuer},
+        ]);
+        // Gardener advertises the API server's own issuer without the annotation: not public.
+        assert_eq!(info(s.clone()).service_account_issuer, None);
+        s["metadata"]["annotations"] = json!({"authentication.gardener.cloud/issuer": "managed"});
+        let managed = info(s.clone());
+        assert_eq!(managed.service_account_issuer.as_deref(), Some(issuer));
+        assert_eq!(managed.eligibility, Eligibility::Eligible);
+        // Annotated, but not reconciled with it yet: the API server's issuer, or none at all.
+        s["status"]["advertisedAddresses"] = json!([
+            {"name": "external", "url": "https://api.example"},
+            {"name": "service-account-issuer", "url": "https://api.example"},
+        ]);
+        assert_eq!(info(s.clone()).service_account_issuer, None);
+        s["status"]["advertisedAddresses"] = json!([{"name": "external", "url": "https://api.example"}]);
+        assert_eq!(info(s.clone()).service_account_issuer, None);
+        // Another shoot's issuer is not this one's.
+        s["status"]["advertisedAddresses"] = json!([
+            {"name": "service-account-issuer", "url": "https://discovery.example/projects/dev/shoots/u-2/issuer"},
+        ]);
+        assert_eq!(info(s.clone()).service_account_issuer, None);
+        // Another value of the annotation is not the managed issuer.
+        s["metadata"]["annotations"] = json!({"authentication.gardener.cloud/issuer": "unmanaged"});
+        s["status"]["advertisedAddresses"] = json!([
+            {"name": "external", "url": "https://api.example"},
+            {"name": "service-account-issuer", "url": issuer},
+        ]);
+        assert_eq!(info(s).service_account_issuer, None);
     }
 
     #[test]

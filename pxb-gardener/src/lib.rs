@@ -81,7 +81,10 @@ mod kubeconfig;
 mod provider;
 mod types;
 
-pub use classify::{KUBECONFIG_ADDRESSES, Policy, classify, classify_object, identity};
+pub use classify::{
+    ISSUER_ADDRESS, ISSUER_ANNOTATION, ISSUER_MANAGED, KUBECONFIG_ADDRESSES, Policy, classify,
+    classify_object, identity, managed_issuer,
+};
 pub use kubeconfig::{kube_client, kube_config, parse_access};
 pub use provider::{
     ENV_GARDEN_KUBECONFIG, ENV_GARDEN_PROJECT, GardenAuth, GardenerConfig, GardenerProvider, ProviderStats,

@@ -1207,6 +1207,7 @@ mod tests {
                 kubernetes_version: "1.31.0".into(),
                 region: "westeurope".into(),
                 labels: BTreeMap::new(),
+                service_account_issuer: None,
                 eligibility: Eligibility::Eligible,
             },
         );

@@ -183,6 +183,33 @@ async fn device_login(args: &LoginArgs) -> Result<String, String> {
 pub enum ClustersCommand {
     /// The org's clusters with their state.
     List,
+    /// Prints the `az` commands that let the cluster's agent reach an Azure location with
+    /// Workload Identity: a managed identity, its federated credential for the cluster's
+    /// service-account issuer, and the blob data role on the location's container.
+    Federation(FederationArgs),
+}
+
+/// `pxb clusters federation`.
+#[derive(Debug, Args)]
+pub struct FederationArgs {
+    /// The cluster (its name or id).
+    pub cluster: String,
+    /// The location (an Azure location in federated mode).
+    #[arg(long)]
+    pub location: String,
+    /// The managed identity's resource group (else a placeholder to replace).
+    #[arg(long, short = 'g')]
+    pub resource_group: Option<String>,
+    /// The managed identity's name.
+    #[arg(long, default_value = super::federation::DEFAULT_IDENTITY)]
+    pub identity: String,
+    /// The subscription of the identity and the storage account (else the current one of `az`).
+    #[arg(long)]
+    pub subscription: Option<String>,
+    /// The storage account's resource group; with --subscription the role's scope is written
+    /// out, else the commands look the account up by name.
+    #[arg(long)]
+    pub storage_resource_group: Option<String>,
 }
 
 /// Location commands.
@@ -564,6 +591,19 @@ pub async fn clusters(conn: Conn, cmd: ClustersCommand) -> ExitCode {
                     .collect();
                 table(&["NAME", "STATE", "AGENT", "LAST SEEN", "MESSAGE"], &rows);
             })
+        }
+        ClustersCommand::Federation(args) => {
+            let org = try_api!(c.org());
+            let cluster = try_api!(c.get_cluster(org, &args.cluster).await);
+            let location = try_api!(c.get_location(org, &args.location).await);
+            let opts = super::federation::FederationOptions {
+                resource_group: args.resource_group,
+                identity: Some(args.identity),
+                subscription: args.subscription,
+                storage_resource_group: args.storage_resource_group,
+            };
+            let f = try_api!(super::federation::federation(&cluster, &location, &opts));
+            print(&conn, &f, |f| print!("{}", f.script))
         }
     }
 }

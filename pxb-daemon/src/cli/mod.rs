@@ -4,6 +4,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+pub mod federation;
 pub mod fleet;
 mod location;
 mod output;

@@ -335,6 +335,7 @@ impl Server {
             labels: info.labels.clone(),
             ineligible,
             hibernated,
+            service_account_issuer: info.service_account_issuer.clone(),
             first_seen: base.map(|b| b.first_seen.clone()).unwrap_or(now),
             retired_at: None,
             sealed_kubeconfig: None,
@@ -429,6 +430,7 @@ mod tests {
             kubernetes_version: "1.33.0".into(),
             region: "westeurope".into(),
             labels: BTreeMap::new(),
+            service_account_issuer: None,
             eligibility: Eligibility::Eligible,
         }
     }

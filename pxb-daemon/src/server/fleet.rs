@@ -168,6 +168,7 @@ mod tests {
             labels: Default::default(),
             ineligible: None,
             hibernated: false,
+            service_account_issuer: None,
             first_seen: String::new(),
             retired_at: None,
             sealed_kubeconfig: None,

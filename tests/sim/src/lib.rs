@@ -90,6 +90,9 @@ use store::{ApiError, ApiStore, Preconditions, ResourceType, now_rfc3339, rfc333
 
 use rest::{Body, RestOptions, error_response, json_response};
 
+/// The shoot annotation that asks Gardener for a managed service-account issuer.
+const ISSUER_ANNOTATION: &str = "authentication.gardener.cloud/issuer";
+
 /// Settings of a simulated fleet.
 #[derive(Debug, Clone)]
 pub struct FleetConfig {
@@ -137,6 +140,10 @@ pub struct ShootSpec {
     pub creating: bool,
     /// Whether `status.advertisedAddresses` is filled.
     pub advertised_addresses: bool,
+    /// Annotated `authentication.gardener.cloud/issuer=managed`: the advertised
+    /// `service-account-issuer` is Gardener's managed issuer
+    /// (`…/projects/<project>/shoots/<uid>/issuer`) instead of the API server's own URL.
+    pub managed_issuer: bool,
     /// Starts hibernated.
     pub hibernated: bool,
     /// Leaves out `status` entirely (a malformed shoot).
@@ -156,6 +163,7 @@ impl ShootSpec {
             labels: BTreeMap::new(),
             creating: false,
             advertised_addresses: true,
+            managed_issuer: true,
             hibernated: false,
             without_status: false,
             external: None,
@@ -525,6 +533,7 @@ impl Fleet {
                 fault: Fault::None,
                 kubernetes_version: spec.kubernetes_version.clone(),
                 advertised: spec.advertised_addresses,
+                managed_issuer: spec.managed_issuer,
             },
             RestOptions {
                 kubernetes_version: spec.kubernetes_version.clone(),
@@ -594,9 +603,14 @@ impl Fleet {
 
     /// Writes the shoot's status (and the spec and labels that follow its phase) to the garden.
     fn write_status(&self, shoot: &SimShoot) -> anyhow::Result<()> {
-        let (phase, version, advertised) = {
+        let (phase, version, advertised, managed_issuer) = {
             let st = shoot.lock();
-            (st.phase, st.kubernetes_version.clone(), st.advertised)
+            (
+                st.phase,
+                st.kubernetes_version.clone(),
+                st.advertised,
+                st.managed_issuer,
+            )
         };
         let g = &self.inner.garden;
         let ty = shoot_type();
@@ -608,6 +622,14 @@ impl Fleet {
         g.update_with(&ty, Some(&shoot.namespace), &shoot.name, false, false, |cur| {
             let mut o = cur.clone();
             o["metadata"]["labels"]["shoot.gardener.cloud/status"] = health.into();
+            if managed_issuer {
+                o["metadata"]["annotations"][ISSUER_ANNOTATION] = "managed".into();
+            } else if let Some(a) = o
+                .pointer_mut("/metadata/annotations")
+                .and_then(Value::as_object_mut)
+            {
+                a.remove(ISSUER_ANNOTATION);
+            }
             o["spec"]["hibernation"]["enabled"] = (phase == Phase::Hibernated).into();
             o["spec"]["kubernetes"]["version"] = version.clone().into();
             Ok(o)
@@ -615,6 +637,11 @@ impl Fleet {
         .map_err(|e| anyhow::anyhow!("{}", e.message))?;
         let url = shoot.url();
         let technical_id = shoot.technical_id.clone();
+        let project = shoot
+            .namespace
+            .strip_prefix("garden-")
+            .unwrap_or(&shoot.namespace)
+            .to_owned();
         g.update_with(&ty, Some(&shoot.namespace), &shoot.name, true, false, |cur| {
             let mut o = cur.clone();
             let uid = cur.pointer("/metadata/uid").cloned().unwrap_or(Value::Null);
@@ -634,8 +661,16 @@ impl Fleet {
                 json!({"type": t, "status": s, "lastTransitionTime": now, "lastUpdateTime": now,
                        "reason": reason, "message": format!("{t} is {s}")})
             };
-            let conditions: Vec<Value> = ["APIServerAvailable", "ControlPlaneHealthy", "ObservabilityComponentsHealthy",
-                "EveryNodeReady", "SystemComponentsHealthy"].iter().map(|t| cond(t)).collect();
+            let conditions: Vec<Value> = [
+                "APIServerAvailable",
+                "ControlPlaneHealthy",
+                "ObservabilityComponentsHealthy",
+                "EveryNodeReady",
+                "SystemComponentsHealthy",
+            ]
+            .iter()
+            .map(|t| cond(t))
+            .collect();
             let mut status = json!({
                 "hibernated": phase == Phase::Hibernated,
                 "technicalID": technical_id,
@@ -648,12 +683,22 @@ impl Fleet {
             });
             if phase != Phase::Creating {
                 status["uid"] = uid.clone();
-                status["clusterIdentity"] = format!("{technical_id}-{}-pxb-sim", uid.as_str().unwrap_or("")).into();
+                status["clusterIdentity"] =
+                    format!("{technical_id}-{}-pxb-sim", uid.as_str().unwrap_or("")).into();
                 if advertised {
+                    // Gardener's managed issuer, or else the API server's own URL.
+                    let issuer = if managed_issuer {
+                        format!(
+                            "{url}/projects/{project}/shoots/{}/issuer",
+                            uid.as_str().unwrap_or("")
+                        )
+                    } else {
+                        url.clone()
+                    };
                     status["advertisedAddresses"] = json!([
                         {"name": "external", "url": url},
                         {"name": "internal", "url": url},
-                        {"name": "service-account-issuer", "url": format!("{url}/projects/sim/shoots/{}/issuer", uid.as_str().unwrap_or(""))},
+                        {"name": "service-account-issuer", "url": issuer},
                     ]);
                 }
             }
@@ -685,6 +730,12 @@ impl Fleet {
     /// Wakes a hibernated shoot.
     pub fn wake(&self, project: &str, name: &str) -> anyhow::Result<()> {
         self.transition(project, name, |s| s.phase = Phase::Ready)
+    }
+
+    /// Annotates a shoot `authentication.gardener.cloud/issuer=managed` (or removes the
+    /// annotation) and reconciles it: its advertised `service-account-issuer` follows.
+    pub fn set_managed_issuer(&self, project: &str, name: &str, managed: bool) -> anyhow::Result<()> {
+        self.transition(project, name, |s| s.managed_issuer = managed)
     }
 
     /// Changes a shoot's Kubernetes version.

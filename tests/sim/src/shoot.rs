@@ -128,6 +128,7 @@ pub(crate) struct ShootState {
     pub(crate) fault: Fault,
     pub(crate) kubernetes_version: String,
     pub(crate) advertised: bool,
+    pub(crate) managed_issuer: bool,
 }
 
 pub(crate) struct ShootPki {
