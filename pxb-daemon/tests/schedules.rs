@@ -31,7 +31,11 @@ async fn server_on(
     clock: Arc<ManualClock>,
     sealer: Option<Sealer>,
 ) -> Server {
-    let config = ServerConfig::from_yaml(DEFAULT_CONFIG_YAML).expect("config");
+    let mut config = ServerConfig::from_yaml(DEFAULT_CONFIG_YAML).expect("config");
+    // A server given a sealer runs in classic mode, as only a classic one holds credentials.
+    if sealer.is_some() {
+        config.mode = pxb_core::catalog::records::Mode::Classic;
+    }
     Server::build(
         config,
         ServerDeps {

@@ -416,9 +416,12 @@ async fn credentials_never_reach_statuses_the_catalog_the_api_or_logs() {
     )
     .expect("key");
     let kf = key_file.display().to_string();
-    let mut cp = ControlPlane::start(ACME_PROJECT, 1, move |c| c.secrets.key_file = kf)
-        .await
-        .expect("control plane");
+    let mut cp = ControlPlane::start(ACME_PROJECT, 1, move |c| {
+        c.mode = pxb_core::catalog::records::Mode::Classic;
+        c.secrets.key_file = kf;
+    })
+    .await
+    .expect("control plane");
     cp.start_agent(ACME_PROJECT, "shoot-00000").await.expect("agent");
     let admin = cp.admin_token();
     let (status, body) = post(

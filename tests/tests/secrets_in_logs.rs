@@ -198,6 +198,7 @@ async fn a_full_scenario_logs_no_secret() {
         support_switch.display().to_string(),
     );
     let mut cp = ControlPlane::start(PROJECT, 1, move |c| {
+        c.mode = Mode::Classic;
         c.secrets.key_file = kf;
         c.telemetry.support.endpoint = endpoint;
         c.telemetry.support.ca_file = ca;

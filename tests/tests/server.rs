@@ -737,6 +737,7 @@ async fn damaged_orgs_are_degraded_and_classic_secrets_are_sealed() {
     let key_file = cp.dir.path().join("secrets.key");
     std::fs::write(&key_file, &key_a).expect("key");
     cp.config.secrets.key_file = key_file.display().to_string();
+    cp.config.mode = Mode::Classic;
     cp.restart_server().await.expect("restart with a key");
     cp.start_agent(PROJECT, &shoot(0)).await.expect("agent");
     for org in ["acme", "globex", "initech"] {

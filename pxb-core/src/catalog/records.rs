@@ -244,6 +244,13 @@ pub struct ClusterRecord {
     /// Whether the shoot is hibernated.
     #[serde(default)]
     pub hibernated: bool,
+    /// The service-account issuer URL Gardener advertises when the shoot is annotated
+    /// `authentication.gardener.cloud/issuer=managed` (`status.advertisedAddresses[name=
+    /// service-account-issuer]`): what an Entra federated credential for the agent trusts (`pxb
+    /// clusters federation` prints the commands). `None` when the shoot publishes none, and for
+    /// imported clusters.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_account_issuer: Option<String>,
     /// When it was first seen.
     pub first_seen: String,
     /// When it was retired (deleted from the project); its backups stay listed.
@@ -1181,5 +1188,35 @@ impl Record for SupportInstallation {
             sort: self.id.clone(),
             ..Index::default()
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A cluster stored before `serviceAccountIssuer` existed reads back without it, and one
+    /// without an issuer is stored as before: no migration.
+    #[test]
+    fn the_service_account_issuer_needs_no_migration() {
+        let old = r#"{"org":"a","id":"u-1","name":"s1","source":"gardener","firstSeen":"2026-01-01T00:00:00Z",
+            "status":{"state":"Ready"}}"#;
+        let c: ClusterRecord = serde_json::from_str(old).expect("an older record");
+        assert_eq!(c.service_account_issuer, None);
+        assert_eq!(c.status.state, ClusterState::Ready);
+        let json = serde_json::to_value(&c).expect("json");
+        assert!(json.get("serviceAccountIssuer").is_none(), "{json}");
+
+        let with = ClusterRecord {
+            service_account_issuer: Some("https://discovery.example/projects/p/shoots/u-1/issuer".into()),
+            ..c
+        };
+        let json = serde_json::to_value(&with).expect("json");
+        assert_eq!(
+            json["serviceAccountIssuer"],
+            "https://discovery.example/projects/p/shoots/u-1/issuer"
+        );
+        let back: ClusterRecord = serde_json::from_value(json).expect("back");
+        assert_eq!(back, with);
     }
 }

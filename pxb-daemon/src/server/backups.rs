@@ -146,7 +146,9 @@ impl Server {
     }
 
     /// The backup records for `namespaces` on the clusters `selector` picks, made now: `Pending`
-    /// where the cluster can take them, `Missed` with the reason where it cannot.
+    /// where the cluster can take them, `Missed` with the reason where it cannot; all `Missed`
+    /// with `inactive` when the location is inactive.
+    #[allow(clippy::too_many_arguments)]
     fn plan_backups(
         st: &State,
         loc: &LocationRecord,
@@ -155,6 +157,7 @@ impl Server {
         now_ms: i64,
         name: impl Fn(&str) -> String,
         schedule: Option<&str>,
+        inactive: Option<&str>,
     ) -> Vec<BackupRecord> {
         let mut clusters: Vec<(&Key, &Tracked)> = st
             .clusters
@@ -165,7 +168,10 @@ impl Server {
         clusters
             .into_iter()
             .map(|(key, t)| {
-                let reason = unable(st, key, loc);
+                let reason = match inactive {
+                    Some(why) => Some(format!("location {} is inactive: {why}", loc.name)),
+                    None => unable(st, key, loc),
+                };
                 BackupRecord {
                     org: loc.org.clone(),
                     id: name(&t.record.name),
@@ -204,6 +210,7 @@ impl Server {
     pub async fn create_backups(&self, org: &str, req: &BackupRequest) -> Result<Vec<BackupRecord>> {
         check_namespaces(&req.namespaces)?;
         let loc = self.location(org, &req.location)?;
+        self.check_active(&loc)?;
         let now = ms(self.inner.clock.now());
         let suffix: u16 = rand::random();
         let records = {
@@ -215,6 +222,7 @@ impl Server {
                 &req.namespaces,
                 now,
                 |cluster| format!("{cluster}-{}-{suffix:04x}", stamp(now)),
+                None,
                 None,
             )
         };
@@ -312,6 +320,21 @@ impl Server {
             return Err(Error::precondition(format!(
                 "backup {id} is {}; wait for it to finish, or force-delete the record",
                 b.phase
+            )));
+        }
+        // Its data is deleted by an agent through the location, which no cluster has while it
+        // is inactive.
+        let inactive = {
+            let st = self.inner.lock();
+            st.locations
+                .get(&(org.to_owned(), b.location.clone()))
+                .and_then(|l| self.inner.inactive_reason(l))
+        };
+        if let Some(why) = inactive {
+            return Err(Error::precondition(format!(
+                "backup {id} is in location {}, which is inactive: {why}. Force-delete removes the record \
+                 and leaves the data",
+                b.location_name
             )));
         }
         {
@@ -425,6 +448,12 @@ impl Server {
             .ok_or_else(|| {
                 Error::precondition(format!("the location of backup {} no longer exists", b.id))
             })?;
+        if let Some(why) = self.inner.inactive_reason(&loc) {
+            return Err(Error::precondition(format!(
+                "backup {} cannot be restored: its location {} is inactive: {why}",
+                b.id, loc.name
+            )));
+        }
         let now = ms(self.inner.clock.now());
         let record = {
             let st = self.inner.lock();
@@ -500,6 +529,7 @@ impl Server {
         check_namespaces(&req.namespaces)?;
         req.policy.check().map_err(Error::invalid)?;
         let loc = self.location(org, &req.location)?;
+        self.check_active(&loc)?;
         let now = ms(self.inner.clock.now());
         let record = ScheduleRecord {
             org: org.to_owned(),
@@ -641,6 +671,8 @@ impl Server {
             let loc = self.locations(&s.org).into_iter().find(|l| l.id == s.location);
             let records = match &loc {
                 Some(loc) => {
+                    // A schedule of an inactive location records its slot as missed, with why.
+                    let inactive = self.inner.inactive_reason(loc);
                     let st = self.inner.lock();
                     Self::plan_backups(
                         &st,
@@ -650,6 +682,7 @@ impl Server {
                         now,
                         |cluster| format!("{}-{cluster}-{}", s.id, stamp(slot)),
                         Some(&s.id),
+                        inactive.as_deref(),
                     )
                 }
                 None => Vec::new(),
@@ -779,6 +812,7 @@ impl Server {
     /// assigned to.
     pub async fn request_verify(&self, org: &str, name: &str) -> Result<LocationRecord> {
         let mut loc = self.location(org, name)?;
+        self.check_active(&loc)?;
         loc.verify_request += 1;
         self.save_location(loc, None).await
     }

@@ -10,6 +10,7 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
+use pxb_core::catalog::records::Mode;
 use pxb_core::{Error, Result};
 
 /// The commented default configuration `pxb-server --print-default-config` prints. A test checks
@@ -20,6 +21,13 @@ pub const DEFAULT_CONFIG_YAML: &str = include_str!("default-config.yaml");
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields, default)]
 pub struct ServerConfig {
+    /// The server's mode. `federated` (the default): the server never stores or hands out a
+    /// cloud credential; agents reach locations with Workload Identity, classic locations are
+    /// refused, and classic locations stored while the server ran in classic mode are kept but
+    /// inactive (not sent to clusters; no backups, restores, validations, syncs or verifies).
+    /// `classic`: classic locations too, their credentials sealed with the secrets key, which
+    /// this mode requires.
+    pub mode: Mode,
     /// The REST API.
     pub api: ApiConfig,
     /// The catalog database.
@@ -254,8 +262,27 @@ pub struct AuthConfig {
 #[serde(rename_all = "camelCase", deny_unknown_fields, default)]
 pub struct SecretsConfig {
     /// A file holding a 32-byte key, base64. Alternatively set `PXB_SECRETS_KEY` to the key
-    /// itself. Without a key, classic locations and imported clusters are refused.
+    /// itself. Required in classic mode; without a key, classic locations and imported clusters
+    /// are refused.
     pub key_file: String,
+}
+
+/// How the configuration spells `mode`.
+pub fn mode_name(mode: Mode) -> &'static str {
+    match mode {
+        Mode::Federated => "federated",
+        Mode::Classic => "classic",
+    }
+}
+
+/// The error of a classic-mode server without a secrets key: what [`ServerConfig::load`] (and
+/// the server's build) say when `mode` is `classic` and neither `secrets.keyFile` nor
+/// `PXB_SECRETS_KEY` gives a key.
+pub(crate) fn classic_needs_a_key() -> Error {
+    Error::invalid(
+        "mode: classic needs a secrets key to seal classic credentials: set secrets.keyFile (a file \
+         holding 32 random bytes, base64) or PXB_SECRETS_KEY, or run in mode: federated (the default)",
+    )
 }
 
 /// How the server works the fleet.
@@ -433,6 +460,10 @@ impl ServerConfig {
                 None => Error::invalid(format!("the configuration after PXB_ overrides: {e}")),
             })?;
         config.check()?;
+        let env_key = var("PXB_SECRETS_KEY").is_some_and(|k| !k.trim().is_empty());
+        if config.mode == Mode::Classic && config.secrets.key_file.is_empty() && !env_key {
+            return Err(classic_needs_a_key());
+        }
         Ok(config)
     }
 
@@ -605,6 +636,53 @@ mod tests {
             c.garden_credentials.get("dev"),
             Some(&GardenCredential::new("/etc/garden/dev"))
         );
+    }
+
+    #[test]
+    fn the_mode_is_federated_by_default_and_classic_needs_a_secrets_key() {
+        let load = |env: &[(&str, &str)]| {
+            let env: BTreeMap<String, String> =
+                env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+            ServerConfig::load(None, |k| env.get(k).cloned())
+        };
+        assert_eq!(ServerConfig::default().mode, Mode::Federated);
+        assert_eq!(load(&[]).expect("defaults").mode, Mode::Federated);
+        // Federated needs no key.
+        assert_eq!(
+            load(&[("PXB_MODE", "federated")]).expect("federated").mode,
+            Mode::Federated
+        );
+        // Classic without a key (or with a blank one) is refused, naming both ways to give one.
+        for env in [
+            &[("PXB_MODE", "classic")][..],
+            &[("PXB_MODE", "classic"), ("PXB_SECRETS_KEY", "  ")][..],
+        ] {
+            let err = load(env).expect_err("classic without a key").to_string();
+            assert!(
+                err.contains("mode: classic needs a secrets key")
+                    && err.contains("secrets.keyFile")
+                    && err.contains("PXB_SECRETS_KEY"),
+                "{env:?}: {err}"
+            );
+        }
+        let err = file_error("mode: classic\n");
+        assert!(err.contains("mode: classic needs a secrets key"), "{err}");
+        // With a key file or the key in the environment it loads (the key itself is read and
+        // checked when the server is built).
+        let c = load(&[("PXB_MODE", "classic"), ("PXB_SECRETS_KEY", "a2V5")]).expect("env key");
+        assert_eq!(c.mode, Mode::Classic);
+        let c = load(&[("PXB_MODE", "classic"), ("PXB_SECRETS_KEY_FILE", "/etc/pxb/key")]).expect("key file");
+        assert_eq!(
+            (c.mode, c.secrets.key_file.as_str()),
+            (Mode::Classic, "/etc/pxb/key")
+        );
+        let c = ServerConfig::from_yaml("mode: classic\nsecrets: {keyFile: /etc/pxb/key}\n").expect("file");
+        assert_eq!(c.mode, Mode::Classic);
+        // Anything else is an error naming the variable and the key, or the file's line.
+        let err = env_error(&[("PXB_MODE", "Classic")]);
+        assert!(err.contains("PXB_MODE") && err.contains("(mode)"), "{err}");
+        let err = file_error("mode: hybrid\n");
+        assert!(err.contains("hybrid") && err.contains("classic"), "{err}");
     }
 
     #[test]

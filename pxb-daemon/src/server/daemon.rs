@@ -8,12 +8,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use pxb_core::catalog::CatalogStore;
+use pxb_core::catalog::records::Mode;
 use pxb_core::cluster::DiscoverySource;
 use pxb_core::{Clock, Error, Result, SystemClock};
 
 use super::api;
 use super::auth::{Authenticator, Authenticators, DevToken, OidcAuthenticator};
-use super::config::ServerConfig;
+use super::config::{ServerConfig, classic_needs_a_key, mode_name};
 use super::gardener::GardenerDiscovery;
 use super::scheduler::Running;
 use super::seal::Sealer;
@@ -182,11 +183,21 @@ impl ServerBuilder {
         self
     }
 
-    /// Opens the catalog, sets up logins and sealing, loads every org (an org that does not load
-    /// is degraded, logged and not served) and binds `api.listen`. Nothing is contacted and no
-    /// task runs yet: see [`BuiltServer::spawn`].
+    /// Opens the catalog (migrating its schema first: the API listens only afterwards), sets up
+    /// logins and sealing, loads every org (an org that does not load is degraded, logged and not
+    /// served) and binds `api.listen`. Nothing is contacted and no task runs yet: see
+    /// [`BuiltServer::spawn`]. With `mode: classic` and no secrets key it fails before it opens
+    /// the catalog.
     pub async fn build(self) -> Result<BuiltServer> {
         let config = self.config;
+        // The key first: a classic-mode server without one stops before it touches the catalog.
+        let sealer = match self.sealer {
+            Some(s) => Some(s),
+            None => Sealer::from_config(&config.secrets.key_file, self.secrets_key)?,
+        };
+        if config.mode == Mode::Classic && sealer.is_none() {
+            return Err(classic_needs_a_key());
+        }
         let catalog: Arc<dyn CatalogStore> = match self.catalog {
             Some(c) => c,
             None => Arc::new(SqliteCatalog::open(&config.catalog.path).await?),
@@ -202,14 +213,11 @@ impl ServerBuilder {
         if auths.is_empty() {
             tracing::warn!("no login is configured (auth.issuer is empty): every API call will be refused");
         }
-        let sealer = match self.sealer {
-            Some(s) => Some(s),
-            None => Sealer::from_config(&config.secrets.key_file, self.secrets_key)?,
-        };
         let discovery = self
             .discovery
             .unwrap_or_else(|| Arc::new(GardenerDiscovery::from_config(&config)));
         let listen = config.api.listen.clone();
+        let mode = config.mode;
         let deps = ServerDeps {
             catalog,
             clock: self.clock.unwrap_or_else(|| Arc::new(SystemClock)),
@@ -225,6 +233,7 @@ impl ServerBuilder {
             Some(exporter) => Some((server.installation_id().await?, exporter, self.support_toggle)),
             None => None,
         };
+        tracing::info!(mode = mode_name(mode), "pxb-server mode");
         for (org, st) in server.orgs() {
             if let OrgState::Degraded { reason } = st {
                 tracing::error!(%org, %reason, "org degraded");
@@ -433,6 +442,8 @@ mod tests {
     use pxb_core::cluster::{ClusterId, ClusterInfo, Eligibility, StaticClusters, StaticDiscovery};
     use serde_json::{Value, json};
 
+    use base64::Engine as _;
+
     use super::*;
     use crate::server::auth::{Identity, StaticTokens};
     use crate::server::config::GardenCredential;
@@ -446,8 +457,473 @@ mod tests {
             kubernetes_version: "1.33.0".into(),
             region: "westeurope".into(),
             labels: BTreeMap::new(),
+            service_account_issuer: None,
             eligibility: Eligibility::Eligible,
         }
+    }
+
+    /// A classic-mode server without a secrets key stops before it opens (or creates) the
+    /// catalog, with a message naming both ways to give a key; with a key it builds.
+    #[tokio::test]
+    async fn a_classic_server_without_a_secrets_key_does_not_start() {
+        let dir = tempfile::tempdir().expect("dir");
+        let path = dir.path().join("catalog.db");
+        let mut config = ServerConfig::default();
+        config.api.listen = "127.0.0.1:0".into();
+        config.catalog.path = path.display().to_string();
+        config.mode = Mode::Classic;
+        let err = ServerBuilder::new(config.clone())
+            .build()
+            .await
+            .expect_err("classic without a key");
+        let msg = err.to_string();
+        assert!(
+            msg.contains("mode: classic needs a secrets key")
+                && msg.contains("secrets.keyFile")
+                && msg.contains("PXB_SECRETS_KEY"),
+            "{msg}"
+        );
+        assert!(!path.exists(), "the catalog was not touched");
+        let key = base64::engine::general_purpose::STANDARD.encode([3u8; 32]);
+        let built = ServerBuilder::new(config)
+            .secrets_key(key)
+            .build()
+            .await
+            .expect("classic with a key");
+        assert!(path.exists());
+        drop(built);
+    }
+
+    /// The REST calls of the mode tests: status and JSON body.
+    struct Api {
+        http: reqwest::Client,
+        base: String,
+    }
+
+    impl Api {
+        async fn call(&self, m: reqwest::Method, token: &str, p: &str, body: Option<Value>) -> (u16, Value) {
+            let mut r = self
+                .http
+                .request(m, format!("{}{p}", self.base))
+                .bearer_auth(token);
+            if let Some(b) = body {
+                r = r.header("content-type", "application/json").body(b.to_string());
+            }
+            let resp = r.send().await.expect("send");
+            let status = resp.status().as_u16();
+            let bytes = resp.bytes().await.unwrap_or_default();
+            (status, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
+        }
+    }
+
+    /// The phrase every refusal and status of an inactive classic location carries.
+    const INACTIVE: &str = "classic locations are inactive while the server runs in federated mode";
+
+    /// A refusal of the server's mode: `409 conflict`, naming the mode and how to change it.
+    fn refused_by_mode(status: u16, body: &Value, what: &str) {
+        let msg = body["error"]["message"].as_str().unwrap_or_default();
+        assert_eq!(
+            (status, body["error"]["code"].as_str()),
+            (409, Some("conflict")),
+            "{what}: {body}"
+        );
+        assert!(
+            msg.contains("federated mode")
+                && msg.contains("mode: classic")
+                && msg.contains("PXB_MODE=classic"),
+            "{what}: {msg}"
+        );
+    }
+
+    /// One catalog, the server restarted on it in federated, classic, federated and classic mode
+    /// (what an upgrade that switches the mode does): classic locations are refused in federated
+    /// mode (nothing stored), made in classic mode, kept but inactive in federated mode (every
+    /// operation with them refused with why, a schedule's slot missed with why; listed, read,
+    /// changed without a credential and deleted), and active again in classic mode.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn classic_locations_follow_the_servers_mode_across_restarts() {
+        use pxb_core::catalog::records::{BackupPhase, BackupRecord, LocationRecord};
+        use pxb_core::catalog::{Catalog, Kind, Query};
+
+        let catalog = Arc::new(MemoryCatalog::new());
+        let clock = Arc::new(pxb_core::ManualClock::new(std::time::SystemTime::now()));
+        let key = base64::engine::general_purpose::STANDARD.encode([9u8; 32]);
+        let (root, alice) = ("token-of-the-provider-admin", "token-of-alice-acme-admin");
+        let secret = "AccountKeyOfAcme0123456789abcdefghijklmnopqrstuvwxyz==";
+        let start = |mode: Mode| {
+            let (catalog, clock, key) = (catalog.clone(), clock.clone(), key.clone());
+            async move {
+                let mut config = ServerConfig::default();
+                config.api.listen = "127.0.0.1:0".into();
+                config.auth.provider_admin_groups = vec!["ops".into()];
+                config.mode = mode;
+                let logins = StaticTokens::new()
+                    .with(root, Identity::new("root").with_groups(["ops"]))
+                    .with(alice, Identity::new("alice").with_groups(["acme-admins"]));
+                let mut b = ServerBuilder::new(config)
+                    .catalog(catalog)
+                    .clock(clock)
+                    .authenticator(Arc::new(logins));
+                // The federated server has no key at all, as a provider's would not.
+                if mode == Mode::Classic {
+                    b = b.secrets_key(key);
+                }
+                let daemon = b.build().await.expect("build").spawn().expect("spawn");
+                let api = Api {
+                    http: reqwest::Client::new(),
+                    base: format!("http://{}", daemon.addr),
+                };
+                (daemon, api)
+            }
+        };
+        let typed = Catalog::new(catalog.clone());
+        let stored_locations = || async {
+            typed
+                .list_all::<LocationRecord>(&Query::org("acme"))
+                .await
+                .expect("locations")
+        };
+        let classic = |name: &str| {
+            json!({"name": name, "provider": "azure", "account": "acmestore", "container": "backups",
+                   "mode": "classic", "credential": {"accountKey": secret}, "clusters": {"all": true}})
+        };
+        use reqwest::Method as M;
+
+        // Federated (the default): the tenant's admin cannot make the server hold a credential.
+        let (daemon, api) = start(Mode::Federated).await;
+        let (status, body) = api
+            .call(
+                M::POST,
+                root,
+                "/v1/orgs",
+                Some(json!({"id": "acme", "access": [{"role": "admin", "groups": ["acme-admins"]}]})),
+            )
+            .await;
+        assert_eq!(status, 201, "{body}");
+        let (status, body) = api
+            .call(M::POST, alice, "/v1/orgs/acme/locations", Some(classic("vault")))
+            .await;
+        refused_by_mode(status, &body, "a classic location");
+        // Also as a sasToken, and with the mode left to an org whose default is classic.
+        let mut sas = classic("vault");
+        sas["credential"] = json!({"sasToken": "sv=2024&sig=secret"});
+        let (status, body) = api
+            .call(M::POST, alice, "/v1/orgs/acme/locations", Some(sas))
+            .await;
+        refused_by_mode(status, &body, "a classic location with a SAS");
+        let (status, body) = api
+            .call(
+                M::POST,
+                root,
+                "/v1/orgs",
+                Some(json!({"id": "globex", "mode": "classic"})),
+            )
+            .await;
+        assert_eq!(status, 201, "{body}");
+        let mut defaulted = classic("vault");
+        defaulted.as_object_mut().expect("object").remove("mode");
+        let (status, body) = api
+            .call(M::POST, root, "/v1/orgs/globex/locations", Some(defaulted))
+            .await;
+        refused_by_mode(status, &body, "a location classic by the org's default");
+        // A federated location works as before; a credential for it is refused too.
+        let (status, body) = api
+            .call(
+                M::POST,
+                alice,
+                "/v1/orgs/acme/locations",
+                Some(
+                    json!({"name": "primary", "provider": "file", "container": "/var/backups/acme",
+                            "clusters": {"all": true}}),
+                ),
+            )
+            .await;
+        assert_eq!(status, 201, "{body}");
+        assert_eq!(
+            (&body["active"], &body["inactiveReason"]),
+            (&json!(true), &Value::Null),
+            "{body}"
+        );
+        let (status, body) = api
+            .call(
+                M::PUT,
+                alice,
+                "/v1/orgs/acme/locations/primary",
+                Some(json!({"credential": {"accountKey": secret}})),
+            )
+            .await;
+        refused_by_mode(status, &body, "a credential for a federated location");
+        let (_, list) = api.call(M::GET, alice, "/v1/orgs/acme/locations", None).await;
+        assert_eq!(list["items"].as_array().map(Vec::len), Some(1), "{list}");
+        let stored = stored_locations().await;
+        assert_eq!(stored.len(), 1, "{stored:?}");
+        assert!(stored.iter().all(|l| l.credential.is_none()), "{stored:?}");
+        daemon.shutdown().await;
+
+        // Classic: classic locations are made, federated ones keep working.
+        let (daemon, api) = start(Mode::Classic).await;
+        for name in ["vault", "spare"] {
+            let (status, body) = api
+                .call(M::POST, alice, "/v1/orgs/acme/locations", Some(classic(name)))
+                .await;
+            assert_eq!(status, 201, "{body}");
+            assert_eq!(
+                (&body["active"], &body["hasCredential"]),
+                (&json!(true), &json!(true)),
+                "{body}"
+            );
+        }
+        let (status, body) = api
+            .call(
+                M::POST,
+                alice,
+                "/v1/orgs/acme/schedules",
+                Some(
+                    json!({"name": "hourly", "policy": {"kind": "interval", "minutes": 60, "retain": 3},
+                            "clusters": {"all": true}, "namespaces": ["shop"], "location": "vault"}),
+                ),
+            )
+            .await;
+        assert_eq!(status, 201, "{body}");
+        let vault = daemon.server.location("acme", "vault").expect("vault");
+        let sealed = vault.credential.clone().expect("sealed credential");
+        daemon.shutdown().await;
+        // A backup it holds, as an agent reported it.
+        let backup = BackupRecord {
+            org: "acme".into(),
+            id: "one-backup".into(),
+            cluster: "uid-one".into(),
+            cluster_name: "one".into(),
+            location: vault.id.clone(),
+            location_name: "vault".into(),
+            namespaces: vec!["shop".into()],
+            phase: BackupPhase::Success,
+            backup_id: Some("20260101T000000Z-00000001".into()),
+            created_ms: 1,
+            completed_ms: Some(2),
+            ..BackupRecord::default()
+        };
+        typed.put(&backup, Some(0)).await.expect("backup");
+
+        // Federated again, without a key: the org loads, the classic locations are listed and
+        // read, inactive with why, and nothing can be done with them but changes without a
+        // credential and deletion.
+        let (daemon, api) = start(Mode::Federated).await;
+        let (status, body) = api.call(M::GET, root, "/v1/orgs/acme", None).await;
+        assert_eq!((status, &body["state"]), (200, &json!("Ready")), "{body}");
+        let (_, list) = api.call(M::GET, alice, "/v1/orgs/acme/locations", None).await;
+        let by_name = |name: &str| {
+            list["items"]
+                .as_array()
+                .and_then(|a| a.iter().find(|l| l["name"] == name))
+                .cloned()
+                .unwrap_or_else(|| panic!("{name} is listed: {list}"))
+        };
+        assert_eq!(by_name("primary")["active"], json!(true), "{list}");
+        for name in ["vault", "spare"] {
+            let l = by_name(name);
+            assert_eq!(
+                (&l["active"], &l["hasCredential"]),
+                (&json!(false), &json!(true)),
+                "{l}"
+            );
+            assert!(
+                l["inactiveReason"].as_str().is_some_and(|r| r.contains(INACTIVE)),
+                "{l}"
+            );
+        }
+        let (status, one) = api
+            .call(M::GET, alice, "/v1/orgs/acme/locations/vault", None)
+            .await;
+        assert_eq!((status, &one["active"]), (200, &json!(false)), "{one}");
+        assert!(
+            one["inactiveReason"]
+                .as_str()
+                .is_some_and(|r| r.contains(INACTIVE)),
+            "{one}"
+        );
+        let inactive = |status: u16, body: &Value, what: &str| {
+            let msg = body["error"]["message"].as_str().unwrap_or_default();
+            assert_eq!(
+                (status, body["error"]["code"].as_str()),
+                (409, Some("conflict")),
+                "{what}: {body}"
+            );
+            assert!(msg.contains("vault") && msg.contains(INACTIVE), "{what}: {msg}");
+        };
+        let refusals: Vec<(M, String, Option<Value>, &str)> = vec![
+            (
+                M::POST,
+                "/v1/orgs/acme/backups".into(),
+                Some(json!({"clusters": {"all": true}, "namespaces": ["shop"], "location": "vault"})),
+                "a backup",
+            ),
+            (
+                M::POST,
+                "/v1/orgs/acme/restores".into(),
+                Some(json!({"backup": backup.id})),
+                "a restore",
+            ),
+            (
+                M::DELETE,
+                format!("/v1/orgs/acme/backups/{}", backup.id),
+                None,
+                "deleting a backup's data",
+            ),
+            (
+                M::POST,
+                "/v1/orgs/acme/schedules".into(),
+                Some(
+                    json!({"name": "daily", "policy": {"kind": "daily", "at": "02:00", "retain": 1},
+                            "clusters": {"all": true}, "namespaces": ["shop"], "location": "vault"}),
+                ),
+                "a schedule",
+            ),
+            (
+                M::POST,
+                "/v1/orgs/acme/locations/vault/validate".into(),
+                None,
+                "a validation",
+            ),
+            (
+                M::POST,
+                "/v1/orgs/acme/locations/vault/verify".into(),
+                None,
+                "a verify",
+            ),
+            (
+                M::POST,
+                "/v1/orgs/acme/locations/vault/sync".into(),
+                Some(json!({"cluster": "one"})),
+                "a sync",
+            ),
+        ];
+        for (m, path, body, what) in refusals {
+            let (status, answer) = api.call(m, alice, &path, body).await;
+            inactive(status, &answer, what);
+        }
+        let (status, body) = api
+            .call(
+                M::PUT,
+                alice,
+                "/v1/orgs/acme/locations/vault",
+                Some(json!({"credential": {"accountKey": "another-key"}})),
+            )
+            .await;
+        refused_by_mode(status, &body, "a new credential for an inactive location");
+        let (status, body) = api
+            .call(
+                M::PUT,
+                alice,
+                "/v1/orgs/acme/locations/vault",
+                Some(json!({"sync": true})),
+            )
+            .await;
+        assert_eq!(
+            (status, &body["active"], &body["sync"]),
+            (200, &json!(false), &json!(true)),
+            "{body}"
+        );
+        // The backup stays listed as it was.
+        let (status, body) = api
+            .call(
+                M::GET,
+                alice,
+                &format!("/v1/orgs/acme/backups/{}", backup.id),
+                None,
+            )
+            .await;
+        assert_eq!((status, &body["phase"]), (200, &json!("Success")), "{body}");
+        // A due slot of the schedule is recorded as missed, with why.
+        daemon
+            .server
+            .add_cluster(
+                pxb_core::catalog::records::ClusterRecord {
+                    org: "acme".into(),
+                    id: "uid-one".into(),
+                    name: "one".into(),
+                    source: "imported".into(),
+                    ..Default::default()
+                },
+                Arc::new(StaticClusters::new()),
+            )
+            .await
+            .expect("cluster");
+        clock.advance(Duration::from_secs(2 * 3600));
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        let missed = loop {
+            daemon.server.fire_due_schedules().await;
+            let (_, list) = api.call(M::GET, alice, "/v1/orgs/acme/backups", None).await;
+            let scheduled: Vec<Value> = list["items"]
+                .as_array()
+                .map(|a| a.iter().filter(|b| b["schedule"] == "hourly").cloned().collect())
+                .unwrap_or_default();
+            if !scheduled.is_empty() {
+                break scheduled;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the schedule did not fire: {list}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        for b in &missed {
+            assert_eq!(b["phase"], "Missed", "{b}");
+            assert!(b["message"].as_str().is_some_and(|m| m.contains(INACTIVE)), "{b}");
+        }
+        // Deleting works.
+        let (status, body) = api
+            .call(M::DELETE, alice, "/v1/orgs/acme/locations/spare", None)
+            .await;
+        assert_eq!(status, 204, "{body}");
+        let stored = stored_locations().await;
+        assert_eq!(
+            stored.iter().map(|l| l.name.as_str()).collect::<Vec<_>>(),
+            ["primary", "vault"]
+        );
+        // The credential is still there, sealed as it was.
+        let kept = stored.iter().find(|l| l.name == "vault").expect("vault");
+        assert_eq!(kept.credential.as_ref(), Some(&sealed));
+        let docs = catalog
+            .list(Kind::Location, &Query::org("acme"))
+            .await
+            .expect("list");
+        assert!(
+            docs.items
+                .iter()
+                .all(|e| !String::from_utf8_lossy(&e.doc).contains(secret)),
+            "only sealed"
+        );
+        daemon.shutdown().await;
+
+        // Classic again: the same location is active, and works.
+        let (daemon, api) = start(Mode::Classic).await;
+        let (status, one) = api
+            .call(M::GET, alice, "/v1/orgs/acme/locations/vault", None)
+            .await;
+        assert_eq!(
+            (status, &one["active"], &one["inactiveReason"]),
+            (200, &json!(true), &Value::Null),
+            "{one}"
+        );
+        let (status, body) = api
+            .call(M::POST, alice, "/v1/orgs/acme/locations/vault/validate", None)
+            .await;
+        assert_eq!(status, 202, "{body}");
+        let (status, body) = api
+            .call(
+                M::POST,
+                alice,
+                "/v1/orgs/acme/restores",
+                Some(json!({"backup": backup.id})),
+            )
+            .await;
+        // Now refused only for the cluster (never visited by this server), not for the location.
+        assert!(
+            !body.to_string().contains(INACTIVE) && (status == 201 || status == 409),
+            "{status} {body}"
+        );
+        daemon.shutdown().await;
     }
 
     /// Every seam replaced by its twin: clusters come from the discovery source, logins from the

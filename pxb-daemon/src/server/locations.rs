@@ -51,6 +51,12 @@ impl Server {
         mut loc: LocationRecord,
         secret: Option<(String, String)>,
     ) -> Result<LocationRecord> {
+        if self.inner.config.mode == Mode::Federated && loc.mode == Mode::Classic {
+            return Err(federated_refusal(&format!(
+                "location {} cannot be classic",
+                loc.name
+            )));
+        }
         if let Ok(existing) = self.location(&loc.org, &loc.name) {
             let same = existing.container == loc.container
                 && existing.provider == loc.provider
@@ -130,6 +136,11 @@ impl Server {
         let mut loc = stored.value;
         change(&mut loc);
         if let Some((kind, value)) = secret {
+            if self.inner.config.mode == Mode::Federated {
+                return Err(federated_refusal(&format!(
+                    "location {name} cannot take a credential"
+                )));
+            }
             if loc.mode != Mode::Classic {
                 return Err(Error::invalid(
                     "a federated location takes no credential: agents use Workload Identity",
@@ -159,7 +170,9 @@ impl Server {
 
     /// Asks every cluster of the location to validate it now.
     pub async fn request_validation(&self, org: &str, name: &str) -> Result<LocationRecord> {
-        let id = self.location(org, name)?.id;
+        let loc = self.location(org, name)?;
+        self.check_active(&loc)?;
+        let id = loc.id;
         // Only the counter changes: a credential rotated meanwhile is kept.
         let loc = self
             .modify::<LocationRecord>(org, &id, |l| {
@@ -187,6 +200,7 @@ impl Server {
     /// a stalled one is superseded.
     pub async fn request_sync(&self, org: &str, name: &str, cluster: &str) -> Result<SyncRun> {
         let loc = self.location(org, name)?;
+        self.check_active(&loc)?;
         let now = self.inner.clock.now();
         let (key, status) = {
             let st = self.inner.lock();
@@ -243,9 +257,50 @@ impl Server {
         self.inner.wake.notify_one();
         Ok(run)
     }
+
+    /// Why the server does not use `loc` now, if it does not: a classic location while the
+    /// server runs in federated mode ("classic locations are inactive while the server runs in
+    /// federated mode …").
+    pub fn location_inactive_reason(&self, loc: &LocationRecord) -> Option<String> {
+        self.inner.inactive_reason(loc)
+    }
+
+    /// Refuses work with `loc` while it is inactive, naming the location and why.
+    pub(crate) fn check_active(&self, loc: &LocationRecord) -> Result<()> {
+        match self.inner.inactive_reason(loc) {
+            None => Ok(()),
+            Some(reason) => Err(Error::precondition(format!(
+                "location {} is inactive: {reason}",
+                loc.name
+            ))),
+        }
+    }
+}
+
+/// Why a classic location is inactive while the server runs in federated mode.
+pub(crate) const INACTIVE_CLASSIC: &str = "classic locations are inactive while the server runs in federated mode \
+     (mode: federated): the credential stays sealed in the catalog and is sent to no cluster; run the \
+     server with mode: classic (PXB_MODE=classic) and the same secrets key to use it again, or delete it";
+
+/// The refusal of a federated-mode server to store a cloud credential: `what` says what was
+/// asked (e.g. "location x cannot be classic").
+fn federated_refusal(what: &str) -> Error {
+    Error::precondition(format!(
+        "the server runs in federated mode (mode: federated) and stores no cloud credential, so {what}; \
+         create a federated location (\"mode\": \"federated\"; agents use Workload Identity), or run the \
+         server with mode: classic (PXB_MODE=classic) and a secrets key"
+    ))
 }
 
 impl Inner {
+    /// Why the server does not use `l` now, if it does not: a classic location while the server
+    /// runs in federated mode. An inactive location is kept (its credential sealed) and can be
+    /// listed, read, changed (without a credential) and deleted; it is sent to no cluster, and
+    /// backups, restores, validations, syncs and verifies with it are refused.
+    pub(crate) fn inactive_reason(&self, l: &LocationRecord) -> Option<String> {
+        (self.config.mode == Mode::Federated && l.mode == Mode::Classic).then(|| INACTIVE_CLASSIC.to_owned())
+    }
+
     /// The context a location's credential is sealed for, so it opens for no other record.
     fn credential_context(l: &LocationRecord) -> String {
         format!("{}/location/{}", l.org, l.id)

@@ -35,7 +35,7 @@ mod daemon;
 mod discovery;
 pub mod fleet;
 mod gardener;
-pub(crate) mod install;
+pub mod install;
 mod kubeconfig;
 mod locations;
 pub(crate) mod operations;

@@ -63,7 +63,12 @@ impl Server {
         let clusters = c.list_all::<ClusterRecord>(&q).await?;
         let locations = c.list_all::<LocationRecord>(&q).await?;
         let statuses = c.list_all::<LocationStatus>(&q).await?;
-        for l in &locations {
+        // Inactive locations (classic ones in federated mode) keep their credential sealed,
+        // unopened: the server may not even hold the key now.
+        for l in locations
+            .iter()
+            .filter(|l| self.inner.inactive_reason(l).is_none())
+        {
             self.inner.open_secret(l)?;
         }
         self.load_operations(&org.id).await?;

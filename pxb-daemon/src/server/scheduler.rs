@@ -231,6 +231,9 @@ impl Server {
             .locations
             .values()
             .filter(|l| l.org == cluster.org && l.clusters.selects(cluster))
+            // An inactive location is not wanted: its CR and Secret go from the cluster as
+            // orphans, and its credential is not even opened.
+            .filter(|l| self.inner.inactive_reason(l).is_none())
         {
             let secret = self.inner.open_secret(l).map_err(|e| e.to_string())?;
             out.push(Desired {

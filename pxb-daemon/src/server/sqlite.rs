@@ -61,6 +61,10 @@ const MIGRATIONS: &[Migration] = &[
     Migration::Code(backfill_backup_tags),
 ];
 
+/// The schema version of this pxb's catalog: how many migrations it knows, the `user_version` of
+/// every file it has opened. A file with a higher one (from a newer pxb) is refused.
+pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
+
 /// Gives every stored backup the tags `BackupRecord::index` makes. A document that does not
 /// decode is left without tags (reading it reports it as damaged, as before).
 fn backfill_backup_tags(tx: &rusqlite::Transaction<'_>) -> Result<()> {
@@ -222,11 +226,32 @@ impl SqliteCatalog {
         &self.path
     }
 
+    /// Leaves the catalog at `path` (created if missing) at schema `version`, with only the first
+    /// `version` migrations applied, as the pxb-server of that schema left it: for tests of
+    /// upgrades. Refuses a version this pxb does not know and a file already past `version`.
+    #[doc(hidden)]
+    pub fn migrate_file_to(path: &Path, version: i64) -> Result<()> {
+        if !(0..=SCHEMA_VERSION).contains(&version) {
+            return Err(Error::invalid(format!(
+                "schema version {version} is not one of 0..={SCHEMA_VERSION}"
+            )));
+        }
+        let mut conn = Self::connect(path)?;
+        migrate(&mut conn, path, version as usize)
+    }
+
     fn open_blocking(path: &Path) -> Result<Connection> {
+        let mut conn = Self::connect(path)?;
+        migrate(&mut conn, path, MIGRATIONS.len())?;
+        Ok(conn)
+    }
+
+    /// Opens the file in WAL mode, refusing one of a newer schema before writing anything to it.
+    fn connect(path: &Path) -> Result<Connection> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
         }
-        let mut conn = Connection::open(path).map_err(|e| {
+        let conn = Connection::open(path).map_err(|e| {
             Error::unavailable(format!(
                 "cannot open the catalog database {}: {e}",
                 path.display()
@@ -234,6 +259,8 @@ impl SqliteCatalog {
         })?;
         conn.busy_timeout(std::time::Duration::from_secs(5))
             .map_err(db_err)?;
+        // Before the journal mode, which a file of another journal mode would have written.
+        schema_version(&conn, path)?;
         let mode: String = conn
             .query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))
             .map_err(db_err)?;
@@ -245,7 +272,6 @@ impl SqliteCatalog {
         }
         conn.execute_batch("PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;")
             .map_err(db_err)?;
-        migrate(&mut conn, path)?;
         Ok(conn)
     }
 
@@ -264,19 +290,36 @@ impl SqliteCatalog {
     }
 }
 
-fn migrate(conn: &mut Connection, path: &Path) -> Result<()> {
+/// The schema version of the file, refused when it is newer than this pxb knows.
+fn schema_version(conn: &Connection, path: &Path) -> Result<i64> {
     let version: i64 = conn
         .query_row("PRAGMA user_version", [], |r| r.get(0))
         .map_err(db_err)?;
-    let known = MIGRATIONS.len() as i64;
-    if version > known {
+    if version > SCHEMA_VERSION {
         return Err(Error::precondition(format!(
             "the catalog database {} has schema version {version}, newer than this pxb-server knows \
-             ({known}); run a newer pxb-server",
+             ({SCHEMA_VERSION}); run a newer pxb-server",
             path.display()
         )));
     }
-    for (i, step) in MIGRATIONS.iter().enumerate().skip(version.max(0) as usize) {
+    Ok(version)
+}
+
+/// Applies the migrations after the file's version, up to the first `target`.
+fn migrate(conn: &mut Connection, path: &Path, target: usize) -> Result<()> {
+    let version = schema_version(conn, path)?;
+    if version > target as i64 {
+        return Err(Error::precondition(format!(
+            "the catalog database {} has schema version {version}, past {target}",
+            path.display()
+        )));
+    }
+    for (i, step) in MIGRATIONS
+        .iter()
+        .enumerate()
+        .take(target)
+        .skip(version.max(0) as usize)
+    {
         let tx = conn.transaction().map_err(db_err)?;
         match step {
             Migration::Sql(sql) => tx.execute_batch(sql).map_err(db_err)?,
@@ -720,6 +763,54 @@ mod tests {
         drop(conn);
         let err = SqliteCatalog::open(&path).await.expect_err("newer schema");
         assert!(err.to_string().contains("newer than this pxb-server"), "{err}");
+    }
+
+    /// A file of a newer pxb is refused before anything is written to it: not even the journal
+    /// mode (this one uses another, as a newer pxb might) changes a byte.
+    #[tokio::test]
+    async fn a_newer_schema_in_another_journal_mode_is_left_as_it_was() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("catalog.db");
+        drop(SqliteCatalog::open(&path).await.expect("open"));
+        let conn = Connection::open(&path).expect("open raw");
+        let mode: String = conn
+            .query_row("PRAGMA journal_mode = DELETE", [], |r| r.get(0))
+            .expect("journal mode");
+        assert_eq!(mode, "delete");
+        conn.pragma_update(None, "user_version", SCHEMA_VERSION + 1)
+            .expect("bump");
+        drop(conn);
+        let before = std::fs::read(&path).expect("read");
+        let err = SqliteCatalog::open(&path).await.expect_err("newer schema");
+        assert!(err.to_string().contains("newer than this pxb-server"), "{err}");
+        assert!(std::fs::read(&path).expect("read") == before, "the file changed");
+        let left: Vec<String> = std::fs::read_dir(dir.path())
+            .expect("dir")
+            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(left, ["catalog.db"], "no journal or WAL left beside it");
+        let err = SqliteCatalog::migrate_file_to(&path, 1).expect_err("past 1");
+        assert!(err.to_string().contains("newer than this pxb-server"), "{err}");
+    }
+
+    /// An older schema is what the helper for upgrade tests leaves; opening migrates it on.
+    #[tokio::test]
+    async fn a_file_left_at_an_older_schema_is_migrated_on_open() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("catalog.db");
+        let version = |p: &Path| -> i64 {
+            Connection::open(p)
+                .expect("open raw")
+                .query_row("PRAGMA user_version", [], |r| r.get(0))
+                .expect("version")
+        };
+        SqliteCatalog::migrate_file_to(&path, SCHEMA_VERSION - 1).expect("older schema");
+        assert_eq!(version(&path), SCHEMA_VERSION - 1);
+        SqliteCatalog::migrate_file_to(&path, SCHEMA_VERSION - 1).expect("again: nothing to do");
+        assert!(SqliteCatalog::migrate_file_to(&path, SCHEMA_VERSION + 1).is_err());
+        assert!(SqliteCatalog::migrate_file_to(&path, 0).is_err(), "past 0");
+        drop(SqliteCatalog::open(&path).await.expect("migrates"));
+        assert_eq!(version(&path), SCHEMA_VERSION);
     }
 
     #[tokio::test]

@@ -264,6 +264,12 @@ class ClusterRecord(_Model):
     retired_at: Optional[str] = None
     #: The encrypted kubeconfig of an imported cluster (classic mode only).
     sealed_kubeconfig: Optional[Sealed] = None
+    #: The service-account issuer URL Gardener advertises when the shoot is annotated
+    #: `authentication.gardener.cloud/issuer=managed` (`status.advertisedAddresses[name=
+    #: service-account-issuer]`): what an Entra federated credential for the agent trusts (`pxb
+    #: clusters federation` prints the commands). `None` when the shoot publishes none, and for
+    #: imported clusters.
+    service_account_issuer: Optional[str] = None
     #: What the server last observed.
     status: ClusterStatus = dataclasses.field(default_factory=lambda: ClusterStatus.from_dict({'state': 'Unknown'}))
 
@@ -283,6 +289,7 @@ class ClusterRecord(_Model):
         ("region", "region", ("str",), True),
         ("retired_at", "retiredAt", ("opt", ("str",)), False),
         ("sealed_kubeconfig", "sealedKubeconfig", ("opt", ("model", "Sealed")), False),
+        ("service_account_issuer", "serviceAccountIssuer", ("opt", ("str",)), False),
         ("status", "status", ("model", "ClusterStatus"), True),
     )
 
@@ -806,12 +813,19 @@ class LocationView(_Model):
     sync: bool
     #: Account.
     account: Optional[str] = None
+    #: Whether the server uses it: an inactive location is kept (a classic one's credential stays
+    #: sealed) but sent to no cluster, and backups, restores, validations, syncs and verifies with
+    #: it are refused. Absent (from an older server): active.
+    active: bool = True
     #: Client id.
     client_id: Optional[str] = None
     #: Per-cluster client ids.
     cluster_client_ids: Optional[dict[str, str]] = None
     #: Endpoint.
     endpoint: Optional[str] = None
+    #: Why it is inactive, e.g. "classic locations are inactive while the server runs in federated
+    #: mode …"; absent while it is active.
+    inactive_reason: Optional[str] = None
     #: Prefix.
     prefix: Optional[str] = None
 
@@ -826,9 +840,11 @@ class LocationView(_Model):
         ("provider", "provider", ("str",), True),
         ("sync", "sync", ("bool",), True),
         ("account", "account", ("opt", ("str",)), False),
+        ("active", "active", ("bool",), True),
         ("client_id", "clientId", ("opt", ("str",)), False),
         ("cluster_client_ids", "clusterClientIds", ("opt", ("map", ("str",))), False),
         ("endpoint", "endpoint", ("opt", ("str",)), False),
+        ("inactive_reason", "inactiveReason", ("opt", ("str",)), False),
         ("prefix", "prefix", ("opt", ("str",)), False),
     )
 

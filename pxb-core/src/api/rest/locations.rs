@@ -121,6 +121,15 @@ pub struct LocationView {
     pub cluster_client_ids: BTreeMap<String, String>,
     /// Whether a classic credential is stored.
     pub has_credential: bool,
+    /// Whether the server uses it: an inactive location is kept (a classic one's credential
+    /// stays sealed) but sent to no cluster, and backups, restores, validations, syncs and
+    /// verifies with it are refused. Absent (from an older server): active.
+    #[serde(default = "active_default")]
+    pub active: bool,
+    /// Why it is inactive, e.g. "classic locations are inactive while the server runs in
+    /// federated mode …"; absent while it is active.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inactive_reason: Option<String>,
     /// Assignment.
     pub clusters: ClusterSelector,
     /// Sync on assignment.
@@ -143,10 +152,26 @@ impl From<LocationRecord> for LocationView {
             client_id: l.client_id,
             cluster_client_ids: l.cluster_client_ids,
             has_credential: l.credential.is_some(),
+            active: true,
+            inactive_reason: None,
             clusters: l.clusters,
             sync: l.sync,
             created_at: l.created_at,
         }
+    }
+}
+
+/// What `active` is when a server does not say (one older than the field).
+fn active_default() -> bool {
+    true
+}
+
+impl LocationView {
+    /// The view with why the server does not use the location (`None`: it does).
+    pub fn with_inactive_reason(mut self, reason: Option<String>) -> Self {
+        self.active = reason.is_none();
+        self.inactive_reason = reason;
+        self
     }
 }
 

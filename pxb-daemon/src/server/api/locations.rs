@@ -20,6 +20,12 @@ fn new_id() -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// The view of `l` with whether the server uses it.
+fn view(s: &Server, l: LocationRecord) -> LocationView {
+    let reason = s.location_inactive_reason(&l);
+    LocationView::from(l).with_inactive_reason(reason)
+}
+
 fn credential_of(c: Option<CredentialInput>) -> ApiResult<Option<(String, String)>> {
     match c {
         None => Ok(None),
@@ -42,11 +48,7 @@ pub(crate) async fn list_locations(
     scope: OrgScope<Viewer>,
     Params(p): Params<ListParams>,
 ) -> ApiResult<Json<List<LocationView>>> {
-    let v: Vec<LocationView> = s
-        .locations(scope.id())
-        .into_iter()
-        .map(LocationView::from)
-        .collect();
+    let v: Vec<LocationView> = s.locations(scope.id()).into_iter().map(|l| view(&s, l)).collect();
     Ok(Json(page_by(v, &p, |l| l.name.clone())?))
 }
 
@@ -109,14 +111,14 @@ pub(crate) async fn create_location(
         created_at: rfc3339(s.clock().now()),
     };
     let loc = s.create_location(loc, secret).await?;
-    Ok((StatusCode::CREATED, Json(loc.into())))
+    Ok((StatusCode::CREATED, Json(view(&s, loc))))
 }
 
 pub(crate) async fn get_location(
     State(s): State<Server>,
     scope: OrgScope<Viewer>,
 ) -> ApiResult<Json<LocationView>> {
-    Ok(Json(s.location(scope.id(), scope.item())?.into()))
+    Ok(Json(view(&s, s.location(scope.id(), scope.item())?)))
 }
 
 pub(crate) async fn update_location(
@@ -149,7 +151,7 @@ pub(crate) async fn update_location(
             secret,
         )
         .await?;
-    Ok(Json(loc.into()))
+    Ok(Json(view(&s, loc)))
 }
 
 pub(crate) async fn delete_location(
@@ -191,7 +193,7 @@ pub(crate) async fn validate_location(
 ) -> ApiResult<(StatusCode, Json<LocationView>)> {
     Ok((
         StatusCode::ACCEPTED,
-        Json(s.request_validation(scope.id(), scope.item()).await?.into()),
+        Json(view(&s, s.request_validation(scope.id(), scope.item()).await?)),
     ))
 }
 
@@ -212,6 +214,6 @@ pub(crate) async fn verify_location(
 ) -> ApiResult<(StatusCode, Json<LocationView>)> {
     Ok((
         StatusCode::ACCEPTED,
-        Json(s.request_verify(scope.id(), scope.item()).await?.into()),
+        Json(view(&s, s.request_verify(scope.id(), scope.item()).await?)),
     ))
 }
