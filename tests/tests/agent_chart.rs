@@ -9,7 +9,11 @@
 //! - the values reach the objects (Workload Identity, settings, scheduling, pod metadata);
 //! - on the real API server: every rendered object passes a server-side dry run, and the chart
 //!   installs, upgrades (a new image, a CRD changed in place) and uninstalls, keeping the CRDs,
-//!   the namespace and the custom resources in it.
+//!   the namespace and the custom resources in it;
+//! - on a second real API server: the agent's pod is refused by Pod Security Admission at
+//!   `baseline` and `restricted` and admitted in `pxb-system` as the chart labels it; Helm takes
+//!   over what the zero-touch install created (`--take-ownership`, in place), and the README's
+//!   commands remove a zero-touch agent, keeping the CRDs and the namespace.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -551,19 +555,20 @@ fn on_the_real_api_server_the_chart_installs_upgrades_uninstalls_and_every_objec
     assert_eq!(image(&installed[DEPLOYMENT]), format!("pxb-agent:{version}"));
 
     // A backup's record, as the server would create it.
-    let location = cluster.dir().join("location.yaml");
-    std::fs::write(
-        &location,
-        "apiVersion: pxb.io/v1alpha1\nkind: BackupLocation\nmetadata:\n  name: tenant-a\n  \
-         namespace: pxb-system\nspec:\n  provider: azure\n  container: backups\n",
-    )
-    .expect("write");
-    admin_kubectl(&cluster, &["create", "-f", &location.to_string_lossy()]);
+    create_location(&cluster);
 
-    // Upgrade to a later chart whose BackupLocation CRD has another printer column, and a new
-    // image: the Deployment and the CRD are changed in place, the custom resource stays.
+    // Upgrade to a later chart whose BackupLocation CRD has another printer column and whose
+    // default pull policy changed, and a new image, with the README's --reset-then-reuse-values:
+    // the Deployment and the CRD are changed in place, the custom resource stays, the value set
+    // at install is kept and the later chart's new default applies (--reuse-values would keep
+    // the old chart's).
     let later = cluster.dir().join("pxb-agent-later");
     copy_dir(&chart_dir, &later);
+    let later_values = later.join("values.yaml");
+    let text = std::fs::read_to_string(&later_values).expect("values.yaml");
+    let policy = "  pullPolicy: IfNotPresent\n";
+    assert!(text.contains(policy), "{text}");
+    std::fs::write(&later_values, text.replacen(policy, "  pullPolicy: Always\n", 1)).expect("write");
     let crd_template = later.join("templates/crds/backuplocations.pxb.io.yaml");
     let text = std::fs::read_to_string(&crd_template).expect("CRD template");
     let columns = "  - additionalPrinterColumns:\n";
@@ -584,15 +589,23 @@ fn on_the_real_api_server_the_chart_installs_upgrades_uninstalls_and_every_objec
             &later.to_string_lossy(),
             "--namespace",
             RELEASE_NAMESPACE,
-            "--reuse-values",
+            "--reset-then-reuse-values",
             "--set",
             "image.repository=reg.example/pxb-agent,image.tag=9.9.9",
         ])
         .unwrap_or_else(|e| panic!("{e:#}"));
     assert!(out.contains("REVISION: 2"), "{out}");
-    let upgraded = get_all(&cluster, &[DEPLOYMENT, CRDS[0]]);
+    let upgraded = get_all(&cluster, &[DEPLOYMENT, CRDS[0], "configmap/pxb-agent"]);
     let d = &upgraded[DEPLOYMENT];
     assert_eq!(image(d), "reg.example/pxb-agent:9.9.9");
+    assert_eq!(
+        d["spec"]["template"]["spec"]["containers"][0]["imagePullPolicy"], "Always",
+        "the later chart's default"
+    );
+    assert_eq!(
+        upgraded["configmap/pxb-agent"]["data"]["AZURE_CLIENT_ID"], "11111111-2222-3333-4444-555555555555",
+        "the value set at install"
+    );
     assert_eq!(
         d["metadata"]["uid"], installed[DEPLOYMENT]["metadata"]["uid"],
         "the Deployment is updated in place"
@@ -707,4 +720,367 @@ fn on_the_real_api_server_the_chart_installs_upgrades_uninstalls_and_every_objec
     }
     // The dry runs stored nothing.
     assert_eq!(get_all(&cluster, &every).keys().collect::<Vec<_>>(), [NAMESPACE]);
+}
+
+/// The agent's pod as its Deployment makes it: the pod template of the Deployment the chart
+/// renders with its default values, as the Pod `pxb-system/pxb-agent`.
+fn agent_pod() -> Value {
+    let (_dir, helm) = helm_here();
+    let objects = parse_docs(&render(&helm, &[]));
+    let d = objects
+        .iter()
+        .find(|o| o["kind"] == "Deployment")
+        .expect("the chart renders a Deployment");
+    let template = &d["spec"]["template"];
+    json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": d["metadata"]["name"],
+            "namespace": "pxb-system",
+            "labels": template["metadata"]["labels"],
+        },
+        "spec": template["spec"],
+    })
+}
+
+/// Creates `pod` with a server-side dry run (admission runs, PodSecurity among it; nothing is
+/// stored): kubectl's output when the API server admits it, its refusal otherwise.
+fn pod_dry_run(cluster: &RealCluster, pod: &Value) -> Result<String, String> {
+    let file = cluster.dir().join("agent-pod.json");
+    std::fs::write(&file, serde_json::to_vec_pretty(pod).expect("JSON")).expect("write");
+    let out = pxb_tests::real::kubectl_output(
+        cluster,
+        &cluster.admin_kubeconfig(),
+        &["create", "--dry-run=server", "-f", &file.to_string_lossy()],
+    );
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    if out.status.success() { Ok(text) } else { Err(text) }
+}
+
+/// Creates what the server's zero-touch install creates (`agent_objects(image)`), as it does: one
+/// create per object, in its order, leaving an object that exists already as it is (409).
+fn zero_touch_install(cluster: &RealCluster, image: &str) {
+    let list = json!({
+        "apiVersion": "v1",
+        "kind": "List",
+        "items": agent_objects(image).expect("agent_objects"),
+    });
+    let file = cluster.dir().join("zero-touch.json");
+    std::fs::write(&file, serde_json::to_vec_pretty(&list).expect("JSON")).expect("write");
+    let out = pxb_tests::real::kubectl_output(
+        cluster,
+        &cluster.admin_kubeconfig(),
+        &["create", "-f", &file.to_string_lossy()],
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success()
+            || stderr
+                .lines()
+                .all(|l| l.trim().is_empty() || l.starts_with("Warning: ") || l.contains("(AlreadyExists)")),
+        "zero-touch install: {}{stderr}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let mut wait = vec!["wait", "--for=condition=Established", "--timeout=60s"];
+    wait.extend_from_slice(&CRDS);
+    admin_kubectl(cluster, &wait);
+}
+
+/// Creates the BackupLocation `pxb-system/tenant-a`, a backup's record as the server writes it.
+fn create_location(cluster: &RealCluster) {
+    let location = cluster.dir().join("location.yaml");
+    std::fs::write(
+        &location,
+        "apiVersion: pxb.io/v1alpha1\nkind: BackupLocation\nmetadata:\n  name: tenant-a\n  \
+         namespace: pxb-system\nspec:\n  provider: azure\n  container: backups\n",
+    )
+    .expect("write");
+    admin_kubectl(cluster, &["create", "-f", &location.to_string_lossy()]);
+}
+
+fn namespace_label(cluster: &RealCluster, label: &str) -> Value {
+    get_all(cluster, &[NAMESPACE])[NAMESPACE]["metadata"]["labels"][label].clone()
+}
+
+/// The kubectl commands of the first `sh` block under `heading` in the chart's README, each as
+/// its arguments (lines continued with `\` joined, comment lines skipped).
+fn readme_kubectl_commands(heading: &str) -> Vec<Vec<String>> {
+    let path = agent_chart().join("README.md");
+    let readme = std::fs::read_to_string(&path).expect("README");
+    let section = readme
+        .split_once(&format!("\n{heading}\n"))
+        .unwrap_or_else(|| panic!("{}: no heading {heading:?}", path.display()))
+        .1;
+    let block = section
+        .split_once("```sh\n")
+        .and_then(|(_, rest)| rest.split_once("\n```"))
+        .unwrap_or_else(|| panic!("{}: no sh block under {heading:?}", path.display()))
+        .0;
+    let joined = block.replace("\\\n", " ");
+    let commands: Vec<Vec<String>> = joined
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(|l| {
+            let words: Vec<String> = l.split_whitespace().map(str::to_owned).collect();
+            assert_eq!(words[0], "kubectl", "{heading}: {l}");
+            words[1..].to_vec()
+        })
+        .collect();
+    assert!(!commands.is_empty(), "{heading}: no commands");
+    commands
+}
+
+/// An agent the server's zero-touch install created is taken over by Helm (`--take-ownership`:
+/// the objects are updated in place, the custom resources stay), and its pods pass Pod Security
+/// Admission in the namespace the chart makes, which a baseline or restricted label would not
+/// let them into. Finally, the README's commands remove an agent the server installed, with
+/// nothing to uninstall it, keeping the CRDs and the namespace.
+#[test]
+fn on_the_real_api_server_helm_takes_over_a_zero_touch_agent_whose_pods_pass_pod_security() {
+    let cluster = pxb_tests::real::start();
+    let helm = Helm::on(&cluster).unwrap_or_else(|e| panic!("{e:#}"));
+    let chart_dir = agent_chart();
+    let version = env!("CARGO_PKG_VERSION");
+    let installed_by_default: Vec<&str> = [NAMESPACE]
+        .into_iter()
+        .chain(CRDS)
+        .chain(
+            DELETED_ON_UNINSTALL
+                .into_iter()
+                .filter(|n| *n != "configmap/pxb-agent"),
+        )
+        .collect();
+
+    // The server's zero-touch install, and a backup's record.
+    zero_touch_install(&cluster, &format!("pxb-agent:{version}"));
+    create_location(&cluster);
+    let mut watched = installed_by_default.clone();
+    watched.push("backuplocation/tenant-a");
+    let before = get_all(&cluster, &watched);
+    assert_eq!(before.len(), watched.len(), "{:?}", before.keys());
+    for o in before.values() {
+        assert!(
+            o["metadata"]["annotations"]
+                .get("meta.helm.sh/release-name")
+                .is_none(),
+            "{o}"
+        );
+    }
+
+    // Pod Security Admission. The agent's pod (uid 0, a hostPath volume, added capabilities) is
+    // refused where the baseline or the restricted standard is enforced, as a cluster-wide
+    // default or a label on pxb-system would have it.
+    let pod = agent_pod();
+    for mode in ["enforce", "audit", "warn"] {
+        assert_eq!(
+            namespace_label(&cluster, &format!("pod-security.kubernetes.io/{mode}")),
+            "privileged",
+            "{mode}: pxb-system as the chart (and so the zero-touch install) makes it"
+        );
+    }
+    let admitted = pod_dry_run(&cluster, &pod).unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        admitted.contains("pod/pxb-agent created (server dry run)"),
+        "{admitted}"
+    );
+    let mut refusals = BTreeMap::new();
+    for (level, violations) in [
+        (
+            "restricted",
+            &[
+                "hostPath",
+                "runAsNonRoot",
+                "runAsUser=0",
+                "CHOWN",
+                "DAC_READ_SEARCH",
+            ][..],
+        ),
+        ("baseline", &["hostPath", "DAC_READ_SEARCH"][..]),
+    ] {
+        admin_kubectl(
+            &cluster,
+            &[
+                "label",
+                "--overwrite",
+                NAMESPACE,
+                &format!("pod-security.kubernetes.io/enforce={level}"),
+            ],
+        );
+        let refusal =
+            pod_dry_run(&cluster, &pod).expect_err(&format!("the agent's pod must be refused at {level}"));
+        assert!(
+            refusal.contains(&format!("violates PodSecurity \"{level}:")),
+            "{level}: {refusal}"
+        );
+        for v in violations {
+            assert!(refusal.contains(v), "{level}: {v} not named: {refusal}");
+        }
+        refusals.insert(level, refusal);
+    }
+    // Baseline refuses only the hostPath volume and DAC_READ_SEARCH: CHOWN, DAC_OVERRIDE and
+    // FOWNER are among the capabilities it allows, and it does not look at the user.
+    for allowed in ["CHOWN", "FOWNER", "DAC_OVERRIDE", "runAsNonRoot", "runAsUser"] {
+        assert!(
+            !refusals["baseline"].contains(allowed),
+            "{allowed}: {}",
+            refusals["baseline"]
+        );
+    }
+
+    // Helm takes the agent over. Plain `helm install` refuses objects it did not create; with
+    // --take-ownership it updates them in place, with a new image: same uids, the custom
+    // resource kept, and the namespace labelled as the chart makes it again, where the agent's
+    // pod is admitted.
+    let install = |extra: &[&str]| {
+        let mut args = vec![
+            "install",
+            RELEASE,
+            chart_dir.to_str().expect("UTF-8 path"),
+            "--namespace",
+            RELEASE_NAMESPACE,
+            "--set",
+            "image.repository=reg.example/pxb-agent,image.tag=9.9.9",
+        ];
+        args.extend_from_slice(extra);
+        helm.run(&args)
+    };
+    let refused = install(&[]).expect_err("plain helm install over the zero-touch objects");
+    assert!(
+        format!("{refused:#}").contains("exists and cannot be imported into the current release"),
+        "{refused:#}"
+    );
+    assert_eq!(
+        image(&get_all(&cluster, &[DEPLOYMENT])[DEPLOYMENT]),
+        format!("pxb-agent:{version}"),
+        "the refused install changed nothing"
+    );
+    let out = install(&["--take-ownership", "--server-side=false"]).unwrap_or_else(|e| panic!("{e:#}"));
+    assert!(out.contains("STATUS: deployed"), "{out}");
+    let after = get_all(&cluster, &watched);
+    for name in &watched {
+        let o = after
+            .get(*name)
+            .unwrap_or_else(|| panic!("{name} is gone: {:?}", after.keys()));
+        assert_eq!(
+            o["metadata"]["uid"], before[*name]["metadata"]["uid"],
+            "{name} is updated in place"
+        );
+        if *name != "backuplocation/tenant-a" {
+            assert_eq!(
+                o["metadata"]["annotations"]["meta.helm.sh/release-name"], RELEASE,
+                "{name} is the release's"
+            );
+        }
+    }
+    assert_eq!(image(&after[DEPLOYMENT]), "reg.example/pxb-agent:9.9.9");
+    assert_eq!(after["backuplocation/tenant-a"]["spec"]["container"], "backups");
+    assert_eq!(
+        namespace_label(&cluster, "pod-security.kubernetes.io/enforce"),
+        "privileged"
+    );
+    let admitted = pod_dry_run(&cluster, &pod)
+        .unwrap_or_else(|e| panic!("the agent's pod in pxb-system as the chart makes it: {e}"));
+    assert!(
+        admitted.contains("pod/pxb-agent created (server dry run)"),
+        "{admitted}"
+    );
+    assert!(!admitted.contains("PodSecurity"), "no warning: {admitted}");
+
+    // From now on it upgrades as any release (the README's command), keeping the values set.
+    let out = helm
+        .run(&[
+            "upgrade",
+            RELEASE,
+            chart_dir.to_str().expect("UTF-8 path"),
+            "--namespace",
+            RELEASE_NAMESPACE,
+            "--reset-then-reuse-values",
+            "--set",
+            "image.pullPolicy=Always,resources.limits.memory=2Gi",
+        ])
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    assert!(out.contains("REVISION: 2"), "{out}");
+    let upgraded = &get_all(&cluster, &[DEPLOYMENT])[DEPLOYMENT];
+    assert_eq!(image(upgraded), "reg.example/pxb-agent:9.9.9");
+    let container = &upgraded["spec"]["template"]["spec"]["containers"][0];
+    assert_eq!(container["imagePullPolicy"], "Always");
+    assert_eq!(container["resources"]["limits"]["memory"], "2Gi");
+    assert_eq!(
+        upgraded["metadata"]["uid"], before[DEPLOYMENT]["metadata"]["uid"],
+        "{upgraded}"
+    );
+
+    // An agent the server installed, with the server gone: nothing uninstalls it. The README's
+    // commands delete what the zero-touch install created (and the Secrets the agent and the
+    // server wrote), and keep the CRDs, the namespace and the records in it.
+    helm.run(&["uninstall", RELEASE, "--namespace", RELEASE_NAMESPACE])
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    zero_touch_install(&cluster, &format!("pxb-agent:{version}"));
+    assert_eq!(
+        get_all(&cluster, &watched).len(),
+        watched.len(),
+        "zero-touch install again"
+    );
+    // What else pxb-system holds then: the agent's API token Secret (made on its first start), a
+    // location's credential Secret written by a classic server, a hand-written ConfigMap.
+    let leftovers = cluster.dir().join("leftovers.json");
+    let leftover = |kind: &str, name: &str, labels: Value, data: Value| {
+        json!({"apiVersion": "v1", "kind": kind, "data": data, "metadata": {
+            "name": name, "namespace": "pxb-system", "labels": labels}})
+    };
+    let items = vec![
+        leftover(
+            "Secret",
+            "pxb-agent-api",
+            json!({}),
+            json!({"token": "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY="}),
+        ),
+        leftover(
+            "Secret",
+            "pxb-location-tenant-a",
+            json!({"pxb.io/managed-by": "pxb-server"}),
+            json!({"sas": "c3Y9MjA5OSZzaWc9c2VjcmV0"}),
+        ),
+        leftover(
+            "ConfigMap",
+            "pxb-agent",
+            json!({}),
+            json!({"PXB_CLUSTER_NAME": "c1"}),
+        ),
+    ];
+    std::fs::write(
+        &leftovers,
+        serde_json::to_vec(&json!({"apiVersion": "v1", "kind": "List", "items": items})).expect("JSON"),
+    )
+    .expect("write");
+    admin_kubectl(&cluster, &["create", "-f", &leftovers.to_string_lossy()]);
+    for command in readme_kubectl_commands("## Removing an agent the server installed") {
+        let args: Vec<&str> = command.iter().map(String::as_str).collect();
+        admin_kubectl(&cluster, &args);
+    }
+    let mut all = watched.clone();
+    all.extend([
+        "secret/pxb-agent-api",
+        "secret/pxb-location-tenant-a",
+        "configmap/pxb-agent",
+    ]);
+    let mut kept: Vec<&str> = vec![NAMESPACE, "backuplocation/tenant-a"];
+    kept.extend_from_slice(&CRDS);
+    kept.sort_unstable();
+    assert_eq!(get_all(&cluster, &all).keys().collect::<Vec<_>>(), kept);
+    // Every object the zero-touch install creates was among those looked at.
+    for o in agent_objects("x").expect("agent_objects") {
+        let name = format!(
+            "{}/{}",
+            o["kind"].as_str().expect("kind").to_lowercase(),
+            o["metadata"]["name"].as_str().expect("name")
+        );
+        assert!(watched.contains(&name.as_str()), "{name}");
+    }
 }
