@@ -3,7 +3,10 @@
 //!
 //! - `helm lint --strict` with the default values and each `ci/` values file; values that cannot
 //!   work (classic without a secrets key, a mode or value misspelled, keys the chart owns set in
-//!   `config`) fail to render with a message saying what to do;
+//!   `config` or as `PXB_…` variables in `extraEnv`, a disruption budget of 0, an Ingress host
+//!   without TLS) fail to render with a message saying what to do;
+//! - the optional Ingress: TLS for every host (plain HTTP only when asked for), the backend is the
+//!   Service on its port, and the NOTES say how tenants reach the API;
 //! - the rendered `config.yaml` is loaded and checked by the server's own loader
 //!   ([`ServerConfig::load`], with the container's environment), so a key the chart misspells
 //!   fails here; every file the configuration names is one the pod mounts, from the Secret or
@@ -310,10 +313,330 @@ fn the_chart_lints_strictly_and_refuses_values_that_cannot_work() {
             &["--set", "auth.issuerCA.configMap=a,auth.issuerCA.secret=b"],
             "set configMap or secret, not both",
         ),
+        // One replica: a budget that allows no disruption blocks every node drain forever.
+        (
+            &["--set", "podDisruptionBudget.maxUnavailable=0"],
+            "podDisruptionBudget.maxUnavailable 0 would block every node drain forever",
+        ),
+        (
+            &["--set-string", "podDisruptionBudget.maxUnavailable=0%"],
+            "podDisruptionBudget.maxUnavailable 0% would block every node drain forever",
+        ),
+        (
+            &["--set-string", "podDisruptionBudget.maxUnavailable=one"],
+            "does not match pattern",
+        ),
+        // An Ingress without TLS would carry bearer tokens in clear: refused unless asked for,
+        // host by host.
+        (
+            &["--set", "ingress.enabled=true,ingress.hosts[0].host=pxb.example"],
+            "ingress: host \"pxb.example\" has no TLS (no ingress.tls entry lists it)",
+        ),
+        (
+            &[
+                "--set",
+                "ingress.enabled=true,ingress.hosts[0].host=pxb.example,ingress.hosts[1].host=api.example,ingress.tls[0].secretName=t,ingress.tls[0].hosts[0]=pxb.example",
+            ],
+            "ingress: host \"api.example\" has no TLS",
+        ),
+        (
+            &["--set", "ingress.enabled=true"],
+            "ingress.enabled needs ingress.hosts",
+        ),
+        (
+            &[
+                "--set",
+                "ingress.enabled=true,ingress.hosts[0].host=pxb.example,ingress.tls[0].hosts[0]=pxb.example",
+            ],
+            "missing property 'secretName'",
+        ),
     ];
     for (args, message) in cases {
         let err = render_error(&helm, args);
         assert!(err.contains(message), "{args:?}: {err}");
+    }
+    // The refusal of an Ingress without TLS says what to do.
+    let err = render_error(
+        &helm,
+        &["--set", "ingress.enabled=true,ingress.hosts[0].host=pxb.example"],
+    );
+    assert!(
+        err.contains("bearer tokens")
+            && err.contains("ingress.tls")
+            && err.contains("ingress.allowPlainHttp"),
+        "{err}"
+    );
+
+    // Variables that would set what the chart sets from its own values (and checks, mounts or
+    // derives objects from) are refused in extraEnv, each naming the value to use; the server
+    // maps every key path to PXB_<PATH>, a whole section included (PXB_AUTH, PXB_API).
+    let refused: &[(&str, &str)] = &[
+        ("PXB_MODE", "the value mode"),
+        ("PXB_AUTH", "the values auth"),
+        ("PXB_AUTH_ISSUER", "the values auth"),
+        ("PXB_AUTH_PROVIDER_ADMIN_GROUPS", "the values auth"),
+        ("PXB_SECRETS_KEY", "the value secretsKey.existingSecret"),
+        ("PXB_SECRETS_KEY_FILE", "the value secretsKey.existingSecret"),
+        ("PXB_GARDEN_CREDENTIALS", "the value gardenCredentials"),
+        ("PXB_GARDEN_CREDENTIALS_ACME", "the value gardenCredentials"),
+        ("PXB_API", "config.api"),
+        ("PXB_API_LISTEN", "config.api.listen"),
+        ("PXB_CATALOG", "config.catalog.path"),
+        ("PXB_CATALOG_PATH", "config.catalog.path"),
+        ("PXB_TELEMETRY", "config.telemetry"),
+        ("PXB_TELEMETRY_SUPPORT", "config.telemetry.support"),
+        ("PXB_TELEMETRY_SUPPORT_ENDPOINT", "config.telemetry.support"),
+        ("PXB_TELEMETRY_SUPPORT_CONFIG_MAP", "config.telemetry.support"),
+        ("PXB_TELEMETRY_SUPPORT_ENABLED_FILE", "config.telemetry.support"),
+        ("PXB_LOG", "the value log.level"),
+        ("PXB_LOG_FORMAT", "the value log.format"),
+        ("PXB_DEV_TOKEN", "auth.issuer"),
+        ("POD_NAMESPACE", "set by the chart"),
+    ];
+    for (name, value) in refused {
+        // Each configuration variable among them is one the server's loader reads (a value that
+        // is not YAML fails there, naming it), so the list follows the server's keys.
+        let loader_reads = name.starts_with("PXB_")
+            && ![
+                "PXB_SECRETS_KEY",
+                "PXB_GARDEN_CREDENTIALS_ACME",
+                "PXB_LOG",
+                "PXB_LOG_FORMAT",
+                "PXB_DEV_TOKEN",
+            ]
+            .contains(name);
+        if loader_reads {
+            let err = ServerConfig::load(None, |k| (k == *name).then(|| "[unclosed".to_owned()))
+                .expect_err("the server reads it");
+            assert!(err.to_string().contains(name), "{name}: {err}");
+        }
+        let set = format!("extraEnv[0].name={name},extraEnv[0].value=x");
+        let err = render_error(&helm, &["--set", &set]);
+        assert!(
+            err.contains(&format!("extraEnv[0]: {name} is set by the chart")) && err.contains(value),
+            "{name}: {err}"
+        );
+    }
+    // Whatever the entry's position, and with a valueFrom too.
+    let err = render_error(
+        &helm,
+        &[
+            "--set",
+            "extraEnv[0].name=PXB_FLEET_CONCURRENCY,extraEnv[0].value=8,extraEnv[1].name=PXB_SECRETS_KEY,extraEnv[1].valueFrom.secretKeyRef.name=k,extraEnv[1].valueFrom.secretKeyRef.key=key",
+        ],
+    );
+    assert!(
+        err.contains("extraEnv[1]: PXB_SECRETS_KEY is set by the chart"),
+        "{err}"
+    );
+    // Other server keys stay overridable, including neighbours of refused ones.
+    for name in [
+        "PXB_FLEET_CONCURRENCY",
+        "PXB_API_MAX_REQUESTS_PER_ORG",
+        "PXB_TELEMETRY_BACKUP_INFO_MAX_SERIES",
+        "PXB_TELEMETRY_SUPPORT_UPLOAD_INTERVAL_SECS",
+        "PXB_TELEMETRY_SUPPORT_CUSTOMERS",
+    ] {
+        let set = format!("extraEnv[0].name={name},extraEnv[0].value=1");
+        let objs = render(&helm, "pxb", &["--set".into(), set]);
+        let env = &container(one(&objs, "Deployment", None))["env"];
+        assert!(
+            env.as_array().expect("env").iter().any(|e| e["name"] == name),
+            "{name}: {env}"
+        );
+    }
+    // Budgets that let a drain evict the pod are taken.
+    for (flag, value) in [
+        ("--set", "podDisruptionBudget.maxUnavailable=1"),
+        ("--set-string", "podDisruptionBudget.maxUnavailable=100%"),
+    ] {
+        let objs = render(&helm, "pxb", &[flag.into(), value.into()]);
+        let want = value.rsplit('=').next().expect("value");
+        let got = &one(&objs, "PodDisruptionBudget", None)["spec"]["maxUnavailable"];
+        assert_eq!(got.to_string().trim_matches('"'), want, "{value}");
+    }
+}
+
+/// The NOTES Helm prints after an install of the chart with `extra` arguments (a client-side dry
+/// run: no cluster).
+fn notes(helm: &Helm, extra: &[&str]) -> String {
+    let chart = chart_dir();
+    let mut args = vec![
+        "install",
+        "pxb",
+        chart.to_str().expect("utf-8 path"),
+        "--namespace",
+        "pxb",
+        "--dry-run=client",
+    ];
+    args.extend_from_slice(extra);
+    let out = helm.run(&args).unwrap_or_else(|e| panic!("{e:#}"));
+    let (_, notes) = out
+        .split_once("NOTES:\n")
+        .unwrap_or_else(|| panic!("no NOTES in {out}"));
+    notes.to_owned()
+}
+
+#[test]
+fn tenants_reach_the_api_through_an_ingress_with_tls_and_never_in_clear_by_default() {
+    let (_dir, helm) = offline_helm();
+    // No Ingress unless asked for; the NOTES say how tenants reach the API then.
+    let objs = render(&helm, "pxb", &[]);
+    assert!(objs.iter().all(|o| o["kind"] != "Ingress"), "{}", kinds(&objs));
+    let text = notes(&helm, &[]);
+    assert!(
+        text.contains("No Ingress is enabled")
+            && text.contains("terminates TLS")
+            && text.contains("ingress.enabled"),
+        "{text}"
+    );
+
+    // The federated values expose the API through an Ingress with TLS for its host.
+    let vals = ci_values_doc("federated");
+    let want = &vals["ingress"];
+    assert_eq!(want["enabled"], true, "the federated values exercise the Ingress");
+    let objs = render(&helm, "pxb", &values_args(Some("federated")));
+    let ingress = one(&objs, "Ingress", None);
+    let service = one(&objs, "Service", None);
+    assert_eq!(ingress["apiVersion"], "networking.k8s.io/v1");
+    assert_eq!(ingress["metadata"]["name"], service["metadata"]["name"]);
+    assert_eq!(ingress["spec"]["ingressClassName"], want["className"]);
+    for (k, v) in want["annotations"].as_object().expect("annotations") {
+        assert_eq!(&ingress["metadata"]["annotations"][k], v, "annotation {k}");
+    }
+    let hosts: Vec<&str> = want["hosts"]
+        .as_array()
+        .expect("hosts")
+        .iter()
+        .map(|h| h["host"].as_str().expect("host"))
+        .collect();
+    let rules = ingress["spec"]["rules"].as_array().expect("rules");
+    assert_eq!(
+        rules
+            .iter()
+            .map(|r| r["host"].as_str().expect("host"))
+            .collect::<Vec<_>>(),
+        hosts
+    );
+    for rule in rules {
+        let paths = rule["http"]["paths"].as_array().expect("paths");
+        assert_eq!(paths.len(), 1, "{rule}");
+        assert_eq!(paths[0]["path"], "/", "the API is served at the root");
+        assert_eq!(paths[0]["pathType"], "Prefix");
+        // The backend is the Service, on its port.
+        assert_eq!(
+            paths[0]["backend"],
+            json!({"service": {"name": service["metadata"]["name"], "port": {"number": service["spec"]["ports"][0]["port"]}}}),
+            "{rule}"
+        );
+    }
+    assert_eq!(ingress["spec"]["tls"], want["tls"]);
+    for host in &hosts {
+        assert!(
+            ingress["spec"]["tls"]
+                .as_array()
+                .expect("tls")
+                .iter()
+                .any(|t| t["secretName"].is_string()
+                    && t["hosts"].as_array().expect("hosts").iter().any(|h| h == host)),
+            "{host} has a certificate"
+        );
+    }
+    // The NetworkPolicy admits only the listed peers; the ingress controller's namespace is
+    // among them (or the Ingress would reach nothing).
+    let policy = one(&objs, "NetworkPolicy", None);
+    let from = policy["spec"]["ingress"][0]["from"].as_array().expect("from");
+    assert!(
+        from.iter()
+            .any(|p| p["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"] == "ingress-nginx"),
+        "{policy}"
+    );
+    let text = notes(&helm, &["-f", &ci_values("federated")]);
+    for host in &hosts {
+        assert!(text.contains(&format!("https://{host}")), "{text}");
+        assert!(
+            text.contains(&format!("pxb login --server https://{host}")),
+            "{text}"
+        );
+    }
+    assert!(
+        text.contains("networkPolicy.ingress.from") && text.contains("ingress controller"),
+        "{text}"
+    );
+    assert!(!text.contains("WARNING: the Ingress"), "{text}");
+
+    // A path and its type can be chosen, and the Service's port is followed.
+    let objs = render(
+        &helm,
+        "pxb",
+        &[
+            "--set".into(),
+            "ingress.enabled=true,ingress.hosts[0].host=a.example,ingress.hosts[0].paths[0].path=/,ingress.hosts[0].paths[0].pathType=ImplementationSpecific,ingress.tls[0].secretName=a-tls,ingress.tls[0].hosts[0]=a.example,service.port=9000".into(),
+        ],
+    );
+    let ingress = one(&objs, "Ingress", None);
+    let path = &ingress["spec"]["rules"][0]["http"]["paths"][0];
+    assert_eq!(path["pathType"], "ImplementationSpecific");
+    assert_eq!(path["backend"]["service"]["port"]["number"], 9000);
+    assert_eq!(one(&objs, "Service", None)["spec"]["ports"][0]["port"], 9000);
+    assert!(
+        ingress["spec"].get("ingressClassName").is_none(),
+        "no class: the cluster's default"
+    );
+    // A wildcard certificate covers the hosts one label below it, no deeper.
+    let objs = render(
+        &helm,
+        "pxb",
+        &[
+            "--set".into(),
+            "ingress.enabled=true,ingress.hosts[0].host=pxb.example,ingress.tls[0].secretName=w,ingress.tls[0].hosts[0]=*.example".into(),
+        ],
+    );
+    assert_eq!(
+        one(&objs, "Ingress", None)["spec"]["tls"][0]["hosts"],
+        json!(["*.example"])
+    );
+    let err = render_error(
+        &helm,
+        &[
+            "--set",
+            "ingress.enabled=true,ingress.hosts[0].host=a.pxb.example,ingress.tls[0].secretName=w,ingress.tls[0].hosts[0]=*.example",
+        ],
+    );
+    assert!(err.contains("host \"a.pxb.example\" has no TLS"), "{err}");
+
+    // Plain HTTP only when asked for explicitly, and the NOTES warn.
+    let plain = "ingress.enabled=true,ingress.hosts[0].host=pxb.example,ingress.allowPlainHttp=true";
+    let objs = render(&helm, "pxb", &["--set".into(), plain.into()]);
+    let ingress = one(&objs, "Ingress", None);
+    assert!(ingress["spec"].get("tls").is_none(), "{ingress}");
+    assert_eq!(ingress["spec"]["rules"][0]["host"], "pxb.example");
+    let text = notes(&helm, &["--set", plain]);
+    assert!(
+        text.contains("WARNING: the Ingress serves pxb.example without TLS")
+            && text.contains("bearer tokens"),
+        "{text}"
+    );
+}
+
+#[test]
+fn the_charts_source_is_the_workspaces_repository() {
+    let root = chart_dir().join("../../..");
+    let cargo = std::fs::read_to_string(root.join("Cargo.toml")).expect("Cargo.toml");
+    let repository = cargo
+        .split_once("[workspace.package]")
+        .expect("[workspace.package]")
+        .1
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("repository = "))
+        .expect("the workspace's repository")
+        .trim_matches('"');
+    let chart: Value =
+        serde_saphyr::from_str(&std::fs::read_to_string(chart_dir().join("Chart.yaml")).expect("Chart.yaml"))
+            .expect("Chart.yaml is YAML");
+    assert_eq!(chart["sources"], json!([repository]), "{chart}");
+    if let Some(home) = chart.get("home") {
+        assert_eq!(home, repository, "{chart}");
     }
 }
 
@@ -715,6 +1038,13 @@ fn every_rendered_object_passes_a_server_side_dry_run_in_both_modes() {
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let yaml = helm.template("pxb", &chart_dir(), &ns, &args).expect("render");
         let objs = objects(&yaml);
+        // The Ingress (a built-in API) is validated too: the federated values enable it.
+        assert_eq!(
+            objs.iter().any(|o| o["kind"] == "Ingress"),
+            case == "federated",
+            "{case}: {}",
+            kinds(&objs)
+        );
         let out = server_dry_run(cluster, &yaml).unwrap_or_else(|e| panic!("{case}: {e:#}"));
         let applied: Vec<&str> = out
             .lines()
@@ -816,6 +1146,11 @@ fn upgrading_between_modes_keeps_the_catalogs_claim_and_uninstall_leaves_it() {
     let (mode, federated_sum) = installed(cluster, ns);
     assert_eq!(mode, "federated");
     assert!(!exists(cluster, ns, "servicemonitor/pxb-pxb-server"));
+    let ingress = get(cluster, ns, "ingress/pxb-pxb-server");
+    assert_eq!(
+        ingress["spec"]["tls"][0]["secretName"],
+        ci_values_doc("federated")["ingress"]["tls"][0]["secretName"]
+    );
 
     // To classic: the configuration says so, the pod template changed (the pod would roll; the
     // new one migrates the catalog before it is ready), the claim is the same object.
@@ -839,6 +1174,10 @@ fn upgrading_between_modes_keeps_the_catalogs_claim_and_uninstall_leaves_it() {
         "the same claim"
     );
     assert!(exists(cluster, ns, "servicemonitor/pxb-pxb-server"));
+    assert!(
+        !exists(cluster, ns, "ingress/pxb-pxb-server"),
+        "the classic values enable no Ingress"
+    );
 
     // And back to federated.
     helm_run(&["upgrade", "pxb", chart, "-n", ns, "-f", &ci_values("federated")]);

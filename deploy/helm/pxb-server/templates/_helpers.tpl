@@ -64,6 +64,22 @@ app.kubernetes.io/component: server
 {{- if and .Values.auth.issuerCA.configMap .Values.auth.issuerCA.secret -}}
 {{- fail "auth.issuerCA: set configMap or secret, not both" -}}
 {{- end -}}
+{{- if .Values.podDisruptionBudget.enabled -}}
+{{- $unavailable := toString .Values.podDisruptionBudget.maxUnavailable -}}
+{{- if regexMatch "^0+%?$" $unavailable -}}
+{{- fail (printf "podDisruptionBudget.maxUnavailable %s would block every node drain forever: the server runs one pod (one catalog writer), and a budget that allows no disruption never lets a drain evict it. Use 1 (the default: a short API outage while the pod starts on another node), or set podDisruptionBudget.enabled: false" $unavailable) -}}
+{{- end -}}
+{{- end -}}
+{{- if .Values.ingress.enabled -}}
+{{- if not .Values.ingress.hosts -}}
+{{- fail "ingress.enabled needs ingress.hosts: at least one host ({host: pxb.provider.example}), the name tenants reach the API by" -}}
+{{- end -}}
+{{- $plain := include "pxb-server.ingressPlainHosts" . | fromJsonArray -}}
+{{- if and $plain (not .Values.ingress.allowPlainHttp) -}}
+{{- fail (printf "ingress: host %q has no TLS (no ingress.tls entry lists it), so the bearer tokens of API requests would cross the network in clear. Add the host to an ingress.tls entry with the Secret of its certificate (secretName; cert-manager can make it), or set ingress.allowPlainHttp: true only if TLS is terminated before the Ingress" (first $plain)) -}}
+{{- end -}}
+{{- end -}}
+{{- include "pxb-server.validateExtraEnv" . -}}
 {{- $names := dict -}}
 {{- range $i, $g := .Values.gardenCredentials -}}
 {{- if not (regexMatch "^[a-z0-9]([-a-z0-9]*[a-z0-9])?$" (toString $g.name)) -}}
@@ -77,6 +93,67 @@ app.kubernetes.io/component: server
 {{- fail (printf "gardenCredentials[%d] (%s) needs secretName: the Secret holding its kubeconfig" $i $g.name) -}}
 {{- end -}}
 {{- end -}}
+{{- end -}}
+
+{{/* Refuses extraEnv variables for what the chart sets from its own values: the server maps every
+key path to PXB_<PATH IN UPPER SNAKE CASE>, a whole section included (PXB_AUTH replaces auth), so
+these would bypass the chart's checks or part the configuration from what the chart mounts and
+derives (port, probes, Service, NetworkPolicy, the support channel's ConfigMap, Role and token). */}}
+{{- define "pxb-server.validateExtraEnv" -}}
+{{- $auth := "use the values auth (auth.issuer, auth.audiences, auth.providerAdminGroups, ...)" -}}
+{{- $secrets := "use the value secretsKey.existingSecret (a Secret the chart mounts and names in secrets.keyFile)" -}}
+{{- $garden := "use the value gardenCredentials (a list of Secrets the chart mounts)" -}}
+{{- $api := "use config.api (the container port, probes, Service, Ingress and NetworkPolicy follow config.api.listen)" -}}
+{{- $catalog := "use config.catalog.path (it must stay on the catalog's volume)" -}}
+{{- $telemetry := "use config.telemetry (the chart derives the support channel's ConfigMap, its Role and the ServiceAccount token's mount from config.telemetry.support)" -}}
+{{- $exact := dict
+  "PXB_MODE" "use the value mode"
+  "PXB_AUTH" $auth
+  "PXB_SECRETS" $secrets
+  "PXB_SECRETS_KEY" $secrets
+  "PXB_GARDEN_CREDENTIALS" $garden
+  "PXB_API" $api
+  "PXB_API_LISTEN" "use config.api.listen (the container port, probes, Service, Ingress and NetworkPolicy follow it)"
+  "PXB_CATALOG" $catalog
+  "PXB_CATALOG_PATH" $catalog
+  "PXB_TELEMETRY" $telemetry
+  "PXB_TELEMETRY_SUPPORT" $telemetry
+  "PXB_TELEMETRY_SUPPORT_ENDPOINT" $telemetry
+  "PXB_TELEMETRY_SUPPORT_CONFIG_MAP" $telemetry
+  "PXB_TELEMETRY_SUPPORT_ENABLED_FILE" $telemetry
+  "PXB_LOG" "use the value log.level"
+  "PXB_LOG_FORMAT" "use the value log.format"
+  "PXB_DEV_TOKEN" "the development token is for a server on a loopback address only: use auth.issuer (Entra ID)"
+  "POD_NAMESPACE" "it is the pod's namespace, which the server needs" -}}
+{{- $prefixes := dict "PXB_AUTH_" $auth "PXB_SECRETS_" $secrets "PXB_GARDEN_CREDENTIALS_" $garden -}}
+{{- range $i, $e := .Values.extraEnv -}}
+{{- $name := toString $e.name -}}
+{{- $why := get $exact $name -}}
+{{- range $prefix, $hint := $prefixes -}}
+{{- if hasPrefix $prefix $name -}}{{- $why = $hint -}}{{- end -}}
+{{- end -}}
+{{- if $why -}}
+{{- fail (printf "extraEnv[%d]: %s is set by the chart; %s" $i $name $why) -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{/* The hosts of ingress.hosts that no ingress.tls entry covers (listed, or under a listed
+*.wildcard), as a JSON list. */}}
+{{- define "pxb-server.ingressPlainHosts" -}}
+{{- $covered := list -}}
+{{- range .Values.ingress.tls -}}
+{{- $covered = concat $covered (default (list) .hosts) -}}
+{{- end -}}
+{{- $plain := list -}}
+{{- range .Values.ingress.hosts -}}
+{{- $host := toString .host -}}
+{{- $wildcard := regexReplaceAll "^[^.]+[.]" $host "*." -}}
+{{- if not (or (has $host $covered) (has $wildcard $covered)) -}}
+{{- $plain = append $plain $host -}}
+{{- end -}}
+{{- end -}}
+{{- toJson $plain -}}
 {{- end -}}
 
 {{/* The server's configuration (config.yaml): the chart's defaults, `config` over them, and the
