@@ -26,8 +26,13 @@ use serde_json::{Value, json};
 const AUDIENCE: &str = "api://pxb-modes";
 /// The phrase an inactive classic location's status and every refusal with it carry.
 const INACTIVE: &str = "classic locations are inactive while the server runs in federated mode";
+/// The phrase an inactive imported cluster's status carries.
+const INACTIVE_IMPORTED: &str = "imported clusters are inactive while the server runs in federated mode";
 /// The shoot of the test.
 const SHOOT: &str = "shoot-00000";
+/// The clusters imported by kubeconfig in classic mode: shoots of a project no discovery reads.
+const EDGE: &str = "edge-00000";
+const LAB: &str = "edge-00001";
 
 /// A `pxb-server` process; stopped with SIGTERM by [`Server::stop`], killed if dropped.
 struct Server {
@@ -223,6 +228,51 @@ fn refused_by_mode(status: u16, body: &Value, what: &str) {
     );
 }
 
+/// The org's cluster named `name` from the list (retired ones included), or `Null`.
+async fn listed_cluster(http: &reqwest::Client, url: &str, token: &str, name: &str) -> Value {
+    let (status, list) = call(
+        http,
+        &format!("{url}/v1/orgs/acme/clusters"),
+        reqwest::Method::GET,
+        token,
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{list}");
+    list["items"]
+        .as_array()
+        .and_then(|a| a.iter().find(|c| c["name"] == name))
+        .cloned()
+        .unwrap_or(Value::Null)
+}
+
+/// Waits for the next visit of cluster `name` (its `lastSeen` changes).
+async fn another_visit(http: &reqwest::Client, url: &str, token: &str, name: &str) {
+    let seen = listed_cluster(http, url, token, name).await["status"]["lastSeen"].clone();
+    wait_for("another visit", || async {
+        let c = listed_cluster(http, url, token, name).await;
+        (c["status"]["lastSeen"] != seen && c["status"]["lastSeen"].is_string())
+            .then_some(())
+            .ok_or_else(|| c.to_string())
+    })
+    .await;
+}
+
+/// An imported cluster the server keeps but does not use: listed `Ineligible`, with why.
+fn inactive_imported(c: &Value, what: &str) {
+    assert_eq!(
+        (&c["source"], &c["status"]["state"]),
+        (&json!("imported"), &json!("Ineligible")),
+        "{what}: {c}"
+    );
+    assert!(
+        c["status"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains(INACTIVE_IMPORTED) && m.contains("mode: classic")),
+        "{what}: {c}"
+    );
+}
+
 /// A refusal because the location is inactive: `409 conflict` naming it and why.
 fn refused_as_inactive(status: u16, body: &Value, what: &str) {
     let msg = body["error"]["message"].as_str().unwrap_or_default();
@@ -237,13 +287,17 @@ fn refused_as_inactive(status: u16, body: &Value, what: &str) {
     );
 }
 
-/// One catalog, one shoot, the server upgraded four times: federated (the default) → classic →
-/// federated → classic. In federated mode a tenant's admin cannot store a credential (nothing is
-/// stored); classic mode refuses to start without a secrets key, leaving the catalog as it was;
-/// in classic mode a classic location is made and its credential delivered to the shoot; back in
-/// federated mode it is listed inactive with the reason, its CR and Secret leave the shoot and do
-/// not come back, a backup naming it is refused, deleting works, and the federated location works
-/// throughout; in classic mode again it is active and delivered again.
+/// One catalog, one shoot, the server upgraded five times: federated (the default) → classic →
+/// federated → federated with a secrets key → classic. In federated mode a tenant's admin cannot
+/// store a credential, a location's or a cluster's kubeconfig (nothing is stored), key or not;
+/// classic mode refuses to start without a secrets key, leaving the catalog as it was; in classic
+/// mode a classic location is made and its credential delivered to the shoot, and clusters
+/// imported by kubeconfig are visited; back in federated mode the location is listed inactive
+/// with the reason, its CR and Secret leave the shoot and do not come back, a backup naming it is
+/// refused, deleting works, and the federated location works throughout; the imported clusters
+/// are listed inactive with the reason, never visited (their kubeconfig is not opened: the org
+/// stays Ready without the key), work on them is refused, and one is removed; in classic mode
+/// again the location is active and delivered again, and the imported cluster visited again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn switching_the_mode_on_upgrade_keeps_classic_locations_inactive_and_loses_nothing() {
     use reqwest::Method as M;
@@ -252,6 +306,25 @@ async fn switching_the_mode_on_upgrade_keeps_classic_locations_inactive_and_lose
     let fleet = Fleet::start(FleetConfig::default()).expect("simulator");
     fleet.add_project("dev").expect("project");
     fleet.add_shoots("dev", "shoot", 1).expect("shoot");
+    // Clusters to import by kubeconfig (classic mode): no discovery reads their project.
+    fleet.add_project("edge").expect("edge project");
+    fleet.add_shoots("edge", "edge", 2).expect("edge shoots");
+    let edge_kubeconfig = fleet
+        .admin_kubeconfig("edge", EDGE, 24 * 3600)
+        .expect("edge kubeconfig");
+    let lab_kubeconfig = fleet
+        .admin_kubeconfig("edge", LAB, 24 * 3600)
+        .expect("lab kubeconfig");
+    // Its client key: never in the catalog in clear.
+    let edge_key = edge_kubeconfig
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("client-key-data:"))
+        .map(|v| v.trim().trim_matches('"').to_owned())
+        .expect("the kubeconfig has a client key");
+    let edge = pxb_daemon::sim::shoot_client(&fleet, "edge", EDGE)
+        .await
+        .expect("edge client");
+    pxb_daemon::sim::install_pxb(&edge).await.expect("CRDs on edge");
     let garden_token = fleet
         .add_service_account("dev", "pxb", ProjectRole::Admin)
         .expect("service account");
@@ -313,6 +386,7 @@ async fn switching_the_mode_on_upgrade_keeps_classic_locations_inactive_and_lose
         }
         l
     };
+    let import = |name: &str, kubeconfig: &str| json!({"name": name, "kubeconfig": kubeconfig});
     let backup =
         |location: &str| json!({"clusters": {"all": true}, "namespaces": ["shop"], "location": location});
     let listed = |list: &Value, name: &str| -> Value {
@@ -380,6 +454,20 @@ async fn switching_the_mode_on_upgrade_keeps_classic_locations_inactive_and_lose
     )
     .await;
     refused_by_mode(status, &body, "a credential for a federated location");
+    // A cluster's kubeconfig is a credential too.
+    let (status, body) = call(
+        &http,
+        &api("/v1/orgs/acme/clusters"),
+        M::POST,
+        &alice,
+        Some(import("edge", &edge_kubeconfig)),
+    )
+    .await;
+    refused_by_mode(status, &body, "a kubeconfig import in federated mode");
+    assert_eq!(
+        listed_cluster(&http, &server.url, &alice, "edge").await,
+        Value::Null
+    );
     let (_, list) = call(&http, &api("/v1/orgs/acme/locations"), M::GET, &alice, None).await;
     assert_eq!(list["items"].as_array().map(Vec::len), Some(1), "{list}");
     let (crs, secrets) = wait_for("the federated location reaches the shoot", || async {
@@ -392,8 +480,8 @@ async fn switching_the_mode_on_upgrade_keeps_classic_locations_inactive_and_lose
     server.stop();
     assert_eq!(stored_locations(&catalog), ["primary"]);
     assert!(
-        !catalog_holds(dir.path(), secret),
-        "the refused credential is nowhere in the catalog"
+        !catalog_holds(dir.path(), secret) && !catalog_holds(dir.path(), &edge_key),
+        "the refused credentials are nowhere in the catalog"
     );
 
     // 2. Classic without a secrets key: refused at start, the catalog as it was.
@@ -456,11 +544,31 @@ async fn switching_the_mode_on_upgrade_keeps_classic_locations_inactive_and_lose
     )
     .await;
     assert_eq!(status, 202, "{body}");
+    // Clusters imported by kubeconfig are visited; the locations reach them too.
+    for (name, kubeconfig) in [("edge", &edge_kubeconfig), ("lab", &lab_kubeconfig)] {
+        let (status, body) = call(
+            &http,
+            &api("/v1/orgs/acme/clusters"),
+            M::POST,
+            &alice,
+            Some(import(name, kubeconfig)),
+        )
+        .await;
+        assert_eq!((status, &body["source"]), (201, &json!("imported")), "{body}");
+    }
+    wait_for("the imported cluster is visited", || async {
+        let s = on_shoot(&edge).await?;
+        let c = listed_cluster(&http, &server.url, &alice, "edge").await;
+        (s.0 == ["primary", "spare", "vault"] && s.1.len() == 2 && c["status"]["lastSeen"].is_string())
+            .then_some(())
+            .ok_or(format!("{s:?} {c}"))
+    })
+    .await;
     server.stop();
     assert_eq!(stored_locations(&catalog), ["primary", "spare", "vault"]);
     assert!(
-        !catalog_holds(dir.path(), secret),
-        "the credential is stored sealed only"
+        !catalog_holds(dir.path(), secret) && !catalog_holds(dir.path(), &edge_key),
+        "the credentials are stored sealed only"
     );
 
     // 4. Federated again, the key gone from the configuration: nothing is lost, the classic
@@ -495,19 +603,63 @@ async fn switching_the_mode_on_upgrade_keeps_classic_locations_inactive_and_lose
         })
     })
     .await;
-    // Two more visits later, still not.
-    let cluster = format!("/v1/orgs/acme/clusters/{SHOOT}");
-    for _ in 0..2 {
-        let (_, c) = call(&http, &api(&cluster), M::GET, &alice, None).await;
-        let seen = c["status"]["lastSeen"].clone();
-        wait_for("another visit", || async {
-            let (_, c) = call(&http, &api(&cluster), M::GET, &alice, None).await;
-            (c["status"]["lastSeen"] != seen && c["status"]["lastSeen"].is_string())
-                .then_some(())
-                .ok_or_else(|| c.to_string())
-        })
-        .await;
+    // The imported clusters are kept (the org is Ready although their kubeconfigs cannot be
+    // opened without the key) but not used: listed with why, never visited.
+    let edge_seen = listed_cluster(&http, &server.url, &alice, "edge").await["status"]["lastSeen"].clone();
+    assert!(edge_seen.is_string(), "{edge_seen}");
+    for name in ["edge", "lab"] {
+        let c = listed_cluster(&http, &server.url, &alice, name).await;
+        inactive_imported(&c, "an imported cluster in federated mode without the key");
     }
+    // Two more visits later, still not.
+    for _ in 0..2 {
+        another_visit(&http, &server.url, &alice, SHOOT).await;
+    }
+    let c = listed_cluster(&http, &server.url, &alice, "edge").await;
+    inactive_imported(&c, "after two visits of the shoot");
+    assert_eq!(c["status"]["lastSeen"], edge_seen, "{c}");
+    // Nothing touched the imported cluster: what classic mode wrote there is as it was.
+    let s = on_shoot(&edge).await.expect("edge");
+    assert_eq!(
+        (s.0.as_slice(), s.1.len()),
+        (
+            &["primary".to_owned(), "spare".to_owned(), "vault".to_owned()][..],
+            2
+        ),
+        "{s:?}"
+    );
+    // Work on it is refused with why.
+    let (status, body) = call(
+        &http,
+        &api("/v1/orgs/acme/locations/primary/sync"),
+        M::POST,
+        &alice,
+        Some(json!({"cluster": "edge"})),
+    )
+    .await;
+    let msg = body["error"]["message"].as_str().unwrap_or_default();
+    assert!(
+        status == 409 && msg.contains("cluster edge is inactive") && msg.contains(INACTIVE_IMPORTED),
+        "a sync on an inactive imported cluster: {status} {body}"
+    );
+    // No new import; an inactive one can be removed.
+    let (status, body) = call(
+        &http,
+        &api("/v1/orgs/acme/clusters"),
+        M::POST,
+        &alice,
+        Some(import("edge2", &edge_kubeconfig)),
+    )
+    .await;
+    refused_by_mode(
+        status,
+        &body,
+        "a kubeconfig import in federated mode without the key",
+    );
+    let (status, body) = call(&http, &api("/v1/orgs/acme/clusters/lab"), M::DELETE, &alice, None).await;
+    assert_eq!(status, 204, "{body}");
+    let c = listed_cluster(&http, &server.url, &alice, "lab").await;
+    assert_eq!(c["status"]["state"], json!("Retired"), "{c}");
     let s = on_shoot(&shoot).await.expect("shoot");
     assert_eq!(
         (s.0.as_slice(), s.1.len()),
@@ -557,6 +709,36 @@ async fn switching_the_mode_on_upgrade_keeps_classic_locations_inactive_and_lose
     server.stop();
     assert_eq!(stored_locations(&catalog), ["primary", "vault"]);
 
+    // 4b. Federated with the key (kept for the support channel, say): the key changes nothing.
+    // No import, and the imported cluster stays sealed and unvisited.
+    write_config(Some("federated"), true);
+    let server = start(&config, dir.path()).expect("federated server with the key");
+    let api = |p: &str| format!("{}{p}", server.url);
+    let (status, body) = call(&http, &api("/v1/orgs/acme"), M::GET, &alice, None).await;
+    assert_eq!((status, &body["state"]), (200, &json!("Ready")), "{body}");
+    let (status, body) = call(
+        &http,
+        &api("/v1/orgs/acme/clusters"),
+        M::POST,
+        &alice,
+        Some(import("edge2", &edge_kubeconfig)),
+    )
+    .await;
+    refused_by_mode(
+        status,
+        &body,
+        "a kubeconfig import in federated mode with the key",
+    );
+    assert_eq!(
+        listed_cluster(&http, &server.url, &alice, "edge2").await,
+        Value::Null
+    );
+    another_visit(&http, &server.url, &alice, SHOOT).await;
+    let c = listed_cluster(&http, &server.url, &alice, "edge").await;
+    inactive_imported(&c, "an imported cluster in federated mode with the key");
+    assert_eq!(c["status"]["lastSeen"], edge_seen, "{c}");
+    server.stop();
+
     // 5. Classic again: the same location is active and delivered again (the deleted one not).
     write_config(Some("classic"), true);
     let server = start(&config, dir.path()).expect("classic server again");
@@ -584,6 +766,20 @@ async fn switching_the_mode_on_upgrade_keeps_classic_locations_inactive_and_lose
     )
     .await;
     assert_eq!(status, 202, "{body}");
+    // The imported cluster is visited again (the deleted location leaves it); the removed one
+    // stays retired.
+    wait_for("the imported cluster is visited again", || async {
+        let s = on_shoot(&edge).await?;
+        let c = listed_cluster(&http, &server.url, &alice, "edge").await;
+        (s.0 == ["primary", "vault"]
+            && c["status"]["lastSeen"] != edge_seen
+            && c["status"]["state"] != "Ineligible")
+            .then_some(())
+            .ok_or(format!("{s:?} {c}"))
+    })
+    .await;
+    let c = listed_cluster(&http, &server.url, &alice, "lab").await;
+    assert_eq!(c["status"]["state"], json!("Retired"), "{c}");
     server.stop();
 }
 

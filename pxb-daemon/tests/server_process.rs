@@ -243,6 +243,8 @@ async fn the_server_logs_visits_and_requests_in_spans() {
         .env("PXB_DEV_TOKEN", token)
         .env("PXB_API_LISTEN", "127.0.0.1:0")
         .env("PXB_CATALOG_PATH", dir.path().join("catalog.db"))
+        // Imports by kubeconfig are classic mode's.
+        .env("PXB_MODE", "classic")
         .env(
             "PXB_SECRETS_KEY",
             base64::engine::general_purpose::STANDARD.encode([7u8; 32]),

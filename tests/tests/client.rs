@@ -132,6 +132,8 @@ async fn every_method_of_the_client_against_a_real_server() {
     .expect("key");
     // Two shoots: shoot-00000 runs an agent; shoot-00001 is imported by hand into another org.
     let mut cp = ControlPlane::start(PROJECT, 2, |c| {
+        // Imports by kubeconfig are classic mode's.
+        c.mode = Mode::Classic;
         c.secrets.key_file = key_file.display().to_string();
     })
     .await

@@ -1138,6 +1138,8 @@ async fn zero_touch_install_imported_clusters_and_retired_shoots() {
     let key_file = keys.path().join("secrets.key");
     std::fs::write(&key_file, base64_key(3)).expect("key");
     let mut cp = ControlPlane::start(PROJECT, 3, |c| {
+        // Imports by kubeconfig are classic mode's.
+        c.mode = Mode::Classic;
         c.secrets.key_file = key_file.display().to_string();
         c.garden_credentials.insert(
             "broken".into(),
@@ -1307,16 +1309,50 @@ async fn zero_touch_install_imported_clusters_and_retired_shoots() {
     .await
     .expect("imported after restart");
 
-    // An agent older than the minimum is AgentOutdated; a hibernated shoot is Hibernated.
-    let patch = json!({"metadata": {"labels": {"pxb.io/version": "0.0.1"}}});
+    // An agent older than the minimum that the server installed is upgraded in place (zero-touch
+    // install is on); one it did not install is AgentOutdated; a hibernated shoot is Hibernated.
+    let uid = deployments
+        .get("pxb-agent")
+        .await
+        .expect("deployment")
+        .metadata
+        .uid;
+    let old = |mark: Option<&str>| {
+        json!({"metadata": {"labels": {"pxb.io/version": "0.0.1"},
+                            "annotations": {"pxb.io/installed-by": mark}}})
+    };
     deployments
         .patch(
             "pxb-agent",
             &kube::api::PatchParams::default(),
-            &kube::api::Patch::Merge(&patch),
+            &kube::api::Patch::Merge(&old(Some("pxb-server"))),
         )
         .await
         .expect("label an old version");
+    wait_for("upgraded in place", Duration::from_secs(60), || async {
+        let d = deployments.get("pxb-agent").await.map_err(|e| e.to_string())?;
+        let version = d
+            .metadata
+            .labels
+            .as_ref()
+            .and_then(|l| l.get("pxb.io/version"))
+            .cloned();
+        if version.as_deref() == Some(pxb_core::api::agent::VERSION) && d.metadata.uid == uid {
+            Ok(Some(()))
+        } else {
+            Err(format!("{version:?} {:?}", d.metadata.uid))
+        }
+    })
+    .await
+    .expect("upgraded agent");
+    deployments
+        .patch(
+            "pxb-agent",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(&old(None)),
+        )
+        .await
+        .expect("an old version the server did not install");
     wait_for("AgentOutdated", Duration::from_secs(60), || async {
         let c = cp
             .client(&acme)
@@ -1324,7 +1360,10 @@ async fn zero_touch_install_imported_clusters_and_retired_shoots() {
             .await
             .map_err(|e| e.to_string())?;
         let ok = c.status.state == ClusterState::AgentOutdated
-            && c.status.message.as_deref().is_some_and(|m| m.contains("0.0.1"));
+            && c.status
+                .message
+                .as_deref()
+                .is_some_and(|m| m.contains("0.0.1") && m.contains("not installed by pxb-server"));
         if ok {
             Ok(Some(()))
         } else {

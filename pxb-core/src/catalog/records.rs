@@ -145,7 +145,8 @@ pub enum ClusterState {
     AgentMissing,
     /// The agent is older than the server's minimum version.
     AgentOutdated,
-    /// Discovered but not eligible (provider, version, deleting, not reconciled, malformed).
+    /// Discovered but not eligible (provider, version, deleting, not reconciled, malformed), or
+    /// imported while the server runs in federated mode (kept, not visited).
     Ineligible,
     /// The shoot was deleted; its record stays for its backups.
     Retired,

@@ -1,11 +1,13 @@
 //! The cluster inventory beside discovery: clusters tracked with a provider of their own, and
 //! clusters imported by a client-certificate kubeconfig (classic mode), sealed in the catalog.
+//! In federated mode imports are refused, and clusters imported earlier are kept but inactive
+//! ([`Inner::imported_inactive_reason`]).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use pxb_core::catalog::records::{ClusterRecord, ClusterState, ClusterStatus};
+use pxb_core::catalog::records::{ClusterRecord, ClusterState, ClusterStatus, Mode};
 use pxb_core::clock::rfc3339;
 use pxb_core::cluster::{ClusterId, ClusterInfo, ClusterProvider, Eligibility};
 use pxb_core::{Error, Result};
@@ -41,7 +43,16 @@ impl Server {
 
     /// Imports a cluster by a client-certificate kubeconfig (classic mode). The kubeconfig is
     /// sealed in the catalog and opened into memory only; the cluster is visited like any other.
+    /// Refused in federated mode, which stores no credential, secrets key or not.
     pub async fn import_cluster(&self, org: &str, name: &str, kubeconfig: &str) -> Result<ClusterRecord> {
+        if self.inner.config.mode == Mode::Federated {
+            return Err(super::locations::federated_refusal_of(
+                "cluster credential",
+                &format!("cluster {name} cannot be imported by kubeconfig"),
+                "let discovery find it (the server asks the garden for short-lived kubeconfigs and keeps \
+                 them in memory only)",
+            ));
+        }
         let sealer = self.inner.sealer.as_ref().ok_or_else(|| {
             Error::precondition("importing clusters needs a secrets key (secrets.keyFile or PXB_SECRETS_KEY)")
         })?;
@@ -128,7 +139,23 @@ impl Server {
     }
 }
 
+/// Why an imported cluster is inactive while the server runs in federated mode.
+pub(crate) const INACTIVE_IMPORTED: &str = "imported clusters are inactive while the server runs in federated \
+     mode (mode: federated): the kubeconfig stays sealed in the catalog, unopened, and the cluster is not \
+     visited (what the server wrote there stays as it was); run the server with mode: classic \
+     (PXB_MODE=classic) and the same secrets key to use it again, or remove it";
+
 impl Inner {
+    /// Why the server does not use the imported cluster `c` now, if it does not: its kubeconfig
+    /// is a stored credential, which federated mode does not use. Such a cluster is loaded
+    /// without opening its kubeconfig (the server may not even hold the key now) and without a
+    /// provider, so it is never visited; it is listed `Ineligible` with the reason, backups and
+    /// restores on it are refused, and it can be removed. Back in classic mode it is active again.
+    pub(crate) fn imported_inactive_reason(&self, c: &ClusterRecord) -> Option<String> {
+        (self.config.mode == Mode::Federated && c.sealed_kubeconfig.is_some() && c.retired_at.is_none())
+            .then(|| INACTIVE_IMPORTED.to_owned())
+    }
+
     /// A provider handing out the opened kubeconfig of an imported cluster.
     pub(crate) fn imported_provider(&self, c: &ClusterRecord) -> Result<Arc<dyn ClusterProvider>> {
         let sealed = c

@@ -303,9 +303,12 @@ pub struct FleetConfig {
     pub lease_secs: u64,
     /// Agents older than this are `AgentOutdated`.
     pub min_agent_version: String,
-    /// Install the agent (CRDs and manifests) on eligible clusters that lack it.
+    /// Install the agent (CRDs and manifests) on eligible clusters that lack it, and upgrade
+    /// what it installed in place when the agent is outdated or runs another image than
+    /// `agent_image` (only objects it created, never Helm-managed ones; not while a backup or
+    /// restore runs; see [`crate::server::install`]).
     pub install_agent: bool,
-    /// The agent image zero-touch install deploys.
+    /// The agent image zero-touch install deploys and upgrades to.
     pub agent_image: String,
     /// Lifetime of the shoot kubeconfigs requested from the garden, in seconds.
     pub kubeconfig_lifetime_secs: u64,

@@ -209,6 +209,11 @@ impl Server {
                 .values()
                 .find(|t| t.record.org == org && t.record.name == cluster && t.record.retired_at.is_none())
                 .ok_or_else(|| Error::not_found(format!("cluster {cluster} in org {org}")))?;
+            if let Some(reason) = self.inner.imported_inactive_reason(&c.record) {
+                return Err(Error::precondition(format!(
+                    "cluster {cluster} is inactive: {reason}"
+                )));
+            }
             let id = LocationStatus::id_of(&loc.id, &c.record.id);
             let status = st.statuses.get(&(org.to_owned(), id.clone())).cloned().ok_or_else(|| {
                 Error::precondition(format!(
@@ -285,10 +290,19 @@ pub(crate) const INACTIVE_CLASSIC: &str = "classic locations are inactive while 
 /// The refusal of a federated-mode server to store a cloud credential: `what` says what was
 /// asked (e.g. "location x cannot be classic").
 fn federated_refusal(what: &str) -> Error {
+    federated_refusal_of(
+        "cloud credential",
+        what,
+        "create a federated location (\"mode\": \"federated\"; agents use Workload Identity)",
+    )
+}
+
+/// The refusal of a federated-mode server to store a credential (`409`): which kind it would
+/// have stored, what was asked, what to do instead, and how to change the mode.
+pub(crate) fn federated_refusal_of(credential: &str, what: &str, instead: &str) -> Error {
     Error::precondition(format!(
-        "the server runs in federated mode (mode: federated) and stores no cloud credential, so {what}; \
-         create a federated location (\"mode\": \"federated\"; agents use Workload Identity), or run the \
-         server with mode: classic (PXB_MODE=classic) and a secrets key"
+        "the server runs in federated mode (mode: federated) and stores no {credential}, so {what}; \
+         {instead}, or run the server with mode: classic (PXB_MODE=classic) and a secrets key"
     ))
 }
 

@@ -4,7 +4,9 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use pxb_core::catalog::records::{ClusterRecord, DiscoveryConfig, LocationRecord, LocationStatus, Org};
+use pxb_core::catalog::records::{
+    ClusterRecord, ClusterState, DiscoveryConfig, LocationRecord, LocationStatus, Org,
+};
 use pxb_core::catalog::{Catalog, Kind, Query};
 use pxb_core::cluster::ClusterProvider;
 use pxb_core::{Error, Result};
@@ -60,7 +62,7 @@ impl Server {
         let c = &self.inner.catalog;
         let q = Query::org(&org.id);
         let discoveries = c.list_all::<DiscoveryConfig>(&q).await?;
-        let clusters = c.list_all::<ClusterRecord>(&q).await?;
+        let mut clusters = c.list_all::<ClusterRecord>(&q).await?;
         let locations = c.list_all::<LocationRecord>(&q).await?;
         let statuses = c.list_all::<LocationStatus>(&q).await?;
         // Inactive locations (classic ones in federated mode) keep their credential sealed,
@@ -72,9 +74,14 @@ impl Server {
             self.inner.open_secret(l)?;
         }
         self.load_operations(&org.id).await?;
+        // Imported clusters are opened likewise, but for the inactive ones (in federated mode):
+        // those are kept without a provider, so never visited, and listed with why.
         let mut imported: HashMap<String, Arc<dyn ClusterProvider>> = HashMap::new();
-        for cl in clusters.iter().filter(|c| c.retired_at.is_none()) {
-            if cl.sealed_kubeconfig.is_some() {
+        for cl in clusters.iter_mut().filter(|c| c.retired_at.is_none()) {
+            if let Some(reason) = self.inner.imported_inactive_reason(cl) {
+                cl.status.state = ClusterState::Ineligible;
+                cl.status.message = Some(reason);
+            } else if cl.sealed_kubeconfig.is_some() {
                 imported.insert(cl.id.clone(), self.inner.imported_provider(cl)?);
             }
         }

@@ -62,7 +62,9 @@ pub struct VisitInput {
     pub lease: Duration,
     /// Minimum agent version.
     pub min_agent_version: semver::Version,
-    /// Zero-touch install: the agent image to install when the agent is missing.
+    /// Zero-touch install: the agent image to install when the agent is missing, and to upgrade
+    /// the install to when its agent is outdated or runs another image (see
+    /// [`crate::server::install`] for which objects it updates).
     pub install_agent: Option<String>,
 }
 
@@ -338,6 +340,91 @@ pub(crate) fn unknown_phase(phase: &str) -> String {
     )
 }
 
+/// The cluster's state from the agent's Deployment (`None`: there is none): `Ready`, or
+/// `AgentMissing`/`AgentOutdated` with why.
+fn agent_state(agent: Option<&Deployment>, min: &semver::Version) -> (ClusterState, Option<String>) {
+    let version = agent.and_then(|d| d.labels().get(VERSION_LABEL).cloned());
+    match (agent, &version) {
+        (None, _) => (
+            ClusterState::AgentMissing,
+            Some(format!("no {AGENT_NAME} Deployment in {AGENT_NAMESPACE}")),
+        ),
+        (Some(_), None) => (
+            ClusterState::AgentOutdated,
+            Some(format!("the agent Deployment has no {VERSION_LABEL} label")),
+        ),
+        (Some(_), Some(v)) => match semver::Version::parse(v) {
+            Ok(v) if v >= *min => (ClusterState::Ready, None),
+            Ok(v) => (
+                ClusterState::AgentOutdated,
+                Some(format!("agent {v} is older than the minimum {min}")),
+            ),
+            Err(_) => (
+                ClusterState::AgentOutdated,
+                Some(format!("the agent version {v:?} is not a version")),
+            ),
+        },
+    }
+}
+
+/// The image of the agent's container (`agent`, else the first) in its Deployment.
+fn agent_image(d: &Deployment) -> Option<String> {
+    let containers = &d.spec.as_ref()?.template.spec.as_ref()?.containers;
+    containers
+        .iter()
+        .find(|c| c.name == "agent")
+        .or_else(|| containers.first())
+        .and_then(|c| c.image.clone())
+}
+
+/// A backup or restore the agent runs now (`backup name`), if there is one: an
+/// `ApplicationBackup` or `ApplicationRestore` in the agent's namespace `InProgress` with a
+/// heartbeat within `lease`. One whose heartbeat is older is run by no one any more. (An agent
+/// that restarts runs a backup or restore it was cut short in again from the start, once.)
+async fn running_operation(
+    client: &kube::Client,
+    now: SystemTime,
+    lease: Duration,
+) -> Result<Option<String>, VisitError> {
+    use kube::api::DynamicObject;
+    use kube::core::ApiResource;
+    let kinds = [
+        ("backup", ApiResource::erase::<crate::crd::ApplicationBackup>(&())),
+        (
+            "restore",
+            ApiResource::erase::<crate::crd::ApplicationRestore>(&()),
+        ),
+    ];
+    for (what, ar) in kinds {
+        let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), AGENT_NAMESPACE, &ar);
+        let mut lp = ListParams::default().limit(500);
+        loop {
+            let page = match api.list(&lp).await {
+                Ok(p) => p,
+                // Without the CRDs nothing runs.
+                Err(kube::Error::Api(s)) if s.code == 404 => break,
+                Err(e) => return Err(err(&format!("listing the {what}s that run"), e)),
+            };
+            for o in &page.items {
+                let status = &o.data["status"];
+                let alive = status["heartbeat"]
+                    .as_str()
+                    .or(status["startTimestamp"].as_str())
+                    .and_then(parse_rfc3339)
+                    .is_some_and(|t| now.duration_since(t).unwrap_or(Duration::ZERO) <= lease);
+                if status["phase"] == "InProgress" && alive {
+                    return Ok(Some(format!("{what} {}", o.name_any())));
+                }
+            }
+            match page.metadata.continue_.filter(|c| !c.is_empty()) {
+                Some(c) => lp.continue_token = Some(c),
+                None => break,
+            }
+        }
+    }
+    Ok(None)
+}
+
 /// A message a cluster reported, as the catalog and the API may show it: without anything
 /// credential-shaped (an agent's error may name a request URL carrying a SAS).
 pub(crate) fn clean(message: &str) -> String {
@@ -398,15 +485,23 @@ pub async fn visit(client: &kube::Client, input: VisitInput) -> Result<VisitOutp
     let now = input.now;
     let mut out = VisitOutput::default();
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), AGENT_NAMESPACE);
-    let agent = deployments
+    let mut agent = deployments
         .get_opt(AGENT_NAME)
         .await
         .map_err(|e| err("reading the agent deployment", e))?;
     if agent.is_none()
         && let Some(image) = &input.install_agent
     {
-        let created = crate::server::install::install_agent(client, image).await?;
-        tracing::info!(cluster = %input.cluster.name, created, %image, "installed the agent");
+        let done = crate::server::install::install_agent(client, image).await?;
+        let created = done.created + done.updated;
+        tracing::info!(
+            cluster = %input.cluster.name,
+            created = done.created,
+            updated = done.updated,
+            left = ?done.left,
+            %image,
+            "installed the agent"
+        );
         return Ok(VisitOutput {
             status: ClusterStatus {
                 state: ClusterState::AgentMissing,
@@ -422,32 +517,56 @@ pub async fn visit(client: &kube::Client, input: VisitInput) -> Result<VisitOutp
             written: created,
         });
     }
+    // Zero-touch upgrade, at most once a visit: an outdated agent, or one of another image than
+    // the configured one, when its Deployment is the install's and no backup or restore runs.
+    let mut upgrade_note = None;
+    if let (Some(d), Some(image)) = (&agent, &input.install_agent) {
+        let (before, _) = agent_state(Some(d), &input.min_agent_version);
+        let current = agent_image(d);
+        if before == ClusterState::AgentOutdated || current.as_deref() != Some(image.as_str()) {
+            if let Some(why) = crate::server::install::not_ours(&d.metadata) {
+                upgrade_note = Some(format!(
+                    "not upgraded to {image}: its Deployment is {why}; upgrade it the way it was installed"
+                ));
+            } else if let Some(running) = running_operation(client, now, input.lease).await? {
+                upgrade_note = Some(format!(
+                    "the upgrade to {image} waits while {running} runs on the cluster"
+                ));
+            } else {
+                let done = crate::server::install::install_agent(client, image).await?;
+                tracing::info!(
+                    cluster = %input.cluster.name,
+                    from = current.as_deref().unwrap_or("?"),
+                    %image,
+                    updated = done.updated,
+                    created = done.created,
+                    left = ?done.left,
+                    "upgraded the agent"
+                );
+                out.written += done.updated + done.created;
+                let left = if done.left.is_empty() {
+                    String::new()
+                } else {
+                    format!("; left alone: {}", done.left.join(", "))
+                };
+                upgrade_note = Some(format!(
+                    "the agent was upgraded to {image} ({} objects updated, {} created{left}); it restarts",
+                    done.updated, done.created
+                ));
+                agent = deployments
+                    .get_opt(AGENT_NAME)
+                    .await
+                    .map_err(|e| err("reading the agent deployment", e))?;
+            }
+        }
+    }
     let version = agent
         .as_ref()
         .and_then(|d| d.labels().get(VERSION_LABEL).cloned());
-    let (state, message) = match (&agent, &version) {
-        (None, _) => (
-            ClusterState::AgentMissing,
-            Some(format!("no {AGENT_NAME} Deployment in {AGENT_NAMESPACE}")),
-        ),
-        (Some(_), None) => (
-            ClusterState::AgentOutdated,
-            Some(format!("the agent Deployment has no {VERSION_LABEL} label")),
-        ),
-        (Some(_), Some(v)) => match semver::Version::parse(v) {
-            Ok(v) if v >= input.min_agent_version => (ClusterState::Ready, None),
-            Ok(v) => (
-                ClusterState::AgentOutdated,
-                Some(format!(
-                    "agent {v} is older than the minimum {}",
-                    input.min_agent_version
-                )),
-            ),
-            Err(_) => (
-                ClusterState::AgentOutdated,
-                Some(format!("the agent version {v:?} is not a version")),
-            ),
-        },
+    let (state, message) = agent_state(agent.as_ref(), &input.min_agent_version);
+    let message = match (message, upgrade_note) {
+        (Some(m), Some(n)) => Some(format!("{m}; {n}")),
+        (m, n) => m.or(n),
     };
     out.status = ClusterStatus {
         state,
