@@ -210,15 +210,14 @@ impl ApiClient {
 
     /// `call` as a coroutine.
     #[pyo3(signature = (method, path, query = None, body = None))]
-    fn call_async<'py>(
+    async fn call_async(
         &self,
-        py: Python<'py>,
         method: String,
         path: Vec<String>,
         query: Option<String>,
         body: Option<String>,
-    ) -> PyResult<Bound<'py, PyAny>> {
-        runtime::coroutine(py, dispatch(self.client.clone(), method, path, query, body))
+    ) -> PyResult<String> {
+        runtime::spawned(dispatch(self.client.clone(), method, path, query, body)).await
     }
 
     fn __repr__(&self) -> String {

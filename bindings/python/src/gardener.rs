@@ -327,8 +327,8 @@ impl GardenerProvider {
     }
 
     /// `discover()` as a coroutine.
-    fn discover_async<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
-        runtime::coroutine(py, discover(self.inner.clone()))
+    async fn discover_async(&self) -> PyResult<Vec<Cluster>> {
+        runtime::spawned(discover(self.inner.clone())).await
     }
 
     /// Short-lived access to an eligible cluster (a `Cluster`, its id, or its shoot name): a
@@ -340,9 +340,9 @@ impl GardenerProvider {
     }
 
     /// `access(cluster)` as a coroutine.
-    fn access_async<'py>(&self, py: Python<'py>, cluster: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
-        let key = cluster_key(cluster)?;
-        runtime::coroutine(py, access(self.inner.clone(), key))
+    async fn access_async(&self, cluster: Py<PyAny>) -> PyResult<ClusterAccess> {
+        let key = Python::attach(|py| cluster_key(cluster.bind(py)))?;
+        runtime::spawned(access(self.inner.clone(), key)).await
     }
 
     fn __repr__(&self) -> String {

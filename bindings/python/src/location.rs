@@ -926,9 +926,9 @@ impl Location {
 
     /// `check()` as a coroutine.
     #[pyo3(signature = (*, step_timeout=8.0))]
-    fn check_async<'py>(&self, py: Python<'py>, step_timeout: f64) -> PyResult<Bound<'py, PyAny>> {
+    async fn check_async(&self, step_timeout: f64) -> PyResult<CheckReport> {
         let fut = self.check_future(step_timeout)?;
-        runtime::coroutine(py, fut)
+        runtime::spawned(fut).await
     }
 
     /// Creates the container of an `azblob://` location if it is missing (nothing to do for
@@ -939,9 +939,9 @@ impl Location {
     }
 
     /// `create_container()` as a coroutine.
-    fn create_container_async<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+    async fn create_container_async(&self) -> PyResult<()> {
         let opened = self.opened.clone();
-        runtime::coroutine(py, async move { opened.create_container().await.py_err() })
+        runtime::spawned(async move { opened.create_container().await.py_err() }).await
     }
 
     /// Backs up the directory `path`, incremental to `parent` (default: the newest volume backup
@@ -975,9 +975,8 @@ impl Location {
     /// `backup_volume(...)` as a coroutine.
     #[pyo3(signature = (path, *, tag=None, parent=None, progress=None, no_parent=false, cluster=None, concurrency=None))]
     #[allow(clippy::too_many_arguments)]
-    fn backup_volume_async<'py>(
+    async fn backup_volume_async(
         &self,
-        py: Python<'py>,
         path: PathBuf,
         tag: Option<String>,
         parent: Option<String>,
@@ -985,7 +984,7 @@ impl Location {
         no_parent: bool,
         cluster: Option<String>,
         concurrency: Option<usize>,
-    ) -> PyResult<Bound<'py, PyAny>> {
+    ) -> PyResult<VolumeBackup> {
         let args = BackupArgs {
             path,
             tag,
@@ -995,8 +994,7 @@ impl Location {
             concurrency,
             progress,
         };
-        let fut = backup_future(self.repo.clone(), args);
-        runtime::coroutine(py, fut)
+        runtime::spawned(backup_future(self.repo.clone(), args)).await
     }
 
     /// Every backup in the location, oldest first, from listing metadata.
@@ -1006,9 +1004,8 @@ impl Location {
     }
 
     /// `list_backups()` as a coroutine.
-    fn list_backups_async<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
-        let repo = self.repo.clone();
-        runtime::coroutine(py, async move { list_future(repo).await })
+    async fn list_backups_async(&self) -> PyResult<Vec<BackupSummary>> {
+        runtime::spawned(list_future(self.repo.clone())).await
     }
 
     /// Restores a volume backup (an id, or `latest`: the newest volume backup, with `tag` if
@@ -1030,18 +1027,21 @@ impl Location {
 
     /// `restore_volume(...)` as a coroutine.
     #[pyo3(signature = (backup="latest", *, target, tag=None, progress=None))]
-    fn restore_volume_async<'py>(
+    async fn restore_volume_async(
         &self,
-        py: Python<'py>,
         backup: &str,
         target: PathBuf,
         tag: Option<String>,
         progress: Option<Py<PyAny>>,
-    ) -> PyResult<Bound<'py, PyAny>> {
-        runtime::coroutine(
-            py,
-            restore_future(self.repo.clone(), backup.to_owned(), target, tag, progress),
-        )
+    ) -> PyResult<VolumeRestore> {
+        runtime::spawned(restore_future(
+            self.repo.clone(),
+            backup.to_owned(),
+            target,
+            tag,
+            progress,
+        ))
+        .await
     }
 
     /// Checks that every object the backups (all, or `backups`) reference exists; `deep`
@@ -1053,13 +1053,8 @@ impl Location {
 
     /// `verify(...)` as a coroutine.
     #[pyo3(signature = (deep=false, *, backups=None))]
-    fn verify_async<'py>(
-        &self,
-        py: Python<'py>,
-        deep: bool,
-        backups: Option<Vec<String>>,
-    ) -> PyResult<Bound<'py, PyAny>> {
-        runtime::coroutine(py, verify_future(self.repo.clone(), backups, deep))
+    async fn verify_async(&self, deep: bool, backups: Option<Vec<String>>) -> PyResult<VerifyReport> {
+        runtime::spawned(verify_future(self.repo.clone(), backups, deep)).await
     }
 
     /// Deletes a backup (its chunks are reclaimed by `gc`).
@@ -1068,8 +1063,8 @@ impl Location {
     }
 
     /// `delete_backup(id)` as a coroutine.
-    fn delete_backup_async<'py>(&self, py: Python<'py>, id: String) -> PyResult<Bound<'py, PyAny>> {
-        runtime::coroutine(py, delete_future(self.repo.clone(), id))
+    async fn delete_backup_async(&self, id: String) -> PyResult<DeletedBackup> {
+        runtime::spawned(delete_future(self.repo.clone(), id)).await
     }
 
     /// Deletes chunks no backup references any more and are older than `grace_secs` (as
@@ -1082,9 +1077,9 @@ impl Location {
 
     /// `gc(...)` as a coroutine.
     #[pyo3(signature = (dry_run=false, *, grace_secs=3600.0))]
-    fn gc_async<'py>(&self, py: Python<'py>, dry_run: bool, grace_secs: f64) -> PyResult<Bound<'py, PyAny>> {
+    async fn gc_async(&self, dry_run: bool, grace_secs: f64) -> PyResult<GcReport> {
         let opts = Self::gc_options(dry_run, grace_secs)?;
-        runtime::coroutine(py, gc_future(self.repo.clone(), opts))
+        runtime::spawned(gc_future(self.repo.clone(), opts)).await
     }
 }
 

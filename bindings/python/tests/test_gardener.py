@@ -204,3 +204,17 @@ def test_the_async_twins_run_concurrently_under_asyncio(provider: pxb.GardenerPr
     asyncio.run(main())
     # The answers of the async calls work like the sync ones.
     assert get_json(provider.access("shoot-00001"), "/version")["major"] == "1"
+
+
+def test_the_async_twins_are_coroutines_that_asyncio_run_takes(provider: pxb.GardenerProvider) -> None:
+    discover = provider.discover_async()
+    access = provider.access_async("shoot-00000")
+    assert asyncio.iscoroutine(discover) and asyncio.iscoroutine(access)
+    clusters = asyncio.run(discover)
+    assert "shoot-00000" in [c.name for c in clusters]
+    assert asyncio.run(access).cluster == "shoot-00000"
+    # An invalid argument is raised where the coroutine is awaited, as by an `async def`.
+    bad = provider.access_async(42)  # type: ignore[arg-type]
+    assert asyncio.iscoroutine(bad)
+    with pytest.raises(pxb.Invalid, match="cluster must be"):
+        asyncio.run(bad)

@@ -117,6 +117,53 @@ def test_async_restore_of_latest_with_a_tag(tmp_path: Path) -> None:
     assert read_tree(tmp_path / "dst") == content_a
 
 
+def test_nothing_runs_until_the_coroutine_is_awaited(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    make_tree(src, files=3, size=10_000)
+    loc_dir = tmp_path / "location"
+    loc = pxb.Location.open(f"file://{loc_dir}")
+    loc.create_container()
+
+    # Made outside a loop and never awaited: no backup, no chunk, even after a while.
+    never = loc.backup_volume_async(src, tag="never")
+    time.sleep(0.5)
+    never.close()
+    assert loc.list_backups() == [] and chunk_count(loc_dir) == 0
+
+    async def main() -> pxb.VolumeBackup:
+        # Made inside the running loop, which then runs other work: still nothing.
+        later = loc.backup_volume_async(src, tag="later")
+        await asyncio.sleep(0.5)
+        assert await loc.list_backups_async() == [] and chunk_count(loc_dir) == 0
+        # Awaited: it runs.
+        return await later
+
+    b = asyncio.run(main())
+    assert b.tag == "later" and b.files == 3
+    assert [s.id for s in loc.list_backups()] == [b.id] and chunk_count(loc_dir) > 0
+
+
+def test_cancelling_a_task_made_with_create_task_stops_the_backup(big_tree: Path, tmp_path: Path) -> None:
+    loc_dir = tmp_path / "location"
+    loc = pxb.Location.open(f"file://{loc_dir}")
+
+    async def main() -> None:
+        task = asyncio.create_task(loc.backup_volume_async(big_tree, concurrency=1))
+        while chunk_count(loc_dir) == 0:  # it started
+            assert not task.done()
+            await asyncio.sleep(0.01)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        await asyncio.sleep(0.3)
+        written = chunk_count(loc_dir)
+        await asyncio.sleep(1.0)
+        assert chunk_count(loc_dir) == written, "chunks were still being written after cancellation"
+        assert await loc.list_backups_async() == []
+
+    asyncio.run(main())
+
+
 def test_async_progress(big_tree: Path, tmp_path: Path) -> None:
     loc = pxb.Location.open(f"file://{tmp_path / 'location'}")
     total = sum(p.stat().st_size for p in big_tree.rglob("*.bin"))

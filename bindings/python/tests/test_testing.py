@@ -4,6 +4,7 @@ lists, changes at run time, and stops when the context manager exits."""
 from __future__ import annotations
 
 import os
+import re
 import socket
 import time
 from typing import List
@@ -40,6 +41,54 @@ def test_the_context_manager_serves_a_garden_with_n_shoots() -> None:
         except ConnectionRefusedError:
             break
         assert time.monotonic() < deadline, "the garden still listens after close"
+        time.sleep(0.1)
+
+
+def test_garden_yields_a_kubeconfig_that_discovery_runs_on_and_stops_on_exit() -> None:
+    assert "garden" in pxb.testing.__all__
+    with pxb.testing.garden(shoots=3, project="dev", prefix="node") as kubeconfig:
+        assert isinstance(kubeconfig, str) and kubeconfig.startswith("apiVersion: v1")
+        provider = pxb.GardenerProvider(kubeconfig=kubeconfig, project="dev")
+        clusters = provider.discover()
+        assert [c.name for c in clusters] == ["node-00000", "node-00001", "node-00002"]
+        assert all(c.eligible for c in clusters), clusters
+        access = provider.access(clusters[0])
+        assert access.cluster == "node-00000" and not access.expired
+        servers = re.findall(r"server: (https://\S+)", kubeconfig)
+        assert len(servers) == 1, kubeconfig
+        port = urlparse(servers[0]).port
+        assert port is not None
+        socket.create_connection(("127.0.0.1", port), timeout=5).close()
+    # The garden stopped with the block.
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=2).close()
+        except ConnectionRefusedError:
+            break
+        except ConnectionResetError:  # accepted while it shuts down
+            pass
+        assert time.monotonic() < deadline, "the garden still listens after the block"
+        time.sleep(0.1)
+    with pytest.raises(pxb.PxbError):
+        pxb.GardenerProvider(kubeconfig=kubeconfig, project="dev", request_timeout=5).discover()
+
+
+def test_garden_stops_when_the_block_raises() -> None:
+    with pytest.raises(KeyError):
+        with pxb.testing.garden(shoots=1) as kubeconfig:
+            port = urlparse(re.findall(r"server: (https://\S+)", kubeconfig)[0]).port
+            raise KeyError("boom")
+    assert port is not None
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=2).close()
+        except ConnectionRefusedError:
+            break
+        except ConnectionResetError:  # accepted while it shuts down
+            pass
+        assert time.monotonic() < deadline, "the garden still listens after the block raised"
         time.sleep(0.1)
 
 

@@ -5,10 +5,10 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Args, Subcommand};
+use pxb_core::CheckReport;
 use pxb_core::backup::gc::{self, GcOptions};
 use pxb_core::backup::verify::{self, VerifyStatus};
 use pxb_core::backup::{BackupId, SyncState};
-use pxb_core::{CheckOptions, CheckReport, check_location};
 
 use super::output;
 use super::volume::repo;
@@ -218,19 +218,7 @@ async fn gc(a: GcArgs) -> ExitCode {
 async fn check(args: CheckArgs) -> ExitCode {
     let report = match args.location.open() {
         Err(e) => CheckReport::configuration_failed(&args.location.location, &e),
-        Ok(opened) => {
-            let opts = CheckOptions {
-                step_timeout: Duration::from_secs(args.step_timeout.max(1)),
-                scopes: vec![pxb_azure::STORAGE_SCOPE.to_owned()],
-            };
-            check_location(
-                &opened.url.to_string(),
-                opened.store.as_ref(),
-                opened.token.as_deref(),
-                &opts,
-            )
-            .await
-        }
+        Ok(opened) => opened.check(Duration::from_secs(args.step_timeout.max(1))).await,
     };
     let mut out = std::io::stdout().lock();
     let written = if args.json {

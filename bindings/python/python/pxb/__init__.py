@@ -1,15 +1,17 @@
 """pxb for Python: the engine, the Gardener provider, the server's typed client and the fleet
 simulator of pxb, from the same Rust crates as the daemons and the ``pxb`` CLI.
 
-Every I/O call has a sync form (which releases the GIL while it works) and an ``_async`` form
-(an awaitable on a shared Tokio runtime; cancelling the awaiting task stops the work). The
-``_async`` forms start their work when called, so call them from a coroutine, inside a running
-event loop::
+Every I/O call has a sync form (which releases the GIL while it works) and an ``_async`` form:
+a coroutine whose work runs on a shared Tokio runtime, never blocking the event loop. Nothing
+runs until the coroutine is awaited, and cancelling the task that awaits it stops the work::
+
+    report = asyncio.run(pxb.Location.open(url).check_async())
 
     async def main() -> None:
-        report = await pxb.Location.open(url).check_async()
-
-    asyncio.run(main())          # not asyncio.run(loc.check_async()): no loop runs yet
+        loc = pxb.Location.open(url)
+        check = asyncio.create_task(loc.check_async())
+        backups = await loc.list_backups_async()
+        report = await check
 
 Errors are :class:`PxbError` and its subclasses, one per kind of error, whose ``str()`` is the
 message the CLI prints.

@@ -4,10 +4,18 @@
 project-scoped service accounts) and one Kubernetes API server per shoot, over HTTPS on loopback,
 in this process. It is the simulator pxb's own tests, benchmarks and ``pxb demo`` run on.
 
+:func:`garden` is the short form: a context manager that serves a garden with ``shoots`` shoots
+and yields its kubeconfig, for automation that only needs the garden credentials. :class:`Fleet`
+also changes the fleet while it runs.
+
 .. code-block:: python
 
     import pxb
     import pxb.testing
+
+    with pxb.testing.garden(shoots=3, project="acme") as kubeconfig:
+        provider = pxb.GardenerProvider(kubeconfig=kubeconfig, project="acme")
+        assert len(provider.discover()) == 3
 
     with pxb.testing.Fleet(shoots=3, project="acme") as fleet:
         provider = pxb.GardenerProvider(kubeconfig=fleet.kubeconfig, project=fleet.project)
@@ -18,14 +26,31 @@ in this process. It is the simulator pxb's own tests, benchmarks and ``pxb demo`
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 from types import TracebackType
-from typing import Dict, Optional, Type
+from typing import Dict, Iterator, Optional, Type
 
 from pxb import _pxb
 
-__all__ = ["Fleet"]
+__all__ = ["Fleet", "garden"]
+
+
+@contextlib.contextmanager
+def garden(
+    shoots: int = 0,
+    project: str = "acme",
+    *,
+    prefix: str = "shoot",
+    kubeconfig_min_seconds: int = 600,
+) -> Iterator[str]:
+    """Serves a simulated garden with project ``project`` holding ``shoots`` ready shoots named
+    ``<prefix>-00000``, … (as :class:`Fleet`) and yields its garden kubeconfig (YAML text) of an
+    admin service account of the project: what :class:`pxb.GardenerProvider` and pxb-server's
+    garden credentials take. The garden and its shoots stop when the ``with`` block exits."""
+    with Fleet(shoots, project, prefix=prefix, kubeconfig_min_seconds=kubeconfig_min_seconds) as fleet:
+        yield fleet.kubeconfig
 
 
 class Fleet:
