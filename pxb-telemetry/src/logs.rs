@@ -18,6 +18,11 @@ use crate::support::LogBuffer;
 pub const LOG_VAR: &str = "PXB_LOG";
 /// The variable holding the line format.
 pub const FORMAT_VAR: &str = "PXB_LOG_FORMAT";
+/// Added to every filter: the Kubernetes client logs the whole body of an answer it cannot parse
+/// at WARN (a Secret's data, or whatever a hostile API server sends), so below ERROR its client
+/// module stays silent. The error itself still reaches pxb's code, which reports it without the
+/// body.
+pub const QUIET_BODIES: &str = "kube_client::client=error";
 
 pub use crate::support::Redactor;
 
@@ -121,11 +126,18 @@ impl Settings {
         self
     }
 
+    /// The filter of `PXB_LOG`, plus [`QUIET_BODIES`] unless the filter names `kube_client`
+    /// itself (an operator debugging the client asks for it on purpose).
     fn env_filter(&self) -> Result<EnvFilter, Error> {
-        EnvFilter::try_new(&self.filter).map_err(|e| Error::BadFilter {
+        let bad = |e: &dyn std::fmt::Display| Error::BadFilter {
             filter: self.filter.clone(),
             reason: e.to_string(),
-        })
+        };
+        let filter = EnvFilter::try_new(&self.filter).map_err(|e| bad(&e))?;
+        if self.filter.contains("kube_client") {
+            return Ok(filter);
+        }
+        Ok(filter.add_directive(QUIET_BODIES.parse().map_err(|e| bad(&e))?))
     }
 
     /// The subscriber these settings describe, writing to `writer` (stderr for [`init`]); for
@@ -327,6 +339,32 @@ mod tests {
                 .starts_with("PXB_LOG=\"info,pxb=loud\" is not a valid log filter"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn the_kube_clients_unparsed_bodies_stay_out_of_the_logs() {
+        let emit = |settings: &Settings| {
+            let buffer = Buffer::default();
+            let out = buffer.clone();
+            let subscriber = settings.subscriber(move || out.clone()).expect("subscriber");
+            tracing::subscriber::with_default(subscriber, || {
+                tracing::warn!(target: "kube_client::client", "{{\"data\":{{\"k\":\"tenant-secret\"}}}}, Error");
+                tracing::error!(target: "kube_client::client", "client error kept");
+                tracing::warn!(target: "kube_client::config", "overriding cluster URL");
+            });
+            buffer.text()
+        };
+        for filter in ["info", "debug", "warn,pxb_daemon=debug"] {
+            let out = emit(&Settings::from_vars("info", vars(&[(LOG_VAR, filter)])).expect("settings"));
+            assert!(!out.contains("tenant-secret"), "{filter}: {out}");
+            assert!(out.contains("client error kept"), "{filter}: {out}");
+            assert!(out.contains("overriding cluster URL"), "{filter}: {out}");
+        }
+        // Asked for by name, it is shown.
+        let out = emit(
+            &Settings::from_vars("info", vars(&[(LOG_VAR, "info,kube_client=debug")])).expect("settings"),
+        );
+        assert!(out.contains("tenant-secret"), "{out}");
     }
 
     #[test]

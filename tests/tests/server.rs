@@ -1554,7 +1554,19 @@ async fn back_up_shop(cp: &ControlPlane, acme: &str) -> String {
 /// The `pxb_server_backup_info` lines of the server's Prometheus text as the provider admin
 /// sees it, sorted.
 async fn backup_info_lines(cp: &ControlPlane) -> Vec<String> {
-    backup_info_lines_as(cp, Some(&cp.admin_token())).await
+    backup_info_lines_as(cp, Some(&day_long_admin_token(cp))).await
+}
+
+/// A provider admin's token valid for a day: still valid when a test has moved the server's
+/// clock (which token expiry follows) by hours.
+fn day_long_admin_token(cp: &ControlPlane) -> String {
+    cp.issuer.token(cp.issuer.claims_for(
+        "provider-admin",
+        pxb_tests::control::AUDIENCE,
+        &[pxb_tests::control::PROVIDER_ADMINS],
+        &[],
+        24 * 3600,
+    ))
 }
 
 /// The `pxb_server_backup_info` lines of the Prometheus text `token` (none: anonymously) gets,
@@ -1565,14 +1577,55 @@ async fn backup_info_lines_as(cp: &ControlPlane, token: Option<&str>) -> Vec<Str
 
 /// The info line of backup `id` with `status` (and `previous_status`, for `Some`).
 fn info_line(id: &str, status: &str, previous: Option<&str>) -> String {
+    scheduled_info_line(id, "", status, previous)
+}
+
+/// The info line of backup `id` of schedule `schedule` (empty: none) with `status` (and
+/// `previous_status`, for `Some`).
+fn scheduled_info_line(id: &str, schedule: &str, status: &str, previous: Option<&str>) -> String {
     format!(
         "pxb_server_backup_info{{org=\"acme\",cluster=\"{}\",backup=\"{id}\",location=\"primary\",\
-         schedule=\"\",view=\"namespaces\",status=\"{status}\"{}}} 1",
+         schedule=\"{schedule}\",view=\"namespaces\",status=\"{status}\"{}}} 1",
         shoot(0),
         previous
             .map(|p| format!(",previous_status=\"{p}\""))
             .unwrap_or_default()
     )
+}
+
+/// The whole Prometheus text (0.0.4, as promtool reads it) the provider admin gets.
+async fn admin_exposition(cp: &ControlPlane) -> String {
+    reqwest::Client::new()
+        .get(format!("{}/metrics", cp.url))
+        .bearer_auth(day_long_admin_token(cp))
+        .send()
+        .await
+        .and_then(|r| r.error_for_status())
+        .expect("scrape")
+        .text()
+        .await
+        .expect("text")
+}
+
+/// Runs `promtool check metrics` on the admin's whole exposition, which must hold `line`, after
+/// showing that promtool does read that line: the same text with `line`'s `previous_status`
+/// label misspelt fails the check.
+async fn promtool_checks_the_exposition_with(cp: &ControlPlane, line: &str) {
+    let text = admin_exposition(cp).await;
+    assert!(
+        text.lines().any(|l| l == line),
+        "{line} not in the exposition:\n{text}"
+    );
+    assert!(text.contains("# TYPE pxb_server_backup_info gauge"), "{text}");
+    let broken = text.replace(line, &line.replace("previous_status=", "previous-status="));
+    assert_ne!(broken, text, "{line} has a previous_status");
+    let refused = pxb_tests::promtool_check_metrics(&broken);
+    assert!(
+        refused.is_err(),
+        "promtool accepts an info line with a misspelt label: it does not read the series"
+    );
+    pxb_tests::promtool_check_metrics(&text)
+        .unwrap_or_else(|e| panic!("promtool on the exposition with {line}: {e:#}\n{text}"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1655,6 +1708,7 @@ async fn a_deleted_backups_info_series_outlives_it_for_the_window_and_survives_a
     .expect("deleted");
     let deleted = backup_info_lines(&cp).await;
     assert_eq!(deleted, [info_line(&id, "Deleted", Some("Success"))]);
+    promtool_checks_the_exposition_with(&cp, &info_line(&id, "Deleted", Some("Success"))).await;
 
     // A restart rebuilds the same series from the catalog.
     cp.restart_server().await.expect("restart");
@@ -1696,5 +1750,145 @@ async fn a_deleted_backups_info_series_outlives_it_for_the_window_and_survives_a
         .await
         .expect("count");
     assert_eq!(kept, 0, "the deleted backup's record goes with the window");
+    cp.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backup_deleted_by_retention_keeps_its_info_series_as_deleted() {
+    use pxb_core::api::rest::ScheduleRequest;
+    use pxb_core::schedule::{Every, SchedulePolicy};
+
+    let mut cp = ControlPlane::start(PROJECT, 1, |_| {})
+        .await
+        .expect("control plane");
+    let clock = Arc::new(pxb_core::clock::SkewedClock::new());
+    cp.use_clock(clock.clone())
+        .await
+        .expect("the server on a clock the test moves");
+    cp.start_agent(PROJECT, &shoot(0)).await.expect("agent");
+    let (acme, _container) = acme_with_primary(&cp, "retention-info").await;
+    valid_with_shop(&cp, &acme).await;
+
+    // A schedule every minute that keeps one successful backup.
+    const SCHEDULE: &str = "keep-one";
+    let made = cp
+        .client(&acme)
+        .create_schedule(
+            "acme",
+            &ScheduleRequest {
+                name: SCHEDULE.into(),
+                policy: SchedulePolicy {
+                    every: Every::Interval { minutes: 1 },
+                    retain: 1,
+                    time_zone: "UTC".into(),
+                },
+                clusters: named(&[&shoot(0)]),
+                namespaces: vec!["shop".into()],
+                location: "primary".into(),
+                paused: false,
+            },
+        )
+        .await
+        .expect("schedule");
+    assert_eq!(made.policy.retain, 1);
+    assert_eq!(
+        backup_info_lines(&cp).await,
+        Vec::<String>::new(),
+        "no backup yet"
+    );
+
+    // The schedule's backups, oldest first, with their phases.
+    let scheduled = || async {
+        let mut list: Vec<(i64, String, String)> = cp
+            .client(&acme)
+            .list_backups("acme", &limit(1000))
+            .await
+            .map_err(|e| e.to_string())?
+            .items
+            .into_iter()
+            .filter(|b| b.schedule.as_deref() == Some(SCHEDULE))
+            .map(|b| (b.created_ms, b.id, b.phase.as_str().to_owned()))
+            .collect();
+        list.sort();
+        Ok::<_, String>(
+            list.into_iter()
+                .map(|(_, id, phase)| (id, phase))
+                .collect::<Vec<_>>(),
+        )
+    };
+
+    // The first run: one backup, Success, kept.
+    clock.advance(Duration::from_secs(61));
+    let first = wait_for("the first run succeeds", Duration::from_secs(120), || async {
+        match scheduled().await?.as_slice() {
+            [(id, phase)] if phase == "Success" => Ok(Some(id.clone())),
+            [(_, phase)] if ["Pending", "InProgress"].contains(&phase.as_str()) => Err(phase.clone()),
+            [] => Err("not fired yet".into()),
+            other => panic!("one backup that succeeds expected: {other:?}"),
+        }
+    })
+    .await
+    .expect("the first backup");
+    wait_for("its series says Success", Duration::from_secs(30), || async {
+        let lines = backup_info_lines(&cp).await;
+        if lines == [scheduled_info_line(&first, SCHEDULE, "Success", None)] {
+            Ok(Some(()))
+        } else {
+            Err(format!("{lines:#?}"))
+        }
+    })
+    .await
+    .expect("the first series");
+
+    // The second run: once it succeeds, retention deletes the first (through the agent), whose
+    // series stays, Deleted, with the status it had.
+    clock.advance(Duration::from_secs(60));
+    let second = wait_for("the second run succeeds", Duration::from_secs(120), || async {
+        let list = scheduled().await?;
+        match list.iter().find(|(id, _)| *id != first) {
+            Some((id, phase)) if phase == "Success" => Ok(Some(id.clone())),
+            Some((_, phase)) => Err(phase.clone()),
+            None => Err(format!("not fired yet: {list:?}")),
+        }
+    })
+    .await
+    .expect("the second backup");
+    wait_for(
+        "retention removes the first backup's record",
+        Duration::from_secs(120),
+        || async {
+            let list = scheduled().await?;
+            if list.iter().any(|(id, _)| *id == first) {
+                Err(format!("{list:?}"))
+            } else {
+                Ok(Some(list))
+            }
+        },
+    )
+    .await
+    .expect("retention");
+    assert_eq!(
+        scheduled().await.expect("list"),
+        [(second.clone(), "Success".to_owned())],
+        "one backup kept"
+    );
+    let expected = {
+        let mut v = vec![
+            scheduled_info_line(&first, SCHEDULE, "Deleted", Some("Success")),
+            scheduled_info_line(&second, SCHEDULE, "Success", None),
+        ];
+        v.sort();
+        v
+    };
+    assert_eq!(backup_info_lines(&cp).await, expected);
+    promtool_checks_the_exposition_with(
+        &cp,
+        &scheduled_info_line(&first, SCHEDULE, "Deleted", Some("Success")),
+    )
+    .await;
+
+    // A restart rebuilds both from the catalog (the deletion time was kept).
+    cp.restart_server().await.expect("restart");
+    assert_eq!(backup_info_lines(&cp).await, expected, "after a restart");
     cp.shutdown().await;
 }

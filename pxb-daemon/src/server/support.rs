@@ -8,10 +8,12 @@
 //! - **What it sends** ([`ServerSources`]): counts of the server's own state (clusters by state,
 //!   orgs, visits, active operations) and the ids of onboarded clusters with their org id; the
 //!   orgs' customer ids from `telemetry.support.customers` at registration; recent redacted log
-//!   records (WARN and above, INFO of pxb) from [`pxb_telemetry::support::LogBuffer::global`]:
-//!   their message, and the values only of fields that hold counts, codes and states
-//!   ([`pxb_telemetry::support::SENT_FIELDS`]); the names of clusters, namespaces, backups,
-//!   locations and objects in other fields stay home (`name=…`).
+//!   records (WARN and above of any target, INFO of pxb) from
+//!   [`pxb_telemetry::support::LogBuffer::global`]: pxb's own with their message and the values
+//!   only of fields that hold counts, codes and states ([`pxb_telemetry::support::SENT_FIELDS`]);
+//!   other targets' (libraries such as the Kubernetes client) as `[message withheld]` with field
+//!   names only. The names of clusters, namespaces, backups, locations and objects in other
+//!   fields stay home (`name=…`).
 //! - **Its identity** ([`CatalogCredentials`]): the installation id is made once and kept in the
 //!   catalog ([`SupportInstallation`]); the client certificate and key are kept there sealed with
 //!   the server's secrets key. Without a key they stay in memory, and a restarted server

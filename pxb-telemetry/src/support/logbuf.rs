@@ -1,6 +1,11 @@
 //! The log capture of the support channel: a bounded ring of redacted [`LogRecord`]s fed by a
 //! `tracing_subscriber` [`Layer`] ([`CaptureLayer`]) that [`crate::logs::init`] always installs.
 //! While the channel is off the layer returns after one relaxed atomic load.
+//!
+//! Only pxb's own messages are kept as written. A library formats whatever it handles into its
+//! messages (kube-client logs at WARN the whole API answer it cannot parse: an object with its
+//! names, namespace and data), so a record of another target keeps its level, target and field
+//! names only: its message is [`WITHHELD_MESSAGE`] and every field value is withheld.
 
 use std::collections::VecDeque;
 use std::fmt::{self, Write as _};
@@ -24,12 +29,19 @@ pub const MAX_MESSAGE_BYTES: usize = 4096;
 /// How many records the process-wide buffer ([`LogBuffer::global`]) keeps.
 const GLOBAL_CAPACITY: usize = 1000;
 
+/// What a captured record of another target than pxb's own says instead of its message.
+pub const WITHHELD_MESSAGE: &str = "[message withheld]";
+
+/// Whether `target` is pxb's own: `pxb`, `pxb_*`, `pxb::*`.
+fn is_own(target: &str) -> bool {
+    target == "pxb" || target.starts_with("pxb_") || target.starts_with("pxb::")
+}
+
 /// Whether a record at `level` from `target` is captured: WARN and ERROR from any target, INFO
-/// from pxb's own targets (`pxb`, `pxb_*`, `pxb::*`).
+/// from pxb's own targets (`pxb`, `pxb_*`, `pxb::*`). A record of another target is kept
+/// without its message and field values ([`WITHHELD_MESSAGE`]).
 pub fn is_captured(level: &Level, target: &str) -> bool {
-    *level <= Level::WARN
-        || (*level == Level::INFO
-            && (target == "pxb" || target.starts_with("pxb_") || target.starts_with("pxb::")))
+    *level <= Level::WARN || (*level == Level::INFO && is_own(target))
 }
 
 /// A bounded ring of captured log records. When full, a new record replaces the oldest, which
@@ -136,9 +148,17 @@ impl<S: Subscriber> Layer<S> for CaptureLayer {
         if !is_captured(meta.level(), meta.target()) {
             return;
         }
-        let mut visitor = Formatter::default();
+        let own = is_own(meta.target());
+        let mut visitor = Formatter {
+            own,
+            ..Formatter::default()
+        };
         event.record(&mut visitor);
-        let mut message = visitor.message;
+        let mut message = if own {
+            visitor.message
+        } else {
+            WITHHELD_MESSAGE.to_owned()
+        };
         if !visitor.fields.is_empty() {
             if !message.is_empty() {
                 message.push(' ');
@@ -188,8 +208,11 @@ pub const SENT_FIELDS: [&str; 10] = [
 
 /// Formats an event: its `message`, and its other fields as `name=value` (strings quoted as
 /// `Debug` quotes them, like the text log lines) for [`SENT_FIELDS`], `name=…` for the others.
+/// For an event of another target than pxb's own (`own` false) the message is not read and
+/// every field is `name=…`.
 #[derive(Default)]
 struct Formatter {
+    own: bool,
     message: String,
     fields: String,
 }
@@ -197,12 +220,14 @@ struct Formatter {
 impl Visit for Formatter {
     fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
         if field.name() == "message" {
-            let _ = write!(self.message, "{value:?}");
+            if self.own {
+                let _ = write!(self.message, "{value:?}");
+            }
         } else {
             if !self.fields.is_empty() {
                 self.fields.push(' ');
             }
-            if SENT_FIELDS.contains(&field.name()) {
+            if self.own && SENT_FIELDS.contains(&field.name()) {
                 let _ = write!(self.fields, "{}={value:?}", field.name());
             } else {
                 let _ = write!(self.fields, "{}=…", field.name());
@@ -250,7 +275,7 @@ mod tests {
         assert_eq!(
             got,
             vec![
-                (Level::WARN, "hyper::proto".into(), "connection reset".into()),
+                (Level::WARN, "hyper::proto".into(), WITHHELD_MESSAGE.into()),
                 (
                     Level::INFO,
                     "pxb_daemon::server".into(),
@@ -266,6 +291,43 @@ mod tests {
             ]
         );
         assert!(buffer.drain().is_empty(), "drain takes the records");
+    }
+
+    #[test]
+    fn a_librarys_message_and_field_values_are_withheld() {
+        let buffer = Arc::new(LogBuffer::new(10));
+        buffer.set_capturing(true);
+        // As kube-client logs an API answer it cannot parse: the whole object, names and data.
+        let body = r#"{"kind":"ConfigMap","metadata":{"name":"tenant-orders","namespace":"tenant-shop"},"data":{"k":"v"}}"#;
+        with_layer(&buffer, || {
+            tracing::warn!(target: "kube_client::client", "{}, {:?}", body, "Invalid padding");
+            tracing::error!(target: "kube_runtime::watcher", status = 403, code = 403, object = "tenant-orders", "watcher error: configmaps \"tenant-orders\" is forbidden in namespace \"tenant-shop\"");
+            tracing::warn!(target: "pxb_daemon::server", code = 403, "cannot watch");
+        });
+        let got: Vec<(Level, String, String)> = buffer
+            .drain()
+            .into_iter()
+            .map(|r| (r.level, r.target, r.message))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                (Level::WARN, "kube_client::client".into(), WITHHELD_MESSAGE.into()),
+                (
+                    Level::ERROR,
+                    "kube_runtime::watcher".into(),
+                    format!("{WITHHELD_MESSAGE} status=… code=… object=…")
+                ),
+                (
+                    Level::WARN,
+                    "pxb_daemon::server".into(),
+                    "cannot watch code=403".into()
+                ),
+            ]
+        );
+        for (_, _, message) in &got {
+            assert!(!message.contains("tenant"), "{message}");
+        }
     }
 
     #[test]

@@ -34,10 +34,14 @@
 //!
 //! Records at WARN and ERROR from any target, and INFO records of pxb's own targets (`pxb`,
 //! `pxb_*`): what an operator would look at first, without the INFO chatter of libraries. The
-//! process' log filter (`PXB_LOG`) applies first: a record it filters out is not captured. Each
-//! record is its message followed by its fields as `name=value`, passed through the same
-//! [`Redactor`](crate::Redactor) as the process' log lines ([`Settings::redact`](crate::Settings)),
-//! cut to [`MAX_MESSAGE_BYTES`]. Span fields are not captured.
+//! process' log filter (`PXB_LOG`) applies first: a record it filters out is not captured. A
+//! record of pxb's own is its message followed by its fields, `name=value` for
+//! [`SENT_FIELDS`] and `name=…` for the others; a record of another target (a library, which
+//! formats whatever it handles into its message) is [`WITHHELD_MESSAGE`] followed by `name=…`
+//! for each field: its level and target tell that something happened, nothing of what it was
+//! about. Each is passed through the same [`Redactor`](crate::Redactor) as the process' log
+//! lines ([`Settings::redact`](crate::Settings)), cut to [`MAX_MESSAGE_BYTES`]. Span fields are
+//! not captured.
 
 mod channel;
 mod logbuf;
@@ -58,7 +62,9 @@ pub use channel::{
     CredentialStore, DEFAULT_INTERVAL, DEFAULT_MAX_PENDING, MemoryCredentialStore, StoreError,
     SupportChannel, SupportChannelBuilder, SupportHandle, SupportSources, SupportStatus,
 };
-pub use logbuf::{CaptureLayer, LogBuffer, MAX_MESSAGE_BYTES, Redactor, SENT_FIELDS, is_captured};
+pub use logbuf::{
+    CaptureLayer, LogBuffer, MAX_MESSAGE_BYTES, Redactor, SENT_FIELDS, WITHHELD_MESSAGE, is_captured,
+};
 #[cfg(any(test, feature = "conformance"))]
 pub use memory::{ExporterCall, MemoryExporter};
 pub use otlp::{CLUSTER_METRIC, OtlpExporter, OtlpExporterBuilder};

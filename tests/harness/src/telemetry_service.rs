@@ -15,6 +15,10 @@
 //!   most 8 MiB (413 beyond). It answers 200 with an empty `Export…ServiceResponse` and keeps the
 //!   decoded request with the client certificate's CN and serial.
 //! - While [`TelemetryService::set_down`] is on, every request is answered 503.
+//! - While [`TelemetryService::set_hang`] is on, the service accepts connections, completes the
+//!   TLS handshake and reads each request (its bytes are counted), but never answers: the request
+//!   is held ([`TelemetryService::held`]) until the client gives up (its connection closes) or
+//!   hanging is switched off (then it gets 503). A hung service, as opposed to one that is down.
 //!
 //! **How client certificates are required.** One listener serves both registration (which has no
 //! client certificate yet) and uploads. TLS asks every client for a certificate but lets a client
@@ -38,7 +42,7 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
@@ -164,10 +168,24 @@ struct Records {
     logs: Vec<Received<ExportLogsServiceRequest>>,
 }
 
+/// A request the service held without answering while it hung ([`TelemetryService::set_hang`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Held {
+    /// The request's path (`/v1/metrics`, `/v1/registrations`, …).
+    pub path: String,
+    /// When its headers and body had arrived and the service started holding it.
+    pub arrived: Instant,
+    /// When it stopped being held: the client closed the connection (gave up), or hanging was
+    /// switched off (it was answered 503). `None` while it is still held.
+    pub ended: Option<Instant>,
+}
+
 struct State {
     options: TelemetryServiceOptions,
     ca: CertifiedIssuer<'static, KeyPair>,
     down: AtomicBool,
+    hang: tokio::sync::watch::Sender<bool>,
+    held: Mutex<Vec<Held>>,
     bytes: AtomicU64,
     connections: AtomicU64,
     records: Mutex<Records>,
@@ -177,6 +195,25 @@ struct State {
 impl State {
     fn records(&self) -> MutexGuard<'_, Records> {
         self.records.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn held(&self) -> MutexGuard<'_, Vec<Held>> {
+        self.held.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Marks a held request ended when dropped: when hyper drops the request's future because the
+/// client closed the connection, or when the request is answered after hanging was switched off.
+struct HeldGuard {
+    state: Arc<State>,
+    index: usize,
+}
+
+impl Drop for HeldGuard {
+    fn drop(&mut self) {
+        if let Some(h) = self.state.held().get_mut(self.index) {
+            h.ended.get_or_insert_with(Instant::now);
+        }
     }
 }
 
@@ -228,6 +265,8 @@ impl TelemetryService {
             options,
             ca,
             down: AtomicBool::new(false),
+            hang: tokio::sync::watch::channel(false).0,
+            held: Mutex::new(Vec::new()),
             bytes: AtomicU64::new(0),
             connections: AtomicU64::new(0),
             records: Mutex::new(Records::default()),
@@ -317,6 +356,19 @@ impl TelemetryService {
     /// While `down` is true, every request (registrations included) is answered 503.
     pub fn set_down(&self, down: bool) {
         self.state.down.store(down, Ordering::SeqCst);
+    }
+
+    /// While `hang` is true, every request (registrations included) is read and then held
+    /// without an answer ([`TelemetryService::held`]); TCP connections and TLS handshakes still
+    /// succeed. Switching it off answers the requests still held with 503.
+    pub fn set_hang(&self, hang: bool) {
+        self.state.hang.send_replace(hang);
+    }
+
+    /// Every request held without an answer since the service started, in the order they
+    /// arrived ([`TelemetryService::set_hang`]).
+    pub fn held(&self) -> Vec<Held> {
+        self.state.held().clone()
     }
 
     /// Every accepted metrics upload so far, decoded, in order.
@@ -605,6 +657,9 @@ async fn handle(state: &Arc<State>, req: Request<Incoming>, peer: Option<&[u8]>)
     if state.down.load(Ordering::SeqCst) {
         return text(StatusCode::SERVICE_UNAVAILABLE, "the telemetry service is down");
     }
+    if *state.hang.borrow() {
+        return hang(state, req).await;
+    }
     let path = req.uri().path().to_owned();
     let known = matches!(path.as_str(), "/v1/registrations" | "/v1/metrics" | "/v1/logs");
     if !known {
@@ -641,6 +696,30 @@ async fn handle(state: &Arc<State>, req: Request<Incoming>, peer: Option<&[u8]>)
             .await
         }
     }
+}
+
+/// Reads the request, then holds it without an answer until hanging is switched off (503) or
+/// the client goes away (hyper drops this future when the connection closes mid-request).
+async fn hang(state: &Arc<State>, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    let path = req.uri().path().to_owned();
+    let mut hang = state.hang.subscribe();
+    // The whole request arrives (and is counted) before the service stops answering.
+    let _ = read_body(req).await;
+    let index = {
+        let mut held = state.held();
+        held.push(Held {
+            path,
+            arrived: Instant::now(),
+            ended: None,
+        });
+        held.len() - 1
+    };
+    let _guard = HeldGuard {
+        state: state.clone(),
+        index,
+    };
+    let _ = hang.wait_for(|on| !*on).await;
+    text(StatusCode::SERVICE_UNAVAILABLE, "the telemetry service hung")
 }
 
 #[derive(Deserialize)]
@@ -1527,6 +1606,95 @@ mod tests {
         let http = client(&svc, Some(identity));
         assert_eq!(post_metrics(&svc, &http, &req).await, (401, REVOKED.to_string()));
         assert!(svc.metrics().is_empty());
+    }
+
+    /// Waits until `done` holds for the service's held requests; false after `timeout`.
+    async fn held_until(svc: &TelemetryService, timeout: Duration, done: impl Fn(&[Held]) -> bool) -> bool {
+        let started = Instant::now();
+        while !done(&svc.held()) {
+            if started.elapsed() > timeout {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        true
+    }
+
+    #[tokio::test]
+    async fn hang_reads_requests_and_never_answers_until_released() {
+        let svc = TelemetryService::start().await;
+        let (identity, _) = register(&svc, ID).await;
+        let http = client(&svc, Some(identity));
+        let req = clusters_request(ID, &[("c-uuid-1", "org-a")]);
+        svc.set_hang(true);
+
+        // A client that waits one second gets no answer: a timeout, not an error status.
+        let (connections, bytes) = (svc.connections(), svc.bytes_received());
+        let started = Instant::now();
+        let sent = http
+            .post(format!("{}/v1/metrics", svc.endpoint()))
+            .header("content-type", "application/x-protobuf")
+            .timeout(Duration::from_secs(1))
+            .body(req.encode_to_vec())
+            .send()
+            .await;
+        let err = sent.expect_err("no answer while hanging");
+        assert!(err.is_timeout(), "{err:?}");
+        assert!(started.elapsed() >= Duration::from_secs(1));
+        assert!(svc.connections() > connections, "the connection was accepted");
+        assert!(
+            svc.bytes_received() > bytes + req.encoded_len() as u64,
+            "the handshake and the whole request arrived"
+        );
+        // The client gave up: the request is no longer held.
+        assert!(
+            held_until(&svc, Duration::from_secs(10), |h| h.len() == 1
+                && h[0].ended.is_some())
+            .await,
+            "{:?}",
+            svc.held()
+        );
+        let first = svc.held().remove(0);
+        assert_eq!(first.path, "/v1/metrics");
+        assert!(first.ended.expect("ended") >= first.arrived);
+
+        // A client that waits is held, also a registration, until hanging is switched off.
+        let waiting = {
+            let http = http.clone();
+            let url = format!("{}/v1/metrics", svc.endpoint());
+            let body = req.encode_to_vec();
+            tokio::spawn(async move {
+                let resp = http
+                    .post(url)
+                    .header("content-type", "application/x-protobuf")
+                    .body(body)
+                    .send()
+                    .await
+                    .expect("answered once released");
+                (resp.status().as_u16(), Instant::now())
+            })
+        };
+        assert!(
+            held_until(&svc, Duration::from_secs(10), |h| h.len() == 2
+                && h[1].ended.is_none())
+            .await,
+            "{:?}",
+            svc.held()
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(!waiting.is_finished(), "still no answer");
+        assert_eq!(svc.held()[1].ended, None, "still held");
+        svc.set_hang(false);
+        let (status, answered) = waiting.await.expect("task");
+        assert_eq!(status, 503);
+        let second = svc.held().remove(1);
+        assert!(second.ended.is_some_and(|e| e <= answered), "{second:?}");
+        assert!(svc.metrics().is_empty(), "nothing held was recorded");
+
+        // Released: uploads are answered again.
+        assert_eq!(post_metrics(&svc, &http, &req).await.0, 200);
+        assert_eq!(svc.metrics().len(), 1);
+        assert_eq!(svc.held().len(), 2, "nothing more was held");
     }
 
     #[tokio::test]
