@@ -111,17 +111,10 @@ impl FileClusters {
         } else {
             Eligibility::Eligible
         };
-        ClusterInfo {
-            id: Self::id(&e.name),
-            name: e.name.clone(),
-            namespace: self.file.display().to_string(),
-            provider_type: "static".into(),
-            kubernetes_version: String::new(),
-            region: String::new(),
-            labels: e.labels.clone(),
-            service_account_issuer: None,
-            eligibility,
-        }
+        ClusterInfo::new(Self::id(&e.name), e.name.clone(), self.file.display().to_string())
+            .with_provider_type("static")
+            .with_labels(e.labels.clone())
+            .with_eligibility(eligibility)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<ClusterId, (SystemTime, SystemTime)>> {

@@ -20,7 +20,8 @@ async fn run() -> anyhow::Result<()> {
     let config = AgentConfig::from_env()?;
     // Each seam can be replaced before building: `.kube_client(..)` (default: the environment's
     // kubeconfig or service account), `.volume_driver(..)` (default: local-path volumes restored
-    // under PXB_RESTORE_ROOT), `.clock(..)` (default: the system clock).
+    // under PXB_RESTORE_ROOT), `.location_opener(..)` (default: Azure Blob and file://
+    // locations), `.clock(..)` (default: the system clock).
     let agent = AgentBuilder::new(config).spawn().await?;
     println!(
         "pxb agent running; read API on {}; Ctrl-C stops it",

@@ -87,8 +87,29 @@ impl Eligibility {
 }
 
 /// A discovered cluster.
+///
+/// Non-exhaustive: build one with [`ClusterInfo::new`] and the `with_…` setters (or set the
+/// public fields), so that fields added later do not break providers.
+///
+/// ```
+/// use pxb_core::cluster::{ClusterId, ClusterInfo, Eligibility, IneligibleReason};
+///
+/// let info = ClusterInfo::new(ClusterId("uid-prod-eu".into()), "prod-eu", "garden-dev")
+///     .with_provider_type("azure")
+///     .with_kubernetes_version("1.33.4")
+///     .with_region("westeurope")
+///     .with_labels([("team", "shop")])
+///     .with_eligibility(Eligibility::Ineligible {
+///         reason: IneligibleReason::Hibernated,
+///         message: "hibernated".into(),
+///     });
+/// assert_eq!(info.labels["team"], "shop");
+/// assert_eq!(info.service_account_issuer, None);
+/// assert!(!info.eligibility.is_eligible());
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
+#[non_exhaustive]
 pub struct ClusterInfo {
     /// Stable identity.
     pub id: ClusterId,
@@ -111,6 +132,65 @@ pub struct ClusterInfo {
     pub service_account_issuer: Option<String>,
     /// Whether it is served.
     pub eligibility: Eligibility,
+}
+
+impl ClusterInfo {
+    /// The cluster `id`, named `name` and listed in `namespace`: no provider type, Kubernetes
+    /// version, region, labels or service-account issuer, and [`Eligibility::Eligible`] (a
+    /// provider that does not serve it says so with [`with_eligibility`](Self::with_eligibility)).
+    pub fn new(id: ClusterId, name: impl Into<String>, namespace: impl Into<String>) -> Self {
+        Self {
+            id,
+            name: name.into(),
+            namespace: namespace.into(),
+            provider_type: String::new(),
+            kubernetes_version: String::new(),
+            region: String::new(),
+            labels: BTreeMap::new(),
+            service_account_issuer: None,
+            eligibility: Eligibility::Eligible,
+        }
+    }
+
+    /// Sets the infrastructure [`provider_type`](Self::provider_type), e.g. `azure`.
+    pub fn with_provider_type(mut self, provider_type: impl Into<String>) -> Self {
+        self.provider_type = provider_type.into();
+        self
+    }
+
+    /// Sets the [`kubernetes_version`](Self::kubernetes_version) as reported.
+    pub fn with_kubernetes_version(mut self, version: impl Into<String>) -> Self {
+        self.kubernetes_version = version.into();
+        self
+    }
+
+    /// Sets the [`region`](Self::region).
+    pub fn with_region(mut self, region: impl Into<String>) -> Self {
+        self.region = region.into();
+        self
+    }
+
+    /// Sets the [`labels`](Self::labels) (replacing any set before).
+    pub fn with_labels<K: Into<String>, V: Into<String>>(
+        mut self,
+        labels: impl IntoIterator<Item = (K, V)>,
+    ) -> Self {
+        self.labels = labels.into_iter().map(|(k, v)| (k.into(), v.into())).collect();
+        self
+    }
+
+    /// Sets the URL of the [`service_account_issuer`](Self::service_account_issuer) a cloud
+    /// identity can trust.
+    pub fn with_service_account_issuer(mut self, issuer: impl Into<String>) -> Self {
+        self.service_account_issuer = Some(issuer.into());
+        self
+    }
+
+    /// Sets whether it is served ([`eligibility`](Self::eligibility)).
+    pub fn with_eligibility(mut self, eligibility: Eligibility) -> Self {
+        self.eligibility = eligibility;
+        self
+    }
 }
 
 /// What changed between two discovery results.
@@ -835,6 +915,40 @@ mod tests {
         assert_eq!(d.changed.len(), 1);
         assert!(!d.changed[0].1.eligibility.is_eligible());
         assert!(ClusterDiff::between(&after, &after).is_empty());
+    }
+
+    #[test]
+    fn new_defaults_every_other_field_and_the_setters_set_them() {
+        let bare = ClusterInfo::new(ClusterId("a".into()), "c-a", "garden-dev");
+        assert_eq!(
+            bare,
+            ClusterInfo {
+                id: ClusterId("a".into()),
+                name: "c-a".into(),
+                namespace: "garden-dev".into(),
+                provider_type: String::new(),
+                kubernetes_version: String::new(),
+                region: String::new(),
+                labels: BTreeMap::new(),
+                service_account_issuer: None,
+                eligibility: Eligibility::Eligible,
+            }
+        );
+        let hibernated = Eligibility::Ineligible {
+            reason: IneligibleReason::Hibernated,
+            message: "hibernated".into(),
+        };
+        let full = ClusterInfo::new(ClusterId("a".into()), "c-a", "garden-dev")
+            .with_provider_type("azure")
+            .with_kubernetes_version("1.33.4")
+            .with_region("westeurope")
+            .with_labels([("team", "shop")])
+            .with_service_account_issuer("https://issuer.test/a")
+            .with_eligibility(hibernated.clone());
+        let mut expected = info("a", hibernated);
+        expected.labels.insert("team".into(), "shop".into());
+        expected.service_account_issuer = Some("https://issuer.test/a".into());
+        assert_eq!(full, expected);
     }
 
     #[test]

@@ -127,9 +127,9 @@ fn key_of(o: &DynamicObject) -> (String, String) {
     )
 }
 
-/// Maps a kube client error onto pxb's variants (one mapping for the workspace).
+/// Maps a kube client error onto pxb's variants ([`crate::kube_error`], the crate's one mapping).
 fn map_err(e: kube::Error, what: &str) -> Error {
-    pxb_gardener::map_kube_error(what, e)
+    crate::kube_error::map_kube_error(what, e)
 }
 
 /// A dynamic object as pxb's object, with `apiVersion` and `kind` filled in (list items omit them).

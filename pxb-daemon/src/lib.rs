@@ -2,10 +2,13 @@
 //! thin binaries over them (`pxb`, `pxb-agent`, `pxb-server`).
 //!
 //! Features keep each binary lean (all are on by default):
-//! - `agent`: the per-cluster agent ([`agent`]); no SQLite, no server HTTP stack;
-//! - `server`: the control plane ([`server`]) with its SQLite catalog and REST API;
+//! - `agent`: the per-cluster agent ([`agent`]) over the kube client; no SQLite, no server HTTP
+//!   stack, no Gardener provider;
+//! - `server`: the control plane ([`server`]) with its SQLite catalog, its REST API, the kube
+//!   client and the Gardener provider;
 //! - `client`: the typed client of the server's REST API ([`client`]);
-//! - `cli`: the `pxb` command line ([`cli`]), over `client`;
+//! - `cli`: the `pxb` command line ([`cli`]), over `client`; without `demo` it links neither the
+//!   kube client nor any controller;
 //! - `demo`: `pxb demo` ([`demo`]) and pxb on the fleet simulator ([`sim`]); needs the other three;
 //! - `conformance`: the conformance suites of this crate's seams, for other implementations' tests.
 //!
@@ -21,12 +24,11 @@
 //! # #[cfg(all(feature = "server", feature = "client"))]
 //! # #[tokio::main]
 //! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
-//! use std::collections::BTreeMap;
 //! use std::sync::Arc;
 //!
 //! use pxb_core::api::rest::{CreateDiscovery, CreateOrg, ListQuery};
 //! use pxb_core::catalog::MemoryCatalog;
-//! use pxb_core::cluster::{ClusterId, ClusterInfo, Eligibility, StaticClusters, StaticDiscovery};
+//! use pxb_core::cluster::{ClusterId, ClusterInfo, StaticClusters, StaticDiscovery};
 //! use pxb_daemon::client::Client;
 //! use pxb_daemon::server::ServerBuilder;
 //! use pxb_daemon::server::auth::{Identity, StaticTokens};
@@ -44,17 +46,10 @@
 //! let discovery = StaticDiscovery::new();
 //! let clusters = discovery.insert("garden", "dev", Arc::new(StaticClusters::new()));
 //! clusters.insert(
-//!     ClusterInfo {
-//!         id: ClusterId("uid-prod-eu".into()),
-//!         name: "prod-eu".into(),
-//!         namespace: "garden-dev".into(),
-//!         provider_type: "azure".into(),
-//!         kubernetes_version: "1.33.4".into(),
-//!         region: "westeurope".into(),
-//!         labels: BTreeMap::new(),
-//!         service_account_issuer: None,
-//!         eligibility: Eligibility::Eligible,
-//!     },
+//!     ClusterInfo::new(ClusterId("uid-prod-eu".into()), "prod-eu", "garden-dev")
+//!         .with_provider_type("azure")
+//!         .with_kubernetes_version("1.33.4")
+//!         .with_region("westeurope"),
 //!     None,
 //! );
 //! // Logins: one bearer token of a provider admin (in place of Entra ID).
@@ -105,7 +100,12 @@ pub mod client;
 pub use pxb_core::api::crd;
 #[cfg(feature = "demo")]
 pub mod demo;
+// The kube-client plumbing, only where kube is linked (the agent and the server; not the command
+// line without the demo).
+#[cfg(any(feature = "agent", feature = "server"))]
 pub mod kube_cluster;
+#[cfg(any(feature = "agent", feature = "server"))]
+mod kube_error;
 pub mod location;
 pub mod names;
 #[cfg(feature = "server")]

@@ -1,6 +1,7 @@
 //! The agent's log lines carry the span of what they are about: a location's reconcile names the
 //! location, a backup's the backup and its location, a restore's the restore, the backup and the
-//! location (JSON logs through pxb-telemetry, as `PXB_LOG_FORMAT=json` writes them). Each data
+//! location (JSON logs through pxb-telemetry, as `PXB_LOG_FORMAT=json` writes them), and every
+//! line of the agent is inside its `agent` span naming the cluster (`PXB_CLUSTER_NAME`). Each data
 //! operation has a span of its own inside them: `volume_backup` and `volume_restore` (naming the
 //! namespace and the claim), `resource_backup` and `resource_restore`; so do the `pxb volume`
 //! commands (`volume_backup` with the source and the tag, `volume_restore` with the backup and
@@ -103,11 +104,10 @@ async fn reconciles_log_in_spans_naming_their_objects() {
     std::fs::write(data.join("orders.log"), "order 1 shipped\n".repeat(1000)).expect("write");
     let volumes = Arc::new(MemoryVolumes::new(tmp.path().join("restores")));
     volumes.insert("shop", "data", &data);
-    let config = AgentConfig {
-        listen: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
-        restore_root: tmp.path().join("restores"),
-        ..AgentConfig::default()
-    };
+    let mut config = AgentConfig::default();
+    config.listen = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
+    config.restore_root = tmp.path().join("restores");
+    config.cluster_name = Some("prod-eu-1".into());
     let agent = AgentBuilder::new(config)
         .kube_client(client.clone())
         .volume_driver(volumes.clone())
@@ -291,6 +291,40 @@ async fn reconciles_log_in_spans_naming_their_objects() {
     );
     // Data operations are not reconciles: the lines about the reconcile itself are not in them.
     assert_eq!(names(&line_of("backup finished")), ["reconcile"]);
+
+    // Every line of the agent (its controllers, its data operations, its read API, its start
+    // and stop) is inside the agent's span naming the cluster.
+    let ours: Vec<&serde_json::Value> = lines
+        .iter()
+        .filter(|l| {
+            let target = l["target"].as_str().unwrap_or_default();
+            target.starts_with("pxb_daemon") || target.starts_with("pxb_core")
+        })
+        .collect();
+    for message in [
+        "pxb-agent started",
+        "location validated",
+        "volume backed up",
+        "backup finished",
+        "restore finished",
+        "pxb-agent stopped",
+    ] {
+        assert!(
+            ours.iter().any(|l| l["fields"]["message"] == message),
+            "no line {message:?} of the agent in:\n{text}"
+        );
+    }
+    for line in ours {
+        let agent = line["spans"]
+            .as_array()
+            .and_then(|spans| spans.first())
+            .unwrap_or_else(|| panic!("a line of the agent outside its span: {line}"));
+        assert_eq!(
+            (&agent["name"], &agent["cluster"]),
+            (&json!("agent"), &json!("prod-eu-1")),
+            "{line}"
+        );
+    }
 }
 
 /// The JSON log lines `pxb` writes to stderr with `PXB_LOG=info`.

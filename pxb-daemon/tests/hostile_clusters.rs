@@ -19,7 +19,7 @@ use pxb_core::catalog::records::{
     BackupRecord, ClusterRecord, ClusterSelector, ClusterState, LocationRecord, LocationStatus, Org,
 };
 use pxb_core::catalog::{MemoryCatalog, Query};
-use pxb_core::cluster::{ClusterId, ClusterInfo, Eligibility, StaticClusters};
+use pxb_core::cluster::{ClusterId, ClusterInfo, StaticClusters};
 use pxb_daemon::crd::{AGENT_NAMESPACE, ApplicationBackup, BackupLocation};
 use pxb_daemon::names;
 use pxb_daemon::server::backups::BackupRequest;
@@ -100,17 +100,10 @@ async fn register(
     let now = SystemTime::now();
     let access = pxb_gardener::parse_access(&yaml, now, now + Duration::from_secs(3600)).expect("access");
     provider.insert(
-        ClusterInfo {
-            id: ClusterId(id.into()),
-            name: name.into(),
-            namespace: format!("garden-{project}"),
-            provider_type: "azure".into(),
-            kubernetes_version: "1.31.0".into(),
-            region: "westeurope".into(),
-            labels: Default::default(),
-            service_account_issuer: None,
-            eligibility: Eligibility::Eligible,
-        },
+        ClusterInfo::new(ClusterId(id.into()), name, format!("garden-{project}"))
+            .with_provider_type("azure")
+            .with_kubernetes_version("1.31.0")
+            .with_region("westeurope"),
         Some(access.clone()),
     );
     server

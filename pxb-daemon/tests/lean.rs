@@ -1,5 +1,6 @@
-//! Each binary carries what it needs: the agent links no SQLite and no server HTTP stack; the
-//! command line without the demo (`--features cli`) links neither, nor the fleet simulator.
+//! Each binary carries what it needs: the agent links no SQLite, no server HTTP stack and no
+//! Gardener provider; the command line without the demo (`--features cli`) links none of those,
+//! nor the fleet simulator, nor the kube client the controllers run on.
 //!
 //! Two views of the same rule: the agent's and the command line's builds
 //! (`--no-default-features --features agent` or `cli`) have none of those crates in their
@@ -63,7 +64,7 @@ fn tree(features: &[&str]) -> BTreeSet<String> {
 }
 
 #[test]
-fn the_agent_build_depends_on_no_sqlite_and_no_server_http_stack() {
+fn the_agent_build_depends_on_no_sqlite_no_server_http_stack_and_no_gardener() {
     let agent = tree(&["--no-default-features", "--features", "agent"]);
     let all = tree(&[]);
     for krate in ["rusqlite", "libsqlite3-sys", "axum"] {
@@ -73,24 +74,45 @@ fn the_agent_build_depends_on_no_sqlite_and_no_server_http_stack() {
         );
         assert!(!agent.contains(krate), "the agent's build depends on {krate}");
     }
-    for krate in ["pxb-sim", "clap_complete", "indicatif"] {
+    // The agent talks to its own cluster through kube, but never to a garden.
+    for krate in ["kube", "kube-client", "kube-runtime"] {
+        assert!(
+            agent.contains(krate),
+            "the probe is broken: the agent's build should have {krate}"
+        );
+    }
+    assert!(
+        all.contains("pxb-gardener"),
+        "the probe is broken: the full build should have pxb-gardener"
+    );
+    for krate in ["pxb-gardener", "pxb-sim", "clap_complete", "indicatif"] {
         assert!(!agent.contains(krate), "the agent's build depends on {krate}");
     }
 }
 
 /// `pxb` without the demo is a client of the server: no SQLite, no server HTTP stack, no
-/// simulator (the demo brings those: `--features cli,demo` has them).
+/// simulator, no controllers (so no kube client and no Gardener provider); the demo brings those:
+/// `--features cli,demo` has them. Azure stays: the volume and location commands use it.
 #[test]
-fn the_cli_build_depends_on_no_sqlite_no_server_http_stack_and_no_simulator() {
+fn the_cli_build_depends_on_no_sqlite_no_server_http_stack_no_simulator_and_no_kube() {
     let cli = tree(&["--no-default-features", "--features", "cli"]);
     let demo = tree(&["--no-default-features", "--features", "cli,demo"]);
-    for krate in ["clap_complete", "indicatif", "serde_urlencoded"] {
+    for krate in ["clap_complete", "indicatif", "serde_urlencoded", "pxb-azure"] {
         assert!(
             cli.contains(krate),
             "the probe is broken: the CLI's build should have {krate}"
         );
     }
-    for krate in ["rusqlite", "libsqlite3-sys", "axum", "pxb-sim"] {
+    for krate in [
+        "rusqlite",
+        "libsqlite3-sys",
+        "axum",
+        "pxb-sim",
+        "kube",
+        "kube-client",
+        "kube-runtime",
+        "pxb-gardener",
+    ] {
         assert!(
             demo.contains(krate),
             "the probe is broken: the demo's build should have {krate}"

@@ -1,7 +1,5 @@
 //! Whether pxb serves a shoot, and why not.
 
-use std::collections::BTreeMap;
-
 use pxb_core::cluster::{ClusterId, ClusterInfo, Eligibility, IneligibleReason};
 
 use crate::types::Shoot;
@@ -116,22 +114,19 @@ pub fn classify(shoot: &Shoot, policy: &Policy) -> ClusterInfo {
         .as_ref()
         .and_then(|k| k.version.clone())
         .unwrap_or_default();
-    let info = |eligibility| ClusterInfo {
-        id: identity(shoot),
-        name: shoot.metadata.name.clone().unwrap_or_default(),
-        namespace: shoot.metadata.namespace.clone().unwrap_or_default(),
-        provider_type: provider_type.clone(),
-        kubernetes_version: version.clone(),
-        region: shoot.spec.region.clone().unwrap_or_default(),
-        labels: shoot
-            .metadata
-            .labels
-            .clone()
-            .unwrap_or_default()
-            .into_iter()
-            .collect::<BTreeMap<_, _>>(),
-        service_account_issuer: managed_issuer(shoot),
-        eligibility,
+    let info = |eligibility| {
+        let mut info = ClusterInfo::new(
+            identity(shoot),
+            shoot.metadata.name.clone().unwrap_or_default(),
+            shoot.metadata.namespace.clone().unwrap_or_default(),
+        )
+        .with_provider_type(provider_type.clone())
+        .with_kubernetes_version(version.clone())
+        .with_region(shoot.spec.region.clone().unwrap_or_default())
+        .with_labels(shoot.metadata.labels.clone().unwrap_or_default())
+        .with_eligibility(eligibility);
+        info.service_account_issuer = managed_issuer(shoot);
+        info
     };
     let last_op = shoot.status.as_ref().and_then(|s| s.last_operation.as_ref());
     if shoot.metadata.deletion_timestamp.is_some() || last_op.is_some_and(|o| o.type_ == "Delete") {
@@ -229,20 +224,12 @@ pub fn classify_object(obj: &kube::api::DynamicObject, policy: &Policy) -> Clust
                 .clone()
                 .filter(|u| !u.is_empty())
                 .unwrap_or_else(|| format!("{namespace}/{name}"));
-            ClusterInfo {
-                id: ClusterId(id),
-                name,
-                namespace,
-                provider_type: String::new(),
-                kubernetes_version: String::new(),
-                region: String::new(),
-                labels: meta.labels.unwrap_or_default().into_iter().collect(),
-                service_account_issuer: None,
-                eligibility: ineligible(
+            ClusterInfo::new(ClusterId(id), name, namespace)
+                .with_labels(meta.labels.unwrap_or_default())
+                .with_eligibility(ineligible(
                     IneligibleReason::Malformed,
                     format!("the shoot cannot be read: {e}"),
-                ),
-            }
+                ))
         }
     }
 }

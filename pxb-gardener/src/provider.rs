@@ -1199,17 +1199,10 @@ mod tests {
         let mut st = p.state();
         st.inventory.insert(
             id.clone(),
-            ClusterInfo {
-                id: id.clone(),
-                name: "s1".into(),
-                namespace: "garden-dev".into(),
-                provider_type: "azure".into(),
-                kubernetes_version: "1.31.0".into(),
-                region: "westeurope".into(),
-                labels: BTreeMap::new(),
-                service_account_issuer: None,
-                eligibility: Eligibility::Eligible,
-            },
+            ClusterInfo::new(id.clone(), "s1", "garden-dev")
+                .with_provider_type("azure")
+                .with_kubernetes_version("1.31.0")
+                .with_region("westeurope"),
         );
         let mut cred = Cred::new(t0);
         cred.due = renew_time(access.issued_at, access.expires_at, 0.8, 0.0);

@@ -156,10 +156,17 @@ impl ControlPlane {
         })
     }
 
-    /// A bearer token for `subject` in `groups`, valid for an hour.
+    /// A bearer token for `subject` in `groups`, valid for an hour by the server's clock (which a
+    /// scenario may have moved: [`ControlPlane::use_clock`]).
     pub fn token(&self, subject: &str, groups: &[&str]) -> String {
-        self.issuer
-            .token(self.issuer.claims_for(subject, AUDIENCE, groups, &[], 3600))
+        let mut claims = self.issuer.claims_for(subject, AUDIENCE, groups, &[], 3600);
+        if let Some(clock) = &self.clock {
+            let now = pxb_core::clock::unix_ms(clock.now()) / 1000;
+            claims["iat"] = serde_json::json!(now - 300);
+            claims["nbf"] = serde_json::json!(now - 300);
+            claims["exp"] = serde_json::json!(now + 3600);
+        }
+        self.issuer.token(claims)
     }
 
     /// A provider admin's token.

@@ -147,11 +147,10 @@ fn azure(shoot: &Shoot) -> AzureFixture {
 
 /// The agent's settings for the fixture: its Workload Identity, trusting the test CA.
 fn agent_config(fx: &AzureFixture) -> AgentConfig {
-    AgentConfig {
-        workload_identity: fx.wi_options(CLIENT_ID),
-        ca_file: Some(fx.ca.ca_file()),
-        ..AgentConfig::default()
-    }
+    let mut config = AgentConfig::default();
+    config.workload_identity = fx.wi_options(CLIENT_ID);
+    config.ca_file = Some(fx.ca.ca_file());
+    config
 }
 
 fn azure_location(fx: &AzureFixture, container: &str, client_id: Option<&str>) -> BackupLocationSpec {
@@ -284,14 +283,12 @@ async fn invalid_specs_are_reported_without_a_retry_loop(backend: Backend) {
     let shoot = Shoot::start(backend).await;
     let client = shoot.admin.clone();
     let dir = tempfile::tempdir().expect("dir");
-    let config = AgentConfig {
-        workload_identity: pxb_azure::WorkloadIdentityOptions {
-            client_id: Some(CLIENT_ID.into()),
-            tenant_id: Some("t".into()),
-            token_file: Some(dir.path().join("no-token")),
-            authority_host: Some("https://127.0.0.1:1".into()),
-        },
-        ..AgentConfig::default()
+    let mut config = AgentConfig::default();
+    config.workload_identity = pxb_azure::WorkloadIdentityOptions {
+        client_id: Some(CLIENT_ID.into()),
+        tenant_id: Some("t".into()),
+        token_file: Some(dir.path().join("no-token")),
+        authority_host: Some("https://127.0.0.1:1".into()),
     };
     let ctx: Arc<Context> = Context::new(shoot.agent.clone(), config);
     let controller = locations::spawn(ctx.clone());
@@ -748,11 +745,9 @@ async fn two_namespaces_with_a_volume_are_backed_up_and_restored_into_mapped_nam
     bind(&client, "shop", "data").await;
 
     let restores = tempfile::tempdir().expect("restore root");
-    let config = AgentConfig {
-        cluster_name: Some("shoot-a".into()),
-        restore_root: restores.path().to_path_buf(),
-        ..agent_config(&fx)
-    };
+    let mut config = agent_config(&fx);
+    config.cluster_name = Some("shoot-a".into());
+    config.restore_root = restores.path().to_path_buf();
     let lctx = Context::new(shoot.agent.clone(), config);
     let bctx = backups::Context::new(
         lctx.clone(),
@@ -1028,10 +1023,8 @@ async fn deleting_a_backup_deletes_its_data_even_after_the_location_was_down(bac
     }
     bind(&client, "shop", "data").await;
     let restores = tempfile::tempdir().expect("restore root");
-    let config = AgentConfig {
-        delete_retry: Duration::from_secs(1),
-        ..agent_config(&fx)
-    };
+    let mut config = agent_config(&fx);
+    config.delete_retry = Duration::from_secs(1);
     let lctx = Context::new(shoot.agent.clone(), config);
     let bctx = backups::Context::new(
         lctx.clone(),
@@ -1155,10 +1148,8 @@ async fn a_backup_cut_short_by_an_agent_restart_does_not_stay_in_progress(backen
     bind(&client, "shop", "data").await;
     let restores = tempfile::tempdir().expect("restore root");
     let agent = |client: kube::Client| {
-        let config = AgentConfig {
-            heartbeat_interval: Duration::from_millis(500),
-            ..agent_config(&fx)
-        };
+        let mut config = agent_config(&fx);
+        config.heartbeat_interval = Duration::from_millis(500);
         let lctx = Context::new(client.clone(), config);
         let bctx = backups::Context::new(
             lctx.clone(),
@@ -1383,15 +1374,11 @@ async fn the_read_api_answers_only_callers_with_the_agent_token() {
 
     // A restarted agent keeps the stored token.
     agent.shutdown().await;
-    let bare = pxb_daemon::agent::Agent::start(
-        client.clone(),
-        AgentConfig {
-            listen: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
-            ..agent_config(&fx)
-        },
-    )
-    .await
-    .expect("second agent");
+    let mut config = agent_config(&fx);
+    config.listen = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
+    let bare = pxb_daemon::agent::Agent::start(client.clone(), config)
+        .await
+        .expect("second agent");
     let r = http
         .get(format!("http://{}/v1/status", bare.api_addr))
         .header(TOKEN_HEADER, &token)
@@ -1411,9 +1398,10 @@ async fn the_agent_starts_as_its_service_account_and_keeps_its_api_token_on_the_
     use pxb_daemon::agent::api::{TOKEN_HEADER, TOKEN_SECRET};
     let shoot = Shoot::start(Backend::RealServer).await;
     let fx = azure(&shoot);
-    let config = || AgentConfig {
-        listen: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
-        ..agent_config(&fx)
+    let config = || {
+        let mut config = agent_config(&fx);
+        config.listen = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
+        config
     };
     let agent = pxb_daemon::agent::Agent::start(shoot.agent.clone(), config())
         .await

@@ -138,11 +138,9 @@ async fn validations_backups_and_restores_show_in_the_agent_metrics() {
     let (_shoots, client) = shoot(&tmp.path().join("data"), &volumes).await;
     let location = tmp.path().join("location");
     std::fs::create_dir_all(&location).expect("mkdir");
-    let config = AgentConfig {
-        listen: SocketAddr::from(([127, 0, 0, 1], 0)),
-        restore_root: tmp.path().join("restores"),
-        ..AgentConfig::default()
-    };
+    let mut config = AgentConfig::default();
+    config.listen = SocketAddr::from(([127, 0, 0, 1], 0));
+    config.restore_root = tmp.path().join("restores");
     let agent = AgentBuilder::new(config)
         .kube_client(client.clone())
         .volume_driver(volumes.clone())
@@ -322,11 +320,9 @@ async fn the_read_api_answers_with_a_request_id() {
     let tmp = tempfile::tempdir().expect("tmp");
     let volumes = Arc::new(MemoryVolumes::new(tmp.path().join("restores")));
     let (_shoots, client) = shoot(&tmp.path().join("data"), &volumes).await;
-    let config = AgentConfig {
-        listen: SocketAddr::from(([127, 0, 0, 1], 0)),
-        restore_root: tmp.path().join("restores"),
-        ..AgentConfig::default()
-    };
+    let mut config = AgentConfig::default();
+    config.listen = SocketAddr::from(([127, 0, 0, 1], 0));
+    config.restore_root = tmp.path().join("restores");
     let agent = AgentBuilder::new(config)
         .kube_client(client)
         .volume_driver(volumes)

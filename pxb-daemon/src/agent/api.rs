@@ -49,6 +49,7 @@ use pxb_telemetry::prometheus_client::metrics::gauge::Gauge;
 use pxb_telemetry::prometheus_client::metrics::info::Info;
 use pxb_telemetry::prometheus_client::registry::Registry;
 use serde_json::{Value, json};
+use tracing::Instrument as _;
 
 use super::backups;
 use pxb_core::clock::parse_rfc3339;
@@ -401,25 +402,30 @@ fn metrics(state: &ApiState) -> Registry {
     r
 }
 
-/// Serves the API on `listener` until the returned task is aborted.
+/// Serves the API on `listener` until the returned task is aborted, in the current span (each
+/// request's span inside it).
 pub(crate) fn serve(listener: tokio::net::TcpListener, state: Arc<ApiState>) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
+    let serving = async move {
         loop {
             let Ok((tcp, _)) = listener.accept().await else {
                 continue;
             };
             let state = state.clone();
-            tokio::spawn(async move {
-                let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
-                    let r = answer(&state, &req);
-                    async move { Ok::<_, Infallible>(r) }
-                });
-                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(tcp), svc)
-                    .await;
-            });
+            tokio::spawn(
+                async move {
+                    let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
+                        let r = answer(&state, &req);
+                        async move { Ok::<_, Infallible>(r) }
+                    });
+                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(tcp), svc)
+                        .await;
+                }
+                .in_current_span(),
+            );
         }
-    })
+    };
+    tokio::spawn(serving.in_current_span())
 }
 
 /// Binds `addr` and serves the API there; returns the bound address and the task.

@@ -7,7 +7,21 @@ use pxb_azure::WorkloadIdentityOptions;
 use pxb_core::{Error, Result};
 
 /// Settings of an agent.
+///
+/// Non-exhaustive: start from [`AgentConfig::default`] or [`AgentConfig::from_env`] and set the
+/// public fields, so that settings added later do not break callers:
+///
+/// ```
+/// use pxb_daemon::agent::AgentConfig;
+///
+/// let mut config = AgentConfig::default();
+/// config.listen = "127.0.0.1:0".parse()?;
+/// config.cluster_name = Some("prod-eu".into());
+/// assert_eq!(config.namespace, "pxb-system");
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct AgentConfig {
     /// The namespace it watches (`PXB_NAMESPACE`, default `pxb-system`).
     pub namespace: String,

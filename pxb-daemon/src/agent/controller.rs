@@ -96,7 +96,8 @@ where
     };
     let controller = kube::runtime::Controller::new(api, kube::runtime::watcher::Config::default());
     let store = controller.store();
-    let task = tokio::spawn(async move {
+    // In the caller's span (the agent's): every reconcile's span is inside it.
+    let running = async move {
         controller
             .run(reconcile, error_policy, ctx)
             .for_each(|r| async move {
@@ -105,7 +106,8 @@ where
                 }
             })
             .await;
-    });
+    };
+    let task = tokio::spawn(tracing::Instrument::in_current_span(running));
     (task, store)
 }
 

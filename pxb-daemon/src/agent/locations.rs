@@ -8,6 +8,9 @@
 //! (`spec.verifyRequest`, and every `verify_interval`) checks that every object each backup
 //! references exists, and reports the damaged backups. Both write a heartbeat while they run.
 //!
+//! Each location is opened through the agent's [`LocationOpener`] (the seam in
+//! [`opener`](super::opener)).
+//!
 //! A location that cannot even be built (unknown provider, missing container, missing Secret) is
 //! `Invalid` at the `configure` step with the reason, and is looked at again only when it changes
 //! or the interval passes: no crash loop, no hot retry loop.
@@ -17,21 +20,21 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-use k8s_openapi::api::core::v1::Secret;
 use kube::api::Api;
 use kube::runtime::controller::Action;
 use kube::{Resource as _, ResourceExt as _};
-use pxb_azure::{AzureAuth, AzureBlobStore, AzureConfig, HttpSettings, STORAGE_SCOPE};
+use pxb_azure::STORAGE_SCOPE;
 use pxb_core::backup::verify::{VerifyReport, VerifyStatus as Verdict, verify};
 use pxb_core::backup::{BackupId, Repository, Summary, SyncState};
 use pxb_core::clock::{parse_rfc3339, rfc3339};
-use pxb_core::{CheckOptions, Clock, LocalFileSystem, ObjectStore, SystemClock, TokenSource, check_location};
+use pxb_core::{CheckOptions, Clock, ObjectStore, SystemClock, check_location};
 use serde_json::json;
 use tracing::Instrument as _;
 
 use super::AgentConfig;
 pub(crate) use super::controller::ReconcileError;
 use super::controller::{with_heartbeat, with_nulls};
+use super::opener::{AzureFileOpener, LocationOpener, OpenedLocation};
 use crate::crd::{
     BackupLocation, BackupLocationSpec, LocationValidationPhase, RunPhase, SyncStatus, ValidationStatus,
     VerifyStatus,
@@ -44,6 +47,7 @@ pub struct Context {
     /// The agent's settings.
     pub config: AgentConfig,
     clock: Arc<dyn Clock>,
+    opener: Arc<dyn LocationOpener>,
     /// The metrics that outlive a scrape.
     pub(crate) metrics: Arc<super::metrics::AgentMetrics>,
     validations: AtomicU64,
@@ -66,6 +70,7 @@ impl std::fmt::Debug for Context {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Context")
             .field("config", &self.config)
+            .field("opener", &self.opener)
             .finish_non_exhaustive()
     }
 }
@@ -79,11 +84,23 @@ impl Context {
     /// A context for `client` and `config` that reads the time from `clock`: heartbeats,
     /// timestamps and ages in statuses, when a location is due again, backup ids.
     pub fn with_clock(client: kube::Client, config: AgentConfig, clock: Arc<dyn Clock>) -> Arc<Self> {
+        let opener = Arc::new(AzureFileOpener::new(client.clone(), config.clone()));
+        Self::with_seams(client, config, clock, opener)
+    }
+
+    /// A context for `client` and `config` on `clock`, opening locations with `opener`.
+    pub(crate) fn with_seams(
+        client: kube::Client,
+        config: AgentConfig,
+        clock: Arc<dyn Clock>,
+        opener: Arc<dyn LocationOpener>,
+    ) -> Arc<Self> {
         Arc::new(Self {
             client,
             config,
             metrics: super::metrics::AgentMetrics::new(clock.clone()),
             clock,
+            opener,
             validations: AtomicU64::new(0),
             catalogs: Mutex::new(HashMap::new()),
             running: Mutex::new(HashSet::new()),
@@ -161,120 +178,10 @@ impl Context {
     }
 }
 
-/// A location's store, ready to use.
-#[derive(Debug, Clone)]
-pub(crate) struct OpenedLocation {
-    /// `azblob://container/prefix` or `file:///path`, for messages.
-    pub(crate) display: String,
-    /// The store.
-    pub(crate) store: Arc<dyn ObjectStore>,
-    /// The credential, when the store uses one (for an explicit authentication step).
-    pub(crate) token: Option<Arc<dyn TokenSource>>,
-}
-
-/// Builds the store a `BackupLocation` describes. The error is the reason, for humans.
+/// Opens the store a `BackupLocation` describes, with the agent's [`LocationOpener`]. The error
+/// is the reason, for humans.
 pub(crate) async fn open(spec: &BackupLocationSpec, ctx: &Context) -> Result<OpenedLocation, String> {
-    let container = spec.container.trim();
-    if container.is_empty() {
-        return Err(
-            "spec.container is empty: name the Azure container, or the directory for provider file".into(),
-        );
-    }
-    let prefix = spec.prefix.as_deref().unwrap_or("").trim_matches('/').to_owned();
-    match spec.provider.as_str() {
-        "file" => {
-            if !container.starts_with('/') {
-                return Err(format!(
-                    "spec.container {container:?} must be an absolute directory for provider file"
-                ));
-            }
-            let dir = std::path::Path::new(container).join(&prefix);
-            let store = LocalFileSystem::new(&dir).map_err(|e| e.to_string())?;
-            Ok(OpenedLocation {
-                display: format!("file://{}", dir.display()),
-                store: Arc::new(store),
-                token: None,
-            })
-        }
-        "azure" => {
-            let account = spec
-                .account
-                .clone()
-                .filter(|a| !a.trim().is_empty())
-                .or_else(|| spec.endpoint.as_deref().and_then(crate::location::infer_account))
-                .ok_or("spec.account is empty and cannot be taken from spec.endpoint")?;
-            let auth = match spec.auth.mode.as_str() {
-                "workloadIdentity" => {
-                    let mut wi = ctx.config.workload_identity.clone();
-                    if let Some(id) = spec.auth.client_id.clone().filter(|c| !c.trim().is_empty()) {
-                        wi.client_id = Some(id);
-                    }
-                    if let Some(t) = spec.auth.tenant_id.clone().filter(|t| !t.trim().is_empty()) {
-                        wi.tenant_id = Some(t);
-                    }
-                    AzureAuth::WorkloadIdentity(wi)
-                }
-                "secretRef" => secret_auth(spec, ctx).await?,
-                other => {
-                    return Err(format!(
-                        "spec.auth.mode {other:?} is not supported; use workloadIdentity or secretRef"
-                    ));
-                }
-            };
-            let mut config = AzureConfig::new(account, container, auth);
-            config.endpoint = spec.endpoint.clone().filter(|e| !e.trim().is_empty());
-            config.prefix = prefix.clone();
-            config.ca_file = ctx.config.ca_file.clone();
-            config.http = HttpSettings {
-                max_retries: ctx.config.max_retries,
-                ..HttpSettings::default()
-            };
-            let store = AzureBlobStore::new(config).map_err(|e| e.to_string())?;
-            let token = store.token_source();
-            let display = if prefix.is_empty() {
-                format!("azblob://{container}")
-            } else {
-                format!("azblob://{container}/{prefix}")
-            };
-            Ok(OpenedLocation {
-                display,
-                store: Arc::new(store),
-                token,
-            })
-        }
-        other => Err(format!("unknown provider {other:?}; expected azure or file")),
-    }
-}
-
-async fn secret_auth(spec: &BackupLocationSpec, ctx: &Context) -> Result<AzureAuth, String> {
-    let name = spec
-        .auth
-        .secret_ref
-        .as_ref()
-        .map(|s| s.name.clone())
-        .filter(|n| !n.is_empty())
-        .ok_or("spec.auth.secretRef.name is required for auth mode secretRef")?;
-    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ctx.config.namespace);
-    let secret = secrets
-        .get(&name)
-        .await
-        .map_err(|e| format!("reading Secret {}/{name}: {e}", ctx.config.namespace))?;
-    let data = secret.data.unwrap_or_default();
-    let text = |key: &str| {
-        data.get(key)
-            .map(|b| String::from_utf8_lossy(&b.0).trim().to_owned())
-            .filter(|v| !v.is_empty())
-    };
-    if let Some(key) = text("accountKey") {
-        Ok(AzureAuth::SharedKey { key })
-    } else if let Some(token) = text("sasToken") {
-        Ok(AzureAuth::Sas { token })
-    } else {
-        Err(format!(
-            "Secret {}/{name} has neither accountKey nor sasToken",
-            ctx.config.namespace
-        ))
-    }
+    ctx.opener.open(spec).await
 }
 
 /// Validates a location: builds it, then runs the location check (authenticate, list, write,

@@ -2,10 +2,13 @@
 //! (see [`crate::crd`]) and reaches each backup location with the cluster's own identity.
 //!
 //! [`AgentBuilder`] wires it from an [`AgentConfig`] over its seams (the kube client, the
-//! [`volumes::VolumeDriver`], the [`pxb_core::Clock`]) into a running [`Agent`]: the location
-//! controller ([`locations`]: validation, sync into an in-memory catalog, verify), the backup
-//! controller ([`backups`]: resources and volume data through the volume driver), the restore
-//! controller ([`restores`]) and the read API ([`api`]), with heartbeats while anything runs.
+//! [`volumes::VolumeDriver`], the [`opener::LocationOpener`], the [`pxb_core::Clock`]) into a
+//! running [`Agent`]: the location controller ([`locations`]: validation, sync into an in-memory
+//! catalog, verify), the backup controller ([`backups`]: resources and volume data through the
+//! volume driver), the restore controller ([`restores`]) and the read API ([`api`]), with
+//! heartbeats while anything runs. All of it runs in the agent's `agent` span, naming the
+//! cluster ([`AgentConfig::cluster_name`]) as `cluster`, so every line it logs says which
+//! cluster it is about.
 
 pub mod api;
 pub mod backups;
@@ -13,6 +16,7 @@ mod config;
 mod controller;
 pub mod locations;
 mod metrics;
+pub mod opener;
 pub mod restores;
 pub mod volumes;
 
@@ -20,15 +24,18 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use pxb_core::{Clock, SystemClock};
+use tracing::Instrument as _;
 
 pub use config::AgentConfig;
 
+use opener::{AzureFileOpener, LocationOpener};
 use volumes::{LocalPathDriver, VolumeDriver};
 
 /// Builds an [`Agent`] from its configuration and the seams it runs over: the cluster's API (a
-/// kube client), the [`VolumeDriver`] and the [`Clock`]. Each has a default one call away: the kube
-/// client from the environment (in-cluster service account or kubeconfig), [`LocalPathDriver`]
-/// restoring under [`AgentConfig::restore_root`], and the system clock.
+/// kube client), the [`VolumeDriver`], the [`LocationOpener`] and the [`Clock`]. Each has a
+/// default one call away: the kube client from the environment (in-cluster service account or
+/// kubeconfig), [`LocalPathDriver`] restoring under [`AgentConfig::restore_root`],
+/// [`AzureFileOpener`] (Azure Blob and `file` locations), and the system clock.
 ///
 /// [`build`](Self::build) wires the controllers' shared state ([`BuiltAgent`]);
 /// [`BuiltAgent::spawn`] starts the controllers and the read API. [`spawn`](Self::spawn) does
@@ -61,6 +68,7 @@ pub struct AgentBuilder {
     config: AgentConfig,
     client: Option<kube::Client>,
     driver: Option<Arc<dyn VolumeDriver>>,
+    opener: Option<Arc<dyn LocationOpener>>,
     clock: Option<Arc<dyn Clock>>,
 }
 
@@ -69,6 +77,7 @@ impl std::fmt::Debug for AgentBuilder {
         f.debug_struct("AgentBuilder")
             .field("config", &self.config)
             .field("driver", &self.driver)
+            .field("opener", &self.opener)
             .field("clock", &self.clock)
             .finish_non_exhaustive()
     }
@@ -81,6 +90,7 @@ impl AgentBuilder {
             config,
             client: None,
             driver: None,
+            opener: None,
             clock: None,
         }
     }
@@ -96,6 +106,14 @@ impl AgentBuilder {
     /// client, restoring under [`AgentConfig::restore_root`]).
     pub fn volume_driver(mut self, driver: Arc<dyn VolumeDriver>) -> Self {
         self.driver = Some(driver);
+        self
+    }
+
+    /// How a `BackupLocation` becomes an object store (default: [`AzureFileOpener`] over the
+    /// kube client, for `azure` and `file` locations; [`opener::MemoryLocations`] is the
+    /// in-memory twin).
+    pub fn location_opener(mut self, opener: Arc<dyn LocationOpener>) -> Self {
+        self.opener = Some(opener);
         self
     }
 
@@ -125,8 +143,11 @@ impl AgentBuilder {
                 self.config.restore_root.clone(),
             ))
         });
+        let opener = self
+            .opener
+            .unwrap_or_else(|| Arc::new(AzureFileOpener::new(client.clone(), self.config.clone())));
         let clock = self.clock.unwrap_or_else(|| Arc::new(SystemClock));
-        let locations = locations::Context::with_clock(client, self.config, clock);
+        let locations = locations::Context::with_seams(client, self.config, clock, opener);
         let backups = backups::Context::new(locations.clone(), driver);
         Ok(BuiltAgent { backups })
     }
@@ -155,34 +176,52 @@ impl BuiltAgent {
     }
 
     /// Starts the controllers and the read API: reads (or creates) the API token Secret, binds
-    /// [`AgentConfig::listen`], then runs the location, backup and restore controllers.
+    /// [`AgentConfig::listen`], then runs the location, backup and restore controllers, all in
+    /// the agent's span (`agent`, with the field `cluster`).
     pub async fn spawn(self) -> pxb_core::Result<Agent> {
         let bctx = self.backups;
         let lctx = bctx.locations.clone();
+        let span = agent_span(&lctx.config);
         let listen = lctx.config.listen;
-        let token = api::ensure_token(&lctx.client, &lctx.config.namespace).await?;
+        let token = api::ensure_token(&lctx.client, &lctx.config.namespace)
+            .instrument(span.clone())
+            .await?;
         let state = Arc::new(api::ApiState {
             backups: bctx.clone(),
             ready: false.into(),
             token: Some(token),
         });
+        // The read API's tasks and the controllers' are spawned in the span, and carry it.
         let (api_addr, server) = api::bind(listen, state.clone())
+            .instrument(span.clone())
             .await
             .map_err(|e| pxb_core::Error::io(format!("listening on {listen}"), e))?;
-        let controllers = vec![
-            locations::spawn(lctx),
-            backups::spawn(bctx.clone()),
-            restores::spawn(bctx),
-        ];
+        let controllers = span.in_scope(|| {
+            vec![
+                locations::spawn(lctx),
+                backups::spawn(bctx.clone()),
+                restores::spawn(bctx),
+            ]
+        });
         state.ready.store(true, Ordering::Relaxed);
-        tracing::info!(%api_addr, version = api::VERSION, "pxb-agent started");
+        span.in_scope(|| tracing::info!(%api_addr, version = api::VERSION, "pxb-agent started"));
         Ok(Agent {
             api_addr,
             state,
             controllers,
             server,
+            span,
         })
     }
+}
+
+/// The span every line of an agent is logged in: `agent`, naming the cluster
+/// ([`AgentConfig::cluster_name`], when it is set) as `cluster`, a plain name or `(invalid)`.
+/// The agent does not know its organisation, so there is no `org`. At level `ERROR`, so that every
+/// filter letting a line through keeps its span (a span's level says only when it is recorded).
+fn agent_span(config: &AgentConfig) -> tracing::Span {
+    let cluster = config.cluster_name.as_deref().map(controller::span_field);
+    tracing::error_span!("agent", cluster)
 }
 
 /// A running agent: the controllers and the read API (what `pxb-agent` runs). Made by
@@ -194,6 +233,7 @@ pub struct Agent {
     state: Arc<api::ApiState>,
     controllers: Vec<tokio::task::JoinHandle<()>>,
     server: tokio::task::JoinHandle<()>,
+    span: tracing::Span,
 }
 
 impl Agent {
@@ -206,6 +246,11 @@ impl Agent {
     /// Stops taking work, records in each running operation's status that it was interrupted
     /// (the next agent resumes it), and stops.
     pub async fn shutdown(self) {
+        let span = self.span.clone();
+        self.drain().instrument(span).await;
+    }
+
+    async fn drain(self) {
         self.state.ready.store(false, Ordering::Relaxed);
         for c in &self.controllers {
             c.abort();
@@ -232,7 +277,7 @@ impl Agent {
 
 #[cfg(test)]
 mod tests {
-    use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+    use std::time::{Duration, Instant, UNIX_EPOCH};
 
     use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
     use kube::api::{Api, PostParams};
@@ -249,10 +294,11 @@ mod tests {
         let kubeconfig = fleet
             .admin_kubeconfig("dev", "shoot-00000", 3600)
             .expect("kubeconfig");
-        let now = SystemTime::now();
-        let access =
-            pxb_gardener::parse_access(&kubeconfig, now, now + Duration::from_secs(3600)).expect("access");
-        let client = pxb_gardener::kube_client(&access).expect("client");
+        let kubeconfig = kube::config::Kubeconfig::from_yaml(&kubeconfig).expect("kubeconfig");
+        let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
+            .await
+            .expect("client config");
+        let client = kube::Client::try_from(config).expect("client");
         let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
         for (_, yaml) in crate::crd::crds_yaml().expect("CRDs") {
             crds.create(

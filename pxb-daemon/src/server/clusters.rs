@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use pxb_core::catalog::records::{ClusterRecord, ClusterState, ClusterStatus, Mode};
 use pxb_core::clock::rfc3339;
-use pxb_core::cluster::{ClusterId, ClusterInfo, ClusterProvider, Eligibility};
+use pxb_core::cluster::{ClusterId, ClusterInfo, ClusterProvider};
 use pxb_core::{Error, Result};
 
 use super::state::{Inner, Server, Tracked, cluster_key};
@@ -175,17 +175,9 @@ impl Inner {
         let access = super::kubeconfig::parse_access(&yaml, now, now + IMPORTED_VALIDITY)?;
         let p = pxb_core::cluster::StaticClusters::new();
         p.insert(
-            ClusterInfo {
-                id: ClusterId(c.id.clone()),
-                name: c.name.clone(),
-                namespace: String::new(),
-                provider_type: "imported".into(),
-                kubernetes_version: String::new(),
-                region: String::new(),
-                labels: c.labels.clone(),
-                service_account_issuer: None,
-                eligibility: Eligibility::Eligible,
-            },
+            ClusterInfo::new(ClusterId(c.id.clone()), c.name.clone(), String::new())
+                .with_provider_type("imported")
+                .with_labels(c.labels.clone()),
             Some(access),
         );
         Ok(Arc::new(p))

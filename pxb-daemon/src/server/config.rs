@@ -18,8 +18,23 @@ use pxb_core::{Error, Result};
 pub const DEFAULT_CONFIG_YAML: &str = include_str!("default-config.yaml");
 
 /// All settings.
+///
+/// Non-exhaustive, like every section of it: start from [`ServerConfig::default`] (or
+/// [`ServerConfig::load`]) and set the public fields, so that settings added later do not break
+/// callers:
+///
+/// ```
+/// use pxb_daemon::server::config::ServerConfig;
+///
+/// let mut config = ServerConfig::default();
+/// config.api.listen = "127.0.0.1:0".into();
+/// config.fleet.concurrency = 16;
+/// config.check()?;
+/// # Ok::<(), pxb_core::Error>(())
+/// ```
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+#[non_exhaustive]
 pub struct ServerConfig {
     /// The server's mode. `federated` (the default): the server never stores or hands out a
     /// cloud credential; agents reach locations with Workload Identity, classic locations are
@@ -48,6 +63,7 @@ pub struct ServerConfig {
 /// Metrics of backups and the opt-in support channel.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+#[non_exhaustive]
 pub struct TelemetryConfig {
     /// Hours a deleted backup's info series stays on `/metrics` (with `status="Deleted"` and
     /// the status it had in `previous_status`), then goes by itself.
@@ -76,6 +92,7 @@ impl Default for TelemetryConfig {
 /// of a ConfigMap or a file, never by this configuration alone.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+#[non_exhaustive]
 pub struct SupportConfig {
     /// The telemetry service (`https://…`). Empty: the channel cannot be switched on.
     pub endpoint: String,
@@ -123,6 +140,7 @@ impl Default for SupportConfig {
 /// discovery of the same project (in any org) is refused.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase")]
+#[non_exhaustive]
 pub struct GardenCredential {
     /// Path of the kubeconfig file (for example a mounted Secret).
     pub kubeconfig: String,
@@ -220,6 +238,7 @@ impl<'de> Deserialize<'de> for GardenCredential {
 /// The REST API.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+#[non_exhaustive]
 pub struct ApiConfig {
     /// Address to listen on.
     pub listen: String,
@@ -235,6 +254,7 @@ pub struct ApiConfig {
 /// The catalog database.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+#[non_exhaustive]
 pub struct CatalogConfig {
     /// The SQLite file.
     pub path: String,
@@ -243,6 +263,7 @@ pub struct CatalogConfig {
 /// Login with Entra ID (OIDC) and provider-wide roles.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+#[non_exhaustive]
 pub struct AuthConfig {
     /// The OIDC issuer, e.g. `https://login.microsoftonline.com/<tenant>/v2.0`; empty disables
     /// bearer-token login (then only `--dev-token` works).
@@ -260,6 +281,7 @@ pub struct AuthConfig {
 /// Encryption of classic-mode secrets at rest.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+#[non_exhaustive]
 pub struct SecretsConfig {
     /// A file holding a 32-byte key, base64. Alternatively set `PXB_SECRETS_KEY` to the key
     /// itself. Required in classic mode; without a key, classic locations and imported clusters
@@ -288,6 +310,7 @@ pub(crate) fn classic_needs_a_key() -> Error {
 /// How the server works the fleet.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+#[non_exhaustive]
 pub struct FleetConfig {
     /// Clusters worked on at once.
     pub concurrency: usize,

@@ -30,7 +30,8 @@ use pxb_telemetry::support::TelemetryExporter;
 /// - the catalog ([`catalog`](Self::catalog)): SQLite at `catalog.path`;
 /// - logins ([`authenticator`](Self::authenticator)): Entra ID (OIDC) per `auth` (none when
 ///   `auth.issuer` is empty), plus the development token when one is given;
-/// - the clock ([`clock`](Self::clock)): the system's;
+/// - the clock ([`clock`](Self::clock)): the system's. The default logins and the default
+///   Gardener discovery read it too (token expiry, kubeconfig issuance and renewal);
 /// - sealing of classic secrets: the key of `secrets.keyFile`, or the one given with
 ///   [`secrets_key`](Self::secrets_key).
 ///
@@ -157,7 +158,9 @@ impl ServerBuilder {
         self
     }
 
-    /// The clock leases, schedules and expiry are measured with.
+    /// The clock leases, schedules and expiry are measured with, the default seams' included:
+    /// the OIDC authenticator compares tokens' expiry with it, and the Gardener discovery issues
+    /// and renews kubeconfigs by it.
     pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
         self.clock = Some(clock);
         self
@@ -202,10 +205,12 @@ impl ServerBuilder {
             Some(c) => c,
             None => Arc::new(SqliteCatalog::open(&config.catalog.path).await?),
         };
+        // One clock for the server and its default seams: token expiry, kubeconfig renewal.
+        let clock = self.clock.unwrap_or_else(|| Arc::new(SystemClock));
         let mut auths: Vec<Arc<dyn Authenticator>> = Vec::new();
         match self.authenticator {
             Some(a) => auths.push(a),
-            None => auths.extend(oidc_of(&config)?),
+            None => auths.extend(oidc_of(&config, clock.clone())?),
         }
         if let Some(t) = self.dev_token {
             auths.push(dev_token(&config, t)?);
@@ -215,12 +220,12 @@ impl ServerBuilder {
         }
         let discovery = self
             .discovery
-            .unwrap_or_else(|| Arc::new(GardenerDiscovery::from_config(&config)));
+            .unwrap_or_else(|| Arc::new(GardenerDiscovery::from_config(&config).with_clock(clock.clone())));
         let listen = config.api.listen.clone();
         let mode = config.mode;
         let deps = ServerDeps {
             catalog,
-            clock: self.clock.unwrap_or_else(|| Arc::new(SystemClock)),
+            clock,
             authenticator: Arc::new(Authenticators(auths)),
             sealer,
         };
@@ -254,8 +259,9 @@ impl ServerBuilder {
     }
 }
 
-/// The Entra ID (OIDC) authenticator of `config.auth`, if an issuer is configured.
-fn oidc_of(config: &ServerConfig) -> Result<Option<Arc<dyn Authenticator>>> {
+/// The Entra ID (OIDC) authenticator of `config.auth`, if an issuer is configured; it compares
+/// tokens' `exp` and `nbf` with `clock`.
+fn oidc_of(config: &ServerConfig, clock: Arc<dyn Clock>) -> Result<Option<Arc<dyn Authenticator>>> {
     if config.auth.issuer.is_empty() {
         return Ok(None);
     }
@@ -269,7 +275,9 @@ fn oidc_of(config: &ServerConfig) -> Result<Option<Arc<dyn Authenticator>>> {
         })?;
         oidc.extra_ca_pem = Some(pem);
     }
-    let v = pxb_azure::oidc::OidcValidator::new(oidc).map_err(|e| Error::invalid(format!("auth: {e}")))?;
+    let v = pxb_azure::oidc::OidcValidator::new(oidc)
+        .map_err(|e| Error::invalid(format!("auth: {e}")))?
+        .with_clock(clock);
     Ok(Some(Arc::new(OidcAuthenticator(v))))
 }
 
@@ -436,10 +444,8 @@ impl Server {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeMap;
-
     use pxb_core::catalog::MemoryCatalog;
-    use pxb_core::cluster::{ClusterId, ClusterInfo, Eligibility, StaticClusters, StaticDiscovery};
+    use pxb_core::cluster::{ClusterId, ClusterInfo, StaticClusters, StaticDiscovery};
     use serde_json::{Value, json};
 
     use base64::Engine as _;
@@ -449,17 +455,10 @@ mod tests {
     use crate::server::config::GardenCredential;
 
     fn cluster(name: &str) -> ClusterInfo {
-        ClusterInfo {
-            id: ClusterId(format!("uid-{name}")),
-            name: name.into(),
-            namespace: "garden-dev".into(),
-            provider_type: "azure".into(),
-            kubernetes_version: "1.33.0".into(),
-            region: "westeurope".into(),
-            labels: BTreeMap::new(),
-            service_account_issuer: None,
-            eligibility: Eligibility::Eligible,
-        }
+        ClusterInfo::new(ClusterId(format!("uid-{name}")), name, "garden-dev")
+            .with_provider_type("azure")
+            .with_kubernetes_version("1.33.0")
+            .with_region("westeurope")
     }
 
     /// A classic-mode server without a secrets key stops before it opens (or creates) the

@@ -410,8 +410,6 @@ fn first_claim(d: &DiscoveryConfig) -> (String, String, String) {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeMap;
-
     use async_trait::async_trait;
     use pxb_core::catalog::MemoryCatalog;
     use pxb_core::catalog::records::Org;
@@ -422,17 +420,10 @@ mod tests {
     use crate::server::config::{GardenCredential, ServerConfig};
 
     fn cluster(name: &str) -> ClusterInfo {
-        ClusterInfo {
-            id: ClusterId(format!("uid-{name}")),
-            name: name.into(),
-            namespace: "dev".into(),
-            provider_type: "azure".into(),
-            kubernetes_version: "1.33.0".into(),
-            region: "westeurope".into(),
-            labels: BTreeMap::new(),
-            service_account_issuer: None,
-            eligibility: Eligibility::Eligible,
-        }
+        ClusterInfo::new(ClusterId(format!("uid-{name}")), name, "dev")
+            .with_provider_type("azure")
+            .with_kubernetes_version("1.33.0")
+            .with_region("westeurope")
     }
 
     /// A [`StaticDiscovery`] serving `one` and `two` as project `dev` (credential `garden`),

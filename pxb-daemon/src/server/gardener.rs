@@ -10,7 +10,7 @@ use async_trait::async_trait;
 use pxb_core::cluster::{
     ClusterDiff, ClusterProvider, Discovery, DiscoveryRequest, DiscoverySource, DiscoveryStats,
 };
-use pxb_core::{Error, Result};
+use pxb_core::{Clock, Error, Result, SystemClock};
 use pxb_gardener::{GardenAuth, GardenerConfig, GardenerProvider};
 use tokio::sync::mpsc;
 
@@ -20,9 +20,21 @@ use super::state::Server;
 /// Discoveries of Gardener projects. A request's credential names a kubeconfig file (of a
 /// project service account), read at every start, so a rotated file is picked up on the next
 /// attempt; starting reads the project, which proves the credential and the project's name.
-#[derive(Clone, Debug, Default)]
+/// Each discovery's provider decides when kubeconfigs expire and are renewed by the discovery's
+/// clock (the system's unless [`with_clock`](Self::with_clock) says otherwise).
+#[derive(Clone, Debug)]
 pub struct GardenerDiscovery {
     credentials: BTreeMap<String, String>,
+    clock: Arc<dyn Clock>,
+}
+
+impl Default for GardenerDiscovery {
+    fn default() -> Self {
+        GardenerDiscovery {
+            credentials: BTreeMap::new(),
+            clock: Arc::new(SystemClock),
+        }
+    }
 }
 
 impl GardenerDiscovery {
@@ -34,7 +46,15 @@ impl GardenerDiscovery {
                 .iter()
                 .map(|(name, c)| (name.clone(), c.kubeconfig.clone()))
                 .collect(),
+            clock: Arc::new(SystemClock),
         }
+    }
+
+    /// The clock the providers read to issue, expire and renew kubeconfigs (builder style; the
+    /// server passes the one given to [`ServerBuilder::clock`](super::ServerBuilder::clock)).
+    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
     }
 
     /// Adds the credential `name`: the kubeconfig file at `path` (builder style).
@@ -103,6 +123,7 @@ impl DiscoverySource for GardenerDiscovery {
         cfg.discovery_interval = request.interval;
         cfg.expiration = request.access_lifetime;
         cfg.request_timeout = request.request_timeout;
+        let cfg = cfg.with_clock(self.clock.clone());
         let provider = GardenerProvider::connect(cfg).await?;
         // Reading the project proves the credential and the project name.
         provider.project_namespace().await?;

@@ -1,6 +1,6 @@
-//! Kubernetes client plumbing the server shares with `pxb-gardener`, which defines it: parsing a
-//! client-certificate kubeconfig into [`ClusterAccess`], a client configuration from one, and
-//! readable errors from the client's. Nothing here is specific to Gardener; this file is the one
+//! Kubernetes client plumbing the server shares with `pxb-gardener`, which defines the kubeconfig
+//! parsing: parsing a client-certificate kubeconfig into [`ClusterAccess`], a client configuration
+//! from one, and readable errors from the client's (`crate::kube_error`, shared with the agent). Nothing here is specific to Gardener; this file is the one
 //! place the rest of the server reaches it through (the Gardener discovery itself is
 //! `gardener.rs`).
 
@@ -26,5 +26,5 @@ pub(crate) fn client_config(access: &ClusterAccess) -> Result<kube::Config> {
 
 /// A client error as a [`pxb_core::Error`] of the matching kind, saying what was being done.
 pub(crate) fn map_error(what: &str, e: kube::Error) -> pxb_core::Error {
-    pxb_gardener::map_kube_error(what, e)
+    crate::kube_error::map_kube_error(what, e)
 }

@@ -14,9 +14,12 @@
 //! them but `backup_info.rs`, the catalog decorator under it that keeps the per-backup info
 //! series and times the catalog); `orgs.rs`, `discovery.rs`, `clusters.rs`, `locations.rs` and `sessions.rs` what the API
 //! and discovery change; `scheduler.rs` the visits, housekeeping and the schedules' loop;
-//! [`backups`] and `operations.rs` backups, restores and schedules; `daemon.rs` the builder and
-//! the running daemon; `gardener.rs` the one file naming Gardener's provider, `kubeconfig.rs` the
-//! kubeconfig handling shared with it.
+//! backups, restores and schedules: [`backups`] (requests, deletes, and the helpers the others
+//! share), `restores.rs`, `schedules.rs` (firing and retention), `in_flight.rs` (the operations in
+//! flight, handed to and taken back from each visit), `findings.rs` (what a sync or verify finds in
+//! a location) and, during a visit, `operations.rs`; `daemon.rs` the builder and the running
+//! daemon; `gardener.rs` the one file naming Gardener's provider, `kubeconfig.rs` the kubeconfig
+//! handling shared with it.
 //!
 //! Architecture Invariant: the server never waits on a cluster without a deadline. Visits run on
 //! their own tasks under a semaphore; an unreachable cluster is a state with a backoff, never a
@@ -33,15 +36,19 @@ mod clusters;
 pub mod config;
 mod daemon;
 mod discovery;
+mod findings;
 pub mod fleet;
 mod gardener;
+mod in_flight;
 pub mod install;
 mod kubeconfig;
 mod locations;
 pub(crate) mod operations;
 mod orgs;
 pub mod reconcile;
+mod restores;
 mod scheduler;
+mod schedules;
 pub mod seal;
 mod sessions;
 pub mod sqlite;

@@ -22,8 +22,8 @@ use pxb_core::catalog::records::{
 use pxb_core::clock::rfc3339;
 
 use crate::crd::{
-    AGENT_NAMESPACE, BackupLocation, BackupLocationSpec, BackupLocationStatus, LocationAuth,
-    LocationValidationPhase, RunPhase, SecretRef,
+    AGENT_NAMESPACE, ApplicationBackupPhase, ApplicationRestorePhase, BackupLocation, BackupLocationSpec,
+    BackupLocationStatus, LocationAuth, LocationValidationPhase, RunPhase, SecretRef,
 };
 use crate::names;
 use pxb_core::clock::parse_rfc3339;
@@ -388,14 +388,21 @@ async fn running_operation(
 ) -> Result<Option<String>, VisitError> {
     use kube::api::DynamicObject;
     use kube::core::ApiResource;
-    let kinds = [
-        ("backup", ApiResource::erase::<crate::crd::ApplicationBackup>(&())),
+    /// Whether an object's status says it runs.
+    type Runs = fn(&serde_json::Value) -> bool;
+    let kinds: [(&str, ApiResource, Runs); 2] = [
+        (
+            "backup",
+            ApiResource::erase::<crate::crd::ApplicationBackup>(&()),
+            |status| phase_is(status, &ApplicationBackupPhase::InProgress),
+        ),
         (
             "restore",
             ApiResource::erase::<crate::crd::ApplicationRestore>(&()),
+            |status| phase_is(status, &ApplicationRestorePhase::InProgress),
         ),
     ];
-    for (what, ar) in kinds {
+    for (what, ar, in_progress) in kinds {
         let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), AGENT_NAMESPACE, &ar);
         let mut lp = ListParams::default().limit(500);
         loop {
@@ -412,7 +419,7 @@ async fn running_operation(
                     .or(status["startTimestamp"].as_str())
                     .and_then(parse_rfc3339)
                     .is_some_and(|t| now.duration_since(t).unwrap_or(Duration::ZERO) <= lease);
-                if status["phase"] == "InProgress" && alive {
+                if in_progress(status) && alive {
                     return Ok(Some(format!("{what} {}", o.name_any())));
                 }
             }
@@ -423,6 +430,17 @@ async fn running_operation(
         }
     }
     Ok(None)
+}
+
+/// Whether the `phase` of a CR's `status` (read untyped) is `phase`, typed. A missing phase, or
+/// one that is not a string, is no phase (serde would take `{"InProgress": null}` for the
+/// variant); an unknown one is `Unknown` and so none of the known.
+fn phase_is<P: serde::de::DeserializeOwned + PartialEq>(status: &serde_json::Value, phase: &P) -> bool {
+    status
+        .get("phase")
+        .filter(|p| p.is_string())
+        .and_then(|p| P::deserialize(p).ok())
+        .is_some_and(|p| p == *phase)
 }
 
 /// A message a cluster reported, as the catalog and the API may show it: without anything
@@ -795,6 +813,45 @@ async fn upsert_secret(api: &Api<Secret>, want: Secret) -> Result<(), kube::Erro
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_a_phase_spelled_in_progress_runs() {
+        use serde_json::json;
+        let statuses = [
+            (json!({"phase": "InProgress"}), true),
+            (
+                json!({"phase": "InProgress", "heartbeat": "2026-01-01T00:00:00Z"}),
+                true,
+            ),
+            (json!({"phase": "Pending"}), false),
+            (json!({"phase": "Success"}), false),
+            (json!({"phase": "Deleting"}), false),
+            (json!({"phase": "inprogress"}), false),
+            (json!({"phase": "InProgress "}), false),
+            (json!({"phase": ""}), false),
+            (json!({"phase": null}), false),
+            (json!({"phase": 1}), false),
+            (json!({"phase": ["InProgress"]}), false),
+            (json!({"phase": {"InProgress": null}}), false),
+            (json!({}), false),
+            (json!(null), false),
+            (json!("InProgress"), false),
+        ];
+        for (status, runs) in &statuses {
+            assert_eq!(
+                phase_is(status, &ApplicationBackupPhase::InProgress),
+                *runs,
+                "backup {status}"
+            );
+            assert_eq!(
+                phase_is(status, &ApplicationRestorePhase::InProgress),
+                *runs,
+                "restore {status}"
+            );
+            // As the untyped comparison it replaces decided.
+            assert_eq!(status["phase"] == "InProgress", *runs, "{status}");
+        }
+    }
 
     fn status_with(run: SyncRun) -> LocationStatus {
         LocationStatus {

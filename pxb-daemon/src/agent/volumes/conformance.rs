@@ -58,7 +58,7 @@ impl std::fmt::Debug for KubeSetup {
 }
 
 fn kube_error(what: &str) -> impl FnOnce(kube::Error) -> Error + '_ {
-    move |e| pxb_gardener::map_kube_error(what, e)
+    move |e| crate::kube_error::map_kube_error(what, e)
 }
 
 #[async_trait]

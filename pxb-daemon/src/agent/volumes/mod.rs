@@ -216,16 +216,15 @@ impl LocalPathDriver {
 impl VolumeDriver for LocalPathDriver {
     async fn source(&self, namespace: &str, claim: &str) -> Result<PathBuf> {
         let claims: Api<PersistentVolumeClaim> = Api::namespaced(self.client.clone(), namespace);
-        let pvc = claims
-            .get(claim)
-            .await
-            .map_err(|e| pxb_gardener::map_kube_error(&format!("reading claim {namespace}/{claim}"), e))?;
+        let pvc = claims.get(claim).await.map_err(|e| {
+            crate::kube_error::map_kube_error(&format!("reading claim {namespace}/{claim}"), e)
+        })?;
         let volume = claimed_volume(namespace, claim, &pvc)?;
         let pvs: Api<PersistentVolume> = Api::all(self.client.clone());
         let pv = pvs
             .get(&volume)
             .await
-            .map_err(|e| pxb_gardener::map_kube_error(&format!("reading volume {volume}"), e))?;
+            .map_err(|e| crate::kube_error::map_kube_error(&format!("reading volume {volume}"), e))?;
         bound_local_path(namespace, &pvc, &pv)
     }
 
@@ -407,10 +406,11 @@ mod tests {
         let kubeconfig = fleet
             .admin_kubeconfig("dev", "shoot-00000", 3600)
             .expect("kubeconfig");
-        let now = std::time::SystemTime::now();
-        let access = pxb_gardener::parse_access(&kubeconfig, now, now + std::time::Duration::from_secs(3600))
-            .expect("access");
-        let client = pxb_gardener::kube_client(&access).expect("client");
+        let kubeconfig = kube::config::Kubeconfig::from_yaml(&kubeconfig).expect("kubeconfig");
+        let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
+            .await
+            .expect("client config");
+        let client = kube::Client::try_from(config).expect("client");
         let tmp = tempfile::tempdir().expect("tmp");
         let setup = conformance::KubeSetup {
             client: client.clone(),
