@@ -3,6 +3,7 @@
 //! one JSON document with its measurements.
 
 pub mod api;
+pub mod files;
 pub mod fleet;
 pub mod gc;
 pub mod metrics;

@@ -1,5 +1,7 @@
-//! Volume data: first and incremental backup of a generated dataset, pxb against restic, same data,
-//! same run, both to a local repository on the same disk.
+//! Volume data: first backup, incremental backup and restore of a generated dataset, pxb against
+//! restic and borg, same data, same run, each to a local repository on the same disk; and the
+//! physical limit of this machine for the same data (reading it from the page cache, hashing it,
+//! compressing it).
 
 use std::fs;
 use std::io::{Seek, SeekFrom, Write};
@@ -11,7 +13,8 @@ use std::time::Instant;
 use anyhow::{Context, bail};
 use pxb_core::LocalFileSystem;
 use pxb_core::backup::Repository;
-use pxb_core::backup::volume::{VolumeBackupOptions, backup_volume};
+use pxb_core::backup::chunk::{self, ChunkId};
+use pxb_core::backup::volume::{VolumeBackupOptions, VolumeRestoreOptions, backup_volume, restore_volume};
 use serde_json::json;
 
 use super::{Rng, du};
@@ -65,13 +68,52 @@ fn fill(buf: &mut [u8], rng: &mut Rng, compressible: bool) {
     }
 }
 
-/// Generates the dataset: about 30% of the bytes in small files (1–64 KiB, many directories),
-/// 70% in large files (8–200 MiB); half the files compressible text, half random bytes.
-/// Returns the files written.
-pub fn generate(root: &Path, total: u64, seed: u64) -> anyhow::Result<Vec<PathBuf>> {
+/// Which dataset a volume benchmark generates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DataSet {
+    /// 30% of the bytes in small files (1–64 KiB), 70% in large files (8–200 MiB).
+    Large,
+    /// 80% of the bytes in small files (1–64 KiB, tens of thousands per GiB), 20% in large files.
+    Small,
+}
+
+impl DataSet {
+    /// The share of the bytes in small files, in percent.
+    fn small_percent(self) -> u64 {
+        match self {
+            DataSet::Large => 30,
+            DataSet::Small => 80,
+        }
+    }
+
+    /// Its name on the command line and in the report.
+    pub fn name(self) -> &'static str {
+        match self {
+            DataSet::Large => "large",
+            DataSet::Small => "small",
+        }
+    }
+}
+
+impl std::str::FromStr for DataSet {
+    type Err = anyhow::Error;
+
+    fn from_str(s: &str) -> anyhow::Result<Self> {
+        match s {
+            "large" => Ok(DataSet::Large),
+            "small" => Ok(DataSet::Small),
+            _ => bail!("unknown data set {s:?} (large or small)"),
+        }
+    }
+}
+
+/// Generates the dataset: the set's share of the bytes in small files (1–64 KiB, 200 per
+/// directory), the rest in large files (8–200 MiB); half the files compressible text, half random
+/// bytes. Returns the files written.
+pub fn generate(root: &Path, total: u64, set: DataSet, seed: u64) -> anyhow::Result<Vec<PathBuf>> {
     let mut rng = Rng(seed);
     let mut files = Vec::new();
-    let small_budget = total * 3 / 10;
+    let small_budget = total * set.small_percent() / 100;
     let mut written = 0u64;
     let mut i = 0u64;
     let mut buf = vec![0u8; 1 << 20];
@@ -130,20 +172,44 @@ pub fn change(files: &[PathBuf], percent: u64, seed: u64) -> anyhow::Result<usiz
     Ok(changed)
 }
 
-fn restic(repo: &Path, cache: &Path, args: &[&str]) -> anyhow::Result<()> {
-    let out = Command::new("restic")
-        .arg("-r")
+/// Runs an anchor tool (`restic` or `borg`) and fails with its error output.
+fn tool(mut cmd: Command, what: &str) -> anyhow::Result<()> {
+    let out = cmd
+        .output()
+        .with_context(|| format!("running {what} (install Debian's restic and borgbackup)"))?;
+    if !out.status.success() {
+        bail!("{what} failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(())
+}
+
+fn restic(repo: &Path, cache: &Path, args: &[&str]) -> Command {
+    let mut c = Command::new("restic");
+    c.arg("-r")
         .arg(repo)
         .arg("--cache-dir")
         .arg(cache)
         .args(args)
-        .env("RESTIC_PASSWORD", "pxb-benchmark")
+        .env("RESTIC_PASSWORD", "pxb-benchmark");
+    c
+}
+
+/// borg with its cache, config and security folders under `base` (nothing in the user's home).
+fn borg(base: &Path, args: &[&str]) -> Command {
+    let mut c = Command::new("borg");
+    c.args(args)
+        .env("BORG_BASE_DIR", base)
+        .env("BORG_PASSPHRASE", "pxb-benchmark")
+        .env("BORG_RELOCATED_REPO_ACCESS_IS_OK", "yes");
+    c
+}
+
+fn version(cmd: &str) -> String {
+    Command::new(cmd)
+        .arg(if cmd == "borg" { "--version" } else { "version" })
         .output()
-        .context("running restic (install the Debian package `restic`)")?;
-    if !out.status.success() {
-        bail!("restic {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
-    }
-    Ok(())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_else(|e| format!("not available: {e}"))
 }
 
 /// Flushes all dirty pages to disk, so that no timed phase pays for an earlier phase's writes.
@@ -151,70 +217,214 @@ fn flush_disks() {
     let _ = Command::new("sync").status();
 }
 
-/// Runs the volume benchmark in `work` with a dataset of `total` bytes.
-pub async fn run(work: &Path, total: u64) -> anyhow::Result<serde_json::Value> {
+/// Runs `f` after flushing the disks and returns its wall-clock seconds.
+async fn timed<F: std::future::Future<Output = anyhow::Result<T>>, T>(f: F) -> anyhow::Result<(f64, T)> {
+    flush_disks();
+    let t = Instant::now();
+    let v = f.await?;
+    Ok((t.elapsed().as_secs_f64(), v))
+}
+
+fn time_tool(cmd: Command, what: &str) -> anyhow::Result<f64> {
+    flush_disks();
+    let t = Instant::now();
+    tool(cmd, what)?;
+    Ok(t.elapsed().as_secs_f64())
+}
+
+/// The three tools' figures for one phase, with the anchors' time over pxb's (above 1: pxb is
+/// faster).
+fn phase(pxb: f64, restic: f64, borg: f64) -> serde_json::Value {
+    json!({
+        "pxb_secs": pxb, "restic_secs": restic, "borg_secs": borg,
+        "speedup_vs_restic": restic / pxb, "speedup_vs_borg": borg / pxb,
+    })
+}
+
+/// Splits `files` among the machine's cores and runs `work` on each share; returns the seconds the
+/// whole took and the sum of what `work` returned.
+fn on_all_cores(files: &[PathBuf], work: impl Fn(&[u8]) -> u64 + Sync) -> anyhow::Result<(f64, u64)> {
+    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let t = Instant::now();
+    let total = std::thread::scope(|s| -> anyhow::Result<u64> {
+        let handles: Vec<_> = (0..cores)
+            .map(|i| {
+                let work = &work;
+                s.spawn(move || -> anyhow::Result<u64> {
+                    let mut sum = 0;
+                    for p in files.iter().skip(i).step_by(cores) {
+                        sum += work(&fs::read(p)?);
+                    }
+                    Ok(sum)
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().map_err(|_| anyhow::anyhow!("a worker panicked"))?)
+            .sum()
+    })?;
+    Ok((t.elapsed().as_secs_f64(), total))
+}
+
+/// The physical limit for this data on this machine: reading every file from the page cache,
+/// hashing the bytes (BLAKE3, as chunk ids), and compressing them (zstd at pxb's level), each on
+/// all cores, each alone. The files are read before every measurement so they are cached; hashing
+/// and compressing include that read, and the read alone is given so it can be subtracted.
+fn limit(files: &[PathBuf]) -> anyhow::Result<serde_json::Value> {
+    on_all_cores(files, |d| d.len() as u64)?; // warm the page cache
+    let (read, bytes) = on_all_cores(files, |d| d.len() as u64)?;
+    let (hash, _) = on_all_cores(files, |d| u64::from(ChunkId::of(d).0[0]))?;
+    let (compress, compressed) = on_all_cores(files, |d| chunk::encode(d, 3).len() as u64)?;
+    let (both, _) = on_all_cores(files, |d| {
+        let id = ChunkId::of(d);
+        chunk::encode(d, 3).len() as u64 + u64::from(id.0[0])
+    })?;
+    Ok(json!({
+        "bytes": bytes, "files": files.len(),
+        "read_secs": read, "read_hash_secs": hash, "read_compress_secs": compress,
+        "read_hash_compress_secs": both, "compressed_bytes": compressed,
+        "note": "each on all cores; read from the page cache; one zstd frame per file",
+    }))
+}
+
+/// Runs the volume benchmark in `work` with a dataset of `total` bytes of the given set: first
+/// backup, 5% incremental, restore of the incremental, for pxb, restic and borg in turn, then the
+/// machine's limit for the same data.
+pub async fn run(work: &Path, total: u64, set: DataSet) -> anyhow::Result<serde_json::Value> {
     let data = work.join("data");
     let _ = fs::remove_dir_all(work);
     fs::create_dir_all(&data)?;
     let t = Instant::now();
-    let files = generate(&data, total, 42)?;
+    let files = generate(&data, total, set, 42)?;
     let gen_secs = t.elapsed().as_secs_f64();
     let dataset = du(&data);
-    let restic_version = Command::new("restic")
-        .arg("version")
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())?;
+    let src = data.to_str().context("utf8")?;
 
     let pxb_loc = work.join("pxb-location");
     let repo = Repository::new(Arc::new(LocalFileSystem::new(&pxb_loc)?));
     let (restic_repo, cache) = (work.join("restic-repo"), work.join("restic-cache"));
-    restic(&restic_repo, &cache, &["init"])?;
-
-    flush_disks();
-    let t = Instant::now();
-    let first = backup_volume(&repo, VolumeBackupOptions::new(&data)).await?;
-    let pxb_first = t.elapsed().as_secs_f64();
-    flush_disks();
-    let t = Instant::now();
-    restic(
-        &restic_repo,
-        &cache,
-        &["backup", "--quiet", data.to_str().context("utf8")?],
+    let (borg_repo, borg_base) = (work.join("borg-repo"), work.join("borg-base"));
+    let borg_repo_s = borg_repo.to_str().context("utf8")?.to_owned();
+    tool(restic(&restic_repo, &cache, &["init"]), "restic init")?;
+    // Encrypted like restic's repository; zstd at pxb's level (borg's default is lz4).
+    tool(
+        borg(&borg_base, &["init", "--encryption=repokey-blake2", &borg_repo_s]),
+        "borg init",
     )?;
-    let restic_first = t.elapsed().as_secs_f64();
-    let (pxb_stored_1, restic_stored_1) = (du(&pxb_loc), du(&restic_repo));
+    let borg_create = |name: &str| {
+        let archive = format!("{borg_repo_s}::{name}");
+        borg(&borg_base, &["create", "--compression", "zstd,3", &archive, src])
+    };
+
+    let (pxb_first, first) =
+        timed(async { Ok(backup_volume(&repo, VolumeBackupOptions::new(&data)).await?) }).await?;
+    let restic_first = time_tool(
+        restic(&restic_repo, &cache, &["backup", "--quiet", src]),
+        "restic backup",
+    )?;
+    let borg_first = time_tool(borg_create("first"), "borg create")?;
+    let stored_1 = (du(&pxb_loc), du(&restic_repo), du(&borg_repo));
 
     let changed = change(&files, 5, 7)?;
-    flush_disks();
     let mut opts = VolumeBackupOptions::new(&data);
     opts.parent = Some(first.id.clone());
-    let t = Instant::now();
-    let second = backup_volume(&repo, opts).await?;
-    let pxb_incr = t.elapsed().as_secs_f64();
-    flush_disks();
-    let t = Instant::now();
-    restic(
-        &restic_repo,
-        &cache,
-        &["backup", "--quiet", data.to_str().context("utf8")?],
+    let (pxb_incr, second) = timed(async { Ok(backup_volume(&repo, opts).await?) }).await?;
+    let restic_incr = time_tool(
+        restic(&restic_repo, &cache, &["backup", "--quiet", src]),
+        "restic backup",
     )?;
-    let restic_incr = t.elapsed().as_secs_f64();
-    let (pxb_stored_2, restic_stored_2) = (du(&pxb_loc), du(&restic_repo));
+    let borg_incr = time_tool(borg_create("second"), "borg create")?;
+    let stored_2 = (du(&pxb_loc), du(&restic_repo), du(&borg_repo));
+
+    // Restore the incremental backup into empty folders; each tool's result is checked by size.
+    let out = |name: &str| -> anyhow::Result<PathBuf> {
+        let d = work.join(name);
+        let _ = fs::remove_dir_all(&d);
+        fs::create_dir_all(&d)?;
+        Ok(d)
+    };
+    let pxb_out = out("restore-pxb")?;
+    let (pxb_restore, restored) =
+        timed(async { Ok(restore_volume(&repo, &second.id, VolumeRestoreOptions::new(&pxb_out)).await?) })
+            .await?;
+    let restic_out = out("restore-restic")?;
+    let restic_restore = time_tool(
+        restic(
+            &restic_repo,
+            &cache,
+            &[
+                "restore",
+                "latest",
+                "--target",
+                restic_out.to_str().context("utf8")?,
+            ],
+        ),
+        "restic restore",
+    )?;
+    let borg_out = out("restore-borg")?;
+    let mut extract = borg(&borg_base, &["extract", &format!("{borg_repo_s}::second")]);
+    extract.current_dir(&borg_out);
+    let borg_restore = time_tool(extract, "borg extract")?;
+    let sizes = (du(&pxb_out), du(&restic_out), du(&borg_out));
+    if sizes != (dataset, dataset, dataset) {
+        bail!("a restore is incomplete: {dataset} bytes backed up, restored (pxb, restic, borg) {sizes:?}");
+    }
+    for d in [&pxb_out, &restic_out, &borg_out] {
+        fs::remove_dir_all(d)?;
+    }
+
+    let limit = limit(&files)?;
     let mib = dataset as f64 / (1 << 20) as f64;
     Ok(json!({
-        "dataset": {"bytes": dataset, "files": files.len(), "changed_files": changed, "generate_secs": gen_secs},
-        "restic": restic_version,
-        "first": {
-            "pxb_secs": pxb_first, "restic_secs": restic_first,
-            "pxb_mib_per_s": mib / pxb_first, "restic_mib_per_s": mib / restic_first,
-            "speedup": restic_first / pxb_first,
-            "pxb_stored": pxb_stored_1, "restic_stored": restic_stored_1,
-            "pxb_stats": first.stats,
+        "dataset": {
+            "set": set.name(), "bytes": dataset, "files": files.len(),
+            "changed_files": changed, "generate_secs": gen_secs,
         },
-        "incremental": {
-            "pxb_secs": pxb_incr, "restic_secs": restic_incr, "speedup": restic_incr / pxb_incr,
-            "pxb_stored_total": pxb_stored_2, "restic_stored_total": restic_stored_2,
-            "pxb_stats": second.stats,
-        },
+        "restic": version("restic"),
+        "borg": version("borg"),
+        "first": phase(pxb_first, restic_first, borg_first),
+        "first_mib_per_s": {"pxb": mib / pxb_first, "restic": mib / restic_first, "borg": mib / borg_first},
+        "stored_after_first": {"pxb": stored_1.0, "restic": stored_1.1, "borg": stored_1.2},
+        "incremental": phase(pxb_incr, restic_incr, borg_incr),
+        "stored_after_both": {"pxb": stored_2.0, "restic": stored_2.1, "borg": stored_2.2},
+        "restore": phase(pxb_restore, restic_restore, borg_restore),
+        "pxb_stats": {"first": first.stats, "incremental": second.stats, "restore": restored},
+        "limit": limit,
     }))
+}
+
+/// Restores alone: one pxb backup of the set, then `rounds` restores of it into empty folders,
+/// each timed after a flush (for profiling the restore path).
+pub async fn restores(
+    work: &Path,
+    total: u64,
+    set: DataSet,
+    rounds: u32,
+    concurrency: Option<usize>,
+) -> anyhow::Result<serde_json::Value> {
+    let data = work.join("data");
+    let _ = fs::remove_dir_all(work);
+    fs::create_dir_all(&data)?;
+    generate(&data, total, set, 42)?;
+    let repo = Repository::new(Arc::new(LocalFileSystem::new(work.join("pxb-location"))?));
+    let backup = backup_volume(&repo, VolumeBackupOptions::new(&data)).await?;
+    let mut secs = Vec::new();
+    for round in 0..rounds {
+        let out = work.join(format!("restore-{round}"));
+        let mut opts = VolumeRestoreOptions::new(&out);
+        if let Some(c) = concurrency {
+            opts.concurrency = c;
+        }
+        let (s, stats) = timed(async { Ok(restore_volume(&repo, &backup.id, opts).await?) }).await?;
+        if stats.bytes != backup.stats.bytes {
+            bail!("restored {} bytes of {}", stats.bytes, backup.stats.bytes);
+        }
+        fs::remove_dir_all(&out)?;
+        secs.push(s);
+    }
+    fs::remove_dir_all(work)?;
+    Ok(
+        json!({"set": set.name(), "bytes": backup.stats.bytes, "files": backup.stats.files, "restore_secs": secs}),
+    )
 }

@@ -1,6 +1,11 @@
 //! `pxb-bench`: the benchmarks reported in `BENCHMARKS.md`. Build with `--release`.
 //!
-//! - `pxb-bench volume [--mib 2048] [--work DIR]`: first and 5%-incremental backup, pxb vs restic;
+//! - `pxb-bench volume [--mib 2048] [--set large|small] [--work DIR]`: first and 5%-incremental
+//!   backup and restore, pxb vs restic and borg, and the machine's limit for the same data;
+//! - `pxb-bench restore [--mib 1024] [--set small|large] [--rounds 3] [--concurrency N]`: pxb's
+//!   restores alone;
+//! - `pxb-bench files [--files 10000000]`: a tree of that many tiny files, first and 0.1%-incremental
+//!   backup, time and peak RSS (the tree is kept under `--work` for the next run);
 //! - `pxb-bench sync [--backups 100000] [--azurite]`: listing-metadata sync vs one GET per backup;
 //! - `pxb-bench gc [--chunks 10000000] [--backups 100]`: GC time and peak RSS;
 //! - `pxb-bench fleet [--shoots 1000]`: discovery + first kubeconfig issuance (wall time, RSS);
@@ -32,7 +37,21 @@ fn arg<T: std::str::FromStr>(args: &[String], name: &str, default: T) -> anyhow:
 async fn main_async(args: Vec<String>) -> anyhow::Result<serde_json::Value> {
     let work: PathBuf = arg(&args, "--work", std::env::temp_dir().join("pxb-bench"))?;
     match args.first().map(String::as_str) {
-        Some("volume") => bench::volume::run(&work.join("volume"), arg(&args, "--mib", 2048u64)? << 20).await,
+        Some("volume") => {
+            let set = arg(&args, "--set", bench::volume::DataSet::Large)?;
+            bench::volume::run(&work.join("volume"), arg(&args, "--mib", 2048u64)? << 20, set).await
+        }
+        Some("restore") => {
+            let set = arg(&args, "--set", bench::volume::DataSet::Small)?;
+            let mib = arg(&args, "--mib", 1024u64)?;
+            let concurrency = match arg(&args, "--concurrency", 0usize)? {
+                0 => None,
+                n => Some(n),
+            };
+            let rounds = arg(&args, "--rounds", 3u32)?;
+            bench::volume::restores(&work.join("restore"), mib << 20, set, rounds, concurrency).await
+        }
+        Some("files") => bench::files::run(&work.join("files"), arg(&args, "--files", 10_000_000u64)?).await,
         Some("sync") => {
             let n = arg(&args, "--backups", 100_000u64)?;
             if args.iter().any(|a| a == "--azurite") {
@@ -89,7 +108,7 @@ async fn main_async(args: Vec<String>) -> anyhow::Result<serde_json::Value> {
             .await
         }
         _ => bail!(
-            "usage: pxb-bench volume|sync|gc|fleet|renewal|server|api|metrics [options] (see the source)"
+            "usage: pxb-bench volume|restore|files|sync|gc|fleet|renewal|server|api|metrics [options] (see the source)"
         ),
     }
 }
