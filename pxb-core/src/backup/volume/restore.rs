@@ -1,0 +1,848 @@
+//! Restore of a volume backup: every chunk's hash checked, nothing written outside the target.
+//!
+//! Files are restored several at once (`VolumeRestoreOptions::concurrency`): chunks are fetched
+//! and decoded once however many files share them (the bundles of small files), and every write,
+//! create and metadata call runs on the blocking pool, so writes proceed in parallel.
+
+use std::collections::{HashMap, VecDeque};
+use std::fs;
+use std::io::{Seek, SeekFrom, Write};
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::stream::{self, StreamExt, TryStreamExt};
+use rustix::fs::{self as rfs, AtFlags, Mode, OFlags};
+use rustix::io::Errno;
+use serde::Serialize;
+use tokio::sync::OnceCell;
+
+use super::{EntryKind, FileEntry, Progress, ProgressFn, Slice, read_index};
+use crate::backup::chunk::{self, ChunkId};
+use crate::backup::{BackupId, Repository};
+use crate::{Error, Result};
+
+/// Settings of a volume restore.
+#[derive(Clone)]
+pub struct VolumeRestoreOptions {
+    /// Where to restore to (created if missing).
+    pub target: PathBuf,
+    /// Files restored at once. Files of more than one chunk count here too, but at most
+    /// four of them are restored at once (each holds a few chunks in memory).
+    pub concurrency: usize,
+    /// Progress callback.
+    pub progress: Option<ProgressFn>,
+    /// Restore setuid and setgid bits as the index records them. Off by default: whoever can
+    /// write the location writes the index, and a restore running with the right to set owners
+    /// would otherwise plant setuid-root programs in the tenant's volumes.
+    pub keep_set_id: bool,
+}
+
+impl VolumeRestoreOptions {
+    /// Defaults for restoring into `target`.
+    pub fn new(target: impl Into<PathBuf>) -> Self {
+        Self {
+            target: target.into(),
+            concurrency: 16,
+            progress: None,
+            keep_set_id: false,
+        }
+    }
+}
+
+impl std::fmt::Debug for VolumeRestoreOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VolumeRestoreOptions")
+            .field("target", &self.target)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What a restore did.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct RestoreStats {
+    /// Files written.
+    pub files: u64,
+    /// Directories created.
+    pub dirs: u64,
+    /// Symlinks created.
+    pub symlinks: u64,
+    /// Bytes written.
+    pub bytes: u64,
+    /// Chunks downloaded and verified.
+    pub chunks_fetched: u64,
+}
+
+/// Splits an index path into its segments: relative, `/`-separated, no `..`, `.` or empty
+/// segments, no NUL. The root is the empty path (no segments).
+fn segments(rel: &str) -> Result<Vec<&str>> {
+    if rel.is_empty() {
+        return Ok(Vec::new());
+    }
+    let segs: Vec<&str> = rel.split('/').collect();
+    if segs
+        .iter()
+        .any(|s| s.is_empty() || *s == "." || *s == ".." || s.contains('\0'))
+    {
+        return Err(Error::corrupt(format!(
+            "file index entry {rel:?} is not a safe relative path"
+        )));
+    }
+    Ok(segs)
+}
+
+/// Opens a directory below a handle: never through a symlink.
+const DIR_FLAGS: OFlags = OFlags::RDONLY
+    .union(OFlags::DIRECTORY)
+    .union(OFlags::NOFOLLOW)
+    .union(OFlags::CLOEXEC);
+/// Directory handles a restore keeps open for reuse.
+const CACHED_DIRS: usize = 64;
+
+fn errno(what: impl std::fmt::Display, e: Errno) -> Error {
+    Error::io(what, e.into())
+}
+
+/// Whether `name` in `dir` is a symlink (not followed).
+fn is_symlink(dir: &OwnedFd, name: &str) -> bool {
+    rfs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW)
+        .is_ok_and(|st| rfs::FileType::from_raw_mode(st.st_mode) == rfs::FileType::Symlink)
+}
+
+/// The restore target as a directory handle. Every path below it is opened one segment at a time
+/// relative to its parent's handle without following symlinks, and files are created with
+/// `O_EXCL | O_NOFOLLOW`: nothing already in the target, and nothing the restore creates, leads
+/// outside it. Recently used directory handles are kept, so a file costs one `openat`.
+struct Target {
+    root: Arc<OwnedFd>,
+    display: PathBuf,
+    dirs: Mutex<VecDeque<(String, Arc<OwnedFd>)>>,
+    /// The mode bits a restore may set (`0o7777`, or without setuid and setgid).
+    mode_mask: u32,
+}
+
+impl Target {
+    /// Creates (if missing) and opens the target. The target itself is the caller's choice and
+    /// may be reached through a symlink; nothing below it is.
+    fn open(root: &Path) -> Result<Self> {
+        fs::create_dir_all(root).map_err(|e| Error::io(format!("creating {}", root.display()), e))?;
+        let fd = rfs::openat(
+            rfs::CWD,
+            root,
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| errno(format!("opening {}", root.display()), e))?;
+        Ok(Self {
+            root: Arc::new(fd),
+            display: root.to_path_buf(),
+            dirs: Mutex::new(VecDeque::new()),
+            mode_mask: 0o1777,
+        })
+    }
+
+    fn shown(&self, rel: &str) -> PathBuf {
+        self.display.join(rel)
+    }
+
+    fn cached(&self, key: &str) -> Option<Arc<OwnedFd>> {
+        let dirs = self.dirs.lock().unwrap_or_else(|e| e.into_inner());
+        dirs.iter().find(|(k, _)| k == key).map(|(_, fd)| fd.clone())
+    }
+
+    fn remember(&self, key: String, fd: OwnedFd) -> Arc<OwnedFd> {
+        let fd = Arc::new(fd);
+        let mut dirs = self.dirs.lock().unwrap_or_else(|e| e.into_inner());
+        if dirs.len() >= CACHED_DIRS {
+            dirs.pop_front();
+        }
+        dirs.push_back((key, fd.clone()));
+        fd
+    }
+
+    /// The handle of the existing directory at `segs`; a symlink anywhere on the way is refused.
+    fn dir(&self, segs: &[&str]) -> Result<Arc<OwnedFd>> {
+        let Some((name, parents)) = segs.split_last() else {
+            return Ok(self.root.clone());
+        };
+        let key = segs.join("/");
+        if let Some(fd) = self.cached(&key) {
+            return Ok(fd);
+        }
+        let parent = self.dir(parents)?;
+        match rfs::openat(&*parent, *name, DIR_FLAGS, Mode::empty()) {
+            Ok(fd) => Ok(self.remember(key, fd)),
+            Err(Errno::LOOP | Errno::NOTDIR) => Err(Error::invalid(format!(
+                "refusing to restore through {}: it is {}",
+                self.shown(&key).display(),
+                if is_symlink(&parent, name) {
+                    "a symlink"
+                } else {
+                    "not a directory"
+                }
+            ))),
+            Err(e) => Err(errno(format!("opening {}", self.shown(&key).display()), e)),
+        }
+    }
+
+    /// Creates the directory at `segs` and any missing parent, and opens it. A symlink where a
+    /// directory belongs is replaced by the directory, never followed.
+    fn make_dir(&self, segs: &[&str]) -> Result<Arc<OwnedFd>> {
+        let Some((name, parents)) = segs.split_last() else {
+            return Ok(self.root.clone());
+        };
+        let key = segs.join("/");
+        if let Some(fd) = self.cached(&key) {
+            return Ok(fd);
+        }
+        let parent = self.make_dir(parents)?;
+        let shown = || self.shown(&key);
+        let mkdir = || match rfs::mkdirat(&*parent, *name, Mode::from_raw_mode(0o777)) {
+            Ok(()) | Err(Errno::EXIST) => Ok(()),
+            Err(e) => Err(errno(format!("creating {}", shown().display()), e)),
+        };
+        mkdir()?;
+        let fd = match rfs::openat(&*parent, *name, DIR_FLAGS, Mode::empty()) {
+            Err(Errno::LOOP | Errno::NOTDIR) if is_symlink(&parent, name) => {
+                rfs::unlinkat(&*parent, *name, AtFlags::empty())
+                    .map_err(|e| errno(format!("replacing the symlink {}", shown().display()), e))?;
+                mkdir()?;
+                rfs::openat(&*parent, *name, DIR_FLAGS, Mode::empty())
+            }
+            r => r,
+        }
+        .map_err(|e| errno(format!("opening the directory {}", shown().display()), e))?;
+        Ok(self.remember(key, fd))
+    }
+
+    /// Creates the file `name` in `parent` afresh: whatever was there (a file, a symlink, a
+    /// hard link to something else) is unlinked first, never written through.
+    fn create_file(&self, parent: &OwnedFd, name: &str, rel: &str) -> Result<fs::File> {
+        let flags = OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+        let mode = Mode::from_raw_mode(0o600);
+        let fd = match rfs::openat(parent, name, flags, mode) {
+            Err(Errno::EXIST) => {
+                match rfs::unlinkat(parent, name, AtFlags::empty()) {
+                    Ok(()) => {}
+                    Err(Errno::ISDIR | Errno::PERM) if !is_symlink(parent, name) => {
+                        return Err(Error::invalid(format!(
+                            "{} exists as a directory",
+                            self.shown(rel).display()
+                        )));
+                    }
+                    Err(e) => return Err(errno(format!("replacing {}", self.shown(rel).display()), e)),
+                }
+                rfs::openat(parent, name, flags, mode)
+            }
+            r => r,
+        }
+        .map_err(|e| errno(format!("creating {}", self.shown(rel).display()), e))?;
+        Ok(fs::File::from(fd))
+    }
+}
+
+/// Files of more than one chunk restored at once (each fetches a few chunks ahead).
+const LARGE_FILES_AT_ONCE: usize = 4;
+
+/// Decoded chunks kept for files that share them; a chunk being fetched is fetched once, however
+/// many files wait for it.
+const KEPT_CHUNKS: usize = 16;
+
+/// A cell per chunk asked for (filled once it is decoded), and the order they were asked in.
+type Slots = (HashMap<ChunkId, Arc<OnceCell<Arc<Vec<u8>>>>>, VecDeque<ChunkId>);
+
+/// The chunks of a restore: each fetched, checked and decoded once while it is among the
+/// [`KEPT_CHUNKS`] most recently asked for.
+struct ChunkCache {
+    repo: Repository,
+    slots: Mutex<Slots>,
+    fetched: std::sync::atomic::AtomicU64,
+}
+
+impl ChunkCache {
+    fn new(repo: Repository) -> Self {
+        Self {
+            repo,
+            slots: Mutex::new((HashMap::new(), VecDeque::new())),
+            fetched: Default::default(),
+        }
+    }
+
+    async fn get(&self, id: ChunkId) -> Result<Arc<Vec<u8>>> {
+        let cell = {
+            let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+            let (map, order) = &mut *slots;
+            match map.get(&id) {
+                Some(cell) => cell.clone(),
+                None => {
+                    let cell = Arc::new(OnceCell::new());
+                    map.insert(id, cell.clone());
+                    order.push_back(id);
+                    while order.len() > KEPT_CHUNKS {
+                        if let Some(old) = order.pop_front() {
+                            map.remove(&old);
+                        }
+                    }
+                    cell
+                }
+            }
+        };
+        cell.get_or_try_init(|| self.fetch(id)).await.cloned()
+    }
+
+    async fn fetch(&self, id: ChunkId) -> Result<Arc<Vec<u8>>> {
+        let path = id.path();
+        let stored = match self.repo.store().get(&path).await {
+            Ok(g) => g.bytes_at_most(chunk::MAX_STORED_CHUNK).await?,
+            Err(Error::NotFound { .. }) => {
+                return Err(Error::not_found(format!(
+                    "chunk {path} is missing from the location"
+                )));
+            }
+            Err(e) => return Err(e),
+        };
+        let name = path.to_string();
+        let plain = tokio::task::spawn_blocking(move || chunk::decode(&name, &stored, Some(&id)))
+            .await
+            .map_err(|e| Error::other("decode task failed").with_source(e))??;
+        self.fetched.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Ok(Arc::new(plain))
+    }
+}
+
+fn owner(e: &FileEntry) -> (Option<rfs::Uid>, Option<rfs::Gid>) {
+    (
+        Some(rfs::Uid::from_raw_unchecked(e.uid)),
+        Some(rfs::Gid::from_raw_unchecked(e.gid)),
+    )
+}
+
+fn times(e: &FileEntry) -> rfs::Timestamps {
+    let t = rfs::Timespec {
+        tv_sec: e.mtime,
+        tv_nsec: e.mtime_ns.into(),
+    };
+    rfs::Timestamps {
+        last_access: t,
+        last_modification: t,
+    }
+}
+
+/// Ownership needs privileges; without them entries keep the restoring user's ids.
+fn chown_result(r: rustix::io::Result<()>, path: &Path) -> Result<()> {
+    match r {
+        Ok(()) | Err(Errno::PERM | Errno::ACCESS) => Ok(()),
+        Err(e) => Err(errno(format!("setting the owner of {}", path.display()), e)),
+    }
+}
+
+/// Sets owner, mode and times of an open file or directory.
+fn apply_meta(fd: &impl std::os::fd::AsFd, path: &Path, e: &FileEntry, mask: u32) -> Result<()> {
+    // Owner first: changing the owner clears setuid and setgid bits, so the mode comes after.
+    let (uid, gid) = owner(e);
+    chown_result(rfs::fchown(fd, uid, gid), path)?;
+    rfs::fchmod(fd, Mode::from_raw_mode(e.mode & mask))
+        .map_err(|err| errno(format!("setting the mode of {}", path.display()), err))?;
+    rfs::futimens(fd, &times(e)).map_err(|err| errno(format!("setting the times of {}", path.display()), err))
+}
+
+/// A file being restored: created on its first piece, written piece by piece on the blocking pool.
+struct FileWriter {
+    target: Arc<Target>,
+    entry: Arc<FileEntry>,
+    file: Option<fs::File>,
+    written: u64,
+    /// The last block was left as a hole: the file must be sized explicitly.
+    hole_at_end: bool,
+}
+
+impl FileWriter {
+    fn path(&self) -> PathBuf {
+        self.target.shown(&self.entry.path)
+    }
+
+    fn open(&mut self) -> Result<&mut fs::File> {
+        if self.file.is_none() {
+            let segs = segments(&self.entry.path)?;
+            let Some((name, parents)) = segs.split_last() else {
+                return Err(Error::corrupt("the file index lists the root as a file"));
+            };
+            let parent = self.target.dir(parents)?;
+            self.file = Some(self.target.create_file(&parent, name, &self.entry.path)?);
+        }
+        self.file
+            .as_mut()
+            .ok_or_else(|| Error::other("restored file not open"))
+    }
+
+    /// Writes `piece`, leaving holes for runs of zeros so sparse files stay sparse.
+    fn write(&mut self, piece: &[u8]) -> Result<()> {
+        let path = self.path();
+        let file = self.open()?;
+        let mut hole = false;
+        for block in piece.chunks(64 << 10) {
+            hole = block.len() >= 4096 && block.iter().all(|b| *b == 0);
+            let res = if hole {
+                file.seek(SeekFrom::Current(block.len() as i64)).map(|_| ())
+            } else {
+                file.write_all(block)
+            };
+            res.map_err(|err| Error::io(format!("writing {}", path.display()), err))?;
+        }
+        if !piece.is_empty() {
+            self.hole_at_end = hole;
+        }
+        self.written += piece.len() as u64;
+        Ok(())
+    }
+
+    /// Checks the size, sizes the file if it ends in a hole, and sets owner, mode and times.
+    fn finish(&mut self) -> Result<u64> {
+        let (path, size, written) = (self.path(), self.entry.size, self.written);
+        if written != size {
+            return Err(Error::corrupt(format!(
+                "{}: the index says {size} bytes, its slices hold {written}",
+                self.entry.path
+            )));
+        }
+        let (hole_at_end, mask) = (self.hole_at_end, self.target.mode_mask);
+        let entry = self.entry.clone();
+        let file = self.open()?;
+        if hole_at_end {
+            file.set_len(written)
+                .map_err(|err| Error::io(format!("sizing {}", path.display()), err))?;
+        }
+        apply_meta(file, &path, &entry, mask)?;
+        Ok(written)
+    }
+}
+
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| Error::other("restore task failed").with_source(e))?
+}
+
+/// Restores one file: its chunks are fetched (a few ahead) while earlier pieces are written.
+async fn restore_file(
+    cache: &ChunkCache,
+    target: &Arc<Target>,
+    large: &tokio::sync::Semaphore,
+    e: Arc<FileEntry>,
+) -> Result<u64> {
+    segments(&e.path)?;
+    let _slot = if e.slices.len() > 1 {
+        Some(
+            large
+                .acquire()
+                .await
+                .map_err(|_| Error::other("restore slots closed"))?,
+        )
+    } else {
+        None
+    };
+    let slices = e.slices.clone();
+    let last = slices.len().saturating_sub(1);
+    let mut writer = Some(FileWriter {
+        target: target.clone(),
+        entry: e.clone(),
+        file: None,
+        written: 0,
+        hole_at_end: false,
+    });
+    if slices.is_empty() {
+        let mut w = writer.take().ok_or_else(|| Error::other("restored file lost"))?;
+        return blocking(move || w.finish()).await;
+    }
+    let mut pieces = stream::iter(slices.into_iter().enumerate())
+        .map(|(i, s)| async move { cache.get(s.0).await.map(|d| (i, s, d)) })
+        .buffered(4);
+    let mut written = 0;
+    while let Some((i, Slice(id, off, len), data)) = pieces.try_next().await? {
+        let (off, len) = (off as usize, len as usize);
+        if data.get(off..off + len).is_none() {
+            return Err(Error::corrupt(format!(
+                "{}: slice {off}+{len} is outside chunk {id} ({} bytes)",
+                e.path,
+                data.len()
+            )));
+        }
+        let mut w = writer.take().ok_or_else(|| Error::other("restored file lost"))?;
+        let (w, n) = blocking(move || {
+            w.write(&data[off..off + len])?;
+            let n = if i == last { w.finish()? } else { 0 };
+            Ok((w, n))
+        })
+        .await?;
+        writer = Some(w);
+        written = n;
+    }
+    Ok(written)
+}
+
+fn restore_symlink(target: &Target, e: &FileEntry) -> Result<()> {
+    let segs = segments(&e.path)?;
+    let Some((name, parents)) = segs.split_last() else {
+        return Err(Error::corrupt("the file index lists the root as a symlink"));
+    };
+    let path = target.shown(&e.path);
+    let link = e
+        .target
+        .as_deref()
+        .ok_or_else(|| Error::corrupt(format!("symlink {:?} has no target", e.path)))?;
+    let parent = target.dir(parents)?;
+    let create = || rfs::symlinkat(link, &*parent, *name);
+    match create() {
+        Err(Errno::EXIST) => {
+            rfs::unlinkat(&*parent, *name, AtFlags::empty())
+                .map_err(|err| errno(format!("replacing {}", path.display()), err))?;
+            create()
+        }
+        r => r,
+    }
+    .map_err(|err| errno(format!("creating symlink {}", path.display()), err))?;
+    let (uid, gid) = owner(e);
+    chown_result(
+        rfs::chownat(&*parent, *name, uid, gid, AtFlags::SYMLINK_NOFOLLOW),
+        &path,
+    )?;
+    rfs::utimensat(&*parent, *name, &times(e), AtFlags::SYMLINK_NOFOLLOW)
+        .map_err(|err| errno(format!("setting the times of {}", path.display()), err))
+}
+
+/// Restores a volume backup into `opts.target`, verifying every chunk's hash. Directories, then
+/// files, then symlinks (so nothing is written through a restored link), then directory modes and
+/// times. Nothing is written outside the target: every path is opened below the target's handle
+/// one segment at a time without following symlinks, and an entry already in the target (a file,
+/// or a symlink where a file or directory belongs) is replaced, never written through.
+pub async fn restore_volume(
+    repo: &Repository,
+    id: &BackupId,
+    opts: VolumeRestoreOptions,
+) -> Result<RestoreStats> {
+    let entries = read_index(repo, id).await?;
+    // Every path is checked before anything is written.
+    for e in &entries {
+        segments(&e.path)?;
+    }
+    let mut target = Target::open(&opts.target)?;
+    if opts.keep_set_id {
+        target.mode_mask = 0o7777;
+    }
+    let target = Arc::new(target);
+    let mut files = Vec::new();
+    let mut entries: Vec<FileEntry> = entries
+        .into_iter()
+        .filter_map(|e| {
+            if e.kind == EntryKind::File {
+                files.push(Arc::new(e));
+                None
+            } else {
+                Some(e)
+            }
+        })
+        .collect();
+    entries.shrink_to_fit();
+    let mut stats = RestoreStats::default();
+    for e in entries.iter().filter(|e| e.kind == EntryKind::Dir) {
+        target.make_dir(&segments(&e.path)?)?;
+        stats.dirs += 1;
+    }
+    let cache = ChunkCache::new(repo.clone());
+    let large = tokio::sync::Semaphore::new(LARGE_FILES_AT_ONCE);
+    let mut progress = Progress {
+        bytes_total: files.iter().map(|e| e.size).sum(),
+        files_total: files.len() as u64,
+        ..Progress::default()
+    };
+    let started = Instant::now();
+    let mut last = Instant::now();
+    let mut done = stream::iter(files)
+        .map(|e| restore_file(&cache, &target, &large, e))
+        .buffer_unordered(opts.concurrency.max(1));
+    while let Some(bytes) = done.try_next().await? {
+        stats.files += 1;
+        stats.bytes += bytes;
+        progress.files_done = stats.files;
+        progress.bytes_done = stats.bytes;
+        if let Some(cb) = &opts.progress
+            && last.elapsed() > Duration::from_millis(200)
+        {
+            progress.elapsed = started.elapsed();
+            cb(&progress);
+            last = Instant::now();
+        }
+    }
+    drop(done);
+    for e in entries.iter().filter(|e| e.kind == EntryKind::Symlink) {
+        restore_symlink(&target, e)?;
+        stats.symlinks += 1;
+    }
+    // Deepest directories first, so setting a parent's time is not undone by its children.
+    for e in entries.iter().filter(|e| e.kind == EntryKind::Dir).rev() {
+        let fd = target.dir(&segments(&e.path)?)?;
+        apply_meta(&*fd, &target.shown(&e.path), e, target.mode_mask)?;
+    }
+    if let Some(cb) = &opts.progress {
+        progress.elapsed = started.elapsed();
+        cb(&progress);
+    }
+    stats.chunks_fetched = cache.fetched.load(std::sync::atomic::Ordering::Relaxed);
+    Ok(stats)
+}
+
+#[cfg(test)]
+mod tests {
+    //! Restores stay inside their target: hostile file indexes and hostile targets.
+
+    use std::os::unix::fs::{PermissionsExt, symlink};
+
+    use super::super::*;
+    use super::*;
+    use crate::InMemory;
+
+    fn repo() -> Repository {
+        Repository::new(Arc::new(InMemory::new()))
+    }
+
+    /// Backs up `src`, then commits a second backup whose file index is `edit` of the first's
+    /// (the chunks are the real ones, so only the paths are hostile).
+    async fn forge(
+        repo: &Repository,
+        src: &Path,
+        edit: impl FnOnce(Vec<FileEntry>) -> Vec<FileEntry>,
+    ) -> BackupId {
+        let real = backup_volume(repo, VolumeBackupOptions::new(src))
+            .await
+            .expect("backup");
+        let entries = edit(read_index(repo, &real.id).await.expect("index"));
+        let id = BackupId::new(std::time::SystemTime::now() + Duration::from_secs(1));
+        let mut w = SpoolWriter::new(FILES_KIND, FORMAT).expect("spool");
+        for e in &entries {
+            w.push(e).expect("push");
+        }
+        let spooled = w.finish().expect("finish");
+        let path = id.object_path(FILES_OBJECT).expect("path");
+        let files = ManifestObject {
+            name: FILES_OBJECT.into(),
+            size: spooled.size,
+            blake3: spooled.hash.clone(),
+        };
+        spooled
+            .upload(repo.store(), &path, PutOptions::create())
+            .await
+            .expect("upload");
+        let manifest = Manifest {
+            id: id.clone(),
+            objects: vec![files],
+            ..real
+        };
+        repo.commit(&manifest).await.expect("commit");
+        id
+    }
+
+    fn entry<'a>(entries: &'a [FileEntry], path: &str) -> &'a FileEntry {
+        entries.iter().find(|e| e.path == path).expect("entry")
+    }
+
+    fn list(dir: &Path) -> Vec<String> {
+        let mut names: Vec<String> = fs::read_dir(dir)
+            .map(|rd| {
+                rd.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        names.sort();
+        names
+    }
+
+    /// Attack 2: index paths with `..` or absolute paths are refused; nothing lands outside.
+    #[tokio::test]
+    async fn a_chunk_many_files_share_is_fetched_and_checked_once() {
+        let src = tempfile::tempdir().expect("tmp");
+        for i in 0..300 {
+            fs::write(src.path().join(format!("f{i:03}")), format!("{i}").repeat(300)).expect("write");
+        }
+        let repo = repo();
+        let m = backup_volume(&repo, VolumeBackupOptions::new(src.path()))
+            .await
+            .expect("backup");
+        assert_eq!(
+            m.stats.chunks, 1,
+            "the small files share one bundle: {:?}",
+            m.stats
+        );
+        let dst = tempfile::tempdir().expect("tmp");
+        let mut opts = VolumeRestoreOptions::new(dst.path());
+        opts.concurrency = 32;
+        let stats = restore_volume(&repo, &m.id, opts).await.expect("restore");
+        assert_eq!(stats.files, 300);
+        assert_eq!(stats.chunks_fetched, 1, "{stats:?}");
+        assert_eq!(
+            fs::read(dst.path().join("f123")).expect("read"),
+            "123".repeat(300).as_bytes()
+        );
+    }
+
+    #[tokio::test]
+    async fn index_paths_outside_the_target_are_refused() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let src = tmp.path().join("src");
+        fs::create_dir_all(&src).expect("mkdir");
+        fs::write(src.join("f.txt"), b"payload").expect("write");
+        let outside = tmp.path().join("outside");
+        fs::create_dir_all(&outside).expect("mkdir");
+        let repo = repo();
+        let abs = outside.join("abs.txt").to_string_lossy().into_owned();
+        for (kind, bad) in [
+            (EntryKind::File, "../outside/escape.txt".to_owned()),
+            (EntryKind::File, "sub/../../outside/escape.txt".to_owned()),
+            (EntryKind::File, abs.clone()),
+            (EntryKind::Dir, "../outside/escape-dir".to_owned()),
+            (EntryKind::Symlink, "../outside/escape-link".to_owned()),
+            (EntryKind::File, "./f.txt".to_owned()),
+            (EntryKind::File, "a//b".to_owned()),
+        ] {
+            let id = forge(&repo, &src, |mut entries| {
+                let mut e = entry(&entries, "f.txt").clone();
+                e.path = bad.clone();
+                e.kind = kind;
+                if kind == EntryKind::Symlink {
+                    e.target = Some("/etc/passwd".into());
+                    e.slices.clear();
+                    e.size = 0;
+                }
+                entries.push(e);
+                entries
+            })
+            .await;
+            let target = tmp.path().join("target");
+            let err = restore_volume(&repo, &id, VolumeRestoreOptions::new(&target))
+                .await
+                .expect_err(&bad);
+            assert!(
+                err.to_string().contains("not a safe relative path"),
+                "{bad}: {err}"
+            );
+            assert!(list(&outside).is_empty(), "{bad}: wrote {:?}", list(&outside));
+            let _ = fs::remove_dir_all(&target);
+        }
+    }
+
+    /// Attack 3: symlinks already in the target (at a file's path, at a directory's path, at a
+    /// parent directory's path) are replaced or refused, never followed.
+    #[tokio::test]
+    async fn symlinks_already_in_the_target_are_not_followed() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let src = tmp.path().join("src");
+        fs::create_dir_all(src.join("dir")).expect("mkdir");
+        fs::create_dir_all(src.join("sub")).expect("mkdir");
+        fs::write(src.join("file.txt"), b"restored").expect("write");
+        fs::write(src.join("sub/inner.txt"), b"restored inner").expect("write");
+        fs::set_permissions(src.join("dir"), fs::Permissions::from_mode(0o700)).expect("chmod");
+        filetime::set_file_mtime(src.join("dir"), filetime::FileTime::from_unix_time(1_000_000, 0))
+            .expect("mtime");
+
+        let outside = tmp.path().join("outside");
+        fs::create_dir_all(&outside).expect("mkdir");
+        fs::write(outside.join("victim"), b"original").expect("write");
+        fs::set_permissions(&outside, fs::Permissions::from_mode(0o755)).expect("chmod");
+        let outside_before = fs::metadata(&outside).expect("stat");
+
+        let repo = repo();
+        let m = backup_volume(&repo, VolumeBackupOptions::new(&src))
+            .await
+            .expect("backup");
+        let target = tmp.path().join("target");
+        fs::create_dir_all(&target).expect("mkdir");
+        symlink(outside.join("victim"), target.join("file.txt")).expect("symlink");
+        symlink(&outside, target.join("dir")).expect("symlink");
+        symlink(&outside, target.join("sub")).expect("symlink");
+
+        let result = restore_volume(&repo, &m.id, VolumeRestoreOptions::new(&target)).await;
+
+        assert_eq!(
+            fs::read(outside.join("victim")).expect("read"),
+            b"original",
+            "{result:?}"
+        );
+        assert_eq!(list(&outside), vec!["victim".to_owned()], "{result:?}");
+        let outside_after = fs::metadata(&outside).expect("stat");
+        assert_eq!(
+            (outside_after.mode(), outside_after.mtime()),
+            (outside_before.mode(), outside_before.mtime()),
+            "the mode and times of the directory outside changed: {result:?}"
+        );
+        result.expect("the restore replaces the links");
+        for p in ["file.txt", "dir", "sub"] {
+            assert!(
+                !fs::symlink_metadata(target.join(p)).expect("stat").is_symlink(),
+                "{p}"
+            );
+        }
+        assert_eq!(fs::read(target.join("file.txt")).expect("read"), b"restored");
+        assert_eq!(
+            fs::read(target.join("sub/inner.txt")).expect("read"),
+            b"restored inner"
+        );
+        assert_eq!(
+            fs::metadata(target.join("dir")).expect("stat").mode() & 0o7777,
+            0o700
+        );
+    }
+
+    /// Attack 4: a symlink the restore itself creates is never a path to write through.
+    #[tokio::test]
+    async fn a_restored_symlink_is_not_a_path_for_later_entries() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let src = tmp.path().join("src");
+        fs::create_dir_all(src.join("d")).expect("mkdir");
+        fs::write(src.join("d/passwd"), b"owned").expect("write");
+        symlink("d", src.join("link")).expect("symlink");
+        let outside = tmp.path().join("outside");
+        fs::create_dir_all(&outside).expect("mkdir");
+        let repo = repo();
+        let out = outside.to_string_lossy().into_owned();
+        // The index lists the link `a -> outside` first, then entries under `a/`.
+        let id = forge(&repo, &src, |entries| {
+            let mut link = entry(&entries, "link").clone();
+            link.path = "a".into();
+            link.target = Some(out.clone());
+            let mut dir = entry(&entries, "d").clone();
+            dir.path = "a/x".into();
+            let mut file = entry(&entries, "d/passwd").clone();
+            file.path = "a/passwd".into();
+            let mut link2 = entry(&entries, "link").clone();
+            link2.path = "a/l".into();
+            vec![entry(&entries, "").clone(), link, dir, file, link2]
+        })
+        .await;
+        let target = tmp.path().join("target");
+        let result = restore_volume(&repo, &id, VolumeRestoreOptions::new(&target)).await;
+        assert!(
+            list(&outside).is_empty(),
+            "wrote {:?} outside: {result:?}",
+            list(&outside)
+        );
+        assert!(result.is_err(), "a link over a directory is an error: {result:?}");
+
+        // Only links: `b -> outside`, then a link `b/l` that would be created through it.
+        let id = forge(&repo, &src, |entries| {
+            let mut link = entry(&entries, "link").clone();
+            link.path = "b".into();
+            link.target = Some(out.clone());
+            let mut link2 = entry(&entries, "link").clone();
+            link2.path = "b/l".into();
+            vec![entry(&entries, "").clone(), link, link2]
+        })
+        .await;
+        let target = tmp.path().join("target2");
+        let err = restore_volume(&repo, &id, VolumeRestoreOptions::new(&target))
+            .await
+            .expect_err("a path through a restored link");
+        assert!(err.to_string().contains("a symlink"), "{err}");
+        assert!(list(&outside).is_empty(), "wrote {:?} outside", list(&outside));
+    }
+}
