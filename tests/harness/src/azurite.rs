@@ -33,6 +33,14 @@ fn blob_main() -> PathBuf {
     install_dir().join("node_modules/azurite/dist/src/blob/main.js")
 }
 
+/// Whether `PXB_AZURITE_IN_MEMORY=1` asks for `--inMemoryPersistence`: Azurite keeps its
+/// metadata in memory only instead of rewriting a JSON database on disk every few seconds. For
+/// benchmarks that write 100,000 objects (the rewrite makes writing them take most of an hour);
+/// the data does not survive [`Azurite::restart`]. Listing and serving are the same code either way.
+pub fn in_memory() -> bool {
+    std::env::var("PXB_AZURITE_IN_MEMORY").is_ok_and(|v| v == "1")
+}
+
 /// Installs Azurite with npm unless it is there already. Safe to call from parallel tests and
 /// processes (an exclusive file lock serialises installs).
 pub fn ensure_installed() -> anyhow::Result<PathBuf> {
@@ -176,8 +184,11 @@ impl Azurite {
                 "--disableTelemetry",
                 "--loose",
             ])
-            .arg("--location")
-            .arg(data)
+            .args(if in_memory() {
+                vec!["--inMemoryPersistence".into()]
+            } else {
+                vec!["--location".into(), data.as_os_str().to_owned()]
+            })
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)

@@ -428,3 +428,30 @@ pub async fn restores(
         json!({"set": set.name(), "bytes": backup.stats.bytes, "files": backup.stats.files, "restore_secs": secs}),
     )
 }
+
+/// First backups of the same data, each into a fresh location: for profiling the backup path
+/// alone (`pxb-bench backup`).
+pub async fn backups(
+    work: &Path,
+    total: u64,
+    set: DataSet,
+    rounds: u32,
+) -> anyhow::Result<serde_json::Value> {
+    let data = work.join("data");
+    let _ = fs::remove_dir_all(work);
+    fs::create_dir_all(&data)?;
+    generate(&data, total, set, 42)?;
+    let mut secs = Vec::new();
+    let mut stored = 0;
+    for round in 0..rounds {
+        let location = work.join(format!("pxb-location-{round}"));
+        let repo = Repository::new(Arc::new(LocalFileSystem::new(&location)?));
+        let (s, backup) =
+            timed(async { Ok(backup_volume(&repo, VolumeBackupOptions::new(&data)).await?) }).await?;
+        stored = backup.stats.stored_bytes;
+        fs::remove_dir_all(&location)?;
+        secs.push(s);
+    }
+    fs::remove_dir_all(work)?;
+    Ok(json!({"set": set.name(), "stored_bytes": stored, "backup_secs": secs}))
+}

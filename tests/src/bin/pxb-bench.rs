@@ -4,9 +4,12 @@
 //!   backup and restore, pxb vs restic and borg, and the machine's limit for the same data;
 //! - `pxb-bench restore [--mib 1024] [--set small|large] [--rounds 3] [--concurrency N]`: pxb's
 //!   restores alone;
+//! - `pxb-bench backup [--mib 1024] [--set small|large] [--rounds 3]`: pxb's first backups alone;
 //! - `pxb-bench files [--files 10000000]`: a tree of that many tiny files, first and 0.1%-incremental
 //!   backup, time and peak RSS (the tree is kept under `--work` for the next run);
-//! - `pxb-bench sync [--backups 100000] [--azurite]`: listing-metadata sync vs one GET per backup;
+//! - `pxb-bench sync [--backups 100000] [--azurite] [--no-baseline] [--repeat N]`: listing-metadata sync vs the
+//!   store's bare listing and one GET per backup (`PXB_AZURITE_IN_MEMORY=1`: Azurite without its
+//!   on-disk database, so 100,000 manifests are written in minutes);
 //! - `pxb-bench gc [--chunks 10000000] [--backups 100]`: GC time and peak RSS;
 //! - `pxb-bench fleet [--shoots 1000]`: discovery + first kubeconfig issuance (wall time, RSS);
 //! - `pxb-bench renewal [--shoots 10000] [--lifetime 120] [--jitter 0.1] [--observe 150]`:
@@ -51,18 +54,43 @@ async fn main_async(args: Vec<String>) -> anyhow::Result<serde_json::Value> {
             let rounds = arg(&args, "--rounds", 3u32)?;
             bench::volume::restores(&work.join("restore"), mib << 20, set, rounds, concurrency).await
         }
+        Some("backup") => {
+            let set = arg(&args, "--set", bench::volume::DataSet::Small)?;
+            let mib = arg(&args, "--mib", 1024u64)?;
+            bench::volume::backups(
+                &work.join("backup"),
+                mib << 20,
+                set,
+                arg(&args, "--rounds", 3u32)?,
+            )
+            .await
+        }
         Some("files") => bench::files::run(&work.join("files"), arg(&args, "--files", 10_000_000u64)?).await,
         Some("sync") => {
             let n = arg(&args, "--backups", 100_000u64)?;
+            let with_baseline = !args.iter().any(|a| a == "--no-baseline");
+            let repeat = arg(&args, "--repeat", 1u32)?;
             if args.iter().any(|a| a == "--azurite") {
                 let fx = AzureFixture::start(3600)?;
                 let store = AzureBlobStore::new(fx.wi_config("sync-bench"))?;
                 store.create_container().await?;
-                bench::sync::run(Arc::new(store), n, "azurite (https, workload identity)").await
+                let label = if pxb_harness::azurite::in_memory() {
+                    "azurite (https, workload identity, in-memory metadata)"
+                } else {
+                    "azurite (https, workload identity)"
+                };
+                bench::sync::run(Arc::new(store), n, label, with_baseline, repeat).await
             } else {
                 let dir = work.join("sync");
                 let _ = std::fs::remove_dir_all(&dir);
-                bench::sync::run(Arc::new(LocalFileSystem::new(&dir)?), n, "local filesystem").await
+                bench::sync::run(
+                    Arc::new(LocalFileSystem::new(&dir)?),
+                    n,
+                    "local filesystem",
+                    with_baseline,
+                    repeat,
+                )
+                .await
             }
         }
         Some("gc") => {

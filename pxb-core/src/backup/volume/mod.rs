@@ -4,12 +4,14 @@
 //! size, mtime and inode) without reading them, splits changed files with FastCDC, hashes (BLAKE3),
 //! compresses (zstd) and uploads chunks in parallel with a bounded number in flight, and packs
 //! files smaller than the chunker's minimum into shared chunks ("bundles"), so many small files do
-//! not become many tiny objects. The file index (a spooled, compressed JSON-lines object) and the
-//! manifest are written last. Restore (in `restore`) verifies every chunk's hash before writing
+//! not become many tiny objects. Small files that look incompressible (random, encrypted or
+//! already compressed: [`chunk::looks_incompressible`]) go into bundles of their own, which are
+//! stored raw without zstd being tried. The file index (a spooled, compressed JSON-lines object)
+//! and the manifest are written last. Restore (in `restore`) verifies every chunk's hash before writing
 //! it, and writes nothing outside its target: index paths are relative without `..`, and every
 //! path is opened below the target's directory handle without following symlinks.
 
-use std::collections::HashSet;
+use std::collections::{HashSet, VecDeque};
 use std::fs;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -29,7 +31,7 @@ use crate::{Error, PutOptions, Result};
 
 mod restore;
 
-pub use restore::{RestoreStats, VolumeRestoreOptions, restore_volume};
+pub use restore::{RestoreStats, VolumeRestoreOptions, max_chunks_held, restore_volume};
 
 /// The name of a volume backup's file index under its prefix.
 pub const FILES_OBJECT: &str = "files";
@@ -368,8 +370,8 @@ fn scan(
 enum Done {
     /// Ready to write to the index: the entry, bytes read, and a warning if any.
     Ready(FileEntry, u64, Option<String>),
-    /// A small file whose content goes into the current bundle.
-    Small(FileEntry, Vec<u8>),
+    /// A small file whose content goes into an open bundle; `true` if it looks incompressible.
+    Small(FileEntry, Vec<u8>, bool),
     /// Could not be read; skipped with a warning.
     Skipped(String),
 }
@@ -642,7 +644,8 @@ async fn run_backup(
                 return Ok(match read {
                     Ok(data) => {
                         entry.size = data.len() as u64;
-                        Done::Small(entry, data)
+                        let raw = chunk::looks_incompressible(&data);
+                        Done::Small(entry, data, raw)
                     }
                     Err(w) => Done::Skipped(w),
                 });
@@ -662,34 +665,51 @@ async fn run_backup(
         spool: SpoolWriter::new(FILES_KIND, FORMAT)?,
         chunks: HashSet::new(),
     };
-    // Entries waiting for the open bundle's id, in order; `true` marks those inside the bundle.
-    let mut pending: Vec<(FileEntry, bool)> = Vec::new();
-    let mut bundle: Vec<u8> = Vec::new();
+    // Two bundles are open: small files that look compressible, and those that do not (the second
+    // is stored raw without zstd being tried, see `chunk::encode`), so zstd spends no time on
+    // random bytes mixed among text. Entries wait here, in order, until every bundle they are in
+    // has its id (`Some(bundle)`); the ones in front that wait for nothing go to the index.
+    let mut pending: VecDeque<(FileEntry, Option<usize>)> = VecDeque::new();
+    let mut bundles: [Vec<u8>; 2] = [Vec::new(), Vec::new()];
     let mut bundle_uploads = FuturesUnordered::new();
     let mut progress = Progress::default();
     let mut last_report = Instant::now();
 
-    let flush_bundle = |bundle: &mut Vec<u8>,
-                        pending: &mut Vec<(FileEntry, bool)>,
+    let flush_bundle = |which: usize,
+                        bundles: &mut [Vec<u8>; 2],
+                        pending: &mut VecDeque<(FileEntry, Option<usize>)>,
                         index: &mut IndexWriter,
                         uploads: &mut FuturesUnordered<_>|
      -> Result<()> {
-        if !bundle.is_empty() {
-            let data = std::mem::take(bundle);
+        if !bundles[which].is_empty() {
+            let data = std::mem::take(&mut bundles[which]);
             let id = ChunkId::of(&data);
-            for (e, _) in pending.iter_mut().filter(|(_, in_bundle)| *in_bundle) {
-                for s in e.slices.iter_mut() {
-                    s.0 = id;
+            for (e, waiting) in pending.iter_mut() {
+                if *waiting == Some(which) {
+                    for s in e.slices.iter_mut() {
+                        s.0 = id;
+                    }
+                    *waiting = None;
                 }
             }
             if shared.claim(&id) {
                 uploads.push(tokio::spawn(shared.clone().upload(id, data)));
             }
         }
-        for (e, _) in pending.drain(..) {
-            index.push(&e)?;
+        while pending.front().is_some_and(|(_, waiting)| waiting.is_none()) {
+            if let Some((e, _)) = pending.pop_front() {
+                index.push(&e)?;
+            }
         }
         Ok(())
+    };
+    let flush_all = |bundles: &mut [Vec<u8>; 2],
+                     pending: &mut VecDeque<(FileEntry, Option<usize>)>,
+                     index: &mut IndexWriter,
+                     uploads: &mut FuturesUnordered<_>|
+     -> Result<()> {
+        flush_bundle(0, bundles, pending, index, uploads)?;
+        flush_bundle(1, bundles, pending, index, uploads)
     };
 
     let mut results = std::pin::pin!(jobs.buffered(opts.concurrency.max(1)));
@@ -706,21 +726,26 @@ async fn run_backup(
                 if pending.is_empty() {
                     index.push(&entry)?;
                 } else {
-                    pending.push((entry, false));
+                    pending.push_back((entry, None));
                 }
             }
-            Done::Small(mut entry, data) => {
+            Done::Small(mut entry, data, raw) => {
                 stats.bytes_read += data.len() as u64;
                 count(&mut stats, &entry);
-                if bundle.len() + data.len() > BUNDLE_TARGET {
-                    flush_bundle(&mut bundle, &mut pending, &mut index, &mut bundle_uploads)?;
+                let which = usize::from(raw);
+                if bundles[which].len() + data.len() > BUNDLE_TARGET {
+                    flush_bundle(which, &mut bundles, &mut pending, &mut index, &mut bundle_uploads)?;
+                }
+                let bundle = &mut bundles[which];
+                if bundle.capacity() == 0 {
+                    bundle.reserve_exact(BUNDLE_TARGET);
                 }
                 let offset = u32::try_from(bundle.len()).map_err(|_| Error::other("bundle too large"))?;
                 let len = u32::try_from(data.len()).map_err(|_| Error::other("small file too large"))?;
                 // The chunk id is filled in when the bundle is flushed.
                 entry.slices = vec![Slice(ChunkId([0; 32]), offset, len)];
                 bundle.extend_from_slice(&data);
-                pending.push((entry, true));
+                pending.push_back((entry, Some(which)));
             }
             Done::Skipped(warning) => {
                 skipped += 1;
@@ -732,7 +757,7 @@ async fn run_backup(
         // Entries after an open bundle wait for its id: a bundle is closed early rather than let
         // them pile up (an incremental backup with few changed small files among millions).
         if pending.len() >= BUNDLE_FILES {
-            flush_bundle(&mut bundle, &mut pending, &mut index, &mut bundle_uploads)?;
+            flush_all(&mut bundles, &mut pending, &mut index, &mut bundle_uploads)?;
         }
         progress.files_done = stats.files;
         progress.bytes_done = stats.bytes;
@@ -756,7 +781,7 @@ async fn run_backup(
     scanner
         .await
         .map_err(|e| Error::other("scan task failed").with_source(e))??;
-    flush_bundle(&mut bundle, &mut pending, &mut index, &mut bundle_uploads)?;
+    flush_all(&mut bundles, &mut pending, &mut index, &mut bundle_uploads)?;
     while let Some(r) = bundle_uploads.next().await {
         r.map_err(|e| Error::other("upload task failed").with_source(e))??;
     }
@@ -1022,5 +1047,152 @@ mod scan_tests {
         assert_eq!(scan_order("a.b/x", "a/b/x"), Greater);
         assert_eq!(scan_order("a/b/x", "b/x"), Less);
         assert_eq!(scan_order("a/z", "a/b/x"), Less);
+    }
+}
+
+#[cfg(test)]
+mod bundle_tests {
+    //! Small files go into two kinds of bundles, and a damaged parent index stops a backup before
+    //! any of it is committed.
+
+    use super::*;
+    use crate::InMemory;
+
+    fn noise(seed: u64, len: usize) -> Vec<u8> {
+        let mut state = seed | 1;
+        (0..len)
+            .map(|_| {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                (state >> 24) as u8
+            })
+            .collect()
+    }
+
+    async fn stored_encoding(repo: &Repository, id: &ChunkId) -> u8 {
+        let stored = repo
+            .store()
+            .get(&id.path())
+            .await
+            .expect("chunk")
+            .bytes()
+            .await
+            .expect("bytes");
+        stored[4]
+    }
+
+    #[tokio::test]
+    async fn random_small_files_are_bundled_apart_from_text_and_stored_raw() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        for i in 0..40u64 {
+            let body = if i % 2 == 0 {
+                noise(i + 1, 2048 + i as usize)
+            } else {
+                format!("line {i} of a small text file\n").repeat(80).into_bytes()
+            };
+            fs::write(tmp.path().join(format!("f{i:02}")), body).expect("write");
+        }
+        let repo = Repository::new(Arc::new(InMemory::new()));
+        let backup = backup_volume(&repo, VolumeBackupOptions::new(tmp.path()))
+            .await
+            .expect("backup");
+        let index = read_index(&repo, &backup.id).await.expect("index");
+        let chunk_of = |parity: u64| -> HashSet<ChunkId> {
+            index
+                .iter()
+                .filter(|e| {
+                    e.path
+                        .strip_prefix('f')
+                        .and_then(|n| n.parse::<u64>().ok())
+                        .is_some_and(|n| n % 2 == parity)
+                })
+                .map(|e| e.slices[0].0)
+                .collect()
+        };
+        let (random, text) = (chunk_of(0), chunk_of(1));
+        assert_eq!(
+            (random.len(), text.len()),
+            (1, 1),
+            "one bundle each: {random:?} {text:?}"
+        );
+        assert_ne!(random, text);
+        let random = random.into_iter().next().expect("random bundle");
+        let text = text.into_iter().next().expect("text bundle");
+        assert_eq!(
+            stored_encoding(&repo, &random).await,
+            0,
+            "the random bundle is stored raw"
+        );
+        assert_eq!(
+            stored_encoding(&repo, &text).await,
+            1,
+            "the text bundle is compressed"
+        );
+        // The index keeps the scan's order although entries waited for two bundles.
+        for pair in index.windows(2) {
+            assert_eq!(scan_order(&pair[0].path, &pair[1].path), std::cmp::Ordering::Less);
+        }
+        let out = tempfile::tempdir().expect("tmp");
+        restore_volume(&repo, &backup.id, VolumeRestoreOptions::new(out.path()))
+            .await
+            .expect("restore");
+        for i in 0..40u64 {
+            let name = format!("f{i:02}");
+            assert_eq!(
+                fs::read(out.path().join(&name)).expect("restored"),
+                fs::read(tmp.path().join(&name)).expect("source"),
+                "{name}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn a_damaged_parent_index_fails_the_incremental_before_it_commits_anything() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        for i in 0..200u64 {
+            fs::write(
+                tmp.path().join(format!("f{i:03}")),
+                format!("file {i}\n").repeat(50),
+            )
+            .expect("write");
+        }
+        let repo = Repository::new(Arc::new(InMemory::new()));
+        let first = backup_volume(&repo, VolumeBackupOptions::new(tmp.path()))
+            .await
+            .expect("first");
+        let index = first.id.object_path(FILES_OBJECT).expect("path");
+        let bytes = repo
+            .store()
+            .get(&index)
+            .await
+            .expect("get")
+            .bytes()
+            .await
+            .expect("bytes");
+        repo.store()
+            .put(&index, bytes.slice(..bytes.len() / 2), PutOptions::default())
+            .await
+            .expect("truncate");
+        fs::write(tmp.path().join("f100"), "changed").expect("change");
+        let mut opts = VolumeBackupOptions::new(tmp.path());
+        opts.parent = Some(first.id.clone());
+        let err = backup_volume(&repo, opts).await.expect_err("damaged parent");
+        assert!(
+            matches!(err, Error::Corrupt { .. }) && err.to_string().contains(index.as_str()),
+            "{err}"
+        );
+        let listed = repo.list().await.expect("list");
+        assert_eq!(
+            listed.iter().map(|s| &s.id).collect::<Vec<_>>(),
+            vec![&first.id],
+            "no second backup is committed"
+        );
+        let own: Vec<String> = crate::store::list_all(repo.store(), super::super::layout::BACKUPS)
+            .map_ok(|m| m.path.to_string())
+            .try_collect()
+            .await
+            .expect("list");
+        assert_eq!(own, vec![index.to_string()], "no second file index is written");
     }
 }

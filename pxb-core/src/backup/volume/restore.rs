@@ -72,6 +72,16 @@ pub struct RestoreStats {
     pub bytes: u64,
     /// Chunks downloaded and verified.
     pub chunks_fetched: u64,
+    /// The most decoded chunks held in memory at once (bounded by [`max_chunks_held`], whatever
+    /// the index says).
+    pub chunks_held_peak: u64,
+}
+
+/// The most decoded chunks (each at most [`chunk::MAX_CHUNK_SIZE`]) a restore with
+/// `concurrency` files at once holds in memory: the [`KEPT_CHUNKS`] kept for sharing, a few ahead
+/// for each of the [`LARGE_FILES_AT_ONCE`] multi-chunk files, and one for each other file.
+pub fn max_chunks_held(concurrency: usize) -> usize {
+    KEPT_CHUNKS + LARGE_FILES_AT_ONCE * (CHUNKS_AHEAD + 1) + concurrency.max(1)
 }
 
 /// Splits an index path into its segments: relative, `/`-separated, no `..`, `.` or empty
@@ -249,8 +259,45 @@ const LARGE_FILES_AT_ONCE: usize = 4;
 /// many files wait for it.
 const KEPT_CHUNKS: usize = 16;
 
+/// Chunks a multi-chunk file fetches ahead of the one it writes.
+const CHUNKS_AHEAD: usize = 4;
+
 /// A cell per chunk asked for (filled once it is decoded), and the order they were asked in.
-type Slots = (HashMap<ChunkId, Arc<OnceCell<Arc<Vec<u8>>>>>, VecDeque<ChunkId>);
+type Slots = (HashMap<ChunkId, Arc<OnceCell<Arc<Decoded>>>>, VecDeque<ChunkId>);
+
+/// Counts the decoded chunks alive, and the most at once.
+#[derive(Default)]
+struct Held {
+    now: std::sync::atomic::AtomicU64,
+    peak: std::sync::atomic::AtomicU64,
+}
+
+/// A decoded chunk, counted in [`Held`] while it lives.
+struct Decoded {
+    bytes: Vec<u8>,
+    held: Arc<Held>,
+}
+
+impl Decoded {
+    fn new(bytes: Vec<u8>, held: Arc<Held>) -> Self {
+        let now = held.now.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+        held.peak.fetch_max(now, std::sync::atomic::Ordering::Relaxed);
+        Self { bytes, held }
+    }
+}
+
+impl Drop for Decoded {
+    fn drop(&mut self) {
+        self.held.now.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+impl std::ops::Deref for Decoded {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        &self.bytes
+    }
+}
 
 /// The chunks of a restore: each fetched, checked and decoded once while it is among the
 /// [`KEPT_CHUNKS`] most recently asked for.
@@ -258,6 +305,7 @@ struct ChunkCache {
     repo: Repository,
     slots: Mutex<Slots>,
     fetched: std::sync::atomic::AtomicU64,
+    held: Arc<Held>,
 }
 
 impl ChunkCache {
@@ -266,10 +314,11 @@ impl ChunkCache {
             repo,
             slots: Mutex::new((HashMap::new(), VecDeque::new())),
             fetched: Default::default(),
+            held: Default::default(),
         }
     }
 
-    async fn get(&self, id: ChunkId) -> Result<Arc<Vec<u8>>> {
+    async fn get(&self, id: ChunkId) -> Result<Arc<Decoded>> {
         let cell = {
             let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
             let (map, order) = &mut *slots;
@@ -291,7 +340,7 @@ impl ChunkCache {
         cell.get_or_try_init(|| self.fetch(id)).await.cloned()
     }
 
-    async fn fetch(&self, id: ChunkId) -> Result<Arc<Vec<u8>>> {
+    async fn fetch(&self, id: ChunkId) -> Result<Arc<Decoded>> {
         let path = id.path();
         let stored = match self.repo.store().get(&path).await {
             Ok(g) => g.bytes_at_most(chunk::MAX_STORED_CHUNK).await?,
@@ -307,7 +356,7 @@ impl ChunkCache {
             .await
             .map_err(|e| Error::other("decode task failed").with_source(e))??;
         self.fetched.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        Ok(Arc::new(plain))
+        Ok(Arc::new(Decoded::new(plain, self.held.clone())))
     }
 }
 
@@ -457,7 +506,7 @@ async fn restore_file(
     }
     let mut pieces = stream::iter(slices.into_iter().enumerate())
         .map(|(i, s)| async move { cache.get(s.0).await.map(|d| (i, s, d)) })
-        .buffered(4);
+        .buffered(CHUNKS_AHEAD);
     let mut written = 0;
     while let Some((i, Slice(id, off, len), data)) = pieces.try_next().await? {
         let (off, len) = (off as usize, len as usize);
@@ -589,6 +638,7 @@ pub async fn restore_volume(
         cb(&progress);
     }
     stats.chunks_fetched = cache.fetched.load(std::sync::atomic::Ordering::Relaxed);
+    stats.chunks_held_peak = cache.held.peak.load(std::sync::atomic::Ordering::Relaxed);
     Ok(stats)
 }
 
@@ -844,5 +894,70 @@ mod tests {
             .expect_err("a path through a restored link");
         assert!(err.to_string().contains("a symlink"), "{err}");
         assert!(list(&outside).is_empty(), "wrote {:?} outside", list(&outside));
+    }
+
+    /// A hostile index cannot make a restore hold more decoded chunks than the bound: 200 files
+    /// of 1 KiB from each of 40 different 600 KiB chunks, each file starting at another chunk so
+    /// that no cache order helps.
+    #[tokio::test]
+    async fn the_chunks_a_restore_holds_stay_bounded_whatever_the_index_says() {
+        let src = tempfile::tempdir().expect("tmp");
+        let mut state = 0x2545_f491_4f6c_dd1du64;
+        for i in 0..40 {
+            let body: Vec<u8> = (0..600 << 10)
+                .map(|_| {
+                    state ^= state << 13;
+                    state ^= state >> 7;
+                    state ^= state << 17;
+                    (state >> 24) as u8
+                })
+                .collect();
+            fs::write(src.path().join(format!("big{i:02}")), body).expect("write");
+        }
+        let repo = repo();
+        let id = forge(&repo, src.path(), |entries| {
+            let chunks: Vec<ChunkId> = entries
+                .iter()
+                .filter(|e| e.kind == EntryKind::File)
+                .flat_map(|e| e.slices.iter().map(|s| s.0))
+                .collect();
+            assert!(chunks.len() >= 40, "{} chunks", chunks.len());
+            let root = entries.iter().find(|e| e.path.is_empty()).cloned().expect("root");
+            let file = entries
+                .iter()
+                .find(|e| e.kind == EntryKind::File)
+                .cloned()
+                .expect("file");
+            let mut forged = vec![root];
+            for i in 0..200 {
+                let slices: Vec<Slice> = (0..chunks.len())
+                    .map(|k| Slice(chunks[(i + k) % chunks.len()], 0, 1024))
+                    .collect();
+                forged.push(FileEntry {
+                    path: format!("f{i:03}"),
+                    size: 1024 * slices.len() as u64,
+                    slices,
+                    ..file.clone()
+                });
+            }
+            forged
+        })
+        .await;
+        let dst = tempfile::tempdir().expect("tmp");
+        let stats = restore_volume(&repo, &id, VolumeRestoreOptions::new(dst.path()))
+            .await
+            .expect("restore");
+        assert_eq!(stats.files, 200);
+        let bound = max_chunks_held(VolumeRestoreOptions::new(dst.path()).concurrency) as u64;
+        assert!(
+            0 < stats.chunks_held_peak && stats.chunks_held_peak <= bound,
+            "held {} decoded chunks at once (bound {bound}); fetched {}",
+            stats.chunks_held_peak,
+            stats.chunks_fetched
+        );
+        assert!(
+            stats.chunks_fetched > 40,
+            "the cache cannot hold them all: {stats:?}"
+        );
     }
 }
