@@ -213,6 +213,21 @@ pub fn decode(path: &str, stored: &[u8], expect: Option<&ChunkId>) -> Result<Vec
     Ok(plain)
 }
 
+/// Deterministic incompressible bytes for tests (xorshift), different for each `seed` below 2^63.
+#[cfg(test)]
+pub(crate) fn test_noise(seed: u64, len: usize) -> Vec<u8> {
+    // Odd and different for each seed: xorshift never leaves a non-zero state.
+    let mut state = seed.wrapping_mul(2).wrapping_add(1);
+    (0..len)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state >> 24) as u8
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -233,15 +248,7 @@ mod tests {
 
     #[test]
     fn incompressible_data_is_told_apart_from_text_cheaply() {
-        let mut state = 0x9e37_79b9_7f4a_7c15u64;
-        let noise: Vec<u8> = (0..1 << 20)
-            .map(|_| {
-                state ^= state << 13;
-                state ^= state >> 7;
-                state ^= state << 17;
-                (state >> 24) as u8
-            })
-            .collect();
+        let noise = test_noise(0x9e37_79b9_7f4a_7c15, 1 << 20);
         let text = b"backup restore namespace tenant shoot garden location\n".repeat(20_000);
         assert!(looks_incompressible(&noise));
         assert!(looks_incompressible(&noise[..600]));

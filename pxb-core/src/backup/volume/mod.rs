@@ -1058,17 +1058,7 @@ mod bundle_tests {
     use super::*;
     use crate::InMemory;
 
-    fn noise(seed: u64, len: usize) -> Vec<u8> {
-        let mut state = seed | 1;
-        (0..len)
-            .map(|_| {
-                state ^= state << 13;
-                state ^= state >> 7;
-                state ^= state << 17;
-                (state >> 24) as u8
-            })
-            .collect()
-    }
+    use crate::backup::chunk::test_noise as noise;
 
     async fn stored_encoding(repo: &Repository, id: &ChunkId) -> u8 {
         let stored = repo

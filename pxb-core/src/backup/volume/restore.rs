@@ -902,16 +902,8 @@ mod tests {
     #[tokio::test]
     async fn the_chunks_a_restore_holds_stay_bounded_whatever_the_index_says() {
         let src = tempfile::tempdir().expect("tmp");
-        let mut state = 0x2545_f491_4f6c_dd1du64;
         for i in 0..40 {
-            let body: Vec<u8> = (0..600 << 10)
-                .map(|_| {
-                    state ^= state << 13;
-                    state ^= state >> 7;
-                    state ^= state << 17;
-                    (state >> 24) as u8
-                })
-                .collect();
+            let body = crate::backup::chunk::test_noise(0x2545_f491_4f6c_dd1d + i, 600 << 10);
             fs::write(src.path().join(format!("big{i:02}")), body).expect("write");
         }
         let repo = repo();
