@@ -49,8 +49,9 @@ async fn server(tweak: impl FnOnce(&mut ServerConfig)) -> Server {
     .expect("server")
 }
 
-/// Shoot `shoot-00000` of `project` with pxb's CRDs, `pxb-system` and the agent's Service; a
-/// client for it; and the cluster registered in `org` under `name` with id `id`.
+/// Shoot `shoot-00000` of `project` with pxb's CRDs, `pxb-system`, the agent's Deployment and
+/// Service (no agent answers behind them); a client for it; and the cluster registered in `org`
+/// under `name` with id `id`.
 async fn shoot(
     fleet: &Fleet,
     server: &Server,
@@ -72,6 +73,21 @@ async fn shoot(
     .await;
     let client = pxb_gardener::kube_client(&access).expect("client");
     pxb_daemon::sim::install_pxb(&client).await.expect("install");
+    // The agent's Deployment, so that the cluster is `Ready` once visited: without it a visit
+    // that comes before the backup is asked for makes the cluster `AgentMissing` and the backup
+    // `Missed` (the test raced the scheduler's first visit).
+    let deployment: k8s_openapi::api::apps::v1::Deployment = serde_saphyr::from_str(
+        &std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../deploy/agent/30-deployment.yaml"
+        ))
+        .expect("manifest"),
+    )
+    .expect("deployment");
+    Api::<k8s_openapi::api::apps::v1::Deployment>::namespaced(client.clone(), AGENT_NAMESPACE)
+        .create(&PostParams::default(), &deployment)
+        .await
+        .expect("agent deployment");
     let service: k8s_openapi::api::core::v1::Service = serde_saphyr::from_str(
         &std::fs::read_to_string(concat!(
             env!("CARGO_MANIFEST_DIR"),
@@ -196,6 +212,13 @@ async fn ids_longer_than_a_label_still_make_objects_the_cluster_takes_and_orphan
     org(&server, &org_id).await;
     let client = shoot(&fleet, &server, "acme", &org_id, &cluster, "id-long").await;
     let _running = server.spawn();
+    // The backup is asked for after the first visit, always (it used to race it): the cluster
+    // must be one that takes backups then.
+    wait("the cluster is visited", Duration::from_secs(60), || async {
+        let state = server.clusters(&org_id)[0].status.state;
+        (state != ClusterState::Unknown).then_some(())
+    })
+    .await;
     server
         .create_location(location(&org_id, &loc_id, false), None)
         .await
