@@ -64,10 +64,10 @@ fn tree(features: &[&str]) -> BTreeSet<String> {
 }
 
 #[test]
-fn the_agent_build_depends_on_no_sqlite_no_server_http_stack_and_no_gardener() {
+fn the_agent_build_depends_on_no_catalog_database_no_server_http_stack_and_no_gardener() {
     let agent = tree(&["--no-default-features", "--features", "agent"]);
     let all = tree(&[]);
-    for krate in ["rusqlite", "libsqlite3-sys", "axum"] {
+    for krate in ["rusqlite", "libsqlite3-sys", "axum", "tokio-postgres", "deadpool-postgres"] {
         assert!(
             all.contains(krate),
             "the probe is broken: the full build should have {krate}"
@@ -106,6 +106,7 @@ fn the_cli_build_depends_on_no_sqlite_no_server_http_stack_no_simulator_and_no_k
     for krate in [
         "rusqlite",
         "libsqlite3-sys",
+        "tokio-postgres",
         "axum",
         "pxb-sim",
         "kube",

@@ -18,6 +18,7 @@ pub async fn run_all(store: &dyn CatalogStore) {
     raw_documents_are_kept_as_written(store).await;
     time_ranges_as_sort_ranges(store).await;
     tags(store).await;
+    concurrent_writers_lose_no_update(store).await;
 }
 
 /// The ids of the first page of `kind` that `query` lists (panics when the list fails).
@@ -117,6 +118,51 @@ pub async fn expectations_and_atomic_batches(store: &dyn CatalogStore) {
     ];
     assert_eq!(store.put(two).await.expect("batch"), vec![1, 1]);
     assert_eq!(store.put(vec![]).await.expect("empty batch"), Vec::<u64>::new());
+}
+
+/// Writers racing on one record with read-modify-write and `expect` (as replicas sharing a
+/// store do) lose no update: every write that succeeded is counted in the final document, and
+/// creating one record from many writers at once succeeds exactly once.
+pub async fn concurrent_writers_lose_no_update(store: &dyn CatalogStore) {
+    let org = "conf-race";
+    let writers = 8;
+    let rounds = 10;
+    let mut create = put(Kind::Schedule, org, "counter", "counter", "0");
+    create.expect = Some(0);
+    let created = futures::future::join_all((0..writers).map(|_| store.put(vec![create.clone()]))).await;
+    let won = created.iter().filter(|r| r.is_ok()).count();
+    assert_eq!(won, 1, "creating at once: {created:?}");
+    for r in &created {
+        assert!(
+            matches!(r, Ok(_) | Err(Error::Precondition { .. })),
+            "a losing create is a precondition failure: {r:?}"
+        );
+    }
+    let increment = || async {
+        let mut done = 0u64;
+        let mut tries = 0;
+        while done < rounds {
+            tries += 1;
+            assert!(tries < 10_000, "no progress");
+            let e = store.get(Kind::Schedule, org, "counter").await.expect("get");
+            let n: u64 = std::str::from_utf8(&e.doc)
+                .ok()
+                .and_then(|s| s.parse().ok())
+                .expect("counter document");
+            let mut p = put(Kind::Schedule, org, "counter", "counter", &(n + 1).to_string());
+            p.expect = Some(e.revision);
+            match store.put(vec![p]).await {
+                Ok(_) => done += 1,
+                Err(Error::Precondition { .. }) => {}
+                Err(e) => panic!("racing write: {e}"),
+            }
+        }
+    };
+    futures::future::join_all((0..writers).map(|_| increment())).await;
+    let e = store.get(Kind::Schedule, org, "counter").await.expect("get");
+    let total = writers * rounds;
+    assert_eq!(e.doc, total.to_string().into_bytes(), "updates were lost");
+    assert_eq!(e.revision, 1 + total, "one revision per successful write");
 }
 
 /// Deleting reports whether the record existed and honours `expect`.

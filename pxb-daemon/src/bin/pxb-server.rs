@@ -1,13 +1,14 @@
 //! `pxb-server`: the central control plane. Reads `--config FILE` (YAML, each key overridable by
 //! a `PXB_…` environment variable), serves the REST API, and shuts down gracefully on SIGTERM or
-//! Ctrl-C. `--print-default-config` prints the commented defaults.
+//! Ctrl-C. `--print-default-config` prints the commented defaults. `pxb-server catalog migrate`
+//! copies a catalog to another store (SQLite to PostgreSQL) and verifies the copy.
 //!
 //! Config → build → spawn → drain; everything it wires is `pxb_daemon::server::ServerBuilder`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::{Parser, Subcommand};
 use pxb_daemon::server::ServerBuilder;
 use pxb_daemon::server::config::{DEFAULT_CONFIG_YAML, ServerConfig};
 
@@ -26,6 +27,92 @@ struct Args {
     /// user could read it. Accepted only when the API listens on a loopback address.
     #[arg(long, value_name = "FILE")]
     dev_token_file: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// The catalog.
+    #[command(subcommand)]
+    Catalog(CatalogCommand),
+}
+
+#[derive(Subcommand)]
+enum CatalogCommand {
+    /// Copies every record of one catalog into another and verifies the copy, record by record.
+    /// Stop the server first. A copy cut off halfway is finished by running it again; a
+    /// destination record that differs from the source's is never overwritten.
+    Migrate {
+        /// The source: `sqlite:PATH` or `postgres://…`.
+        #[arg(long)]
+        from: String,
+        /// The destination: `postgres://user@host:5432/db?sslmode=require` or `sqlite:PATH`.
+        #[arg(long)]
+        to: String,
+        /// A file with the PostgreSQL password (for a `postgres://` source or destination).
+        #[arg(long, value_name = "FILE")]
+        password_file: Option<PathBuf>,
+        /// A PEM file with the CA certificates of the PostgreSQL server's TLS certificate.
+        #[arg(long, value_name = "FILE")]
+        ca_file: Option<PathBuf>,
+    },
+}
+
+/// Opens the catalog `spec` names; a source SQLite file must exist.
+async fn open_store(
+    spec: &str,
+    source: bool,
+    password_file: &Option<PathBuf>,
+    ca_file: &Option<PathBuf>,
+) -> anyhow::Result<std::sync::Arc<dyn pxb_core::catalog::CatalogStore>> {
+    let mut config = pxb_daemon::server::config::CatalogConfig::default();
+    if let Some(path) = spec.strip_prefix("sqlite:") {
+        if source && !std::path::Path::new(path).is_file() {
+            anyhow::bail!("the source catalog {path} does not exist");
+        }
+        config.path = path.to_owned();
+    } else if spec.starts_with("postgres://") || spec.starts_with("postgresql://") {
+        config.url = spec.to_owned();
+        config.password_file = password_file
+            .as_ref()
+            .map(|p| p.display().to_string())
+            .unwrap_or_default();
+        config.ca_file = ca_file
+            .as_ref()
+            .map(|p| p.display().to_string())
+            .unwrap_or_default();
+    } else {
+        anyhow::bail!("{spec:?}: give sqlite:PATH or postgres://user@host:5432/database");
+    }
+    Ok(pxb_daemon::server::open_catalog(&config).await?)
+}
+
+async fn migrate(
+    from: &str,
+    to: &str,
+    password_file: Option<PathBuf>,
+    ca_file: Option<PathBuf>,
+) -> anyhow::Result<()> {
+    let source = open_store(from, true, &password_file, &ca_file).await?;
+    let dest = open_store(to, false, &password_file, &ca_file).await?;
+    eprintln!("copying the catalog {source:?} to {dest:?}");
+    let mut last = std::time::Instant::now();
+    let report =
+        pxb_daemon::server::catalog_copy::copy(source.as_ref(), dest.as_ref(), &mut |kind, done, total| {
+            if done == total || last.elapsed().as_secs() >= 2 {
+                last = std::time::Instant::now();
+                eprintln!("  {kind}: {done} of {total}");
+            }
+        })
+        .await?;
+    let copied: u64 = report.copied.values().sum();
+    let present: u64 = report.present.values().sum();
+    println!(
+        "copied {copied} records ({present} were there already); verified {} records: the          destination holds exactly the source's",
+        report.verified
+    );
+    Ok(())
 }
 
 /// The development token: the content of `--dev-token-file`, else `PXB_DEV_TOKEN`.
@@ -42,6 +129,15 @@ fn dev_token(args: &Args) -> anyhow::Result<Option<String>> {
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
+    if let Some(Command::Catalog(CatalogCommand::Migrate {
+        from,
+        to,
+        password_file,
+        ca_file,
+    })) = args.command
+    {
+        return migrate(&from, &to, password_file, ca_file).await;
+    }
     // Config.
     let config = ServerConfig::load(args.config.as_deref(), |k| std::env::var(k).ok())?;
     let mut builder = ServerBuilder::new(config);

@@ -256,8 +256,19 @@ pub struct ApiConfig {
 #[serde(rename_all = "camelCase", deny_unknown_fields, default)]
 #[non_exhaustive]
 pub struct CatalogConfig {
-    /// The SQLite file.
+    /// The SQLite file: the catalog when `url` is empty.
     pub path: String,
+    /// A PostgreSQL database instead of the SQLite file:
+    /// `postgres://user@host:5432/database?sslmode=require`. No password in it (see
+    /// `passwordFile`); TLS (`sslmode=require`) unless the database is on this machine.
+    pub url: String,
+    /// A file with the database password (for `url`).
+    pub password_file: String,
+    /// A PEM file with the CA certificates that sign the database's TLS certificate (for `url`);
+    /// the system's roots when empty.
+    pub ca_file: String,
+    /// Connections to the database (for `url`).
+    pub max_connections: usize,
 }
 
 /// Login with Entra ID (OIDC) and provider-wide roles.
@@ -361,6 +372,10 @@ impl Default for CatalogConfig {
     fn default() -> Self {
         CatalogConfig {
             path: "/var/lib/pxb/catalog.db".into(),
+            url: String::new(),
+            password_file: String::new(),
+            ca_file: String::new(),
+            max_connections: 16,
         }
     }
 }
@@ -509,6 +524,9 @@ impl ServerConfig {
         }
         if f.concurrency == 0 {
             return Err(Error::invalid("fleet.concurrency must be at least 1"));
+        }
+        if !self.catalog.url.is_empty() && self.catalog.max_connections == 0 {
+            return Err(Error::invalid("catalog.maxConnections must be at least 1"));
         }
         if f.catalog_page_max_bytes == 0 || f.catalog_max_pages == 0 {
             return Err(Error::invalid(

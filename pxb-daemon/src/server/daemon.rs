@@ -203,7 +203,7 @@ impl ServerBuilder {
         }
         let catalog: Arc<dyn CatalogStore> = match self.catalog {
             Some(c) => c,
-            None => Arc::new(SqliteCatalog::open(&config.catalog.path).await?),
+            None => open_catalog(&config.catalog).await?,
         };
         // One clock for the server and its default seams: token expiry, kubeconfig renewal.
         let clock = self.clock.unwrap_or_else(|| Arc::new(SystemClock));
@@ -261,6 +261,25 @@ impl ServerBuilder {
 
 /// The Entra ID (OIDC) authenticator of `config.auth`, if an issuer is configured; it compares
 /// tokens' `exp` and `nbf` with `clock`.
+/// The catalog `config` names: the PostgreSQL database of `url` when it is set, else the SQLite
+/// file of `path`.
+pub async fn open_catalog(config: &super::config::CatalogConfig) -> Result<Arc<dyn CatalogStore>> {
+    if config.url.is_empty() {
+        return Ok(Arc::new(SqliteCatalog::open(&config.path).await?));
+    }
+    let mut options =
+        super::postgres::PostgresOptions::new(&config.url).with_max_connections(config.max_connections);
+    if !config.password_file.is_empty() {
+        options = options.with_password_file(&config.password_file);
+    }
+    if !config.ca_file.is_empty() {
+        options = options.with_ca_file(&config.ca_file);
+    }
+    let catalog = super::postgres::PostgresCatalog::connect(&options).await?;
+    tracing::info!(database = catalog.database(), "catalog on PostgreSQL");
+    Ok(Arc::new(catalog))
+}
+
 fn oidc_of(config: &ServerConfig, clock: Arc<dyn Clock>) -> Result<Option<Arc<dyn Authenticator>>> {
     if config.auth.issuer.is_empty() {
         return Ok(None);

@@ -15,6 +15,7 @@
 //! - [`telemetry_service::TelemetryService`]: the support channel's telemetry service
 //!   (registration with a CSR, mutual-TLS OTLP/HTTP uploads of metrics and logs), recording what
 //!   arrives;
+//! - [`postgres::Postgres`]: a throw-away PostgreSQL server (Debian's) on a loopback port;
 //! - [`promtool_check_metrics`]: Prometheus' own checker over an exposition.
 //!
 //! Every component listens on 127.0.0.1 on a port it picks, and is stopped by its own process id
@@ -27,6 +28,7 @@ pub mod jwks;
 pub mod jwt;
 pub mod logs;
 pub mod oidc;
+pub mod postgres;
 pub mod real_cluster;
 pub mod server;
 pub mod telemetry_service;
