@@ -67,7 +67,13 @@ fn tree(features: &[&str]) -> BTreeSet<String> {
 fn the_agent_build_depends_on_no_catalog_database_no_server_http_stack_and_no_gardener() {
     let agent = tree(&["--no-default-features", "--features", "agent"]);
     let all = tree(&[]);
-    for krate in ["rusqlite", "libsqlite3-sys", "axum", "tokio-postgres", "deadpool-postgres"] {
+    for krate in [
+        "rusqlite",
+        "libsqlite3-sys",
+        "axum",
+        "tokio-postgres",
+        "deadpool-postgres",
+    ] {
         assert!(
             all.contains(krate),
             "the probe is broken: the full build should have {krate}"

@@ -4,7 +4,7 @@
 
 use std::collections::BTreeSet;
 
-use super::{CatalogStore, Cursor, Index, Kind, Put, Query, Record};
+use super::{CatalogStore, Cursor, Guard, Index, Kind, Put, Query, Record};
 use crate::Error;
 
 /// Runs every check.
@@ -19,6 +19,7 @@ pub async fn run_all(store: &dyn CatalogStore) {
     time_ranges_as_sort_ranges(store).await;
     tags(store).await;
     concurrent_writers_lose_no_update(store).await;
+    guarded_writes_are_fenced(store).await;
 }
 
 /// The ids of the first page of `kind` that `query` lists (panics when the list fails).
@@ -163,6 +164,86 @@ pub async fn concurrent_writers_lose_no_update(store: &dyn CatalogStore) {
     let total = writers * rounds;
     assert_eq!(e.doc, total.to_string().into_bytes(), "updates were lost");
     assert_eq!(e.revision, 1 + total, "one revision per successful write");
+}
+
+/// Writes guarded by a record land only while it is at the guard's revision; the guard record
+/// is not written; once it moves (another holder), guarded puts and deletes change nothing.
+pub async fn guarded_writes_are_fenced(store: &dyn CatalogStore) {
+    let org = "conf-guard";
+    let rev = store
+        .put(vec![put(Kind::Lease, org, "lease", "lease", r#"{"holder":"a"}"#)])
+        .await
+        .expect("lease")[0];
+    let guard = Guard {
+        kind: Kind::Lease,
+        org: org.into(),
+        id: "lease".into(),
+        revision: rev,
+    };
+    let revs = store
+        .put_guarded(
+            &guard,
+            vec![
+                put(Kind::Cluster, org, "a", "a", "{}"),
+                put(Kind::Cluster, org, "c", "c", "{}"),
+            ],
+        )
+        .await
+        .expect("guarded put while held");
+    assert_eq!(revs, vec![1, 1]);
+    assert!(
+        store
+            .delete_guarded(&guard, Kind::Cluster, org, "a", None)
+            .await
+            .expect("guarded delete while held")
+    );
+    assert_eq!(
+        store
+            .get(Kind::Lease, org, "lease")
+            .await
+            .expect("lease")
+            .revision,
+        rev,
+        "the guard is not written"
+    );
+    // Another holder takes the lease.
+    store
+        .put(vec![put(Kind::Lease, org, "lease", "lease", r#"{"holder":"b"}"#)])
+        .await
+        .expect("takeover");
+    let fenced = store
+        .put_guarded(&guard, vec![put(Kind::Cluster, org, "b", "b", "{}")])
+        .await;
+    assert!(
+        matches!(fenced, Err(Error::Precondition { .. })),
+        "a fenced put: {fenced:?}"
+    );
+    assert!(
+        matches!(
+            store.get(Kind::Cluster, org, "b").await,
+            Err(Error::NotFound { .. })
+        ),
+        "a fenced put wrote"
+    );
+    let fenced = store.delete_guarded(&guard, Kind::Cluster, org, "c", None).await;
+    assert!(
+        matches!(fenced, Err(Error::Precondition { .. })),
+        "a fenced delete: {fenced:?}"
+    );
+    store
+        .get(Kind::Cluster, org, "c")
+        .await
+        .expect("a fenced delete deleted");
+    let missing = Guard {
+        id: "no-such-lease".into(),
+        ..guard
+    };
+    assert!(matches!(
+        store
+            .put_guarded(&missing, vec![put(Kind::Cluster, org, "d", "d", "{}")])
+            .await,
+        Err(Error::Precondition { .. })
+    ));
 }
 
 /// Deleting reports whether the record existed and honours `expect`.

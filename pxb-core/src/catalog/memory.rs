@@ -5,7 +5,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use async_trait::async_trait;
 
-use super::{CatalogStore, Cursor, Entry, Kind, Page, Put, Query};
+use super::{CatalogStore, Cursor, Entry, Guard, Kind, Page, Put, Query};
 use crate::{Error, Result};
 
 type Key = (Kind, String, String);
@@ -53,6 +53,64 @@ fn check(expect: Option<u64>, current: Option<u64>, what: &str) -> Result<()> {
     }
 }
 
+fn revision_of(records: &BTreeMap<Key, Entry>, g: &Guard) -> Option<u64> {
+    records
+        .get(&(g.kind, g.org.clone(), g.id.clone()))
+        .map(|e| e.revision)
+}
+
+fn delete_locked(
+    records: &mut BTreeMap<Key, Entry>,
+    kind: Kind,
+    org: &str,
+    id: &str,
+    expect: Option<u64>,
+) -> Result<bool> {
+    let key = (kind, org.to_owned(), id.to_owned());
+    let current = records.get(&key).map(|e| e.revision);
+    if expect.is_some() {
+        check(expect, current, &format!("{kind} {id:?}"))?;
+    }
+    Ok(records.remove(&key).is_some())
+}
+
+fn put_locked(records: &mut BTreeMap<Key, Entry>, puts: Vec<Put>) -> Result<Vec<u64>> {
+    let mut revs = Vec::with_capacity(puts.len());
+    // Check every expectation first, so a failure writes nothing.
+    let mut pending: BTreeMap<Key, u64> = BTreeMap::new();
+    for p in &puts {
+        let key = (p.kind, p.org.clone(), p.id.clone());
+        let current = pending
+            .get(&key)
+            .copied()
+            .or_else(|| records.get(&key).map(|e| e.revision));
+        check(p.expect, current, &format!("{} {:?}", p.kind, p.id))?;
+        let rev = current.unwrap_or(0) + 1;
+        pending.insert(key, rev);
+        revs.push(rev);
+    }
+    let tags = puts
+        .iter()
+        .map(|p| p.index.normalized_tags())
+        .collect::<Result<Vec<_>>>()?;
+    for ((mut p, rev), tags) in puts.into_iter().zip(&revs).zip(tags) {
+        p.index.tags = tags;
+        let key = (p.kind, p.org.clone(), p.id.clone());
+        records.insert(
+            key,
+            Entry {
+                kind: p.kind,
+                org: p.org,
+                id: p.id,
+                revision: *rev,
+                index: p.index,
+                doc: p.doc,
+            },
+        );
+    }
+    Ok(revs)
+}
+
 #[async_trait]
 impl CatalogStore for MemoryCatalog {
     async fn get(&self, kind: Kind, org: &str, id: &str) -> Result<Entry> {
@@ -63,51 +121,30 @@ impl CatalogStore for MemoryCatalog {
     }
 
     async fn put(&self, puts: Vec<Put>) -> Result<Vec<u64>> {
+        put_locked(&mut self.lock(), puts)
+    }
+
+    async fn put_guarded(&self, guard: &Guard, puts: Vec<Put>) -> Result<Vec<u64>> {
         let mut records = self.lock();
-        let mut revs = Vec::with_capacity(puts.len());
-        // Check every expectation first, so a failure writes nothing.
-        let mut pending: BTreeMap<Key, u64> = BTreeMap::new();
-        for p in &puts {
-            let key = (p.kind, p.org.clone(), p.id.clone());
-            let current = pending
-                .get(&key)
-                .copied()
-                .or_else(|| records.get(&key).map(|e| e.revision));
-            check(p.expect, current, &format!("{} {:?}", p.kind, p.id))?;
-            let rev = current.unwrap_or(0) + 1;
-            pending.insert(key, rev);
-            revs.push(rev);
-        }
-        let tags = puts
-            .iter()
-            .map(|p| p.index.normalized_tags())
-            .collect::<Result<Vec<_>>>()?;
-        for ((mut p, rev), tags) in puts.into_iter().zip(&revs).zip(tags) {
-            p.index.tags = tags;
-            let key = (p.kind, p.org.clone(), p.id.clone());
-            records.insert(
-                key,
-                Entry {
-                    kind: p.kind,
-                    org: p.org,
-                    id: p.id,
-                    revision: *rev,
-                    index: p.index,
-                    doc: p.doc,
-                },
-            );
-        }
-        Ok(revs)
+        guard.check(revision_of(&records, guard))?;
+        put_locked(&mut records, puts)
+    }
+
+    async fn delete_guarded(
+        &self,
+        guard: &Guard,
+        kind: Kind,
+        org: &str,
+        id: &str,
+        expect: Option<u64>,
+    ) -> Result<bool> {
+        let mut records = self.lock();
+        guard.check(revision_of(&records, guard))?;
+        delete_locked(&mut records, kind, org, id, expect)
     }
 
     async fn delete(&self, kind: Kind, org: &str, id: &str, expect: Option<u64>) -> Result<bool> {
-        let mut records = self.lock();
-        let key = (kind, org.to_owned(), id.to_owned());
-        let current = records.get(&key).map(|e| e.revision);
-        if expect.is_some() {
-            check(expect, current, &format!("{kind} {id:?}"))?;
-        }
-        Ok(records.remove(&key).is_some())
+        delete_locked(&mut self.lock(), kind, org, id, expect)
     }
 
     async fn list(&self, kind: Kind, query: &Query) -> Result<Page<Entry>> {

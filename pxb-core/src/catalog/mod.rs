@@ -64,11 +64,14 @@ pub enum Kind {
     /// This installation's identity towards the support service
     /// ([`records::SupportInstallation`]); org `""`.
     SupportInstallation,
+    /// Which server replica does the fleet's work, and its heartbeat; org `""` (see
+    /// [`Guard`] and `pxb-daemon`'s replicas).
+    Lease,
 }
 
 impl Kind {
     /// Every kind.
-    pub const ALL: [Kind; 12] = [
+    pub const ALL: [Kind; 13] = [
         Kind::Org,
         Kind::Discovery,
         Kind::Cluster,
@@ -81,6 +84,7 @@ impl Kind {
         Kind::ForcedDelete,
         Kind::DeletedBackup,
         Kind::SupportInstallation,
+        Kind::Lease,
     ];
 
     /// The stable name of the kind, as stored.
@@ -98,6 +102,7 @@ impl Kind {
             Kind::ForcedDelete => "forced-delete",
             Kind::DeletedBackup => "deleted-backup",
             Kind::SupportInstallation => "support-installation",
+            Kind::Lease => "lease",
         }
     }
 
@@ -296,6 +301,38 @@ pub struct Page<T> {
     pub next: Option<String>,
 }
 
+/// A record a guarded write checks and does not write: the write happens only while the record
+/// is at `revision`, checked atomically with it ([`CatalogStore::put_guarded`]). Fencing: a
+/// replica guards its writes with the lease record it holds, so that once another replica has
+/// taken the lease (a new revision), no write of the old holder lands.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Guard {
+    /// The kind of the guard record.
+    pub kind: Kind,
+    /// Its org.
+    pub org: String,
+    /// Its id.
+    pub id: String,
+    /// The revision it must be at.
+    pub revision: u64,
+}
+
+impl Guard {
+    /// `Ok` when the guard record is at `current` = its revision; else [`Error::Precondition`].
+    pub fn check(&self, current: Option<u64>) -> Result<()> {
+        if current == Some(self.revision) {
+            return Ok(());
+        }
+        Err(Error::precondition(format!(
+            "the guard {} {:?} is at revision {} (expected {}): the write is fenced off",
+            self.kind,
+            self.id,
+            current.unwrap_or(0),
+            self.revision
+        )))
+    }
+}
+
 /// The server's state. Object safe; every implementation runs [`conformance::run_all`].
 ///
 /// Lists are ordered by `(org, index.sort, id)` and paged with opaque cursors, so a list stays
@@ -317,6 +354,29 @@ pub trait CatalogStore: Send + Sync + fmt::Debug {
 
     /// How many records of `kind` match `query` (its cursor and limit ignored).
     async fn count(&self, kind: Kind, query: &Query) -> Result<u64>;
+
+    /// As [`CatalogStore::put`], only while `guard` is at its revision, checked in the same
+    /// atomic step (the guard is read, not written); otherwise [`Error::Precondition`] and
+    /// nothing is written. A store that cannot do this atomically refuses every call
+    /// ([`Error::Invalid`]), which is the default.
+    async fn put_guarded(&self, guard: &Guard, puts: Vec<Put>) -> Result<Vec<u64>> {
+        let _ = (guard, puts);
+        Err(Error::invalid("this catalog store cannot guard writes"))
+    }
+
+    /// As [`CatalogStore::delete`], only while `guard` is at its revision (see
+    /// [`CatalogStore::put_guarded`]).
+    async fn delete_guarded(
+        &self,
+        guard: &Guard,
+        kind: Kind,
+        org: &str,
+        id: &str,
+        expect: Option<u64>,
+    ) -> Result<bool> {
+        let _ = (guard, kind, org, id, expect);
+        Err(Error::invalid("this catalog store cannot guard writes"))
+    }
 }
 
 /// A record type with its kind and index.

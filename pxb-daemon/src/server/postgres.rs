@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
-use pxb_core::catalog::{CatalogStore, Cursor, Entry, Index, Kind, Page, Put, Query};
+use pxb_core::catalog::{CatalogStore, Cursor, Entry, Guard, Index, Kind, Page, Put, Query};
 use pxb_core::{Error, Result};
 use tokio_postgres::config::{Host, SslMode};
 use tokio_postgres::error::SqlState;
@@ -571,7 +571,7 @@ async fn put_one(tx: &deadpool_postgres::Transaction<'_>, p: &Put) -> Result<u64
 }
 
 async fn current_revision(
-    client: &impl deadpool_postgres::GenericClient,
+    client: &(impl deadpool_postgres::GenericClient + ?Sized),
     kind: Kind,
     org: &str,
     id: &str,
@@ -590,6 +590,94 @@ async fn current_revision(
 /// between replicas writing the same records).
 fn retryable(e: &Error) -> bool {
     matches!(e, Error::Unavailable { message, .. } if message.starts_with("the catalog database is busy"))
+}
+
+/// Checks `guard` in `tx`, holding its row (`FOR SHARE`) until the transaction ends, so that a
+/// write that moves the guard (a takeover) waits for this transaction and cannot pass it.
+async fn check_guard(tx: &deadpool_postgres::Transaction<'_>, guard: &Guard) -> Result<()> {
+    let row = tx
+        .query_opt(
+            "SELECT revision FROM pxb_records WHERE kind = $1 AND org = $2 AND id = $3 FOR SHARE",
+            &[&guard.kind.as_str(), &guard.org, &guard.id],
+        )
+        .await
+        .map_err(db_err)?;
+    guard.check(row.map(|r| r.get::<_, i64>(0) as u64))
+}
+
+/// Deletes the record (at `expect`, when given) through `client`.
+async fn delete_in(
+    client: &(impl deadpool_postgres::GenericClient + ?Sized),
+    kind: Kind,
+    org: &str,
+    id: &str,
+    expect: Option<u64>,
+) -> Result<bool> {
+    let want = expect.map(|e| e as i64);
+    let deleted = client
+        .query_opt(
+            "DELETE FROM pxb_records WHERE kind = $1 AND org = $2 AND id = $3
+             AND ($4::BIGINT IS NULL OR revision = $4) RETURNING revision",
+            &[&kind.as_str(), &org, &id, &want],
+        )
+        .await
+        .map_err(db_err)?;
+    if deleted.is_some() {
+        return Ok(true);
+    }
+    let Some(want) = expect else {
+        return Ok(false);
+    };
+    let what = format!("{kind} {id:?}");
+    match (want, current_revision(client, kind, org, id).await?) {
+        (_, None) if want == 0 => Ok(false),
+        (0, Some(_)) => Err(Error::precondition(format!("{what} already exists"))),
+        (want, have) => Err(Error::precondition(format!(
+            "{what} is at revision {} (expected {want})",
+            have.unwrap_or(0)
+        ))),
+    }
+}
+
+impl PostgresCatalog {
+    /// Writes `puts` in one transaction, after checking `guard` in it; retried on a deadlock or
+    /// serialisation failure.
+    async fn put_checked(&self, guard: Option<&Guard>, puts: Vec<Put>) -> Result<Vec<u64>> {
+        if puts.is_empty() && guard.is_none() {
+            return Ok(Vec::new());
+        }
+        for p in &puts {
+            check_put(p)?;
+            p.index.normalized_tags()?;
+        }
+        if let Some(g) = guard {
+            no_nul([g.org.as_str(), g.id.as_str()])?;
+        }
+        let mut client = self.pool.get().await.map_err(pool_err)?;
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let result = async {
+                let tx = client.transaction().await.map_err(db_err)?;
+                if let Some(g) = guard {
+                    check_guard(&tx, g).await?;
+                }
+                let mut revs = Vec::with_capacity(puts.len());
+                for p in &puts {
+                    revs.push(put_one(&tx, p).await?);
+                }
+                tx.commit().await.map_err(db_err)?;
+                Ok(revs)
+            }
+            .await;
+            match result {
+                Err(e) if attempt < 4 && retryable(&e) => {
+                    tokio::time::sleep(Duration::from_millis(10 * attempt)).await;
+                }
+                r => return r,
+            }
+        }
+    }
 }
 
 #[async_trait]
@@ -611,63 +699,34 @@ impl CatalogStore for PostgresCatalog {
     }
 
     async fn put(&self, puts: Vec<Put>) -> Result<Vec<u64>> {
-        if puts.is_empty() {
-            return Ok(Vec::new());
-        }
-        for p in &puts {
-            check_put(p)?;
-            p.index.normalized_tags()?;
-        }
+        self.put_checked(None, puts).await
+    }
+
+    async fn put_guarded(&self, guard: &Guard, puts: Vec<Put>) -> Result<Vec<u64>> {
+        self.put_checked(Some(guard), puts).await
+    }
+
+    async fn delete_guarded(
+        &self,
+        guard: &Guard,
+        kind: Kind,
+        org: &str,
+        id: &str,
+        expect: Option<u64>,
+    ) -> Result<bool> {
+        no_nul([org, id, guard.org.as_str(), guard.id.as_str()])?;
         let mut client = self.pool.get().await.map_err(pool_err)?;
-        let mut attempt = 0;
-        loop {
-            attempt += 1;
-            let result = async {
-                let tx = client.transaction().await.map_err(db_err)?;
-                let mut revs = Vec::with_capacity(puts.len());
-                for p in &puts {
-                    revs.push(put_one(&tx, p).await?);
-                }
-                tx.commit().await.map_err(db_err)?;
-                Ok(revs)
-            }
-            .await;
-            match result {
-                Err(e) if attempt < 4 && retryable(&e) => {
-                    tokio::time::sleep(Duration::from_millis(10 * attempt)).await;
-                }
-                r => return r,
-            }
-        }
+        let tx = client.transaction().await.map_err(db_err)?;
+        check_guard(&tx, guard).await?;
+        let deleted = delete_in(&tx, kind, org, id, expect).await?;
+        tx.commit().await.map_err(db_err)?;
+        Ok(deleted)
     }
 
     async fn delete(&self, kind: Kind, org: &str, id: &str, expect: Option<u64>) -> Result<bool> {
         no_nul([org, id])?;
         let client = self.pool.get().await.map_err(pool_err)?;
-        let want = expect.map(|e| e as i64);
-        let deleted = client
-            .query_opt(
-                "DELETE FROM pxb_records WHERE kind = $1 AND org = $2 AND id = $3
-                 AND ($4::BIGINT IS NULL OR revision = $4) RETURNING revision",
-                &[&kind.as_str(), &org, &id, &want],
-            )
-            .await
-            .map_err(db_err)?;
-        if deleted.is_some() {
-            return Ok(true);
-        }
-        let Some(want) = expect else {
-            return Ok(false);
-        };
-        let what = format!("{kind} {id:?}");
-        match (want, current_revision(&client, kind, org, id).await?) {
-            (_, None) if want == 0 => Ok(false),
-            (0, Some(_)) => Err(Error::precondition(format!("{what} already exists"))),
-            (want, have) => Err(Error::precondition(format!(
-                "{what} is at revision {} (expected {want})",
-                have.unwrap_or(0)
-            ))),
-        }
+        delete_in(&client, kind, org, id, expect).await
     }
 
     async fn list(&self, kind: Kind, query: &Query) -> Result<Page<Entry>> {

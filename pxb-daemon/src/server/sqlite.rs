@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
-use pxb_core::catalog::{CatalogStore, Cursor, Entry, Index, Kind, Page, Put, Query};
+use pxb_core::catalog::{CatalogStore, Cursor, Entry, Guard, Index, Kind, Page, Put, Query};
 use pxb_core::{Error, Result};
 use rusqlite::types::Value;
 use rusqlite::{Connection, OptionalExtension, params, params_from_iter};
@@ -473,6 +473,87 @@ fn selection(
     (sql, key)
 }
 
+/// Writes `puts` in the open transaction `tx`; their new revisions.
+fn put_tx(tx: &rusqlite::Transaction<'_>, puts: &[Put]) -> Result<Vec<u64>> {
+    let mut revs = Vec::with_capacity(puts.len());
+    for p in puts {
+        let tags = p.index.normalized_tags()?;
+        let joined = tags_column(&tags);
+        let current = current_of(tx, p.kind, &p.org, &p.id)?;
+        check(
+            p.expect,
+            current.as_ref().map(|c| c.0),
+            &format!("{} {:?}", p.kind, p.id),
+        )?;
+        let rev = current.as_ref().map_or(0, |c| c.0) + 1;
+        tx.prepare_cached(
+            "INSERT INTO records (kind, org, id, revision, sort, cluster, location, status, time_ms, doc, tags)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)
+             ON CONFLICT (kind, org, id) DO UPDATE SET revision = excluded.revision,
+               sort = excluded.sort, cluster = excluded.cluster, location = excluded.location,
+               status = excluded.status, time_ms = excluded.time_ms, doc = excluded.doc,
+               tags = excluded.tags",
+        )
+        .and_then(|mut s| {
+            s.execute(params![
+                p.kind.as_str(),
+                p.org,
+                p.id,
+                rev as i64,
+                p.index.sort,
+                p.index.cluster,
+                p.index.location,
+                p.index.status,
+                p.index.time_ms,
+                p.doc,
+                joined
+            ])
+        })
+        .map_err(db_err)?;
+        // Most writes are progress updates that keep the tags: leave their rows be.
+        let unchanged = current
+            .as_ref()
+            .is_some_and(|(_, sort, old)| *sort == p.index.sort && *old == joined);
+        if !unchanged {
+            let old = current
+                .as_ref()
+                .map(|(_, sort, tags)| (sort.as_str(), tags.as_str()));
+            write_tags(tx, p.kind, &p.org, &p.id, old, (&p.index.sort, &tags))?;
+        }
+        revs.push(rev);
+    }
+    Ok(revs)
+}
+
+/// The revision of `guard`'s record, read in `tx`, checked.
+fn check_guard(tx: &rusqlite::Transaction<'_>, guard: &Guard) -> Result<()> {
+    guard.check(current_of(tx, guard.kind, &guard.org, &guard.id)?.map(|c| c.0))
+}
+
+/// Deletes in the open transaction `tx`.
+fn delete_tx(
+    tx: &rusqlite::Transaction<'_>,
+    kind: Kind,
+    org: &str,
+    id: &str,
+    expect: Option<u64>,
+) -> Result<bool> {
+    let current = current_of(tx, kind, org, id)?;
+    if expect.is_some() {
+        check(expect, current.as_ref().map(|c| c.0), &format!("{kind} {id:?}"))?;
+    }
+    let Some((_, sort, tags)) = current else {
+        return Ok(false);
+    };
+    write_tags(tx, kind, org, id, Some((&sort, &tags)), ("", &[]))?;
+    tx.execute(
+        "DELETE FROM records WHERE kind = ?1 AND org = ?2 AND id = ?3",
+        params![kind.as_str(), org, id],
+    )
+    .map_err(db_err)?;
+    Ok(true)
+}
+
 #[async_trait]
 impl CatalogStore for SqliteCatalog {
     async fn get(&self, kind: Kind, org: &str, id: &str) -> Result<Entry> {
@@ -501,53 +582,40 @@ impl CatalogStore for SqliteCatalog {
         }
         self.run(move |c| {
             let tx = c.transaction().map_err(db_err)?;
-            let mut revs = Vec::with_capacity(puts.len());
-            for p in &puts {
-                let tags = p.index.normalized_tags()?;
-                let joined = tags_column(&tags);
-                let current = current_of(&tx, p.kind, &p.org, &p.id)?;
-                check(
-                    p.expect,
-                    current.as_ref().map(|c| c.0),
-                    &format!("{} {:?}", p.kind, p.id),
-                )?;
-                let rev = current.as_ref().map_or(0, |c| c.0) + 1;
-                tx.prepare_cached(
-                    "INSERT INTO records (kind, org, id, revision, sort, cluster, location, status, time_ms, doc, tags)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)
-                     ON CONFLICT (kind, org, id) DO UPDATE SET revision = excluded.revision,
-                       sort = excluded.sort, cluster = excluded.cluster, location = excluded.location,
-                       status = excluded.status, time_ms = excluded.time_ms, doc = excluded.doc,
-                       tags = excluded.tags",
-                )
-                .and_then(|mut s| {
-                    s.execute(params![
-                        p.kind.as_str(),
-                        p.org,
-                        p.id,
-                        rev as i64,
-                        p.index.sort,
-                        p.index.cluster,
-                        p.index.location,
-                        p.index.status,
-                        p.index.time_ms,
-                        p.doc,
-                        joined
-                    ])
-                })
-                .map_err(db_err)?;
-                // Most writes are progress updates that keep the tags: leave their rows be.
-                let unchanged = current
-                    .as_ref()
-                    .is_some_and(|(_, sort, old)| *sort == p.index.sort && *old == joined);
-                if !unchanged {
-                    let old = current.as_ref().map(|(_, sort, tags)| (sort.as_str(), tags.as_str()));
-                    write_tags(&tx, p.kind, &p.org, &p.id, old, (&p.index.sort, &tags))?;
-                }
-                revs.push(rev);
-            }
+            let revs = put_tx(&tx, &puts)?;
             tx.commit().map_err(db_err)?;
             Ok(revs)
+        })
+        .await
+    }
+
+    async fn put_guarded(&self, guard: &Guard, puts: Vec<Put>) -> Result<Vec<u64>> {
+        let guard = guard.clone();
+        self.run(move |c| {
+            let tx = c.transaction().map_err(db_err)?;
+            check_guard(&tx, &guard)?;
+            let revs = put_tx(&tx, &puts)?;
+            tx.commit().map_err(db_err)?;
+            Ok(revs)
+        })
+        .await
+    }
+
+    async fn delete_guarded(
+        &self,
+        guard: &Guard,
+        kind: Kind,
+        org: &str,
+        id: &str,
+        expect: Option<u64>,
+    ) -> Result<bool> {
+        let (guard, org, id) = (guard.clone(), org.to_owned(), id.to_owned());
+        self.run(move |c| {
+            let tx = c.transaction().map_err(db_err)?;
+            check_guard(&tx, &guard)?;
+            let deleted = delete_tx(&tx, kind, &org, &id, expect)?;
+            tx.commit().map_err(db_err)?;
+            Ok(deleted)
         })
         .await
     }
@@ -556,21 +624,9 @@ impl CatalogStore for SqliteCatalog {
         let (org, id) = (org.to_owned(), id.to_owned());
         self.run(move |c| {
             let tx = c.transaction().map_err(db_err)?;
-            let current = current_of(&tx, kind, &org, &id)?;
-            if expect.is_some() {
-                check(expect, current.as_ref().map(|c| c.0), &format!("{kind} {id:?}"))?;
-            }
-            let Some((_, sort, tags)) = current else {
-                return Ok(false);
-            };
-            write_tags(&tx, kind, &org, &id, Some((&sort, &tags)), ("", &[]))?;
-            tx.execute(
-                "DELETE FROM records WHERE kind = ?1 AND org = ?2 AND id = ?3",
-                params![kind.as_str(), org, id],
-            )
-            .map_err(db_err)?;
+            let deleted = delete_tx(&tx, kind, &org, &id, expect)?;
             tx.commit().map_err(db_err)?;
-            Ok(true)
+            Ok(deleted)
         })
         .await
     }
