@@ -128,6 +128,55 @@ fn dev_token(args: &Args) -> anyhow::Result<Option<String>> {
     })
 }
 
+/// SIGTERM or Ctrl-C.
+async fn stop_signal() {
+    let Ok(mut term) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) else {
+        let _ = tokio::signal::ctrl_c().await;
+        return;
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
+
+/// One of several replicas on the shared catalog: standby until it holds the lease, then
+/// active; an error (exit) when it loses the lease.
+async fn run_replica(config: ServerConfig, builder: ServerBuilder) -> anyhow::Result<()> {
+    use pxb_daemon::server::replicas;
+    let store = pxb_daemon::server::open_catalog(&config.catalog).await?;
+    let listener = std::net::TcpListener::bind(&config.api.listen)
+        .map_err(|e| anyhow::anyhow!("listening on {}: {e}", config.api.listen))?;
+    let addr = listener.local_addr()?;
+    let r = &config.replicas;
+    let name = if r.name.is_empty() {
+        format!("pxb-server-{:016x}", rand::random::<u64>())
+    } else {
+        r.name.clone()
+    };
+    let advertise = if r.advertise.is_empty() {
+        format!("http://{addr}")
+    } else {
+        r.advertise.clone()
+    };
+    println!("READY http://{addr}");
+    let options = replicas::ReplicaOptions {
+        me: name,
+        advertise,
+        lease: std::time::Duration::from_secs(r.lease_secs),
+        max_body_bytes: config.api.max_body_bytes,
+    };
+    replicas::run(
+        store,
+        listener,
+        options,
+        |catalog| builder.catalog(catalog),
+        stop_signal(),
+    )
+    .await?;
+    Ok(())
+}
+
 async fn run(args: Args) -> anyhow::Result<()> {
     if let Some(Command::Catalog(CatalogCommand::Migrate {
         from,
@@ -140,12 +189,16 @@ async fn run(args: Args) -> anyhow::Result<()> {
     }
     // Config.
     let config = ServerConfig::load(args.config.as_deref(), |k| std::env::var(k).ok())?;
-    let mut builder = ServerBuilder::new(config);
+    let replicas = config.replicas.clone();
+    let mut builder = ServerBuilder::new(config.clone());
     if let Some(token) = dev_token(&args)? {
         builder = builder.dev_token(token);
     }
     if let Ok(key) = std::env::var("PXB_SECRETS_KEY") {
         builder = builder.secrets_key(key);
+    }
+    if replicas.enabled {
+        return run_replica(config, builder).await;
     }
     // Build, spawn.
     let daemon = builder.build().await?.spawn()?;

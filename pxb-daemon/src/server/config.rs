@@ -47,6 +47,8 @@ pub struct ServerConfig {
     pub api: ApiConfig,
     /// The catalog database.
     pub catalog: CatalogConfig,
+    /// Several replicas on one PostgreSQL catalog.
+    pub replicas: ReplicasConfig,
     /// Login.
     pub auth: AuthConfig,
     /// Encryption of classic-mode secrets.
@@ -58,6 +60,35 @@ pub struct ServerConfig {
     pub garden_credentials: BTreeMap<String, GardenCredential>,
     /// Metrics of backups and the opt-in support channel.
     pub telemetry: TelemetryConfig,
+}
+
+/// Several `pxb-server` replicas sharing one PostgreSQL catalog: one active, the others standby
+/// (see `pxb_daemon::server::replicas`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+#[non_exhaustive]
+pub struct ReplicasConfig {
+    /// Run as one of several replicas (needs `catalog.url`).
+    pub enabled: bool,
+    /// Seconds the active replica may go without renewing its lease before a standby takes
+    /// over (it renews every third of it).
+    pub lease_secs: u64,
+    /// This replica's name, unique among them (the pod's name); a random one when empty.
+    pub name: String,
+    /// The URL the other replicas reach this one's API at (`http://<pod IP>:8080`); when empty,
+    /// the address the API listens on.
+    pub advertise: String,
+}
+
+impl Default for ReplicasConfig {
+    fn default() -> Self {
+        ReplicasConfig {
+            enabled: false,
+            lease_secs: 15,
+            name: String::new(),
+            advertise: String::new(),
+        }
+    }
 }
 
 /// Metrics of backups and the opt-in support channel.
@@ -524,6 +555,14 @@ impl ServerConfig {
         }
         if f.concurrency == 0 {
             return Err(Error::invalid("fleet.concurrency must be at least 1"));
+        }
+        if self.replicas.enabled && self.catalog.url.is_empty() {
+            return Err(Error::invalid(
+                "replicas.enabled needs a shared catalog: set catalog.url (PostgreSQL)",
+            ));
+        }
+        if self.replicas.enabled && self.replicas.lease_secs < 3 {
+            return Err(Error::invalid("replicas.leaseSecs must be at least 3"));
         }
         if !self.catalog.url.is_empty() && self.catalog.max_connections == 0 {
             return Err(Error::invalid("catalog.maxConnections must be at least 1"));

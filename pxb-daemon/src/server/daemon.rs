@@ -88,6 +88,8 @@ pub struct ServerBuilder {
     dev_token: Option<String>,
     support_exporter: Option<Arc<dyn TelemetryExporter>>,
     support_toggle: Option<SupportToggle>,
+    listener: Option<std::net::TcpListener>,
+    acting: Option<Arc<dyn Fn() -> bool + Send + Sync>>,
 }
 
 impl std::fmt::Debug for ServerBuilder {
@@ -103,6 +105,8 @@ impl std::fmt::Debug for ServerBuilder {
             .field("dev_token", &self.dev_token.as_ref().map(|_| "<redacted>"))
             .field("support_exporter", &self.support_exporter)
             .field("support_toggle", &self.support_toggle)
+            .field("listener", &self.listener)
+            .field("acting", &self.acting.as_ref().map(|_| "<check>"))
             .finish()
     }
 }
@@ -121,7 +125,23 @@ impl ServerBuilder {
             dev_token: None,
             support_exporter: None,
             support_toggle: None,
+            listener: None,
+            acting: None,
         }
+    }
+
+    /// Serves the API on `listener` (already bound) instead of binding `api.listen`: a replica
+    /// keeps its address when it turns from standby to active.
+    pub fn listener(mut self, listener: std::net::TcpListener) -> Self {
+        self.listener = Some(listener);
+        self
+    }
+
+    /// Does the fleet's work (visits, schedules, housekeeping) only while `check` says so: a
+    /// replica's hold on its lease ([`super::replicas::Lease::may_act`]).
+    pub fn acting(mut self, check: impl Fn() -> bool + Send + Sync + 'static) -> Self {
+        self.acting = Some(Arc::new(check));
+        self
     }
 
     /// The support channel's exporter, in place of the one `telemetry.support.endpoint` makes
@@ -244,9 +264,18 @@ impl ServerBuilder {
                 tracing::error!(%org, %reason, "org degraded");
             }
         }
-        let listener = tokio::net::TcpListener::bind(&listen)
-            .await
-            .map_err(|e| Error::io(format!("listening on {listen}"), e))?;
+        if let Some(check) = self.acting {
+            let _ = server.inner.acting.set(check);
+        }
+        let listener = match self.listener {
+            Some(l) => l
+                .set_nonblocking(true)
+                .and_then(|()| tokio::net::TcpListener::from_std(l))
+                .map_err(|e| Error::io("taking over the API listener", e))?,
+            None => tokio::net::TcpListener::bind(&listen)
+                .await
+                .map_err(|e| Error::io(format!("listening on {listen}"), e))?,
+        };
         let addr = listener
             .local_addr()
             .map_err(|e| Error::io("reading the listen address", e))?;

@@ -48,6 +48,7 @@ pub(crate) mod operations;
 mod orgs;
 pub mod postgres;
 pub mod reconcile;
+pub mod replicas;
 mod restores;
 mod scheduler;
 mod schedules;

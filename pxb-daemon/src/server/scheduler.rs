@@ -130,6 +130,9 @@ impl Server {
         let lease = Duration::from_secs(self.inner.config.fleet.lease_secs);
         loop {
             tokio::time::sleep(every).await;
+            if !self.may_act() {
+                continue;
+            }
             // Leases: a request on a cluster that is not visited (hibernated, offline) still stalls.
             let now = self.inner.clock.now();
             let stalled: Vec<LocationStatus> = {
@@ -175,13 +178,20 @@ impl Server {
 
     async fn schedules_loop(self) {
         loop {
-            self.fire_due_schedules().await;
+            if self.may_act() {
+                self.fire_due_schedules().await;
+            }
             tokio::time::sleep(Duration::from_secs(1)).await;
         }
     }
 
     async fn scheduler(self) {
         loop {
+            // A replica that may not act (its lease is not renewed) starts no visit.
+            if !self.may_act() {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                continue;
+            }
             let now = self.inner.clock.now();
             let free = self.inner.permits.available_permits();
             // Each due cluster with the span of its visit.

@@ -277,6 +277,9 @@ pub(crate) struct Inner {
     pub(crate) backup_info: Arc<BackupInfo>,
     /// The catalog's store as the server uses it (timed, feeding `backup_info`).
     pub(crate) observed_store: Arc<ObservedStore>,
+    /// Whether this server may do the fleet's work now (a replica's hold on its lease); always
+    /// when unset.
+    pub(crate) acting: std::sync::OnceLock<Arc<dyn Fn() -> bool + Send + Sync>>,
     /// The support channel's state, once it runs (for `/metrics`).
     pub(crate) support_status:
         std::sync::OnceLock<tokio::sync::watch::Receiver<pxb_telemetry::support::SupportStatus>>,
@@ -354,6 +357,7 @@ impl Server {
             backup_info,
             observed_store,
             support_status: std::sync::OnceLock::new(),
+            acting: std::sync::OnceLock::new(),
         });
         let server = Server { inner };
         server.load().await?;
@@ -399,6 +403,12 @@ impl Server {
             now_ms,
             sees,
         );
+    }
+
+    /// Whether this server may do the fleet's work now (see
+    /// [`ServerBuilder::acting`](super::ServerBuilder::acting)).
+    pub fn may_act(&self) -> bool {
+        self.inner.acting.get().is_none_or(|check| check())
     }
 
     /// The counters.
