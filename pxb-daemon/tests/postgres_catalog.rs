@@ -442,3 +442,80 @@ async fn a_server_moves_from_sqlite_to_postgresql_and_serves_the_same_catalog() 
         "1"
     );
 }
+
+/// A database of schema 1 (tags only in the records' arrays) is migrated on connect: the tag
+/// rows lists walk are written for every stored record, and kept up to date from then on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_schema_1_database_gets_its_tag_rows_on_upgrade() {
+    let pg = Postgres::start().expect("start PostgreSQL");
+    pg.create_database("upgrade").expect("db");
+    let options = PostgresOptions::new(pg.url("upgrade"));
+    let old = PostgresCatalog::connect_at(&options, 1).await.expect("schema 1");
+    assert_eq!(old.schema_version().await.expect("version"), 1);
+    let tagged = |i: usize| {
+        let mut p = put("o", &format!("b{i:05}"));
+        p.index.tags = if i % 3 == 0 {
+            vec!["ns=shop".into(), "view=vms".into()]
+        } else {
+            vec!["ns=db".into()]
+        };
+        p
+    };
+    old.put((0..1_500).map(tagged).collect()).await.expect("backups");
+    drop(old);
+    let catalog = PostgresCatalog::connect(&options).await.expect("upgrade");
+    assert_eq!(catalog.schema_version().await.expect("version"), SCHEMA_VERSION);
+    let q = |tags: &[&str]| Query {
+        tags: tags.iter().map(|t| t.to_string()).collect(),
+        ..Query::org("o")
+    };
+    assert_eq!(
+        catalog
+            .count(Kind::Backup, &q(&["ns=shop"]))
+            .await
+            .expect("count"),
+        500
+    );
+    assert_eq!(
+        catalog.count(Kind::Backup, &q(&["ns=db"])).await.expect("count"),
+        1_000
+    );
+    assert_eq!(
+        catalog
+            .count(Kind::Backup, &q(&["view=vms", "ns=shop"]))
+            .await
+            .expect("count"),
+        500
+    );
+    let page = catalog.list(Kind::Backup, &q(&["ns=shop"])).await.expect("list");
+    assert_eq!(page.items.len(), 500);
+    assert!(page.items.windows(2).all(|w| w[0].id < w[1].id), "in list order");
+    // Retagged and deleted records leave the tag rows.
+    let mut moved = tagged(0);
+    moved.index.tags = vec!["ns=db".into()];
+    catalog.put(vec![moved]).await.expect("retag");
+    assert!(
+        catalog
+            .delete(Kind::Backup, "o", "b00003", None)
+            .await
+            .expect("delete")
+    );
+    assert_eq!(
+        catalog
+            .count(Kind::Backup, &q(&["ns=shop"]))
+            .await
+            .expect("count"),
+        498
+    );
+    assert_eq!(
+        catalog.count(Kind::Backup, &q(&["ns=db"])).await.expect("count"),
+        1_001
+    );
+    assert_eq!(
+        pg.psql("upgrade", "SELECT count(*) FROM pxb_record_tags")
+            .expect("psql")
+            .trim(),
+        (498 * 2 + 1_001).to_string(),
+        "one row per tag of every record, none left over"
+    );
+}

@@ -96,6 +96,19 @@ async fn migrate(
 ) -> anyhow::Result<()> {
     let source = open_store(from, true, &password_file, &ca_file).await?;
     let dest = open_store(to, false, &password_file, &ca_file).await?;
+    // The same database again, as PostgreSQL, for its statistics after the copy.
+    let pg_dest = if to.starts_with("postgres") {
+        let mut options = pxb_daemon::server::postgres::PostgresOptions::new(to);
+        if let Some(p) = &password_file {
+            options = options.with_password_file(p);
+        }
+        if let Some(c) = &ca_file {
+            options = options.with_ca_file(c);
+        }
+        Some(pxb_daemon::server::postgres::PostgresCatalog::connect(&options).await?)
+    } else {
+        None
+    };
     eprintln!("copying the catalog {source:?} to {dest:?}");
     let mut last = std::time::Instant::now();
     let report =
@@ -106,6 +119,9 @@ async fn migrate(
             }
         })
         .await?;
+    if let Some(pg) = &pg_dest {
+        pg.analyze().await?;
+    }
     let copied: u64 = report.copied.values().sum();
     let present: u64 = report.present.values().sum();
     println!(

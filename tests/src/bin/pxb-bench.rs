@@ -14,6 +14,8 @@
 //! - `pxb-bench fleet [--shoots 1000]`: discovery + first kubeconfig issuance (wall time, RSS);
 //! - `pxb-bench renewal [--shoots 10000] [--lifetime 120] [--jitter 0.1] [--observe 150]`:
 //!   kubeconfig renewals per second over time;
+//! - `pxb-bench api [--backups 1000000] [--clusters 2000] [--rounds 200] [--catalog sqlite|postgres]`:
+//!   list and filter latency through the HTTP API over a catalog of that many backups;
 //! - `pxb-bench metrics [--backups 1000000] [--max-series 10000] [--rounds 50]`: `/metrics`
 //!   scrape time, size and memory over a catalog of that many backups.
 
@@ -115,6 +117,11 @@ async fn main_async(args: Vec<String>) -> anyhow::Result<serde_json::Value> {
                 arg(&args, "--backups", 1_000_000usize)?,
                 arg(&args, "--clusters", 2_000usize)?,
                 arg(&args, "--rounds", 200usize)?,
+                match arg(&args, "--catalog", "sqlite".to_owned())?.as_str() {
+                    "sqlite" => false,
+                    "postgres" => true,
+                    other => anyhow::bail!("--catalog {other}: sqlite or postgres"),
+                },
             )
             .await
         }
