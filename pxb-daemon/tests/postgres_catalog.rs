@@ -454,7 +454,7 @@ async fn a_schema_1_database_gets_its_tag_rows_on_upgrade() {
     assert_eq!(old.schema_version().await.expect("version"), 1);
     let tagged = |i: usize| {
         let mut p = put("o", &format!("b{i:05}"));
-        p.index.tags = if i % 3 == 0 {
+        p.index.tags = if i.is_multiple_of(3) {
             vec!["ns=shop".into(), "view=vms".into()]
         } else {
             vec!["ns=db".into()]

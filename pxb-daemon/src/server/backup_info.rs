@@ -676,6 +676,46 @@ impl CatalogStore for ObservedStore {
         r
     }
 
+    async fn put_guarded(&self, guard: &pxb_core::catalog::Guard, puts: Vec<Put>) -> Result<Vec<u64>> {
+        let t = Instant::now();
+        let backups: Vec<BackupRecord> = puts
+            .iter()
+            .filter(|p| p.kind == Kind::Backup)
+            .filter_map(|p| serde_json::from_slice(&p.doc).ok())
+            .collect();
+        let kind = puts.first().map_or(Kind::Backup, |p| p.kind);
+        let _serial = if backups.is_empty() {
+            None
+        } else {
+            Some(self.backup_writes.lock().await)
+        };
+        let r = self.inner.put_guarded(guard, puts).await;
+        self.observe("put", kind, t);
+        if r.is_ok() {
+            for b in &backups {
+                self.info.written(b);
+            }
+        }
+        r
+    }
+
+    /// Passed on as it is: the server's own deletes go through [`CatalogStore::delete`] (which a
+    /// replica's fenced store below this one guards), so a guarded delete here keeps no series
+    /// of a deleted backup.
+    async fn delete_guarded(
+        &self,
+        guard: &pxb_core::catalog::Guard,
+        kind: Kind,
+        org: &str,
+        id: &str,
+        expect: Option<u64>,
+    ) -> Result<bool> {
+        let t = Instant::now();
+        let r = self.inner.delete_guarded(guard, kind, org, id, expect).await;
+        self.observe("delete", kind, t);
+        r
+    }
+
     async fn delete(&self, kind: Kind, org: &str, id: &str, expect: Option<u64>) -> Result<bool> {
         let t = Instant::now();
         let r = if kind == Kind::Backup {

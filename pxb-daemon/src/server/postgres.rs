@@ -557,9 +557,21 @@ fn selection(kind: Kind, query: &Query, after: Option<Cursor>, args: &mut Args) 
     if let Some(m) = &query.sort_max {
         sql.push_str(&format!(" AND {key}.sort <= {}", args.push(m.clone())));
     }
-    let rest = if by_tag { &query.tags[1..] } else { &query.tags[..] };
-    if !rest.is_empty() {
-        sql.push_str(&format!(" AND r.tags @> {}::text[]", args.push(rest.to_vec())));
+    if by_tag {
+        // The other tags are looked up in the tag rows (their key only), so a candidate without
+        // them is passed over before its record is read.
+        for tag in &query.tags[1..] {
+            let u = args.push(tag.clone());
+            sql.push_str(&format!(
+                " AND EXISTS (SELECT 1 FROM pxb_record_tags u WHERE u.kind = t.kind AND u.tag = {u} \
+                 AND u.org = t.org AND u.sort = t.sort AND u.id = t.id)"
+            ));
+        }
+    } else if !query.tags.is_empty() {
+        sql.push_str(&format!(
+            " AND r.tags @> {}::text[]",
+            args.push(query.tags.clone())
+        ));
     }
     if let Some(a) = after {
         let (o, s, i) = (args.push(a.org), args.push(a.sort), args.push(a.id));

@@ -516,6 +516,37 @@ struct Proxy {
     target: tokio::sync::watch::Receiver<Option<String>>,
     http: reqwest::Client,
     max_body: usize,
+    /// To read the lease again when the active replica it knows does not answer (it may have
+    /// changed since this standby last looked).
+    store: Arc<dyn CatalogStore>,
+}
+
+impl Proxy {
+    /// Sends the request to `target`.
+    async fn send(
+        &self,
+        target: &str,
+        parts: &axum::http::request::Parts,
+        body: bytes::Bytes,
+    ) -> std::result::Result<reqwest::Response, reqwest::Error> {
+        let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+        let mut out = self
+            .http
+            .request(
+                parts.method.clone(),
+                format!("{}{path}", target.trim_end_matches('/')),
+            )
+            .body(body);
+        for (name, value) in &parts.headers {
+            if !hop_by_hop(name)
+                && name != axum::http::header::HOST
+                && name != axum::http::header::CONTENT_LENGTH
+            {
+                out = out.header(name, value);
+            }
+        }
+        out.send().await
+    }
 }
 
 async fn forward(
@@ -548,21 +579,19 @@ async fn forward(
                 .into_response();
         }
     };
-    let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-    let mut out = proxy
-        .http
-        .request(
-            parts.method.clone(),
-            format!("{}{path}", target.trim_end_matches('/')),
-        )
-        .body(body);
-    for (name, value) in &parts.headers {
-        if !hop_by_hop(name) && name != axum::http::header::HOST && name != axum::http::header::CONTENT_LENGTH
-        {
-            out = out.header(name, value);
-        }
+    let mut sent = proxy.send(&target, &parts, body.clone()).await;
+    // The replica this standby knew as active refused the connection (so it never saw the
+    // request, which can go elsewhere; a timeout could not tell): the lease may have moved
+    // since this standby last looked.
+    if let Err(e) = &sent
+        && e.is_connect()
+        && let Ok(Some((_, now))) = read::<ActiveDoc>(proxy.store.as_ref(), ACTIVE).await
+        && !now.address.is_empty()
+        && now.address != target
+    {
+        sent = proxy.send(&now.address, &parts, body).await;
     }
-    let answer = match out.send().await {
+    let answer = match sent {
         Ok(a) => a,
         Err(e) => return unavailable(format!("the active replica does not answer ({e}); try again")),
     };
@@ -639,6 +668,7 @@ where
             .build()
             .map_err(|e| Error::other(format!("the standby's HTTP client: {e}")))?,
         max_body: options.max_body_bytes,
+        store: store.clone(),
     };
     let proxy_task = start_proxy(
         listener

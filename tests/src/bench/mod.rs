@@ -3,6 +3,7 @@
 //! one JSON document with its measurements.
 
 pub mod api;
+pub mod failover;
 pub mod files;
 pub mod fleet;
 pub mod gc;

@@ -16,6 +16,8 @@
 //!   kubeconfig renewals per second over time;
 //! - `pxb-bench api [--backups 1000000] [--clusters 2000] [--rounds 200] [--catalog sqlite|postgres]`:
 //!   list and filter latency through the HTTP API over a catalog of that many backups;
+//! - `pxb-bench failover [--rounds 5] [--lease-secs 15]`: three `pxb-server` replicas (the release
+//!   binary beside this one) on PostgreSQL; the active one killed, the takeover timed;
 //! - `pxb-bench metrics [--backups 1000000] [--max-series 10000] [--rounds 50]`: `/metrics`
 //!   scrape time, size and memory over a catalog of that many backups.
 
@@ -133,6 +135,13 @@ async fn main_async(args: Vec<String>) -> anyhow::Result<serde_json::Value> {
             )
             .await
         }
+        Some("failover") => {
+            bench::failover::run(
+                arg(&args, "--rounds", 5usize)?,
+                arg(&args, "--lease-secs", 15u64)?,
+            )
+            .await
+        }
         Some("server") => {
             bench::server::fleet_pass(bench::server::ServerBench {
                 shoots: arg(&args, "--shoots", 10_000usize)?,
@@ -143,7 +152,7 @@ async fn main_async(args: Vec<String>) -> anyhow::Result<serde_json::Value> {
             .await
         }
         _ => bail!(
-            "usage: pxb-bench volume|restore|files|sync|gc|fleet|renewal|server|api|metrics [options] (see the source)"
+            "usage: pxb-bench volume|restore|files|sync|gc|fleet|renewal|server|api|metrics|failover [options] (see the source)"
         ),
     }
 }
