@@ -644,16 +644,14 @@ impl ObservedStore {
     }
 }
 
-#[async_trait]
-impl CatalogStore for ObservedStore {
-    async fn get(&self, kind: Kind, org: &str, id: &str) -> Result<Entry> {
-        let t = Instant::now();
-        let r = self.inner.get(kind, org, id).await;
-        self.observe("get", kind, t);
-        r
-    }
-
-    async fn put(&self, puts: Vec<Put>) -> Result<Vec<u64>> {
+impl ObservedStore {
+    /// A put (guarded by `guard`, if given), timed; the backups it writes enter the info series.
+    /// Writes of backups go one at a time, so the series follow the catalog's order.
+    async fn observed_put(
+        &self,
+        guard: Option<&pxb_core::catalog::Guard>,
+        puts: Vec<Put>,
+    ) -> Result<Vec<u64>> {
         let t = Instant::now();
         let backups: Vec<BackupRecord> = puts
             .iter()
@@ -666,7 +664,10 @@ impl CatalogStore for ObservedStore {
         } else {
             None
         };
-        let r = self.inner.put(puts).await;
+        let r = match guard {
+            Some(g) => self.inner.put_guarded(g, puts).await,
+            None => self.inner.put(puts).await,
+        };
         self.observe("put", kind, t);
         if r.is_ok() {
             for b in &backups {
@@ -675,28 +676,23 @@ impl CatalogStore for ObservedStore {
         }
         r
     }
+}
+
+#[async_trait]
+impl CatalogStore for ObservedStore {
+    async fn get(&self, kind: Kind, org: &str, id: &str) -> Result<Entry> {
+        let t = Instant::now();
+        let r = self.inner.get(kind, org, id).await;
+        self.observe("get", kind, t);
+        r
+    }
+
+    async fn put(&self, puts: Vec<Put>) -> Result<Vec<u64>> {
+        self.observed_put(None, puts).await
+    }
 
     async fn put_guarded(&self, guard: &pxb_core::catalog::Guard, puts: Vec<Put>) -> Result<Vec<u64>> {
-        let t = Instant::now();
-        let backups: Vec<BackupRecord> = puts
-            .iter()
-            .filter(|p| p.kind == Kind::Backup)
-            .filter_map(|p| serde_json::from_slice(&p.doc).ok())
-            .collect();
-        let kind = puts.first().map_or(Kind::Backup, |p| p.kind);
-        let _serial = if backups.is_empty() {
-            None
-        } else {
-            Some(self.backup_writes.lock().await)
-        };
-        let r = self.inner.put_guarded(guard, puts).await;
-        self.observe("put", kind, t);
-        if r.is_ok() {
-            for b in &backups {
-                self.info.written(b);
-            }
-        }
-        r
+        self.observed_put(Some(guard), puts).await
     }
 
     /// Passed on as it is: the server's own deletes go through [`CatalogStore::delete`] (which a
