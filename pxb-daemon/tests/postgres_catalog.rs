@@ -519,3 +519,53 @@ async fn a_schema_1_database_gets_its_tag_rows_on_upgrade() {
         "one row per tag of every record, none left over"
     );
 }
+
+/// A role that must give a password: the wrong one (from `catalog.passwordFile`) is refused with
+/// an error that says so, names the database and never the password; the right one works.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_database_password_is_refused_clearly_and_never_shown() {
+    let pg = Postgres::start().expect("start PostgreSQL");
+    pg.create_database("locked").expect("db");
+    pg.psql(
+        "locked",
+        "CREATE ROLE app LOGIN PASSWORD 'right-horse-battery'; \
+         GRANT ALL ON DATABASE locked TO app; GRANT ALL ON SCHEMA public TO app;",
+    )
+    .expect("role");
+    // Role `app` authenticates with SCRAM (the harness's own superuser keeps `trust`).
+    let hba = pg.dir().join("data").join("pg_hba.conf");
+    let rules = std::fs::read_to_string(&hba).expect("pg_hba.conf");
+    std::fs::write(&hba, format!("host all app 127.0.0.1/32 scram-sha-256\n{rules}")).expect("pg_hba.conf");
+    pg.psql("locked", "SELECT pg_reload_conf()").expect("reload");
+    let url = format!("postgres://app@127.0.0.1:{}/locked?sslmode=disable", pg.port());
+    let dir = tempfile::tempdir().expect("dir");
+    let wrong = dir.path().join("wrong");
+    std::fs::write(&wrong, "wrong-staple\n").expect("file");
+    let started = Instant::now();
+    let err = PostgresCatalog::connect(&PostgresOptions::new(&url).with_password_file(&wrong))
+        .await
+        .expect_err("a wrong password");
+    let text = err.to_string();
+    assert!(
+        matches!(err, Error::Invalid { .. }),
+        "a configuration error, not a retry: {err:?}"
+    );
+    assert!(text.contains("password authentication failed"), "{text}");
+    assert!(
+        text.contains("catalog.passwordFile"),
+        "says what to check: {text}"
+    );
+    assert!(text.contains("/locked"), "names the database: {text}");
+    assert!(!text.contains("wrong-staple"), "shows the password: {text}");
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "{:?}",
+        started.elapsed()
+    );
+    let right = dir.path().join("right");
+    std::fs::write(&right, "right-horse-battery\n").expect("file");
+    let catalog = PostgresCatalog::connect(&PostgresOptions::new(&url).with_password_file(&right))
+        .await
+        .expect("the right password");
+    catalog.put(vec![put("o", "a")]).await.expect("put");
+}

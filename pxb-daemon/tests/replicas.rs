@@ -1,7 +1,8 @@
 //! Several `pxb-server` processes as replicas on one real PostgreSQL catalog: one active, the
-//! others passing the API on to it; a killed active one (`kill -9`) is replaced within the lease
-//! time; a paused one (`SIGSTOP` past its lease) that wakes up does nothing with its stale lease
-//! and leaves; a rolling restart loses no acknowledged request.
+//! others answering reads from their own view and passing writes on to it; a killed active one
+//! (`kill -9`) is replaced within the lease time, and the standbys answer reads all along; a
+//! paused one (`SIGSTOP` past its lease) that wakes up does nothing with its stale lease and
+//! leaves; a rolling restart loses no acknowledged request.
 
 use std::io::{BufRead as _, BufReader, Read as _};
 use std::process::{Child, Command, Stdio};
@@ -147,6 +148,18 @@ async fn org_exists(replica: &Replica, id: &str) -> bool {
         .is_ok_and(|r| r.status() == 200)
 }
 
+/// Whether `replica` shows org `id` within a standby's refresh (a third of the lease) and some.
+async fn org_seen(replica: &Replica, id: &str) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(LEASE_SECS) + Duration::from_secs(2);
+    while Instant::now() < deadline {
+        if org_exists(replica, id).await {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    false
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replicas_fail_over_fence_a_paused_one_and_survive_a_rolling_restart() {
     let pg = Postgres::start().expect("PostgreSQL");
@@ -157,11 +170,16 @@ async fn replicas_fail_over_fence_a_paused_one_and_survive_a_rolling_restart() {
         lease(&pg, "replicas")
     });
     assert!(replicas.iter().any(|r| r.name == first), "{first}");
-    // Every replica serves the API: writes through one are read through the others.
+    // Every replica serves the API: a write through a standby is read back through it at once,
+    // and through the others after their next refresh.
     let standby = replicas.iter().position(|r| r.name != first).expect("a standby");
     assert!(create_org(&replicas[standby], "acme").await, "through a standby");
+    assert!(
+        org_exists(&replicas[standby], "acme").await,
+        "a standby reads its own write back at once"
+    );
     for r in &replicas {
-        assert!(org_exists(r, "acme").await, "acme through {}", r.name);
+        assert!(org_seen(r, "acme").await, "acme through {}", r.name);
     }
 
     // kill -9 the active replica: another takes over within the lease time (and a little).
@@ -169,6 +187,20 @@ async fn replicas_fail_over_fence_a_paused_one_and_survive_a_rolling_restart() {
     let killed = replicas.remove(active);
     let started = Instant::now();
     killed.signal("-KILL");
+    // Before anyone took over, the standbys answer reads from their own view.
+    for r in &replicas {
+        assert!(
+            org_exists(r, "acme").await,
+            "standby {} answers reads while the active replica is dead",
+            r.name
+        );
+    }
+    assert_eq!(
+        lease(&pg, "replicas").map(|(h, _)| h),
+        Some(first.clone()),
+        "the reads above were answered before the takeover ({:?} after kill -9)",
+        started.elapsed()
+    );
     let (second, epoch2) = wait_for(
         "a standby takes over",
         Duration::from_secs(10 * LEASE_SECS),
@@ -192,6 +224,21 @@ async fn replicas_fail_over_fence_a_paused_one_and_survive_a_rolling_restart() {
     // paused one does nothing with its stale lease and leaves.
     let paused = replicas.iter().position(|r| r.name == second).expect("second");
     replicas[paused].signal("-STOP");
+    // The standby answers reads without the (paused) active replica.
+    let quick = reqwest::Client::builder()
+        .timeout(Duration::from_secs(2))
+        .build()
+        .expect("client");
+    let read = quick
+        .get(format!("{}/v1/orgs/acme", replicas[1 - paused].url))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .map(|r| r.status().as_u16());
+    assert!(
+        matches!(read, Ok(200)),
+        "a standby read waits for the paused active replica: {read:?}"
+    );
     let (third, epoch3) = wait_for(
         "the last standby takes over from the paused one",
         Duration::from_secs(10 * LEASE_SECS),
@@ -280,7 +327,7 @@ async fn replicas_fail_over_fence_a_paused_one_and_survive_a_rolling_restart() {
         .chain([&"acme".to_owned(), &"globex".to_owned()])
     {
         assert!(
-            org_exists(&replicas[0], id).await,
+            org_seen(&replicas[0], id).await,
             "{id} was acknowledged and is lost"
         );
     }

@@ -158,7 +158,7 @@ async fn stop_signal() {
 
 /// One of several replicas on the shared catalog: standby until it holds the lease, then
 /// active; an error (exit) when it loses the lease.
-async fn run_replica(config: ServerConfig, builder: ServerBuilder) -> anyhow::Result<()> {
+async fn run_replica(config: ServerConfig, builder: impl Fn() -> ServerBuilder) -> anyhow::Result<()> {
     use pxb_daemon::server::replicas;
     let store = pxb_daemon::server::open_catalog(&config.catalog).await?;
     let listener = std::net::TcpListener::bind(&config.api.listen)
@@ -186,7 +186,7 @@ async fn run_replica(config: ServerConfig, builder: ServerBuilder) -> anyhow::Re
         store,
         listener,
         options,
-        |catalog| builder.catalog(catalog),
+        |catalog| builder().catalog(catalog),
         stop_signal(),
     )
     .await?;
@@ -206,18 +206,24 @@ async fn run(args: Args) -> anyhow::Result<()> {
     // Config.
     let config = ServerConfig::load(args.config.as_deref(), |k| std::env::var(k).ok())?;
     let replicas = config.replicas.clone();
-    let mut builder = ServerBuilder::new(config.clone());
-    if let Some(token) = dev_token(&args)? {
-        builder = builder.dev_token(token);
-    }
-    if let Ok(key) = std::env::var("PXB_SECRETS_KEY") {
-        builder = builder.secrets_key(key);
-    }
+    let replica_config = config.clone();
+    let token = dev_token(&args)?;
+    let key = std::env::var("PXB_SECRETS_KEY").ok();
+    let builder = move || {
+        let mut builder = ServerBuilder::new(config.clone());
+        if let Some(token) = &token {
+            builder = builder.dev_token(token.clone());
+        }
+        if let Some(key) = &key {
+            builder = builder.secrets_key(key.clone());
+        }
+        builder
+    };
     if replicas.enabled {
-        return run_replica(config, builder).await;
+        return run_replica(replica_config, builder).await;
     }
     // Build, spawn.
-    let daemon = builder.build().await?.spawn()?;
+    let daemon = builder().build().await?.spawn()?;
     println!("READY http://{}", daemon.addr);
     // Drain on SIGTERM or Ctrl-C.
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;

@@ -90,6 +90,7 @@ pub struct ServerBuilder {
     support_toggle: Option<SupportToggle>,
     listener: Option<std::net::TcpListener>,
     acting: Option<Arc<dyn Fn() -> bool + Send + Sync>>,
+    without_support: bool,
 }
 
 impl std::fmt::Debug for ServerBuilder {
@@ -107,6 +108,7 @@ impl std::fmt::Debug for ServerBuilder {
             .field("support_toggle", &self.support_toggle)
             .field("listener", &self.listener)
             .field("acting", &self.acting.as_ref().map(|_| "<check>"))
+            .field("without_support", &self.without_support)
             .finish()
     }
 }
@@ -127,7 +129,14 @@ impl ServerBuilder {
             support_toggle: None,
             listener: None,
             acting: None,
+            without_support: false,
         }
+    }
+
+    /// Starts no support channel, whatever the configuration says (a standby replica's view).
+    pub(crate) fn without_support(mut self) -> Self {
+        self.without_support = true;
+        self
     }
 
     /// Serves the API on `listener` (already bound) instead of binding `api.listen`: a replica
@@ -250,6 +259,7 @@ impl ServerBuilder {
             sealer,
         };
         let exporter = match self.support_exporter {
+            _ if self.without_support => None,
             Some(e) => Some(e),
             None => exporter_of(&config.telemetry.support)?,
         };

@@ -13,11 +13,40 @@ use pxb_core::catalog::records::{
 
 use super::backups::ms;
 use super::operations::{CatalogLimits, OpsInput, OpsOutput};
-use super::state::{Key, Server};
+use super::state::{Key, Server, State};
+
+/// One org's operations and schedules as read from the catalog ([`Server::read_operations`]).
+pub(crate) struct Operations {
+    backups: Vec<BackupRecord>,
+    restores: Vec<RestoreRecord>,
+    schedules: Vec<ScheduleRecord>,
+    forced: Vec<ForcedDelete>,
+}
+
+impl Operations {
+    /// Adds them to `st`.
+    pub(crate) fn apply(self, st: &mut State) {
+        for f in self.forced {
+            let key = (f.org.clone(), f.cluster.clone());
+            st.ops.entry(key).or_default().forced.insert(f.id);
+        }
+        for b in self.backups {
+            let key = (b.org.clone(), b.cluster.clone());
+            st.ops.entry(key).or_default().backups.insert(b.id.clone(), b);
+        }
+        for r in self.restores {
+            let key = (r.org.clone(), r.cluster.clone());
+            st.ops.entry(key).or_default().restores.insert(r.id.clone(), r);
+        }
+        for s in self.schedules {
+            st.schedules.insert((s.org.clone(), s.id.clone()), s);
+        }
+    }
+}
 
 impl Server {
-    /// Loads the active backups and restores and the schedules of `org` (at start).
-    pub(crate) async fn load_operations(&self, org: &str) -> Result<()> {
+    /// Reads the active backups and restores and the schedules of `org`.
+    pub(crate) async fn read_operations(&self, org: &str) -> Result<Operations> {
         let c = &self.inner.catalog;
         let mut backups = Vec::new();
         for phase in [
@@ -42,23 +71,12 @@ impl Server {
         }
         let schedules = c.list_all::<ScheduleRecord>(&Query::org(org)).await?;
         let forced = c.list_all::<ForcedDelete>(&Query::org(org)).await?;
-        let mut st = self.inner.lock();
-        for f in forced {
-            let key = (f.org.clone(), f.cluster.clone());
-            st.ops.entry(key).or_default().forced.insert(f.id);
-        }
-        for b in backups {
-            let key = (b.org.clone(), b.cluster.clone());
-            st.ops.entry(key).or_default().backups.insert(b.id.clone(), b);
-        }
-        for r in restores {
-            let key = (r.org.clone(), r.cluster.clone());
-            st.ops.entry(key).or_default().restores.insert(r.id.clone(), r);
-        }
-        for s in schedules {
-            st.schedules.insert((s.org.clone(), s.id.clone()), s);
-        }
-        Ok(())
+        Ok(Operations {
+            backups,
+            restores,
+            schedules,
+            forced,
+        })
     }
 
     /// The operations input of cluster `key` for a visit.

@@ -1,7 +1,7 @@
 //! Orgs: loaded one by one from the catalog at start (an org that does not load is
 //! [`OrgState::Degraded`] and skipped), created and changed through the API.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use pxb_core::catalog::records::{
@@ -11,10 +11,29 @@ use pxb_core::catalog::{Catalog, Kind, Query};
 use pxb_core::cluster::ClusterProvider;
 use pxb_core::{Error, Result};
 
-use super::state::{OrgState, Server, Tracked, cluster_key};
+use super::state::{OrgState, Server, State, Tracked, cluster_key};
 
 impl Server {
+    /// Loads every org's state from the catalog (at start).
     pub(crate) async fn load(&self) -> Result<()> {
+        let (state, orgs) = self.read_catalog().await?;
+        *self.inner.lock() = state;
+        *self.inner.orgs_mut() = orgs;
+        Ok(())
+    }
+
+    /// Reads every org's state from the catalog again and serves it, replacing what was held:
+    /// a standby replica's view, kept fresh from the database. Only for a server whose loops do
+    /// not run (what a running discovery or visit keeps in memory would be dropped).
+    pub(crate) async fn refresh(&self) -> Result<()> {
+        self.load().await?;
+        self.rebuild_snapshot();
+        Ok(())
+    }
+
+    /// Reads the state of every org from the catalog into a fresh [`State`]: an org that does
+    /// not load is [`OrgState::Degraded`], logged, and none of its records are taken.
+    pub(crate) async fn read_catalog(&self) -> Result<(State, BTreeMap<String, OrgState>)> {
         let store = self.inner.catalog.store().clone();
         let mut q = Query {
             limit: pxb_core::catalog::MAX_PAGE,
@@ -29,36 +48,35 @@ impl Server {
                 None => break,
             }
         }
+        let mut state = State::default();
+        let mut orgs = BTreeMap::new();
         for entry in entries {
             let org_id = entry.org.clone();
             let loaded = match Catalog::decode::<Org>(&entry) {
-                Ok(org) => self.load_org(org.value).await,
+                Ok(org) => self.load_org(org.value, &mut state).await,
                 Err(e) => Err(e),
             };
-            let mut st = self.inner.lock();
             match loaded {
-                Ok(()) => {}
+                Ok(org) => {
+                    orgs.insert(org_id, OrgState::Ready(org));
+                }
                 Err(e) => {
                     tracing::error!(org = %org_id, error = %e, "cannot load the org; it is degraded and not served");
-                    self.inner.orgs_mut().insert(
-                        org_id.clone(),
+                    orgs.insert(
+                        org_id,
                         OrgState::Degraded {
                             reason: e.to_string(),
                         },
                     );
-                    st.clusters.retain(|k, _| k.0 != org_id);
-                    st.locations.retain(|k, _| k.0 != org_id);
-                    st.statuses.retain(|k, _| k.0 != org_id);
-                    st.discoveries.retain(|k, _| k.0 != org_id);
-                    st.ops.retain(|k, _| k.0 != org_id);
-                    st.schedules.retain(|k, _| k.0 != org_id);
                 }
             }
         }
-        Ok(())
+        state.dirty = true;
+        Ok((state, orgs))
     }
 
-    async fn load_org(&self, org: Org) -> Result<()> {
+    /// Reads `org`'s records into `state`; nothing is added when one of them does not load.
+    async fn load_org(&self, org: Org, state: &mut State) -> Result<Org> {
         let c = &self.inner.catalog;
         let q = Query::org(&org.id);
         let discoveries = c.list_all::<DiscoveryConfig>(&q).await?;
@@ -73,7 +91,7 @@ impl Server {
         {
             self.inner.open_secret(l)?;
         }
-        self.load_operations(&org.id).await?;
+        let operations = self.read_operations(&org.id).await?;
         // Imported clusters are opened likewise, but for the inactive ones (in federated mode):
         // those are kept without a provider, so never visited, and listed with why.
         let mut imported: HashMap<String, Arc<dyn ClusterProvider>> = HashMap::new();
@@ -86,13 +104,13 @@ impl Server {
             }
         }
         let now = self.inner.clock.now();
-        let mut st = self.inner.lock();
+        operations.apply(state);
         for d in discoveries {
-            st.discoveries.insert((d.org.clone(), d.id.clone()), d);
+            state.discoveries.insert((d.org.clone(), d.id.clone()), d);
         }
         for cl in clusters {
             let provider = imported.remove(&cl.id);
-            st.clusters.insert(
+            state.clusters.insert(
                 cluster_key(&cl),
                 Tracked {
                     record: cl,
@@ -104,14 +122,12 @@ impl Server {
             );
         }
         for l in locations {
-            st.locations.insert((l.org.clone(), l.id.clone()), l);
+            state.locations.insert((l.org.clone(), l.id.clone()), l);
         }
         for s in statuses {
-            st.statuses.insert((s.org.clone(), s.id.clone()), s);
+            state.statuses.insert((s.org.clone(), s.id.clone()), s);
         }
-        drop(st);
-        self.inner.orgs_mut().insert(org.id.clone(), OrgState::Ready(org));
-        Ok(())
+        Ok(org)
     }
 
     /// Creates an org (idempotent for an identical request).

@@ -275,6 +275,11 @@ fn db_err(e: tokio_postgres::Error) -> Error {
         Some(c) if c.code().starts_with("08") || c.code().starts_with("57") || c.code().starts_with("53") => {
             Error::unavailable(format!("the catalog database is unavailable: {}", detail(&e)))
         }
+        // Class 28: the login was refused (a wrong password, an unknown role): configuration.
+        Some(c) if c.code().starts_with("28") => Error::invalid(format!(
+            "the catalog database refused the login ({}); check the user in catalog.url and the password in catalog.passwordFile",
+            detail(&e)
+        )),
         Some(c) if c == SqlState::DATA_CORRUPTED || c == SqlState::INDEX_CORRUPTED => {
             Error::corrupt(format!("the catalog database is damaged: {}", detail(&e)))
         }
@@ -389,6 +394,7 @@ impl PostgresCatalog {
             Error::Unavailable { message, .. } => {
                 Error::unavailable(format!("{message} ({})", catalog.shown))
             }
+            Error::Invalid { message, .. } => Error::invalid(format!("{message} ({})", catalog.shown)),
             e => e,
         })?;
         Ok(catalog)

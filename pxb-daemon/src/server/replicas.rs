@@ -73,13 +73,21 @@ fn put_of<T: Serialize>(id: &str, doc: &T, expect: Option<u64>) -> Result<Put> {
     })
 }
 
-async fn read<T: for<'de> Deserialize<'de>>(store: &dyn CatalogStore, id: &str) -> Result<Option<(u64, T)>> {
+/// A lease record: its revision, and what it holds (`None` when it does not decode: a damaged
+/// record is waited out like a silent holder, then replaced, so it cannot block a takeover).
+async fn read<T: for<'de> Deserialize<'de>>(
+    store: &dyn CatalogStore,
+    id: &str,
+) -> Result<Option<(u64, Option<T>)>> {
     match store.get(Kind::Lease, "", id).await {
-        Ok(e) => {
-            let doc = serde_json::from_slice(&e.doc)
-                .map_err(|err| Error::corrupt(format!("the replicas' {id} record: {err}")))?;
-            Ok(Some((e.revision, doc)))
-        }
+        Ok(e) => match serde_json::from_slice(&e.doc) {
+            Ok(doc) => Ok(Some((e.revision, Some(doc)))),
+            Err(err) => {
+                tracing::warn!(record = id, revision = e.revision, error = %err,
+                    "the replicas' lease record does not decode; it is waited out like a silent holder, then replaced");
+                Ok(Some((e.revision, None)))
+            }
+        },
         Err(Error::NotFound { .. }) => Ok(None),
         Err(e) => Err(e),
     }
@@ -212,7 +220,7 @@ impl Lease {
         let expired = match (&active, self.seen) {
             (None, _) => true,
             // Released by its holder on shutdown.
-            (Some((_, doc)), _) if doc.holder.is_empty() => true,
+            (Some((_, Some(doc))), _) if doc.holder.is_empty() => true,
             // Our own lease from before a restart: as good as anyone's, it waits out its time.
             (Some(_), Some((a, h, since))) if a == a_rev && h == h_rev => {
                 now.saturating_duration_since(since) >= self.lease
@@ -224,10 +232,15 @@ impl Lease {
         };
         if !expired {
             return Ok(Role::Standby {
-                address: active.map(|a| a.1.address),
+                address: active.and_then(|a| a.1).map(|d| d.address),
             });
         }
-        let epoch = active.as_ref().map_or(0, |a| a.1.epoch) + 1;
+        // A record that does not decode has no epoch to go on from: its revision, which moved
+        // with every change of hands, is at least as large.
+        let epoch = active
+            .as_ref()
+            .map_or(0, |(rev, doc)| doc.as_ref().map_or(*rev, |d| d.epoch))
+            + 1;
         let doc = ActiveDoc {
             holder: self.me.clone(),
             address: self.address.clone(),
@@ -387,6 +400,62 @@ impl CatalogStore for FencedStore {
     }
 }
 
+/// The catalog as a standby's view reads it: every write is refused (a standby passes writes on
+/// to the active replica; its own view never writes).
+#[derive(Debug)]
+pub struct ReadOnlyStore(Arc<dyn CatalogStore>);
+
+impl ReadOnlyStore {
+    /// Reads through to `inner`.
+    pub fn new(inner: Arc<dyn CatalogStore>) -> Self {
+        ReadOnlyStore(inner)
+    }
+
+    fn refused() -> Error {
+        Error::unavailable(
+            "this replica is a standby: it does not write the catalog; writes go to the active replica",
+        )
+    }
+}
+
+#[async_trait]
+impl CatalogStore for ReadOnlyStore {
+    async fn get(&self, kind: Kind, org: &str, id: &str) -> Result<Entry> {
+        self.0.get(kind, org, id).await
+    }
+
+    async fn put(&self, _puts: Vec<Put>) -> Result<Vec<u64>> {
+        Err(Self::refused())
+    }
+
+    async fn delete(&self, _kind: Kind, _org: &str, _id: &str, _expect: Option<u64>) -> Result<bool> {
+        Err(Self::refused())
+    }
+
+    async fn put_guarded(&self, _guard: &Guard, _puts: Vec<Put>) -> Result<Vec<u64>> {
+        Err(Self::refused())
+    }
+
+    async fn delete_guarded(
+        &self,
+        _guard: &Guard,
+        _kind: Kind,
+        _org: &str,
+        _id: &str,
+        _expect: Option<u64>,
+    ) -> Result<bool> {
+        Err(Self::refused())
+    }
+
+    async fn list(&self, kind: Kind, query: &Query) -> Result<Page<Entry>> {
+        self.0.list(kind, query).await
+    }
+
+    async fn count(&self, kind: Kind, query: &Query) -> Result<u64> {
+        self.0.count(kind, query).await
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -469,6 +538,40 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_lease_record_that_does_not_decode_is_waited_out_then_replaced() {
+        let store = MemoryCatalog::new();
+        let clock = Clock::new();
+        let damaged = |id: &str| Put {
+            doc: b"{not json".to_vec(),
+            ..put_of(id, &"", None).expect("put")
+        };
+        store
+            .put(vec![damaged(ACTIVE), damaged(HEARTBEAT)])
+            .await
+            .expect("damage");
+        let mut b = replica(&store, "b", &clock);
+        // A damaged record is as good as a silent holder's: no takeover before the lease time…
+        assert_eq!(
+            b.observe().await.expect("observe"),
+            Role::Standby { address: None }
+        );
+        clock.advance(LEASE - Duration::from_secs(1));
+        assert!(matches!(
+            b.observe().await.expect("observe"),
+            Role::Standby { .. }
+        ));
+        // …and no block after it.
+        clock.advance(Duration::from_secs(2));
+        assert!(matches!(b.observe().await.expect("observe"), Role::Active { .. }));
+        let now = read::<ActiveDoc>(&store, ACTIVE)
+            .await
+            .expect("read")
+            .expect("record");
+        assert_eq!(now.1.map(|d| d.holder), Some("b".to_owned()));
+        b.renew().await.expect("renews over the damaged heartbeat");
+    }
+
+    #[tokio::test]
     async fn two_standbys_racing_for_a_free_lease_make_one_active() {
         let store = MemoryCatalog::new();
         let clock = Clock::new();
@@ -519,6 +622,44 @@ struct Proxy {
     /// To read the lease again when the active replica it knows does not answer (it may have
     /// changed since this standby last looked).
     store: Arc<dyn CatalogStore>,
+    /// This standby's own view of the catalog, once loaded.
+    view: Arc<View>,
+}
+
+/// A standby's own read-only server over the catalog: it answers the API's reads, and is read
+/// again from the database every third of the lease time and after every write passed on.
+#[derive(Default)]
+struct View {
+    router: std::sync::RwLock<Option<axum::Router>>,
+    /// Asks for a refresh; `requested` counts the asks, `refreshed` the last ask answered.
+    wake: tokio::sync::Notify,
+    requested: std::sync::atomic::AtomicU64,
+    refreshed: tokio::sync::watch::Sender<u64>,
+}
+
+impl View {
+    fn router(&self) -> Option<axum::Router> {
+        self.router.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    fn set(&self, router: Option<axum::Router>) {
+        *self.router.write().unwrap_or_else(|e| e.into_inner()) = router;
+    }
+
+    /// Asks for a refresh and waits (up to `within`) until one that began after the ask ended.
+    async fn refreshed_after_now(&self, within: Duration) {
+        let ask = self.requested.fetch_add(1, Ordering::SeqCst) + 1;
+        let mut seen = self.refreshed.subscribe();
+        self.wake.notify_one();
+        let _ = tokio::time::timeout(within, seen.wait_for(|done| *done >= ask)).await;
+    }
+}
+
+/// Whether a standby answers `request` from its own view: reads of the API (but the
+/// discoveries', whose live state only the active replica has, while it answers).
+fn served_locally(parts: &axum::http::request::Parts) -> bool {
+    let read = parts.method == axum::http::Method::GET || parts.method == axum::http::Method::HEAD;
+    read && parts.uri.path().starts_with("/v1/") && !parts.uri.path().contains("/discoveries")
 }
 
 impl Proxy {
@@ -565,10 +706,23 @@ async fn forward(
     if request.uri().path() == "/healthz" {
         return (axum::http::StatusCode::OK, "ok (standby)\n").into_response();
     }
-    let Some(target) = proxy.target.borrow().clone() else {
+    let (parts, body) = request.into_parts();
+    let local = proxy.view.router();
+    if let Some(router) = &local
+        && served_locally(&parts)
+    {
+        return answer_locally(router.clone(), parts, body).await;
+    }
+    let target = proxy.target.borrow().clone();
+    let Some(target) = target else {
+        // No active replica: its reads are still answered here.
+        if let Some(router) = local
+            && parts.method == axum::http::Method::GET
+        {
+            return answer_locally(router, parts, body).await;
+        }
         return unavailable("no replica is active yet; try again".into());
     };
-    let (parts, body) = request.into_parts();
     let body = match axum::body::to_bytes(body, proxy.max_body).await {
         Ok(b) => b,
         Err(_) => {
@@ -585,7 +739,7 @@ async fn forward(
     // since this standby last looked.
     if let Err(e) = &sent
         && e.is_connect()
-        && let Ok(Some((_, now))) = read::<ActiveDoc>(proxy.store.as_ref(), ACTIVE).await
+        && let Ok(Some((_, Some(now)))) = read::<ActiveDoc>(proxy.store.as_ref(), ACTIVE).await
         && !now.address.is_empty()
         && now.address != target
     {
@@ -593,9 +747,22 @@ async fn forward(
     }
     let answer = match sent {
         Ok(a) => a,
-        Err(e) => return unavailable(format!("the active replica does not answer ({e}); try again")),
+        Err(e) => {
+            // The active replica is gone (or going): its reads are still answered here.
+            if parts.method == axum::http::Method::GET
+                && let Some(router) = local
+            {
+                return answer_locally(router, parts, axum::body::Bytes::new()).await;
+            }
+            return unavailable(format!("the active replica does not answer ({e}); try again"));
+        }
     };
     let status = answer.status();
+    // A write went through: read the catalog again before answering, so that this caller reads
+    // its own write here next.
+    if parts.method != axum::http::Method::GET && status.is_success() {
+        proxy.view.refreshed_after_now(Duration::from_secs(5)).await;
+    }
     let headers = answer.headers().clone();
     let bytes = match answer.bytes().await {
         Ok(b) => b,
@@ -611,6 +778,20 @@ async fn forward(
     response
 }
 
+/// Answers `parts` with the standby's own view.
+async fn answer_locally(
+    router: axum::Router,
+    parts: axum::http::request::Parts,
+    body: impl Into<axum::body::Body>,
+) -> axum::response::Response {
+    use tower::ServiceExt as _;
+    let request = axum::extract::Request::from_parts(parts, body.into());
+    match router.oneshot(request).await {
+        Ok(r) => r,
+        Err(never) => match never {},
+    }
+}
+
 fn hop_by_hop(name: &axum::http::HeaderName) -> bool {
     matches!(
         name.as_str(),
@@ -618,34 +799,113 @@ fn hop_by_hop(name: &axum::http::HeaderName) -> bool {
     )
 }
 
-/// Serves the standby's API on `listener` until `stop` fires.
+/// Serves the standby's API on `listener` until `stop` fires, on a thread and runtime of its own
+/// (as the active replica's API: its reads never queue behind the view's refreshes or other work
+/// of the process).
 fn start_proxy(
     listener: std::net::TcpListener,
     proxy: Proxy,
     stop: tokio::sync::oneshot::Receiver<()>,
-) -> Result<tokio::task::JoinHandle<()>> {
+) -> Result<std::thread::JoinHandle<()>> {
     listener
         .set_nonblocking(true)
         .map_err(|e| Error::io("preparing the standby's listener", e))?;
-    let listener = tokio::net::TcpListener::from_std(listener)
-        .map_err(|e| Error::io("preparing the standby's listener", e))?;
-    let app = axum::Router::new().fallback(forward).with_state(proxy);
-    Ok(tokio::spawn(async move {
-        let served = axum::serve(listener, app)
-            .with_graceful_shutdown(async move {
-                let _ = stop.await;
-            })
-            .await;
-        if let Err(e) = served {
-            tracing::warn!(error = %e, "the standby's API stopped");
+    std::thread::Builder::new()
+        .name("pxb-standby-api".into())
+        .spawn(move || {
+            let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                Ok(rt) => rt,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot start the standby's API");
+                    return;
+                }
+            };
+            rt.block_on(async move {
+                let listener = match tokio::net::TcpListener::from_std(listener) {
+                    Ok(l) => l,
+                    Err(e) => {
+                        tracing::error!(error = %e, "cannot serve the standby's API");
+                        return;
+                    }
+                };
+                let app = axum::Router::new().fallback(forward).with_state(proxy);
+                let served = axum::serve(listener, app)
+                    .with_graceful_shutdown(async move {
+                        let _ = stop.await;
+                    })
+                    .await;
+                if let Err(e) = served {
+                    tracing::warn!(error = %e, "the standby's API stopped");
+                }
+            });
+        })
+        .map_err(|e| Error::io("starting the standby's API thread", e))
+}
+
+/// Waits (without blocking the runtime) until the standby's API thread ended.
+async fn join_proxy(handle: std::thread::JoinHandle<()>) {
+    while !handle.is_finished() {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let _ = handle.join();
+}
+
+/// Builds the standby's view the first time, reads it again from the catalog afterwards; a
+/// failure is logged and the reads keep being answered from the last view (or passed on).
+async fn refresh_view<F>(
+    local: &mut Option<super::Server>,
+    view: &View,
+    store: &Arc<dyn CatalogStore>,
+    listener: &std::net::TcpListener,
+    make: &F,
+) where
+    F: Fn(Arc<dyn CatalogStore>) -> super::ServerBuilder,
+{
+    match local {
+        Some(server) => {
+            let started = std::time::Instant::now();
+            match server.refresh().await {
+                Ok(()) => tracing::debug!(
+                    elapsed_ms = started.elapsed().as_millis() as u64,
+                    "standby's view read again"
+                ),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot read the standby's view again; answering from the last one")
+                }
+            }
         }
-    }))
+        None => {
+            let built = match listener.try_clone() {
+                Ok(l) => {
+                    make(Arc::new(ReadOnlyStore::new(store.clone())))
+                        .without_support()
+                        .listener(l)
+                        .acting(|| false)
+                        .build()
+                        .await
+                }
+                Err(e) => Err(Error::io("sharing the API listener", e)),
+            };
+            match built {
+                Ok(b) => {
+                    let server = b.server().clone();
+                    view.set(Some(super::api::router(server.clone())));
+                    *local = Some(server);
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot build the standby's view; passing reads on to the active replica");
+                }
+            }
+        }
+    }
 }
 
 /// Runs this process as one replica over the shared catalog `store`, serving on `listener`,
 /// until `shutdown` resolves (then `Ok`, the lease released) or the lease is lost (then an
 /// error: exit, and be started again as a standby). `make` builds the server with the catalog
-/// it is given (the fenced one) when this replica becomes active.
+/// it is given: while standby a read-only view (over [`ReadOnlyStore`], no loop running, read
+/// again every third of the lease time and after every write passed on) that answers the API's
+/// reads; the fenced one when this replica becomes active.
 pub async fn run<F>(
     store: Arc<dyn CatalogStore>,
     listener: std::net::TcpListener,
@@ -654,12 +914,13 @@ pub async fn run<F>(
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<()>
 where
-    F: FnOnce(Arc<dyn CatalogStore>) -> super::ServerBuilder,
+    F: Fn(Arc<dyn CatalogStore>) -> super::ServerBuilder,
 {
     let mut lease = Lease::new(store.clone(), &options.me, &options.advertise, options.lease);
     let mut shutdown = std::pin::pin!(shutdown);
     let (target_tx, target_rx) = tokio::sync::watch::channel(None);
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel();
+    let view = Arc::new(View::default());
     let proxy = Proxy {
         target: target_rx,
         http: reqwest::Client::builder()
@@ -669,6 +930,7 @@ where
             .map_err(|e| Error::other(format!("the standby's HTTP client: {e}")))?,
         max_body: options.max_body_bytes,
         store: store.clone(),
+        view: view.clone(),
     };
     let proxy_task = start_proxy(
         listener
@@ -677,27 +939,42 @@ where
         proxy,
         stop_rx,
     )?;
-    tracing::info!(replica = %options.me, lease_secs = options.lease.as_secs(), "standby: passing the API on to the active replica");
+    tracing::info!(replica = %options.me, lease_secs = options.lease.as_secs(), "standby: answering reads from its own view, passing writes on to the active replica");
     // Standby until this replica takes the lease.
+    let mut local: Option<super::Server> = None;
+    let mut next_observe = tokio::time::Instant::now();
     let epoch = loop {
-        match lease.observe().await {
-            Ok(Role::Active { epoch }) => break epoch,
-            Ok(Role::Standby { address }) => {
-                let _ = target_tx.send(address.filter(|a| !a.is_empty()));
+        if tokio::time::Instant::now() >= next_observe {
+            next_observe = tokio::time::Instant::now() + lease.renew_every();
+            match lease.observe().await {
+                Ok(Role::Active { epoch }) => break epoch,
+                Ok(Role::Standby { address }) => {
+                    let _ = target_tx.send(address.filter(|a| !a.is_empty()));
+                }
+                Err(e) => tracing::warn!(error = %e, "cannot read the lease; still standby"),
             }
-            Err(e) => tracing::warn!(error = %e, "cannot read the lease; still standby"),
         }
+        let asked = view.requested.load(Ordering::SeqCst);
+        refresh_view(&mut local, &view, &store, &listener, &make).await;
+        view.refreshed.send_replace(asked);
         tokio::select! {
             () = &mut shutdown => {
+                view.set(None);
+                // Nobody waits for a refresh that will not come.
+                view.refreshed.send_replace(u64::MAX);
                 let _ = stop_tx.send(());
-                let _ = proxy_task.await;
+                join_proxy(proxy_task).await;
                 return Ok(());
             }
-            () = tokio::time::sleep(lease.renew_every()) => {}
+            () = tokio::time::sleep_until(next_observe) => {}
+            () = view.wake.notified() => {}
         }
     };
+    view.set(None);
+    view.refreshed.send_replace(u64::MAX);
+    drop(local);
     let _ = stop_tx.send(());
-    let _ = proxy_task.await;
+    join_proxy(proxy_task).await;
     tracing::info!(replica = %options.me, epoch, "active: loading the catalog and taking up the fleet's work");
     let guard = lease
         .guard()
