@@ -26,6 +26,7 @@ pub mod helm;
 pub mod kube_conformance;
 pub mod objects;
 pub mod real;
+pub mod replicas;
 
 pub use pxb_harness::{
     entra, free_port, jwt, logs, oidc, promtool, promtool_check_metrics, server, tls, workspace_root,

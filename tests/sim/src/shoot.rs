@@ -310,6 +310,67 @@ impl SimShoot {
         Ok(())
     }
 
+    /// The `ApplicationBackup`s in `pxb-system`: (name, the phase of their status, if any).
+    pub fn backups(&self) -> anyhow::Result<Vec<(String, Option<String>)>> {
+        let store = self.api();
+        let Some(ty) = store.resolve("pxb.io", "v1alpha1", "applicationbackups") else {
+            return Ok(Vec::new());
+        };
+        let page = store
+            .list(&ty, Some("pxb-system"), &Default::default(), usize::MAX, None)
+            .map_err(|e| anyhow::anyhow!("listing ApplicationBackups: {}", e.message))?;
+        let text = |obj: &serde_json::Value, p: &str| {
+            obj.pointer(p)
+                .and_then(serde_json::Value::as_str)
+                .map(str::to_owned)
+        };
+        Ok(page
+            .items
+            .iter()
+            .map(|o| {
+                (
+                    text(o, "/metadata/name").unwrap_or_default(),
+                    text(o, "/status/phase"),
+                )
+            })
+            .collect())
+    }
+
+    /// Reports `phase` (`InProgress`, `Success`, `Failed`, …) as the status of every
+    /// `ApplicationBackup` in `pxb-system` whose status says otherwise, as an agent running them
+    /// would (with a heartbeat, and a completion time for an ended phase). For scenario tests
+    /// whose shoots run [`simulate_agent`](Self::simulate_agent): the test decides when backups
+    /// end. Returns the names of the backups it reported on.
+    pub fn report_backups(&self, phase: &str) -> anyhow::Result<Vec<String>> {
+        let store = self.api();
+        let Some(ty) = store.resolve("pxb.io", "v1alpha1", "applicationbackups") else {
+            return Ok(Vec::new());
+        };
+        let ended = !matches!(phase, "Pending" | "InProgress");
+        let mut reported = Vec::new();
+        for (name, now_phase) in self.backups()? {
+            if now_phase.as_deref() == Some(phase) {
+                continue;
+            }
+            let now = super::store::now_rfc3339();
+            store
+                .update_with(&ty, Some("pxb-system"), &name, true, false, |current| {
+                    let mut next = current.clone();
+                    let generation = next.pointer("/metadata/generation").cloned().unwrap_or(json!(1));
+                    let mut status = json!({"phase": phase, "heartbeat": now, "startTimestamp": now,
+                                            "observedGeneration": generation});
+                    if ended {
+                        status["completionTimestamp"] = json!(now);
+                    }
+                    next["status"] = status;
+                    Ok(next)
+                })
+                .map_err(|e| anyhow::anyhow!("reporting on ApplicationBackup {name}: {}", e.message))?;
+            reported.push(name);
+        }
+        Ok(reported)
+    }
+
     pub(crate) fn pki(&self) -> Result<&ShootPki, ApiError> {
         if let Some(p) = self.pki.get() {
             return Ok(p);
