@@ -1,7 +1,10 @@
 //! The server's fleet benchmark: `pxb-server` (in this process, its API on loopback) against a
 //! `pxb-sim` process with N shoots whose agents are simulated and every 10th shoot blackholed.
 //! Measures discovery + kubeconfig issuance + one full validation pass, the server's peak RSS,
-//! and fleet-status reads through the API during the pass.
+//! and fleet-status reads through the API during the pass. With `postgres` the catalog is a
+//! database of a throw-away PostgreSQL server; with `replicas` > 0 that many replicas share it
+//! (in this process, each with its own connection pool): the pass is followed through the
+//! active one, the fleet status is read through a standby (when there is one).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -28,6 +31,56 @@ pub struct ServerBench {
     pub concurrency: usize,
     /// Deadline per cluster call, ms.
     pub call_timeout_ms: u64,
+    /// The catalog in PostgreSQL rather than SQLite.
+    pub postgres: bool,
+    /// Run this many replicas (`0`: one plain server). Implies `postgres`.
+    pub replicas: usize,
+}
+
+/// The server(s) under test.
+enum Under {
+    One(pxb_daemon::server::Daemon),
+    Replicas(Vec<crate::replicas::InProcessReplica>),
+}
+
+/// Starts `n` replicas over the catalog of `config`; their API URLs, the active one's first.
+async fn start_replicas(
+    n: usize,
+    config: &pxb_daemon::server::config::ServerConfig,
+    token: &str,
+) -> anyhow::Result<(Under, Vec<String>)> {
+    use pxb_daemon::server::replicas::{self, ActiveDoc};
+    let mut running = Vec::new();
+    for i in 0..n {
+        let token = token.to_owned();
+        running.push(
+            crate::replicas::InProcessReplica::start(
+                &format!("r{i}"),
+                config,
+                Duration::from_secs(15),
+                move |b| b.dev_token(token.clone()),
+            )
+            .await?,
+        );
+    }
+    let mut urls: Vec<String> = running.iter().map(|r| r.url.clone()).collect();
+    let store = pxb_daemon::server::open_catalog(&config.catalog).await?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let active = loop {
+        if let Ok(e) = store
+            .get(pxb_core::catalog::Kind::Lease, "", replicas::ACTIVE)
+            .await
+            && let Ok(doc) = serde_json::from_slice::<ActiveDoc>(&e.doc)
+            && !doc.address.is_empty()
+        {
+            break doc.address;
+        }
+        anyhow::ensure!(Instant::now() < deadline, "no replica became active");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    urls.retain(|u| *u != active);
+    urls.insert(0, active);
+    Ok((Under::Replicas(running), urls))
 }
 
 /// A list query of pages of `limit` items.
@@ -58,7 +111,15 @@ pub async fn fleet_pass(b: ServerBench) -> anyhow::Result<Value> {
     std::fs::write(&garden, &sim.garden_kubeconfig)?;
     let mut config = pxb_daemon::server::config::ServerConfig::default();
     config.api.listen = "127.0.0.1:0".into();
-    config.catalog.path = dir.path().join("catalog.db").display().to_string();
+    let pg = if b.postgres || b.replicas > 0 {
+        let pg = pxb_harness::postgres::Postgres::start()?;
+        pg.create_database("bench")?;
+        config.catalog.url = pg.url("bench");
+        Some(pg)
+    } else {
+        config.catalog.path = dir.path().join("catalog.db").display().to_string();
+        None
+    };
     config.garden_credentials.insert(
         "bench".into(),
         pxb_daemon::server::config::GardenCredential::new(garden.display().to_string()),
@@ -71,8 +132,17 @@ pub async fn fleet_pass(b: ServerBench) -> anyhow::Result<Value> {
     let token = "bench-dev-token-0123456789abcdef".to_string();
     reset_peak_rss();
     let started = Instant::now();
-    let daemon = pxb_daemon::server::Daemon::start(config, Some(token.clone()), |_| None).await?;
-    let url = format!("http://{}", daemon.addr);
+    let (under, urls) = if b.replicas > 0 {
+        start_replicas(b.replicas, &config, &token).await?
+    } else {
+        let daemon = pxb_daemon::server::Daemon::start(config, Some(token.clone()), |_| None).await?;
+        let url = format!("http://{}", daemon.addr);
+        (Under::One(daemon), vec![url])
+    };
+    let url = urls[0].clone();
+    // Reads go to a standby when there is one (the active replica's own reads are measured
+    // with one replica).
+    let read_url = urls.last().cloned().unwrap_or_default();
     let api = Client::builder(&url).token(&token).build()?;
     api.create_org(&CreateOrg {
         id: "bench".into(),
@@ -119,7 +189,7 @@ pub async fn fleet_pass(b: ServerBench) -> anyhow::Result<Value> {
     // connections of its own).
     let done = Arc::new(AtomicBool::new(false));
     let reader = {
-        let (done, url, token) = (done.clone(), url.clone(), token.clone());
+        let (done, url, token) = (done.clone(), read_url.clone(), token.clone());
         std::thread::spawn(move || -> anyhow::Result<Vec<f64>> {
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -182,21 +252,32 @@ pub async fn fleet_pass(b: ServerBench) -> anyhow::Result<Value> {
         .await?
         .len();
     let server_peak = peak_rss();
-    // The in-memory snapshot read, without HTTP, for comparison.
-    let server = daemon.server.clone();
     let mut direct = Vec::new();
-    for _ in 0..200 {
-        let t = Instant::now();
-        let snap = server.snapshot();
-        let orgs = vec!["bench".to_string()];
-        let (page, _) = snap.page(&orgs, None, None, 100, std::time::SystemTime::now());
-        let counts = snap.counts(&orgs);
-        std::hint::black_box((page, counts));
-        direct.push(t.elapsed().as_secs_f64() * 1000.0);
+    let mut issued = None;
+    match under {
+        Under::One(daemon) => {
+            // The in-memory snapshot read, without HTTP, for comparison.
+            let server = daemon.server.clone();
+            for _ in 0..200 {
+                let t = Instant::now();
+                let snap = server.snapshot();
+                let orgs = vec!["bench".to_string()];
+                let (page, _) = snap.page(&orgs, None, None, 100, std::time::SystemTime::now());
+                let counts = snap.counts(&orgs);
+                std::hint::black_box((page, counts));
+                direct.push(t.elapsed().as_secs_f64() * 1000.0);
+            }
+            // Read before the shutdown, which stops (and forgets) the providers.
+            issued = Some(server.providers().first().map(|p| p.stats().issued).unwrap_or(0));
+            daemon.shutdown().await;
+        }
+        Under::Replicas(running) => {
+            for r in running {
+                r.stop().await?;
+            }
+        }
     }
-    // Read before the shutdown, which stops (and forgets) the providers.
-    let issued = server.providers().first().map(|p| p.stats().issued).unwrap_or(0);
-    daemon.shutdown().await;
+    drop(pg);
     lat.sort_by(f64::total_cmp);
     direct.sort_by(f64::total_cmp);
     Ok(json!({
@@ -205,6 +286,9 @@ pub async fn fleet_pass(b: ServerBench) -> anyhow::Result<Value> {
         "blackholed": expected_offline,
         "concurrency": b.concurrency,
         "call_timeout_ms": b.call_timeout_ms,
+        "catalog": if b.postgres || b.replicas > 0 { "postgres" } else { "sqlite" },
+        "replicas": b.replicas,
+        "fleet_status_read_through": if urls.len() > 1 { "a standby" } else { "the server" },
         "all_discovered_seconds": discovered_at.map(|d| d.as_secs_f64()),
         "pass_seconds": pass.as_secs_f64(),
         "ready": expected_ready,
@@ -212,11 +296,12 @@ pub async fn fleet_pass(b: ServerBench) -> anyhow::Result<Value> {
         "location_valid_on": valid,
         "kubeconfigs_issued": issued,
         "server_peak_rss_mib": server_peak as f64 / MIB,
+        "server_peak_rss_covers": if b.replicas > 1 { "every replica (one process)" } else { "the server" },
         "fleet_status_reads": lat.len(),
         "fleet_status_http_ms_p50": percentile(&lat, 0.5),
         "fleet_status_http_ms_p99": percentile(&lat, 0.99),
         "fleet_status_http_ms_max": lat.last().copied().unwrap_or(0.0),
-        "fleet_status_snapshot_ms_p99": percentile(&direct, 0.99),
+        "fleet_status_snapshot_ms_p99": (!direct.is_empty()).then(|| percentile(&direct, 0.99)),
         "simulator_peak_rss_mib": sim.peak_rss() as f64 / MIB,
     }))
 }

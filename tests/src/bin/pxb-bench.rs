@@ -148,6 +148,12 @@ async fn main_async(args: Vec<String>) -> anyhow::Result<serde_json::Value> {
                 blackhole_every: arg(&args, "--blackhole-every", 10usize)?,
                 concurrency: arg(&args, "--concurrency", 256usize)?,
                 call_timeout_ms: arg(&args, "--call-timeout-ms", 5000u64)?,
+                postgres: match arg(&args, "--catalog", "sqlite".to_owned())?.as_str() {
+                    "sqlite" => false,
+                    "postgres" => true,
+                    other => anyhow::bail!("--catalog {other}: sqlite or postgres"),
+                },
+                replicas: arg(&args, "--replicas", 0usize)?,
             })
             .await
         }
