@@ -52,6 +52,10 @@ const CASES: [(&str, Option<&str>); 3] = [
     ("classic", Some("classic")),
 ];
 
+/// The values of a provider running several replicas on a PostgreSQL catalog (checked by lint,
+/// the dry run and a test of its own).
+const REPLICAS: (&str, Option<&str>) = ("replicas", Some("replicas"));
+
 /// Helm's arguments for a case.
 fn values_args(values: Option<&str>) -> Vec<String> {
     values
@@ -225,7 +229,7 @@ fn render_error(helm: &Helm, extra: &[&str]) -> String {
 fn the_chart_lints_strictly_and_refuses_values_that_cannot_work() {
     let (_dir, helm) = offline_helm();
     let chart = chart_dir();
-    for (case, values) in CASES {
+    for (case, values) in CASES.into_iter().chain([REPLICAS]) {
         let args = values_args(values);
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let out = helm
@@ -889,6 +893,136 @@ fn the_rendered_configuration_is_the_servers_own_and_every_file_it_names_is_moun
     }
 }
 
+/// With the catalog in PostgreSQL every pod is a replica: as many as asked for, rolling one at a
+/// time, each named after its pod and advertising its pod IP, the database's password and CA
+/// mounted where the configuration names them, no claim, and the replicas admitted to each other
+/// by the NetworkPolicy. Values that cannot work are refused with what to do.
+#[test]
+fn several_replicas_on_a_postgresql_catalog_render_as_one_fleet() {
+    let (_dir, helm) = offline_helm();
+    let (_, values) = REPLICAS;
+    let objs = render(&helm, "pxb", &values_args(values));
+    let deploy = one(&objs, "Deployment", None);
+    let text = config_text(&objs);
+    let config = load_config(&text, deploy)
+        .unwrap_or_else(|e| panic!("the server refuses the chart's configuration: {e:#}\n{text}"));
+    assert_eq!(
+        config.catalog.url,
+        "postgres://pxb@pxb-catalog.db.svc:5432/pxb?sslmode=require"
+    );
+    assert_eq!(
+        mounted_key(deploy, &config.catalog.password_file),
+        ("secret".into(), "pxb-catalog-db".into(), "password".into())
+    );
+    assert_eq!(
+        mounted_key(deploy, &config.catalog.ca_file),
+        ("configMap".into(), "pxb-catalog-ca".into(), "ca.pem".into())
+    );
+    assert!(config.replicas.enabled);
+    assert_eq!(config.replicas.lease_secs, 20, "the provider's lease time");
+    let spec = &deploy["spec"];
+    assert_eq!(spec["replicas"], 3);
+    assert_eq!(
+        spec["strategy"],
+        json!({"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}})
+    );
+    let env = container(deploy)["env"].as_array().expect("env").clone();
+    let var = |name: &str| {
+        env.iter()
+            .find(|e| e["name"] == name)
+            .unwrap_or_else(|| panic!("{name} in {env:?}"))
+            .clone()
+    };
+    assert_eq!(
+        var("PXB_REPLICAS_NAME")["valueFrom"]["fieldRef"]["fieldPath"],
+        "metadata.name"
+    );
+    assert_eq!(
+        var("POD_IP")["valueFrom"]["fieldRef"]["fieldPath"],
+        "status.podIP"
+    );
+    assert_eq!(var("PXB_REPLICAS_ADVERTISE")["value"], "http://$(POD_IP):8080");
+    let names: Vec<&str> = env.iter().filter_map(|e| e["name"].as_str()).collect();
+    let pod_ip = names.iter().position(|n| *n == "POD_IP");
+    let advertise = names.iter().position(|n| *n == "PXB_REPLICAS_ADVERTISE");
+    assert!(
+        pod_ip < advertise,
+        "$(POD_IP) is defined before its use: {names:?}"
+    );
+    // Nothing on disk: no claim, the data directory is an emptyDir.
+    assert!(
+        !objs.iter().any(|o| o["kind"] == "PersistentVolumeClaim"),
+        "{}",
+        kinds(&objs)
+    );
+    let (data, _) = mounted(deploy, "/var/lib/pxb/catalog.db");
+    assert!(data["emptyDir"].is_object(), "{data}");
+    // Standbys reach the active replica's API; nothing else is opened.
+    let policy = one(&objs, "NetworkPolicy", None);
+    let selector = &spec["selector"]["matchLabels"];
+    let from = policy["spec"]["ingress"][0]["from"].as_array().expect("from");
+    assert_eq!(from.len(), 2, "{from:?}");
+    assert_eq!(from[1]["podSelector"]["matchLabels"], *selector);
+    let egress = policy["spec"]["egress"].as_array().expect("egress");
+    assert!(
+        egress
+            .iter()
+            .any(|r| r["to"][0]["podSelector"]["matchLabels"] == *selector
+                && r["ports"] == json!([{"port": 8080, "protocol": "TCP"}])),
+        "{egress:?}"
+    );
+    assert!(
+        !egress.iter().any(|r| r == &json!({})),
+        "egress stays restricted: {egress:?}"
+    );
+
+    // Values that cannot work.
+    let refused: &[(&[&str], &str)] = &[
+        (&["--set", "replicaCount=2"], "replicaCount 2 needs postgres.url"),
+        (
+            &["--set", "postgres.url=postgres://pxb:hunter2@db:5432/pxb"],
+            "postgres.url holds a password",
+        ),
+        (
+            &["--set", "config.catalog.url=postgres://pxb@db/pxb"],
+            "config.catalog.url is set by the chart",
+        ),
+        (
+            &[
+                "--set",
+                "postgres.url=postgres://pxb@db/pxb",
+                "--set",
+                "config.replicas.advertise=http://x",
+            ],
+            "config.replicas.advertise is set by the chart",
+        ),
+        (
+            &[
+                "--set",
+                "extraEnv[0].name=PXB_REPLICAS_NAME",
+                "--set",
+                "extraEnv[0].value=x",
+            ],
+            "PXB_REPLICAS_NAME is set by the chart",
+        ),
+        (
+            &[
+                "--set",
+                "postgres.url=postgres://pxb@db/pxb",
+                "--set",
+                "postgres.ca.configMap=a",
+                "--set",
+                "postgres.ca.secret=b",
+            ],
+            "postgres.ca: set configMap or secret, not both",
+        ),
+    ];
+    for (args, message) in refused {
+        let err = render_error(&helm, args);
+        assert!(err.contains(message), "{args:?}: {err}");
+    }
+}
+
 #[test]
 fn a_misspelled_server_key_in_the_charts_configuration_fails_the_servers_check() {
     let (_dir, helm) = offline_helm();
@@ -1031,7 +1165,7 @@ fn create_namespace(cluster: &RealCluster, ns: &str) {
 fn every_rendered_object_passes_a_server_side_dry_run_in_both_modes() {
     let cluster = cluster();
     let helm = Helm::on(cluster).expect("helm");
-    for (case, values) in CASES {
+    for (case, values) in CASES.into_iter().chain([REPLICAS]) {
         let ns = format!("chart-dry-run-{case}");
         create_namespace(cluster, &ns);
         let args = values_args(values);

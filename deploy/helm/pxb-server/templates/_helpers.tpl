@@ -38,6 +38,8 @@ app.kubernetes.io/component: server
 {{- define "pxb-server.secretsKeyDir" -}}/etc/pxb/secrets-key{{- end -}}
 {{- define "pxb-server.issuerCaDir" -}}/etc/pxb/issuer-ca{{- end -}}
 {{- define "pxb-server.gardenDir" -}}/etc/pxb/garden{{- end -}}
+{{- define "pxb-server.catalogPasswordDir" -}}/etc/pxb/catalog-password{{- end -}}
+{{- define "pxb-server.catalogCaDir" -}}/etc/pxb/catalog-ca{{- end -}}
 
 {{/* The claim of the catalog's volume. */}}
 {{- define "pxb-server.claimName" -}}
@@ -63,6 +65,29 @@ app.kubernetes.io/component: server
 {{- end -}}
 {{- if and .Values.auth.issuerCA.configMap .Values.auth.issuerCA.secret -}}
 {{- fail "auth.issuerCA: set configMap or secret, not both" -}}
+{{- end -}}
+{{- range $key := list "url" "passwordFile" "caFile" -}}
+{{- if hasKey (default (dict) $cfg.catalog) $key -}}
+{{- fail (printf "config.catalog.%s is set by the chart: use the values postgres.url, postgres.passwordSecret and postgres.ca (Secrets and ConfigMaps the chart mounts)" $key) -}}
+{{- end -}}
+{{- end -}}
+{{- range $key := list "enabled" "name" "advertise" -}}
+{{- if hasKey (default (dict) $cfg.replicas) $key -}}
+{{- fail (printf "config.replicas.%s is set by the chart: every pod is a replica when postgres.url is set (named after its pod, reached at its pod IP); set replicaCount for how many" $key) -}}
+{{- end -}}
+{{- end -}}
+{{- $replicas := int .Values.replicaCount -}}
+{{- if lt $replicas 1 -}}
+{{- fail (printf "replicaCount must be at least 1, not %v" .Values.replicaCount) -}}
+{{- end -}}
+{{- if and (gt $replicas 1) (not .Values.postgres.url) -}}
+{{- fail (printf "replicaCount %d needs postgres.url: the SQLite catalog on the volume has one writer, so several server pods need the catalog in a PostgreSQL database (the server's README, \"Moving the catalog to PostgreSQL\")" $replicas) -}}
+{{- end -}}
+{{- if and .Values.postgres.url (regexMatch "^postgres(ql)?://[^/@]*:[^/@]*@" (toString .Values.postgres.url)) -}}
+{{- fail "postgres.url holds a password: put it in a Secret and name it in postgres.passwordSecret (the URL is rendered into a ConfigMap and logged)" -}}
+{{- end -}}
+{{- if and .Values.postgres.ca.configMap .Values.postgres.ca.secret -}}
+{{- fail "postgres.ca: set configMap or secret, not both" -}}
 {{- end -}}
 {{- if .Values.podDisruptionBudget.enabled -}}
 {{- $unavailable := toString .Values.podDisruptionBudget.maxUnavailable -}}
@@ -105,6 +130,8 @@ derives (port, probes, Service, NetworkPolicy, the support channel's ConfigMap, 
 {{- $garden := "use the value gardenCredentials (a list of Secrets the chart mounts)" -}}
 {{- $api := "use config.api (the container port, probes, Service, Ingress and NetworkPolicy follow config.api.listen)" -}}
 {{- $catalog := "use config.catalog.path (it must stay on the catalog's volume)" -}}
+{{- $postgres := "use the values postgres.url, postgres.passwordSecret and postgres.ca" -}}
+{{- $replicas := "every pod is a replica when postgres.url is set: use replicaCount (and config.replicas.leaseSecs)" -}}
 {{- $telemetry := "use config.telemetry (the chart derives the support channel's ConfigMap, its Role and the ServiceAccount token's mount from config.telemetry.support)" -}}
 {{- $exact := dict
   "PXB_MODE" "use the value mode"
@@ -116,6 +143,14 @@ derives (port, probes, Service, NetworkPolicy, the support channel's ConfigMap, 
   "PXB_API_LISTEN" "use config.api.listen (the container port, probes, Service, Ingress and NetworkPolicy follow it)"
   "PXB_CATALOG" $catalog
   "PXB_CATALOG_PATH" $catalog
+  "PXB_CATALOG_URL" $postgres
+  "PXB_CATALOG_PASSWORD_FILE" $postgres
+  "PXB_CATALOG_CA_FILE" $postgres
+  "PXB_REPLICAS" $replicas
+  "PXB_REPLICAS_ENABLED" $replicas
+  "PXB_REPLICAS_NAME" $replicas
+  "PXB_REPLICAS_ADVERTISE" $replicas
+  "POD_IP" "it is the pod's IP, where the other replicas reach it"
   "PXB_TELEMETRY" $telemetry
   "PXB_TELEMETRY_SUPPORT" $telemetry
   "PXB_TELEMETRY_SUPPORT_ENDPOINT" $telemetry
@@ -166,6 +201,16 @@ is one the Deployment mounts. */}}
 {{- $catalog := toString $cfg.catalog.path -}}
 {{- if or (not (hasPrefix (printf "%s/" (include "pxb-server.dataDir" .)) $catalog)) (contains "/../" $catalog) -}}
 {{- fail (printf "config.catalog.path %q must be a file under %s/, the catalog's volume (persistence)" $catalog (include "pxb-server.dataDir" .)) -}}
+{{- end -}}
+{{- if .Values.postgres.url -}}
+{{- $_ := set $cfg.catalog "url" (toString .Values.postgres.url) -}}
+{{- if .Values.postgres.passwordSecret.name -}}
+{{- $_ := set $cfg.catalog "passwordFile" (printf "%s/%s" (include "pxb-server.catalogPasswordDir" .) .Values.postgres.passwordSecret.key) -}}
+{{- end -}}
+{{- if or .Values.postgres.ca.configMap .Values.postgres.ca.secret -}}
+{{- $_ := set $cfg.catalog "caFile" (printf "%s/%s" (include "pxb-server.catalogCaDir" .) .Values.postgres.ca.key) -}}
+{{- end -}}
+{{- $_ := set $cfg "replicas" (mustMergeOverwrite (default (dict) $cfg.replicas) (dict "enabled" true)) -}}
 {{- end -}}
 {{- $_ := set $cfg "mode" .Values.mode -}}
 {{- $auth := dict "issuer" (toString .Values.auth.issuer) "audiences" (default (list) .Values.auth.audiences) "providerAdminGroups" (default (list) .Values.auth.providerAdminGroups) "providerAdminRoles" (default (list) .Values.auth.providerAdminRoles) -}}
