@@ -5,7 +5,7 @@
 //!   fleet status meanwhile; one takes over, discovers and visits the fleet with kubeconfigs it
 //!   gets itself, and every schedule slot is fired exactly once: 50 backups per slot, one per
 //!   cluster, none twice, none lost.
-//! - 10 shoots whose agents the test plays: every replica is restarted in turn (a new one joins,
+//! - 50 shoots whose agents the test plays: every replica is restarted in turn (a new one joins,
 //!   an old one stops) while backups run on the clusters and more are asked for; every backup
 //!   ends with the phase its cluster reported, none lost, none started twice.
 
@@ -357,7 +357,7 @@ fn agents_report(fleet: &Fleet, shoots: std::ops::Range<usize>, phase: &str) -> 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rolling_restart_of_every_replica_with_backups_running_loses_no_backup() {
-    const N: usize = 10;
+    const N: usize = SHOOTS;
     let (pg, fleet, _dir, mut config) = setup(N, true);
     // Backups are seen running for as long as this test takes (the server's own clock runs).
     config.fleet.lease_secs = 600;
