@@ -181,6 +181,25 @@ async fn replicas_fail_over_fence_a_paused_one_and_survive_a_rolling_restart() {
     for r in &replicas {
         assert!(org_seen(r, "acme").await, "acme through {}", r.name);
     }
+    // Scraping every replica counts the fleet once: a standby has its own two series only.
+    for r in &replicas {
+        let text = http()
+            .get(format!("{}/metrics", r.url))
+            .send()
+            .await
+            .expect("scrape")
+            .text()
+            .await
+            .expect("text");
+        pxb_harness::promtool_check_metrics(&text).unwrap_or_else(|e| panic!("{}: {e:#}\n{text}", r.name));
+        let active = r.name == first;
+        assert!(
+            text.contains(&format!("pxb_server_replica_active {}", u8::from(active))),
+            "{}: {text}",
+            r.name
+        );
+        assert_eq!(text.contains("pxb_server_clusters"), active, "{}: {text}", r.name);
+    }
 
     // kill -9 the active replica: another takes over within the lease time (and a little).
     let active = replicas.iter().position(|r| r.name == first).expect("active");

@@ -706,6 +706,15 @@ async fn forward(
     if request.uri().path() == "/healthz" {
         return (axum::http::StatusCode::OK, "ok (standby)\n").into_response();
     }
+    // Its own series, not the active replica's: a scrape of every pod counts the fleet once.
+    if request.uri().path() == "/metrics" {
+        let accept = request
+            .headers()
+            .get(axum::http::header::ACCEPT)
+            .and_then(|v| v.to_str().ok());
+        let e = super::api::health::standby_metrics(accept);
+        return ([(axum::http::header::CONTENT_TYPE, e.content_type)], e.body).into_response();
+    }
     let (parts, body) = request.into_parts();
     let local = proxy.view.router();
     if let Some(router) = &local

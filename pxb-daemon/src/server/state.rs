@@ -411,6 +411,11 @@ impl Server {
         self.inner.acting.get().is_none_or(|check| check())
     }
 
+    /// Whether this server runs as one of several replicas (its work gated by a lease).
+    pub(crate) fn is_replica(&self) -> bool {
+        self.inner.acting.get().is_some()
+    }
+
     /// The counters.
     pub fn metrics(&self) -> &Metrics {
         &self.inner.metrics

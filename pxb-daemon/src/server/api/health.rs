@@ -106,6 +106,25 @@ pub(crate) async fn metrics(
     Ok(([(header::CONTENT_TYPE, e.content_type)], e.body))
 }
 
+/// `pxb_server_replica_active`: 1 on the replica that holds the lease, 0 on a standby (whose
+/// `/metrics` has only this and `pxb_server_info`: the fleet's series come from the active
+/// replica alone, so scraping every pod counts nothing twice).
+pub(crate) const REPLICA_ACTIVE: &str = "pxb_server_replica_active";
+/// Its help text.
+pub(crate) const REPLICA_ACTIVE_HELP: &str = "Whether this replica holds the lease (1) or is a standby (0); the fleet's series come from the active replica";
+
+/// A standby's whole `/metrics`: its version and `pxb_server_replica_active 0`.
+pub(crate) fn standby_metrics(accept: Option<&str>) -> pxb_telemetry::metrics::Exposition {
+    let mut r = Registry::default();
+    r.register(
+        "pxb_server",
+        "The server's version",
+        Info::new(vec![("version", pxb_core::api::agent::VERSION)]),
+    );
+    r.register(REPLICA_ACTIVE, REPLICA_ACTIVE_HELP, Gauge::<i64>::default());
+    pxb_telemetry::metrics::encode(&r, accept)
+}
+
 /// One label with a fixed value.
 type Label = [(&'static str, &'static str); 1];
 
@@ -146,6 +165,11 @@ fn registry(s: &Server, scope: &MetricsScope) -> Registry {
         clusters.get_or_create(&[("state", state)]).set(int(n));
     }
     r.register("pxb_server_clusters", "Clusters by state", clusters);
+    if s.is_replica() {
+        let active = Gauge::<i64>::default();
+        active.set(i64::from(s.may_act()));
+        r.register(REPLICA_ACTIVE, REPLICA_ACTIVE_HELP, active);
+    }
     let orgs = s.orgs();
     // Every org, with or without clusters, and every state: a series is never missing.
     let per_org = Family::<Labels2, Gauge>::default();

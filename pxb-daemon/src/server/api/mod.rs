@@ -22,7 +22,7 @@ mod discoveries;
 mod errors;
 mod extract;
 mod fleet;
-mod health;
+pub(crate) mod health;
 mod limit;
 mod locations;
 mod me;
