@@ -643,6 +643,73 @@ pub async fn tags(store: &dyn CatalogStore) {
     );
     assert!(!all_pages(q(&["view=vms"])).await.contains(&"t03".to_string()));
 
+    // A tag and a status together; a change of the status alone moves a record between
+    // statuses; a deleted one is gone from both.
+    let org2 = "conf-ts";
+    let rec = |i: u32, view: &str, status: &str| {
+        let mut p = put(Kind::Backup, org2, &format!("s{i:02}"), &format!("{i:02}"), "{}");
+        p.index.tags = vec![view.to_string()];
+        p.index.status = Some(status.into());
+        p
+    };
+    let mut puts = Vec::new();
+    for i in 0..12u32 {
+        let view = if i % 2 == 0 { "view=vms" } else { "view=namespaces" };
+        puts.push(rec(i, view, if i % 3 == 0 { "Failed" } else { "Success" }));
+    }
+    store.put(puts).await.expect("put");
+    let sq = |tag: &str, status: &str| Query {
+        tags: vec![tag.into()],
+        status: Some(status.into()),
+        ..Query::org(org2)
+    };
+    assert_eq!(
+        page_ids(store, Kind::Backup, &sq("view=vms", "Failed")).await,
+        vec!["s00", "s06"],
+        "a tag and a status"
+    );
+    assert_eq!(
+        store
+            .count(Kind::Backup, &sq("view=vms", "Failed"))
+            .await
+            .expect("count"),
+        2
+    );
+    assert_eq!(
+        page_ids(store, Kind::Backup, &sq("view=vms", "Success")).await,
+        vec!["s02", "s04", "s08", "s10"]
+    );
+    assert!(
+        page_ids(store, Kind::Backup, &sq("view=vms", "Deleting"))
+            .await
+            .is_empty(),
+        "a status nothing has"
+    );
+    store
+        .put(vec![rec(6, "view=vms", "Success")])
+        .await
+        .expect("a new status");
+    assert_eq!(
+        page_ids(store, Kind::Backup, &sq("view=vms", "Failed")).await,
+        vec!["s00"],
+        "the status changed, the tags did not"
+    );
+    assert_eq!(
+        page_ids(store, Kind::Backup, &sq("view=vms", "Success")).await,
+        vec!["s02", "s04", "s06", "s08", "s10"]
+    );
+    assert!(
+        store
+            .delete(Kind::Backup, org2, "s00", None)
+            .await
+            .expect("delete")
+    );
+    assert!(
+        page_ids(store, Kind::Backup, &sq("view=vms", "Failed"))
+            .await
+            .is_empty()
+    );
+
     // A bad tag is refused, and the batch it came in writes nothing.
     for bad in ["", "a\nb", &"x".repeat(super::MAX_TAG_LEN + 1)] {
         let r = store.put(vec![tagged(40, &["ns=ok"]), tagged(41, &[bad])]).await;

@@ -84,7 +84,36 @@ const MIGRATIONS: &[&str] = &[
     CREATE TRIGGER pxb_record_tags_sync AFTER INSERT OR UPDATE OR DELETE ON pxb_records
         FOR EACH ROW EXECUTE FUNCTION pxb_record_tags_sync();
     DROP INDEX pxb_records_tags;"#,
+    // 3: the status is a row in `pxb_record_tags` too, under a tag no index tag can be (a
+    // control character, then the status: tags have none), so a list with a tag and a status
+    // checks the status on the tag rows' key instead of reading each candidate's record (failed
+    // backups in the VM view at 1M backups: p99 59 ms before).
+    r#"CREATE OR REPLACE FUNCTION pxb_record_tags_sync() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN
+        IF TG_OP = 'UPDATE' AND OLD.sort = NEW.sort AND OLD.tags = NEW.tags
+           AND OLD.status IS NOT DISTINCT FROM NEW.status THEN
+            RETURN NULL;
+        END IF;
+        IF TG_OP IN ('UPDATE', 'DELETE') THEN
+            DELETE FROM pxb_record_tags
+                WHERE kind = OLD.kind AND tag = ANY (OLD.tags || (chr(1) COLLATE "C" || OLD.status))
+                  AND org = OLD.org AND sort = OLD.sort AND id = OLD.id;
+        END IF;
+        IF TG_OP IN ('INSERT', 'UPDATE') THEN
+            INSERT INTO pxb_record_tags (kind, tag, org, sort, id)
+                SELECT DISTINCT NEW.kind, t, NEW.org, NEW.sort, NEW.id
+                FROM unnest(NEW.tags || (chr(1) COLLATE "C" || NEW.status)) AS t WHERE t IS NOT NULL;
+        END IF;
+        RETURN NULL;
+    END $$;
+    INSERT INTO pxb_record_tags (kind, tag, org, sort, id)
+        SELECT kind, chr(1) COLLATE "C" || status, org, sort, id FROM pxb_records WHERE status IS NOT NULL;"#,
 ];
+
+/// The tag row that stands for a record's status (migration 3).
+fn status_tag(status: &str) -> String {
+    format!("\u{1}{status}")
+}
 
 /// The schema version of this pxb's PostgreSQL catalog. A database with a higher one (from a
 /// newer pxb) is refused.
@@ -550,7 +579,9 @@ fn selection(kind: Kind, query: &Query, after: Option<Cursor>, args: &mut Args) 
     eq(format!("{key}.org"), &query.org, &mut sql);
     eq("r.cluster".into(), &query.cluster, &mut sql);
     eq("r.location".into(), &query.location, &mut sql);
-    eq("r.status".into(), &query.status, &mut sql);
+    if !by_tag {
+        eq("r.status".into(), &query.status, &mut sql);
+    }
     if let Some(f) = query.time_from_ms {
         sql.push_str(&format!(" AND r.time_ms >= {}", args.push(f)));
     }
@@ -564,9 +595,10 @@ fn selection(kind: Kind, query: &Query, after: Option<Cursor>, args: &mut Args) 
         sql.push_str(&format!(" AND {key}.sort <= {}", args.push(m.clone())));
     }
     if by_tag {
-        // The other tags are looked up in the tag rows (their key only), so a candidate without
-        // them is passed over before its record is read.
-        for tag in &query.tags[1..] {
+        // The other tags, and the status, are looked up in the tag rows (their key only), so a
+        // candidate without them is passed over before its record is read.
+        let status = query.status.as_deref().map(status_tag);
+        for tag in query.tags[1..].iter().chain(status.as_ref()) {
             let u = args.push(tag.clone());
             sql.push_str(&format!(
                 " AND EXISTS (SELECT 1 FROM pxb_record_tags u WHERE u.kind = t.kind AND u.tag = {u} \
