@@ -273,10 +273,17 @@ impl Lease {
                 tracing::info!(replica = %self.me, epoch, "took the lease: this replica is active");
                 Ok(Role::Active { epoch })
             }
-            // Another replica was quicker, or the holder renewed: look again next time.
+            // Another replica was quicker, or the holder renewed: pass requests on to it (read
+            // again now, so requests are not refused until the next look).
             Err(Error::Precondition { .. }) => {
                 self.seen = None;
-                Ok(Role::Standby { address: None })
+                let now = read::<ActiveDoc>(self.store.as_ref(), ACTIVE).await?;
+                Ok(Role::Standby {
+                    address: now
+                        .and_then(|(_, d)| d)
+                        .map(|d| d.address)
+                        .filter(|a| !a.is_empty()),
+                })
             }
             Err(e) => Err(e),
         }
@@ -722,7 +729,16 @@ async fn forward(
     {
         return answer_locally(router.clone(), parts, body).await;
     }
-    let target = proxy.target.borrow().clone();
+    let mut target = proxy.target.borrow().clone();
+    // This standby has not seen an active replica yet (it looks every third of the lease): the
+    // lease may have been taken since.
+    if target.is_none()
+        && let Ok(Some((_, Some(now)))) = read::<ActiveDoc>(proxy.store.as_ref(), ACTIVE).await
+        && !now.holder.is_empty()
+        && !now.address.is_empty()
+    {
+        target = Some(now.address);
+    }
     let Some(target) = target else {
         // No active replica: its reads are still answered here.
         if let Some(router) = local
