@@ -579,6 +579,47 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_standbys_view_reads_the_catalog_and_writes_nothing() {
+        let store = MemoryCatalog::new();
+        store.put(vec![record("there")]).await.expect("put");
+        let view = ReadOnlyStore::new(Arc::new(store.clone()));
+        assert!(view.get(Kind::Cluster, "o", "there").await.is_ok());
+        assert_eq!(
+            view.list(Kind::Cluster, &Query::org("o"))
+                .await
+                .expect("list")
+                .items
+                .len(),
+            1
+        );
+        let guard = Guard {
+            kind: Kind::Lease,
+            org: String::new(),
+            id: ACTIVE.into(),
+            revision: 1,
+        };
+        let refused = [
+            view.put(vec![record("new")]).await.map(|_| ()),
+            view.delete(Kind::Cluster, "o", "there", None).await.map(|_| ()),
+            view.put_guarded(&guard, vec![record("new")]).await.map(|_| ()),
+            view.delete_guarded(&guard, Kind::Cluster, "o", "there", None)
+                .await
+                .map(|_| ()),
+        ];
+        for r in refused {
+            assert!(matches!(r, Err(Error::Unavailable { .. })), "{r:?}");
+        }
+        assert!(
+            store.get(Kind::Cluster, "o", "new").await.is_err(),
+            "nothing written"
+        );
+        assert!(
+            store.get(Kind::Cluster, "o", "there").await.is_ok(),
+            "nothing deleted"
+        );
+    }
+
+    #[tokio::test]
     async fn two_standbys_racing_for_a_free_lease_make_one_active() {
         let store = MemoryCatalog::new();
         let clock = Clock::new();
