@@ -58,6 +58,26 @@ pub struct DemoOptions {
     pub listen: String,
     /// Turn the opt-in support channel on and off against this telemetry service at the end.
     pub support: Option<DemoSupport>,
+    /// Sign users in to the API and the console with this OpenID Connect issuer (besides the
+    /// demo's development token).
+    pub entra: Option<DemoEntra>,
+}
+
+/// An OpenID Connect issuer for the demo's sign-in (the test harness's Entra ID stand-in).
+#[derive(Debug, Clone)]
+pub struct DemoEntra {
+    /// The issuer URL.
+    pub issuer: String,
+    /// The API's audience in its tokens.
+    pub audience: String,
+    /// The console's client id there.
+    pub console_client_id: String,
+    /// Its CA (PEM file).
+    pub ca_file: std::path::PathBuf,
+    /// The app role that makes a user a provider admin.
+    pub provider_admin_role: String,
+    /// The token group whose members are viewers of the demo's org.
+    pub viewer_group: String,
 }
 
 /// A telemetry service for the demo's support channel (the test harness's stand-in).
@@ -92,6 +112,7 @@ impl Default for DemoOptions {
             serve: true,
             listen: "127.0.0.1:0".into(),
             support: None,
+            entra: None,
         }
     }
 }
@@ -134,7 +155,7 @@ impl std::fmt::Debug for AzureDemoLocation {
 
 /// The demo's flags, as `--help` prints them.
 pub const USAGE: &str =
-    "usage: pxb demo [--shoots N] [--location file|azurite] [--listen 127.0.0.1:PORT] [--exit] [--support-channel]
+    "usage: pxb demo [--shoots N] [--location file|azurite] [--listen 127.0.0.1:PORT] [--exit] [--support-channel] [--entra-login]
   --shoots N        eligible simulated shoots (at least 5; default 20)
   --location L      file (a temporary directory, the default) or azurite (Azurite over HTTPS with
                     Workload Identity through a fake Entra ID; from the test harness's pxb-demo)
@@ -142,7 +163,17 @@ pub const USAGE: &str =
   --exit            stop after the flow instead of serving the API until Ctrl-C (--serve, the
                     default, is accepted too)
   --support-channel switch the opt-in support channel on and off at the end, against a stand-in
-                    telemetry service (mutual TLS; from the test harness's pxb-demo)";
+                    telemetry service (mutual TLS; from the test harness's pxb-demo)
+  --entra-login     sign in to the API and the console with a stand-in Entra ID too (the
+                    authorization code flow with PKCE; the user `operator` is a provider admin,
+                    `viewer` (login_hint) a viewer of org demo;
+                    from the test harness's pxb-demo)";
+
+/// Whether `args` ask for sign-in with a stand-in Entra ID (`--entra-login`), which only the
+/// test harness's `pxb-demo` provides.
+pub fn wants_entra_login(args: &[String]) -> bool {
+    args.iter().any(|a| a == "--entra-login")
+}
 
 /// Whether `args` ask for the usage (`--help`, `-h`).
 pub fn wants_help(args: &[String]) -> bool {
@@ -184,8 +215,13 @@ pub fn parse_args(args: &[String]) -> Result<(DemoOptions, bool), String> {
     if let Some(unknown) = args.iter().enumerate().find_map(|(i, a)| {
         let takes_value = |f: &str| matches!(f, "--shoots" | "--location" | "--listen");
         let is_value = i > 0 && takes_value(&args[i - 1]);
-        (!is_value && !takes_value(a) && !matches!(a.as_str(), "--exit" | "--serve" | "--support-channel"))
-            .then_some(a)
+        (!is_value
+            && !takes_value(a)
+            && !matches!(
+                a.as_str(),
+                "--exit" | "--serve" | "--support-channel" | "--entra-login"
+            ))
+        .then_some(a)
     }) {
         return Err(format!("unknown argument {unknown:?}\n{USAGE}"));
     }
@@ -196,6 +232,7 @@ pub fn parse_args(args: &[String]) -> Result<(DemoOptions, bool), String> {
             serve: !args.iter().any(|a| a == "--exit"),
             listen,
             support: None,
+            entra: None,
         },
         azure,
     ))
@@ -229,7 +266,18 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<bool> {
     let dir = tempfile::tempdir()?;
     let garden = dir.path().join("garden-demo.yaml");
     std::fs::write(&garden, fleet.garden_kubeconfig(&token))?;
-    println!("garden {} — {} shoots", fleet.garden_url(), fleet.shoot_count());
+    // A second project nobody discovers yet: for trying onboarding (a discovery of project
+    // `staging` with the garden credential `staging`) in the console or with the CLI.
+    fleet.add_project("staging")?;
+    fleet.add_shoots("staging", "stage", 3)?;
+    let staging_token = fleet.add_service_account("staging", "pxb-server", ProjectRole::Admin)?;
+    let staging = dir.path().join("garden-staging.yaml");
+    std::fs::write(&staging, fleet.garden_kubeconfig(&staging_token))?;
+    println!(
+        "garden {} — {} shoots (project demo; project staging with 3 more, not discovered yet)",
+        fleet.garden_url(),
+        fleet.shoot_count()
+    );
 
     let azure = match &args.location {
         DemoLocation::Azure(a) => Some(&**a),
@@ -263,8 +311,19 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<bool> {
     config
         .garden_credentials
         .insert("demo".into(), GardenCredential::new(garden.display().to_string()));
+    config.garden_credentials.insert(
+        "staging".into(),
+        GardenCredential::new(staging.display().to_string()),
+    );
     config.fleet.call_timeout_ms = 2000;
     config.fleet.resync_secs = 5;
+    if let Some(e) = &args.entra {
+        config.auth.issuer = e.issuer.clone();
+        config.auth.audiences = vec![e.audience.clone()];
+        config.auth.issuer_ca_file = e.ca_file.display().to_string();
+        config.auth.console_client_id = e.console_client_id.clone();
+        config.auth.provider_admin_roles = vec![e.provider_admin_role.clone()];
+    }
     let support_file = dir.path().join("support-enabled");
     if let Some(sup) = &args.support {
         std::fs::write(&support_file, "false\n")?;
@@ -278,11 +337,20 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<bool> {
     let url = format!("http://{}", daemon.addr);
     let api = Client::builder(&url).token(&dev_token).build()?;
     println!("\n== pxb-server on {} (catalog {}) ==", url, config.catalog.path);
+    // With a sign-in of its own, the tenant's viewers: members of the group `demo-viewers`.
+    let access = match &args.entra {
+        Some(e) => vec![pxb_core::catalog::records::RoleBinding {
+            role: pxb_core::catalog::records::Role::Viewer,
+            groups: vec![e.viewer_group.clone()],
+            app_roles: Vec::new(),
+        }],
+        None => Vec::new(),
+    };
     api.create_org(&CreateOrg {
         id: ORG.into(),
         display_name: "Demo tenant".into(),
         mode: Default::default(),
-        access: Vec::new(),
+        access,
     })
     .await?;
     api.create_discovery(
@@ -408,10 +476,15 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<bool> {
 
     if args.serve {
         println!(
-            "\nserving until Ctrl-C; try: pxb login --server <API> --token <TOKEN> --org demo && pxb backups list"
+            "\nserving until Ctrl-C; open CONSOLE in a browser (the code works once), or try: pxb login --server <API> --token <TOKEN> --org demo && pxb backups list"
         );
         println!("API {url}");
         println!("TOKEN {dev_token}");
+        // The console signed in as the demo's provider admin: a one-time code, never the token.
+        let code = daemon
+            .server
+            .console_sign_in_code(crate::server::auth::Identity::development());
+        println!("CONSOLE {url}/#/signin?code={code}");
         use std::io::Write as _;
         let _ = std::io::stdout().flush();
         let _ = tokio::signal::ctrl_c().await;

@@ -127,7 +127,7 @@ async fn demo(args: Vec<String>) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    if azurite || crate::demo::wants_support_channel(&args) {
+    if azurite || crate::demo::wants_support_channel(&args) || crate::demo::wants_entra_login(&args) {
         return harness_demo(args);
     }
     match crate::demo::run(options).await {

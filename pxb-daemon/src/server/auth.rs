@@ -51,6 +51,18 @@ impl Identity {
         }
     }
 
+    /// The identity of the development token: a provider admin.
+    pub fn development() -> Self {
+        Identity {
+            subject: "dev".into(),
+            name: Some("development token".into()),
+            groups: Vec::new(),
+            roles: Vec::new(),
+            dev: true,
+            session: "dev".into(),
+        }
+    }
+
     /// With the token groups `groups` (builder style).
     pub fn with_groups<S: Into<String>>(mut self, groups: impl IntoIterator<Item = S>) -> Self {
         self.groups = groups.into_iter().map(Into::into).collect();
@@ -144,14 +156,7 @@ impl Authenticator for DevToken {
             diff |= (*x ^ a.get(i).copied().unwrap_or(0)) as usize;
         }
         if diff == 0 && !b.is_empty() {
-            Ok(Identity {
-                subject: "dev".into(),
-                name: Some("development token".into()),
-                groups: Vec::new(),
-                roles: Vec::new(),
-                dev: true,
-                session: "dev".into(),
-            })
+            Ok(Identity::development())
         } else {
             Err(AuthError::Unauthenticated("the bearer token is not valid".into()))
         }

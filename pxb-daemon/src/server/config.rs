@@ -318,6 +318,27 @@ pub struct AuthConfig {
     pub provider_admin_groups: Vec<String>,
     /// App roles that administer the whole provider.
     pub provider_admin_roles: Vec<String>,
+    /// The web console's client id at the issuer (a public client: a single-page application
+    /// whose redirect URI is the console's address, `https://<server>/`); empty: the console
+    /// offers no Entra ID sign-in.
+    pub console_client_id: String,
+    /// The scopes the console asks for; empty: `openid profile offline_access` and
+    /// `<first audience>/.default`.
+    pub console_scopes: Vec<String>,
+}
+
+impl AuthConfig {
+    /// The scopes the console asks the issuer for.
+    pub fn console_scopes(&self) -> Vec<String> {
+        if !self.console_scopes.is_empty() {
+            return self.console_scopes.clone();
+        }
+        let mut s: Vec<String> = ["openid", "profile", "offline_access"].map(String::from).to_vec();
+        if let Some(a) = self.audiences.first() {
+            s.push(format!("{}/.default", a.trim_end_matches('/')));
+        }
+        s
+    }
 }
 
 /// Encryption of classic-mode secrets at rest.
@@ -588,6 +609,21 @@ impl ServerConfig {
             return Err(Error::invalid(
                 "auth.audiences must name at least one audience when auth.issuer is set",
             ));
+        }
+        if !self.auth.console_client_id.is_empty() && self.auth.issuer.is_empty() {
+            return Err(Error::invalid(
+                "auth.consoleClientId needs auth.issuer: the console signs in at that issuer",
+            ));
+        }
+        if let Some(bad) = self
+            .auth
+            .console_scopes
+            .iter()
+            .find(|s| s.is_empty() || !s.chars().all(|c| c.is_ascii_graphic() && c != '"' && c != '\\'))
+        {
+            return Err(Error::invalid(format!(
+                "auth.consoleScopes: {bad:?} is not a scope (printable ASCII, no spaces or quotes)"
+            )));
         }
         Ok(())
     }

@@ -35,6 +35,7 @@ pub mod backups;
 pub mod catalog_copy;
 mod clusters;
 pub mod config;
+pub mod console;
 mod daemon;
 mod discovery;
 mod findings;

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use pxb_core::Result;
 use pxb_core::catalog::records::Preferences;
 
-use super::auth::{AuthError, Caller};
+use super::auth::{AuthError, Caller, Identity};
 use super::state::Server;
 
 /// Sessions whose preferences are kept at most (the least recently used go first).
@@ -61,9 +61,27 @@ impl Server {
         );
     }
 
-    /// Checks a bearer token.
+    /// A one-time code that signs `identity` in to the web console: the console at
+    /// `/#/signin?code=<code>` exchanges it for a session of its own (once, within
+    /// [`console::CODE_LIFETIME`](super::console::CODE_LIFETIME)). For a process that already
+    /// knows who its user is, such as `pxb demo`; anyone holding the code until then signs in as
+    /// `identity`.
+    pub fn console_sign_in_code(&self, identity: Identity) -> String {
+        self.inner.console.code(identity, self.inner.clock.now())
+    }
+
+    /// Checks a bearer token: a console session's, else through the authenticator.
     pub async fn authenticate(&self, token: &str) -> std::result::Result<Caller, AuthError> {
-        let id = self.inner.authenticator.authenticate(token).await?;
+        let id = if token.starts_with(super::console::TOKEN_PREFIX) {
+            self.inner
+                .console
+                .identity(token, self.inner.clock.now())
+                .ok_or_else(|| {
+                    AuthError::Unauthenticated("the console session has ended; sign in again".into())
+                })?
+        } else {
+            self.inner.authenticator.authenticate(token).await?
+        };
         let a = &self.inner.config.auth;
         Ok(Caller::new(id, &a.provider_admin_groups, &a.provider_admin_roles))
     }

@@ -271,6 +271,8 @@ pub(crate) struct Inner {
     pub(crate) background: Mutex<Vec<tokio::task::JoinHandle<()>>>,
     /// Per sign-in session preferences (the time bracket), by (subject, session); bounded.
     pub(crate) sessions: Mutex<HashMap<(String, String), (SystemTime, serde_json::Value)>>,
+    /// The web console's one-time codes and sessions.
+    pub(crate) console: super::console::ConsoleSessions,
     /// API requests in flight per org (`api.maxRequestsPerOrg`).
     pub(crate) org_limits: OrgLimits,
     /// The per-backup info series.
@@ -353,6 +355,7 @@ impl Server {
             runtime: tokio::runtime::Handle::current(),
             background: Mutex::new(Vec::new()),
             sessions: Mutex::new(HashMap::new()),
+            console: Default::default(),
             org_limits: OrgLimits::default(),
             backup_info,
             observed_store,

@@ -90,6 +90,108 @@ struct State {
     failing: AtomicBool,
     stall_ms: std::sync::atomic::AtomicU64,
     device: Mutex<Option<DeviceGrant>>,
+    browser: Mutex<Option<BrowserLogin>>,
+    /// Authorization codes handed out, by code.
+    codes: Mutex<std::collections::HashMap<String, PendingCode>>,
+    /// Refresh tokens handed out: the session (`sid`) and the user each continues.
+    refresh: Mutex<std::collections::HashMap<String, (String, BrowserUser)>>,
+    browser_sign_ins: AtomicUsize,
+    refreshes: AtomicUsize,
+}
+
+/// Who signs in through the authorization endpoint (a browser), and for which client
+/// ([`TestIssuer::set_browser_login`]).
+#[derive(Debug, Clone)]
+pub struct BrowserLogin {
+    client_id: String,
+    redirect_uri: String,
+    subject: String,
+    audience: String,
+    groups: Vec<String>,
+    roles: Vec<String>,
+    lifetime_secs: i64,
+    /// Further users, signed in when the authorization request's `login_hint` names them.
+    others: Vec<BrowserUser>,
+}
+
+/// A further user of a [`BrowserLogin`].
+#[derive(Debug, Clone)]
+struct BrowserUser {
+    subject: String,
+    groups: Vec<String>,
+    roles: Vec<String>,
+}
+
+impl BrowserLogin {
+    /// `subject` signs in to the public client `client_id`, whose only redirect URI is
+    /// `redirect_uri`, and gets access tokens for `audience` (no groups, no roles, an hour).
+    pub fn new(client_id: &str, redirect_uri: &str, subject: &str, audience: &str) -> Self {
+        BrowserLogin {
+            client_id: client_id.into(),
+            redirect_uri: redirect_uri.into(),
+            subject: subject.into(),
+            audience: audience.into(),
+            groups: Vec::new(),
+            roles: Vec::new(),
+            lifetime_secs: 3600,
+            others: Vec::new(),
+        }
+    }
+
+    /// Also signs in `subject` with `groups` and `roles`, when an authorization request's
+    /// `login_hint` is `subject` or `subject@pxb.test` (as Entra ID picks the hinted account).
+    pub fn also(mut self, subject: &str, groups: &[&str], roles: &[&str]) -> Self {
+        self.others.push(BrowserUser {
+            subject: subject.into(),
+            groups: groups.iter().map(|g| g.to_string()).collect(),
+            roles: roles.iter().map(|r| r.to_string()).collect(),
+        });
+        self
+    }
+
+    /// The user `hint` names (none: the first one); `None` when it names nobody.
+    fn user(&self, hint: Option<&str>) -> Option<BrowserUser> {
+        let first = BrowserUser {
+            subject: self.subject.clone(),
+            groups: self.groups.clone(),
+            roles: self.roles.clone(),
+        };
+        let Some(hint) = hint.filter(|h| !h.is_empty()) else {
+            return Some(first);
+        };
+        let name = hint.strip_suffix("@pxb.test").unwrap_or(hint);
+        std::iter::once(first)
+            .chain(self.others.iter().cloned())
+            .find(|u| u.subject == name)
+    }
+
+    /// With these token groups.
+    pub fn groups(mut self, groups: &[&str]) -> Self {
+        self.groups = groups.iter().map(|g| g.to_string()).collect();
+        self
+    }
+
+    /// With these app roles.
+    pub fn roles(mut self, roles: &[&str]) -> Self {
+        self.roles = roles.iter().map(|r| r.to_string()).collect();
+        self
+    }
+
+    /// Access tokens live `secs`.
+    pub fn lifetime(mut self, secs: i64) -> Self {
+        self.lifetime_secs = secs;
+        self
+    }
+}
+
+/// An authorization code waiting for its exchange.
+struct PendingCode {
+    challenge: String,
+    redirect_uri: String,
+    nonce: Option<String>,
+    sid: String,
+    user: BrowserUser,
+    issued: std::time::Instant,
 }
 
 /// What the device-code flow answers: `pending` polls get `authorization_pending`, then the
@@ -140,6 +242,11 @@ impl TestIssuer {
             failing: AtomicBool::new(false),
             stall_ms: std::sync::atomic::AtomicU64::new(0),
             device: Mutex::new(None),
+            browser: Mutex::new(None),
+            codes: Mutex::new(Default::default()),
+            refresh: Mutex::new(Default::default()),
+            browser_sign_ins: AtomicUsize::new(0),
+            refreshes: AtomicUsize::new(0),
         });
         let handler_state = state.clone();
         let server = BackgroundServer::start(Some(ca.rustls_server_config()?), move |req| {
@@ -319,9 +426,56 @@ impl TestIssuer {
         *lock(&self.state.device) = Some(DeviceGrant { claims, pending });
     }
 
+    /// The authorization code flow with PKCE (S256) signs `login`'s user in at once (no login
+    /// page: the browser is sent straight back with a code). Every sign-in is a new session
+    /// (`sid`); a refresh token continues its session.
+    pub fn set_browser_login(&self, login: BrowserLogin) {
+        *lock(&self.state.browser) = Some(login);
+    }
+
+    /// How many authorization codes were exchanged for tokens.
+    pub fn browser_sign_ins(&self) -> usize {
+        self.state.browser_sign_ins.load(Ordering::SeqCst)
+    }
+
+    /// How many refresh-token grants were answered with tokens.
+    pub fn refreshes(&self) -> usize {
+        self.state.refreshes.load(Ordering::SeqCst)
+    }
+
     fn current(&self) -> Arc<SigningKey> {
         lock(&self.state.keys).current.clone()
     }
+}
+
+fn redirect(to: &str) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::new()));
+    *r.status_mut() = StatusCode::FOUND;
+    if let Ok(v) = hyper::header::HeaderValue::from_str(to) {
+        r.headers_mut().insert("location", v);
+    }
+    r
+}
+
+fn query_of(req: &Request<Incoming>) -> std::collections::HashMap<String, String> {
+    url::form_urlencoded::parse(req.uri().query().unwrap_or("").as_bytes())
+        .into_owned()
+        .collect()
+}
+
+fn s256(verifier: &str) -> String {
+    URL_SAFE_NO_PAD
+        .encode(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, verifier.as_bytes()).as_ref())
+}
+
+/// Lets a page of any origin read the answer (as Entra ID's discovery document and its token
+/// endpoint for single-page applications do).
+fn cors(mut r: Response<Full<Bytes>>) -> Response<Full<Bytes>> {
+    r.headers_mut().insert(
+        "access-control-allow-origin",
+        hyper::header::HeaderValue::from_static("*"),
+    );
+    r
 }
 
 fn json_response(status: StatusCode, body: &Value) -> Response<Full<Bytes>> {
@@ -344,6 +498,17 @@ impl State {
             .unwrap_or_default()
             .to_owned();
         let path = req.uri().path().to_owned();
+        if path == format!("/{TENANT_ID}/oauth2/v2.0/authorize") {
+            return self.authorize(&req);
+        }
+        if path == format!("/{TENANT_ID}/oauth2/v2.0/logout") {
+            let q = query_of(&req);
+            let allowed = lock(&self.browser).as_ref().map(|b| b.redirect_uri.clone());
+            return match q.get("post_logout_redirect_uri") {
+                Some(to) if Some(to) == allowed.as_ref() => redirect(to),
+                _ => json_response(StatusCode::OK, &json!({"signed_out": true})),
+            };
+        }
         let is_device = path == format!("/{TENANT_ID}/oauth2/v2.0/devicecode");
         let is_token = path == format!("/{TENANT_ID}/oauth2/v2.0/token");
         if !(is_device || is_token) {
@@ -381,6 +546,11 @@ impl State {
                 }),
             );
         }
+        match form.get("grant_type").map(String::as_str) {
+            Some("authorization_code") => return cors(self.code_grant(&form)),
+            Some("refresh_token") => return cors(self.refresh_grant(&form)),
+            _ => {}
+        }
         if form.get("grant_type").map(String::as_str) != Some("urn:ietf:params:oauth:grant-type:device_code")
             || form.get("device_code").map(String::as_str) != Some(DEVICE_CODE)
         {
@@ -415,6 +585,157 @@ impl State {
         }
     }
 
+    /// `GET …/authorize`: checks the client, the redirect URI and the PKCE challenge, and sends
+    /// the browser back with a code (errors go back to a registered redirect URI only).
+    fn authorize(&self, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+        let q = query_of(req);
+        let browser = lock(&self.browser);
+        let Some(b) = browser.as_ref() else {
+            return json_response(
+                StatusCode::BAD_REQUEST,
+                &json!({"error": "no browser sign-in set up"}),
+            );
+        };
+        if q.get("client_id") != Some(&b.client_id) {
+            return json_response(StatusCode::BAD_REQUEST, &json!({"error": "unauthorized_client"}));
+        }
+        if q.get("redirect_uri") != Some(&b.redirect_uri) {
+            return json_response(
+                StatusCode::BAD_REQUEST,
+                &json!({"error": "invalid_request", "error_description": "redirect_uri is not registered"}),
+            );
+        }
+        let back = |params: &[(&str, &str)]| {
+            let mut u = url::Url::parse(&b.redirect_uri).expect("registered redirect URI");
+            {
+                let mut pairs = u.query_pairs_mut();
+                for (k, v) in params {
+                    pairs.append_pair(k, v);
+                }
+                if let Some(st) = q.get("state") {
+                    pairs.append_pair("state", st);
+                }
+            }
+            redirect(u.as_str())
+        };
+        let challenge = q.get("code_challenge").cloned().unwrap_or_default();
+        if q.get("response_type").map(String::as_str) != Some("code")
+            || q.get("code_challenge_method").map(String::as_str) != Some("S256")
+            || challenge.len() < 43
+        {
+            return back(&[
+                ("error", "invalid_request"),
+                ("error_description", "code with PKCE S256 only"),
+            ]);
+        }
+        let Some(user) = b.user(q.get("login_hint").map(String::as_str)) else {
+            return back(&[
+                ("error", "login_required"),
+                ("error_description", "no such account here"),
+            ]);
+        };
+        let code = URL_SAFE_NO_PAD.encode(rand::random::<[u8; 24]>());
+        lock(&self.codes).insert(
+            code.clone(),
+            PendingCode {
+                challenge,
+                redirect_uri: b.redirect_uri.clone(),
+                nonce: q.get("nonce").cloned(),
+                sid: format!("sid-{:016x}", rand::random::<u64>()),
+                user,
+                issued: std::time::Instant::now(),
+            },
+        );
+        back(&[("code", &code)])
+    }
+
+    /// The access, id and refresh tokens of `u`'s session `sid`.
+    fn tokens(&self, sid: &str, u: &BrowserUser, nonce: Option<&str>) -> Option<Value> {
+        let browser = lock(&self.browser);
+        let b = browser.as_ref()?;
+        let issuer = self.issuer.get().cloned().unwrap_or_default();
+        let now = unix_now() as i64;
+        let key = lock(&self.keys).current.clone();
+        let access = json!({
+            "iss": issuer, "aud": b.audience, "sub": u.subject, "oid": u.subject, "tid": TENANT_ID,
+            "preferred_username": format!("{}@pxb.test", u.subject), "name": u.subject,
+            "groups": u.groups, "roles": u.roles, "sid": sid,
+            "uti": URL_SAFE_NO_PAD.encode(rand::random::<[u8; 12]>()),
+            "iat": now - 5, "nbf": now - 5, "exp": now + b.lifetime_secs, "ver": "2.0",
+        });
+        let mut id = json!({
+            "iss": issuer, "aud": b.client_id, "sub": u.subject, "oid": u.subject, "tid": TENANT_ID,
+            "preferred_username": format!("{}@pxb.test", u.subject), "sid": sid,
+            "iat": now - 5, "nbf": now - 5, "exp": now + 3600, "ver": "2.0",
+        });
+        if let Some(n) = nonce {
+            id["nonce"] = json!(n);
+        }
+        let refresh = URL_SAFE_NO_PAD.encode(rand::random::<[u8; 32]>());
+        lock(&self.refresh).insert(refresh.clone(), (sid.to_owned(), u.clone()));
+        Some(json!({
+            "token_type": "Bearer",
+            "access_token": key.sign(&key.kid, &access),
+            "id_token": key.sign(&key.kid, &id),
+            "refresh_token": refresh,
+            "expires_in": b.lifetime_secs,
+            "scope": format!("{}/.default openid profile offline_access", b.audience),
+        }))
+    }
+
+    fn code_grant(&self, form: &std::collections::HashMap<String, String>) -> Response<Full<Bytes>> {
+        let invalid = |why: &str| {
+            json_response(
+                StatusCode::BAD_REQUEST,
+                &json!({"error": "invalid_grant", "error_description": why}),
+            )
+        };
+        let client_ok = lock(&self.browser)
+            .as_ref()
+            .is_some_and(|b| form.get("client_id") == Some(&b.client_id));
+        if !client_ok {
+            return json_response(StatusCode::BAD_REQUEST, &json!({"error": "invalid_client"}));
+        }
+        // A code works once, whatever happens next.
+        let Some(p) = form.get("code").and_then(|c| lock(&self.codes).remove(c)) else {
+            return invalid("the code is unknown or used");
+        };
+        if p.issued.elapsed() > std::time::Duration::from_secs(300) {
+            return invalid("the code expired");
+        }
+        if form.get("redirect_uri") != Some(&p.redirect_uri) {
+            return invalid("redirect_uri differs from the authorization request");
+        }
+        match form.get("code_verifier") {
+            Some(v) if s256(v) == p.challenge => {}
+            _ => return invalid("the code_verifier does not match the code_challenge"),
+        }
+        match self.tokens(&p.sid, &p.user, p.nonce.as_deref()) {
+            Some(t) => {
+                self.browser_sign_ins.fetch_add(1, Ordering::SeqCst);
+                json_response(StatusCode::OK, &t)
+            }
+            None => invalid("no browser sign-in set up"),
+        }
+    }
+
+    fn refresh_grant(&self, form: &std::collections::HashMap<String, String>) -> Response<Full<Bytes>> {
+        // Refresh tokens rotate: the one presented is spent.
+        let sid = form
+            .get("refresh_token")
+            .and_then(|r| lock(&self.refresh).remove(r));
+        match sid.and_then(|(sid, user)| self.tokens(&sid, &user, None)) {
+            Some(t) => {
+                self.refreshes.fetch_add(1, Ordering::SeqCst);
+                json_response(StatusCode::OK, &t)
+            }
+            None => json_response(
+                StatusCode::BAD_REQUEST,
+                &json!({"error": "invalid_grant", "error_description": "the refresh token is unknown or used"}),
+            ),
+        }
+    }
+
     fn handle(&self, req: &Request<Incoming>) -> Response<Full<Bytes>> {
         let issuer = self.issuer.get().cloned().unwrap_or_default();
         let origin = issuer.split(&format!("/{TENANT_ID}/")).next().unwrap_or_default();
@@ -443,7 +764,7 @@ impl State {
         }
         if path == discovery {
             let advertised = lock(&self.advertised_issuer).clone().unwrap_or(issuer.clone());
-            return json_response(
+            return cors(json_response(
                 StatusCode::OK,
                 &json!({
                     "issuer": advertised,
@@ -451,11 +772,13 @@ impl State {
                     "authorization_endpoint": format!("{origin}/{TENANT_ID}/oauth2/v2.0/authorize"),
                     "token_endpoint": format!("{origin}/{TENANT_ID}/oauth2/v2.0/token"),
                     "device_authorization_endpoint": format!("{origin}/{TENANT_ID}/oauth2/v2.0/devicecode"),
+                    "end_session_endpoint": format!("{origin}/{TENANT_ID}/oauth2/v2.0/logout"),
+                    "code_challenge_methods_supported": ["S256"],
                     "response_types_supported": ["code", "id_token", "code id_token", "id_token token"],
                     "subject_types_supported": ["pairwise"],
                     "id_token_signing_alg_values_supported": ["RS256"],
                 }),
-            );
+            ));
         }
         let keys: Vec<Value> = lock(&self.keys).published.iter().map(|k| k.jwk()).collect();
         json_response(StatusCode::OK, &json!({"keys": keys}))

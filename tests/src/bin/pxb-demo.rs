@@ -4,12 +4,14 @@
 //! it is installed next to `pxb`).
 //!
 //! `pxb-demo [--shoots N] [--location file|azurite] [--exit] [--listen 127.0.0.1:PORT] [--support-channel]`
-//! (`--support-channel` starts the stand-in telemetry service the demo's support channel talks to)
+//! (`--support-channel` starts the stand-in telemetry service the demo's support channel talks to;
+//! `--entra-login` a stand-in Entra ID the console and the API sign users in with)
 
 use std::process::ExitCode;
 use std::sync::Arc;
 
 use pxb_daemon::demo::{AzureDemoLocation, DemoLocation};
+use pxb_harness::oidc::BrowserLogin;
 use pxb_tests::fixture::{AzureFixture, CLIENT_ID};
 
 async fn run(args: Vec<String>) -> anyhow::Result<bool> {
@@ -60,8 +62,49 @@ async fn run(args: Vec<String>) -> anyhow::Result<bool> {
     } else {
         None
     };
+    let _issuer = if pxb_daemon::demo::wants_entra_login(&args) {
+        // The console's redirect URI names the API's port, so the port is fixed before the start.
+        if options.listen.ends_with(":0") {
+            let probe = std::net::TcpListener::bind("127.0.0.1:0")?;
+            options.listen = probe.local_addr()?.to_string();
+        }
+        let ca = pxb_harness::tls::TestCa::generate()?;
+        let issuer = pxb_harness::oidc::TestIssuer::start(&ca)?;
+        let redirect = format!("http://{}/", options.listen);
+        issuer.set_browser_login(
+            BrowserLogin::new(CONSOLE_CLIENT_ID, &redirect, "operator", API_AUDIENCE)
+                .roles(&[PROVIDER_ADMIN_ROLE])
+                .also("viewer", &[VIEWER_GROUP], &[]),
+        );
+        let ca_file = tempfile::NamedTempFile::new()?;
+        std::fs::write(ca_file.path(), issuer.ca_pem())?;
+        println!(
+            "stand-in Entra ID at {} (user `operator`, a provider admin)",
+            issuer.issuer()
+        );
+        options.entra = Some(pxb_daemon::demo::DemoEntra {
+            issuer: issuer.issuer(),
+            audience: API_AUDIENCE.into(),
+            console_client_id: CONSOLE_CLIENT_ID.into(),
+            ca_file: ca_file.path().to_path_buf(),
+            provider_admin_role: PROVIDER_ADMIN_ROLE.into(),
+            viewer_group: VIEWER_GROUP.into(),
+        });
+        Some((issuer, ca_file))
+    } else {
+        None
+    };
     pxb_daemon::demo::run(options).await
 }
+
+/// The console's client id at the stand-in Entra ID (`--entra-login`).
+const CONSOLE_CLIENT_ID: &str = "pxb-console-demo";
+/// The API's audience there.
+const API_AUDIENCE: &str = "api://pxb-demo";
+/// The group of the demo org's viewers there.
+const VIEWER_GROUP: &str = "demo-viewers";
+/// The app role of provider admins there.
+const PROVIDER_ADMIN_ROLE: &str = "pxb.provider-admin";
 
 fn main() -> ExitCode {
     // Logs of the server and the agents on stderr, only with PXB_LOG (e.g. PXB_LOG=info), in the

@@ -213,7 +213,7 @@ is one the Deployment mounts. */}}
 {{- $_ := set $cfg "replicas" (mustMergeOverwrite (default (dict) $cfg.replicas) (dict "enabled" true)) -}}
 {{- end -}}
 {{- $_ := set $cfg "mode" .Values.mode -}}
-{{- $auth := dict "issuer" (toString .Values.auth.issuer) "audiences" (default (list) .Values.auth.audiences) "providerAdminGroups" (default (list) .Values.auth.providerAdminGroups) "providerAdminRoles" (default (list) .Values.auth.providerAdminRoles) -}}
+{{- $auth := dict "issuer" (toString .Values.auth.issuer) "audiences" (default (list) .Values.auth.audiences) "providerAdminGroups" (default (list) .Values.auth.providerAdminGroups) "providerAdminRoles" (default (list) .Values.auth.providerAdminRoles) "consoleClientId" (toString (default "" .Values.auth.consoleClientId)) "consoleScopes" (default (list) .Values.auth.consoleScopes) -}}
 {{- if or .Values.auth.issuerCA.configMap .Values.auth.issuerCA.secret -}}
 {{- $_ := set $auth "issuerCaFile" (printf "%s/%s" (include "pxb-server.issuerCaDir" .) .Values.auth.issuerCA.key) -}}
 {{- end -}}

@@ -1,5 +1,5 @@
-//! The REST API (axum), versioned under `/v1`, plus `/healthz`, `/readyz`, `/metrics` and
-//! `/openapi.json`.
+//! The REST API (axum), versioned under `/v1`, plus `/healthz`, `/readyz`, `/metrics`,
+//! `/openapi.json` and the web console (`/`, `/assets/…`, `/console/…`: `console.rs`).
 //!
 //! Errors are JSON `{"error": {"code": …, "message": …}}` with a stable code (`errors.rs`). Every
 //! list is paged (`limit` up to 1000, `after` = the `next` cursor of the previous page) and
@@ -18,6 +18,7 @@
 
 mod backups;
 mod clusters;
+pub(crate) mod console;
 mod discoveries;
 mod errors;
 mod extract;
@@ -50,7 +51,15 @@ pub(crate) fn router(server: Server) -> Router {
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(health::metrics))
-        .route("/openapi.json", get(|| async { axum::Json(openapi::document()) }));
+        .route("/openapi.json", get(|| async { axum::Json(openapi::document()) }))
+        .route("/", get(console::index))
+        .route("/assets/{*path}", get(console::assets))
+        .route("/console/config.json", get(console::config))
+        .route(
+            "/console/session",
+            axum::routing::post(console::create_session).delete(console::end_session),
+        )
+        .route("/console/code", axum::routing::post(console::create_code));
     for op in routes::operations() {
         router = router.route(op.op.path, (op.route)());
     }
