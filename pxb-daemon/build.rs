@@ -55,8 +55,11 @@ fn build_console(out: &Path) -> PathBuf {
     watch_dir(&console.join("src"));
     // Several builds (features, profiles, target folders) may run this at once over the same
     // node_modules: one at a time.
-    let lock = std::fs::File::create(console.join(".build.lock")).expect("console/.build.lock");
-    lock.lock().expect("locking the console build");
+    // (A read-only source tree has node_modules already, or fails at npm ci with its message.)
+    let lock = std::fs::File::create(console.join(".build.lock")).ok();
+    if let Some(l) = &lock {
+        l.lock().expect("locking the console build");
+    }
     let installed = console.join("node_modules/.package-lock.json");
     let stale = match (modified(&installed), modified(&console.join("package-lock.json"))) {
         (Some(i), Some(l)) => i < l,
@@ -65,8 +68,10 @@ fn build_console(out: &Path) -> PathBuf {
     if stale {
         run(
             Command::new("npm")
+                // No install scripts of dependencies run during a cargo build.
                 .args([
                     "ci",
+                    "--ignore-scripts",
                     "--no-audit",
                     "--no-fund",
                     "--prefer-offline",
@@ -124,7 +129,15 @@ fn collect(root: &Path, dir: &Path, files: &mut Vec<String>) {
         std::fs::read_dir(dir).unwrap_or_else(|e| panic!("reading the console build {}: {e}", dir.display()));
     for e in entries.flatten() {
         let p = e.path();
-        if p.is_dir() {
+        let Ok(kind) = e.file_type() else { continue };
+        if kind.is_symlink() {
+            panic!(
+                "the console build {} holds a symbolic link: {}",
+                root.display(),
+                p.display()
+            );
+        }
+        if kind.is_dir() {
             collect(root, &p, files);
         } else {
             let rel = p.strip_prefix(root).expect("under root");

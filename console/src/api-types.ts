@@ -799,6 +799,8 @@ export interface components {
             /** @description For humans. */
             message: string;
         };
+        /** @description What a restore does with objects that already exist on the cluster. */
+        ExistingResourcePolicy: "Retain" | "Replace";
         /** @description One cluster in the fleet status. */
         FleetEntry: {
             /** @description Agent version. */
@@ -838,6 +840,16 @@ export interface components {
             items: components["schemas"]["FleetEntry"][];
             /** @description Cursor of the next page. */
             next?: string | null;
+            /**
+             * @description The same per org, for every org in `counts` that has clusters (orgs without clusters are
+             *     left out).
+             * @default {}
+             */
+            orgCounts: {
+                [key: string]: {
+                    [key: string]: number;
+                };
+            };
         };
         /** @description A cluster to import (classic mode). */
         ImportCluster: {
@@ -1070,6 +1082,8 @@ export interface components {
              * @description Creation time, ms since the epoch.
              */
             createdMs: number;
+            /** @description Objects that already exist: kept (the default) or replaced. */
+            existingResourcePolicy?: components["schemas"]["ExistingResourcePolicy"];
             /** @description The agent's last heartbeat (RFC 3339). */
             heartbeat?: string | null;
             /** @description Id (a DNS subdomain: the `ApplicationRestore` on the cluster has it too). */
@@ -1102,6 +1116,11 @@ export interface components {
             org: string;
             /** @description Phase. */
             phase: components["schemas"]["RestorePhase"];
+            /**
+             * @description The view of the backup restored (namespaces or virtual machines), for the console's tabs.
+             * @default namespaces
+             */
+            view: components["schemas"]["BackupView"];
         };
         /** @description A request to restore a backup. */
         RestoreRequest: {
@@ -1120,6 +1139,12 @@ export interface components {
              * @default null
              */
             cluster?: string | null;
+            /**
+             * @description Objects that already exist on the target cluster: `Retain` keeps them (the default),
+             *     `Replace` replaces them with the backup's.
+             * @default Retain
+             */
+            existingResourcePolicy?: components["schemas"]["ExistingResourcePolicy"];
             /**
              * @description Source namespace to target namespace.
              * @default {}

@@ -1,6 +1,6 @@
 // The REST API of pxb-server, typed by api-types.ts (generated from docs/openapi.json).
 import type { components } from './api-types';
-import { bearer, signedOut } from './auth';
+import { bearer, recoverFrom401, signedOut } from './auth';
 
 export type S = components['schemas'];
 export type WhoAmI = S['WhoAmI'];
@@ -83,7 +83,7 @@ export function qs(q?: Query): string {
 }
 
 /** One call of the API with the session's bearer token; a 401 ends the session. */
-export async function call<T>(method: string, path: string, body?: unknown, signal?: AbortSignal): Promise<T> {
+export async function call<T>(method: string, path: string, body?: unknown, signal?: AbortSignal, retried = false): Promise<T> {
   const token = bearer();
   const headers: Record<string, string> = { accept: 'application/json' };
   if (token) headers.authorization = `Bearer ${token}`;
@@ -98,7 +98,10 @@ export async function call<T>(method: string, path: string, body?: unknown, sign
   });
   if (r.status === 401) {
     const e = await errorOf(r);
-    signedOut(e.message);
+    // An answer to an older session's token ends nothing; an expired token renews once.
+    const next = await recoverFrom401(token);
+    if (next === 'retry' && !retried) return call<T>(method, path, body, signal, true);
+    if (next !== 'stale') signedOut(e.message);
     throw e;
   }
   if (!r.ok) throw await errorOf(r);

@@ -154,20 +154,67 @@ function adoptOidc(t: TokenResponse, previous?: Session) {
   }
 }
 
-async function renew() {
-  const s = session;
-  if (!s?.refreshToken || !config.clientId) return signedOut('Your session has expired. Sign in again.');
-  try {
-    const t = await tokenRequest({
-      grant_type: 'refresh_token',
-      refresh_token: s.refreshToken,
-      client_id: config.clientId,
-      scope: config.scopes.join(' '),
-    });
-    if (session === s) adoptOidc(t, s);
-  } catch (e) {
-    if (session === s) signedOut(`Your session could not be renewed (${(e as Error).message}). Sign in again.`);
+let renewing: Promise<boolean> | undefined;
+
+/**
+ * Renews the session's access token with its refresh token (one renewal at a time, shared by
+ * every caller). A failure is retried with backoff while the current token is still valid; then
+ * the session ends. Resolves whether a new token is in use.
+ */
+function renewNow(): Promise<boolean> {
+  if (!renewing) {
+    renewing = (async () => {
+      const s = session;
+      if (!s?.refreshToken || !config.clientId) return false;
+      for (let attempt = 0; ; attempt++) {
+        try {
+          const t = await tokenRequest({
+            grant_type: 'refresh_token',
+            refresh_token: s.refreshToken,
+            client_id: config.clientId,
+            scope: config.scopes.join(' '),
+          });
+          if (session !== s) return false;
+          adoptOidc(t, s);
+          return true;
+        } catch (e) {
+          if (session !== s) return false;
+          const wait = Math.min(30_000, 2_000 * 2 ** attempt);
+          if (!s.expiresAt || Date.now() + wait >= s.expiresAt) {
+            signedOut(`Your session could not be renewed (${(e as Error).message}). Sign in again.`);
+            return false;
+          }
+          await new Promise((r) => setTimeout(r, wait));
+        }
+      }
+    })().finally(() => (renewing = undefined));
   }
+  return renewing;
+}
+
+async function renew() {
+  if (!session?.refreshToken || !config.clientId) return signedOut('Your session has expired. Sign in again.');
+  await renewNow();
+}
+
+/**
+ * After a 401 for `token`: true when the caller should try again with a new token (the session
+ * renewed itself); false when the session is over (or `token` is not the session's any more,
+ * and the caller should not end the new session for it).
+ */
+export async function recoverFrom401(token: string | null): Promise<'retry' | 'stale' | 'over'> {
+  const s = session;
+  if (!s || s.token !== token) return 'stale';
+  if (s.kind === 'oidc' && s.refreshToken && (await renewNow())) return 'retry';
+  return 'over';
+}
+
+// A tab that slept past its renewal (timers are throttled in the background) renews on waking.
+if (typeof document !== 'undefined') {
+  document.addEventListener('visibilitychange', () => {
+    const s = session;
+    if (!document.hidden && s?.kind === 'oidc' && s.expiresAt && s.expiresAt - Date.now() < 60_000) void renewNow();
+  });
 }
 
 /** The account a `#/signin?login_hint=…` address names, if any (passed on to the issuer). */
@@ -205,9 +252,9 @@ async function oidcCallback(params: URLSearchParams): Promise<void> {
   const saved = raw ? (JSON.parse(raw) as { verifier: string; state: string; nonce: string; returnTo: string }) : null;
   // Whatever happens next, the code and state leave the address bar and the history.
   history.replaceState(null, '', '/' + (saved?.returnTo ?? '#/fleet'));
+  if (!saved || saved.state !== params.get('state')) throw new Error('the sign-in response does not belong to this browser tab; sign in again');
   const error = params.get('error');
   if (error) throw new Error(params.get('error_description') || error);
-  if (!saved || saved.state !== params.get('state')) throw new Error('the sign-in response does not belong to this browser tab; sign in again');
   const t = await tokenRequest({
     grant_type: 'authorization_code',
     code: params.get('code') ?? '',
@@ -215,10 +262,14 @@ async function oidcCallback(params: URLSearchParams): Promise<void> {
     client_id: config.clientId ?? '',
     code_verifier: saved.verifier,
   });
-  if (t.id_token) {
-    const claims = jwtPayload(t.id_token);
-    if (claims && claims.nonce !== undefined && claims.nonce !== saved.nonce) throw new Error('the ID token carries another nonce; sign in again');
-  }
+  // The ID token must be this sign-in's: for this client, from this issuer, with our nonce.
+  const claims = t.id_token ? jwtPayload(t.id_token) : null;
+  if (!claims) throw new Error('the issuer sent no readable ID token; sign in again');
+  const aud = Array.isArray(claims.aud) ? claims.aud : [claims.aud];
+  const same = (a: unknown, b: string | null) => typeof a === 'string' && !!b && a.replace(/\/+$/, '') === b.replace(/\/+$/, '');
+  if (claims.nonce !== saved.nonce) throw new Error('the ID token carries another nonce; sign in again');
+  if (!aud.includes(config.clientId)) throw new Error('the ID token is for another client; sign in again');
+  if (!same(claims.iss, config.issuer)) throw new Error('the ID token comes from another issuer; sign in again');
   adoptOidc(t);
 }
 

@@ -138,25 +138,49 @@ export function CopyButton({ text, what, testid }: { text: string; what: string;
   );
 }
 
-/** A button that asks once more before it acts. */
+/** A button that asks once more before it acts (focus moves to the question; Escape cancels). */
 export function ConfirmButton({
-  label, confirm, onConfirm, testid, danger = true, disabled,
-}: { label: string; confirm: string; onConfirm: () => void | Promise<void>; testid?: string; danger?: boolean; disabled?: boolean }) {
+  label, confirm, onConfirm, testid, danger = true, disabled, what,
+}: { label: string; confirm: string; onConfirm: () => void | Promise<void>; testid?: string; danger?: boolean; disabled?: boolean; what?: string }) {
   const [asking, setAsking] = useState(false);
   const [busy, setBusy] = useState(false);
+  const trigger = useRef<HTMLButtonElement>(null);
+  const yes = useRef<HTMLButtonElement>(null);
+  const wasAsking = useRef(false);
+  useEffect(() => {
+    if (asking) yes.current?.focus();
+    else if (wasAsking.current) trigger.current?.focus();
+    wasAsking.current = asking;
+  }, [asking]);
+  const named = what ? `${label} ${what}` : undefined;
   if (!asking)
     return (
-      <button type="button" class={`btn btn-small ${danger ? 'btn-danger' : ''}`} data-testid={testid} disabled={disabled} onClick={() => setAsking(true)}>
+      <button
+        type="button"
+        ref={trigger}
+        class={`btn btn-small ${danger ? 'btn-danger' : ''}`}
+        data-testid={testid}
+        disabled={disabled}
+        aria-label={named}
+        onClick={() => setAsking(true)}
+      >
         {label}
       </button>
     );
   return (
-    <span class="confirm">
+    <span
+      class="confirm"
+      onKeyDown={(e) => {
+        if (e.key === 'Escape') setAsking(false);
+      }}
+    >
       <button
         type="button"
+        ref={yes}
         class="btn btn-small btn-danger-solid"
         data-testid={testid ? `${testid}-confirm` : undefined}
         disabled={busy}
+        aria-label={what ? `${confirm} (${what})` : undefined}
         onClick={async () => {
           setBusy(true);
           try {
@@ -167,7 +191,7 @@ export function ConfirmButton({
           }
         }}
       >
-        {confirm}
+        {busy ? 'Working…' : confirm}
       </button>
       <button type="button" class="btn btn-small" onClick={() => setAsking(false)}>
         Cancel

@@ -1,6 +1,6 @@
 import './styles.css';
 import { render } from 'preact';
-import { useEffect, useState } from 'preact/hooks';
+import { useEffect, useRef, useState } from 'preact/hooks';
 import { describe } from './api';
 import { oidcEnabled, signInWithCode, signInWithOidc, signOut, startAuth, useAuth } from './auth';
 import { ErrorBox } from './components';
@@ -217,6 +217,23 @@ function App() {
       loadUser().catch(setUserError);
     } else if (auth.status === 'signedOut') clearUser();
   }, [auth.status]);
+  // After a navigation (not the first page), focus moves to the new page's heading, so that
+  // keyboard and screen-reader users start there.
+  const firstRoute = useRef(true);
+  useEffect(() => {
+    if (firstRoute.current) {
+      firstRoute.current = false;
+      return;
+    }
+    const t = setTimeout(() => {
+      const h = document.querySelector<HTMLElement>('#main h1') ?? document.getElementById('main');
+      if (h && !h.contains(document.activeElement)) {
+        if (!h.hasAttribute('tabindex')) h.setAttribute('tabindex', '-1');
+        h.focus({ preventScroll: true });
+      }
+    }, 0);
+    return () => clearTimeout(t);
+  }, [route.parts.join("/")]);
   useEffect(() => {
     const titles: Record<string, string> = { fleet: 'Fleet' };
     const section = route.parts[0] === 'orgs' ? route.parts[2] : route.parts[0];

@@ -351,9 +351,36 @@ describe('pxb console', { timeout: 15 * 60_000 }, () => {
     );
     assert.equal(phase, 'Success', `the restore ended ${phase}: ${await page.textContent(tid('restore-progress'))}`);
     assert.equal(await page.textContent(tid('restore-mapping-shown')), `shop → ${target}`);
-    assert.match(await page.textContent(tid('restore-counts')), /\d+ of \d+ objects/);
+    const counts = await page.textContent(tid('restore-counts'));
+    assert.match(counts, /\d+ of \d+ objects · [1-9]\d* created · 0 replaced/, counts);
+    assert.equal(sent.existingResourcePolicy, undefined, 'retain is the default and not sent');
     await shot('restore-progress');
     await accessible('restore progress');
+  });
+
+  test('restores the same backup again with "replace": the objects that exist are replaced', async () => {
+    const target = `shop-e2e-${RUN}`;
+    await go(`#/orgs/${ORG}/backups/${backupId}`, 'backup-detail');
+    await page.click(tid('backup-restore'));
+    await page.waitForSelector(tid('restore-backup-summary'));
+    await page.click(tid('restore-next-1'));
+    await page.click(tid('mapping-add'));
+    await page.fill(tid('mapping-from'), 'shop');
+    await page.fill(tid('mapping-to'), target);
+    await page.check(tid('restore-replace'));
+    await page.click(tid('restore-next-2'));
+    assert.equal(await page.textContent(tid('restore-review-policy')), 'replaced');
+    const [resp] = await Promise.all([
+      page.waitForResponse((r) => r.url().endsWith(`/v1/orgs/${ORG}/restores`) && r.request().method() === 'POST'),
+      page.click(tid('restore-submit')),
+    ]);
+    assert.equal(resp.status(), 202);
+    const rec = await resp.json();
+    assert.equal(rec.existingResourcePolicy, 'Replace', 'the server keeps the policy with the restore');
+    await page.waitForSelector(tid('restore-progress'));
+    await until('a final phase', async () => ['Success', 'PartialSuccess', 'Failed'].includes(await page.getAttribute(tid('restore-phase'), 'data-state')), 120000, 1000);
+    const counts = await page.textContent(tid('restore-counts'));
+    assert.match(counts, / 0 created · [1-9]\d* replaced · \d+ skipped · 0 failed/, `the objects existed and were replaced: ${counts}`);
   });
 
   const schedule = `e2e-${RUN}`;
@@ -599,7 +626,10 @@ describe('pxb console', { timeout: 15 * 60_000 }, () => {
         const form = Object.fromEntries(new URLSearchParams(req.postData()));
         seen.tokens.push(form);
         const n = seen.tokens.length;
-        return route.fulfill({ headers: cors, json: { access_token: `at-${n}`, token_type: 'Bearer', expires_in: 3, refresh_token: `rt-${n}` } });
+        const claims = { iss: issuer, aud: 'console-client', sub: 'oidc-user', nonce: seen.idTokenNonce ?? seen.authorize?.nonce };
+        const b64 = (o) => Buffer.from(JSON.stringify(o)).toString('base64url');
+        const idToken = `${b64({ alg: 'RS256', typ: 'JWT' })}.${b64(claims)}.c2ln`;
+        return route.fulfill({ headers: cors, json: { access_token: `at-${n}`, token_type: 'Bearer', expires_in: 3, refresh_token: `rt-${n}`, id_token: idToken } });
       }
       if (u.pathname === '/logout') {
         seen.endSession = Object.fromEntries(u.searchParams);
@@ -652,6 +682,24 @@ describe('pxb console', { timeout: 15 * 60_000 }, () => {
     await p.click(tid('signout'));
     await until('the end-session redirect', async () => seen.endSession, 10000, 200);
     assert.equal(seen.endSession.post_logout_redirect_uri, `${origin}/`);
+
+    // Attacks on the callback: an ID token with another nonce, and a response for another state.
+    const before = seen.bearers.size;
+    seen.idTokenNonce = 'replayed-nonce';
+    await p.goto(`${origin}/`);
+    await p.waitForSelector(tid('signin-page'));
+    seen.authorize = null;
+    await p.click(tid('signin-oidc'));
+    await until('the authorization request', async () => seen.authorize, 10000, 100);
+    await p.goto(`${seen.authorize.redirect_uri}?code=the-code&state=${encodeURIComponent(seen.authorize.state)}`);
+    await p.waitForSelector(tid('signin-page'));
+    assert.match(await p.textContent(tid('signin-page')), /another nonce/);
+    await p.goto(`${origin}/?code=c&state=forged&error=access_denied&error_description=${encodeURIComponent('Call 555 now')}`);
+    await p.waitForSelector(tid('signin-page'));
+    const text = await p.textContent(tid('signin-page'));
+    assert.match(text, /does not belong to this browser tab/);
+    assert.ok(!text.includes('Call 555'), 'text from a forged response is not shown');
+    assert.equal(seen.bearers.size, before, 'no API call with a refused sign-in');
     await ctx.close();
   });
 

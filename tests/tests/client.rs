@@ -13,7 +13,8 @@ use pxb_core::api::rest::{
     UpdatePreferences, UpdateSchedule,
 };
 use pxb_core::catalog::records::{
-    BackupRecord, ClusterSelector, ClusterState, Mode, RequestPhase, Role, RoleBinding,
+    BackupRecord, ClusterSelector, ClusterState, ExistingResourcePolicy, Mode, RequestPhase, Role,
+    RoleBinding,
 };
 use pxb_core::schedule::{Every, SchedulePolicy};
 use pxb_daemon::client::{Client, ClientError};
@@ -816,11 +817,67 @@ async fn every_method_of_the_client_against_a_real_server() {
         .await
         .expect("the original object");
     assert_eq!(copy.data, original.data);
+
+    // Objects that exist: kept by default, replaced when the restore says so.
+    let copies = Api::<ConfigMap>::namespaced(kube.clone(), "shop-copy");
+    let mut changed = copy.clone();
+    changed.data = Some([("changed".to_owned(), "locally".to_owned())].into());
+    changed.metadata.managed_fields = None;
+    copies
+        .replace("orders", &Default::default(), &changed)
+        .await
+        .expect("change the restored object");
+    let again = |policy: ExistingResourcePolicy| {
+        let alice = &alice;
+        let backup = made[0].id.clone();
+        async move {
+            let r = alice
+                .create_restore(
+                    "acme",
+                    &RestoreRequest {
+                        backup,
+                        namespace_mapping: [("shop".to_owned(), "shop-copy".to_owned())].into(),
+                        existing_resource_policy: policy,
+                        ..RestoreRequest::default()
+                    },
+                )
+                .await
+                .expect("create restore");
+            assert_eq!(r.existing_resource_policy, policy);
+            until(
+                "the restore finishes",
+                120,
+                || alice.get_restore("acme", &r.id),
+                |r| !matches!(r.phase.as_str(), "Pending" | "InProgress"),
+            )
+            .await
+        }
+    };
+    let kept = again(ExistingResourcePolicy::Retain).await;
+    assert_eq!(
+        (kept.phase.as_str(), kept.counts.replaced),
+        ("Success", 0),
+        "{kept:?}"
+    );
+    assert!(kept.counts.skipped >= 1, "{kept:?}");
+    let now = copies.get("orders").await.expect("the copy");
+    assert_eq!(now.data, changed.data, "retain keeps the changed object");
+    let replaced = again(ExistingResourcePolicy::Replace).await;
+    assert_eq!(replaced.phase, "Success", "{replaced:?}");
+    assert!(replaced.counts.replaced >= 1, "{replaced:?}");
+    let now = copies.get("orders").await.expect("the copy");
+    assert_eq!(now.data, original.data, "replace puts the backup's object back");
+
     let restores = alice
         .list_restores("acme", &ListQuery::default())
         .await
         .expect("restores");
-    assert_eq!(ids(&restores.items, |r| &r.id), vec![restore.id.clone()]);
+    assert_eq!(restores.items.len(), 3, "{restores:?}");
+    assert_eq!(
+        restores.items.last().map(|r| r.id.clone()),
+        Some(restore.id.clone()),
+        "newest first"
+    );
     assert_api_error(
         alice.get_restore("acme", "nope").await,
         ErrorCode::NotFound,

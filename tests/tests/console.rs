@@ -463,4 +463,18 @@ async fn one_time_codes_open_sessions_that_end_and_only_the_development_token_mi
         .await
         .expect("code");
     assert_eq!(r.status(), 401);
+    // Not even a session of the development token's: codes never chain into longer sessions.
+    let (status, dev) =
+        exchange(server.console_sign_in_code(pxb_daemon::server::auth::Identity::development())).await;
+    assert_eq!(status, 201);
+    let dev_session = dev["token"].as_str().expect("token").to_owned();
+    let who = cp.get_ok("/v1/whoami", &dev_session).await.expect("whoami");
+    assert_eq!(who["providerAdmin"], true);
+    let r = http
+        .post(format!("{}/console/code", cp.url))
+        .bearer_auth(&dev_session)
+        .send()
+        .await
+        .expect("code");
+    assert_eq!(r.status(), 403, "a console session mints no codes");
 }

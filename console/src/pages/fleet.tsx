@@ -23,20 +23,6 @@ async function entries(state: string | undefined, org: string | undefined, signa
   return out;
 }
 
-async function limited<T, R>(items: T[], n: number, f: (t: T) => Promise<R>): Promise<R[]> {
-  const out: R[] = new Array(items.length);
-  let i = 0;
-  await Promise.all(
-    Array.from({ length: Math.min(n, items.length) }, async () => {
-      while (i < items.length) {
-        const j = i++;
-        out[j] = await f(items[j]);
-      }
-    }),
-  );
-  return out;
-}
-
 const columns: Column<FleetEntry>[] = [
   { header: 'Org', width: 'minmax(80px, 0.8fr)', render: (e) => e.org },
   { header: 'Cluster', width: 'minmax(120px, 1.2fr)', cls: 'mono', render: (e) => <span title={e.id}>{e.cluster}</span> },
@@ -65,11 +51,9 @@ export function FleetPage() {
 
   const summary = useData(
     async (signal) => {
+      // One request: the counts overall and per org (orgs without clusters count zero).
       const all = await get<FleetStatus>('/v1/fleet/status', { limit: 1 }, signal);
-      const per = await limited(orgs.slice(0, 500), 6, async (o) => ({
-        org: o,
-        counts: (await get<FleetStatus>('/v1/fleet/status', { org: o, limit: 1 }, signal)).counts,
-      }));
+      const per = orgs.map((o) => ({ org: o, counts: all.orgCounts?.[o] ?? {} }));
       return { all, per };
     },
     [orgs.join(',')],

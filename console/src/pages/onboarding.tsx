@@ -151,6 +151,7 @@ export function OnboardingPage({ org }: { org: string }) {
                     <td class="actions">
                       <ConfirmButton
                         label="Delete"
+                        what={`discovery ${d.id}`}
                         confirm={`Delete ${d.id}?`}
                         testid="discovery-delete"
                         onConfirm={async () => {

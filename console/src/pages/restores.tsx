@@ -1,4 +1,4 @@
-import { useMemo, useState } from 'preact/hooks';
+import { useEffect, useMemo, useRef, useState } from 'preact/hooks';
 import {
   all, enc, get, orgPath, post,
   type BackupRecord, type ClusterRecord, type Page, type RestoreRecord, type RestoreRequest,
@@ -12,26 +12,6 @@ import { FilterBar, bracketQuery, useChoices, type Filters } from './backups';
 
 const RESTORE_PHASES = ['Pending', 'InProgress', 'Success', 'PartialSuccess', 'Failed', 'Stalled'];
 const FINAL = ['Success', 'PartialSuccess', 'Failed', 'Stalled', 'Unknown'];
-
-/** The view of each backup a restore came from (the API does not put it on restores). */
-const views = new Map<string, 'namespaces' | 'vms' | 'gone'>();
-async function viewsOf(org: string, ids: string[], signal: AbortSignal) {
-  const missing = [...new Set(ids)].filter((id) => !views.has(`${org}/${id}`));
-  let i = 0;
-  await Promise.all(
-    Array.from({ length: Math.min(6, missing.length) }, async () => {
-      while (i < missing.length) {
-        const id = missing[i++];
-        try {
-          const b = await get<BackupRecord>(orgPath(org, `/backups/${enc(id)}`), undefined, signal);
-          views.set(`${org}/${id}`, b.view ?? 'namespaces');
-        } catch {
-          views.set(`${org}/${id}`, 'gone');
-        }
-      }
-    }),
-  );
-}
 
 function mapping(m: Record<string, string>): string {
   const e = Object.entries(m);
@@ -54,25 +34,21 @@ export function RestoresPage({ org }: { org: string }) {
   const operator = useCan(org, 'operator');
   const choices = useChoices(org);
   const [f, setF] = useState<Filters>({ cluster: '', location: '', namespace: '', phase: '' });
-  const range = bracketRange(p.timeBracket);
   const clusterId = f.cluster ? choices.data?.clusters.find((c) => c.name === f.cluster)?.id ?? f.cluster : '';
-  // Restores take from/to rather than a bracket: the bracket's range, rounded to the minute so
-  // refreshes ask the same question.
-  const from = range.from ? new Date(Math.floor(range.from / 60000) * 60000).toISOString() : undefined;
-  const to = range.to ? new Date(range.to).toISOString() : undefined;
   const list = useData(
-    async (signal) => {
-      const page = await get<Page<RestoreRecord>>(orgPath(org, '/restores'), { cluster: clusterId, location: f.location, state: f.phase, from, to, limit: 200 }, signal);
-      await viewsOf(org, page.items.map((r) => r.backup), signal);
-      return page;
+    (signal) => {
+      // Restores take from/to rather than a bracket: the bracket's range as of this refresh
+      // (computed here, so that time passing refreshes the list in place instead of reloading it).
+      const range = bracketRange(p.timeBracket);
+      const from = range.from ? new Date(range.from).toISOString() : undefined;
+      const to = range.to ? new Date(range.to).toISOString() : undefined;
+      return get<Page<RestoreRecord>>(orgPath(org, '/restores'), { cluster: clusterId, location: f.location, state: f.phase, from, to, limit: 200 }, signal);
     },
-    [org, clusterId, f.location, f.phase, from, to],
+    [org, clusterId, f.location, f.phase, p.timeBracket],
     (d) => (d && d.items.some((r) => !FINAL.includes(r.phase)) ? 2000 : 10000),
   );
-  const rows = (list.data?.items ?? []).filter((r) => {
-    const v = views.get(`${org}/${r.backup}`);
-    return v === 'gone' || v === undefined || v === p.tab;
-  });
+  // Each restore carries the view of the backup it restored.
+  const rows = (list.data?.items ?? []).filter((r) => (r.view ?? 'namespaces') === p.tab);
   return (
     <section data-testid="restores-page">
       <PageHeader title={`Restores · ${org}`}>
@@ -158,6 +134,16 @@ export function RestoreWizard({ org, backup }: { org: string; backup?: string })
   const [only, setOnly] = useState<string[] | null>(null);
   const [rows, setRows] = useState<Row[]>([]);
   const [kinds, setKinds] = useState('');
+  const [existing, setExisting] = useState<'Retain' | 'Replace'>('Retain');
+  // Each new step takes the focus (keyboard and screen-reader users continue there).
+  const firstStep = useRef(true);
+  useEffect(() => {
+    if (firstStep.current) {
+      firstStep.current = false;
+      return;
+    }
+    document.querySelector<HTMLElement>('.step-card')?.focus();
+  }, [step]);
   const [error, setError] = useState<unknown>();
   const [busy, setBusy] = useState(false);
 
@@ -192,6 +178,7 @@ export function RestoreWizard({ org, backup }: { org: string; backup?: string })
     if (Object.keys(m).length) req.namespaceMapping = m;
     const k = splitList(kinds);
     if (k.length) req.allowClusterKinds = k;
+    if (existing === 'Replace') req.existingResourcePolicy = 'Replace';
     return req;
   };
   let preview: RestoreRequest | null = null;
@@ -225,7 +212,7 @@ export function RestoreWizard({ org, backup }: { org: string; backup?: string })
         ))}
       </ol>
       {step === 1 && (
-        <div class="card form" data-testid="restore-step-1">
+        <div class="card form step-card" tabIndex={-1} aria-label="Step 1 of 3" data-testid="restore-step-1">
           <div class="toolbar">
             <ViewTabs />
             <BracketPicker />
@@ -261,7 +248,7 @@ export function RestoreWizard({ org, backup }: { org: string; backup?: string })
         </div>
       )}
       {step === 2 && b && (
-        <div class="card form" data-testid="restore-step-2">
+        <div class="card form step-card" tabIndex={-1} aria-label="Step 2 of 3" data-testid="restore-step-2">
           <div class="form-row">
             <Field label="Restore into cluster">
               <select value={target} onChange={(e) => setTarget((e.currentTarget as HTMLSelectElement).value)} data-testid="restore-target">
@@ -320,11 +307,16 @@ export function RestoreWizard({ org, backup }: { org: string; backup?: string })
               Add mapping
             </button>
           </fieldset>
-          <fieldset class="fieldset">
-            <legend>Objects that already exist</legend>
-            <p class="small" data-testid="restore-policy">
-              The agent applies its own policy (its counts report objects replaced and skipped); the API takes no replace/retain choice per restore yet.
-            </p>
+          <fieldset class="fieldset" data-testid="restore-policy">
+            <legend>Objects that already exist on the cluster</legend>
+            <label class="check">
+              <input type="radio" name="existing" value="Retain" checked={existing === 'Retain'} onChange={() => setExisting('Retain')} data-testid="restore-retain" />
+              Keep them (retain; they are counted as skipped)
+            </label>
+            <label class="check">
+              <input type="radio" name="existing" value="Replace" checked={existing === 'Replace'} onChange={() => setExisting('Replace')} data-testid="restore-replace" />
+              Replace them with the backup's
+            </label>
           </fieldset>
           {admin && (
             <Field label="Cluster-scoped kinds to create (admins)" hint="e.g. ClusterRoleBinding, separated by commas; empty: only what the namespaces need">
@@ -343,13 +335,14 @@ export function RestoreWizard({ org, backup }: { org: string; backup?: string })
         </div>
       )}
       {step === 3 && b && preview && (
-        <div class="card form" data-testid="restore-step-3">
+        <div class="card form step-card" tabIndex={-1} aria-label="Step 3 of 3" data-testid="restore-step-3">
           <dl class="props">
             <div><dt>Backup</dt><dd class="mono">{preview.backup}</dd></div>
             <div><dt>Into cluster</dt><dd>{preview.cluster ?? `${b.clusterName} (its own)`}</dd></div>
             <div><dt>Namespaces</dt><dd>{(preview.namespaces ?? b.namespaces).join(', ')}</dd></div>
             <div><dt>Mapping</dt><dd data-testid="restore-review-mapping">{mapping(preview.namespaceMapping ?? {})}</dd></div>
             {preview.allowClusterKinds && <div><dt>Cluster-scoped kinds</dt><dd>{preview.allowClusterKinds.join(', ')}</dd></div>}
+            <div><dt>Existing objects</dt><dd data-testid="restore-review-policy">{preview.existingResourcePolicy === 'Replace' ? 'replaced' : 'kept'}</dd></div>
           </dl>
           <ErrorBox error={error} />
           <div class="form-actions">

@@ -242,10 +242,16 @@ export function SchedulesPage({ org }: { org: string }) {
                   <td>{s.paused ? <span class="muted">paused</span> : <Time at={s.nextFireMs} />}</td>
                   {operator && (
                     <td class="actions">
-                      <button type="button" class="btn btn-small" data-testid="schedule-toggle" onClick={() => act(() => put(orgPath(org, `/schedules/${enc(s.id)}`), { paused: !s.paused }))}>
+                      <button
+                        type="button"
+                        class="btn btn-small"
+                        data-testid="schedule-toggle"
+                        aria-label={`${s.paused ? 'Resume' : 'Pause'} schedule ${s.id}`}
+                        onClick={() => act(() => put(orgPath(org, `/schedules/${enc(s.id)}`), { paused: !s.paused }))}
+                      >
                         {s.paused ? 'Resume' : 'Pause'}
                       </button>{' '}
-                      <ConfirmButton label="Delete" confirm={`Delete ${s.id}?`} testid="schedule-delete" onConfirm={() => act(() => del(orgPath(org, `/schedules/${enc(s.id)}`)))} />
+                      <ConfirmButton label="Delete" what={`schedule ${s.id}`} confirm={`Delete ${s.id}?`} testid="schedule-delete" onConfirm={() => act(() => del(orgPath(org, `/schedules/${enc(s.id)}`)))} />
                     </td>
                   )}
                 </tr>

@@ -891,6 +891,30 @@ pub struct RestoreTally {
     pub failed: u64,
 }
 
+/// What a restore does with objects that already exist on the cluster.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum ExistingResourcePolicy {
+    /// Keep them as they are (reported as skipped).
+    #[default]
+    Retain,
+    /// Replace them with the backup's.
+    Replace,
+}
+
+impl ExistingResourcePolicy {
+    /// The name, as the `ApplicationRestore`'s `existingResourcePolicy` spells it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ExistingResourcePolicy::Retain => "Retain",
+            ExistingResourcePolicy::Replace => "Replace",
+        }
+    }
+
+    fn is_retain(&self) -> bool {
+        *self == ExistingResourcePolicy::Retain
+    }
+}
+
 /// A restore known to the server.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
@@ -925,6 +949,12 @@ pub struct RestoreRecord {
     /// (by default only what the restored namespaces need is created).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub allow_cluster_kinds: Vec<String>,
+    /// Objects that already exist: kept (the default) or replaced.
+    #[serde(default, skip_serializing_if = "ExistingResourcePolicy::is_retain")]
+    pub existing_resource_policy: ExistingResourcePolicy,
+    /// The view of the backup restored (namespaces or virtual machines), for the console's tabs.
+    #[serde(default)]
+    pub view: BackupView,
     /// Phase.
     pub phase: RestorePhase,
     /// For humans.

@@ -13,7 +13,8 @@ use pxb_core::api::rest::{
     UpdateSchedule,
 };
 use pxb_core::catalog::records::{
-    BackupPhase, BackupRecord, ClusterSelector, RequestPhase, RestorePhase, RestoreRecord, ScheduleRecord,
+    BackupPhase, BackupRecord, ClusterSelector, ExistingResourcePolicy, RequestPhase, RestorePhase,
+    RestoreRecord, ScheduleRecord,
 };
 use pxb_core::schedule::{Every, SchedulePolicy};
 use serde::Serialize;
@@ -339,6 +340,15 @@ pub enum BackupsCommand {
     },
 }
 
+/// What a restore does with objects that already exist (`--existing`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Existing {
+    /// Keep them.
+    Retain,
+    /// Replace them with the backup's.
+    Replace,
+}
+
 /// Restore commands.
 #[derive(Debug, Subcommand)]
 pub enum RestoresCommand {
@@ -360,6 +370,10 @@ pub enum RestoresCommand {
         /// outside the restored namespaces are refused and listed.
         #[arg(long = "allow-cluster-kind")]
         allow_cluster_kinds: Vec<String>,
+        /// Objects that already exist on the target cluster: keep them (`retain`, the default)
+        /// or replace them with the backup's (`replace`).
+        #[arg(long, value_enum, default_value_t = Existing::Retain)]
+        existing: Existing,
         /// Wait until it is final.
         #[arg(long)]
         wait: bool,
@@ -966,6 +980,7 @@ pub async fn restores(conn: Conn, cmd: RestoresCommand) -> ExitCode {
             namespaces,
             mapping,
             allow_cluster_kinds,
+            existing,
             wait,
         } => {
             let mut namespace_mapping = BTreeMap::new();
@@ -984,6 +999,10 @@ pub async fn restores(conn: Conn, cmd: RestoresCommand) -> ExitCode {
                 namespaces,
                 namespace_mapping,
                 allow_cluster_kinds,
+                existing_resource_policy: match existing {
+                    Existing::Retain => ExistingResourcePolicy::Retain,
+                    Existing::Replace => ExistingResourcePolicy::Replace,
+                },
             };
             let mut r = try_api!(c.create_restore(org, &body).await);
             if wait {

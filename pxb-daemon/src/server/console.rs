@@ -4,7 +4,7 @@
 //! The console signs users in with OpenID Connect (authorization code with PKCE, a public client,
 //! against `auth.issuer`) and calls the API with the issuer's tokens, which any replica checks.
 //! For a process that already knows who the user is (`pxb demo`), [`Server::console_sign_in_code`]
-//! mints a one-time code that the console exchanges (`POST /v1/console/sessions`) for a session
+//! mints a one-time code that the console exchanges (`POST /console/session`) for a session
 //! token of its own: the URL carries only the code, used once, for minutes; the token stays in
 //! the console's memory. Sessions live in this process's memory, bounded; each one is a new
 //! sign-in session for the per-session preferences.
@@ -38,6 +38,8 @@ pub const CODE_LIFETIME: Duration = Duration::from_secs(10 * 60);
 pub const SESSION_LIFETIME: Duration = Duration::from_secs(12 * 3600);
 /// The prefix of a console session's bearer token (an Entra ID token never starts with it).
 pub(crate) const TOKEN_PREFIX: &str = "pxbc_";
+/// The prefix of a console session's sign-in session id (`Identity::session`).
+pub(crate) const SESSION_PREFIX: &str = "console-";
 /// Codes and sessions kept at most each (the oldest go first).
 const MAX_ENTRIES: usize = 10_000;
 
@@ -96,7 +98,7 @@ impl ConsoleSessions {
             return None;
         }
         let token = format!("{TOKEN_PREFIX}{}", random_secret());
-        identity.session = format!("console-{}", &digest(&token)[..16]);
+        identity.session = format!("{SESSION_PREFIX}{}", &digest(&token)[..16]);
         let until = now + SESSION_LIFETIME;
         let mut m = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
         insert_bounded(&mut m, digest(&token), until, identity.clone(), now);

@@ -139,6 +139,18 @@ impl FleetSnapshot {
         m
     }
 
+    /// Clusters per state of each of `orgs` that has clusters.
+    pub fn org_counts(&self, orgs: &[String]) -> BTreeMap<String, BTreeMap<String, u64>> {
+        orgs.iter()
+            .filter_map(|o| self.orgs.get(o).map(|slice| (o, slice)))
+            .filter(|(_, slice)| !slice.range.is_empty())
+            .map(|(o, slice)| {
+                let counts = slice.counts.iter().map(|(k, v)| ((*k).to_owned(), *v)).collect();
+                (o.clone(), counts)
+            })
+            .collect()
+    }
+
     /// Clusters per state in the whole fleet.
     pub fn total_counts(&self) -> BTreeMap<&'static str, u64> {
         let mut m = zero_counts();
@@ -205,6 +217,13 @@ mod tests {
         assert!(!more);
         assert_eq!(p2.len(), 1);
         assert_eq!(p2[0].org, "b");
+        let per = snap.org_counts(&["a".to_string(), "nope".to_string()]);
+        assert_eq!(
+            per.keys().collect::<Vec<_>>(),
+            ["a"],
+            "orgs without clusters are left out"
+        );
+        assert_eq!((per["a"]["Ready"], per["a"]["Unreachable"]), (1, 1));
         let counts = snap.counts(&["a".to_string()]);
         assert_eq!(
             (counts["Ready"], counts["Unreachable"], counts["Hibernated"]),

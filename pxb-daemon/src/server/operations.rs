@@ -278,7 +278,7 @@ pub(crate) async fn visit(client: &kube::Client, input: OpsInput) -> Result<OpsO
                             backup_id: r.backup_id.clone(),
                             namespaces: r.namespaces.clone(),
                             namespace_mapping: r.namespace_mapping.clone(),
-                            existing_resource_policy: "Retain".into(),
+                            existing_resource_policy: r.existing_resource_policy.as_str().into(),
                             allow_cluster_kinds: r.allow_cluster_kinds.clone(),
                             ..ApplicationRestoreSpec::default()
                         },

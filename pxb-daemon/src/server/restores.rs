@@ -130,6 +130,8 @@ impl Server {
                 namespaces: namespaces.clone(),
                 namespace_mapping: req.namespace_mapping.clone(),
                 allow_cluster_kinds: req.allow_cluster_kinds.clone(),
+                existing_resource_policy: req.existing_resource_policy,
+                view: b.view,
                 phase: RestorePhase::Pending,
                 created_ms: now,
                 ..RestoreRecord::default()

@@ -191,6 +191,8 @@ struct PendingCode {
     nonce: Option<String>,
     sid: String,
     user: BrowserUser,
+    /// The scope asked for `offline_access`: a refresh token comes with the tokens.
+    offline: bool,
     issued: std::time::Instant,
 }
 
@@ -643,6 +645,9 @@ impl State {
                 nonce: q.get("nonce").cloned(),
                 sid: format!("sid-{:016x}", rand::random::<u64>()),
                 user,
+                offline: q
+                    .get("scope")
+                    .is_some_and(|s| s.split(' ').any(|x| x == "offline_access")),
                 issued: std::time::Instant::now(),
             },
         );
@@ -650,7 +655,7 @@ impl State {
     }
 
     /// The access, id and refresh tokens of `u`'s session `sid`.
-    fn tokens(&self, sid: &str, u: &BrowserUser, nonce: Option<&str>) -> Option<Value> {
+    fn tokens(&self, sid: &str, u: &BrowserUser, nonce: Option<&str>, offline: bool) -> Option<Value> {
         let browser = lock(&self.browser);
         let b = browser.as_ref()?;
         let issuer = self.issuer.get().cloned().unwrap_or_default();
@@ -671,16 +676,21 @@ impl State {
         if let Some(n) = nonce {
             id["nonce"] = json!(n);
         }
-        let refresh = URL_SAFE_NO_PAD.encode(rand::random::<[u8; 32]>());
-        lock(&self.refresh).insert(refresh.clone(), (sid.to_owned(), u.clone()));
-        Some(json!({
+        let mut answer = json!({
             "token_type": "Bearer",
             "access_token": key.sign(&key.kid, &access),
             "id_token": key.sign(&key.kid, &id),
-            "refresh_token": refresh,
             "expires_in": b.lifetime_secs,
-            "scope": format!("{}/.default openid profile offline_access", b.audience),
-        }))
+            "scope": format!("{}/.default openid profile", b.audience),
+        });
+        // Refresh tokens only for `offline_access`, as Entra ID hands them out.
+        if offline {
+            let refresh = URL_SAFE_NO_PAD.encode(rand::random::<[u8; 32]>());
+            lock(&self.refresh).insert(refresh.clone(), (sid.to_owned(), u.clone()));
+            answer["refresh_token"] = json!(refresh);
+            answer["scope"] = json!(format!("{}/.default openid profile offline_access", b.audience));
+        }
+        Some(answer)
     }
 
     fn code_grant(&self, form: &std::collections::HashMap<String, String>) -> Response<Full<Bytes>> {
@@ -710,7 +720,7 @@ impl State {
             Some(v) if s256(v) == p.challenge => {}
             _ => return invalid("the code_verifier does not match the code_challenge"),
         }
-        match self.tokens(&p.sid, &p.user, p.nonce.as_deref()) {
+        match self.tokens(&p.sid, &p.user, p.nonce.as_deref(), p.offline) {
             Some(t) => {
                 self.browser_sign_ins.fetch_add(1, Ordering::SeqCst);
                 json_response(StatusCode::OK, &t)
@@ -720,11 +730,17 @@ impl State {
     }
 
     fn refresh_grant(&self, form: &std::collections::HashMap<String, String>) -> Response<Full<Bytes>> {
+        let client_ok = lock(&self.browser)
+            .as_ref()
+            .is_some_and(|b| form.get("client_id") == Some(&b.client_id));
+        if !client_ok {
+            return json_response(StatusCode::BAD_REQUEST, &json!({"error": "invalid_client"}));
+        }
         // Refresh tokens rotate: the one presented is spent.
         let sid = form
             .get("refresh_token")
             .and_then(|r| lock(&self.refresh).remove(r));
-        match sid.and_then(|(sid, user)| self.tokens(&sid, &user, None)) {
+        match sid.and_then(|(sid, user)| self.tokens(&sid, &user, None, true)) {
             Some(t) => {
                 self.refreshes.fetch_add(1, Ordering::SeqCst);
                 json_response(StatusCode::OK, &t)

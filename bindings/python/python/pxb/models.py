@@ -106,6 +106,8 @@ BackupPhase = Literal["Pending", "InProgress", "Success", "PartialSuccess", "Fai
 BackupView = Literal["namespaces", "vms"]
 #: The state of a cluster in the fleet status.
 ClusterState = Literal["Ready", "Degraded", "Unreachable", "Hibernated", "AgentMissing", "AgentOutdated", "Ineligible", "Retired", "Unknown"]
+#: What a restore does with objects that already exist on the cluster.
+ExistingResourcePolicy = Literal["Retain", "Replace"]
 #: How an org's locations are reached.
 Mode = Literal["federated", "classic"]
 #: Whether an org is served, as `OrgView::state` shows it.
@@ -603,12 +605,16 @@ class FleetStatusView(_Model):
     items: list[FleetEntry]
     #: Cursor of the next page.
     next: Optional[str] = None
+    #: The same per org, for every org in `counts` that has clusters (orgs without clusters are left
+    #: out).
+    org_counts: dict[str, dict[str, int]] = dataclasses.field(default_factory=dict)
 
     _FIELDS: ClassVar[Tuple[Tuple[str, str, _Shape, bool], ...]] = (
         ("counts", "counts", ("map", ("int",)), True),
         ("generated_at", "generatedAt", ("opt", ("str",)), True),
         ("items", "items", ("list", ("model", "FleetEntry")), True),
         ("next", "next", ("opt", ("str",)), False),
+        ("org_counts", "orgCounts", ("map", ("map", ("int",))), True),
     )
 
 
@@ -918,6 +924,8 @@ class RestoreRecord(_Model):
     completed_ms: Optional[int] = None
     #: Counts.
     counts: RestoreTally = dataclasses.field(default_factory=lambda: RestoreTally.from_dict({'created': 0, 'failed': 0, 'replaced': 0, 'skipped': 0, 'total': 0}))
+    #: Objects that already exist: kept (the default) or replaced.
+    existing_resource_policy: Optional[ExistingResourcePolicy] = None
     #: The agent's last heartbeat (RFC 3339).
     heartbeat: Optional[str] = None
     #: The location id.
@@ -930,6 +938,8 @@ class RestoreRecord(_Model):
     namespace_mapping: dict[str, str] = dataclasses.field(default_factory=dict)
     #: Namespaces restored (empty: all of the backup's).
     namespaces: list[str] = dataclasses.field(default_factory=list)
+    #: The view of the backup restored (namespaces or virtual machines), for the console's tabs.
+    view: BackupView = 'namespaces'
 
     _FIELDS: ClassVar[Tuple[Tuple[str, str, _Shape, bool], ...]] = (
         ("backup", "backup", ("str",), True),
@@ -943,12 +953,14 @@ class RestoreRecord(_Model):
         ("cluster_name", "clusterName", ("str",), True),
         ("completed_ms", "completedMs", ("opt", ("int",)), False),
         ("counts", "counts", ("model", "RestoreTally"), True),
+        ("existing_resource_policy", "existingResourcePolicy", ("opt", ("str",)), False),
         ("heartbeat", "heartbeat", ("opt", ("str",)), False),
         ("location", "location", ("str",), True),
         ("location_name", "locationName", ("str",), True),
         ("message", "message", ("opt", ("str",)), False),
         ("namespace_mapping", "namespaceMapping", ("map", ("str",)), True),
         ("namespaces", "namespaces", ("list", ("str",)), True),
+        ("view", "view", ("str",), True),
     )
 
 
@@ -964,6 +976,9 @@ class RestoreRequest(_Model):
     allow_cluster_kinds: list[str] = dataclasses.field(default_factory=list)
     #: The target cluster's name; the backup's own cluster when absent.
     cluster: Optional[str] = None
+    #: Objects that already exist on the target cluster: `Retain` keeps them (the default),
+    #: `Replace` replaces them with the backup's.
+    existing_resource_policy: ExistingResourcePolicy = 'Retain'
     #: Source namespace to target namespace.
     namespace_mapping: dict[str, str] = dataclasses.field(default_factory=dict)
     #: Namespaces of the backup to restore; all when empty.
@@ -973,6 +988,7 @@ class RestoreRequest(_Model):
         ("backup", "backup", ("str",), True),
         ("allow_cluster_kinds", "allowClusterKinds", ("list", ("str",)), False),
         ("cluster", "cluster", ("opt", ("str",)), False),
+        ("existing_resource_policy", "existingResourcePolicy", ("str",), False),
         ("namespace_mapping", "namespaceMapping", ("map", ("str",)), False),
         ("namespaces", "namespaces", ("list", ("str",)), False),
     )
@@ -1478,6 +1494,7 @@ __all__ = [
     "DiscoveryView",
     "ErrorBody",
     "ErrorDetail",
+    "ExistingResourcePolicy",
     "FleetEntry",
     "FleetStatusView",
     "ImportCluster",

@@ -16,6 +16,10 @@ pub struct FleetStatusView {
     /// Clusters per state among the visible orgs (or the `org` asked for), whatever the `state`
     /// filter.
     pub counts: BTreeMap<String, u64>,
+    /// The same per org, for every org in `counts` that has clusters (orgs without clusters are
+    /// left out).
+    #[serde(default)]
+    pub org_counts: BTreeMap<String, BTreeMap<String, u64>>,
     /// The clusters, ordered by org, name and id.
     pub items: Vec<FleetEntry>,
     /// Cursor of the next page.

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::catalog::records::{BackupRecord, ClusterSelector};
+use crate::catalog::records::{BackupRecord, ClusterSelector, ExistingResourcePolicy};
 use crate::schedule::SchedulePolicy;
 
 /// A request to back up namespaces on one or more clusters.
@@ -41,6 +41,10 @@ pub struct RestoreRequest {
     /// need; anything else in the backup is refused and listed in the restore's failures.
     #[serde(default)]
     pub allow_cluster_kinds: Vec<String>,
+    /// Objects that already exist on the target cluster: `Retain` keeps them (the default),
+    /// `Replace` replaces them with the backup's.
+    #[serde(default)]
+    pub existing_resource_policy: ExistingResourcePolicy,
 }
 
 /// A new schedule.

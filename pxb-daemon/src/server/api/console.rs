@@ -77,6 +77,10 @@ fn secure_headers(server: &Server, headers: &mut HeaderMap) {
         headers.insert(header::CONTENT_SECURITY_POLICY, v);
     }
     headers.insert(
+        axum::http::HeaderName::from_static("cross-origin-opener-policy"),
+        HeaderValue::from_static("same-origin"),
+    );
+    headers.insert(
         header::X_CONTENT_TYPE_OPTIONS,
         HeaderValue::from_static("nosniff"),
     );
@@ -207,6 +211,11 @@ pub(crate) async fn create_code(State(s): State<Server>, caller: Caller) -> Resp
             "only the development token gets sign-in codes; sign in to the console with Entra ID",
         )
         .into_response();
+    }
+    if caller.identity.session.starts_with(console::SESSION_PREFIX) {
+        // Else a session could chain codes into sessions that outlive it.
+        return ApiError::forbidden("a console session gets no sign-in codes; use the development token")
+            .into_response();
     }
     let code = s.console_sign_in_code(caller.identity);
     let body = Code {

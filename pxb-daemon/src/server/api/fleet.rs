@@ -56,6 +56,7 @@ pub(crate) async fn fleet_status(
             .into_iter()
             .map(|(k, v)| (k.to_owned(), v))
             .collect(),
+        org_counts: snap.org_counts(&orgs),
         items,
         next,
     }))
