@@ -483,6 +483,11 @@ export interface components {
              * @default 0
              */
             virtualMachines: number;
+            /**
+             * @description Its persistent volumes as the agent reported them (at most
+             *     [`MAX_BACKUP_VOLUMES`]; a backup of more keeps the first ones).
+             */
+            volumes?: components["schemas"]["BackupVolume"][];
         };
         /** @description A request to back up namespaces on one or more clusters. */
         BackupRequest: {
@@ -495,6 +500,29 @@ export interface components {
         };
         /** @description What a backup holds, for the namespace / virtual-machine views. */
         BackupView: "namespaces" | "vms";
+        /** @description One persistent volume of a backup, as its agent reported it. */
+        BackupVolume: {
+            /**
+             * Format: uint64
+             * @description Bytes read.
+             * @default 0
+             */
+            bytes: number;
+            /** @description The claim. */
+            claim: string;
+            /**
+             * Format: uint64
+             * @description Files backed up.
+             * @default 0
+             */
+            files: number;
+            /** @description Why it failed or was skipped. */
+            message?: string | null;
+            /** @description The claim's namespace. */
+            namespace: string;
+            /** @description `Success`, `Failed`, `Skipped` (or `Unknown` for anything else a cluster wrote). */
+            phase: string;
+        };
         /** @description A cluster of an org. */
         ClusterRecord: {
             /** @description The discovery configuration that found it. */
@@ -1509,10 +1537,15 @@ export interface components {
              */
             timeBracket?: components["schemas"]["TimeBracket"] | null;
         };
-        /** @description Changes to a schedule. */
+        /** @description Changes to a schedule; absent fields stay as they are. */
         UpdateSchedule: {
             /** @description Pause (true) or resume (false); a resumed schedule does not make up the paused slots. */
-            paused: boolean;
+            paused?: boolean | null;
+            /**
+             * @description A new policy (when, how many to keep, time zone); the next slot is computed from now.
+             *     A smaller `retain` prunes at the schedule's next run.
+             */
+            policy?: components["schemas"]["SchedulePolicyInput"] | null;
         };
         /**
          * @description The phase of a location's validation on one cluster. The server owns `Pending`,

@@ -312,6 +312,8 @@ describe('pxb console', { timeout: 15 * 60_000 }, () => {
     await page.waitForSelector(tid('backup-detail'));
     await page.waitForSelector(`${tid('backup-phase')}[data-state="Success"]`);
     assert.ok(Number(await page.textContent(tid('backup-objects'))) > 0, 'the backup holds objects');
+    // The demo's namespaces have no persistent volumes: the detail says so (rather than nothing).
+    assert.equal(await page.textContent(tid('backup-no-volumes')), 'No persistent volume was backed up with it.');
     await page.waitForSelector(tid('backup-verify'));
     await accessible('backup detail');
   });
@@ -406,6 +408,21 @@ describe('pxb console', { timeout: 15 * 60_000 }, () => {
     await until('the schedule to resume', async () => /Active/.test(await row.textContent()));
     await row.locator(tid('schedule-toggle')).click();
     await until('the schedule to pause', async () => /Paused/.test(await row.textContent()));
+    // The policy editor: every 30 minutes, keep 3.
+    await row.locator(tid('schedule-edit')).click();
+    await page.waitForSelector(tid('schedule-policy-form'));
+    assert.equal(await page.inputValue(tid('policy-retain')), '5', 'the editor starts from the policy');
+    await page.selectOption(tid('policy-kind'), 'interval');
+    await page.fill(tid('policy-minutes'), '30');
+    await page.fill(tid('policy-retain'), '3');
+    const [resp] = await Promise.all([
+      page.waitForResponse((r) => r.url().endsWith(`/v1/orgs/${ORG}/schedules/${schedule}`) && r.request().method() === 'PUT'),
+      page.click(tid('schedule-policy-submit')),
+    ]);
+    assert.equal(resp.status(), 200);
+    await until('the new policy in the list', async () => /Every 30 min/.test(await row.textContent()));
+    assert.match(await row.textContent(), /Paused/, 'a policy change keeps the schedule paused');
+    assert.equal((await row.locator('td.num').first().textContent()).trim(), '3');
     await shot('schedules');
     await accessible('schedules');
   });

@@ -982,16 +982,92 @@ async fn every_method_of_the_client_against_a_real_server() {
         .expect("schedules");
     assert_eq!(ids(&list.items, |s| &s.id), vec!["nightly".to_owned()]);
     let paused = alice
-        .update_schedule("acme", "nightly", &UpdateSchedule { paused: true })
+        .update_schedule(
+            "acme",
+            "nightly",
+            &UpdateSchedule {
+                paused: Some(true),
+                ..UpdateSchedule::default()
+            },
+        )
         .await
         .expect("pause");
     assert!(paused.paused, "{paused:?}");
     assert!(alice.get_schedule("acme", "nightly").await.expect("get").paused);
     let resumed = alice
-        .update_schedule("acme", "nightly", &UpdateSchedule { paused: false })
+        .update_schedule(
+            "acme",
+            "nightly",
+            &UpdateSchedule {
+                paused: Some(false),
+                ..UpdateSchedule::default()
+            },
+        )
         .await
         .expect("resume");
     assert!(!resumed.paused, "{resumed:?}");
+    // A new policy: kept, and the next slot follows it; a policy that cannot work is refused and
+    // changes nothing.
+    let hourly = SchedulePolicy {
+        every: Every::Interval { minutes: 60 },
+        retain: 3,
+        time_zone: "UTC".into(),
+    };
+    let changed = alice
+        .update_schedule(
+            "acme",
+            "nightly",
+            &UpdateSchedule {
+                policy: Some(hourly.clone()),
+                ..UpdateSchedule::default()
+            },
+        )
+        .await
+        .expect("new policy");
+    assert_eq!((changed.policy.clone(), changed.paused), (hourly.clone(), false));
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_millis() as i64;
+    assert!(
+        changed.next_fire_ms > now_ms - 5_000 && changed.next_fire_ms <= now_ms + 3_600_000 + 5_000,
+        "the next slot is within the new hour: {changed:?}"
+    );
+    assert_api_error(
+        alice
+            .update_schedule(
+                "acme",
+                "nightly",
+                &UpdateSchedule {
+                    policy: Some(SchedulePolicy {
+                        retain: 0,
+                        ..hourly.clone()
+                    }),
+                    ..UpdateSchedule::default()
+                },
+            )
+            .await,
+        ErrorCode::BadRequest,
+        "retain 0",
+    );
+    assert_api_error(
+        victor
+            .update_schedule(
+                "acme",
+                "nightly",
+                &UpdateSchedule {
+                    policy: Some(hourly.clone()),
+                    ..UpdateSchedule::default()
+                },
+            )
+            .await,
+        ErrorCode::Forbidden,
+        "a viewer cannot change a schedule",
+    );
+    assert_eq!(
+        alice.get_schedule("acme", "nightly").await.expect("get").policy,
+        hourly
+    );
     alice
         .delete_schedule("acme", "nightly")
         .await

@@ -362,7 +362,38 @@ export function BackupDetail({ org, id }: { org: string; id: string }) {
             <div class="stat"><span class="stat-value">{bytes(rec.bytes)}</span><span class="stat-label">Volume data</span></div>
             <div class="stat"><span class="stat-value">{bytes(rec.storedBytes)}</span><span class="stat-label">Added to the location</span></div>
           </div>
-          <p class="muted small">The API reports volume data as a total; it does not list the backup's volumes one by one.</p>
+          <h2>Volumes</h2>
+          {rec.volumes && rec.volumes.length > 0 ? (
+            <div class="table-wrap"><table class="grid" data-testid="backup-volumes">
+              <caption class="sr-only">Persistent volumes of the backup</caption>
+              <thead>
+                <tr>
+                  <th scope="col">Namespace</th>
+                  <th scope="col">Claim</th>
+                  <th scope="col">Result</th>
+                  <th scope="col" class="num">Files</th>
+                  <th scope="col" class="num">Data</th>
+                  <th scope="col">Message</th>
+                </tr>
+              </thead>
+              <tbody>
+                {rec.volumes.map((vol) => (
+                  <tr key={`${vol.namespace}/${vol.claim}`} data-testid="backup-volume-row">
+                    <td>{vol.namespace}</td>
+                    <td class="mono">{vol.claim}</td>
+                    <td><Badge state={vol.phase} /></td>
+                    <td class="num">{vol.files}</td>
+                    <td class="num">{bytes(vol.bytes)}</td>
+                    <td class="reason">{vol.message ?? ''}</td>
+                  </tr>
+                ))}
+              </tbody>
+            </table></div>
+          ) : (
+            <p class="muted" data-testid="backup-no-volumes">
+              {rec.phase === 'Success' || rec.phase === 'PartialSuccess' ? 'No persistent volume was backed up with it.' : 'No volume reported yet.'}
+            </p>
+          )}
           <h2>Verify</h2>
           <div data-testid="backup-verify">
             {rec.missingObjects > 0 ? (

@@ -841,6 +841,10 @@ pub struct BackupRecord {
     /// data included; 0 when complete or not verified yet.
     #[serde(default)]
     pub missing_objects: u64,
+    /// Its persistent volumes as the agent reported them (at most
+    /// [`MAX_BACKUP_VOLUMES`]; a backup of more keeps the first ones).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub volumes: Vec<BackupVolume>,
     /// While `Deleting`: the phase it had when its deletion was asked for (`Success`,
     /// `PartialSuccess`, `Failed`, …), which the deleted-backup metrics report.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -889,6 +893,30 @@ pub struct RestoreTally {
     pub skipped: u64,
     /// Failed.
     pub failed: u64,
+}
+
+/// The most volumes a backup record lists.
+pub const MAX_BACKUP_VOLUMES: usize = 256;
+
+/// One persistent volume of a backup, as its agent reported it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BackupVolume {
+    /// The claim's namespace.
+    pub namespace: String,
+    /// The claim.
+    pub claim: String,
+    /// `Success`, `Failed`, `Skipped` (or `Unknown` for anything else a cluster wrote).
+    pub phase: String,
+    /// Files backed up.
+    #[serde(default)]
+    pub files: u64,
+    /// Bytes read.
+    #[serde(default)]
+    pub bytes: u64,
+    /// Why it failed or was skipped.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
 }
 
 /// What a restore does with objects that already exist on the cluster.

@@ -1153,12 +1153,18 @@ pub async fn schedules(conn: Conn, cmd: SchedulesCommand) -> ExitCode {
             print(&conn, &s, one)
         }
         SchedulesCommand::Pause { name } => {
-            let body = UpdateSchedule { paused: true };
+            let body = UpdateSchedule {
+                paused: Some(true),
+                ..UpdateSchedule::default()
+            };
             let s = try_api!(c.update_schedule(try_api!(c.org()), &name, &body).await);
             print(&conn, &s, one)
         }
         SchedulesCommand::Resume { name } => {
-            let body = UpdateSchedule { paused: false };
+            let body = UpdateSchedule {
+                paused: Some(false),
+                ..UpdateSchedule::default()
+            };
             let s = try_api!(c.update_schedule(try_api!(c.org()), &name, &body).await);
             print(&conn, &s, one)
         }

@@ -21,7 +21,8 @@ use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::{Resource as _, ResourceExt as _};
 use pxb_core::backup::{BackupKind, Summary};
 use pxb_core::catalog::records::{
-    BackupPhase, BackupRecord, BackupView, RestorePhase, RestoreRecord, RestoreTally,
+    BackupPhase, BackupRecord, BackupView, BackupVolume, MAX_BACKUP_VOLUMES, RestorePhase, RestoreRecord,
+    RestoreTally,
 };
 use serde_json::json;
 
@@ -30,7 +31,7 @@ use super::reconcile::{
 };
 use crate::crd::{
     AGENT_NAMESPACE, ApplicationBackup, ApplicationBackupPhase, ApplicationBackupSpec, ApplicationRestore,
-    ApplicationRestorePhase, ApplicationRestoreSpec,
+    ApplicationRestorePhase, ApplicationRestoreSpec, VolumePhase,
 };
 use crate::names::{self, object_name};
 use pxb_core::api::agent::FORCE_DELETE;
@@ -408,6 +409,25 @@ pub(crate) fn read_backup(b: &mut BackupRecord, s: &crate::crd::ApplicationBacku
     b.stored_bytes = s.sizes.stored_bytes;
     b.backup_id = s.backup_id.clone().or(b.backup_id.take());
     b.virtual_machines = s.virtual_machines;
+    b.volumes = s
+        .volumes
+        .iter()
+        .take(MAX_BACKUP_VOLUMES)
+        .map(|v| BackupVolume {
+            // Kubernetes names are at most 253 characters.
+            namespace: short(&v.namespace, 253),
+            claim: short(&v.claim, 253),
+            phase: match &v.phase {
+                VolumePhase::Success | VolumePhase::Failed | VolumePhase::Skipped => {
+                    v.phase.as_str().to_owned()
+                }
+                _ => "Unknown".to_owned(),
+            },
+            files: v.files,
+            bytes: v.bytes,
+            message: v.message.as_deref().map(|m| short(&clean(m), 256)),
+        })
+        .collect();
     b.view = if s.virtual_machines > 0 {
         BackupView::Vms
     } else {
@@ -415,6 +435,14 @@ pub(crate) fn read_backup(b: &mut BackupRecord, s: &crate::crd::ApplicationBacku
     };
     if !b.phase.is_active() && b.completed_ms.is_none() {
         b.completed_ms = ms_of(s.completion_timestamp.as_deref()).or(Some(now_ms(now)));
+    }
+}
+
+/// `text` cut to `max` characters (what a cluster writes is not trusted to be short).
+fn short(text: &str, max: usize) -> String {
+    match text.char_indices().nth(max) {
+        Some((i, _)) => format!("{}…", &text[..i]),
+        None => text.to_owned(),
     }
 }
 
@@ -578,6 +606,42 @@ mod tests {
         };
         read_backup(&mut b, &crate::crd::ApplicationBackupStatus::default(), now);
         assert_eq!((b.phase, b.message), (BackupPhase::InProgress, None));
+    }
+
+    /// A cluster's list of volumes reaches the record bounded: at most `MAX_BACKUP_VOLUMES`
+    /// volumes, short strings, no phase outside the known ones.
+    #[test]
+    fn a_clusters_volume_list_reaches_the_record_bounded() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        let long = "y".repeat(100_000);
+        let volumes: Vec<serde_json::Value> = (0..5000)
+            .map(|i| {
+                json!({"namespace": long, "claim": format!("data-{i}"), "phase": if i == 0 { "Success" } else { "Dele\u{1b}ting" },
+                       "files": 3, "bytes": 7, "message": long})
+            })
+            .collect();
+        let s: crate::crd::ApplicationBackupStatus =
+            serde_json::from_value(json!({"phase": "Success", "volumes": volumes})).expect("reads");
+        let mut b = BackupRecord::default();
+        read_backup(&mut b, &s, now);
+        assert_eq!(b.volumes.len(), MAX_BACKUP_VOLUMES);
+        assert_eq!(
+            (
+                b.volumes[0].phase.as_str(),
+                b.volumes[0].files,
+                b.volumes[0].bytes
+            ),
+            ("Success", 3, 7)
+        );
+        assert_eq!(b.volumes[1].phase, "Unknown");
+        for v in &b.volumes {
+            assert!(
+                v.namespace.chars().count() <= 254
+                    && v.message.as_deref().unwrap_or("").chars().count() <= 257
+            );
+        }
+        let size = serde_json::to_vec(&b).expect("json").len();
+        assert!(size < 250_000, "the record stays bounded: {size} bytes");
     }
 
     /// Of a restore's status too, the server takes only what an agent reports of its own work;

@@ -9,7 +9,7 @@
 use std::collections::BTreeSet;
 use std::sync::atomic::Ordering;
 
-use pxb_core::api::rest::ScheduleRequest;
+use pxb_core::api::rest::{ScheduleRequest, UpdateSchedule};
 use pxb_core::catalog::records::{BackupPhase, BackupRecord, ScheduleRecord, ScheduleRun};
 use pxb_core::catalog::{Catalog, Query};
 use pxb_core::clock::rfc3339;
@@ -82,18 +82,42 @@ impl Server {
     /// Pauses or resumes a schedule. A resumed schedule's next slot is the first after now: the
     /// slots of the pause are not made up.
     pub async fn pause_schedule(&self, org: &str, id: &str, paused: bool) -> Result<ScheduleRecord> {
+        let change = UpdateSchedule {
+            paused: Some(paused),
+            ..UpdateSchedule::default()
+        };
+        self.update_schedule(org, id, &change).await
+    }
+
+    /// Changes a schedule: pauses or resumes it, gives it a new policy (its next slot computed
+    /// from now), or both. Nothing to change: the schedule as it is.
+    pub async fn update_schedule(
+        &self,
+        org: &str,
+        id: &str,
+        change: &UpdateSchedule,
+    ) -> Result<ScheduleRecord> {
+        if let Some(p) = &change.policy {
+            p.check().map_err(Error::invalid)?;
+        }
         let s = self.schedule(org, id)?;
-        if s.paused == paused {
+        let same_pause = change.paused.is_none_or(|p| p == s.paused);
+        if same_pause && change.policy.as_ref().is_none_or(|p| *p == s.policy) {
             return Ok(s);
         }
         let now = ms(self.inner.clock.now());
         let s = self
             .modify::<ScheduleRecord>(org, id, |s| {
-                if s.paused != paused {
+                let resumed = change.paused == Some(false) && s.paused;
+                if let Some(paused) = change.paused {
                     s.paused = paused;
-                    if !paused {
-                        s.next_fire_ms = s.policy.next_after(now, s.created_ms).map_err(Error::invalid)?;
-                    }
+                }
+                let new_policy = change.policy.as_ref().filter(|p| **p != s.policy);
+                if let Some(p) = new_policy {
+                    s.policy = p.clone();
+                }
+                if resumed || new_policy.is_some() {
+                    s.next_fire_ms = s.policy.next_after(now, s.created_ms).map_err(Error::invalid)?;
                 }
                 Ok(())
             })

@@ -186,6 +186,9 @@ class BackupRecord(_Model):
     view: BackupView = 'namespaces'
     #: KubeVirt `VirtualMachine` objects in it.
     virtual_machines: int = 0
+    #: Its persistent volumes as the agent reported them (at most `MAX_BACKUP_VOLUMES`; a backup of
+    #: more keeps the first ones).
+    volumes: Optional[list[BackupVolume]] = None
 
     _FIELDS: ClassVar[Tuple[Tuple[str, str, _Shape, bool], ...]] = (
         ("cluster", "cluster", ("str",), True),
@@ -212,6 +215,7 @@ class BackupRecord(_Model):
         ("synced", "synced", ("bool",), True),
         ("view", "view", ("str",), True),
         ("virtual_machines", "virtualMachines", ("int",), True),
+        ("volumes", "volumes", ("opt", ("list", ("model", "BackupVolume"))), False),
     )
 
 
@@ -229,6 +233,32 @@ class BackupRequest(_Model):
         ("clusters", "clusters", ("model", "ClusterSelectorInput"), True),
         ("location", "location", ("str",), True),
         ("namespaces", "namespaces", ("list", ("str",)), True),
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class BackupVolume(_Model):
+    """One persistent volume of a backup, as its agent reported it."""
+    #: The claim.
+    claim: str
+    #: The claim's namespace.
+    namespace: str
+    #: `Success`, `Failed`, `Skipped` (or `Unknown` for anything else a cluster wrote).
+    phase: str
+    #: Bytes read.
+    bytes: int = 0
+    #: Files backed up.
+    files: int = 0
+    #: Why it failed or was skipped.
+    message: Optional[str] = None
+
+    _FIELDS: ClassVar[Tuple[Tuple[str, str, _Shape, bool], ...]] = (
+        ("claim", "claim", ("str",), True),
+        ("namespace", "namespace", ("str",), True),
+        ("phase", "phase", ("str",), True),
+        ("bytes", "bytes", ("int",), True),
+        ("files", "files", ("int",), True),
+        ("message", "message", ("opt", ("str",)), False),
     )
 
 
@@ -1336,12 +1366,16 @@ class UpdatePreferences(_Model):
 
 @dataclasses.dataclass(frozen=True)
 class UpdateSchedule(_Model):
-    """Changes to a schedule."""
+    """Changes to a schedule; absent fields stay as they are."""
     #: Pause (true) or resume (false); a resumed schedule does not make up the paused slots.
-    paused: bool
+    paused: Optional[bool] = None
+    #: A new policy (when, how many to keep, time zone); the next slot is computed from now. A
+    #: smaller `retain` prunes at the schedule's next run.
+    policy: Optional[SchedulePolicyInput] = None
 
     _FIELDS: ClassVar[Tuple[Tuple[str, str, _Shape, bool], ...]] = (
-        ("paused", "paused", ("bool",), True),
+        ("paused", "paused", ("opt", ("bool",)), False),
+        ("policy", "policy", ("opt", ("model", "SchedulePolicyInput")), False),
     )
 
 
@@ -1423,6 +1457,7 @@ class WhoAmI(_Model):
 _MODELS: Dict[str, Type[_Model]] = {
     "BackupRecord": BackupRecord,
     "BackupRequest": BackupRequest,
+    "BackupVolume": BackupVolume,
     "ClusterRecord": ClusterRecord,
     "ClusterSelector": ClusterSelector,
     "ClusterSelectorInput": ClusterSelectorInput,
@@ -1480,6 +1515,7 @@ __all__ = [
     "BackupRecord",
     "BackupRequest",
     "BackupView",
+    "BackupVolume",
     "ClusterRecord",
     "ClusterSelector",
     "ClusterSelectorInput",

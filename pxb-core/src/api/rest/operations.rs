@@ -80,12 +80,17 @@ pub struct DeleteOutcome {
     pub message: String,
 }
 
-/// Changes to a schedule.
+/// Changes to a schedule; absent fields stay as they are.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct UpdateSchedule {
     /// Pause (true) or resume (false); a resumed schedule does not make up the paused slots.
-    pub paused: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub paused: Option<bool>,
+    /// A new policy (when, how many to keep, time zone); the next slot is computed from now.
+    /// A smaller `retain` prunes at the schedule's next run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<SchedulePolicy>,
 }
 
 /// Query of a backup delete.

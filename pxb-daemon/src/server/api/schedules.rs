@@ -45,7 +45,7 @@ pub(crate) async fn update_schedule(
     scope: OrgScope<Operator>,
     Body(b): Body<UpdateSchedule>,
 ) -> ApiResult<Json<ScheduleRecord>> {
-    Ok(Json(s.pause_schedule(scope.id(), scope.item(), b.paused).await?))
+    Ok(Json(s.update_schedule(scope.id(), scope.item(), &b).await?))
 }
 
 pub(crate) async fn delete_schedule(
