@@ -668,6 +668,8 @@ describe('pxb console', { timeout: 15 * 60_000 }, () => {
     await p.waitForSelector(tid('signin-page'));
     await p.click(tid('signin-oidc'));
     await until('the authorization request', async () => seen.authorize, 10000, 100);
+    // The browser is at the issuer's page before the test plays the issuer's redirect back.
+    await p.waitForURL((u) => u.hostname === 'issuer.test', { waitUntil: 'load' });
     const a = seen.authorize;
     // The issuer signs the user in and redirects back with the code (query response mode).
     await p.goto(`${a.redirect_uri}?code=the-code&state=${encodeURIComponent(a.state)}`);
@@ -698,6 +700,7 @@ describe('pxb console', { timeout: 15 * 60_000 }, () => {
     assert.ok(seen.tokens.slice(1).every((f, i) => f.grant_type === 'refresh_token' && f.refresh_token === `rt-${i + 1}`), 'each renewal uses the latest refresh token');
     await p.click(tid('signout'));
     await until('the end-session redirect', async () => seen.endSession, 10000, 200);
+    await p.waitForURL((u) => u.hostname === 'issuer.test', { waitUntil: 'load' });
     assert.equal(seen.endSession.post_logout_redirect_uri, `${origin}/`);
 
     // Attacks on the callback: an ID token with another nonce, and a response for another state.
@@ -708,6 +711,8 @@ describe('pxb console', { timeout: 15 * 60_000 }, () => {
     seen.authorize = null;
     await p.click(tid('signin-oidc'));
     await until('the authorization request', async () => seen.authorize, 10000, 100);
+    // The browser is at the issuer's page before the test plays the issuer's redirect back.
+    await p.waitForURL((u) => u.hostname === 'issuer.test', { waitUntil: 'load' });
     await p.goto(`${seen.authorize.redirect_uri}?code=the-code&state=${encodeURIComponent(seen.authorize.state)}`);
     await p.waitForSelector(tid('signin-page'));
     assert.match(await p.textContent(tid('signin-page')), /another nonce/);
