@@ -131,28 +131,90 @@ pub fn looks_incompressible(data: &[u8]) -> bool {
 /// Encodes plain bytes for storage: zstd at `level` unless that does not make them smaller, or
 /// raw without trying when the data [`looks_incompressible`].
 pub fn encode(data: &[u8], level: i32) -> Vec<u8> {
-    let raw = |mut out: Vec<u8>| {
-        out.truncate(MAGIC.len());
-        out.reserve_exact(1 + data.len());
-        out.push(RAW);
-        out.extend_from_slice(data);
-        out
-    };
-    let mut out = Vec::new();
+    if !looks_incompressible(data)
+        && let Some(out) = compressed(data, level)
+    {
+        return out;
+    }
+    let mut framed = Framed::with_capacity(data.len());
+    framed.extend_from_slice(data);
+    framed.0
+}
+
+/// Plain bytes with room in front for the stored prefix: stored raw ([`encode_framed`]), they
+/// are not copied again. Small files are gathered into bundles this way.
+#[derive(Debug, Clone)]
+pub struct Framed(Vec<u8>);
+
+impl Framed {
+    /// Room for `plain` bytes, allocated at once.
+    pub fn with_capacity(plain: usize) -> Self {
+        let mut buf = Vec::with_capacity(PREFIX_LEN + plain);
+        buf.extend_from_slice(MAGIC);
+        buf.push(RAW);
+        Self(buf)
+    }
+
+    /// Appends plain bytes.
+    pub fn extend_from_slice(&mut self, plain: &[u8]) {
+        self.0.extend_from_slice(plain);
+    }
+
+    /// The plain bytes.
+    pub fn plain(&self) -> &[u8] {
+        &self.0[PREFIX_LEN..]
+    }
+
+    /// How many plain bytes.
+    pub fn len(&self) -> usize {
+        self.0.len() - PREFIX_LEN
+    }
+
+    /// Whether there are no plain bytes.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Bytes the stored form puts before the data: the magic and the encoding.
+const PREFIX_LEN: usize = MAGIC.len() + 1;
+
+thread_local! {
+    /// One zstd context per thread and level, reused: a new context per chunk allocates and
+    /// clears its tables every time.
+    static COMPRESSOR: std::cell::RefCell<Option<(i32, zstd::bulk::Compressor<'static>)>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// `data` compressed with zstd at `level` after the prefix, if that makes it smaller.
+fn compressed(data: &[u8], level: i32) -> Option<Vec<u8>> {
+    let mut out = Vec::with_capacity(PREFIX_LEN + zstd::zstd_safe::compress_bound(data.len()));
     out.extend_from_slice(MAGIC);
-    if looks_incompressible(data) {
-        return raw(out);
-    }
-    // Compressed straight after the prefix (no second copy), into room for the worst case.
     out.push(ZSTD);
-    out.resize(out.len() + zstd::zstd_safe::compress_bound(data.len()), 0);
-    match zstd::bulk::compress_to_buffer(data, &mut out[MAGIC.len() + 1..], level) {
-        Ok(n) if n + 16 < data.len() => {
-            out.truncate(MAGIC.len() + 1 + n);
-            out
+    let start = out.len() as u64;
+    let out = COMPRESSOR.with(|cell| {
+        let mut cell = cell.borrow_mut();
+        if cell.as_ref().is_none_or(|(l, _)| *l != level) {
+            *cell = Some((level, zstd::bulk::Compressor::new(level).ok()?));
         }
-        _ => raw(out),
+        let (_, compressor) = cell.as_mut()?;
+        // Written into the spare capacity after the prefix: nothing is cleared first.
+        let mut cursor = io::Cursor::new(out);
+        cursor.set_position(start);
+        compressor.compress_to_buffer(data, &mut cursor).ok()?;
+        Some(cursor.into_inner())
+    })?;
+    (out.len() - PREFIX_LEN + 16 < data.len()).then_some(out)
+}
+
+/// [`encode`] for bytes already [`Framed`]: zstd at `level` unless that does not make them
+/// smaller, or raw, in place, without trying when they [`looks_incompressible`].
+pub fn encode_framed(framed: Framed, level: i32) -> Vec<u8> {
+    let data = framed.plain();
+    if looks_incompressible(data) {
+        return framed.0;
     }
+    compressed(data, level).unwrap_or(framed.0)
 }
 
 /// Decodes stored bytes of the object `path`; with `expect`, also checks the plain bytes' hash.
@@ -271,6 +333,27 @@ mod tests {
             decode("x", &enc, Some(&ChunkId::of(&noise))).expect("decode"),
             noise
         );
+    }
+
+    #[test]
+    fn framed_bytes_encode_as_their_plain_bytes_do() {
+        let text = b"backup restore namespace tenant\n".repeat(5_000);
+        let noise = test_noise(7, 300_000);
+        for (data, level) in [(&text[..], 3), (&noise[..], 3), (&text[..], 1), (&b""[..], 3)] {
+            let mut framed = Framed::with_capacity(data.len());
+            framed.extend_from_slice(&data[..data.len() / 3]);
+            framed.extend_from_slice(&data[data.len() / 3..]);
+            assert_eq!(
+                (framed.plain(), framed.len(), framed.is_empty()),
+                (data, data.len(), data.is_empty())
+            );
+            let enc = encode_framed(framed, level);
+            assert_eq!(enc, encode(data, level), "level {level}, {} bytes", data.len());
+            assert_eq!(decode("x", &enc, Some(&ChunkId::of(data))).expect("decode"), data);
+        }
+        // Noise stays raw, in its own buffer; text is compressed.
+        assert_eq!(encode(&noise, 3)[4], RAW);
+        assert_eq!(encode(&text, 3)[4], ZSTD);
     }
 
     #[test]

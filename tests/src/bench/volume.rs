@@ -8,7 +8,7 @@ use std::io::{Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use pxb_core::LocalFileSystem;
@@ -217,6 +217,35 @@ fn flush_disks() {
     let _ = Command::new("sync").status();
 }
 
+/// Removes what an earlier run left in `work` and returns when that was done, for [`settle`].
+fn clear(work: &Path) -> Instant {
+    let _ = fs::remove_dir_all(work);
+    Instant::now()
+}
+
+/// Waits until files deleted before `cleared` (by the previous run, here or in another process)
+/// no longer slow down creating new ones. This machine's ext4 has no journal, and such a file
+/// system, when it allocates an inode, skips each inode freed in the last minute, or in the last
+/// six while the inode's table block is dirty, which it is as soon as a neighbour is created
+/// (`recently_deleted` in the kernel), by scanning past it for every file created: for minutes
+/// after a tree of tens of thousands of files is removed, creating files costs several times as
+/// much, for whichever tool runs first. The disks are flushed, then the rest of the six minutes
+/// is waited out (`PXB_BENCH_SETTLE_SECS` sets another wait, `0` none: for profiling).
+fn settle(cleared: Instant) {
+    flush_disks();
+    let wait = std::env::var("PXB_BENCH_SETTLE_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(6 * 60 + 5);
+    if let Some(rest) = Duration::from_secs(wait).checked_sub(cleared.elapsed()) {
+        eprintln!(
+            "waiting {:.0} s for the last run's deleted inodes to age",
+            rest.as_secs_f64()
+        );
+        std::thread::sleep(rest);
+    }
+}
+
 /// Runs `f` after flushing the disks and returns its wall-clock seconds.
 async fn timed<F: std::future::Future<Output = anyhow::Result<T>>, T>(f: F) -> anyhow::Result<(f64, T)> {
     flush_disks();
@@ -293,11 +322,12 @@ fn limit(files: &[PathBuf]) -> anyhow::Result<serde_json::Value> {
 /// machine's limit for the same data.
 pub async fn run(work: &Path, total: u64, set: DataSet) -> anyhow::Result<serde_json::Value> {
     let data = work.join("data");
-    let _ = fs::remove_dir_all(work);
+    let deleted = clear(work);
     fs::create_dir_all(&data)?;
     let t = Instant::now();
     let files = generate(&data, total, set, 42)?;
     let gen_secs = t.elapsed().as_secs_f64();
+    settle(deleted);
     let dataset = du(&data);
     let src = data.to_str().context("utf8")?;
 
@@ -404,12 +434,15 @@ pub async fn restores(
     concurrency: Option<usize>,
 ) -> anyhow::Result<serde_json::Value> {
     let data = work.join("data");
-    let _ = fs::remove_dir_all(work);
+    let deleted = clear(work);
     fs::create_dir_all(&data)?;
     generate(&data, total, set, 42)?;
     let repo = Repository::new(Arc::new(LocalFileSystem::new(work.join("pxb-location"))?));
     let backup = backup_volume(&repo, VolumeBackupOptions::new(&data)).await?;
+    settle(deleted);
     let mut secs = Vec::new();
+    // Each round restores into its own folder, all removed at the end: nothing is deleted
+    // between rounds (see `settle`).
     for round in 0..rounds {
         let out = work.join(format!("restore-{round}"));
         let mut opts = VolumeRestoreOptions::new(&out);
@@ -420,7 +453,6 @@ pub async fn restores(
         if stats.bytes != backup.stats.bytes {
             bail!("restored {} bytes of {}", stats.bytes, backup.stats.bytes);
         }
-        fs::remove_dir_all(&out)?;
         secs.push(s);
     }
     fs::remove_dir_all(work)?;
@@ -438,9 +470,10 @@ pub async fn backups(
     rounds: u32,
 ) -> anyhow::Result<serde_json::Value> {
     let data = work.join("data");
-    let _ = fs::remove_dir_all(work);
+    let deleted = clear(work);
     fs::create_dir_all(&data)?;
     generate(&data, total, set, 42)?;
+    settle(deleted);
     let mut secs = Vec::new();
     let mut stored = 0;
     for round in 0..rounds {
