@@ -14,13 +14,15 @@ use crate::{Error, ObjectPath, Result};
 const MAGIC: &[u8; 4] = b"PXC1";
 const RAW: u8 = 0;
 const ZSTD: u8 = 1;
+/// Bytes the stored form puts before the data: the magic and the encoding.
+const PREFIX_LEN: usize = MAGIC.len() + 1;
 
 /// The largest plain chunk any reader accepts (a bound against decompression bombs).
 pub const MAX_CHUNK_SIZE: usize = 16 << 20;
 
 /// The largest stored chunk object any reader downloads: a raw chunk of [`MAX_CHUNK_SIZE`] plus
 /// the 5-byte prefix (a compressed chunk is stored only when it is smaller than the raw one).
-pub const MAX_STORED_CHUNK: u64 = MAX_CHUNK_SIZE as u64 + 5;
+pub const MAX_STORED_CHUNK: u64 = (MAX_CHUNK_SIZE + PREFIX_LEN) as u64;
 
 /// The BLAKE3 hash of a chunk's plain bytes.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -176,9 +178,6 @@ impl Framed {
     }
 }
 
-/// Bytes the stored form puts before the data: the magic and the encoding.
-const PREFIX_LEN: usize = MAGIC.len() + 1;
-
 thread_local! {
     /// One zstd context per thread and level, reused: a new context per chunk allocates and
     /// clears its tables every time.
@@ -222,7 +221,7 @@ pub fn encode_framed(framed: Framed, level: i32) -> Vec<u8> {
 /// Never produces more than [`MAX_CHUNK_SIZE`] bytes: a zstd frame that declares a larger size is
 /// refused before anything is allocated, and decompression stops once it passes the maximum.
 pub fn decode(path: &str, stored: &[u8], expect: Option<&ChunkId>) -> Result<Vec<u8>> {
-    if stored.len() < 5 || &stored[..4] != MAGIC {
+    if stored.len() < PREFIX_LEN || &stored[..MAGIC.len()] != MAGIC {
         return Err(Error::corrupt(format!("{path}: not a pxb chunk (bad magic)")));
     }
     let too_big = || {
@@ -231,10 +230,10 @@ pub fn decode(path: &str, stored: &[u8], expect: Option<&ChunkId>) -> Result<Vec
         ))
     };
     let plain = match stored[4] {
-        RAW if stored.len() - 5 > MAX_CHUNK_SIZE => return Err(too_big()),
-        RAW => stored[5..].to_vec(),
+        RAW if stored.len() - PREFIX_LEN > MAX_CHUNK_SIZE => return Err(too_big()),
+        RAW => stored[PREFIX_LEN..].to_vec(),
         ZSTD => {
-            let payload = &stored[5..];
+            let payload = &stored[PREFIX_LEN..];
             // The frame header's content size, where present, sizes the buffer exactly; it is
             // checked first, so a frame that declares gigabytes allocates nothing.
             let declared = match zstd::zstd_safe::get_frame_content_size(payload) {

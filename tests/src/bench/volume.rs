@@ -222,12 +222,7 @@ fn flush_disks() {
 /// of 2 GiB was gone after the six minutes of [`settle`]), which the first tool to read it would
 /// pay for alone.
 fn warm(files: &[PathBuf]) -> anyhow::Result<()> {
-    let mut buf = vec![0u8; 1 << 20];
-    for p in files {
-        let mut f = fs::File::open(p)?;
-        while std::io::Read::read(&mut f, &mut buf)? > 0 {}
-    }
-    Ok(())
+    on_all_cores(files, |d| d.len() as u64).map(drop)
 }
 
 /// Removes what an earlier run left in `work` and returns when that was done, for [`settle`].
