@@ -479,12 +479,13 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<bool> {
             "\nserving until Ctrl-C; open CONSOLE in a browser (the code works once), or try: pxb login --server <API> --token <TOKEN> --org demo && pxb backups list"
         );
         println!("API {url}");
-        println!("TOKEN {dev_token}");
         // The console signed in as the demo's provider admin: a one-time code, never the token.
         let code = daemon
             .server
             .console_sign_in_code(crate::server::auth::Identity::development());
         println!("CONSOLE {url}/#/signin?code={code}");
+        // Last: readers (the tests) stop reading and may close the pipe once they have it.
+        println!("TOKEN {dev_token}");
         use std::io::Write as _;
         let _ = std::io::stdout().flush();
         let _ = tokio::signal::ctrl_c().await;

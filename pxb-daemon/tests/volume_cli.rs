@@ -218,7 +218,7 @@ fn clear_errors_for_bad_input() {
     ]);
     assert_eq!(out.status.code(), Some(1));
     assert!(
-        String::from_utf8_lossy(&out.stderr).contains("format 9; this pxb reads format 1"),
+        String::from_utf8_lossy(&out.stderr).contains("format 9; this pxb reads formats 1 to 2"),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );

@@ -9,9 +9,10 @@ use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use pxb_core::backup::gc::{GcOptions, gc};
+use pxb_core::backup::packs::{CompactOptions, compact};
 use pxb_core::backup::verify::{VerifyStatus, verify};
 use pxb_core::backup::volume::{VolumeBackupOptions, VolumeRestoreOptions, backup_volume, restore_volume};
-use pxb_core::backup::{ChunkId, Repository, SyncState};
+use pxb_core::backup::{ChunkId, RepoConfig, Repository, SyncState, layout};
 use pxb_core::store::conformance::PatternReader;
 use pxb_core::{Error, ManualClock, ObjectStore, PutOptions};
 
@@ -655,6 +656,164 @@ pub async fn resources_roundtrip(store: Arc<dyn ObjectStore>) {
     }
 }
 
+async fn names(store: &dyn ObjectStore, prefix: &str) -> Vec<String> {
+    let page = store.list(prefix, None, 5000).await.expect("list");
+    page.objects.into_iter().map(|m| m.path.to_string()).collect()
+}
+
+/// Format 2: a compaction folds every marker into packs; the backups are listed, restored,
+/// verified, deleted and collected from them as from markers.
+pub async fn packs_serve_what_they_fold(store: Arc<dyn ObjectStore>) {
+    let repo = Repository::new(store.clone());
+    let src = tempfile::tempdir().expect("tmp");
+    make_tree(src.path(), 21);
+    let a = backup_volume(&repo, VolumeBackupOptions::new(src.path()))
+        .await
+        .expect("a");
+    fs::write(src.path().join("small/new.txt"), b"new").expect("write");
+    let b = backup_volume(&repo, VolumeBackupOptions::new(src.path()))
+        .await
+        .expect("b");
+    assert_eq!(
+        repo.open().await.expect("config").format,
+        2,
+        "a new location is of format 2"
+    );
+    let mut state = SyncState::default();
+    repo.sync(&mut state).await.expect("sync");
+    let before: Vec<_> = state.backups.keys().cloned().collect();
+
+    let r = compact(
+        &repo,
+        &CompactOptions {
+            min_age: Duration::ZERO,
+        },
+    )
+    .await
+    .expect("compact");
+    assert!(r.folded >= 2 && r.skipped.is_empty(), "{r:?}");
+    assert!(
+        names(store.as_ref(), layout::MANIFESTS).await.is_empty(),
+        "every marker folded"
+    );
+    assert!(!names(store.as_ref(), layout::PACKS).await.is_empty());
+    let mut fresh = SyncState::default();
+    repo.sync(&mut fresh).await.expect("sync");
+    assert_eq!(fresh.backups.keys().cloned().collect::<Vec<_>>(), before);
+    let again = repo.sync(&mut state).await.expect("sync");
+    assert!(again.added.is_empty() && again.removed.is_empty(), "{again:?}");
+
+    let dst = tempfile::tempdir().expect("tmp");
+    restore_volume(&repo, &b.id, VolumeRestoreOptions::new(dst.path()))
+        .await
+        .expect("restore from a pack");
+    assert_same_tree(src.path(), dst.path());
+    let v = verify(&repo, Some(vec![a.id.clone(), b.id.clone()]), true, 4)
+        .await
+        .expect("verify");
+    assert!(v.iter().all(|r| r.status == VerifyStatus::Ok), "{v:?}");
+
+    repo.delete(&a.id).await.expect("delete a packed backup");
+    let delta = repo.sync(&mut state).await.expect("sync");
+    assert_eq!(delta.removed, vec![a.id.clone()]);
+    assert!(matches!(repo.manifest(&a.id).await, Err(Error::NotFound { .. })));
+    let tombstone = format!("{}{}", layout::TOMBSTONES, a.id);
+    assert!(names(store.as_ref(), layout::TOMBSTONES).await.contains(&tombstone));
+    let r = gc(&repo, &GcOptions::default()).await.expect("gc");
+    let c = r.compaction.expect("GC compacts a format-2 location");
+    assert_eq!(c.dropped, 1, "{c:?}");
+    let mut fresh = SyncState::default();
+    repo.sync(&mut fresh).await.expect("sync");
+    assert!(!fresh.backups.contains_key(&a.id) && fresh.backups.contains_key(&b.id));
+}
+
+/// A location of format 1 (made by an earlier pxb) is used as before: backups, incremental,
+/// list, restore, verify, delete and GC, with no pack and no tombstone ever written. Needs an
+/// empty store.
+pub async fn format_1_location(store: Arc<dyn ObjectStore>) {
+    let config = RepoConfig {
+        format: 1,
+        ..RepoConfig::default()
+    };
+    store
+        .put(
+            &pxb_core::ObjectPath::parse(layout::CONFIG).expect("path"),
+            serde_json::to_vec(&config).expect("config").into(),
+            PutOptions::create(),
+        )
+        .await
+        .expect("config of format 1");
+    let repo = Repository::new(store.clone());
+    let src = tempfile::tempdir().expect("tmp");
+    make_tree(src.path(), 31);
+    let a = backup_volume(&repo, VolumeBackupOptions::new(src.path()))
+        .await
+        .expect("a");
+    fs::write(src.path().join("small/changed.txt"), b"changed").expect("write");
+    let mut opts = VolumeBackupOptions::new(src.path());
+    opts.parent = Some(a.id.clone());
+    let b = backup_volume(&repo, opts).await.expect("incremental");
+    assert_eq!(b.parent.as_ref(), Some(&a.id), "incremental to a");
+    let listed: Vec<_> = repo
+        .list()
+        .await
+        .expect("list")
+        .into_iter()
+        .map(|s| s.id)
+        .collect();
+    let mut both = vec![a.id.clone(), b.id.clone()];
+    both.sort();
+    assert_eq!(listed, both);
+    let dst = tempfile::tempdir().expect("tmp");
+    restore_volume(&repo, &b.id, VolumeRestoreOptions::new(dst.path()))
+        .await
+        .expect("restore");
+    assert_same_tree(src.path(), dst.path());
+    let v = verify(&repo, None, true, 4).await.expect("verify");
+    assert!(
+        v.len() == 2 && v.iter().all(|r| r.status == VerifyStatus::Ok),
+        "{v:?}"
+    );
+
+    let r = compact(
+        &repo,
+        &CompactOptions {
+            min_age: Duration::ZERO,
+        },
+    )
+    .await
+    .expect("compact");
+    assert!(r.not_done.is_some() && r.folded == 0, "{r:?}");
+    repo.delete(&a.id).await.expect("delete");
+    let r = gc(
+        &repo,
+        &GcOptions {
+            grace: Duration::ZERO,
+            ..GcOptions::default()
+        },
+    )
+    .await
+    .expect("gc");
+    assert!(r.compaction.as_ref().is_some_and(|c| c.folded == 0), "{r:?}");
+    assert_eq!(repo.list().await.expect("list").len(), 1);
+    assert!(names(store.as_ref(), layout::PACKS).await.is_empty());
+    assert!(names(store.as_ref(), layout::TOMBSTONES).await.is_empty());
+    assert_eq!(
+        names(store.as_ref(), layout::MANIFESTS).await,
+        vec![b.id.manifest_path().to_string()]
+    );
+    assert_eq!(
+        repo.open().await.expect("config").format,
+        1,
+        "the location stays of format 1"
+    );
+    let dst = tempfile::tempdir().expect("tmp");
+    restore_volume(&repo, &b.id, VolumeRestoreOptions::new(dst.path()))
+        .await
+        .expect("restore after GC");
+    assert_same_tree(src.path(), dst.path());
+}
+
 /// Runs every scenario against a store (needs an empty store). The damaging scenario runs last:
 /// chunks are shared by content, so damage it injects would reach later backups.
 pub async fn run_all(store: Arc<dyn ObjectStore>) {
@@ -663,6 +822,7 @@ pub async fn run_all(store: Arc<dyn ObjectStore>) {
     roundtrip(&repo).await;
     incremental(&repo).await;
     delete_and_sync(&repo).await;
+    packs_serve_what_they_fold(store.clone()).await;
     gc_reclaims_only_garbage(store.clone()).await;
     gc_concurrent_with_backup(store).await;
     bad_objects_are_named(&repo).await;

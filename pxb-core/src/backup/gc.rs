@@ -9,7 +9,8 @@
 //! (the `last_modified` of GC's own lock), never against this machine's clock. A sweep writes the
 //! sweep marker first, and a backup whose lease lapsed or that overlapped a sweep re-checks what it
 //! references before committing ([`super::locks::BackupLock::commit`]), so no committed backup can
-//! lose a chunk.
+//! lose a chunk. After the sweep, GC compacts the location under the same lease
+//! ([`super::packs`]).
 
 use std::time::{Duration, SystemTime};
 
@@ -18,6 +19,7 @@ use serde::Serialize;
 
 use super::chunk::ChunkId;
 use super::locks::{self, GcLock};
+use super::packs::{self, CompactOptions, CompactReport};
 use super::volume::{self, EntryKind};
 use super::{BackupKind, Repository, layout};
 use crate::store::list_all;
@@ -65,12 +67,26 @@ pub struct GcReport {
     /// Why nothing was swept, if so.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub deferred: Option<String>,
+    /// The compaction run after the sweep (format 2, not in a dry run; see [`super::packs`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub compaction: Option<CompactReport>,
+    /// Why that compaction failed, if it did (the GC itself succeeded).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub compaction_error: Option<String>,
 }
 
 /// Runs one GC pass over the repository.
 pub async fn gc(repo: &Repository, opts: &GcOptions) -> Result<GcReport> {
     let lock = GcLock::acquire(repo).await?;
-    let result = run(repo, opts, &lock).await;
+    let mut result = run(repo, opts, &lock).await;
+    if let Ok(report) = &mut result
+        && !opts.dry_run
+    {
+        match packs::compact_held(repo, &CompactOptions::default(), &lock).await {
+            Ok(c) => report.compaction = Some(c),
+            Err(e) => report.compaction_error = Some(e.to_string()),
+        }
+    }
     lock.release().await;
     result
 }

@@ -361,7 +361,12 @@ impl BackupLock {
     async fn after_commit(&self, manifest: &Manifest, chunks: &[ChunkId], renewed: SystemTime) -> Result<()> {
         let repo = &self.held.repo;
         let path = manifest.id.manifest_path();
-        let landed = repo.store().head(&path).await?.last_modified;
+        let landed = match repo.store().head(&path).await {
+            Ok(m) => m.last_modified,
+            // Folded into a pack already (format 2), so it landed long ago: check it as late.
+            Err(Error::NotFound { .. }) => store_now(repo).await?,
+            Err(e) => return Err(e),
+        };
         if landed.duration_since(renewed).map_or(true, |gap| gap < LEASE) {
             return Ok(());
         }
@@ -379,7 +384,7 @@ impl BackupLock {
                 manifest.id
             )),
         };
-        repo.store().delete(&path).await?;
+        repo.withdraw(&manifest.id).await?;
         Err(err)
     }
 

@@ -1,8 +1,9 @@
-//! The backup engine and the on-location format (v1); see `docs/format.md`.
+//! The backup engine and the on-location format (location formats 1 and 2); see `docs/format.md`.
 //!
 //! A [`Repository`] is a location seen through this format. Backups are committed by writing
-//! their manifest last; summaries ride in the manifests' listing metadata so [`Repository::sync`]
-//! enumerates every backup with a handful of list calls; [`volume`] moves file trees in
+//! their manifest last; summaries ride in the manifests' listing metadata, and (format 2) the
+//! markers of past days are folded into per-day [`packs`], so [`Repository::sync`] enumerates
+//! every backup with a handful of list calls and reads; [`volume`] moves file trees in
 //! content-defined, deduplicated chunks; [`Repository::verify`] checks what manifests reference;
 //! [`Repository::delete`] and [`Repository::gc`] reclaim space safely.
 
@@ -21,6 +22,7 @@ pub mod chunk;
 pub mod fuzz;
 pub mod gc;
 pub mod locks;
+pub mod packs;
 pub mod resources;
 pub mod spool;
 pub mod verify;
@@ -28,8 +30,15 @@ pub mod volume;
 
 pub use chunk::ChunkId;
 
-/// The on-location format this code writes and reads.
+/// The format of the objects this code writes and reads (manifests, indexes, chunks).
 pub const FORMAT: u32 = 1;
+
+/// The location format a new location gets (`pxb/config`): 2 adds packs and tombstones
+/// ([`packs`]).
+pub const LOCATION_FORMAT: u32 = 2;
+
+/// The oldest location format this code reads and writes.
+pub const OLDEST_LOCATION_FORMAT: u32 = 1;
 
 /// The largest manifest any reader downloads; a bigger one is refused as corrupt while it streams
 /// (see `docs/format.md`, "Limits").
@@ -50,6 +59,10 @@ pub mod layout {
     pub const CHUNKS: &str = "pxb/chunks/";
     /// Prefix of locks (leases) of running backups and GC.
     pub const LOCKS: &str = "pxb/locks/";
+    /// Prefix of the packs of folded commit markers, by day (format 2).
+    pub const PACKS: &str = "pxb/packs/";
+    /// Prefix of tombstones of deleted backups, named by backup id (format 2).
+    pub const TOMBSTONES: &str = "pxb/tombstones/";
     /// Listing-metadata key of a manifest's summary.
     pub const SUMMARY_KEY: &str = "pxb_summary";
     /// Listing-metadata key of a manifest's format.
@@ -362,7 +375,7 @@ pub struct RepoConfig {
 impl Default for RepoConfig {
     fn default() -> Self {
         Self {
-            format: FORMAT,
+            format: LOCATION_FORMAT,
             chunk_min: 512 << 10,
             chunk_avg: 1 << 20,
             chunk_max: 8 << 20,
@@ -377,8 +390,13 @@ pub struct SyncDelta {
     pub added: Vec<Summary>,
     /// Backups that disappeared.
     pub removed: Vec<BackupId>,
-    /// Manifests whose listing metadata could not be read (named, with the reason).
+    /// Markers, packs or tombstones that could not be read (named, with the reason).
     pub unreadable: Vec<(String, String)>,
+    /// Commit markers old enough to be folded into packs ([`packs::compact`]), by this machine's
+    /// clock.
+    pub foldable: u64,
+    /// Tombstones a compaction could remove, by this machine's clock.
+    pub tombstones: u64,
 }
 
 /// What a [`Repository::sync`] caller keeps between syncs: the backups known so far.
@@ -386,6 +404,29 @@ pub struct SyncDelta {
 pub struct SyncState {
     /// Known backups by id.
     pub backups: BTreeMap<BackupId, Summary>,
+    /// The pack generation read of each day, so an unchanged day is not read again.
+    pub packs: BTreeMap<String, PackSeen>,
+}
+
+/// A day's pack as a sync read it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PackSeen {
+    /// Its generation.
+    pub generation: u64,
+    /// The entity tag of its summaries object.
+    pub e_tag: Option<String>,
+    /// The backups it holds.
+    pub backups: Vec<BackupId>,
+}
+
+/// A pack's manifests by backup id.
+pub(crate) type PackManifests = Arc<std::collections::HashMap<BackupId, Manifest>>;
+
+/// The manifests of the last pack a [`Repository`] read (see [`packs`]).
+#[derive(Debug, Default)]
+pub(crate) struct PackCache {
+    /// Its manifests object, entity tag, and manifests by id.
+    pub(crate) last: Option<(ObjectPath, Option<String>, PackManifests)>,
 }
 
 /// A location seen through the backup format.
@@ -393,6 +434,7 @@ pub struct SyncState {
 pub struct Repository {
     store: Arc<dyn ObjectStore>,
     clock: Arc<dyn Clock>,
+    pack_cache: Arc<std::sync::Mutex<PackCache>>,
 }
 
 impl Repository {
@@ -401,6 +443,7 @@ impl Repository {
         Self {
             store,
             clock: Arc::new(SystemClock),
+            pack_cache: Arc::default(),
         }
     }
 
@@ -489,56 +532,6 @@ impl Repository {
         Ok(())
     }
 
-    /// Reads a backup's manifest.
-    pub async fn manifest(&self, id: &BackupId) -> Result<Manifest> {
-        let path = id.manifest_path();
-        let bytes = match self.store.get(&path).await {
-            Ok(g) => g.bytes_at_most(MAX_MANIFEST_SIZE).await?,
-            Err(Error::NotFound { .. }) => return Err(Error::not_found(format!("backup {id}"))),
-            Err(e) => return Err(e),
-        };
-        parse_manifest(path.as_str(), &bytes)
-    }
-
-    /// Brings `state` up to date with the location, from listing metadata only: manifests already
-    /// in `state` are not parsed again, and no manifest is downloaded.
-    pub async fn sync(&self, state: &mut SyncState) -> Result<SyncDelta> {
-        let mut delta = SyncDelta::default();
-        let mut seen = std::collections::BTreeSet::new();
-        let mut listing = list_all(self.store.as_ref(), layout::MANIFESTS);
-        while let Some(meta) = listing.try_next().await? {
-            let name = meta.path.as_str().trim_start_matches(layout::MANIFESTS);
-            let Ok(id) = BackupId::parse(name) else {
-                delta
-                    .unreadable
-                    .push((meta.path.to_string(), "not a backup id".into()));
-                continue;
-            };
-            seen.insert(id.clone());
-            if state.backups.contains_key(&id) {
-                continue;
-            }
-            match parse_summary(&id, &meta.metadata) {
-                Ok(s) => {
-                    state.backups.insert(id, s.clone());
-                    delta.added.push(s);
-                }
-                Err(e) => delta.unreadable.push((meta.path.to_string(), e.to_string())),
-            }
-        }
-        let gone: Vec<BackupId> = state
-            .backups
-            .keys()
-            .filter(|id| !seen.contains(*id))
-            .cloned()
-            .collect();
-        for id in gone {
-            state.backups.remove(&id);
-            delta.removed.push(id);
-        }
-        Ok(delta)
-    }
-
     /// Every backup's summary, oldest first.
     pub async fn list(&self) -> Result<Vec<Summary>> {
         let mut state = SyncState::default();
@@ -546,8 +539,8 @@ impl Repository {
         Ok(state.backups.into_values().collect())
     }
 
-    /// Deletes a backup: the commit marker first (the backup leaves listings at once), then its own
-    /// objects. Chunks are left to [`Repository::gc`]. Deleting a missing backup is an error;
+    /// Deletes a backup: withdraws it first ([`Repository::withdraw`]: it leaves listings at once),
+    /// then deletes its own objects. Chunks are left to [`Repository::gc`]. Deleting a missing backup is an error;
     /// retrying a half-done delete finishes it.
     pub async fn delete(&self, id: &BackupId) -> Result<Vec<String>> {
         let manifest = match self.manifest(id).await {
@@ -560,8 +553,6 @@ impl Repository {
             }
             Err(e) => return Err(e),
         };
-        self.store.delete(&id.manifest_path()).await?;
-        let mut deleted = vec![id.manifest_path().to_string()];
         // The manifest names the objects; without it (a retry), list the backup's prefix.
         let prefix = format!("{}{}/", layout::BACKUPS, id);
         let own: Vec<ObjectPath> = list_all(self.store.as_ref(), &prefix)
@@ -571,6 +562,8 @@ impl Repository {
         if manifest.is_none() && own.is_empty() {
             return Err(Error::not_found(format!("backup {id}")));
         }
+        self.withdraw(id).await?;
+        let mut deleted = vec![id.manifest_path().to_string()];
         for path in own {
             self.store.delete(&path).await?;
             deleted.push(path.to_string());
@@ -584,9 +577,9 @@ pub fn parse_config(bytes: &[u8]) -> Result<RepoConfig> {
     let value: serde_json::Value = serde_json::from_slice(bytes)
         .map_err(|e| Error::corrupt(format!("{}: not JSON: {e}", layout::CONFIG)))?;
     let format = value.get("format").and_then(|f| f.as_u64()).unwrap_or(0);
-    if format != u64::from(FORMAT) {
+    if !(u64::from(OLDEST_LOCATION_FORMAT)..=u64::from(LOCATION_FORMAT)).contains(&format) {
         return Err(Error::corrupt(format!(
-            "the location uses pxb format {format}; this pxb reads format {FORMAT}"
+            "the location uses pxb format {format}; this pxb reads formats {OLDEST_LOCATION_FORMAT} to {LOCATION_FORMAT}"
         )));
     }
     let cfg: RepoConfig =
@@ -619,6 +612,11 @@ pub fn parse_manifest(name: &str, bytes: &[u8]) -> Result<Manifest> {
     }
     let value: serde_json::Value =
         serde_json::from_slice(bytes).map_err(|e| Error::corrupt(format!("{name}: not JSON: {e}")))?;
+    manifest_from_value(name, value)
+}
+
+/// A manifest from parsed JSON, its format checked.
+pub(crate) fn manifest_from_value(name: &str, value: serde_json::Value) -> Result<Manifest> {
     let format = value.get("format").and_then(|f| f.as_u64()).unwrap_or(0);
     if format != u64::from(FORMAT) {
         return Err(Error::corrupt(format!(

@@ -25,7 +25,7 @@ use kube::runtime::controller::Action;
 use kube::{Resource as _, ResourceExt as _};
 use pxb_azure::STORAGE_SCOPE;
 use pxb_core::backup::verify::{VerifyReport, VerifyStatus as Verdict, verify};
-use pxb_core::backup::{BackupId, Repository, Summary, SyncState};
+use pxb_core::backup::{BackupId, PackSeen, Repository, Summary, SyncState, packs};
 use pxb_core::clock::{parse_rfc3339, rfc3339};
 use pxb_core::{CheckOptions, Clock, ObjectStore, SystemClock, check_location};
 use serde_json::json;
@@ -60,6 +60,8 @@ pub struct Context {
 pub struct Catalog {
     /// Every backup found by the last sync.
     pub backups: BTreeMap<BackupId, Summary>,
+    /// The pack generation of each day the last sync read (so the next one reads only changes).
+    pub packs: BTreeMap<String, PackSeen>,
     /// When the last sync finished.
     pub synced_at: Option<SystemTime>,
     /// The last verify's findings for the backups that are damaged.
@@ -378,12 +380,26 @@ async fn run_sync(loc: &BackupLocation, ctx: &Context, valid: bool) -> Result<()
         .await?;
         let opened = open(&loc.spec, ctx).await.map_err(ReconcileError)?;
         let repo = ctx.repository(opened.store);
-        let mut state = SyncState {
-            backups: ctx.catalog(&name).map(|c| c.backups).unwrap_or_default(),
-        };
+        let mut state = ctx
+            .catalog(&name)
+            .map(|c| SyncState {
+                backups: c.backups,
+                packs: c.packs,
+            })
+            .unwrap_or_default();
         let known = state.backups.len();
+        let location = name.clone();
         let work = isolated("sync", async move {
             let delta = repo.sync(&mut state).await?;
+            if delta.foldable >= packs::COMPACT_AFTER || delta.tombstones > 0 {
+                // Keeps the next syncs short; a failure here leaves the location as it was.
+                match packs::compact(&repo, &packs::CompactOptions::default()).await {
+                    Ok(r) => tracing::info!(location = %location, folded = r.folded, dropped = r.dropped,
+                                            days = r.days, tombstones_removed = r.tombstones_removed,
+                                            skipped = r.skipped.len(), "location compacted"),
+                    Err(e) => tracing::warn!(location = %location, error = %e, "location not compacted"),
+                }
+            }
             Ok((delta, state))
         });
         let outcome = with_heartbeat(work, ctx.config.heartbeat_interval, || async {
@@ -403,6 +419,7 @@ async fn run_sync(loc: &BackupLocation, ctx: &Context, valid: bool) -> Result<()
                                unreadable = delta.unreadable.len(), known, "location synced");
                 ctx.update_catalog(&name, |c| {
                     c.backups = state.backups;
+                    c.packs = state.packs;
                     c.synced_at = Some(ctx.clock.now());
                 });
                 SyncStatus {

@@ -195,6 +195,17 @@ async fn gc(a: GcArgs) -> ExitCode {
         Err(e) => output::error(a.json, &e),
         Ok(r) if a.json => output::json(&r),
         Ok(r) => {
+            if let Some(c) = &r.compaction
+                && c.days + c.tombstones_removed + c.markers_removed > 0
+            {
+                println!(
+                    "compacted: {} markers folded into the packs of {} days, {} deleted backups left out, {} tombstones removed",
+                    c.folded, c.days, c.dropped, c.tombstones_removed
+                );
+            }
+            if let Some(why) = &r.compaction_error {
+                println!("not compacted: {why}");
+            }
             if let Some(why) = &r.deferred {
                 println!("sweep deferred: {why}");
                 return ExitCode::SUCCESS;

@@ -1,13 +1,17 @@
-//! Sync of a location with many backups: pxb's listing-metadata sync against a baseline that lists
-//! the manifests and GETs each one, serially (what a one-object-per-backup controller does).
+//! Sync of a location with many backups. Format 2: markers folded into per-day packs as the
+//! agent does (every 5,000 commits here). Format 1: pxb's listing-metadata sync, against a
+//! baseline that lists the manifests and GETs each one, serially (what a
+//! one-object-per-backup controller does).
 
 use std::sync::Arc;
 use std::time::Instant;
 
 use futures::{StreamExt, TryStreamExt};
 use pxb_core::ObjectStore;
+use pxb_core::backup::packs::{CompactOptions, compact};
 use pxb_core::backup::{
-    BackupId, BackupKind, BackupStats, BackupStatus, Manifest, ManifestObject, Repository, SyncState, layout,
+    BackupId, BackupKind, BackupStats, BackupStatus, Manifest, ManifestObject, RepoConfig, Repository,
+    SyncState, layout,
 };
 use pxb_core::store::list_all;
 use serde_json::json;
@@ -44,11 +48,64 @@ fn manifest(i: u64) -> Manifest {
     }
 }
 
-/// Writes `n` committed manifests (nothing else: sync reads only manifests).
-pub async fn populate(repo: &Repository, n: u64, concurrency: usize) -> anyhow::Result<f64> {
+/// Writes the config of a location of `format`, then `n` committed manifests (nothing else: sync
+/// reads only manifests), compacting after every 5,000 in format 2. Returns the seconds it took
+/// and the seconds spent compacting.
+pub async fn populate(
+    repo: &Repository,
+    n: u64,
+    concurrency: usize,
+    format: u32,
+) -> anyhow::Result<(f64, f64)> {
+    let config = RepoConfig {
+        format,
+        ..RepoConfig::default()
+    };
+    repo.store()
+        .put(
+            &pxb_core::ObjectPath::parse(layout::CONFIG)?,
+            serde_json::to_vec(&config)?.into(),
+            pxb_core::PutOptions::create(),
+        )
+        .await?;
     let t = Instant::now();
-    let done = std::sync::atomic::AtomicU64::new(0);
-    futures::stream::iter(0..n)
+    let mut compacting = 0.0;
+    let mut start = 0;
+    while start < n {
+        let end = (start + 5_000).min(n);
+        populate_range(repo, start..end, n, concurrency, t).await?;
+        if format >= 2 {
+            let c = Instant::now();
+            let r = compact(
+                repo,
+                &CompactOptions {
+                    min_age: std::time::Duration::ZERO,
+                },
+            )
+            .await?;
+            anyhow::ensure!(r.skipped.is_empty(), "compaction skipped: {:?}", r.skipped);
+            compacting += c.elapsed().as_secs_f64();
+            eprintln!(
+                "  compacted {} markers into {} day packs in {:.1} s",
+                r.folded,
+                r.days,
+                c.elapsed().as_secs_f64()
+            );
+        }
+        start = end;
+    }
+    Ok((t.elapsed().as_secs_f64(), compacting))
+}
+
+async fn populate_range(
+    repo: &Repository,
+    range: std::ops::Range<u64>,
+    n: u64,
+    concurrency: usize,
+    t: Instant,
+) -> anyhow::Result<()> {
+    let done = std::sync::atomic::AtomicU64::new(range.start);
+    futures::stream::iter(range)
         .map(|i| {
             let done = &done;
             async move {
@@ -63,7 +120,7 @@ pub async fn populate(repo: &Repository, n: u64, concurrency: usize) -> anyhow::
         .buffer_unordered(concurrency)
         .try_collect::<Vec<()>>()
         .await?;
-    Ok(t.elapsed().as_secs_f64())
+    Ok(())
 }
 
 /// The baseline: list manifests, then GET and parse each one, one at a time.
@@ -97,14 +154,15 @@ pub async fn run(
     label: &str,
     with_baseline: bool,
     repeat: u32,
+    format: u32,
 ) -> anyhow::Result<serde_json::Value> {
     let repo = Repository::new(store.clone());
-    let populate_secs = populate(&repo, n, 64).await?;
-    eprintln!("{label}: populated {n} backups in {populate_secs:.1} s");
+    let (populate_secs, compact_secs) = populate(&repo, n, 64, format).await?;
+    eprintln!("{label}: populated {n} backups in {populate_secs:.1} s (compacting: {compact_secs:.1} s)");
     let mut rounds = Vec::new();
     for round in 0..repeat.max(1) {
-        let mut r = measure(&repo, store.as_ref(), n, label).await?;
-        if with_baseline && round == 0 {
+        let mut r = measure(&repo, store.as_ref(), n, label, format).await?;
+        if with_baseline && round == 0 && format == 1 {
             let t = Instant::now();
             let seen = baseline(store.as_ref()).await?;
             let baseline_secs = t.elapsed().as_secs_f64();
@@ -114,7 +172,10 @@ pub async fn run(
         }
         rounds.push(r);
     }
-    Ok(json!({"backend": label, "backups": n, "populate_secs": populate_secs, "rounds": rounds}))
+    Ok(
+        json!({"backend": label, "backups": n, "format": format, "populate_secs": populate_secs,
+               "compact_secs": compact_secs, "rounds": rounds}),
+    )
 }
 
 /// One round: sync from nothing, a re-sync with nothing new, and the bare listing.
@@ -123,6 +184,7 @@ async fn measure(
     store: &dyn ObjectStore,
     n: u64,
     label: &str,
+    format: u32,
 ) -> anyhow::Result<serde_json::Value> {
     let mut state = SyncState::default();
     let t = Instant::now();
@@ -143,7 +205,12 @@ async fn measure(
     let listed = bare_listing(store).await?;
     let listing_secs = t.elapsed().as_secs_f64();
     eprintln!("{label}: the bare listing took {listing_secs:.2} s");
-    anyhow::ensure!(listed as u64 == n, "the listing saw {listed} of {n}");
+    // Format 2 folds every marker into packs: the listing is what is left of them.
+    let markers = if format == 1 { n } else { 0 };
+    anyhow::ensure!(
+        listed as u64 == markers,
+        "the listing saw {listed} markers, not {markers}"
+    );
     Ok(json!({
         "sync_secs": sync_secs, "resync_secs": resync_secs, "bare_listing_secs": listing_secs,
         "sync_over_listing": sync_secs / listing_secs,

@@ -7,8 +7,10 @@
 //! - `pxb-bench backup [--mib 1024] [--set small|large] [--rounds 3]`: pxb's first backups alone;
 //! - `pxb-bench files [--files 10000000]`: a tree of that many tiny files, first and 0.1%-incremental
 //!   backup, time and peak RSS (the tree is kept under `--work` for the next run);
-//! - `pxb-bench sync [--backups 100000] [--azurite] [--no-baseline] [--repeat N]`: listing-metadata sync vs the
-//!   store's bare listing and one GET per backup (`PXB_AZURITE_IN_MEMORY=1`: Azurite without its
+//! - `pxb-bench sync [--backups 100000] [--azurite] [--format 2|1] [--no-baseline] [--repeat N]`: sync
+//!   of a location of that format (2: compacted into packs every 5,000 commits, as the agent does;
+//!   1: listing metadata only) vs the store's bare listing of the markers and, in format 1, one
+//!   GET per backup (`PXB_AZURITE_IN_MEMORY=1`: Azurite without its
 //!   on-disk database, so 100,000 manifests are written in minutes);
 //! - `pxb-bench gc [--chunks 10000000] [--backups 100]`: GC time and peak RSS;
 //! - `pxb-bench fleet [--shoots 1000]`: discovery + first kubeconfig issuance (wall time, RSS);
@@ -74,6 +76,8 @@ async fn main_async(args: Vec<String>) -> anyhow::Result<serde_json::Value> {
             let n = arg(&args, "--backups", 100_000u64)?;
             let with_baseline = !args.iter().any(|a| a == "--no-baseline");
             let repeat = arg(&args, "--repeat", 1u32)?;
+            let format = arg(&args, "--format", 2u32)?;
+            anyhow::ensure!((1..=2).contains(&format), "--format is 1 or 2");
             if args.iter().any(|a| a == "--azurite") {
                 let fx = AzureFixture::start(3600)?;
                 let store = AzureBlobStore::new(fx.wi_config("sync-bench"))?;
@@ -83,7 +87,7 @@ async fn main_async(args: Vec<String>) -> anyhow::Result<serde_json::Value> {
                 } else {
                     "azurite (https, workload identity)"
                 };
-                bench::sync::run(Arc::new(store), n, label, with_baseline, repeat).await
+                bench::sync::run(Arc::new(store), n, label, with_baseline, repeat, format).await
             } else {
                 let dir = work.join("sync");
                 let _ = std::fs::remove_dir_all(&dir);
@@ -93,6 +97,7 @@ async fn main_async(args: Vec<String>) -> anyhow::Result<serde_json::Value> {
                     "local filesystem",
                     with_baseline,
                     repeat,
+                    format,
                 )
                 .await
             }
