@@ -718,7 +718,11 @@ pub async fn packs_serve_what_they_fold(store: Arc<dyn ObjectStore>) {
     assert_eq!(delta.removed, vec![a.id.clone()]);
     assert!(matches!(repo.manifest(&a.id).await, Err(Error::NotFound { .. })));
     let tombstone = format!("{}{}", layout::TOMBSTONES, a.id);
-    assert!(names(store.as_ref(), layout::TOMBSTONES).await.contains(&tombstone));
+    assert!(
+        names(store.as_ref(), layout::TOMBSTONES)
+            .await
+            .contains(&tombstone)
+    );
     let r = gc(&repo, &GcOptions::default()).await.expect("gc");
     let c = r.compaction.expect("GC compacts a format-2 location");
     assert_eq!(c.dropped, 1, "{c:?}");
