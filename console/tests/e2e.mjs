@@ -180,13 +180,15 @@ describe('pxb console', { timeout: 15 * 60_000 }, () => {
     const row = page.locator(`${tid('discovery-row')}[data-id="${discovery}"]`);
     await row.waitFor({ timeout: 15000 });
     assert.ok((await row.textContent()).includes('staging'), 'project and garden credential are shown');
-    // Starting, then Running with the shoots it found (the list refreshes by itself).
+    // Starting, then Running with the shoots it found (the list refreshes by itself). A discovery
+    // is Running as soon as it started, before its first listing counted the shoots (0 until then).
     await until(
       'the new discovery to run',
       async () => (await row.locator(tid('discovery-state')).getAttribute('data-state')) === 'Running',
       90000,
       1000,
     );
+    await until('the new discovery to count its 3 shoots', async () => /Running · 3 shoots/.test(await row.textContent()), 30000, 1000);
     assert.match(await row.textContent(), /Running · 3 shoots/);
     // The demo's own discovery runs and found its shoots, eligible or not with the reason.
     const demoRow = page.locator(`${tid('discovery-row')}[data-id="demo"]`);
