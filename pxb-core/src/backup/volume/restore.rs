@@ -2,7 +2,8 @@
 //!
 //! Files are restored several at once (`VolumeRestoreOptions::concurrency`): chunks are fetched
 //! and decoded once however many files share them (the bundles of small files), and every write,
-//! create and metadata call runs on the blocking pool, so writes proceed in parallel.
+//! create and metadata call runs on the blocking pool, so writes proceed in parallel. The small
+//! files of one bundle go to the blocking pool in runs (up to 32 files, 1 MiB), one trip a run.
 
 use std::collections::{HashMap, VecDeque};
 use std::fs;
@@ -28,8 +29,9 @@ use crate::{Error, Result};
 pub struct VolumeRestoreOptions {
     /// Where to restore to (created if missing).
     pub target: PathBuf,
-    /// Files restored at once. Files of more than one chunk count here too, but at most
-    /// four of them are restored at once (each holds a few chunks in memory).
+    /// Files, or runs of small files of one chunk, restored at once. Files of more than one
+    /// chunk count here too, but at most four of them are restored at once (each holds a few
+    /// chunks in memory).
     pub concurrency: usize,
     /// Progress callback.
     pub progress: Option<ProgressFn>,
@@ -417,6 +419,16 @@ struct FileWriter {
 }
 
 impl FileWriter {
+    fn new(target: &Arc<Target>, entry: Arc<FileEntry>) -> Self {
+        Self {
+            target: target.clone(),
+            entry,
+            file: None,
+            written: 0,
+            hole_at_end: false,
+        }
+    }
+
     fn path(&self) -> PathBuf {
         self.target.shown(&self.entry.path)
     }
@@ -483,6 +495,19 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'sta
         .map_err(|e| Error::other("restore task failed").with_source(e))?
 }
 
+/// The bytes of `slice` in its decoded chunk: a slice outside the chunk is corruption.
+fn piece<'a>(e: &FileEntry, slice: &Slice, data: &'a [u8]) -> Result<&'a [u8]> {
+    let Slice(id, off, len) = slice;
+    let (off, len) = (*off as usize, *len as usize);
+    data.get(off..off + len).ok_or_else(|| {
+        Error::corrupt(format!(
+            "{}: slice {off}+{len} is outside chunk {id} ({} bytes)",
+            e.path,
+            data.len()
+        ))
+    })
+}
+
 /// Restores one file: its chunks are fetched (a few ahead) while earlier pieces are written.
 async fn restore_file(
     cache: &ChunkCache,
@@ -490,7 +515,6 @@ async fn restore_file(
     large: &tokio::sync::Semaphore,
     e: Arc<FileEntry>,
 ) -> Result<u64> {
-    segments(&e.path)?;
     let _slot = if e.slices.len() > 1 {
         Some(
             large
@@ -503,13 +527,7 @@ async fn restore_file(
     };
     let slices = e.slices.clone();
     let last = slices.len().saturating_sub(1);
-    let mut writer = Some(FileWriter {
-        target: target.clone(),
-        entry: e.clone(),
-        file: None,
-        written: 0,
-        hole_at_end: false,
-    });
+    let mut writer = Some(FileWriter::new(target, e.clone()));
     if slices.is_empty() {
         let mut w = writer.take().ok_or_else(|| Error::other("restored file lost"))?;
         return blocking(move || w.finish()).await;
@@ -518,18 +536,11 @@ async fn restore_file(
         .map(|(i, s)| async move { cache.get(s.0).await.map(|d| (i, s, d)) })
         .buffered(CHUNKS_AHEAD);
     let mut written = 0;
-    while let Some((i, Slice(id, off, len), data)) = pieces.try_next().await? {
-        let (off, len) = (off as usize, len as usize);
-        if data.get(off..off + len).is_none() {
-            return Err(Error::corrupt(format!(
-                "{}: slice {off}+{len} is outside chunk {id} ({} bytes)",
-                e.path,
-                data.len()
-            )));
-        }
+    while let Some((i, slice, data)) = pieces.try_next().await? {
         let mut w = writer.take().ok_or_else(|| Error::other("restored file lost"))?;
         let (w, n) = blocking(move || {
-            w.write(&data[off..off + len])?;
+            let e = w.entry.clone();
+            w.write(piece(&e, &slice, &data)?)?;
             let n = if i == last { w.finish()? } else { 0 };
             Ok((w, n))
         })
@@ -538,6 +549,104 @@ async fn restore_file(
         written = n;
     }
     Ok(written)
+}
+
+/// Small files written in one trip to the blocking pool: at most this many...
+const RUN_FILES: usize = 32;
+/// ...of at most this many bytes together.
+const RUN_BYTES: u64 = 1 << 20;
+
+/// What one restore task does: a file on its own, or a run of small files that are all in one
+/// chunk (or all empty), written one after another in one trip to the blocking pool. Each holds
+/// at most one decoded chunk at a time, as a file on its own did.
+enum Unit {
+    File(Arc<FileEntry>),
+    Run(Option<ChunkId>, Vec<Arc<FileEntry>>),
+}
+
+/// Splits the files into [`Unit`]s. Every file of more than one slice, or of a slice above
+/// [`RUN_BYTES`], is a unit of its own; these come first, largest first, so the longest files
+/// start early and the runs fill the other slots beside them instead of the largest file running
+/// alone at the end. Then the other files (the files of a bundle, and empty files) grouped by
+/// their chunk, chunks in the order the index first names them and files in index order within
+/// a chunk, into runs of up to [`RUN_FILES`] files and [`RUN_BYTES`] bytes.
+fn units(files: Vec<Arc<FileEntry>>) -> Vec<Unit> {
+    let mut first_seen: HashMap<Option<ChunkId>, usize> = HashMap::new();
+    let mut small = Vec::new();
+    let mut alone = Vec::new();
+    for e in files {
+        let chunk = match e.slices.as_slice() {
+            [] => None,
+            [Slice(id, _, len)] if u64::from(*len) <= RUN_BYTES => Some(*id),
+            _ => {
+                alone.push(e);
+                continue;
+            }
+        };
+        let next = first_seen.len();
+        let order = *first_seen.entry(chunk).or_insert(next);
+        small.push((order, chunk, e));
+    }
+    drop(first_seen);
+    // Stable: files of one chunk keep their index order.
+    small.sort_by_key(|(order, _, _)| *order);
+    let mut runs: Vec<Unit> = Vec::new();
+    let mut bytes = 0;
+    for (_, chunk, e) in small {
+        let size = e.slices.first().map_or(0, |s| u64::from(s.2));
+        match runs.last_mut() {
+            Some(Unit::Run(c, run)) if *c == chunk && run.len() < RUN_FILES && bytes + size <= RUN_BYTES => {
+                bytes += size;
+                run.push(e);
+            }
+            _ => {
+                bytes = size;
+                runs.push(Unit::Run(chunk, vec![e]));
+            }
+        }
+    }
+    // Stable: files of one size keep their index order.
+    alone.sort_by_key(|e| std::cmp::Reverse(e.size));
+    alone.into_iter().map(Unit::File).chain(runs).collect()
+}
+
+/// Restores a run of small files of one chunk (or empty files): the chunk is fetched once, then
+/// every file is created, written and finished in one blocking call. Returns files and bytes.
+async fn restore_run(
+    cache: &ChunkCache,
+    target: &Arc<Target>,
+    chunk: Option<ChunkId>,
+    files: Vec<Arc<FileEntry>>,
+) -> Result<(u64, u64)> {
+    let data = match chunk {
+        Some(id) => Some(cache.get(id).await?),
+        None => None,
+    };
+    let target = target.clone();
+    blocking(move || {
+        let mut bytes = 0;
+        for e in &files {
+            let mut w = FileWriter::new(&target, e.clone());
+            if let (Some(slice), Some(data)) = (e.slices.first(), &data) {
+                w.write(piece(e, slice, data)?)?;
+            }
+            bytes += w.finish()?;
+        }
+        Ok((files.len() as u64, bytes))
+    })
+    .await
+}
+
+async fn restore_unit(
+    cache: &ChunkCache,
+    target: &Arc<Target>,
+    large: &tokio::sync::Semaphore,
+    unit: Unit,
+) -> Result<(u64, u64)> {
+    match unit {
+        Unit::File(e) => restore_file(cache, target, large, e).await.map(|n| (1, n)),
+        Unit::Run(chunk, files) => restore_run(cache, target, chunk, files).await,
+    }
 }
 
 fn restore_symlink(target: &Target, e: &FileEntry) -> Result<()> {
@@ -617,11 +726,11 @@ pub async fn restore_volume(
     };
     let started = Instant::now();
     let mut last = Instant::now();
-    let mut done = stream::iter(files)
-        .map(|e| restore_file(&cache, &target, &large, e))
+    let mut done = stream::iter(units(files))
+        .map(|u| restore_unit(&cache, &target, &large, u))
         .buffer_unordered(opts.concurrency.max(1));
-    while let Some(bytes) = done.try_next().await? {
-        stats.files += 1;
+    while let Some((files, bytes)) = done.try_next().await? {
+        stats.files += files;
         stats.bytes += bytes;
         progress.files_done = stats.files;
         progress.bytes_done = stats.bytes;
@@ -961,5 +1070,175 @@ mod tests {
             stats.chunks_fetched > 40,
             "the cache cannot hold them all: {stats:?}"
         );
+    }
+
+    fn small(path: &str, chunk: u8, len: u32) -> Arc<FileEntry> {
+        Arc::new(FileEntry {
+            path: path.into(),
+            kind: EntryKind::File,
+            mode: 0o644,
+            uid: 0,
+            gid: 0,
+            mtime: 0,
+            mtime_ns: 0,
+            size: len.into(),
+            ino: 0,
+            target: None,
+            slices: if len == 0 {
+                Vec::new()
+            } else {
+                vec![Slice(ChunkId([chunk; 32]), 0, len)]
+            },
+        })
+    }
+
+    fn shape(units: &[Unit]) -> Vec<(Option<u8>, Vec<String>)> {
+        units
+            .iter()
+            .map(|u| match u {
+                Unit::File(e) => (None, vec![format!("alone:{}", e.path)]),
+                Unit::Run(c, files) => (
+                    Some(c.map_or(0, |c| c.0[0])),
+                    files.iter().map(|e| e.path.clone()).collect(),
+                ),
+            })
+            .collect()
+    }
+
+    /// Small files of alternating bundles are grouped by bundle (in the order the index first
+    /// names them, files in index order), runs are cut at 32 files and at 1 MiB, and files of
+    /// more than one slice or of a slice above 1 MiB are units of their own, first, largest
+    /// first.
+    #[test]
+    fn small_files_are_grouped_into_runs_by_chunk() {
+        let mut files = Vec::new();
+        for i in 0..70 {
+            files.push(small(&format!("a{i:02}"), 1 + (i % 2) as u8, 1000));
+        }
+        files.push(small("empty1", 0, 0));
+        let mut two = (*small("two", 4, 10)).clone();
+        two.slices.push(Slice(ChunkId([5; 32]), 0, 10));
+        two.size = 20;
+        files.push(Arc::new(two));
+        files.push(small("big", 3, (1 << 20) + 1));
+        files.push(small("empty2", 0, 0));
+        for i in 0..3 {
+            files.push(small(&format!("m{i}"), 6, 400 << 10));
+        }
+        let got = shape(&units(files));
+        let names = |range: std::ops::Range<usize>, step: usize| -> Vec<String> {
+            range.step_by(step).map(|i| format!("a{i:02}")).collect()
+        };
+        let want = vec![
+            (None, vec!["alone:big".into()]),
+            (None, vec!["alone:two".into()]),
+            (Some(1), names(0..64, 2)),
+            (Some(1), names(64..70, 2)),
+            (Some(2), names(1..65, 2)),
+            (Some(2), names(65..70, 2)),
+            (Some(0), vec!["empty1".into(), "empty2".into()]),
+            (Some(6), vec!["m0".into(), "m1".into()]),
+            (Some(6), vec!["m2".into()]),
+        ];
+        assert_eq!(got, want);
+    }
+
+    /// Runs of single-slice files from 40 chunks in rotation: every file gets its own bytes, and
+    /// the decoded chunks held at once stay within the bound.
+    #[tokio::test]
+    async fn runs_of_small_files_restore_their_own_bytes_within_the_bound() {
+        let src = tempfile::tempdir().expect("tmp");
+        for i in 0..40 {
+            let body = crate::backup::chunk::test_noise(0x9e37_79b9 + i, 600 << 10);
+            fs::write(src.path().join(format!("big{i:02}")), body).expect("write");
+        }
+        let repo = repo();
+        let mut origin = Vec::new();
+        let mut distinct = std::collections::HashSet::new();
+        let id = forge(&repo, src.path(), |entries| {
+            let firsts: Vec<(String, Slice)> = entries
+                .iter()
+                .filter(|e| e.kind == EntryKind::File)
+                .map(|e| (e.path.clone(), e.slices[0]))
+                .collect();
+            assert!(firsts.len() == 40, "{} files", firsts.len());
+            distinct.extend(firsts.iter().map(|(_, s)| s.0));
+            let root = entries.iter().find(|e| e.path.is_empty()).cloned().expect("root");
+            let file = entries
+                .iter()
+                .find(|e| e.kind == EntryKind::File)
+                .cloned()
+                .expect("file");
+            let mut forged = vec![root];
+            for i in 0..400u32 {
+                let (path, Slice(chunk, off, len)) = &firsts[i as usize % firsts.len()];
+                let skip = (i / 40) * 100;
+                assert!(skip + 1024 <= *len);
+                origin.push((format!("f{i:03}"), path.clone(), skip as usize));
+                forged.push(FileEntry {
+                    path: format!("f{i:03}"),
+                    size: 1024,
+                    slices: vec![Slice(*chunk, off + skip, 1024)],
+                    ..file.clone()
+                });
+            }
+            forged
+        })
+        .await;
+        let dst = tempfile::tempdir().expect("tmp");
+        let mut opts = VolumeRestoreOptions::new(dst.path());
+        opts.concurrency = 4;
+        let stats = restore_volume(&repo, &id, opts).await.expect("restore");
+        assert_eq!((stats.files, stats.bytes), (400, 400 * 1024), "{stats:?}");
+        for (name, from, skip) in origin {
+            let want = fs::read(src.path().join(&from)).expect("source");
+            assert_eq!(
+                fs::read(dst.path().join(&name)).expect("restored"),
+                &want[skip..skip + 1024],
+                "{name} (from {from} at {skip})"
+            );
+        }
+        let bound = max_chunks_held(4) as u64;
+        assert!(
+            0 < stats.chunks_held_peak && stats.chunks_held_peak <= bound,
+            "held {} (bound {bound})",
+            stats.chunks_held_peak
+        );
+        assert!(distinct.len() > 4, "{} chunks", distinct.len());
+        assert_eq!(
+            stats.chunks_fetched,
+            distinct.len() as u64,
+            "one fetch a chunk: {stats:?}"
+        );
+    }
+
+    /// A small file in a run whose slice runs past its chunk, or whose size disagrees with its
+    /// slice, fails the restore as corruption.
+    #[tokio::test]
+    async fn a_run_refuses_slices_outside_their_chunk_and_wrong_sizes() {
+        let src = tempfile::tempdir().expect("tmp");
+        for i in 0..5 {
+            fs::write(src.path().join(format!("s{i}")), format!("{i}").repeat(2000)).expect("write");
+        }
+        let repo = repo();
+        for (case, want) in [("outside", "is outside chunk"), ("size", "the index says")] {
+            let id = forge(&repo, src.path(), |mut entries| {
+                let e = entries.iter_mut().find(|e| e.path == "s3").expect("s3");
+                match case {
+                    "outside" => e.slices[0].1 += 9000,
+                    _ => e.size += 1,
+                }
+                entries
+            })
+            .await;
+            let dst = tempfile::tempdir().expect("tmp");
+            let err = restore_volume(&repo, &id, VolumeRestoreOptions::new(dst.path()))
+                .await
+                .expect_err(case);
+            assert!(
+                matches!(err, Error::Corrupt { .. }) && err.to_string().contains(want),
+                "{case}: {err}"
+            );
+        }
     }
 }
