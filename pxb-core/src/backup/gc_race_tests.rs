@@ -3,15 +3,11 @@
 //! referenced objects exist (quick and deep verify).
 //!
 //! The store keeps its own time (`InMemory::with_clock`); each machine has its own clock
-//! (`Repository::with_clock`); [`Gated`] stops one chosen store call until the test releases it.
+//! (`Repository::with_clock`); `Gated` stops one chosen store call until the test releases it.
 
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
-
-use async_trait::async_trait;
-use bytes::Bytes;
-use tokio::sync::oneshot;
 
 use super::super::resources::{ResourceBackupOptions, backup_namespace_resources};
 use super::super::verify::{VerifyStatus, verify};
@@ -19,107 +15,8 @@ use super::super::volume::{VolumeBackupOptions, backup_volume};
 use super::super::{Manifest, Repository};
 use super::{GcOptions, GcReport, gc};
 use crate::resources::{InMemoryCluster, ResourceSelector};
-use crate::store::{GetResult, ListPage, ObjectMeta, ObjectStore, PutOptions, PutReader, PutResult};
-use crate::{Clock, InMemory, ManualClock, ObjectPath, Result};
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Op {
-    Put,
-    Delete,
-}
-
-struct Pause {
-    op: Op,
-    prefix: String,
-    reached: oneshot::Sender<()>,
-    release: oneshot::Receiver<()>,
-}
-
-/// An [`InMemory`] store that, once armed, holds the first matching call until released.
-struct Gated {
-    inner: InMemory,
-    pause: Mutex<Option<Pause>>,
-}
-
-impl Gated {
-    fn new(inner: InMemory) -> Arc<Self> {
-        Arc::new(Self {
-            inner,
-            pause: Mutex::new(None),
-        })
-    }
-
-    /// Arms the gate: the next `op` on a name under `prefix` signals `reached` and waits for
-    /// `release`.
-    fn arm(&self, op: Op, prefix: &str) -> (oneshot::Receiver<()>, oneshot::Sender<()>) {
-        let (reached_tx, reached_rx) = oneshot::channel();
-        let (release_tx, release_rx) = oneshot::channel();
-        *self.pause.lock().expect("gate") = Some(Pause {
-            op,
-            prefix: prefix.to_owned(),
-            reached: reached_tx,
-            release: release_rx,
-        });
-        (reached_rx, release_tx)
-    }
-
-    async fn gate(&self, op: Op, path: &ObjectPath) {
-        let hit = {
-            let mut g = self.pause.lock().expect("gate");
-            if g.as_ref()
-                .is_some_and(|p| p.op == op && path.as_str().starts_with(&p.prefix))
-            {
-                g.take()
-            } else {
-                None
-            }
-        };
-        if let Some(p) = hit {
-            let _ = p.reached.send(());
-            let _ = p.release.await;
-        }
-    }
-}
-
-impl std::fmt::Debug for Gated {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Gated")
-    }
-}
-
-impl std::fmt::Display for Gated {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("gated memory://")
-    }
-}
-
-#[async_trait]
-impl ObjectStore for Gated {
-    async fn put(&self, path: &ObjectPath, data: Bytes, opts: PutOptions) -> Result<PutResult> {
-        self.gate(Op::Put, path).await;
-        self.inner.put(path, data, opts).await
-    }
-    async fn put_stream(&self, path: &ObjectPath, reader: PutReader, opts: PutOptions) -> Result<PutResult> {
-        self.gate(Op::Put, path).await;
-        self.inner.put_stream(path, reader, opts).await
-    }
-    async fn get(&self, path: &ObjectPath) -> Result<GetResult> {
-        self.inner.get(path).await
-    }
-    async fn get_range(&self, path: &ObjectPath, range: std::ops::Range<u64>) -> Result<Bytes> {
-        self.inner.get_range(path, range).await
-    }
-    async fn head(&self, path: &ObjectPath) -> Result<ObjectMeta> {
-        self.inner.head(path).await
-    }
-    async fn list(&self, prefix: &str, token: Option<&str>, max_results: usize) -> Result<ListPage> {
-        self.inner.list(prefix, token, max_results).await
-    }
-    async fn delete(&self, path: &ObjectPath) -> Result<()> {
-        self.gate(Op::Delete, path).await;
-        self.inner.delete(path).await
-    }
-}
+use crate::store::gated::{Gated, Op};
+use crate::{Clock, InMemory, ManualClock, Result};
 
 fn t0() -> SystemTime {
     UNIX_EPOCH + Duration::from_secs(1_900_000_000)

@@ -4,19 +4,18 @@
 //! The store keeps its own time (`InMemory::with_clock`), moved by hand to age markers,
 //! tombstones and generations.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
 
-use async_trait::async_trait;
 use bytes::Bytes;
-use futures::future::BoxFuture;
 
 use super::super::{
     BackupId, BackupKind, BackupStats, BackupStatus, Manifest, RepoConfig, Repository, SyncState, layout,
 };
 use super::{CompactOptions, MAX_PACK_BYTES, TOMBSTONE_KEEP, compact, day_of, pack_path};
-use crate::store::{GetResult, ListPage, ObjectMeta, ObjectStore, PutOptions, PutReader, PutResult};
-use crate::{Error, InMemory, ManualClock, ObjectPath, Result};
+use crate::store::gated::{Gated, Op};
+use crate::store::{ObjectStore, PutOptions};
+use crate::{Error, InMemory, ManualClock, ObjectPath};
 
 const DAY: u64 = 86_400;
 const START: u64 = 1_790_000_000;
@@ -251,57 +250,6 @@ async fn a_stalled_compaction_does_not_bring_a_deleted_backup_back() {
     assert_eq!(state.packs.get(&day).map(|p| p.generation), Some(2));
 }
 
-/// A store that runs a hook once, just before the first listing of a prefix is answered.
-struct Hooked {
-    inner: Arc<InMemory>,
-    prefix: String,
-    #[allow(clippy::type_complexity)]
-    hook: Mutex<Option<Box<dyn FnOnce() -> BoxFuture<'static, ()> + Send>>>,
-}
-
-impl std::fmt::Display for Hooked {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "hooked {}", self.inner)
-    }
-}
-
-impl std::fmt::Debug for Hooked {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Hooked")
-    }
-}
-
-#[async_trait]
-impl ObjectStore for Hooked {
-    async fn put(&self, path: &ObjectPath, data: Bytes, opts: PutOptions) -> Result<PutResult> {
-        self.inner.put(path, data, opts).await
-    }
-    async fn put_stream(&self, path: &ObjectPath, reader: PutReader, opts: PutOptions) -> Result<PutResult> {
-        self.inner.put_stream(path, reader, opts).await
-    }
-    async fn get(&self, path: &ObjectPath) -> Result<GetResult> {
-        self.inner.get(path).await
-    }
-    async fn get_range(&self, path: &ObjectPath, range: std::ops::Range<u64>) -> Result<Bytes> {
-        self.inner.get_range(path, range).await
-    }
-    async fn head(&self, path: &ObjectPath) -> Result<ObjectMeta> {
-        self.inner.head(path).await
-    }
-    async fn list(&self, prefix: &str, token: Option<&str>, max_results: usize) -> Result<ListPage> {
-        if prefix == self.prefix {
-            let hook = self.hook.lock().expect("hook").take();
-            if let Some(hook) = hook {
-                hook().await;
-            }
-        }
-        self.inner.list(prefix, token, max_results).await
-    }
-    async fn delete(&self, path: &ObjectPath) -> Result<()> {
-        self.inner.delete(path).await
-    }
-}
-
 /// A compaction that runs between a sync's listing of markers and its listing of packs (or just
 /// before either) hides no backup and brings back none.
 #[tokio::test]
@@ -310,33 +258,27 @@ async fn a_compaction_during_a_sync_hides_nothing() {
         let s = setup(2).await;
         let all = commit_days(&s.repo, 2, 3).await;
         s.repo.delete(&all[0].id).await.expect("delete");
-        let hooked = Arc::new(Hooked {
-            inner: s.store.clone(),
-            prefix: prefix.to_owned(),
-            hook: Mutex::new(None),
-        });
-        let reader = Repository::new(hooked.clone()).with_clock(s.clock.clone());
+        let gated = Gated::new((*s.store).clone());
+        let (reached, release) = gated.arm(Op::List, prefix);
+        let reader = Repository::new(gated.clone()).with_clock(s.clock.clone());
         let compactor = s.repo.clone();
-        *hooked.hook.lock().expect("hook") = Some(Box::new(move || {
-            Box::pin(async move {
-                let r = compact(
-                    &compactor,
-                    &CompactOptions {
-                        min_age: Duration::ZERO,
-                    },
-                )
+        let listed = prefix.to_owned();
+        let side = tokio::spawn(async move {
+            reached
                 .await
-                .expect("compact");
-                assert_eq!(r.folded, 5, "{r:?}");
-            })
-        }));
+                .unwrap_or_else(|_| panic!("the sync never listed {listed}"));
+            let r = compact(&compactor, &now_opts()).await.expect("compact");
+            assert_eq!(r.folded, 5, "{r:?}");
+            let _ = release.send(());
+        });
         let mut state = SyncState::default();
         let delta = reader.sync(&mut state).await.expect("sync");
+        drop((reader, gated));
+        side.await.expect("the compaction beside the sync");
         let mut seen: Vec<BackupId> = delta.added.iter().map(|s| s.id.clone()).collect();
         seen.sort();
         let want: Vec<BackupId> = all[1..].iter().map(|m| m.id.clone()).collect();
-        assert_eq!(seen, want, "hook before listing {prefix}");
-        assert!(hooked.hook.lock().expect("hook").is_none(), "the hook ran");
+        assert_eq!(seen, want, "compaction before listing {prefix}");
     }
 }
 

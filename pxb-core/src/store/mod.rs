@@ -19,6 +19,8 @@ use crate::{Error, ObjectPath, Result};
 
 #[cfg(any(test, feature = "conformance"))]
 pub mod conformance;
+#[cfg(test)]
+pub(crate) mod gated;
 mod local;
 mod memory;
 
