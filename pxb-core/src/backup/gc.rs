@@ -67,7 +67,8 @@ pub struct GcReport {
     /// Why nothing was swept, if so.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub deferred: Option<String>,
-    /// The compaction run after the sweep (format 2, not in a dry run; see [`super::packs`]).
+    /// The compaction run after the sweep, or after it was deferred (format 2, not in a dry run;
+    /// see [`super::packs`]).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub compaction: Option<CompactReport>,
     /// Why that compaction failed, if it did (the GC itself succeeded).

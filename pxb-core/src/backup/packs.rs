@@ -47,7 +47,7 @@ pub const MAX_PACK_BYTES: u64 = 256 << 20;
 /// above it landed (store time): longer than any reader takes between its listing and its reads.
 pub const TOMBSTONE_KEEP: Duration = Duration::from_secs(3600);
 
-/// A sync that finds this many markers older than [`CompactOptions::min_age`] asks for a
+/// A sync that finds this many markers older than [`FOLD_AGE`] asks for a
 /// compaction (`SyncDelta::foldable`).
 pub const COMPACT_AFTER: u64 = 256;
 
@@ -360,7 +360,7 @@ impl Repository {
             if tombstones.contains_key(&id) {
                 continue;
             }
-            if old(meta.last_modified, CompactOptions::default().min_age) {
+            if old(meta.last_modified, FOLD_AGE) {
                 delta.foldable += 1;
             }
             seen.insert(id.clone());
@@ -466,11 +466,12 @@ pub struct CompactOptions {
     pub min_age: Duration,
 }
 
+/// The default [`CompactOptions::min_age`]: markers younger than an hour stay markers.
+pub const FOLD_AGE: Duration = Duration::from_secs(3600);
+
 impl Default for CompactOptions {
     fn default() -> Self {
-        Self {
-            min_age: Duration::from_secs(3600),
-        }
+        Self { min_age: FOLD_AGE }
     }
 }
 
