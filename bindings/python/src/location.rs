@@ -589,20 +589,27 @@ pub struct GcReport {
     deleted_orphans: u64,
     /// Why nothing was swept (backups in flight hold leases), if so.
     deferred: Option<String>,
+    /// Backup markers the compaction after the sweep folded into packs (location format 2);
+    /// `None` when no compaction ran (a dry run, or it failed).
+    folded: Option<u64>,
+    /// Why that compaction failed, if it did (the GC itself succeeded).
+    compaction_error: Option<String>,
 }
 
 #[pymethods]
 impl GcReport {
     fn __repr__(&self) -> String {
         format!(
-            "pxb.GcReport(dry_run={}, backups={}, chunks_seen={}, deleted_chunks={}, deleted_bytes={}, kept_in_grace={}, deferred={})",
+            "pxb.GcReport(dry_run={}, backups={}, chunks_seen={}, deleted_chunks={}, deleted_bytes={}, kept_in_grace={}, deferred={}, folded={}, compaction_error={})",
             if self.dry_run { "True" } else { "False" },
             self.backups,
             self.chunks_seen,
             self.deleted_chunks,
             self.deleted_bytes,
             self.kept_in_grace,
-            q_opt(&self.deferred)
+            q_opt(&self.deferred),
+            self.folded.map_or("None".into(), |n| n.to_string()),
+            q_opt(&self.compaction_error)
         )
     }
 }
@@ -619,6 +626,8 @@ impl GcReport {
             kept_in_grace: r.kept_in_grace,
             deleted_orphans: r.deleted_orphans,
             deferred: r.deferred,
+            folded: r.compaction.map(|c| c.folded),
+            compaction_error: r.compaction_error,
         }
     }
 }

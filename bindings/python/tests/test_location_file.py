@@ -129,12 +129,15 @@ def test_round_trip(tmp_path: Path, loc_dir: Path, loc: pxb.Location) -> None:
 
     dry = loc.gc(dry_run=True, grace_secs=0)
     assert dry.dry_run and dry.deleted_chunks == len(chunks)
+    assert (dry.folded, dry.compaction_error) == (None, None), "a dry run compacts nothing"
     assert len(chunk_files(loc_dir)) == len(chunks), "a dry run deletes nothing"
     kept = loc.gc()  # the default grace period keeps the young chunks
     assert kept.deleted_chunks == 0 and kept.kept_in_grace == len(chunks)
     g = loc.gc(grace_secs=0)
     assert isinstance(g, pxb.GcReport)
     assert (g.backups, g.deleted_chunks, g.deferred) == (0, len(chunks), None)
+    # The compaction after the sweep ran; the only marker was young (and is deleted).
+    assert (g.folded, g.compaction_error) == (0, None)
     assert g.deleted_bytes > 0
     assert chunk_files(loc_dir) == []
     assert loc.verify().backups == []
