@@ -1,4 +1,4 @@
-//! `pxb volume`, `pxb backup` and `pxb location sync|verify|gc` as a user runs them, on a local
+//! `pxb volume`, `pxb backup` and `pxb location sync|verify|gc|upgrade` as a user runs them, on a local
 //! location (the same engine runs on Azure Blob in the engine tests).
 
 use std::path::Path;
@@ -259,5 +259,87 @@ fn restore_does_not_follow_symlinks_in_the_target() {
     assert_eq!(
         std::fs::read(target.join("sub/inner.txt")).expect("read"),
         b"restored inner"
+    );
+}
+
+/// A location of format 1 (written here as an earlier pxb left it) is upgraded once; a second
+/// upgrade changes nothing; backups before and after it are listed and restore.
+#[test]
+fn upgrade_moves_a_format_1_location_to_format_2_once() {
+    use pxb_core::store::{ObjectStore, PutOptions};
+    let dir = tempfile::tempdir().expect("tmp");
+    let loc_dir = dir.path().join("loc");
+    let loc = format!("file://{}", loc_dir.display());
+    let store = pxb_core::LocalFileSystem::new(&loc_dir).expect("store");
+    let config = pxb_core::backup::RepoConfig {
+        format: 1,
+        ..Default::default()
+    };
+    tokio::runtime::Runtime::new()
+        .expect("runtime")
+        .block_on(store.put(
+            &pxb_core::ObjectPath::parse("pxb/config").expect("path"),
+            serde_json::to_vec(&config).expect("config").into(),
+            PutOptions::create(),
+        ))
+        .expect("config of format 1");
+    let src = dir.path().join("src");
+    write(&src, "a.txt", b"before the upgrade");
+    let first = json(&[
+        "volume",
+        "backup",
+        "--location",
+        &loc,
+        "--path",
+        src.to_str().expect("utf8"),
+    ]);
+
+    let text = ok(&["location", "upgrade", "--location", &loc]);
+    assert!(text.contains("from format 1 to format 2"), "{text}");
+    let again = json(&["location", "upgrade", "--location", &loc]);
+    assert_eq!(again, serde_json::json!({"from": 2, "to": 2}));
+    let text = ok(&["location", "upgrade", "--location", &loc]);
+    assert!(text.contains("format 2 already"), "{text}");
+
+    write(&src, "a.txt", b"after the upgrade");
+    let second = json(&[
+        "volume",
+        "backup",
+        "--location",
+        &loc,
+        "--path",
+        src.to_str().expect("utf8"),
+    ]);
+    let synced = json(&["location", "sync", "--location", &loc]);
+    let ids: Vec<_> = synced["backups"]
+        .as_array()
+        .expect("backups")
+        .iter()
+        .map(|b| b["id"].clone())
+        .collect();
+    assert_eq!(ids, vec![first["id"].clone(), second["id"].clone()], "{synced}");
+    let out = dir.path().join("out");
+    json(&[
+        "volume",
+        "restore",
+        "--location",
+        &loc,
+        "--backup",
+        first["id"].as_str().expect("id"),
+        "--target",
+        out.to_str().expect("utf8"),
+    ]);
+    assert_eq!(
+        std::fs::read(out.join("a.txt")).expect("read"),
+        b"before the upgrade"
+    );
+
+    let missing = format!("file://{}", dir.path().join("empty").display());
+    let r = pxb(&["location", "upgrade", "--location", &missing]);
+    assert_eq!(r.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&r.stderr).contains("no pxb backups"),
+        "{}",
+        String::from_utf8_lossy(&r.stderr)
     );
 }

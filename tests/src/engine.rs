@@ -732,8 +732,9 @@ pub async fn packs_serve_what_they_fold(store: Arc<dyn ObjectStore>) {
 }
 
 /// A location of format 1 (made by an earlier pxb) is used as before: backups, incremental,
-/// list, restore, verify, delete and GC, with no pack and no tombstone ever written. Needs an
-/// empty store.
+/// list, restore, verify, delete and GC, with no pack and no tombstone ever written; then it is
+/// upgraded to format 2 and its backups are folded into packs and still restore. Needs an empty
+/// store.
 pub async fn format_1_location(store: Arc<dyn ObjectStore>) {
     let config = RepoConfig {
         format: 1,
@@ -816,6 +817,57 @@ pub async fn format_1_location(store: Arc<dyn ObjectStore>) {
         .await
         .expect("restore after GC");
     assert_same_tree(src.path(), dst.path());
+
+    // Upgraded to format 2: the old marker is folded into a pack and still restores; a delete
+    // leaves a tombstone; a second upgrade changes nothing.
+    assert_eq!(repo.upgrade().await.expect("upgrade"), 1);
+    assert_eq!(repo.open().await.expect("config").format, 2);
+    assert_eq!(repo.upgrade().await.expect("upgrade again"), 2);
+    fs::write(src.path().join("small/changed.txt"), b"changed after the upgrade").expect("write");
+    let mut opts = VolumeBackupOptions::new(src.path());
+    opts.parent = Some(b.id.clone());
+    let c = backup_volume(&repo, opts)
+        .await
+        .expect("backup after the upgrade");
+    let r = compact(
+        &repo,
+        &CompactOptions {
+            min_age: Duration::ZERO,
+        },
+    )
+    .await
+    .expect("compact after the upgrade");
+    assert!(r.not_done.is_none() && r.folded == 2, "{r:?}");
+    assert!(names(store.as_ref(), layout::MANIFESTS).await.is_empty());
+    let listed: Vec<_> = repo
+        .list()
+        .await
+        .expect("list")
+        .into_iter()
+        .map(|s| s.id)
+        .collect();
+    let mut both = vec![b.id.clone(), c.id.clone()];
+    both.sort();
+    assert_eq!(listed, both, "both backups listed from their pack");
+    let dst = tempfile::tempdir().expect("tmp");
+    restore_volume(&repo, &c.id, VolumeRestoreOptions::new(dst.path()))
+        .await
+        .expect("restore after the upgrade");
+    assert_same_tree(src.path(), dst.path());
+    repo.delete(&b.id).await.expect("delete after the upgrade");
+    assert_eq!(
+        names(store.as_ref(), layout::TOMBSTONES).await.len(),
+        1,
+        "a delete in format 2 leaves a tombstone"
+    );
+    let listed: Vec<_> = repo
+        .list()
+        .await
+        .expect("list")
+        .into_iter()
+        .map(|s| s.id)
+        .collect();
+    assert_eq!(listed, vec![c.id.clone()]);
 }
 
 /// Runs every scenario against a store (needs an empty store). The damaging scenario runs last:

@@ -6,6 +6,7 @@
 
 use std::{fmt, io};
 
+use bytes::Bytes;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use super::layout;
@@ -263,15 +264,36 @@ pub fn decode(path: &str, stored: &[u8], expect: Option<&ChunkId>) -> Result<Vec
         }
         other => return Err(Error::corrupt(format!("{path}: unknown chunk encoding {other}"))),
     };
+    check_hash(path, &plain, expect)?;
+    Ok(plain)
+}
+
+/// [`decode`] for stored bytes already in a [`Bytes`]: a raw chunk's plain bytes are returned as a
+/// slice of `stored`, not copied. The same checks, the same errors.
+pub fn decode_bytes(path: &str, stored: Bytes, expect: Option<&ChunkId>) -> Result<Bytes> {
+    if stored.len() >= PREFIX_LEN
+        && &stored[..MAGIC.len()] == MAGIC
+        && stored[4] == RAW
+        && stored.len() - PREFIX_LEN <= MAX_CHUNK_SIZE
+    {
+        let plain = stored.slice(PREFIX_LEN..);
+        check_hash(path, &plain, expect)?;
+        return Ok(plain);
+    }
+    decode(path, &stored, expect).map(Bytes::from)
+}
+
+/// With `expect`, checks that `plain` hashes to it.
+fn check_hash(path: &str, plain: &[u8], expect: Option<&ChunkId>) -> Result<()> {
     if let Some(id) = expect {
-        let actual = ChunkId::of(&plain);
+        let actual = ChunkId::of(plain);
         if actual != *id {
             return Err(Error::corrupt(format!(
                 "{path}: content hash is {actual}, expected {id}"
             )));
         }
     }
-    Ok(plain)
+    Ok(())
 }
 
 /// Deterministic incompressible bytes for tests (xorshift), different for each `seed` below 2^63.
@@ -366,6 +388,54 @@ mod tests {
         assert!(err.to_string().contains("pxb/chunks/ab/abc"), "{err}");
         assert!(decode("p", b"nope", None).is_err());
         assert!(decode("p", b"PXC1\x07abc", None).is_err());
+    }
+
+    /// `decode_bytes` answers as `decode` does, for good and damaged chunks of both encodings,
+    /// and gives a raw chunk's bytes without copying them.
+    #[test]
+    fn decoding_from_bytes_agrees_with_decode_and_shares_raw_bytes() {
+        let text = b"backup restore namespace tenant\n".repeat(5_000);
+        let noise = test_noise(11, 200_000);
+        for data in [&text[..], &noise[..], b""] {
+            let id = ChunkId::of(data);
+            let enc = encode(data, 3);
+            let stored = Bytes::from(enc.clone());
+            let got = decode_bytes("x", stored.clone(), Some(&id)).expect("decode");
+            assert_eq!(got, data);
+            if enc[4] == RAW && !data.is_empty() {
+                assert_eq!(
+                    got.as_ptr(),
+                    stored[PREFIX_LEN..].as_ptr(),
+                    "a raw chunk is not copied"
+                );
+            }
+            let mut bad = enc.clone();
+            let last = bad.len() - 1;
+            if last >= PREFIX_LEN {
+                bad[last] ^= 0xff;
+                let a = decode("pxb/chunks/ab/x", &bad, Some(&id))
+                    .expect_err("damaged")
+                    .to_string();
+                let b = decode_bytes("pxb/chunks/ab/x", Bytes::from(bad), Some(&id))
+                    .expect_err("damaged")
+                    .to_string();
+                assert_eq!(a, b);
+                assert!(b.contains("pxb/chunks/ab/x"), "{b}");
+            }
+        }
+        let mut huge = MAGIC.to_vec();
+        huge.push(RAW);
+        huge.resize(PREFIX_LEN + MAX_CHUNK_SIZE + 1, 7);
+        let err = decode_bytes("p", Bytes::from(huge), None).expect_err("too big");
+        assert!(err.to_string().contains("maximum chunk size"), "{err}");
+        for junk in [&b"nope"[..], b"PXC1\x07abc", b"PXC"] {
+            assert_eq!(
+                decode("p", junk, None).expect_err("junk").to_string(),
+                decode_bytes("p", Bytes::copy_from_slice(junk), None)
+                    .expect_err("junk")
+                    .to_string()
+            );
+        }
     }
 
     #[test]

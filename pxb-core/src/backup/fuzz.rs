@@ -9,6 +9,9 @@ use crate::Metadata;
 pub fn chunk(data: &[u8]) {
     let _ = chunk::decode("fuzz", data, None);
     let _ = chunk::decode("fuzz", data, Some(&ChunkId::of(data)));
+    let bytes = bytes::Bytes::copy_from_slice(data);
+    let _ = chunk::decode_bytes("fuzz", bytes.clone(), None);
+    let _ = chunk::decode_bytes("fuzz", bytes, Some(&ChunkId::of(data)));
 }
 
 /// File index (spool) parsing.

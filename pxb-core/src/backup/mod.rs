@@ -512,6 +512,28 @@ impl Repository {
         }
     }
 
+    /// Moves a location of an earlier format to [`LOCATION_FORMAT`]; returns the format it had.
+    /// Done again, it changes nothing. Only the config changes: what the location holds is
+    /// read as before, and the next compaction folds its old markers into packs. Upgrade once
+    /// no earlier pxb uses the location; from then on an earlier pxb refuses it ("uses pxb
+    /// format 2"). A location with no config yet is [`Error::NotFound`].
+    pub async fn upgrade(&self) -> Result<u32> {
+        let config = self.open().await?;
+        if config.format >= LOCATION_FORMAT {
+            return Ok(config.format);
+        }
+        let upgraded = RepoConfig {
+            format: LOCATION_FORMAT,
+            ..config.clone()
+        };
+        let body = serde_json::to_vec(&upgraded).map_err(|e| Error::other("config").with_source(e))?;
+        // An overwrite: the config changes in no other way, and two upgrades write the same.
+        self.store
+            .put(&Self::config_path(), body.into(), PutOptions::default())
+            .await?;
+        Ok(config.format)
+    }
+
     /// Writes `manifest` as the commit marker, with its summary in the listing metadata.
     pub async fn commit(&self, manifest: &Manifest) -> Result<()> {
         let body = serde_json::to_vec_pretty(manifest)

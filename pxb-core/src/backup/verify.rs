@@ -206,9 +206,11 @@ async fn verify_one(
                         Err(e) => return Err(e),
                     };
                     let name = path.to_string();
-                    tokio::task::spawn_blocking(move || chunk::decode(&name, &stored, Some(&c)).map(|_| ()))
-                        .await
-                        .map_err(|e| Error::other("verify task failed").with_source(e))?
+                    tokio::task::spawn_blocking(move || {
+                        chunk::decode_bytes(&name, stored, Some(&c)).map(|_| ())
+                    })
+                    .await
+                    .map_err(|e| Error::other("verify task failed").with_source(e))?
                 })
                 .buffer_unordered(concurrency)
                 .collect()

@@ -18,7 +18,7 @@ use std::time::SystemTime;
 use async_trait::async_trait;
 use bytes::Bytes;
 use futures::StreamExt;
-use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::{
     GetResult, ListPage, MAX_LIST_PAGE, Metadata, ObjectMeta, ObjectStore, PutMode, PutOptions, PutReader,
@@ -31,6 +31,8 @@ const FORMAT: u8 = 1;
 const FIXED_HEADER: usize = 9;
 const TMP_DIR: &str = ".pxb-tmp";
 const IO_BUF: usize = 1 << 20;
+/// What a get reads with the open: a whole chunk of average size and most others.
+const FIRST_READ: usize = 4 << 20;
 
 /// An object store in a local directory (`file:///abs/path`).
 ///
@@ -193,6 +195,20 @@ fn open(file_path: &Path, path: &ObjectPath) -> Result<Opened> {
     })
 }
 
+/// Reads exactly `n` bytes (the file must hold them) into a buffer of that size, without zeroing
+/// it first.
+fn read_exactly(file: &mut File, n: u64) -> io::Result<Vec<u8>> {
+    let mut buf = Vec::with_capacity(usize::try_from(n).unwrap_or(usize::MAX));
+    file.take(n).read_to_end(&mut buf)?;
+    if (buf.len() as u64) < n {
+        return Err(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            format!("{} of {n} bytes", buf.len()),
+        ));
+    }
+    Ok(buf)
+}
+
 fn e_tag(m: &fs::Metadata) -> String {
     use std::os::unix::fs::MetadataExt;
     format!("{:x}-{:x}-{:x}-{:x}", m.ino(), m.mtime(), m.mtime_nsec(), m.len())
@@ -323,18 +339,26 @@ impl ObjectStore for LocalFileSystem {
     async fn get(&self, path: &ObjectPath) -> Result<GetResult> {
         let file_path = self.file_path(path)?;
         let p = path.clone();
-        let Opened {
-            file,
-            meta,
-            header_len,
-        } = self.blocking(move |_| open(&file_path, &p)).await?;
-        let mut file = tokio::fs::File::from_std(file);
-        file.seek(SeekFrom::Start(header_len))
-            .await
-            .map_err(|e| map_io(path, "seek", e))?;
-        let remaining = meta.size;
+        // The object is opened and its first bytes read in one trip to the blocking pool: most
+        // objects (chunks, markers) are read whole by it.
+        let (file, meta, first) = self
+            .blocking(move |_| {
+                let Opened {
+                    mut file,
+                    meta,
+                    header_len,
+                } = open(&file_path, &p)?;
+                file.seek(SeekFrom::Start(header_len))
+                    .map_err(|e| map_io(&p, "seek", e))?;
+                let want = meta.size.min(FIRST_READ as u64);
+                let first = read_exactly(&mut file, want).map_err(|e| map_io(&p, "read", e))?;
+                Ok((file, meta, first))
+            })
+            .await?;
+        let remaining = meta.size - first.len() as u64;
+        let file = tokio::fs::File::from_std(file);
         let p = path.clone();
-        let body = futures::stream::unfold((file, remaining), move |(mut file, remaining)| {
+        let rest = futures::stream::unfold((file, remaining), move |(mut file, remaining)| {
             let p = p.clone();
             async move {
                 if remaining == 0 {
@@ -347,8 +371,9 @@ impl ObjectStore for LocalFileSystem {
                     Err(e) => Some((Err(map_io(&p, "read", e)), (file, 0))),
                 }
             }
-        })
-        .boxed();
+        });
+        let first = (!first.is_empty()).then(|| Ok(Bytes::from(first)));
+        let body = futures::stream::iter(first).chain(rest).boxed();
         Ok(GetResult { meta, body })
     }
 

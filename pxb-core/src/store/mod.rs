@@ -160,23 +160,42 @@ impl GetResult {
             return Err(too_big(self.meta.size.to_string()));
         }
         let allowed = self.meta.size;
-        let mut buf = BytesMut::with_capacity(usize::try_from(allowed).unwrap_or(0).min(PREALLOCATE_MAX));
+        // The first piece is kept as it is: a body in one piece (a local read, usually) is
+        // returned without a copy.
+        let mut first: Option<Bytes> = None;
+        let mut buf = BytesMut::new();
         while let Some(chunk) = self.body.next().await {
             let chunk = chunk?;
-            if (buf.len() + chunk.len()) as u64 > allowed {
+            let have = first.as_ref().map_or(0, Bytes::len) + buf.len();
+            if (have + chunk.len()) as u64 > allowed {
                 return Err(Error::corrupt(format!(
                     "{path}: the body holds more than the announced {allowed} bytes"
                 )));
             }
+            if chunk.is_empty() {
+                continue;
+            }
+            if have == 0 {
+                first = Some(chunk);
+                continue;
+            }
+            if let Some(f) = first.take() {
+                buf.reserve(usize::try_from(allowed).unwrap_or(0).min(PREALLOCATE_MAX));
+                buf.extend_from_slice(&f);
+            }
             buf.extend_from_slice(&chunk);
         }
-        if buf.len() as u64 != allowed {
+        let whole = match first {
+            Some(f) => f,
+            None => buf.freeze(),
+        };
+        if whole.len() as u64 != allowed {
             return Err(Error::corrupt(format!(
                 "{path}: read {} bytes, expected {allowed}",
-                buf.len()
+                whole.len()
             )));
         }
-        Ok(buf.freeze())
+        Ok(whole)
     }
 }
 
@@ -319,5 +338,49 @@ mod tests {
         assert!(clamp_range(&p, &(10..11), 10).is_err());
         assert!(clamp_range(&p, &(3..3), 10).is_err());
         assert!(clamp_range(&p, &(0..1), 0).is_err());
+    }
+
+    fn got(size: u64, pieces: &[&[u8]]) -> GetResult {
+        let pieces: Vec<Result<Bytes>> = pieces.iter().map(|p| Ok(Bytes::copy_from_slice(p))).collect();
+        GetResult {
+            meta: ObjectMeta {
+                path: ObjectPath::parse("o").expect("path"),
+                size,
+                last_modified: SystemTime::UNIX_EPOCH,
+                e_tag: None,
+                metadata: Metadata::new(),
+            },
+            body: futures::stream::iter(pieces).boxed(),
+        }
+    }
+
+    /// A body in one piece or in several (empty ones among them) is collected whole; one that
+    /// holds more or less than its announced size is refused, as one above the limit is.
+    #[tokio::test]
+    async fn bodies_are_collected_whole_and_held_to_their_announced_size() {
+        /// Pieces of a body, its announced size, and what should be collected (`None`: refused).
+        type Case<'a> = (&'a [&'a [u8]], u64, Option<&'a [u8]>);
+        let cases: [Case; 8] = [
+            (&[b"abcdef"], 6, Some(b"abcdef")),
+            (&[b"ab", b"", b"cd", b"ef"], 6, Some(b"abcdef")),
+            (&[b"", b"abcdef", b""], 6, Some(b"abcdef")),
+            (&[], 0, Some(b"")),
+            (&[b"abcdef", b"g"], 6, None),
+            (&[b"abcdefg"], 6, None),
+            (&[b"abc"], 6, None),
+            (&[b"abc", b"", b"de"], 6, None),
+        ];
+        for (pieces, size, want) in cases {
+            let r = got(size, pieces).bytes_at_most(100).await;
+            match want {
+                Some(w) => assert_eq!(r.expect("whole").as_ref(), w, "{pieces:?}"),
+                None => assert!(
+                    matches!(r, Err(Error::Corrupt { .. })),
+                    "{pieces:?} announced as {size}: {r:?}"
+                ),
+            }
+        }
+        let r = got(6, &[b"abcdef"]).bytes_at_most(5).await;
+        assert!(matches!(r, Err(Error::Corrupt { .. })), "{r:?}");
     }
 }

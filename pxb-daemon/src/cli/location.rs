@@ -28,6 +28,22 @@ pub enum LocationCommand {
     Verify(VerifyArgs),
     /// Delete chunks no backup references any more (mark and sweep, with a grace period).
     Gc(GcArgs),
+    /// Move a location made by an earlier pxb to the current location format.
+    ///
+    /// Only the location's config changes; the next compaction folds old commit markers into
+    /// packs (faster syncs). Run it once no earlier pxb uses the location: an earlier pxb
+    /// refuses an upgraded location. Running it again changes nothing.
+    Upgrade(UpgradeArgs),
+}
+
+/// Arguments of `pxb location upgrade`.
+#[derive(Debug, Args)]
+pub struct UpgradeArgs {
+    #[command(flatten)]
+    location: LocationArgs,
+    /// Print one JSON document.
+    #[arg(long)]
+    json: bool,
 }
 
 /// Arguments of `pxb location sync`.
@@ -94,6 +110,24 @@ pub(crate) async fn run(cmd: LocationCommand) -> ExitCode {
         LocationCommand::Sync(a) => sync(a).await,
         LocationCommand::Verify(a) => verify(a).await,
         LocationCommand::Gc(a) => gc(a).await,
+        LocationCommand::Upgrade(a) => upgrade(a).await,
+    }
+}
+
+async fn upgrade(a: UpgradeArgs) -> ExitCode {
+    let r = async { repo(&a.location)?.upgrade().await }.await;
+    let to = pxb_core::backup::LOCATION_FORMAT;
+    match r {
+        Err(e) => output::error(a.json, &e),
+        Ok(from) if a.json => output::json(&serde_json::json!({"from": from, "to": to.max(from)})),
+        Ok(from) if from >= to => {
+            println!("the location is of format {from} already: nothing to do");
+            ExitCode::SUCCESS
+        }
+        Ok(from) => {
+            println!("upgraded the location from format {from} to format {to}");
+            ExitCode::SUCCESS
+        }
     }
 }
 

@@ -321,8 +321,53 @@ fn limit(files: &[PathBuf]) -> anyhow::Result<serde_json::Value> {
         "bytes": bytes, "files": files.len(),
         "read_secs": read, "read_hash_secs": hash, "read_compress_secs": compress,
         "read_hash_compress_secs": both, "compressed_bytes": compressed,
-        "note": "each on all cores; read from the page cache; one zstd frame per file",
+        "note": "each on all cores; read from the page cache; one zstd frame per file; \
+                 write_tree: the files written into a new tree, nothing else",
     }))
+}
+
+/// The physical limit of a restore of this data on this machine: every file of the data set (read
+/// from the page cache) written into a new tree under `out`, on all cores, nothing else (no
+/// decompression, no hash). The directories are made first, outside the time. What writing costs
+/// here depends on the memory the page cache grows into (see BENCHMARKS.md, round five), so a
+/// restore's figure is shown next to this one measured in the same run.
+fn write_limit(files: &[PathBuf], data: &Path, out: &Path) -> anyhow::Result<f64> {
+    let mut targets = Vec::with_capacity(files.len());
+    for f in files {
+        let t = out.join(f.strip_prefix(data)?);
+        fs::create_dir_all(t.parent().context("parent")?)?;
+        targets.push(t);
+    }
+    on_all_cores(files, |d| d.len() as u64)?; // the source in the page cache
+    flush_disks();
+    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let t = Instant::now();
+    std::thread::scope(|s| -> anyhow::Result<()> {
+        let handles: Vec<_> = (0..cores)
+            .map(|i| {
+                let targets = &targets;
+                s.spawn(move || -> anyhow::Result<()> {
+                    // Through one buffer, as a restore writes decoded chunks.
+                    let mut buf = vec![0u8; 1 << 20];
+                    for (src, dst) in files.iter().zip(targets).skip(i).step_by(cores) {
+                        let (mut src, mut dst) = (fs::File::open(src)?, fs::File::create(dst)?);
+                        loop {
+                            let n = std::io::Read::read(&mut src, &mut buf)?;
+                            if n == 0 {
+                                break;
+                            }
+                            dst.write_all(&buf[..n])?;
+                        }
+                    }
+                    Ok(())
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .try_for_each(|h| h.join().map_err(|_| anyhow::anyhow!("a worker panicked"))?)
+    })?;
+    Ok(t.elapsed().as_secs_f64())
 }
 
 /// Runs the volume benchmark in `work` with a dataset of `total` bytes of the given set: first
@@ -389,6 +434,8 @@ pub async fn run(work: &Path, total: u64, set: DataSet) -> anyhow::Result<serde_
         fs::create_dir_all(&d)?;
         Ok(d)
     };
+    // What writing the tree alone costs, before the restores and after them (see `write_limit`).
+    let write_before = write_limit(&files, &data, &out("write-limit-before")?)?;
     let pxb_out = out("restore-pxb")?;
     let (pxb_restore, restored) =
         timed(async { Ok(restore_volume(&repo, &second.id, VolumeRestoreOptions::new(&pxb_out)).await?) })
@@ -411,6 +458,7 @@ pub async fn run(work: &Path, total: u64, set: DataSet) -> anyhow::Result<serde_
     let mut extract = borg(&borg_base, &["extract", &format!("{borg_repo_s}::second")]);
     extract.current_dir(&borg_out);
     let borg_restore = time_tool(extract, "borg extract")?;
+    let write_after = write_limit(&files, &data, &out("write-limit-after")?)?;
     let sizes = (du(&pxb_out), du(&restic_out), du(&borg_out));
     if sizes != (dataset, dataset, dataset) {
         bail!("a restore is incomplete: {dataset} bytes backed up, restored (pxb, restic, borg) {sizes:?}");
@@ -418,8 +466,13 @@ pub async fn run(work: &Path, total: u64, set: DataSet) -> anyhow::Result<serde_
     for d in [&pxb_out, &restic_out, &borg_out] {
         fs::remove_dir_all(d)?;
     }
+    for d in ["write-limit-before", "write-limit-after"] {
+        fs::remove_dir_all(work.join(d))?;
+    }
 
-    let limit = limit(&files)?;
+    let mut limit = limit(&files)?;
+    limit["write_tree_secs_before_restores"] = json!(write_before);
+    limit["write_tree_secs_after_restores"] = json!(write_after);
     let mib = dataset as f64 / (1 << 20) as f64;
     Ok(json!({
         "dataset": {
@@ -451,7 +504,7 @@ pub async fn restores(
     let data = work.join("data");
     let deleted = clear(work);
     fs::create_dir_all(&data)?;
-    generate(&data, total, set, 42)?;
+    let files = generate(&data, total, set, 42)?;
     let repo = Repository::new(Arc::new(LocalFileSystem::new(work.join("pxb-location"))?));
     let backup = backup_volume(&repo, VolumeBackupOptions::new(&data)).await?;
     settle(deleted);
@@ -470,10 +523,12 @@ pub async fn restores(
         }
         secs.push(s);
     }
+    let write = write_limit(&files, &data, &work.join("write-limit"))?;
     fs::remove_dir_all(work)?;
-    Ok(
-        json!({"set": set.name(), "bytes": backup.stats.bytes, "files": backup.stats.files, "restore_secs": secs}),
-    )
+    Ok(json!({
+        "set": set.name(), "bytes": backup.stats.bytes, "files": backup.stats.files,
+        "restore_secs": secs, "write_tree_secs_after": write,
+    }))
 }
 
 /// First backups of the same data, each into a fresh location: for profiling the backup path

@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use futures::stream::{self, StreamExt, TryStreamExt};
 use rustix::fs::{self as rfs, AtFlags, Mode, OFlags};
 use rustix::io::Errno;
@@ -286,12 +287,12 @@ struct Held {
 
 /// A decoded chunk, counted in [`Held`] while it lives.
 struct Decoded {
-    bytes: Vec<u8>,
+    bytes: Bytes,
     held: Arc<Held>,
 }
 
 impl Decoded {
-    fn new(bytes: Vec<u8>, held: Arc<Held>) -> Self {
+    fn new(bytes: Bytes, held: Arc<Held>) -> Self {
         let now = held.now.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
         held.peak.fetch_max(now, std::sync::atomic::Ordering::Relaxed);
         Self { bytes, held }
@@ -364,7 +365,7 @@ impl ChunkCache {
             Err(e) => return Err(e),
         };
         let name = path.to_string();
-        let plain = tokio::task::spawn_blocking(move || chunk::decode(&name, &stored, Some(&id)))
+        let plain = tokio::task::spawn_blocking(move || chunk::decode_bytes(&name, stored, Some(&id)))
             .await
             .map_err(|e| Error::other("decode task failed").with_source(e))??;
         self.fetched.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -407,6 +408,9 @@ fn apply_meta(fd: &impl std::os::fd::AsFd, path: &Path, e: &FileEntry, mask: u32
         .map_err(|err| errno(format!("setting the mode of {}", path.display()), err))?;
     rfs::futimens(fd, &times(e)).map_err(|err| errno(format!("setting the times of {}", path.display()), err))
 }
+
+/// Blocks of this size that hold only zeros are left as holes.
+const HOLE_BLOCK: usize = 64 << 10;
 
 /// A file being restored: created on its first piece, written piece by piece on the blocking pool.
 struct FileWriter {
@@ -452,15 +456,23 @@ impl FileWriter {
         let path = self.path();
         let file = self.open()?;
         let mut hole = false;
-        for block in piece.chunks(64 << 10) {
+        // Blocks of zeros are skipped; the data between them goes in one write.
+        let mut data = 0..0;
+        for (i, block) in piece.chunks(HOLE_BLOCK).enumerate() {
             hole = block.len() >= 4096 && block.iter().all(|b| *b == 0);
-            let res = if hole {
-                file.seek(SeekFrom::Current(block.len() as i64)).map(|_| ())
+            if hole {
+                let res = file
+                    .write_all(&piece[data.clone()])
+                    .and_then(|()| file.seek(SeekFrom::Current(block.len() as i64)));
+                res.map_err(|err| Error::io(format!("writing {}", path.display()), err))?;
+                let next = i * HOLE_BLOCK + block.len();
+                data = next..next;
             } else {
-                file.write_all(block)
-            };
-            res.map_err(|err| Error::io(format!("writing {}", path.display()), err))?;
+                data.end += block.len();
+            }
         }
+        file.write_all(&piece[data])
+            .map_err(|err| Error::io(format!("writing {}", path.display()), err))?;
         if !piece.is_empty() {
             self.hole_at_end = hole;
         }
@@ -1090,6 +1102,41 @@ mod tests {
                 vec![Slice(ChunkId([chunk; 32]), 0, len)]
             },
         })
+    }
+
+    /// Pieces of data and zeros, the zeros at and across block edges and at the end: the file
+    /// holds exactly their bytes, and the zero blocks are holes.
+    #[test]
+    fn written_pieces_keep_their_bytes_and_leave_zero_blocks_as_holes() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().expect("tmp");
+        let noise = crate::backup::chunk::test_noise(5, 400 << 10);
+        let zeros = vec![0u8; 1 << 20];
+        let pieces: Vec<&[u8]> = vec![
+            &noise[..100 << 10],
+            &zeros[..200 << 10],
+            &noise[100 << 10..110 << 10],
+            &zeros[..3000],
+            &noise[110 << 10..(170 << 10) + 17],
+            &zeros,
+            &noise[200 << 10..(200 << 10) + 5000],
+            &zeros[..700 << 10],
+        ];
+        let want: Vec<u8> = pieces.concat();
+        let target = Arc::new(Target::open(dir.path()).expect("target"));
+        let mut w = FileWriter::new(&target, small("f", 1, want.len() as u32));
+        for p in &pieces {
+            w.write(p).expect("write");
+        }
+        assert_eq!(w.finish().expect("finish"), want.len() as u64);
+        let path = dir.path().join("f");
+        assert!(fs::read(&path).expect("read") == want, "restored bytes differ");
+        let allocated = fs::metadata(&path).expect("meta").blocks() * 512;
+        assert!(
+            allocated < 900 << 10,
+            "{allocated} bytes allocated for {} bytes of which 1.9 MiB are zeros",
+            want.len()
+        );
     }
 
     fn shape(units: &[Unit]) -> Vec<(Option<u8>, Vec<String>)> {
