@@ -262,6 +262,18 @@ fn restore_does_not_follow_symlinks_in_the_target() {
     );
 }
 
+/// `pxb volume backup` of `src` into `loc`, its JSON report.
+fn backup(loc: &str, src: &Path) -> serde_json::Value {
+    json(&[
+        "volume",
+        "backup",
+        "--location",
+        loc,
+        "--path",
+        src.to_str().expect("utf8"),
+    ])
+}
+
 /// A location of format 1 (written here as an earlier pxb left it) is upgraded once; a second
 /// upgrade changes nothing; backups before and after it are listed and restore.
 #[test]
@@ -285,14 +297,7 @@ fn upgrade_moves_a_format_1_location_to_format_2_once() {
         .expect("config of format 1");
     let src = dir.path().join("src");
     write(&src, "a.txt", b"before the upgrade");
-    let first = json(&[
-        "volume",
-        "backup",
-        "--location",
-        &loc,
-        "--path",
-        src.to_str().expect("utf8"),
-    ]);
+    let first = backup(&loc, &src);
 
     let text = ok(&["location", "upgrade", "--location", &loc]);
     assert!(text.contains("from format 1 to format 2"), "{text}");
@@ -302,22 +307,22 @@ fn upgrade_moves_a_format_1_location_to_format_2_once() {
     assert!(text.contains("format 2 already"), "{text}");
 
     write(&src, "a.txt", b"after the upgrade");
-    let second = json(&[
-        "volume",
-        "backup",
-        "--location",
-        &loc,
-        "--path",
-        src.to_str().expect("utf8"),
-    ]);
+    let second = backup(&loc, &src);
     let synced = json(&["location", "sync", "--location", &loc]);
-    let ids: Vec<_> = synced["backups"]
+    // Ids order by their second, then by their random part: two backups of one second either way.
+    let mut ids: Vec<String> = synced["backups"]
         .as_array()
         .expect("backups")
         .iter()
-        .map(|b| b["id"].clone())
+        .map(|b| b["id"].as_str().expect("id").to_owned())
         .collect();
-    assert_eq!(ids, vec![first["id"].clone(), second["id"].clone()], "{synced}");
+    ids.sort();
+    let mut want = vec![
+        first["id"].as_str().expect("id").to_owned(),
+        second["id"].as_str().expect("id").to_owned(),
+    ];
+    want.sort();
+    assert_eq!(ids, want, "{synced}");
     let out = dir.path().join("out");
     json(&[
         "volume",

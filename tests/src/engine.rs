@@ -9,10 +9,10 @@ use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use pxb_core::backup::gc::{GcOptions, gc};
-use pxb_core::backup::packs::{CompactOptions, compact};
+use pxb_core::backup::packs::{CompactOptions, CompactReport, compact};
 use pxb_core::backup::verify::{VerifyStatus, verify};
 use pxb_core::backup::volume::{VolumeBackupOptions, VolumeRestoreOptions, backup_volume, restore_volume};
-use pxb_core::backup::{ChunkId, RepoConfig, Repository, SyncState, layout};
+use pxb_core::backup::{BackupId, ChunkId, RepoConfig, Repository, SyncState, layout};
 use pxb_core::store::conformance::PatternReader;
 use pxb_core::{Error, ManualClock, ObjectStore, PutOptions};
 
@@ -683,14 +683,7 @@ pub async fn packs_serve_what_they_fold(store: Arc<dyn ObjectStore>) {
     repo.sync(&mut state).await.expect("sync");
     let before: Vec<_> = state.backups.keys().cloned().collect();
 
-    let r = compact(
-        &repo,
-        &CompactOptions {
-            min_age: Duration::ZERO,
-        },
-    )
-    .await
-    .expect("compact");
+    let r = compact_now(&repo).await.expect("compact");
     assert!(r.folded >= 2 && r.skipped.is_empty(), "{r:?}");
     assert!(
         names(store.as_ref(), layout::MANIFESTS).await.is_empty(),
@@ -731,6 +724,27 @@ pub async fn packs_serve_what_they_fold(store: Arc<dyn ObjectStore>) {
     assert!(!fresh.backups.contains_key(&a.id) && fresh.backups.contains_key(&b.id));
 }
 
+/// The ids of every backup the location lists, oldest first.
+async fn ids(repo: &Repository) -> Vec<BackupId> {
+    repo.list()
+        .await
+        .expect("list")
+        .into_iter()
+        .map(|s| s.id)
+        .collect()
+}
+
+/// A compaction that folds every marker, however young.
+async fn compact_now(repo: &Repository) -> Result<CompactReport, Error> {
+    compact(
+        repo,
+        &CompactOptions {
+            min_age: Duration::ZERO,
+        },
+    )
+    .await
+}
+
 /// A location of format 1 (made by an earlier pxb) is used as before: backups, incremental,
 /// list, restore, verify, delete and GC, with no pack and no tombstone ever written; then it is
 /// upgraded to format 2 and its backups are folded into packs and still restore. Needs an empty
@@ -759,13 +773,7 @@ pub async fn format_1_location(store: Arc<dyn ObjectStore>) {
     opts.parent = Some(a.id.clone());
     let b = backup_volume(&repo, opts).await.expect("incremental");
     assert_eq!(b.parent.as_ref(), Some(&a.id), "incremental to a");
-    let listed: Vec<_> = repo
-        .list()
-        .await
-        .expect("list")
-        .into_iter()
-        .map(|s| s.id)
-        .collect();
+    let listed = ids(&repo).await;
     let mut both = vec![a.id.clone(), b.id.clone()];
     both.sort();
     assert_eq!(listed, both);
@@ -780,14 +788,7 @@ pub async fn format_1_location(store: Arc<dyn ObjectStore>) {
         "{v:?}"
     );
 
-    let r = compact(
-        &repo,
-        &CompactOptions {
-            min_age: Duration::ZERO,
-        },
-    )
-    .await
-    .expect("compact");
+    let r = compact_now(&repo).await.expect("compact");
     assert!(r.not_done.is_some() && r.folded == 0, "{r:?}");
     repo.delete(&a.id).await.expect("delete");
     let r = gc(
@@ -829,23 +830,10 @@ pub async fn format_1_location(store: Arc<dyn ObjectStore>) {
     let c = backup_volume(&repo, opts)
         .await
         .expect("backup after the upgrade");
-    let r = compact(
-        &repo,
-        &CompactOptions {
-            min_age: Duration::ZERO,
-        },
-    )
-    .await
-    .expect("compact after the upgrade");
+    let r = compact_now(&repo).await.expect("compact after the upgrade");
     assert!(r.not_done.is_none() && r.folded == 2, "{r:?}");
     assert!(names(store.as_ref(), layout::MANIFESTS).await.is_empty());
-    let listed: Vec<_> = repo
-        .list()
-        .await
-        .expect("list")
-        .into_iter()
-        .map(|s| s.id)
-        .collect();
+    let listed = ids(&repo).await;
     let mut both = vec![b.id.clone(), c.id.clone()];
     both.sort();
     assert_eq!(listed, both, "both backups listed from their pack");
@@ -860,13 +848,7 @@ pub async fn format_1_location(store: Arc<dyn ObjectStore>) {
         1,
         "a delete in format 2 leaves a tombstone"
     );
-    let listed: Vec<_> = repo
-        .list()
-        .await
-        .expect("list")
-        .into_iter()
-        .map(|s| s.id)
-        .collect();
+    let listed = ids(&repo).await;
     assert_eq!(listed, vec![c.id.clone()]);
 }
 
