@@ -254,6 +254,48 @@ fn settle(cleared: Instant) {
     }
 }
 
+/// CPU seconds from `/proc/self/stat`: this process's user and system time, and the user and
+/// system time of its children that have ended (the anchors' runs); zeros where that cannot be
+/// read.
+#[derive(Clone, Copy, Default)]
+struct Cpu {
+    user: f64,
+    system: f64,
+    children_user: f64,
+    children_system: f64,
+}
+
+impl Cpu {
+    fn now() -> Self {
+        let stat = fs::read_to_string("/proc/self/stat").unwrap_or_default();
+        // The fields after the command name, which is in parentheses and may hold spaces: the
+        // line's fields 14 to 17 (utime, stime, cutime, cstime) are the 12th to 15th of these.
+        let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+        let field = |n: usize| rest.split_whitespace().nth(n).and_then(|v| v.parse::<f64>().ok());
+        // In clock ticks, 100 a second on Linux.
+        let secs = |n| field(n).unwrap_or(0.0) / 100.0;
+        Cpu {
+            user: secs(11),
+            system: secs(12),
+            children_user: secs(13),
+            children_system: secs(14),
+        }
+    }
+
+    /// This process's CPU time since `before`.
+    fn own_since(self, before: Cpu) -> serde_json::Value {
+        json!({"user": self.user - before.user, "system": self.system - before.system})
+    }
+
+    /// The CPU time of the children that ended since `before`.
+    fn children_since(self, before: Cpu) -> serde_json::Value {
+        json!({
+            "user": self.children_user - before.children_user,
+            "system": self.children_system - before.children_system,
+        })
+    }
+}
+
 /// Runs `f` after flushing the disks and returns its wall-clock seconds.
 async fn timed<F: std::future::Future<Output = anyhow::Result<T>>, T>(f: F) -> anyhow::Result<(f64, T)> {
     flush_disks();
@@ -435,11 +477,15 @@ pub async fn run(work: &Path, total: u64, set: DataSet) -> anyhow::Result<serde_
         Ok(d)
     };
     // What writing the tree alone costs, before the restores and after them (see `write_limit`).
-    let write_before = write_limit(&files, &data, &out("write-limit-before")?)?;
+    let write_out = out("write-limit-before")?;
+    let cpu_write = Cpu::now();
+    let write_before = write_limit(&files, &data, &write_out)?;
     let pxb_out = out("restore-pxb")?;
+    let cpu_pxb = Cpu::now();
     let (pxb_restore, restored) =
         timed(async { Ok(restore_volume(&repo, &second.id, VolumeRestoreOptions::new(&pxb_out)).await?) })
             .await?;
+    let cpu_restic = Cpu::now();
     let restic_out = out("restore-restic")?;
     let restic_restore = time_tool(
         restic(
@@ -454,11 +500,14 @@ pub async fn run(work: &Path, total: u64, set: DataSet) -> anyhow::Result<serde_
         ),
         "restic restore",
     )?;
+    let cpu_borg = Cpu::now();
     let borg_out = out("restore-borg")?;
     let mut extract = borg(&borg_base, &["extract", &format!("{borg_repo_s}::second")]);
     extract.current_dir(&borg_out);
     let borg_restore = time_tool(extract, "borg extract")?;
+    let cpu_end = Cpu::now();
     let write_after = write_limit(&files, &data, &out("write-limit-after")?)?;
+    let cpu_written = Cpu::now();
     let sizes = (du(&pxb_out), du(&restic_out), du(&borg_out));
     if sizes != (dataset, dataset, dataset) {
         bail!("a restore is incomplete: {dataset} bytes backed up, restored (pxb, restic, borg) {sizes:?}");
@@ -488,6 +537,14 @@ pub async fn run(work: &Path, total: u64, set: DataSet) -> anyhow::Result<serde_
         "stored_after_both": {"pxb": stored_2.0, "restic": stored_2.1, "borg": stored_2.2},
         "restore": phase(pxb_restore, restic_restore, borg_restore),
         "pxb_stats": {"first": first.stats, "incremental": second.stats, "restore": restored},
+        // Where each restore's time went: its CPU time, user and system.
+        "restore_cpu_secs": {
+            "pxb": cpu_restic.own_since(cpu_pxb),
+            "restic": cpu_borg.children_since(cpu_restic),
+            "borg": cpu_end.children_since(cpu_borg),
+            "write_tree_before": cpu_pxb.own_since(cpu_write),
+            "write_tree_after": cpu_written.own_since(cpu_end),
+        },
         "limit": limit,
     }))
 }
@@ -508,7 +565,7 @@ pub async fn restores(
     let repo = Repository::new(Arc::new(LocalFileSystem::new(work.join("pxb-location"))?));
     let backup = backup_volume(&repo, VolumeBackupOptions::new(&data)).await?;
     settle(deleted);
-    let mut secs = Vec::new();
+    let (mut secs, mut cpu) = (Vec::new(), Vec::new());
     // Each round restores into its own folder, all removed at the end: nothing is deleted
     // between rounds (see `settle`).
     for round in 0..rounds {
@@ -517,17 +574,20 @@ pub async fn restores(
         if let Some(c) = concurrency {
             opts.concurrency = c;
         }
+        let before = Cpu::now();
         let (s, stats) = timed(async { Ok(restore_volume(&repo, &backup.id, opts).await?) }).await?;
+        let after = Cpu::now();
         if stats.bytes != backup.stats.bytes {
             bail!("restored {} bytes of {}", stats.bytes, backup.stats.bytes);
         }
         secs.push(s);
+        cpu.push(after.own_since(before));
     }
     let write = write_limit(&files, &data, &work.join("write-limit"))?;
     fs::remove_dir_all(work)?;
     Ok(json!({
         "set": set.name(), "bytes": backup.stats.bytes, "files": backup.stats.files,
-        "restore_secs": secs, "write_tree_secs_after": write,
+        "restore_secs": secs, "restore_cpu_secs": cpu, "write_tree_secs_after": write,
     }))
 }
 
@@ -558,4 +618,37 @@ pub async fn backups(
     }
     fs::remove_dir_all(work)?;
     Ok(json!({"set": set.name(), "stored_bytes": stored, "backup_secs": secs}))
+}
+
+/// One first backup of the set, then `rounds` incremental backups, each after changing 5 % of the
+/// files and each with the one before as its parent: for profiling the incremental path alone
+/// (`pxb-bench backup --incremental`).
+pub async fn incrementals(
+    work: &Path,
+    total: u64,
+    set: DataSet,
+    rounds: u32,
+) -> anyhow::Result<serde_json::Value> {
+    let data = work.join("data");
+    let deleted = clear(work);
+    fs::create_dir_all(&data)?;
+    let files = generate(&data, total, set, 42)?;
+    let repo = Repository::new(Arc::new(LocalFileSystem::new(work.join("pxb-location"))?));
+    warm(&files)?;
+    let mut parent = backup_volume(&repo, VolumeBackupOptions::new(&data)).await?;
+    settle(deleted);
+    let mut secs = Vec::new();
+    let mut read = Vec::new();
+    for round in 0..rounds {
+        change(&files, 5, 7 + u64::from(round))?;
+        warm(&files)?;
+        let mut opts = VolumeBackupOptions::new(&data);
+        opts.parent = Some(parent.id.clone());
+        let (s, backup) = timed(async { Ok(backup_volume(&repo, opts).await?) }).await?;
+        secs.push(s);
+        read.push(backup.stats.bytes_read);
+        parent = backup;
+    }
+    fs::remove_dir_all(work)?;
+    Ok(json!({"set": set.name(), "incremental_secs": secs, "read_bytes": read}))
 }

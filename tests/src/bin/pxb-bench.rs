@@ -4,7 +4,8 @@
 //!   backup and restore, pxb vs restic and borg, and the machine's limit for the same data;
 //! - `pxb-bench restore [--mib 1024] [--set small|large] [--rounds 3] [--concurrency N]`: pxb's
 //!   restores alone;
-//! - `pxb-bench backup [--mib 1024] [--set small|large] [--rounds 3]`: pxb's first backups alone;
+//! - `pxb-bench backup [--mib 1024] [--set small|large] [--rounds 3] [--incremental]`: pxb's first
+//!   backups alone, or (`--incremental`) one first backup, then incrementals after changing 5 % each;
 //! - `pxb-bench files [--files 10000000]`: a tree of that many tiny files, first and 0.1%-incremental
 //!   backup, time and peak RSS (the tree is kept under `--work` for the next run);
 //! - `pxb-bench sync [--backups 100000] [--azurite] [--format 2|1] [--no-baseline] [--repeat N]`: sync
@@ -63,13 +64,12 @@ async fn main_async(args: Vec<String>) -> anyhow::Result<serde_json::Value> {
         Some("backup") => {
             let set = arg(&args, "--set", bench::volume::DataSet::Small)?;
             let mib = arg(&args, "--mib", 1024u64)?;
-            bench::volume::backups(
-                &work.join("backup"),
-                mib << 20,
-                set,
-                arg(&args, "--rounds", 3u32)?,
-            )
-            .await
+            let rounds = arg(&args, "--rounds", 3u32)?;
+            if args.iter().any(|a| a == "--incremental") {
+                bench::volume::incrementals(&work.join("backup"), mib << 20, set, rounds).await
+            } else {
+                bench::volume::backups(&work.join("backup"), mib << 20, set, rounds).await
+            }
         }
         Some("files") => bench::files::run(&work.join("files"), arg(&args, "--files", 10_000_000u64)?).await,
         Some("sync") => {
