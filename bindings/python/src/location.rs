@@ -632,6 +632,30 @@ impl GcReport {
     }
 }
 
+/// What `Location.upgrade` did: the location's format before and after (equal when it was
+/// current already and nothing changed).
+#[pyclass(frozen, get_all, module = "pxb", name = "LocationUpgrade")]
+pub struct LocationUpgrade {
+    /// The format the location had.
+    from_format: u32,
+    /// The format it has now.
+    to_format: u32,
+    /// Whether the location changed (`from_format < to_format`).
+    upgraded: bool,
+}
+
+#[pymethods]
+impl LocationUpgrade {
+    fn __repr__(&self) -> String {
+        format!(
+            "pxb.LocationUpgrade(from_format={}, to_format={}, upgraded={})",
+            self.from_format,
+            self.to_format,
+            if self.upgraded { "True" } else { "False" }
+        )
+    }
+}
+
 /// A deleted backup (`Location.delete_backup`); its chunks are reclaimed by `gc`.
 #[pyclass(frozen, get_all, module = "pxb", name = "DeletedBackup")]
 pub struct DeletedBackup {
@@ -864,6 +888,16 @@ async fn delete_future(repo: Repository, id: String) -> PyResult<DeletedBackup> 
     Ok(DeletedBackup { id, objects })
 }
 
+async fn upgrade_future(repo: Repository) -> PyResult<LocationUpgrade> {
+    let from_format = repo.upgrade().await.py_err()?;
+    let to_format = from_format.max(pxb_core::backup::LOCATION_FORMAT);
+    Ok(LocationUpgrade {
+        from_format,
+        to_format,
+        upgraded: from_format < to_format,
+    })
+}
+
 async fn gc_future(repo: Repository, opts: GcOptions) -> PyResult<GcReport> {
     let dry_run = opts.dry_run;
     let report = gc::gc(&repo, &opts).await.py_err()?;
@@ -1090,6 +1124,18 @@ impl Location {
         let opts = Self::gc_options(dry_run, grace_secs)?;
         runtime::spawned(gc_future(self.repo.clone(), opts)).await
     }
+
+    /// Moves a location of an earlier format to the current one (as `pxb location upgrade`):
+    /// only its config changes. Run it once no earlier pxb uses the location; running it again
+    /// changes nothing. Raises `NotFound` for a location without backups.
+    fn upgrade(&self, py: Python<'_>) -> PyResult<LocationUpgrade> {
+        runtime::block(py, upgrade_future(self.repo.clone()))
+    }
+
+    /// `upgrade()` as a coroutine.
+    async fn upgrade_async(&self) -> PyResult<LocationUpgrade> {
+        runtime::spawned(upgrade_future(self.repo.clone())).await
+    }
 }
 
 async fn list_future(repo: Repository) -> PyResult<Vec<BackupSummary>> {
@@ -1107,6 +1153,7 @@ pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<BackupSummary>()?;
     m.add_class::<VolumeRestore>()?;
     m.add_class::<VerifyReport>()?;
+    m.add_class::<LocationUpgrade>()?;
     m.add_class::<BackupVerification>()?;
     m.add_class::<GcReport>()?;
     m.add_class::<DeletedBackup>()?;

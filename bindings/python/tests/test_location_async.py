@@ -78,6 +78,8 @@ def test_async_round_trip(tmp_path: Path) -> None:
 
         verified = await loc.verify_async(deep=True)
         assert verified.ok and verified.deep and len(verified.backups) == 2
+        upgraded = await loc.upgrade_async()
+        assert isinstance(upgraded, pxb.LocationUpgrade) and not upgraded.upgraded
 
         deleted = await loc.delete_backup_async(first.id)
         assert deleted.id == first.id and deleted.objects

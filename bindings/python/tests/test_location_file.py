@@ -143,6 +143,41 @@ def test_round_trip(tmp_path: Path, loc_dir: Path, loc: pxb.Location) -> None:
     assert loc.verify().backups == []
 
 
+def test_upgrade_moves_a_format_1_location_to_the_current_format_once(
+    tmp_path: Path, loc_dir: Path, loc: pxb.Location
+) -> None:
+    with pytest.raises(pxb.NotFound):
+        loc.upgrade()  # nothing there yet: nothing is written either
+    assert not (loc_dir / "pxb" / "config").exists()
+
+    src = tmp_path / "src"
+    content = make_tree(src, files=4)
+    first = loc.backup_volume(src)
+    current = loc.upgrade()
+    assert isinstance(current, pxb.LocationUpgrade)
+    assert not current.upgraded and current.from_format == current.to_format >= 2
+
+    # The location as a pxb of format 1 left it: the same config with format 1 (the local store
+    # keeps a small header before the object's JSON body).
+    config_path = loc_dir / "pxb" / "config"
+    current_field = f'"format":{current.to_format},'.encode()
+    stored = config_path.read_bytes()
+    assert stored.count(current_field) == 1, stored
+    config_path.write_bytes(stored.replace(current_field, b'"format":1,'))
+    up = loc.upgrade()
+    assert (up.from_format, up.to_format, up.upgraded) == (1, current.to_format, True)
+    assert repr(up) == f"pxb.LocationUpgrade(from_format=1, to_format={up.to_format}, upgraded=True)"
+    assert current_field in config_path.read_bytes()
+    again = loc.upgrade()
+    assert (again.from_format, again.upgraded) == (up.to_format, False)
+
+    # What the location held before the upgrade reads as before.
+    assert [b.id for b in loc.list_backups()] == [first.id]
+    loc.restore_volume(first.id, target=tmp_path / "dst")
+    assert read_tree(tmp_path / "dst") == content
+    assert loc.verify(deep=True).ok
+
+
 def test_verify_reports_missing_objects(tmp_path: Path, loc_dir: Path, loc: pxb.Location) -> None:
     src = tmp_path / "src"
     make_tree(src, files=6)

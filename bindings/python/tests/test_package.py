@@ -32,6 +32,7 @@ def test_the_async_forms_are_coroutines(tmp_path: Path) -> None:
         "verify_async": loc.verify_async(),
         "delete_backup_async": loc.delete_backup_async("20990101T000000Z-00000000"),
         "gc_async": loc.gc_async(True),
+        "upgrade_async": loc.upgrade_async(),
     }
     # Made outside a running loop, and never awaited: closed unrun.
     for name, coro in calls.items():

@@ -254,6 +254,17 @@ class DeletedBackup:
     def objects(self) -> List[str]: ...
 
 @final
+class LocationUpgrade:
+    """What ``Location.upgrade`` did: the format before and after."""
+
+    @property
+    def from_format(self) -> int: ...
+    @property
+    def to_format(self) -> int: ...
+    @property
+    def upgraded(self) -> bool: ...
+
+@final
 class Location:
     """A backup location: ``file:///abs/path`` or ``azblob://<container>[/<prefix>]``."""
 
@@ -330,6 +341,8 @@ class Location:
     def gc_async(
         self, dry_run: bool = False, *, grace_secs: float = 3600.0
     ) -> Coroutine[Any, Any, GcReport]: ...
+    def upgrade(self) -> LocationUpgrade: ...
+    def upgrade_async(self) -> Coroutine[Any, Any, LocationUpgrade]: ...
 
 
 # --- gardener (src/gardener.rs) ---
