@@ -20,7 +20,7 @@ use serde::Serialize;
 use super::chunk::ChunkId;
 use super::locks::{self, GcLock};
 use super::packs::{self, CompactOptions, CompactReport};
-use super::volume::{self, EntryKind};
+use super::volume;
 use super::{BackupKind, Repository, layout};
 use crate::store::list_all;
 use crate::{Error, ObjectPath, Result};
@@ -136,15 +136,13 @@ async fn run(repo: &Repository, opts: &GcOptions, lock: &GcLock) -> Result<GcRep
         if s.kind != BackupKind::Volume {
             continue;
         }
-        let entries = volume::read_index(repo, &s.id).await.map_err(|e| {
+        let chunks = volume::referenced_chunks(repo, &s.id).await.map_err(|e| {
             e.context(format!(
                 "GC stopped before deleting anything: cannot read what backup {} references",
                 s.id
             ))
         })?;
-        for e in entries.into_iter().filter(|e| e.kind == EntryKind::File) {
-            live.extend(e.slices.iter().map(|s| s.0.prefix()));
-        }
+        live.extend(chunks.iter().map(|c| c.prefix()));
         lock.check()?;
     }
     live.sort_unstable();

@@ -1,13 +1,13 @@
 //! The "cloud file missing" check: does every object a backup references exist (quick) and hold
 //! what it should (deep)?
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 
 use futures::stream::{self, StreamExt, TryStreamExt};
 use serde::Serialize;
 
 use super::chunk::{self, ChunkId};
-use super::volume::{self, EntryKind};
+use super::volume;
 use super::{BackupId, BackupKind, Repository, layout};
 use crate::store::list_all;
 use crate::{Error, Result};
@@ -172,21 +172,13 @@ async fn verify_one(
     if manifest.kind != BackupKind::Volume || report.status != VerifyStatus::Ok {
         return Ok(report);
     }
-    let entries = match volume::read_index(repo, &id).await {
-        Ok(e) => e,
+    let chunks = match volume::referenced_chunks(repo, &id).await {
+        Ok(c) => c,
         Err(e) => {
             report.record(e)?;
             return Ok(report);
         }
     };
-    let mut chunks: Vec<ChunkId> = entries
-        .iter()
-        .filter(|e| e.kind == EntryKind::File)
-        .flat_map(|e| e.slices.iter().map(|s| s.0))
-        .collect::<HashSet<_>>()
-        .into_iter()
-        .collect();
-    chunks.sort_unstable();
     report.checked += chunks.len() as u64;
     match existing {
         Some(existing) => {

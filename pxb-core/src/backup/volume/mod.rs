@@ -31,7 +31,7 @@ use crate::{Error, PutOptions, Result};
 
 mod restore;
 
-pub use restore::{RestoreStats, VolumeRestoreOptions, max_chunks_held, restore_volume};
+pub use restore::{RestoreStats, VolumeRestoreOptions, max_chunks_held, max_files_held, restore_volume};
 
 /// The name of a volume backup's file index under its prefix.
 pub const FILES_OBJECT: &str = "files";
@@ -978,32 +978,83 @@ impl IndexWriter {
     }
 }
 
+/// A volume backup's file index, downloaded to a local spool file and checked against the
+/// manifest's hash: read entry by entry, as many times as needed, never held whole.
+pub(crate) struct IndexFile {
+    file: fs::File,
+    name: String,
+}
+
+impl IndexFile {
+    /// Downloads the file index of the volume backup `id`.
+    pub(crate) async fn download(repo: &Repository, id: &BackupId) -> Result<Self> {
+        let manifest = repo.manifest(id).await?;
+        if manifest.kind != BackupKind::Volume {
+            return Err(Error::invalid(format!("backup {id} is not a volume backup")));
+        }
+        let obj = manifest
+            .objects
+            .iter()
+            .find(|o| o.name == FILES_OBJECT)
+            .ok_or_else(|| Error::corrupt(format!("backup {id}: the manifest lists no file index")))?;
+        let path = id.object_path(FILES_OBJECT)?;
+        let file = spool::download(repo.store(), &path, Some(&obj.blake3)).await?;
+        Ok(Self {
+            file,
+            name: path.to_string(),
+        })
+    }
+
+    /// A reader of the entries from the first (blocking: call it off the async threads). Readers
+    /// share the file's offset: one at a time.
+    pub(crate) fn entries(&self) -> Result<SpoolReader<fs::File, FileEntry>> {
+        use std::io::{Seek, SeekFrom};
+        let mut file = self
+            .file
+            .try_clone()
+            .map_err(|e| Error::io("reopening a file index", e))?;
+        file.seek(SeekFrom::Start(0))
+            .map_err(|e| Error::io("rewinding a file index", e))?;
+        SpoolReader::new(file, &self.name, FILES_KIND, FORMAT)
+    }
+}
+
 /// Opens a volume backup's file index (downloaded to a spool file and checked against the
 /// manifest's hash) to be read entry by entry.
 async fn open_index(repo: &Repository, id: &BackupId) -> Result<SpoolReader<fs::File, FileEntry>> {
-    let manifest = repo.manifest(id).await?;
-    if manifest.kind != BackupKind::Volume {
-        return Err(Error::invalid(format!("backup {id} is not a volume backup")));
-    }
-    let obj = manifest
-        .objects
-        .iter()
-        .find(|o| o.name == FILES_OBJECT)
-        .ok_or_else(|| Error::corrupt(format!("backup {id}: the manifest lists no file index")))?;
-    let path = id.object_path(FILES_OBJECT)?;
-    let file = spool::download(repo.store(), &path, Some(&obj.blake3)).await?;
-    let name = path.to_string();
-    tokio::task::spawn_blocking(move || SpoolReader::<_, FileEntry>::new(file, &name, FILES_KIND, FORMAT))
+    let index = IndexFile::download(repo, id).await?;
+    tokio::task::spawn_blocking(move || index.entries())
         .await
         .map_err(|e| Error::other("index task failed").with_source(e))?
 }
 
-/// Reads a volume backup's whole file index (checked against the manifest's hash).
+/// Reads a volume backup's whole file index (checked against the manifest's hash) into memory:
+/// for tools and tests. Restore, verify and GC read it entry by entry instead.
 pub async fn read_index(repo: &Repository, id: &BackupId) -> Result<Vec<FileEntry>> {
     let reader = open_index(repo, id).await?;
     tokio::task::spawn_blocking(move || reader.collect())
         .await
         .map_err(|e| Error::other("index task failed").with_source(e))?
+}
+
+/// The distinct chunks a volume backup's files reference, sorted, read entry by entry from its
+/// file index (memory grows with the chunks, not with the files).
+pub async fn referenced_chunks(repo: &Repository, id: &BackupId) -> Result<Vec<ChunkId>> {
+    let reader = open_index(repo, id).await?;
+    tokio::task::spawn_blocking(move || {
+        let mut chunks = HashSet::new();
+        for e in reader {
+            let e = e?;
+            if e.kind == EntryKind::File {
+                chunks.extend(e.slices.iter().map(|s| s.0));
+            }
+        }
+        let mut chunks: Vec<ChunkId> = chunks.into_iter().collect();
+        chunks.sort_unstable();
+        Ok(chunks)
+    })
+    .await
+    .map_err(|e| Error::other("index task failed").with_source(e))?
 }
 
 /// Parses a file index from its stored bytes (for tools and fuzzing).

@@ -4,6 +4,7 @@
 //! and decoded once however many files share them (the bundles of small files), and every write,
 //! create and metadata call runs on the blocking pool, so writes proceed in parallel. The small
 //! files of one bundle go to the blocking pool in runs (up to 32 files, 1 MiB), one trip a run.
+//! The file index is read entry by entry, a window of files at a time, never held whole.
 
 use std::collections::{HashMap, VecDeque};
 use std::fs;
@@ -20,7 +21,7 @@ use rustix::io::Errno;
 use serde::Serialize;
 use tokio::sync::OnceCell;
 
-use super::{EntryKind, FileEntry, Progress, ProgressFn, Slice, read_index};
+use super::{EntryKind, FileEntry, IndexFile, Progress, ProgressFn, Slice};
 use crate::backup::chunk::{self, ChunkId};
 use crate::backup::{BackupId, Repository};
 use crate::{Error, Result};
@@ -78,6 +79,9 @@ pub struct RestoreStats {
     /// The most decoded chunks held in memory at once (bounded by [`max_chunks_held`], whatever
     /// the index says).
     pub chunks_held_peak: u64,
+    /// The most file entries of the index held in memory at once (bounded by
+    /// [`max_files_held`], however many files the backup has).
+    pub files_held_peak: u64,
 }
 
 /// The most decoded chunks (each at most [`chunk::MAX_CHUNK_SIZE`]) a restore with
@@ -85,6 +89,21 @@ pub struct RestoreStats {
 /// for each of the [`LARGE_FILES_AT_ONCE`] multi-chunk files, and one for each other file.
 pub fn max_chunks_held(concurrency: usize) -> usize {
     KEPT_CHUNKS + LARGE_FILES_AT_ONCE * (CHUNKS_AHEAD + 1) + concurrency.max(1)
+}
+
+/// File entries read from the index at a time: the files of one window are grouped into units
+/// (see [`units`]) on their own, so a restore holds a few windows, never the whole index.
+const WINDOW_FILES: usize = 1 << 16;
+
+/// The most file entries a restore with `concurrency` holds in memory at once, whatever the
+/// size of the index: the window being read, one waiting, one being handed out, and the units
+/// of earlier windows still being written.
+pub fn max_files_held(concurrency: usize) -> usize {
+    windowed_files_held(WINDOW_FILES, concurrency)
+}
+
+fn windowed_files_held(window: usize, concurrency: usize) -> usize {
+    3 * window + concurrency.max(1) * RUN_FILES
 }
 
 /// Splits an index path into its segments: relative, `/`-separated, no `..`, `.` or empty
@@ -278,11 +297,26 @@ const CHUNKS_AHEAD: usize = 4;
 /// A cell per chunk asked for (filled once it is decoded), and the order they were asked in.
 type Slots = (HashMap<ChunkId, Arc<OnceCell<Arc<Decoded>>>>, VecDeque<ChunkId>);
 
-/// Counts the decoded chunks alive, and the most at once.
+/// Counts what is alive (decoded chunks, file entries), and the most at once.
 #[derive(Default)]
 struct Held {
     now: std::sync::atomic::AtomicU64,
     peak: std::sync::atomic::AtomicU64,
+}
+
+impl Held {
+    fn add(&self, n: u64) {
+        let now = self.now.fetch_add(n, std::sync::atomic::Ordering::Relaxed) + n;
+        self.peak.fetch_max(now, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn sub(&self, n: u64) {
+        self.now.fetch_sub(n, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn peak(&self) -> u64 {
+        self.peak.load(std::sync::atomic::Ordering::Relaxed)
+    }
 }
 
 /// A decoded chunk, counted in [`Held`] while it lives.
@@ -293,15 +327,14 @@ struct Decoded {
 
 impl Decoded {
     fn new(bytes: Bytes, held: Arc<Held>) -> Self {
-        let now = held.now.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
-        held.peak.fetch_max(now, std::sync::atomic::Ordering::Relaxed);
+        held.add(1);
         Self { bytes, held }
     }
 }
 
 impl Drop for Decoded {
     fn drop(&mut self) {
-        self.held.now.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        self.held.sub(1);
     }
 }
 
@@ -576,12 +609,23 @@ enum Unit {
     Run(Option<ChunkId>, Vec<Arc<FileEntry>>),
 }
 
-/// Splits the files into [`Unit`]s. Every file of more than one slice, or of a slice above
-/// [`RUN_BYTES`], is a unit of its own; these come first, largest first, so the longest files
-/// start early and the runs fill the other slots beside them instead of the largest file running
-/// alone at the end. Then the other files (the files of a bundle, and empty files) grouped by
-/// their chunk, chunks in the order the index first names them and files in index order within
-/// a chunk, into runs of up to [`RUN_FILES`] files and [`RUN_BYTES`] bytes.
+impl Unit {
+    /// The files of the unit.
+    fn files(&self) -> u64 {
+        match self {
+            Unit::File(_) => 1,
+            Unit::Run(_, files) => files.len() as u64,
+        }
+    }
+}
+
+/// Splits the files of one window of the index into [`Unit`]s. Every file of more than one
+/// slice, or of a slice above [`RUN_BYTES`], is a unit of its own; these come first, largest
+/// first, so the longest files start early and the runs fill the other slots beside them instead
+/// of the largest file running alone at the end. Then the other files (the files of a bundle,
+/// and empty files) grouped by their chunk, chunks in the order the index first names them and
+/// files in index order within a chunk, into runs of up to [`RUN_FILES`] files and
+/// [`RUN_BYTES`] bytes.
 fn units(files: Vec<Arc<FileEntry>>) -> Vec<Unit> {
     let mut first_seen: HashMap<Option<ChunkId>, usize> = HashMap::new();
     let mut small = Vec::new();
@@ -691,56 +735,144 @@ fn restore_symlink(target: &Target, e: &FileEntry) -> Result<()> {
         .map_err(|err| errno(format!("setting the times of {}", path.display()), err))
 }
 
+/// Reads the index's files in windows of `window` and sends each window's [`Unit`]s; a read
+/// error is sent as the last message. Stops when the restore no longer listens. Every file
+/// entry read is counted in `held` until its unit is done.
+fn read_windows(
+    index: &IndexFile,
+    window: usize,
+    held: &Held,
+    tx: &tokio::sync::mpsc::Sender<Result<Vec<Unit>>>,
+) {
+    let send = |w| tx.blocking_send(w).is_ok();
+    let entries = match index.entries() {
+        Ok(entries) => entries,
+        Err(e) => {
+            send(Err(e));
+            return;
+        }
+    };
+    let mut files = Vec::new();
+    for e in entries {
+        match e {
+            Err(e) => {
+                send(Err(e));
+                return;
+            }
+            Ok(e) if e.kind == EntryKind::File => {
+                held.add(1);
+                files.push(Arc::new(e));
+                if files.len() >= window && !send(Ok(units(std::mem::take(&mut files)))) {
+                    return;
+                }
+            }
+            Ok(_) => {}
+        }
+    }
+    if !files.is_empty() {
+        send(Ok(units(files)));
+    }
+}
+
+/// Restores one unit and counts its files out of `held`.
+async fn restore_counted(
+    cache: &ChunkCache,
+    target: &Arc<Target>,
+    large: &tokio::sync::Semaphore,
+    held: &Held,
+    unit: Result<Unit>,
+) -> Result<(u64, u64)> {
+    let unit = unit?;
+    let files = unit.files();
+    let done = restore_unit(cache, target, large, unit).await;
+    held.sub(files);
+    done
+}
+
 /// Restores a volume backup into `opts.target`, verifying every chunk's hash. Directories, then
 /// files, then symlinks (so nothing is written through a restored link), then directory modes and
 /// times. Nothing is written outside the target: every path is opened below the target's handle
 /// one segment at a time without following symlinks, and an entry already in the target (a file,
 /// or a symlink where a file or directory belongs) is replaced, never written through.
+///
+/// The file index is downloaded once and read entry by entry: memory holds its directories and
+/// at most [`max_files_held`] file entries, however many files the backup has.
 pub async fn restore_volume(
     repo: &Repository,
     id: &BackupId,
     opts: VolumeRestoreOptions,
 ) -> Result<RestoreStats> {
-    let entries = read_index(repo, id).await?;
-    // Every path is checked before anything is written.
-    for e in &entries {
-        segments(&e.path)?;
-    }
+    restore_windowed(repo, id, opts, WINDOW_FILES).await
+}
+
+async fn restore_windowed(
+    repo: &Repository,
+    id: &BackupId,
+    opts: VolumeRestoreOptions,
+    window: usize,
+) -> Result<RestoreStats> {
+    let index = Arc::new(IndexFile::download(repo, id).await?);
+    // Every path is checked before anything is written. Kept: the directories (made first, and
+    // given their modes and times last) and the totals for progress.
+    let (dirs, files_total, bytes_total) = {
+        let index = index.clone();
+        blocking(move || {
+            let (mut dirs, mut files, mut bytes) = (Vec::new(), 0u64, 0u64);
+            for e in index.entries()? {
+                let e = e?;
+                segments(&e.path)?;
+                match e.kind {
+                    EntryKind::Dir => dirs.push(e),
+                    EntryKind::File => {
+                        files += 1;
+                        bytes = bytes.saturating_add(e.size);
+                    }
+                    EntryKind::Symlink => {}
+                }
+            }
+            dirs.shrink_to_fit();
+            Ok((dirs, files, bytes))
+        })
+        .await?
+    };
     let mut target = Target::open(&opts.target)?;
     if opts.keep_set_id {
         target.mode_mask = 0o7777;
     }
     let target = Arc::new(target);
-    let mut files = Vec::new();
-    let mut entries: Vec<FileEntry> = entries
-        .into_iter()
-        .filter_map(|e| {
-            if e.kind == EntryKind::File {
-                files.push(Arc::new(e));
-                None
-            } else {
-                Some(e)
-            }
-        })
-        .collect();
-    entries.shrink_to_fit();
     let mut stats = RestoreStats::default();
-    for e in entries.iter().filter(|e| e.kind == EntryKind::Dir) {
+    for e in &dirs {
         target.make_dir(&segments(&e.path)?)?;
         stats.dirs += 1;
     }
     let cache = ChunkCache::new(repo.clone());
     let large = tokio::sync::Semaphore::new(LARGE_FILES_AT_ONCE);
+    let held = Arc::new(Held::default());
     let mut progress = Progress {
-        bytes_total: files.iter().map(|e| e.size).sum(),
-        files_total: files.len() as u64,
+        bytes_total,
+        files_total,
         ..Progress::default()
     };
     let started = Instant::now();
     let mut last = Instant::now();
-    let mut done = stream::iter(units(files))
-        .map(|u| restore_unit(&cache, &target, &large, u))
-        .buffer_unordered(opts.concurrency.max(1));
+    // One window waits while the one before is handed out.
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    let reader = {
+        let (index, held) = (index.clone(), held.clone());
+        tokio::task::spawn_blocking(move || read_windows(&index, window.max(1), &held, &tx))
+    };
+    let windows = stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|w| (w, rx)) });
+    let units = windows.flat_map(|w: Result<Vec<Unit>>| {
+        stream::iter(match w {
+            Ok(units) => units.into_iter().map(Ok).collect(),
+            Err(e) => vec![Err(e)],
+        })
+    });
+    let mut done = std::pin::pin!(
+        units
+            .map(|u| restore_counted(&cache, &target, &large, &held, u))
+            .buffer_unordered(opts.concurrency.max(1))
+    );
     while let Some((files, bytes)) = done.try_next().await? {
         stats.files += files;
         stats.bytes += bytes;
@@ -754,13 +886,27 @@ pub async fn restore_volume(
             last = Instant::now();
         }
     }
-    drop(done);
-    for e in entries.iter().filter(|e| e.kind == EntryKind::Symlink) {
-        restore_symlink(&target, e)?;
-        stats.symlinks += 1;
-    }
+    // The reader is done (it closed the channel); the index is read once more, for the symlinks.
+    reader
+        .await
+        .map_err(|e| Error::other("index task failed").with_source(e))?;
+    stats.symlinks = {
+        let (index, target) = (index.clone(), target.clone());
+        blocking(move || {
+            let mut n = 0;
+            for e in index.entries()? {
+                let e = e?;
+                if e.kind == EntryKind::Symlink {
+                    restore_symlink(&target, &e)?;
+                    n += 1;
+                }
+            }
+            Ok(n)
+        })
+        .await?
+    };
     // Deepest directories first, so setting a parent's time is not undone by its children.
-    for e in entries.iter().filter(|e| e.kind == EntryKind::Dir).rev() {
+    for e in dirs.iter().rev() {
         let fd = target.dir(&segments(&e.path)?)?;
         apply_meta(&*fd, &target.shown(&e.path), e, target.mode_mask)?;
     }
@@ -769,7 +915,8 @@ pub async fn restore_volume(
         cb(&progress);
     }
     stats.chunks_fetched = cache.fetched.load(std::sync::atomic::Ordering::Relaxed);
-    stats.chunks_held_peak = cache.held.peak.load(std::sync::atomic::Ordering::Relaxed);
+    stats.chunks_held_peak = cache.held.peak();
+    stats.files_held_peak = held.peak();
     Ok(stats)
 }
 
@@ -1287,5 +1434,111 @@ mod tests {
                 "{case}: {err}"
             );
         }
+    }
+
+    /// The tree of `root`: every entry's kind, mode, mtime (files and directories) and content
+    /// or link target, by relative path.
+    fn tree(root: &Path) -> std::collections::BTreeMap<String, (u32, i64, Vec<u8>)> {
+        use std::os::unix::fs::MetadataExt;
+        let mut out = std::collections::BTreeMap::new();
+        let mut todo = vec![root.to_path_buf()];
+        while let Some(dir) = todo.pop() {
+            for e in fs::read_dir(&dir).expect("dir").flatten() {
+                let p = e.path();
+                let rel = p.strip_prefix(root).expect("below").display().to_string();
+                let m = fs::symlink_metadata(&p).expect("meta");
+                let body = if m.file_type().is_symlink() {
+                    fs::read_link(&p)
+                        .expect("link")
+                        .display()
+                        .to_string()
+                        .into_bytes()
+                } else if m.is_dir() {
+                    todo.push(p.clone());
+                    Vec::new()
+                } else {
+                    fs::read(&p).expect("file")
+                };
+                let mtime = if m.file_type().is_symlink() { 0 } else { m.mtime() };
+                out.insert(rel, (m.mode(), mtime, body));
+            }
+        }
+        out
+    }
+
+    /// A restore reads the index in windows: however many files a backup has, it holds at most
+    /// [`windowed_files_held`] of them, and restores the same tree as when it holds them all.
+    #[tokio::test]
+    async fn a_restore_holds_a_window_of_the_index_not_all_of_it() {
+        let src = tempfile::tempdir().expect("tmp");
+        for d in 0..6 {
+            let dir = src.path().join(format!("d{d}"));
+            fs::create_dir(&dir).expect("dir");
+            for i in 0..100 {
+                fs::write(dir.join(format!("f{i:03}")), format!("{d}/{i} ").repeat(i + 1)).expect("write");
+            }
+            // A file of several chunks in every directory, and a symlink.
+            fs::write(dir.join("big"), crate::backup::chunk::test_noise(d, 3 << 20)).expect("big");
+            symlink(format!("f{d:03}"), dir.join("link")).expect("symlink");
+            fs::set_permissions(&dir, fs::Permissions::from_mode(0o750)).expect("mode");
+        }
+        let times = rfs::Timestamps {
+            last_access: rfs::Timespec {
+                tv_sec: 1_600_000_000,
+                tv_nsec: 0,
+            },
+            last_modification: rfs::Timespec {
+                tv_sec: 1_600_000_000,
+                tv_nsec: 0,
+            },
+        };
+        for d in 0..6 {
+            rfs::utimensat(
+                rfs::CWD,
+                src.path().join(format!("d{d}")),
+                &times,
+                AtFlags::empty(),
+            )
+            .expect("times");
+        }
+        let repo = repo();
+        let backup = backup_volume(&repo, VolumeBackupOptions::new(src.path()))
+            .await
+            .expect("backup");
+        let files = backup.stats.files;
+        assert_eq!(files, 6 * 101);
+
+        let restore = |window: usize| {
+            let repo = repo.clone();
+            let id = backup.id.clone();
+            async move {
+                let dst = tempfile::tempdir().expect("tmp");
+                let mut opts = VolumeRestoreOptions::new(dst.path());
+                opts.concurrency = 4;
+                let stats = restore_windowed(&repo, &id, opts, window).await.expect("restore");
+                (dst, stats)
+            }
+        };
+        let (small_dst, small) = restore(16).await;
+        let (whole_dst, whole) = restore(usize::MAX).await;
+        assert_eq!(
+            (small.files, small.symlinks, small.dirs),
+            (files, 6, 7),
+            "{small:?}"
+        );
+        assert_eq!(small.bytes, backup.stats.bytes);
+        let want = tree(src.path());
+        assert_eq!(tree(small_dst.path()), want, "restored in windows of 16");
+        assert_eq!(tree(whole_dst.path()), want, "restored in one window");
+
+        let bound = windowed_files_held(16, 4) as u64;
+        assert!(bound < files, "the bound {bound} is below the {files} files");
+        assert!(
+            0 < small.files_held_peak && small.files_held_peak <= bound,
+            "held {} (bound {bound})",
+            small.files_held_peak
+        );
+        // In one window every entry is read before the first file is written.
+        assert_eq!(whole.files_held_peak, files);
     }
 }
