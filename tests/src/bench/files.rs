@@ -1,5 +1,6 @@
 //! Many files: a tree of millions of tiny files backed up, then backed up again incrementally
-//! after 0.1% of the files changed, with the peak resident memory of each phase. The tree is
+//! after 0.1% of the files changed, then (with `--restore`) the incremental backup verified and
+//! restored into a new folder, with the peak resident memory of each phase. The tree is
 //! generated once and kept (a marker records its size), so a second run measures the same data
 //! without writing millions of files again.
 
@@ -11,7 +12,8 @@ use std::time::Instant;
 use anyhow::Context;
 use pxb_core::LocalFileSystem;
 use pxb_core::backup::Repository;
-use pxb_core::backup::volume::{VolumeBackupOptions, backup_volume};
+use pxb_core::backup::verify::verify;
+use pxb_core::backup::volume::{VolumeBackupOptions, VolumeRestoreOptions, backup_volume, restore_volume};
 use serde_json::json;
 
 use super::{current_rss, peak_rss, reset_peak_rss};
@@ -44,8 +46,8 @@ fn generate(data: &Path, n: u64) -> anyhow::Result<bool> {
     Ok(true)
 }
 
-/// Runs the benchmark in `work` with `n` files.
-pub async fn run(work: &Path, n: u64) -> anyhow::Result<serde_json::Value> {
+/// Runs the benchmark in `work` with `n` files; `restore` adds the verify and restore phases.
+pub async fn run(work: &Path, n: u64, restore: bool) -> anyhow::Result<serde_json::Value> {
     let data = work.join("data");
     fs::create_dir_all(work)?;
     let t = Instant::now();
@@ -78,13 +80,52 @@ pub async fn run(work: &Path, n: u64) -> anyhow::Result<serde_json::Value> {
     let second = backup_volume(&repo, opts).await?;
     let incr_secs = t.elapsed().as_secs_f64();
     let incr_peak = peak_rss();
+    let mib = |b: u64| b as f64 / f64::from(1 << 20);
+    let restored = if restore {
+        // Verify (every object the backup references exists), then restore into a new folder.
+        let before = current_rss();
+        reset_peak_rss();
+        let t = Instant::now();
+        let reports = verify(&repo, Some(vec![second.id.clone()]), false, 16).await?;
+        let verify_secs = t.elapsed().as_secs_f64();
+        let verify_peak = peak_rss();
+        anyhow::ensure!(
+            reports
+                .iter()
+                .all(|r| r.status == pxb_core::backup::verify::VerifyStatus::Ok),
+            "verify failed: {reports:?}"
+        );
+        let out = work.join("restore");
+        let _ = fs::remove_dir_all(&out);
+        let _ = std::process::Command::new("sync").status();
+        let before_restore = current_rss();
+        reset_peak_rss();
+        let t = Instant::now();
+        let stats = restore_volume(&repo, &second.id, VolumeRestoreOptions::new(&out)).await?;
+        let restore_secs = t.elapsed().as_secs_f64();
+        let restore_peak = peak_rss();
+        anyhow::ensure!(stats.files == n, "restored {} files of {n}", stats.files);
+        fs::remove_dir_all(&out)?;
+        json!({
+            "verify": {
+                "secs": verify_secs, "rss_before_mib": mib(before), "peak_rss_mib": mib(verify_peak),
+            },
+            "restore": {
+                "secs": restore_secs, "files_per_s": n as f64 / restore_secs,
+                "rss_before_mib": mib(before_restore), "peak_rss_mib": mib(restore_peak),
+                "stats": stats,
+            },
+        })
+    } else {
+        serde_json::Value::Null
+    };
     // Put the changed files back, so the kept tree is the one the marker describes.
     for i in (0..n).step_by(1000) {
         fs::write(file(&data, i), format!("{i}\n"))?;
     }
     fs::remove_dir_all(&loc)?;
-    let mib = |b: u64| b as f64 / f64::from(1 << 20);
     Ok(json!({
+        "restored": restored,
         "files": n, "generated": generated, "generate_secs": generate_secs,
         "first": {
             "secs": first_secs, "files_per_s": n as f64 / first_secs,

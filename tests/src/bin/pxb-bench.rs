@@ -6,8 +6,9 @@
 //!   restores alone;
 //! - `pxb-bench backup [--mib 1024] [--set small|large] [--rounds 3] [--incremental]`: pxb's first
 //!   backups alone, or (`--incremental`) one first backup, then incrementals after changing 5 % each;
-//! - `pxb-bench files [--files 10000000]`: a tree of that many tiny files, first and 0.1%-incremental
-//!   backup, time and peak RSS (the tree is kept under `--work` for the next run);
+//! - `pxb-bench files [--files 10000000] [--restore]`: a tree of that many tiny files, first and
+//!   0.1%-incremental backup (with `--restore`, then a verify and a restore of the incremental),
+//!   time and peak RSS (the tree is kept under `--work` for the next run);
 //! - `pxb-bench sync [--backups 100000] [--azurite] [--format 2|1] [--no-baseline] [--repeat N]`: sync
 //!   of a location of that format (2: compacted into packs every 5,000 commits, as the agent does;
 //!   1: listing metadata only) vs the store's bare listing of the markers and, in format 1, one
@@ -71,7 +72,15 @@ async fn main_async(args: Vec<String>) -> anyhow::Result<serde_json::Value> {
                 bench::volume::backups(&work.join("backup"), mib << 20, set, rounds).await
             }
         }
-        Some("files") => bench::files::run(&work.join("files"), arg(&args, "--files", 10_000_000u64)?).await,
+        Some("files") => {
+            let restore = args.iter().any(|a| a == "--restore");
+            bench::files::run(
+                &work.join("files"),
+                arg(&args, "--files", 10_000_000u64)?,
+                restore,
+            )
+            .await
+        }
         Some("sync") => {
             let n = arg(&args, "--backups", 100_000u64)?;
             let with_baseline = !args.iter().any(|a| a == "--no-baseline");
