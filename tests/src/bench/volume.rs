@@ -549,6 +549,16 @@ pub async fn run(work: &Path, total: u64, set: DataSet) -> anyhow::Result<serde_
     }))
 }
 
+/// Clears what an earlier run left in `work` and generates the set in `work/data`: the data
+/// folder, when the earlier run's files were deleted (for [`settle`]), and the files.
+fn fresh_set(work: &Path, total: u64, set: DataSet) -> anyhow::Result<(PathBuf, Instant, Vec<PathBuf>)> {
+    let data = work.join("data");
+    let deleted = clear(work);
+    fs::create_dir_all(&data)?;
+    let files = generate(&data, total, set, 42)?;
+    Ok((data, deleted, files))
+}
+
 /// Restores alone: one pxb backup of the set, then `rounds` restores of it into empty folders,
 /// each timed after a flush (for profiling the restore path).
 pub async fn restores(
@@ -558,10 +568,7 @@ pub async fn restores(
     rounds: u32,
     concurrency: Option<usize>,
 ) -> anyhow::Result<serde_json::Value> {
-    let data = work.join("data");
-    let deleted = clear(work);
-    fs::create_dir_all(&data)?;
-    let files = generate(&data, total, set, 42)?;
+    let (data, deleted, files) = fresh_set(work, total, set)?;
     let repo = Repository::new(Arc::new(LocalFileSystem::new(work.join("pxb-location"))?));
     let backup = backup_volume(&repo, VolumeBackupOptions::new(&data)).await?;
     settle(deleted);
@@ -599,10 +606,7 @@ pub async fn backups(
     set: DataSet,
     rounds: u32,
 ) -> anyhow::Result<serde_json::Value> {
-    let data = work.join("data");
-    let deleted = clear(work);
-    fs::create_dir_all(&data)?;
-    let files = generate(&data, total, set, 42)?;
+    let (data, deleted, files) = fresh_set(work, total, set)?;
     settle(deleted);
     let mut secs = Vec::new();
     let mut stored = 0;
@@ -629,10 +633,7 @@ pub async fn incrementals(
     set: DataSet,
     rounds: u32,
 ) -> anyhow::Result<serde_json::Value> {
-    let data = work.join("data");
-    let deleted = clear(work);
-    fs::create_dir_all(&data)?;
-    let files = generate(&data, total, set, 42)?;
+    let (data, deleted, files) = fresh_set(work, total, set)?;
     let repo = Repository::new(Arc::new(LocalFileSystem::new(work.join("pxb-location"))?));
     warm(&files)?;
     let mut parent = backup_volume(&repo, VolumeBackupOptions::new(&data)).await?;
