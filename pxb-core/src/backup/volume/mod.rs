@@ -31,7 +31,9 @@ use crate::{Error, PutOptions, Result};
 
 mod restore;
 
-pub use restore::{RestoreStats, VolumeRestoreOptions, max_chunks_held, max_files_held, restore_volume};
+pub use restore::{
+    MAX_DIRS_HELD, RestoreStats, VolumeRestoreOptions, max_chunks_held, max_files_held, restore_volume,
+};
 
 /// The name of a volume backup's file index under its prefix.
 pub const FILES_OBJECT: &str = "files";

@@ -82,6 +82,9 @@ pub struct RestoreStats {
     /// The most file entries of the index held in memory at once (bounded by
     /// [`max_files_held`], however many files the backup has).
     pub files_held_peak: u64,
+    /// The most directory entries of the index held in memory at once (at most
+    /// [`MAX_DIRS_HELD`], however many directories the backup has).
+    pub dirs_held_peak: u64,
 }
 
 /// The most decoded chunks (each at most [`chunk::MAX_CHUNK_SIZE`]) a restore with
@@ -105,6 +108,12 @@ pub fn max_files_held(concurrency: usize) -> usize {
 fn windowed_files_held(window: usize, concurrency: usize) -> usize {
     3 * window + concurrency.max(1) * RUN_FILES
 }
+
+/// The most directory entries a restore holds in memory at once. A backup with no more is read
+/// for them once (they are made first and given their modes and times last); one with more is
+/// read again for them: once to make them, and once for every window of this many directories
+/// to give them their modes and times, deepest first.
+pub const MAX_DIRS_HELD: usize = 1 << 16;
 
 /// Splits an index path into its segments: relative, `/`-separated, no `..`, `.` or empty
 /// segments, no NUL. The root is the empty path (no segments).
@@ -802,7 +811,26 @@ pub async fn restore_volume(
     id: &BackupId,
     opts: VolumeRestoreOptions,
 ) -> Result<RestoreStats> {
-    restore_windowed(repo, id, opts, WINDOW_FILES).await
+    restore_windowed(repo, id, opts, WINDOW_FILES, MAX_DIRS_HELD).await
+}
+
+/// The directory entries of the index from the `start`-th to before the `end`-th, in index order.
+fn dirs_between(index: &IndexFile, start: usize, end: usize) -> Result<Vec<FileEntry>> {
+    let mut dirs = Vec::with_capacity(end.saturating_sub(start));
+    let mut n = 0;
+    for e in index.entries()? {
+        let e = e?;
+        if e.kind == EntryKind::Dir {
+            if (start..end).contains(&n) {
+                dirs.push(e);
+            }
+            n += 1;
+            if n >= end {
+                break;
+            }
+        }
+    }
+    Ok(dirs)
 }
 
 async fn restore_windowed(
@@ -810,19 +838,27 @@ async fn restore_windowed(
     id: &BackupId,
     opts: VolumeRestoreOptions,
     window: usize,
+    dirs_window: usize,
 ) -> Result<RestoreStats> {
     let index = Arc::new(IndexFile::download(repo, id).await?);
-    // Every path is checked before anything is written. Kept: the directories (made first, and
-    // given their modes and times last) and the totals for progress.
-    let (dirs, files_total, bytes_total) = {
+    // Every path is checked before anything is written. Kept: the directories while there are
+    // no more than `dirs_window` of them, and the totals for progress.
+    let (kept, dirs_total, files_total, bytes_total) = {
         let index = index.clone();
         blocking(move || {
-            let (mut dirs, mut files, mut bytes) = (Vec::new(), 0u64, 0u64);
+            let (mut kept, mut dirs) = (Some(Vec::new()), 0usize);
+            let (mut files, mut bytes) = (0u64, 0u64);
             for e in index.entries()? {
                 let e = e?;
                 segments(&e.path)?;
                 match e.kind {
-                    EntryKind::Dir => dirs.push(e),
+                    EntryKind::Dir => {
+                        dirs += 1;
+                        match &mut kept {
+                            Some(k) if k.len() < dirs_window => k.push(e),
+                            _ => kept = None,
+                        }
+                    }
                     EntryKind::File => {
                         files += 1;
                         bytes = bytes.saturating_add(e.size);
@@ -830,8 +866,10 @@ async fn restore_windowed(
                     EntryKind::Symlink => {}
                 }
             }
-            dirs.shrink_to_fit();
-            Ok((dirs, files, bytes))
+            if let Some(k) = &mut kept {
+                k.shrink_to_fit();
+            }
+            Ok((kept, dirs, files, bytes))
         })
         .await?
     };
@@ -840,11 +878,31 @@ async fn restore_windowed(
         target.mode_mask = 0o7777;
     }
     let target = Arc::new(target);
-    let mut stats = RestoreStats::default();
-    for e in &dirs {
-        target.make_dir(&segments(&e.path)?)?;
-        stats.dirs += 1;
+    let mut stats = RestoreStats {
+        dirs_held_peak: kept.as_ref().map_or(0, |k| k.len() as u64),
+        ..RestoreStats::default()
+    };
+    match &kept {
+        Some(dirs) => {
+            for e in dirs {
+                target.make_dir(&segments(&e.path)?)?;
+            }
+        }
+        None => {
+            let (index, target) = (index.clone(), target.clone());
+            blocking(move || {
+                for e in index.entries()? {
+                    let e = e?;
+                    if e.kind == EntryKind::Dir {
+                        target.make_dir(&segments(&e.path)?)?;
+                    }
+                }
+                Ok(())
+            })
+            .await?;
+        }
     }
+    stats.dirs = dirs_total as u64;
     let cache = ChunkCache::new(repo.clone());
     let large = tokio::sync::Semaphore::new(LARGE_FILES_AT_ONCE);
     let held = Arc::new(Held::default());
@@ -905,10 +963,29 @@ async fn restore_windowed(
         })
         .await?
     };
-    // Deepest directories first, so setting a parent's time is not undone by its children.
-    for e in dirs.iter().rev() {
-        let fd = target.dir(&segments(&e.path)?)?;
-        apply_meta(&*fd, &target.shown(&e.path), e, target.mode_mask)?;
+    // Deepest directories first (the reverse of index order), so setting a parent's time is not
+    // undone by its children, nor its mode closed before them: the kept ones, or a window of
+    // them at a time from the end.
+    let mut end = dirs_total;
+    while end > 0 {
+        let start = end.saturating_sub(dirs_window.max(1));
+        let dirs = match &kept {
+            Some(dirs) => {
+                end = 0;
+                std::borrow::Cow::Borrowed(dirs)
+            }
+            None => {
+                let index = index.clone();
+                let dirs = blocking(move || dirs_between(&index, start, end)).await?;
+                stats.dirs_held_peak = stats.dirs_held_peak.max(dirs.len() as u64);
+                end = start;
+                std::borrow::Cow::Owned(dirs)
+            }
+        };
+        for e in dirs.iter().rev() {
+            let fd = target.dir(&segments(&e.path)?)?;
+            apply_meta(&*fd, &target.shown(&e.path), e, target.mode_mask)?;
+        }
     }
     if let Some(cb) = &opts.progress {
         progress.elapsed = started.elapsed();
@@ -1466,8 +1543,9 @@ mod tests {
         out
     }
 
-    /// A restore reads the index in windows: however many files a backup has, it holds at most
-    /// [`windowed_files_held`] of them, and restores the same tree as when it holds them all.
+    /// A restore reads the index in windows: however many files and directories a backup has,
+    /// it holds at most [`windowed_files_held`] files and a window of directories, and restores
+    /// the same tree (contents, modes, times, symlinks) as when it holds them all.
     #[tokio::test]
     async fn a_restore_holds_a_window_of_the_index_not_all_of_it() {
         let src = tempfile::tempdir().expect("tmp");
@@ -1508,19 +1586,21 @@ mod tests {
         let files = backup.stats.files;
         assert_eq!(files, 6 * 101);
 
-        let restore = |window: usize| {
+        let restore = |window: usize, dirs: usize| {
             let repo = repo.clone();
             let id = backup.id.clone();
             async move {
                 let dst = tempfile::tempdir().expect("tmp");
                 let mut opts = VolumeRestoreOptions::new(dst.path());
                 opts.concurrency = 4;
-                let stats = restore_windowed(&repo, &id, opts, window).await.expect("restore");
+                let stats = restore_windowed(&repo, &id, opts, window, dirs)
+                    .await
+                    .expect("restore");
                 (dst, stats)
             }
         };
-        let (small_dst, small) = restore(16).await;
-        let (whole_dst, whole) = restore(usize::MAX).await;
+        let (small_dst, small) = restore(16, 2).await;
+        let (whole_dst, whole) = restore(usize::MAX, usize::MAX).await;
         assert_eq!(
             (small.files, small.symlinks, small.dirs),
             (files, 6, 7),
@@ -1540,5 +1620,7 @@ mod tests {
         );
         // In one window every entry is read before the first file is written.
         assert_eq!(whole.files_held_peak, files);
+        // Seven directories (the root and six): kept at most two at a time, or all.
+        assert_eq!((small.dirs_held_peak, whole.dirs_held_peak), (2, 7));
     }
 }
